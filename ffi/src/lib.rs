@@ -1,0 +1,2 @@
+//! Foreign interfaces for device backends. With the `ascend` feature, bindgen-generated CANN
+//! ACL/HCCL bindings loaded at run time.

@@ -1,0 +1,1 @@
+//! MedSAM in Rust.
