@@ -1,1 +1,14 @@
-//! MedSAM in Rust.
+//! MedSAM in Rust: a kernel-first compute library (tensor, device backends, autograd), the
+//! SAM/MedSAM model, and the MedSAM workflow (preprocess, train, convert, evaluate, infer).
+//!
+//! The library never prints: it returns [`Error`]s and reports progress through callbacks.
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod ops;
+pub mod tensor;
+
+pub use backend::Device;
+pub use error::{Error, Result};
+pub use tensor::Tensor;

@@ -1,0 +1,651 @@
+//! The CPU backend: host vectors, computed by the fast kernels of `medsam-kernels`.
+
+use super::*;
+use medsam_kernels::{activation, attention, conv, gemm, norm, resize};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Stateless; one shared instance.
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn shared() -> Arc<dyn Backend> {
+        static CPU: OnceLock<Arc<dyn Backend>> = OnceLock::new();
+        CPU.get_or_init(|| Arc::new(CpuBackend)).clone()
+    }
+}
+
+fn host(s: &Storage) -> Result<&[f32]> {
+    s.cpu()
+}
+
+fn host_mut(s: &mut Storage) -> Result<&mut [f32]> {
+    match s {
+        Storage::Cpu(v) => Ok(v),
+        Storage::Device(_) => Err(Error::Other(
+            "expected a CPU buffer, found a device buffer".into(),
+        )),
+    }
+}
+
+/// Below this many elements a pointwise loop is not worth splitting across threads.
+const PAR_MIN: usize = 1 << 15;
+
+fn map_into(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    if x.len() < PAR_MIN {
+        x.iter().map(|&v| f(v)).collect()
+    } else {
+        x.par_iter()
+            .with_min_len(PAR_MIN / 4)
+            .map(|&v| f(v))
+            .collect()
+    }
+}
+
+fn zip_into(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    if a.len() < PAR_MIN {
+        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+    } else {
+        a.par_iter()
+            .zip(b.par_iter())
+            .with_min_len(PAR_MIN / 4)
+            .map(|(&x, &y)| f(x, y))
+            .collect()
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Visits every element of a view in row-major order, handing out runs along the last axis.
+fn for_each_run(view: &View, mut f: impl FnMut(usize, usize, usize)) {
+    // f(out_start, src_start, run_len) with src stride view.strides.last()
+    let nd = view.shape.len();
+    if nd == 0 {
+        f(0, view.offset, 1);
+        return;
+    }
+    let inner = view.shape[nd - 1];
+    let outer: usize = view.shape[..nd - 1].iter().product();
+    if inner == 0 || outer == 0 {
+        return;
+    }
+    let mut idx = vec![0usize; nd - 1];
+    let mut src = view.offset;
+    for o in 0..outer {
+        f(o * inner, src, inner);
+        // advance the multi-index over the outer axes
+        for d in (0..nd - 1).rev() {
+            idx[d] += 1;
+            src += view.strides[d];
+            if idx[d] < view.shape[d] {
+                break;
+            }
+            src -= view.strides[d] * view.shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+fn gather(src: &[f32], view: &View) -> Vec<f32> {
+    let n: usize = view.shape.iter().product();
+    let mut out = vec![0.0f32; n];
+    let inner_stride = view.strides.last().copied().unwrap_or(1);
+    for_each_run(view, |o, s, len| {
+        let dst = &mut out[o..o + len];
+        if inner_stride == 1 {
+            dst.copy_from_slice(&src[s..s + len]);
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[s + i * inner_stride];
+            }
+        }
+    });
+    out
+}
+
+impl Backend for CpuBackend {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn upload(&self, host: &[f32]) -> Result<Storage> {
+        Ok(Storage::Cpu(host.to_vec()))
+    }
+
+    fn download(&self, s: &Storage) -> Result<Vec<f32>> {
+        Ok(host(s)?.to_vec())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Storage> {
+        Ok(Storage::Cpu(vec![0.0; len]))
+    }
+
+    fn fill(&self, len: usize, value: f32) -> Result<Storage> {
+        Ok(Storage::Cpu(vec![value; len]))
+    }
+
+    fn materialize(&self, s: &Storage, view: &View) -> Result<Storage> {
+        Ok(Storage::Cpu(gather(host(s)?, view)))
+    }
+
+    fn scatter_into_zeros(&self, src: &Storage, view: &View, len: usize) -> Result<Storage> {
+        let src = host(src)?;
+        let mut out = vec![0.0f32; len];
+        let inner_stride = view.strides.last().copied().unwrap_or(1);
+        for_each_run(view, |o, d, run| {
+            for i in 0..run {
+                out[d + i * inner_stride] += src[o + i];
+            }
+        });
+        Ok(Storage::Cpu(out))
+    }
+
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        a: GemmOperand,
+        b: GemmOperand,
+        precision: Precision,
+    ) -> Result<Storage> {
+        let mut c = vec![0.0f32; dims.batch * dims.m * dims.n];
+        let a_data = &host(a.storage)?[a.offset..];
+        let b_data = &host(b.storage)?[b.offset..];
+        gemm::gemm(
+            dims,
+            a_data,
+            a.layout,
+            b_data,
+            b.layout,
+            &mut c,
+            Layout::row_major(dims.m, dims.n),
+            false,
+            precision,
+        );
+        Ok(Storage::Cpu(c))
+    }
+
+    fn unary(&self, op: Unary, x: &Storage) -> Result<Storage> {
+        let x = host(x)?;
+        let y = match op {
+            Unary::Gelu => {
+                let mut y = vec![0.0; x.len()];
+                activation::gelu_forward(x, &mut y);
+                y
+            }
+            Unary::Relu => map_into(x, |v| v.max(0.0)),
+            Unary::Sigmoid => map_into(x, sigmoid),
+            Unary::Neg => map_into(x, |v| -v),
+            Unary::Exp => map_into(x, f32::exp),
+            Unary::Sin => map_into(x, f32::sin),
+            Unary::Cos => map_into(x, f32::cos),
+            Unary::Scale(s) => map_into(x, |v| v * s.0),
+            Unary::Shift(s) => map_into(x, |v| v + s.0),
+        };
+        Ok(Storage::Cpu(y))
+    }
+
+    fn unary_backward(&self, op: Unary, x: &Storage, dy: &Storage) -> Result<Storage> {
+        let (x, dy) = (host(x)?, host(dy)?);
+        let dx = match op {
+            Unary::Gelu => {
+                let mut dx = vec![0.0; x.len()];
+                activation::gelu_backward(x, dy, &mut dx);
+                dx
+            }
+            Unary::Relu => zip_into(x, dy, |v, g| if v > 0.0 { g } else { 0.0 }),
+            Unary::Sigmoid => zip_into(x, dy, |v, g| {
+                let s = sigmoid(v);
+                g * s * (1.0 - s)
+            }),
+            Unary::Neg => map_into(dy, |g| -g),
+            Unary::Exp => zip_into(x, dy, |v, g| g * v.exp()),
+            Unary::Sin => zip_into(x, dy, |v, g| g * v.cos()),
+            Unary::Cos => zip_into(x, dy, |v, g| -g * v.sin()),
+            Unary::Scale(s) => map_into(dy, |g| g * s.0),
+            Unary::Shift(_) => dy.to_vec(),
+        };
+        Ok(Storage::Cpu(dx))
+    }
+
+    fn binary(
+        &self,
+        op: Binary,
+        a: &Storage,
+        va: &View,
+        b: &Storage,
+        vb: &View,
+    ) -> Result<Storage> {
+        let f: fn(f32, f32) -> f32 = match op {
+            Binary::Add => |x, y| x + y,
+            Binary::Sub => |x, y| x - y,
+            Binary::Mul => |x, y| x * y,
+            Binary::Div => |x, y| x / y,
+        };
+        let (a, b) = (host(a)?, host(b)?);
+        let dense = |v: &View, len: usize| {
+            v.offset == 0 && is_contiguous(v) && len == v.shape.iter().product()
+        };
+        let n: usize = va.shape.iter().product();
+        if dense(va, a.len()) && dense(vb, b.len()) {
+            return Ok(Storage::Cpu(zip_into(a, b, f)));
+        }
+        // General case: materialise both (broadcast views expand here), then zip.
+        let (ga, gb) = (gather(a, va), gather(b, vb));
+        debug_assert_eq!(ga.len(), n);
+        Ok(Storage::Cpu(zip_into(&ga, &gb, f)))
+    }
+
+    fn sum_axes(&self, x: &Storage, shape: &[usize], reduce: &[bool]) -> Result<Storage> {
+        let x = host(x)?;
+        let out_shape: Vec<usize> = shape
+            .iter()
+            .zip(reduce)
+            .map(|(&s, &r)| if r { 1 } else { s })
+            .collect();
+        let out_len: usize = out_shape.iter().product();
+        let mut out = vec![0.0f32; out_len];
+        // Output strides (0 on reduced axes) let one pass over x accumulate into place.
+        let mut ostr = vec![0usize; shape.len()];
+        let mut acc = 1;
+        for d in (0..shape.len()).rev() {
+            ostr[d] = if reduce[d] { 0 } else { acc };
+            acc *= out_shape[d];
+        }
+        let view = View {
+            shape: shape.to_vec(),
+            strides: ostr,
+            offset: 0,
+        };
+        let inner_stride = view.strides.last().copied().unwrap_or(1);
+        for_each_run(&view, |o, d, run| {
+            if inner_stride == 0 {
+                out[d] += x[o..o + run].iter().sum::<f32>();
+            } else {
+                for i in 0..run {
+                    out[d + i * inner_stride] += x[o + i];
+                }
+            }
+        });
+        Ok(Storage::Cpu(out))
+    }
+
+    fn conv2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.out_hw();
+        let mut y = vec![0.0; g.n * g.c_out * oh * ow];
+        let bias = bias.map(host).transpose()?;
+        conv::conv2d_forward(g, host(x)?, host(w)?, bias, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn conv2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads> {
+        let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        let mut db = bias.then(|| vec![0.0; g.c_out]);
+        conv::conv2d_backward_input(g, w, dy, &mut dx);
+        conv::conv2d_backward_weight(g, x, dy, &mut dw, db.as_deref_mut());
+        Ok(ConvGrads {
+            dx: Storage::Cpu(dx),
+            dw: Storage::Cpu(dw),
+            dbias: db.map(Storage::Cpu),
+        })
+    }
+
+    fn conv_transpose2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.transpose_out_hw();
+        let mut y = vec![0.0; g.n * g.c_out * oh * ow];
+        let bias = bias.map(host).transpose()?;
+        conv::conv_transpose2d_forward(g, host(x)?, host(w)?, bias, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn conv_transpose2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads> {
+        let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        let mut db = bias.then(|| vec![0.0; g.c_out]);
+        conv::conv_transpose2d_backward_input(g, w, dy, &mut dx);
+        conv::conv_transpose2d_backward_weight(g, x, dy, &mut dw, db.as_deref_mut());
+        Ok(ConvGrads {
+            dx: Storage::Cpu(dx),
+            dw: Storage::Cpu(dw),
+            dbias: db.map(Storage::Cpu),
+        })
+    }
+
+    fn layer_norm(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        g: &Storage,
+        b: &Storage,
+        eps: f32,
+    ) -> Result<NormOut> {
+        let mut y = vec![0.0; rows * dim];
+        let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+        norm::layer_norm_forward(
+            rows,
+            dim,
+            host(x)?,
+            host(g)?,
+            host(b)?,
+            eps,
+            &mut y,
+            &mut mean,
+            &mut rstd,
+        );
+        Ok(NormOut {
+            y: Storage::Cpu(y),
+            mean: Storage::Cpu(mean),
+            rstd: Storage::Cpu(rstd),
+        })
+    }
+
+    fn layer_norm_backward(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        g: &Storage,
+        saved: (&Storage, &Storage),
+        dy: &Storage,
+    ) -> Result<NormGrads> {
+        let mut dx = vec![0.0; rows * dim];
+        let (mut dg, mut db) = (vec![0.0; dim], vec![0.0; dim]);
+        norm::layer_norm_backward(
+            rows,
+            dim,
+            host(x)?,
+            host(g)?,
+            host(saved.0)?,
+            host(saved.1)?,
+            host(dy)?,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        );
+        Ok(NormGrads {
+            dx: Storage::Cpu(dx),
+            dgamma: Storage::Cpu(dg),
+            dbeta: Storage::Cpu(db),
+        })
+    }
+
+    fn layer_norm2d(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        g: &Storage,
+        b: &Storage,
+        eps: f32,
+    ) -> Result<NormOut> {
+        let mut y = vec![0.0; n * c * hw];
+        let (mut mean, mut rstd) = (vec![0.0; n * hw], vec![0.0; n * hw]);
+        norm::layer_norm2d_forward(
+            n,
+            c,
+            hw,
+            host(x)?,
+            host(g)?,
+            host(b)?,
+            eps,
+            &mut y,
+            &mut mean,
+            &mut rstd,
+        );
+        Ok(NormOut {
+            y: Storage::Cpu(y),
+            mean: Storage::Cpu(mean),
+            rstd: Storage::Cpu(rstd),
+        })
+    }
+
+    fn layer_norm2d_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        g: &Storage,
+        saved: (&Storage, &Storage),
+        dy: &Storage,
+    ) -> Result<NormGrads> {
+        let mut dx = vec![0.0; n * c * hw];
+        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+        norm::layer_norm2d_backward(
+            n,
+            c,
+            hw,
+            host(x)?,
+            host(g)?,
+            host(saved.0)?,
+            host(saved.1)?,
+            host(dy)?,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        );
+        Ok(NormGrads {
+            dx: Storage::Cpu(dx),
+            dgamma: Storage::Cpu(dg),
+            dbeta: Storage::Cpu(db),
+        })
+    }
+
+    fn attention(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        rel: Option<RelPos>,
+    ) -> Result<(Storage, Storage)> {
+        let mut out = vec![0.0; dims.bh * dims.nq * dims.dv];
+        let mut lse = vec![0.0; dims.bh * dims.nq];
+        let bias = match rel {
+            Some(r) => Some(attention::RelPosBias {
+                rel_h: host(r.rel_h)?,
+                rel_w: host(r.rel_w)?,
+                kh: r.kh,
+                kw: r.kw,
+            }),
+            None => None,
+        };
+        attention::attention_forward(
+            dims,
+            host(q)?,
+            host(k)?,
+            host(v)?,
+            scale,
+            bias,
+            &mut out,
+            &mut lse,
+        );
+        Ok((Storage::Cpu(out), Storage::Cpu(lse)))
+    }
+
+    fn attention_backward(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        rel: Option<RelPos>,
+        out: &Storage,
+        lse: &Storage,
+        dout: &Storage,
+    ) -> Result<AttnGrads> {
+        let (q, k, v) = (host(q)?, host(k)?, host(v)?);
+        let mut dq = vec![0.0; q.len()];
+        let mut dk = vec![0.0; k.len()];
+        let mut dv = vec![0.0; v.len()];
+        let (bias, mut drel) = match rel {
+            Some(r) => (
+                Some(attention::RelPosBias {
+                    rel_h: host(r.rel_h)?,
+                    rel_w: host(r.rel_w)?,
+                    kh: r.kh,
+                    kw: r.kw,
+                }),
+                Some((
+                    vec![0.0; dims.bh * dims.nq * r.kh],
+                    vec![0.0; dims.bh * dims.nq * r.kw],
+                )),
+            ),
+            None => (None, None),
+        };
+        attention::attention_backward(
+            dims,
+            q,
+            k,
+            v,
+            scale,
+            bias,
+            host(out)?,
+            host(lse)?,
+            host(dout)?,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            drel.as_mut()
+                .map(|(h, w)| (h.as_mut_slice(), w.as_mut_slice())),
+        );
+        Ok(AttnGrads {
+            dq: Storage::Cpu(dq),
+            dk: Storage::Cpu(dk),
+            dv: Storage::Cpu(dv),
+            drel: drel.map(|(h, w)| (Storage::Cpu(h), Storage::Cpu(w))),
+        })
+    }
+
+    fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage> {
+        let mut y = vec![0.0; rows * dim];
+        activation::softmax_forward(rows, dim, host(x)?, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn softmax_backward(
+        &self,
+        rows: usize,
+        dim: usize,
+        y: &Storage,
+        dy: &Storage,
+    ) -> Result<Storage> {
+        let mut dx = vec![0.0; rows * dim];
+        activation::softmax_backward(rows, dim, host(y)?, host(dy)?, &mut dx);
+        Ok(Storage::Cpu(dx))
+    }
+
+    fn bilinear(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        x: &Storage,
+    ) -> Result<Storage> {
+        let mut y = vec![0.0; planes * ohw.0 * ohw.1];
+        resize::bilinear_forward(planes, hw.0, hw.1, ohw.0, ohw.1, host(x)?, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn bilinear_backward(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        dy: &Storage,
+    ) -> Result<Storage> {
+        let mut dx = vec![0.0; planes * hw.0 * hw.1];
+        resize::bilinear_backward(planes, hw.0, hw.1, ohw.0, ohw.1, host(dy)?, &mut dx);
+        Ok(Storage::Cpu(dx))
+    }
+
+    fn adamw(
+        &self,
+        p: AdamWStep,
+        param: &mut Storage,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+    ) -> Result<()> {
+        let grad = host(grad)?;
+        let param = host_mut(param)?;
+        let m = host_mut(exp_avg)?;
+        let v = host_mut(exp_avg_sq)?;
+        adamw_update(p, param, grad, m, v);
+        Ok(())
+    }
+}
+
+fn is_contiguous(v: &View) -> bool {
+    let mut expect = 1;
+    for d in (0..v.shape.len()).rev() {
+        if v.shape[d] != 1 && v.strides[d] != expect {
+            return false;
+        }
+        expect *= v.shape[d];
+    }
+    true
+}
+
+/// `torch.optim.AdamW` (non-foreach, non-amsgrad) in f32, operation for operation, so updates
+/// match PyTorch bit-for-bit where the arithmetic allows.
+pub fn adamw_update(p: AdamWStep, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+    // PyTorch computes these scalars as Python floats (f64) and rounds them once to f32.
+    let (lr, b1, b2) = (p.lr, p.beta1, p.beta2);
+    let step_size = (lr / (1.0 - b1.powi(p.step as i32))) as f32;
+    let bias2_sqrt = (1.0 - b2.powi(p.step as i32)).sqrt() as f32;
+    let decay = (1.0 - lr * p.weight_decay) as f32;
+    let (w1, beta2, w2, eps) = (
+        (1.0 - b1) as f32,
+        b2 as f32,
+        (1.0 - b2) as f32,
+        p.eps as f32,
+    );
+    param
+        .par_iter_mut()
+        .zip(grad.par_iter())
+        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+        .with_min_len(4096)
+        .for_each(|((w, &g), (m, v))| {
+            *w *= decay;
+            *m += w1 * (g - *m);
+            *v = *v * beta2 + w2 * g * g;
+            let denom = v.sqrt() / bias2_sqrt + eps;
+            *w += -step_size * (*m / denom);
+        });
+}

@@ -1,0 +1,378 @@
+//! The device seam. Every tensor operation reaches compute through [`Backend`]: a device is added by
+//! implementing this trait (CPU here; the Ascend NPU in `backend::ascend`), never by touching model
+//! code. Backends work on whole buffers ([`Storage`]) plus explicit geometry; views, broadcasting
+//! and autograd live above this layer, in `tensor` and `ops`.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use medsam_kernels::attention::AttnDims;
+use medsam_kernels::conv::Conv2dGeom;
+use medsam_kernels::gemm::{GemmDims, Layout, Precision};
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a tensor's data lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// An Ascend NPU by its device id.
+    Npu(u32),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Npu(i) => write!(f, "npu:{i}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        if let Some(id) = s.strip_prefix("npu:").or_else(|| s.strip_prefix("npu")) {
+            let id = if id.is_empty() {
+                0
+            } else {
+                id.parse().map_err(|_| bad_device(s))?
+            };
+            return Ok(Device::Npu(id));
+        }
+        Err(bad_device(s))
+    }
+}
+
+fn bad_device(s: &str) -> Error {
+    Error::arg(
+        "--device",
+        format!("'{s}' is not a device; use cpu or npu:N"),
+    )
+}
+
+/// Memory owned by a non-CPU backend; the backend downcasts it back to its own type.
+pub trait DeviceBuffer: Any + Send + Sync + fmt::Debug {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A flat f32 buffer on some device.
+#[derive(Debug)]
+pub enum Storage {
+    Cpu(Vec<f32>),
+    Device(Box<dyn DeviceBuffer>),
+}
+
+impl Storage {
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(v) => v.len(),
+            Storage::Device(d) => d.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The host slice of a CPU buffer.
+    pub fn cpu(&self) -> Result<&[f32]> {
+        match self {
+            Storage::Cpu(v) => Ok(v),
+            Storage::Device(_) => Err(Error::Other(
+                "expected a CPU buffer, found a device buffer".into(),
+            )),
+        }
+    }
+}
+
+/// A strided window onto a buffer: element `idx` is at `offset + Σ idx[d]·strides[d]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub offset: usize,
+}
+
+/// Pointwise functions with a derivative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unary {
+    Gelu,
+    Relu,
+    Sigmoid,
+    Neg,
+    Exp,
+    Sin,
+    Cos,
+    /// `x * s`
+    Scale(OrdF32),
+    /// `x + s`
+    Shift(OrdF32),
+}
+
+/// An f32 that can sit in an `Eq` enum (compared bitwise).
+#[derive(Clone, Copy, Debug)]
+pub struct OrdF32(pub f32);
+impl PartialEq for OrdF32 {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.to_bits() == o.0.to_bits()
+    }
+}
+impl Eq for OrdF32 {}
+
+/// Elementwise binary functions (with broadcasting handled through views).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// A GEMM operand: a buffer plus where its matrices sit in it.
+#[derive(Clone, Copy)]
+pub struct GemmOperand<'a> {
+    pub storage: &'a Storage,
+    pub offset: usize,
+    pub layout: Layout,
+}
+
+/// Gradients of a convolution.
+pub struct ConvGrads {
+    pub dx: Storage,
+    pub dw: Storage,
+    pub dbias: Option<Storage>,
+}
+
+/// Gradients of a normalisation.
+pub struct NormGrads {
+    pub dx: Storage,
+    pub dgamma: Storage,
+    pub dbeta: Storage,
+}
+
+/// Saved results of a norm forward.
+pub struct NormOut {
+    pub y: Storage,
+    pub mean: Storage,
+    pub rstd: Storage,
+}
+
+/// Decomposed rel-pos bias operands: `rel_h [bh, nq, kh]`, `rel_w [bh, nq, kw]`.
+#[derive(Clone, Copy)]
+pub struct RelPos<'a> {
+    pub rel_h: &'a Storage,
+    pub rel_w: &'a Storage,
+    pub kh: usize,
+    pub kw: usize,
+}
+
+/// Gradients of attention.
+pub struct AttnGrads {
+    pub dq: Storage,
+    pub dk: Storage,
+    pub dv: Storage,
+    pub drel: Option<(Storage, Storage)>,
+}
+
+/// Hyper-parameters of one AdamW update (PyTorch semantics).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// The step number after this update (1 for the first).
+    pub step: u64,
+}
+
+/// Everything a device must provide. Buffers passed in are contiguous unless a [`View`] or a
+/// [`GemmOperand`] says otherwise; results are fresh contiguous buffers.
+pub trait Backend: Send + Sync {
+    fn device(&self) -> Device;
+
+    fn upload(&self, host: &[f32]) -> Result<Storage>;
+    fn download(&self, s: &Storage) -> Result<Vec<f32>>;
+    fn zeros(&self, len: usize) -> Result<Storage>;
+    fn fill(&self, len: usize, value: f32) -> Result<Storage>;
+    /// Copies a strided view into a new contiguous buffer.
+    fn materialize(&self, s: &Storage, view: &View) -> Result<Storage>;
+    /// Writes `src` (contiguous, `view.shape`) into a zero buffer of `len` elements at `view`.
+    fn scatter_into_zeros(&self, src: &Storage, view: &View, len: usize) -> Result<Storage>;
+
+    /// `C[b] = A[b]·B[b]`, C contiguous `[batch, m, n]`.
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        a: GemmOperand,
+        b: GemmOperand,
+        precision: Precision,
+    ) -> Result<Storage>;
+
+    fn unary(&self, op: Unary, x: &Storage) -> Result<Storage>;
+    /// `dx = dy · f'(x)`.
+    fn unary_backward(&self, op: Unary, x: &Storage, dy: &Storage) -> Result<Storage>;
+    /// `out[shape] = a[view_a] ∘ b[view_b]`; the views carry zero strides where they broadcast.
+    fn binary(&self, op: Binary, a: &Storage, va: &View, b: &Storage, vb: &View)
+        -> Result<Storage>;
+    /// Sums a contiguous `shape` tensor over the axes where `reduce[d]` is true (kept as size 1).
+    fn sum_axes(&self, x: &Storage, shape: &[usize], reduce: &[bool]) -> Result<Storage>;
+
+    fn conv2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage>;
+    fn conv2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads>;
+    fn conv_transpose2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage>;
+    fn conv_transpose2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads>;
+
+    /// LayerNorm over the last `dim` of `rows × dim`.
+    fn layer_norm(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        g: &Storage,
+        b: &Storage,
+        eps: f32,
+    ) -> Result<NormOut>;
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        g: &Storage,
+        saved: (&Storage, &Storage),
+        dy: &Storage,
+    ) -> Result<NormGrads>;
+    /// SAM's LayerNorm2d: `[n, c, hw]` normalised over `c`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm2d(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        g: &Storage,
+        b: &Storage,
+        eps: f32,
+    ) -> Result<NormOut>;
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm2d_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        g: &Storage,
+        saved: (&Storage, &Storage),
+        dy: &Storage,
+    ) -> Result<NormGrads>;
+
+    /// Returns `(out, lse)`.
+    fn attention(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        rel: Option<RelPos>,
+    ) -> Result<(Storage, Storage)>;
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        rel: Option<RelPos>,
+        out: &Storage,
+        lse: &Storage,
+        dout: &Storage,
+    ) -> Result<AttnGrads>;
+
+    fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage>;
+    fn softmax_backward(
+        &self,
+        rows: usize,
+        dim: usize,
+        y: &Storage,
+        dy: &Storage,
+    ) -> Result<Storage>;
+
+    /// Bilinear resize of `[planes, h, w]` to `[planes, oh, ow]` (align_corners=False).
+    fn bilinear(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        x: &Storage,
+    ) -> Result<Storage>;
+    fn bilinear_backward(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        dy: &Storage,
+    ) -> Result<Storage>;
+
+    /// One AdamW update in place: `param`, `exp_avg`, `exp_avg_sq` are updated from `grad`.
+    fn adamw(
+        &self,
+        p: AdamWStep,
+        param: &mut Storage,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+    ) -> Result<()>;
+}
+
+/// The backend serving a device. NPU backends are created on first use.
+pub fn backend(device: Device) -> Result<Arc<dyn Backend>> {
+    match device {
+        Device::Cpu => Ok(cpu::CpuBackend::shared()),
+        Device::Npu(id) => npu_backend(id),
+    }
+}
+
+fn npu_backend(id: u32) -> Result<Arc<dyn Backend>> {
+    Err(Error::Device {
+        device: format!("npu:{id}"),
+        detail: "the Ascend backend is not available in this build (enable the `ascend` feature)"
+            .into(),
+    })
+}

@@ -1,0 +1,198 @@
+//! Matrix products on the GEMM kernel. Transposes are free: they are strides in the GEMM layout.
+
+use crate::autograd::{record, BackwardOp};
+use crate::backend::GemmOperand;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use medsam_kernels::gemm::{GemmDims, Layout, Precision};
+use std::cell::Cell;
+
+thread_local! {
+    static AUTOCAST_BF16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with matrix products (matmul, linear, conv, attention projections) in bf16 with f32
+/// accumulation, like `torch.autocast(dtype=torch.bfloat16)`; weights stay f32.
+pub fn autocast_bf16<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    let prev = AUTOCAST_BF16.with(|c| c.replace(enabled));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            AUTOCAST_BF16.with(|c| c.set(self.0));
+        }
+    }
+    let _r = Restore(prev);
+    f()
+}
+
+pub fn current_precision() -> Precision {
+    if AUTOCAST_BF16.with(|c| c.get()) {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
+
+/// `(batch, batch_stride)` of the leading axes if they collapse into one strided axis.
+fn merged_batch(t: &Tensor) -> Option<(usize, usize)> {
+    let r = t.rank();
+    let (shape, strides) = (&t.shape()[..r - 2], &t.strides()[..r - 2]);
+    let batch: usize = shape.iter().product();
+    if batch <= 1 {
+        return Some((batch, 0));
+    }
+    let mut stride = None;
+    for d in (0..shape.len()).rev() {
+        if shape[d] == 1 {
+            continue;
+        }
+        match stride {
+            None => stride = Some((strides[d], strides[d] * shape[d])),
+            Some((inner, expect)) => {
+                if strides[d] != expect {
+                    return None;
+                }
+                stride = Some((inner, expect * shape[d]))
+            }
+        }
+    }
+    Some((batch, stride.map(|s| s.0).unwrap_or(0)))
+}
+
+fn operand(t: &Tensor, batch_stride: usize) -> GemmOperand<'_> {
+    let r = t.rank();
+    GemmOperand {
+        storage: t.storage(),
+        offset: t.offset(),
+        layout: Layout {
+            batch_stride,
+            row_stride: t.strides()[r - 2],
+            col_stride: t.strides()[r - 1],
+        },
+    }
+}
+
+impl Tensor {
+    /// Batched matrix product `[..., m, k] · [..., k, n]`; `other` may also be a plain `[k, n]`
+    /// matrix shared by every batch.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        super::same_device("matmul", self, other)?;
+        let (ra, rb) = (self.rank(), other.rank());
+        if ra < 2 || rb < 2 || self.shape()[ra - 1] != other.shape()[rb - 2] {
+            return Err(Error::shape(
+                "matmul",
+                format!("{:?} · {:?}", self.shape(), other.shape()),
+            ));
+        }
+        if rb > 2 && self.shape()[..ra - 2] != other.shape()[..rb - 2] {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "batch axes differ: {:?} · {:?}",
+                    self.shape(),
+                    other.shape()
+                ),
+            ));
+        }
+        let (m, k, n) = (
+            self.shape()[ra - 2],
+            self.shape()[ra - 1],
+            other.shape()[rb - 1],
+        );
+        let precision = current_precision();
+        let b = self.backend()?;
+        let mut out_shape = self.shape()[..ra - 2].to_vec();
+        out_shape.extend([m, n]);
+        let storage = if rb == 2 && ra == 2 {
+            b.gemm(
+                GemmDims { batch: 1, m, n, k },
+                operand(self, 0),
+                operand(other, 0),
+                precision,
+            )?
+        } else if rb == 2 {
+            // A shared matrix: fold every batch into M when A's rows are evenly strided.
+            let a = if self.is_contiguous() {
+                self.clone()
+            } else {
+                self.copy()?
+            };
+            let rows = a.numel() / k.max(1);
+            let lhs = GemmOperand {
+                storage: a.storage(),
+                offset: a.offset(),
+                layout: Layout::row_major(rows, k),
+            };
+            b.gemm(
+                GemmDims {
+                    batch: 1,
+                    m: rows,
+                    n,
+                    k,
+                },
+                lhs,
+                operand(other, 0),
+                precision,
+            )?
+        } else {
+            let a = match merged_batch(self) {
+                Some(_) => self.clone(),
+                None => self.copy()?,
+            };
+            let o = match merged_batch(other) {
+                Some(_) => other.clone(),
+                None => other.copy()?,
+            };
+            let (batch, sa) = merged_batch(&a).expect("dense");
+            let (_, sb) = merged_batch(&o).expect("dense");
+            b.gemm(
+                GemmDims { batch, m, n, k },
+                operand(&a, sa),
+                operand(&o, sb),
+                precision,
+            )?
+        };
+        let out = Tensor::from_storage(storage, &out_shape, self.device())?;
+        Ok(record(out, &[self, other], || {
+            Box::new(MatmulBackward {
+                a: self.detach(),
+                b: other.detach(),
+            })
+        }))
+    }
+
+    /// `x · Wᵀ + b` with PyTorch's weight layout `[out, in]`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.matmul(&weight.transpose(0, 1)?)?;
+        match bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct MatmulBackward {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl BackwardOp for MatmulBackward {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (ra, rb) = (self.a.rank(), self.b.rank());
+        let da = g.matmul(&self.b.transpose(rb - 2, rb - 1)?)?;
+        let db = if rb == 2 {
+            // dB = Aᵀ·G with every batch folded into the rows.
+            let k = self.a.shape()[ra - 1];
+            let n = g.shape()[g.rank() - 1];
+            let a2 = self.a.reshape(&[usize::MAX, k])?;
+            let g2 = g.reshape(&[usize::MAX, n])?;
+            a2.transpose(0, 1)?.matmul(&g2)?
+        } else {
+            self.a.transpose(ra - 2, ra - 1)?.matmul(g)?
+        };
+        Ok(vec![Some(da), Some(db)])
+    }
+}

@@ -1,0 +1,579 @@
+//! Neural-network operators: convolutions, normalisations, attention, softmax, resampling, lookup.
+
+use crate::autograd::{record, BackwardOp};
+use crate::backend::{RelPos, Storage};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use medsam_kernels::attention::AttnDims;
+use medsam_kernels::conv::Conv2dGeom;
+
+/// A dense buffer holding `t`'s elements (the tensor's own when it already is one).
+fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.is_dense() {
+        Ok(t.clone())
+    } else {
+        t.copy()
+    }
+}
+
+fn check_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.rank() != rank {
+        return Err(Error::shape(
+            op,
+            format!("expected a rank-{rank} tensor, got {:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+fn wrap(s: Storage, shape: &[usize], like: &Tensor) -> Result<Tensor> {
+    Tensor::from_storage(s, shape, like.device())
+}
+
+/// Convolution geometry from NCHW input and a weight `[c_out, c_in, kh, kw]`.
+fn conv_geom(
+    x: &Tensor,
+    w_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+) -> Conv2dGeom {
+    let s = x.shape();
+    Conv2dGeom {
+        n: s[0],
+        c_in: s[1],
+        h: s[2],
+        w: s[3],
+        c_out: w_out,
+        kh,
+        kw,
+        stride: (stride, stride),
+        pad: (pad, pad),
+        groups: 1,
+    }
+}
+
+impl Tensor {
+    /// conv2d on NCHW with weight `[c_out, c_in, kh, kw]` (groups = 1).
+    pub fn conv2d(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Tensor> {
+        check_rank("conv2d", self, 4)?;
+        check_rank("conv2d weight", w, 4)?;
+        let ws = w.shape();
+        if ws[1] != self.shape()[1]
+            || self.shape()[2] + 2 * pad < ws[2]
+            || self.shape()[3] + 2 * pad < ws[3]
+        {
+            return Err(Error::shape(
+                "conv2d",
+                format!("input {:?} with weight {:?}", self.shape(), ws),
+            ));
+        }
+        let g = conv_geom(self, ws[0], ws[2], ws[3], stride, pad);
+        let (x, wd) = (dense(self)?, dense(w)?);
+        let bd = bias.map(dense).transpose()?;
+        let b = self.backend()?;
+        let y = b.conv2d(
+            g,
+            x.storage(),
+            wd.storage(),
+            bd.as_ref().map(|t| t.storage()),
+        )?;
+        let (oh, ow) = g.out_hw();
+        let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
+        let mut inputs = vec![self, w];
+        inputs.extend(bias);
+        Ok(record(out, &inputs, || {
+            Box::new(ConvBackward {
+                g,
+                x: x.detach(),
+                w: wd.detach(),
+                bias: bias.is_some(),
+                transpose: false,
+            })
+        }))
+    }
+
+    /// conv_transpose2d on NCHW with weight `[c_in, c_out, kh, kw]`.
+    pub fn conv_transpose2d(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+    ) -> Result<Tensor> {
+        check_rank("conv_transpose2d", self, 4)?;
+        check_rank("conv_transpose2d weight", w, 4)?;
+        let ws = w.shape();
+        if ws[0] != self.shape()[1] {
+            return Err(Error::shape(
+                "conv_transpose2d",
+                format!("input {:?} with weight {:?}", self.shape(), ws),
+            ));
+        }
+        let g = conv_geom(self, ws[1], ws[2], ws[3], stride, 0);
+        let (x, wd) = (dense(self)?, dense(w)?);
+        let bd = bias.map(dense).transpose()?;
+        let b = self.backend()?;
+        let y = b.conv_transpose2d(
+            g,
+            x.storage(),
+            wd.storage(),
+            bd.as_ref().map(|t| t.storage()),
+        )?;
+        let (oh, ow) = g.transpose_out_hw();
+        let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
+        let mut inputs = vec![self, w];
+        inputs.extend(bias);
+        Ok(record(out, &inputs, || {
+            Box::new(ConvBackward {
+                g,
+                x: x.detach(),
+                w: wd.detach(),
+                bias: bias.is_some(),
+                transpose: true,
+            })
+        }))
+    }
+
+    /// LayerNorm over the last axis.
+    pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        let dim = *self
+            .shape()
+            .last()
+            .ok_or_else(|| Error::shape("layer_norm", "scalar input"))?;
+        if gamma.shape() != [dim] || beta.shape() != [dim] {
+            return Err(Error::shape(
+                "layer_norm",
+                format!(
+                    "input {:?}, weight {:?}, bias {:?}",
+                    self.shape(),
+                    gamma.shape(),
+                    beta.shape()
+                ),
+            ));
+        }
+        let rows = self.numel() / dim.max(1);
+        let (x, g, bt) = (dense(self)?, dense(gamma)?, dense(beta)?);
+        let r =
+            self.backend()?
+                .layer_norm(rows, dim, x.storage(), g.storage(), bt.storage(), eps)?;
+        let out = wrap(r.y, self.shape(), self)?;
+        Ok(record(out, &[self, gamma, beta], || {
+            Box::new(NormBackward {
+                kind: NormKind::Last { rows, dim },
+                x: x.detach(),
+                gamma: g.detach(),
+                mean: r.mean,
+                rstd: r.rstd,
+            })
+        }))
+    }
+
+    /// SAM's LayerNorm2d: NCHW normalised over C.
+    pub fn layer_norm2d(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        check_rank("layer_norm2d", self, 4)?;
+        let s = self.shape();
+        let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
+        if gamma.shape() != [c] || beta.shape() != [c] {
+            return Err(Error::shape(
+                "layer_norm2d",
+                format!("input {:?}, weight {:?}", s, gamma.shape()),
+            ));
+        }
+        let (x, g, bt) = (dense(self)?, dense(gamma)?, dense(beta)?);
+        let r =
+            self.backend()?
+                .layer_norm2d(n, c, hw, x.storage(), g.storage(), bt.storage(), eps)?;
+        let out = wrap(r.y, s, self)?;
+        Ok(record(out, &[self, gamma, beta], || {
+            Box::new(NormBackward {
+                kind: NormKind::Channels { n, c, hw },
+                x: x.detach(),
+                gamma: g.detach(),
+                mean: r.mean,
+                rstd: r.rstd,
+            })
+        }))
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax_last(&self) -> Result<Tensor> {
+        let dim = *self
+            .shape()
+            .last()
+            .ok_or_else(|| Error::shape("softmax", "scalar input"))?;
+        let rows = self.numel() / dim.max(1);
+        let x = dense(self)?;
+        let y = wrap(
+            self.backend()?.softmax(rows, dim, x.storage())?,
+            self.shape(),
+            self,
+        )?;
+        let saved = y.detach();
+        Ok(record(y, &[self], || {
+            Box::new(SoftmaxBackward {
+                rows,
+                dim,
+                y: saved,
+            })
+        }))
+    }
+
+    /// Bilinear resize of NCHW to `(oh, ow)`, `align_corners=False`.
+    pub fn upsample_bilinear(&self, oh: usize, ow: usize) -> Result<Tensor> {
+        check_rank("upsample_bilinear", self, 4)?;
+        let s = self.shape().to_vec();
+        let planes = s[0] * s[1];
+        let x = dense(self)?;
+        let y = self
+            .backend()?
+            .bilinear(planes, (s[2], s[3]), (oh, ow), x.storage())?;
+        let out = wrap(y, &[s[0], s[1], oh, ow], self)?;
+        Ok(record(out, &[self], || {
+            Box::new(BilinearBackward {
+                in_shape: s,
+                ohw: (oh, ow),
+            })
+        }))
+    }
+
+    /// Rows of a `[len, c]` table picked by `index`, shaped `out_shape + [c]` (an embedding lookup).
+    pub fn gather_rows(&self, index: &[usize], out_shape: &[usize]) -> Result<Tensor> {
+        check_rank("gather_rows", self, 2)?;
+        let (len, c) = (self.shape()[0], self.shape()[1]);
+        if let Some(bad) = index.iter().find(|&&i| i >= len) {
+            return Err(Error::shape(
+                "gather_rows",
+                format!("index {bad} out of a table of {len} rows"),
+            ));
+        }
+        let table = self.to_vec()?;
+        let mut out = Vec::with_capacity(index.len() * c);
+        for &i in index {
+            out.extend_from_slice(&table[i * c..(i + 1) * c]);
+        }
+        let mut shape = out_shape.to_vec();
+        shape.push(c);
+        let out = Tensor::from_slice(&out, &shape, self.device())?;
+        Ok(record(out, &[self], || {
+            Box::new(GatherBackward {
+                len,
+                c,
+                index: index.to_vec(),
+            })
+        }))
+    }
+}
+
+/// SAM's decomposed relative-position bias for [`attention`].
+pub struct RelPosArgs {
+    /// `[bh, nq, kh]`
+    pub rel_h: Tensor,
+    /// `[bh, nq, kw]`
+    pub rel_w: Tensor,
+    pub kh: usize,
+    pub kw: usize,
+}
+
+/// `softmax(q·kᵀ·scale + bias)·v` for q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, computed in
+/// tiles; the backward recomputes the probabilities instead of storing them.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    rel: Option<&RelPosArgs>,
+) -> Result<Tensor> {
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        if t.rank() != 3 {
+            return Err(Error::shape(
+                "attention",
+                format!("{name} must be [bh, n, d], got {:?}", t.shape()),
+            ));
+        }
+    }
+    let dims = AttnDims {
+        bh: q.dim(0),
+        nq: q.dim(1),
+        nk: k.dim(1),
+        d: q.dim(2),
+        dv: v.dim(2),
+    };
+    if k.dim(0) != dims.bh || v.dim(0) != dims.bh || k.dim(2) != dims.d || v.dim(1) != dims.nk {
+        return Err(Error::shape(
+            "attention",
+            format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
+        ));
+    }
+    if let Some(r) = rel {
+        let ok = r.kh * r.kw == dims.nk
+            && r.rel_h.shape() == [dims.bh, dims.nq, r.kh]
+            && r.rel_w.shape() == [dims.bh, dims.nq, r.kw];
+        if !ok {
+            return Err(Error::shape(
+                "attention",
+                format!(
+                    "rel_h {:?}, rel_w {:?} for {} queries × {} keys",
+                    r.rel_h.shape(),
+                    r.rel_w.shape(),
+                    dims.nq,
+                    dims.nk
+                ),
+            ));
+        }
+    }
+    let (qd, kd, vd) = (dense(q)?, dense(k)?, dense(v)?);
+    let reld = rel
+        .map(|r| Ok::<_, Error>((dense(&r.rel_h)?, dense(&r.rel_w)?, r.kh, r.kw)))
+        .transpose()?;
+    let relpos = reld.as_ref().map(|(h, w, kh, kw)| RelPos {
+        rel_h: h.storage(),
+        rel_w: w.storage(),
+        kh: *kh,
+        kw: *kw,
+    });
+    let (o, lse) = q.backend()?.attention(
+        dims,
+        qd.storage(),
+        kd.storage(),
+        vd.storage(),
+        scale,
+        relpos,
+    )?;
+    let out = wrap(o, &[dims.bh, dims.nq, dims.dv], q)?;
+    let mut inputs = vec![q, k, v];
+    if let Some(r) = rel {
+        inputs.extend([&r.rel_h, &r.rel_w]);
+    }
+    let saved_out = out.detach();
+    Ok(record(out, &inputs, || {
+        Box::new(AttnBackward {
+            dims,
+            scale,
+            q: qd.detach(),
+            k: kd.detach(),
+            v: vd.detach(),
+            rel: reld.map(|(h, w, kh, kw)| (h.detach(), w.detach(), kh, kw)),
+            out: saved_out,
+            lse,
+        })
+    }))
+}
+
+struct ConvBackward {
+    g: Conv2dGeom,
+    x: Tensor,
+    w: Tensor,
+    bias: bool,
+    transpose: bool,
+}
+
+impl BackwardOp for ConvBackward {
+    fn name(&self) -> &'static str {
+        if self.transpose {
+            "conv_transpose2d"
+        } else {
+            "conv2d"
+        }
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gd = dense(g)?;
+        let b = g.backend()?;
+        let r = if self.transpose {
+            b.conv_transpose2d_backward(
+                self.g,
+                self.x.storage(),
+                self.w.storage(),
+                gd.storage(),
+                self.bias,
+            )?
+        } else {
+            b.conv2d_backward(
+                self.g,
+                self.x.storage(),
+                self.w.storage(),
+                gd.storage(),
+                self.bias,
+            )?
+        };
+        let mut out = vec![
+            Some(wrap(r.dx, self.x.shape(), g)?),
+            Some(wrap(r.dw, self.w.shape(), g)?),
+        ];
+        if let Some(db) = r.dbias {
+            out.push(Some(wrap(db, &[self.g.c_out], g)?));
+        }
+        Ok(out)
+    }
+}
+
+enum NormKind {
+    Last { rows: usize, dim: usize },
+    Channels { n: usize, c: usize, hw: usize },
+}
+
+struct NormBackward {
+    kind: NormKind,
+    x: Tensor,
+    gamma: Tensor,
+    mean: Storage,
+    rstd: Storage,
+}
+
+impl BackwardOp for NormBackward {
+    fn name(&self) -> &'static str {
+        "layer_norm"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gd = dense(g)?;
+        let b = g.backend()?;
+        let saved = (&self.mean, &self.rstd);
+        let (r, c) = match self.kind {
+            NormKind::Last { rows, dim } => (
+                b.layer_norm_backward(
+                    rows,
+                    dim,
+                    self.x.storage(),
+                    self.gamma.storage(),
+                    saved,
+                    gd.storage(),
+                )?,
+                dim,
+            ),
+            NormKind::Channels { n, c, hw } => (
+                b.layer_norm2d_backward(
+                    n,
+                    c,
+                    hw,
+                    self.x.storage(),
+                    self.gamma.storage(),
+                    saved,
+                    gd.storage(),
+                )?,
+                c,
+            ),
+        };
+        Ok(vec![
+            Some(wrap(r.dx, self.x.shape(), g)?),
+            Some(wrap(r.dgamma, &[c], g)?),
+            Some(wrap(r.dbeta, &[c], g)?),
+        ])
+    }
+}
+
+struct SoftmaxBackward {
+    rows: usize,
+    dim: usize,
+    y: Tensor,
+}
+
+impl BackwardOp for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gd = dense(g)?;
+        let dx =
+            g.backend()?
+                .softmax_backward(self.rows, self.dim, self.y.storage(), gd.storage())?;
+        Ok(vec![Some(wrap(dx, self.y.shape(), g)?)])
+    }
+}
+
+struct BilinearBackward {
+    in_shape: Vec<usize>,
+    ohw: (usize, usize),
+}
+
+impl BackwardOp for BilinearBackward {
+    fn name(&self) -> &'static str {
+        "upsample_bilinear"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let s = &self.in_shape;
+        let gd = dense(g)?;
+        let dx =
+            g.backend()?
+                .bilinear_backward(s[0] * s[1], (s[2], s[3]), self.ohw, gd.storage())?;
+        Ok(vec![Some(wrap(dx, s, g)?)])
+    }
+}
+
+struct GatherBackward {
+    len: usize,
+    c: usize,
+    index: Vec<usize>,
+}
+
+impl BackwardOp for GatherBackward {
+    fn name(&self) -> &'static str {
+        "gather_rows"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gv = g.to_vec()?;
+        let mut table = vec![0.0f32; self.len * self.c];
+        for (row, &i) in self.index.iter().enumerate() {
+            for j in 0..self.c {
+                table[i * self.c + j] += gv[row * self.c + j];
+            }
+        }
+        Ok(vec![Some(Tensor::from_slice(
+            &table,
+            &[self.len, self.c],
+            g.device(),
+        )?)])
+    }
+}
+
+struct AttnBackward {
+    dims: AttnDims,
+    scale: f32,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Option<(Tensor, Tensor, usize, usize)>,
+    out: Tensor,
+    lse: Storage,
+}
+
+impl BackwardOp for AttnBackward {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gd = dense(g)?;
+        let relpos = self.rel.as_ref().map(|(h, w, kh, kw)| RelPos {
+            rel_h: h.storage(),
+            rel_w: w.storage(),
+            kh: *kh,
+            kw: *kw,
+        });
+        let r = g.backend()?.attention_backward(
+            self.dims,
+            self.q.storage(),
+            self.k.storage(),
+            self.v.storage(),
+            self.scale,
+            relpos,
+            self.out.storage(),
+            &self.lse,
+            gd.storage(),
+        )?;
+        let mut out = vec![
+            Some(wrap(r.dq, self.q.shape(), g)?),
+            Some(wrap(r.dk, self.k.shape(), g)?),
+            Some(wrap(r.dv, self.v.shape(), g)?),
+        ];
+        if let (Some((h, w)), Some((th, tw, _, _))) = (r.drel, &self.rel) {
+            out.push(Some(wrap(h, th.shape(), g)?));
+            out.push(Some(wrap(w, tw.shape(), g)?));
+        }
+        Ok(out)
+    }
+}
