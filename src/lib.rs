@@ -12,3 +12,4 @@ pub mod tensor;
 pub use backend::Device;
 pub use error::{Error, Result};
 pub use tensor::Tensor;
+pub mod model;

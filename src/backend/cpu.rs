@@ -226,7 +226,7 @@ impl Backend for CpuBackend {
         };
         let (a, b) = (host(a)?, host(b)?);
         let dense = |v: &View, len: usize| {
-            v.offset == 0 && is_contiguous(v) && len == v.shape.iter().product()
+            v.offset == 0 && is_contiguous(v) && len == v.shape.iter().product::<usize>()
         };
         let n: usize = va.shape.iter().product();
         if dense(va, a.len()) && dense(vb, b.len()) {
