@@ -13,3 +13,4 @@ pub use backend::Device;
 pub use error::{Error, Result};
 pub use tensor::Tensor;
 pub mod model;
+pub mod optim;
