@@ -1,1 +1,3 @@
 //! MedSAM in Rust.
+pub mod metrics;
+pub mod viz;
