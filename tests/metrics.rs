@@ -80,7 +80,7 @@ fn length_errors_name_the_field() {
 fn bbox_and_box_mask() {
     let m = mask(8, 9, &[(2, 3), (5, 7), (4, 1)]);
     assert_eq!(mask_bbox(&m, 8, 9).unwrap(), Some([1, 2, 7, 5]));
-    assert_eq!(mask_bbox(&vec![false; 72], 8, 9).unwrap(), None);
+    assert_eq!(mask_bbox(&[false; 72], 8, 9).unwrap(), None);
     let b = box_mask(8, 9, [1, 2, 7, 5]);
     // inclusive: 7 columns x 4 rows
     assert_eq!(b.iter().filter(|&&v| v).count(), 28);

@@ -193,13 +193,16 @@ fn band() -> u32 {
     font::text_height(FIG_TEXT_SCALE) + FIG_PAD
 }
 
+/// Top-left pixel corners `(x, y)` of the three panels of one figure row.
+pub type PanelOrigins = [(u32, u32); 3];
+
 /// Top-left corners of the three panels (image+box, GT, prediction) of every
 /// row, and the total figure size `(width, height)`. Each row has a title band
 /// and a panel-label band above its panels; columns are as wide as the widest
 /// image or the widest panel label ("Pred DSC 0.00"), whichever is larger.
 pub fn comparison_layout<T: MaskValue>(
     rows: &[ComparisonRow<T>],
-) -> (Vec<[(u32, u32); 3]>, (u32, u32)) {
+) -> (Vec<PanelOrigins>, (u32, u32)) {
     let cw = rows
         .iter()
         .map(|r| r.w as u32)
