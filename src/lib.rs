@@ -5,12 +5,16 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod error;
+pub mod metrics;
+pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod rng;
 pub mod tensor;
+pub mod viz;
 
 pub use backend::Device;
 pub use error::{Error, Result};
 pub use tensor::Tensor;
-pub mod model;
-pub mod optim;

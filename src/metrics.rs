@@ -1,0 +1,807 @@
+//! Segmentation metrics on binary 2-D masks: Dice (DSC), IoU, normalised
+//! surface Dice (NSD), the fill-the-box baseline, and mergeable aggregation.
+//!
+//! # Mask layout
+//! Masks are row-major `h × w` slices of [`MaskValue`] (`bool`, or `u8` where
+//! any non-zero value is foreground). Every function checks the slice length
+//! against `h * w` and reports the offending argument by name.
+//!
+//! # Empty-mask conventions (follow MedSAM's `utils/SurfaceDice.py`)
+//! | case | DSC | IoU | NSD |
+//! |---|---|---|---|
+//! | both empty | NaN | NaN | NaN (`0/0`, as SurfaceDice.py) |
+//! | exactly one empty | 0.0 | 0.0 | 0.0 |
+//!
+//! `compute_dice_coefficient` in SurfaceDice.py returns NaN when both masks
+//! are empty; IoU is given the same convention. `compute_surface_dice_at_tolerance`
+//! divides the in-tolerance surfel area by the total surfel area, which is
+//! `0/0 = NaN` for two empty masks and `0/x = 0` when only one is empty
+//! (its distances are all `+inf`).
+//!
+//! The aggregation helpers ([`MeanAcc`], [`MetricsAccumulator`]) **skip NaN**
+//! values (they are counted separately in `nan_count`), i.e. means are
+//! NaN-safe means over the defined values; a mean with no defined value is
+//! reported as `null` in JSON.
+//!
+//! # NSD
+//! [`normalized_surface_dice`] reproduces what MedSAM computes for 2-D images:
+//! its evaluation code (`compute_metrics.py`, LiteMedSAM branch) calls the 3-D
+//! `compute_surface_distances` of SurfaceDice.py on `np.expand_dims(mask, -1)`
+//! with spacing `[1, 1, 1]` and tolerance 2. On such a one-slice volume the
+//! 2×2×2 neighbour codes only take the 32 "planar" configurations (one z-side
+//! holds the 2×2 pixel pattern, the other side is empty), so *every* corner
+//! point touching the mask is a surfel (the slab's flat faces count), and
+//! distances are plain 2-D Euclidean distances between the two sets of
+//! corner points. [`NsdMode::MedSamSlab`] implements exactly that (z spacing
+//! fixed to 1). [`NsdMode::Contour2d`] is the genuinely 2-D variant of the
+//! DeepMind `surface-distance` library (2×2 kernel, codes 0 and 15 are not
+//! surface, contour lengths instead of areas).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of the metrics module.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("mask `{field}` has {got} elements, expected {expected} (h={h}, w={w})")]
+    MaskLength {
+        field: &'static str,
+        got: usize,
+        expected: usize,
+        h: usize,
+        w: usize,
+    },
+    #[error("invalid `{field}`: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("json error on {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, MetricsError>;
+
+/// Element type of a binary mask.
+pub trait MaskValue: Copy + Send + Sync {
+    fn is_on(self) -> bool;
+}
+impl MaskValue for bool {
+    #[inline]
+    fn is_on(self) -> bool {
+        self
+    }
+}
+impl MaskValue for u8 {
+    #[inline]
+    fn is_on(self) -> bool {
+        self != 0
+    }
+}
+
+pub(crate) fn check_mask<T>(field: &'static str, m: &[T], h: usize, w: usize) -> Result<()> {
+    let expected = h.checked_mul(w).ok_or(MetricsError::InvalidArgument {
+        field: "h*w",
+        reason: "overflow".into(),
+    })?;
+    if m.len() != expected {
+        return Err(MetricsError::MaskLength {
+            field,
+            got: m.len(),
+            expected,
+            h,
+            w,
+        });
+    }
+    Ok(())
+}
+
+/// Pixel counts of two masks and of their intersection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Overlap {
+    pub gt: u64,
+    pub pred: u64,
+    pub inter: u64,
+}
+
+impl Overlap {
+    /// DSC = 2|A∩B| / (|A|+|B|); NaN when both are empty.
+    pub fn dice(&self) -> f64 {
+        let s = self.gt + self.pred;
+        if s == 0 {
+            f64::NAN
+        } else {
+            2.0 * self.inter as f64 / s as f64
+        }
+    }
+    /// IoU = |A∩B| / |A∪B|; NaN when both are empty.
+    pub fn iou(&self) -> f64 {
+        let u = self.gt + self.pred - self.inter;
+        if u == 0 {
+            f64::NAN
+        } else {
+            self.inter as f64 / u as f64
+        }
+    }
+}
+
+/// Counts |gt|, |pred|, |gt∩pred|.
+pub fn overlap<A: MaskValue, B: MaskValue>(
+    gt: &[A],
+    pred: &[B],
+    h: usize,
+    w: usize,
+) -> Result<Overlap> {
+    check_mask("gt", gt, h, w)?;
+    check_mask("pred", pred, h, w)?;
+    let mut o = Overlap::default();
+    for (&g, &p) in gt.iter().zip(pred) {
+        let (g, p) = (g.is_on(), p.is_on());
+        o.gt += g as u64;
+        o.pred += p as u64;
+        o.inter += (g && p) as u64;
+    }
+    Ok(o)
+}
+
+/// Dice similarity coefficient (NaN when both masks are empty).
+pub fn dice<A: MaskValue, B: MaskValue>(gt: &[A], pred: &[B], h: usize, w: usize) -> Result<f64> {
+    Ok(overlap(gt, pred, h, w)?.dice())
+}
+
+/// Intersection over union (NaN when both masks are empty).
+pub fn iou<A: MaskValue, B: MaskValue>(gt: &[A], pred: &[B], h: usize, w: usize) -> Result<f64> {
+    Ok(overlap(gt, pred, h, w)?.iou())
+}
+
+/// Inclusive bounding box `[x0, y0, x1, y1]` (x = column, y = row) of the
+/// foreground, i.e. `np.min/np.max` of the foreground coordinates as MedSAM
+/// derives its box prompts (before any random perturbation). `None` if empty.
+pub fn mask_bbox<T: MaskValue>(mask: &[T], h: usize, w: usize) -> Result<Option<[usize; 4]>> {
+    check_mask("mask", mask, h, w)?;
+    let mut b: Option<[usize; 4]> = None;
+    for y in 0..h {
+        for x in 0..w {
+            if mask[y * w + x].is_on() {
+                b = Some(match b {
+                    None => [x, y, x, y],
+                    Some([x0, y0, x1, y1]) => [x0.min(x), y0.min(y), x1.max(x), y1.max(y)],
+                });
+            }
+        }
+    }
+    Ok(b)
+}
+
+/// Fill-the-box baseline: a mask that is true on the *inclusive* box
+/// `[x0, y0, x1, y1]` (columns `x0..=x1`, rows `y0..=y1`), clipped to the image.
+/// A box with `x1 < x0` or `y1 < y0`, or lying fully outside, gives an empty mask.
+pub fn box_mask(h: usize, w: usize, bbox: [usize; 4]) -> Vec<bool> {
+    let mut m = vec![false; h * w];
+    let [x0, y0, x1, y1] = bbox;
+    if w == 0 || h == 0 || x0 > x1 || y0 > y1 || x0 >= w || y0 >= h {
+        return m;
+    }
+    let (x1, y1) = (x1.min(w - 1), y1.min(h - 1));
+    for y in y0..=y1 {
+        m[y * w + x0..=y * w + x1].fill(true);
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------
+// Surface distances
+// ---------------------------------------------------------------------------
+
+/// Which surfel definition is used for the surface distances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NsdMode {
+    /// MedSAM's 2-D evaluation: the 3-D algorithm on a one-slice volume
+    /// (z spacing 1). Default.
+    #[default]
+    MedSamSlab,
+    /// 2-D marching-squares contour (DeepMind `surface-distance` with 2-D input).
+    Contour2d,
+}
+
+/// Surfel distances and sizes (areas in slab mode, lengths in contour mode).
+/// Not sorted. In slab mode each 2-D corner point stands for the two surfels
+/// (z = 0 and z = 1 layer) of SurfaceDice.py; both have the same distance, so
+/// they are merged into one entry carrying the summed area.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SurfaceDistances {
+    pub distances_gt_to_pred: Vec<f64>,
+    pub distances_pred_to_gt: Vec<f64>,
+    pub surfel_areas_gt: Vec<f64>,
+    pub surfel_areas_pred: Vec<f64>,
+}
+
+/// Surfel area in slab mode for a 2×2 pixel pattern (bit `2*a + b` set when
+/// the pixel at row offset `a`, column offset `b` is foreground), summed over
+/// both z layers. The normals are those the 256-entry marching-cubes table of
+/// SurfaceDice.py lists for the planar codes (absolute components, sign does
+/// not affect the norm):
+/// one pixel: (1/8,1/8,1/8); two pixels in a row: 2×(1/4,0,1/4); two in a
+/// column: 2×(0,1/4,1/4); two diagonal: 2×(1/8,1/8,1/8); three:
+/// (0,0,1/2)+(1/4,1/4,1/4)+(1/8,1/8,1/8); four: 2×(0,0,1/2).
+/// Each normal `n` is scaled to `(n0*s1*s2, n1*s0*s2, n2*s0*s1)` (s2 = 1).
+fn slab_area_table(s0: f64, s1: f64) -> [f64; 16] {
+    let s2 = 1.0;
+    let norm = |n: [f64; 3]| -> f64 {
+        let v = [n[0] * s1 * s2, n[1] * s0 * s2, n[2] * s0 * s1];
+        (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt()
+    };
+    let e = 0.125;
+    let q = 0.25;
+    let mut t = [0.0; 16];
+    for (pat, slot) in t.iter_mut().enumerate() {
+        let layer = match pat.count_ones() {
+            0 => 0.0,
+            1 => norm([e, e, e]),
+            2 => {
+                if pat == 0b0011 || pat == 0b1100 {
+                    // same row a, columns 0 and 1
+                    2.0 * norm([q, 0.0, q])
+                } else if pat == 0b0101 || pat == 0b1010 {
+                    // same column b, rows 0 and 1
+                    2.0 * norm([0.0, q, q])
+                } else {
+                    2.0 * norm([e, e, e])
+                }
+            }
+            3 => norm([0.0, 0.0, 0.5]) + norm([q, q, q]) + norm([e, e, e]),
+            _ => 2.0 * norm([0.0, 0.0, 0.5]),
+        };
+        // two layers (z=0 and z=1) with mirrored, equal-norm normals
+        *slot = 2.0 * layer;
+    }
+    t
+}
+
+/// Contour length for a 2×2 pattern (same bit convention as above):
+/// marching squares, as DeepMind's `create_table_neighbour_code_to_contour_length`.
+fn contour_length_table(s0: f64, s1: f64) -> [f64; 16] {
+    let diag = 0.5 * (s0 * s0 + s1 * s1).sqrt();
+    let mut t = [0.0; 16];
+    for (pat, slot) in t.iter_mut().enumerate() {
+        *slot = match pat.count_ones() {
+            1 | 3 => diag,
+            2 => match pat {
+                0b0011 | 0b1100 => s1, // a row pair: horizontal edge
+                0b0101 | 0b1010 => s0, // a column pair: vertical edge
+                _ => 2.0 * diag,
+            },
+            _ => 0.0,
+        };
+    }
+    t
+}
+
+/// 1-D squared-distance transform (Felzenszwalb–Huttenlocher lower envelope)
+/// with sample spacing `s`: out[p] = min_q ((p-q)·s)² + f[q]. `f` may hold +inf.
+fn edt_1d(f: &[f64], s: f64, out: &mut [f64], v: &mut Vec<usize>, z: &mut Vec<f64>) {
+    let n = f.len();
+    v.clear();
+    z.clear();
+    for q in 0..n {
+        if !f[q].is_finite() {
+            continue;
+        }
+        let xq = q as f64 * s;
+        loop {
+            match v.last() {
+                None => {
+                    v.push(q);
+                    z.push(f64::NEG_INFINITY);
+                    break;
+                }
+                Some(&p) => {
+                    let xp = p as f64 * s;
+                    let inter = ((f[q] + xq * xq) - (f[p] + xp * xp)) / (2.0 * (xq - xp));
+                    if inter <= *z.last().unwrap() {
+                        v.pop();
+                        z.pop();
+                    } else {
+                        v.push(q);
+                        z.push(inter);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if v.is_empty() {
+        out.fill(f64::INFINITY);
+        return;
+    }
+    let mut k = 0;
+    for (p, o) in out.iter_mut().enumerate() {
+        let x = p as f64 * s;
+        while k + 1 < v.len() && z[k + 1] < x {
+            k += 1;
+        }
+        let d = (p as f64 - v[k] as f64) * s;
+        *o = d * d + f[v[k]];
+    }
+}
+
+/// Exact Euclidean distance (not squared) from every grid point to the nearest
+/// `true` point of `feat` (`rows × cols`, row-major), with row spacing `s0` and
+/// column spacing `s1` — the same as scipy's `distance_transform_edt(~feat,
+/// sampling=(s0, s1))`. All +inf if `feat` has no true point.
+pub fn euclidean_distance_to(
+    feat: &[bool],
+    rows: usize,
+    cols: usize,
+    s0: f64,
+    s1: f64,
+) -> Vec<f64> {
+    assert_eq!(feat.len(), rows * cols);
+    let mut g = vec![f64::INFINITY; rows * cols];
+    let mut v = Vec::new();
+    let mut z = Vec::new();
+    // pass along rows axis (per column)
+    let mut col = vec![0.0; rows];
+    let mut colout = vec![0.0; rows];
+    for c in 0..cols {
+        for r in 0..rows {
+            col[r] = if feat[r * cols + c] {
+                0.0
+            } else {
+                f64::INFINITY
+            };
+        }
+        edt_1d(&col, s0, &mut colout, &mut v, &mut z);
+        for r in 0..rows {
+            g[r * cols + c] = colout[r];
+        }
+    }
+    // pass along columns axis (per row)
+    let mut rowout = vec![0.0; cols];
+    for r in 0..rows {
+        let line = &mut g[r * cols..(r + 1) * cols];
+        edt_1d(line, s1, &mut rowout, &mut v, &mut z);
+        for (dst, &d2) in line.iter_mut().zip(&rowout) {
+            *dst = d2.sqrt();
+        }
+    }
+    g
+}
+
+fn check_spacing(spacing: [f64; 2]) -> Result<()> {
+    if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(MetricsError::InvalidArgument {
+            field: "spacing",
+            reason: format!("must be finite and > 0, got {spacing:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// Surface distances between `gt` and `pred` (`h × w`), `spacing = [row, col]`
+/// in mm (or `[1.0, 1.0]` for pixels). Mirrors SurfaceDice.py's
+/// `compute_surface_distances`: crop to the union bounding box padded by one at
+/// the high end, 2×2 neighbour codes at the pixel corners, border points are
+/// codes other than "empty" (and "full" in contour mode), distances from each
+/// border point of one mask to the nearest border point of the other.
+/// If one mask is empty its lists are empty and the other's distances are +inf;
+/// if both are empty all lists are empty.
+pub fn compute_surface_distances<A: MaskValue, B: MaskValue>(
+    gt: &[A],
+    pred: &[B],
+    h: usize,
+    w: usize,
+    spacing: [f64; 2],
+    mode: NsdMode,
+) -> Result<SurfaceDistances> {
+    check_mask("gt", gt, h, w)?;
+    check_mask("pred", pred, h, w)?;
+    check_spacing(spacing)?;
+    // union bounding box
+    let (mut y0, mut y1, mut x0, mut x1) = (usize::MAX, 0usize, usize::MAX, 0usize);
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            if gt[i].is_on() || pred[i].is_on() {
+                y0 = y0.min(y);
+                y1 = y1.max(y);
+                x0 = x0.min(x);
+                x1 = x1.max(x);
+            }
+        }
+    }
+    if y0 == usize::MAX {
+        return Ok(SurfaceDistances::default());
+    }
+    // corner grid: point (r, c) sees pixels rows y0+r-1..=y0+r, cols x0+c-1..=x0+c
+    let rows = y1 - y0 + 2;
+    let cols = x1 - x0 + 2;
+    let table = match mode {
+        NsdMode::MedSamSlab => slab_area_table(spacing[0], spacing[1]),
+        NsdMode::Contour2d => contour_length_table(spacing[0], spacing[1]),
+    };
+    let full_is_border = mode == NsdMode::MedSamSlab;
+    let codes = |get: &dyn Fn(usize) -> bool| -> Vec<u8> {
+        let px = |r: isize, c: isize| -> bool {
+            let (yy, xx) = (y0 as isize + r, x0 as isize + c);
+            // outside the crop (incl. the high-end pad) is zero
+            r >= 0
+                && c >= 0
+                && yy <= y1 as isize
+                && xx <= x1 as isize
+                && get(yy as usize * w + xx as usize)
+        };
+        let mut out = vec![0u8; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let (ri, ci) = (r as isize, c as isize);
+                let mut code = 0u8;
+                for a in 0..2 {
+                    for b in 0..2 {
+                        if px(ri + a - 1, ci + b - 1) {
+                            code |= 1 << (2 * a + b);
+                        }
+                    }
+                }
+                out[r * cols + c] = code;
+            }
+        }
+        out
+    };
+    let code_gt = codes(&|i| gt[i].is_on());
+    let code_pred = codes(&|i| pred[i].is_on());
+    let is_border = |c: u8| c != 0 && (full_is_border || c != 15);
+    let border_gt: Vec<bool> = code_gt.iter().map(|&c| is_border(c)).collect();
+    let border_pred: Vec<bool> = code_pred.iter().map(|&c| is_border(c)).collect();
+    let dist_gt = euclidean_distance_to(&border_gt, rows, cols, spacing[0], spacing[1]);
+    let dist_pred = euclidean_distance_to(&border_pred, rows, cols, spacing[0], spacing[1]);
+    let mut sd = SurfaceDistances::default();
+    for i in 0..rows * cols {
+        if border_gt[i] {
+            sd.distances_gt_to_pred.push(dist_pred[i]);
+            sd.surfel_areas_gt.push(table[code_gt[i] as usize]);
+        }
+        if border_pred[i] {
+            sd.distances_pred_to_gt.push(dist_gt[i]);
+            sd.surfel_areas_pred.push(table[code_pred[i] as usize]);
+        }
+    }
+    Ok(sd)
+}
+
+/// `compute_surface_dice_at_tolerance`: (in-tolerance gt area + in-tolerance
+/// pred area) / (total gt area + total pred area); distances `<= tolerance`
+/// count. NaN when both surfaces are empty.
+pub fn surface_dice_at_tolerance(sd: &SurfaceDistances, tolerance: f64) -> f64 {
+    let within = |d: &[f64], a: &[f64]| -> f64 {
+        d.iter()
+            .zip(a)
+            .filter(|(d, _)| **d <= tolerance)
+            .map(|(_, a)| *a)
+            .sum()
+    };
+    let num = within(&sd.distances_gt_to_pred, &sd.surfel_areas_gt)
+        + within(&sd.distances_pred_to_gt, &sd.surfel_areas_pred);
+    let den: f64 =
+        sd.surfel_areas_gt.iter().sum::<f64>() + sd.surfel_areas_pred.iter().sum::<f64>();
+    num / den
+}
+
+/// Normalised surface Dice at `tolerance` (same unit as `spacing`), MedSAM's
+/// 2-D convention ([`NsdMode::MedSamSlab`]). MedSAM uses tolerance 2 with
+/// spacing `[1, 1]` for 2-D images.
+pub fn normalized_surface_dice<A: MaskValue, B: MaskValue>(
+    gt: &[A],
+    pred: &[B],
+    h: usize,
+    w: usize,
+    spacing: [f64; 2],
+    tolerance: f64,
+) -> Result<f64> {
+    normalized_surface_dice_with(gt, pred, h, w, spacing, tolerance, NsdMode::MedSamSlab)
+}
+
+/// Like [`normalized_surface_dice`] with an explicit [`NsdMode`].
+pub fn normalized_surface_dice_with<A: MaskValue, B: MaskValue>(
+    gt: &[A],
+    pred: &[B],
+    h: usize,
+    w: usize,
+    spacing: [f64; 2],
+    tolerance: f64,
+    mode: NsdMode,
+) -> Result<f64> {
+    if tolerance.is_nan() || tolerance < 0.0 {
+        return Err(MetricsError::InvalidArgument {
+            field: "tolerance",
+            reason: format!("must be >= 0, got {tolerance}"),
+        });
+    }
+    let sd = compute_surface_distances(gt, pred, h, w, spacing, mode)?;
+    Ok(surface_dice_at_tolerance(&sd, tolerance))
+}
+
+// ---------------------------------------------------------------------------
+// Per-sample bundle
+// ---------------------------------------------------------------------------
+
+/// DSC, IoU and NSD of one (image, label) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SampleMetrics {
+    pub dsc: f64,
+    pub iou: f64,
+    pub nsd: f64,
+}
+
+/// DSC, IoU and NSD (MedSAM slab mode) in one call.
+pub fn sample_metrics<A: MaskValue, B: MaskValue>(
+    gt: &[A],
+    pred: &[B],
+    h: usize,
+    w: usize,
+    spacing: [f64; 2],
+    tolerance: f64,
+) -> Result<SampleMetrics> {
+    let o = overlap(gt, pred, h, w)?;
+    Ok(SampleMetrics {
+        dsc: o.dice(),
+        iou: o.iou(),
+        nsd: normalized_surface_dice(gt, pred, h, w, spacing, tolerance)?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Aggregation
+// ---------------------------------------------------------------------------
+
+/// NaN-skipping mean accumulator (sum + count), mergeable across shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeanAcc {
+    pub sum: f64,
+    pub count: u64,
+    /// Number of NaN values pushed (skipped).
+    pub nan_count: u64,
+}
+
+impl MeanAcc {
+    pub fn push(&mut self, v: f64) {
+        if v.is_nan() {
+            self.nan_count += 1;
+        } else {
+            self.sum += v;
+            self.count += 1;
+        }
+    }
+    pub fn merge(&mut self, o: &MeanAcc) {
+        self.sum += o.sum;
+        self.count += o.count;
+        self.nan_count += o.nan_count;
+    }
+    /// Mean of the non-NaN values; `None` if there are none.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+}
+
+/// Accumulates DSC / IoU / NSD for one group (a label, everything, or the box baseline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupAcc {
+    pub dsc: MeanAcc,
+    pub iou: MeanAcc,
+    pub nsd: MeanAcc,
+    /// Number of samples added (including those with NaN metrics).
+    pub count: u64,
+}
+
+impl GroupAcc {
+    pub fn push(&mut self, m: &SampleMetrics) {
+        self.dsc.push(m.dsc);
+        self.iou.push(m.iou);
+        self.nsd.push(m.nsd);
+        self.count += 1;
+    }
+    pub fn merge(&mut self, o: &GroupAcc) {
+        self.dsc.merge(&o.dsc);
+        self.iou.merge(&o.iou);
+        self.nsd.merge(&o.nsd);
+        self.count += o.count;
+    }
+}
+
+/// Mergeable accumulator for a whole evaluation (one per rank / shard).
+/// Merge shards with [`MetricsAccumulator::merge`]; it is serde-serialisable so
+/// shards can be exchanged as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsAccumulator {
+    pub overall: GroupAcc,
+    pub per_label: BTreeMap<u32, GroupAcc>,
+    pub box_baseline: GroupAcc,
+    /// Images processed (for throughput).
+    pub images: u64,
+    /// Wall-clock seconds spent. Merging takes the max (shards run in parallel).
+    pub elapsed_seconds: f64,
+}
+
+impl MetricsAccumulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds one (image, label) sample with the model's metrics and optionally
+    /// the fill-the-box baseline's.
+    pub fn add(&mut self, label: u32, pred: &SampleMetrics, box_baseline: Option<&SampleMetrics>) {
+        self.overall.push(pred);
+        self.per_label.entry(label).or_default().push(pred);
+        if let Some(b) = box_baseline {
+            self.box_baseline.push(b);
+        }
+    }
+    /// Records `n` processed images taking `seconds` of wall time.
+    pub fn add_timing(&mut self, n: u64, seconds: f64) {
+        self.images += n;
+        self.elapsed_seconds += seconds;
+    }
+    /// Merges another shard: sums and counts add; elapsed is the max.
+    pub fn merge(&mut self, o: &MetricsAccumulator) {
+        self.overall.merge(&o.overall);
+        for (k, v) in &o.per_label {
+            self.per_label.entry(*k).or_default().merge(v);
+        }
+        self.box_baseline.merge(&o.box_baseline);
+        self.images += o.images;
+        self.elapsed_seconds = self.elapsed_seconds.max(o.elapsed_seconds);
+    }
+    pub fn summary(&self) -> MetricsSummary {
+        MetricsSummary {
+            dsc: self.overall.dsc.mean(),
+            miou: self.overall.iou.mean(),
+            nsd: self.overall.nsd.mean(),
+            count: self.overall.count,
+            per_label: self
+                .per_label
+                .iter()
+                .map(|(k, g)| {
+                    (
+                        k.to_string(),
+                        LabelSummary {
+                            dsc: g.dsc.mean(),
+                            miou: g.iou.mean(),
+                            nsd: g.nsd.mean(),
+                            count: g.count,
+                        },
+                    )
+                })
+                .collect(),
+            box_baseline: BoxSummary {
+                dsc: self.box_baseline.dsc.mean(),
+                miou: self.box_baseline.iou.mean(),
+                nsd: self.box_baseline.nsd.mean(),
+            },
+            images_per_second: (self.elapsed_seconds > 0.0)
+                .then(|| self.images as f64 / self.elapsed_seconds),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelSummary {
+    pub dsc: Option<f64>,
+    pub miou: Option<f64>,
+    pub nsd: Option<f64>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoxSummary {
+    pub dsc: Option<f64>,
+    pub miou: Option<f64>,
+    pub nsd: Option<f64>,
+}
+
+/// JSON shape: `{"dsc","miou","nsd","count","per_label":{"<id>":{"dsc","miou","nsd","count"}},
+/// "box_baseline":{"dsc","miou","nsd"},"images_per_second"}`. Means are over
+/// non-NaN samples; `null` when undefined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSummary {
+    pub dsc: Option<f64>,
+    pub miou: Option<f64>,
+    pub nsd: Option<f64>,
+    pub count: u64,
+    pub per_label: BTreeMap<String, LabelSummary>,
+    pub box_baseline: BoxSummary,
+    pub images_per_second: Option<f64>,
+}
+
+impl MetricsSummary {
+    /// Writes pretty JSON atomically (temp file in the same dir, then rename).
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let s = serde_json::to_vec_pretty(self).map_err(|source| MetricsError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        write_atomic(path, &s)
+    }
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let b = std::fs::read(path).map_err(|source| MetricsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&b).map_err(|source| MetricsError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// CSV header matching [`csv_row`].
+pub const CSV_HEADER: &str = "image,label,dsc,iou,nsd,box_dsc,box_iou,box_nsd";
+
+fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        "nan".to_string()
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+/// One CSV row `image,label,dsc,iou,nsd,box_dsc,box_iou,box_nsd` (no newline).
+/// Numbers use 6 decimals, NaN is `nan`, a missing box baseline leaves the
+/// three box fields empty. The image name is quoted (RFC 4180) if it contains
+/// a comma, quote or newline.
+pub fn csv_row(image: &str, label: u32, m: &SampleMetrics, b: Option<&SampleMetrics>) -> String {
+    let name = if image.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", image.replace('"', "\"\""))
+    } else {
+        image.to_string()
+    };
+    let bx = match b {
+        Some(b) => format!("{},{},{}", fmt_num(b.dsc), fmt_num(b.iou), fmt_num(b.nsd)),
+        None => ",,".to_string(),
+    };
+    format!(
+        "{name},{label},{},{},{},{bx}",
+        fmt_num(m.dsc),
+        fmt_num(m.iou),
+        fmt_num(m.nsd)
+    )
+}
+
+/// Writes `bytes` to `path` via a temp file in the same directory + rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| MetricsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let fname = path
+        .file_name()
+        .ok_or_else(|| MetricsError::InvalidArgument {
+            field: "path",
+            reason: format!("{} has no file name", path.display()),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{fname}.tmp{}", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(io)
+}
