@@ -99,6 +99,16 @@ impl SamConfig {
         [ModelType::VitB, ModelType::VitL, ModelType::VitH].into_iter().find(|&t| Self::preset(t) == *self)
     }
 
+    /// The preset whose shapes this configuration has, ignoring the decoder's head count (which
+    /// checkpoint shapes cannot show).
+    pub fn model_type_ignoring_heads(&self) -> Option<ModelType> {
+        [ModelType::VitB, ModelType::VitL, ModelType::VitH].into_iter().find(|&t| {
+            let mut p = Self::preset(t);
+            p.mask_decoder.transformer_num_heads = self.mask_decoder.transformer_num_heads;
+            p == *self
+        })
+    }
+
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| Error::file(path, format!("model config: {e}")))
