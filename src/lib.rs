@@ -1,1 +1,2 @@
 //! MedSAM in Rust.
+pub mod checkpoint;
