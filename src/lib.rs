@@ -5,15 +5,20 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod error;
+pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 pub mod viz;
+pub mod weights;
 
 pub use backend::Device;
 pub use error::{Error, Result};

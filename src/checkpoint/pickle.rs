@@ -1,0 +1,1173 @@
+//! A restricted pickle reader and a protocol-2 pickle writer for torch
+//! checkpoints.
+//!
+//! The reader never executes anything: `GLOBAL`/`STACK_GLOBAL` resolve only an
+//! allowlist of names into inert markers, and `REDUCE`/`NEWOBJ`/`BUILD` are
+//! interpreted only for those markers. Objects live in an arena so that memo
+//! references alias correctly (a container filled after being memoized is seen
+//! filled through every reference); the arena is converted to [`Value`] at the
+//! end with caps on nesting depth and total node count.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+
+use super::{CheckpointError, DType, Result, TensorData, Value};
+
+/// Resource caps for the unpickler (denial-of-service protection).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Maximum nesting depth of containers in the result.
+    pub max_depth: usize,
+    /// Maximum number of memo entries.
+    pub max_memo: usize,
+    /// Maximum number of objects created while unpickling.
+    pub max_objects: usize,
+    /// Maximum number of values in the final result (counts shared subtrees
+    /// once per reference).
+    pub max_nodes: usize,
+    /// Maximum total bytes of materialised tensors.
+    pub max_tensor_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 100,
+            max_memo: 4 << 20,
+            max_objects: 8 << 20,
+            max_nodes: 8 << 20,
+            max_tensor_bytes: usize::MAX,
+        }
+    }
+}
+
+type Id = usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Global {
+    RebuildTensorV2,
+    RebuildParameter,
+    OrderedDict,
+    Storage(DType),
+    CodecsEncode,
+}
+
+fn resolve_global(module: &str, name: &str) -> Option<Global> {
+    Some(match (module, name) {
+        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+        ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+        ("collections", "OrderedDict") => Global::OrderedDict,
+        ("_codecs", "encode") => Global::CodecsEncode,
+        ("torch", n) => Global::Storage(DType::from_torch_storage_name(n)?),
+        _ => return None,
+    })
+}
+
+#[derive(Debug)]
+enum Obj {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Id>),
+    Tuple(Vec<Id>),
+    Dict(Vec<(Id, Id)>),
+    Tensor(TensorData),
+    Global(Global),
+    Storage { dtype: DType, key: String },
+}
+
+impl Obj {
+    fn kind(&self) -> &'static str {
+        match self {
+            Obj::None => "None",
+            Obj::Bool(_) => "bool",
+            Obj::Int(_) => "int",
+            Obj::Float(_) => "float",
+            Obj::Str(_) => "str",
+            Obj::Bytes(_) => "bytes",
+            Obj::List(_) => "list",
+            Obj::Tuple(_) => "tuple",
+            Obj::Dict(_) => "dict",
+            Obj::Tensor(_) => "tensor",
+            Obj::Global(_) => "global",
+            Obj::Storage { .. } => "storage",
+        }
+    }
+}
+
+/// Source of storage bytes for persistent ids (`data/<key>` records).
+pub(crate) trait StorageSource {
+    /// Raw little-endian bytes of storage `key`; loaded once and cached by the
+    /// caller of this trait.
+    fn load(&mut self, key: &str, dtype: DType) -> Result<Rc<Vec<u8>>>;
+}
+
+struct Unpickler<'a, S: StorageSource> {
+    path: &'a Path,
+    data: &'a [u8],
+    pos: usize,
+    /// Offset of the opcode being executed (for errors).
+    op_pos: usize,
+    objs: Vec<Obj>,
+    stack: Vec<Id>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, Id>,
+    storages: S,
+    limits: &'a Limits,
+    tensor_bytes: usize,
+}
+
+/// Unpickles `data` (the contents of `data.pkl`) into a [`Value`].
+pub(crate) fn unpickle<S: StorageSource>(
+    path: &Path,
+    data: &[u8],
+    storages: S,
+    limits: &Limits,
+) -> Result<Value> {
+    let mut u = Unpickler {
+        path,
+        data,
+        pos: 0,
+        op_pos: 0,
+        objs: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        storages,
+        limits,
+        tensor_bytes: 0,
+    };
+    let root = u.run()?;
+    let mut nodes = 0usize;
+    u.to_value(root, 0, &mut nodes)
+}
+
+impl<'a, S: StorageSource> Unpickler<'a, S> {
+    fn err(&self, msg: impl Into<String>) -> CheckpointError {
+        CheckpointError::Pickle {
+            path: self.path.to_path_buf(),
+            pos: self.op_pos,
+            msg: msg.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        match end {
+            Some(e) => {
+                let s = &self.data[self.pos..e];
+                self.pos = e;
+                Ok(s)
+            }
+            None => Err(self.err(format!(
+                "unexpected end of data (wanted {n} bytes at offset {})",
+                self.pos
+            ))),
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16le(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32le(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes(b.try_into().unwrap()))
+    }
+
+    fn u64le(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap()))
+    }
+
+    fn line(&mut self) -> Result<&'a str> {
+        let rest = &self.data[self.pos..];
+        let n = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or_else(|| self.err("unterminated text argument"))?;
+        let s = std::str::from_utf8(&rest[..n]).map_err(|_| self.err("non-UTF-8 text argument"))?;
+        self.pos += n + 1;
+        Ok(s)
+    }
+
+    fn len_arg(&mut self, n: u64) -> Result<usize> {
+        let remaining = (self.data.len() - self.pos) as u64;
+        if n > remaining {
+            return Err(self.err(format!(
+                "length {n} exceeds remaining {remaining} bytes of data.pkl"
+            )));
+        }
+        Ok(n as usize)
+    }
+
+    fn alloc(&mut self, o: Obj) -> Result<Id> {
+        if self.objs.len() >= self.limits.max_objects {
+            return Err(self.err(format!(
+                "too many objects (cap {})",
+                self.limits.max_objects
+            )));
+        }
+        self.objs.push(o);
+        Ok(self.objs.len() - 1)
+    }
+
+    fn push(&mut self, o: Obj) -> Result<()> {
+        let id = self.alloc(o)?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Result<Id> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.err("stack underflow"));
+        }
+        Ok(self.stack.pop().unwrap())
+    }
+
+    fn top(&self) -> Result<Id> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.err("stack underflow"));
+        }
+        Ok(*self.stack.last().unwrap())
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Id>> {
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.err("no MARK on the stack"))?;
+        Ok(self.stack.split_off(m))
+    }
+
+    fn memo_put(&mut self, idx: u64) -> Result<()> {
+        let id = self.top()?;
+        if !self.memo.contains_key(&idx) && self.memo.len() >= self.limits.max_memo {
+            return Err(self.err(format!(
+                "memo too large (cap {} entries)",
+                self.limits.max_memo
+            )));
+        }
+        self.memo.insert(idx, id);
+        Ok(())
+    }
+
+    fn memo_get(&mut self, idx: u64) -> Result<()> {
+        let id = *self
+            .memo
+            .get(&idx)
+            .ok_or_else(|| self.err(format!("memo key {idx} not found")))?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<()> {
+        match resolve_global(module, name) {
+            Some(g) => self.push(Obj::Global(g)),
+            None => Err(CheckpointError::ForbiddenGlobal {
+                path: self.path.to_path_buf(),
+                name: format!("{module}.{name}"),
+            }),
+        }
+    }
+
+    fn str_of(&self, id: Id, what: &str) -> Result<String> {
+        match &self.objs[id] {
+            Obj::Str(s) => Ok(s.clone()),
+            o => Err(self.err(format!("{what}: expected str, found {}", o.kind()))),
+        }
+    }
+
+    fn int_of(&self, id: Id, what: &str) -> Result<i64> {
+        match &self.objs[id] {
+            Obj::Int(i) => Ok(*i),
+            Obj::Bool(b) => Ok(*b as i64),
+            o => Err(self.err(format!("{what}: expected int, found {}", o.kind()))),
+        }
+    }
+
+    fn usize_of(&self, id: Id, what: &str) -> Result<usize> {
+        let i = self.int_of(id, what)?;
+        usize::try_from(i).map_err(|_| self.err(format!("{what}: negative value {i}")))
+    }
+
+    fn tuple_of(&self, id: Id, what: &str) -> Result<Vec<Id>> {
+        match &self.objs[id] {
+            Obj::Tuple(v) | Obj::List(v) => Ok(v.clone()),
+            o => Err(self.err(format!("{what}: expected tuple, found {}", o.kind()))),
+        }
+    }
+
+    fn run(&mut self) -> Result<Id> {
+        loop {
+            self.op_pos = self.pos;
+            let op = self.byte()?;
+            match op {
+                0x80 => {
+                    // PROTO
+                    let p = self.byte()?;
+                    if p > 5 {
+                        return Err(self.err(format!("unsupported pickle protocol {p}")));
+                    }
+                }
+                0x95 => {
+                    // FRAME: framing is irrelevant when reading from memory.
+                    self.u64le()?;
+                }
+                b'.' => {
+                    // STOP
+                    let r = self.pop()?;
+                    return Ok(r);
+                }
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let t = self.top()?;
+                    self.stack.push(t);
+                }
+                b'N' => self.push(Obj::None)?,
+                0x88 => self.push(Obj::Bool(true))?,
+                0x89 => self.push(Obj::Bool(false))?,
+                b'J' => {
+                    let v = self.u32le()? as i32 as i64;
+                    self.push(Obj::Int(v))?
+                }
+                b'K' => {
+                    let v = self.byte()? as i64;
+                    self.push(Obj::Int(v))?
+                }
+                b'M' => {
+                    let v = self.u16le()? as i64;
+                    self.push(Obj::Int(v))?
+                }
+                0x8a | 0x8b => {
+                    // LONG1 / LONG4: little-endian two's complement
+                    let n = if op == 0x8a {
+                        self.byte()? as u64
+                    } else {
+                        self.u32le()? as u64
+                    };
+                    let n = self.len_arg(n)?;
+                    let b = self.take(n)?;
+                    let v = long_from_le(b).ok_or_else(|| {
+                        self.err(format!("integer of {n} bytes does not fit in i64"))
+                    })?;
+                    self.push(Obj::Int(v))?
+                }
+                b'I' => {
+                    let s = self.line()?;
+                    let o = match s {
+                        "00" => Obj::Bool(false),
+                        "01" => Obj::Bool(true),
+                        _ => Obj::Int(
+                            s.trim()
+                                .parse()
+                                .map_err(|_| self.err(format!("bad INT argument {s:?}")))?,
+                        ),
+                    };
+                    self.push(o)?
+                }
+                b'L' => {
+                    let s = self.line()?;
+                    let v = s
+                        .trim_end_matches('L')
+                        .parse()
+                        .map_err(|_| self.err(format!("bad LONG argument {s:?}")))?;
+                    self.push(Obj::Int(v))?
+                }
+                b'G' => {
+                    let b = self.take(8)?;
+                    let v = f64::from_be_bytes(b.try_into().unwrap());
+                    self.push(Obj::Float(v))?
+                }
+                b'F' => {
+                    let s = self.line()?;
+                    let v = s
+                        .trim()
+                        .parse()
+                        .map_err(|_| self.err(format!("bad FLOAT argument {s:?}")))?;
+                    self.push(Obj::Float(v))?
+                }
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => self.u32le()? as u64,
+                        0x8c => self.byte()? as u64,
+                        _ => self.u64le()?,
+                    };
+                    let n = self.len_arg(n)?;
+                    let b = self.take(n)?;
+                    let s = std::str::from_utf8(b)
+                        .map_err(|_| self.err("string is not valid UTF-8"))?
+                        .to_string();
+                    self.push(Obj::Str(s))?
+                }
+                b'T' | b'U' => {
+                    // BINSTRING / SHORT_BINSTRING (py2 str): decoded as latin-1.
+                    let n = if op == b'T' {
+                        self.u32le()? as u64
+                    } else {
+                        self.byte()? as u64
+                    };
+                    let n = self.len_arg(n)?;
+                    let s = self.take(n)?.iter().map(|&c| c as char).collect();
+                    self.push(Obj::Str(s))?
+                }
+                b'B' | b'C' | 0x8e | 0x96 => {
+                    let n = match op {
+                        b'B' => self.u32le()? as u64,
+                        b'C' => self.byte()? as u64,
+                        _ => self.u64le()?,
+                    };
+                    let n = self.len_arg(n)?;
+                    let b = self.take(n)?.to_vec();
+                    self.push(Obj::Bytes(b))?
+                }
+                b']' => self.push(Obj::List(Vec::new()))?,
+                b')' => self.push(Obj::Tuple(Vec::new()))?,
+                b'}' => self.push(Obj::Dict(Vec::new()))?,
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push(Obj::List(items))?
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Obj::Tuple(items))?
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop()?);
+                    }
+                    items.reverse();
+                    self.push(Obj::Tuple(items))?
+                }
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items)?;
+                    self.push(Obj::Dict(pairs))?
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    let l = self.top()?;
+                    self.extend_list(l, vec![v])?;
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    let l = self.top()?;
+                    self.extend_list(l, items)?;
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let d = self.top()?;
+                    self.extend_dict(d, vec![(k, v)])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    let pairs = self.pairs(items)?;
+                    let d = self.top()?;
+                    self.extend_dict(d, pairs)?;
+                }
+                b'q' => {
+                    let i = self.byte()? as u64;
+                    self.memo_put(i)?
+                }
+                b'r' => {
+                    let i = self.u32le()? as u64;
+                    self.memo_put(i)?
+                }
+                b'p' => {
+                    let s = self.line()?;
+                    let i = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad PUT argument {s:?}")))?;
+                    self.memo_put(i)?
+                }
+                0x94 => {
+                    // MEMOIZE
+                    let i = self.memo.len() as u64;
+                    self.memo_put(i)?
+                }
+                b'h' => {
+                    let i = self.byte()? as u64;
+                    self.memo_get(i)?
+                }
+                b'j' => {
+                    let i = self.u32le()? as u64;
+                    self.memo_get(i)?
+                }
+                b'g' => {
+                    let s = self.line()?;
+                    let i = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad GET argument {s:?}")))?;
+                    self.memo_get(i)?
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.global(module, name)?
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let name = self.str_of(name, "STACK_GLOBAL name")?;
+                    let module = self.str_of(module, "STACK_GLOBAL module")?;
+                    self.global(&module, &name)?
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let o = self.persistent_load(pid)?;
+                    self.push(o)?
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let f = self.pop()?;
+                    let o = self.reduce(f, args)?;
+                    match o {
+                        Reduced::New(o) => self.push(o)?,
+                        Reduced::Existing(id) => self.stack.push(id),
+                    }
+                }
+                0x81 => {
+                    // NEWOBJ: cls.__new__(cls, *args); only OrderedDict.
+                    let _args = self.pop()?;
+                    let cls = self.pop()?;
+                    match self.objs[cls] {
+                        Obj::Global(Global::OrderedDict) => self.push(Obj::Dict(Vec::new()))?,
+                        _ => {
+                            return Err(
+                                self.err("NEWOBJ is only supported for collections.OrderedDict")
+                            )
+                        }
+                    }
+                }
+                b'b' => {
+                    // BUILD: only the `__dict__` state of an OrderedDict (torch's
+                    // `_metadata`) or of a tensor/parameter is accepted; it is dropped.
+                    let _state = self.pop()?;
+                    let inst = self.top()?;
+                    match self.objs[inst] {
+                        Obj::Dict(_) | Obj::Tensor(_) => {}
+                        ref o => {
+                            return Err(
+                                self.err(format!("BUILD on a {} is not supported", o.kind()))
+                            )
+                        }
+                    }
+                }
+                b'P' => return Err(self.err("text persistent ids (PERSID) are not supported")),
+                0x8f..=0x91 => {
+                    return Err(self.err("sets are not supported in checkpoints"));
+                }
+                b'S' | b'V' => {
+                    return Err(self.err(format!(
+                        "protocol-0 string opcode {:?} is not supported",
+                        op as char
+                    )))
+                }
+                b'i' | b'o' | 0x92 | 0x82..=0x84 | 0x97 | 0x98 => {
+                    return Err(self.err(format!(
+                        "opcode 0x{op:02x} (object construction/extension/buffer) is not allowed"
+                    )))
+                }
+                _ => return Err(self.err(format!("unknown opcode 0x{op:02x}"))),
+            }
+            if self.stack.len() > self.limits.max_objects {
+                return Err(self.err("stack too large"));
+            }
+        }
+    }
+
+    fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>> {
+        if items.len() % 2 != 0 {
+            return Err(self.err("odd number of items for a dict"));
+        }
+        Ok(items.chunks_exact(2).map(|c| (c[0], c[1])).collect())
+    }
+
+    fn extend_list(&mut self, l: Id, items: Vec<Id>) -> Result<()> {
+        match &mut self.objs[l] {
+            Obj::List(v) => {
+                v.extend(items);
+                Ok(())
+            }
+            o => {
+                let k = o.kind();
+                Err(self.err(format!("APPEND(S) on a {k}")))
+            }
+        }
+    }
+
+    fn extend_dict(&mut self, d: Id, pairs: Vec<(Id, Id)>) -> Result<()> {
+        match &mut self.objs[d] {
+            Obj::Dict(v) => {
+                v.extend(pairs);
+                Ok(())
+            }
+            o => {
+                let k = o.kind();
+                Err(self.err(format!("SETITEM(S) on a {k}")))
+            }
+        }
+    }
+
+    fn persistent_load(&mut self, pid: Id) -> Result<Obj> {
+        let t = self.tuple_of(pid, "persistent id")?;
+        if t.len() < 4 {
+            return Err(self.err(format!(
+                "persistent id tuple has {} items, expected ('storage', type, key, location, numel)",
+                t.len()
+            )));
+        }
+        let tag = self.str_of(t[0], "persistent id tag")?;
+        if tag != "storage" {
+            return Err(self.err(format!("unknown persistent id tag {tag:?}")));
+        }
+        let dtype = match self.objs[t[1]] {
+            Obj::Global(Global::Storage(d)) => d,
+            ref o => {
+                return Err(self.err(format!(
+                    "persistent id storage type: expected a torch storage class, found {}",
+                    o.kind()
+                )))
+            }
+        };
+        let key = self.str_of(t[2], "storage key")?;
+        if key.is_empty() || key.contains('/') || key.contains("..") {
+            return Err(self.err(format!("invalid storage key {key:?}")));
+        }
+        Ok(Obj::Storage { dtype, key })
+    }
+
+    fn reduce(&mut self, f: Id, args: Id) -> Result<Reduced> {
+        let g = match self.objs[f] {
+            Obj::Global(g) => g,
+            ref o => return Err(self.err(format!("REDUCE on a {}, not a callable", o.kind()))),
+        };
+        let a = self.tuple_of(args, "REDUCE arguments")?;
+        match g {
+            Global::OrderedDict => {
+                if a.is_empty() {
+                    return Ok(Reduced::New(Obj::Dict(Vec::new())));
+                }
+                // OrderedDict(iterable_of_pairs)
+                let items = self.tuple_of(a[0], "OrderedDict argument")?;
+                let mut pairs = Vec::with_capacity(items.len());
+                for it in items {
+                    let p = self.tuple_of(it, "OrderedDict item")?;
+                    if p.len() != 2 {
+                        return Err(self.err("OrderedDict item is not a pair"));
+                    }
+                    pairs.push((p[0], p[1]));
+                }
+                Ok(Reduced::New(Obj::Dict(pairs)))
+            }
+            Global::RebuildTensorV2 => {
+                if a.len() < 4 {
+                    return Err(self.err(format!(
+                        "_rebuild_tensor_v2 takes at least 4 arguments, got {}",
+                        a.len()
+                    )));
+                }
+                let (dtype, key) = match &self.objs[a[0]] {
+                    Obj::Storage { dtype, key } => (*dtype, key.clone()),
+                    o => {
+                        return Err(self.err(format!(
+                            "_rebuild_tensor_v2: expected a storage, found {}",
+                            o.kind()
+                        )))
+                    }
+                };
+                let offset = self.usize_of(a[1], "storage offset")?;
+                let size = self
+                    .tuple_of(a[2], "size")?
+                    .into_iter()
+                    .map(|i| self.usize_of(i, "size"))
+                    .collect::<Result<Vec<_>>>()?;
+                let stride = self
+                    .tuple_of(a[3], "stride")?
+                    .into_iter()
+                    .map(|i| self.usize_of(i, "stride"))
+                    .collect::<Result<Vec<_>>>()?;
+                let storage = self.storages.load(&key, dtype)?;
+                let bytes = materialize(&storage, dtype.size(), offset, &size, &stride)
+                    .map_err(|m| self.err(format!("tensor on storage {key:?}: {m}")))?;
+                self.tensor_bytes = self.tensor_bytes.saturating_add(bytes.len());
+                if self.tensor_bytes > self.limits.max_tensor_bytes {
+                    return Err(self.err(format!(
+                        "materialised tensors exceed {} bytes",
+                        self.limits.max_tensor_bytes
+                    )));
+                }
+                Ok(Reduced::New(Obj::Tensor(TensorData {
+                    dtype,
+                    shape: size,
+                    bytes,
+                })))
+            }
+            Global::RebuildParameter => match a.first().map(|&i| &self.objs[i]) {
+                Some(Obj::Tensor(_)) => Ok(Reduced::Existing(a[0])),
+                _ => Err(self.err("_rebuild_parameter: first argument is not a tensor")),
+            },
+            Global::CodecsEncode => {
+                if a.is_empty() {
+                    return Err(self.err("_codecs.encode without arguments"));
+                }
+                let s = self.str_of(a[0], "_codecs.encode argument")?;
+                let enc = match a.get(1) {
+                    Some(&e) => self.str_of(e, "_codecs.encode encoding")?,
+                    None => "utf-8".to_string(),
+                };
+                let b = match enc.to_ascii_lowercase().as_str() {
+                    "latin1" | "latin-1" | "iso-8859-1" => s
+                        .chars()
+                        .map(|c| u8::try_from(c as u32))
+                        .collect::<std::result::Result<Vec<u8>, _>>()
+                        .map_err(|_| self.err("_codecs.encode: character outside latin-1"))?,
+                    "utf-8" | "utf8" => s.into_bytes(),
+                    _ => return Err(self.err(format!("_codecs.encode: encoding {enc:?}"))),
+                };
+                Ok(Reduced::New(Obj::Bytes(b)))
+            }
+            Global::Storage(d) => Err(self.err(format!(
+                "calling torch.{} is not supported",
+                d.torch_storage_name()
+            ))),
+        }
+    }
+
+    fn to_value(&self, id: Id, depth: usize, nodes: &mut usize) -> Result<Value> {
+        if depth > self.limits.max_depth {
+            return Err(self.err(format!(
+                "nesting deeper than the cap of {} levels (or a cyclic structure)",
+                self.limits.max_depth
+            )));
+        }
+        *nodes += 1;
+        if *nodes > self.limits.max_nodes {
+            return Err(self.err(format!(
+                "result has more than {} values",
+                self.limits.max_nodes
+            )));
+        }
+        Ok(match &self.objs[id] {
+            Obj::None => Value::None,
+            Obj::Bool(b) => Value::Bool(*b),
+            Obj::Int(i) => Value::Int(*i),
+            Obj::Float(f) => Value::Float(*f),
+            Obj::Str(s) => Value::Str(s.clone()),
+            Obj::Bytes(b) => Value::Bytes(b.clone()),
+            Obj::List(v) => Value::List(
+                v.iter()
+                    .map(|&i| self.to_value(i, depth + 1, nodes))
+                    .collect::<Result<_>>()?,
+            ),
+            Obj::Tuple(v) => Value::Tuple(
+                v.iter()
+                    .map(|&i| self.to_value(i, depth + 1, nodes))
+                    .collect::<Result<_>>()?,
+            ),
+            Obj::Dict(pairs) => {
+                // Python semantics: a repeated key replaces the value in place.
+                let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
+                let mut index: HashMap<HashKey, usize> = HashMap::new();
+                for &(k, v) in pairs {
+                    let kv = self.to_value(k, depth + 1, nodes)?;
+                    let vv = self.to_value(v, depth + 1, nodes)?;
+                    match hash_key(&kv) {
+                        Some(h) => match index.get(&h) {
+                            Some(&i) => out[i].1 = vv,
+                            None => {
+                                index.insert(h, out.len());
+                                out.push((kv, vv));
+                            }
+                        },
+                        None => out.push((kv, vv)),
+                    }
+                }
+                Value::Dict(out)
+            }
+            Obj::Tensor(t) => Value::Tensor(t.clone()),
+            Obj::Global(_) => return Err(self.err("a bare global cannot be part of the result")),
+            Obj::Storage { key, .. } => {
+                return Err(self.err(format!(
+                    "a bare storage ({key:?}) cannot be part of the result"
+                )))
+            }
+        })
+    }
+}
+
+enum Reduced {
+    New(Obj),
+    Existing(Id),
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum HashKey {
+    Str(String),
+    Int(i64),
+}
+
+fn hash_key(v: &Value) -> Option<HashKey> {
+    match v {
+        Value::Str(s) => Some(HashKey::Str(s.clone())),
+        Value::Int(i) => Some(HashKey::Int(*i)),
+        Value::Bool(b) => Some(HashKey::Int(*b as i64)),
+        _ => None,
+    }
+}
+
+fn long_from_le(b: &[u8]) -> Option<i64> {
+    if b.is_empty() {
+        return Some(0);
+    }
+    let neg = b[b.len() - 1] & 0x80 != 0;
+    let fill = if neg { 0xff } else { 0 };
+    if b.len() > 8 {
+        // Longer encodings are fine if the extra bytes are pure sign extension.
+        if b[8..].iter().any(|&x| x != fill) || ((b[7] & 0x80 != 0) != neg) {
+            return None;
+        }
+    }
+    let mut buf = [fill; 8];
+    let n = b.len().min(8);
+    buf[..n].copy_from_slice(&b[..n]);
+    Some(i64::from_le_bytes(buf))
+}
+
+/// Copies the (possibly strided) view `offset/size/stride` (in elements) of a
+/// storage into a contiguous buffer.
+pub(crate) fn materialize(
+    storage: &[u8],
+    elem: usize,
+    offset: usize,
+    size: &[usize],
+    stride: &[usize],
+) -> std::result::Result<Vec<u8>, String> {
+    if size.len() != stride.len() {
+        return Err(format!(
+            "size {size:?} and stride {stride:?} have different ranks"
+        ));
+    }
+    let numel = size
+        .iter()
+        .try_fold(1usize, |a, &s| a.checked_mul(s))
+        .ok_or_else(|| format!("size {size:?} overflows"))?;
+    if numel == 0 {
+        return Ok(Vec::new());
+    }
+    let storage_numel = storage.len() / elem;
+    // Largest element index touched.
+    let mut last = offset;
+    for (&s, &st) in size.iter().zip(stride) {
+        last = (s - 1)
+            .checked_mul(st)
+            .and_then(|x| x.checked_add(last))
+            .ok_or_else(|| "view extent overflows".to_string())?;
+    }
+    if last >= storage_numel {
+        return Err(format!(
+            "view (offset {offset}, size {size:?}, stride {stride:?}) reaches element {last} \
+             but the storage has {storage_numel} elements"
+        ));
+    }
+    let total = numel
+        .checked_mul(elem)
+        .ok_or_else(|| "tensor byte size overflows".to_string())?;
+    // Contiguous: strides equal the row-major strides (size-1 dims don't matter).
+    let mut expect = 1usize;
+    let mut contiguous = true;
+    for (&s, &st) in size.iter().zip(stride).rev() {
+        if s != 1 && st != expect {
+            contiguous = false;
+            break;
+        }
+        expect *= s;
+    }
+    if contiguous {
+        return Ok(storage[offset * elem..offset * elem + total].to_vec());
+    }
+    let mut out = Vec::with_capacity(total);
+    let nd = size.len();
+    let mut idx = vec![0usize; nd];
+    let mut pos = offset;
+    for _ in 0..numel {
+        out.extend_from_slice(&storage[pos * elem..(pos + 1) * elem]);
+        // Increment the multi-index (row-major), updating the element position.
+        for d in (0..nd).rev() {
+            idx[d] += 1;
+            pos += stride[d];
+            if idx[d] < size[d] {
+                break;
+            }
+            pos -= stride[d] * size[d];
+            idx[d] = 0;
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Writer
+// ---------------------------------------------------------------------------
+
+/// Pickles a [`Value`] with protocol 2 the way `torch.save` does; tensors
+/// become `torch._utils._rebuild_tensor_v2` calls on persistent-id storages
+/// whose data are returned in order (storage key = index as a decimal string).
+pub(crate) fn pickle_value(v: &Value) -> (Vec<u8>, Vec<&TensorData>) {
+    let mut w = Pickler {
+        out: Vec::new(),
+        storages: Vec::new(),
+    };
+    w.out.extend_from_slice(&[0x80, 2]);
+    w.value(v);
+    w.out.push(b'.');
+    (w.out, w.storages)
+}
+
+struct Pickler<'v> {
+    out: Vec<u8>,
+    storages: Vec<&'v TensorData>,
+}
+
+impl<'v> Pickler<'v> {
+    fn str(&mut self, s: &str) {
+        self.out.push(b'X');
+        self.out
+            .extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    fn int(&mut self, i: i64) {
+        if (0..=0xff).contains(&i) {
+            self.out.extend_from_slice(&[b'K', i as u8]);
+        } else if (0..=0xffff).contains(&i) {
+            self.out.push(b'M');
+            self.out.extend_from_slice(&(i as u16).to_le_bytes());
+        } else if i32::try_from(i).is_ok() {
+            self.out.push(b'J');
+            self.out.extend_from_slice(&(i as i32).to_le_bytes());
+        } else {
+            // LONG1 with the minimal two's-complement encoding.
+            let b = i.to_le_bytes();
+            let mut n = 8;
+            while n > 1 {
+                let top = b[n - 1];
+                let next_sign = b[n - 2] & 0x80 != 0;
+                if (top == 0 && !next_sign) || (top == 0xff && next_sign) {
+                    n -= 1;
+                } else {
+                    break;
+                }
+            }
+            self.out.extend_from_slice(&[0x8a, n as u8]);
+            self.out.extend_from_slice(&b[..n]);
+        }
+    }
+
+    fn global(&mut self, module: &str, name: &str) {
+        self.out.push(b'c');
+        self.out.extend_from_slice(module.as_bytes());
+        self.out.push(b'\n');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(b'\n');
+    }
+
+    fn tuple_of_ints(&mut self, xs: &[usize]) {
+        match xs.len() {
+            0 => self.out.push(b')'),
+            1..=3 => {
+                for &x in xs {
+                    self.int(x as i64);
+                }
+                self.out.push(0x84 + xs.len() as u8);
+            }
+            _ => {
+                self.out.push(b'(');
+                for &x in xs {
+                    self.int(x as i64);
+                }
+                self.out.push(b't');
+            }
+        }
+    }
+
+    fn seq(&mut self, items: &'v [Value]) {
+        self.out.push(b'(');
+        for it in items {
+            self.value(it);
+        }
+    }
+
+    fn is_state_dict(d: &[(Value, Value)]) -> bool {
+        !d.is_empty()
+            && d
+                .iter()
+                .all(|(k, v)| matches!(k, Value::Str(_)) && matches!(v, Value::Tensor(_)))
+    }
+
+    fn value(&mut self, v: &'v Value) {
+        match v {
+            Value::None => self.out.push(b'N'),
+            Value::Bool(true) => self.out.push(0x88),
+            Value::Bool(false) => self.out.push(0x89),
+            Value::Int(i) => self.int(*i),
+            Value::Float(f) => {
+                self.out.push(b'G');
+                self.out.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::Str(s) => self.str(s),
+            Value::Bytes(b) => {
+                // Protocol 2 has no bytes type: `_codecs.encode(latin1_str, "latin1")`.
+                self.global("_codecs", "encode");
+                let s: String = b.iter().map(|&c| c as char).collect();
+                self.str(&s);
+                self.str("latin1");
+                self.out.push(0x86);
+                self.out.push(b'R');
+            }
+            Value::List(items) => {
+                self.out.push(b']');
+                for chunk in items.chunks(1000) {
+                    self.seq(chunk);
+                    self.out.push(b'e');
+                }
+            }
+            Value::Tuple(items) => match items.len() {
+                0 => self.out.push(b')'),
+                1..=3 => {
+                    for it in items {
+                        self.value(it);
+                    }
+                    self.out.push(0x84 + items.len() as u8);
+                }
+                _ => {
+                    self.seq(items);
+                    self.out.push(b't');
+                }
+            },
+            Value::Dict(pairs) => {
+                if Self::is_state_dict(pairs) {
+                    self.global("collections", "OrderedDict");
+                    self.out.push(b')');
+                    self.out.push(b'R');
+                } else {
+                    self.out.push(b'}');
+                }
+                for chunk in pairs.chunks(1000) {
+                    self.out.push(b'(');
+                    for (k, v) in chunk {
+                        self.value(k);
+                        self.value(v);
+                    }
+                    self.out.push(b'u');
+                }
+            }
+            Value::Tensor(t) => {
+                let key = self.storages.len();
+                self.storages.push(t);
+                self.global("torch._utils", "_rebuild_tensor_v2");
+                self.out.push(b'(');
+                // persistent id ('storage', torch.XStorage, key, 'cpu', numel)
+                self.out.push(b'(');
+                self.str("storage");
+                self.global("torch", t.dtype.torch_storage_name());
+                self.str(&key.to_string());
+                self.str("cpu");
+                self.int(t.numel() as i64);
+                self.out.push(b't');
+                self.out.push(b'Q');
+                self.int(0);
+                self.tuple_of_ints(&t.shape);
+                let mut stride = vec![0usize; t.shape.len()];
+                let mut acc = 1usize;
+                for d in (0..t.shape.len()).rev() {
+                    stride[d] = acc;
+                    acc *= t.shape[d];
+                }
+                self.tuple_of_ints(&stride);
+                self.out.push(0x89); // requires_grad = False
+                self.global("collections", "OrderedDict");
+                self.out.push(b')');
+                self.out.push(b'R'); // backward_hooks = OrderedDict()
+                self.out.push(b't');
+                self.out.push(b'R');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_roundtrip() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            255,
+            256,
+            65535,
+            65536,
+            -129,
+            i32::MAX as i64 + 1,
+            i32::MIN as i64 - 1,
+            i64::MAX,
+            i64::MIN,
+            1 << 40,
+        ] {
+            let mut w = Pickler {
+                out: Vec::new(),
+                storages: Vec::new(),
+            };
+            w.int(v);
+            let decoded = match w.out[0] {
+                b'K' => w.out[1] as i64,
+                b'M' => u16::from_le_bytes([w.out[1], w.out[2]]) as i64,
+                b'J' => i32::from_le_bytes(w.out[1..5].try_into().unwrap()) as i64,
+                0x8a => long_from_le(&w.out[2..2 + w.out[1] as usize]).unwrap(),
+                _ => panic!("unexpected opcode"),
+            };
+            assert_eq!(decoded, v);
+        }
+        assert_eq!(long_from_le(&[0xff; 12]), Some(-1));
+        assert_eq!(long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn materialize_strided() {
+        // storage 0..12 as u8, view [1:, ::2] of a 3x4
+        let s: Vec<u8> = (0..12).collect();
+        let v = materialize(&s, 1, 4, &[2, 2], &[4, 2]).unwrap();
+        assert_eq!(v, vec![4, 6, 8, 10]);
+        // transpose
+        let v = materialize(&s, 1, 0, &[4, 3], &[1, 4]).unwrap();
+        assert_eq!(v, vec![0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
+        // out of bounds
+        assert!(materialize(&s, 1, 1, &[3, 4], &[4, 1]).is_err());
+        // expanded (stride 0)
+        let v = materialize(&s, 1, 2, &[2, 3], &[0, 1]).unwrap();
+        assert_eq!(v, vec![2, 3, 4, 2, 3, 4]);
+    }
+}

@@ -1,0 +1,120 @@
+//! safetensors read/write of named tensors.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use super::{write_atomically, CheckpointError, DType, Result, TensorData};
+
+/// `__metadata__` key under which [`save_safetensors`] records the tensor
+/// order (a JSON array of names), restored by [`load_safetensors`].
+pub const KEY_ORDER_METADATA: &str = "medsam.key_order";
+
+fn to_st(d: DType) -> Dtype {
+    match d {
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::F64 => Dtype::F64,
+        DType::I64 => Dtype::I64,
+        DType::I32 => Dtype::I32,
+        DType::I16 => Dtype::I16,
+        DType::I8 => Dtype::I8,
+        DType::U8 => Dtype::U8,
+        DType::Bool => Dtype::BOOL,
+    }
+}
+
+fn from_st(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        Dtype::I64 => DType::I64,
+        Dtype::I32 => DType::I32,
+        Dtype::I16 => DType::I16,
+        Dtype::I8 => DType::I8,
+        Dtype::U8 => DType::U8,
+        Dtype::BOOL => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn st_err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
+}
+
+/// Writes named tensors as safetensors (temp file + rename). The tensor order
+/// is recorded in the `__metadata__` entry [`KEY_ORDER_METADATA`]; `"format":
+/// "pt"` is set as torch tools expect.
+pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[(String, TensorData)]) -> Result<()> {
+    let path = path.as_ref();
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let v = TensorView::new(to_st(t.dtype), t.shape.clone(), &t.bytes)
+            .map_err(|e| st_err(path, format!("tensor `{name}`: {e:?}")))?;
+        views.push((name.as_str(), v));
+    }
+    let order: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(
+        KEY_ORDER_METADATA.to_string(),
+        serde_json::to_string(&order).expect("serialising strings cannot fail"),
+    );
+    let bytes = safetensors::tensor::serialize(views, &Some(meta))
+        .map_err(|e| st_err(path, format!("{e:?}")))?;
+    write_atomically(path, |f| {
+        f.write_all(&bytes).map_err(|e| CheckpointError::io(path, e))
+    })
+}
+
+/// Reads all tensors of a safetensors file, in the order recorded by
+/// [`save_safetensors`] if present, otherwise in file (data offset) order.
+pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorData)>> {
+    let path = path.as_ref();
+    let buf = std::fs::read(path).map_err(|e| CheckpointError::io(path, e))?;
+    let st = SafeTensors::deserialize(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
+    let infos = meta.tensors();
+    let mut names: Vec<String> = infos.keys().cloned().collect();
+    names.sort_by_key(|n| (infos[n].data_offsets, n.clone()));
+    if let Some(order) = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(KEY_ORDER_METADATA))
+        .and_then(|s| serde_json::from_str::<Vec<String>>(s).ok())
+    {
+        let mut sorted_order = order.clone();
+        sorted_order.sort();
+        let mut sorted_names = names.clone();
+        sorted_names.sort();
+        if sorted_order == sorted_names {
+            names = order;
+        }
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let v = st
+            .tensor(&name)
+            .map_err(|e| st_err(path, format!("tensor `{name}`: {e:?}")))?;
+        let dtype = from_st(v.dtype()).ok_or_else(|| {
+            CheckpointError::field(
+                path,
+                name.clone(),
+                format!("unsupported safetensors dtype {:?}", v.dtype()),
+            )
+        })?;
+        let t = TensorData::new(dtype, v.shape().to_vec(), v.data().to_vec())
+            .map_err(|e| CheckpointError::field(path, name.clone(), e.to_string()))?;
+        out.push((name, t));
+    }
+    Ok(out)
+}
