@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod eval;
 pub mod infer;
 pub mod metrics;
 pub mod model;

@@ -1,1 +1,42 @@
-fn main() {}
+//! `medsam`: MedSAM preprocessing, training, conversion, evaluation and inference.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "medsam", version, about = "MedSAM (Segment Anything for medical images) in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment an image with box prompts (MedSAM_Inference.py).
+    Infer(cli::infer::InferArgs),
+    /// Train MedSAM from a SAM checkpoint (train_one_gpu.py / train_multi_gpus.py).
+    Train(cli::train::TrainArgs),
+    /// Score a checkpoint on npy data: DSC, IoU, NSD, box baseline, comparison figure.
+    Eval(cli::eval::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let comm = medsam::dist::SingleProcess;
+    let result = match &cli.command {
+        Command::Infer(a) => cli::infer::run(a),
+        Command::Train(a) => cli::train::run_with(a, &comm).map(|o| {
+            println!("latest checkpoint: {}", cli::common::show(&o.latest_checkpoint));
+        }),
+        Command::Eval(a) => cli::eval::run_with(a, &comm).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

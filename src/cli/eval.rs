@@ -1,0 +1,54 @@
+//! `medsam eval`: DSC, IoU, NSD and the fill-the-box baseline over the npy layout.
+
+use super::common::{load_model, show, ModelArgs};
+use medsam::dist::Communicator;
+use medsam::eval::{evaluate, format_table, EvalConfig};
+use medsam::infer::InferPrecision;
+use medsam::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Data in the npy layout (imgs/, gts/).
+    #[arg(long = "data-path")]
+    pub data_path: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long = "work-dir", default_value = "./eval_out")]
+    pub work_dir: PathBuf,
+    #[arg(long = "num-workers", default_value_t = 1)]
+    pub num_workers: usize,
+    #[arg(long = "max-slices")]
+    pub max_slices: Option<usize>,
+    /// NSD tolerance in pixels.
+    #[arg(long = "nsd-tolerance", default_value_t = 2.0)]
+    pub nsd_tolerance: f64,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: InferPrecision,
+}
+
+pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<medsam::eval::EvalOutcome> {
+    let model = load_model(&a.model)?;
+    let cfg = EvalConfig {
+        data_path: a.data_path.clone(),
+        work_dir: a.work_dir.clone(),
+        max_slices: a.max_slices,
+        nsd_tolerance: a.nsd_tolerance,
+        precision: a.precision,
+        ..EvalConfig::default()
+    };
+    let bar = if comm.is_root() { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+    let out = evaluate(&model, &cfg, comm, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if comm.is_root() {
+        print!("{}", format_table(&out.summary));
+        println!("metrics: {} and {}", show(&out.csv), show(&out.json));
+        if let Some(f) = &out.figure {
+            println!("figure:  {}", show(f));
+        }
+    }
+    Ok(out)
+}

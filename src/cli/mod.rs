@@ -1,0 +1,6 @@
+//! The `medsam` command line: thin shells over the library, one file per subcommand.
+
+pub mod common;
+pub mod eval;
+pub mod infer;
+pub mod train;
