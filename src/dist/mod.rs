@@ -2,7 +2,16 @@
 //! ([`Communicator`]); implementations: a single process (no-op), MPI for CPU processes (feature
 //! `mpi`), and HCCL for Ascend devices (feature `ascend`, bootstrapped through MPI).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use std::time::Duration;
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+pub mod selftest;
+
+#[cfg(feature = "mpi")]
+pub use self::mpi::MpiCommunicator;
 
 pub trait Communicator: Send + Sync {
     fn rank(&self) -> usize;
@@ -17,6 +26,30 @@ pub trait Communicator: Send + Sync {
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>>;
     fn barrier(&self) -> Result<()>;
 
+    /// Copies `root`'s bytes (any length) to every rank, e.g. an HCCL root info blob before
+    /// `HcclCommInitRootInfo`. The default goes through [`Communicator::all_gather_bytes`].
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
+        if root >= self.world_size() {
+            return Err(Error::arg(
+                "root",
+                format!(
+                    "broadcast_bytes: root {root} is not a rank of a world of {}",
+                    self.world_size()
+                ),
+            ));
+        }
+        let mine: &[u8] = if self.rank() == root { bytes } else { &[] };
+        let mut all = self.all_gather_bytes(mine)?;
+        *bytes = std::mem::take(&mut all[root]);
+        Ok(())
+    }
+
+    /// Ends every process of the job (MPI: `MPI_Abort`). Call after a collective failed, so the
+    /// other ranks do not wait for this one.
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+
     fn is_root(&self) -> bool {
         self.rank() == 0
     }
@@ -27,6 +60,78 @@ pub trait Communicator: Send + Sync {
         buf.iter_mut().for_each(|x| *x /= n);
         Ok(())
     }
+    /// Sum of an f16 buffer; the reduction itself runs in f32 (one rounding at the end).
+    fn all_reduce_sum_f16(&self, buf: &mut [f16]) -> Result<()> {
+        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
+        self.all_reduce_sum(&mut wide)?;
+        buf.iter_mut()
+            .zip(&wide)
+            .for_each(|(d, &s)| *d = f16::from_f32(s));
+        Ok(())
+    }
+    /// Sum of a bf16 buffer; the reduction itself runs in f32 (one rounding at the end).
+    fn all_reduce_sum_bf16(&self, buf: &mut [bf16]) -> Result<()> {
+        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
+        self.all_reduce_sum(&mut wide)?;
+        buf.iter_mut()
+            .zip(&wide)
+            .for_each(|(d, &s)| *d = bf16::from_f32(s));
+        Ok(())
+    }
+    /// Mean of an f16 buffer, reduced in f32.
+    fn all_reduce_mean_f16(&self, buf: &mut [f16]) -> Result<()> {
+        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
+        self.all_reduce_mean(&mut wide)?;
+        buf.iter_mut()
+            .zip(&wide)
+            .for_each(|(d, &s)| *d = f16::from_f32(s));
+        Ok(())
+    }
+    /// Mean of a bf16 buffer, reduced in f32.
+    fn all_reduce_mean_bf16(&self, buf: &mut [bf16]) -> Result<()> {
+        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
+        self.all_reduce_mean(&mut wide)?;
+        buf.iter_mut()
+            .zip(&wide)
+            .for_each(|(d, &s)| *d = bf16::from_f32(s));
+        Ok(())
+    }
+}
+
+/// Environment variables by which launchers announce the number of processes: OpenMPI's
+/// `mpirun`, PMI (MPICH/Hydra, Slurm's `--mpi=pmi2`), and Slurm's `srun` (set for a job step
+/// only, not in a batch script itself).
+const WORLD_SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"];
+
+/// The number of processes the launcher started, if this process was started by one.
+pub fn launched_world_size() -> Option<usize> {
+    launched_world_size_from(|k| std::env::var(k).ok())
+}
+
+fn launched_world_size_from(get: impl Fn(&str) -> Option<String>) -> Option<usize> {
+    WORLD_SIZE_VARS
+        .iter()
+        .find_map(|k| get(k)?.trim().parse().ok())
+}
+
+/// The communicator for this process: MPI when built with the `mpi` feature and started by
+/// `mpirun`/`srun` (or any PMI launcher), otherwise [`SingleProcess`]. `timeout` bounds every
+/// collective (`--dist-timeout`). A binary built without `mpi` but launched as one of several
+/// processes is an error, not N independent runs writing to the same place.
+pub fn communicator_from_env(timeout: Duration) -> Result<Box<dyn Communicator>> {
+    let launched = launched_world_size();
+    #[cfg(feature = "mpi")]
+    if launched.is_some() || std::env::var_os("PMIX_RANK").is_some() {
+        return Ok(Box::new(MpiCommunicator::init(timeout)?));
+    }
+    #[cfg(not(feature = "mpi"))]
+    if let Some(n) = launched.filter(|&n| n > 1) {
+        return Err(Error::Other(format!(
+            "launched as one of {n} processes, but this medsam was built without MPI support; rebuild with `cargo build --release --features mpi`"
+        )));
+    }
+    let _ = (launched, timeout);
+    Ok(Box::new(SingleProcess))
 }
 
 /// One process: every collective is the identity.
@@ -70,7 +175,11 @@ pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
 
 /// Averages gradients across ranks in buckets of at most `bucket_bytes`, in parameter order
 /// (as DDP's reducer groups them).
-pub fn average_in_buckets(comm: &dyn Communicator, grads: &mut [Vec<f32>], bucket_bytes: usize) -> Result<()> {
+pub fn average_in_buckets(
+    comm: &dyn Communicator,
+    grads: &mut [Vec<f32>],
+    bucket_bytes: usize,
+) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }
@@ -94,4 +203,49 @@ pub fn average_in_buckets(comm: &dyn Communicator, grads: &mut [Vec<f32>], bucke
         i = j;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launcher_env_is_recognised() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(launched_world_size_from(env(&[])), None);
+        assert_eq!(
+            launched_world_size_from(env(&[("OMPI_COMM_WORLD_SIZE", "4")])),
+            Some(4)
+        );
+        assert_eq!(launched_world_size_from(env(&[("PMI_SIZE", "2")])), Some(2));
+        assert_eq!(
+            launched_world_size_from(env(&[("SLURM_STEP_NUM_TASKS", "16")])),
+            Some(16)
+        );
+        assert_eq!(
+            launched_world_size_from(env(&[("SLURM_NTASKS", "16")])),
+            None,
+            "a batch script alone is not a launch"
+        );
+    }
+
+    #[test]
+    fn single_process_passes_the_self_test() {
+        selftest::run(&SingleProcess).unwrap();
+    }
+
+    #[test]
+    fn default_broadcast_bytes_checks_root() {
+        let mut b = vec![1u8, 2];
+        assert!(SingleProcess.broadcast_bytes(&mut b, 1).is_err());
+        SingleProcess.broadcast_bytes(&mut b, 0).unwrap();
+        assert_eq!(b, [1, 2]);
+    }
 }
