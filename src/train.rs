@@ -151,16 +151,19 @@ fn sync_gradients(model: &mut Sam, comm: &dyn Communicator, bucket_mb: usize) ->
     Ok(())
 }
 
-/// Copies rank 0's weights to every rank (DDP does this at construction).
+/// Copies rank 0's parameters and buffers, frozen ones included, to every rank (DDP does this
+/// at construction).
 pub fn broadcast_weights(model: &mut Sam, comm: &dyn Communicator) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }
-    for (_, p) in model.trainable_parameters() {
-        let mut v = p.to_vec()?;
+    let mut weights = std::collections::BTreeMap::new();
+    for (name, t) in model.state_dict() {
+        let mut v = t.to_vec()?;
         comm.broadcast(&mut v, 0)?;
-        p.assign(&Tensor::from_vec(v, p.shape())?)?;
+        weights.insert(name, Tensor::from_vec(v, t.shape())?);
     }
+    model.load_state_dict(&weights)?.into_result()?;
     Ok(())
 }
 
