@@ -94,6 +94,36 @@ impl SamConfig {
         }
     }
 
+    /// A small SAM for CPU demos and tests on `img_size`² inputs: the same architecture with fewer,
+    /// narrower layers (patch 16, window 4 with one global block, a 2-layer decoder).
+    pub fn demo(img_size: usize) -> Self {
+        SamConfig {
+            image_encoder: ImageEncoderConfig {
+                img_size,
+                patch_size: 16,
+                embed_dim: 96,
+                depth: 4,
+                num_heads: 4,
+                mlp_ratio: 4.0,
+                out_chans: 64,
+                window_size: 4,
+                global_attn_indexes: vec![3],
+                use_rel_pos: true,
+                qkv_bias: true,
+            },
+            prompt_encoder: PromptEncoderConfig { embed_dim: 64, mask_in_chans: 16 },
+            mask_decoder: MaskDecoderConfig {
+                transformer_dim: 64,
+                transformer_depth: 2,
+                transformer_mlp_dim: 256,
+                transformer_num_heads: 4,
+                num_multimask_outputs: 3,
+                iou_head_depth: 3,
+                iou_head_hidden_dim: 64,
+            },
+        }
+    }
+
     /// The preset this configuration equals, if any.
     pub fn model_type(&self) -> Option<ModelType> {
         [ModelType::VitB, ModelType::VitL, ModelType::VitH].into_iter().find(|&t| Self::preset(t) == *self)
