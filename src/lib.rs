@@ -1,2 +1,3 @@
 //! MedSAM in Rust.
 pub mod checkpoint;
+pub mod cli;

@@ -37,7 +37,9 @@ pub enum CheckpointError {
         pos: usize,
         msg: String,
     },
-    #[error("{path}: refusing to load global `{name}` (not in the allowlist of tensor/container types)")]
+    #[error(
+        "{path}: refusing to load global `{name}` (not in the allowlist of tensor/container types)"
+    )]
     ForbiddenGlobal { path: PathBuf, name: String },
     #[error("{path}: field `{field}`: {msg}")]
     Field {

@@ -952,8 +952,7 @@ struct Pickler<'v> {
 impl<'v> Pickler<'v> {
     fn str(&mut self, s: &str) {
         self.out.push(b'X');
-        self.out
-            .extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         self.out.extend_from_slice(s.as_bytes());
     }
 
@@ -1020,8 +1019,7 @@ impl<'v> Pickler<'v> {
 
     fn is_state_dict(d: &[(Value, Value)]) -> bool {
         !d.is_empty()
-            && d
-                .iter()
+            && d.iter()
                 .all(|(k, v)| matches!(k, Value::Str(_)) && matches!(v, Value::Tensor(_)))
     }
 

@@ -1,0 +1,2 @@
+//! Command-line front ends.
+pub mod convert;
