@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use convert::{convert, ConvertReport, OutputFormat};
-pub use pth::{load_pth, save_pth};
+pub use pth::{load_pth, load_pth_with_limits, save_pth, Limits};
 pub use safetensors::{load_safetensors, save_safetensors};
 
 /// Errors of checkpoint reading, writing and conversion. Every variant names

@@ -153,7 +153,7 @@ impl StorageSource for ZipStorages<'_> {
             msg: format!("record `{name}`: {e}"),
         })?;
         let es = dtype.size();
-        if buf.len() % es != 0 {
+        if !buf.len().is_multiple_of(es) {
             return Err(CheckpointError::format(
                 path,
                 format!(
