@@ -150,7 +150,7 @@ pub(crate) fn unpickle<S: StorageSource>(
     u.storages = None;
     u.count_tensor_refs(root);
     let mut nodes = 0usize;
-    u.to_value(root, 0, &mut nodes)
+    u.take_value(root, 0, &mut nodes)
 }
 
 impl<'a, S: StorageSource> Unpickler<'a, S> {
@@ -789,7 +789,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         self.tensor_refs = refs;
     }
 
-    fn to_value(&mut self, id: Id, depth: usize, nodes: &mut usize) -> Result<Value> {
+    fn take_value(&mut self, id: Id, depth: usize, nodes: &mut usize) -> Result<Value> {
         if depth > self.limits.max_depth {
             return Err(self.err(format!(
                 "nesting deeper than the cap of {} levels (or a cyclic structure)",
@@ -814,7 +814,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                 let v = v.clone();
                 Value::List(
                     v.into_iter()
-                        .map(|i| self.to_value(i, depth + 1, nodes))
+                        .map(|i| self.take_value(i, depth + 1, nodes))
                         .collect::<Result<_>>()?,
                 )
             }
@@ -822,7 +822,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                 let v = v.clone();
                 Value::Tuple(
                     v.into_iter()
-                        .map(|i| self.to_value(i, depth + 1, nodes))
+                        .map(|i| self.take_value(i, depth + 1, nodes))
                         .collect::<Result<_>>()?,
                 )
             }
@@ -832,8 +832,8 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                 let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
                 let mut index: HashMap<HashKey, usize> = HashMap::new();
                 for (k, v) in pairs {
-                    let kv = self.to_value(k, depth + 1, nodes)?;
-                    let vv = self.to_value(v, depth + 1, nodes)?;
+                    let kv = self.take_value(k, depth + 1, nodes)?;
+                    let vv = self.take_value(v, depth + 1, nodes)?;
                     match hash_key(&kv) {
                         Some(h) => match index.get(&h) {
                             Some(&i) => out[i].1 = vv,
