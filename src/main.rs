@@ -18,6 +18,8 @@ enum Command {
     Infer(cli::infer::InferArgs),
     /// Train MedSAM from a SAM checkpoint (train_one_gpu.py / train_multi_gpus.py).
     Train(cli::train::TrainArgs),
+    /// Convert a MedSAM training checkpoint to SAM format (utils/ckpt_convert.py).
+    Convert(cli::convert::ConvertArgs),
     /// Score a checkpoint on npy data: DSC, IoU, NSD, box baseline, comparison figure.
     Eval(cli::eval::EvalArgs),
 }
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
             println!("latest checkpoint: {}", cli::common::show(&o.latest_checkpoint));
         }),
         Command::Eval(a) => cli::eval::run_with(a, &comm).map(|_| ()),
+        Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")).map_err(|e| medsam::Error::Other(e.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The `medsam` command line: thin shells over the library, one file per subcommand.
 
 pub mod common;
+pub mod convert;
 pub mod eval;
 pub mod infer;
 pub mod train;
