@@ -38,7 +38,12 @@ fn main() -> Result<()> {
     let cfg = SamConfig::preset(model_type);
     let mut sam = Sam::new(&cfg, 0, Device::Cpu)?;
     let s = cfg.image_encoder.img_size;
-    let image = Tensor::from_vec((0..3 * s * s).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect(), &[1, 3, s, s])?;
+    let image = Tensor::from_vec(
+        (0..3 * s * s)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect(),
+        &[1, 3, s, s],
+    )?;
     let mut times = Vec::new();
     match mode {
         "encode" => {
@@ -58,7 +63,12 @@ fn main() -> Result<()> {
                     mask[y * s + x] = 1.0;
                 }
             }
-            let batch = Batch { images: image.clone(), masks: Tensor::from_vec(mask, &[1, 1, s, s])?, boxes: vec![[340.0, 290.0, 710.0, 610.0]], names: vec!["bench".into()] };
+            let batch = Batch {
+                images: image.clone(),
+                masks: Tensor::from_vec(mask, &[1, 1, s, s])?,
+                boxes: vec![[340.0, 290.0, 710.0, 610.0]],
+                names: vec!["bench".into()],
+            };
             for _ in 0..repeats + 1 {
                 let t0 = Instant::now();
                 forward_backward(&sam, &batch, 1, bf16)?;

@@ -14,7 +14,10 @@ use std::path::PathBuf;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let data = PathBuf::from(args.first().map(String::as_str).unwrap_or("demo-out/npy"));
-    let checkpoint = args.get(1).filter(|s| s.ends_with(".pth") || s.ends_with(".safetensors")).map(PathBuf::from);
+    let checkpoint = args
+        .get(1)
+        .filter(|s| s.ends_with(".pth") || s.ends_with(".safetensors"))
+        .map(PathBuf::from);
     let max_steps = args.last().and_then(|s| s.parse().ok()).or(Some(50));
 
     // 1. A model: from a SAM checkpoint, or a tiny one sized to the data.
@@ -40,11 +43,19 @@ fn main() -> Result<()> {
 
     // 3. Train, printing progress from the event callback.
     let outcome = train(&cfg, &mut model, &SingleProcess, &mut |event| match event {
-        TrainEvent::Step { step, loss, .. } if step % 10 == 0 => println!("step {step}: loss {loss:.4}"),
-        TrainEvent::EpochEnd { epoch, mean_loss, .. } => println!("epoch {epoch}: mean loss {mean_loss:.4}"),
+        TrainEvent::Step { step, loss, .. } if step % 10 == 0 => {
+            println!("step {step}: loss {loss:.4}")
+        }
+        TrainEvent::EpochEnd {
+            epoch, mean_loss, ..
+        } => println!("epoch {epoch}: mean loss {mean_loss:.4}"),
         TrainEvent::Saved { path } => println!("saved {}", path.display()),
         _ => {}
     })?;
-    println!("{} steps; latest checkpoint {}", outcome.steps, outcome.latest_checkpoint.display());
+    println!(
+        "{} steps; latest checkpoint {}",
+        outcome.steps,
+        outcome.latest_checkpoint.display()
+    );
     Ok(())
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "medsam", version, about = "MedSAM (Segment Anything for medical images) in Rust")]
+#[command(
+    name = "medsam",
+    version,
+    about = "MedSAM (Segment Anything for medical images) in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,10 +34,15 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Infer(a) => cli::infer::run(a),
         Command::Train(a) => cli::train::run_with(a, &comm).map(|o| {
-            println!("latest checkpoint: {}", cli::common::show(&o.latest_checkpoint));
+            println!(
+                "latest checkpoint: {}",
+                cli::common::show(&o.latest_checkpoint)
+            );
         }),
         Command::Eval(a) => cli::eval::run_with(a, &comm).map(|_| ()),
-        Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")).map_err(|e| medsam::Error::Other(e.to_string())),
+        Command::Convert(a) => cli::convert::run(a)
+            .map(|summary| println!("{summary}"))
+            .map_err(|e| medsam::Error::Other(e.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -718,9 +718,19 @@ fn cli_convert_runs_and_reports() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert!(stdout.contains("9 tensors") && stdout.contains("safetensors"), "{stdout}");
-    assert_eq!(load_safetensors(&out).unwrap(), medsam_expected_in_sam_order());
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("9 tensors") && stdout.contains("safetensors"),
+        "{stdout}"
+    );
+    assert_eq!(
+        load_safetensors(&out).unwrap(),
+        medsam_expected_in_sam_order()
+    );
     // A missing key is an error that names it.
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
         .args(["convert", "--sam-ckpt-path"])

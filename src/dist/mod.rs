@@ -70,7 +70,11 @@ pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
 
 /// Averages gradients across ranks in buckets of at most `bucket_bytes`, in parameter order
 /// (as DDP's reducer groups them).
-pub fn average_in_buckets(comm: &dyn Communicator, grads: &mut [Vec<f32>], bucket_bytes: usize) -> Result<()> {
+pub fn average_in_buckets(
+    comm: &dyn Communicator,
+    grads: &mut [Vec<f32>],
+    bucket_bytes: usize,
+) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }
