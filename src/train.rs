@@ -221,6 +221,22 @@ fn open_run(cfg: &TrainConfig, is_root: bool) -> Result<RunFiles> {
     Ok(RunFiles { dir, log })
 }
 
+/// `TASK_train_loss.png`: the loss of every optimizer step and its running mean.
+fn write_loss_curve(dir: &Path, task: &str, step_losses: &[f32]) -> Result<()> {
+    let raw: Vec<(f64, f64)> = step_losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect();
+    let window = (step_losses.len() / 20).max(1);
+    let smooth: Vec<(f64, f64)> = (0..step_losses.len())
+        .map(|i| {
+            let lo = i.saturating_sub(window - 1);
+            let w = &step_losses[lo..=i];
+            ((i + 1) as f64, w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64)
+        })
+        .collect();
+    let series = vec![("loss per step", raw), ("running mean", smooth)];
+    crate::viz::loss_curve_png(&dir.join(format!("{task}_train_loss.png")), &series, &format!("{task}: training loss"))
+        .map_err(|e| Error::Other(e.to_string()))
+}
+
 /// Trains `model` (already loaded from `--checkpoint` or freshly initialised).
 pub fn train(
     cfg: &TrainConfig,
@@ -340,6 +356,7 @@ pub fn train(
                 epochs_completed += 1;
                 if is_root {
                     save(&latest, &training_checkpoint(model, &opt, epoch)?, on_event)?;
+                    write_loss_curve(&run.dir, &cfg.task_name, &step_losses)?;
                 }
                 break 'epochs;
             }
@@ -360,20 +377,7 @@ pub fn train(
             if improved {
                 save(&run.dir.join("medsam_model_best.pth"), &ck, on_event)?;
             }
-            let series = vec![(
-                "loss per epoch",
-                epoch_losses
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &l)| ((start_epoch + i) as f64, l as f64))
-                    .collect::<Vec<_>>(),
-            )];
-            crate::viz::loss_curve_png(
-                &run.dir.join(format!("{}_train_loss.png", cfg.task_name)),
-                &series,
-                &cfg.task_name,
-            )
-            .map_err(|e| Error::Other(e.to_string()))?;
+            write_loss_curve(&run.dir, &cfg.task_name, &step_losses)?;
         }
         if improved {
             best = mean;
