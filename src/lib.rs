@@ -14,6 +14,7 @@ pub mod eval;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod npy;
 pub mod ops;
 pub mod optim;
 pub mod rng;
