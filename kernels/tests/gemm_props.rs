@@ -144,8 +144,8 @@ fn check(case: &Case, kernel: Kernel, precision: Precision) -> Result<(), String
                 0.0
             };
         let err = (got[idx] - want[idx]).abs();
-        // `!(err <= tol)` also catches NaN.
-        if !(err <= tol) {
+        // Written so that a NaN error also fails.
+        if err.is_nan() || err > tol {
             return Err(format!(
                 "{kernel:?} {precision:?} {case:?}: C[{idx}] = {} want {} (err {err:e} > tol {tol:e})",
                 got[idx], want[idx]

@@ -38,7 +38,7 @@ pub(crate) fn avx512_micro_kernel(format: PackFormat) -> MicroKernel {
         k_align: 1,
         func: ukr_avx512::<AVX512_MR>,
         blocking: Blocking {
-            kc: 256,
+            kc: 384,
             mc: 192,
             nc: 4096,
             nl2: 512,
