@@ -144,8 +144,8 @@ fn check(case: &Case, kernel: Kernel, precision: Precision) -> Result<(), String
                 0.0
             };
         let err = (got[idx] - want[idx]).abs();
-        // `!(err <= tol)` also catches NaN.
-        if !(err <= tol) {
+        // Written so that a NaN error also fails.
+        if err.is_nan() || err > tol {
             return Err(format!(
                 "{kernel:?} {precision:?} {case:?}: C[{idx}] = {} want {} (err {err:e} > tol {tol:e})",
                 got[idx], want[idx]
@@ -359,5 +359,79 @@ fn kernel_selection() {
             Kernel::best(Precision::Bf16),
             Kernel::Avx512Bf16 | Kernel::Amx
         ));
+    }
+}
+
+/// bf16 rounding while packing must be exactly `half`'s round-to-nearest-even, NaN and infinity
+/// included: with k = 1 each output is a single product of two bf16 values, which is exact in
+/// f32, so the comparison is bit-for-bit. Values are random bit patterns (ties included) in the
+/// normal range, since `vdpbf16ps` flushes denormals.
+#[test]
+fn bf16_rounding_is_exact() {
+    let (m, n) = (37, 41);
+    let mut s = 0x1234_5678_9abc_def0u64;
+    let mut bits = |len: usize, specials: bool| -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let mant = (s as u32) & 0x007F_FFFF;
+                // Every 3rd value an exact tie (low 16 bits = 0x8000) to test ties-to-even.
+                let mant = if i % 3 == 0 {
+                    (mant & !0xFFFF) | 0x8000
+                } else {
+                    mant
+                };
+                let exp = 107 + ((s >> 32) % 40) as u32;
+                let sign = ((s >> 40) & 1) as u32;
+                match (specials, i % 17) {
+                    (true, 5) => f32::NAN,
+                    (true, 11) => f32::INFINITY,
+                    (true, 13) => f32::from_bits(0x7F80_0001), // signalling NaN
+                    _ => f32::from_bits(sign << 31 | exp << 23 | mant),
+                }
+            })
+            .collect()
+    };
+    let a = bits(m, true);
+    let b = bits(n, false);
+    let dims = GemmDims {
+        batch: 1,
+        m,
+        n,
+        k: 1,
+    };
+    let lc = Layout::row_major(m, n);
+    for kernel in kernels(Precision::Bf16) {
+        for la in [Layout::row_major(m, 1), Layout::transposed(1, m)] {
+            for lb in [Layout::row_major(1, n), Layout::transposed(n, 1)] {
+                let mut c = vec![0.0f32; m * n];
+                gemm_with(
+                    kernel,
+                    dims,
+                    &a,
+                    la,
+                    &b,
+                    lb,
+                    &mut c,
+                    lc,
+                    false,
+                    Precision::Bf16,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = bf16::from_f32(a[i]).to_f32() * bf16::from_f32(b[j]).to_f32();
+                        let got = c[i * n + j];
+                        assert!(
+                            got == want || (got.is_nan() && want.is_nan()),
+                            "{kernel:?} {la:?} {lb:?} a={:e} b={:e}: {got:e} != {want:e}",
+                            a[i],
+                            b[j]
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -242,77 +242,141 @@ fn as_u32(v: &mut [Chunk], len: usize) -> &mut [u32] {
     &mut all[..len]
 }
 
-/// The BLIS loop nest for one GEMM: jc (NC) → pc (KC, pack B) → tasks over MC row blocks ×
-/// NL2 column sub-blocks (pack A) → ir (MR) → jr (NR) → micro-kernel.
+/// Upper bound for one packed B block (all k × NC columns): it is streamed from L3 once per
+/// row block, and a cap keeps the per-thread buffer bounded.
+const B_BLOCK_MAX_BYTES: usize = 16 << 20;
+
+/// One KC-deep slice of k: its range and where its packed panels live in the B buffer.
+#[derive(Clone, Copy)]
+struct Slice {
+    pc: usize,
+    kcb: usize,
+    kp: usize,
+    b_off: usize,
+}
+
+/// The BLIS loop nest for one GEMM: jc (NC; pack all of B[:, jc..] as KC slices of NR-wide
+/// micro-panels) → tasks over MC row blocks (× NL2 column sub-blocks if rows alone are too few)
+/// → pc (KC; pack the A block slice) → NL2 sub-block → ir (MR) → jr (NR) → micro-kernel.
+///
+/// Packing B for every k slice up front means one parallel phase per NC block instead of one
+/// per (NC, KC) pair: on a busy machine every phase boundary is a barrier where a descheduled
+/// thread stalls the others.
 fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
     let (mr, nr) = (ukr.mr, ukr.nr);
-    let threads = rayon::current_num_threads();
-    for jc in (0..p.n).step_by(blk.nc) {
-        let ncb = blk.nc.min(p.n - jc);
-        let npanels = ncb.div_ceil(nr);
-        for (pi, pc) in (0..p.k).step_by(blk.kc).enumerate() {
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let slices: Vec<(usize, usize, usize)> = (0..p.k)
+        .step_by(blk.kc)
+        .map(|pc| {
             let kcb = blk.kc.min(p.k - pc);
-            let kp = ukr.k_units(kcb);
-            let acc = p.accumulate || pi > 0;
+            (pc, kcb, ukr.k_units(kcb))
+        })
+        .collect();
+    let k_units: usize = slices.iter().map(|s| s.2).sum();
+    // NC: as requested, capped by the B buffer size, then evened out over the n blocks.
+    let nc_cap = (B_BLOCK_MAX_BYTES / (4 * k_units * nr)).max(1) * nr;
+    let nblocks = p.n.div_ceil(blk.nc.min(nc_cap));
+    let nc = p.n.div_ceil(nblocks).div_ceil(nr) * nr;
+    // MC: whole MR panels, balanced so every thread gets the same number of row blocks.
+    let panels = p.m.div_ceil(mr);
+    let mut mblocks = panels.div_ceil((blk.mc / mr).max(1));
+    mblocks = mblocks.div_ceil(threads) * threads;
+    let mc = panels.div_ceil(mblocks) * mr;
+    let mblocks = p.m.div_ceil(mc);
 
-            let mut bvec = take_buf(&B_BUF, npanels * kp * nr);
-            let bpk = as_u32(&mut bvec, npanels * kp * nr);
-            let b_base = p.b_off + pc * p.lb.row_stride + jc * p.lb.col_stride;
-            let pack_b_panel = |(jp, dst): (usize, &mut [u32])| {
+    for jc in (0..p.n).step_by(nc) {
+        let ncb = nc.min(p.n - jc);
+        let npanels = ncb.div_ceil(nr);
+        let mut off = 0;
+        let slices: Vec<Slice> = slices
+            .iter()
+            .map(|&(pc, kcb, kp)| {
+                let s = Slice {
+                    pc,
+                    kcb,
+                    kp,
+                    b_off: off,
+                };
+                off += npanels * kp * nr;
+                s
+            })
+            .collect();
+
+        let mut bvec = take_buf(&B_BUF, off);
+        let bpk = as_u32(&mut bvec, off);
+        {
+            // (slice, panel, destination) for every packed B micro-panel.
+            let mut jobs = Vec::with_capacity(slices.len() * npanels);
+            let mut rest: &mut [u32] = bpk;
+            for sl in &slices {
+                for jp in 0..npanels {
+                    let (d, r) = std::mem::take(&mut rest).split_at_mut(sl.kp * nr);
+                    jobs.push((sl, jp, d));
+                    rest = r;
+                }
+            }
+            let pack_b_panel = |(sl, jp, dst): (&Slice, usize, &mut [u32])| {
                 let j0 = jp * nr;
                 pack::pack_b(
                     ukr.format,
                     nr,
                     p.b,
-                    b_base + j0 * p.lb.col_stride,
+                    p.b_off + sl.pc * p.lb.row_stride + (jc + j0) * p.lb.col_stride,
                     p.lb.row_stride,
                     p.lb.col_stride,
-                    kcb,
+                    sl.kcb,
                     nr.min(ncb - j0),
-                    kp,
+                    sl.kp,
                     dst,
                 );
             };
             if parallel {
-                bpk.par_chunks_mut(kp * nr)
-                    .enumerate()
-                    .for_each(pack_b_panel);
+                jobs.into_par_iter().for_each(pack_b_panel);
             } else {
-                bpk.chunks_mut(kp * nr).enumerate().for_each(pack_b_panel);
+                jobs.into_iter().for_each(pack_b_panel);
             }
-            let bpk: &[u32] = bpk;
+        }
+        let bpk: &[u32] = bpk;
 
-            let mblocks = p.m.div_ceil(blk.mc);
-            let nsub = ncb.div_ceil(blk.nl2);
-            // Split n too only when row blocks alone would leave threads idle or unbalanced.
-            let split_n = parallel && mblocks < 4 * threads && nsub > 1;
-            let ntasks_n = if split_n { nsub } else { 1 };
-            let task = |t: usize| {
-                let ib = t / ntasks_n;
-                let ic = ib * blk.mc;
-                let mcb = blk.mc.min(p.m - ic);
-                let (s0, s1) = if split_n {
-                    let s = t % ntasks_n;
-                    (s, s + 1)
-                } else {
-                    (0, nsub)
-                };
-                let apanels = mcb.div_ceil(mr);
-                let mut avec = take_buf(&A_BUF, apanels * kp * mr);
+        let nsub = ncb.div_ceil(blk.nl2);
+        // Split n too only when row blocks alone would leave threads idle or unbalanced.
+        let split_n = parallel && mblocks < 4 * threads && nsub > 1;
+        let ntasks_n = if split_n { nsub } else { 1 };
+        let task = |t: usize| {
+            let ib = t / ntasks_n;
+            let ic = ib * mc;
+            let mcb = mc.min(p.m - ic);
+            let (s0, s1) = if split_n {
+                let s = t % ntasks_n;
+                (s, s + 1)
+            } else {
+                (0, nsub)
+            };
+            let apanels = mcb.div_ceil(mr);
+            let max_kp = slices.iter().map(|s| s.kp).max().unwrap_or(0);
+            let mut avec = take_buf(&A_BUF, apanels * max_kp * mr);
+            for (si, sl) in slices.iter().enumerate() {
+                let kp = sl.kp;
+                let acc = p.accumulate || si > 0;
                 let apk = as_u32(&mut avec, apanels * kp * mr);
                 pack::pack_a(
                     ukr.format,
                     ukr.a_row_major,
                     mr,
                     p.a,
-                    p.a_off + ic * p.la.row_stride + pc * p.la.col_stride,
+                    p.a_off + ic * p.la.row_stride + sl.pc * p.la.col_stride,
                     p.la.row_stride,
                     p.la.col_stride,
                     mcb,
-                    kcb,
+                    sl.kcb,
                     kp,
                     apk,
                 );
+                let bsl = &bpk[sl.b_off..];
                 for s in s0..s1 {
                     let j_lo = s * blk.nl2;
                     let j_hi = (j_lo + blk.nl2).min(ncb);
@@ -321,7 +385,7 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
                         let ap = apk[ir * kp * mr..].as_ptr();
                         for jp in j_lo / nr..j_hi.div_ceil(nr) {
                             let nr_eff = nr.min(ncb - jp * nr);
-                            let bp = bpk[jp * kp * nr..].as_ptr();
+                            let bp = bsl[jp * kp * nr..].as_ptr();
                             // SAFETY: the tile lies inside C (check_len) and inside this task's
                             // disjoint row/column range; packed panels hold kp units each.
                             unsafe {
@@ -331,16 +395,16 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
                         }
                     }
                 }
-                put_buf(&A_BUF, avec);
-            };
-            let ntasks = mblocks * ntasks_n;
-            if parallel && ntasks > 1 {
-                (0..ntasks).into_par_iter().for_each(task);
-            } else {
-                (0..ntasks).for_each(task);
             }
-            put_buf(&B_BUF, bvec);
+            put_buf(&A_BUF, avec);
+        };
+        let ntasks = mblocks * ntasks_n;
+        if parallel && ntasks > 1 {
+            (0..ntasks).into_par_iter().for_each(task);
+        } else {
+            (0..ntasks).for_each(task);
         }
+        put_buf(&B_BUF, bvec);
     }
 }
 

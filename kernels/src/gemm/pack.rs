@@ -105,6 +105,11 @@ fn pack_panel(
     du: usize,
 ) {
     let dst = &mut dst[..kp * width];
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::pack_panel_avx512(fmt, src, base, ls, ks, n, kc, dst, dl, du) {
+        zero_fill(fmt, n, width, kc, kp, dst, dl, du);
+        return;
+    }
     match fmt {
         PackFormat::F32 | PackFormat::F32RoundBf16 => {
             let conv = |x: f32| {
@@ -164,6 +169,30 @@ fn pack_panel(
                     dst[l * dl + u * du] = 0;
                 }
             }
+        }
+    }
+}
+
+/// Zeroes what the data loops do not write: lines `n..width`, and units past the data.
+#[allow(clippy::too_many_arguments)]
+fn zero_fill(
+    fmt: PackFormat,
+    n: usize,
+    width: usize,
+    kc: usize,
+    kp: usize,
+    dst: &mut [u32],
+    dl: usize,
+    du: usize,
+) {
+    let units = match fmt {
+        PackFormat::Bf16Pairs => kc.div_ceil(2),
+        _ => kc,
+    };
+    for u in 0..kp {
+        let from = if u < units { n } else { 0 };
+        for l in from..width {
+            dst[l * dl + u * du] = 0;
         }
     }
 }
