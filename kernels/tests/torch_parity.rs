@@ -28,7 +28,7 @@ fn load(name: &str) -> HashMap<String, Tensor> {
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}; {REGEN}", path.display()));
     let mut at = 0usize;
-    let mut u32_at = |b: &[u8], at: &mut usize| {
+    let u32_at = |b: &[u8], at: &mut usize| {
         let v = u32::from_le_bytes(b[*at..*at + 4].try_into().unwrap()) as usize;
         *at += 4;
         v
