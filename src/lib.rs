@@ -1,1 +1,4 @@
 //! MedSAM in Rust.
+
+pub mod npy;
+pub mod preprocess;
