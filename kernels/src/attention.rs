@@ -87,38 +87,44 @@ fn slab<const W: usize>(
     ldo: usize,
     col0: usize,
 ) {
+    // Full RB-row blocks. All indices into `acc` are compile-time constants after unrolling, so
+    // the accumulators live in registers (a dynamic index would force them onto the stack).
     let mut i = 0;
-    while i < rows {
-        let nr = RB.min(rows - i);
+    while i + RB <= rows {
         let mut acc = [[0.0f32; W]; RB];
-        for r in 0..nr {
-            acc[r].copy_from_slice(&out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W]);
+        for r in 0..RB {
+            let o: &[f32; W] = out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W]
+                .try_into()
+                .unwrap();
+            acc[r] = *o;
         }
-        if nr == RB {
-            for t in 0..inner {
-                let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
-                for r in 0..RB {
-                    let c = coef[(i + r) * cs_r + t * cs_t];
-                    for j in 0..W {
-                        acc[r][j] = c.mul_add(xv[j], acc[r][j]);
-                    }
-                }
-            }
-        } else {
-            for t in 0..inner {
-                let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
-                for r in 0..nr {
-                    let c = coef[(i + r) * cs_r + t * cs_t];
-                    for j in 0..W {
-                        acc[r][j] = c.mul_add(xv[j], acc[r][j]);
-                    }
+        for t in 0..inner {
+            let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
+            for r in 0..RB {
+                let c = coef[(i + r) * cs_r + t * cs_t];
+                for j in 0..W {
+                    acc[r][j] = c.mul_add(xv[j], acc[r][j]);
                 }
             }
         }
-        for r in 0..nr {
+        for r in 0..RB {
             out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W].copy_from_slice(&acc[r]);
         }
-        i += nr;
+        i += RB;
+    }
+    // Remaining rows one at a time.
+    while i < rows {
+        let o: &[f32; W] = out[i * ldo + col0..i * ldo + col0 + W].try_into().unwrap();
+        let mut acc = *o;
+        for t in 0..inner {
+            let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
+            let c = coef[i * cs_r + t * cs_t];
+            for j in 0..W {
+                acc[j] = c.mul_add(xv[j], acc[j]);
+            }
+        }
+        out[i * ldo + col0..i * ldo + col0 + W].copy_from_slice(&acc);
+        i += 1;
     }
 }
 
