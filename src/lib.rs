@@ -1,4 +1,5 @@
 //! MedSAM in Rust.
 
+pub mod cli;
 pub mod npy;
 pub mod preprocess;

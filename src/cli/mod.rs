@@ -1,0 +1,4 @@
+//! Command-line front ends (argument structs + runners).
+
+pub mod phantom;
+pub mod preprocess;
