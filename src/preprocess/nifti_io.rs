@@ -468,7 +468,7 @@ pub fn write_nifti_gz<T: NiftiElement>(
         }
     }
     h[344..348].copy_from_slice(b"n+1\0");
-    let mut body = Vec::with_capacity(data.len() * std::mem::size_of::<T>());
+    let mut body = Vec::with_capacity(std::mem::size_of_val(data));
     for &v in data {
         v.put_le(&mut body);
     }

@@ -185,19 +185,19 @@ pub fn generate_case(seed: u64, size: (usize, usize, usize)) -> (Vec<i16>, Vec<u
     let rk = Blob::new(
         &mut rng,
         [liver.c[0] + 0.02, liver.c[1] + liver.r[1] + 0.05, 0.42],
-        [0.06, 0.07, 0.22],
+        [0.07, 0.08, 0.25],
         0.05,
     );
-    let lk = Blob::new(&mut rng, [0.66, 0.63, 0.45], [0.06, 0.07, 0.22], 0.08);
+    let lk = Blob::new(&mut rng, [0.66, 0.63, 0.45], [0.07, 0.08, 0.25], 0.08);
     let duod = Blob::new(&mut rng, [0.52, 0.55, 0.35], [0.07, 0.03, 0.15], 0.1);
     let tumour = Blob::new(
         &mut rng,
         [liver.c[0] - 0.05, liver.c[1] - 0.03, 0.55],
-        [0.065, 0.065, 0.17],
+        [0.075, 0.075, 0.2],
         0.1,
     );
     let aorta_c = [rng.range(0.5, 0.54), rng.range(0.58, 0.62)];
-    let aorta_r = 0.035;
+    let aorta_r = 0.05;
     let specks: Vec<Blob> = (0..3)
         .map(|k| {
             let c = [
@@ -234,7 +234,8 @@ pub fn generate_case(seed: u64, size: (usize, usize, usize)) -> (Vec<i16>, Vec<u
                 let tex: f64 = waves
                     .iter()
                     .map(|(f, ph, amp)| {
-                        amp * (f[0] * px * 6.28 + f[1] * py * 6.28 + f[2] * pz * 6.28 + ph).sin()
+                        amp * (std::f64::consts::TAU * (f[0] * px + f[1] * py + f[2] * pz) + ph)
+                            .sin()
                     })
                     .sum();
                 let mut hu = if rb > 1.0 - fat { -100.0 } else { 40.0 } + tex;
