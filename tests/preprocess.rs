@@ -367,3 +367,126 @@ fn phantom_content_and_preprocess_end_to_end() {
         assert!(seen[id] > 0, "label {id} lost in preprocessing");
     }
 }
+
+// ------------------------------------------------------------------ CLI + nibabel interop
+
+#[derive(clap::Parser, Debug)]
+struct PreCli {
+    #[command(flatten)]
+    a: medsam::cli::preprocess::PreprocessArgs,
+}
+
+#[derive(clap::Parser, Debug)]
+struct PhCli {
+    #[command(flatten)]
+    a: medsam::cli::phantom::PhantomArgs,
+}
+
+#[test]
+fn cli_flags_map_to_config() {
+    use clap::Parser;
+    let c = PreCli::try_parse_from([
+        "x",
+        "--nii-path",
+        "i",
+        "--gt-path",
+        "g",
+        "--npy-path",
+        "o",
+        "--modality",
+        "MR",
+        "--anatomy",
+        "Brain",
+        "--img-name-suffix",
+        "_0000.nii",
+        "--gt-name-suffix",
+        ".nii",
+        "--remove-label-ids",
+        "3,12",
+        "--tumor-id",
+        "2",
+        "--window-level",
+        "50",
+        "--window-width",
+        "350",
+        "--image-size",
+        "256",
+        "--voxel-num-thre2d",
+        "5",
+        "--voxel-num-thre3d",
+        "7",
+        "--num-workers",
+        "3",
+    ])
+    .unwrap();
+    let cfg = c.a.to_config().unwrap();
+    assert_eq!(cfg.modality, Modality::MR);
+    assert_eq!(cfg.remove_label_ids, vec![3, 12]);
+    assert_eq!(cfg.tumor_id, Some(2));
+    assert_eq!((cfg.window_level, cfg.window_width), (50.0, 350.0));
+    assert_eq!(
+        (cfg.image_size, cfg.voxel_num_thre2d, cfg.voxel_num_thre3d),
+        (256, 5, 7)
+    );
+    assert_eq!(cfg.num_workers, 3);
+    assert_eq!(cfg.gt_name_suffix, ".nii");
+    // defaults are the reference script's
+    let d = PreCli::try_parse_from(["x"])
+        .unwrap()
+        .a
+        .to_config()
+        .unwrap();
+    assert_eq!(d.remove_label_ids, vec![12]);
+    assert_eq!(
+        (d.image_size, d.voxel_num_thre2d, d.voxel_num_thre3d),
+        (1024, 100, 1000)
+    );
+    assert!(PreCli::try_parse_from(["x", "--modality", "PET"]).is_err());
+    assert!(PreCli::try_parse_from(["x", "--remove-label-ids", "300"])
+        .unwrap()
+        .a
+        .to_config()
+        .is_err());
+    let p = PhCli::try_parse_from([
+        "x", "--out", "o", "--cases", "2", "--seed", "9", "--size", "64x48x16",
+    ])
+    .unwrap();
+    assert_eq!(p.a.size, (64, 48, 16));
+    assert!(PhCli::try_parse_from(["x", "--size", "64x48"]).is_err());
+}
+
+/// nibabel must read our phantom NIfTI files with the same voxels (runs where the venv exists).
+#[test]
+fn nibabel_reads_phantom() {
+    let py = std::env::var("MEDSAM_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
+    if !Path::new(&py).exists() {
+        eprintln!("skipping: no python at {py}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = &make_phantom(dir.path(), 1, 3, (40, 36, 10)).unwrap()[0];
+    let img = read_nifti(&c.image).unwrap();
+    let lab = read_nifti(&c.label).unwrap();
+    let dump = dir.path().join("ours.npy");
+    medsam::npy::write_npy_f64(&dump, &img.shape, &img.data).unwrap();
+    let dump_l = dir.path().join("ours_l.npy");
+    medsam::npy::write_npy_u8(&dump_l, &lab.shape, &lab.to_u8_labels()).unwrap();
+    let script = format!(
+        "import numpy as np, nibabel as nib\n\
+         i=nib.load(r'{}'); l=nib.load(r'{}')\n\
+         a=np.transpose(np.asanyarray(i.dataobj),(2,1,0)); b=np.transpose(np.asanyarray(l.dataobj),(2,1,0))\n\
+         assert i.get_data_dtype()==np.int16 and l.get_data_dtype()==np.uint8, (i.get_data_dtype(), l.get_data_dtype())\n\
+         assert np.array_equal(a, np.load(r'{}')) and np.array_equal(b, np.load(r'{}'))\n\
+         assert np.allclose(i.header.get_zooms(), (350/40, 350/36, 16.0), atol=1e-4), i.header.get_zooms()\n",
+        c.image.display(),
+        c.label.display(),
+        dump.display(),
+        dump_l.display()
+    );
+    let st = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .status()
+        .unwrap();
+    assert!(st.success(), "nibabel could not read the phantom correctly");
+}
