@@ -41,7 +41,10 @@ pub fn list_pairs(root: &Path) -> Result<Vec<NpyPair>> {
     let (imgs, gts) = (root.join("imgs"), root.join("gts"));
     for d in [&imgs, &gts] {
         if !d.is_dir() {
-            return Err(Error::file(d, "not a directory (expected the npy layout DIR/imgs, DIR/gts)"));
+            return Err(Error::file(
+                d,
+                "not a directory (expected the npy layout DIR/imgs, DIR/gts)",
+            ));
         }
     }
     let pairs: Vec<NpyPair> = npy_files(&gts)?
@@ -52,7 +55,10 @@ pub fn list_pairs(root: &Path) -> Result<Vec<NpyPair>> {
         })
         .collect();
     if pairs.is_empty() {
-        return Err(Error::file(root, "no image/label pairs found under imgs/ and gts/"));
+        return Err(Error::file(
+            root,
+            "no image/label pairs found under imgs/ and gts/",
+        ));
     }
     Ok(pairs)
 }
@@ -68,7 +74,10 @@ pub struct Image {
 pub fn read_image(path: &Path) -> Result<Image> {
     let a = npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
     if a.shape.len() != 3 || a.shape[2] != 3 {
-        return Err(Error::file(path, format!("image: expected shape (H, W, 3), found {:?}", a.shape)));
+        return Err(Error::file(
+            path,
+            format!("image: expected shape (H, W, 3), found {:?}", a.shape),
+        ));
     }
     let (h, w) = (a.shape[0], a.shape[1]);
     let scale = if a.is_u8() { 1.0 / 255.0 } else { 1.0 };
@@ -86,7 +95,10 @@ pub fn read_image(path: &Path) -> Result<Image> {
 pub fn read_labels(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let a = npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
     if a.shape.len() != 2 {
-        return Err(Error::file(path, format!("label map: expected shape (H, W), found {:?}", a.shape)));
+        return Err(Error::file(
+            path,
+            format!("label map: expected shape (H, W), found {:?}", a.shape),
+        ));
     }
     let labels = a.to_u8().map_err(|e| Error::file(path, e))?;
     Ok((a.shape[0], a.shape[1], labels))
@@ -133,7 +145,10 @@ pub struct NpyDataset {
 
 impl NpyDataset {
     pub fn open(root: &Path, bbox_shift: usize) -> Result<Self> {
-        Ok(NpyDataset { pairs: list_pairs(root)?, bbox_shift })
+        Ok(NpyDataset {
+            pairs: list_pairs(root)?,
+            bbox_shift,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -149,11 +164,20 @@ impl NpyDataset {
         let image = read_image(&pair.image)?;
         let (h, w, labels) = read_labels(&pair.gt)?;
         if (h, w) != (image.h, image.w) {
-            return Err(Error::file(&pair.gt, format!("label map is {h}×{w} but its image is {}×{}", image.h, image.w)));
+            return Err(Error::file(
+                &pair.gt,
+                format!(
+                    "label map is {h}×{w} but its image is {}×{}",
+                    image.h, image.w
+                ),
+            ));
         }
         let ids = label_ids(&labels);
         if ids.is_empty() {
-            return Err(Error::file(&pair.gt, "label map is empty (no nonzero label to train on)"));
+            return Err(Error::file(
+                &pair.gt,
+                "label map is empty (no nonzero label to train on)",
+            ));
         }
         let label = ids[rng.int_inclusive(ids.len() - 1)];
         let mask: Vec<bool> = labels.iter().map(|&l| l == label).collect();
@@ -163,7 +187,11 @@ impl NpyDataset {
         let x1 = (x1 + rng.int_inclusive(s)).min(w);
         let y0 = y0.saturating_sub(rng.int_inclusive(s));
         let y1 = (y1 + rng.int_inclusive(s)).min(h);
-        let name = pair.gt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = pair
+            .gt
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Sample {
             image,
             mask: mask.iter().map(|&m| m as u8 as f32).collect(),
@@ -187,7 +215,13 @@ pub struct Batch {
 fn collate(samples: Vec<Sample>) -> Result<Batch> {
     let (h, w) = (samples[0].image.h, samples[0].image.w);
     if let Some(s) = samples.iter().find(|s| (s.image.h, s.image.w) != (h, w)) {
-        return Err(Error::shape("batch", format!("{} is {}×{}, the batch is {h}×{w}", s.name, s.image.h, s.image.w)));
+        return Err(Error::shape(
+            "batch",
+            format!(
+                "{} is {}×{}, the batch is {h}×{w}",
+                s.name, s.image.h, s.image.w
+            ),
+        ));
     }
     let b = samples.len();
     let mut images = Vec::with_capacity(b * 3 * h * w);
@@ -219,7 +253,10 @@ pub fn load_batches(
     epoch: usize,
     num_workers: usize,
 ) -> impl Iterator<Item = Result<Batch>> {
-    let chunks: Vec<Vec<usize>> = order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<usize>> = order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect();
     let workers = num_workers.max(1);
     let (tx, rx) = mpsc::sync_channel::<(usize, Result<Batch>)>(workers * 2);
     let ds = ds.clone();
@@ -239,7 +276,11 @@ pub fn load_batches(
         for (w, window) in chunks.chunks(workers).enumerate() {
             let results: Vec<(usize, Result<Batch>)> = pool.install(|| {
                 use rayon::prelude::*;
-                window.par_iter().enumerate().map(|(k, idx)| (w * workers + k, make(w * workers + k, idx))).collect()
+                window
+                    .par_iter()
+                    .enumerate()
+                    .map(|(k, idx)| (w * workers + k, make(w * workers + k, idx)))
+                    .collect()
             });
             for r in results {
                 if tx.send(r).is_err() {

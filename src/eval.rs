@@ -6,7 +6,9 @@ use crate::data::{label_ids, list_pairs, read_image, read_labels, NpyPair};
 use crate::dist::Communicator;
 use crate::error::{Error, Result};
 use crate::infer::{InferPrecision, InputImage, Predictor};
-use crate::metrics::{self, box_mask, mask_bbox, sample_metrics, MetricsAccumulator, MetricsSummary, SampleMetrics};
+use crate::metrics::{
+    self, box_mask, mask_bbox, sample_metrics, MetricsAccumulator, MetricsSummary, SampleMetrics,
+};
 use crate::model::Sam;
 use crate::viz::{self, ComparisonRow};
 use std::path::PathBuf;
@@ -70,43 +72,96 @@ struct FigureRow {
 
 fn to_rgb(img: &crate::data::Image) -> Vec<u8> {
     let n = img.h * img.w;
-    (0..n).flat_map(|i| (0..3).map(move |c| (i, c))).map(|(i, c)| (img.chw[c * n + i].clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+    (0..n)
+        .flat_map(|i| (0..3).map(move |c| (i, c)))
+        .map(|(i, c)| (img.chw[c * n + i].clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect()
 }
 
-fn score_slice(model: &Sam, pair: &NpyPair, cfg: &EvalConfig, figure: &mut Vec<FigureRow>) -> Result<Vec<Scored>> {
+fn score_slice(
+    model: &Sam,
+    pair: &NpyPair,
+    cfg: &EvalConfig,
+    figure: &mut Vec<FigureRow>,
+) -> Result<Vec<Scored>> {
     let img = read_image(&pair.image)?;
     let (h, w, labels) = read_labels(&pair.gt)?;
     if (h, w) != (img.h, img.w) {
-        return Err(Error::file(&pair.gt, format!("label map is {h}×{w}, image is {}×{}", img.h, img.w)));
+        return Err(Error::file(
+            &pair.gt,
+            format!("label map is {h}×{w}, image is {}×{}", img.h, img.w),
+        ));
     }
     let n = h * w;
-    let hwc: Vec<f64> = (0..n).flat_map(|i| (0..3).map(move |c| (i, c))).map(|(i, c)| img.chw[c * n + i] as f64).collect();
-    let predictor = Predictor::new(model, &InputImage { h, w, hwc, is_npy: true }, cfg.precision)?;
-    let name = pair.gt.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let hwc: Vec<f64> = (0..n)
+        .flat_map(|i| (0..3).map(move |c| (i, c)))
+        .map(|(i, c)| img.chw[c * n + i] as f64)
+        .collect();
+    let predictor = Predictor::new(
+        model,
+        &InputImage {
+            h,
+            w,
+            hwc,
+            is_npy: true,
+        },
+        cfg.precision,
+    )?;
+    let name = pair
+        .gt
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut out = Vec::new();
     for label in label_ids(&labels) {
         let gt: Vec<bool> = labels.iter().map(|&l| l == label).collect();
         let b = mask_bbox(&gt, h, w).map_err(m_err)?.expect("label present");
-        let pred = predictor.predict_box([b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32])?.mask;
+        let pred = predictor
+            .predict_box([b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32])?
+            .mask;
         let spacing = [1.0, 1.0];
-        let model_m = sample_metrics(&gt, &pred, h, w, spacing, cfg.nsd_tolerance).map_err(m_err)?;
-        let base_m = sample_metrics(&gt, &box_mask(h, w, b), h, w, spacing, cfg.nsd_tolerance).map_err(m_err)?;
+        let model_m =
+            sample_metrics(&gt, &pred, h, w, spacing, cfg.nsd_tolerance).map_err(m_err)?;
+        let base_m = sample_metrics(&gt, &box_mask(h, w, b), h, w, spacing, cfg.nsd_tolerance)
+            .map_err(m_err)?;
         if figure.len() < cfg.figure_slices && !figure.iter().any(|f| f.title.starts_with(&name)) {
-            figure.push(FigureRow { rgb: to_rgb(&img), h, w, gt: gt.clone(), pred: pred.clone(), bbox: b, title: format!("{name} label {label}") });
+            figure.push(FigureRow {
+                rgb: to_rgb(&img),
+                h,
+                w,
+                gt: gt.clone(),
+                pred: pred.clone(),
+                bbox: b,
+                title: format!("{name} label {label}"),
+            });
         }
-        out.push(Scored { row: metrics::csv_row(&name, label as u32, &model_m, Some(&base_m)), label: label as u32, model: model_m, baseline: base_m });
+        out.push(Scored {
+            row: metrics::csv_row(&name, label as u32, &model_m, Some(&base_m)),
+            label: label as u32,
+            model: model_m,
+            baseline: base_m,
+        });
     }
     Ok(out)
 }
 
 /// Scores this rank's share of the slices; rank 0 writes `metrics.csv`, `metrics.json` and the
 /// comparison figure into the work dir and returns the merged summary (other ranks get theirs).
-pub fn evaluate(model: &Sam, cfg: &EvalConfig, comm: &dyn Communicator, on_slice: &mut dyn FnMut(usize, usize)) -> Result<EvalOutcome> {
+pub fn evaluate(
+    model: &Sam,
+    cfg: &EvalConfig,
+    comm: &dyn Communicator,
+    on_slice: &mut dyn FnMut(usize, usize),
+) -> Result<EvalOutcome> {
     let mut pairs = list_pairs(&cfg.data_path)?;
     if let Some(m) = cfg.max_slices {
         pairs.truncate(m);
     }
-    let mine: Vec<&NpyPair> = pairs.iter().skip(comm.rank()).step_by(comm.world_size()).collect();
+    let mine: Vec<&NpyPair> = pairs
+        .iter()
+        .skip(comm.rank())
+        .step_by(comm.world_size())
+        .collect();
     let mut acc = MetricsAccumulator::new();
     let mut rows = Vec::new();
     let mut figure = Vec::new();
@@ -125,40 +180,85 @@ pub fn evaluate(model: &Sam, cfg: &EvalConfig, comm: &dyn Communicator, on_slice
     let mut total = MetricsAccumulator::new();
     let mut all_rows = Vec::new();
     for bytes in gathered {
-        let (a, r): (MetricsAccumulator, Vec<String>) = serde_json::from_slice(&bytes).map_err(|e| Error::Other(e.to_string()))?;
+        let (a, r): (MetricsAccumulator, Vec<String>) =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Other(e.to_string()))?;
         total.merge(&a);
         all_rows.extend(r);
     }
     all_rows.sort();
     let summary = total.summary();
-    let (csv, json) = (cfg.work_dir.join("metrics.csv"), cfg.work_dir.join("metrics.json"));
+    let (csv, json) = (
+        cfg.work_dir.join("metrics.csv"),
+        cfg.work_dir.join("metrics.json"),
+    );
     let mut fig_path = None;
     if comm.is_root() {
         std::fs::create_dir_all(&cfg.work_dir).map_err(|e| Error::io(&cfg.work_dir, e))?;
-        let text = std::iter::once(metrics::CSV_HEADER.to_string()).chain(all_rows).collect::<Vec<_>>().join("\n") + "\n";
+        let text = std::iter::once(metrics::CSV_HEADER.to_string())
+            .chain(all_rows)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
         metrics::write_atomic(&csv, text.as_bytes()).map_err(m_err)?;
         summary.write_json(&json).map_err(m_err)?;
         if !figure.is_empty() {
             let path = cfg.work_dir.join("comparison.png");
             let fig: Vec<ComparisonRow<bool>> = figure
                 .iter()
-                .map(|f| ComparisonRow { image: &f.rgb, h: f.h, w: f.w, gt: &f.gt, pred: &f.pred, bbox: Some(f.bbox), title: &f.title })
+                .map(|f| ComparisonRow {
+                    image: &f.rgb,
+                    h: f.h,
+                    w: f.w,
+                    gt: &f.gt,
+                    pred: &f.pred,
+                    bbox: Some(f.bbox),
+                    title: &f.title,
+                })
                 .collect();
             viz::save_comparison_png(&path, &fig).map_err(|e| Error::Other(e.to_string()))?;
             fig_path = Some(path);
         }
     }
-    Ok(EvalOutcome { summary, csv, json, figure: fig_path })
+    Ok(EvalOutcome {
+        summary,
+        csv,
+        json,
+        figure: fig_path,
+    })
 }
 
 /// The printed table: per label count and means, then all, then the box baseline.
 pub fn format_table(s: &MetricsSummary) -> String {
     let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
-    let mut out = format!("{:<8} {:>6} {:>8} {:>8} {:>8}\n", "label", "count", "DSC", "IoU", "NSD");
+    let mut out = format!(
+        "{:<8} {:>6} {:>8} {:>8} {:>8}\n",
+        "label", "count", "DSC", "IoU", "NSD"
+    );
     for (id, l) in &s.per_label {
-        out += &format!("{:<8} {:>6} {:>8} {:>8} {:>8}\n", id, l.count, f(l.dsc), f(l.miou), f(l.nsd));
+        out += &format!(
+            "{:<8} {:>6} {:>8} {:>8} {:>8}\n",
+            id,
+            l.count,
+            f(l.dsc),
+            f(l.miou),
+            f(l.nsd)
+        );
     }
-    out += &format!("{:<8} {:>6} {:>8} {:>8} {:>8}\n", "all", s.count, f(s.dsc), f(s.miou), f(s.nsd));
-    out += &format!("{:<8} {:>6} {:>8} {:>8} {:>8}\n", "box", s.count, f(s.box_baseline.dsc), f(s.box_baseline.miou), f(s.box_baseline.nsd));
+    out += &format!(
+        "{:<8} {:>6} {:>8} {:>8} {:>8}\n",
+        "all",
+        s.count,
+        f(s.dsc),
+        f(s.miou),
+        f(s.nsd)
+    );
+    out += &format!(
+        "{:<8} {:>6} {:>8} {:>8} {:>8}\n",
+        "box",
+        s.count,
+        f(s.box_baseline.dsc),
+        f(s.box_baseline.miou),
+        f(s.box_baseline.nsd)
+    );
     out
 }

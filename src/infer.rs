@@ -27,31 +27,68 @@ pub fn read_input_image(path: &Path) -> Result<InputImage> {
     if !path.exists() {
         return Err(Error::file(path, "no such file"));
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
         let a = crate::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
         let v: Vec<f64> = a.to_f32().into_iter().map(|x| x as f64).collect();
         return match a.shape.as_slice() {
-            &[h, w, 3] => Ok(InputImage { h, w, hwc: v, is_npy: true }),
-            &[h, w] => Ok(InputImage { h, w, hwc: v.iter().flat_map(|&x| [x, x, x]).collect(), is_npy: true }),
-            s => Err(Error::file(path, format!("npy image: expected (H, W, 3) or (H, W), found {s:?}"))),
+            &[h, w, 3] => Ok(InputImage {
+                h,
+                w,
+                hwc: v,
+                is_npy: true,
+            }),
+            &[h, w] => Ok(InputImage {
+                h,
+                w,
+                hwc: v.iter().flat_map(|&x| [x, x, x]).collect(),
+                is_npy: true,
+            }),
+            s => Err(Error::file(
+                path,
+                format!("npy image: expected (H, W, 3) or (H, W), found {s:?}"),
+            )),
         };
     }
-    let img = image::open(path).map_err(|e| Error::file(path, format!("cannot read image: {e}")))?;
+    let img =
+        image::open(path).map_err(|e| Error::file(path, format!("cannot read image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let hwc: Vec<f64> = match img {
-        image::DynamicImage::ImageLuma8(g) => g.into_raw().iter().flat_map(|&x| [x as f64; 3]).collect(),
-        image::DynamicImage::ImageLuma16(g) => g.into_raw().iter().flat_map(|&x| [x as f64 / 257.0; 3]).collect(),
-        other => other.to_rgb8().into_raw().iter().map(|&x| x as f64).collect(),
+        image::DynamicImage::ImageLuma8(g) => {
+            g.into_raw().iter().flat_map(|&x| [x as f64; 3]).collect()
+        }
+        image::DynamicImage::ImageLuma16(g) => g
+            .into_raw()
+            .iter()
+            .flat_map(|&x| [x as f64 / 257.0; 3])
+            .collect(),
+        other => other
+            .to_rgb8()
+            .into_raw()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
     };
     if h == 0 || w == 0 {
         return Err(Error::file(path, "image has no pixels"));
     }
-    Ok(InputImage { h, w, hwc, is_npy: false })
+    Ok(InputImage {
+        h,
+        w,
+        hwc,
+        is_npy: false,
+    })
 }
 
 /// Min-max to [0, 1] with MedSAM's 1e-8 floor on the range.
 fn min_max(v: &mut [f64]) {
-    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     let range = (hi - lo).max(1e-8);
     v.iter_mut().for_each(|x| *x = (*x - lo) / range);
 }
@@ -91,18 +128,31 @@ pub struct CheckedBox {
 pub fn check_box(b: [f32; 4], h: usize, w: usize) -> Result<CheckedBox> {
     let [x0, y0, x1, y1] = b;
     if b.iter().any(|v| !v.is_finite()) {
-        return Err(Error::arg("--box", format!("{b:?} has a non-finite coordinate")));
+        return Err(Error::arg(
+            "--box",
+            format!("{b:?} has a non-finite coordinate"),
+        ));
     }
     if x1 <= x0 || y1 <= y0 {
-        return Err(Error::arg("--box", format!("{b:?} is empty: need x0 < x1 and y0 < y1")));
+        return Err(Error::arg(
+            "--box",
+            format!("{b:?} is empty: need x0 < x1 and y0 < y1"),
+        ));
     }
     let (wf, hf) = (w as f32, h as f32);
     if x1 <= 0.0 || y1 <= 0.0 || x0 >= wf || y0 >= hf {
-        return Err(Error::arg("--box", format!("{b:?} lies wholly outside the {w}×{h} image")));
+        return Err(Error::arg(
+            "--box",
+            format!("{b:?} lies wholly outside the {w}×{h} image"),
+        ));
     }
     let clipped = [x0.max(0.0), y0.max(0.0), x1.min(wf), y1.min(hf)];
-    let warning = (clipped != b).then(|| format!("box {b:?} extends outside the {w}×{h} image; clipped to {clipped:?}"));
-    Ok(CheckedBox { bbox: clipped, warning })
+    let warning = (clipped != b)
+        .then(|| format!("box {b:?} extends outside the {w}×{h} image; clipped to {clipped:?}"));
+    Ok(CheckedBox {
+        bbox: clipped,
+        warning,
+    })
 }
 
 /// Numeric precision of the image encoder at inference.
@@ -134,22 +184,45 @@ impl<'m> Predictor<'m> {
     pub fn new(model: &'m Sam, img: &InputImage, precision: InferPrecision) -> Result<Self> {
         let size = model.config.image_encoder.img_size;
         let input = prepare_input(img, size)?;
-        let embedding = no_grad(|| autocast_bf16(precision == InferPrecision::Bf16, || model.image_encoder.forward(&input)))?;
-        Ok(Predictor { model, embedding, orig_hw: (img.h, img.w) })
+        let embedding = no_grad(|| {
+            autocast_bf16(precision == InferPrecision::Bf16, || {
+                model.image_encoder.forward(&input)
+            })
+        })?;
+        Ok(Predictor {
+            model,
+            embedding,
+            orig_hw: (img.h, img.w),
+        })
     }
 
     /// Predicts the mask of a box given in original-image pixels.
     pub fn predict_box(&self, bbox: [f32; 4]) -> Result<BoxPrediction> {
         let (h, w) = self.orig_hw;
         let size = self.model.config.image_encoder.img_size as f32;
-        let scaled = [bbox[0] / w as f32 * size, bbox[1] / h as f32 * size, bbox[2] / w as f32 * size, bbox[3] / h as f32 * size];
+        let scaled = [
+            bbox[0] / w as f32 * size,
+            bbox[1] / h as f32 * size,
+            bbox[2] / w as f32 * size,
+            bbox[3] / h as f32 * size,
+        ];
         no_grad(|| {
             let pe = self.model.prompt_encoder.get_dense_pe()?;
-            let (sparse, dense) = self.model.prompt_encoder.forward(None, Some(&[scaled]), None)?;
-            let (logits, iou) = self.model.mask_decoder.forward(&self.embedding, &pe, &sparse, &dense, false)?;
+            let (sparse, dense) = self
+                .model
+                .prompt_encoder
+                .forward(None, Some(&[scaled]), None)?;
+            let (logits, iou) =
+                self.model
+                    .mask_decoder
+                    .forward(&self.embedding, &pe, &sparse, &dense, false)?;
             let prob = logits.sigmoid()?.upsample_bilinear(h, w)?;
             let mask = prob.to_vec()?.iter().map(|&p| p > 0.5).collect();
-            Ok(BoxPrediction { low_res_logits: logits, mask, iou: iou.to_vec()?[0] })
+            Ok(BoxPrediction {
+                low_res_logits: logits,
+                mask,
+                iou: iou.to_vec()?[0],
+            })
         })
     }
 }

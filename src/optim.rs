@@ -17,7 +17,12 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// MedSAM's settings: lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
     fn default() -> Self {
-        AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 }
+        AdamWConfig {
+            lr: 1e-4,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -37,18 +42,35 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(config: AdamWConfig, num_params: usize) -> Self {
-        AdamW { config, state: vec![None; num_params] }
+        AdamW {
+            config,
+            state: vec![None; num_params],
+        }
     }
 
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self, params: &mut [(String, &mut Tensor)]) -> Result<()> {
         if params.len() != self.state.len() {
-            return Err(Error::arg("optimizer", format!("{} parameters for a state of {}", params.len(), self.state.len())));
+            return Err(Error::arg(
+                "optimizer",
+                format!(
+                    "{} parameters for a state of {}",
+                    params.len(),
+                    self.state.len()
+                ),
+            ));
         }
         for ((name, p), slot) in params.iter_mut().zip(self.state.iter_mut()) {
             let Some(grad) = p.grad() else { continue };
             if grad.shape() != p.shape() {
-                return Err(Error::shape("adamw", format!("{name}: grad {:?} for parameter {:?}", grad.shape(), p.shape())));
+                return Err(Error::shape(
+                    "adamw",
+                    format!(
+                        "{name}: grad {:?} for parameter {:?}",
+                        grad.shape(),
+                        p.shape()
+                    ),
+                ));
             }
             let st = match slot {
                 Some(s) => s,
@@ -60,10 +82,23 @@ impl AdamW {
             };
             st.step += 1;
             let c = self.config;
-            let hyper = AdamWStep { lr: c.lr, beta1: c.betas.0, beta2: c.betas.1, eps: c.eps, weight_decay: c.weight_decay, step: st.step };
+            let hyper = AdamWStep {
+                lr: c.lr,
+                beta1: c.betas.0,
+                beta2: c.betas.1,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+                step: st.step,
+            };
             let backend = p.backend()?;
             let grad = if grad.is_dense() { grad } else { grad.copy()? };
-            backend.adamw(hyper, p.storage_mut()?, grad.storage(), st.exp_avg.storage_mut()?, st.exp_avg_sq.storage_mut()?)?;
+            backend.adamw(
+                hyper,
+                p.storage_mut()?,
+                grad.storage(),
+                st.exp_avg.storage_mut()?,
+                st.exp_avg_sq.storage_mut()?,
+            )?;
         }
         Ok(())
     }

@@ -67,10 +67,27 @@ impl Default for TrainConfig {
 /// Progress reported to the caller (the library never prints).
 #[derive(Clone, Debug)]
 pub enum TrainEvent {
-    Started { run_dir: PathBuf, samples: usize, batches_per_epoch: usize, start_epoch: usize },
-    Step { epoch: usize, step: usize, loss: f32, lr: f64, seconds: f64 },
-    EpochEnd { epoch: usize, mean_loss: f32, improved: bool },
-    Saved { path: PathBuf },
+    Started {
+        run_dir: PathBuf,
+        samples: usize,
+        batches_per_epoch: usize,
+        start_epoch: usize,
+    },
+    Step {
+        epoch: usize,
+        step: usize,
+        loss: f32,
+        lr: f64,
+        seconds: f64,
+    },
+    EpochEnd {
+        epoch: usize,
+        mean_loss: f32,
+        improved: bool,
+    },
+    Saved {
+        path: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -85,7 +102,10 @@ pub struct TrainOutcome {
 
 /// `YYYYmmdd-HHMM` in UTC.
 fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     // Civil-from-days (proleptic Gregorian).
     let z = days + 719_468;
@@ -97,7 +117,11 @@ fn timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}", rem / 3600, (rem % 3600) / 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
 }
 
 /// One micro-batch: forward, loss, backward of `loss / k`. Returns the unscaled loss.
@@ -112,14 +136,20 @@ pub fn forward_backward(model: &Sam, batch: &Batch, k: usize, use_amp: bool) -> 
     if !value.is_finite() {
         return Ok(value);
     }
-    let scaled = if k > 1 { loss.scale(1.0 / k as f32)? } else { loss };
+    let scaled = if k > 1 {
+        loss.scale(1.0 / k as f32)?
+    } else {
+        loss
+    };
     scaled.backward()?;
     Ok(value)
 }
 
 fn save(path: &Path, value: &Value, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
     checkpoint::save_pth(path, value).map_err(|e| Error::file(path, e.to_string()))?;
-    on_event(TrainEvent::Saved { path: path.to_path_buf() });
+    on_event(TrainEvent::Saved {
+        path: path.to_path_buf(),
+    });
     Ok(())
 }
 
@@ -173,20 +203,55 @@ struct RunFiles {
 }
 
 fn open_run(cfg: &TrainConfig, is_root: bool) -> Result<RunFiles> {
-    let dir = cfg.run_dir.clone().unwrap_or_else(|| cfg.work_dir.join(format!("{}-{}", cfg.task_name, timestamp())));
+    let dir = cfg.run_dir.clone().unwrap_or_else(|| {
+        cfg.work_dir
+            .join(format!("{}-{}", cfg.task_name, timestamp()))
+    });
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let log_path = dir.join(if is_root { "train_log.jsonl".to_string() } else { format!(".rank_log_{}", std::process::id()) });
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let log_path = dir.join(if is_root {
+        "train_log.jsonl".to_string()
+    } else {
+        format!(".rank_log_{}", std::process::id())
+    });
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
     if !is_root {
         let _ = std::fs::remove_file(&log_path);
     }
     Ok(RunFiles { dir, log })
 }
 
+/// `TASK_train_loss.png`: the loss of every optimizer step and its running mean.
+fn write_loss_curve(dir: &Path, task: &str, step_losses: &[f32]) -> Result<()> {
+    let raw: Vec<(f64, f64)> = step_losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect();
+    let window = (step_losses.len() / 20).max(1);
+    let smooth: Vec<(f64, f64)> = (0..step_losses.len())
+        .map(|i| {
+            let lo = i.saturating_sub(window - 1);
+            let w = &step_losses[lo..=i];
+            ((i + 1) as f64, w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64)
+        })
+        .collect();
+    let series = vec![("loss per step", raw), ("running mean", smooth)];
+    crate::viz::loss_curve_png(&dir.join(format!("{task}_train_loss.png")), &series, &format!("{task}: training loss"))
+        .map_err(|e| Error::Other(e.to_string()))
+}
+
 /// Trains `model` (already loaded from `--checkpoint` or freshly initialised).
-pub fn train(cfg: &TrainConfig, model: &mut Sam, comm: &dyn Communicator, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainOutcome> {
+pub fn train(
+    cfg: &TrainConfig,
+    model: &mut Sam,
+    comm: &dyn Communicator,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainOutcome> {
     if cfg.batch_size == 0 || cfg.grad_acc_steps == 0 {
-        return Err(Error::arg("--batch-size/--grad-acc-steps", "must be at least 1"));
+        return Err(Error::arg(
+            "--batch-size/--grad-acc-steps",
+            "must be at least 1",
+        ));
     }
     let ds = NpyDataset::open(&cfg.tr_npy_path, cfg.bbox_shift)?;
     model.enable_training();
@@ -196,26 +261,52 @@ pub fn train(cfg: &TrainConfig, model: &mut Sam, comm: &dyn Communicator, on_eve
     if let Some(path) = &cfg.resume {
         let value = weights::read_checkpoint(path)?;
         let w = weights::state_dict(path, &value)?;
-        model.load_state_dict(&w)?.into_result().map_err(|e| Error::file(path, e.to_string()))?;
-        let shapes: Vec<Vec<usize>> = model.trainable_parameters().iter().map(|(_, p)| p.shape().to_vec()).collect();
-        let ov = value.get("optimizer").ok_or_else(|| Error::file(path, "no 'optimizer' entry (not a training checkpoint)"))?;
+        model
+            .load_state_dict(&w)?
+            .into_result()
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        let shapes: Vec<Vec<usize>> = model
+            .trainable_parameters()
+            .iter()
+            .map(|(_, p)| p.shape().to_vec())
+            .collect();
+        let ov = value
+            .get("optimizer")
+            .ok_or_else(|| Error::file(path, "no 'optimizer' entry (not a training checkpoint)"))?;
         opt = weights::optimizer_from_value(path, ov, &shapes)?;
-        let epoch = value.get("epoch").and_then(|e| e.as_int()).ok_or_else(|| Error::file(path, "no integer 'epoch' entry"))?;
+        let epoch = value
+            .get("epoch")
+            .and_then(|e| e.as_int())
+            .ok_or_else(|| Error::file(path, "no integer 'epoch' entry"))?;
         start_epoch = epoch as usize + 1;
     }
     broadcast_weights(model, comm)?;
     let is_root = comm.is_root();
     let mut run = open_run(cfg, is_root)?;
-    let per_rank = shard(&epoch_order(ds.len(), cfg.seed, 0), comm.rank(), comm.world_size()).len();
+    let per_rank = shard(
+        &epoch_order(ds.len(), cfg.seed, 0),
+        comm.rank(),
+        comm.world_size(),
+    )
+    .len();
     let batches_per_epoch = per_rank.div_ceil(cfg.batch_size);
-    on_event(TrainEvent::Started { run_dir: run.dir.clone(), samples: ds.len(), batches_per_epoch, start_epoch });
+    on_event(TrainEvent::Started {
+        run_dir: run.dir.clone(),
+        samples: ds.len(),
+        batches_per_epoch,
+        start_epoch,
+    });
 
     let latest = run.dir.join("medsam_model_latest.pth");
     let (mut steps, mut best) = (0usize, f32::INFINITY);
     let (mut epoch_losses, mut step_losses) = (Vec::new(), Vec::new());
     let mut epochs_completed = 0;
     'epochs: for epoch in start_epoch..cfg.num_epochs {
-        let order = shard(&epoch_order(ds.len(), cfg.seed, epoch), comm.rank(), comm.world_size());
+        let order = shard(
+            &epoch_order(ds.len(), cfg.seed, epoch),
+            comm.rank(),
+            comm.world_size(),
+        );
         let (mut sum, mut count) = (0.0f64, 0usize);
         let k = cfg.grad_acc_steps;
         let mut micro = 0;
@@ -227,7 +318,10 @@ pub fn train(cfg: &TrainConfig, model: &mut Sam, comm: &dyn Communicator, on_eve
                 return Err(Error::NonFinite {
                     what: "loss".into(),
                     step: steps,
-                    detail: format!("epoch {epoch}, batch {}: loss is {loss}", batch.names.join(", ")),
+                    detail: format!(
+                        "epoch {epoch}, batch {}: loss is {loss}",
+                        batch.names.join(", ")
+                    ),
                 });
             }
             micro += 1;
@@ -243,10 +337,18 @@ pub fn train(cfg: &TrainConfig, model: &mut Sam, comm: &dyn Communicator, on_eve
             steps += 1;
             step_losses.push(loss);
             let seconds = t0.elapsed().as_secs_f64();
-            on_event(TrainEvent::Step { epoch, step: steps, loss, lr: cfg.adamw.lr, seconds });
+            on_event(TrainEvent::Step {
+                epoch,
+                step: steps,
+                loss,
+                lr: cfg.adamw.lr,
+                seconds,
+            });
             if is_root {
                 let line = format!("{{\"epoch\": {epoch}, \"step\": {steps}, \"loss\": {loss}, \"lr\": {}, \"seconds\": {seconds:.3}}}\n", cfg.adamw.lr);
-                run.log.write_all(line.as_bytes()).map_err(|e| Error::io(run.dir.join("train_log.jsonl"), e))?;
+                run.log
+                    .write_all(line.as_bytes())
+                    .map_err(|e| Error::io(run.dir.join("train_log.jsonl"), e))?;
                 if cfg.save_every_steps > 0 && steps % cfg.save_every_steps == 0 {
                     let ck = training_checkpoint(model, &opt, epoch)?;
                     save(&run.dir.join("medsam_model_latest_step.pth"), &ck, on_event)?;
@@ -257,13 +359,18 @@ pub fn train(cfg: &TrainConfig, model: &mut Sam, comm: &dyn Communicator, on_eve
                 epochs_completed += 1;
                 if is_root {
                     save(&latest, &training_checkpoint(model, &opt, epoch)?, on_event)?;
+                    write_loss_curve(&run.dir, &cfg.task_name, &step_losses)?;
                 }
                 break 'epochs;
             }
         }
         // Gradients of a trailing partial accumulation group are dropped, as in MedSAM's loop.
         AdamW::zero_grad(&mut model.trainable_parameters());
-        let mean = if count > 0 { (sum / count as f64) as f32 } else { f32::NAN };
+        let mean = if count > 0 {
+            (sum / count as f64) as f32
+        } else {
+            f32::NAN
+        };
         let improved = mean < best;
         epoch_losses.push(mean);
         epochs_completed += 1;
@@ -273,15 +380,24 @@ pub fn train(cfg: &TrainConfig, model: &mut Sam, comm: &dyn Communicator, on_eve
             if improved {
                 save(&run.dir.join("medsam_model_best.pth"), &ck, on_event)?;
             }
-            let series = vec![("loss per epoch", epoch_losses.iter().enumerate().map(|(i, &l)| ((start_epoch + i) as f64, l as f64)).collect::<Vec<_>>())];
-            crate::viz::loss_curve_png(&run.dir.join(format!("{}_train_loss.png", cfg.task_name)), &series, &cfg.task_name)
-                .map_err(|e| Error::Other(e.to_string()))?;
+            write_loss_curve(&run.dir, &cfg.task_name, &step_losses)?;
         }
         if improved {
             best = mean;
         }
-        on_event(TrainEvent::EpochEnd { epoch, mean_loss: mean, improved });
+        on_event(TrainEvent::EpochEnd {
+            epoch,
+            mean_loss: mean,
+            improved,
+        });
         comm.barrier()?;
     }
-    Ok(TrainOutcome { run_dir: run.dir, epochs_completed, steps, epoch_losses, step_losses, latest_checkpoint: latest })
+    Ok(TrainOutcome {
+        run_dir: run.dir,
+        epochs_completed,
+        steps,
+        epoch_losses,
+        step_losses,
+        latest_checkpoint: latest,
+    })
 }

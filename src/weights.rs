@@ -31,7 +31,9 @@ pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>
     let sd = checkpoint::state_dict_from_named(value, path).map_err(ckpt_err)?;
     sd.into_iter()
         .map(|(k, t)| {
-            let data = t.to_f32().map_err(|e| Error::file(path, format!("{k}: {e}")))?;
+            let data = t
+                .to_f32()
+                .map_err(|e| Error::file(path, format!("{k}: {e}")))?;
             Ok((k, Tensor::from_vec(data, &t.shape)?))
         })
         .collect()
@@ -47,7 +49,10 @@ pub fn resolve_config(
     let config = match config_json {
         Some(p) => SamConfig::from_json_file(p)?,
         None => {
-            let shapes = weights.iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect();
+            let shapes = weights
+                .iter()
+                .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+                .collect();
             let inferred = SamConfig::infer(&shapes)?;
             // Shapes cannot show the decoder's head count: use the named preset's when it fits.
             match inferred.model_type_ignoring_heads() {
@@ -61,7 +66,10 @@ pub fn resolve_config(
         if preset.image_encoder != config.image_encoder {
             return Err(Error::arg(
                 "--model-type",
-                format!("{t:?} does not match the checkpoint (embed_dim {}, depth {})", config.image_encoder.embed_dim, config.image_encoder.depth),
+                format!(
+                    "{t:?} does not match the checkpoint (embed_dim {}, depth {})",
+                    config.image_encoder.embed_dim, config.image_encoder.depth
+                ),
             ));
         }
     }
@@ -70,13 +78,22 @@ pub fn resolve_config(
 
 /// Loads a model from a checkpoint; every missing, unexpected or wrongly shaped key is an error
 /// that names it.
-pub fn load_model(path: &Path, model_type: Option<ModelType>, config_json: Option<&Path>, device: Device) -> Result<(Sam, LoadReport)> {
+pub fn load_model(
+    path: &Path,
+    model_type: Option<ModelType>,
+    config_json: Option<&Path>,
+    device: Device,
+) -> Result<(Sam, LoadReport)> {
     let value = read_checkpoint(path)?;
     let weights = state_dict(path, &value)?;
     let config = resolve_config(&weights, model_type, config_json)?;
     let mut sam = Sam::new(&config, 0, device)?;
-    let report = sam.load_state_dict(&weights).map_err(|e| Error::file(path, e.to_string()))?;
-    let report = report.into_result().map_err(|e| Error::file(path, e.to_string()))?;
+    let report = sam
+        .load_state_dict(&weights)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    let report = report
+        .into_result()
+        .map_err(|e| Error::file(path, e.to_string()))?;
     Ok((sam, report))
 }
 
@@ -86,7 +103,11 @@ fn tensor_data(t: &Tensor) -> Result<TensorData> {
 
 /// The model's state dict as a checkpoint value (an ordered dict of tensors).
 pub fn model_value(sam: &mut Sam) -> Result<Value> {
-    let sd = sam.state_dict().into_iter().map(|(k, t)| Ok((k, tensor_data(&t)?))).collect::<Result<Vec<_>>>()?;
+    let sd = sam
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| Ok((k, tensor_data(&t)?)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Value::from_state_dict(sd))
 }
 
@@ -98,13 +119,20 @@ pub fn optimizer_value(opt: &AdamW) -> Result<Value> {
         let step = Value::Tensor(TensorData::from_f32(vec![], &[s.step as f32]));
         state.push((
             Value::Int(i as i64),
-            Value::str_dict([("step", step), ("exp_avg", Value::Tensor(tensor_data(&s.exp_avg)?)), ("exp_avg_sq", Value::Tensor(tensor_data(&s.exp_avg_sq)?))]),
+            Value::str_dict([
+                ("step", step),
+                ("exp_avg", Value::Tensor(tensor_data(&s.exp_avg)?)),
+                ("exp_avg_sq", Value::Tensor(tensor_data(&s.exp_avg_sq)?)),
+            ]),
         ));
     }
     let c = opt.config;
     let group = Value::str_dict([
         ("lr", Value::Float(c.lr)),
-        ("betas", Value::Tuple(vec![Value::Float(c.betas.0), Value::Float(c.betas.1)])),
+        (
+            "betas",
+            Value::Tuple(vec![Value::Float(c.betas.0), Value::Float(c.betas.1)]),
+        ),
         ("eps", Value::Float(c.eps)),
         ("weight_decay", Value::Float(c.weight_decay)),
         ("amsgrad", Value::Bool(false)),
@@ -113,37 +141,95 @@ pub fn optimizer_value(opt: &AdamW) -> Result<Value> {
         ("capturable", Value::Bool(false)),
         ("differentiable", Value::Bool(false)),
         ("fused", Value::None),
-        ("params", Value::List((0..opt.state.len() as i64).map(Value::Int).collect())),
+        (
+            "params",
+            Value::List((0..opt.state.len() as i64).map(Value::Int).collect()),
+        ),
     ]);
-    Ok(Value::str_dict([("state", Value::Dict(state)), ("param_groups", Value::List(vec![group]))]))
+    Ok(Value::str_dict([
+        ("state", Value::Dict(state)),
+        ("param_groups", Value::List(vec![group])),
+    ]))
 }
 
 /// Restores AdamW from a PyTorch optimizer state dict; `shapes` are the parameters' in order.
 pub fn optimizer_from_value(path: &Path, v: &Value, shapes: &[Vec<usize>]) -> Result<AdamW> {
     let field = |f: &str, d: &str| Error::file(path, format!("optimizer.{f}: {d}"));
-    let groups = v.get("param_groups").and_then(|g| g.as_seq()).ok_or_else(|| field("param_groups", "missing"))?;
-    let g = groups.first().ok_or_else(|| field("param_groups", "empty"))?;
-    let num = |k: &str| g.get(k).and_then(|x| x.as_f64()).ok_or_else(|| field(&format!("param_groups[0].{k}"), "missing or not a number"));
-    let betas = g.get("betas").and_then(|b| b.as_seq()).ok_or_else(|| field("param_groups[0].betas", "missing"))?;
-    let beta = |i: usize| betas.get(i).and_then(|b| b.as_f64()).ok_or_else(|| field("param_groups[0].betas", "not two numbers"));
-    let config = AdamWConfig { lr: num("lr")?, betas: (beta(0)?, beta(1)?), eps: num("eps")?, weight_decay: num("weight_decay")? };
+    let groups = v
+        .get("param_groups")
+        .and_then(|g| g.as_seq())
+        .ok_or_else(|| field("param_groups", "missing"))?;
+    let g = groups
+        .first()
+        .ok_or_else(|| field("param_groups", "empty"))?;
+    let num = |k: &str| {
+        g.get(k)
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| field(&format!("param_groups[0].{k}"), "missing or not a number"))
+    };
+    let betas = g
+        .get("betas")
+        .and_then(|b| b.as_seq())
+        .ok_or_else(|| field("param_groups[0].betas", "missing"))?;
+    let beta = |i: usize| {
+        betas
+            .get(i)
+            .and_then(|b| b.as_f64())
+            .ok_or_else(|| field("param_groups[0].betas", "not two numbers"))
+    };
+    let config = AdamWConfig {
+        lr: num("lr")?,
+        betas: (beta(0)?, beta(1)?),
+        eps: num("eps")?,
+        weight_decay: num("weight_decay")?,
+    };
     let mut opt = AdamW::new(config, shapes.len());
-    let state = v.get("state").and_then(|s| s.as_dict()).ok_or_else(|| field("state", "missing"))?;
+    let state = v
+        .get("state")
+        .and_then(|s| s.as_dict())
+        .ok_or_else(|| field("state", "missing"))?;
     for (k, s) in state {
-        let i = k.as_int().filter(|&i| i >= 0 && (i as usize) < shapes.len()).ok_or_else(|| field("state", "index out of range"))? as usize;
+        let i = k
+            .as_int()
+            .filter(|&i| i >= 0 && (i as usize) < shapes.len())
+            .ok_or_else(|| field("state", "index out of range"))? as usize;
         let tensor = |name: &str| -> Result<Tensor> {
-            let t = s.get(name).and_then(|t| t.as_tensor()).ok_or_else(|| field(&format!("state.{i}.{name}"), "missing"))?;
+            let t = s
+                .get(name)
+                .and_then(|t| t.as_tensor())
+                .ok_or_else(|| field(&format!("state.{i}.{name}"), "missing"))?;
             if t.shape != shapes[i] {
-                return Err(field(&format!("state.{i}.{name}"), &format!("shape {:?}, parameter is {:?}", t.shape, shapes[i])));
+                return Err(field(
+                    &format!("state.{i}.{name}"),
+                    &format!("shape {:?}, parameter is {:?}", t.shape, shapes[i]),
+                ));
             }
-            Tensor::from_vec(t.to_f32().map_err(|e| field(&format!("state.{i}.{name}"), &e.to_string()))?, &t.shape)
+            Tensor::from_vec(
+                t.to_f32()
+                    .map_err(|e| field(&format!("state.{i}.{name}"), &e.to_string()))?,
+                &t.shape,
+            )
         };
-        let step = s.get("step").ok_or_else(|| field(&format!("state.{i}.step"), "missing"))?;
+        let step = s
+            .get("step")
+            .ok_or_else(|| field(&format!("state.{i}.step"), "missing"))?;
         let step = match step {
-            Value::Tensor(t) => t.to_f32().map_err(|e| field("step", &e.to_string()))?.first().copied().unwrap_or(0.0) as u64,
-            other => other.as_f64().ok_or_else(|| field(&format!("state.{i}.step"), "not a number"))? as u64,
+            Value::Tensor(t) => t
+                .to_f32()
+                .map_err(|e| field("step", &e.to_string()))?
+                .first()
+                .copied()
+                .unwrap_or(0.0) as u64,
+            other => other
+                .as_f64()
+                .ok_or_else(|| field(&format!("state.{i}.step"), "not a number"))?
+                as u64,
         };
-        opt.state[i] = Some(ParamState { step, exp_avg: tensor("exp_avg")?, exp_avg_sq: tensor("exp_avg_sq")? });
+        opt.state[i] = Some(ParamState {
+            step,
+            exp_avg: tensor("exp_avg")?,
+            exp_avg_sq: tensor("exp_avg_sq")?,
+        });
     }
     Ok(opt)
 }

@@ -12,7 +12,10 @@ use medsam::{Device, Tensor};
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
@@ -27,17 +30,29 @@ fn t(data: Vec<f32>, shape: &[usize]) -> Tensor {
 /// Checks d(Σ f(xs)·r)/dx for every input against central differences.
 fn gradcheck(name: &str, inputs: Vec<(Vec<f32>, Vec<usize>)>, f: impl Fn(&[Tensor]) -> Tensor) {
     let mut rng = Lcg(0xC0FFEE);
-    let vars: Vec<Tensor> = inputs.iter().map(|(d, s)| t(d.clone(), s).into_variable()).collect();
+    let vars: Vec<Tensor> = inputs
+        .iter()
+        .map(|(d, s)| t(d.clone(), s).into_variable())
+        .collect();
     let out = f(&vars);
     let r = t(rng.vec(out.numel()), out.shape());
     let loss = out.mul(&r).unwrap().sum_all().unwrap();
     loss.backward().unwrap();
     let eval = |xs: &[Tensor]| -> f64 {
         let o = medsam::autograd::no_grad(|| f(xs));
-        o.to_vec().unwrap().iter().zip(r.to_vec().unwrap()).map(|(a, b)| (*a as f64) * (b as f64)).sum()
+        o.to_vec()
+            .unwrap()
+            .iter()
+            .zip(r.to_vec().unwrap())
+            .map(|(a, b)| (*a as f64) * (b as f64))
+            .sum()
     };
     for (i, (data, shape)) in inputs.iter().enumerate() {
-        let analytic = vars[i].grad().unwrap_or_else(|| panic!("{name}: input {i} got no gradient")).to_vec().unwrap();
+        let analytic = vars[i]
+            .grad()
+            .unwrap_or_else(|| panic!("{name}: input {i} got no gradient"))
+            .to_vec()
+            .unwrap();
         let eps = 1e-2f32;
         let mut numeric = vec![0.0f32; data.len()];
         for j in 0..data.len() {
@@ -54,7 +69,10 @@ fn gradcheck(name: &str, inputs: Vec<(Vec<f32>, Vec<usize>)>, f: impl Fn(&[Tenso
         }
         let scale = numeric.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
         for (j, (a, n)) in analytic.iter().zip(&numeric).enumerate() {
-            assert!((a - n).abs() <= 2e-2 * scale + 1e-4, "{name}: d/dinput{i}[{j}] analytic {a} vs numeric {n} (scale {scale})");
+            assert!(
+                (a - n).abs() <= 2e-2 * scale + 1e-4,
+                "{name}: d/dinput{i}[{j}] analytic {a} vs numeric {n} (scale {scale})"
+            );
         }
     }
 }
@@ -65,18 +83,29 @@ fn rand(seed: u64, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
 
 #[test]
 fn broadcast_arithmetic() {
-    gradcheck("add", vec![rand(1, &[2, 3]), rand(2, &[3])], |x| x[0].add(&x[1]).unwrap());
-    gradcheck("sub", vec![rand(3, &[2, 1, 3]), rand(4, &[4, 1])], |x| x[0].sub(&x[1]).unwrap());
-    gradcheck("mul", vec![rand(5, &[2, 3]), rand(6, &[2, 1])], |x| x[0].mul(&x[1]).unwrap());
+    gradcheck("add", vec![rand(1, &[2, 3]), rand(2, &[3])], |x| {
+        x[0].add(&x[1]).unwrap()
+    });
+    gradcheck("sub", vec![rand(3, &[2, 1, 3]), rand(4, &[4, 1])], |x| {
+        x[0].sub(&x[1]).unwrap()
+    });
+    gradcheck("mul", vec![rand(5, &[2, 3]), rand(6, &[2, 1])], |x| {
+        x[0].mul(&x[1]).unwrap()
+    });
     let (d, s) = rand(8, &[3]);
     let d: Vec<f32> = d.iter().map(|v| 1.5 + v.abs()).collect();
-    gradcheck("div", vec![rand(7, &[2, 3]), (d, s)], |x| x[0].div(&x[1]).unwrap());
+    gradcheck("div", vec![rand(7, &[2, 3]), (d, s)], |x| {
+        x[0].div(&x[1]).unwrap()
+    });
 }
 
 #[test]
 fn pointwise_functions() {
     for (name, f) in [
-        ("gelu", Tensor::gelu as fn(&Tensor) -> medsam::Result<Tensor>),
+        (
+            "gelu",
+            Tensor::gelu as fn(&Tensor) -> medsam::Result<Tensor>,
+        ),
         ("sigmoid", Tensor::sigmoid),
         ("exp", Tensor::exp),
         ("sin", Tensor::sin),
@@ -86,64 +115,153 @@ fn pointwise_functions() {
     }
     // ReLU away from its kink.
     let (d, s) = rand(10, &[10]);
-    let d: Vec<f32> = d.iter().map(|v| if v.abs() < 0.1 { 0.5 } else { *v }).collect();
+    let d: Vec<f32> = d
+        .iter()
+        .map(|v| if v.abs() < 0.1 { 0.5 } else { *v })
+        .collect();
     gradcheck("relu", vec![(d, s)], |x| x[0].relu().unwrap());
-    gradcheck("scale_shift", vec![rand(11, &[3])], |x| x[0].scale(3.0).unwrap().shift(1.0).unwrap());
+    gradcheck("scale_shift", vec![rand(11, &[3])], |x| {
+        x[0].scale(3.0).unwrap().shift(1.0).unwrap()
+    });
 }
 
 #[test]
 fn views_and_data_movement() {
-    gradcheck("permute", vec![rand(12, &[2, 3, 4])], |x| x[0].permute(&[2, 0, 1]).unwrap().contiguous().unwrap());
-    gradcheck("reshape_of_view", vec![rand(13, &[2, 3, 4])], |x| x[0].transpose(0, 2).unwrap().reshape(&[4, 6]).unwrap());
-    gradcheck("narrow", vec![rand(14, &[3, 5])], |x| x[0].narrow(1, 1, 3).unwrap());
-    gradcheck("pad_end", vec![rand(15, &[2, 3])], |x| x[0].pad_end(&[1, 2]).unwrap());
-    gradcheck("cat", vec![rand(16, &[2, 3]), rand(17, &[2, 2])], |x| Tensor::cat(&[x[0].clone(), x[1].clone()], 1).unwrap());
-    gradcheck("broadcast_to", vec![rand(18, &[1, 3])], |x| x[0].broadcast_to(&[4, 3]).unwrap());
-    gradcheck("sum_keepdim", vec![rand(19, &[2, 3, 4])], |x| x[0].sum_keepdim(&[0, 2]).unwrap());
-    gradcheck("mean_all", vec![rand(20, &[2, 3])], |x| x[0].mean_all().unwrap());
-    gradcheck("gather_rows", vec![rand(21, &[5, 3])], |x| x[0].gather_rows(&[0, 4, 4, 2], &[2, 2]).unwrap());
+    gradcheck("permute", vec![rand(12, &[2, 3, 4])], |x| {
+        x[0].permute(&[2, 0, 1]).unwrap().contiguous().unwrap()
+    });
+    gradcheck("reshape_of_view", vec![rand(13, &[2, 3, 4])], |x| {
+        x[0].transpose(0, 2).unwrap().reshape(&[4, 6]).unwrap()
+    });
+    gradcheck("narrow", vec![rand(14, &[3, 5])], |x| {
+        x[0].narrow(1, 1, 3).unwrap()
+    });
+    gradcheck("pad_end", vec![rand(15, &[2, 3])], |x| {
+        x[0].pad_end(&[1, 2]).unwrap()
+    });
+    gradcheck("cat", vec![rand(16, &[2, 3]), rand(17, &[2, 2])], |x| {
+        Tensor::cat(&[x[0].clone(), x[1].clone()], 1).unwrap()
+    });
+    gradcheck("broadcast_to", vec![rand(18, &[1, 3])], |x| {
+        x[0].broadcast_to(&[4, 3]).unwrap()
+    });
+    gradcheck("sum_keepdim", vec![rand(19, &[2, 3, 4])], |x| {
+        x[0].sum_keepdim(&[0, 2]).unwrap()
+    });
+    gradcheck("mean_all", vec![rand(20, &[2, 3])], |x| {
+        x[0].mean_all().unwrap()
+    });
+    gradcheck("gather_rows", vec![rand(21, &[5, 3])], |x| {
+        x[0].gather_rows(&[0, 4, 4, 2], &[2, 2]).unwrap()
+    });
 }
 
 #[test]
 fn matrix_products() {
-    gradcheck("matmul_2d", vec![rand(22, &[3, 4]), rand(23, &[4, 5])], |x| x[0].matmul(&x[1]).unwrap());
-    gradcheck("matmul_batched", vec![rand(24, &[2, 3, 4]), rand(25, &[2, 4, 2])], |x| x[0].matmul(&x[1]).unwrap());
-    gradcheck("matmul_transposed", vec![rand(26, &[2, 4, 3]), rand(27, &[2, 2, 4])], |x| {
-        x[0].transpose(1, 2).unwrap().matmul(&x[1].transpose(1, 2).unwrap()).unwrap()
-    });
-    gradcheck("linear", vec![rand(28, &[2, 3, 4]), rand(29, &[5, 4]), rand(30, &[5])], |x| x[0].linear(&x[1], Some(&x[2])).unwrap());
+    gradcheck(
+        "matmul_2d",
+        vec![rand(22, &[3, 4]), rand(23, &[4, 5])],
+        |x| x[0].matmul(&x[1]).unwrap(),
+    );
+    gradcheck(
+        "matmul_batched",
+        vec![rand(24, &[2, 3, 4]), rand(25, &[2, 4, 2])],
+        |x| x[0].matmul(&x[1]).unwrap(),
+    );
+    gradcheck(
+        "matmul_transposed",
+        vec![rand(26, &[2, 4, 3]), rand(27, &[2, 2, 4])],
+        |x| {
+            x[0].transpose(1, 2)
+                .unwrap()
+                .matmul(&x[1].transpose(1, 2).unwrap())
+                .unwrap()
+        },
+    );
+    gradcheck(
+        "linear",
+        vec![rand(28, &[2, 3, 4]), rand(29, &[5, 4]), rand(30, &[5])],
+        |x| x[0].linear(&x[1], Some(&x[2])).unwrap(),
+    );
 }
 
 #[test]
 fn convolutions() {
-    gradcheck("conv2d_3x3_pad1", vec![rand(31, &[1, 2, 5, 4]), rand(32, &[3, 2, 3, 3]), rand(33, &[3])], |x| {
-        x[0].conv2d(&x[1], Some(&x[2]), 1, 1).unwrap()
-    });
-    gradcheck("conv2d_2x2_stride2", vec![rand(34, &[2, 1, 4, 6]), rand(35, &[2, 1, 2, 2])], |x| x[0].conv2d(&x[1], None, 2, 0).unwrap());
-    gradcheck("conv_transpose2d", vec![rand(36, &[1, 3, 3, 2]), rand(37, &[3, 2, 2, 2]), rand(38, &[2])], |x| {
-        x[0].conv_transpose2d(&x[1], Some(&x[2]), 2).unwrap()
-    });
+    gradcheck(
+        "conv2d_3x3_pad1",
+        vec![
+            rand(31, &[1, 2, 5, 4]),
+            rand(32, &[3, 2, 3, 3]),
+            rand(33, &[3]),
+        ],
+        |x| x[0].conv2d(&x[1], Some(&x[2]), 1, 1).unwrap(),
+    );
+    gradcheck(
+        "conv2d_2x2_stride2",
+        vec![rand(34, &[2, 1, 4, 6]), rand(35, &[2, 1, 2, 2])],
+        |x| x[0].conv2d(&x[1], None, 2, 0).unwrap(),
+    );
+    gradcheck(
+        "conv_transpose2d",
+        vec![
+            rand(36, &[1, 3, 3, 2]),
+            rand(37, &[3, 2, 2, 2]),
+            rand(38, &[2]),
+        ],
+        |x| x[0].conv_transpose2d(&x[1], Some(&x[2]), 2).unwrap(),
+    );
 }
 
 #[test]
 fn normalisations_softmax_resize() {
-    gradcheck("layer_norm", vec![rand(39, &[3, 6]), rand(40, &[6]), rand(41, &[6])], |x| x[0].layer_norm(&x[1], &x[2], 1e-5).unwrap());
-    gradcheck("layer_norm2d", vec![rand(42, &[2, 4, 2, 3]), rand(43, &[4]), rand(44, &[4])], |x| x[0].layer_norm2d(&x[1], &x[2], 1e-6).unwrap());
-    gradcheck("softmax", vec![rand(45, &[3, 7])], |x| x[0].softmax_last().unwrap());
-    gradcheck("bilinear_up", vec![rand(46, &[1, 2, 3, 4])], |x| x[0].upsample_bilinear(7, 5).unwrap());
-    gradcheck("bilinear_down", vec![rand(47, &[1, 1, 8, 6])], |x| x[0].upsample_bilinear(3, 4).unwrap());
+    gradcheck(
+        "layer_norm",
+        vec![rand(39, &[3, 6]), rand(40, &[6]), rand(41, &[6])],
+        |x| x[0].layer_norm(&x[1], &x[2], 1e-5).unwrap(),
+    );
+    gradcheck(
+        "layer_norm2d",
+        vec![rand(42, &[2, 4, 2, 3]), rand(43, &[4]), rand(44, &[4])],
+        |x| x[0].layer_norm2d(&x[1], &x[2], 1e-6).unwrap(),
+    );
+    gradcheck("softmax", vec![rand(45, &[3, 7])], |x| {
+        x[0].softmax_last().unwrap()
+    });
+    gradcheck("bilinear_up", vec![rand(46, &[1, 2, 3, 4])], |x| {
+        x[0].upsample_bilinear(7, 5).unwrap()
+    });
+    gradcheck("bilinear_down", vec![rand(47, &[1, 1, 8, 6])], |x| {
+        x[0].upsample_bilinear(3, 4).unwrap()
+    });
 }
 
 #[test]
 fn attention_with_and_without_rel_pos() {
-    gradcheck("attention", vec![rand(48, &[2, 5, 4]), rand(49, &[2, 6, 4]), rand(50, &[2, 6, 3])], |x| {
-        attention(&x[0], &x[1], &x[2], 0.5, None).unwrap()
-    });
+    gradcheck(
+        "attention",
+        vec![
+            rand(48, &[2, 5, 4]),
+            rand(49, &[2, 6, 4]),
+            rand(50, &[2, 6, 3]),
+        ],
+        |x| attention(&x[0], &x[1], &x[2], 0.5, None).unwrap(),
+    );
     gradcheck(
         "attention_relpos",
-        vec![rand(51, &[2, 6, 4]), rand(52, &[2, 6, 4]), rand(53, &[2, 6, 4]), rand(54, &[2, 6, 2]), rand(55, &[2, 6, 3])],
+        vec![
+            rand(51, &[2, 6, 4]),
+            rand(52, &[2, 6, 4]),
+            rand(53, &[2, 6, 4]),
+            rand(54, &[2, 6, 2]),
+            rand(55, &[2, 6, 3]),
+        ],
         |x| {
-            let rel = RelPosArgs { rel_h: x[3].clone(), rel_w: x[4].clone(), kh: 2, kw: 3 };
+            let rel = RelPosArgs {
+                rel_h: x[3].clone(),
+                rel_w: x[4].clone(),
+                kh: 2,
+                kw: 3,
+            };
             attention(&x[0], &x[1], &x[2], 0.5, Some(&rel)).unwrap()
         },
     );
@@ -151,9 +269,13 @@ fn attention_with_and_without_rel_pos() {
 
 #[test]
 fn dice_bce_loss_gradient() {
-    let target: Vec<f32> = (0..2 * 16).map(|i| ((i * 7) % 3 == 0) as u8 as f32).collect();
+    let target: Vec<f32> = (0..2 * 16)
+        .map(|i| ((i * 7) % 3 == 0) as u8 as f32)
+        .collect();
     let tgt = t(target, &[2, 1, 4, 4]);
-    gradcheck("dice_bce", vec![rand(56, &[2, 1, 4, 4])], move |x| dice_bce_loss(&x[0], &tgt).unwrap());
+    gradcheck("dice_bce", vec![rand(56, &[2, 1, 4, 4])], move |x| {
+        dice_bce_loss(&x[0], &tgt).unwrap()
+    });
 }
 
 #[test]
@@ -167,6 +289,9 @@ fn gradients_accumulate_and_reset() {
     assert!(x.grad().is_none());
     let y = medsam::autograd::no_grad(|| x.scale(2.0).unwrap());
     assert!(!y.requires_grad(), "no_grad must not record");
-    assert!(x.detach().sum_all().unwrap().backward().is_err(), "backward without a graph is an error");
+    assert!(
+        x.detach().sum_all().unwrap().backward().is_err(),
+        "backward without a graph is an error"
+    );
     let _ = Device::Cpu;
 }

@@ -153,7 +153,13 @@ fn reads_training_checkpoint_with_ddp_prefix_and_adamw_state() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| k.as_str().unwrap().strip_prefix("module.").unwrap().to_string())
+        .map(|k| {
+            k.as_str()
+                .unwrap()
+                .strip_prefix("module.")
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(
         stripped.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
@@ -266,7 +272,10 @@ fn forbidden_global_is_named() {
         }
         other => panic!("expected ForbiddenGlobal, got {other:?}"),
     }
-    assert!(s.contains("os.system") && s.contains("evil_global.pth"), "{s}");
+    assert!(
+        s.contains("os.system") && s.contains("evil_global.pth"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -286,7 +295,10 @@ fn forbidden_reduce_from_torch_save_is_named() {
 fn deep_nesting_beyond_cap_is_an_error() {
     let (e, s) = err_string(load_pth(fixture("deep_nesting.pth")));
     assert!(matches!(e, CheckpointError::Pickle { .. }), "{e:?}");
-    assert!(s.contains("nesting") && s.contains("deep_nesting.pth"), "{s}");
+    assert!(
+        s.contains("nesting") && s.contains("deep_nesting.pth"),
+        "{s}"
+    );
     // a larger cap accepts it
     let limits = Limits {
         max_depth: 200,
@@ -316,4 +328,612 @@ fn state_dict_from_rejects_non_tensor_entries() {
     let v = Value::str_dict([("a", Value::Int(1))]);
     let (_, s) = err_string(state_dict_from(&v));
     assert!(s.contains("`a`") && s.contains("expected a tensor"), "{s}");
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------
+
+fn every_dtype_tensors() -> Vec<(String, TensorData)> {
+    let mk = |dtype: DType, shape: Vec<usize>, f: &dyn Fn(usize) -> Vec<u8>| {
+        let n: usize = shape.iter().product();
+        let bytes: Vec<u8> = (0..n).flat_map(f).collect();
+        TensorData::new(dtype, shape, bytes).unwrap()
+    };
+    vec![
+        (
+            "f32".into(),
+            TensorData::from_f32(vec![2, 3], &[1.5, -2.0, 0.1, 1e-30, -0.0, 3.4e38]),
+        ),
+        (
+            "f16".into(),
+            mk(DType::F16, vec![3], &|i| {
+                half::f16::from_f32(i as f32 * 0.25 - 1.0)
+                    .to_le_bytes()
+                    .to_vec()
+            }),
+        ),
+        (
+            "bf16".into(),
+            mk(DType::BF16, vec![2, 2], &|i| {
+                half::bf16::from_f32(i as f32 * 3.0 - 5.0)
+                    .to_le_bytes()
+                    .to_vec()
+            }),
+        ),
+        (
+            "f64".into(),
+            mk(DType::F64, vec![2], &|i| {
+                (i as f64 / 3.0).to_le_bytes().to_vec()
+            }),
+        ),
+        (
+            "i64".into(),
+            mk(DType::I64, vec![2], &|i| {
+                (i as i64 * 1_000_000_007 - 5).to_le_bytes().to_vec()
+            }),
+        ),
+        (
+            "i32".into(),
+            mk(DType::I32, vec![1, 2], &|i| {
+                (i as i32 - 7).to_le_bytes().to_vec()
+            }),
+        ),
+        (
+            "i16".into(),
+            mk(DType::I16, vec![2], &|i| {
+                (i as i16 - 300).to_le_bytes().to_vec()
+            }),
+        ),
+        (
+            "i8".into(),
+            mk(DType::I8, vec![2], &|i| vec![(i as i8 - 100) as u8]),
+        ),
+        (
+            "u8".into(),
+            mk(DType::U8, vec![3], &|i| vec![(i * 100) as u8]),
+        ),
+        (
+            "bool".into(),
+            mk(DType::Bool, vec![3], &|i| vec![(i % 2) as u8]),
+        ),
+        ("scalar".into(), TensorData::from_f32(vec![], &[7.25])),
+        ("empty".into(), TensorData::from_f32(vec![0, 4], &[])),
+        (
+            "big_rank".into(),
+            TensorData::from_f32(vec![1, 2, 1, 2, 1], &[1.0, 2.0, 3.0, 4.0]),
+        ),
+    ]
+}
+
+fn kitchen_sink() -> Value {
+    let long: Vec<Value> = (0..2500).map(Value::Int).collect();
+    Value::str_dict([
+        ("state_dict", Value::from_state_dict(every_dtype_tensors())),
+        ("none", Value::None),
+        (
+            "flags",
+            Value::List(vec![Value::Bool(true), Value::Bool(false)]),
+        ),
+        (
+            "ints",
+            Value::List(
+                [
+                    0,
+                    255,
+                    256,
+                    65535,
+                    65536,
+                    -1,
+                    -129,
+                    i32::MAX as i64,
+                    i32::MIN as i64,
+                    1 << 40,
+                    i64::MAX,
+                    i64::MIN,
+                ]
+                .into_iter()
+                .map(Value::Int)
+                .collect(),
+            ),
+        ),
+        (
+            "floats",
+            Value::Tuple(vec![
+                Value::Float(1e-4),
+                Value::Float(-0.0),
+                Value::Float(f64::INFINITY),
+            ]),
+        ),
+        ("text", Value::Str("héllo ✓ sam".into())),
+        ("bytes", Value::Bytes(vec![0, 1, 127, 128, 255])),
+        ("long_list", Value::List(long)),
+        (
+            "tuples",
+            Value::List(
+                (0..6)
+                    .map(|n| Value::Tuple((0..n).map(|i| Value::Int(i as i64)).collect()))
+                    .collect(),
+            ),
+        ),
+        (
+            "int_keys",
+            Value::Dict(vec![
+                (Value::Int(0), Value::Str("zero".into())),
+                (Value::Int(-3), Value::Dict(vec![])),
+            ]),
+        ),
+    ])
+}
+
+#[test]
+fn save_then_load_round_trips_every_value_kind() {
+    let d = tmpdir("roundtrip");
+    let p = d.join("sink.pth");
+    let v = kitchen_sink();
+    save_pth(&p, &v).unwrap();
+    let back = load_pth(&p).unwrap();
+    assert_eq!(back, v);
+    // no temp files left behind
+    let names: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("sink.pth")]);
+}
+
+#[test]
+fn torch_written_checkpoints_round_trip_through_writer() {
+    let d = tmpdir("retorch");
+    for name in ["bare_mixed.pth", "train_ddp.pth", "sam_tiny.pth"] {
+        let v = load_pth(fixture(name)).unwrap();
+        let p = d.join(name);
+        save_pth(&p, &v).unwrap();
+        assert_eq!(load_pth(&p).unwrap(), v, "{name}");
+    }
+}
+
+#[test]
+fn written_zip_has_torch_layout() {
+    use std::io::Read;
+    let d = tmpdir("layout");
+    let p = d.join("my_ckpt.pth");
+    save_pth(&p, &Value::from_state_dict(every_dtype_tensors())).unwrap();
+    let mut z = zip::ZipArchive::new(std::fs::File::open(&p).unwrap()).unwrap();
+    let names: Vec<String> = z.file_names().map(str::to_string).collect();
+    let n = every_dtype_tensors().len();
+    let mut want = vec![
+        "my_ckpt/data.pkl".to_string(),
+        "my_ckpt/.format_version".into(),
+        "my_ckpt/.storage_alignment".into(),
+        "my_ckpt/byteorder".into(),
+    ];
+    want.extend((0..n).map(|i| format!("my_ckpt/data/{i}")));
+    want.push("my_ckpt/version".into());
+    want.push("my_ckpt/.data/serialization_id".into());
+    let mut sorted_names = names.clone();
+    sorted_names.sort();
+    let mut sorted_want = want.clone();
+    sorted_want.sort();
+    assert_eq!(sorted_names, sorted_want);
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).unwrap();
+        assert_eq!(f.compression(), zip::CompressionMethod::Stored);
+        assert_eq!(f.data_start() % 64, 0, "{} not 64-byte aligned", f.name());
+        let name = f.name().to_string();
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap(); // checks the CRC
+        match name.as_str() {
+            "my_ckpt/byteorder" => assert_eq!(buf, b"little"),
+            "my_ckpt/version" => assert_eq!(buf, b"3\n"),
+            "my_ckpt/.data/serialization_id" => {
+                assert_eq!(buf.len(), 40);
+                assert!(buf.iter().all(u8::is_ascii_digit));
+            }
+            _ => {}
+        }
+    }
+    // data records hold the tensors in order
+    for (i, (_, t)) in every_dtype_tensors().iter().enumerate() {
+        let mut buf = Vec::new();
+        z.by_name(&format!("my_ckpt/data/{i}"))
+            .unwrap()
+            .read_to_end(&mut buf)
+            .unwrap();
+        assert_eq!(buf, t.bytes);
+    }
+}
+
+#[test]
+fn save_into_missing_directory_fails_without_output() {
+    let d = tmpdir("nodir");
+    let p = d.join("missing/sub/x.pth");
+    let (e, s) = err_string(save_pth(&p, &Value::from_state_dict(vec![])));
+    assert!(matches!(e, CheckpointError::Io { .. }), "{e:?}");
+    assert!(s.contains("missing"), "{s}");
+    assert!(!p.exists());
+}
+
+#[test]
+fn save_rejects_inconsistent_tensor_without_touching_target() {
+    let d = tmpdir("badtensor");
+    let p = d.join("x.pth");
+    std::fs::write(&p, b"old").unwrap();
+    let bad = TensorData {
+        dtype: DType::F32,
+        shape: vec![3],
+        bytes: vec![0; 5],
+    };
+    let (_, s) = err_string(save_pth(
+        &p,
+        &Value::from_state_dict(vec![("w".into(), bad)]),
+    ));
+    assert!(s.contains("expected 12"), "{s}");
+    assert_eq!(std::fs::read(&p).unwrap(), b"old");
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1, "temp file left");
+}
+
+#[test]
+fn safetensors_round_trip_keeps_order_and_values() {
+    let d = tmpdir("st");
+    let p = d.join("w.safetensors");
+    let mut sd = every_dtype_tensors();
+    sd.reverse(); // not alphabetical
+    save_safetensors(&p, &sd).unwrap();
+    assert_eq!(load_safetensors(&p).unwrap(), sd);
+    let (_, s) = err_string(load_safetensors(fixture("not_a_zip.pth")));
+    assert!(s.contains("not_a_zip.pth"), "{s}");
+}
+
+// ---------------------------------------------------------------------------
+// Conversion
+// ---------------------------------------------------------------------------
+
+fn medsam_expected_in_sam_order() -> Vec<(String, TensorData)> {
+    let sam = state_dict_from(&load_pth(fixture("sam_tiny.pth")).unwrap()).unwrap();
+    let med = state_dict_from(&load_pth(fixture("medsam_tiny_train.pth")).unwrap()).unwrap();
+    sam.iter()
+        .map(|(k, _)| {
+            let t = med.iter().find(|(m, _)| m == k).unwrap().1.clone();
+            (k.clone(), t)
+        })
+        .collect()
+}
+
+#[test]
+fn convert_writes_medsam_weights_in_sam_key_order() {
+    let d = tmpdir("convert");
+    let want = medsam_expected_in_sam_order();
+    // expected values come from the JSON too (not only from our own reader)
+    let e = expected();
+    for (k, t) in &want {
+        assert_tensor_matches(
+            k,
+            t,
+            &e["medsam_tiny_train.pth"]["model"]["tensors"][format!("module.{k}")],
+        );
+    }
+    let sam_keys: Vec<&str> = e["sam_tiny.pth"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+
+    let out = d.join("medsam_converted.pth");
+    let rep = convert(
+        fixture("sam_tiny.pth"),
+        fixture("medsam_tiny_train.pth"),
+        &out,
+        OutputFormat::Pth,
+    )
+    .unwrap();
+    assert_eq!(rep.tensors, sam_keys.len());
+    assert_eq!(rep.unused_keys, vec!["extra.head.weight".to_string()]);
+    assert_eq!(
+        rep.parameters,
+        want.iter().map(|(_, t)| t.numel()).sum::<usize>()
+    );
+    let v = load_pth(&out).unwrap();
+    // a bare state dict with exactly SAM's keys, in SAM's order
+    let got = state_dict_from(&v).unwrap();
+    assert_eq!(
+        got.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        sam_keys
+    );
+    assert_eq!(got, want);
+    assert!(v.get("model").is_none());
+
+    let out_st = d.join("medsam_converted.safetensors");
+    convert(
+        fixture("sam_tiny.pth"),
+        fixture("medsam_tiny_train.pth"),
+        &out_st,
+        OutputFormat::Safetensors,
+    )
+    .unwrap();
+    assert_eq!(load_safetensors(&out_st).unwrap(), want);
+}
+
+#[test]
+fn convert_missing_key_is_named() {
+    let d = tmpdir("convert-missing");
+    let out = d.join("x.pth");
+    let (e, s) = err_string(convert(
+        fixture("sam_tiny.pth"),
+        fixture("medsam_missing_key.pth"),
+        &out,
+        OutputFormat::Pth,
+    ));
+    match &e {
+        CheckpointError::MissingKey { key, path } => {
+            assert_eq!(key, "model.mask_decoder.iou_token.weight");
+            assert!(path.ends_with("medsam_missing_key.pth"));
+        }
+        other => panic!("expected MissingKey, got {other:?}"),
+    }
+    assert!(s.contains("mask_decoder.iou_token.weight"), "{s}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn convert_shape_mismatch_is_named() {
+    let d = tmpdir("convert-shape");
+    let mut med = state_dict_from(&load_pth(fixture("medsam_tiny_train.pth")).unwrap()).unwrap();
+    for (k, t) in med.iter_mut() {
+        if k == "image_encoder.patch_embed.proj.bias" {
+            *t = TensorData::from_f32(vec![5], &[0.0; 5]);
+        }
+    }
+    let med_path = d.join("wrong_shape.pth");
+    save_pth(
+        &med_path,
+        &Value::str_dict([("model", Value::from_state_dict(med))]),
+    )
+    .unwrap();
+    let (_, s) = err_string(convert(
+        fixture("sam_tiny.pth"),
+        &med_path,
+        d.join("x.pth"),
+        OutputFormat::Pth,
+    ));
+    assert!(
+        s.contains("model.image_encoder.patch_embed.proj.bias") && s.contains("[5]"),
+        "{s}"
+    );
+}
+
+#[test]
+fn cli_convert_runs_and_reports() {
+    // The real binary: format inferred from the extension, summary printed.
+    let d = tmpdir("cli");
+    let out = d.join("cli_out.safetensors");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
+        .args(["convert", "--sam-ckpt-path"])
+        .arg(fixture("sam_tiny.pth"))
+        .arg("--medsam-ckpt-path")
+        .arg(fixture("medsam_tiny_train.pth"))
+        .arg("--save-path")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("9 tensors") && stdout.contains("safetensors"),
+        "{stdout}"
+    );
+    assert_eq!(
+        load_safetensors(&out).unwrap(),
+        medsam_expected_in_sam_order()
+    );
+    // A missing key is an error that names it.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
+        .args(["convert", "--sam-ckpt-path"])
+        .arg(fixture("sam_tiny.pth"))
+        .arg("--medsam-ckpt-path")
+        .arg(fixture("medsam_missing_key.pth"))
+        .arg("--save-path")
+        .arg(d.join("bad.pth"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("model."), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// torch.load(weights_only=True) on files written here (needs MEDSAM_PYTHON)
+// ---------------------------------------------------------------------------
+
+fn python() -> Option<String> {
+    match std::env::var("MEDSAM_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            eprintln!(
+                "SKIPPED: set MEDSAM_PYTHON to a python with torch (e.g. /work/venv/bin/python) \
+                 to check files written here with torch.load(weights_only=True)"
+            );
+            None
+        }
+    }
+}
+
+fn run_check(py: &str, args: &[&Path]) -> Json {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check_converted.py");
+    let out = std::process::Command::new(py)
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("failed to run MEDSAM_PYTHON");
+    assert!(
+        out.status.success(),
+        "check_converted.py {:?} failed:\n{}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Compares torch's view of a loaded file (check_converted.py `desc`) with ours.
+fn assert_py_matches(what: &str, j: &Json, v: &Value) {
+    let obj = j.as_object().unwrap();
+    let (tag, x) = obj.iter().find(|(k, _)| k.as_str() != "items").unwrap();
+    match (tag.as_str(), v) {
+        ("tensor", Value::Tensor(t)) => {
+            assert_eq!(x["dtype"].as_str().unwrap(), t.dtype.to_string(), "{what}");
+            assert_tensor_matches(
+                what,
+                t,
+                &serde_json::json!({"dtype": format!("{:?}", t.dtype), "shape": x["shape"], "values": x["values"]}),
+            );
+        }
+        ("dict", Value::Dict(pairs)) => {
+            let all_tensors = !pairs.is_empty()
+                && pairs
+                    .iter()
+                    .all(|(k, v)| matches!(k, Value::Str(_)) && matches!(v, Value::Tensor(_)));
+            let want_class = if all_tensors { "OrderedDict" } else { "dict" };
+            assert_eq!(x.as_str().unwrap(), want_class, "{what}: dict class");
+            let items = obj["items"].as_array().unwrap();
+            assert_eq!(items.len(), pairs.len(), "{what}: dict size");
+            for (i, (it, (k, val))) in items.iter().zip(pairs).enumerate() {
+                assert_py_matches(&format!("{what}.key{i}"), &it[0], k);
+                assert_py_matches(&format!("{what}[{k:?}]"), &it[1], val);
+            }
+        }
+        ("list", Value::List(items)) | ("tuple", Value::Tuple(items)) => {
+            let arr = x.as_array().unwrap();
+            assert_eq!(arr.len(), items.len(), "{what}: length");
+            for (i, (a, b)) in arr.iter().zip(items).enumerate() {
+                assert_py_matches(&format!("{what}[{i}]"), a, b);
+            }
+        }
+        ("none", Value::None) => {}
+        ("bool", Value::Bool(b)) => assert_eq!(x.as_bool(), Some(*b), "{what}"),
+        ("int", Value::Int(i)) => assert_eq!(x.as_i64(), Some(*i), "{what}"),
+        ("float", Value::Float(f)) => {
+            let py: f64 = match x.as_str().unwrap() {
+                "inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                s => s.parse().unwrap(),
+            };
+            assert!(
+                py == *f && py.is_sign_negative() == f.is_sign_negative(),
+                "{what}: {py} vs {f}"
+            );
+        }
+        ("str", Value::Str(s)) => assert_eq!(x.as_str(), Some(s.as_str()), "{what}"),
+        ("bytes", Value::Bytes(b)) => {
+            let py: Vec<u8> = x
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap() as u8)
+                .collect();
+            assert_eq!(&py, b, "{what}");
+        }
+        (t, v) => panic!("{what}: torch saw {t}, we have {}", v.type_name()),
+    }
+}
+
+#[test]
+fn torch_loads_files_we_wrote_weights_only() {
+    let Some(py) = python() else { return };
+    let d = tmpdir("torchload");
+
+    // every value kind
+    let p = d.join("sink.pth");
+    let v = kitchen_sink();
+    save_pth(&p, &v).unwrap();
+    let j = run_check(&py, &[&p]);
+    assert_py_matches("sink", &j["value"], &v);
+
+    // a training checkpoint (model + real AdamW state) re-written by us:
+    // torch.load works and AdamW.load_state_dict accepts the optimizer state
+    let train = load_pth(fixture("train_ddp.pth")).unwrap();
+    let p = d.join("train_rewritten.pth");
+    save_pth(&p, &train).unwrap();
+    let j = run_check(&py, &[&p]);
+    assert_py_matches("train", &j["value"], &train);
+    assert_eq!(j["adamw"]["params"].as_u64(), Some(6), "{j}");
+
+    // a converted checkpoint, both formats
+    let out = d.join("converted.pth");
+    convert(
+        fixture("sam_tiny.pth"),
+        fixture("medsam_tiny_train.pth"),
+        &out,
+        OutputFormat::Pth,
+    )
+    .unwrap();
+    let j = run_check(&py, &[&out]);
+    assert_py_matches(
+        "converted",
+        &j["value"],
+        &Value::from_state_dict(medsam_expected_in_sam_order()),
+    );
+    let out = d.join("converted.safetensors");
+    convert(
+        fixture("sam_tiny.pth"),
+        fixture("medsam_tiny_train.pth"),
+        &out,
+        OutputFormat::Safetensors,
+    )
+    .unwrap();
+    let j = run_check(&py, &[&out]);
+    // safetensors.torch.load_file returns a plain dict
+    let items = j["value"]["items"].as_array().unwrap();
+    let want = medsam_expected_in_sam_order();
+    assert_eq!(items.len(), want.len());
+    for it in items {
+        let k = it[0]["str"].as_str().unwrap();
+        let t = &want.iter().find(|(n, _)| n == k).unwrap().1;
+        assert_py_matches(k, &it[1], &Value::Tensor(t.clone()));
+    }
+}
+
+/// Builds a random-init SAM vit_b checkpoint and a MedSAM-style training
+/// checkpoint in python (~750 MB of temp files), converts, and loads the
+/// result with segment_anything's `sam_model_registry["vit_b"]`. Opt-in:
+/// needs MEDSAM_PYTHON (with torch + segment_anything) and
+/// MEDSAM_SAM_REGISTRY_TEST=1.
+#[test]
+fn sam_model_registry_loads_converted_vit_b() {
+    let Some(py) = python() else { return };
+    if std::env::var("MEDSAM_SAM_REGISTRY_TEST").as_deref() != Ok("1") {
+        eprintln!("SKIPPED: set MEDSAM_SAM_REGISTRY_TEST=1 to run the full vit_b registry check");
+        return;
+    }
+    let d = tmpdir("registry");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check_converted.py");
+    let st = std::process::Command::new(&py)
+        .arg(&script)
+        .arg("--make-vit-b")
+        .arg(&d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sam = d.join("sam_vit_b_random.pth");
+    let train = d.join("medsam_vit_b_train.pth");
+    let out = d.join("medsam_vit_b.pth");
+    let rep = convert(&sam, &train, &out, OutputFormat::Pth).unwrap();
+    assert_eq!(rep.unused_keys, vec!["extra.unused".to_string()]);
+    let out2 = std::process::Command::new(&py)
+        .arg(&script)
+        .arg("--sam-registry")
+        .arg(&out)
+        .arg(&train)
+        .output()
+        .unwrap();
+    assert!(
+        out2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&d);
 }

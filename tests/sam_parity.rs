@@ -25,13 +25,24 @@ struct Fixture {
 fn load() -> Fixture {
     let dir = fixture_dir();
     let path = dir.join("tiny_sam.safetensors");
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} — regenerate with tests/fixtures/make_sam_fixtures.py", path.display()));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} — regenerate with tests/fixtures/make_sam_fixtures.py",
+            path.display()
+        )
+    });
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        tensors.insert(name.to_string(), Tensor::from_vec(data, view.shape()).unwrap());
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        tensors.insert(
+            name.to_string(),
+            Tensor::from_vec(data, view.shape()).unwrap(),
+        );
     }
     let config = SamConfig::from_json_file(&dir.join("tiny_sam_config.json")).unwrap();
     Fixture { tensors, config }
@@ -39,8 +50,11 @@ fn load() -> Fixture {
 
 fn model(fx: &Fixture) -> Sam {
     let mut sam = Sam::new(&fx.config, 0, Device::Cpu).unwrap();
-    let weights: BTreeMap<String, Tensor> =
-        fx.tensors.iter().filter_map(|(k, v)| k.strip_prefix("w.").map(|k| (k.to_string(), v.clone()))).collect();
+    let weights: BTreeMap<String, Tensor> = fx
+        .tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("w.").map(|k| (k.to_string(), v.clone())))
+        .collect();
     let report = sam.load_state_dict(&weights).unwrap();
     assert!(report.is_clean(), "{report:?}");
     sam
@@ -57,7 +71,14 @@ fn assert_close(name: &str, got: &Tensor, want: &Tensor) {
             worst = (d, i);
         }
     }
-    assert!(worst.0 <= TOL, "{name}: max abs error {} at {} (got {}, want {})", worst.0, worst.1, g[worst.1], w[worst.1]);
+    assert!(
+        worst.0 <= TOL,
+        "{name}: max abs error {} at {} (got {}, want {})",
+        worst.0,
+        worst.1,
+        g[worst.1],
+        w[worst.1]
+    );
 }
 
 fn boxes(fx: &Fixture) -> Vec<[f32; 4]> {
@@ -68,14 +89,28 @@ fn boxes(fx: &Fixture) -> Vec<[f32; 4]> {
 fn points(fx: &Fixture) -> Vec<Vec<Point>> {
     let p = fx.tensors["in.points"].to_vec().unwrap();
     let l = fx.tensors["in.labels"].to_vec().unwrap();
-    vec![l.iter().enumerate().map(|(i, &lab)| Point { x: p[2 * i], y: p[2 * i + 1], label: lab as i32 }).collect()]
+    vec![l
+        .iter()
+        .enumerate()
+        .map(|(i, &lab)| Point {
+            x: p[2 * i],
+            y: p[2 * i + 1],
+            label: lab as i32,
+        })
+        .collect()]
 }
 
 #[test]
 fn config_is_inferred_from_checkpoint_shapes() {
     let fx = load();
-    let shapes: BTreeMap<String, Vec<usize>> =
-        fx.tensors.iter().filter_map(|(k, v)| k.strip_prefix("w.").map(|k| (k.to_string(), v.shape().to_vec()))).collect();
+    let shapes: BTreeMap<String, Vec<usize>> = fx
+        .tensors
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("w.")
+                .map(|k| (k.to_string(), v.shape().to_vec()))
+        })
+        .collect();
     let mut inferred = SamConfig::infer(&shapes).unwrap();
     // Head counts of the decoder are not visible in shapes; everything else is.
     inferred.mask_decoder.transformer_num_heads = fx.config.mask_decoder.transformer_num_heads;
@@ -94,7 +129,11 @@ fn image_encoder_matches_pytorch() {
 fn dense_pe_matches_pytorch() {
     let fx = load();
     let sam = model(&fx);
-    assert_close("dense_pe", &sam.prompt_encoder.get_dense_pe().unwrap(), &fx.tensors["out.dense_pe"]);
+    assert_close(
+        "dense_pe",
+        &sam.prompt_encoder.get_dense_pe().unwrap(),
+        &fx.tensors["out.dense_pe"],
+    );
 }
 
 #[test]
@@ -104,7 +143,12 @@ fn prompt_encoder_and_mask_decoder_match_pytorch() {
     let emb = fx.tensors["out.embeddings"].narrow(0, 0, 1).unwrap();
     let pe = sam.prompt_encoder.get_dense_pe().unwrap();
     let (bx, pts, mask) = (boxes(&fx), points(&fx), fx.tensors["in.mask"].clone());
-    let cases: Vec<(&str, Option<&[Vec<Point>]>, Option<&[[f32; 4]]>, Option<&Tensor>)> = vec![
+    let cases: Vec<(
+        &str,
+        Option<&[Vec<Point>]>,
+        Option<&[[f32; 4]]>,
+        Option<&Tensor>,
+    )> = vec![
         ("box", None, Some(&bx[..1]), None),
         ("points", Some(&pts), None, None),
         ("points_box", Some(&pts), Some(&bx[..1]), None),
@@ -112,13 +156,32 @@ fn prompt_encoder_and_mask_decoder_match_pytorch() {
     ];
     for (name, p, b, m) in cases {
         let (sparse, dense) = sam.prompt_encoder.forward(p, b, m).unwrap();
-        assert_close(&format!("{name}.sparse"), &sparse, &fx.tensors[&format!("out.{name}.sparse")]);
-        assert_close(&format!("{name}.dense"), &dense, &fx.tensors[&format!("out.{name}.dense")]);
+        assert_close(
+            &format!("{name}.sparse"),
+            &sparse,
+            &fx.tensors[&format!("out.{name}.sparse")],
+        );
+        assert_close(
+            &format!("{name}.dense"),
+            &dense,
+            &fx.tensors[&format!("out.{name}.dense")],
+        );
         for multi in [false, true] {
-            let (masks, iou) = sam.mask_decoder.forward(&emb, &pe, &sparse, &dense, multi).unwrap();
+            let (masks, iou) = sam
+                .mask_decoder
+                .forward(&emb, &pe, &sparse, &dense, multi)
+                .unwrap();
             let key = format!("out.{name}.multi{}", multi as u8);
-            assert_close(&format!("{key}.masks"), &masks, &fx.tensors[&format!("{key}.masks")]);
-            assert_close(&format!("{key}.iou"), &iou, &fx.tensors[&format!("{key}.iou")]);
+            assert_close(
+                &format!("{key}.masks"),
+                &masks,
+                &fx.tensors[&format!("{key}.masks")],
+            );
+            assert_close(
+                &format!("{key}.iou"),
+                &iou,
+                &fx.tensors[&format!("{key}.iou")],
+            );
         }
     }
 }
@@ -134,7 +197,8 @@ fn batch_pairs_image_i_with_box_i() {
 #[test]
 fn rel_pos_table_is_interpolated_like_pytorch() {
     let fx = load();
-    let got = medsam::model::image_encoder::get_rel_pos(5, 5, &fx.tensors["in.relpos_table"]).unwrap();
+    let got =
+        medsam::model::image_encoder::get_rel_pos(5, 5, &fx.tensors["in.relpos_table"]).unwrap();
     assert_close("relpos", &got, &fx.tensors["out.relpos_resized"]);
 }
 
@@ -142,13 +206,30 @@ fn rel_pos_table_is_interpolated_like_pytorch() {
 fn wrong_shape_and_missing_keys_are_reported_by_name() {
     let fx = load();
     let mut sam = Sam::new(&fx.config, 0, Device::Cpu).unwrap();
-    let mut weights: BTreeMap<String, Tensor> =
-        fx.tensors.iter().filter_map(|(k, v)| k.strip_prefix("w.").map(|k| (k.to_string(), v.clone()))).collect();
+    let mut weights: BTreeMap<String, Tensor> = fx
+        .tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("w.").map(|k| (k.to_string(), v.clone())))
+        .collect();
     weights.remove("mask_decoder.iou_token.weight");
-    weights.insert("image_encoder.pos_embed".into(), Tensor::zeros(&[1, 4, 4, 32], Device::Cpu).unwrap());
-    weights.insert("extra.key".into(), Tensor::zeros(&[1], Device::Cpu).unwrap());
-    let err = sam.load_state_dict(&weights).unwrap().into_result().unwrap_err().to_string();
+    weights.insert(
+        "image_encoder.pos_embed".into(),
+        Tensor::zeros(&[1, 4, 4, 32], Device::Cpu).unwrap(),
+    );
+    weights.insert(
+        "extra.key".into(),
+        Tensor::zeros(&[1], Device::Cpu).unwrap(),
+    );
+    let err = sam
+        .load_state_dict(&weights)
+        .unwrap()
+        .into_result()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("mask_decoder.iou_token.weight"), "{err}");
-    assert!(err.contains("image_encoder.pos_embed") && err.contains("[1, 4, 4, 32]"), "{err}");
+    assert!(
+        err.contains("image_encoder.pos_embed") && err.contains("[1, 4, 4, 32]"),
+        "{err}"
+    );
     assert!(err.contains("extra.key"), "{err}");
 }

@@ -89,20 +89,90 @@ fn for_each_run(view: &View, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
+/// Offset in the source of the first element of outer row `row` (all axes but the last).
+fn row_offset(view: &View, mut row: usize) -> usize {
+    let nd = view.shape.len();
+    let mut off = view.offset;
+    for d in (0..nd.saturating_sub(1)).rev() {
+        let s = view.shape[d];
+        off += (row % s) * view.strides[d];
+        row /= s;
+    }
+    off
+}
+
+/// Copies a strided view into a dense row-major buffer, rows in parallel when large.
 fn gather(src: &[f32], view: &View) -> Vec<f32> {
     let n: usize = view.shape.iter().product();
     let mut out = vec![0.0f32; n];
-    let inner_stride = view.strides.last().copied().unwrap_or(1);
-    for_each_run(view, |o, s, len| {
-        let dst = &mut out[o..o + len];
-        if inner_stride == 1 {
-            dst.copy_from_slice(&src[s..s + len]);
+    if n == 0 {
+        return out;
+    }
+    let inner = view.shape.last().copied().unwrap_or(1).max(1);
+    let stride = view.strides.last().copied().unwrap_or(1);
+    let copy_row = |(row, dst): (usize, &mut [f32])| {
+        let s = row_offset(view, row);
+        if stride == 1 {
+            dst.copy_from_slice(&src[s..s + dst.len()]);
         } else {
             for (i, d) in dst.iter_mut().enumerate() {
-                *d = src[s + i * inner_stride];
+                *d = src[s + i * stride];
             }
         }
-    });
+    };
+    if n < PAR_MIN {
+        out.chunks_mut(inner).enumerate().for_each(copy_row);
+    } else {
+        out.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len((PAR_MIN / inner).max(1))
+            .for_each(copy_row);
+    }
+    out
+}
+
+/// `out = a ∘ b` over broadcast views, rows in parallel, without materialising the operands.
+fn broadcast_zip(a: &[f32], va: &View, b: &[f32], vb: &View, f: fn(f32, f32) -> f32) -> Vec<f32> {
+    let n: usize = va.shape.iter().product();
+    let mut out = vec![0.0f32; n];
+    if n == 0 {
+        return out;
+    }
+    let inner = va.shape.last().copied().unwrap_or(1).max(1);
+    let (sa, sb) = (
+        va.strides.last().copied().unwrap_or(1),
+        vb.strides.last().copied().unwrap_or(1),
+    );
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (oa, ob) = (row_offset(va, r), row_offset(vb, r));
+        match (sa, sb) {
+            (1, 1) => dst
+                .iter_mut()
+                .zip(&a[oa..])
+                .zip(&b[ob..])
+                .for_each(|((d, &x), &y)| *d = f(x, y)),
+            (1, 0) => dst
+                .iter_mut()
+                .zip(&a[oa..])
+                .for_each(|(d, &x)| *d = f(x, b[ob])),
+            (0, 1) => dst
+                .iter_mut()
+                .zip(&b[ob..])
+                .for_each(|(d, &y)| *d = f(a[oa], y)),
+            _ => dst
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, d)| *d = f(a[oa + i * sa], b[ob + i * sb])),
+        }
+    };
+    if n < PAR_MIN {
+        out.chunks_mut(inner).enumerate().for_each(row);
+    } else {
+        out.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len((PAR_MIN / inner).max(1))
+            .for_each(row);
+    }
     out
 }
 
@@ -232,10 +302,8 @@ impl Backend for CpuBackend {
         if dense(va, a.len()) && dense(vb, b.len()) {
             return Ok(Storage::Cpu(zip_into(a, b, f)));
         }
-        // General case: materialise both (broadcast views expand here), then zip.
-        let (ga, gb) = (gather(a, va), gather(b, vb));
-        debug_assert_eq!(ga.len(), n);
-        Ok(Storage::Cpu(zip_into(&ga, &gb, f)))
+        let _ = n;
+        Ok(Storage::Cpu(broadcast_zip(a, va, b, vb, f)))
     }
 
     fn sum_axes(&self, x: &Storage, shape: &[usize], reduce: &[bool]) -> Result<Storage> {

@@ -119,10 +119,8 @@ fn merge(
     sam_path: &Path,
     medsam_path: &Path,
 ) -> Result<Merged> {
-    let mut by_name: std::collections::HashMap<String, TensorData> = medsam
-        .iter()
-        .map(|(k, t)| (k.clone(), t.clone()))
-        .collect();
+    let mut by_name: std::collections::HashMap<String, TensorData> =
+        medsam.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
     let mut out = Vec::with_capacity(sam.len());
     for (key, sam_t) in sam {
         let t = by_name

@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use convert::{convert, ConvertReport, OutputFormat};
-pub use pth::{load_pth, save_pth};
+pub use pth::{load_pth, load_pth_with_limits, save_pth, Limits};
 pub use safetensors::{load_safetensors, save_safetensors};
 
 /// Errors of checkpoint reading, writing and conversion. Every variant names
@@ -37,7 +37,9 @@ pub enum CheckpointError {
         pos: usize,
         msg: String,
     },
-    #[error("{path}: refusing to load global `{name}` (not in the allowlist of tensor/container types)")]
+    #[error(
+        "{path}: refusing to load global `{name}` (not in the allowlist of tensor/container types)"
+    )]
     ForbiddenGlobal { path: PathBuf, name: String },
     #[error("{path}: field `{field}`: {msg}")]
     Field {

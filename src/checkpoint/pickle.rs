@@ -116,9 +116,13 @@ struct Unpickler<'a, S: StorageSource> {
     stack: Vec<Id>,
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
-    storages: S,
+    /// `None` once unpickling is done (frees the storage cache early).
+    storages: Option<S>,
     limits: &'a Limits,
     tensor_bytes: usize,
+    /// Remaining references to each tensor object during conversion; the last
+    /// one moves the data out instead of cloning it.
+    tensor_refs: HashMap<Id, usize>,
 }
 
 /// Unpickles `data` (the contents of `data.pkl`) into a [`Value`].
@@ -137,13 +141,16 @@ pub(crate) fn unpickle<S: StorageSource>(
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        storages,
+        storages: Some(storages),
         limits,
         tensor_bytes: 0,
+        tensor_refs: HashMap::new(),
     };
     let root = u.run()?;
+    u.storages = None;
+    u.count_tensor_refs(root);
     let mut nodes = 0usize;
-    u.to_value(root, 0, &mut nodes)
+    u.take_value(root, 0, &mut nodes)
 }
 
 impl<'a, S: StorageSource> Unpickler<'a, S> {
@@ -597,7 +604,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
     }
 
     fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("odd number of items for a dict"));
         }
         Ok(items.chunks_exact(2).map(|c| (c[0], c[1])).collect())
@@ -707,7 +714,11 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                     .into_iter()
                     .map(|i| self.usize_of(i, "stride"))
                     .collect::<Result<Vec<_>>>()?;
-                let storage = self.storages.load(&key, dtype)?;
+                let storage = self
+                    .storages
+                    .as_mut()
+                    .expect("storage source is present while unpickling")
+                    .load(&key, dtype)?;
                 let bytes = materialize(&storage, dtype.size(), offset, &size, &stride)
                     .map_err(|m| self.err(format!("tensor on storage {key:?}: {m}")))?;
                 self.tensor_bytes = self.tensor_bytes.saturating_add(bytes.len());
@@ -754,7 +765,31 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         }
     }
 
-    fn to_value(&self, id: Id, depth: usize, nodes: &mut usize) -> Result<Value> {
+    /// Counts references to tensors from every container (and the root). An
+    /// over-count (references from unreachable objects) only causes a copy.
+    fn count_tensor_refs(&mut self, root: Id) {
+        let mut refs: HashMap<Id, usize> = HashMap::new();
+        let objs = &self.objs;
+        let mut bump = |i: Id| {
+            if matches!(objs[i], Obj::Tensor(_)) {
+                *refs.entry(i).or_insert(0) += 1;
+            }
+        };
+        bump(root);
+        for o in objs {
+            match o {
+                Obj::List(v) | Obj::Tuple(v) => v.iter().for_each(|&i| bump(i)),
+                Obj::Dict(p) => p.iter().for_each(|&(k, v)| {
+                    bump(k);
+                    bump(v)
+                }),
+                _ => {}
+            }
+        }
+        self.tensor_refs = refs;
+    }
+
+    fn take_value(&mut self, id: Id, depth: usize, nodes: &mut usize) -> Result<Value> {
         if depth > self.limits.max_depth {
             return Err(self.err(format!(
                 "nesting deeper than the cap of {} levels (or a cyclic structure)",
@@ -775,23 +810,30 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
             Obj::Float(f) => Value::Float(*f),
             Obj::Str(s) => Value::Str(s.clone()),
             Obj::Bytes(b) => Value::Bytes(b.clone()),
-            Obj::List(v) => Value::List(
-                v.iter()
-                    .map(|&i| self.to_value(i, depth + 1, nodes))
-                    .collect::<Result<_>>()?,
-            ),
-            Obj::Tuple(v) => Value::Tuple(
-                v.iter()
-                    .map(|&i| self.to_value(i, depth + 1, nodes))
-                    .collect::<Result<_>>()?,
-            ),
+            Obj::List(v) => {
+                let v = v.clone();
+                Value::List(
+                    v.into_iter()
+                        .map(|i| self.take_value(i, depth + 1, nodes))
+                        .collect::<Result<_>>()?,
+                )
+            }
+            Obj::Tuple(v) => {
+                let v = v.clone();
+                Value::Tuple(
+                    v.into_iter()
+                        .map(|i| self.take_value(i, depth + 1, nodes))
+                        .collect::<Result<_>>()?,
+                )
+            }
             Obj::Dict(pairs) => {
+                let pairs = pairs.clone();
                 // Python semantics: a repeated key replaces the value in place.
                 let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
                 let mut index: HashMap<HashKey, usize> = HashMap::new();
-                for &(k, v) in pairs {
-                    let kv = self.to_value(k, depth + 1, nodes)?;
-                    let vv = self.to_value(v, depth + 1, nodes)?;
+                for (k, v) in pairs {
+                    let kv = self.take_value(k, depth + 1, nodes)?;
+                    let vv = self.take_value(v, depth + 1, nodes)?;
                     match hash_key(&kv) {
                         Some(h) => match index.get(&h) {
                             Some(&i) => out[i].1 = vv,
@@ -805,7 +847,23 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                 }
                 Value::Dict(out)
             }
-            Obj::Tensor(t) => Value::Tensor(t.clone()),
+            Obj::Tensor(_) => {
+                let left = self.tensor_refs.get_mut(&id).map(|c| {
+                    *c = c.saturating_sub(1);
+                    *c
+                });
+                if left == Some(0) {
+                    match std::mem::replace(&mut self.objs[id], Obj::None) {
+                        Obj::Tensor(t) => Value::Tensor(t),
+                        _ => unreachable!(),
+                    }
+                } else {
+                    match &self.objs[id] {
+                        Obj::Tensor(t) => Value::Tensor(t.clone()),
+                        _ => unreachable!(),
+                    }
+                }
+            }
             Obj::Global(_) => return Err(self.err("a bare global cannot be part of the result")),
             Obj::Storage { key, .. } => {
                 return Err(self.err(format!(
@@ -952,8 +1010,7 @@ struct Pickler<'v> {
 impl<'v> Pickler<'v> {
     fn str(&mut self, s: &str) {
         self.out.push(b'X');
-        self.out
-            .extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         self.out.extend_from_slice(s.as_bytes());
     }
 
@@ -1020,8 +1077,7 @@ impl<'v> Pickler<'v> {
 
     fn is_state_dict(d: &[(Value, Value)]) -> bool {
         !d.is_empty()
-            && d
-                .iter()
+            && d.iter()
                 .all(|(k, v)| matches!(k, Value::Str(_)) && matches!(v, Value::Tensor(_)))
     }
 

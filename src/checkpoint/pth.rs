@@ -153,7 +153,7 @@ impl StorageSource for ZipStorages<'_> {
             msg: format!("record `{name}`: {e}"),
         })?;
         let es = dtype.size();
-        if buf.len() % es != 0 {
+        if !buf.len().is_multiple_of(es) {
             return Err(CheckpointError::format(
                 path,
                 format!(
@@ -251,7 +251,11 @@ impl Fnv {
     }
     /// 40 decimal digits, like torch's serialization ids.
     fn serialization_id(&self) -> String {
-        format!("{:020}{:020}", self.0 % 10u64.pow(19), self.1 % 10u64.pow(19))
+        format!(
+            "{:020}{:020}",
+            self.0 % 10u64.pow(19),
+            self.1 % 10u64.pow(19)
+        )
     }
 }
 
@@ -416,7 +420,11 @@ fn crc32(data: &[u8]) -> u32 {
         for i in 0..256u32 {
             let mut c = i;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb88320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xedb88320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             t[0][i as usize] = c;
         }

@@ -71,7 +71,8 @@ pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[(String, TensorData)]
     let bytes = safetensors::tensor::serialize(views, &Some(meta))
         .map_err(|e| st_err(path, format!("{e:?}")))?;
     write_atomically(path, |f| {
-        f.write_all(&bytes).map_err(|e| CheckpointError::io(path, e))
+        f.write_all(&bytes)
+            .map_err(|e| CheckpointError::io(path, e))
     })
 }
 
@@ -81,8 +82,7 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorDat
     let path = path.as_ref();
     let buf = std::fs::read(path).map_err(|e| CheckpointError::io(path, e))?;
     let st = SafeTensors::deserialize(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
-    let (_, meta) =
-        SafeTensors::read_metadata(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
     let infos = meta.tensors();
     let mut names: Vec<String> = infos.keys().cloned().collect();
     names.sort_by_key(|n| (infos[n].data_offsets, n.clone()));

@@ -30,12 +30,18 @@ pub fn parse_device(s: &str) -> Result<Device> {
 
 pub fn load_model(a: &ModelArgs) -> Result<Sam> {
     let device = parse_device(&a.device)?;
-    let (sam, _report) = medsam::weights::load_model(&a.checkpoint, a.model_type, a.model_config.as_deref(), device)?;
+    let (sam, _report) = medsam::weights::load_model(
+        &a.checkpoint,
+        a.model_type,
+        a.model_config.as_deref(),
+        device,
+    )?;
     Ok(sam)
 }
 
 /// `path` shown relative to the working directory when possible.
 pub fn show(path: &Path) -> String {
     let cwd = std::env::current_dir().ok();
-    cwd.and_then(|c| path.strip_prefix(c).ok().map(|p| p.display().to_string())).unwrap_or_else(|| path.display().to_string())
+    cwd.and_then(|c| path.strip_prefix(c).ok().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| path.display().to_string())
 }

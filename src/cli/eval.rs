@@ -37,7 +37,11 @@ pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<medsam::eval::E
         precision: a.precision,
         ..EvalConfig::default()
     };
-    let bar = if comm.is_root() { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+    let bar = if comm.is_root() {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let out = evaluate(&model, &cfg, comm, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

@@ -33,7 +33,8 @@ pub fn parse_box(s: &str) -> Result<[f32; 4]> {
         .map(|t| t.trim().parse::<f32>())
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::arg("--box", format!("'{s}' is not [x0,y0,x1,y1]")))?;
-    <[f32; 4]>::try_from(v).map_err(|_| Error::arg("--box", format!("'{s}' needs exactly 4 numbers")))
+    <[f32; 4]>::try_from(v)
+        .map_err(|_| Error::arg("--box", format!("'{s}' needs exactly 4 numbers")))
 }
 
 pub fn run(a: &InferArgs) -> Result<()> {
@@ -58,19 +59,26 @@ pub fn run(a: &InferArgs) -> Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
-    let stem = a.data_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let stem = a
+        .data_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
     let seg = a.seg_path.join(format!("seg_{stem}.png"));
-    medsam::viz::save_mask_png(&seg, &union, img.h, img.w).map_err(|e| Error::Other(e.to_string()))?;
+    medsam::viz::save_mask_png(&seg, &union, img.h, img.w)
+        .map_err(|e| Error::Other(e.to_string()))?;
     let rgb = display_rgb(&img);
     let ub: Vec<[usize; 4]> = boxes.iter().map(|b| b.map(|v| v as usize)).collect();
     let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
-    medsam::viz::save_overlay_png(&overlay, &rgb, img.h, img.w, &union, &ub).map_err(|e| Error::Other(e.to_string()))?;
+    medsam::viz::save_overlay_png(&overlay, &rgb, img.h, img.w, &union, &ub)
+        .map_err(|e| Error::Other(e.to_string()))?;
     println!("segmentation: {}", show(&seg));
     println!("overlay:      {}", show(&overlay));
     if let Some(path) = &a.logits {
         let parts: Vec<medsam::Tensor> = logits;
         let all = medsam::Tensor::cat(&parts, 0)?;
-        medsam::npy::write_npy_f32(path, all.shape(), &all.to_vec()?).map_err(|e| Error::file(path, e.to_string()))?;
+        medsam::npy::write_npy_f32(path, all.shape(), &all.to_vec()?)
+            .map_err(|e| Error::file(path, e.to_string()))?;
         println!("logits:       {} {:?}", show(path), all.shape());
     }
     println!("{} box(es) in {secs:.2} s (encode + decode)", boxes.len());
@@ -79,7 +87,15 @@ pub fn run(a: &InferArgs) -> Result<()> {
 
 /// The image as 8-bit RGB for figures (min-max scaled).
 fn display_rgb(img: &medsam::infer::InputImage) -> Vec<u8> {
-    let (lo, hi) = img.hwc.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = img
+        .hwc
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     let r = (hi - lo).max(1e-8);
-    img.hwc.iter().map(|&x| ((x - lo) / r * 255.0).round() as u8).collect()
+    img.hwc
+        .iter()
+        .map(|&x| ((x - lo) / r * 255.0).round() as u8)
+        .collect()
 }

@@ -1,6 +1,10 @@
 //! The `medsam` command line: thin shells over the library, one file per subcommand.
 
 pub mod common;
+pub mod convert;
+pub mod demo;
 pub mod eval;
 pub mod infer;
+pub mod phantom;
+pub mod preprocess;
 pub mod train;

@@ -71,7 +71,11 @@ impl TrainArgs {
             batch_size: self.batch_size,
             grad_acc_steps: self.grad_acc_steps,
             num_workers: self.num_workers,
-            adamw: AdamWConfig { lr: self.lr, weight_decay: self.weight_decay, ..AdamWConfig::default() },
+            adamw: AdamWConfig {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                ..AdamWConfig::default()
+            },
             use_amp: self.use_amp,
             resume: self.resume.clone(),
             seed: self.seed,
@@ -85,7 +89,12 @@ impl TrainArgs {
     pub fn build_model(&self) -> Result<Sam> {
         let device = parse_device(&self.device)?;
         match &self.checkpoint {
-            Some(path) => Ok(medsam::weights::load_model(path, None, self.model_config.as_deref(), device)?.0),
+            Some(path) => {
+                Ok(
+                    medsam::weights::load_model(path, None, self.model_config.as_deref(), device)?
+                        .0,
+                )
+            }
             None => {
                 let cfg = match &self.model_config {
                     Some(p) => SamConfig::from_json_file(p)?,
@@ -100,18 +109,36 @@ impl TrainArgs {
 /// Runs training with a progress bar on rank 0; returns the outcome.
 pub fn run_with(a: &TrainArgs, comm: &dyn Communicator) -> Result<medsam::train::TrainOutcome> {
     let mut model = a.build_model()?;
-    let bar = if comm.is_root() { ProgressBar::new(0) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec}").expect("template"));
+    let bar = if comm.is_root() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec}").expect("template"),
+    );
     let mut on_event = |e: TrainEvent| match e {
-        TrainEvent::Started { run_dir, samples, batches_per_epoch, start_epoch } => {
+        TrainEvent::Started {
+            run_dir,
+            samples,
+            batches_per_epoch,
+            start_epoch,
+        } => {
             bar.println(format!("run dir {}: {samples} samples, {batches_per_epoch} batches/epoch, from epoch {start_epoch}", show(&run_dir)));
         }
         TrainEvent::Step { epoch, loss, .. } => {
             bar.set_message(format!("epoch {epoch} loss {loss:.4}"));
             bar.inc(1);
         }
-        TrainEvent::EpochEnd { epoch, mean_loss, improved } => {
-            bar.println(format!("epoch {epoch}: mean loss {mean_loss:.4}{}", if improved { " (best)" } else { "" }));
+        TrainEvent::EpochEnd {
+            epoch,
+            mean_loss,
+            improved,
+        } => {
+            bar.println(format!(
+                "epoch {epoch}: mean loss {mean_loss:.4}{}",
+                if improved { " (best)" } else { "" }
+            ));
         }
         TrainEvent::Saved { .. } => {}
     };

@@ -28,7 +28,10 @@ pub struct Init {
 
 impl Init {
     pub fn new(seed: u64, device: Device) -> Self {
-        Init { state: seed ^ 0x9E37_79B9_7F4A_7C15, device }
+        Init {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            device,
+        }
     }
     fn next_f64(&mut self) -> f64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -40,7 +43,9 @@ impl Init {
     /// Uniform in `[-bound, bound)`, as PyTorch's default Linear/Conv init draws.
     pub fn uniform(&mut self, shape: &[usize], bound: f32) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| ((self.next_f64() * 2.0 - 1.0) * bound as f64) as f32).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| ((self.next_f64() * 2.0 - 1.0) * bound as f64) as f32)
+            .collect();
         Tensor::from_slice(&v, shape, self.device)
     }
     /// Standard normal (Box–Muller) times `std`.
@@ -49,7 +54,8 @@ impl Init {
         let v: Vec<f32> = (0..n)
             .map(|_| {
                 let (u1, u2) = (self.next_f64().max(1e-300), self.next_f64());
-                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std as f64) as f32
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std as f64)
+                    as f32
             })
             .collect();
         Tensor::from_slice(&v, shape, self.device)
@@ -73,7 +79,11 @@ impl Linear {
         let bound = 1.0 / (inp as f32).sqrt();
         Ok(Linear {
             weight: init.uniform(&[out, inp], bound)?,
-            bias: if bias { Some(init.uniform(&[out], bound)?) } else { None },
+            bias: if bias {
+                Some(init.uniform(&[out], bound)?)
+            } else {
+                None
+            },
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -99,7 +109,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(init: &mut Init, dim: usize, eps: f32) -> Result<Self> {
-        Ok(LayerNorm { weight: init.ones(&[dim])?, bias: init.zeros(&[dim])?, eps })
+        Ok(LayerNorm {
+            weight: init.ones(&[dim])?,
+            bias: init.zeros(&[dim])?,
+            eps,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm(&self.weight, &self.bias, self.eps)
@@ -122,7 +136,11 @@ pub struct LayerNorm2d {
 
 impl LayerNorm2d {
     pub fn new(init: &mut Init, c: usize) -> Result<Self> {
-        Ok(LayerNorm2d { weight: init.ones(&[c])?, bias: init.zeros(&[c])?, eps: 1e-6 })
+        Ok(LayerNorm2d {
+            weight: init.ones(&[c])?,
+            bias: init.zeros(&[c])?,
+            eps: 1e-6,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm2d(&self.weight, &self.bias, self.eps)
@@ -145,11 +163,23 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(init: &mut Init, cin: usize, cout: usize, k: usize, stride: usize, padding: usize, bias: bool) -> Result<Self> {
+    pub fn new(
+        init: &mut Init,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let bound = 1.0 / ((cin * k * k) as f32).sqrt();
         Ok(Conv2d {
             weight: init.uniform(&[cout, cin, k, k], bound)?,
-            bias: if bias { Some(init.uniform(&[cout], bound)?) } else { None },
+            bias: if bias {
+                Some(init.uniform(&[cout], bound)?)
+            } else {
+                None
+            },
             stride,
             padding,
         })
@@ -178,7 +208,11 @@ pub struct ConvTranspose2d {
 impl ConvTranspose2d {
     pub fn new(init: &mut Init, cin: usize, cout: usize, k: usize) -> Result<Self> {
         let bound = 1.0 / ((cout * k * k) as f32).sqrt();
-        Ok(ConvTranspose2d { weight: init.uniform(&[cin, cout, k, k], bound)?, bias: init.uniform(&[cout], bound)?, stride: k })
+        Ok(ConvTranspose2d {
+            weight: init.uniform(&[cin, cout, k, k], bound)?,
+            bias: init.uniform(&[cout], bound)?,
+            stride: k,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv_transpose2d(&self.weight, Some(&self.bias), self.stride)
@@ -217,7 +251,11 @@ pub struct MlpBlock {
 
 impl MlpBlock {
     pub fn new(init: &mut Init, dim: usize, hidden: usize, act: Act) -> Result<Self> {
-        Ok(MlpBlock { lin1: Linear::new(init, dim, hidden, true)?, lin2: Linear::new(init, hidden, dim, true)?, act })
+        Ok(MlpBlock {
+            lin1: Linear::new(init, dim, hidden, true)?,
+            lin2: Linear::new(init, hidden, dim, true)?,
+            act,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.lin2.forward(&self.act.apply(&self.lin1.forward(x)?)?)
@@ -238,7 +276,9 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(init: &mut Init, n: usize, dim: usize) -> Result<Self> {
-        Ok(Embedding { weight: init.normal(&[n, dim], 1.0)? })
+        Ok(Embedding {
+            weight: init.normal(&[n, dim], 1.0)?,
+        })
     }
 }
 

@@ -81,7 +81,10 @@ impl SamConfig {
                 use_rel_pos: true,
                 qkv_bias: true,
             },
-            prompt_encoder: PromptEncoderConfig { embed_dim: 256, mask_in_chans: 16 },
+            prompt_encoder: PromptEncoderConfig {
+                embed_dim: 256,
+                mask_in_chans: 16,
+            },
             mask_decoder: MaskDecoderConfig {
                 transformer_dim: 256,
                 transformer_depth: 2,
@@ -94,19 +97,56 @@ impl SamConfig {
         }
     }
 
+    /// A small SAM for CPU demos and tests on `img_size`² inputs: the same architecture with fewer,
+    /// narrower layers (patch 16, window 4 with one global block, a 2-layer decoder).
+    pub fn demo(img_size: usize) -> Self {
+        SamConfig {
+            image_encoder: ImageEncoderConfig {
+                img_size,
+                patch_size: 16,
+                embed_dim: 96,
+                depth: 4,
+                num_heads: 4,
+                mlp_ratio: 4.0,
+                out_chans: 64,
+                window_size: 4,
+                global_attn_indexes: vec![3],
+                use_rel_pos: true,
+                qkv_bias: true,
+            },
+            prompt_encoder: PromptEncoderConfig {
+                embed_dim: 64,
+                mask_in_chans: 16,
+            },
+            mask_decoder: MaskDecoderConfig {
+                transformer_dim: 64,
+                transformer_depth: 2,
+                transformer_mlp_dim: 256,
+                transformer_num_heads: 4,
+                num_multimask_outputs: 3,
+                iou_head_depth: 3,
+                iou_head_hidden_dim: 64,
+            },
+        }
+    }
+
     /// The preset this configuration equals, if any.
     pub fn model_type(&self) -> Option<ModelType> {
-        [ModelType::VitB, ModelType::VitL, ModelType::VitH].into_iter().find(|&t| Self::preset(t) == *self)
+        [ModelType::VitB, ModelType::VitL, ModelType::VitH]
+            .into_iter()
+            .find(|&t| Self::preset(t) == *self)
     }
 
     /// The preset whose shapes this configuration has, ignoring the decoder's head count (which
     /// checkpoint shapes cannot show).
     pub fn model_type_ignoring_heads(&self) -> Option<ModelType> {
-        [ModelType::VitB, ModelType::VitL, ModelType::VitH].into_iter().find(|&t| {
-            let mut p = Self::preset(t);
-            p.mask_decoder.transformer_num_heads = self.mask_decoder.transformer_num_heads;
-            p == *self
-        })
+        [ModelType::VitB, ModelType::VitL, ModelType::VitH]
+            .into_iter()
+            .find(|&t| {
+                let mut p = Self::preset(t);
+                p.mask_decoder.transformer_num_heads = self.mask_decoder.transformer_num_heads;
+                p == *self
+            })
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
@@ -124,14 +164,22 @@ impl SamConfig {
     /// the decoder's sizes; the few things shapes cannot show (the decoder's head count) come
     /// from SAM's defaults.
     pub fn infer(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
-        let get = |k: &str| shapes.get(k).ok_or_else(|| Error::Weights(format!("cannot infer the model: key '{k}' is missing")));
+        let get = |k: &str| {
+            shapes.get(k).ok_or_else(|| {
+                Error::Weights(format!("cannot infer the model: key '{k}' is missing"))
+            })
+        };
         let pw = get("image_encoder.patch_embed.proj.weight")?; // [E, 3, p, p]
         let (embed_dim, patch_size) = (pw[0], pw[2]);
         let pos = get("image_encoder.pos_embed")?; // [1, g, g, E]
         let img_size = pos[1] * patch_size;
-        let depth = (0..).take_while(|i| shapes.contains_key(&format!("image_encoder.blocks.{i}.norm1.weight"))).count();
+        let depth = (0..)
+            .take_while(|i| shapes.contains_key(&format!("image_encoder.blocks.{i}.norm1.weight")))
+            .count();
         if depth == 0 {
-            return Err(Error::Weights("cannot infer the model: no image_encoder.blocks.N found".into()));
+            return Err(Error::Weights(
+                "cannot infer the model: no image_encoder.blocks.N found".into(),
+            ));
         }
         let mlp = get("image_encoder.blocks.0.mlp.lin1.weight")?[0];
         let use_rel_pos = shapes.contains_key("image_encoder.blocks.0.attn.rel_pos_h");
@@ -152,11 +200,20 @@ impl SamConfig {
         let out_chans = get("image_encoder.neck.0.weight")?[0];
         let pe_dim = get("prompt_encoder.point_embeddings.0.weight")?[1];
         let mask_in_chans = get("prompt_encoder.mask_downscaling.3.weight")?[0];
-        let tdepth = (0..).take_while(|i| shapes.contains_key(&format!("mask_decoder.transformer.layers.{i}.norm1.weight"))).count();
+        let tdepth = (0..)
+            .take_while(|i| {
+                shapes.contains_key(&format!("mask_decoder.transformer.layers.{i}.norm1.weight"))
+            })
+            .count();
         let tmlp = get("mask_decoder.transformer.layers.0.mlp.lin1.weight")?[0];
         let n_mask_tokens = get("mask_decoder.mask_tokens.weight")?[0];
-        let iou_depth =
-            (0..).take_while(|i| shapes.contains_key(&format!("mask_decoder.iou_prediction_head.layers.{i}.weight"))).count();
+        let iou_depth = (0..)
+            .take_while(|i| {
+                shapes.contains_key(&format!(
+                    "mask_decoder.iou_prediction_head.layers.{i}.weight"
+                ))
+            })
+            .count();
         let iou_hidden = get("mask_decoder.iou_prediction_head.layers.0.weight")?[0];
         let defaults = Self::preset(ModelType::VitB);
         Ok(SamConfig {
@@ -173,7 +230,10 @@ impl SamConfig {
                 use_rel_pos,
                 qkv_bias,
             },
-            prompt_encoder: PromptEncoderConfig { embed_dim: pe_dim, mask_in_chans },
+            prompt_encoder: PromptEncoderConfig {
+                embed_dim: pe_dim,
+                mask_in_chans,
+            },
             mask_decoder: MaskDecoderConfig {
                 transformer_dim: pe_dim,
                 transformer_depth: tdepth,

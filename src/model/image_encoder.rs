@@ -65,7 +65,11 @@ pub fn get_rel_pos(q_size: usize, k_size: usize, rel_pos: &Tensor) -> Result<Ten
     let max_rel = 2 * q_size.max(k_size) - 1;
     let len = rel_pos.dim(0);
     let table = if len != max_rel {
-        let m = Tensor::from_slice(&linear_resize_matrix(len, max_rel), &[max_rel, len], rel_pos.device())?;
+        let m = Tensor::from_slice(
+            &linear_resize_matrix(len, max_rel),
+            &[max_rel, len],
+            rel_pos.device(),
+        )?;
         m.matmul(rel_pos)?
     } else {
         rel_pos.clone()
@@ -88,7 +92,11 @@ impl Attention {
         let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let (nh, n) = (self.num_heads, h * w);
         let hd = c / nh;
-        let qkv = self.qkv.forward(x)?.reshape(&[b, n, 3, nh, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape(&[b, n, 3, nh, hd])?
+            .permute(&[2, 0, 3, 1, 4])?;
         let take = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[b * nh, n, hd]);
         let (q, k, v) = (take(0)?, take(1)?, take(2)?);
         let scale = (hd as f32).powf(-0.5);
@@ -97,12 +105,21 @@ impl Attention {
             _ => None,
         };
         let o = attention(&q, &k, &v, scale, rel.as_ref())?;
-        let o = o.reshape(&[b, nh, h, w, hd])?.permute(&[0, 2, 3, 1, 4])?.reshape(&[b, h, w, c])?;
+        let o = o
+            .reshape(&[b, nh, h, w, hd])?
+            .permute(&[0, 2, 3, 1, 4])?
+            .reshape(&[b, h, w, c])?;
         self.proj.forward(&o)
     }
 
     /// `rel_h [BH, HW, H]` and `rel_w [BH, HW, W]` from the unscaled queries (SAM's einsums).
-    fn decomposed_rel_pos(&self, q: &Tensor, ph: &Tensor, pw: &Tensor, (h, w): (usize, usize)) -> Result<RelPosArgs> {
+    fn decomposed_rel_pos(
+        &self,
+        q: &Tensor,
+        ph: &Tensor,
+        pw: &Tensor,
+        (h, w): (usize, usize),
+    ) -> Result<RelPosArgs> {
         let (bh, hd) = (q.dim(0), q.dim(2));
         let rh = get_rel_pos(h, h, ph)?; // [h, kh, c]
         let rw = get_rel_pos(w, w, pw)?; // [w, kw, c]
@@ -110,12 +127,23 @@ impl Attention {
         // rel_h[b, y, x, k] = Σ_c rq[b, y, x, c]·rh[y, k, c]: a batch over y.
         let rq_y = rq.permute(&[1, 0, 2, 3])?.reshape(&[h, bh * w, hd])?;
         let rel_h = rq_y.matmul(&rh.transpose(1, 2)?)?; // [h, bh*w, kh]
-        let rel_h = rel_h.reshape(&[h, bh, w, h])?.permute(&[1, 0, 2, 3])?.reshape(&[bh, h * w, h])?;
+        let rel_h = rel_h
+            .reshape(&[h, bh, w, h])?
+            .permute(&[1, 0, 2, 3])?
+            .reshape(&[bh, h * w, h])?;
         // rel_w[b, y, x, k] = Σ_c rq[b, y, x, c]·rw[x, k, c]: a batch over x.
         let rq_x = rq.permute(&[2, 0, 1, 3])?.reshape(&[w, bh * h, hd])?;
         let rel_w = rq_x.matmul(&rw.transpose(1, 2)?)?; // [w, bh*h, kw]
-        let rel_w = rel_w.reshape(&[w, bh, h, w])?.permute(&[1, 2, 0, 3])?.reshape(&[bh, h * w, w])?;
-        Ok(RelPosArgs { rel_h, rel_w, kh: h, kw: w })
+        let rel_w = rel_w
+            .reshape(&[w, bh, h, w])?
+            .permute(&[1, 2, 0, 3])?
+            .reshape(&[bh, h * w, w])?;
+        Ok(RelPosArgs {
+            rel_h,
+            rel_w,
+            kh: h,
+            kw: w,
+        })
     }
 }
 
@@ -142,15 +170,25 @@ pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize)
     let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
     let x = x.pad_end(&[0, ph, pw, 0])?;
     let (hp, wp) = (h + ph, w + pw);
-    let x = x.reshape(&[b, hp / ws, ws, wp / ws, ws, c])?.permute(&[0, 1, 3, 2, 4, 5])?;
+    let x = x
+        .reshape(&[b, hp / ws, ws, wp / ws, ws, c])?
+        .permute(&[0, 1, 3, 2, 4, 5])?;
     Ok((x.reshape(&[usize::MAX, ws, ws, c])?, (hp, wp)))
 }
 
 /// Inverse of [`window_partition`], cropping the padding.
-pub fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
+pub fn window_unpartition(
+    x: &Tensor,
+    ws: usize,
+    (hp, wp): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
     let c = x.dim(3);
     let b = x.dim(0) / (hp * wp / ws / ws);
-    let x = x.reshape(&[b, hp / ws, wp / ws, ws, ws, c])?.permute(&[0, 1, 3, 2, 4, 5])?.reshape(&[b, hp, wp, c])?;
+    let x = x
+        .reshape(&[b, hp / ws, wp / ws, ws, ws, c])?
+        .permute(&[0, 1, 3, 2, 4, 5])?
+        .reshape(&[b, hp, wp, c])?;
     if hp > h || wp > w {
         return x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous();
     }
@@ -221,7 +259,10 @@ impl ImageEncoderViT {
             let window = if global { 0 } else { cfg.window_size };
             let size = if window == 0 { grid } else { window };
             let (rel_pos_h, rel_pos_w) = if cfg.use_rel_pos {
-                (Some(init.zeros(&[2 * size - 1, hd])?), Some(init.zeros(&[2 * size - 1, hd])?))
+                (
+                    Some(init.zeros(&[2 * size - 1, hd])?),
+                    Some(init.zeros(&[2 * size - 1, hd])?),
+                )
             } else {
                 (None, None)
             };
@@ -241,7 +282,9 @@ impl ImageEncoderViT {
         }
         Ok(ImageEncoderViT {
             cfg: cfg.clone(),
-            patch_embed: PatchEmbed { proj: Conv2d::new(init, 3, e, cfg.patch_size, cfg.patch_size, 0, true)? },
+            patch_embed: PatchEmbed {
+                proj: Conv2d::new(init, 3, e, cfg.patch_size, cfg.patch_size, 0, true)?,
+            },
             pos_embed: Some(init.zeros(&[1, grid, grid, e])?),
             blocks,
             neck: Neck {
@@ -257,7 +300,10 @@ impl ImageEncoderViT {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.cfg.img_size;
         if x.rank() != 4 || x.dim(1) != 3 || x.dim(2) != s || x.dim(3) != s {
-            return Err(Error::shape("image_encoder", format!("expected [B, 3, {s}, {s}], got {:?}", x.shape())));
+            return Err(Error::shape(
+                "image_encoder",
+                format!("expected [B, 3, {s}, {s}], got {:?}", x.shape()),
+            ));
         }
         let mut x = self.patch_embed.proj.forward(x)?.permute(&[0, 2, 3, 1])?;
         if let Some(p) = &self.pos_embed {

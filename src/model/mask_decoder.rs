@@ -1,8 +1,8 @@
 //! `MaskDecoder` (segment_anything/modeling/mask_decoder.py) with MedSAM's batch pairing: when the
 //! batch holds as many image embeddings as prompts, image `i` is decoded with prompt `i`.
 
-use super::common::{join, Embedding, Init, LayerNorm2d, Linear, Module};
 use super::common::ConvTranspose2d;
+use super::common::{join, Embedding, Init, LayerNorm2d, Linear, Module};
 use super::config::MaskDecoderConfig;
 use super::transformer::TwoWayTransformer;
 use crate::error::{Error, Result};
@@ -23,8 +23,16 @@ impl Module for Mlp {
 
 impl Mlp {
     pub fn new(init: &mut Init, inp: usize, hidden: usize, out: usize, n: usize) -> Result<Self> {
-        let dims: Vec<usize> = std::iter::once(inp).chain(std::iter::repeat_n(hidden, n - 1)).chain(std::iter::once(out)).collect();
-        Ok(Mlp { layers: dims.windows(2).map(|w| Linear::new(init, w[0], w[1], true)).collect::<Result<_>>()? })
+        let dims: Vec<usize> = std::iter::once(inp)
+            .chain(std::iter::repeat_n(hidden, n - 1))
+            .chain(std::iter::once(out))
+            .collect();
+        Ok(Mlp {
+            layers: dims
+                .windows(2)
+                .map(|w| Linear::new(init, w[0], w[1], true))
+                .collect::<Result<_>>()?,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
@@ -67,11 +75,13 @@ impl Module for MaskDecoder {
         self.transformer.visit(&join(prefix, "transformer"), f);
         self.iou_token.visit(&join(prefix, "iou_token"), f);
         self.mask_tokens.visit(&join(prefix, "mask_tokens"), f);
-        self.output_upscaling.visit(&join(prefix, "output_upscaling"), f);
+        self.output_upscaling
+            .visit(&join(prefix, "output_upscaling"), f);
         for (i, m) in self.output_hypernetworks_mlps.iter_mut().enumerate() {
             m.visit(&join(prefix, &format!("output_hypernetworks_mlps.{i}")), f);
         }
-        self.iou_prediction_head.visit(&join(prefix, "iou_prediction_head"), f);
+        self.iou_prediction_head
+            .visit(&join(prefix, "iou_prediction_head"), f);
     }
 }
 
@@ -80,7 +90,13 @@ impl MaskDecoder {
         let d = cfg.transformer_dim;
         let n = cfg.num_multimask_outputs + 1;
         Ok(MaskDecoder {
-            transformer: TwoWayTransformer::new(init, cfg.transformer_depth, d, cfg.transformer_num_heads, cfg.transformer_mlp_dim)?,
+            transformer: TwoWayTransformer::new(
+                init,
+                cfg.transformer_depth,
+                d,
+                cfg.transformer_num_heads,
+                cfg.transformer_mlp_dim,
+            )?,
             iou_token: Embedding::new(init, 1, d)?,
             mask_tokens: Embedding::new(init, n, d)?,
             output_upscaling: OutputUpscaling {
@@ -88,7 +104,9 @@ impl MaskDecoder {
                 norm1: LayerNorm2d::new(init, d / 4)?,
                 conv3: ConvTranspose2d::new(init, d / 4, d / 8, 2)?,
             },
-            output_hypernetworks_mlps: (0..n).map(|_| Mlp::new(init, d, d, d / 8, 3)).collect::<Result<_>>()?,
+            output_hypernetworks_mlps: (0..n)
+                .map(|_| Mlp::new(init, d, d, d / 8, 3))
+                .collect::<Result<_>>()?,
             iou_prediction_head: Mlp::new(init, d, cfg.iou_head_hidden_dim, n, cfg.iou_head_depth)?,
             num_mask_tokens: n,
         })
@@ -105,23 +123,50 @@ impl MaskDecoder {
         multimask_output: bool,
     ) -> Result<(Tensor, Tensor)> {
         let (masks, iou) = self.predict_masks(image_embeddings, image_pe, sparse, dense)?;
-        let (start, len) = if multimask_output { (1, self.num_mask_tokens - 1) } else { (0, 1) };
+        let (start, len) = if multimask_output {
+            (1, self.num_mask_tokens - 1)
+        } else {
+            (0, 1)
+        };
         Ok((masks.narrow(1, start, len)?, iou.narrow(1, start, len)?))
     }
 
-    fn predict_masks(&self, image_embeddings: &Tensor, image_pe: &Tensor, sparse: &Tensor, dense: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn predict_masks(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let bs = sparse.dim(0);
-        let output_tokens = Tensor::cat(&[self.iou_token.weight.clone(), self.mask_tokens.weight.clone()], 0)?;
+        let output_tokens = Tensor::cat(
+            &[
+                self.iou_token.weight.clone(),
+                self.mask_tokens.weight.clone(),
+            ],
+            0,
+        )?;
         let d = output_tokens.dim(1);
-        let output_tokens = output_tokens.unsqueeze(0)?.broadcast_to(&[bs, self.num_mask_tokens + 1, d])?;
+        let output_tokens =
+            output_tokens
+                .unsqueeze(0)?
+                .broadcast_to(&[bs, self.num_mask_tokens + 1, d])?;
         let tokens = Tensor::cat(&[output_tokens, sparse.clone()], 1)?;
         let nb = image_embeddings.dim(0);
         let src = if nb == bs {
             image_embeddings.clone()
         } else if nb == 1 {
-            image_embeddings.broadcast_to(&[bs, image_embeddings.dim(1), image_embeddings.dim(2), image_embeddings.dim(3)])?
+            image_embeddings.broadcast_to(&[
+                bs,
+                image_embeddings.dim(1),
+                image_embeddings.dim(2),
+                image_embeddings.dim(3),
+            ])?
         } else {
-            return Err(Error::shape("mask_decoder", format!("{nb} image embeddings for {bs} prompts")));
+            return Err(Error::shape(
+                "mask_decoder",
+                format!("{nb} image embeddings for {bs} prompts"),
+            ));
         };
         let src = src.add(dense)?;
         let (b, c, h, w) = (src.dim(0), src.dim(1), src.dim(2), src.dim(3));
@@ -133,11 +178,16 @@ impl MaskDecoder {
         let x = up.norm1.forward(&up.conv0.forward(&src)?)?.gelu()?;
         let upscaled = up.conv3.forward(&x)?.gelu()?;
         let hyper: Vec<Tensor> = (0..self.num_mask_tokens)
-            .map(|i| self.output_hypernetworks_mlps[i].forward(&hs.narrow(1, 1 + i, 1)?.reshape(&[b, d])?))
+            .map(|i| {
+                self.output_hypernetworks_mlps[i]
+                    .forward(&hs.narrow(1, 1 + i, 1)?.reshape(&[b, d])?)
+            })
             .collect::<Result<_>>()?;
         let hyper_in = Tensor::stack(&hyper, 1)?; // [b, M, c']
         let (cu, hu, wu) = (upscaled.dim(1), upscaled.dim(2), upscaled.dim(3));
-        let masks = hyper_in.matmul(&upscaled.reshape(&[b, cu, hu * wu])?)?.reshape(&[b, self.num_mask_tokens, hu, wu])?;
+        let masks = hyper_in
+            .matmul(&upscaled.reshape(&[b, cu, hu * wu])?)?
+            .reshape(&[b, self.num_mask_tokens, hu, wu])?;
         let iou_pred = self.iou_prediction_head.forward(&iou_token_out)?;
         Ok((masks, iou_pred))
     }

@@ -54,7 +54,9 @@ impl LoadReport {
             parts.push(format!("unexpected keys: {}", self.unexpected.join(", ")));
         }
         for (k, want, got) in &self.mismatched {
-            parts.push(format!("{k}: model expects shape {want:?}, checkpoint has {got:?}"));
+            parts.push(format!(
+                "{k}: model expects shape {want:?}, checkpoint has {got:?}"
+            ));
         }
         Err(Error::Weights(parts.join("; ")))
     }
@@ -63,7 +65,8 @@ impl LoadReport {
 impl Module for Sam {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
         self.image_encoder.visit(&join(prefix, "image_encoder"), f);
-        self.prompt_encoder.visit(&join(prefix, "prompt_encoder"), f);
+        self.prompt_encoder
+            .visit(&join(prefix, "prompt_encoder"), f);
         self.mask_decoder.visit(&join(prefix, "mask_decoder"), f);
     }
 }
@@ -76,7 +79,12 @@ impl Sam {
         Ok(Sam {
             config: config.clone(),
             image_encoder: ImageEncoderViT::new(&mut init, ie)?,
-            prompt_encoder: PromptEncoder::new(&mut init, &config.prompt_encoder, config.grid(), ie.img_size)?,
+            prompt_encoder: PromptEncoder::new(
+                &mut init,
+                &config.prompt_encoder,
+                config.grid(),
+                ie.img_size,
+            )?,
             mask_decoder: MaskDecoder::new(&mut init, &config.mask_decoder)?,
         })
     }
@@ -97,7 +105,11 @@ impl Sam {
             seen.insert(name.to_string());
             match weights.get(name) {
                 None => report.missing.push(name.to_string()),
-                Some(w) if w.shape() != t.shape() => report.mismatched.push((name.to_string(), t.shape().to_vec(), w.shape().to_vec())),
+                Some(w) if w.shape() != t.shape() => report.mismatched.push((
+                    name.to_string(),
+                    t.shape().to_vec(),
+                    w.shape().to_vec(),
+                )),
                 Some(w) => match t.assign(w) {
                     Ok(()) => report.loaded += 1,
                     Err(e) => failure = Some(e),
@@ -107,7 +119,11 @@ impl Sam {
         if let Some(e) = failure {
             return Err(e);
         }
-        report.unexpected = weights.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        report.unexpected = weights
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
         Ok(report)
     }
 
@@ -115,11 +131,17 @@ impl Sam {
     /// (the prompt encoder is frozen).
     pub fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
         let mut out: Vec<(String, *mut Tensor)> = Vec::new();
-        self.image_encoder.visit("image_encoder", &mut |n, t| out.push((n.to_string(), t as *mut Tensor)));
-        self.mask_decoder.visit("mask_decoder", &mut |n, t| out.push((n.to_string(), t as *mut Tensor)));
+        self.image_encoder.visit("image_encoder", &mut |n, t| {
+            out.push((n.to_string(), t as *mut Tensor))
+        });
+        self.mask_decoder.visit("mask_decoder", &mut |n, t| {
+            out.push((n.to_string(), t as *mut Tensor))
+        });
         // SAFETY: each pointer comes from a distinct field of `self`, which stays mutably borrowed
         // for the lifetime of the returned references; no two entries alias.
-        out.into_iter().map(|(n, p)| (n, unsafe { &mut *p })).collect()
+        out.into_iter()
+            .map(|(n, p)| (n, unsafe { &mut *p }))
+            .collect()
     }
 
     /// Marks the trainable parameters as variables (so backward fills their `.grad`).
@@ -135,19 +157,27 @@ impl Sam {
     /// per image (input pixels) → low-res logits `[B, 1, 4g, 4g]`.
     pub fn forward(&self, images: &Tensor, boxes: &[[f32; 4]]) -> Result<Tensor> {
         if images.dim(0) != boxes.len() {
-            return Err(Error::shape("sam.forward", format!("{} images for {} boxes", images.dim(0), boxes.len())));
+            return Err(Error::shape(
+                "sam.forward",
+                format!("{} images for {} boxes", images.dim(0), boxes.len()),
+            ));
         }
         let embeddings = self.image_encoder.forward(images)?;
         let (sparse, dense, pe) = no_grad(|| -> Result<_> {
             let (s, d) = self.prompt_encoder.forward(None, Some(boxes), None)?;
             Ok((s, d, self.prompt_encoder.get_dense_pe()?))
         })?;
-        let (masks, _iou) = self.mask_decoder.forward(&embeddings, &pe, &sparse, &dense, false)?;
+        let (masks, _iou) = self
+            .mask_decoder
+            .forward(&embeddings, &pe, &sparse, &dense, false)?;
         Ok(masks)
     }
 
     /// All parameter shapes by name (for config inference checks and reports).
     pub fn shapes(&mut self) -> BTreeMap<String, Vec<usize>> {
-        self.state_dict().into_iter().map(|(k, t)| (k, t.shape().to_vec())).collect()
+        self.state_dict()
+            .into_iter()
+            .map(|(k, t)| (k, t.shape().to_vec()))
+            .collect()
     }
 }

@@ -15,7 +15,10 @@ pub struct PositionEmbeddingRandom {
 
 impl Module for PositionEmbeddingRandom {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "positional_encoding_gaussian_matrix"), &mut self.positional_encoding_gaussian_matrix);
+        f(
+            &join(prefix, "positional_encoding_gaussian_matrix"),
+            &mut self.positional_encoding_gaussian_matrix,
+        );
     }
 }
 
@@ -39,11 +42,17 @@ impl PositionEmbeddingRandom {
     /// Dense PE `[C, h, w]` of the pixel centres of an `h × w` grid.
     pub fn dense(&self, h: usize, w: usize) -> Result<Tensor> {
         let coords: Vec<[f32; 2]> = (0..h)
-            .flat_map(|y| (0..w).map(move |x| [(x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32]))
+            .flat_map(|y| {
+                (0..w).map(move |x| [(x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32])
+            })
             .collect();
         let pe = self.encode(&coords)?;
         let c = pe.len() / (h * w);
-        let t = Tensor::from_slice(&pe, &[h, w, c], self.positional_encoding_gaussian_matrix.device())?;
+        let t = Tensor::from_slice(
+            &pe,
+            &[h, w, c],
+            self.positional_encoding_gaussian_matrix.device(),
+        )?;
         t.permute(&[2, 0, 1])?.contiguous()
     }
 }
@@ -93,21 +102,32 @@ impl Module for PromptEncoder {
         for (i, e) in self.point_embeddings.iter_mut().enumerate() {
             e.visit(&join(prefix, &format!("point_embeddings.{i}")), f);
         }
-        self.not_a_point_embed.visit(&join(prefix, "not_a_point_embed"), f);
-        self.mask_downscaling.visit(&join(prefix, "mask_downscaling"), f);
+        self.not_a_point_embed
+            .visit(&join(prefix, "not_a_point_embed"), f);
+        self.mask_downscaling
+            .visit(&join(prefix, "mask_downscaling"), f);
         self.no_mask_embed.visit(&join(prefix, "no_mask_embed"), f);
     }
 }
 
 impl PromptEncoder {
-    pub fn new(init: &mut Init, cfg: &PromptEncoderConfig, grid: usize, img_size: usize) -> Result<Self> {
+    pub fn new(
+        init: &mut Init,
+        cfg: &PromptEncoderConfig,
+        grid: usize,
+        img_size: usize,
+    ) -> Result<Self> {
         let (e, m) = (cfg.embed_dim, cfg.mask_in_chans);
         Ok(PromptEncoder {
             embed_dim: e,
             image_embedding_size: (grid, grid),
             input_image_size: (img_size, img_size),
-            pe_layer: PositionEmbeddingRandom { positional_encoding_gaussian_matrix: init.normal(&[2, e / 2], 1.0)? },
-            point_embeddings: (0..4).map(|_| Embedding::new(init, 1, e)).collect::<Result<_>>()?,
+            pe_layer: PositionEmbeddingRandom {
+                positional_encoding_gaussian_matrix: init.normal(&[2, e / 2], 1.0)?,
+            },
+            point_embeddings: (0..4)
+                .map(|_| Embedding::new(init, 1, e))
+                .collect::<Result<_>>()?,
             not_a_point_embed: Embedding::new(init, 1, e)?,
             mask_downscaling: MaskDownscaling {
                 conv0: Conv2d::new(init, 1, m / 4, 2, 2, 0, true)?,
@@ -133,11 +153,23 @@ impl PromptEncoder {
 
     /// Sparse `[B, N, C]` and dense `[B, C, h, w]` embeddings. `points[b]` and `boxes[b]`
     /// (`[x0, y0, x1, y1]` in input pixels) are the prompts of batch item `b`.
-    pub fn forward(&self, points: Option<&[Vec<Point>]>, boxes: Option<&[[f32; 4]]>, masks: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let bs = points.map(|p| p.len()).or(boxes.map(|b| b.len())).or(masks.map(|m| m.dim(0))).unwrap_or(1);
+    pub fn forward(
+        &self,
+        points: Option<&[Vec<Point>]>,
+        boxes: Option<&[[f32; 4]]>,
+        masks: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let bs = points
+            .map(|p| p.len())
+            .or(boxes.map(|b| b.len()))
+            .or(masks.map(|m| m.dim(0)))
+            .unwrap_or(1);
         if let (Some(p), Some(b)) = (points, boxes) {
             if p.len() != b.len() {
-                return Err(Error::shape("prompt_encoder", format!("{} point sets for {} boxes", p.len(), b.len())));
+                return Err(Error::shape(
+                    "prompt_encoder",
+                    format!("{} point sets for {} boxes", p.len(), b.len()),
+                ));
             }
         }
         let e = self.embed_dim;
@@ -145,12 +177,20 @@ impl PromptEncoder {
         let mut rows: Vec<Vec<f32>> = vec![Vec::new(); bs];
         if let Some(points) = points {
             let pad = boxes.is_none();
-            let (pe0, pe1, nap) = (weight(&self.point_embeddings[0])?, weight(&self.point_embeddings[1])?, weight(&self.not_a_point_embed)?);
+            let (pe0, pe1, nap) = (
+                weight(&self.point_embeddings[0])?,
+                weight(&self.point_embeddings[1])?,
+                weight(&self.not_a_point_embed)?,
+            );
             for (b, pts) in points.iter().enumerate() {
                 let mut pts = pts.clone();
                 if pad {
                     // SAM's padding point sits at (0, 0) before its +0.5 shift.
-                    pts.push(Point { x: -0.5, y: -0.5, label: -1 });
+                    pts.push(Point {
+                        x: -0.5,
+                        y: -0.5,
+                        label: -1,
+                    });
                 }
                 let coords: Vec<[f32; 2]> = pts.iter().map(|p| self.normalise(p.x, p.y)).collect();
                 let enc = self.pe_layer.encode(&coords)?;
@@ -160,17 +200,31 @@ impl PromptEncoder {
                         -1 => &nap,
                         0 => &pe0,
                         1 => &pe1,
-                        other => return Err(Error::arg("point label", format!("{other} (use 1 foreground, 0 background)"))),
+                        other => {
+                            return Err(Error::arg(
+                                "point label",
+                                format!("{other} (use 1 foreground, 0 background)"),
+                            ))
+                        }
                     };
-                    let base: Vec<f32> = if p.label == -1 { vec![0.0; e] } else { row.to_vec() };
+                    let base: Vec<f32> = if p.label == -1 {
+                        vec![0.0; e]
+                    } else {
+                        row.to_vec()
+                    };
                     rows[b].extend(base.iter().zip(add).map(|(a, b)| a + b));
                 }
             }
         }
         if let Some(boxes) = boxes {
-            let (c0, c1) = (weight(&self.point_embeddings[2])?, weight(&self.point_embeddings[3])?);
+            let (c0, c1) = (
+                weight(&self.point_embeddings[2])?,
+                weight(&self.point_embeddings[3])?,
+            );
             for (b, bx) in boxes.iter().enumerate() {
-                let enc = self.pe_layer.encode(&[self.normalise(bx[0], bx[1]), self.normalise(bx[2], bx[3])])?;
+                let enc = self
+                    .pe_layer
+                    .encode(&[self.normalise(bx[0], bx[1]), self.normalise(bx[2], bx[3])])?;
                 rows[b].extend(enc[..e].iter().zip(&c0).map(|(a, b)| a + b));
                 rows[b].extend(enc[e..].iter().zip(&c1).map(|(a, b)| a + b));
             }
@@ -182,7 +236,12 @@ impl PromptEncoder {
         let (h, w) = self.image_embedding_size;
         let dense = match masks {
             Some(m) => self.embed_masks(m)?,
-            None => self.no_mask_embed.weight.reshape(&[1, e, 1, 1])?.broadcast_to(&[bs, e, h, w])?.contiguous()?,
+            None => self
+                .no_mask_embed
+                .weight
+                .reshape(&[1, e, 1, 1])?
+                .broadcast_to(&[bs, e, h, w])?
+                .contiguous()?,
         };
         Ok((sparse, dense))
     }
@@ -190,7 +249,10 @@ impl PromptEncoder {
     fn embed_masks(&self, m: &Tensor) -> Result<Tensor> {
         let (h, w) = self.image_embedding_size;
         if m.rank() != 4 || m.dim(1) != 1 || m.dim(2) != 4 * h || m.dim(3) != 4 * w {
-            return Err(Error::shape("prompt_encoder mask input", format!("expected [B, 1, {}, {}], got {:?}", 4 * h, 4 * w, m.shape())));
+            return Err(Error::shape(
+                "prompt_encoder mask input",
+                format!("expected [B, 1, {}, {}], got {:?}", 4 * h, 4 * w, m.shape()),
+            ));
         }
         let d = &self.mask_downscaling;
         let x = d.norm1.forward(&d.conv0.forward(m)?)?.gelu()?;

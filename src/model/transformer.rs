@@ -27,7 +27,12 @@ impl Module for Attention {
 }
 
 impl Attention {
-    pub fn new(init: &mut Init, dim: usize, num_heads: usize, downsample_rate: usize) -> Result<Self> {
+    pub fn new(
+        init: &mut Init,
+        dim: usize,
+        num_heads: usize,
+        downsample_rate: usize,
+    ) -> Result<Self> {
         let internal = dim / downsample_rate;
         Ok(Attention {
             num_heads,
@@ -42,7 +47,9 @@ impl Attention {
     fn separate_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
         let h = self.num_heads;
-        x.reshape(&[b, n, h, c / h])?.transpose(1, 2)?.reshape(&[b * h, n, c / h])
+        x.reshape(&[b, n, h, c / h])?
+            .transpose(1, 2)?
+            .reshape(&[b * h, n, c / h])
     }
 
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -52,7 +59,10 @@ impl Attention {
         let v = self.separate_heads(&self.v_proj.forward(v)?)?;
         let d = q.dim(2);
         let o = attention(&q, &k, &v, 1.0 / (d as f32).sqrt(), None)?;
-        let o = o.reshape(&[b, self.num_heads, nq, d])?.transpose(1, 2)?.reshape(&[b, nq, self.num_heads * d])?;
+        let o = o
+            .reshape(&[b, self.num_heads, nq, d])?
+            .transpose(1, 2)?
+            .reshape(&[b, nq, self.num_heads * d])?;
         self.out_proj.forward(&o)
     }
 }
@@ -73,17 +83,25 @@ impl Module for TwoWayAttentionBlock {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
         self.self_attn.visit(&join(prefix, "self_attn"), f);
         self.norm1.visit(&join(prefix, "norm1"), f);
-        self.cross_attn_token_to_image.visit(&join(prefix, "cross_attn_token_to_image"), f);
+        self.cross_attn_token_to_image
+            .visit(&join(prefix, "cross_attn_token_to_image"), f);
         self.norm2.visit(&join(prefix, "norm2"), f);
         self.mlp.visit(&join(prefix, "mlp"), f);
         self.norm3.visit(&join(prefix, "norm3"), f);
         self.norm4.visit(&join(prefix, "norm4"), f);
-        self.cross_attn_image_to_token.visit(&join(prefix, "cross_attn_image_to_token"), f);
+        self.cross_attn_image_to_token
+            .visit(&join(prefix, "cross_attn_image_to_token"), f);
     }
 }
 
 impl TwoWayAttentionBlock {
-    pub fn forward(&self, queries: &Tensor, keys: &Tensor, query_pe: &Tensor, key_pe: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        queries: &Tensor,
+        keys: &Tensor,
+        query_pe: &Tensor,
+        key_pe: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_layer_pe {
             self.self_attn.forward(queries, queries, queries)?
         } else {
@@ -119,13 +137,21 @@ impl Module for TwoWayTransformer {
         for (i, l) in self.layers.iter_mut().enumerate() {
             l.visit(&join(prefix, &format!("layers.{i}")), f);
         }
-        self.final_attn_token_to_image.visit(&join(prefix, "final_attn_token_to_image"), f);
-        self.norm_final_attn.visit(&join(prefix, "norm_final_attn"), f);
+        self.final_attn_token_to_image
+            .visit(&join(prefix, "final_attn_token_to_image"), f);
+        self.norm_final_attn
+            .visit(&join(prefix, "norm_final_attn"), f);
     }
 }
 
 impl TwoWayTransformer {
-    pub fn new(init: &mut Init, depth: usize, dim: usize, num_heads: usize, mlp_dim: usize) -> Result<Self> {
+    pub fn new(
+        init: &mut Init,
+        depth: usize,
+        dim: usize,
+        num_heads: usize,
+        mlp_dim: usize,
+    ) -> Result<Self> {
         let layers = (0..depth)
             .map(|i| {
                 Ok(TwoWayAttentionBlock {
@@ -149,7 +175,12 @@ impl TwoWayTransformer {
     }
 
     /// image `[B, C, h, w]`, its PE (same shape), point tokens `[B, N, C]` → (queries, keys).
-    pub fn forward(&self, image_embedding: &Tensor, image_pe: &Tensor, point_embedding: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        image_embedding: &Tensor,
+        image_pe: &Tensor,
+        point_embedding: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let to_tokens = |t: &Tensor| t.flatten_from(2)?.permute(&[0, 2, 1]);
         let image_embedding = to_tokens(image_embedding)?;
         let image_pe = to_tokens(image_pe)?;

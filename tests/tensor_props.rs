@@ -1,0 +1,90 @@
+//! Property tests of the tensor layer: ops on non-contiguous views (permuted, narrowed,
+//! broadcast) give exactly what the same ops give on dense copies, and matmul on strided operands
+//! matches a plain triple loop. Exact equality for data movement; 1e-5·√k relative for matmul
+//! (f32 sums in a different order).
+
+use medsam::Tensor;
+use proptest::prelude::*;
+
+fn tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape).unwrap()
+}
+
+fn dense(t: &Tensor) -> Tensor {
+    Tensor::from_vec(t.to_vec().unwrap(), t.shape()).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn broadcast_ops_on_views_equal_ops_on_copies(a in 1usize..5, b in 1usize..6, c in 1usize..7, seed in 0u64..1000, perm in 0usize..6) {
+        let perms = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let x = tensor(&[a, b, c], seed).permute(&perms[perm]).unwrap();
+        let shape = x.shape().to_vec();
+        let y = tensor(&[1, shape[1], 1], seed + 1);
+        let z = tensor(&[shape[2]], seed + 2);
+        for (got, want) in [
+            (x.add(&y).unwrap(), dense(&x).add(&dense(&y)).unwrap()),
+            (x.mul(&z).unwrap(), dense(&x).mul(&z).unwrap()),
+            (y.sub(&x).unwrap(), dense(&y).sub(&dense(&x)).unwrap()),
+        ] {
+            prop_assert_eq!(got.shape(), want.shape());
+            prop_assert_eq!(got.to_vec().unwrap(), want.to_vec().unwrap());
+        }
+    }
+
+    #[test]
+    fn narrow_permute_reshape_round_trip(a in 1usize..5, b in 2usize..6, c in 1usize..5, seed in 0u64..1000) {
+        let x = tensor(&[a, b, c], seed);
+        let v = x.narrow(1, 1, b - 1).unwrap().permute(&[2, 0, 1]).unwrap();
+        let flat = v.reshape(&[c, a * (b - 1)]).unwrap().to_vec().unwrap();
+        let xs = x.to_vec().unwrap();
+        for k in 0..c { for i in 0..a { for j in 0..b - 1 {
+            prop_assert_eq!(flat[k * a * (b - 1) + i * (b - 1) + j], xs[(i * b + j + 1) * c + k]);
+        }}}
+    }
+
+    #[test]
+    fn matmul_on_strided_operands(batch in 1usize..4, m in 1usize..9, k in 1usize..9, n in 1usize..9, ta in any::<bool>(), tb in any::<bool>(), seed in 0u64..1000) {
+        let a = if ta { tensor(&[batch, k, m], seed).transpose(1, 2).unwrap() } else { tensor(&[batch, m, k], seed) };
+        let b = if tb { tensor(&[batch, n, k], seed + 7).transpose(1, 2).unwrap() } else { tensor(&[batch, k, n], seed + 7) };
+        let got = a.matmul(&b).unwrap().to_vec().unwrap();
+        let (av, bv) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+        for bi in 0..batch { for i in 0..m { for j in 0..n {
+            let want: f32 = (0..k).map(|p| av[(bi * m + i) * k + p] * bv[(bi * k + p) * n + j]).sum();
+            let g = got[(bi * m + i) * n + j];
+            prop_assert!((g - want).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + want.abs()), "{} vs {}", g, want);
+        }}}
+    }
+
+    #[test]
+    fn cat_then_narrow_gives_parts_back(a in 1usize..4, b1 in 1usize..5, b2 in 1usize..5, c in 1usize..4, seed in 0u64..1000) {
+        let (x, y) = (tensor(&[a, b1, c], seed), tensor(&[a, b2, c], seed + 3));
+        let cat = Tensor::cat(&[x.clone(), y.clone()], 1).unwrap();
+        prop_assert_eq!(cat.narrow(1, 0, b1).unwrap().to_vec().unwrap(), x.to_vec().unwrap());
+        prop_assert_eq!(cat.narrow(1, b1, b2).unwrap().to_vec().unwrap(), y.to_vec().unwrap());
+    }
+}
+
+#[test]
+fn shape_errors_name_the_shapes() {
+    let a = tensor(&[2, 3], 1);
+    let b = tensor(&[4, 5], 2);
+    let e = a.matmul(&b).unwrap_err().to_string();
+    assert!(e.contains("[2, 3]") && e.contains("[4, 5]"), "{e}");
+    let e = a.add(&tensor(&[4], 3)).unwrap_err().to_string();
+    assert!(e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+    let e = a.reshape(&[7]).unwrap_err().to_string();
+    assert!(e.contains("[2, 3]") && e.contains("[7]"), "{e}");
+}
