@@ -98,12 +98,12 @@ impl SamConfig {
     }
 
     /// A small SAM for CPU demos and tests on `img_size`² inputs: the same architecture with fewer,
-    /// narrower layers (patch 16, window 4 with one global block, a 2-layer decoder).
+    /// narrower layers (patch 8, window 4 with one global block, a 2-layer decoder).
     pub fn demo(img_size: usize) -> Self {
         SamConfig {
             image_encoder: ImageEncoderConfig {
                 img_size,
-                patch_size: 16,
+                patch_size: 8,
                 embed_dim: 96,
                 depth: 4,
                 num_heads: 4,
