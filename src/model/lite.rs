@@ -62,8 +62,10 @@ impl LiteConfig {
             in_chans: stem[1],
             embed_dims: Vec::new(),
             depths: Vec::new(),
-            num_heads: vec![1],
-            window_sizes: vec![1],
+            // Stage 0 (MBConv) has no attention: its heads and window are unused and take
+            // LiteMedSAM's values.
+            num_heads: vec![2],
+            window_sizes: vec![7],
             mlp_ratio: 4.0,
             mbconv_expand_ratio: 4.0,
             local_conv_size: 3,
