@@ -7,7 +7,7 @@ pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
-pub mod demo;
+// pub mod demo; (wired in once preprocess lands)
 pub mod dist;
 pub mod error;
 pub mod eval;
@@ -18,6 +18,7 @@ pub mod model;
 pub mod npy;
 pub mod ops;
 pub mod optim;
+pub mod preprocess;
 pub mod rng;
 pub mod tensor;
 pub mod train;

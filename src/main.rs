@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole workflow on a generated CT phantom: preprocess, train, convert, evaluate.
-    Demo(cli::demo::DemoArgs),
+    // Demo(cli::demo::DemoArgs),
     /// Segment an image with box prompts (MedSAM_Inference.py).
     Infer(cli::infer::InferArgs),
     /// Train MedSAM from a SAM checkpoint (train_one_gpu.py / train_multi_gpus.py).
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let comm = medsam::dist::SingleProcess;
     let result = match &cli.command {
-        Command::Demo(a) => cli::demo::run_demo(a),
+        // Command::Demo(a) => cli::demo::run_demo(a),
         Command::Infer(a) => cli::infer::run(a),
         Command::Train(a) => cli::train::run_with(a, &comm).map(|o| {
             println!(

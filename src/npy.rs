@@ -1,74 +1,223 @@
-//! `.npy` read/write (format versions 1–3). Reading accepts the dtypes MedSAM's data uses (f64,
-//! f32, u8) and the other common numeric ones, either byte order, C or Fortran order (the latter
-//! is transposed to C order). Writing goes to a temp file in the target directory, then renames,
-//! so a reader never sees a half-written array.
+//! Reading and writing NumPy `.npy` files (format versions 1.0, 2.0 and 3.0).
+//!
+//! * Reading accepts little- and big-endian data of the dtypes in [`NpyData`]; arrays stored in
+//!   Fortran order are transposed to C order on load, so [`NpyArray::data`] is always C order
+//!   (last axis fastest).
+//! * Writing always produces a version 1.0 header (version 2.0 if the header would not fit),
+//!   little-endian, C order, padded so the data starts on a 64-byte boundary as NumPy does.
+//!   The bytes go to a temporary file in the destination directory which is then renamed over
+//!   the destination, so a crash never leaves a half-written `.npy` behind.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Errors from `.npy` I/O; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{path}: not a .npy file ({detail})")]
-    Format { path: String, detail: String },
-    #[error("{path}: unsupported dtype '{descr}'")]
-    Dtype { path: String, descr: String },
-    #[error("{path}: {detail}")]
-    Shape { path: String, detail: String },
+    #[error("{path}: I/O error: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a .npy file (bad magic string)")]
+    BadMagic { path: PathBuf },
+    #[error("{path}: unsupported .npy format version {major}.{minor}")]
+    Version { path: PathBuf, major: u8, minor: u8 },
+    #[error("{path}: malformed header field `{field}`: {detail}")]
+    Header {
+        path: PathBuf,
+        field: &'static str,
+        detail: String,
+    },
+    #[error("{path}: unsupported dtype `{descr}`")]
+    Dtype { path: PathBuf, descr: String },
+    #[error("{path}: data truncated: header promises {expected} bytes, file has {actual}")]
+    Truncated {
+        path: PathBuf,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("{path}: shape {shape:?} holds {expected} elements but {actual} were given")]
+    ShapeMismatch {
+        path: PathBuf,
+        shape: Vec<usize>,
+        expected: usize,
+        actual: usize,
+    },
 }
 
-/// The element data of an array, in C order.
-#[derive(Clone, Debug, PartialEq)]
+pub type Result<T> = std::result::Result<T, NpyError>;
+
+/// Element storage of an [`NpyArray`], always C order.
+#[derive(Debug, Clone, PartialEq)]
 pub enum NpyData {
     F64(Vec<f64>),
     F32(Vec<f32>),
+    F16(Vec<half::f16>),
     U8(Vec<u8>),
-    I64(Vec<i64>),
-    I32(Vec<i32>),
-    I16(Vec<i16>),
+    I8(Vec<i8>),
     U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
     Bool(Vec<bool>),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+macro_rules! for_each_variant {
+    ($self:expr, $v:ident => $body:expr) => {
+        match $self {
+            NpyData::F64($v) => $body,
+            NpyData::F32($v) => $body,
+            NpyData::F16($v) => $body,
+            NpyData::U8($v) => $body,
+            NpyData::I8($v) => $body,
+            NpyData::U16($v) => $body,
+            NpyData::I16($v) => $body,
+            NpyData::U32($v) => $body,
+            NpyData::I32($v) => $body,
+            NpyData::U64($v) => $body,
+            NpyData::I64($v) => $body,
+            NpyData::Bool($v) => $body,
+        }
+    };
+}
+
+impl NpyData {
+    pub fn len(&self) -> usize {
+        for_each_variant!(self, v => v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// NumPy dtype string written to the header (`'<f8'`, `'|u1'`, ...).
+    pub fn descr(&self) -> &'static str {
+        match self {
+            NpyData::F64(_) => "<f8",
+            NpyData::F32(_) => "<f4",
+            NpyData::F16(_) => "<f2",
+            NpyData::U8(_) => "|u1",
+            NpyData::I8(_) => "|i1",
+            NpyData::U16(_) => "<u2",
+            NpyData::I16(_) => "<i2",
+            NpyData::U32(_) => "<u4",
+            NpyData::I32(_) => "<i4",
+            NpyData::U64(_) => "<u8",
+            NpyData::I64(_) => "<i8",
+            NpyData::Bool(_) => "|b1",
+        }
+    }
+
+    fn elem_size(&self) -> usize {
+        match self {
+            NpyData::F64(_) | NpyData::U64(_) | NpyData::I64(_) => 8,
+            NpyData::F32(_) | NpyData::U32(_) | NpyData::I32(_) => 4,
+            NpyData::F16(_) | NpyData::U16(_) | NpyData::I16(_) => 2,
+            NpyData::U8(_) | NpyData::I8(_) | NpyData::Bool(_) => 1,
+        }
+    }
+
+    /// Element `i` as f64 (exact for every type but 64-bit integers beyond 2^53).
+    fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            NpyData::F64(v) => v[i],
+            NpyData::F32(v) => v[i] as f64,
+            NpyData::F16(v) => v[i].to_f64(),
+            NpyData::U8(v) => v[i] as f64,
+            NpyData::I8(v) => v[i] as f64,
+            NpyData::U16(v) => v[i] as f64,
+            NpyData::I16(v) => v[i] as f64,
+            NpyData::U32(v) => v[i] as f64,
+            NpyData::I32(v) => v[i] as f64,
+            NpyData::U64(v) => v[i] as f64,
+            NpyData::I64(v) => v[i] as f64,
+            NpyData::Bool(v) => v[i] as u8 as f64,
+        }
+    }
+
+    /// Little-endian bytes of the data.
+    fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() * self.elem_size());
+        match self {
+            NpyData::U8(v) => out.extend_from_slice(v),
+            NpyData::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+            NpyData::Bool(v) => out.extend(v.iter().map(|&x| x as u8)),
+            NpyData::F64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::F32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::F16(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::U16(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::I16(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::U32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::I32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::U64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::I64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        }
+        out
+    }
+
+    /// Reorders elements: `out[i] = self[perm[i]]`.
+    fn gather(&self, perm: &[usize]) -> NpyData {
+        macro_rules! g {
+            ($v:expr, $variant:ident) => {
+                NpyData::$variant(perm.iter().map(|&p| $v[p]).collect())
+            };
+        }
+        match self {
+            NpyData::F64(v) => g!(v, F64),
+            NpyData::F32(v) => g!(v, F32),
+            NpyData::F16(v) => g!(v, F16),
+            NpyData::U8(v) => g!(v, U8),
+            NpyData::I8(v) => g!(v, I8),
+            NpyData::U16(v) => g!(v, U16),
+            NpyData::I16(v) => g!(v, I16),
+            NpyData::U32(v) => g!(v, U32),
+            NpyData::I32(v) => g!(v, I32),
+            NpyData::U64(v) => g!(v, U64),
+            NpyData::I64(v) => g!(v, I64),
+            NpyData::Bool(v) => g!(v, Bool),
+        }
+    }
+}
+
+/// An n-dimensional array in C order.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NpyArray {
     pub shape: Vec<usize>,
     pub data: NpyData,
 }
 
 impl NpyArray {
+    /// Whether the elements are uint8 (images stored 0–255).
     pub fn is_u8(&self) -> bool {
         matches!(self.data, NpyData::U8(_))
     }
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Every element as f32 (values, not rescaled).
-    pub fn to_f32(&self) -> Vec<f32> {
-        match &self.data {
-            NpyData::F64(v) => v.iter().map(|&x| x as f32).collect(),
-            NpyData::F32(v) => v.clone(),
-            NpyData::U8(v) => v.iter().map(|&x| x as f32).collect(),
-            NpyData::I64(v) => v.iter().map(|&x| x as f32).collect(),
-            NpyData::I32(v) => v.iter().map(|&x| x as f32).collect(),
-            NpyData::I16(v) => v.iter().map(|&x| x as f32).collect(),
-            NpyData::U16(v) => v.iter().map(|&x| x as f32).collect(),
-            NpyData::Bool(v) => v.iter().map(|&x| x as u8 as f32).collect(),
-        }
-    }
-    /// Every element as f64.
-    pub fn to_f64(&self) -> Vec<f64> {
-        match &self.data {
-            NpyData::F64(v) => v.clone(),
-            _ => self.to_f32().into_iter().map(|x| x as f64).collect(),
-        }
-    }
+
     /// Label maps: integers 0–255 as u8; anything else (fractions, negatives, > 255) is an error.
-    pub fn to_u8(&self) -> Result<Vec<u8>, String> {
+    pub fn to_u8(&self) -> std::result::Result<Vec<u8>, String> {
         if let NpyData::U8(v) = &self.data {
             return Ok(v.clone());
         }
@@ -83,185 +232,420 @@ impl NpyArray {
             })
             .collect()
     }
-}
 
-fn fmt_err(path: &Path, detail: impl Into<String>) -> NpyError {
-    NpyError::Format { path: path.display().to_string(), detail: detail.into() }
-}
-
-/// A value of the header dict, as text: `'descr': '<f8'` → `<f8`.
-fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let at = header.find(&format!("'{key}'"))? + key.len() + 2;
-    let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
-    let end = if rest.starts_with('(') { rest.find(')')? + 1 } else { rest.find([',', '}']).unwrap_or(rest.len()) };
-    Some(rest[..end].trim().trim_matches('\''))
-}
-
-fn parse_shape(s: &str) -> Option<Vec<usize>> {
-    let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
-    inner.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| t.parse().ok()).collect()
-}
-
-/// Reverses the axes order of a Fortran-ordered buffer into C order.
-fn fortran_to_c<T: Copy>(v: Vec<T>, shape: &[usize]) -> Vec<T> {
-    let n = v.len();
-    if shape.len() < 2 {
-        return v;
-    }
-    let mut out = Vec::with_capacity(n);
-    let nd = shape.len();
-    let mut idx = vec![0usize; nd];
-    for _ in 0..n {
-        // C-order index → Fortran offset.
-        let (mut off, mut stride) = (0, 1);
-        for d in 0..nd {
-            off += idx[d] * stride;
-            stride *= shape[d];
+    pub fn new(shape: Vec<usize>, data: NpyData) -> Result<Self> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(NpyError::ShapeMismatch {
+                path: PathBuf::from("<memory>"),
+                shape,
+                expected,
+                actual: data.len(),
+            });
         }
-        out.push(v[off]);
-        for d in (0..nd).rev() {
-            idx[d] += 1;
-            if idx[d] < shape[d] {
-                break;
-            }
-            idx[d] = 0;
+        Ok(NpyArray { shape, data })
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Elements converted to f32 (numeric cast; bool → 0/1).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            NpyData::F32(v) => v.clone(),
+            d => (0..d.len()).map(|i| d.get_f64(i) as f32).collect(),
         }
     }
-    out
+
+    /// Elements converted to f64 (numeric cast; bool → 0/1).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            NpyData::F64(v) => v.clone(),
+            d => (0..d.len()).map(|i| d.get_f64(i)).collect(),
+        }
+    }
 }
 
-macro_rules! decode {
-    ($bytes:expr, $t:ty, $n:expr, $big:expr) => {{
-        const W: usize = std::mem::size_of::<$t>();
-        $bytes[..$n * W]
-            .chunks_exact(W)
-            .map(|c| {
-                let a: [u8; W] = c.try_into().expect("width");
-                if $big {
-                    <$t>::from_be_bytes(a)
-                } else {
-                    <$t>::from_le_bytes(a)
-                }
-            })
-            .collect::<Vec<$t>>()
-    }};
-}
+const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Reads a `.npy` file.
-pub fn read_npy(path: &Path) -> Result<NpyArray, NpyError> {
-    let bytes = std::fs::read(path).map_err(|e| NpyError::Io { path: path.display().to_string(), source: e })?;
+pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
+    let path = path.as_ref();
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|source| NpyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     parse_npy(&bytes, path)
 }
 
-/// Parses `.npy` bytes; `path` names the source in errors.
-pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray, NpyError> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(fmt_err(path, "missing the \\x93NUMPY magic"));
+/// Parses the bytes of a `.npy` file; `path` is only used in error messages.
+pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
+    let p = || path.to_path_buf();
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err(NpyError::BadMagic { path: p() });
     }
-    let (hlen, start) = match bytes[6] {
+    let (major, minor) = (bytes[6], bytes[7]);
+    let (header_len, header_start) = match major {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        v => return Err(fmt_err(path, format!("unknown format version {v}"))),
+        2 | 3 => {
+            if bytes.len() < 12 {
+                return Err(NpyError::Truncated {
+                    path: p(),
+                    expected: 12,
+                    actual: bytes.len(),
+                });
+            }
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
+        }
+        _ => {
+            return Err(NpyError::Version {
+                path: p(),
+                major,
+                minor,
+            })
+        }
     };
-    let header = bytes.get(start..start + hlen).ok_or_else(|| fmt_err(path, "truncated header"))?;
-    let header = std::str::from_utf8(header).map_err(|_| fmt_err(path, "header is not text"))?;
-    let descr = header_field(header, "descr").ok_or_else(|| fmt_err(path, "header has no 'descr'"))?.to_string();
-    let fortran = header_field(header, "fortran_order").ok_or_else(|| fmt_err(path, "header has no 'fortran_order'"))? == "True";
-    let shape = header_field(header, "shape").and_then(parse_shape).ok_or_else(|| fmt_err(path, "header has no valid 'shape'"))?;
-    let n: usize = shape.iter().product();
-    let body = &bytes[start + hlen..];
-    let big = descr.starts_with('>');
-    let kind = descr.trim_start_matches(['<', '>', '|', '=']);
-    let width = kind[1..].parse::<usize>().unwrap_or(0);
-    if body.len() < n * width.max(1) {
-        return Err(NpyError::Shape {
-            path: path.display().to_string(),
-            detail: format!("truncated data: shape {shape:?} needs {} bytes, file has {}", n * width, body.len()),
+    let data_start = header_start + header_len;
+    if bytes.len() < data_start {
+        return Err(NpyError::Truncated {
+            path: p(),
+            expected: data_start,
+            actual: bytes.len(),
         });
     }
-    let dtype_err = || NpyError::Dtype { path: path.display().to_string(), descr: descr.clone() };
-    let mut data = match kind {
-        "f8" => NpyData::F64(decode!(body, f64, n, big)),
-        "f4" => NpyData::F32(decode!(body, f32, n, big)),
-        "u1" => NpyData::U8(body[..n].to_vec()),
-        "i8" => NpyData::I64(decode!(body, i64, n, big)),
-        "i4" => NpyData::I32(decode!(body, i32, n, big)),
-        "i2" => NpyData::I16(decode!(body, i16, n, big)),
-        "u2" => NpyData::U16(decode!(body, u16, n, big)),
-        "i1" => NpyData::I16(body[..n].iter().map(|&b| b as i8 as i16).collect()),
-        "b1" => NpyData::Bool(body[..n].iter().map(|&b| b != 0).collect()),
-        _ => return Err(dtype_err()),
+    let header =
+        std::str::from_utf8(&bytes[header_start..data_start]).map_err(|e| NpyError::Header {
+            path: p(),
+            field: "header",
+            detail: format!("not UTF-8: {e}"),
+        })?;
+    let descr = dict_value(header, "descr").ok_or_else(|| NpyError::Header {
+        path: p(),
+        field: "descr",
+        detail: "missing".into(),
+    })?;
+    let descr = descr
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"')
+        .to_string();
+    let fortran = match dict_value(header, "fortran_order").map(str::trim) {
+        Some("False") => false,
+        Some("True") => true,
+        other => {
+            return Err(NpyError::Header {
+                path: p(),
+                field: "fortran_order",
+                detail: format!("expected True or False, got {other:?}"),
+            })
+        }
     };
-    if fortran {
-        data = match data {
-            NpyData::F64(v) => NpyData::F64(fortran_to_c(v, &shape)),
-            NpyData::F32(v) => NpyData::F32(fortran_to_c(v, &shape)),
-            NpyData::U8(v) => NpyData::U8(fortran_to_c(v, &shape)),
-            NpyData::I64(v) => NpyData::I64(fortran_to_c(v, &shape)),
-            NpyData::I32(v) => NpyData::I32(fortran_to_c(v, &shape)),
-            NpyData::I16(v) => NpyData::I16(fortran_to_c(v, &shape)),
-            NpyData::U16(v) => NpyData::U16(fortran_to_c(v, &shape)),
-            NpyData::Bool(v) => NpyData::Bool(fortran_to_c(v, &shape)),
+    let shape_str = dict_value(header, "shape").ok_or_else(|| NpyError::Header {
+        path: p(),
+        field: "shape",
+        detail: "missing".into(),
+    })?;
+    let shape = parse_shape(shape_str).map_err(|detail| NpyError::Header {
+        path: p(),
+        field: "shape",
+        detail,
+    })?;
+    let n: usize = shape.iter().product();
+
+    let (endian, kind) = descr.split_at(1.min(descr.len()));
+    let big = match endian {
+        "<" | "|" | "=" => false,
+        ">" => true,
+        _ => return Err(NpyError::Dtype { path: p(), descr }),
+    };
+    let esize = match kind {
+        "f8" | "u8" | "i8" => 8,
+        "f4" | "u4" | "i4" => 4,
+        "f2" | "u2" | "i2" => 2,
+        "u1" | "i1" | "b1" => 1,
+        _ => return Err(NpyError::Dtype { path: p(), descr }),
+    };
+    let payload = &bytes[data_start..];
+    let needed = n * esize;
+    if payload.len() < needed {
+        return Err(NpyError::Truncated {
+            path: p(),
+            expected: data_start + needed,
+            actual: bytes.len(),
+        });
+    }
+    let payload = &payload[..needed];
+    macro_rules! decode {
+        ($t:ty, $n:expr, $variant:ident) => {
+            NpyData::$variant(
+                payload
+                    .chunks_exact($n)
+                    .map(|c| {
+                        let arr: [u8; $n] = c.try_into().unwrap();
+                        if big {
+                            <$t>::from_be_bytes(arr)
+                        } else {
+                            <$t>::from_le_bytes(arr)
+                        }
+                    })
+                    .collect(),
+            )
         };
     }
+    let data = match kind {
+        "f8" => decode!(f64, 8, F64),
+        "f4" => decode!(f32, 4, F32),
+        "f2" => decode!(half::f16, 2, F16),
+        "u8" => decode!(u64, 8, U64),
+        "i8" => decode!(i64, 8, I64),
+        "u4" => decode!(u32, 4, U32),
+        "i4" => decode!(i32, 4, I32),
+        "u2" => decode!(u16, 2, U16),
+        "i2" => decode!(i16, 2, I16),
+        "u1" => NpyData::U8(payload.to_vec()),
+        "i1" => NpyData::I8(payload.iter().map(|&b| b as i8).collect()),
+        "b1" => NpyData::Bool(payload.iter().map(|&b| b != 0).collect()),
+        _ => unreachable!(),
+    };
+    let data = if fortran && shape.len() > 1 {
+        data.gather(&fortran_to_c_perm(&shape))
+    } else {
+        data
+    };
     Ok(NpyArray { shape, data })
 }
 
-/// The `.npy` bytes of a C-order array (format 1.0, header padded to 64 bytes as numpy does).
-fn encode(descr: &str, shape: &[usize], body: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    let total = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - total % 64) % 64));
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + body.len());
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(body);
-    out
+/// For a Fortran-ordered buffer of `shape`, the source index of every C-order position.
+fn fortran_to_c_perm(shape: &[usize]) -> Vec<usize> {
+    let n: usize = shape.iter().product();
+    let nd = shape.len();
+    // Fortran strides: first axis fastest.
+    let mut fstride = vec![1usize; nd];
+    for a in 1..nd {
+        fstride[a] = fstride[a - 1] * shape[a - 1];
+    }
+    let mut perm = Vec::with_capacity(n);
+    let mut idx = vec![0usize; nd];
+    for _ in 0..n {
+        perm.push(idx.iter().zip(&fstride).map(|(i, s)| i * s).sum());
+        for a in (0..nd).rev() {
+            idx[a] += 1;
+            if idx[a] < shape[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
+    perm
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NpyError> {
-    let io = |e| NpyError::Io { path: path.display().to_string(), source: e };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+/// Raw text of the value of `'key'` in a Python dict literal (up to the next top-level comma).
+fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let pats = [format!("'{key}'"), format!("\"{key}\"")];
+    let pos = pats
+        .iter()
+        .find_map(|p| header.find(p.as_str()).map(|i| i + p.len()))?;
+    let rest = header[pos..].trim_start().strip_prefix(':')?;
+    let mut depth = 0i32;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' | '}' if depth == 0 => return Some(&rest[..i]),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_shape(s: &str) -> std::result::Result<Vec<usize>, String> {
+    let s = s.trim();
+    let inner = s
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| format!("expected a tuple, got `{s}`"))?;
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.trim_end_matches('L')
+                .parse::<usize>()
+                .map_err(|e| format!("bad dimension `{t}`: {e}"))
+        })
+        .collect()
+}
+
+/// Builds the full preamble (magic, version, length, header) for `descr`/`shape`.
+fn build_header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let shape_txt = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    for (major, len_bytes) in [(1u8, 2usize), (2u8, 4usize)] {
+        let pre = 6 + 2 + len_bytes;
+        let unpadded = pre + dict.len() + 1; // + '\n'
+        let total = unpadded.div_ceil(64) * 64;
+        let hlen = total - pre;
+        if major == 1 && hlen > u16::MAX as usize {
+            continue;
+        }
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(MAGIC);
+        out.push(major);
+        out.push(0);
+        if major == 1 {
+            out.extend_from_slice(&(hlen as u16).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(hlen as u32).to_le_bytes());
+        }
+        out.extend_from_slice(dict.as_bytes());
+        out.resize(total - 1, b' ');
+        out.push(b'\n');
+        return out;
+    }
+    unreachable!("a version 2.0 header always fits")
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync-free rename.
+pub(crate) fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let fname = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{fname}.tmp.{}.{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let f = File::create(&tmp)?;
+        let mut w = BufWriter::new(f);
+        write(&mut w)?;
+        w.flush()?;
+        drop(w);
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io)
+    result
 }
 
-fn check_len(path: &Path, shape: &[usize], len: usize) -> Result<(), NpyError> {
-    let n: usize = shape.iter().product();
-    if n != len {
-        return Err(NpyError::Shape { path: path.display().to_string(), detail: format!("{len} values for shape {shape:?}") });
+/// Writes an array (little-endian, C order) to `path` atomically.
+pub fn write_npy(path: impl AsRef<Path>, array: &NpyArray) -> Result<()> {
+    let path = path.as_ref();
+    let expected: usize = array.shape.iter().product();
+    if expected != array.data.len() {
+        return Err(NpyError::ShapeMismatch {
+            path: path.to_path_buf(),
+            shape: array.shape.clone(),
+            expected,
+            actual: array.data.len(),
+        });
     }
-    Ok(())
+    let header = build_header(array.data.descr(), &array.shape);
+    let body = array.data.to_le_bytes();
+    write_atomic(path, |w| {
+        w.write_all(&header)?;
+        w.write_all(&body)
+    })
+    .map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-pub fn write_npy_f64(path: &Path, shape: &[usize], data: &[f64]) -> Result<(), NpyError> {
-    check_len(path, shape, data.len())?;
+fn write_raw(path: &Path, descr: &str, shape: &[usize], n: usize, body: &[u8]) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    if expected != n {
+        return Err(NpyError::ShapeMismatch {
+            path: path.to_path_buf(),
+            shape: shape.to_vec(),
+            expected,
+            actual: n,
+        });
+    }
+    let header = build_header(descr, shape);
+    write_atomic(path, |w| {
+        w.write_all(&header)?;
+        w.write_all(body)
+    })
+    .map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes f64 data of `shape` (C order) without copying it into an [`NpyArray`].
+pub fn write_npy_f64(path: impl AsRef<Path>, shape: &[usize], data: &[f64]) -> Result<()> {
     let body: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write_atomic(path, &encode("<f8", shape, &body))
+    write_raw(path.as_ref(), "<f8", shape, data.len(), &body)
 }
 
-pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    check_len(path, shape, data.len())?;
+/// Writes f32 data of `shape` (C order).
+pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Result<()> {
     let body: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write_atomic(path, &encode("<f4", shape, &body))
+    write_raw(path.as_ref(), "<f4", shape, data.len(), &body)
 }
 
-pub fn write_npy_u8(path: &Path, shape: &[usize], data: &[u8]) -> Result<(), NpyError> {
-    check_len(path, shape, data.len())?;
-    write_atomic(path, &encode("|u1", shape, data))
+/// Writes u8 data of `shape` (C order).
+pub fn write_npy_u8(path: impl AsRef<Path>, shape: &[usize], data: &[u8]) -> Result<()> {
+    write_raw(path.as_ref(), "|u1", shape, data.len(), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_64_aligned_and_parses() {
+        let h = build_header("<f8", &[3, 4, 5]);
+        assert_eq!(h.len() % 64, 0);
+        assert_eq!(*h.last().unwrap(), b'\n');
+        let mut bytes = h.clone();
+        bytes.extend(std::iter::repeat(0u8).take(60 * 8));
+        let a = parse_npy(&bytes, Path::new("x")).unwrap();
+        assert_eq!(a.shape, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn fortran_perm_2d() {
+        // shape (2,3) stored F order: memory = a00 a10 a01 a11 a02 a12
+        assert_eq!(fortran_to_c_perm(&[2, 3]), vec![0, 2, 4, 1, 3, 5]);
+    }
+
+    #[test]
+    fn scalar_and_1d_shapes() {
+        assert_eq!(parse_shape("()").unwrap(), Vec::<usize>::new());
+        assert_eq!(parse_shape("(7,)").unwrap(), vec![7]);
+        assert!(parse_shape("[7]").is_err());
+    }
 }

@@ -1,25 +1,159 @@
 //! Pointwise activations and row softmax, forward and backward.
 
+#![allow(clippy::needless_range_loop)]
+
+pub(crate) mod simd;
+
+use rayon::prelude::*;
+use simd::{erf_f32, exp_f32, simd_dispatch};
+
+/// Elements per rayon task for pointwise ops.
+const CHUNK: usize = 1 << 14;
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/sqrt(2π)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+simd_dispatch! {
+    fn gelu_chunk(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = 0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+        }
+    }
+}
+
+simd_dispatch! {
+    fn gelu_bwd_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+            let pdf = INV_SQRT_2PI * exp_f32(-0.5 * x * x);
+            *dx = dy * (cdf + x * pdf);
+        }
+    }
+}
+
 /// Exact GELU: `x · Φ(x)` with `Φ` through erf (PyTorch's default `approximate="none"`).
 pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
-    let _ = (x, y);
-    unimplemented!()
+    assert_eq!(x.len(), y.len());
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| gelu_chunk(x, y));
 }
 
 /// dx = dy · gelu'(x) (overwritten).
 pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let _ = (x, dy, dx);
-    unimplemented!()
+    assert_eq!(x.len(), dx.len());
+    assert_eq!(dy.len(), dx.len());
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, dy))| gelu_bwd_chunk(x, dy, dx));
+}
+
+simd_dispatch! {
+    fn softmax_rows(dim: usize, x: &[f32], y: &mut [f32]) {
+        for (x, y) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
+            let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut s = 0.0f32;
+            for (y, &x) in y.iter_mut().zip(x) {
+                let e = exp_f32(x - m);
+                *y = e;
+                s += e;
+            }
+            let inv = 1.0 / s;
+            for y in y.iter_mut() {
+                *y *= inv;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    fn softmax_bwd_rows(dim: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((y, dy), dx) in y.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dx.chunks_exact_mut(dim)) {
+            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = y * (dy - dot);
+            }
+        }
+    }
+}
+
+fn rows_per_task(dim: usize) -> usize {
+    (CHUNK / dim.max(1)).max(1)
 }
 
 /// Softmax over the last dimension of a `rows × dim` buffer.
 pub fn softmax_forward(rows: usize, dim: usize, x: &[f32], y: &mut [f32]) {
-    let _ = (rows, dim, x, y);
-    unimplemented!()
+    assert_eq!(x.len(), rows * dim);
+    assert_eq!(y.len(), rows * dim);
+    if dim == 0 {
+        return;
+    }
+    let c = rows_per_task(dim) * dim;
+    y.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .for_each(|(y, x)| softmax_rows(dim, x, y));
 }
 
 /// dx = y ⊙ (dy − Σ dy·y) per row (overwritten).
 pub fn softmax_backward(rows: usize, dim: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let _ = (rows, dim, y, dy, dx);
-    unimplemented!()
+    assert_eq!(y.len(), rows * dim);
+    assert_eq!(dy.len(), rows * dim);
+    assert_eq!(dx.len(), rows * dim);
+    if dim == 0 {
+        return;
+    }
+    let c = rows_per_task(dim) * dim;
+    dx.par_chunks_mut(c)
+        .zip(y.par_chunks(c).zip(dy.par_chunks(c)))
+        .for_each(|(dx, (y, dy))| softmax_bwd_rows(dim, y, dy, dx));
+}
+
+/// Plain-loop oracles (f64 internally).
+pub mod reference {
+    use super::simd::erf_f64;
+
+    /// erf with absolute error < 1.2e-7 (f64 evaluation).
+    pub fn erf(x: f64) -> f64 {
+        erf_f64(x)
+    }
+
+    pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            let x = x as f64;
+            *y = (0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))) as f32;
+        }
+    }
+
+    pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let x = x as f64;
+            let cdf = 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            *dx = (dy as f64 * (cdf + x * pdf)) as f32;
+        }
+    }
+
+    pub fn softmax_forward(rows: usize, dim: usize, x: &[f32], y: &mut [f32]) {
+        for r in 0..rows {
+            let xr = &x[r * dim..(r + 1) * dim];
+            let m = xr.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let s: f64 = xr.iter().map(|&v| (v as f64 - m).exp()).sum();
+            for c in 0..dim {
+                y[r * dim + c] = ((xr[c] as f64 - m).exp() / s) as f32;
+            }
+        }
+    }
+
+    pub fn softmax_backward(rows: usize, dim: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for r in 0..rows {
+            let o = r * dim;
+            let mut dot = 0.0f64;
+            for c in 0..dim {
+                dot += y[o + c] as f64 * dy[o + c] as f64;
+            }
+            for c in 0..dim {
+                dx[o + c] = (y[o + c] as f64 * (dy[o + c] as f64 - dot)) as f32;
+            }
+        }
+    }
 }

@@ -2,6 +2,16 @@
 //! the `nq × nk` score matrix of all heads is never materialised. `bias` is SAM's decomposed
 //! relative position: for key index `j = jh*kw + jw`, `bias[i, j] = rel_h[i, jh] + rel_w[i, jw]`.
 //! The backward recomputes the scores tile by tile from q, k and the saved log-sum-exp.
+//!
+//! Fast path: work is split over (batch·head, block of `BQ` queries). K and V are copied once into
+//! transposed, zero-padded `[d, nk_pad]` panels so a score tile `BQ × BK` is a sequence of
+//! broadcast-FMA rank-1 updates held in registers (4 query rows × 64 keys). Following SAM, the
+//! scale is applied to q before the product and the bias is added unscaled: `s = (q·scale)·kᵀ + rh + rw`.
+
+#![allow(clippy::needless_range_loop)]
+
+use crate::activation::simd::{exp_f32, simd_dispatch};
+use rayon::prelude::*;
 
 /// Sizes: `bh` = batch × heads; q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, out `[bh, nq, dv]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +32,216 @@ pub struct RelPosBias<'a> {
     pub kw: usize,
 }
 
+/// Queries per task.
+const BQ: usize = 64;
+/// Keys per tile (width of the register-blocked score tile).
+const BK: usize = 64;
+/// Query rows per register block.
+const RB: usize = 4;
+
+fn check(dims: &AttnDims, q: &[f32], k: &[f32], v: &[f32], bias: &Option<RelPosBias>) {
+    let AttnDims { bh, nq, nk, d, dv } = *dims;
+    assert!(nk > 0 && d > 0 && dv > 0, "attention needs nk, d, dv > 0");
+    assert_eq!(q.len(), bh * nq * d, "q");
+    assert_eq!(k.len(), bh * nk * d, "k");
+    assert_eq!(v.len(), bh * nk * dv, "v");
+    if let Some(b) = bias {
+        assert_eq!(b.kh * b.kw, nk, "rel-pos bias: kh*kw must equal nk");
+        assert_eq!(b.rel_h.len(), bh * nq * b.kh, "rel_h");
+        assert_eq!(b.rel_w.len(), bh * nq * b.kw, "rel_w");
+    }
+}
+
+/// `src [bh, n, d]` → `[bh, d, npad]`, zero-padded columns `n..npad`.
+fn transpose_pad(bh: usize, n: usize, d: usize, npad: usize, src: &[f32]) -> Vec<f32> {
+    let mut t = vec![0.0f32; bh * d * npad];
+    if d == 0 {
+        return t;
+    }
+    t.par_chunks_mut(d * npad)
+        .zip(src.par_chunks(n * d))
+        .for_each(|(t, s)| {
+            for (j, row) in s.chunks_exact(d).enumerate() {
+                for (dd, &x) in row.iter().enumerate() {
+                    t[dd * npad + j] = x;
+                }
+            }
+        });
+    t
+}
+
+simd_dispatch! {
+    /// `s[i*BK + j] = Σ_c a[i*d + c] · bt[c*ld + j]` for `i < rows` (a multiple of RB) and `j < BK`.
+    fn tile_abt(rows: usize, d: usize, a: &[f32], bt: &[f32], ld: usize, s: &mut [f32]) {
+        let mut i = 0;
+        while i < rows {
+            let mut acc = [[0.0f32; BK]; RB];
+            let ar = &a[i * d..(i + RB) * d];
+            for c in 0..d {
+                let b: &[f32; BK] = bt[c * ld..c * ld + BK].try_into().unwrap();
+                for r in 0..RB {
+                    let av = ar[r * d + c];
+                    for j in 0..BK {
+                        acc[r][j] = av.mul_add(b[j], acc[r][j]);
+                    }
+                }
+            }
+            for (r, accr) in acc.iter().enumerate() {
+                s[(i + r) * BK..(i + r + 1) * BK].copy_from_slice(accr);
+            }
+            i += RB;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `out[r*w..] += Σ_{t<inner} coef[r*cs_r + t*cs_t] · x[t*w..(t+1)*w]` for `r < rows`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile_axpy(rows: usize, inner: usize, w: usize, coef: &[f32], cs_r: usize, cs_t: usize, x: &[f32], out: &mut [f32]) {
+        for r in 0..rows {
+            let o = &mut out[r * w..(r + 1) * w];
+            for t in 0..inner {
+                let cf = coef[r * cs_r + t * cs_t];
+                let xr = &x[t * w..(t + 1) * w];
+                for (o, &xv) in o.iter_mut().zip(xr) {
+                    *o = cf.mul_add(xv, *o);
+                }
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// Online-softmax step for one tile: turns scores into `exp(s - m_new)` in place, updates the
+    /// running max `m` and sum `l`, and rescales the output accumulator rows.
+    #[allow(clippy::too_many_arguments)]
+    fn online_softmax(rows: usize, bk: usize, dv: usize, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32]) {
+        for i in 0..rows {
+            let sr = &mut s[i * BK..i * BK + bk];
+            let mx = sr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let m_new = m[i].max(mx);
+            let alpha = exp_f32(m[i] - m_new);
+            let mut sum = 0.0f32;
+            for v in sr.iter_mut() {
+                let e = exp_f32(*v - m_new);
+                *v = e;
+                sum += e;
+            }
+            l[i] = l[i] * alpha + sum;
+            m[i] = m_new;
+            acc[i * dv..(i + 1) * dv].iter_mut().for_each(|a| *a *= alpha);
+        }
+    }
+}
+
+simd_dispatch! {
+    /// Backward tile: `p = exp(s - lse)` (into `s`) and `ds = p ⊙ (dp − D)` (into `dp`).
+    fn probs_and_ds(rows: usize, bk: usize, s: &mut [f32], dp: &mut [f32], lse: &[f32], dsum: &[f32]) {
+        for i in 0..rows {
+            let sr = &mut s[i * BK..i * BK + bk];
+            let dr = &mut dp[i * BK..i * BK + bk];
+            let (ls, dd) = (lse[i], dsum[i]);
+            for (s, d) in sr.iter_mut().zip(dr.iter_mut()) {
+                let p = exp_f32(*s - ls);
+                *s = p;
+                *d = p * (*d - dd);
+            }
+        }
+    }
+}
+
+/// Adds `rel_h[i, jh] + rel_w[i, jw]` to score tile columns `j0..j0+bk` (in SAM's order).
+#[allow(clippy::too_many_arguments)]
+fn add_bias(
+    rows: usize,
+    j0: usize,
+    bk: usize,
+    rh: &[f32],
+    rw: &[f32],
+    kh: usize,
+    kw: usize,
+    s: &mut [f32],
+) {
+    for i in 0..rows {
+        let sr = &mut s[i * BK..i * BK + bk];
+        let mut j = j0;
+        while j < j0 + bk {
+            let (jh, jw) = (j / kw, j % kw);
+            let run = (kw - jw).min(j0 + bk - j);
+            let hb = rh[i * kh + jh];
+            let wr = &rw[i * kw + jw..i * kw + jw + run];
+            for (s, &w) in sr[j - j0..j - j0 + run].iter_mut().zip(wr) {
+                *s = (*s + hb) + w;
+            }
+            j += run;
+        }
+    }
+}
+
+/// Accumulates a score-gradient tile into `drh [rows, kh]` and `drw [rows, kw]`.
+#[allow(clippy::too_many_arguments)]
+fn acc_bias_grad(
+    rows: usize,
+    j0: usize,
+    bk: usize,
+    ds: &[f32],
+    kh: usize,
+    kw: usize,
+    drh: &mut [f32],
+    drw: &mut [f32],
+) {
+    for i in 0..rows {
+        let dr = &ds[i * BK..i * BK + bk];
+        let mut j = j0;
+        while j < j0 + bk {
+            let (jh, jw) = (j / kw, j % kw);
+            let run = (kw - jw).min(j0 + bk - j);
+            let part = &dr[j - j0..j - j0 + run];
+            drh[i * kh + jh] += part.iter().sum::<f32>();
+            for (g, &v) in drw[i * kw + jw..i * kw + jw + run].iter_mut().zip(part) {
+                *g += v;
+            }
+            j += run;
+        }
+    }
+}
+
+/// `[bh][query block]` chunks of a `[bh, nq, w]` buffer.
+fn q_blocks(x: &mut [f32], nq: usize, w: usize) -> Vec<Vec<&mut [f32]>> {
+    x.chunks_mut(nq * w)
+        .map(|c| c.chunks_mut(BQ * w).collect())
+        .collect()
+}
+
+/// Rows of a block padded to a multiple of RB, each multiplied by `scale`.
+fn padded_rows(src: &[f32], rows: usize, w: usize, scale: f32) -> Vec<f32> {
+    let mut p = vec![0.0f32; rows.div_ceil(RB) * RB * w];
+    p[..rows * w]
+        .iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| *d = s * scale);
+    p
+}
+
+fn rel_rows<'a>(
+    bias: &Option<RelPosBias<'a>>,
+    b: usize,
+    nq: usize,
+    q0: usize,
+    rows: usize,
+) -> Option<(&'a [f32], &'a [f32], usize, usize)> {
+    bias.map(|r| {
+        let h0 = (b * nq + q0) * r.kh;
+        let w0 = (b * nq + q0) * r.kw;
+        (
+            &r.rel_h[h0..h0 + rows * r.kh],
+            &r.rel_w[w0..w0 + rows * r.kw],
+            r.kh,
+            r.kw,
+        )
+    })
+}
+
 /// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
@@ -34,8 +254,62 @@ pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    let _ = (dims, q, k, v, scale, bias, out, lse);
-    unimplemented!()
+    check(&dims, q, k, v, &bias);
+    let AttnDims { bh, nq, nk, d, dv } = dims;
+    assert_eq!(out.len(), bh * nq * dv, "out");
+    assert_eq!(lse.len(), bh * nq, "lse");
+    if bh * nq == 0 {
+        return;
+    }
+    let npad = nk.div_ceil(BK) * BK;
+    let kt = transpose_pad(bh, nk, d, npad, k);
+    let nqb = nq.div_ceil(BQ);
+    let tasks: Vec<(usize, usize)> = (0..bh)
+        .flat_map(|b| (0..nqb).map(move |t| (b, t)))
+        .collect();
+    // Each task owns rows q0..q0+rows of head b: a contiguous range of out and lse.
+    let mut out_chunks: Vec<&mut [f32]> = out
+        .chunks_mut(nq * dv)
+        .flat_map(|o| o.chunks_mut(BQ * dv))
+        .collect();
+    let mut lse_chunks: Vec<&mut [f32]> =
+        lse.chunks_mut(nq).flat_map(|o| o.chunks_mut(BQ)).collect();
+    tasks
+        .par_iter()
+        .zip(out_chunks.par_iter_mut())
+        .zip(lse_chunks.par_iter_mut())
+        .for_each(|((&(b, t), o), ls)| {
+            let q0 = t * BQ;
+            let rows = ls.len();
+            let qs = padded_rows(
+                &q[(b * nq + q0) * d..(b * nq + q0 + rows) * d],
+                rows,
+                d,
+                scale,
+            );
+            let rp = rows.div_ceil(RB) * RB;
+            let ktb = &kt[b * d * npad..(b + 1) * d * npad];
+            let vb = &v[b * nk * dv..(b + 1) * nk * dv];
+            let rel = rel_rows(&bias, b, nq, q0, rows);
+            let mut s = vec![0.0f32; rp * BK];
+            let mut m = vec![f32::NEG_INFINITY; rows];
+            let mut l = vec![0.0f32; rows];
+            o.fill(0.0);
+            for j0 in (0..nk).step_by(BK) {
+                let bk = BK.min(nk - j0);
+                tile_abt(rp, d, &qs, &ktb[j0..], npad, &mut s);
+                if let Some((rh, rw, kh, kw)) = rel {
+                    add_bias(rows, j0, bk, rh, rw, kh, kw, &mut s);
+                }
+                online_softmax(rows, bk, dv, &mut s, &mut m, &mut l, o);
+                tile_axpy(rows, bk, dv, &s, BK, 1, &vb[j0 * dv..], o);
+            }
+            for i in 0..rows {
+                let inv = 1.0 / l[i];
+                o[i * dv..(i + 1) * dv].iter_mut().for_each(|x| *x *= inv);
+                ls[i] = m[i] + l[i].ln();
+            }
+        });
 }
 
 /// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
@@ -55,6 +329,253 @@ pub fn attention_backward(
     dv: &mut [f32],
     drel: Option<(&mut [f32], &mut [f32])>,
 ) {
-    let _ = (dims, q, k, v, scale, bias, out, lse, dout, dq, dk, dv, drel);
-    unimplemented!()
+    check(&dims, q, k, v, &bias);
+    let AttnDims {
+        bh,
+        nq,
+        nk,
+        d,
+        dv: dvd,
+    } = dims;
+    assert_eq!(out.len(), bh * nq * dvd, "out");
+    assert_eq!(dout.len(), bh * nq * dvd, "dout");
+    assert_eq!(lse.len(), bh * nq, "lse");
+    assert_eq!(dq.len(), q.len(), "dq");
+    assert_eq!(dk.len(), k.len(), "dk");
+    assert_eq!(dv.len(), v.len(), "dv");
+    assert_eq!(
+        bias.is_some(),
+        drel.is_some(),
+        "drel must be given iff bias is"
+    );
+    let (kh, kw) = bias.map(|b| (b.kh, b.kw)).unwrap_or((1, 1));
+    let mut dummy = (Vec::new(), Vec::new());
+    let (drh, drw) = match drel {
+        Some((h, w)) => {
+            assert_eq!(h.len(), bh * nq * kh, "drel_h");
+            assert_eq!(w.len(), bh * nq * kw, "drel_w");
+            (h, w)
+        }
+        None => {
+            dummy = (vec![0.0f32; bh * nq], vec![0.0f32; bh * nq]);
+            (&mut dummy.0[..], &mut dummy.1[..])
+        }
+    };
+    if bh == 0 {
+        return;
+    }
+    if nq == 0 {
+        dk.fill(0.0);
+        dv.fill(0.0);
+        return;
+    }
+    let npad = nk.div_ceil(BK) * BK;
+    let kt = transpose_pad(bh, nk, d, npad, k);
+    let vt = transpose_pad(bh, nk, dvd, npad, v);
+    let dq_c = q_blocks(dq, nq, d);
+    let drh_c = q_blocks(drh, nq, kh);
+    let drw_c = q_blocks(drw, nq, kw);
+    dk.par_chunks_mut(nk * d)
+        .zip(dv.par_chunks_mut(nk * dvd))
+        .zip(dq_c.into_par_iter().zip(drh_c.into_par_iter().zip(drw_c)))
+        .enumerate()
+        .for_each(|(b, ((dkb, dvb), (dqb, (drhb, drwb))))| {
+            let ktb = &kt[b * d * npad..(b + 1) * d * npad];
+            let vtb = &vt[b * dvd * npad..(b + 1) * dvd * npad];
+            let kb = &k[b * nk * d..(b + 1) * nk * d];
+            let zero = || (vec![0.0f32; nk * d], vec![0.0f32; nk * dvd]);
+            let (pk, pv) = dqb
+                .into_par_iter()
+                .zip(drhb.into_par_iter().zip(drwb))
+                .enumerate()
+                .fold(zero, |(mut pk, mut pv), (t, (dqt, (drht, drwt)))| {
+                    let q0 = t * BQ;
+                    let rows = BQ.min(nq - q0);
+                    let r0 = b * nq + q0;
+                    let qs = padded_rows(&q[r0 * d..(r0 + rows) * d], rows, d, scale);
+                    let dos = padded_rows(&dout[r0 * dvd..(r0 + rows) * dvd], rows, dvd, 1.0);
+                    let rp = rows.div_ceil(RB) * RB;
+                    let ls = &lse[r0..r0 + rows];
+                    let dsum: Vec<f32> = (0..rows)
+                        .map(|i| {
+                            let a = &dout[(r0 + i) * dvd..(r0 + i + 1) * dvd];
+                            let o = &out[(r0 + i) * dvd..(r0 + i + 1) * dvd];
+                            a.iter().zip(o).map(|(x, y)| x * y).sum()
+                        })
+                        .collect();
+                    let rel = rel_rows(&bias, b, nq, q0, rows);
+                    let mut s = vec![0.0f32; rp * BK];
+                    let mut dp = vec![0.0f32; rp * BK];
+                    dqt.fill(0.0);
+                    drht.fill(0.0);
+                    drwt.fill(0.0);
+                    for j0 in (0..nk).step_by(BK) {
+                        let bk = BK.min(nk - j0);
+                        tile_abt(rp, d, &qs, &ktb[j0..], npad, &mut s);
+                        if let Some((rh, rw, kh, kw)) = rel {
+                            add_bias(rows, j0, bk, rh, rw, kh, kw, &mut s);
+                        }
+                        tile_abt(rp, dvd, &dos, &vtb[j0..], npad, &mut dp);
+                        probs_and_ds(rows, bk, &mut s, &mut dp, ls, &dsum);
+                        // dV[j] += Σ_i P[i,j] dO[i];  dK[j] += Σ_i dS[i,j] (q[i]·scale)
+                        tile_axpy(bk, rows, dvd, &s, 1, BK, &dos, &mut pv[j0 * dvd..]);
+                        tile_axpy(bk, rows, d, &dp, 1, BK, &qs, &mut pk[j0 * d..]);
+                        // dQ[i] += Σ_j dS[i,j] k[j]  (scaled at the end)
+                        tile_axpy(rows, bk, d, &dp, BK, 1, &kb[j0 * d..], dqt);
+                        if rel.is_some() {
+                            acc_bias_grad(rows, j0, bk, &dp, kh, kw, drht, drwt);
+                        }
+                    }
+                    dqt.iter_mut().for_each(|x| *x *= scale);
+                    (pk, pv)
+                })
+                .reduce(zero, |(mut a, mut b), (c, d)| {
+                    a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+                    b.iter_mut().zip(&d).for_each(|(x, y)| *x += y);
+                    (a, b)
+                });
+            dkb.copy_from_slice(&pk);
+            dvb.copy_from_slice(&pv);
+        });
+    let _ = &dummy;
+}
+
+/// Plain-loop oracles: the full score row is materialised per query, f64 accumulation.
+pub mod reference {
+    use super::{AttnDims, RelPosBias};
+
+    /// Probabilities of query `i` of head `b` (f64) and the log-sum-exp.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        scale: f32,
+        bias: &Option<RelPosBias>,
+        b: usize,
+        i: usize,
+    ) -> (Vec<f64>, f64) {
+        let AttnDims { nq, nk, d, .. } = dims;
+        let qi = &q[(b * nq + i) * d..(b * nq + i + 1) * d];
+        let mut s: Vec<f64> = (0..nk)
+            .map(|j| {
+                let kj = &k[(b * nk + j) * d..(b * nk + j + 1) * d];
+                let mut dot = 0.0f64;
+                for c in 0..d {
+                    dot += qi[c] as f64 * scale as f64 * kj[c] as f64;
+                }
+                if let Some(r) = bias {
+                    dot += r.rel_h[(b * nq + i) * r.kh + j / r.kw] as f64;
+                    dot += r.rel_w[(b * nq + i) * r.kw + j % r.kw] as f64;
+                }
+                dot
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        for x in s.iter_mut() {
+            *x = (*x - m).exp() / sum;
+        }
+        (s, m + sum.ln())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        let AttnDims { bh, nq, nk, dv, .. } = dims;
+        for b in 0..bh {
+            for i in 0..nq {
+                let (p, l) = probs(dims, q, k, scale, &bias, b, i);
+                lse[b * nq + i] = l as f32;
+                for c in 0..dv {
+                    let mut acc = 0.0f64;
+                    for j in 0..nk {
+                        acc += p[j] * v[(b * nk + j) * dv + c] as f64;
+                    }
+                    out[(b * nq + i) * dv + c] = acc as f32;
+                }
+            }
+        }
+    }
+
+    /// Ignores `out` and `lse` (recomputes everything from q, k, v).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &[f32],
+        lse: &[f32],
+        dout: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        drel: Option<(&mut [f32], &mut [f32])>,
+    ) {
+        let _ = (out, lse);
+        let AttnDims {
+            bh,
+            nq,
+            nk,
+            d,
+            dv: dvd,
+        } = dims;
+        let mut gq = vec![0.0f64; dq.len()];
+        let mut gk = vec![0.0f64; dk.len()];
+        let mut gv = vec![0.0f64; dv.len()];
+        let (kh, kw) = bias.map(|r| (r.kh, r.kw)).unwrap_or((0, 0));
+        let mut gh = vec![0.0f64; bh * nq * kh];
+        let mut gw = vec![0.0f64; bh * nq * kw];
+        for b in 0..bh {
+            for i in 0..nq {
+                let (p, _) = probs(dims, q, k, scale, &bias, b, i);
+                let doi = &dout[(b * nq + i) * dvd..(b * nq + i + 1) * dvd];
+                let dp: Vec<f64> = (0..nk)
+                    .map(|j| {
+                        (0..dvd)
+                            .map(|c| doi[c] as f64 * v[(b * nk + j) * dvd + c] as f64)
+                            .sum()
+                    })
+                    .collect();
+                let dsum: f64 = (0..nk).map(|j| p[j] * dp[j]).sum();
+                for j in 0..nk {
+                    let ds = p[j] * (dp[j] - dsum);
+                    for c in 0..dvd {
+                        gv[(b * nk + j) * dvd + c] += p[j] * doi[c] as f64;
+                    }
+                    for c in 0..d {
+                        gq[(b * nq + i) * d + c] +=
+                            scale as f64 * ds * k[(b * nk + j) * d + c] as f64;
+                        gk[(b * nk + j) * d + c] +=
+                            scale as f64 * ds * q[(b * nq + i) * d + c] as f64;
+                    }
+                    if bias.is_some() {
+                        gh[(b * nq + i) * kh + j / kw] += ds;
+                        gw[(b * nq + i) * kw + j % kw] += ds;
+                    }
+                }
+            }
+        }
+        let put = |src: &[f64], dst: &mut [f32]| {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s as f32)
+        };
+        put(&gq, dq);
+        put(&gk, dk);
+        put(&gv, dv);
+        if let Some((h, w)) = drel {
+            put(&gh, h);
+            put(&gw, w);
+        }
+    }
 }

@@ -6,6 +6,8 @@ pub struct CpuFeatures {
     pub avx512f: bool,
     pub avx512bf16: bool,
     pub avx2_fma: bool,
+    /// AMX tiles with bf16 dot products, usable by this process: the CPU reports amx-tile and
+    /// amx-bf16 (CPUID.(7,0):EDX bits 24 and 22) AND the kernel granted the XTILEDATA permission.
     pub amx_bf16: bool,
 }
 
@@ -20,11 +22,57 @@ pub fn features() -> CpuFeatures {
 fn detect() -> CpuFeatures {
     CpuFeatures {
         avx512f: std::arch::is_x86_feature_detected!("avx512f"),
-        avx512bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
+        avx512bf16: std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16"),
         avx2_fma: std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma"),
-        amx_bf16: false,
+        amx_bf16: amx_cpuid() && amx_request_permission(),
     }
+}
+
+/// amx-bf16 and amx-tile as reported by CPUID leaf 7 sub-leaf 0, EDX bits 22 and 24.
+#[cfg(target_arch = "x86_64")]
+fn amx_cpuid() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    let max_leaf = __cpuid(0).eax;
+    if max_leaf < 7 {
+        return false;
+    }
+    let edx = __cpuid_count(7, 0).edx;
+    let amx_bf16 = edx & (1 << 22) != 0;
+    let amx_tile = edx & (1 << 24) != 0;
+    amx_bf16 && amx_tile
+}
+
+/// Linux only enables the 8 KiB AMX tile state for a process that asks for it
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); without the grant the first tile
+/// instruction faults, so the AMX path is only enabled if this returns true.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_request_permission() -> bool {
+    const SYS_ARCH_PRCTL: usize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let ret: isize;
+    // SAFETY: a plain arch_prctl syscall with integer arguments; it touches no user memory.
+    // `syscall` clobbers rcx and r11.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+/// Other operating systems: AMX state management is not wired up, so never use it.
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn amx_request_permission() -> bool {
+    false
 }
 
 #[cfg(not(target_arch = "x86_64"))]

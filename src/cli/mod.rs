@@ -2,7 +2,7 @@
 
 pub mod common;
 pub mod convert;
-pub mod demo;
+// pub mod demo;
 pub mod eval;
 pub mod infer;
 pub mod train;

@@ -1,0 +1,187 @@
+//! The benchmarked operators at MedSAM ViT-B shapes, shared by `ops` (criterion) and `opbench`
+//! (machine-readable lines for `compare_torch.py`). Names match the ops in `compare_torch.py`.
+
+use medsam_kernels::attention::{attention_forward, AttnDims, RelPosBias};
+use medsam_kernels::conv::{conv2d_forward, conv_transpose2d_forward, Conv2dGeom};
+use medsam_kernels::gemm::{gemm, GemmDims, Layout, Precision};
+use medsam_kernels::norm::layer_norm_forward;
+
+/// One benchmark: `make` allocates the inputs and returns a closure that runs the op once.
+pub struct Op {
+    pub name: &'static str,
+    /// Floating-point operations per call (multiply-add = 2), used for GFLOP/s. For layernorm,
+    /// a nominal 8 flops per element.
+    pub flops: f64,
+    pub make: Box<dyn Fn() -> Box<dyn FnMut()>>,
+}
+
+/// Deterministic data in [-1, 1): benchmarks must not depend on values, only on being finite.
+pub fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `C[m×n] = A[m×k] · B` where B is `W[n×k]ᵀ` (`linear`, like `F.linear`) or a row-major
+/// `[k×n]` matrix (`mm`, like `torch.mm`).
+fn gemm_op(name: &'static str, m: usize, k: usize, n: usize, linear: bool, p: Precision) -> Op {
+    Op {
+        name,
+        flops: 2.0 * (m * n * k) as f64,
+        make: Box::new(move || {
+            let a = data(m * k, 1);
+            let b = data(k * n, 2);
+            let mut c = vec![0.0f32; m * n];
+            let lb = if linear {
+                Layout::transposed(n, k)
+            } else {
+                Layout::row_major(k, n)
+            };
+            let dims = GemmDims { batch: 1, m, n, k };
+            Box::new(move || {
+                gemm(
+                    dims,
+                    &a,
+                    Layout::row_major(m, k),
+                    &b,
+                    lb,
+                    &mut c,
+                    Layout::row_major(m, n),
+                    false,
+                    p,
+                )
+            })
+        }),
+    }
+}
+
+/// SAM attention with decomposed rel-pos bias: `bh` heads × `side²` tokens × 64.
+fn attention_op(name: &'static str, bh: usize, side: usize) -> Op {
+    let (nq, d) = (side * side, 64);
+    Op {
+        name,
+        flops: 4.0 * (bh * nq * nq * d) as f64,
+        make: Box::new(move || {
+            let dims = AttnDims {
+                bh,
+                nq,
+                nk: nq,
+                d,
+                dv: d,
+            };
+            let q = data(bh * nq * d, 1);
+            let k = data(bh * nq * d, 2);
+            let v = data(bh * nq * d, 3);
+            let rel_h = data(bh * nq * side, 4);
+            let rel_w = data(bh * nq * side, 5);
+            let mut out = vec![0.0f32; bh * nq * d];
+            let mut lse = vec![0.0f32; bh * nq];
+            let scale = 1.0 / (d as f32).sqrt();
+            Box::new(move || {
+                let bias = RelPosBias {
+                    rel_h: &rel_h,
+                    rel_w: &rel_w,
+                    kh: side,
+                    kw: side,
+                };
+                attention_forward(dims, &q, &k, &v, scale, Some(bias), &mut out, &mut lse)
+            })
+        }),
+    }
+}
+
+fn conv_op(name: &'static str, g: Conv2dGeom, transpose: bool) -> Op {
+    let (oh, ow) = if transpose {
+        g.transpose_out_hw()
+    } else {
+        g.out_hw()
+    };
+    let flops = if transpose {
+        2.0 * (g.n * g.c_in * g.h * g.w * g.c_out * g.kh * g.kw) as f64
+    } else {
+        2.0 * (g.n * g.c_out * oh * ow * (g.c_in / g.groups) * g.kh * g.kw) as f64
+    };
+    Op {
+        name,
+        flops,
+        make: Box::new(move || {
+            let x = data(g.n * g.c_in * g.h * g.w, 1);
+            let w = data(g.c_out * (g.c_in / g.groups) * g.kh * g.kw, 2);
+            let bias = data(g.c_out, 3);
+            let mut y = vec![0.0f32; g.n * g.c_out * oh * ow];
+            Box::new(move || {
+                if transpose {
+                    conv_transpose2d_forward(g, &x, &w, Some(&bias), &mut y)
+                } else {
+                    conv2d_forward(g, &x, &w, Some(&bias), &mut y)
+                }
+            })
+        }),
+    }
+}
+
+fn geom(c_in: usize, hw: usize, c_out: usize, kk: usize, stride: usize, pad: usize) -> Conv2dGeom {
+    Conv2dGeom {
+        n: 1,
+        c_in,
+        h: hw,
+        w: hw,
+        c_out,
+        kh: kk,
+        kw: kk,
+        stride: (stride, stride),
+        pad: (pad, pad),
+        groups: 1,
+    }
+}
+
+/// Every benchmarked op, GEMMs first.
+pub fn ops() -> Vec<Op> {
+    use Precision::{Bf16, F32};
+    let mut v = Vec::new();
+    for (p, sfx) in [(F32, "f32"), (Bf16, "bf16")] {
+        let shapes: [(&str, &str, usize, usize); 3] = [
+            ("mm_qkv", "linear_qkv", 768, 2304),
+            ("mm_mlp1", "linear_mlp1", 768, 3072),
+            ("mm_mlp2", "linear_mlp2", 3072, 768),
+        ];
+        for (mm, lin, k, n) in shapes {
+            // Leaked names keep `Op::name` a plain &'static str; a handful per process.
+            let mm: &'static str = Box::leak(format!("{mm}_{sfx}").into_boxed_str());
+            let lin: &'static str = Box::leak(format!("{lin}_{sfx}").into_boxed_str());
+            v.push(gemm_op(mm, 4096, k, n, false, p));
+            v.push(gemm_op(lin, 4096, k, n, true, p));
+        }
+    }
+    v.push(attention_op("attn_global", 12, 64));
+    v.push(attention_op("attn_window", 25 * 12, 14));
+    v.push(Op {
+        name: "layernorm",
+        flops: 8.0 * (4096 * 768) as f64,
+        make: Box::new(|| {
+            let (rows, dim) = (4096, 768);
+            let x = data(rows * dim, 1);
+            let gamma = data(dim, 2);
+            let beta = data(dim, 3);
+            let mut y = vec![0.0f32; rows * dim];
+            let mut mean = vec![0.0f32; rows];
+            let mut rstd = vec![0.0f32; rows];
+            Box::new(move || {
+                layer_norm_forward(
+                    rows, dim, &x, &gamma, &beta, 1e-6, &mut y, &mut mean, &mut rstd,
+                )
+            })
+        }),
+    });
+    v.push(conv_op("patch_embed", geom(3, 1024, 768, 16, 16, 0), false));
+    v.push(conv_op("neck_conv1x1", geom(768, 64, 256, 1, 1, 0), false));
+    v.push(conv_op("neck_conv3x3", geom(256, 64, 256, 3, 1, 1), false));
+    v.push(conv_op("conv_transpose", geom(256, 64, 64, 2, 2, 0), true));
+    v
+}

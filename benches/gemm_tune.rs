@@ -1,0 +1,112 @@
+//! GEMM tuning helper: GFLOP/s of one kernel / precision / blocking at the ViT-B GEMM shapes.
+//!
+//! `cargo bench --bench gemm_tune -- [--kernel avx512|avx512bf16|avx2|scalar|amx] [--bf16]
+//!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--linear] [--reps N]`
+
+use medsam_kernels::gemm::{default_blocking, gemm_tuned, GemmDims, Kernel, Layout, Precision};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
+    let precision = if args.iter().any(|a| a == "--bf16") {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    let kernel = match get("--kernel").as_deref() {
+        None => Kernel::best(precision),
+        Some("scalar") => Kernel::Scalar,
+        Some("avx2") => Kernel::Avx2,
+        Some("avx512") => Kernel::Avx512,
+        Some("avx512bf16") => Kernel::Avx512Bf16,
+        Some("amx") => Kernel::Amx,
+        Some(k) => panic!("unknown kernel {k}"),
+    };
+    let linear = args.iter().any(|a| a == "--linear");
+    let reps: usize = get("--reps").map_or(5, |v| v.parse().unwrap());
+    let mut blk = default_blocking(kernel, precision);
+    let num = |name: &str, d: usize| get(name).map_or(d, |v| v.parse().unwrap());
+    blk.kc = num("--kc", blk.kc);
+    blk.mc = num("--mc", blk.mc);
+    blk.nc = num("--nc", blk.nc);
+    blk.nl2 = num("--nl2", blk.nl2);
+    let m = num("--m", 4096);
+    println!(
+        "kernel={kernel:?} precision={precision:?} {blk:?} threads={}",
+        rayon::current_num_threads()
+    );
+    for (k, n) in [(768, 2304), (768, 3072), (3072, 768)] {
+        let a = data(m * k, 1);
+        let b = data(k * n, 2);
+        let mut c = vec![0.0f32; m * n];
+        let lb = if linear {
+            Layout::transposed(n, k)
+        } else {
+            Layout::row_major(k, n)
+        };
+        let dims = GemmDims { batch: 1, m, n, k };
+        let mut run = || {
+            gemm_tuned(
+                kernel,
+                blk,
+                dims,
+                &a,
+                Layout::row_major(m, k),
+                &b,
+                lb,
+                &mut c,
+                Layout::row_major(m, n),
+                false,
+                precision,
+            )
+        };
+        run();
+        let cpu0 = cpu_seconds();
+        let mut times: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let cpu = cpu_seconds() - cpu0;
+        times.sort_by(|a, b| a.total_cmp(b));
+        let fl = 2.0 * (m * n * k) as f64 / 1e9;
+        println!(
+            "m={m} k={k} n={n}: median {:.1} GFLOP/s, best {:.1}, per cpu-second {:.1}",
+            fl / times[reps / 2],
+            fl / times[0],
+            fl * reps as f64 / cpu
+        );
+    }
+}
+
+/// CPU time of all threads of this process (Linux schedstat, ns resolution): unlike wall time
+/// it does not count time the scheduler gave to other processes on this shared machine.
+fn cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
+}
+
+/// Deterministic values in [-1, 1).
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}

@@ -1,0 +1,242 @@
+//! GEMM: `C[b] (+)= A[b] · B[b]` for a batch of strided matrices.
+//!
+//! Transposed operands are expressed through strides (`row_stride`/`col_stride`), so `A·Bᵀ` needs no
+//! copy. The fast path packs panels of A and B and runs a register-blocked micro-kernel per ISA.
+//!
+//! Structure (BLIS-style, see [`driver`]): for each `NC`-wide column block of C and each
+//! `KC`-deep slice of k, B is packed once into `NR`-wide micro-panels shared by all threads; then
+//! independent tasks (an `MC`-row block of A, optionally split further along n) pack their A
+//! block into `MR`-row micro-panels and run the micro-kernel over every `MR×NR` tile. Packing
+//! reads any strides, so transposed operands cost the same as dense ones, and it is also where
+//! `Precision::Bf16` rounds operands to bf16.
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+mod driver;
+mod pack;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Where element `(b, i, j)` of a batched matrix lives: `b*batch_stride + i*row_stride + j*col_stride`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub batch_stride: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Layout {
+    /// A dense row-major `rows × cols` matrix, batches stored back to back.
+    pub fn row_major(rows: usize, cols: usize) -> Self {
+        Layout {
+            batch_stride: rows * cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+    /// The transpose of a dense row-major `rows × cols` matrix, seen as `cols × rows`.
+    pub fn transposed(rows: usize, cols: usize) -> Self {
+        Layout {
+            batch_stride: rows * cols,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+}
+
+/// Arithmetic used inside the GEMM. Inputs and outputs are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 multiply, f32 accumulate.
+    #[default]
+    F32,
+    /// Operands rounded to bf16 while packing, products accumulated in f32 (AVX512-BF16 / AMX).
+    Bf16,
+}
+
+/// The problem size of one (batched) GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmDims {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// A micro-kernel family. [`gemm`] picks the best available one; [`gemm_with`] forces one, so
+/// every path can be tested on a machine that would normally pick a faster one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, no explicit SIMD. With `Precision::Bf16` it multiplies bf16-rounded values
+    /// in f32.
+    Scalar,
+    /// AVX2 + FMA, 6×16 tile of f32 (bf16 precision: f32 FMA on bf16-rounded values).
+    Avx2,
+    /// AVX-512F, 12×32 tile of f32 (bf16 precision: f32 FMA on bf16-rounded values).
+    Avx512,
+    /// AVX512-BF16 `vdpbf16ps`, 12×32 tile, pairs of bf16 along k. `Precision::Bf16` only.
+    Avx512Bf16,
+    /// AMX `tdpbf16ps`, 32×32 tile made of 2×2 16×16 tiles. `Precision::Bf16` only.
+    Amx,
+}
+
+impl Kernel {
+    /// Every kernel family, fastest last.
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Scalar,
+        Kernel::Avx2,
+        Kernel::Avx512,
+        Kernel::Avx512Bf16,
+        Kernel::Amx,
+    ];
+
+    /// Whether this CPU (and, for AMX, the OS) can run the kernel.
+    pub fn is_available(self) -> bool {
+        let f = crate::cpu::features();
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2 => f.avx2_fma,
+            Kernel::Avx512 => f.avx512f,
+            Kernel::Avx512Bf16 => f.avx512bf16,
+            Kernel::Amx => f.amx_bf16,
+        }
+    }
+
+    /// Whether the kernel implements `precision` (the bf16-only kernels cannot do f32).
+    pub fn supports(self, precision: Precision) -> bool {
+        match self {
+            Kernel::Scalar | Kernel::Avx2 | Kernel::Avx512 => true,
+            Kernel::Avx512Bf16 | Kernel::Amx => precision == Precision::Bf16,
+        }
+    }
+
+    /// The fastest available kernel for `precision` on this machine.
+    pub fn best(precision: Precision) -> Kernel {
+        Kernel::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|k| k.is_available() && k.supports(precision))
+            .unwrap_or(Kernel::Scalar)
+    }
+}
+
+/// `C (+)= A·B` with A `m×k`, B `k×n`, C `m×n` per batch. `accumulate=false` overwrites C.
+/// C's `col_stride` must be 1. Chooses the fastest micro-kernel for this CPU at run time.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    accumulate: bool,
+    precision: Precision,
+) {
+    gemm_with(
+        Kernel::best(precision),
+        dims,
+        a,
+        la,
+        b,
+        lb,
+        c,
+        lc,
+        accumulate,
+        precision,
+    )
+}
+
+/// [`gemm`] with an explicitly chosen micro-kernel family.
+///
+/// Panics if `kernel` is not available on this CPU or does not support `precision`, if C's
+/// `col_stride` is not 1, or if a slice is too short for its layout.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with(
+    kernel: Kernel,
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    accumulate: bool,
+    precision: Precision,
+) {
+    let ukr = driver::micro_kernel(kernel, precision);
+    driver::gemm(&ukr, ukr.blocking, dims, a, la, b, lb, c, lc, accumulate)
+}
+
+/// Cache-blocking parameters (in elements of k / rows / columns). Exposed so the benchmarks can
+/// tune them; the defaults per kernel come from measurements on the target CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocking {
+    /// Depth of one packed k slice (A micro-panel `MR×KC` should stay in L1).
+    pub kc: usize,
+    /// Rows of A packed per task (rounded to a multiple of MR).
+    pub mc: usize,
+    /// Columns of B packed and shared per outer iteration (rounded to a multiple of NR).
+    pub nc: usize,
+    /// Columns of the packed B block one task sweeps per A micro-panel (`KC×NL2` should stay in L2).
+    pub nl2: usize,
+}
+
+/// The blocking [`gemm_with`] uses for `kernel` at `precision`.
+pub fn default_blocking(kernel: Kernel, precision: Precision) -> Blocking {
+    driver::micro_kernel(kernel, precision).blocking
+}
+
+/// [`gemm_with`] with explicit cache blocking, for tuning.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_tuned(
+    kernel: Kernel,
+    blocking: Blocking,
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    accumulate: bool,
+    precision: Precision,
+) {
+    let ukr = driver::micro_kernel(kernel, precision);
+    driver::gemm(&ukr, blocking, dims, a, la, b, lb, c, lc, accumulate)
+}
+
+pub mod reference {
+    use super::{GemmDims, Layout};
+
+    /// Triple loop in f64-free f32 with a straightforward k-inner sum; the oracle for tests.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        dims: GemmDims,
+        a: &[f32],
+        la: Layout,
+        b: &[f32],
+        lb: Layout,
+        c: &mut [f32],
+        lc: Layout,
+        accumulate: bool,
+    ) {
+        for bi in 0..dims.batch {
+            for i in 0..dims.m {
+                for j in 0..dims.n {
+                    let mut acc = 0.0f32;
+                    for p in 0..dims.k {
+                        acc += a[bi * la.batch_stride + i * la.row_stride + p * la.col_stride]
+                            * b[bi * lb.batch_stride + p * lb.row_stride + j * lb.col_stride];
+                    }
+                    let ci = bi * lc.batch_stride + i * lc.row_stride + j * lc.col_stride;
+                    c[ci] = if accumulate { c[ci] + acc } else { acc };
+                }
+            }
+        }
+    }
+}

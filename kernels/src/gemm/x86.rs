@@ -1,0 +1,422 @@
+//! x86-64 SIMD micro-kernels. C is row-major, so each kernel keeps an `MR × NR` tile of C in
+//! registers as MR rows of NR/lanes vectors: per k step it loads one row of the packed B panel
+//! (NR floats, vector loads) and broadcasts MR values of the packed A panel (folded into the
+//! FMA as a memory broadcast operand), issuing MR·NR/lanes independent FMAs — enough to cover the
+//! FMA latency × throughput product of both FMA pipes.
+
+use super::driver::MicroKernel;
+use super::pack::PackFormat;
+use super::Blocking;
+use std::arch::x86_64::*;
+
+pub(crate) fn avx2_micro_kernel(format: PackFormat) -> MicroKernel {
+    MicroKernel {
+        mr: 6,
+        nr: 16,
+        format,
+        a_row_major: false,
+        k_align: 1,
+        func: ukr_avx2,
+        blocking: Blocking {
+            kc: 256,
+            mc: 120,
+            nc: 4096,
+            nl2: 512,
+        },
+    }
+}
+
+/// 12 rows × 32 columns: 24 zmm accumulators + 2 for B, leaving room for the broadcasts.
+const AVX512_MR: usize = 12;
+
+pub(crate) fn avx512_micro_kernel(format: PackFormat) -> MicroKernel {
+    MicroKernel {
+        mr: AVX512_MR,
+        nr: 32,
+        format,
+        a_row_major: true,
+        k_align: 1,
+        func: ukr_avx512::<AVX512_MR>,
+        blocking: Blocking {
+            kc: 384,
+            mc: 192,
+            nc: 4096,
+            nl2: 512,
+        },
+    }
+}
+
+pub(crate) fn avx512bf16_micro_kernel() -> MicroKernel {
+    MicroKernel {
+        mr: AVX512_MR,
+        nr: 32,
+        format: PackFormat::Bf16Pairs,
+        a_row_major: true,
+        k_align: 1,
+        func: ukr_avx512bf16::<AVX512_MR>,
+        blocking: Blocking {
+            kc: 512,
+            mc: 192,
+            nc: 4096,
+            nl2: 512,
+        },
+    }
+}
+
+/// Prefetches the C tile so its load after the k loop does not stall.
+#[inline(always)]
+unsafe fn prefetch_c(c: *mut f32, ldc: usize, rows: usize, bytes: usize) {
+    for i in 0..rows {
+        let row = c.add(i * ldc) as *const i8;
+        for off in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(row.add(off));
+        }
+    }
+}
+
+/// # Safety
+/// CPU has AVX2+FMA; `a` holds `kp*6` and `b` `kp*16` packed f32; `c` is a 6×16 tile.
+unsafe fn ukr_avx2(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, acc: bool) {
+    ukr_avx2_impl(kp, a as *const f32, b as *const f32, c, ldc, acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn ukr_avx2_impl(
+    kp: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    prefetch_c(c, ldc, MR, NR * 4);
+    let mut r = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..kp {
+        let b0 = _mm256_loadu_ps(b.add(p * NR));
+        let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+        for (i, ri) in r.iter_mut().enumerate() {
+            let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
+            ri[0] = _mm256_fmadd_ps(ai, b0, ri[0]);
+            ri[1] = _mm256_fmadd_ps(ai, b1, ri[1]);
+        }
+    }
+    for (i, ri) in r.iter().enumerate() {
+        let crow = c.add(i * ldc);
+        for (h, &v) in ri.iter().enumerate() {
+            let p = crow.add(8 * h);
+            let v = if accumulate {
+                _mm256_add_ps(v, _mm256_loadu_ps(p))
+            } else {
+                v
+            };
+            _mm256_storeu_ps(p, v);
+        }
+    }
+}
+
+/// # Safety
+/// CPU has AVX-512F; `a` holds `kp*MR` and `b` `kp*32` packed f32; `c` is an MR×32 tile.
+unsafe fn ukr_avx512<const MR: usize>(
+    kp: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    ukr_avx512_impl::<MR>(kp, a as *const f32, b as *const f32, c, ldc, acc)
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn ukr_avx512_impl<const MR: usize>(
+    kp: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    const NR: usize = 32;
+    prefetch_c(c, ldc, MR, NR * 4);
+    let mut r = [[_mm512_setzero_ps(); 2]; MR];
+    let step = |r: &mut [[__m512; 2]; MR], p: usize| {
+        let b0 = _mm512_loadu_ps(b.add(p * NR));
+        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        for (i, ri) in r.iter_mut().enumerate() {
+            let ai = _mm512_set1_ps(*a.add(i * kp + p));
+            ri[0] = _mm512_fmadd_ps(ai, b0, ri[0]);
+            ri[1] = _mm512_fmadd_ps(ai, b1, ri[1]);
+        }
+    };
+    // Unrolled by 4 so loop overhead and address updates are amortised.
+    let mut p = 0;
+    while p + 4 <= kp {
+        step(&mut r, p);
+        step(&mut r, p + 1);
+        step(&mut r, p + 2);
+        step(&mut r, p + 3);
+        p += 4;
+    }
+    while p < kp {
+        step(&mut r, p);
+        p += 1;
+    }
+    store_tile_512(&r, c, ldc, accumulate);
+}
+
+#[inline(always)]
+unsafe fn store_tile_512<const MR: usize>(
+    r: &[[__m512; 2]; MR],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    for (i, ri) in r.iter().enumerate() {
+        let crow = c.add(i * ldc);
+        for (h, &v) in ri.iter().enumerate() {
+            let p = crow.add(16 * h);
+            let v = if accumulate {
+                _mm512_add_ps(v, _mm512_loadu_ps(p))
+            } else {
+                v
+            };
+            _mm512_storeu_ps(p, v);
+        }
+    }
+}
+
+/// # Safety
+/// CPU has AVX512-BF16; `a` holds `kp*MR` and `b` `kp*32` packed bf16 pairs; `c` is MR×32.
+unsafe fn ukr_avx512bf16<const MR: usize>(
+    kp: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    ukr_avx512bf16_impl::<MR>(kp, a, b, c, ldc, acc)
+}
+
+/// Same register tile as the f32 kernel, but each k unit is a pair of bf16 values:
+/// `vdpbf16ps` adds `a[2u]·b[2u] + a[2u+1]·b[2u+1]` into each f32 lane, doing twice the work
+/// of an f32 FMA per instruction.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn ukr_avx512bf16_impl<const MR: usize>(
+    kp: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    const NR: usize = 32;
+    prefetch_c(c, ldc, MR, NR * 4);
+    let mut r = [[_mm512_setzero_ps(); 2]; MR];
+    let step = |r: &mut [[__m512; 2]; MR], p: usize| {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+        for (i, ri) in r.iter_mut().enumerate() {
+            let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i * kp + p) as i32));
+            ri[0] = _mm512_dpbf16_ps(ri[0], ai, b0);
+            ri[1] = _mm512_dpbf16_ps(ri[1], ai, b1);
+        }
+    };
+    let mut p = 0;
+    while p + 4 <= kp {
+        step(&mut r, p);
+        step(&mut r, p + 1);
+        step(&mut r, p + 2);
+        step(&mut r, p + 3);
+        p += 4;
+    }
+    while p < kp {
+        step(&mut r, p);
+        p += 1;
+    }
+    store_tile_512(&r, c, ldc, accumulate);
+}
+
+/// Rounds 16 f32 to bf16 (round-to-nearest-even, NaN kept quiet, exactly like
+/// `half::bf16::from_f32`), returned as u32 lanes with the bf16 bits in the high half and zeros
+/// below (i.e. the rounded value as f32 bits).
+#[inline(always)]
+unsafe fn round_bf16_hi(v: __m512) -> __m512i {
+    let x = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+    let r = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+    let r = _mm512_and_si512(r, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+    let abs = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF));
+    let nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+    let quiet = _mm512_or_si512(
+        _mm512_and_si512(x, _mm512_set1_epi32(0xFFFF_0000u32 as i32)),
+        _mm512_set1_epi32(0x0040_0000),
+    );
+    _mm512_mask_blend_epi32(nan, r, quiet)
+}
+
+#[inline(always)]
+fn lanes(cnt: usize) -> __mmask16 {
+    if cnt >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << cnt) - 1) as __mmask16
+    }
+}
+
+/// AVX-512 packing for the two common layouts (see `pack::pack_panel` for the meaning of the
+/// arguments): lines contiguous in both source and destination (row-major B, transposed A), or
+/// k contiguous in the source (row-major A, `F.linear`-style transposed B). Returns false (and
+/// does nothing) for other layouts or CPUs without AVX-512F. Writes only the data units:
+/// lines `0..n` × units `0..units(kc)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_panel_avx512(
+    fmt: PackFormat,
+    src: &[f32],
+    base: usize,
+    ls: usize,
+    ks: usize,
+    n: usize,
+    kc: usize,
+    dst: &mut [u32],
+    dl: usize,
+    du: usize,
+) -> bool {
+    if !crate::cpu::features().avx512f || n == 0 || kc == 0 {
+        return false;
+    }
+    let units = match fmt {
+        PackFormat::Bf16Pairs => kc.div_ceil(2),
+        _ => kc,
+    };
+    // Everything below reads/writes within these bounds (masked lanes are not accessed).
+    assert!(base + (n - 1) * ls + (kc - 1) * ks < src.len());
+    assert!((n - 1) * dl + (units - 1) * du < dst.len());
+    // SAFETY: AVX-512F is present; indices are bounded by the asserts above.
+    unsafe {
+        if ls == 1 && dl == 1 {
+            pack_lines_contiguous(
+                fmt,
+                src.as_ptr().add(base),
+                ks,
+                n,
+                kc,
+                units,
+                dst.as_mut_ptr(),
+                du,
+            );
+            true
+        } else if ks == 1 {
+            pack_k_contiguous(
+                fmt,
+                src.as_ptr().add(base),
+                ls,
+                n,
+                kc,
+                units,
+                dst.as_mut_ptr(),
+                dl,
+                du,
+            );
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_lines_contiguous(
+    fmt: PackFormat,
+    src: *const f32,
+    ks: usize,
+    n: usize,
+    kc: usize,
+    units: usize,
+    dst: *mut u32,
+    du: usize,
+) {
+    for u in 0..units {
+        let d = dst.add(u * du);
+        for l in (0..n).step_by(16) {
+            let m = lanes(n - l);
+            let out = match fmt {
+                PackFormat::F32 => {
+                    _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src.add(u * ks + l)))
+                }
+                PackFormat::F32RoundBf16 => {
+                    round_bf16_hi(_mm512_maskz_loadu_ps(m, src.add(u * ks + l)))
+                }
+                PackFormat::Bf16Pairs => {
+                    let k0 = 2 * u;
+                    let lo = round_bf16_hi(_mm512_maskz_loadu_ps(m, src.add(k0 * ks + l)));
+                    let hi = if k0 + 1 < kc {
+                        round_bf16_hi(_mm512_maskz_loadu_ps(m, src.add((k0 + 1) * ks + l)))
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    _mm512_or_si512(_mm512_srli_epi32::<16>(lo), hi)
+                }
+            };
+            _mm512_mask_storeu_epi32(d.add(l) as *mut i32, m, out);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_k_contiguous(
+    fmt: PackFormat,
+    src: *const f32,
+    ls: usize,
+    n: usize,
+    kc: usize,
+    units: usize,
+    dst: *mut u32,
+    dl: usize,
+    du: usize,
+) {
+    let mut tmp = [0u32; 16];
+    for l in 0..n {
+        let s = src.add(l * ls);
+        let d = dst.add(l * dl);
+        for u0 in (0..units).step_by(16) {
+            let out = match fmt {
+                PackFormat::F32 | PackFormat::F32RoundBf16 => {
+                    let v = _mm512_maskz_loadu_ps(lanes(kc - u0), s.add(u0));
+                    if fmt == PackFormat::F32 {
+                        _mm512_castps_si512(v)
+                    } else {
+                        round_bf16_hi(v)
+                    }
+                }
+                PackFormat::Bf16Pairs => {
+                    // 32 consecutive k → 32 bf16 → 16 pairs of (even k, odd k).
+                    let k0 = 2 * u0;
+                    let left = kc - k0;
+                    let v0 = _mm512_maskz_loadu_ps(lanes(left), s.add(k0));
+                    let v1 = if left > 16 {
+                        _mm512_maskz_loadu_ps(lanes(left - 16), s.add(k0 + 16))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let w0 = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(round_bf16_hi(v0)));
+                    let w1 = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(round_bf16_hi(v1)));
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1)
+                }
+            };
+            let cnt = (units - u0).min(16);
+            if du == 1 {
+                _mm512_mask_storeu_epi32(d.add(u0) as *mut i32, lanes(cnt), out);
+            } else {
+                _mm512_storeu_si512(tmp.as_mut_ptr() as *mut _, out);
+                for (t, &x) in tmp[..cnt].iter().enumerate() {
+                    *d.add((u0 + t) * du) = x;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Attention with SAM's decomposed rel-pos bias: tiled fast path vs materialising reference,
+//! forward and backward, and finite-difference gradients of the reference.
+
+#![allow(clippy::needless_range_loop)]
+
+use medsam_kernels::attention::{self, reference, AttnDims, RelPosBias};
+use proptest::prelude::*;
+
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+struct Case {
+    dims: AttnDims,
+    kh: usize,
+    kw: usize,
+    biased: bool,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    rh: Vec<f32>,
+    rw: Vec<f32>,
+    dout: Vec<f32>,
+    scale: f32,
+}
+
+impl Case {
+    fn new(dims: AttnDims, kh: usize, kw: usize, biased: bool, seed: u64) -> Case {
+        let AttnDims { bh, nq, nk, d, dv } = dims;
+        let mut r = Rng(seed);
+        Case {
+            dims,
+            kh,
+            kw,
+            biased,
+            q: r.vec(bh * nq * d, 2.0),
+            k: r.vec(bh * nk * d, 2.0),
+            v: r.vec(bh * nk * dv, 1.0),
+            rh: r.vec(bh * nq * kh, 1.0),
+            rw: r.vec(bh * nq * kw, 1.0),
+            dout: r.vec(bh * nq * dv, 1.0),
+            scale: 1.0 / (d as f32).sqrt(),
+        }
+    }
+    fn bias(&self) -> Option<RelPosBias<'_>> {
+        self.biased.then_some(RelPosBias {
+            rel_h: &self.rh,
+            rel_w: &self.rw,
+            kh: self.kh,
+            kw: self.kw,
+        })
+    }
+    /// [out, lse, dq, dk, dv, drel_h, drel_w]
+    fn run(&self, fast: bool) -> [Vec<f32>; 7] {
+        let AttnDims { bh, nq, .. } = self.dims;
+        let mut out = vec![9.0; self.dout.len()];
+        let mut lse = vec![9.0; bh * nq];
+        let (mut dq, mut dk, mut dv) = (
+            vec![9.0; self.q.len()],
+            vec![9.0; self.k.len()],
+            vec![9.0; self.v.len()],
+        );
+        let (mut dh, mut dw) = (vec![9.0; self.rh.len()], vec![9.0; self.rw.len()]);
+        let drel = self.biased.then_some((&mut dh[..], &mut dw[..]));
+        if fast {
+            attention::attention_forward(
+                self.dims,
+                &self.q,
+                &self.k,
+                &self.v,
+                self.scale,
+                self.bias(),
+                &mut out,
+                &mut lse,
+            );
+            attention::attention_backward(
+                self.dims,
+                &self.q,
+                &self.k,
+                &self.v,
+                self.scale,
+                self.bias(),
+                &out,
+                &lse,
+                &self.dout,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                drel,
+            );
+        } else {
+            reference::attention_forward(
+                self.dims,
+                &self.q,
+                &self.k,
+                &self.v,
+                self.scale,
+                self.bias(),
+                &mut out,
+                &mut lse,
+            );
+            reference::attention_backward(
+                self.dims,
+                &self.q,
+                &self.k,
+                &self.v,
+                self.scale,
+                self.bias(),
+                &out,
+                &lse,
+                &self.dout,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                drel,
+            );
+        }
+        if !self.biased {
+            dh.clear();
+            dw.clear();
+        }
+        [out, lse, dq, dk, dv, dh, dw]
+    }
+}
+
+fn compare(c: &Case) {
+    let a = c.run(true);
+    let b = c.run(false);
+    // Tolerance: scores are O(10) (|q|,|k| ≤ 2, d ≤ 40, plus bias ≤ 2); the fast path works in f32
+    // with a polynomial exp (rel ~2e-7) and an online softmax, the reference in f64. Errors in
+    // p are ~1e-6 relative; outputs/gradients sum ≤ ~300 such terms, so 2e-4 abs + 2e-4 rel.
+    let names = ["out", "lse", "dq", "dk", "dv", "drel_h", "drel_w"];
+    for i in 0..7 {
+        assert_close(
+            &format!("{} {:?} bias={}", names[i], c.dims, c.biased),
+            &a[i],
+            &b[i],
+            2e-4,
+            2e-4,
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn attention_fast_matches_reference_with_bias(bh in 1usize..3, nq in 1usize..140, kh in 1usize..12, kw in 1usize..12,
+                                                  d in 1usize..40, dv in 1usize..40, seed in any::<u64>()) {
+        let dims = AttnDims { bh, nq, nk: kh * kw, d, dv };
+        compare(&Case::new(dims, kh, kw, true, seed));
+    }
+
+    #[test]
+    fn attention_fast_matches_reference_no_bias(bh in 1usize..4, nq in 1usize..20, nk in 1usize..200,
+                                                d in 1usize..40, seed in any::<u64>()) {
+        let dims = AttnDims { bh, nq, nk, d, dv: d };
+        compare(&Case::new(dims, 1, nk, false, seed));
+    }
+}
+
+#[test]
+fn sam_window_shape() {
+    // One windowed-attention head: 14×14 tokens, d = 64, rel-pos over 14×14 (nk = 196 → 4 tiles).
+    let dims = AttnDims {
+        bh: 2,
+        nq: 196,
+        nk: 196,
+        d: 64,
+        dv: 64,
+    };
+    compare(&Case::new(dims, 14, 14, true, 77));
+}
+
+#[test]
+fn decoder_cross_attention_shape() {
+    // Token→image cross-attention: nq = 7, nk = 16×16, d = 16, no bias.
+    let dims = AttnDims {
+        bh: 8,
+        nq: 7,
+        nk: 256,
+        d: 16,
+        dv: 16,
+    };
+    compare(&Case::new(dims, 1, 256, false, 78));
+}
+
+#[test]
+fn attention_gradient_finite_difference() {
+    let dims = AttnDims {
+        bh: 2,
+        nq: 5,
+        nk: 6,
+        d: 3,
+        dv: 4,
+    };
+    let base = Case::new(dims, 2, 3, true, 99);
+    let [_, _, dq, dk, dv, dh, dw] = base.run(true);
+    let loss = |c: &Case| {
+        let mut out = vec![0.0; c.dout.len()];
+        let mut lse = vec![0.0; dims.bh * dims.nq];
+        attention::attention_forward(
+            dims,
+            &c.q,
+            &c.k,
+            &c.v,
+            c.scale,
+            c.bias(),
+            &mut out,
+            &mut lse,
+        );
+        out.iter()
+            .zip(&c.dout)
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .sum::<f64>()
+    };
+    let eps = 1e-2f32;
+    let mut c = Case::new(dims, 2, 3, true, 99);
+    // (which tensor, analytic gradient)
+    let grads: [(&str, &[f32]); 5] = [
+        ("q", &dq),
+        ("k", &dk),
+        ("v", &dv),
+        ("rel_h", &dh),
+        ("rel_w", &dw),
+    ];
+    for (t, (name, an)) in grads.iter().enumerate() {
+        let n = an.len();
+        let mut fd = vec![0.0f32; n];
+        for i in 0..n {
+            let field = |c: &mut Case| -> *mut f32 {
+                let v = match t {
+                    0 => &mut c.q,
+                    1 => &mut c.k,
+                    2 => &mut c.v,
+                    3 => &mut c.rh,
+                    _ => &mut c.rw,
+                };
+                &mut v[i]
+            };
+            let p = field(&mut c);
+            // SAFETY: p points into c, which is alive and not otherwise borrowed here.
+            let orig = unsafe { *p };
+            unsafe { *p = orig + eps };
+            let lp = loss(&c);
+            unsafe { *p = orig - eps };
+            let lm = loss(&c);
+            unsafe { *p = orig };
+            fd[i] = ((lp - lm) / (2.0 * eps as f64)) as f32;
+        }
+        // Tolerance: O(eps²) truncation of a smooth function with O(1) derivatives, plus f32
+        // rounding of the loss (~1e-7·|L|/eps); 2e-3 is far below the size of a wrong term.
+        assert_close(&format!("fd d{name}"), an, &fd, 2e-3, 2e-3);
+    }
+}

@@ -1,0 +1,437 @@
+//! Property tests: the fast GEMM (every micro-kernel this CPU can run, forced via `gemm_with`)
+//! against `reference::gemm` on random shapes, layouts and blockings.
+//!
+//! Tolerance. The kernels sum the k products in a different order than the reference (blocked
+//! over KC, FMA instead of mul+add, bf16 pairs), so results differ by rounding. For each output
+//! the error of a recursive f32 sum is bounded by ~k·eps·Σ_p|a_ip·b_pj|, and for random-sign data
+//! it grows like sqrt(k); we allow `4·(sqrt(k)+2)·eps·Σ|a||b|` (+ `2·eps·|C_in|` for the final
+//! accumulate add) per element, for both implementations' errors combined. A real bug (a dropped
+//! or duplicated k term, a wrong row/column, a stale C) changes an element by ~|a·b|, which is
+//! orders of magnitude above this for k ≤ a few thousand.
+//!
+//! bf16: the kernels round A and B to bf16 (round-to-nearest-even) and accumulate in f32, so
+//! the oracle is `reference::gemm` on bf16-rounded copies of A and B, with the same tolerance.
+
+use half::bf16;
+use medsam_kernels::gemm::{
+    self, default_blocking, gemm_tuned, gemm_with, reference, Blocking, GemmDims, Kernel, Layout,
+    Precision,
+};
+use proptest::prelude::*;
+
+/// Deterministic pseudo-random data in [-1, 1) (xorshift64*), so a failing case is reproducible
+/// from its seed.
+fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            (r >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// How an operand is laid out in memory.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    RowMajor,
+    Transposed,
+    /// Neither stride is 1 (exercises the general packing loops).
+    Strided,
+}
+
+/// A layout for a `rows × cols` operand with `pad` extra elements per line and between batches.
+fn layout(mode: Mode, rows: usize, cols: usize, pad: usize) -> Layout {
+    let (row_stride, col_stride, span) = match mode {
+        Mode::RowMajor => (cols + pad, 1, rows * (cols + pad)),
+        Mode::Transposed => (1, rows + pad, cols * (rows + pad)),
+        Mode::Strided => (2 * cols + pad, 2, rows * (2 * cols + pad)),
+    };
+    Layout {
+        batch_stride: span + pad,
+        row_stride,
+        col_stride,
+    }
+}
+
+fn buf_len(l: Layout, batch: usize, rows: usize, cols: usize) -> usize {
+    (batch - 1) * l.batch_stride + (rows - 1) * l.row_stride + (cols - 1) * l.col_stride + 1
+}
+
+fn kernels(precision: Precision) -> Vec<Kernel> {
+    Kernel::ALL
+        .iter()
+        .copied()
+        .filter(|k| k.is_available() && k.supports(precision))
+        .collect()
+}
+
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    dims: GemmDims,
+    modes: (Mode, Mode),
+    pads: (usize, usize, usize),
+    accumulate: bool,
+    seed: u64,
+    blocking: Option<Blocking>,
+}
+
+/// Runs one case on `kernel` and checks every element of C (including the padding, which must
+/// be untouched) against the reference. Returns an error message instead of panicking so that
+/// proptest can shrink.
+fn check(case: &Case, kernel: Kernel, precision: Precision) -> Result<(), String> {
+    let GemmDims { batch, m, n, k } = case.dims;
+    let la = layout(case.modes.0, m, k.max(1), case.pads.0);
+    let lb = layout(case.modes.1, k.max(1), n, case.pads.1);
+    let lc = layout(Mode::RowMajor, m, n, case.pads.2);
+    let a = fill(buf_len(la, batch, m, k.max(1)), case.seed);
+    let b = fill(buf_len(lb, batch, k.max(1), n), case.seed ^ 0xB);
+    let c0 = fill(buf_len(lc, batch, m, n), case.seed ^ 0xC);
+
+    let (ar, br) = match precision {
+        Precision::F32 => (a.clone(), b.clone()),
+        Precision::Bf16 => (round_bf16(&a), round_bf16(&b)),
+    };
+    let mut want = c0.clone();
+    reference::gemm(case.dims, &ar, la, &br, lb, &mut want, lc, case.accumulate);
+    // Σ|a||b| per output element, for the tolerance.
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+    let mut mag = vec![0.0f32; c0.len()];
+    reference::gemm(case.dims, &abs(&ar), la, &abs(&br), lb, &mut mag, lc, false);
+
+    let mut got = c0.clone();
+    match case.blocking {
+        None => gemm_with(
+            kernel,
+            case.dims,
+            &a,
+            la,
+            &b,
+            lb,
+            &mut got,
+            lc,
+            case.accumulate,
+            precision,
+        ),
+        Some(blk) => gemm_tuned(
+            kernel,
+            blk,
+            case.dims,
+            &a,
+            la,
+            &b,
+            lb,
+            &mut got,
+            lc,
+            case.accumulate,
+            precision,
+        ),
+    }
+    let eps = f32::EPSILON;
+    let ksq = (k as f32).sqrt() + 2.0;
+    for idx in 0..got.len() {
+        let tol = 4.0 * ksq * eps * mag[idx]
+            + if case.accumulate {
+                2.0 * eps * c0[idx].abs()
+            } else {
+                0.0
+            };
+        let err = (got[idx] - want[idx]).abs();
+        // Written so that a NaN error also fails.
+        if err.is_nan() || err > tol {
+            return Err(format!(
+                "{kernel:?} {precision:?} {case:?}: C[{idx}] = {} want {} (err {err:e} > tol {tol:e})",
+                got[idx], want[idx]
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        3 => Just(Mode::RowMajor),
+        3 => Just(Mode::Transposed),
+        1 => Just(Mode::Strided),
+    ]
+}
+
+/// Sizes biased towards the interesting ones: 1, around SIMD widths and tile sizes, and odd.
+fn size(max: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        1 => Just(1usize),
+        2 => prop::sample::select(vec![2usize, 5, 6, 7, 11, 12, 13, 15, 16, 17, 31, 32, 33]),
+        3 => 1..=max,
+    ]
+}
+
+fn case(tiny_blocking: bool) -> impl Strategy<Value = Case> {
+    (
+        1usize..=3,
+        size(40),
+        size(70),
+        prop_oneof![1 => Just(0usize), 8 => 1usize..=130],
+        (mode(), mode()),
+        (0usize..3, 0usize..3, 0usize..3),
+        any::<bool>(),
+        any::<u64>(),
+        (1usize..=64, 1usize..=48, 1usize..=96, 1usize..=64),
+    )
+        .prop_map(
+            move |(batch, m, n, k, modes, pads, accumulate, seed, (kc, mc, nc, nl2))| Case {
+                dims: GemmDims { batch, m, n, k },
+                modes,
+                pads,
+                accumulate,
+                seed,
+                // Small blocks so a small problem crosses many KC/MC/NC/NL2 boundaries.
+                blocking: tiny_blocking.then_some(Blocking { kc, mc, nc, nl2 }),
+            },
+        )
+}
+
+fn run_all(case: &Case, precision: Precision) -> Result<(), TestCaseError> {
+    for kernel in kernels(precision) {
+        check(case, kernel, precision).map_err(TestCaseError::fail)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn f32_matches_reference(case in case(false)) {
+        run_all(&case, Precision::F32)?;
+    }
+
+    #[test]
+    fn f32_small_blocking_matches_reference(case in case(true)) {
+        run_all(&case, Precision::F32)?;
+    }
+
+    #[test]
+    fn bf16_matches_reference_on_rounded_inputs(case in case(false)) {
+        run_all(&case, Precision::Bf16)?;
+    }
+
+    #[test]
+    fn bf16_small_blocking_matches_reference(case in case(true)) {
+        run_all(&case, Precision::Bf16)?;
+    }
+}
+
+/// Problems big enough for the multi-threaded paths (shared packed B with tasks split over M and
+/// N; parallel over batch) and the default blocking's block boundaries.
+#[test]
+fn large_and_parallel_shapes() {
+    let shapes = [
+        // (batch, m, n, k): inner-parallel, several KC slices, edge tiles everywhere.
+        (1, 301, 277, 530),
+        // batch not a multiple of the thread count: parallel inside each GEMM.
+        (3, 97, 150, 130),
+        // many batches: parallel over batch.
+        (8, 64, 70, 64),
+        // wide-n, short-m (split over N).
+        (1, 20, 700, 200),
+    ];
+    for precision in [Precision::F32, Precision::Bf16] {
+        for kernel in kernels(precision) {
+            for &(batch, m, n, k) in &shapes {
+                for (modes, accumulate) in [
+                    ((Mode::RowMajor, Mode::Transposed), false),
+                    ((Mode::Transposed, Mode::RowMajor), true),
+                ] {
+                    let case = Case {
+                        dims: GemmDims { batch, m, n, k },
+                        modes,
+                        pads: (1, 0, 3),
+                        accumulate,
+                        seed: (m * 31 + n * 7 + k) as u64,
+                        blocking: None,
+                    };
+                    check(&case, kernel, precision).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// C for several heads interleaved as `[tokens, heads, d]` (batch stride d, row stride heads·d):
+/// the parallel-over-batch path must write each head's columns only.
+#[test]
+fn interleaved_heads_output() {
+    let (heads, tokens, d, k) = (4, 150, 64, 80);
+    let dims = GemmDims {
+        batch: heads,
+        m: tokens,
+        n: d,
+        k,
+    };
+    let la = Layout::row_major(tokens, k);
+    let lb = Layout::row_major(k, d);
+    let lc = Layout {
+        batch_stride: d,
+        row_stride: heads * d,
+        col_stride: 1,
+    };
+    let a = fill(heads * tokens * k, 1);
+    let b = fill(heads * k * d, 2);
+    for precision in [Precision::F32, Precision::Bf16] {
+        let (ar, br) = match precision {
+            Precision::F32 => (a.clone(), b.clone()),
+            Precision::Bf16 => (round_bf16(&a), round_bf16(&b)),
+        };
+        let mut want = vec![0.0; tokens * heads * d];
+        reference::gemm(dims, &ar, la, &br, lb, &mut want, lc, false);
+        let mut got = vec![f32::NAN; tokens * heads * d];
+        gemm::gemm(dims, &a, la, &b, lb, &mut got, lc, false, precision);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    }
+}
+
+/// k = 0: C is zeroed, or left unchanged when accumulating.
+#[test]
+fn k_zero() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        for kernel in kernels(precision) {
+            let dims = GemmDims {
+                batch: 2,
+                m: 3,
+                n: 5,
+                k: 0,
+            };
+            let lc = Layout::row_major(3, 5);
+            let mut c = vec![7.0f32; 30];
+            gemm_with(
+                kernel,
+                dims,
+                &[],
+                Layout::row_major(3, 0),
+                &[],
+                Layout::row_major(0, 5),
+                &mut c,
+                lc,
+                true,
+                precision,
+            );
+            assert!(c.iter().all(|&x| x == 7.0));
+            gemm_with(
+                kernel,
+                dims,
+                &[],
+                Layout::row_major(3, 0),
+                &[],
+                Layout::row_major(0, 5),
+                &mut c,
+                lc,
+                false,
+                precision,
+            );
+            assert!(c.iter().all(|&x| x == 0.0));
+        }
+    }
+}
+
+/// The default blockings are sane and the kernel list covers the paths this CPU should run.
+#[test]
+fn kernel_selection() {
+    let f = medsam_kernels::cpu::features();
+    assert_eq!(Kernel::Avx512.is_available(), f.avx512f);
+    assert!(!Kernel::Avx512Bf16.supports(Precision::F32));
+    for p in [Precision::F32, Precision::Bf16] {
+        let best = Kernel::best(p);
+        assert!(best.is_available() && best.supports(p));
+        let blk = default_blocking(best, p);
+        assert!(blk.kc > 0 && blk.mc > 0 && blk.nc > 0 && blk.nl2 > 0);
+    }
+    if f.avx512bf16 {
+        assert!(matches!(
+            Kernel::best(Precision::Bf16),
+            Kernel::Avx512Bf16 | Kernel::Amx
+        ));
+    }
+}
+
+/// bf16 rounding while packing must be exactly `half`'s round-to-nearest-even, NaN and infinity
+/// included: with k = 1 each output is a single product of two bf16 values, which is exact in
+/// f32, so the comparison is bit-for-bit. Values are random bit patterns (ties included) in the
+/// normal range, since `vdpbf16ps` flushes denormals.
+#[test]
+fn bf16_rounding_is_exact() {
+    let (m, n) = (37, 41);
+    let mut s = 0x1234_5678_9abc_def0u64;
+    let mut bits = |len: usize, specials: bool| -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let mant = (s as u32) & 0x007F_FFFF;
+                // Every 3rd value an exact tie (low 16 bits = 0x8000) to test ties-to-even.
+                let mant = if i % 3 == 0 {
+                    (mant & !0xFFFF) | 0x8000
+                } else {
+                    mant
+                };
+                let exp = 107 + ((s >> 32) % 40) as u32;
+                let sign = ((s >> 40) & 1) as u32;
+                match (specials, i % 17) {
+                    (true, 5) => f32::NAN,
+                    (true, 11) => f32::INFINITY,
+                    (true, 13) => f32::from_bits(0x7F80_0001), // signalling NaN
+                    _ => f32::from_bits(sign << 31 | exp << 23 | mant),
+                }
+            })
+            .collect()
+    };
+    let a = bits(m, true);
+    let b = bits(n, false);
+    let dims = GemmDims {
+        batch: 1,
+        m,
+        n,
+        k: 1,
+    };
+    let lc = Layout::row_major(m, n);
+    for kernel in kernels(Precision::Bf16) {
+        for la in [Layout::row_major(m, 1), Layout::transposed(1, m)] {
+            for lb in [Layout::row_major(1, n), Layout::transposed(n, 1)] {
+                let mut c = vec![0.0f32; m * n];
+                gemm_with(
+                    kernel,
+                    dims,
+                    &a,
+                    la,
+                    &b,
+                    lb,
+                    &mut c,
+                    lc,
+                    false,
+                    Precision::Bf16,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = bf16::from_f32(a[i]).to_f32() * bf16::from_f32(b[j]).to_f32();
+                        let got = c[i * n + j];
+                        assert!(
+                            got == want || (got.is_nan() && want.is_nan()),
+                            "{kernel:?} {la:?} {lb:?} a={:e} b={:e}: {got:e} != {want:e}",
+                            a[i],
+                            b[j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! LayerNorm / LayerNorm2d: fast vs reference on random shapes, finite-difference gradients.
+
+#![allow(clippy::needless_range_loop)]
+
+use medsam_kernels::norm::{self, reference};
+use proptest::prelude::*;
+
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+/// Runs LayerNorm2d (`hw > 0`) or row LayerNorm (`hw == 0`, rows = n, dim = c) with `fast` or the
+/// reference, returning (y, mean, rstd, dx, dgamma, dbeta). dgamma/dbeta start at 0.5 to check
+/// that they are accumulated.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn run(
+    fast: bool,
+    n: usize,
+    c: usize,
+    hw: usize,
+    x: &[f32],
+    gm: &[f32],
+    bt: &[f32],
+    dy: &[f32],
+) -> [Vec<f32>; 6] {
+    let p = hw.max(1);
+    let mut y = vec![0.0; n * c * p];
+    let (mut m, mut r) = (vec![0.0; n * p], vec![0.0; n * p]);
+    let mut dx = vec![0.0; n * c * p];
+    let (mut dg, mut db) = (vec![0.5; c], vec![0.5; c]);
+    let eps = 1e-6;
+    match (fast, hw > 0) {
+        (true, true) => {
+            norm::layer_norm2d_forward(n, c, hw, x, gm, bt, eps, &mut y, &mut m, &mut r);
+            norm::layer_norm2d_backward(n, c, hw, x, gm, &m, &r, dy, &mut dx, &mut dg, &mut db);
+        }
+        (false, true) => {
+            reference::layer_norm2d_forward(n, c, hw, x, gm, bt, eps, &mut y, &mut m, &mut r);
+            reference::layer_norm2d_backward(
+                n, c, hw, x, gm, &m, &r, dy, &mut dx, &mut dg, &mut db,
+            );
+        }
+        (true, false) => {
+            norm::layer_norm_forward(n, c, x, gm, bt, eps, &mut y, &mut m, &mut r);
+            norm::layer_norm_backward(n, c, x, gm, &m, &r, dy, &mut dx, &mut dg, &mut db);
+        }
+        (false, false) => {
+            reference::layer_norm_forward(n, c, x, gm, bt, eps, &mut y, &mut m, &mut r);
+            reference::layer_norm_backward(n, c, x, gm, &m, &r, dy, &mut dx, &mut dg, &mut db);
+        }
+    }
+    [y, m, r, dx, dg, db]
+}
+
+fn compare(n: usize, c: usize, hw: usize, seed: u64) {
+    let p = hw.max(1);
+    let mut rng = Rng(seed);
+    // A per-row offset makes the mean non-trivial (tests the two-pass variance).
+    let x: Vec<f32> = rng.vec(n * c * p, 2.0).iter().map(|v| v + 3.0).collect();
+    let gm = rng.vec(c, 1.5);
+    let bt = rng.vec(c, 1.0);
+    let dy = rng.vec(n * c * p, 1.0);
+    let a = run(true, n, c, hw, &x, &gm, &bt, &dy);
+    let b = run(false, n, c, hw, &x, &gm, &bt, &dy);
+    // Tolerances: f32 sums over ≤ 300 channels vs f64; normalised values are O(1) and rstd ~ 1.
+    // dgamma/dbeta sum up to n·hw ≈ 1000 products, so they get a larger tolerance. The f32 error
+    // of (x − mean) is amplified by rstd (and the variance's relative error by rstd²), which gets
+    // large when few channels happen to be nearly equal (c = 2), so everything scales by 1 + rstd².
+    let smax = b[2].iter().fold(0.0f32, |m, &v| m.max(v));
+    let f = 1.0 + smax * smax;
+    let names = ["y", "mean", "rstd", "dx", "dgamma", "dbeta"];
+    let tols = [
+        (2e-5, 1e-5),
+        (1e-5, 1e-5),
+        (1e-5, 1e-5),
+        (5e-5, 1e-4),
+        (2e-4, 1e-4),
+        (2e-4, 1e-4),
+    ];
+    for i in 0..6 {
+        assert_close(names[i], &a[i], &b[i], tols[i].0 * f, tols[i].1 * f);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn layer_norm_fast_matches_reference(rows in 1usize..20, dim in 1usize..300, seed in any::<u64>()) {
+        compare(rows, dim, 0, seed);
+    }
+
+    #[test]
+    fn layer_norm2d_fast_matches_reference(n in 1usize..3, c in 1usize..40, hw in 1usize..600, seed in any::<u64>()) {
+        compare(n, c, hw, seed);
+    }
+}
+
+#[test]
+fn sam_neck_shape() {
+    // 256 channels at 64×64 (hw spans several 256-pixel blocks).
+    compare(1, 256, 64 * 64, 3);
+}
+
+/// FD check of dx, dgamma, dbeta for L = Σ g·y, both variants, using the fast kernels.
+fn fd_check(n: usize, c: usize, hw: usize) {
+    let p = hw.max(1);
+    let mut rng = Rng(11 + hw as u64);
+    let x = rng.vec(n * c * p, 2.0);
+    let gm = rng.vec(c, 1.5);
+    let bt = rng.vec(c, 1.0);
+    let g = rng.vec(n * c * p, 1.0);
+    let loss = |x: &[f32], gm: &[f32], bt: &[f32]| {
+        let y = &run(true, n, c, hw, x, gm, bt, &g)[0];
+        y.iter()
+            .zip(&g)
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .sum::<f64>()
+    };
+    let [_, _, _, dx, dg, db] = run(true, n, c, hw, &x, &gm, &bt, &g);
+    let eps = 1e-2f32;
+    let fd = |which: usize, i: usize| {
+        let mut v = [x.clone(), gm.clone(), bt.clone()];
+        v[which][i] += eps;
+        let lp = loss(&v[0], &v[1], &v[2]);
+        v[which][i] -= 2.0 * eps;
+        let lm = loss(&v[0], &v[1], &v[2]);
+        ((lp - lm) / (2.0 * eps as f64)) as f32
+    };
+    // Tolerance: O(eps²) truncation with eps = 1e-2 and f32 rounding of y (≈1e-7·|L|/eps);
+    // dgamma/dbeta were accumulated onto 0.5.
+    let fdx: Vec<f32> = (0..x.len()).map(|i| fd(0, i)).collect();
+    let fdg: Vec<f32> = (0..c).map(|i| fd(1, i) + 0.5).collect();
+    let fdb: Vec<f32> = (0..c).map(|i| fd(2, i) + 0.5).collect();
+    assert_close("dx fd", &dx, &fdx, 3e-3, 3e-3);
+    assert_close("dgamma fd", &dg, &fdg, 3e-3, 3e-3);
+    assert_close("dbeta fd", &db, &fdb, 3e-3, 3e-3);
+}
+
+#[test]
+fn layer_norm_gradient_finite_difference() {
+    fd_check(3, 7, 0);
+}
+
+#[test]
+fn layer_norm2d_gradient_finite_difference() {
+    fd_check(2, 5, 6);
+}
