@@ -15,15 +15,27 @@ use std::time::Instant;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let ckpt = PathBuf::from(args.first().cloned().unwrap_or_else(|| "assets/lite_medsam.pth".into()));
+    let ckpt = PathBuf::from(
+        args.first()
+            .cloned()
+            .unwrap_or_else(|| "assets/lite_medsam.pth".into()),
+    );
     let repeats: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
     let (model, weights) = if ckpt.is_file() {
         (load_lite_model(&ckpt, None, Device::Cpu)?.0, "pretrained")
     } else {
-        (LiteMedSam::new(&LiteConfig::lite_medsam(), 0, Device::Cpu)?, "random")
+        (
+            LiteMedSam::new(&LiteConfig::lite_medsam(), 0, Device::Cpu)?,
+            "random",
+        )
     };
     // A 256×256 grey image (smooth pattern) and one box: the model's native size, no resizing cost.
-    let data = (0..256 * 256).map(|i| ((((i % 256) as f32 / 9.0).sin() + ((i / 256) as f32 / 13.0).cos()) * 60.0 + 128.0) as u8).collect();
+    let data = (0..256 * 256)
+        .map(|i| {
+            ((((i % 256) as f32 / 9.0).sin() + ((i / 256) as f32 / 13.0).cos()) * 60.0 + 128.0)
+                as u8
+        })
+        .collect();
     let img = ImageU8::new(256, 256, 1, data)?;
     let (mut enc, mut dec) = (Vec::new(), Vec::new());
     let mut fg = 0;

@@ -28,10 +28,18 @@ impl ImageU8 {
         if data.len() != h * w * channels || h == 0 || w == 0 || !(channels == 1 || channels == 3) {
             return Err(Error::arg(
                 "image",
-                format!("{} bytes for a {h}×{w}×{channels} image (need 1 or 3 channels, non-empty)", data.len()),
+                format!(
+                    "{} bytes for a {h}×{w}×{channels} image (need 1 or 3 channels, non-empty)",
+                    data.len()
+                ),
             ));
         }
-        Ok(ImageU8 { h, w, channels, data })
+        Ok(ImageU8 {
+            h,
+            w,
+            channels,
+            data,
+        })
     }
 }
 
@@ -58,7 +66,16 @@ pub fn resize_area_u8(src: &[u8], h: usize, w: usize, cn: usize, oh: usize, ow: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn area_fast(src: &[u8], h: usize, w: usize, cn: usize, oh: usize, ow: usize, kx: usize, ky: usize) -> Vec<u8> {
+fn area_fast(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    cn: usize,
+    oh: usize,
+    ow: usize,
+    kx: usize,
+    ky: usize,
+) -> Vec<u8> {
     let mut out = vec![0u8; oh * ow * cn];
     let scale = 1.0f32 / (kx * ky) as f32;
     for dy in 0..oh {
@@ -103,14 +120,27 @@ fn area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<(usize, usize, f32)> 
             tab.push((dx, s as usize, (1.0 / cell) as f32));
         }
         if fsx2 - sx2 as f64 > 1e-3 {
-            tab.push((dx, sx2 as usize, ((fsx2 - sx2 as f64).min(1.0).min(cell) / cell) as f32));
+            tab.push((
+                dx,
+                sx2 as usize,
+                ((fsx2 - sx2 as f64).min(1.0).min(cell) / cell) as f32,
+            ));
         }
     }
     tab
 }
 
 #[allow(clippy::too_many_arguments)]
-fn area_generic(src: &[u8], h: usize, w: usize, cn: usize, oh: usize, ow: usize, sx: f64, sy: f64) -> Vec<u8> {
+fn area_generic(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    cn: usize,
+    oh: usize,
+    ow: usize,
+    sx: f64,
+    sy: f64,
+) -> Vec<u8> {
     let (xtab, ytab) = (area_tab(w, ow, sx), area_tab(h, oh, sy));
     let width = ow * cn;
     let mut out = vec![0u8; oh * width];
@@ -137,7 +167,10 @@ fn area_generic(src: &[u8], h: usize, w: usize, cn: usize, oh: usize, ow: usize,
             }
         }
     }
-    for (o, s) in out[prev_dy * width..(prev_dy + 1) * width].iter_mut().zip(&sum) {
+    for (o, s) in out[prev_dy * width..(prev_dy + 1) * width]
+        .iter_mut()
+        .zip(&sum)
+    {
         *o = sat_u8(*s);
     }
     out
@@ -157,7 +190,16 @@ fn fixed(v: f32) -> i32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn area_linear(src: &[u8], h: usize, w: usize, cn: usize, oh: usize, ow: usize, (sx, inv_x): (f64, f64), (sy, inv_y): (f64, f64)) -> Vec<u8> {
+fn area_linear(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    cn: usize,
+    oh: usize,
+    ow: usize,
+    (sx, inv_x): (f64, f64),
+    (sy, inv_y): (f64, f64),
+) -> Vec<u8> {
     // Horizontal taps (OpenCV clamps at the right edge: past it, the last pixel with weight 1).
     let mut xofs = vec![0usize; ow];
     let mut xalpha = vec![(0i32, 0i32); ow];
@@ -209,15 +251,26 @@ fn area_linear(src: &[u8], h: usize, w: usize, cn: usize, oh: usize, ow: usize, 
 /// Upstream's `resize_longest_side`: scale so the longer side is `target`, sizes rounded half up.
 pub fn resize_longest_side(img: &ImageU8, target: usize) -> ImageU8 {
     let scale = target as f64 / img.h.max(img.w) as f64;
-    let (nh, nw) = ((img.h as f64 * scale + 0.5) as usize, (img.w as f64 * scale + 0.5) as usize);
+    let (nh, nw) = (
+        (img.h as f64 * scale + 0.5) as usize,
+        (img.w as f64 * scale + 0.5) as usize,
+    );
     let data = resize_area_u8(&img.data, img.h, img.w, img.channels, nh.max(1), nw.max(1));
-    ImageU8 { h: nh.max(1), w: nw.max(1), channels: img.channels, data }
+    ImageU8 {
+        h: nh.max(1),
+        w: nw.max(1),
+        channels: img.channels,
+        data,
+    }
 }
 
 /// The model input `[1, 3, S, S]` and the unpadded size `(new_h, new_w)` for an image.
 pub fn prepare_input(img: &ImageU8, size: usize) -> Result<(Tensor, (usize, usize))> {
     let r = resize_longest_side(img, size);
-    let (lo, hi) = r.data.iter().fold((u8::MAX, u8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = r
+        .data
+        .iter()
+        .fold((u8::MAX, u8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let range = ((hi - lo) as f64).max(1e-8);
     let mut chw = vec![0.0f32; 3 * size * size];
     for y in 0..r.h {
@@ -250,7 +303,12 @@ pub fn mask_bbox(mask: &[u8], size: usize, shift: i64) -> Option<[f32; 4]> {
     }
     (x1 >= 0).then(|| {
         let s = size as i64;
-        [(x0 - shift).max(0) as f32, (y0 - shift).max(0) as f32, (x1 + shift).min(s) as f32, (y1 + shift).min(s) as f32]
+        [
+            (x0 - shift).max(0) as f32,
+            (y0 - shift).max(0) as f32,
+            (x1 + shift).min(s) as f32,
+            (y1 + shift).min(s) as f32,
+        ]
     })
 }
 
@@ -277,7 +335,12 @@ impl<'m> LitePredictor<'m> {
     pub fn new(model: &'m LiteMedSam, img: &ImageU8) -> Result<Self> {
         let (input, new_hw) = prepare_input(img, model.img_size())?;
         let embedding = no_grad(|| model.image_encoder.forward(&input))?;
-        Ok(LitePredictor { model, embedding, orig_hw: (img.h, img.w), new_hw })
+        Ok(LitePredictor {
+            model,
+            embedding,
+            orig_hw: (img.h, img.w),
+            new_hw,
+        })
     }
 
     /// Predicts the mask of a box in original-image pixels `[x0, y0, x1, y1]`.
@@ -293,11 +356,17 @@ impl<'m> LitePredictor<'m> {
         no_grad(|| {
             let pe = m.prompt_encoder.get_dense_pe()?;
             let (sparse, dense) = m.prompt_encoder.forward(None, Some(&[box_in]), None)?;
-            let (logits, iou) = m.mask_decoder.forward(&self.embedding, &pe, &sparse, &dense, false)?;
+            let (logits, iou) =
+                m.mask_decoder
+                    .forward(&self.embedding, &pe, &sparse, &dense, false)?;
             let crop = logits.narrow(2, 0, nh)?.narrow(3, 0, nw)?.contiguous()?;
             let prob = crop.upsample_bilinear(h, w)?.sigmoid()?;
             let mask = prob.to_vec()?.iter().map(|&p| p > 0.5).collect();
-            Ok(LitePrediction { low_res_logits: logits, mask, iou: iou.to_vec()?[0] })
+            Ok(LitePrediction {
+                low_res_logits: logits,
+                mask,
+                iou: iou.to_vec()?[0],
+            })
         })
     }
 }
@@ -307,24 +376,40 @@ pub type Box3d = [i64; 6];
 
 /// `MedSAM_infer_npz_3D` for a `d × h × w` uint8 volume: labels `1..=boxes.len()` (later boxes
 /// overwrite earlier ones where they overlap), row-major `d·h·w`. `on_slice(box, z)` reports progress.
-pub fn segment_volume(model: &LiteMedSam, vol: &[u8], (d, h, w): (usize, usize, usize), boxes: &[Box3d], on_slice: &mut dyn FnMut(usize, usize)) -> Result<Vec<u8>> {
+pub fn segment_volume(
+    model: &LiteMedSam,
+    vol: &[u8],
+    (d, h, w): (usize, usize, usize),
+    boxes: &[Box3d],
+    on_slice: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<u8>> {
     if vol.len() != d * h * w || d == 0 || h == 0 || w == 0 {
-        return Err(Error::arg("volume", format!("{} voxels for {d}×{h}×{w}", vol.len())));
+        return Err(Error::arg(
+            "volume",
+            format!("{} voxels for {d}×{h}×{w}", vol.len()),
+        ));
     }
     let size = model.img_size();
     let plane = h * w;
     let mut segs = vec![0u8; vol.len()];
     for (bi, b) in boxes.iter().enumerate() {
-        let idx = u8::try_from(bi + 1).map_err(|_| Error::arg("boxes", "at most 255 boxes per volume"))?;
+        let idx = u8::try_from(bi + 1)
+            .map_err(|_| Error::arg("boxes", "at most 255 boxes per volume"))?;
         let [x0, y0, z0, x1, y1, z1] = *b;
         if z0 >= z1 || z0 < 0 || z1 > d as i64 {
-            return Err(Error::arg("boxes", format!("box {bi}: z range {z0}..{z1} (need 0 ≤ z_min < z_max ≤ {d})")));
+            return Err(Error::arg(
+                "boxes",
+                format!("box {bi}: z range {z0}..{z1} (need 0 ≤ z_min < z_max ≤ {d})"),
+            ));
         }
         let mid_box = [x0 as f64, y0 as f64, x1 as f64, y1 as f64];
         let z_mid = ((z1 - z0) as f64 / 2.0 + z0 as f64) as i64;
         let mut temp = vec![0u8; vol.len()];
-        let forward: Vec<(i64, Option<i64>)> = (z_mid..z1).map(|z| (z, (z != z_mid).then_some(z - 1))).collect();
-        let backward: Vec<(i64, Option<i64>)> = ((z0 + 1)..z_mid).rev().map(|z| (z, Some(z + 1))).collect();
+        let forward: Vec<(i64, Option<i64>)> = (z_mid..z1)
+            .map(|z| (z, (z != z_mid).then_some(z - 1)))
+            .collect();
+        let backward: Vec<(i64, Option<i64>)> =
+            ((z0 + 1)..z_mid).rev().map(|z| (z, Some(z + 1))).collect();
         for (z, prev) in forward.into_iter().chain(backward) {
             let z = z as usize;
             // Each box re-encodes its slices, as upstream does (bounded memory).
@@ -333,11 +418,17 @@ pub fn segment_volume(model: &LiteMedSam, vol: &[u8], (d, h, w): (usize, usize, 
             let box_in = match prev {
                 None => scale_box(mid_box, (h, w), size),
                 Some(p) => {
-                    let prev = ImageU8::new(h, w, 1, temp[p as usize * plane..(p as usize + 1) * plane].to_vec())?;
+                    let prev = ImageU8::new(
+                        h,
+                        w,
+                        1,
+                        temp[p as usize * plane..(p as usize + 1) * plane].to_vec(),
+                    )?;
                     let r = resize_longest_side(&prev, size);
                     let mut padded = vec![0u8; size * size];
                     for y in 0..r.h {
-                        padded[y * size..y * size + r.w].copy_from_slice(&r.data[y * r.w..(y + 1) * r.w]);
+                        padded[y * size..y * size + r.w]
+                            .copy_from_slice(&r.data[y * r.w..(y + 1) * r.w]);
                     }
                     mask_bbox(&padded, size, 3).unwrap_or_else(|| scale_box(mid_box, (h, w), size))
                 }

@@ -21,13 +21,22 @@ fn dir() -> PathBuf {
 /// f32 tensors of a safetensors fixture (u8 arrays widened).
 fn load(name: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let path = dir().join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} — regenerate with tests/fixtures/make_lite_fixtures.py", path.display()));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} — regenerate with tests/fixtures/make_lite_fixtures.py",
+            path.display()
+        )
+    });
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
     st.tensors()
         .into_iter()
         .map(|(k, v)| {
             let data = match v.dtype() {
-                safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                safetensors::Dtype::F32 => v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
                 safetensors::Dtype::U8 => v.data().iter().map(|&b| b as f32).collect(),
                 d => panic!("{k}: unexpected dtype {d:?}"),
             };
@@ -37,7 +46,9 @@ fn load(name: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
 }
 
 fn tensor(fx: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, k: &str) -> Tensor {
-    let (s, d) = fx.get(k).unwrap_or_else(|| panic!("fixture key {k} missing"));
+    let (s, d) = fx
+        .get(k)
+        .unwrap_or_else(|| panic!("fixture key {k} missing"));
     Tensor::from_vec(d.clone(), s).unwrap()
 }
 
@@ -51,13 +62,22 @@ fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
             worst = (d, i);
         }
     }
-    assert!(worst.0 <= tol, "{name}: max abs error {} at {} (got {}, want {})", worst.0, worst.1, got[worst.1], want[worst.1]);
+    assert!(
+        worst.0 <= tol,
+        "{name}: max abs error {} at {} (got {}, want {})",
+        worst.0,
+        worst.1,
+        got[worst.1],
+        want[worst.1]
+    );
 }
 
 // ---- the fixture script's deterministic parameters ----
 
 fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3))
+    s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    })
 }
 
 fn uniform(name: &str, n: usize) -> Vec<f32> {
@@ -110,7 +130,10 @@ fn tiny_model() -> LiteMedSam {
         })
         .collect();
     let report = m.load_state_dict(&weights).unwrap();
-    assert!(report.is_clean() && report.loaded == weights.len(), "{report:?}");
+    assert!(
+        report.is_clean() && report.loaded == weights.len(),
+        "{report:?}"
+    );
     m
 }
 
@@ -123,7 +146,10 @@ fn tiny_inference_matches_pytorch() {
     let (emb, logits, iou) = no_grad(|| {
         let emb = m.image_encoder.forward(&image).unwrap();
         let pe = m.prompt_encoder.get_dense_pe().unwrap();
-        let (s, d) = m.prompt_encoder.forward(None, Some(&[[b[0], b[1], b[2], b[3]]]), None).unwrap();
+        let (s, d) = m
+            .prompt_encoder
+            .forward(None, Some(&[[b[0], b[1], b[2], b[3]]]), None)
+            .unwrap();
         let (logits, iou) = m.mask_decoder.forward(&emb, &pe, &s, &d, false).unwrap();
         (emb, logits, iou)
     });
@@ -141,21 +167,46 @@ fn tiny_training_mode_matches_pytorch() {
     m.enable_training();
     let images = tensor(&fx, "train_images");
     let bx = &fx["train_boxes"].1;
-    let boxes: Vec<[f32; 4]> = bx.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    let boxes: Vec<[f32; 4]> = bx
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect();
     let logits = m.forward(&images, &boxes, Mode::Train).unwrap();
-    assert_close("train logits (batch statistics)", &logits.to_vec().unwrap(), &fx["train_logits"].1, TOL);
+    assert_close(
+        "train logits (batch statistics)",
+        &logits.to_vec().unwrap(),
+        &fx["train_logits"].1,
+        TOL,
+    );
     // Running averages after one training-mode step (momentum 0.1, unbiased variance).
     let mut sd: BTreeMap<String, Tensor> = m.state_dict().into_iter().collect();
-    for k in ["image_encoder.patch_embed.seq.0.bn", "image_encoder.layers.2.blocks.1.local_conv.bn"] {
+    for k in [
+        "image_encoder.patch_embed.seq.0.bn",
+        "image_encoder.layers.2.blocks.1.local_conv.bn",
+    ] {
         for s in ["running_mean", "running_var"] {
             let got = sd.remove(&format!("{k}.{s}")).unwrap().to_vec().unwrap();
-            assert_close(&format!("{k}.{s}"), &got, &fx[&format!("bn.{k}.{s}")].1, 1e-5);
+            assert_close(
+                &format!("{k}.{s}"),
+                &got,
+                &fx[&format!("bn.{k}.{s}")].1,
+                1e-5,
+            );
         }
-        assert_eq!(sd[&format!("{k}.num_batches_tracked")].to_vec().unwrap(), vec![1.0]);
+        assert_eq!(
+            sd[&format!("{k}.num_batches_tracked")].to_vec().unwrap(),
+            vec![1.0]
+        );
     }
     // Gradients of Σ logits·r through BatchNorm (batch statistics), depthwise convs, attention biases.
     let r = tensor(&fx, "train_r");
-    logits.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    logits
+        .mul(&r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let params: BTreeMap<String, Tensor> = {
         let mut out = BTreeMap::new();
         m.visit("", &mut |n, t| {
@@ -163,10 +214,20 @@ fn tiny_training_mode_matches_pytorch() {
         });
         out
     };
-    for (k, (_, want)) in fx.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|p| (p, v))) {
-        let g = params[k].grad().unwrap_or_else(|| panic!("{k}: no gradient"));
+    for (k, (_, want)) in fx
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("grad.").map(|p| (p, v)))
+    {
+        let g = params[k]
+            .grad()
+            .unwrap_or_else(|| panic!("{k}: no gradient"));
         let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1.0);
-        assert_close(&format!("grad {k}"), &g.to_vec().unwrap(), want, 1e-4 * scale);
+        assert_close(
+            &format!("grad {k}"),
+            &g.to_vec().unwrap(),
+            want,
+            1e-4 * scale,
+        );
     }
 }
 
@@ -178,8 +239,18 @@ fn inter_area_is_bit_exact_with_opencv() {
         let (ds, dst) = &fx[&format!("case{n}.dst")];
         let src: Vec<u8> = src.iter().map(|&v| v as u8).collect();
         let got = resize_area_u8(&src, s[0], s[1], s[2], ds[0], ds[1]);
-        let diffs: Vec<(usize, u8, f32)> = got.iter().zip(dst).enumerate().filter(|(_, (a, b))| **a as f32 != **b).map(|(i, (a, b))| (i, *a, *b)).take(5).collect();
-        assert!(diffs.is_empty(), "case {n}: {s:?} → {ds:?}: first differences (index, ours, cv2) {diffs:?}");
+        let diffs: Vec<(usize, u8, f32)> = got
+            .iter()
+            .zip(dst)
+            .enumerate()
+            .filter(|(_, (a, b))| **a as f32 != **b)
+            .map(|(i, (a, b))| (i, *a, *b))
+            .take(5)
+            .collect();
+        assert!(
+            diffs.is_empty(),
+            "case {n}: {s:?} → {ds:?}: first differences (index, ours, cv2) {diffs:?}"
+        );
         n += 1;
     }
     assert!(n >= 10, "only {n} resize cases in the fixture");
@@ -188,7 +259,11 @@ fn inter_area_is_bit_exact_with_opencv() {
 #[test]
 fn config_is_inferred_from_checkpoint_shapes() {
     let mut m = tiny_model();
-    let shapes = m.state_dict().into_iter().map(|(k, t)| (k, t.shape().to_vec())).collect();
+    let shapes = m
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| (k, t.shape().to_vec()))
+        .collect();
     let inferred = LiteConfig::infer(&shapes).unwrap();
     let mut want = m.config.clone();
     // Shapes cannot show the input size (LiteMedSAM's 256 is assumed) nor stage 0's unused
@@ -208,13 +283,15 @@ fn lite_checkpoint_round_trips_and_is_recognised() {
         .state_dict()
         .into_iter()
         .map(|(k, t)| {
-            let td = medsam::checkpoint::TensorData::from_f32(t.shape().to_vec(), &t.to_vec().unwrap());
+            let td =
+                medsam::checkpoint::TensorData::from_f32(t.shape().to_vec(), &t.to_vec().unwrap());
             (k, td)
         })
         .collect();
     medsam::checkpoint::save_pth(&tmp, &medsam::checkpoint::Value::from_state_dict(sd)).unwrap();
     let cfg_path = dir().join("tiny_lite_config.json");
-    let (any, report) = medsam::weights::load_any_model(&tmp, None, Some(&cfg_path), Device::Cpu).unwrap();
+    let (any, report) =
+        medsam::weights::load_any_model(&tmp, None, Some(&cfg_path), Device::Cpu).unwrap();
     let _ = std::fs::remove_file(&tmp);
     assert!(report.is_clean());
     let mut loaded = match any {
@@ -232,17 +309,70 @@ fn lite_checkpoint_round_trips_and_is_recognised() {
 #[test]
 fn grouped_conv_matches_per_group_convs() {
     // groups = 2 through `conv2d_grouped` equals two plain convs on the channel halves.
-    let x = Tensor::from_vec((0..2 * 4 * 5 * 5).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect(), &[2, 4, 5, 5]).unwrap();
-    let w = Tensor::from_vec((0..6 * 2 * 3 * 3).map(|i| ((i * 13 % 11) as f32 - 5.0) / 10.0).collect(), &[6, 2, 3, 3]).unwrap();
+    let x = Tensor::from_vec(
+        (0..2 * 4 * 5 * 5)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+            .collect(),
+        &[2, 4, 5, 5],
+    )
+    .unwrap();
+    let w = Tensor::from_vec(
+        (0..6 * 2 * 3 * 3)
+            .map(|i| ((i * 13 % 11) as f32 - 5.0) / 10.0)
+            .collect(),
+        &[6, 2, 3, 3],
+    )
+    .unwrap();
     let b = Tensor::from_vec(vec![0.1, -0.2, 0.3, 0.0, 0.5, -0.6], &[6]).unwrap();
     let y = x.conv2d_grouped(&w, Some(&b), 1, 1, 2).unwrap();
-    let y0 = x.narrow(1, 0, 2).unwrap().conv2d(&w.narrow(0, 0, 3).unwrap(), Some(&b.narrow(0, 0, 3).unwrap()), 1, 1).unwrap();
-    let y1 = x.narrow(1, 2, 2).unwrap().conv2d(&w.narrow(0, 3, 3).unwrap(), Some(&b.narrow(0, 3, 3).unwrap()), 1, 1).unwrap();
+    let y0 = x
+        .narrow(1, 0, 2)
+        .unwrap()
+        .conv2d(
+            &w.narrow(0, 0, 3).unwrap(),
+            Some(&b.narrow(0, 0, 3).unwrap()),
+            1,
+            1,
+        )
+        .unwrap();
+    let y1 = x
+        .narrow(1, 2, 2)
+        .unwrap()
+        .conv2d(
+            &w.narrow(0, 3, 3).unwrap(),
+            Some(&b.narrow(0, 3, 3).unwrap()),
+            1,
+            1,
+        )
+        .unwrap();
     let want = Tensor::cat(&[y0, y1], 1).unwrap();
-    assert_close("grouped conv", &y.to_vec().unwrap(), &want.to_vec().unwrap(), 1e-6);
+    assert_close(
+        "grouped conv",
+        &y.to_vec().unwrap(),
+        &want.to_vec().unwrap(),
+        1e-6,
+    );
     // Depthwise via groups = channels equals per-channel single-channel convs.
-    let wd = Tensor::from_vec((0..4 * 9).map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0).collect(), &[4, 1, 3, 3]).unwrap();
+    let wd = Tensor::from_vec(
+        (0..4 * 9)
+            .map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0)
+            .collect(),
+        &[4, 1, 3, 3],
+    )
+    .unwrap();
     let yd = x.conv2d_grouped(&wd, None, 2, 1, 4).unwrap();
-    let parts: Vec<Tensor> = (0..4).map(|c| x.narrow(1, c, 1).unwrap().conv2d(&wd.narrow(0, c, 1).unwrap(), None, 2, 1).unwrap()).collect();
-    assert_close("depthwise conv", &yd.to_vec().unwrap(), &Tensor::cat(&parts, 1).unwrap().to_vec().unwrap(), 1e-6);
+    let parts: Vec<Tensor> = (0..4)
+        .map(|c| {
+            x.narrow(1, c, 1)
+                .unwrap()
+                .conv2d(&wd.narrow(0, c, 1).unwrap(), None, 2, 1)
+                .unwrap()
+        })
+        .collect();
+    assert_close(
+        "depthwise conv",
+        &yd.to_vec().unwrap(),
+        &Tensor::cat(&parts, 1).unwrap().to_vec().unwrap(),
+        1e-6,
+    );
 }

@@ -9,14 +9,25 @@ use rayon::prelude::*;
 
 /// Per-channel mean and biased variance of x `[n, c, hw]` (two-pass, f64 accumulation).
 pub fn stats(n: usize, c: usize, hw: usize, x: &[f32], mean: &mut [f32], var: &mut [f32]) {
-    mean.par_iter_mut().zip(var.par_iter_mut()).enumerate().for_each(|(ch, (m, v))| {
-        let count = (n * hw).max(1) as f64;
-        let planes = || (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-        let mu = planes().flat_map(|p| p.iter()).map(|&a| a as f64).sum::<f64>() / count;
-        let var_ = planes().flat_map(|p| p.iter()).map(|&a| (a as f64 - mu).powi(2)).sum::<f64>() / count;
-        *m = mu as f32;
-        *v = var_ as f32;
-    });
+    mean.par_iter_mut()
+        .zip(var.par_iter_mut())
+        .enumerate()
+        .for_each(|(ch, (m, v))| {
+            let count = (n * hw).max(1) as f64;
+            let planes = || (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
+            let mu = planes()
+                .flat_map(|p| p.iter())
+                .map(|&a| a as f64)
+                .sum::<f64>()
+                / count;
+            let var_ = planes()
+                .flat_map(|p| p.iter())
+                .map(|&a| (a as f64 - mu).powi(2))
+                .sum::<f64>()
+                / count;
+            *m = mu as f32;
+            *v = var_ as f32;
+        });
 }
 
 /// y = (x - mean[c])·rstd[c]·gamma[c] + beta[c].
@@ -33,13 +44,16 @@ pub fn apply(
     y: &mut [f32],
 ) {
     let _ = n;
-    y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(p, (yp, xp))| {
-        let ch = p % c;
-        let (s, m, b) = (rstd[ch] * gamma[ch], mean[ch], beta[ch]);
-        for (o, &v) in yp.iter_mut().zip(xp) {
-            *o = (v - m) * s + b;
-        }
-    });
+    y.par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(p, (yp, xp))| {
+            let ch = p % c;
+            let (s, m, b) = (rstd[ch] * gamma[ch], mean[ch], beta[ch]);
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = (v - m) * s + b;
+            }
+        });
 }
 
 /// Gradients of [`apply`]. With `batch_stats` the mean and rstd are functions of x (training
@@ -80,22 +94,24 @@ pub fn backward(
         dbeta[ch] = sums[ch].0 as f32;
         dgamma[ch] = sums[ch].1 as f32;
     }
-    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, dxp)| {
-        let ch = p % c;
-        let o = p * hw;
-        let k = gamma[ch] * rstd[ch];
-        if batch_stats {
-            let (md, mdx) = ((sums[ch].0 / count) as f32, (sums[ch].1 / count) as f32);
-            for ((out, &d), &v) in dxp.iter_mut().zip(&dy[o..o + hw]).zip(&x[o..o + hw]) {
-                let xhat = (v - mean[ch]) * rstd[ch];
-                *out = k * (d - md - xhat * mdx);
+    dx.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .for_each(|(p, dxp)| {
+            let ch = p % c;
+            let o = p * hw;
+            let k = gamma[ch] * rstd[ch];
+            if batch_stats {
+                let (md, mdx) = ((sums[ch].0 / count) as f32, (sums[ch].1 / count) as f32);
+                for ((out, &d), &v) in dxp.iter_mut().zip(&dy[o..o + hw]).zip(&x[o..o + hw]) {
+                    let xhat = (v - mean[ch]) * rstd[ch];
+                    *out = k * (d - md - xhat * mdx);
+                }
+            } else {
+                for (out, &d) in dxp.iter_mut().zip(&dy[o..o + hw]) {
+                    *out = k * d;
+                }
             }
-        } else {
-            for (out, &d) in dxp.iter_mut().zip(&dy[o..o + hw]) {
-                *out = k * d;
-            }
-        }
-    });
+        });
 }
 
 /// Plain per-element loops: the oracle for the functions above.
@@ -121,14 +137,16 @@ pub mod reference {
                         vals.extend_from_slice(&x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
                     }
                     let m = vals.iter().map(|&v| v as f64).sum::<f64>() / vals.len() as f64;
-                    let v = vals.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / vals.len() as f64;
+                    let v = vals.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>()
+                        / vals.len() as f64;
                     (m, v)
                 }
             };
             for b in 0..n {
                 for i in 0..hw {
                     let j = (b * c + ch) * hw + i;
-                    y[j] = ((x[j] as f64 - mean) / (var + eps as f64).sqrt() * gamma[ch] as f64 + beta[ch] as f64) as f32;
+                    y[j] = ((x[j] as f64 - mean) / (var + eps as f64).sqrt() * gamma[ch] as f64
+                        + beta[ch] as f64) as f32;
                 }
             }
         }
@@ -158,7 +176,16 @@ mod tests {
 
     /// Loss `L = Σ y·r` for a fixed r: its gradient is the backward of dy = r.
     #[allow(clippy::too_many_arguments)]
-    fn loss(n: usize, c: usize, hw: usize, x: &[f32], g: &[f32], b: &[f32], r: &[f32], running: Option<(&[f32], &[f32])>) -> f64 {
+    fn loss(
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &[f32],
+        g: &[f32],
+        b: &[f32],
+        r: &[f32],
+        running: Option<(&[f32], &[f32])>,
+    ) -> f64 {
         let mut y = vec![0.0; x.len()];
         reference::forward(n, c, hw, x, g, b, 1e-5, running, &mut y);
         y.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
@@ -209,9 +236,9 @@ mod tests {
                 ((up - dn) / (2.0 * h as f64)) as f32
             };
             let mut xv = x.clone();
-            for i in 0..x.len() {
+            for (i, &d) in dx.iter().enumerate() {
                 let want = fd(&mut xv, i, &|xx| loss(n, c, hw, xx, &g, &b, &r, running));
-                prop_assert!((dx[i] - want).abs() <= 2e-2 * (1.0 + want.abs()), "dx[{}]: {} vs {}", i, dx[i], want);
+                prop_assert!((d - want).abs() <= 2e-2 * (1.0 + want.abs()), "dx[{}]: {} vs {}", i, d, want);
             }
             let mut gv = g.clone();
             for i in 0..c {

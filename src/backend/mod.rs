@@ -380,7 +380,13 @@ pub trait Backend: Send + Sync {
         let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
         let mut db = bias.then(|| vec![0.0; g.c_out]);
         medsam_kernels::depthwise::depthwise_backward_input(g, &w, &dy, &mut dx);
-        medsam_kernels::depthwise::depthwise_backward_weight(g, &x, &dy, &mut dw, db.as_deref_mut());
+        medsam_kernels::depthwise::depthwise_backward_weight(
+            g,
+            &x,
+            &dy,
+            &mut dw,
+            db.as_deref_mut(),
+        );
         Ok(ConvGrads {
             dx: self.upload(&dx)?,
             dw: self.upload(&dw)?,
@@ -388,7 +394,13 @@ pub trait Backend: Send + Sync {
         })
     }
     /// Per-channel batch mean and biased variance of `[n, c, hw]`: `(mean, var)`, each `[c]`.
-    fn batch_norm_stats(&self, n: usize, c: usize, hw: usize, x: &Storage) -> Result<(Storage, Storage)> {
+    fn batch_norm_stats(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+    ) -> Result<(Storage, Storage)> {
         let x = self.download(x)?;
         let (mut m, mut v) = (vec![0.0; c], vec![0.0; c]);
         medsam_kernels::batchnorm::stats(n, c, hw, &x, &mut m, &mut v);
@@ -406,7 +418,11 @@ pub trait Backend: Send + Sync {
         beta: &Storage,
         stats: (&Storage, &Storage),
     ) -> Result<Storage> {
-        let (x, g, b) = (self.download(x)?, self.download(gamma)?, self.download(beta)?);
+        let (x, g, b) = (
+            self.download(x)?,
+            self.download(gamma)?,
+            self.download(beta)?,
+        );
         let (m, r) = (self.download(stats.0)?, self.download(stats.1)?);
         let mut y = vec![0.0; x.len()];
         medsam_kernels::batchnorm::apply(n, c, hw, &x, &g, &b, &m, &r, &mut y);
@@ -428,8 +444,25 @@ pub trait Backend: Send + Sync {
         let (x, g, dy) = (self.download(x)?, self.download(gamma)?, self.download(dy)?);
         let (m, r) = (self.download(stats.0)?, self.download(stats.1)?);
         let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
-        medsam_kernels::batchnorm::backward(n, c, hw, &x, &g, &m, &r, &dy, batch_stats, &mut dx, &mut dg, &mut db);
-        Ok(NormGrads { dx: self.upload(&dx)?, dgamma: self.upload(&dg)?, dbeta: self.upload(&db)? })
+        medsam_kernels::batchnorm::backward(
+            n,
+            c,
+            hw,
+            &x,
+            &g,
+            &m,
+            &r,
+            &dy,
+            batch_stats,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        );
+        Ok(NormGrads {
+            dx: self.upload(&dx)?,
+            dgamma: self.upload(&dg)?,
+            dbeta: self.upload(&db)?,
+        })
     }
 
     /// One AdamW update in place: `param`, `exp_avg`, `exp_avg_sq` are updated from `grad`.

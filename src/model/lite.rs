@@ -26,37 +26,69 @@ pub struct LiteConfig {
 
 /// Names of BatchNorm buffers (state, not trained parameters).
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }
 
 impl LiteConfig {
     /// `build_lite_medsam()`.
     pub fn lite_medsam() -> Self {
         let sam = SamConfig::preset(ModelType::VitB);
-        LiteConfig { image_encoder: TinyVitConfig::lite_medsam(), prompt_encoder: sam.prompt_encoder, mask_decoder: sam.mask_decoder }
+        LiteConfig {
+            image_encoder: TinyVitConfig::lite_medsam(),
+            prompt_encoder: sam.prompt_encoder,
+            mask_decoder: sam.mask_decoder,
+        }
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("LiteMedSAM config: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("LiteMedSAM config: {e}")))
     }
 
     /// Whether a state dict holds a TinyViT encoder (LiteMedSAM) rather than SAM's ViT.
     pub fn is_lite_state_dict<'a>(mut keys: impl Iterator<Item = &'a String>) -> bool {
-        keys.any(|k| k.starts_with("image_encoder.patch_embed.seq.") || k.starts_with("image_encoder.layers."))
+        keys.any(|k| {
+            k.starts_with("image_encoder.patch_embed.seq.")
+                || k.starts_with("image_encoder.layers.")
+        })
     }
 
     /// The configuration read off a LiteMedSAM state dict's shapes. The input size cannot be seen
     /// in the (1×1) stem, so it is LiteMedSAM's 256; the decoder's head count is SAM's 8.
     pub fn infer(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
-        let get = |k: &str| shapes.get(k).ok_or_else(|| Error::Weights(format!("cannot infer the LiteMedSAM model: key '{k}' is missing")));
+        let get = |k: &str| {
+            shapes.get(k).ok_or_else(|| {
+                Error::Weights(format!(
+                    "cannot infer the LiteMedSAM model: key '{k}' is missing"
+                ))
+            })
+        };
         let p = "image_encoder";
         let stem = get(&format!("{p}.patch_embed.seq.0.c.weight"))?; // [e0/2, in, 1, 1]
-        let n_layers = (0..).take_while(|i| shapes.keys().any(|k| k.starts_with(&format!("{p}.layers.{i}.")))).count();
+        let n_layers = (0..)
+            .take_while(|i| {
+                shapes
+                    .keys()
+                    .any(|k| k.starts_with(&format!("{p}.layers.{i}.")))
+            })
+            .count();
         if n_layers < 2 {
-            return Err(Error::Weights(format!("cannot infer the LiteMedSAM model: {n_layers} encoder stages found")));
+            return Err(Error::Weights(format!(
+                "cannot infer the LiteMedSAM model: {n_layers} encoder stages found"
+            )));
         }
-        let depth = |i: usize| (0..).take_while(|b| shapes.keys().any(|k| k.starts_with(&format!("{p}.layers.{i}.blocks.{b}.")))).count();
+        let depth = |i: usize| {
+            (0..)
+                .take_while(|b| {
+                    shapes
+                        .keys()
+                        .any(|k| k.starts_with(&format!("{p}.layers.{i}.blocks.{b}.")))
+                })
+                .count()
+        };
         let mut cfg = TinyVitConfig {
             img_size: 256,
             in_chans: stem[1],
@@ -82,7 +114,10 @@ impl LiteConfig {
             let ab = get(&format!("{b0}.attn.attention_biases"))?; // [heads, ws²]
             let ws = (ab[1] as f64).sqrt().round() as usize;
             if ws * ws != ab[1] {
-                return Err(Error::Weights(format!("{b0}.attn.attention_biases: {} offsets is not a square window", ab[1])));
+                return Err(Error::Weights(format!(
+                    "{b0}.attn.attention_biases: {} offsets is not a square window",
+                    ab[1]
+                )));
             }
             cfg.embed_dims.push(qkv[1]);
             cfg.depths.push(depth(i));
@@ -93,11 +128,21 @@ impl LiteConfig {
         }
         let pe_dim = get("prompt_encoder.point_embeddings.0.weight")?[1];
         let mask_in_chans = get("prompt_encoder.mask_downscaling.3.weight")?[0];
-        let count = |pfx: &str| (0..).take_while(|i| shapes.contains_key(&format!("{pfx}{i}.weight")) || shapes.contains_key(&format!("{pfx}{i}.norm1.weight"))).count();
+        let count = |pfx: &str| {
+            (0..)
+                .take_while(|i| {
+                    shapes.contains_key(&format!("{pfx}{i}.weight"))
+                        || shapes.contains_key(&format!("{pfx}{i}.norm1.weight"))
+                })
+                .count()
+        };
         let sam = SamConfig::preset(ModelType::VitB);
         Ok(LiteConfig {
             image_encoder: cfg,
-            prompt_encoder: PromptEncoderConfig { embed_dim: pe_dim, mask_in_chans },
+            prompt_encoder: PromptEncoderConfig {
+                embed_dim: pe_dim,
+                mask_in_chans,
+            },
             mask_decoder: MaskDecoderConfig {
                 transformer_dim: pe_dim,
                 transformer_depth: count("mask_decoder.transformer.layers."),
@@ -123,13 +168,17 @@ impl Module for LiteMedSam {
         use super::common::join;
         self.image_encoder.visit(&join(prefix, "image_encoder"), f);
         self.mask_decoder.visit(&join(prefix, "mask_decoder"), f);
-        self.prompt_encoder.visit(&join(prefix, "prompt_encoder"), f);
+        self.prompt_encoder
+            .visit(&join(prefix, "prompt_encoder"), f);
     }
 }
 
 /// Copies matching tensors of `weights` into `module`; reports missing, unexpected and wrongly
 /// shaped keys by name.
-pub fn load_module(module: &mut dyn Module, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
+pub fn load_module(
+    module: &mut dyn Module,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     let mut seen = std::collections::HashSet::new();
     let mut failure = None;
@@ -137,7 +186,11 @@ pub fn load_module(module: &mut dyn Module, weights: &BTreeMap<String, Tensor>) 
         seen.insert(name.to_string());
         match weights.get(name) {
             None => report.missing.push(name.to_string()),
-            Some(w) if w.shape() != t.shape() => report.mismatched.push((name.to_string(), t.shape().to_vec(), w.shape().to_vec())),
+            Some(w) if w.shape() != t.shape() => {
+                report
+                    .mismatched
+                    .push((name.to_string(), t.shape().to_vec(), w.shape().to_vec()))
+            }
             Some(w) => match t.assign(w) {
                 Ok(()) => report.loaded += 1,
                 Err(e) => failure = Some(e),
@@ -147,7 +200,11 @@ pub fn load_module(module: &mut dyn Module, weights: &BTreeMap<String, Tensor>) 
     if let Some(e) = failure {
         return Err(e);
     }
-    report.unexpected = weights.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+    report.unexpected = weights
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .cloned()
+        .collect();
     Ok(report)
 }
 
@@ -161,7 +218,12 @@ impl LiteMedSam {
             config: config.clone(),
             image_encoder: TinyVit::new(&mut init, ie)?,
             mask_decoder: MaskDecoder::new(&mut init, &config.mask_decoder)?,
-            prompt_encoder: PromptEncoder::new(&mut init, &config.prompt_encoder, ie.grid(), ie.img_size)?,
+            prompt_encoder: PromptEncoder::new(
+                &mut init,
+                &config.prompt_encoder,
+                ie.grid(),
+                ie.img_size,
+            )?,
         })
     }
 
@@ -190,10 +252,14 @@ impl LiteMedSam {
                 out.push((n.to_string(), t as *mut Tensor))
             }
         });
-        self.mask_decoder.visit("mask_decoder", &mut |n, t| out.push((n.to_string(), t as *mut Tensor)));
+        self.mask_decoder.visit("mask_decoder", &mut |n, t| {
+            out.push((n.to_string(), t as *mut Tensor))
+        });
         // SAFETY: each pointer comes from a distinct field of `self`, which stays mutably borrowed
         // for the lifetime of the returned references; no two entries alias.
-        out.into_iter().map(|(n, p)| (n, unsafe { &mut *p })).collect()
+        out.into_iter()
+            .map(|(n, p)| (n, unsafe { &mut *p }))
+            .collect()
     }
 
     /// Marks the trainable parameters as variables (so backward fills their `.grad`).
@@ -209,14 +275,19 @@ impl LiteMedSam {
     /// `[B, 1, 4g, 4g]`. `Mode::Train` uses batch statistics in BatchNorm (as `model.train()`).
     pub fn forward(&self, images: &Tensor, boxes: &[[f32; 4]], mode: Mode) -> Result<Tensor> {
         if images.dim(0) != boxes.len() {
-            return Err(Error::shape("lite_medsam.forward", format!("{} images for {} boxes", images.dim(0), boxes.len())));
+            return Err(Error::shape(
+                "lite_medsam.forward",
+                format!("{} images for {} boxes", images.dim(0), boxes.len()),
+            ));
         }
         let embeddings = self.image_encoder.forward_mode(images, mode)?;
         let (sparse, dense, pe) = no_grad(|| -> Result<_> {
             let (s, d) = self.prompt_encoder.forward(None, Some(boxes), None)?;
             Ok((s, d, self.prompt_encoder.get_dense_pe()?))
         })?;
-        let (masks, _iou) = self.mask_decoder.forward(&embeddings, &pe, &sparse, &dense, false)?;
+        let (masks, _iou) = self
+            .mask_decoder
+            .forward(&embeddings, &pe, &sparse, &dense, false)?;
         Ok(masks)
     }
 }

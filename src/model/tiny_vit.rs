@@ -86,19 +86,32 @@ impl TinyVitConfig {
     pub fn validate(&self) -> Result<()> {
         let n = self.depths.len();
         let bad = |d: String| Err(Error::arg("tiny_vit config", d));
-        if n < 2 || self.embed_dims.len() != n || self.num_heads.len() != n || self.window_sizes.len() != n {
+        if n < 2
+            || self.embed_dims.len() != n
+            || self.num_heads.len() != n
+            || self.window_sizes.len() != n
+        {
             return bad(format!(
                 "embed_dims, depths, num_heads, window_sizes must have one entry per stage (≥ 2), got {:?}/{:?}/{:?}/{:?}",
                 self.embed_dims, self.depths, self.num_heads, self.window_sizes
             ));
         }
         for i in 1..n {
-            if self.num_heads[i] == 0 || self.embed_dims[i] % self.num_heads[i] != 0 || self.window_sizes[i] == 0 {
-                return bad(format!("stage {i}: dim {} with {} heads, window {}", self.embed_dims[i], self.num_heads[i], self.window_sizes[i]));
+            if self.num_heads[i] == 0
+                || !self.embed_dims[i].is_multiple_of(self.num_heads[i])
+                || self.window_sizes[i] == 0
+            {
+                return bad(format!(
+                    "stage {i}: dim {} with {} heads, window {}",
+                    self.embed_dims[i], self.num_heads[i], self.window_sizes[i]
+                ));
             }
         }
-        if self.img_size == 0 || self.embed_dims[0] < 2 || self.local_conv_size % 2 == 0 {
-            return bad(format!("img_size {}, embed_dims[0] {}, local_conv_size {}", self.img_size, self.embed_dims[0], self.local_conv_size));
+        if self.img_size == 0 || self.embed_dims[0] < 2 || self.local_conv_size.is_multiple_of(2) {
+            return bad(format!(
+                "img_size {}, embed_dims[0] {}, local_conv_size {}",
+                self.img_size, self.embed_dims[0], self.local_conv_size
+            ));
         }
         Ok(())
     }
@@ -128,9 +141,18 @@ impl Module for BatchNorm2d {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
         f(&join(prefix, "weight"), &mut self.weight);
         f(&join(prefix, "bias"), &mut self.bias);
-        f(&join(prefix, "running_mean"), self.running_mean.get_mut().expect("bn lock"));
-        f(&join(prefix, "running_var"), self.running_var.get_mut().expect("bn lock"));
-        f(&join(prefix, "num_batches_tracked"), self.num_batches_tracked.get_mut().expect("bn lock"));
+        f(
+            &join(prefix, "running_mean"),
+            self.running_mean.get_mut().expect("bn lock"),
+        );
+        f(
+            &join(prefix, "running_var"),
+            self.running_var.get_mut().expect("bn lock"),
+        );
+        f(
+            &join(prefix, "num_batches_tracked"),
+            self.num_batches_tracked.get_mut().expect("bn lock"),
+        );
     }
 }
 
@@ -148,25 +170,36 @@ impl BatchNorm2d {
     }
 
     fn running(&self) -> (Tensor, Tensor) {
-        (self.running_mean.lock().expect("bn lock").clone(), self.running_var.lock().expect("bn lock").clone())
+        (
+            self.running_mean.lock().expect("bn lock").clone(),
+            self.running_var.lock().expect("bn lock").clone(),
+        )
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
             Mode::Eval => {
                 let (m, v) = self.running();
-                Ok(x.batch_norm(&self.weight, &self.bias, Some((&m, &v)), self.eps)?.0)
+                Ok(
+                    x.batch_norm(&self.weight, &self.bias, Some((&m, &v)), self.eps)?
+                        .0,
+                )
             }
             Mode::Train => {
                 let (y, stats) = x.batch_norm(&self.weight, &self.bias, None, self.eps)?;
-                let stats = stats.ok_or_else(|| Error::Other("batch_norm: no batch statistics in training mode".into()))?;
+                let stats = stats.ok_or_else(|| {
+                    Error::Other("batch_norm: no batch statistics in training mode".into())
+                })?;
                 let mo = self.momentum;
                 let unbias = stats.count as f32 / (stats.count as f32 - 1.0);
                 let mut rm = self.running_mean.lock().expect("bn lock");
                 let new_m = rm.detach().scale(1.0 - mo)?.add(&stats.mean.scale(mo)?)?;
                 rm.assign(&new_m)?;
                 let mut rv = self.running_var.lock().expect("bn lock");
-                let new_v = rv.detach().scale(1.0 - mo)?.add(&stats.var.scale(mo * unbias)?)?;
+                let new_v = rv
+                    .detach()
+                    .scale(1.0 - mo)?
+                    .add(&stats.var.scale(mo * unbias)?)?;
                 rv.assign(&new_v)?;
                 let mut nb = self.num_batches_tracked.lock().expect("bn lock");
                 let next = nb.detach().shift(1.0)?;
@@ -179,9 +212,23 @@ impl BatchNorm2d {
     /// Per-channel `(scale, shift)` with `bn(x) = x·scale + shift` under the running statistics.
     fn folded(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let (m, v) = self.running();
-        let (g, b, m, v) = (self.weight.to_vec()?, self.bias.to_vec()?, m.to_vec()?, v.to_vec()?);
-        let scale: Vec<f32> = g.iter().zip(&v).map(|(g, v)| g / (v + self.eps).sqrt()).collect();
-        let shift = b.iter().zip(&m).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        let (g, b, m, v) = (
+            self.weight.to_vec()?,
+            self.bias.to_vec()?,
+            m.to_vec()?,
+            v.to_vec()?,
+        );
+        let scale: Vec<f32> = g
+            .iter()
+            .zip(&v)
+            .map(|(g, v)| g / (v + self.eps).sqrt())
+            .collect();
+        let shift = b
+            .iter()
+            .zip(&m)
+            .zip(&scale)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
         Ok((scale, shift))
     }
 }
@@ -208,7 +255,10 @@ pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     let (n, ci, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let co = w.dim(0);
     if w.shape() != [co, ci, 1, 1] {
-        return Err(Error::shape("conv1x1", format!("input {:?}, weight {:?}", x.shape(), w.shape())));
+        return Err(Error::shape(
+            "conv1x1",
+            format!("input {:?}, weight {:?}", x.shape(), w.shape()),
+        ));
     }
     let wm = w.reshape(&[co, ci])?;
     let xs = x.reshape(&[n, ci, h * wd])?;
@@ -226,7 +276,16 @@ pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
 
 impl Conv2dBn {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(init: &mut Init, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, groups: usize, bn_weight_init: f32) -> Result<Self> {
+    pub fn new(
+        init: &mut Init,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        bn_weight_init: f32,
+    ) -> Result<Self> {
         let fan_in = cin / groups * k * k;
         let bound = 1.0 / (fan_in as f32).sqrt();
         Ok(Conv2dBn {
@@ -248,7 +307,8 @@ impl Conv2dBn {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let recording = is_grad_enabled() && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
         if mode == Mode::Eval && !recording {
             // Inference: fold BN into the conv (one pass instead of two).
             let (scale, shift) = self.bn.folded()?;
@@ -337,7 +397,10 @@ pub struct Attention {
 
 impl Module for Attention {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "attention_biases"), &mut self.attention_biases);
+        f(
+            &join(prefix, "attention_biases"),
+            &mut self.attention_biases,
+        );
         self.norm.visit(&join(prefix, "norm"), f);
         self.qkv.visit(&join(prefix, "qkv"), f);
         self.proj.visit(&join(prefix, "proj"), f);
@@ -380,16 +443,31 @@ impl Attention {
         let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
         let (nh, kd) = (self.num_heads, self.key_dim);
         if n != self.window * self.window {
-            return Err(Error::shape("tiny_vit attention", format!("{n} tokens for a {0}×{0} window", self.window)));
+            return Err(Error::shape(
+                "tiny_vit attention",
+                format!("{n} tokens for a {0}×{0} window", self.window),
+            ));
         }
         let x = self.norm.forward(x)?;
         // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
         let qkv = self.qkv.forward(&x)?.reshape(&[b, n, nh, 3, kd])?;
-        let part = |i: usize| qkv.narrow(3, i, 1)?.reshape(&[b, n, nh, kd])?.permute(&[0, 2, 1, 3]);
+        let part = |i: usize| {
+            qkv.narrow(3, i, 1)?
+                .reshape(&[b, n, nh, kd])?
+                .permute(&[0, 2, 1, 3])
+        };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         // bias[h, i, j] = attention_biases[h, idx(i, j)]
-        let bias = self.attention_biases.transpose(0, 1)?.contiguous()?.gather_rows(&self.bias_idxs, &[n, n])?.permute(&[2, 0, 1])?;
-        let scores = q.matmul(&k.transpose(2, 3)?)?.scale((kd as f32).powf(-0.5))?.add(&bias)?;
+        let bias = self
+            .attention_biases
+            .transpose(0, 1)?
+            .contiguous()?
+            .gather_rows(&self.bias_idxs, &[n, n])?
+            .permute(&[2, 0, 1])?;
+        let scores = q
+            .matmul(&k.transpose(2, 3)?)?
+            .scale((kd as f32).powf(-0.5))?
+            .add(&bias)?;
         let o = scores.softmax_last()?.matmul(&v)?; // [b, nh, n, kd]
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         self.proj.forward(&o)
@@ -413,7 +491,8 @@ impl Module for Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(&self.norm.forward(x)?)?.gelu()?)
+        self.fc2
+            .forward(&self.fc1.forward(&self.norm.forward(x)?)?.gelu()?)
     }
 }
 
@@ -440,7 +519,10 @@ impl TinyVitBlock {
         let (h, w) = self.resolution;
         let (b, l, c) = (x.dim(0), x.dim(1), x.dim(2));
         if l != h * w {
-            return Err(Error::shape("tiny_vit block", format!("{l} tokens for a {h}×{w} map")));
+            return Err(Error::shape(
+                "tiny_vit block",
+                format!("{l} tokens for a {h}×{w} map"),
+            ));
         }
         let ws = self.window_size;
         let a = if h == ws && w == ws {
@@ -448,20 +530,33 @@ impl TinyVitBlock {
         } else {
             // Zero padding happens before the attention's LayerNorm, as upstream does it.
             let (win, pad_hw) = window_partition(&x.reshape(&[b, h, w, c])?, ws)?;
-            let out = self.attn.forward(&win.reshape(&[usize::MAX, ws * ws, c])?)?;
-            window_unpartition(&out.reshape(&[usize::MAX, ws, ws, c])?, ws, pad_hw, (h, w))?.reshape(&[b, l, c])?
+            let out = self
+                .attn
+                .forward(&win.reshape(&[usize::MAX, ws * ws, c])?)?;
+            window_unpartition(&out.reshape(&[usize::MAX, ws, ws, c])?, ws, pad_hw, (h, w))?
+                .reshape(&[b, l, c])?
         };
         let x = x.add(&a)?;
         let img = x.transpose(1, 2)?.reshape(&[b, c, h, w])?;
-        let x = self.local_conv.forward(&img, mode)?.reshape(&[b, c, l])?.transpose(1, 2)?;
+        let x = self
+            .local_conv
+            .forward(&img, mode)?
+            .reshape(&[b, c, l])?
+            .transpose(1, 2)?;
         x.add(&self.mlp.forward(&x)?)
     }
 }
 
 /// One stage: `ConvLayer` (MBConv blocks, stage 0) or `BasicLayer` (TinyViT blocks).
 pub enum Stage {
-    Conv { blocks: Vec<MbConv>, downsample: Option<PatchMerging> },
-    Basic { blocks: Vec<TinyVitBlock>, downsample: Option<PatchMerging> },
+    Conv {
+        blocks: Vec<MbConv>,
+        downsample: Option<PatchMerging>,
+    },
+    Basic {
+        blocks: Vec<TinyVitBlock>,
+        downsample: Option<PatchMerging>,
+    },
 }
 
 impl Module for Stage {
@@ -532,7 +627,16 @@ impl TinyVit {
                 let out = dims[i + 1];
                 Some(PatchMerging {
                     conv1: Conv2dBn::new(init, dim, out, 1, 1, 0, 1, 1.0)?,
-                    conv2: Conv2dBn::new(init, out, out, 3, TinyVitConfig::merge_stride(out), 1, out, 1.0)?,
+                    conv2: Conv2dBn::new(
+                        init,
+                        out,
+                        out,
+                        3,
+                        TinyVitConfig::merge_stride(out),
+                        1,
+                        out,
+                        1.0,
+                    )?,
                     conv3: Conv2dBn::new(init, out, out, 1, 1, 0, 1, 1.0)?,
                 })
             } else {
@@ -557,7 +661,11 @@ impl TinyVit {
                         let hidden = (dim as f64 * cfg.mlp_ratio) as usize;
                         Ok(TinyVitBlock {
                             attn: Attention::new(init, dim, cfg.num_heads[i], ws)?,
-                            mlp: Mlp { norm: LayerNorm::new(init, dim, 1e-5)?, fc1: Linear::new(init, dim, hidden, true)?, fc2: Linear::new(init, hidden, dim, true)? },
+                            mlp: Mlp {
+                                norm: LayerNorm::new(init, dim, 1e-5)?,
+                                fc1: Linear::new(init, dim, hidden, true)?,
+                                fc2: Linear::new(init, hidden, dim, true)?,
+                            },
                             local_conv: Conv2dBn::new(init, dim, dim, k, 1, k / 2, dim, 1.0)?,
                             resolution: (res[i], res[i]),
                             window_size: ws,
@@ -593,7 +701,14 @@ impl TinyVit {
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let s = self.cfg.img_size;
         if x.rank() != 4 || x.dim(1) != self.cfg.in_chans || x.dim(2) != s || x.dim(3) != s {
-            return Err(Error::shape("tiny_vit", format!("expected [B, {}, {s}, {s}], got {:?}", self.cfg.in_chans, x.shape())));
+            return Err(Error::shape(
+                "tiny_vit",
+                format!(
+                    "expected [B, {}, {s}, {s}], got {:?}",
+                    self.cfg.in_chans,
+                    x.shape()
+                ),
+            ));
         }
         let pe = &self.patch_embed;
         let mut x = pe.seq2.forward(&pe.seq0.forward(x, mode)?.gelu()?, mode)?;
@@ -627,11 +742,16 @@ impl TinyVit {
         let (b, l, c) = (x.dim(0), x.dim(1), x.dim(2));
         let g = self.cfg.grid();
         if l != g * g {
-            return Err(Error::shape("tiny_vit", format!("{l} output tokens for a {g}×{g} grid")));
+            return Err(Error::shape(
+                "tiny_vit",
+                format!("{l} output tokens for a {g}×{g} grid"),
+            ));
         }
         let x = x.reshape(&[b, g, g, c])?.permute(&[0, 3, 1, 2])?;
         let n = &self.neck;
-        let x = n.norm1.forward(&conv1x1(&x.contiguous()?, &n.conv0.weight, None)?)?;
+        let x = n
+            .norm1
+            .forward(&conv1x1(&x.contiguous()?, &n.conv0.weight, None)?)?;
         n.norm3.forward(&n.conv2.forward(&x)?)
     }
 }

@@ -32,7 +32,13 @@ pub struct BatchStats {
 
 impl Tensor {
     /// Depthwise conv2d on NCHW: weight `[c, 1, kh, kw]`, `groups = c`.
-    pub fn depthwise_conv2d(&self, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
+    pub fn depthwise_conv2d(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Tensor> {
         let (s, ws) = (self.shape(), w.shape());
         let ok = self.rank() == 4
             && w.rank() == 4
@@ -45,7 +51,10 @@ impl Tensor {
         if !ok {
             return Err(Error::shape(
                 "depthwise_conv2d",
-                format!("input {s:?}, weight {ws:?}, bias {:?}, stride {stride}, pad {pad}", bias.map(|b| b.shape().to_vec())),
+                format!(
+                    "input {s:?}, weight {ws:?}, bias {:?}, stride {stride}, pad {pad}",
+                    bias.map(|b| b.shape().to_vec())
+                ),
             ));
         }
         super::same_device("depthwise_conv2d", self, w)?;
@@ -63,26 +72,57 @@ impl Tensor {
         };
         let (x, wd) = (dense(self)?, dense(w)?);
         let bd = bias.map(dense).transpose()?;
-        let y = self.backend()?.depthwise_conv2d(g, x.storage(), wd.storage(), bd.as_ref().map(|t| t.storage()))?;
+        let y = self.backend()?.depthwise_conv2d(
+            g,
+            x.storage(),
+            wd.storage(),
+            bd.as_ref().map(|t| t.storage()),
+        )?;
         let (oh, ow) = g.out_hw();
         let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
         let mut inputs = vec![self, w];
         inputs.extend(bias);
-        Ok(record(out, &inputs, || Box::new(DepthwiseBackward { g, x: x.detach(), w: wd.detach(), bias: bias.is_some() })))
+        Ok(record(out, &inputs, || {
+            Box::new(DepthwiseBackward {
+                g,
+                x: x.detach(),
+                w: wd.detach(),
+                bias: bias.is_some(),
+            })
+        }))
     }
 
     /// conv2d with `groups` (weight `[c_out, c_in/groups, kh, kw]`, as `nn.Conv2d`): plain conv2d
     /// for 1, the depthwise kernel when every group is one channel in and one out, otherwise one
     /// conv2d per group.
-    pub fn conv2d_grouped(&self, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize, groups: usize) -> Result<Tensor> {
+    pub fn conv2d_grouped(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Result<Tensor> {
         if groups <= 1 {
             return self.conv2d(w, bias, stride, pad);
         }
-        let (c_in, c_out) = (self.shape().get(1).copied().unwrap_or(0), w.shape().first().copied().unwrap_or(0));
-        if self.rank() != 4 || w.rank() != 4 || c_in % groups != 0 || c_out % groups != 0 || w.dim(1) * groups != c_in {
+        let (c_in, c_out) = (
+            self.shape().get(1).copied().unwrap_or(0),
+            w.shape().first().copied().unwrap_or(0),
+        );
+        if self.rank() != 4
+            || w.rank() != 4
+            || !c_in.is_multiple_of(groups)
+            || !c_out.is_multiple_of(groups)
+            || w.dim(1) * groups != c_in
+        {
             return Err(Error::shape(
                 "conv2d_grouped",
-                format!("input {:?}, weight {:?}, groups {groups}", self.shape(), w.shape()),
+                format!(
+                    "input {:?}, weight {:?}, groups {groups}",
+                    self.shape(),
+                    w.shape()
+                ),
             ));
         }
         if c_in == groups && c_out == groups {
@@ -92,7 +132,12 @@ impl Tensor {
         let parts = (0..groups)
             .map(|i| {
                 let b = bias.map(|b| b.narrow(0, i * go, go)).transpose()?;
-                self.narrow(1, i * gi, gi)?.conv2d(&w.narrow(0, i * go, go)?, b.as_ref(), stride, pad)
+                self.narrow(1, i * gi, gi)?.conv2d(
+                    &w.narrow(0, i * go, go)?,
+                    b.as_ref(),
+                    stride,
+                    pad,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 1)
@@ -127,7 +172,10 @@ impl Tensor {
         }
         let (n, hw) = (s[0], s[2..].iter().product::<usize>());
         if running.is_none() && n * hw < 2 {
-            return Err(Error::shape("batch_norm", format!("training needs more than one value per channel, got input {s:?}")));
+            return Err(Error::shape(
+                "batch_norm",
+                format!("training needs more than one value per channel, got input {s:?}"),
+            ));
         }
         let b = self.backend()?;
         let (x, g, bt) = (dense(self)?, dense(gamma)?, dense(beta)?);
@@ -139,15 +187,40 @@ impl Tensor {
             }
         };
         // rstd from the variance: a [c]-sized host computation.
-        let rstd: Vec<f32> = var.to_vec()?.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let rstd: Vec<f32> = var
+            .to_vec()?
+            .iter()
+            .map(|v| 1.0 / (v + eps).sqrt())
+            .collect();
         let rstd = Tensor::from_slice(&rstd, &[c], self.device())?;
-        let y = b.batch_norm_apply(n, c, hw, x.storage(), g.storage(), bt.storage(), (mean.storage(), rstd.storage()))?;
+        let y = b.batch_norm_apply(
+            n,
+            c,
+            hw,
+            x.storage(),
+            g.storage(),
+            bt.storage(),
+            (mean.storage(), rstd.storage()),
+        )?;
         let out = wrap(y, s, self)?;
         let batch_stats = running.is_none();
         let out = record(out, &[self, gamma, beta], || {
-            Box::new(BatchNormBackward { n, c, hw, x: x.detach(), gamma: g.detach(), mean: mean.detach(), rstd, batch_stats })
+            Box::new(BatchNormBackward {
+                n,
+                c,
+                hw,
+                x: x.detach(),
+                gamma: g.detach(),
+                mean: mean.detach(),
+                rstd,
+                batch_stats,
+            })
         });
-        let stats = batch_stats.then(|| BatchStats { mean: mean.detach(), var: var.detach(), count: n * hw });
+        let stats = batch_stats.then(|| BatchStats {
+            mean: mean.detach(),
+            var: var.detach(),
+            count: n * hw,
+        });
         Ok((out, stats))
     }
 }
@@ -165,8 +238,17 @@ impl BackwardOp for DepthwiseBackward {
     }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gd = dense(g)?;
-        let r = g.backend()?.depthwise_conv2d_backward(self.g, self.x.storage(), self.w.storage(), gd.storage(), self.bias)?;
-        let mut out = vec![Some(wrap(r.dx, self.x.shape(), g)?), Some(wrap(r.dw, self.w.shape(), g)?)];
+        let r = g.backend()?.depthwise_conv2d_backward(
+            self.g,
+            self.x.storage(),
+            self.w.storage(),
+            gd.storage(),
+            self.bias,
+        )?;
+        let mut out = vec![
+            Some(wrap(r.dx, self.x.shape(), g)?),
+            Some(wrap(r.dw, self.w.shape(), g)?),
+        ];
         if let Some(db) = r.dbias {
             out.push(Some(wrap(db, &[self.g.c_out], g)?));
         }
