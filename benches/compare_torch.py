@@ -38,6 +38,15 @@ def gemm_case(m, k, n, linear, dtype):
     return 2.0 * m * n * k, lambda: torch.mm(a, b)
 
 
+def bmm_case(batch, m, k, n, kt):
+    a = torch.randn(batch, m, k)
+    if kt:
+        b = torch.randn(batch, n, k)
+        return 2.0 * batch * m * n * k, lambda: torch.bmm(a, b.transpose(1, 2))
+    b = torch.randn(batch, k, n)
+    return 2.0 * batch * m * n * k, lambda: torch.bmm(a, b)
+
+
 def attention_case(bh, side, d=64):
     nq = side * side
     q, k, v = (torch.randn(1, bh, nq, d) for _ in range(3))
@@ -76,6 +85,8 @@ def torch_ops():
                               ("mm_mlp2", "linear_mlp2", 3072, 768)]:
             ops[f"{mm}_{sfx}"] = (lambda k=k, n=n, dt=dtype: gemm_case(4096, k, n, False, dt))
             ops[f"{lin}_{sfx}"] = (lambda k=k, n=n, dt=dtype: gemm_case(4096, k, n, True, dt))
+    ops["bmm_window_qk"] = lambda: bmm_case(300, 196, 64, 196, True)
+    ops["bmm_window_pv"] = lambda: bmm_case(300, 196, 196, 64, False)
     ops["attn_global"] = lambda: attention_case(12, 64)
     ops["attn_window"] = lambda: attention_case(25 * 12, 14)
     ops["layernorm"] = layernorm_case

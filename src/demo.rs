@@ -75,7 +75,7 @@ fn make_split(cfg: &DemoConfig, name: &str, cases: usize, seed: u64, on: &mut dy
         ..preprocess::PreprocessConfig::default()
     };
     let summary = preprocess::preprocess(&pcfg, &|_| {}).map_err(|e| Error::Other(e.to_string()))?;
-    let dir = pcfg.output_dir();
+    let dir = pcfg.npy_path.clone();
     let slices = crate::data::list_pairs(&dir)?.len();
     let _ = summary;
     Ok((dir, slices))

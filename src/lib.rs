@@ -7,7 +7,7 @@ pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
-// pub mod demo; (wired in once preprocess lands)
+pub mod demo;
 pub mod dist;
 pub mod error;
 pub mod eval;

@@ -19,9 +19,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole workflow on a generated CT phantom: preprocess, train, convert, evaluate.
-    // Demo(cli::demo::DemoArgs),
+    Demo(cli::demo::DemoArgs),
     /// Segment an image with box prompts (MedSAM_Inference.py).
     Infer(cli::infer::InferArgs),
+    /// Preprocess NIfTI CT/MR volumes into MedSAM's npy slices (utils/pre_CT_MR.py).
+    Preprocess(cli::preprocess::PreprocessArgs),
+    /// Write synthetic abdominal-CT phantoms in the FLARE22 layout.
+    Phantom(cli::phantom::PhantomArgs),
     /// Train MedSAM from a SAM checkpoint (train_one_gpu.py / train_multi_gpus.py).
     Train(cli::train::TrainArgs),
     /// Convert a MedSAM training checkpoint to SAM format (utils/ckpt_convert.py).
@@ -34,8 +38,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let comm = medsam::dist::SingleProcess;
     let result = match &cli.command {
-        // Command::Demo(a) => cli::demo::run_demo(a),
+        Command::Demo(a) => cli::demo::run_demo(a),
         Command::Infer(a) => cli::infer::run(a),
+        Command::Preprocess(a) => cli::preprocess::run(a).map(|_| ()).map_err(|e| medsam::Error::Other(e.to_string())),
+        Command::Phantom(a) => cli::phantom::run(a).map(|_| ()).map_err(|e| medsam::Error::Other(e.to_string())),
         Command::Train(a) => cli::train::run_with(a, &comm).map(|o| {
             println!(
                 "latest checkpoint: {}",

@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(h.len() % 64, 0);
         assert_eq!(*h.last().unwrap(), b'\n');
         let mut bytes = h.clone();
-        bytes.extend(std::iter::repeat(0u8).take(60 * 8));
+        bytes.extend(std::iter::repeat_n(0u8, 60 * 8));
         let a = parse_npy(&bytes, Path::new("x")).unwrap();
         assert_eq!(a.shape, vec![3, 4, 5]);
     }

@@ -52,7 +52,7 @@ fn reads_big_endian_bool_1d_scalar_v2() {
 #[test]
 fn round_trip_all_writers() {
     let dir = tempfile::tempdir().unwrap();
-    let arrays = vec![
+    let arrays = [
         NpyArray::new(vec![2, 3, 4], NpyData::F64(expected_f64())).unwrap(),
         NpyArray::new(
             vec![4, 6],

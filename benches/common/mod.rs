@@ -61,6 +61,39 @@ fn gemm_op(name: &'static str, m: usize, k: usize, n: usize, linear: bool, p: Pr
     }
 }
 
+/// Batched `q·kᵀ` (`kt`) or `p·v` GEMMs of windowed attention: `batch` × (`m×k` · `k×n`).
+fn bmm_op(name: &'static str, batch: usize, m: usize, k: usize, n: usize, kt: bool) -> Op {
+    Op {
+        name,
+        flops: 2.0 * (batch * m * n * k) as f64,
+        make: Box::new(move || {
+            let a = data(batch * m * k, 1);
+            let b = data(batch * k * n, 2);
+            let mut c = vec![0.0f32; batch * m * n];
+            // q·kᵀ: k is stored [n, k] per batch, read transposed through strides.
+            let lb = if kt {
+                Layout::transposed(n, k)
+            } else {
+                Layout::row_major(k, n)
+            };
+            let dims = GemmDims { batch, m, n, k };
+            Box::new(move || {
+                gemm(
+                    dims,
+                    &a,
+                    Layout::row_major(m, k),
+                    &b,
+                    lb,
+                    &mut c,
+                    Layout::row_major(m, n),
+                    false,
+                    Precision::F32,
+                )
+            })
+        }),
+    }
+}
+
 /// SAM attention with decomposed rel-pos bias: `bh` heads × `side²` tokens × 64.
 fn attention_op(name: &'static str, bh: usize, side: usize) -> Op {
     let (nq, d) = (side * side, 64);
@@ -159,6 +192,8 @@ pub fn ops() -> Vec<Op> {
             v.push(gemm_op(lin, 4096, k, n, true, p));
         }
     }
+    v.push(bmm_op("bmm_window_qk", 25 * 12, 196, 64, 196, true));
+    v.push(bmm_op("bmm_window_pv", 25 * 12, 196, 196, 64, false));
     v.push(attention_op("attn_global", 12, 64));
     v.push(attention_op("attn_window", 25 * 12, 14));
     v.push(Op {

@@ -5,7 +5,7 @@
 pub(crate) mod simd;
 
 use rayon::prelude::*;
-use simd::{erf_f32, exp_f32, simd_dispatch};
+use simd::{dot_f32, erf_f32, exp_f32, max_f32, simd_dispatch, sum_f32};
 
 /// Elements per rayon task for pointwise ops.
 const CHUNK: usize = 1 << 14;
@@ -51,14 +51,11 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
 simd_dispatch! {
     fn softmax_rows(dim: usize, x: &[f32], y: &mut [f32]) {
         for (x, y) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
-            let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut s = 0.0f32;
+            let m = max_f32(x);
             for (y, &x) in y.iter_mut().zip(x) {
-                let e = exp_f32(x - m);
-                *y = e;
-                s += e;
+                *y = exp_f32(x - m);
             }
-            let inv = 1.0 / s;
+            let inv = 1.0 / sum_f32(y);
             for y in y.iter_mut() {
                 *y *= inv;
             }
@@ -69,7 +66,7 @@ simd_dispatch! {
 simd_dispatch! {
     fn softmax_bwd_rows(dim: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((y, dy), dx) in y.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dx.chunks_exact_mut(dim)) {
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+            let dot = dot_f32(y, dy);
             for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
                 *dx = y * (dy - dot);
             }

@@ -10,7 +10,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use crate::activation::simd::{exp_f32, simd_dispatch};
+use crate::activation::simd::{dot_f32, exp_f32, max_f32, simd_dispatch, sum_f32};
 use rayon::prelude::*;
 
 /// Sizes: `bh` = batch × heads; q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, out `[bh, nq, dv]`.
@@ -70,45 +70,117 @@ fn transpose_pad(bh: usize, n: usize, d: usize, npad: usize, src: &[f32]) -> Vec
     t
 }
 
-simd_dispatch! {
-    /// `s[i*BK + j] = Σ_c a[i*d + c] · bt[c*ld + j]` for `i < rows` (a multiple of RB) and `j < BK`.
-    fn tile_abt(rows: usize, d: usize, a: &[f32], bt: &[f32], ld: usize, s: &mut [f32]) {
-        let mut i = 0;
-        while i < rows {
-            let mut acc = [[0.0f32; BK]; RB];
-            let ar = &a[i * d..(i + RB) * d];
-            for c in 0..d {
-                let b: &[f32; BK] = bt[c * ld..c * ld + BK].try_into().unwrap();
-                for r in 0..RB {
-                    let av = ar[r * d + c];
-                    for j in 0..BK {
-                        acc[r][j] = av.mul_add(b[j], acc[r][j]);
-                    }
+/// Register-blocked update of a `W`-column slab: for `r < rows`,
+/// `out[r*ldo + col0 ..][..W] += Σ_{t<inner} coef[r*cs_r + t*cs_t] · x[t*ldx + col0 ..][..W]`.
+/// RB rows × W columns of `out` stay in registers (16 AVX-512 vectors for W = 64) while `t` runs.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn slab<const W: usize>(
+    rows: usize,
+    inner: usize,
+    coef: &[f32],
+    cs_r: usize,
+    cs_t: usize,
+    x: &[f32],
+    ldx: usize,
+    out: &mut [f32],
+    ldo: usize,
+    col0: usize,
+) {
+    // Full RB-row blocks. All indices into `acc` are compile-time constants after unrolling, so
+    // the accumulators live in registers (a dynamic index would force them onto the stack).
+    let mut i = 0;
+    while i + RB <= rows {
+        let mut acc = [[0.0f32; W]; RB];
+        for r in 0..RB {
+            let o: &[f32; W] = out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W]
+                .try_into()
+                .unwrap();
+            acc[r] = *o;
+        }
+        for t in 0..inner {
+            let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
+            for r in 0..RB {
+                let c = coef[(i + r) * cs_r + t * cs_t];
+                for j in 0..W {
+                    acc[r][j] = c.mul_add(xv[j], acc[r][j]);
                 }
             }
-            for (r, accr) in acc.iter().enumerate() {
-                s[(i + r) * BK..(i + r + 1) * BK].copy_from_slice(accr);
-            }
-            i += RB;
         }
+        for r in 0..RB {
+            out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W].copy_from_slice(&acc[r]);
+        }
+        i += RB;
+    }
+    // Remaining rows one at a time.
+    while i < rows {
+        let o: &[f32; W] = out[i * ldo + col0..i * ldo + col0 + W].try_into().unwrap();
+        let mut acc = *o;
+        for t in 0..inner {
+            let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
+            let c = coef[i * cs_r + t * cs_t];
+            for j in 0..W {
+                acc[j] = c.mul_add(xv[j], acc[j]);
+            }
+        }
+        out[i * ldo + col0..i * ldo + col0 + W].copy_from_slice(&acc);
+        i += 1;
     }
 }
 
 simd_dispatch! {
-    /// `out[r*w..] += Σ_{t<inner} coef[r*cs_r + t*cs_t] · x[t*w..(t+1)*w]` for `r < rows`.
+    /// `out[r*ldo + c] += Σ_{t<inner} coef[r*cs_r + t*cs_t] · x[t*ldx + c]` for `r < rows`, `c < w`:
+    /// a small GEMM whose left operand is addressed through strides (so Pᵀ/dSᵀ need no copy).
     #[allow(clippy::too_many_arguments)]
-    fn tile_axpy(rows: usize, inner: usize, w: usize, coef: &[f32], cs_r: usize, cs_t: usize, x: &[f32], out: &mut [f32]) {
-        for r in 0..rows {
-            let o = &mut out[r * w..(r + 1) * w];
-            for t in 0..inner {
-                let cf = coef[r * cs_r + t * cs_t];
-                let xr = &x[t * w..(t + 1) * w];
-                for (o, &xv) in o.iter_mut().zip(xr) {
-                    *o = cf.mul_add(xv, *o);
+    fn tile_mm(rows: usize, inner: usize, w: usize, coef: &[f32], cs_r: usize, cs_t: usize, x: &[f32], ldx: usize, out: &mut [f32], ldo: usize) {
+        let mut c0 = 0;
+        while w - c0 >= 64 {
+            slab::<64>(rows, inner, coef, cs_r, cs_t, x, ldx, out, ldo, c0);
+            c0 += 64;
+        }
+        if w - c0 >= 32 {
+            slab::<32>(rows, inner, coef, cs_r, cs_t, x, ldx, out, ldo, c0);
+            c0 += 32;
+        }
+        if w - c0 >= 16 {
+            slab::<16>(rows, inner, coef, cs_r, cs_t, x, ldx, out, ldo, c0);
+            c0 += 16;
+        }
+        if w - c0 >= 8 {
+            slab::<8>(rows, inner, coef, cs_r, cs_t, x, ldx, out, ldo, c0);
+            c0 += 8;
+        }
+        for c in c0..w {
+            for r in 0..rows {
+                let mut a = out[r * ldo + c];
+                for t in 0..inner {
+                    a = coef[r * cs_r + t * cs_t].mul_add(x[t * ldx + c], a);
                 }
+                out[r * ldo + c] = a;
             }
         }
     }
+}
+
+/// `s[i*BK + j] = Σ_c a[i*d + c] · bt[c*ld + j]` for `i < rows` and `j < BK` (overwrites).
+fn tile_abt(rows: usize, d: usize, a: &[f32], bt: &[f32], ld: usize, s: &mut [f32]) {
+    s[..rows * BK].fill(0.0);
+    tile_mm(rows, d, BK, a, d, 1, bt, ld, s, BK);
+}
+
+/// `out[r*w..] += Σ_{t<inner} coef[r*cs_r + t*cs_t] · x[t*w..(t+1)*w]` for `r < rows`.
+#[allow(clippy::too_many_arguments)]
+fn tile_axpy(
+    rows: usize,
+    inner: usize,
+    w: usize,
+    coef: &[f32],
+    cs_r: usize,
+    cs_t: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    tile_mm(rows, inner, w, coef, cs_r, cs_t, x, w, out, w);
 }
 
 simd_dispatch! {
@@ -118,15 +190,12 @@ simd_dispatch! {
     fn online_softmax(rows: usize, bk: usize, dv: usize, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32]) {
         for i in 0..rows {
             let sr = &mut s[i * BK..i * BK + bk];
-            let mx = sr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let m_new = m[i].max(mx);
+            let m_new = m[i].max(max_f32(sr));
             let alpha = exp_f32(m[i] - m_new);
-            let mut sum = 0.0f32;
             for v in sr.iter_mut() {
-                let e = exp_f32(*v - m_new);
-                *v = e;
-                sum += e;
+                *v = exp_f32(*v - m_new);
             }
+            let sum = sum_f32(sr);
             l[i] = l[i] * alpha + sum;
             m[i] = m_new;
             acc[i * dv..(i + 1) * dv].iter_mut().for_each(|a| *a *= alpha);
@@ -400,7 +469,7 @@ pub fn attention_backward(
                         .map(|i| {
                             let a = &dout[(r0 + i) * dvd..(r0 + i + 1) * dvd];
                             let o = &out[(r0 + i) * dvd..(r0 + i + 1) * dvd];
-                            a.iter().zip(o).map(|(x, y)| x * y).sum()
+                            dot_f32(a, o)
                         })
                         .collect();
                     let rel = rel_rows(&bias, b, nq, q0, rows);

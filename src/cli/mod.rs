@@ -2,7 +2,9 @@
 
 pub mod common;
 pub mod convert;
-// pub mod demo;
+pub mod demo;
 pub mod eval;
 pub mod infer;
+pub mod phantom;
+pub mod preprocess;
 pub mod train;

@@ -186,3 +186,69 @@ impl SyncPtr {
         SyncPtr(self.0.add(off))
     }
 }
+
+/// Lanes of the split accumulators below: enough independent chains for the vectoriser (strict
+/// IEEE order would otherwise force a scalar loop).
+const LANES: usize = 16;
+
+/// Σ x with 16 interleaved partial sums (vectorises; not bitwise equal to a sequential sum).
+#[inline(always)]
+pub(crate) fn sum_f32(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut ch = x.chunks_exact(LANES);
+    for c in &mut ch {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    let mut s = ch.remainder().iter().sum::<f32>();
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// Σ a·b with 16 interleaved partial sums.
+#[inline(always)]
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut s: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for v in acc {
+        s += v;
+    }
+    s
+}
+
+/// max x (−∞ for an empty slice), lane-split so it vectorises.
+#[inline(always)]
+pub(crate) fn max_f32(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut ch = x.chunks_exact(LANES);
+    for c in &mut ch {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    let mut m = ch
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for a in acc {
+        m = m.max(a);
+    }
+    m
+}

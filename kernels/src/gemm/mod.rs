@@ -117,9 +117,60 @@ impl Kernel {
             .iter()
             .rev()
             .copied()
+            .filter(|&k| k != Kernel::Amx || amx_self_check())
             .find(|k| k.is_available() && k.supports(precision))
             .unwrap_or(Kernel::Scalar)
     }
+}
+
+/// AMX is picked automatically only once it has reproduced the reference on a small problem in
+/// this process. The tile kernel was written on a machine without AMX (AMD Zen 4), so its first
+/// run on real hardware is otherwise unverified; a wrong result here falls back to AVX512-BF16
+/// instead of silently corrupting every matmul. (`gemm_with(Kernel::Amx, ..)` skips the check,
+/// which is what the property tests use.)
+fn amx_self_check() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if !Kernel::Amx.is_available() {
+            return false;
+        }
+        // Odd sizes: edge tiles in m and n, and a k that is not a multiple of the 32-deep tile.
+        let (m, n, k) = (45, 37, 83);
+        let val = |i: usize| ((i * 37 + 11) % 23) as f32 / 8.0 - 1.25;
+        let a: Vec<f32> = (0..m * k).map(val).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| val(i + 5)).collect();
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        };
+        let dims = GemmDims { batch: 1, m, n, k };
+        let (la, lb, lc) = (
+            Layout::row_major(m, k),
+            Layout::row_major(k, n),
+            Layout::row_major(m, n),
+        );
+        let mut want = vec![0.0; m * n];
+        reference::gemm(dims, &round(&a), la, &round(&b), lb, &mut want, lc, false);
+        let mut got = vec![f32::NAN; m * n];
+        let ukr = driver::micro_kernel(Kernel::Amx, Precision::Bf16);
+        driver::gemm(
+            &ukr,
+            ukr.blocking,
+            dims,
+            &a,
+            la,
+            &b,
+            lb,
+            &mut got,
+            lc,
+            false,
+        );
+        // Values are multiples of 1/8 with |x| <= 1.5: every product and partial sum is exact
+        // in f32, so any correct summation order gives the identical result.
+        got == want
+    })
 }
 
 /// `C (+)= A·B` with A `m×k`, B `k×n`, C `m×n` per batch. `accumulate=false` overwrites C.
