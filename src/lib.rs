@@ -12,6 +12,7 @@ pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod infer;
+pub mod infer_lite;
 pub mod metrics;
 pub mod model;
 pub mod npy;

@@ -3,6 +3,7 @@
 
 use crate::checkpoint::{self, TensorData, Value};
 use crate::error::{Error, Result};
+use crate::model::lite::{LiteConfig, LiteMedSam};
 use crate::model::{LoadReport, ModelType, Sam, SamConfig};
 use crate::optim::{AdamW, AdamWConfig, ParamState};
 use crate::tensor::Tensor;
@@ -95,6 +96,87 @@ pub fn load_model(
         .into_result()
         .map_err(|e| Error::file(path, e.to_string()))?;
     Ok((sam, report))
+}
+
+/// A model of either family, as recognised from a checkpoint's keys.
+pub enum AnyModel {
+    Sam(Box<Sam>),
+    Lite(Box<LiteMedSam>),
+}
+
+/// Loads a SAM/MedSAM or a LiteMedSAM checkpoint, telling them apart by their image-encoder keys
+/// (TinyViT's `patch_embed.seq.*`/`layers.*` vs ViT's `patch_embed.proj`/`blocks.*`). For
+/// LiteMedSAM, `config_json` is a [`LiteConfig`] and `model_type` must be `None`.
+pub fn load_any_model(
+    path: &Path,
+    model_type: Option<ModelType>,
+    config_json: Option<&Path>,
+    device: Device,
+) -> Result<(AnyModel, LoadReport)> {
+    let value = read_checkpoint(path)?;
+    let weights = state_dict(path, &value)?;
+    if !LiteConfig::is_lite_state_dict(weights.keys()) {
+        let config = resolve_config(&weights, model_type, config_json)?;
+        let mut sam = Sam::new(&config, 0, device)?;
+        let report = sam
+            .load_state_dict(&weights)
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        let report = report
+            .into_result()
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        return Ok((AnyModel::Sam(Box::new(sam)), report));
+    }
+    if let Some(t) = model_type {
+        return Err(Error::arg(
+            "--model-type",
+            format!(
+                "{t:?} does not match the checkpoint, which holds a LiteMedSAM (TinyViT) model"
+            ),
+        ));
+    }
+    let config = match config_json {
+        Some(p) => LiteConfig::from_json_file(p)?,
+        None => {
+            let shapes = weights
+                .iter()
+                .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+                .collect();
+            let inferred =
+                LiteConfig::infer(&shapes).map_err(|e| Error::file(path, e.to_string()))?;
+            // Shapes cannot show the input size nor the decoder's heads: LiteMedSAM's when it fits.
+            let preset = LiteConfig::lite_medsam();
+            let mut cmp = inferred.clone();
+            cmp.mask_decoder.transformer_num_heads = preset.mask_decoder.transformer_num_heads;
+            if cmp == preset {
+                preset
+            } else {
+                inferred
+            }
+        }
+    };
+    let mut lite = LiteMedSam::new(&config, 0, device)?;
+    let report = lite
+        .load_state_dict(&weights)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    let report = report
+        .into_result()
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    Ok((AnyModel::Lite(Box::new(lite)), report))
+}
+
+/// Loads a LiteMedSAM checkpoint (an error naming the file when it holds another model).
+pub fn load_lite_model(
+    path: &Path,
+    config_json: Option<&Path>,
+    device: Device,
+) -> Result<(LiteMedSam, LoadReport)> {
+    match load_any_model(path, None, config_json, device)? {
+        (AnyModel::Lite(m), r) => Ok((*m, r)),
+        (AnyModel::Sam(_), _) => Err(Error::file(
+            path,
+            "holds a SAM/MedSAM (ViT) model, not LiteMedSAM",
+        )),
+    }
 }
 
 fn tensor_data(t: &Tensor) -> Result<TensorData> {

@@ -7,8 +7,10 @@
 
 pub mod activation;
 pub mod attention;
+pub mod batchnorm;
 pub mod conv;
 pub mod cpu;
+pub mod depthwise;
 pub mod gemm;
 pub mod norm;
 pub mod resize;

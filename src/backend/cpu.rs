@@ -1,7 +1,7 @@
 //! The CPU backend: host vectors, computed by the fast kernels of `medsam-kernels`.
 
 use super::*;
-use medsam_kernels::{activation, attention, conv, gemm, norm, resize};
+use medsam_kernels::{activation, attention, batchnorm, conv, depthwise, gemm, norm, resize};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -660,6 +660,112 @@ impl Backend for CpuBackend {
         let mut dx = vec![0.0; planes * hw.0 * hw.1];
         resize::bilinear_backward(planes, hw.0, hw.1, ohw.0, ohw.1, host(dy)?, &mut dx);
         Ok(Storage::Cpu(dx))
+    }
+
+    fn depthwise_conv2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.out_hw();
+        let mut y = vec![0.0; g.n * g.c_out * oh * ow];
+        let bias = bias.map(host).transpose()?;
+        depthwise::depthwise_forward(g, host(x)?, host(w)?, bias, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn depthwise_conv2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads> {
+        let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
+        let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        let mut db = bias.then(|| vec![0.0; g.c_out]);
+        depthwise::depthwise_backward_input(g, w, dy, &mut dx);
+        depthwise::depthwise_backward_weight(g, x, dy, &mut dw, db.as_deref_mut());
+        Ok(ConvGrads {
+            dx: Storage::Cpu(dx),
+            dw: Storage::Cpu(dw),
+            dbias: db.map(Storage::Cpu),
+        })
+    }
+
+    fn batch_norm_stats(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+    ) -> Result<(Storage, Storage)> {
+        let (mut m, mut v) = (vec![0.0; c], vec![0.0; c]);
+        batchnorm::stats(n, c, hw, host(x)?, &mut m, &mut v);
+        Ok((Storage::Cpu(m), Storage::Cpu(v)))
+    }
+
+    fn batch_norm_apply(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        stats: (&Storage, &Storage),
+    ) -> Result<Storage> {
+        let x = host(x)?;
+        let mut y = vec![0.0; x.len()];
+        batchnorm::apply(
+            n,
+            c,
+            hw,
+            x,
+            host(gamma)?,
+            host(beta)?,
+            host(stats.0)?,
+            host(stats.1)?,
+            &mut y,
+        );
+        Ok(Storage::Cpu(y))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        gamma: &Storage,
+        stats: (&Storage, &Storage),
+        dy: &Storage,
+        batch_stats: bool,
+    ) -> Result<NormGrads> {
+        let x = host(x)?;
+        let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+        batchnorm::backward(
+            n,
+            c,
+            hw,
+            x,
+            host(gamma)?,
+            host(stats.0)?,
+            host(stats.1)?,
+            host(dy)?,
+            batch_stats,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        );
+        Ok(NormGrads {
+            dx: Storage::Cpu(dx),
+            dgamma: Storage::Cpu(dg),
+            dbeta: Storage::Cpu(db),
+        })
     }
 
     fn adamw(

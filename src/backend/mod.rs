@@ -350,6 +350,121 @@ pub trait Backend: Send + Sync {
         dy: &Storage,
     ) -> Result<Storage>;
 
+    // ---- depthwise conv and batch norm (TinyViT / LiteMedSAM). The defaults run the CPU kernels
+    // on host copies, so a device backend works unchanged and may override them for speed. ----
+
+    /// Depthwise conv2d (`groups = c_in = c_out`, weight `[c, 1, kh, kw]`).
+    fn depthwise_conv2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let (x, w) = (self.download(x)?, self.download(w)?);
+        let bias = bias.map(|b| self.download(b)).transpose()?;
+        let (oh, ow) = g.out_hw();
+        let mut y = vec![0.0; g.n * g.c_out * oh * ow];
+        medsam_kernels::depthwise::depthwise_forward(g, &x, &w, bias.as_deref(), &mut y);
+        self.upload(&y)
+    }
+    fn depthwise_conv2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads> {
+        let (x, w, dy) = (self.download(x)?, self.download(w)?, self.download(dy)?);
+        let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        let mut db = bias.then(|| vec![0.0; g.c_out]);
+        medsam_kernels::depthwise::depthwise_backward_input(g, &w, &dy, &mut dx);
+        medsam_kernels::depthwise::depthwise_backward_weight(
+            g,
+            &x,
+            &dy,
+            &mut dw,
+            db.as_deref_mut(),
+        );
+        Ok(ConvGrads {
+            dx: self.upload(&dx)?,
+            dw: self.upload(&dw)?,
+            dbias: db.map(|d| self.upload(&d)).transpose()?,
+        })
+    }
+    /// Per-channel batch mean and biased variance of `[n, c, hw]`: `(mean, var)`, each `[c]`.
+    fn batch_norm_stats(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+    ) -> Result<(Storage, Storage)> {
+        let x = self.download(x)?;
+        let (mut m, mut v) = (vec![0.0; c], vec![0.0; c]);
+        medsam_kernels::batchnorm::stats(n, c, hw, &x, &mut m, &mut v);
+        Ok((self.upload(&m)?, self.upload(&v)?))
+    }
+    /// `y = (x - mean)·rstd·gamma + beta` per channel of `[n, c, hw]`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_apply(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        stats: (&Storage, &Storage),
+    ) -> Result<Storage> {
+        let (x, g, b) = (
+            self.download(x)?,
+            self.download(gamma)?,
+            self.download(beta)?,
+        );
+        let (m, r) = (self.download(stats.0)?, self.download(stats.1)?);
+        let mut y = vec![0.0; x.len()];
+        medsam_kernels::batchnorm::apply(n, c, hw, &x, &g, &b, &m, &r, &mut y);
+        self.upload(&y)
+    }
+    /// Backward of `batch_norm_apply`; `batch_stats`: mean/rstd were the batch's (training mode).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        gamma: &Storage,
+        stats: (&Storage, &Storage),
+        dy: &Storage,
+        batch_stats: bool,
+    ) -> Result<NormGrads> {
+        let (x, g, dy) = (self.download(x)?, self.download(gamma)?, self.download(dy)?);
+        let (m, r) = (self.download(stats.0)?, self.download(stats.1)?);
+        let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+        medsam_kernels::batchnorm::backward(
+            n,
+            c,
+            hw,
+            &x,
+            &g,
+            &m,
+            &r,
+            &dy,
+            batch_stats,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        );
+        Ok(NormGrads {
+            dx: self.upload(&dx)?,
+            dgamma: self.upload(&dg)?,
+            dbeta: self.upload(&db)?,
+        })
+    }
+
     /// One AdamW update in place: `param`, `exp_avg`, `exp_avg_sq` are updated from `grad`.
     fn adamw(
         &self,

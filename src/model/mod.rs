@@ -4,8 +4,10 @@
 pub mod common;
 pub mod config;
 pub mod image_encoder;
+pub mod lite;
 pub mod mask_decoder;
 pub mod prompt_encoder;
+pub mod tiny_vit;
 pub mod transformer;
 
 use crate::autograd::no_grad;

@@ -2,6 +2,7 @@
 //! [`Backend`](crate::backend::Backend) and, when recording, declares what it saves for backward.
 
 pub mod elementwise;
+pub mod extra;
 pub mod linalg;
 pub mod loss;
 pub mod nn;

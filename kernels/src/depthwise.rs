@@ -1,0 +1,427 @@
+//! Depthwise conv2d (NCHW, `groups = c_in = c_out`, weight `[c, 1, kh, kw]`), forward and
+//! backward. TinyViT's MBConv, patch merging and local convolutions are depthwise 3×3.
+//!
+//! The fast versions work plane by plane (one `(n, c)` image at a time, in parallel) and tap by
+//! tap: for each kernel tap the range of output positions it reaches inside the input is computed
+//! once, so the inner loop is a bounds-free multiply-add over a row. The `reference` module is
+//! the oracle.
+
+use crate::conv::Conv2dGeom;
+use rayon::prelude::*;
+
+/// The output positions `lo..hi` along one axis whose tap `k` lands inside the input.
+fn tap_range(out: usize, inp: usize, k: usize, stride: usize, pad: usize) -> (usize, usize) {
+    // Need 0 <= o*stride + k - pad < inp.
+    let lo = if pad > k {
+        (pad - k).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if inp + pad > k {
+        ((inp + pad - k - 1) / stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+fn check(g: &Conv2dGeom) {
+    assert!(
+        g.c_in == g.c_out && g.groups == g.c_in,
+        "depthwise conv needs groups = c_in = c_out, got {g:?}"
+    );
+}
+
+/// One output plane: `y = bias + Σ_taps w·x`, accumulated tap by tap over whole rows so the
+/// inner loop is a contiguous multiply-add (vectorised) when the stride is 1.
+fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, y: &mut [f32]) {
+    let (oh, ow) = g.out_hw();
+    let (sy, sx) = g.stride;
+    let (py, px) = g.pad;
+    y.fill(bias);
+    for ky in 0..g.kh {
+        let (ylo, yhi) = tap_range(oh, g.h, ky, sy, py);
+        for kx in 0..g.kw {
+            let (xlo, xhi) = tap_range(ow, g.w, kx, sx, px);
+            if xlo >= xhi {
+                continue;
+            }
+            let wv = w[ky * g.kw + kx];
+            for oy in ylo..yhi {
+                let iy = oy * sy + ky - py;
+                let yr = &mut y[oy * ow + xlo..oy * ow + xhi];
+                let x0 = iy * g.w + xlo * sx + kx - px;
+                if sx == 1 {
+                    for (o, &v) in yr.iter_mut().zip(&x[x0..x0 + (xhi - xlo)]) {
+                        *o += wv * v;
+                    }
+                } else {
+                    for (j, o) in yr.iter_mut().enumerate() {
+                        *o += wv * x[x0 + j * sx];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y `[n, c, oh, ow]` = depthwise conv of x `[n, c, h, w]` with w `[c, 1, kh, kw]`, plus bias.
+pub fn depthwise_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    check(&g);
+    let (oh, ow) = g.out_hw();
+    let (plane_in, plane_out, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
+    y.par_chunks_mut(plane_out.max(1))
+        .enumerate()
+        .for_each(|(p, yp)| {
+            let c = p % g.c_in;
+            let b = bias.map_or(0.0, |b| b[c]);
+            plane_forward(
+                &g,
+                &x[p * plane_in..(p + 1) * plane_in],
+                &w[c * kk..(c + 1) * kk],
+                b,
+                yp,
+            );
+        });
+}
+
+/// Visits every (output, input) pixel pair of a plane with its kernel tap: `f(o, i, k)`.
+fn for_each_tap(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
+    let (oh, ow) = g.out_hw();
+    for oy in 0..oh {
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
+            if iy < 0 || iy >= g.h as isize {
+                continue;
+            }
+            for ox in 0..ow {
+                for kx in 0..g.kw {
+                    let ix = (ox * g.stride.1 + kx) as isize - g.pad.1 as isize;
+                    if ix < 0 || ix >= g.w as isize {
+                        continue;
+                    }
+                    f(
+                        oy * ow + ox,
+                        iy as usize * g.w + ix as usize,
+                        ky * g.kw + kx,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// dx `[n, c, h, w]` (overwritten) from dy `[n, c, oh, ow]`.
+pub fn depthwise_backward_input(g: Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    check(&g);
+    let (oh, ow) = g.out_hw();
+    let (plane_in, plane_out, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
+    dx.par_chunks_mut(plane_in.max(1))
+        .enumerate()
+        .for_each(|(p, dxp)| {
+            let c = p % g.c_in;
+            let wc = &w[c * kk..(c + 1) * kk];
+            let dyp = &dy[p * plane_out..(p + 1) * plane_out];
+            dxp.fill(0.0);
+            for ky in 0..g.kh {
+                let (ylo, yhi) = tap_range(oh, g.h, ky, g.stride.0, g.pad.0);
+                for kx in 0..g.kw {
+                    let (xlo, xhi) = tap_range(ow, g.w, kx, g.stride.1, g.pad.1);
+                    if xlo >= xhi {
+                        continue;
+                    }
+                    let wv = wc[ky * g.kw + kx];
+                    for oy in ylo..yhi {
+                        let iy = oy * g.stride.0 + ky - g.pad.0;
+                        let d = &dyp[oy * ow + xlo..oy * ow + xhi];
+                        let x0 = iy * g.w + xlo * g.stride.1 + kx - g.pad.1;
+                        if g.stride.1 == 1 {
+                            for (o, &v) in dxp[x0..x0 + d.len()].iter_mut().zip(d) {
+                                *o += wv * v;
+                            }
+                        } else {
+                            for (j, &v) in d.iter().enumerate() {
+                                dxp[x0 + j * g.stride.1] += wv * v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// dw `[c, 1, kh, kw]` and optionally dbias `[c]` (overwritten) from x and dy.
+pub fn depthwise_backward_weight(
+    g: Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+) {
+    check(&g);
+    let (oh, ow) = g.out_hw();
+    let (plane_in, plane_out, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
+    dw.par_chunks_mut(kk.max(1))
+        .enumerate()
+        .for_each(|(c, dwc)| {
+            // f64 partial sums per tap keep long reductions (n·oh·ow terms) accurate.
+            let mut acc = vec![0.0f64; kk];
+            for b in 0..g.n {
+                let p = b * g.c_in + c;
+                let (xp, dyp) = (
+                    &x[p * plane_in..(p + 1) * plane_in],
+                    &dy[p * plane_out..(p + 1) * plane_out],
+                );
+                for_each_tap(&g, |o, i, k| acc[k] += (xp[i] * dyp[o]) as f64);
+            }
+            for (d, a) in dwc.iter_mut().zip(acc) {
+                *d = a as f32;
+            }
+        });
+    if let Some(db) = dbias {
+        db.par_iter_mut().enumerate().for_each(|(c, d)| {
+            let mut s = 0.0f64;
+            for b in 0..g.n {
+                let p = b * g.c_in + c;
+                s += dy[p * plane_out..(p + 1) * plane_out]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
+            *d = s as f32;
+        });
+    }
+}
+
+/// Straightforward loops over every index: the oracle for the fast versions.
+pub mod reference {
+    use crate::conv::Conv2dGeom;
+
+    fn at(g: &Conv2dGeom, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
+        let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
+        let ix = (ox * g.stride.1 + kx) as isize - g.pad.1 as isize;
+        (iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w)
+            .then(|| iy as usize * g.w + ix as usize)
+    }
+
+    pub fn depthwise_forward(
+        g: Conv2dGeom,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let (oh, ow) = g.out_hw();
+        for b in 0..g.n {
+            for c in 0..g.c_in {
+                let p = b * g.c_in + c;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias.map_or(0.0, |b| b[c]);
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                if let Some(i) = at(&g, oy, ox, ky, kx) {
+                                    acc += x[p * g.h * g.w + i] * w[(c * g.kh + ky) * g.kw + kx];
+                                }
+                            }
+                        }
+                        y[(p * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn depthwise_backward_input(g: Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let (oh, ow) = g.out_hw();
+        dx.fill(0.0);
+        for b in 0..g.n {
+            for c in 0..g.c_in {
+                let p = b * g.c_in + c;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                if let Some(i) = at(&g, oy, ox, ky, kx) {
+                                    dx[p * g.h * g.w + i] += w[(c * g.kh + ky) * g.kw + kx]
+                                        * dy[(p * oh + oy) * ow + ox];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn depthwise_backward_weight(
+        g: Conv2dGeom,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+    ) {
+        let (oh, ow) = g.out_hw();
+        dw.fill(0.0);
+        let mut db = vec![0.0f32; g.c_in];
+        for b in 0..g.n {
+            for c in 0..g.c_in {
+                let p = b * g.c_in + c;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let d = dy[(p * oh + oy) * ow + ox];
+                        db[c] += d;
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                if let Some(i) = at(&g, oy, ox, ky, kx) {
+                                    dw[(c * g.kh + ky) * g.kw + kx] += x[p * g.h * g.w + i] * d;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(out) = dbias {
+            out.copy_from_slice(&db);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn close(a: &[f32], b: &[f32], tol: f32) -> Result<(), TestCaseError> {
+        prop_assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            prop_assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "[{}]: {} vs {}",
+                i,
+                x,
+                y
+            );
+        }
+        Ok(())
+    }
+
+    fn geom() -> impl Strategy<Value = Conv2dGeom> {
+        (
+            1usize..3,
+            1usize..5,
+            1usize..12,
+            1usize..12,
+            1usize..5,
+            1usize..3,
+            0usize..3,
+        )
+            .prop_filter_map("kernel fits", |(n, c, h, w, k, s, p)| {
+                let g = Conv2dGeom {
+                    n,
+                    c_in: c,
+                    h,
+                    w,
+                    c_out: c,
+                    kh: k,
+                    kw: k,
+                    stride: (s, s),
+                    pad: (p, p),
+                    groups: c,
+                };
+                (h + 2 * p >= k && w + 2 * p >= k).then_some(g)
+            })
+    }
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn fast_matches_reference(g in geom(), seed in any::<u64>(), with_bias in any::<bool>()) {
+            let (oh, ow) = g.out_hw();
+            let x = data(g.n * g.c_in * g.h * g.w, seed);
+            let w = data(g.c_in * g.kh * g.kw, seed ^ 1);
+            let bias = data(g.c_in, seed ^ 2);
+            let dy = data(g.n * g.c_in * oh * ow, seed ^ 3);
+            let bias = with_bias.then_some(&bias[..]);
+            let (mut y0, mut y1) = (vec![0.0; dy.len()], vec![0.0; dy.len()]);
+            reference::depthwise_forward(g, &x, &w, bias, &mut y0);
+            depthwise_forward(g, &x, &w, bias, &mut y1);
+            close(&y1, &y0, 1e-5)?;
+            let (mut dx0, mut dx1) = (vec![0.0; x.len()], vec![7.0; x.len()]);
+            reference::depthwise_backward_input(g, &w, &dy, &mut dx0);
+            depthwise_backward_input(g, &w, &dy, &mut dx1);
+            close(&dx1, &dx0, 1e-5)?;
+            let (mut dw0, mut dw1) = (vec![0.0; w.len()], vec![7.0; w.len()]);
+            let (mut db0, mut db1) = (vec![0.0; g.c_in], vec![7.0; g.c_in]);
+            reference::depthwise_backward_weight(g, &x, &dy, &mut dw0, Some(&mut db0));
+            depthwise_backward_weight(g, &x, &dy, &mut dw1, Some(&mut db1));
+            close(&dw1, &dw0, 1e-4)?;
+            close(&db1, &db0, 1e-4)?;
+        }
+    }
+
+    /// The reference against a hand-computed case: a 3×3 box filter with zero padding.
+    #[test]
+    fn reference_box_filter() {
+        let g = Conv2dGeom {
+            n: 1,
+            c_in: 1,
+            h: 3,
+            w: 3,
+            c_out: 1,
+            kh: 3,
+            kw: 3,
+            stride: (1, 1),
+            pad: (1, 1),
+            groups: 1,
+        };
+        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut y = vec![0.0; 9];
+        reference::depthwise_forward(g, &x, &[1.0; 9], None, &mut y);
+        assert_eq!(
+            y,
+            vec![12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0]
+        );
+    }
+
+    /// Backward is the adjoint of forward: <dy, conv(x)> = <conv_backward_input(dy), x>.
+    #[test]
+    fn backward_input_is_adjoint() {
+        let g = Conv2dGeom {
+            n: 2,
+            c_in: 3,
+            h: 7,
+            w: 6,
+            c_out: 3,
+            kh: 3,
+            kw: 3,
+            stride: (2, 2),
+            pad: (1, 1),
+            groups: 3,
+        };
+        let (oh, ow) = g.out_hw();
+        let x = data(2 * 3 * 7 * 6, 5);
+        let w = data(27, 6);
+        let dy = data(2 * 3 * oh * ow, 7);
+        let mut y = vec![0.0; dy.len()];
+        depthwise_forward(g, &x, &w, None, &mut y);
+        let mut dx = vec![0.0; x.len()];
+        depthwise_backward_input(g, &w, &dy, &mut dx);
+        let lhs: f64 = dy.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
+        let rhs: f64 = dx.iter().zip(&x).map(|(a, b)| (a * b) as f64).sum();
+        assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+    }
+}

@@ -1,0 +1,292 @@
+//! Operators TinyViT (LiteMedSAM's image encoder) needs beyond SAM's: depthwise and grouped
+//! conv2d, and BatchNorm2d in inference (running statistics) and training (batch statistics)
+//! form, each with its backward.
+
+use crate::autograd::{record, BackwardOp};
+use crate::backend::Storage;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use medsam_kernels::conv::Conv2dGeom;
+
+fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.is_dense() {
+        Ok(t.clone())
+    } else {
+        t.copy()
+    }
+}
+
+fn wrap(s: Storage, shape: &[usize], like: &Tensor) -> Result<Tensor> {
+    Tensor::from_storage(s, shape, like.device())
+}
+
+/// Batch statistics a training-mode batch norm computed, for the running-average update.
+pub struct BatchStats {
+    /// `[c]`
+    pub mean: Tensor,
+    /// `[c]`, biased (divided by the number of values).
+    pub var: Tensor,
+    /// Values per channel (`n·h·w`).
+    pub count: usize,
+}
+
+impl Tensor {
+    /// Depthwise conv2d on NCHW: weight `[c, 1, kh, kw]`, `groups = c`.
+    pub fn depthwise_conv2d(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Tensor> {
+        let (s, ws) = (self.shape(), w.shape());
+        let ok = self.rank() == 4
+            && w.rank() == 4
+            && ws[0] == s[1]
+            && ws[1] == 1
+            && s[2] + 2 * pad >= ws[2]
+            && s[3] + 2 * pad >= ws[3]
+            && stride > 0
+            && bias.is_none_or(|b| b.shape() == [s[1]]);
+        if !ok {
+            return Err(Error::shape(
+                "depthwise_conv2d",
+                format!(
+                    "input {s:?}, weight {ws:?}, bias {:?}, stride {stride}, pad {pad}",
+                    bias.map(|b| b.shape().to_vec())
+                ),
+            ));
+        }
+        super::same_device("depthwise_conv2d", self, w)?;
+        let g = Conv2dGeom {
+            n: s[0],
+            c_in: s[1],
+            h: s[2],
+            w: s[3],
+            c_out: s[1],
+            kh: ws[2],
+            kw: ws[3],
+            stride: (stride, stride),
+            pad: (pad, pad),
+            groups: s[1],
+        };
+        let (x, wd) = (dense(self)?, dense(w)?);
+        let bd = bias.map(dense).transpose()?;
+        let y = self.backend()?.depthwise_conv2d(
+            g,
+            x.storage(),
+            wd.storage(),
+            bd.as_ref().map(|t| t.storage()),
+        )?;
+        let (oh, ow) = g.out_hw();
+        let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
+        let mut inputs = vec![self, w];
+        inputs.extend(bias);
+        Ok(record(out, &inputs, || {
+            Box::new(DepthwiseBackward {
+                g,
+                x: x.detach(),
+                w: wd.detach(),
+                bias: bias.is_some(),
+            })
+        }))
+    }
+
+    /// conv2d with `groups` (weight `[c_out, c_in/groups, kh, kw]`, as `nn.Conv2d`): plain conv2d
+    /// for 1, the depthwise kernel when every group is one channel in and one out, otherwise one
+    /// conv2d per group.
+    pub fn conv2d_grouped(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Result<Tensor> {
+        if groups <= 1 {
+            return self.conv2d(w, bias, stride, pad);
+        }
+        let (c_in, c_out) = (
+            self.shape().get(1).copied().unwrap_or(0),
+            w.shape().first().copied().unwrap_or(0),
+        );
+        if self.rank() != 4
+            || w.rank() != 4
+            || !c_in.is_multiple_of(groups)
+            || !c_out.is_multiple_of(groups)
+            || w.dim(1) * groups != c_in
+        {
+            return Err(Error::shape(
+                "conv2d_grouped",
+                format!(
+                    "input {:?}, weight {:?}, groups {groups}",
+                    self.shape(),
+                    w.shape()
+                ),
+            ));
+        }
+        if c_in == groups && c_out == groups {
+            return self.depthwise_conv2d(w, bias, stride, pad);
+        }
+        let (gi, go) = (c_in / groups, c_out / groups);
+        let parts = (0..groups)
+            .map(|i| {
+                let b = bias.map(|b| b.narrow(0, i * go, go)).transpose()?;
+                self.narrow(1, i * gi, gi)?.conv2d(
+                    &w.narrow(0, i * go, go)?,
+                    b.as_ref(),
+                    stride,
+                    pad,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)
+    }
+
+    /// `nn.BatchNorm2d` over the channels (axis 1) of `[n, c, ...]`. In training mode
+    /// (`running = None`) it normalises with the batch's statistics and returns them (for the
+    /// caller's running averages); otherwise with the given running mean and variance.
+    pub fn batch_norm(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running: Option<(&Tensor, &Tensor)>,
+        eps: f32,
+    ) -> Result<(Tensor, Option<BatchStats>)> {
+        let s = self.shape();
+        let c = if self.rank() >= 2 { s[1] } else { 0 };
+        let shapes_ok = self.rank() >= 2
+            && gamma.shape() == [c]
+            && beta.shape() == [c]
+            && running.is_none_or(|(m, v)| m.shape() == [c] && v.shape() == [c]);
+        if !shapes_ok {
+            return Err(Error::shape(
+                "batch_norm",
+                format!(
+                    "input {s:?}, weight {:?}, bias {:?}, running {:?}",
+                    gamma.shape(),
+                    beta.shape(),
+                    running.map(|(m, v)| (m.shape().to_vec(), v.shape().to_vec()))
+                ),
+            ));
+        }
+        let (n, hw) = (s[0], s[2..].iter().product::<usize>());
+        if running.is_none() && n * hw < 2 {
+            return Err(Error::shape(
+                "batch_norm",
+                format!("training needs more than one value per channel, got input {s:?}"),
+            ));
+        }
+        let b = self.backend()?;
+        let (x, g, bt) = (dense(self)?, dense(gamma)?, dense(beta)?);
+        let (mean, var) = match running {
+            Some((m, v)) => (dense(m)?, dense(v)?),
+            None => {
+                let (m, v) = b.batch_norm_stats(n, c, hw, x.storage())?;
+                (wrap(m, &[c], self)?, wrap(v, &[c], self)?)
+            }
+        };
+        // rstd from the variance: a [c]-sized host computation.
+        let rstd: Vec<f32> = var
+            .to_vec()?
+            .iter()
+            .map(|v| 1.0 / (v + eps).sqrt())
+            .collect();
+        let rstd = Tensor::from_slice(&rstd, &[c], self.device())?;
+        let y = b.batch_norm_apply(
+            n,
+            c,
+            hw,
+            x.storage(),
+            g.storage(),
+            bt.storage(),
+            (mean.storage(), rstd.storage()),
+        )?;
+        let out = wrap(y, s, self)?;
+        let batch_stats = running.is_none();
+        let out = record(out, &[self, gamma, beta], || {
+            Box::new(BatchNormBackward {
+                n,
+                c,
+                hw,
+                x: x.detach(),
+                gamma: g.detach(),
+                mean: mean.detach(),
+                rstd,
+                batch_stats,
+            })
+        });
+        let stats = batch_stats.then(|| BatchStats {
+            mean: mean.detach(),
+            var: var.detach(),
+            count: n * hw,
+        });
+        Ok((out, stats))
+    }
+}
+
+struct DepthwiseBackward {
+    g: Conv2dGeom,
+    x: Tensor,
+    w: Tensor,
+    bias: bool,
+}
+
+impl BackwardOp for DepthwiseBackward {
+    fn name(&self) -> &'static str {
+        "depthwise_conv2d"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gd = dense(g)?;
+        let r = g.backend()?.depthwise_conv2d_backward(
+            self.g,
+            self.x.storage(),
+            self.w.storage(),
+            gd.storage(),
+            self.bias,
+        )?;
+        let mut out = vec![
+            Some(wrap(r.dx, self.x.shape(), g)?),
+            Some(wrap(r.dw, self.w.shape(), g)?),
+        ];
+        if let Some(db) = r.dbias {
+            out.push(Some(wrap(db, &[self.g.c_out], g)?));
+        }
+        Ok(out)
+    }
+}
+
+struct BatchNormBackward {
+    n: usize,
+    c: usize,
+    hw: usize,
+    x: Tensor,
+    gamma: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    batch_stats: bool,
+}
+
+impl BackwardOp for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gd = dense(g)?;
+        let r = g.backend()?.batch_norm_backward(
+            self.n,
+            self.c,
+            self.hw,
+            self.x.storage(),
+            self.gamma.storage(),
+            (self.mean.storage(), self.rstd.storage()),
+            gd.storage(),
+            self.batch_stats,
+        )?;
+        Ok(vec![
+            Some(wrap(r.dx, self.x.shape(), g)?),
+            Some(wrap(r.dgamma, &[self.c], g)?),
+            Some(wrap(r.dbeta, &[self.c], g)?),
+        ])
+    }
+}
