@@ -109,7 +109,10 @@ mod ascend {
                 list.join("\n")
             );
         };
-        println!("cargo:warning=medsam-ffi: CANN headers from {} ({from})", root.display());
+        println!(
+            "cargo:warning=medsam-ffi: CANN headers from {} ({from})",
+            root.display()
+        );
         println!("cargo:rerun-if-changed={}", root.display());
 
         let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
