@@ -3,11 +3,12 @@
 //! Without the `ascend` feature it does nothing (no bindgen, no libclang).
 //! With it, it runs bindgen over `wrapper.h` (CANN `acl/acl.h`, `acl/acl_op_compiler.h`,
 //! `hccl/hccl.h`) and writes four files into `OUT_DIR`:
-//! * `types.rs`        — types, enums (as plain constants) and macros, no functions;
-//! * `ascendcl.rs`     — struct `AscendClLib`: dynamic-loading table of the `acl*` functions
-//!                       of `libascendcl.so` (everything in `acl/*.h` but the op compiler);
-//! * `op_compiler.rs`  — struct `AclOpCompilerLib` for `libacl_op_compiler.so`;
-//! * `hccl.rs`         — struct `HcclLib` for `libhccl.so`.
+//! * `types.rs`: types, enums (as plain constants) and macros, no functions;
+//! * `ascendcl.rs`: struct `AscendClLib`, the dynamic-loading table of the `acl*` functions
+//!   of `libascendcl.so` (everything in `acl/*.h` but the op compiler);
+//! * `op_compiler.rs`: struct `AclOpCompilerLib` for `libacl_op_compiler.so`;
+//! * `hccl.rs`: struct `HcclLib` for `libhccl.so`.
+//!
 //! Nothing from CANN is linked: the tables are filled with `dlopen`/`dlsym` at run time.
 
 fn main() {

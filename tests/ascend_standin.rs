@@ -667,7 +667,8 @@ fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
     let rt = rt();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let rx = std::sync::Mutex::new(Some(rx));
-    let results: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, u32)> = std::thread::scope(|s| {
+    type RankResult = (Vec<f32>, Vec<f32>, Vec<f32>, u32);
+    let results: Vec<RankResult> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2u32)
             .map(|rank| {
                 let tx = tx.clone();

@@ -219,9 +219,7 @@ impl DeviceBuffer {
     }
 
     fn check_len<T>(&self, n: usize) -> Result<usize> {
-        let bytes = n
-            .checked_mul(std::mem::size_of::<T>())
-            .unwrap_or(usize::MAX);
+        let bytes = n.saturating_mul(std::mem::size_of::<T>());
         if bytes > self.len {
             return Err(AscendError::Invalid(format!(
                 "copy of {bytes} bytes does not fit a {}-byte device buffer",

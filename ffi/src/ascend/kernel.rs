@@ -95,7 +95,7 @@ impl KernelArgs {
         Self::default()
     }
     fn push_raw(&mut self, v: &[u8], align: usize) -> &mut Self {
-        while self.bytes.len() % align != 0 {
+        while !self.bytes.len().is_multiple_of(align) {
             self.bytes.push(0);
         }
         self.bytes.extend_from_slice(v);

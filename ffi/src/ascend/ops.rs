@@ -488,7 +488,7 @@ impl<'r> AclopCall<'r> {
                 self.in_buf.as_ptr() as *const *const aclDataBuffer,
                 self.out_desc.len() as i32,
                 self.out_desc.as_ptr() as *const *const aclTensorDesc,
-                self.out_buf.as_ptr() as *const *mut aclDataBuffer,
+                self.out_buf.as_ptr(),
                 self.attr,
                 ACL_ENGINE_SYS as _,
                 ACL_COMPILE_SYS as _,

@@ -215,7 +215,7 @@ impl AscendRuntime {
         // SAFETY: NULL config path is allowed (acl.h).
         let code = unsafe { f(std::ptr::null()) };
         // 100002 ACL_ERROR_REPEAT_INITIALIZE: someone else (e.g. torch_npu) initialised ACL.
-        if code == ACL_ERROR_REPEAT_INITIALIZE as i32 {
+        if code == ACL_ERROR_REPEAT_INITIALIZE {
             return Ok(());
         }
         // We never aclFinalize: the runtime is leaked and lives as long as the process.

@@ -522,7 +522,7 @@ pub(crate) fn layer_norm_rows(
     b: Option<&[f32]>,
     eps: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let rows = if row == 0 { 0 } else { x.len() / row };
+    let rows = x.len().checked_div(row).unwrap_or(0);
     let mut y = vec![0f32; x.len()];
     let (mut means, mut vars) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
     for r in 0..rows {
