@@ -101,7 +101,7 @@ mod ascend {
                 .iter()
                 .map(|(from, p)| format!("  {} ({from})", p.display()))
                 .collect();
-            panic!(
+            eprintln!(
                 "\n\nmedsam-ffi: feature `ascend` needs the CANN headers (acl/acl.h, hccl/hccl.h), \
                  none found in:\n{}\n\nEither set MEDSAM_CANN_INCLUDE=<dir>, or source the CANN \
                  toolkit's set_env.sh (sets ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH), or run \
@@ -109,6 +109,7 @@ mod ascend {
                  into target/cann-headers).\n",
                 list.join("\n")
             );
+            std::process::exit(1);
         };
         println!(
             "cargo:warning=medsam-ffi: CANN headers from {} ({from})",
