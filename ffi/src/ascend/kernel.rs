@@ -1,0 +1,124 @@
+//! Custom (Ascend C) kernels compiled offline into a device binary, launched without C++
+//! host stubs: `aclrtBinaryLoadFromFile` → `aclrtBinaryGetFunction` → `aclrtLaunchKernel`
+//! (signatures from `acl/acl_rt.h`; flow from hicann/runtime
+//! `example/2_advanced_features/kernel/0_launch_kernel`). Not exercised by the stand-in: it
+//! cannot execute device code. Needs real hardware.
+
+use super::error::{AscendError, Result};
+use super::runtime::{acl, Device, Stream};
+use crate::sys::types::*;
+use std::ffi::CString;
+use std::path::Path;
+
+/// A loaded device binary (`aclrtBinHandle`), unloaded on drop.
+pub struct KernelBinary {
+    dev: Device,
+    handle: aclrtBinHandle,
+}
+
+// SAFETY: handles are process-wide.
+unsafe impl Send for KernelBinary {}
+unsafe impl Sync for KernelBinary {}
+
+/// A kernel function in a [`KernelBinary`].
+pub struct KernelFunction<'b> {
+    bin: &'b KernelBinary,
+    handle: aclrtFuncHandle,
+}
+
+impl KernelBinary {
+    /// Load a device binary (e.g. from `ascendc_fatbin_library`) from a file.
+    pub fn load_file(dev: &Device, path: &Path) -> Result<Self> {
+        dev.bind_thread()?;
+        let p = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| AscendError::Invalid(format!("path with NUL: {}", path.display())))?;
+        let mut handle: aclrtBinHandle = std::ptr::null_mut();
+        acl!(
+            dev.runtime(),
+            aclrtBinaryLoadFromFile(p.as_ptr(), std::ptr::null_mut(), &mut handle)
+        )?;
+        Ok(KernelBinary {
+            dev: dev.clone(),
+            handle,
+        })
+    }
+
+    /// Look up a kernel (`extern "C" __global__ __aicore__` name) in the binary.
+    pub fn function(&self, name: &str) -> Result<KernelFunction<'_>> {
+        let n = CString::new(name)
+            .map_err(|_| AscendError::Invalid(format!("kernel name with NUL: {name}")))?;
+        let mut handle: aclrtFuncHandle = std::ptr::null_mut();
+        acl!(
+            self.dev.runtime(),
+            aclrtBinaryGetFunction(self.handle, n.as_ptr(), &mut handle)
+        )?;
+        Ok(KernelFunction { bin: self, handle })
+    }
+}
+
+impl Drop for KernelBinary {
+    fn drop(&mut self) {
+        if self.dev.bind_thread().is_ok() {
+            let _ = acl!(self.dev.runtime(), aclrtBinaryUnLoad(self.handle));
+        }
+    }
+}
+
+impl KernelFunction<'_> {
+    /// Launch on `stream` with `num_blocks` blocks. `args` is the packed argument block the
+    /// kernel expects (device addresses as 8-byte values, then scalars, each naturally
+    /// aligned), as built by [`KernelArgs`].
+    pub fn launch(&self, num_blocks: u32, args: &KernelArgs, stream: &Stream) -> Result<()> {
+        let a = &args.bytes;
+        acl!(
+            self.bin.dev.runtime(),
+            aclrtLaunchKernel(
+                self.handle,
+                num_blocks,
+                a.as_ptr().cast(),
+                a.len(),
+                stream.raw()
+            )
+        )
+    }
+}
+
+/// Packed kernel arguments (C struct layout: each value aligned to its size).
+#[derive(Default, Clone, Debug)]
+pub struct KernelArgs {
+    bytes: Vec<u8>,
+}
+
+impl KernelArgs {
+    /// Empty argument block.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    fn push_raw(&mut self, v: &[u8], align: usize) -> &mut Self {
+        while !self.bytes.len().is_multiple_of(align) {
+            self.bytes.push(0);
+        }
+        self.bytes.extend_from_slice(v);
+        self
+    }
+    /// A device address (`GM_ADDR`).
+    pub fn ptr(&mut self, buf: &super::alloc::DeviceBuffer) -> &mut Self {
+        self.push_raw(&(buf.as_ptr() as u64).to_ne_bytes(), 8)
+    }
+    /// A `uint32_t`.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.push_raw(&v.to_ne_bytes(), 4)
+    }
+    /// An `int64_t`.
+    pub fn i64(&mut self, v: i64) -> &mut Self {
+        self.push_raw(&v.to_ne_bytes(), 8)
+    }
+    /// A `float`.
+    pub fn f32(&mut self, v: f32) -> &mut Self {
+        self.push_raw(&v.to_ne_bytes(), 4)
+    }
+    /// The packed bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}

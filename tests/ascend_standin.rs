@@ -1,0 +1,748 @@
+//! End-to-end test of the Ascend FFI path against the TEST-ONLY CPU stand-in runtime
+//! (`tests/ascend_standin/`, a cdylib exporting the CANN C symbols we call).
+//!
+//! What this proves: our side of the contract — library loading through the bindgen
+//! dynamic tables, argument marshalling for ACL / aclnn / aclop / HCCL, descriptor and
+//! workspace lifetimes, stream ordering (the stand-in only runs queued work at sync), error
+//! mapping, allocator reuse and the HCCL root-info bootstrap. What it does NOT prove: that
+//! real CANN behaves like the stand-in. That needs an NPU (tests/ascend_npu_props.rs).
+//!
+//! The stand-in is built with `cargo build --manifest-path tests/ascend_standin/Cargo.toml`
+//! into target/ascend-standin (or taken from `$MEDSAM_STANDIN_LIB`), and symlinked as
+//! libascendcl.so, libacl_op_compiler.so, libnnopbase.so, libopapi.so and libhccl.so into a
+//! temporary directory that the loader is pointed at.
+#![cfg(feature = "ascend")]
+
+use medsam_ffi::ascend::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const LIB_NAMES: [&str; 5] = [
+    "libascendcl.so",
+    "libacl_op_compiler.so",
+    "libnnopbase.so",
+    "libopapi.so",
+    "libhccl.so",
+];
+
+fn standin_so() -> PathBuf {
+    if let Some(p) = std::env::var_os("MEDSAM_STANDIN_LIB") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target").join("ascend-standin");
+    let st = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .arg(root.join("tests/ascend_standin/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("run cargo to build the stand-in");
+    assert!(st.success(), "building tests/ascend_standin failed");
+    target.join("debug").join("libascend_standin.so")
+}
+
+/// Directory with the stand-in under the five CANN library names.
+fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let so = standin_so();
+        assert!(so.is_file(), "stand-in library missing: {}", so.display());
+        let dir =
+            std::env::temp_dir().join(format!("medsam-ascend-standin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in LIB_NAMES {
+            let link = dir.join(n);
+            let _ = std::fs::remove_file(&link);
+            // Symlinks to one file: the dynamic loader maps it once, so state is shared.
+            std::os::unix::fs::symlink(&so, &link).unwrap();
+        }
+        dir
+    })
+}
+
+fn rt() -> &'static AscendRuntime {
+    static RT: OnceLock<&'static AscendRuntime> = OnceLock::new();
+    RT.get_or_init(|| {
+        AscendRuntime::open_dir(lib_dir())
+            .expect("open stand-in")
+            .into_static()
+            .expect("aclInit")
+    })
+}
+
+/// Deterministic pseudo-random data in [-1, 1).
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn cpu_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+        }
+    }
+    c
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+fn l(d: &[i64]) -> Layout {
+    Layout::contiguous(d)
+}
+
+#[test]
+fn missing_runtime_is_a_clear_error() {
+    let empty = std::env::temp_dir().join(format!("medsam-ascend-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = AscendRuntime::open_dir(&empty)
+        .err()
+        .expect("must fail without libraries");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("Ascend runtime not found: tried libascendcl.so in"),
+        "{msg}"
+    );
+    assert!(msg.contains(&empty.display().to_string()), "{msg}");
+}
+
+/// `AscendRuntime::load()` honours MEDSAM_ASCEND_LIB_DIR. Runs in a child process so the
+/// environment variable does not race with other tests.
+#[test]
+fn loader_honours_lib_dir_env() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "env_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LIB_DIR_ENV, lib_dir())
+        .env("MEDSAM_STANDIN_CHILD", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(
+        text.contains("CHILD-OK devices=2"),
+        "child did not run:\n{text}"
+    );
+}
+
+#[test]
+#[ignore = "helper of loader_honours_lib_dir_env (run in a child process)"]
+fn env_child() {
+    if std::env::var_os("MEDSAM_STANDIN_CHILD").is_none() {
+        return;
+    }
+    let rt = AscendRuntime::load().expect("load via MEDSAM_ASCEND_LIB_DIR");
+    let dir = std::env::var_os(LIB_DIR_ENV).unwrap();
+    assert!(
+        rt.loaded.iter().all(|p| p.starts_with(&dir)),
+        "{:?}",
+        rt.loaded
+    );
+    assert_eq!(rt.loaded.len(), 5, "{:?}", rt.loaded);
+    medsam_ffi::ascend_available().expect("available");
+    // A second load returns the same runtime (aclInit only once: the stand-in would
+    // answer REPEAT_INITIALIZE, which is accepted anyway).
+    assert!(std::ptr::eq(rt, AscendRuntime::load().unwrap()));
+    println!("CHILD-OK devices={}", rt.device_count().unwrap());
+}
+
+#[test]
+fn memory_roundtrip_and_stream_ordering() {
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let host = data(1000, 1);
+    let a = dev.upload(&host).unwrap();
+    let mut back = vec![0f32; 1000];
+    a.copy_to_host(&mut back).unwrap();
+    assert_eq!(back, host);
+
+    // Async D2D copy: nothing happens before the stream is synchronised ...
+    let mut b = dev.alloc_elems::<f32>(1000).unwrap();
+    b.copy_from_host(&vec![0f32; 1000]).unwrap();
+    b.copy_from_device_async(&a, 4000, &stream).unwrap();
+    let mut early = vec![1f32; 1000];
+    b.copy_to_host(&mut early).unwrap();
+    assert!(
+        early.iter().all(|&v| v == 0.0),
+        "stand-in ran queued work early"
+    );
+    // ... and `read` synchronises first.
+    assert_eq!(b.read::<f32>(&stream, 1000).unwrap(), host);
+
+    // Oversized host copies are rejected before reaching the runtime.
+    let e = b.copy_from_host(&vec![0f32; 1001]).unwrap_err();
+    assert!(matches!(e, AscendError::Invalid(_)), "{e}");
+
+    let (free, total) = dev.mem_info().unwrap();
+    assert!(free < total, "{free} {total}");
+    let ev = dev.event().unwrap();
+    ev.record(&stream).unwrap();
+    ev.synchronize().unwrap();
+    dev.synchronize().unwrap();
+}
+
+#[test]
+fn matmul_and_batch_matmul_through_aclnn() {
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let (m, k, n) = (3usize, 4usize, 5usize);
+    let (ha, hb) = (data(m * k, 2), data(k * n, 3));
+    let (a, b) = (dev.upload(&ha).unwrap(), dev.upload(&hb).unwrap());
+    let mut c = dev.alloc_elems::<f32>(m * n).unwrap();
+    ops.matmul(
+        &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
+        &TensorArg::input::<f32>(&b, l(&[4, 5])).unwrap(),
+        &TensorArg::output::<f32>(&mut c, l(&[3, 5])).unwrap(),
+    )
+    .unwrap();
+    // The matmul asked for a workspace: it must be kept until the stream is synchronised.
+    assert_eq!(stream.retained_count(), 1);
+    let got = c.read::<f32>(&stream, m * n).unwrap();
+    assert_eq!(stream.retained_count(), 0);
+    assert_close(&got, &cpu_matmul(&ha, &hb, m, k, n), 1e-5, "matmul");
+
+    // Transposed operand as a strided view: B stored as [n, k], used as [k, n].
+    let hbt: Vec<f32> = (0..n * k).map(|i| hb[(i % k) * n + i / k]).collect();
+    let bt = dev.upload(&hbt).unwrap();
+    let mut c2 = dev.alloc_elems::<f32>(m * n).unwrap();
+    ops.matmul(
+        &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
+        &TensorArg::input::<f32>(&bt, l(&[5, 4]).transpose_last2()).unwrap(),
+        &TensorArg::output::<f32>(&mut c2, l(&[3, 5])).unwrap(),
+    )
+    .unwrap();
+    assert_close(
+        &c2.read::<f32>(&stream, m * n).unwrap(),
+        &cpu_matmul(&ha, &hb, m, k, n),
+        1e-5,
+        "matmul(Bt view)",
+    );
+
+    // Batched.
+    let bs = 2usize;
+    let (hx, hy) = (data(bs * m * k, 4), data(bs * k * n, 5));
+    let (x, y) = (dev.upload(&hx).unwrap(), dev.upload(&hy).unwrap());
+    let mut z = dev.alloc_elems::<f32>(bs * m * n).unwrap();
+    ops.batch_matmul(
+        &TensorArg::input::<f32>(&x, l(&[2, 3, 4])).unwrap(),
+        &TensorArg::input::<f32>(&y, l(&[2, 4, 5])).unwrap(),
+        &TensorArg::output::<f32>(&mut z, l(&[2, 3, 5])).unwrap(),
+    )
+    .unwrap();
+    let mut want = cpu_matmul(&hx[..m * k], &hy[..k * n], m, k, n);
+    want.extend(cpu_matmul(&hx[m * k..], &hy[k * n..], m, k, n));
+    assert_close(
+        &z.read::<f32>(&stream, bs * m * n).unwrap(),
+        &want,
+        1e-5,
+        "bmm",
+    );
+}
+
+fn cpu_layer_norm(
+    x: &[f32],
+    row: usize,
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mut y, mut means, mut rstds) = (vec![], vec![], vec![]);
+    for r in x.chunks(row) {
+        let mean = r.iter().sum::<f32>() / row as f32;
+        let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / row as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        y.extend(
+            r.iter()
+                .enumerate()
+                .map(|(j, v)| (v - mean) * rstd * w[j] + b[j]),
+        );
+        means.push(mean);
+        rstds.push(rstd);
+    }
+    (y, means, rstds)
+}
+
+#[test]
+fn layer_norm_through_aclnn() {
+    let dev = rt().device(1).unwrap();
+    let stream = dev.stream().unwrap();
+    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let (rows, c) = (6usize, 8usize);
+    let (hx, hw, hb) = (data(rows * c, 6), data(c, 7), data(c, 8));
+    let (x, w, b) = (
+        dev.upload(&hx).unwrap(),
+        dev.upload(&hw).unwrap(),
+        dev.upload(&hb).unwrap(),
+    );
+    let mut y = dev.alloc_elems::<f32>(rows * c).unwrap();
+    let mut mean = dev.alloc_elems::<f32>(rows).unwrap();
+    let mut rstd = dev.alloc_elems::<f32>(rows).unwrap();
+    ops.layer_norm(
+        &TensorArg::input::<f32>(&x, l(&[2, 3, 8])).unwrap(),
+        &[8],
+        Some(&TensorArg::input::<f32>(&w, l(&[8])).unwrap()),
+        Some(&TensorArg::input::<f32>(&b, l(&[8])).unwrap()),
+        1e-5,
+        &TensorArg::output::<f32>(&mut y, l(&[2, 3, 8])).unwrap(),
+        Some(&TensorArg::output::<f32>(&mut mean, l(&[2, 3, 1])).unwrap()),
+        Some(&TensorArg::output::<f32>(&mut rstd, l(&[2, 3, 1])).unwrap()),
+    )
+    .unwrap();
+    let (wy, wm, wr) = cpu_layer_norm(&hx, c, &hw, &hb, 1e-5);
+    assert_close(
+        &y.read::<f32>(&stream, rows * c).unwrap(),
+        &wy,
+        1e-4,
+        "ln y",
+    );
+    assert_close(
+        &mean.read::<f32>(&stream, rows).unwrap(),
+        &wm,
+        1e-5,
+        "ln mean",
+    );
+    assert_close(
+        &rstd.read::<f32>(&stream, rows).unwrap(),
+        &wr,
+        1e-4,
+        "ln rstd",
+    );
+}
+
+#[test]
+fn softmax_gelu_add_mul_through_aclnn() {
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let hx = data(12, 9);
+    let x = dev.upload(&hx).unwrap();
+    let xa = || TensorArg::input::<f32>(&x, l(&[3, 4])).unwrap();
+
+    let mut s = dev.alloc_elems::<f32>(12).unwrap();
+    ops.softmax(
+        &xa(),
+        -1,
+        &TensorArg::output::<f32>(&mut s, l(&[3, 4])).unwrap(),
+    )
+    .unwrap();
+    let got = s.read::<f32>(&stream, 12).unwrap();
+    for (r, g) in hx.chunks(4).zip(got.chunks(4)) {
+        let mx = r.iter().cloned().fold(f32::MIN, f32::max);
+        let z: f32 = r.iter().map(|v| (v - mx).exp()).sum();
+        let want: Vec<f32> = r.iter().map(|v| (v - mx).exp() / z).collect();
+        assert_close(g, &want, 1e-5, "softmax");
+    }
+
+    let mut g = dev.alloc_elems::<f32>(12).unwrap();
+    ops.gelu(
+        &xa(),
+        GeluApprox::Tanh,
+        &TensorArg::output::<f32>(&mut g, l(&[3, 4])).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = hx
+        .iter()
+        .map(|&v| {
+            0.5 * v
+                * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+        })
+        .collect();
+    assert_close(
+        &g.read::<f32>(&stream, 12).unwrap(),
+        &want,
+        1e-5,
+        "gelu tanh",
+    );
+
+    // Broadcast add with alpha: x[3,4] + 2 * bias[4]; then mul.
+    let hb = data(4, 10);
+    let bias = dev.upload(&hb).unwrap();
+    let mut o = dev.alloc_elems::<f32>(12).unwrap();
+    ops.add(
+        &xa(),
+        &TensorArg::input::<f32>(&bias, l(&[4])).unwrap(),
+        2.0,
+        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = hx
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + 2.0 * hb[i % 4])
+        .collect();
+    assert_close(&o.read::<f32>(&stream, 12).unwrap(), &want, 1e-6, "add");
+    let mut p = dev.alloc_elems::<f32>(12).unwrap();
+    ops.mul(
+        &xa(),
+        &xa(),
+        &TensorArg::output::<f32>(&mut p, l(&[3, 4])).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = hx.iter().map(|v| v * v).collect();
+    assert_close(&p.read::<f32>(&stream, 12).unwrap(), &want, 1e-6, "mul");
+}
+
+#[test]
+fn aclop_fallback_path() {
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let ops = Ops::new(&stream).with_path(OpPath::Aclop);
+    let (m, k, n) = (2usize, 3usize, 4usize);
+    let (ha, hb) = (data(m * k, 11), data(k * n, 12));
+    // A stored transposed ([k, m]) -> MatMulV2 with transpose_x1 = true.
+    let hat: Vec<f32> = (0..k * m).map(|i| ha[(i % m) * k + i / m]).collect();
+    let (at, b) = (dev.upload(&hat).unwrap(), dev.upload(&hb).unwrap());
+    let mut c = dev.alloc_elems::<f32>(m * n).unwrap();
+    ops.matmul(
+        &TensorArg::input::<f32>(&at, l(&[3, 2]).transpose_last2()).unwrap(),
+        &TensorArg::input::<f32>(&b, l(&[3, 4])).unwrap(),
+        &TensorArg::output::<f32>(&mut c, l(&[2, 4])).unwrap(),
+    )
+    .unwrap();
+    assert_close(
+        &c.read::<f32>(&stream, m * n).unwrap(),
+        &cpu_matmul(&ha, &hb, m, k, n),
+        1e-5,
+        "MatMulV2",
+    );
+
+    let (hx, hw, hbias) = (data(16, 13), data(8, 14), data(8, 15));
+    let (x, w, bias) = (
+        dev.upload(&hx).unwrap(),
+        dev.upload(&hw).unwrap(),
+        dev.upload(&hbias).unwrap(),
+    );
+    let mut y = dev.alloc_elems::<f32>(16).unwrap();
+    let mut mean = dev.alloc_elems::<f32>(2).unwrap();
+    ops.layer_norm(
+        &TensorArg::input::<f32>(&x, l(&[2, 8])).unwrap(),
+        &[8],
+        Some(&TensorArg::input::<f32>(&w, l(&[8])).unwrap()),
+        Some(&TensorArg::input::<f32>(&bias, l(&[8])).unwrap()),
+        1e-5,
+        &TensorArg::output::<f32>(&mut y, l(&[2, 8])).unwrap(),
+        Some(&TensorArg::output::<f32>(&mut mean, l(&[2, 1])).unwrap()),
+        None,
+    )
+    .unwrap();
+    let (wy, wm, _) = cpu_layer_norm(&hx, 8, &hw, &hbias, 1e-5);
+    assert_close(
+        &y.read::<f32>(&stream, 16).unwrap(),
+        &wy,
+        1e-4,
+        "LayerNorm y",
+    );
+    assert_close(
+        &mean.read::<f32>(&stream, 2).unwrap(),
+        &wm,
+        1e-5,
+        "LayerNorm mean",
+    );
+
+    // rstd is not available from aclop LayerNorm: refused, not faked.
+    let mut r = dev.alloc_elems::<f32>(2).unwrap();
+    let e = ops
+        .layer_norm(
+            &TensorArg::input::<f32>(&x, l(&[2, 8])).unwrap(),
+            &[8],
+            Some(&TensorArg::input::<f32>(&w, l(&[8])).unwrap()),
+            Some(&TensorArg::input::<f32>(&bias, l(&[8])).unwrap()),
+            1e-5,
+            &TensorArg::output::<f32>(&mut y, l(&[2, 8])).unwrap(),
+            None,
+            Some(&TensorArg::output::<f32>(&mut r, l(&[2, 1])).unwrap()),
+        )
+        .unwrap_err();
+    assert!(matches!(e, AscendError::Invalid(_)), "{e}");
+
+    let mut s = dev.alloc_elems::<f32>(16).unwrap();
+    ops.softmax(
+        &TensorArg::input::<f32>(&x, l(&[2, 8])).unwrap(),
+        -1,
+        &TensorArg::output::<f32>(&mut s, l(&[2, 8])).unwrap(),
+    )
+    .unwrap();
+    let got = s.read::<f32>(&stream, 16).unwrap();
+    for row in got.chunks(8) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+    }
+}
+
+#[test]
+fn errors_carry_function_code_and_message() {
+    let rt = rt();
+    // ACL: invalid device id.
+    let e = rt.device(99).err().expect("device 99 must not exist");
+    match &e {
+        AscendError::Acl {
+            func, code, msg, ..
+        } => {
+            assert_eq!(*func, "aclrtSetDevice");
+            assert_eq!(*code, 107001);
+            assert!(
+                msg.as_deref()
+                    .unwrap_or("")
+                    .contains("invalid device id 99"),
+                "{e}"
+            );
+        }
+        other => panic!("wrong error: {other}"),
+    }
+    assert!(
+        e.to_string().contains("ACL_ERROR_RT_INVALID_DEVICEID"),
+        "{e}"
+    );
+
+    // aclnn: shape mismatch found in the first phase.
+    let dev = rt.device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let a = dev.upload(&data(12, 1)).unwrap();
+    let mut c = dev.alloc_elems::<f32>(9).unwrap();
+    let e = Ops::new(&stream)
+        .matmul(
+            &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
+            &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
+            &TensorArg::output::<f32>(&mut c, l(&[3, 3])).unwrap(),
+        )
+        .unwrap_err();
+    match &e {
+        AscendError::Aclnn {
+            func, code, msg, ..
+        } => {
+            assert_eq!(*func, "aclnnMatmulGetWorkspaceSize");
+            assert_eq!(*code, 161002);
+            assert!(
+                msg.as_deref().unwrap_or("").contains("shape mismatch"),
+                "{e}"
+            );
+        }
+        other => panic!("wrong error: {other}"),
+    }
+
+    // A view that does not fit its buffer never reaches the runtime.
+    assert!(matches!(
+        TensorArg::input::<f32>(&a, l(&[4, 4])),
+        Err(AscendError::Invalid(_))
+    ));
+
+    // The stand-in has no aclnnConvolution: aclnn-only reports the missing symbol, and the
+    // aclop fallback reports the runtime's ACL_ERROR_OP_NOT_FOUND. Nothing pretends to work.
+    let x = dev.upload(&data(16, 2)).unwrap();
+    let mut y = dev.alloc_elems::<f32>(16).unwrap();
+    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
+    let e = Ops::new(&stream)
+        .with_path(OpPath::Aclnn)
+        .conv2d(
+            &xv(),
+            &xv(),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            &TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            AscendError::MissingSymbol {
+                func: "aclnnConvolution",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = Ops::new(&stream)
+        .conv2d(
+            &xv(),
+            &xv(),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            &TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            AscendError::Acl {
+                func: "aclopCompileAndExecute",
+                code: 100024,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Raw call from a thread without a bound context: the runtime refuses (107002).
+    let rt2 = rt;
+    std::thread::spawn(move || {
+        let f = rt2.acl.aclrtMalloc.as_ref().unwrap();
+        let mut p = std::ptr::null_mut();
+        let code = unsafe { f(&mut p, 64, 0) };
+        let e = rt2.check("aclrtMalloc", code).unwrap_err();
+        assert!(matches!(e, AscendError::Acl { code: 107002, .. }), "{e}");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn wrappers_bind_the_context_on_worker_threads() {
+    let dev = rt().device(1).unwrap();
+    let d2 = dev.clone();
+    let v = std::thread::spawn(move || {
+        let b = d2.upload(&[1.0f32, 2.0, 3.0]).unwrap();
+        let mut out = [0f32; 3];
+        b.copy_to_host(&mut out).unwrap();
+        out
+    })
+    .join()
+    .unwrap();
+    assert_eq!(v, [1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn caching_allocator_reuses_blocks() {
+    let dev = rt().device(0).unwrap();
+    let alloc = dev.allocator();
+    let s0 = alloc.stats();
+    let p1 = {
+        let b = dev.alloc(1000).unwrap();
+        assert_eq!(b.capacity(), 1024);
+        b.as_ptr() as usize
+    };
+    let s1 = alloc.stats();
+    assert_eq!(s1.device_mallocs, s0.device_mallocs + 1);
+    assert_eq!(s1.bytes_cached, s0.bytes_cached + 1024);
+    // Same size class: served from the cache, same address, no aclrtMalloc.
+    let b2 = dev.alloc(900).unwrap();
+    assert_eq!(b2.as_ptr() as usize, p1);
+    let s2 = alloc.stats();
+    assert_eq!(s2.device_mallocs, s1.device_mallocs);
+    assert_eq!(s2.cache_hits, s1.cache_hits + 1);
+    // Different class: a new block.
+    let b3 = dev.alloc(5000).unwrap();
+    assert_ne!(b3.as_ptr(), b2.as_ptr());
+    assert_eq!(alloc.stats().device_mallocs, s1.device_mallocs + 1);
+    drop((b2, b3));
+    alloc.empty_cache(&dev).unwrap();
+    let s3 = alloc.stats();
+    assert_eq!(s3.bytes_cached, 0);
+    assert_eq!(s3.device_frees, s3.device_mallocs);
+    assert_eq!(size_class(1), 512);
+    assert_eq!(size_class((1 << 20) + 1), (1 << 20) + (1 << 18));
+}
+
+#[test]
+fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
+    let rt = rt();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let rx = std::sync::Mutex::new(Some(rx));
+    type RankResult = (Vec<f32>, Vec<f32>, Vec<f32>, u32);
+    let results: Vec<RankResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2u32)
+            .map(|rank| {
+                let tx = tx.clone();
+                let rx = if rank == 1 {
+                    rx.lock().unwrap().take()
+                } else {
+                    None
+                };
+                s.spawn(move || {
+                    let dev = rt.device(rank as i32).unwrap();
+                    let stream = dev.stream().unwrap();
+                    // Bootstrap = broadcast of the root-info bytes (here: a channel).
+                    let comm = HcclComm::init(&dev, rank, 2, |bytes| {
+                        if rank == 0 {
+                            tx.send(bytes.to_vec()).map_err(|e| e.to_string())
+                        } else {
+                            let got = rx.unwrap().recv().map_err(|e| e.to_string())?;
+                            bytes.copy_from_slice(&got);
+                            Ok(())
+                        }
+                    })
+                    .unwrap();
+                    let n = 8;
+                    let mut g = dev.upload(&vec![rank as f32 + 1.0; n]).unwrap();
+                    comm.all_reduce_sum_inplace::<f32>(&mut g, n, &stream)
+                        .unwrap();
+                    let reduced = g.read::<f32>(&stream, n).unwrap();
+
+                    let mut b = dev.upload(&[10.0 * (rank as f32 + 1.0); 4]).unwrap();
+                    comm.broadcast::<f32>(&mut b, 4, 1, &stream).unwrap();
+                    let bcast = b.read::<f32>(&stream, 4).unwrap();
+
+                    let send = dev.upload(&[rank as f32; 3]).unwrap();
+                    let mut recv = dev.alloc_elems::<f32>(6).unwrap();
+                    comm.all_gather::<f32>(&send, &mut recv, 3, &stream)
+                        .unwrap();
+                    comm.barrier(&stream).unwrap();
+                    let gathered = recv.read::<f32>(&stream, 6).unwrap();
+                    (reduced, bcast, gathered, comm.query_size().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (reduced, bcast, gathered, size) in results {
+        assert_eq!(reduced, vec![3.0; 8]);
+        assert_eq!(bcast, vec![20.0; 4]);
+        assert_eq!(gathered, vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(size, 2);
+    }
+}
+
+#[test]
+fn hccl_bad_root_info_is_rejected() {
+    let dev = rt().device(0).unwrap();
+    let e = HcclComm::init(&dev, 1, 2, |bytes| {
+        bytes.fill(7); // garbage instead of rank 0's root info
+        Ok(())
+    })
+    .err()
+    .expect("garbage root info must fail");
+    assert!(
+        matches!(
+            e,
+            AscendError::Hccl {
+                func: "HcclCommInitRootInfo",
+                code: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = HcclComm::init(&dev, 1, 2, |_| Err("bootstrap down".into()))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("bootstrap down"), "{e}");
+}

@@ -1,0 +1,938 @@
+//! Stand-in nnopbase (`aclCreateTensor` ...) and opapi (`aclnnXxx`) functions.
+
+use super::*;
+
+/// A strided f32 view captured by value (the aclTensor may be destroyed before the queued
+/// kernel runs, exactly as with CANN).
+#[derive(Clone, Debug)]
+pub(crate) struct View {
+    pub dims: Vec<i64>,
+    pub strides: Vec<i64>,
+    pub offset: i64,
+    pub addr: usize,
+}
+// SAFETY: plain numbers.
+unsafe impl Send for View {}
+
+impl View {
+    pub fn contiguous(dims: &[i64], addr: usize) -> View {
+        let mut strides = vec![1i64; dims.len()];
+        for i in (0..dims.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * dims[i + 1].max(1);
+        }
+        View {
+            dims: dims.to_vec(),
+            strides,
+            offset: 0,
+            addr,
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product::<i64>().max(0) as usize
+    }
+    fn extent(&self) -> usize {
+        if self.dims.contains(&0) {
+            return 0;
+        }
+        (self.offset
+            + 1
+            + self
+                .dims
+                .iter()
+                .zip(&self.strides)
+                .map(|(d, s)| (d - 1) * s)
+                .sum::<i64>()) as usize
+    }
+    /// Element index of a multi-index.
+    fn index(&self, idx: &[i64]) -> usize {
+        (self.offset
+            + idx
+                .iter()
+                .zip(&self.strides)
+                .map(|(i, s)| i * s)
+                .sum::<i64>()) as usize
+    }
+    pub fn get(&self, idx: &[i64]) -> f32 {
+        unsafe { *(self.addr as *const f32).add(self.index(idx)) }
+    }
+    pub fn set(&self, idx: &[i64], v: f32) {
+        unsafe { *(self.addr as *mut f32).add(self.index(idx)) = v }
+    }
+    /// Read in row-major order.
+    pub fn read(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.numel());
+        for_each_index(&self.dims, |i| out.push(self.get(i)));
+        out
+    }
+    /// Write in row-major order.
+    pub fn write(&self, v: &[f32]) {
+        let mut k = 0;
+        for_each_index(&self.dims, |i| {
+            self.set(i, v[k]);
+            k += 1;
+        });
+    }
+    /// Check that the view lies in device memory.
+    pub fn check_device(&self, func: &str, what: &str) -> Result<(), i32> {
+        if self.dims.iter().any(|&d| d < 0)
+            || self.strides.iter().any(|&s| s < 0)
+            || self.offset < 0
+            || self.dims.len() != self.strides.len()
+        {
+            return Err(fail(
+                ACLNN_ERR_PARAM_INVALID,
+                format!("{func}: {what} has a bad layout {self:?}"),
+            ));
+        }
+        if self.numel() > 0 && !is_device(self.addr, self.extent() * 4) {
+            return Err(fail(
+                ACLNN_ERR_PARAM_INVALID,
+                format!("{func}: {what} data is not device memory (or out of bounds)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn for_each_index(dims: &[i64], mut f: impl FnMut(&[i64])) {
+    if dims.iter().any(|&d| d <= 0) {
+        return;
+    }
+    let mut idx = vec![0i64; dims.len()];
+    loop {
+        f(&idx);
+        let mut k = dims.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < dims[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ descriptors
+
+pub struct AclTensor {
+    dtype: i32,
+    view: View,
+}
+pub struct AclIntArray(Vec<i64>);
+pub struct AclBoolArray(#[allow(dead_code)] Vec<bool>);
+pub struct AclScalar {
+    dtype: i32,
+    bits: [u8; 8],
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateTensor(
+    view_dims: *const i64,
+    ndims: u64,
+    dtype: i32,
+    stride: *const i64,
+    offset: i64,
+    _format: i32,
+    _storage_dims: *const i64,
+    _storage_ndims: u64,
+    data: *mut c_void,
+) -> *mut AclTensor {
+    if ndims > 0 && (view_dims.is_null() || stride.is_null()) {
+        fail(
+            ACLNN_ERR_PARAM_NULLPTR,
+            "aclCreateTensor: NULL dims/strides".into(),
+        );
+        return std::ptr::null_mut();
+    }
+    let dims = if ndims == 0 {
+        vec![]
+    } else {
+        std::slice::from_raw_parts(view_dims, ndims as usize).to_vec()
+    };
+    let strides = if ndims == 0 {
+        vec![]
+    } else {
+        std::slice::from_raw_parts(stride, ndims as usize).to_vec()
+    };
+    Box::into_raw(Box::new(AclTensor {
+        dtype,
+        view: View {
+            dims,
+            strides,
+            offset,
+            addr: data as usize,
+        },
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyTensor(t: *const AclTensor) -> i32 {
+    if !t.is_null() {
+        drop(Box::from_raw(t as *mut AclTensor));
+    }
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateIntArray(v: *const i64, n: u64) -> *mut AclIntArray {
+    let v = if n == 0 {
+        vec![]
+    } else {
+        std::slice::from_raw_parts(v, n as usize).to_vec()
+    };
+    Box::into_raw(Box::new(AclIntArray(v)))
+}
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyIntArray(a: *const AclIntArray) -> i32 {
+    if !a.is_null() {
+        drop(Box::from_raw(a as *mut AclIntArray));
+    }
+    OK
+}
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateBoolArray(v: *const bool, n: u64) -> *mut AclBoolArray {
+    let v = if n == 0 {
+        vec![]
+    } else {
+        std::slice::from_raw_parts(v, n as usize).to_vec()
+    };
+    Box::into_raw(Box::new(AclBoolArray(v)))
+}
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyBoolArray(a: *const AclBoolArray) -> i32 {
+    if !a.is_null() {
+        drop(Box::from_raw(a as *mut AclBoolArray));
+    }
+    OK
+}
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dtype: i32) -> *mut AclScalar {
+    let mut bits = [0u8; 8];
+    let n = match dtype {
+        0 | 3 => 4,  // FLOAT, INT32
+        9 | 11 => 8, // INT64, DOUBLE
+        _ => {
+            fail(
+                ACLNN_ERR_PARAM_INVALID,
+                format!("aclCreateScalar: dtype {dtype} not supported by the stand-in"),
+            );
+            return std::ptr::null_mut();
+        }
+    };
+    std::ptr::copy_nonoverlapping(value as *const u8, bits.as_mut_ptr(), n);
+    Box::into_raw(Box::new(AclScalar { dtype, bits }))
+}
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyScalar(s: *const AclScalar) -> i32 {
+    if !s.is_null() {
+        drop(Box::from_raw(s as *mut AclScalar));
+    }
+    OK
+}
+
+// ------------------------------------------------------------------ executor
+
+pub struct Executor {
+    name: &'static str,
+    ws_size: u64,
+    /// The kernel; gets the workspace address.
+    job: Option<Box<dyn FnOnce(usize) -> Result<(), (i32, String)> + Send>>,
+}
+
+static EXECUTORS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+unsafe fn finish_phase1(
+    name: &'static str,
+    ws_size: u64,
+    job: Box<dyn FnOnce(usize) -> Result<(), (i32, String)> + Send>,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    if ws.is_null() || ex.is_null() {
+        return fail(
+            ACLNN_ERR_PARAM_NULLPTR,
+            format!("{name}GetWorkspaceSize: NULL workspaceSize/executor"),
+        );
+    }
+    let e = Box::into_raw(Box::new(Executor {
+        name,
+        ws_size,
+        job: Some(job),
+    }));
+    lock(&EXECUTORS).push(e as usize);
+    *ws = ws_size;
+    *ex = e;
+    OK
+}
+
+/// Phase 2: validate workspace + executor, enqueue the kernel (executor is single-use).
+unsafe fn phase2(
+    name: &str,
+    workspace: *mut c_void,
+    ws_size: u64,
+    ex: *mut Executor,
+    stream: *mut c_void,
+) -> i32 {
+    {
+        let mut live = lock(&EXECUTORS);
+        match live.iter().position(|&e| e == ex as usize) {
+            Some(i) => {
+                live.swap_remove(i);
+            }
+            None => {
+                return fail(
+                    ACLNN_ERR_PARAM_INVALID,
+                    format!("{name}: unknown or already used executor {ex:p}"),
+                )
+            }
+        }
+    }
+    let mut e = Box::from_raw(ex);
+    if e.name != name {
+        return fail(
+            ACLNN_ERR_PARAM_INVALID,
+            format!("{name}: executor belongs to {}", e.name),
+        );
+    }
+    if ws_size < e.ws_size || (e.ws_size > 0 && !is_device(workspace as usize, e.ws_size as usize))
+    {
+        return fail(
+            ACLNN_ERR_PARAM_INVALID,
+            format!(
+                "{name}: workspace {workspace:p} of {ws_size} bytes, {} device bytes needed",
+                e.ws_size
+            ),
+        );
+    }
+    let job = e.job.take().unwrap();
+    let w = Addr(workspace as usize);
+    let r = enqueue(
+        stream,
+        Box::new(move || {
+            let w = w;
+            job(w.0)
+        }),
+    );
+    if r != OK {
+        return r;
+    }
+    OK
+}
+
+unsafe fn tensor<'a>(func: &str, what: &str, t: *const AclTensor) -> Result<&'a AclTensor, i32> {
+    if t.is_null() {
+        return Err(fail(
+            ACLNN_ERR_PARAM_NULLPTR,
+            format!("{func}: {what} is NULL"),
+        ));
+    }
+    let t = &*t;
+    if t.dtype != ACL_FLOAT {
+        return Err(fail(
+            ACLNN_ERR_PARAM_INVALID,
+            format!(
+                "{func}: {what} dtype {} unsupported (stand-in: FLOAT only)",
+                t.dtype
+            ),
+        ));
+    }
+    t.view.check_device(func, what)?;
+    Ok(t)
+}
+
+unsafe fn opt_tensor<'a>(
+    func: &str,
+    what: &str,
+    t: *const AclTensor,
+) -> Result<Option<&'a AclTensor>, i32> {
+    if t.is_null() {
+        Ok(None)
+    } else {
+        tensor(func, what, t).map(Some)
+    }
+}
+
+fn bad(func: &str, msg: String) -> i32 {
+    fail(ACLNN_ERR_PARAM_INVALID, format!("{func}: {msg}"))
+}
+
+macro_rules! try_i32 {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(c) => return c,
+        }
+    };
+}
+
+macro_rules! run_fn {
+    ($name:ident, $s:literal) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            ws: *mut c_void,
+            n: u64,
+            ex: *mut Executor,
+            stream: *mut c_void,
+        ) -> i32 {
+            phase2($s, ws, n, ex, stream)
+        }
+    };
+}
+
+// ------------------------------------------------------------------ matmul
+
+/// `out[b] = a[b] @ m[b]` on views of rank 2 (batch 1) or 3; the product is accumulated in
+/// the workspace (so a workspace that is too small or freed shows up).
+pub(crate) fn matmul_views(a: &View, m: &View, out: &View, ws: usize) {
+    let r = a.dims.len();
+    let (bsz, mm, kk, nn) = if r == 3 {
+        (a.dims[0], a.dims[1], a.dims[2], m.dims[2])
+    } else {
+        (1, a.dims[0], a.dims[1], m.dims[1])
+    };
+    let acc = ws as *mut f32;
+    for b in 0..bsz {
+        for i in 0..mm {
+            for j in 0..nn {
+                let mut s = 0f32;
+                for k in 0..kk {
+                    let (x, y) = if r == 3 {
+                        (a.get(&[b, i, k]), m.get(&[b, k, j]))
+                    } else {
+                        (a.get(&[i, k]), m.get(&[k, j]))
+                    };
+                    s += x * y;
+                }
+                unsafe { *acc.add((i * nn + j) as usize) = s };
+            }
+        }
+        for i in 0..mm {
+            for j in 0..nn {
+                let v = unsafe { *acc.add((i * nn + j) as usize) };
+                if r == 3 {
+                    out.set(&[b, i, j], v)
+                } else {
+                    out.set(&[i, j], v)
+                }
+            }
+        }
+    }
+}
+
+unsafe fn mm_phase1(
+    func: &'static str,
+    name: &'static str,
+    rank: usize,
+    a: *const AclTensor,
+    m: *const AclTensor,
+    out: *mut AclTensor,
+    cube: i8,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    let a = try_i32!(tensor(func, "self", a));
+    let m = try_i32!(tensor(func, "mat2", m));
+    let o = try_i32!(tensor(func, "out", out));
+    if !(0..=3).contains(&cube) {
+        return bad(func, format!("cubeMathType {cube} not in 0..=3"));
+    }
+    let (ad, md, od) = (&a.view.dims, &m.view.dims, &o.view.dims);
+    if ad.len() != rank || md.len() != rank || od.len() != rank {
+        return bad(
+            func,
+            format!("stand-in supports rank-{rank} operands, got {ad:?} {md:?} {od:?}"),
+        );
+    }
+    let k = rank - 1;
+    let batch_ok = rank == 2 || (ad[0] == md[0] && ad[0] == od[0]);
+    if ad[k] != md[k - 1] || od[k - 1] != ad[k - 1] || od[k] != md[k] || !batch_ok {
+        return bad(func, format!("shape mismatch: {ad:?} @ {md:?} -> {od:?}"));
+    }
+    let ws_size = (ad[k - 1] * md[k] * 4) as u64;
+    let (av, mv, ov) = (a.view.clone(), m.view.clone(), o.view.clone());
+    finish_phase1(
+        name,
+        ws_size,
+        Box::new(move |w| {
+            matmul_views(&av, &mv, &ov, w);
+            Ok(())
+        }),
+        ws,
+        ex,
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnMatmulGetWorkspaceSize(
+    a: *const AclTensor,
+    m: *const AclTensor,
+    out: *mut AclTensor,
+    cube: i8,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    mm_phase1(
+        "aclnnMatmulGetWorkspaceSize",
+        "aclnnMatmul",
+        2,
+        a,
+        m,
+        out,
+        cube,
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnMatmul, "aclnnMatmul");
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnBatchMatMulGetWorkspaceSize(
+    a: *const AclTensor,
+    m: *const AclTensor,
+    out: *mut AclTensor,
+    cube: i8,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    mm_phase1(
+        "aclnnBatchMatMulGetWorkspaceSize",
+        "aclnnBatchMatMul",
+        3,
+        a,
+        m,
+        out,
+        cube,
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnBatchMatMul, "aclnnBatchMatMul");
+
+// ------------------------------------------------------------------ layer norm
+
+/// Normalise rows of `x` (row = trailing `q` dims); returns (y, mean, variance) row-major.
+pub(crate) fn layer_norm_rows(
+    x: &[f32],
+    row: usize,
+    w: Option<&[f32]>,
+    b: Option<&[f32]>,
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = x.len().checked_div(row).unwrap_or(0);
+    let mut y = vec![0f32; x.len()];
+    let (mut means, mut vars) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for r in 0..rows {
+        let xs = &x[r * row..(r + 1) * row];
+        let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / row as f64;
+        let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / row as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (j, &v) in xs.iter().enumerate() {
+            let mut o = (v as f64 - mean) * rstd;
+            if let Some(w) = w {
+                o *= w[j] as f64;
+            }
+            if let Some(b) = b {
+                o += b[j] as f64;
+            }
+            y[r * row + j] = o as f32;
+        }
+        means.push(mean as f32);
+        vars.push(var as f32);
+    }
+    (y, means, vars)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnLayerNormGetWorkspaceSize(
+    x: *const AclTensor,
+    shape: *const AclIntArray,
+    w: *const AclTensor,
+    b: *const AclTensor,
+    eps: f64,
+    out: *mut AclTensor,
+    mean: *mut AclTensor,
+    rstd: *mut AclTensor,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    const F: &str = "aclnnLayerNormGetWorkspaceSize";
+    let x = try_i32!(tensor(F, "input", x));
+    if shape.is_null() {
+        return fail(
+            ACLNN_ERR_PARAM_NULLPTR,
+            format!("{F}: normalizedShape is NULL"),
+        );
+    }
+    let ns = (*shape).0.clone();
+    let w = try_i32!(opt_tensor(F, "weight", w));
+    let b = try_i32!(opt_tensor(F, "bias", b));
+    let o = try_i32!(tensor(F, "out", out));
+    let m = try_i32!(opt_tensor(F, "meanOut", mean));
+    let rs = try_i32!(opt_tensor(F, "rstdOut", rstd));
+    let xd = &x.view.dims;
+    let q = ns.len();
+    if q == 0 || q > xd.len() || xd[xd.len() - q..] != ns[..] {
+        return bad(
+            F,
+            format!("normalizedShape {ns:?} is not a suffix of input {xd:?}"),
+        );
+    }
+    if o.view.dims != *xd {
+        return bad(F, format!("out {:?} != input {xd:?}", o.view.dims));
+    }
+    for (what, t) in [("weight", w), ("bias", b)] {
+        if let Some(t) = t {
+            if t.view.dims != ns {
+                return bad(
+                    F,
+                    format!("{what} {:?} != normalizedShape {ns:?}", t.view.dims),
+                );
+            }
+        }
+    }
+    let mut stat = xd.clone();
+    let r = stat.len();
+    for d in stat[r - q..].iter_mut() {
+        *d = 1;
+    }
+    for (what, t) in [("meanOut", m), ("rstdOut", rs)] {
+        if let Some(t) = t {
+            if t.view.dims != stat {
+                return bad(F, format!("{what} {:?} != {stat:?}", t.view.dims));
+            }
+        }
+    }
+    let row: i64 = ns.iter().product();
+    let (xv, ov) = (x.view.clone(), o.view.clone());
+    let (wv, bv) = (w.map(|t| t.view.clone()), b.map(|t| t.view.clone()));
+    let (mv, rv) = (m.map(|t| t.view.clone()), rs.map(|t| t.view.clone()));
+    finish_phase1(
+        "aclnnLayerNorm",
+        0,
+        Box::new(move |_| {
+            let (wd, bd) = (wv.map(|v| v.read()), bv.map(|v| v.read()));
+            let (y, means, vars) =
+                layer_norm_rows(&xv.read(), row as usize, wd.as_deref(), bd.as_deref(), eps);
+            ov.write(&y);
+            if let Some(mv) = mv {
+                mv.write(&means);
+            }
+            if let Some(rv) = rv {
+                let rstd: Vec<f32> = vars
+                    .iter()
+                    .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+                    .collect();
+                rv.write(&rstd);
+            }
+            Ok(())
+        }),
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnLayerNorm, "aclnnLayerNorm");
+
+// ------------------------------------------------------------------ softmax
+
+pub(crate) fn softmax_view(x: &View, dim: usize, out: &View) {
+    let n = x.dims[dim];
+    let mut outer = x.dims.clone();
+    outer[dim] = 1;
+    for_each_index(&outer, |base| {
+        let mut idx = base.to_vec();
+        let mut vals = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            idx[dim] = i;
+            vals.push(x.get(&idx));
+        }
+        let mx = vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let s: f32 = vals.iter().map(|v| (v - mx).exp()).sum();
+        for i in 0..n {
+            idx[dim] = i;
+            out.set(&idx, (vals[i as usize] - mx).exp() / s);
+        }
+    });
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSoftmaxGetWorkspaceSize(
+    x: *const AclTensor,
+    dim: i64,
+    out: *mut AclTensor,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    const F: &str = "aclnnSoftmaxGetWorkspaceSize";
+    let x = try_i32!(tensor(F, "self", x));
+    let o = try_i32!(tensor(F, "out", out));
+    let r = x.view.dims.len() as i64;
+    let d = if dim < 0 { dim + r } else { dim };
+    if d < 0 || d >= r || o.view.dims != x.view.dims {
+        return bad(
+            F,
+            format!("dim {dim} / shapes {:?} -> {:?}", x.view.dims, o.view.dims),
+        );
+    }
+    let (xv, ov) = (x.view.clone(), o.view.clone());
+    finish_phase1(
+        "aclnnSoftmax",
+        0,
+        Box::new(move |_| {
+            softmax_view(&xv, d as usize, &ov);
+            Ok(())
+        }),
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnSoftmax, "aclnnSoftmax");
+
+// ------------------------------------------------------------------ gelu
+
+/// erf, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+fn erf(x: f64) -> f64 {
+    let s = x.signum();
+    let x = x.abs();
+    let t = 1.0 / (1.0 + 0.3275911 * x);
+    let y = 1.0
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+            + 0.254829592)
+            * t
+            * (-x * x).exp();
+    s * y
+}
+
+pub(crate) fn gelu(v: f32, tanh: bool) -> f32 {
+    let x = v as f64;
+    let y = if tanh {
+        0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+    } else {
+        0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+    };
+    y as f32
+}
+
+unsafe fn unary(
+    f: &'static str,
+    name: &'static str,
+    x: *const AclTensor,
+    out: *mut AclTensor,
+    op: fn(f32, bool) -> f32,
+    flag: bool,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    let x = try_i32!(tensor(f, "self", x));
+    let o = try_i32!(tensor(f, "out", out));
+    if o.view.dims != x.view.dims {
+        return bad(f, format!("shapes {:?} -> {:?}", x.view.dims, o.view.dims));
+    }
+    let (xv, ov) = (x.view.clone(), o.view.clone());
+    finish_phase1(
+        name,
+        0,
+        Box::new(move |_| {
+            let y: Vec<f32> = xv.read().into_iter().map(|v| op(v, flag)).collect();
+            ov.write(&y);
+            Ok(())
+        }),
+        ws,
+        ex,
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnGeluGetWorkspaceSize(
+    x: *const AclTensor,
+    out: *mut AclTensor,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    unary(
+        "aclnnGeluGetWorkspaceSize",
+        "aclnnGelu",
+        x,
+        out,
+        gelu,
+        true,
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnGelu, "aclnnGelu");
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnGeluV2GetWorkspaceSize(
+    x: *const AclTensor,
+    approximate: i64,
+    out: *mut AclTensor,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    if !(0..=1).contains(&approximate) {
+        return bad(
+            "aclnnGeluV2GetWorkspaceSize",
+            format!("approximate {approximate} not in {{0, 1}}"),
+        );
+    }
+    unary(
+        "aclnnGeluV2GetWorkspaceSize",
+        "aclnnGeluV2",
+        x,
+        out,
+        gelu,
+        approximate == 1,
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnGeluV2, "aclnnGeluV2");
+
+// ------------------------------------------------------------------ add / mul (broadcasting)
+
+fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
+    let r = a.len().max(b.len());
+    let mut out = vec![0; r];
+    for i in 0..r {
+        let x = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
+        out[i] = if x == y || y == 1 {
+            x
+        } else if x == 1 {
+            y
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+fn bget(v: &View, out_idx: &[i64]) -> f32 {
+    let r = out_idx.len();
+    let k = v.dims.len();
+    let idx: Vec<i64> = (0..k)
+        .map(|i| {
+            if v.dims[i] == 1 {
+                0
+            } else {
+                out_idx[r - k + i]
+            }
+        })
+        .collect();
+    v.get(&idx)
+}
+
+unsafe fn binary(
+    f: &'static str,
+    name: &'static str,
+    a: *const AclTensor,
+    b: *const AclTensor,
+    out: *mut AclTensor,
+    alpha: f32,
+    mul: bool,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    let a = try_i32!(tensor(f, "self", a));
+    let b = try_i32!(tensor(f, "other", b));
+    let o = try_i32!(tensor(f, "out", out));
+    match broadcast(&a.view.dims, &b.view.dims) {
+        Some(d) if d == o.view.dims => {}
+        _ => {
+            return bad(
+                f,
+                format!(
+                    "cannot broadcast {:?} and {:?} to {:?}",
+                    a.view.dims, b.view.dims, o.view.dims
+                ),
+            )
+        }
+    }
+    let (av, bv, ov) = (a.view.clone(), b.view.clone(), o.view.clone());
+    finish_phase1(
+        name,
+        0,
+        Box::new(move |_| {
+            let mut vals = Vec::with_capacity(ov.numel());
+            for_each_index(&ov.dims, |i| {
+                let (x, y) = (bget(&av, i), bget(&bv, i));
+                vals.push(if mul { x * y } else { x + alpha * y });
+            });
+            ov.write(&vals);
+            Ok(())
+        }),
+        ws,
+        ex,
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnAddGetWorkspaceSize(
+    a: *const AclTensor,
+    b: *const AclTensor,
+    alpha: *const AclScalar,
+    out: *mut AclTensor,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    if alpha.is_null() {
+        return fail(
+            ACLNN_ERR_PARAM_NULLPTR,
+            "aclnnAddGetWorkspaceSize: alpha is NULL".into(),
+        );
+    }
+    let s = &*alpha;
+    if s.dtype != ACL_FLOAT {
+        return bad(
+            "aclnnAddGetWorkspaceSize",
+            format!("alpha dtype {} (stand-in: FLOAT)", s.dtype),
+        );
+    }
+    let al = f32::from_ne_bytes([s.bits[0], s.bits[1], s.bits[2], s.bits[3]]);
+    binary(
+        "aclnnAddGetWorkspaceSize",
+        "aclnnAdd",
+        a,
+        b,
+        out,
+        al,
+        false,
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnAdd, "aclnnAdd");
+
+#[no_mangle]
+pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
+    a: *const AclTensor,
+    b: *const AclTensor,
+    out: *mut AclTensor,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    binary(
+        "aclnnMulGetWorkspaceSize",
+        "aclnnMul",
+        a,
+        b,
+        out,
+        1.0,
+        true,
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnMul, "aclnnMul");
