@@ -61,12 +61,25 @@ pub struct DemoReport {
     pub test_slices: usize,
 }
 
-fn make_split(cfg: &DemoConfig, name: &str, cases: usize, seed: u64, on: &mut dyn FnMut(DemoEvent)) -> Result<(PathBuf, usize)> {
+fn make_split(
+    cfg: &DemoConfig,
+    name: &str,
+    cases: usize,
+    seed: u64,
+    on: &mut dyn FnMut(DemoEvent),
+) -> Result<(PathBuf, usize)> {
     let raw = cfg.out_dir.join("phantom").join(name);
-    on(DemoEvent::Stage(&format!("phantom: {cases} {name} volumes → {}", raw.display())));
-    phantom::make_phantom(&raw, cases, seed, cfg.volume).map_err(|e| Error::Other(e.to_string()))?;
+    on(DemoEvent::Stage(&format!(
+        "phantom: {cases} {name} volumes → {}",
+        raw.display()
+    )));
+    phantom::make_phantom(&raw, cases, seed, cfg.volume)
+        .map_err(|e| Error::Other(e.to_string()))?;
     let npy = cfg.out_dir.join("npy").join(name);
-    on(DemoEvent::Stage(&format!("preprocess (CT, window 40/400) → {}", npy.display())));
+    on(DemoEvent::Stage(&format!(
+        "preprocess (CT, window 40/400) → {}",
+        npy.display()
+    )));
     let pcfg = preprocess::PreprocessConfig {
         nii_path: raw.join("images"),
         gt_path: raw.join("labels"),
@@ -74,16 +87,28 @@ fn make_split(cfg: &DemoConfig, name: &str, cases: usize, seed: u64, on: &mut dy
         image_size: cfg.image_size,
         ..preprocess::PreprocessConfig::default()
     };
-    let summary = preprocess::preprocess(&pcfg, &|_| {}).map_err(|e| Error::Other(e.to_string()))?;
+    let summary =
+        preprocess::preprocess(&pcfg, &|_| {}).map_err(|e| Error::Other(e.to_string()))?;
     let dir = pcfg.npy_path.clone();
     let slices = crate::data::list_pairs(&dir)?.len();
     let _ = summary;
     Ok((dir, slices))
 }
 
-fn eval_into(model: &Sam, data: &Path, work_dir: PathBuf, on: &mut dyn FnMut(DemoEvent)) -> Result<crate::eval::EvalOutcome> {
-    let cfg = EvalConfig { data_path: data.to_path_buf(), work_dir, ..EvalConfig::default() };
-    evaluate(model, &cfg, &SingleProcess, &mut |d, t| on(DemoEvent::EvalProgress(d, t)))
+fn eval_into(
+    model: &Sam,
+    data: &Path,
+    work_dir: PathBuf,
+    on: &mut dyn FnMut(DemoEvent),
+) -> Result<crate::eval::EvalOutcome> {
+    let cfg = EvalConfig {
+        data_path: data.to_path_buf(),
+        work_dir,
+        ..EvalConfig::default()
+    };
+    evaluate(model, &cfg, &SingleProcess, &mut |d, t| {
+        on(DemoEvent::EvalProgress(d, t))
+    })
 }
 
 /// Runs the whole workflow.
@@ -97,9 +122,13 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
     let config = SamConfig::demo(cfg.image_size);
     let mut model = Sam::new(&config, cfg.seed, Device::Cpu)?;
     let sam_init = cfg.out_dir.join("sam_demo_init.pth");
-    checkpoint::save_pth(&sam_init, &crate::weights::model_value(&mut model)?).map_err(|e| Error::file(&sam_init, e.to_string()))?;
-    std::fs::write(cfg.out_dir.join("model_config.json"), serde_json::to_string_pretty(&config).map_err(|e| Error::Other(e.to_string()))?)
-        .map_err(|e| Error::io(cfg.out_dir.join("model_config.json"), e))?;
+    checkpoint::save_pth(&sam_init, &crate::weights::model_value(&mut model)?)
+        .map_err(|e| Error::file(&sam_init, e.to_string()))?;
+    std::fs::write(
+        cfg.out_dir.join("model_config.json"),
+        serde_json::to_string_pretty(&config).map_err(|e| Error::Other(e.to_string()))?,
+    )
+    .map_err(|e| Error::io(cfg.out_dir.join("model_config.json"), e))?;
 
     on(DemoEvent::Stage("evaluate the untrained model"));
     let untrained = eval_into(&model, &test_dir, cfg.out_dir.join("eval_untrained"), on)?.summary;
@@ -112,7 +141,10 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
         num_epochs: 1000,
         batch_size: cfg.batch_size,
         num_workers: 2,
-        adamw: crate::optim::AdamWConfig { lr: 5e-4, ..Default::default() },
+        adamw: crate::optim::AdamWConfig {
+            lr: 5e-4,
+            ..Default::default()
+        },
         seed: cfg.seed,
         // MedSAM's 0–20 px jitter at 1024², scaled to the demo's input size.
         bbox_shift: (20 * cfg.image_size / 1024).max(2),
@@ -120,15 +152,26 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
         run_dir: Some(cfg.out_dir.join("work_dir").join("MedSAM-demo")),
         ..TrainConfig::default()
     };
-    let outcome = train(&tcfg, &mut model, &SingleProcess, &mut |e| on(DemoEvent::Train(e)))?;
+    let outcome = train(&tcfg, &mut model, &SingleProcess, &mut |e| {
+        on(DemoEvent::Train(e))
+    })?;
 
-    on(DemoEvent::Stage("convert the training checkpoint to SAM format"));
+    on(DemoEvent::Stage(
+        "convert the training checkpoint to SAM format",
+    ));
     let converted = cfg.out_dir.join("medsam_demo.pth");
-    checkpoint::convert(&sam_init, &outcome.latest_checkpoint, &converted, OutputFormat::Pth).map_err(|e| Error::Other(e.to_string()))?;
+    checkpoint::convert(
+        &sam_init,
+        &outcome.latest_checkpoint,
+        &converted,
+        OutputFormat::Pth,
+    )
+    .map_err(|e| Error::Other(e.to_string()))?;
 
     on(DemoEvent::Stage("evaluate the converted checkpoint"));
     let json = cfg.out_dir.join("model_config.json");
-    let (trained_model, _) = crate::weights::load_model(&converted, None, Some(&json), Device::Cpu)?;
+    let (trained_model, _) =
+        crate::weights::load_model(&converted, None, Some(&json), Device::Cpu)?;
     let out = eval_into(&trained_model, &test_dir, cfg.out_dir.join("eval"), on)?;
     Ok(DemoReport {
         untrained,

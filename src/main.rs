@@ -40,8 +40,12 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Demo(a) => cli::demo::run_demo(a),
         Command::Infer(a) => cli::infer::run(a),
-        Command::Preprocess(a) => cli::preprocess::run(a).map(|_| ()).map_err(|e| medsam::Error::Other(e.to_string())),
-        Command::Phantom(a) => cli::phantom::run(a).map(|_| ()).map_err(|e| medsam::Error::Other(e.to_string())),
+        Command::Preprocess(a) => cli::preprocess::run(a)
+            .map(|_| ())
+            .map_err(|e| medsam::Error::Other(e.to_string())),
+        Command::Phantom(a) => cli::phantom::run(a)
+            .map(|_| ())
+            .map_err(|e| medsam::Error::Other(e.to_string())),
         Command::Train(a) => cli::train::run_with(a, &comm).map(|o| {
             println!(
                 "latest checkpoint: {}",

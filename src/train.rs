@@ -226,18 +226,29 @@ fn open_run(cfg: &TrainConfig, is_root: bool) -> Result<RunFiles> {
 
 /// `TASK_train_loss.png`: the loss of every optimizer step and its running mean.
 fn write_loss_curve(dir: &Path, task: &str, step_losses: &[f32]) -> Result<()> {
-    let raw: Vec<(f64, f64)> = step_losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect();
+    let raw: Vec<(f64, f64)> = step_losses
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| ((i + 1) as f64, l as f64))
+        .collect();
     let window = (step_losses.len() / 20).max(1);
     let smooth: Vec<(f64, f64)> = (0..step_losses.len())
         .map(|i| {
             let lo = i.saturating_sub(window - 1);
             let w = &step_losses[lo..=i];
-            ((i + 1) as f64, w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64)
+            (
+                (i + 1) as f64,
+                w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64,
+            )
         })
         .collect();
     let series = vec![("loss per step", raw), ("running mean", smooth)];
-    crate::viz::loss_curve_png(&dir.join(format!("{task}_train_loss.png")), &series, &format!("{task}: training loss"))
-        .map_err(|e| Error::Other(e.to_string()))
+    crate::viz::loss_curve_png(
+        &dir.join(format!("{task}_train_loss.png")),
+        &series,
+        &format!("{task}: training loss"),
+    )
+    .map_err(|e| Error::Other(e.to_string()))
 }
 
 /// Trains `model` (already loaded from `--checkpoint` or freshly initialised).

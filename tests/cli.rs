@@ -9,7 +9,10 @@ fn bin() -> Command {
 }
 
 fn ok(out: Output) -> String {
-    let (o, e) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
     o
 }
@@ -38,8 +41,8 @@ fn synth(dir: &Path) {
         }
         let img: Vec<f64> = gt.iter().flat_map(|&g| [0.2 + 0.6 * g as f64; 3]).collect();
         let name = format!("s{i}.npy");
-        medsam::npy::write_npy_f64(&dir.join("imgs").join(&name), &[64, 64, 3], &img).unwrap();
-        medsam::npy::write_npy_u8(&dir.join("gts").join(&name), &[64, 64], &gt).unwrap();
+        medsam::npy::write_npy_f64(dir.join("imgs").join(&name), &[64, 64, 3], &img).unwrap();
+        medsam::npy::write_npy_u8(dir.join("gts").join(&name), &[64, 64], &gt).unwrap();
     }
 }
 
@@ -55,21 +58,55 @@ fn train_convert_eval_round_trip() {
         .arg(d.join("work"))
         .arg("--model-config")
         .arg(&cfg)
-        .args(["--batch-size", "2", "--num-epochs", "2", "--max-steps", "3", "--bbox-shift", "2"])
+        .args([
+            "--batch-size",
+            "2",
+            "--num-epochs",
+            "2",
+            "--max-steps",
+            "3",
+            "--bbox-shift",
+            "2",
+        ])
         .output()
         .unwrap());
-    let run = std::fs::read_dir(d.join("work")).unwrap().next().unwrap().unwrap().path();
-    assert!(run.file_name().unwrap().to_string_lossy().starts_with("cli-"), "run dir is TASK-YYYYmmdd-HHMM");
+    let run = std::fs::read_dir(d.join("work"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        run.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("cli-"),
+        "run dir is TASK-YYYYmmdd-HHMM"
+    );
     let latest = run.join("medsam_model_latest.pth");
     assert!(latest.is_file());
     // The training checkpoint as SAM weights: keys from a bare state dict written by us.
     let sam = d.join("sam_init.pth");
     {
-        let mut model = medsam::model::Sam::new(&medsam::model::SamConfig::from_json_file(&cfg).unwrap(), 0, medsam::Device::Cpu).unwrap();
-        medsam::checkpoint::save_pth(&sam, &medsam::weights::model_value(&mut model).unwrap()).unwrap();
+        let mut model = medsam::model::Sam::new(
+            &medsam::model::SamConfig::from_json_file(&cfg).unwrap(),
+            0,
+            medsam::Device::Cpu,
+        )
+        .unwrap();
+        medsam::checkpoint::save_pth(&sam, &medsam::weights::model_value(&mut model).unwrap())
+            .unwrap();
     }
     let converted = d.join("medsam.pth");
-    ok(bin().args(["convert", "--sam-ckpt-path"]).arg(&sam).arg("--medsam-ckpt-path").arg(&latest).arg("--save-path").arg(&converted).output().unwrap());
+    ok(bin()
+        .args(["convert", "--sam-ckpt-path"])
+        .arg(&sam)
+        .arg("--medsam-ckpt-path")
+        .arg(&latest)
+        .arg("--save-path")
+        .arg(&converted)
+        .output()
+        .unwrap());
     let out = ok(bin()
         .args(["eval", "--data-path"])
         .arg(d.join("data"))
@@ -97,7 +134,12 @@ sd = torch.load(sys.argv[2], weights_only=True)
 assert all(torch.equal(sd[k], ck["model"][k]) for k in sd)
 print("torch ok", ck["epoch"], len(sd))
 "#;
-        let o = ok(Command::new(python).args(["-c", script]).arg(&latest).arg(&converted).output().unwrap());
+        let o = ok(Command::new(python)
+            .args(["-c", script])
+            .arg(&latest)
+            .arg(&converted)
+            .output()
+            .unwrap());
         assert!(o.contains("torch ok"), "{o}");
     } else {
         println!("SKIPPED (PyTorch check): set MEDSAM_PYTHON to a Python with torch to read our checkpoints with torch.load");
@@ -117,7 +159,10 @@ fn npu_device_without_runtime_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("npu:0") && (e.contains("not found") || e.contains("not available")), "{e}");
+    assert!(
+        e.contains("npu:0") && (e.contains("not found") || e.contains("not available")),
+        "{e}"
+    );
     let bad = bin().args(["train", "--device", "gpu"]).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a device"));
 }

@@ -5,7 +5,7 @@
 //! Needs `--features mpi` and OpenMPI's `mpirun` (Debian: `openmpi-bin libopenmpi-dev`); without
 //! them every check prints "SKIPPED: ..." and returns.
 
-use medsam::dist::{selftest, Communicator, SingleProcess};
+use medsam::dist::{selftest, SingleProcess};
 use medsam::model::{Sam, SamConfig};
 use medsam::Device;
 use std::path::{Path, PathBuf};

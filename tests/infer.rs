@@ -19,12 +19,21 @@ fn fixtures() -> PathBuf {
 }
 
 fn read_st(path: &Path) -> BTreeMap<String, Tensor> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}; regenerate with the script in tests/fixtures", path.display()));
+    let bytes = std::fs::read(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; regenerate with the script in tests/fixtures",
+            path.display()
+        )
+    });
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
         .map(|(n, v)| {
-            let d: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let d: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             (n.to_string(), Tensor::from_vec(d, v.shape()).unwrap())
         })
         .collect()
@@ -40,12 +49,18 @@ fn tiny_weights() -> BTreeMap<String, Tensor> {
 fn tiny_model() -> Sam {
     let cfg = SamConfig::from_json_file(&fixtures().join("sam/tiny_sam_config.json")).unwrap();
     let mut sam = Sam::new(&cfg, 0, Device::Cpu).unwrap();
-    sam.load_state_dict(&tiny_weights()).unwrap().into_result().unwrap();
+    sam.load_state_dict(&tiny_weights())
+        .unwrap()
+        .into_result()
+        .unwrap();
     sam
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -56,33 +71,65 @@ fn medsam_inference_parity_grey_and_rgb() {
         let img = read_input_image(&fixtures().join(format!("infer/{name}.png"))).unwrap();
         let input = prepare_input(&img, 64).unwrap().to_vec().unwrap();
         let want_in = want[&format!("{name}.input")].to_vec().unwrap();
-        let off: Vec<f32> = input.iter().zip(&want_in).map(|(a, b)| (a - b).abs()).filter(|d| *d > 1e-6).collect();
-        assert!(off.len() * 200 <= input.len(), "{name}: {} of {} input values differ", off.len(), input.len());
-        assert!(off.iter().all(|d| *d <= 1.0 / 255.0 + 1e-5 || *d <= 0.02), "{name}: input differs by more than one grey level: {off:?}");
+        let off: Vec<f32> = input
+            .iter()
+            .zip(&want_in)
+            .map(|(a, b)| (a - b).abs())
+            .filter(|d| *d > 1e-6)
+            .collect();
+        assert!(
+            off.len() * 200 <= input.len(),
+            "{name}: {} of {} input values differ",
+            off.len(),
+            input.len()
+        );
+        assert!(
+            off.iter().all(|d| *d <= 1.0 / 255.0 + 1e-5 || *d <= 0.02),
+            "{name}: input differs by more than one grey level: {off:?}"
+        );
         if !off.is_empty() {
             continue; // a rounding flip upstream changes the logits slightly; the exact case is below
         }
         let b = want[&format!("{name}.box")].to_vec().unwrap();
         let predictor = Predictor::new(&model, &img, InferPrecision::F32).unwrap();
         let p = predictor.predict_box([b[0], b[1], b[2], b[3]]).unwrap();
-        let e = max_abs(&p.low_res_logits.to_vec().unwrap(), &want[&format!("{name}.low_res_logits")].to_vec().unwrap());
+        let e = max_abs(
+            &p.low_res_logits.to_vec().unwrap(),
+            &want[&format!("{name}.low_res_logits")].to_vec().unwrap(),
+        );
         assert!(e <= 1e-4, "{name}: low-res logits differ by {e}");
-        let (mask, prob) = (want[&format!("{name}.mask")].to_vec().unwrap(), want[&format!("{name}.prob")].to_vec().unwrap());
+        let (mask, prob) = (
+            want[&format!("{name}.mask")].to_vec().unwrap(),
+            want[&format!("{name}.prob")].to_vec().unwrap(),
+        );
         for (i, (&ours, (&m, &pr))) in p.mask.iter().zip(mask.iter().zip(&prob)).enumerate() {
-            assert!(ours == (m > 0.5) || (pr - 0.5).abs() < 1e-3, "{name}: mask pixel {i} differs (p = {pr})");
+            assert!(
+                ours == (m > 0.5) || (pr - 0.5).abs() < 1e-3,
+                "{name}: mask pixel {i} differs (p = {pr})"
+            );
         }
     }
 }
 
 #[test]
 fn boxes_are_checked_clipped_or_rejected() {
-    assert_eq!(check_box([1.0, 2.0, 30.0, 40.0], 50, 70).unwrap().warning, None);
+    assert_eq!(
+        check_box([1.0, 2.0, 30.0, 40.0], 50, 70).unwrap().warning,
+        None
+    );
     let clipped = check_box([-5.0, 2.0, 90.0, 40.0], 50, 70).unwrap();
     assert_eq!(clipped.bbox, [0.0, 2.0, 70.0, 40.0]);
     assert!(clipped.warning.unwrap().contains("clipped"));
-    let outside = check_box([100.0, 100.0, 120.0, 130.0], 50, 70).unwrap_err().to_string();
-    assert!(outside.contains("--box") && outside.contains("outside"), "{outside}");
-    let empty = check_box([10.0, 10.0, 10.0, 30.0], 50, 70).unwrap_err().to_string();
+    let outside = check_box([100.0, 100.0, 120.0, 130.0], 50, 70)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        outside.contains("--box") && outside.contains("outside"),
+        "{outside}"
+    );
+    let empty = check_box([10.0, 10.0, 10.0, 30.0], 50, 70)
+        .unwrap_err()
+        .to_string();
     assert!(empty.contains("empty"), "{empty}");
 }
 
@@ -90,16 +137,33 @@ fn boxes_are_checked_clipped_or_rejected() {
 fn unreadable_images_are_clear_errors() {
     let d = std::env::temp_dir().join(format!("medsam-infer-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
-    let missing = read_input_image(&d.join("nope.png")).unwrap_err().to_string();
-    assert!(missing.contains("nope.png") && missing.contains("no such file"), "{missing}");
+    let missing = read_input_image(&d.join("nope.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("nope.png") && missing.contains("no such file"),
+        "{missing}"
+    );
     std::fs::write(d.join("bad.png"), b"not a png at all").unwrap();
-    let bad = read_input_image(&d.join("bad.png")).unwrap_err().to_string();
-    assert!(bad.contains("bad.png") && bad.contains("cannot read image"), "{bad}");
+    let bad = read_input_image(&d.join("bad.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("bad.png") && bad.contains("cannot read image"),
+        "{bad}"
+    );
 }
 
 fn tiny_checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
-    let sd: Vec<(String, TensorData)> =
-        tiny_weights().into_iter().map(|(k, t)| (k, TensorData::from_f32(t.shape().to_vec(), &t.to_vec().unwrap()))).collect();
+    let sd: Vec<(String, TensorData)> = tiny_weights()
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                TensorData::from_f32(t.shape().to_vec(), &t.to_vec().unwrap()),
+            )
+        })
+        .collect();
     let ckpt = dir.join("tiny.pth");
     save_pth(&ckpt, &Value::from_state_dict(sd)).unwrap();
     (ckpt, fixtures().join("sam/tiny_sam_config.json"))
@@ -124,9 +188,15 @@ fn infer_binary_writes_mask_overlay_and_logits() {
         .arg(&logits)
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("clipped"), "the partly outside box should warn: {stderr}");
+    assert!(
+        stderr.contains("clipped"),
+        "the partly outside box should warn: {stderr}"
+    );
     let seg = image::open(d.join("seg_grey.png")).unwrap().to_luma8();
     assert_eq!(seg.dimensions(), (70, 50));
     assert!(seg.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));

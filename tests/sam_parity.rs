@@ -136,6 +136,14 @@ fn dense_pe_matches_pytorch() {
     );
 }
 
+/// (name, points, boxes, mask input)
+type PromptCase<'a> = (
+    &'a str,
+    Option<&'a [Vec<Point>]>,
+    Option<&'a [[f32; 4]]>,
+    Option<&'a Tensor>,
+);
+
 #[test]
 fn prompt_encoder_and_mask_decoder_match_pytorch() {
     let fx = load();
@@ -143,12 +151,7 @@ fn prompt_encoder_and_mask_decoder_match_pytorch() {
     let emb = fx.tensors["out.embeddings"].narrow(0, 0, 1).unwrap();
     let pe = sam.prompt_encoder.get_dense_pe().unwrap();
     let (bx, pts, mask) = (boxes(&fx), points(&fx), fx.tensors["in.mask"].clone());
-    let cases: Vec<(
-        &str,
-        Option<&[Vec<Point>]>,
-        Option<&[[f32; 4]]>,
-        Option<&Tensor>,
-    )> = vec![
+    let cases: Vec<PromptCase> = vec![
         ("box", None, Some(&bx[..1]), None),
         ("points", Some(&pts), None, None),
         ("points_box", Some(&pts), Some(&bx[..1]), None),

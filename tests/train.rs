@@ -25,7 +25,10 @@ fn synth(dir: &Path, n: usize, s: usize, seed: u64) {
     for i in 0..n {
         let mut img = vec![0.0f64; s * s * 3];
         let mut gt = vec![0u8; s * s];
-        let (cx, cy) = (8.0 + rng.uniform() * (s as f64 - 16.0), 8.0 + rng.uniform() * (s as f64 - 16.0));
+        let (cx, cy) = (
+            8.0 + rng.uniform() * (s as f64 - 16.0),
+            8.0 + rng.uniform() * (s as f64 - 16.0),
+        );
         let (rx, ry) = (3.0 + rng.uniform() * 5.0, 3.0 + rng.uniform() * 5.0);
         let square = rng.uniform() < 0.5;
         let (qx, qy) = (rng.int_inclusive(s - 8), rng.int_inclusive(s - 8));
@@ -47,8 +50,8 @@ fn synth(dir: &Path, n: usize, s: usize, seed: u64) {
             }
         }
         let name = format!("SYN_{i:03}.npy");
-        medsam::npy::write_npy_f64(&dir.join("imgs").join(&name), &[s, s, 3], &img).unwrap();
-        medsam::npy::write_npy_u8(&dir.join("gts").join(&name), &[s, s], &gt).unwrap();
+        medsam::npy::write_npy_f64(dir.join("imgs").join(&name), &[s, s, 3], &img).unwrap();
+        medsam::npy::write_npy_u8(dir.join("gts").join(&name), &[s, s], &gt).unwrap();
     }
 }
 
@@ -79,13 +82,20 @@ fn base_config(data: &Path, run: &Path) -> TrainConfig {
         batch_size: 4,
         num_workers: 2,
         bbox_shift: 2,
-        adamw: medsam::optim::AdamWConfig { lr: 1e-3, ..Default::default() },
+        adamw: medsam::optim::AdamWConfig {
+            lr: 1e-3,
+            ..Default::default()
+        },
         ..TrainConfig::default()
     }
 }
 
 fn weights(model: &mut Sam) -> Vec<Vec<f32>> {
-    model.trainable_parameters().iter().map(|(_, p)| p.to_vec().unwrap()).collect()
+    model
+        .trainable_parameters()
+        .iter()
+        .map(|(_, p)| p.to_vec().unwrap())
+        .collect()
 }
 
 #[test]
@@ -94,18 +104,40 @@ fn loss_falls_and_heldout_dsc_rises() {
     synth(&d.join("train"), 32, 32, 1);
     synth(&d.join("test"), 8, 32, 2);
     let mut model = Sam::new(&tiny_config(32), 7, Device::Cpu).unwrap();
-    let ecfg = |w: &str| EvalConfig { data_path: d.join("test"), work_dir: d.join(w), ..EvalConfig::default() };
-    let before = evaluate(&model, &ecfg("eval0"), &SingleProcess, &mut |_, _| {}).unwrap().summary;
-    let cfg = TrainConfig { num_epochs: 40, max_steps: Some(240), ..base_config(&d.join("train"), &d.join("run")) };
+    let ecfg = |w: &str| EvalConfig {
+        data_path: d.join("test"),
+        work_dir: d.join(w),
+        ..EvalConfig::default()
+    };
+    let before = evaluate(&model, &ecfg("eval0"), &SingleProcess, &mut |_, _| {})
+        .unwrap()
+        .summary;
+    let cfg = TrainConfig {
+        num_epochs: 40,
+        max_steps: Some(240),
+        ..base_config(&d.join("train"), &d.join("run"))
+    };
     let out = train(&cfg, &mut model, &SingleProcess, &mut |_| {}).unwrap();
-    let after = evaluate(&model, &ecfg("eval1"), &SingleProcess, &mut |_, _| {}).unwrap().summary;
+    let after = evaluate(&model, &ecfg("eval1"), &SingleProcess, &mut |_, _| {})
+        .unwrap()
+        .summary;
     let first: f32 = out.step_losses[..20].iter().sum::<f32>() / 20.0;
-    let last: f32 = out.step_losses[out.step_losses.len() - 20..].iter().sum::<f32>() / 20.0;
+    let last: f32 = out.step_losses[out.step_losses.len() - 20..]
+        .iter()
+        .sum::<f32>()
+        / 20.0;
     let (b, a) = (before.dsc.unwrap(), after.dsc.unwrap());
-    println!("loss {first:.3} -> {last:.3}; held-out DSC {b:.3} -> {a:.3} (box baseline {:?})", after.box_baseline.dsc);
+    println!(
+        "loss {first:.3} -> {last:.3}; held-out DSC {b:.3} -> {a:.3} (box baseline {:?})",
+        after.box_baseline.dsc
+    );
     assert!(last < 0.7 * first, "loss did not fall: {first} -> {last}");
     assert!(a > b + 0.2, "held-out DSC did not rise: {b} -> {a}");
-    for f in ["medsam_model_latest.pth", "train_log.jsonl", "t_train_loss.png"] {
+    for f in [
+        "medsam_model_latest.pth",
+        "train_log.jsonl",
+        "t_train_loss.png",
+    ] {
         assert!(d.join("run").join(f).is_file(), "{f} missing");
     }
 }
@@ -115,17 +147,33 @@ fn resume_is_bit_identical_to_uninterrupted_training() {
     let d = tmp("resume");
     synth(&d.join("data"), 12, 32, 3);
     let mut full = Sam::new(&tiny_config(32), 5, Device::Cpu).unwrap();
-    let cfg = TrainConfig { num_epochs: 2, ..base_config(&d.join("data"), &d.join("full")) };
+    let cfg = TrainConfig {
+        num_epochs: 2,
+        ..base_config(&d.join("data"), &d.join("full"))
+    };
     train(&cfg, &mut full, &SingleProcess, &mut |_| {}).unwrap();
 
     let mut first = Sam::new(&tiny_config(32), 5, Device::Cpu).unwrap();
-    let cfg1 = TrainConfig { num_epochs: 1, ..base_config(&d.join("data"), &d.join("part")) };
+    let cfg1 = TrainConfig {
+        num_epochs: 1,
+        ..base_config(&d.join("data"), &d.join("part"))
+    };
     let out1 = train(&cfg1, &mut first, &SingleProcess, &mut |_| {}).unwrap();
     let mut resumed = Sam::new(&tiny_config(32), 99, Device::Cpu).unwrap();
-    let cfg2 = TrainConfig { num_epochs: 2, resume: Some(out1.latest_checkpoint), ..base_config(&d.join("data"), &d.join("part2")) };
+    let cfg2 = TrainConfig {
+        num_epochs: 2,
+        resume: Some(out1.latest_checkpoint),
+        ..base_config(&d.join("data"), &d.join("part2"))
+    };
     let out2 = train(&cfg2, &mut resumed, &SingleProcess, &mut |_| {}).unwrap();
-    assert_eq!(out2.epochs_completed, 1, "resume should run only the remaining epoch");
-    assert!(weights(&mut full) == weights(&mut resumed), "resumed weights differ from uninterrupted training");
+    assert_eq!(
+        out2.epochs_completed, 1,
+        "resume should run only the remaining epoch"
+    );
+    assert!(
+        weights(&mut full) == weights(&mut resumed),
+        "resumed weights differ from uninterrupted training"
+    );
 }
 
 #[test]
@@ -141,17 +189,32 @@ fn gradient_accumulation_matches_a_larger_batch() {
         for b in medsam::data::load_batches(&ds, vec![0, 1, 2, 3], batch, 1, 0, 1) {
             medsam::train::forward_backward(&model, &b.unwrap(), k, false).unwrap();
         }
-        model.trainable_parameters().iter().map(|(n, p)| (n.clone(), p.grad().map(|g| g.to_vec().unwrap()))).collect::<Vec<_>>()
+        model
+            .trainable_parameters()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.grad().map(|g| g.to_vec().unwrap())))
+            .collect::<Vec<_>>()
     };
     let (one, acc) = (grads(4, 1), grads(2, 2));
-    let scale = one.iter().filter_map(|(_, g)| g.as_ref()).flatten().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = one
+        .iter()
+        .filter_map(|(_, g)| g.as_ref())
+        .flatten()
+        .fold(0.0f32, |m, x| m.max(x.abs()));
     for ((name, a), (_, b)) in one.iter().zip(&acc) {
         let (Some(a), Some(b)) = (a, b) else {
             assert_eq!(a.is_some(), b.is_some(), "{name}");
             continue;
         };
-        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(diff <= 1e-5 * scale, "{name}: accumulated gradient differs by {diff} (scale {scale})");
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff <= 1e-5 * scale,
+            "{name}: accumulated gradient differs by {diff} (scale {scale})"
+        );
     }
 }
 
@@ -165,19 +228,34 @@ fn nan_in_data_stops_with_the_step_and_file() {
     let img: Vec<f64> = img.into_iter().map(|v| v as f64).collect();
     medsam::npy::write_npy_f64(&p, &[32, 32, 3], &img).unwrap();
     let mut model = Sam::new(&tiny_config(32), 1, Device::Cpu).unwrap();
-    let cfg = TrainConfig { num_epochs: 1, batch_size: 1, ..base_config(&d.join("data"), &d.join("run")) };
-    let e = train(&cfg, &mut model, &SingleProcess, &mut |_| {}).unwrap_err().to_string();
-    assert!(e.contains("non-finite loss") && e.contains("SYN_002.npy"), "{e}");
+    let cfg = TrainConfig {
+        num_epochs: 1,
+        batch_size: 1,
+        ..base_config(&d.join("data"), &d.join("run"))
+    };
+    let e = train(&cfg, &mut model, &SingleProcess, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("non-finite loss") && e.contains("SYN_002.npy"),
+        "{e}"
+    );
 }
 
 #[test]
 fn empty_label_map_is_named() {
     let d = tmp("empty");
     synth(&d.join("data"), 2, 32, 6);
-    medsam::npy::write_npy_u8(&d.join("data/gts/SYN_001.npy"), &[32, 32], &[0u8; 32 * 32]).unwrap();
+    medsam::npy::write_npy_u8(d.join("data/gts/SYN_001.npy"), &[32, 32], &[0u8; 32 * 32]).unwrap();
     let mut model = Sam::new(&tiny_config(32), 1, Device::Cpu).unwrap();
-    let cfg = TrainConfig { num_epochs: 1, batch_size: 1, ..base_config(&d.join("data"), &d.join("run")) };
-    let e = train(&cfg, &mut model, &SingleProcess, &mut |_| {}).unwrap_err().to_string();
+    let cfg = TrainConfig {
+        num_epochs: 1,
+        batch_size: 1,
+        ..base_config(&d.join("data"), &d.join("run"))
+    };
+    let e = train(&cfg, &mut model, &SingleProcess, &mut |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("SYN_001.npy") && e.contains("empty"), "{e}");
 }
 
@@ -185,6 +263,13 @@ fn empty_label_map_is_named() {
 fn missing_data_dir_is_named() {
     let d = tmp("missing");
     let mut model = Sam::new(&tiny_config(32), 1, Device::Cpu).unwrap();
-    let e = train(&base_config(&d.join("nope"), &d.join("run")), &mut model, &SingleProcess, &mut |_| {}).unwrap_err().to_string();
+    let e = train(
+        &base_config(&d.join("nope"), &d.join("run")),
+        &mut model,
+        &SingleProcess,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("nope"), "{e}");
 }

@@ -24,20 +24,46 @@ fn vit_b_1024_matches_pytorch() {
     };
     let dir = std::env::temp_dir().join("medsam-vit-b-parity");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_b_parity.py");
-    let st = Command::new(python).arg(&script).arg(&dir).status().unwrap();
+    let st = Command::new(python)
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .unwrap();
     assert!(st.success(), "fixture script failed");
-    let (sam, _) = medsam::weights::load_model(&dir.join("vit_b_random.pth"), Some(medsam::model::ModelType::VitB), None, Device::Cpu).unwrap();
+    let (sam, _) = medsam::weights::load_model(
+        &dir.join("vit_b_random.pth"),
+        Some(medsam::model::ModelType::VitB),
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
     let x = load_npy(&dir.join("input.npy"));
     let emb = medsam::autograd::no_grad(|| sam.image_encoder.forward(&x)).unwrap();
     let want = load_npy(&dir.join("embedding.npy"));
-    let err = emb.to_vec().unwrap().iter().zip(want.to_vec().unwrap()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let err = emb
+        .to_vec()
+        .unwrap()
+        .iter()
+        .zip(want.to_vec().unwrap())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     println!("vit_b embedding max abs error: {err}");
     assert!(err <= 1e-3, "embedding error {err}");
     let pe = sam.prompt_encoder.get_dense_pe().unwrap();
-    let (sp, de) = sam.prompt_encoder.forward(None, Some(&[[200.0, 300.0, 700.0, 800.0]]), None).unwrap();
-    let (low, _) = medsam::autograd::no_grad(|| sam.mask_decoder.forward(&emb, &pe, &sp, &de, false)).unwrap();
+    let (sp, de) = sam
+        .prompt_encoder
+        .forward(None, Some(&[[200.0, 300.0, 700.0, 800.0]]), None)
+        .unwrap();
+    let (low, _) =
+        medsam::autograd::no_grad(|| sam.mask_decoder.forward(&emb, &pe, &sp, &de, false)).unwrap();
     let want = load_npy(&dir.join("low_res_logits.npy"));
-    let err = low.to_vec().unwrap().iter().zip(want.to_vec().unwrap()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let err = low
+        .to_vec()
+        .unwrap()
+        .iter()
+        .zip(want.to_vec().unwrap())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     println!("vit_b low-res logits max abs error: {err}");
     assert!(err <= 1e-3, "logits error {err}");
 }

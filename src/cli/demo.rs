@@ -34,7 +34,10 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
     };
     let t0 = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(cfg.max_steps as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("  train [{bar:30}] {pos}/{len} {msg} ({per_sec})").expect("template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  train [{bar:30}] {pos}/{len} {msg} ({per_sec})")
+            .expect("template"),
+    );
     bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     let mut on = |e: DemoEvent| match e {
         DemoEvent::Stage(s) => {
@@ -53,11 +56,30 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
     let r = run(&cfg, &mut on)?;
     bar.finish_and_clear();
     let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
-    println!("\ntrained model on {} held-out slices (per label):\n{}", r.test_slices, format_table(&r.trained));
+    println!(
+        "\ntrained model on {} held-out slices (per label):\n{}",
+        r.test_slices,
+        format_table(&r.trained)
+    );
     println!("                          DSC      mIoU     NSD");
-    println!("untrained model        {:>8} {:>8} {:>8}", f(r.untrained.dsc), f(r.untrained.miou), f(r.untrained.nsd));
-    println!("fill-the-box baseline  {:>8} {:>8} {:>8}", f(r.trained.box_baseline.dsc), f(r.trained.box_baseline.miou), f(r.trained.box_baseline.nsd));
-    println!("trained MedSAM (demo)  {:>8} {:>8} {:>8}", f(r.trained.dsc), f(r.trained.miou), f(r.trained.nsd));
+    println!(
+        "untrained model        {:>8} {:>8} {:>8}",
+        f(r.untrained.dsc),
+        f(r.untrained.miou),
+        f(r.untrained.nsd)
+    );
+    println!(
+        "fill-the-box baseline  {:>8} {:>8} {:>8}",
+        f(r.trained.box_baseline.dsc),
+        f(r.trained.box_baseline.miou),
+        f(r.trained.box_baseline.nsd)
+    );
+    println!(
+        "trained MedSAM (demo)  {:>8} {:>8} {:>8}",
+        f(r.trained.dsc),
+        f(r.trained.miou),
+        f(r.trained.nsd)
+    );
     println!("\nconverted checkpoint: {}", show(&r.converted_checkpoint));
     println!("training run:         {}", show(&r.run_dir));
     println!("loss curve:           {}", show(&r.loss_curve));

@@ -188,7 +188,7 @@ impl SamConfig {
             for i in 0..depth {
                 let r = get(&format!("image_encoder.blocks.{i}.attn.rel_pos_h"))?;
                 head_dim = r[1];
-                let size = (r[0] + 1) / 2;
+                let size = r[0].div_ceil(2);
                 if size == pos[1] {
                     global.push(i);
                 } else {

@@ -105,12 +105,17 @@ impl BackwardOp for LossBackward {
         for i in 0..self.planes {
             let num = 2.0 * self.sums.inter[i] + SMOOTH;
             let den = self.sums.denom[i];
-            for j in i * self.plane..(i + 1) * self.plane {
-                let (p, g) = (self.p[j], self.g[j] as f64);
+            let range = i * self.plane..(i + 1) * self.plane;
+            for ((d, &p), &g) in dx[range.clone()]
+                .iter_mut()
+                .zip(&self.p[range.clone()])
+                .zip(&self.g[range])
+            {
+                let g = g as f64;
                 // d(1 - num/den)/dp, through p = sigmoid(x), averaged over planes.
                 let d_dice = -(2.0 * g * den - num * 2.0 * p) / (den * den) / self.planes as f64;
                 let d_bce = (p - g) / n;
-                dx[j] = (up * (d_dice * p * (1.0 - p) + d_bce)) as f32;
+                *d = (up * (d_dice * p * (1.0 - p) + d_bce)) as f32;
             }
         }
         Ok(vec![Some(Tensor::from_slice(

@@ -212,7 +212,7 @@ fn infer_shape(shape: &[usize], numel: usize, from: &[usize]) -> Result<Vec<usiz
     let mut shape = shape.to_vec();
     let known: usize = shape.iter().filter(|&&s| s != usize::MAX).product();
     if let Some(pos) = shape.iter().position(|&s| s == usize::MAX) {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(Error::shape(
                 "reshape",
                 format!("cannot infer an axis reshaping {from:?}"),

@@ -120,4 +120,3 @@ pub fn parse_size(s: &str) -> Result<(usize, usize, usize), String> {
     };
     Ok((p(parts[0])?, p(parts[1])?, p(parts[2])?))
 }
-
