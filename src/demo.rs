@@ -31,11 +31,11 @@ impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
             out_dir: PathBuf::from("demo-out"),
-            train_cases: 6,
+            train_cases: 30,
             test_cases: 2,
             volume: (128, 128, 24),
             image_size: 128,
-            max_steps: 600,
+            max_steps: 3000,
             batch_size: 4,
             seed: 2023,
         }
@@ -142,9 +142,10 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
         batch_size: cfg.batch_size,
         num_workers: 2,
         adamw: crate::optim::AdamWConfig {
-            lr: 5e-4,
+            lr: 1e-3,
             ..Default::default()
         },
+        cosine_decay_steps: Some(cfg.max_steps),
         seed: cfg.seed,
         // MedSAM's 0–20 px jitter at 1024², scaled to the demo's input size.
         bbox_shift: (20 * cfg.image_size / 1024).max(2),

@@ -13,9 +13,9 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
     /// Optimizer steps of the training stage.
-    #[arg(long = "max-steps", default_value_t = 600)]
+    #[arg(long = "max-steps", default_value_t = 3000)]
     pub max_steps: usize,
-    #[arg(long = "train-cases", default_value_t = 6)]
+    #[arg(long = "train-cases", default_value_t = 30)]
     pub train_cases: usize,
     #[arg(long = "test-cases", default_value_t = 2)]
     pub test_cases: usize,
