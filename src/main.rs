@@ -3,7 +3,9 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
+use medsam::dist::Communicator;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -34,9 +36,26 @@ enum Command {
     Eval(cli::eval::EvalArgs),
 }
 
+/// Runs `f` with the communicator the launcher set up (MPI under mpirun/srun when built with
+/// `--features mpi`, otherwise a single process). A failed run under several ranks aborts them
+/// all rather than leaving the others waiting in a collective.
+fn distributed(
+    timeout_s: u64,
+    f: impl FnOnce(&dyn Communicator) -> medsam::Result<()>,
+) -> medsam::Result<()> {
+    let comm = medsam::dist::communicator_from_env(Duration::from_secs(timeout_s))?;
+    let result = f(comm.as_ref());
+    if let Err(e) = &result {
+        if comm.world_size() > 1 {
+            eprintln!("error on rank {}: {e}", comm.rank());
+            comm.abort(1);
+        }
+    }
+    result
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let comm = medsam::dist::SingleProcess;
     let result = match &cli.command {
         Command::Demo(a) => cli::demo::run_demo(a),
         Command::Infer(a) => cli::infer::run(a),
@@ -46,13 +65,19 @@ fn main() -> ExitCode {
         Command::Phantom(a) => cli::phantom::run(a)
             .map(|_| ())
             .map_err(|e| medsam::Error::Other(e.to_string())),
-        Command::Train(a) => cli::train::run_with(a, &comm).map(|o| {
-            println!(
-                "latest checkpoint: {}",
-                cli::common::show(&o.latest_checkpoint)
-            );
+        Command::Train(a) => distributed(a.dist_timeout, |comm| {
+            cli::train::run_with(a, comm).map(|o| {
+                if comm.is_root() {
+                    println!(
+                        "latest checkpoint: {}",
+                        cli::common::show(&o.latest_checkpoint)
+                    );
+                }
+            })
         }),
-        Command::Eval(a) => cli::eval::run_with(a, &comm).map(|_| ()),
+        Command::Eval(a) => distributed(a.dist_timeout, |comm| {
+            cli::eval::run_with(a, comm).map(|_| ())
+        }),
         Command::Convert(a) => cli::convert::run(a)
             .map(|summary| println!("{summary}"))
             .map_err(|e| medsam::Error::Other(e.to_string())),

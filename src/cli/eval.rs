@@ -16,7 +16,8 @@ pub struct EvalArgs {
     pub model: ModelArgs,
     #[arg(long = "work-dir", default_value = "./eval_out")]
     pub work_dir: PathBuf,
-    #[arg(long = "num-workers", default_value_t = 1)]
+    /// Compute threads (0 = all cores).
+    #[arg(long = "num-workers", default_value_t = 0)]
     pub num_workers: usize,
     #[arg(long = "max-slices")]
     pub max_slices: Option<usize>,
@@ -25,9 +26,18 @@ pub struct EvalArgs {
     pub nsd_tolerance: f64,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
+    /// Seconds before a hung collective fails the run (multi-process evaluation).
+    #[arg(long = "dist-timeout", default_value_t = 600)]
+    pub dist_timeout: u64,
 }
 
 pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<medsam::eval::EvalOutcome> {
+    if a.num_workers > 0 {
+        // Ignore the error of a pool that already exists: the first setting stays in force.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(a.num_workers)
+            .build_global();
+    }
     let model = load_model(&a.model)?;
     let cfg = EvalConfig {
         data_path: a.data_path.clone(),
