@@ -5,6 +5,8 @@
 //! Needs `--features mpi` and OpenMPI's `mpirun` (Debian: `openmpi-bin libopenmpi-dev`); without
 //! them every check prints "SKIPPED: ..." and returns.
 
+#[cfg(feature = "mpi")]
+use medsam::dist::Communicator;
 use medsam::dist::{selftest, SingleProcess};
 use medsam::model::{Sam, SamConfig};
 use medsam::Device;
