@@ -7,7 +7,7 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::model::Sam;
 use crate::ops::linalg::autocast_bf16;
-use crate::preprocess::resize::resize_cubic_aa;
+use crate::preprocess::resize::{resize_cubic_aa_mode, ResizeMode};
 use crate::tensor::Tensor;
 use std::path::Path;
 
@@ -98,7 +98,9 @@ pub fn prepare_input(img: &InputImage, size: usize) -> Result<Tensor> {
     let mut hwc = if img.is_npy && img.h == size && img.w == size {
         img.hwc.clone()
     } else {
-        let mut r = resize_cubic_aa(&img.hwc, img.h, img.w, 3, size, size);
+        // MedSAM_Inference.py calls resize without `mode`: skimage's default, "reflect".
+        let mut r =
+            resize_cubic_aa_mode(&img.hwc, img.h, img.w, 3, size, size, ResizeMode::Reflect);
         if !img.is_npy {
             // `.astype(np.uint8)`: truncation toward zero, wrapping out-of-range values as C does.
             r.iter_mut().for_each(|x| *x = ((*x as i64) as u8) as f64);

@@ -24,6 +24,28 @@
 
 use rayon::prelude::*;
 
+/// skimage's boundary `mode` for [`resize_cubic_aa_mode`]: `Constant` (zero outside; what
+/// `pre_CT_MR.py` passes) or `Reflect` (skimage's default, SciPy `mirror`; what
+/// `MedSAM_Inference.py` gets by not passing a mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    Constant,
+    Reflect,
+}
+
+/// SciPy's `mirror` extension: reflect about the end samples without repeating them.
+fn mirror_index(i: isize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let mut i = i.rem_euclid(period);
+    if i >= n as isize {
+        i = period - i;
+    }
+    i as usize
+}
+
 /// Zero-padding SciPy applies before the spline prefilter in `grid-constant` mode.
 const NPAD: usize = 12;
 /// Pole of the cubic B-spline prefilter, `sqrt(3) - 2`.
@@ -80,12 +102,14 @@ pub fn gaussian_kernel(sigma: f64) -> Vec<f64> {
 
 /// Correlates one line with a symmetric kernel, zero outside (SciPy `correlate1d`, symmetric
 /// branch: centre tap first, then pairs from the outermost inwards).
-fn gaussian_line(src: &[f64], dst: &mut [f64], k: &[f64]) {
+fn gaussian_line(src: &[f64], dst: &mut [f64], k: &[f64], mode: ResizeMode) {
     let r = k.len() / 2;
     let n = src.len() as isize;
     let at = |i: isize| {
         if i >= 0 && i < n {
             src[i as usize]
+        } else if mode == ResizeMode::Reflect {
+            src[mirror_index(i, src.len())]
         } else {
             0.0
         }
@@ -101,13 +125,13 @@ fn gaussian_line(src: &[f64], dst: &mut [f64], k: &[f64]) {
 }
 
 /// In-place gaussian along axis 0 (columns) of an `h x w` plane.
-fn gaussian_axis0(plane: &mut [f64], h: usize, w: usize, k: &[f64]) {
+fn gaussian_axis0(plane: &mut [f64], h: usize, w: usize, k: &[f64], mode: ResizeMode) {
     let cols: Vec<Vec<f64>> = (0..w)
         .into_par_iter()
         .map(|x| {
             let col: Vec<f64> = (0..h).map(|y| plane[y * w + x]).collect();
             let mut out = vec![0.0; h];
-            gaussian_line(&col, &mut out, k);
+            gaussian_line(&col, &mut out, k, mode);
             out
         })
         .collect();
@@ -119,10 +143,10 @@ fn gaussian_axis0(plane: &mut [f64], h: usize, w: usize, k: &[f64]) {
 }
 
 /// In-place gaussian along axis 1 (rows) of an `h x w` plane.
-fn gaussian_axis1(plane: &mut [f64], w: usize, k: &[f64]) {
+fn gaussian_axis1(plane: &mut [f64], w: usize, k: &[f64], mode: ResizeMode) {
     plane.par_chunks_mut(w).for_each(|row| {
         let src = row.to_vec();
-        gaussian_line(&src, row, k);
+        gaussian_line(&src, row, k, mode);
     });
 }
 
@@ -184,9 +208,22 @@ fn grid_coord(k: usize, n_in: usize, n_out: usize, npad: usize) -> f64 {
 }
 
 /// Resizes one `h x w` plane (already anti-alias filtered) with cubic B-splines.
-fn zoom_cubic_plane(plane: &[f64], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f64> {
-    let ph = h + 2 * NPAD;
-    let pw = w + 2 * NPAD;
+fn zoom_cubic_plane(
+    plane: &[f64],
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    mode: ResizeMode,
+) -> Vec<f64> {
+    // SciPy pads only for grid-constant; mirror works on the samples themselves.
+    let npad = if mode == ResizeMode::Constant {
+        NPAD
+    } else {
+        0
+    };
+    let ph = h + 2 * npad;
+    let pw = w + 2 * npad;
     let mut coef = vec![0.0f64; ph * pw];
     // axis 0: only the non-padded columns carry data (zero columns stay zero)
     let cols: Vec<Vec<f64>> = (0..w)
@@ -194,7 +231,7 @@ fn zoom_cubic_plane(plane: &[f64], h: usize, w: usize, out_h: usize, out_w: usiz
         .map(|x| {
             let mut line = vec![0.0f64; ph];
             for y in 0..h {
-                line[y + NPAD] = plane[y * w + x];
+                line[y + npad] = plane[y * w + x];
             }
             spline_prefilter_line(&mut line);
             line
@@ -202,21 +239,23 @@ fn zoom_cubic_plane(plane: &[f64], h: usize, w: usize, out_h: usize, out_w: usiz
         .collect();
     for (x, col) in cols.iter().enumerate() {
         for (y, v) in col.iter().enumerate() {
-            coef[y * pw + x + NPAD] = *v;
+            coef[y * pw + x + npad] = *v;
         }
     }
     // axis 1: every padded row
     coef.par_chunks_mut(pw).for_each(spline_prefilter_line);
 
     let ys: Vec<(isize, [f64; 4])> = (0..out_h)
-        .map(|k| cubic_weights(grid_coord(k, h, out_h, NPAD)))
+        .map(|k| cubic_weights(grid_coord(k, h, out_h, npad)))
         .collect();
     let xs: Vec<(isize, [f64; 4])> = (0..out_w)
-        .map(|k| cubic_weights(grid_coord(k, w, out_w, NPAD)))
+        .map(|k| cubic_weights(grid_coord(k, w, out_w, npad)))
         .collect();
     let tap = |idx: isize, len: usize| -> Option<usize> {
         if idx >= 0 && (idx as usize) < len {
             Some(idx as usize)
+        } else if mode == ResizeMode::Reflect {
+            Some(mirror_index(idx, len))
         } else {
             None
         }
@@ -259,6 +298,19 @@ pub fn resize_cubic_aa(
     out_h: usize,
     out_w: usize,
 ) -> Vec<f64> {
+    resize_cubic_aa_mode(src, h, w, channels, out_h, out_w, ResizeMode::Constant)
+}
+
+/// [`resize_cubic_aa`] with skimage's `mode` argument.
+pub fn resize_cubic_aa_mode(
+    src: &[f64],
+    h: usize,
+    w: usize,
+    channels: usize,
+    out_h: usize,
+    out_w: usize,
+    mode: ResizeMode,
+) -> Vec<f64> {
     assert_eq!(
         src.len(),
         h * w * channels,
@@ -274,26 +326,27 @@ pub fn resize_cubic_aa(
     for ch in 0..channels {
         let mut plane: Vec<f64> = src.iter().skip(ch).step_by(channels).copied().collect();
         if let Some(k) = &ky {
-            gaussian_axis0(&mut plane, h, w, k);
+            gaussian_axis0(&mut plane, h, w, k, mode);
         }
         if let Some(k) = &kx {
-            gaussian_axis1(&mut plane, w, k);
+            gaussian_axis1(&mut plane, w, k, mode);
         }
-        let res = zoom_cubic_plane(&plane, h, w, out_h, out_w);
+        let res = zoom_cubic_plane(&plane, h, w, out_h, out_w, mode);
         for (i, v) in res.into_iter().enumerate() {
             out[i * channels + ch] = v;
         }
     }
-    clip_like_skimage(src, &mut out);
+    clip_like_skimage(src, &mut out, mode);
     out
 }
 
 /// `_clip_warp_output(image, out, "constant", cval=0, clip=True)`.
-fn clip_like_skimage(input: &[f64], out: &mut [f64]) {
+fn clip_like_skimage(input: &[f64], out: &mut [f64], mode: ResizeMode) {
     let (mut lo, mut hi) = min_max(input);
     let (olo, ohi) = min_max(out);
     let cval = 0.0;
-    if !(lo <= cval && cval <= hi) && olo <= cval && cval <= ohi {
+    // Only mode "constant" lets cval widen the range.
+    if mode == ResizeMode::Constant && !(lo <= cval && cval <= hi) && olo <= cval && cval <= ohi {
         lo = lo.min(cval);
         hi = hi.max(cval);
     }
