@@ -29,6 +29,8 @@ const BQ: usize = 128;
 /// Maximum keys per score block (forward / backward).
 const BK_F: usize = 512;
 const BK_B: usize = 256;
+/// Query blocks per forward task.
+const FWD_GROUP: usize = 4;
 
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
@@ -40,23 +42,20 @@ fn q_block(nq: usize) -> usize {
     round_up(nq.div_ceil(nb), MA).max(MA)
 }
 
-/// Per-head 16-key panels: `src [bh, n, w]` → `[bh][n16/16][w][16]` (zero-padded keys).
-fn pack_panels(bh: usize, n: usize, w: usize, src: &[f32]) -> Vec<f32> {
+/// One head's 16-key panels: `src [n, w]` → `[n16/16][w][16]` (zero-padded keys).
+fn pack_panels(n: usize, w: usize, src: &[f32]) -> Vec<f32> {
     let np = n.div_ceil(L);
-    let mut out = vec![0.0f32; bh * np * w * L];
-    if w == 0 || n == 0 {
+    let mut out = vec![0.0f32; np * w * L];
+    if w == 0 {
         return out;
     }
-    out.par_chunks_mut(np * w * L)
-        .zip(src.par_chunks(n * w))
-        .for_each(|(o, s)| {
-            for (j, row) in s.chunks_exact(w).enumerate() {
-                let (p, l) = (j / L, j % L);
-                for (c, &x) in row.iter().enumerate() {
-                    o[(p * w + c) * L + l] = x;
-                }
-            }
-        });
+    for (j, row) in src.chunks_exact(w).take(n).enumerate() {
+        let (p, l) = (j / L, j % L);
+        let o = &mut out[p * w * L + l..];
+        for (c, &x) in row.iter().enumerate() {
+            o[c * L] = x;
+        }
+    }
     out
 }
 
@@ -78,7 +77,7 @@ fn pad_rows(
     out
 }
 
-/// Row-major `[bh, n, w]` with rows padded to `wp` columns (borrowed when `w == wp`).
+/// Row-major `[n, w]` with rows padded to `wp` columns (borrowed when `w == wp`).
 fn padded_cols(src: &[f32], w: usize, wp: usize) -> std::borrow::Cow<'_, [f32]> {
     if w == wp {
         return std::borrow::Cow::Borrowed(src);
@@ -318,9 +317,8 @@ unsafe fn bias_and_max(
     let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
     match bias {
         Some((rh, rw, kw)) => {
-            let mut j = j0;
+            let (mut j, mut jh, mut jw) = (j0, j0 / kw, j0 % kw);
             while j < j0 + bk {
-                let (jh, jw) = (j / kw, j % kw);
                 let run = (kw - jw).min(j0 + bk - j);
                 let hb = _mm512_set1_ps(rh[jh]);
                 let (sp, wp) = (s.add(j - j0), rw.as_ptr().add(jw));
@@ -335,6 +333,8 @@ unsafe fn bias_and_max(
                     t += L;
                 }
                 j += run;
+                jh += 1;
+                jw = 0;
             }
         }
         None => {
@@ -382,7 +382,7 @@ unsafe fn scale_row(x: *mut f32, n: usize, a: f32) {
     }
 }
 
-/// Shapes and packed operands shared by all tasks of one call.
+/// Shapes shared by all tasks of one call.
 struct Prep<'a> {
     nq: usize,
     nk: usize,
@@ -391,18 +391,12 @@ struct Prep<'a> {
     /// `d`, `dv` rounded up to 16.
     dp: usize,
     dvp: usize,
-    /// 16-key panels per head.
-    npan: usize,
-    /// K panels `[bh][npan][d][16]`.
-    kp: Vec<f32>,
-    /// V rows padded to `dvp` columns `[bh, nk, dvp]`.
-    vr: std::borrow::Cow<'a, [f32]>,
     bias: Option<RelPosBias<'a>>,
 }
 
 impl<'a> Prep<'a> {
-    fn new(dims: AttnDims, k: &'a [f32], v: &'a [f32], bias: Option<RelPosBias<'a>>) -> Self {
-        let AttnDims { bh, nq, nk, d, dv } = dims;
+    fn new(dims: AttnDims, bias: Option<RelPosBias<'a>>) -> Self {
+        let AttnDims { nq, nk, d, dv, .. } = dims;
         let (dp, dvp) = (round_up(d, L), round_up(dv, L));
         Prep {
             nq,
@@ -411,15 +405,8 @@ impl<'a> Prep<'a> {
             dv,
             dp,
             dvp,
-            npan: nk.div_ceil(L),
-            kp: pack_panels(bh, nk, d, k),
-            vr: padded_cols(v, dv, dvp),
             bias,
         }
-    }
-    fn kp_head(&self, b: usize) -> &[f32] {
-        let n = self.npan * self.d * L;
-        &self.kp[b * n..(b + 1) * n]
     }
     /// `(rel_h row, rel_w row, kw)` of query `i` of head `b`.
     fn bias_row(&self, b: usize, i: usize) -> Option<(&'a [f32], &'a [f32], usize)> {
@@ -434,10 +421,13 @@ impl<'a> Prep<'a> {
     }
 }
 
-/// Forward of rows `q0..q0+rows` of head `b`: writes `o [rows, dv]` and `ls [rows]`.
+/// Forward of rows `q0..q0+rows` of head `b`: writes `o [rows, dv]` and `ls [rows]`. `kp` is the
+/// head's K in panels, `vb` its V with rows padded to `dvp`.
 #[target_feature(enable = "avx512f")]
 unsafe fn fwd_block(
     p: &Prep,
+    kp: &[f32],
+    vb: &[f32],
     b: usize,
     q0: usize,
     q: &[f32],
@@ -455,8 +445,6 @@ unsafe fn fwd_block(
     let mut acc = vec![0.0f32; rows * dvp];
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0.0f32; rows];
-    let kp = p.kp_head(b);
-    let vb = &p.vr[b * nk * dvp..(b + 1) * nk * dvp];
     let mut j0 = 0;
     while j0 < nk {
         let bk = lds.min(nk - j0);
@@ -524,24 +512,44 @@ pub(super) fn attention_forward(
     if bh * nq == 0 {
         return;
     }
-    let p = Prep::new(dims, k, v, bias);
+    let p = Prep::new(dims, bias);
+    let (nk, d, dvp) = (p.nk, p.d, p.dvp);
     let qb = q_block(nq);
-    // Each task owns rows q0..q0+rows of head b: a contiguous range of out and lse.
+    // A task is a run of up to FWD_GROUP query blocks of one head; it packs that head's K and V
+    // once (cheap next to the blocks' arithmetic, and it stays in cache).
+    let gq = qb * FWD_GROUP;
     let tasks: Vec<(usize, usize, &mut [f32], &mut [f32])> = out
-        .chunks_mut(nq * dv.max(1))
+        .chunks_mut(nq * dv)
         .zip(lse.chunks_mut(nq))
         .enumerate()
         .flat_map(|(b, (o, l))| {
-            o.chunks_mut(qb * dv.max(1))
-                .zip(l.chunks_mut(qb))
+            o.chunks_mut(gq * dv)
+                .zip(l.chunks_mut(gq))
                 .enumerate()
-                .map(move |(t, (o, l))| (b, t * qb, o, l))
+                .map(move |(t, (o, l))| (b, t * gq, o, l))
         })
         .collect();
-    tasks.into_par_iter().for_each(|(b, q0, o, l)| {
-        // SAFETY: only called when AVX-512F is available (checked by the dispatcher).
-        unsafe { fwd_block(&p, b, q0, q, scale, o, l) }
+    tasks.into_par_iter().for_each(|(b, g0, o, l)| {
+        let kp = pack_panels(nk, d, &k[b * nk * d..(b + 1) * nk * d]);
+        let vb = padded_cols(&v[b * nk * dv..(b + 1) * nk * dv], dv, dvp);
+        for (t, (o, l)) in o.chunks_mut(qb * dv).zip(l.chunks_mut(qb)).enumerate() {
+            // SAFETY: only called when AVX-512F is available (checked by the dispatcher).
+            unsafe { fwd_block(&p, &kp, &vb, b, g0 + t * qb, q, scale, o, l) }
+        }
     });
+}
+
+/// `dst [n, w] = Σ parts [n, wp]` (columns `..w`), summed in the iterator's order.
+fn sum_parts<'a>(dst: &mut [f32], w: usize, mut parts: impl Iterator<Item = &'a [f32]>, wp: usize) {
+    let first = parts.next().expect("at least one group");
+    for (o, s) in dst.chunks_exact_mut(w).zip(first.chunks_exact(wp)) {
+        o.copy_from_slice(&s[..w]);
+    }
+    for p in parts {
+        for (o, s) in dst.chunks_exact_mut(w).zip(p.chunks_exact(wp)) {
+            o.iter_mut().zip(s).for_each(|(o, s)| *o += s);
+        }
+    }
 }
 
 /// `x [bh, nq, w]` → per head, per group, that group's rows.
@@ -587,9 +595,8 @@ unsafe fn bias_grad_row(
     drh: &mut [f32],
     drw: &mut [f32],
 ) {
-    let mut j = j0;
+    let (mut j, mut jh, mut jw) = (j0, j0 / kw, j0 % kw);
     while j < j0 + bk {
-        let (jh, jw) = (j / kw, j % kw);
         let run = (kw - jw).min(j0 + bk - j);
         let (dp, gp) = (ds.add(j - j0), drw.as_mut_ptr().add(jw));
         let mut sum = _mm512_setzero_ps();
@@ -604,6 +611,8 @@ unsafe fn bias_grad_row(
         }
         drh[jh] += _mm512_reduce_add_ps(sum);
         j += run;
+        jh += 1;
+        jw = 0;
     }
 }
 
@@ -612,8 +621,7 @@ unsafe fn bias_grad_row(
 #[target_feature(enable = "avx512f")]
 unsafe fn bwd_block(
     p: &Prep,
-    vp: &[f32],
-    kr: &[f32],
+    h: &BwdPack,
     b: usize,
     q0: usize,
     rows: usize,
@@ -654,9 +662,7 @@ unsafe fn bwd_block(
     let mut s = vec![0.0f32; rows_pad * lds];
     let mut dps = vec![0.0f32; rows_pad * lds];
     let mut dq = vec![0.0f32; rows * dp];
-    let kp = p.kp_head(b);
-    let vph = &vp[b * p.npan * dv * L..(b + 1) * p.npan * dv * L];
-    let krh = &kr[b * nk * dp..(b + 1) * nk * dp];
+    let (kp, vph, krh) = (&h.kp, &h.vp, &h.kr);
     let (kh, kw) = p.bias.map(|r| (r.kh, r.kw)).unwrap_or((0, 0));
     let drh = &mut g.drh[(q0 - goff) * kh..(q0 - goff + rows) * kh];
     let drw = &mut g.drw[(q0 - goff) * kw..(q0 - goff + rows) * kw];
@@ -761,6 +767,14 @@ unsafe fn bwd_block(
     }
 }
 
+/// One head's K and V in the layouts the backward reads: K and V in 16-key panels, K rows
+/// padded to `dp` columns.
+struct BwdPack<'a> {
+    kp: Vec<f32>,
+    vp: Vec<f32>,
+    kr: std::borrow::Cow<'a, [f32]>,
+}
+
 /// The read-only backward inputs.
 struct Inputs<'a> {
     q: &'a [f32],
@@ -822,10 +836,8 @@ pub(super) fn attention_backward(
         dv.fill(0.0);
         return;
     }
-    let p = Prep::new(dims, k, v, bias);
+    let p = Prep::new(dims, bias);
     let (dp, dvp) = (p.dp, p.dvp);
-    let vp = pack_panels(bh, nk, dvd, v);
-    let kr = padded_cols(k, d, dp);
     let inp = Inputs {
         q,
         out,
@@ -857,6 +869,12 @@ pub(super) fn attention_backward(
                 .enumerate()
                 .map(|(gi, (dq, (drh, drw)))| {
                     let mut g = GroupOut { dq, drh, drw };
+                    let kh_ = &k[b * nk * d..(b + 1) * nk * d];
+                    let pack = BwdPack {
+                        kp: pack_panels(nk, d, kh_),
+                        vp: pack_panels(nk, dvd, &v[b * nk * dvd..(b + 1) * nk * dvd]),
+                        kr: padded_cols(kh_, d, dp),
+                    };
                     let (mut pk, mut pv) = (vec![0.0f32; nk * dp], vec![0.0f32; nk * dvp]);
                     let goff = gb[gi] * qb;
                     for t in gb[gi]..gb[gi + 1] {
@@ -864,31 +882,15 @@ pub(super) fn attention_backward(
                         let rows = qb.min(nq - q0);
                         // SAFETY: only called when AVX-512F is available (checked by the dispatcher).
                         unsafe {
-                            bwd_block(
-                                &p, &vp, &kr, b, q0, rows, &inp, &mut pk, &mut pv, &mut g, goff,
-                            )
+                            bwd_block(&p, &pack, b, q0, rows, &inp, &mut pk, &mut pv, &mut g, goff)
                         };
                     }
                     (pk, pv)
                 })
                 .collect();
             // Fixed-order sum of the group partials.
-            for j in 0..nk {
-                for c in 0..d {
-                    let mut a = 0.0f32;
-                    for (pk, _) in &parts {
-                        a += pk[j * dp + c];
-                    }
-                    dkh[j * d + c] = a;
-                }
-                for c in 0..dvd {
-                    let mut a = 0.0f32;
-                    for (_, pv) in &parts {
-                        a += pv[j * dvp + c];
-                    }
-                    dvh[j * dvd + c] = a;
-                }
-            }
+            sum_parts(dkh, d, parts.iter().map(|p| &p.0[..]), dp);
+            sum_parts(dvh, dvd, parts.iter().map(|p| &p.1[..]), dvp);
         });
     let _ = &mut empty;
 }
