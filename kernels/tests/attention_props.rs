@@ -292,6 +292,43 @@ fn multi_block_shapes() {
             30,
             true,
         ),
+        // Bias rows longer than 32 (looked up by gather) and rows of whole 16-key chunks.
+        (
+            AttnDims {
+                bh: 1,
+                nq: 40,
+                nk: 3 * 40,
+                d: 16,
+                dv: 8,
+            },
+            3,
+            40,
+            true,
+        ),
+        (
+            AttnDims {
+                bh: 1,
+                nq: 33,
+                nk: 35 * 2,
+                d: 8,
+                dv: 8,
+            },
+            35,
+            2,
+            true,
+        ),
+        (
+            AttnDims {
+                bh: 2,
+                nq: 50,
+                nk: 40 * 16,
+                d: 16,
+                dv: 16,
+            },
+            40,
+            16,
+            true,
+        ),
         (
             AttnDims {
                 bh: 3,

@@ -32,6 +32,46 @@ const BK_B: usize = 256;
 /// Query blocks per forward task.
 const FWD_GROUP: usize = 4;
 
+/// A zeroed f32 buffer taken from a per-thread pool and returned to it on drop, so the many
+/// per-task buffers do not hit the allocator (and fresh pages) on every call.
+struct Scratch(Vec<f32>);
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers larger than this are freed rather than kept in the pool.
+const POOL_MAX_LEN: usize = 1 << 22;
+
+fn scratch(n: usize) -> Scratch {
+    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    v.clear();
+    v.resize(n, 0.0);
+    Scratch(v)
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() <= POOL_MAX_LEN {
+            let v = std::mem::take(&mut self.0);
+            POOL.with(|p| p.borrow_mut().push(v));
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
 }
@@ -43,9 +83,9 @@ fn q_block(nq: usize) -> usize {
 }
 
 /// One head's 16-key panels: `src [n, w]` → `[n16/16][w][16]` (zero-padded keys).
-fn pack_panels(n: usize, w: usize, src: &[f32]) -> Vec<f32> {
+fn pack_panels(n: usize, w: usize, src: &[f32]) -> Scratch {
     let np = n.div_ceil(L);
-    let mut out = vec![0.0f32; np * w * L];
+    let mut out = scratch(np * w * L);
     if w == 0 {
         return out;
     }
@@ -60,15 +100,8 @@ fn pack_panels(n: usize, w: usize, src: &[f32]) -> Vec<f32> {
 }
 
 /// `src [rows, w]` → `[rows_pad, wp]`, scaled, zero-padded.
-fn pad_rows(
-    src: &[f32],
-    rows: usize,
-    w: usize,
-    rows_pad: usize,
-    wp: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows_pad * wp];
+fn pad_rows(src: &[f32], rows: usize, w: usize, rows_pad: usize, wp: usize, scale: f32) -> Scratch {
+    let mut out = scratch(rows_pad * wp);
     if w > 0 {
         for (o, s) in out.chunks_exact_mut(wp).zip(src.chunks_exact(w)).take(rows) {
             o[..w].iter_mut().zip(s).for_each(|(o, &s)| *o = s * scale);
@@ -78,12 +111,28 @@ fn pad_rows(
 }
 
 /// Row-major `[n, w]` with rows padded to `wp` columns (borrowed when `w == wp`).
-fn padded_cols(src: &[f32], w: usize, wp: usize) -> std::borrow::Cow<'_, [f32]> {
+fn padded_cols(src: &[f32], w: usize, wp: usize) -> Rows<'_> {
     if w == wp {
-        return std::borrow::Cow::Borrowed(src);
+        return Rows::Borrowed(src);
     }
     let rows = src.len() / w;
-    std::borrow::Cow::Owned(pad_rows(src, rows, w, rows, wp, 1.0))
+    Rows::Owned(pad_rows(src, rows, w, rows, wp, 1.0))
+}
+
+/// Either the caller's rows or a padded copy.
+enum Rows<'a> {
+    Borrowed(&'a [f32]),
+    Owned(Scratch),
+}
+
+impl std::ops::Deref for Rows<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Rows::Borrowed(s) => s,
+            Rows::Owned(v) => v,
+        }
+    }
 }
 
 fn tail_mask(n: usize) -> __mmask16 {
@@ -304,8 +353,71 @@ unsafe fn mm_acc(
     }
 }
 
+/// Where the bias of each 16-key chunk of a key block comes from: for chunk `c`, lane `l`, key
+/// `j = j0 + 16c + l` has `jh = j / kw`, `jw = j % kw` (0 past the block end). Built once per key
+/// block, shared by all query rows.
+struct BiasIdx {
+    ih: Vec<[i32; L]>,
+    iw: Vec<[i32; L]>,
+}
+
+impl BiasIdx {
+    fn new(j0: usize, bk: usize, kw: usize) -> Self {
+        let n = bk.div_ceil(L);
+        let (mut ih, mut iw) = (vec![[0i32; L]; n], vec![[0i32; L]; n]);
+        for c in 0..n {
+            for l in 0..L {
+                let t = c * L + l;
+                if t < bk {
+                    ih[c][l] = ((j0 + t) / kw) as i32;
+                    iw[c][l] = ((j0 + t) % kw) as i32;
+                }
+            }
+        }
+        BiasIdx { ih, iw }
+    }
+}
+
+/// The bias terms of one query row for lanes with indices `idx`: a permute of the row held in
+/// (up to) two registers when it has at most 32 entries, a gather otherwise.
+#[derive(Clone, Copy)]
+enum Lookup {
+    Regs(__m512, __m512),
+    Gather(*const f32),
+}
+
+impl Lookup {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn new(row: &[f32]) -> Self {
+        let n = row.len();
+        if n <= 2 * L {
+            let lo = _mm512_maskz_loadu_ps(tail_mask(n), row.as_ptr());
+            let hi = if n > L {
+                _mm512_maskz_loadu_ps(tail_mask(n - L), row.as_ptr().add(L))
+            } else {
+                _mm512_setzero_ps()
+            };
+            Lookup::Regs(lo, hi)
+        } else {
+            Lookup::Gather(row.as_ptr())
+        }
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn get(self, idx: &[i32; L]) -> __m512 {
+        let iv = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        match self {
+            Lookup::Regs(lo, hi) => _mm512_permutex2var_ps(lo, iv, hi),
+            Lookup::Gather(p) => _mm512_i32gather_ps::<4>(iv, p),
+        }
+    }
+}
+
 /// Adds the rel-pos bias of keys `j0..j0+bk` to score row `s` (`s[j - j0]`), in SAM's order
-/// `(s + rel_h) + rel_w`, and returns the row maximum over those keys.
+/// `(s + rel_h) + rel_w`, and returns the row maximum over those keys. Every load and store is
+/// one whole 16-key chunk (`j0` is a multiple of 16), so nothing waits on a partially
+/// overlapping earlier store.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn bias_and_max(
@@ -313,10 +425,12 @@ unsafe fn bias_and_max(
     j0: usize,
     bk: usize,
     bias: Option<(&[f32], &[f32], usize)>,
+    idx: Option<&BiasIdx>,
 ) -> f32 {
     let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-    match bias {
-        Some((rh, rw, kw)) => {
+    match (bias, idx) {
+        (Some((rh, rw, kw)), _) if kw % L == 0 => {
+            // Each jh segment is a run of whole chunks.
             let (mut j, mut jh, mut jw) = (j0, j0 / kw, j0 % kw);
             while j < j0 + bk {
                 let run = (kw - jw).min(j0 + bk - j);
@@ -337,7 +451,18 @@ unsafe fn bias_and_max(
                 jw = 0;
             }
         }
-        None => {
+        (Some((rh, rw, _)), Some(idx)) => {
+            let (h, w) = (Lookup::new(rh), Lookup::new(rw));
+            for (c, (ih, iw)) in idx.ih.iter().zip(&idx.iw).enumerate() {
+                let m = tail_mask(bk - c * L);
+                let sp = s.add(c * L);
+                let sv = _mm512_maskz_loadu_ps(m, sp);
+                let v = _mm512_add_ps(_mm512_add_ps(sv, h.get(ih)), w.get(iw));
+                _mm512_mask_storeu_ps(sp, m, v);
+                mx = _mm512_mask_max_ps(mx, m, mx, v);
+            }
+        }
+        _ => {
             let mut t = 0;
             while t < bk {
                 let m = tail_mask(bk - t);
@@ -408,6 +533,12 @@ impl<'a> Prep<'a> {
             bias,
         }
     }
+    /// Bias lookup indices for keys `j0..j0+bk` (when the bias needs them).
+    fn bias_idx(&self, j0: usize, bk: usize) -> Option<BiasIdx> {
+        self.bias
+            .filter(|r| r.kw % L != 0)
+            .map(|r| BiasIdx::new(j0, bk, r.kw))
+    }
     /// `(rel_h row, rel_w row, kw)` of query `i` of head `b`.
     fn bias_row(&self, b: usize, i: usize) -> Option<(&'a [f32], &'a [f32], usize)> {
         self.bias.map(|r| {
@@ -441,10 +572,11 @@ unsafe fn fwd_block(
     let r0 = b * nq + q0;
     let qs = pad_rows(&q[r0 * d..(r0 + rows) * d], rows, d, rows_pad, dp, scale);
     let lds = BK_F.min(round_up(nk, L));
-    let mut s = vec![0.0f32; rows_pad * lds];
-    let mut acc = vec![0.0f32; rows * dvp];
-    let mut m = vec![f32::NEG_INFINITY; rows];
-    let mut l = vec![0.0f32; rows];
+    let mut s = scratch(rows_pad * lds);
+    let mut acc = scratch(rows * dvp);
+    let mut m = scratch(rows);
+    m.fill(f32::NEG_INFINITY);
+    let mut l = scratch(rows);
     let mut j0 = 0;
     while j0 < nk {
         let bk = lds.min(nk - j0);
@@ -459,9 +591,10 @@ unsafe fn fwd_block(
             s.as_mut_ptr(),
             lds,
         );
+        let idx = p.bias_idx(j0, bk);
         for i in 0..rows {
             let sr = s.as_mut_ptr().add(i * lds);
-            let mx = bias_and_max(sr, j0, bk, p.bias_row(b, q0 + i));
+            let mx = bias_and_max(sr, j0, bk, p.bias_row(b, q0 + i), idx.as_ref());
             let m_new = m[i].max(mx);
             let alpha = exp512(_mm512_set1_ps(m[i] - m_new));
             let alpha = _mm512_cvtss_f32(alpha);
@@ -584,7 +717,9 @@ struct GroupOut<'a> {
     drw: &'a mut [f32],
 }
 
-/// Accumulates `dS` of keys `j0..j0+bk` (row `ds`) into `drh [kh]`, `drw [kw]`.
+/// Accumulates `dS` of keys `j0..j0+bk` (row `ds`, `ds[j - j0]`) into `drh [kh]` (sums over
+/// `jw`) and `drw [kw]` (sums over `jh`). Reads only: the row is viewed as a `kh × kw` matrix
+/// (row stride `kw`) whose rows may be cut short at the block edges.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn bias_grad_row(
@@ -595,24 +730,45 @@ unsafe fn bias_grad_row(
     drh: &mut [f32],
     drw: &mut [f32],
 ) {
-    let (mut j, mut jh, mut jw) = (j0, j0 / kw, j0 % kw);
-    while j < j0 + bk {
-        let run = (kw - jw).min(j0 + bk - j);
-        let (dp, gp) = (ds.add(j - j0), drw.as_mut_ptr().add(jw));
-        let mut sum = _mm512_setzero_ps();
-        let mut t = 0;
-        while t < run {
-            let m = tail_mask(run - t);
-            let v = _mm512_maskz_loadu_ps(m, dp.add(t));
-            sum = _mm512_add_ps(sum, v);
-            let g = _mm512_maskz_loadu_ps(m, gp.add(t));
-            _mm512_mask_storeu_ps(gp.add(t), m, _mm512_add_ps(g, v));
-            t += L;
+    let j1 = j0 + bk;
+    let (h0, h1) = (j0 / kw, j1.div_ceil(kw));
+    // Valid jw range of segment jh.
+    let seg = |jh: usize| {
+        let lo = j0.max(jh * kw) - jh * kw;
+        let hi = j1.min((jh + 1) * kw) - jh * kw;
+        (lo, hi)
+    };
+    // Lanes c..c+16 of segment jh that are in the block.
+    let mask = |jh: usize, c: usize| -> __mmask16 {
+        let (lo, hi) = seg(jh);
+        if hi <= c || lo >= c + L {
+            return 0;
         }
-        drh[jh] += _mm512_reduce_add_ps(sum);
-        j += run;
-        jh += 1;
-        jw = 0;
+        let m = tail_mask(hi - c) as u32;
+        let below = if lo > c { (1u32 << (lo - c)) - 1 } else { 0 };
+        (m & !below) as __mmask16
+    };
+    // Masked-off lanes may lie outside the row; they are never accessed.
+    let at = |jh: usize, c: usize| ds.wrapping_add(jh * kw + c).wrapping_sub(j0);
+    let mut c = 0;
+    while c < kw {
+        let mut acc = _mm512_setzero_ps();
+        for jh in h0..h1 {
+            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask(jh, c), at(jh, c)));
+        }
+        let m = tail_mask(kw - c);
+        let g = drw.as_mut_ptr().add(c);
+        _mm512_mask_storeu_ps(g, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, g), acc));
+        c += L;
+    }
+    for jh in h0..h1 {
+        let mut acc = _mm512_setzero_ps();
+        let mut c = 0;
+        while c < kw {
+            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask(jh, c), at(jh, c)));
+            c += L;
+        }
+        drh[jh] += _mm512_reduce_add_ps(acc);
     }
 }
 
@@ -659,9 +815,9 @@ unsafe fn bwd_block(
         })
         .collect();
     let lds = BK_B.min(round_up(nk, L));
-    let mut s = vec![0.0f32; rows_pad * lds];
-    let mut dps = vec![0.0f32; rows_pad * lds];
-    let mut dq = vec![0.0f32; rows * dp];
+    let mut s = scratch(rows_pad * lds);
+    let mut dps = scratch(rows_pad * lds);
+    let mut dq = scratch(rows * dp);
     let (kp, vph, krh) = (&h.kp, &h.vp, &h.kr);
     let (kh, kw) = p.bias.map(|r| (r.kh, r.kw)).unwrap_or((0, 0));
     let drh = &mut g.drh[(q0 - goff) * kh..(q0 - goff + rows) * kh];
@@ -692,12 +848,13 @@ unsafe fn bwd_block(
             dps.as_mut_ptr(),
             lds,
         );
+        let idx = p.bias_idx(j0, bk);
         for i in 0..rows {
             let sr = s.as_mut_ptr().add(i * lds);
             let dr = dps.as_mut_ptr().add(i * lds);
             let br = p.bias_row(b, q0 + i);
             if br.is_some() {
-                bias_and_max(sr, j0, bk, br);
+                bias_and_max(sr, j0, bk, br, idx.as_ref());
             }
             let (lv, dd) = (_mm512_set1_ps(ls[i]), _mm512_set1_ps(dsum[i]));
             let mut c = 0;
@@ -709,9 +866,12 @@ unsafe fn bwd_block(
                 _mm512_mask_storeu_ps(dr.add(c), m, _mm512_mul_ps(pv, _mm512_sub_ps(dpv, dd)));
                 c += L;
             }
-            if br.is_some() {
+        }
+        // Rel-pos gradients in a separate read-only pass over the finished dS block.
+        if p.bias.is_some() {
+            for i in 0..rows {
                 bias_grad_row(
-                    dr,
+                    dps.as_ptr().add(i * lds),
                     j0,
                     bk,
                     kw,
@@ -770,9 +930,9 @@ unsafe fn bwd_block(
 /// One head's K and V in the layouts the backward reads: K and V in 16-key panels, K rows
 /// padded to `dp` columns.
 struct BwdPack<'a> {
-    kp: Vec<f32>,
-    vp: Vec<f32>,
-    kr: std::borrow::Cow<'a, [f32]>,
+    kp: Scratch,
+    vp: Scratch,
+    kr: Rows<'a>,
 }
 
 /// The read-only backward inputs.
@@ -863,7 +1023,7 @@ pub(super) fn attention_backward(
         .zip(dq_s.into_par_iter().zip(drh_s.into_par_iter().zip(drw_s)))
         .enumerate()
         .for_each(|(b, ((dkh, dvh), (dqg, (drhg, drwg))))| {
-            let parts: Vec<(Vec<f32>, Vec<f32>)> = dqg
+            let parts: Vec<(Scratch, Scratch)> = dqg
                 .into_par_iter()
                 .zip(drhg.into_par_iter().zip(drwg))
                 .enumerate()
@@ -875,7 +1035,7 @@ pub(super) fn attention_backward(
                         vp: pack_panels(nk, dvd, &v[b * nk * dvd..(b + 1) * nk * dvd]),
                         kr: padded_cols(kh_, d, dp),
                     };
-                    let (mut pk, mut pv) = (vec![0.0f32; nk * dp], vec![0.0f32; nk * dvp]);
+                    let (mut pk, mut pv) = (scratch(nk * dp), scratch(nk * dvp));
                     let goff = gb[gi] * qb;
                     for t in gb[gi]..gb[gi + 1] {
                         let q0 = t * qb;
