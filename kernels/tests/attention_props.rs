@@ -274,3 +274,170 @@ fn attention_gradient_finite_difference() {
         assert_close(&format!("fd d{name}"), an, &fd, 2e-3, 2e-3);
     }
 }
+
+#[test]
+fn multi_block_shapes() {
+    // Several query blocks, several key blocks (forward and backward), several dK/dV groups per
+    // head, a partial last block of each, and d/dv that are not multiples of the vector width.
+    for (dims, kh, kw, biased) in [
+        (
+            AttnDims {
+                bh: 1,
+                nq: 300,
+                nk: 600,
+                d: 24,
+                dv: 40,
+            },
+            20,
+            30,
+            true,
+        ),
+        // Bias rows longer than 32 (looked up by gather) and rows of whole 16-key chunks.
+        (
+            AttnDims {
+                bh: 1,
+                nq: 40,
+                nk: 3 * 40,
+                d: 16,
+                dv: 8,
+            },
+            3,
+            40,
+            true,
+        ),
+        (
+            AttnDims {
+                bh: 1,
+                nq: 33,
+                nk: 35 * 2,
+                d: 8,
+                dv: 8,
+            },
+            35,
+            2,
+            true,
+        ),
+        (
+            AttnDims {
+                bh: 2,
+                nq: 50,
+                nk: 40 * 16,
+                d: 16,
+                dv: 16,
+            },
+            40,
+            16,
+            true,
+        ),
+        (
+            AttnDims {
+                bh: 3,
+                nq: 270,
+                nk: 530,
+                d: 17,
+                dv: 17,
+            },
+            1,
+            530,
+            false,
+        ),
+        (
+            AttnDims {
+                bh: 2,
+                nq: 129,
+                nk: 7,
+                d: 16,
+                dv: 16,
+            },
+            1,
+            7,
+            false,
+        ),
+    ] {
+        compare(&Case::new(dims, kh, kw, biased, 5));
+    }
+}
+
+#[test]
+fn portable_path_matches_reference() {
+    let dims = AttnDims {
+        bh: 2,
+        nq: 70,
+        nk: 90,
+        d: 20,
+        dv: 12,
+    };
+    let c = Case::new(dims, 9, 10, true, 11);
+    let want = c.run(false);
+    let AttnDims { bh, nq, .. } = dims;
+    let mut out = vec![0.0; c.dout.len()];
+    let mut lse = vec![0.0; bh * nq];
+    attention::portable_impl::attention_forward(
+        dims,
+        &c.q,
+        &c.k,
+        &c.v,
+        c.scale,
+        c.bias(),
+        &mut out,
+        &mut lse,
+    );
+    let (mut dq, mut dk, mut dv) = (
+        vec![0.0; c.q.len()],
+        vec![0.0; c.k.len()],
+        vec![0.0; c.v.len()],
+    );
+    let (mut dh, mut dw) = (vec![0.0; c.rh.len()], vec![0.0; c.rw.len()]);
+    attention::portable_impl::attention_backward(
+        dims,
+        &c.q,
+        &c.k,
+        &c.v,
+        c.scale,
+        c.bias(),
+        &out,
+        &lse,
+        &c.dout,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        Some((&mut dh, &mut dw)),
+    );
+    let got = [out, lse, dq, dk, dv, dh, dw];
+    for i in 0..7 {
+        assert_close(&format!("portable {i}"), &got[i], &want[i], 2e-4, 2e-4);
+    }
+}
+
+#[test]
+fn bit_identical_across_thread_counts() {
+    // Training resume relies on run-to-run determinism: the fast path must not depend on the
+    // number of threads or on how rayon schedules the tasks.
+    let dims = AttnDims {
+        bh: 3,
+        nq: 400,
+        nk: 400,
+        d: 32,
+        dv: 32,
+    };
+    let c = Case::new(dims, 20, 20, true, 3);
+    let runs: Vec<[Vec<f32>; 7]> = [1, 2, 3, 2]
+        .iter()
+        .map(|&t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| c.run(true))
+        })
+        .collect();
+    for r in &runs[1..] {
+        for i in 0..7 {
+            let same = r[i]
+                .iter()
+                .zip(&runs[0][i])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "output {i} differs between thread counts");
+        }
+    }
+}

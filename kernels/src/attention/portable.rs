@@ -1,36 +1,13 @@
-//! Multi-head attention `softmax(q·kᵀ·scale + bias)·v`, computed in tiles with an online softmax so
-//! the `nq × nk` score matrix of all heads is never materialised. `bias` is SAM's decomposed
-//! relative position: for key index `j = jh*kw + jw`, `bias[i, j] = rel_h[i, jh] + rel_w[i, jw]`.
-//! The backward recomputes the scores tile by tile from q, k and the saved log-sum-exp.
-//!
-//! Fast path: work is split over (batch·head, block of `BQ` queries). K and V are copied once into
-//! transposed, zero-padded `[d, nk_pad]` panels so a score tile `BQ × BK` is a sequence of
-//! broadcast-FMA rank-1 updates held in registers (4 query rows × 64 keys). Following SAM, the
-//! scale is applied to q before the product and the bias is added unscaled: `s = (q·scale)·kᵀ + rh + rw`.
+//! Portable tiled attention (no explicit SIMD; auto-vectorised through `simd_dispatch`), used when
+//! AVX-512 is unavailable. Work is split over (batch·head, block of `BQ` queries). K and V are copied
+//! once into transposed, zero-padded `[d, nk_pad]` panels so a score tile `BQ × BK` is a sequence of
+//! broadcast-FMA rank-1 updates held in registers (4 query rows × 64 keys).
 
 #![allow(clippy::needless_range_loop)]
 
+use super::{check, AttnDims, RelPosBias};
 use crate::activation::simd::{dot_f32, exp_f32, max_f32, simd_dispatch, sum_f32};
 use rayon::prelude::*;
-
-/// Sizes: `bh` = batch × heads; q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, out `[bh, nq, dv]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnDims {
-    pub bh: usize,
-    pub nq: usize,
-    pub nk: usize,
-    pub d: usize,
-    pub dv: usize,
-}
-
-/// Decomposed relative-position bias: `rel_h [bh, nq, kh]`, `rel_w [bh, nq, kw]`, `kh*kw == nk`.
-#[derive(Clone, Copy, Debug)]
-pub struct RelPosBias<'a> {
-    pub rel_h: &'a [f32],
-    pub rel_w: &'a [f32],
-    pub kh: usize,
-    pub kw: usize,
-}
 
 /// Queries per task.
 const BQ: usize = 64;
@@ -38,19 +15,6 @@ const BQ: usize = 64;
 const BK: usize = 64;
 /// Query rows per register block.
 const RB: usize = 4;
-
-fn check(dims: &AttnDims, q: &[f32], k: &[f32], v: &[f32], bias: &Option<RelPosBias>) {
-    let AttnDims { bh, nq, nk, d, dv } = *dims;
-    assert!(nk > 0 && d > 0 && dv > 0, "attention needs nk, d, dv > 0");
-    assert_eq!(q.len(), bh * nq * d, "q");
-    assert_eq!(k.len(), bh * nk * d, "k");
-    assert_eq!(v.len(), bh * nk * dv, "v");
-    if let Some(b) = bias {
-        assert_eq!(b.kh * b.kw, nk, "rel-pos bias: kh*kw must equal nk");
-        assert_eq!(b.rel_h.len(), bh * nq * b.kh, "rel_h");
-        assert_eq!(b.rel_w.len(), bh * nq * b.kw, "rel_w");
-    }
-}
 
 /// `src [bh, n, d]` → `[bh, d, npad]`, zero-padded columns `n..npad`.
 fn transpose_pad(bh: usize, n: usize, d: usize, npad: usize, src: &[f32]) -> Vec<f32> {
@@ -452,12 +416,13 @@ pub fn attention_backward(
             let ktb = &kt[b * d * npad..(b + 1) * d * npad];
             let vtb = &vt[b * dvd * npad..(b + 1) * dvd * npad];
             let kb = &k[b * nk * d..(b + 1) * nk * d];
-            let zero = || (vec![0.0f32; nk * d], vec![0.0f32; nk * dvd]);
-            let (pk, pv) = dqb
+            // One (dK, dV) partial per query block, summed in block order: deterministic.
+            let parts: Vec<(Vec<f32>, Vec<f32>)> = dqb
                 .into_par_iter()
                 .zip(drhb.into_par_iter().zip(drwb))
                 .enumerate()
-                .fold(zero, |(mut pk, mut pv), (t, (dqt, (drht, drwt)))| {
+                .map(|(t, (dqt, (drht, drwt)))| {
+                    let (mut pk, mut pv) = (vec![0.0f32; nk * d], vec![0.0f32; nk * dvd]);
                     let q0 = t * BQ;
                     let rows = BQ.min(nq - q0);
                     let r0 = b * nq + q0;
@@ -498,153 +463,13 @@ pub fn attention_backward(
                     dqt.iter_mut().for_each(|x| *x *= scale);
                     (pk, pv)
                 })
-                .reduce(zero, |(mut a, mut b), (c, d)| {
-                    a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
-                    b.iter_mut().zip(&d).for_each(|(x, y)| *x += y);
-                    (a, b)
-                });
-            dkb.copy_from_slice(&pk);
-            dvb.copy_from_slice(&pv);
+                .collect();
+            dkb.fill(0.0);
+            dvb.fill(0.0);
+            for (pk, pv) in &parts {
+                dkb.iter_mut().zip(pk).for_each(|(x, y)| *x += y);
+                dvb.iter_mut().zip(pv).for_each(|(x, y)| *x += y);
+            }
         });
     let _ = &dummy;
-}
-
-/// Plain-loop oracles: the full score row is materialised per query, f64 accumulation.
-pub mod reference {
-    use super::{AttnDims, RelPosBias};
-
-    /// Probabilities of query `i` of head `b` (f64) and the log-sum-exp.
-    #[allow(clippy::too_many_arguments)]
-    fn probs(
-        dims: AttnDims,
-        q: &[f32],
-        k: &[f32],
-        scale: f32,
-        bias: &Option<RelPosBias>,
-        b: usize,
-        i: usize,
-    ) -> (Vec<f64>, f64) {
-        let AttnDims { nq, nk, d, .. } = dims;
-        let qi = &q[(b * nq + i) * d..(b * nq + i + 1) * d];
-        let mut s: Vec<f64> = (0..nk)
-            .map(|j| {
-                let kj = &k[(b * nk + j) * d..(b * nk + j + 1) * d];
-                let mut dot = 0.0f64;
-                for c in 0..d {
-                    dot += qi[c] as f64 * scale as f64 * kj[c] as f64;
-                }
-                if let Some(r) = bias {
-                    dot += r.rel_h[(b * nq + i) * r.kh + j / r.kw] as f64;
-                    dot += r.rel_w[(b * nq + i) * r.kw + j % r.kw] as f64;
-                }
-                dot
-            })
-            .collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = s.iter().map(|x| (x - m).exp()).sum();
-        for x in s.iter_mut() {
-            *x = (*x - m).exp() / sum;
-        }
-        (s, m + sum.ln())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_forward(
-        dims: AttnDims,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        scale: f32,
-        bias: Option<RelPosBias>,
-        out: &mut [f32],
-        lse: &mut [f32],
-    ) {
-        let AttnDims { bh, nq, nk, dv, .. } = dims;
-        for b in 0..bh {
-            for i in 0..nq {
-                let (p, l) = probs(dims, q, k, scale, &bias, b, i);
-                lse[b * nq + i] = l as f32;
-                for c in 0..dv {
-                    let mut acc = 0.0f64;
-                    for j in 0..nk {
-                        acc += p[j] * v[(b * nk + j) * dv + c] as f64;
-                    }
-                    out[(b * nq + i) * dv + c] = acc as f32;
-                }
-            }
-        }
-    }
-
-    /// Ignores `out` and `lse` (recomputes everything from q, k, v).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward(
-        dims: AttnDims,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        scale: f32,
-        bias: Option<RelPosBias>,
-        out: &[f32],
-        lse: &[f32],
-        dout: &[f32],
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
-        drel: Option<(&mut [f32], &mut [f32])>,
-    ) {
-        let _ = (out, lse);
-        let AttnDims {
-            bh,
-            nq,
-            nk,
-            d,
-            dv: dvd,
-        } = dims;
-        let mut gq = vec![0.0f64; dq.len()];
-        let mut gk = vec![0.0f64; dk.len()];
-        let mut gv = vec![0.0f64; dv.len()];
-        let (kh, kw) = bias.map(|r| (r.kh, r.kw)).unwrap_or((0, 0));
-        let mut gh = vec![0.0f64; bh * nq * kh];
-        let mut gw = vec![0.0f64; bh * nq * kw];
-        for b in 0..bh {
-            for i in 0..nq {
-                let (p, _) = probs(dims, q, k, scale, &bias, b, i);
-                let doi = &dout[(b * nq + i) * dvd..(b * nq + i + 1) * dvd];
-                let dp: Vec<f64> = (0..nk)
-                    .map(|j| {
-                        (0..dvd)
-                            .map(|c| doi[c] as f64 * v[(b * nk + j) * dvd + c] as f64)
-                            .sum()
-                    })
-                    .collect();
-                let dsum: f64 = (0..nk).map(|j| p[j] * dp[j]).sum();
-                for j in 0..nk {
-                    let ds = p[j] * (dp[j] - dsum);
-                    for c in 0..dvd {
-                        gv[(b * nk + j) * dvd + c] += p[j] * doi[c] as f64;
-                    }
-                    for c in 0..d {
-                        gq[(b * nq + i) * d + c] +=
-                            scale as f64 * ds * k[(b * nk + j) * d + c] as f64;
-                        gk[(b * nk + j) * d + c] +=
-                            scale as f64 * ds * q[(b * nq + i) * d + c] as f64;
-                    }
-                    if bias.is_some() {
-                        gh[(b * nq + i) * kh + j / kw] += ds;
-                        gw[(b * nq + i) * kw + j % kw] += ds;
-                    }
-                }
-            }
-        }
-        let put = |src: &[f64], dst: &mut [f32]| {
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s as f32)
-        };
-        put(&gq, dq);
-        put(&gk, dk);
-        put(&gv, dv);
-        if let Some((h, w)) = drel {
-            put(&gh, h);
-            put(&gw, w);
-        }
-    }
 }

@@ -1,0 +1,123 @@
+//! Attention fwd/bwd timing at SAM shapes: `cargo run --release -p medsam-kernels --example attn_bench -- [case] [reps]`.
+//! Prints median wall ms per call and GFLOP/s (fwd 4·bh·nq·nk·d, bwd 2.5× that).
+use medsam_kernels::attention::{self, AttnDims, RelPosBias};
+use std::time::Instant;
+
+fn vecr(n: usize, s: u32) -> Vec<f32> {
+    let mut x = s.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Process CPU time (user + system) in seconds, from /proc/self/stat (100 Hz ticks).
+fn cpu_time() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// (median wall s, mean CPU s) per call.
+fn med<F: FnMut()>(reps: usize, mut f: F) -> (f64, f64) {
+    f();
+    let c0 = cpu_time();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    let c = (cpu_time() - c0) / reps as f64;
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (t[reps / 2], c)
+}
+
+fn run(
+    name: &str,
+    bh: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+    kside: Option<(usize, usize)>,
+    reps: usize,
+) {
+    let dims = AttnDims {
+        bh,
+        nq,
+        nk,
+        d,
+        dv: d,
+    };
+    let (q, k, v) = (
+        vecr(bh * nq * d, 1),
+        vecr(bh * nk * d, 2),
+        vecr(bh * nk * d, 3),
+    );
+    let (kh, kw) = kside.unwrap_or((1, 1));
+    let (rh, rw) = (vecr(bh * nq * kh, 4), vecr(bh * nq * kw, 5));
+    let b = kside.map(|_| RelPosBias {
+        rel_h: &rh,
+        rel_w: &rw,
+        kh,
+        kw,
+    });
+    let mut out = vec![0.0; bh * nq * d];
+    let mut lse = vec![0.0; bh * nq];
+    let sc = (d as f32).powf(-0.5);
+    let fl = 4.0 * (bh * nq * nk * d) as f64;
+    let tf = med(reps, || {
+        attention::attention_forward(dims, &q, &k, &v, sc, b, &mut out, &mut lse)
+    });
+    let dout = vecr(bh * nq * d, 6);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let (mut dh, mut dw) = (vec![0.0; rh.len()], vec![0.0; rw.len()]);
+    let tb = med(reps, || {
+        let drel = kside.map(|_| (&mut dh[..], &mut dw[..]));
+        attention::attention_backward(
+            dims, &q, &k, &v, sc, b, &out, &lse, &dout, &mut dq, &mut dk, &mut dv, drel,
+        )
+    });
+    let ((tf, cf), (tb, cb)) = (tf, tb);
+    println!(
+        "{name:<10} fwd {:>8.2} ms {:>7.1} GF/s ({:>6.1} GF/cpu-s)   bwd {:>8.2} ms {:>7.1} GF/s ({:>6.1} GF/cpu-s)",
+        tf * 1e3,
+        fl / tf / 1e9,
+        fl / cf / 1e9,
+        tb * 1e3,
+        2.5 * fl / tb / 1e9,
+        2.5 * fl / cb / 1e9
+    );
+}
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_default();
+    let reps: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let sel = |n: &str| which.is_empty() || n.starts_with(&which);
+    if sel("global") {
+        run("global", 12, 4096, 4096, 64, Some((64, 64)), reps);
+    }
+    if sel("window") {
+        run("window", 300, 196, 196, 64, Some((14, 14)), reps);
+    }
+    if sel("xq") {
+        run("xq", 8, 4096, 7, 16, None, reps.max(20));
+    }
+    if sel("xk") {
+        run("xk", 8, 7, 4096, 16, None, reps.max(20));
+    }
+}

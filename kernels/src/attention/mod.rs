@@ -1,0 +1,245 @@
+//! Multi-head attention `softmax(q·kᵀ·scale + bias)·v`, computed in blocks with an online softmax so
+//! the `nq × nk` score matrix of all heads is never materialised (each task holds one
+//! `query block × key block` of scores). `bias` is SAM's decomposed relative position: for key
+//! index `j = jh*kw + jw`, `bias[i, j] = rel_h[i, jh] + rel_w[i, jw]`. The forward saves only the
+//! log-sum-exp; the backward recomputes the scores block by block from q, k and it.
+//!
+//! Following SAM, the scale is applied to q before the product and the bias is added unscaled:
+//! `s = (q·scale)·kᵀ + rh + rw`.
+//!
+//! Implementations: [`avx512`] (register-tiled micro-kernels, vectorised exp) when the CPU has
+//! AVX-512F, otherwise [`portable`]. Both are deterministic: the result does not depend on the
+//! number of threads or their scheduling.
+
+#![allow(clippy::needless_range_loop)]
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+
+/// Sizes: `bh` = batch × heads; q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, out `[bh, nq, dv]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub bh: usize,
+    pub nq: usize,
+    pub nk: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+/// Decomposed relative-position bias: `rel_h [bh, nq, kh]`, `rel_w [bh, nq, kw]`, `kh*kw == nk`.
+#[derive(Clone, Copy, Debug)]
+pub struct RelPosBias<'a> {
+    pub rel_h: &'a [f32],
+    pub rel_w: &'a [f32],
+    pub kh: usize,
+    pub kw: usize,
+}
+
+fn check(dims: &AttnDims, q: &[f32], k: &[f32], v: &[f32], bias: &Option<RelPosBias>) {
+    let AttnDims { bh, nq, nk, d, dv } = *dims;
+    assert!(nk > 0 && d > 0 && dv > 0, "attention needs nk, d, dv > 0");
+    assert_eq!(q.len(), bh * nq * d, "q");
+    assert_eq!(k.len(), bh * nk * d, "k");
+    assert_eq!(v.len(), bh * nk * dv, "v");
+    if let Some(b) = bias {
+        assert_eq!(b.kh * b.kw, nk, "rel-pos bias: kh*kw must equal nk");
+        assert_eq!(b.rel_h.len(), bh * nq * b.kh, "rel_h");
+        assert_eq!(b.rel_w.len(), bh * nq * b.kw, "rel_w");
+    }
+}
+
+fn use_avx512() -> bool {
+    cfg!(target_arch = "x86_64") && crate::cpu::features().avx512f
+}
+
+/// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    bias: Option<RelPosBias>,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512() {
+        return avx512::attention_forward(dims, q, k, v, scale, bias, out, lse);
+    }
+    portable::attention_forward(dims, q, k, v, scale, bias, out, lse)
+}
+
+/// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    bias: Option<RelPosBias>,
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    drel: Option<(&mut [f32], &mut [f32])>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512() {
+        return avx512::attention_backward(
+            dims, q, k, v, scale, bias, out, lse, dout, dq, dk, dv, drel,
+        );
+    }
+    portable::attention_backward(dims, q, k, v, scale, bias, out, lse, dout, dq, dk, dv, drel)
+}
+
+/// The portable implementation, forced (for tests on machines that would pick AVX-512).
+#[doc(hidden)]
+pub mod portable_impl {
+    pub use super::portable::{attention_backward, attention_forward};
+}
+
+/// Plain-loop oracles: the full score row is materialised per query, f64 accumulation.
+pub mod reference {
+    use super::{AttnDims, RelPosBias};
+
+    /// Probabilities of query `i` of head `b` (f64) and the log-sum-exp.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        scale: f32,
+        bias: &Option<RelPosBias>,
+        b: usize,
+        i: usize,
+    ) -> (Vec<f64>, f64) {
+        let AttnDims { nq, nk, d, .. } = dims;
+        let qi = &q[(b * nq + i) * d..(b * nq + i + 1) * d];
+        let mut s: Vec<f64> = (0..nk)
+            .map(|j| {
+                let kj = &k[(b * nk + j) * d..(b * nk + j + 1) * d];
+                let mut dot = 0.0f64;
+                for c in 0..d {
+                    dot += qi[c] as f64 * scale as f64 * kj[c] as f64;
+                }
+                if let Some(r) = bias {
+                    dot += r.rel_h[(b * nq + i) * r.kh + j / r.kw] as f64;
+                    dot += r.rel_w[(b * nq + i) * r.kw + j % r.kw] as f64;
+                }
+                dot
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        for x in s.iter_mut() {
+            *x = (*x - m).exp() / sum;
+        }
+        (s, m + sum.ln())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        let AttnDims { bh, nq, nk, dv, .. } = dims;
+        for b in 0..bh {
+            for i in 0..nq {
+                let (p, l) = probs(dims, q, k, scale, &bias, b, i);
+                lse[b * nq + i] = l as f32;
+                for c in 0..dv {
+                    let mut acc = 0.0f64;
+                    for j in 0..nk {
+                        acc += p[j] * v[(b * nk + j) * dv + c] as f64;
+                    }
+                    out[(b * nq + i) * dv + c] = acc as f32;
+                }
+            }
+        }
+    }
+
+    /// Ignores `out` and `lse` (recomputes everything from q, k, v).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &[f32],
+        lse: &[f32],
+        dout: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        drel: Option<(&mut [f32], &mut [f32])>,
+    ) {
+        let _ = (out, lse);
+        let AttnDims {
+            bh,
+            nq,
+            nk,
+            d,
+            dv: dvd,
+        } = dims;
+        let mut gq = vec![0.0f64; dq.len()];
+        let mut gk = vec![0.0f64; dk.len()];
+        let mut gv = vec![0.0f64; dv.len()];
+        let (kh, kw) = bias.map(|r| (r.kh, r.kw)).unwrap_or((0, 0));
+        let mut gh = vec![0.0f64; bh * nq * kh];
+        let mut gw = vec![0.0f64; bh * nq * kw];
+        for b in 0..bh {
+            for i in 0..nq {
+                let (p, _) = probs(dims, q, k, scale, &bias, b, i);
+                let doi = &dout[(b * nq + i) * dvd..(b * nq + i + 1) * dvd];
+                let dp: Vec<f64> = (0..nk)
+                    .map(|j| {
+                        (0..dvd)
+                            .map(|c| doi[c] as f64 * v[(b * nk + j) * dvd + c] as f64)
+                            .sum()
+                    })
+                    .collect();
+                let dsum: f64 = (0..nk).map(|j| p[j] * dp[j]).sum();
+                for j in 0..nk {
+                    let ds = p[j] * (dp[j] - dsum);
+                    for c in 0..dvd {
+                        gv[(b * nk + j) * dvd + c] += p[j] * doi[c] as f64;
+                    }
+                    for c in 0..d {
+                        gq[(b * nq + i) * d + c] +=
+                            scale as f64 * ds * k[(b * nk + j) * d + c] as f64;
+                        gk[(b * nk + j) * d + c] +=
+                            scale as f64 * ds * q[(b * nq + i) * d + c] as f64;
+                    }
+                    if bias.is_some() {
+                        gh[(b * nq + i) * kh + j / kw] += ds;
+                        gw[(b * nq + i) * kw + j % kw] += ds;
+                    }
+                }
+            }
+        }
+        let put = |src: &[f64], dst: &mut [f32]| {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s as f32)
+        };
+        put(&gq, dq);
+        put(&gk, dk);
+        put(&gv, dv);
+        if let Some((h, w)) = drel {
+            put(&gh, h);
+            put(&gw, w);
+        }
+    }
+}
