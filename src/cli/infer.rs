@@ -528,14 +528,16 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     }
     let model = match load_any_model(&a.model)? {
         AnyModel::Lite(m) => m,
-        AnyModel::Sam(_) => return Err(Error::arg(
-            "--checkpoint",
-            format!(
+        AnyModel::Sam(_) => {
+            return Err(Error::arg(
+                "--checkpoint",
+                format!(
                 "3D volumes ({}) are segmented with LiteMedSAM; {} holds a SAM/MedSAM (ViT) model",
                 path.display(),
                 a.model.checkpoint.display()
             ),
-        )),
+            ))
+        }
     };
     if a.precision != InferPrecision::F32 {
         return Err(Error::arg(
