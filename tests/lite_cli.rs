@@ -10,7 +10,6 @@
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
 use medsam::model::lite::{LiteConfig, LiteMedSam};
-use medsam::model::Module;
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
 use std::collections::BTreeMap;
