@@ -45,3 +45,73 @@ pub fn show(path: &Path) -> String {
     cwd.and_then(|c| path.strip_prefix(c).ok().map(|p| p.display().to_string()))
         .unwrap_or_else(|| path.display().to_string())
 }
+
+/// `--model-type` for commands that accept either model family: SAM's variants or `lite`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnyModelType {
+    #[value(name = "vit_b")]
+    VitB,
+    #[value(name = "vit_l")]
+    VitL,
+    #[value(name = "vit_h")]
+    VitH,
+    /// LiteMedSAM (TinyViT image encoder).
+    #[value(name = "lite")]
+    Lite,
+}
+
+impl AnyModelType {
+    /// The SAM variant, or `None` for `lite`.
+    pub fn sam(self) -> Option<ModelType> {
+        match self {
+            AnyModelType::VitB => Some(ModelType::VitB),
+            AnyModelType::VitL => Some(ModelType::VitL),
+            AnyModelType::VitH => Some(ModelType::VitH),
+            AnyModelType::Lite => None,
+        }
+    }
+}
+
+/// [`ModelArgs`] for commands that also take LiteMedSAM checkpoints (recognised from their keys).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AnyModelArgs {
+    /// Checkpoint: .pth (bare state dict or training checkpoint) or .safetensors; SAM/MedSAM (ViT)
+    /// or LiteMedSAM (TinyViT), told apart by its keys.
+    #[arg(short = 'c', long = "checkpoint")]
+    pub checkpoint: PathBuf,
+    /// vit_b | vit_l | vit_h | lite (optional; checked against the checkpoint).
+    #[arg(long = "model-type", value_enum)]
+    pub model_type: Option<AnyModelType>,
+    /// JSON file with the model's constructor arguments (SAM's, or LiteMedSAM's for a TinyViT
+    /// checkpoint); otherwise inferred from the checkpoint.
+    #[arg(long = "model-config")]
+    pub model_config: Option<PathBuf>,
+    /// cpu or npu:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Loads a SAM/MedSAM or LiteMedSAM model; `--model-type` must agree with the checkpoint.
+pub fn load_any_model(a: &AnyModelArgs) -> Result<medsam::weights::AnyModel> {
+    use medsam::weights::AnyModel;
+    let device = parse_device(&a.device)?;
+    let sam_type = a.model_type.and_then(AnyModelType::sam);
+    let (model, _report) = medsam::weights::load_any_model(
+        &a.checkpoint,
+        sam_type,
+        a.model_config.as_deref(),
+        device,
+    )?;
+    if a.model_type == Some(AnyModelType::Lite) {
+        if let AnyModel::Sam(_) = model {
+            return Err(medsam::Error::arg(
+                "--model-type",
+                format!(
+                    "lite does not match {}, which holds a SAM/MedSAM (ViT) model",
+                    a.checkpoint.display()
+                ),
+            ));
+        }
+    }
+    Ok(model)
+}

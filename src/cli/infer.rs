@@ -1,27 +1,40 @@
-//! `medsam infer`: MedSAM_Inference.py on an image and one or more boxes.
+//! `medsam infer`: MedSAM_Inference.py on an image and one or more boxes; with a LiteMedSAM
+//! checkpoint, CVPR24_LiteMedSAM_infer.py on 2D images and on 3D volumes (`.npz` in the challenge
+//! layout, or NIfTI with `--box3d`).
 
-use super::common::{load_model, show, ModelArgs};
-use medsam::infer::{check_box, read_input_image, InferPrecision, Predictor};
+use super::common::{load_any_model, show, AnyModelArgs};
+use medsam::infer::{check_box, read_input_image, InferPrecision, InputImage, Predictor};
+use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
+use medsam::model::lite::LiteMedSam;
+use medsam::model::Sam;
+use medsam::weights::AnyModel;
 use medsam::{Error, Result};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct InferArgs {
-    /// Input image: PNG/JPEG/BMP/TIFF (grey or RGB) or .npy (H×W×3 in [0, 1]).
+    /// Input image: PNG/JPEG/BMP/TIFF (grey or RGB) or .npy (H×W×3 in [0, 1]; uint8 0–255 too
+    /// for LiteMedSAM). With a LiteMedSAM checkpoint also a 3D volume: .npz (CVPR24 challenge
+    /// layout: `imgs` (D, H, W) uint8, `boxes` (N, 6)) or .nii/.nii.gz (with --box3d).
     #[arg(short = 'i', long = "data-path")]
     pub data_path: PathBuf,
     /// Output directory.
     #[arg(short = 'o', long = "seg-path", default_value = "assets/")]
     pub seg_path: PathBuf,
-    /// Box "[x0,y0,x1,y1]" in original-image pixels; repeat for several boxes.
-    #[arg(long = "box", required = true)]
+    /// Box "[x0,y0,x1,y1]" in original-image pixels (2D images); repeat for several boxes.
+    #[arg(long = "box")]
     pub boxes: Vec<String>,
+    /// 3D box "[x_min,y_min,z_min,x_max,y_max,z_max]" in voxels (volumes; LiteMedSAM only);
+    /// repeat for several objects (labels 1, 2, …). For .npz inputs it replaces the file's `boxes`.
+    #[arg(long = "box3d")]
+    pub boxes3d: Vec<String>,
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Also write the low-res mask logits (float32 [n_boxes, 1, 4g, 4g]) to this .npy.
+    pub model: AnyModelArgs,
+    /// Also write the low-res mask logits (float32 [n_boxes, 1, 4g, 4g]) to this .npy (2D only).
     #[arg(long)]
     pub logits: Option<PathBuf>,
-    /// Image-encoder precision.
+    /// Image-encoder precision (f32 only for LiteMedSAM).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
 }
@@ -37,7 +50,55 @@ pub fn parse_box(s: &str) -> Result<[f32; 4]> {
         .map_err(|_| Error::arg("--box", format!("'{s}' needs exactly 4 numbers")))
 }
 
+/// Whether the input is a 3D volume (`.npz`, `.nii`, `.nii.gz`) rather than a 2D image.
+pub fn is_volume_path(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    name.ends_with(".npz") || name.ends_with(".nii") || name.ends_with(".nii.gz")
+}
+
+/// The file name without its extension (both of `.nii.gz`).
+fn stem_of(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lower = name.to_ascii_lowercase();
+    let stem = if lower.ends_with(".nii.gz") {
+        &name[..name.len() - 7]
+    } else {
+        path.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(name.as_str())
+    };
+    if stem.is_empty() {
+        "image".into()
+    } else {
+        stem.into()
+    }
+}
+
 pub fn run(a: &InferArgs) -> Result<()> {
+    if is_volume_path(&a.data_path) {
+        return run_volume(a);
+    }
+    if !a.boxes3d.is_empty() {
+        return Err(Error::arg(
+            "--box3d",
+            format!(
+                "{} is a 2D image: give 2D boxes with --box [x0,y0,x1,y1]",
+                a.data_path.display()
+            ),
+        ));
+    }
+    if a.boxes.is_empty() {
+        return Err(Error::arg(
+            "--box",
+            "at least one box [x0,y0,x1,y1] is required for a 2D image",
+        ));
+    }
     let img = read_input_image(&a.data_path)?;
     let mut boxes = Vec::new();
     for s in &a.boxes {
@@ -47,41 +108,470 @@ pub fn run(a: &InferArgs) -> Result<()> {
         }
         boxes.push(checked.bbox);
     }
-    let model = load_model(&a.model)?;
+    match load_any_model(&a.model)? {
+        AnyModel::Sam(model) => run_sam_2d(a, &model, &img, &boxes),
+        AnyModel::Lite(model) => {
+            if a.precision != InferPrecision::F32 {
+                return Err(Error::arg(
+                    "--precision",
+                    "LiteMedSAM inference runs in f32 only",
+                ));
+            }
+            let u8img = lite_image(&a.data_path, &img)?;
+            run_lite_2d(a, &model, &u8img, &boxes)
+        }
+    }
+}
+
+/// Masks (union over boxes), the low-res logits of every box, and the seconds taken.
+struct Segmentation2d {
+    union: Vec<bool>,
+    logits: Vec<medsam::Tensor>,
+    secs: f64,
+}
+
+fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let predictor = Predictor::new(&model, &img, a.precision)?;
+    let predictor = Predictor::new(model, img, a.precision)?;
     let mut union = vec![false; img.h * img.w];
     let mut logits = Vec::new();
-    for b in &boxes {
+    for b in boxes {
         let p = predictor.predict_box(*b)?;
         union.iter_mut().zip(&p.mask).for_each(|(u, &m)| *u |= m);
         logits.push(p.low_res_logits);
     }
-    let secs = t0.elapsed().as_secs_f64();
+    let seg = Segmentation2d {
+        union,
+        logits,
+        secs: t0.elapsed().as_secs_f64(),
+    };
+    write_2d(a, (img.h, img.w), &display_rgb(img), boxes, seg)
+}
+
+fn run_lite_2d(a: &InferArgs, model: &LiteMedSam, img: &ImageU8, boxes: &[[f32; 4]]) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let predictor = LitePredictor::new(model, img)?;
+    let mut union = vec![false; img.h * img.w];
+    let mut logits = Vec::new();
+    for b in boxes {
+        let p = predictor.predict_box(b.map(|v| v as f64))?;
+        union.iter_mut().zip(&p.mask).for_each(|(u, &m)| *u |= m);
+        logits.push(p.low_res_logits);
+    }
+    let seg = Segmentation2d {
+        union,
+        logits,
+        secs: t0.elapsed().as_secs_f64(),
+    };
+    let rgb: Vec<u8> = if img.channels == 3 {
+        img.data.clone()
+    } else {
+        img.data.iter().flat_map(|&v| [v; 3]).collect()
+    };
+    write_2d(a, (img.h, img.w), &rgb, boxes, seg)
+}
+
+fn write_2d(
+    a: &InferArgs,
+    (h, w): (usize, usize),
+    rgb: &[u8],
+    boxes: &[[f32; 4]],
+    seg: Segmentation2d,
+) -> Result<()> {
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
-    let stem = a
-        .data_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    let seg = a.seg_path.join(format!("seg_{stem}.png"));
-    medsam::viz::save_mask_png(&seg, &union, img.h, img.w)
+    let stem = stem_of(&a.data_path);
+    let seg_png = a.seg_path.join(format!("seg_{stem}.png"));
+    medsam::viz::save_mask_png(&seg_png, &seg.union, h, w)
         .map_err(|e| Error::Other(e.to_string()))?;
-    let rgb = display_rgb(&img);
     let ub: Vec<[usize; 4]> = boxes.iter().map(|b| b.map(|v| v as usize)).collect();
     let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
-    medsam::viz::save_overlay_png(&overlay, &rgb, img.h, img.w, &union, &ub)
+    medsam::viz::save_overlay_png(&overlay, rgb, h, w, &seg.union, &ub)
         .map_err(|e| Error::Other(e.to_string()))?;
-    println!("segmentation: {}", show(&seg));
+    println!("segmentation: {}", show(&seg_png));
     println!("overlay:      {}", show(&overlay));
     if let Some(path) = &a.logits {
-        let parts: Vec<medsam::Tensor> = logits;
-        let all = medsam::Tensor::cat(&parts, 0)?;
+        let all = medsam::Tensor::cat(&seg.logits, 0)?;
         medsam::npy::write_npy_f32(path, all.shape(), &all.to_vec()?)
             .map_err(|e| Error::file(path, e.to_string()))?;
         println!("logits:       {} {:?}", show(path), all.shape());
     }
-    println!("{} box(es) in {secs:.2} s (encode + decode)", boxes.len());
+    println!(
+        "{} box(es) in {:.2} s (encode + decode)",
+        boxes.len(),
+        seg.secs
+    );
+    Ok(())
+}
+
+/// The uint8 image LiteMedSAM's pipeline starts from: image files as decoded (8-bit; 16-bit
+/// scaled to 0–255 and rounded); `.npy` uint8 arrays as stored, float arrays in [0, 1] times 255
+/// and in [0, 255] as they are, rounded to the nearest integer.
+pub fn lite_image(path: &Path, img: &InputImage) -> Result<ImageU8> {
+    let round = |v: &[f64]| -> Vec<u8> { v.iter().map(|&x| x.round() as u8).collect() };
+    if !img.is_npy {
+        return ImageU8::new(img.h, img.w, 3, round(&img.hwc));
+    }
+    let arr = medsam::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let channels = if arr.shape.len() == 3 { 3 } else { 1 };
+    if arr.is_u8() {
+        let data = arr.to_u8().map_err(|e| Error::file(path, e))?;
+        return ImageU8::new(img.h, img.w, channels, data);
+    }
+    let v = arr.to_f64();
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    if !(lo >= 0.0 && hi <= 255.0) {
+        return Err(Error::file(
+            path,
+            format!(
+                "LiteMedSAM needs a uint8 image: float values must lie in [0, 1] or [0, 255], found [{lo}, {hi}]"
+            ),
+        ));
+    }
+    let scale = if hi <= 1.0 { 255.0 } else { 1.0 };
+    let scaled: Vec<f64> = v.iter().map(|&x| x * scale).collect();
+    ImageU8::new(img.h, img.w, channels, round(&scaled))
+}
+
+/// Parses "[x_min,y_min,z_min,x_max,y_max,z_max]" (integers).
+pub fn parse_box3d(s: &str) -> Result<Box3d> {
+    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
+    let bad = || {
+        Error::arg(
+            "--box3d",
+            format!("'{s}' is not [x_min,y_min,z_min,x_max,y_max,z_max] (6 integers)"),
+        )
+    };
+    let v: Vec<i64> = inner
+        .split(',')
+        .map(|t| {
+            let x = t.trim().parse::<f64>().map_err(|_| bad())?;
+            if x.fract() != 0.0 || !x.is_finite() {
+                return Err(bad());
+            }
+            Ok(x as i64)
+        })
+        .collect::<Result<_>>()?;
+    <Box3d>::try_from(v).map_err(|_| bad())
+}
+
+/// Checks a 3D box against a `d × h × w` volume: an error when it is empty or lies wholly outside,
+/// clipped (with a warning) when it sticks out.
+pub fn check_box3d(
+    i: usize,
+    b: Box3d,
+    (d, h, w): (usize, usize, usize),
+) -> Result<(Box3d, Option<String>)> {
+    let [x0, y0, z0, x1, y1, z1] = b;
+    if x1 <= x0 || y1 <= y0 || z1 <= z0 {
+        return Err(Error::arg(
+            "boxes",
+            format!("box {i} {b:?} is empty: need x_min < x_max, y_min < y_max, z_min < z_max"),
+        ));
+    }
+    let (wi, hi, di) = (w as i64, h as i64, d as i64);
+    if x0 >= wi || y0 >= hi || z0 >= di || x1 <= 0 || y1 <= 0 || z1 <= 0 {
+        return Err(Error::arg(
+            "boxes",
+            format!(
+                "box {i} {b:?} lies outside the volume (x 0..{w}, y 0..{h}, z 0..{d}; the volume is D×H×W = {d}×{h}×{w})"
+            ),
+        ));
+    }
+    let c = [
+        x0.max(0),
+        y0.max(0),
+        z0.max(0),
+        x1.min(wi),
+        y1.min(hi),
+        z1.min(di),
+    ];
+    let warning = (c != b).then(|| {
+        format!("box {i} {b:?} extends outside the {d}×{h}×{w} (D×H×W) volume; clipped to {c:?}")
+    });
+    Ok((c, warning))
+}
+
+/// A uint8 `(D, H, W)` volume with its boxes (from the file, if any) and voxel spacing `(x, y, z)`.
+pub struct Volume {
+    pub shape: (usize, usize, usize),
+    pub data: Vec<u8>,
+    pub boxes: Option<Vec<Box3d>>,
+    pub spacing: [f64; 3],
+}
+
+fn npz_member(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    key: &str,
+) -> Result<Option<medsam::npy::NpyArray>> {
+    let name = format!("{key}.npy");
+    let mut f = match zip.by_name(&name) {
+        Ok(f) => f,
+        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+        Err(e) => return Err(Error::file(path, format!("{name}: {e}"))),
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::file(path, format!("{name}: {e}")))?;
+    let member = PathBuf::from(format!("{}:{name}", path.display()));
+    medsam::npy::parse_npy(&bytes, &member)
+        .map(Some)
+        .map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Reads a CVPR24 LiteMedSAM challenge `.npz`: `imgs` (D, H, W) uint8, optional `boxes` (N, 6)
+/// and `spacing` (3).
+pub fn read_npz_volume(path: &Path) -> Result<Volume> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
+    let keys: Vec<String> = zip
+        .file_names()
+        .map(|n| n.trim_end_matches(".npy").to_string())
+        .collect();
+    let imgs = npz_member(path, &mut zip, "imgs")?.ok_or_else(|| {
+        Error::file(
+            path,
+            format!(
+                "no `imgs` array (keys: {}); expected imgs (D, H, W) uint8",
+                keys.join(", ")
+            ),
+        )
+    })?;
+    let &[d, h, w] = imgs.shape.as_slice() else {
+        return Err(Error::file(
+            path,
+            format!(
+                "`imgs` has shape {:?}; a 3D volume needs (D, H, W)",
+                imgs.shape
+            ),
+        ));
+    };
+    if d == 0 || h == 0 || w == 0 {
+        return Err(Error::file(path, format!("`imgs` is empty: {d}×{h}×{w}")));
+    }
+    let data = imgs
+        .to_u8()
+        .map_err(|e| Error::file(path, format!("`imgs` must be uint8: {e}")))?;
+    let boxes = match npz_member(path, &mut zip, "boxes")? {
+        None => None,
+        Some(b) => {
+            let n = match b.shape.as_slice() {
+                &[n, 6] => n,
+                &[6] => 1,
+                s => {
+                    return Err(Error::file(
+                        path,
+                        format!("`boxes` has shape {s:?}; 3D boxes are (N, 6) [x_min, y_min, z_min, x_max, y_max, z_max]"),
+                    ))
+                }
+            };
+            let v = b.to_f64();
+            if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
+                return Err(Error::file(
+                    path,
+                    format!("`boxes` holds {x}; box coordinates must be integers"),
+                ));
+            }
+            Some(
+                (0..n)
+                    .map(|i| std::array::from_fn(|j| v[i * 6 + j] as i64))
+                    .collect(),
+            )
+        }
+    };
+    let spacing = match npz_member(path, &mut zip, "spacing")? {
+        Some(s) if s.len() == 3 => {
+            let v = s.to_f64();
+            [v[0], v[1], v[2]].map(|x| if x.is_finite() && x > 0.0 { x } else { 1.0 })
+        }
+        _ => [1.0; 3],
+    };
+    Ok(Volume {
+        shape: (d, h, w),
+        data,
+        boxes,
+        spacing,
+    })
+}
+
+/// Reads a NIfTI volume as uint8: values already integers in 0–255 as they are, anything else
+/// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
+pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
+    let v =
+        medsam::preprocess::nifti_io::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
+    let [d, h, w] = v.shape;
+    let integral = v
+        .data
+        .iter()
+        .all(|&x| x.fract() == 0.0 && (0.0..=255.0).contains(&x));
+    let data = if integral {
+        v.data.iter().map(|&x| x as u8).collect()
+    } else {
+        let (lo, hi) = v
+            .data
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        eprintln!(
+            "note: {} has values in [{lo}, {hi}], not uint8; min-max scaled to 0–255 (window CT first for LiteMedSAM's intensity convention)",
+            path.display()
+        );
+        let r = (hi - lo).max(1e-8);
+        v.data
+            .iter()
+            .map(|&x| ((x - lo) / r * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect()
+    };
+    Ok(Volume {
+        shape: (d, h, w),
+        data,
+        boxes: None,
+        spacing: v.spacing,
+    })
+}
+
+/// Writes `segs` (D, H, W) uint8 as a one-member `.npz` (`np.savez_compressed` layout).
+pub fn write_npz_segs(path: &Path, shape: (usize, usize, usize), segs: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp_npy = dir.join(format!(".segs.{}.npy", std::process::id()));
+    medsam::npy::write_npy_u8(&tmp_npy, &[shape.0, shape.1, shape.2], segs)
+        .map_err(|e| Error::file(&tmp_npy, e.to_string()))?;
+    let bytes = std::fs::read(&tmp_npy).map_err(|e| Error::io(&tmp_npy, e));
+    let _ = std::fs::remove_file(&tmp_npy);
+    let bytes = bytes?;
+    let tmp = dir.join(format!(".segs.{}.npz.part", std::process::id()));
+    let result = (|| -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&tmp)?);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(bytes.len() >= u32::MAX as usize);
+        z.start_file("segs.npy", opts)?;
+        z.write_all(&bytes)?;
+        z.finish()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, e.to_string())
+    })
+}
+
+fn run_volume(a: &InferArgs) -> Result<()> {
+    let path = &a.data_path;
+    if !a.boxes.is_empty() {
+        return Err(Error::arg(
+            "--box",
+            format!(
+                "{} is a 3D volume: give boxes with --box3d [x_min,y_min,z_min,x_max,y_max,z_max]",
+                path.display()
+            ),
+        ));
+    }
+    if a.logits.is_some() {
+        return Err(Error::arg("--logits", "applies to 2D images only"));
+    }
+    if !path.exists() {
+        return Err(Error::file(path, "no such file"));
+    }
+    let is_npz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    let vol = if is_npz {
+        read_npz_volume(path)?
+    } else {
+        read_nifti_volume(path)?
+    };
+    let raw_boxes: Vec<Box3d> = if !a.boxes3d.is_empty() {
+        if vol.boxes.is_some() {
+            eprintln!(
+                "note: --box3d replaces the `boxes` stored in {}",
+                path.display()
+            );
+        }
+        a.boxes3d
+            .iter()
+            .map(|s| parse_box3d(s))
+            .collect::<Result<_>>()?
+    } else if is_npz {
+        vol.boxes.clone().ok_or_else(|| {
+            Error::file(
+                path,
+                "no `boxes` array: the .npz needs boxes (N, 6) [x_min, y_min, z_min, x_max, y_max, z_max], or pass --box3d",
+            )
+        })?
+    } else {
+        return Err(Error::arg(
+            "--box3d",
+            format!(
+                "{} is a 3D volume: at least one --box3d [x_min,y_min,z_min,x_max,y_max,z_max] is required",
+                path.display()
+            ),
+        ));
+    };
+    if raw_boxes.is_empty() {
+        return Err(Error::file(path, "`boxes` is empty: nothing to segment"));
+    }
+    let mut boxes = Vec::new();
+    for (i, b) in raw_boxes.into_iter().enumerate() {
+        let (b, warning) = check_box3d(i, b, vol.shape)?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        boxes.push(b);
+    }
+    let model = match load_any_model(&a.model)? {
+        AnyModel::Lite(m) => m,
+        AnyModel::Sam(_) => {
+            return Err(Error::arg(
+                "--checkpoint",
+                format!(
+                "3D volumes ({}) are segmented with LiteMedSAM; {} holds a SAM/MedSAM (ViT) model",
+                path.display(),
+                a.model.checkpoint.display()
+            ),
+            ))
+        }
+    };
+    if a.precision != InferPrecision::F32 {
+        return Err(Error::arg(
+            "--precision",
+            "LiteMedSAM inference runs in f32 only",
+        ));
+    }
+    let (d, h, w) = vol.shape;
+    let t0 = std::time::Instant::now();
+    let mut slices = 0usize;
+    let segs = segment_volume(&model, &vol.data, vol.shape, &boxes, &mut |_, _| {
+        slices += 1
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
+    let stem = stem_of(path);
+    let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
+    medsam::preprocess::nifti_io::write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing)
+        .map_err(|e| Error::Other(e.to_string()))?;
+    println!(
+        "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
+        show(&nii),
+        boxes.len()
+    );
+    if is_npz {
+        let npz = a.seg_path.join(format!("seg_{stem}.npz"));
+        write_npz_segs(&npz, vol.shape, &segs)?;
+        println!("segmentation: {} (key `segs`)", show(&npz));
+    }
+    for label in 1..=boxes.len() {
+        let n = segs.iter().filter(|&&s| s as usize == label).count();
+        println!("label {label}: {n} voxels");
+    }
+    println!("{} box(es), {slices} slice(s) in {secs:.2} s", boxes.len());
     Ok(())
 }
 
