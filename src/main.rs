@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// The whole workflow on a generated CT phantom: preprocess, train, convert, evaluate.
     Demo(cli::demo::DemoArgs),
-    /// Segment an image with box prompts (MedSAM_Inference.py).
+    /// Segment an image (MedSAM_Inference.py) or, with a LiteMedSAM checkpoint, a 3D volume, from box prompts.
     Infer(cli::infer::InferArgs),
     /// Preprocess NIfTI CT/MR volumes into MedSAM's npy slices (utils/pre_CT_MR.py).
     Preprocess(cli::preprocess::PreprocessArgs),
