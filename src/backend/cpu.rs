@@ -362,17 +362,13 @@ impl Backend for CpuBackend {
         dy: &Storage,
         bias: bool,
     ) -> Result<ConvGrads> {
-        let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
-        let mut dx = vec![0.0; x.len()];
-        let mut dw = vec![0.0; w.len()];
-        let mut db = bias.then(|| vec![0.0; g.c_out]);
-        conv::conv2d_backward_input(g, w, dy, &mut dx);
-        conv::conv2d_backward_weight(g, x, dy, &mut dw, db.as_deref_mut());
-        Ok(ConvGrads {
-            dx: Storage::Cpu(dx),
-            dw: Storage::Cpu(dw),
-            dbias: db.map(Storage::Cpu),
-        })
+        conv_grads(
+            g,
+            (x, w, dy),
+            bias,
+            conv::conv2d_backward_input,
+            conv::conv2d_backward_weight,
+        )
     }
 
     fn conv_transpose2d(
@@ -397,17 +393,13 @@ impl Backend for CpuBackend {
         dy: &Storage,
         bias: bool,
     ) -> Result<ConvGrads> {
-        let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
-        let mut dx = vec![0.0; x.len()];
-        let mut dw = vec![0.0; w.len()];
-        let mut db = bias.then(|| vec![0.0; g.c_out]);
-        conv::conv_transpose2d_backward_input(g, w, dy, &mut dx);
-        conv::conv_transpose2d_backward_weight(g, x, dy, &mut dw, db.as_deref_mut());
-        Ok(ConvGrads {
-            dx: Storage::Cpu(dx),
-            dw: Storage::Cpu(dw),
-            dbias: db.map(Storage::Cpu),
-        })
+        conv_grads(
+            g,
+            (x, w, dy),
+            bias,
+            conv::conv_transpose2d_backward_input,
+            conv::conv_transpose2d_backward_weight,
+        )
     }
 
     fn layer_norm(
@@ -783,6 +775,31 @@ impl Backend for CpuBackend {
         adamw_update(p, param, grad, m, v);
         Ok(())
     }
+}
+
+/// The kernels' backward signatures for the input and the weight (+ bias) of a convolution.
+type ConvInputGrad = fn(Conv2dGeom, &[f32], &[f32], &mut [f32]);
+type ConvWeightGrad = fn(Conv2dGeom, &[f32], &[f32], &mut [f32], Option<&mut [f32]>);
+
+/// dx, dw and (optionally) dbias of a convolution through its two backward kernels.
+fn conv_grads(
+    g: Conv2dGeom,
+    (x, w, dy): (&Storage, &Storage, &Storage),
+    bias: bool,
+    input_grad: ConvInputGrad,
+    weight_grad: ConvWeightGrad,
+) -> Result<ConvGrads> {
+    let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; w.len()];
+    let mut db = bias.then(|| vec![0.0; g.c_out]);
+    input_grad(g, w, dy, &mut dx);
+    weight_grad(g, x, dy, &mut dw, db.as_deref_mut());
+    Ok(ConvGrads {
+        dx: Storage::Cpu(dx),
+        dw: Storage::Cpu(dw),
+        dbias: db.map(Storage::Cpu),
+    })
 }
 
 fn is_contiguous(v: &View) -> bool {
