@@ -3,6 +3,8 @@
 //! code. Backends work on whole buffers ([`Storage`]) plus explicit geometry; views, broadcasting
 //! and autograd live above this layer, in `tensor` and `ops`.
 
+#[cfg(feature = "ascend")]
+pub mod ascend;
 pub mod cpu;
 
 use crate::error::{Error, Result};
@@ -484,6 +486,14 @@ pub fn backend(device: Device) -> Result<Arc<dyn Backend>> {
     }
 }
 
+/// `npu:id`: the cached Ascend backend (feature `ascend`), or an error naming the device and why
+/// it cannot be used (runtime not found, no such device, built without the feature).
+#[cfg(feature = "ascend")]
+fn npu_backend(id: u32) -> Result<Arc<dyn Backend>> {
+    ascend::npu_backend(id)
+}
+
+#[cfg(not(feature = "ascend"))]
 fn npu_backend(id: u32) -> Result<Arc<dyn Backend>> {
     Err(Error::Device {
         device: format!("npu:{id}"),

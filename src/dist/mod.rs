@@ -6,6 +6,8 @@ use crate::error::{Error, Result};
 use half::{bf16, f16};
 use std::time::Duration;
 
+#[cfg(feature = "ascend")]
+pub mod hccl;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod selftest;

@@ -936,3 +936,5 @@ pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
     )
 }
 run_fn!(aclnnMul, "aclnnMul");
+
+mod extra;

@@ -1,0 +1,1146 @@
+//! The Ascend NPU backend (feature `ascend`): device memory from the per-device caching
+//! allocator of `medsam-ffi`, one ACL stream per device, and the aclnn operators of
+//! `medsam_ffi::ascend::Ops`. Methods without a device operator run the CPU kernels of
+//! `medsam_kernels` on host copies ("host fallback"); docs/ASCEND.md lists which is which.
+//!
+//! Ordering: all device work of a backend goes on its one stream, so operators see the
+//! results of earlier ones without extra synchronisation. Host copies are synchronous
+//! `aclrtMemcpy` that do not wait for the stream, so [`AscendBackend::upload`] synchronises
+//! the stream first (a cached block handed out again may still be read by queued work) and
+//! downloads synchronise through `DeviceBuffer::read`.
+//!
+//! Threads: every ffi wrapper binds the device context to the calling thread before its ACL
+//! calls, so any worker thread (rayon, data loaders) may use the backend.
+
+use super::*;
+use medsam_ffi::ascend::{
+    self as acl, AscendError, AscendRuntime, GeluApprox, Layout as AclLayout, Ops, TensorArg,
+};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Device memory of an [`AscendBackend`]: `len` f32 elements.
+pub struct NpuBuffer {
+    buf: acl::DeviceBuffer,
+    len: usize,
+    device: u32,
+}
+
+impl fmt::Debug for NpuBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "NpuBuffer {{ npu:{}, {} f32 at {:p} }}",
+            self.device,
+            self.len,
+            self.buf.as_ptr()
+        )
+    }
+}
+
+impl DeviceBuffer for NpuBuffer {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl NpuBuffer {
+    /// The underlying allocator block.
+    pub fn raw(&self) -> &acl::DeviceBuffer {
+        &self.buf
+    }
+}
+
+/// One NPU: its device (context + caching allocator) and stream.
+pub struct AscendBackend {
+    id: u32,
+    dev: acl::Device,
+    stream: acl::Stream,
+    /// Persistent one-element buffers used as broadcast constants (stride-0 views).
+    zero: acl::DeviceBuffer,
+    one: acl::DeviceBuffer,
+}
+
+static BACKENDS: Mutex<Option<HashMap<u32, Arc<AscendBackend>>>> = Mutex::new(None);
+
+/// Maps an ffi error to the library's error, naming the device.
+fn dev_err(id: u32) -> impl Fn(AscendError) -> Error {
+    move |e| Error::Device {
+        device: format!("npu:{id}"),
+        detail: e.to_string(),
+    }
+}
+
+fn i64s(v: &[usize]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}
+
+fn lay(dims: &[usize], strides: &[usize], offset: usize) -> AclLayout {
+    AclLayout {
+        dims: i64s(dims),
+        strides: i64s(strides),
+        offset: offset as i64,
+    }
+}
+
+fn contig(dims: &[usize]) -> AclLayout {
+    AclLayout::contiguous(&i64s(dims))
+}
+
+/// A stride-0 view of a one-element buffer, seen with `dims`.
+fn bcast(dims: &[usize]) -> AclLayout {
+    lay(dims, &vec![0; dims.len()], 0)
+}
+
+/// Whether no two indices of the view reach the same element.
+fn non_overlapping(v: &View) -> bool {
+    let mut d: Vec<(usize, usize)> = v
+        .shape
+        .iter()
+        .zip(&v.strides)
+        .filter(|(&s, _)| s > 1)
+        .map(|(&s, &st)| (st, s))
+        .collect();
+    d.sort_unstable();
+    let mut need = 1;
+    for (st, s) in d {
+        if st < need {
+            return false;
+        }
+        need = st * s;
+    }
+    true
+}
+
+impl AscendBackend {
+    /// The cached backend of `npu:id`, created on first use.
+    pub fn shared(id: u32) -> Result<Arc<AscendBackend>> {
+        let mut g = BACKENDS.lock().unwrap_or_else(|e| e.into_inner());
+        let map = g.get_or_insert_with(HashMap::new);
+        if let Some(b) = map.get(&id) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(Self::create(id)?);
+        map.insert(id, b.clone());
+        Ok(b)
+    }
+
+    fn create(id: u32) -> Result<AscendBackend> {
+        let err = dev_err(id);
+        let rt = AscendRuntime::load().map_err(&err)?;
+        let count = rt.device_count().map_err(&err)?;
+        if id >= count {
+            return Err(Error::Device {
+                device: format!("npu:{id}"),
+                detail: format!("no such device: the Ascend runtime reports {count} device(s)"),
+            });
+        }
+        let dev = rt.device(id as i32).map_err(&err)?;
+        let stream = dev.stream().map_err(&err)?;
+        let zero = dev.upload(&[0f32]).map_err(&err)?;
+        let one = dev.upload(&[1f32]).map_err(&err)?;
+        Ok(AscendBackend {
+            id,
+            dev,
+            stream,
+            zero,
+            one,
+        })
+    }
+
+    /// The ffi device (context, allocator) of this backend.
+    pub fn ascend_device(&self) -> &acl::Device {
+        &self.dev
+    }
+
+    /// The stream all of this backend's work is enqueued on.
+    pub fn stream(&self) -> &acl::Stream {
+        &self.stream
+    }
+
+    /// Waits for all queued work (asynchronous device faults surface here).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(self.err())
+    }
+
+    fn err(&self) -> impl Fn(AscendError) -> Error {
+        dev_err(self.id)
+    }
+
+    fn ops(&self) -> Ops<'_> {
+        Ops::new(&self.stream)
+    }
+
+    /// The allocator block behind a storage of this device.
+    fn buf<'a>(&self, s: &'a Storage) -> Result<&'a acl::DeviceBuffer> {
+        match s {
+            Storage::Device(d) => match d.as_any().downcast_ref::<NpuBuffer>() {
+                Some(b) if b.device == self.id => Ok(&b.buf),
+                Some(b) => Err(Error::Device {
+                    device: format!("npu:{}", self.id),
+                    detail: format!("got a buffer of npu:{}", b.device),
+                }),
+                None => Err(Error::Device {
+                    device: format!("npu:{}", self.id),
+                    detail: format!("got a buffer of another device type: {d:?}"),
+                }),
+            },
+            Storage::Cpu(_) => Err(Error::Device {
+                device: format!("npu:{}", self.id),
+                detail: "expected an NPU buffer, found a CPU buffer".into(),
+            }),
+        }
+    }
+
+    fn alloc(&self, n: usize) -> Result<acl::DeviceBuffer> {
+        self.dev.alloc_elems::<f32>(n).map_err(self.err())
+    }
+
+    fn wrap(&self, buf: acl::DeviceBuffer, len: usize) -> Storage {
+        Storage::Device(Box::new(NpuBuffer {
+            buf,
+            len,
+            device: self.id,
+        }))
+    }
+
+    fn input<'a>(&self, b: &'a acl::DeviceBuffer, l: AclLayout) -> Result<TensorArg<'a>> {
+        TensorArg::input::<f32>(b, l).map_err(self.err())
+    }
+
+    fn host_in(&self, s: &Storage) -> Result<Vec<f32>> {
+        self.download(s)
+    }
+
+    /// `out[dims] = a[la] + alpha · b[lb]` into a fresh contiguous buffer.
+    fn add_views(
+        &self,
+        a: (&acl::DeviceBuffer, AclLayout),
+        b: (&acl::DeviceBuffer, AclLayout),
+        alpha: f32,
+        dims: &[usize],
+    ) -> Result<Storage> {
+        let n: usize = dims.iter().product();
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
+            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
+            self.ops().add(&ta, &tb, alpha, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    /// `out[dims] = a[la] · b[lb]` into a fresh contiguous buffer.
+    fn mul_views(
+        &self,
+        a: (&acl::DeviceBuffer, AclLayout),
+        b: (&acl::DeviceBuffer, AclLayout),
+        dims: &[usize],
+    ) -> Result<Storage> {
+        let n: usize = dims.iter().product();
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
+            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
+            self.ops().mul(&ta, &tb, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    /// `s · x` (as `0 + s·x` through aclnnAdd's alpha).
+    fn scaled(&self, x: &acl::DeviceBuffer, n: usize, s: f32) -> Result<Storage> {
+        self.add_views((&self.zero, bcast(&[n])), (x, contig(&[n])), s, &[n])
+    }
+
+    /// A contiguous copy of a view (`x · 1`, exact).
+    fn copy_view(&self, x: &acl::DeviceBuffer, l: AclLayout, dims: &[usize]) -> Result<Storage> {
+        self.mul_views((x, l), (&self.one, bcast(dims)), dims)
+    }
+
+    /// Batched matmul `out[b] = a[b] · m[b]` with 3-D layouts; `out` contiguous `[batch, m, n]`.
+    fn bmm(
+        &self,
+        a: (&acl::DeviceBuffer, AclLayout),
+        m: (&acl::DeviceBuffer, AclLayout),
+        out_dims: [usize; 3],
+    ) -> Result<Storage> {
+        let n: usize = out_dims.iter().product();
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let (ta, tm) = (self.input(a.0, a.1)?, self.input(m.0, m.1)?);
+            let to = TensorArg::output::<f32>(&mut out, contig(&out_dims)).map_err(self.err())?;
+            self.ops().batch_matmul(&ta, &tm, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    /// Sums `[a, r, b]` (contiguous) over `r` with a ones-vector matmul: `[a, 1, b]`.
+    fn reduce_middle(
+        &self,
+        x: &acl::DeviceBuffer,
+        a: usize,
+        r: usize,
+        b: usize,
+    ) -> Result<Storage> {
+        let n = a * b;
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let ones = self.input(&self.one, bcast(&[a, 1, r]))?;
+            let tx = self.input(x, contig(&[a, r, b]))?;
+            let to = TensorArg::output::<f32>(&mut out, contig(&[a, 1, b])).map_err(self.err())?;
+            if r == 0 {
+                drop(to);
+                out.fill_bytes_async(0, &self.stream).map_err(self.err())?;
+            } else {
+                self.ops()
+                    .batch_matmul(&ones, &tx, &to)
+                    .map_err(self.err())?;
+            }
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    /// Host fallback: run `f` on host copies and upload its outputs.
+    fn on_host<const N: usize>(
+        &self,
+        inputs: [&Storage; N],
+        f: impl FnOnce([Vec<f32>; N]) -> Result<Storage>,
+    ) -> Result<Storage> {
+        let mut v: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        for (d, s) in v.iter_mut().zip(inputs) {
+            *d = self.host_in(s)?;
+        }
+        f(v)
+    }
+
+    fn cpu() -> Arc<dyn Backend> {
+        cpu::CpuBackend::shared()
+    }
+
+    /// Uploads every CPU storage of a CPU-backend result.
+    fn up(&self, s: Storage) -> Result<Storage> {
+        match s {
+            Storage::Cpu(v) => self.upload(&v),
+            d => Ok(d),
+        }
+    }
+
+    /// `[n, a, b]` → `[n, b, a]` as a contiguous copy.
+    fn swap_last2(&self, x: &acl::DeviceBuffer, n: usize, a: usize, b: usize) -> Result<Storage> {
+        self.copy_view(x, lay(&[n, b, a], &[a * b, 1, b], 0), &[n, b, a])
+    }
+
+    /// Conv geometry of the conv2d whose input gradient is `conv_transpose2d(g)`.
+    fn adjoint_geom(g: Conv2dGeom) -> Conv2dGeom {
+        let (oh, ow) = g.transpose_out_hw();
+        Conv2dGeom {
+            n: g.n,
+            c_in: g.c_out,
+            h: oh,
+            w: ow,
+            c_out: g.c_in,
+            ..g
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bwd_raw(
+        &self,
+        g: Conv2dGeom,
+        x: &acl::DeviceBuffer,
+        w: &acl::DeviceBuffer,
+        dy: &acl::DeviceBuffer,
+        want_dx: bool,
+        want_dw: bool,
+        want_db: bool,
+    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)> {
+        let (oh, ow) = g.out_hw();
+        let xd = [g.n, g.c_in, g.h, g.w];
+        let wd = [g.c_out, g.c_in / g.groups, g.kh, g.kw];
+        let yd = [g.n, g.c_out, oh, ow];
+        let (nx, nw, nb) = (
+            xd.iter().product::<usize>(),
+            wd.iter().product::<usize>(),
+            g.c_out,
+        );
+        let mut dx = want_dx.then(|| self.alloc(nx)).transpose()?;
+        let mut dw = want_dw.then(|| self.alloc(nw)).transpose()?;
+        let mut db = want_db.then(|| self.alloc(nb)).transpose()?;
+        {
+            let tdy = self.input(dy, contig(&yd))?;
+            let tx = self.input(x, contig(&xd))?;
+            let tw = self.input(w, contig(&wd))?;
+            let e = self.err();
+            let gx = dx
+                .as_mut()
+                .map(|b| TensorArg::output::<f32>(b, contig(&xd)))
+                .transpose()
+                .map_err(&e)?;
+            let gw = dw
+                .as_mut()
+                .map(|b| TensorArg::output::<f32>(b, contig(&wd)))
+                .transpose()
+                .map_err(&e)?;
+            let gb = db
+                .as_mut()
+                .map(|b| TensorArg::output::<f32>(b, contig(&[nb])))
+                .transpose()
+                .map_err(&e)?;
+            self.ops()
+                .conv2d_backward(
+                    &tdy,
+                    &tx,
+                    &tw,
+                    &[g.c_out as i64],
+                    [g.stride.0 as i64, g.stride.1 as i64],
+                    [g.pad.0 as i64, g.pad.1 as i64],
+                    [1, 1],
+                    g.groups as i32,
+                    gx.as_ref(),
+                    gw.as_ref(),
+                    gb.as_ref(),
+                )
+                .map_err(&e)?;
+        }
+        Ok((
+            dx.map(|b| self.wrap(b, nx)),
+            dw.map(|b| self.wrap(b, nw)),
+            db.map(|b| self.wrap(b, nb)),
+        ))
+    }
+
+    fn conv_fwd_raw(
+        &self,
+        g: Conv2dGeom,
+        x: &acl::DeviceBuffer,
+        w: &acl::DeviceBuffer,
+        bias: Option<&acl::DeviceBuffer>,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.out_hw();
+        let yd = [g.n, g.c_out, oh, ow];
+        let n: usize = yd.iter().product();
+        let mut y = self.alloc(n)?;
+        {
+            let tx = self.input(x, contig(&[g.n, g.c_in, g.h, g.w]))?;
+            let tw = self.input(w, contig(&[g.c_out, g.c_in / g.groups, g.kh, g.kw]))?;
+            let tb = bias
+                .map(|b| self.input(b, contig(&[g.c_out])))
+                .transpose()?;
+            let to = TensorArg::output::<f32>(&mut y, contig(&yd)).map_err(self.err())?;
+            self.ops()
+                .conv2d(
+                    &tx,
+                    &tw,
+                    tb.as_ref(),
+                    [g.stride.0 as i64, g.stride.1 as i64],
+                    [g.pad.0 as i64, g.pad.1 as i64],
+                    [1, 1],
+                    g.groups as i64,
+                    &to,
+                )
+                .map_err(self.err())?;
+        }
+        Ok(self.wrap(y, n))
+    }
+
+    /// Per-channel sum of `[n, c, hw]`: `[c]`.
+    fn channel_sum(&self, x: &acl::DeviceBuffer, n: usize, c: usize, hw: usize) -> Result<Storage> {
+        let per_plane = self.reduce_middle(x, n * c, hw, 1)?; // [n*c]
+        self.reduce_middle(self.buf(&per_plane)?, 1, n, c)
+    }
+}
+
+impl Backend for AscendBackend {
+    fn device(&self) -> Device {
+        Device::Npu(self.id)
+    }
+
+    fn upload(&self, host: &[f32]) -> Result<Storage> {
+        // A cached block may still be used by queued work: let the stream drain first.
+        self.synchronize()?;
+        let b = self.dev.upload(host).map_err(self.err())?;
+        Ok(self.wrap(b, host.len()))
+    }
+
+    fn download(&self, s: &Storage) -> Result<Vec<f32>> {
+        if let Storage::Cpu(v) = s {
+            return Ok(v.clone());
+        }
+        let b = self.buf(s)?;
+        b.read::<f32>(&self.stream, s.len()).map_err(self.err())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Storage> {
+        let mut b = self.alloc(len)?;
+        if len > 0 {
+            b.fill_bytes_async(0, &self.stream).map_err(self.err())?;
+        }
+        Ok(self.wrap(b, len))
+    }
+
+    fn fill(&self, len: usize, value: f32) -> Result<Storage> {
+        if value.to_bits() == 0 {
+            return self.zeros(len);
+        }
+        // 0 + value · 1, both operands broadcast constants.
+        self.add_views(
+            (&self.zero, bcast(&[len])),
+            (&self.one, bcast(&[len])),
+            value,
+            &[len],
+        )
+    }
+
+    fn materialize(&self, s: &Storage, view: &View) -> Result<Storage> {
+        let b = self.buf(s)?;
+        self.copy_view(b, lay(&view.shape, &view.strides, view.offset), &view.shape)
+    }
+
+    fn scatter_into_zeros(&self, src: &Storage, view: &View, len: usize) -> Result<Storage> {
+        if !non_overlapping(view) {
+            // Overlapping targets accumulate: host fallback.
+            let host = self.host_in(src)?;
+            let r = Self::cpu().scatter_into_zeros(&Storage::Cpu(host), view, len)?;
+            return self.up(r);
+        }
+        let s = self.buf(src)?;
+        let mut out = self.alloc(len)?;
+        if len > 0 {
+            out.fill_bytes_async(0, &self.stream).map_err(self.err())?;
+        }
+        if view.shape.iter().product::<usize>() > 0 {
+            // Write `src · 1` through the strided view of the zeroed buffer.
+            let ts = self.input(s, contig(&view.shape))?;
+            let one = self.input(&self.one, bcast(&view.shape))?;
+            let to =
+                TensorArg::output::<f32>(&mut out, lay(&view.shape, &view.strides, view.offset))
+                    .map_err(self.err())?;
+            self.ops().mul(&ts, &one, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, len))
+    }
+
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        a: GemmOperand,
+        b: GemmOperand,
+        precision: Precision,
+    ) -> Result<Storage> {
+        let GemmDims { batch, m, n, k } = dims;
+        let total = batch * m * n;
+        let (ab, bb) = (self.buf(a.storage)?, self.buf(b.storage)?);
+        if k == 0 {
+            return self.zeros(total);
+        }
+        let cube = match precision {
+            Precision::F32 => 0,  // KEEP_DTYPE
+            Precision::Bf16 => 1, // ALLOW_FP32_DOWN_PRECISION
+        };
+        let (la, lb) = (a.layout, b.layout);
+        let mut out = self.alloc(total)?;
+        if total > 0 {
+            let ops = self.ops().with_cube_math_type(cube);
+            let e = self.err();
+            // A shared right operand with evenly spaced rows of A (linear layers): one 2-D
+            // matmul over batch·m rows.
+            let fold = batch == 1 || (lb.batch_stride == 0 && la.batch_stride == m * la.row_stride);
+            if fold {
+                let ta = self.input(
+                    ab,
+                    lay(&[batch * m, k], &[la.row_stride, la.col_stride], a.offset),
+                )?;
+                let tb = self.input(bb, lay(&[k, n], &[lb.row_stride, lb.col_stride], b.offset))?;
+                let to = TensorArg::output::<f32>(&mut out, contig(&[batch * m, n])).map_err(&e)?;
+                ops.matmul(&ta, &tb, &to).map_err(&e)?;
+            } else {
+                let ta = self.input(
+                    ab,
+                    lay(
+                        &[batch, m, k],
+                        &[la.batch_stride, la.row_stride, la.col_stride],
+                        a.offset,
+                    ),
+                )?;
+                let tb = self.input(
+                    bb,
+                    lay(
+                        &[batch, k, n],
+                        &[lb.batch_stride, lb.row_stride, lb.col_stride],
+                        b.offset,
+                    ),
+                )?;
+                let to = TensorArg::output::<f32>(&mut out, contig(&[batch, m, n])).map_err(&e)?;
+                ops.batch_matmul(&ta, &tb, &to).map_err(&e)?;
+            }
+        }
+        Ok(self.wrap(out, total))
+    }
+
+    fn unary(&self, op: Unary, x: &Storage) -> Result<Storage> {
+        let n = x.len();
+        let xb = self.buf(x)?;
+        match op {
+            Unary::Gelu => {
+                let mut out = self.alloc(n)?;
+                if n > 0 {
+                    let tx = self.input(xb, contig(&[n]))?;
+                    let to =
+                        TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
+                    self.ops()
+                        .gelu(&tx, GeluApprox::Erf, &to)
+                        .map_err(self.err())?;
+                }
+                Ok(self.wrap(out, n))
+            }
+            Unary::Scale(s) => self.scaled(xb, n, s.0),
+            Unary::Neg => self.scaled(xb, n, -1.0),
+            Unary::Shift(s) => {
+                self.add_views((xb, contig(&[n])), (&self.one, bcast(&[n])), s.0, &[n])
+            }
+            // No device operator wired yet: host fallback.
+            Unary::Relu | Unary::Sigmoid | Unary::Exp | Unary::Sin | Unary::Cos => {
+                self.on_host([x], |[h]| self.up(Self::cpu().unary(op, &Storage::Cpu(h))?))
+            }
+        }
+    }
+
+    fn unary_backward(&self, op: Unary, x: &Storage, dy: &Storage) -> Result<Storage> {
+        let n = dy.len();
+        let gb = self.buf(dy)?;
+        match op {
+            Unary::Gelu => {
+                let xb = self.buf(x)?;
+                let mut out = self.alloc(n)?;
+                if n > 0 {
+                    let tg = self.input(gb, contig(&[n]))?;
+                    let tx = self.input(xb, contig(&[n]))?;
+                    let to =
+                        TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
+                    self.ops()
+                        .gelu_backward(&tg, &tx, GeluApprox::Erf, &to)
+                        .map_err(self.err())?;
+                }
+                Ok(self.wrap(out, n))
+            }
+            Unary::Scale(s) => self.scaled(gb, n, s.0),
+            Unary::Neg => self.scaled(gb, n, -1.0),
+            Unary::Shift(_) => self.copy_view(gb, contig(&[n]), &[n]),
+            Unary::Relu | Unary::Sigmoid | Unary::Exp | Unary::Sin | Unary::Cos => {
+                self.on_host([x, dy], |[h, g]| {
+                    self.up(Self::cpu().unary_backward(op, &Storage::Cpu(h), &Storage::Cpu(g))?)
+                })
+            }
+        }
+    }
+
+    fn binary(
+        &self,
+        op: Binary,
+        a: &Storage,
+        va: &View,
+        b: &Storage,
+        vb: &View,
+    ) -> Result<Storage> {
+        let la = lay(&va.shape, &va.strides, va.offset);
+        let lb = lay(&vb.shape, &vb.strides, vb.offset);
+        match op {
+            Binary::Add => self.add_views((self.buf(a)?, la), (self.buf(b)?, lb), 1.0, &va.shape),
+            Binary::Sub => self.add_views((self.buf(a)?, la), (self.buf(b)?, lb), -1.0, &va.shape),
+            Binary::Mul => self.mul_views((self.buf(a)?, la), (self.buf(b)?, lb), &va.shape),
+            Binary::Div => self.on_host([a, b], |[ha, hb]| {
+                self.up(Self::cpu().binary(op, &Storage::Cpu(ha), va, &Storage::Cpu(hb), vb)?)
+            }),
+        }
+    }
+
+    fn sum_axes(&self, x: &Storage, shape: &[usize], reduce: &[bool]) -> Result<Storage> {
+        // One ones-vector matmul per run of reduced axes (size-1 axes ignored).
+        let xb = self.buf(x)?;
+        let total: usize = shape.iter().product();
+        let flags: Vec<(usize, bool)> = shape
+            .iter()
+            .zip(reduce)
+            .filter(|(&s, _)| s != 1)
+            .map(|(&s, &r)| (s, r))
+            .collect();
+        if total == 0 {
+            let out_len = shape
+                .iter()
+                .zip(reduce)
+                .map(|(&s, &r)| if r { 1 } else { s })
+                .product();
+            return self.zeros(out_len);
+        }
+        if !flags.iter().any(|f| f.1) {
+            return self.copy_view(xb, contig(&[total]), &[total]);
+        }
+        // Reduce the runs from the last to the first; `cur` holds the partially reduced tensor.
+        let mut cur: Option<Storage> = None;
+        let mut dims: Vec<(usize, bool)> = flags;
+        while let Some(end) = dims.iter().rposition(|f| f.1) {
+            let start = dims[..end].iter().rposition(|f| !f.1).map_or(0, |i| i + 1);
+            let a: usize = dims[..start].iter().map(|f| f.0).product();
+            let r: usize = dims[start..=end].iter().map(|f| f.0).product();
+            let b: usize = dims[end + 1..].iter().map(|f| f.0).product();
+            let src = match &cur {
+                Some(s) => self.buf(s)?,
+                None => xb,
+            };
+            let next = self.reduce_middle(src, a, r, b)?;
+            cur = Some(next);
+            dims.drain(start..=end);
+        }
+        Ok(cur.expect("at least one reduced run"))
+    }
+
+    fn conv2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let bias = bias.map(|b| self.buf(b)).transpose()?;
+        self.conv_fwd_raw(g, self.buf(x)?, self.buf(w)?, bias)
+    }
+
+    fn conv2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads> {
+        let (dx, dw, db) = self.conv_bwd_raw(
+            g,
+            self.buf(x)?,
+            self.buf(w)?,
+            self.buf(dy)?,
+            true,
+            true,
+            bias,
+        )?;
+        Ok(ConvGrads {
+            dx: dx.expect("requested"),
+            dw: dw.expect("requested"),
+            dbias: db,
+        })
+    }
+
+    fn conv_transpose2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        // conv_transpose2d(x, w) is the input gradient of conv2d(·, w) at dy = x
+        // (aclnnConvolutionBackward with only gradInput requested; its `input` argument only
+        // supplies the shape, so an uninitialised buffer of that shape is passed).
+        let adj = Self::adjoint_geom(g);
+        let (oh, ow) = g.transpose_out_hw();
+        let ny = g.n * g.c_out * oh * ow;
+        let shape_only = self.alloc(ny)?;
+        let (y, _, _) = self.conv_bwd_raw(
+            adj,
+            &shape_only,
+            self.buf(w)?,
+            self.buf(x)?,
+            true,
+            false,
+            false,
+        )?;
+        self.stream.retain_until_sync(shape_only);
+        let y = y.expect("requested");
+        match bias {
+            None => Ok(y),
+            Some(b) => {
+                let dims = [g.n, g.c_out, oh * ow];
+                self.add_views(
+                    (self.buf(&y)?, contig(&dims)),
+                    (self.buf(b)?, lay(&dims, &[0, 1, 0], 0)),
+                    1.0,
+                    &dims,
+                )
+            }
+        }
+    }
+
+    fn conv_transpose2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads> {
+        let adj = Self::adjoint_geom(g);
+        let (xb, wb, gb) = (self.buf(x)?, self.buf(w)?, self.buf(dy)?);
+        // dx = conv2d(dy, w); dw = the weight gradient of conv2d(dy as input, w) at grad x.
+        let dx = self.conv_fwd_raw(adj, gb, wb, None)?;
+        let (_, dw, _) = self.conv_bwd_raw(adj, gb, wb, xb, false, true, false)?;
+        let (oh, ow) = g.transpose_out_hw();
+        let dbias = bias
+            .then(|| self.channel_sum(gb, g.n, g.c_out, oh * ow))
+            .transpose()?;
+        Ok(ConvGrads {
+            dx,
+            dw: dw.expect("requested"),
+            dbias,
+        })
+    }
+
+    fn layer_norm(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        g: &Storage,
+        b: &Storage,
+        eps: f32,
+    ) -> Result<NormOut> {
+        let (xb, gb, bb) = (self.buf(x)?, self.buf(g)?, self.buf(b)?);
+        let mut y = self.alloc(rows * dim)?;
+        let mut mean = self.alloc(rows)?;
+        let mut rstd = self.alloc(rows)?;
+        if rows * dim > 0 {
+            let e = self.err();
+            let tx = self.input(xb, contig(&[rows, dim]))?;
+            let tg = self.input(gb, contig(&[dim]))?;
+            let tb = self.input(bb, contig(&[dim]))?;
+            let to = TensorArg::output::<f32>(&mut y, contig(&[rows, dim])).map_err(&e)?;
+            let tm = TensorArg::output::<f32>(&mut mean, contig(&[rows, 1])).map_err(&e)?;
+            let tr = TensorArg::output::<f32>(&mut rstd, contig(&[rows, 1])).map_err(&e)?;
+            self.ops()
+                .layer_norm(
+                    &tx,
+                    &[dim as i64],
+                    Some(&tg),
+                    Some(&tb),
+                    eps as f64,
+                    &to,
+                    Some(&tm),
+                    Some(&tr),
+                )
+                .map_err(&e)?;
+        }
+        Ok(NormOut {
+            y: self.wrap(y, rows * dim),
+            mean: self.wrap(mean, rows),
+            rstd: self.wrap(rstd, rows),
+        })
+    }
+
+    fn layer_norm_backward(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        g: &Storage,
+        saved: (&Storage, &Storage),
+        dy: &Storage,
+    ) -> Result<NormGrads> {
+        let (xb, gb, mb, rb, db) = (
+            self.buf(x)?,
+            self.buf(g)?,
+            self.buf(saved.0)?,
+            self.buf(saved.1)?,
+            self.buf(dy)?,
+        );
+        let mut dx = self.alloc(rows * dim)?;
+        let mut dg = self.alloc(dim)?;
+        let mut dbeta = self.alloc(dim)?;
+        if rows == 0 {
+            dg.fill_bytes_async(0, &self.stream).map_err(self.err())?;
+            dbeta
+                .fill_bytes_async(0, &self.stream)
+                .map_err(self.err())?;
+        } else if dim > 0 {
+            let e = self.err();
+            let tdy = self.input(db, contig(&[rows, dim]))?;
+            let tx = self.input(xb, contig(&[rows, dim]))?;
+            let tm = self.input(mb, contig(&[rows, 1]))?;
+            let tr = self.input(rb, contig(&[rows, 1]))?;
+            let tg = self.input(gb, contig(&[dim]))?;
+            let gx = TensorArg::output::<f32>(&mut dx, contig(&[rows, dim])).map_err(&e)?;
+            let gg = TensorArg::output::<f32>(&mut dg, contig(&[dim])).map_err(&e)?;
+            let gbt = TensorArg::output::<f32>(&mut dbeta, contig(&[dim])).map_err(&e)?;
+            self.ops()
+                .layer_norm_backward(
+                    &tdy,
+                    &tx,
+                    &[dim as i64],
+                    &tm,
+                    &tr,
+                    Some(&tg),
+                    None,
+                    Some(&gx),
+                    Some(&gg),
+                    Some(&gbt),
+                )
+                .map_err(&e)?;
+        }
+        Ok(NormGrads {
+            dx: self.wrap(dx, rows * dim),
+            dgamma: self.wrap(dg, dim),
+            dbeta: self.wrap(dbeta, dim),
+        })
+    }
+
+    fn layer_norm2d(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        g: &Storage,
+        b: &Storage,
+        eps: f32,
+    ) -> Result<NormOut> {
+        // [n, c, hw] → [n, hw, c], LayerNorm over c, → [n, c, hw]; all on device.
+        let xt = self.swap_last2(self.buf(x)?, n, c, hw)?;
+        let r = self.layer_norm(n * hw, c, &xt, g, b, eps)?;
+        let y = self.swap_last2(self.buf(&r.y)?, n, hw, c)?;
+        Ok(NormOut {
+            y,
+            mean: r.mean,
+            rstd: r.rstd,
+        })
+    }
+
+    fn layer_norm2d_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        g: &Storage,
+        saved: (&Storage, &Storage),
+        dy: &Storage,
+    ) -> Result<NormGrads> {
+        let xt = self.swap_last2(self.buf(x)?, n, c, hw)?;
+        let dyt = self.swap_last2(self.buf(dy)?, n, c, hw)?;
+        let r = self.layer_norm_backward(n * hw, c, &xt, g, saved, &dyt)?;
+        Ok(NormGrads {
+            dx: self.swap_last2(self.buf(&r.dx)?, n, hw, c)?,
+            dgamma: r.dgamma,
+            dbeta: r.dbeta,
+        })
+    }
+
+    /// On the NPU the second result is this backend's saved state for
+    /// [`Backend::attention_backward`]: the softmax probabilities `P [bh, nq, nk]`, not the
+    /// log-sum-exp (there is no device log/reduce operator wired yet). Only this backend's
+    /// `attention_backward` consumes it.
+    fn attention(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        rel: Option<RelPos>,
+    ) -> Result<(Storage, Storage)> {
+        let AttnDims { bh, nq, nk, d, dv } = dims;
+        let (qb, kb, vb) = (self.buf(q)?, self.buf(k)?, self.buf(v)?);
+        // S = (scale·q)·kᵀ (+ rel_h[.., kh, ·] + rel_w[.., ·, kw])
+        let qs = self.scaled(qb, bh * nq * d, scale)?;
+        let mut s = self.bmm(
+            (self.buf(&qs)?, contig(&[bh, nq, d])),
+            (kb, lay(&[bh, d, nk], &[nk * d, 1, d], 0)),
+            [bh, nq, nk],
+        )?;
+        if let Some(r) = rel {
+            let (kh, kw) = (r.kh, r.kw);
+            let d4 = [bh, nq, kh, kw];
+            let s1 = self.add_views(
+                (self.buf(&s)?, contig(&d4)),
+                (self.buf(r.rel_h)?, lay(&d4, &[nq * kh, kh, 1, 0], 0)),
+                1.0,
+                &d4,
+            )?;
+            s = self.add_views(
+                (self.buf(&s1)?, contig(&d4)),
+                (self.buf(r.rel_w)?, lay(&d4, &[nq * kw, kw, 0, 1], 0)),
+                1.0,
+                &d4,
+            )?;
+        }
+        let p = self.softmax(bh * nq, nk, &s)?;
+        let out = self.bmm(
+            (self.buf(&p)?, contig(&[bh, nq, nk])),
+            (vb, contig(&[bh, nk, dv])),
+            [bh, nq, dv],
+        )?;
+        Ok((out, p))
+    }
+
+    fn attention_backward(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        rel: Option<RelPos>,
+        _out: &Storage,
+        lse: &Storage,
+        dout: &Storage,
+    ) -> Result<AttnGrads> {
+        let AttnDims { bh, nq, nk, d, dv } = dims;
+        if lse.len() != bh * nq * nk {
+            return Err(Error::Device {
+                device: format!("npu:{}", self.id),
+                detail: format!(
+                    "attention_backward: saved state has {} elements, expected the {}·{}·{} \
+                     probabilities saved by this backend's attention forward",
+                    lse.len(),
+                    bh,
+                    nq,
+                    nk
+                ),
+            });
+        }
+        let (qb, kb, vb, pb, gb) = (
+            self.buf(q)?,
+            self.buf(k)?,
+            self.buf(v)?,
+            self.buf(lse)?,
+            self.buf(dout)?,
+        );
+        let pt = lay(&[bh, nk, nq], &[nq * nk, 1, nk], 0);
+        // dV = Pᵀ·dO, dP = dO·Vᵀ, dS = softmax_backward(P, dP)
+        let dvv = self.bmm((pb, pt.clone()), (gb, contig(&[bh, nq, dv])), [bh, nk, dv])?;
+        let dp = self.bmm(
+            (gb, contig(&[bh, nq, dv])),
+            (vb, lay(&[bh, dv, nk], &[nk * dv, 1, dv], 0)),
+            [bh, nq, nk],
+        )?;
+        let ds = self.softmax_backward(bh * nq, nk, lse, &dp)?;
+        let dsb = self.buf(&ds)?;
+        let drel = match rel {
+            Some(r) => {
+                let (kh, kw) = (r.kh, r.kw);
+                let rows = bh * nq;
+                // Σ over kw and over kh with ones-vector matmuls.
+                let dh = self.bmm(
+                    (dsb, contig(&[rows, kh, kw])),
+                    (&self.one, bcast(&[rows, kw, 1])),
+                    [rows, kh, 1],
+                )?;
+                let dw = self.reduce_middle(dsb, rows, kh, kw)?;
+                Some((dh, dw))
+            }
+            None => None,
+        };
+        let dss = self.scaled(dsb, bh * nq * nk, scale)?;
+        let dssb = self.buf(&dss)?;
+        let dq = self.bmm(
+            (dssb, contig(&[bh, nq, nk])),
+            (kb, contig(&[bh, nk, d])),
+            [bh, nq, d],
+        )?;
+        let dk = self.bmm((dssb, pt), (qb, contig(&[bh, nq, d])), [bh, nk, d])?;
+        Ok(AttnGrads {
+            dq,
+            dk,
+            dv: dvv,
+            drel,
+        })
+    }
+
+    fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage> {
+        let xb = self.buf(x)?;
+        let n = rows * dim;
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let tx = self.input(xb, contig(&[rows, dim]))?;
+            let to =
+                TensorArg::output::<f32>(&mut out, contig(&[rows, dim])).map_err(self.err())?;
+            self.ops().softmax(&tx, -1, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    fn softmax_backward(
+        &self,
+        rows: usize,
+        dim: usize,
+        y: &Storage,
+        dy: &Storage,
+    ) -> Result<Storage> {
+        let (yb, gb) = (self.buf(y)?, self.buf(dy)?);
+        let n = rows * dim;
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let ty = self.input(yb, contig(&[rows, dim]))?;
+            let tg = self.input(gb, contig(&[rows, dim]))?;
+            let to =
+                TensorArg::output::<f32>(&mut out, contig(&[rows, dim])).map_err(self.err())?;
+            self.ops()
+                .softmax_backward(&tg, &ty, -1, &to)
+                .map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    fn bilinear(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        x: &Storage,
+    ) -> Result<Storage> {
+        // Host fallback (no aclnn resize wired yet).
+        self.on_host([x], |[h]| {
+            self.up(Self::cpu().bilinear(planes, hw, ohw, &Storage::Cpu(h))?)
+        })
+    }
+
+    fn bilinear_backward(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        dy: &Storage,
+    ) -> Result<Storage> {
+        self.on_host([dy], |[h]| {
+            self.up(Self::cpu().bilinear_backward(planes, hw, ohw, &Storage::Cpu(h))?)
+        })
+    }
+
+    fn adamw(
+        &self,
+        p: AdamWStep,
+        param: &mut Storage,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+    ) -> Result<()> {
+        // Host fallback: download, the CPU update (PyTorch semantics), upload.
+        let g = self.download(grad)?;
+        let mut w = self.download(param)?;
+        let mut m = self.download(exp_avg)?;
+        let mut v = self.download(exp_avg_sq)?;
+        cpu::adamw_update(p, &mut w, &g, &mut m, &mut v);
+        *param = self.upload(&w)?;
+        *exp_avg = self.upload(&m)?;
+        *exp_avg_sq = self.upload(&v)?;
+        Ok(())
+    }
+}
+
+/// Whether the NPU backend of `id` can be created (used by diagnostics).
+pub fn npu_backend(id: u32) -> Result<Arc<dyn Backend>> {
+    Ok(AscendBackend::shared(id)?)
+}
+
+/// The ffi device of `npu:id` (the backend's context and allocator), e.g. for HCCL.
+pub fn ascend_device(id: u32) -> Result<acl::Device> {
+    Ok(AscendBackend::shared(id)?.ascend_device().clone())
+}
