@@ -21,9 +21,20 @@ use std::sync::Mutex;
 
 /// Device memory of an [`AscendBackend`]: `len` f32 elements.
 pub struct NpuBuffer {
-    buf: acl::DeviceBuffer,
+    buf: Option<acl::DeviceBuffer>,
     len: usize,
     device: u32,
+    host_copy: Arc<Mutex<()>>,
+}
+
+impl Drop for NpuBuffer {
+    fn drop(&mut self) {
+        // The block goes back to the cache while queued work may still use it. That is safe for
+        // stream-ordered device work but not for a synchronous host copy into it, so a drop
+        // waits for an upload in progress (which drains the stream before it allocates).
+        let _g = self.host_copy.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.buf.take());
+    }
 }
 
 impl fmt::Debug for NpuBuffer {
@@ -33,7 +44,7 @@ impl fmt::Debug for NpuBuffer {
             "NpuBuffer {{ npu:{}, {} f32 at {:p} }}",
             self.device,
             self.len,
-            self.buf.as_ptr()
+            self.raw().as_ptr()
         )
     }
 }
@@ -50,7 +61,7 @@ impl DeviceBuffer for NpuBuffer {
 impl NpuBuffer {
     /// The underlying allocator block.
     pub fn raw(&self) -> &acl::DeviceBuffer {
-        &self.buf
+        self.buf.as_ref().expect("live until drop")
     }
 }
 
@@ -62,6 +73,8 @@ pub struct AscendBackend {
     /// Persistent one-element buffers used as broadcast constants (stride-0 views).
     zero: acl::DeviceBuffer,
     one: acl::DeviceBuffer,
+    /// Held by uploads (sync → allocate → copy) and by buffer drops; see [`NpuBuffer`].
+    host_copy: Arc<Mutex<()>>,
 }
 
 static BACKENDS: Mutex<Option<HashMap<u32, Arc<AscendBackend>>>> = Mutex::new(None);
@@ -148,6 +161,7 @@ impl AscendBackend {
             stream,
             zero,
             one,
+            host_copy: Arc::new(Mutex::new(())),
         })
     }
 
@@ -178,7 +192,7 @@ impl AscendBackend {
     fn buf<'a>(&self, s: &'a Storage) -> Result<&'a acl::DeviceBuffer> {
         match s {
             Storage::Device(d) => match d.as_any().downcast_ref::<NpuBuffer>() {
-                Some(b) if b.device == self.id => Ok(&b.buf),
+                Some(b) if b.device == self.id => Ok(b.raw()),
                 Some(b) => Err(Error::Device {
                     device: format!("npu:{}", self.id),
                     detail: format!("got a buffer of npu:{}", b.device),
@@ -201,9 +215,10 @@ impl AscendBackend {
 
     fn wrap(&self, buf: acl::DeviceBuffer, len: usize) -> Storage {
         Storage::Device(Box::new(NpuBuffer {
-            buf,
+            buf: Some(buf),
             len,
             device: self.id,
+            host_copy: self.host_copy.clone(),
         }))
     }
 
@@ -459,9 +474,12 @@ impl Backend for AscendBackend {
     }
 
     fn upload(&self, host: &[f32]) -> Result<Storage> {
-        // A cached block may still be used by queued work: let the stream drain first.
-        self.synchronize()?;
+        // A cached block may still be used by queued work: drain the device first, and keep
+        // buffers from being returned to the cache until the copy is done.
+        let g = self.host_copy.lock().unwrap_or_else(|e| e.into_inner());
+        self.dev.synchronize().map_err(self.err())?;
         let b = self.dev.upload(host).map_err(self.err())?;
+        drop(g);
         Ok(self.wrap(b, host.len()))
     }
 

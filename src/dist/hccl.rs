@@ -71,6 +71,14 @@ impl HcclCommunicator {
         }
     }
 
+    /// Host → device staging. The allocator is shared with the NPU backend, whose freed blocks
+    /// may still be used by its queued work: drain the device before the synchronous copy.
+    fn upload<T: acl::Element>(&self, host: &[T]) -> Result<acl::DeviceBuffer> {
+        let e = self.err();
+        self.dev.synchronize().map_err(&e)?;
+        self.dev.upload(host).map_err(&e)
+    }
+
     fn comm(&self) -> std::sync::MutexGuard<'_, HcclComm> {
         self.comm.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -92,7 +100,7 @@ impl Communicator for HcclCommunicator {
             return Ok(());
         }
         let e = self.err();
-        let mut d = self.dev.upload(&*buf).map_err(&e)?;
+        let mut d = self.upload(buf)?;
         self.comm()
             .all_reduce_sum_inplace::<f32>(&mut d, buf.len(), &self.stream)
             .map_err(&e)?;
@@ -114,7 +122,7 @@ impl Communicator for HcclCommunicator {
             return Ok(());
         }
         let e = self.err();
-        let mut d = self.dev.upload(&*buf).map_err(&e)?;
+        let mut d = self.upload(buf)?;
         self.comm()
             .broadcast::<f32>(&mut d, buf.len(), root as u32, &self.stream)
             .map_err(&e)?;
@@ -127,7 +135,7 @@ impl Communicator for HcclCommunicator {
         let e = self.err();
         let world = self.world;
         let comm = self.comm();
-        let len = self.dev.upload(&[bytes.len() as i64]).map_err(&e)?;
+        let len = self.upload(&[bytes.len() as i64])?;
         let mut lens_d = self.dev.alloc_elems::<i64>(world).map_err(&e)?;
         comm.all_gather::<i64>(&len, &mut lens_d, 1, &self.stream)
             .map_err(&e)?;
@@ -142,7 +150,7 @@ impl Communicator for HcclCommunicator {
             w[..c.len()].copy_from_slice(c);
             mine[i] = i32::from_le_bytes(w);
         }
-        let send = self.dev.upload(&mine).map_err(&e)?;
+        let send = self.upload(&mine)?;
         let mut recv = self.dev.alloc_elems::<i32>(words * world).map_err(&e)?;
         comm.all_gather::<i32>(&send, &mut recv, words, &self.stream)
             .map_err(&e)?;

@@ -487,6 +487,9 @@ type Job = Box<dyn FnOnce() -> Result<(), (i32, String)> + Send>;
 struct Stream {
     device: i32,
     queue: Mutex<Vec<Job>>,
+    /// Held while queued work runs, so concurrent synchronisations from several threads
+    /// execute the stream's work one job after another, in enqueue order (as a device does).
+    running: Mutex<()>,
 }
 
 static STREAMS: Mutex<BTreeMap<usize, i32>> = Mutex::new(BTreeMap::new());
@@ -503,6 +506,7 @@ pub unsafe extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
     let s = Box::into_raw(Box::new(Stream {
         device: d,
         queue: Mutex::new(Vec::new()),
+        running: Mutex::new(()),
     }));
     lock(&STREAMS).insert(s as usize, d);
     *stream = s.cast();
@@ -538,6 +542,7 @@ fn enqueue(stream: *mut c_void, job: Job) -> i32 {
 /// Run everything queued on a stream, in order; the first failure is returned (as CANN
 /// reports asynchronous faults at synchronisation).
 fn flush(s: *mut Stream) -> i32 {
+    let _running = lock(unsafe { &(*s).running });
     let jobs = std::mem::take(&mut *lock(unsafe { &(*s).queue }));
     let mut result = OK;
     for j in jobs {
