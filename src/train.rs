@@ -142,8 +142,11 @@ fn timestamp() -> String {
 /// One micro-batch: forward, loss, backward of `loss / k`. Returns the unscaled loss.
 pub fn forward_backward(model: &Sam, batch: &Batch, k: usize, use_amp: bool) -> Result<f32> {
     let (h, w) = (batch.images.dim(2), batch.images.dim(3));
+    // Batches are loaded on the host; the model may live on an NPU.
+    let device = model.image_encoder.patch_embed.proj.weight.device();
+    let images = batch.images.to_device(device)?;
     let loss = autocast_bf16(use_amp, || -> Result<Tensor> {
-        let logits = model.forward(&batch.images, &batch.boxes)?;
+        let logits = model.forward(&images, &batch.boxes)?;
         let up = logits.upsample_bilinear(h, w)?;
         dice_bce_loss(&up, &batch.masks)
     })?;

@@ -546,3 +546,111 @@ mod hccl {
         }
     }
 }
+
+// ------------------------------------------------------------------ CLI end to end
+
+/// `medsam train --device npu:0` on the stand-in: two steps of the tiny model on synthetic
+/// slices, against the same run with `--device cpu` (same seed): the printed per-step output
+/// must agree to the precision it is printed with.
+#[test]
+fn cli_train_on_npu_matches_cpu() {
+    setup();
+    let dir = std::env::temp_dir().join(format!("medsam-npu-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(data_dir.join("imgs")).unwrap();
+    std::fs::create_dir_all(data_dir.join("gts")).unwrap();
+    for i in 0..2usize {
+        let mut gt = vec![0u8; 64 * 64];
+        for y in 10 + i..30 + i {
+            for x in 20..40 + 2 * i {
+                gt[y * 64 + x] = 1;
+            }
+        }
+        let img: Vec<f64> = gt.iter().flat_map(|&g| [0.2 + 0.6 * g as f64; 3]).collect();
+        let name = format!("s{i}.npy");
+        medsam::npy::write_npy_f64(data_dir.join("imgs").join(&name), &[64, 64, 3], &img).unwrap();
+        medsam::npy::write_npy_u8(data_dir.join("gts").join(&name), &[64, 64], &gt).unwrap();
+    }
+    let cfg =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam/tiny_sam_config.json");
+    let run = |device: &str| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
+            .args(["train", "--tr-npy-path"])
+            .arg(&data_dir)
+            .args(["--work-dir"])
+            .arg(dir.join(format!("work-{}", device.replace(':', ""))))
+            .arg("--model-config")
+            .arg(&cfg)
+            .args([
+                "--batch-size",
+                "1",
+                "--max-steps",
+                "2",
+                "--bbox-shift",
+                "0",
+                "--lr",
+                "0.01",
+                "--seed",
+                "2023",
+            ])
+            .args(["--device", device])
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{device}: stdout:\n{o}\nstderr:\n{e}");
+        o + &e
+    };
+    let cpu = run("cpu");
+    let npu = run("npu:0");
+    // Compare the checkpoints the two runs wrote (every trained parameter after two AdamW steps).
+    let ckpt = |out: &str| -> PathBuf {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("latest checkpoint: "))
+            .unwrap_or_else(|| panic!("no checkpoint line in:\n{out}"));
+        PathBuf::from(line.trim())
+    };
+    let load = |p: &Path| {
+        let (mut m, _) =
+            medsam::weights::load_model(p, None, Some(cfg.as_path()), Device::Cpu).unwrap();
+        m.state_dict()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_vec().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let (wc, wn) = (load(&ckpt(&cpu)), load(&ckpt(&npu)));
+    assert_eq!(wc.len(), wn.len());
+    // The initial weights (same seed), so that the comparison is shown to cover real updates.
+    let mut init = Sam::new(&SamConfig::from_json_file(&cfg).unwrap(), 2023, Device::Cpu).unwrap();
+    let w0: BTreeMap<String, Vec<f32>> = init
+        .state_dict()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec().unwrap()))
+        .collect();
+    // Adam normalises each update to about ±lr whatever the gradient's size, so a gradient
+    // entry that is ~0 (and rounds differently on the two devices) can move by a different
+    // fraction of lr: compare to 5% of lr per step, and require that training moved many tensors
+    // by 5× that, so a run that did not train on the NPU fails.
+    let tol = 0.05 * 0.01 * 2.0;
+    let mut moved = 0;
+    for ((n, c), (_, g)) in wc.iter().zip(&wn) {
+        close(&format!("checkpoint {n}"), g, c, tol);
+        let d = c
+            .iter()
+            .zip(&w0[n])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        if d > 5.0 * tol {
+            moved += 1;
+        }
+    }
+    assert!(
+        moved > 10,
+        "only {moved} tensors moved by more than {}",
+        5.0 * tol
+    );
+}

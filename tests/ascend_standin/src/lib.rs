@@ -586,7 +586,9 @@ pub extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
             format!("aclrtDestroyStream: unknown stream {stream:p}"),
         );
     }
-    let s = unsafe { Box::from_raw(stream as *mut Stream) };
+    // The stream object is leaked, not freed: another thread's aclrtSynchronizeDevice may have
+    // listed it just before the removal and still flush it (an empty queue by then).
+    let s = unsafe { &*(stream as *const Stream) };
     let pending = lock(&s.queue).len();
     if pending != 0 {
         return fail(
