@@ -19,8 +19,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const TOL: f32 = 1e-4;
-/// Low-res logits (see the note in `check_2d`).
-const LOGIT_TOL: f32 = 3e-4;
 type Fixture = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn ckpt() -> PathBuf {
@@ -181,11 +179,9 @@ fn check_2d(test: &str, name: &str) {
                 .unwrap()
                 .to_vec()
                 .unwrap();
-            // The decoder amplifies embedding rounding: in PyTorch itself, ±1e-6 uniform noise on
-            // this embedding moves these logits by 8e-5 (±2e-6: 1.6e-4), and PyTorch's f32 logits
-            // are 3e-5 off its own f64 ones. Our embedding is within 1.4e-6, so the logits get
-            // LOGIT_TOL (measured: 2.2e-4 at |logit| up to 28, 1.5e-4 where |logit| ≤ 10); the
-            // masks must still be identical.
+            // Measured 3.9e-5 at |logit| up to 29 (PyTorch's own f32 logits are 2.9e-5 off its
+            // f64 ones). Before attention summed P·V in 64-key chunks it was 2.2e-4: the
+            // token→image attention's 4096-term chains cost 10× PyTorch's rounding there.
             let (e, i) = max_err(&crop, want);
             let e_small = crop
                 .iter()
@@ -194,12 +190,7 @@ fn check_2d(test: &str, name: &str) {
                 .fold(0.0f32, |a, (g, w)| a.max((g - w).abs()));
             let range = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
             println!("{k}: logits max abs error {e:.2e} overall (|logit| up to {range:.1}), {e_small:.2e} where |logit| ≤ 10");
-            assert!(
-                e <= LOGIT_TOL,
-                "{k}: logit {} vs {} at {i}",
-                crop[i],
-                want[i]
-            );
+            assert!(e <= TOL, "{k}: logit {} vs {} at {i}", crop[i], want[i]);
         }
         let (ms, want) = get(fx, &format!("{k}.mask"));
         assert_eq!(ms, &vec![img.h, img.w]);

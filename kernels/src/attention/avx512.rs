@@ -31,6 +31,11 @@ const BK_F: usize = 512;
 const BK_B: usize = 256;
 /// Query blocks per forward task.
 const FWD_GROUP: usize = 4;
+/// Keys per accumulation chunk of `P·V`-style products: each chunk is summed from zero in
+/// registers and then added to the output, so a 4096-key row is a sum of 64 short sums rather
+/// than one 4096-term chain (the long chain cost SAM's token→image attention ~10× PyTorch's
+/// rounding error, visible in LiteMedSAM's logits).
+const KC: usize = 64;
 
 /// A zeroed f32 buffer taken from a per-thread pool and returned to it on drop, so the many
 /// per-task buffers do not hit the allocator (and fresh pages) on every call.
@@ -241,12 +246,8 @@ unsafe fn kb<const MR: usize, const NV: usize>(
     out: *mut f32,
     ldo: usize,
 ) {
+    // The chunk's sum starts from zero and is added to `out` at the end (see `KC`).
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    for r in 0..MR {
-        for v in 0..NV {
-            acc[r][v] = _mm512_loadu_ps(out.add(r * ldo + v * L));
-        }
-    }
     for t in 0..inner {
         let mut xv = [_mm512_setzero_ps(); NV];
         for v in 0..NV {
@@ -261,7 +262,8 @@ unsafe fn kb<const MR: usize, const NV: usize>(
     }
     for r in 0..MR {
         for v in 0..NV {
-            _mm512_storeu_ps(out.add(r * ldo + v * L), acc[r][v]);
+            let o = out.add(r * ldo + v * L);
+            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[r][v]));
         }
     }
 }
@@ -339,17 +341,23 @@ unsafe fn mm_acc(
     if rows == 0 || inner == 0 {
         return;
     }
-    let mut c0 = 0;
-    while c0 < w {
-        let nv = ((w - c0) / L).min(4);
-        let (xc, oc) = (x.add(c0), out.add(c0));
-        match nv {
-            4 => kb_rows::<6, 4>(rows, inner, coef, cr, ct, xc, ldx, oc, ldo),
-            3 => kb_rows::<8, 3>(rows, inner, coef, cr, ct, xc, ldx, oc, ldo),
-            2 => kb_rows::<8, 2>(rows, inner, coef, cr, ct, xc, ldx, oc, ldo),
-            _ => kb_rows::<8, 1>(rows, inner, coef, cr, ct, xc, ldx, oc, ldo),
+    let mut t0 = 0;
+    while t0 < inner {
+        let kc = KC.min(inner - t0);
+        let (cf, xt) = (coef.add(t0 * ct), x.add(t0 * ldx));
+        let mut c0 = 0;
+        while c0 < w {
+            let nv = ((w - c0) / L).min(4);
+            let (xc, oc) = (xt.add(c0), out.add(c0));
+            match nv {
+                4 => kb_rows::<6, 4>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+                3 => kb_rows::<8, 3>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+                2 => kb_rows::<8, 2>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+                _ => kb_rows::<8, 1>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+            }
+            c0 += nv * L;
         }
-        c0 += nv * L;
+        t0 += kc;
     }
 }
 

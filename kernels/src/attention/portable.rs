@@ -56,12 +56,6 @@ fn slab<const W: usize>(
     let mut i = 0;
     while i + RB <= rows {
         let mut acc = [[0.0f32; W]; RB];
-        for r in 0..RB {
-            let o: &[f32; W] = out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W]
-                .try_into()
-                .unwrap();
-            acc[r] = *o;
-        }
         for t in 0..inner {
             let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
             for r in 0..RB {
@@ -72,14 +66,14 @@ fn slab<const W: usize>(
             }
         }
         for r in 0..RB {
-            out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W].copy_from_slice(&acc[r]);
+            let o = &mut out[(i + r) * ldo + col0..(i + r) * ldo + col0 + W];
+            o.iter_mut().zip(&acc[r]).for_each(|(o, a)| *o += a);
         }
         i += RB;
     }
     // Remaining rows one at a time.
     while i < rows {
-        let o: &[f32; W] = out[i * ldo + col0..i * ldo + col0 + W].try_into().unwrap();
-        let mut acc = *o;
+        let mut acc = [0.0f32; W];
         for t in 0..inner {
             let xv: &[f32; W] = x[t * ldx + col0..t * ldx + col0 + W].try_into().unwrap();
             let c = coef[i * cs_r + t * cs_t];
@@ -87,7 +81,8 @@ fn slab<const W: usize>(
                 acc[j] = c.mul_add(xv[j], acc[j]);
             }
         }
-        out[i * ldo + col0..i * ldo + col0 + W].copy_from_slice(&acc);
+        let o = &mut out[i * ldo + col0..i * ldo + col0 + W];
+        o.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
         i += 1;
     }
 }
@@ -132,6 +127,10 @@ fn tile_abt(rows: usize, d: usize, a: &[f32], bt: &[f32], ld: usize, s: &mut [f3
     tile_mm(rows, d, BK, a, d, 1, bt, ld, s, BK);
 }
 
+/// Keys per accumulation chunk: each chunk's sum starts from zero and is then added to `out`,
+/// so long key rows are sums of short sums (see the AVX-512 kernel's `KC`).
+const KC: usize = 64;
+
 /// `out[r*w..] += Σ_{t<inner} coef[r*cs_r + t*cs_t] · x[t*w..(t+1)*w]` for `r < rows`.
 #[allow(clippy::too_many_arguments)]
 fn tile_axpy(
@@ -144,7 +143,23 @@ fn tile_axpy(
     x: &[f32],
     out: &mut [f32],
 ) {
-    tile_mm(rows, inner, w, coef, cs_r, cs_t, x, w, out, w);
+    let mut t0 = 0;
+    while t0 < inner {
+        let kc = KC.min(inner - t0);
+        tile_mm(
+            rows,
+            kc,
+            w,
+            &coef[t0 * cs_t..],
+            cs_r,
+            cs_t,
+            &x[t0 * w..],
+            w,
+            out,
+            w,
+        );
+        t0 += kc;
+    }
 }
 
 simd_dispatch! {
