@@ -442,6 +442,9 @@ fn bit_identical_across_thread_counts() {
     }
 }
 
+type ForwardFn =
+    fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &mut [f32], &mut [f32]);
+
 /// Long key rows (SAM's token→image attention: 7 tokens × 4096 image keys, head dim 16) keep
 /// f32 rounding near one short sum's: `P·V` is summed in 64-key chunks. With one 4096-term chain
 /// per output (before) the error here was 1.1e-6 for both implementations; now ~3.5e-7.
@@ -461,16 +464,7 @@ fn long_key_rows_stay_accurate() {
         d,
         dv: d,
     };
-    let run = |f: fn(
-        AttnDims,
-        &[f32],
-        &[f32],
-        &[f32],
-        f32,
-        Option<RelPosBias>,
-        &mut [f32],
-        &mut [f32],
-    )| {
+    let run = |f: ForwardFn| {
         let (mut o, mut l) = (vec![0.0; bh * nq * d], vec![0.0; bh * nq]);
         f(dims, &q, &k, &v, 0.25, None, &mut o, &mut l);
         o
