@@ -37,14 +37,20 @@ enum Command {
 }
 
 /// Runs `f` with the communicator the launcher set up (MPI under mpirun/srun when built with
-/// `--features mpi`, otherwise a single process). A failed run under several ranks aborts them
-/// all rather than leaving the others waiting in a collective.
+/// `--features mpi`, otherwise a single process) and this rank's device (`npu` → the rank's own
+/// NPU); ranks on Ascend NPUs exchange gradients through HCCL, bootstrapped over that
+/// communicator. A failed run under several ranks aborts them all rather than leaving the
+/// others waiting in a collective.
 fn distributed(
     timeout_s: u64,
-    f: impl FnOnce(&dyn Communicator) -> medsam::Result<()>,
+    device: &str,
+    f: impl FnOnce(&dyn Communicator, String) -> medsam::Result<()>,
 ) -> medsam::Result<()> {
     let comm = medsam::dist::communicator_from_env(Duration::from_secs(timeout_s))?;
-    let result = f(comm.as_ref());
+    let device = medsam::dist::rank_device(device, comm.as_ref());
+    let result = device
+        .parse()
+        .and_then(|d| medsam::dist::with_device_collective(comm.as_ref(), d, |c| f(c, device)));
     if let Err(e) = &result {
         if comm.world_size() > 1 {
             eprintln!("error on rank {}: {e}", comm.rank());
@@ -65,8 +71,12 @@ fn main() -> ExitCode {
         Command::Phantom(a) => cli::phantom::run(a)
             .map(|_| ())
             .map_err(|e| medsam::Error::Other(e.to_string())),
-        Command::Train(a) => distributed(a.dist_timeout, |comm| {
-            cli::train::run_with(a, comm).map(|o| {
+        Command::Train(a) => distributed(a.dist_timeout, &a.device, |comm, device| {
+            let a = cli::train::TrainArgs {
+                device,
+                ..a.clone()
+            };
+            cli::train::run_with(&a, comm).map(|o| {
                 if comm.is_root() {
                     println!(
                         "latest checkpoint: {}",
@@ -75,7 +85,8 @@ fn main() -> ExitCode {
                 }
             })
         }),
-        Command::Eval(a) => distributed(a.dist_timeout, |comm| {
+        // Evaluation gathers host-side metrics only: the bootstrap communicator is enough.
+        Command::Eval(a) => distributed(a.dist_timeout, "cpu", |comm, _| {
             cli::eval::run_with(a, comm).map(|_| ())
         }),
         Command::Convert(a) => cli::convert::run(a)

@@ -502,6 +502,103 @@ mod hccl {
         }
     }
 
+    /// Data-parallel training over HCCL: two ranks (threads) on npu:0 and npu:1 with batch 1
+    /// each, gradients all-reduced through `with_device_collective` (what `medsam train` uses),
+    /// against one CPU process on the combined batch of 2. Both ranks must end bit-identical;
+    /// against the CPU, Adam's ±lr normalisation of ~0 gradients allows 5% of lr per step.
+    #[test]
+    fn hccl_data_parallel_training_matches_one_cpu_process() {
+        setup();
+        let dir = std::env::temp_dir().join(format!("medsam-hccl-dp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        super::write_slices(&dir.join("data"));
+        let sam_cfg = SamConfig::from_json_file(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/sam/tiny_sam_config.json"),
+        )
+        .unwrap();
+        let (lr, steps) = (0.01, 2);
+        let train_cfg = |run: &str, batch_size: usize| medsam::train::TrainConfig {
+            tr_npy_path: dir.join("data"),
+            task_name: "hccl-dp".into(),
+            work_dir: dir.clone(),
+            run_dir: Some(dir.join(run)),
+            num_epochs: 10,
+            max_steps: Some(steps),
+            batch_size,
+            grad_acc_steps: 1,
+            num_workers: 1,
+            seed: 5,
+            bbox_shift: 0,
+            save_every_steps: 0,
+            adamw: medsam::optim::AdamWConfig {
+                lr,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let params = |m: &mut Sam| -> Vec<f32> {
+            m.trainable_parameters()
+                .iter()
+                .flat_map(|(_, p)| p.to_vec().unwrap())
+                .collect()
+        };
+        let mut cpu = Sam::new(&sam_cfg, 3, Device::Cpu).unwrap();
+        let init = params(&mut cpu);
+        medsam::train::train(
+            &train_cfg("cpu", 2),
+            &mut cpu,
+            &medsam::dist::SingleProcess,
+            &mut |_| {},
+        )
+        .unwrap();
+        let want = params(&mut cpu);
+
+        let world = 2;
+        let slots = Arc::new(Mutex::new(vec![Vec::new(); world]));
+        let barrier = Arc::new(Barrier::new(world));
+        let ranks: Vec<Vec<f32>> = (0..world)
+            .map(|rank| {
+                let boot = Threads {
+                    rank,
+                    world,
+                    slots: slots.clone(),
+                    barrier: barrier.clone(),
+                };
+                let (sam_cfg, cfg) = (sam_cfg.clone(), train_cfg("npu", 1));
+                std::thread::spawn(move || {
+                    let dev = Device::Npu(rank as u32);
+                    let mut m = Sam::new(&sam_cfg, 3, dev).unwrap();
+                    medsam::dist::with_device_collective(&boot, dev, |c| {
+                        assert_eq!(c.world_size(), world);
+                        medsam::train::train(&cfg, &mut m, c, &mut |_| {})
+                    })
+                    .unwrap();
+                    params(&mut m)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("rank thread panicked"))
+            .collect();
+        assert!(
+            ranks[0] == ranks[1],
+            "the two ranks ended with different weights"
+        );
+        let tol = 0.05 * lr as f32 * steps as f32;
+        let (mut worst, mut moved) = (0.0f32, 0usize);
+        for ((g, w), i) in ranks[0].iter().zip(&want).zip(&init) {
+            worst = worst.max((g - w).abs());
+            moved += ((w - i).abs() > 5.0 * tol) as usize;
+        }
+        eprintln!("HCCL 2-rank vs 1 CPU process: max |Δw| {worst:.2e} (tolerance {tol:.0e}); {moved} weights moved by > {:.0e}", 5.0 * tol);
+        assert!(
+            worst <= tol,
+            "2 NPU ranks differ from the CPU run by {worst}"
+        );
+        assert!(moved > 1000, "training moved only {moved} weights");
+    }
+
     #[test]
     fn hccl_communicator_between_two_devices() {
         setup();
@@ -549,15 +646,8 @@ mod hccl {
 
 // ------------------------------------------------------------------ CLI end to end
 
-/// `medsam train --device npu:0` on the stand-in: two steps of the tiny model on synthetic
-/// slices, against the same run with `--device cpu` (same seed): the printed per-step output
-/// must agree to the precision it is printed with.
-#[test]
-fn cli_train_on_npu_matches_cpu() {
-    setup();
-    let dir = std::env::temp_dir().join(format!("medsam-npu-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data_dir = dir.join("data");
+/// Two 64×64 slices in MedSAM's npy layout, one box-shaped organ each.
+fn write_slices(data_dir: &Path) {
     std::fs::create_dir_all(data_dir.join("imgs")).unwrap();
     std::fs::create_dir_all(data_dir.join("gts")).unwrap();
     for i in 0..2usize {
@@ -572,6 +662,18 @@ fn cli_train_on_npu_matches_cpu() {
         medsam::npy::write_npy_f64(data_dir.join("imgs").join(&name), &[64, 64, 3], &img).unwrap();
         medsam::npy::write_npy_u8(data_dir.join("gts").join(&name), &[64, 64], &gt).unwrap();
     }
+}
+
+/// `medsam train --device npu:0` on the stand-in: two steps of the tiny model on synthetic
+/// slices, against the same run with `--device cpu` (same seed): the printed per-step output
+/// must agree to the precision it is printed with.
+#[test]
+fn cli_train_on_npu_matches_cpu() {
+    setup();
+    let dir = std::env::temp_dir().join(format!("medsam-npu-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.join("data");
+    write_slices(&data_dir);
     let cfg =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam/tiny_sam_config.json");
     let run = |device: &str| -> String {

@@ -136,6 +136,35 @@ pub fn communicator_from_env(timeout: Duration) -> Result<Box<dyn Communicator>>
     Ok(Box::new(SingleProcess))
 }
 
+/// The device a rank computes on: a bare `npu` means the rank's own device, `npu:<local rank>`
+/// (the seed's one-process-per-NPU layout: 8 ranks per node use npu:0..7); anything else as given.
+pub fn rank_device(device: &str, bootstrap: &dyn Communicator) -> String {
+    if device == "npu" {
+        format!("npu:{}", bootstrap.local_rank())
+    } else {
+        device.to_string()
+    }
+}
+
+/// Runs `f` with the collective that carries gradients between ranks computing on `device`:
+/// HCCL among the NPUs (bootstrapped through `bootstrap`, normally MPI) when several ranks train
+/// on Ascend devices, otherwise `bootstrap` itself. Collective: every rank must call it.
+pub fn with_device_collective<R>(
+    bootstrap: &dyn Communicator,
+    device: crate::Device,
+    f: impl FnOnce(&dyn Communicator) -> Result<R>,
+) -> Result<R> {
+    #[cfg(feature = "ascend")]
+    if let crate::Device::Npu(id) = device {
+        if bootstrap.world_size() > 1 {
+            let hccl = hccl::HcclCommunicator::init(bootstrap, id)?;
+            return f(&hccl);
+        }
+    }
+    let _ = device;
+    f(bootstrap)
+}
+
 /// One process: every collective is the identity.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SingleProcess;
