@@ -473,6 +473,22 @@ mod hccl {
         barrier: Arc<Barrier>,
     }
 
+    impl Threads {
+        /// The bootstraps of `world` ranks sharing one rendezvous.
+        fn group(world: usize) -> Vec<Threads> {
+            let slots = Arc::new(Mutex::new(vec![Vec::new(); world]));
+            let barrier = Arc::new(Barrier::new(world));
+            (0..world)
+                .map(|rank| Threads {
+                    rank,
+                    world,
+                    slots: slots.clone(),
+                    barrier: barrier.clone(),
+                })
+                .collect()
+        }
+    }
+
     impl Communicator for Threads {
         fn rank(&self) -> usize {
             self.rank
@@ -555,16 +571,10 @@ mod hccl {
         let want = params(&mut cpu);
 
         let world = 2;
-        let slots = Arc::new(Mutex::new(vec![Vec::new(); world]));
-        let barrier = Arc::new(Barrier::new(world));
-        let ranks: Vec<Vec<f32>> = (0..world)
-            .map(|rank| {
-                let boot = Threads {
-                    rank,
-                    world,
-                    slots: slots.clone(),
-                    barrier: barrier.clone(),
-                };
+        let ranks: Vec<Vec<f32>> = Threads::group(world)
+            .into_iter()
+            .map(|boot| {
+                let rank = boot.rank;
                 let (sam_cfg, cfg) = (sam_cfg.clone(), train_cfg("npu", 1));
                 std::thread::spawn(move || {
                     let dev = Device::Npu(rank as u32);
@@ -603,16 +613,10 @@ mod hccl {
     fn hccl_communicator_between_two_devices() {
         setup();
         let world = 2;
-        let slots = Arc::new(Mutex::new(vec![Vec::new(); world]));
-        let barrier = Arc::new(Barrier::new(world));
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                let boot = Threads {
-                    rank,
-                    world,
-                    slots: slots.clone(),
-                    barrier: barrier.clone(),
-                };
+        let handles: Vec<_> = Threads::group(world)
+            .into_iter()
+            .map(|boot| {
+                let rank = boot.rank;
                 std::thread::spawn(move || {
                     let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
                     assert_eq!((c.rank(), c.world_size()), (rank, world));
