@@ -5,7 +5,8 @@
 //!
 //! What this proves: the backend's marshalling (views, strides, broadcasts, batch strides),
 //! op composition (attention, layer_norm2d, conv_transpose2d through conv backward, sum_axes
-//! through matmul), stream ordering and host fallbacks — against the stand-in's plain-loop
+//! through matmul, batch norm and AdamW as elementwise compositions), stream ordering and the
+//! remaining host fallbacks — against the stand-in's plain-loop
 //! kernels. It does NOT prove real CANN numerics (tests/ascend_npu_props.rs, needs an NPU).
 #![cfg(feature = "ascend")]
 
@@ -224,7 +225,7 @@ fn elementwise_broadcast_and_reductions() {
         |t| t[0].mul(&t[1]),
     );
     parity(
-        "div (host fallback)",
+        "div",
         &[(&[2, 3], 1), (&[2, 3], 2)],
         TOL,
         |t| t[0].div(&t[1].scale(0.25)?.shift(2.0)?),
@@ -300,7 +301,7 @@ fn convolutions() {
         |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), 2),
     );
     parity(
-        "upsample_bilinear (host fallback)",
+        "upsample_bilinear",
         &[(&[1, 2, 3, 4], 1)],
         TOL,
         |t| t[0].upsample_bilinear(7, 5),
@@ -653,4 +654,130 @@ fn cli_train_on_npu_matches_cpu() {
         "only {moved} tensors moved by more than {}",
         5.0 * tol
     );
+}
+
+#[test]
+fn activations_on_device() {
+    // Each forward and its backward (`Σ y ⊙ r` gradients) on device: aclnnRelu +
+    // aclnnThresholdBackward, aclnnSigmoid + aclnnSigmoidBackward, aclnnExp / Sin / Cos + Mul.
+    type F = fn(&Tensor) -> medsam::Result<Tensor>;
+    let ops: [(&str, F); 5] = [
+        ("relu", |t| t.relu()),
+        ("sigmoid", |t| t.sigmoid()),
+        ("exp", |t| t.exp()),
+        ("sin", |t| t.sin()),
+        ("cos", |t| t.cos()),
+    ];
+    for (name, f) in ops {
+        parity(name, &[(&[3, 4, 5], 11)], TOL, |t| f(&t[0].scale(2.5)?));
+    }
+    parity("div broadcast", &[(&[2, 3, 4], 1), (&[3, 1], 2)], TOL, |t| {
+        t[0].div(&t[1].scale(0.5)?.shift(1.75)?)
+    });
+}
+
+#[test]
+fn bilinear_up_down_and_identity() {
+    for (name, (h, w), (oh, ow)) in [
+        ("bilinear up 3x4 -> 7x5", (3, 4), (7, 5)),
+        ("bilinear down 8x6 -> 3x4", (8, 6), (3, 4)),
+        ("bilinear same 4x4", (4, 4), (4, 4)),
+        ("bilinear x4 2x3 -> 8x12", (2, 3), (8, 12)),
+    ] {
+        parity(name, &[(&[2, 3, h, w], 5)], TOL, |t| {
+            t[0].upsample_bilinear(oh, ow)
+        });
+    }
+}
+
+#[test]
+fn depthwise_convolutions() {
+    parity(
+        "depthwise 3x3 s1 p1 bias",
+        &[(&[2, 4, 6, 5], 1), (&[4, 1, 3, 3], 2), (&[4], 3)],
+        TOL,
+        |t| t[0].depthwise_conv2d(&t[1], Some(&t[2]), 1, 1),
+    );
+    parity(
+        "depthwise 3x3 s2 p1 no bias",
+        &[(&[1, 3, 7, 7], 4), (&[3, 1, 3, 3], 5)],
+        TOL,
+        |t| t[0].depthwise_conv2d(&t[1], None, 2, 1),
+    );
+}
+
+#[test]
+fn batch_norm_train_and_eval() {
+    // Training mode: batch statistics on device (and their gradient terms in dx).
+    parity(
+        "batch_norm train",
+        &[(&[3, 4, 5, 2], 1), (&[4], 2), (&[4], 3)],
+        TOL,
+        |t| {
+            let g = t[1].shift(1.5)?;
+            Ok(t[0].scale(2.0)?.shift(0.3)?.batch_norm(&g, &t[2], None, 1e-5)?.0)
+        },
+    );
+    // Inference mode: fixed running statistics (constants, not variables).
+    parity(
+        "batch_norm eval",
+        &[(&[2, 3, 4, 4], 4), (&[3], 5), (&[3], 6)],
+        TOL,
+        |t| {
+            let dev = t[0].device();
+            let rm = Tensor::from_slice(&[0.1, -0.2, 0.3], &[3], dev)?;
+            let rv = Tensor::from_slice(&[0.5, 1.5, 2.0], &[3], dev)?;
+            Ok(t[0].batch_norm(&t[1], &t[2], Some((&rm, &rv)), 1e-5)?.0)
+        },
+    );
+    // The batch statistics themselves.
+    setup();
+    let stats = |dev: Device| {
+        let x = Tensor::from_slice(&data(2 * 5 * 9, 7), &[2, 5, 3, 3], dev).unwrap();
+        let (g, b) = (
+            Tensor::from_slice(&[1.0; 5], &[5], dev).unwrap(),
+            Tensor::from_slice(&[0.0; 5], &[5], dev).unwrap(),
+        );
+        let s = x.batch_norm(&g, &b, None, 1e-5).unwrap().1.unwrap();
+        (s.mean.to_vec().unwrap(), s.var.to_vec().unwrap())
+    };
+    let ((mc, vc), (mn, vn)) = (stats(Device::Cpu), stats(NPU));
+    close("batch_norm_stats mean", &mn, &mc, TOL);
+    close("batch_norm_stats var", &vn, &vc, TOL);
+}
+
+#[test]
+fn adamw_on_device_matches_cpu() {
+    use medsam::backend::{backend, AdamWStep};
+    setup();
+    let n = 1000;
+    let run = |dev: Device| {
+        let b = backend(dev).unwrap();
+        let mut w = b.upload(&data(n, 1)).unwrap();
+        let mut m = b.zeros(n).unwrap();
+        let mut v = b.zeros(n).unwrap();
+        for step in 1..=3u64 {
+            let g: Vec<f32> = data(n, 10 + step).iter().map(|x| x * 0.1).collect();
+            let g = b.upload(&g).unwrap();
+            let p = AdamWStep {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                step,
+            };
+            b.adamw(p, &mut w, &g, &mut m, &mut v).unwrap();
+        }
+        (
+            b.download(&w).unwrap(),
+            b.download(&m).unwrap(),
+            b.download(&v).unwrap(),
+        )
+    };
+    let (wc, mc, vc) = run(Device::Cpu);
+    let (wn, mn, vn) = run(NPU);
+    close("adamw param", &wn, &wc, 1e-6);
+    close("adamw exp_avg", &mn, &mc, 1e-6);
+    close("adamw exp_avg_sq", &vn, &vc, 1e-6);
 }

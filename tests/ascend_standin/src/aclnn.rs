@@ -938,3 +938,4 @@ pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
 run_fn!(aclnnMul, "aclnnMul");
 
 mod extra;
+mod more;
