@@ -44,8 +44,9 @@ fn standin_so() -> PathBuf {
     target.join("debug").join("libascend_standin.so")
 }
 
-/// Points `MEDSAM_ASCEND_LIB_DIR` at the stand-in (once, before any backend is created).
-fn setup() {
+/// Points `MEDSAM_ASCEND_LIB_DIR` at the stand-in (once, before any backend is created);
+/// returns that directory.
+fn setup() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let so = standin_so();
@@ -60,7 +61,7 @@ fn setup() {
         // Set while every other test thread waits on this OnceLock.
         std::env::set_var("MEDSAM_ASCEND_LIB_DIR", &dir);
         dir
-    });
+    })
 }
 
 /// Deterministic pseudo-random data in [-1, 1).
@@ -780,4 +781,97 @@ fn adamw_on_device_matches_cpu() {
     close("adamw param", &wn, &wc, 1e-6);
     close("adamw exp_avg", &mn, &mc, 1e-6);
     close("adamw exp_avg_sq", &vn, &vc, 1e-6);
+}
+
+/// Host↔device `aclrtMemcpy` calls made so far (a stand-in test counter).
+fn host_copies() -> u64 {
+    let path = setup().join("libascendcl.so");
+    // SAFETY: the stand-in (already loaded by the backend); the symbol is `u64 f(void)`.
+    unsafe {
+        let lib = libloading::Library::new(&path).expect("open the stand-in");
+        let f: libloading::Symbol<unsafe extern "C" fn() -> u64> =
+            lib.get(b"standin_host_copies\0").expect("standin_host_copies");
+        f()
+    }
+}
+
+#[test]
+fn former_host_fallbacks_make_no_host_round_trip() {
+    use medsam::backend::{backend, AdamWStep, Binary, Unary, View};
+    use medsam_kernels::conv::Conv2dGeom;
+    setup();
+    let b = backend(NPU).unwrap();
+    let (n, c, h, w) = (2, 3, 4, 5);
+    let len = n * c * h * w;
+    let x = b.upload(&data(len, 1)).unwrap();
+    let dy = b.upload(&data(len, 2)).unwrap();
+    let pos = b.upload(&data(len, 3).iter().map(|v| v + 2.0).collect::<Vec<_>>()).unwrap();
+    let dw = b.upload(&data(c * 9, 4)).unwrap();
+    let gamma = b.upload(&[1.0, 0.5, 2.0]).unwrap();
+    let beta = b.upload(&[0.0, 0.1, -0.1]).unwrap();
+    let up = b.upload(&data(n * c * 7 * 9, 5)).unwrap();
+    let mut p = b.upload(&data(len, 6)).unwrap();
+    let (mut m, mut v) = (b.zeros(len).unwrap(), b.zeros(len).unwrap());
+    let before = host_copies();
+
+    let mut outs = Vec::new();
+    for op in [Unary::Relu, Unary::Sigmoid, Unary::Exp, Unary::Sin, Unary::Cos] {
+        outs.push(b.unary(op, &x).unwrap());
+        outs.push(b.unary_backward(op, &x, &dy).unwrap());
+    }
+    let view = View {
+        shape: vec![len],
+        strides: vec![1],
+        offset: 0,
+    };
+    outs.push(b.binary(Binary::Div, &x, &view, &pos, &view).unwrap());
+    outs.push(b.bilinear(n * c, (h, w), (7, 9), &x).unwrap());
+    outs.push(b.bilinear_backward(n * c, (h, w), (7, 9), &up).unwrap());
+    let g = Conv2dGeom {
+        n,
+        c_in: c,
+        h,
+        w,
+        c_out: c,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        pad: (1, 1),
+        groups: c,
+    };
+    outs.push(b.depthwise_conv2d(g, &x, &dw, Some(&gamma)).unwrap());
+    let gr = b.depthwise_conv2d_backward(g, &x, &dw, &dy, true).unwrap();
+    outs.extend([gr.dx, gr.dw, gr.dbias.unwrap()]);
+    let (mean, var) = b.batch_norm_stats(n, c, h * w, &x).unwrap();
+    outs.push(b.batch_norm_apply(n, c, h * w, &x, &gamma, &beta, (&mean, &gamma)).unwrap());
+    for batch_stats in [true, false] {
+        let gr = b
+            .batch_norm_backward(n, c, h * w, &x, &gamma, (&mean, &gamma), &dy, batch_stats)
+            .unwrap();
+        outs.extend([gr.dx, gr.dgamma, gr.dbeta]);
+    }
+    outs.push(var);
+    let hyper = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        step: 1,
+    };
+    b.adamw(hyper, &mut p, &dy, &mut m, &mut v).unwrap();
+    assert_eq!(
+        host_copies(),
+        before,
+        "an NPU method copied data between host and device"
+    );
+    // The counter does see round trips: a download is one.
+    let c0 = host_copies();
+    b.download(&x).unwrap();
+    assert!(host_copies() > c0, "the host-copy counter does not count");
+    // The queued work runs (and its errors surface) at the first download.
+    for o in &outs {
+        assert!(b.download(o).unwrap().iter().all(|v| v.is_finite()));
+    }
+    assert!(b.download(&p).unwrap().iter().all(|v| v.is_finite()));
 }
