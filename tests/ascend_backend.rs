@@ -225,12 +225,9 @@ fn elementwise_broadcast_and_reductions() {
         TOL,
         |t| t[0].mul(&t[1]),
     );
-    parity(
-        "div",
-        &[(&[2, 3], 1), (&[2, 3], 2)],
-        TOL,
-        |t| t[0].div(&t[1].scale(0.25)?.shift(2.0)?),
-    );
+    parity("div", &[(&[2, 3], 1), (&[2, 3], 2)], TOL, |t| {
+        t[0].div(&t[1].scale(0.25)?.shift(2.0)?)
+    });
     parity(
         "mul of permuted view",
         &[(&[2, 3, 4], 1), (&[4, 3, 2], 2)],
@@ -301,12 +298,9 @@ fn convolutions() {
         TOL,
         |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), 2),
     );
-    parity(
-        "upsample_bilinear",
-        &[(&[1, 2, 3, 4], 1)],
-        TOL,
-        |t| t[0].upsample_bilinear(7, 5),
-    );
+    parity("upsample_bilinear", &[(&[1, 2, 3, 4], 1)], TOL, |t| {
+        t[0].upsample_bilinear(7, 5)
+    });
 }
 
 #[test]
@@ -672,9 +666,12 @@ fn activations_on_device() {
     for (name, f) in ops {
         parity(name, &[(&[3, 4, 5], 11)], TOL, |t| f(&t[0].scale(2.5)?));
     }
-    parity("div broadcast", &[(&[2, 3, 4], 1), (&[3, 1], 2)], TOL, |t| {
-        t[0].div(&t[1].scale(0.5)?.shift(1.75)?)
-    });
+    parity(
+        "div broadcast",
+        &[(&[2, 3, 4], 1), (&[3, 1], 2)],
+        TOL,
+        |t| t[0].div(&t[1].scale(0.5)?.shift(1.75)?),
+    );
 }
 
 #[test]
@@ -716,7 +713,11 @@ fn batch_norm_train_and_eval() {
         TOL,
         |t| {
             let g = t[1].shift(1.5)?;
-            Ok(t[0].scale(2.0)?.shift(0.3)?.batch_norm(&g, &t[2], None, 1e-5)?.0)
+            Ok(t[0]
+                .scale(2.0)?
+                .shift(0.3)?
+                .batch_norm(&g, &t[2], None, 1e-5)?
+                .0)
         },
     );
     // Inference mode: fixed running statistics (constants, not variables).
@@ -789,8 +790,9 @@ fn host_copies() -> u64 {
     // SAFETY: the stand-in (already loaded by the backend); the symbol is `u64 f(void)`.
     unsafe {
         let lib = libloading::Library::new(&path).expect("open the stand-in");
-        let f: libloading::Symbol<unsafe extern "C" fn() -> u64> =
-            lib.get(b"standin_host_copies\0").expect("standin_host_copies");
+        let f: libloading::Symbol<unsafe extern "C" fn() -> u64> = lib
+            .get(b"standin_host_copies\0")
+            .expect("standin_host_copies");
         f()
     }
 }
@@ -805,7 +807,9 @@ fn former_host_fallbacks_make_no_host_round_trip() {
     let len = n * c * h * w;
     let x = b.upload(&data(len, 1)).unwrap();
     let dy = b.upload(&data(len, 2)).unwrap();
-    let pos = b.upload(&data(len, 3).iter().map(|v| v + 2.0).collect::<Vec<_>>()).unwrap();
+    let pos = b
+        .upload(&data(len, 3).iter().map(|v| v + 2.0).collect::<Vec<_>>())
+        .unwrap();
     let dw = b.upload(&data(c * 9, 4)).unwrap();
     let gamma = b.upload(&[1.0, 0.5, 2.0]).unwrap();
     let beta = b.upload(&[0.0, 0.1, -0.1]).unwrap();
@@ -815,7 +819,13 @@ fn former_host_fallbacks_make_no_host_round_trip() {
     let before = host_copies();
 
     let mut outs = Vec::new();
-    for op in [Unary::Relu, Unary::Sigmoid, Unary::Exp, Unary::Sin, Unary::Cos] {
+    for op in [
+        Unary::Relu,
+        Unary::Sigmoid,
+        Unary::Exp,
+        Unary::Sin,
+        Unary::Cos,
+    ] {
         outs.push(b.unary(op, &x).unwrap());
         outs.push(b.unary_backward(op, &x, &dy).unwrap());
     }
@@ -843,7 +853,10 @@ fn former_host_fallbacks_make_no_host_round_trip() {
     let gr = b.depthwise_conv2d_backward(g, &x, &dw, &dy, true).unwrap();
     outs.extend([gr.dx, gr.dw, gr.dbias.unwrap()]);
     let (mean, var) = b.batch_norm_stats(n, c, h * w, &x).unwrap();
-    outs.push(b.batch_norm_apply(n, c, h * w, &x, &gamma, &beta, (&mean, &gamma)).unwrap());
+    outs.push(
+        b.batch_norm_apply(n, c, h * w, &x, &gamma, &beta, (&mean, &gamma))
+            .unwrap(),
+    );
     for batch_stats in [true, false] {
         let gr = b
             .batch_norm_backward(n, c, h * w, &x, &gamma, (&mean, &gamma), &dy, batch_stats)

@@ -1239,11 +1239,10 @@ impl Ops<'_> {
         pick: impl Fn(&OpApi) -> Option<F>,
         name: &'static str,
     ) -> Result<(&'static NnopBase, F)> {
-        self.aclnn(pick, name)?
-            .ok_or(AscendError::MissingSymbol {
-                func: name,
-                lib: "libopapi.so",
-            })
+        self.aclnn(pick, name)?.ok_or(AscendError::MissingSymbol {
+            func: name,
+            lib: "libopapi.so",
+        })
     }
 
     /// `out = op(x)` elementwise (aclnn only): Relu, Sigmoid, Exp, Sin, Cos, Sqrt.
