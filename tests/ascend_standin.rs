@@ -741,3 +741,172 @@ fn hccl_bad_root_info_is_rejected() {
         .unwrap();
     assert!(e.to_string().contains("bootstrap down"), "{e}");
 }
+
+#[test]
+fn pointwise_div_and_bilinear_through_aclnn() {
+    use medsam_ffi::ascend::UnaryOp;
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let hx = data(12, 21);
+    let x = dev.upload(&hx).unwrap();
+    let xa = || TensorArg::input::<f32>(&x, l(&[3, 4])).unwrap();
+    type F = fn(f32) -> f32;
+    let cases: [(UnaryOp, F); 6] = [
+        (UnaryOp::Relu, |v| v.max(0.0)),
+        (UnaryOp::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+        (UnaryOp::Exp, f32::exp),
+        (UnaryOp::Sin, f32::sin),
+        (UnaryOp::Cos, f32::cos),
+        (UnaryOp::Sqrt, |v| v.abs().sqrt()),
+    ];
+    for (op, f) in cases {
+        let src = if op == UnaryOp::Sqrt {
+            dev.upload(&hx.iter().map(|v| v.abs()).collect::<Vec<_>>())
+                .unwrap()
+        } else {
+            dev.upload(&hx).unwrap()
+        };
+        let mut o = dev.alloc_elems::<f32>(12).unwrap();
+        ops.unary(
+            op,
+            &TensorArg::input::<f32>(&src, l(&[3, 4])).unwrap(),
+            &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
+        )
+        .unwrap();
+        let want: Vec<f32> = hx.iter().map(|&v| f(v)).collect();
+        assert_close(
+            &o.read::<f32>(&stream, 12).unwrap(),
+            &want,
+            1e-6,
+            op.names().1,
+        );
+    }
+
+    // Division with a broadcast [4] divisor.
+    let hd: Vec<f32> = data(4, 22).iter().map(|v| v + 2.0).collect();
+    let d = dev.upload(&hd).unwrap();
+    let mut o = dev.alloc_elems::<f32>(12).unwrap();
+    ops.div(
+        &xa(),
+        &TensorArg::input::<f32>(&d, l(&[4])).unwrap(),
+        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = hx.iter().enumerate().map(|(i, v)| v / hd[i % 4]).collect();
+    assert_close(&o.read::<f32>(&stream, 12).unwrap(), &want, 1e-6, "div");
+
+    // ReLU backward (threshold 0) and sigmoid backward (from y).
+    let hg = data(12, 23);
+    let g = dev.upload(&hg).unwrap();
+    let ga = || TensorArg::input::<f32>(&g, l(&[3, 4])).unwrap();
+    let mut o = dev.alloc_elems::<f32>(12).unwrap();
+    ops.threshold_backward(
+        &ga(),
+        &xa(),
+        0.0,
+        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = hx
+        .iter()
+        .zip(&hg)
+        .map(|(&v, &d)| if v > 0.0 { d } else { 0.0 })
+        .collect();
+    assert_close(
+        &o.read::<f32>(&stream, 12).unwrap(),
+        &want,
+        0.0,
+        "relu backward",
+    );
+    let mut o = dev.alloc_elems::<f32>(12).unwrap();
+    ops.sigmoid_backward(
+        &ga(),
+        &xa(),
+        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = hx
+        .iter()
+        .zip(&hg)
+        .map(|(&y, &d)| d * y * (1.0 - y))
+        .collect();
+    assert_close(
+        &o.read::<f32>(&stream, 12).unwrap(),
+        &want,
+        1e-6,
+        "sigmoid backward",
+    );
+
+    // Bilinear 2x upsampling of a [1, 1, 2, 2] image (align_corners=false), and its backward:
+    // the gradient of a sum is the number of outputs each input feeds (4 per input here).
+    let img = dev.upload(&[0.0f32, 1.0, 2.0, 3.0]).unwrap();
+    let mut up = dev.alloc_elems::<f32>(16).unwrap();
+    ops.upsample_bilinear2d(
+        &TensorArg::input::<f32>(&img, l(&[1, 1, 2, 2])).unwrap(),
+        false,
+        (2.0, 2.0),
+        &TensorArg::output::<f32>(&mut up, l(&[1, 1, 4, 4])).unwrap(),
+    )
+    .unwrap();
+    let want = [
+        0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
+    ];
+    assert_close(
+        &up.read::<f32>(&stream, 16).unwrap(),
+        &want,
+        1e-6,
+        "bilinear",
+    );
+    let ones = dev.upload(&[1.0f32; 16]).unwrap();
+    let mut gi = dev.alloc_elems::<f32>(4).unwrap();
+    ops.upsample_bilinear2d_backward(
+        &TensorArg::input::<f32>(&ones, l(&[1, 1, 4, 4])).unwrap(),
+        false,
+        (2.0, 2.0),
+        &TensorArg::output::<f32>(&mut gi, l(&[1, 1, 2, 2])).unwrap(),
+    )
+    .unwrap();
+    assert_close(
+        &gi.read::<f32>(&stream, 4).unwrap(),
+        &[4.0; 4],
+        1e-6,
+        "bilinear backward",
+    );
+
+    // Unsupported attribute values are rejected in the first phase, naming the function.
+    let mut up = dev.alloc_elems::<f32>(16).unwrap();
+    let e = ops
+        .upsample_bilinear2d(
+            &TensorArg::input::<f32>(&img, l(&[1, 1, 2, 2])).unwrap(),
+            true,
+            (2.0, 2.0),
+            &TensorArg::output::<f32>(&mut up, l(&[1, 1, 4, 4])).unwrap(),
+        )
+        .unwrap_err();
+    match &e {
+        AscendError::Aclnn {
+            func, code, msg, ..
+        } => {
+            assert_eq!(*func, "aclnnUpsampleBilinear2dGetWorkspaceSize");
+            assert_eq!(*code, 161002);
+            assert!(msg.as_deref().unwrap_or("").contains("alignCorners"), "{e}");
+        }
+        other => panic!("wrong error: {other}"),
+    }
+    // Batch/channel mismatch between self and out.
+    let mut bad = dev.alloc_elems::<f32>(32).unwrap();
+    let e = ops
+        .upsample_bilinear2d(
+            &TensorArg::input::<f32>(&img, l(&[1, 1, 2, 2])).unwrap(),
+            false,
+            (2.0, 2.0),
+            &TensorArg::output::<f32>(&mut bad, l(&[1, 2, 4, 4])).unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("aclnnUpsampleBilinear2dGetWorkspaceSize"),
+        "{e}"
+    );
+}
