@@ -888,3 +888,45 @@ fn former_host_fallbacks_make_no_host_round_trip() {
     }
     assert!(b.download(&p).unwrap().iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn attention_without_rel_pos_uses_flash_attention() {
+    // d == dv and no rel-pos: aclnnFlashAttentionScore forward, aclnnFlashAttentionScoreGrad
+    // backward (gradients of q, k and v against the CPU kernels).
+    parity(
+        "flash attention",
+        &[(&[3, 5, 4], 1), (&[3, 7, 4], 2), (&[3, 7, 4], 3)],
+        TOL,
+        |t| attention(&t[0], &t[1], &t[2], 0.5, None),
+    );
+    parity(
+        "flash attention, one query",
+        &[(&[2, 1, 8], 4), (&[2, 9, 8], 5), (&[2, 9, 8], 6)],
+        TOL,
+        |t| attention(&t[0], &t[1], &t[2], 0.35, None),
+    );
+    // The forward really took the flash path: its saved state is the softmax statistics.
+    use medsam::backend::ascend::FlashAttnState;
+    use medsam::backend::{backend, Storage};
+    use medsam_kernels::attention::AttnDims;
+    let b = backend(NPU).unwrap();
+    let (bh, nq, nk, d) = (2, 3, 4, 5);
+    let q = b.upload(&data(bh * nq * d, 1)).unwrap();
+    let k = b.upload(&data(bh * nk * d, 2)).unwrap();
+    let v = b.upload(&data(bh * nk * d, 3)).unwrap();
+    let dims = AttnDims {
+        bh,
+        nq,
+        nk,
+        d,
+        dv: d,
+    };
+    let (_, saved) = b.attention(dims, &q, &k, &v, 0.5, None).unwrap();
+    match &saved {
+        Storage::Device(s) => assert!(
+            s.as_any().is::<FlashAttnState>(),
+            "saved state is not the flash-attention statistics: {s:?}"
+        ),
+        Storage::Cpu(_) => panic!("saved state on the host"),
+    }
+}

@@ -9,7 +9,8 @@
 //! * hicann/ops-nn @e5c3fa932 — per-op headers named at each function below;
 //! * hicann/ops-math — `math/add/docs/aclnnAdd&aclnnInplaceAdd.md`, `aclnn_mul.h` (Add/Mul);
 //!   @c41933244 `math/{div,exp,sin,cos,sqrt}/op_api/aclnn_*.h`;
-//! * hicann/ops-cv @07b1cb2 — `image/upsample_bilinear2d/op_host/op_api/aclnn_upsample_bilinear_2d.h`.
+//! * hicann/ops-cv @07b1cb2 — `image/upsample_bilinear2d/op_host/op_api/aclnn_upsample_bilinear_2d.h`;
+//! * hicann/ops-transformer @c29bc10 — `attention/flash_attention_score*/op_host/op_api/*.h`.
 #![allow(non_camel_case_types, non_snake_case)]
 
 use crate::sys::types::{aclDataType, aclFormat, aclrtStream};
@@ -290,6 +291,36 @@ fn_table! {
             *mut *mut aclOpExecutor) -> aclnnStatus,
         /// see `aclnnUpsampleBilinear2dBackwardGetWorkspaceSize`
         aclnnUpsampleBilinear2dBackward: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// ops-transformer @c29bc10
+        /// `attention/flash_attention_score/op_host/op_api/aclnn_flash_attention_score.h`:
+        /// (query, key, value, realShift?, dropMask?, paddingMask?, attenMask?, prefix?,
+        ///  double scaleValue, double keepProb, int64 preTokens, int64 nextTokens, int64 headNum,
+        ///  char *inputLayout, int64 innerPrecise, int64 sparseMode, softmaxMaxOut,
+        ///  softmaxSumOut, softmaxOutOut, attentionOutOut, ws, ex). Formula
+        /// `Softmax(scale·(pse + Q·Kᵀ))·V`; softmaxMax/Sum fp32 `[B, N, Sq, 8]`.
+        aclnnFlashAttentionScoreGetWorkspaceSize: fn(*const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclIntArray, f64, f64, i64, i64, i64, *mut c_char, i64, i64,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-transformer `aclnn_flash_attention_score.h`
+        aclnnFlashAttentionScore: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// ops-transformer @c29bc10
+        /// `attention/flash_attention_score_grad/op_host/op_api/aclnn_flash_attention_score_grad.h`:
+        /// (query, keyIn, value, dy, pseShift?, dropMask?, paddingMask?, attenMask?,
+        ///  softmaxMax?, softmaxSum?, softmaxIn?, attentionIn?, prefix?, double scaleValue,
+        ///  double keepProb, int64 preTokens, int64 nextTokens, int64 headNum, char *inputLayout,
+        ///  int64 innerPrecise, int64 sparseMode, dqOut, dkOut, dvOut, dpseOut, ws, ex)
+        aclnnFlashAttentionScoreGradGetWorkspaceSize: fn(*const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclIntArray, f64, f64, i64, i64, i64,
+            *mut c_char, i64, i64, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-transformer `aclnn_flash_attention_score_grad.h`
+        aclnnFlashAttentionScoreGrad: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
             -> aclnnStatus,
     }
 }

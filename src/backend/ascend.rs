@@ -14,8 +14,8 @@
 
 use super::*;
 use medsam_ffi::ascend::{
-    self as acl, AscendError, AscendRuntime, GeluApprox, Layout as AclLayout, Ops, TensorArg,
-    UnaryOp,
+    self as acl, AscendError, AscendRuntime, FlashAttn, GeluApprox, Layout as AclLayout, Ops,
+    TensorArg, UnaryOp,
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,6 +64,30 @@ impl NpuBuffer {
     pub fn raw(&self) -> &acl::DeviceBuffer {
         self.buf.as_ref().expect("live until drop")
     }
+}
+
+/// What [`AscendBackend::attention`] saves for its backward when it used
+/// `aclnnFlashAttentionScore`: the softmax statistics (fp32 `[bh, 1, nq, 8]` each) instead of
+/// the probabilities. A type of its own, so the backward can tell the two kinds of saved state
+/// apart.
+#[derive(Debug)]
+pub struct FlashAttnState {
+    max: NpuBuffer,
+    sum: NpuBuffer,
+}
+
+impl DeviceBuffer for FlashAttnState {
+    fn len(&self) -> usize {
+        self.max.len + self.sum.len
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `MEDSAM_NPU_FLASH_ATTENTION=0` turns the flash-attention fast path off.
+fn flash_attention_enabled() -> bool {
+    std::env::var("MEDSAM_NPU_FLASH_ATTENTION").as_deref() != Ok("0")
 }
 
 /// One NPU: its device (context + caching allocator) and stream.
@@ -514,6 +538,129 @@ impl AscendBackend {
             Some(alpha) => self.add_views((x, lx), (v, lv), alpha, &d),
             None => self.mul_views((x, lx), (v, lv), &d),
         }
+    }
+
+    fn npu_buffer(&self, buf: acl::DeviceBuffer, len: usize) -> NpuBuffer {
+        NpuBuffer {
+            buf: Some(buf),
+            len,
+            device: self.id,
+            host_copy: self.host_copy.clone(),
+        }
+    }
+
+    /// Attention without rel-pos through `aclnnFlashAttentionScore` (`[bh, 1, n, d]` BNSD,
+    /// one head per batch entry). `None` when it does not apply (d ≠ dv, d > 768, nk < 2,
+    /// disabled) or the runtime rejects it in the first phase (missing symbol, a device
+    /// without the op): the caller then composes the attention from matmuls and softmax.
+    fn flash_attention(
+        &self,
+        dims: AttnDims,
+        (qb, kb, vb): (&acl::DeviceBuffer, &acl::DeviceBuffer, &acl::DeviceBuffer),
+        scale: f32,
+    ) -> Result<Option<(Storage, Storage)>> {
+        let AttnDims { bh, nq, nk, d, dv } = dims;
+        if d != dv || d == 0 || d > 768 || nk < 2 || bh * nq == 0 || !flash_attention_enabled() {
+            return Ok(None);
+        }
+        let ns = bh * nq * 8;
+        let mut out = self.alloc(bh * nq * d)?;
+        let (mut mx, mut sm) = (self.alloc(ns)?, self.alloc(ns)?);
+        let mut reserved = self.alloc(1)?;
+        let e = self.err();
+        let ok = {
+            let tq = self.input(qb, contig(&[bh, 1, nq, d]))?;
+            let tk = self.input(kb, contig(&[bh, 1, nk, d]))?;
+            let tv = self.input(vb, contig(&[bh, 1, nk, d]))?;
+            let sd = [bh, 1, nq, 8];
+            let tm = TensorArg::output::<f32>(&mut mx, contig(&sd)).map_err(&e)?;
+            let ts = TensorArg::output::<f32>(&mut sm, contig(&sd)).map_err(&e)?;
+            let tr = TensorArg::output::<f32>(&mut reserved, contig(&[0])).map_err(&e)?;
+            let to = TensorArg::output::<f32>(&mut out, contig(&[bh, 1, nq, d])).map_err(&e)?;
+            let attr = FlashAttn {
+                scale: scale as f64,
+                head_num: 1,
+            };
+            self.ops()
+                .flash_attention(&tq, &tk, &tv, attr, &tm, &ts, &tr, &to)
+                .is_ok()
+        };
+        self.stream.retain_until_sync(reserved);
+        if !ok {
+            return Ok(None);
+        }
+        let state = FlashAttnState {
+            max: self.npu_buffer(mx, ns),
+            sum: self.npu_buffer(sm, ns),
+        };
+        Ok(Some((
+            self.wrap(out, bh * nq * d),
+            Storage::Device(Box::new(state)),
+        )))
+    }
+
+    /// Backward of [`AscendBackend::flash_attention`] (`aclnnFlashAttentionScoreGrad`).
+    #[allow(clippy::too_many_arguments)]
+    fn flash_attention_backward(
+        &self,
+        dims: AttnDims,
+        (q, k, v): (&Storage, &Storage, &Storage),
+        scale: f32,
+        out: &Storage,
+        st: &FlashAttnState,
+        dout: &Storage,
+    ) -> Result<AttnGrads> {
+        let AttnDims { bh, nq, nk, d, .. } = dims;
+        let (qb, kb, vb, ob, gb) = (
+            self.buf(q)?,
+            self.buf(k)?,
+            self.buf(v)?,
+            self.buf(out)?,
+            self.buf(dout)?,
+        );
+        let (mut dq, mut dk, mut dv) = (
+            self.alloc(bh * nq * d)?,
+            self.alloc(bh * nk * d)?,
+            self.alloc(bh * nk * d)?,
+        );
+        {
+            let e = self.err();
+            let (lq, lk) = (contig(&[bh, 1, nq, d]), contig(&[bh, 1, nk, d]));
+            let sd = contig(&[bh, 1, nq, 8]);
+            let tq = self.input(qb, lq.clone())?;
+            let tk = self.input(kb, lk.clone())?;
+            let tv = self.input(vb, lk.clone())?;
+            let tg = self.input(gb, lq.clone())?;
+            let to = self.input(ob, lq.clone())?;
+            let tm = self.input(st.max.raw(), sd.clone())?;
+            let ts = self.input(st.sum.raw(), sd)?;
+            let empty = self.input(&self.zero, contig(&[0]))?;
+            let gq = TensorArg::output::<f32>(&mut dq, lq).map_err(&e)?;
+            let gk = TensorArg::output::<f32>(&mut dk, lk.clone()).map_err(&e)?;
+            let gv = TensorArg::output::<f32>(&mut dv, lk).map_err(&e)?;
+            let attr = FlashAttn {
+                scale: scale as f64,
+                head_num: 1,
+            };
+            self.ops()
+                .flash_attention_backward(
+                    &tq,
+                    &tk,
+                    &tv,
+                    &tg,
+                    attr,
+                    (&tm, &ts, &to),
+                    &empty,
+                    (&gq, &gk, &gv),
+                )
+                .map_err(&e)?;
+        }
+        Ok(AttnGrads {
+            dq: self.wrap(dq, bh * nq * d),
+            dk: self.wrap(dk, bh * nk * d),
+            dv: self.wrap(dv, bh * nk * d),
+            drel: None,
+        })
     }
 
     fn check_depthwise(&self, g: &Conv2dGeom) -> Result<()> {
@@ -1052,8 +1199,9 @@ impl Backend for AscendBackend {
 
     /// On the NPU the second result is this backend's saved state for
     /// [`Backend::attention_backward`]: the softmax probabilities `P [bh, nq, nk]`, not the
-    /// log-sum-exp (there is no device log/reduce operator wired yet). Only this backend's
-    /// `attention_backward` consumes it.
+    /// log-sum-exp (there is no device log/reduce operator wired yet); without rel-pos, when
+    /// `aclnnFlashAttentionScore` runs, it is a [`FlashAttnState`] (softmax max / sum) instead.
+    /// Only this backend's `attention_backward` consumes it.
     fn attention(
         &self,
         dims: AttnDims,
@@ -1065,6 +1213,11 @@ impl Backend for AscendBackend {
     ) -> Result<(Storage, Storage)> {
         let AttnDims { bh, nq, nk, d, dv } = dims;
         let (qb, kb, vb) = (self.buf(q)?, self.buf(k)?, self.buf(v)?);
+        if rel.is_none() {
+            if let Some(r) = self.flash_attention(dims, (qb, kb, vb), scale)? {
+                return Ok(r);
+            }
+        }
         // S = (scale·q)·kᵀ (+ rel_h[.., kh, ·] + rel_w[.., ·, kw])
         let qs = self.scaled(qb, bh * nq * d, scale)?;
         let mut s = self.bmm(
@@ -1105,10 +1258,21 @@ impl Backend for AscendBackend {
         v: &Storage,
         scale: f32,
         rel: Option<RelPos>,
-        _out: &Storage,
+        out: &Storage,
         lse: &Storage,
         dout: &Storage,
     ) -> Result<AttnGrads> {
+        if let Storage::Device(s) = lse {
+            if let Some(st) = s.as_any().downcast_ref::<FlashAttnState>() {
+                if rel.is_some() {
+                    return Err(Error::Device {
+                        device: format!("npu:{}", self.id),
+                        detail: "attention_backward: flash-attention state with rel-pos".into(),
+                    });
+                }
+                return self.flash_attention_backward(dims, (q, k, v), scale, out, st, dout);
+            }
+        }
         let AttnDims { bh, nq, nk, d, dv } = dims;
         if lse.len() != bh * nq * nk {
             return Err(Error::Device {

@@ -1434,6 +1434,170 @@ impl Ops<'_> {
     }
 }
 
+/// Attributes of full (unmasked, no dropout) flash attention in the `BNSD` layout.
+#[derive(Clone, Copy, Debug)]
+pub struct FlashAttn {
+    /// Multiplies `Q·Kᵀ` before the softmax.
+    pub scale: f64,
+    /// `N` of `[B, N, S, D]`.
+    pub head_num: i64,
+}
+
+impl FlashAttn {
+    /// preTokens / nextTokens for no band limit (torch_npu `npu_fusion_attention` defaults).
+    const ALL_TOKENS: i64 = 2147483647;
+}
+
+impl Ops<'_> {
+    /// `out = softmax(scale·Q·Kᵀ)·V` (`aclnnFlashAttentionScore`, layout `BNSD`, keepProb 1,
+    /// sparseMode 0, no pse / masks). `softmax_max` / `softmax_sum` are fp32 `[B, N, Sq, 8]`
+    /// (saved for [`Ops::flash_attention_backward`]); `softmax_out` is the reserved output,
+    /// passed as an empty tensor as torch_npu does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention(
+        &self,
+        q: &TensorArg,
+        k: &TensorArg,
+        v: &TensorArg,
+        attr: FlashAttn,
+        softmax_max: &TensorArg,
+        softmax_sum: &TensorArg,
+        softmax_out: &TensorArg,
+        out: &TensorArg,
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnFlashAttentionScoreGetWorkspaceSize
+                    .zip(api.aclnnFlashAttentionScore)
+            },
+            "aclnnFlashAttentionScore",
+        )?;
+        let (tq, tk, tv) = (nn_tensor(nn, q)?, nn_tensor(nn, k)?, nn_tensor(nn, v)?);
+        let (tm, ts, tso, to) = (
+            nn_tensor(nn, softmax_max)?,
+            nn_tensor(nn, softmax_sum)?,
+            nn_tensor(nn, softmax_out)?,
+            nn_tensor(nn, out)?,
+        );
+        let layout = CString::new("BNSD").unwrap();
+        let null = std::ptr::null();
+        self.two_phase(
+            (
+                "aclnnFlashAttentionScoreGetWorkspaceSize",
+                "aclnnFlashAttentionScore",
+            ),
+            |ws, ex| unsafe {
+                p1(
+                    tq.raw,
+                    tk.raw,
+                    tv.raw,
+                    null,
+                    null,
+                    null,
+                    null,
+                    std::ptr::null(),
+                    attr.scale,
+                    1.0,
+                    FlashAttn::ALL_TOKENS,
+                    FlashAttn::ALL_TOKENS,
+                    attr.head_num,
+                    layout.as_ptr() as *mut _,
+                    0,
+                    0,
+                    tm.raw,
+                    ts.raw,
+                    tso.raw,
+                    to.raw,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
+    }
+
+    /// Backward of [`Ops::flash_attention`] (`aclnnFlashAttentionScoreGrad`): dq, dk, dv from
+    /// the forward's inputs, output and softmax statistics. `empty` is a zero-element tensor
+    /// passed for softmaxIn and dpseOut (no pse), as torch_npu / DeepLink do.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_backward(
+        &self,
+        q: &TensorArg,
+        k: &TensorArg,
+        v: &TensorArg,
+        dy: &TensorArg,
+        attr: FlashAttn,
+        saved: (&TensorArg, &TensorArg, &TensorArg),
+        empty: &TensorArg,
+        grads: (&TensorArg, &TensorArg, &TensorArg),
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnFlashAttentionScoreGradGetWorkspaceSize
+                    .zip(api.aclnnFlashAttentionScoreGrad)
+            },
+            "aclnnFlashAttentionScoreGrad",
+        )?;
+        let (tq, tk, tv, tdy) = (
+            nn_tensor(nn, q)?,
+            nn_tensor(nn, k)?,
+            nn_tensor(nn, v)?,
+            nn_tensor(nn, dy)?,
+        );
+        let (tm, ts, tout) = (
+            nn_tensor(nn, saved.0)?,
+            nn_tensor(nn, saved.1)?,
+            nn_tensor(nn, saved.2)?,
+        );
+        let (te1, te2) = (nn_tensor(nn, empty)?, nn_tensor(nn, empty)?);
+        let (gq, gk, gv) = (
+            nn_tensor(nn, grads.0)?,
+            nn_tensor(nn, grads.1)?,
+            nn_tensor(nn, grads.2)?,
+        );
+        let layout = CString::new("BNSD").unwrap();
+        let null = std::ptr::null();
+        self.two_phase(
+            (
+                "aclnnFlashAttentionScoreGradGetWorkspaceSize",
+                "aclnnFlashAttentionScoreGrad",
+            ),
+            |ws, ex| unsafe {
+                p1(
+                    tq.raw,
+                    tk.raw,
+                    tv.raw,
+                    tdy.raw,
+                    null,
+                    null,
+                    null,
+                    null,
+                    tm.raw,
+                    ts.raw,
+                    te1.raw,
+                    tout.raw,
+                    std::ptr::null(),
+                    attr.scale,
+                    1.0,
+                    FlashAttn::ALL_TOKENS,
+                    FlashAttn::ALL_TOKENS,
+                    attr.head_num,
+                    layout.as_ptr() as *mut _,
+                    0,
+                    0,
+                    gq.raw,
+                    gk.raw,
+                    gv.raw,
+                    te2.raw,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
+    }
+}
+
 impl TensorArg<'_> {
     fn with_dtype(mut self, like: &TensorArg) -> Self {
         self.dtype = like.dtype;
