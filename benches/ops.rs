@@ -156,6 +156,28 @@ mod npu {
                 }),
             ));
         }
+        // SAM's mask decoder cross-attention (tokens → image, 8 heads × 16 dims, 4096 keys):
+        // no rel-pos, so aclnnFlashAttentionScore when the runtime has it.
+        let (bh, nq, nk, d) = (8, 7, 4096, 16);
+        let (q, k, vv) = (
+            up(b, bh * nq * d, 1),
+            up(b, bh * nk * d, 2),
+            up(b, bh * nk * d, 3),
+        );
+        v.push((
+            "attn_decoder_cross",
+            4.0 * (bh * nq * nk * d) as f64,
+            Box::new(move |b| {
+                let dims = AttnDims {
+                    bh,
+                    nq,
+                    nk,
+                    d,
+                    dv: d,
+                };
+                b.attention(dims, &q, &k, &vv, 0.25, None).unwrap();
+            }),
+        ));
         let (rows, dim) = (4096, 768);
         let n = rows * dim;
         let (x, g, bt) = (up(b, n, 1), up(b, dim, 2), up(b, dim, 3));

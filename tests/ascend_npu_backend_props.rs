@@ -183,6 +183,15 @@ fn npu_backend_ops_match_cpu() {
             1e-3,
             |t| Ok(t[0].batch_norm(&t[1].shift(1.5)?, &t[2], None, 1e-5)?.0),
         );
+        // No rel-pos and d == dv: the aclnnFlashAttentionScore path (SAM's decoder attention).
+        let (nq, nk, d) = (r.range(1, 64), r.range(2, 80), r.range(1, 64));
+        parity(
+            "flash attention",
+            &mut r,
+            &[sh(&[b, nq, d]), sh(&[b, nk, d]), sh(&[b, nk, d])],
+            1e-3,
+            |t| attention(&t[0], &t[1], &t[2], 0.25, None),
+        );
         let (kh, kw, d) = (r.range(1, 6), r.range(1, 6), r.range(1, 32));
         let nq = kh * kw;
         parity(
