@@ -43,7 +43,10 @@ unsafe fn check_attrs(
         }
     }
     if !prefix.is_null() {
-        return Err(bad(func, "prefix is not implemented by the stand-in".into()));
+        return Err(bad(
+            func,
+            "prefix is not implemented by the stand-in".into(),
+        ));
     }
     if layout.is_null() {
         return Err(fail(
@@ -74,7 +77,10 @@ unsafe fn check_attrs(
     }
     let (qd, kd, vd) = (&q.dims, &k.dims, &v.dims);
     if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
-        return Err(bad(func, format!("BNSD needs 4-D q/k/v: {qd:?} {kd:?} {vd:?}")));
+        return Err(bad(
+            func,
+            format!("BNSD needs 4-D q/k/v: {qd:?} {kd:?} {vd:?}"),
+        ));
     }
     let (b, n, sq, d) = (qd[0], qd[1], qd[2], qd[3]);
     let sk = kd[2];
@@ -119,10 +125,9 @@ fn check_stats(func: &str, a: &Attn, m: &View, s: &View) -> Result<(), i32> {
 
 fn check_empty(func: &str, what: &str, t: Option<&AclTensor>) -> Result<(), i32> {
     match t {
-        Some(t) if t.view.numel() != 0 => Err(bad(
-            func,
-            format!("{what} {:?} must be empty", t.view.dims),
-        )),
+        Some(t) if t.view.numel() != 0 => {
+            Err(bad(func, format!("{what} {:?} must be empty", t.view.dims)))
+        }
         _ => Ok(()),
     }
 }
@@ -348,14 +353,16 @@ pub unsafe extern "C" fn aclnnFlashAttentionScoreGradGetWorkspaceSize(
                     let mut dvs = vec![0f64; sk * d];
                     for i in 0..a.sq {
                         let sc = scores(&a, qv, kv, b, n, i);
-                        let (mx, sum) = (mv.get(&[b, n, i, 0]) as f64, sv.get(&[b, n, i, 0]) as f64);
+                        let (mx, sum) =
+                            (mv.get(&[b, n, i, 0]) as f64, sv.get(&[b, n, i, 0]) as f64);
                         let p: Vec<f64> = sc.iter().map(|x| (x - mx).exp() / sum).collect();
                         let (go, oi) = (row(gv, b, n, i, a.d), row(ov, b, n, i, a.d));
                         let di = dot(&go, &oi);
                         let qi = row(qv, b, n, i, a.d);
                         let mut dqi = vec![0f64; d];
                         for j in 0..sk {
-                            let (kj, vj) = (row(kv, b, n, j as i64, a.d), row(vv, b, n, j as i64, a.d));
+                            let (kj, vj) =
+                                (row(kv, b, n, j as i64, a.d), row(vv, b, n, j as i64, a.d));
                             let ds = p[j] * (dot(&go, &vj) - di);
                             for c in 0..d {
                                 dvs[j * d + c] += p[j] * go[c];
@@ -363,8 +370,8 @@ pub unsafe extern "C" fn aclnnFlashAttentionScoreGradGetWorkspaceSize(
                                 dkk[j * d + c] += a.scale * ds * qi[c];
                             }
                         }
-                        for c in 0..d {
-                            dqv.set(&[b, n, i, c as i64], dqi[c] as f32);
+                        for (c, &g) in dqi.iter().enumerate() {
+                            dqv.set(&[b, n, i, c as i64], g as f32);
                         }
                     }
                     for j in 0..sk {

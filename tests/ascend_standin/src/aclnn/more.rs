@@ -35,16 +35,7 @@ macro_rules! unary_op {
             ws: *mut u64,
             ex: *mut *mut Executor,
         ) -> i32 {
-            unary(
-                stringify!($p1),
-                stringify!($p2),
-                x,
-                out,
-                $f,
-                false,
-                ws,
-                ex,
-            )
+            unary(stringify!($p1), stringify!($p2), x, out, $f, false, ws, ex)
         }
         #[no_mangle]
         pub unsafe extern "C" fn $p2(
@@ -238,7 +229,10 @@ unsafe fn resize_attrs(
         ));
     }
     if !(sh.is_finite() && sw.is_finite() && sh >= 0.0 && sw >= 0.0) {
-        return Err(bad(func, format!("scales ({sh}, {sw}) must be finite and >= 0")));
+        return Err(bad(
+            func,
+            format!("scales ({sh}, {sw}) must be finite and >= 0"),
+        ));
     }
     if size.is_null() {
         return Err(fail(
@@ -248,7 +242,10 @@ unsafe fn resize_attrs(
     }
     match (&(*size).0)[..] {
         [a, b] if a > 0 && b > 0 => Ok([a, b]),
-        ref v => Err(bad(func, format!("outputSize {v:?} is not 2 positive ints"))),
+        ref v => Err(bad(
+            func,
+            format!("outputSize {v:?} is not 2 positive ints"),
+        )),
     }
 }
 
@@ -285,7 +282,8 @@ pub unsafe extern "C" fn aclnnUpsampleBilinear2dGetWorkspaceSize(
                 let (y0, y1, a0, a1) = taps(h, rh, i[2]);
                 let (x0, x1, b0, b1) = taps(w, rw, i[3]);
                 let g = |y: i64, x: i64| xv.get(&[i[0], i[1], y, x]) as f64;
-                let v = a0 * (b0 * g(y0, x0) + b1 * g(y0, x1)) + a1 * (b0 * g(y1, x0) + b1 * g(y1, x1));
+                let v =
+                    a0 * (b0 * g(y0, x0) + b1 * g(y0, x1)) + a1 * (b0 * g(y1, x0) + b1 * g(y1, x1));
                 ov.set(i, v as f32);
             });
             Ok(())
@@ -317,17 +315,11 @@ pub unsafe extern "C" fn aclnnUpsampleBilinear2dBackwardGetWorkspaceSize(
     }
     let isz = (*in_size).0.clone();
     let (gd, id) = (&g.view.dims, &gi.view.dims);
-    if isz.len() != 4
-        || isz[2] <= 0
-        || isz[3] <= 0
-        || *id != isz
-        || *gd != [isz[0], isz[1], oh, ow]
+    if isz.len() != 4 || isz[2] <= 0 || isz[3] <= 0 || *id != isz || *gd != [isz[0], isz[1], oh, ow]
     {
         return bad(
             F,
-            format!(
-                "gradOut {gd:?}, gradInput {id:?}, inputSize {isz:?}, outputSize [{oh}, {ow}]"
-            ),
+            format!("gradOut {gd:?}, gradInput {id:?}, inputSize {isz:?}, outputSize [{oh}, {ow}]"),
         );
     }
     let (gv, iv) = (g.view.clone(), gi.view.clone());
@@ -338,7 +330,8 @@ pub unsafe extern "C" fn aclnnUpsampleBilinear2dBackwardGetWorkspaceSize(
         Box::new(move |_| {
             let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
             let mut acc = vec![0f64; iv.numel()];
-            let at = |i: &[i64], y: i64, x: i64| (((i[0] * isz[1] + i[1]) * h + y) * w + x) as usize;
+            let at =
+                |i: &[i64], y: i64, x: i64| (((i[0] * isz[1] + i[1]) * h + y) * w + x) as usize;
             for_each_index(&gv.dims.clone(), |i| {
                 let d = gv.get(i) as f64;
                 let (y0, y1, a0, a1) = taps(h, rh, i[2]);
