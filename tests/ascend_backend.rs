@@ -873,6 +873,19 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         step: 1,
     };
     b.adamw(hyper, &mut p, &dy, &mut m, &mut v).unwrap();
+    // Attention without rel-pos (flash attention) forward and backward.
+    let dims = medsam_kernels::attention::AttnDims {
+        bh: n * c,
+        nq: h,
+        nk: h,
+        d: w,
+        dv: w,
+    };
+    let (o, saved) = b.attention(dims, &x, &pos, &dy, 0.5, None).unwrap();
+    let gr = b
+        .attention_backward(dims, &x, &pos, &dy, 0.5, None, &o, &saved, &x)
+        .unwrap();
+    outs.extend([o, gr.dq, gr.dk, gr.dv]);
     assert_eq!(
         host_copies(),
         before,
