@@ -750,11 +750,14 @@ fn batch_norm_train_and_eval() {
 
 #[test]
 fn adamw_on_device_matches_cpu() {
-    use medsam::backend::{backend, AdamWStep};
+    // Backend::adamw (fused aclnnApplyAdamWV2) and the elementwise composition it falls back
+    // to, three steps each, against the CPU update.
+    use medsam::backend::ascend::AscendBackend;
+    use medsam::backend::{backend, AdamWStep, Backend, Storage};
     setup();
     let n = 1000;
-    let run = |dev: Device| {
-        let b = backend(dev).unwrap();
+    type Step<'a> = &'a dyn Fn(AdamWStep, &mut Storage, &Storage, &mut Storage, &mut Storage);
+    let run = |b: &dyn Backend, step_fn: Step| {
         let mut w = b.upload(&data(n, 1)).unwrap();
         let mut m = b.zeros(n).unwrap();
         let mut v = b.zeros(n).unwrap();
@@ -769,19 +772,27 @@ fn adamw_on_device_matches_cpu() {
                 weight_decay: 0.01,
                 step,
             };
-            b.adamw(p, &mut w, &g, &mut m, &mut v).unwrap();
+            step_fn(p, &mut w, &g, &mut m, &mut v);
         }
-        (
-            b.download(&w).unwrap(),
-            b.download(&m).unwrap(),
-            b.download(&v).unwrap(),
-        )
+        [w, m, v].map(|s| b.download(&s).unwrap())
     };
-    let (wc, mc, vc) = run(Device::Cpu);
-    let (wn, mn, vn) = run(NPU);
-    close("adamw param", &wn, &wc, 1e-6);
-    close("adamw exp_avg", &mn, &mc, 1e-6);
-    close("adamw exp_avg_sq", &vn, &vc, 1e-6);
+    let cpu = backend(Device::Cpu).unwrap();
+    let want = run(&*cpu, &|p, w, g, m, v| cpu.adamw(p, w, g, m, v).unwrap());
+    let npu = AscendBackend::shared(0).unwrap();
+    let fused = run(&*npu, &|p, w, g, m, v| {
+        assert!(
+            npu.adamw_fused(p, w, g, m, v).unwrap(),
+            "aclnnApplyAdamWV2 was not used"
+        )
+    });
+    let composed = run(&*npu, &|p, w, g, m, v| {
+        npu.adamw_elementwise(p, w, g, m, v).unwrap()
+    });
+    for (path, got) in [("fused", &fused), ("elementwise", &composed)] {
+        for (k, what) in ["param", "exp_avg", "exp_avg_sq"].iter().enumerate() {
+            close(&format!("adamw {path} {what}"), &got[k], &want[k], 1e-6);
+        }
+    }
 }
 
 /// Host↔device `aclrtMemcpy` calls made so far (a stand-in test counter).

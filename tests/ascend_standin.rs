@@ -955,3 +955,71 @@ fn flash_attention_checks_shapes_and_attributes() {
     let e = run(1, &[b, 1, s, 1], &mut mx).unwrap_err();
     assert!(e.to_string().contains("softmaxMax"), "{e}");
 }
+
+#[test]
+fn apply_adamw_v2_in_place() {
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let n = 64usize;
+    let (hw, hg) = (data(n, 41), data(n, 42));
+    let (hm, hv): (Vec<f32>, Vec<f32>) =
+        (data(n, 43), data(n, 44).iter().map(|x| x.abs()).collect());
+    let (w, m, v, g) = (
+        dev.upload(&hw).unwrap(),
+        dev.upload(&hm).unwrap(),
+        dev.upload(&hv).unwrap(),
+        dev.upload(&hg).unwrap(),
+    );
+    let step = dev.upload(&[4.0f32]).unwrap(); // 4 earlier updates: t = 5
+    let h = AdamWHyper {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        weight_decay: 0.1,
+        eps: 1e-8,
+    };
+    let t = |b| TensorArg::input::<f32>(b, l(&[n as i64])).unwrap();
+    ops.apply_adamw_v2(
+        (&t(&w), &t(&m), &t(&v)),
+        &t(&g),
+        &TensorArg::input::<f32>(&step, l(&[1])).unwrap(),
+        h,
+    )
+    .unwrap();
+    let (gw, gm, gv) = (
+        w.read::<f32>(&stream, n).unwrap(),
+        m.read::<f32>(&stream, n).unwrap(),
+        v.read::<f32>(&stream, n).unwrap(),
+    );
+    // PyTorch AdamW in f64.
+    let (b1, b2, lr, wd, eps, tt) = (0.9f64, 0.999f64, 1e-2f64, 0.1f64, 1e-8f64, 5);
+    for i in 0..n {
+        let g = hg[i] as f64;
+        let m1 = b1 * hm[i] as f64 + (1.0 - b1) * g;
+        let v1 = b2 * hv[i] as f64 + (1.0 - b2) * g * g;
+        let denom = v1.sqrt() / (1.0 - b2.powi(tt)).sqrt() + eps;
+        let w1 = hw[i] as f64 * (1.0 - lr * wd) - lr / (1.0 - b1.powi(tt)) * m1 / denom;
+        for (what, got, want) in [("w", gw[i], w1), ("m", gm[i], m1), ("v", gv[i], v1)] {
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{what}[{i}]: {got} vs {want}"
+            );
+        }
+    }
+    // amsgrad/maximize are not exposed; a step tensor of two elements is rejected.
+    let bad_step = dev.upload(&[1.0f32, 2.0]).unwrap();
+    let e = ops
+        .apply_adamw_v2(
+            (&t(&w), &t(&m), &t(&v)),
+            &t(&g),
+            &TensorArg::input::<f32>(&bad_step, l(&[2])).unwrap(),
+            h,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("aclnnApplyAdamWV2GetWorkspaceSize")
+            && e.to_string().contains("step"),
+        "{e}"
+    );
+}

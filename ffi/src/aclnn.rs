@@ -322,5 +322,15 @@ fn_table! {
         /// ops-transformer `aclnn_flash_attention_score_grad.h`
         aclnnFlashAttentionScoreGrad: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
             -> aclnnStatus,
+        /// ops-nn @e5c3fa932 `optim/apply_adam_w_v2/op_host/op_api/aclnn_apply_adam_w_v2.h`:
+        /// (varRef, mRef, vRef, maxGradNormOptionalRef, grad, const aclTensor *step, float lr,
+        ///  float beta1, float beta2, float weightDecay, float eps, bool amsgrad, bool maximize,
+        ///  ws, ex); in place. The kernel (`op_kernel/apply_adam_w_v2_fp.h`) uses `step + 1` as
+        /// t (torch_npu's `_fused_adamw_` passes `state_steps[i].sub(1)`).
+        aclnnApplyAdamWV2GetWorkspaceSize: fn(*mut aclTensor, *mut aclTensor, *mut aclTensor,
+            *mut aclTensor, *const aclTensor, *const aclTensor, f32, f32, f32, f32, f32, bool,
+            bool, *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-nn `aclnn_apply_adam_w_v2.h`
+        aclnnApplyAdamWV2: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
     }
 }

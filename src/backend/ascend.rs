@@ -663,6 +663,131 @@ impl AscendBackend {
         })
     }
 
+    /// `aclnnApplyAdamWV2` in place; `Ok(false)` when the runtime lacks it or rejects the call
+    /// in its first phase (nothing was enqueued then). Its scalars are f32 (the CPU reference
+    /// rounds f64 bias corrections once), so results may differ from the CPU in the last bits.
+    /// Public for tests.
+    pub fn adamw_fused(
+        &self,
+        p: AdamWStep,
+        param: &mut Storage,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+    ) -> Result<bool> {
+        let n = param.len();
+        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n || p.step == 0 {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+        // The kernel uses step + 1 as t: pass the number of earlier updates (exact in f32).
+        let step = self.fill(1, (p.step - 1) as f32)?;
+        let (wb, gb, mb, vb, sb) = (
+            self.buf(param)?,
+            self.buf(grad)?,
+            self.buf(exp_avg)?,
+            self.buf(exp_avg_sq)?,
+            self.buf(&step)?,
+        );
+        let l = contig(&[n]);
+        // In-place operands: `param`, `exp_avg` and `exp_avg_sq` are borrowed exclusively by
+        // the caller (`&mut Storage`), so writing through these views is sound.
+        let (tw, tm, tv) = (
+            self.input(wb, l.clone())?,
+            self.input(mb, l.clone())?,
+            self.input(vb, l.clone())?,
+        );
+        let (tg, ts) = (self.input(gb, l)?, self.input(sb, contig(&[1]))?);
+        let h = acl::AdamWHyper {
+            lr: p.lr as f32,
+            beta1: p.beta1 as f32,
+            beta2: p.beta2 as f32,
+            weight_decay: p.weight_decay as f32,
+            eps: p.eps as f32,
+        };
+        let ok = self
+            .ops()
+            .apply_adamw_v2((&tw, &tm, &tv), &tg, &ts, h)
+            .is_ok();
+        Ok(ok)
+    }
+
+    /// AdamW as 12 device elementwise ops (the fallback of [`Backend::adamw`] when
+    /// `aclnnApplyAdamWV2` is missing or rejects the call); public for tests.
+    pub fn adamw_elementwise(
+        &self,
+        p: AdamWStep,
+        param: &mut Storage,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+    ) -> Result<()> {
+        // The CPU update (`cpu::adamw_update`, PyTorch semantics) as device elementwise ops, in
+        // the same order and with the same f32-rounded scalars:
+        //   w ← decay·w;  m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;
+        //   w ← w − step_size · m / (√v / √(1−β2^t) + eps).
+        let n = param.len();
+        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n {
+            return Err(Error::Device {
+                device: format!("npu:{}", self.id),
+                detail: format!(
+                    "adamw: param {n}, grad {}, exp_avg {}, exp_avg_sq {} elements",
+                    grad.len(),
+                    exp_avg.len(),
+                    exp_avg_sq.len()
+                ),
+            });
+        }
+        let (lr, b1, b2) = (p.lr, p.beta1, p.beta2);
+        let step_size = (lr / (1.0 - b1.powi(p.step as i32))) as f32;
+        let bias2_sqrt = (1.0 - b2.powi(p.step as i32)).sqrt() as f32;
+        let decay = (1.0 - lr * p.weight_decay) as f32;
+        let (w1, beta2, w2, eps) = (
+            (1.0 - b1) as f32,
+            b2 as f32,
+            (1.0 - b2) as f32,
+            p.eps as f32,
+        );
+        let (wb, gb, mb, vb) = (
+            self.buf(param)?,
+            self.buf(grad)?,
+            self.buf(exp_avg)?,
+            self.buf(exp_avg_sq)?,
+        );
+        let w_dec = self.scaled(wb, n, decay)?;
+        let diff = self.add_n(gb, mb, -1.0, n)?;
+        let m = self.add_n(mb, self.buf(&diff)?, w1, n)?;
+        let v_dec = self.scaled(vb, n, beta2)?;
+        let g2 = self.mul_n(gb, gb, n)?;
+        let v = self.add_n(self.buf(&v_dec)?, self.buf(&g2)?, w2, n)?;
+        let root = self.unary_dev(UnaryOp::Sqrt, self.buf(&v)?, n)?;
+        // √v / √(1−β2^t) as a division by a one-element device constant (exactly 0 + b·1).
+        let b2s = self.fill(1, bias2_sqrt)?;
+        let root = self.div_views(
+            (self.buf(&root)?, contig(&[n])),
+            (self.buf(&b2s)?, bcast(&[n])),
+            &[n],
+        )?;
+        let denom = self.add_views(
+            (self.buf(&root)?, contig(&[n])),
+            (&self.one, bcast(&[n])),
+            eps,
+            &[n],
+        )?;
+        let upd = self.div_views(
+            (self.buf(&m)?, contig(&[n])),
+            (self.buf(&denom)?, contig(&[n])),
+            &[n],
+        )?;
+        let w = self.add_n(self.buf(&w_dec)?, self.buf(&upd)?, -step_size, n)?;
+        *param = w;
+        *exp_avg = m;
+        *exp_avg_sq = v;
+        Ok(())
+    }
+
     fn check_depthwise(&self, g: &Conv2dGeom) -> Result<()> {
         if g.c_in == g.c_out && g.groups == g.c_in && g.c_in > 0 {
             Ok(())
@@ -1545,68 +1670,12 @@ impl Backend for AscendBackend {
         exp_avg: &mut Storage,
         exp_avg_sq: &mut Storage,
     ) -> Result<()> {
-        // The CPU update (`cpu::adamw_update`, PyTorch semantics) as device elementwise ops, in
-        // the same order and with the same f32-rounded scalars:
-        //   w ← decay·w;  m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;
-        //   w ← w − step_size · m / (√v / √(1−β2^t) + eps).
-        let n = param.len();
-        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n {
-            return Err(Error::Device {
-                device: format!("npu:{}", self.id),
-                detail: format!(
-                    "adamw: param {n}, grad {}, exp_avg {}, exp_avg_sq {} elements",
-                    grad.len(),
-                    exp_avg.len(),
-                    exp_avg_sq.len()
-                ),
-            });
+        // Fused `aclnnApplyAdamWV2` (in place) when the runtime has it and accepts the call;
+        // otherwise the same update as a composition of elementwise ops.
+        if self.adamw_fused(p, param, grad, exp_avg, exp_avg_sq)? {
+            return Ok(());
         }
-        let (lr, b1, b2) = (p.lr, p.beta1, p.beta2);
-        let step_size = (lr / (1.0 - b1.powi(p.step as i32))) as f32;
-        let bias2_sqrt = (1.0 - b2.powi(p.step as i32)).sqrt() as f32;
-        let decay = (1.0 - lr * p.weight_decay) as f32;
-        let (w1, beta2, w2, eps) = (
-            (1.0 - b1) as f32,
-            b2 as f32,
-            (1.0 - b2) as f32,
-            p.eps as f32,
-        );
-        let (wb, gb, mb, vb) = (
-            self.buf(param)?,
-            self.buf(grad)?,
-            self.buf(exp_avg)?,
-            self.buf(exp_avg_sq)?,
-        );
-        let w_dec = self.scaled(wb, n, decay)?;
-        let diff = self.add_n(gb, mb, -1.0, n)?;
-        let m = self.add_n(mb, self.buf(&diff)?, w1, n)?;
-        let v_dec = self.scaled(vb, n, beta2)?;
-        let g2 = self.mul_n(gb, gb, n)?;
-        let v = self.add_n(self.buf(&v_dec)?, self.buf(&g2)?, w2, n)?;
-        let root = self.unary_dev(UnaryOp::Sqrt, self.buf(&v)?, n)?;
-        // √v / √(1−β2^t) as a division by a one-element device constant (exactly 0 + b·1).
-        let b2s = self.fill(1, bias2_sqrt)?;
-        let root = self.div_views(
-            (self.buf(&root)?, contig(&[n])),
-            (self.buf(&b2s)?, bcast(&[n])),
-            &[n],
-        )?;
-        let denom = self.add_views(
-            (self.buf(&root)?, contig(&[n])),
-            (&self.one, bcast(&[n])),
-            eps,
-            &[n],
-        )?;
-        let upd = self.div_views(
-            (self.buf(&m)?, contig(&[n])),
-            (self.buf(&denom)?, contig(&[n])),
-            &[n],
-        )?;
-        let w = self.add_n(self.buf(&w_dec)?, self.buf(&upd)?, -step_size, n)?;
-        *param = w;
-        *exp_avg = m;
-        *exp_avg_sq = v;
-        Ok(())
+        self.adamw_elementwise(p, param, grad, exp_avg, exp_avg_sq)
     }
 }
 

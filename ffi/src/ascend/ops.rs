@@ -1598,6 +1598,67 @@ impl Ops<'_> {
     }
 }
 
+/// Hyper-parameters of [`Ops::apply_adamw_v2`] (f32, as the C API takes them).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWHyper {
+    /// Learning rate.
+    pub lr: f32,
+    /// β1.
+    pub beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// Decoupled weight decay λ.
+    pub weight_decay: f32,
+    /// ε, added after the bias-corrected square root.
+    pub eps: f32,
+}
+
+impl Ops<'_> {
+    /// One fused AdamW update in place (`aclnnApplyAdamWV2`, amsgrad and maximize off):
+    /// `var`, `m`, `v` are read and written; `step` is a one-element tensor holding the number
+    /// of updates made **before** this one (the kernel uses `step + 1`).
+    pub fn apply_adamw_v2(
+        &self,
+        (var, m, v): (&TensorArg, &TensorArg, &TensorArg),
+        grad: &TensorArg,
+        step: &TensorArg,
+        h: AdamWHyper,
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnApplyAdamWV2GetWorkspaceSize
+                    .zip(api.aclnnApplyAdamWV2)
+            },
+            "aclnnApplyAdamWV2",
+        )?;
+        let (tw, tm, tv) = (nn_tensor(nn, var)?, nn_tensor(nn, m)?, nn_tensor(nn, v)?);
+        let (tg, ts) = (nn_tensor(nn, grad)?, nn_tensor(nn, step)?);
+        self.two_phase(
+            ("aclnnApplyAdamWV2GetWorkspaceSize", "aclnnApplyAdamWV2"),
+            |ws, ex| unsafe {
+                p1(
+                    tw.raw,
+                    tm.raw,
+                    tv.raw,
+                    std::ptr::null_mut(),
+                    tg.raw,
+                    ts.raw,
+                    h.lr,
+                    h.beta1,
+                    h.beta2,
+                    h.weight_decay,
+                    h.eps,
+                    false,
+                    false,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
+    }
+}
+
 impl TensorArg<'_> {
     fn with_dtype(mut self, like: &TensorArg) -> Self {
         self.dtype = like.dtype;

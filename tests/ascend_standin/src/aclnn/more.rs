@@ -2,7 +2,7 @@
 //! host fallbacks of the NPU `Backend` to device: `aclnnRelu`, `aclnnSigmoid`, `aclnnExp`,
 //! `aclnnSin`, `aclnnCos`, `aclnnSqrt`, `aclnnDiv`, `aclnnThresholdBackward`,
 //! `aclnnSigmoidBackward`, `aclnnUpsampleBilinear2d` and `aclnnUpsampleBilinear2dBackward`
-//! (align_corners=false only). Signatures as declared in `ffi/src/aclnn.rs`; plain loops,
+//! (align_corners=false only), `aclnnApplyAdamWV2` (amsgrad / maximize off). Signatures as declared in `ffi/src/aclnn.rs`; plain loops,
 //! row-major reads of the views; shapes, dtypes and attributes are checked in the first phase.
 
 use super::*;
@@ -352,3 +352,101 @@ run_fn!(
     aclnnUpsampleBilinear2dBackward,
     "aclnnUpsampleBilinear2dBackward"
 );
+
+// ------------------------------------------------------------------ fused AdamW
+
+/// `aclnnApplyAdamWV2` with amsgrad and maximize off (others are rejected): PyTorch AdamW in
+/// place, t = step + 1, scalars in f32 like the CANN kernel (`apply_adam_w_v2_fp.h`).
+#[no_mangle]
+pub unsafe extern "C" fn aclnnApplyAdamWV2GetWorkspaceSize(
+    var: *mut AclTensor,
+    m: *mut AclTensor,
+    v: *mut AclTensor,
+    max_grad_norm: *mut AclTensor,
+    grad: *const AclTensor,
+    step: *const AclTensor,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    weight_decay: f32,
+    eps: f32,
+    amsgrad: bool,
+    maximize: bool,
+    ws: *mut u64,
+    ex: *mut *mut Executor,
+) -> i32 {
+    const F: &str = "aclnnApplyAdamWV2GetWorkspaceSize";
+    let w = try_i32!(tensor(F, "varRef", var));
+    let mt = try_i32!(tensor(F, "mRef", m));
+    let vt = try_i32!(tensor(F, "vRef", v));
+    let g = try_i32!(tensor(F, "grad", grad));
+    let st = try_i32!(tensor(F, "step", step));
+    if amsgrad || maximize || !max_grad_norm.is_null() {
+        return bad(
+            F,
+            format!(
+                "amsgrad {amsgrad} / maximize {maximize} / maxGradNorm: the stand-in \
+                 implements amsgrad = maximize = false without maxGradNorm"
+            ),
+        );
+    }
+    if st.view.numel() != 1 {
+        return bad(F, format!("step {:?} must have one element", st.view.dims));
+    }
+    for (what, t) in [("mRef", mt), ("vRef", vt), ("grad", g)] {
+        if t.view.dims != w.view.dims {
+            return bad(
+                F,
+                format!("{what} {:?} != varRef {:?}", t.view.dims, w.view.dims),
+            );
+        }
+    }
+    if !(lr.is_finite()
+        && eps.is_finite()
+        && (0.0..1.0).contains(&beta1)
+        && (0.0..1.0).contains(&beta2))
+    {
+        return bad(
+            F,
+            format!("lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"),
+        );
+    }
+    let (wv, mv, vv, gv, sv) = (
+        w.view.clone(),
+        mt.view.clone(),
+        vt.view.clone(),
+        g.view.clone(),
+        st.view.clone(),
+    );
+    finish_phase1(
+        "aclnnApplyAdamWV2",
+        0,
+        Box::new(move |_| {
+            let t = sv.read()[0] + 1.0;
+            if t < 1.0 {
+                return Err((
+                    ACLNN_ERR_PARAM_INVALID,
+                    "aclnnApplyAdamWV2: step < 0".into(),
+                ));
+            }
+            let step_size = lr / (1.0 - beta1.powf(t));
+            let bc2_rsqrt = 1.0 / (1.0 - beta2.powf(t)).sqrt();
+            let decay = 1.0 - lr * weight_decay;
+            let (mut w, mut m, mut v, g) = (wv.read(), mv.read(), vv.read(), gv.read());
+            for i in 0..w.len() {
+                w[i] *= decay;
+                m[i] += (g[i] - m[i]) * (1.0 - beta1);
+                v[i] = v[i] * beta2 + g[i] * g[i] * (1.0 - beta2);
+                let denom = v[i].sqrt() * bc2_rsqrt + eps;
+                w[i] -= m[i] / denom * step_size;
+            }
+            wv.write(&w);
+            mv.write(&m);
+            vv.write(&v);
+            Ok(())
+        }),
+        ws,
+        ex,
+    )
+}
+run_fn!(aclnnApplyAdamWV2, "aclnnApplyAdamWV2");
