@@ -5,7 +5,8 @@
 //!
 //! What this proves: the backend's marshalling (views, strides, broadcasts, batch strides),
 //! op composition (attention, layer_norm2d, conv_transpose2d through conv backward, sum_axes
-//! through matmul), stream ordering and host fallbacks — against the stand-in's plain-loop
+//! through matmul, batch norm and AdamW as elementwise compositions), stream ordering and the
+//! remaining host fallbacks — against the stand-in's plain-loop
 //! kernels. It does NOT prove real CANN numerics (tests/ascend_npu_props.rs, needs an NPU).
 #![cfg(feature = "ascend")]
 
@@ -43,8 +44,9 @@ fn standin_so() -> PathBuf {
     target.join("debug").join("libascend_standin.so")
 }
 
-/// Points `MEDSAM_ASCEND_LIB_DIR` at the stand-in (once, before any backend is created).
-fn setup() {
+/// Points `MEDSAM_ASCEND_LIB_DIR` at the stand-in (once, before any backend is created);
+/// returns that directory.
+fn setup() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let so = standin_so();
@@ -59,7 +61,7 @@ fn setup() {
         // Set while every other test thread waits on this OnceLock.
         std::env::set_var("MEDSAM_ASCEND_LIB_DIR", &dir);
         dir
-    });
+    })
 }
 
 /// Deterministic pseudo-random data in [-1, 1).
@@ -223,12 +225,9 @@ fn elementwise_broadcast_and_reductions() {
         TOL,
         |t| t[0].mul(&t[1]),
     );
-    parity(
-        "div (host fallback)",
-        &[(&[2, 3], 1), (&[2, 3], 2)],
-        TOL,
-        |t| t[0].div(&t[1].scale(0.25)?.shift(2.0)?),
-    );
+    parity("div", &[(&[2, 3], 1), (&[2, 3], 2)], TOL, |t| {
+        t[0].div(&t[1].scale(0.25)?.shift(2.0)?)
+    });
     parity(
         "mul of permuted view",
         &[(&[2, 3, 4], 1), (&[4, 3, 2], 2)],
@@ -299,12 +298,9 @@ fn convolutions() {
         TOL,
         |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), 2),
     );
-    parity(
-        "upsample_bilinear (host fallback)",
-        &[(&[1, 2, 3, 4], 1)],
-        TOL,
-        |t| t[0].upsample_bilinear(7, 5),
-    );
+    parity("upsample_bilinear", &[(&[1, 2, 3, 4], 1)], TOL, |t| {
+        t[0].upsample_bilinear(7, 5)
+    });
 }
 
 #[test]
@@ -759,4 +755,308 @@ fn cli_train_on_npu_matches_cpu() {
         "only {moved} tensors moved by more than {}",
         5.0 * tol
     );
+}
+
+#[test]
+fn activations_on_device() {
+    // Each forward and its backward (`Σ y ⊙ r` gradients) on device: aclnnRelu +
+    // aclnnThresholdBackward, aclnnSigmoid + aclnnSigmoidBackward, aclnnExp / Sin / Cos + Mul.
+    type F = fn(&Tensor) -> medsam::Result<Tensor>;
+    let ops: [(&str, F); 5] = [
+        ("relu", |t| t.relu()),
+        ("sigmoid", |t| t.sigmoid()),
+        ("exp", |t| t.exp()),
+        ("sin", |t| t.sin()),
+        ("cos", |t| t.cos()),
+    ];
+    for (name, f) in ops {
+        parity(name, &[(&[3, 4, 5], 11)], TOL, |t| f(&t[0].scale(2.5)?));
+    }
+    parity(
+        "div broadcast",
+        &[(&[2, 3, 4], 1), (&[3, 1], 2)],
+        TOL,
+        |t| t[0].div(&t[1].scale(0.5)?.shift(1.75)?),
+    );
+}
+
+#[test]
+fn bilinear_up_down_and_identity() {
+    for (name, (h, w), (oh, ow)) in [
+        ("bilinear up 3x4 -> 7x5", (3, 4), (7, 5)),
+        ("bilinear down 8x6 -> 3x4", (8, 6), (3, 4)),
+        ("bilinear same 4x4", (4, 4), (4, 4)),
+        ("bilinear x4 2x3 -> 8x12", (2, 3), (8, 12)),
+    ] {
+        parity(name, &[(&[2, 3, h, w], 5)], TOL, |t| {
+            t[0].upsample_bilinear(oh, ow)
+        });
+    }
+}
+
+#[test]
+fn depthwise_convolutions() {
+    parity(
+        "depthwise 3x3 s1 p1 bias",
+        &[(&[2, 4, 6, 5], 1), (&[4, 1, 3, 3], 2), (&[4], 3)],
+        TOL,
+        |t| t[0].depthwise_conv2d(&t[1], Some(&t[2]), 1, 1),
+    );
+    parity(
+        "depthwise 3x3 s2 p1 no bias",
+        &[(&[1, 3, 7, 7], 4), (&[3, 1, 3, 3], 5)],
+        TOL,
+        |t| t[0].depthwise_conv2d(&t[1], None, 2, 1),
+    );
+}
+
+#[test]
+fn batch_norm_train_and_eval() {
+    // Training mode: batch statistics on device (and their gradient terms in dx).
+    parity(
+        "batch_norm train",
+        &[(&[3, 4, 5, 2], 1), (&[4], 2), (&[4], 3)],
+        TOL,
+        |t| {
+            let g = t[1].shift(1.5)?;
+            Ok(t[0]
+                .scale(2.0)?
+                .shift(0.3)?
+                .batch_norm(&g, &t[2], None, 1e-5)?
+                .0)
+        },
+    );
+    // Inference mode: fixed running statistics (constants, not variables).
+    parity(
+        "batch_norm eval",
+        &[(&[2, 3, 4, 4], 4), (&[3], 5), (&[3], 6)],
+        TOL,
+        |t| {
+            let dev = t[0].device();
+            let rm = Tensor::from_slice(&[0.1, -0.2, 0.3], &[3], dev)?;
+            let rv = Tensor::from_slice(&[0.5, 1.5, 2.0], &[3], dev)?;
+            Ok(t[0].batch_norm(&t[1], &t[2], Some((&rm, &rv)), 1e-5)?.0)
+        },
+    );
+    // The batch statistics themselves.
+    setup();
+    let stats = |dev: Device| {
+        let x = Tensor::from_slice(&data(2 * 5 * 9, 7), &[2, 5, 3, 3], dev).unwrap();
+        let (g, b) = (
+            Tensor::from_slice(&[1.0; 5], &[5], dev).unwrap(),
+            Tensor::from_slice(&[0.0; 5], &[5], dev).unwrap(),
+        );
+        let s = x.batch_norm(&g, &b, None, 1e-5).unwrap().1.unwrap();
+        (s.mean.to_vec().unwrap(), s.var.to_vec().unwrap())
+    };
+    let ((mc, vc), (mn, vn)) = (stats(Device::Cpu), stats(NPU));
+    close("batch_norm_stats mean", &mn, &mc, TOL);
+    close("batch_norm_stats var", &vn, &vc, TOL);
+}
+
+#[test]
+fn adamw_on_device_matches_cpu() {
+    // Backend::adamw (fused aclnnApplyAdamWV2) and the elementwise composition it falls back
+    // to, three steps each, against the CPU update.
+    use medsam::backend::ascend::AscendBackend;
+    use medsam::backend::{backend, AdamWStep, Backend, Storage};
+    setup();
+    let n = 1000;
+    type Step<'a> = &'a dyn Fn(AdamWStep, &mut Storage, &Storage, &mut Storage, &mut Storage);
+    let run = |b: &dyn Backend, step_fn: Step| {
+        let mut w = b.upload(&data(n, 1)).unwrap();
+        let mut m = b.zeros(n).unwrap();
+        let mut v = b.zeros(n).unwrap();
+        for step in 1..=3u64 {
+            let g: Vec<f32> = data(n, 10 + step).iter().map(|x| x * 0.1).collect();
+            let g = b.upload(&g).unwrap();
+            let p = AdamWStep {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                step,
+            };
+            step_fn(p, &mut w, &g, &mut m, &mut v);
+        }
+        [w, m, v].map(|s| b.download(&s).unwrap())
+    };
+    let cpu = backend(Device::Cpu).unwrap();
+    let want = run(&*cpu, &|p, w, g, m, v| cpu.adamw(p, w, g, m, v).unwrap());
+    let npu = AscendBackend::shared(0).unwrap();
+    let fused = run(&*npu, &|p, w, g, m, v| {
+        assert!(
+            npu.adamw_fused(p, w, g, m, v).unwrap(),
+            "aclnnApplyAdamWV2 was not used"
+        )
+    });
+    let composed = run(&*npu, &|p, w, g, m, v| {
+        npu.adamw_elementwise(p, w, g, m, v).unwrap()
+    });
+    for (path, got) in [("fused", &fused), ("elementwise", &composed)] {
+        for (k, what) in ["param", "exp_avg", "exp_avg_sq"].iter().enumerate() {
+            close(&format!("adamw {path} {what}"), &got[k], &want[k], 1e-6);
+        }
+    }
+}
+
+/// Host↔device `aclrtMemcpy` calls made so far (a stand-in test counter).
+fn host_copies() -> u64 {
+    let path = setup().join("libascendcl.so");
+    // SAFETY: the stand-in (already loaded by the backend); the symbol is `u64 f(void)`.
+    unsafe {
+        let lib = libloading::Library::new(&path).expect("open the stand-in");
+        let f: libloading::Symbol<unsafe extern "C" fn() -> u64> = lib
+            .get(b"standin_host_copies\0")
+            .expect("standin_host_copies");
+        f()
+    }
+}
+
+#[test]
+fn former_host_fallbacks_make_no_host_round_trip() {
+    use medsam::backend::{backend, AdamWStep, Binary, Unary, View};
+    use medsam_kernels::conv::Conv2dGeom;
+    setup();
+    let b = backend(NPU).unwrap();
+    let (n, c, h, w) = (2, 3, 4, 5);
+    let len = n * c * h * w;
+    let x = b.upload(&data(len, 1)).unwrap();
+    let dy = b.upload(&data(len, 2)).unwrap();
+    let pos = b
+        .upload(&data(len, 3).iter().map(|v| v + 2.0).collect::<Vec<_>>())
+        .unwrap();
+    let dw = b.upload(&data(c * 9, 4)).unwrap();
+    let gamma = b.upload(&[1.0, 0.5, 2.0]).unwrap();
+    let beta = b.upload(&[0.0, 0.1, -0.1]).unwrap();
+    let up = b.upload(&data(n * c * 7 * 9, 5)).unwrap();
+    let mut p = b.upload(&data(len, 6)).unwrap();
+    let (mut m, mut v) = (b.zeros(len).unwrap(), b.zeros(len).unwrap());
+    let before = host_copies();
+
+    let mut outs = Vec::new();
+    for op in [
+        Unary::Relu,
+        Unary::Sigmoid,
+        Unary::Exp,
+        Unary::Sin,
+        Unary::Cos,
+    ] {
+        outs.push(b.unary(op, &x).unwrap());
+        outs.push(b.unary_backward(op, &x, &dy).unwrap());
+    }
+    let view = View {
+        shape: vec![len],
+        strides: vec![1],
+        offset: 0,
+    };
+    outs.push(b.binary(Binary::Div, &x, &view, &pos, &view).unwrap());
+    outs.push(b.bilinear(n * c, (h, w), (7, 9), &x).unwrap());
+    outs.push(b.bilinear_backward(n * c, (h, w), (7, 9), &up).unwrap());
+    let g = Conv2dGeom {
+        n,
+        c_in: c,
+        h,
+        w,
+        c_out: c,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        pad: (1, 1),
+        groups: c,
+    };
+    outs.push(b.depthwise_conv2d(g, &x, &dw, Some(&gamma)).unwrap());
+    let gr = b.depthwise_conv2d_backward(g, &x, &dw, &dy, true).unwrap();
+    outs.extend([gr.dx, gr.dw, gr.dbias.unwrap()]);
+    let (mean, var) = b.batch_norm_stats(n, c, h * w, &x).unwrap();
+    outs.push(
+        b.batch_norm_apply(n, c, h * w, &x, &gamma, &beta, (&mean, &gamma))
+            .unwrap(),
+    );
+    for batch_stats in [true, false] {
+        let gr = b
+            .batch_norm_backward(n, c, h * w, &x, &gamma, (&mean, &gamma), &dy, batch_stats)
+            .unwrap();
+        outs.extend([gr.dx, gr.dgamma, gr.dbeta]);
+    }
+    outs.push(var);
+    let hyper = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        step: 1,
+    };
+    b.adamw(hyper, &mut p, &dy, &mut m, &mut v).unwrap();
+    // Attention without rel-pos (flash attention) forward and backward.
+    let dims = medsam_kernels::attention::AttnDims {
+        bh: n * c,
+        nq: h,
+        nk: h,
+        d: w,
+        dv: w,
+    };
+    let (o, saved) = b.attention(dims, &x, &pos, &dy, 0.5, None).unwrap();
+    let gr = b
+        .attention_backward(dims, &x, &pos, &dy, 0.5, None, &o, &saved, &x)
+        .unwrap();
+    outs.extend([o, gr.dq, gr.dk, gr.dv]);
+    assert_eq!(
+        host_copies(),
+        before,
+        "an NPU method copied data between host and device"
+    );
+    // The counter does see round trips: a download is one.
+    let c0 = host_copies();
+    b.download(&x).unwrap();
+    assert!(host_copies() > c0, "the host-copy counter does not count");
+    // The queued work runs (and its errors surface) at the first download.
+    for o in &outs {
+        assert!(b.download(o).unwrap().iter().all(|v| v.is_finite()));
+    }
+    assert!(b.download(&p).unwrap().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn attention_without_rel_pos_uses_flash_attention() {
+    // d == dv and no rel-pos: aclnnFlashAttentionScore forward, aclnnFlashAttentionScoreGrad
+    // backward (gradients of q, k and v against the CPU kernels).
+    parity(
+        "flash attention",
+        &[(&[3, 5, 4], 1), (&[3, 7, 4], 2), (&[3, 7, 4], 3)],
+        TOL,
+        |t| attention(&t[0], &t[1], &t[2], 0.5, None),
+    );
+    parity(
+        "flash attention, one query",
+        &[(&[2, 1, 8], 4), (&[2, 9, 8], 5), (&[2, 9, 8], 6)],
+        TOL,
+        |t| attention(&t[0], &t[1], &t[2], 0.35, None),
+    );
+    // The forward really took the flash path: its saved state is the softmax statistics.
+    use medsam::backend::ascend::FlashAttnState;
+    use medsam::backend::{backend, Storage};
+    use medsam_kernels::attention::AttnDims;
+    let b = backend(NPU).unwrap();
+    let (bh, nq, nk, d) = (2, 3, 4, 5);
+    let q = b.upload(&data(bh * nq * d, 1)).unwrap();
+    let k = b.upload(&data(bh * nk * d, 2)).unwrap();
+    let v = b.upload(&data(bh * nk * d, 3)).unwrap();
+    let dims = AttnDims {
+        bh,
+        nq,
+        nk,
+        d,
+        dv: d,
+    };
+    let (_, saved) = b.attention(dims, &q, &k, &v, 0.5, None).unwrap();
+    match &saved {
+        Storage::Device(s) => assert!(
+            s.as_any().is::<FlashAttnState>(),
+            "saved state is not the flash-attention statistics: {s:?}"
+        ),
+        Storage::Cpu(_) => panic!("saved state on the host"),
+    }
 }

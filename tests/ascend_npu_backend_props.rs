@@ -82,6 +82,11 @@ fn parity(
     }
 }
 
+/// Stride 1 or 2 from the shape (deterministic, so the closure needs no RNG).
+fn r_stride(h: usize) -> usize {
+    1 + h % 2
+}
+
 #[test]
 fn npu_backend_ops_match_cpu() {
     if !npu("npu_backend_ops_match_cpu") {
@@ -142,6 +147,51 @@ fn npu_backend_ops_match_cpu() {
             1e-3,
             |t| t[0].layer_norm2d(&t[1], &t[2], 1e-6),
         );
+        // Former host fallbacks (now aclnn ops or compositions of them).
+        parity(
+            "relu/sigmoid/exp/sin/cos",
+            &mut r,
+            &[sh(&[m, k])],
+            1e-3,
+            |t| {
+                let x = t[0].scale(2.0)?;
+                x.relu()?
+                    .add(&x.sigmoid()?)?
+                    .add(&x.scale(0.5)?.exp()?)?
+                    .add(&x.sin()?)?
+                    .add(&x.cos()?)
+            },
+        );
+        parity("div", &mut r, &[sh(&[m, k]), sh(&[k])], 1e-3, |t| {
+            t[0].div(&t[1].scale(0.5)?.shift(2.0)?)
+        });
+        let (oh, ow) = (r.range(1, 40), r.range(1, 40));
+        parity("bilinear", &mut r, &[sh(&[b, c, h, w])], 1e-3, |t| {
+            t[0].upsample_bilinear(oh, ow)
+        });
+        parity(
+            "depthwise_conv2d",
+            &mut r,
+            &[sh(&[b, c, h, w]), sh(&[c, 1, 3, 3]), sh(&[c])],
+            1e-3,
+            |t| t[0].depthwise_conv2d(&t[1], Some(&t[2]), r_stride(h), 1),
+        );
+        parity(
+            "batch_norm train",
+            &mut r,
+            &[sh(&[b + 1, c, h, w]), sh(&[c]), sh(&[c])],
+            1e-3,
+            |t| Ok(t[0].batch_norm(&t[1].shift(1.5)?, &t[2], None, 1e-5)?.0),
+        );
+        // No rel-pos and d == dv: the aclnnFlashAttentionScore path (SAM's decoder attention).
+        let (nq, nk, d) = (r.range(1, 64), r.range(2, 80), r.range(1, 64));
+        parity(
+            "flash attention",
+            &mut r,
+            &[sh(&[b, nq, d]), sh(&[b, nk, d]), sh(&[b, nk, d])],
+            1e-3,
+            |t| attention(&t[0], &t[1], &t[2], 0.25, None),
+        );
         let (kh, kw, d) = (r.range(1, 6), r.range(1, 6), r.range(1, 32));
         let nq = kh * kw;
         parity(
@@ -165,5 +215,45 @@ fn npu_backend_ops_match_cpu() {
                 attention(&t[0], &t[1], &t[2], 0.3, Some(&rel))
             },
         );
+    }
+}
+
+#[test]
+fn npu_adamw_matches_cpu() {
+    use medsam::backend::{backend, AdamWStep};
+    if !npu("npu_adamw_matches_cpu") {
+        return;
+    }
+    let mut r = Rng(11);
+    for _ in 0..4 {
+        let n = r.range(1, 100_000);
+        let (w0, grads): (Vec<f32>, Vec<Vec<f32>>) = (r.vec(n), (0..3).map(|_| r.vec(n)).collect());
+        let run = |dev: Device| {
+            let b = backend(dev).unwrap();
+            let mut w = b.upload(&w0).unwrap();
+            let (mut m, mut v) = (b.zeros(n).unwrap(), b.zeros(n).unwrap());
+            for (i, g) in grads.iter().enumerate() {
+                let g = b.upload(g).unwrap();
+                let p = AdamWStep {
+                    lr: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.05,
+                    step: i as u64 + 1,
+                };
+                b.adamw(p, &mut w, &g, &mut m, &mut v).unwrap();
+            }
+            [w, m, v].map(|s| b.download(&s).unwrap())
+        };
+        let (c, npu_out) = (run(Device::Cpu), run(NPU));
+        for (k, (a, b)) in npu_out.iter().zip(&c).enumerate() {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "adamw n={n} result {k}[{i}]: npu {x} vs cpu {y}"
+                );
+            }
+        }
     }
 }

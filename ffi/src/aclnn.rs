@@ -7,7 +7,10 @@
 //! * hicann/opbase @aa3cd74 `include/nnopbase/aclnn/acl_meta.h` — tensors, arrays, scalars;
 //! * hicann/opbase @aa3cd74 `include/nnopbase/aclnn/aclnn_base.h` — `aclnnInit`;
 //! * hicann/ops-nn @e5c3fa932 — per-op headers named at each function below;
-//! * hicann/ops-math — `math/add/docs/aclnnAdd&aclnnInplaceAdd.md`, `aclnn_mul.h` (Add/Mul).
+//! * hicann/ops-math — `math/add/docs/aclnnAdd&aclnnInplaceAdd.md`, `aclnn_mul.h` (Add/Mul);
+//!   @c41933244 `math/{div,exp,sin,cos,sqrt}/op_api/aclnn_*.h`;
+//! * hicann/ops-cv @07b1cb2 — `image/upsample_bilinear2d/op_host/op_api/aclnn_upsample_bilinear_2d.h`;
+//! * hicann/ops-transformer @c29bc10 — `attention/flash_attention_score*/op_host/op_api/*.h`.
 #![allow(non_camel_case_types, non_snake_case)]
 
 use crate::sys::types::{aclDataType, aclFormat, aclrtStream};
@@ -218,5 +221,116 @@ fn_table! {
             *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
         /// ops-math `aclnn_mul.h`
         aclnnMul: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-math @c41933244 `math/div/op_api/aclnn_div.h`: (self, other, out, ws, ex);
+        /// out = self / other (broadcasting, true division)
+        aclnnDivGetWorkspaceSize: fn(*const aclTensor, *const aclTensor, *mut aclTensor,
+            *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-math `aclnn_div.h`
+        aclnnDiv: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-math @c41933244 `math/exp/op_api/aclnn_exp.h`: (self, out, ws, ex)
+        aclnnExpGetWorkspaceSize: fn(*const aclTensor, *mut aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-math `aclnn_exp.h`
+        aclnnExp: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-math @c41933244 `math/sin/op_api/aclnn_sin.h`: (self, out, ws, ex)
+        aclnnSinGetWorkspaceSize: fn(*const aclTensor, *mut aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-math `aclnn_sin.h`
+        aclnnSin: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-math @c41933244 `math/cos/op_api/aclnn_cos.h`: (input, out, ws, ex)
+        aclnnCosGetWorkspaceSize: fn(*const aclTensor, *mut aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-math `aclnn_cos.h`
+        aclnnCos: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-math @c41933244 `math/sqrt/op_api/aclnn_sqrt.h`: (self, out, ws, ex)
+        aclnnSqrtGetWorkspaceSize: fn(*const aclTensor, *mut aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-math `aclnn_sqrt.h`
+        aclnnSqrt: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-nn @e5c3fa932 `activation/relu/op_api/aclnn_relu.h`: (self, out, ws, ex)
+        /// (`out` is declared `const aclTensor *` there; same ABI)
+        aclnnReluGetWorkspaceSize: fn(*const aclTensor, *mut aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-nn `aclnn_relu.h`
+        aclnnRelu: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-nn @e5c3fa932 `activation/sigmoid/op_api/aclnn_sigmoid.h`: (self, out, ws, ex)
+        aclnnSigmoidGetWorkspaceSize: fn(*const aclTensor, *mut aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-nn `aclnn_sigmoid.h`
+        aclnnSigmoid: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
+        /// ops-nn @e5c3fa932 `activation/sigmoid_grad/op_api/aclnn_sigmoid_backward.h`:
+        /// (gradOutput, output = sigmoid(x), gradInput, ws, ex); gradInput = g·y·(1 − y)
+        aclnnSigmoidBackwardGetWorkspaceSize: fn(*const aclTensor, *const aclTensor,
+            *mut aclTensor, *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-nn `aclnn_sigmoid_backward.h`
+        aclnnSigmoidBackward: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// ops-nn @e5c3fa932 `activation/threshold_grad_v2_d/op_api/aclnn_threshold_backward.h`:
+        /// (gradOutput, self, const aclScalar *threshold, out, ws, ex);
+        /// out = self > threshold ? gradOutput : 0 (ReLU backward with threshold 0)
+        aclnnThresholdBackwardGetWorkspaceSize: fn(*const aclTensor, *const aclTensor,
+            *const aclScalar, *mut aclTensor, *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-nn `aclnn_threshold_backward.h`
+        aclnnThresholdBackward: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// ops-cv @07b1cb2 `image/upsample_bilinear2d/op_host/op_api/aclnn_upsample_bilinear_2d.h`:
+        /// (self NCHW, const aclIntArray *outputSize [oh, ow], bool alignCorners,
+        ///  double scalesH, double scalesW, out, ws, ex)
+        aclnnUpsampleBilinear2dGetWorkspaceSize: fn(*const aclTensor, *const aclIntArray, bool,
+            f64, f64, *mut aclTensor, *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-cv `aclnn_upsample_bilinear_2d.h`
+        aclnnUpsampleBilinear2d: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// No public header found for the non-V2 backward; argument order from the Ascend/op-plugin
+        /// opapi kernel of `upsample_bilinear2d_backward` (`EXEC_NPU_CMD(aclnnUpsampleBilinear2dBackward, grad_output, output_size, input_size,
+        /// align_corners, scales_h, scales_w, grad_input)`): (gradOut, const aclIntArray
+        /// *outputSize [oh, ow], const aclIntArray *inputSize [n, c, h, w], bool alignCorners,
+        /// double scalesH, double scalesW, gradInput, ws, ex)
+        aclnnUpsampleBilinear2dBackwardGetWorkspaceSize: fn(*const aclTensor,
+            *const aclIntArray, *const aclIntArray, bool, f64, f64, *mut aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// see `aclnnUpsampleBilinear2dBackwardGetWorkspaceSize`
+        aclnnUpsampleBilinear2dBackward: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// ops-transformer @c29bc10
+        /// `attention/flash_attention_score/op_host/op_api/aclnn_flash_attention_score.h`:
+        /// (query, key, value, realShift?, dropMask?, paddingMask?, attenMask?, prefix?,
+        ///  double scaleValue, double keepProb, int64 preTokens, int64 nextTokens, int64 headNum,
+        ///  char *inputLayout, int64 innerPrecise, int64 sparseMode, softmaxMaxOut,
+        ///  softmaxSumOut, softmaxOutOut, attentionOutOut, ws, ex). Formula
+        /// `Softmax(scale·(pse + Q·Kᵀ))·V`; softmaxMax/Sum fp32 `[B, N, Sq, 8]`.
+        aclnnFlashAttentionScoreGetWorkspaceSize: fn(*const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclIntArray, f64, f64, i64, i64, i64, *mut c_char, i64, i64,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor, *mut u64,
+            *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-transformer `aclnn_flash_attention_score.h`
+        aclnnFlashAttentionScore: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// ops-transformer @c29bc10
+        /// `attention/flash_attention_score_grad/op_host/op_api/aclnn_flash_attention_score_grad.h`:
+        /// (query, keyIn, value, dy, pseShift?, dropMask?, paddingMask?, attenMask?,
+        ///  softmaxMax?, softmaxSum?, softmaxIn?, attentionIn?, prefix?, double scaleValue,
+        ///  double keepProb, int64 preTokens, int64 nextTokens, int64 headNum, char *inputLayout,
+        ///  int64 innerPrecise, int64 sparseMode, dqOut, dkOut, dvOut, dpseOut, ws, ex)
+        aclnnFlashAttentionScoreGradGetWorkspaceSize: fn(*const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *const aclTensor, *const aclIntArray, f64, f64, i64, i64, i64,
+            *mut c_char, i64, i64, *const aclTensor, *const aclTensor, *const aclTensor,
+            *const aclTensor, *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-transformer `aclnn_flash_attention_score_grad.h`
+        aclnnFlashAttentionScoreGrad: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream)
+            -> aclnnStatus,
+        /// ops-nn @e5c3fa932 `optim/apply_adam_w_v2/op_host/op_api/aclnn_apply_adam_w_v2.h`:
+        /// (varRef, mRef, vRef, maxGradNormOptionalRef, grad, const aclTensor *step, float lr,
+        ///  float beta1, float beta2, float weightDecay, float eps, bool amsgrad, bool maximize,
+        ///  ws, ex); in place. The kernel (`op_kernel/apply_adam_w_v2_fp.h`) uses `step + 1` as
+        /// t (torch_npu's `_fused_adamw_` passes `state_steps[i].sub(1)`).
+        aclnnApplyAdamWV2GetWorkspaceSize: fn(*mut aclTensor, *mut aclTensor, *mut aclTensor,
+            *mut aclTensor, *const aclTensor, *const aclTensor, f32, f32, f32, f32, f32, bool,
+            bool, *mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        /// ops-nn `aclnn_apply_adam_w_v2.h`
+        aclnnApplyAdamWV2: fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus,
     }
 }

@@ -14,7 +14,8 @@
 
 use super::*;
 use medsam_ffi::ascend::{
-    self as acl, AscendError, AscendRuntime, GeluApprox, Layout as AclLayout, Ops, TensorArg,
+    self as acl, AscendError, AscendRuntime, FlashAttn, GeluApprox, Layout as AclLayout, Ops,
+    TensorArg, UnaryOp,
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -63,6 +64,30 @@ impl NpuBuffer {
     pub fn raw(&self) -> &acl::DeviceBuffer {
         self.buf.as_ref().expect("live until drop")
     }
+}
+
+/// What [`AscendBackend::attention`] saves for its backward when it used
+/// `aclnnFlashAttentionScore`: the softmax statistics (fp32 `[bh, 1, nq, 8]` each) instead of
+/// the probabilities. A type of its own, so the backward can tell the two kinds of saved state
+/// apart.
+#[derive(Debug)]
+pub struct FlashAttnState {
+    max: NpuBuffer,
+    sum: NpuBuffer,
+}
+
+impl DeviceBuffer for FlashAttnState {
+    fn len(&self) -> usize {
+        self.max.len + self.sum.len
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `MEDSAM_NPU_FLASH_ATTENTION=0` turns the flash-attention fast path off.
+fn flash_attention_enabled() -> bool {
+    std::env::var("MEDSAM_NPU_FLASH_ATTENTION").as_deref() != Ok("0")
 }
 
 /// One NPU: its device (context + caching allocator) and stream.
@@ -265,6 +290,51 @@ impl AscendBackend {
         Ok(self.wrap(out, n))
     }
 
+    /// `out[dims] = a[la] / b[lb]` into a fresh contiguous buffer (`aclnnDiv`).
+    fn div_views(
+        &self,
+        a: (&acl::DeviceBuffer, AclLayout),
+        b: (&acl::DeviceBuffer, AclLayout),
+        dims: &[usize],
+    ) -> Result<Storage> {
+        let n: usize = dims.iter().product();
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
+            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
+            self.ops().div(&ta, &tb, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    /// `op(x)` over `n` contiguous elements (`aclnnRelu` / `Sigmoid` / `Exp` / `Sin` / `Cos` /
+    /// `Sqrt`).
+    fn unary_dev(&self, op: UnaryOp, x: &acl::DeviceBuffer, n: usize) -> Result<Storage> {
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let tx = self.input(x, contig(&[n]))?;
+            let to = TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
+            self.ops().unary(op, &tx, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    /// `a · b` of two contiguous `n`-element buffers.
+    fn mul_n(&self, a: &acl::DeviceBuffer, b: &acl::DeviceBuffer, n: usize) -> Result<Storage> {
+        self.mul_views((a, contig(&[n])), (b, contig(&[n])), &[n])
+    }
+
+    /// `a + alpha · b` of two contiguous `n`-element buffers.
+    fn add_n(
+        &self,
+        a: &acl::DeviceBuffer,
+        b: &acl::DeviceBuffer,
+        alpha: f32,
+        n: usize,
+    ) -> Result<Storage> {
+        self.add_views((a, contig(&[n])), (b, contig(&[n])), alpha, &[n])
+    }
+
     /// `s · x` (as `0 + s·x` through aclnnAdd's alpha).
     fn scaled(&self, x: &acl::DeviceBuffer, n: usize, s: f32) -> Result<Storage> {
         self.add_views((&self.zero, bcast(&[n])), (x, contig(&[n])), s, &[n])
@@ -316,19 +386,6 @@ impl AscendBackend {
             }
         }
         Ok(self.wrap(out, n))
-    }
-
-    /// Host fallback: run `f` on host copies and upload its outputs.
-    fn on_host<const N: usize>(
-        &self,
-        inputs: [&Storage; N],
-        f: impl FnOnce([Vec<f32>; N]) -> Result<Storage>,
-    ) -> Result<Storage> {
-        let mut v: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
-        for (d, s) in v.iter_mut().zip(inputs) {
-            *d = self.host_in(s)?;
-        }
-        f(v)
     }
 
     fn cpu() -> Arc<dyn Backend> {
@@ -465,6 +522,281 @@ impl AscendBackend {
     fn channel_sum(&self, x: &acl::DeviceBuffer, n: usize, c: usize, hw: usize) -> Result<Storage> {
         let per_plane = self.reduce_middle(x, n * c, hw, 1)?; // [n*c]
         self.reduce_middle(self.buf(&per_plane)?, 1, n, c)
+    }
+
+    /// `x[n, c, hw] ∘ v[c]` with `v` broadcast over `n` and `hw`: `Add` with `alpha` or `Mul`.
+    fn per_channel(
+        &self,
+        x: &acl::DeviceBuffer,
+        v: &acl::DeviceBuffer,
+        (n, c, hw): (usize, usize, usize),
+        op: Option<f32>,
+    ) -> Result<Storage> {
+        let d = [n, c, hw];
+        let (lx, lv) = (contig(&d), lay(&d, &[0, 1, 0], 0));
+        match op {
+            Some(alpha) => self.add_views((x, lx), (v, lv), alpha, &d),
+            None => self.mul_views((x, lx), (v, lv), &d),
+        }
+    }
+
+    fn npu_buffer(&self, buf: acl::DeviceBuffer, len: usize) -> NpuBuffer {
+        NpuBuffer {
+            buf: Some(buf),
+            len,
+            device: self.id,
+            host_copy: self.host_copy.clone(),
+        }
+    }
+
+    /// Attention without rel-pos through `aclnnFlashAttentionScore` (`[bh, 1, n, d]` BNSD,
+    /// one head per batch entry). `None` when it does not apply (d ≠ dv, d > 768, nk < 2,
+    /// disabled) or the runtime rejects it in the first phase (missing symbol, a device
+    /// without the op): the caller then composes the attention from matmuls and softmax.
+    fn flash_attention(
+        &self,
+        dims: AttnDims,
+        (qb, kb, vb): (&acl::DeviceBuffer, &acl::DeviceBuffer, &acl::DeviceBuffer),
+        scale: f32,
+    ) -> Result<Option<(Storage, Storage)>> {
+        let AttnDims { bh, nq, nk, d, dv } = dims;
+        if d != dv || d == 0 || d > 768 || nk < 2 || bh * nq == 0 || !flash_attention_enabled() {
+            return Ok(None);
+        }
+        let ns = bh * nq * 8;
+        let mut out = self.alloc(bh * nq * d)?;
+        let (mut mx, mut sm) = (self.alloc(ns)?, self.alloc(ns)?);
+        let mut reserved = self.alloc(1)?;
+        let e = self.err();
+        let ok = {
+            let tq = self.input(qb, contig(&[bh, 1, nq, d]))?;
+            let tk = self.input(kb, contig(&[bh, 1, nk, d]))?;
+            let tv = self.input(vb, contig(&[bh, 1, nk, d]))?;
+            let sd = [bh, 1, nq, 8];
+            let tm = TensorArg::output::<f32>(&mut mx, contig(&sd)).map_err(&e)?;
+            let ts = TensorArg::output::<f32>(&mut sm, contig(&sd)).map_err(&e)?;
+            let tr = TensorArg::output::<f32>(&mut reserved, contig(&[0])).map_err(&e)?;
+            let to = TensorArg::output::<f32>(&mut out, contig(&[bh, 1, nq, d])).map_err(&e)?;
+            let attr = FlashAttn {
+                scale: scale as f64,
+                head_num: 1,
+            };
+            self.ops()
+                .flash_attention(&tq, &tk, &tv, attr, &tm, &ts, &tr, &to)
+                .is_ok()
+        };
+        self.stream.retain_until_sync(reserved);
+        if !ok {
+            return Ok(None);
+        }
+        let state = FlashAttnState {
+            max: self.npu_buffer(mx, ns),
+            sum: self.npu_buffer(sm, ns),
+        };
+        Ok(Some((
+            self.wrap(out, bh * nq * d),
+            Storage::Device(Box::new(state)),
+        )))
+    }
+
+    /// Backward of [`AscendBackend::flash_attention`] (`aclnnFlashAttentionScoreGrad`).
+    #[allow(clippy::too_many_arguments)]
+    fn flash_attention_backward(
+        &self,
+        dims: AttnDims,
+        (q, k, v): (&Storage, &Storage, &Storage),
+        scale: f32,
+        out: &Storage,
+        st: &FlashAttnState,
+        dout: &Storage,
+    ) -> Result<AttnGrads> {
+        let AttnDims { bh, nq, nk, d, .. } = dims;
+        let (qb, kb, vb, ob, gb) = (
+            self.buf(q)?,
+            self.buf(k)?,
+            self.buf(v)?,
+            self.buf(out)?,
+            self.buf(dout)?,
+        );
+        let (mut dq, mut dk, mut dv) = (
+            self.alloc(bh * nq * d)?,
+            self.alloc(bh * nk * d)?,
+            self.alloc(bh * nk * d)?,
+        );
+        {
+            let e = self.err();
+            let (lq, lk) = (contig(&[bh, 1, nq, d]), contig(&[bh, 1, nk, d]));
+            let sd = contig(&[bh, 1, nq, 8]);
+            let tq = self.input(qb, lq.clone())?;
+            let tk = self.input(kb, lk.clone())?;
+            let tv = self.input(vb, lk.clone())?;
+            let tg = self.input(gb, lq.clone())?;
+            let to = self.input(ob, lq.clone())?;
+            let tm = self.input(st.max.raw(), sd.clone())?;
+            let ts = self.input(st.sum.raw(), sd)?;
+            let empty = self.input(&self.zero, contig(&[0]))?;
+            let gq = TensorArg::output::<f32>(&mut dq, lq).map_err(&e)?;
+            let gk = TensorArg::output::<f32>(&mut dk, lk.clone()).map_err(&e)?;
+            let gv = TensorArg::output::<f32>(&mut dv, lk).map_err(&e)?;
+            let attr = FlashAttn {
+                scale: scale as f64,
+                head_num: 1,
+            };
+            self.ops()
+                .flash_attention_backward(
+                    &tq,
+                    &tk,
+                    &tv,
+                    &tg,
+                    attr,
+                    (&tm, &ts, &to),
+                    &empty,
+                    (&gq, &gk, &gv),
+                )
+                .map_err(&e)?;
+        }
+        Ok(AttnGrads {
+            dq: self.wrap(dq, bh * nq * d),
+            dk: self.wrap(dk, bh * nk * d),
+            dv: self.wrap(dv, bh * nk * d),
+            drel: None,
+        })
+    }
+
+    /// `aclnnApplyAdamWV2` in place; `Ok(false)` when the runtime lacks it or rejects the call
+    /// in its first phase (nothing was enqueued then). Its scalars are f32 (the CPU reference
+    /// rounds f64 bias corrections once), so results may differ from the CPU in the last bits.
+    /// Public for tests.
+    pub fn adamw_fused(
+        &self,
+        p: AdamWStep,
+        param: &mut Storage,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+    ) -> Result<bool> {
+        let n = param.len();
+        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n || p.step == 0 {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+        // The kernel uses step + 1 as t: pass the number of earlier updates (exact in f32).
+        let step = self.fill(1, (p.step - 1) as f32)?;
+        let (wb, gb, mb, vb, sb) = (
+            self.buf(param)?,
+            self.buf(grad)?,
+            self.buf(exp_avg)?,
+            self.buf(exp_avg_sq)?,
+            self.buf(&step)?,
+        );
+        let l = contig(&[n]);
+        // In-place operands: `param`, `exp_avg` and `exp_avg_sq` are borrowed exclusively by
+        // the caller (`&mut Storage`), so writing through these views is sound.
+        let (tw, tm, tv) = (
+            self.input(wb, l.clone())?,
+            self.input(mb, l.clone())?,
+            self.input(vb, l.clone())?,
+        );
+        let (tg, ts) = (self.input(gb, l)?, self.input(sb, contig(&[1]))?);
+        let h = acl::AdamWHyper {
+            lr: p.lr as f32,
+            beta1: p.beta1 as f32,
+            beta2: p.beta2 as f32,
+            weight_decay: p.weight_decay as f32,
+            eps: p.eps as f32,
+        };
+        let ok = self
+            .ops()
+            .apply_adamw_v2((&tw, &tm, &tv), &tg, &ts, h)
+            .is_ok();
+        Ok(ok)
+    }
+
+    /// AdamW as 12 device elementwise ops (the fallback of [`Backend::adamw`] when
+    /// `aclnnApplyAdamWV2` is missing or rejects the call); public for tests.
+    pub fn adamw_elementwise(
+        &self,
+        p: AdamWStep,
+        param: &mut Storage,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+    ) -> Result<()> {
+        // The CPU update (`cpu::adamw_update`, PyTorch semantics) as device elementwise ops, in
+        // the same order and with the same f32-rounded scalars:
+        //   w ← decay·w;  m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;
+        //   w ← w − step_size · m / (√v / √(1−β2^t) + eps).
+        let n = param.len();
+        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n {
+            return Err(Error::Device {
+                device: format!("npu:{}", self.id),
+                detail: format!(
+                    "adamw: param {n}, grad {}, exp_avg {}, exp_avg_sq {} elements",
+                    grad.len(),
+                    exp_avg.len(),
+                    exp_avg_sq.len()
+                ),
+            });
+        }
+        let (lr, b1, b2) = (p.lr, p.beta1, p.beta2);
+        let step_size = (lr / (1.0 - b1.powi(p.step as i32))) as f32;
+        let bias2_sqrt = (1.0 - b2.powi(p.step as i32)).sqrt() as f32;
+        let decay = (1.0 - lr * p.weight_decay) as f32;
+        let (w1, beta2, w2, eps) = (
+            (1.0 - b1) as f32,
+            b2 as f32,
+            (1.0 - b2) as f32,
+            p.eps as f32,
+        );
+        let (wb, gb, mb, vb) = (
+            self.buf(param)?,
+            self.buf(grad)?,
+            self.buf(exp_avg)?,
+            self.buf(exp_avg_sq)?,
+        );
+        let w_dec = self.scaled(wb, n, decay)?;
+        let diff = self.add_n(gb, mb, -1.0, n)?;
+        let m = self.add_n(mb, self.buf(&diff)?, w1, n)?;
+        let v_dec = self.scaled(vb, n, beta2)?;
+        let g2 = self.mul_n(gb, gb, n)?;
+        let v = self.add_n(self.buf(&v_dec)?, self.buf(&g2)?, w2, n)?;
+        let root = self.unary_dev(UnaryOp::Sqrt, self.buf(&v)?, n)?;
+        // √v / √(1−β2^t) as a division by a one-element device constant (exactly 0 + b·1).
+        let b2s = self.fill(1, bias2_sqrt)?;
+        let root = self.div_views(
+            (self.buf(&root)?, contig(&[n])),
+            (self.buf(&b2s)?, bcast(&[n])),
+            &[n],
+        )?;
+        let denom = self.add_views(
+            (self.buf(&root)?, contig(&[n])),
+            (&self.one, bcast(&[n])),
+            eps,
+            &[n],
+        )?;
+        let upd = self.div_views(
+            (self.buf(&m)?, contig(&[n])),
+            (self.buf(&denom)?, contig(&[n])),
+            &[n],
+        )?;
+        let w = self.add_n(self.buf(&w_dec)?, self.buf(&upd)?, -step_size, n)?;
+        *param = w;
+        *exp_avg = m;
+        *exp_avg_sq = v;
+        Ok(())
+    }
+
+    fn check_depthwise(&self, g: &Conv2dGeom) -> Result<()> {
+        if g.c_in == g.c_out && g.groups == g.c_in && g.c_in > 0 {
+            Ok(())
+        } else {
+            Err(Error::Device {
+                device: format!("npu:{}", self.id),
+                detail: format!("depthwise_conv2d needs groups = c_in = c_out, got {g:?}"),
+            })
+        }
     }
 }
 
@@ -619,10 +951,11 @@ impl Backend for AscendBackend {
             Unary::Shift(s) => {
                 self.add_views((xb, contig(&[n])), (&self.one, bcast(&[n])), s.0, &[n])
             }
-            // No device operator wired yet: host fallback.
-            Unary::Relu | Unary::Sigmoid | Unary::Exp | Unary::Sin | Unary::Cos => {
-                self.on_host([x], |[h]| self.up(Self::cpu().unary(op, &Storage::Cpu(h))?))
-            }
+            Unary::Relu => self.unary_dev(UnaryOp::Relu, xb, n),
+            Unary::Sigmoid => self.unary_dev(UnaryOp::Sigmoid, xb, n),
+            Unary::Exp => self.unary_dev(UnaryOp::Exp, xb, n),
+            Unary::Sin => self.unary_dev(UnaryOp::Sin, xb, n),
+            Unary::Cos => self.unary_dev(UnaryOp::Cos, xb, n),
         }
     }
 
@@ -647,10 +980,50 @@ impl Backend for AscendBackend {
             Unary::Scale(s) => self.scaled(gb, n, s.0),
             Unary::Neg => self.scaled(gb, n, -1.0),
             Unary::Shift(_) => self.copy_view(gb, contig(&[n]), &[n]),
-            Unary::Relu | Unary::Sigmoid | Unary::Exp | Unary::Sin | Unary::Cos => {
-                self.on_host([x, dy], |[h, g]| {
-                    self.up(Self::cpu().unary_backward(op, &Storage::Cpu(h), &Storage::Cpu(g))?)
-                })
+            // dy·1[x > 0]
+            Unary::Relu => {
+                let xb = self.buf(x)?;
+                let mut out = self.alloc(n)?;
+                if n > 0 {
+                    let tg = self.input(gb, contig(&[n]))?;
+                    let tx = self.input(xb, contig(&[n]))?;
+                    let to =
+                        TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
+                    self.ops()
+                        .threshold_backward(&tg, &tx, 0.0, &to)
+                        .map_err(self.err())?;
+                }
+                Ok(self.wrap(out, n))
+            }
+            // dy·y·(1 − y), y = sigmoid(x)
+            Unary::Sigmoid => {
+                let y = self.unary_dev(UnaryOp::Sigmoid, self.buf(x)?, n)?;
+                let mut out = self.alloc(n)?;
+                if n > 0 {
+                    let tg = self.input(gb, contig(&[n]))?;
+                    let ty = self.input(self.buf(&y)?, contig(&[n]))?;
+                    let to =
+                        TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
+                    self.ops()
+                        .sigmoid_backward(&tg, &ty, &to)
+                        .map_err(self.err())?;
+                }
+                Ok(self.wrap(out, n))
+            }
+            // dy·exp(x), dy·cos(x), −dy·sin(x)
+            Unary::Exp | Unary::Sin | Unary::Cos => {
+                let f = match op {
+                    Unary::Exp => UnaryOp::Exp,
+                    Unary::Sin => UnaryOp::Cos,
+                    _ => UnaryOp::Sin,
+                };
+                let d = self.unary_dev(f, self.buf(x)?, n)?;
+                let p = self.mul_n(gb, self.buf(&d)?, n)?;
+                if op == Unary::Cos {
+                    self.scaled(self.buf(&p)?, n, -1.0)
+                } else {
+                    Ok(p)
+                }
             }
         }
     }
@@ -669,9 +1042,7 @@ impl Backend for AscendBackend {
             Binary::Add => self.add_views((self.buf(a)?, la), (self.buf(b)?, lb), 1.0, &va.shape),
             Binary::Sub => self.add_views((self.buf(a)?, la), (self.buf(b)?, lb), -1.0, &va.shape),
             Binary::Mul => self.mul_views((self.buf(a)?, la), (self.buf(b)?, lb), &va.shape),
-            Binary::Div => self.on_host([a, b], |[ha, hb]| {
-                self.up(Self::cpu().binary(op, &Storage::Cpu(ha), va, &Storage::Cpu(hb), vb)?)
-            }),
+            Binary::Div => self.div_views((self.buf(a)?, la), (self.buf(b)?, lb), &va.shape),
         }
     }
 
@@ -953,8 +1324,9 @@ impl Backend for AscendBackend {
 
     /// On the NPU the second result is this backend's saved state for
     /// [`Backend::attention_backward`]: the softmax probabilities `P [bh, nq, nk]`, not the
-    /// log-sum-exp (there is no device log/reduce operator wired yet). Only this backend's
-    /// `attention_backward` consumes it.
+    /// log-sum-exp (there is no device log/reduce operator wired yet); without rel-pos, when
+    /// `aclnnFlashAttentionScore` runs, it is a [`FlashAttnState`] (softmax max / sum) instead.
+    /// Only this backend's `attention_backward` consumes it.
     fn attention(
         &self,
         dims: AttnDims,
@@ -966,6 +1338,11 @@ impl Backend for AscendBackend {
     ) -> Result<(Storage, Storage)> {
         let AttnDims { bh, nq, nk, d, dv } = dims;
         let (qb, kb, vb) = (self.buf(q)?, self.buf(k)?, self.buf(v)?);
+        if rel.is_none() {
+            if let Some(r) = self.flash_attention(dims, (qb, kb, vb), scale)? {
+                return Ok(r);
+            }
+        }
         // S = (scale·q)·kᵀ (+ rel_h[.., kh, ·] + rel_w[.., ·, kw])
         let qs = self.scaled(qb, bh * nq * d, scale)?;
         let mut s = self.bmm(
@@ -1006,10 +1383,21 @@ impl Backend for AscendBackend {
         v: &Storage,
         scale: f32,
         rel: Option<RelPos>,
-        _out: &Storage,
+        out: &Storage,
         lse: &Storage,
         dout: &Storage,
     ) -> Result<AttnGrads> {
+        if let Storage::Device(s) = lse {
+            if let Some(st) = s.as_any().downcast_ref::<FlashAttnState>() {
+                if rel.is_some() {
+                    return Err(Error::Device {
+                        device: format!("npu:{}", self.id),
+                        detail: "attention_backward: flash-attention state with rel-pos".into(),
+                    });
+                }
+                return self.flash_attention_backward(dims, (q, k, v), scale, out, st, dout);
+            }
+        }
         let AttnDims { bh, nq, nk, d, dv } = dims;
         if lse.len() != bh * nq * nk {
             return Err(Error::Device {
@@ -1114,10 +1502,35 @@ impl Backend for AscendBackend {
         ohw: (usize, usize),
         x: &Storage,
     ) -> Result<Storage> {
-        // Host fallback (no aclnn resize wired yet).
-        self.on_host([x], |[h]| {
-            self.up(Self::cpu().bilinear(planes, hw, ohw, &Storage::Cpu(h))?)
-        })
+        // `[planes, h, w]` as NCHW `[1, planes, h, w]`; align_corners=false (the trait's only
+        // mode), scales passed explicitly as out/in.
+        let ((h, w), (oh, ow)) = (hw, ohw);
+        let xb = self.buf(x)?;
+        let n = planes * oh * ow;
+        if n == 0 {
+            return self.zeros(n);
+        }
+        if h == 0 || w == 0 {
+            return Err(Error::Device {
+                device: format!("npu:{}", self.id),
+                detail: format!("bilinear: empty input {h}x{w} resized to {oh}x{ow}"),
+            });
+        }
+        let mut out = self.alloc(n)?;
+        {
+            let tx = self.input(xb, contig(&[1, planes, h, w]))?;
+            let to = TensorArg::output::<f32>(&mut out, contig(&[1, planes, oh, ow]))
+                .map_err(self.err())?;
+            self.ops()
+                .upsample_bilinear2d(
+                    &tx,
+                    false,
+                    (oh as f64 / h as f64, ow as f64 / w as f64),
+                    &to,
+                )
+                .map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
     }
 
     fn bilinear_backward(
@@ -1127,9 +1540,126 @@ impl Backend for AscendBackend {
         ohw: (usize, usize),
         dy: &Storage,
     ) -> Result<Storage> {
-        self.on_host([dy], |[h]| {
-            self.up(Self::cpu().bilinear_backward(planes, hw, ohw, &Storage::Cpu(h))?)
-        })
+        let ((h, w), (oh, ow)) = (hw, ohw);
+        let gb = self.buf(dy)?;
+        let n = planes * h * w;
+        if n == 0 || oh * ow == 0 {
+            return self.zeros(n);
+        }
+        let mut out = self.alloc(n)?;
+        {
+            let tg = self.input(gb, contig(&[1, planes, oh, ow]))?;
+            let to = TensorArg::output::<f32>(&mut out, contig(&[1, planes, h, w]))
+                .map_err(self.err())?;
+            self.ops()
+                .upsample_bilinear2d_backward(
+                    &tg,
+                    false,
+                    (oh as f64 / h as f64, ow as f64 / w as f64),
+                    &to,
+                )
+                .map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
+    fn depthwise_conv2d(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        // aclnnConvolution with groups = channels (weight [c, 1, kh, kw]).
+        self.check_depthwise(&g)?;
+        let bias = bias.map(|b| self.buf(b)).transpose()?;
+        self.conv_fwd_raw(g, self.buf(x)?, self.buf(w)?, bias)
+    }
+
+    fn depthwise_conv2d_backward(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        dy: &Storage,
+        bias: bool,
+    ) -> Result<ConvGrads> {
+        self.check_depthwise(&g)?;
+        self.conv2d_backward(g, x, w, dy, bias)
+    }
+
+    fn batch_norm_stats(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+    ) -> Result<(Storage, Storage)> {
+        // Two passes like the CPU kernel: mean = Σx/N, var = Σ(x − mean)²/N (N = n·hw), sums
+        // as ones-vector matmuls.
+        let xb = self.buf(x)?;
+        let inv = 1.0 / (n * hw).max(1) as f32;
+        let sum = self.channel_sum(xb, n, c, hw)?;
+        let mean = self.scaled(self.buf(&sum)?, c, inv)?;
+        let xc = self.per_channel(xb, self.buf(&mean)?, (n, c, hw), Some(-1.0))?;
+        let sq = self.mul_n(self.buf(&xc)?, self.buf(&xc)?, n * c * hw)?;
+        let ssq = self.channel_sum(self.buf(&sq)?, n, c, hw)?;
+        let var = self.scaled(self.buf(&ssq)?, c, inv)?;
+        Ok((mean, var))
+    }
+
+    fn batch_norm_apply(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        stats: (&Storage, &Storage),
+    ) -> Result<Storage> {
+        // y = (x − mean)·(rstd·γ) + β, per channel.
+        let (xb, gb, bb) = (self.buf(x)?, self.buf(gamma)?, self.buf(beta)?);
+        let (mb, rb) = (self.buf(stats.0)?, self.buf(stats.1)?);
+        let k = self.mul_n(rb, gb, c)?;
+        let xc = self.per_channel(xb, mb, (n, c, hw), Some(-1.0))?;
+        let y1 = self.per_channel(self.buf(&xc)?, self.buf(&k)?, (n, c, hw), None)?;
+        self.per_channel(self.buf(&y1)?, bb, (n, c, hw), Some(1.0))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        gamma: &Storage,
+        stats: (&Storage, &Storage),
+        dy: &Storage,
+        batch_stats: bool,
+    ) -> Result<NormGrads> {
+        let (xb, gb, db) = (self.buf(x)?, self.buf(gamma)?, self.buf(dy)?);
+        let (mb, rb) = (self.buf(stats.0)?, self.buf(stats.1)?);
+        let d = (n, c, hw);
+        let total = n * c * hw;
+        // dβ = Σ dy, dγ = Σ dy·x̂ with x̂ = (x − mean)·rstd.
+        let dbeta = self.channel_sum(db, n, c, hw)?;
+        let xc = self.per_channel(xb, mb, d, Some(-1.0))?;
+        let xhat = self.per_channel(self.buf(&xc)?, rb, d, None)?;
+        let p = self.mul_n(db, self.buf(&xhat)?, total)?;
+        let dgamma = self.channel_sum(self.buf(&p)?, n, c, hw)?;
+        let k = self.mul_n(gb, rb, c)?;
+        let dx = if batch_stats {
+            // dx = k·(dy − Σdy/N − x̂·Σ(dy·x̂)/N)
+            let inv = 1.0 / (n * hw).max(1) as f32;
+            let t = self.per_channel(db, self.buf(&dbeta)?, d, Some(-inv))?;
+            let u = self.per_channel(self.buf(&xhat)?, self.buf(&dgamma)?, d, None)?;
+            let t2 = self.add_n(self.buf(&t)?, self.buf(&u)?, -inv, total)?;
+            self.per_channel(self.buf(&t2)?, self.buf(&k)?, d, None)?
+        } else {
+            self.per_channel(db, self.buf(&k)?, d, None)?
+        };
+        Ok(NormGrads { dx, dgamma, dbeta })
     }
 
     fn adamw(
@@ -1140,16 +1670,12 @@ impl Backend for AscendBackend {
         exp_avg: &mut Storage,
         exp_avg_sq: &mut Storage,
     ) -> Result<()> {
-        // Host fallback: download, the CPU update (PyTorch semantics), upload.
-        let g = self.download(grad)?;
-        let mut w = self.download(param)?;
-        let mut m = self.download(exp_avg)?;
-        let mut v = self.download(exp_avg_sq)?;
-        cpu::adamw_update(p, &mut w, &g, &mut m, &mut v);
-        *param = self.upload(&w)?;
-        *exp_avg = self.upload(&m)?;
-        *exp_avg_sq = self.upload(&v)?;
-        Ok(())
+        // Fused `aclnnApplyAdamWV2` (in place) when the runtime has it and accepts the call;
+        // otherwise the same update as a composition of elementwise ops.
+        if self.adamw_fused(p, param, grad, exp_avg, exp_avg_sq)? {
+            return Ok(());
+        }
+        self.adamw_elementwise(p, param, grad, exp_avg, exp_avg_sq)
     }
 }
 

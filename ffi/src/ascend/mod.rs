@@ -12,5 +12,7 @@ pub use alloc::{size_class, AllocStats, CachingAllocator, DeviceBuffer, Element}
 pub use error::{acl_error_class, aclnn_status_class, hccl_result_name, AscendError, Result};
 pub use hccl::{HcclComm, ReduceOp, ROOT_INFO_BYTES};
 pub use kernel::{KernelArgs, KernelBinary, KernelFunction};
-pub use ops::{check_aclnn, GeluApprox, Layout, OpPath, Ops, TensorArg};
+pub use ops::{
+    check_aclnn, AdamWHyper, FlashAttn, GeluApprox, Layout, OpPath, Ops, TensorArg, UnaryOp,
+};
 pub use runtime::{default_search_dirs, AscendRuntime, Device, Event, Stream, LIB_DIR_ENV};

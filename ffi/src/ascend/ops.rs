@@ -155,6 +155,44 @@ pub enum OpPath {
     Aclop,
 }
 
+/// Pointwise aclnn operators of the form `(self, out)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    /// `aclnnRelu`
+    Relu,
+    /// `aclnnSigmoid`
+    Sigmoid,
+    /// `aclnnExp`
+    Exp,
+    /// `aclnnSin`
+    Sin,
+    /// `aclnnCos`
+    Cos,
+    /// `aclnnSqrt`
+    Sqrt,
+}
+
+impl UnaryOp {
+    /// The aclnn names of both phases.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            UnaryOp::Relu => ("aclnnReluGetWorkspaceSize", "aclnnRelu"),
+            UnaryOp::Sigmoid => ("aclnnSigmoidGetWorkspaceSize", "aclnnSigmoid"),
+            UnaryOp::Exp => ("aclnnExpGetWorkspaceSize", "aclnnExp"),
+            UnaryOp::Sin => ("aclnnSinGetWorkspaceSize", "aclnnSin"),
+            UnaryOp::Cos => ("aclnnCosGetWorkspaceSize", "aclnnCos"),
+            UnaryOp::Sqrt => ("aclnnSqrtGetWorkspaceSize", "aclnnSqrt"),
+        }
+    }
+}
+
+type UnaryPhase1 = unsafe extern "C" fn(
+    *const aclTensor,
+    *mut aclTensor,
+    *mut u64,
+    *mut *mut aclOpExecutor,
+) -> aclnnStatus;
+
 /// GELU flavour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeluApprox {
@@ -1191,6 +1229,433 @@ impl<'s> Ops<'s> {
         c.contiguous_input(b)?;
         c.output(out)?;
         c.execute(self.stream)
+    }
+}
+
+impl Ops<'_> {
+    /// The aclnn pair of an op that has no aclop fallback (error naming it when missing).
+    fn aclnn_only<F>(
+        &self,
+        pick: impl Fn(&OpApi) -> Option<F>,
+        name: &'static str,
+    ) -> Result<(&'static NnopBase, F)> {
+        self.aclnn(pick, name)?.ok_or(AscendError::MissingSymbol {
+            func: name,
+            lib: "libopapi.so",
+        })
+    }
+
+    /// `out = op(x)` elementwise (aclnn only): Relu, Sigmoid, Exp, Sin, Cos, Sqrt.
+    pub fn unary(&self, op: UnaryOp, x: &TensorArg, out: &TensorArg) -> Result<()> {
+        let names = op.names();
+        let (nn, (p1, p2)): (_, (UnaryPhase1, Phase2)) = self.aclnn_only(
+            |api| match op {
+                UnaryOp::Relu => api.aclnnReluGetWorkspaceSize.zip(api.aclnnRelu),
+                UnaryOp::Sigmoid => api.aclnnSigmoidGetWorkspaceSize.zip(api.aclnnSigmoid),
+                UnaryOp::Exp => api.aclnnExpGetWorkspaceSize.zip(api.aclnnExp),
+                UnaryOp::Sin => api.aclnnSinGetWorkspaceSize.zip(api.aclnnSin),
+                UnaryOp::Cos => api.aclnnCosGetWorkspaceSize.zip(api.aclnnCos),
+                UnaryOp::Sqrt => api.aclnnSqrtGetWorkspaceSize.zip(api.aclnnSqrt),
+            },
+            names.1,
+        )?;
+        let (tx, to) = (nn_tensor(nn, x)?, nn_tensor(nn, out)?);
+        self.two_phase(names, |ws, ex| unsafe { p1(tx.raw, to.raw, ws, ex) }, p2)
+    }
+
+    /// `out = a / b` (broadcasting; aclnn `aclnnDiv` only).
+    pub fn div(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| api.aclnnDivGetWorkspaceSize.zip(api.aclnnDiv),
+            "aclnnDiv",
+        )?;
+        let (ta, tb, to) = (nn_tensor(nn, a)?, nn_tensor(nn, b)?, nn_tensor(nn, out)?);
+        self.two_phase(
+            ("aclnnDivGetWorkspaceSize", "aclnnDiv"),
+            |ws, ex| unsafe { p1(ta.raw, tb.raw, to.raw, ws, ex) },
+            p2,
+        )
+    }
+
+    /// `grad_in = x > threshold ? grad_out : 0` (`aclnnThresholdBackward`; ReLU backward with
+    /// threshold 0).
+    pub fn threshold_backward(
+        &self,
+        grad_out: &TensorArg,
+        x: &TensorArg,
+        threshold: f32,
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnThresholdBackwardGetWorkspaceSize
+                    .zip(api.aclnnThresholdBackward)
+            },
+            "aclnnThresholdBackward",
+        )?;
+        let (tg, tx, ti) = (
+            nn_tensor(nn, grad_out)?,
+            nn_tensor(nn, x)?,
+            nn_tensor(nn, grad_in)?,
+        );
+        let th = nn_scalar_f32(nn, threshold)?;
+        self.two_phase(
+            (
+                "aclnnThresholdBackwardGetWorkspaceSize",
+                "aclnnThresholdBackward",
+            ),
+            |ws, ex| unsafe { p1(tg.raw, tx.raw, th.raw, ti.raw, ws, ex) },
+            p2,
+        )
+    }
+
+    /// `grad_in = grad_out · y · (1 − y)` with `y = sigmoid(x)` (`aclnnSigmoidBackward`).
+    pub fn sigmoid_backward(
+        &self,
+        grad_out: &TensorArg,
+        y: &TensorArg,
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnSigmoidBackwardGetWorkspaceSize
+                    .zip(api.aclnnSigmoidBackward)
+            },
+            "aclnnSigmoidBackward",
+        )?;
+        let (tg, ty, ti) = (
+            nn_tensor(nn, grad_out)?,
+            nn_tensor(nn, y)?,
+            nn_tensor(nn, grad_in)?,
+        );
+        self.two_phase(
+            (
+                "aclnnSigmoidBackwardGetWorkspaceSize",
+                "aclnnSigmoidBackward",
+            ),
+            |ws, ex| unsafe { p1(tg.raw, ty.raw, ti.raw, ws, ex) },
+            p2,
+        )
+    }
+
+    /// Bilinear resize of an NCHW tensor to `out` (`aclnnUpsampleBilinear2d`). `scales` are
+    /// `(oh/h, ow/w)`: passed explicitly because torch_npu releases disagree on what an absent
+    /// scale is (0 or 1); with PyTorch semantics an explicit scale gives the same source
+    /// coordinates as the size ratio.
+    pub fn upsample_bilinear2d(
+        &self,
+        x: &TensorArg,
+        align_corners: bool,
+        scales: (f64, f64),
+        out: &TensorArg,
+    ) -> Result<()> {
+        let od = out.dims();
+        if od.len() != 4 || x.dims().len() != 4 {
+            return Err(AscendError::Invalid(format!(
+                "aclnnUpsampleBilinear2d: input {:?} and out {od:?} must be NCHW",
+                x.dims()
+            )));
+        }
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnUpsampleBilinear2dGetWorkspaceSize
+                    .zip(api.aclnnUpsampleBilinear2d)
+            },
+            "aclnnUpsampleBilinear2d",
+        )?;
+        let (tx, to) = (nn_tensor(nn, x)?, nn_tensor(nn, out)?);
+        let size = nn_int_array(nn, &od[2..])?;
+        self.two_phase(
+            (
+                "aclnnUpsampleBilinear2dGetWorkspaceSize",
+                "aclnnUpsampleBilinear2d",
+            ),
+            |ws, ex| unsafe {
+                p1(
+                    tx.raw,
+                    size.raw,
+                    align_corners,
+                    scales.0,
+                    scales.1,
+                    to.raw,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
+    }
+
+    /// Backward of [`Ops::upsample_bilinear2d`] (`aclnnUpsampleBilinear2dBackward`):
+    /// `grad_in` NCHW of the forward input's shape from `grad_out`.
+    pub fn upsample_bilinear2d_backward(
+        &self,
+        grad_out: &TensorArg,
+        align_corners: bool,
+        scales: (f64, f64),
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (gd, id) = (grad_out.dims(), grad_in.dims());
+        if gd.len() != 4 || id.len() != 4 {
+            return Err(AscendError::Invalid(format!(
+                "aclnnUpsampleBilinear2dBackward: gradOut {gd:?} and gradInput {id:?} must be NCHW"
+            )));
+        }
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnUpsampleBilinear2dBackwardGetWorkspaceSize
+                    .zip(api.aclnnUpsampleBilinear2dBackward)
+            },
+            "aclnnUpsampleBilinear2dBackward",
+        )?;
+        let (tg, ti) = (nn_tensor(nn, grad_out)?, nn_tensor(nn, grad_in)?);
+        let osize = nn_int_array(nn, &gd[2..])?;
+        let isize = nn_int_array(nn, id)?;
+        self.two_phase(
+            (
+                "aclnnUpsampleBilinear2dBackwardGetWorkspaceSize",
+                "aclnnUpsampleBilinear2dBackward",
+            ),
+            |ws, ex| unsafe {
+                p1(
+                    tg.raw,
+                    osize.raw,
+                    isize.raw,
+                    align_corners,
+                    scales.0,
+                    scales.1,
+                    ti.raw,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
+    }
+}
+
+/// Attributes of full (unmasked, no dropout) flash attention in the `BNSD` layout.
+#[derive(Clone, Copy, Debug)]
+pub struct FlashAttn {
+    /// Multiplies `Q·Kᵀ` before the softmax.
+    pub scale: f64,
+    /// `N` of `[B, N, S, D]`.
+    pub head_num: i64,
+}
+
+impl FlashAttn {
+    /// preTokens / nextTokens for no band limit (torch_npu `npu_fusion_attention` defaults).
+    const ALL_TOKENS: i64 = 2147483647;
+}
+
+impl Ops<'_> {
+    /// `out = softmax(scale·Q·Kᵀ)·V` (`aclnnFlashAttentionScore`, layout `BNSD`, keepProb 1,
+    /// sparseMode 0, no pse / masks). `softmax_max` / `softmax_sum` are fp32 `[B, N, Sq, 8]`
+    /// (saved for [`Ops::flash_attention_backward`]); `softmax_out` is the reserved output,
+    /// passed as an empty tensor as torch_npu does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention(
+        &self,
+        q: &TensorArg,
+        k: &TensorArg,
+        v: &TensorArg,
+        attr: FlashAttn,
+        softmax_max: &TensorArg,
+        softmax_sum: &TensorArg,
+        softmax_out: &TensorArg,
+        out: &TensorArg,
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnFlashAttentionScoreGetWorkspaceSize
+                    .zip(api.aclnnFlashAttentionScore)
+            },
+            "aclnnFlashAttentionScore",
+        )?;
+        let (tq, tk, tv) = (nn_tensor(nn, q)?, nn_tensor(nn, k)?, nn_tensor(nn, v)?);
+        let (tm, ts, tso, to) = (
+            nn_tensor(nn, softmax_max)?,
+            nn_tensor(nn, softmax_sum)?,
+            nn_tensor(nn, softmax_out)?,
+            nn_tensor(nn, out)?,
+        );
+        let layout = CString::new("BNSD").unwrap();
+        let null = std::ptr::null();
+        self.two_phase(
+            (
+                "aclnnFlashAttentionScoreGetWorkspaceSize",
+                "aclnnFlashAttentionScore",
+            ),
+            |ws, ex| unsafe {
+                p1(
+                    tq.raw,
+                    tk.raw,
+                    tv.raw,
+                    null,
+                    null,
+                    null,
+                    null,
+                    std::ptr::null(),
+                    attr.scale,
+                    1.0,
+                    FlashAttn::ALL_TOKENS,
+                    FlashAttn::ALL_TOKENS,
+                    attr.head_num,
+                    layout.as_ptr() as *mut _,
+                    0,
+                    0,
+                    tm.raw,
+                    ts.raw,
+                    tso.raw,
+                    to.raw,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
+    }
+
+    /// Backward of [`Ops::flash_attention`] (`aclnnFlashAttentionScoreGrad`): dq, dk, dv from
+    /// the forward's inputs, output and softmax statistics. `empty` is a zero-element tensor
+    /// passed for softmaxIn and dpseOut (no pse), as torch_npu / DeepLink do.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_backward(
+        &self,
+        q: &TensorArg,
+        k: &TensorArg,
+        v: &TensorArg,
+        dy: &TensorArg,
+        attr: FlashAttn,
+        saved: (&TensorArg, &TensorArg, &TensorArg),
+        empty: &TensorArg,
+        grads: (&TensorArg, &TensorArg, &TensorArg),
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnFlashAttentionScoreGradGetWorkspaceSize
+                    .zip(api.aclnnFlashAttentionScoreGrad)
+            },
+            "aclnnFlashAttentionScoreGrad",
+        )?;
+        let (tq, tk, tv, tdy) = (
+            nn_tensor(nn, q)?,
+            nn_tensor(nn, k)?,
+            nn_tensor(nn, v)?,
+            nn_tensor(nn, dy)?,
+        );
+        let (tm, ts, tout) = (
+            nn_tensor(nn, saved.0)?,
+            nn_tensor(nn, saved.1)?,
+            nn_tensor(nn, saved.2)?,
+        );
+        let (te1, te2) = (nn_tensor(nn, empty)?, nn_tensor(nn, empty)?);
+        let (gq, gk, gv) = (
+            nn_tensor(nn, grads.0)?,
+            nn_tensor(nn, grads.1)?,
+            nn_tensor(nn, grads.2)?,
+        );
+        let layout = CString::new("BNSD").unwrap();
+        let null = std::ptr::null();
+        self.two_phase(
+            (
+                "aclnnFlashAttentionScoreGradGetWorkspaceSize",
+                "aclnnFlashAttentionScoreGrad",
+            ),
+            |ws, ex| unsafe {
+                p1(
+                    tq.raw,
+                    tk.raw,
+                    tv.raw,
+                    tdy.raw,
+                    null,
+                    null,
+                    null,
+                    null,
+                    tm.raw,
+                    ts.raw,
+                    te1.raw,
+                    tout.raw,
+                    std::ptr::null(),
+                    attr.scale,
+                    1.0,
+                    FlashAttn::ALL_TOKENS,
+                    FlashAttn::ALL_TOKENS,
+                    attr.head_num,
+                    layout.as_ptr() as *mut _,
+                    0,
+                    0,
+                    gq.raw,
+                    gk.raw,
+                    gv.raw,
+                    te2.raw,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
+    }
+}
+
+/// Hyper-parameters of [`Ops::apply_adamw_v2`] (f32, as the C API takes them).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWHyper {
+    /// Learning rate.
+    pub lr: f32,
+    /// β1.
+    pub beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// Decoupled weight decay λ.
+    pub weight_decay: f32,
+    /// ε, added after the bias-corrected square root.
+    pub eps: f32,
+}
+
+impl Ops<'_> {
+    /// One fused AdamW update in place (`aclnnApplyAdamWV2`, amsgrad and maximize off):
+    /// `var`, `m`, `v` are read and written; `step` is a one-element tensor holding the number
+    /// of updates made **before** this one (the kernel uses `step + 1`).
+    pub fn apply_adamw_v2(
+        &self,
+        (var, m, v): (&TensorArg, &TensorArg, &TensorArg),
+        grad: &TensorArg,
+        step: &TensorArg,
+        h: AdamWHyper,
+    ) -> Result<()> {
+        let (nn, (p1, p2)) = self.aclnn_only(
+            |api| {
+                api.aclnnApplyAdamWV2GetWorkspaceSize
+                    .zip(api.aclnnApplyAdamWV2)
+            },
+            "aclnnApplyAdamWV2",
+        )?;
+        let (tw, tm, tv) = (nn_tensor(nn, var)?, nn_tensor(nn, m)?, nn_tensor(nn, v)?);
+        let (tg, ts) = (nn_tensor(nn, grad)?, nn_tensor(nn, step)?);
+        self.two_phase(
+            ("aclnnApplyAdamWV2GetWorkspaceSize", "aclnnApplyAdamWV2"),
+            |ws, ex| unsafe {
+                p1(
+                    tw.raw,
+                    tm.raw,
+                    tv.raw,
+                    std::ptr::null_mut(),
+                    tg.raw,
+                    ts.raw,
+                    h.lr,
+                    h.beta1,
+                    h.beta2,
+                    h.weight_decay,
+                    h.eps,
+                    false,
+                    false,
+                    ws,
+                    ex,
+                )
+            },
+            p2,
+        )
     }
 }
 

@@ -938,3 +938,5 @@ pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
 run_fn!(aclnnMul, "aclnnMul");
 
 mod extra;
+mod flash;
+mod more;

@@ -92,6 +92,7 @@ struct State {
     mallocs: u64,
     frees: u64,
     ops_executed: u64,
+    host_copies: u64,
 }
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
@@ -105,6 +106,13 @@ fn is_device(p: usize, len: usize) -> bool {
         Some((&a, &(sz, _))) => p >= a && p.saturating_add(len) <= a + sz,
         None => false,
     })
+}
+
+/// Number of synchronous host↔device `aclrtMemcpy` calls so far (not a CANN symbol): tests use
+/// it to check that an NPU backend method makes no host round trip.
+#[no_mangle]
+pub extern "C" fn standin_host_copies() -> u64 {
+    with_state(|s| s.host_copies)
 }
 
 /// Counters for tests (not a CANN symbol).
@@ -422,6 +430,10 @@ pub unsafe extern "C" fn aclrtMemcpy(
     let r = check_copy("aclrtMemcpy", dst, dest_max, src, count, kind);
     if r != OK {
         return r;
+    }
+    if kind == 1 || kind == 2 {
+        // ACL_MEMCPY_HOST_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST
+        with_state(|s| s.host_copies += 1);
     }
     std::ptr::copy(src as *const u8, dst as *mut u8, count);
     OK
