@@ -194,7 +194,8 @@ fn sync_gradients(model: &mut Sam, comm: &dyn Communicator, bucket_mb: usize) ->
         .collect::<Result<_>>()?;
     average_in_buckets(comm, &mut grads, bucket_mb << 20)?;
     for ((_, p), g) in params.iter_mut().zip(grads) {
-        p.set_grad(Some(Tensor::from_vec(g, p.shape())?));
+        // Back on the parameter's device: the optimizer step runs where the weights live.
+        p.set_grad(Some(Tensor::from_slice(&g, p.shape(), p.device())?));
     }
     Ok(())
 }
