@@ -5,7 +5,7 @@
 
 use crate::checkpoint::{self, Value};
 use crate::data::{epoch_order, load_batches, Batch, NpyDataset};
-use crate::dist::{average_in_buckets, shard, Communicator};
+use crate::dist::{shard, Communicator};
 use crate::error::{Error, Result};
 use crate::model::Sam;
 use crate::ops::linalg::autocast_bf16;
@@ -185,17 +185,16 @@ fn sync_gradients(model: &mut Sam, comm: &dyn Communicator, bucket_mb: usize) ->
         return Ok(());
     }
     let mut params = model.trainable_parameters();
-    let mut grads: Vec<Vec<f32>> = params
+    let mut grads: Vec<Tensor> = params
         .iter()
         .map(|(_, p)| match p.grad() {
-            Some(g) => g.to_vec(),
-            None => Ok(vec![0.0; p.numel()]),
+            Some(g) => Ok(g.clone()),
+            None => Tensor::zeros(p.shape(), p.device()),
         })
         .collect::<Result<_>>()?;
-    average_in_buckets(comm, &mut grads, bucket_mb << 20)?;
+    comm.average_gradients(&mut grads, bucket_mb << 20)?;
     for ((_, p), g) in params.iter_mut().zip(grads) {
-        // Back on the parameter's device: the optimizer step runs where the weights live.
-        p.set_grad(Some(Tensor::from_slice(&g, p.shape(), p.device())?));
+        p.set_grad(Some(g));
     }
     Ok(())
 }

@@ -457,6 +457,7 @@ fn tiny_sam_training_step_matches_cpu() {
 
 mod hccl {
     use super::*;
+    use medsam::backend::ascend::AscendBackend;
     use medsam::dist::hccl::HcclCommunicator;
     use medsam::dist::Communicator;
     use std::sync::{Arc, Barrier, Mutex};
@@ -603,6 +604,71 @@ mod hccl {
             "2 NPU ranks differ from the CPU run by {worst}"
         );
         assert!(moved > 1000, "training moved only {moved} weights");
+    }
+
+    /// `average_gradients` over HCCL reduces NPU gradients on the device: mean of the two ranks'
+    /// values, in buckets smaller than one tensor and larger than several, with no host↔device
+    /// copy while it runs.
+    #[test]
+    fn hccl_averages_device_gradients_without_host_copies() {
+        setup();
+        let world = 2;
+        let handles: Vec<_> = Threads::group(world)
+            .into_iter()
+            .map(|boot| {
+                std::thread::spawn(move || {
+                    let rank = boot.rank;
+                    let dev = Device::Npu(rank as u32);
+                    let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
+                    let shapes: [&[usize]; 3] = [&[3, 5], &[7], &[2, 2, 4]];
+                    let value =
+                        |t: usize, i: usize, r: usize| (t * 100 + i) as f32 * (r + 1) as f32;
+                    let mut grads: Vec<Tensor> = shapes
+                        .iter()
+                        .enumerate()
+                        .map(|(t, s)| {
+                            let n: usize = s.iter().product();
+                            let v: Vec<f32> = (0..n).map(|i| value(t, i, rank)).collect();
+                            Tensor::from_slice(&v, s, dev).unwrap()
+                        })
+                        .collect();
+                    for bucket_bytes in [4 * 8, 1 << 20] {
+                        let mut g = grads.clone();
+                        boot.barrier().unwrap();
+                        let before = super::host_copies();
+                        boot.barrier().unwrap();
+                        c.average_gradients(&mut g, bucket_bytes).unwrap();
+                        AscendBackend::shared(rank as u32)
+                            .unwrap()
+                            .synchronize()
+                            .unwrap();
+                        boot.barrier().unwrap();
+                        let copies = super::host_copies() - before;
+                        boot.barrier().unwrap();
+                        assert_eq!(
+                            copies, 0,
+                            "host copies while averaging ({bucket_bytes} B buckets)"
+                        );
+                        for (t, (g, s)) in g.iter().zip(shapes).enumerate() {
+                            assert_eq!(g.shape(), s);
+                            assert_eq!(g.device(), dev);
+                            let want: Vec<f32> = (0..g.numel())
+                                .map(|i| (value(t, i, 0) + value(t, i, 1)) / 2.0)
+                                .collect();
+                            assert_eq!(
+                                g.to_vec().unwrap(),
+                                want,
+                                "tensor {t}, {bucket_bytes} B buckets"
+                            );
+                        }
+                    }
+                    grads.clear();
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("rank thread panicked");
+        }
     }
 
     #[test]

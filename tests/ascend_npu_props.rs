@@ -343,8 +343,8 @@ fn npu_hccl_all_reduce_across_devices() {
                     }
                 })
                 .unwrap();
-                let mut g = dev.upload(&vec![rank as f32 + 1.0; 1024]).unwrap();
-                comm.all_reduce_sum_inplace::<f32>(&mut g, 1024, &stream)
+                let g = dev.upload(&vec![rank as f32 + 1.0; 1024]).unwrap();
+                comm.all_reduce_sum_inplace::<f32>(&g, 1024, &stream)
                     .unwrap();
                 assert_eq!(g.read::<f32>(&stream, 1024).unwrap(), vec![3.0; 1024]);
             });

@@ -687,9 +687,8 @@ fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
                     })
                     .unwrap();
                     let n = 8;
-                    let mut g = dev.upload(&vec![rank as f32 + 1.0; n]).unwrap();
-                    comm.all_reduce_sum_inplace::<f32>(&mut g, n, &stream)
-                        .unwrap();
+                    let g = dev.upload(&vec![rank as f32 + 1.0; n]).unwrap();
+                    comm.all_reduce_sum_inplace::<f32>(&g, n, &stream).unwrap();
                     let reduced = g.read::<f32>(&stream, n).unwrap();
 
                     let mut b = dev.upload(&[10.0 * (rank as f32 + 1.0); 4]).unwrap();

@@ -213,6 +213,24 @@ impl AscendBackend {
         Ops::new(&self.stream)
     }
 
+    /// Runs `f` on the device memory behind `t` (contiguous, from element 0, on this device) and
+    /// on this backend's compute stream, so what `f` enqueues (e.g. an HCCL all-reduce of
+    /// gradients) is ordered after the kernels that produced `t` and before later ones.
+    pub fn with_device_buffer<R>(
+        &self,
+        t: &crate::Tensor,
+        f: impl FnOnce(&acl::DeviceBuffer, &acl::Stream) -> std::result::Result<R, AscendError>,
+    ) -> Result<R> {
+        if !t.is_contiguous() || t.offset() != 0 {
+            return Err(Error::Device {
+                device: format!("npu:{}", self.id),
+                detail: "with_device_buffer needs a contiguous tensor starting at its buffer"
+                    .into(),
+            });
+        }
+        f(self.buf(t.storage())?, &self.stream).map_err(self.err())
+    }
+
     /// The allocator block behind a storage of this device.
     fn buf<'a>(&self, s: &'a Storage) -> Result<&'a acl::DeviceBuffer> {
         match s {

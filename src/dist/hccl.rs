@@ -2,13 +2,18 @@
 //! bootstrapped through another communicator (normally MPI): rank 0's HCCL root info is sent
 //! with [`Communicator::broadcast_bytes`], then every rank calls `HcclCommInitRootInfo`.
 //!
-//! Host slices are staged through device buffers of the NPU's caching allocator; collectives
-//! run on a stream of their own and are synchronised before the call returns, so the trait's
-//! synchronous semantics hold.
+//! Every collective runs on the NPU backend's compute stream, so a rank's collectives execute
+//! in program order (as HCCL requires on every rank) and after the kernels producing their
+//! inputs. Host slices are staged through device buffers of the NPU's caching allocator and
+//! synchronised before the call returns (the trait's synchronous semantics); gradients already
+//! on the device are averaged in place without a host round trip ([`Communicator::average_gradients`]).
 
 use super::Communicator;
-use crate::backend::ascend::ascend_device;
+use crate::autograd::no_grad;
+use crate::backend::ascend::{ascend_device, AscendBackend};
+use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use medsam_ffi::ascend::{self as acl, AscendError, HcclComm, ROOT_INFO_BYTES};
 use std::sync::Mutex;
 
@@ -16,7 +21,8 @@ use std::sync::Mutex;
 pub struct HcclCommunicator {
     comm: Mutex<HcclComm>,
     dev: acl::Device,
-    stream: acl::Stream,
+    /// The NPU backend whose compute stream carries every collective of this communicator.
+    backend: std::sync::Arc<AscendBackend>,
     npu: u32,
     rank: usize,
     world: usize,
@@ -52,16 +58,23 @@ impl HcclCommunicator {
             Ok(())
         })
         .map_err(err)?;
-        let stream = dev.stream().map_err(err)?;
+        let backend = AscendBackend::shared(device)?;
         Ok(HcclCommunicator {
             comm: Mutex::new(comm),
             dev,
-            stream,
+            backend,
             npu: device,
             rank,
             world,
             local_rank: bootstrap.local_rank(),
         })
+    }
+
+    /// The backend's compute stream: all collectives of a rank go through one stream in program
+    /// order (HCCL needs the same order on every rank; two streams could run them interleaved
+    /// differently on different ranks), after the kernels that produced their inputs.
+    fn stream(&self) -> &acl::Stream {
+        self.backend.stream()
     }
 
     fn err(&self) -> impl Fn(AscendError) -> Error + '_ {
@@ -100,11 +113,11 @@ impl Communicator for HcclCommunicator {
             return Ok(());
         }
         let e = self.err();
-        let mut d = self.upload(buf)?;
+        let d = self.upload(buf)?;
         self.comm()
-            .all_reduce_sum_inplace::<f32>(&mut d, buf.len(), &self.stream)
+            .all_reduce_sum_inplace::<f32>(&d, buf.len(), self.stream())
             .map_err(&e)?;
-        self.stream.synchronize().map_err(&e)?;
+        self.stream().synchronize().map_err(&e)?;
         d.copy_to_host(buf).map_err(&e)
     }
 
@@ -124,9 +137,9 @@ impl Communicator for HcclCommunicator {
         let e = self.err();
         let mut d = self.upload(buf)?;
         self.comm()
-            .broadcast::<f32>(&mut d, buf.len(), root as u32, &self.stream)
+            .broadcast::<f32>(&mut d, buf.len(), root as u32, self.stream())
             .map_err(&e)?;
-        self.stream.synchronize().map_err(&e)?;
+        self.stream().synchronize().map_err(&e)?;
         d.copy_to_host(buf).map_err(&e)
     }
 
@@ -137,9 +150,9 @@ impl Communicator for HcclCommunicator {
         let comm = self.comm();
         let len = self.upload(&[bytes.len() as i64])?;
         let mut lens_d = self.dev.alloc_elems::<i64>(world).map_err(&e)?;
-        comm.all_gather::<i64>(&len, &mut lens_d, 1, &self.stream)
+        comm.all_gather::<i64>(&len, &mut lens_d, 1, self.stream())
             .map_err(&e)?;
-        let lens: Vec<i64> = lens_d.read(&self.stream, world).map_err(&e)?;
+        let lens: Vec<i64> = lens_d.read(self.stream(), world).map_err(&e)?;
         let words = (lens.iter().copied().max().unwrap_or(0).max(0) as usize).div_ceil(4);
         if words == 0 {
             return Ok(vec![Vec::new(); world]);
@@ -152,9 +165,9 @@ impl Communicator for HcclCommunicator {
         }
         let send = self.upload(&mine)?;
         let mut recv = self.dev.alloc_elems::<i32>(words * world).map_err(&e)?;
-        comm.all_gather::<i32>(&send, &mut recv, words, &self.stream)
+        comm.all_gather::<i32>(&send, &mut recv, words, self.stream())
             .map_err(&e)?;
-        let all: Vec<i32> = recv.read(&self.stream, words * world).map_err(&e)?;
+        let all: Vec<i32> = recv.read(self.stream(), words * world).map_err(&e)?;
         Ok((0..world)
             .map(|r| {
                 let b: Vec<u8> = all[r * words..(r + 1) * words]
@@ -166,9 +179,43 @@ impl Communicator for HcclCommunicator {
             .collect())
     }
 
+    /// Gradients on this communicator's NPU are reduced where they live: each bucket is
+    /// concatenated on the device, summed by `HcclAllReduce` in place on the backend's compute
+    /// stream (ordered after the backward kernels, no host round trip), scaled by 1/world and
+    /// split back. Gradients elsewhere take the host path.
+    fn average_gradients(&self, grads: &mut [Tensor], bucket_bytes: usize) -> Result<()> {
+        let here = Device::Npu(self.npu);
+        if grads.iter().any(|g| g.device() != here) {
+            return super::average_gradients_on_host(self, grads, bucket_bytes);
+        }
+        let lens: Vec<usize> = grads.iter().map(Tensor::numel).collect();
+        let inv_world = 1.0 / self.world as f32;
+        no_grad(|| {
+            for r in super::bucket_ranges(&lens, (bucket_bytes / 4).max(1)) {
+                let parts = grads[r.clone()]
+                    .iter()
+                    .map(|g| g.reshape(&[g.numel()]))
+                    .collect::<Result<Vec<_>>>()?;
+                let flat = Tensor::cat(&parts, 0)?.contiguous()?;
+                let n = flat.numel();
+                self.backend.with_device_buffer(&flat, |buf, stream| {
+                    self.comm().all_reduce_sum_inplace::<f32>(buf, n, stream)
+                })?;
+                let flat = flat.scale(inv_world)?;
+                let mut off = 0;
+                for g in &mut grads[r] {
+                    let n = g.numel();
+                    *g = flat.narrow(0, off, n)?.reshape(g.shape())?.contiguous()?;
+                    off += n;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn barrier(&self) -> Result<()> {
         let e = self.err();
-        self.comm().barrier(&self.stream).map_err(&e)?;
-        self.stream.synchronize().map_err(&e)
+        self.comm().barrier(self.stream()).map_err(&e)?;
+        self.stream().synchronize().map_err(&e)
     }
 }

@@ -3,6 +3,7 @@
 //! `mpi`), and HCCL for Ascend devices (feature `ascend`, bootstrapped through MPI).
 
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use half::{bf16, f16};
 use std::time::Duration;
 
@@ -54,6 +55,13 @@ pub trait Communicator: Send + Sync {
 
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+    /// Averages gradient tensors across ranks in place, in buckets of at most `bucket_bytes`
+    /// (DDP's reducer). The default stages them through host memory ([`average_in_buckets`]) and
+    /// puts the results back on each tensor's device; device communicators (HCCL) override it
+    /// to reduce where the gradients live.
+    fn average_gradients(&self, grads: &mut [Tensor], bucket_bytes: usize) -> Result<()> {
+        average_gradients_on_host(self, grads, bucket_bytes)
     }
     /// Element-wise mean across ranks, in place.
     fn all_reduce_mean(&self, buf: &mut [f32]) -> Result<()> {
@@ -204,34 +212,57 @@ pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
     padded.into_iter().skip(rank).step_by(world).collect()
 }
 
+/// [`Communicator::average_gradients`] through host memory.
+pub fn average_gradients_on_host<C: Communicator + ?Sized>(
+    comm: &C,
+    grads: &mut [Tensor],
+    bucket_bytes: usize,
+) -> Result<()> {
+    let mut host: Vec<Vec<f32>> = grads.iter().map(|g| g.to_vec()).collect::<Result<_>>()?;
+    average_in_buckets(comm, &mut host, bucket_bytes)?;
+    for (g, h) in grads.iter_mut().zip(host) {
+        *g = Tensor::from_slice(&h, g.shape(), g.device())?;
+    }
+    Ok(())
+}
+
+/// Consecutive index ranges of `lens` whose sums stay within `cap` elements (a range always
+/// holds at least one entry): DDP's gradient buckets, in parameter order.
+pub fn bucket_ranges(lens: &[usize], cap: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lens.len() {
+        let (mut j, mut len) = (i, 0);
+        while j < lens.len() && (j == i || len + lens[j] <= cap) {
+            len += lens[j];
+            j += 1;
+        }
+        out.push(i..j);
+        i = j;
+    }
+    out
+}
+
 /// Averages gradients across ranks in buckets of at most `bucket_bytes`, in parameter order
 /// (as DDP's reducer groups them).
-pub fn average_in_buckets(
-    comm: &dyn Communicator,
+pub fn average_in_buckets<C: Communicator + ?Sized>(
+    comm: &C,
     grads: &mut [Vec<f32>],
     bucket_bytes: usize,
 ) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }
-    let cap = (bucket_bytes / 4).max(1);
-    let mut i = 0;
-    while i < grads.len() {
-        let mut j = i;
-        let mut len = 0;
-        while j < grads.len() && (j == i || len + grads[j].len() <= cap) {
-            len += grads[j].len();
-            j += 1;
-        }
-        let mut flat: Vec<f32> = grads[i..j].concat();
+    let lens: Vec<usize> = grads.iter().map(Vec::len).collect();
+    for r in bucket_ranges(&lens, (bucket_bytes / 4).max(1)) {
+        let mut flat: Vec<f32> = grads[r.clone()].concat();
         comm.all_reduce_mean(&mut flat)?;
         let mut off = 0;
-        for g in &mut grads[i..j] {
+        for g in &mut grads[r] {
             let n = g.len();
             g.copy_from_slice(&flat[off..off + n]);
             off += n;
         }
-        i = j;
     }
     Ok(())
 }

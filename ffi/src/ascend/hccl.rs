@@ -190,10 +190,12 @@ impl HcclComm {
         )
     }
 
-    /// In-place sum all-reduce (gradient sync; scale by 1/size yourself).
+    /// In-place sum all-reduce (gradient sync; scale by 1/size yourself). The buffer is taken by
+    /// shared reference because the memory written is device memory the handle only points to:
+    /// ordering with other users of that memory is the stream's business, not Rust's borrows.
     pub fn all_reduce_sum_inplace<T: Element>(
         &self,
-        buf: &mut DeviceBuffer,
+        buf: &DeviceBuffer,
         count: usize,
         stream: &Stream,
     ) -> Result<()> {
