@@ -20,6 +20,7 @@ pub mod ops;
 pub mod optim;
 pub mod preprocess;
 pub mod rng;
+pub mod seg_model;
 pub mod tensor;
 pub mod train;
 pub mod viz;
