@@ -203,7 +203,11 @@ impl SegModel for LiteMedSam {
         LiteMedSam::forward(self, images, boxes, mode)
     }
     fn prepare_batch(&self, batch: &Batch) -> Result<Batch> {
-        let (b, h, w) = (batch.images.dim(0), batch.images.dim(2), batch.images.dim(3));
+        let (b, h, w) = (
+            batch.images.dim(0),
+            batch.images.dim(2),
+            batch.images.dim(3),
+        );
         let s = self.img_size();
         let (all_img, all_mask) = (batch.images.to_vec()?, batch.masks.to_vec()?);
         let (mut images, mut masks, mut boxes) = (Vec::new(), Vec::new(), Vec::new());

@@ -192,7 +192,11 @@ fn training_checkpoint<M: SegModel + ?Sized>(
 }
 
 /// Averages gradients across ranks (no-op on one process).
-fn sync_gradients<M: SegModel + ?Sized>(model: &mut M, comm: &dyn Communicator, bucket_mb: usize) -> Result<()> {
+fn sync_gradients<M: SegModel + ?Sized>(
+    model: &mut M,
+    comm: &dyn Communicator,
+    bucket_mb: usize,
+) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }
@@ -213,7 +217,10 @@ fn sync_gradients<M: SegModel + ?Sized>(model: &mut M, comm: &dyn Communicator, 
 
 /// Copies rank 0's parameters and buffers, frozen ones included, to every rank (DDP does this
 /// at construction).
-pub fn broadcast_weights<M: SegModel + ?Sized>(model: &mut M, comm: &dyn Communicator) -> Result<()> {
+pub fn broadcast_weights<M: SegModel + ?Sized>(
+    model: &mut M,
+    comm: &dyn Communicator,
+) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }

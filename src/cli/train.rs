@@ -6,9 +6,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use medsam::dist::Communicator;
 use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::model::{ModelType, Sam, SamConfig};
-use medsam::weights::AnyModel;
 use medsam::optim::AdamWConfig;
 use medsam::train::{train, TrainConfig, TrainEvent};
+use medsam::weights::AnyModel;
 use medsam::Result;
 use std::path::PathBuf;
 
