@@ -8,6 +8,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod data;
 pub mod demo;
+pub mod demo_real;
 pub mod dist;
 pub mod error;
 pub mod eval;
