@@ -122,13 +122,16 @@ fn pick_slices(brain: &[bool], [d, h, w]: [usize; 3], n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// A slice's prediction, prompt box, DSC and the filled box's DSC.
+type Scored = (Vec<bool>, [usize; 4], f64, f64);
+
 fn score_slice(
     model: &LiteMedSam,
     img: &[u8],
     gt: &[bool],
     (h, w): (usize, usize),
     margin: usize,
-) -> Result<Option<(Vec<bool>, [usize; 4], f64, f64)>> {
+) -> Result<Option<Scored>> {
     let Some(b) = margin_box(gt, h, w, margin) else {
         return Ok(None);
     };

@@ -1,7 +1,7 @@
 //! Evaluation over the npy layout: for every slice and every label in it, the label's bounds are
 //! the box prompt; the model's mask and the fill-the-box baseline are scored by DSC, IoU and NSD.
 //! Shardable: each rank scores its slices and rank 0 merges the accumulators. Generic over
-//! [`SegModel`] (SAM/MedSAM or LiteMedSAM, each with its own input pipeline).
+//! [`SegPredict`] (SAM/MedSAM or LiteMedSAM, each with its own input pipeline).
 
 use crate::data::{label_ids, list_pairs, read_image, read_labels, NpyPair};
 use crate::dist::Communicator;
@@ -10,7 +10,7 @@ use crate::infer::InferPrecision;
 use crate::metrics::{
     self, box_mask, mask_bbox, sample_metrics, MetricsAccumulator, MetricsSummary, SampleMetrics,
 };
-use crate::seg_model::SegModel;
+use crate::seg_model::SegPredict;
 use crate::viz::{self, ComparisonRow};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -79,7 +79,7 @@ fn to_rgb(img: &crate::data::Image) -> Vec<u8> {
         .collect()
 }
 
-fn score_slice<M: SegModel + ?Sized>(
+fn score_slice<M: SegPredict + ?Sized>(
     model: &M,
     pair: &NpyPair,
     cfg: &EvalConfig,
@@ -137,7 +137,7 @@ fn score_slice<M: SegModel + ?Sized>(
 
 /// Scores this rank's share of the slices; rank 0 writes `metrics.csv`, `metrics.json` and the
 /// comparison figure into the work dir and returns the merged summary (other ranks get theirs).
-pub fn evaluate<M: SegModel + ?Sized>(
+pub fn evaluate<M: SegPredict + ?Sized>(
     model: &M,
     cfg: &EvalConfig,
     comm: &dyn Communicator,

@@ -20,7 +20,30 @@ use crate::tensor::Tensor;
 use crate::Device;
 use std::collections::BTreeMap;
 
-pub trait SegModel {
+/// Evaluation's part of [`SegModel`] (separate so shared handles, `Arc<Sam>`, evaluate too).
+pub trait SegPredict {
+    /// One mask (at the image's size) per box `[x0, y0, x1, y1]` in image pixels, the image
+    /// encoded once.
+    fn predict_boxes(
+        &self,
+        img: &Image,
+        boxes: &[[usize; 4]],
+        precision: InferPrecision,
+    ) -> Result<Vec<Vec<bool>>>;
+}
+
+impl<M: SegPredict + ?Sized> SegPredict for std::sync::Arc<M> {
+    fn predict_boxes(
+        &self,
+        img: &Image,
+        boxes: &[[usize; 4]],
+        precision: InferPrecision,
+    ) -> Result<Vec<Vec<bool>>> {
+        (**self).predict_boxes(img, boxes, precision)
+    }
+}
+
+pub trait SegModel: SegPredict {
     /// Side of the square model input.
     fn img_size(&self) -> usize;
     /// Where the parameters live (host batches are moved there).
@@ -38,14 +61,6 @@ pub trait SegModel {
     fn prepare_batch(&self, batch: &Batch) -> Result<Batch>;
     /// The training loss of a prepared batch whose images are already on [`Self::device`].
     fn loss(&self, images: &Tensor, batch: &Batch) -> Result<Tensor>;
-    /// Evaluation: one mask (at the image's size) per box `[x0, y0, x1, y1]` in image pixels,
-    /// the image encoded once.
-    fn predict_boxes(
-        &self,
-        img: &Image,
-        boxes: &[[usize; 4]],
-        precision: InferPrecision,
-    ) -> Result<Vec<Vec<bool>>>;
 }
 
 impl SegModel for Sam {
@@ -85,6 +100,9 @@ impl SegModel for Sam {
         let up = logits.upsample_bilinear(h, w)?;
         dice_bce_loss(&up, &batch.masks)
     }
+}
+
+impl SegPredict for Sam {
     fn predict_boxes(
         &self,
         img: &Image,
@@ -239,6 +257,9 @@ impl SegModel for LiteMedSam {
         let diff = iou.sub(&truth)?;
         mask_loss.add(&diff.mul(&diff)?.mean_all()?)
     }
+}
+
+impl SegPredict for LiteMedSam {
     fn predict_boxes(
         &self,
         img: &Image,
