@@ -51,6 +51,8 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, default_value_t = 2023)]
     pub seed: u64,
+    /// Largest random widening of each box side, in pixels of the npy data (MedSAM's 20 at 1024²;
+    /// LiteMedSAM's boxes, scaled by 256/1024, get upstream's 5).
     #[arg(long = "bbox-shift", default_value_t = 20)]
     pub bbox_shift: usize,
     /// Stop after this many optimizer steps.
