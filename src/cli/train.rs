@@ -26,7 +26,7 @@ pub struct TrainArgs {
     /// JSON model configuration (SAM's, or LiteMedSAM's with lite; overrides --model-type's preset).
     #[arg(long = "model-config")]
     pub model_config: Option<PathBuf>,
-    /// SAM checkpoint to start from (omit for random initialisation).
+    /// SAM/MedSAM or LiteMedSAM checkpoint to start from (omit for random initialisation).
     #[arg(long = "checkpoint")]
     pub checkpoint: Option<PathBuf>,
     #[arg(long = "work-dir", default_value = "./work_dir")]
