@@ -1,15 +1,16 @@
 //! Evaluation over the npy layout: for every slice and every label in it, the label's bounds are
 //! the box prompt; the model's mask and the fill-the-box baseline are scored by DSC, IoU and NSD.
-//! Shardable: each rank scores its slices and rank 0 merges the accumulators.
+//! Shardable: each rank scores its slices and rank 0 merges the accumulators. Generic over
+//! [`SegPredict`] (SAM/MedSAM or LiteMedSAM, each with its own input pipeline).
 
 use crate::data::{label_ids, list_pairs, read_image, read_labels, NpyPair};
 use crate::dist::Communicator;
 use crate::error::{Error, Result};
-use crate::infer::{InferPrecision, InputImage, Predictor};
+use crate::infer::InferPrecision;
 use crate::metrics::{
     self, box_mask, mask_bbox, sample_metrics, MetricsAccumulator, MetricsSummary, SampleMetrics,
 };
-use crate::model::Sam;
+use crate::seg_model::SegPredict;
 use crate::viz::{self, ComparisonRow};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -78,8 +79,8 @@ fn to_rgb(img: &crate::data::Image) -> Vec<u8> {
         .collect()
 }
 
-fn score_slice(
-    model: &Sam,
+fn score_slice<M: SegPredict + ?Sized>(
+    model: &M,
     pair: &NpyPair,
     cfg: &EvalConfig,
     figure: &mut Vec<FigureRow>,
@@ -92,33 +93,22 @@ fn score_slice(
             format!("label map is {h}×{w}, image is {}×{}", img.h, img.w),
         ));
     }
-    let n = h * w;
-    let hwc: Vec<f64> = (0..n)
-        .flat_map(|i| (0..3).map(move |c| (i, c)))
-        .map(|(i, c)| img.chw[c * n + i] as f64)
-        .collect();
-    let predictor = Predictor::new(
-        model,
-        &InputImage {
-            h,
-            w,
-            hwc,
-            is_npy: true,
-        },
-        cfg.precision,
-    )?;
     let name = pair
         .gt
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut out = Vec::new();
-    for label in label_ids(&labels) {
+    let ids = label_ids(&labels);
+    let mut gts = Vec::new();
+    for &label in &ids {
         let gt: Vec<bool> = labels.iter().map(|&l| l == label).collect();
         let b = mask_bbox(&gt, h, w).map_err(m_err)?.expect("label present");
-        let pred = predictor
-            .predict_box([b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32])?
-            .mask;
+        gts.push((label, gt, b));
+    }
+    let boxes: Vec<[usize; 4]> = gts.iter().map(|g| g.2).collect();
+    let preds = model.predict_boxes(&img, &boxes, cfg.precision)?;
+    let mut out = Vec::new();
+    for ((label, gt, b), pred) in gts.into_iter().zip(preds) {
         let spacing = [1.0, 1.0];
         let model_m =
             sample_metrics(&gt, &pred, h, w, spacing, cfg.nsd_tolerance).map_err(m_err)?;
@@ -147,8 +137,8 @@ fn score_slice(
 
 /// Scores this rank's share of the slices; rank 0 writes `metrics.csv`, `metrics.json` and the
 /// comparison figure into the work dir and returns the merged summary (other ranks get theirs).
-pub fn evaluate(
-    model: &Sam,
+pub fn evaluate<M: SegPredict + ?Sized>(
+    model: &M,
     cfg: &EvalConfig,
     comm: &dyn Communicator,
     on_slice: &mut dyn FnMut(usize, usize),

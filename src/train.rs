@@ -1,16 +1,16 @@
 //! MedSAM training (`train_one_gpu.py` / `train_multi_gpus.py` semantics): image encoder and mask
 //! decoder trained, prompt encoder frozen; loss = Dice + BCE on the low-res logits upsampled to
 //! the image size; AdamW; gradient accumulation; bf16 autocast; checkpoints in MedSAM's format;
-//! exact resume; data parallel across ranks through a [`Communicator`].
+//! exact resume; data parallel across ranks through a [`Communicator`]. Generic over
+//! [`SegModel`]: LiteMedSAM trains the same way in its 256 frame with upstream's loss.
 
 use crate::checkpoint::{self, Value};
 use crate::data::{epoch_order, load_batches, Batch, NpyDataset};
 use crate::dist::{shard, Communicator};
 use crate::error::{Error, Result};
-use crate::model::Sam;
 use crate::ops::linalg::autocast_bf16;
-use crate::ops::loss::dice_bce_loss;
 use crate::optim::{AdamW, AdamWConfig};
+use crate::seg_model::SegModel;
 use crate::tensor::Tensor;
 use crate::weights;
 use std::io::Write;
@@ -139,17 +139,25 @@ fn timestamp() -> String {
     )
 }
 
-/// One micro-batch: forward, loss, backward of `loss / k`. Returns the unscaled loss.
-pub fn forward_backward(model: &Sam, batch: &Batch, k: usize, use_amp: bool) -> Result<f32> {
-    let (h, w) = (batch.images.dim(2), batch.images.dim(3));
+/// One micro-batch (of the npy layout): forward, loss, backward of `loss / k`. Returns the
+/// unscaled loss.
+pub fn forward_backward<M: SegModel + ?Sized>(
+    model: &M,
+    batch: &Batch,
+    k: usize,
+    use_amp: bool,
+) -> Result<f32> {
+    // The batch is only copied when the model's frame differs from the data's (LiteMedSAM).
+    let prepared;
+    let batch = if batch.images.dim(2) == model.img_size() {
+        batch
+    } else {
+        prepared = model.prepare_batch(batch)?;
+        &prepared
+    };
     // Batches are loaded on the host; the model may live on an NPU.
-    let device = model.image_encoder.patch_embed.proj.weight.device();
-    let images = batch.images.to_device(device)?;
-    let loss = autocast_bf16(use_amp, || -> Result<Tensor> {
-        let logits = model.forward(&images, &batch.boxes)?;
-        let up = logits.upsample_bilinear(h, w)?;
-        dice_bce_loss(&up, &batch.masks)
-    })?;
+    let images = batch.images.to_device(model.device())?;
+    let loss = autocast_bf16(use_amp, || -> Result<Tensor> { model.loss(&images, batch) })?;
     let value = loss.to_scalar()?;
     if !value.is_finite() {
         return Ok(value);
@@ -171,16 +179,24 @@ fn save(path: &Path, value: &Value, on_event: &mut dyn FnMut(TrainEvent)) -> Res
     Ok(())
 }
 
-fn training_checkpoint(model: &mut Sam, opt: &AdamW, epoch: usize) -> Result<Value> {
+fn training_checkpoint<M: SegModel + ?Sized>(
+    model: &mut M,
+    opt: &AdamW,
+    epoch: usize,
+) -> Result<Value> {
     Ok(Value::str_dict([
-        ("model", weights::model_value(model)?),
+        ("model", weights::state_dict_value(model.state_dict())?),
         ("optimizer", weights::optimizer_value(opt)?),
         ("epoch", Value::Int(epoch as i64)),
     ]))
 }
 
 /// Averages gradients across ranks (no-op on one process).
-fn sync_gradients(model: &mut Sam, comm: &dyn Communicator, bucket_mb: usize) -> Result<()> {
+fn sync_gradients<M: SegModel + ?Sized>(
+    model: &mut M,
+    comm: &dyn Communicator,
+    bucket_mb: usize,
+) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }
@@ -201,7 +217,10 @@ fn sync_gradients(model: &mut Sam, comm: &dyn Communicator, bucket_mb: usize) ->
 
 /// Copies rank 0's parameters and buffers, frozen ones included, to every rank (DDP does this
 /// at construction).
-pub fn broadcast_weights(model: &mut Sam, comm: &dyn Communicator) -> Result<()> {
+pub fn broadcast_weights<M: SegModel + ?Sized>(
+    model: &mut M,
+    comm: &dyn Communicator,
+) -> Result<()> {
     if comm.world_size() <= 1 {
         return Ok(());
     }
@@ -270,9 +289,9 @@ fn write_loss_curve(dir: &Path, task: &str, step_losses: &[f32]) -> Result<()> {
 }
 
 /// Trains `model` (already loaded from `--checkpoint` or freshly initialised).
-pub fn train(
+pub fn train<M: SegModel + ?Sized>(
     cfg: &TrainConfig,
-    model: &mut Sam,
+    model: &mut M,
     comm: &dyn Communicator,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainOutcome> {

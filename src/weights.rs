@@ -185,8 +185,12 @@ fn tensor_data(t: &Tensor) -> Result<TensorData> {
 
 /// The model's state dict as a checkpoint value (an ordered dict of tensors).
 pub fn model_value(sam: &mut Sam) -> Result<Value> {
-    let sd = sam
-        .state_dict()
+    state_dict_value(sam.state_dict())
+}
+
+/// A state dict (any model's) as a checkpoint value.
+pub fn state_dict_value(sd: Vec<(String, Tensor)>) -> Result<Value> {
+    let sd = sd
         .into_iter()
         .map(|(k, t)| Ok((k, tensor_data(&t)?)))
         .collect::<Result<Vec<_>>>()?;

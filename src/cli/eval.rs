@@ -1,9 +1,11 @@
-//! `medsam eval`: DSC, IoU, NSD and the fill-the-box baseline over the npy layout.
+//! `medsam eval`: DSC, IoU, NSD and the fill-the-box baseline over the npy layout, for
+//! SAM/MedSAM and LiteMedSAM checkpoints (told apart by their keys).
 
-use super::common::{load_model, show, ModelArgs};
+use super::common::{load_any_model, show, AnyModelArgs};
 use medsam::dist::Communicator;
 use medsam::eval::{evaluate, format_table, EvalConfig};
 use medsam::infer::InferPrecision;
+use medsam::weights::AnyModel;
 use medsam::Result;
 use std::path::PathBuf;
 
@@ -13,7 +15,7 @@ pub struct EvalArgs {
     #[arg(long = "data-path")]
     pub data_path: PathBuf,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: AnyModelArgs,
     #[arg(long = "work-dir", default_value = "./eval_out")]
     pub work_dir: PathBuf,
     /// Compute threads (0 = all cores).
@@ -38,7 +40,7 @@ pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<medsam::eval::E
             .num_threads(a.num_workers)
             .build_global();
     }
-    let model = load_model(&a.model)?;
+    let model = load_any_model(&a.model)?;
     let cfg = EvalConfig {
         data_path: a.data_path.clone(),
         work_dir: a.work_dir.clone(),
@@ -52,10 +54,14 @@ pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<medsam::eval::E
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let out = evaluate(&model, &cfg, comm, &mut |done, total| {
+    let mut on_slice = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })?;
+    };
+    let out = match &model {
+        AnyModel::Sam(m) => evaluate(&**m, &cfg, comm, &mut on_slice)?,
+        AnyModel::Lite(m) => evaluate(&**m, &cfg, comm, &mut on_slice)?,
+    };
     bar.finish_and_clear();
     if comm.is_root() {
         print!("{}", format_table(&out.summary));

@@ -1,11 +1,14 @@
-//! `medsam train`: the seed's training script as a subcommand.
+//! `medsam train`: the seed's training script as a subcommand, for SAM/MedSAM (ViT) and
+//! LiteMedSAM (`--model-type lite`, or recognised from `--checkpoint`/`--resume`).
 
-use super::common::{parse_device, show};
+use super::common::{parse_device, show, AnyModelType};
 use indicatif::{ProgressBar, ProgressStyle};
 use medsam::dist::Communicator;
+use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::model::{ModelType, Sam, SamConfig};
 use medsam::optim::AdamWConfig;
 use medsam::train::{train, TrainConfig, TrainEvent};
+use medsam::weights::AnyModel;
 use medsam::Result;
 use std::path::PathBuf;
 
@@ -16,12 +19,14 @@ pub struct TrainArgs {
     pub tr_npy_path: PathBuf,
     #[arg(long = "task-name", default_value = "MedSAM-ViT-B")]
     pub task_name: String,
-    #[arg(long = "model-type", value_enum, default_value = "vit_b")]
-    pub model_type: ModelType,
-    /// JSON model configuration (overrides --model-type).
+    /// vit_b | vit_l | vit_h | lite. Default: the checkpoint's family (from --checkpoint, else
+    /// --resume), else vit_b.
+    #[arg(long = "model-type", value_enum)]
+    pub model_type: Option<AnyModelType>,
+    /// JSON model configuration (SAM's, or LiteMedSAM's with lite; overrides --model-type's preset).
     #[arg(long = "model-config")]
     pub model_config: Option<PathBuf>,
-    /// SAM checkpoint to start from (omit for random initialisation).
+    /// SAM/MedSAM or LiteMedSAM checkpoint to start from (omit for random initialisation).
     #[arg(long = "checkpoint")]
     pub checkpoint: Option<PathBuf>,
     #[arg(long = "work-dir", default_value = "./work_dir")]
@@ -46,6 +51,8 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, default_value_t = 2023)]
     pub seed: u64,
+    /// Largest random widening of each box side, in pixels of the npy data (MedSAM's 20 at 1024²;
+    /// LiteMedSAM's boxes, scaled by 256/1024, get upstream's 5).
     #[arg(long = "bbox-shift", default_value_t = 20)]
     pub bbox_shift: usize,
     /// Stop after this many optimizer steps.
@@ -86,29 +93,71 @@ impl TrainArgs {
         }
     }
 
-    pub fn build_model(&self) -> Result<Sam> {
+    /// The model to train: loaded from `--checkpoint` (either family, told apart by its keys), or
+    /// freshly initialised for `--model-type` (a `--resume` checkpoint's family when not given).
+    pub fn build_model(&self) -> Result<AnyModel> {
         let device = parse_device(&self.device)?;
-        match &self.checkpoint {
-            Some(path) => {
-                Ok(
-                    medsam::weights::load_model(path, None, self.model_config.as_deref(), device)?
-                        .0,
-                )
-            }
-            None => {
-                let cfg = match &self.model_config {
-                    Some(p) => SamConfig::from_json_file(p)?,
-                    None => SamConfig::preset(self.model_type),
-                };
-                Sam::new(&cfg, self.seed, device)
-            }
+        let config = self.model_config.as_deref();
+        if let Some(path) = &self.checkpoint {
+            let (model, _) = medsam::weights::load_any_model(path, None, config, device)?;
+            check_family(self.model_type, &model, path)?;
+            return Ok(model);
         }
+        let lite = match (self.model_type, &self.resume) {
+            (Some(t), _) => t == AnyModelType::Lite,
+            (None, Some(path)) => is_lite_checkpoint(path)?,
+            (None, None) => false,
+        };
+        if lite {
+            let cfg = match config {
+                Some(p) => LiteConfig::from_json_file(p)?,
+                None => LiteConfig::lite_medsam(),
+            };
+            return Ok(AnyModel::Lite(Box::new(LiteMedSam::new(
+                &cfg, self.seed, device,
+            )?)));
+        }
+        let cfg = match config {
+            Some(p) => SamConfig::from_json_file(p)?,
+            None => SamConfig::preset(
+                self.model_type
+                    .and_then(AnyModelType::sam)
+                    .unwrap_or(ModelType::VitB),
+            ),
+        };
+        Ok(AnyModel::Sam(Box::new(Sam::new(&cfg, self.seed, device)?)))
+    }
+}
+
+/// Whether a checkpoint holds LiteMedSAM weights (TinyViT encoder keys).
+fn is_lite_checkpoint(path: &std::path::Path) -> Result<bool> {
+    let value = medsam::weights::read_checkpoint(path)?;
+    let weights = medsam::weights::state_dict(path, &value)?;
+    Ok(LiteConfig::is_lite_state_dict(weights.keys()))
+}
+
+/// `--model-type` given explicitly must name the checkpoint's family (SAM variants are checked
+/// by shape when the config is resolved).
+fn check_family(t: Option<AnyModelType>, model: &AnyModel, path: &std::path::Path) -> Result<()> {
+    let mismatch = match (t, model) {
+        (Some(AnyModelType::Lite), AnyModel::Sam(_)) => Some("holds a SAM/MedSAM (ViT) model"),
+        (Some(t), AnyModel::Lite(_)) if t != AnyModelType::Lite => {
+            Some("holds a LiteMedSAM (TinyViT) model")
+        }
+        _ => None,
+    };
+    match mismatch {
+        Some(what) => Err(medsam::Error::arg(
+            "--model-type",
+            format!("{t:?} does not match {}, which {what}", path.display()),
+        )),
+        None => Ok(()),
     }
 }
 
 /// Runs training with a progress bar on rank 0; returns the outcome.
 pub fn run_with(a: &TrainArgs, comm: &dyn Communicator) -> Result<medsam::train::TrainOutcome> {
-    let mut model = a.build_model()?;
+    let model = a.build_model()?;
     let bar = if comm.is_root() {
         ProgressBar::new(0)
     } else {
@@ -146,7 +195,11 @@ pub fn run_with(a: &TrainArgs, comm: &dyn Communicator) -> Result<medsam::train:
     if total < (1 << 40) {
         bar.set_length(total as u64);
     }
-    let outcome = train(&a.config(), &mut model, comm, &mut on_event)?;
+    let cfg = a.config();
+    let outcome = match model {
+        AnyModel::Sam(mut m) => train(&cfg, &mut *m, comm, &mut on_event)?,
+        AnyModel::Lite(mut m) => train(&cfg, &mut *m, comm, &mut on_event)?,
+    };
     bar.finish_and_clear();
     Ok(outcome)
 }

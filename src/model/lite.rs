@@ -274,6 +274,17 @@ impl LiteMedSam {
     /// Images `[B, 3, S, S]` in [0, 1] and one box per image (input pixels) → low-res logits
     /// `[B, 1, 4g, 4g]`. `Mode::Train` uses batch statistics in BatchNorm (as `model.train()`).
     pub fn forward(&self, images: &Tensor, boxes: &[[f32; 4]], mode: Mode) -> Result<Tensor> {
+        Ok(self.forward_with_iou(images, boxes, mode)?.0)
+    }
+
+    /// [`Self::forward`] plus the decoder's predicted IoU `[B, 1]` (LiteMedSAM's training loss
+    /// regresses it onto the true IoU).
+    pub fn forward_with_iou(
+        &self,
+        images: &Tensor,
+        boxes: &[[f32; 4]],
+        mode: Mode,
+    ) -> Result<(Tensor, Tensor)> {
         if images.dim(0) != boxes.len() {
             return Err(Error::shape(
                 "lite_medsam.forward",
@@ -285,9 +296,7 @@ impl LiteMedSam {
             let (s, d) = self.prompt_encoder.forward(None, Some(boxes), None)?;
             Ok((s, d, self.prompt_encoder.get_dense_pe()?))
         })?;
-        let (masks, _iou) = self
-            .mask_decoder
-            .forward(&embeddings, &pe, &sparse, &dense, false)?;
-        Ok(masks)
+        self.mask_decoder
+            .forward(&embeddings, &pe, &sparse, &dense, false)
     }
 }
