@@ -85,9 +85,10 @@ fn main() -> ExitCode {
                 }
             })
         }),
-        // Evaluation gathers host-side metrics only: the bootstrap communicator is enough.
-        Command::Eval(a) => distributed(a.dist_timeout, "cpu", |comm, _| {
-            cli::eval::run_with(a, comm).map(|_| ())
+        Command::Eval(a) => distributed(a.dist_timeout, &a.model.device, |comm, device| {
+            let mut a = a.clone();
+            a.model.device = device;
+            cli::eval::run_with(&a, comm).map(|_| ())
         }),
         Command::Convert(a) => cli::convert::run(a)
             .map(|summary| println!("{summary}"))

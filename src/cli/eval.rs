@@ -9,7 +9,7 @@ use medsam::weights::AnyModel;
 use medsam::Result;
 use std::path::PathBuf;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
     /// Data in the npy layout (imgs/, gts/).
     #[arg(long = "data-path")]
