@@ -78,7 +78,10 @@ mod kernels {
     fn find_compiler() -> Result<(PathBuf, Style), String> {
         if let Some(cc) = env::var_os("MEDSAM_ASCEND_KERNEL_CC") {
             let p = PathBuf::from(cc);
-            let style = if p.file_name().is_some_and(|n| n.to_string_lossy().contains("ccec")) {
+            let style = if p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("ccec"))
+            {
                 Style::Ccec
             } else {
                 Style::Bisheng
@@ -86,7 +89,10 @@ mod kernels {
             return if p.is_file() {
                 Ok((p, style))
             } else {
-                Err(format!("MEDSAM_ASCEND_KERNEL_CC={} does not exist", p.display()))
+                Err(format!(
+                    "MEDSAM_ASCEND_KERNEL_CC={} does not exist",
+                    p.display()
+                ))
             };
         }
         let mut tried = Vec::new();
@@ -107,11 +113,16 @@ mod kernels {
             }
         }
         if tried.is_empty() {
-            Err("no CANN toolkit (ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH unset; source the \
+            Err(
+                "no CANN toolkit (ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH unset; source the \
                  toolkit's set_env.sh)"
-                .to_string())
+                    .to_string(),
+            )
         } else {
-            Err(format!("no Ascend C compiler found (tried {})", tried.join(", ")))
+            Err(format!(
+                "no Ascend C compiler found (tried {})",
+                tried.join(", ")
+            ))
         }
     }
 
@@ -162,14 +173,17 @@ mod kernels {
             .iter()
             .map(|s| format!("#include \"{}\"\n", s.display()))
             .collect();
-        std::fs::write(&unity, body).map_err(|e| format!("cannot write {}: {e}", unity.display()))?;
+        std::fs::write(&unity, body)
+            .map_err(|e| format!("cannot write {}: {e}", unity.display()))?;
         let bin = out.join("medsam_ascend_kernels.o");
         let arch = env::var("MEDSAM_ASCEND_SOC_ARCH").ok();
         let mut cmd = Command::new(&cc);
         match style {
             Style::Bisheng => {
-                cmd.args(["-x", "asc", "-O2", "-std=c++17"])
-                    .arg(format!("--npu-arch={}", arch.as_deref().unwrap_or("dav-2201")));
+                cmd.args(["-x", "asc", "-O2", "-std=c++17"]).arg(format!(
+                    "--npu-arch={}",
+                    arch.as_deref().unwrap_or("dav-2201")
+                ));
             }
             Style::Ccec => {
                 cmd.args(["-x", "cce", "-O2", "-std=c++17", "--cce-aicore-only"])

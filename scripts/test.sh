@@ -29,7 +29,7 @@ echo "== cargo test (release)"
 cargo test --workspace --release
 echo "== feature tests: mpi (2 processes) and ascend (stand-in runtime; NPU tests skip without hardware)"
 feature_tests=()
-for t in tests/dist_mpi.rs tests/ascend_standin.rs tests/ascend_npu_props.rs tests/ascend_backend.rs tests/ascend_npu_backend_props.rs; do
+for t in tests/dist_mpi.rs tests/ascend_standin.rs tests/ascend_npu_props.rs tests/ascend_backend.rs tests/ascend_kernels.rs tests/ascend_npu_backend_props.rs; do
   [ -f "$t" ] && feature_tests+=(--test "$(basename "$t" .rs)")
 done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1

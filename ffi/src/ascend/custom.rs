@@ -21,6 +21,7 @@ use super::kernel::{KernelArgs, KernelBinary};
 use super::runtime::{Device, Stream};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[allow(missing_docs)]
@@ -119,12 +120,16 @@ pub struct CustomKernels {
     path: PathBuf,
     hw: Hardware,
     tilings: Mutex<HashMap<Vec<u8>, DeviceBuffer>>,
+    launches: AtomicU64,
 }
 
 /// Device operands of [`CustomKernels::rel_pos_attention`].
 pub struct AttnOperands<'a> {
+    /// `[bh, nq, d]`
     pub q: &'a DeviceBuffer,
+    /// `[bh, nk, d]`
     pub k: &'a DeviceBuffer,
+    /// `[bh, nk, dv]`
     pub v: &'a DeviceBuffer,
     /// `(rel_h [bh, nq, kh], rel_w [bh, nq, kw])`
     pub rel: Option<(&'a DeviceBuffer, &'a DeviceBuffer)>,
@@ -165,7 +170,13 @@ impl CustomKernels {
             path: path.to_path_buf(),
             hw: Hardware::from_env(),
             tilings: Mutex::new(HashMap::new()),
+            launches: AtomicU64::new(0),
         })
+    }
+
+    /// Number of kernels launched so far (both kernels).
+    pub fn launches(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
     }
 
     /// The file this binary was loaded from.
@@ -227,6 +238,7 @@ impl CustomKernels {
         self.bin
             .function("rel_pos_attention")?
             .launch(plan.block_dim, &args, stream)?;
+        self.launches.fetch_add(1, Ordering::Relaxed);
         Ok(plan)
     }
 
@@ -259,6 +271,7 @@ impl CustomKernels {
         self.bin
             .function("layer_norm2d")?
             .launch(plan.block_dim, &args, stream)?;
+        self.launches.fetch_add(1, Ordering::Relaxed);
         Ok(plan)
     }
 }
