@@ -252,3 +252,88 @@ fn launches() -> u64 {
     setup();
     AscendBackend::shared(0).unwrap().custom_kernel_launches()
 }
+
+/// The C++ launch glue alone (no runtime needed): tiling fits the UB, decodes to the Rust
+/// mirror, argument blocks are packed 8-byte GM addresses, unfit shapes are errors.
+#[test]
+fn launch_glue_tiling_and_argument_block() {
+    use medsam_ffi::ascend::{self as acl, AttnShape, Hardware, Ln2dShape};
+    use medsam_kernels::ascend_tiled::{LayerNorm2dTiling, RelPosAttnTiling};
+    let hw = Hardware {
+        ub_bytes: 192 * 1024,
+        cores: 40,
+    };
+    for (bh, n, d) in [(12usize, 196u32, 64u32), (12, 4096, 64), (3, 5, 4)] {
+        let grid = (n as f64).sqrt() as u32;
+        let nk = if grid * grid == n { n } else { 6 };
+        let (kh, kw) = if grid * grid == n {
+            (grid, grid)
+        } else {
+            (2, 3)
+        };
+        let shape = AttnShape {
+            bh: bh as u32,
+            nq: n,
+            nk,
+            d,
+            dv: d,
+            kh,
+            kw,
+            has_rel: true,
+            scale: 0.125,
+        };
+        let p = acl::plan_rel_pos_attention(&shape, &hw).unwrap();
+        let t = RelPosAttnTiling::from_bytes(&p.tiling).unwrap();
+        assert_eq!(p.tiling.len(), RelPosAttnTiling::BYTES);
+        t.validate().unwrap();
+        assert_eq!(
+            (t.nq, t.nk, t.d, t.kh, t.kw, t.scale),
+            (n, nk, d, kh, kw, 0.125)
+        );
+        assert_eq!(
+            (p.block_dim, p.tile_a, p.tile_b),
+            (t.block_dim, t.tile_q, t.tile_k)
+        );
+        assert!(t.block_dim >= 1 && t.block_dim <= 40);
+    }
+    let ln = acl::plan_layer_norm2d(
+        &Ln2dShape {
+            n: 2,
+            c: 256,
+            hw: 4096,
+            eps: 1e-6,
+        },
+        &hw,
+    )
+    .unwrap();
+    let t = LayerNorm2dTiling::from_bytes(&ln.tiling).unwrap();
+    t.validate().unwrap();
+    assert!(t.tile_hw % 8 == 0 && (t.c as usize + 3) * t.tile_hw as usize * 4 < 192 * 1024);
+    // too large for any tile: an error naming the UB, not a bad launch
+    let e = acl::plan_rel_pos_attention(
+        &AttnShape {
+            bh: 1,
+            nq: 1,
+            nk: 1,
+            d: 100_000,
+            dv: 1,
+            kh: 0,
+            kw: 0,
+            has_rel: false,
+            scale: 1.0,
+        },
+        &hw,
+    )
+    .err()
+    .expect("d = 100000 cannot be tiled")
+    .to_string();
+    assert!(e.contains("UB"), "{e}");
+    let args = acl::pack_gm_args(&[0x1122_3344_5566_7788, 0, 42]);
+    let b = args.as_bytes();
+    assert_eq!(b.len(), 24);
+    assert_eq!(
+        u64::from_ne_bytes(b[0..8].try_into().unwrap()),
+        0x1122_3344_5566_7788
+    );
+    assert_eq!(u64::from_ne_bytes(b[16..24].try_into().unwrap()), 42);
+}

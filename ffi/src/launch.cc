@@ -1,8 +1,8 @@
 // See launch.h. Tiling rules (kept in step with the UB allocations of kernels/ascend/*.cpp):
 //  * every UB buffer is a whole number of 32-byte blocks (8 floats);
 //  * rel_pos_attention holds, per core: q tile [tq, D], k and v tiles double-buffered
-//    2 x [tk, D] and 2 x [tk, DV], one score row and one scratch row [TK], the accumulator
-//    [tq, DV], m / l / alpha [TQ] each, rel_h / rel_w tile rows [tq, KH] and [tq, KW], and a
+//    2 x [tk, D] and 2 x [tk, DV], one score row [TK], the accumulator [tq, DV], m / l / lse
+//    [TQ] each, a product row [D], rel_h / rel_w tile rows [tq, KH] and [tq, KW], and a
 //    reduction scratch of 8 KiB (upper-case = rounded up to 8 floats);
 //  * layer_norm2d holds the [c, th] block, mean / rstd / tmp rows [th], gamma / beta [C] and
 //    the same scratch.
@@ -43,9 +43,9 @@ uint64_t attn_ub_bytes(const AttnShape& s, uint64_t tq, uint64_t tk) {
     uint64_t f = tq * align8(s.d)                 // q tile
                  + 2 * tk * align8(s.d)           // k tiles (double buffer)
                  + 2 * tk * align8(s.dv)          // v tiles (double buffer)
-                 + 2 * align8(tk)                 // score row + scratch row
+                 + align8(tk)                     // score row
                  + tq * align8(s.dv)              // accumulator
-                 + 3 * align8(tq)                 // m, l, alpha
+                 + 3 * align8(tq)                 // m, l, lse
                  + align8(s.d);                   // product scratch
     if (s.has_rel) f += tq * align8(s.kh) + tq * align8(s.kw);
     return f * kFloat + kScratchBytes;
