@@ -308,7 +308,9 @@ fn launch_glue_tiling_and_argument_block() {
     .unwrap();
     let t = LayerNorm2dTiling::from_bytes(&ln.tiling).unwrap();
     t.validate().unwrap();
-    assert!(t.tile_hw % 8 == 0 && (t.c as usize + 3) * t.tile_hw as usize * 4 < 192 * 1024);
+    assert!(
+        t.tile_hw.is_multiple_of(8) && (t.c as usize + 3) * t.tile_hw as usize * 4 < 192 * 1024
+    );
     // too large for any tile: an error naming the UB, not a bad launch
     let e = acl::plan_rel_pos_attention(
         &AttnShape {

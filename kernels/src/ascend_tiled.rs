@@ -32,6 +32,9 @@
 //! mean) and the affine output are vector operations over the pixel axis, one channel row at
 //! a time: no transpose.
 
+// Index loops mirror the kernels' element addressing on purpose.
+#![allow(clippy::needless_range_loop)]
+
 /// Tiling of `rel_pos_attention` (C layout, 14 × 4 bytes; mirrors `RelPosAttnTiling` in
 /// `kernels/ascend/tiling.h`).
 #[repr(C)]
