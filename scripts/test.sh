@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 pkgs=()
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || pkgs+=(libclang-dev)
 command -v mpirun >/dev/null 2>&1 || pkgs+=(openmpi-bin libopenmpi-dev)
+command -v c++ >/dev/null 2>&1 || pkgs+=(g++)   # cxx_build: the Ascend kernel launch glue (ffi/src/launch.cc)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
