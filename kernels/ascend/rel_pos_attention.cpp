@@ -137,6 +137,7 @@ private:
 
         // out = acc / l ; lse = m + ln(l)
         LocalTensor<float> lseT = lseQue_.AllocTensor<float>();
+        medsam::ScalarToVector();  // m / l were last written by scalar SetValue
         for (uint32_t r = 0; r < rows; ++r) {
             Muls(acc[r * dvA_], acc[r * dvA_], 1.0f / l.GetValue(r), dv_);
         }

@@ -80,6 +80,10 @@ pub struct LayerNorm2dTiling {
     pub reserved: u32,
 }
 
+// The C structs are plain 4-byte fields (static_assert'ed in ffi/src/launch.cc).
+const _: () = assert!(std::mem::size_of::<RelPosAttnTiling>() == RelPosAttnTiling::BYTES);
+const _: () = assert!(std::mem::size_of::<LayerNorm2dTiling>() == LayerNorm2dTiling::BYTES);
+
 fn words<const N: usize>(b: &[u8]) -> Option<[u32; N]> {
     if b.len() < 4 * N {
         return None;
