@@ -10,11 +10,247 @@
 //! * `hccl.rs`: struct `HcclLib` for `libhccl.so`.
 //!
 //! Nothing from CANN is linked: the tables are filled with `dlopen`/`dlsym` at run time.
+//!
+//! Also with `ascend`:
+//! * the C++ launch glue of the custom kernels (`src/launch.cc`, bridged by
+//!   `src/ascend/custom.rs`) is compiled with `cxx_build` (host C++ only, no CANN);
+//! * the Ascend C kernels `kernels/ascend/*.cpp` are compiled into one device binary in
+//!   `OUT_DIR` **when a CANN toolchain is found** (see [`kernels`]), and its path is exported
+//!   as `MEDSAM_ASCEND_KERNELS` (read with `option_env!`). Without a toolchain, or when the
+//!   compiler fails, one `cargo:warning` says why and the build goes on: the NPU backend then
+//!   uses its aclnn compositions.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     #[cfg(feature = "ascend")]
-    ascend::generate();
+    {
+        ascend::generate();
+        launch_glue();
+        kernels::build();
+    }
+}
+
+/// `src/launch.cc` + the cxx bridge of `src/ascend/custom.rs`.
+#[cfg(feature = "ascend")]
+fn launch_glue() {
+    use std::path::PathBuf;
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let tiling_dir = manifest.join("../kernels/ascend");
+    cxx_build::bridge("src/ascend/custom.rs")
+        .file("src/launch.cc")
+        .include(&tiling_dir)
+        .std("c++14")
+        .flag_if_supported("-Wno-unused-parameter")
+        .compile("medsam_ffi_launch");
+    for f in ["src/ascend/custom.rs", "src/launch.cc", "src/launch.h"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        tiling_dir.join("tiling.h").display()
+    );
+}
+
+/// Compiling `kernels/ascend/*.cpp` (Ascend C) into a device binary, when a CANN toolchain
+/// is present. Never fails the build: every problem becomes one `cargo:warning`.
+///
+/// Toolchain lookup, first match wins:
+/// 1. `$MEDSAM_ASCEND_KERNEL_CC` (explicit compiler; `bisheng` or `ccec` style decided by its
+///    file name);
+/// 2. for each of `$ASCEND_TOOLKIT_HOME`, `$ASCEND_HOME_PATH`: `bin/bisheng`, then
+///    `compiler/ccec_compiler/bin/bisheng`, then `compiler/ccec_compiler/bin/ccec`.
+///
+/// `MEDSAM_ASCEND_SOC_ARCH` overrides the target architecture (bisheng `--npu-arch`, default
+/// `dav-2201`; ccec `--cce-aicore-arch`, default `dav-c220-vec`: Ascend 910B vector cores).
+/// `MEDSAM_ASCEND_SKIP_KERNELS=1` skips the step. The two sources are compiled as one
+/// translation unit (an `#include` of each) so the binary holds both kernels.
+#[cfg(feature = "ascend")]
+mod kernels {
+    use std::env;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    enum Style {
+        Bisheng,
+        Ccec,
+    }
+
+    fn find_compiler() -> Result<(PathBuf, Style), String> {
+        if let Some(cc) = env::var_os("MEDSAM_ASCEND_KERNEL_CC") {
+            let p = PathBuf::from(cc);
+            let style = if p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("ccec"))
+            {
+                Style::Ccec
+            } else {
+                Style::Bisheng
+            };
+            return if p.is_file() {
+                Ok((p, style))
+            } else {
+                Err(format!(
+                    "MEDSAM_ASCEND_KERNEL_CC={} does not exist",
+                    p.display()
+                ))
+            };
+        }
+        let mut tried = Vec::new();
+        for var in ["ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"] {
+            let Some(root) = env::var_os(var).map(PathBuf::from) else {
+                continue;
+            };
+            for (rel, style) in [
+                ("bin/bisheng", Style::Bisheng),
+                ("compiler/ccec_compiler/bin/bisheng", Style::Bisheng),
+                ("compiler/ccec_compiler/bin/ccec", Style::Ccec),
+            ] {
+                let p = root.join(rel);
+                if p.is_file() {
+                    return Ok((p, style));
+                }
+                tried.push(p.display().to_string());
+            }
+        }
+        if tried.is_empty() {
+            Err(
+                "no CANN toolkit (ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH unset; source the \
+                 toolkit's set_env.sh)"
+                    .to_string(),
+            )
+        } else {
+            Err(format!(
+                "no Ascend C compiler found (tried {})",
+                tried.join(", ")
+            ))
+        }
+    }
+
+    /// Include directories of `kernel_operator.h` that exist under the toolkit root.
+    fn includes(cc: &Path) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = ["ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"]
+            .iter()
+            .filter_map(|v| env::var_os(v).map(PathBuf::from))
+            .collect();
+        // compiler/ccec_compiler/bin/<cc> or bin/<cc> → the toolkit root
+        for up in [1, 3] {
+            if let Some(r) = cc.ancestors().nth(up + 1) {
+                roots.push(r.to_path_buf());
+            }
+        }
+        let mut v = Vec::new();
+        for r in roots {
+            for rel in [
+                "include",
+                "compiler/tikcpp",
+                "compiler/tikcpp/tikcfw",
+                "compiler/tikcpp/tikcfw/impl",
+                "compiler/tikcpp/tikcfw/interface",
+                "compiler/ascendc/include/basic_api",
+                "compiler/ascendc/include/highlevel_api",
+                "ascendc/include/basic_api",
+                "ascendc/include/highlevel_api",
+            ] {
+                let p = r.join(rel);
+                if p.is_dir() && !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+        }
+        v
+    }
+
+    fn try_build(out: &Path, src_dir: &Path) -> Result<PathBuf, String> {
+        let (cc, style) = find_compiler()?;
+        let mut srcs: Vec<PathBuf> = std::fs::read_dir(src_dir)
+            .map_err(|e| format!("cannot read {}: {e}", src_dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
+            .collect();
+        srcs.sort();
+        let unity = out.join("medsam_ascend_kernels.cpp");
+        let body: String = srcs
+            .iter()
+            .map(|s| format!("#include \"{}\"\n", s.display()))
+            .collect();
+        std::fs::write(&unity, body)
+            .map_err(|e| format!("cannot write {}: {e}", unity.display()))?;
+        let bin = out.join("medsam_ascend_kernels.o");
+        let arch = env::var("MEDSAM_ASCEND_SOC_ARCH").ok();
+        let mut cmd = Command::new(&cc);
+        match style {
+            Style::Bisheng => {
+                cmd.args(["-x", "asc", "-O2", "-std=c++17"]).arg(format!(
+                    "--npu-arch={}",
+                    arch.as_deref().unwrap_or("dav-2201")
+                ));
+            }
+            Style::Ccec => {
+                cmd.args(["-x", "cce", "-O2", "-std=c++17", "--cce-aicore-only"])
+                    .arg(format!(
+                        "--cce-aicore-arch={}",
+                        arch.as_deref().unwrap_or("dav-c220-vec")
+                    ))
+                    .args(["-mllvm", "-cce-aicore-stack-size=0x8000"]);
+            }
+        }
+        cmd.arg(format!("-I{}", src_dir.display()));
+        for i in includes(&cc) {
+            cmd.arg(format!("-I{}", i.display()));
+        }
+        cmd.arg("-c").arg(&unity).arg("-o").arg(&bin);
+        let res = cmd
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cc.display()))?;
+        if !res.status.success() {
+            let err = String::from_utf8_lossy(&res.stderr);
+            let first: Vec<&str> = err.lines().take(6).collect();
+            return Err(format!(
+                "{} failed ({}): {}",
+                cc.display(),
+                res.status,
+                first.join(" | ")
+            ));
+        }
+        if !bin.is_file() {
+            return Err(format!("{} produced no {}", cc.display(), bin.display()));
+        }
+        Ok(bin)
+    }
+
+    pub fn build() {
+        for v in [
+            "MEDSAM_ASCEND_KERNEL_CC",
+            "MEDSAM_ASCEND_SOC_ARCH",
+            "MEDSAM_ASCEND_SKIP_KERNELS",
+        ] {
+            println!("cargo:rerun-if-env-changed={v}");
+        }
+        let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+        let src_dir = manifest.join("..").join("kernels").join("ascend");
+        println!("cargo:rerun-if-changed={}", src_dir.display());
+        if env::var_os("MEDSAM_ASCEND_SKIP_KERNELS").is_some_and(|v| v == "1") {
+            println!(
+                "cargo:warning=medsam-ffi: custom Ascend C kernels skipped \
+                 (MEDSAM_ASCEND_SKIP_KERNELS=1); the NPU backend uses aclnn compositions"
+            );
+            return;
+        }
+        let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+        match try_build(&out, &src_dir) {
+            Ok(bin) => {
+                println!("cargo:rustc-env=MEDSAM_ASCEND_KERNELS={}", bin.display());
+                println!(
+                    "cargo:warning=medsam-ffi: custom Ascend C kernels built: {}",
+                    bin.display()
+                );
+            }
+            Err(why) => println!(
+                "cargo:warning=medsam-ffi: custom Ascend C kernels (kernels/ascend) skipped: {why}; \
+                 the NPU backend uses aclnn compositions unless MEDSAM_ASCEND_KERNELS names a binary"
+            ),
+        }
+    }
 }
 
 #[cfg(feature = "ascend")]

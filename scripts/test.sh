@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 pkgs=()
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || pkgs+=(libclang-dev)
 command -v mpirun >/dev/null 2>&1 || pkgs+=(openmpi-bin libopenmpi-dev)
+command -v c++ >/dev/null 2>&1 || pkgs+=(g++)   # cxx_build: the Ascend kernel launch glue (ffi/src/launch.cc)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
@@ -29,7 +30,7 @@ echo "== cargo test (release)"
 cargo test --workspace --release
 echo "== feature tests: mpi (2 processes) and ascend (stand-in runtime; NPU tests skip without hardware)"
 feature_tests=()
-for t in tests/dist_mpi.rs tests/ascend_standin.rs tests/ascend_npu_props.rs tests/ascend_backend.rs tests/ascend_npu_backend_props.rs; do
+for t in tests/dist_mpi.rs tests/ascend_standin.rs tests/ascend_npu_props.rs tests/ascend_backend.rs tests/ascend_kernels.rs tests/ascend_npu_backend_props.rs; do
   [ -f "$t" ] && feature_tests+=(--test "$(basename "$t" .rs)")
 done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1

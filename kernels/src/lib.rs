@@ -6,6 +6,7 @@
 //! same operator set and are tested against the reference versions here.
 
 pub mod activation;
+pub mod ascend_tiled;
 pub mod attention;
 pub mod batchnorm;
 pub mod conv;

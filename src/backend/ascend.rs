@@ -20,6 +20,8 @@ use medsam_ffi::ascend::{
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+mod custom;
+
 /// Device memory of an [`AscendBackend`]: `len` f32 elements.
 pub struct NpuBuffer {
     buf: Option<acl::DeviceBuffer>,
@@ -100,6 +102,8 @@ pub struct AscendBackend {
     one: acl::DeviceBuffer,
     /// Held by uploads (sync → allocate → copy) and by buffer drops; see [`NpuBuffer`].
     host_copy: Arc<Mutex<()>>,
+    /// Hand-written Ascend C kernels, when a binary was located (see `ascend/custom.rs`).
+    kernels: Option<acl::CustomKernels>,
 }
 
 static BACKENDS: Mutex<Option<HashMap<u32, Arc<AscendBackend>>>> = Mutex::new(None);
@@ -180,6 +184,7 @@ impl AscendBackend {
         let stream = dev.stream().map_err(&err)?;
         let zero = dev.upload(&[0f32]).map_err(&err)?;
         let one = dev.upload(&[1f32]).map_err(&err)?;
+        let kernels = Self::load_custom_kernels(&dev)?;
         Ok(AscendBackend {
             id,
             dev,
@@ -187,6 +192,7 @@ impl AscendBackend {
             zero,
             one,
             host_copy: Arc::new(Mutex::new(())),
+            kernels,
         })
     }
 
@@ -1309,6 +1315,9 @@ impl Backend for AscendBackend {
         b: &Storage,
         eps: f32,
     ) -> Result<NormOut> {
+        if let Some(r) = self.layer_norm2d_custom(n, c, hw, x, g, b, eps)? {
+            return Ok(r);
+        }
         // [n, c, hw] → [n, hw, c], LayerNorm over c, → [n, c, hw]; all on device.
         let xt = self.swap_last2(self.buf(x)?, n, c, hw)?;
         let r = self.layer_norm(n * hw, c, &xt, g, b, eps)?;
@@ -1341,10 +1350,11 @@ impl Backend for AscendBackend {
     }
 
     /// On the NPU the second result is this backend's saved state for
-    /// [`Backend::attention_backward`]: the softmax probabilities `P [bh, nq, nk]`, not the
-    /// log-sum-exp (there is no device log/reduce operator wired yet); without rel-pos, when
-    /// `aclnnFlashAttentionScore` runs, it is a [`FlashAttnState`] (softmax max / sum) instead.
-    /// Only this backend's `attention_backward` consumes it.
+    /// [`Backend::attention_backward`]: without rel-pos, when `aclnnFlashAttentionScore` runs, a
+    /// [`FlashAttnState`] (softmax max / sum); else the log-sum-exp `[bh, nq]` when the custom
+    /// `rel_pos_attention` kernel ran (see `ascend/custom.rs`); else the softmax probabilities
+    /// `P [bh, nq, nk]` of the aclnn composition. Only this backend's `attention_backward`
+    /// consumes it.
     fn attention(
         &self,
         dims: AttnDims,
@@ -1354,12 +1364,17 @@ impl Backend for AscendBackend {
         scale: f32,
         rel: Option<RelPos>,
     ) -> Result<(Storage, Storage)> {
+        // Without rel-pos, CANN's flash attention (cube unit) first; then the custom
+        // `rel_pos_attention` kernel (vector unit) when loaded; else the aclnn composition.
         let AttnDims { bh, nq, nk, d, dv } = dims;
         let (qb, kb, vb) = (self.buf(q)?, self.buf(k)?, self.buf(v)?);
         if rel.is_none() {
             if let Some(r) = self.flash_attention(dims, (qb, kb, vb), scale)? {
                 return Ok(r);
             }
+        }
+        if let Some(r) = self.attention_custom(dims, q, k, v, scale, rel)? {
+            return Ok(r);
         }
         // S = (scale·q)·kᵀ (+ rel_h[.., kh, ·] + rel_w[.., ·, kw])
         let qs = self.scaled(qb, bh * nq * d, scale)?;
@@ -1416,6 +1431,8 @@ impl Backend for AscendBackend {
                 return self.flash_attention_backward(dims, (q, k, v), scale, out, st, dout);
             }
         }
+        let recomputed = self.probs_from_lse(dims, q, k, scale, rel, lse)?;
+        let lse = recomputed.as_ref().unwrap_or(lse);
         let AttnDims { bh, nq, nk, d, dv } = dims;
         if lse.len() != bh * nq * nk {
             return Err(Error::Device {

@@ -1,8 +1,9 @@
 //! Custom (Ascend C) kernels compiled offline into a device binary, launched without C++
 //! host stubs: `aclrtBinaryLoadFromFile` → `aclrtBinaryGetFunction` → `aclrtLaunchKernel`
 //! (signatures from `acl/acl_rt.h`; flow from hicann/runtime
-//! `example/2_advanced_features/kernel/0_launch_kernel`). Not exercised by the stand-in: it
-//! cannot execute device code. Needs real hardware.
+//! `example/2_advanced_features/kernel/0_launch_kernel`). The test-only stand-in
+//! executes launches of the kernels it knows by name (`tests/ascend_standin/src/kernels.rs`)
+//! with their host reference; real device code needs real hardware.
 
 use super::error::{AscendError, Result};
 use super::runtime::{acl, Device, Stream};
@@ -93,6 +94,10 @@ impl KernelArgs {
     /// Empty argument block.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// An argument block laid out elsewhere (e.g. by the C++ launch glue).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        KernelArgs { bytes }
     }
     fn push_raw(&mut self, v: &[u8], align: usize) -> &mut Self {
         while !self.bytes.len().is_multiple_of(align) {

@@ -93,6 +93,7 @@ struct State {
     frees: u64,
     ops_executed: u64,
     host_copies: u64,
+    kernel_launches: u64,
 }
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
@@ -123,6 +124,8 @@ pub struct StandinStats {
     pub frees: u64,
     pub live_allocations: u64,
     pub ops_executed: u64,
+    /// `aclrtLaunchKernel` calls accepted (custom kernels).
+    pub kernel_launches: u64,
 }
 
 #[no_mangle]
@@ -132,6 +135,7 @@ pub unsafe extern "C" fn standin_stats(out: *mut StandinStats) {
         frees: s.frees,
         live_allocations: s.allocs.len() as u64,
         ops_executed: s.ops_executed,
+        kernel_launches: s.kernel_launches,
     });
     if !out.is_null() {
         *out = st;
@@ -690,3 +694,8 @@ pub unsafe extern "C" fn aclrtDestroyEvent(event: *mut c_void) -> i32 {
 mod aclnn;
 mod aclop;
 mod hccl;
+mod kernels;
+/// The host reference of the Ascend C kernels, shared with `medsam_kernels::ascend_tiled`.
+#[path = "../../../kernels/src/ascend_tiled.rs"]
+#[allow(dead_code, clippy::needless_range_loop)]
+mod ascend_tiled;

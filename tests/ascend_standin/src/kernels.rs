@@ -1,0 +1,272 @@
+//! Custom-kernel launch (`aclrtBinaryLoadFromFile`, `aclrtBinaryGetFunction`,
+//! `aclrtLaunchKernel`, `aclrtBinaryUnLoad`; signatures of `acl/acl_rt.h`).
+//!
+//! The stand-in cannot execute device code. A "binary" here is a small text descriptor:
+//! ```text
+//! medsam-standin-kernels 1
+//! rel_pos_attention
+//! layer_norm2d
+//! ```
+//! naming the kernels it provides. A launch of a known kernel decodes the argument block
+//! (packed 8-byte `GM_ADDR`s, the last pointing at the tiling struct in device memory),
+//! checks every address against the tracked device allocations, and enqueues on the stream the
+//! host reference of the kernel (`ascend_tiled.rs`, the same tiling and recurrences as
+//! `kernels/ascend/*.cpp`), running blocks `0..numBlocks` in order. A real binary loaded here
+//! is rejected (it is not a descriptor).
+
+use super::ascend_tiled::{self as tiled, LayerNorm2dTiling, RelPosAttnTiling};
+use super::*;
+
+const MAGIC: &str = "medsam-standin-kernels 1";
+
+struct Binary {
+    kernels: Vec<String>,
+}
+
+struct Func {
+    bin: usize,
+    name: String,
+}
+
+static BINARIES: Mutex<BTreeMap<usize, ()>> = Mutex::new(BTreeMap::new());
+static FUNCS: Mutex<BTreeMap<usize, ()>> = Mutex::new(BTreeMap::new());
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtBinaryLoadFromFile(
+    path: *const c_char,
+    _options: *mut c_void,
+    handle: *mut *mut c_void,
+) -> i32 {
+    if path.is_null() || handle.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtBinaryLoadFromFile: NULL".into());
+    }
+    let p = CStr::from_ptr(path).to_string_lossy().into_owned();
+    let text = match std::fs::read(&p) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                format!("aclrtBinaryLoadFromFile: cannot read {p}: {e}"),
+            )
+        }
+    };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    if lines.next() != Some(MAGIC) {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("aclrtBinaryLoadFromFile: {p} is not a stand-in kernel descriptor (\"{MAGIC}\")"),
+        );
+    }
+    let b = Box::into_raw(Box::new(Binary {
+        kernels: lines.map(String::from).collect(),
+    }));
+    lock(&BINARIES).insert(b as usize, ());
+    *handle = b.cast();
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtBinaryGetFunction(
+    bin: *mut c_void,
+    name: *const c_char,
+    func: *mut *mut c_void,
+) -> i32 {
+    if name.is_null() || func.is_null() || !lock(&BINARIES).contains_key(&(bin as usize)) {
+        return fail(
+            ACL_ERROR_INVALID_PARAM,
+            "aclrtBinaryGetFunction: unknown binary handle or NULL".into(),
+        );
+    }
+    let n = CStr::from_ptr(name).to_string_lossy().into_owned();
+    let b = &*(bin as *const Binary);
+    if !b.kernels.iter().any(|k| *k == n) {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("aclrtBinaryGetFunction: no kernel {n:?} in the binary"),
+        );
+    }
+    let f = Box::into_raw(Box::new(Func {
+        bin: bin as usize,
+        name: n,
+    }));
+    lock(&FUNCS).insert(f as usize, ());
+    *func = f.cast();
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtBinaryUnLoad(bin: *mut c_void) -> i32 {
+    if lock(&BINARIES).remove(&(bin as usize)).is_none() {
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtBinaryUnLoad: unknown handle".into());
+    }
+    // Function handles of the binary become invalid.
+    let mut funcs = lock(&FUNCS);
+    let dead: Vec<usize> = funcs
+        .keys()
+        .copied()
+        .filter(|&f| (*(f as *const Func)).bin == bin as usize)
+        .collect();
+    for f in dead {
+        funcs.remove(&f);
+        drop(Box::from_raw(f as *mut Func));
+    }
+    drop(Box::from_raw(bin as *mut Binary));
+    OK
+}
+
+/// An operand: `elems` f32 at a device address (0 allowed only when `elems == 0`).
+fn operand(what: &str, addr: u64, elems: usize) -> Result<(usize, usize), (i32, String)> {
+    if elems == 0 {
+        return Ok((addr as usize, 0));
+    }
+    if !is_device(addr as usize, elems * 4) {
+        return Err((
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("kernel operand {what}: {addr:#x} + {} bytes is not device memory", elems * 4),
+        ));
+    }
+    Ok((addr as usize, elems))
+}
+
+unsafe fn ro<'a>(o: (usize, usize)) -> &'a [f32] {
+    if o.1 == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(o.0 as *const f32, o.1)
+    }
+}
+unsafe fn rw<'a>(o: (usize, usize)) -> &'a mut [f32] {
+    if o.1 == 0 {
+        &mut []
+    } else {
+        std::slice::from_raw_parts_mut(o.0 as *mut f32, o.1)
+    }
+}
+
+fn tiling_bytes(addr: u64, n: usize) -> Result<Vec<u8>, (i32, String)> {
+    if !is_device(addr as usize, n) {
+        return Err((
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("kernel tiling: {addr:#x} + {n} bytes is not device memory"),
+        ));
+    }
+    Ok(unsafe { std::slice::from_raw_parts(addr as *const u8, n) }.to_vec())
+}
+
+fn run_attention(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
+    let bytes = tiling_bytes(a[7], RelPosAttnTiling::BYTES)?;
+    let t = RelPosAttnTiling::from_bytes(&bytes).expect("length checked");
+    t.validate()
+        .map_err(|e| (ACL_ERROR_RT_PARAM_INVALID, format!("rel_pos_attention tiling: {e}")))?;
+    let l = t.lens();
+    let names = ["q", "k", "v", "rel_h", "rel_w", "out", "lse"];
+    let mut ops = Vec::new();
+    for i in 0..7 {
+        ops.push(operand(names[i], a[i], l[i])?);
+    }
+    // SAFETY: each range was checked to lie in a live device allocation; the kernel's
+    // outputs do not overlap its inputs (as on the device, overlap is the caller's bug).
+    unsafe {
+        let gm = tiled::AttnGm {
+            q: ro(ops[0]),
+            k: ro(ops[1]),
+            v: ro(ops[2]),
+            rel_h: ro(ops[3]),
+            rel_w: ro(ops[4]),
+        };
+        let (out, lse) = (rw(ops[5]), rw(ops[6]));
+        // GetBlockNum() is the number of blocks launched.
+        let t = RelPosAttnTiling {
+            block_dim: blocks,
+            ..t
+        };
+        for b in 0..blocks {
+            tiled::rel_pos_attention_block(&t, b, &gm, out, lse);
+        }
+    }
+    Ok(())
+}
+
+fn run_layer_norm2d(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
+    let bytes = tiling_bytes(a[6], LayerNorm2dTiling::BYTES)?;
+    let t = LayerNorm2dTiling::from_bytes(&bytes).expect("length checked");
+    t.validate()
+        .map_err(|e| (ACL_ERROR_RT_PARAM_INVALID, format!("layer_norm2d tiling: {e}")))?;
+    let l = t.lens();
+    let names = ["x", "gamma", "beta", "y", "mean", "rstd"];
+    let mut ops = Vec::new();
+    for i in 0..6 {
+        ops.push(operand(names[i], a[i], l[i])?);
+    }
+    // SAFETY: as in run_attention.
+    unsafe {
+        let gm = tiled::Ln2dGm {
+            x: ro(ops[0]),
+            gamma: ro(ops[1]),
+            beta: ro(ops[2]),
+        };
+        let mut o = tiled::Ln2dOut {
+            y: rw(ops[3]),
+            mean: rw(ops[4]),
+            rstd: rw(ops[5]),
+        };
+        let t = LayerNorm2dTiling {
+            block_dim: blocks,
+            ..t
+        };
+        for b in 0..blocks {
+            tiled::layer_norm2d_block(&t, b, &gm, &mut o);
+        }
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtLaunchKernel(
+    func: *mut c_void,
+    num_blocks: u32,
+    args: *const c_void,
+    args_size: usize,
+    stream: *mut c_void,
+) -> i32 {
+    if !lock(&FUNCS).contains_key(&(func as usize)) {
+        return fail(
+            ACL_ERROR_INVALID_PARAM,
+            "aclrtLaunchKernel: unknown function handle".into(),
+        );
+    }
+    let name = (*(func as *const Func)).name.clone();
+    let nargs = match name.as_str() {
+        "rel_pos_attention" => 8,
+        "layer_norm2d" => 7,
+        other => {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                format!("aclrtLaunchKernel: the stand-in cannot execute kernel {other:?}"),
+            )
+        }
+    };
+    if args.is_null() || args_size != nargs * 8 || num_blocks == 0 {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!(
+                "aclrtLaunchKernel {name}: {args_size}-byte argument block (expected {} = \
+                 {nargs} GM_ADDR), {num_blocks} blocks",
+                nargs * 8
+            ),
+        );
+    }
+    let raw = std::slice::from_raw_parts(args.cast::<u8>(), args_size);
+    let a: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    with_state(|s| s.kernel_launches += 1);
+    enqueue(
+        stream,
+        Box::new(move || match name.as_str() {
+            "rel_pos_attention" => run_attention(&a, num_blocks),
+            _ => run_layer_norm2d(&a, num_blocks),
+        }),
+    )
+}
