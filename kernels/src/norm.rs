@@ -90,6 +90,39 @@ pub fn layer_norm_forward(
         .for_each(|((y, x), (m, r))| ln_rows(dim, x, gamma, beta, eps, y, m, r));
 }
 
+/// Parameter-gradient partials are accumulated in this many fixed groups of consecutive tasks
+/// and summed in group order, so dgamma/dbeta do not depend on the thread count or on how rayon
+/// happened to split the work (a fold/reduce tree does, and made training runs differ in the
+/// last bits).
+const GRAD_GROUPS: usize = 64;
+
+/// Runs `task(t, dgamma_part, dbeta_part)` for `t < tasks` in parallel over [`GRAD_GROUPS`]
+/// contiguous groups (sequential inside a group) and returns the partials summed in order.
+fn grouped_param_grads(
+    tasks: usize,
+    dim: usize,
+    task: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let groups = tasks.clamp(1, GRAD_GROUPS);
+    let per = tasks.div_ceil(groups);
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..groups)
+        .into_par_iter()
+        .map(|gi| {
+            let (mut g, mut b) = (vec![0.0f32; dim], vec![0.0f32; dim]);
+            for t in gi * per..((gi + 1) * per).min(tasks) {
+                task(t, &mut g, &mut b);
+            }
+            (g, b)
+        })
+        .collect();
+    let (mut g, mut b) = (vec![0.0f32; dim], vec![0.0f32; dim]);
+    for (pg, pb) in &parts {
+        g.iter_mut().zip(pg).for_each(|(a, x)| *a += x);
+        b.iter_mut().zip(pb).for_each(|(a, x)| *a += x);
+    }
+    (g, b)
+}
+
 /// dx overwritten; dgamma and dbeta accumulated (+=).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_backward(
@@ -111,25 +144,15 @@ pub fn layer_norm_backward(
         return;
     }
     let rpt = (TASK_ELEMS / dim).max(1);
-    let (pg, pb) = dx
-        .par_chunks_mut(rpt * dim)
-        .zip(x.par_chunks(rpt * dim).zip(dy.par_chunks(rpt * dim)))
-        .zip(mean.par_chunks(rpt).zip(rstd.par_chunks(rpt)))
-        .fold(
-            || (vec![0.0f32; dim], vec![0.0f32; dim]),
-            |(mut g, mut b), ((dx, (x, dy)), (m, r))| {
-                ln_bwd_rows(dim, x, gamma, m, r, dy, dx, &mut g, &mut b);
-                (g, b)
-            },
-        )
-        .reduce(
-            || (vec![0.0f32; dim], vec![0.0f32; dim]),
-            |(mut g, mut b), (g2, b2)| {
-                g.iter_mut().zip(&g2).for_each(|(a, b)| *a += b);
-                b.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                (g, b)
-            },
-        );
+    let dxp = SyncPtr::new(dx);
+    let (pg, pb) = grouped_param_grads(rows.div_ceil(rpt), dim, |t, g, b| {
+        let (r0, r1) = (t * rpt, ((t + 1) * rpt).min(rows));
+        let span = r0 * dim..r1 * dim;
+        // SAFETY: task t is the only writer of rows r0..r1 of dx.
+        let dx = unsafe { dxp.slice(span.start, span.len()) };
+        let (m, r) = (&mean[r0..r1], &rstd[r0..r1]);
+        ln_bwd_rows(dim, &x[span.clone()], gamma, m, r, &dy[span], dx, g, b);
+    });
     dgamma.iter_mut().zip(&pg).for_each(|(a, b)| *a += b);
     dbeta.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
 }
@@ -270,32 +293,18 @@ pub fn layer_norm2d_backward(
     }
     let dxp = SyncPtr::new(dx);
     let nb = hw.div_ceil(PIX_BLOCK);
-    let (pg, pb) = (0..n * nb)
-        .into_par_iter()
-        .fold(
-            || (vec![0.0f32; c], vec![0.0f32; c]),
-            |(mut g, mut b), t| {
-                let (ni, bi) = (t / nb, t % nb);
-                let p0 = bi * PIX_BLOCK;
-                let np = PIX_BLOCK.min(hw - p0);
-                let o = ni * c * hw;
-                let ms = &mean[ni * hw + p0..ni * hw + p0 + np];
-                let rs = &rstd[ni * hw + p0..ni * hw + p0 + np];
-                // SAFETY (for the writes inside): each task owns pixels p0..p0+np of image ni.
-                let dimg = unsafe { dxp.add(o) };
-                let (xi, dyi) = (&x[o..o + c * hw], &dy[o..o + c * hw]);
-                ln2d_bwd_block(c, hw, p0, np, xi, gamma, ms, rs, dyi, dimg, &mut g, &mut b);
-                (g, b)
-            },
-        )
-        .reduce(
-            || (vec![0.0f32; c], vec![0.0f32; c]),
-            |(mut g, mut b), (g2, b2)| {
-                g.iter_mut().zip(&g2).for_each(|(a, b)| *a += b);
-                b.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                (g, b)
-            },
-        );
+    let (pg, pb) = grouped_param_grads(n * nb, c, |t, g, b| {
+        let (ni, bi) = (t / nb, t % nb);
+        let p0 = bi * PIX_BLOCK;
+        let np = PIX_BLOCK.min(hw - p0);
+        let o = ni * c * hw;
+        let ms = &mean[ni * hw + p0..ni * hw + p0 + np];
+        let rs = &rstd[ni * hw + p0..ni * hw + p0 + np];
+        // SAFETY (for the writes inside): each task owns pixels p0..p0+np of image ni.
+        let dimg = unsafe { dxp.add(o) };
+        let (xi, dyi) = (&x[o..o + c * hw], &dy[o..o + c * hw]);
+        ln2d_bwd_block(c, hw, p0, np, xi, gamma, ms, rs, dyi, dimg, g, b);
+    });
     dgamma.iter_mut().zip(&pg).for_each(|(a, b)| *a += b);
     dbeta.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
 }

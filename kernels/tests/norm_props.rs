@@ -167,3 +167,48 @@ fn layer_norm_gradient_finite_difference() {
 fn layer_norm2d_gradient_finite_difference() {
     fd_check(2, 5, 6);
 }
+
+/// dgamma/dbeta are sums over all rows computed in parallel: they must not depend on the
+/// number of threads or on how the work was split (training replays bit for bit, e.g. resume).
+#[test]
+fn parameter_gradients_do_not_depend_on_threads() {
+    let (rows, dim) = (4096, 160);
+    let mut rng = Rng(3);
+    let (x, dy, gamma) = (
+        rng.vec(rows * dim, 1.0),
+        rng.vec(rows * dim, 1.0),
+        rng.vec(dim, 1.0),
+    );
+    let (mut mean, mut rstd, mut y) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows * dim]);
+    norm::layer_norm_forward(
+        rows,
+        dim,
+        &x,
+        &gamma,
+        &vec![0.0; dim],
+        1e-6,
+        &mut y,
+        &mut mean,
+        &mut rstd,
+    );
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (mut dx, mut dg, mut db) = (vec![0.0; rows * dim], vec![0.0; dim], vec![0.0; dim]);
+            norm::layer_norm_backward(
+                rows, dim, &x, &gamma, &mean, &rstd, &dy, &mut dx, &mut dg, &mut db,
+            );
+            (dg, db)
+        })
+    };
+    let one = run(1);
+    for t in [2, 3, 5] {
+        assert!(
+            run(t) == one,
+            "dgamma/dbeta with {t} threads differ from 1 thread"
+        );
+    }
+}
