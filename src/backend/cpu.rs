@@ -214,6 +214,11 @@ fn gather(src: &[f32], view: &View) -> Vec<f32> {
     }
     let inner = view.shape.last().copied().unwrap_or(1).max(1);
     let stride = view.strides.last().copied().unwrap_or(1);
+    let nd = view.shape.len();
+    if nd >= 2 && view.strides[nd - 2] == 1 && stride > 1 && view.shape[nd - 2] > 1 {
+        gather_transposed(src, view, &mut out);
+        return out;
+    }
     let copy_row = |(row, dst): (usize, &mut [f32])| {
         let s = row_offset(view, row);
         if stride == 1 {
@@ -233,6 +238,37 @@ fn gather(src: &[f32], view: &View) -> Vec<f32> {
             .for_each(copy_row);
     }
     out
+}
+
+/// [`gather`] for a view whose last two axes are transposed (the second-last has stride 1):
+/// copies 16-row × 64-column tiles so every source cache line is used while it is loaded.
+fn gather_transposed(src: &[f32], view: &View, out: &mut [f32]) {
+    const RB: usize = 16;
+    const CB: usize = 64;
+    let inner = view.shape[view.shape.len() - 1];
+    let stride = view.strides[view.strides.len() - 1];
+    let block = |(bi, dst): (usize, &mut [f32])| {
+        let r0 = bi * RB;
+        let nr = dst.len() / inner;
+        let mut bases = [0usize; RB];
+        for (i, b) in bases.iter_mut().enumerate().take(nr) {
+            *b = row_offset(view, r0 + i);
+        }
+        for c0 in (0..inner).step_by(CB) {
+            let c1 = (c0 + CB).min(inner);
+            for (i, &b) in bases.iter().enumerate().take(nr) {
+                let d = &mut dst[i * inner + c0..i * inner + c1];
+                for (j, d) in d.iter_mut().enumerate() {
+                    *d = src[b + (c0 + j) * stride];
+                }
+            }
+        }
+    };
+    if out.len() < PAR_MIN {
+        out.chunks_mut(RB * inner).enumerate().for_each(block);
+    } else {
+        out.par_chunks_mut(RB * inner).enumerate().for_each(block);
+    }
 }
 
 /// `out = a ∘ b` over broadcast views, rows in parallel, without materialising the operands.

@@ -376,7 +376,7 @@ impl PatchMerging {
         let y = self.conv1.forward(x, mode)?.gelu()?;
         let y = self.conv2.forward(&y, mode)?.gelu()?;
         let y = self.conv3.forward(&y, mode)?;
-        y.flatten_from(2)?.transpose(1, 2)
+        y.flatten_from(2)?.transpose(1, 2)?.contiguous()
     }
 }
 
@@ -542,7 +542,8 @@ impl TinyVitBlock {
             .local_conv
             .forward(&img, mode)?
             .reshape(&[b, c, l])?
-            .transpose(1, 2)?;
+            .transpose(1, 2)?
+            .contiguous()?; // one transposing copy instead of strided reads in norm and add
         x.add(&self.mlp.forward(&x)?)
     }
 }
