@@ -31,6 +31,28 @@ simd_dispatch! {
     }
 }
 
+simd_dispatch! {
+    /// `row[j] = act(row[j] + col_bias[j] + row_bias)` in place, `act` GELU or identity: the
+    /// epilogue a fused GEMM applies to each finished strip of C.
+    pub(crate) fn bias_act_row(row: &mut [f32], col_bias: Option<&[f32]>, row_bias: f32, gelu: bool) {
+        if let Some(cb) = col_bias {
+            for (y, &b) in row.iter_mut().zip(cb) {
+                *y += b + row_bias;
+            }
+        } else if row_bias != 0.0 {
+            for y in row.iter_mut() {
+                *y += row_bias;
+            }
+        }
+        if gelu {
+            for y in row.iter_mut() {
+                let x = *y;
+                *y = 0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+            }
+        }
+    }
+}
+
 /// Exact GELU: `x · Φ(x)` with `Φ` through erf (PyTorch's default `approximate="none"`).
 pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());

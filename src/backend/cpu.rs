@@ -402,6 +402,36 @@ impl Backend for CpuBackend {
         Ok(Storage::Cpu(c))
     }
 
+    fn gemm_bias_act(
+        &self,
+        dims: GemmDims,
+        a: GemmOperand,
+        b: GemmOperand,
+        precision: Precision,
+        col_bias: Option<&Storage>,
+        row_bias: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let mut c = buffer(dims.batch * dims.m * dims.n);
+        let epilogue = gemm::Epilogue {
+            col_bias: col_bias.map(host).transpose()?,
+            row_bias: row_bias.map(host).transpose()?,
+            gelu,
+        };
+        gemm::gemm_fused(
+            dims,
+            &host(a.storage)?[a.offset..],
+            a.layout,
+            &host(b.storage)?[b.offset..],
+            b.layout,
+            &mut c,
+            Layout::row_major(dims.m, dims.n),
+            precision,
+            epilogue,
+        );
+        Ok(Storage::Cpu(c))
+    }
+
     fn unary(&self, op: Unary, x: &Storage) -> Result<Storage> {
         let x = host(x)?;
         let y = match op {

@@ -219,6 +219,44 @@ pub trait Backend: Send + Sync {
         precision: Precision,
     ) -> Result<Storage>;
 
+    /// `act(A[b]·B[b] + bias)`, C contiguous `[batch, m, n]`: a bias per column (`col_bias`,
+    /// length n) and/or per row (`row_bias`, length m), the same for every batch, then GELU if
+    /// `gelu`. Inference only (no gradient); backends may fuse it into the GEMM. The default runs
+    /// the separate ops.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bias_act(
+        &self,
+        dims: GemmDims,
+        a: GemmOperand,
+        b: GemmOperand,
+        precision: Precision,
+        col_bias: Option<&Storage>,
+        row_bias: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let (bt, m, n) = (dims.batch, dims.m, dims.n);
+        let mut c = self.gemm(dims, a, b, precision)?;
+        let vc = View {
+            shape: vec![bt, m, n],
+            strides: vec![m * n, n, 1],
+            offset: 0,
+        };
+        for (bias, strides) in [(col_bias, vec![0, 0, 1]), (row_bias, vec![0, 1, 0])] {
+            if let Some(bias) = bias {
+                let vb = View {
+                    shape: vec![bt, m, n],
+                    strides,
+                    offset: 0,
+                };
+                c = self.binary(Binary::Add, &c, &vc, bias, &vb)?;
+            }
+        }
+        if gelu {
+            c = self.unary(Unary::Gelu, &c)?;
+        }
+        Ok(c)
+    }
+
     fn unary(&self, op: Unary, x: &Storage) -> Result<Storage>;
     /// `dx = dy · f'(x)`.
     fn unary_backward(&self, op: Unary, x: &Storage, dy: &Storage) -> Result<Storage>;

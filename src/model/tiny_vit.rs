@@ -252,6 +252,12 @@ impl Module for Conv2dBn {
 
 /// A 1×1 convolution as a matrix product: `[n, ci, h, w]` → `[n, co, h, w]`, weight `[co, ci, 1, 1]`.
 pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    conv1x1_act(x, w, bias, false)
+}
+
+/// [`conv1x1`] followed by GELU if `gelu`; bias and GELU run inside the GEMM for one image
+/// without autograd recording.
+pub fn conv1x1_act(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
     let (n, ci, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let co = w.dim(0);
     if w.shape() != [co, ci, 1, 1] {
@@ -262,16 +268,22 @@ pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     }
     let wm = w.reshape(&[co, ci])?;
     let xs = x.reshape(&[n, ci, h * wd])?;
-    let y = if n == 1 {
-        wm.matmul(&xs.reshape(&[ci, h * wd])?)?.unsqueeze(0)?
-    } else {
-        wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?
-    };
+    if n == 1 {
+        return wm
+            .matmul_row_bias_act(&xs.reshape(&[ci, h * wd])?, bias, gelu)?
+            .reshape(&[n, co, h, wd]);
+    }
+    let y = wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?;
     let y = match bias {
         Some(b) => y.add(&b.reshape(&[1, co, 1])?)?,
         None => y,
     };
-    y.reshape(&[n, co, h, wd])
+    let y = y.reshape(&[n, co, h, wd])?;
+    if gelu {
+        y.gelu()
+    } else {
+        Ok(y)
+    }
 }
 
 impl Conv2dBn {
@@ -298,12 +310,42 @@ impl Conv2dBn {
     }
 
     fn conv(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.conv_act(x, w, bias, false)
+    }
+
+    fn conv_act(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
         let k = w.dim(2);
         if k == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1 {
-            conv1x1(x, w, bias)
+            conv1x1_act(x, w, bias, gelu)
         } else {
-            x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)
+            let y = x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?;
+            if gelu {
+                y.gelu()
+            } else {
+                Ok(y)
+            }
         }
+    }
+
+    /// `gelu(forward(x))`, with the GELU fused into the folded inference conv where possible.
+    pub fn forward_gelu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
+        if mode == Mode::Eval && !recording {
+            let (w, b) = self.folded_weight()?;
+            return self.conv_act(x, &w, Some(&b), true);
+        }
+        self.forward(x, mode)?.gelu()
+    }
+
+    /// The conv weight and bias with the BN running statistics folded in.
+    fn folded_weight(&self) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) = self.bn.folded()?;
+        let co = scale.len();
+        let s = Tensor::from_slice(&scale, &[co, 1, 1, 1], self.weight.device())?;
+        let w = self.weight.mul(&s)?;
+        let b = Tensor::from_slice(&shift, &[co], self.weight.device())?;
+        Ok((w, b))
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -350,8 +392,8 @@ impl Module for MbConv {
 
 impl MbConv {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.conv1.forward(x, mode)?.gelu()?;
-        let y = self.conv2.forward(&y, mode)?.gelu()?;
+        let y = self.conv1.forward_gelu(x, mode)?;
+        let y = self.conv2.forward_gelu(&y, mode)?;
         self.conv3.forward(&y, mode)?.add(x)?.gelu()
     }
 }
@@ -373,8 +415,8 @@ impl Module for PatchMerging {
 impl PatchMerging {
     /// NCHW → tokens `[B, H'·W', C']`.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.conv1.forward(x, mode)?.gelu()?;
-        let y = self.conv2.forward(&y, mode)?.gelu()?;
+        let y = self.conv1.forward_gelu(x, mode)?;
+        let y = self.conv2.forward_gelu(&y, mode)?;
         let y = self.conv3.forward(&y, mode)?;
         y.flatten_from(2)?.transpose(1, 2)?.contiguous()
     }
@@ -491,8 +533,12 @@ impl Module for Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward(&self.fc1.forward(&self.norm.forward(x)?)?.gelu()?)
+        let fc1 = &self.fc1;
+        let h = self
+            .norm
+            .forward(x)?
+            .linear_act(&fc1.weight, fc1.bias.as_ref(), true)?;
+        self.fc2.forward(&h)
     }
 }
 
@@ -712,7 +758,7 @@ impl TinyVit {
             ));
         }
         let pe = &self.patch_embed;
-        let mut x = pe.seq2.forward(&pe.seq0.forward(x, mode)?.gelu()?, mode)?;
+        let mut x = pe.seq2.forward(&pe.seq0.forward_gelu(x, mode)?, mode)?;
         let mut res = s;
         for layer in &self.layers {
             let down = match layer {
