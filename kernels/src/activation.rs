@@ -13,10 +13,16 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/sqrt(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
+/// Exact GELU of one value (f32 erf); inlined into vectorised loops.
+#[inline(always)]
+pub(crate) fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
+}
+
 simd_dispatch! {
     fn gelu_chunk(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = 0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+            *y = gelu_f32(x);
         }
     }
 }
@@ -46,8 +52,7 @@ simd_dispatch! {
         }
         if gelu {
             for y in row.iter_mut() {
-                let x = *y;
-                *y = 0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+                *y = gelu_f32(*y);
             }
         }
     }

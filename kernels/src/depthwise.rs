@@ -6,6 +6,8 @@
 //! once, so the inner loop is a bounds-free multiply-add over a row. The `reference` module is
 //! the oracle.
 
+use crate::activation::gelu_f32;
+use crate::activation::simd::simd_dispatch;
 use crate::conv::Conv2dGeom;
 use rayon::prelude::*;
 
@@ -32,34 +34,42 @@ fn check(g: &Conv2dGeom) {
     );
 }
 
-/// One output plane: `y = bias + Σ_taps w·x`, accumulated tap by tap over whole rows so the
-/// inner loop is a contiguous multiply-add (vectorised) when the stride is 1.
-fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, y: &mut [f32]) {
-    let (oh, ow) = g.out_hw();
-    let (sy, sx) = g.stride;
-    let (py, px) = g.pad;
-    y.fill(bias);
-    for ky in 0..g.kh {
-        let (ylo, yhi) = tap_range(oh, g.h, ky, sy, py);
-        for kx in 0..g.kw {
-            let (xlo, xhi) = tap_range(ow, g.w, kx, sx, px);
-            if xlo >= xhi {
-                continue;
-            }
-            let wv = w[ky * g.kw + kx];
-            for oy in ylo..yhi {
-                let iy = oy * sy + ky - py;
-                let yr = &mut y[oy * ow + xlo..oy * ow + xhi];
-                let x0 = iy * g.w + xlo * sx + kx - px;
-                if sx == 1 {
-                    for (o, &v) in yr.iter_mut().zip(&x[x0..x0 + (xhi - xlo)]) {
-                        *o += wv * v;
-                    }
-                } else {
-                    for (j, o) in yr.iter_mut().enumerate() {
-                        *o += wv * x[x0 + j * sx];
+simd_dispatch! {
+    /// One output plane: `y = bias + Σ_taps w·x` (then GELU if `gelu`), accumulated tap by tap
+    /// over whole rows so the inner loop is a contiguous multiply-add (vectorised) when the
+    /// stride is 1.
+    fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
+        let (oh, ow) = g.out_hw();
+        let (sy, sx) = g.stride;
+        let (py, px) = g.pad;
+        y.fill(bias);
+        for ky in 0..g.kh {
+            let (ylo, yhi) = tap_range(oh, g.h, ky, sy, py);
+            for kx in 0..g.kw {
+                let (xlo, xhi) = tap_range(ow, g.w, kx, sx, px);
+                if xlo >= xhi {
+                    continue;
+                }
+                let wv = w[ky * g.kw + kx];
+                for oy in ylo..yhi {
+                    let iy = oy * sy + ky - py;
+                    let yr = &mut y[oy * ow + xlo..oy * ow + xhi];
+                    let x0 = iy * g.w + xlo * sx + kx - px;
+                    if sx == 1 {
+                        for (o, &v) in yr.iter_mut().zip(&x[x0..x0 + (xhi - xlo)]) {
+                            *o += wv * v;
+                        }
+                    } else {
+                        for (j, o) in yr.iter_mut().enumerate() {
+                            *o += wv * x[x0 + j * sx];
+                        }
                     }
                 }
+            }
+        }
+    if gelu {
+            for v in y.iter_mut() {
+                *v = gelu_f32(*v);
             }
         }
     }
@@ -67,6 +77,19 @@ fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, y: &mut [f32])
 
 /// y `[n, c, oh, ow]` = depthwise conv of x `[n, c, h, w]` with w `[c, 1, kh, kw]`, plus bias.
 pub fn depthwise_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    depthwise_forward_act(g, x, w, bias, false, y)
+}
+
+/// [`depthwise_forward`] followed by exact GELU if `gelu`, applied to each plane while it is in
+/// cache (inference; there is no fused backward).
+pub fn depthwise_forward_act(
+    g: Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    gelu: bool,
+    y: &mut [f32],
+) {
     check(&g);
     let (oh, ow) = g.out_hw();
     let (plane_in, plane_out, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
@@ -80,6 +103,7 @@ pub fn depthwise_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32
                 &x[p * plane_in..(p + 1) * plane_in],
                 &w[c * kk..(c + 1) * kk],
                 b,
+                gelu,
                 yp,
             );
         });
@@ -360,6 +384,10 @@ mod tests {
             reference::depthwise_forward(g, &x, &w, bias, &mut y0);
             depthwise_forward(g, &x, &w, bias, &mut y1);
             close(&y1, &y0, 1e-5)?;
+            let (mut g0, mut g1) = (vec![0.0; dy.len()], vec![7.0; dy.len()]);
+            crate::activation::reference::gelu_forward(&y0, &mut g0);
+            depthwise_forward_act(g, &x, &w, bias, true, &mut g1);
+            close(&g1, &g0, 1e-5)?;
             let (mut dx0, mut dx1) = (vec![0.0; x.len()], vec![7.0; x.len()]);
             reference::depthwise_backward_input(g, &w, &dy, &mut dx0);
             depthwise_backward_input(g, &w, &dy, &mut dx1);

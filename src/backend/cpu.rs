@@ -854,6 +854,20 @@ impl Backend for CpuBackend {
         Ok(Storage::Cpu(y))
     }
 
+    fn depthwise_conv2d_gelu(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.out_hw();
+        let mut y = buffer(g.n * g.c_out * oh * ow);
+        let bias = bias.map(host).transpose()?;
+        depthwise::depthwise_forward_act(g, host(x)?, host(w)?, bias, true, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
     fn depthwise_conv2d_backward(
         &self,
         g: Conv2dGeom,

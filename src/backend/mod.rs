@@ -394,6 +394,17 @@ pub trait Backend: Send + Sync {
     // on host copies, so a device backend works unchanged and may override them for speed. ----
 
     /// Depthwise conv2d (`groups = c_in = c_out`, weight `[c, 1, kh, kw]`).
+    /// `gelu(depthwise_conv2d(..))` for inference; backends may fuse the activation.
+    fn depthwise_conv2d_gelu(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let y = self.depthwise_conv2d(g, x, w, bias)?;
+        self.unary(Unary::Gelu, &y)
+    }
     fn depthwise_conv2d(
         &self,
         g: Conv2dGeom,

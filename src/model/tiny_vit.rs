@@ -317,6 +317,8 @@ impl Conv2dBn {
         let k = w.dim(2);
         if k == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1 {
             conv1x1_act(x, w, bias, gelu)
+        } else if self.groups > 1 && self.groups == x.dim(1) && w.dim(0) == self.groups {
+            x.depthwise_conv2d_act(w, bias, self.stride, self.pad, gelu)
         } else {
             let y = x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?;
             if gelu {
@@ -505,10 +507,12 @@ impl Attention {
             .transpose(0, 1)?
             .contiguous()?
             .gather_rows(&self.bias_idxs, &[n, n])?
-            .permute(&[2, 0, 1])?;
+            .permute(&[2, 0, 1])?
+            .contiguous()?; // [nh, n, n], added row by row below
+        // The scale goes on q (n×kd) rather than on the n×n scores: one pass over less data.
         let scores = q
-            .matmul(&k.transpose(2, 3)?)?
             .scale((kd as f32).powf(-0.5))?
+            .matmul(&k.transpose(2, 3)?)?
             .add(&bias)?;
         let o = scores.softmax_last()?.matmul(&v)?; // [b, nh, n, kd]
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
