@@ -109,6 +109,80 @@ pub fn depthwise_forward_act(
         });
 }
 
+simd_dispatch! {
+    /// One output row `oy` of image `b` in channels-last layout: `y[ox, c] = bias[c] +
+    /// Σ_taps wt[tap, c]·x[iy, ix, c]` (then GELU), vectorised over channels.
+    fn nhwc_row(g: &Conv2dGeom, x: &[f32], wt: &[f32], bias: Option<&[f32]>, gelu: bool, oy: usize, y: &mut [f32]) {
+        let c = g.c_in;
+        let (_, ow) = g.out_hw();
+        for ox in 0..ow {
+            let yo = &mut y[ox * c..(ox + 1) * c];
+            match bias {
+                Some(b) => yo.copy_from_slice(&b[..c]),
+                None => yo.fill(0.0),
+            }
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                for kx in 0..g.kw {
+                    let ix = (ox * g.stride.1 + kx) as isize - g.pad.1 as isize;
+                    if ix < 0 || ix >= g.w as isize {
+                        continue;
+                    }
+                    let xi = (iy as usize * g.w + ix as usize) * c;
+                    let wi = (ky * g.kw + kx) * c;
+                    for ((o, &xv), &wv) in yo.iter_mut().zip(&x[xi..xi + c]).zip(&wt[wi..wi + c]) {
+                        *o += wv * xv;
+                    }
+                }
+            }
+            if gelu {
+                for v in yo.iter_mut() {
+                    *v = gelu_f32(*v);
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise conv on channels-last data: x `[n, h, w, c]`, w `[c, 1, kh, kw]` (PyTorch's
+/// layout), y `[n, oh, ow, c]`, plus bias, then exact GELU if `gelu`. TinyViT's local conv runs on
+/// token-major features, so this saves the two transposes around an NCHW conv (inference).
+pub fn depthwise_nhwc_forward(
+    g: Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    gelu: bool,
+    y: &mut [f32],
+) {
+    check(&g);
+    let (oh, ow) = g.out_hw();
+    let (c, kk) = (g.c_in, g.kh * g.kw);
+    assert_eq!(x.len(), g.n * g.h * g.w * c, "depthwise_nhwc: x");
+    assert_eq!(y.len(), g.n * oh * ow * c, "depthwise_nhwc: y");
+    assert!(w.len() >= c * kk, "depthwise_nhwc: w");
+    if let Some(b) = bias {
+        assert!(b.len() >= c, "depthwise_nhwc: bias");
+    }
+    // Weights as [tap][c], so a tap is a contiguous vector over channels.
+    let mut wt = vec![0.0f32; kk * c];
+    for ch in 0..c {
+        for t in 0..kk {
+            wt[t * c + ch] = w[ch * kk + t];
+        }
+    }
+    let plane_in = g.h * g.w * c;
+    y.par_chunks_mut((ow * c).max(1))
+        .enumerate()
+        .for_each(|(r, yr)| {
+            let (b, oy) = (r / oh, r % oh);
+            nhwc_row(&g, &x[b * plane_in..(b + 1) * plane_in], &wt, bias, gelu, oy, yr);
+        });
+}
+
 /// Visits every (output, input) pixel pair of a plane with its kernel tap: `f(o, i, k)`.
 fn for_each_tap(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
     let (oh, ow) = g.out_hw();
@@ -220,6 +294,41 @@ pub fn depthwise_backward_weight(
 /// Straightforward loops over every index: the oracle for the fast versions.
 pub mod reference {
     use crate::conv::Conv2dGeom;
+
+    /// Channels-last depthwise conv (+ GELU): transposes to NCHW, runs [`depthwise_forward`]
+    /// and the reference GELU, and transposes back.
+    pub fn depthwise_nhwc_forward(
+        g: Conv2dGeom,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        gelu: bool,
+        y: &mut [f32],
+    ) {
+        let (oh, ow) = g.out_hw();
+        let c = g.c_in;
+        let mut xn = vec![0.0; x.len()];
+        for b in 0..g.n {
+            for p in 0..g.h * g.w {
+                for ch in 0..c {
+                    xn[(b * c + ch) * g.h * g.w + p] = x[(b * g.h * g.w + p) * c + ch];
+                }
+            }
+        }
+        let mut yn = vec![0.0; y.len()];
+        depthwise_forward(g, &xn, w, bias, &mut yn);
+        if gelu {
+            let pre = yn.clone();
+            crate::activation::reference::gelu_forward(&pre, &mut yn);
+        }
+        for b in 0..g.n {
+            for p in 0..oh * ow {
+                for ch in 0..c {
+                    y[(b * oh * ow + p) * c + ch] = yn[(b * c + ch) * oh * ow + p];
+                }
+            }
+        }
+    }
 
     fn at(g: &Conv2dGeom, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
         let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
@@ -388,6 +497,13 @@ mod tests {
             crate::activation::reference::gelu_forward(&y0, &mut g0);
             depthwise_forward_act(g, &x, &w, bias, true, &mut g1);
             close(&g1, &g0, 1e-5)?;
+            // Channels-last, with and without GELU (x reinterpreted as [n, h, w, c]).
+            for gelu in [false, true] {
+                let (mut n0, mut n1) = (vec![0.0; dy.len()], vec![7.0; dy.len()]);
+                reference::depthwise_nhwc_forward(g, &x, &w, bias, gelu, &mut n0);
+                depthwise_nhwc_forward(g, &x, &w, bias, gelu, &mut n1);
+                close(&n1, &n0, 1e-5)?;
+            }
             let (mut dx0, mut dx1) = (vec![0.0; x.len()], vec![7.0; x.len()]);
             reference::depthwise_backward_input(g, &w, &dy, &mut dx0);
             depthwise_backward_input(g, &w, &dy, &mut dx1);

@@ -854,6 +854,21 @@ impl Backend for CpuBackend {
         Ok(Storage::Cpu(y))
     }
 
+    fn depthwise_conv2d_nhwc(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.out_hw();
+        let mut y = buffer(g.n * g.c_out * oh * ow);
+        let bias = bias.map(host).transpose()?;
+        depthwise::depthwise_nhwc_forward(g, host(x)?, host(w)?, bias, gelu, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
     fn depthwise_conv2d_gelu(
         &self,
         g: Conv2dGeom,

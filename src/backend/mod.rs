@@ -394,6 +394,38 @@ pub trait Backend: Send + Sync {
     // on host copies, so a device backend works unchanged and may override them for speed. ----
 
     /// Depthwise conv2d (`groups = c_in = c_out`, weight `[c, 1, kh, kw]`).
+    /// Depthwise conv on channels-last buffers (x `[n, h, w, c]` → `[n, oh, ow, c]`, weight
+    /// `[c, 1, kh, kw]`), then GELU if `gelu`; inference only. The default transposes around
+    /// [`Backend::depthwise_conv2d`].
+    fn depthwise_conv2d_nhwc(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let (c, hw) = (g.c_in, g.h * g.w);
+        let nchw = View {
+            shape: vec![g.n, c, g.h, g.w],
+            strides: vec![hw * c, 1, g.w * c, c],
+            offset: 0,
+        };
+        let xn = self.materialize(x, &nchw)?;
+        let y = if gelu {
+            self.depthwise_conv2d_gelu(g, &xn, w, bias)?
+        } else {
+            self.depthwise_conv2d(g, &xn, w, bias)?
+        };
+        let (oh, ow) = g.out_hw();
+        let nhwc = View {
+            shape: vec![g.n, oh, ow, c],
+            strides: vec![c * oh * ow, ow, 1, oh * ow],
+            offset: 0,
+        };
+        self.materialize(&y, &nhwc)
+    }
+
     /// `gelu(depthwise_conv2d(..))` for inference; backends may fuse the activation.
     fn depthwise_conv2d_gelu(
         &self,

@@ -587,13 +587,22 @@ impl TinyVitBlock {
                 .reshape(&[b, l, c])?
         };
         let x = x.add(&a)?;
-        let img = x.transpose(1, 2)?.reshape(&[b, c, h, w])?;
-        let x = self
-            .local_conv
-            .forward(&img, mode)?
-            .reshape(&[b, c, l])?
-            .transpose(1, 2)?
-            .contiguous()?; // one transposing copy instead of strided reads in norm and add
+        let lc = &self.local_conv;
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || lc.weight.requires_grad() || lc.bn.weight.requires_grad());
+        let x = if mode == Mode::Eval && !recording && lc.groups == c {
+            // Inference: the depthwise conv straight on the token-major (NHWC) features.
+            let (wf, bf) = lc.folded_weight()?;
+            x.reshape(&[b, h, w, c])?
+                .depthwise_conv2d_nhwc(&wf, Some(&bf), lc.stride, lc.pad, false)?
+                .reshape(&[b, l, c])?
+        } else {
+            let img = x.transpose(1, 2)?.reshape(&[b, c, h, w])?;
+            lc.forward(&img, mode)?
+                .reshape(&[b, c, l])?
+                .transpose(1, 2)?
+                .contiguous()? // one transposing copy instead of strided reads in norm and add
+        };
         x.add(&self.mlp.forward(&x)?)
     }
 }

@@ -42,6 +42,60 @@ impl Tensor {
         self.depthwise_conv2d_act(w, bias, stride, pad, false)
     }
 
+    /// Depthwise conv2d on channels-last `[n, h, w, c]` (weight `[c, 1, kh, kw]`) →
+    /// `[n, oh, ow, c]`, then GELU if `gelu`. One kernel without autograd recording; otherwise
+    /// the NCHW op between permutes (differentiable).
+    pub fn depthwise_conv2d_nhwc(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+        gelu: bool,
+    ) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (self.requires_grad() || w.requires_grad() || bias.is_some_and(|b| b.requires_grad()));
+        let (s, ws) = (self.shape(), w.shape());
+        let ok = self.rank() == 4
+            && w.rank() == 4
+            && ws[0] == s[3]
+            && ws[1] == 1
+            && s[1] + 2 * pad >= ws[2]
+            && s[2] + 2 * pad >= ws[3]
+            && stride > 0
+            && bias.is_none_or(|b| b.shape() == [s[3]]);
+        if recording || !ok {
+            return self
+                .permute(&[0, 3, 1, 2])?
+                .depthwise_conv2d_act(w, bias, stride, pad, gelu)?
+                .permute(&[0, 2, 3, 1]);
+        }
+        super::same_device("depthwise_conv2d", self, w)?;
+        let g = Conv2dGeom {
+            n: s[0],
+            c_in: s[3],
+            h: s[1],
+            w: s[2],
+            c_out: s[3],
+            kh: ws[2],
+            kw: ws[3],
+            stride: (stride, stride),
+            pad: (pad, pad),
+            groups: s[3],
+        };
+        let (x, wd) = (dense(self)?, dense(w)?);
+        let bd = bias.map(dense).transpose()?;
+        let y = self.backend()?.depthwise_conv2d_nhwc(
+            g,
+            x.storage(),
+            wd.storage(),
+            bd.as_ref().map(|t| t.storage()),
+            gelu,
+        )?;
+        let (oh, ow) = g.out_hw();
+        wrap(y, &[g.n, oh, ow, g.c_out], self)
+    }
+
     /// [`Tensor::depthwise_conv2d`] then exact GELU if `gelu` (fused when nothing records a
     /// gradient).
     pub fn depthwise_conv2d_act(
