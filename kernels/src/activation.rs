@@ -38,9 +38,15 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// `row[j] = act(row[j] + col_bias[j] + row_bias)` in place, `act` GELU or identity: the
-    /// epilogue a fused GEMM applies to each finished strip of C.
-    pub(crate) fn bias_act_row(row: &mut [f32], col_bias: Option<&[f32]>, row_bias: f32, gelu: bool) {
+    /// `row[j] = act(row[j] + col_bias[j] + row_bias + residual[j])` in place, `act` GELU or
+    /// identity: the epilogue a fused GEMM applies to each finished strip of C.
+    pub(crate) fn bias_act_row(
+        row: &mut [f32],
+        col_bias: Option<&[f32]>,
+        row_bias: f32,
+        residual: Option<&[f32]>,
+        gelu: bool,
+    ) {
         if let Some(cb) = col_bias {
             for (y, &b) in row.iter_mut().zip(cb) {
                 *y += b + row_bias;
@@ -48,6 +54,11 @@ simd_dispatch! {
         } else if row_bias != 0.0 {
             for y in row.iter_mut() {
                 *y += row_bias;
+            }
+        }
+        if let Some(r) = residual {
+            for (y, &r) in row.iter_mut().zip(r) {
+                *y += r;
             }
         }
         if gelu {

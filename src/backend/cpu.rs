@@ -410,12 +410,14 @@ impl Backend for CpuBackend {
         precision: Precision,
         col_bias: Option<&Storage>,
         row_bias: Option<&Storage>,
+        residual: Option<&Storage>,
         gelu: bool,
     ) -> Result<Storage> {
         let mut c = buffer(dims.batch * dims.m * dims.n);
         let epilogue = gemm::Epilogue {
             col_bias: col_bias.map(host).transpose()?,
             row_bias: row_bias.map(host).transpose()?,
+            residual: residual.map(|r| host(r).map(|r| (r, dims.n))).transpose()?,
             gelu,
         };
         gemm::gemm_fused(

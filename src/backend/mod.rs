@@ -219,10 +219,10 @@ pub trait Backend: Send + Sync {
         precision: Precision,
     ) -> Result<Storage>;
 
-    /// `act(A[b]·B[b] + bias)`, C contiguous `[batch, m, n]`: a bias per column (`col_bias`,
-    /// length n) and/or per row (`row_bias`, length m), the same for every batch, then GELU if
-    /// `gelu`. Inference only (no gradient); backends may fuse it into the GEMM. The default runs
-    /// the separate ops.
+    /// `act(A[b]·B[b] + bias + residual)`, C contiguous `[batch, m, n]`: a bias per column
+    /// (`col_bias`, length n) and/or per row (`row_bias`, length m), the same for every batch,
+    /// then a contiguous `[m, n]` residual (batch 1 only), then GELU if `gelu`. Inference only
+    /// (no gradient); backends may fuse it into the GEMM. The default runs the separate ops.
     #[allow(clippy::too_many_arguments)]
     fn gemm_bias_act(
         &self,
@@ -232,6 +232,7 @@ pub trait Backend: Send + Sync {
         precision: Precision,
         col_bias: Option<&Storage>,
         row_bias: Option<&Storage>,
+        residual: Option<&Storage>,
         gelu: bool,
     ) -> Result<Storage> {
         let (bt, m, n) = (dims.batch, dims.m, dims.n);
@@ -250,6 +251,9 @@ pub trait Backend: Send + Sync {
                 };
                 c = self.binary(Binary::Add, &c, &vc, bias, &vb)?;
             }
+        }
+        if let Some(r) = residual {
+            c = self.binary(Binary::Add, &c, &vc, r, &vc)?;
         }
         if gelu {
             c = self.unary(Unary::Gelu, &c)?;

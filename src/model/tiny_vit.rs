@@ -252,12 +252,18 @@ impl Module for Conv2dBn {
 
 /// A 1×1 convolution as a matrix product: `[n, ci, h, w]` → `[n, co, h, w]`, weight `[co, ci, 1, 1]`.
 pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    conv1x1_act(x, w, bias, false)
+    conv1x1_act(x, w, bias, None, false)
 }
 
-/// [`conv1x1`] followed by GELU if `gelu`; bias and GELU run inside the GEMM for one image
-/// without autograd recording.
-pub fn conv1x1_act(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+/// `act(conv1x1(x) + residual)` with `act` GELU if `gelu`; bias, residual (shaped like the
+/// output) and GELU run inside the GEMM for one image without autograd recording.
+pub fn conv1x1_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    gelu: bool,
+) -> Result<Tensor> {
     let (n, ci, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let co = w.dim(0);
     if w.shape() != [co, ci, 1, 1] {
@@ -268,9 +274,10 @@ pub fn conv1x1_act(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) ->
     }
     let wm = w.reshape(&[co, ci])?;
     let xs = x.reshape(&[n, ci, h * wd])?;
-    if n == 1 {
+    if n == 1 && residual.is_none_or(|r| r.shape() == [1, co, h, wd]) {
+        let res = residual.map(|r| r.reshape(&[co, h * wd])).transpose()?;
         return wm
-            .matmul_row_bias_act(&xs.reshape(&[ci, h * wd])?, bias, gelu)?
+            .matmul_row_bias_act(&xs.reshape(&[ci, h * wd])?, bias, res.as_ref(), gelu)?
             .reshape(&[n, co, h, wd]);
     }
     let y = wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?;
@@ -279,6 +286,10 @@ pub fn conv1x1_act(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) ->
         None => y,
     };
     let y = y.reshape(&[n, co, h, wd])?;
+    let y = match residual {
+        Some(r) => y.add(r)?,
+        None => y,
+    };
     if gelu {
         y.gelu()
     } else {
@@ -316,7 +327,7 @@ impl Conv2dBn {
     fn conv_act(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
         let k = w.dim(2);
         if k == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1 {
-            conv1x1_act(x, w, bias, gelu)
+            conv1x1_act(x, w, bias, None, gelu)
         } else if self.groups > 1 && self.groups == x.dim(1) && w.dim(0) == self.groups {
             x.depthwise_conv2d_act(w, bias, self.stride, self.pad, gelu)
         } else {
@@ -338,6 +349,22 @@ impl Conv2dBn {
             return self.conv_act(x, &w, Some(&b), true);
         }
         self.forward(x, mode)?.gelu()
+    }
+
+    /// `gelu(forward(x) + residual)` for a 1×1 conv, fused into one GEMM in inference.
+    pub fn forward_residual_gelu(&self, x: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (x.requires_grad()
+                || residual.requires_grad()
+                || self.weight.requires_grad()
+                || self.bn.weight.requires_grad());
+        let is_1x1 =
+            self.weight.dim(2) == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1;
+        if mode == Mode::Eval && !recording && is_1x1 {
+            let (w, b) = self.folded_weight()?;
+            return conv1x1_act(x, &w, Some(&b), Some(residual), true);
+        }
+        self.forward(x, mode)?.add(residual)?.gelu()
     }
 
     /// The conv weight and bias with the BN running statistics folded in.
@@ -396,7 +423,7 @@ impl MbConv {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.conv1.forward_gelu(x, mode)?;
         let y = self.conv2.forward_gelu(&y, mode)?;
-        self.conv3.forward(&y, mode)?.add(x)?.gelu()
+        self.conv3.forward_residual_gelu(&y, x, mode)
     }
 }
 
@@ -536,13 +563,14 @@ impl Module for Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x + forward(x)`, with the residual add fused into fc2 in inference.
+    fn forward_residual(&self, x: &Tensor) -> Result<Tensor> {
         let fc1 = &self.fc1;
         let h = self
             .norm
             .forward(x)?
             .linear_act(&fc1.weight, fc1.bias.as_ref(), true)?;
-        self.fc2.forward(&h)
+        h.linear_fused(&self.fc2.weight, self.fc2.bias.as_ref(), Some(x), false)
     }
 }
 
@@ -603,7 +631,7 @@ impl TinyVitBlock {
                 .transpose(1, 2)?
                 .contiguous()? // one transposing copy instead of strided reads in norm and add
         };
-        x.add(&self.mlp.forward(&x)?)
+        self.mlp.forward_residual(&x)
     }
 }
 

@@ -72,21 +72,27 @@ pub struct Epilogue<'a> {
     pub col_bias: Option<&'a [f32]>,
     /// One value per row of C (the bias of a 1×1 convolution as `W·X`); length `m`.
     pub row_bias: Option<&'a [f32]>,
-    /// Exact (erf) GELU after the biases.
+    /// A matrix added after the biases (a residual connection): row-major `m × n` with the
+    /// given row stride, batch 1 only.
+    pub residual: Option<(&'a [f32], usize)>,
+    /// Exact (erf) GELU after the biases and residual.
     pub gelu: bool,
 }
 
 impl Epilogue<'_> {
     /// True if it changes nothing (a plain GEMM).
     pub fn is_identity(&self) -> bool {
-        self.col_bias.is_none() && self.row_bias.is_none() && !self.gelu
+        self.col_bias.is_none() && self.row_bias.is_none() && self.residual.is_none() && !self.gelu
     }
 
     /// Applies the epilogue to `c[row][j0..j0+len]` (row `i` of C).
     pub(crate) fn apply(&self, row: &mut [f32], i: usize, j0: usize) {
         let cb = self.col_bias.map(|b| &b[j0..j0 + row.len()]);
         let rb = self.row_bias.map_or(0.0, |b| b[i]);
-        crate::activation::bias_act_row(row, cb, rb, self.gelu);
+        let res = self
+            .residual
+            .map(|(r, ld)| &r[i * ld + j0..i * ld + j0 + row.len()]);
+        crate::activation::bias_act_row(row, cb, rb, res, self.gelu);
     }
 }
 
@@ -297,6 +303,14 @@ pub fn gemm_fused_with(
     if let Some(rb) = epilogue.row_bias {
         assert!(rb.len() >= dims.m, "gemm_fused: row bias shorter than m");
     }
+    if let Some((r, ld)) = epilogue.residual {
+        assert!(
+            dims.batch == 1 && ld >= dims.n && dims.m > 0 && r.len() > (dims.m - 1) * ld + dims.n - 1
+                || dims.m == 0
+                || dims.n == 0,
+            "gemm_fused: residual must be one m×n matrix"
+        );
+    }
     let ukr = driver::micro_kernel(kernel, precision);
     driver::gemm_ep(
         &ukr,
@@ -406,6 +420,9 @@ pub mod reference {
                     }
                     if let Some(rb) = epilogue.row_bias {
                         v += rb[i];
+                    }
+                    if let Some((r, ld)) = epilogue.residual {
+                        v += r[i * ld + j];
                     }
                     if epilogue.gelu {
                         let mut y = [0.0f32];
