@@ -179,7 +179,15 @@ pub fn depthwise_nhwc_forward(
         .enumerate()
         .for_each(|(r, yr)| {
             let (b, oy) = (r / oh, r % oh);
-            nhwc_row(&g, &x[b * plane_in..(b + 1) * plane_in], &wt, bias, gelu, oy, yr);
+            nhwc_row(
+                &g,
+                &x[b * plane_in..(b + 1) * plane_in],
+                &wt,
+                bias,
+                gelu,
+                oy,
+                yr,
+            );
         });
 }
 

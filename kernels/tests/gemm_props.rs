@@ -468,7 +468,18 @@ fn check_fused_res(
     let mut mag = vec![0.0f32; want.len()];
     reference::gemm(dims, &abs(&a), la, &abs(&b), lb, &mut mag, lc, false);
     let mut got = vec![f32::NAN; want.len()];
-    gemm::gemm_fused_with(kernel, dims, &a, la, &b, lb, &mut got, lc, Precision::F32, ep);
+    gemm::gemm_fused_with(
+        kernel,
+        dims,
+        &a,
+        la,
+        &b,
+        lb,
+        &mut got,
+        lc,
+        Precision::F32,
+        ep,
+    );
     let eps = f32::EPSILON;
     for bi in 0..batch {
         for i in 0..m {
@@ -476,10 +487,14 @@ fn check_fused_res(
                 let x = bi * m * n + i * n + j;
                 let bias = if flags.0 { cb[j].abs() } else { 0.0 }
                     + if flags.1 { rb[i].abs() } else { 0.0 }
-                    + if with_residual { res[i * (n + 3) + j].abs() } else { 0.0 };
+                    + if with_residual {
+                        res[i * (n + 3) + j].abs()
+                    } else {
+                        0.0
+                    };
                 let tol = 1.2 * 4.0 * ((k as f32).sqrt() + 2.0) * eps * (mag[x] + bias)
                     + 1e-6 * (1.0 + want[x].abs());
-                if !((got[x] - want[x]).abs() <= tol) {
+                if (got[x] - want[x]).abs() > tol || got[x].is_nan() {
                     return Err(format!(
                         "{kernel:?} {dims:?} {modes:?} flags {flags:?}: C[{bi},{i},{j}] = {} want {} (tol {tol})",
                         got[x], want[x]

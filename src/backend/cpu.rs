@@ -95,7 +95,7 @@ mod pool {
                 for (i, b) in p.bufs.iter().enumerate() {
                     if b.len() >= len
                         && b.len() <= 2 * len
-                        && best.map_or(true, |j| b.len() < p.bufs[j].len())
+                        && best.is_none_or(|j| b.len() < p.bufs[j].len())
                     {
                         best = Some(i);
                     }

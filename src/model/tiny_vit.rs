@@ -324,7 +324,13 @@ impl Conv2dBn {
         self.conv_act(x, w, bias, false)
     }
 
-    fn conv_act(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+    fn conv_act(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<Tensor> {
         let k = w.dim(2);
         if k == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1 {
             conv1x1_act(x, w, bias, None, gelu)
@@ -352,7 +358,12 @@ impl Conv2dBn {
     }
 
     /// `gelu(forward(x) + residual)` for a 1×1 conv, fused into one GEMM in inference.
-    pub fn forward_residual_gelu(&self, x: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn forward_residual_gelu(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let recording = is_grad_enabled()
             && (x.requires_grad()
                 || residual.requires_grad()
@@ -536,7 +547,7 @@ impl Attention {
             .gather_rows(&self.bias_idxs, &[n, n])?
             .permute(&[2, 0, 1])?
             .contiguous()?; // [nh, n, n], added row by row below
-        // The scale goes on q (n×kd) rather than on the n×n scores: one pass over less data.
+                            // The scale goes on q (n×kd) rather than on the n×n scores: one pass over less data.
         let scores = q
             .scale((kd as f32).powf(-0.5))?
             .matmul(&k.transpose(2, 3)?)?

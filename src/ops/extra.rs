@@ -54,7 +54,9 @@ impl Tensor {
         gelu: bool,
     ) -> Result<Tensor> {
         let recording = is_grad_enabled()
-            && (self.requires_grad() || w.requires_grad() || bias.is_some_and(|b| b.requires_grad()));
+            && (self.requires_grad()
+                || w.requires_grad()
+                || bias.is_some_and(|b| b.requires_grad()));
         let (s, ws) = (self.shape(), w.shape());
         let ok = self.rank() == 4
             && w.rank() == 4
@@ -140,7 +142,9 @@ impl Tensor {
         let (x, wd) = (dense(self)?, dense(w)?);
         let bd = bias.map(dense).transpose()?;
         let recording = is_grad_enabled()
-            && (self.requires_grad() || w.requires_grad() || bias.is_some_and(|b| b.requires_grad()));
+            && (self.requires_grad()
+                || w.requires_grad()
+                || bias.is_some_and(|b| b.requires_grad()));
         if gelu && !recording {
             let y = self.backend()?.depthwise_conv2d_gelu(
                 g,

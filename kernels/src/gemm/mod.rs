@@ -305,7 +305,10 @@ pub fn gemm_fused_with(
     }
     if let Some((r, ld)) = epilogue.residual {
         assert!(
-            dims.batch == 1 && ld >= dims.n && dims.m > 0 && r.len() > (dims.m - 1) * ld + dims.n - 1
+            dims.batch == 1
+                && ld >= dims.n
+                && dims.m > 0
+                && r.len() > (dims.m - 1) * ld + dims.n - 1
                 || dims.m == 0
                 || dims.n == 0,
             "gemm_fused: residual must be one m×n matrix"
