@@ -806,6 +806,19 @@ impl Backend for CpuBackend {
         Ok(Storage::Cpu(y))
     }
 
+    fn softmax_bias(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        bias: &Storage,
+        bias_rows: usize,
+    ) -> Result<Storage> {
+        let mut y = buffer(rows * dim);
+        activation::softmax_bias_forward(rows, dim, host(x)?, host(bias)?, bias_rows, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
     fn softmax_backward(
         &self,
         rows: usize,

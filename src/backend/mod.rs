@@ -370,6 +370,30 @@ pub trait Backend: Send + Sync {
     ) -> Result<AttnGrads>;
 
     fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage>;
+    /// Softmax of `x + bias` over rows of `dim`, `bias` a `[bias_rows, dim]` table repeated over
+    /// the rows (`rows` a multiple of `bias_rows`); inference only. Default: add, then softmax.
+    fn softmax_bias(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        bias: &Storage,
+        bias_rows: usize,
+    ) -> Result<Storage> {
+        let reps = rows / bias_rows.max(1);
+        let vx = View {
+            shape: vec![reps, bias_rows, dim],
+            strides: vec![bias_rows * dim, dim, 1],
+            offset: 0,
+        };
+        let vb = View {
+            shape: vec![reps, bias_rows, dim],
+            strides: vec![0, dim, 1],
+            offset: 0,
+        };
+        let s = self.binary(Binary::Add, x, &vx, bias, &vb)?;
+        self.softmax(rows, dim, &s)
+    }
     fn softmax_backward(
         &self,
         rows: usize,

@@ -550,9 +550,8 @@ impl Attention {
                             // The scale goes on q (n×kd) rather than on the n×n scores: one pass over less data.
         let scores = q
             .scale((kd as f32).powf(-0.5))?
-            .matmul(&k.transpose(2, 3)?)?
-            .add(&bias)?;
-        let o = scores.softmax_last()?.matmul(&v)?; // [b, nh, n, kd]
+            .matmul(&k.transpose(2, 3)?)?;
+        let o = scores.softmax_last_bias(&bias)?.matmul(&v)?; // [b, nh, n, kd]
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         self.proj.forward(&o)
     }
