@@ -74,7 +74,7 @@ mod pool {
     /// Smaller buffers are served well by malloc's own free lists.
     const MIN_LEN: usize = 1 << 15;
     /// Upper bound on the memory kept (bytes of capacity); the oldest buffers are dropped first.
-    const MAX_BYTES: usize = 768 << 20;
+    const MAX_BYTES: usize = 512 << 20;
 
     struct Pool {
         bufs: Vec<Vec<f32>>,
@@ -154,7 +154,7 @@ pub(crate) fn recycle(v: Vec<f32>) {
     pool::recycle(v)
 }
 
-/// Frees the host buffers kept for reuse (up to 768 MiB after a large forward pass).
+/// Frees the host buffers kept for reuse (up to 512 MiB after a large forward pass).
 pub fn release_cached_buffers() {
     pool::clear()
 }
