@@ -13,10 +13,16 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/sqrt(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
+/// Exact GELU of one value (f32 erf); inlined into vectorised loops.
+#[inline(always)]
+pub(crate) fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
+}
+
 simd_dispatch! {
     fn gelu_chunk(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = 0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+            *y = gelu_f32(x);
         }
     }
 }
@@ -27,6 +33,38 @@ simd_dispatch! {
             let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
             let pdf = INV_SQRT_2PI * exp_f32(-0.5 * x * x);
             *dx = dy * (cdf + x * pdf);
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `row[j] = act(row[j] + col_bias[j] + row_bias + residual[j])` in place, `act` GELU or
+    /// identity: the epilogue a fused GEMM applies to each finished strip of C.
+    pub(crate) fn bias_act_row(
+        row: &mut [f32],
+        col_bias: Option<&[f32]>,
+        row_bias: f32,
+        residual: Option<&[f32]>,
+        gelu: bool,
+    ) {
+        if let Some(cb) = col_bias {
+            for (y, &b) in row.iter_mut().zip(cb) {
+                *y += b + row_bias;
+            }
+        } else if row_bias != 0.0 {
+            for y in row.iter_mut() {
+                *y += row_bias;
+            }
+        }
+        if let Some(r) = residual {
+            for (y, &r) in row.iter_mut().zip(r) {
+                *y += r;
+            }
+        }
+        if gelu {
+            for y in row.iter_mut() {
+                *y = gelu_f32(*y);
+            }
         }
     }
 }
@@ -61,6 +99,78 @@ simd_dispatch! {
             }
         }
     }
+}
+
+simd_dispatch! {
+    fn softmax_bias_rows(dim: usize, x: &[f32], bias: &[f32], y: &mut [f32]) {
+        for ((x, b), y) in x.chunks_exact(dim).zip(bias.chunks_exact(dim)).zip(y.chunks_exact_mut(dim)) {
+            for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                *y = x + b;
+            }
+            let m = max_f32(y);
+            for y in y.iter_mut() {
+                *y = exp_f32(*y - m);
+            }
+            let inv = 1.0 / sum_f32(y);
+            for y in y.iter_mut() {
+                *y *= inv;
+            }
+        }
+    }
+}
+
+/// Softmax over the last dimension of `x + bias`, `x` a `rows × dim` buffer and `bias` a
+/// `bias_rows × dim` table repeated over the rows (row `r` adds bias row `r % bias_rows`): an
+/// attention bias shared by every batch, added in the same pass.
+pub fn softmax_bias_forward(
+    rows: usize,
+    dim: usize,
+    x: &[f32],
+    bias: &[f32],
+    bias_rows: usize,
+    y: &mut [f32],
+) {
+    assert_eq!(x.len(), rows * dim);
+    assert_eq!(y.len(), rows * dim);
+    assert!(
+        bias_rows > 0 && bias.len() == bias_rows * dim,
+        "softmax_bias: bias"
+    );
+    if dim == 0 {
+        return;
+    }
+    // Tasks of whole bias periods when they are small, else row blocks that split none.
+    let per = rows_per_task(dim);
+    let task_rows = if bias_rows <= per {
+        (per / bias_rows).max(1) * bias_rows
+    } else {
+        let mut t = per;
+        while !bias_rows.is_multiple_of(t) {
+            t -= 1;
+        }
+        t
+    };
+    let c = task_rows * dim;
+    y.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .enumerate()
+        .for_each(|(t, (y, x))| {
+            let r0 = (t * task_rows) % bias_rows;
+            let n = y.len() / dim;
+            // The task's rows map to bias rows r0.., wrapping at most at period boundaries.
+            let mut done = 0;
+            while done < n {
+                let br = (r0 + done) % bias_rows;
+                let run = (bias_rows - br).min(n - done);
+                softmax_bias_rows(
+                    dim,
+                    &x[done * dim..(done + run) * dim],
+                    &bias[br * dim..(br + run) * dim],
+                    &mut y[done * dim..(done + run) * dim],
+                );
+                done += run;
+            }
+        });
 }
 
 simd_dispatch! {
@@ -139,6 +249,20 @@ pub mod reference {
                 y[r * dim + c] = ((xr[c] as f64 - m).exp() / s) as f32;
             }
         }
+    }
+
+    pub fn softmax_bias_forward(
+        rows: usize,
+        dim: usize,
+        x: &[f32],
+        bias: &[f32],
+        bias_rows: usize,
+        y: &mut [f32],
+    ) {
+        let xb: Vec<f32> = (0..rows * dim)
+            .map(|i| x[i] + bias[((i / dim) % bias_rows) * dim + i % dim])
+            .collect();
+        softmax_forward(rows, dim, &xb, y)
     }
 
     pub fn softmax_backward(rows: usize, dim: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {

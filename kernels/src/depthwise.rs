@@ -6,6 +6,8 @@
 //! once, so the inner loop is a bounds-free multiply-add over a row. The `reference` module is
 //! the oracle.
 
+use crate::activation::gelu_f32;
+use crate::activation::simd::simd_dispatch;
 use crate::conv::Conv2dGeom;
 use rayon::prelude::*;
 
@@ -32,34 +34,42 @@ fn check(g: &Conv2dGeom) {
     );
 }
 
-/// One output plane: `y = bias + Σ_taps w·x`, accumulated tap by tap over whole rows so the
-/// inner loop is a contiguous multiply-add (vectorised) when the stride is 1.
-fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, y: &mut [f32]) {
-    let (oh, ow) = g.out_hw();
-    let (sy, sx) = g.stride;
-    let (py, px) = g.pad;
-    y.fill(bias);
-    for ky in 0..g.kh {
-        let (ylo, yhi) = tap_range(oh, g.h, ky, sy, py);
-        for kx in 0..g.kw {
-            let (xlo, xhi) = tap_range(ow, g.w, kx, sx, px);
-            if xlo >= xhi {
-                continue;
-            }
-            let wv = w[ky * g.kw + kx];
-            for oy in ylo..yhi {
-                let iy = oy * sy + ky - py;
-                let yr = &mut y[oy * ow + xlo..oy * ow + xhi];
-                let x0 = iy * g.w + xlo * sx + kx - px;
-                if sx == 1 {
-                    for (o, &v) in yr.iter_mut().zip(&x[x0..x0 + (xhi - xlo)]) {
-                        *o += wv * v;
-                    }
-                } else {
-                    for (j, o) in yr.iter_mut().enumerate() {
-                        *o += wv * x[x0 + j * sx];
+simd_dispatch! {
+    /// One output plane: `y = bias + Σ_taps w·x` (then GELU if `gelu`), accumulated tap by tap
+    /// over whole rows so the inner loop is a contiguous multiply-add (vectorised) when the
+    /// stride is 1.
+    fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
+        let (oh, ow) = g.out_hw();
+        let (sy, sx) = g.stride;
+        let (py, px) = g.pad;
+        y.fill(bias);
+        for ky in 0..g.kh {
+            let (ylo, yhi) = tap_range(oh, g.h, ky, sy, py);
+            for kx in 0..g.kw {
+                let (xlo, xhi) = tap_range(ow, g.w, kx, sx, px);
+                if xlo >= xhi {
+                    continue;
+                }
+                let wv = w[ky * g.kw + kx];
+                for oy in ylo..yhi {
+                    let iy = oy * sy + ky - py;
+                    let yr = &mut y[oy * ow + xlo..oy * ow + xhi];
+                    let x0 = iy * g.w + xlo * sx + kx - px;
+                    if sx == 1 {
+                        for (o, &v) in yr.iter_mut().zip(&x[x0..x0 + (xhi - xlo)]) {
+                            *o += wv * v;
+                        }
+                    } else {
+                        for (j, o) in yr.iter_mut().enumerate() {
+                            *o += wv * x[x0 + j * sx];
+                        }
                     }
                 }
+            }
+        }
+    if gelu {
+            for v in y.iter_mut() {
+                *v = gelu_f32(*v);
             }
         }
     }
@@ -67,6 +77,19 @@ fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, y: &mut [f32])
 
 /// y `[n, c, oh, ow]` = depthwise conv of x `[n, c, h, w]` with w `[c, 1, kh, kw]`, plus bias.
 pub fn depthwise_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    depthwise_forward_act(g, x, w, bias, false, y)
+}
+
+/// [`depthwise_forward`] followed by exact GELU if `gelu`, applied to each plane while it is in
+/// cache (inference; there is no fused backward).
+pub fn depthwise_forward_act(
+    g: Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    gelu: bool,
+    y: &mut [f32],
+) {
     check(&g);
     let (oh, ow) = g.out_hw();
     let (plane_in, plane_out, kk) = (g.h * g.w, oh * ow, g.kh * g.kw);
@@ -80,7 +103,90 @@ pub fn depthwise_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32
                 &x[p * plane_in..(p + 1) * plane_in],
                 &w[c * kk..(c + 1) * kk],
                 b,
+                gelu,
                 yp,
+            );
+        });
+}
+
+simd_dispatch! {
+    /// One output row `oy` of image `b` in channels-last layout: `y[ox, c] = bias[c] +
+    /// Σ_taps wt[tap, c]·x[iy, ix, c]` (then GELU), vectorised over channels.
+    fn nhwc_row(g: &Conv2dGeom, x: &[f32], wt: &[f32], bias: Option<&[f32]>, gelu: bool, oy: usize, y: &mut [f32]) {
+        let c = g.c_in;
+        let (_, ow) = g.out_hw();
+        for ox in 0..ow {
+            let yo = &mut y[ox * c..(ox + 1) * c];
+            match bias {
+                Some(b) => yo.copy_from_slice(&b[..c]),
+                None => yo.fill(0.0),
+            }
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                for kx in 0..g.kw {
+                    let ix = (ox * g.stride.1 + kx) as isize - g.pad.1 as isize;
+                    if ix < 0 || ix >= g.w as isize {
+                        continue;
+                    }
+                    let xi = (iy as usize * g.w + ix as usize) * c;
+                    let wi = (ky * g.kw + kx) * c;
+                    for ((o, &xv), &wv) in yo.iter_mut().zip(&x[xi..xi + c]).zip(&wt[wi..wi + c]) {
+                        *o += wv * xv;
+                    }
+                }
+            }
+            if gelu {
+                for v in yo.iter_mut() {
+                    *v = gelu_f32(*v);
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise conv on channels-last data: x `[n, h, w, c]`, w `[c, 1, kh, kw]` (PyTorch's
+/// layout), y `[n, oh, ow, c]`, plus bias, then exact GELU if `gelu`. TinyViT's local conv runs on
+/// token-major features, so this saves the two transposes around an NCHW conv (inference).
+pub fn depthwise_nhwc_forward(
+    g: Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    gelu: bool,
+    y: &mut [f32],
+) {
+    check(&g);
+    let (oh, ow) = g.out_hw();
+    let (c, kk) = (g.c_in, g.kh * g.kw);
+    assert_eq!(x.len(), g.n * g.h * g.w * c, "depthwise_nhwc: x");
+    assert_eq!(y.len(), g.n * oh * ow * c, "depthwise_nhwc: y");
+    assert!(w.len() >= c * kk, "depthwise_nhwc: w");
+    if let Some(b) = bias {
+        assert!(b.len() >= c, "depthwise_nhwc: bias");
+    }
+    // Weights as [tap][c], so a tap is a contiguous vector over channels.
+    let mut wt = vec![0.0f32; kk * c];
+    for ch in 0..c {
+        for t in 0..kk {
+            wt[t * c + ch] = w[ch * kk + t];
+        }
+    }
+    let plane_in = g.h * g.w * c;
+    y.par_chunks_mut((ow * c).max(1))
+        .enumerate()
+        .for_each(|(r, yr)| {
+            let (b, oy) = (r / oh, r % oh);
+            nhwc_row(
+                &g,
+                &x[b * plane_in..(b + 1) * plane_in],
+                &wt,
+                bias,
+                gelu,
+                oy,
+                yr,
             );
         });
 }
@@ -196,6 +302,41 @@ pub fn depthwise_backward_weight(
 /// Straightforward loops over every index: the oracle for the fast versions.
 pub mod reference {
     use crate::conv::Conv2dGeom;
+
+    /// Channels-last depthwise conv (+ GELU): transposes to NCHW, runs [`depthwise_forward`]
+    /// and the reference GELU, and transposes back.
+    pub fn depthwise_nhwc_forward(
+        g: Conv2dGeom,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        gelu: bool,
+        y: &mut [f32],
+    ) {
+        let (oh, ow) = g.out_hw();
+        let c = g.c_in;
+        let mut xn = vec![0.0; x.len()];
+        for b in 0..g.n {
+            for p in 0..g.h * g.w {
+                for ch in 0..c {
+                    xn[(b * c + ch) * g.h * g.w + p] = x[(b * g.h * g.w + p) * c + ch];
+                }
+            }
+        }
+        let mut yn = vec![0.0; y.len()];
+        depthwise_forward(g, &xn, w, bias, &mut yn);
+        if gelu {
+            let pre = yn.clone();
+            crate::activation::reference::gelu_forward(&pre, &mut yn);
+        }
+        for b in 0..g.n {
+            for p in 0..oh * ow {
+                for ch in 0..c {
+                    y[(b * oh * ow + p) * c + ch] = yn[(b * c + ch) * oh * ow + p];
+                }
+            }
+        }
+    }
 
     fn at(g: &Conv2dGeom, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
         let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
@@ -360,6 +501,17 @@ mod tests {
             reference::depthwise_forward(g, &x, &w, bias, &mut y0);
             depthwise_forward(g, &x, &w, bias, &mut y1);
             close(&y1, &y0, 1e-5)?;
+            let (mut g0, mut g1) = (vec![0.0; dy.len()], vec![7.0; dy.len()]);
+            crate::activation::reference::gelu_forward(&y0, &mut g0);
+            depthwise_forward_act(g, &x, &w, bias, true, &mut g1);
+            close(&g1, &g0, 1e-5)?;
+            // Channels-last, with and without GELU (x reinterpreted as [n, h, w, c]).
+            for gelu in [false, true] {
+                let (mut n0, mut n1) = (vec![0.0; dy.len()], vec![7.0; dy.len()]);
+                reference::depthwise_nhwc_forward(g, &x, &w, bias, gelu, &mut n0);
+                depthwise_nhwc_forward(g, &x, &w, bias, gelu, &mut n1);
+                close(&n1, &n0, 1e-5)?;
+            }
             let (mut dx0, mut dx1) = (vec![0.0; x.len()], vec![7.0; x.len()]);
             reference::depthwise_backward_input(g, &w, &dy, &mut dx0);
             depthwise_backward_input(g, &w, &dy, &mut dx1);

@@ -51,6 +51,25 @@ proptest! {
 
     // Tolerance: probabilities ≤ 1, f32 exp (rel err ~2e-7) and an f32 row sum over ≤ 200 terms.
     #[test]
+    fn softmax_bias_matches_reference(
+        bias_rows in 1usize..9,
+        periods in 1usize..5,
+        extra in 0usize..9,
+        dim in 1usize..70,
+        seed in any::<u64>(),
+    ) {
+        let mut r = Rng(seed);
+        // Some row counts are not multiples of the bias period (the kernel must wrap anyway).
+        let rows = bias_rows * periods + extra;
+        let x = r.vec(rows * dim, 6.0);
+        let bias = r.vec(bias_rows * dim, 3.0);
+        let (mut a, mut b) = (vec![7.0; rows * dim], vec![0.0; rows * dim]);
+        activation::softmax_bias_forward(rows, dim, &x, &bias, bias_rows, &mut a);
+        reference::softmax_bias_forward(rows, dim, &x, &bias, bias_rows, &mut b);
+        assert_close("softmax_bias", &a, &b, 1e-6, 2e-6);
+    }
+
+    #[test]
     fn softmax_fast_matches_reference(rows in 1usize..6, dim in 1usize..200, seed in any::<u64>()) {
         let mut r = Rng(seed);
         let x = r.vec(rows * dim, 10.0);

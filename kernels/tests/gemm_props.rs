@@ -435,3 +435,106 @@ fn bf16_rounding_is_exact() {
         }
     }
 }
+
+/// `gemm_fused` (bias per column and/or row, optional GELU, applied in the driver per finished
+/// strip) against `reference::gemm_fused`. Tolerance: the GEMM bound above on `Σ|a||b| + |bias|`,
+/// times 1.2 for GELU's slope (≤ 1.13), plus 1e-6 relative for the f32 erf (|err| ≲ 2e-7).
+fn check_fused_res(
+    kernel: Kernel,
+    dims: GemmDims,
+    modes: (Mode, Mode),
+    flags: (bool, bool, bool),
+    with_residual: bool,
+    seed: u64,
+) -> Result<(), String> {
+    let GemmDims { batch, m, n, k } = dims;
+    let la = layout(modes.0, m, k.max(1), 1);
+    let lb = layout(modes.1, k.max(1), n, 2);
+    let lc = Layout::row_major(m, n);
+    let a = fill(buf_len(la, batch, m, k.max(1)), seed);
+    let b = fill(buf_len(lb, batch, k.max(1), n), seed ^ 0xB);
+    let (cb, rb) = (fill(n, seed ^ 0xC), fill(m, seed ^ 0xD));
+    let res = fill(m * (n + 3), seed ^ 0xE); // row stride n + 3
+    let with_residual = with_residual && batch == 1;
+    let ep = gemm::Epilogue {
+        col_bias: flags.0.then_some(&cb[..]),
+        row_bias: flags.1.then_some(&rb[..]),
+        residual: with_residual.then_some((&res[..], n + 3)),
+        gelu: flags.2,
+    };
+    let mut want = vec![0.0; batch * m * n];
+    reference::gemm_fused(dims, &a, la, &b, lb, &mut want, lc, ep);
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+    let mut mag = vec![0.0f32; want.len()];
+    reference::gemm(dims, &abs(&a), la, &abs(&b), lb, &mut mag, lc, false);
+    let mut got = vec![f32::NAN; want.len()];
+    gemm::gemm_fused_with(
+        kernel,
+        dims,
+        &a,
+        la,
+        &b,
+        lb,
+        &mut got,
+        lc,
+        Precision::F32,
+        ep,
+    );
+    let eps = f32::EPSILON;
+    for bi in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                let x = bi * m * n + i * n + j;
+                let bias = if flags.0 { cb[j].abs() } else { 0.0 }
+                    + if flags.1 { rb[i].abs() } else { 0.0 }
+                    + if with_residual {
+                        res[i * (n + 3) + j].abs()
+                    } else {
+                        0.0
+                    };
+                let tol = 1.2 * 4.0 * ((k as f32).sqrt() + 2.0) * eps * (mag[x] + bias)
+                    + 1e-6 * (1.0 + want[x].abs());
+                if (got[x] - want[x]).abs() > tol || got[x].is_nan() {
+                    return Err(format!(
+                        "{kernel:?} {dims:?} {modes:?} flags {flags:?}: C[{bi},{i},{j}] = {} want {} (tol {tol})",
+                        got[x], want[x]
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fused_epilogue_matches_reference(
+        batch in 1usize..=2,
+        m in size(40),
+        n in size(70),
+        k in prop_oneof![1 => Just(0usize), 8 => 1usize..=130],
+        modes in (mode(), mode()),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>()),
+        residual in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        for kernel in kernels(Precision::F32) {
+            check_fused_res(kernel, GemmDims { batch, m, n, k }, modes, flags, residual, seed)
+                .map_err(TestCaseError::fail)?;
+        }
+    }
+}
+
+/// The fused epilogue on shapes that take the multi-threaded paths (tasks split over m and n).
+#[test]
+fn fused_epilogue_large_shapes() {
+    for (m, n, k) in [(300, 200, 100), (64, 4100, 96), (2000, 40, 70)] {
+        for kernel in kernels(Precision::F32) {
+            let dims = GemmDims { batch: 1, m, n, k };
+            let modes = (Mode::RowMajor, Mode::Transposed);
+            check_fused_res(kernel, dims, modes, (true, true, true), true, 7).unwrap();
+        }
+    }
+}

@@ -33,26 +33,130 @@ fn host_mut(s: &mut Storage) -> Result<&mut [f32]> {
 const PAR_MIN: usize = 1 << 15;
 
 fn map_into(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = buffer(x.len());
     if x.len() < PAR_MIN {
-        x.iter().map(|&v| f(v)).collect()
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v));
     } else {
-        x.par_iter()
-            .with_min_len(PAR_MIN / 4)
-            .map(|&v| f(v))
-            .collect()
+        out.par_chunks_mut(PAR_MIN / 4)
+            .zip(x.par_chunks(PAR_MIN / 4))
+            .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v)));
     }
+    out
 }
 
 fn zip_into(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    if a.len() < PAR_MIN {
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+    let n = a.len().min(b.len());
+    let mut out = buffer(n);
+    let run = |o: &mut [f32], a: &[f32], b: &[f32]| {
+        o.iter_mut()
+            .zip(a)
+            .zip(b)
+            .for_each(|((o, &x), &y)| *o = f(x, y))
+    };
+    if n < PAR_MIN {
+        run(&mut out, a, b);
     } else {
-        a.par_iter()
-            .zip(b.par_iter())
-            .with_min_len(PAR_MIN / 4)
-            .map(|(&x, &y)| f(x, y))
-            .collect()
+        out.par_chunks_mut(PAR_MIN / 4)
+            .zip(a[..n].par_chunks(PAR_MIN / 4))
+            .zip(b[..n].par_chunks(PAR_MIN / 4))
+            .for_each(|((o, a), b)| run(o, a, b));
     }
+    out
+}
+
+/// A cache of large host buffers: every op allocates a fresh output, and for big tensors a fresh
+/// allocation means `mmap` + a page fault and a zeroed page per 4 KiB, then `munmap` on drop.
+/// Dropped tensors hand their buffers back here ([`recycle`]) and op outputs that are fully
+/// overwritten take them ([`buffer`]), so a forward pass reuses the memory of the previous one.
+mod pool {
+    use std::sync::Mutex;
+
+    /// Smaller buffers are served well by malloc's own free lists.
+    const MIN_LEN: usize = 1 << 15;
+    /// Upper bound on the memory kept (bytes of capacity); the oldest buffers are dropped first.
+    const MAX_BYTES: usize = 512 << 20;
+
+    struct Pool {
+        bufs: Vec<Vec<f32>>,
+        bytes: usize,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool {
+        bufs: Vec::new(),
+        bytes: 0,
+    });
+
+    /// A buffer of `len` elements with unspecified (initialised) contents.
+    pub(super) fn take(len: usize) -> Vec<f32> {
+        if len >= MIN_LEN {
+            if let Ok(mut p) = POOL.lock() {
+                // Best fit among the buffers that hold `len` elements without wasting over half.
+                let mut best: Option<usize> = None;
+                for (i, b) in p.bufs.iter().enumerate() {
+                    if b.len() >= len
+                        && b.len() <= 2 * len
+                        && best.is_none_or(|j| b.len() < p.bufs[j].len())
+                    {
+                        best = Some(i);
+                    }
+                }
+                if let Some(i) = best {
+                    let mut v = p.bufs.remove(i);
+                    p.bytes -= v.capacity() * 4;
+                    drop(p);
+                    v.truncate(len);
+                    return v;
+                }
+            }
+        }
+        vec![0.0; len]
+    }
+
+    pub(super) fn recycle(v: Vec<f32>) {
+        let bytes = v.capacity() * 4;
+        if v.len() < MIN_LEN || bytes > MAX_BYTES {
+            return;
+        }
+        let mut evicted = Vec::new();
+        if let Ok(mut p) = POOL.lock() {
+            while p.bytes + bytes > MAX_BYTES && !p.bufs.is_empty() {
+                let old = p.bufs.remove(0);
+                p.bytes -= old.capacity() * 4;
+                evicted.push(old);
+            }
+            p.bytes += bytes;
+            p.bufs.push(v);
+        }
+        drop(evicted); // freed outside the lock
+    }
+
+    pub(super) fn clear() {
+        let bufs = match POOL.lock() {
+            Ok(mut p) => {
+                p.bytes = 0;
+                std::mem::take(&mut p.bufs)
+            }
+            Err(_) => Vec::new(),
+        };
+        drop(bufs);
+    }
+}
+
+/// An output buffer of `len` elements whose contents are unspecified: only for results that
+/// are overwritten in full.
+fn buffer(len: usize) -> Vec<f32> {
+    pool::take(len)
+}
+
+/// Gives a host buffer that is no longer referenced back to the cache (called when the last
+/// tensor holding it is dropped).
+pub(crate) fn recycle(v: Vec<f32>) {
+    pool::recycle(v)
+}
+
+/// Frees the host buffers kept for reuse (up to 512 MiB after a large forward pass).
+pub fn release_cached_buffers() {
+    pool::clear()
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -104,12 +208,17 @@ fn row_offset(view: &View, mut row: usize) -> usize {
 /// Copies a strided view into a dense row-major buffer, rows in parallel when large.
 fn gather(src: &[f32], view: &View) -> Vec<f32> {
     let n: usize = view.shape.iter().product();
-    let mut out = vec![0.0f32; n];
+    let mut out = buffer(n);
     if n == 0 {
         return out;
     }
     let inner = view.shape.last().copied().unwrap_or(1).max(1);
     let stride = view.strides.last().copied().unwrap_or(1);
+    let nd = view.shape.len();
+    if nd >= 2 && view.strides[nd - 2] == 1 && stride > 1 && view.shape[nd - 2] > 1 {
+        gather_transposed(src, view, &mut out);
+        return out;
+    }
     let copy_row = |(row, dst): (usize, &mut [f32])| {
         let s = row_offset(view, row);
         if stride == 1 {
@@ -131,10 +240,45 @@ fn gather(src: &[f32], view: &View) -> Vec<f32> {
     out
 }
 
+/// [`gather`] for a view whose last two axes are transposed (the second-last has stride 1):
+/// copies 16-row × 64-column tiles so every source cache line is used while it is loaded.
+fn gather_transposed(src: &[f32], view: &View, out: &mut [f32]) {
+    const RB: usize = 16;
+    const CB: usize = 64;
+    let inner = view.shape[view.shape.len() - 1];
+    let stride = view.strides[view.strides.len() - 1];
+    let block = |(bi, dst): (usize, &mut [f32])| {
+        let r0 = bi * RB;
+        let nr = dst.len() / inner;
+        let mut bases = [0usize; RB];
+        for (i, b) in bases.iter_mut().enumerate().take(nr) {
+            *b = row_offset(view, r0 + i);
+        }
+        for c0 in (0..inner).step_by(CB) {
+            let c1 = (c0 + CB).min(inner);
+            for (i, &b) in bases.iter().enumerate().take(nr) {
+                let d = &mut dst[i * inner + c0..i * inner + c1];
+                for (j, d) in d.iter_mut().enumerate() {
+                    *d = src[b + (c0 + j) * stride];
+                }
+            }
+        }
+    };
+    if out.len() < PAR_MIN {
+        out.chunks_mut(RB * inner).enumerate().for_each(block);
+    } else {
+        out.par_chunks_mut(RB * inner).enumerate().for_each(block);
+    }
+}
+
 /// `out = a ∘ b` over broadcast views, rows in parallel, without materialising the operands.
-fn broadcast_zip(a: &[f32], va: &View, b: &[f32], vb: &View, f: fn(f32, f32) -> f32) -> Vec<f32> {
+/// Generic over `f` so each operator gets its own (vectorised) loops.
+fn broadcast_zip<F>(a: &[f32], va: &View, b: &[f32], vb: &View, f: F) -> Vec<f32>
+where
+    F: Fn(f32, f32) -> f32 + Sync,
+{
     let n: usize = va.shape.iter().product();
-    let mut out = vec![0.0f32; n];
+    let mut out = buffer(n);
     if n == 0 {
         return out;
     }
@@ -145,20 +289,25 @@ fn broadcast_zip(a: &[f32], va: &View, b: &[f32], vb: &View, f: fn(f32, f32) -> 
     );
     let row = |(r, dst): (usize, &mut [f32])| {
         let (oa, ob) = (row_offset(va, r), row_offset(vb, r));
+        let len = dst.len();
         match (sa, sb) {
             (1, 1) => dst
                 .iter_mut()
-                .zip(&a[oa..])
-                .zip(&b[ob..])
+                .zip(&a[oa..oa + len])
+                .zip(&b[ob..ob + len])
                 .for_each(|((d, &x), &y)| *d = f(x, y)),
-            (1, 0) => dst
-                .iter_mut()
-                .zip(&a[oa..])
-                .for_each(|(d, &x)| *d = f(x, b[ob])),
-            (0, 1) => dst
-                .iter_mut()
-                .zip(&b[ob..])
-                .for_each(|(d, &y)| *d = f(a[oa], y)),
+            (1, 0) => {
+                let y = b[ob];
+                dst.iter_mut()
+                    .zip(&a[oa..oa + len])
+                    .for_each(|(d, &x)| *d = f(x, y))
+            }
+            (0, 1) => {
+                let x = a[oa];
+                dst.iter_mut()
+                    .zip(&b[ob..ob + len])
+                    .for_each(|(d, &y)| *d = f(x, y))
+            }
             _ => dst
                 .iter_mut()
                 .enumerate()
@@ -174,6 +323,22 @@ fn broadcast_zip(a: &[f32], va: &View, b: &[f32], vb: &View, f: fn(f32, f32) -> 
             .for_each(row);
     }
     out
+}
+
+/// `a ∘ b` for one operator: a flat loop when both operands are dense and the same size,
+/// otherwise through the broadcast views.
+fn zip_views<F>(a: &[f32], va: &View, b: &[f32], vb: &View, f: F) -> Vec<f32>
+where
+    F: Fn(f32, f32) -> f32 + Sync,
+{
+    let dense = |v: &View, len: usize| {
+        v.offset == 0 && is_contiguous(v) && len == v.shape.iter().product::<usize>()
+    };
+    if dense(va, a.len()) && dense(vb, b.len()) {
+        zip_into(a, b, f)
+    } else {
+        broadcast_zip(a, va, b, vb, f)
+    }
 }
 
 impl Backend for CpuBackend {
@@ -220,7 +385,7 @@ impl Backend for CpuBackend {
         b: GemmOperand,
         precision: Precision,
     ) -> Result<Storage> {
-        let mut c = vec![0.0f32; dims.batch * dims.m * dims.n];
+        let mut c = buffer(dims.batch * dims.m * dims.n);
         let a_data = &host(a.storage)?[a.offset..];
         let b_data = &host(b.storage)?[b.offset..];
         gemm::gemm(
@@ -237,11 +402,43 @@ impl Backend for CpuBackend {
         Ok(Storage::Cpu(c))
     }
 
+    fn gemm_bias_act(
+        &self,
+        dims: GemmDims,
+        a: GemmOperand,
+        b: GemmOperand,
+        precision: Precision,
+        col_bias: Option<&Storage>,
+        row_bias: Option<&Storage>,
+        residual: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let mut c = buffer(dims.batch * dims.m * dims.n);
+        let epilogue = gemm::Epilogue {
+            col_bias: col_bias.map(host).transpose()?,
+            row_bias: row_bias.map(host).transpose()?,
+            residual: residual.map(|r| host(r).map(|r| (r, dims.n))).transpose()?,
+            gelu,
+        };
+        gemm::gemm_fused(
+            dims,
+            &host(a.storage)?[a.offset..],
+            a.layout,
+            &host(b.storage)?[b.offset..],
+            b.layout,
+            &mut c,
+            Layout::row_major(dims.m, dims.n),
+            precision,
+            epilogue,
+        );
+        Ok(Storage::Cpu(c))
+    }
+
     fn unary(&self, op: Unary, x: &Storage) -> Result<Storage> {
         let x = host(x)?;
         let y = match op {
             Unary::Gelu => {
-                let mut y = vec![0.0; x.len()];
+                let mut y = buffer(x.len());
                 activation::gelu_forward(x, &mut y);
                 y
             }
@@ -288,22 +485,13 @@ impl Backend for CpuBackend {
         b: &Storage,
         vb: &View,
     ) -> Result<Storage> {
-        let f: fn(f32, f32) -> f32 = match op {
-            Binary::Add => |x, y| x + y,
-            Binary::Sub => |x, y| x - y,
-            Binary::Mul => |x, y| x * y,
-            Binary::Div => |x, y| x / y,
-        };
         let (a, b) = (host(a)?, host(b)?);
-        let dense = |v: &View, len: usize| {
-            v.offset == 0 && is_contiguous(v) && len == v.shape.iter().product::<usize>()
-        };
-        let n: usize = va.shape.iter().product();
-        if dense(va, a.len()) && dense(vb, b.len()) {
-            return Ok(Storage::Cpu(zip_into(a, b, f)));
-        }
-        let _ = n;
-        Ok(Storage::Cpu(broadcast_zip(a, va, b, vb, f)))
+        Ok(Storage::Cpu(match op {
+            Binary::Add => zip_views(a, va, b, vb, |x, y| x + y),
+            Binary::Sub => zip_views(a, va, b, vb, |x, y| x - y),
+            Binary::Mul => zip_views(a, va, b, vb, |x, y| x * y),
+            Binary::Div => zip_views(a, va, b, vb, |x, y| x / y),
+        }))
     }
 
     fn sum_axes(&self, x: &Storage, shape: &[usize], reduce: &[bool]) -> Result<Storage> {
@@ -411,7 +599,7 @@ impl Backend for CpuBackend {
         b: &Storage,
         eps: f32,
     ) -> Result<NormOut> {
-        let mut y = vec![0.0; rows * dim];
+        let mut y = buffer(rows * dim);
         let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
         norm::layer_norm_forward(
             rows,
@@ -613,8 +801,21 @@ impl Backend for CpuBackend {
     }
 
     fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage> {
-        let mut y = vec![0.0; rows * dim];
+        let mut y = buffer(rows * dim);
         activation::softmax_forward(rows, dim, host(x)?, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn softmax_bias(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        bias: &Storage,
+        bias_rows: usize,
+    ) -> Result<Storage> {
+        let mut y = buffer(rows * dim);
+        activation::softmax_bias_forward(rows, dim, host(x)?, host(bias)?, bias_rows, &mut y);
         Ok(Storage::Cpu(y))
     }
 
@@ -662,9 +863,38 @@ impl Backend for CpuBackend {
         bias: Option<&Storage>,
     ) -> Result<Storage> {
         let (oh, ow) = g.out_hw();
-        let mut y = vec![0.0; g.n * g.c_out * oh * ow];
+        let mut y = buffer(g.n * g.c_out * oh * ow);
         let bias = bias.map(host).transpose()?;
         depthwise::depthwise_forward(g, host(x)?, host(w)?, bias, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn depthwise_conv2d_nhwc(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.out_hw();
+        let mut y = buffer(g.n * g.c_out * oh * ow);
+        let bias = bias.map(host).transpose()?;
+        depthwise::depthwise_nhwc_forward(g, host(x)?, host(w)?, bias, gelu, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn depthwise_conv2d_gelu(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let (oh, ow) = g.out_hw();
+        let mut y = buffer(g.n * g.c_out * oh * ow);
+        let bias = bias.map(host).transpose()?;
+        depthwise::depthwise_forward_act(g, host(x)?, host(w)?, bias, true, &mut y);
         Ok(Storage::Cpu(y))
     }
 

@@ -219,6 +219,48 @@ pub trait Backend: Send + Sync {
         precision: Precision,
     ) -> Result<Storage>;
 
+    /// `act(A[b]·B[b] + bias + residual)`, C contiguous `[batch, m, n]`: a bias per column
+    /// (`col_bias`, length n) and/or per row (`row_bias`, length m), the same for every batch,
+    /// then a contiguous `[m, n]` residual (batch 1 only), then GELU if `gelu`. Inference only
+    /// (no gradient); backends may fuse it into the GEMM. The default runs the separate ops.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bias_act(
+        &self,
+        dims: GemmDims,
+        a: GemmOperand,
+        b: GemmOperand,
+        precision: Precision,
+        col_bias: Option<&Storage>,
+        row_bias: Option<&Storage>,
+        residual: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let (bt, m, n) = (dims.batch, dims.m, dims.n);
+        let mut c = self.gemm(dims, a, b, precision)?;
+        let vc = View {
+            shape: vec![bt, m, n],
+            strides: vec![m * n, n, 1],
+            offset: 0,
+        };
+        for (bias, strides) in [(col_bias, vec![0, 0, 1]), (row_bias, vec![0, 1, 0])] {
+            if let Some(bias) = bias {
+                let vb = View {
+                    shape: vec![bt, m, n],
+                    strides,
+                    offset: 0,
+                };
+                c = self.binary(Binary::Add, &c, &vc, bias, &vb)?;
+            }
+        }
+        if let Some(r) = residual {
+            c = self.binary(Binary::Add, &c, &vc, r, &vc)?;
+        }
+        if gelu {
+            c = self.unary(Unary::Gelu, &c)?;
+        }
+        Ok(c)
+    }
+
     fn unary(&self, op: Unary, x: &Storage) -> Result<Storage>;
     /// `dx = dy · f'(x)`.
     fn unary_backward(&self, op: Unary, x: &Storage, dy: &Storage) -> Result<Storage>;
@@ -328,6 +370,30 @@ pub trait Backend: Send + Sync {
     ) -> Result<AttnGrads>;
 
     fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage>;
+    /// Softmax of `x + bias` over rows of `dim`, `bias` a `[bias_rows, dim]` table repeated over
+    /// the rows (`rows` a multiple of `bias_rows`); inference only. Default: add, then softmax.
+    fn softmax_bias(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        bias: &Storage,
+        bias_rows: usize,
+    ) -> Result<Storage> {
+        let reps = rows / bias_rows.max(1);
+        let vx = View {
+            shape: vec![reps, bias_rows, dim],
+            strides: vec![bias_rows * dim, dim, 1],
+            offset: 0,
+        };
+        let vb = View {
+            shape: vec![reps, bias_rows, dim],
+            strides: vec![0, dim, 1],
+            offset: 0,
+        };
+        let s = self.binary(Binary::Add, x, &vx, bias, &vb)?;
+        self.softmax(rows, dim, &s)
+    }
     fn softmax_backward(
         &self,
         rows: usize,
@@ -356,6 +422,49 @@ pub trait Backend: Send + Sync {
     // on host copies, so a device backend works unchanged and may override them for speed. ----
 
     /// Depthwise conv2d (`groups = c_in = c_out`, weight `[c, 1, kh, kw]`).
+    /// Depthwise conv on channels-last buffers (x `[n, h, w, c]` → `[n, oh, ow, c]`, weight
+    /// `[c, 1, kh, kw]`), then GELU if `gelu`; inference only. The default transposes around
+    /// [`Backend::depthwise_conv2d`].
+    fn depthwise_conv2d_nhwc(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        gelu: bool,
+    ) -> Result<Storage> {
+        let (c, hw) = (g.c_in, g.h * g.w);
+        let nchw = View {
+            shape: vec![g.n, c, g.h, g.w],
+            strides: vec![hw * c, 1, g.w * c, c],
+            offset: 0,
+        };
+        let xn = self.materialize(x, &nchw)?;
+        let y = if gelu {
+            self.depthwise_conv2d_gelu(g, &xn, w, bias)?
+        } else {
+            self.depthwise_conv2d(g, &xn, w, bias)?
+        };
+        let (oh, ow) = g.out_hw();
+        let nhwc = View {
+            shape: vec![g.n, oh, ow, c],
+            strides: vec![c * oh * ow, ow, 1, oh * ow],
+            offset: 0,
+        };
+        self.materialize(&y, &nhwc)
+    }
+
+    /// `gelu(depthwise_conv2d(..))` for inference; backends may fuse the activation.
+    fn depthwise_conv2d_gelu(
+        &self,
+        g: Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+    ) -> Result<Storage> {
+        let y = self.depthwise_conv2d(g, x, w, bias)?;
+        self.unary(Unary::Gelu, &y)
+    }
     fn depthwise_conv2d(
         &self,
         g: Conv2dGeom,

@@ -252,6 +252,18 @@ impl Module for Conv2dBn {
 
 /// A 1×1 convolution as a matrix product: `[n, ci, h, w]` → `[n, co, h, w]`, weight `[co, ci, 1, 1]`.
 pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    conv1x1_act(x, w, bias, None, false)
+}
+
+/// `act(conv1x1(x) + residual)` with `act` GELU if `gelu`; bias, residual (shaped like the
+/// output) and GELU run inside the GEMM for one image without autograd recording.
+pub fn conv1x1_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    gelu: bool,
+) -> Result<Tensor> {
     let (n, ci, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let co = w.dim(0);
     if w.shape() != [co, ci, 1, 1] {
@@ -262,16 +274,27 @@ pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     }
     let wm = w.reshape(&[co, ci])?;
     let xs = x.reshape(&[n, ci, h * wd])?;
-    let y = if n == 1 {
-        wm.matmul(&xs.reshape(&[ci, h * wd])?)?.unsqueeze(0)?
-    } else {
-        wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?
-    };
+    if n == 1 && residual.is_none_or(|r| r.shape() == [1, co, h, wd]) {
+        let res = residual.map(|r| r.reshape(&[co, h * wd])).transpose()?;
+        return wm
+            .matmul_row_bias_act(&xs.reshape(&[ci, h * wd])?, bias, res.as_ref(), gelu)?
+            .reshape(&[n, co, h, wd]);
+    }
+    let y = wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?;
     let y = match bias {
         Some(b) => y.add(&b.reshape(&[1, co, 1])?)?,
         None => y,
     };
-    y.reshape(&[n, co, h, wd])
+    let y = y.reshape(&[n, co, h, wd])?;
+    let y = match residual {
+        Some(r) => y.add(r)?,
+        None => y,
+    };
+    if gelu {
+        y.gelu()
+    } else {
+        Ok(y)
+    }
 }
 
 impl Conv2dBn {
@@ -298,12 +321,71 @@ impl Conv2dBn {
     }
 
     fn conv(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.conv_act(x, w, bias, false)
+    }
+
+    fn conv_act(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<Tensor> {
         let k = w.dim(2);
         if k == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1 {
-            conv1x1(x, w, bias)
+            conv1x1_act(x, w, bias, None, gelu)
+        } else if self.groups > 1 && self.groups == x.dim(1) && w.dim(0) == self.groups {
+            x.depthwise_conv2d_act(w, bias, self.stride, self.pad, gelu)
         } else {
-            x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)
+            let y = x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?;
+            if gelu {
+                y.gelu()
+            } else {
+                Ok(y)
+            }
         }
+    }
+
+    /// `gelu(forward(x))`, with the GELU fused into the folded inference conv where possible.
+    pub fn forward_gelu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
+        if mode == Mode::Eval && !recording {
+            let (w, b) = self.folded_weight()?;
+            return self.conv_act(x, &w, Some(&b), true);
+        }
+        self.forward(x, mode)?.gelu()
+    }
+
+    /// `gelu(forward(x) + residual)` for a 1×1 conv, fused into one GEMM in inference.
+    pub fn forward_residual_gelu(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (x.requires_grad()
+                || residual.requires_grad()
+                || self.weight.requires_grad()
+                || self.bn.weight.requires_grad());
+        let is_1x1 =
+            self.weight.dim(2) == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1;
+        if mode == Mode::Eval && !recording && is_1x1 {
+            let (w, b) = self.folded_weight()?;
+            return conv1x1_act(x, &w, Some(&b), Some(residual), true);
+        }
+        self.forward(x, mode)?.add(residual)?.gelu()
+    }
+
+    /// The conv weight and bias with the BN running statistics folded in.
+    fn folded_weight(&self) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) = self.bn.folded()?;
+        let co = scale.len();
+        let s = Tensor::from_slice(&scale, &[co, 1, 1, 1], self.weight.device())?;
+        let w = self.weight.mul(&s)?;
+        let b = Tensor::from_slice(&shift, &[co], self.weight.device())?;
+        Ok((w, b))
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -350,9 +432,9 @@ impl Module for MbConv {
 
 impl MbConv {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.conv1.forward(x, mode)?.gelu()?;
-        let y = self.conv2.forward(&y, mode)?.gelu()?;
-        self.conv3.forward(&y, mode)?.add(x)?.gelu()
+        let y = self.conv1.forward_gelu(x, mode)?;
+        let y = self.conv2.forward_gelu(&y, mode)?;
+        self.conv3.forward_residual_gelu(&y, x, mode)
     }
 }
 
@@ -373,10 +455,10 @@ impl Module for PatchMerging {
 impl PatchMerging {
     /// NCHW → tokens `[B, H'·W', C']`.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.conv1.forward(x, mode)?.gelu()?;
-        let y = self.conv2.forward(&y, mode)?.gelu()?;
+        let y = self.conv1.forward_gelu(x, mode)?;
+        let y = self.conv2.forward_gelu(&y, mode)?;
         let y = self.conv3.forward(&y, mode)?;
-        y.flatten_from(2)?.transpose(1, 2)
+        y.flatten_from(2)?.transpose(1, 2)?.contiguous()
     }
 }
 
@@ -463,12 +545,13 @@ impl Attention {
             .transpose(0, 1)?
             .contiguous()?
             .gather_rows(&self.bias_idxs, &[n, n])?
-            .permute(&[2, 0, 1])?;
+            .permute(&[2, 0, 1])?
+            .contiguous()?; // [nh, n, n], added row by row below
+                            // The scale goes on q (n×kd) rather than on the n×n scores: one pass over less data.
         let scores = q
-            .matmul(&k.transpose(2, 3)?)?
             .scale((kd as f32).powf(-0.5))?
-            .add(&bias)?;
-        let o = scores.softmax_last()?.matmul(&v)?; // [b, nh, n, kd]
+            .matmul(&k.transpose(2, 3)?)?;
+        let o = scores.softmax_last_bias(&bias)?.matmul(&v)?; // [b, nh, n, kd]
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         self.proj.forward(&o)
     }
@@ -490,9 +573,14 @@ impl Module for Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward(&self.fc1.forward(&self.norm.forward(x)?)?.gelu()?)
+    /// `x + forward(x)`, with the residual add fused into fc2 in inference.
+    fn forward_residual(&self, x: &Tensor) -> Result<Tensor> {
+        let fc1 = &self.fc1;
+        let h = self
+            .norm
+            .forward(x)?
+            .linear_act(&fc1.weight, fc1.bias.as_ref(), true)?;
+        h.linear_fused(&self.fc2.weight, self.fc2.bias.as_ref(), Some(x), false)
     }
 }
 
@@ -537,13 +625,23 @@ impl TinyVitBlock {
                 .reshape(&[b, l, c])?
         };
         let x = x.add(&a)?;
-        let img = x.transpose(1, 2)?.reshape(&[b, c, h, w])?;
-        let x = self
-            .local_conv
-            .forward(&img, mode)?
-            .reshape(&[b, c, l])?
-            .transpose(1, 2)?;
-        x.add(&self.mlp.forward(&x)?)
+        let lc = &self.local_conv;
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || lc.weight.requires_grad() || lc.bn.weight.requires_grad());
+        let x = if mode == Mode::Eval && !recording && lc.groups == c {
+            // Inference: the depthwise conv straight on the token-major (NHWC) features.
+            let (wf, bf) = lc.folded_weight()?;
+            x.reshape(&[b, h, w, c])?
+                .depthwise_conv2d_nhwc(&wf, Some(&bf), lc.stride, lc.pad, false)?
+                .reshape(&[b, l, c])?
+        } else {
+            let img = x.transpose(1, 2)?.reshape(&[b, c, h, w])?;
+            lc.forward(&img, mode)?
+                .reshape(&[b, c, l])?
+                .transpose(1, 2)?
+                .contiguous()? // one transposing copy instead of strided reads in norm and add
+        };
+        self.mlp.forward_residual(&x)
     }
 }
 
@@ -711,7 +809,7 @@ impl TinyVit {
             ));
         }
         let pe = &self.patch_embed;
-        let mut x = pe.seq2.forward(&pe.seq0.forward(x, mode)?.gelu()?, mode)?;
+        let mut x = pe.seq2.forward(&pe.seq0.forward_gelu(x, mode)?, mode)?;
         let mut res = s;
         for layer in &self.layers {
             let down = match layer {

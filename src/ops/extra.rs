@@ -2,7 +2,7 @@
 //! conv2d, and BatchNorm2d in inference (running statistics) and training (batch statistics)
 //! form, each with its backward.
 
-use crate::autograd::{record, BackwardOp};
+use crate::autograd::{is_grad_enabled, record, BackwardOp};
 use crate::backend::Storage;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -39,6 +39,75 @@ impl Tensor {
         stride: usize,
         pad: usize,
     ) -> Result<Tensor> {
+        self.depthwise_conv2d_act(w, bias, stride, pad, false)
+    }
+
+    /// Depthwise conv2d on channels-last `[n, h, w, c]` (weight `[c, 1, kh, kw]`) →
+    /// `[n, oh, ow, c]`, then GELU if `gelu`. One kernel without autograd recording; otherwise
+    /// the NCHW op between permutes (differentiable).
+    pub fn depthwise_conv2d_nhwc(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+        gelu: bool,
+    ) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (self.requires_grad()
+                || w.requires_grad()
+                || bias.is_some_and(|b| b.requires_grad()));
+        let (s, ws) = (self.shape(), w.shape());
+        let ok = self.rank() == 4
+            && w.rank() == 4
+            && ws[0] == s[3]
+            && ws[1] == 1
+            && s[1] + 2 * pad >= ws[2]
+            && s[2] + 2 * pad >= ws[3]
+            && stride > 0
+            && bias.is_none_or(|b| b.shape() == [s[3]]);
+        if recording || !ok {
+            return self
+                .permute(&[0, 3, 1, 2])?
+                .depthwise_conv2d_act(w, bias, stride, pad, gelu)?
+                .permute(&[0, 2, 3, 1]);
+        }
+        super::same_device("depthwise_conv2d", self, w)?;
+        let g = Conv2dGeom {
+            n: s[0],
+            c_in: s[3],
+            h: s[1],
+            w: s[2],
+            c_out: s[3],
+            kh: ws[2],
+            kw: ws[3],
+            stride: (stride, stride),
+            pad: (pad, pad),
+            groups: s[3],
+        };
+        let (x, wd) = (dense(self)?, dense(w)?);
+        let bd = bias.map(dense).transpose()?;
+        let y = self.backend()?.depthwise_conv2d_nhwc(
+            g,
+            x.storage(),
+            wd.storage(),
+            bd.as_ref().map(|t| t.storage()),
+            gelu,
+        )?;
+        let (oh, ow) = g.out_hw();
+        wrap(y, &[g.n, oh, ow, g.c_out], self)
+    }
+
+    /// [`Tensor::depthwise_conv2d`] then exact GELU if `gelu` (fused when nothing records a
+    /// gradient).
+    pub fn depthwise_conv2d_act(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: usize,
+        gelu: bool,
+    ) -> Result<Tensor> {
         let (s, ws) = (self.shape(), w.shape());
         let ok = self.rank() == 4
             && w.rank() == 4
@@ -72,6 +141,20 @@ impl Tensor {
         };
         let (x, wd) = (dense(self)?, dense(w)?);
         let bd = bias.map(dense).transpose()?;
+        let recording = is_grad_enabled()
+            && (self.requires_grad()
+                || w.requires_grad()
+                || bias.is_some_and(|b| b.requires_grad()));
+        if gelu && !recording {
+            let y = self.backend()?.depthwise_conv2d_gelu(
+                g,
+                x.storage(),
+                wd.storage(),
+                bd.as_ref().map(|t| t.storage()),
+            )?;
+            let (oh, ow) = g.out_hw();
+            return wrap(y, &[g.n, g.c_out, oh, ow], self);
+        }
         let y = self.backend()?.depthwise_conv2d(
             g,
             x.storage(),
@@ -82,14 +165,19 @@ impl Tensor {
         let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
         let mut inputs = vec![self, w];
         inputs.extend(bias);
-        Ok(record(out, &inputs, || {
+        let out = record(out, &inputs, || {
             Box::new(DepthwiseBackward {
                 g,
                 x: x.detach(),
                 w: wd.detach(),
                 bias: bias.is_some(),
             })
-        }))
+        });
+        if gelu {
+            out.gelu()
+        } else {
+            Ok(out)
+        }
     }
 
     /// conv2d with `groups` (weight `[c_out, c_in/groups, kh, kw]`, as `nn.Conv2d`): plain conv2d

@@ -1,6 +1,6 @@
 //! Matrix products on the GEMM kernel. Transposes are free: they are strides in the GEMM layout.
 
-use crate::autograd::{record, BackwardOp};
+use crate::autograd::{is_grad_enabled, record, BackwardOp};
 use crate::backend::GemmOperand;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -163,11 +163,142 @@ impl Tensor {
 
     /// `x · Wᵀ + b` with PyTorch's weight layout `[out, in]`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = self.matmul(&weight.transpose(0, 1)?)?;
-        match bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
+        self.linear_act(weight, bias, false)
+    }
+
+    /// `act(x · Wᵀ + b)` with `act` exact GELU if `gelu`, else the identity. Without autograd
+    /// recording the bias and activation are fused into the GEMM ([`Backend::gemm_bias_act`]).
+    pub fn linear_act(&self, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+        self.linear_fused(weight, bias, None, gelu)
+    }
+
+    /// `act(x · Wᵀ + b + residual)` (`residual` shaped like the result), fused into the GEMM
+    /// without autograd recording, separate differentiable ops otherwise.
+    pub fn linear_fused(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<Tensor> {
+        let wt = weight.transpose(0, 1)?;
+        let recording = is_grad_enabled()
+            && (self.requires_grad()
+                || weight.requires_grad()
+                || bias.is_some_and(|b| b.requires_grad())
+                || residual.is_some_and(|r| r.requires_grad()));
+        let (r, k) = (self.rank(), weight.dim(weight.rank().saturating_sub(1)));
+        let fusable = !recording
+            && r >= 1
+            && weight.rank() == 2
+            && self.shape()[r - 1] == k
+            && bias.is_none_or(|b| b.shape() == [weight.dim(0)])
+            && residual.is_none_or(|res| {
+                res.shape().split_last() == Some((&weight.dim(0), &self.shape()[..r - 1]))
+            })
+            && (bias.is_some() || residual.is_some() || gelu);
+        if !fusable {
+            let y = self.matmul(&wt)?;
+            let y = match bias {
+                Some(b) => y.add(b)?,
+                None => y,
+            };
+            let y = match residual {
+                Some(res) => res.add(&y)?,
+                None => y,
+            };
+            return if gelu { y.gelu() } else { Ok(y) };
         }
+        super::same_device("linear", self, weight)?;
+        let n = weight.dim(0);
+        let a = self.contiguous()?;
+        let rows = a.numel() / k.max(1);
+        let bias = bias.map(dense).transpose()?;
+        let residual = residual.map(dense).transpose()?;
+        let lhs = GemmOperand {
+            storage: a.storage(),
+            offset: a.offset(),
+            layout: Layout::row_major(rows, k),
+        };
+        let storage = self.backend()?.gemm_bias_act(
+            GemmDims {
+                batch: 1,
+                m: rows,
+                n,
+                k,
+            },
+            lhs,
+            operand(&wt, 0),
+            current_precision(),
+            bias.as_ref().map(|b| b.storage()),
+            None,
+            residual.as_ref().map(|r| r.storage()),
+            gelu,
+        )?;
+        let mut shape = self.shape()[..r - 1].to_vec();
+        shape.push(n);
+        Tensor::from_storage(storage, &shape, self.device())
+    }
+
+    /// `act(W · X + b[:, None])` for a `[m, k]` matrix `W`, a `[k, n]` matrix `X` and a bias
+    /// per row of the result — a 1×1 convolution of one image. Fused like [`Tensor::linear_act`]
+    /// when nothing records a gradient; `self` is `W`.
+    /// `residual` (optional, `[m, n]`) is added after the bias, before the GELU.
+    pub fn matmul_row_bias_act(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (self.requires_grad()
+                || x.requires_grad()
+                || bias.is_some_and(|b| b.requires_grad())
+                || residual.is_some_and(|r| r.requires_grad()));
+        let fusable = !recording
+            && self.rank() == 2
+            && x.rank() == 2
+            && self.dim(1) == x.dim(0)
+            && bias.is_none_or(|b| b.shape() == [self.dim(0)])
+            && residual.is_none_or(|r| r.shape() == [self.dim(0), x.dim(1)])
+            && (bias.is_some() || residual.is_some() || gelu);
+        if !fusable {
+            let y = self.matmul(x)?;
+            let y = match bias {
+                Some(b) => y.add(&b.reshape(&[self.dim(0), 1])?)?,
+                None => y,
+            };
+            let y = match residual {
+                Some(r) => y.add(r)?,
+                None => y,
+            };
+            return if gelu { y.gelu() } else { Ok(y) };
+        }
+        super::same_device("matmul", self, x)?;
+        let (m, k, n) = (self.dim(0), self.dim(1), x.dim(1));
+        let bias = bias.map(dense).transpose()?;
+        let residual = residual.map(dense).transpose()?;
+        let storage = self.backend()?.gemm_bias_act(
+            GemmDims { batch: 1, m, n, k },
+            operand(self, 0),
+            operand(x, 0),
+            current_precision(),
+            None,
+            bias.as_ref().map(|b| b.storage()),
+            residual.as_ref().map(|r| r.storage()),
+            gelu,
+        )?;
+        Tensor::from_storage(storage, &[m, n], self.device())
+    }
+}
+
+/// A tensor whose data starts at offset 0 of its buffer, densely (for bias operands).
+fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.offset() == 0 && t.is_contiguous() {
+        Ok(t.clone())
+    } else {
+        t.copy()
     }
 }
 

@@ -225,6 +225,30 @@ impl Tensor {
         }))
     }
 
+    /// `softmax_last(self + bias)` where `bias` matches the trailing axes of `self` (e.g. an
+    /// attention bias `[heads, n, n]` for scores `[batch, heads, n, n]`). One fused pass without
+    /// autograd recording; separate differentiable ops otherwise.
+    pub fn softmax_last_bias(&self, bias: &Tensor) -> Result<Tensor> {
+        let (r, br) = (self.rank(), bias.rank());
+        let recording =
+            crate::autograd::is_grad_enabled() && (self.requires_grad() || bias.requires_grad());
+        let fits = r >= 1 && br >= 1 && br <= r && self.shape()[r - br..] == *bias.shape();
+        if recording || !fits || self.device() != bias.device() {
+            return self.add(bias)?.softmax_last();
+        }
+        let dim = self.shape()[r - 1];
+        let rows = self.numel() / dim.max(1);
+        let bias_rows = bias.numel() / dim.max(1);
+        if dim == 0 || bias_rows == 0 {
+            return self.add(bias)?.softmax_last();
+        }
+        let (x, b) = (dense(self)?, dense(bias)?);
+        let y = self
+            .backend()?
+            .softmax_bias(rows, dim, x.storage(), b.storage(), bias_rows)?;
+        wrap(y, self.shape(), self)
+    }
+
     /// Bilinear resize of NCHW to `(oh, ow)`, `align_corners=False`.
     pub fn upsample_bilinear(&self, oh: usize, ow: usize) -> Result<Tensor> {
         check_rank("upsample_bilinear", self, 4)?;

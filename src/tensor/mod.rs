@@ -16,6 +16,15 @@ pub struct Tensor {
     edge: Option<Edge>,
 }
 
+impl Drop for Tensor {
+    /// The last owner of a host buffer returns it to the CPU backend's buffer cache.
+    fn drop(&mut self) {
+        if let Some(Storage::Cpu(v)) = Arc::get_mut(&mut self.storage) {
+            backend::cpu::recycle(std::mem::take(v));
+        }
+    }
+}
+
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor{:?}@{}", self.view.shape, self.device)
@@ -226,9 +235,9 @@ impl Tensor {
     /// Mutable access to a uniquely owned dense buffer, copying first if it is shared.
     pub(crate) fn storage_mut(&mut self) -> Result<&mut Storage> {
         if !self.is_dense() || Arc::strong_count(&self.storage) > 1 {
-            let copy = self.copy()?;
-            self.storage = copy.storage;
-            self.view = copy.view;
+            let mut copy = self.copy()?;
+            std::mem::swap(&mut self.storage, &mut copy.storage);
+            std::mem::swap(&mut self.view, &mut copy.view);
         }
         Arc::get_mut(&mut self.storage).ok_or_else(|| Error::Other("storage is shared".into()))
     }

@@ -47,7 +47,10 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    // `t` holds round(x·log2 e) in its low mantissa bits; reading them back as an integer (instead
+    // of `n as i32`, whose saturating conversion LLVM does not vectorise) keeps the loop in SIMD.
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor polynomial of degree 7 on |r| <= ln2/2: truncation error < 6e-9.
     let p = 1.0 / 5040.0;
@@ -58,7 +61,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let bits = ((n as i32 + 127) << 23) as u32;
+    let ni = t.to_bits().wrapping_sub(MAGIC.to_bits()); // n as a two's-complement u32
+    let bits = ni.wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -1,7 +1,7 @@
 //! The blocked, multi-threaded GEMM loop nest shared by every micro-kernel.
 
 use super::pack::{self, PackFormat};
-use super::{Blocking, GemmDims, Kernel, Layout, Precision};
+use super::{Blocking, Epilogue, GemmDims, Kernel, Layout, Precision};
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -124,6 +124,36 @@ pub(crate) fn gemm(
     lc: Layout,
     accumulate: bool,
 ) {
+    gemm_ep(
+        ukr,
+        blocking,
+        dims,
+        a,
+        la,
+        b,
+        lb,
+        c,
+        lc,
+        accumulate,
+        Epilogue::default(),
+    )
+}
+
+/// [`gemm`] plus an epilogue applied to each finished strip of C.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_ep(
+    ukr: &MicroKernel,
+    blocking: Blocking,
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    accumulate: bool,
+    ep: Epilogue,
+) {
     let GemmDims { batch, m, n, k } = dims;
     assert_eq!(lc.col_stride, 1, "gemm: C must have col_stride 1");
     if batch == 0 || m == 0 || n == 0 {
@@ -131,11 +161,14 @@ pub(crate) fn gemm(
     }
     check_len("c", c.len(), lc, batch, m, n);
     if k == 0 {
-        if !accumulate {
-            for bi in 0..batch {
-                for i in 0..m {
-                    let off = bi * lc.batch_stride + i * lc.row_stride;
+        for bi in 0..batch {
+            for i in 0..m {
+                let off = bi * lc.batch_stride + i * lc.row_stride;
+                if !accumulate {
                     c[off..off + n].fill(0.0);
+                }
+                if !ep.is_identity() {
+                    ep.apply(&mut c[off..off + n], i, 0);
                 }
             }
         }
@@ -162,6 +195,7 @@ pub(crate) fn gemm(
             n,
             k,
             accumulate,
+            ep,
         };
         single(ukr, blk, &p, parallel);
     };
@@ -209,6 +243,7 @@ struct Problem<'a> {
     n: usize,
     k: usize,
     accumulate: bool,
+    ep: Epilogue<'a>,
 }
 
 /// 64-byte aligned storage for packed panels (one cache line / one zmm per chunk).
@@ -377,6 +412,7 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
                     apk,
                 );
                 let bsl = &bpk[sl.b_off..];
+                let last = si + 1 == slices.len() && !p.ep.is_identity();
                 for s in s0..s1 {
                     let j_lo = s * blk.nl2;
                     let j_hi = (j_lo + blk.nl2).min(ncb);
@@ -391,6 +427,19 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
                             unsafe {
                                 let cp = p.c.get().add((ic + ir * mr) * p.ldc + jc + jp * nr);
                                 tile(ukr, kp, ap, bp, cp, p.ldc, acc, mr_eff, nr_eff);
+                            }
+                        }
+                        if last {
+                            // This strip of C is final and still in cache: bias + activation.
+                            for i in ic + ir * mr..ic + ir * mr + mr_eff {
+                                // SAFETY: inside C and inside this task's rows/columns, as above.
+                                let row = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        p.c.get().add(i * p.ldc + jc + j_lo),
+                                        j_hi - j_lo,
+                                    )
+                                };
+                                p.ep.apply(row, i, jc + j_lo);
                             }
                         }
                     }

@@ -64,6 +64,38 @@ pub struct GemmDims {
     pub k: usize,
 }
 
+/// Work applied to each element of C once its dot product is complete, while the tile is still
+/// in cache: `C[b,i,j] = act(A·B + col_bias[j] + row_bias[i])`. The same biases serve every batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// One value per column of C (a `Linear` bias, `x·Wᵀ + b`); length `n`.
+    pub col_bias: Option<&'a [f32]>,
+    /// One value per row of C (the bias of a 1×1 convolution as `W·X`); length `m`.
+    pub row_bias: Option<&'a [f32]>,
+    /// A matrix added after the biases (a residual connection): row-major `m × n` with the
+    /// given row stride, batch 1 only.
+    pub residual: Option<(&'a [f32], usize)>,
+    /// Exact (erf) GELU after the biases and residual.
+    pub gelu: bool,
+}
+
+impl Epilogue<'_> {
+    /// True if it changes nothing (a plain GEMM).
+    pub fn is_identity(&self) -> bool {
+        self.col_bias.is_none() && self.row_bias.is_none() && self.residual.is_none() && !self.gelu
+    }
+
+    /// Applies the epilogue to `c[row][j0..j0+len]` (row `i` of C).
+    pub(crate) fn apply(&self, row: &mut [f32], i: usize, j0: usize) {
+        let cb = self.col_bias.map(|b| &b[j0..j0 + row.len()]);
+        let rb = self.row_bias.map_or(0.0, |b| b[i]);
+        let res = self
+            .residual
+            .map(|(r, ld)| &r[i * ld + j0..i * ld + j0 + row.len()]);
+        crate::activation::bias_act_row(row, cb, rb, res, self.gelu);
+    }
+}
+
 /// A micro-kernel family. [`gemm`] picks the best available one; [`gemm_with`] forces one, so
 /// every path can be tested on a machine that would normally pick a faster one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -222,6 +254,82 @@ pub fn gemm_with(
     driver::gemm(&ukr, ukr.blocking, dims, a, la, b, lb, c, lc, accumulate)
 }
 
+/// `C = act(A·B + bias)` (overwriting C) with the [`Epilogue`] fused into the GEMM: each tile
+/// gets its bias and activation right after its last k slice, instead of in extra passes over C.
+/// Panics if a bias is shorter than its axis.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_fused(
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    precision: Precision,
+    epilogue: Epilogue,
+) {
+    gemm_fused_with(
+        Kernel::best(precision),
+        dims,
+        a,
+        la,
+        b,
+        lb,
+        c,
+        lc,
+        precision,
+        epilogue,
+    )
+}
+
+/// [`gemm_fused`] with an explicitly chosen micro-kernel family (for tests).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_fused_with(
+    kernel: Kernel,
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    precision: Precision,
+    epilogue: Epilogue,
+) {
+    if let Some(cb) = epilogue.col_bias {
+        assert!(cb.len() >= dims.n, "gemm_fused: column bias shorter than n");
+    }
+    if let Some(rb) = epilogue.row_bias {
+        assert!(rb.len() >= dims.m, "gemm_fused: row bias shorter than m");
+    }
+    if let Some((r, ld)) = epilogue.residual {
+        assert!(
+            dims.batch == 1
+                && ld >= dims.n
+                && dims.m > 0
+                && r.len() > (dims.m - 1) * ld + dims.n - 1
+                || dims.m == 0
+                || dims.n == 0,
+            "gemm_fused: residual must be one m×n matrix"
+        );
+    }
+    let ukr = driver::micro_kernel(kernel, precision);
+    driver::gemm_ep(
+        &ukr,
+        ukr.blocking,
+        dims,
+        a,
+        la,
+        b,
+        lb,
+        c,
+        lc,
+        false,
+        epilogue,
+    )
+}
+
 /// Cache-blocking parameters (in elements of k / rows / columns). Exposed so the benchmarks can
 /// tune them; the defaults per kernel come from measurements on the target CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,6 +394,45 @@ pub mod reference {
                     }
                     let ci = bi * lc.batch_stride + i * lc.row_stride + j * lc.col_stride;
                     c[ci] = if accumulate { c[ci] + acc } else { acc };
+                }
+            }
+        }
+    }
+
+    /// The oracle of [`super::gemm_fused`]: the plain GEMM, then bias and GELU (in f64) per
+    /// element.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_fused(
+        dims: GemmDims,
+        a: &[f32],
+        la: Layout,
+        b: &[f32],
+        lb: Layout,
+        c: &mut [f32],
+        lc: Layout,
+        epilogue: super::Epilogue,
+    ) {
+        gemm(dims, a, la, b, lb, c, lc, false);
+        for bi in 0..dims.batch {
+            for i in 0..dims.m {
+                for j in 0..dims.n {
+                    let ci = bi * lc.batch_stride + i * lc.row_stride + j * lc.col_stride;
+                    let mut v = c[ci];
+                    if let Some(cb) = epilogue.col_bias {
+                        v += cb[j];
+                    }
+                    if let Some(rb) = epilogue.row_bias {
+                        v += rb[i];
+                    }
+                    if let Some((r, ld)) = epilogue.residual {
+                        v += r[i * ld + j];
+                    }
+                    if epilogue.gelu {
+                        let mut y = [0.0f32];
+                        crate::activation::reference::gelu_forward(&[v], &mut y);
+                        v = y[0];
+                    }
+                    c[ci] = v;
                 }
             }
         }
