@@ -11,53 +11,24 @@
 //! tiled algorithm. It does NOT prove the Ascend C sources compile or run on an NPU.
 #![cfg(feature = "ascend")]
 
+#[path = "common/standin.rs"]
+mod standin;
 use medsam::backend::{self, ascend::AscendBackend, Device, RelPos};
 use medsam::ops::nn::{attention, RelPosArgs};
 use medsam::Tensor;
 use medsam_kernels::attention::AttnDims;
-use std::path::{Path, PathBuf};
+use standin::*;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const NPU: Device = Device::Npu(0);
 const TOL: f32 = 1e-4;
 
-const LIB_NAMES: [&str; 5] = [
-    "libascendcl.so",
-    "libacl_op_compiler.so",
-    "libnnopbase.so",
-    "libopapi.so",
-    "libhccl.so",
-];
-
-fn standin_so() -> PathBuf {
-    if let Some(p) = std::env::var_os("MEDSAM_STANDIN_LIB") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target").join("ascend-standin");
-    let st = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--offline", "--quiet", "--manifest-path"])
-        .arg(root.join("tests/ascend_standin/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo to build the stand-in");
-    assert!(st.success(), "building tests/ascend_standin failed");
-    target.join("debug").join("libascend_standin.so")
-}
-
 /// Stand-in libraries + a kernel descriptor, set before any backend exists.
 fn setup() {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let so = standin_so();
-        assert!(so.is_file(), "stand-in library missing: {}", so.display());
-        let dir = std::env::temp_dir().join(format!("medsam-npu-kernels-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for n in LIB_NAMES {
-            let link = dir.join(n);
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&so, &link).unwrap();
-        }
+        let dir = link_standin("medsam-npu-kernels");
         let desc = dir.join("medsam_ascend_kernels.standin");
         std::fs::write(
             &desc,
@@ -72,40 +43,6 @@ fn setup() {
         std::env::set_var("MEDSAM_NPU_FLASH_ATTENTION", "0");
         dir
     });
-}
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0f32, 0usize);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}[{i}]: npu {g}, cpu {w}");
-        let d = (g - w).abs() / (1.0 + w.abs());
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
-    assert!(
-        worst.0 <= tol,
-        "{what}: worst error {} at {} (npu {}, cpu {})",
-        worst.0,
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
 }
 
 #[test]

@@ -13,51 +13,17 @@
 //! temporary directory that the loader is pointed at.
 #![cfg(feature = "ascend")]
 
+#[path = "common/standin.rs"]
+mod standin;
 use medsam_ffi::ascend::*;
+use standin::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-
-const LIB_NAMES: [&str; 5] = [
-    "libascendcl.so",
-    "libacl_op_compiler.so",
-    "libnnopbase.so",
-    "libopapi.so",
-    "libhccl.so",
-];
-
-fn standin_so() -> PathBuf {
-    if let Some(p) = std::env::var_os("MEDSAM_STANDIN_LIB") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target").join("ascend-standin");
-    let st = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--offline", "--quiet", "--manifest-path"])
-        .arg(root.join("tests/ascend_standin/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .expect("run cargo to build the stand-in");
-    assert!(st.success(), "building tests/ascend_standin failed");
-    target.join("debug").join("libascend_standin.so")
-}
 
 /// Directory with the stand-in under the five CANN library names.
 fn lib_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let so = standin_so();
-        assert!(so.is_file(), "stand-in library missing: {}", so.display());
-        let dir =
-            std::env::temp_dir().join(format!("medsam-ascend-standin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for n in LIB_NAMES {
-            let link = dir.join(n);
-            let _ = std::fs::remove_file(&link);
-            // Symlinks to one file: the dynamic loader maps it once, so state is shared.
-            std::os::unix::fs::symlink(&so, &link).unwrap();
-        }
-        dir
-    })
+    DIR.get_or_init(|| link_standin("medsam-ascend-standin"))
 }
 
 fn rt() -> &'static AscendRuntime {
@@ -68,21 +34,6 @@ fn rt() -> &'static AscendRuntime {
             .into_static()
             .expect("aclInit")
     })
-}
-
-/// Deterministic pseudo-random data in [-1, 1).
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn cpu_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
