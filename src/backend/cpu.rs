@@ -90,12 +90,17 @@ mod pool {
     pub(super) fn take(len: usize) -> Vec<f32> {
         if len >= MIN_LEN {
             if let Ok(mut p) = POOL.lock() {
-                // Best fit among the buffers that hold `len` elements without wasting over half.
+                // Best fit by capacity among the buffers that hold `len` elements without
+                // wasting over half. Capacity, not length: a buffer that once served a smaller
+                // request comes back truncated, and must still serve its full size next time
+                // (else every forward pass re-faults its largest buffers). Buffers already long
+                // enough win ties, as they need no fill.
+                let key = |b: &Vec<f32>| (b.capacity(), b.len() < len);
                 let mut best: Option<usize> = None;
                 for (i, b) in p.bufs.iter().enumerate() {
-                    if b.len() >= len
-                        && b.len() <= 2 * len
-                        && best.is_none_or(|j| b.len() < p.bufs[j].len())
+                    if b.capacity() >= len
+                        && b.capacity() <= 2 * len
+                        && best.is_none_or(|j| key(b) < key(&p.bufs[j]))
                     {
                         best = Some(i);
                     }
@@ -104,7 +109,8 @@ mod pool {
                     let mut v = p.bufs.remove(i);
                     p.bytes -= v.capacity() * 4;
                     drop(p);
-                    v.truncate(len);
+                    // Shrinks, or fills the gap (pages already mapped: no faults).
+                    v.resize(len, 0.0);
                     return v;
                 }
             }
@@ -743,6 +749,35 @@ impl Backend for CpuBackend {
             &mut lse,
         );
         Ok((Storage::Cpu(out), Storage::Cpu(lse)))
+    }
+
+    fn attention_bias_table(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        table: &Storage,
+        heads: usize,
+    ) -> Result<Option<Storage>> {
+        let mut out = buffer(dims.bh * dims.nq * dims.dv);
+        let mut lse = vec![0.0; dims.bh * dims.nq];
+        let table = attention::BiasTable {
+            table: host(table)?,
+            heads,
+        };
+        attention::attention_forward_table(
+            dims,
+            host(q)?,
+            host(k)?,
+            host(v)?,
+            scale,
+            table,
+            &mut out,
+            &mut lse,
+        );
+        Ok(Some(Storage::Cpu(out)))
     }
 
     fn attention_backward(

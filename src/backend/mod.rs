@@ -369,6 +369,24 @@ pub trait Backend: Send + Sync {
         dout: &Storage,
     ) -> Result<AttnGrads>;
 
+    /// Inference attention with a `[heads, nq, nk]` bias table (TinyViT's window attention):
+    /// `softmax((q·scale)·kᵀ + table[b % heads])·v`, returns `out [bh, nq, dv]`. `Ok(None)` when
+    /// the backend has no fused kernel for it; the caller then composes matmul and softmax.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bias_table(
+        &self,
+        dims: AttnDims,
+        q: &Storage,
+        k: &Storage,
+        v: &Storage,
+        scale: f32,
+        table: &Storage,
+        heads: usize,
+    ) -> Result<Option<Storage>> {
+        let _ = (dims, q, k, v, scale, table, heads);
+        Ok(None)
+    }
+
     fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage>;
     /// Softmax of `x + bias` over rows of `dim`, `bias` a `[bias_rows, dim]` table repeated over
     /// the rows (`rows` a multiple of `bias_rows`); inference only. Default: add, then softmax.

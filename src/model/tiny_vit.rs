@@ -19,6 +19,7 @@ use super::common::{join, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, Module};
 use super::image_encoder::{window_partition, window_unpartition};
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
+use crate::ops::nn::attention_bias_table;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -431,7 +432,7 @@ impl Module for MbConv {
 }
 
 impl MbConv {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.conv1.forward_gelu(x, mode)?;
         let y = self.conv2.forward_gelu(&y, mode)?;
         self.conv3.forward_residual_gelu(&y, x, mode)
@@ -454,7 +455,7 @@ impl Module for PatchMerging {
 
 impl PatchMerging {
     /// NCHW → tokens `[B, H'·W', C']`.
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.conv1.forward_gelu(x, mode)?;
         let y = self.conv2.forward_gelu(&y, mode)?;
         let y = self.conv3.forward(&y, mode)?;
@@ -533,10 +534,12 @@ impl Attention {
         let x = self.norm.forward(x)?;
         // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
         let qkv = self.qkv.forward(&x)?.reshape(&[b, n, nh, 3, kd])?;
+        // q, k, v as [b·nh, n, kd] (one copy each out of the interleaved layout).
         let part = |i: usize| {
             qkv.narrow(3, i, 1)?
                 .reshape(&[b, n, nh, kd])?
-                .permute(&[0, 2, 1, 3])
+                .permute(&[0, 2, 1, 3])?
+                .reshape(&[b * nh, n, kd])
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         // bias[h, i, j] = attention_biases[h, idx(i, j)]
@@ -546,13 +549,12 @@ impl Attention {
             .contiguous()?
             .gather_rows(&self.bias_idxs, &[n, n])?
             .permute(&[2, 0, 1])?
-            .contiguous()?; // [nh, n, n], added row by row below
-                            // The scale goes on q (n×kd) rather than on the n×n scores: one pass over less data.
-        let scores = q
-            .scale((kd as f32).powf(-0.5))?
-            .matmul(&k.transpose(2, 3)?)?;
-        let o = scores.softmax_last_bias(&bias)?.matmul(&v)?; // [b, nh, n, kd]
-        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
+            .contiguous()?; // [nh, n, n], shared by every window
+        let o = attention_bias_table(&q, &k, &v, (kd as f32).powf(-0.5), &bias)?;
+        let o = o
+            .reshape(&[b, nh, n, kd])?
+            .permute(&[0, 2, 1, 3])?
+            .reshape(&[b, n, c])?;
         self.proj.forward(&o)
     }
 }
@@ -603,7 +605,7 @@ impl Module for TinyVitBlock {
 
 impl TinyVitBlock {
     /// Tokens `[B, H·W, C]` → `[B, H·W, C]`.
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (h, w) = self.resolution;
         let (b, l, c) = (x.dim(0), x.dim(1), x.dim(2));
         if l != h * w {

@@ -390,6 +390,76 @@ pub fn attention(
     }))
 }
 
+/// TinyViT's window attention, `softmax((q·scale)·kᵀ + table)·v` for q, k, v `[bh, n, d]` and a
+/// learned bias `table [heads, nq, nk]` shared by the `bh / heads` windows. Without gradient
+/// recording it is one fused pass (no `bh × nq × nk` score tensor); with recording, or on a
+/// backend without the fused kernel, it is composed of differentiable matmul and softmax.
+pub fn attention_bias_table(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    table: &Tensor,
+) -> Result<Tensor> {
+    let shape_err = || {
+        Error::shape(
+            "attention_bias_table",
+            format!(
+                "q {:?}, k {:?}, v {:?}, table {:?}",
+                q.shape(),
+                k.shape(),
+                v.shape(),
+                table.shape()
+            ),
+        )
+    };
+    if q.rank() != 3 || k.rank() != 3 || v.rank() != 3 || table.rank() != 3 {
+        return Err(shape_err());
+    }
+    let dims = AttnDims {
+        bh: q.dim(0),
+        nq: q.dim(1),
+        nk: k.dim(1),
+        d: q.dim(2),
+        dv: v.dim(2),
+    };
+    let heads = table.dim(0);
+    let consistent = k.dim(0) == dims.bh
+        && v.dim(0) == dims.bh
+        && k.dim(2) == dims.d
+        && v.dim(1) == dims.nk
+        && table.shape()[1..] == [dims.nq, dims.nk]
+        && heads > 0
+        && dims.bh.is_multiple_of(heads);
+    if !consistent {
+        return Err(shape_err());
+    }
+    let recording =
+        crate::autograd::is_grad_enabled() && [q, k, v, table].iter().any(|t| t.requires_grad());
+    if !recording && dims.nk > 0 && dims.d > 0 && dims.dv > 0 {
+        let (qd, kd, vd, td) = (dense(q)?, dense(k)?, dense(v)?, dense(table)?);
+        let fused = q.backend()?.attention_bias_table(
+            dims,
+            qd.storage(),
+            kd.storage(),
+            vd.storage(),
+            scale,
+            td.storage(),
+            heads,
+        )?;
+        if let Some(o) = fused {
+            return wrap(o, &[dims.bh, dims.nq, dims.dv], q);
+        }
+    }
+    let windows = dims.bh / heads;
+    q.scale(scale)?
+        .matmul(&k.transpose(1, 2)?)?
+        .reshape(&[windows, heads, dims.nq, dims.nk])?
+        .softmax_last_bias(table)?
+        .reshape(&[dims.bh, dims.nq, dims.nk])?
+        .matmul(v)
+}
+
 struct ConvBackward {
     g: Conv2dGeom,
     x: Tensor,

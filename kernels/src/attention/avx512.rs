@@ -16,7 +16,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
-use super::{check, AttnDims, RelPosBias};
+use super::{check, check_table, AttnDims, BiasTable, RelPosBias};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -483,6 +483,25 @@ unsafe fn bias_and_max(
     _mm512_reduce_max_ps(mx)
 }
 
+/// `s[j] += t[j]` for every key of the block; returns the maximum.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn add_row_and_max(s: *mut f32, t: &[f32]) -> f32 {
+    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut j = 0;
+    while j < t.len() {
+        let m = tail_mask(t.len() - j);
+        let v = _mm512_add_ps(
+            _mm512_maskz_loadu_ps(m, s.add(j)),
+            _mm512_maskz_loadu_ps(m, t.as_ptr().add(j)),
+        );
+        _mm512_mask_storeu_ps(s.add(j), m, v);
+        mx = _mm512_mask_max_ps(mx, m, mx, v);
+        j += L;
+    }
+    _mm512_reduce_max_ps(mx)
+}
+
 /// `s[j] = exp(s[j] - m)` for `j < n`; returns the sum.
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -525,6 +544,8 @@ struct Prep<'a> {
     dp: usize,
     dvp: usize,
     bias: Option<RelPosBias<'a>>,
+    /// A whole `[heads, nq, nk]` bias table (forward only; exclusive with `bias`).
+    table: Option<BiasTable<'a>>,
 }
 
 impl<'a> Prep<'a> {
@@ -539,7 +560,15 @@ impl<'a> Prep<'a> {
             dp,
             dvp,
             bias,
+            table: None,
         }
+    }
+    /// Keys `j0..j0+bk` of the bias-table row of query `i` of batch·head `b`.
+    fn table_row(&self, b: usize, i: usize, j0: usize, bk: usize) -> Option<&'a [f32]> {
+        self.table.map(|t| {
+            let row = ((b % t.heads) * self.nq + i) * self.nk + j0;
+            &t.table[row..row + bk]
+        })
     }
     /// Bias lookup indices for keys `j0..j0+bk` (when the bias needs them).
     fn bias_idx(&self, j0: usize, bk: usize) -> Option<BiasIdx> {
@@ -602,7 +631,10 @@ unsafe fn fwd_block(
         let idx = p.bias_idx(j0, bk);
         for i in 0..rows {
             let sr = s.as_mut_ptr().add(i * lds);
-            let mx = bias_and_max(sr, j0, bk, p.bias_row(b, q0 + i), idx.as_ref());
+            let mx = match p.table_row(b, q0 + i, j0, bk) {
+                Some(t) => add_row_and_max(sr, t),
+                None => bias_and_max(sr, j0, bk, p.bias_row(b, q0 + i), idx.as_ref()),
+            };
             let m_new = m[i].max(mx);
             let alpha = exp512(_mm512_set1_ps(m[i] - m_new));
             let alpha = _mm512_cvtss_f32(alpha);
@@ -647,13 +679,43 @@ pub(super) fn attention_forward(
     lse: &mut [f32],
 ) {
     check(&dims, q, k, v, &bias);
+    forward(Prep::new(dims, bias), dims, q, k, v, scale, out, lse)
+}
+
+/// [`attention_forward`] with a `[heads, nq, nk]` bias table instead of the rel-pos terms.
+pub(super) fn attention_forward_table(
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    table: BiasTable,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    check(&dims, q, k, v, &None);
+    check_table(&dims, &table);
+    let mut p = Prep::new(dims, None);
+    p.table = Some(table);
+    forward(p, dims, q, k, v, scale, out, lse)
+}
+
+fn forward(
+    p: Prep,
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     let AttnDims { bh, nq, dv, .. } = dims;
     assert_eq!(out.len(), bh * nq * dv, "out");
     assert_eq!(lse.len(), bh * nq, "lse");
     if bh * nq == 0 {
         return;
     }
-    let p = Prep::new(dims, bias);
     let (nk, d, dvp) = (p.nk, p.d, p.dvp);
     let qb = q_block(nq);
     // A task is a run of up to FWD_GROUP query blocks of one head; it packs that head's K and V

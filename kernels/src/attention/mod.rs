@@ -36,6 +36,24 @@ pub struct RelPosBias<'a> {
     pub kw: usize,
 }
 
+/// A learned bias per head for every (query, key) pair, shared by all batch entries (TinyViT's
+/// window attention): `table [heads, nq, nk]`; batch·head `b` uses head `b % heads`.
+#[derive(Clone, Copy, Debug)]
+pub struct BiasTable<'a> {
+    pub table: &'a [f32],
+    pub heads: usize,
+}
+
+fn check_table(dims: &AttnDims, t: &BiasTable) {
+    assert!(
+        t.heads > 0 && dims.bh.is_multiple_of(t.heads),
+        "bias table: bh {} is not a multiple of {} heads",
+        dims.bh,
+        t.heads
+    );
+    assert_eq!(t.table.len(), t.heads * dims.nq * dims.nk, "bias table");
+}
+
 fn check(dims: &AttnDims, q: &[f32], k: &[f32], v: &[f32], bias: &Option<RelPosBias>) {
     let AttnDims { bh, nq, nk, d, dv } = *dims;
     assert!(nk > 0 && d > 0 && dv > 0, "attention needs nk, d, dv > 0");
@@ -72,6 +90,26 @@ pub fn attention_forward(
     portable::attention_forward(dims, q, k, v, scale, bias, out, lse)
 }
 
+/// [`attention_forward`] with a whole bias table, `s = (q·scale)·kᵀ + table[b % heads]`
+/// (inference: there is no backward for the table form).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_table(
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    table: BiasTable,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512() {
+        return avx512::attention_forward_table(dims, q, k, v, scale, table, out, lse);
+    }
+    portable::attention_forward_table(dims, q, k, v, scale, table, out, lse)
+}
+
 /// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
@@ -101,12 +139,18 @@ pub fn attention_backward(
 /// The portable implementation, forced (for tests on machines that would pick AVX-512).
 #[doc(hidden)]
 pub mod portable_impl {
-    pub use super::portable::{attention_backward, attention_forward};
+    pub use super::portable::{attention_backward, attention_forward, attention_forward_table};
 }
 
 /// Plain-loop oracles: the full score row is materialised per query, f64 accumulation.
 pub mod reference {
-    use super::{AttnDims, RelPosBias};
+    use super::{AttnDims, BiasTable, RelPosBias};
+
+    #[derive(Clone, Copy)]
+    enum Bias<'a> {
+        Rel(RelPosBias<'a>),
+        Table(BiasTable<'a>),
+    }
 
     /// Probabilities of query `i` of head `b` (f64) and the log-sum-exp.
     #[allow(clippy::too_many_arguments)]
@@ -115,7 +159,7 @@ pub mod reference {
         q: &[f32],
         k: &[f32],
         scale: f32,
-        bias: &Option<RelPosBias>,
+        bias: &Option<Bias>,
         b: usize,
         i: usize,
     ) -> (Vec<f64>, f64) {
@@ -128,9 +172,15 @@ pub mod reference {
                 for c in 0..d {
                     dot += qi[c] as f64 * scale as f64 * kj[c] as f64;
                 }
-                if let Some(r) = bias {
-                    dot += r.rel_h[(b * nq + i) * r.kh + j / r.kw] as f64;
-                    dot += r.rel_w[(b * nq + i) * r.kw + j % r.kw] as f64;
+                match bias {
+                    Some(Bias::Rel(r)) => {
+                        dot += r.rel_h[(b * nq + i) * r.kh + j / r.kw] as f64;
+                        dot += r.rel_w[(b * nq + i) * r.kw + j % r.kw] as f64;
+                    }
+                    Some(Bias::Table(t)) => {
+                        dot += t.table[((b % t.heads) * nq + i) * nk + j] as f64;
+                    }
+                    None => {}
                 }
                 dot
             })
@@ -151,6 +201,34 @@ pub mod reference {
         v: &[f32],
         scale: f32,
         bias: Option<RelPosBias>,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        forward(dims, q, k, v, scale, bias.map(Bias::Rel), out, lse)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_table(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        table: BiasTable,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        forward(dims, q, k, v, scale, Some(Bias::Table(table)), out, lse)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<Bias>,
         out: &mut [f32],
         lse: &mut [f32],
     ) {
@@ -203,7 +281,7 @@ pub mod reference {
         let mut gw = vec![0.0f64; bh * nq * kw];
         for b in 0..bh {
             for i in 0..nq {
-                let (p, _) = probs(dims, q, k, scale, &bias, b, i);
+                let (p, _) = probs(dims, q, k, scale, &bias.map(Bias::Rel), b, i);
                 let doi = &dout[(b * nq + i) * dvd..(b * nq + i + 1) * dvd];
                 let dp: Vec<f64> = (0..nk)
                     .map(|j| {

@@ -5,7 +5,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use super::{check, AttnDims, RelPosBias};
+use super::{check, check_table, AttnDims, BiasTable, RelPosBias};
 use crate::activation::simd::{dot_f32, exp_f32, max_f32, simd_dispatch, sum_f32};
 use rayon::prelude::*;
 
@@ -303,6 +303,38 @@ pub fn attention_forward(
     lse: &mut [f32],
 ) {
     check(&dims, q, k, v, &bias);
+    forward(dims, q, k, v, scale, bias, None, out, lse)
+}
+
+/// [`attention_forward`] with a `[heads, nq, nk]` bias table instead of the rel-pos terms.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_table(
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    table: BiasTable,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    check(&dims, q, k, v, &None);
+    check_table(&dims, &table);
+    forward(dims, q, k, v, scale, None, Some(table), out, lse)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    bias: Option<RelPosBias>,
+    table: Option<BiasTable>,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     let AttnDims { bh, nq, nk, d, dv } = dims;
     assert_eq!(out.len(), bh * nq * dv, "out");
     assert_eq!(lse.len(), bh * nq, "lse");
@@ -348,6 +380,16 @@ pub fn attention_forward(
                 tile_abt(rp, d, &qs, &ktb[j0..], npad, &mut s);
                 if let Some((rh, rw, kh, kw)) = rel {
                     add_bias(rows, j0, bk, rh, rw, kh, kw, &mut s);
+                }
+                if let Some(t) = table {
+                    let t0 = ((b % t.heads) * nq + q0) * nk + j0;
+                    for i in 0..rows {
+                        let tr = &t.table[t0 + i * nk..t0 + i * nk + bk];
+                        s[i * BK..i * BK + bk]
+                            .iter_mut()
+                            .zip(tr)
+                            .for_each(|(s, &t)| *s += t);
+                    }
                 }
                 online_softmax(rows, bk, dv, &mut s, &mut m, &mut l, o);
                 tile_axpy(rows, bk, dv, &s, BK, 1, &vb[j0 * dv..], o);
