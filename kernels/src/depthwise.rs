@@ -38,7 +38,7 @@ simd_dispatch! {
     /// One output plane: `y = bias + Σ_taps w·x` (then GELU if `gelu`), accumulated tap by tap
     /// over whole rows so the inner loop is a contiguous multiply-add (vectorised) when the
     /// stride is 1.
-    fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
+    pub(crate) fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
         let (oh, ow) = g.out_hw();
         let (sy, sx) = g.stride;
         let (py, px) = g.pad;

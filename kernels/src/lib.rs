@@ -13,5 +13,6 @@ pub mod conv;
 pub mod cpu;
 pub mod depthwise;
 pub mod gemm;
+pub mod mbconv;
 pub mod norm;
 pub mod resize;

@@ -751,6 +751,25 @@ impl Backend for CpuBackend {
         Ok((Storage::Cpu(out), Storage::Cpu(lse)))
     }
 
+    fn mbconv(
+        &self,
+        dims: medsam_kernels::mbconv::MbConvDims,
+        x: &Storage,
+        w: [&Storage; 6],
+    ) -> Result<Option<Storage>> {
+        let mut y = buffer(host(x)?.len());
+        let wt = medsam_kernels::mbconv::MbConvWeights {
+            w1: host(w[0])?,
+            b1: host(w[1])?,
+            w2: host(w[2])?,
+            b2: host(w[3])?,
+            w3: host(w[4])?,
+            b3: host(w[5])?,
+        };
+        medsam_kernels::mbconv::mbconv_forward(dims, host(x)?, wt, &mut y);
+        Ok(Some(Storage::Cpu(y)))
+    }
+
     fn attention_bias_table(
         &self,
         dims: AttnDims,

@@ -472,6 +472,19 @@ pub trait Backend: Send + Sync {
         self.materialize(&y, &nhwc)
     }
 
+    /// TinyViT's MBConv block for inference (BatchNorm folded), on NCHW `x`:
+    /// `gelu(W3·gelu(dw3×3(gelu(W1·x + b1)) + b2) + b3 + x)`; `w = [w1, b1, w2, b2, w3, b3]`.
+    /// `Ok(None)` when the backend has no fused kernel; the caller then runs the ops one by one.
+    fn mbconv(
+        &self,
+        dims: medsam_kernels::mbconv::MbConvDims,
+        x: &Storage,
+        w: [&Storage; 6],
+    ) -> Result<Option<Storage>> {
+        let _ = (dims, x, w);
+        Ok(None)
+    }
+
     /// `gelu(depthwise_conv2d(..))` for inference; backends may fuse the activation.
     fn depthwise_conv2d_gelu(
         &self,

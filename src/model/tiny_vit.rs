@@ -433,9 +433,36 @@ impl Module for MbConv {
 
 impl MbConv {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Eval {
+            if let Some(y) = self.forward_fused(x)? {
+                return Ok(y);
+            }
+        }
         let y = self.conv1.forward_gelu(x, mode)?;
         let y = self.conv2.forward_gelu(&y, mode)?;
         self.conv3.forward_residual_gelu(&y, x, mode)
+    }
+}
+
+impl MbConv {
+    /// The whole block in one fused kernel (inference, BN folded), when the backend has one and
+    /// nothing needs gradients.
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let convs = [&self.conv1, &self.conv2, &self.conv3];
+        let recording = is_grad_enabled()
+            && (x.requires_grad()
+                || convs
+                    .iter()
+                    .any(|c| c.weight.requires_grad() || c.bn.weight.requires_grad()));
+        let dw = &self.conv2;
+        let standard = dw.stride == 1 && dw.pad == 1 && dw.weight.dim(2) == 3;
+        if recording || !standard {
+            return Ok(None);
+        }
+        let (w1, b1) = self.conv1.folded_weight()?;
+        let (w2, b2) = self.conv2.folded_weight()?;
+        let (w3, b3) = self.conv3.folded_weight()?;
+        x.mbconv_fused(&w1, &b1, &w2, &b2, &w3, &b3)
     }
 }
 

@@ -100,6 +100,65 @@ impl Tensor {
 
     /// [`Tensor::depthwise_conv2d`] then exact GELU if `gelu` (fused when nothing records a
     /// gradient).
+    /// TinyViT's MBConv block in inference, fused (see `medsam_kernels::mbconv`): `self` NCHW
+    /// `[n, c, h, w]`, `w1 [hid, c, 1, 1]`, `w2 [hid, 1, 3, 3]`, `w3 [c, hid, 1, 1]` with their
+    /// biases, BatchNorm folded in. `Ok(None)` if the backend has no fused kernel or autograd is
+    /// recording; the caller then composes the ops.
+    pub fn mbconv_fused(
+        &self,
+        w1: &Tensor,
+        b1: &Tensor,
+        w2: &Tensor,
+        b2: &Tensor,
+        w3: &Tensor,
+        b3: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let s = self.shape();
+        let (c, hid) = (w3.dim(0), w1.dim(0));
+        let ok = self.rank() == 4
+            && s[1] == c
+            && w1.shape() == [hid, c, 1, 1]
+            && b1.shape() == [hid]
+            && w2.shape() == [hid, 1, 3, 3]
+            && b2.shape() == [hid]
+            && w3.shape() == [c, hid, 1, 1]
+            && b3.shape() == [c];
+        if !ok {
+            return Err(Error::shape(
+                "mbconv",
+                format!(
+                    "input {s:?}, w1 {:?}, w2 {:?}, w3 {:?}",
+                    w1.shape(),
+                    w2.shape(),
+                    w3.shape()
+                ),
+            ));
+        }
+        let params = [w1, b1, w2, b2, w3, b3];
+        let recording =
+            is_grad_enabled() && (self.requires_grad() || params.iter().any(|p| p.requires_grad()));
+        if recording {
+            return Ok(None);
+        }
+        for p in params {
+            super::same_device("mbconv", self, p)?;
+        }
+        let dims = medsam_kernels::mbconv::MbConvDims {
+            n: s[0],
+            c,
+            hid,
+            h: s[2],
+            w: s[3],
+        };
+        let x = dense(self)?;
+        let pd = params.map(dense).into_iter().collect::<Result<Vec<_>>>()?;
+        let ws = [0, 1, 2, 3, 4, 5].map(|i| pd[i].storage());
+        match self.backend()?.mbconv(dims, x.storage(), ws)? {
+            Some(y) => Ok(Some(wrap(y, s, self)?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn depthwise_conv2d_act(
         &self,
         w: &Tensor,

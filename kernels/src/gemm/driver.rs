@@ -213,6 +213,50 @@ pub(crate) fn gemm_ep(
     }
 }
 
+/// [`gemm_ep`] (overwriting C) with every GEMM of the batch on the calling thread.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_ep_serial(
+    ukr: &MicroKernel,
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    ep: Epilogue,
+) {
+    let GemmDims { batch, m, n, k } = dims;
+    assert_eq!(lc.col_stride, 1, "gemm: C must have col_stride 1");
+    if batch == 0 || m == 0 || n == 0 || k == 0 {
+        // The degenerate cases are rare; the general entry handles them.
+        return gemm_ep(ukr, ukr.blocking, dims, a, la, b, lb, c, lc, false, ep);
+    }
+    check_len("c", c.len(), lc, batch, m, n);
+    check_len("a", a.len(), la, batch, m, k);
+    check_len("b", b.len(), lb, batch, k, n);
+    let blk = sanitize(ukr.blocking, ukr);
+    let cptr = CPtr(c.as_mut_ptr());
+    for bi in 0..batch {
+        let p = Problem {
+            a,
+            a_off: bi * la.batch_stride,
+            la,
+            b,
+            b_off: bi * lb.batch_stride,
+            lb,
+            c: cptr.at(bi * lc.batch_stride),
+            ldc: lc.row_stride,
+            m,
+            n,
+            k,
+            accumulate: false,
+            ep,
+        };
+        single(ukr, blk, &p, false);
+    }
+}
+
 /// Rounds the blocking to what the micro-kernel needs (multiples of MR/NR, even KC for pairs).
 fn sanitize(b: Blocking, ukr: &MicroKernel) -> Blocking {
     let kmul = match ukr.format {

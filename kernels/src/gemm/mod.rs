@@ -283,10 +283,11 @@ pub fn gemm_fused(
     )
 }
 
-/// [`gemm_fused`] with an explicitly chosen micro-kernel family (for tests).
+/// [`gemm_fused`] on the calling thread only: for callers that already run one task per core
+/// (e.g. a fused block working through row bands in parallel), where a nested fork/join per
+/// small GEMM would cost more than it gains.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_fused_with(
-    kernel: Kernel,
+pub fn gemm_fused_serial(
     dims: GemmDims,
     a: &[f32],
     la: Layout,
@@ -297,6 +298,13 @@ pub fn gemm_fused_with(
     precision: Precision,
     epilogue: Epilogue,
 ) {
+    let kernel = Kernel::best(precision);
+    check_epilogue(dims, &epilogue);
+    let ukr = driver::micro_kernel(kernel, precision);
+    driver::gemm_ep_serial(&ukr, dims, a, la, b, lb, c, lc, epilogue)
+}
+
+fn check_epilogue(dims: GemmDims, epilogue: &Epilogue) {
     if let Some(cb) = epilogue.col_bias {
         assert!(cb.len() >= dims.n, "gemm_fused: column bias shorter than n");
     }
@@ -314,6 +322,23 @@ pub fn gemm_fused_with(
             "gemm_fused: residual must be one m×n matrix"
         );
     }
+}
+
+/// [`gemm_fused`] with an explicitly chosen micro-kernel family (for tests).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_fused_with(
+    kernel: Kernel,
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    precision: Precision,
+    epilogue: Epilogue,
+) {
+    check_epilogue(dims, &epilogue);
     let ukr = driver::micro_kernel(kernel, precision);
     driver::gemm_ep(
         &ukr,

@@ -1,0 +1,293 @@
+//! TinyViT's MBConv (inverted residual) block for inference, fused over row bands:
+//!
+//! ```text
+//! h1 = gelu(W1·x + b1)            1×1 expand,   c → hid
+//! h2 = gelu(dw3×3(h1) + b2)       depthwise,    zero padding 1
+//! y  = gelu(W3·h2 + b3 + x)       1×1 project,  hid → c, residual
+//! ```
+//!
+//! with BatchNorm already folded into the weights. Run op by op, LiteMedSAM's first stage (256×256
+//! pixels, c = 64, hid = 256) writes and re-reads two 64 MiB hidden tensors per block, so it runs
+//! at DRAM speed. Here each task owns a range of output rows and walks it in bands of
+//! [`BAND`] rows: it computes the band's hidden rows (plus the one-row halo the 3×3 needs, carried
+//! over from the previous band) into a small buffer that stays in cache, then the depthwise conv,
+//! then the projection with bias, residual and GELU — the hidden tensors never reach memory.
+//!
+//! The arithmetic per element is the same as the unfused ops' (same GEMM micro-kernel and k
+//! order, same depthwise tap order), so results agree with them to rounding of the epilogue.
+//! [`reference`] is the plain composition of the reference ops.
+
+use crate::conv::Conv2dGeom;
+use crate::depthwise::plane_forward;
+use crate::gemm::{gemm_fused_serial, Epilogue, GemmDims, Layout, Precision};
+use rayon::prelude::*;
+
+/// Output rows per band: the hidden band (`hid × (BAND + 2) × w` floats) should sit in L2/L3
+/// (256 × 6 × 256 × 4 B = 1.5 MiB for LiteMedSAM).
+const BAND: usize = 4;
+/// Rows per parallel task: several tasks per thread for balance; each task recomputes one halo
+/// row of the expansion at its top edge.
+const TASK_ROWS: usize = 16;
+
+/// The folded weights of one block.
+#[derive(Clone, Copy, Debug)]
+pub struct MbConvWeights<'a> {
+    /// `[hid, c]` and `[hid]`: the 1×1 expansion.
+    pub w1: &'a [f32],
+    pub b1: &'a [f32],
+    /// `[hid, 3, 3]` and `[hid]`: the depthwise 3×3.
+    pub w2: &'a [f32],
+    pub b2: &'a [f32],
+    /// `[c, hid]` and `[c]`: the 1×1 projection.
+    pub w3: &'a [f32],
+    pub b3: &'a [f32],
+}
+
+/// Sizes: `n` images of `c` channels, `h × w` pixels, `hid` hidden channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MbConvDims {
+    pub n: usize,
+    pub c: usize,
+    pub hid: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+fn check(d: &MbConvDims, x: &[f32], wt: &MbConvWeights, y: &[f32]) {
+    let MbConvDims { n, c, hid, h, w } = *d;
+    assert_eq!(x.len(), n * c * h * w, "mbconv: x");
+    assert_eq!(y.len(), x.len(), "mbconv: y");
+    assert_eq!(wt.w1.len(), hid * c, "mbconv: w1");
+    assert_eq!(wt.b1.len(), hid, "mbconv: b1");
+    assert_eq!(wt.w2.len(), hid * 9, "mbconv: w2");
+    assert_eq!(wt.b2.len(), hid, "mbconv: b2");
+    assert_eq!(wt.w3.len(), c * hid, "mbconv: w3");
+    assert_eq!(wt.b3.len(), c, "mbconv: b3");
+}
+
+/// `y [n, c, h, w]` = the block applied to `x [n, c, h, w]` (NCHW).
+pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]) {
+    check(&d, x, &wt, y);
+    let MbConvDims { n, c, h, w, .. } = d;
+    if n * c * h * w == 0 || d.hid == 0 {
+        return mbconv_degenerate(d, x, wt, y);
+    }
+    let tasks: Vec<(usize, usize)> = (0..n)
+        .flat_map(|b| (0..h).step_by(TASK_ROWS).map(move |r| (b, r)))
+        .collect();
+    // Each task returns its rows of every channel; they are copied into place afterwards, as
+    // one task's rows are not a contiguous part of an NCHW tensor.
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(b, r0)| {
+            let rows = TASK_ROWS.min(h - r0);
+            let xb = &x[b * c * h * w..(b + 1) * c * h * w];
+            let mut out = vec![0.0; c * rows * w];
+            rows_forward(&d, xb, &wt, r0, rows, &mut out);
+            out
+        })
+        .collect();
+    for (&(b, r0), part) in tasks.iter().zip(&parts) {
+        let rows = TASK_ROWS.min(h - r0);
+        for ch in 0..c {
+            let dst = (b * c + ch) * h * w + r0 * w;
+            y[dst..dst + rows * w].copy_from_slice(&part[ch * rows * w..(ch + 1) * rows * w]);
+        }
+    }
+}
+
+/// Empty tensors or no hidden channels: `y = gelu(b3 + x)` (what the composition gives).
+fn mbconv_degenerate(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]) {
+    let plane = d.h * d.w;
+    for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+        let ch = (i / plane.max(1)) % d.c.max(1);
+        *y = crate::activation::gelu_f32(wt.b3[ch] + x);
+    }
+}
+
+/// Output rows `r0..r0+rows` of one image `xb [c, h, w]` into `out [c, rows, w]`.
+fn rows_forward(
+    d: &MbConvDims,
+    xb: &[f32],
+    wt: &MbConvWeights,
+    r0: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let MbConvDims { c, hid, h, w, .. } = *d;
+    let plane = h * w;
+    let slots = BAND + 2;
+    // h1 rows r-1 .. r+BAND+1 of the current band, per hidden channel: [hid][slots][w].
+    let mut h1 = vec![0.0f32; hid * slots * w];
+    let mut h2 = vec![0.0f32; hid * BAND * w];
+    // Hidden row `row` (may be -1 or h: zero padding) into slot `slot`.
+    let expand = |h1: &mut [f32], first_row: isize, first_slot: usize, count: usize| {
+        // Rows outside the image are the depthwise conv's zero padding.
+        let lo = first_row.max(0) as usize;
+        let hi = ((first_row + count as isize).max(0) as usize).min(h);
+        for s in 0..count {
+            let row = first_row + s as isize;
+            if row < 0 || row as usize >= h {
+                for ch in 0..hid {
+                    let o = (ch * slots + first_slot + s) * w;
+                    h1[o..o + w].fill(0.0);
+                }
+            }
+        }
+        if lo >= hi {
+            return;
+        }
+        let slot0 = first_slot + (lo as isize - first_row) as usize;
+        gemm_fused_serial(
+            GemmDims {
+                batch: 1,
+                m: hid,
+                n: (hi - lo) * w,
+                k: c,
+            },
+            wt.w1,
+            Layout::row_major(hid, c),
+            &xb[lo * w..],
+            Layout {
+                batch_stride: 0,
+                row_stride: plane,
+                col_stride: 1,
+            },
+            &mut h1[slot0 * w..],
+            Layout {
+                batch_stride: 0,
+                row_stride: slots * w,
+                col_stride: 1,
+            },
+            Precision::F32,
+            Epilogue {
+                row_bias: Some(wt.b1),
+                gelu: true,
+                ..Epilogue::default()
+            },
+        );
+    };
+    let mut b0 = r0;
+    while b0 < r0 + rows {
+        let br = BAND.min(r0 + rows - b0);
+        if b0 == r0 {
+            // First band: hidden rows b0-1 ..= b0+br.
+            expand(&mut h1, b0 as isize - 1, 0, br + 2);
+        } else {
+            // The previous band's last two hidden rows are this band's first two.
+            for ch in 0..hid {
+                let base = ch * slots * w;
+                h1.copy_within(base + BAND * w..base + (BAND + 2) * w, base);
+            }
+            expand(&mut h1, b0 as isize + 1, 2, br);
+        }
+        // Depthwise 3×3 over the band: input rows = slots 0..br+2, no vertical padding left.
+        let g = Conv2dGeom {
+            n: 1,
+            c_in: 1,
+            h: br + 2,
+            w,
+            c_out: 1,
+            kh: 3,
+            kw: 3,
+            stride: (1, 1),
+            pad: (0, 1),
+            groups: 1,
+        };
+        for ch in 0..hid {
+            let src = &h1[ch * slots * w..ch * slots * w + (br + 2) * w];
+            let dst = &mut h2[ch * br * w..(ch + 1) * br * w];
+            plane_forward(&g, src, &wt.w2[ch * 9..ch * 9 + 9], wt.b2[ch], true, dst);
+        }
+        // Projection + bias + residual + GELU, into this task's output rows.
+        let orow = b0 - r0;
+        gemm_fused_serial(
+            GemmDims {
+                batch: 1,
+                m: c,
+                n: br * w,
+                k: hid,
+            },
+            wt.w3,
+            Layout::row_major(c, hid),
+            &h2[..hid * br * w],
+            Layout::row_major(hid, br * w),
+            &mut out[orow * w..],
+            Layout {
+                batch_stride: 0,
+                row_stride: rows * w,
+                col_stride: 1,
+            },
+            Precision::F32,
+            Epilogue {
+                row_bias: Some(wt.b3),
+                residual: Some((&xb[b0 * w..], plane)),
+                gelu: true,
+                ..Epilogue::default()
+            },
+        );
+        b0 += br;
+    }
+}
+
+/// The block as the composition of the reference ops (GEMM, depthwise conv, GELU), f32.
+pub mod reference {
+    use super::{MbConvDims, MbConvWeights};
+    use crate::activation::reference::gelu_forward;
+    use crate::conv::Conv2dGeom;
+    use crate::depthwise::reference::depthwise_forward;
+
+    /// `y [rows, cols] = a [rows, k] · b [k, cols] + bias[row]`, f64 accumulation.
+    fn matmul_bias(
+        a: &[f32],
+        b: &[f32],
+        bias: &[f32],
+        rows: usize,
+        k: usize,
+        cols: usize,
+    ) -> Vec<f32> {
+        let mut y = vec![0.0; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                let mut acc = bias[i] as f64;
+                for t in 0..k {
+                    acc += a[i * k + t] as f64 * b[t * cols + j] as f64;
+                }
+                y[i * cols + j] = acc as f32;
+            }
+        }
+        y
+    }
+
+    pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]) {
+        let MbConvDims { n, c, hid, h, w } = d;
+        let plane = h * w;
+        for b in 0..n {
+            let xb = &x[b * c * plane..(b + 1) * c * plane];
+            let pre1 = matmul_bias(wt.w1, xb, wt.b1, hid, c, plane);
+            let mut h1 = vec![0.0; hid * plane];
+            gelu_forward(&pre1, &mut h1);
+            let g = Conv2dGeom {
+                n: 1,
+                c_in: hid,
+                h,
+                w,
+                c_out: hid,
+                kh: 3,
+                kw: 3,
+                stride: (1, 1),
+                pad: (1, 1),
+                groups: hid,
+            };
+            let mut pre2 = vec![0.0; hid * plane];
+            depthwise_forward(g, &h1, wt.w2, Some(wt.b2), &mut pre2);
+            let mut h2 = vec![0.0; hid * plane];
+            gelu_forward(&pre2, &mut h2);
+            let mut pre3 = matmul_bias(wt.w3, &h2, wt.b3, c, hid, plane);
+            for (p, &xv) in pre3.iter_mut().zip(xb) {
+                *p += xv;
+            }
+            gelu_forward(&pre3, &mut y[b * c * plane..(b + 1) * c * plane]);
+        }
+    }
+}
