@@ -111,6 +111,7 @@ impl TwoWayAttentionBlock {
         let queries = self.norm1.forward(&queries)?;
 
         let q = queries.add(query_pe)?;
+        // `keys` does not change until the last step, so both cross attentions share `k`.
         let k = keys.add(key_pe)?;
         let queries = queries.add(&self.cross_attn_token_to_image.forward(&q, &k, keys)?)?;
         let queries = self.norm2.forward(&queries)?;
@@ -119,7 +120,6 @@ impl TwoWayAttentionBlock {
         let queries = self.norm3.forward(&queries)?;
 
         let q = queries.add(query_pe)?;
-        let k = keys.add(key_pe)?;
         let keys = keys.add(&self.cross_attn_image_to_token.forward(&k, &q, &queries)?)?;
         let keys = self.norm4.forward(&keys)?;
         Ok((queries, keys))
@@ -181,7 +181,8 @@ impl TwoWayTransformer {
         image_pe: &Tensor,
         point_embedding: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let to_tokens = |t: &Tensor| t.flatten_from(2)?.permute(&[0, 2, 1]);
+        // Token-major copies once, so the many adds and projections below read contiguous rows.
+        let to_tokens = |t: &Tensor| t.flatten_from(2)?.permute(&[0, 2, 1])?.contiguous();
         let image_embedding = to_tokens(image_embedding)?;
         let image_pe = to_tokens(image_pe)?;
         let (mut queries, mut keys) = (point_embedding.clone(), image_embedding);

@@ -379,6 +379,9 @@ unsafe fn pack_k_contiguous(
     dl: usize,
     du: usize,
 ) {
+    if dl == 1 && n <= 16 && du >= n && fmt != PackFormat::Bf16Pairs {
+        return pack_k_transposed(fmt == PackFormat::F32RoundBf16, src, ls, n, kc, dst, du);
+    }
     let mut tmp = [0u32; 16];
     for l in 0..n {
         let s = src.add(l * ls);
@@ -415,6 +418,114 @@ unsafe fn pack_k_contiguous(
                 _mm512_storeu_si512(tmp.as_mut_ptr() as *mut _, out);
                 for (t, &x) in tmp[..cnt].iter().enumerate() {
                     *d.add((u0 + t) * du) = x;
+                }
+            }
+        }
+    }
+}
+
+/// In-register transpose of a 16×16 f32 block: `r[i][j]` becomes `r[j][i]`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose16(r: &mut [__m512; 16]) {
+    // 32-bit interleave of row pairs, then 64-bit interleave of pair pairs: afterwards vector
+    // `4i + c` holds, in its 128-bit lane j, rows 4i..4i+4 of column 4j + c.
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let (a, b, c, d) = (
+            _mm512_castps_pd(t[4 * i]),
+            _mm512_castps_pd(t[4 * i + 1]),
+            _mm512_castps_pd(t[4 * i + 2]),
+            _mm512_castps_pd(t[4 * i + 3]),
+        );
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    // Gather lane j of u[c], u[4+c], u[8+c], u[12+c] into column 4j + c.
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_f32x4::<0xEE>(u[c], u[4 + c]);
+        let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+        let v3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + c], u[12 + c]);
+        r[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+        r[4 + c] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+        r[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+        r[12 + c] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+    }
+}
+
+/// `pack_k_contiguous` for a panel of at most 16 lines stored line-contiguous (`dst[u·du + l]`,
+/// the vector kernels' A panels): 16×16 blocks are transposed in registers and stored one k at a
+/// time, instead of one scalar store per element.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_k_transposed(
+    round_bf16: bool,
+    src: *const f32,
+    ls: usize,
+    n: usize,
+    kc: usize,
+    dst: *mut u32,
+    du: usize,
+) {
+    let lines = lanes(n);
+    let mut r = [_mm512_setzero_ps(); 16];
+    for k0 in (0..kc).step_by(16) {
+        let cnt = (kc - k0).min(16);
+        for (l, row) in r.iter_mut().enumerate().take(n) {
+            *row = _mm512_maskz_loadu_ps(lanes(cnt), src.add(l * ls + k0));
+        }
+        transpose16(&mut r);
+        for (t, &col) in r.iter().enumerate().take(cnt) {
+            let v = if round_bf16 {
+                round_bf16_hi(col)
+            } else {
+                _mm512_castps_si512(col)
+            };
+            _mm512_mask_storeu_epi32(dst.add((k0 + t) * du) as *mut i32, lines, v);
+        }
+        // Lines n..16 must read as zero again next block (the transpose moved data there).
+        for row in r.iter_mut().skip(n) {
+            *row = _mm512_setzero_ps();
+        }
+    }
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    /// The register-transposing pack against element-by-element placement.
+    #[test]
+    fn transposed_pack_matches_scalar() {
+        if !crate::cpu::features().avx512f {
+            eprintln!("SKIPPED: no AVX-512F");
+            return;
+        }
+        for n in [1, 5, 12, 16] {
+            for kc in [1, 7, 16, 17, 40, 64] {
+                let ls = kc + 3;
+                let src: Vec<f32> = (0..n * ls).map(|i| i as f32 * 0.5 - 7.0).collect();
+                let du = n.max(12);
+                let mut got = vec![u32::MAX; kc * du];
+                // SAFETY: AVX-512F checked; src holds n lines of ls ≥ kc, dst kc·du ≥ n.
+                unsafe { pack_k_transposed(false, src.as_ptr(), ls, n, kc, got.as_mut_ptr(), du) };
+                for u in 0..kc {
+                    for l in 0..du {
+                        let want = if l < n {
+                            src[l * ls + u].to_bits()
+                        } else {
+                            u32::MAX
+                        };
+                        assert_eq!(got[u * du + l], want, "n {n} kc {kc} k {u} line {l}");
+                    }
                 }
             }
         }
