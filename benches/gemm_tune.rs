@@ -1,7 +1,7 @@
 //! GEMM tuning helper: GFLOP/s of one kernel / precision / blocking at the ViT-B GEMM shapes.
 //!
 //! `cargo bench --bench gemm_tune -- [--kernel avx512|avx512bf16|avx2|scalar|amx] [--bf16]
-//!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--linear] [--reps N]`
+//!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--linear] [--reps N] [--m M] [--kn K,N ...]`
 
 use medsam_kernels::gemm::{default_blocking, gemm_tuned, GemmDims, Kernel, Layout, Precision};
 use std::time::Instant;
@@ -40,7 +40,20 @@ fn main() {
         "kernel={kernel:?} precision={precision:?} {blk:?} threads={}",
         rayon::current_num_threads()
     );
-    for (k, n) in [(768, 2304), (768, 3072), (3072, 768)] {
+    // `--kn K,N` (repeatable) replaces the default ViT-B shapes.
+    let mut shapes: Vec<(usize, usize)> = args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--kn")
+        .filter_map(|(i, _)| {
+            let (k, n) = args.get(i + 1)?.split_once(',')?;
+            Some((k.parse().ok()?, n.parse().ok()?))
+        })
+        .collect();
+    if shapes.is_empty() {
+        shapes = vec![(768, 2304), (768, 3072), (3072, 768)];
+    }
+    for (k, n) in shapes {
         let a = data(m * k, 1);
         let b = data(k * n, 2);
         let mut c = vec![0.0f32; m * n];

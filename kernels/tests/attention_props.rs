@@ -553,3 +553,53 @@ fn bias_table_tiny_vit_shapes() {
         assert_close("out", &got, &want, 2e-5, 1e-4);
     }
 }
+
+/// q, k, v read in place from one interleaved `[windows, n, heads, 3, d]` projection (TinyViT's
+/// qkv layout) give exactly what the dense copies give.
+#[test]
+fn bias_table_reads_interleaved_qkv() {
+    let (windows, heads, n, d) = (3, 5, 49, 32);
+    let bh = windows * heads;
+    let mut r = Rng(5);
+    let qkv = r.vec(windows * n * heads * 3 * d, 2.0);
+    let table = r.vec(heads * n * n, 3.0);
+    let rows = |part: usize| attention::HeadRows {
+        data: &qkv[part * d..],
+        heads,
+        batch_stride: n * heads * 3 * d,
+        head_stride: 3 * d,
+        row_stride: heads * 3 * d,
+    };
+    let dims = AttnDims {
+        bh,
+        nq: n,
+        nk: n,
+        d,
+        dv: d,
+    };
+    let t = BiasTable {
+        table: &table,
+        heads,
+    };
+    let scale = 1.0 / (d as f32).sqrt();
+    let (mut got, mut gl) = (vec![9.0; bh * n * d], vec![9.0; bh * n]);
+    attention::attention_forward_table_rows(
+        dims,
+        rows(0),
+        rows(1),
+        rows(2),
+        scale,
+        t,
+        &mut got,
+        &mut gl,
+    );
+    let dense = |part: usize| rows(part).to_dense(bh, n, d);
+    let (q, k, v) = (dense(0), dense(1), dense(2));
+    let (mut want, mut wl) = (vec![9.0; bh * n * d], vec![9.0; bh * n]);
+    attention::attention_forward_table(dims, &q, &k, &v, scale, t, &mut want, &mut wl);
+    assert_eq!(got, want);
+    assert_eq!(gl, wl);
+    let (mut refo, mut refl) = (vec![9.0; bh * n * d], vec![9.0; bh * n]);
+    reference::attention_forward_table(dims, &q, &k, &v, scale, t, &mut refo, &mut refl);
+    assert_close("out", &got, &refo, 2e-5, 1e-4);
+}

@@ -773,9 +773,9 @@ impl Backend for CpuBackend {
     fn attention_bias_table(
         &self,
         dims: AttnDims,
-        q: &Storage,
-        k: &Storage,
-        v: &Storage,
+        q: HeadView,
+        k: HeadView,
+        v: HeadView,
         scale: f32,
         table: &Storage,
         heads: usize,
@@ -786,11 +786,20 @@ impl Backend for CpuBackend {
             table: host(table)?,
             heads,
         };
-        attention::attention_forward_table(
+        fn rows(v: HeadView<'_>) -> Result<attention::HeadRows<'_>> {
+            Ok(attention::HeadRows {
+                data: &host(v.storage)?[v.offset..],
+                heads: v.heads,
+                batch_stride: v.batch_stride,
+                head_stride: v.head_stride,
+                row_stride: v.row_stride,
+            })
+        }
+        attention::attention_forward_table_rows(
             dims,
-            host(q)?,
-            host(k)?,
-            host(v)?,
+            rows(q)?,
+            rows(k)?,
+            rows(v)?,
             scale,
             table,
             &mut out,

@@ -167,6 +167,19 @@ pub struct NormOut {
     pub rstd: Storage,
 }
 
+/// An attention operand `[b, heads, n, w]` in place in its storage: row `i` of head `h` of batch
+/// entry `bi` starts at `offset + bi·batch_stride + h·head_stride + i·row_stride`, its `w`
+/// values contiguous.
+#[derive(Clone, Copy)]
+pub struct HeadView<'a> {
+    pub storage: &'a Storage,
+    pub offset: usize,
+    pub heads: usize,
+    pub batch_stride: usize,
+    pub head_stride: usize,
+    pub row_stride: usize,
+}
+
 /// Decomposed rel-pos bias operands: `rel_h [bh, nq, kh]`, `rel_w [bh, nq, kw]`.
 #[derive(Clone, Copy)]
 pub struct RelPos<'a> {
@@ -370,15 +383,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<AttnGrads>;
 
     /// Inference attention with a `[heads, nq, nk]` bias table (TinyViT's window attention):
-    /// `softmax((q·scale)·kᵀ + table[b % heads])·v`, returns `out [bh, nq, dv]`. `Ok(None)` when
-    /// the backend has no fused kernel for it; the caller then composes matmul and softmax.
+    /// `softmax((q·scale)·kᵀ + table[b % heads])·v`, returns a dense `out [bh, nq, dv]`. The
+    /// operands are read in place through their [`HeadView`]s. `Ok(None)` when the backend has
+    /// no fused kernel for it; the caller then composes matmul and softmax.
     #[allow(clippy::too_many_arguments)]
     fn attention_bias_table(
         &self,
         dims: AttnDims,
-        q: &Storage,
-        k: &Storage,
-        v: &Storage,
+        q: HeadView,
+        k: HeadView,
+        v: HeadView,
         scale: f32,
         table: &Storage,
         heads: usize,

@@ -561,14 +561,9 @@ impl Attention {
         let x = self.norm.forward(x)?;
         // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
         let qkv = self.qkv.forward(&x)?.reshape(&[b, n, nh, 3, kd])?;
-        // q, k, v as [b·nh, n, kd] (one copy each out of the interleaved layout).
-        let part = |i: usize| {
-            qkv.narrow(3, i, 1)?
-                .reshape(&[b, n, nh, kd])?
-                .permute(&[0, 2, 1, 3])?
-                .reshape(&[b * nh, n, kd])
-        };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        // q, k, v as [b, nh, n, kd] views of the interleaved projection (read in place).
+        let qkv = qkv.permute(&[3, 0, 2, 1, 4])?; // [3, b, nh, n, kd]
+        let (q, k, v) = (qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?);
         // bias[h, i, j] = attention_biases[h, idx(i, j)]
         let bias = self
             .attention_biases
@@ -578,10 +573,7 @@ impl Attention {
             .permute(&[2, 0, 1])?
             .contiguous()?; // [nh, n, n], shared by every window
         let o = attention_bias_table(&q, &k, &v, (kd as f32).powf(-0.5), &bias)?;
-        let o = o
-            .reshape(&[b, nh, n, kd])?
-            .permute(&[0, 2, 1, 3])?
-            .reshape(&[b, n, c])?;
+        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         self.proj.forward(&o)
     }
 }

@@ -1,7 +1,7 @@
 //! Neural-network operators: convolutions, normalisations, attention, softmax, resampling, lookup.
 
 use crate::autograd::{record, BackwardOp};
-use crate::backend::{RelPos, Storage};
+use crate::backend::{HeadView, RelPos, Storage};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::attention::AttnDims;
@@ -390,10 +390,12 @@ pub fn attention(
     }))
 }
 
-/// TinyViT's window attention, `softmax((q·scale)·kᵀ + table)·v` for q, k, v `[bh, n, d]` and a
-/// learned bias `table [heads, nq, nk]` shared by the `bh / heads` windows. Without gradient
-/// recording it is one fused pass (no `bh × nq × nk` score tensor); with recording, or on a
-/// backend without the fused kernel, it is composed of differentiable matmul and softmax.
+/// TinyViT's window attention, `softmax((q·scale)·kᵀ + table)·v` for q, k, v
+/// `[b, heads, n, d]` and a learned bias `table [heads, nq, nk]` shared by the `b` windows;
+/// returns `[b, heads, nq, dv]`. Without gradient recording it is one fused pass that reads q,
+/// k and v in place (any view whose last axis is contiguous, e.g. slices of one qkv
+/// projection) and never forms the score tensor; with recording, or on a backend without the
+/// fused kernel, it is composed of differentiable matmul and softmax.
 pub fn attention_bias_table(
     q: &Tensor,
     k: &Tensor,
@@ -413,50 +415,63 @@ pub fn attention_bias_table(
             ),
         )
     };
-    if q.rank() != 3 || k.rank() != 3 || v.rank() != 3 || table.rank() != 3 {
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 || table.rank() != 3 {
         return Err(shape_err());
     }
+    let (b, heads) = (q.dim(0), q.dim(1));
     let dims = AttnDims {
-        bh: q.dim(0),
-        nq: q.dim(1),
-        nk: k.dim(1),
-        d: q.dim(2),
-        dv: v.dim(2),
+        bh: b * heads,
+        nq: q.dim(2),
+        nk: k.dim(2),
+        d: q.dim(3),
+        dv: v.dim(3),
     };
-    let heads = table.dim(0);
-    let consistent = k.dim(0) == dims.bh
-        && v.dim(0) == dims.bh
-        && k.dim(2) == dims.d
-        && v.dim(1) == dims.nk
-        && table.shape()[1..] == [dims.nq, dims.nk]
-        && heads > 0
-        && dims.bh.is_multiple_of(heads);
+    let consistent = k.shape()[..2] == [b, heads]
+        && v.shape()[..2] == [b, heads]
+        && k.dim(3) == dims.d
+        && v.dim(2) == dims.nk
+        && table.shape() == [heads, dims.nq, dims.nk];
     if !consistent {
         return Err(shape_err());
     }
     let recording =
         crate::autograd::is_grad_enabled() && [q, k, v, table].iter().any(|t| t.requires_grad());
-    if !recording && dims.nk > 0 && dims.d > 0 && dims.dv > 0 {
-        let (qd, kd, vd, td) = (dense(q)?, dense(k)?, dense(v)?, dense(table)?);
+    if !recording && dims.bh > 0 && dims.nk > 0 && dims.d > 0 && dims.dv > 0 {
+        // Views with a contiguous last axis are read in place; anything else is copied first.
+        let in_place = |t: &Tensor| -> Result<Tensor> {
+            if t.strides()[3] == 1 || t.dim(3) == 1 {
+                Ok(t.clone())
+            } else {
+                t.contiguous()
+            }
+        };
+        let (qv, kv, vv, td) = (in_place(q)?, in_place(k)?, in_place(v)?, dense(table)?);
+        fn view(t: &Tensor, heads: usize) -> HeadView<'_> {
+            HeadView {
+                storage: t.storage(),
+                offset: t.offset(),
+                heads,
+                batch_stride: t.strides()[0],
+                head_stride: t.strides()[1],
+                row_stride: t.strides()[2],
+            }
+        }
         let fused = q.backend()?.attention_bias_table(
             dims,
-            qd.storage(),
-            kd.storage(),
-            vd.storage(),
+            view(&qv, heads),
+            view(&kv, heads),
+            view(&vv, heads),
             scale,
             td.storage(),
             heads,
         )?;
         if let Some(o) = fused {
-            return wrap(o, &[dims.bh, dims.nq, dims.dv], q);
+            return wrap(o, &[b, heads, dims.nq, dims.dv], q);
         }
     }
-    let windows = dims.bh / heads;
     q.scale(scale)?
-        .matmul(&k.transpose(1, 2)?)?
-        .reshape(&[windows, heads, dims.nq, dims.nk])?
+        .matmul(&k.transpose(2, 3)?)?
         .softmax_last_bias(table)?
-        .reshape(&[dims.bh, dims.nq, dims.nk])?
         .matmul(v)
 }
 

@@ -91,6 +91,22 @@ impl Tensor {
         }))
     }
 
+    /// Element `index` along `dim`, that axis removed (a view, like `narrow` + squeeze).
+    pub fn select(&self, dim: usize, index: usize) -> Result<Tensor> {
+        let one = self.narrow(dim, index, 1)?;
+        let v = one.view();
+        let (mut shape, mut strides) = (v.shape.clone(), v.strides.clone());
+        shape.remove(dim);
+        strides.remove(dim);
+        let out = one.raw_view(View {
+            shape,
+            strides,
+            offset: v.offset,
+        });
+        let in_shape = one.shape().to_vec();
+        Ok(record(out, &[&one], || Box::new(Reshape { in_shape })))
+    }
+
     /// Inserts an axis of size 1.
     pub fn unsqueeze(&self, dim: usize) -> Result<Tensor> {
         let mut shape = self.shape().to_vec();

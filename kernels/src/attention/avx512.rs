@@ -16,7 +16,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
-use super::{check, check_table, AttnDims, BiasTable, RelPosBias};
+use super::{check, AttnDims, BiasTable, HeadRows, RelPosBias};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -89,12 +89,18 @@ fn q_block(nq: usize) -> usize {
 
 /// One head's 16-key panels: `src [n, w]` → `[n16/16][w][16]` (zero-padded keys).
 fn pack_panels(n: usize, w: usize, src: &[f32]) -> Scratch {
+    pack_panels_rows(n, w, src, w)
+}
+
+/// [`pack_panels`] for rows `row_stride` apart in `src`.
+fn pack_panels_rows(n: usize, w: usize, src: &[f32], row_stride: usize) -> Scratch {
     let np = n.div_ceil(L);
     let mut out = scratch(np * w * L);
     if w == 0 {
         return out;
     }
-    for (j, row) in src.chunks_exact(w).take(n).enumerate() {
+    for j in 0..n {
+        let row = &src[j * row_stride..j * row_stride + w];
         let (p, l) = (j / L, j % L);
         let o = &mut out[p * w * L + l..];
         for (c, &x) in row.iter().enumerate() {
@@ -106,9 +112,23 @@ fn pack_panels(n: usize, w: usize, src: &[f32]) -> Scratch {
 
 /// `src [rows, w]` → `[rows_pad, wp]`, scaled, zero-padded.
 fn pad_rows(src: &[f32], rows: usize, w: usize, rows_pad: usize, wp: usize, scale: f32) -> Scratch {
+    pad_rows_strided(src, w, rows, w, rows_pad, wp, scale)
+}
+
+/// [`pad_rows`] for rows `row_stride` apart in `src`.
+fn pad_rows_strided(
+    src: &[f32],
+    row_stride: usize,
+    rows: usize,
+    w: usize,
+    rows_pad: usize,
+    wp: usize,
+    scale: f32,
+) -> Scratch {
     let mut out = scratch(rows_pad * wp);
     if w > 0 {
-        for (o, s) in out.chunks_exact_mut(wp).zip(src.chunks_exact(w)).take(rows) {
+        for (i, o) in out.chunks_exact_mut(wp).take(rows).enumerate() {
+            let s = &src[i * row_stride..i * row_stride + w];
             o[..w].iter_mut().zip(s).for_each(|(o, &s)| *o = s * scale);
         }
     }
@@ -598,16 +618,16 @@ unsafe fn fwd_block(
     vb: &[f32],
     b: usize,
     q0: usize,
-    q: &[f32],
+    q: &HeadRows,
     scale: f32,
     o: &mut [f32],
     ls: &mut [f32],
 ) {
-    let (nq, nk, d, dv, dp, dvp) = (p.nq, p.nk, p.d, p.dv, p.dp, p.dvp);
+    let (nk, d, dv, dp, dvp) = (p.nk, p.d, p.dv, p.dp, p.dvp);
     let rows = ls.len();
     let rows_pad = round_up(rows, MA);
-    let r0 = b * nq + q0;
-    let qs = pad_rows(&q[r0 * d..(r0 + rows) * d], rows, d, rows_pad, dp, scale);
+    let src = &q.data[q.base(b) + q0 * q.row_stride..];
+    let qs = pad_rows_strided(src, q.row_stride, rows, d, rows_pad, dp, scale);
     let lds = BK_F.min(round_up(nk, L));
     let mut s = scratch(rows_pad * lds);
     let mut acc = scratch(rows * dvp);
@@ -679,22 +699,27 @@ pub(super) fn attention_forward(
     lse: &mut [f32],
 ) {
     check(&dims, q, k, v, &bias);
+    let AttnDims { nq, nk, d, dv, .. } = dims;
+    let (q, k, v) = (
+        HeadRows::dense(q, nq, d),
+        HeadRows::dense(k, nk, d),
+        HeadRows::dense(v, nk, dv),
+    );
     forward(Prep::new(dims, bias), dims, q, k, v, scale, out, lse)
 }
 
-/// [`attention_forward`] with a `[heads, nq, nk]` bias table instead of the rel-pos terms.
+/// [`attention_forward`] with a `[heads, nq, nk]` bias table instead of the rel-pos terms, on
+/// operands already checked by the caller.
 pub(super) fn attention_forward_table(
     dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: HeadRows,
+    k: HeadRows,
+    v: HeadRows,
     scale: f32,
     table: BiasTable,
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    check(&dims, q, k, v, &None);
-    check_table(&dims, &table);
     let mut p = Prep::new(dims, None);
     p.table = Some(table);
     forward(p, dims, q, k, v, scale, out, lse)
@@ -703,9 +728,9 @@ pub(super) fn attention_forward_table(
 fn forward(
     p: Prep,
     dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: HeadRows,
+    k: HeadRows,
+    v: HeadRows,
     scale: f32,
     out: &mut [f32],
     lse: &mut [f32],
@@ -733,11 +758,16 @@ fn forward(
         })
         .collect();
     tasks.into_par_iter().for_each(|(b, g0, o, l)| {
-        let kp = pack_panels(nk, d, &k[b * nk * d..(b + 1) * nk * d]);
-        let vb = padded_cols(&v[b * nk * dv..(b + 1) * nk * dv], dv, dvp);
+        let kp = pack_panels_rows(nk, d, &k.data[k.base(b)..], k.row_stride);
+        let vsrc = &v.data[v.base(b)..];
+        let vb = if v.row_stride == dv {
+            padded_cols(&vsrc[..nk * dv], dv, dvp)
+        } else {
+            Rows::Owned(pad_rows_strided(vsrc, v.row_stride, nk, dv, nk, dvp, 1.0))
+        };
         for (t, (o, l)) in o.chunks_mut(qb * dv).zip(l.chunks_mut(qb)).enumerate() {
             // SAFETY: only called when AVX-512F is available (checked by the dispatcher).
-            unsafe { fwd_block(&p, &kp, &vb, b, g0 + t * qb, q, scale, o, l) }
+            unsafe { fwd_block(&p, &kp, &vb, b, g0 + t * qb, &q, scale, o, l) }
         }
     });
 }

@@ -44,6 +44,67 @@ pub struct BiasTable<'a> {
     pub heads: usize,
 }
 
+/// Where the rows of a `[bh, n, w]` attention operand live, when they are not one dense block:
+/// row `i` of batch·head `b = bi·heads + h` starts at `bi·batch_stride + h·head_stride +
+/// i·row_stride` and its `w` values are contiguous. This lets q, k and v be read straight out of
+/// one interleaved qkv projection instead of being copied apart first.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadRows<'a> {
+    pub data: &'a [f32],
+    pub heads: usize,
+    pub batch_stride: usize,
+    pub head_stride: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> HeadRows<'a> {
+    /// A dense `[bh, n, w]` operand.
+    pub fn dense(data: &'a [f32], n: usize, w: usize) -> Self {
+        HeadRows {
+            data,
+            heads: 1,
+            batch_stride: n * w,
+            head_stride: 0,
+            row_stride: w,
+        }
+    }
+    /// Offset of row 0 of batch·head `b`.
+    pub fn base(&self, b: usize) -> usize {
+        (b / self.heads) * self.batch_stride + (b % self.heads) * self.head_stride
+    }
+    /// Row `i` of batch·head `b` (`w` values).
+    pub fn row(&self, b: usize, i: usize, w: usize) -> &'a [f32] {
+        let o = self.base(b) + i * self.row_stride;
+        &self.data[o..o + w]
+    }
+    /// Panics unless every row of a `[bh, n, w]` operand lies inside `data`.
+    fn check(&self, name: &str, bh: usize, n: usize, w: usize) {
+        assert!(
+            self.heads > 0 && bh.is_multiple_of(self.heads),
+            "{name}: heads"
+        );
+        if bh == 0 || n == 0 || w == 0 {
+            return;
+        }
+        let last = self.base(bh - 1).max(self.base(self.heads - 1)) + (n - 1) * self.row_stride + w;
+        assert!(
+            last <= self.data.len() && self.row_stride >= w,
+            "{name}: {bh}×{n}×{w} rows with {self:?} overrun {} values",
+            self.data.len()
+        );
+    }
+    /// The operand as a dense `[bh, n, w]` copy.
+    pub fn to_dense(&self, bh: usize, n: usize, w: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(bh * n * w);
+        for b in 0..bh {
+            for i in 0..n {
+                out.extend_from_slice(self.row(b, i, w));
+            }
+        }
+        out
+    }
+}
+
 fn check_table(dims: &AttnDims, t: &BiasTable) {
     assert!(
         t.heads > 0 && dims.bh.is_multiple_of(t.heads),
@@ -103,11 +164,45 @@ pub fn attention_forward_table(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
+    let AttnDims { nq, nk, d, dv, .. } = dims;
+    let (q, k, v) = (
+        HeadRows::dense(q, nq, d),
+        HeadRows::dense(k, nk, d),
+        HeadRows::dense(v, nk, dv),
+    );
+    attention_forward_table_rows(dims, q, k, v, scale, table, out, lse)
+}
+
+/// [`attention_forward_table`] on operands given by [`HeadRows`] (e.g. views into one qkv
+/// projection); `out [bh, nq, dv]` and `lse [bh, nq]` are dense.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_table_rows(
+    dims: AttnDims,
+    q: HeadRows,
+    k: HeadRows,
+    v: HeadRows,
+    scale: f32,
+    table: BiasTable,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let AttnDims { bh, nq, nk, d, dv } = dims;
+    assert!(nk > 0 && d > 0 && dv > 0, "attention needs nk, d, dv > 0");
+    q.check("q", bh, nq, d);
+    k.check("k", bh, nk, d);
+    v.check("v", bh, nk, dv);
+    check_table(&dims, &table);
     #[cfg(target_arch = "x86_64")]
     if use_avx512() {
         return avx512::attention_forward_table(dims, q, k, v, scale, table, out, lse);
     }
-    portable::attention_forward_table(dims, q, k, v, scale, table, out, lse)
+    // The portable path works on dense operands.
+    let (qd, kd, vd) = (
+        q.to_dense(bh, nq, d),
+        k.to_dense(bh, nk, d),
+        v.to_dense(bh, nk, dv),
+    );
+    portable::attention_forward_table(dims, &qd, &kd, &vd, scale, table, out, lse)
 }
 
 /// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.

@@ -379,8 +379,14 @@ unsafe fn pack_k_contiguous(
     dl: usize,
     du: usize,
 ) {
-    if dl == 1 && n <= 16 && du >= n && fmt != PackFormat::Bf16Pairs {
-        return pack_k_transposed(fmt == PackFormat::F32RoundBf16, src, ls, n, kc, dst, du);
+    if dl == 1 && du >= n && fmt != PackFormat::Bf16Pairs {
+        // Groups of up to 16 lines (B panels are 32 lines wide).
+        for l0 in (0..n).step_by(16) {
+            let lines = (n - l0).min(16);
+            let round = fmt == PackFormat::F32RoundBf16;
+            pack_k_transposed(round, src.add(l0 * ls), ls, lines, kc, dst.add(l0), du);
+        }
+        return;
     }
     let mut tmp = [0u32; 16];
     for l in 0..n {
