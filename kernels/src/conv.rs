@@ -254,6 +254,9 @@ fn check_groups(g: &Conv2dGeom) {
 /// y `[n, c_out, oh, ow]` = conv2d(x `[n, c_in, h, w]`, w) + bias.
 pub fn conv2d_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     check_groups(&g);
+    if shifted_applies(&g) {
+        return conv2d_shifted(g, x, w, bias, y);
+    }
     let cg = ColGeom::for_conv(&g);
     let (ohw, hw) = (cg.ohw(), g.h * g.w);
     let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
@@ -292,6 +295,90 @@ pub fn conv2d_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>,
     if let Some(b) = bias {
         assert_eq!(b.len(), g.c_out);
         add_bias(y, b, ohw);
+    }
+}
+
+/// Whether [`conv2d_shifted`] serves `g`: stride 1, one group, a real kernel (not 1×1) and
+/// enough input channels for each tap's GEMM to be worth its own call.
+fn shifted_applies(g: &Conv2dGeom) -> bool {
+    g.stride == (1, 1) && g.groups == 1 && g.kh * g.kw > 1 && g.c_in >= 32
+}
+
+/// Stride-1 convolution as one GEMM per kernel tap over a zero-padded copy of the input, with
+/// no im2col matrix (for SAM's 3×3 neck conv that matrix is 2304 × 4096 floats, 37 MB, written
+/// and then re-read on every call). The output is computed `Wp = w + 2·pw` columns wide, so that
+/// tap `(ky, kx)` reads the padded input at the constant offset `ky·Wp + kx` — a plain strided
+/// GEMM operand — and the `Wp − ow` extra columns of each row are dropped at the end.
+fn conv2d_shifted(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (oh, ow) = g.out_hw();
+    let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+    let (plane, pplane, kk) = (g.h * g.w, hp * wp, g.kh * g.kw);
+    assert_eq!(x.len(), g.n * g.c_in * plane);
+    assert_eq!(w.len(), g.c_out * g.c_in * kk);
+    assert_eq!(y.len(), g.n * g.c_out * oh * ow);
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    // Columns j = oy·Wp + ox of the wide output; the last row needs only `ow` of them.
+    let n_wide = (oh - 1) * wp + ow;
+    // Per-tap weights [tap][c_out][c_in], so each tap's A operand is a dense matrix.
+    let mut wt = vec![0.0f32; kk * g.c_out * g.c_in];
+    wt.par_chunks_mut(g.c_out * g.c_in)
+        .enumerate()
+        .for_each(|(tap, dst)| {
+            for (d, &s) in dst.iter_mut().zip(w[tap..].iter().step_by(kk)) {
+                *d = s;
+            }
+        });
+    let mut xpad = vec![0.0f32; g.c_in * pplane];
+    let mut wide = vec![0.0f32; g.c_out * oh * wp];
+    for ni in 0..g.n {
+        let xi = &x[ni * g.c_in * plane..(ni + 1) * g.c_in * plane];
+        xpad.par_chunks_mut(pplane)
+            .zip(xi.par_chunks(plane))
+            .for_each(|(dst, src)| {
+                for (r, row) in src.chunks_exact(g.w).enumerate() {
+                    let o = (r + g.pad.0) * wp + g.pad.1;
+                    dst[o..o + g.w].copy_from_slice(row);
+                }
+            });
+        for tap in 0..kk {
+            let (ky, kx) = (tap / g.kw, tap % g.kw);
+            gemm(
+                GemmDims {
+                    batch: 1,
+                    m: g.c_out,
+                    n: n_wide,
+                    k: g.c_in,
+                },
+                &wt[tap * g.c_out * g.c_in..(tap + 1) * g.c_out * g.c_in],
+                Layout::row_major(g.c_out, g.c_in),
+                &xpad[ky * wp + kx..],
+                Layout {
+                    batch_stride: 0,
+                    row_stride: pplane,
+                    col_stride: 1,
+                },
+                &mut wide,
+                Layout {
+                    batch_stride: 0,
+                    row_stride: oh * wp,
+                    col_stride: 1,
+                },
+                tap > 0,
+                Precision::F32,
+            );
+        }
+        let yi = &mut y[ni * g.c_out * oh * ow..(ni + 1) * g.c_out * oh * ow];
+        yi.par_chunks_mut(oh * ow)
+            .zip(wide.par_chunks(oh * wp))
+            .enumerate()
+            .for_each(|(co, (dst, src))| {
+                let b = bias.map_or(0.0, |b| b[co]);
+                for (d, s) in dst.chunks_exact_mut(ow).zip(src.chunks(wp)) {
+                    d.iter_mut().zip(&s[..ow]).for_each(|(d, &s)| *d = s + b);
+                }
+            });
     }
 }
 

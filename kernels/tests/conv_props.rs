@@ -261,3 +261,19 @@ fn conv_gradient_finite_difference() {
         assert_close("conv db fd", &db, &f[2], 1e-3, 1e-3);
     }
 }
+
+/// Stride-1 convolutions with ≥ 32 input channels take the per-tap GEMM path (no im2col):
+/// SAM's neck 3×3, a batch of two, no padding, and uneven kernels and paddings.
+#[test]
+fn per_tap_gemm_path() {
+    check(geom(32, 12, 16, 3, 1, 1), false, 7);
+    let mut g = geom(40, 9, 7, 3, 1, 0);
+    g.n = 2;
+    check(g, false, 8);
+    let mut g = geom(33, 10, 5, 2, 1, 0);
+    g.kw = 3;
+    g.w = 7;
+    g.pad = (1, 2);
+    check(g, false, 9);
+    check(geom(48, 5, 6, 5, 1, 2), false, 10);
+}
