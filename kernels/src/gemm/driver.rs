@@ -154,6 +154,32 @@ pub(crate) fn gemm_ep(
     accumulate: bool,
     ep: Epilogue,
 ) {
+    run_gemm(
+        ukr,
+        blocking,
+        dims,
+        (a, la),
+        (b, lb),
+        (c, lc),
+        accumulate,
+        ep,
+        true,
+    )
+}
+
+/// The body of [`gemm_ep`]; `may_thread = false` keeps every GEMM on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn run_gemm(
+    ukr: &MicroKernel,
+    blocking: Blocking,
+    dims: GemmDims,
+    (a, la): (&[f32], Layout),
+    (b, lb): (&[f32], Layout),
+    (c, lc): (&mut [f32], Layout),
+    accumulate: bool,
+    ep: Epilogue,
+    may_thread: bool,
+) {
     let GemmDims { batch, m, n, k } = dims;
     assert_eq!(lc.col_stride, 1, "gemm: C must have col_stride 1");
     if batch == 0 || m == 0 || n == 0 {
@@ -199,8 +225,10 @@ pub(crate) fn gemm_ep(
         };
         single(ukr, blk, &p, parallel);
     };
-    let may_parallel =
-        threads > 1 && flops * batch >= PAR_MIN_FLOPS && c_is_disjoint(lc, batch, m, n);
+    let may_parallel = may_thread
+        && threads > 1
+        && flops * batch >= PAR_MIN_FLOPS
+        && c_is_disjoint(lc, batch, m, n);
     if !may_parallel {
         (0..batch).for_each(|bi| one(bi, false));
     } else if batch >= threads
@@ -226,35 +254,17 @@ pub(crate) fn gemm_ep_serial(
     lc: Layout,
     ep: Epilogue,
 ) {
-    let GemmDims { batch, m, n, k } = dims;
-    assert_eq!(lc.col_stride, 1, "gemm: C must have col_stride 1");
-    if batch == 0 || m == 0 || n == 0 || k == 0 {
-        // The degenerate cases are rare; the general entry handles them.
-        return gemm_ep(ukr, ukr.blocking, dims, a, la, b, lb, c, lc, false, ep);
-    }
-    check_len("c", c.len(), lc, batch, m, n);
-    check_len("a", a.len(), la, batch, m, k);
-    check_len("b", b.len(), lb, batch, k, n);
-    let blk = sanitize(ukr.blocking, ukr);
-    let cptr = CPtr(c.as_mut_ptr());
-    for bi in 0..batch {
-        let p = Problem {
-            a,
-            a_off: bi * la.batch_stride,
-            la,
-            b,
-            b_off: bi * lb.batch_stride,
-            lb,
-            c: cptr.at(bi * lc.batch_stride),
-            ldc: lc.row_stride,
-            m,
-            n,
-            k,
-            accumulate: false,
-            ep,
-        };
-        single(ukr, blk, &p, false);
-    }
+    run_gemm(
+        ukr,
+        ukr.blocking,
+        dims,
+        (a, la),
+        (b, lb),
+        (c, lc),
+        false,
+        ep,
+        false,
+    )
 }
 
 /// Rounds the blocking to what the micro-kernel needs (multiples of MR/NR, even KC for pairs).
