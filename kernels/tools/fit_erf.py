@@ -1,3 +1,11 @@
+"""Fits the f32 erf of kernels/src/activation/simd.rs: erf(x) ~ x*P(x^2)/Q(x^2) on |x| <= 3.95.
+
+Sanathanan-Koerner iterations (weighted linear least squares on Chebyshev nodes), then Lawson
+re-weighting toward the minimax fit; prints the max abs error of f32 Horner evaluation for a
+few degree pairs and the coefficients of the chosen one (default P degree 6, Q degree 4).
+
+    python kernels/tools/fit_erf.py [P_DEGREE Q_DEGREE]      # needs numpy and scipy
+"""
 import numpy as np
 from scipy.special import erf
 def fit(np_, nq, X=3.95, sk=15, lawson=200):
