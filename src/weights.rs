@@ -47,6 +47,31 @@ pub fn resolve_config(
     model_type: Option<ModelType>,
     config_json: Option<&Path>,
 ) -> Result<SamConfig> {
+    resolve_config_named(weights, model_type, config_json, Path::new("<checkpoint>"))
+}
+
+/// The configuration of a non-preset checkpoint cannot be guessed whole: the decoder's head
+/// count does not show in any shape.
+fn heads_unknown(path: &Path, family: &str) -> Error {
+    Error::file(
+        path,
+        format!(
+            "its shapes match no {family} preset and the mask decoder's head count cannot be read \
+             from a checkpoint; pass --model-config with the model's configuration \
+             (mask_decoder.transformer_num_heads)"
+        ),
+    )
+}
+
+/// [`resolve_config`] with the checkpoint's name for errors. An inferred configuration is used
+/// only when it equals a preset apart from the decoder's heads (which then take the preset's
+/// value); any other must come from `config_json`. Either is validated before use.
+pub fn resolve_config_named(
+    weights: &BTreeMap<String, Tensor>,
+    model_type: Option<ModelType>,
+    config_json: Option<&Path>,
+    path: &Path,
+) -> Result<SamConfig> {
     let config = match config_json {
         Some(p) => SamConfig::from_json_file(p)?,
         None => {
@@ -54,11 +79,14 @@ pub fn resolve_config(
                 .iter()
                 .map(|(k, t)| (k.clone(), t.shape().to_vec()))
                 .collect();
-            let inferred = SamConfig::infer(&shapes)?;
-            // Shapes cannot show the decoder's head count: use the named preset's when it fits.
+            let inferred =
+                SamConfig::infer(&shapes).map_err(|e| Error::file(path, e.to_string()))?;
             match inferred.model_type_ignoring_heads() {
                 Some(t) => SamConfig::preset(t),
-                None => inferred,
+                None => {
+                    inferred.validated(path)?;
+                    return Err(heads_unknown(path, "SAM (vit_b/vit_l/vit_h)"));
+                }
             }
         }
     };
@@ -87,7 +115,7 @@ pub fn load_model(
 ) -> Result<(Sam, LoadReport)> {
     let value = read_checkpoint(path)?;
     let weights = state_dict(path, &value)?;
-    let config = resolve_config(&weights, model_type, config_json)?;
+    let config = resolve_config_named(&weights, model_type, config_json, path)?;
     let mut sam = Sam::new(&config, 0, device)?;
     let report = sam
         .load_state_dict(&weights)
@@ -116,7 +144,7 @@ pub fn load_any_model(
     let value = read_checkpoint(path)?;
     let weights = state_dict(path, &value)?;
     if !LiteConfig::is_lite_state_dict(weights.keys()) {
-        let config = resolve_config(&weights, model_type, config_json)?;
+        let config = resolve_config_named(&weights, model_type, config_json, path)?;
         let mut sam = Sam::new(&config, 0, device)?;
         let report = sam
             .load_state_dict(&weights)
@@ -147,11 +175,11 @@ pub fn load_any_model(
             let preset = LiteConfig::lite_medsam();
             let mut cmp = inferred.clone();
             cmp.mask_decoder.transformer_num_heads = preset.mask_decoder.transformer_num_heads;
-            if cmp == preset {
-                preset
-            } else {
-                inferred
+            if cmp != preset {
+                inferred.validated(path)?;
+                return Err(heads_unknown(path, "LiteMedSAM"));
             }
+            preset
         }
     };
     let mut lite = LiteMedSam::new(&config, 0, device)?;

@@ -26,8 +26,12 @@ pub struct Limits {
     /// Maximum number of values in the final result (counts shared subtrees
     /// once per reference).
     pub max_nodes: usize,
-    /// Maximum total bytes of materialised tensors.
+    /// Maximum total bytes of materialised tensors (and, separately, of the storages they
+    /// are views of); checked before either is allocated.
     pub max_tensor_bytes: usize,
+    /// Maximum total bytes of strings and byte strings in the result (a string shared by many
+    /// references counts once per reference, as it is copied once per reference).
+    pub max_string_bytes: usize,
 }
 
 impl Default for Limits {
@@ -36,8 +40,11 @@ impl Default for Limits {
             max_depth: 100,
             max_memo: 4 << 20,
             max_objects: 8 << 20,
-            max_nodes: 8 << 20,
-            max_tensor_bytes: usize::MAX,
+            max_nodes: 1 << 20,
+            max_tensor_bytes: crate::io::limits::Limits::current_or_default()
+                .max_tensor_bytes
+                .min(usize::MAX as u64) as usize,
+            max_string_bytes: 256 << 20,
         }
     }
 }
@@ -102,8 +109,11 @@ impl Obj {
 /// Source of storage bytes for persistent ids (`data/<key>` records).
 pub(crate) trait StorageSource {
     /// Raw little-endian bytes of storage `key`; loaded once and cached by the
-    /// caller of this trait.
-    fn load(&mut self, key: &str, dtype: DType) -> Result<Rc<Vec<u8>>>;
+    /// implementation. A storage longer than `max_bytes` is an error, raised before it is read.
+    fn load(&mut self, key: &str, dtype: DType, max_bytes: usize) -> Result<Rc<Vec<u8>>>;
+
+    /// Total bytes of the storages loaded so far.
+    fn loaded_bytes(&self) -> usize;
 }
 
 struct Unpickler<'a, S: StorageSource> {
@@ -120,6 +130,8 @@ struct Unpickler<'a, S: StorageSource> {
     storages: Option<S>,
     limits: &'a Limits,
     tensor_bytes: usize,
+    /// Bytes of strings copied into the result so far.
+    string_bytes: usize,
     /// Remaining references to each tensor object during conversion; the last
     /// one moves the data out instead of cloning it.
     tensor_refs: HashMap<Id, usize>,
@@ -144,6 +156,7 @@ pub(crate) fn unpickle<S: StorageSource>(
         storages: Some(storages),
         limits,
         tensor_bytes: 0,
+        string_bytes: 0,
         tensor_refs: HashMap::new(),
     };
     let root = u.run()?;
@@ -714,20 +727,16 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                     .into_iter()
                     .map(|i| self.usize_of(i, "stride"))
                     .collect::<Result<Vec<_>>>()?;
-                let storage = self
-                    .storages
-                    .as_mut()
-                    .expect("storage source is present while unpickling")
-                    .load(&key, dtype)?;
-                let bytes = materialize(&storage, dtype.size(), offset, &size, &stride)
+                let limit = self.limits.max_tensor_bytes;
+                let sources = self.storages.as_mut().ok_or_else(|| {
+                    CheckpointError::format(self.path, "storage read after the end")
+                })?;
+                let storage_budget = limit.saturating_sub(sources.loaded_bytes());
+                let storage = sources.load(&key, dtype, storage_budget)?;
+                let budget = limit.saturating_sub(self.tensor_bytes);
+                let bytes = materialize(&storage, dtype.size(), offset, &size, &stride, budget)
                     .map_err(|m| self.err(format!("tensor on storage {key:?}: {m}")))?;
-                self.tensor_bytes = self.tensor_bytes.saturating_add(bytes.len());
-                if self.tensor_bytes > self.limits.max_tensor_bytes {
-                    return Err(self.err(format!(
-                        "materialised tensors exceed {} bytes",
-                        self.limits.max_tensor_bytes
-                    )));
-                }
+                self.tensor_bytes += bytes.len();
                 Ok(Reduced::New(Obj::Tensor(TensorData {
                     dtype,
                     shape: size,
@@ -789,6 +798,17 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         self.tensor_refs = refs;
     }
 
+    fn charge_string(&mut self, n: usize) -> Result<()> {
+        self.string_bytes = self.string_bytes.saturating_add(n);
+        if self.string_bytes > self.limits.max_string_bytes {
+            return Err(self.err(format!(
+                "strings in the result exceed the limit of {} bytes (shared strings count once per reference)",
+                self.limits.max_string_bytes
+            )));
+        }
+        Ok(())
+    }
+
     fn take_value(&mut self, id: Id, depth: usize, nodes: &mut usize) -> Result<Value> {
         if depth > self.limits.max_depth {
             return Err(self.err(format!(
@@ -808,8 +828,22 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
             Obj::Bool(b) => Value::Bool(*b),
             Obj::Int(i) => Value::Int(*i),
             Obj::Float(f) => Value::Float(*f),
-            Obj::Str(s) => Value::Str(s.clone()),
-            Obj::Bytes(b) => Value::Bytes(b.clone()),
+            Obj::Str(s) => {
+                let n = s.len();
+                self.charge_string(n)?;
+                match &self.objs[id] {
+                    Obj::Str(s) => Value::Str(s.clone()),
+                    _ => unreachable!("checked above"),
+                }
+            }
+            Obj::Bytes(b) => {
+                let n = b.len();
+                self.charge_string(n)?;
+                match &self.objs[id] {
+                    Obj::Bytes(b) => Value::Bytes(b.clone()),
+                    _ => unreachable!("checked above"),
+                }
+            }
             Obj::List(v) => {
                 let v = v.clone();
                 Value::List(
@@ -858,6 +892,18 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                         _ => unreachable!(),
                     }
                 } else {
+                    // A tensor referenced again is copied: the copy counts against the cap.
+                    let n = match &self.objs[id] {
+                        Obj::Tensor(t) => t.bytes.len(),
+                        _ => unreachable!(),
+                    };
+                    self.tensor_bytes = self.tensor_bytes.saturating_add(n);
+                    if self.tensor_bytes > self.limits.max_tensor_bytes {
+                        return Err(self.err(format!(
+                            "shared tensors copied into the result exceed the limit of {} bytes",
+                            self.limits.max_tensor_bytes
+                        )));
+                    }
                     match &self.objs[id] {
                         Obj::Tensor(t) => Value::Tensor(t.clone()),
                         _ => unreachable!(),
@@ -913,13 +959,15 @@ fn long_from_le(b: &[u8]) -> Option<i64> {
 }
 
 /// Copies the (possibly strided) view `offset/size/stride` (in elements) of a
-/// storage into a contiguous buffer.
+/// storage into a contiguous buffer of at most `budget` bytes (checked before
+/// allocating: a stride-0 view may claim far more elements than its storage).
 pub(crate) fn materialize(
     storage: &[u8],
     elem: usize,
     offset: usize,
     size: &[usize],
     stride: &[usize],
+    budget: usize,
 ) -> std::result::Result<Vec<u8>, String> {
     if size.len() != stride.len() {
         return Err(format!(
@@ -951,6 +999,12 @@ pub(crate) fn materialize(
     let total = numel
         .checked_mul(elem)
         .ok_or_else(|| "tensor byte size overflows".to_string())?;
+    if total > budget {
+        return Err(format!(
+            "view of size {size:?} needs {total} bytes, over the remaining tensor budget of \
+             {budget} bytes (MEDSAM_MAX_TENSOR_BYTES)"
+        ));
+    }
     // Contiguous: strides equal the row-major strides (size-1 dims don't matter).
     let mut expect = 1usize;
     let mut contiguous = true;
@@ -1215,15 +1269,17 @@ mod tests {
     fn materialize_strided() {
         // storage 0..12 as u8, view [1:, ::2] of a 3x4
         let s: Vec<u8> = (0..12).collect();
-        let v = materialize(&s, 1, 4, &[2, 2], &[4, 2]).unwrap();
+        let v = materialize(&s, 1, 4, &[2, 2], &[4, 2], 100).unwrap();
         assert_eq!(v, vec![4, 6, 8, 10]);
         // transpose
-        let v = materialize(&s, 1, 0, &[4, 3], &[1, 4]).unwrap();
+        let v = materialize(&s, 1, 0, &[4, 3], &[1, 4], 100).unwrap();
         assert_eq!(v, vec![0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
         // out of bounds
-        assert!(materialize(&s, 1, 1, &[3, 4], &[4, 1]).is_err());
+        assert!(materialize(&s, 1, 1, &[3, 4], &[4, 1], 100).is_err());
         // expanded (stride 0)
-        let v = materialize(&s, 1, 2, &[2, 3], &[0, 1]).unwrap();
+        let v = materialize(&s, 1, 2, &[2, 3], &[0, 1], 100).unwrap();
         assert_eq!(v, vec![2, 3, 4, 2, 3, 4]);
+        // a stride-0 view claiming 10^12 elements is refused before allocating
+        assert!(materialize(&s, 1, 0, &[1_000_000, 1_000_000], &[0, 0], 1 << 30).is_err());
     }
 }

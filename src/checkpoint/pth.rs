@@ -62,17 +62,15 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
         .ok_or_else(|| CheckpointError::format(path, "archive has no `data.pkl` record"))?;
     let prefix = pkl_name[..pkl_name.len() - "data.pkl".len()].to_string();
 
+    // data.pkl and the small records are read whole, up to this many bytes.
+    const MAX_RECORD: usize = 256 << 20;
     let read_record = |zip: &mut zip::ZipArchive<File>, name: &str| -> Result<Vec<u8>> {
-        let mut f = zip.by_name(name).map_err(|e| CheckpointError::Zip {
+        let f = zip.by_name(name).map_err(|e| CheckpointError::Zip {
             path: path.to_path_buf(),
             msg: format!("record `{name}`: {e}"),
         })?;
-        let mut buf = Vec::with_capacity(f.size().min(1 << 30) as usize);
-        f.read_to_end(&mut buf).map_err(|e| CheckpointError::Zip {
-            path: path.to_path_buf(),
-            msg: format!("record `{name}`: {e}"),
-        })?;
-        Ok(buf)
+        let size = f.size();
+        read_member(path, f, size, name, MAX_RECORD)
     };
 
     let byteorder_name = format!("{prefix}byteorder");
@@ -119,6 +117,7 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
         data_prefix,
         big_endian,
         cache: HashMap::new(),
+        loaded: 0,
     };
     unpickle(path, &pkl, source, &limits)
 }
@@ -129,16 +128,50 @@ struct ZipStorages<'a> {
     data_prefix: String,
     big_endian: bool,
     cache: HashMap<String, Rc<Vec<u8>>>,
+    loaded: usize,
+}
+
+/// Reads one zip member, at most `max` bytes: the size its header claims is checked first
+/// and memory is reserved only as bytes arrive (a header may claim GiBs; a deflated member may
+/// inflate to more than its header says).
+fn read_member(path: &Path, f: impl Read, size: u64, name: &str, max: usize) -> Result<Vec<u8>> {
+    let too_big = |n: String| {
+        CheckpointError::format(
+            path,
+            format!(
+                "record `{name}` holds {n} bytes, over the limit of {max} bytes \
+                 (MEDSAM_MAX_TENSOR_BYTES)"
+            ),
+        )
+    };
+    if size > max as u64 {
+        return Err(too_big(size.to_string()));
+    }
+    let mut buf = Vec::new();
+    f.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| CheckpointError::Zip {
+            path: path.to_path_buf(),
+            msg: format!("record `{name}`: {e}"),
+        })?;
+    if buf.len() > max {
+        return Err(too_big(format!("more than {max}")));
+    }
+    Ok(buf)
 }
 
 impl StorageSource for ZipStorages<'_> {
-    fn load(&mut self, key: &str, dtype: DType) -> Result<Rc<Vec<u8>>> {
+    fn loaded_bytes(&self) -> usize {
+        self.loaded
+    }
+
+    fn load(&mut self, key: &str, dtype: DType, max_bytes: usize) -> Result<Rc<Vec<u8>>> {
         if let Some(b) = self.cache.get(key) {
             return Ok(b.clone());
         }
         let name = format!("{}{}", self.data_prefix, key);
         let path = self.path;
-        let mut f = self.zip.by_name(&name).map_err(|e| match e {
+        let f = self.zip.by_name(&name).map_err(|e| match e {
             zip::result::ZipError::FileNotFound => {
                 CheckpointError::format(path, format!("storage record `{name}` is missing"))
             }
@@ -147,11 +180,9 @@ impl StorageSource for ZipStorages<'_> {
                 msg: format!("record `{name}`: {e}"),
             },
         })?;
-        let mut buf = Vec::with_capacity(f.size().min(1 << 32) as usize);
-        f.read_to_end(&mut buf).map_err(|e| CheckpointError::Zip {
-            path: path.to_path_buf(),
-            msg: format!("record `{name}`: {e}"),
-        })?;
+        let size = f.size();
+        let mut buf = read_member(path, f, size, &name, max_bytes)?;
+        self.loaded += buf.len();
         let es = dtype.size();
         if !buf.len().is_multiple_of(es) {
             return Err(CheckpointError::format(

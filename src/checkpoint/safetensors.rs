@@ -43,6 +43,12 @@ fn from_st(d: Dtype) -> Option<DType> {
     })
 }
 
+/// `e` without a leading `<path>: ` (the error is re-wrapped with the path).
+fn strip_path(path: &Path, e: &str) -> String {
+    let prefix = format!("{}: ", path.display());
+    e.strip_prefix(&prefix).unwrap_or(e).to_string()
+}
+
 fn st_err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
     CheckpointError::Safetensors {
         path: path.to_path_buf(),
@@ -80,7 +86,12 @@ pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[(String, TensorData)]
 /// [`save_safetensors`] if present, otherwise in file (data offset) order.
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorData)>> {
     let path = path.as_ref();
-    let buf = std::fs::read(path).map_err(|e| CheckpointError::io(path, e))?;
+    // Tensor bytes up to the limit plus the JSON header (the format caps it at 100 MB).
+    let max = crate::io::limits::Limits::current_or_default()
+        .max_tensor_bytes
+        .saturating_add(100 << 20);
+    let buf = crate::io::limits::read_file_bounded(path, max)
+        .map_err(|e| CheckpointError::format(path, strip_path(path, &e.to_string())))?;
     let st = SafeTensors::deserialize(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
     let (_, meta) = SafeTensors::read_metadata(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
     let infos = meta.tensors();

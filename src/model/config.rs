@@ -149,14 +149,18 @@ impl SamConfig {
             })
     }
 
+    /// Reads and validates a JSON model configuration.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("model config: {e}")))
+        let c: Self = read_json_config(path, "SAM model configuration")?;
+        c.validated(path)
     }
 
-    /// Side of the image embedding grid.
+    /// Side of the image embedding grid (0 for an invalid zero patch size).
     pub fn grid(&self) -> usize {
-        self.image_encoder.img_size / self.image_encoder.patch_size
+        self.image_encoder
+            .img_size
+            .checked_div(self.image_encoder.patch_size)
+            .unwrap_or(0)
     }
 
     /// A configuration read off a state dict's tensor shapes. Shapes decide embed dim, depth,
@@ -164,15 +168,11 @@ impl SamConfig {
     /// the decoder's sizes; the few things shapes cannot show (the decoder's head count) come
     /// from SAM's defaults.
     pub fn infer(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
-        let get = |k: &str| {
-            shapes.get(k).ok_or_else(|| {
-                Error::Weights(format!("cannot infer the model: key '{k}' is missing"))
-            })
-        };
-        let pw = get("image_encoder.patch_embed.proj.weight")?; // [E, 3, p, p]
+        let get = |k: &str, rank: usize| checked_shape(shapes, k, rank, "model");
+        let pw = get("image_encoder.patch_embed.proj.weight", 4)?; // [E, 3, p, p]
         let (embed_dim, patch_size) = (pw[0], pw[2]);
-        let pos = get("image_encoder.pos_embed")?; // [1, g, g, E]
-        let img_size = pos[1] * patch_size;
+        let pos = get("image_encoder.pos_embed", 4)?; // [1, g, g, E]
+        let img_size = pos[1].saturating_mul(patch_size);
         let depth = (0..)
             .take_while(|i| shapes.contains_key(&format!("image_encoder.blocks.{i}.norm1.weight")))
             .count();
@@ -181,12 +181,12 @@ impl SamConfig {
                 "cannot infer the model: no image_encoder.blocks.N found".into(),
             ));
         }
-        let mlp = get("image_encoder.blocks.0.mlp.lin1.weight")?[0];
+        let mlp = get("image_encoder.blocks.0.mlp.lin1.weight", 2)?[0];
         let use_rel_pos = shapes.contains_key("image_encoder.blocks.0.attn.rel_pos_h");
         let (mut window_size, mut global, mut head_dim) = (0, Vec::new(), 64);
         if use_rel_pos {
             for i in 0..depth {
-                let r = get(&format!("image_encoder.blocks.{i}.attn.rel_pos_h"))?;
+                let r = get(&format!("image_encoder.blocks.{i}.attn.rel_pos_h"), 2)?;
                 head_dim = r[1];
                 let size = r[0].div_ceil(2);
                 if size == pos[1] {
@@ -197,16 +197,16 @@ impl SamConfig {
             }
         }
         let qkv_bias = shapes.contains_key("image_encoder.blocks.0.attn.qkv.bias");
-        let out_chans = get("image_encoder.neck.0.weight")?[0];
-        let pe_dim = get("prompt_encoder.point_embeddings.0.weight")?[1];
-        let mask_in_chans = get("prompt_encoder.mask_downscaling.3.weight")?[0];
+        let out_chans = get("image_encoder.neck.0.weight", 4)?[0];
+        let pe_dim = get("prompt_encoder.point_embeddings.0.weight", 2)?[1];
+        let mask_in_chans = get("prompt_encoder.mask_downscaling.3.weight", 4)?[0];
         let tdepth = (0..)
             .take_while(|i| {
                 shapes.contains_key(&format!("mask_decoder.transformer.layers.{i}.norm1.weight"))
             })
             .count();
-        let tmlp = get("mask_decoder.transformer.layers.0.mlp.lin1.weight")?[0];
-        let n_mask_tokens = get("mask_decoder.mask_tokens.weight")?[0];
+        let tmlp = get("mask_decoder.transformer.layers.0.mlp.lin1.weight", 2)?[0];
+        let n_mask_tokens = get("mask_decoder.mask_tokens.weight", 2)?[0];
         let iou_depth = (0..)
             .take_while(|i| {
                 shapes.contains_key(&format!(
@@ -214,7 +214,7 @@ impl SamConfig {
                 ))
             })
             .count();
-        let iou_hidden = get("mask_decoder.iou_prediction_head.layers.0.weight")?[0];
+        let iou_hidden = get("mask_decoder.iou_prediction_head.layers.0.weight", 2)?[0];
         let defaults = Self::preset(ModelType::VitB);
         Ok(SamConfig {
             image_encoder: ImageEncoderConfig {
@@ -239,10 +239,337 @@ impl SamConfig {
                 transformer_depth: tdepth,
                 transformer_mlp_dim: tmlp,
                 transformer_num_heads: defaults.mask_decoder.transformer_num_heads,
-                num_multimask_outputs: n_mask_tokens - 1,
+                num_multimask_outputs: n_mask_tokens.saturating_sub(1),
                 iou_head_depth: iou_depth,
                 iou_head_hidden_dim: iou_hidden,
             },
         })
     }
+}
+
+/// A JSON configuration file (at most 1 MiB): errors say the file is not a JSON `what` rather
+/// than quoting a UTF-8 or serde detail alone.
+pub fn read_json_config<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let bytes = crate::io::limits::read_file_bounded(path, 1 << 20)?;
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(Error::file(
+            path,
+            format!("not a JSON {what} (the file is binary, not UTF-8 text)"),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::file(path, format!("{what}: {e}")))
+}
+
+/// The shape of `key` in a checkpoint's `shapes`, required to have `rank` non-zero dimensions
+/// (an inferred size must come from a real tensor, not a 0-element or malformed one).
+pub fn checked_shape<'a>(
+    shapes: &'a BTreeMap<String, Vec<usize>>,
+    key: &str,
+    rank: usize,
+    what: &str,
+) -> Result<&'a [usize]> {
+    let s = shapes.get(key).ok_or_else(|| {
+        Error::Weights(format!("cannot infer the {what}: key '{key}' is missing"))
+    })?;
+    if s.len() != rank || s.contains(&0) {
+        return Err(Error::Weights(format!(
+            "cannot infer the {what}: '{key}' has shape {s:?}, expected {rank} non-zero dimensions"
+        )));
+    }
+    Ok(s)
+}
+
+/// Largest accepted image side, stack depth and parameter count (ViT-H: 1024, 32 blocks, 0.64 G):
+/// generous for real models, small enough that a typo cannot ask for terabytes.
+pub const MAX_IMG_SIZE: usize = 16384;
+pub const MAX_DEPTH: usize = 1024;
+pub const MAX_PARAMS: u64 = 1 << 32;
+/// Largest attention score matrix of one image (heads × tokens², elements; ViT-H: 2^28).
+pub const MAX_ATTENTION: u64 = 1 << 32;
+
+/// `Err("field `f`: detail")` unless `ok`.
+fn need(ok: bool, field: &str, detail: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("field `{field}`: {}", detail()))
+    }
+}
+
+fn positive_ratio(v: f64, field: &str) -> Result<(), String> {
+    need(v.is_finite() && v > 0.0 && v <= 1024.0, field, || {
+        format!("{v} is not a finite ratio in (0, 1024]")
+    })
+}
+
+/// Rough parameter count of a transformer stack: 4·E² (attention) + 2·ratio·E² (MLP) per block.
+fn block_params(dim: usize, ratio: f64, depth: usize) -> u64 {
+    let e2 = (dim as u64).saturating_mul(dim as u64);
+    let per = (e2 as f64 * (4.0 + 2.0 * ratio)) as u64;
+    per.saturating_mul(depth as u64)
+}
+
+impl PromptEncoderConfig {
+    /// Positive, even embedding (half sines, half cosines); mask channels a multiple of 4.
+    pub fn validate(&self) -> Result<(), String> {
+        let e = self.embed_dim;
+        need(
+            e >= 2 && e.is_multiple_of(2) && e <= 1 << 16,
+            "prompt_encoder.embed_dim",
+            || format!("{e} must be even and in 2..=65536"),
+        )?;
+        let m = self.mask_in_chans;
+        need(
+            m >= 4 && m.is_multiple_of(4) && m <= 1 << 16,
+            "prompt_encoder.mask_in_chans",
+            || format!("{m} must be a positive multiple of 4"),
+        )
+    }
+}
+
+impl MaskDecoderConfig {
+    /// Sizes the decoder's layers divide: dim by 8 (upscaling, hypernetworks) and by 2·heads
+    /// (the token-to-image attention runs at half width).
+    pub fn validate(&self) -> Result<(), String> {
+        let d = self.transformer_dim;
+        let h = self.transformer_num_heads;
+        need(
+            d >= 8 && d.is_multiple_of(8) && d <= 1 << 16,
+            "mask_decoder.transformer_dim",
+            || format!("{d} must be a positive multiple of 8"),
+        )?;
+        need(
+            h >= 1 && h <= d,
+            "mask_decoder.transformer_num_heads",
+            || format!("{h} must be in 1..={d}"),
+        )?;
+        need(
+            (d / 2).is_multiple_of(h),
+            "mask_decoder.transformer_num_heads",
+            || format!("{h} heads must divide transformer_dim / 2 = {}", d / 2),
+        )?;
+        let depth = self.transformer_depth;
+        need(
+            (1..=64).contains(&depth),
+            "mask_decoder.transformer_depth",
+            || format!("{depth} must be in 1..=64"),
+        )?;
+        let mlp = self.transformer_mlp_dim;
+        need(
+            (1..=1 << 20).contains(&mlp),
+            "mask_decoder.transformer_mlp_dim",
+            || format!("{mlp} must be in 1..=1048576"),
+        )?;
+        let n = self.num_multimask_outputs;
+        need(
+            (1..=64).contains(&n),
+            "mask_decoder.num_multimask_outputs",
+            || format!("{n} must be in 1..=64"),
+        )?;
+        let i = self.iou_head_depth;
+        need((1..=64).contains(&i), "mask_decoder.iou_head_depth", || {
+            format!("{i} must be in 1..=64")
+        })?;
+        let hid = self.iou_head_hidden_dim;
+        need(
+            (1..=1 << 20).contains(&hid),
+            "mask_decoder.iou_head_hidden_dim",
+            || format!("{hid} must be in 1..=1048576"),
+        )
+    }
+
+    fn params(&self) -> u64 {
+        let d = self.transformer_dim as u64;
+        let layer = 4 * d * d * 3 / 2 + 2 * d * self.transformer_mlp_dim as u64;
+        layer.saturating_mul(self.transformer_depth as u64 + 1)
+    }
+}
+
+/// The prompt encoder and the decoder agree with each other and with the encoder's output.
+fn validate_heads_agree(
+    out_chans: usize,
+    pe: &PromptEncoderConfig,
+    md: &MaskDecoderConfig,
+) -> Result<(), String> {
+    pe.validate()?;
+    md.validate()?;
+    need(
+        pe.embed_dim == md.transformer_dim,
+        "prompt_encoder.embed_dim",
+        || {
+            format!(
+                "{} differs from mask_decoder.transformer_dim {}",
+                pe.embed_dim, md.transformer_dim
+            )
+        },
+    )?;
+    need(
+        out_chans == md.transformer_dim,
+        "image_encoder.out_chans",
+        || {
+            format!(
+                "{out_chans} differs from mask_decoder.transformer_dim {}",
+                md.transformer_dim
+            )
+        },
+    )
+}
+
+impl SamConfig {
+    /// Checks every size before anything is built: positive sizes, the divisibility the layers
+    /// rely on, and bounded totals (parameters, attention). The error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let ie = &self.image_encoder;
+        need(
+            ie.img_size >= 1 && ie.img_size <= MAX_IMG_SIZE,
+            "image_encoder.img_size",
+            || format!("{} must be in 1..={MAX_IMG_SIZE}", ie.img_size),
+        )?;
+        need(
+            ie.patch_size >= 1
+                && ie.patch_size <= ie.img_size
+                && ie.img_size.is_multiple_of(ie.patch_size),
+            "image_encoder.patch_size",
+            || {
+                format!(
+                    "{} must be a positive divisor of img_size {}",
+                    ie.patch_size, ie.img_size
+                )
+            },
+        )?;
+        need(
+            (1..=1 << 16).contains(&ie.embed_dim),
+            "image_encoder.embed_dim",
+            || format!("{} must be in 1..=65536", ie.embed_dim),
+        )?;
+        need(
+            ie.num_heads >= 1 && ie.embed_dim.is_multiple_of(ie.num_heads),
+            "image_encoder.num_heads",
+            || {
+                format!(
+                    "{} must be a positive divisor of embed_dim {}",
+                    ie.num_heads, ie.embed_dim
+                )
+            },
+        )?;
+        need(
+            (1..=MAX_DEPTH).contains(&ie.depth),
+            "image_encoder.depth",
+            || format!("{} must be in 1..={MAX_DEPTH}", ie.depth),
+        )?;
+        positive_ratio(ie.mlp_ratio, "image_encoder.mlp_ratio")?;
+        need(
+            (ie.embed_dim as f64 * ie.mlp_ratio) as usize >= 1,
+            "image_encoder.mlp_ratio",
+            || {
+                format!(
+                    "{} gives an empty MLP for embed_dim {}",
+                    ie.mlp_ratio, ie.embed_dim
+                )
+            },
+        )?;
+        need(
+            (1..=1 << 16).contains(&ie.out_chans),
+            "image_encoder.out_chans",
+            || format!("{} must be in 1..=65536", ie.out_chans),
+        )?;
+        if let Some(&i) = ie.global_attn_indexes.iter().find(|&&i| i >= ie.depth) {
+            return Err(format!(
+                "field `image_encoder.global_attn_indexes`: block {i} does not exist (depth {})",
+                ie.depth
+            ));
+        }
+        let grid = self.grid();
+        let windowed = (0..ie.depth).any(|i| !ie.global_attn_indexes.contains(&i));
+        need(
+            !windowed || (1..=grid.max(1)).contains(&ie.window_size),
+            "image_encoder.window_size",
+            || {
+                format!(
+                    "{} must be in 1..={grid} (the embedding grid)",
+                    ie.window_size
+                )
+            },
+        )?;
+        let tokens = (grid * grid) as u64;
+        let attention = (ie.num_heads as u64).saturating_mul(tokens.saturating_mul(tokens));
+        need(attention <= MAX_ATTENTION, "image_encoder.img_size", || {
+            format!(
+                "{} with patch {} and {} heads needs {attention} attention scores per image, over {MAX_ATTENTION}",
+                ie.img_size, ie.patch_size, ie.num_heads
+            )
+        })?;
+        validate_heads_agree(ie.out_chans, &self.prompt_encoder, &self.mask_decoder)?;
+        let params = block_params(ie.embed_dim, ie.mlp_ratio, ie.depth)
+            .saturating_add(tokens.saturating_mul(ie.embed_dim as u64))
+            .saturating_add(self.mask_decoder.params());
+        need(params <= MAX_PARAMS, "image_encoder", || {
+            format!("about {params} parameters, over the limit of {MAX_PARAMS}")
+        })
+    }
+
+    /// [`SamConfig::from_json_file`] or an inferred configuration, validated: an error naming
+    /// `source` (the JSON file or the checkpoint) and the field.
+    pub fn validated(self, source: &Path) -> Result<Self> {
+        self.validate()
+            .map_err(|e| Error::file(source, format!("invalid model configuration: {e}")))?;
+        Ok(self)
+    }
+}
+
+/// LiteMedSAM's configuration checks: TinyViT's own, bounded sizes, and the heads agreeing.
+pub fn validate_lite(c: &super::lite::LiteConfig) -> Result<(), String> {
+    let ie = &c.image_encoder;
+    ie.validate().map_err(|e| e.to_string())?;
+    need(
+        (1..=MAX_IMG_SIZE).contains(&ie.img_size),
+        "image_encoder.img_size",
+        || format!("{} must be in 1..={MAX_IMG_SIZE}", ie.img_size),
+    )?;
+    need(
+        (1..=64).contains(&ie.in_chans),
+        "image_encoder.in_chans",
+        || format!("{} must be in 1..=64", ie.in_chans),
+    )?;
+    need(ie.depths.len() <= 16, "image_encoder.depths", || {
+        format!("{} stages, at most 16", ie.depths.len())
+    })?;
+    for (i, (&e, &d)) in ie.embed_dims.iter().zip(&ie.depths).enumerate() {
+        need(
+            (1..=1 << 14).contains(&e),
+            "image_encoder.embed_dims",
+            || format!("stage {i}: {e} must be in 1..=16384"),
+        )?;
+        need(d <= MAX_DEPTH, "image_encoder.depths", || {
+            format!("stage {i}: {d} must be at most {MAX_DEPTH}")
+        })?;
+    }
+    for (i, &w) in ie.window_sizes.iter().enumerate().skip(1) {
+        need(w <= 64, "image_encoder.window_sizes", || {
+            format!("stage {i}: {w} must be at most 64")
+        })?;
+    }
+    need(
+        ie.local_conv_size <= 31,
+        "image_encoder.local_conv_size",
+        || format!("{} must be an odd size up to 31", ie.local_conv_size),
+    )?;
+    positive_ratio(ie.mlp_ratio, "image_encoder.mlp_ratio")?;
+    positive_ratio(ie.mbconv_expand_ratio, "image_encoder.mbconv_expand_ratio")?;
+    need(
+        (1..=1 << 16).contains(&ie.out_chans),
+        "image_encoder.out_chans",
+        || format!("{} must be in 1..=65536", ie.out_chans),
+    )?;
+    validate_heads_agree(ie.out_chans, &c.prompt_encoder, &c.mask_decoder)?;
+    let params = ie
+        .embed_dims
+        .iter()
+        .zip(&ie.depths)
+        .map(|(&e, &d)| block_params(e, ie.mlp_ratio.max(ie.mbconv_expand_ratio), d))
+        .fold(0u64, u64::saturating_add)
+        .saturating_add(c.mask_decoder.params());
+    need(params <= MAX_PARAMS, "image_encoder", || {
+        format!("about {params} parameters, over the limit of {MAX_PARAMS}")
+    })
 }

@@ -42,10 +42,17 @@ impl LiteConfig {
         }
     }
 
+    /// Reads and validates a JSON LiteMedSAM configuration.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::file(path, format!("LiteMedSAM config: {e}")))
+        let c: Self = super::config::read_json_config(path, "LiteMedSAM configuration")?;
+        c.validated(path)
+    }
+
+    /// Checks every size before anything is built (see [`super::config::validate_lite`]).
+    pub fn validated(self, source: &Path) -> Result<Self> {
+        super::config::validate_lite(&self)
+            .map_err(|e| Error::file(source, format!("invalid model configuration: {e}")))?;
+        Ok(self)
     }
 
     /// Whether a state dict holds a TinyViT encoder (LiteMedSAM) rather than SAM's ViT.
@@ -60,11 +67,22 @@ impl LiteConfig {
     /// in the (1×1) stem, so it is LiteMedSAM's 256; the decoder's head count is SAM's 8.
     pub fn infer(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
         let get = |k: &str| {
-            shapes.get(k).ok_or_else(|| {
-                Error::Weights(format!(
-                    "cannot infer the LiteMedSAM model: key '{k}' is missing"
-                ))
-            })
+            // Linear weights, embeddings and attention biases are 2-D; conv weights 4-D.
+            let linear = [
+                "qkv",
+                "attention_biases",
+                "fc1",
+                "point_embeddings",
+                "lin1",
+                "mask_tokens",
+                "iou_prediction_head",
+            ];
+            let rank = if linear.iter().any(|n| k.contains(n)) {
+                2
+            } else {
+                4
+            };
+            super::config::checked_shape(shapes, k, rank, "LiteMedSAM model")
         };
         let p = "image_encoder";
         let stem = get(&format!("{p}.patch_embed.seq.0.c.weight"))?; // [e0/2, in, 1, 1]
@@ -148,7 +166,7 @@ impl LiteConfig {
                 transformer_depth: count("mask_decoder.transformer.layers."),
                 transformer_mlp_dim: get("mask_decoder.transformer.layers.0.mlp.lin1.weight")?[0],
                 transformer_num_heads: sam.mask_decoder.transformer_num_heads,
-                num_multimask_outputs: get("mask_decoder.mask_tokens.weight")?[0] - 1,
+                num_multimask_outputs: get("mask_decoder.mask_tokens.weight")?[0].saturating_sub(1),
                 iou_head_depth: count("mask_decoder.iou_prediction_head.layers."),
                 iou_head_hidden_dim: get("mask_decoder.iou_prediction_head.layers.0.weight")?[0],
             },
@@ -212,6 +230,7 @@ impl LiteMedSam {
     /// A model with deterministic random initialisation for `seed` (BatchNorm as PyTorch
     /// initialises it: weight 1 — 0 for MBConv's last — bias 0, running mean 0, variance 1).
     pub fn new(config: &LiteConfig, seed: u64, device: Device) -> Result<Self> {
+        super::config::validate_lite(config).map_err(|e| Error::arg("model configuration", e))?;
         let mut init = Init::new(seed, device);
         let ie = &config.image_encoder;
         Ok(LiteMedSam {

@@ -76,6 +76,9 @@ impl Module for Sam {
 impl Sam {
     /// A model with PyTorch-style random initialisation, reproducible for `seed`.
     pub fn new(config: &SamConfig, seed: u64, device: Device) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|e| crate::Error::arg("model configuration", e))?;
         let mut init = Init::new(seed, device);
         let ie = &config.image_encoder;
         Ok(Sam {
