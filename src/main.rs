@@ -60,9 +60,42 @@ fn distributed(
     result
 }
 
+/// Exit status of a panic: a bug in this program, never the user's input.
+const EXIT_INTERNAL: u8 = 70;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
+    // A panic is a bug: say so in one line (with where), never as a bare backtrace dump.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "internal error (a bug, please report it): {what}{at}; the input may be malformed in a way that is not yet checked"
+        );
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&cli)));
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => ExitCode::from(EXIT_INTERNAL),
+    }
+}
+
+fn run(cli: &Cli) -> medsam::Result<()> {
+    // A malformed MEDSAM_MAX_* variable is reported before any file is read.
+    medsam::io::limits::Limits::current()?;
+    match &cli.command {
         Command::Demo(a) => cli::demo::run_demo(a),
         Command::Infer(a) => cli::infer::run(a),
         Command::Preprocess(a) => cli::preprocess::run(a)
@@ -93,12 +126,5 @@ fn main() -> ExitCode {
         Command::Convert(a) => cli::convert::run(a)
             .map(|summary| println!("{summary}"))
             .map_err(|e| medsam::Error::Other(e.to_string())),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

@@ -34,6 +34,35 @@ pub struct ParamState {
     pub exp_avg_sq: Tensor,
 }
 
+impl AdamWConfig {
+    /// The checks `torch.optim.AdamW` makes (0 <= lr, 0 <= eps, 0 <= betas < 1,
+    /// 0 <= weight_decay), with NaN and infinity refused too: a non-finite hyper-parameter
+    /// only writes NaN weights.
+    pub fn validate(&self) -> Result<()> {
+        let check = |field: &str, v: f64, ok: bool, rule: &str| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(Error::arg(
+                    field,
+                    format!("{v} is invalid: it must be {rule}"),
+                ))
+            }
+        };
+        check("lr", self.lr, self.lr >= 0.0, "a finite number >= 0")?;
+        check("eps", self.eps, self.eps >= 0.0, "a finite number >= 0")?;
+        let (b1, b2) = self.betas;
+        check("betas[0]", b1, (0.0..1.0).contains(&b1), "in [0, 1)")?;
+        check("betas[1]", b2, (0.0..1.0).contains(&b2), "in [0, 1)")?;
+        check(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "a finite number >= 0",
+        )
+    }
+}
+
 pub struct AdamW {
     pub config: AdamWConfig,
     /// `None` until the parameter first receives a gradient (as in PyTorch).

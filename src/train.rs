@@ -35,7 +35,7 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     /// Write `medsam_model_latest_step.pth` every this many steps.
     pub save_every_steps: usize,
-    /// Use this run directory instead of `WORK_DIR/TASK_NAME-YYYYmmdd-HHMM`.
+    /// Use this run directory instead of `WORK_DIR/TASK_NAME-YYYYmmdd-HHMMSS[-N]`.
     pub run_dir: Option<PathBuf>,
     /// DDP's gradient bucket size.
     pub bucket_cap_mb: usize,
@@ -115,7 +115,7 @@ pub struct TrainOutcome {
     pub latest_checkpoint: PathBuf,
 }
 
-/// `YYYYmmdd-HHMM` in UTC.
+/// `YYYYmmdd-HHMMSS` in UTC.
 fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -133,9 +133,10 @@ fn timestamp() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
     format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}",
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
         rem / 3600,
-        (rem % 3600) / 60
+        (rem % 3600) / 60,
+        rem % 60
     )
 }
 
@@ -171,7 +172,30 @@ pub fn forward_backward<M: SegModel + ?Sized>(
     Ok(value)
 }
 
+/// Refuses to write a checkpoint holding a NaN or infinite value, naming the first tensor.
+fn check_finite(value: &Value, path: &Path) -> Result<()> {
+    let Some(model) = value.get("model").and_then(|m| m.as_dict()) else {
+        return Ok(());
+    };
+    for (k, v) in model {
+        let Some(t) = v.as_tensor() else { continue };
+        if t.to_f32()
+            .map_or(true, |d| d.iter().any(|x| !x.is_finite()))
+        {
+            return Err(Error::file(
+                path,
+                format!(
+                    "not written: parameter {} holds NaN or infinity",
+                    k.as_str().unwrap_or("?")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn save(path: &Path, value: &Value, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+    check_finite(value, path)?;
     checkpoint::save_pth(path, value).map_err(|e| Error::file(path, e.to_string()))?;
     on_event(TrainEvent::Saved {
         path: path.to_path_buf(),
@@ -237,14 +261,65 @@ pub fn broadcast_weights<M: SegModel + ?Sized>(
 struct RunFiles {
     dir: PathBuf,
     log: std::fs::File,
+    /// Set while a run directory this process created may still be removed on failure.
+    created: bool,
+}
+
+impl Drop for RunFiles {
+    /// A failed run leaves no empty directory behind: one holding only an empty log goes.
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let log = self.dir.join("train_log.jsonl");
+        let only_empty_log = std::fs::read_dir(&self.dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .all(|e| e.path() == log && e.metadata().is_ok_and(|m| m.len() == 0))
+        });
+        if only_empty_log {
+            let _ = std::fs::remove_file(&log);
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// `work_dir/<task>-<YYYYmmdd-HHMMSS>`, with `-2`, `-3`, ... when that exists: created here
+/// (atomically), so two runs started in the same second never share a directory.
+fn new_run_dir(cfg: &TrainConfig) -> Result<PathBuf> {
+    std::fs::create_dir_all(&cfg.work_dir).map_err(|e| Error::io(&cfg.work_dir, e))?;
+    // Checkpoint temp files of runs killed while saving (1 GB each for ViT-B).
+    crate::io::stale::clean_stale_temps_below(&cfg.work_dir);
+    let base = format!("{}-{}", cfg.task_name, timestamp());
+    for i in 1..=1000 {
+        let name = if i == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{i}")
+        };
+        let dir = cfg.work_dir.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+    Err(Error::file(
+        &cfg.work_dir,
+        format!("1000 run directories named {base}-N exist already"),
+    ))
 }
 
 fn open_run(cfg: &TrainConfig, is_root: bool) -> Result<RunFiles> {
-    let dir = cfg.run_dir.clone().unwrap_or_else(|| {
-        cfg.work_dir
-            .join(format!("{}-{}", cfg.task_name, timestamp()))
-    });
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let (dir, created) = match (&cfg.run_dir, is_root) {
+        (Some(d), _) => {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            (d.clone(), false)
+        }
+        (None, true) => (new_run_dir(cfg)?, true),
+        // Only rank 0 writes into the run directory.
+        (None, false) => (std::env::temp_dir(), false),
+    };
     let log_path = dir.join(if is_root {
         "train_log.jsonl".to_string()
     } else {
@@ -258,7 +333,7 @@ fn open_run(cfg: &TrainConfig, is_root: bool) -> Result<RunFiles> {
     if !is_root {
         let _ = std::fs::remove_file(&log_path);
     }
-    Ok(RunFiles { dir, log })
+    Ok(RunFiles { dir, log, created })
 }
 
 /// `TASK_train_loss.png`: the loss of every optimizer step and its running mean.
@@ -301,6 +376,7 @@ pub fn train<M: SegModel + ?Sized>(
             "must be at least 1",
         ));
     }
+    cfg.adamw.validate()?;
     let ds = NpyDataset::open(&cfg.tr_npy_path, cfg.bbox_shift)?;
     model.enable_training();
     let n_params = model.trainable_parameters().len();
@@ -326,7 +402,19 @@ pub fn train<M: SegModel + ?Sized>(
             .get("epoch")
             .and_then(|e| e.as_int())
             .ok_or_else(|| Error::file(path, "no integer 'epoch' entry"))?;
-        start_epoch = epoch as usize + 1;
+        start_epoch = usize::try_from(epoch)
+            .ok()
+            .and_then(|e| e.checked_add(1))
+            .ok_or_else(|| Error::file(path, format!("'epoch' is {epoch}, not an epoch number")))?;
+    }
+    if start_epoch >= cfg.num_epochs {
+        return Err(Error::arg(
+            "--num-epochs",
+            format!(
+                "nothing to train: {} epoch(s) requested and training starts at epoch {start_epoch}",
+                cfg.num_epochs
+            ),
+        ));
     }
     broadcast_weights(model, comm)?;
     let is_root = comm.is_root();
@@ -442,7 +530,10 @@ pub fn train<M: SegModel + ?Sized>(
         comm.barrier()?;
     }
     Ok(TrainOutcome {
-        run_dir: run.dir,
+        run_dir: {
+            run.created = false;
+            run.dir.clone()
+        },
         epochs_completed,
         steps,
         epoch_losses,

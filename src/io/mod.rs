@@ -1,3 +1,4 @@
 //! Reading and writing files.
 
 pub mod limits;
+pub mod stale;
