@@ -123,8 +123,6 @@ fn run(cli: &Cli) -> medsam::Result<()> {
             a.model.device = device;
             cli::eval::run_with(&a, comm).map(|_| ())
         }),
-        Command::Convert(a) => cli::convert::run(a)
-            .map(|summary| println!("{summary}"))
-            .map_err(|e| medsam::Error::Other(e.to_string())),
+        Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")),
     }
 }

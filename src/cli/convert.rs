@@ -43,16 +43,38 @@ pub struct ConvertArgs {
 }
 
 /// Runs the conversion and returns a one-line summary (nothing is printed).
-pub fn run(args: &ConvertArgs) -> Result<String, CheckpointError> {
-    let format = args
-        .format
-        .map(OutputFormat::from)
-        .unwrap_or_else(|| OutputFormat::from_path(&args.save_path));
+pub fn run(args: &ConvertArgs) -> medsam::Result<String> {
+    medsam::io::paths::refuse_overwriting_input(
+        &args.save_path,
+        "--save-path",
+        &[&args.sam_ckpt_path, &args.medsam_ckpt_path],
+    )?;
+    let implied = OutputFormat::from_path(&args.save_path);
+    let format = args.format.map(OutputFormat::from).unwrap_or(implied);
+    // A file named for one format holding the other cannot be read back by name.
+    let named = args.save_path.extension().and_then(|e| e.to_str());
+    let mismatch = match (format, named) {
+        (OutputFormat::Pth, Some(e)) => e.eq_ignore_ascii_case("safetensors"),
+        (OutputFormat::Safetensors, Some(_)) => implied != OutputFormat::Safetensors,
+        (OutputFormat::Safetensors, None) => true,
+        (OutputFormat::Pth, None) => false,
+    };
+    if mismatch {
+        return Err(medsam::Error::arg(
+            "--format",
+            format!(
+                "{format} does not match the name {}; name a safetensors file *.safetensors \
+                 and a torch file *.pth",
+                args.save_path.display()
+            ),
+        ));
+    }
     let report = convert(
         &args.sam_ckpt_path,
         &args.medsam_ckpt_path,
         &args.save_path,
         format,
-    )?;
+    )
+    .map_err(|e: CheckpointError| medsam::Error::Other(e.to_string()))?;
     Ok(report.to_string())
 }

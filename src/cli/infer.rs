@@ -83,7 +83,17 @@ fn stem_of(path: &Path) -> String {
     }
 }
 
+/// Refuses an output path that is one of the command's input files.
+fn refuse_input(a: &InferArgs, output: &Path, flag: &str) -> Result<()> {
+    let mut inputs: Vec<&Path> = vec![&a.data_path, &a.model.checkpoint];
+    inputs.extend(a.model.model_config.as_deref());
+    medsam::io::paths::refuse_overwriting_input(output, flag, &inputs)
+}
+
 pub fn run(a: &InferArgs) -> Result<()> {
+    if let Some(l) = &a.logits {
+        refuse_input(a, l, "--logits")?;
+    }
     if is_volume_path(&a.data_path) {
         return run_volume(a);
     }
@@ -184,10 +194,12 @@ fn write_2d(
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(&a.data_path);
     let seg_png = a.seg_path.join(format!("seg_{stem}.png"));
+    let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
+    refuse_input(a, &seg_png, "--seg-path")?;
+    refuse_input(a, &overlay, "--seg-path")?;
     medsam::viz::save_mask_png(&seg_png, &seg.union, h, w)
         .map_err(|e| Error::Other(e.to_string()))?;
     let ub: Vec<[usize; 4]> = boxes.iter().map(|b| b.map(|v| v as usize)).collect();
-    let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
     medsam::viz::save_overlay_png(&overlay, rgb, h, w, &seg.union, &ub)
         .map_err(|e| Error::Other(e.to_string()))?;
     println!("segmentation: {}", show(&seg_png));
@@ -323,6 +335,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
+    refuse_input(a, &nii, "--seg-path")?;
     write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing).map_err(|e| Error::Other(e.to_string()))?;
     println!(
         "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
@@ -331,6 +344,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     );
     if is_npz {
         let npz = a.seg_path.join(format!("seg_{stem}.npz"));
+        refuse_input(a, &npz, "--seg-path")?;
         write_npz_segs(&npz, vol.shape, &segs)?;
         println!("segmentation: {} (key `segs`)", show(&npz));
     }

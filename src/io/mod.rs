@@ -8,5 +8,6 @@ pub mod image;
 pub mod limits;
 pub mod nifti;
 pub mod npy;
+pub mod paths;
 pub mod stale;
 pub mod volume;

@@ -124,23 +124,80 @@ struct RawHeader {
     inter: f64,
 }
 
+/// Reads up to `n` bytes (fewer only at the end of the stream).
+fn read_up_to(r: &mut dyn Read, n: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    r.take(n as u64).read_to_end(buf).map(|_| ())
+}
+
+/// The file's bytes (inflated when gzip-compressed), read only as far as the header says the
+/// voxel data reaches, and only after that extent was checked against the limits: a small
+/// `.nii.gz` cannot inflate beyond the volume it declares, nor declare more than the limit.
 fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| NiftiError::Io {
+    let io_err = |source| NiftiError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|source| NiftiError::Gzip {
+    };
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err)?);
+    let gz = {
+        use std::io::BufRead;
+        let head = file.fill_buf().map_err(io_err)?;
+        head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
+    };
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let wrap = |source: std::io::Error| {
+        if gz {
+            NiftiError::Gzip {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+            }
+        } else {
+            NiftiError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    };
+    let mut bytes = Vec::new();
+    read_up_to(&mut reader, 544, &mut bytes).map_err(wrap)?;
+    let h = parse_header(&bytes, path)?;
+    let (_, esize) = PixelKind::from_code(h.code).ok_or(NiftiError::Datatype {
+        path: path.to_path_buf(),
+        code: h.code,
+    })?;
+    let end = voxel_extent(&h, esize, path)?;
+    if end > bytes.len() {
+        bytes.reserve(end.min(64 << 20));
+        read_up_to(&mut reader, end - bytes.len(), &mut bytes).map_err(wrap)?;
     }
+    Ok(bytes)
+}
+
+/// Offset one past the last voxel byte, checked: the voxel count against the limits
+/// (`MEDSAM_MAX_VOXELS`) and every product and sum for overflow.
+fn voxel_extent(h: &RawHeader, esize: usize, path: &Path) -> Result<usize> {
+    let max = crate::io::limits::Limits::current_or_default().max_voxels;
+    let n = crate::io::limits::checked_product(&h.dims)
+        .filter(|&n| n as u64 <= max)
+        .ok_or_else(|| NiftiError::Header {
+            path: path.to_path_buf(),
+            field: "dim",
+            detail: format!(
+                "{:?} holds more than {max} voxels, the limit (MEDSAM_MAX_VOXELS)",
+                h.dims
+            ),
+        })?;
+    if h.vox_offset > 1 << 30 {
+        return Err(NiftiError::Header {
+            path: path.to_path_buf(),
+            field: "vox_offset",
+            detail: format!("{} is past the 1 GiB a header may take", h.vox_offset),
+        });
+    }
+    Ok(h.vox_offset + n * esize)
 }
 
 fn parse_header(b: &[u8], path: &Path) -> Result<RawHeader> {
@@ -306,8 +363,7 @@ pub fn read_nifti(path: impl AsRef<Path>) -> Result<NiftiVolume> {
         path: path.to_path_buf(),
         code: h.code,
     })?;
-    let n = h.dims[0] * h.dims[1] * h.dims[2];
-    let need = n * esize;
+    let need = voxel_extent(&h, esize, path)? - h.vox_offset;
     let avail = bytes.len().saturating_sub(h.vox_offset);
     if avail < need {
         return Err(NiftiError::Truncated {

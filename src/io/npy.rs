@@ -276,13 +276,26 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Reads a `.npy` file.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
     let path = path.as_ref();
+    let limits = crate::io::limits::Limits::current_or_default();
+    // The header (at most 4 GiB by format, far less in practice) plus the largest array.
+    let max = limits.max_voxels.saturating_mul(8).saturating_add(1 << 20);
     let mut bytes = Vec::new();
     File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut bytes))
         .map_err(|source| NpyError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+    if bytes.len() as u64 > max {
+        return Err(NpyError::Header {
+            path: path.to_path_buf(),
+            field: "file",
+            detail: format!(
+                "larger than {max} bytes, the limit for {} elements (MEDSAM_MAX_VOXELS)",
+                limits.max_voxels
+            ),
+        });
+    }
     parse_npy(&bytes, path)
 }
 
@@ -360,7 +373,16 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
         field: "shape",
         detail,
     })?;
-    let n: usize = shape.iter().product();
+    let max_voxels = crate::io::limits::Limits::current_or_default().max_voxels;
+    let n = crate::io::limits::checked_product(&shape)
+        .filter(|&n| n as u64 <= max_voxels)
+        .ok_or_else(|| NpyError::Header {
+            path: p(),
+            field: "shape",
+            detail: format!(
+                "{shape:?} holds more than {max_voxels} elements (MEDSAM_MAX_VOXELS)"
+            ),
+        })?;
 
     let (endian, kind) = descr.split_at(1.min(descr.len()));
     let big = match endian {
@@ -376,7 +398,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
         _ => return Err(NpyError::Dtype { path: p(), descr }),
     };
     let payload = &bytes[data_start..];
-    let needed = n * esize;
+    let needed = n.saturating_mul(esize);
     if payload.len() < needed {
         return Err(NpyError::Truncated {
             path: p(),

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::io::{nifti, npy};
 use crate::pipeline::infer::lite::Box3d;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A uint8 `(D, H, W)` volume with its boxes (from the file, if any) and voxel spacing `(x, y, z)`.
@@ -25,14 +25,18 @@ fn npz_member(
     key: &str,
 ) -> Result<Option<npy::NpyArray>> {
     let name = format!("{key}.npy");
-    let mut f = match zip.by_name(&name) {
+    let f = match zip.by_name(&name) {
         Ok(f) => f,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
         Err(e) => return Err(Error::file(path, format!("{name}: {e}"))),
     };
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| Error::file(path, format!("{name}: {e}")))?;
+    // The header's claimed size is checked first; the inflated bytes are counted as they come.
+    let limits = crate::io::limits::Limits::current_or_default();
+    let max = limits.max_voxels.saturating_mul(8).saturating_add(1 << 20);
+    if f.size() > max {
+        return Err(crate::io::limits::too_big(path, &format!("member {name}"), max));
+    }
+    let bytes = crate::io::limits::read_bounded(f, max, path, &format!("member {name}"))?;
     let member = PathBuf::from(format!("{}:{name}", path.display()));
     npy::parse_npy(&bytes, &member)
         .map(Some)

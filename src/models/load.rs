@@ -35,6 +35,16 @@ pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>
             let data = t
                 .to_f32()
                 .map_err(|e| Error::file(path, format!("{k}: {e}")))?;
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "tensor `{k}` holds NaN or infinity (element {i} is {}); such weights \
+                         only give meaningless masks",
+                        data[i]
+                    ),
+                ));
+            }
             Ok((k, Tensor::from_vec(data, &t.shape)?))
         })
         .collect()

@@ -143,10 +143,21 @@ fn merge(
         }
         out.push((key.clone(), t));
     }
-    let unused = medsam
+    let unused: Vec<String> = medsam
         .into_iter()
         .map(|(k, _)| k)
         .filter(|k| by_name.contains_key(k))
         .collect();
+    // A model weight the SAM checkpoint lacks would be dropped, and the output not load.
+    let model_parts = ["image_encoder.", "prompt_encoder.", "mask_decoder."];
+    if let Some(k) = unused
+        .iter()
+        .find(|k| model_parts.iter().any(|p| k.starts_with(p)))
+    {
+        return Err(CheckpointError::MissingKey {
+            path: sam_path.to_path_buf(),
+            key: format!("{k} (present in {}; the output would lack it)", medsam_path.display()),
+        });
+    }
     Ok((out, unused))
 }

@@ -44,17 +44,29 @@ impl LoadReport {
         if self.is_clean() {
             return Ok(self);
         }
+        // At most a few keys of each kind, with the count: a wrong model can miss hundreds.
+        fn some(keys: &[String]) -> String {
+            const SHOWN: usize = 5;
+            let head = keys[..keys.len().min(SHOWN)].join(", ");
+            match keys.len() {
+                n if n > SHOWN => format!("{head}, ... ({n} in all)"),
+                _ => head,
+            }
+        }
         let mut parts = Vec::new();
         if !self.missing.is_empty() {
-            parts.push(format!("missing keys: {}", self.missing.join(", ")));
+            parts.push(format!("missing keys: {}", some(&self.missing)));
         }
         if !self.unexpected.is_empty() {
-            parts.push(format!("unexpected keys: {}", self.unexpected.join(", ")));
+            parts.push(format!("unexpected keys: {}", some(&self.unexpected)));
         }
-        for (k, want, got) in &self.mismatched {
+        for (k, want, got) in self.mismatched.iter().take(5) {
             parts.push(format!(
                 "{k}: model expects shape {want:?}, checkpoint has {got:?}"
             ));
+        }
+        if self.mismatched.len() > 5 {
+            parts.push(format!("{} more wrongly shaped keys", self.mismatched.len() - 5));
         }
         Err(Error::Weights(parts.join("; ")))
     }

@@ -21,6 +21,39 @@ pub struct InputImage {
     pub is_npy: bool,
 }
 
+/// Decodes an image file whose pixel count was checked against the limits
+/// (`MEDSAM_MAX_IMAGE_PIXELS`) before decoding, with the decoder's own allocation capped too (a
+/// 100 KB PNG may declare gigapixels).
+pub fn decode_image_bounded(path: &Path) -> Result<image::DynamicImage> {
+    let max_px = crate::io::limits::Limits::current_or_default().max_image_pixels;
+    let bad = |e: image::ImageError| Error::file(path, format!("cannot read image: {e}"));
+    let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+        let r = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+        if r.format().is_some() {
+            return Ok(r);
+        }
+        r.with_guessed_format().map_err(|e| Error::io(path, e))
+    };
+    let (w, h) = open()?.into_dimensions().map_err(bad)?;
+    let px = w as u64 * h as u64;
+    if px > max_px {
+        return Err(Error::file(
+            path,
+            format!(
+                "image of {w}×{h} = {px} pixels is over the limit of {max_px} (MEDSAM_MAX_IMAGE_PIXELS)"
+            ),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // Four 16-bit channels per pixel, twice over for the decoder's working buffers.
+    limits.max_alloc = Some(px.saturating_mul(16).max(1 << 20));
+    let mut r = open()?;
+    r.limits(limits);
+    r.decode().map_err(bad)
+}
+
 /// Reads PNG/JPEG/BMP/TIFF (grey or RGB; alpha dropped; 16-bit scaled to 0–255) or an `.npy`
 /// H×W×3 / H×W array.
 pub fn read_input_image(path: &Path) -> Result<InputImage> {
@@ -33,6 +66,16 @@ pub fn read_input_image(path: &Path) -> Result<InputImage> {
     {
         let a = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
         let v: Vec<f64> = a.to_f32().into_iter().map(|x| x as f64).collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            let bad = v.iter().filter(|x| !x.is_finite()).count();
+            return Err(Error::file(
+                path,
+                format!(
+                    "npy image holds {bad} NaN or infinite value(s) (first at flat index {i}); \
+                     a mask computed from them would be meaningless"
+                ),
+            ));
+        }
         return match a.shape.as_slice() {
             &[h, w, 3] => Ok(InputImage {
                 h,
@@ -52,8 +95,7 @@ pub fn read_input_image(path: &Path) -> Result<InputImage> {
             )),
         };
     }
-    let img =
-        image::open(path).map_err(|e| Error::file(path, format!("cannot read image: {e}")))?;
+    let img = decode_image_bounded(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let hwc: Vec<f64> = match img {
         image::DynamicImage::ImageLuma8(g) => {
