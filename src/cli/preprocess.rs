@@ -47,5 +47,18 @@ pub fn run(args: &PreprocessArgs) -> Result<PreprocessSummary, PreprocessCliErro
         cfg.npy_path.display(),
         start.elapsed()
     );
+    // Non-zero exit unless every case with an image was done or skipped for having no labels
+    // (as the reference skips it): nothing found, or any case failing, is an error.
+    let empty = medsam::pipeline::preprocess::CaseError::EmptyLabels.to_string();
+    let failed = summary.skipped.iter().filter(|s| s.reason != empty).count();
+    if summary.done.is_empty() || failed > 0 {
+        return Err(PreprocessCliError::Failed(format!(
+            "{} of {} case(s) done, {failed} failed, {} label file(s) without an image in {}",
+            summary.done.len(),
+            summary.done.len() + summary.skipped.len(),
+            summary.missing_images.len(),
+            cfg.nii_path.display()
+        )));
+    }
     Ok(summary)
 }

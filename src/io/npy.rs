@@ -379,9 +379,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
         .ok_or_else(|| NpyError::Header {
             path: p(),
             field: "shape",
-            detail: format!(
-                "{shape:?} holds more than {max_voxels} elements (MEDSAM_MAX_VOXELS)"
-            ),
+            detail: format!("{shape:?} holds more than {max_voxels} elements (MEDSAM_MAX_VOXELS)"),
         })?;
 
     let (endian, kind) = descr.split_at(1.min(descr.len()));

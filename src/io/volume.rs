@@ -34,7 +34,11 @@ fn npz_member(
     let limits = crate::io::limits::Limits::current_or_default();
     let max = limits.max_voxels.saturating_mul(8).saturating_add(1 << 20);
     if f.size() > max {
-        return Err(crate::io::limits::too_big(path, &format!("member {name}"), max));
+        return Err(crate::io::limits::too_big(
+            path,
+            &format!("member {name}"),
+            max,
+        ));
     }
     let bytes = crate::io::limits::read_bounded(f, max, path, &format!("member {name}"))?;
     let member = PathBuf::from(format!("{}:{name}", path.display()));
@@ -125,6 +129,13 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
 pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
     let v = nifti::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
     let [d, h, w] = v.shape;
+    let bad = v.data.iter().filter(|x| !x.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::file(
+            path,
+            format!("volume holds {bad} NaN or infinite voxel(s); a segmentation of it would be meaningless"),
+        ));
+    }
     let integral = v
         .data
         .iter()

@@ -156,7 +156,10 @@ fn merge(
     {
         return Err(CheckpointError::MissingKey {
             path: sam_path.to_path_buf(),
-            key: format!("{k} (present in {}; the output would lack it)", medsam_path.display()),
+            key: format!(
+                "{k} (present in {}; the output would lack it)",
+                medsam_path.display()
+            ),
         });
     }
     Ok((out, unused))

@@ -82,6 +82,14 @@ pub fn read_image(path: &Path) -> Result<Image> {
     let (h, w) = (a.shape[0], a.shape[1]);
     let scale = if a.is_u8() { 1.0 / 255.0 } else { 1.0 };
     let hwc = a.to_f32();
+    let bad = hwc.iter().filter(|x| !x.is_finite()).count();
+    if bad > 0 {
+        // Masks, losses and scores computed from such an image would be meaningless, not 0.
+        return Err(Error::file(
+            path,
+            format!("image holds {bad} NaN or infinite value(s)"),
+        ));
+    }
     let mut chw = vec![0.0f32; 3 * h * w];
     for (i, px) in hwc.chunks_exact(3).enumerate() {
         for c in 0..3 {

@@ -66,7 +66,10 @@ impl LoadReport {
             ));
         }
         if self.mismatched.len() > 5 {
-            parts.push(format!("{} more wrongly shaped keys", self.mismatched.len() - 5));
+            parts.push(format!(
+                "{} more wrongly shaped keys",
+                self.mismatched.len() - 5
+            ));
         }
         Err(Error::Weights(parts.join("; ")))
     }

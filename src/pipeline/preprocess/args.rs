@@ -57,6 +57,8 @@ pub enum PreprocessCliError {
     LabelId(String),
     #[error(transparent)]
     Preprocess(#[from] super::PreprocessError),
+    #[error("preprocessing failed: {0}")]
+    Failed(String),
 }
 
 impl PreprocessArgs {

@@ -176,6 +176,17 @@ pub enum CaseError {
     EmptyLabels,
     #[error("MR image has no positive voxels; percentiles undefined")]
     NoPositiveVoxels,
+    #[error(
+        "label map holds {count} voxel(s) that are not label ids in 0..=255 (e.g. {example}); \
+         a uint8 cast would wrap them into other labels"
+    )]
+    LabelRange { count: usize, example: f64 },
+    #[error("image holds {count} NaN or infinite voxel(s); slices from it would be blank")]
+    NonFinite { count: usize },
+    #[error(
+        "image is constant ({value}) after windowing to [{lo}, {hi}]; every slice would be blank"
+    )]
+    Constant { value: f64, lo: f64, hi: f64 },
 }
 
 /// `name.split(suffix)[0]` as Python computes it.
@@ -206,6 +217,17 @@ pub fn preprocess(
         return Err(PreprocessError::Config {
             field: "image_size",
             detail: "must be positive".into(),
+        });
+    }
+    if cfg.modality == Modality::CT
+        && !(cfg.window_width.is_finite() && cfg.window_width > 0.0 && cfg.window_level.is_finite())
+    {
+        return Err(PreprocessError::Config {
+            field: "window_width/window_level",
+            detail: format!(
+                "width {} and level {}: the width must be a finite number > 0 and the level finite",
+                cfg.window_width, cfg.window_level
+            ),
         });
     }
     let io = |path: &Path| {
@@ -355,6 +377,10 @@ pub fn normalize_volume(
     window_width: f64,
 ) -> Result<Vec<u8>, CaseError> {
     let f32_mode = vol.kind == PixelKind::F32;
+    let count = vol.data.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(CaseError::NonFinite { count });
+    }
     let (lo, hi) = match modality {
         Modality::CT => (
             window_level - window_width / 2.0,
@@ -381,6 +407,13 @@ pub fn normalize_volume(
             .collect();
         let mn = clipped.iter().copied().fold(f32::INFINITY, f32::min);
         let mx = clipped.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if mn >= mx {
+            return Err(CaseError::Constant {
+                value: mn as f64,
+                lo: lo as f64,
+                hi: hi as f64,
+            });
+        }
         clipped
             .iter()
             .map(|&v| to_u8(((v - mn) / (mx - mn) * 255.0f32) as f64))
@@ -389,6 +422,9 @@ pub fn normalize_volume(
         let clipped: Vec<f64> = vol.data.iter().map(|&v| v.max(lo).min(hi)).collect();
         let mn = clipped.iter().copied().fold(f64::INFINITY, f64::min);
         let mx = clipped.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if mn >= mx {
+            return Err(CaseError::Constant { value: mn, lo, hi });
+        }
         clipped
             .iter()
             .map(|&v| to_u8((v - mn) / (mx - mn) * 255.0))
@@ -431,6 +467,11 @@ fn process_case(
 ) -> Result<usize, CaseError> {
     let gt_vol = nifti::read_nifti(gt_path)?;
     let shape = gt_vol.shape;
+    let not_label = |v: &f64| !(v.fract() == 0.0 && (0.0..=255.0).contains(v));
+    if let Some(&example) = gt_vol.data.iter().find(|v| not_label(v)) {
+        let count = gt_vol.data.iter().filter(|v| not_label(v)).count();
+        return Err(CaseError::LabelRange { count, example });
+    }
     let mut gt = gt_vol.to_u8_labels();
     drop(gt_vol);
     clean_labels(&mut gt, shape, cfg);
