@@ -71,6 +71,12 @@ impl Limits {
         Ok(l)
     }
 
+    /// Fixes the process's limits (before any file is read; tests and embedders). Returns
+    /// false when they were already fixed, by an earlier call or a first read.
+    pub fn set_for_process(l: Limits) -> bool {
+        CURRENT.set(Ok(l)).is_ok()
+    }
+
     /// The process's limits ([`Limits::from_env`], read once).
     pub fn current() -> Result<Limits> {
         CURRENT

@@ -279,13 +279,41 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
     let limits = crate::io::limits::Limits::current_or_default();
     // The header (at most 4 GiB by format, far less in practice) plus the largest array.
     let max = limits.max_voxels.saturating_mul(8).saturating_add(1 << 20);
+    let io = |source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    // The preamble and header first (a stream such as /dev/zero fails here), then only as many
+    // bytes as the header's shape needs.
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut bytes))
-        .map_err(|source| NpyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    (&mut file)
+        .take(12)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() >= 10 && bytes.starts_with(MAGIC) {
+        let header_len = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as u64).saturating_sub(2),
+            _ if bytes.len() == 12 => {
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as u64
+            }
+            _ => 0,
+        };
+        (&mut file)
+            .take(header_len.min(1 << 20))
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        let want = match parse_npy(&bytes, path) {
+            Err(NpyError::Truncated { expected, .. }) => expected as u64,
+            _ => bytes.len() as u64,
+        };
+        if want > bytes.len() as u64 {
+            (&mut file)
+                .take(want.min(max.saturating_add(1)) - bytes.len() as u64)
+                .read_to_end(&mut bytes)
+                .map_err(io)?;
+        }
+    }
     if bytes.len() as u64 > max {
         return Err(NpyError::Header {
             path: path.to_path_buf(),

@@ -17,8 +17,14 @@ fn ckpt_err(e: checkpoint::CheckpointError) -> Error {
 
 /// The checkpoint's top-level value (`.pth`) — or a state dict built from a safetensors file.
 pub fn read_checkpoint(path: &Path) -> Result<Value> {
-    if !path.is_file() {
+    if !path.exists() {
         return Err(Error::file(path, "checkpoint not found"));
+    }
+    if !path.is_file() {
+        return Err(Error::file(
+            path,
+            "not a regular file (a checkpoint is a .pth or .safetensors file)",
+        ));
     }
     if path.extension().is_some_and(|e| e == "safetensors") {
         let sd = checkpoint::load_safetensors(path).map_err(ckpt_err)?;

@@ -90,6 +90,16 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorDat
     let max = crate::io::limits::Limits::current_or_default()
         .max_tensor_bytes
         .saturating_add(100 << 20);
+    let meta = std::fs::metadata(path).map_err(|e| CheckpointError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(CheckpointError::format(path, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(CheckpointError::format(
+            path,
+            format!("{} bytes, over the limit of {max} (MEDSAM_MAX_TENSOR_BYTES)", meta.len()),
+        ));
+    }
     let buf = crate::io::limits::read_file_bounded(path, max)
         .map_err(|e| CheckpointError::format(path, strip_path(path, &e.to_string())))?;
     let st = SafeTensors::deserialize(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
