@@ -287,10 +287,7 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
     // The preamble and header first (a stream such as /dev/zero fails here), then only as many
     // bytes as the header's shape needs.
     let mut bytes = Vec::new();
-    (&mut file)
-        .take(12)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
+    (&mut file).take(12).read_to_end(&mut bytes).map_err(io)?;
     if bytes.len() >= 10 && bytes.starts_with(MAGIC) {
         let header_len = match bytes[6] {
             1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as u64).saturating_sub(2),

@@ -97,7 +97,10 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorDat
     if meta.len() > max {
         return Err(CheckpointError::format(
             path,
-            format!("{} bytes, over the limit of {max} (MEDSAM_MAX_TENSOR_BYTES)", meta.len()),
+            format!(
+                "{} bytes, over the limit of {max} (MEDSAM_MAX_TENSOR_BYTES)",
+                meta.len()
+            ),
         ));
     }
     let buf = crate::io::limits::read_file_bounded(path, max)
