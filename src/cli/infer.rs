@@ -191,7 +191,7 @@ fn write_2d(
     boxes: &[[f32; 4]],
     seg: Segmentation2d,
 ) -> Result<()> {
-    std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
+    medsam::io::paths::create_output_dir(&a.seg_path, "--seg-path")?;
     let stem = stem_of(&a.data_path);
     let seg_png = a.seg_path.join(format!("seg_{stem}.png"));
     let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
@@ -332,7 +332,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
         slices += 1
     })?;
     let secs = t0.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
+    medsam::io::paths::create_output_dir(&a.seg_path, "--seg-path")?;
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
     refuse_input(a, &nii, "--seg-path")?;

@@ -52,6 +52,22 @@ pub fn refuse_overwriting_input(output: &Path, flag: &str, inputs: &[&Path]) -> 
     Ok(())
 }
 
+/// Creates the output directory `dir` (and its parents), with an error that says which part of
+/// it is a regular file rather than the bare "File exists" of the OS.
+pub fn create_output_dir(dir: &Path, flag: &str) -> Result<()> {
+    if let Some(file) = dir.ancestors().find(|a| a.is_file()) {
+        return Err(Error::arg(
+            flag,
+            format!(
+                "{} cannot be a directory: {} is a regular file",
+                dir.display(),
+                file.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

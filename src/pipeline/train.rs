@@ -287,7 +287,7 @@ impl Drop for RunFiles {
 /// `work_dir/<task>-<YYYYmmdd-HHMMSS>`, with `-2`, `-3`, ... when that exists: created here
 /// (atomically), so two runs started in the same second never share a directory.
 fn new_run_dir(cfg: &TrainConfig) -> Result<PathBuf> {
-    std::fs::create_dir_all(&cfg.work_dir).map_err(|e| Error::io(&cfg.work_dir, e))?;
+    crate::io::paths::create_output_dir(&cfg.work_dir, "--work-dir")?;
     // Checkpoint temp files of runs killed while saving (1 GB each for ViT-B).
     crate::io::stale::clean_stale_temps_below(&cfg.work_dir);
     let base = format!("{}-{}", cfg.task_name, timestamp());

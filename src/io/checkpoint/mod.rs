@@ -487,10 +487,11 @@ pub(crate) fn write_atomically(
         std::process::id()
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| CheckpointError::io(&tmp, e))?;
+        // Errors name the output the user asked for, not our temp file.
+        let mut f = std::fs::File::create(&tmp).map_err(|e| CheckpointError::io(path, e))?;
         write(&mut f)?;
-        f.flush().map_err(|e| CheckpointError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| CheckpointError::io(&tmp, e))?;
+        f.flush().map_err(|e| CheckpointError::io(path, e))?;
+        f.sync_all().map_err(|e| CheckpointError::io(path, e))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| CheckpointError::io(path, e))
     })();

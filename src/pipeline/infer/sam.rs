@@ -64,7 +64,7 @@ pub fn read_input_image(path: &Path) -> Result<InputImage> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
     {
-        let a = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let a = crate::io::npy::read_npy(path).map_err(|e| Error::Other(e.to_string()))?;
         let v: Vec<f64> = a.to_f32().into_iter().map(|x| x as f64).collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             let bad = v.iter().filter(|x| !x.is_finite()).count();
