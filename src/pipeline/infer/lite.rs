@@ -460,7 +460,7 @@ pub fn lite_image(path: &Path, img: &InputImage) -> Result<ImageU8> {
     if !img.is_npy {
         return ImageU8::new(img.h, img.w, 3, round(&img.hwc));
     }
-    let arr = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let arr = crate::io::npy::read_npy(path)?;
     let channels = if arr.shape.len() == 3 { 3 } else { 1 };
     if arr.is_u8() {
         let data = arr.to_u8().map_err(|e| Error::file(path, e))?;

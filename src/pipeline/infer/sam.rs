@@ -31,7 +31,7 @@ pub fn read_input_image(path: &Path) -> Result<InputImage> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
     {
-        let a = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let a = crate::io::npy::read_npy(path)?;
         let v: Vec<f64> = a.to_f32().into_iter().map(|x| x as f64).collect();
         return match a.shape.as_slice() {
             &[h, w, 3] => Ok(InputImage {

@@ -160,6 +160,8 @@ pub enum PreprocessError {
     Threads(String),
 }
 
+crate::error::wrap_into_error!(PreprocessError, CaseError);
+
 /// Why a single case was skipped.
 #[derive(Debug, thiserror::Error)]
 pub enum CaseError {

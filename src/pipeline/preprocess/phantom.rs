@@ -30,6 +30,8 @@ pub enum PhantomError {
     Size((usize, usize, usize)),
 }
 
+crate::error::wrap_into_error!(PhantomError);
+
 /// What [`make_phantom`] wrote.
 #[derive(Debug, Clone)]
 pub struct PhantomCase {
