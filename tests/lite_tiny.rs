@@ -4,7 +4,7 @@
 //! `INTER_AREA` bit-exactness. Always runs; fixtures: `tests/fixtures/lite/`.
 
 use medsam::autograd::no_grad;
-use medsam::infer_lite::resize_area_u8;
+use medsam::io::image::resize_area_u8_cv2;
 use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::model::tiny_vit::Mode;
 use medsam::model::Module;
@@ -238,7 +238,7 @@ fn inter_area_is_bit_exact_with_opencv() {
     while let Some((s, src)) = fx.get(&format!("case{n}.src")) {
         let (ds, dst) = &fx[&format!("case{n}.dst")];
         let src: Vec<u8> = src.iter().map(|&v| v as u8).collect();
-        let got = resize_area_u8(&src, s[0], s[1], s[2], ds[0], ds[1]);
+        let got = resize_area_u8_cv2(&src, s[0], s[1], s[2], ds[0], ds[1]);
         let diffs: Vec<(usize, u8, f32)> = got
             .iter()
             .zip(dst)
