@@ -2,23 +2,11 @@
 //! conv2d, and BatchNorm2d in inference (running statistics) and training (batch statistics)
 //! form, each with its backward.
 
+use super::{dense, wrap};
 use crate::autograd::{is_grad_enabled, record, BackwardOp};
-use crate::backend::Storage;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::conv::Conv2dGeom;
-
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.is_dense() {
-        Ok(t.clone())
-    } else {
-        t.copy()
-    }
-}
-
-fn wrap(s: Storage, shape: &[usize], like: &Tensor) -> Result<Tensor> {
-    Tensor::from_storage(s, shape, like.device())
-}
 
 /// Batch statistics a training-mode batch norm computed, for the running-average update.
 pub struct BatchStats {

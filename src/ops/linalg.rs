@@ -1,5 +1,6 @@
 //! Matrix products on the GEMM kernel. Transposes are free: they are strides in the GEMM layout.
 
+use super::dense_from_start;
 use crate::autograd::{is_grad_enabled, record, BackwardOp};
 use crate::backend::GemmOperand;
 use crate::error::{Error, Result};
@@ -213,8 +214,8 @@ impl Tensor {
         let n = weight.dim(0);
         let a = self.contiguous()?;
         let rows = a.numel() / k.max(1);
-        let bias = bias.map(dense).transpose()?;
-        let residual = residual.map(dense).transpose()?;
+        let bias = bias.map(dense_from_start).transpose()?;
+        let residual = residual.map(dense_from_start).transpose()?;
         let lhs = GemmOperand {
             storage: a.storage(),
             offset: a.offset(),
@@ -277,8 +278,8 @@ impl Tensor {
         }
         super::same_device("matmul", self, x)?;
         let (m, k, n) = (self.dim(0), self.dim(1), x.dim(1));
-        let bias = bias.map(dense).transpose()?;
-        let residual = residual.map(dense).transpose()?;
+        let bias = bias.map(dense_from_start).transpose()?;
+        let residual = residual.map(dense_from_start).transpose()?;
         let storage = self.backend()?.gemm_bias_act(
             GemmDims { batch: 1, m, n, k },
             operand(self, 0),
@@ -290,15 +291,6 @@ impl Tensor {
             gelu,
         )?;
         Tensor::from_storage(storage, &[m, n], self.device())
-    }
-}
-
-/// A tensor whose data starts at offset 0 of its buffer, densely (for bias operands).
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.offset() == 0 && t.is_contiguous() {
-        Ok(t.clone())
-    } else {
-        t.copy()
     }
 }
 

@@ -1,20 +1,12 @@
 //! Neural-network operators: convolutions, normalisations, attention, softmax, resampling, lookup.
 
+use super::{dense, wrap};
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{HeadView, RelPos, Storage};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::attention::AttnDims;
 use medsam_kernels::conv::Conv2dGeom;
-
-/// A dense buffer holding `t`'s elements (the tensor's own when it already is one).
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.is_dense() {
-        Ok(t.clone())
-    } else {
-        t.copy()
-    }
-}
 
 fn check_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
     if t.rank() != rank {
@@ -24,10 +16,6 @@ fn check_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn wrap(s: Storage, shape: &[usize], like: &Tensor) -> Result<Tensor> {
-    Tensor::from_storage(s, shape, like.device())
 }
 
 /// Convolution geometry from NCHW input and a weight `[c_out, c_in, kh, kw]`.
