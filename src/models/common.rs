@@ -2,6 +2,7 @@
 //! `torch.nn` so their state-dict keys match.
 
 use crate::error::{Error, Result};
+use crate::rng::{Rng, GOLDEN_GAMMA};
 use crate::tensor::Tensor;
 use crate::Device;
 use std::collections::BTreeMap;
@@ -132,23 +133,19 @@ pub fn join(prefix: &str, name: &str) -> String {
 /// Deterministic parameter initialisation (a SplitMix64 stream), so a model built without a
 /// checkpoint is reproducible for a seed.
 pub struct Init {
-    state: u64,
+    rng: Rng,
     pub device: Device,
 }
 
 impl Init {
     pub fn new(seed: u64, device: Device) -> Self {
         Init {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: Rng::from_state(seed ^ GOLDEN_GAMMA),
             device,
         }
     }
     fn next_f64(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.uniform()
     }
     /// Uniform in `[-bound, bound)`, as PyTorch's default Linear/Conv init draws.
     pub fn uniform(&mut self, shape: &[usize], bound: f32) -> Result<Tensor> {
