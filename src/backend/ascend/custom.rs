@@ -148,7 +148,7 @@ impl AscendBackend {
                 &d4,
             )?;
         }
-        Ok(Some(Backend::softmax(self, bh * nq, nk, &s)?))
+        Ok(Some(PointwiseOps::softmax(self, bh * nq, nk, &s)?))
     }
 
     /// `layer_norm2d` when a binary is loaded and the shape can be tiled.
