@@ -8,7 +8,10 @@ pub mod ascend;
 pub mod cpu;
 pub mod ops;
 
-pub use ops::{AttentionOps, ConvOps, LinalgOps, MemoryOps, NormOps, OptimOps, PointwiseOps};
+pub use ops::{
+    AttentionOps, AttnArgs, AttnSaved, BiasTableArgs, ChannelDims, ConvOps, Epilogue, LinalgOps,
+    MemoryOps, NormOps, NormStats, OptimOps, PointwiseOps, Qkv,
+};
 
 use crate::error::{Error, Result};
 use medsam_kernels::attention::AttnDims;

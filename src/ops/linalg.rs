@@ -2,7 +2,7 @@
 
 use super::dense_from_start;
 use crate::autograd::{is_grad_enabled, record, BackwardOp};
-use crate::backend::GemmOperand;
+use crate::backend::{Epilogue, GemmOperand};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::gemm::{GemmDims, Layout, Precision};
@@ -231,10 +231,12 @@ impl Tensor {
             lhs,
             operand(&wt, 0),
             current_precision(),
-            bias.as_ref().map(|b| b.storage()),
-            None,
-            residual.as_ref().map(|r| r.storage()),
-            gelu,
+            Epilogue {
+                col_bias: bias.as_ref().map(|b| b.storage()),
+                row_bias: None,
+                residual: residual.as_ref().map(|r| r.storage()),
+                gelu,
+            },
         )?;
         let mut shape = self.shape()[..r - 1].to_vec();
         shape.push(n);
@@ -285,10 +287,12 @@ impl Tensor {
             operand(self, 0),
             operand(x, 0),
             current_precision(),
-            None,
-            bias.as_ref().map(|b| b.storage()),
-            residual.as_ref().map(|r| r.storage()),
-            gelu,
+            Epilogue {
+                col_bias: None,
+                row_bias: bias.as_ref().map(|b| b.storage()),
+                residual: residual.as_ref().map(|r| r.storage()),
+                gelu,
+            },
         )?;
         Tensor::from_storage(storage, &[m, n], self.device())
     }

@@ -3,109 +3,77 @@
 use super::*;
 
 impl AttentionOps for AscendBackend {
-    /// On the NPU the second result is this backend's saved state for
-    /// [`AttentionOps::attention_backward`]: without rel-pos, when `aclnnFlashAttentionScore` runs, a
-    /// [`FlashAttnState`] (softmax max / sum); else the log-sum-exp `[bh, nq]` when the custom
-    /// `rel_pos_attention` kernel ran (see `ascend/custom.rs`); else the softmax probabilities
-    /// `P [bh, nq, nk]` of the aclnn composition. Only this backend's `attention_backward`
-    /// consumes it.
-    fn attention(
-        &self,
-        dims: AttnDims,
-        q: &Storage,
-        k: &Storage,
-        v: &Storage,
-        scale: f32,
-        rel: Option<RelPos>,
-    ) -> Result<(Storage, Storage)> {
+    /// The saved state for [`AttentionOps::attention_backward`] says which path ran: without
+    /// rel-pos, when `aclnnFlashAttentionScore` runs, a [`FlashAttnState`] (softmax max / sum);
+    /// else the log-sum-exp when the custom `rel_pos_attention` kernel ran (see
+    /// `ascend/custom.rs`); else the probabilities of the aclnn composition.
+    fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)> {
         // Without rel-pos, CANN's flash attention (cube unit) first; then the custom
         // `rel_pos_attention` kernel (vector unit) when loaded; else the aclnn composition.
-        let AttnDims { bh, nq, nk, d, dv } = dims;
+        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let AttnDims { bh, nq, nk, dv, .. } = dims;
         let (qb, kb, vb) = (self.buf(q)?, self.buf(k)?, self.buf(v)?);
         if rel.is_none() {
             if let Some(r) = self.flash_attention(dims, (qb, kb, vb), scale)? {
                 return Ok(r);
             }
         }
-        if let Some(r) = self.attention_custom(dims, q, k, v, scale, rel)? {
-            return Ok(r);
+        if let Some((out, lse)) = self.attention_custom(dims, q, k, v, scale, rel)? {
+            return Ok((out, AttnSaved::Lse(lse)));
         }
-        // S = (scale·q)·kᵀ (+ rel_h[.., kh, ·] + rel_w[.., ·, kw])
-        let qs = self.scaled(qb, bh * nq * d, scale)?;
-        let mut s = self.bmm(
-            (self.buf(&qs)?, contig(&[bh, nq, d])),
-            (kb, lay(&[bh, d, nk], &[nk * d, 1, d], 0)),
-            [bh, nq, nk],
-        )?;
-        if let Some(r) = rel {
-            let (kh, kw) = (r.kh, r.kw);
-            let d4 = [bh, nq, kh, kw];
-            let s1 = self.add_views(
-                (self.buf(&s)?, contig(&d4)),
-                (self.buf(r.rel_h)?, lay(&d4, &[nq * kh, kh, 1, 0], 0)),
-                1.0,
-                &d4,
-            )?;
-            s = self.add_views(
-                (self.buf(&s1)?, contig(&d4)),
-                (self.buf(r.rel_w)?, lay(&d4, &[nq * kw, kw, 0, 1], 0)),
-                1.0,
-                &d4,
-            )?;
-        }
+        let s = self.attention_scores(dims, (qb, kb), scale, rel)?;
         let p = self.softmax(bh * nq, nk, &s)?;
         let out = self.bmm(
             (self.buf(&p)?, contig(&[bh, nq, nk])),
             (vb, contig(&[bh, nk, dv])),
             [bh, nq, dv],
         )?;
-        Ok((out, p))
+        Ok((out, AttnSaved::Probs(p)))
     }
 
     fn attention_backward(
         &self,
-        dims: AttnDims,
-        q: &Storage,
-        k: &Storage,
-        v: &Storage,
-        scale: f32,
-        rel: Option<RelPos>,
+        a: AttnArgs,
+        x: Qkv,
         out: &Storage,
-        lse: &Storage,
+        saved: &AttnSaved,
         dout: &Storage,
     ) -> Result<AttnGrads> {
-        if let Storage::Device(s) = lse {
-            if let Some(st) = s.as_any().downcast_ref::<FlashAttnState>() {
+        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let recomputed;
+        let probs = match saved {
+            AttnSaved::Device(state) => {
+                let Some(st) = state.as_any().downcast_ref::<FlashAttnState>() else {
+                    return Err(
+                        self.device_error("attention_backward: saved state of another backend")
+                    );
+                };
                 if rel.is_some() {
-                    return Err(Error::Device {
-                        device: format!("npu:{}", self.id),
-                        detail: "attention_backward: flash-attention state with rel-pos".into(),
-                    });
+                    return Err(
+                        self.device_error("attention_backward: flash-attention state with rel-pos")
+                    );
                 }
                 return self.flash_attention_backward(dims, (q, k, v), scale, out, st, dout);
             }
-        }
-        let recomputed = self.probs_from_lse(dims, q, k, scale, rel, lse)?;
-        let lse = recomputed.as_ref().unwrap_or(lse);
+            AttnSaved::Lse(_) => {
+                let s = self.attention_scores(dims, (self.buf(q)?, self.buf(k)?), scale, rel)?;
+                recomputed = self.softmax(dims.bh * dims.nq, dims.nk, &s)?;
+                &recomputed
+            }
+            AttnSaved::Probs(p) => p,
+        };
         let AttnDims { bh, nq, nk, d, dv } = dims;
-        if lse.len() != bh * nq * nk {
-            return Err(Error::Device {
-                device: format!("npu:{}", self.id),
-                detail: format!(
-                    "attention_backward: saved state has {} elements, expected the {}·{}·{} \
-                     probabilities saved by this backend's attention forward",
-                    lse.len(),
-                    bh,
-                    nq,
-                    nk
-                ),
-            });
+        if probs.len() != bh * nq * nk {
+            return Err(self.device_error(format!(
+                "attention_backward: saved probabilities have {} elements, expected {bh}·{nq}·{nk}",
+                probs.len()
+            )));
         }
         let (qb, kb, vb, pb, gb) = (
             self.buf(q)?,
             self.buf(k)?,
             self.buf(v)?,
-            self.buf(lse)?,
+            self.buf(probs)?,
             self.buf(dout)?,
         );
         let pt = lay(&[bh, nk, nq], &[nq * nk, 1, nk], 0);
@@ -116,7 +84,7 @@ impl AttentionOps for AscendBackend {
             (vb, lay(&[bh, dv, nk], &[nk * dv, 1, dv], 0)),
             [bh, nq, nk],
         )?;
-        let ds = self.softmax_backward(bh * nq, nk, lse, &dp)?;
+        let ds = self.softmax_backward(bh * nq, nk, probs, &dp)?;
         let dsb = self.buf(&ds)?;
         let drel = match rel {
             Some(r) => {

@@ -117,9 +117,14 @@ static BACKENDS: Mutex<Option<HashMap<u32, Arc<AscendBackend>>>> = Mutex::new(No
 
 /// Maps an ffi error to the library's error, naming the device.
 fn dev_err(id: u32) -> impl Fn(AscendError) -> Error {
-    move |e| Error::Device {
+    move |e| dev_error(id, e.to_string())
+}
+
+/// An error of device `npu:id`.
+fn dev_error(id: u32, detail: impl Into<String>) -> Error {
+    Error::Device {
         device: format!("npu:{id}"),
-        detail: e.to_string(),
+        detail: detail.into(),
     }
 }
 
@@ -222,6 +227,11 @@ impl AscendBackend {
         dev_err(self.id)
     }
 
+    /// An error of this device, `detail` saying what went wrong.
+    fn device_error(&self, detail: impl Into<String>) -> Error {
+        dev_error(self.id, detail)
+    }
+
     fn ops(&self) -> Ops<'_> {
         Ops::new(&self.stream)
     }
@@ -235,11 +245,9 @@ impl AscendBackend {
         f: impl FnOnce(&acl::DeviceBuffer, &acl::Stream) -> std::result::Result<R, AscendError>,
     ) -> Result<R> {
         if !t.is_contiguous() || t.offset() != 0 {
-            return Err(Error::Device {
-                device: format!("npu:{}", self.id),
-                detail: "with_device_buffer needs a contiguous tensor starting at its buffer"
-                    .into(),
-            });
+            return Err(self.device_error(
+                "with_device_buffer needs a contiguous tensor starting at its buffer",
+            ));
         }
         f(self.buf(t.storage())?, &self.stream).map_err(self.err())
     }
@@ -249,19 +257,12 @@ impl AscendBackend {
         match s {
             Storage::Device(d) => match d.as_any().downcast_ref::<NpuBuffer>() {
                 Some(b) if b.device == self.id => Ok(b.raw()),
-                Some(b) => Err(Error::Device {
-                    device: format!("npu:{}", self.id),
-                    detail: format!("got a buffer of npu:{}", b.device),
-                }),
-                None => Err(Error::Device {
-                    device: format!("npu:{}", self.id),
-                    detail: format!("got a buffer of another device type: {d:?}"),
-                }),
+                Some(b) => Err(self.device_error(format!("got a buffer of npu:{}", b.device))),
+                None => {
+                    Err(self.device_error(format!("got a buffer of another device type: {d:?}")))
+                }
             },
-            Storage::Cpu(_) => Err(Error::Device {
-                device: format!("npu:{}", self.id),
-                detail: "expected an NPU buffer, found a CPU buffer".into(),
-            }),
+            Storage::Cpu(_) => Err(self.device_error("expected an NPU buffer, found a CPU buffer")),
         }
     }
 
@@ -589,7 +590,7 @@ impl AscendBackend {
         dims: AttnDims,
         (qb, kb, vb): (&acl::DeviceBuffer, &acl::DeviceBuffer, &acl::DeviceBuffer),
         scale: f32,
-    ) -> Result<Option<(Storage, Storage)>> {
+    ) -> Result<Option<(Storage, AttnSaved)>> {
         let AttnDims { bh, nq, nk, d, dv } = dims;
         if d != dv || d == 0 || d > 768 || nk < 2 || bh * nq == 0 || !flash_attention_enabled() {
             return Ok(None);
@@ -626,7 +627,7 @@ impl AscendBackend {
         };
         Ok(Some((
             self.wrap(out, bh * nq * d),
-            Storage::Device(Box::new(state)),
+            AttnSaved::Device(Box::new(state)),
         )))
     }
 
@@ -761,15 +762,12 @@ impl AscendBackend {
         //   w ← w − step_size · m / (√v / √(1−β2^t) + eps).
         let n = param.len();
         if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n {
-            return Err(Error::Device {
-                device: format!("npu:{}", self.id),
-                detail: format!(
-                    "adamw: param {n}, grad {}, exp_avg {}, exp_avg_sq {} elements",
-                    grad.len(),
-                    exp_avg.len(),
-                    exp_avg_sq.len()
-                ),
-            });
+            return Err(self.device_error(format!(
+                "adamw: param {n}, grad {}, exp_avg {}, exp_avg_sq {} elements",
+                grad.len(),
+                exp_avg.len(),
+                exp_avg_sq.len()
+            )));
         }
         let (lr, b1, b2) = (p.lr, p.beta1, p.beta2);
         let step_size = (lr / (1.0 - b1.powi(p.step as i32))) as f32;
@@ -823,10 +821,9 @@ impl AscendBackend {
         if g.c_in == g.c_out && g.groups == g.c_in && g.c_in > 0 {
             Ok(())
         } else {
-            Err(Error::Device {
-                device: format!("npu:{}", self.id),
-                detail: format!("depthwise_conv2d needs groups = c_in = c_out, got {g:?}"),
-            })
+            Err(self.device_error(format!(
+                "depthwise_conv2d needs groups = c_in = c_out, got {g:?}"
+            )))
         }
     }
 }

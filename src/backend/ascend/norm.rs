@@ -50,14 +50,14 @@ impl NormOps for AscendBackend {
         dim: usize,
         x: &Storage,
         g: &Storage,
-        saved: (&Storage, &Storage),
+        saved: NormStats,
         dy: &Storage,
     ) -> Result<NormGrads> {
         let (xb, gb, mb, rb, db) = (
             self.buf(x)?,
             self.buf(g)?,
-            self.buf(saved.0)?,
-            self.buf(saved.1)?,
+            self.buf(saved.mean)?,
+            self.buf(saved.rstd)?,
             self.buf(dy)?,
         );
         let mut dx = self.alloc(rows * dim)?;
@@ -102,15 +102,14 @@ impl NormOps for AscendBackend {
 
     fn layer_norm2d(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         g: &Storage,
         b: &Storage,
         eps: f32,
     ) -> Result<NormOut> {
-        if let Some(r) = self.layer_norm2d_custom(n, c, hw, x, g, b, eps)? {
+        let ChannelDims { n, c, hw } = d;
+        if let Some(r) = self.layer_norm2d_custom(d, x, g, b, eps)? {
             return Ok(r);
         }
         // [n, c, hw] → [n, hw, c], LayerNorm over c, → [n, c, hw]; all on device.
@@ -126,14 +125,13 @@ impl NormOps for AscendBackend {
 
     fn layer_norm2d_backward(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         g: &Storage,
-        saved: (&Storage, &Storage),
+        saved: NormStats,
         dy: &Storage,
     ) -> Result<NormGrads> {
+        let ChannelDims { n, c, hw } = d;
         let xt = self.swap_last2(self.buf(x)?, n, c, hw)?;
         let dyt = self.swap_last2(self.buf(dy)?, n, c, hw)?;
         let r = self.layer_norm_backward(n * hw, c, &xt, g, saved, &dyt)?;
@@ -144,13 +142,8 @@ impl NormOps for AscendBackend {
         })
     }
 
-    fn batch_norm_stats(
-        &self,
-        n: usize,
-        c: usize,
-        hw: usize,
-        x: &Storage,
-    ) -> Result<(Storage, Storage)> {
+    fn batch_norm_stats(&self, d: ChannelDims, x: &Storage) -> Result<(Storage, Storage)> {
+        let ChannelDims { n, c, hw } = d;
         // Two passes like the CPU kernel: mean = Σx/N, var = Σ(x − mean)²/N (N = n·hw), sums
         // as ones-vector matmuls.
         let xb = self.buf(x)?;
@@ -166,17 +159,16 @@ impl NormOps for AscendBackend {
 
     fn batch_norm_apply(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         gamma: &Storage,
         beta: &Storage,
-        stats: (&Storage, &Storage),
+        stats: NormStats,
     ) -> Result<Storage> {
+        let ChannelDims { n, c, hw } = d;
         // y = (x − mean)·(rstd·γ) + β, per channel.
         let (xb, gb, bb) = (self.buf(x)?, self.buf(gamma)?, self.buf(beta)?);
-        let (mb, rb) = (self.buf(stats.0)?, self.buf(stats.1)?);
+        let (mb, rb) = (self.buf(stats.mean)?, self.buf(stats.rstd)?);
         let k = self.mul_n(rb, gb, c)?;
         let xc = self.per_channel(xb, mb, (n, c, hw), Some(-1.0))?;
         let y1 = self.per_channel(self.buf(&xc)?, self.buf(&k)?, (n, c, hw), None)?;
@@ -185,17 +177,16 @@ impl NormOps for AscendBackend {
 
     fn batch_norm_backward(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         gamma: &Storage,
-        stats: (&Storage, &Storage),
+        stats: NormStats,
         dy: &Storage,
         batch_stats: bool,
     ) -> Result<NormGrads> {
+        let ChannelDims { n, c, hw } = d;
         let (xb, gb, db) = (self.buf(x)?, self.buf(gamma)?, self.buf(dy)?);
-        let (mb, rb) = (self.buf(stats.0)?, self.buf(stats.1)?);
+        let (mb, rb) = (self.buf(stats.mean)?, self.buf(stats.rstd)?);
         let d = (n, c, hw);
         let total = n * c * hw;
         // dβ = Σ dy, dγ = Σ dy·x̂ with x̂ = (x − mean)·rstd.

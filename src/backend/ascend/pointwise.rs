@@ -210,10 +210,9 @@ impl PointwiseOps for AscendBackend {
             return self.zeros(n);
         }
         if h == 0 || w == 0 {
-            return Err(Error::Device {
-                device: format!("npu:{}", self.id),
-                detail: format!("bilinear: empty input {h}x{w} resized to {oh}x{ow}"),
-            });
+            return Err(self.device_error(format!(
+                "bilinear: empty input {h}x{w} resized to {oh}x{ow}"
+            )));
         }
         let mut out = self.alloc(n)?;
         {

@@ -4,15 +4,8 @@ use super::*;
 use medsam_kernels::attention;
 
 impl AttentionOps for CpuBackend {
-    fn attention(
-        &self,
-        dims: AttnDims,
-        q: &Storage,
-        k: &Storage,
-        v: &Storage,
-        scale: f32,
-        rel: Option<RelPos>,
-    ) -> Result<(Storage, Storage)> {
+    fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)> {
+        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
         let mut out = vec![0.0; dims.bh * dims.nq * dims.dv];
         let mut lse = vec![0.0; dims.bh * dims.nq];
         let bias = match rel {
@@ -34,21 +27,23 @@ impl AttentionOps for CpuBackend {
             &mut out,
             &mut lse,
         );
-        Ok((Storage::Cpu(out), Storage::Cpu(lse)))
+        Ok((Storage::Cpu(out), AttnSaved::Lse(Storage::Cpu(lse))))
     }
 
     fn attention_backward(
         &self,
-        dims: AttnDims,
-        q: &Storage,
-        k: &Storage,
-        v: &Storage,
-        scale: f32,
-        rel: Option<RelPos>,
+        a: AttnArgs,
+        x: Qkv,
         out: &Storage,
-        lse: &Storage,
+        saved: &AttnSaved,
         dout: &Storage,
     ) -> Result<AttnGrads> {
+        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let AttnSaved::Lse(lse) = saved else {
+            return Err(Error::Other(
+                "attention_backward: the CPU forward saves a log-sum-exp; this state is another backend's".into(),
+            ));
+        };
         let (q, k, v) = (host(q)?, host(k)?, host(v)?);
         let mut dq = vec![0.0; q.len()];
         let mut dk = vec![0.0; k.len()];
@@ -94,14 +89,17 @@ impl AttentionOps for CpuBackend {
 
     fn attention_bias_table(
         &self,
-        dims: AttnDims,
+        a: BiasTableArgs,
         q: HeadView,
         k: HeadView,
         v: HeadView,
-        scale: f32,
-        table: &Storage,
-        heads: usize,
     ) -> Result<Option<Storage>> {
+        let BiasTableArgs {
+            dims,
+            scale,
+            table,
+            heads,
+        } = a;
         let mut out = buffer(dims.bh * dims.nq * dims.dv);
         let mut lse = vec![0.0; dims.bh * dims.nq];
         let table = attention::BiasTable {

@@ -33,17 +33,16 @@ impl LinalgOps for CpuBackend {
         a: GemmOperand,
         b: GemmOperand,
         precision: Precision,
-        col_bias: Option<&Storage>,
-        row_bias: Option<&Storage>,
-        residual: Option<&Storage>,
-        gelu: bool,
+        epilogue: Epilogue,
     ) -> Result<Storage> {
         let mut c = buffer(dims.batch * dims.m * dims.n);
         let epilogue = gemm::Epilogue {
-            col_bias: col_bias.map(host).transpose()?,
-            row_bias: row_bias.map(host).transpose()?,
-            residual: residual.map(|r| host(r).map(|r| (r, dims.n))).transpose()?,
-            gelu,
+            col_bias: epilogue.col_bias.map(host).transpose()?,
+            row_bias: epilogue.row_bias.map(host).transpose()?,
+            residual: (epilogue.residual)
+                .map(|r| host(r).map(|r| (r, dims.n)))
+                .transpose()?,
+            gelu: epilogue.gelu,
         };
         gemm::gemm_fused(
             dims,

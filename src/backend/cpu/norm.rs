@@ -39,7 +39,7 @@ impl NormOps for CpuBackend {
         dim: usize,
         x: &Storage,
         g: &Storage,
-        saved: (&Storage, &Storage),
+        saved: NormStats,
         dy: &Storage,
     ) -> Result<NormGrads> {
         let mut dx = vec![0.0; rows * dim];
@@ -49,8 +49,8 @@ impl NormOps for CpuBackend {
             dim,
             host(x)?,
             host(g)?,
-            host(saved.0)?,
-            host(saved.1)?,
+            host(saved.mean)?,
+            host(saved.rstd)?,
             host(dy)?,
             &mut dx,
             &mut dg,
@@ -65,14 +65,13 @@ impl NormOps for CpuBackend {
 
     fn layer_norm2d(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         g: &Storage,
         b: &Storage,
         eps: f32,
     ) -> Result<NormOut> {
+        let ChannelDims { n, c, hw } = d;
         let mut y = vec![0.0; n * c * hw];
         let (mut mean, mut rstd) = (vec![0.0; n * hw], vec![0.0; n * hw]);
         norm::layer_norm2d_forward(
@@ -96,14 +95,13 @@ impl NormOps for CpuBackend {
 
     fn layer_norm2d_backward(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         g: &Storage,
-        saved: (&Storage, &Storage),
+        saved: NormStats,
         dy: &Storage,
     ) -> Result<NormGrads> {
+        let ChannelDims { n, c, hw } = d;
         let mut dx = vec![0.0; n * c * hw];
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
         norm::layer_norm2d_backward(
@@ -112,8 +110,8 @@ impl NormOps for CpuBackend {
             hw,
             host(x)?,
             host(g)?,
-            host(saved.0)?,
-            host(saved.1)?,
+            host(saved.mean)?,
+            host(saved.rstd)?,
             host(dy)?,
             &mut dx,
             &mut dg,
@@ -126,13 +124,8 @@ impl NormOps for CpuBackend {
         })
     }
 
-    fn batch_norm_stats(
-        &self,
-        n: usize,
-        c: usize,
-        hw: usize,
-        x: &Storage,
-    ) -> Result<(Storage, Storage)> {
+    fn batch_norm_stats(&self, d: ChannelDims, x: &Storage) -> Result<(Storage, Storage)> {
+        let ChannelDims { n, c, hw } = d;
         let (mut m, mut v) = (vec![0.0; c], vec![0.0; c]);
         batchnorm::stats(n, c, hw, host(x)?, &mut m, &mut v);
         Ok((Storage::Cpu(m), Storage::Cpu(v)))
@@ -140,14 +133,13 @@ impl NormOps for CpuBackend {
 
     fn batch_norm_apply(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         gamma: &Storage,
         beta: &Storage,
-        stats: (&Storage, &Storage),
+        stats: NormStats,
     ) -> Result<Storage> {
+        let ChannelDims { n, c, hw } = d;
         let x = host(x)?;
         let mut y = vec![0.0; x.len()];
         batchnorm::apply(
@@ -157,8 +149,8 @@ impl NormOps for CpuBackend {
             x,
             host(gamma)?,
             host(beta)?,
-            host(stats.0)?,
-            host(stats.1)?,
+            host(stats.mean)?,
+            host(stats.rstd)?,
             &mut y,
         );
         Ok(Storage::Cpu(y))
@@ -166,15 +158,14 @@ impl NormOps for CpuBackend {
 
     fn batch_norm_backward(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         gamma: &Storage,
-        stats: (&Storage, &Storage),
+        stats: NormStats,
         dy: &Storage,
         batch_stats: bool,
     ) -> Result<NormGrads> {
+        let ChannelDims { n, c, hw } = d;
         let x = host(x)?;
         let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
         batchnorm::backward(
@@ -183,8 +174,8 @@ impl NormOps for CpuBackend {
             hw,
             x,
             host(gamma)?,
-            host(stats.0)?,
-            host(stats.1)?,
+            host(stats.mean)?,
+            host(stats.rstd)?,
             host(dy)?,
             batch_stats,
             &mut dx,

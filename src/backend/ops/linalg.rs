@@ -3,6 +3,17 @@
 use crate::backend::*;
 use crate::error::Result;
 
+/// What follows a GEMM in [`LinalgOps::gemm_bias_act`], in this order: a bias per column
+/// (`col_bias`, length n) and/or per row (`row_bias`, length m), the same for every batch; a
+/// contiguous `[m, n]` residual (batch 1 only); GELU if `gelu`.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub col_bias: Option<&'a Storage>,
+    pub row_bias: Option<&'a Storage>,
+    pub residual: Option<&'a Storage>,
+    pub gelu: bool,
+}
+
 pub trait LinalgOps: PointwiseOps {
     /// `C[b] = A[b]·B[b]`, C contiguous `[batch, m, n]`.
     fn gemm(
@@ -13,22 +24,22 @@ pub trait LinalgOps: PointwiseOps {
         precision: Precision,
     ) -> Result<Storage>;
 
-    /// `act(A[b]·B[b] + bias + residual)`, C contiguous `[batch, m, n]`: a bias per column
-    /// (`col_bias`, length n) and/or per row (`row_bias`, length m), the same for every batch,
-    /// then a contiguous `[m, n]` residual (batch 1 only), then GELU if `gelu`. Inference only
-    /// (no gradient); backends may fuse it into the GEMM. The default runs the separate ops.
-    #[allow(clippy::too_many_arguments)]
+    /// `epilogue(A[b]·B[b])`, C contiguous `[batch, m, n]`. Inference only (no gradient);
+    /// backends may fuse the epilogue into the GEMM. The default runs the separate device ops.
     fn gemm_bias_act(
         &self,
         dims: GemmDims,
         a: GemmOperand,
         b: GemmOperand,
         precision: Precision,
-        col_bias: Option<&Storage>,
-        row_bias: Option<&Storage>,
-        residual: Option<&Storage>,
-        gelu: bool,
+        epilogue: Epilogue,
     ) -> Result<Storage> {
+        let Epilogue {
+            col_bias,
+            row_bias,
+            residual,
+            gelu,
+        } = epilogue;
         let (bt, m, n) = (dims.batch, dims.m, dims.n);
         let mut c = self.gemm(dims, a, b, precision)?;
         let vc = View {

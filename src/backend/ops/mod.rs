@@ -13,10 +13,10 @@ pub mod norm;
 pub mod optim;
 pub mod pointwise;
 
-pub use attention::AttentionOps;
+pub use attention::{AttentionOps, AttnArgs, AttnSaved, BiasTableArgs, Qkv};
 pub use conv::ConvOps;
-pub use linalg::LinalgOps;
+pub use linalg::{Epilogue, LinalgOps};
 pub use memory::MemoryOps;
-pub use norm::NormOps;
+pub use norm::{ChannelDims, NormOps, NormStats};
 pub use optim::OptimOps;
 pub use pointwise::PointwiseOps;
