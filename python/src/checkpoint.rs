@@ -3,7 +3,7 @@
 //! for tensors. float16/bfloat16 tensors load as float32 (numpy has no bfloat16).
 
 use crate::{ckpt_to_py, value_err};
-use medsam::checkpoint::{DType, TensorData, Value};
+use medsam::io::checkpoint::{DType, TensorData, Value};
 use numpy::{
     Element, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
@@ -200,9 +200,9 @@ fn load_checkpoint<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, P
     let value = py
         .allow_threads(|| {
             if is_safetensors(&path) {
-                medsam::checkpoint::load_safetensors(&path).map(Value::from_state_dict)
+                medsam::io::checkpoint::load_safetensors(&path).map(Value::from_state_dict)
             } else {
-                medsam::checkpoint::load_pth(&path)
+                medsam::io::checkpoint::load_pth(&path)
             }
         })
         .map_err(ckpt_to_py)?;
@@ -230,10 +230,10 @@ fn save_checkpoint(py: Python<'_>, path: PathBuf, obj: &Bound<'_, PyAny>) -> PyR
             })
             .collect::<PyResult<Vec<_>>>()?;
         return py
-            .allow_threads(|| medsam::checkpoint::save_safetensors(&path, &tensors))
+            .allow_threads(|| medsam::io::checkpoint::save_safetensors(&path, &tensors))
             .map_err(ckpt_to_py);
     }
-    py.allow_threads(|| medsam::checkpoint::save_pth(&path, &value))
+    py.allow_threads(|| medsam::io::checkpoint::save_pth(&path, &value))
         .map_err(ckpt_to_py)
 }
 

@@ -5,10 +5,10 @@
 use crate::image::ArrayIn;
 use crate::predictor::Predictor;
 use crate::{to_py, value_err, MedsamError};
-use medsam::metrics::MetricsError;
-use medsam::preprocess::nifti_io::{NiftiVolume, PixelKind};
-use medsam::preprocess::{Modality, PreprocessConfig, PreprocessError, ProgressEvent};
-use medsam::weights::AnyModel;
+use medsam::io::nifti::{NiftiVolume, PixelKind};
+use medsam::models::AnyModel;
+use medsam::pipeline::metrics::MetricsError;
+use medsam::pipeline::preprocess::{Modality, PreprocessConfig, PreprocessError, ProgressEvent};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -112,7 +112,13 @@ fn segment_volume<'py>(
     let out = py
         .allow_threads(|| {
             let mut on_slice = |bi: usize, z: usize| cb.call(|py| PyTuple::new(py, [bi, z]));
-            medsam::infer_lite::segment_volume(lite, data, (d, h, w), &boxes3d, &mut on_slice)
+            medsam::pipeline::infer::lite::segment_volume(
+                lite,
+                data,
+                (d, h, w),
+                &boxes3d,
+                &mut on_slice,
+            )
         })
         .map_err(to_py)?;
     cb.finish()?;
@@ -158,14 +164,14 @@ fn mask_pair(
 #[pyfunction]
 fn dice(gt: &Bound<'_, PyAny>, pred: &Bound<'_, PyAny>) -> PyResult<f64> {
     let (g, p, h, w) = mask_pair(gt, pred)?;
-    medsam::metrics::dice(&g, &p, h, w).map_err(metrics_err)
+    medsam::pipeline::metrics::dice(&g, &p, h, w).map_err(metrics_err)
 }
 
 /// Intersection over union of two 2-D masks; NaN when both are empty.
 #[pyfunction]
 fn iou(gt: &Bound<'_, PyAny>, pred: &Bound<'_, PyAny>) -> PyResult<f64> {
     let (g, p, h, w) = mask_pair(gt, pred)?;
-    medsam::metrics::iou(&g, &p, h, w).map_err(metrics_err)
+    medsam::pipeline::metrics::iou(&g, &p, h, w).map_err(metrics_err)
 }
 
 /// Normalised surface Dice at `tolerance` (MedSAM's 2-D convention: spacing (1, 1), tolerance 2).
@@ -180,7 +186,14 @@ fn nsd(
 ) -> PyResult<f64> {
     let (g, p, h, w) = mask_pair(gt, pred)?;
     py.allow_threads(|| {
-        medsam::metrics::normalized_surface_dice(&g, &p, h, w, [spacing.0, spacing.1], tolerance)
+        medsam::pipeline::metrics::normalized_surface_dice(
+            &g,
+            &p,
+            h,
+            w,
+            [spacing.0, spacing.1],
+            tolerance,
+        )
     })
     .map_err(metrics_err)
 }
@@ -228,7 +241,12 @@ fn normalize_ct_mr(
                 kind,
                 spacing: [1.0; 3],
             };
-            medsam::preprocess::normalize_volume(&vol, modality, window_level, window_width)
+            medsam::pipeline::preprocess::normalize_volume(
+                &vol,
+                modality,
+                window_level,
+                window_width,
+            )
         })
         .map_err(|e| value_err(format!("volume: {e}")))?;
     Ok(PyArray1::from_vec(py, out)
@@ -293,7 +311,7 @@ fn preprocess_ct_mr<'py>(
     let cb = Callback::new(progress);
     let summary = py
         .allow_threads(|| {
-            medsam::preprocess::preprocess(&cfg, &|e: ProgressEvent| {
+            medsam::pipeline::preprocess::preprocess(&cfg, &|e: ProgressEvent| {
                 cb.call(|py| {
                     let d = PyDict::new(py);
                     match e {

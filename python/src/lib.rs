@@ -90,8 +90,8 @@ pub(crate) fn to_py(e: medsam::Error) -> PyErr {
 }
 
 /// A checkpoint-module error (reading or writing files) as a Python exception.
-pub(crate) fn ckpt_to_py(e: medsam::checkpoint::CheckpointError) -> PyErr {
-    use medsam::checkpoint::CheckpointError as C;
+pub(crate) fn ckpt_to_py(e: medsam::io::checkpoint::CheckpointError) -> PyErr {
+    use medsam::io::checkpoint::CheckpointError as C;
     let msg = e.to_string();
     match &e {
         C::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => not_found_err(msg),

@@ -17,13 +17,13 @@
 use crate::image::{ArrayIn, ImageIn, Pixels};
 use crate::{to_py, value_err};
 use medsam::autograd::no_grad;
-use medsam::infer::{InferPrecision, InputImage};
-use medsam::infer_lite::ImageU8;
-use medsam::model::mask_decoder::MaskDecoder;
-use medsam::model::prompt_encoder::{Point, PromptEncoder};
-use medsam::model::ModelType;
+use medsam::models::sam::mask_decoder::MaskDecoder;
+use medsam::models::sam::prompt_encoder::{Point, PromptEncoder};
+use medsam::models::AnyModel;
+use medsam::models::ModelType;
 use medsam::ops::linalg::autocast_bf16;
-use medsam::weights::AnyModel;
+use medsam::pipeline::infer::lite::ImageU8;
+use medsam::pipeline::infer::sam::{InferPrecision, InputImage};
 use medsam::{Device, Tensor};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
@@ -153,11 +153,14 @@ impl Predictor {
                     // Float images take MedSAM_Inference.py's `.npy` path (no uint8 cast).
                     is_npy: px.is_float(),
                 };
-                (medsam::infer::prepare_input(&img, size)?, (size, size))
+                (
+                    medsam::pipeline::infer::sam::prepare_input(&img, size)?,
+                    (size, size),
+                )
             }
             Transform::Lite => {
                 let img = ImageU8::new(h, w, px.c, px.to_u8())?;
-                medsam::infer_lite::prepare_input(&img, size)?
+                medsam::pipeline::infer::lite::prepare_input(&img, size)?
             }
             Transform::Sam => sam_input(px, size)?,
         };
@@ -365,7 +368,12 @@ impl Predictor {
         let device: Device = device.parse().map_err(to_py)?;
         let (model, _) = py
             .allow_threads(|| {
-                medsam::weights::load_any_model(&checkpoint, sam_type, config.as_deref(), device)
+                medsam::models::load::load_any_model(
+                    &checkpoint,
+                    sam_type,
+                    config.as_deref(),
+                    device,
+                )
             })
             .map_err(to_py)?;
         let is_lite = matches!(model, AnyModel::Lite(_));

@@ -3,11 +3,11 @@
 
 use crate::functions::Callback;
 use crate::{to_py, value_err};
-use medsam::model::lite::{LiteConfig, LiteMedSam};
-use medsam::model::{ModelType, Sam, SamConfig};
+use medsam::models::AnyModel;
+use medsam::models::{LiteConfig, LiteMedSam};
+use medsam::models::{ModelType, Sam, SamConfig};
 use medsam::optim::AdamWConfig;
-use medsam::train::{TrainConfig, TrainEvent};
-use medsam::weights::AnyModel;
+use medsam::pipeline::train::{TrainConfig, TrainEvent};
 use medsam::Device;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -59,7 +59,7 @@ struct ModelSpec {
 fn build_model(s: &ModelSpec) -> medsam::Result<AnyModel> {
     let config = s.model_config.as_deref();
     if let Some(path) = &s.checkpoint {
-        return Ok(medsam::weights::load_any_model(path, None, config, s.device)?.0);
+        return Ok(medsam::models::load::load_any_model(path, None, config, s.device)?.0);
     }
     if s.model_type.as_deref() == Some("lite") {
         let cfg = match config {
@@ -201,8 +201,12 @@ fn train<'py>(
             let comm = medsam::dist::SingleProcess;
             let mut on_event = |e: TrainEvent| cb.call(|py| event_dict(py, &e));
             match build_model(&spec)? {
-                AnyModel::Sam(mut m) => medsam::train::train(&cfg, &mut *m, &comm, &mut on_event),
-                AnyModel::Lite(mut m) => medsam::train::train(&cfg, &mut *m, &comm, &mut on_event),
+                AnyModel::Sam(mut m) => {
+                    medsam::pipeline::train::train(&cfg, &mut *m, &comm, &mut on_event)
+                }
+                AnyModel::Lite(mut m) => {
+                    medsam::pipeline::train::train(&cfg, &mut *m, &comm, &mut on_event)
+                }
             }
         })
         .map_err(to_py)?;
