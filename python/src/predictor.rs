@@ -464,6 +464,31 @@ impl Predictor {
         Ok(a.into_any().unbind())
     }
 
+    /// Benchmark hook: seconds per decode of `box` (prompt encoder, mask decoder, masks at the
+    /// original size) timed inside Rust over `repeats` calls, numpy conversion excluded — the
+    /// "Rust call" that `predict`'s Python overhead is measured against.
+    #[pyo3(signature = (r#box, repeats=20, multimask_output=false))]
+    fn _bench_decode(
+        &self,
+        py: Python<'_>,
+        r#box: &Bound<'_, PyAny>,
+        repeats: usize,
+        multimask_output: bool,
+    ) -> PyResult<f64> {
+        let st = self.state.as_ref().ok_or_else(|| {
+            crate::MedsamError::new_err("_bench_decode: no image set; call set_image(image) first")
+        })?;
+        let prompts = parse_prompts(None, None, Some(r#box))?;
+        py.allow_threads(|| {
+            let t = std::time::Instant::now();
+            for _ in 0..repeats.max(1) {
+                self.decode(st, &prompts, multimask_output)?;
+            }
+            Ok(t.elapsed().as_secs_f64() / repeats.max(1) as f64)
+        })
+        .map_err(to_py)
+    }
+
     /// Forgets the current image.
     fn reset_image(&mut self) {
         self.state = None;
