@@ -238,3 +238,30 @@ def test_train_with_progress(tmp_path):
         medsam_rs.train({"tr_npy_path": str(data), "epochs": 3})
     with pytest.raises(FileNotFoundError, match="tr_npy_path"):
         medsam_rs.train({"tr_npy_path": str(tmp_path / "none")})
+
+
+def test_bf16_precision_close_to_f32(lite_ckpt, lite, image):
+    lite.set_image(image)
+    want = lite.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
+    p = medsam_rs.Predictor(lite_ckpt, config=LITE_CONFIG, precision="bf16")
+    p.set_image(image)
+    got = p.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
+    assert np.corrcoef(got, want)[0, 1] > 0.99
+
+
+def test_stubs_cover_the_package():
+    import ast
+
+    import medsam_rs as m
+
+    stub = os.path.join(os.path.dirname(m.__file__), "__init__.pyi")
+    assert os.path.exists(os.path.join(os.path.dirname(m.__file__), "py.typed"))
+    tree = ast.parse(open(stub).read())
+    names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    names |= {a.target.id for a in tree.body if isinstance(a, ast.AnnAssign)}
+    names |= {al.asname or al.name for n in tree.body if isinstance(n, ast.ImportFrom) for al in n.names}
+    assert set(m.__all__) <= names, set(m.__all__) - names
+    methods = {f.name for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Predictor" for f in c.body
+               if isinstance(f, ast.FunctionDef)}
+    public = {n for n in dir(m.Predictor) if not n.startswith("_")}
+    assert public <= methods, public - methods
