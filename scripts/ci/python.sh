@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 venv="$root/target/ci-venv"
-if [ ! -x "$venv/bin/python" ]; then
+if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$venv"
   if ! python3 -m venv "$venv" 2>/dev/null; then
     # Debian's python3 lacks ensurepip until python3-venv is installed.
     if [ "$(id -u)" = 0 ]; then
