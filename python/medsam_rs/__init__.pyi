@@ -28,7 +28,7 @@ class Predictor:
         precision: Literal["f32", "bf16"] = "f32",
         transform: Optional[Literal["medsam", "sam", "lite"]] = None,
     ) -> None: ...
-    def set_image(self, image: _Array) -> None:
+    def set_image(self, image: _Array, image_format: Literal["RGB", "BGR"] = "RGB") -> None:
         """(H, W, 3) or (H, W); uint8 0-255, or float32/float64 in [0, 1]."""
     def predict(
         self,

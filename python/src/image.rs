@@ -241,3 +241,31 @@ impl<'py> ImageIn<'py> {
         }
     }
 }
+
+impl<'a> Pixels<'a> {
+    /// Channels reversed (BGR → RGB, SamPredictor's `image_format="BGR"`); grey is unchanged.
+    pub(crate) fn reversed_channels(self) -> Pixels<'a> {
+        fn rev<T: Clone>(v: &[T]) -> Vec<T> {
+            v.chunks_exact(3)
+                .flat_map(|p| [p[2].clone(), p[1].clone(), p[0].clone()])
+                .collect()
+        }
+        if self.c != 3 {
+            return self;
+        }
+        let view = match &self.view {
+            View::U8(v) => View::U8(Cow::Owned(rev(v))),
+            View::Bool(v) => View::Bool(Cow::Owned(rev(v))),
+            View::F32(v) => View::F32(Cow::Owned(rev(v))),
+            View::F64(v) => View::F64(Cow::Owned(rev(v))),
+            View::I64(v) => View::I64(Cow::Owned(rev(v))),
+            View::I32(v) => View::I32(Cow::Owned(rev(v))),
+        };
+        Pixels {
+            h: self.h,
+            w: self.w,
+            c: self.c,
+            view,
+        }
+    }
+}

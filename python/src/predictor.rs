@@ -404,12 +404,33 @@ impl Predictor {
         })
     }
 
-    /// Encodes an image: (H, W, 3) or (H, W), uint8 (0-255) or float32/float64 in [0, 1].
-    fn set_image(&mut self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Encodes an image: (H, W, 3) or (H, W), uint8 (0-255) or float32/float64 in [0, 1];
+    /// `image_format="BGR"` for OpenCV's channel order.
+    #[pyo3(signature = (image, image_format="RGB"))]
+    fn set_image(
+        &mut self,
+        py: Python<'_>,
+        image: &Bound<'_, PyAny>,
+        image_format: &str,
+    ) -> PyResult<()> {
+        let bgr = match image_format {
+            "RGB" => false,
+            "BGR" => true,
+            o => {
+                return Err(value_err(format!(
+                    "image_format: unknown `{o}` (expected RGB or BGR)"
+                )))
+            }
+        };
         let img = ImageIn::extract(image)?;
         let px = img.pixels();
         let this = &*self;
-        let st = py.allow_threads(|| this.encode(&px)).map_err(to_py)?;
+        let st = py
+            .allow_threads(|| {
+                let px = if bgr { px.reversed_channels() } else { px };
+                this.encode(&px)
+            })
+            .map_err(to_py)?;
         self.state = Some(st);
         Ok(())
     }

@@ -110,6 +110,10 @@ def test_shapes_batches_and_layouts(lite, image):
     g2 = lite.predict(box=box)[2]
     lite.set_image(np.repeat(grey[:, :, None], 3, -1))
     np.testing.assert_allclose(lite.predict(box=box)[2], g2, atol=1e-6)
+    lite.set_image(np.ascontiguousarray(flipped[:, :, ::-1]), image_format="BGR")
+    np.testing.assert_array_equal(lite.predict(box=box)[2], want)
+    with pytest.raises(ValueError, match="image_format"):
+        lite.set_image(flipped, image_format="HSV")
     lite.reset_image()
     assert not lite.is_image_set
 
