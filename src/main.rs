@@ -100,10 +100,10 @@ fn run(cli: &Cli) -> medsam::Result<()> {
         Command::Infer(a) => cli::infer::run(a),
         Command::Preprocess(a) => cli::preprocess::run(a)
             .map(|_| ())
-            .map_err(|e| medsam::Error::Other(e.to_string())),
+            .map_err(medsam::Error::from),
         Command::Phantom(a) => cli::phantom::run(a)
             .map(|_| ())
-            .map_err(|e| medsam::Error::Other(e.to_string())),
+            .map_err(medsam::Error::from),
         Command::Train(a) => distributed(a.dist_timeout, &a.device, |comm, device| {
             let a = cli::train::TrainArgs {
                 device,

@@ -197,11 +197,9 @@ fn write_2d(
     let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
     refuse_input(a, &seg_png, "--seg-path")?;
     refuse_input(a, &overlay, "--seg-path")?;
-    medsam::viz::save_mask_png(&seg_png, &seg.union, h, w)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    medsam::viz::save_mask_png(&seg_png, &seg.union, h, w)?;
     let ub: Vec<[usize; 4]> = boxes.iter().map(|b| b.map(|v| v as usize)).collect();
-    medsam::viz::save_overlay_png(&overlay, rgb, h, w, &seg.union, &ub)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    medsam::viz::save_overlay_png(&overlay, rgb, h, w, &seg.union, &ub)?;
     println!("segmentation: {}", show(&seg_png));
     println!("overlay:      {}", show(&overlay));
     if let Some(path) = &a.logits {
@@ -336,7 +334,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
     refuse_input(a, &nii, "--seg-path")?;
-    write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing).map_err(|e| Error::Other(e.to_string()))?;
+    write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing)?;
     println!(
         "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
         show(&nii),

@@ -1,8 +1,10 @@
 //! File formats: model checkpoints (`.pth`, safetensors), NumPy `.npy`/`.npz`, NIfTI, images
 //! (with the exact resize semantics of the reference tools) and the CVPR challenge's volume
-//! files. Readers check what they read and name the file and field in every error; every size a
-//! file states is checked against [`limits::Limits`] before memory is reserved.
+//! files, all written through [`atomic::write_atomic`]. Readers check what they read and name the
+//! file and field in every error; every size a file states is checked against
+//! [`limits::Limits`] before memory is reserved.
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod image;
 pub mod limits;

@@ -61,6 +61,8 @@ pub enum PreprocessCliError {
     Failed(String),
 }
 
+crate::error::wrap_into_error!(PreprocessCliError);
+
 impl PreprocessArgs {
     pub fn to_config(&self) -> Result<PreprocessConfig, PreprocessCliError> {
         let remove_label_ids = self
