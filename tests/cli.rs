@@ -81,7 +81,7 @@ fn train_convert_eval_round_trip() {
             .unwrap()
             .to_string_lossy()
             .starts_with("cli-"),
-        "run dir is TASK-YYYYmmdd-HHMM"
+        "run dir is TASK-YYYYmmdd-HHMMSS"
     );
     let latest = run.join("medsam_model_latest.pth");
     assert!(latest.is_file());
