@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod infer;
 pub mod infer_lite;
+pub mod io;
 pub mod metrics;
 pub mod model;
 pub mod npy;
