@@ -377,8 +377,9 @@ fn seg_is_written_atomically_and_reads_back() {
             let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
             assert!(errors.is_empty(), "dciodvfy:\n{text}");
             eprintln!(
-                "dciodvfy: no errors, {} warning line(s)",
-                text.lines().filter(|l| l.starts_with("Warning")).count()
+                "dciodvfy: no errors, {} warning line(s):\n{}",
+                text.lines().filter(|l| l.starts_with("Warning")).count(),
+                text.trim()
             );
         }
     }

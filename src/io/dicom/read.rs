@@ -407,6 +407,8 @@ fn unit(v: [f64; 3]) -> Option<[f64; 3]> {
 /// A frame of the series: which file, which frame in it, and its geometry.
 struct Slice<'a> {
     header: &'a Header,
+    /// Index of `header` in the series' header list.
+    file: usize,
     frame: usize,
     geo: &'a FrameGeo,
 }
@@ -436,9 +438,11 @@ fn arrange<'a>(
     }
     let mut slices: Vec<Slice> = headers
         .iter()
-        .flat_map(|h| {
+        .enumerate()
+        .flat_map(|(file, h)| {
             h.frames.iter().enumerate().map(move |(frame, geo)| Slice {
                 header: h,
+                file,
                 frame,
                 geo,
             })
@@ -638,32 +642,45 @@ fn layout(obj: &InMemDicomObject, path: &Path) -> Result<Layout> {
     })
 }
 
-/// Stored sample values of one frame (`bytes` little endian), masked / sign-extended to
-/// BitsStored as GDCM does.
-fn samples(raw: &[u8], l: &Layout) -> Vec<f64> {
+/// Writes the modality values of one frame (`raw`: little-endian samples) into `out`: samples
+/// masked / sign-extended to BitsStored as GDCM does, then `v * slope + intercept`. Returns the
+/// value range.
+fn convert_frame(raw: &[u8], l: &Layout, geo: &FrameGeo, out: &mut [f64]) -> (f64, f64) {
     let shift = 64 - l.bits_stored;
+    let (slope, inter) = (geo.slope, geo.intercept);
     let conv = |v: u64| -> f64 {
-        if l.signed {
+        let x = if l.signed {
             (((v << shift) as i64) >> shift) as f64
         } else {
             ((v << shift) >> shift) as f64
-        }
+        };
+        x * slope + inter
+    };
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut put = |o: &mut f64, x: f64| {
+        *o = x;
+        lo = lo.min(x);
+        hi = hi.max(x);
     };
     match l.bytes {
-        1 => raw.iter().map(|&b| conv(b as u64)).collect(),
-        2 => raw
-            .chunks_exact(2)
-            .map(|c| conv(u16::from_le_bytes([c[0], c[1]]) as u64))
-            .collect(),
-        _ => raw
-            .chunks_exact(4)
-            .map(|c| conv(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))
-            .collect(),
+        1 => out
+            .iter_mut()
+            .zip(raw)
+            .for_each(|(o, &b)| put(o, conv(b as u64))),
+        2 => out
+            .iter_mut()
+            .zip(raw.chunks_exact(2))
+            .for_each(|(o, c)| put(o, conv(u16::from_le_bytes([c[0], c[1]]) as u64))),
+        _ => out.iter_mut().zip(raw.chunks_exact(4)).for_each(|(o, c)| {
+            put(o, conv(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))
+        }),
     }
+    (lo, hi)
 }
 
-/// Second pass over one file: the modality values of the wanted frames.
-fn read_frames(h: &Header, wanted: &[usize]) -> Result<(Vec<Vec<f64>>, bool)> {
+/// Second pass over one file: decodes its frames into their planes of the volume. Returns
+/// whether it is MONOCHROME1 and the value range.
+fn read_frames_into(h: &Header, planes: Vec<(usize, &mut [f64])>) -> Result<(bool, f64, f64)> {
     let path = &h.path;
     let obj = OpenFileOptions::new()
         .open_file(path)
@@ -699,19 +716,14 @@ fn read_frames(h: &Header, wanted: &[usize]) -> Result<(Vec<Vec<f64>>, bool)> {
             ),
         });
     }
-    let out = wanted
-        .iter()
-        .map(|&f| {
-            let geo = &h.frames[f];
-            let mut v = samples(&data[f * frame_len..(f + 1) * frame_len], &l);
-            if geo.slope != 1.0 || geo.intercept != 0.0 {
-                v.iter_mut()
-                    .for_each(|x| *x = *x * geo.slope + geo.intercept);
-            }
-            v
-        })
-        .collect();
-    Ok((out, l.mono1))
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (f, out) in planes {
+        let raw = &data[f * frame_len..(f + 1) * frame_len];
+        let (a, b) = convert_frame(raw, &l, &h.frames[f], out);
+        lo = lo.min(a);
+        hi = hi.max(b);
+    }
+    Ok((l.mono1, lo, hi))
 }
 
 /// Reads one series from `dir` (a folder searched recursively, or one file). With several
@@ -747,43 +759,27 @@ pub fn read_series(dir: impl AsRef<Path>, series: Option<&str>) -> Result<DicomS
     };
     let (slices, geometry) = arrange(dir, &headers, &mut warnings)?;
     let (rows, cols) = (headers[0].rows, headers[0].cols);
-    // z index of every (file, frame)
-    let mut z_of: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-    let index_of = |h: &Header| headers.iter().position(|x| std::ptr::eq(x, h)).unwrap_or(0);
-    for (z, s) in slices.iter().enumerate() {
-        z_of.insert((index_of(s.header), s.frame), z);
-    }
-    let per_file: Vec<(Vec<(usize, Vec<f64>)>, bool)> = headers
-        .par_iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let wanted: Vec<usize> = (0..h.frames.len()).collect();
-            let (frames, mono1) = read_frames(h, &wanted)?;
-            let placed = frames
-                .into_iter()
-                .enumerate()
-                .map(|(f, v)| (z_of[&(i, f)], v))
-                .collect();
-            Ok((placed, mono1))
-        })
-        .collect::<Result<_>>()?;
+    // every file decodes straight into the planes of its frames
     let plane = rows * cols;
     let mut data = vec![0.0f64; plane * slices.len()];
-    let mut mono1 = false;
-    for (frames, m) in per_file {
-        mono1 |= m;
-        for (z, v) in frames {
-            data[z * plane..(z + 1) * plane].copy_from_slice(&v);
-        }
+    let mut jobs: Vec<(&Header, Vec<(usize, &mut [f64])>)> =
+        headers.iter().map(|h| (h, Vec::new())).collect();
+    for (s, chunk) in slices.iter().zip(data.chunks_mut(plane)) {
+        jobs[s.file].1.push((s.frame, chunk));
     }
+    let ranges: Vec<(bool, f64, f64)> = jobs
+        .into_par_iter()
+        .map(|(h, planes)| read_frames_into(h, planes))
+        .collect::<Result<_>>()?;
+    let mono1 = ranges.iter().any(|r| r.0);
+    let (lo, hi) = ranges
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| {
+            (a.min(r.1), b.max(r.2))
+        });
     let integral = slices
         .iter()
         .all(|s| s.geo.slope.fract() == 0.0 && s.geo.intercept.fract() == 0.0);
-    let (lo, hi) = data
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
     if mono1 {
         data.iter_mut().for_each(|x| *x = lo + hi - *x);
         warnings.push(DicomWarning::Monochrome1Inverted);

@@ -10,7 +10,7 @@
 
 use super::uid::{new_uid, now_da_tm};
 use super::{DicomError, DicomSeries, Geometry, Result};
-use crate::preprocess::nifti_io::write_nifti_gz_affine;
+use crate::preprocess::nifti_io::{write_nifti_gz_affine, NiftiElement};
 use dicom_core::value::DataSetSequence;
 use dicom_core::{dicom_value, DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -508,12 +508,12 @@ pub fn write_seg(
     })
 }
 
-/// Writes `labels` (`(z, y, x)`) as `.nii.gz` with the series' geometry (RAS affine from the
-/// LPS origin and axes), so it overlays the series in NIfTI viewers.
-pub fn write_nifti_with_geometry(
+/// Writes a `(z, y, x)` volume (labels, or the image itself) as `.nii.gz` with the series'
+/// geometry (RAS affine from the LPS origin and axes), so it overlays the series in NIfTI viewers.
+pub fn write_nifti_with_geometry<T: NiftiElement>(
     path: impl AsRef<Path>,
     shape: [usize; 3],
-    labels: &[u8],
+    labels: &[T],
     geometry: &Geometry,
 ) -> Result<()> {
     let path = path.as_ref();
