@@ -10,7 +10,7 @@ use medsam::io::dicom::{
     list_series, read_series, write_nifti_with_geometry, write_seg, DicomError, DicomSeries,
     DicomWarning, SegOptions,
 };
-use medsam::preprocess::nifti_io::{read_nifti, PixelKind};
+use medsam::io::nifti::{read_nifti, PixelKind};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -65,15 +65,25 @@ fn ct_series_reads_back_as_the_nifti_it_came_from() {
     let nii = read_nifti(fx(meta["nifti"].as_str().unwrap())).unwrap();
     check_geometry(&s, &meta);
     assert_eq!(s.volume.shape, nii.shape);
-    assert_eq!(s.volume.data, nii.data, "HU values (uint16 + intercept -1024)");
+    assert_eq!(
+        s.volume.data, nii.data,
+        "HU values (uint16 + intercept -1024)"
+    );
     assert_eq!(s.volume.kind, PixelKind::I16);
     for i in 0..3 {
         assert!((s.volume.spacing[i] - nii.spacing[i]).abs() < 1e-5);
     }
-    assert_eq!(s.info.series_instance_uid, meta["series_uid"].as_str().unwrap());
+    assert_eq!(
+        s.info.series_instance_uid,
+        meta["series_uid"].as_str().unwrap()
+    );
     assert_eq!(s.info.modality, "CT");
     // file names run against slice order: slice z comes from the instance numbered z + 1
-    let inst: Vec<String> = s.slices.iter().map(|x| x.sop_instance_uid.clone()).collect();
+    let inst: Vec<String> = s
+        .slices
+        .iter()
+        .map(|x| x.sop_instance_uid.clone())
+        .collect();
     for (z, uid) in inst.iter().enumerate() {
         assert!(uid.ends_with(&format!(".1.3.{}", z + 1)), "{z}: {uid}");
     }
@@ -87,7 +97,11 @@ fn oblique_series_matches_its_nifti_and_geometry_round_trips() {
     let nii = read_nifti(fx(meta["nifti"].as_str().unwrap())).unwrap();
     check_geometry(&s, &meta);
     assert_eq!(s.volume.data, nii.data, "slope 2, intercept -5");
-    assert_eq!(s.volume.kind, PixelKind::I16, "integral rescale keeps integers");
+    assert_eq!(
+        s.volume.kind,
+        PixelKind::I16,
+        "integral rescale keeps integers"
+    );
     // NIfTI written with the series geometry: sform and qform both give the RAS affine
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lab.nii.gz");
@@ -107,23 +121,42 @@ fn oblique_series_matches_its_nifti_and_geometry_round_trips() {
     let want = s.geometry.ras_affine();
     for (r, row) in want.iter().enumerate() {
         for (c, &w) in row.iter().enumerate() {
-            assert!((f32_at(280 + 16 * r + 4 * c) - w).abs() < 1e-4, "srow {r},{c}");
+            assert!(
+                (f32_at(280 + 16 * r + 4 * c) - w).abs() < 1e-4,
+                "srow {r},{c}"
+            );
         }
     }
     // qform: rotation from the quaternion, times pixdim, third column times qfac
     let (b, c, d) = (f32_at(256), f32_at(260), f32_at(264));
     let a = (1.0 - b * b - c * c - d * d).max(0.0).sqrt();
     let rot = [
-        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
     ];
     let qfac = f32_at(76);
     for r in 0..3 {
         for col in 0..3 {
             let sign = if col == 2 { qfac } else { 1.0 };
             let q = rot[r][col] * f32_at(80 + 4 * col) * sign;
-            assert!((q - want[r][col]).abs() < 1e-4, "qform {r},{col}: {q} vs {}", want[r][col]);
+            assert!(
+                (q - want[r][col]).abs() < 1e-4,
+                "qform {r},{col}: {q} vs {}",
+                want[r][col]
+            );
         }
         assert!((f32_at(268 + 4 * r) - want[r][3]).abs() < 1e-4);
     }
@@ -164,7 +197,7 @@ fn pydicom_files_decode_like_pydicom() {
     for name in ["MR_small", "MR_small_implicit", "MR_small_RLE", "image_dfl"] {
         let s = read_series(fx(&format!("dicom/pydicom/{name}")), None)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let want = medsam::npy::read_npy(fx(&format!("dicom/pydicom/{name}.npy"))).unwrap();
+        let want = medsam::io::npy::read_npy(fx(&format!("dicom/pydicom/{name}.npy"))).unwrap();
         let [d, h, w] = s.volume.shape;
         assert_eq!(d, 1, "{name}");
         assert_eq!(want.shape, vec![h, w], "{name}");
@@ -189,12 +222,18 @@ fn err(dir: &str) -> DicomError {
 #[test]
 fn bad_inputs_give_named_errors() {
     let e = err("dicom/bad/mixed_size");
-    assert!(matches!(e, DicomError::MixedSize { found: (6, 9), .. }), "{e}");
+    assert!(
+        matches!(e, DicomError::MixedSize { found: (6, 9), .. }),
+        "{e}"
+    );
     let e = err("dicom/bad/mixed_orientation");
     assert!(matches!(e, DicomError::MixedOrientation { .. }), "{e}");
     assert!(e.to_string().contains("IM0002.dcm"), "{e}");
     let e = err("dicom/bad/no_pixel_data");
-    assert!(matches!(&e, DicomError::NoPixelData { path } if path.ends_with("IM0001.dcm")), "{e}");
+    assert!(
+        matches!(&e, DicomError::NoPixelData { path } if path.ends_with("IM0001.dcm")),
+        "{e}"
+    );
     let e = err("dicom/bad/nonuniform");
     assert!(matches!(e, DicomError::NonUniformSpacing { .. }), "{e}");
     let e = err("dicom/bad/missing_slice");
@@ -210,7 +249,10 @@ fn bad_inputs_give_named_errors() {
     }
     let e = err("dicom/bad/truncated");
     assert!(
-        matches!(e, DicomError::Truncated { .. } | DicomError::Unreadable { .. }),
+        matches!(
+            e,
+            DicomError::Truncated { .. } | DicomError::Unreadable { .. }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("MR_truncated.dcm"), "{e}");
@@ -314,10 +356,18 @@ fn seg_is_written_atomically_and_reads_back() {
     assert_eq!(get(tags::MODALITY), "SEG");
     assert_eq!(get(tags::NUMBER_OF_FRAMES), sum.frames.to_string());
     assert_eq!(get(tags::STUDY_INSTANCE_UID), s.info.study_instance_uid);
-    let segs = obj.element(tags::SEGMENT_SEQUENCE).unwrap().items().unwrap();
+    let segs = obj
+        .element(tags::SEGMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
     assert_eq!(segs.len(), names.len());
     assert_eq!(
-        segs[0].element(tags::SEGMENT_LABEL).unwrap().to_str().unwrap(),
+        segs[0]
+            .element(tags::SEGMENT_LABEL)
+            .unwrap()
+            .to_str()
+            .unwrap(),
         names[0]
     );
     let frames_expected: usize = (1..=names.len())
@@ -346,7 +396,7 @@ fn seg_is_written_atomically_and_reads_back() {
         ),
         Some(py) => {
             let npy = dir.path().join("labels.npy");
-            medsam::npy::write_npy_u8(&npy, &s.volume.shape, &labels).unwrap();
+            medsam::io::npy::write_npy_u8(&npy, &s.volume.shape, &labels).unwrap();
             let o = Command::new(py)
                 .arg(fx("check_dicom_seg.py"))
                 .arg(&out)

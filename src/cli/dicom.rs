@@ -3,7 +3,7 @@
 
 use super::common::show;
 use medsam::io::dicom::{format_series_list, list_series, read_series, write_nifti_with_geometry};
-use medsam::preprocess::nifti_io::PixelKind;
+use medsam::io::nifti::PixelKind;
 use medsam::{Error, Result};
 use std::path::PathBuf;
 
@@ -50,7 +50,10 @@ pub fn run(a: &DicomArgs) -> Result<()> {
     println!("  values    [{lo}, {hi}] ({:?})", v.kind);
     println!("  spacing   {:?} mm (x, y, z)", g.spacing);
     println!("  origin    {:?} mm (LPS)", g.origin);
-    println!("  axes      x {:?} y {:?} z {:?}", g.axes[0], g.axes[1], g.axes[2]);
+    println!(
+        "  axes      x {:?} y {:?} z {:?}",
+        g.axes[0], g.axes[1], g.axes[2]
+    );
     if let Some(out) = &a.to_nifti {
         let werr = |e: medsam::io::dicom::DicomError| Error::file(out, e.to_string());
         if v.kind == PixelKind::I16 {

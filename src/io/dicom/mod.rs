@@ -2,7 +2,7 @@
 //! DICOM SEG (plus NIfTI with the series' geometry).
 //!
 //! Conventions (stated once):
-//! - The volume is `(z, y, x)` in C order, like [`crate::preprocess::nifti_io::NiftiVolume`] and
+//! - The volume is `(z, y, x)` in C order, like [`crate::io::nifti::NiftiVolume`] and
 //!   SimpleITK's `GetArrayFromImage`: `x` = column index, `y` = row index, `z` = slice index, slices
 //!   sorted by ascending position of ImagePositionPatient along the normal of
 //!   ImageOrientationPatient (row direction × column direction) — the order ITK/GDCM use.
@@ -35,7 +35,7 @@ mod uid;
 pub use read::{list_series, read_series, SeriesSummary};
 pub use seg::{write_nifti_with_geometry, write_seg, SegOptions};
 
-use crate::preprocess::nifti_io::NiftiVolume;
+use crate::io::nifti::NiftiVolume;
 use std::fmt;
 use std::path::PathBuf;
 

@@ -8,7 +8,7 @@ use super::{
     transfer_syntax_name, DicomError, DicomSeries, DicomWarning, Geometry, Result, SeriesInfo,
     SliceSource, SUPPORTED_TRANSFER_SYNTAXES,
 };
-use crate::preprocess::nifti_io::{NiftiVolume, PixelKind};
+use crate::io::nifti::{NiftiVolume, PixelKind};
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions, Tag};
 use dicom_pixeldata::PixelDecoder;
@@ -671,9 +671,10 @@ fn convert_frame(raw: &[u8], l: &Layout, geo: &FrameGeo, out: &mut [f64]) -> (f6
             .iter_mut()
             .zip(raw.chunks_exact(2))
             .for_each(|(o, c)| put(o, conv(u16::from_le_bytes([c[0], c[1]]) as u64))),
-        _ => out.iter_mut().zip(raw.chunks_exact(4)).for_each(|(o, c)| {
-            put(o, conv(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))
-        }),
+        _ => out
+            .iter_mut()
+            .zip(raw.chunks_exact(4))
+            .for_each(|(o, c)| put(o, conv(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))),
     }
     (lo, hi)
 }

@@ -10,7 +10,7 @@
 
 use super::uid::{new_uid, now_da_tm};
 use super::{DicomError, DicomSeries, Geometry, Result};
-use crate::preprocess::nifti_io::{write_nifti_gz_affine, NiftiElement};
+use crate::io::nifti::{write_nifti_gz_affine, NiftiElement};
 use dicom_core::value::DataSetSequence;
 use dicom_core::{dicom_value, DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -495,7 +495,7 @@ pub fn write_seg(
         .build()
         .map_err(|e| bad(e.to_string()))?;
     let file = o.with_exact_meta(meta);
-    crate::npy::write_atomic(path, |w| {
+    crate::io::npy::write_atomic(path, |w| {
         file.write_all(w)
             .map_err(|e| std::io::Error::other(e.to_string()))
     })

@@ -30,11 +30,10 @@
 
 pub mod args;
 pub mod components;
-pub mod nifti_io;
 pub mod phantom;
-pub mod resize;
 
-use nifti_io::{NiftiVolume, PixelKind};
+use crate::io::image::resize;
+use crate::io::nifti::{self, NiftiVolume, PixelKind};
 use rayon::prelude::*;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -169,9 +168,9 @@ pub enum PreprocessError {
 #[derive(Debug, thiserror::Error)]
 pub enum CaseError {
     #[error(transparent)]
-    Nifti(#[from] nifti_io::NiftiError),
+    Nifti(#[from] nifti::NiftiError),
     #[error(transparent)]
-    Npy(#[from] crate::npy::NpyError),
+    Npy(#[from] crate::io::npy::NpyError),
     #[error(transparent)]
     Dicom(#[from] crate::io::dicom::DicomError),
     #[error("image {image:?} and label {label:?} shapes differ (z, y, x)")]
@@ -439,7 +438,7 @@ fn process_case(
     imgs_dir: &Path,
     gts_dir: &Path,
 ) -> Result<usize, CaseError> {
-    let gt_vol = nifti_io::read_nifti(gt_path)?;
+    let gt_vol = nifti::read_nifti(gt_path)?;
     let shape = gt_vol.shape;
     let mut gt = gt_vol.to_u8_labels();
     drop(gt_vol);
@@ -454,7 +453,7 @@ fn process_case(
     let img_vol = if img_path.is_dir() {
         crate::io::dicom::read_series(img_path, None)?.volume
     } else {
-        nifti_io::read_nifti(img_path)?
+        nifti::read_nifti(img_path)?
     };
     if img_vol.shape != shape {
         return Err(CaseError::ShapeMismatch {
@@ -480,10 +479,10 @@ fn process_case(
                 s,
             );
             let ip = imgs_dir.join(&name);
-            crate::npy::write_npy_f64(&ip, &[s, s, 3], &im)?;
+            crate::io::npy::write_npy_f64(&ip, &[s, s, 3], &im)?;
             written.push(ip);
             let gp = gts_dir.join(&name);
-            crate::npy::write_npy_u8(&gp, &[s, s], &lab)?;
+            crate::io::npy::write_npy_u8(&gp, &[s, s], &lab)?;
             written.push(gp);
         }
         Ok(())
