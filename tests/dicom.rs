@@ -434,3 +434,111 @@ fn seg_is_written_atomically_and_reads_back() {
         }
     }
 }
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `medsam preprocess --dicom-path` on the CT series gives byte-identical slices to the NIfTI
+/// it was written from.
+#[test]
+fn preprocess_from_dicom_equals_preprocess_from_nifti() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dcm, gt, nii) = (
+        dir.path().join("dcm"),
+        dir.path().join("gt"),
+        dir.path().join("nii"),
+    );
+    copy_dir(&fx("dicom/ct_case01"), &dcm.join("case01"));
+    std::fs::create_dir_all(&gt).unwrap();
+    std::fs::create_dir_all(&nii).unwrap();
+    std::fs::copy(
+        fx("preprocess/nifti/ct/labels/case01.nii.gz"),
+        gt.join("case01.nii.gz"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fx("preprocess/nifti/ct/images/case01_0000.nii.gz"),
+        nii.join("case01_0000.nii.gz"),
+    )
+    .unwrap();
+    let run = |src: (&str, &Path), out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_medsam"))
+            .arg("preprocess")
+            .arg(src.0)
+            .arg(src.1)
+            .arg("--gt-path")
+            .arg(&gt)
+            .arg("--npy-path")
+            .arg(out)
+            .args(["--image-size", "32", "--voxel-num-thre2d", "10"])
+            .args(["--voxel-num-thre3d", "50", "--num-workers", "1"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("1 cases done, 0 skipped"), "{text}");
+    };
+    let (out_d, out_n) = (dir.path().join("out_dcm"), dir.path().join("out_nii"));
+    run(("--dicom-path", &dcm), &out_d);
+    run(("--nii-path", &nii), &out_n);
+    for sub in ["imgs", "gts"] {
+        let (a, b) = (files(&out_d.join(sub)), files(&out_n.join(sub)));
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "{sub}");
+    }
+}
+
+/// `medsam dicom`: lists several series, reads one and converts it to NIfTI.
+#[test]
+fn dicom_subcommand_lists_reads_and_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fx("dicom/ct_case01"), &dir.path().join("a"));
+    copy_dir(&fx("dicom/oblique"), &dir.path().join("b"));
+    let medsam = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_medsam"))
+            .arg("dicom")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        text
+    };
+    let text = medsam(&[]);
+    assert!(
+        text.contains("2 series") && text.contains("--series"),
+        "{text}"
+    );
+    let uid = json("dicom/ct_case01.json")["series_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = dir.path().join("ct.nii.gz");
+    let text = medsam(&["--series", &uid, "--to-nifti", out.to_str().unwrap()]);
+    assert!(text.contains("6×40×48"), "{text}");
+    let back = read_nifti(&out).unwrap();
+    let want = read_nifti(fx("preprocess/nifti/ct/images/case01_0000.nii.gz")).unwrap();
+    assert_eq!(back.data, want.data);
+    assert_eq!(back.kind, PixelKind::I16);
+}
