@@ -36,6 +36,11 @@ pub struct SeriesSummary {
     pub description: String,
 }
 
+/// Image headers by SeriesInstanceUID.
+type Groups = BTreeMap<String, Vec<Header>>;
+/// The planes of the volume one file fills: `(frame in the file, plane)`.
+type Planes<'a> = Vec<(usize, &'a mut [f64])>;
+
 /// Geometry and rescale of one frame.
 #[derive(Debug, Clone, Default)]
 struct FrameGeo {
@@ -338,7 +343,7 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// All image headers under `dir` grouped by series, and the ignored files.
-fn scan(dir: &Path) -> Result<(BTreeMap<String, Vec<Header>>, Vec<PathBuf>)> {
+fn scan(dir: &Path) -> Result<(Groups, Vec<PathBuf>)> {
     let mut files = Vec::new();
     if dir.is_file() {
         files.push(dir.to_path_buf());
@@ -350,7 +355,7 @@ fn scan(dir: &Path) -> Result<(BTreeMap<String, Vec<Header>>, Vec<PathBuf>)> {
         .par_iter()
         .map(|p| read_header(p).map(|h| (p.clone(), h)))
         .collect::<Result<_>>()?;
-    let mut groups: BTreeMap<String, Vec<Header>> = BTreeMap::new();
+    let mut groups = Groups::new();
     let mut skipped = Vec::new();
     for (p, h) in headers {
         match h {
@@ -370,7 +375,7 @@ fn scan(dir: &Path) -> Result<(BTreeMap<String, Vec<Header>>, Vec<PathBuf>)> {
     Ok((groups, skipped))
 }
 
-fn summaries(groups: &BTreeMap<String, Vec<Header>>) -> Vec<SeriesSummary> {
+fn summaries(groups: &Groups) -> Vec<SeriesSummary> {
     groups
         .iter()
         .map(|(uid, hs)| SeriesSummary {
@@ -681,7 +686,7 @@ fn convert_frame(raw: &[u8], l: &Layout, geo: &FrameGeo, out: &mut [f64]) -> (f6
 
 /// Second pass over one file: decodes its frames into their planes of the volume. Returns
 /// whether it is MONOCHROME1 and the value range.
-fn read_frames_into(h: &Header, planes: Vec<(usize, &mut [f64])>) -> Result<(bool, f64, f64)> {
+fn read_frames_into(h: &Header, planes: Planes) -> Result<(bool, f64, f64)> {
     let path = &h.path;
     let obj = OpenFileOptions::new()
         .open_file(path)
@@ -763,8 +768,7 @@ pub fn read_series(dir: impl AsRef<Path>, series: Option<&str>) -> Result<DicomS
     // every file decodes straight into the planes of its frames
     let plane = rows * cols;
     let mut data = vec![0.0f64; plane * slices.len()];
-    let mut jobs: Vec<(&Header, Vec<(usize, &mut [f64])>)> =
-        headers.iter().map(|h| (h, Vec::new())).collect();
+    let mut jobs: Vec<(&Header, Planes)> = headers.iter().map(|h| (h, Vec::new())).collect();
     for (s, chunk) in slices.iter().zip(data.chunks_mut(plane)) {
         jobs[s.file].1.push((s.frame, chunk));
     }
