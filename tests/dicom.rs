@@ -194,7 +194,13 @@ fn monochrome1_is_inverted_with_a_warning() {
 
 #[test]
 fn pydicom_files_decode_like_pydicom() {
-    for name in ["MR_small", "MR_small_implicit", "MR_small_RLE", "image_dfl"] {
+    for name in [
+        "MR_small",
+        "MR_small_implicit",
+        "MR_small_bigendian",
+        "MR_small_RLE",
+        "image_dfl",
+    ] {
         let s = read_series(fx(&format!("dicom/pydicom/{name}")), None)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let want = medsam::io::npy::read_npy(fx(&format!("dicom/pydicom/{name}.npy"))).unwrap();
@@ -210,6 +216,22 @@ fn pydicom_files_decode_like_pydicom() {
             s.warnings
         );
     }
+}
+
+#[test]
+fn jpeg_baseline_decodes_within_a_grey_level_of_libjpeg() {
+    let s = read_series(fx("dicom/jpeg_baseline"), None).unwrap();
+    let want = medsam::io::npy::read_npy(fx("dicom/jpeg_baseline.npy")).unwrap();
+    assert_eq!(s.volume.shape, [1, 32, 40]);
+    let worst = s
+        .volume
+        .data
+        .iter()
+        .zip(want.to_f64())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    // the IDCTs of jpeg-decoder and libjpeg (Pillow, pydicom's decoder here) may round differently
+    assert!(worst <= 2.0, "max difference {worst}");
 }
 
 fn err(dir: &str) -> DicomError {
@@ -247,6 +269,9 @@ fn bad_inputs_give_named_errors() {
         }
         _ => panic!("{e}"),
     }
+    let e = err("dicom/bad/jpeg12");
+    assert!(matches!(e, DicomError::Decode { .. }), "{e}");
+    assert!(e.to_string().contains("JPGExtended.dcm"), "{e}");
     let e = err("dicom/bad/truncated");
     assert!(
         matches!(

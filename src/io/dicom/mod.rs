@@ -18,8 +18,9 @@
 //!
 //! Transfer syntaxes enabled (all decoded in pure Rust by the dicom-rs `native` feature set, so
 //! the build needs no C library): implicit/explicit VR little endian, explicit VR big endian
-//! (retired), deflated explicit VR little endian, JPEG baseline (8-bit), JPEG extended (12-bit),
-//! JPEG lossless (process 14, and selection value 1), RLE lossless. Not enabled: JPEG-LS (needs the
+//! (retired), deflated explicit VR little endian, JPEG baseline (8-bit), JPEG extended (8-bit only:
+//! the pure-Rust decoder refuses 12-bit samples, reported as [`DicomError::Decode`]), JPEG lossless
+//! (process 14, and selection value 1), RLE lossless. Not enabled: JPEG-LS (needs the
 //! CharLS C++ library), JPEG 2000 / HTJ2K (OpenJPEG, or its large Rust port `openjp2` — left out to
 //! keep the CI build short), JPEG XL, MPEG/HEVC video; files in those syntaxes give
 //! [`DicomError::UnsupportedTransferSyntax`] naming the syntax.
@@ -49,7 +50,10 @@ pub const SUPPORTED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
     ),
     ("1.2.840.10008.1.2.2", "Explicit VR Big Endian"),
     ("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)"),
-    ("1.2.840.10008.1.2.4.51", "JPEG Extended (Process 2 & 4)"),
+    (
+        "1.2.840.10008.1.2.4.51",
+        "JPEG Extended (Process 2 & 4; 8-bit only)",
+    ),
     ("1.2.840.10008.1.2.4.57", "JPEG Lossless (Process 14)"),
     ("1.2.840.10008.1.2.4.70", "JPEG Lossless (Process 14, SV1)"),
     ("1.2.840.10008.1.2.5", "RLE Lossless"),
