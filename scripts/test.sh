@@ -58,3 +58,4 @@ done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1
 bash scripts/ci/dicom.sh
 report_disk
+bash scripts/ci/python.sh
