@@ -14,6 +14,10 @@ pub mod ascend;
 #[cfg(feature = "ascend")]
 #[allow(missing_docs)]
 pub mod sys;
+// The kernel build rule of build.rs, unit-tested here (it needs no toolchain to check).
+#[cfg(all(test, feature = "ascend"))]
+#[path = "../kernel_build.rs"]
+mod kernel_build;
 
 /// Whether an Ascend NPU runtime can be used by this build: `Err` with a message suitable
 /// for `--device npu:N` diagnostics otherwise.
