@@ -2,14 +2,14 @@
 //! (`tests/ascend_standin/`, a cdylib exporting the CANN C symbols we call).
 //!
 //! What this proves: our side of the contract — library loading through the bindgen
-//! dynamic tables, argument marshalling for ACL / aclnn / aclop / HCCL, descriptor and
+//! dynamic tables, argument marshalling for ACL / aclnn / HCCL, descriptor and
 //! workspace lifetimes, stream ordering (the stand-in only runs queued work at sync), error
 //! mapping, allocator reuse and the HCCL root-info bootstrap. What it does NOT prove: that
 //! real CANN behaves like the stand-in. That needs an NPU (tests/ascend_npu_props.rs).
 //!
 //! The stand-in is built with `cargo build --manifest-path tests/ascend_standin/Cargo.toml`
 //! into target/ascend-standin (or taken from `$MEDSAM_STANDIN_LIB`), and symlinked as
-//! libascendcl.so, libacl_op_compiler.so, libnnopbase.so, libopapi.so and libhccl.so into a
+//! libascendcl.so, libnnopbase.so, libopapi.so and libhccl.so into a
 //! temporary directory that the loader is pointed at.
 #![cfg(feature = "ascend")]
 
@@ -113,7 +113,7 @@ fn env_child() {
         "{:?}",
         rt.loaded
     );
-    assert_eq!(rt.loaded.len(), 5, "{:?}", rt.loaded);
+    assert_eq!(rt.loaded.len(), 4, "{:?}", rt.loaded);
     medsam_ffi::ascend_available().expect("available");
     // A second load returns the same runtime (aclInit only once: the stand-in would
     // answer REPEAT_INITIALIZE, which is accepted anyway).
@@ -160,7 +160,7 @@ fn memory_roundtrip_and_stream_ordering() {
 fn matmul_and_batch_matmul_through_aclnn() {
     let dev = rt().device(0).unwrap();
     let stream = dev.stream().unwrap();
-    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let ops = Ops::new(&stream);
     let (m, k, n) = (3usize, 4usize, 5usize);
     let (ha, hb) = (data(m * k, 2), data(k * n, 3));
     let (a, b) = (dev.upload(&ha).unwrap(), dev.upload(&hb).unwrap());
@@ -242,7 +242,7 @@ fn cpu_layer_norm(
 fn layer_norm_through_aclnn() {
     let dev = rt().device(1).unwrap();
     let stream = dev.stream().unwrap();
-    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let ops = Ops::new(&stream);
     let (rows, c) = (6usize, 8usize);
     let (hx, hw, hb) = (data(rows * c, 6), data(c, 7), data(c, 8));
     let (x, w, b) = (
@@ -289,7 +289,7 @@ fn layer_norm_through_aclnn() {
 fn softmax_gelu_add_mul_through_aclnn() {
     let dev = rt().device(0).unwrap();
     let stream = dev.stream().unwrap();
-    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let ops = Ops::new(&stream);
     let hx = data(12, 9);
     let x = dev.upload(&hx).unwrap();
     let xa = || TensorArg::input::<f32>(&x, l(&[3, 4])).unwrap();
@@ -359,92 +359,6 @@ fn softmax_gelu_add_mul_through_aclnn() {
 }
 
 #[test]
-fn aclop_fallback_path() {
-    let dev = rt().device(0).unwrap();
-    let stream = dev.stream().unwrap();
-    let ops = Ops::new(&stream).with_path(OpPath::Aclop);
-    let (m, k, n) = (2usize, 3usize, 4usize);
-    let (ha, hb) = (data(m * k, 11), data(k * n, 12));
-    // A stored transposed ([k, m]) -> MatMulV2 with transpose_x1 = true.
-    let hat: Vec<f32> = (0..k * m).map(|i| ha[(i % m) * k + i / m]).collect();
-    let (at, b) = (dev.upload(&hat).unwrap(), dev.upload(&hb).unwrap());
-    let mut c = dev.alloc_elems::<f32>(m * n).unwrap();
-    ops.matmul(
-        &TensorArg::input::<f32>(&at, l(&[3, 2]).transpose_last2()).unwrap(),
-        &TensorArg::input::<f32>(&b, l(&[3, 4])).unwrap(),
-        &TensorArg::output::<f32>(&mut c, l(&[2, 4])).unwrap(),
-    )
-    .unwrap();
-    assert_close(
-        &c.read::<f32>(&stream, m * n).unwrap(),
-        &cpu_matmul(&ha, &hb, m, k, n),
-        1e-5,
-        "MatMulV2",
-    );
-
-    let (hx, hw, hbias) = (data(16, 13), data(8, 14), data(8, 15));
-    let (x, w, bias) = (
-        dev.upload(&hx).unwrap(),
-        dev.upload(&hw).unwrap(),
-        dev.upload(&hbias).unwrap(),
-    );
-    let mut y = dev.alloc_elems::<f32>(16).unwrap();
-    let mut mean = dev.alloc_elems::<f32>(2).unwrap();
-    ops.layer_norm(
-        &TensorArg::input::<f32>(&x, l(&[2, 8])).unwrap(),
-        &[8],
-        Some(&TensorArg::input::<f32>(&w, l(&[8])).unwrap()),
-        Some(&TensorArg::input::<f32>(&bias, l(&[8])).unwrap()),
-        1e-5,
-        &TensorArg::output::<f32>(&mut y, l(&[2, 8])).unwrap(),
-        Some(&TensorArg::output::<f32>(&mut mean, l(&[2, 1])).unwrap()),
-        None,
-    )
-    .unwrap();
-    let (wy, wm, _) = cpu_layer_norm(&hx, 8, &hw, &hbias, 1e-5);
-    assert_close(
-        &y.read::<f32>(&stream, 16).unwrap(),
-        &wy,
-        1e-4,
-        "LayerNorm y",
-    );
-    assert_close(
-        &mean.read::<f32>(&stream, 2).unwrap(),
-        &wm,
-        1e-5,
-        "LayerNorm mean",
-    );
-
-    // rstd is not available from aclop LayerNorm: refused, not faked.
-    let mut r = dev.alloc_elems::<f32>(2).unwrap();
-    let e = ops
-        .layer_norm(
-            &TensorArg::input::<f32>(&x, l(&[2, 8])).unwrap(),
-            &[8],
-            Some(&TensorArg::input::<f32>(&w, l(&[8])).unwrap()),
-            Some(&TensorArg::input::<f32>(&bias, l(&[8])).unwrap()),
-            1e-5,
-            &TensorArg::output::<f32>(&mut y, l(&[2, 8])).unwrap(),
-            None,
-            Some(&TensorArg::output::<f32>(&mut r, l(&[2, 1])).unwrap()),
-        )
-        .unwrap_err();
-    assert!(matches!(e, AscendError::Invalid(_)), "{e}");
-
-    let mut s = dev.alloc_elems::<f32>(16).unwrap();
-    ops.softmax(
-        &TensorArg::input::<f32>(&x, l(&[2, 8])).unwrap(),
-        -1,
-        &TensorArg::output::<f32>(&mut s, l(&[2, 8])).unwrap(),
-    )
-    .unwrap();
-    let got = s.read::<f32>(&stream, 16).unwrap();
-    for row in got.chunks(8) {
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
-    }
-}
-
-#[test]
 fn errors_carry_function_code_and_message() {
     let rt = rt();
     // ACL: invalid device id.
@@ -501,15 +415,12 @@ fn errors_carry_function_code_and_message() {
         Err(AscendError::Invalid(_))
     ));
 
-    // aclnnConvolution (1×1 output of a 4×4 input with itself as the kernel = Σ x²) runs on the
-    // aclnn path; the aclop fallback reports the runtime's ACL_ERROR_OP_NOT_FOUND for Conv2D.
-    // Nothing pretends to work.
+    // aclnnConvolution (1×1 output of a 4×4 input with itself as the kernel = Σ x²).
     let xh = data(16, 2);
     let x = dev.upload(&xh).unwrap();
     let mut y = dev.alloc_elems::<f32>(16).unwrap();
     let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
     Ops::new(&stream)
-        .with_path(OpPath::Aclnn)
         .conv2d(
             &xv(),
             &xv(),
@@ -523,31 +434,6 @@ fn errors_carry_function_code_and_message() {
         .unwrap();
     let got = y.read::<f32>(&stream, 1).unwrap();
     assert_close(&got, &[xh.iter().map(|v| v * v).sum()], 1e-5, "conv2d");
-    let e = Ops::new(&stream)
-        .with_path(OpPath::Aclop)
-        .conv2d(
-            &xv(),
-            &xv(),
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-            &TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap(),
-        )
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            AscendError::Acl {
-                func: "aclopCompileAndExecute",
-                code: 100024,
-                ..
-            }
-        ),
-        "{e}"
-    );
-
     // Raw call from a thread without a bound context: the runtime refuses (107002).
     let rt2 = rt;
     std::thread::spawn(move || {
@@ -697,7 +583,7 @@ fn pointwise_div_and_bilinear_through_aclnn() {
     use medsam_ffi::ascend::UnaryOp;
     let dev = rt().device(0).unwrap();
     let stream = dev.stream().unwrap();
-    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let ops = Ops::new(&stream);
     let hx = data(12, 21);
     let x = dev.upload(&hx).unwrap();
     let xa = || TensorArg::input::<f32>(&x, l(&[3, 4])).unwrap();
@@ -729,7 +615,7 @@ fn pointwise_div_and_bilinear_through_aclnn() {
             &o.read::<f32>(&stream, 12).unwrap(),
             &want,
             1e-6,
-            op.names().1,
+            &format!("{op:?}"),
         );
     }
 
@@ -865,7 +751,7 @@ fn pointwise_div_and_bilinear_through_aclnn() {
 fn flash_attention_checks_shapes_and_attributes() {
     let dev = rt().device(0).unwrap();
     let stream = dev.stream().unwrap();
-    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let ops = Ops::new(&stream);
     let (b, s, d) = (2i64, 3i64, 4i64);
     let q = dev.upload(&data((b * s * d) as usize, 31)).unwrap();
     let qa = || TensorArg::input::<f32>(&q, l(&[b, 1, s, d])).unwrap();
@@ -910,7 +796,7 @@ fn flash_attention_checks_shapes_and_attributes() {
 fn apply_adamw_v2_in_place() {
     let dev = rt().device(0).unwrap();
     let stream = dev.stream().unwrap();
-    let ops = Ops::new(&stream).with_path(OpPath::Aclnn);
+    let ops = Ops::new(&stream);
     let n = 64usize;
     let (hw, hg) = (data(n, 41), data(n, 42));
     let (hm, hv): (Vec<f32>, Vec<f32>) =

@@ -14,8 +14,8 @@
 
 use super::*;
 use medsam_ffi::ascend::{
-    self as acl, AscendError, AscendRuntime, FlashAttn, GeluApprox, Layout as AclLayout, Ops,
-    TensorArg, UnaryOp,
+    self as acl, AscendError, AscendRuntime, CubePrecision, FlashAttn, GeluApprox,
+    Layout as AclLayout, Ops, TensorArg, UnaryOp,
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -910,14 +910,15 @@ impl Backend for AscendBackend {
         if k == 0 {
             return self.zeros(total);
         }
+        // The cubeMathType itself is chosen per SoC and dtype by medsam_ffi (cube_math_type).
         let cube = match precision {
-            Precision::F32 => 0,  // KEEP_DTYPE
-            Precision::Bf16 => 1, // ALLOW_FP32_DOWN_PRECISION
+            Precision::F32 => CubePrecision::Exact,
+            Precision::Bf16 => CubePrecision::Reduced,
         };
         let (la, lb) = (a.layout, b.layout);
         let mut out = self.alloc(total)?;
         if total > 0 {
-            let ops = self.ops().with_cube_math_type(cube);
+            let ops = self.ops().with_precision(cube);
             let e = self.err();
             // A shared right operand with evenly spaced rows of A (linear layers): one 2-D
             // matmul over batch·m rows.

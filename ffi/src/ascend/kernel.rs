@@ -78,7 +78,16 @@ impl KernelFunction<'_> {
     pub fn launch(&self, num_blocks: u32, args: &KernelArgs, stream: &Stream) -> Result<()> {
         let rt = self.bin.dev.runtime();
         if rt.acl.aclrtKernelArgsInit.is_ok() && rt.acl.aclrtLaunchKernelWithConfig.is_ok() {
-            return self.launch_with_config(num_blocks, args, stream);
+            match self.launch_with_config(num_blocks, args, stream) {
+                // 207000 FEATURE_NOT_SUPPORT / 200001 API_NOT_SUPPORT: a runtime that exports the
+                // argument API without supporting it; fall back to the uploaded block.
+                Err(AscendError::Acl {
+                    func: "aclrtKernelArgsInit",
+                    code: 207000 | 200001,
+                    ..
+                }) => {}
+                other => return other,
+            }
         }
         self.launch_uploaded(num_blocks, args, stream)
     }
