@@ -388,3 +388,56 @@ fn standin_refuses_what_cann_refuses() {
         "{e:?}"
     );
 }
+
+/// Bug 2: kernel arguments reach the runtime the documented way — `aclrtKernelArgs*` +
+/// `aclrtLaunchKernelWithConfig`, or, where that API is not supported, an argument block in
+/// device memory for `aclrtLaunchKernel` (which refuses a host pointer as `argsData`).
+#[test]
+fn custom_kernel_arguments_are_passed_as_documented() {
+    let dir = lib_dir();
+    let desc = dir.join("medsam_ascend_kernels.standin");
+    std::fs::write(
+        &desc,
+        "medsam-standin-kernels 1\nrel_pos_attention\nlayer_norm2d\n",
+    )
+    .unwrap();
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    let kernels = CustomKernels::load(&dev, &desc).unwrap();
+    let (n, c, hw) = (2usize, 5usize, 7usize);
+    let shape = Ln2dShape {
+        n: n as u32,
+        c: c as u32,
+        hw: hw as u32,
+        eps: 1e-6,
+    };
+    let hx = data(n * c * hw, 9);
+    let x = dev.upload(&hx).unwrap();
+    let (g, b) = (
+        dev.upload(&vec![1f32; c]).unwrap(),
+        dev.upload(&vec![0f32; c]).unwrap(),
+    );
+    let args_api: extern "C" fn(bool) = knob("standin_set_kernel_args_api");
+    for api in [true, false] {
+        args_api(api);
+        let mut y = dev.alloc_elems::<f32>(n * c * hw).unwrap();
+        let mut mean = dev.alloc_elems::<f32>(n * hw).unwrap();
+        let mut rstd = dev.alloc_elems::<f32>(n * hw).unwrap();
+        let r = kernels.layer_norm2d(&stream, &shape, &x, &g, &b, &mut y, &mut mean, &mut rstd);
+        args_api(true);
+        r.unwrap_or_else(|e| panic!("layer_norm2d (args API {api}): {e}"));
+        let got = y.read::<f32>(&stream, n * c * hw).unwrap();
+        let mut want = vec![0f32; n * c * hw];
+        for i in 0..n {
+            for p in 0..hw {
+                let col: Vec<f64> = (0..c).map(|ch| hx[(i * c + ch) * hw + p] as f64).collect();
+                let m = col.iter().sum::<f64>() / c as f64;
+                let v = col.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / c as f64;
+                for ch in 0..c {
+                    want[(i * c + ch) * hw + p] = ((col[ch] - m) / (v + 1e-6).sqrt()) as f32;
+                }
+            }
+        }
+        close(&format!("layer_norm2d (args API {api})"), &got, &want, 1e-4);
+    }
+}
