@@ -350,7 +350,10 @@ macro_rules! aclnn {
         let ops: &Ops = $ops;
         let (p1, p2) = ops.op(|api| api.$op, concat!("aclnn", stringify!($op)))?;
         ops.two_phase(
-            concat!("aclnn", stringify!($op)),
+            (
+                concat!("aclnn", stringify!($op), "GetWorkspaceSize"),
+                concat!("aclnn", stringify!($op)),
+            ),
             // SAFETY: the table's signature is the header's (checked at build time where the
             // headers exist); the descriptors outlive the call.
             |ws, ex| unsafe { p1($($arg,)* ws, ex) },
@@ -493,11 +496,10 @@ impl<'s> Ops<'s> {
         AclHandle::new(nn, raw, "aclCreateScalar")
     }
 
-    /// Run both aclnn phases on the stream. `name` is `aclnn<Op>` (phase 1 errors name
-    /// `aclnn<Op>GetWorkspaceSize`).
+    /// Run both aclnn phases on the stream; `name` = (phase 1, phase 2) C names.
     fn two_phase(
         &self,
-        name: &'static str,
+        name: (&'static str, &'static str),
         phase1: impl FnOnce(*mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
         phase2: AclnnRunFn,
     ) -> Result<()> {
@@ -506,25 +508,12 @@ impl<'s> Ops<'s> {
         dev.bind_thread()?;
         let mut ws = 0u64;
         let mut ex: *mut aclOpExecutor = std::ptr::null_mut();
-        let code = phase1(&mut ws, &mut ex);
-        if code != 0 {
-            return Err(AscendError::Aclnn {
-                func: name,
-                code,
-                class: aclnn_status_class(code),
-                msg: Some(format!(
-                    "phase 1 (GetWorkspaceSize){}",
-                    rt.recent_error_message()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                )),
-            });
-        }
+        check_aclnn(rt, name.0, phase1(&mut ws, &mut ex))?;
         if ex.is_null() {
             return Err(AscendError::Aclnn {
-                func: name,
+                func: name.0,
                 code: -1,
-                class: "phase 1 returned a NULL executor",
+                class: "returned a NULL executor",
                 msg: None,
             });
         }
@@ -545,7 +534,7 @@ impl<'s> Ops<'s> {
         };
         let wsptr = wsbuf.as_ref().map_or(std::ptr::null_mut(), |b| b.as_ptr());
         // SAFETY: executor from phase 1, workspace of the requested size on this device.
-        check_aclnn(rt, name, unsafe {
+        check_aclnn(rt, name.1, unsafe {
             phase2(wsptr, ws, ex, self.stream.raw())
         })?;
         if let Some(b) = wsbuf {
