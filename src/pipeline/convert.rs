@@ -7,7 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{
+use crate::io::checkpoint::{
     load_pth, save_pth, save_safetensors, state_dict_from_named, CheckpointError, Result,
     TensorData, Value,
 };

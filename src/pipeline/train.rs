@@ -4,15 +4,15 @@
 //! exact resume; data parallel across ranks through a [`Communicator`]. Generic over
 //! [`SegModel`]: LiteMedSAM trains the same way in its 256 frame with upstream's loss.
 
-use crate::checkpoint::{self, Value};
-use crate::data::{epoch_order, load_batches, Batch, NpyDataset};
 use crate::dist::{shard, Communicator};
 use crate::error::{Error, Result};
+use crate::io::checkpoint::{self, Value};
+use crate::models::load as weights;
+use crate::models::seg_model::SegModel;
 use crate::ops::linalg::autocast_bf16;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::seg_model::SegModel;
+use crate::pipeline::data::{epoch_order, load_batches, Batch, NpyDataset};
 use crate::tensor::Tensor;
-use crate::weights;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -13,7 +13,7 @@
 //! liver, and a few tiny "gallbladder" (9) specks that the 3-D dust filter removes; Gaussian
 //! noise (σ ≈ 12 HU) on top.
 
-use super::nifti_io::{write_nifti_gz, NiftiError};
+use crate::io::nifti::{write_nifti_gz, NiftiError};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]

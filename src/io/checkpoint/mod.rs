@@ -5,7 +5,6 @@
 //! understands a fixed allowlist of globals and rejects everything else with an
 //! error naming the offending `module.name`.
 
-pub mod convert;
 mod pickle;
 pub mod pth;
 pub mod safetensors;
@@ -13,7 +12,6 @@ pub mod safetensors;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use convert::{convert, ConvertReport, OutputFormat};
 pub use pth::{load_pth, load_pth_with_limits, save_pth, Limits};
 pub use safetensors::{load_safetensors, save_safetensors};
 

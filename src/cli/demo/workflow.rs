@@ -2,15 +2,15 @@
 //! MedSAM on CPU → conversion to SAM format → evaluation against the untrained model and the
 //! fill-the-box baseline → comparison figure and loss curve. Everything it needs is generated.
 
-use crate::checkpoint::{self, OutputFormat};
-use crate::dist::SingleProcess;
-use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalConfig};
-use crate::metrics::MetricsSummary;
-use crate::model::{Sam, SamConfig};
-use crate::preprocess::{self, phantom};
-use crate::train::{train, TrainConfig, TrainEvent};
-use crate::Device;
+use medsam::dist::SingleProcess;
+use medsam::models::{Sam, SamConfig};
+use medsam::pipeline::convert::{self, OutputFormat};
+use medsam::pipeline::eval::{evaluate, EvalConfig};
+use medsam::pipeline::metrics::MetricsSummary;
+use medsam::pipeline::preprocess::{self, phantom};
+use medsam::pipeline::train::{train, TrainConfig, TrainEvent};
+use medsam::Device;
+use medsam::{Error, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -46,7 +46,6 @@ impl Default for DemoConfig {
 pub enum DemoEvent<'a> {
     Stage(&'a str),
     Train(TrainEvent),
-    EvalProgress(usize, usize),
 }
 
 pub struct DemoReport {
@@ -90,7 +89,7 @@ fn make_split(
     let summary =
         preprocess::preprocess(&pcfg, &|_| {}).map_err(|e| Error::Other(e.to_string()))?;
     let dir = pcfg.npy_path.clone();
-    let slices = crate::data::list_pairs(&dir)?.len();
+    let slices = medsam::pipeline::data::list_pairs(&dir)?.len();
     let _ = summary;
     Ok((dir, slices))
 }
@@ -99,16 +98,13 @@ fn eval_into(
     model: &Sam,
     data: &Path,
     work_dir: PathBuf,
-    on: &mut dyn FnMut(DemoEvent),
-) -> Result<crate::eval::EvalOutcome> {
+) -> Result<medsam::pipeline::eval::EvalOutcome> {
     let cfg = EvalConfig {
         data_path: data.to_path_buf(),
         work_dir,
         ..EvalConfig::default()
     };
-    evaluate(model, &cfg, &SingleProcess, &mut |d, t| {
-        on(DemoEvent::EvalProgress(d, t))
-    })
+    evaluate(model, &cfg, &SingleProcess, &mut |_, _| {})
 }
 
 /// Runs the whole workflow.
@@ -122,7 +118,7 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
     let config = SamConfig::demo(cfg.image_size);
     let mut model = Sam::new(&config, cfg.seed, Device::Cpu)?;
     let sam_init = cfg.out_dir.join("sam_demo_init.pth");
-    checkpoint::save_pth(&sam_init, &crate::weights::model_value(&mut model)?)
+    medsam::io::checkpoint::save_pth(&sam_init, &medsam::models::load::model_value(&mut model)?)
         .map_err(|e| Error::file(&sam_init, e.to_string()))?;
     std::fs::write(
         cfg.out_dir.join("model_config.json"),
@@ -131,7 +127,7 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
     .map_err(|e| Error::io(cfg.out_dir.join("model_config.json"), e))?;
 
     on(DemoEvent::Stage("evaluate the untrained model"));
-    let untrained = eval_into(&model, &test_dir, cfg.out_dir.join("eval_untrained"), on)?.summary;
+    let untrained = eval_into(&model, &test_dir, cfg.out_dir.join("eval_untrained"))?.summary;
 
     on(DemoEvent::Stage("train"));
     let tcfg = TrainConfig {
@@ -141,7 +137,7 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
         num_epochs: 1000,
         batch_size: cfg.batch_size,
         num_workers: 2,
-        adamw: crate::optim::AdamWConfig {
+        adamw: medsam::optim::AdamWConfig {
             lr: 1e-3,
             ..Default::default()
         },
@@ -161,7 +157,7 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
         "convert the training checkpoint to SAM format",
     ));
     let converted = cfg.out_dir.join("medsam_demo.pth");
-    checkpoint::convert(
+    convert::convert(
         &sam_init,
         &outcome.latest_checkpoint,
         &converted,
@@ -172,8 +168,8 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
     on(DemoEvent::Stage("evaluate the converted checkpoint"));
     let json = cfg.out_dir.join("model_config.json");
     let (trained_model, _) =
-        crate::weights::load_model(&converted, None, Some(&json), Device::Cpu)?;
-    let out = eval_into(&trained_model, &test_dir, cfg.out_dir.join("eval"), on)?;
+        medsam::models::load_model(&converted, None, Some(&json), Device::Cpu)?;
+    let out = eval_into(&trained_model, &test_dir, cfg.out_dir.join("eval"))?;
     Ok(DemoReport {
         untrained,
         trained: out.summary,

@@ -1,22 +1,18 @@
 //! SAM / MedSAM. Module files mirror `segment_anything/modeling/` and keep its state-dict names,
 //! so `image_encoder.blocks.3.attn.rel_pos_h` is a field path here too.
 
-pub mod common;
-pub mod config;
 pub mod image_encoder;
-pub mod lite;
 pub mod mask_decoder;
 pub mod prompt_encoder;
-pub mod tiny_vit;
 pub mod transformer;
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
+pub use crate::models::common::Module;
+use crate::models::common::{join, Init};
+pub use crate::models::config::{ModelType, SamConfig};
 use crate::tensor::Tensor;
 use crate::Device;
-pub use common::Module;
-use common::{join, Init};
-pub use config::{ModelType, SamConfig};
 use image_encoder::ImageEncoderViT;
 use mask_decoder::MaskDecoder;
 use prompt_encoder::PromptEncoder;

@@ -7,14 +7,14 @@
 //! axial slices are prompted with the brain mask's bounding box widened by a small margin (as
 //! MedSAM's boxes are) and the predicted brain is scored by DSC against the mask.
 
-use crate::error::{Error, Result};
-use crate::infer_lite::{ImageU8, LitePredictor};
-use crate::metrics::{box_mask, dice};
-use crate::model::lite::LiteMedSam;
-use crate::preprocess::nifti_io::{read_nifti, NiftiVolume};
-use crate::preprocess::{normalize_volume, Modality};
-use crate::viz::{self, ComparisonRow};
-use crate::Device;
+use medsam::io::nifti::{read_nifti, NiftiVolume};
+use medsam::models::LiteMedSam;
+use medsam::pipeline::infer::lite::{ImageU8, LitePredictor};
+use medsam::pipeline::metrics::{box_mask, dice};
+use medsam::pipeline::preprocess::{normalize_volume, Modality};
+use medsam::viz::{self, ComparisonRow};
+use medsam::Device;
+use medsam::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -70,7 +70,6 @@ pub struct RealSlice {
 
 #[derive(Clone, Debug)]
 pub struct RealReport {
-    pub scan: PathBuf,
     pub shape: [usize; 3],
     pub slices: Vec<RealSlice>,
     pub mean_dsc: f64,
@@ -96,7 +95,7 @@ fn plane<T: Copy>(v: &[T], [_, h, w]: [usize; 3], z: usize) -> Vec<T> {
 
 /// The mask's bounds widened by `margin` and clipped to the image.
 fn margin_box(mask: &[bool], h: usize, w: usize, margin: usize) -> Option<[usize; 4]> {
-    let b = crate::data::mask_bounds(mask, w)?;
+    let b = medsam::pipeline::data::mask_bounds(mask, w)?;
     Some([
         b[0].saturating_sub(margin),
         b[1].saturating_sub(margin),
@@ -137,7 +136,7 @@ fn score_slice(
     };
     let predictor = LitePredictor::new(model, &ImageU8::new(h, w, 1, img.to_vec())?)?;
     let pred = predictor.predict_box(b.map(|v| v as f64))?.mask;
-    let m = |e: crate::metrics::MetricsError| Error::Other(e.to_string());
+    let m = |e: medsam::pipeline::metrics::MetricsError| Error::Other(e.to_string());
     let dsc = dice(gt, &pred, h, w).map_err(m)?;
     let box_dsc = dice(gt, &box_mask(h, w, b), h, w).map_err(m)?;
     Ok(Some((pred, b, dsc, box_dsc)))
@@ -148,7 +147,7 @@ fn score_slice(
 pub fn run(cfg: &RealConfig, on_slice: &mut dyn FnMut(usize, usize)) -> Result<RealReport> {
     let t0 = Instant::now();
     let a = &cfg.assets;
-    let (model, _) = crate::weights::load_lite_model(&a.weights, None, Device::Cpu)?;
+    let (model, _) = medsam::models::load::load_lite_model(&a.weights, None, Device::Cpu)?;
     let (scan, bet) = (read(&a.scan)?, read(&a.brain)?);
     if scan.shape != bet.shape {
         return Err(Error::file(
@@ -205,7 +204,6 @@ pub fn run(cfg: &RealConfig, on_slice: &mut dyn FnMut(usize, usize)) -> Result<R
     viz::save_comparison_png(&figure, &fig).map_err(|e| Error::file(&figure, e.to_string()))?;
     let mean_dsc = slices.iter().map(|s| s.dsc).sum::<f64>() / slices.len() as f64;
     Ok(RealReport {
-        scan: a.scan.clone(),
         shape,
         slices,
         mean_dsc,

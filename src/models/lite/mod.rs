@@ -2,19 +2,21 @@
 //! input (64×64 embedding, 256×256 low-res masks). State-dict names are those of
 //! `lite_medsam.pth` (`image_encoder.*`, `mask_decoder.*`, `prompt_encoder.*`).
 
-use super::common::{Init, Module};
-use super::config::{MaskDecoderConfig, ModelType, PromptEncoderConfig, SamConfig};
-use super::mask_decoder::MaskDecoder;
-use super::prompt_encoder::PromptEncoder;
-use super::tiny_vit::{Mode, TinyVit, TinyVitConfig};
-use super::LoadReport;
+pub mod tiny_vit;
+
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
+use crate::models::common::{Init, Module};
+use crate::models::config::{MaskDecoderConfig, ModelType, PromptEncoderConfig, SamConfig};
+use crate::models::sam::mask_decoder::MaskDecoder;
+use crate::models::sam::prompt_encoder::PromptEncoder;
+use crate::models::LoadReport;
 use crate::tensor::Tensor;
 use crate::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+use tiny_vit::{Mode, TinyVit, TinyVitConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +167,7 @@ pub struct LiteMedSam {
 
 impl Module for LiteMedSam {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        use super::common::join;
+        use crate::models::common::join;
         self.image_encoder.visit(&join(prefix, "image_encoder"), f);
         self.mask_decoder.visit(&join(prefix, "mask_decoder"), f);
         self.prompt_encoder

@@ -4,7 +4,7 @@
 //! pushed outward by a random 0..=bbox_shift pixels per side, clamped to the image.
 
 use crate::error::{Error, Result};
-use crate::npy;
+use crate::io::npy;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};

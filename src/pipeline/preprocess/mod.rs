@@ -29,11 +29,10 @@
 
 pub mod args;
 pub mod components;
-pub mod nifti_io;
 pub mod phantom;
-pub mod resize;
 
-use nifti_io::{NiftiVolume, PixelKind};
+use crate::io::image::resize;
+use crate::io::nifti::{self, NiftiVolume, PixelKind};
 use rayon::prelude::*;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -165,9 +164,9 @@ pub enum PreprocessError {
 #[derive(Debug, thiserror::Error)]
 pub enum CaseError {
     #[error(transparent)]
-    Nifti(#[from] nifti_io::NiftiError),
+    Nifti(#[from] nifti::NiftiError),
     #[error(transparent)]
-    Npy(#[from] crate::npy::NpyError),
+    Npy(#[from] crate::io::npy::NpyError),
     #[error("image {image:?} and label {label:?} shapes differ (z, y, x)")]
     ShapeMismatch {
         image: [usize; 3],
@@ -430,7 +429,7 @@ fn process_case(
     imgs_dir: &Path,
     gts_dir: &Path,
 ) -> Result<usize, CaseError> {
-    let gt_vol = nifti_io::read_nifti(gt_path)?;
+    let gt_vol = nifti::read_nifti(gt_path)?;
     let shape = gt_vol.shape;
     let mut gt = gt_vol.to_u8_labels();
     drop(gt_vol);
@@ -442,7 +441,7 @@ fn process_case(
     if z_index.is_empty() {
         return Err(CaseError::EmptyLabels);
     }
-    let img_vol = nifti_io::read_nifti(img_path)?;
+    let img_vol = nifti::read_nifti(img_path)?;
     if img_vol.shape != shape {
         return Err(CaseError::ShapeMismatch {
             image: img_vol.shape,
@@ -467,10 +466,10 @@ fn process_case(
                 s,
             );
             let ip = imgs_dir.join(&name);
-            crate::npy::write_npy_f64(&ip, &[s, s, 3], &im)?;
+            crate::io::npy::write_npy_f64(&ip, &[s, s, 3], &im)?;
             written.push(ip);
             let gp = gts_dir.join(&name);
-            crate::npy::write_npy_u8(&gp, &[s, s], &lab)?;
+            crate::io::npy::write_npy_u8(&gp, &[s, s], &lab)?;
             written.push(gp);
         }
         Ok(())

@@ -3,14 +3,14 @@
 //! Shardable: each rank scores its slices and rank 0 merges the accumulators. Generic over
 //! [`SegPredict`] (SAM/MedSAM or LiteMedSAM, each with its own input pipeline).
 
-use crate::data::{label_ids, list_pairs, read_image, read_labels, NpyPair};
 use crate::dist::Communicator;
 use crate::error::{Error, Result};
-use crate::infer::InferPrecision;
-use crate::metrics::{
+use crate::models::seg_model::SegPredict;
+use crate::pipeline::data::{label_ids, list_pairs, read_image, read_labels, NpyPair};
+use crate::pipeline::infer::sam::InferPrecision;
+use crate::pipeline::metrics::{
     self, box_mask, mask_bbox, sample_metrics, MetricsAccumulator, MetricsSummary, SampleMetrics,
 };
-use crate::seg_model::SegPredict;
 use crate::viz::{self, ComparisonRow};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -71,7 +71,7 @@ struct FigureRow {
     title: String,
 }
 
-fn to_rgb(img: &crate::data::Image) -> Vec<u8> {
+fn to_rgb(img: &crate::pipeline::data::Image) -> Vec<u8> {
     let n = img.h * img.w;
     (0..n)
         .flat_map(|i| (0..3).map(move |c| (i, c)))

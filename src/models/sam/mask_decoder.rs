@@ -1,11 +1,11 @@
 //! `MaskDecoder` (segment_anything/modeling/mask_decoder.py) with MedSAM's batch pairing: when the
 //! batch holds as many image embeddings as prompts, image `i` is decoded with prompt `i`.
 
-use super::common::ConvTranspose2d;
-use super::common::{join, Embedding, Init, LayerNorm2d, Linear, Module};
-use super::config::MaskDecoderConfig;
 use super::transformer::TwoWayTransformer;
 use crate::error::{Error, Result};
+use crate::models::common::ConvTranspose2d;
+use crate::models::common::{join, Embedding, Init, LayerNorm2d, Linear, Module};
+use crate::models::config::MaskDecoderConfig;
 use crate::tensor::Tensor;
 
 /// SAM's `MLP`: ReLU between `num_layers` linears.

@@ -472,7 +472,7 @@ pub fn write_nifti_gz<T: NiftiElement>(
     for &v in data {
         v.put_le(&mut body);
     }
-    crate::npy::write_atomic(path, |w| {
+    crate::io::npy::write_atomic(path, |w| {
         let mut enc = GzEncoder::new(w, flate2::Compression::new(6));
         enc.write_all(&h)?;
         enc.write_all(&body)?;

@@ -8,14 +8,14 @@
 //! box scaled by `256 / max(H, W)`. Its loss is upstream's: Dice + BCE on the 256×256 low-res
 //! logits plus the MSE between the predicted and the true IoU.
 
-use crate::data::{Batch, Image};
 use crate::error::{Error, Result};
-use crate::infer::{InferPrecision, InputImage, Predictor};
-use crate::infer_lite::{prepare_input, scale_box, ImageU8, LitePredictor};
-use crate::model::lite::LiteMedSam;
-use crate::model::tiny_vit::Mode;
-use crate::model::{LoadReport, Sam};
+use crate::models::lite::tiny_vit::Mode;
+use crate::models::lite::LiteMedSam;
+use crate::models::{LoadReport, Sam};
 use crate::ops::loss::dice_bce_loss;
+use crate::pipeline::data::{Batch, Image};
+use crate::pipeline::infer::lite::{prepare_input, scale_box, ImageU8, LitePredictor};
+use crate::pipeline::infer::sam::{InferPrecision, InputImage, Predictor};
 use crate::tensor::Tensor;
 use crate::Device;
 use std::collections::BTreeMap;

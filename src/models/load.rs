@@ -1,10 +1,10 @@
 //! Between checkpoint files and the model: build a [`Sam`] from a `.pth`/`.safetensors` (config
 //! from a JSON file or inferred from shapes), and turn model/optimizer state into checkpoint values.
 
-use crate::checkpoint::{self, TensorData, Value};
 use crate::error::{Error, Result};
-use crate::model::lite::{LiteConfig, LiteMedSam};
-use crate::model::{LoadReport, ModelType, Sam, SamConfig};
+use crate::io::checkpoint::{self, TensorData, Value};
+use crate::models::lite::{LiteConfig, LiteMedSam};
+use crate::models::{LoadReport, ModelType, Sam, SamConfig};
 use crate::optim::{AdamW, AdamWConfig, ParamState};
 use crate::tensor::Tensor;
 use crate::Device;

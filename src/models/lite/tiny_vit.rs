@@ -15,10 +15,10 @@
 //! each conv+BN pair is folded into one conv with bias. In training mode ([`Mode::Train`]) it
 //! normalises with batch statistics and updates the running averages, as `model.train()` does.
 
-use super::common::{join, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, Module};
-use super::image_encoder::{window_partition, window_unpartition};
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
+use crate::models::common::{join, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, Module};
+use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};

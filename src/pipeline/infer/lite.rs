@@ -11,8 +11,10 @@
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::model::lite::LiteMedSam;
+use crate::models::lite::LiteMedSam;
+use crate::pipeline::infer::sam::InputImage;
 use crate::tensor::Tensor;
+use std::path::Path;
 
 /// A uint8 image, row-major `h × w × channels` (1 = grey, 3 = RGB).
 #[derive(Clone, Debug, PartialEq)]
@@ -448,4 +450,74 @@ pub fn segment_volume(
         }
     }
     Ok(segs)
+}
+
+/// The uint8 image LiteMedSAM's pipeline starts from: image files as decoded (8-bit; 16-bit
+/// scaled to 0–255 and rounded); `.npy` uint8 arrays as stored, float arrays in [0, 1] times 255
+/// and in [0, 255] as they are, rounded to the nearest integer.
+pub fn lite_image(path: &Path, img: &InputImage) -> Result<ImageU8> {
+    let round = |v: &[f64]| -> Vec<u8> { v.iter().map(|&x| x.round() as u8).collect() };
+    if !img.is_npy {
+        return ImageU8::new(img.h, img.w, 3, round(&img.hwc));
+    }
+    let arr = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let channels = if arr.shape.len() == 3 { 3 } else { 1 };
+    if arr.is_u8() {
+        let data = arr.to_u8().map_err(|e| Error::file(path, e))?;
+        return ImageU8::new(img.h, img.w, channels, data);
+    }
+    let v = arr.to_f64();
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    if !(lo >= 0.0 && hi <= 255.0) {
+        return Err(Error::file(
+            path,
+            format!(
+                "LiteMedSAM needs a uint8 image: float values must lie in [0, 1] or [0, 255], found [{lo}, {hi}]"
+            ),
+        ));
+    }
+    let scale = if hi <= 1.0 { 255.0 } else { 1.0 };
+    let scaled: Vec<f64> = v.iter().map(|&x| x * scale).collect();
+    ImageU8::new(img.h, img.w, channels, round(&scaled))
+}
+
+/// Checks a 3D box against a `d × h × w` volume: an error when it is empty or lies wholly outside,
+/// clipped (with a warning) when it sticks out.
+pub fn check_box3d(
+    i: usize,
+    b: Box3d,
+    (d, h, w): (usize, usize, usize),
+) -> Result<(Box3d, Option<String>)> {
+    let [x0, y0, z0, x1, y1, z1] = b;
+    if x1 <= x0 || y1 <= y0 || z1 <= z0 {
+        return Err(Error::arg(
+            "boxes",
+            format!("box {i} {b:?} is empty: need x_min < x_max, y_min < y_max, z_min < z_max"),
+        ));
+    }
+    let (wi, hi, di) = (w as i64, h as i64, d as i64);
+    if x0 >= wi || y0 >= hi || z0 >= di || x1 <= 0 || y1 <= 0 || z1 <= 0 {
+        return Err(Error::arg(
+            "boxes",
+            format!(
+                "box {i} {b:?} lies outside the volume (x 0..{w}, y 0..{h}, z 0..{d}; the volume is D×H×W = {d}×{h}×{w})"
+            ),
+        ));
+    }
+    let c = [
+        x0.max(0),
+        y0.max(0),
+        z0.max(0),
+        x1.min(wi),
+        y1.min(hi),
+        z1.min(di),
+    ];
+    let warning = (c != b).then(|| {
+        format!("box {i} {b:?} extends outside the {d}×{h}×{w} (D×H×W) volume; clipped to {c:?}")
+    });
+    Ok((c, warning))
 }

@@ -1,7 +1,7 @@
 //! `TwoWayTransformer` (segment_anything/modeling/transformer.py).
 
-use super::common::{join, Act, Init, LayerNorm, Linear, MlpBlock, Module};
 use crate::error::Result;
+use crate::models::common::{join, Act, Init, LayerNorm, Linear, MlpBlock, Module};
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
 

@@ -1,9 +1,11 @@
 //! `ImageEncoderViT` (segment_anything/modeling/image_encoder.py): patch embedding, absolute
 //! position embedding, windowed/global attention blocks with decomposed relative positions, neck.
 
-use super::common::{join, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock, Module};
-use super::config::ImageEncoderConfig;
 use crate::error::{Error, Result};
+use crate::models::common::{
+    join, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock, Module,
+};
+use crate::models::config::ImageEncoderConfig;
 use crate::ops::nn::{attention, RelPosArgs};
 use crate::tensor::Tensor;
 

@@ -1,12 +1,15 @@
 //! `medsam demo`: pretrained LiteMedSAM on a real MRI when its assets are present (fetched by
 //! `scripts/fetch_demo_assets.sh`), then the whole workflow on a generated CT phantom, no downloads.
 
+mod real;
+mod workflow;
+
 use super::common::show;
-use medsam::demo::{run, DemoConfig, DemoEvent};
-use medsam::eval::format_table;
-use medsam::train::TrainEvent;
+use medsam::pipeline::eval::format_table;
+use medsam::pipeline::train::TrainEvent;
 use medsam::Result;
 use std::path::PathBuf;
+use workflow::{run, DemoConfig, DemoEvent};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -36,7 +39,7 @@ pub struct DemoArgs {
 /// The real-scan stage when its assets are present; one line on how to get them otherwise
 /// (an error with `--real-only`).
 fn run_real(a: &DemoArgs, t0: std::time::Instant) -> Result<()> {
-    use medsam::demo_real::{find_assets, format_table, RealConfig, FETCH_HINT};
+    use real::{find_assets, format_table, RealConfig, FETCH_HINT};
     let Some(assets) = find_assets(&a.assets) else {
         if a.real_only {
             return Err(medsam::Error::arg(
@@ -65,7 +68,7 @@ fn run_real(a: &DemoArgs, t0: std::time::Instant) -> Result<()> {
         slices: a.real_slices,
         margin: 5,
     };
-    let r = medsam::demo_real::run(&cfg, &mut |_, _| {})?;
+    let r = real::run(&cfg, &mut |_, _| {})?;
     println!(
         "\nLiteMedSAM on Colin27 T1 ({}×{}×{}), brain mask = ch2bet > 0:\n{}",
         r.shape[2],
@@ -114,13 +117,14 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
             bar.set_position(step as u64);
             bar.set_message(format!("loss {loss:.4}"));
         }
-        _ => {}
+        DemoEvent::Train(_) => {}
     };
     let r = run(&cfg, &mut on)?;
     bar.finish_and_clear();
     let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
     println!(
-        "\ntrained model on {} held-out slices (per label):\n{}",
+        "\nmodel trained on {} slices, scored on {} held-out slices (per label):\n{}",
+        r.train_slices,
         r.test_slices,
         format_table(&r.trained)
     );

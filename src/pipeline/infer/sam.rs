@@ -5,9 +5,9 @@
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::model::Sam;
+use crate::io::image::resize::{resize_cubic_aa_mode, ResizeMode};
+use crate::models::Sam;
 use crate::ops::linalg::autocast_bf16;
-use crate::preprocess::resize::{resize_cubic_aa_mode, ResizeMode};
 use crate::tensor::Tensor;
 use std::path::Path;
 
@@ -31,7 +31,7 @@ pub fn read_input_image(path: &Path) -> Result<InputImage> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
     {
-        let a = crate::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let a = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
         let v: Vec<f64> = a.to_f32().into_iter().map(|x| x as f64).collect();
         return match a.shape.as_slice() {
             &[h, w, 3] => Ok(InputImage {

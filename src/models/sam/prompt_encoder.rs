@@ -2,9 +2,9 @@
 //! encoding, point and box embeddings, optional mask input, `no_mask_embed`, dense PE.
 //! MedSAM keeps it frozen, so its outputs are computed without recording a graph.
 
-use super::common::{join, Conv2d, Embedding, Init, LayerNorm2d, Module};
-use super::config::PromptEncoderConfig;
 use crate::error::{Error, Result};
+use crate::models::common::{join, Conv2d, Embedding, Init, LayerNorm2d, Module};
+use crate::models::config::PromptEncoderConfig;
 use crate::tensor::Tensor;
 use std::f32::consts::PI;
 
