@@ -92,7 +92,8 @@ fn npu_matmul_matches_cpu_both_paths() {
         let (ha, hb) = (r.vec(m * k), r.vec(k * n));
         let (a, b) = (dev.upload(&ha).unwrap(), dev.upload(&hb).unwrap());
         let want = cpu_mm(&ha, &hb, m, k, n);
-        for path in [CubePrecision::Exact] {
+        {
+            let path = CubePrecision::Exact;
             let mut c = dev.alloc_elems::<f32>(m * n).unwrap();
             Ops::new(&stream)
                 .with_precision(path)
