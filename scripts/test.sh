@@ -58,3 +58,4 @@ done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1
 report_disk
 bash scripts/ci/ascend.sh
+bash scripts/ci/python.sh
