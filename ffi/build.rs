@@ -371,7 +371,7 @@ mod ascend {
             &out,
             "types.rs",
         );
-        // 2. libascendcl.so: acl* functions of acl/*.h except acl_op_compiler.h.
+        // 2. libascendcl.so: acl* functions of acl/*.h.
         write(
             base(&dirs, &wrapper)
                 .with_codegen_config(C::FUNCTIONS)

@@ -7,7 +7,7 @@
 //! op composition (attention, layer_norm2d, conv_transpose2d through conv backward, sum_axes
 //! through matmul, batch norm and AdamW as elementwise compositions), stream ordering and the
 //! remaining host fallbacks — against the stand-in's plain-loop
-//! kernels. It does NOT prove real CANN numerics (tests/ascend_npu_props.rs, needs an NPU).
+//! kernels. It does NOT prove real CANN numerics (tests/ascend_standin.rs with MEDSAM_NPU_TESTS=1, needs an NPU).
 #![cfg(feature = "ascend")]
 
 #[path = "common/standin.rs"]
