@@ -5,7 +5,7 @@
 //! bindgens `aclnn/acl_meta.h`, `aclnn/aclnn_base.h` and the `aclnnop/<header>` named beside
 //! each operator below, and [`header_check`] assigns every bindgen'ed function to the field
 //! type declared here: a signature that differs (even in `const`) fails the build.
-//! Verified against the CANN 8.1.RC1 toolkit headers (docs/ASCEND.md, "Signature check").
+//! Verified against the CANN 8.1.RC1 toolkit headers (docs/ASCEND.md, "What was verified").
 //!
 //! Operators are declared once, by op name (`Matmul`), with the arguments of the first phase
 //! before `(uint64_t *workspaceSize, aclOpExecutor **executor)`: the table resolves both
