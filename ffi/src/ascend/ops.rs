@@ -386,6 +386,18 @@ impl<'s> Ops<'s> {
         self
     }
 
+    /// Transitional: callers written before [`CubePrecision`] passed a raw cubeMathType
+    /// (0 = exact, otherwise reduced). It only selects the precision; the cubeMathType sent to
+    /// CANN is still chosen per SoC and dtype ([`cube_math_type`]).
+    #[doc(hidden)]
+    pub fn with_cube_math_type(self, t: i8) -> Self {
+        self.with_precision(if t == 0 {
+            CubePrecision::Exact
+        } else {
+            CubePrecision::Reduced
+        })
+    }
+
     fn rt(&self) -> &'static AscendRuntime {
         self.stream.device().runtime()
     }
