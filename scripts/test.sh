@@ -58,4 +58,5 @@ done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1
 bash scripts/ci/dicom.sh
 report_disk
+bash scripts/ci/ascend.sh
 bash scripts/ci/python.sh
