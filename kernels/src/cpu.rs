@@ -9,6 +9,10 @@ pub struct CpuFeatures {
     /// AMX tiles with bf16 dot products, usable by this process: the CPU reports amx-tile and
     /// amx-bf16 (CPUID.(7,0):EDX bits 24 and 22) AND the kernel granted the XTILEDATA permission.
     pub amx_bf16: bool,
+    /// AVX512-VNNI `vpdpbusd` on zmm (u8 × i8 dot products of 4, into i32).
+    pub avx512vnni: bool,
+    /// AVX-VNNI: the same `vpdpbusd` on ymm with a VEX encoding (Alder Lake and later, Zen 5).
+    pub avx_vnni: bool,
 }
 
 /// Detected once; cheap to call.
@@ -27,6 +31,10 @@ fn detect() -> CpuFeatures {
         avx2_fma: std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma"),
         amx_bf16: amx_cpuid() && amx_request_permission(),
+        avx512vnni: std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni"),
+        avx_vnni: std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("avxvnni"),
     }
 }
 
@@ -82,5 +90,7 @@ fn detect() -> CpuFeatures {
         avx512bf16: false,
         avx2_fma: false,
         amx_bf16: false,
+        avx512vnni: false,
+        avx_vnni: false,
     }
 }

@@ -13,6 +13,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod driver;
+pub mod int8;
 mod pack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
