@@ -92,10 +92,10 @@ impl Int8Kernel {
     }
 }
 
-/// `out[0..MR, 0..32] = Σ_q a[row][4q..4q+4] · b[q][col][0..4]` over `kq` k quads: `a` points at
-/// MR quantized rows `lda` bytes apart, `b` at one packed panel, `out` is MR×32 i32 row-major.
-pub(crate) type Int8MicroKernel =
-    unsafe fn(kq: usize, a: *const u8, lda: usize, b: *const i8, out: *mut i32);
+/// `out[0..MR, 0..32] = Σ_q a[q][row][0..4] · b[q][col][0..4]` over `kq` k quads: `a` points at
+/// one packed panel of MR quantized rows (`[kq][MR][4]` u8, so each broadcast is one i32 at a
+/// constant offset), `b` at one packed weight panel, `out` is MR×32 i32 row-major.
+pub(crate) type Int8MicroKernel = unsafe fn(kq: usize, a: *const u8, b: *const i8, out: *mut i32);
 
 /// A kernel and its row count.
 #[derive(Clone, Copy)]
@@ -135,14 +135,13 @@ fn micro(kernel: Int8Kernel) -> Micro {
 const SCALAR_MR: usize = 4;
 
 /// # Safety
-/// `a` holds SCALAR_MR rows of `4·kq` bytes, `lda` apart; `b` holds `kq·128` bytes; `out` holds
-/// SCALAR_MR×32 i32.
-unsafe fn ukr_scalar(kq: usize, a: *const u8, lda: usize, b: *const i8, out: *mut i32) {
+/// `a` holds `kq·SCALAR_MR·4` bytes, `b` `kq·128` bytes; `out` holds SCALAR_MR×32 i32.
+unsafe fn ukr_scalar(kq: usize, a: *const u8, b: *const i8, out: *mut i32) {
+    let a = std::slice::from_raw_parts(a, kq * 4 * SCALAR_MR);
     let b = std::slice::from_raw_parts(b, kq * 4 * NR);
     let mut acc = [[0i32; NR]; SCALAR_MR];
-    for (i, acc_row) in acc.iter_mut().enumerate() {
-        let a_row = std::slice::from_raw_parts(a.add(i * lda), kq * 4);
-        for (aq, bq) in a_row.chunks_exact(4).zip(b.chunks_exact(4 * NR)) {
+    for (aq, bq) in a.chunks_exact(4 * SCALAR_MR).zip(b.chunks_exact(4 * NR)) {
+        for (acc_row, aq) in acc.iter_mut().zip(aq.chunks_exact(4)) {
             for (acc, bj) in acc_row.iter_mut().zip(bq.chunks_exact(4)) {
                 *acc += aq[0] as i32 * bj[0] as i32
                     + aq[1] as i32 * bj[1] as i32
@@ -225,9 +224,11 @@ impl Int8Weights {
     }
 }
 
-/// Activations quantized per row: `rows × lda` bytes (zero rows/columns past the data).
+/// Activations quantized per row, packed in panels of MR rows, `[panel][kq][MR][4]` u8 (zero
+/// rows/columns past the data).
 struct QuantRows {
-    lda: usize,
+    /// Bytes per panel, `kq·MR·4`.
+    panel_bytes: usize,
     data: Vec<u8>,
     scale: Vec<f32>,
     zero: Vec<i32>,
@@ -266,38 +267,48 @@ simd_dispatch! {
     }
 }
 
-/// Quantizes rows `0..m` of `x` (row stride `ldx`, `k` used columns) into `rows ≥ m` rows of
-/// `lda` bytes.
+/// Quantizes rows `0..m` of `x` (row stride `ldx`, `k` used columns) into panels of `mr`
+/// rows covering `rows ≥ m` rows, `kq` k quads each.
+#[allow(clippy::too_many_arguments)]
 fn quantize_rows(
     x: &[f32],
     ldx: usize,
     m: usize,
     k: usize,
     rows: usize,
-    lda: usize,
+    mr: usize,
+    kq: usize,
     parallel: bool,
 ) -> QuantRows {
-    let mut data = vec![0u8; rows * lda];
+    let panel_bytes = kq * mr * 4;
+    let mut data = vec![0u8; rows / mr * panel_bytes];
     let mut params = vec![(0.0f32, 0i32); rows];
-    let one = |(i, (row, p)): (usize, (&mut [u8], &mut (f32, i32)))| {
-        if i < m {
-            quantize_row(&x[i * ldx..i * ldx + k], row, p);
+    let one = |(pi, (panel, p)): (usize, (&mut [u8], &mut [(f32, i32)]))| {
+        let mut row = vec![0u8; kq * 4];
+        for (r, pr) in p.iter_mut().enumerate() {
+            let i = pi * mr + r;
+            if i >= m {
+                break;
+            }
+            quantize_row(&x[i * ldx..i * ldx + k], &mut row, pr);
+            for (q, quad) in row.chunks_exact(4).enumerate() {
+                panel[(q * mr + r) * 4..(q * mr + r) * 4 + 4].copy_from_slice(quad);
+            }
         }
     };
     if parallel {
-        data.par_chunks_mut(lda)
-            .zip(params.par_iter_mut())
+        data.par_chunks_mut(panel_bytes)
+            .zip(params.par_chunks_mut(mr))
             .enumerate()
-            .with_min_len(16)
             .for_each(one);
     } else {
-        data.chunks_mut(lda)
-            .zip(params.iter_mut())
+        data.chunks_mut(panel_bytes)
+            .zip(params.chunks_mut(mr))
             .enumerate()
             .for_each(one);
     }
     QuantRows {
-        lda,
+        panel_bytes,
         data,
         scale: params.iter().map(|p| p.0).collect(),
         zero: params.iter().map(|p| p.1).collect(),
@@ -405,7 +416,7 @@ fn run(
     let parallel = may_thread && rayon::current_num_threads() > 1 && m * n * k >= PAR_MIN_MACS;
     let mr = uk.mr;
     let rows = m.div_ceil(mr) * mr;
-    let q = quantize_rows(x, ldx, m, k, rows, w.kq * 4, parallel);
+    let q = quantize_rows(x, ldx, m, k, rows, mr, w.kq, parallel);
 
     let mc = (MC / mr).max(1) * mr;
     let mblocks = rows / mc + usize::from(rows % mc != 0);
@@ -425,17 +436,10 @@ fn run(
             let cols = NR.min(n - j0);
             let bp = w.panel(p);
             for i0 in (r0..r1).step_by(mr) {
-                // SAFETY: rows i0..i0+mr exist in the padded quantized buffer (rows is a
-                // multiple of mr), each lda = 4·kq bytes; the panel holds kq·128 bytes.
-                unsafe {
-                    (uk.func)(
-                        w.kq,
-                        q.data[i0 * q.lda..].as_ptr(),
-                        q.lda,
-                        bp,
-                        tile.as_mut_ptr(),
-                    )
-                };
+                let ap = q.data[i0 / mr * q.panel_bytes..].as_ptr();
+                // SAFETY: the row panel holds kq·mr·4 bytes (rows is a multiple of mr), the
+                // weight panel kq·128 bytes, the tile MAX_MR·32 i32.
+                unsafe { (uk.func)(w.kq, ap, bp, tile.as_mut_ptr()) };
                 for i in i0..(i0 + mr).min(r1) {
                     // SAFETY: row i < m and columns j0..j0+cols < n lie inside C (checked
                     // above) and inside this task's disjoint rows × panels.

@@ -12,43 +12,32 @@ pub(super) const AVX512_VNNI_MR: usize = 12;
 /// a 32-column panel takes two passes over k.
 pub(super) const AVX_VNNI_MR: usize = 6;
 
+/// The 4 u8 of row `i` at k quad `q` of an `[kq][mr][4]` panel, as one i32.
 #[inline(always)]
-unsafe fn bcast_a(a: *const u8, lda: usize, i: usize, q: usize) -> i32 {
-    (a.add(i * lda + 4 * q) as *const i32).read_unaligned()
+unsafe fn bcast_a(a: *const u8, mr: usize, i: usize, q: usize) -> i32 {
+    (a.add((q * mr + i) * 4) as *const i32).read_unaligned()
 }
 
 /// # Safety
 /// The CPU has AVX512-VNNI; see [`super::Int8MicroKernel`] for the buffers (MR = 12).
-pub(super) unsafe fn ukr_avx512_vnni(
-    kq: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    out: *mut i32,
-) {
-    ukr_avx512_vnni_impl(kq, a, lda, b, out)
+pub(super) unsafe fn ukr_avx512_vnni(kq: usize, a: *const u8, b: *const i8, out: *mut i32) {
+    ukr_avx512_vnni_impl(kq, a, b, out)
 }
 
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn ukr_avx512_vnni_impl(kq: usize, a: *const u8, lda: usize, b: *const i8, out: *mut i32) {
+unsafe fn ukr_avx512_vnni_impl(kq: usize, a: *const u8, b: *const i8, out: *mut i32) {
     const MR: usize = AVX512_VNNI_MR;
     let mut r = [[_mm512_setzero_si512(); 2]; MR];
     let step = |r: &mut [[__m512i; 2]; MR], q: usize| {
         let b0 = _mm512_loadu_si512(b.add(q * 4 * NR) as *const _);
         let b1 = _mm512_loadu_si512(b.add(q * 4 * NR + 64) as *const _);
         for (i, ri) in r.iter_mut().enumerate() {
-            let ai = _mm512_set1_epi32(bcast_a(a, lda, i, q));
+            let ai = _mm512_set1_epi32(bcast_a(a, MR, i, q));
             ri[0] = _mm512_dpbusd_epi32(ri[0], ai, b0);
             ri[1] = _mm512_dpbusd_epi32(ri[1], ai, b1);
         }
     };
-    let mut q = 0;
-    while q + 2 <= kq {
-        step(&mut r, q);
-        step(&mut r, q + 1);
-        q += 2;
-    }
-    if q < kq {
+    for q in 0..kq {
         step(&mut r, q);
     }
     for (i, ri) in r.iter().enumerate() {
@@ -59,27 +48,14 @@ unsafe fn ukr_avx512_vnni_impl(kq: usize, a: *const u8, lda: usize, b: *const i8
 
 /// # Safety
 /// The CPU has AVX-VNNI; see [`super::Int8MicroKernel`] for the buffers (MR = 6).
-pub(super) unsafe fn ukr_avx_vnni(
-    kq: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    out: *mut i32,
-) {
-    ukr_avx_vnni_impl(kq, a, lda, b, out, 0);
-    ukr_avx_vnni_impl(kq, a, lda, b, out, 16);
+pub(super) unsafe fn ukr_avx_vnni(kq: usize, a: *const u8, b: *const i8, out: *mut i32) {
+    ukr_avx_vnni_impl(kq, a, b, out, 0);
+    ukr_avx_vnni_impl(kq, a, b, out, 16);
 }
 
 /// Columns `half..half+16` of the panel.
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn ukr_avx_vnni_impl(
-    kq: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    out: *mut i32,
-    half: usize,
-) {
+unsafe fn ukr_avx_vnni_impl(kq: usize, a: *const u8, b: *const i8, out: *mut i32, half: usize) {
     const MR: usize = AVX_VNNI_MR;
     let b = b.add(4 * half);
     let mut r = [[_mm256_setzero_si256(); 2]; MR];
@@ -87,7 +63,7 @@ unsafe fn ukr_avx_vnni_impl(
         let b0 = _mm256_loadu_si256(b.add(q * 4 * NR) as *const _);
         let b1 = _mm256_loadu_si256(b.add(q * 4 * NR + 32) as *const _);
         for (i, ri) in r.iter_mut().enumerate() {
-            let ai = _mm256_set1_epi32(bcast_a(a, lda, i, q));
+            let ai = _mm256_set1_epi32(bcast_a(a, MR, i, q));
             ri[0] = _mm256_dpbusd_avx_epi32(ri[0], ai, b0);
             ri[1] = _mm256_dpbusd_avx_epi32(ri[1], ai, b1);
         }
