@@ -132,6 +132,9 @@ struct Segmentation2d {
 
 fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) -> Result<()> {
     let t0 = std::time::Instant::now();
+    if a.precision != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
     let predictor = Predictor::new(model, img, a.precision)?;
     let mut union = vec![false; img.h * img.w];
     let mut logits = Vec::new();
@@ -150,6 +153,9 @@ fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) 
 
 fn run_lite_2d(a: &InferArgs, model: &LiteMedSam, img: &ImageU8, boxes: &[[f32; 4]]) -> Result<()> {
     let t0 = std::time::Instant::now();
+    if a.precision != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
     let predictor = LitePredictor::with_int8(model, img, a.precision == InferPrecision::Int8)?;
     let mut union = vec![false; img.h * img.w];
     let mut logits = Vec::new();

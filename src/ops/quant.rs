@@ -129,9 +129,9 @@ fn dense_cpu(t: &Tensor) -> Option<&[f32]> {
     }
 }
 
-/// `act(x·Wᵀ + b + residual)` in int8, or None when this call cannot run in int8 (not on the
-/// CPU, shapes the f32 path should reject, k beyond the kernel's limit); the caller then runs
-/// the f32 path.
+/// `act(x·Wᵀ + b + residual)` in int8, or None when this call does not run in int8 (not on the
+/// CPU, a CPU without VNNI, a layer not selected, shapes the f32 path should reject, k beyond
+/// the kernel's limit); the caller then runs the f32 path.
 pub(crate) fn linear_int8(
     x: &Tensor,
     weight: &Tensor,
@@ -147,6 +147,8 @@ pub(crate) fn linear_int8(
     let mut out_shape = x.shape().to_vec();
     out_shape[r - 1] = n;
     if x.shape()[r - 1] != k
+        // Without VNNI the portable kernel is slower than f32 and only costs accuracy.
+        || !int8::Int8Kernel::best().is_vnni()
         || !layer_selected(n, k)
         || k > int8::MAX_K
         || bias.is_some_and(|b| b.shape() != [n])

@@ -230,6 +230,22 @@ pub fn choose_bf16(f: crate::cpu::CpuFeatures, amx_ok: bool, env: Option<&str>) 
     }
 }
 
+/// One line saying how the reduced precisions run on this CPU (for `--precision` notes and
+/// benchmark reports).
+pub fn precision_summary() -> String {
+    let b = bf16_plan();
+    let i = int8::Int8Kernel::best();
+    let int8 = if i.is_vnni() {
+        format!("{i:?} vpdpbusd")
+    } else {
+        "f32 kernel (no VNNI dot-product instructions: int8 would be slower than f32)".into()
+    };
+    format!(
+        "bf16: {:?} kernel at {:?} ({}); int8 linear layers: {int8}",
+        b.kernel, b.precision, b.reason
+    )
+}
+
 /// The kernel and precision [`gemm`] runs for a requested precision.
 fn resolve(precision: Precision) -> (Kernel, Precision) {
     match precision {
