@@ -267,6 +267,9 @@ simd_dispatch! {
     }
 }
 
+/// One task of [`quantize_rows`]: a panel's bytes and its rows' `(scale, zero point)`.
+type RowPanel<'a> = (&'a mut [u8], &'a mut [(f32, i32)]);
+
 /// Quantizes rows `0..m` of `x` (row stride `ldx`, `k` used columns) into panels of `mr`
 /// rows covering `rows ≥ m` rows, `kq` k quads each.
 #[allow(clippy::too_many_arguments)]
@@ -283,7 +286,7 @@ fn quantize_rows(
     let panel_bytes = kq * mr * 4;
     let mut data = vec![0u8; rows / mr * panel_bytes];
     let mut params = vec![(0.0f32, 0i32); rows];
-    let one = |(pi, (panel, p)): (usize, (&mut [u8], &mut [(f32, i32)]))| {
+    let one = |(pi, (panel, p)): (usize, RowPanel)| {
         let mut row = vec![0u8; kq * 4];
         for (r, pr) in p.iter_mut().enumerate() {
             let i = pi * mr + r;
@@ -419,7 +422,7 @@ fn run(
     let q = quantize_rows(x, ldx, m, k, rows, mr, w.kq, parallel);
 
     let mc = (MC / mr).max(1) * mr;
-    let mblocks = rows / mc + usize::from(rows % mc != 0);
+    let mblocks = rows.div_ceil(mc);
     let panels = n.div_ceil(NR);
     let nblocks = panels.div_ceil(PANELS_PER_TASK);
     let cptr = CPtr(c.as_mut_ptr());
