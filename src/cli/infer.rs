@@ -38,7 +38,7 @@ pub struct InferArgs {
     /// Also write the low-res mask logits (float32 [n_boxes, 1, 4g, 4g]) to this .npy (2D only).
     #[arg(long)]
     pub logits: Option<PathBuf>,
-    /// Image-encoder precision (f32 only for LiteMedSAM).
+    /// Image-encoder precision (LiteMedSAM: f32 or int8; 3D volumes: f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
     /// DICOM input: the SeriesInstanceUID to segment when the folder holds several series.
@@ -142,10 +142,10 @@ pub fn run(a: &InferArgs) -> Result<()> {
     match load_any_model(&a.model)? {
         AnyModel::Sam(model) => run_sam_2d(a, &model, &img, &boxes),
         AnyModel::Lite(model) => {
-            if a.precision != InferPrecision::F32 {
+            if a.precision == InferPrecision::Bf16 {
                 return Err(Error::arg(
                     "--precision",
-                    "LiteMedSAM inference runs in f32 only",
+                    "LiteMedSAM inference runs in f32 or int8 only",
                 ));
             }
             let u8img = lite_image(&a.data_path, &img)?;
@@ -163,6 +163,9 @@ struct Segmentation2d {
 
 fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) -> Result<()> {
     let t0 = std::time::Instant::now();
+    if a.precision != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
     let predictor = Predictor::new(model, img, a.precision)?;
     let mut union = vec![false; img.h * img.w];
     let mut logits = Vec::new();
@@ -181,7 +184,10 @@ fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) 
 
 fn run_lite_2d(a: &InferArgs, model: &LiteMedSam, img: &ImageU8, boxes: &[[f32; 4]]) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let predictor = LitePredictor::new(model, img)?;
+    if a.precision != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
+    let predictor = LitePredictor::with_int8(model, img, a.precision == InferPrecision::Int8)?;
     let mut union = vec![false; img.h * img.w];
     let mut logits = Vec::new();
     for b in boxes {
@@ -357,7 +363,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     if a.precision != InferPrecision::F32 {
         return Err(Error::arg(
             "--precision",
-            "LiteMedSAM inference runs in f32 only",
+            "3D volume inference runs in f32 only",
         ));
     }
     let (d, h, w) = vol.shape;
