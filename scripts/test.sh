@@ -56,5 +56,7 @@ for t in tests/dist_mpi.rs tests/ascend_standin.rs tests/ascend_npu_props.rs tes
   [ -f "$t" ] && feature_tests+=(--test "$(basename "$t" .rs)")
 done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1
+bash scripts/ci/dicom.sh
 report_disk
+bash scripts/ci/ascend.sh
 bash scripts/ci/python.sh

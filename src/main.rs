@@ -34,6 +34,8 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Score a checkpoint on npy data: DSC, IoU, NSD, box baseline, comparison figure.
     Eval(cli::eval::EvalArgs),
+    /// List the series of a DICOM folder; read one (geometry, values, time); convert it to NIfTI.
+    Dicom(cli::dicom::DicomArgs),
 }
 
 /// Runs `f` with the communicator the launcher set up (MPI under mpirun/srun when built with
@@ -123,6 +125,7 @@ fn run(cli: &Cli) -> medsam::Result<()> {
             a.model.device = device;
             cli::eval::run_with(&a, comm).map(|_| ())
         }),
+        Command::Dicom(a) => cli::dicom::run(a),
         Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")),
     }
 }

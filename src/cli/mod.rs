@@ -3,6 +3,7 @@
 pub mod common;
 pub mod convert;
 pub mod demo;
+pub mod dicom;
 pub mod eval;
 pub mod infer;
 pub mod phantom;

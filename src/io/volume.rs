@@ -129,14 +129,27 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
 /// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
 pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
     let v = nifti::read_nifti(path)?;
-    let [d, h, w] = v.shape;
+    check_finite(path, &v)?;
+    Ok(u8_volume(path, &v))
+}
+
+/// Refuses a volume holding NaN or infinity (its segmentation would be meaningless).
+pub fn check_finite(path: &Path, v: &nifti::NiftiVolume) -> Result<()> {
     let bad = v.data.iter().filter(|x| !x.is_finite()).count();
     if bad > 0 {
         return Err(Error::file(
             path,
-            format!("volume holds {bad} NaN or infinite voxel(s); a segmentation of it would be meaningless"),
+            format!(
+                "volume holds {bad} NaN or infinite voxel(s); a segmentation of it would be meaningless"
+            ),
         ));
     }
+    Ok(())
+}
+
+/// A NIfTI or DICOM volume (read from `path`) as uint8, as [`read_nifti_volume`] converts it.
+pub fn u8_volume(path: &Path, v: &nifti::NiftiVolume) -> Volume {
+    let [d, h, w] = v.shape;
     let integral = v
         .data
         .iter()
@@ -161,13 +174,13 @@ pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
             .map(|&x| ((x - lo) / r * 255.0).round().clamp(0.0, 255.0) as u8)
             .collect()
     };
-    Ok(Volume {
+    Volume {
         shape: (d, h, w),
         data,
         boxes: None,
         spacing: v.spacing,
         note,
-    })
+    }
 }
 
 /// Writes `segs` (D, H, W) uint8 as a one-member `.npz` (`np.savez_compressed` layout), atomically.
