@@ -16,6 +16,7 @@ pub mod infer;
 pub mod infer_lite;
 pub mod metrics;
 pub mod model;
+pub mod models;
 pub mod npy;
 pub mod ops;
 pub mod optim;

@@ -1,0 +1,3 @@
+//! Model families. (SAM / MedSAM still live in `crate::model` until the layering move lands.)
+
+pub mod sam2;
