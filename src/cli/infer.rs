@@ -37,6 +37,8 @@ pub struct InferArgs {
     /// Image-encoder precision (f32 only for LiteMedSAM).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
+    #[command(flatten)]
+    pub medsam2: super::infer_sam2::Sam2Args,
 }
 
 pub fn parse_box(s: &str) -> Result<[f32; 4]> {
@@ -60,7 +62,7 @@ pub fn is_volume_path(path: &Path) -> bool {
 }
 
 /// The file name without its extension (both of `.nii.gz`).
-fn stem_of(path: &Path) -> String {
+pub fn stem_of(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -81,6 +83,9 @@ fn stem_of(path: &Path) -> String {
 }
 
 pub fn run(a: &InferArgs) -> Result<()> {
+    if a.model.model_type == Some(super::common::AnyModelType::Medsam2) {
+        return super::infer_sam2::run(a);
+    }
     if is_volume_path(&a.data_path) {
         return run_volume(a);
     }

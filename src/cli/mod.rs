@@ -5,6 +5,7 @@ pub mod convert;
 pub mod demo;
 pub mod eval;
 pub mod infer;
+pub mod infer_sam2;
 pub mod phantom;
 pub mod preprocess;
 pub mod train;

@@ -7,13 +7,16 @@
 pub mod config;
 pub mod hieradet;
 pub mod image_encoder;
+pub mod load;
 pub mod memory_attention;
 pub mod memory_encoder;
 pub mod sam;
 pub mod sam2_base;
 pub mod sam2_utils;
 pub mod sam2_video_predictor;
+pub mod volume;
 
 pub use config::{Sam2Config, Sam2Size};
+pub use load::{licence_note, load_sam2};
 pub use sam2_base::Sam2Base;
 pub use sam2_video_predictor::{InferenceState, Prompt, VideoPredictor};
