@@ -432,7 +432,7 @@ fn medsam2_volume_recipe_runs() {
         &predictor,
         frames,
         (d, h, w),
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         true,
         &mut |_, _| {},
     )

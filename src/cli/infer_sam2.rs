@@ -78,15 +78,16 @@ fn parse_points(s: &str) -> Result<(Vec<[f32; 2]>, Vec<i32>)> {
     Ok((pts, labels))
 }
 
-/// Raw voxels `(d, h, w)` and spacing of a NIfTI or `.npz` volume.
-fn read_raw(
-    path: &Path,
-) -> Result<(
+/// Shape `(d, h, w)`, raw voxels, spacing `(x, y, z)` and the file's boxes.
+type RawVolume = (
     (usize, usize, usize),
     Vec<f64>,
     [f64; 3],
     Option<Vec<[i64; 6]>>,
-)> {
+);
+
+/// Raw voxels `(d, h, w)` and spacing of a NIfTI or `.npz` volume.
+fn read_raw(path: &Path) -> Result<RawVolume> {
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npz"))

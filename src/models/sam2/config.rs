@@ -420,7 +420,7 @@ impl Sam2Config {
                 n.fpn_interp_model
             ));
         }
-        if self.image_size == 0 || self.image_size % 64 != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(64) {
             return Err(format!(
                 "image_size {} must be a positive multiple of 64",
                 self.image_size

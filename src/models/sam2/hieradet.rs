@@ -231,7 +231,7 @@ impl Hiera {
     /// `_get_pos_embed`: `[1, h, w, C]`.
     fn get_pos_embed(&self, h: usize, w: usize) -> Result<Tensor> {
         let ws = self.pos_embed_window.dim(2);
-        if h % ws != 0 || w % ws != 0 {
+        if !h.is_multiple_of(ws) || !w.is_multiple_of(ws) {
             return Err(Error::shape(
                 "hiera pos_embed",
                 format!("a {h}×{w} patch grid does not tile by the {ws}×{ws} window embedding"),

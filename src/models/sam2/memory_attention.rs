@@ -50,7 +50,7 @@ pub fn apply_rotary_enc(
 ) -> Result<Tensor> {
     let (bh, n, d) = (x.dim(0), x.dim(1), x.dim(2));
     let half = d / 2;
-    if cis.0.len() != n_pos * half || n_rope > n || (n_rope % n_pos.max(1)) != 0 {
+    if cis.0.len() != n_pos * half || n_rope > n || !n_rope.is_multiple_of(n_pos.max(1)) {
         return Err(Error::shape(
             "apply_rotary_enc",
             format!("{n_rope} of {n} tokens with a table of {n_pos} positions × {half}"),

@@ -222,7 +222,7 @@ pub fn position_embedding_sine(
     w: usize,
     device: crate::Device,
 ) -> Result<Tensor> {
-    if d % 4 != 0 {
+    if !d.is_multiple_of(4) {
         return Err(Error::shape(
             "position_embedding_sine",
             format!("{d} channels is not a multiple of 4"),
@@ -235,7 +235,7 @@ pub fn position_embedding_sine(
         .collect();
     let enc = |p: f32, j: usize| {
         let v = p / dim_t[j];
-        if j % 2 == 0 {
+        if j.is_multiple_of(2) {
             v.sin()
         } else {
             v.cos()
