@@ -2,11 +2,13 @@
 //! NIfTI or challenge `.npz` volume with one `--box3d` per object.
 
 use super::common::{parse_device, show};
-use super::infer::{check_box3d, parse_box3d, read_npz_volume, stem_of, write_npz_segs, InferArgs};
+use super::infer::{parse_box3d, stem_of, InferArgs};
+use medsam::io::volume::{read_npz_volume, write_npz_segs};
 use medsam::models::sam2::volume::{
     segment_volume_medsam2, to_uint8, volume_to_frames, Intensity, VolumePrompt,
 };
 use medsam::models::sam2::{licence_note, load_sam2, Prompt, VideoPredictor};
+use medsam::pipeline::infer::lite::check_box3d;
 use medsam::{Error, Result};
 use std::path::Path;
 
@@ -96,8 +98,7 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
         let data = v.data.iter().map(|&x| x as f64).collect();
         return Ok((v.shape, data, v.spacing, v.boxes));
     }
-    let v =
-        medsam::preprocess::nifti_io::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
+    let v = medsam::io::nifti::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
     let [d, h, w] = v.shape;
     Ok(((d, h, w), v.data, v.spacing, None))
 }
@@ -203,7 +204,7 @@ pub fn run(a: &InferArgs) -> Result<()> {
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
-    medsam::preprocess::nifti_io::write_nifti_gz(&nii, [d, h, w], &segs, spacing)
+    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &segs, spacing)
         .map_err(|e| Error::Other(e.to_string()))?;
     println!(
         "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",

@@ -6,8 +6,8 @@
 use super::config::TrunkConfig;
 use super::sam2_utils::{interpolate_bicubic, max_pool2x2_nhwc, Mlp};
 use crate::error::{Error, Result};
-use crate::model::common::{join, Conv2d, Init, LayerNorm, Linear, Module};
-use crate::model::image_encoder::{window_partition, window_unpartition};
+use crate::models::common::{join, Conv2d, Init, LayerNorm, Linear, Module};
+use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
 

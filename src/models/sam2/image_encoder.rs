@@ -6,7 +6,7 @@ use super::config::{ImageEncoderConfig, NeckConfig};
 use super::hieradet::Hiera;
 use super::sam2_utils::{position_embedding_sine, upsample_nearest2x};
 use crate::error::{Error, Result};
-use crate::model::common::{join, Conv2d, Init, Module};
+use crate::models::common::{join, Conv2d, Init, Module};
 use crate::tensor::Tensor;
 
 pub struct FpnNeck {

@@ -7,7 +7,7 @@
 use super::config::{Sam2Config, Sam2Size};
 use super::sam2_base::Sam2Base;
 use crate::error::{Error, Result};
-use crate::model::LoadReport;
+use crate::models::LoadReport;
 use crate::tensor::Tensor;
 use crate::Device;
 use std::collections::BTreeMap;
@@ -116,8 +116,8 @@ pub fn load_sam2(
     image_size: Option<usize>,
     device: Device,
 ) -> Result<(Sam2Base, LoadReport)> {
-    let value = crate::weights::read_checkpoint(path)?;
-    let weights: BTreeMap<String, Tensor> = crate::weights::state_dict(path, &value)?;
+    let value = crate::models::load::read_checkpoint(path)?;
+    let weights: BTreeMap<String, Tensor> = crate::models::load::state_dict(path, &value)?;
     if !is_sam2_state_dict(weights.keys()) {
         let family = if weights
             .keys()

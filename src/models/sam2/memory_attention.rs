@@ -9,7 +9,7 @@
 
 use super::config::{MemoryAttentionConfig, RopeAttentionConfig};
 use crate::error::{Error, Result};
-use crate::model::common::{join, Init, LayerNorm, Linear, Module};
+use crate::models::common::{join, Init, LayerNorm, Linear, Module};
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
 

@@ -5,7 +5,7 @@
 use super::config::MemoryEncoderConfig;
 use super::sam2_utils::position_embedding_sine;
 use crate::error::Result;
-use crate::model::common::{join, Conv2d, Init, LayerNorm2d, Linear, Module};
+use crate::models::common::{join, Conv2d, Init, LayerNorm2d, Linear, Module};
 use crate::tensor::Tensor;
 
 pub struct MaskDownSampler {

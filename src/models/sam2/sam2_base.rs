@@ -14,7 +14,7 @@ use super::sam::mask_decoder::{argmax, MaskDecoder, MaskDecoderOptions};
 use super::sam::prompt_encoder::{PointInputs, PromptEncoder};
 use super::sam2_utils::{get_1d_sine_pe, Mlp};
 use crate::error::{Error, Result};
-use crate::model::common::{join, Conv2d, Init, Linear, Module};
+use crate::models::common::{join, Conv2d, Init, Linear, Module};
 use crate::tensor::Tensor;
 use crate::Device;
 use std::collections::BTreeMap;
@@ -230,8 +230,8 @@ impl Sam2Base {
     pub fn load_state_dict(
         &mut self,
         weights: &BTreeMap<String, Tensor>,
-    ) -> Result<crate::model::LoadReport> {
-        let mut report = crate::model::LoadReport::default();
+    ) -> Result<crate::models::LoadReport> {
+        let mut report = crate::models::LoadReport::default();
         let mut seen = std::collections::HashSet::new();
         let mut failure = None;
         self.visit("", &mut |name, t| {

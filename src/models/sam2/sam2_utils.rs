@@ -4,7 +4,7 @@
 //! NCHW unless a function says NHWC.
 
 use crate::error::{Error, Result};
-use crate::model::common::{join, Init, Linear, Module};
+use crate::models::common::{join, Init, Linear, Module};
 use crate::tensor::Tensor;
 
 /// SAM 2's `MLP`: `num_layers` linears with an activation between them.

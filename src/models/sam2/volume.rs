@@ -7,7 +7,7 @@
 
 use super::sam2_video_predictor::{Prompt, VideoPredictor};
 use crate::error::{Error, Result};
-use crate::preprocess::components::connected_components_3d;
+use crate::pipeline::preprocess::components::connected_components_3d;
 use crate::tensor::Tensor;
 
 /// How raw intensities become uint8.

@@ -7,8 +7,8 @@ use super::super::config::MaskDecoderExtraArgs;
 use super::super::sam2_utils::Mlp;
 use super::transformer::TwoWayTransformer;
 use crate::error::{Error, Result};
-use crate::model::common::{join, Conv2d, ConvTranspose2d, Embedding, Init, LayerNorm2d, Module};
-use crate::model::mask_decoder::OutputUpscaling;
+use crate::models::common::{join, Conv2d, ConvTranspose2d, Embedding, Init, LayerNorm2d, Module};
+use crate::models::sam::mask_decoder::OutputUpscaling;
 use crate::tensor::Tensor;
 
 /// What the decoder returns for a batch of `b` prompts.

@@ -3,8 +3,8 @@
 //! point list with one "not a point" (label −1) at (0, 0).
 
 use crate::error::{Error, Result};
-use crate::model::common::{join, Conv2d, Embedding, Init, LayerNorm2d, Module};
-use crate::model::prompt_encoder::{MaskDownscaling, PositionEmbeddingRandom};
+use crate::models::common::{join, Conv2d, Embedding, Init, LayerNorm2d, Module};
+use crate::models::sam::prompt_encoder::{MaskDownscaling, PositionEmbeddingRandom};
 use crate::tensor::Tensor;
 use std::f32::consts::PI;
 

@@ -3,8 +3,8 @@
 
 use super::super::sam2_utils::Mlp;
 use crate::error::Result;
-use crate::model::common::{join, Init, LayerNorm, Module};
-use crate::model::transformer::Attention;
+use crate::models::common::{join, Init, LayerNorm, Module};
+use crate::models::sam::transformer::Attention;
 use crate::tensor::Tensor;
 
 /// nn.LayerNorm's default eps.
