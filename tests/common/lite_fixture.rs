@@ -1,0 +1,43 @@
+//! The deterministic parameters of the tiny LiteMedSAM fixtures, as
+//! `tests/fixtures/make_lite_fixtures.py` computes them: every tensor is a function of its
+//! state-dict name (a SplitMix64 stream seeded by the name's FNV-1a hash, f32 in [-1, 1) with
+//! 24-bit steps, scaled by the kind of tensor), so Rust and Python build the same network.
+
+use medsam_kernels::testing::Rng;
+
+fn fnv1a64(s: &str) -> u64 {
+    s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    })
+}
+
+/// `n` values in [-1, 1) for the tensor `name`.
+fn uniform(name: &str, n: usize) -> Vec<f32> {
+    Rng(fnv1a64(name)).vec(n, 1.0)
+}
+
+/// The value of the tensor `name` of `shape`, as the fixture script sets it.
+pub fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let u = uniform(name, n);
+    let map = |f: &dyn Fn(f32) -> f32| u.iter().map(|&v| f(v)).collect();
+    if name.ends_with("num_batches_tracked") {
+        vec![0.0; n]
+    } else if name.ends_with("running_var") {
+        map(&|v| 1.0 + 0.5 * v)
+    } else if name.ends_with("running_mean") {
+        map(&|v| 0.1 * v)
+    } else if name.ends_with("attention_biases") {
+        map(&|v| 0.5 * v)
+    } else if name.ends_with("positional_encoding_gaussian_matrix") {
+        u
+    } else if shape.len() <= 1 && name.ends_with("weight") {
+        map(&|v| 1.0 + 0.2 * v)
+    } else if shape.len() <= 1 {
+        map(&|v| 0.1 * v)
+    } else {
+        let fan: usize = shape[1..].iter().product();
+        let s = 1.0f32 / (fan as f32).sqrt();
+        map(&|v| v * s)
+    }
+}
