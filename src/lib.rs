@@ -22,6 +22,7 @@ pub mod optim;
 pub mod preprocess;
 pub mod rng;
 pub mod seg_model;
+pub mod serve;
 pub mod tensor;
 pub mod train;
 pub mod viz;

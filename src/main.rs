@@ -34,6 +34,8 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Score a checkpoint on npy data: DSC, IoU, NSD, box baseline, comparison figure.
     Eval(cli::eval::EvalArgs),
+    /// Serve a model over HTTP: a web page, the nnInteractive v2 protocol, SlicerNNInteractive.
+    Serve(cli::serve::ServeArgs),
 }
 
 /// Runs `f` with the communicator the launcher set up (MPI under mpirun/srun when built with
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
             a.model.device = device;
             cli::eval::run_with(&a, comm).map(|_| ())
         }),
+        Command::Serve(a) => cli::serve::run(a),
         Command::Convert(a) => cli::convert::run(a)
             .map(|summary| println!("{summary}"))
             .map_err(|e| medsam::Error::Other(e.to_string())),

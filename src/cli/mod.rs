@@ -7,4 +7,5 @@ pub mod eval;
 pub mod infer;
 pub mod phantom;
 pub mod preprocess;
+pub mod serve;
 pub mod train;
