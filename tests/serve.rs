@@ -99,21 +99,55 @@ fn http(
     s.write_all(req.as_bytes()).unwrap();
     // The server may answer (413) before reading a large body; a reset then is fine.
     let _ = s.write_all(body);
+    // Read the head, then exactly Content-Length bytes (some servers keep the connection open
+    // despite `Connection: close`), or to the end of a chunked body / the stream.
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
+    let mut buf = [0u8; 65536];
+    let mut want: Option<usize> = None;
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            if want.is_none() {
+                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                want = Some(len.map_or(usize::MAX, |n| split + 4 + n));
+            }
+            let done = want.is_some_and(|n| raw.len() >= n)
+                || (want == Some(usize::MAX) && raw.ends_with(b"0\r\n\r\n"));
+            if done {
+                break;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)));
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let hs: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if hs.iter().any(|(k, v)| k == "transfer-encoding" && v == "chunked") {
+    if hs
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    {
         body = dechunk(&body);
     }
     (status, hs, body)
@@ -219,7 +253,10 @@ fn nninteractive_client_box_matches_medsam_infer() {
     eprintln!("client summary: {summary}");
     assert_eq!(summary["supported_interactions"]["bbox2d"], true);
     assert_eq!(summary["supported_interactions"]["lasso"], false);
-    assert_eq!(summary["original_image_shape"], serde_json::json!([1, d, h, w]));
+    assert_eq!(
+        summary["original_image_shape"],
+        serde_json::json!([1, d, h, w])
+    );
     assert_eq!(summary["undo"], true);
     assert_eq!(summary["after_undo_voxels"], 0);
     assert_eq!(summary["float32_int16_same"], true);
@@ -227,7 +264,7 @@ fn nninteractive_client_box_matches_medsam_infer() {
     assert_eq!(summary["heartbeat"], true);
 
     // The buffer after the box equals `medsam infer` on the slice and the same box.
-    let buf = medsam::npy::read_npy(&dir.join("after_box.npy")).unwrap();
+    let buf = medsam::npy::read_npy(dir.join("after_box.npy")).unwrap();
     assert_eq!(buf.shape, vec![d, h, w]);
     let buf = buf.to_u8().unwrap();
     let slice = &vol[z * h * w..(z + 1) * h * w];
@@ -237,9 +274,16 @@ fn nninteractive_client_box_matches_medsam_infer() {
         .save(&png)
         .unwrap();
     let want = infer_png(&ckpt, &png, [x0, y0, x1, y1], &dir.join("infer"));
-    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w].iter().map(|&v| v > 0).collect();
+    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0)
+        .collect();
     assert_eq!(got, want, "server mask differs from medsam infer");
-    let others = buf.iter().enumerate().filter(|(i, &v)| v > 0 && i / (h * w) != z).count();
+    let others = buf
+        .iter()
+        .enumerate()
+        .filter(|(i, &v)| v > 0 && i / (h * w) != z)
+        .count();
     assert_eq!(others, 0, "voxels set outside the boxed slice");
     eprintln!(
         "mask: {} of {} pixels on slice {z} (tiny model)",
@@ -269,8 +313,8 @@ fn blosc2_chunks_from_python_decode() {
     for n in &names {
         let raw = std::fs::read(dir.join(format!("{n}.raw"))).unwrap();
         let c = std::fs::read(dir.join(format!("{n}.b2"))).unwrap();
-        let got = medsam::serve::blosc2::decompress(&c, 1 << 28)
-            .unwrap_or_else(|e| panic!("{n}: {e}"));
+        let got =
+            medsam::serve::blosc2::decompress(&c, 1 << 28).unwrap_or_else(|e| panic!("{n}: {e}"));
         assert!(got == raw, "{n}: decoded bytes differ");
         let nnia = std::fs::read(dir.join(format!("{n}.nnia"))).unwrap();
         let a = medsam::serve::nnia::unpack(&nnia, 1 << 28).unwrap_or_else(|e| panic!("{n}: {e}"));
@@ -382,8 +426,28 @@ fn api_key_is_enforced_and_sigterm_stops_the_server() {
     let mut srv = start(&ckpt, &["--api-key-file", key_file.to_str().unwrap()]);
     let a = srv.addr.clone();
     assert_eq!(http(&a, "POST", "/claim", &[], b"").0, 401);
-    assert_eq!(http(&a, "POST", "/claim", &[("Authorization", "Bearer wrong")], b"").0, 401);
-    assert_eq!(http(&a, "GET", "/capabilities", &[("Authorization", "Bearer s3cret")], b"").0, 200);
+    assert_eq!(
+        http(
+            &a,
+            "POST",
+            "/claim",
+            &[("Authorization", "Bearer wrong")],
+            b""
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            &a,
+            "GET",
+            "/capabilities",
+            &[("Authorization", "Bearer s3cret")],
+            b""
+        )
+        .0,
+        200
+    );
     assert_eq!(http(&a, "GET", "/healthz", &[], b"").0, 200);
     let st = Command::new("kill")
         .args(["-TERM", &srv.child.id().to_string()])
@@ -392,4 +456,264 @@ fn api_key_is_enforced_and_sigterm_stops_the_server() {
     assert!(st.success());
     let status = srv.child.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status:?}");
+}
+
+// ---- the web page in headless Chromium, driven through chromedriver's WebDriver HTTP API ----
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn b64decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let v: Vec<u32> = s.bytes().filter_map(val).collect();
+    let mut out = Vec::new();
+    for c in v.chunks(4) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |a, (i, &x)| a | x << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..c.len()]);
+    }
+    out
+}
+
+/// A WebDriver session on a chromedriver child; both closed when dropped.
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: String,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = http_json(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let b = body.map(|b| b.to_string()).unwrap_or_default();
+    let (st, _, out) = http(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        b.as_bytes(),
+    );
+    let v = json(&out);
+    assert!(st < 300, "{method} {path}: {st} {v}");
+    v["value"].clone()
+}
+
+impl Browser {
+    fn cmd(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        http_json(
+            &self.addr,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body,
+        )
+    }
+
+    fn exec(&self, script: &str) -> serde_json::Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({"script": script, "args": []})),
+        )
+    }
+
+    fn wait_for(&self, script: &str, what: &str) -> serde_json::Value {
+        for _ in 0..600 {
+            let v = self.exec(script);
+            if !v.is_null() && v != false {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+fn start_browser(chromium: &Path, driver: &Path, downloads: &Path, profile: &Path) -> Browser {
+    let port = free_port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..100 {
+        if TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+        "binary": chromium,
+        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage", "--window-size=900,800",
+                 format!("--user-data-dir={}", profile.display())],
+        "prefs": {"download.default_directory": downloads, "download.prompt_for_download": false}
+    }}}});
+    let (st, _, out) = http(
+        &addr,
+        "POST",
+        "/session",
+        &[("Content-Type", "application/json")],
+        caps.to_string().as_bytes(),
+    );
+    let v = json(&out);
+    assert_eq!(st, 200, "new WebDriver session: {v}");
+    let session = v["value"]["sessionId"].as_str().unwrap().to_string();
+    Browser {
+        driver: child,
+        addr,
+        session,
+    }
+}
+
+#[test]
+fn web_page_box_in_headless_chromium_matches_medsam_infer() {
+    let (Some(chromium), Some(driver)) = (
+        which("chromium").or_else(|| which("chromium-browser")),
+        which("chromedriver"),
+    ) else {
+        eprintln!(
+            "SKIPPED: chromium and chromedriver are not installed (apt chromium chromium-driver)"
+        );
+        return;
+    };
+    let dir = tmpdir("web");
+    let ckpt = tiny_checkpoint(&dir);
+    let (h, w) = (48usize, 40usize);
+    let img = volume(3, h, w)[h * w..2 * h * w].to_vec();
+    let png = dir.join("ct.png");
+    image::GrayImage::from_raw(w as u32, h as u32, img)
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let srv = start(&ckpt, &[]);
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
+    b.cmd(
+        "POST",
+        "/url",
+        Some(serde_json::json!({"url": format!("http://{}/", srv.addr)})),
+    );
+    let input = b.cmd(
+        "POST",
+        "/element",
+        Some(serde_json::json!({"using": "css selector", "value": "#file"})),
+    );
+    let input_id = input
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.cmd(
+        "POST",
+        &format!("/element/{input_id}/value"),
+        Some(serde_json::json!({"text": png.to_str().unwrap()})),
+    );
+    b.wait_for(
+        "return document.body.dataset.state === 'ready'",
+        "the image to load",
+    );
+    // Drag a box: canvas pixels are `scale` CSS pixels wide, so integer image coordinates map
+    // exactly (the page rounds).
+    let r = b.exec(
+        "const r = document.getElementById('view').getBoundingClientRect(); return [r.left, r.top, r.width / document.getElementById('view').width];",
+    );
+    let (left, top, scale) = (
+        r[0].as_f64().unwrap(),
+        r[1].as_f64().unwrap(),
+        r[2].as_f64().unwrap(),
+    );
+    let bx = [10usize, 8, 34, 36];
+    let at = |x: usize, y: usize| {
+        serde_json::json!({"type": "pointerMove", "duration": 0, "origin": "viewport",
+            "x": (left + x as f64 * scale).round() as i64, "y": (top + y as f64 * scale).round() as i64})
+    };
+    b.cmd(
+        "POST",
+        "/actions",
+        Some(serde_json::json!({"actions": [{
+        "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+        "actions": [at(bx[0], bx[1]), {"type": "pointerDown", "button": 0},
+                    at((bx[0] + bx[2]) / 2, (bx[1] + bx[3]) / 2), at(bx[2], bx[3]),
+                    {"type": "pointerUp", "button": 0}]}]})),
+    );
+    b.wait_for(
+        "return document.body.dataset.segments === '1'",
+        "the overlay",
+    );
+    let shot = b.cmd("GET", "/screenshot", None);
+    let shot_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve-web-screenshot.png");
+    std::fs::write(&shot_path, b64decode(shot.as_str().unwrap())).unwrap();
+    eprintln!("screenshot: {}", shot_path.display());
+    let err = b.exec("return document.getElementById('status').className");
+    assert_eq!(
+        err,
+        "",
+        "page status: {}",
+        b.exec("return document.getElementById('status').textContent")
+    );
+    b.exec("document.getElementById('download').click(); return null;");
+    let file = downloads.join("seg_ct.png");
+    for _ in 0..300 {
+        if file.is_file() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(file.is_file(), "no download at {}", file.display());
+    let got = read_png_mask(&file);
+    let want = infer_png(&ckpt, &png, bx, &dir.join("infer"));
+    assert_eq!(got, want, "downloaded mask differs from medsam infer");
+    eprintln!(
+        "web mask: {} of {} pixels",
+        got.iter().filter(|&&m| m).count(),
+        h * w
+    );
 }

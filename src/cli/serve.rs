@@ -76,7 +76,10 @@ fn decode_upload(name: &str, bytes: &[u8]) -> Result<Volume> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let base = std::path::Path::new(name)
         .file_name()
-        .map(|s| s.to_string_lossy().replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_"))
+        .map(|s| {
+            s.to_string_lossy()
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_")
+        })
         .unwrap_or_else(|| "upload".into());
     let dir = std::env::temp_dir().join(format!(
         "medsam-serve-{}-{}",
@@ -137,7 +140,8 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let n = stop.clone();
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::spawn(async move {
                 s.recv().await;
                 n.notify_one();

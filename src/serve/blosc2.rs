@@ -186,7 +186,7 @@ pub fn decompress(buf: &[u8], max_nbytes: usize) -> Result<Vec<u8>> {
                 .get(h.header_len..h.header_len + value_len)
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| Blosc2Error("repeated-value chunk without its value".into()))?;
-            if h.nbytes % value.len() != 0 {
+            if !h.nbytes.is_multiple_of(value.len()) {
                 return err(format!(
                     "repeated value of {} bytes does not divide nbytes {}",
                     value.len(),
@@ -258,7 +258,11 @@ pub fn decompress(buf: &[u8], max_nbytes: usize) -> Result<Vec<u8>> {
         };
         decode_block(chunk, start, dest, nstreams, codec, b)?;
         if shuffled {
-            let idx = h.filters.iter().position(|&f| f == FILTER_SHUFFLE).unwrap_or(0);
+            let idx = h
+                .filters
+                .iter()
+                .position(|&f| f == FILTER_SHUFFLE)
+                .unwrap_or(0);
             let group = match h.filters_meta[idx] {
                 0 => h.typesize,
                 m => m as usize,
@@ -275,7 +279,7 @@ fn nan_run(h: &ChunkHeader) -> Result<Vec<u8>> {
         8 => f64::NAN.to_le_bytes().to_vec(),
         t => return err(format!("NaN run with typesize {t} (need 4 or 8)")),
     };
-    if h.nbytes % nan.len() != 0 {
+    if !h.nbytes.is_multiple_of(nan.len()) {
         return err("NaN run: nbytes is not a multiple of typesize");
     }
     Ok(nan.repeat(h.nbytes / nan.len()))
@@ -401,7 +405,7 @@ pub fn compress_memcpy(data: &[u8], typesize: usize) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(EXTENDED_HEADER + data.len());
     out.push(5); // format version
     out.push(1); // codec format version
-    // Extended header (shuffle + bit-shuffle bits), memcpyed, not split, codec slot ZSTD.
+                 // Extended header (shuffle + bit-shuffle bits), memcpyed, not split, codec slot ZSTD.
     out.push(FLAG_SHUFFLE | FLAG_BITSHUFFLE | FLAG_MEMCPYED | FLAG_DONT_SPLIT | (CODEC_ZSTD << 5));
     out.push(typesize);
     let nbytes = data.len() as i32;
@@ -423,7 +427,10 @@ mod tests {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
         let c = compress_memcpy(&data, 4).unwrap();
         assert_eq!(decompress(&c, usize::MAX).unwrap(), data);
-        assert_eq!(decompress(&compress_memcpy(&[], 1).unwrap(), 10).unwrap(), vec![]);
+        assert_eq!(
+            decompress(&compress_memcpy(&[], 1).unwrap(), 10).unwrap(),
+            Vec::<u8>::new()
+        );
     }
 
     #[test]

@@ -144,8 +144,11 @@ impl Engine {
         };
         no_grad(|| {
             let dense_pe = pe.get_dense_pe()?;
-            let (sparse, dense) =
-                pe.forward(Some(&[pts.clone()]), boxes_arr.as_ref().map(|b| &b[..]), None)?;
+            let (sparse, dense) = pe.forward(
+                Some(std::slice::from_ref(&pts)),
+                boxes_arr.as_ref().map(|b| &b[..]),
+                None,
+            )?;
             let (logits, _iou) = md.forward(&emb.tensor, &dense_pe, &sparse, &dense, false)?;
             let prob = match self {
                 Engine::Sam(_) => logits.sigmoid()?.upsample_bilinear(h, w)?,

@@ -31,6 +31,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Turns an uploaded file (name, bytes) into a volume.
+pub type Decoder = Arc<dyn Fn(&str, &[u8]) -> crate::Result<session::Volume> + Send + Sync>;
+
 /// What the binary decides; the defaults suit one workstation.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -49,13 +52,11 @@ pub struct ServeOptions {
     /// Called once per finished request (the binary logs it).
     pub on_request: Arc<dyn Fn(&RequestLog) + Send + Sync>,
     /// Turns an uploaded file (name, bytes) into a volume, for the web page and Slicer uploads.
-    pub decoder: Arc<dyn Fn(&str, &[u8]) -> crate::Result<session::Volume> + Send + Sync>,
+    pub decoder: Decoder,
 }
 
 impl ServeOptions {
-    pub fn new(
-        decoder: Arc<dyn Fn(&str, &[u8]) -> crate::Result<session::Volume> + Send + Sync>,
-    ) -> ServeOptions {
+    pub fn new(decoder: Decoder) -> ServeOptions {
         ServeOptions {
             api_key: None,
             max_body_bytes: 1 << 30,
@@ -108,11 +109,17 @@ impl AppState {
         if s.len() >= self.opts.max_sessions {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("server is at capacity ({} sessions)", self.opts.max_sessions),
+                format!(
+                    "server is at capacity ({} sessions)",
+                    self.opts.max_sessions
+                ),
             ));
         }
         let token = new_token();
-        s.insert(token.clone(), Arc::new(Mutex::new(Session::new(self.opts.cache_slices))));
+        s.insert(
+            token.clone(),
+            Arc::new(Mutex::new(Session::new(self.opts.cache_slices))),
+        );
         Ok(token)
     }
 

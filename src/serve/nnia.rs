@@ -151,8 +151,8 @@ pub fn unpack(buf: &[u8], max_bytes: usize) -> Result<Array, String> {
     let ndim = head[6] as usize;
     let name = take(buf, &mut pos, head[7] as usize, "dtype name")?;
     let name = std::str::from_utf8(name).map_err(|_| "NNIA array: dtype name is not ASCII")?;
-    let dtype = DType::parse(name)
-        .ok_or_else(|| format!("NNIA array: dtype {name:?} is not supported"))?;
+    let dtype =
+        DType::parse(name).ok_or_else(|| format!("NNIA array: dtype {name:?} is not supported"))?;
     let mut shape = Vec::with_capacity(ndim);
     for d in 0..ndim {
         let b = take(buf, &mut pos, 8, "shape")?;

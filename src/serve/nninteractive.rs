@@ -58,7 +58,8 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("request body is not JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("request body is not JSON: {e}")))
 }
 
 fn meta(h: &HeaderMap) -> Result<Value, ApiError> {
@@ -77,7 +78,9 @@ fn flag(v: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(ApiError::bad(format!("{key} must be true or false, found {other}"))),
+        Some(other) => Err(ApiError::bad(format!(
+            "{key} must be true or false, found {other}"
+        ))),
     }
 }
 
@@ -183,7 +186,10 @@ async fn set_image(
             )));
         }
         if n0 == 0 || n1 == 0 || n2 == 0 {
-            return Err(ApiError::bad(format!("image is empty: shape {:?}", a.shape)));
+            return Err(ApiError::bad(format!(
+                "image is empty: shape {:?}",
+                a.shape
+            )));
         }
         let spacing = m
             .get("image_properties")
@@ -275,7 +281,10 @@ fn prediction_response(
     bbox: Option<[[usize; 2]; 3]>,
 ) -> Result<Response, ApiError> {
     let (Some(b), Some(dtype)) = (bbox.filter(|_| ran), s.target_dtype) else {
-        return Ok(with_meta(json!({"ran_prediction": ran, "bbox": null}), Vec::new()));
+        return Ok(with_meta(
+            json!({"ran_prediction": ran, "bbox": null}),
+            Vec::new(),
+        ));
     };
     let labels = s.read_region(b);
     let size = dtype.size();
@@ -345,7 +354,9 @@ async fn predict(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Respon
     let pending = lock(&sess).pending.take();
     match pending {
         None => prediction_response(&lock(&sess), false, None),
-        Some((plane, prompt, subtract)) => run_prompt(st, sess, plane, prompt, subtract, true).await,
+        Some((plane, prompt, subtract)) => {
+            run_prompt(st, sess, plane, prompt, subtract, true).await
+        }
     }
 }
 
@@ -369,7 +380,10 @@ async fn add_bbox(
             .as_array()
             .filter(|p| p.len() == 2)
             .ok_or_else(|| ApiError::bad(format!("bbox_coords[{d}] must be [lo, hi]")))?;
-        b[d] = [coord(&pair[0], "bbox_coords")?, coord(&pair[1], "bbox_coords")?];
+        b[d] = [
+            coord(&pair[0], "bbox_coords")?,
+            coord(&pair[1], "bbox_coords")?,
+        ];
         if b[d][1] <= b[d][0] {
             return Err(ApiError::bad(format!(
                 "bbox_coords[{d}] = {:?} is empty (need lo < hi, half-open)",
@@ -419,7 +433,11 @@ async fn add_point(
         .and_then(|c| c.as_array())
         .filter(|c| c.len() == 3)
         .ok_or_else(|| ApiError::bad("coordinates must be [i, j, k]"))?;
-    let c = [coord(&c[0], "coordinates")?, coord(&c[1], "coordinates")?, coord(&c[2], "coordinates")?];
+    let c = [
+        coord(&c[0], "coordinates")?,
+        coord(&c[1], "coordinates")?,
+        coord(&c[2], "coordinates")?,
+    ];
     let (plane, prompt) = {
         let s = lock(&sess);
         let shape = s.volume()?.shape;

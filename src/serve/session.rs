@@ -166,9 +166,12 @@ impl Session {
     }
 
     pub fn volume(&self) -> Result<&Volume> {
-        self.volume
-            .as_ref()
-            .ok_or_else(|| Error::arg("image", "no image set in this session: call set_image first"))
+        self.volume.as_ref().ok_or_else(|| {
+            Error::arg(
+                "image",
+                "no image set in this session: call set_image first",
+            )
+        })
     }
 
     /// The plane's embedding, computed under `compute` (one model run at a time) when not cached.
@@ -321,7 +324,13 @@ impl Session {
 }
 
 /// The bounding box (in volume coordinates) of the pixels where a plane changed.
-fn changed_bbox(old: &[u8], new: &[u8], h: usize, w: usize, plane: Plane) -> Option<[[usize; 2]; 3]> {
+fn changed_bbox(
+    old: &[u8],
+    new: &[u8],
+    h: usize,
+    w: usize,
+    plane: Plane,
+) -> Option<[[usize; 2]; 3]> {
     let (mut r0, mut r1, mut c0, mut c1) = (usize::MAX, 0, usize::MAX, 0);
     for r in 0..h {
         for c in 0..w {

@@ -72,4 +72,3 @@ pub fn tiny_checkpoint(dir: &Path) -> PathBuf {
     save_pth(&path, &Value::from_state_dict(sd)).unwrap();
     path
 }
-
