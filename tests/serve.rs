@@ -293,6 +293,65 @@ fn nninteractive_client_box_matches_medsam_infer() {
 }
 
 #[test]
+fn slicer_extension_requests_match_medsam_infer() {
+    if !has_python_module("httpx") || !has_python_module("numpy") {
+        eprintln!(
+            "SKIPPED: httpx/numpy are not importable by {} (set MEDSAM_PYTHON)",
+            python()
+        );
+        return;
+    }
+    let dir = tmpdir("slicer");
+    let ckpt = tiny_checkpoint(&dir);
+    let (d, h, w) = (4, 40, 44);
+    let vol = volume(d, h, w);
+    let vol_path = dir.join("vol.npy");
+    medsam::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    let (z, y0, y1, x0, x1) = (1usize, 6usize, 30usize, 12usize, 40usize);
+    let srv = start(&ckpt, &[]);
+    let o = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/slicer_replay.py"))
+        .arg(format!("http://{}", srv.addr))
+        .arg(&vol_path)
+        .args([z, y0, y1, x0, x1].map(|v| v.to_string()))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "replay failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = json(&o.stdout);
+    eprintln!("slicer replay: {summary}");
+    assert_eq!(summary["upload_image"][0], 200);
+    assert_eq!(summary["bbox_status"], 200);
+    assert_eq!(summary["content_encoding"], "gzip");
+    assert_eq!(summary["point_status"], 200);
+    assert_eq!(summary["lasso"][0], 400);
+    assert_eq!(summary["upload_segment"], 200);
+    let mask = medsam::npy::read_npy(dir.join("slicer_box.npy"))
+        .unwrap()
+        .to_u8()
+        .unwrap();
+    let png = dir.join("slice.png");
+    image::GrayImage::from_raw(w as u32, h as u32, vol[z * h * w..(z + 1) * h * w].to_vec())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let want = infer_png(&ckpt, &png, [x0, y0, x1, y1], &dir.join("infer"));
+    let got: Vec<bool> = mask[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0)
+        .collect();
+    assert_eq!(got, want, "Slicer-protocol mask differs from medsam infer");
+    assert_eq!(
+        mask.iter().filter(|&&v| v > 0).count(),
+        got.iter().filter(|&&m| m).count()
+    );
+}
+
+#[test]
 fn blosc2_chunks_from_python_decode() {
     if !has_python_module("blosc2") {
         eprintln!("SKIPPED: python blosc2 is not importable by {}", python());

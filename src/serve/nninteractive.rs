@@ -365,6 +365,9 @@ async fn add_bbox(
     h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if lease(&h).is_none() {
+        return super::slicer::add_bbox(State(st), body).await;
+    }
     let sess = st.session(lease(&h))?;
     let p = parse_json(&body)?;
     let include = required_flag(&p, "include_interaction")?;
@@ -424,6 +427,9 @@ async fn add_point(
     h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if lease(&h).is_none() {
+        return super::slicer::add_point(State(st), body).await;
+    }
     let sess = st.session(lease(&h))?;
     let p = parse_json(&body)?;
     let include = required_flag(&p, "include_interaction")?;
