@@ -776,3 +776,83 @@ fn web_page_box_in_headless_chromium_matches_medsam_infer() {
         h * w
     );
 }
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// 8 clients × 50 box requests on their own cached slice (tiny LiteMedSAM, loopback): zero
+/// errors; latency percentiles and memory are printed, not judged (the machine may be busy).
+#[test]
+fn load_8_clients_x_50_requests() {
+    let dir = tmpdir("load");
+    let ckpt = tiny_checkpoint(&dir);
+    let (h, w) = (64usize, 64usize);
+    let png = dir.join("img.png");
+    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    let srv = start(&ckpt, &[]);
+    let addr = srv.addr.clone();
+    // Two rounds: the second shows whether memory keeps growing.
+    for round in 1..=2 {
+        let t0 = std::time::Instant::now();
+        let handles: Vec<_> = (0..8)
+            .map(|c| {
+                let (addr, bytes) = (addr.clone(), bytes.clone());
+                std::thread::spawn(move || {
+                    let (st, _, b) = http(&addr, "POST", "/api/open?name=img.png", &[], &bytes);
+                    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+                    let token = json(&b)["token"].as_str().unwrap().to_string();
+                    let mut lat = Vec::new();
+                    for i in 0..50 {
+                        let body = serde_json::json!({"z": 0, "label": 1,
+                            "box": [8 + (c + i) % 5, 10, 50, 54 - i % 3]})
+                        .to_string();
+                        let t = std::time::Instant::now();
+                        let (st, _, out) = http(
+                            &addr,
+                            "POST",
+                            "/api/segment",
+                            &[
+                                ("X-Lease-Token", &token),
+                                ("Content-Type", "application/json"),
+                            ],
+                            body.as_bytes(),
+                        );
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&out));
+                        assert_eq!(out.len(), h * w);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all: Vec<f64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let wall = t0.elapsed().as_secs_f64();
+        let firsts: Vec<f64> = all.chunks(50).map(|c| c[0]).collect();
+        all.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize];
+        let rss1 = rss_kib(srv.child.id());
+        eprintln!(
+            "load: {} requests, 0 errors, {wall:.1} s; latency p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; \
+             first request per client (encode) max {:.1} ms; server RSS after round {round}: {:?} KiB",
+            all.len(),
+            pct(0.5),
+            pct(0.95),
+            all[all.len() - 1],
+            firsts.iter().cloned().fold(0.0, f64::max),
+                rss1
+        );
+        assert_eq!(all.len(), 400);
+    }
+}

@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Undo steps kept per session (older ones are dropped).
+pub const MAX_UNDO: usize = 64;
+
 /// `(axis, index)` of a 2D slice through the volume.
 pub type Plane = (usize, usize);
 
@@ -258,6 +261,9 @@ impl Session {
             before,
             prompt_plane: Some((plane, label, prev_prompt)),
         });
+        if self.undo.len() > MAX_UNDO {
+            self.undo.remove(0);
+        }
         self.last_plane = Some(plane);
         Ok(Some(bbox))
     }
