@@ -58,3 +58,4 @@ for t in tests/dist_mpi.rs tests/ascend_standin.rs tests/ascend_npu_props.rs tes
 done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1
 report_disk
+bash scripts/ci/python.sh

@@ -231,7 +231,7 @@ fn nninteractive_client_box_matches_medsam_infer() {
     let (d, h, w) = (5, 48, 40);
     let vol = volume(d, h, w);
     let vol_path = dir.join("vol.npy");
-    medsam::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
     let (z, y0, y1, x0, x1) = (2usize, 8usize, 36usize, 10usize, 34usize);
     let key = "test-key-123";
     let srv = start(&ckpt, &["--api-key", key]);
@@ -264,7 +264,7 @@ fn nninteractive_client_box_matches_medsam_infer() {
     assert_eq!(summary["heartbeat"], true);
 
     // The buffer after the box equals `medsam infer` on the slice and the same box.
-    let buf = medsam::npy::read_npy(dir.join("after_box.npy")).unwrap();
+    let buf = medsam::io::npy::read_npy(dir.join("after_box.npy")).unwrap();
     assert_eq!(buf.shape, vec![d, h, w]);
     let buf = buf.to_u8().unwrap();
     let slice = &vol[z * h * w..(z + 1) * h * w];
@@ -306,7 +306,7 @@ fn slicer_extension_requests_match_medsam_infer() {
     let (d, h, w) = (4, 40, 44);
     let vol = volume(d, h, w);
     let vol_path = dir.join("vol.npy");
-    medsam::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
     let (z, y0, y1, x0, x1) = (1usize, 6usize, 30usize, 12usize, 40usize);
     let srv = start(&ckpt, &[]);
     let o = Command::new(python())
@@ -330,7 +330,7 @@ fn slicer_extension_requests_match_medsam_infer() {
     assert_eq!(summary["point_status"], 200);
     assert_eq!(summary["lasso"][0], 400);
     assert_eq!(summary["upload_segment"], 200);
-    let mask = medsam::npy::read_npy(dir.join("slicer_box.npy"))
+    let mask = medsam::io::npy::read_npy(dir.join("slicer_box.npy"))
         .unwrap()
         .to_u8()
         .unwrap();

@@ -1,6 +1,6 @@
 //! Flags shared by several subcommands, and their translation into library values.
 
-use medsam::model::ModelType;
+use medsam::models::ModelType;
 use medsam::{Device, Result};
 use std::path::{Path, PathBuf};
 
@@ -66,11 +66,11 @@ pub struct AnyModelArgs {
 }
 
 /// Loads a SAM/MedSAM or LiteMedSAM model; `--model-type` must agree with the checkpoint.
-pub fn load_any_model(a: &AnyModelArgs) -> Result<medsam::weights::AnyModel> {
-    use medsam::weights::AnyModel;
+pub fn load_any_model(a: &AnyModelArgs) -> Result<medsam::models::AnyModel> {
+    use medsam::models::AnyModel;
     let device = parse_device(&a.device)?;
     let sam_type = a.model_type.and_then(AnyModelType::sam);
-    let (model, _report) = medsam::weights::load_any_model(
+    let (model, _report) = medsam::models::load::load_any_model(
         &a.checkpoint,
         sam_type,
         a.model_config.as_deref(),

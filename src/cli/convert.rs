@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use medsam::checkpoint::{convert, CheckpointError, OutputFormat};
+use medsam::io::checkpoint::CheckpointError;
+use medsam::pipeline::convert::{convert, OutputFormat};
 
 /// Output format on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

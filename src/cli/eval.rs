@@ -3,9 +3,9 @@
 
 use super::common::{load_any_model, show, AnyModelArgs};
 use medsam::dist::Communicator;
-use medsam::eval::{evaluate, format_table, EvalConfig};
-use medsam::infer::InferPrecision;
-use medsam::weights::AnyModel;
+use medsam::models::AnyModel;
+use medsam::pipeline::eval::{evaluate, format_table, EvalConfig};
+use medsam::pipeline::infer::sam::InferPrecision;
 use medsam::Result;
 use std::path::PathBuf;
 
@@ -33,7 +33,10 @@ pub struct EvalArgs {
     pub dist_timeout: u64,
 }
 
-pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<medsam::eval::EvalOutcome> {
+pub fn run_with(
+    a: &EvalArgs,
+    comm: &dyn Communicator,
+) -> Result<medsam::pipeline::eval::EvalOutcome> {
     if a.num_workers > 0 {
         // Ignore the error of a pool that already exists: the first setting stays in force.
         let _ = rayon::ThreadPoolBuilder::new()

@@ -3,13 +3,16 @@
 //! layout, or NIfTI with `--box3d`).
 
 use super::common::{load_any_model, show, AnyModelArgs};
-use medsam::infer::{check_box, read_input_image, InferPrecision, InputImage, Predictor};
-use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
-use medsam::model::lite::LiteMedSam;
-use medsam::model::Sam;
-use medsam::weights::AnyModel;
+use medsam::io::nifti::write_nifti_gz;
+use medsam::io::volume::{read_nifti_volume, read_npz_volume, write_npz_segs};
+use medsam::models::{AnyModel, LiteMedSam, Sam};
+use medsam::pipeline::infer::lite::{
+    check_box3d, lite_image, segment_volume, Box3d, ImageU8, LitePredictor,
+};
+use medsam::pipeline::infer::sam::{
+    check_box, read_input_image, InferPrecision, InputImage, Predictor,
+};
 use medsam::{Error, Result};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -191,7 +194,7 @@ fn write_2d(
     println!("overlay:      {}", show(&overlay));
     if let Some(path) = &a.logits {
         let all = medsam::Tensor::cat(&seg.logits, 0)?;
-        medsam::npy::write_npy_f32(path, all.shape(), &all.to_vec()?)
+        medsam::io::npy::write_npy_f32(path, all.shape(), &all.to_vec()?)
             .map_err(|e| Error::file(path, e.to_string()))?;
         println!("logits:       {} {:?}", show(path), all.shape());
     }
@@ -201,39 +204,6 @@ fn write_2d(
         seg.secs
     );
     Ok(())
-}
-
-/// The uint8 image LiteMedSAM's pipeline starts from: image files as decoded (8-bit; 16-bit
-/// scaled to 0–255 and rounded); `.npy` uint8 arrays as stored, float arrays in [0, 1] times 255
-/// and in [0, 255] as they are, rounded to the nearest integer.
-pub fn lite_image(path: &Path, img: &InputImage) -> Result<ImageU8> {
-    let round = |v: &[f64]| -> Vec<u8> { v.iter().map(|&x| x.round() as u8).collect() };
-    if !img.is_npy {
-        return ImageU8::new(img.h, img.w, 3, round(&img.hwc));
-    }
-    let arr = medsam::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
-    let channels = if arr.shape.len() == 3 { 3 } else { 1 };
-    if arr.is_u8() {
-        let data = arr.to_u8().map_err(|e| Error::file(path, e))?;
-        return ImageU8::new(img.h, img.w, channels, data);
-    }
-    let v = arr.to_f64();
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
-    if !(lo >= 0.0 && hi <= 255.0) {
-        return Err(Error::file(
-            path,
-            format!(
-                "LiteMedSAM needs a uint8 image: float values must lie in [0, 1] or [0, 255], found [{lo}, {hi}]"
-            ),
-        ));
-    }
-    let scale = if hi <= 1.0 { 255.0 } else { 1.0 };
-    let scaled: Vec<f64> = v.iter().map(|&x| x * scale).collect();
-    ImageU8::new(img.h, img.w, channels, round(&scaled))
 }
 
 /// Parses "[x_min,y_min,z_min,x_max,y_max,z_max]" (integers).
@@ -256,211 +226,6 @@ pub fn parse_box3d(s: &str) -> Result<Box3d> {
         })
         .collect::<Result<_>>()?;
     <Box3d>::try_from(v).map_err(|_| bad())
-}
-
-/// Checks a 3D box against a `d × h × w` volume: an error when it is empty or lies wholly outside,
-/// clipped (with a warning) when it sticks out.
-pub fn check_box3d(
-    i: usize,
-    b: Box3d,
-    (d, h, w): (usize, usize, usize),
-) -> Result<(Box3d, Option<String>)> {
-    let [x0, y0, z0, x1, y1, z1] = b;
-    if x1 <= x0 || y1 <= y0 || z1 <= z0 {
-        return Err(Error::arg(
-            "boxes",
-            format!("box {i} {b:?} is empty: need x_min < x_max, y_min < y_max, z_min < z_max"),
-        ));
-    }
-    let (wi, hi, di) = (w as i64, h as i64, d as i64);
-    if x0 >= wi || y0 >= hi || z0 >= di || x1 <= 0 || y1 <= 0 || z1 <= 0 {
-        return Err(Error::arg(
-            "boxes",
-            format!(
-                "box {i} {b:?} lies outside the volume (x 0..{w}, y 0..{h}, z 0..{d}; the volume is D×H×W = {d}×{h}×{w})"
-            ),
-        ));
-    }
-    let c = [
-        x0.max(0),
-        y0.max(0),
-        z0.max(0),
-        x1.min(wi),
-        y1.min(hi),
-        z1.min(di),
-    ];
-    let warning = (c != b).then(|| {
-        format!("box {i} {b:?} extends outside the {d}×{h}×{w} (D×H×W) volume; clipped to {c:?}")
-    });
-    Ok((c, warning))
-}
-
-/// A uint8 `(D, H, W)` volume with its boxes (from the file, if any) and voxel spacing `(x, y, z)`.
-pub struct Volume {
-    pub shape: (usize, usize, usize),
-    pub data: Vec<u8>,
-    pub boxes: Option<Vec<Box3d>>,
-    pub spacing: [f64; 3],
-}
-
-fn npz_member(
-    path: &Path,
-    zip: &mut zip::ZipArchive<std::fs::File>,
-    key: &str,
-) -> Result<Option<medsam::npy::NpyArray>> {
-    let name = format!("{key}.npy");
-    let mut f = match zip.by_name(&name) {
-        Ok(f) => f,
-        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-        Err(e) => return Err(Error::file(path, format!("{name}: {e}"))),
-    };
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| Error::file(path, format!("{name}: {e}")))?;
-    let member = PathBuf::from(format!("{}:{name}", path.display()));
-    medsam::npy::parse_npy(&bytes, &member)
-        .map(Some)
-        .map_err(|e| Error::Other(e.to_string()))
-}
-
-/// Reads a CVPR24 LiteMedSAM challenge `.npz`: `imgs` (D, H, W) uint8, optional `boxes` (N, 6)
-/// and `spacing` (3).
-pub fn read_npz_volume(path: &Path) -> Result<Volume> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
-    let keys: Vec<String> = zip
-        .file_names()
-        .map(|n| n.trim_end_matches(".npy").to_string())
-        .collect();
-    let imgs = npz_member(path, &mut zip, "imgs")?.ok_or_else(|| {
-        Error::file(
-            path,
-            format!(
-                "no `imgs` array (keys: {}); expected imgs (D, H, W) uint8",
-                keys.join(", ")
-            ),
-        )
-    })?;
-    let &[d, h, w] = imgs.shape.as_slice() else {
-        return Err(Error::file(
-            path,
-            format!(
-                "`imgs` has shape {:?}; a 3D volume needs (D, H, W)",
-                imgs.shape
-            ),
-        ));
-    };
-    if d == 0 || h == 0 || w == 0 {
-        return Err(Error::file(path, format!("`imgs` is empty: {d}×{h}×{w}")));
-    }
-    let data = imgs
-        .to_u8()
-        .map_err(|e| Error::file(path, format!("`imgs` must be uint8: {e}")))?;
-    let boxes = match npz_member(path, &mut zip, "boxes")? {
-        None => None,
-        Some(b) => {
-            let n = match b.shape.as_slice() {
-                &[n, 6] => n,
-                &[6] => 1,
-                s => {
-                    return Err(Error::file(
-                        path,
-                        format!("`boxes` has shape {s:?}; 3D boxes are (N, 6) [x_min, y_min, z_min, x_max, y_max, z_max]"),
-                    ))
-                }
-            };
-            let v = b.to_f64();
-            if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
-                return Err(Error::file(
-                    path,
-                    format!("`boxes` holds {x}; box coordinates must be integers"),
-                ));
-            }
-            Some(
-                (0..n)
-                    .map(|i| std::array::from_fn(|j| v[i * 6 + j] as i64))
-                    .collect(),
-            )
-        }
-    };
-    let spacing = match npz_member(path, &mut zip, "spacing")? {
-        Some(s) if s.len() == 3 => {
-            let v = s.to_f64();
-            [v[0], v[1], v[2]].map(|x| if x.is_finite() && x > 0.0 { x } else { 1.0 })
-        }
-        _ => [1.0; 3],
-    };
-    Ok(Volume {
-        shape: (d, h, w),
-        data,
-        boxes,
-        spacing,
-    })
-}
-
-/// Reads a NIfTI volume as uint8: values already integers in 0–255 as they are, anything else
-/// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
-pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
-    let v =
-        medsam::preprocess::nifti_io::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
-    let [d, h, w] = v.shape;
-    let integral = v
-        .data
-        .iter()
-        .all(|&x| x.fract() == 0.0 && (0.0..=255.0).contains(&x));
-    let data = if integral {
-        v.data.iter().map(|&x| x as u8).collect()
-    } else {
-        let (lo, hi) = v
-            .data
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                (a.min(x), b.max(x))
-            });
-        eprintln!(
-            "note: {} has values in [{lo}, {hi}], not uint8; min-max scaled to 0–255 (window CT first for LiteMedSAM's intensity convention)",
-            path.display()
-        );
-        let r = (hi - lo).max(1e-8);
-        v.data
-            .iter()
-            .map(|&x| ((x - lo) / r * 255.0).round().clamp(0.0, 255.0) as u8)
-            .collect()
-    };
-    Ok(Volume {
-        shape: (d, h, w),
-        data,
-        boxes: None,
-        spacing: v.spacing,
-    })
-}
-
-/// Writes `segs` (D, H, W) uint8 as a one-member `.npz` (`np.savez_compressed` layout).
-pub fn write_npz_segs(path: &Path, shape: (usize, usize, usize), segs: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp_npy = dir.join(format!(".segs.{}.npy", std::process::id()));
-    medsam::npy::write_npy_u8(&tmp_npy, &[shape.0, shape.1, shape.2], segs)
-        .map_err(|e| Error::file(&tmp_npy, e.to_string()))?;
-    let bytes = std::fs::read(&tmp_npy).map_err(|e| Error::io(&tmp_npy, e));
-    let _ = std::fs::remove_file(&tmp_npy);
-    let bytes = bytes?;
-    let tmp = dir.join(format!(".segs.{}.npz.part", std::process::id()));
-    let result = (|| -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let mut z = zip::ZipWriter::new(std::fs::File::create(&tmp)?);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .large_file(bytes.len() >= u32::MAX as usize);
-        z.start_file("segs.npy", opts)?;
-        z.write_all(&bytes)?;
-        z.finish()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, e.to_string())
-    })
 }
 
 fn run_volume(a: &InferArgs) -> Result<()> {
@@ -488,6 +253,9 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     } else {
         read_nifti_volume(path)?
     };
+    if let Some(note) = &vol.note {
+        eprintln!("note: {note}");
+    }
     let raw_boxes: Vec<Box3d> = if !a.boxes3d.is_empty() {
         if vol.boxes.is_some() {
             eprintln!(
@@ -555,8 +323,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
-    medsam::preprocess::nifti_io::write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing).map_err(|e| Error::Other(e.to_string()))?;
     println!(
         "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
         show(&nii),
@@ -576,7 +343,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
 }
 
 /// The image as 8-bit RGB for figures (min-max scaled).
-fn display_rgb(img: &medsam::infer::InputImage) -> Vec<u8> {
+fn display_rgb(img: &InputImage) -> Vec<u8> {
     let (lo, hi) = img
         .hwc
         .iter()

@@ -1,7 +1,7 @@
 //! `medsam phantom`: synthetic abdominal CT volumes in the FLARE22 layout.
 
-pub use medsam::preprocess::args::PhantomArgs;
-use medsam::preprocess::phantom::{make_phantom, PhantomCase, PhantomError};
+pub use medsam::pipeline::preprocess::args::PhantomArgs;
+use medsam::pipeline::preprocess::phantom::{make_phantom, PhantomCase, PhantomError};
 
 /// Writes the phantoms and prints what was written.
 pub fn run(args: &PhantomArgs) -> Result<Vec<PhantomCase>, PhantomError> {

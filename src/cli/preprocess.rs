@@ -1,7 +1,7 @@
-//! `medsam preprocess`: NIfTI → MedSAM `.npy` slices (see [`medsam::preprocess`]).
+//! `medsam preprocess`: NIfTI → MedSAM `.npy` slices (see [`medsam::pipeline::preprocess`]).
 
-pub use medsam::preprocess::args::{PreprocessArgs, PreprocessCliError};
-use medsam::preprocess::{preprocess, PreprocessSummary, ProgressEvent};
+pub use medsam::pipeline::preprocess::args::{PreprocessArgs, PreprocessCliError};
+use medsam::pipeline::preprocess::{preprocess, PreprocessSummary, ProgressEvent};
 
 /// Runs the preprocessing with a progress bar and prints a summary.
 pub fn run(args: &PreprocessArgs) -> Result<PreprocessSummary, PreprocessCliError> {

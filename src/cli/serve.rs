@@ -3,8 +3,10 @@
 //! on (stdout) and one line per request (stderr).
 
 use super::common::{load_any_model, AnyModelArgs};
-use super::infer::{is_volume_path, lite_image, read_nifti_volume, read_npz_volume};
-use medsam::infer::read_input_image;
+use super::infer::is_volume_path;
+use medsam::io::volume::{read_nifti_volume, read_npz_volume};
+use medsam::pipeline::infer::lite::lite_image;
+use medsam::pipeline::infer::sam::read_input_image;
 use medsam::serve::engine::Engine;
 use medsam::serve::session::Volume;
 use medsam::serve::{AppState, ServeOptions};

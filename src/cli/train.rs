@@ -4,11 +4,11 @@
 use super::common::{parse_device, show, AnyModelType};
 use indicatif::{ProgressBar, ProgressStyle};
 use medsam::dist::Communicator;
-use medsam::model::lite::{LiteConfig, LiteMedSam};
-use medsam::model::{ModelType, Sam, SamConfig};
+use medsam::models::AnyModel;
+use medsam::models::{LiteConfig, LiteMedSam};
+use medsam::models::{ModelType, Sam, SamConfig};
 use medsam::optim::AdamWConfig;
-use medsam::train::{train, TrainConfig, TrainEvent};
-use medsam::weights::AnyModel;
+use medsam::pipeline::train::{train, TrainConfig, TrainEvent};
 use medsam::Result;
 use std::path::PathBuf;
 
@@ -99,7 +99,7 @@ impl TrainArgs {
         let device = parse_device(&self.device)?;
         let config = self.model_config.as_deref();
         if let Some(path) = &self.checkpoint {
-            let (model, _) = medsam::weights::load_any_model(path, None, config, device)?;
+            let (model, _) = medsam::models::load::load_any_model(path, None, config, device)?;
             check_family(self.model_type, &model, path)?;
             return Ok(model);
         }
@@ -131,8 +131,8 @@ impl TrainArgs {
 
 /// Whether a checkpoint holds LiteMedSAM weights (TinyViT encoder keys).
 fn is_lite_checkpoint(path: &std::path::Path) -> Result<bool> {
-    let value = medsam::weights::read_checkpoint(path)?;
-    let weights = medsam::weights::state_dict(path, &value)?;
+    let value = medsam::models::load::read_checkpoint(path)?;
+    let weights = medsam::models::load::state_dict(path, &value)?;
     Ok(LiteConfig::is_lite_state_dict(weights.keys()))
 }
 
@@ -156,7 +156,10 @@ fn check_family(t: Option<AnyModelType>, model: &AnyModel, path: &std::path::Pat
 }
 
 /// Runs training with a progress bar on rank 0; returns the outcome.
-pub fn run_with(a: &TrainArgs, comm: &dyn Communicator) -> Result<medsam::train::TrainOutcome> {
+pub fn run_with(
+    a: &TrainArgs,
+    comm: &dyn Communicator,
+) -> Result<medsam::pipeline::train::TrainOutcome> {
     let model = a.build_model()?;
     let bar = if comm.is_root() {
         ProgressBar::new(0)

@@ -11,11 +11,11 @@
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::infer::{InferPrecision, InputImage, Predictor};
-use crate::infer_lite::{ImageU8, LitePredictor};
-use crate::model::lite::LiteMedSam;
-use crate::model::prompt_encoder::Point;
-use crate::model::Sam;
+use crate::models::lite::LiteMedSam;
+use crate::models::sam::prompt_encoder::Point;
+use crate::models::sam::Sam;
+use crate::pipeline::infer::lite::{ImageU8, LitePredictor};
+use crate::pipeline::infer::sam::{InferPrecision, InputImage, Predictor};
 use crate::tensor::Tensor;
 
 /// The loaded model.
@@ -48,10 +48,10 @@ pub struct Prompt {
 }
 
 impl Engine {
-    pub fn from_any(m: crate::weights::AnyModel) -> Engine {
+    pub fn from_any(m: crate::models::AnyModel) -> Engine {
         match m {
-            crate::weights::AnyModel::Sam(s) => Engine::Sam(s),
-            crate::weights::AnyModel::Lite(l) => Engine::Lite(l),
+            crate::models::AnyModel::Sam(s) => Engine::Sam(s),
+            crate::models::AnyModel::Lite(l) => Engine::Lite(l),
         }
     }
 

@@ -413,7 +413,7 @@ async fn add_bbox(
         _ => (0, 1),
     };
     let raw = [b[ca][0], b[ra][0], b[ca][1], b[ra][1]].map(|v| v as f32);
-    let checked = crate::infer::check_box(raw, shape[ra], shape[ca])
+    let checked = crate::pipeline::infer::sam::check_box(raw, shape[ra], shape[ca])
         .map_err(|e| ApiError::bad(format!("bbox_coords {b:?}: {e}")))?;
     let prompt = Prompt {
         bbox: Some(checked.bbox),

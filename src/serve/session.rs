@@ -9,7 +9,7 @@
 
 use super::engine::{Embedding, Engine, Prompt};
 use crate::error::{Error, Result};
-use crate::infer_lite::ImageU8;
+use crate::pipeline::infer::lite::ImageU8;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;

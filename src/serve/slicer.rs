@@ -107,8 +107,8 @@ fn gunzip(b: &[u8], max: usize) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-fn parse_npy(bytes: &[u8]) -> Result<crate::npy::NpyArray, ApiError> {
-    crate::npy::parse_npy(bytes, std::path::Path::new("upload.npy"))
+fn parse_npy(bytes: &[u8]) -> Result<crate::io::npy::NpyArray, ApiError> {
+    crate::io::npy::parse_npy(bytes, std::path::Path::new("upload.npy"))
         .map_err(|e| ApiError::bad(format!("not a .npy array: {e}")))
 }
 
@@ -265,7 +265,7 @@ pub async fn add_bbox(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Re
         _ => (0, 1),
     };
     let raw = [lo[ca], lo[ra], hi[ca], hi[ra]].map(|v| v as f32);
-    let checked = crate::infer::check_box(raw, shape[ra], shape[ca])?;
+    let checked = crate::pipeline::infer::sam::check_box(raw, shape[ra], shape[ca])?;
     let plane = (axis, lo[axis] as usize);
     blocking(move || {
         let mut s = lock(&sess);

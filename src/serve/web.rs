@@ -209,7 +209,7 @@ async fn segment(
                 num(&a[2], "box")? as f32,
                 num(&a[3], "box")? as f32,
             ];
-            Some(crate::infer::check_box(raw, hh, ww)?.bbox)
+            Some(crate::pipeline::infer::sam::check_box(raw, hh, ww)?.bbox)
         }
     };
     let mut points = Vec::new();
@@ -282,7 +282,7 @@ async fn download(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Respo
             ("seg.png", path)
         } else {
             let path = dir.join("seg.nii.gz");
-            crate::preprocess::nifti_io::write_nifti_gz(&path, [d, hh, ww], &s.labels, v.spacing)
+            crate::io::nifti::write_nifti_gz(&path, [d, hh, ww], &s.labels, v.spacing)
                 .map_err(|e| ApiError::bad(format!("cannot write NIfTI: {e}")))?;
             ("seg.nii.gz", path)
         };

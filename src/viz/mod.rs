@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use image::{GrayImage, ImageEncoder, Rgb, RgbImage};
 
-use crate::metrics::{check_mask, write_atomic, MaskValue, MetricsError};
+use crate::pipeline::metrics::{check_mask, write_atomic, MaskValue, MetricsError};
 
 pub use plot::{loss_curve_png, render_loss_curve, PlotLayout};
 
@@ -242,7 +242,7 @@ pub fn comparison_figure<T: MaskValue>(rows: &[ComparisonRow<T>]) -> Result<RgbI
     let black = Rgb([0, 0, 0]);
     for (r, org) in rows.iter().zip(&origins) {
         let base = rgb_from_slice(r.image, r.h, r.w)?;
-        let dsc = crate::metrics::dice(r.gt, r.pred, r.h, r.w)?;
+        let dsc = crate::pipeline::metrics::dice(r.gt, r.pred, r.h, r.w)?;
         let mut p0 = base.clone();
         if let Some(b) = r.bbox {
             draw_box(&mut p0, b, BOX_COLOR, BOX_LINE_WIDTH);

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-use medsam::checkpoint::{save_pth, TensorData, Value};
-use medsam::model::lite::{LiteConfig, LiteMedSam};
+use medsam::io::checkpoint::{save_pth, TensorData, Value};
+use medsam::models::lite::{LiteConfig, LiteMedSam};
 use medsam::Device;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,486 @@
+//! NIfTI-1 / NIfTI-2 single-file (`.nii`, `.nii.gz`) reading and `.nii.gz` writing.
+//!
+//! Reading returns the voxel array the way SimpleITK's `GetArrayFromImage` does (what MedSAM's
+//! preprocessing uses): shape `(z, y, x)` in C order, i.e. exactly the file's storage order
+//! (x fastest), with no reorientation from the affine. `scl_slope`/`scl_inter` are applied
+//! when the slope is non-zero and not the identity, and — like ITK — such a volume is then
+//! reported as float32. The header is parsed here (rather than through the `nifti` crate) so
+//! the native voxel type, which decides the arithmetic precision of the reference pipeline,
+//! stays known and truncated files are reported precisely.
+
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NiftiError {
+    #[error("{path}: I/O error: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt gzip stream (truncated or damaged .nii.gz): {source}")]
+    Gzip {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a NIfTI-1/2 file: {detail}")]
+    NotNifti { path: PathBuf, detail: String },
+    #[error("{path}: bad header field `{field}`: {detail}")]
+    Header {
+        path: PathBuf,
+        field: &'static str,
+        detail: String,
+    },
+    #[error("{path}: unsupported datatype code {code}")]
+    Datatype { path: PathBuf, code: i16 },
+    #[error(
+        "{path}: voxel data truncated: need {expected} bytes after the header, file has {actual}"
+    )]
+    Truncated {
+        path: PathBuf,
+        expected: usize,
+        actual: usize,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, NiftiError>;
+
+/// Element type of the array SimpleITK would return for the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelKind {
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+}
+
+impl PixelKind {
+    fn from_code(code: i16) -> Option<(PixelKind, usize)> {
+        Some(match code {
+            2 => (PixelKind::U8, 1),
+            256 => (PixelKind::I8, 1),
+            4 => (PixelKind::I16, 2),
+            512 => (PixelKind::U16, 2),
+            8 => (PixelKind::I32, 4),
+            768 => (PixelKind::U32, 4),
+            1024 => (PixelKind::I64, 8),
+            1280 => (PixelKind::U64, 8),
+            16 => (PixelKind::F32, 4),
+            64 => (PixelKind::F64, 8),
+            _ => return None,
+        })
+    }
+
+    pub fn is_integer(self) -> bool {
+        !matches!(self, PixelKind::F32 | PixelKind::F64)
+    }
+}
+
+/// A volume as `(z, y, x)` C-order f64 values (exact for every NIfTI integer type up to 32 bits
+/// and for float32/float64).
+#[derive(Debug, Clone)]
+pub struct NiftiVolume {
+    /// `(z, y, x)`; 2-D files give `z = 1`.
+    pub shape: [usize; 3],
+    pub data: Vec<f64>,
+    /// Type of the array SimpleITK returns (float32 when a rescale slope/intercept applies).
+    pub kind: PixelKind,
+    /// Voxel spacing `(x, y, z)` from `pixdim[1..4]`.
+    pub spacing: [f64; 3],
+}
+
+impl NiftiVolume {
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// `np.uint8(array)`: integers wrap modulo 256, floats truncate toward zero first.
+    pub fn to_u8_labels(&self) -> Vec<u8> {
+        self.data.iter().map(|&v| (v as i64) as u8).collect()
+    }
+}
+
+struct RawHeader {
+    little: bool,
+    dims: Vec<usize>,
+    code: i16,
+    pixdim: [f64; 4],
+    vox_offset: usize,
+    slope: f64,
+    inter: f64,
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|source| NiftiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|source| NiftiError::Gzip {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+fn parse_header(b: &[u8], path: &Path) -> Result<RawHeader> {
+    let p = || path.to_path_buf();
+    if b.len() < 348 {
+        return Err(NiftiError::NotNifti {
+            path: p(),
+            detail: format!("only {} bytes, a NIfTI header needs at least 348", b.len()),
+        });
+    }
+    let le32 = i32::from_le_bytes(b[0..4].try_into().unwrap());
+    let be32 = i32::from_be_bytes(b[0..4].try_into().unwrap());
+    let (little, v2) = match (le32, be32) {
+        (348, _) => (true, false),
+        (_, 348) => (false, false),
+        (540, _) => (true, true),
+        (_, 540) => (false, true),
+        _ => {
+            return Err(NiftiError::NotNifti {
+                path: p(),
+                detail: format!("sizeof_hdr is {le32}, expected 348 or 540"),
+            })
+        }
+    };
+    let i16_at = |o: usize| {
+        let a = [b[o], b[o + 1]];
+        if little {
+            i16::from_le_bytes(a)
+        } else {
+            i16::from_be_bytes(a)
+        }
+    };
+    let f32_at = |o: usize| {
+        let a: [u8; 4] = b[o..o + 4].try_into().unwrap();
+        if little {
+            f32::from_le_bytes(a)
+        } else {
+            f32::from_be_bytes(a)
+        }
+    };
+    let i64_at = |o: usize| {
+        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
+        if little {
+            i64::from_le_bytes(a)
+        } else {
+            i64::from_be_bytes(a)
+        }
+    };
+    let f64_at = |o: usize| {
+        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
+        if little {
+            f64::from_le_bytes(a)
+        } else {
+            f64::from_be_bytes(a)
+        }
+    };
+    let (dims_raw, code, pixdim, vox_offset, slope, inter): (
+        Vec<i64>,
+        i16,
+        [f64; 4],
+        f64,
+        f64,
+        f64,
+    );
+    if !v2 {
+        let magic = &b[344..348];
+        if magic != b"n+1\0" {
+            return Err(NiftiError::NotNifti {
+                path: p(),
+                detail: format!(
+                    "magic {:?} (only single-file n+1 is supported)",
+                    String::from_utf8_lossy(magic)
+                ),
+            });
+        }
+        dims_raw = (0..8).map(|i| i16_at(40 + 2 * i) as i64).collect();
+        code = i16_at(70);
+        pixdim = [
+            f32_at(76) as f64,
+            f32_at(80) as f64,
+            f32_at(84) as f64,
+            f32_at(88) as f64,
+        ];
+        vox_offset = f32_at(108) as f64;
+        slope = f32_at(112) as f64;
+        inter = f32_at(116) as f64;
+    } else {
+        if b.len() < 540 || &b[4..8] != b"n+2\0" {
+            return Err(NiftiError::NotNifti {
+                path: p(),
+                detail: "bad NIfTI-2 magic (only single-file n+2 is supported)".into(),
+            });
+        }
+        code = i16_at(12);
+        dims_raw = (0..8).map(|i| i64_at(16 + 8 * i)).collect();
+        pixdim = [f64_at(104), f64_at(112), f64_at(120), f64_at(128)];
+        vox_offset = i64_at(168) as f64;
+        slope = f64_at(176);
+        inter = f64_at(184);
+    }
+    let ndim = dims_raw[0];
+    if !(1..=7).contains(&ndim) {
+        return Err(NiftiError::Header {
+            path: p(),
+            field: "dim[0]",
+            detail: format!("{ndim} is not in 1..=7"),
+        });
+    }
+    let mut dims = Vec::new();
+    for (i, &d) in dims_raw[1..=ndim as usize].iter().enumerate() {
+        if d < 1 {
+            return Err(NiftiError::Header {
+                path: p(),
+                field: "dim",
+                detail: format!("dim[{}] = {d}", i + 1),
+            });
+        }
+        dims.push(d as usize);
+    }
+    if dims.len() > 3 && dims[3..].iter().any(|&d| d != 1) {
+        return Err(NiftiError::Header {
+            path: p(),
+            field: "dim",
+            detail: format!(
+                "{dims:?}: only 2-D/3-D volumes (extra dimensions of size 1) are supported"
+            ),
+        });
+    }
+    dims.truncate(3);
+    while dims.len() < 3 {
+        dims.push(1);
+    }
+    let min_off = if v2 { 544.0 } else { 352.0 };
+    if !(vox_offset.is_finite() && vox_offset >= 0.0) {
+        return Err(NiftiError::Header {
+            path: p(),
+            field: "vox_offset",
+            detail: format!("{vox_offset}"),
+        });
+    }
+    let vox_offset = if vox_offset < min_off {
+        min_off as usize
+    } else {
+        vox_offset as usize
+    };
+    Ok(RawHeader {
+        little,
+        dims,
+        code,
+        pixdim,
+        vox_offset,
+        slope,
+        inter,
+    })
+}
+
+/// Reads a `.nii` or `.nii.gz` (gzip detected from the content).
+pub fn read_nifti(path: impl AsRef<Path>) -> Result<NiftiVolume> {
+    let path = path.as_ref();
+    let bytes = read_all(path)?;
+    let h = parse_header(&bytes, path)?;
+    let (kind, esize) = PixelKind::from_code(h.code).ok_or(NiftiError::Datatype {
+        path: path.to_path_buf(),
+        code: h.code,
+    })?;
+    let n = h.dims[0] * h.dims[1] * h.dims[2];
+    let need = n * esize;
+    let avail = bytes.len().saturating_sub(h.vox_offset);
+    if avail < need {
+        return Err(NiftiError::Truncated {
+            path: path.to_path_buf(),
+            expected: need,
+            actual: avail,
+        });
+    }
+    let raw = &bytes[h.vox_offset..h.vox_offset + need];
+    let little = h.little;
+    macro_rules! dec {
+        ($t:ty, $n:expr) => {
+            raw.chunks_exact($n)
+                .map(|c| {
+                    let a: [u8; $n] = c.try_into().unwrap();
+                    (if little {
+                        <$t>::from_le_bytes(a)
+                    } else {
+                        <$t>::from_be_bytes(a)
+                    }) as f64
+                })
+                .collect::<Vec<f64>>()
+        };
+    }
+    let mut data: Vec<f64> = match kind {
+        PixelKind::U8 => raw.iter().map(|&v| v as f64).collect(),
+        PixelKind::I8 => raw.iter().map(|&v| v as i8 as f64).collect(),
+        PixelKind::I16 => dec!(i16, 2),
+        PixelKind::U16 => dec!(u16, 2),
+        PixelKind::I32 => dec!(i32, 4),
+        PixelKind::U32 => dec!(u32, 4),
+        PixelKind::I64 => dec!(i64, 8),
+        PixelKind::U64 => dec!(u64, 8),
+        PixelKind::F32 => dec!(f32, 4),
+        PixelKind::F64 => dec!(f64, 8),
+    };
+    let mut kind = kind;
+    let scaled = h.slope != 0.0 && h.slope.is_finite() && !(h.slope == 1.0 && h.inter == 0.0);
+    if scaled {
+        let (s, i) = (h.slope, if h.inter.is_finite() { h.inter } else { 0.0 });
+        if kind == PixelKind::F64 {
+            data.iter_mut().for_each(|v| *v = *v * s + i);
+        } else {
+            data.iter_mut()
+                .for_each(|v| *v = (*v * s + i) as f32 as f64);
+            kind = PixelKind::F32;
+        }
+    }
+    let abs = |v: f64| {
+        if v.is_finite() && v != 0.0 {
+            v.abs()
+        } else {
+            1.0
+        }
+    };
+    Ok(NiftiVolume {
+        shape: [h.dims[2], h.dims[1], h.dims[0]],
+        data,
+        kind,
+        spacing: [abs(h.pixdim[1]), abs(h.pixdim[2]), abs(h.pixdim[3])],
+    })
+}
+
+/// Voxel types [`write_nifti_gz`] can store.
+pub trait NiftiElement: Copy {
+    const CODE: i16;
+    const BITPIX: i16;
+    fn put_le(self, out: &mut Vec<u8>);
+}
+
+impl NiftiElement for u8 {
+    const CODE: i16 = 2;
+    const BITPIX: i16 = 8;
+    fn put_le(self, out: &mut Vec<u8>) {
+        out.push(self);
+    }
+}
+
+impl NiftiElement for i16 {
+    const CODE: i16 = 4;
+    const BITPIX: i16 = 16;
+    fn put_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+
+impl NiftiElement for f32 {
+    const CODE: i16 = 16;
+    const BITPIX: i16 = 32;
+    fn put_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+
+/// Writes a `(z, y, x)` C-order volume as a gzipped NIfTI-1 file with an axis-aligned
+/// affine `diag(spacing)` (qform and sform code 1, "scanner"), atomically.
+pub fn write_nifti_gz<T: NiftiElement>(
+    path: impl AsRef<Path>,
+    shape: [usize; 3],
+    data: &[T],
+    spacing: [f64; 3],
+) -> Result<()> {
+    let path = path.as_ref();
+    let [nz, ny, nx] = shape;
+    if data.len() != nz * ny * nx
+        || [nx, ny, nz]
+            .iter()
+            .any(|&d| d == 0 || d > i16::MAX as usize)
+    {
+        return Err(NiftiError::Header {
+            path: path.to_path_buf(),
+            field: "dim",
+            detail: format!(
+                "shape {shape:?} does not fit {} voxels / NIfTI-1 limits",
+                data.len()
+            ),
+        });
+    }
+    let mut h = vec![0u8; 352];
+    let put_i16 = |h: &mut Vec<u8>, o: usize, v: i16| h[o..o + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 = |h: &mut Vec<u8>, o: usize, v: f32| h[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    h[38] = b'r'; // regular
+    for (i, d) in [3usize, nx, ny, nz, 1, 1, 1, 1].iter().enumerate() {
+        put_i16(&mut h, 40 + 2 * i, *d as i16);
+    }
+    put_i16(&mut h, 70, T::CODE);
+    put_i16(&mut h, 72, T::BITPIX);
+    for (i, v) in [
+        1.0f32,
+        spacing[0] as f32,
+        spacing[1] as f32,
+        spacing[2] as f32,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ]
+    .iter()
+    .enumerate()
+    {
+        put_f32(&mut h, 76 + 4 * i, *v);
+    }
+    put_f32(&mut h, 108, 352.0); // vox_offset
+    put_f32(&mut h, 112, 1.0); // scl_slope
+    h[123] = 10; // xyzt_units: mm + sec
+    put_i16(&mut h, 252, 1); // qform_code
+    put_i16(&mut h, 254, 1); // sform_code
+                             // quaternion b, c, d = 0 (identity rotation), offsets 0
+    let srow = [
+        [spacing[0] as f32, 0.0, 0.0, 0.0],
+        [0.0, spacing[1] as f32, 0.0, 0.0],
+        [0.0, 0.0, spacing[2] as f32, 0.0],
+    ];
+    for (r, row) in srow.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            put_f32(&mut h, 280 + 16 * r + 4 * c, *v);
+        }
+    }
+    h[344..348].copy_from_slice(b"n+1\0");
+    let mut body = Vec::with_capacity(std::mem::size_of_val(data));
+    for &v in data {
+        v.put_le(&mut body);
+    }
+    crate::io::npy::write_atomic(path, |w| {
+        let mut enc = GzEncoder::new(w, flate2::Compression::new(6));
+        enc.write_all(&h)?;
+        enc.write_all(&body)?;
+        enc.finish()?;
+        Ok(())
+    })
+    .map_err(|source| NiftiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,182 @@
+//! Volume files of the CVPR24 LiteMedSAM challenge and NIfTI: reading a uint8 `(D, H, W)` volume
+//! with its boxes and voxel spacing, and writing segmentations as `.npz` (`np.savez_compressed`
+//! layout, member `segs`).
+
+use crate::error::{Error, Result};
+use crate::io::{nifti, npy};
+use crate::pipeline::infer::lite::Box3d;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A uint8 `(D, H, W)` volume with its boxes (from the file, if any) and voxel spacing `(x, y, z)`.
+pub struct Volume {
+    pub shape: (usize, usize, usize),
+    pub data: Vec<u8>,
+    pub boxes: Option<Vec<Box3d>>,
+    pub spacing: [f64; 3],
+    /// What the reader changed on the way in (e.g. a min-max scaling to 0–255), for the caller
+    /// to show; `None` when the values were used as stored.
+    pub note: Option<String>,
+}
+
+fn npz_member(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    key: &str,
+) -> Result<Option<npy::NpyArray>> {
+    let name = format!("{key}.npy");
+    let mut f = match zip.by_name(&name) {
+        Ok(f) => f,
+        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+        Err(e) => return Err(Error::file(path, format!("{name}: {e}"))),
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::file(path, format!("{name}: {e}")))?;
+    let member = PathBuf::from(format!("{}:{name}", path.display()));
+    npy::parse_npy(&bytes, &member)
+        .map(Some)
+        .map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Reads a CVPR24 LiteMedSAM challenge `.npz`: `imgs` (D, H, W) uint8, optional `boxes` (N, 6)
+/// and `spacing` (3).
+pub fn read_npz_volume(path: &Path) -> Result<Volume> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
+    let keys: Vec<String> = zip
+        .file_names()
+        .map(|n| n.trim_end_matches(".npy").to_string())
+        .collect();
+    let imgs = npz_member(path, &mut zip, "imgs")?.ok_or_else(|| {
+        Error::file(
+            path,
+            format!(
+                "no `imgs` array (keys: {}); expected imgs (D, H, W) uint8",
+                keys.join(", ")
+            ),
+        )
+    })?;
+    let &[d, h, w] = imgs.shape.as_slice() else {
+        return Err(Error::file(
+            path,
+            format!(
+                "`imgs` has shape {:?}; a 3D volume needs (D, H, W)",
+                imgs.shape
+            ),
+        ));
+    };
+    if d == 0 || h == 0 || w == 0 {
+        return Err(Error::file(path, format!("`imgs` is empty: {d}×{h}×{w}")));
+    }
+    let data = imgs
+        .to_u8()
+        .map_err(|e| Error::file(path, format!("`imgs` must be uint8: {e}")))?;
+    let boxes = match npz_member(path, &mut zip, "boxes")? {
+        None => None,
+        Some(b) => {
+            let n = match b.shape.as_slice() {
+                &[n, 6] => n,
+                &[6] => 1,
+                s => {
+                    return Err(Error::file(
+                        path,
+                        format!("`boxes` has shape {s:?}; 3D boxes are (N, 6) [x_min, y_min, z_min, x_max, y_max, z_max]"),
+                    ))
+                }
+            };
+            let v = b.to_f64();
+            if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
+                return Err(Error::file(
+                    path,
+                    format!("`boxes` holds {x}; box coordinates must be integers"),
+                ));
+            }
+            Some(
+                (0..n)
+                    .map(|i| std::array::from_fn(|j| v[i * 6 + j] as i64))
+                    .collect(),
+            )
+        }
+    };
+    let spacing = match npz_member(path, &mut zip, "spacing")? {
+        Some(s) if s.len() == 3 => {
+            let v = s.to_f64();
+            [v[0], v[1], v[2]].map(|x| if x.is_finite() && x > 0.0 { x } else { 1.0 })
+        }
+        _ => [1.0; 3],
+    };
+    Ok(Volume {
+        shape: (d, h, w),
+        data,
+        boxes,
+        spacing,
+        note: None,
+    })
+}
+
+/// Reads a NIfTI volume as uint8: values already integers in 0–255 as they are, anything else
+/// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
+pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
+    let v = nifti::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
+    let [d, h, w] = v.shape;
+    let integral = v
+        .data
+        .iter()
+        .all(|&x| x.fract() == 0.0 && (0.0..=255.0).contains(&x));
+    let mut note = None;
+    let data = if integral {
+        v.data.iter().map(|&x| x as u8).collect()
+    } else {
+        let (lo, hi) = v
+            .data
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        note = Some(format!(
+            "{} has values in [{lo}, {hi}], not uint8; min-max scaled to 0–255 (window CT first for LiteMedSAM's intensity convention)",
+            path.display()
+        ));
+        let r = (hi - lo).max(1e-8);
+        v.data
+            .iter()
+            .map(|&x| ((x - lo) / r * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect()
+    };
+    Ok(Volume {
+        shape: (d, h, w),
+        data,
+        boxes: None,
+        spacing: v.spacing,
+        note,
+    })
+}
+
+/// Writes `segs` (D, H, W) uint8 as a one-member `.npz` (`np.savez_compressed` layout).
+pub fn write_npz_segs(path: &Path, shape: (usize, usize, usize), segs: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp_npy = dir.join(format!(".segs.{}.npy", std::process::id()));
+    npy::write_npy_u8(&tmp_npy, &[shape.0, shape.1, shape.2], segs)
+        .map_err(|e| Error::file(&tmp_npy, e.to_string()))?;
+    let bytes = std::fs::read(&tmp_npy).map_err(|e| Error::io(&tmp_npy, e));
+    let _ = std::fs::remove_file(&tmp_npy);
+    let bytes = bytes?;
+    let tmp = dir.join(format!(".segs.{}.npz.part", std::process::id()));
+    let result = (|| -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&tmp)?);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(bytes.len() >= u32::MAX as usize);
+        z.start_file("segs.npy", opts)?;
+        z.write_all(&bytes)?;
+        z.finish()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, e.to_string())
+    })
+}

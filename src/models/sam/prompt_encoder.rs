@@ -1,0 +1,262 @@
+//! `PromptEncoder` (segment_anything/modeling/prompt_encoder.py): random-Fourier positional
+//! encoding, point and box embeddings, optional mask input, `no_mask_embed`, dense PE.
+//! MedSAM keeps it frozen, so its outputs are computed without recording a graph.
+
+use crate::error::{Error, Result};
+use crate::models::common::{join, Conv2d, Embedding, Init, LayerNorm2d, Module};
+use crate::models::config::PromptEncoderConfig;
+use crate::tensor::Tensor;
+use std::f32::consts::PI;
+
+pub struct PositionEmbeddingRandom {
+    /// `[2, C/2]`, a buffer in the state dict.
+    pub positional_encoding_gaussian_matrix: Tensor,
+}
+
+impl Module for PositionEmbeddingRandom {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(
+            &join(prefix, "positional_encoding_gaussian_matrix"),
+            &mut self.positional_encoding_gaussian_matrix,
+        );
+    }
+}
+
+impl PositionEmbeddingRandom {
+    /// sin/cos features `[n, C]` of points already normalised to [0, 1] (x, y).
+    fn encode(&self, coords: &[[f32; 2]]) -> Result<Vec<f32>> {
+        let g = self.positional_encoding_gaussian_matrix.to_vec()?;
+        let half = g.len() / 2;
+        let mut out = vec![0.0f32; coords.len() * 2 * half];
+        for (i, c) in coords.iter().enumerate() {
+            let (x, y) = (2.0 * c[0] - 1.0, 2.0 * c[1] - 1.0);
+            for j in 0..half {
+                let v = (2.0 * PI) * (x * g[j] + y * g[half + j]);
+                out[i * 2 * half + j] = v.sin();
+                out[i * 2 * half + half + j] = v.cos();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dense PE `[C, h, w]` of the pixel centres of an `h × w` grid.
+    pub fn dense(&self, h: usize, w: usize) -> Result<Tensor> {
+        let coords: Vec<[f32; 2]> = (0..h)
+            .flat_map(|y| {
+                (0..w).map(move |x| [(x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32])
+            })
+            .collect();
+        let pe = self.encode(&coords)?;
+        let c = pe.len() / (h * w);
+        let t = Tensor::from_slice(
+            &pe,
+            &[h, w, c],
+            self.positional_encoding_gaussian_matrix.device(),
+        )?;
+        t.permute(&[2, 0, 1])?.contiguous()
+    }
+}
+
+/// A point prompt in input-image pixels; label 1 = foreground, 0 = background, -1 = padding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub x: f32,
+    pub y: f32,
+    pub label: i32,
+}
+
+pub struct MaskDownscaling {
+    pub conv0: Conv2d,
+    pub norm1: LayerNorm2d,
+    pub conv3: Conv2d,
+    pub norm4: LayerNorm2d,
+    pub conv6: Conv2d,
+}
+
+impl Module for MaskDownscaling {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.conv0.visit(&join(prefix, "0"), f);
+        self.norm1.visit(&join(prefix, "1"), f);
+        self.conv3.visit(&join(prefix, "3"), f);
+        self.norm4.visit(&join(prefix, "4"), f);
+        self.conv6.visit(&join(prefix, "6"), f);
+    }
+}
+
+pub struct PromptEncoder {
+    pub embed_dim: usize,
+    /// (H, W) of the image embedding.
+    pub image_embedding_size: (usize, usize),
+    /// (H, W) of the encoder input.
+    pub input_image_size: (usize, usize),
+    pub pe_layer: PositionEmbeddingRandom,
+    pub point_embeddings: Vec<Embedding>,
+    pub not_a_point_embed: Embedding,
+    pub mask_downscaling: MaskDownscaling,
+    pub no_mask_embed: Embedding,
+}
+
+impl Module for PromptEncoder {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.pe_layer.visit(&join(prefix, "pe_layer"), f);
+        for (i, e) in self.point_embeddings.iter_mut().enumerate() {
+            e.visit(&join(prefix, &format!("point_embeddings.{i}")), f);
+        }
+        self.not_a_point_embed
+            .visit(&join(prefix, "not_a_point_embed"), f);
+        self.mask_downscaling
+            .visit(&join(prefix, "mask_downscaling"), f);
+        self.no_mask_embed.visit(&join(prefix, "no_mask_embed"), f);
+    }
+}
+
+impl PromptEncoder {
+    pub fn new(
+        init: &mut Init,
+        cfg: &PromptEncoderConfig,
+        grid: usize,
+        img_size: usize,
+    ) -> Result<Self> {
+        let (e, m) = (cfg.embed_dim, cfg.mask_in_chans);
+        Ok(PromptEncoder {
+            embed_dim: e,
+            image_embedding_size: (grid, grid),
+            input_image_size: (img_size, img_size),
+            pe_layer: PositionEmbeddingRandom {
+                positional_encoding_gaussian_matrix: init.normal(&[2, e / 2], 1.0)?,
+            },
+            point_embeddings: (0..4)
+                .map(|_| Embedding::new(init, 1, e))
+                .collect::<Result<_>>()?,
+            not_a_point_embed: Embedding::new(init, 1, e)?,
+            mask_downscaling: MaskDownscaling {
+                conv0: Conv2d::new(init, 1, m / 4, 2, 2, 0, true)?,
+                norm1: LayerNorm2d::new(init, m / 4)?,
+                conv3: Conv2d::new(init, m / 4, m, 2, 2, 0, true)?,
+                norm4: LayerNorm2d::new(init, m)?,
+                conv6: Conv2d::new(init, m, e, 1, 1, 0, true)?,
+            },
+            no_mask_embed: Embedding::new(init, 1, e)?,
+        })
+    }
+
+    /// `[1, C, h, w]` positional encoding of the embedding grid.
+    pub fn get_dense_pe(&self) -> Result<Tensor> {
+        let (h, w) = self.image_embedding_size;
+        self.pe_layer.dense(h, w)?.unsqueeze(0)
+    }
+
+    fn normalise(&self, x: f32, y: f32) -> [f32; 2] {
+        let (h, w) = self.input_image_size;
+        [(x + 0.5) / w as f32, (y + 0.5) / h as f32]
+    }
+
+    /// Sparse `[B, N, C]` and dense `[B, C, h, w]` embeddings. `points[b]` and `boxes[b]`
+    /// (`[x0, y0, x1, y1]` in input pixels) are the prompts of batch item `b`.
+    pub fn forward(
+        &self,
+        points: Option<&[Vec<Point>]>,
+        boxes: Option<&[[f32; 4]]>,
+        masks: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let bs = points
+            .map(|p| p.len())
+            .or(boxes.map(|b| b.len()))
+            .or(masks.map(|m| m.dim(0)))
+            .unwrap_or(1);
+        if let (Some(p), Some(b)) = (points, boxes) {
+            if p.len() != b.len() {
+                return Err(Error::shape(
+                    "prompt_encoder",
+                    format!("{} point sets for {} boxes", p.len(), b.len()),
+                ));
+            }
+        }
+        let e = self.embed_dim;
+        let weight = |emb: &Embedding| emb.weight.to_vec();
+        let mut rows: Vec<Vec<f32>> = vec![Vec::new(); bs];
+        if let Some(points) = points {
+            let pad = boxes.is_none();
+            let (pe0, pe1, nap) = (
+                weight(&self.point_embeddings[0])?,
+                weight(&self.point_embeddings[1])?,
+                weight(&self.not_a_point_embed)?,
+            );
+            for (b, pts) in points.iter().enumerate() {
+                let mut pts = pts.clone();
+                if pad {
+                    // SAM's padding point sits at (0, 0) before its +0.5 shift.
+                    pts.push(Point {
+                        x: -0.5,
+                        y: -0.5,
+                        label: -1,
+                    });
+                }
+                let coords: Vec<[f32; 2]> = pts.iter().map(|p| self.normalise(p.x, p.y)).collect();
+                let enc = self.pe_layer.encode(&coords)?;
+                for (i, p) in pts.iter().enumerate() {
+                    let row = &enc[i * e..(i + 1) * e];
+                    let add = match p.label {
+                        -1 => &nap,
+                        0 => &pe0,
+                        1 => &pe1,
+                        other => {
+                            return Err(Error::arg(
+                                "point label",
+                                format!("{other} (use 1 foreground, 0 background)"),
+                            ))
+                        }
+                    };
+                    let base: Vec<f32> = if p.label == -1 {
+                        vec![0.0; e]
+                    } else {
+                        row.to_vec()
+                    };
+                    rows[b].extend(base.iter().zip(add).map(|(a, b)| a + b));
+                }
+            }
+        }
+        if let Some(boxes) = boxes {
+            let (c0, c1) = (
+                weight(&self.point_embeddings[2])?,
+                weight(&self.point_embeddings[3])?,
+            );
+            for (b, bx) in boxes.iter().enumerate() {
+                let enc = self
+                    .pe_layer
+                    .encode(&[self.normalise(bx[0], bx[1]), self.normalise(bx[2], bx[3])])?;
+                rows[b].extend(enc[..e].iter().zip(&c0).map(|(a, b)| a + b));
+                rows[b].extend(enc[e..].iter().zip(&c1).map(|(a, b)| a + b));
+            }
+        }
+        let n = rows[0].len() / e;
+        let flat: Vec<f32> = rows.concat();
+        let device = self.no_mask_embed.weight.device();
+        let sparse = Tensor::from_slice(&flat, &[bs, n, e], device)?;
+        let (h, w) = self.image_embedding_size;
+        let dense = match masks {
+            Some(m) => self.embed_masks(m)?,
+            None => self
+                .no_mask_embed
+                .weight
+                .reshape(&[1, e, 1, 1])?
+                .broadcast_to(&[bs, e, h, w])?
+                .contiguous()?,
+        };
+        Ok((sparse, dense))
+    }
+
+    fn embed_masks(&self, m: &Tensor) -> Result<Tensor> {
+        let (h, w) = self.image_embedding_size;
+        if m.rank() != 4 || m.dim(1) != 1 || m.dim(2) != 4 * h || m.dim(3) != 4 * w {
+            return Err(Error::shape(
+                "prompt_encoder mask input",
+                format!("expected [B, 1, {}, {}], got {:?}", 4 * h, 4 * w, m.shape()),
+            ));
+        }
+        let d = &self.mask_downscaling;
+        let x = d.norm1.forward(&d.conv0.forward(m)?)?.gelu()?;
+        let x = d.norm4.forward(&d.conv3.forward(&x)?)?.gelu()?;
+        d.conv6.forward(&x)
+    }
+}

@@ -1,0 +1,523 @@
+//! LiteMedSAM inference as upstream's `CVPR24_LiteMedSAM_infer.py` (LiteMedSAM branch) does it:
+//!
+//! - 2D: the uint8 image's longest side to 256 with OpenCV's `INTER_AREA` ([`resize_area_u8`],
+//!   bit-exact with `cv2.resize`), min-max to [0, 1] over the resized image, zero-padding to
+//!   256×256; each box scaled by `256 / max(H, W)` and truncated to integers; low-res logits
+//!   cropped to the unpadded size, bilinear (align_corners=False) to H×W, sigmoid, > 0.5.
+//! - 3D ([`segment_volume`], `MedSAM_infer_npz_3D`): per box, the middle slice of its z-range with
+//!   the box, then slice by slice towards `z_max` and towards `z_min`, each slice prompted by the
+//!   bounds (±3 px at 256 scale) of the previous slice's mask, falling back to the box when that
+//!   mask is empty.
+
+use crate::autograd::no_grad;
+use crate::error::{Error, Result};
+use crate::models::lite::LiteMedSam;
+use crate::pipeline::infer::sam::InputImage;
+use crate::tensor::Tensor;
+use std::path::Path;
+
+/// A uint8 image, row-major `h × w × channels` (1 = grey, 3 = RGB).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageU8 {
+    pub h: usize,
+    pub w: usize,
+    pub channels: usize,
+    pub data: Vec<u8>,
+}
+
+impl ImageU8 {
+    pub fn new(h: usize, w: usize, channels: usize, data: Vec<u8>) -> Result<Self> {
+        if data.len() != h * w * channels || h == 0 || w == 0 || !(channels == 1 || channels == 3) {
+            return Err(Error::arg(
+                "image",
+                format!(
+                    "{} bytes for a {h}×{w}×{channels} image (need 1 or 3 channels, non-empty)",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(ImageU8 {
+            h,
+            w,
+            channels,
+            data,
+        })
+    }
+}
+
+/// OpenCV's `saturate_cast<uchar>(float)`: round half to even, clamp.
+fn sat_u8(v: f32) -> u8 {
+    v.round_ties_even().clamp(0.0, 255.0) as u8
+}
+
+/// `cv::resize(..., INTER_AREA)` of an interleaved uint8 image, bit-exact: box averaging for
+/// integer factors (with the 2×2 fast path's round-half-up), area-weighted averaging for other
+/// shrinking factors, and OpenCV's fixed-point "area" bilinear when either axis grows.
+pub fn resize_area_u8(src: &[u8], h: usize, w: usize, cn: usize, oh: usize, ow: usize) -> Vec<u8> {
+    assert_eq!(src.len(), h * w * cn, "resize_area_u8: buffer size");
+    let (inv_x, inv_y) = (ow as f64 / w as f64, oh as f64 / h as f64);
+    let (sx, sy) = (1.0 / inv_x, 1.0 / inv_y);
+    if sx >= 1.0 && sy >= 1.0 {
+        let (ix, iy) = (sx.round_ties_even(), sy.round_ties_even());
+        if (sx - ix).abs() < f64::EPSILON && (sy - iy).abs() < f64::EPSILON {
+            return area_fast(src, h, w, cn, oh, ow, ix as usize, iy as usize);
+        }
+        return area_generic(src, h, w, cn, oh, ow, sx, sy);
+    }
+    area_linear(src, h, w, cn, oh, ow, (sx, inv_x), (sy, inv_y))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn area_fast(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    cn: usize,
+    oh: usize,
+    ow: usize,
+    kx: usize,
+    ky: usize,
+) -> Vec<u8> {
+    let mut out = vec![0u8; oh * ow * cn];
+    let scale = 1.0f32 / (kx * ky) as f32;
+    for dy in 0..oh {
+        for dx in 0..ow {
+            for c in 0..cn {
+                let (mut sum, mut count) = (0u32, 0u32);
+                for yy in dy * ky..(dy * ky + ky).min(h) {
+                    for xx in dx * kx..(dx * kx + kx).min(w) {
+                        sum += src[(yy * w + xx) * cn + c] as u32;
+                        count += 1;
+                    }
+                }
+                out[(dy * ow + dx) * cn + c] = if count == 0 {
+                    0
+                } else if count as usize != kx * ky {
+                    sat_u8(sum as f32 / count as f32)
+                } else if kx == 2 && ky == 2 && matches!(cn, 1 | 3 | 4) {
+                    ((sum + 2) >> 2) as u8
+                } else {
+                    sat_u8(sum as f32 * scale)
+                };
+            }
+        }
+    }
+    out
+}
+
+/// OpenCV's `computeResizeAreaTab`: `(dst index, src index, weight)` triples.
+fn area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<(usize, usize, f32)> {
+    let mut tab = Vec::new();
+    for dx in 0..dsize {
+        let fsx1 = dx as f64 * scale;
+        let fsx2 = fsx1 + scale;
+        let cell = scale.min(ssize as f64 - fsx1);
+        let mut sx2 = fsx2.floor() as i64;
+        sx2 = sx2.min(ssize as i64 - 1);
+        let sx1 = (fsx1.ceil() as i64).min(sx2);
+        if sx1 as f64 - fsx1 > 1e-3 {
+            tab.push((dx, (sx1 - 1) as usize, ((sx1 as f64 - fsx1) / cell) as f32));
+        }
+        for s in sx1..sx2 {
+            tab.push((dx, s as usize, (1.0 / cell) as f32));
+        }
+        if fsx2 - sx2 as f64 > 1e-3 {
+            tab.push((
+                dx,
+                sx2 as usize,
+                ((fsx2 - sx2 as f64).min(1.0).min(cell) / cell) as f32,
+            ));
+        }
+    }
+    tab
+}
+
+#[allow(clippy::too_many_arguments)]
+fn area_generic(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    cn: usize,
+    oh: usize,
+    ow: usize,
+    sx: f64,
+    sy: f64,
+) -> Vec<u8> {
+    let (xtab, ytab) = (area_tab(w, ow, sx), area_tab(h, oh, sy));
+    let width = ow * cn;
+    let mut out = vec![0u8; oh * width];
+    let (mut buf, mut sum) = (vec![0.0f32; width], vec![0.0f32; width]);
+    let mut prev_dy = ytab.first().map_or(0, |t| t.0);
+    for &(dy, syi, beta) in &ytab {
+        buf.fill(0.0);
+        let row = &src[syi * w * cn..(syi + 1) * w * cn];
+        for &(dx, sxi, alpha) in &xtab {
+            for c in 0..cn {
+                buf[dx * cn + c] += row[sxi * cn + c] as f32 * alpha;
+            }
+        }
+        if dy != prev_dy {
+            let d = &mut out[prev_dy * width..(prev_dy + 1) * width];
+            for ((o, s), b) in d.iter_mut().zip(sum.iter_mut()).zip(&buf) {
+                *o = sat_u8(*s);
+                *s = beta * b;
+            }
+            prev_dy = dy;
+        } else {
+            for (s, b) in sum.iter_mut().zip(&buf) {
+                *s += beta * b;
+            }
+        }
+    }
+    for (o, s) in out[prev_dy * width..(prev_dy + 1) * width]
+        .iter_mut()
+        .zip(&sum)
+    {
+        *o = sat_u8(*s);
+    }
+    out
+}
+
+/// Source index and fixed-point weights (×2048) of one output position in OpenCV's area-mode
+/// bilinear: `sx = ⌊d·scale⌋`, `f = (d+1) − (sx+1)/scale` wrapped to [0, 1).
+fn area_linear_coef(d: usize, scale: f64, inv: f64) -> (i64, f32) {
+    let s = (d as f64 * scale).floor() as i64;
+    let mut f = ((d + 1) as f64 - (s + 1) as f64 * inv) as f32;
+    f = if f <= 0.0 { 0.0 } else { f - f.floor() };
+    (s, f)
+}
+
+fn fixed(v: f32) -> i32 {
+    v.round_ties_even() as i32
+}
+
+#[allow(clippy::too_many_arguments)]
+fn area_linear(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    cn: usize,
+    oh: usize,
+    ow: usize,
+    (sx, inv_x): (f64, f64),
+    (sy, inv_y): (f64, f64),
+) -> Vec<u8> {
+    // Horizontal taps (OpenCV clamps at the right edge: past it, the last pixel with weight 1).
+    let mut xofs = vec![0usize; ow];
+    let mut xalpha = vec![(0i32, 0i32); ow];
+    let mut xmax = ow;
+    for dx in 0..ow {
+        let (mut s, mut f) = area_linear_coef(dx, sx, inv_x);
+        if s < 0 {
+            s = 0;
+            f = 0.0;
+        }
+        if s + 1 >= w as i64 {
+            xmax = xmax.min(dx);
+            if s >= w as i64 - 1 {
+                s = w as i64 - 1;
+                f = 0.0;
+            }
+        }
+        xofs[dx] = s as usize;
+        xalpha[dx] = (fixed((1.0 - f) * 2048.0), fixed(f * 2048.0));
+    }
+    let hrow = |y: usize| -> Vec<i32> {
+        let row = &src[y * w * cn..(y + 1) * w * cn];
+        let mut out = vec![0i32; ow * cn];
+        for dx in 0..ow {
+            for c in 0..cn {
+                let s = xofs[dx] * cn + c;
+                out[dx * cn + c] = if dx < xmax {
+                    row[s] as i32 * xalpha[dx].0 + row[s + cn] as i32 * xalpha[dx].1
+                } else {
+                    row[s] as i32 * 2048
+                };
+            }
+        }
+        out
+    };
+    let mut out = vec![0u8; oh * ow * cn];
+    for dy in 0..oh {
+        let (s, f) = area_linear_coef(dy, sy, inv_y);
+        let clip = |v: i64| v.clamp(0, h as i64 - 1) as usize;
+        let (r0, r1) = (hrow(clip(s)), hrow(clip(s + 1)));
+        let (b0, b1) = (fixed((1.0 - f) * 2048.0), fixed(f * 2048.0));
+        for (i, o) in out[dy * ow * cn..(dy + 1) * ow * cn].iter_mut().enumerate() {
+            *o = ((((b0 * (r0[i] >> 4)) >> 16) + ((b1 * (r1[i] >> 4)) >> 16) + 2) >> 2) as u8;
+        }
+    }
+    out
+}
+
+/// Upstream's `resize_longest_side`: scale so the longer side is `target`, sizes rounded half up.
+pub fn resize_longest_side(img: &ImageU8, target: usize) -> ImageU8 {
+    let scale = target as f64 / img.h.max(img.w) as f64;
+    let (nh, nw) = (
+        (img.h as f64 * scale + 0.5) as usize,
+        (img.w as f64 * scale + 0.5) as usize,
+    );
+    let data = resize_area_u8(&img.data, img.h, img.w, img.channels, nh.max(1), nw.max(1));
+    ImageU8 {
+        h: nh.max(1),
+        w: nw.max(1),
+        channels: img.channels,
+        data,
+    }
+}
+
+/// The model input `[1, 3, S, S]` and the unpadded size `(new_h, new_w)` for an image.
+pub fn prepare_input(img: &ImageU8, size: usize) -> Result<(Tensor, (usize, usize))> {
+    let r = resize_longest_side(img, size);
+    let (lo, hi) = r
+        .data
+        .iter()
+        .fold((u8::MAX, u8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let range = ((hi - lo) as f64).max(1e-8);
+    let mut chw = vec![0.0f32; 3 * size * size];
+    for y in 0..r.h {
+        for x in 0..r.w {
+            for c in 0..3 {
+                let v = r.data[(y * r.w + x) * r.channels + if r.channels == 1 { 0 } else { c }];
+                chw[(c * size + y) * size + x] = ((v - lo) as f64 / range) as f32;
+            }
+        }
+    }
+    Ok((Tensor::from_vec(chw, &[1, 3, size, size])?, (r.h, r.w)))
+}
+
+/// Upstream's `resize_box_to_256`: each coordinate times `size / max(H, W)`, truncated.
+pub fn scale_box(b: [f64; 4], (h, w): (usize, usize), size: usize) -> [f32; 4] {
+    let ratio = size as f64 / h.max(w) as f64;
+    b.map(|v| (v * ratio).trunc() as f32)
+}
+
+/// Upstream's `get_bbox256`: bounds of a `size × size` mask's foreground, widened by `shift` and
+/// clipped to `[0, size]`; `None` for an empty mask.
+pub fn mask_bbox(mask: &[u8], size: usize, shift: i64) -> Option<[f32; 4]> {
+    let (mut x0, mut y0, mut x1, mut y1) = (i64::MAX, i64::MAX, -1i64, -1i64);
+    for (i, _) in mask.iter().enumerate().filter(|(_, &m)| m > 0) {
+        let (y, x) = ((i / size) as i64, (i % size) as i64);
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    (x1 >= 0).then(|| {
+        let s = size as i64;
+        [
+            (x0 - shift).max(0) as f32,
+            (y0 - shift).max(0) as f32,
+            (x1 + shift).min(s) as f32,
+            (y1 + shift).min(s) as f32,
+        ]
+    })
+}
+
+/// One box's answer.
+pub struct LitePrediction {
+    /// Low-res logits `[1, 1, 4g, 4g]` (the padded 256×256 frame).
+    pub low_res_logits: Tensor,
+    /// Binary mask at the original size, row-major `h·w`.
+    pub mask: Vec<bool>,
+    pub iou: f32,
+}
+
+/// Holds one image's embedding and answers box prompts on it.
+pub struct LitePredictor<'m> {
+    pub model: &'m LiteMedSam,
+    pub embedding: Tensor,
+    pub orig_hw: (usize, usize),
+    /// Size of the resized image inside the padded input.
+    pub new_hw: (usize, usize),
+}
+
+impl<'m> LitePredictor<'m> {
+    /// Preprocesses and encodes the image (the expensive part, done once).
+    pub fn new(model: &'m LiteMedSam, img: &ImageU8) -> Result<Self> {
+        let (input, new_hw) = prepare_input(img, model.img_size())?;
+        let embedding = no_grad(|| model.image_encoder.forward(&input))?;
+        Ok(LitePredictor {
+            model,
+            embedding,
+            orig_hw: (img.h, img.w),
+            new_hw,
+        })
+    }
+
+    /// Predicts the mask of a box in original-image pixels `[x0, y0, x1, y1]`.
+    pub fn predict_box(&self, bbox: [f64; 4]) -> Result<LitePrediction> {
+        self.predict_box_input(scale_box(bbox, self.orig_hw, self.model.img_size()))
+    }
+
+    /// Predicts the mask of a box already in model-input pixels (the 256 frame).
+    pub fn predict_box_input(&self, box_in: [f32; 4]) -> Result<LitePrediction> {
+        let (h, w) = self.orig_hw;
+        let (nh, nw) = self.new_hw;
+        let m = self.model;
+        no_grad(|| {
+            let pe = m.prompt_encoder.get_dense_pe()?;
+            let (sparse, dense) = m.prompt_encoder.forward(None, Some(&[box_in]), None)?;
+            let (logits, iou) =
+                m.mask_decoder
+                    .forward(&self.embedding, &pe, &sparse, &dense, false)?;
+            let crop = logits.narrow(2, 0, nh)?.narrow(3, 0, nw)?.contiguous()?;
+            let prob = crop.upsample_bilinear(h, w)?.sigmoid()?;
+            let mask = prob.to_vec()?.iter().map(|&p| p > 0.5).collect();
+            Ok(LitePrediction {
+                low_res_logits: logits,
+                mask,
+                iou: iou.to_vec()?[0],
+            })
+        })
+    }
+}
+
+/// A 3D box `[x_min, y_min, z_min, x_max, y_max, z_max]` (upstream's `boxes` of 3D npz files).
+pub type Box3d = [i64; 6];
+
+/// `MedSAM_infer_npz_3D` for a `d × h × w` uint8 volume: labels `1..=boxes.len()` (later boxes
+/// overwrite earlier ones where they overlap), row-major `d·h·w`. `on_slice(box, z)` reports progress.
+pub fn segment_volume(
+    model: &LiteMedSam,
+    vol: &[u8],
+    (d, h, w): (usize, usize, usize),
+    boxes: &[Box3d],
+    on_slice: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<u8>> {
+    if vol.len() != d * h * w || d == 0 || h == 0 || w == 0 {
+        return Err(Error::arg(
+            "volume",
+            format!("{} voxels for {d}×{h}×{w}", vol.len()),
+        ));
+    }
+    let size = model.img_size();
+    let plane = h * w;
+    let mut segs = vec![0u8; vol.len()];
+    for (bi, b) in boxes.iter().enumerate() {
+        let idx = u8::try_from(bi + 1)
+            .map_err(|_| Error::arg("boxes", "at most 255 boxes per volume"))?;
+        let [x0, y0, z0, x1, y1, z1] = *b;
+        if z0 >= z1 || z0 < 0 || z1 > d as i64 {
+            return Err(Error::arg(
+                "boxes",
+                format!("box {bi}: z range {z0}..{z1} (need 0 ≤ z_min < z_max ≤ {d})"),
+            ));
+        }
+        let mid_box = [x0 as f64, y0 as f64, x1 as f64, y1 as f64];
+        let z_mid = ((z1 - z0) as f64 / 2.0 + z0 as f64) as i64;
+        let mut temp = vec![0u8; vol.len()];
+        let forward: Vec<(i64, Option<i64>)> = (z_mid..z1)
+            .map(|z| (z, (z != z_mid).then_some(z - 1)))
+            .collect();
+        let backward: Vec<(i64, Option<i64>)> =
+            ((z0 + 1)..z_mid).rev().map(|z| (z, Some(z + 1))).collect();
+        for (z, prev) in forward.into_iter().chain(backward) {
+            let z = z as usize;
+            // Each box re-encodes its slices, as upstream does (bounded memory).
+            let img = ImageU8::new(h, w, 1, vol[z * plane..(z + 1) * plane].to_vec())?;
+            let pred = LitePredictor::new(model, &img)?;
+            let box_in = match prev {
+                None => scale_box(mid_box, (h, w), size),
+                Some(p) => {
+                    let prev = ImageU8::new(
+                        h,
+                        w,
+                        1,
+                        temp[p as usize * plane..(p as usize + 1) * plane].to_vec(),
+                    )?;
+                    let r = resize_longest_side(&prev, size);
+                    let mut padded = vec![0u8; size * size];
+                    for y in 0..r.h {
+                        padded[y * size..y * size + r.w]
+                            .copy_from_slice(&r.data[y * r.w..(y + 1) * r.w]);
+                    }
+                    mask_bbox(&padded, size, 3).unwrap_or_else(|| scale_box(mid_box, (h, w), size))
+                }
+            };
+            let m = pred.predict_box_input(box_in)?.mask;
+            for (t, &on) in temp[z * plane..(z + 1) * plane].iter_mut().zip(&m) {
+                if on {
+                    *t = idx;
+                }
+            }
+            on_slice(bi, z);
+        }
+        for (s, &t) in segs.iter_mut().zip(&temp) {
+            if t > 0 {
+                *s = idx;
+            }
+        }
+    }
+    Ok(segs)
+}
+
+/// The uint8 image LiteMedSAM's pipeline starts from: image files as decoded (8-bit; 16-bit
+/// scaled to 0–255 and rounded); `.npy` uint8 arrays as stored, float arrays in [0, 1] times 255
+/// and in [0, 255] as they are, rounded to the nearest integer.
+pub fn lite_image(path: &Path, img: &InputImage) -> Result<ImageU8> {
+    let round = |v: &[f64]| -> Vec<u8> { v.iter().map(|&x| x.round() as u8).collect() };
+    if !img.is_npy {
+        return ImageU8::new(img.h, img.w, 3, round(&img.hwc));
+    }
+    let arr = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let channels = if arr.shape.len() == 3 { 3 } else { 1 };
+    if arr.is_u8() {
+        let data = arr.to_u8().map_err(|e| Error::file(path, e))?;
+        return ImageU8::new(img.h, img.w, channels, data);
+    }
+    let v = arr.to_f64();
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    if !(lo >= 0.0 && hi <= 255.0) {
+        return Err(Error::file(
+            path,
+            format!(
+                "LiteMedSAM needs a uint8 image: float values must lie in [0, 1] or [0, 255], found [{lo}, {hi}]"
+            ),
+        ));
+    }
+    let scale = if hi <= 1.0 { 255.0 } else { 1.0 };
+    let scaled: Vec<f64> = v.iter().map(|&x| x * scale).collect();
+    ImageU8::new(img.h, img.w, channels, round(&scaled))
+}
+
+/// Checks a 3D box against a `d × h × w` volume: an error when it is empty or lies wholly outside,
+/// clipped (with a warning) when it sticks out.
+pub fn check_box3d(
+    i: usize,
+    b: Box3d,
+    (d, h, w): (usize, usize, usize),
+) -> Result<(Box3d, Option<String>)> {
+    let [x0, y0, z0, x1, y1, z1] = b;
+    if x1 <= x0 || y1 <= y0 || z1 <= z0 {
+        return Err(Error::arg(
+            "boxes",
+            format!("box {i} {b:?} is empty: need x_min < x_max, y_min < y_max, z_min < z_max"),
+        ));
+    }
+    let (wi, hi, di) = (w as i64, h as i64, d as i64);
+    if x0 >= wi || y0 >= hi || z0 >= di || x1 <= 0 || y1 <= 0 || z1 <= 0 {
+        return Err(Error::arg(
+            "boxes",
+            format!(
+                "box {i} {b:?} lies outside the volume (x 0..{w}, y 0..{h}, z 0..{d}; the volume is D×H×W = {d}×{h}×{w})"
+            ),
+        ));
+    }
+    let c = [
+        x0.max(0),
+        y0.max(0),
+        z0.max(0),
+        x1.min(wi),
+        y1.min(hi),
+        z1.min(di),
+    ];
+    let warning = (c != b).then(|| {
+        format!("box {i} {b:?} extends outside the {d}×{h}×{w} (D×H×W) volume; clipped to {c:?}")
+    });
+    Ok((c, warning))
+}

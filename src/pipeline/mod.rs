@@ -1,0 +1,11 @@
+//! The MedSAM workflow, built on the models and file formats: [`preprocess`] (NIfTI → training
+//! slices), [`data`] (slices → batches), [`train`], [`convert`] (training checkpoint → SAM
+//! weights), [`infer`] (predictors), [`eval`] and its [`metrics`].
+
+pub mod convert;
+pub mod data;
+pub mod eval;
+pub mod infer;
+pub mod metrics;
+pub mod preprocess;
+pub mod train;
