@@ -4,6 +4,7 @@
 //!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--linear] [--reps N] [--m M] [--kn K,N ...]`
 
 use medsam_kernels::gemm::{default_blocking, gemm_tuned, GemmDims, Kernel, Layout, Precision};
+use medsam_kernels::testing::data_star as data;
 use std::time::Instant;
 
 fn main() {
@@ -109,17 +110,4 @@ fn cpu_seconds() -> f64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .sum::<f64>()
         / 1e9
-}
-
-/// Deterministic values in [-1, 1).
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
 }

@@ -55,7 +55,10 @@ mod npu {
     use super::common::data;
     use criterion::{Criterion, Throughput};
     use medsam::backend::ascend::AscendBackend;
-    use medsam::backend::{AdamWStep, Backend, Binary, GemmOperand, Storage, Unary, View};
+    use medsam::backend::{
+        AdamWStep, AttentionOps, AttnArgs, Binary, ChannelDims, ConvOps, GemmOperand, LinalgOps,
+        MemoryOps, NormOps, NormStats, OptimOps, PointwiseOps, Qkv, Storage, Unary, View,
+    };
     use medsam_kernels::attention::AttnDims;
     use medsam_kernels::conv::Conv2dGeom;
     use medsam_kernels::gemm::{GemmDims, Layout, Precision};
@@ -152,7 +155,17 @@ mod npu {
                         kh: side,
                         kw: side,
                     };
-                    b.attention(dims, &q, &k, &vv, 0.125, Some(rel)).unwrap();
+                    let args = AttnArgs {
+                        dims,
+                        scale: 0.125,
+                        rel: Some(rel),
+                    };
+                    let qkv = Qkv {
+                        q: &q,
+                        k: &k,
+                        v: &vv,
+                    };
+                    b.attention(args, qkv).unwrap();
                 }),
             ));
         }
@@ -175,7 +188,17 @@ mod npu {
                     d,
                     dv: d,
                 };
-                b.attention(dims, &q, &k, &vv, 0.25, None).unwrap();
+                let args = AttnArgs {
+                    dims,
+                    scale: 0.25,
+                    rel: None,
+                };
+                let qkv = Qkv {
+                    q: &q,
+                    k: &k,
+                    v: &vv,
+                };
+                b.attention(args, qkv).unwrap();
             }),
         ));
         let (rows, dim) = (4096, 768);
@@ -276,9 +299,13 @@ mod npu {
             "batch_norm_train_fwd",
             10.0 * (8 * c * hw) as f64,
             Box::new(move |b| {
-                let (m, var) = b.batch_norm_stats(8, c, hw, &x).unwrap();
-                b.batch_norm_apply(8, c, hw, &x, &g, &bt, (&m, &var))
-                    .unwrap();
+                let d = ChannelDims { n: 8, c, hw };
+                let (m, var) = b.batch_norm_stats(d, &x).unwrap();
+                let stats = NormStats {
+                    mean: &m,
+                    rstd: &var,
+                };
+                b.batch_norm_apply(d, &x, &g, &bt, stats).unwrap();
             }),
         ));
         // AdamW over 4M parameters (a ViT-B block is ~7M).

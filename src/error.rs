@@ -34,9 +34,28 @@ pub enum Error {
     },
     #[error("autograd: {0}")]
     Autograd(String),
+    /// The error of a file-format or workflow module (checkpoint, npy, NIfTI, metrics, ...), kept
+    /// whole: its message already names the file and field, and `source()` reaches the cause.
+    /// Each such module converts into it with [`wrap_into_error!`](crate::error::wrap_into_error).
+    #[error(transparent)]
+    Wrapped(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("{0}")]
     Other(String),
 }
+
+/// `impl From<E> for Error` (as [`Error::Wrapped`]) for a module's own error types, so `?` keeps
+/// them whole instead of flattening them to a string. Written in the module that owns `E`, so
+/// this file names nothing above the core.
+macro_rules! wrap_into_error {
+    ($($t:ty),+ $(,)?) => {
+        $(impl From<$t> for $crate::error::Error {
+            fn from(e: $t) -> Self {
+                $crate::error::Error::Wrapped(Box::new(e))
+            }
+        })+
+    };
+}
+pub(crate) use wrap_into_error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -58,6 +77,10 @@ impl Error {
             path: path.into(),
             detail: detail.into(),
         }
+    }
+    /// Keeps an error of another library whole ([`Error::Wrapped`]).
+    pub fn wrap(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Wrapped(Box::new(e))
     }
     pub fn arg(field: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::InvalidArgument {

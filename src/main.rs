@@ -69,10 +69,10 @@ fn main() -> ExitCode {
         Command::Infer(a) => cli::infer::run(a),
         Command::Preprocess(a) => cli::preprocess::run(a)
             .map(|_| ())
-            .map_err(|e| medsam::Error::Other(e.to_string())),
+            .map_err(medsam::Error::from),
         Command::Phantom(a) => cli::phantom::run(a)
             .map(|_| ())
-            .map_err(|e| medsam::Error::Other(e.to_string())),
+            .map_err(medsam::Error::from),
         Command::Train(a) => distributed(a.dist_timeout, &a.device, |comm, device| {
             let a = cli::train::TrainArgs {
                 device,
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve::run(a),
         Command::Convert(a) => cli::convert::run(a)
             .map(|summary| println!("{summary}"))
-            .map_err(|e| medsam::Error::Other(e.to_string())),
+            .map_err(medsam::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -971,14 +971,16 @@ fn former_host_fallbacks_make_no_host_round_trip() {
     outs.push(b.depthwise_conv2d(g, &x, &dw, Some(&gamma)).unwrap());
     let gr = b.depthwise_conv2d_backward(g, &x, &dw, &dy, true).unwrap();
     outs.extend([gr.dx, gr.dw, gr.dbias.unwrap()]);
-    let (mean, var) = b.batch_norm_stats(n, c, h * w, &x).unwrap();
-    outs.push(
-        b.batch_norm_apply(n, c, h * w, &x, &gamma, &beta, (&mean, &gamma))
-            .unwrap(),
-    );
+    let d = medsam::backend::ChannelDims { n, c, hw: h * w };
+    let (mean, var) = b.batch_norm_stats(d, &x).unwrap();
+    let stats = medsam::backend::NormStats {
+        mean: &mean,
+        rstd: &gamma,
+    };
+    outs.push(b.batch_norm_apply(d, &x, &gamma, &beta, stats).unwrap());
     for batch_stats in [true, false] {
         let gr = b
-            .batch_norm_backward(n, c, h * w, &x, &gamma, (&mean, &gamma), &dy, batch_stats)
+            .batch_norm_backward(d, &x, &gamma, stats, &dy, batch_stats)
             .unwrap();
         outs.extend([gr.dx, gr.dgamma, gr.dbeta]);
     }
@@ -1000,10 +1002,18 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         d: w,
         dv: w,
     };
-    let (o, saved) = b.attention(dims, &x, &pos, &dy, 0.5, None).unwrap();
-    let gr = b
-        .attention_backward(dims, &x, &pos, &dy, 0.5, None, &o, &saved, &x)
-        .unwrap();
+    let args = medsam::backend::AttnArgs {
+        dims,
+        scale: 0.5,
+        rel: None,
+    };
+    let qkv = medsam::backend::Qkv {
+        q: &x,
+        k: &pos,
+        v: &dy,
+    };
+    let (o, saved) = b.attention(args, qkv).unwrap();
+    let gr = b.attention_backward(args, qkv, &o, &saved, &x).unwrap();
     outs.extend([o, gr.dq, gr.dk, gr.dv]);
     assert_eq!(
         host_copies(),
@@ -1039,7 +1049,7 @@ fn attention_without_rel_pos_uses_flash_attention() {
     );
     // The forward really took the flash path: its saved state is the softmax statistics.
     use medsam::backend::ascend::FlashAttnState;
-    use medsam::backend::{backend, Storage};
+    use medsam::backend::{backend, AttnArgs, AttnSaved, Qkv};
     use medsam_kernels::attention::AttnDims;
     let b = backend(NPU).unwrap();
     let (bh, nq, nk, d) = (2, 3, 4, 5);
@@ -1053,12 +1063,26 @@ fn attention_without_rel_pos_uses_flash_attention() {
         d,
         dv: d,
     };
-    let (_, saved) = b.attention(dims, &q, &k, &v, 0.5, None).unwrap();
+    let args = AttnArgs {
+        dims,
+        scale: 0.5,
+        rel: None,
+    };
+    let (_, saved) = b
+        .attention(
+            args,
+            Qkv {
+                q: &q,
+                k: &k,
+                v: &v,
+            },
+        )
+        .unwrap();
     match &saved {
-        Storage::Device(s) => assert!(
+        AttnSaved::Device(s) => assert!(
             s.as_any().is::<FlashAttnState>(),
             "saved state is not the flash-attention statistics: {s:?}"
         ),
-        Storage::Cpu(_) => panic!("saved state on the host"),
+        other => panic!("saved state is not the flash-attention statistics: {other:?}"),
     }
 }

@@ -80,7 +80,20 @@ fn attention_forward(bh: usize, nq: usize, grid: (usize, usize), d: usize, dv: u
             kh,
             kw,
         });
-        let (o, l) = be.attention(dims, &s[0], &s[1], &s[2], scale, r).unwrap();
+        let args = backend::AttnArgs {
+            dims,
+            scale,
+            rel: r,
+        };
+        let qkv = backend::Qkv {
+            q: &s[0],
+            k: &s[1],
+            v: &s[2],
+        };
+        let (o, saved) = be.attention(args, qkv).unwrap();
+        let backend::AttnSaved::Lse(l) = saved else {
+            panic!("{dev}: attention saved {saved:?}, not a log-sum-exp");
+        };
         (be.download(&o).unwrap(), be.download(&l).unwrap())
     };
     let (oc, lc) = run(Device::Cpu);

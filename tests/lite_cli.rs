@@ -7,6 +7,9 @@
 //! `MEDSAM_LITE_CKPT`), two more tests compare the binary's output with PyTorch's masks from
 //! `tests/fixtures/lite/real_lite.safetensors`; without them they print "SKIPPED: ..." and return.
 
+#[path = "common/lite_fixture.rs"]
+mod lite_fixture;
+use lite_fixture::det_value;
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
 use medsam::model::lite::{LiteConfig, LiteMedSam};
@@ -30,52 +33,6 @@ fn tmpdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-// ---- the deterministic parameters of tests/lite_tiny.rs (make_lite_fixtures.py) ----
-
-fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
-    })
-}
-
-fn uniform(name: &str, n: usize) -> Vec<f32> {
-    let seed = fnv1a64(name);
-    (1..=n as u64)
-        .map(|i| {
-            let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / 16_777_216.0 * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let u = uniform(name, n);
-    let map = |f: &dyn Fn(f32) -> f32| u.iter().map(|&v| f(v)).collect();
-    if name.ends_with("num_batches_tracked") {
-        vec![0.0; n]
-    } else if name.ends_with("running_var") {
-        map(&|v| 1.0 + 0.5 * v)
-    } else if name.ends_with("running_mean") {
-        map(&|v| 0.1 * v)
-    } else if name.ends_with("attention_biases") {
-        map(&|v| 0.5 * v)
-    } else if name.ends_with("positional_encoding_gaussian_matrix") {
-        u
-    } else if shape.len() <= 1 && name.ends_with("weight") {
-        map(&|v| 1.0 + 0.2 * v)
-    } else if shape.len() <= 1 {
-        map(&|v| 0.1 * v)
-    } else {
-        let fan: usize = shape[1..].iter().product();
-        let s = 1.0f32 / (fan as f32).sqrt();
-        map(&|v| v * s)
-    }
 }
 
 /// Writes the tiny LiteMedSAM checkpoint into `dir` and returns its path.

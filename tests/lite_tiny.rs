@@ -3,8 +3,11 @@
 //! rule as `tests/fixtures/make_lite_fixtures.py`, so no weights are stored), plus OpenCV
 //! `INTER_AREA` bit-exactness. Always runs; fixtures: `tests/fixtures/lite/`.
 
+#[path = "common/lite_fixture.rs"]
+mod lite_fixture;
+use lite_fixture::det_value;
 use medsam::autograd::no_grad;
-use medsam::infer_lite::resize_area_u8;
+use medsam::io::image::resize_area_u8_cv2;
 use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::model::tiny_vit::Mode;
 use medsam::model::Module;
@@ -70,52 +73,6 @@ fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
         got[worst.1],
         want[worst.1]
     );
-}
-
-// ---- the fixture script's deterministic parameters ----
-
-fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
-    })
-}
-
-fn uniform(name: &str, n: usize) -> Vec<f32> {
-    let seed = fnv1a64(name);
-    (1..=n as u64)
-        .map(|i| {
-            let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / 16_777_216.0 * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let u = uniform(name, n);
-    let map = |f: &dyn Fn(f32) -> f32| u.iter().map(|&v| f(v)).collect();
-    if name.ends_with("num_batches_tracked") {
-        vec![0.0; n]
-    } else if name.ends_with("running_var") {
-        map(&|v| 1.0 + 0.5 * v)
-    } else if name.ends_with("running_mean") {
-        map(&|v| 0.1 * v)
-    } else if name.ends_with("attention_biases") {
-        map(&|v| 0.5 * v)
-    } else if name.ends_with("positional_encoding_gaussian_matrix") {
-        u
-    } else if shape.len() <= 1 && name.ends_with("weight") {
-        map(&|v| 1.0 + 0.2 * v)
-    } else if shape.len() <= 1 {
-        map(&|v| 0.1 * v)
-    } else {
-        let fan: usize = shape[1..].iter().product();
-        let s = 1.0f32 / (fan as f32).sqrt();
-        map(&|v| v * s)
-    }
 }
 
 fn tiny_model() -> LiteMedSam {
@@ -238,7 +195,7 @@ fn inter_area_is_bit_exact_with_opencv() {
     while let Some((s, src)) = fx.get(&format!("case{n}.src")) {
         let (ds, dst) = &fx[&format!("case{n}.dst")];
         let src: Vec<u8> = src.iter().map(|&v| v as u8).collect();
-        let got = resize_area_u8(&src, s[0], s[1], s[2], ds[0], ds[1]);
+        let got = resize_area_u8_cv2(&src, s[0], s[1], s[2], ds[0], ds[1]);
         let diffs: Vec<(usize, u8, f32)> = got
             .iter()
             .zip(dst)

@@ -16,17 +16,7 @@ pub struct Op {
 }
 
 /// Deterministic data in [-1, 1): benchmarks must not depend on values, only on being finite.
-pub fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+pub use medsam_kernels::testing::data_star as data;
 
 /// `C[m×n] = A[m×k] · B` where B is `W[n×k]ᵀ` (`linear`, like `F.linear`) or a row-major
 /// `[k×n]` matrix (`mm`, like `torch.mm`).

@@ -159,15 +159,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn data(len: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
+        let unit = crate::testing::unit(len, seed);
+        unit.into_iter().map(|u| lo + (hi - lo) * u).collect()
     }
 
     fn rstd_of(var: &[f32], eps: f32) -> Vec<f32> {

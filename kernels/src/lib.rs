@@ -16,3 +16,5 @@ pub mod gemm;
 pub mod mbconv;
 pub mod norm;
 pub mod resize;
+#[doc(hidden)]
+pub mod testing;

@@ -7,19 +7,8 @@ use medsam_kernels::ascend_tiled::{
 };
 use medsam_kernels::attention::{reference as attn_ref, AttnDims, RelPosBias};
 use medsam_kernels::norm::reference as norm_ref;
+use medsam_kernels::testing::data;
 use proptest::prelude::*;
-
-fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len());

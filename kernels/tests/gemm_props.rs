@@ -17,22 +17,9 @@ use medsam_kernels::gemm::{
     self, default_blocking, gemm_tuned, gemm_with, reference, Blocking, GemmDims, Kernel, Layout,
     Precision,
 };
+// Deterministic pseudo-random data in [-1, 1), so a failing case is reproducible from its seed.
+use medsam_kernels::testing::data_star as fill;
 use proptest::prelude::*;
-
-/// Deterministic pseudo-random data in [-1, 1) (xorshift64*), so a failing case is reproducible
-/// from its seed.
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            (r >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// How an operand is laid out in memory.
 #[derive(Clone, Copy, Debug)]

@@ -2,19 +2,8 @@
 //! the reference ops, over sizes that exercise partial bands, partial tasks and tiny images.
 
 use medsam_kernels::mbconv::{self, reference, MbConvDims, MbConvWeights};
+use medsam_kernels::testing::data as vals;
 use proptest::prelude::*;
-
-fn vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn compare(d: MbConvDims, seed: u64) {
     let MbConvDims { n, c, hid, h, w } = d;

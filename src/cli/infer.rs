@@ -184,12 +184,10 @@ fn write_2d(
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(&a.data_path);
     let seg_png = a.seg_path.join(format!("seg_{stem}.png"));
-    medsam::viz::save_mask_png(&seg_png, &seg.union, h, w)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    medsam::viz::save_mask_png(&seg_png, &seg.union, h, w)?;
     let ub: Vec<[usize; 4]> = boxes.iter().map(|b| b.map(|v| v as usize)).collect();
     let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
-    medsam::viz::save_overlay_png(&overlay, rgb, h, w, &seg.union, &ub)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    medsam::viz::save_overlay_png(&overlay, rgb, h, w, &seg.union, &ub)?;
     println!("segmentation: {}", show(&seg_png));
     println!("overlay:      {}", show(&overlay));
     if let Some(path) = &a.logits {
@@ -323,7 +321,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
-    write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing).map_err(|e| Error::Other(e.to_string()))?;
+    write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing)?;
     println!(
         "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
         show(&nii),

@@ -49,6 +49,8 @@ pub enum NiftiError {
 
 pub type Result<T> = std::result::Result<T, NiftiError>;
 
+crate::error::wrap_into_error!(NiftiError);
+
 /// Element type of the array SimpleITK would return for the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PixelKind {
@@ -472,15 +474,15 @@ pub fn write_nifti_gz<T: NiftiElement>(
     for &v in data {
         v.put_le(&mut body);
     }
-    crate::io::npy::write_atomic(path, |w| {
-        let mut enc = GzEncoder::new(w, flate2::Compression::new(6));
-        enc.write_all(&h)?;
-        enc.write_all(&body)?;
-        enc.finish()?;
-        Ok(())
-    })
-    .map_err(|source| NiftiError::Io {
-        path: path.to_path_buf(),
+    let io_error = |p: &Path, source| NiftiError::Io {
+        path: p.to_path_buf(),
         source,
+    };
+    crate::io::atomic::write_atomic(path, io_error, |w| {
+        let mut enc = GzEncoder::new(w, flate2::Compression::new(6));
+        enc.write_all(&h).map_err(|e| io_error(path, e))?;
+        enc.write_all(&body).map_err(|e| io_error(path, e))?;
+        enc.finish().map_err(|e| io_error(path, e))?;
+        Ok(())
     })
 }

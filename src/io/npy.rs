@@ -8,10 +8,10 @@
 //!   The bytes go to a temporary file in the destination directory which is then renamed over
 //!   the destination, so a crash never leaves a half-written `.npy` behind.
 
+use crate::io::atomic::write_atomic;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Errors from `.npy` I/O; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub enum NpyError {
 }
 
 pub type Result<T> = std::result::Result<T, NpyError>;
+
+crate::error::wrap_into_error!(NpyError);
 
 /// Element storage of an [`NpyArray`], always C order.
 #[derive(Debug, Clone, PartialEq)]
@@ -525,38 +527,11 @@ fn build_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     unreachable!("a version 2.0 header always fits")
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync-free rename.
-pub(crate) fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let fname = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{fname}.tmp.{}.{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let f = File::create(&tmp)?;
-        let mut w = BufWriter::new(f);
-        write(&mut w)?;
-        w.flush()?;
-        drop(w);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+fn io_error(path: &Path, source: std::io::Error) -> NpyError {
+    NpyError::Io {
+        path: path.to_path_buf(),
+        source,
     }
-    result
 }
 
 /// Writes an array (little-endian, C order) to `path` atomically.
@@ -573,13 +548,9 @@ pub fn write_npy(path: impl AsRef<Path>, array: &NpyArray) -> Result<()> {
     }
     let header = build_header(array.data.descr(), &array.shape);
     let body = array.data.to_le_bytes();
-    write_atomic(path, |w| {
-        w.write_all(&header)?;
-        w.write_all(&body)
-    })
-    .map_err(|source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
+    write_atomic(path, io_error, |w| {
+        w.write_all(&header).map_err(|e| io_error(path, e))?;
+        w.write_all(&body).map_err(|e| io_error(path, e))
     })
 }
 
@@ -594,13 +565,9 @@ fn write_raw(path: &Path, descr: &str, shape: &[usize], n: usize, body: &[u8]) -
         });
     }
     let header = build_header(descr, shape);
-    write_atomic(path, |w| {
-        w.write_all(&header)?;
-        w.write_all(body)
-    })
-    .map_err(|source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
+    write_atomic(path, io_error, |w| {
+        w.write_all(&header).map_err(|e| io_error(path, e))?;
+        w.write_all(body).map_err(|e| io_error(path, e))
     })
 }
 
@@ -614,6 +581,14 @@ pub fn write_npy_f64(path: impl AsRef<Path>, shape: &[usize], data: &[f64]) -> R
 pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Result<()> {
     let body: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
     write_raw(path.as_ref(), "<f4", shape, data.len(), &body)
+}
+
+/// The bytes of a `.npy` file holding u8 data of `shape` (C order), e.g. for an `.npz` member;
+/// the caller has checked that `data` has `shape`'s element count.
+pub fn encode_npy_u8(shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut bytes = build_header("|u1", shape);
+    bytes.extend_from_slice(data);
+    bytes
 }
 
 /// Writes u8 data of `shape` (C order).

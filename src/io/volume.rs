@@ -3,6 +3,7 @@
 //! layout, member `segs`).
 
 use crate::error::{Error, Result};
+use crate::io::atomic::write_bytes_atomic;
 use crate::io::{nifti, npy};
 use crate::pipeline::infer::lite::Box3d;
 use std::io::{Read, Write};
@@ -36,7 +37,7 @@ fn npz_member(
     let member = PathBuf::from(format!("{}:{name}", path.display()));
     npy::parse_npy(&bytes, &member)
         .map(Some)
-        .map_err(|e| Error::Other(e.to_string()))
+        .map_err(Error::from)
 }
 
 /// Reads a CVPR24 LiteMedSAM challenge `.npz`: `imgs` (D, H, W) uint8, optional `boxes` (N, 6)
@@ -119,7 +120,7 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
 /// Reads a NIfTI volume as uint8: values already integers in 0–255 as they are, anything else
 /// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
 pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
-    let v = nifti::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
+    let v = nifti::read_nifti(path)?;
     let [d, h, w] = v.shape;
     let integral = v
         .data
@@ -154,29 +155,25 @@ pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
     })
 }
 
-/// Writes `segs` (D, H, W) uint8 as a one-member `.npz` (`np.savez_compressed` layout).
+/// Writes `segs` (D, H, W) uint8 as a one-member `.npz` (`np.savez_compressed` layout), atomically.
 pub fn write_npz_segs(path: &Path, shape: (usize, usize, usize), segs: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp_npy = dir.join(format!(".segs.{}.npy", std::process::id()));
-    npy::write_npy_u8(&tmp_npy, &[shape.0, shape.1, shape.2], segs)
-        .map_err(|e| Error::file(&tmp_npy, e.to_string()))?;
-    let bytes = std::fs::read(&tmp_npy).map_err(|e| Error::io(&tmp_npy, e));
-    let _ = std::fs::remove_file(&tmp_npy);
-    let bytes = bytes?;
-    let tmp = dir.join(format!(".segs.{}.npz.part", std::process::id()));
-    let result = (|| -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let mut z = zip::ZipWriter::new(std::fs::File::create(&tmp)?);
+    let (d, h, w) = shape;
+    if d * h * w != segs.len() {
+        return Err(Error::arg(
+            "segs",
+            format!("{} values for a {d}×{h}×{w} volume", segs.len()),
+        ));
+    }
+    let member = npy::encode_npy_u8(&[d, h, w], segs);
+    let zipped = (|| -> zip::result::ZipResult<Vec<u8>> {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
-            .large_file(bytes.len() >= u32::MAX as usize);
+            .large_file(member.len() >= u32::MAX as usize);
         z.start_file("segs.npy", opts)?;
-        z.write_all(&bytes)?;
-        z.finish()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, e.to_string())
-    })
+        z.write_all(&member)?;
+        Ok(z.finish()?.into_inner())
+    })()
+    .map_err(|e| Error::file(path, format!("zipping segs.npy: {e}")))?;
+    write_bytes_atomic(path, &zipped).map_err(|e| Error::io(path, e))
 }

@@ -1,13 +1,124 @@
 //! Building blocks shared by SAM's modules, named as in `segment_anything/modeling/common.py` and
 //! `torch.nn` so their state-dict keys match.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::rng::{Rng, GOLDEN_GAMMA};
 use crate::tensor::Tensor;
 use crate::Device;
+use std::collections::BTreeMap;
 
 /// Visits every parameter (and buffer) of a module under its state-dict name.
 pub trait Module {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor));
+}
+
+/// What loading a state dict found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    /// (key, expected shape, checkpoint shape)
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl LoadReport {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+    /// An error listing every problem by key, or Ok for a clean load.
+    pub fn into_result(self) -> Result<Self> {
+        if self.is_clean() {
+            return Ok(self);
+        }
+        let mut parts = Vec::new();
+        if !self.missing.is_empty() {
+            parts.push(format!("missing keys: {}", self.missing.join(", ")));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!("unexpected keys: {}", self.unexpected.join(", ")));
+        }
+        for (k, want, got) in &self.mismatched {
+            parts.push(format!(
+                "{k}: model expects shape {want:?}, checkpoint has {got:?}"
+            ));
+        }
+        Err(Error::Weights(parts.join("; ")))
+    }
+}
+
+/// Every parameter and buffer of `module` by state-dict name, in visiting (PyTorch's) order.
+pub fn state_dict(module: &mut dyn Module) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    module.visit("", &mut |name, t| out.push((name.to_string(), t.detach())));
+    out
+}
+
+/// Copies matching tensors of `weights` into `module`; reports missing, unexpected and wrongly
+/// shaped keys by name.
+pub fn load_state_dict(
+    module: &mut dyn Module,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<LoadReport> {
+    let mut report = LoadReport::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut failure = None;
+    module.visit("", &mut |name, t| {
+        seen.insert(name.to_string());
+        match weights.get(name) {
+            None => report.missing.push(name.to_string()),
+            Some(w) if w.shape() != t.shape() => {
+                report
+                    .mismatched
+                    .push((name.to_string(), t.shape().to_vec(), w.shape().to_vec()))
+            }
+            Some(w) => match t.assign(w) {
+                Ok(()) => report.loaded += 1,
+                Err(e) => failure = Some(e),
+            },
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    report.unexpected = weights
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .cloned()
+        .collect();
+    Ok(report)
+}
+
+/// The tensors of `parts` (each a distinct field of one model, with its state-dict prefix) that
+/// `keep` accepts by name, in order, as mutable references: a model's trainable parameters in
+/// `torch.optim` order.
+pub fn parameters<'a>(
+    parts: Vec<(&str, &'a mut dyn Module)>,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, &'a mut Tensor)> {
+    let mut out: Vec<(String, *mut Tensor)> = Vec::new();
+    for (prefix, part) in parts {
+        part.visit(prefix, &mut |n, t| {
+            if keep(n) {
+                out.push((n.to_string(), t as *mut Tensor))
+            }
+        });
+    }
+    // SAFETY: the parts are distinct `&'a mut` borrows, so nothing else reaches their tensors
+    // while the returned references live, and `visit` hands out each tensor of a part once, so
+    // no two entries alias. Visiting only records pointers; nothing moves a tensor afterwards.
+    out.into_iter()
+        .map(|(n, p)| (n, unsafe { &mut *p }))
+        .collect()
+}
+
+/// Marks `params` as variables (so backward fills their `.grad`); already-marked ones are kept.
+pub fn enable_training(params: Vec<(String, &mut Tensor)>) {
+    for (_, t) in params {
+        if !t.requires_grad() {
+            *t = t.detach().into_variable();
+        }
+    }
 }
 
 /// `prefix.name`, or `name` at the root.
@@ -22,23 +133,19 @@ pub fn join(prefix: &str, name: &str) -> String {
 /// Deterministic parameter initialisation (a SplitMix64 stream), so a model built without a
 /// checkpoint is reproducible for a seed.
 pub struct Init {
-    state: u64,
+    rng: Rng,
     pub device: Device,
 }
 
 impl Init {
     pub fn new(seed: u64, device: Device) -> Self {
         Init {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: Rng::from_state(seed ^ GOLDEN_GAMMA),
             device,
         }
     }
     fn next_f64(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.uniform()
     }
     /// Uniform in `[-bound, bound)`, as PyTorch's default Linear/Conv init draws.
     pub fn uniform(&mut self, shape: &[usize], bound: f32) -> Result<Tensor> {

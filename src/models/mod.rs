@@ -16,9 +16,10 @@ pub mod load;
 pub mod sam;
 pub mod seg_model;
 
+pub use common::LoadReport;
 pub use common::Module;
 pub use config::{ModelType, SamConfig};
 pub use lite::{LiteConfig, LiteMedSam};
 pub use load::{load_model, AnyModel};
-pub use sam::{LoadReport, Sam};
+pub use sam::Sam;
 pub use seg_model::{SegModel, SegPredict};

@@ -9,6 +9,7 @@
 //! logits plus the MSE between the predicted and the true IoU.
 
 use crate::error::{Error, Result};
+use crate::io::image::resize_nearest_cv2;
 use crate::models::lite::tiny_vit::Mode;
 use crate::models::lite::LiteMedSam;
 use crate::models::{LoadReport, Sam};
@@ -142,20 +143,6 @@ pub fn image_to_u8(img: &Image) -> Result<ImageU8> {
     ImageU8::new(img.h, img.w, 3, data)
 }
 
-/// `cv2.resize(..., INTER_NEAREST)` of a row-major plane: source index `⌊d · src/dst⌋`.
-pub fn resize_nearest(src: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
-    let (fy, fx) = (h as f64 / oh as f64, w as f64 / ow as f64);
-    let mut out = Vec::with_capacity(oh * ow);
-    for y in 0..oh {
-        let sy = ((y as f64 * fy).floor() as usize).min(h - 1);
-        for x in 0..ow {
-            let sx = ((x as f64 * fx).floor() as usize).min(w - 1);
-            out.push(src[sy * w + sx]);
-        }
-    }
-    out
-}
-
 /// Fraction of agreement between `logits > 0` and a 0/1 target, per plane (upstream's
 /// `cal_iou`; two empty masks agree fully rather than giving upstream's 0/0).
 fn plane_ious(logits: &[f32], target: &[f32], planes: usize) -> Vec<f32> {
@@ -188,7 +175,7 @@ impl LiteMedSam {
     ) -> Result<(Vec<f32>, Vec<f32>, [f32; 4])> {
         let s = self.img_size();
         let (input, (nh, nw)) = prepare_input(&image_to_u8(img)?, s)?;
-        let small = resize_nearest(mask, (img.h, img.w), (nh, nw));
+        let small = resize_nearest_cv2(mask, (img.h, img.w), (nh, nw));
         let mut padded = vec![0.0f32; s * s];
         for y in 0..nh {
             padded[y * s..y * s + nw].copy_from_slice(&small[y * nw..(y + 1) * nw]);

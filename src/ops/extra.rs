@@ -2,23 +2,12 @@
 //! conv2d, and BatchNorm2d in inference (running statistics) and training (batch statistics)
 //! form, each with its backward.
 
+use super::{dense, wrap};
 use crate::autograd::{is_grad_enabled, record, BackwardOp};
-use crate::backend::Storage;
+use crate::backend::{ChannelDims, NormStats};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::conv::Conv2dGeom;
-
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.is_dense() {
-        Ok(t.clone())
-    } else {
-        t.copy()
-    }
-}
-
-fn wrap(s: Storage, shape: &[usize], like: &Tensor) -> Result<Tensor> {
-    Tensor::from_storage(s, shape, like.device())
-}
 
 /// Batch statistics a training-mode batch norm computed, for the running-average update.
 pub struct BatchStats {
@@ -329,7 +318,7 @@ impl Tensor {
         let (mean, var) = match running {
             Some((m, v)) => (dense(m)?, dense(v)?),
             None => {
-                let (m, v) = b.batch_norm_stats(n, c, hw, x.storage())?;
+                let (m, v) = b.batch_norm_stats(ChannelDims { n, c, hw }, x.storage())?;
                 (wrap(m, &[c], self)?, wrap(v, &[c], self)?)
             }
         };
@@ -340,14 +329,16 @@ impl Tensor {
             .map(|v| 1.0 / (v + eps).sqrt())
             .collect();
         let rstd = Tensor::from_slice(&rstd, &[c], self.device())?;
+        let stats = NormStats {
+            mean: mean.storage(),
+            rstd: rstd.storage(),
+        };
         let y = b.batch_norm_apply(
-            n,
-            c,
-            hw,
+            ChannelDims { n, c, hw },
             x.storage(),
             g.storage(),
             bt.storage(),
-            (mean.storage(), rstd.storage()),
+            stats,
         )?;
         let out = wrap(y, s, self)?;
         let batch_stats = running.is_none();
@@ -420,13 +411,20 @@ impl BackwardOp for BatchNormBackward {
     }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gd = dense(g)?;
+        let dims = ChannelDims {
+            n: self.n,
+            c: self.c,
+            hw: self.hw,
+        };
+        let stats = NormStats {
+            mean: self.mean.storage(),
+            rstd: self.rstd.storage(),
+        };
         let r = g.backend()?.batch_norm_backward(
-            self.n,
-            self.c,
-            self.hw,
+            dims,
             self.x.storage(),
             self.gamma.storage(),
-            (self.mean.storage(), self.rstd.storage()),
+            stats,
             gd.storage(),
             self.batch_stats,
         )?;

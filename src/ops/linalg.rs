@@ -1,7 +1,8 @@
 //! Matrix products on the GEMM kernel. Transposes are free: they are strides in the GEMM layout.
 
+use super::dense_from_start;
 use crate::autograd::{is_grad_enabled, record, BackwardOp};
-use crate::backend::GemmOperand;
+use crate::backend::{Epilogue, GemmOperand};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::gemm::{GemmDims, Layout, Precision};
@@ -213,8 +214,8 @@ impl Tensor {
         let n = weight.dim(0);
         let a = self.contiguous()?;
         let rows = a.numel() / k.max(1);
-        let bias = bias.map(dense).transpose()?;
-        let residual = residual.map(dense).transpose()?;
+        let bias = bias.map(dense_from_start).transpose()?;
+        let residual = residual.map(dense_from_start).transpose()?;
         let lhs = GemmOperand {
             storage: a.storage(),
             offset: a.offset(),
@@ -230,10 +231,12 @@ impl Tensor {
             lhs,
             operand(&wt, 0),
             current_precision(),
-            bias.as_ref().map(|b| b.storage()),
-            None,
-            residual.as_ref().map(|r| r.storage()),
-            gelu,
+            Epilogue {
+                col_bias: bias.as_ref().map(|b| b.storage()),
+                row_bias: None,
+                residual: residual.as_ref().map(|r| r.storage()),
+                gelu,
+            },
         )?;
         let mut shape = self.shape()[..r - 1].to_vec();
         shape.push(n);
@@ -277,28 +280,21 @@ impl Tensor {
         }
         super::same_device("matmul", self, x)?;
         let (m, k, n) = (self.dim(0), self.dim(1), x.dim(1));
-        let bias = bias.map(dense).transpose()?;
-        let residual = residual.map(dense).transpose()?;
+        let bias = bias.map(dense_from_start).transpose()?;
+        let residual = residual.map(dense_from_start).transpose()?;
         let storage = self.backend()?.gemm_bias_act(
             GemmDims { batch: 1, m, n, k },
             operand(self, 0),
             operand(x, 0),
             current_precision(),
-            None,
-            bias.as_ref().map(|b| b.storage()),
-            residual.as_ref().map(|r| r.storage()),
-            gelu,
+            Epilogue {
+                col_bias: None,
+                row_bias: bias.as_ref().map(|b| b.storage()),
+                residual: residual.as_ref().map(|r| r.storage()),
+                gelu,
+            },
         )?;
         Tensor::from_storage(storage, &[m, n], self.device())
-    }
-}
-
-/// A tensor whose data starts at offset 0 of its buffer, densely (for bias operands).
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.offset() == 0 && t.is_contiguous() {
-        Ok(t.clone())
-    } else {
-        t.copy()
     }
 }
 

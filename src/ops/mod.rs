@@ -10,8 +10,33 @@ pub mod shape;
 
 pub use nn::RelPosArgs;
 
+use crate::backend::Storage;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+/// A dense buffer holding exactly `t`'s elements (the tensor's own when it already is one).
+pub(crate) fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.is_dense() {
+        Ok(t.clone())
+    } else {
+        t.copy()
+    }
+}
+
+/// A tensor whose elements start at offset 0 of its buffer, contiguously; the buffer may hold
+/// more after them (enough for operands read by length, such as a GEMM bias).
+pub(crate) fn dense_from_start(t: &Tensor) -> Result<Tensor> {
+    if t.offset() == 0 && t.is_contiguous() {
+        Ok(t.clone())
+    } else {
+        t.copy()
+    }
+}
+
+/// A tensor over a backend's output buffer, on `like`'s device.
+pub(crate) fn wrap(s: Storage, shape: &[usize], like: &Tensor) -> Result<Tensor> {
+    Tensor::from_storage(s, shape, like.device())
+}
 
 /// Errors if two tensors live on different devices.
 pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {

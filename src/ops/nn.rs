@@ -1,20 +1,14 @@
 //! Neural-network operators: convolutions, normalisations, attention, softmax, resampling, lookup.
 
+use super::{dense, wrap};
 use crate::autograd::{record, BackwardOp};
-use crate::backend::{HeadView, RelPos, Storage};
+use crate::backend::{
+    AttnArgs, AttnSaved, BiasTableArgs, ChannelDims, HeadView, NormStats, Qkv, RelPos, Storage,
+};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::attention::AttnDims;
 use medsam_kernels::conv::Conv2dGeom;
-
-/// A dense buffer holding `t`'s elements (the tensor's own when it already is one).
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.is_dense() {
-        Ok(t.clone())
-    } else {
-        t.copy()
-    }
-}
 
 fn check_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
     if t.rank() != rank {
@@ -24,10 +18,6 @@ fn check_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn wrap(s: Storage, shape: &[usize], like: &Tensor) -> Result<Tensor> {
-    Tensor::from_storage(s, shape, like.device())
 }
 
 /// Convolution geometry from NCHW input and a weight `[c_out, c_in, kh, kw]`.
@@ -187,9 +177,13 @@ impl Tensor {
             ));
         }
         let (x, g, bt) = (dense(self)?, dense(gamma)?, dense(beta)?);
-        let r =
-            self.backend()?
-                .layer_norm2d(n, c, hw, x.storage(), g.storage(), bt.storage(), eps)?;
+        let r = self.backend()?.layer_norm2d(
+            ChannelDims { n, c, hw },
+            x.storage(),
+            g.storage(),
+            bt.storage(),
+            eps,
+        )?;
         let out = wrap(r.y, s, self)?;
         Ok(record(out, &[self, gamma, beta], || {
             Box::new(NormBackward {
@@ -362,14 +356,17 @@ pub fn attention(
         kh: *kh,
         kw: *kw,
     });
-    let (o, lse) = q.backend()?.attention(
+    let args = AttnArgs {
         dims,
-        qd.storage(),
-        kd.storage(),
-        vd.storage(),
         scale,
-        relpos,
-    )?;
+        rel: relpos,
+    };
+    let qkv = Qkv {
+        q: qd.storage(),
+        k: kd.storage(),
+        v: vd.storage(),
+    };
+    let (o, saved) = q.backend()?.attention(args, qkv)?;
     let out = wrap(o, &[dims.bh, dims.nq, dims.dv], q)?;
     let mut inputs = vec![q, k, v];
     if let Some(r) = rel {
@@ -385,7 +382,7 @@ pub fn attention(
             v: vd.detach(),
             rel: reld.map(|(h, w, kh, kw)| (h.detach(), w.detach(), kh, kw)),
             out: saved_out,
-            lse,
+            saved,
         })
     }))
 }
@@ -456,14 +453,17 @@ pub fn attention_bias_table(
                 row_stride: t.strides()[2],
             }
         }
-        let fused = q.backend()?.attention_bias_table(
+        let args = BiasTableArgs {
             dims,
+            scale,
+            table: td.storage(),
+            heads,
+        };
+        let fused = q.backend()?.attention_bias_table(
+            args,
             view(&qv, heads),
             view(&kv, heads),
             view(&vv, heads),
-            scale,
-            td.storage(),
-            heads,
         )?;
         if let Some(o) = fused {
             return wrap(o, &[b, heads, dims.nq, dims.dv], q);
@@ -542,7 +542,10 @@ impl BackwardOp for NormBackward {
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gd = dense(g)?;
         let b = g.backend()?;
-        let saved = (&self.mean, &self.rstd);
+        let saved = NormStats {
+            mean: &self.mean,
+            rstd: &self.rstd,
+        };
         let (r, c) = match self.kind {
             NormKind::Last { rows, dim } => (
                 b.layer_norm_backward(
@@ -557,9 +560,7 @@ impl BackwardOp for NormBackward {
             ),
             NormKind::Channels { n, c, hw } => (
                 b.layer_norm2d_backward(
-                    n,
-                    c,
-                    hw,
+                    ChannelDims { n, c, hw },
                     self.x.storage(),
                     self.gamma.storage(),
                     saved,
@@ -648,7 +649,7 @@ struct AttnBackward {
     v: Tensor,
     rel: Option<(Tensor, Tensor, usize, usize)>,
     out: Tensor,
-    lse: Storage,
+    saved: AttnSaved,
 }
 
 impl BackwardOp for AttnBackward {
@@ -663,15 +664,21 @@ impl BackwardOp for AttnBackward {
             kh: *kh,
             kw: *kw,
         });
+        let args = AttnArgs {
+            dims: self.dims,
+            scale: self.scale,
+            rel: relpos,
+        };
+        let qkv = Qkv {
+            q: self.q.storage(),
+            k: self.k.storage(),
+            v: self.v.storage(),
+        };
         let r = g.backend()?.attention_backward(
-            self.dims,
-            self.q.storage(),
-            self.k.storage(),
-            self.v.storage(),
-            self.scale,
-            relpos,
+            args,
+            qkv,
             self.out.storage(),
-            &self.lse,
+            &self.saved,
             gd.storage(),
         )?;
         let mut out = vec![

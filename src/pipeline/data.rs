@@ -72,7 +72,7 @@ pub struct Image {
 
 /// Reads an `H×W×3` image npy (f64, f32 or uint8; uint8 is scaled by 1/255).
 pub fn read_image(path: &Path) -> Result<Image> {
-    let a = npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let a = npy::read_npy(path)?;
     if a.shape.len() != 3 || a.shape[2] != 3 {
         return Err(Error::file(
             path,
@@ -93,7 +93,7 @@ pub fn read_image(path: &Path) -> Result<Image> {
 
 /// Reads an `H×W` uint8 label map.
 pub fn read_labels(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let a = npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+    let a = npy::read_npy(path)?;
     if a.shape.len() != 2 {
         return Err(Error::file(
             path,

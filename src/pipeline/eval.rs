@@ -56,10 +56,6 @@ struct Scored {
     baseline: SampleMetrics,
 }
 
-fn m_err(e: metrics::MetricsError) -> Error {
-    Error::Other(e.to_string())
-}
-
 /// A figure row kept for the comparison PNG.
 struct FigureRow {
     rgb: Vec<u8>,
@@ -102,7 +98,7 @@ fn score_slice<M: SegPredict + ?Sized>(
     let mut gts = Vec::new();
     for &label in &ids {
         let gt: Vec<bool> = labels.iter().map(|&l| l == label).collect();
-        let b = mask_bbox(&gt, h, w).map_err(m_err)?.expect("label present");
+        let b = mask_bbox(&gt, h, w)?.expect("label present");
         gts.push((label, gt, b));
     }
     let boxes: Vec<[usize; 4]> = gts.iter().map(|g| g.2).collect();
@@ -110,10 +106,8 @@ fn score_slice<M: SegPredict + ?Sized>(
     let mut out = Vec::new();
     for ((label, gt, b), pred) in gts.into_iter().zip(preds) {
         let spacing = [1.0, 1.0];
-        let model_m =
-            sample_metrics(&gt, &pred, h, w, spacing, cfg.nsd_tolerance).map_err(m_err)?;
-        let base_m = sample_metrics(&gt, &box_mask(h, w, b), h, w, spacing, cfg.nsd_tolerance)
-            .map_err(m_err)?;
+        let model_m = sample_metrics(&gt, &pred, h, w, spacing, cfg.nsd_tolerance)?;
+        let base_m = sample_metrics(&gt, &box_mask(h, w, b), h, w, spacing, cfg.nsd_tolerance)?;
         if figure.len() < cfg.figure_slices && !figure.iter().any(|f| f.title.starts_with(&name)) {
             figure.push(FigureRow {
                 rgb: to_rgb(&img),
@@ -165,13 +159,13 @@ pub fn evaluate<M: SegPredict + ?Sized>(
     }
     acc.add_timing(mine.len() as u64, t0.elapsed().as_secs_f64());
     // Gather every rank's accumulator and CSV rows on all ranks; rank 0 writes.
-    let payload = serde_json::to_vec(&(acc, rows)).map_err(|e| Error::Other(e.to_string()))?;
+    let payload = serde_json::to_vec(&(acc, rows)).map_err(Error::wrap)?;
     let gathered = comm.all_gather_bytes(&payload)?;
     let mut total = MetricsAccumulator::new();
     let mut all_rows = Vec::new();
     for bytes in gathered {
         let (a, r): (MetricsAccumulator, Vec<String>) =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Other(e.to_string()))?;
+            serde_json::from_slice(&bytes).map_err(Error::wrap)?;
         total.merge(&a);
         all_rows.extend(r);
     }
@@ -189,8 +183,8 @@ pub fn evaluate<M: SegPredict + ?Sized>(
             .collect::<Vec<_>>()
             .join("\n")
             + "\n";
-        metrics::write_atomic(&csv, text.as_bytes()).map_err(m_err)?;
-        summary.write_json(&json).map_err(m_err)?;
+        metrics::write_atomic(&csv, text.as_bytes())?;
+        summary.write_json(&json)?;
         if !figure.is_empty() {
             let path = cfg.work_dir.join("comparison.png");
             let fig: Vec<ComparisonRow<bool>> = figure
@@ -205,7 +199,7 @@ pub fn evaluate<M: SegPredict + ?Sized>(
                     title: &f.title,
                 })
                 .collect();
-            viz::save_comparison_png(&path, &fig).map_err(|e| Error::Other(e.to_string()))?;
+            viz::save_comparison_png(&path, &fig)?;
             fig_path = Some(path);
         }
     }

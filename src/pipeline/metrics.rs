@@ -38,7 +38,6 @@
 //! surface, contour lengths instead of areas).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -71,6 +70,8 @@ pub enum MetricsError {
 }
 
 pub type Result<T> = std::result::Result<T, MetricsError>;
+
+crate::error::wrap_into_error!(MetricsError);
 
 /// Element type of a binary mask.
 pub trait MaskValue: Copy + Send + Sync {
@@ -774,34 +775,10 @@ pub fn csv_row(image: &str, label: u32, m: &SampleMetrics, b: Option<&SampleMetr
         fmt_num(m.nsd)
     )
 }
-
-/// Writes `bytes` to `path` via a temp file in the same directory + rename.
+/// Writes `bytes` to `path` atomically ([`crate::io::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| MetricsError::Io {
+    crate::io::atomic::write_bytes_atomic(path, bytes).map_err(|source| MetricsError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let fname = path
-        .file_name()
-        .ok_or_else(|| MetricsError::InvalidArgument {
-            field: "path",
-            reason: format!("{} has no file name", path.display()),
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{fname}.tmp{}", std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(io)
+    })
 }

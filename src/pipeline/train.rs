@@ -172,7 +172,7 @@ pub fn forward_backward<M: SegModel + ?Sized>(
 }
 
 fn save(path: &Path, value: &Value, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
-    checkpoint::save_pth(path, value).map_err(|e| Error::file(path, e.to_string()))?;
+    checkpoint::save_pth(path, value)?;
     on_event(TrainEvent::Saved {
         path: path.to_path_buf(),
     });
@@ -285,7 +285,7 @@ fn write_loss_curve(dir: &Path, task: &str, step_losses: &[f32]) -> Result<()> {
         &series,
         &format!("{task}: training loss"),
     )
-    .map_err(|e| Error::Other(e.to_string()))
+    .map_err(Error::from)
 }
 
 /// Trains `model` (already loaded from `--checkpoint` or freshly initialised).

@@ -41,6 +41,8 @@ pub enum VizError {
 
 pub type Result<T> = std::result::Result<T, VizError>;
 
+crate::error::wrap_into_error!(VizError);
+
 fn encode_png(
     path: &Path,
     data: &[u8],

@@ -1,16 +1,9 @@
-//! The tiny LiteMedSAM checkpoint of `tests/lite_tiny.rs` (deterministic parameters, config
-//! `tests/fixtures/lite/tiny_lite_config.json`), written to a `.pth` so tests need no downloads.
+//! The deterministic parameters of the tiny LiteMedSAM fixtures, as
+//! `tests/fixtures/make_lite_fixtures.py` computes them: every tensor is a function of its
+//! state-dict name (a SplitMix64 stream seeded by the name's FNV-1a hash, f32 in [-1, 1) with
+//! 24-bit steps, scaled by the kind of tensor), so Rust and Python build the same network.
 
-#![allow(dead_code)]
-
-use medsam::io::checkpoint::{save_pth, TensorData, Value};
-use medsam::models::lite::{LiteConfig, LiteMedSam};
-use medsam::Device;
-use std::path::{Path, PathBuf};
-
-pub fn tiny_config() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json")
-}
+use medsam_kernels::testing::Rng;
 
 fn fnv1a64(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
@@ -18,20 +11,13 @@ fn fnv1a64(s: &str) -> u64 {
     })
 }
 
+/// `n` values in [-1, 1) for the tensor `name`.
 fn uniform(name: &str, n: usize) -> Vec<f32> {
-    let seed = fnv1a64(name);
-    (1..=n as u64)
-        .map(|i| {
-            let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / 16_777_216.0 * 2.0 - 1.0
-        })
-        .collect()
+    Rng(fnv1a64(name)).vec(n, 1.0)
 }
 
-fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
+/// The value of the tensor `name` of `shape`, as the fixture script sets it.
+pub fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let u = uniform(name, n);
     let map = |f: &dyn Fn(f32) -> f32| u.iter().map(|&v| f(v)).collect();
@@ -54,21 +40,4 @@ fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
         let s = 1.0f32 / (fan as f32).sqrt();
         map(&|v| v * s)
     }
-}
-
-/// Writes the tiny LiteMedSAM checkpoint into `dir` and returns its path.
-pub fn tiny_checkpoint(dir: &Path) -> PathBuf {
-    let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
-    let mut m = LiteMedSam::new(&cfg, 0, Device::Cpu).unwrap();
-    let sd: Vec<(String, TensorData)> = m
-        .state_dict()
-        .into_iter()
-        .map(|(k, t)| {
-            let v = det_value(&k, t.shape());
-            (k, TensorData::from_f32(t.shape().to_vec(), &v))
-        })
-        .collect();
-    let path = dir.join("tiny_lite.pth");
-    save_pth(&path, &Value::from_state_dict(sd)).unwrap();
-    path
 }

@@ -108,24 +108,17 @@ impl AscendBackend {
         )))
     }
 
-    /// For `attention_backward`: when `saved` is a log-sum-exp from [`Self::attention_custom`]
-    /// (`bh·nq` elements), the probabilities recomputed with the aclnn composition.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn probs_from_lse(
+    /// The attention scores `S = (scale·q)·kᵀ (+ rel_h[.., kh, ·] + rel_w[.., ·, kw])`
+    /// `[bh, nq, nk]` as an aclnn composition: the forward's fallback, and the backward's
+    /// recomputation of the probabilities after the custom kernel saved only a log-sum-exp.
+    pub(super) fn attention_scores(
         &self,
         dims: AttnDims,
-        q: &Storage,
-        k: &Storage,
+        (qb, kb): (&acl::DeviceBuffer, &acl::DeviceBuffer),
         scale: f32,
         rel: Option<RelPos>,
-        saved: &Storage,
-    ) -> Result<Option<Storage>> {
+    ) -> Result<Storage> {
         let AttnDims { bh, nq, nk, d, .. } = dims;
-        // With nk == 1 both saved forms have bh·nq elements; recomputing P is right for either.
-        if self.kernels.is_none() || saved.len() != bh * nq {
-            return Ok(None);
-        }
-        let (qb, kb) = (self.buf(q)?, self.buf(k)?);
         let qs = self.scaled(qb, bh * nq * d, scale)?;
         let mut s = self.bmm(
             (self.buf(&qs)?, contig(&[bh, nq, d])),
@@ -148,21 +141,19 @@ impl AscendBackend {
                 &d4,
             )?;
         }
-        Ok(Some(Backend::softmax(self, bh * nq, nk, &s)?))
+        Ok(s)
     }
 
     /// `layer_norm2d` when a binary is loaded and the shape can be tiled.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn layer_norm2d_custom(
         &self,
-        n: usize,
-        c: usize,
-        hw: usize,
+        d: ChannelDims,
         x: &Storage,
         g: &Storage,
         b: &Storage,
         eps: f32,
     ) -> Result<Option<NormOut>> {
+        let ChannelDims { n, c, hw } = d;
         let Some(kern) = &self.kernels else {
             return Ok(None);
         };

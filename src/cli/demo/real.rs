@@ -80,7 +80,7 @@ pub struct RealReport {
 }
 
 fn read(path: &Path) -> Result<NiftiVolume> {
-    read_nifti(path).map_err(|e| Error::file(path, e.to_string()))
+    read_nifti(path).map_err(Error::from)
 }
 
 /// Axial plane `z` of a `(z, y, x)` volume, rows flipped so anterior is up (NIfTI's y axis points
@@ -136,9 +136,8 @@ fn score_slice(
     };
     let predictor = LitePredictor::new(model, &ImageU8::new(h, w, 1, img.to_vec())?)?;
     let pred = predictor.predict_box(b.map(|v| v as f64))?.mask;
-    let m = |e: medsam::pipeline::metrics::MetricsError| Error::Other(e.to_string());
-    let dsc = dice(gt, &pred, h, w).map_err(m)?;
-    let box_dsc = dice(gt, &box_mask(h, w, b), h, w).map_err(m)?;
+    let dsc = dice(gt, &pred, h, w)?;
+    let box_dsc = dice(gt, &box_mask(h, w, b), h, w)?;
     Ok(Some((pred, b, dsc, box_dsc)))
 }
 
@@ -201,7 +200,7 @@ pub fn run(cfg: &RealConfig, on_slice: &mut dyn FnMut(usize, usize)) -> Result<R
             title,
         })
         .collect();
-    viz::save_comparison_png(&figure, &fig).map_err(|e| Error::file(&figure, e.to_string()))?;
+    viz::save_comparison_png(&figure, &fig)?;
     let mean_dsc = slices.iter().map(|s| s.dsc).sum::<f64>() / slices.len() as f64;
     Ok(RealReport {
         shape,

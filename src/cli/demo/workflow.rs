@@ -72,8 +72,7 @@ fn make_split(
         "phantom: {cases} {name} volumes → {}",
         raw.display()
     )));
-    phantom::make_phantom(&raw, cases, seed, cfg.volume)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    phantom::make_phantom(&raw, cases, seed, cfg.volume)?;
     let npy = cfg.out_dir.join("npy").join(name);
     on(DemoEvent::Stage(&format!(
         "preprocess (CT, window 40/400) → {}",
@@ -86,8 +85,7 @@ fn make_split(
         image_size: cfg.image_size,
         ..preprocess::PreprocessConfig::default()
     };
-    let summary =
-        preprocess::preprocess(&pcfg, &|_| {}).map_err(|e| Error::Other(e.to_string()))?;
+    let summary = preprocess::preprocess(&pcfg, &|_| {})?;
     let dir = pcfg.npy_path.clone();
     let slices = medsam::pipeline::data::list_pairs(&dir)?.len();
     let _ = summary;
@@ -118,13 +116,11 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
     let config = SamConfig::demo(cfg.image_size);
     let mut model = Sam::new(&config, cfg.seed, Device::Cpu)?;
     let sam_init = cfg.out_dir.join("sam_demo_init.pth");
-    medsam::io::checkpoint::save_pth(&sam_init, &medsam::models::load::model_value(&mut model)?)
-        .map_err(|e| Error::file(&sam_init, e.to_string()))?;
-    std::fs::write(
-        cfg.out_dir.join("model_config.json"),
-        serde_json::to_string_pretty(&config).map_err(|e| Error::Other(e.to_string()))?,
-    )
-    .map_err(|e| Error::io(cfg.out_dir.join("model_config.json"), e))?;
+    medsam::io::checkpoint::save_pth(&sam_init, &medsam::models::load::model_value(&mut model)?)?;
+    let config_json = cfg.out_dir.join("model_config.json");
+    let text = serde_json::to_string_pretty(&config).map_err(Error::wrap)?;
+    medsam::io::atomic::write_bytes_atomic(&config_json, text.as_bytes())
+        .map_err(|e| Error::io(&config_json, e))?;
 
     on(DemoEvent::Stage("evaluate the untrained model"));
     let untrained = eval_into(&model, &test_dir, cfg.out_dir.join("eval_untrained"))?.summary;
@@ -162,8 +158,7 @@ pub fn run(cfg: &DemoConfig, on: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport
         &outcome.latest_checkpoint,
         &converted,
         OutputFormat::Pth,
-    )
-    .map_err(|e| Error::Other(e.to_string()))?;
+    )?;
 
     on(DemoEvent::Stage("evaluate the converted checkpoint"));
     let json = cfg.out_dir.join("model_config.json");

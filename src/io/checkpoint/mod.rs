@@ -53,6 +53,8 @@ pub enum CheckpointError {
 
 pub type Result<T> = std::result::Result<T, CheckpointError>;
 
+crate::error::wrap_into_error!(CheckpointError);
+
 impl CheckpointError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         CheckpointError::Io {
@@ -465,37 +467,4 @@ pub fn state_dict_from_named(value: &Value, path: &Path) -> Result<Vec<(String, 
         out.push((name, t.clone()));
     }
     Ok(out)
-}
-
-/// Writes `bytes` produced by `write` to a temporary file next to `path`, then
-/// renames it into place, so `path` never holds a partially written file.
-pub(crate) fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
-) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let fname = path
-        .file_name()
-        .ok_or_else(|| CheckpointError::format(path, "output path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        fname.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| CheckpointError::io(&tmp, e))?;
-        write(&mut f)?;
-        f.flush().map_err(|e| CheckpointError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| CheckpointError::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| CheckpointError::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::rc::Rc;
 
 pub use super::pickle::Limits;
 use super::pickle::{pickle_value, unpickle, StorageSource};
-use super::{write_atomically, CheckpointError, DType, Result, Value};
+use super::{CheckpointError, DType, Result, Value};
+use crate::io::atomic::write_atomic;
 
 /// Loads a torch zip checkpoint with default [`Limits`].
 pub fn load_pth(path: impl AsRef<Path>) -> Result<Value> {
@@ -186,8 +187,8 @@ pub fn save_pth(path: impl AsRef<Path>, value: &Value) -> Result<()> {
     let (pkl, storages) = pickle_value(value);
     let mut serial_hash = Fnv::default();
     serial_hash.update(&pkl);
-    write_atomically(path, |f| {
-        let mut zw = TorchZipWriter::new(BufWriter::with_capacity(1 << 20, f), path);
+    write_atomic(path, CheckpointError::io, |w| {
+        let mut zw = TorchZipWriter::new(w, path);
         zw.record(&format!("{archive}/data.pkl"), &pkl)?;
         zw.record(&format!("{archive}/.format_version"), b"1")?;
         zw.record(&format!("{archive}/.storage_alignment"), b"64")?;
@@ -211,7 +212,7 @@ pub fn save_pth(path: impl AsRef<Path>, value: &Value) -> Result<()> {
         zw.record(&format!("{archive}/version"), b"3\n")?;
         let id = serial_hash.serialization_id();
         zw.record(&format!("{archive}/.data/serialization_id"), id.as_bytes())?;
-        let mut w = zw.finish()?;
+        let w = zw.finish()?;
         w.flush().map_err(|e| CheckpointError::io(path, e))
     })
 }

@@ -1,12 +1,12 @@
 //! safetensors read/write of named tensors.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::{write_atomically, CheckpointError, DType, Result, TensorData};
+use super::{CheckpointError, DType, Result, TensorData};
+use crate::io::atomic::write_atomic;
 
 /// `__metadata__` key under which [`save_safetensors`] records the tensor
 /// order (a JSON array of names), restored by [`load_safetensors`].
@@ -70,8 +70,8 @@ pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[(String, TensorData)]
     );
     let bytes = safetensors::tensor::serialize(views, &Some(meta))
         .map_err(|e| st_err(path, format!("{e:?}")))?;
-    write_atomically(path, |f| {
-        f.write_all(&bytes)
+    write_atomic(path, CheckpointError::io, |w| {
+        w.write_all(&bytes)
             .map_err(|e| CheckpointError::io(path, e))
     })
 }

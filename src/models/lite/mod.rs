@@ -6,11 +6,13 @@ pub mod tiny_vit;
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::models::common::{Init, Module};
+#[doc(hidden)]
+pub use crate::models::common::load_state_dict as load_module;
+use crate::models::common::LoadReport;
+use crate::models::common::{self, Init, Module};
 use crate::models::config::{MaskDecoderConfig, ModelType, PromptEncoderConfig, SamConfig};
 use crate::models::sam::mask_decoder::MaskDecoder;
 use crate::models::sam::prompt_encoder::PromptEncoder;
-use crate::models::LoadReport;
 use crate::tensor::Tensor;
 use crate::Device;
 use serde::{Deserialize, Serialize};
@@ -175,41 +177,6 @@ impl Module for LiteMedSam {
     }
 }
 
-/// Copies matching tensors of `weights` into `module`; reports missing, unexpected and wrongly
-/// shaped keys by name.
-pub fn load_module(
-    module: &mut dyn Module,
-    weights: &BTreeMap<String, Tensor>,
-) -> Result<LoadReport> {
-    let mut report = LoadReport::default();
-    let mut seen = std::collections::HashSet::new();
-    let mut failure = None;
-    module.visit("", &mut |name, t| {
-        seen.insert(name.to_string());
-        match weights.get(name) {
-            None => report.missing.push(name.to_string()),
-            Some(w) if w.shape() != t.shape() => {
-                report
-                    .mismatched
-                    .push((name.to_string(), t.shape().to_vec(), w.shape().to_vec()))
-            }
-            Some(w) => match t.assign(w) {
-                Ok(()) => report.loaded += 1,
-                Err(e) => failure = Some(e),
-            },
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    report.unexpected = weights
-        .keys()
-        .filter(|k| !seen.contains(*k))
-        .cloned()
-        .collect();
-    Ok(report)
-}
-
 impl LiteMedSam {
     /// A model with deterministic random initialisation for `seed` (BatchNorm as PyTorch
     /// initialises it: weight 1 — 0 for MBConv's last — bias 0, running mean 0, variance 1).
@@ -236,41 +203,29 @@ impl LiteMedSam {
 
     /// Every parameter and buffer by state-dict name, in PyTorch's order.
     pub fn state_dict(&mut self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        self.visit("", &mut |name, t| out.push((name.to_string(), t.detach())));
-        out
+        common::state_dict(self)
     }
 
+    /// Copies matching tensors in; reports missing, unexpected and wrongly shaped keys by name.
     pub fn load_state_dict(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
-        load_module(self, weights)
+        common::load_state_dict(self, weights)
     }
 
     /// The parameters training updates, in `torch.optim` order: image encoder then mask decoder
     /// (the prompt encoder is frozen); BatchNorm buffers are not parameters.
     pub fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut out: Vec<(String, *mut Tensor)> = Vec::new();
-        self.image_encoder.visit("image_encoder", &mut |n, t| {
-            if !is_buffer(n) {
-                out.push((n.to_string(), t as *mut Tensor))
-            }
-        });
-        self.mask_decoder.visit("mask_decoder", &mut |n, t| {
-            out.push((n.to_string(), t as *mut Tensor))
-        });
-        // SAFETY: each pointer comes from a distinct field of `self`, which stays mutably borrowed
-        // for the lifetime of the returned references; no two entries alias.
-        out.into_iter()
-            .map(|(n, p)| (n, unsafe { &mut *p }))
-            .collect()
+        common::parameters(
+            vec![
+                ("image_encoder", &mut self.image_encoder as &mut dyn Module),
+                ("mask_decoder", &mut self.mask_decoder),
+            ],
+            |name| !is_buffer(name),
+        )
     }
 
     /// Marks the trainable parameters as variables (so backward fills their `.grad`).
     pub fn enable_training(&mut self) {
-        for (_, t) in self.trainable_parameters() {
-            if !t.requires_grad() {
-                *t = t.detach().into_variable();
-            }
-        }
+        common::enable_training(self.trainable_parameters());
     }
 
     /// Images `[B, 3, S, S]` in [0, 1] and one box per image (input pixels) → low-res logits

@@ -5,7 +5,7 @@
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::io::image::resize::{resize_cubic_aa_mode, ResizeMode};
+use crate::io::image::{resize_cubic_aa_skimage_mode, ResizeMode};
 use crate::models::Sam;
 use crate::ops::linalg::autocast_bf16;
 use crate::tensor::Tensor;
@@ -31,7 +31,7 @@ pub fn read_input_image(path: &Path) -> Result<InputImage> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
     {
-        let a = crate::io::npy::read_npy(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let a = crate::io::npy::read_npy(path)?;
         let v: Vec<f64> = a.to_f32().into_iter().map(|x| x as f64).collect();
         return match a.shape.as_slice() {
             &[h, w, 3] => Ok(InputImage {
@@ -99,8 +99,15 @@ pub fn prepare_input(img: &InputImage, size: usize) -> Result<Tensor> {
         img.hwc.clone()
     } else {
         // MedSAM_Inference.py calls resize without `mode`: skimage's default, "reflect".
-        let mut r =
-            resize_cubic_aa_mode(&img.hwc, img.h, img.w, 3, size, size, ResizeMode::Reflect);
+        let mut r = resize_cubic_aa_skimage_mode(
+            &img.hwc,
+            img.h,
+            img.w,
+            3,
+            size,
+            size,
+            ResizeMode::Reflect,
+        );
         if !img.is_npy {
             // `.astype(np.uint8)`: truncation toward zero, wrapping out-of-range values as C does.
             r.iter_mut().for_each(|x| *x = ((*x as i64) as u8) as f64);

@@ -59,6 +59,8 @@ pub enum PreprocessCliError {
     Preprocess(#[from] super::PreprocessError),
 }
 
+crate::error::wrap_into_error!(PreprocessCliError);
+
 impl PreprocessArgs {
     pub fn to_config(&self) -> Result<PreprocessConfig, PreprocessCliError> {
         let remove_label_ids = self

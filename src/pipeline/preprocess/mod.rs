@@ -31,7 +31,7 @@ pub mod args;
 pub mod components;
 pub mod phantom;
 
-use crate::io::image::resize;
+use crate::io::image::{resize_cubic_aa_skimage, resize_nearest_u8_skimage};
 use crate::io::nifti::{self, NiftiVolume, PixelKind};
 use rayon::prelude::*;
 use std::fmt;
@@ -159,6 +159,8 @@ pub enum PreprocessError {
     #[error("cannot start worker threads: {0}")]
     Threads(String),
 }
+
+crate::error::wrap_into_error!(PreprocessError, CaseError);
 
 /// Why a single case was skipped.
 #[derive(Debug, thiserror::Error)]
@@ -409,7 +411,7 @@ pub fn slice_to_model_input(slice: &[u8], h: usize, w: usize, size: usize) -> Ve
     // The three channels are identical, and skimage's resize treats them independently, so
     // one channel is resized and replicated.
     let src: Vec<f64> = slice.iter().map(|&v| v as f64).collect();
-    let r = resize::resize_cubic_aa(&src, h, w, 1, size, size);
+    let r = resize_cubic_aa_skimage(&src, h, w, 1, size, size);
     let mn = r.iter().copied().fold(f64::INFINITY, f64::min);
     let mx = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let den = (mx - mn).max(1e-8);
@@ -457,7 +459,7 @@ fn process_case(
         for (i, &z) in z_index.iter().enumerate() {
             let name = slice_file_name(cfg.modality, &cfg.anatomy, case, i);
             let im = slice_to_model_input(&img[z * plane..(z + 1) * plane], shape[1], shape[2], s);
-            let lab = resize::resize_nearest_u8(
+            let lab = resize_nearest_u8_skimage(
                 &gt[z * plane..(z + 1) * plane],
                 shape[1],
                 shape[2],

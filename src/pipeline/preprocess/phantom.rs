@@ -14,6 +14,7 @@
 //! noise (σ ≈ 12 HU) on top.
 
 use crate::io::nifti::{write_nifti_gz, NiftiError};
+use crate::rng::{Rng, GOLDEN_GAMMA};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum PhantomError {
     Size((usize, usize, usize)),
 }
 
+crate::error::wrap_into_error!(PhantomError);
+
 /// What [`make_phantom`] wrote.
 #[derive(Debug, Clone)]
 pub struct PhantomCase {
@@ -43,36 +46,6 @@ pub struct PhantomCase {
 /// Default phantom size `(x, y, z)`.
 pub const DEFAULT_SIZE: (usize, usize, usize) = (128, 128, 32);
 
-/// Small deterministic PRNG (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
-
 /// A lumpy ellipsoid in normalised coordinates (fractions of the volume size).
 struct Blob {
     c: [f64; 3],
@@ -83,7 +56,7 @@ struct Blob {
 }
 
 impl Blob {
-    fn new(rng: &mut SplitMix64, c: [f64; 3], r: [f64; 3], jitter: f64) -> Blob {
+    fn new(rng: &mut Rng, c: [f64; 3], r: [f64; 3], jitter: f64) -> Blob {
         let mut j = |v: f64| v * (1.0 + rng.range(-jitter, jitter));
         Blob {
             c: [j(c[0]), j(c[1]), c[2]],
@@ -131,7 +104,7 @@ pub fn make_phantom(
         let name = format!("Phantom_{:04}", i + 1);
         let case_seed = seed
             .wrapping_mul(0x2545_F491_4F6C_DD1D)
-            .wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            .wrapping_add((i as u64 + 1).wrapping_mul(GOLDEN_GAMMA));
         let (img, lab) = generate_case(case_seed, size);
         let spacing = [
             350.0 / nx as f64, // ~35 cm field of view
@@ -159,7 +132,7 @@ pub fn make_phantom(
 /// One phantom: `(z, y, x)` HU image and label map.
 pub fn generate_case(seed: u64, size: (usize, usize, usize)) -> (Vec<i16>, Vec<u8>) {
     let (nx, ny, nz) = size;
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::from_state(seed);
     // body outline
     let body_a = rng.range(0.40, 0.46);
     let body_b = rng.range(0.30, 0.36);

@@ -24,7 +24,7 @@
 
 use rayon::prelude::*;
 
-/// skimage's boundary `mode` for [`resize_cubic_aa_mode`]: `Constant` (zero outside; what
+/// skimage's boundary `mode` for [`resize_cubic_aa_skimage_mode`]: `Constant` (zero outside; what
 /// `pre_CT_MR.py` passes) or `Reflect` (skimage's default, SciPy `mirror`; what
 /// `MedSAM_Inference.py` gets by not passing a mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,7 +290,7 @@ fn zoom_cubic_plane(
 ///
 /// # Panics
 /// If `src.len() != h * w * channels` or any dimension is zero.
-pub fn resize_cubic_aa(
+pub fn resize_cubic_aa_skimage(
     src: &[f64],
     h: usize,
     w: usize,
@@ -298,11 +298,11 @@ pub fn resize_cubic_aa(
     out_h: usize,
     out_w: usize,
 ) -> Vec<f64> {
-    resize_cubic_aa_mode(src, h, w, channels, out_h, out_w, ResizeMode::Constant)
+    resize_cubic_aa_skimage_mode(src, h, w, channels, out_h, out_w, ResizeMode::Constant)
 }
 
-/// [`resize_cubic_aa`] with skimage's `mode` argument.
-pub fn resize_cubic_aa_mode(
+/// [`resize_cubic_aa_skimage`] with skimage's `mode` argument.
+pub fn resize_cubic_aa_skimage_mode(
     src: &[f64],
     h: usize,
     w: usize,
@@ -314,7 +314,7 @@ pub fn resize_cubic_aa_mode(
     assert_eq!(
         src.len(),
         h * w * channels,
-        "resize_cubic_aa: bad source length"
+        "resize_cubic_aa_skimage: bad source length"
     );
     assert!(h > 0 && w > 0 && channels > 0 && out_h > 0 && out_w > 0);
     let sy = antialias_sigma(h, out_h);
@@ -369,7 +369,7 @@ fn nearest_index(k: usize, n_in: usize, n_out: usize) -> Option<usize> {
 
 /// `skimage.transform.resize(img, (out_h, out_w), order=0, preserve_range=True,
 /// mode="constant", anti_aliasing=False)` for HWC data of any `Copy` type.
-pub fn resize_nearest<T: Copy + Default + Send + Sync>(
+pub fn resize_nearest_skimage<T: Copy + Default + Send + Sync>(
     src: &[T],
     h: usize,
     w: usize,
@@ -380,7 +380,7 @@ pub fn resize_nearest<T: Copy + Default + Send + Sync>(
     assert_eq!(
         src.len(),
         h * w * channels,
-        "resize_nearest: bad source length"
+        "resize_nearest_skimage: bad source length"
     );
     let ys: Vec<Option<usize>> = (0..out_h).map(|k| nearest_index(k, h, out_h)).collect();
     let xs: Vec<Option<usize>> = (0..out_w).map(|k| nearest_index(k, w, out_w)).collect();
@@ -399,8 +399,8 @@ pub fn resize_nearest<T: Copy + Default + Send + Sync>(
     out
 }
 
-/// [`resize_nearest`] for u8 labels / images.
-pub fn resize_nearest_u8(
+/// [`resize_nearest_skimage`] for u8 labels / images.
+pub fn resize_nearest_u8_skimage(
     src: &[u8],
     h: usize,
     w: usize,
@@ -408,7 +408,7 @@ pub fn resize_nearest_u8(
     out_h: usize,
     out_w: usize,
 ) -> Vec<u8> {
-    resize_nearest(src, h, w, channels, out_h, out_w)
+    resize_nearest_skimage(src, h, w, channels, out_h, out_w)
 }
 
 #[cfg(test)]
@@ -430,14 +430,14 @@ mod tests {
         // clips the output to the input range [100, 100] (0 is outside the output range, so
         // the cval rule does not widen it): the result is exactly constant, as in skimage
         let src = vec![100.0; 20 * 20];
-        let out = resize_cubic_aa(&src, 20, 20, 1, 40, 40);
+        let out = resize_cubic_aa_skimage(&src, 20, 20, 1, 40, 40);
         assert!(out.iter().all(|&v| v == 100.0));
     }
 
     #[test]
     fn nearest_identity() {
         let src: Vec<u8> = (0..12).collect();
-        assert_eq!(resize_nearest_u8(&src, 3, 4, 1, 3, 4), src);
+        assert_eq!(resize_nearest_u8_skimage(&src, 3, 4, 1, 3, 4), src);
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! CPU backend: attention (SAM's decomposed rel-pos bias, TinyViT's bias table) and its gradients.
+
+use super::*;
+use medsam_kernels::attention;
+
+impl AttentionOps for CpuBackend {
+    fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)> {
+        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let mut out = vec![0.0; dims.bh * dims.nq * dims.dv];
+        let mut lse = vec![0.0; dims.bh * dims.nq];
+        let bias = match rel {
+            Some(r) => Some(attention::RelPosBias {
+                rel_h: host(r.rel_h)?,
+                rel_w: host(r.rel_w)?,
+                kh: r.kh,
+                kw: r.kw,
+            }),
+            None => None,
+        };
+        attention::attention_forward(
+            dims,
+            host(q)?,
+            host(k)?,
+            host(v)?,
+            scale,
+            bias,
+            &mut out,
+            &mut lse,
+        );
+        Ok((Storage::Cpu(out), AttnSaved::Lse(Storage::Cpu(lse))))
+    }
+
+    fn attention_backward(
+        &self,
+        a: AttnArgs,
+        x: Qkv,
+        out: &Storage,
+        saved: &AttnSaved,
+        dout: &Storage,
+    ) -> Result<AttnGrads> {
+        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let AttnSaved::Lse(lse) = saved else {
+            return Err(Error::Other(
+                "attention_backward: the CPU forward saves a log-sum-exp; this state is another backend's".into(),
+            ));
+        };
+        let (q, k, v) = (host(q)?, host(k)?, host(v)?);
+        let mut dq = vec![0.0; q.len()];
+        let mut dk = vec![0.0; k.len()];
+        let mut dv = vec![0.0; v.len()];
+        let (bias, mut drel) = match rel {
+            Some(r) => (
+                Some(attention::RelPosBias {
+                    rel_h: host(r.rel_h)?,
+                    rel_w: host(r.rel_w)?,
+                    kh: r.kh,
+                    kw: r.kw,
+                }),
+                Some((
+                    vec![0.0; dims.bh * dims.nq * r.kh],
+                    vec![0.0; dims.bh * dims.nq * r.kw],
+                )),
+            ),
+            None => (None, None),
+        };
+        attention::attention_backward(
+            dims,
+            q,
+            k,
+            v,
+            scale,
+            bias,
+            host(out)?,
+            host(lse)?,
+            host(dout)?,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            drel.as_mut()
+                .map(|(h, w)| (h.as_mut_slice(), w.as_mut_slice())),
+        );
+        Ok(AttnGrads {
+            dq: Storage::Cpu(dq),
+            dk: Storage::Cpu(dk),
+            dv: Storage::Cpu(dv),
+            drel: drel.map(|(h, w)| (Storage::Cpu(h), Storage::Cpu(w))),
+        })
+    }
+
+    fn attention_bias_table(
+        &self,
+        a: BiasTableArgs,
+        q: HeadView,
+        k: HeadView,
+        v: HeadView,
+    ) -> Result<Option<Storage>> {
+        let BiasTableArgs {
+            dims,
+            scale,
+            table,
+            heads,
+        } = a;
+        let mut out = buffer(dims.bh * dims.nq * dims.dv);
+        let mut lse = vec![0.0; dims.bh * dims.nq];
+        let table = attention::BiasTable {
+            table: host(table)?,
+            heads,
+        };
+        fn rows(v: HeadView<'_>) -> Result<attention::HeadRows<'_>> {
+            Ok(attention::HeadRows {
+                data: &host(v.storage)?[v.offset..],
+                heads: v.heads,
+                batch_stride: v.batch_stride,
+                head_stride: v.head_stride,
+                row_stride: v.row_stride,
+            })
+        }
+        attention::attention_forward_table_rows(
+            dims,
+            rows(q)?,
+            rows(k)?,
+            rows(v)?,
+            scale,
+            table,
+            &mut out,
+            &mut lse,
+        );
+        Ok(Some(Storage::Cpu(out)))
+    }
+}

@@ -1,0 +1,37 @@
+//! CPU backend: buffers: upload, download, fill, and strided copies in and out of views.
+
+use super::*;
+
+impl MemoryOps for CpuBackend {
+    fn upload(&self, host: &[f32]) -> Result<Storage> {
+        Ok(Storage::Cpu(host.to_vec()))
+    }
+
+    fn download(&self, s: &Storage) -> Result<Vec<f32>> {
+        Ok(host(s)?.to_vec())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Storage> {
+        Ok(Storage::Cpu(vec![0.0; len]))
+    }
+
+    fn fill(&self, len: usize, value: f32) -> Result<Storage> {
+        Ok(Storage::Cpu(vec![value; len]))
+    }
+
+    fn materialize(&self, s: &Storage, view: &View) -> Result<Storage> {
+        Ok(Storage::Cpu(gather(host(s)?, view)))
+    }
+
+    fn scatter_into_zeros(&self, src: &Storage, view: &View, len: usize) -> Result<Storage> {
+        let src = host(src)?;
+        let mut out = vec![0.0f32; len];
+        let inner_stride = view.strides.last().copied().unwrap_or(1);
+        for_each_run(view, |o, d, run| {
+            for i in 0..run {
+                out[d + i * inner_stride] += src[o + i];
+            }
+        });
+        Ok(Storage::Cpu(out))
+    }
+}

@@ -1,0 +1,426 @@
+//! The CPU backend: host vectors, computed by the fast kernels of `medsam-kernels`.
+
+mod attention;
+mod conv;
+mod linalg;
+mod memory;
+mod norm;
+mod optim;
+mod pointwise;
+
+use super::*;
+use medsam_kernels::{activation, batchnorm, depthwise, gemm, resize};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Stateless; one shared instance.
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn shared() -> Arc<dyn Backend> {
+        static CPU: OnceLock<Arc<dyn Backend>> = OnceLock::new();
+        CPU.get_or_init(|| Arc::new(CpuBackend)).clone()
+    }
+}
+
+fn host(s: &Storage) -> Result<&[f32]> {
+    s.cpu()
+}
+
+fn host_mut(s: &mut Storage) -> Result<&mut [f32]> {
+    match s {
+        Storage::Cpu(v) => Ok(v),
+        Storage::Device(_) => Err(Error::Other(
+            "expected a CPU buffer, found a device buffer".into(),
+        )),
+    }
+}
+
+/// Below this many elements a pointwise loop is not worth splitting across threads.
+const PAR_MIN: usize = 1 << 15;
+
+fn map_into(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = buffer(x.len());
+    if x.len() < PAR_MIN {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v));
+    } else {
+        out.par_chunks_mut(PAR_MIN / 4)
+            .zip(x.par_chunks(PAR_MIN / 4))
+            .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v)));
+    }
+    out
+}
+
+fn zip_into(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let n = a.len().min(b.len());
+    let mut out = buffer(n);
+    let run = |o: &mut [f32], a: &[f32], b: &[f32]| {
+        o.iter_mut()
+            .zip(a)
+            .zip(b)
+            .for_each(|((o, &x), &y)| *o = f(x, y))
+    };
+    if n < PAR_MIN {
+        run(&mut out, a, b);
+    } else {
+        out.par_chunks_mut(PAR_MIN / 4)
+            .zip(a[..n].par_chunks(PAR_MIN / 4))
+            .zip(b[..n].par_chunks(PAR_MIN / 4))
+            .for_each(|((o, a), b)| run(o, a, b));
+    }
+    out
+}
+
+/// A cache of large host buffers: every op allocates a fresh output, and for big tensors a fresh
+/// allocation means `mmap` + a page fault and a zeroed page per 4 KiB, then `munmap` on drop.
+/// Dropped tensors hand their buffers back here ([`recycle`]) and op outputs that are fully
+/// overwritten take them ([`buffer`]), so a forward pass reuses the memory of the previous one.
+mod pool {
+    use std::sync::Mutex;
+
+    /// Smaller buffers are served well by malloc's own free lists.
+    const MIN_LEN: usize = 1 << 15;
+    /// Upper bound on the memory kept (bytes of capacity); the oldest buffers are dropped first.
+    const MAX_BYTES: usize = 512 << 20;
+
+    struct Pool {
+        bufs: Vec<Vec<f32>>,
+        bytes: usize,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool {
+        bufs: Vec::new(),
+        bytes: 0,
+    });
+
+    /// A buffer of `len` elements with unspecified (initialised) contents.
+    pub(super) fn take(len: usize) -> Vec<f32> {
+        if len >= MIN_LEN {
+            if let Ok(mut p) = POOL.lock() {
+                // Best fit by capacity among the buffers that hold `len` elements without
+                // wasting over half. Capacity, not length: a buffer that once served a smaller
+                // request comes back truncated, and must still serve its full size next time
+                // (else every forward pass re-faults its largest buffers). Buffers already long
+                // enough win ties, as they need no fill.
+                let key = |b: &Vec<f32>| (b.capacity(), b.len() < len);
+                let mut best: Option<usize> = None;
+                for (i, b) in p.bufs.iter().enumerate() {
+                    if b.capacity() >= len
+                        && b.capacity() <= 2 * len
+                        && best.is_none_or(|j| key(b) < key(&p.bufs[j]))
+                    {
+                        best = Some(i);
+                    }
+                }
+                if let Some(i) = best {
+                    let mut v = p.bufs.remove(i);
+                    p.bytes -= v.capacity() * 4;
+                    drop(p);
+                    // Shrinks, or fills the gap (pages already mapped: no faults).
+                    v.resize(len, 0.0);
+                    return v;
+                }
+            }
+        }
+        vec![0.0; len]
+    }
+
+    pub(super) fn recycle(v: Vec<f32>) {
+        let bytes = v.capacity() * 4;
+        if v.len() < MIN_LEN || bytes > MAX_BYTES {
+            return;
+        }
+        let mut evicted = Vec::new();
+        if let Ok(mut p) = POOL.lock() {
+            while p.bytes + bytes > MAX_BYTES && !p.bufs.is_empty() {
+                let old = p.bufs.remove(0);
+                p.bytes -= old.capacity() * 4;
+                evicted.push(old);
+            }
+            p.bytes += bytes;
+            p.bufs.push(v);
+        }
+        drop(evicted); // freed outside the lock
+    }
+
+    pub(super) fn clear() {
+        let bufs = match POOL.lock() {
+            Ok(mut p) => {
+                p.bytes = 0;
+                std::mem::take(&mut p.bufs)
+            }
+            Err(_) => Vec::new(),
+        };
+        drop(bufs);
+    }
+}
+
+/// An output buffer of `len` elements whose contents are unspecified: only for results that
+/// are overwritten in full.
+fn buffer(len: usize) -> Vec<f32> {
+    pool::take(len)
+}
+
+/// Gives a host buffer that is no longer referenced back to the cache (called when the last
+/// tensor holding it is dropped).
+pub(crate) fn recycle(v: Vec<f32>) {
+    pool::recycle(v)
+}
+
+/// Frees the host buffers kept for reuse (up to 512 MiB after a large forward pass).
+pub fn release_cached_buffers() {
+    pool::clear()
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Visits every element of a view in row-major order, handing out runs along the last axis.
+fn for_each_run(view: &View, mut f: impl FnMut(usize, usize, usize)) {
+    // f(out_start, src_start, run_len) with src stride view.strides.last()
+    let nd = view.shape.len();
+    if nd == 0 {
+        f(0, view.offset, 1);
+        return;
+    }
+    let inner = view.shape[nd - 1];
+    let outer: usize = view.shape[..nd - 1].iter().product();
+    if inner == 0 || outer == 0 {
+        return;
+    }
+    let mut idx = vec![0usize; nd - 1];
+    let mut src = view.offset;
+    for o in 0..outer {
+        f(o * inner, src, inner);
+        // advance the multi-index over the outer axes
+        for d in (0..nd - 1).rev() {
+            idx[d] += 1;
+            src += view.strides[d];
+            if idx[d] < view.shape[d] {
+                break;
+            }
+            src -= view.strides[d] * view.shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Offset in the source of the first element of outer row `row` (all axes but the last).
+fn row_offset(view: &View, mut row: usize) -> usize {
+    let nd = view.shape.len();
+    let mut off = view.offset;
+    for d in (0..nd.saturating_sub(1)).rev() {
+        let s = view.shape[d];
+        off += (row % s) * view.strides[d];
+        row /= s;
+    }
+    off
+}
+
+/// Copies a strided view into a dense row-major buffer, rows in parallel when large.
+fn gather(src: &[f32], view: &View) -> Vec<f32> {
+    let n: usize = view.shape.iter().product();
+    let mut out = buffer(n);
+    if n == 0 {
+        return out;
+    }
+    let inner = view.shape.last().copied().unwrap_or(1).max(1);
+    let stride = view.strides.last().copied().unwrap_or(1);
+    let nd = view.shape.len();
+    if nd >= 2 && view.strides[nd - 2] == 1 && stride > 1 && view.shape[nd - 2] > 1 {
+        gather_transposed(src, view, &mut out);
+        return out;
+    }
+    let copy_row = |(row, dst): (usize, &mut [f32])| {
+        let s = row_offset(view, row);
+        if stride == 1 {
+            dst.copy_from_slice(&src[s..s + dst.len()]);
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[s + i * stride];
+            }
+        }
+    };
+    if n < PAR_MIN {
+        out.chunks_mut(inner).enumerate().for_each(copy_row);
+    } else {
+        out.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len((PAR_MIN / inner).max(1))
+            .for_each(copy_row);
+    }
+    out
+}
+
+/// [`gather`] for a view whose last two axes are transposed (the second-last has stride 1):
+/// copies 16-row × 64-column tiles so every source cache line is used while it is loaded.
+fn gather_transposed(src: &[f32], view: &View, out: &mut [f32]) {
+    const RB: usize = 16;
+    const CB: usize = 64;
+    let inner = view.shape[view.shape.len() - 1];
+    let stride = view.strides[view.strides.len() - 1];
+    let block = |(bi, dst): (usize, &mut [f32])| {
+        let r0 = bi * RB;
+        let nr = dst.len() / inner;
+        let mut bases = [0usize; RB];
+        for (i, b) in bases.iter_mut().enumerate().take(nr) {
+            *b = row_offset(view, r0 + i);
+        }
+        for c0 in (0..inner).step_by(CB) {
+            let c1 = (c0 + CB).min(inner);
+            for (i, &b) in bases.iter().enumerate().take(nr) {
+                let d = &mut dst[i * inner + c0..i * inner + c1];
+                for (j, d) in d.iter_mut().enumerate() {
+                    *d = src[b + (c0 + j) * stride];
+                }
+            }
+        }
+    };
+    if out.len() < PAR_MIN {
+        out.chunks_mut(RB * inner).enumerate().for_each(block);
+    } else {
+        out.par_chunks_mut(RB * inner).enumerate().for_each(block);
+    }
+}
+
+/// `out = a ∘ b` over broadcast views, rows in parallel, without materialising the operands.
+/// Generic over `f` so each operator gets its own (vectorised) loops.
+fn broadcast_zip<F>(a: &[f32], va: &View, b: &[f32], vb: &View, f: F) -> Vec<f32>
+where
+    F: Fn(f32, f32) -> f32 + Sync,
+{
+    let n: usize = va.shape.iter().product();
+    let mut out = buffer(n);
+    if n == 0 {
+        return out;
+    }
+    let inner = va.shape.last().copied().unwrap_or(1).max(1);
+    let (sa, sb) = (
+        va.strides.last().copied().unwrap_or(1),
+        vb.strides.last().copied().unwrap_or(1),
+    );
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (oa, ob) = (row_offset(va, r), row_offset(vb, r));
+        let len = dst.len();
+        match (sa, sb) {
+            (1, 1) => dst
+                .iter_mut()
+                .zip(&a[oa..oa + len])
+                .zip(&b[ob..ob + len])
+                .for_each(|((d, &x), &y)| *d = f(x, y)),
+            (1, 0) => {
+                let y = b[ob];
+                dst.iter_mut()
+                    .zip(&a[oa..oa + len])
+                    .for_each(|(d, &x)| *d = f(x, y))
+            }
+            (0, 1) => {
+                let x = a[oa];
+                dst.iter_mut()
+                    .zip(&b[ob..ob + len])
+                    .for_each(|(d, &y)| *d = f(x, y))
+            }
+            _ => dst
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, d)| *d = f(a[oa + i * sa], b[ob + i * sb])),
+        }
+    };
+    if n < PAR_MIN {
+        out.chunks_mut(inner).enumerate().for_each(row);
+    } else {
+        out.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len((PAR_MIN / inner).max(1))
+            .for_each(row);
+    }
+    out
+}
+
+/// `a ∘ b` for one operator: a flat loop when both operands are dense and the same size,
+/// otherwise through the broadcast views.
+fn zip_views<F>(a: &[f32], va: &View, b: &[f32], vb: &View, f: F) -> Vec<f32>
+where
+    F: Fn(f32, f32) -> f32 + Sync,
+{
+    let dense = |v: &View, len: usize| {
+        v.offset == 0 && is_contiguous(v) && len == v.shape.iter().product::<usize>()
+    };
+    if dense(va, a.len()) && dense(vb, b.len()) {
+        zip_into(a, b, f)
+    } else {
+        broadcast_zip(a, va, b, vb, f)
+    }
+}
+
+impl Backend for CpuBackend {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+}
+
+/// The kernels' backward signatures for the input and the weight (+ bias) of a convolution.
+type ConvInputGrad = fn(Conv2dGeom, &[f32], &[f32], &mut [f32]);
+type ConvWeightGrad = fn(Conv2dGeom, &[f32], &[f32], &mut [f32], Option<&mut [f32]>);
+
+/// dx, dw and (optionally) dbias of a convolution through its two backward kernels.
+fn conv_grads(
+    g: Conv2dGeom,
+    (x, w, dy): (&Storage, &Storage, &Storage),
+    bias: bool,
+    input_grad: ConvInputGrad,
+    weight_grad: ConvWeightGrad,
+) -> Result<ConvGrads> {
+    let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; w.len()];
+    let mut db = bias.then(|| vec![0.0; g.c_out]);
+    input_grad(g, w, dy, &mut dx);
+    weight_grad(g, x, dy, &mut dw, db.as_deref_mut());
+    Ok(ConvGrads {
+        dx: Storage::Cpu(dx),
+        dw: Storage::Cpu(dw),
+        dbias: db.map(Storage::Cpu),
+    })
+}
+
+fn is_contiguous(v: &View) -> bool {
+    let mut expect = 1;
+    for d in (0..v.shape.len()).rev() {
+        if v.shape[d] != 1 && v.strides[d] != expect {
+            return false;
+        }
+        expect *= v.shape[d];
+    }
+    true
+}
+
+/// `torch.optim.AdamW` (non-foreach, non-amsgrad) in f32, operation for operation, so updates
+/// match PyTorch bit-for-bit where the arithmetic allows.
+pub fn adamw_update(p: AdamWStep, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+    // PyTorch computes these scalars as Python floats (f64) and rounds them once to f32.
+    let (lr, b1, b2) = (p.lr, p.beta1, p.beta2);
+    let step_size = (lr / (1.0 - b1.powi(p.step as i32))) as f32;
+    let bias2_sqrt = (1.0 - b2.powi(p.step as i32)).sqrt() as f32;
+    let decay = (1.0 - lr * p.weight_decay) as f32;
+    let (w1, beta2, w2, eps) = (
+        (1.0 - b1) as f32,
+        b2 as f32,
+        (1.0 - b2) as f32,
+        p.eps as f32,
+    );
+    param
+        .par_iter_mut()
+        .zip(grad.par_iter())
+        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+        .with_min_len(4096)
+        .for_each(|((w, &g), (m, v))| {
+            *w *= decay;
+            *m += w1 * (g - *m);
+            *v = *v * beta2 + w2 * g * g;
+            let denom = v.sqrt() / bias2_sqrt + eps;
+            *w += -step_size * (*m / denom);
+        });
+}

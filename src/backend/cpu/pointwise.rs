@@ -1,0 +1,154 @@
+//! CPU backend: pointwise functions, broadcast arithmetic, reductions, softmax and bilinear resampling.
+
+use super::*;
+
+impl PointwiseOps for CpuBackend {
+    fn unary(&self, op: Unary, x: &Storage) -> Result<Storage> {
+        let x = host(x)?;
+        let y = match op {
+            Unary::Gelu => {
+                let mut y = buffer(x.len());
+                activation::gelu_forward(x, &mut y);
+                y
+            }
+            Unary::Relu => map_into(x, |v| v.max(0.0)),
+            Unary::Sigmoid => map_into(x, sigmoid),
+            Unary::Neg => map_into(x, |v| -v),
+            Unary::Exp => map_into(x, f32::exp),
+            Unary::Sin => map_into(x, f32::sin),
+            Unary::Cos => map_into(x, f32::cos),
+            Unary::Scale(s) => map_into(x, |v| v * s.0),
+            Unary::Shift(s) => map_into(x, |v| v + s.0),
+        };
+        Ok(Storage::Cpu(y))
+    }
+
+    fn unary_backward(&self, op: Unary, x: &Storage, dy: &Storage) -> Result<Storage> {
+        let (x, dy) = (host(x)?, host(dy)?);
+        let dx = match op {
+            Unary::Gelu => {
+                let mut dx = vec![0.0; x.len()];
+                activation::gelu_backward(x, dy, &mut dx);
+                dx
+            }
+            Unary::Relu => zip_into(x, dy, |v, g| if v > 0.0 { g } else { 0.0 }),
+            Unary::Sigmoid => zip_into(x, dy, |v, g| {
+                let s = sigmoid(v);
+                g * s * (1.0 - s)
+            }),
+            Unary::Neg => map_into(dy, |g| -g),
+            Unary::Exp => zip_into(x, dy, |v, g| g * v.exp()),
+            Unary::Sin => zip_into(x, dy, |v, g| g * v.cos()),
+            Unary::Cos => zip_into(x, dy, |v, g| -g * v.sin()),
+            Unary::Scale(s) => map_into(dy, |g| g * s.0),
+            Unary::Shift(_) => dy.to_vec(),
+        };
+        Ok(Storage::Cpu(dx))
+    }
+
+    fn binary(
+        &self,
+        op: Binary,
+        a: &Storage,
+        va: &View,
+        b: &Storage,
+        vb: &View,
+    ) -> Result<Storage> {
+        let (a, b) = (host(a)?, host(b)?);
+        Ok(Storage::Cpu(match op {
+            Binary::Add => zip_views(a, va, b, vb, |x, y| x + y),
+            Binary::Sub => zip_views(a, va, b, vb, |x, y| x - y),
+            Binary::Mul => zip_views(a, va, b, vb, |x, y| x * y),
+            Binary::Div => zip_views(a, va, b, vb, |x, y| x / y),
+        }))
+    }
+
+    fn sum_axes(&self, x: &Storage, shape: &[usize], reduce: &[bool]) -> Result<Storage> {
+        let x = host(x)?;
+        let out_shape: Vec<usize> = shape
+            .iter()
+            .zip(reduce)
+            .map(|(&s, &r)| if r { 1 } else { s })
+            .collect();
+        let out_len: usize = out_shape.iter().product();
+        let mut out = vec![0.0f32; out_len];
+        // Output strides (0 on reduced axes) let one pass over x accumulate into place.
+        let mut ostr = vec![0usize; shape.len()];
+        let mut acc = 1;
+        for d in (0..shape.len()).rev() {
+            ostr[d] = if reduce[d] { 0 } else { acc };
+            acc *= out_shape[d];
+        }
+        let view = View {
+            shape: shape.to_vec(),
+            strides: ostr,
+            offset: 0,
+        };
+        let inner_stride = view.strides.last().copied().unwrap_or(1);
+        for_each_run(&view, |o, d, run| {
+            if inner_stride == 0 {
+                out[d] += x[o..o + run].iter().sum::<f32>();
+            } else {
+                for i in 0..run {
+                    out[d + i * inner_stride] += x[o + i];
+                }
+            }
+        });
+        Ok(Storage::Cpu(out))
+    }
+
+    fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage> {
+        let mut y = buffer(rows * dim);
+        activation::softmax_forward(rows, dim, host(x)?, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn softmax_bias(
+        &self,
+        rows: usize,
+        dim: usize,
+        x: &Storage,
+        bias: &Storage,
+        bias_rows: usize,
+    ) -> Result<Storage> {
+        let mut y = buffer(rows * dim);
+        activation::softmax_bias_forward(rows, dim, host(x)?, host(bias)?, bias_rows, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn softmax_backward(
+        &self,
+        rows: usize,
+        dim: usize,
+        y: &Storage,
+        dy: &Storage,
+    ) -> Result<Storage> {
+        let mut dx = vec![0.0; rows * dim];
+        activation::softmax_backward(rows, dim, host(y)?, host(dy)?, &mut dx);
+        Ok(Storage::Cpu(dx))
+    }
+
+    fn bilinear(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        x: &Storage,
+    ) -> Result<Storage> {
+        let mut y = vec![0.0; planes * ohw.0 * ohw.1];
+        resize::bilinear_forward(planes, hw.0, hw.1, ohw.0, ohw.1, host(x)?, &mut y);
+        Ok(Storage::Cpu(y))
+    }
+
+    fn bilinear_backward(
+        &self,
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        dy: &Storage,
+    ) -> Result<Storage> {
+        let mut dx = vec![0.0; planes * hw.0 * hw.1];
+        resize::bilinear_backward(planes, hw.0, hw.1, ohw.0, ohw.1, host(dy)?, &mut dx);
+        Ok(Storage::Cpu(dx))
+    }
+}

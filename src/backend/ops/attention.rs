@@ -1,0 +1,72 @@
+//! Attention (SAM's decomposed rel-pos bias, TinyViT's bias table) and its gradients.
+
+use crate::backend::*;
+use crate::error::Result;
+
+/// One attention call, `softmax((q·scale)·kᵀ + rel)·v`, apart from its buffers.
+#[derive(Clone, Copy)]
+pub struct AttnArgs<'a> {
+    pub dims: AttnDims,
+    pub scale: f32,
+    /// SAM's decomposed rel-pos bias, when the layer has one.
+    pub rel: Option<RelPos<'a>>,
+}
+
+/// Attention operands, contiguous: q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`.
+#[derive(Clone, Copy)]
+pub struct Qkv<'a> {
+    pub q: &'a Storage,
+    pub k: &'a Storage,
+    pub v: &'a Storage,
+}
+
+/// What an attention forward saved for its backward. Only the backend that made it reads it.
+#[derive(Debug)]
+pub enum AttnSaved {
+    /// The per-row log-sum-exp `[bh, nq]` of the biased, scaled scores; the backward recomputes
+    /// the probabilities from it (tile by tile on the CPU, never N×N).
+    Lse(Storage),
+    /// The softmax probabilities `P [bh, nq, nk]` of a forward that materialised them.
+    Probs(Storage),
+    /// A backend's own state (the NPU's flash-attention softmax max and sum), downcast by it.
+    Device(Box<dyn DeviceBuffer>),
+}
+
+/// TinyViT's window attention apart from its operands: `softmax((q·scale)·kᵀ + table[b % heads])·v`
+/// with a learned `table [heads, nq, nk]`.
+#[derive(Clone, Copy)]
+pub struct BiasTableArgs<'a> {
+    pub dims: AttnDims,
+    pub scale: f32,
+    pub table: &'a Storage,
+    pub heads: usize,
+}
+
+pub trait AttentionOps {
+    /// Returns the output `[bh, nq, dv]` and what the backward needs.
+    fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)>;
+
+    /// Gradients for the forward that returned `out` and `saved`.
+    fn attention_backward(
+        &self,
+        a: AttnArgs,
+        x: Qkv,
+        out: &Storage,
+        saved: &AttnSaved,
+        dout: &Storage,
+    ) -> Result<AttnGrads>;
+
+    /// Inference attention with a bias table, returning a dense `out [bh, nq, dv]`; the operands
+    /// are read in place through their [`HeadView`]s. `Ok(None)` when the backend has no fused
+    /// kernel for it; the caller then composes matmul and softmax.
+    fn attention_bias_table(
+        &self,
+        a: BiasTableArgs,
+        q: HeadView,
+        k: HeadView,
+        v: HeadView,
+    ) -> Result<Option<Storage>> {
+        let _ = (a, q, k, v);
+        Ok(None)
+    }
+}
