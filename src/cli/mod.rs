@@ -9,4 +9,5 @@ pub mod infer;
 pub mod infer_sam2;
 pub mod phantom;
 pub mod preprocess;
+pub mod serve;
 pub mod train;
