@@ -47,6 +47,7 @@ cargo clippy --all-targets --features "mpi ascend" -- -D warnings
 drop_if_disk_low target/debug
 echo "== cargo test (release)"
 cargo test --workspace --release
+bash scripts/ci/serve.sh   # the server with its real clients (chromium, nninteractive-client)
 # The feature build below turns on bindgen, which changes syn's and proc-macro2's features, so it
 # rebuilds nearly every crate anyway.
 drop_if_disk_low target/release

@@ -36,6 +36,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// List the series of a DICOM folder; read one (geometry, values, time); convert it to NIfTI.
     Dicom(cli::dicom::DicomArgs),
+    /// Serve a model over HTTP: a web page, the nnInteractive v2 protocol, SlicerNNInteractive.
+    Serve(cli::serve::ServeArgs),
 }
 
 /// Runs `f` with the communicator the launcher set up (MPI under mpirun/srun when built with
@@ -126,6 +128,7 @@ fn run(cli: &Cli) -> medsam::Result<()> {
             cli::eval::run_with(&a, comm).map(|_| ())
         }),
         Command::Dicom(a) => cli::dicom::run(a),
+        Command::Serve(a) => cli::serve::run(a),
         Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")),
     }
 }

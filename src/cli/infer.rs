@@ -52,6 +52,8 @@ pub struct InferArgs {
     /// [default: "Segment k"].
     #[arg(long = "label-name")]
     pub label_names: Vec<String>,
+    #[command(flatten)]
+    pub medsam2: super::infer_sam2::Sam2Args,
 }
 
 /// How a volume segmentation is written.
@@ -86,7 +88,7 @@ pub fn is_volume_path(path: &Path) -> bool {
 }
 
 /// The file name without its extension (both of `.nii.gz`).
-fn stem_of(path: &Path) -> String {
+pub fn stem_of(path: &Path) -> String {
     if path.is_dir() {
         if let Some(n) = path.file_name() {
             return n.to_string_lossy().into_owned();
@@ -121,6 +123,9 @@ fn refuse_input(a: &InferArgs, output: &Path, flag: &str) -> Result<()> {
 pub fn run(a: &InferArgs) -> Result<()> {
     if let Some(l) = &a.logits {
         refuse_input(a, l, "--logits")?;
+    }
+    if a.model.model_type == Some(super::common::AnyModelType::Medsam2) {
+        return super::infer_sam2::run(a);
     }
     if is_volume_path(&a.data_path) {
         return run_volume(a);

@@ -6,6 +6,8 @@ pub mod demo;
 pub mod dicom;
 pub mod eval;
 pub mod infer;
+pub mod infer_sam2;
 pub mod phantom;
 pub mod preprocess;
+pub mod serve;
 pub mod train;
