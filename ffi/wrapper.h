@@ -1,4 +1,3 @@
 /* Input of bindgen (ffi/build.rs, feature `ascend`). Parsed as C++14: hccl.h is not valid C. */
 #include "acl/acl.h"
-#include "acl/acl_op_compiler.h"
 #include "hccl/hccl.h"

@@ -47,6 +47,7 @@ cargo clippy --all-targets --features "mpi ascend" -- -D warnings
 drop_if_disk_low target/debug
 echo "== cargo test (release)"
 cargo test --workspace --release
+bash scripts/ci/serve.sh   # the server with its real clients (chromium, nninteractive-client)
 # The feature build below turns on bindgen, which changes syn's and proc-macro2's features, so it
 # rebuilds nearly every crate anyway.
 drop_if_disk_low target/release
@@ -56,5 +57,7 @@ for t in tests/dist_mpi.rs tests/ascend_standin.rs tests/ascend_npu_props.rs tes
   [ -f "$t" ] && feature_tests+=(--test "$(basename "$t" .rs)")
 done
 cargo test --release --features "mpi ascend" "${feature_tests[@]}" -- --test-threads=1
+bash scripts/ci/dicom.sh
 report_disk
+bash scripts/ci/ascend.sh
 bash scripts/ci/python.sh

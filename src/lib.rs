@@ -8,7 +8,8 @@
 //! - [`models`]: SAM/MedSAM, LiteMedSAM, their shared layers, loading;
 //! - [`io`]: checkpoints (.pth, safetensors), npy/npz, NIfTI, images, volumes;
 //! - [`pipeline`]: preprocess, data, train, eval, metrics, infer, convert;
-//! - [`dist`] (data-parallel communicators) and [`viz`] (figures).
+//! - [`dist`] (data-parallel communicators) and [`viz`] (figures);
+//! - [`serve`]: the HTTP server (web page, nnInteractive protocols) on top of the pipeline.
 //!
 //! The command line (`src/main.rs`, `src/cli/`) and the demo sit in the binary, on top.
 //!
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod optim;
 pub mod pipeline;
 pub mod rng;
+pub mod serve;
 pub mod tensor;
 pub mod viz;
 

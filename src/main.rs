@@ -34,6 +34,10 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Score a checkpoint on npy data: DSC, IoU, NSD, box baseline, comparison figure.
     Eval(cli::eval::EvalArgs),
+    /// List the series of a DICOM folder; read one (geometry, values, time); convert it to NIfTI.
+    Dicom(cli::dicom::DicomArgs),
+    /// Serve a model over HTTP: a web page, the nnInteractive v2 protocol, SlicerNNInteractive.
+    Serve(cli::serve::ServeArgs),
 }
 
 /// Runs `f` with the communicator the launcher set up (MPI under mpirun/srun when built with
@@ -90,6 +94,8 @@ fn main() -> ExitCode {
             a.model.device = device;
             cli::eval::run_with(&a, comm).map(|_| ())
         }),
+        Command::Dicom(a) => cli::dicom::run(a),
+        Command::Serve(a) => cli::serve::run(a),
         Command::Convert(a) => cli::convert::run(a)
             .map(|summary| println!("{summary}"))
             .map_err(medsam::Error::from),

@@ -385,6 +385,95 @@ fn lite_3d_nifti_with_box3d() {
     );
 }
 
+/// A DICOM series folder (tests/fixtures/dicom/ct_case01, 6×40×48) → SEG + NIfTI with the
+/// series geometry; the masks are those of `segment_volume` on the volume the library reads.
+#[test]
+fn lite_3d_dicom_folder_writes_seg_and_nifti() {
+    let d = tmpdir("dicom");
+    let ckpt = tiny_checkpoint(&d);
+    let series_dir = fixtures().join("dicom/ct_case01");
+    let out = d.join("out");
+    let text = ok(&medsam(
+        &[
+            "--box3d",
+            "[4,4,1,40,36,5]",
+            "--box3d",
+            "[10,10,0,20,20,3]",
+            "--label-name",
+            "liver",
+        ],
+        &[
+            ("-i", &series_dir),
+            ("-o", &out),
+            ("-c", &ckpt),
+            ("--model-config", &tiny_config()),
+        ],
+    ));
+    assert!(text.contains("DICOM SEG, 2 segment(s)"), "{text}");
+    let series = medsam::io::dicom::read_series(&series_dir, None).unwrap();
+    let vol = medsam::io::volume::u8_volume(&series_dir, &series.volume);
+    let m = load_lite(&ckpt, Some(&tiny_config()));
+    let want = segment_volume(
+        &m,
+        &vol.data,
+        vol.shape,
+        &[[4, 4, 1, 40, 36, 5], [10, 10, 0, 20, 20, 3]],
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let nii = medsam::io::nifti::read_nifti(out.join("seg_ct_case01.nii.gz")).unwrap();
+    assert_eq!(nii.shape, series.volume.shape);
+    assert_eq!(nii.to_u8_labels(), want);
+    let seg = dicom_object::open_file(out.join("seg_ct_case01.dcm")).unwrap();
+    let items = seg
+        .element(dicom_dictionary_std::tags::SEGMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let names: Vec<String> = items
+        .iter()
+        .map(|i| {
+            i.element(dicom_dictionary_std::tags::SEGMENT_LABEL)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["liver", "Segment 2"]);
+
+    // --output-format seg only; SEG asked for a NIfTI input is an error
+    let out2 = d.join("out2");
+    ok(&medsam(
+        &["--box3d", "[4,4,1,40,36,5]", "--output-format", "seg"],
+        &[
+            ("-i", &series_dir),
+            ("-o", &out2),
+            ("-c", &ckpt),
+            ("--model-config", &tiny_config()),
+        ],
+    ));
+    assert!(out2.join("seg_ct_case01.dcm").exists());
+    assert!(!out2.join("seg_ct_case01.nii.gz").exists());
+    let nii_in = fixtures().join("preprocess/nifti/ct/images/case01_0000.nii.gz");
+    let e = failed(&medsam(
+        &["--box3d", "[4,4,1,40,36,5]", "--output-format", "seg"],
+        &[("-i", &nii_in), ("-o", &out2), ("-c", &ckpt)],
+    ));
+    assert!(e.contains("DICOM SEG needs a DICOM series"), "{e}");
+    // a folder without DICOM: the reader's named error
+    let e = failed(&medsam(
+        &["--box3d", "[4,4,1,40,36,5]"],
+        &[
+            ("-i", &fixtures().join("dicom/bad/empty")),
+            ("-o", &out2),
+            ("-c", &ckpt),
+        ],
+    ));
+    assert!(e.contains("no DICOM image files found"), "{e}");
+}
+
 // ---- bad inputs ----
 
 #[test]

@@ -248,3 +248,56 @@ fn mri_volume_propagation_matches_pytorch() {
         "{differ} voxels differ from upstream's 3D propagation"
     );
 }
+
+/// Mask IoU of two boolean masks (1 when both are empty).
+fn mask_iou(a: &[bool], b: &[bool]) -> f64 {
+    let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+    let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// `--precision int8` (dynamically quantized linear layers in the image encoder) against f32 on
+/// the real slices: mask IoU ≥ 0.99 per box; the low-res logits error is printed.
+#[test]
+fn int8_encoder_masks_match_f32() {
+    let Some(m) = model("int8_encoder_masks_match_f32") else {
+        return;
+    };
+    let fx = fixture();
+    for name in ["retina", "fmri"] {
+        let img = image(fx, name);
+        let p32 = LitePredictor::new(m, &img).unwrap();
+        let p8 = LitePredictor::with_int8(m, &img, true).unwrap();
+        let (e32, e8) = (
+            p32.embedding.to_vec().unwrap(),
+            p8.embedding.to_vec().unwrap(),
+        );
+        let (emb_err, _) = max_err(&e8, &e32);
+        let emb_range = e32.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        println!(
+            "{name}: int8 embedding max abs error {emb_err:.3} (|value| up to {emb_range:.2})"
+        );
+        let boxes = &get(fx, &format!("{name}.boxes")).1;
+        for (j, b) in boxes.chunks_exact(4).enumerate() {
+            let bb = [b[0] as f64, b[1] as f64, b[2] as f64, b[3] as f64];
+            let (a, q) = (p32.predict_box(bb).unwrap(), p8.predict_box(bb).unwrap());
+            let (la, lq) = (
+                a.low_res_logits.to_vec().unwrap(),
+                q.low_res_logits.to_vec().unwrap(),
+            );
+            let (err, _) = max_err(&lq, &la);
+            let mean =
+                lq.iter().zip(&la).map(|(x, y)| (x - y).abs()).sum::<f32>() / la.len() as f32;
+            let iou = mask_iou(&a.mask, &q.mask);
+            println!(
+                "{name}.box{j}: int8 vs f32 mask IoU {iou:.4}, logits max abs error {err:.3}, mean {mean:.4}, predicted IoU {:.4} vs {:.4}",
+                q.iou, a.iou
+            );
+            assert!(iou >= 0.99, "{name}.box{j}: int8 mask IoU {iou} < 0.99");
+        }
+    }
+}

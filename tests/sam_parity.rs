@@ -236,3 +236,63 @@ fn wrong_shape_and_missing_keys_are_reported_by_name() {
     );
     assert!(err.contains("extra.key"), "{err}");
 }
+
+/// `--precision int8` (dynamically quantized linear layers in the image encoder) against f32 on
+/// the parity inputs of the tiny random-weight SAM: mask IoU (logits > 0) ≥ 0.99 per box; the
+/// logits error is printed.
+#[test]
+fn int8_encoder_masks_match_f32() {
+    use medsam::autograd::no_grad;
+    use medsam::ops::quant::autocast_int8;
+    let fx = load();
+    let sam = model(&fx);
+    let images = &fx.tensors["in.images"];
+    let bx = boxes(&fx);
+    let pe = sam.prompt_encoder.get_dense_pe().unwrap();
+    let enc =
+        |int8: bool| no_grad(|| autocast_int8(int8, || sam.image_encoder.forward(images))).unwrap();
+    let (e32, e8) = (enc(false), enc(true));
+    let (v32, v8) = (e32.to_vec().unwrap(), e8.to_vec().unwrap());
+    let emb_err = v32
+        .iter()
+        .zip(&v8)
+        .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+    let emb_range = v32.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    println!("int8 embedding max abs error {emb_err:.2e} (|value| up to {emb_range:.2})");
+    // The int8 path ran (the tiny model's qkv and MLP lin1 widen their input).
+    assert!(emb_err > 0.0, "int8 changed nothing");
+    for (i, b) in bx.iter().enumerate() {
+        let logits = |emb: &Tensor| {
+            let emb = emb.narrow(0, i, 1).unwrap();
+            let (sparse, dense) = sam.prompt_encoder.forward(None, Some(&[*b]), None).unwrap();
+            let (masks, _) = sam
+                .mask_decoder
+                .forward(&emb, &pe, &sparse, &dense, false)
+                .unwrap();
+            masks.to_vec().unwrap()
+        };
+        let (l32, l8) = (logits(&e32), logits(&e8));
+        let err = l32
+            .iter()
+            .zip(&l8)
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        let range = l32.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let inter = l32
+            .iter()
+            .zip(&l8)
+            .filter(|(x, y)| **x > 0.0 && **y > 0.0)
+            .count();
+        let union = l32
+            .iter()
+            .zip(&l8)
+            .filter(|(x, y)| **x > 0.0 || **y > 0.0)
+            .count();
+        let iou = if union == 0 {
+            1.0
+        } else {
+            inter as f64 / union as f64
+        };
+        println!("box {i}: int8 vs f32 mask IoU {iou:.4}, logits max abs error {err:.2e} (|logit| up to {range:.2})");
+        assert!(iou >= 0.99, "box {i}: int8 mask IoU {iou} < 0.99");
+    }
+}

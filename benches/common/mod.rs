@@ -3,7 +3,7 @@
 
 use medsam_kernels::attention::{attention_forward, AttnDims, RelPosBias};
 use medsam_kernels::conv::{conv2d_forward, conv_transpose2d_forward, Conv2dGeom};
-use medsam_kernels::gemm::{gemm, GemmDims, Layout, Precision};
+use medsam_kernels::gemm::{gemm, int8, Epilogue, GemmDims, Layout, Precision};
 use medsam_kernels::norm::layer_norm_forward;
 
 /// One benchmark: `make` allocates the inputs and returns a closure that runs the op once.
@@ -47,6 +47,22 @@ fn gemm_op(name: &'static str, m: usize, k: usize, n: usize, linear: bool, p: Pr
                     p,
                 )
             })
+        }),
+    }
+}
+
+/// `C[m×n] = x[m×k] · Wᵀ` in int8 (`gemm::int8`: x quantized per row at every call, W
+/// quantized once outside the timed closure, as at model load). Still counts 2 flops per
+/// multiply-add, so GFLOP/s compare directly with the f32 and bf16 entries.
+fn int8_op(name: &'static str, m: usize, k: usize, n: usize) -> Op {
+    Op {
+        name,
+        flops: 2.0 * (m * n * k) as f64,
+        make: Box::new(move || {
+            let x = data(m * k, 1);
+            let w = int8::Int8Weights::quantize(&data(n * k, 2), n, k);
+            let mut c = vec![0.0f32; m * n];
+            Box::new(move || int8::linear(&x, k, m, &w, &mut c, n, Epilogue::default()))
         }),
     }
 }
@@ -182,6 +198,9 @@ pub fn ops() -> Vec<Op> {
             v.push(gemm_op(lin, 4096, k, n, true, p));
         }
     }
+    v.push(int8_op("linear_qkv_int8", 4096, 768, 2304));
+    v.push(int8_op("linear_mlp1_int8", 4096, 768, 3072));
+    v.push(int8_op("linear_mlp2_int8", 4096, 3072, 768));
     v.push(bmm_op("bmm_window_qk", 25 * 12, 196, 64, 196, true));
     v.push(bmm_op("bmm_window_pv", 25 * 12, 196, 196, 64, false));
     v.push(attention_op("attn_global", 12, 64));

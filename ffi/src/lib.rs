@@ -1,6 +1,6 @@
 //! Foreign interfaces for device backends.
 //!
-//! With the `ascend` feature: bindgen-generated CANN ACL / op-compiler / HCCL tables
+//! With the `ascend` feature: bindgen-generated CANN ACL / HCCL tables
 //! ([`sys`]), hand-declared aclnn functions ([`aclnn`]) and safe wrappers ([`ascend`]),
 //! all loaded with `dlopen` at run time — nothing from CANN is linked, so the binary runs
 //! (and reports a clear error) on machines without it. Without the feature only
@@ -14,6 +14,10 @@ pub mod ascend;
 #[cfg(feature = "ascend")]
 #[allow(missing_docs)]
 pub mod sys;
+// The kernel build rule of build.rs, unit-tested here (it needs no toolchain to check).
+#[cfg(all(test, feature = "ascend"))]
+#[path = "../kernel_build.rs"]
+mod kernel_build;
 
 /// Whether an Ascend NPU runtime can be used by this build: `Err` with a message suitable
 /// for `--device npu:N` diagnostics otherwise.

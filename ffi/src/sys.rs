@@ -25,12 +25,6 @@ pub mod ascendcl {
     include!(concat!(env!("OUT_DIR"), "/ascendcl.rs"));
 }
 
-/// `libacl_op_compiler.so`: `aclopCompileAndExecute`, compile options.
-pub mod op_compiler {
-    use super::types::*;
-    include!(concat!(env!("OUT_DIR"), "/op_compiler.rs"));
-}
-
 /// `libhccl.so`: collective communication.
 pub mod hccl {
     use super::types::*;

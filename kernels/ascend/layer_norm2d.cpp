@@ -114,6 +114,7 @@ extern "C" __global__ __aicore__ void layer_norm2d(GM_ADDR x, GM_ADDR gamma, GM_
                                                    GM_ADDR y, GM_ADDR mean, GM_ADDR rstd,
                                                    GM_ADDR tiling)
 {
+    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);  // vector cores only, as the samples declare
     LayerNorm2dKernel k;
     k.Init(x, gamma, beta, y, mean, rstd, tiling);
     k.Process();

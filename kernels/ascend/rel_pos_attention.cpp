@@ -165,8 +165,10 @@ private:
     {
         LocalTensor<float> s = s_.Get<float>();
         LocalTensor<float> prod = one_.Get<float>();
+        // red[0] and red[8] hold reduction results, each in its own 32-byte block; the work
+        // buffer starts at red[16], so a count-mode reduction never writes over its own work area.
         LocalTensor<float> red = scratch_.Get<float>();
-        LocalTensor<float> work = red[8];
+        LocalTensor<float> work = red[16];
         // s_j = q_r . k_j : Mul + ReduceSum per key (general d; the cube unit is the fast path)
         for (uint32_t j = 0; j < cols; ++j) {
             Mul(prod, q[r * dA_], kt[j * dA_], d_);
@@ -192,10 +194,10 @@ private:
         Exp(red, red, 1);
         Adds(s, s, -mNew, cols);
         Exp(s, s, cols);
-        ReduceSum(red[1], s, work, cols);
+        ReduceSum(red[8], s, work, cols);
         medsam::VectorToScalar();
         const float alpha = red.GetValue(0);
-        const float psum = red.GetValue(1);
+        const float psum = red.GetValue(8);
         l.SetValue(r, alpha * l.GetValue(r) + psum);
         m.SetValue(r, mNew);
         LocalTensor<float> accR = acc[r * dvA_];
@@ -224,6 +226,7 @@ extern "C" __global__ __aicore__ void rel_pos_attention(GM_ADDR q, GM_ADDR k, GM
                                                         GM_ADDR relH, GM_ADDR relW, GM_ADDR out,
                                                         GM_ADDR lse, GM_ADDR tiling)
 {
+    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);  // vector cores only, as the samples declare
     RelPosAttentionKernel kernel;
     kernel.Init(q, k, v, relH, relW, out, lse, tiling);
     kernel.Process();

@@ -9,6 +9,12 @@ pub struct CpuFeatures {
     /// AMX tiles with bf16 dot products, usable by this process: the CPU reports amx-tile and
     /// amx-bf16 (CPUID.(7,0):EDX bits 24 and 22) AND the kernel granted the XTILEDATA permission.
     pub amx_bf16: bool,
+    /// AVX512-VNNI `vpdpbusd` on zmm (u8 × i8 dot products of 4, into i32).
+    pub avx512vnni: bool,
+    /// The vendor string of CPUID leaf 0 is "AuthenticAMD" or "HygonGenuine" (Zen cores).
+    pub amd: bool,
+    /// AVX-VNNI: the same `vpdpbusd` on ymm with a VEX encoding (Alder Lake and later, Zen 5).
+    pub avx_vnni: bool,
 }
 
 /// Detected once; cheap to call.
@@ -27,7 +33,23 @@ fn detect() -> CpuFeatures {
         avx2_fma: std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma"),
         amx_bf16: amx_cpuid() && amx_request_permission(),
+        avx512vnni: std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni"),
+        avx_vnni: std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("avxvnni"),
+        amd: matches!(&vendor(), b"AuthenticAMD" | b"HygonGenuine"),
     }
+}
+
+/// The 12-byte vendor string of CPUID leaf 0 (EBX, EDX, ECX).
+#[cfg(target_arch = "x86_64")]
+fn vendor() -> [u8; 12] {
+    let r = std::arch::x86_64::__cpuid(0);
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    v[8..].copy_from_slice(&r.ecx.to_le_bytes());
+    v
 }
 
 /// amx-bf16 and amx-tile as reported by CPUID leaf 7 sub-leaf 0, EDX bits 22 and 24.
@@ -82,5 +104,8 @@ fn detect() -> CpuFeatures {
         avx512bf16: false,
         avx2_fma: false,
         amx_bf16: false,
+        avx512vnni: false,
+        amd: false,
+        avx_vnni: false,
     }
 }

@@ -272,7 +272,12 @@ fn interleaved_heads_output() {
     let a = fill(heads * tokens * k, 1);
     let b = fill(heads * k * d, 2);
     for precision in [Precision::F32, Precision::Bf16] {
-        let (ar, br) = match precision {
+        // `gemm` may carry out a bf16 request in f32 (see `bf16_plan`).
+        let effective = match precision {
+            Precision::Bf16 => gemm::bf16_plan().precision,
+            p => p,
+        };
+        let (ar, br) = match effective {
             Precision::F32 => (a.clone(), b.clone()),
             Precision::Bf16 => (round_bf16(&a), round_bf16(&b)),
         };
@@ -347,6 +352,57 @@ fn kernel_selection() {
             Kernel::Avx512Bf16 | Kernel::Amx
         ));
     }
+}
+
+/// `Precision::Bf16` runs natively where bf16 is faster (AMX; AMD with AVX512-BF16) and as f32
+/// elsewhere; the environment override works both ways.
+#[test]
+fn bf16_plan_table() {
+    use medsam_kernels::cpu::CpuFeatures;
+    let base = CpuFeatures {
+        avx512f: true,
+        avx512bf16: true,
+        avx2_fma: true,
+        amx_bf16: false,
+        avx512vnni: true,
+        amd: false,
+        avx_vnni: false,
+    };
+    let amd = CpuFeatures { amd: true, ..base };
+    let amx = CpuFeatures {
+        amx_bf16: true,
+        ..base
+    };
+    let pick = |f, ok, env| {
+        let p = gemm::choose_bf16(f, ok, env);
+        (p.kernel, p.precision)
+    };
+    assert_eq!(
+        pick(amd, false, None),
+        (Kernel::Avx512Bf16, Precision::Bf16)
+    );
+    assert_eq!(pick(base, false, None), (Kernel::Avx512, Precision::F32));
+    assert_eq!(pick(amx, true, None), (Kernel::Amx, Precision::Bf16));
+    // AMX present but its self-check failed: Intel without working AMX.
+    assert_eq!(pick(amx, false, None), (Kernel::Avx512, Precision::F32));
+    assert_eq!(
+        pick(amd, false, Some("f32")),
+        (Kernel::Avx512, Precision::F32)
+    );
+    assert_eq!(
+        pick(base, false, Some("native")),
+        (Kernel::Avx512Bf16, Precision::Bf16)
+    );
+    let avx2 = CpuFeatures {
+        avx512f: false,
+        avx512bf16: false,
+        avx512vnni: false,
+        ..base
+    };
+    assert_eq!(pick(avx2, false, None), (Kernel::Avx2, Precision::F32));
+    let plan = gemm::bf16_plan();
+    assert!(plan.kernel.is_available() && plan.kernel.supports(plan.precision));
+    eprintln!("bf16 plan on this CPU: {plan:?}");
 }
 
 /// bf16 rounding while packing must be exactly `half`'s round-to-nearest-even, NaN and infinity

@@ -293,6 +293,7 @@ fn preprocess_ct_mr<'py>(
     }
     let cfg = PreprocessConfig {
         nii_path,
+        dicom_path: None,
         gt_path,
         npy_path,
         modality: parse_modality(modality)?,

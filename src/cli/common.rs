@@ -31,6 +31,9 @@ pub enum AnyModelType {
     /// LiteMedSAM (TinyViT image encoder).
     #[value(name = "lite")]
     Lite,
+    /// SAM 2.1 / MedSAM2 (Hiera image encoder, memory bank): 3D volumes via `medsam infer`.
+    #[value(name = "medsam2")]
+    Medsam2,
 }
 
 impl AnyModelType {
@@ -40,7 +43,7 @@ impl AnyModelType {
             AnyModelType::VitB => Some(ModelType::VitB),
             AnyModelType::VitL => Some(ModelType::VitL),
             AnyModelType::VitH => Some(ModelType::VitH),
-            AnyModelType::Lite => None,
+            AnyModelType::Lite | AnyModelType::Medsam2 => None,
         }
     }
 }
@@ -69,6 +72,12 @@ pub struct AnyModelArgs {
 pub fn load_any_model(a: &AnyModelArgs) -> Result<medsam::models::AnyModel> {
     use medsam::models::AnyModel;
     let device = parse_device(&a.device)?;
+    if a.model_type == Some(AnyModelType::Medsam2) {
+        return Err(medsam::Error::arg(
+            "--model-type",
+            "medsam2 models are supported by `medsam infer` on volumes only",
+        ));
+    }
     let sam_type = a.model_type.and_then(AnyModelType::sam);
     let (model, _report) = medsam::models::load::load_any_model(
         &a.checkpoint,

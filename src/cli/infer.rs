@@ -1,10 +1,11 @@
 //! `medsam infer`: MedSAM_Inference.py on an image and one or more boxes; with a LiteMedSAM
 //! checkpoint, CVPR24_LiteMedSAM_infer.py on 2D images and on 3D volumes (`.npz` in the challenge
-//! layout, or NIfTI with `--box3d`).
+//! layout, NIfTI with `--box3d`, or a DICOM series folder with `--box3d`, whose segmentation is
+//! written as DICOM SEG and/or NIfTI with the series' geometry).
 
 use super::common::{load_any_model, show, AnyModelArgs};
 use medsam::io::nifti::write_nifti_gz;
-use medsam::io::volume::{read_nifti_volume, read_npz_volume, write_npz_segs};
+use medsam::io::volume::{read_nifti_volume, read_npz_volume, u8_volume, write_npz_segs, Volume};
 use medsam::models::{AnyModel, LiteMedSam, Sam};
 use medsam::pipeline::infer::lite::{
     check_box3d, lite_image, segment_volume, Box3d, ImageU8, LitePredictor,
@@ -37,9 +38,30 @@ pub struct InferArgs {
     /// Also write the low-res mask logits (float32 [n_boxes, 1, 4g, 4g]) to this .npy (2D only).
     #[arg(long)]
     pub logits: Option<PathBuf>,
-    /// Image-encoder precision (f32 only for LiteMedSAM).
+    /// Image-encoder precision (LiteMedSAM: f32 or int8; 3D volumes: f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
+    /// DICOM input: the SeriesInstanceUID to segment when the folder holds several series.
+    #[arg(long)]
+    pub series: Option<String>,
+    /// Volume output: DICOM SEG (`seg_<name>.dcm`, DICOM input only), NIfTI (`seg_<name>.nii.gz`)
+    /// or both [default: both for DICOM input, nifti otherwise].
+    #[arg(long = "output-format", value_enum)]
+    pub output_format: Option<OutputFormat>,
+    /// Name of label k (the k-th --box3d) in the DICOM SEG; repeat in box order
+    /// [default: "Segment k"].
+    #[arg(long = "label-name")]
+    pub label_names: Vec<String>,
+    #[command(flatten)]
+    pub medsam2: super::infer_sam2::Sam2Args,
+}
+
+/// How a volume segmentation is written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Seg,
+    Nifti,
+    Both,
 }
 
 pub fn parse_box(s: &str) -> Result<[f32; 4]> {
@@ -55,6 +77,9 @@ pub fn parse_box(s: &str) -> Result<[f32; 4]> {
 
 /// Whether the input is a 3D volume (`.npz`, `.nii`, `.nii.gz`) rather than a 2D image.
 pub fn is_volume_path(path: &Path) -> bool {
+    if path.is_dir() {
+        return true;
+    }
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy().to_ascii_lowercase())
@@ -63,7 +88,12 @@ pub fn is_volume_path(path: &Path) -> bool {
 }
 
 /// The file name without its extension (both of `.nii.gz`).
-fn stem_of(path: &Path) -> String {
+pub fn stem_of(path: &Path) -> String {
+    if path.is_dir() {
+        if let Some(n) = path.file_name() {
+            return n.to_string_lossy().into_owned();
+        }
+    }
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -84,6 +114,9 @@ fn stem_of(path: &Path) -> String {
 }
 
 pub fn run(a: &InferArgs) -> Result<()> {
+    if a.model.model_type == Some(super::common::AnyModelType::Medsam2) {
+        return super::infer_sam2::run(a);
+    }
     if is_volume_path(&a.data_path) {
         return run_volume(a);
     }
@@ -114,10 +147,10 @@ pub fn run(a: &InferArgs) -> Result<()> {
     match load_any_model(&a.model)? {
         AnyModel::Sam(model) => run_sam_2d(a, &model, &img, &boxes),
         AnyModel::Lite(model) => {
-            if a.precision != InferPrecision::F32 {
+            if a.precision == InferPrecision::Bf16 {
                 return Err(Error::arg(
                     "--precision",
-                    "LiteMedSAM inference runs in f32 only",
+                    "LiteMedSAM inference runs in f32 or int8 only",
                 ));
             }
             let u8img = lite_image(&a.data_path, &img)?;
@@ -135,6 +168,9 @@ struct Segmentation2d {
 
 fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) -> Result<()> {
     let t0 = std::time::Instant::now();
+    if a.precision != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
     let predictor = Predictor::new(model, img, a.precision)?;
     let mut union = vec![false; img.h * img.w];
     let mut logits = Vec::new();
@@ -153,7 +189,10 @@ fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) 
 
 fn run_lite_2d(a: &InferArgs, model: &LiteMedSam, img: &ImageU8, boxes: &[[f32; 4]]) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let predictor = LitePredictor::new(model, img)?;
+    if a.precision != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
+    let predictor = LitePredictor::with_int8(model, img, a.precision == InferPrecision::Int8)?;
     let mut union = vec![false; img.h * img.w];
     let mut logits = Vec::new();
     for b in boxes {
@@ -246,10 +285,31 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     let is_npz = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
-    let vol = if is_npz {
-        read_npz_volume(path)?
+    let is_dicom = path.is_dir();
+    if !is_dicom && a.series.is_some() {
+        return Err(Error::arg("--series", "applies to DICOM folders only"));
+    }
+    let format = match (a.output_format, is_dicom) {
+        (Some(f), true) => f,
+        (None, true) => OutputFormat::Both,
+        (None | Some(OutputFormat::Nifti), false) => OutputFormat::Nifti,
+        (Some(_), false) => {
+            return Err(Error::arg(
+                "--output-format",
+                format!(
+                    "DICOM SEG needs a DICOM series as input; {} is not a folder",
+                    path.display()
+                ),
+            ))
+        }
+    };
+    let (vol, dicom) = if is_npz {
+        (read_npz_volume(path)?, None)
+    } else if is_dicom {
+        let (v, s) = read_dicom_volume(path, a.series.as_deref())?;
+        (v, Some(s))
     } else {
-        read_nifti_volume(path)?
+        (read_nifti_volume(path)?, None)
     };
     if let Some(note) = &vol.note {
         eprintln!("note: {note}");
@@ -308,7 +368,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     if a.precision != InferPrecision::F32 {
         return Err(Error::arg(
             "--precision",
-            "LiteMedSAM inference runs in f32 only",
+            "3D volume inference runs in f32 only",
         ));
     }
     let (d, h, w) = vol.shape;
@@ -320,13 +380,17 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(path);
-    let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
-    write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing)?;
-    println!(
-        "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
-        show(&nii),
-        boxes.len()
-    );
+    if let Some(series) = &dicom {
+        write_dicom_outputs(a, series, &stem, format, &segs, boxes.len())?;
+    } else {
+        let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
+        write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing)?;
+        println!(
+            "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
+            show(&nii),
+            boxes.len()
+        );
+    }
     if is_npz {
         let npz = a.seg_path.join(format!("seg_{stem}.npz"));
         write_npz_segs(&npz, vol.shape, &segs)?;
@@ -337,6 +401,73 @@ fn run_volume(a: &InferArgs) -> Result<()> {
         println!("label {label}: {n} voxels");
     }
     println!("{} box(es), {slices} slice(s) in {secs:.2} s", boxes.len());
+    Ok(())
+}
+
+/// Reads a DICOM series folder (printing the reader's warnings) as a uint8 volume.
+fn read_dicom_volume(
+    path: &Path,
+    series: Option<&str>,
+) -> Result<(Volume, medsam::io::dicom::DicomSeries)> {
+    let s =
+        medsam::io::dicom::read_series(path, series).map_err(|e| Error::Other(e.to_string()))?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    let [d, h, w] = s.volume.shape;
+    println!(
+        "DICOM series {} ({}, {d}×{h}×{w} D×H×W, spacing {:?} mm)",
+        s.info.series_instance_uid, s.info.modality, s.geometry.spacing
+    );
+    Ok((u8_volume(path, &s.volume), s))
+}
+
+/// Writes the segmentation of a DICOM series as SEG and/or NIfTI with the series' geometry.
+fn write_dicom_outputs(
+    a: &InferArgs,
+    series: &medsam::io::dicom::DicomSeries,
+    stem: &str,
+    format: OutputFormat,
+    segs: &[u8],
+    labels: usize,
+) -> Result<()> {
+    if a.label_names.len() > labels {
+        return Err(Error::arg(
+            "--label-name",
+            format!(
+                "{} names for {labels} label(s) (one per --box3d)",
+                a.label_names.len()
+            ),
+        ));
+    }
+    let [d, h, w] = series.volume.shape;
+    if matches!(format, OutputFormat::Seg | OutputFormat::Both) {
+        let out = a.seg_path.join(format!("seg_{stem}.dcm"));
+        let mut names = a.label_names.clone();
+        names.extend((names.len() + 1..=labels).map(|k| format!("Segment {k}")));
+        let opts = medsam::io::dicom::SegOptions {
+            label_names: names,
+            ..Default::default()
+        };
+        let sum = medsam::io::dicom::write_seg(&out, series, segs, &opts)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        println!(
+            "segmentation: {} (DICOM SEG, {} segment(s), {} frame(s), series {})",
+            show(&out),
+            sum.segments,
+            sum.frames,
+            sum.series_instance_uid
+        );
+    }
+    if matches!(format, OutputFormat::Nifti | OutputFormat::Both) {
+        let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
+        medsam::io::dicom::write_nifti_with_geometry(&nii, [d, h, w], segs, &series.geometry)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        println!(
+            "segmentation: {} ({d}×{h}×{w} D×H×W, series geometry, labels 1..={labels})",
+            show(&nii)
+        );
+    }
     Ok(())
 }
 

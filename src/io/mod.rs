@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod dicom;
 pub mod image;
 pub mod nifti;
 pub mod npy;

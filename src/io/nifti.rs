@@ -412,6 +412,68 @@ pub fn write_nifti_gz<T: NiftiElement>(
     data: &[T],
     spacing: [f64; 3],
 ) -> Result<()> {
+    write_nifti_gz_affine(path, shape, data, spacing, None)
+}
+
+/// Quaternion `(b, c, d)` and `qfac` of the rotation part of a RAS affine (`nifti1_io`'s
+/// `mat44_to_quatern` for an orthonormal matrix).
+fn quatern(affine: &[[f64; 4]; 3], spacing: [f64; 3]) -> ([f64; 3], f64) {
+    let mut r = [[0.0f64; 3]; 3];
+    for (i, row) in r.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = affine[i][j] / spacing[j];
+        }
+    }
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    let qfac = if det < 0.0 { -1.0 } else { 1.0 };
+    if det < 0.0 {
+        r.iter_mut().for_each(|row| row[2] = -row[2]);
+    }
+    let trace1 = r[0][0] + r[1][1] + r[2][2] + 1.0;
+    let (a, mut b, mut c, mut d): (f64, f64, f64, f64);
+    if trace1 > 0.5 {
+        a = 0.5 * trace1.sqrt();
+        b = 0.25 * (r[2][1] - r[1][2]) / a;
+        c = 0.25 * (r[0][2] - r[2][0]) / a;
+        d = 0.25 * (r[1][0] - r[0][1]) / a;
+    } else {
+        let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
+        let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
+        if xd > 1.0 {
+            b = 0.5 * xd.sqrt();
+            c = 0.25 * (r[0][1] + r[1][0]) / b;
+            d = 0.25 * (r[0][2] + r[2][0]) / b;
+            a = 0.25 * (r[2][1] - r[1][2]) / b;
+        } else if yd > 1.0 {
+            c = 0.5 * yd.sqrt();
+            b = 0.25 * (r[0][1] + r[1][0]) / c;
+            d = 0.25 * (r[1][2] + r[2][1]) / c;
+            a = 0.25 * (r[0][2] - r[2][0]) / c;
+        } else {
+            let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
+            d = 0.5 * zd.sqrt();
+            b = 0.25 * (r[0][2] + r[2][0]) / d;
+            c = 0.25 * (r[1][2] + r[2][1]) / d;
+            a = 0.25 * (r[1][0] - r[0][1]) / d;
+        }
+        if a < 0.0 {
+            (b, c, d) = (-b, -c, -d);
+        }
+    }
+    ([b, c, d], qfac)
+}
+
+/// [`write_nifti_gz`] with a given RAS affine (rows of the 3×4 matrix; its columns' lengths
+/// must equal `spacing`), stored as both qform and sform; `None` = `diag(spacing)`.
+pub fn write_nifti_gz_affine<T: NiftiElement>(
+    path: impl AsRef<Path>,
+    shape: [usize; 3],
+    data: &[T],
+    spacing: [f64; 3],
+    affine: Option<[[f64; 4]; 3]>,
+) -> Result<()> {
     let path = path.as_ref();
     let [nz, ny, nx] = shape;
     if data.len() != nz * ny * nx
@@ -428,6 +490,12 @@ pub fn write_nifti_gz<T: NiftiElement>(
             ),
         });
     }
+    let affine = affine.unwrap_or([
+        [spacing[0], 0.0, 0.0, 0.0],
+        [0.0, spacing[1], 0.0, 0.0],
+        [0.0, 0.0, spacing[2], 0.0],
+    ]);
+    let (quat, qfac) = quatern(&affine, spacing);
     let mut h = vec![0u8; 352];
     let put_i16 = |h: &mut Vec<u8>, o: usize, v: i16| h[o..o + 2].copy_from_slice(&v.to_le_bytes());
     let put_f32 = |h: &mut Vec<u8>, o: usize, v: f32| h[o..o + 4].copy_from_slice(&v.to_le_bytes());
@@ -439,7 +507,7 @@ pub fn write_nifti_gz<T: NiftiElement>(
     put_i16(&mut h, 70, T::CODE);
     put_i16(&mut h, 72, T::BITPIX);
     for (i, v) in [
-        1.0f32,
+        qfac as f32,
         spacing[0] as f32,
         spacing[1] as f32,
         spacing[2] as f32,
@@ -458,15 +526,20 @@ pub fn write_nifti_gz<T: NiftiElement>(
     h[123] = 10; // xyzt_units: mm + sec
     put_i16(&mut h, 252, 1); // qform_code
     put_i16(&mut h, 254, 1); // sform_code
-                             // quaternion b, c, d = 0 (identity rotation), offsets 0
-    let srow = [
-        [spacing[0] as f32, 0.0, 0.0, 0.0],
-        [0.0, spacing[1] as f32, 0.0, 0.0],
-        [0.0, 0.0, spacing[2] as f32, 0.0],
+    let qvals = [
+        quat[0],
+        quat[1],
+        quat[2],
+        affine[0][3],
+        affine[1][3],
+        affine[2][3],
     ];
-    for (r, row) in srow.iter().enumerate() {
+    for (i, v) in qvals.iter().enumerate() {
+        put_f32(&mut h, 256 + 4 * i, *v as f32);
+    }
+    for (r, row) in affine.iter().enumerate() {
         for (c, v) in row.iter().enumerate() {
-            put_f32(&mut h, 280 + 16 * r + 4 * c, *v);
+            put_f32(&mut h, 280 + 16 * r + 4 * c, *v as f32);
         }
     }
     h[344..348].copy_from_slice(b"n+1\0");

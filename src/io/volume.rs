@@ -121,6 +121,11 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
 /// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
 pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
     let v = nifti::read_nifti(path)?;
+    Ok(u8_volume(path, &v))
+}
+
+/// A NIfTI or DICOM volume (read from `path`) as uint8, as [`read_nifti_volume`] converts it.
+pub fn u8_volume(path: &Path, v: &nifti::NiftiVolume) -> Volume {
     let [d, h, w] = v.shape;
     let integral = v
         .data
@@ -146,13 +151,13 @@ pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
             .map(|&x| ((x - lo) / r * 255.0).round().clamp(0.0, 255.0) as u8)
             .collect()
     };
-    Ok(Volume {
+    Volume {
         shape: (d, h, w),
         data,
         boxes: None,
         spacing: v.spacing,
         note,
-    })
+    }
 }
 
 /// Writes `segs` (D, H, W) uint8 as a one-member `.npz` (`np.savez_compressed` layout), atomically.

@@ -115,6 +115,12 @@ pub fn load_any_model(
 ) -> Result<(AnyModel, LoadReport)> {
     let value = read_checkpoint(path)?;
     let weights = state_dict(path, &value)?;
+    if crate::models::sam2::load::is_sam2_state_dict(weights.keys()) {
+        return Err(Error::file(
+            path,
+            "holds a SAM 2 / MedSAM2 model (Hiera trunk): use `medsam infer --model-type medsam2`",
+        ));
+    }
     if !LiteConfig::is_lite_state_dict(weights.keys()) {
         let config = resolve_config(&weights, model_type, config_json)?;
         let mut sam = Sam::new(&config, 0, device)?;

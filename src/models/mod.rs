@@ -3,7 +3,8 @@
 //!
 //! - [`sam`]: SAM / MedSAM (`segment_anything/modeling/`), whose prompt encoder and mask decoder
 //!   the other families reuse;
-//! - [`lite`]: LiteMedSAM (TinyViT encoder + SAM's prompt encoder and mask decoder).
+//! - [`lite`]: LiteMedSAM (TinyViT encoder + SAM's prompt encoder and mask decoder);
+//! - [`sam2`]: SAM 2.1 / MedSAM2 (`sam2/modeling/`): Hiera encoder, memory bank, video predictor.
 //!
 //! Beside them: [`common`] layers (Linear, LayerNorm, Conv2d, ...), [`config`] (model sizes),
 //! [`seg_model`] (the train/eval interface every family implements) and [`load`] (checkpoint →
@@ -14,6 +15,7 @@ pub mod config;
 pub mod lite;
 pub mod load;
 pub mod sam;
+pub mod sam2;
 pub mod seg_model;
 
 pub use common::LoadReport;

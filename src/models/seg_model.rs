@@ -253,13 +253,14 @@ impl SegPredict for LiteMedSam {
         boxes: &[[usize; 4]],
         precision: InferPrecision,
     ) -> Result<Vec<Vec<bool>>> {
-        if precision != InferPrecision::F32 {
+        if precision == InferPrecision::Bf16 {
             return Err(Error::arg(
                 "--precision",
-                "LiteMedSAM evaluation runs in f32 only",
+                "LiteMedSAM evaluation runs in f32 or int8 only",
             ));
         }
-        let predictor = LitePredictor::new(self, &image_to_u8(img)?)?;
+        let int8 = precision == InferPrecision::Int8;
+        let predictor = LitePredictor::with_int8(self, &image_to_u8(img)?, int8)?;
         boxes
             .iter()
             .map(|b| Ok(predictor.predict_box(b.map(|v| v as f64))?.mask))

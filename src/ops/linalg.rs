@@ -188,6 +188,11 @@ impl Tensor {
                 || weight.requires_grad()
                 || bias.is_some_and(|b| b.requires_grad())
                 || residual.is_some_and(|r| r.requires_grad()));
+        if !recording && super::quant::int8_enabled() {
+            if let Some(y) = super::quant::linear_int8(self, weight, bias, residual, gelu)? {
+                return Ok(y);
+            }
+        }
         let (r, k) = (self.rank(), weight.dim(weight.rank().saturating_sub(1)));
         let fusable = !recording
             && r >= 1

@@ -126,6 +126,10 @@ impl Tensor {
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }
+    /// The shared buffer itself (its identity keys caches of derived data, e.g. int8 weights).
+    pub(crate) fn storage_arc(&self) -> &Arc<Storage> {
+        &self.storage
+    }
     pub(crate) fn view(&self) -> &View {
         &self.view
     }

@@ -5,9 +5,8 @@
 use std::path::{Path, PathBuf};
 
 /// The libraries the backend loads; all are the one stand-in.
-pub const LIB_NAMES: [&str; 5] = [
+pub const LIB_NAMES: [&str; 4] = [
     "libascendcl.so",
-    "libacl_op_compiler.so",
     "libnnopbase.so",
     "libopapi.so",
     "libhccl.so",
@@ -19,7 +18,12 @@ pub fn standin_so() -> PathBuf {
     if let Some(p) = std::env::var_os("MEDSAM_STANDIN_LIB") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The workspace root (this file is also used by medsam-ffi's tests, one level down).
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .ancestors()
+        .find(|d| d.join("tests/ascend_standin/Cargo.toml").is_file())
+        .expect("workspace root with tests/ascend_standin");
     let target = root.join("target").join("ascend-standin");
     let st = std::process::Command::new(env!("CARGO"))
         .args(["build", "--offline", "--quiet", "--manifest-path"])
@@ -34,11 +38,16 @@ pub fn standin_so() -> PathBuf {
 /// A directory `<tmp>/<name>-<pid>` holding the stand-in under every CANN library name.
 /// Symlinks to one file: the dynamic loader maps it once, so its state is shared.
 pub fn link_standin(name: &str) -> PathBuf {
+    link_standin_as(name, &LIB_NAMES)
+}
+
+/// As [`link_standin`], under the given library names only.
+pub fn link_standin_as(name: &str, names: &[&str]) -> PathBuf {
     let so = standin_so();
     assert!(so.is_file(), "stand-in library missing: {}", so.display());
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for n in LIB_NAMES {
+    for n in names {
         let link = dir.join(n);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&so, &link).unwrap();

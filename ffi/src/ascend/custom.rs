@@ -1,7 +1,8 @@
 //! The hand-written Ascend C kernels of `kernels/ascend/` (`rel_pos_attention`,
 //! `layer_norm2d`) behind a safe API: locating and loading the device binary, computing the
 //! tiling and the argument block through the C++ launch glue (`ffi/src/launch.cc`, bridged
-//! with `cxx`), and launching with [`KernelFunction::launch`] (`aclrtLaunchKernel`).
+//! with `cxx`), and launching with [`KernelFunction::launch`] (`aclrtKernelArgs*` +
+//! `aclrtLaunchKernelWithConfig`, or an uploaded block + `aclrtLaunchKernel`).
 //!
 //! Kernel parameters (all `GM_ADDR`, in this order; the last one points at the tiling struct
 //! of `kernels/ascend/tiling.h`, uploaded once per distinct shape and cached):

@@ -55,6 +55,9 @@ pub enum AscendError {
         /// `HcclGetErrorString(code)` or our own name for the code.
         text: String,
     },
+    /// Not supported by the installed CANN version or this SoC (checked before the call).
+    #[error("not supported here: {0}")]
+    Unsupported(String),
     /// A caller error detected before calling into CANN (shape, size, dtype ...).
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -154,6 +154,21 @@ impl HcclComm {
             ))
         })
     }
+    /// The dtype of a reduction. `HcclAllReduce` (and the other reducing collectives) on
+    /// Atlas A2/A3 documents int8/16/32/64, fp16, fp32 and bf16 only (hicann/hccl
+    /// `docs/zh/api_ref/comm_op_interface/HcclAllReduce.md`): f64 and u8 are refused here,
+    /// before the call, instead of failing inside HCCL.
+    fn reduce_dtype<T: Element>() -> Result<HcclDataType> {
+        let dt = Self::dtype::<T>()?;
+        if dt == HCCL_DATA_TYPE_FP64 || dt == HCCL_DATA_TYPE_UINT8 {
+            return Err(AscendError::Unsupported(format!(
+                "HcclAllReduce of {} elements: HCCL reduces int8/16/32/64, fp16, fp32 and bf16 \
+                 only",
+                std::any::type_name::<T>()
+            )));
+        }
+        Ok(dt)
+    }
     fn fits<T>(buf: &DeviceBuffer, count: usize, what: &str) -> Result<()> {
         if count * std::mem::size_of::<T>() > buf.len() {
             return Err(AscendError::Invalid(format!(
@@ -175,7 +190,7 @@ impl HcclComm {
     ) -> Result<()> {
         Self::fits::<T>(send, count, "all_reduce send")?;
         Self::fits::<T>(recv, count, "all_reduce recv")?;
-        let dt = Self::dtype::<T>()?;
+        let dt = Self::reduce_dtype::<T>()?;
         hccl!(
             self.dev.runtime(),
             HcclAllReduce(
@@ -200,7 +215,7 @@ impl HcclComm {
         stream: &Stream,
     ) -> Result<()> {
         Self::fits::<T>(buf, count, "all_reduce")?;
-        let dt = Self::dtype::<T>()?;
+        let dt = Self::reduce_dtype::<T>()?;
         let p = buf.as_ptr();
         hccl!(
             self.dev.runtime(),

@@ -1,9 +1,15 @@
 //! Custom (Ascend C) kernels compiled offline into a device binary, launched without C++
-//! host stubs: `aclrtBinaryLoadFromFile` → `aclrtBinaryGetFunction` → `aclrtLaunchKernel`
-//! (signatures from `acl/acl_rt.h`; flow from hicann/runtime
-//! `example/2_advanced_features/kernel/0_launch_kernel`). The test-only stand-in
-//! executes launches of the kernels it knows by name (`tests/ascend_standin/src/kernels.rs`)
-//! with their host reference; real device code needs real hardware.
+//! host stubs: `aclrtBinaryLoadFromFile` → `aclrtBinaryGetFunction` → launch (signatures from
+//! `acl/acl_rt.h`; flow from hicann/runtime `example/2_advanced_features/kernel/0_launch_kernel`).
+//!
+//! Kernel arguments: `aclrtLaunchKernel` takes `argsData` in **device** memory (every
+//! hiascend doc version of it). We launch the way the runtime sample does —
+//! `aclrtKernelArgsInit` / `aclrtKernelArgsAppend` / `aclrtKernelArgsFinalize` +
+//! `aclrtLaunchKernelWithConfig` (host argument block, copied by the runtime) — and, on a
+//! runtime without that API, upload the block to device memory and keep it alive until the
+//! stream is synchronised. The test-only stand-in executes launches of the kernels it knows by
+//! name (`tests/ascend_standin/src/kernels.rs`) with their host reference and refuses host
+//! pointers as `argsData`; real device code needs real hardware.
 
 use super::error::{AscendError, Result};
 use super::runtime::{acl, Device, Stream};
@@ -70,17 +76,72 @@ impl KernelFunction<'_> {
     /// kernel expects (device addresses as 8-byte values, then scalars, each naturally
     /// aligned), as built by [`KernelArgs`].
     pub fn launch(&self, num_blocks: u32, args: &KernelArgs, stream: &Stream) -> Result<()> {
-        let a = &args.bytes;
+        let rt = self.bin.dev.runtime();
+        if rt.acl.aclrtKernelArgsInit.is_ok() && rt.acl.aclrtLaunchKernelWithConfig.is_ok() {
+            match self.launch_with_config(num_blocks, args, stream) {
+                // 207000 FEATURE_NOT_SUPPORT / 200001 API_NOT_SUPPORT: a runtime that exports the
+                // argument API without supporting it; fall back to the uploaded block.
+                Err(AscendError::Acl {
+                    func: "aclrtKernelArgsInit",
+                    code: 207000 | 200001,
+                    ..
+                }) => {}
+                other => return other,
+            }
+        }
+        self.launch_uploaded(num_blocks, args, stream)
+    }
+
+    /// `aclrtKernelArgsInit` → one `aclrtKernelArgsAppend` of the whole block (keeps our C
+    /// layout) → `aclrtKernelArgsFinalize` → `aclrtLaunchKernelWithConfig(.., cfg NULL, ..)`.
+    fn launch_with_config(
+        &self,
+        num_blocks: u32,
+        args: &KernelArgs,
+        stream: &Stream,
+    ) -> Result<()> {
+        let rt = self.bin.dev.runtime();
+        let mut handle: aclrtArgsHandle = std::ptr::null_mut();
+        acl!(rt, aclrtKernelArgsInit(self.handle, &mut handle))?;
+        let mut bytes = args.bytes.clone();
+        if !bytes.is_empty() {
+            let mut param: aclrtParamHandle = std::ptr::null_mut();
+            acl!(
+                rt,
+                aclrtKernelArgsAppend(handle, bytes.as_mut_ptr().cast(), bytes.len(), &mut param)
+            )?;
+        }
+        acl!(rt, aclrtKernelArgsFinalize(handle))?;
         acl!(
-            self.bin.dev.runtime(),
+            rt,
+            aclrtLaunchKernelWithConfig(
+                self.handle,
+                num_blocks,
+                stream.raw(),
+                std::ptr::null_mut(),
+                handle,
+                std::ptr::null_mut()
+            )
+        )
+    }
+
+    /// `aclrtLaunchKernel` with the block uploaded to device memory (retained until sync).
+    fn launch_uploaded(&self, num_blocks: u32, args: &KernelArgs, stream: &Stream) -> Result<()> {
+        let dev = &self.bin.dev;
+        let mut block = dev.alloc(args.bytes.len().max(8))?;
+        block.copy_from_host::<u8>(&args.bytes)?;
+        acl!(
+            dev.runtime(),
             aclrtLaunchKernel(
                 self.handle,
                 num_blocks,
-                a.as_ptr().cast(),
-                a.len(),
+                block.as_ptr().cast_const(),
+                args.bytes.len(),
                 stream.raw()
             )
-        )
+        )?;
+        stream.retain_until_sync(block);
+        Ok(())
     }
 }
 

@@ -18,6 +18,9 @@ pub use error::{acl_error_class, aclnn_status_class, hccl_result_name, AscendErr
 pub use hccl::{HcclComm, ReduceOp, ROOT_INFO_BYTES};
 pub use kernel::{KernelArgs, KernelBinary, KernelFunction};
 pub use ops::{
-    check_aclnn, AdamWHyper, FlashAttn, GeluApprox, Layout, OpPath, Ops, TensorArg, UnaryOp,
+    check_aclnn, cube_math_type, format_for_rank, soc_is_a2_class, AclHandle, AdamWHyper,
+    CubePrecision, Descriptor, FlashAttn, GeluApprox, Layout, Ops, TensorArg, UnaryOp,
 };
-pub use runtime::{default_search_dirs, AscendRuntime, Device, Event, Stream, LIB_DIR_ENV};
+pub use runtime::{
+    default_search_dirs, AscendRuntime, CannVersion, Device, Event, Stream, LIB_DIR_ENV, OPAPI_LIBS,
+};

@@ -1,21 +1,33 @@
-//! Operator execution: aclnn two-phase calls (preferred) with an aclop
-//! (`aclopCompileAndExecute`) fallback when an aclnn symbol is missing.
+//! Operator execution through the aclnn two-phase API.
 //!
-//! aclnn pattern (opbase `acl_meta.h`, torch_npu `EXEC_NPU_CMD`): wrap device pointers in
-//! `aclTensor`s, call `aclnnXGetWorkspaceSize(.., &ws, &executor)`, allocate the workspace,
-//! call `aclnnX(workspace, ws, executor, stream)` (asynchronous), destroy the descriptors;
-//! the workspace is kept until the stream is synchronised ([`Stream::retain_until_sync`]).
+//! Pattern (opbase `acl_meta.h`, torch_npu `EXEC_NPU_CMD`, ggml-cann `GGML_CANN_CALL_ACLNN_OP`):
+//! wrap device pointers in `aclTensor`s ([`AclHandle`], destroyed on drop), call
+//! `aclnnXGetWorkspaceSize(.., &ws, &executor)`, allocate the workspace, call
+//! `aclnnX(workspace, ws, executor, stream)` (asynchronous). The descriptors may be destroyed
+//! once phase 2 is enqueued (torch_npu releases them at the same point); the workspace is kept
+//! until the stream is synchronised ([`Stream::retain_until_sync`]). An executor whose phase 2
+//! will not run (workspace allocation failed) is released with `aclDestroyAclOpExecutor`.
+//! Every operator body is: descriptors, then one [`aclnn!`] line.
 //!
-//! aclop pattern (torch_npu `OpCommand`): `aclTensorDesc` + `aclDataBuffer` per input and
-//! output (absent optional inputs as an `ACL_DT_UNDEFINED` desc with a null buffer), an
-//! `aclopAttr`, then `aclopCompileAndExecute(op, .., ACL_ENGINE_SYS, ACL_COMPILE_SYS, NULL,
-//! stream)`. Op types and attribute names: research notes §2a.
+//! Conventions CANN checks and we follow (sources in docs/ASCEND.md, "Contract"):
+//! * **format by rank**, as torch_npu's `ConvertType` (op-plugin `op_api_common.h`): 3-D NCL,
+//!   4-D NCHW, 5-D NCDHW, else ND. Convolution and its backward need NCHW for 4-D
+//!   (ops-nn `FormatChecker` / `CheckFormatValid`); bilinear upsample takes NCHW or NHWC and its
+//!   backward reads every non-NCHW tensor as NHWC (ops-cv `CheckFormat` / `CheckShape`);
+//! * **cubeMathType per SoC and dtype** ([`cube_math_type`]);
+//! * **CANN ≥ 8.0** for the operators whose first phase changed arity (Convolution and its
+//!   backward gained `cubeMathType`): refused on older or unknown versions.
+//!
+//! There is no aclop (`aclopCompileAndExecute`) fallback: every operator we call exists in
+//! aclnn since CANN 8.0, the fallback served no backend call, and ggml-cann has none either.
+//! A missing operator is a [`AscendError::MissingSymbol`] naming it.
 
 use super::alloc::{DeviceBuffer, Element};
 use super::error::{aclnn_status_class, AscendError, Result};
 use super::runtime::{AscendRuntime, Stream};
 use crate::aclnn::{
-    aclBoolArray, aclIntArray, aclOpExecutor, aclScalar, aclTensor, aclnnStatus, NnopBase, OpApi,
+    aclBoolArray, aclIntArray, aclOpExecutor, aclScalar, aclTensor, aclnnStatus, AclnnRunFn,
+    NnopBase, OpApi,
 };
 use crate::sys::types::*;
 use std::ffi::{c_void, CString};
@@ -102,7 +114,6 @@ pub struct TensorArg<'a> {
     ptr: *mut c_void,
     layout: Layout,
     dtype: aclDataType,
-    elem: usize,
     _borrow: PhantomData<&'a DeviceBuffer>,
 }
 
@@ -119,7 +130,6 @@ impl<'a> TensorArg<'a> {
             ptr: buf.as_ptr(),
             layout,
             dtype: T::ACL,
-            elem: std::mem::size_of::<T>(),
             _borrow: PhantomData,
         })
     }
@@ -144,17 +154,6 @@ impl<'a> TensorArg<'a> {
     }
 }
 
-/// Which operator library to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpPath {
-    /// aclnn when the runtime exports the op, else aclop.
-    Auto,
-    /// aclnn only (error if missing).
-    Aclnn,
-    /// aclop only (`aclopCompileAndExecute`).
-    Aclop,
-}
-
 /// Pointwise aclnn operators of the form `(self, out)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnaryOp {
@@ -172,27 +171,6 @@ pub enum UnaryOp {
     Sqrt,
 }
 
-impl UnaryOp {
-    /// The aclnn names of both phases.
-    pub fn names(self) -> (&'static str, &'static str) {
-        match self {
-            UnaryOp::Relu => ("aclnnReluGetWorkspaceSize", "aclnnRelu"),
-            UnaryOp::Sigmoid => ("aclnnSigmoidGetWorkspaceSize", "aclnnSigmoid"),
-            UnaryOp::Exp => ("aclnnExpGetWorkspaceSize", "aclnnExp"),
-            UnaryOp::Sin => ("aclnnSinGetWorkspaceSize", "aclnnSin"),
-            UnaryOp::Cos => ("aclnnCosGetWorkspaceSize", "aclnnCos"),
-            UnaryOp::Sqrt => ("aclnnSqrtGetWorkspaceSize", "aclnnSqrt"),
-        }
-    }
-}
-
-type UnaryPhase1 = unsafe extern "C" fn(
-    *const aclTensor,
-    *mut aclTensor,
-    *mut u64,
-    *mut *mut aclOpExecutor,
-) -> aclnnStatus;
-
 /// GELU flavour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeluApprox {
@@ -200,1238 +178,6 @@ pub enum GeluApprox {
     Erf,
     /// tanh approximation.
     Tanh,
-}
-
-// ------------------------------------------------------------------------------------------
-// aclnn descriptors (RAII)
-
-struct AclnnTensor<'n> {
-    nn: &'n NnopBase,
-    raw: *mut aclTensor,
-}
-impl Drop for AclnnTensor<'_> {
-    fn drop(&mut self) {
-        if let Some(f) = self.nn.aclDestroyTensor {
-            unsafe { f(self.raw) };
-        }
-    }
-}
-struct AclnnIntArray<'n> {
-    nn: &'n NnopBase,
-    raw: *mut aclIntArray,
-}
-impl Drop for AclnnIntArray<'_> {
-    fn drop(&mut self) {
-        if let Some(f) = self.nn.aclDestroyIntArray {
-            unsafe { f(self.raw) };
-        }
-    }
-}
-struct AclnnBoolArray<'n> {
-    nn: &'n NnopBase,
-    raw: *mut aclBoolArray,
-}
-impl Drop for AclnnBoolArray<'_> {
-    fn drop(&mut self) {
-        if let Some(f) = self.nn.aclDestroyBoolArray {
-            unsafe { f(self.raw) };
-        }
-    }
-}
-struct AclnnScalar<'n> {
-    nn: &'n NnopBase,
-    raw: *mut aclScalar,
-}
-impl Drop for AclnnScalar<'_> {
-    fn drop(&mut self) {
-        if let Some(f) = self.nn.aclDestroyScalar {
-            unsafe { f(self.raw) };
-        }
-    }
-}
-
-fn need<T>(f: Option<T>, func: &'static str, lib: &'static str) -> Result<T> {
-    f.ok_or(AscendError::MissingSymbol { func, lib })
-}
-
-fn nn_tensor<'n>(nn: &'n NnopBase, t: &TensorArg) -> Result<AclnnTensor<'n>> {
-    let create = need(nn.aclCreateTensor, "aclCreateTensor", "libnnopbase.so")?;
-    let l = &t.layout;
-    // Plain tensors: storage = view dims. Strided views: 1-D storage of the touched extent.
-    let storage: Vec<i64> = if l.is_contiguous() && l.offset == 0 {
-        l.dims.clone()
-    } else {
-        vec![l.extent()?]
-    };
-    // SAFETY: arrays outlive the call; the data pointer is a live device buffer.
-    let raw = unsafe {
-        create(
-            l.dims.as_ptr(),
-            l.dims.len() as u64,
-            t.dtype,
-            l.strides.as_ptr(),
-            l.offset,
-            ACL_FORMAT_ND,
-            storage.as_ptr(),
-            storage.len() as u64,
-            t.ptr,
-        )
-    };
-    if raw.is_null() {
-        return Err(AscendError::Aclnn {
-            func: "aclCreateTensor",
-            code: -1,
-            class: "returned NULL",
-            msg: None,
-        });
-    }
-    Ok(AclnnTensor { nn, raw })
-}
-
-fn nn_opt_tensor<'n>(nn: &'n NnopBase, t: Option<&TensorArg>) -> Result<Option<AclnnTensor<'n>>> {
-    t.map(|t| nn_tensor(nn, t)).transpose()
-}
-
-fn raw_or_null(t: &Option<AclnnTensor>) -> *mut aclTensor {
-    t.as_ref().map_or(std::ptr::null_mut(), |t| t.raw)
-}
-
-fn nn_int_array<'n>(nn: &'n NnopBase, v: &[i64]) -> Result<AclnnIntArray<'n>> {
-    let create = need(nn.aclCreateIntArray, "aclCreateIntArray", "libnnopbase.so")?;
-    let raw = unsafe { create(v.as_ptr(), v.len() as u64) };
-    if raw.is_null() {
-        return Err(AscendError::Aclnn {
-            func: "aclCreateIntArray",
-            code: -1,
-            class: "returned NULL",
-            msg: None,
-        });
-    }
-    Ok(AclnnIntArray { nn, raw })
-}
-
-fn nn_bool_array<'n>(nn: &'n NnopBase, v: &[bool]) -> Result<AclnnBoolArray<'n>> {
-    let create = need(
-        nn.aclCreateBoolArray,
-        "aclCreateBoolArray",
-        "libnnopbase.so",
-    )?;
-    let raw = unsafe { create(v.as_ptr(), v.len() as u64) };
-    if raw.is_null() {
-        return Err(AscendError::Aclnn {
-            func: "aclCreateBoolArray",
-            code: -1,
-            class: "returned NULL",
-            msg: None,
-        });
-    }
-    Ok(AclnnBoolArray { nn, raw })
-}
-
-fn nn_scalar_f32<'n>(nn: &'n NnopBase, v: f32) -> Result<AclnnScalar<'n>> {
-    let create = need(nn.aclCreateScalar, "aclCreateScalar", "libnnopbase.so")?;
-    let mut v = v;
-    // SAFETY: aclCreateScalar copies the value.
-    let raw = unsafe { create((&mut v as *mut f32).cast(), ACL_FLOAT) };
-    if raw.is_null() {
-        return Err(AscendError::Aclnn {
-            func: "aclCreateScalar",
-            code: -1,
-            class: "returned NULL",
-            msg: None,
-        });
-    }
-    Ok(AclnnScalar { nn, raw })
-}
-
-/// Map an `aclnnStatus`.
-pub fn check_aclnn(rt: &AscendRuntime, func: &'static str, code: aclnnStatus) -> Result<()> {
-    if code == 0 {
-        return Ok(());
-    }
-    Err(AscendError::Aclnn {
-        func,
-        code,
-        class: aclnn_status_class(code),
-        msg: rt.recent_error_message(),
-    })
-}
-
-type Phase2 =
-    unsafe extern "C" fn(*mut c_void, u64, *mut aclOpExecutor, aclrtStream) -> aclnnStatus;
-
-// ------------------------------------------------------------------------------------------
-// aclop builder (RAII)
-
-struct AclopCall<'r> {
-    rt: &'r AscendRuntime,
-    op: &'static str,
-    in_desc: Vec<*mut aclTensorDesc>,
-    in_buf: Vec<*mut aclDataBuffer>,
-    out_desc: Vec<*mut aclTensorDesc>,
-    out_buf: Vec<*mut aclDataBuffer>,
-    attr: *mut aclopAttr,
-}
-
-impl Drop for AclopCall<'_> {
-    fn drop(&mut self) {
-        let a = &self.rt.acl;
-        for d in self.in_desc.iter().chain(&self.out_desc) {
-            if let Ok(f) = a.aclDestroyTensorDesc.as_ref() {
-                unsafe { f(*d) };
-            }
-        }
-        for b in self.in_buf.iter().chain(&self.out_buf) {
-            if let Ok(f) = a.aclDestroyDataBuffer.as_ref() {
-                unsafe { f(*b) };
-            }
-        }
-        if !self.attr.is_null() {
-            if let Ok(f) = a.aclopDestroyAttr.as_ref() {
-                unsafe { f(self.attr) };
-            }
-        }
-    }
-}
-
-fn acl_fn<T: Copy>(f: &std::result::Result<T, libloading::Error>, func: &'static str) -> Result<T> {
-    f.as_ref()
-        .map(|f| *f)
-        .map_err(|_| AscendError::MissingSymbol {
-            func,
-            lib: "libascendcl.so",
-        })
-}
-
-impl<'r> AclopCall<'r> {
-    fn new(rt: &'r AscendRuntime, op: &'static str) -> Result<Self> {
-        if rt.op_compiler.is_none() {
-            return Err(AscendError::MissingSymbol {
-                func: "aclopCompileAndExecute",
-                lib: "libacl_op_compiler.so",
-            });
-        }
-        let attr = unsafe { acl_fn(&rt.acl.aclopCreateAttr, "aclopCreateAttr")?() };
-        if attr.is_null() {
-            return Err(AscendError::Invalid("aclopCreateAttr returned NULL".into()));
-        }
-        Ok(AclopCall {
-            rt,
-            op,
-            in_desc: vec![],
-            in_buf: vec![],
-            out_desc: vec![],
-            out_buf: vec![],
-            attr,
-        })
-    }
-
-    /// Desc + buffer for a view whose storage is contiguous in `dims` order.
-    fn desc(
-        &self,
-        t: &TensorArg,
-        dims: &[i64],
-    ) -> Result<(*mut aclTensorDesc, *mut aclDataBuffer)> {
-        let cd = acl_fn(&self.rt.acl.aclCreateTensorDesc, "aclCreateTensorDesc")?;
-        let cb = acl_fn(&self.rt.acl.aclCreateDataBuffer, "aclCreateDataBuffer")?;
-        let d = unsafe { cd(t.dtype, dims.len() as i32, dims.as_ptr(), ACL_FORMAT_ND) };
-        let bytes = dims.iter().product::<i64>() as usize * t.elem;
-        let data = unsafe { (t.ptr as *mut u8).add(t.layout.offset as usize * t.elem) };
-        let b = unsafe { cb(data.cast(), bytes) };
-        if d.is_null() || b.is_null() {
-            return Err(AscendError::Invalid(format!(
-                "{}: cannot create aclop descriptors",
-                self.op
-            )));
-        }
-        Ok((d, b))
-    }
-    fn input(&mut self, t: &TensorArg, dims: &[i64]) -> Result<()> {
-        let (d, b) = self.desc(t, dims)?;
-        self.in_desc.push(d);
-        self.in_buf.push(b);
-        Ok(())
-    }
-    fn contiguous_input(&mut self, t: &TensorArg) -> Result<()> {
-        require_contiguous(self.op, t)?;
-        self.input(t, t.dims())
-    }
-    fn output(&mut self, t: &TensorArg) -> Result<()> {
-        require_contiguous(self.op, t)?;
-        let (d, b) = self.desc(t, t.dims())?;
-        self.out_desc.push(d);
-        self.out_buf.push(b);
-        Ok(())
-    }
-    /// Absent optional input: undefined desc + null buffer (keeps input positions).
-    fn none_input(&mut self) -> Result<()> {
-        let cd = acl_fn(&self.rt.acl.aclCreateTensorDesc, "aclCreateTensorDesc")?;
-        let cb = acl_fn(&self.rt.acl.aclCreateDataBuffer, "aclCreateDataBuffer")?;
-        let d = unsafe { cd(ACL_DT_UNDEFINED, 0, std::ptr::null(), ACL_FORMAT_UNDEFINED) };
-        let b = unsafe { cb(std::ptr::null_mut(), 0) };
-        self.in_desc.push(d);
-        self.in_buf.push(b);
-        Ok(())
-    }
-    fn attr_bool(&mut self, name: &str, v: bool) -> Result<()> {
-        let f = acl_fn(&self.rt.acl.aclopSetAttrBool, "aclopSetAttrBool")?;
-        let n = CString::new(name).unwrap();
-        self.rt.check("aclopSetAttrBool", unsafe {
-            f(self.attr, n.as_ptr(), v as u8)
-        })
-    }
-    fn attr_int(&mut self, name: &str, v: i64) -> Result<()> {
-        let f = acl_fn(&self.rt.acl.aclopSetAttrInt, "aclopSetAttrInt")?;
-        let n = CString::new(name).unwrap();
-        self.rt
-            .check("aclopSetAttrInt", unsafe { f(self.attr, n.as_ptr(), v) })
-    }
-    fn attr_float(&mut self, name: &str, v: f32) -> Result<()> {
-        let f = acl_fn(&self.rt.acl.aclopSetAttrFloat, "aclopSetAttrFloat")?;
-        let n = CString::new(name).unwrap();
-        self.rt
-            .check("aclopSetAttrFloat", unsafe { f(self.attr, n.as_ptr(), v) })
-    }
-    fn attr_string(&mut self, name: &str, v: &str) -> Result<()> {
-        let f = acl_fn(&self.rt.acl.aclopSetAttrString, "aclopSetAttrString")?;
-        let n = CString::new(name).unwrap();
-        let s = CString::new(v).unwrap();
-        self.rt.check("aclopSetAttrString", unsafe {
-            f(self.attr, n.as_ptr(), s.as_ptr())
-        })
-    }
-    fn attr_list_int(&mut self, name: &str, v: &[i64]) -> Result<()> {
-        let f = acl_fn(&self.rt.acl.aclopSetAttrListInt, "aclopSetAttrListInt")?;
-        let n = CString::new(name).unwrap();
-        self.rt.check("aclopSetAttrListInt", unsafe {
-            f(self.attr, n.as_ptr(), v.len() as i32, v.as_ptr())
-        })
-    }
-    fn execute(self, stream: &Stream) -> Result<()> {
-        let oc = self.rt.op_compiler.as_ref().expect("checked in new");
-        let f = oc
-            .aclopCompileAndExecute
-            .as_ref()
-            .map_err(|_| AscendError::MissingSymbol {
-                func: "aclopCompileAndExecute",
-                lib: "libacl_op_compiler.so",
-            })?;
-        let op = CString::new(self.op).unwrap();
-        // SAFETY: arrays of live descriptors; buffers point at live device memory.
-        let code = unsafe {
-            f(
-                op.as_ptr(),
-                self.in_desc.len() as i32,
-                self.in_desc.as_ptr() as *const *const aclTensorDesc,
-                self.in_buf.as_ptr() as *const *const aclDataBuffer,
-                self.out_desc.len() as i32,
-                self.out_desc.as_ptr() as *const *const aclTensorDesc,
-                self.out_buf.as_ptr(),
-                self.attr,
-                ACL_ENGINE_SYS as _,
-                ACL_COMPILE_SYS as _,
-                std::ptr::null(),
-                stream.raw(),
-            )
-        };
-        self.rt.check("aclopCompileAndExecute", code)
-    }
-}
-
-fn require_contiguous(op: &str, t: &TensorArg) -> Result<()> {
-    if t.layout.is_contiguous() {
-        Ok(())
-    } else {
-        Err(AscendError::Invalid(format!(
-            "{op} (aclop path) needs contiguous tensors, got {:?}",
-            t.layout
-        )))
-    }
-}
-
-/// For aclop matmuls: storage dims of a view that is contiguous or a last-two-dims transpose
-/// of a contiguous tensor, and whether it is transposed.
-fn matrix_storage(op: &str, t: &TensorArg) -> Result<(Vec<i64>, bool)> {
-    if t.layout.is_contiguous() {
-        return Ok((t.layout.dims.clone(), false));
-    }
-    let tr = t.layout.transpose_last2();
-    if t.layout.dims.len() >= 2 && tr.is_contiguous() {
-        return Ok((tr.dims, true));
-    }
-    Err(AscendError::Invalid(format!(
-        "{op} (aclop path): unsupported strided view {:?}",
-        t.layout
-    )))
-}
-
-// ------------------------------------------------------------------------------------------
-// the operators
-
-/// Operator launcher bound to one stream.
-pub struct Ops<'s> {
-    stream: &'s Stream,
-    path: OpPath,
-    cube_math_type: i8,
-}
-
-impl<'s> Ops<'s> {
-    /// Launcher on `stream`, [`OpPath::Auto`], `cubeMathType = 0` (KEEP_DTYPE).
-    pub fn new(stream: &'s Stream) -> Self {
-        Ops {
-            stream,
-            path: OpPath::Auto,
-            cube_math_type: 0,
-        }
-    }
-    /// Choose the operator library.
-    pub fn with_path(mut self, path: OpPath) -> Self {
-        self.path = path;
-        self
-    }
-    /// `cubeMathType` for matmul/conv (0 KEEP_DTYPE, 1 ALLOW_FP32_DOWN_PRECISION, 2 USE_FP16,
-    /// 3 USE_HF32).
-    pub fn with_cube_math_type(mut self, t: i8) -> Self {
-        self.cube_math_type = t;
-        self
-    }
-
-    fn rt(&self) -> &'static AscendRuntime {
-        self.stream.device().runtime()
-    }
-
-    /// aclnn tables if the path allows aclnn and both phases of the op exist.
-    fn aclnn<F>(
-        &self,
-        pick: impl Fn(&OpApi) -> Option<F>,
-        name: &'static str,
-    ) -> Result<Option<(&'static NnopBase, F)>> {
-        let rt = self.rt();
-        let found = match (rt.nnopbase.as_ref(), rt.opapi.as_ref()) {
-            (Some(nn), Some(api)) => pick(api).map(|f| (nn, f)),
-            _ => None,
-        };
-        match (self.path, found) {
-            (OpPath::Aclop, _) => Ok(None),
-            (_, Some(x)) => Ok(Some(x)),
-            (OpPath::Aclnn, None) => Err(AscendError::MissingSymbol {
-                func: name,
-                lib: "libopapi.so / libnnopbase.so",
-            }),
-            (OpPath::Auto, None) => Ok(None),
-        }
-    }
-
-    /// Run both aclnn phases on the stream.
-    fn two_phase(
-        &self,
-        name: (&'static str, &'static str),
-        phase1: impl FnOnce(*mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
-        phase2: Phase2,
-    ) -> Result<()> {
-        let rt = self.rt();
-        let dev = self.stream.device();
-        dev.bind_thread()?;
-        let mut ws = 0u64;
-        let mut ex: *mut aclOpExecutor = std::ptr::null_mut();
-        check_aclnn(rt, name.0, phase1(&mut ws, &mut ex))?;
-        if ex.is_null() {
-            return Err(AscendError::Aclnn {
-                func: name.0,
-                code: -1,
-                class: "returned a NULL executor",
-                msg: None,
-            });
-        }
-        let wsbuf = if ws > 0 {
-            Some(dev.alloc(ws as usize)?)
-        } else {
-            None
-        };
-        let wsptr = wsbuf.as_ref().map_or(std::ptr::null_mut(), |b| b.as_ptr());
-        // SAFETY: executor from phase 1, workspace of the requested size on this device.
-        check_aclnn(rt, name.1, unsafe {
-            phase2(wsptr, ws, ex, self.stream.raw())
-        })?;
-        if let Some(b) = wsbuf {
-            self.stream.retain_until_sync(b);
-        }
-        Ok(())
-    }
-
-    /// `out = a @ b` for 2-D (and broadcast batched, aclnn only) matrices. Transposed operands
-    /// are strided views ([`Layout::transpose_last2`]).
-    pub fn matmul(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
-        if let Some((nn, (p1, p2))) = self.aclnn(
-            |api| api.aclnnMatmulGetWorkspaceSize.zip(api.aclnnMatmul),
-            "aclnnMatmul",
-        )? {
-            let (ta, tb, to) = (nn_tensor(nn, a)?, nn_tensor(nn, b)?, nn_tensor(nn, out)?);
-            let cm = self.cube_math_type;
-            return self.two_phase(
-                ("aclnnMatmulGetWorkspaceSize", "aclnnMatmul"),
-                |ws, ex| unsafe { p1(ta.raw, tb.raw, to.raw, cm, ws, ex) },
-                p2,
-            );
-        }
-        if a.dims().len() != 2 || b.dims().len() != 2 {
-            return Err(AscendError::Invalid(
-                "MatMulV2 (aclop) takes 2-D operands".into(),
-            ));
-        }
-        let mut c = AclopCall::new(self.rt(), "MatMulV2")?;
-        let (da, tra) = matrix_storage("MatMulV2", a)?;
-        let (db, trb) = matrix_storage("MatMulV2", b)?;
-        c.input(a, &da)?;
-        c.input(b, &db)?;
-        c.output(out)?;
-        c.attr_bool("transpose_x1", tra)?;
-        c.attr_bool("transpose_x2", trb)?;
-        c.attr_int("offset_x", 0)?;
-        c.execute(self.stream)
-    }
-
-    /// Batched `out[i] = a[i] @ b[i]` for 3-D tensors.
-    pub fn batch_matmul(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
-        if let Some((nn, (p1, p2))) = self.aclnn(
-            |api| {
-                api.aclnnBatchMatMulGetWorkspaceSize
-                    .zip(api.aclnnBatchMatMul)
-            },
-            "aclnnBatchMatMul",
-        )? {
-            let (ta, tb, to) = (nn_tensor(nn, a)?, nn_tensor(nn, b)?, nn_tensor(nn, out)?);
-            let cm = self.cube_math_type;
-            return self.two_phase(
-                ("aclnnBatchMatMulGetWorkspaceSize", "aclnnBatchMatMul"),
-                |ws, ex| unsafe { p1(ta.raw, tb.raw, to.raw, cm, ws, ex) },
-                p2,
-            );
-        }
-        let mut c = AclopCall::new(self.rt(), "BatchMatMul")?;
-        let (da, tra) = matrix_storage("BatchMatMul", a)?;
-        let (db, trb) = matrix_storage("BatchMatMul", b)?;
-        c.input(a, &da)?;
-        c.input(b, &db)?;
-        c.output(out)?;
-        c.attr_bool("adj_x1", tra)?;
-        c.attr_bool("adj_x2", trb)?;
-        c.execute(self.stream)
-    }
-
-    /// Layer norm over the trailing `normalized` dims. aclnn writes `mean` and `rstd`
-    /// (`1/sqrt(var+eps)`); the aclop fallback produces mean and *variance*, so `rstd` must be
-    /// `None` there.
-    #[allow(clippy::too_many_arguments)]
-    pub fn layer_norm(
-        &self,
-        x: &TensorArg,
-        normalized: &[i64],
-        weight: Option<&TensorArg>,
-        bias: Option<&TensorArg>,
-        eps: f64,
-        out: &TensorArg,
-        mean: Option<&TensorArg>,
-        rstd: Option<&TensorArg>,
-    ) -> Result<()> {
-        if let Some((nn, (p1, p2))) = self.aclnn(
-            |api| api.aclnnLayerNormGetWorkspaceSize.zip(api.aclnnLayerNorm),
-            "aclnnLayerNorm",
-        )? {
-            let tx = nn_tensor(nn, x)?;
-            let ns = nn_int_array(nn, normalized)?;
-            let (tw, tb) = (nn_opt_tensor(nn, weight)?, nn_opt_tensor(nn, bias)?);
-            let to = nn_tensor(nn, out)?;
-            let (tm, tr) = (nn_opt_tensor(nn, mean)?, nn_opt_tensor(nn, rstd)?);
-            return self.two_phase(
-                ("aclnnLayerNormGetWorkspaceSize", "aclnnLayerNorm"),
-                |ws, ex| unsafe {
-                    p1(
-                        tx.raw,
-                        ns.raw,
-                        raw_or_null(&tw),
-                        raw_or_null(&tb),
-                        eps,
-                        to.raw,
-                        raw_or_null(&tm),
-                        raw_or_null(&tr),
-                        ws,
-                        ex,
-                    )
-                },
-                p2,
-            );
-        }
-        if rstd.is_some() {
-            return Err(AscendError::Invalid(
-                "aclop LayerNorm yields variance, not rstd".into(),
-            ));
-        }
-        let (Some(w), Some(b)) = (weight, bias) else {
-            return Err(AscendError::Invalid(
-                "aclop LayerNorm needs gamma and beta".into(),
-            ));
-        };
-        let r = x.dims().len() as i64;
-        let axis = r - normalized.len() as i64;
-        // mean / variance have x's shape with the normalised dims set to 1.
-        let mut stat_dims = x.dims().to_vec();
-        for d in stat_dims.iter_mut().skip(axis as usize) {
-            *d = 1;
-        }
-        let n_stat = stat_dims.iter().product::<i64>() as usize;
-        let dev = self.stream.device();
-        let tmp_mean = dev.alloc(n_stat * x.elem)?;
-        let tmp_var = dev.alloc(n_stat * x.elem)?;
-        let mut c = AclopCall::new(self.rt(), "LayerNorm")?;
-        c.contiguous_input(x)?;
-        c.contiguous_input(w)?;
-        c.contiguous_input(b)?;
-        c.output(out)?;
-        let sl = Layout::contiguous(&stat_dims);
-        let own_mean;
-        let mean_arg = match mean {
-            Some(m) => m,
-            None => {
-                own_mean = TensorArg::new::<f32>(&tmp_mean, sl.clone())?.with_dtype(x);
-                &own_mean
-            }
-        };
-        c.output(mean_arg)?;
-        let var_arg = TensorArg::new::<f32>(&tmp_var, sl)?.with_dtype(x);
-        c.output(&var_arg)?;
-        c.attr_int("begin_norm_axis", axis)?;
-        c.attr_int("begin_params_axis", axis)?;
-        c.attr_float("epsilon", eps as f32)?;
-        c.execute(self.stream)?;
-        self.stream.retain_until_sync(tmp_mean);
-        self.stream.retain_until_sync(tmp_var);
-        Ok(())
-    }
-
-    /// Layer-norm backward (aclnn only): gradients for input / weight / bias (each optional).
-    #[allow(clippy::too_many_arguments)]
-    pub fn layer_norm_backward(
-        &self,
-        grad_out: &TensorArg,
-        x: &TensorArg,
-        normalized: &[i64],
-        mean: &TensorArg,
-        rstd: &TensorArg,
-        weight: Option<&TensorArg>,
-        bias: Option<&TensorArg>,
-        grad_in: Option<&TensorArg>,
-        grad_weight: Option<&TensorArg>,
-        grad_bias: Option<&TensorArg>,
-    ) -> Result<()> {
-        let Some((nn, (p1, p2))) = self.aclnn(
-            |api| {
-                api.aclnnLayerNormBackwardGetWorkspaceSize
-                    .zip(api.aclnnLayerNormBackward)
-            },
-            "aclnnLayerNormBackward",
-        )?
-        else {
-            return Err(AscendError::MissingSymbol {
-                func: "aclnnLayerNormBackward",
-                lib: "libopapi.so",
-            });
-        };
-        let (tg, tx) = (nn_tensor(nn, grad_out)?, nn_tensor(nn, x)?);
-        let ns = nn_int_array(nn, normalized)?;
-        let (tm, tr) = (nn_tensor(nn, mean)?, nn_tensor(nn, rstd)?);
-        let (tw, tb) = (nn_opt_tensor(nn, weight)?, nn_opt_tensor(nn, bias)?);
-        let mask = nn_bool_array(
-            nn,
-            &[
-                grad_in.is_some(),
-                grad_weight.is_some(),
-                grad_bias.is_some(),
-            ],
-        )?;
-        let (gi, gw, gb) = (
-            nn_opt_tensor(nn, grad_in)?,
-            nn_opt_tensor(nn, grad_weight)?,
-            nn_opt_tensor(nn, grad_bias)?,
-        );
-        self.two_phase(
-            (
-                "aclnnLayerNormBackwardGetWorkspaceSize",
-                "aclnnLayerNormBackward",
-            ),
-            |ws, ex| unsafe {
-                p1(
-                    tg.raw,
-                    tx.raw,
-                    ns.raw,
-                    tm.raw,
-                    tr.raw,
-                    raw_or_null(&tw),
-                    raw_or_null(&tb),
-                    mask.raw,
-                    raw_or_null(&gi),
-                    raw_or_null(&gw),
-                    raw_or_null(&gb),
-                    ws,
-                    ex,
-                )
-            },
-            p2,
-        )
-    }
-
-    /// 2-D convolution, NCHW input, OIHW weight, optional bias `[Cout]`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv2d(
-        &self,
-        x: &TensorArg,
-        w: &TensorArg,
-        bias: Option<&TensorArg>,
-        stride: [i64; 2],
-        padding: [i64; 2],
-        dilation: [i64; 2],
-        groups: i64,
-        out: &TensorArg,
-    ) -> Result<()> {
-        if let Some((nn, (p1, p2))) = self.aclnn(
-            |api| {
-                api.aclnnConvolutionGetWorkspaceSize
-                    .zip(api.aclnnConvolution)
-            },
-            "aclnnConvolution",
-        )? {
-            let (tx, tw, tb, to) = (
-                nn_tensor(nn, x)?,
-                nn_tensor(nn, w)?,
-                nn_opt_tensor(nn, bias)?,
-                nn_tensor(nn, out)?,
-            );
-            let (s, p, d, op) = (
-                nn_int_array(nn, &stride)?,
-                nn_int_array(nn, &padding)?,
-                nn_int_array(nn, &dilation)?,
-                nn_int_array(nn, &[0, 0])?,
-            );
-            let cm = self.cube_math_type;
-            return self.two_phase(
-                ("aclnnConvolutionGetWorkspaceSize", "aclnnConvolution"),
-                |ws, ex| unsafe {
-                    p1(
-                        tx.raw,
-                        tw.raw,
-                        raw_or_null(&tb),
-                        s.raw,
-                        p.raw,
-                        d.raw,
-                        false,
-                        op.raw,
-                        groups,
-                        to.raw,
-                        cm,
-                        ws,
-                        ex,
-                    )
-                },
-                p2,
-            );
-        }
-        let mut c = AclopCall::new(self.rt(), "Conv2D")?;
-        c.contiguous_input(x)?;
-        c.contiguous_input(w)?;
-        match bias {
-            Some(b) => c.contiguous_input(b)?,
-            None => c.none_input()?,
-        }
-        c.none_input()?; // offset_w
-        c.output(out)?;
-        c.attr_list_int("strides", &[1, 1, stride[0], stride[1]])?;
-        c.attr_list_int("pads", &[padding[0], padding[0], padding[1], padding[1]])?;
-        c.attr_list_int("dilations", &[1, 1, dilation[0], dilation[1]])?;
-        c.attr_int("groups", groups)?;
-        c.attr_string("data_format", "NCHW")?;
-        c.attr_int("offset_x", 0)?;
-        c.execute(self.stream)
-    }
-
-    /// Convolution backward (aclnn only). `bias_sizes` = `[Cout]` when `grad_bias` is wanted.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_backward(
-        &self,
-        grad_out: &TensorArg,
-        x: &TensorArg,
-        w: &TensorArg,
-        bias_sizes: &[i64],
-        stride: [i64; 2],
-        padding: [i64; 2],
-        dilation: [i64; 2],
-        groups: i32,
-        grad_in: Option<&TensorArg>,
-        grad_weight: Option<&TensorArg>,
-        grad_bias: Option<&TensorArg>,
-    ) -> Result<()> {
-        let Some((nn, (p1, p2))) = self.aclnn(
-            |api| {
-                api.aclnnConvolutionBackwardGetWorkspaceSize
-                    .zip(api.aclnnConvolutionBackward)
-            },
-            "aclnnConvolutionBackward",
-        )?
-        else {
-            return Err(AscendError::MissingSymbol {
-                func: "aclnnConvolutionBackward",
-                lib: "libopapi.so",
-            });
-        };
-        let (tg, tx, tw) = (
-            nn_tensor(nn, grad_out)?,
-            nn_tensor(nn, x)?,
-            nn_tensor(nn, w)?,
-        );
-        let bs = nn_int_array(nn, bias_sizes)?;
-        let (s, p, d, op) = (
-            nn_int_array(nn, &stride)?,
-            nn_int_array(nn, &padding)?,
-            nn_int_array(nn, &dilation)?,
-            nn_int_array(nn, &[0, 0])?,
-        );
-        let mask = nn_bool_array(
-            nn,
-            &[
-                grad_in.is_some(),
-                grad_weight.is_some(),
-                grad_bias.is_some(),
-            ],
-        )?;
-        let (gi, gw, gb) = (
-            nn_opt_tensor(nn, grad_in)?,
-            nn_opt_tensor(nn, grad_weight)?,
-            nn_opt_tensor(nn, grad_bias)?,
-        );
-        let cm = self.cube_math_type;
-        self.two_phase(
-            (
-                "aclnnConvolutionBackwardGetWorkspaceSize",
-                "aclnnConvolutionBackward",
-            ),
-            |ws, ex| unsafe {
-                p1(
-                    tg.raw,
-                    tx.raw,
-                    tw.raw,
-                    bs.raw,
-                    s.raw,
-                    p.raw,
-                    d.raw,
-                    false,
-                    op.raw,
-                    groups,
-                    mask.raw,
-                    cm,
-                    raw_or_null(&gi),
-                    raw_or_null(&gw),
-                    raw_or_null(&gb),
-                    ws,
-                    ex,
-                )
-            },
-            p2,
-        )
-    }
-
-    /// Softmax along `dim` (negative counts from the end).
-    pub fn softmax(&self, x: &TensorArg, dim: i64, out: &TensorArg) -> Result<()> {
-        if let Some((nn, (p1, p2))) = self.aclnn(
-            |api| api.aclnnSoftmaxGetWorkspaceSize.zip(api.aclnnSoftmax),
-            "aclnnSoftmax",
-        )? {
-            let (tx, to) = (nn_tensor(nn, x)?, nn_tensor(nn, out)?);
-            return self.two_phase(
-                ("aclnnSoftmaxGetWorkspaceSize", "aclnnSoftmax"),
-                |ws, ex| unsafe { p1(tx.raw, dim, to.raw, ws, ex) },
-                p2,
-            );
-        }
-        let mut c = AclopCall::new(self.rt(), "SoftmaxV2")?;
-        c.contiguous_input(x)?;
-        c.output(out)?;
-        c.attr_list_int("axes", &[dim])?;
-        c.execute(self.stream)
-    }
-
-    /// Softmax backward (aclnn only): `grad_in` from `grad_out` and the forward output `y`.
-    pub fn softmax_backward(
-        &self,
-        grad_out: &TensorArg,
-        y: &TensorArg,
-        dim: i64,
-        grad_in: &TensorArg,
-    ) -> Result<()> {
-        let Some((nn, (p1, p2))) = self.aclnn(
-            |api| {
-                api.aclnnSoftmaxBackwardGetWorkspaceSize
-                    .zip(api.aclnnSoftmaxBackward)
-            },
-            "aclnnSoftmaxBackward",
-        )?
-        else {
-            return Err(AscendError::MissingSymbol {
-                func: "aclnnSoftmaxBackward",
-                lib: "libopapi.so",
-            });
-        };
-        let (tg, ty, ti) = (
-            nn_tensor(nn, grad_out)?,
-            nn_tensor(nn, y)?,
-            nn_tensor(nn, grad_in)?,
-        );
-        self.two_phase(
-            (
-                "aclnnSoftmaxBackwardGetWorkspaceSize",
-                "aclnnSoftmaxBackward",
-            ),
-            |ws, ex| unsafe { p1(tg.raw, ty.raw, dim, ti.raw, ws, ex) },
-            p2,
-        )
-    }
-
-    /// GELU. aclnn: `aclnnGeluV2(approximate)`, or `aclnnGelu` for the tanh form when V2 is
-    /// missing; aclop: `GeluV2{approximate}`.
-    pub fn gelu(&self, x: &TensorArg, approx: GeluApprox, out: &TensorArg) -> Result<()> {
-        let code = match approx {
-            GeluApprox::Erf => 0i64,
-            GeluApprox::Tanh => 1,
-        };
-        if let Some((nn, (p1, p2))) = self
-            .aclnn(
-                |api| api.aclnnGeluV2GetWorkspaceSize.zip(api.aclnnGeluV2),
-                "aclnnGeluV2",
-            )
-            .or_else(|e| {
-                if approx == GeluApprox::Tanh {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?
-        {
-            let (tx, to) = (nn_tensor(nn, x)?, nn_tensor(nn, out)?);
-            return self.two_phase(
-                ("aclnnGeluV2GetWorkspaceSize", "aclnnGeluV2"),
-                |ws, ex| unsafe { p1(tx.raw, code, to.raw, ws, ex) },
-                p2,
-            );
-        }
-        if approx == GeluApprox::Tanh {
-            if let Some((nn, (p1, p2))) = self.aclnn(
-                |api| api.aclnnGeluGetWorkspaceSize.zip(api.aclnnGelu),
-                "aclnnGelu",
-            )? {
-                let (tx, to) = (nn_tensor(nn, x)?, nn_tensor(nn, out)?);
-                return self.two_phase(
-                    ("aclnnGeluGetWorkspaceSize", "aclnnGelu"),
-                    |ws, ex| unsafe { p1(tx.raw, to.raw, ws, ex) },
-                    p2,
-                );
-            }
-        }
-        let mut c = AclopCall::new(self.rt(), "GeluV2")?;
-        c.contiguous_input(x)?;
-        c.output(out)?;
-        c.attr_string(
-            "approximate",
-            if approx == GeluApprox::Erf {
-                "none"
-            } else {
-                "tanh"
-            },
-        )?;
-        c.execute(self.stream)
-    }
-
-    /// GELU backward (aclnn `aclnnGeluBackwardV2` only).
-    pub fn gelu_backward(
-        &self,
-        grad_out: &TensorArg,
-        x: &TensorArg,
-        approx: GeluApprox,
-        grad_in: &TensorArg,
-    ) -> Result<()> {
-        let Some((nn, (p1, p2))) = self.aclnn(
-            |api| {
-                api.aclnnGeluBackwardV2GetWorkspaceSize
-                    .zip(api.aclnnGeluBackwardV2)
-            },
-            "aclnnGeluBackwardV2",
-        )?
-        else {
-            return Err(AscendError::MissingSymbol {
-                func: "aclnnGeluBackwardV2",
-                lib: "libopapi.so",
-            });
-        };
-        let (tg, tx, ti) = (
-            nn_tensor(nn, grad_out)?,
-            nn_tensor(nn, x)?,
-            nn_tensor(nn, grad_in)?,
-        );
-        let mode = CString::new(if approx == GeluApprox::Erf {
-            "none"
-        } else {
-            "tanh"
-        })
-        .unwrap();
-        self.two_phase(
-            ("aclnnGeluBackwardV2GetWorkspaceSize", "aclnnGeluBackwardV2"),
-            |ws, ex| unsafe { p1(tg.raw, tx.raw, mode.as_ptr() as *mut _, ti.raw, ws, ex) },
-            p2,
-        )
-    }
-
-    /// `out = a + alpha * b` (broadcasting). aclop fallback: `Add` (alpha must be 1).
-    pub fn add(&self, a: &TensorArg, b: &TensorArg, alpha: f32, out: &TensorArg) -> Result<()> {
-        if let Some((nn, (p1, p2))) = self.aclnn(
-            |api| api.aclnnAddGetWorkspaceSize.zip(api.aclnnAdd),
-            "aclnnAdd",
-        )? {
-            let (ta, tb, to) = (nn_tensor(nn, a)?, nn_tensor(nn, b)?, nn_tensor(nn, out)?);
-            let al = nn_scalar_f32(nn, alpha)?;
-            return self.two_phase(
-                ("aclnnAddGetWorkspaceSize", "aclnnAdd"),
-                |ws, ex| unsafe { p1(ta.raw, tb.raw, al.raw, to.raw, ws, ex) },
-                p2,
-            );
-        }
-        if alpha != 1.0 {
-            return Err(AscendError::Invalid("aclop Add: alpha must be 1".into()));
-        }
-        let mut c = AclopCall::new(self.rt(), "Add")?;
-        c.contiguous_input(a)?;
-        c.contiguous_input(b)?;
-        c.output(out)?;
-        c.execute(self.stream)
-    }
-
-    /// `out = a * b` (broadcasting). aclop fallback: `Mul`.
-    pub fn mul(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
-        if let Some((nn, (p1, p2))) = self.aclnn(
-            |api| api.aclnnMulGetWorkspaceSize.zip(api.aclnnMul),
-            "aclnnMul",
-        )? {
-            let (ta, tb, to) = (nn_tensor(nn, a)?, nn_tensor(nn, b)?, nn_tensor(nn, out)?);
-            return self.two_phase(
-                ("aclnnMulGetWorkspaceSize", "aclnnMul"),
-                |ws, ex| unsafe { p1(ta.raw, tb.raw, to.raw, ws, ex) },
-                p2,
-            );
-        }
-        let mut c = AclopCall::new(self.rt(), "Mul")?;
-        c.contiguous_input(a)?;
-        c.contiguous_input(b)?;
-        c.output(out)?;
-        c.execute(self.stream)
-    }
-}
-
-impl Ops<'_> {
-    /// The aclnn pair of an op that has no aclop fallback (error naming it when missing).
-    fn aclnn_only<F>(
-        &self,
-        pick: impl Fn(&OpApi) -> Option<F>,
-        name: &'static str,
-    ) -> Result<(&'static NnopBase, F)> {
-        self.aclnn(pick, name)?.ok_or(AscendError::MissingSymbol {
-            func: name,
-            lib: "libopapi.so",
-        })
-    }
-
-    /// `out = op(x)` elementwise (aclnn only): Relu, Sigmoid, Exp, Sin, Cos, Sqrt.
-    pub fn unary(&self, op: UnaryOp, x: &TensorArg, out: &TensorArg) -> Result<()> {
-        let names = op.names();
-        let (nn, (p1, p2)): (_, (UnaryPhase1, Phase2)) = self.aclnn_only(
-            |api| match op {
-                UnaryOp::Relu => api.aclnnReluGetWorkspaceSize.zip(api.aclnnRelu),
-                UnaryOp::Sigmoid => api.aclnnSigmoidGetWorkspaceSize.zip(api.aclnnSigmoid),
-                UnaryOp::Exp => api.aclnnExpGetWorkspaceSize.zip(api.aclnnExp),
-                UnaryOp::Sin => api.aclnnSinGetWorkspaceSize.zip(api.aclnnSin),
-                UnaryOp::Cos => api.aclnnCosGetWorkspaceSize.zip(api.aclnnCos),
-                UnaryOp::Sqrt => api.aclnnSqrtGetWorkspaceSize.zip(api.aclnnSqrt),
-            },
-            names.1,
-        )?;
-        let (tx, to) = (nn_tensor(nn, x)?, nn_tensor(nn, out)?);
-        self.two_phase(names, |ws, ex| unsafe { p1(tx.raw, to.raw, ws, ex) }, p2)
-    }
-
-    /// `out = a / b` (broadcasting; aclnn `aclnnDiv` only).
-    pub fn div(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| api.aclnnDivGetWorkspaceSize.zip(api.aclnnDiv),
-            "aclnnDiv",
-        )?;
-        let (ta, tb, to) = (nn_tensor(nn, a)?, nn_tensor(nn, b)?, nn_tensor(nn, out)?);
-        self.two_phase(
-            ("aclnnDivGetWorkspaceSize", "aclnnDiv"),
-            |ws, ex| unsafe { p1(ta.raw, tb.raw, to.raw, ws, ex) },
-            p2,
-        )
-    }
-
-    /// `grad_in = x > threshold ? grad_out : 0` (`aclnnThresholdBackward`; ReLU backward with
-    /// threshold 0).
-    pub fn threshold_backward(
-        &self,
-        grad_out: &TensorArg,
-        x: &TensorArg,
-        threshold: f32,
-        grad_in: &TensorArg,
-    ) -> Result<()> {
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| {
-                api.aclnnThresholdBackwardGetWorkspaceSize
-                    .zip(api.aclnnThresholdBackward)
-            },
-            "aclnnThresholdBackward",
-        )?;
-        let (tg, tx, ti) = (
-            nn_tensor(nn, grad_out)?,
-            nn_tensor(nn, x)?,
-            nn_tensor(nn, grad_in)?,
-        );
-        let th = nn_scalar_f32(nn, threshold)?;
-        self.two_phase(
-            (
-                "aclnnThresholdBackwardGetWorkspaceSize",
-                "aclnnThresholdBackward",
-            ),
-            |ws, ex| unsafe { p1(tg.raw, tx.raw, th.raw, ti.raw, ws, ex) },
-            p2,
-        )
-    }
-
-    /// `grad_in = grad_out · y · (1 − y)` with `y = sigmoid(x)` (`aclnnSigmoidBackward`).
-    pub fn sigmoid_backward(
-        &self,
-        grad_out: &TensorArg,
-        y: &TensorArg,
-        grad_in: &TensorArg,
-    ) -> Result<()> {
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| {
-                api.aclnnSigmoidBackwardGetWorkspaceSize
-                    .zip(api.aclnnSigmoidBackward)
-            },
-            "aclnnSigmoidBackward",
-        )?;
-        let (tg, ty, ti) = (
-            nn_tensor(nn, grad_out)?,
-            nn_tensor(nn, y)?,
-            nn_tensor(nn, grad_in)?,
-        );
-        self.two_phase(
-            (
-                "aclnnSigmoidBackwardGetWorkspaceSize",
-                "aclnnSigmoidBackward",
-            ),
-            |ws, ex| unsafe { p1(tg.raw, ty.raw, ti.raw, ws, ex) },
-            p2,
-        )
-    }
-
-    /// Bilinear resize of an NCHW tensor to `out` (`aclnnUpsampleBilinear2d`). `scales` are
-    /// `(oh/h, ow/w)`: passed explicitly because torch_npu releases disagree on what an absent
-    /// scale is (0 or 1); with PyTorch semantics an explicit scale gives the same source
-    /// coordinates as the size ratio.
-    pub fn upsample_bilinear2d(
-        &self,
-        x: &TensorArg,
-        align_corners: bool,
-        scales: (f64, f64),
-        out: &TensorArg,
-    ) -> Result<()> {
-        let od = out.dims();
-        if od.len() != 4 || x.dims().len() != 4 {
-            return Err(AscendError::Invalid(format!(
-                "aclnnUpsampleBilinear2d: input {:?} and out {od:?} must be NCHW",
-                x.dims()
-            )));
-        }
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| {
-                api.aclnnUpsampleBilinear2dGetWorkspaceSize
-                    .zip(api.aclnnUpsampleBilinear2d)
-            },
-            "aclnnUpsampleBilinear2d",
-        )?;
-        let (tx, to) = (nn_tensor(nn, x)?, nn_tensor(nn, out)?);
-        let size = nn_int_array(nn, &od[2..])?;
-        self.two_phase(
-            (
-                "aclnnUpsampleBilinear2dGetWorkspaceSize",
-                "aclnnUpsampleBilinear2d",
-            ),
-            |ws, ex| unsafe {
-                p1(
-                    tx.raw,
-                    size.raw,
-                    align_corners,
-                    scales.0,
-                    scales.1,
-                    to.raw,
-                    ws,
-                    ex,
-                )
-            },
-            p2,
-        )
-    }
-
-    /// Backward of [`Ops::upsample_bilinear2d`] (`aclnnUpsampleBilinear2dBackward`):
-    /// `grad_in` NCHW of the forward input's shape from `grad_out`.
-    pub fn upsample_bilinear2d_backward(
-        &self,
-        grad_out: &TensorArg,
-        align_corners: bool,
-        scales: (f64, f64),
-        grad_in: &TensorArg,
-    ) -> Result<()> {
-        let (gd, id) = (grad_out.dims(), grad_in.dims());
-        if gd.len() != 4 || id.len() != 4 {
-            return Err(AscendError::Invalid(format!(
-                "aclnnUpsampleBilinear2dBackward: gradOut {gd:?} and gradInput {id:?} must be NCHW"
-            )));
-        }
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| {
-                api.aclnnUpsampleBilinear2dBackwardGetWorkspaceSize
-                    .zip(api.aclnnUpsampleBilinear2dBackward)
-            },
-            "aclnnUpsampleBilinear2dBackward",
-        )?;
-        let (tg, ti) = (nn_tensor(nn, grad_out)?, nn_tensor(nn, grad_in)?);
-        let osize = nn_int_array(nn, &gd[2..])?;
-        let isize = nn_int_array(nn, id)?;
-        self.two_phase(
-            (
-                "aclnnUpsampleBilinear2dBackwardGetWorkspaceSize",
-                "aclnnUpsampleBilinear2dBackward",
-            ),
-            |ws, ex| unsafe {
-                p1(
-                    tg.raw,
-                    osize.raw,
-                    isize.raw,
-                    align_corners,
-                    scales.0,
-                    scales.1,
-                    ti.raw,
-                    ws,
-                    ex,
-                )
-            },
-            p2,
-        )
-    }
 }
 
 /// Attributes of full (unmasked, no dropout) flash attention in the `BNSD` layout.
@@ -1448,7 +194,762 @@ impl FlashAttn {
     const ALL_TOKENS: i64 = 2147483647;
 }
 
-impl Ops<'_> {
+/// Hyper-parameters of [`Ops::apply_adamw_v2`] (f32, as the C API takes them).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWHyper {
+    /// Learning rate.
+    pub lr: f32,
+    /// β1.
+    pub beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// Decoupled weight decay λ.
+    pub weight_decay: f32,
+    /// ε, added after the bias-corrected square root.
+    pub eps: f32,
+}
+
+/// The `aclFormat` torch_npu gives a plain tensor of this rank (op-plugin `ConvertType`):
+/// 3-D NCL, 4-D NCHW, 5-D NCDHW, anything else ND.
+pub fn format_for_rank(rank: usize) -> aclFormat {
+    match rank {
+        3 => ACL_FORMAT_NCL,
+        4 => ACL_FORMAT_NCHW,
+        5 => ACL_FORMAT_NCDHW,
+        _ => ACL_FORMAT_ND,
+    }
+}
+
+/// What the caller wants from the cube unit (matmul, convolution) for fp32 operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CubePrecision {
+    /// fp32 products where the SoC can (Atlas A2/A3: KEEP_DTYPE). Atlas training (910A) and
+    /// inference SoCs have no fp32 cube path: there fp32 is computed in fp16.
+    Exact,
+    /// Faster reduced-precision products: HF32 on Atlas A2/A3, fp16 elsewhere.
+    Reduced,
+}
+
+/// Whether `soc` (`aclrtGetSocName`) is an Atlas A2/A3-class chip (Ascend910B1..B4,
+/// Ascend910_93xx, Ascend950): torch_npu `NpuVariables.cpp` `SocVersion` ranks these above the
+/// first-generation Ascend910A/ProA/PremiumA/ProB/"Ascend910B" and the 310 inference chips.
+/// `None` (the query is missing) counts as A2-class, the only SoC this code targets.
+pub fn soc_is_a2_class(soc: Option<&str>) -> bool {
+    let Some(s) = soc else { return true };
+    if let Some(rest) = s.strip_prefix("Ascend910B") {
+        return rest.starts_with(|c: char| c.is_ascii_digit());
+    }
+    s.starts_with("Ascend910_93") || s.starts_with("Ascend950")
+}
+
+/// `cubeMathType` for a matmul/convolution (ops-nn `aclnnMatmul.md` / `aclnnConvolution.md`):
+/// 0 KEEP_DTYPE, 1 ALLOW_FP32_DOWN_PRECISION. Non-fp32 operands keep their dtype everywhere.
+/// fp32 with KEEP_DTYPE is **not supported** on Atlas training (910A) and inference SoCs, so
+/// there fp32 gets 1 (computed in fp16); on A2/A3, 1 means HF32.
+pub fn cube_math_type(soc: Option<&str>, dtype: aclDataType, want: CubePrecision) -> i8 {
+    if dtype != ACL_FLOAT {
+        return 0;
+    }
+    match (soc_is_a2_class(soc), want) {
+        (true, CubePrecision::Exact) => 0,
+        _ => 1,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// descriptors: one owning handle type
+
+/// A descriptor type of `libnnopbase.so` and its destroy function.
+pub trait Descriptor {
+    /// C name of the destroy function (for diagnostics).
+    const DESTROY: &'static str;
+    /// The destroy function, if the library has it.
+    fn destroy_fn(nn: &NnopBase) -> Option<unsafe extern "C" fn(*const Self) -> aclnnStatus>;
+}
+macro_rules! descriptor {
+    ($t:ty, $f:ident) => {
+        impl Descriptor for $t {
+            const DESTROY: &'static str = stringify!($f);
+            fn destroy_fn(
+                nn: &NnopBase,
+            ) -> Option<unsafe extern "C" fn(*const Self) -> aclnnStatus> {
+                nn.$f
+            }
+        }
+    };
+}
+descriptor!(aclTensor, aclDestroyTensor);
+descriptor!(aclScalar, aclDestroyScalar);
+descriptor!(aclIntArray, aclDestroyIntArray);
+descriptor!(aclBoolArray, aclDestroyBoolArray);
+
+/// An owned `aclTensor` / `aclScalar` / `aclIntArray` / `aclBoolArray`, destroyed on drop
+/// (ggml-cann's `acl_tensor_ptr` with `acl_deleter`).
+pub struct AclHandle<T: Descriptor> {
+    nn: &'static NnopBase,
+    raw: *mut T,
+}
+
+impl<T: Descriptor> AclHandle<T> {
+    fn new(nn: &'static NnopBase, raw: *mut T, create: &'static str) -> Result<Self> {
+        if raw.is_null() {
+            return Err(AscendError::Aclnn {
+                func: create,
+                code: -1,
+                class: "returned NULL",
+                msg: None,
+            });
+        }
+        Ok(AclHandle { nn, raw })
+    }
+    /// The raw pointer, valid while `self` lives.
+    pub fn raw(&self) -> *mut T {
+        self.raw
+    }
+}
+
+impl<T: Descriptor> Drop for AclHandle<T> {
+    fn drop(&mut self) {
+        if let Some(f) = T::destroy_fn(self.nn) {
+            // SAFETY: created by the matching create function, destroyed once.
+            unsafe { f(self.raw) };
+        }
+    }
+}
+
+/// Raw pointer of an optional descriptor (NULL when absent: aclnn's `xxxOptional`).
+fn raw_opt<T: Descriptor>(h: &Option<AclHandle<T>>) -> *mut T {
+    h.as_ref().map_or(std::ptr::null_mut(), |h| h.raw)
+}
+
+fn need<T>(f: Option<T>, func: &'static str) -> Result<T> {
+    f.ok_or(AscendError::MissingSymbol {
+        func,
+        lib: "libnnopbase.so",
+    })
+}
+
+/// Map an `aclnnStatus`.
+pub fn check_aclnn(rt: &AscendRuntime, func: &'static str, code: aclnnStatus) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    Err(AscendError::Aclnn {
+        func,
+        code,
+        class: aclnn_status_class(code),
+        msg: rt.recent_error_message(),
+    })
+}
+
+/// One aclnn operator call: `aclnn!(ops, Op(args...))` looks up `aclnn<Op>GetWorkspaceSize` /
+/// `aclnn<Op>` in the [`OpApi`] table and runs both phases ([`Ops::two_phase`]). The arguments
+/// are those before `(workspaceSize, executor)`.
+macro_rules! aclnn {
+    ($ops:expr, $op:ident ( $($arg:expr),* $(,)? )) => {{
+        let ops: &Ops = $ops;
+        let (p1, p2) = ops.op(|api| api.$op, concat!("aclnn", stringify!($op)))?;
+        ops.two_phase(
+            (
+                concat!("aclnn", stringify!($op), "GetWorkspaceSize"),
+                concat!("aclnn", stringify!($op)),
+            ),
+            // SAFETY: the table's signature is the header's (checked at build time where the
+            // headers exist); the descriptors outlive the call.
+            |ws, ex| unsafe { p1($($arg,)* ws, ex) },
+            p2,
+        )
+    }};
+}
+
+// ------------------------------------------------------------------------------------------
+// the operators
+
+/// Operator launcher bound to one stream.
+pub struct Ops<'s> {
+    stream: &'s Stream,
+    precision: CubePrecision,
+}
+
+impl<'s> Ops<'s> {
+    /// Launcher on `stream` with [`CubePrecision::Exact`].
+    pub fn new(stream: &'s Stream) -> Self {
+        Ops {
+            stream,
+            precision: CubePrecision::Exact,
+        }
+    }
+    /// Cube-unit precision of matmul / convolution ([`cube_math_type`] picks the
+    /// `cubeMathType` per SoC and dtype).
+    pub fn with_precision(mut self, p: CubePrecision) -> Self {
+        self.precision = p;
+        self
+    }
+
+    /// Transitional: callers written before [`CubePrecision`] passed a raw cubeMathType
+    /// (0 = exact, otherwise reduced). It only selects the precision; the cubeMathType sent to
+    /// CANN is still chosen per SoC and dtype ([`cube_math_type`]).
+    #[doc(hidden)]
+    pub fn with_cube_math_type(self, t: i8) -> Self {
+        self.with_precision(if t == 0 {
+            CubePrecision::Exact
+        } else {
+            CubePrecision::Reduced
+        })
+    }
+
+    fn rt(&self) -> &'static AscendRuntime {
+        self.stream.device().runtime()
+    }
+
+    fn nn(&self) -> Result<&'static NnopBase> {
+        self.rt()
+            .nnopbase
+            .as_ref()
+            .ok_or(AscendError::MissingSymbol {
+                func: "aclCreateTensor",
+                lib: "libnnopbase.so",
+            })
+    }
+
+    /// Both phases of one operator, or an error naming it.
+    fn op<F>(&self, pick: impl Fn(&OpApi) -> Option<F>, name: &'static str) -> Result<F> {
+        self.rt()
+            .opapi
+            .as_ref()
+            .and_then(pick)
+            .ok_or(AscendError::MissingSymbol {
+                func: name,
+                lib: "libopapi.so / libopapi_{math,nn,cv,transformer}.so",
+            })
+    }
+
+    /// `cubeMathType` for operands of `dtype` on this device's SoC.
+    fn cube(&self, dtype: aclDataType) -> i8 {
+        cube_math_type(self.rt().soc_name().as_deref(), dtype, self.precision)
+    }
+
+    /// Refuse an operator whose first phase has a different arity before CANN 8.0.
+    fn require_cann8(&self, op: &'static str) -> Result<()> {
+        match self.rt().cann_version() {
+            Some(v) if v.major >= 8 => Ok(()),
+            Some(v) => Err(AscendError::Unsupported(format!(
+                "{op}: CANN {} declares it without cubeMathType; this build calls the CANN 8.x \
+                 signature (install CANN 8.0 or newer)",
+                v.text
+            ))),
+            None => Err(AscendError::Unsupported(format!(
+                "{op}: the CANN version is unknown (aclsysGetCANNVersion missing or failed), and \
+                 before 8.0 this operator has a different signature"
+            ))),
+        }
+    }
+
+    /// `aclCreateTensor` for a view: format by rank, strided views as 1-D storage of the
+    /// touched extent with the element offset (torch_npu's convention).
+    pub fn tensor(&self, t: &TensorArg) -> Result<AclHandle<aclTensor>> {
+        let nn = self.nn()?;
+        let create = need(nn.aclCreateTensor, "aclCreateTensor")?;
+        let l = &t.layout;
+        let storage: Vec<i64> = if l.is_contiguous() && l.offset == 0 {
+            l.dims.clone()
+        } else {
+            vec![l.extent()?]
+        };
+        // SAFETY: arrays outlive the call; the data pointer is a live device buffer.
+        let raw = unsafe {
+            create(
+                l.dims.as_ptr(),
+                l.dims.len() as u64,
+                t.dtype,
+                l.strides.as_ptr(),
+                l.offset,
+                format_for_rank(l.dims.len()),
+                storage.as_ptr(),
+                storage.len() as u64,
+                t.ptr,
+            )
+        };
+        AclHandle::new(nn, raw, "aclCreateTensor")
+    }
+
+    fn opt_tensor(&self, t: Option<&TensorArg>) -> Result<Option<AclHandle<aclTensor>>> {
+        t.map(|t| self.tensor(t)).transpose()
+    }
+
+    fn int_array(&self, v: &[i64]) -> Result<AclHandle<aclIntArray>> {
+        let nn = self.nn()?;
+        let create = need(nn.aclCreateIntArray, "aclCreateIntArray")?;
+        // SAFETY: the array is copied.
+        AclHandle::new(
+            nn,
+            unsafe { create(v.as_ptr(), v.len() as u64) },
+            "aclCreateIntArray",
+        )
+    }
+
+    fn bool_array(&self, v: &[bool]) -> Result<AclHandle<aclBoolArray>> {
+        let nn = self.nn()?;
+        let create = need(nn.aclCreateBoolArray, "aclCreateBoolArray")?;
+        // SAFETY: the array is copied.
+        AclHandle::new(
+            nn,
+            unsafe { create(v.as_ptr(), v.len() as u64) },
+            "aclCreateBoolArray",
+        )
+    }
+
+    fn scalar_f32(&self, v: f32) -> Result<AclHandle<aclScalar>> {
+        let nn = self.nn()?;
+        let create = need(nn.aclCreateScalar, "aclCreateScalar")?;
+        let mut v = v;
+        // SAFETY: aclCreateScalar copies the value.
+        let raw = unsafe { create((&mut v as *mut f32).cast(), ACL_FLOAT) };
+        AclHandle::new(nn, raw, "aclCreateScalar")
+    }
+
+    /// Run both aclnn phases on the stream; `name` = (phase 1, phase 2) C names.
+    fn two_phase(
+        &self,
+        name: (&'static str, &'static str),
+        phase1: impl FnOnce(*mut u64, *mut *mut aclOpExecutor) -> aclnnStatus,
+        phase2: AclnnRunFn,
+    ) -> Result<()> {
+        let rt = self.rt();
+        let dev = self.stream.device();
+        dev.bind_thread()?;
+        let mut ws = 0u64;
+        let mut ex: *mut aclOpExecutor = std::ptr::null_mut();
+        check_aclnn(rt, name.0, phase1(&mut ws, &mut ex))?;
+        if ex.is_null() {
+            return Err(AscendError::Aclnn {
+                func: name.0,
+                code: -1,
+                class: "returned a NULL executor",
+                msg: None,
+            });
+        }
+        let wsbuf = if ws > 0 {
+            match dev.alloc(ws as usize) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    // Phase 2 will not run: release the executor it would have consumed.
+                    if let Some(d) = rt.nnopbase.as_ref().and_then(|n| n.aclDestroyAclOpExecutor) {
+                        // SAFETY: executor from phase 1, never run.
+                        unsafe { d(ex) };
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let wsptr = wsbuf.as_ref().map_or(std::ptr::null_mut(), |b| b.as_ptr());
+        // SAFETY: executor from phase 1, workspace of the requested size on this device.
+        check_aclnn(rt, name.1, unsafe {
+            phase2(wsptr, ws, ex, self.stream.raw())
+        })?;
+        if let Some(b) = wsbuf {
+            self.stream.retain_until_sync(b);
+        }
+        Ok(())
+    }
+
+    /// `out = a @ b` for 2-D (and broadcast batched) matrices. Transposed operands are
+    /// strided views ([`Layout::transpose_last2`]).
+    pub fn matmul(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
+        let cm = self.cube(a.dtype);
+        let (a, b, out) = (self.tensor(a)?, self.tensor(b)?, self.tensor(out)?);
+        aclnn!(self, Matmul(a.raw(), b.raw(), out.raw(), cm))
+    }
+
+    /// Batched `out[i] = a[i] @ b[i]` for 3-D tensors.
+    pub fn batch_matmul(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
+        let cm = self.cube(a.dtype);
+        let (a, b, out) = (self.tensor(a)?, self.tensor(b)?, self.tensor(out)?);
+        aclnn!(self, BatchMatMul(a.raw(), b.raw(), out.raw(), cm))
+    }
+
+    /// Layer norm over the trailing `normalized` dims; writes `mean` and `rstd`
+    /// (`1/sqrt(var+eps)`, shape `[rows, 1]`) when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm(
+        &self,
+        x: &TensorArg,
+        normalized: &[i64],
+        weight: Option<&TensorArg>,
+        bias: Option<&TensorArg>,
+        eps: f64,
+        out: &TensorArg,
+        mean: Option<&TensorArg>,
+        rstd: Option<&TensorArg>,
+    ) -> Result<()> {
+        let (x, ns) = (self.tensor(x)?, self.int_array(normalized)?);
+        let (w, b) = (self.opt_tensor(weight)?, self.opt_tensor(bias)?);
+        let out = self.tensor(out)?;
+        let (m, r) = (self.opt_tensor(mean)?, self.opt_tensor(rstd)?);
+        aclnn!(
+            self,
+            LayerNorm(
+                x.raw(),
+                ns.raw(),
+                raw_opt(&w),
+                raw_opt(&b),
+                eps,
+                out.raw(),
+                raw_opt(&m),
+                raw_opt(&r)
+            )
+        )
+    }
+
+    /// Layer-norm backward: gradients for input / weight / bias (each optional).
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_backward(
+        &self,
+        grad_out: &TensorArg,
+        x: &TensorArg,
+        normalized: &[i64],
+        mean: &TensorArg,
+        rstd: &TensorArg,
+        weight: Option<&TensorArg>,
+        bias: Option<&TensorArg>,
+        grad_in: Option<&TensorArg>,
+        grad_weight: Option<&TensorArg>,
+        grad_bias: Option<&TensorArg>,
+    ) -> Result<()> {
+        let mask = [
+            grad_in.is_some(),
+            grad_weight.is_some(),
+            grad_bias.is_some(),
+        ];
+        let (g, x, ns) = (
+            self.tensor(grad_out)?,
+            self.tensor(x)?,
+            self.int_array(normalized)?,
+        );
+        let (m, r) = (self.tensor(mean)?, self.tensor(rstd)?);
+        let (w, b) = (self.opt_tensor(weight)?, self.opt_tensor(bias)?);
+        let mask = self.bool_array(&mask)?;
+        let (gi, gw, gb) = (
+            self.opt_tensor(grad_in)?,
+            self.opt_tensor(grad_weight)?,
+            self.opt_tensor(grad_bias)?,
+        );
+        aclnn!(
+            self,
+            LayerNormBackward(
+                g.raw(),
+                x.raw(),
+                ns.raw(),
+                m.raw(),
+                r.raw(),
+                raw_opt(&w),
+                raw_opt(&b),
+                mask.raw(),
+                raw_opt(&gi),
+                raw_opt(&gw),
+                raw_opt(&gb)
+            )
+        )
+    }
+
+    /// 2-D convolution, NCHW input, OIHW weight, optional bias `[Cout]` (CANN ≥ 8.0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d(
+        &self,
+        x: &TensorArg,
+        w: &TensorArg,
+        bias: Option<&TensorArg>,
+        stride: [i64; 2],
+        padding: [i64; 2],
+        dilation: [i64; 2],
+        groups: i64,
+        out: &TensorArg,
+    ) -> Result<()> {
+        self.require_cann8("aclnnConvolution")?;
+        let cm = self.cube(x.dtype);
+        let (x, w, b, out) = (
+            self.tensor(x)?,
+            self.tensor(w)?,
+            self.opt_tensor(bias)?,
+            self.tensor(out)?,
+        );
+        let (s, p, d, op) = (
+            self.int_array(&stride)?,
+            self.int_array(&padding)?,
+            self.int_array(&dilation)?,
+            self.int_array(&[0, 0])?,
+        );
+        aclnn!(
+            self,
+            Convolution(
+                x.raw(),
+                w.raw(),
+                raw_opt(&b),
+                s.raw(),
+                p.raw(),
+                d.raw(),
+                false,
+                op.raw(),
+                groups,
+                out.raw(),
+                cm
+            )
+        )
+    }
+
+    /// Convolution backward (CANN ≥ 8.0). `bias_sizes` = `[Cout]` when `grad_bias` is wanted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_backward(
+        &self,
+        grad_out: &TensorArg,
+        x: &TensorArg,
+        w: &TensorArg,
+        bias_sizes: &[i64],
+        stride: [i64; 2],
+        padding: [i64; 2],
+        dilation: [i64; 2],
+        groups: i32,
+        grad_in: Option<&TensorArg>,
+        grad_weight: Option<&TensorArg>,
+        grad_bias: Option<&TensorArg>,
+    ) -> Result<()> {
+        self.require_cann8("aclnnConvolutionBackward")?;
+        let cm = self.cube(x.dtype);
+        let mask = [
+            grad_in.is_some(),
+            grad_weight.is_some(),
+            grad_bias.is_some(),
+        ];
+        let (g, x, w) = (self.tensor(grad_out)?, self.tensor(x)?, self.tensor(w)?);
+        let bs = self.int_array(bias_sizes)?;
+        let (s, p, d, op) = (
+            self.int_array(&stride)?,
+            self.int_array(&padding)?,
+            self.int_array(&dilation)?,
+            self.int_array(&[0, 0])?,
+        );
+        let mask = self.bool_array(&mask)?;
+        let (gi, gw, gb) = (
+            self.opt_tensor(grad_in)?,
+            self.opt_tensor(grad_weight)?,
+            self.opt_tensor(grad_bias)?,
+        );
+        aclnn!(
+            self,
+            ConvolutionBackward(
+                g.raw(),
+                x.raw(),
+                w.raw(),
+                bs.raw(),
+                s.raw(),
+                p.raw(),
+                d.raw(),
+                false,
+                op.raw(),
+                groups,
+                mask.raw(),
+                cm,
+                raw_opt(&gi),
+                raw_opt(&gw),
+                raw_opt(&gb)
+            )
+        )
+    }
+
+    /// Softmax along `dim` (negative counts from the end).
+    pub fn softmax(&self, x: &TensorArg, dim: i64, out: &TensorArg) -> Result<()> {
+        let (x, out) = (self.tensor(x)?, self.tensor(out)?);
+        aclnn!(self, Softmax(x.raw(), dim, out.raw()))
+    }
+
+    /// Softmax backward: `grad_in` from `grad_out` and the forward output `y`.
+    pub fn softmax_backward(
+        &self,
+        grad_out: &TensorArg,
+        y: &TensorArg,
+        dim: i64,
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (g, y, gi) = (
+            self.tensor(grad_out)?,
+            self.tensor(y)?,
+            self.tensor(grad_in)?,
+        );
+        aclnn!(self, SoftmaxBackward(g.raw(), y.raw(), dim, gi.raw()))
+    }
+
+    /// GELU: `aclnnGeluV2(approximate)`, or `aclnnGelu` for the tanh form when V2 is missing.
+    pub fn gelu(&self, x: &TensorArg, approx: GeluApprox, out: &TensorArg) -> Result<()> {
+        let (x, out) = (self.tensor(x)?, self.tensor(out)?);
+        let has_v2 = self.rt().opapi.as_ref().is_some_and(|a| a.GeluV2.is_some());
+        match approx {
+            GeluApprox::Tanh if !has_v2 => aclnn!(self, Gelu(x.raw(), out.raw())),
+            GeluApprox::Tanh => aclnn!(self, GeluV2(x.raw(), 1, out.raw())),
+            GeluApprox::Erf => aclnn!(self, GeluV2(x.raw(), 0, out.raw())),
+        }
+    }
+
+    /// GELU backward (`aclnnGeluBackwardV2`).
+    pub fn gelu_backward(
+        &self,
+        grad_out: &TensorArg,
+        x: &TensorArg,
+        approx: GeluApprox,
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (g, x, gi) = (
+            self.tensor(grad_out)?,
+            self.tensor(x)?,
+            self.tensor(grad_in)?,
+        );
+        let mode = CString::new(match approx {
+            GeluApprox::Erf => "none",
+            GeluApprox::Tanh => "tanh",
+        })
+        .expect("no NUL");
+        aclnn!(
+            self,
+            GeluBackwardV2(g.raw(), x.raw(), mode.as_ptr() as *mut _, gi.raw())
+        )
+    }
+
+    /// `out = a + alpha * b` (broadcasting).
+    pub fn add(&self, a: &TensorArg, b: &TensorArg, alpha: f32, out: &TensorArg) -> Result<()> {
+        let (a, b, out) = (self.tensor(a)?, self.tensor(b)?, self.tensor(out)?);
+        let alpha = self.scalar_f32(alpha)?;
+        aclnn!(self, Add(a.raw(), b.raw(), alpha.raw(), out.raw()))
+    }
+
+    /// `out = a * b` (broadcasting).
+    pub fn mul(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
+        let (a, b, out) = (self.tensor(a)?, self.tensor(b)?, self.tensor(out)?);
+        aclnn!(self, Mul(a.raw(), b.raw(), out.raw()))
+    }
+
+    /// `out = op(x)` elementwise: Relu, Sigmoid, Exp, Sin, Cos, Sqrt.
+    pub fn unary(&self, op: UnaryOp, x: &TensorArg, out: &TensorArg) -> Result<()> {
+        let (x, out) = (self.tensor(x)?, self.tensor(out)?);
+        let (x, out) = (x.raw(), out.raw());
+        match op {
+            UnaryOp::Relu => aclnn!(self, Relu(x, out)),
+            UnaryOp::Sigmoid => aclnn!(self, Sigmoid(x, out)),
+            UnaryOp::Exp => aclnn!(self, Exp(x, out)),
+            UnaryOp::Sin => aclnn!(self, Sin(x, out)),
+            UnaryOp::Cos => aclnn!(self, Cos(x, out)),
+            UnaryOp::Sqrt => aclnn!(self, Sqrt(x, out)),
+        }
+    }
+
+    /// `out = a / b` (broadcasting).
+    pub fn div(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
+        let (a, b, out) = (self.tensor(a)?, self.tensor(b)?, self.tensor(out)?);
+        aclnn!(self, Div(a.raw(), b.raw(), out.raw()))
+    }
+
+    /// `grad_in = x > threshold ? grad_out : 0` (ReLU backward with threshold 0).
+    pub fn threshold_backward(
+        &self,
+        grad_out: &TensorArg,
+        x: &TensorArg,
+        threshold: f32,
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (g, x, gi) = (
+            self.tensor(grad_out)?,
+            self.tensor(x)?,
+            self.tensor(grad_in)?,
+        );
+        let th = self.scalar_f32(threshold)?;
+        aclnn!(
+            self,
+            ThresholdBackward(g.raw(), x.raw(), th.raw(), gi.raw())
+        )
+    }
+
+    /// `grad_in = grad_out · y · (1 − y)` with `y = sigmoid(x)`.
+    pub fn sigmoid_backward(
+        &self,
+        grad_out: &TensorArg,
+        y: &TensorArg,
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (g, y, gi) = (
+            self.tensor(grad_out)?,
+            self.tensor(y)?,
+            self.tensor(grad_in)?,
+        );
+        aclnn!(self, SigmoidBackward(g.raw(), y.raw(), gi.raw()))
+    }
+
+    /// Bilinear resize of an NCHW tensor to `out`. `scales` are `(oh/h, ow/w)`: passed
+    /// explicitly because torch_npu releases disagree on what an absent scale is (0 or 1);
+    /// with PyTorch semantics an explicit scale gives the same source coordinates as the size
+    /// ratio.
+    pub fn upsample_bilinear2d(
+        &self,
+        x: &TensorArg,
+        align_corners: bool,
+        scales: (f64, f64),
+        out: &TensorArg,
+    ) -> Result<()> {
+        let od = out.dims().to_vec();
+        if od.len() != 4 || x.dims().len() != 4 {
+            return Err(AscendError::Invalid(format!(
+                "aclnnUpsampleBilinear2d: input {:?} and out {od:?} must be NCHW",
+                x.dims()
+            )));
+        }
+        let (x, out, size) = (
+            self.tensor(x)?,
+            self.tensor(out)?,
+            self.int_array(&od[2..])?,
+        );
+        aclnn!(
+            self,
+            UpsampleBilinear2d(
+                x.raw(),
+                size.raw(),
+                align_corners,
+                scales.0,
+                scales.1,
+                out.raw()
+            )
+        )
+    }
+
+    /// Backward of [`Ops::upsample_bilinear2d`]: `grad_in` NCHW of the forward input's shape
+    /// from `grad_out`.
+    pub fn upsample_bilinear2d_backward(
+        &self,
+        grad_out: &TensorArg,
+        align_corners: bool,
+        scales: (f64, f64),
+        grad_in: &TensorArg,
+    ) -> Result<()> {
+        let (gd, id) = (grad_out.dims().to_vec(), grad_in.dims().to_vec());
+        if gd.len() != 4 || id.len() != 4 {
+            return Err(AscendError::Invalid(format!(
+                "aclnnUpsampleBilinear2dBackward: gradOut {gd:?} and gradInput {id:?} must be NCHW"
+            )));
+        }
+        let (g, gi) = (self.tensor(grad_out)?, self.tensor(grad_in)?);
+        let (osize, isize) = (self.int_array(&gd[2..])?, self.int_array(&id)?);
+        aclnn!(
+            self,
+            UpsampleBilinear2dBackward(
+                g.raw(),
+                osize.raw(),
+                isize.raw(),
+                align_corners,
+                scales.0,
+                scales.1,
+                gi.raw()
+            )
+        )
+    }
+
     /// `out = softmax(scale·Q·Kᵀ)·V` (`aclnnFlashAttentionScore`, layout `BNSD`, keepProb 1,
     /// sparseMode 0, no pse / masks). `softmax_max` / `softmax_sum` are fp32 `[B, N, Sq, 8]`
     /// (saved for [`Ops::flash_attention_backward`]); `softmax_out` is the reserved output,
@@ -1465,54 +966,39 @@ impl Ops<'_> {
         softmax_out: &TensorArg,
         out: &TensorArg,
     ) -> Result<()> {
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| {
-                api.aclnnFlashAttentionScoreGetWorkspaceSize
-                    .zip(api.aclnnFlashAttentionScore)
-            },
-            "aclnnFlashAttentionScore",
-        )?;
-        let (tq, tk, tv) = (nn_tensor(nn, q)?, nn_tensor(nn, k)?, nn_tensor(nn, v)?);
-        let (tm, ts, tso, to) = (
-            nn_tensor(nn, softmax_max)?,
-            nn_tensor(nn, softmax_sum)?,
-            nn_tensor(nn, softmax_out)?,
-            nn_tensor(nn, out)?,
+        let (q, k, v) = (self.tensor(q)?, self.tensor(k)?, self.tensor(v)?);
+        let (m, s, so, out) = (
+            self.tensor(softmax_max)?,
+            self.tensor(softmax_sum)?,
+            self.tensor(softmax_out)?,
+            self.tensor(out)?,
         );
-        let layout = CString::new("BNSD").unwrap();
+        let layout = CString::new("BNSD").expect("no NUL");
         let null = std::ptr::null();
-        self.two_phase(
-            (
-                "aclnnFlashAttentionScoreGetWorkspaceSize",
-                "aclnnFlashAttentionScore",
-            ),
-            |ws, ex| unsafe {
-                p1(
-                    tq.raw,
-                    tk.raw,
-                    tv.raw,
-                    null,
-                    null,
-                    null,
-                    null,
-                    std::ptr::null(),
-                    attr.scale,
-                    1.0,
-                    FlashAttn::ALL_TOKENS,
-                    FlashAttn::ALL_TOKENS,
-                    attr.head_num,
-                    layout.as_ptr() as *mut _,
-                    0,
-                    0,
-                    tm.raw,
-                    ts.raw,
-                    tso.raw,
-                    to.raw,
-                    ws,
-                    ex,
-                )
-            },
-            p2,
+        aclnn!(
+            self,
+            FlashAttentionScore(
+                q.raw(),
+                k.raw(),
+                v.raw(),
+                null,
+                null,
+                null,
+                null,
+                std::ptr::null(),
+                attr.scale,
+                1.0,
+                FlashAttn::ALL_TOKENS,
+                FlashAttn::ALL_TOKENS,
+                attr.head_num,
+                layout.as_ptr() as *mut _,
+                0,
+                0,
+                m.raw(),
+                s.raw(),
+                so.raw(),
+                out.raw()
+            )
         )
     }
 
@@ -1531,89 +1017,57 @@ impl Ops<'_> {
         empty: &TensorArg,
         grads: (&TensorArg, &TensorArg, &TensorArg),
     ) -> Result<()> {
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| {
-                api.aclnnFlashAttentionScoreGradGetWorkspaceSize
-                    .zip(api.aclnnFlashAttentionScoreGrad)
-            },
-            "aclnnFlashAttentionScoreGrad",
-        )?;
-        let (tq, tk, tv, tdy) = (
-            nn_tensor(nn, q)?,
-            nn_tensor(nn, k)?,
-            nn_tensor(nn, v)?,
-            nn_tensor(nn, dy)?,
+        let (q, k, v, dy) = (
+            self.tensor(q)?,
+            self.tensor(k)?,
+            self.tensor(v)?,
+            self.tensor(dy)?,
         );
-        let (tm, ts, tout) = (
-            nn_tensor(nn, saved.0)?,
-            nn_tensor(nn, saved.1)?,
-            nn_tensor(nn, saved.2)?,
+        let (m, s, out) = (
+            self.tensor(saved.0)?,
+            self.tensor(saved.1)?,
+            self.tensor(saved.2)?,
         );
-        let (te1, te2) = (nn_tensor(nn, empty)?, nn_tensor(nn, empty)?);
+        let (e1, e2) = (self.tensor(empty)?, self.tensor(empty)?);
         let (gq, gk, gv) = (
-            nn_tensor(nn, grads.0)?,
-            nn_tensor(nn, grads.1)?,
-            nn_tensor(nn, grads.2)?,
+            self.tensor(grads.0)?,
+            self.tensor(grads.1)?,
+            self.tensor(grads.2)?,
         );
-        let layout = CString::new("BNSD").unwrap();
+        let layout = CString::new("BNSD").expect("no NUL");
         let null = std::ptr::null();
-        self.two_phase(
-            (
-                "aclnnFlashAttentionScoreGradGetWorkspaceSize",
-                "aclnnFlashAttentionScoreGrad",
-            ),
-            |ws, ex| unsafe {
-                p1(
-                    tq.raw,
-                    tk.raw,
-                    tv.raw,
-                    tdy.raw,
-                    null,
-                    null,
-                    null,
-                    null,
-                    tm.raw,
-                    ts.raw,
-                    te1.raw,
-                    tout.raw,
-                    std::ptr::null(),
-                    attr.scale,
-                    1.0,
-                    FlashAttn::ALL_TOKENS,
-                    FlashAttn::ALL_TOKENS,
-                    attr.head_num,
-                    layout.as_ptr() as *mut _,
-                    0,
-                    0,
-                    gq.raw,
-                    gk.raw,
-                    gv.raw,
-                    te2.raw,
-                    ws,
-                    ex,
-                )
-            },
-            p2,
+        aclnn!(
+            self,
+            FlashAttentionScoreGrad(
+                q.raw(),
+                k.raw(),
+                v.raw(),
+                dy.raw(),
+                null,
+                null,
+                null,
+                null,
+                m.raw(),
+                s.raw(),
+                e1.raw(),
+                out.raw(),
+                std::ptr::null(),
+                attr.scale,
+                1.0,
+                FlashAttn::ALL_TOKENS,
+                FlashAttn::ALL_TOKENS,
+                attr.head_num,
+                layout.as_ptr() as *mut _,
+                0,
+                0,
+                gq.raw(),
+                gk.raw(),
+                gv.raw(),
+                e2.raw()
+            )
         )
     }
-}
 
-/// Hyper-parameters of [`Ops::apply_adamw_v2`] (f32, as the C API takes them).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamWHyper {
-    /// Learning rate.
-    pub lr: f32,
-    /// β1.
-    pub beta1: f32,
-    /// β2.
-    pub beta2: f32,
-    /// Decoupled weight decay λ.
-    pub weight_decay: f32,
-    /// ε, added after the bias-corrected square root.
-    pub eps: f32,
-}
-
-impl Ops<'_> {
     /// One fused AdamW update in place (`aclnnApplyAdamWV2`, amsgrad and maximize off):
     /// `var`, `m`, `v` are read and written; `step` is a one-element tensor holding the number
     /// of updates made **before** this one (the kernel uses `step + 1`).
@@ -1624,45 +1078,25 @@ impl Ops<'_> {
         step: &TensorArg,
         h: AdamWHyper,
     ) -> Result<()> {
-        let (nn, (p1, p2)) = self.aclnn_only(
-            |api| {
-                api.aclnnApplyAdamWV2GetWorkspaceSize
-                    .zip(api.aclnnApplyAdamWV2)
-            },
-            "aclnnApplyAdamWV2",
-        )?;
-        let (tw, tm, tv) = (nn_tensor(nn, var)?, nn_tensor(nn, m)?, nn_tensor(nn, v)?);
-        let (tg, ts) = (nn_tensor(nn, grad)?, nn_tensor(nn, step)?);
-        self.two_phase(
-            ("aclnnApplyAdamWV2GetWorkspaceSize", "aclnnApplyAdamWV2"),
-            |ws, ex| unsafe {
-                p1(
-                    tw.raw,
-                    tm.raw,
-                    tv.raw,
-                    std::ptr::null_mut(),
-                    tg.raw,
-                    ts.raw,
-                    h.lr,
-                    h.beta1,
-                    h.beta2,
-                    h.weight_decay,
-                    h.eps,
-                    false,
-                    false,
-                    ws,
-                    ex,
-                )
-            },
-            p2,
+        let (w, m, v) = (self.tensor(var)?, self.tensor(m)?, self.tensor(v)?);
+        let (g, s) = (self.tensor(grad)?, self.tensor(step)?);
+        aclnn!(
+            self,
+            ApplyAdamWV2(
+                w.raw(),
+                m.raw(),
+                v.raw(),
+                std::ptr::null_mut(),
+                g.raw(),
+                s.raw(),
+                h.lr,
+                h.beta1,
+                h.beta2,
+                h.weight_decay,
+                h.eps,
+                false,
+                false
+            )
         )
-    }
-}
-
-impl TensorArg<'_> {
-    fn with_dtype(mut self, like: &TensorArg) -> Self {
-        self.dtype = like.dtype;
-        self.elem = like.elem;
-        self
     }
 }

@@ -5,7 +5,6 @@ use super::error::{acl_error_class, AscendError, Result};
 use crate::aclnn::{NnopBase, OpApi};
 use crate::sys::ascendcl::AscendClLib;
 use crate::sys::hccl::HcclLib;
-use crate::sys::op_compiler::AclOpCompilerLib;
 use crate::sys::types::*;
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,48 @@ use std::sync::{Arc, Mutex};
 /// Environment variable naming the one directory to load the CANN libraries from. When set,
 /// no other location is tried (used by the stand-in tests; also handy to pin one CANN install).
 pub const LIB_DIR_ENV: &str = "MEDSAM_ASCEND_LIB_DIR";
+
+/// The aclnn operator libraries, all searched (an operator is taken from the first that
+/// exports it): `libopapi.so` of CANN 8.x, the split op API of newer releases
+/// (`libopapi_{math,nn,cv,transformer,legacy}.so`, searched by torch_npu/op-plugin
+/// `GetOpApiFuncAddr` too), older split names, and custom operators.
+pub const OPAPI_LIBS: [&str; 10] = [
+    "libopapi.so",
+    "libopapi_math.so",
+    "libopapi_nn.so",
+    "libopapi_cv.so",
+    "libopapi_transformer.so",
+    "libopapi_legacy.so",
+    "libaclnn_ops_train.so",
+    "libaclnn_ops_infer.so",
+    "libaclnn_math.so",
+    "libcust_opapi.so",
+];
+
+/// A CANN release as `aclsysGetCANNVersion(ACL_PKG_NAME_CANN)` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CannVersion {
+    /// Major version (7, 8, 9 ...).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+    /// The full text, e.g. `8.1.RC1`.
+    pub text: String,
+}
+
+impl CannVersion {
+    /// Parse `major.minor[.rest]` (e.g. `8.1.RC1`, `7.0.0`).
+    pub fn parse(text: &str) -> Option<CannVersion> {
+        let mut it = text.trim().split('.');
+        let major = it.next()?.trim().parse().ok()?;
+        let minor = it.next().and_then(|m| m.trim().parse().ok()).unwrap_or(0);
+        Some(CannVersion {
+            major,
+            minor,
+            text: text.trim().to_string(),
+        })
+    }
+}
 
 /// Calls a `libascendcl.so` function through the bindgen table and maps its `aclError`.
 macro_rules! acl {
@@ -36,13 +77,11 @@ pub(crate) use acl;
 pub struct AscendRuntime {
     /// `libascendcl.so` (bindgen table).
     pub acl: AscendClLib,
-    /// `libacl_op_compiler.so`, if present (aclop fallback path).
-    pub op_compiler: Option<AclOpCompilerLib>,
     /// `libhccl.so`, if present.
     pub hccl: Option<HcclLib>,
     /// `libnnopbase.so` functions (aclnn tensor descriptors), if present.
     pub nnopbase: Option<NnopBase>,
-    /// aclnn operator functions (`libopapi.so` and friends), if present.
+    /// aclnn operator functions ([`OPAPI_LIBS`]), if any of them is present.
     pub opapi: Option<OpApi>,
     /// Paths actually opened, for diagnostics.
     pub loaded: Vec<PathBuf>,
@@ -60,15 +99,21 @@ pub fn default_search_dirs() -> Vec<Option<PathBuf>> {
     if let Some(d) = std::env::var_os(LIB_DIR_ENV) {
         return vec![Some(PathBuf::from(d))];
     }
+    // Newer releases install the libraries under `<arch>-linux/lib64` only.
+    let arch = format!("{}-linux", std::env::consts::ARCH);
+    let mut roots: Vec<PathBuf> = ["ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"]
+        .iter()
+        .filter_map(|v| std::env::var_os(v).map(PathBuf::from))
+        .collect();
+    roots.push(PathBuf::from("/usr/local/Ascend/ascend-toolkit/latest"));
     let mut v = vec![None];
-    for var in ["ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"] {
-        if let Some(p) = std::env::var_os(var) {
-            v.push(Some(PathBuf::from(p).join("lib64")));
+    for r in roots {
+        for d in [r.join("lib64"), r.join(&arch).join("lib64")] {
+            if !v.contains(&Some(d.clone())) {
+                v.push(Some(d));
+            }
         }
     }
-    v.push(Some(PathBuf::from(
-        "/usr/local/Ascend/ascend-toolkit/latest/lib64",
-    )));
     v
 }
 
@@ -141,12 +186,6 @@ impl AscendRuntime {
         let mut loaded = vec![acl_path];
         let mut keep = Vec::new();
 
-        let op_compiler = open_one(dirs, "libacl_op_compiler.so")
-            .ok()
-            .and_then(|(l, p)| {
-                loaded.push(p);
-                unsafe { AclOpCompilerLib::from_library(l) }.ok()
-            });
         let hccl = open_one(dirs, "libhccl.so").ok().and_then(|(l, p)| {
             loaded.push(p);
             unsafe { HcclLib::from_library(l) }.ok()
@@ -160,13 +199,7 @@ impl AscendRuntime {
             t
         });
         let mut op_libs = Vec::new();
-        for name in [
-            "libopapi.so",
-            "libaclnn_ops_train.so",
-            "libaclnn_ops_infer.so",
-            "libaclnn_math.so",
-            "libcust_opapi.so",
-        ] {
+        for name in OPAPI_LIBS {
             if let Ok((l, p)) = open_one(dirs, name) {
                 loaded.push(p);
                 op_libs.push(l);
@@ -182,7 +215,6 @@ impl AscendRuntime {
         keep.extend(op_libs);
         Ok(AscendRuntime {
             acl,
-            op_compiler,
             hccl,
             nnopbase,
             opapi,
@@ -232,6 +264,44 @@ impl AscendRuntime {
         }
         let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
         (!s.trim().is_empty()).then_some(s)
+    }
+
+    /// `aclrtGetSocName()` (e.g. `Ascend910B1`), `None` when the library lacks it. Asked on
+    /// every use, not cached: cheap, and what the runtime says is the truth.
+    pub fn soc_name(&self) -> Option<String> {
+        let f = self.acl.aclrtGetSocName.as_ref().ok()?;
+        // SAFETY: returns NULL or a NUL-terminated static string.
+        let p = unsafe { f() };
+        if p.is_null() {
+            return None;
+        }
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// The CANN release (`aclsysGetCANNVersion(ACL_PKG_NAME_CANN)`), `None` when the query is
+    /// missing (releases before it existed) or fails.
+    pub fn cann_version(&self) -> Option<CannVersion> {
+        let f = self.acl.aclsysGetCANNVersion.as_ref().ok()?;
+        let mut v = aclCANNPackageVersion::default();
+        // SAFETY: `v` is the header's struct, written by the callee.
+        if unsafe { f(ACL_PKG_NAME_CANN, &mut v) } != 0 {
+            return None;
+        }
+        let text = |b: &[std::ffi::c_char]| {
+            let bytes: Vec<u8> = b
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        CannVersion::parse(&text(&v.version)).or_else(|| {
+            CannVersion::parse(&format!(
+                "{}.{}",
+                text(&v.majorVersion),
+                text(&v.minorVersion)
+            ))
+        })
     }
 
     /// Map an `aclError` to `Ok` / [`AscendError::Acl`].

@@ -13,6 +13,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod driver;
+pub mod int8;
 mod pack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +53,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Operands rounded to bf16 while packing, products accumulated in f32 (AVX512-BF16 / AMX).
+    /// A request, not a promise: [`gemm`] runs f32 where bf16 would not be faster
+    /// ([`bf16_plan`]); [`gemm_with`] always rounds.
     Bf16,
 }
 
@@ -155,6 +158,105 @@ impl Kernel {
     }
 }
 
+/// How `Precision::Bf16` is carried out on this CPU by [`gemm`], [`gemm_fused`] and
+/// [`gemm_fused_serial`]: which kernel, and at which precision.
+///
+/// bf16 is only worth its rounding error where it is faster, which depends on the CPU:
+/// AMX `tdpbf16ps` is many times the f32 FMA rate; on AMD Zen 4/5 `vdpbf16ps` does twice the
+/// multiply-adds of an f32 FMA per cycle; on Intel cores without AMX it does not (measured on
+/// a Xeon with AVX512-BF16 and AMX disabled: bf16 GEMM 129 vs f32 193 GFLOP/s, PyTorch's own
+/// 151 vs 225), so there the plain f32 kernel runs instead — as fast as f32 and more accurate.
+/// Chosen from this table rather than a start-up timing so that results do not depend on the
+/// machine's load. `MEDSAM_BF16_KERNEL=f32|native` overrides the table (`native`: the fastest
+/// bf16 kernel available).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bf16Plan {
+    pub kernel: Kernel,
+    /// `Precision::Bf16`, or `Precision::F32` where bf16 would not be faster.
+    pub precision: Precision,
+    /// Why, in a few words (for `--verbose` output and bench reports).
+    pub reason: &'static str,
+}
+
+/// The plan for this process (decided once).
+pub fn bf16_plan() -> Bf16Plan {
+    use std::sync::OnceLock;
+    static P: OnceLock<Bf16Plan> = OnceLock::new();
+    *P.get_or_init(|| {
+        let env = std::env::var("MEDSAM_BF16_KERNEL").ok();
+        let amx_ok = amx_self_check();
+        choose_bf16(crate::cpu::features(), amx_ok, env.as_deref())
+    })
+}
+
+/// The table behind [`bf16_plan`], as a pure function of the CPU (for tests).
+#[doc(hidden)]
+pub fn choose_bf16(f: crate::cpu::CpuFeatures, amx_ok: bool, env: Option<&str>) -> Bf16Plan {
+    let f32_kernel = if f.avx512f {
+        Kernel::Avx512
+    } else if f.avx2_fma {
+        Kernel::Avx2
+    } else {
+        Kernel::Scalar
+    };
+    let f32_plan = |reason| Bf16Plan {
+        kernel: f32_kernel,
+        precision: Precision::F32,
+        reason,
+    };
+    let native = if f.amx_bf16 && amx_ok {
+        Some(Bf16Plan {
+            kernel: Kernel::Amx,
+            precision: Precision::Bf16,
+            reason: "AMX tdpbf16ps (self-check passed)",
+        })
+    } else if f.avx512bf16 {
+        Some(Bf16Plan {
+            kernel: Kernel::Avx512Bf16,
+            precision: Precision::Bf16,
+            reason: "AVX512-BF16 vdpbf16ps (2x the f32 FMA rate on AMD Zen 4/5)",
+        })
+    } else {
+        None
+    };
+    match (env, native) {
+        (Some("f32"), _) => f32_plan("f32 kernel (MEDSAM_BF16_KERNEL=f32)"),
+        (Some("native"), Some(p)) => p,
+        (_, Some(p)) if p.kernel == Kernel::Amx || f.amd => p,
+        (_, Some(_)) => f32_plan(
+            "f32 kernel: vdpbf16ps is not faster than f32 FMA on this (non-AMD, no AMX) CPU",
+        ),
+        (_, None) => f32_plan("f32 kernel: no bf16 dot-product instructions on this CPU"),
+    }
+}
+
+/// One line saying how the reduced precisions run on this CPU (for `--precision` notes and
+/// benchmark reports).
+pub fn precision_summary() -> String {
+    let b = bf16_plan();
+    let i = int8::Int8Kernel::best();
+    let int8 = if i.is_vnni() {
+        format!("{i:?} vpdpbusd")
+    } else {
+        "f32 kernel (no VNNI dot-product instructions: int8 would be slower than f32)".into()
+    };
+    format!(
+        "bf16: {:?} kernel at {:?} ({}); int8 linear layers: {int8}",
+        b.kernel, b.precision, b.reason
+    )
+}
+
+/// The kernel and precision [`gemm`] runs for a requested precision.
+fn resolve(precision: Precision) -> (Kernel, Precision) {
+    match precision {
+        Precision::F32 => (Kernel::best(Precision::F32), Precision::F32),
+        Precision::Bf16 => {
+            let p = bf16_plan();
+            (p.kernel, p.precision)
+        }
+    }
+}
+
 /// AMX is picked automatically only once it has reproduced the reference on a small problem in
 /// this process. The tile kernel was written on a machine without AMX (AMD Zen 4), so its first
 /// run on real hardware is otherwise unverified; a wrong result here falls back to AVX512-BF16
@@ -206,7 +308,8 @@ fn amx_self_check() -> bool {
 }
 
 /// `C (+)= A·B` with A `m×k`, B `k×n`, C `m×n` per batch. `accumulate=false` overwrites C.
-/// C's `col_stride` must be 1. Chooses the fastest micro-kernel for this CPU at run time.
+/// C's `col_stride` must be 1. Chooses the fastest micro-kernel for this CPU at run time
+/// (for `Precision::Bf16`, see [`bf16_plan`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     dims: GemmDims,
@@ -219,18 +322,8 @@ pub fn gemm(
     accumulate: bool,
     precision: Precision,
 ) {
-    gemm_with(
-        Kernel::best(precision),
-        dims,
-        a,
-        la,
-        b,
-        lb,
-        c,
-        lc,
-        accumulate,
-        precision,
-    )
+    let (kernel, precision) = resolve(precision);
+    gemm_with(kernel, dims, a, la, b, lb, c, lc, accumulate, precision)
 }
 
 /// [`gemm`] with an explicitly chosen micro-kernel family.
@@ -269,18 +362,8 @@ pub fn gemm_fused(
     precision: Precision,
     epilogue: Epilogue,
 ) {
-    gemm_fused_with(
-        Kernel::best(precision),
-        dims,
-        a,
-        la,
-        b,
-        lb,
-        c,
-        lc,
-        precision,
-        epilogue,
-    )
+    let (kernel, precision) = resolve(precision);
+    gemm_fused_with(kernel, dims, a, la, b, lb, c, lc, precision, epilogue)
 }
 
 /// [`gemm_fused`] on the calling thread only: for callers that already run one task per core
@@ -298,7 +381,7 @@ pub fn gemm_fused_serial(
     precision: Precision,
     epilogue: Epilogue,
 ) {
-    let kernel = Kernel::best(precision);
+    let (kernel, precision) = resolve(precision);
     check_epilogue(dims, &epilogue);
     let ukr = driver::micro_kernel(kernel, precision);
     driver::gemm_ep_serial(&ukr, dims, a, la, b, lb, c, lc, epilogue)

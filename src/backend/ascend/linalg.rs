@@ -16,14 +16,15 @@ impl LinalgOps for AscendBackend {
         if k == 0 {
             return self.zeros(total);
         }
+        // The cubeMathType itself is chosen per SoC and dtype by medsam_ffi (cube_math_type).
         let cube = match precision {
-            Precision::F32 => 0,  // KEEP_DTYPE
-            Precision::Bf16 => 1, // ALLOW_FP32_DOWN_PRECISION
+            Precision::F32 => medsam_ffi::ascend::CubePrecision::Exact,
+            Precision::Bf16 => medsam_ffi::ascend::CubePrecision::Reduced,
         };
         let (la, lb) = (a.layout, b.layout);
         let mut out = self.alloc(total)?;
         if total > 0 {
-            let ops = self.ops().with_cube_math_type(cube);
+            let ops = self.ops().with_precision(cube);
             let e = self.err();
             // A shared right operand with evenly spaced rows of A (linear layers): one 2-D
             // matmul over batch·m rows.

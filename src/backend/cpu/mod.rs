@@ -159,7 +159,7 @@ mod pool {
 
 /// An output buffer of `len` elements whose contents are unspecified: only for results that
 /// are overwritten in full.
-fn buffer(len: usize) -> Vec<f32> {
+pub(crate) fn buffer(len: usize) -> Vec<f32> {
     pool::take(len)
 }
 

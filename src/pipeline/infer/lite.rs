@@ -131,8 +131,16 @@ pub struct LitePredictor<'m> {
 impl<'m> LitePredictor<'m> {
     /// Preprocesses and encodes the image (the expensive part, done once).
     pub fn new(model: &'m LiteMedSam, img: &ImageU8) -> Result<Self> {
+        Self::with_int8(model, img, false)
+    }
+
+    /// [`LitePredictor::new`] with the image encoder's linear layers in dynamically quantized
+    /// int8 if `int8` (see [`crate::ops::quant`]); the decoder stays f32.
+    pub fn with_int8(model: &'m LiteMedSam, img: &ImageU8, int8: bool) -> Result<Self> {
         let (input, new_hw) = prepare_input(img, model.img_size())?;
-        let embedding = no_grad(|| model.image_encoder.forward(&input))?;
+        let embedding = no_grad(|| {
+            crate::ops::quant::autocast_int8(int8, || model.image_encoder.forward(&input))
+        })?;
         Ok(LitePredictor {
             model,
             embedding,

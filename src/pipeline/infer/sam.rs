@@ -169,7 +169,12 @@ pub fn check_box(b: [f32; 4], h: usize, w: usize) -> Result<CheckedBox> {
 pub enum InferPrecision {
     #[default]
     F32,
+    /// Matrix products in bf16 where this CPU runs bf16 faster than f32, else f32
+    /// (`medsam_kernels::gemm::bf16_plan`).
     Bf16,
+    /// Linear layers dynamically quantized to int8 (per-channel weights, per-token
+    /// activations), as PyTorch's `quantize_dynamic`; see `medsam::ops::quant`.
+    Int8,
 }
 
 /// One box's answer.
@@ -195,7 +200,9 @@ impl<'m> Predictor<'m> {
         let input = prepare_input(img, size)?;
         let embedding = no_grad(|| {
             autocast_bf16(precision == InferPrecision::Bf16, || {
-                model.image_encoder.forward(&input)
+                crate::ops::quant::autocast_int8(precision == InferPrecision::Int8, || {
+                    model.image_encoder.forward(&input)
+                })
             })
         })?;
         Ok(Predictor {

@@ -9,6 +9,11 @@ pub struct PreprocessArgs {
     /// Directory of images (`<case><img-name-suffix>`)
     #[arg(long, default_value = "data/FLARE22Train/images")]
     pub nii_path: PathBuf,
+    /// Directory of DICOM series, one sub-folder per case named `<case>` (instead of
+    /// --nii-path/--img-name-suffix); each folder must hold one series, read with its rescale
+    /// (HU) and slice order; the label map must be in that series' voxel order
+    #[arg(long)]
+    pub dicom_path: Option<PathBuf>,
     /// Directory of label maps (`<case><gt-name-suffix>`)
     #[arg(long, default_value = "data/FLARE22Train/labels")]
     pub gt_path: PathBuf,
@@ -75,6 +80,7 @@ impl PreprocessArgs {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PreprocessConfig {
             nii_path: self.nii_path.clone(),
+            dicom_path: self.dicom_path.clone(),
             gt_path: self.gt_path.clone(),
             npy_path: self.npy_path.clone(),
             modality: self.modality,

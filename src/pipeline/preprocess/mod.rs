@@ -3,7 +3,8 @@
 //! `voxel_num_thre2d = 100`, `voxel_num_thre3d = 1000`).
 //!
 //! Per label file `<case><gt_name_suffix>` in `gt_path` (sorted by name) whose image
-//! `<case><img_name_suffix>` exists in `nii_path`:
+//! `<case><img_name_suffix>` exists in `nii_path` (or, with `dicom_path`, whose DICOM series
+//! folder `<dicom_path>/<case>/` exists; read by [`crate::io::dicom`]):
 //!
 //! 1. labels → `u8` (`np.uint8`), ids in `remove_label_ids` set to 0;
 //! 2. optional `tumor_id`: that label is replaced by its 26-connected instances, numbered
@@ -68,6 +69,8 @@ impl std::str::FromStr for Modality {
 pub struct PreprocessConfig {
     /// Directory of images (`<case><img_name_suffix>`).
     pub nii_path: PathBuf,
+    /// When set, images are DICOM series in `<dicom_path>/<case>/` instead of NIfTI files.
+    pub dicom_path: Option<PathBuf>,
     /// Directory of label maps (`<case><gt_name_suffix>`).
     pub gt_path: PathBuf,
     /// Output directory; `imgs/` and `gts/` are created inside it.
@@ -91,6 +94,7 @@ impl Default for PreprocessConfig {
     fn default() -> Self {
         PreprocessConfig {
             nii_path: PathBuf::from("data/FLARE22Train/images"),
+            dicom_path: None,
             gt_path: PathBuf::from("data/FLARE22Train/labels"),
             npy_path: PathBuf::from("data/npy/CT_Abd"),
             modality: Modality::CT,
@@ -169,6 +173,8 @@ pub enum CaseError {
     Nifti(#[from] nifti::NiftiError),
     #[error(transparent)]
     Npy(#[from] crate::io::npy::NpyError),
+    #[error(transparent)]
+    Dicom(#[from] crate::io::dicom::DicomError),
     #[error("image {image:?} and label {label:?} shapes differ (z, y, x)")]
     ShapeMismatch {
         image: [usize; 3],
@@ -227,7 +233,10 @@ pub fn preprocess(
     let mut cases = Vec::new();
     for name in names {
         let stem = case_stem(&name, &cfg.gt_name_suffix).to_string();
-        let img = cfg.nii_path.join(format!("{stem}{}", cfg.img_name_suffix));
+        let img = match &cfg.dicom_path {
+            Some(dir) => dir.join(&stem),
+            None => cfg.nii_path.join(format!("{stem}{}", cfg.img_name_suffix)),
+        };
         if img.exists() {
             cases.push((name, stem, img));
         } else {
@@ -443,7 +452,11 @@ fn process_case(
     if z_index.is_empty() {
         return Err(CaseError::EmptyLabels);
     }
-    let img_vol = nifti::read_nifti(img_path)?;
+    let img_vol = if img_path.is_dir() {
+        crate::io::dicom::read_series(img_path, None)?.volume
+    } else {
+        nifti::read_nifti(img_path)?
+    };
     if img_vol.shape != shape {
         return Err(CaseError::ShapeMismatch {
             image: img_vol.shape,

@@ -15,18 +15,6 @@ pub(crate) struct View {
 unsafe impl Send for View {}
 
 impl View {
-    pub fn contiguous(dims: &[i64], addr: usize) -> View {
-        let mut strides = vec![1i64; dims.len()];
-        for i in (0..dims.len().saturating_sub(1)).rev() {
-            strides[i] = strides[i + 1] * dims[i + 1].max(1);
-        }
-        View {
-            dims: dims.to_vec(),
-            strides,
-            offset: 0,
-            addr,
-        }
-    }
     pub fn numel(&self) -> usize {
         self.dims.iter().product::<i64>().max(0) as usize
     }
@@ -120,7 +108,87 @@ pub(crate) fn for_each_index(dims: &[i64], mut f: impl FnMut(&[i64])) {
 
 pub struct AclTensor {
     dtype: i32,
+    /// `aclFormat` given at creation.
+    pub(crate) format: i32,
     view: View,
+}
+
+// aclFormat values (acl_base.h).
+pub(crate) const FORMAT_NCHW: i32 = 0;
+pub(crate) const FORMAT_NHWC: i32 = 1;
+pub(crate) const FORMAT_ND: i32 = 2;
+pub(crate) const FORMAT_FRACTAL_Z: i32 = 4;
+pub(crate) const FORMAT_NCDHW: i32 = 30;
+pub(crate) const FORMAT_NCL: i32 = 47;
+
+pub(crate) fn format_name(f: i32) -> String {
+    match f {
+        FORMAT_NCHW => "NCHW".into(),
+        FORMAT_NHWC => "NHWC".into(),
+        FORMAT_ND => "ND".into(),
+        FORMAT_FRACTAL_Z => "FRACTAL_Z".into(),
+        FORMAT_NCDHW => "NCDHW".into(),
+        FORMAT_NCL => "NCL".into(),
+        other => format!("format {other}"),
+    }
+}
+
+/// Live descriptors (tensors, arrays, scalars): using one after its destroy function fails,
+/// as a use-after-free would on CANN (here it is caught instead of being undefined).
+static DESCRIPTORS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn register<T>(p: *mut T) -> *mut T {
+    lock(&DESCRIPTORS).push(p as usize);
+    p
+}
+/// Remove from the live set; false if it was not live.
+fn unregister<T>(p: *const T) -> bool {
+    let mut d = lock(&DESCRIPTORS);
+    match d.iter().position(|&x| x == p as usize) {
+        Some(i) => {
+            d.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+pub(crate) fn is_live<T>(p: *const T) -> bool {
+    lock(&DESCRIPTORS).contains(&(p as usize))
+}
+
+/// Rule (ops-nn `aclnn_convolution.cpp` FormatChecker, `convolution_backward_checker.cpp`
+/// CheckFormatValid; ops-cv `aclnn_upsample_bilinear_2d.cpp` CheckFormat): a 4-D operand must
+/// carry one of `allowed`; anything else is ACLNN_ERR_PARAM_INVALID in phase 1.
+pub(crate) fn check_format(func: &str, what: &str, t: &AclTensor, allowed: &[i32]) -> Result<(), i32> {
+    if allowed.contains(&t.format) {
+        return Ok(());
+    }
+    let names: Vec<String> = allowed.iter().map(|&f| format_name(f)).collect();
+    Err(fail(
+        ACLNN_ERR_PARAM_INVALID,
+        format!(
+            "{func}: {what} of rank {} has format {}, must be {}",
+            t.view.dims.len(),
+            format_name(t.format),
+            names.join(" or ")
+        ),
+    ))
+}
+
+/// Rule (ops-nn `aclnnMatmul.md` / `aclnnConvolution.md`, cubeMathType): fp32 with
+/// KEEP_DTYPE (0) or USE_HF32 (3) is not supported on Atlas training (910A) and inference SoCs.
+pub(crate) fn check_cube(func: &str, dtype: i32, cube: i8) -> Result<(), i32> {
+    if !(0..=3).contains(&cube) {
+        return Err(bad(func, format!("cubeMathType {cube} not in 0..=3")));
+    }
+    if dtype == ACL_FLOAT && (cube == 0 || cube == 3) && !current_soc_is_a2() {
+        let soc = unsafe { CStr::from_ptr(aclrtGetSocName()) }.to_string_lossy().into_owned();
+        return Err(bad(
+            func,
+            format!("cubeMathType {cube} with fp32 input is not supported on {soc}"),
+        ));
+    }
+    Ok(())
 }
 pub struct AclIntArray(Vec<i64>);
 pub struct AclBoolArray(#[allow(dead_code)] Vec<bool>);
@@ -136,7 +204,7 @@ pub unsafe extern "C" fn aclCreateTensor(
     dtype: i32,
     stride: *const i64,
     offset: i64,
-    _format: i32,
+    format: i32,
     _storage_dims: *const i64,
     _storage_ndims: u64,
     data: *mut c_void,
@@ -158,20 +226,24 @@ pub unsafe extern "C" fn aclCreateTensor(
     } else {
         std::slice::from_raw_parts(stride, ndims as usize).to_vec()
     };
-    Box::into_raw(Box::new(AclTensor {
+    register(Box::into_raw(Box::new(AclTensor {
         dtype,
+        format,
         view: View {
             dims,
             strides,
             offset,
             addr: data as usize,
         },
-    }))
+    })))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyTensor(t: *const AclTensor) -> i32 {
     if !t.is_null() {
+        if !unregister(t) {
+            return bad("aclDestroy", format!("{:p} is not a live AclTensor", t));
+        }
         drop(Box::from_raw(t as *mut AclTensor));
     }
     OK
@@ -184,11 +256,14 @@ pub unsafe extern "C" fn aclCreateIntArray(v: *const i64, n: u64) -> *mut AclInt
     } else {
         std::slice::from_raw_parts(v, n as usize).to_vec()
     };
-    Box::into_raw(Box::new(AclIntArray(v)))
+    register(Box::into_raw(Box::new(AclIntArray(v))))
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyIntArray(a: *const AclIntArray) -> i32 {
     if !a.is_null() {
+        if !unregister(a) {
+            return bad("aclDestroy", format!("{:p} is not a live AclIntArray", a));
+        }
         drop(Box::from_raw(a as *mut AclIntArray));
     }
     OK
@@ -200,11 +275,14 @@ pub unsafe extern "C" fn aclCreateBoolArray(v: *const bool, n: u64) -> *mut AclB
     } else {
         std::slice::from_raw_parts(v, n as usize).to_vec()
     };
-    Box::into_raw(Box::new(AclBoolArray(v)))
+    register(Box::into_raw(Box::new(AclBoolArray(v))))
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyBoolArray(a: *const AclBoolArray) -> i32 {
     if !a.is_null() {
+        if !unregister(a) {
+            return bad("aclDestroy", format!("{:p} is not a live AclBoolArray", a));
+        }
         drop(Box::from_raw(a as *mut AclBoolArray));
     }
     OK
@@ -224,11 +302,14 @@ pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dtype: i32) -> *mut
         }
     };
     std::ptr::copy_nonoverlapping(value as *const u8, bits.as_mut_ptr(), n);
-    Box::into_raw(Box::new(AclScalar { dtype, bits }))
+    register(Box::into_raw(Box::new(AclScalar { dtype, bits })))
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyScalar(s: *const AclScalar) -> i32 {
     if !s.is_null() {
+        if !unregister(s) {
+            return bad("aclDestroy", format!("{:p} is not a live AclScalar", s));
+        }
         drop(Box::from_raw(s as *mut AclScalar));
     }
     OK
@@ -238,12 +319,54 @@ pub unsafe extern "C" fn aclDestroyScalar(s: *const AclScalar) -> i32 {
 
 pub struct Executor {
     name: &'static str,
+    /// Thread that ran phase 1 (for `standin_live_executors`).
+    thread: std::thread::ThreadId,
     ws_size: u64,
     /// The kernel; gets the workspace address.
     job: Option<Box<dyn FnOnce(usize) -> Result<(), (i32, String)> + Send>>,
 }
 
 static EXECUTORS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Workspace every phase 1 of this thread asks for instead of its own (0: its own).
+    static WS_REQUEST: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Make every phase 1 on the calling thread ask for `bytes` of workspace (0 resets): lets a
+/// test make the workspace allocation fail after phase 1. Not a CANN symbol.
+#[no_mangle]
+pub extern "C" fn standin_set_workspace_request(bytes: u64) {
+    WS_REQUEST.with(|w| w.set(bytes));
+}
+
+/// Executors created by phase 1 on the calling thread that were neither run by phase 2 nor
+/// destroyed (leaks). Not a CANN symbol.
+#[no_mangle]
+pub extern "C" fn standin_live_executors() -> u64 {
+    let me = std::thread::current().id();
+    lock(&EXECUTORS)
+        .iter()
+        .filter(|&&e| unsafe { (*(e as *const Executor)).thread } == me)
+        .count() as u64
+}
+
+/// acl_meta.h: release an executor that will not be run.
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyAclOpExecutor(ex: *mut Executor) -> i32 {
+    let mut live = lock(&EXECUTORS);
+    match live.iter().position(|&e| e == ex as usize) {
+        Some(i) => {
+            live.swap_remove(i);
+            drop(Box::from_raw(ex));
+            OK
+        }
+        None => fail(
+            ACLNN_ERR_PARAM_INVALID,
+            format!("aclDestroyAclOpExecutor: unknown or already used executor {ex:p}"),
+        ),
+    }
+}
 
 unsafe fn finish_phase1(
     name: &'static str,
@@ -258,8 +381,13 @@ unsafe fn finish_phase1(
             format!("{name}GetWorkspaceSize: NULL workspaceSize/executor"),
         );
     }
+    let ws_size = match WS_REQUEST.with(|w| w.get()) {
+        0 => ws_size,
+        n => n,
+    };
     let e = Box::into_raw(Box::new(Executor {
         name,
+        thread: std::thread::current().id(),
         ws_size,
         job: Some(job),
     }));
@@ -328,6 +456,12 @@ unsafe fn tensor<'a>(func: &str, what: &str, t: *const AclTensor) -> Result<&'a 
         return Err(fail(
             ACLNN_ERR_PARAM_NULLPTR,
             format!("{func}: {what} is NULL"),
+        ));
+    }
+    if !is_live(t) {
+        return Err(fail(
+            ACLNN_ERR_PARAM_INVALID,
+            format!("{func}: {what} {t:p} is not a live aclTensor (destroyed?)"),
         ));
     }
     let t = &*t;
@@ -437,9 +571,7 @@ unsafe fn mm_phase1(
     let a = try_i32!(tensor(func, "self", a));
     let m = try_i32!(tensor(func, "mat2", m));
     let o = try_i32!(tensor(func, "out", out));
-    if !(0..=3).contains(&cube) {
-        return bad(func, format!("cubeMathType {cube} not in 0..=3"));
-    }
+    try_i32!(check_cube(func, a.dtype, cube));
     let (ad, md, od) = (&a.view.dims, &m.view.dims, &o.view.dims);
     if ad.len() != rank || md.len() != rank || od.len() != rank {
         return bad(
@@ -891,6 +1023,12 @@ pub unsafe extern "C" fn aclnnAddGetWorkspaceSize(
         return fail(
             ACLNN_ERR_PARAM_NULLPTR,
             "aclnnAddGetWorkspaceSize: alpha is NULL".into(),
+        );
+    }
+    if !is_live(alpha) {
+        return bad(
+            "aclnnAddGetWorkspaceSize",
+            format!("alpha {alpha:p} is not a live aclScalar"),
         );
     }
     let s = &*alpha;

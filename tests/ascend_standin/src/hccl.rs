@@ -296,6 +296,11 @@ pub unsafe extern "C" fn HcclAllReduce(
     let Some(sz) = elem(dt) else {
         return HCCL_E_NOT_SUPPORT;
     };
+    // Rule (hicann/hccl docs/zh/api_ref/comm_op_interface/HcclAllReduce.md, Atlas A2/A3):
+    // reductions take int8/16/32/64, fp16, fp32, bf16 only; UINT8 (7) and FP64 (10) are not.
+    if dt == 7 || dt == 10 {
+        return HCCL_E_NOT_SUPPORT;
+    }
     if !(0..=3).contains(&op) {
         return HCCL_E_PARA;
     }

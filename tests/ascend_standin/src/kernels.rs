@@ -221,6 +221,53 @@ fn run_layer_norm2d(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
     Ok(())
 }
 
+/// Number of 8-byte GM_ADDR arguments of a kernel the stand-in can execute.
+fn kernel_nargs(func: *mut c_void, api: &str) -> Result<(String, usize), i32> {
+    if !lock(&FUNCS).contains_key(&(func as usize)) {
+        return Err(fail(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{api}: unknown function handle"),
+        ));
+    }
+    let name = unsafe { (*(func as *const Func)).name.clone() };
+    match name.as_str() {
+        "rel_pos_attention" => Ok((name, 8)),
+        "layer_norm2d" => Ok((name, 7)),
+        other => Err(fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("{api}: the stand-in cannot execute kernel {other:?}"),
+        )),
+    }
+}
+
+fn check_block(api: &str, name: &str, nargs: usize, size: usize, num_blocks: u32) -> i32 {
+    if size != nargs * 8 || num_blocks == 0 {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!(
+                "{api} {name}: {size}-byte argument block (expected {} = {nargs} GM_ADDR), \
+                 {num_blocks} blocks",
+                nargs * 8
+            ),
+        );
+    }
+    OK
+}
+
+fn run_kernel(name: &str, raw: &[u8], num_blocks: u32) -> Result<(), (i32, String)> {
+    let a: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    match name {
+        "rel_pos_attention" => run_attention(&a, num_blocks),
+        _ => run_layer_norm2d(&a, num_blocks),
+    }
+}
+
+/// Rule (hiascend `aclrtLaunchKernel` docs, 80RC1 … 900): `argsData` is the address of
+/// **device** memory holding the arguments; a host pointer is refused. The block is read when
+/// the kernel runs (at stream sync), so it must stay alive until then.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtLaunchKernel(
     func: *mut c_void,
@@ -229,44 +276,135 @@ pub unsafe extern "C" fn aclrtLaunchKernel(
     args_size: usize,
     stream: *mut c_void,
 ) -> i32 {
-    if !lock(&FUNCS).contains_key(&(func as usize)) {
+    const API: &str = "aclrtLaunchKernel";
+    let (name, nargs) = match kernel_nargs(func, API) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let r = check_block(API, &name, nargs, args_size, num_blocks);
+    if r != OK {
+        return r;
+    }
+    if args.is_null() || !is_device(args as usize, args_size) {
         return fail(
             ACL_ERROR_INVALID_PARAM,
-            "aclrtLaunchKernel: unknown function handle".into(),
+            format!("{API} {name}: argsData {args:p} is not device memory from aclrtMalloc"),
         );
     }
-    let name = (*(func as *const Func)).name.clone();
-    let nargs = match name.as_str() {
-        "rel_pos_attention" => 8,
-        "layer_norm2d" => 7,
-        other => {
-            return fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                format!("aclrtLaunchKernel: the stand-in cannot execute kernel {other:?}"),
-            )
-        }
-    };
-    if args.is_null() || args_size != nargs * 8 || num_blocks == 0 {
+    with_state(|s| s.kernel_launches += 1);
+    let a = Addr(args as usize);
+    enqueue(
+        stream,
+        Box::new(move || {
+            let a = a;
+            if !is_device(a.0, args_size) {
+                return Err((
+                    ACL_ERROR_RT_PARAM_INVALID,
+                    format!("{name}: argument block freed before the kernel ran"),
+                ));
+            }
+            let raw = std::slice::from_raw_parts(a.0 as *const u8, args_size).to_vec();
+            run_kernel(&name, &raw, num_blocks)
+        }),
+    )
+}
+
+/// An `aclrtArgsHandle`: host bytes appended by `aclrtKernelArgsAppend`, copied by the runtime
+/// at launch (acl_rt.h, hicann/runtime `0_launch_kernel` sample).
+struct ArgsHandle {
+    func: usize,
+    bytes: Vec<u8>,
+    finalized: bool,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtKernelArgsInit(func: *mut c_void, handle: *mut *mut c_void) -> i32 {
+    if !KERNEL_ARGS_API.with(|k| k.get()) {
         return fail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!(
-                "aclrtLaunchKernel {name}: {args_size}-byte argument block (expected {} = \
-                 {nargs} GM_ADDR), {num_blocks} blocks",
-                nargs * 8
-            ),
+            ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
+            "aclrtKernelArgsInit: not supported (emulated)".into(),
         );
     }
-    let raw = std::slice::from_raw_parts(args.cast::<u8>(), args_size);
-    let a: Vec<u64> = raw
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-        .collect();
+    if let Err(c) = kernel_nargs(func, "aclrtKernelArgsInit") {
+        return c;
+    }
+    if handle.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsInit: NULL".into());
+    }
+    *handle = Box::into_raw(Box::new(ArgsHandle {
+        func: func as usize,
+        bytes: Vec::new(),
+        finalized: false,
+    }))
+    .cast();
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtKernelArgsAppend(
+    handle: *mut c_void,
+    param: *mut c_void,
+    size: usize,
+    param_handle: *mut *mut c_void,
+) -> i32 {
+    if handle.is_null() || param.is_null() || param_handle.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsAppend: NULL".into());
+    }
+    let h = &mut *(handle as *mut ArgsHandle);
+    if h.finalized {
+        return fail(
+            ACL_ERROR_INVALID_PARAM,
+            "aclrtKernelArgsAppend: handle already finalized".into(),
+        );
+    }
+    h.bytes
+        .extend_from_slice(std::slice::from_raw_parts(param as *const u8, size));
+    *param_handle = param;
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtKernelArgsFinalize(handle: *mut c_void) -> i32 {
+    if handle.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsFinalize: NULL".into());
+    }
+    (*(handle as *mut ArgsHandle)).finalized = true;
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtLaunchKernelWithConfig(
+    func: *mut c_void,
+    num_blocks: u32,
+    stream: *mut c_void,
+    _cfg: *mut c_void,
+    handle: *mut c_void,
+    _reserve: *mut c_void,
+) -> i32 {
+    const API: &str = "aclrtLaunchKernelWithConfig";
+    let (name, nargs) = match kernel_nargs(func, API) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    if handle.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, format!("{API}: NULL args handle"));
+    }
+    let h = &*(handle as *const ArgsHandle);
+    if !h.finalized || h.func != func as usize {
+        return fail(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{API} {name}: args handle not finalized or of another function"),
+        );
+    }
+    let r = check_block(API, &name, nargs, h.bytes.len(), num_blocks);
+    if r != OK {
+        return r;
+    }
+    // The runtime copies the host block at launch: the caller may reuse it right away.
+    let raw = h.bytes.clone();
     with_state(|s| s.kernel_launches += 1);
     enqueue(
         stream,
-        Box::new(move || match name.as_str() {
-            "rel_pos_attention" => run_attention(&a, num_blocks),
-            _ => run_layer_norm2d(&a, num_blocks),
-        }),
+        Box::new(move || run_kernel(&name, &raw, num_blocks)),
     )
 }

@@ -1,5 +1,5 @@
 //! TEST-ONLY STAND-IN for the Huawei CANN runtime libraries (`libascendcl.so`,
-//! `libacl_op_compiler.so`, `libnnopbase.so`, `libopapi.so`, `libhccl.so`).
+//! `libnnopbase.so`, `libopapi.so` or the split `libopapi_*.so`, `libhccl.so`).
 //!
 //! It exports, with the same C names and ABIs as the CANN headers, the subset of functions
 //! that `medsam-ffi`'s wrappers call, and computes with plain CPU loops:
@@ -9,8 +9,15 @@
 //!   caller that reads results without synchronising sees stale data;
 //! * aclnn: `GetWorkspaceSize` validates arguments (ACLNN_ERR_PARAM_INVALID = 161002) and
 //!   asks for a workspace that the kernel really uses; the executor is single-use;
-//! * aclop: `aclopCompileAndExecute` for MatMulV2 / LayerNorm / SoftmaxV2 with the attribute
-//!   names of the research notes, unknown ops → ACL_ERROR_OP_NOT_FOUND;
+//! * CANN's contract, not ours: each rule it enforces is listed with its public source in
+//!   docs/ASCEND.md ("Contract") — per-op formats (NCHW for 4-D convolution, NCHW/NHWC for
+//!   bilinear upsample, non-NCHW read as NHWC by its backward), cubeMathType per SoC,
+//!   device-only pointers for tensor data, workspaces and kernel `argsData`, single-use
+//!   executors, workspace size, destroyed streams and descriptors refused, reducing HCCL
+//!   collectives refuse f64/u8;
+//! * emulation knobs (not CANN symbols, per calling thread so tests can run in parallel):
+//!   `standin_set_soc`, `standin_set_cann_version`, `standin_set_workspace_request`,
+//!   `standin_set_kernel_args_api`, and the counters `standin_stats`, `standin_live_executors`;
 //! * HCCL: ranks are threads of one process; the root info carries a group id that
 //!   `HcclCommInitRootInfo` rendezvouses on; collectives run at stream sync.
 //!
@@ -38,7 +45,6 @@ const OK: i32 = 0;
 const ACL_ERROR_INVALID_PARAM: i32 = 100000;
 const ACL_ERROR_UNINITIALIZE: i32 = 100001;
 const ACL_ERROR_REPEAT_INITIALIZE: i32 = 100002;
-const ACL_ERROR_OP_NOT_FOUND: i32 = 100024;
 const ACL_ERROR_RT_PARAM_INVALID: i32 = 107000;
 const ACL_ERROR_RT_INVALID_DEVICEID: i32 = 107001;
 const ACL_ERROR_RT_CONTEXT_NULL: i32 = 107002;
@@ -50,7 +56,6 @@ const HCCL_E_PTR: u32 = 2;
 const HCCL_E_NOT_SUPPORT: u32 = 5;
 const HCCL_E_TIMEOUT: u32 = 9;
 const ACL_FLOAT: i32 = 0;
-const ACL_DT_UNDEFINED: i32 = -1;
 
 /// Visible devices (override with STANDIN_DEVICE_COUNT).
 fn device_count() -> u32 {
@@ -70,6 +75,119 @@ fn hbm_bytes() -> usize {
 thread_local! {
     static CURRENT_DEVICE: Cell<i32> = const { Cell::new(-1) };
     static LAST_ERR: RefCell<CString> = RefCell::new(CString::default());
+    /// Emulated `aclrtGetSocName` of this thread.
+    static SOC: RefCell<CString> = RefCell::new(CString::new(DEFAULT_SOC).unwrap());
+    /// Emulated CANN version of this thread (`None`: the query fails).
+    static CANN_VERSION: RefCell<Option<String>> =
+        RefCell::new(Some(DEFAULT_CANN_VERSION.to_string()));
+    /// Whether `aclrtKernelArgsInit` works on this thread (else 207000 FEATURE_NOT_SUPPORT).
+    pub(crate) static KERNEL_ARGS_API: Cell<bool> = const { Cell::new(true) };
+}
+
+const DEFAULT_SOC: &str = "Ascend910B1";
+const DEFAULT_CANN_VERSION: &str = "8.1.RC1";
+const ACL_ERROR_INVALID_FILE: i32 = 100003;
+pub(crate) const ACL_ERROR_RT_FEATURE_NOT_SUPPORT: i32 = 207000;
+
+/// Emulate another SoC on the calling thread (NULL: back to Ascend910B1). Not a CANN symbol.
+#[no_mangle]
+pub unsafe extern "C" fn standin_set_soc(name: *const c_char) {
+    let v = if name.is_null() {
+        CString::new(DEFAULT_SOC).unwrap()
+    } else {
+        CStr::from_ptr(name).to_owned()
+    };
+    SOC.with(|s| *s.borrow_mut() = v);
+}
+
+/// Emulate another CANN version on the calling thread: NULL resets to 8.1.RC1, "" makes
+/// `aclsysGetCANNVersion` fail. Not a CANN symbol.
+#[no_mangle]
+pub unsafe extern "C" fn standin_set_cann_version(v: *const c_char) {
+    let v = if v.is_null() {
+        Some(DEFAULT_CANN_VERSION.to_string())
+    } else {
+        let s = CStr::from_ptr(v).to_string_lossy().into_owned();
+        (!s.is_empty()).then_some(s)
+    };
+    CANN_VERSION.with(|c| *c.borrow_mut() = v);
+}
+
+/// Make `aclrtKernelArgsInit` answer FEATURE_NOT_SUPPORT on the calling thread (`on` = false),
+/// as a runtime without the argument API would. Not a CANN symbol.
+#[no_mangle]
+pub extern "C" fn standin_set_kernel_args_api(on: bool) {
+    KERNEL_ARGS_API.with(|k| k.set(on));
+}
+
+/// Whether a SoC name is Atlas A2/A3 class (torch_npu `NpuVariables.cpp`: Ascend910B1..B4,
+/// Ascend910_93xx, Ascend950); the first-generation 910 and the 310 chips are not.
+fn soc_is_a2(s: &str) -> bool {
+    if let Some(rest) = s.strip_prefix("Ascend910B") {
+        return rest.starts_with(|c: char| c.is_ascii_digit());
+    }
+    s.starts_with("Ascend910_93") || s.starts_with("Ascend950")
+}
+
+/// The emulated SoC of the calling thread is Atlas A2/A3 class.
+pub(crate) fn current_soc_is_a2() -> bool {
+    SOC.with(|s| soc_is_a2(&s.borrow().to_string_lossy()))
+}
+
+/// The emulated CANN major version of the calling thread (0 when the query fails).
+pub(crate) fn current_cann_major() -> u32 {
+    CANN_VERSION.with(|v| {
+        v.borrow()
+            .as_deref()
+            .and_then(|t| t.split('.').next()?.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtGetSocName() -> *const c_char {
+    // Valid until the next standin_set_soc on this thread (CANN's is static).
+    SOC.with(|s| s.borrow().as_ptr())
+}
+
+/// `aclCANNPackageVersion` (acl.h): version[128], major/minor/release/patch[64], reserved[128].
+#[repr(C)]
+pub struct CannPackageVersion {
+    version: [c_char; 128],
+    major: [c_char; 64],
+    minor: [c_char; 64],
+    release: [c_char; 64],
+    patch: [c_char; 64],
+    reserved: [c_char; 128],
+}
+
+fn put(dst: &mut [c_char], s: &str) {
+    for (d, b) in dst.iter_mut().zip(s.bytes().chain(std::iter::once(0))) {
+        *d = b as c_char;
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclsysGetCANNVersion(name: i32, out: *mut CannPackageVersion) -> i32 {
+    if out.is_null() || name != 0 {
+        return fail(
+            ACL_ERROR_INVALID_PARAM,
+            format!("aclsysGetCANNVersion: package {name} / NULL output"),
+        );
+    }
+    let Some(v) = CANN_VERSION.with(|v| v.borrow().clone()) else {
+        return fail(
+            ACL_ERROR_INVALID_FILE,
+            "aclsysGetCANNVersion: version file not found (emulated)".into(),
+        );
+    };
+    let o = &mut *out;
+    let mut parts = v.split('.');
+    put(&mut o.version, &v);
+    put(&mut o.major, parts.next().unwrap_or(""));
+    put(&mut o.minor, parts.next().unwrap_or(""));
+    put(&mut o.release, parts.next().unwrap_or(""));
+    OK
 }
 
 fn fail(code: i32, msg: String) -> i32 {
@@ -692,7 +810,6 @@ pub unsafe extern "C" fn aclrtDestroyEvent(event: *mut c_void) -> i32 {
 }
 
 mod aclnn;
-mod aclop;
 mod hccl;
 mod kernels;
 /// The host reference of the Ascend C kernels, shared with `medsam_kernels::ascend_tiled`.

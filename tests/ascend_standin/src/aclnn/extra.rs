@@ -12,6 +12,9 @@ unsafe fn int_array<'a>(func: &str, what: &str, a: *const AclIntArray) -> Result
             format!("{func}: {what} is NULL"),
         ));
     }
+    if !is_live(a) {
+        return Err(bad(func, format!("{what} {a:p} is not a live aclIntArray")));
+    }
     Ok(&(*a).0)
 }
 
@@ -22,7 +25,23 @@ unsafe fn bool_array(func: &str, a: *const AclBoolArray) -> Result<Vec<bool>, i3
             format!("{func}: outputMask is NULL"),
         ));
     }
+    if !is_live(a) {
+        return Err(bad(func, format!("outputMask {a:p} is not a live aclBoolArray")));
+    }
     Ok((*a).0.clone())
+}
+
+/// The 13-/17-argument convolution signatures (with cubeMathType) exist from CANN 8.0 on
+/// (ops-nn headers; CANN 7.x declares them without it): the stand-in emulating 7.x refuses.
+fn check_cann8(func: &str) -> Result<(), i32> {
+    match current_cann_major() {
+        m if m >= 8 => Ok(()),
+        0 => Err(bad(func, "emulated CANN version unknown: signature may differ".into())),
+        m => Err(bad(
+            func,
+            format!("emulated CANN {m}.x has no cubeMathType argument here: the call is corrupt"),
+        )),
+    }
 }
 
 // ------------------------------------------------------------------ layer norm backward
@@ -318,9 +337,17 @@ pub unsafe extern "C" fn aclnnConvolutionGetWorkspaceSize(
     let w = try_i32!(tensor(F, "weight", weight));
     let b = try_i32!(opt_tensor(F, "bias", bias));
     let y = try_i32!(tensor(F, "output", output));
-    if !(0..=3).contains(&cube) {
-        return bad(F, format!("cubeMathType {cube} not in 0..=3"));
+    try_i32!(check_cann8(F));
+    for (what, t, allowed) in [
+        ("input", x, &[FORMAT_NCHW][..]),
+        ("weight", w, &[FORMAT_NCHW, FORMAT_FRACTAL_Z][..]),
+        ("output", y, &[FORMAT_NCHW][..]),
+    ] {
+        if t.view.dims.len() == 4 {
+            try_i32!(check_format(F, what, t, allowed));
+        }
     }
+    try_i32!(check_cube(F, x.dtype, cube));
     let g = try_i32!(conv_geom(
         F, &x.view, &w.view, &y.view, stride, padding, dilation, transposed, out_pad, groups
     ));
@@ -383,9 +410,13 @@ pub unsafe extern "C" fn aclnnConvolutionBackwardGetWorkspaceSize(
     let gi = try_i32!(opt_tensor(F, "gradInput", grad_in));
     let gw = try_i32!(opt_tensor(F, "gradWeight", grad_w));
     let gb = try_i32!(opt_tensor(F, "gradBias", grad_b));
-    if !(0..=3).contains(&cube) {
-        return bad(F, format!("cubeMathType {cube} not in 0..=3"));
+    try_i32!(check_cann8(F));
+    for (what, t) in [("gradOutput", Some(dy)), ("input", Some(x)), ("weight", Some(w)), ("gradInput", gi), ("gradWeight", gw)] {
+        if let Some(t) = t.filter(|t| t.view.dims.len() == 4) {
+            try_i32!(check_format(F, what, t, &[FORMAT_NCHW]));
+        }
     }
+    try_i32!(check_cube(F, x.dtype, cube));
     let g = try_i32!(conv_geom(
         F,
         &x.view,

@@ -153,6 +153,9 @@ pub unsafe extern "C" fn aclnnThresholdBackwardGetWorkspaceSize(
     if threshold.is_null() {
         return fail(ACLNN_ERR_PARAM_NULLPTR, format!("{F}: threshold is NULL"));
     }
+    if !is_live(threshold) {
+        return bad(F, format!("threshold {threshold:p} is not a live aclScalar"));
+    }
     let s = &*threshold;
     if s.dtype != ACL_FLOAT {
         return bad(F, format!("threshold dtype {} (stand-in: FLOAT)", s.dtype));
@@ -263,6 +266,12 @@ pub unsafe extern "C" fn aclnnUpsampleBilinear2dGetWorkspaceSize(
     const F: &str = "aclnnUpsampleBilinear2dGetWorkspaceSize";
     let x = try_i32!(tensor(F, "self", x));
     let o = try_i32!(tensor(F, "out", out));
+    // ops-cv aclnn_upsample_bilinear_2d.cpp CheckFormat: NCHW or NHWC only.
+    try_i32!(check_format(F, "self", x, &[FORMAT_NCHW, FORMAT_NHWC]));
+    try_i32!(check_format(F, "out", o, &[FORMAT_NCHW, FORMAT_NHWC]));
+    if x.format != FORMAT_NCHW || o.format != FORMAT_NCHW {
+        return bad(F, "the stand-in implements NCHW only".into());
+    }
     let [oh, ow] = try_i32!(resize_attrs(F, align, sh, sw, size));
     let (xd, od) = (&x.view.dims, &o.view.dims);
     if xd.len() != 4 || xd[2] <= 0 || xd[3] <= 0 || *od != [xd[0], xd[1], oh, ow] {
@@ -313,8 +322,26 @@ pub unsafe extern "C" fn aclnnUpsampleBilinear2dBackwardGetWorkspaceSize(
     if in_size.is_null() {
         return fail(ACLNN_ERR_PARAM_NULLPTR, format!("{F}: inputSize is NULL"));
     }
+    if !is_live(in_size) {
+        return bad(F, format!("inputSize {in_size:p} is not a live aclIntArray"));
+    }
     let isz = (*in_size).0.clone();
     let (gd, id) = (&g.view.dims, &gi.view.dims);
+    // ops-cv aclnn_upsample_bilinear_2d_backward.cpp CheckShape: a gradOut that is not NCHW
+    // is read as NHWC, so its dims must be [n, oh, ow, c].
+    if g.format != FORMAT_NCHW && isz.len() == 4 {
+        let want = [isz[0], oh, ow, isz[1]];
+        if *gd != want {
+            return bad(
+                F,
+                format!(
+                    "gradOut {gd:?} in format {} is read as NHWC: dims must be {want:?}",
+                    format_name(g.format)
+                ),
+            );
+        }
+        return bad(F, "the stand-in implements NCHW only".into());
+    }
     if isz.len() != 4 || isz[2] <= 0 || isz[3] <= 0 || *id != isz || *gd != [isz[0], isz[1], oh, ow]
     {
         return bad(

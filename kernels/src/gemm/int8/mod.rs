@@ -1,0 +1,556 @@
+//! Int8 GEMM for dynamically quantized linear layers, `C = act(x·Wᵀ + b)`, as ONNX Runtime
+//! (`DynamicQuantizeLinear` + `MatMulInteger`) and PyTorch (`quantize_dynamic`) do it:
+//!
+//! - weights `W [n, k]` (PyTorch `Linear` layout) are quantized once, per output channel and
+//!   symmetric: `sw[j] = max_k |W[j,k]| / 127`, `qw = round(W / sw)` in [-127, 127] (i8);
+//! - activations `x [m, k]` are quantized at every call, per row (token) and asymmetric (u8 with
+//!   a zero point): `sx[i] = (max(0, max_k x[i,k]) − min(0, min_k x[i,k])) / 255`,
+//!   `zx[i] = round(−min/sx)`, `qx = clamp(round(x / sx) + zx, 0, 255)`;
+//! - the dot products are exact in i32, `acc[i,j] = Σ_k qx[i,k]·qw[j,k]`, and the result is
+//!   `(acc − zx[i]·Σ_k qw[j,k]) · (sx[i]·sw[j])` in f32, followed by the [`Epilogue`]
+//!   (bias, residual, exact GELU).
+//!
+//! Rounding is to nearest, ties to even (`nearbyint`, as ONNX Runtime). A row or weight channel
+//! of zeros gets scale 1; a row with a non-finite value gets scale NaN, so its outputs are NaN
+//! (as an f32 GEMM would give NaN or ±inf there).
+//!
+//! Because the integer part is exact and the f32 steps are the same operations in the same
+//! order, every kernel's result equals [`reference::linear`] bit for bit up to the epilogue (a
+//! GELU epilogue uses the vectorised erf, which differs from the reference's in the last bits).
+//!
+//! Kernels ([`Int8Kernel`]): `vpdpbusd` (u8 × i8, four adjacent products summed into each i32
+//! lane) on zmm (AVX512-VNNI) or ymm (AVX-VNNI), and a portable loop. Weights are packed once
+//! ([`Int8Weights`]) into 32-column panels `[panel][k/4][32 columns][4 k]`: one k quad of a panel
+//! is exactly two zmm B operands. Activations are quantized into rows padded to a multiple of 4
+//! in k (with zeros, which meet zero weights) and of the kernel's MR in m.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use super::{check_epilogue, Epilogue, GemmDims};
+use crate::activation::simd::simd_dispatch;
+use rayon::prelude::*;
+
+/// Columns per packed weight panel (and per micro-kernel tile).
+pub const NR: usize = 32;
+
+/// The largest k: keeps `|acc − zx·Σqw| ≤ 2·255·127·k` inside i32.
+pub const MAX_K: usize = 1 << 15;
+
+/// Rows of C per task (rounded to whole micro-panels) and weight panels per task.
+const MC: usize = 96;
+const PANELS_PER_TASK: usize = 8;
+
+/// Below this many multiply-adds a call runs on the calling thread (rayon fork/join costs a few
+/// microseconds).
+const PAR_MIN_MACS: usize = 1 << 20;
+
+/// An int8 micro-kernel family. [`linear`] picks the best available; [`linear_with`] forces one
+/// so that every path can be tested on a machine that would pick a faster one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Int8Kernel {
+    /// Portable Rust over a 4×32 tile of i32.
+    Scalar,
+    /// AVX-VNNI `vpdpbusd` on ymm, 6×16 tiles (a 32-wide panel in two passes).
+    AvxVnni,
+    /// AVX512-VNNI `vpdpbusd` on zmm, 12×32 tile.
+    Avx512Vnni,
+}
+
+impl Int8Kernel {
+    /// Every kernel family, fastest last.
+    pub const ALL: [Int8Kernel; 3] = [
+        Int8Kernel::Scalar,
+        Int8Kernel::AvxVnni,
+        Int8Kernel::Avx512Vnni,
+    ];
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        let f = crate::cpu::features();
+        match self {
+            Int8Kernel::Scalar => true,
+            Int8Kernel::AvxVnni => f.avx_vnni,
+            Int8Kernel::Avx512Vnni => f.avx512vnni,
+        }
+    }
+
+    /// The fastest available kernel on this machine.
+    pub fn best() -> Int8Kernel {
+        Int8Kernel::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|k| k.is_available())
+            .unwrap_or(Int8Kernel::Scalar)
+    }
+
+    /// True if the kernel uses dot-product instructions (without them the portable loop is
+    /// slower than the f32 GEMM, and int8 only costs accuracy).
+    pub fn is_vnni(self) -> bool {
+        self != Int8Kernel::Scalar
+    }
+}
+
+/// `out[0..MR, 0..32] = Σ_q a[q][row][0..4] · b[q][col][0..4]` over `kq` k quads: `a` points at
+/// one packed panel of MR quantized rows (`[kq][MR][4]` u8, so each broadcast is one i32 at a
+/// constant offset), `b` at one packed weight panel, `out` is MR×32 i32 row-major.
+pub(crate) type Int8MicroKernel = unsafe fn(kq: usize, a: *const u8, b: *const i8, out: *mut i32);
+
+/// A kernel and its row count.
+#[derive(Clone, Copy)]
+struct Micro {
+    mr: usize,
+    func: Int8MicroKernel,
+}
+
+/// Largest MR of any kernel.
+const MAX_MR: usize = 12;
+
+fn micro(kernel: Int8Kernel) -> Micro {
+    assert!(
+        kernel.is_available(),
+        "int8 GEMM kernel {kernel:?} is not available on this CPU"
+    );
+    match kernel {
+        Int8Kernel::Scalar => Micro {
+            mr: SCALAR_MR,
+            func: ukr_scalar,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::AvxVnni => Micro {
+            mr: x86::AVX_VNNI_MR,
+            func: x86::ukr_avx_vnni,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx512Vnni => Micro {
+            mr: x86::AVX512_VNNI_MR,
+            func: x86::ukr_avx512_vnni,
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("is_available() is false off x86_64"),
+    }
+}
+
+const SCALAR_MR: usize = 4;
+
+/// # Safety
+/// `a` holds `kq·SCALAR_MR·4` bytes, `b` `kq·128` bytes; `out` holds SCALAR_MR×32 i32.
+unsafe fn ukr_scalar(kq: usize, a: *const u8, b: *const i8, out: *mut i32) {
+    let a = std::slice::from_raw_parts(a, kq * 4 * SCALAR_MR);
+    let b = std::slice::from_raw_parts(b, kq * 4 * NR);
+    let mut acc = [[0i32; NR]; SCALAR_MR];
+    for (aq, bq) in a.chunks_exact(4 * SCALAR_MR).zip(b.chunks_exact(4 * NR)) {
+        for (acc_row, aq) in acc.iter_mut().zip(aq.chunks_exact(4)) {
+            for (acc, bj) in acc_row.iter_mut().zip(bq.chunks_exact(4)) {
+                *acc += aq[0] as i32 * bj[0] as i32
+                    + aq[1] as i32 * bj[1] as i32
+                    + aq[2] as i32 * bj[2] as i32
+                    + aq[3] as i32 * bj[3] as i32;
+            }
+        }
+    }
+    std::ptr::copy_nonoverlapping(acc.as_ptr() as *const i32, out, SCALAR_MR * NR);
+}
+
+/// A linear layer's weight `[n, k]`, quantized per output channel and packed for the kernels.
+#[derive(Clone, Debug)]
+pub struct Int8Weights {
+    n: usize,
+    k: usize,
+    /// k quads (k rounded up to a multiple of 4, divided by 4).
+    kq: usize,
+    /// `sw[j]`, padded with zeros to whole panels.
+    scales: Vec<f32>,
+    /// `Σ_k qw[j,k]`, padded with zeros to whole panels.
+    col_sums: Vec<i32>,
+    /// `[panel][kq][32][4]` i8.
+    packed: Vec<i8>,
+}
+
+impl Int8Weights {
+    /// Quantizes and packs a row-major `[n, k]` weight (`w[j*k + p]`, PyTorch `Linear.weight`).
+    /// Panics if `w` is shorter than `n·k` or `k > MAX_K`.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Int8Weights {
+        assert!(w.len() >= n * k, "int8 weights: slice shorter than {n}×{k}");
+        assert!(k <= MAX_K, "int8 weights: k = {k} exceeds {MAX_K}");
+        let (q, sw) = reference::quantize_weights(w, n, k);
+        let kq = k.div_ceil(4);
+        let panels = n.div_ceil(NR);
+        let mut packed = vec![0i8; panels * kq * 4 * NR];
+        let mut scales = vec![0.0f32; panels * NR];
+        let mut col_sums = vec![0i32; panels * NR];
+        scales[..n].copy_from_slice(&sw);
+        for j in 0..n {
+            let row = &q[j * k..(j + 1) * k];
+            col_sums[j] = row.iter().map(|&v| v as i32).sum();
+            let (panel, col) = (j / NR, j % NR);
+            for (p, &v) in row.iter().enumerate() {
+                packed[(panel * kq + p / 4) * 4 * NR + col * 4 + p % 4] = v;
+            }
+        }
+        Int8Weights {
+            n,
+            k,
+            kq,
+            scales,
+            col_sums,
+            packed,
+        }
+    }
+
+    /// Output features (rows of W, columns of C).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Per-output-channel scales `sw`.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales[..self.n]
+    }
+
+    /// Bytes held (for memory reports).
+    pub fn bytes(&self) -> usize {
+        self.packed.len() + 4 * (self.scales.len() + self.col_sums.len())
+    }
+
+    fn panel(&self, p: usize) -> *const i8 {
+        self.packed[p * self.kq * 4 * NR..].as_ptr()
+    }
+}
+
+/// Activations quantized per row, packed in panels of MR rows, `[panel][kq][MR][4]` u8 (zero
+/// rows/columns past the data).
+struct QuantRows {
+    /// Bytes per panel, `kq·MR·4`.
+    panel_bytes: usize,
+    data: Vec<u8>,
+    scale: Vec<f32>,
+    zero: Vec<i32>,
+}
+
+/// Quantizes one row; returns `(sx, zx)`. Shared by the reference and the fast path, so the
+/// two see the same u8 values.
+#[inline(always)]
+fn quantize_row_body(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let (mut lo, mut hi, mut finite) = (0.0f32, 0.0f32, true);
+    for &v in x {
+        lo = lo.min(v);
+        hi = hi.max(v);
+        finite &= v.is_finite();
+    }
+    let range = hi - lo;
+    if !finite || !range.is_finite() {
+        out[..x.len()].fill(0);
+        return (f32::NAN, 0);
+    }
+    if range == 0.0 {
+        out[..x.len()].fill(0);
+        return (1.0, 0);
+    }
+    let scale = range / 255.0;
+    let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v / scale).round_ties_even() + zero).clamp(0.0, 255.0) as u8;
+    }
+    (scale, zero as i32)
+}
+
+simd_dispatch! {
+    fn quantize_row(x: &[f32], out: &mut [u8], params: &mut (f32, i32)) {
+        *params = quantize_row_body(x, out);
+    }
+}
+
+/// One task of [`quantize_rows`]: a panel's bytes and its rows' `(scale, zero point)`.
+type RowPanel<'a> = (&'a mut [u8], &'a mut [(f32, i32)]);
+
+/// Quantizes rows `0..m` of `x` (row stride `ldx`, `k` used columns) into panels of `mr`
+/// rows covering `rows ≥ m` rows, `kq` k quads each.
+#[allow(clippy::too_many_arguments)]
+fn quantize_rows(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    k: usize,
+    rows: usize,
+    mr: usize,
+    kq: usize,
+    parallel: bool,
+) -> QuantRows {
+    let panel_bytes = kq * mr * 4;
+    let mut data = vec![0u8; rows / mr * panel_bytes];
+    let mut params = vec![(0.0f32, 0i32); rows];
+    let one = |(pi, (panel, p)): (usize, RowPanel)| {
+        let mut row = vec![0u8; kq * 4];
+        for (r, pr) in p.iter_mut().enumerate() {
+            let i = pi * mr + r;
+            if i >= m {
+                break;
+            }
+            quantize_row(&x[i * ldx..i * ldx + k], &mut row, pr);
+            for (q, quad) in row.chunks_exact(4).enumerate() {
+                panel[(q * mr + r) * 4..(q * mr + r) * 4 + 4].copy_from_slice(quad);
+            }
+        }
+    };
+    if parallel {
+        data.par_chunks_mut(panel_bytes)
+            .zip(params.par_chunks_mut(mr))
+            .enumerate()
+            .for_each(one);
+    } else {
+        data.chunks_mut(panel_bytes)
+            .zip(params.chunks_mut(mr))
+            .enumerate()
+            .for_each(one);
+    }
+    QuantRows {
+        panel_bytes,
+        data,
+        scale: params.iter().map(|p| p.0).collect(),
+        zero: params.iter().map(|p| p.1).collect(),
+    }
+}
+
+simd_dispatch! {
+    /// `out[j] = (acc[j] − zx·col_sum[j]) · (sx·sw[j])`.
+    fn dequant_row(acc: &[i32], zx: i32, sx: f32, col_sum: &[i32], sw: &[f32], out: &mut [f32]) {
+        for (((o, &a), &s), &w) in out.iter_mut().zip(acc).zip(col_sum).zip(sw) {
+            *o = (a - zx * s) as f32 * (sx * w);
+        }
+    }
+}
+
+/// A raw pointer to C shared by tasks that write disjoint rows × column ranges.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: tasks write disjoint tiles of C (row blocks × panel groups).
+unsafe impl Send for CPtr {}
+unsafe impl Sync for CPtr {}
+
+impl CPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `C = act(x·Wᵀ + b)` in int8 with dynamic per-row activation quantization: `x` is `m × k`
+/// with row stride `ldx`, C is `m × n` with row stride `ldc` (overwritten). Uses the best kernel
+/// for this CPU. Panics if a slice is too short, a stride is smaller than its row, or an
+/// epilogue operand does not fit (see [`super::gemm_fused`]).
+pub fn linear(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &Int8Weights,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) {
+    linear_with(Int8Kernel::best(), x, ldx, m, w, c, ldc, epilogue)
+}
+
+/// [`linear`] on the calling thread only (for callers that already run one task per core).
+pub fn linear_serial(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &Int8Weights,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) {
+    run(Int8Kernel::best(), x, ldx, m, w, c, ldc, epilogue, false)
+}
+
+/// [`linear`] with an explicitly chosen kernel. Panics if it is not available on this CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_with(
+    kernel: Int8Kernel,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &Int8Weights,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) {
+    run(kernel, x, ldx, m, w, c, ldc, epilogue, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    kernel: Int8Kernel,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &Int8Weights,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue,
+    may_thread: bool,
+) {
+    let (n, k) = (w.n, w.k);
+    let uk = micro(kernel);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldx >= k && ldc >= n,
+        "int8 linear: row stride shorter than a row"
+    );
+    assert!(
+        x.len() >= (m - 1) * ldx + k,
+        "int8 linear: x (len {}) too short for {m}×{k}",
+        x.len()
+    );
+    assert!(
+        c.len() >= (m - 1) * ldc + n,
+        "int8 linear: C (len {}) too short for {m}×{n}",
+        c.len()
+    );
+    check_epilogue(GemmDims { batch: 1, m, n, k }, &ep);
+    let parallel = may_thread && rayon::current_num_threads() > 1 && m * n * k >= PAR_MIN_MACS;
+    let mr = uk.mr;
+    let rows = m.div_ceil(mr) * mr;
+    let q = quantize_rows(x, ldx, m, k, rows, mr, w.kq, parallel);
+
+    let mc = (MC / mr).max(1) * mr;
+    let mblocks = rows.div_ceil(mc);
+    let panels = n.div_ceil(NR);
+    let nblocks = panels.div_ceil(PANELS_PER_TASK);
+    let cptr = CPtr(c.as_mut_ptr());
+    let task = |t: usize| {
+        let (ib, jb) = (t / nblocks, t % nblocks);
+        let (r0, r1) = (ib * mc, ((ib + 1) * mc).min(m));
+        let (p0, p1) = (
+            jb * PANELS_PER_TASK,
+            ((jb + 1) * PANELS_PER_TASK).min(panels),
+        );
+        let mut tile = [0i32; MAX_MR * NR];
+        for p in p0..p1 {
+            let j0 = p * NR;
+            let cols = NR.min(n - j0);
+            let bp = w.panel(p);
+            for i0 in (r0..r1).step_by(mr) {
+                let ap = q.data[i0 / mr * q.panel_bytes..].as_ptr();
+                // SAFETY: the row panel holds kq·mr·4 bytes (rows is a multiple of mr), the
+                // weight panel kq·128 bytes, the tile MAX_MR·32 i32.
+                unsafe { (uk.func)(w.kq, ap, bp, tile.as_mut_ptr()) };
+                for i in i0..(i0 + mr).min(r1) {
+                    // SAFETY: row i < m and columns j0..j0+cols < n lie inside C (checked
+                    // above) and inside this task's disjoint rows × panels.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(cptr.get().add(i * ldc + j0), cols)
+                    };
+                    let acc = &tile[(i - i0) * NR..(i - i0) * NR + cols];
+                    dequant_row(
+                        acc,
+                        q.zero[i],
+                        q.scale[i],
+                        &w.col_sums[j0..j0 + cols],
+                        &w.scales[j0..j0 + cols],
+                        out,
+                    );
+                }
+            }
+        }
+        if !ep.is_identity() {
+            let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
+            for i in r0..r1 {
+                // SAFETY: as above.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(cptr.get().add(i * ldc + c0), c1 - c0)
+                };
+                ep.apply(row, i, c0);
+            }
+        }
+    };
+    let ntasks = mblocks * nblocks;
+    if parallel && ntasks > 1 {
+        (0..ntasks).into_par_iter().for_each(task);
+    } else {
+        (0..ntasks).for_each(task);
+    }
+}
+
+pub mod reference {
+    //! The obviously correct int8 linear: quantize, triple loop in i32, dequantize, epilogue.
+
+    use super::super::Epilogue;
+
+    /// Per-output-channel symmetric quantization of a row-major `[n, k]` weight: `(qw, sw)`
+    /// with `qw` row-major `[n, k]`.
+    pub fn quantize_weights(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+        let mut q = vec![0i8; n * k];
+        let mut scales = vec![0.0f32; n];
+        for j in 0..n {
+            let row = &w[j * k..(j + 1) * k];
+            let max = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+            let finite = row.iter().all(|v| v.is_finite());
+            let scale = if !finite {
+                f32::NAN
+            } else if max == 0.0 {
+                1.0
+            } else {
+                max / 127.0
+            };
+            scales[j] = scale;
+            if scale.is_finite() {
+                for (o, &v) in q[j * k..(j + 1) * k].iter_mut().zip(row) {
+                    *o = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+                }
+            }
+        }
+        (q, scales)
+    }
+
+    /// Per-row asymmetric u8 quantization of `m × k` activations: `(qx, sx, zx)`.
+    pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>, Vec<i32>) {
+        let mut q = vec![0u8; m * k];
+        let mut s = vec![0.0; m];
+        let mut z = vec![0; m];
+        for i in 0..m {
+            (s[i], z[i]) = super::quantize_row_body(&x[i * k..(i + 1) * k], &mut q[i * k..]);
+        }
+        (q, s, z)
+    }
+
+    /// `C = act(quant(x)·quant(W)ᵀ + b)`: `x` dense `m × k`, `w` dense `[n, k]`, C dense `m × n`.
+    pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c: &mut [f32], ep: Epilogue) {
+        let (qw, sw) = quantize_weights(w, n, k);
+        let (qx, sx, zx) = quantize_rows(x, m, k);
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0i32;
+                let mut col_sum = 0i32;
+                for p in 0..k {
+                    acc += qx[i * k + p] as i32 * qw[j * k + p] as i32;
+                    col_sum += qw[j * k + p] as i32;
+                }
+                let mut v = (acc - zx[i] * col_sum) as f32 * (sx[i] * sw[j]);
+                if let Some(cb) = ep.col_bias {
+                    v += cb[j];
+                }
+                if let Some(rb) = ep.row_bias {
+                    v += rb[i];
+                }
+                if let Some((r, ld)) = ep.residual {
+                    v += r[i * ld + j];
+                }
+                if ep.gelu {
+                    let mut y = [0.0f32];
+                    crate::activation::reference::gelu_forward(&[v], &mut y);
+                    v = y[0];
+                }
+                c[i * n + j] = v;
+            }
+        }
+    }
+}

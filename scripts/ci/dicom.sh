@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# DICOM checks that need outside tools (issue 17): dciodvfy from Debian's dicom3tools validates the
+# SEG we write, and pydicom/highdicom read it back (tests/fixtures/check_dicom_seg.py). The Rust
+# tests themselves already ran in `cargo test --workspace --release` (printing "SKIPPED: ..." for
+# these checks); this reruns the dicom test binary with the tools present.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+echo "== dicom: dicom3tools (dciodvfy) and pydicom/highdicom"
+if ! command -v dciodvfy >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y --no-install-recommends dicom3tools >/dev/null \
+      || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends dicom3tools >/dev/null; } \
+      || echo "   dicom3tools not installable: the dciodvfy check will be skipped"
+  fi
+fi
+venv="$(pwd)/target/ci-venv"
+if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian's python3 lacks ensurepip until python3-venv is installed.
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+fi
+"$venv/bin/python" -m pip install -q -r scripts/ci/requirements-dicom.txt
+export MEDSAM_PYTHON="$venv/bin/python"
+# Same features as the last cargo build in scripts/test.sh, so nothing but this test binary relinks.
+cargo test --release --features "mpi ascend" --test dicom -- --nocapture

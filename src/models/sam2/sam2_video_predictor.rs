@@ -1,0 +1,522 @@
+//! `SAM2VideoPredictor` (`sam2/sam2_video_predictor.py`): an inference state over a stack of
+//! preprocessed frames (video frames or volume slices), prompts (points and/or a box) on any
+//! frame for any object id, propagation forward or in reverse with a per-frame callback, and
+//! reset. The memory bank follows the reference: prompted frames are conditioning frames,
+//! their memory is encoded from the binarised prompt mask when propagation starts, tracked
+//! frames' memories are stored rounded through bfloat16.
+//!
+//! Hole filling of the low-res masks (`fill_hole_area`, CUDA-only in the reference, so off
+//! on its CPU path) is a switch: [`VideoPredictor::fill_hole_area`].
+
+use super::sam::prompt_encoder::PointInputs;
+use super::sam2_base::{
+    round_bf16, FrameFeatures, FrameOutput, OutputDict, Sam2Base, NO_OBJ_SCORE,
+};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use std::collections::{BTreeMap, HashMap};
+
+pub struct VideoPredictor {
+    pub model: Sam2Base,
+    /// Fill background holes of at most this many low-res pixels (8-connected) with logit 0.1;
+    /// 0 = off (the reference on CPU). `build_sam2_video_predictor` asks for 8.
+    pub fill_hole_area: usize,
+    /// Keep the image features of every frame instead of only the last one.
+    pub cache_all_features: bool,
+}
+
+#[derive(Clone, Default)]
+struct ObjectState {
+    point_inputs: BTreeMap<usize, PointInputs>,
+    output: OutputDict,
+    temp_output: OutputDict,
+    /// frame → tracked in reverse
+    frames_tracked: BTreeMap<usize, bool>,
+}
+
+/// `inference_state`.
+pub struct InferenceState {
+    /// `[N, 3, S, S]` normalised frames.
+    pub images: Tensor,
+    pub num_frames: usize,
+    pub video_height: usize,
+    pub video_width: usize,
+    cached_features: HashMap<usize, FrameFeatures>,
+    maskmem_pos_enc: Option<Tensor>,
+    obj_ids: Vec<i64>,
+    objects: Vec<ObjectState>,
+}
+
+impl InferenceState {
+    pub fn obj_ids(&self) -> &[i64] {
+        &self.obj_ids
+    }
+    /// The stored output of object `obj_id` on `frame_idx`, if tracked (for inspection).
+    pub fn frame_output(&self, obj_id: i64, frame_idx: usize) -> Option<&FrameOutput> {
+        let i = self.obj_ids.iter().position(|&o| o == obj_id)?;
+        let o = &self.objects[i].output;
+        o.cond_frame_outputs
+            .get(&frame_idx)
+            .or_else(|| o.non_cond_frame_outputs.get(&frame_idx))
+    }
+}
+
+/// A box `[x0, y0, x1, y1]` and/or points, in video pixels (or normalised to [0, 1] when
+/// `normalize_coords` is false... as the reference: coordinates are divided by the video size
+/// when `normalize_coords`, then scaled to the model input).
+#[derive(Clone, Debug, Default)]
+pub struct Prompt {
+    pub points: Vec<[f32; 2]>,
+    pub labels: Vec<i32>,
+    pub bbox: Option<[f32; 4]>,
+}
+
+impl VideoPredictor {
+    pub fn new(model: Sam2Base) -> Self {
+        VideoPredictor {
+            model,
+            fill_hole_area: 0,
+            cache_all_features: false,
+        }
+    }
+
+    /// `init_state` on frames already resized to the model size and normalised, `[N, 3, S, S]`;
+    /// `video_height × video_width` is the size masks are returned at.
+    pub fn init_state(
+        &self,
+        images: Tensor,
+        video_height: usize,
+        video_width: usize,
+    ) -> Result<InferenceState> {
+        let s = self.model.config.image_size;
+        if images.rank() != 4 || images.dim(1) != 3 || images.dim(2) != s || images.dim(3) != s {
+            return Err(Error::shape(
+                "init_state",
+                format!("frames must be [N, 3, {s}, {s}], got {:?}", images.shape()),
+            ));
+        }
+        if images.dim(0) == 0 || video_height == 0 || video_width == 0 {
+            return Err(Error::arg(
+                "init_state",
+                "needs at least one frame and a non-empty video size",
+            ));
+        }
+        let mut state = InferenceState {
+            num_frames: images.dim(0),
+            images,
+            video_height,
+            video_width,
+            cached_features: HashMap::new(),
+            maskmem_pos_enc: None,
+            obj_ids: Vec::new(),
+            objects: Vec::new(),
+        };
+        self.get_image_feature(&mut state, 0)?;
+        Ok(state)
+    }
+
+    fn get_image_feature(
+        &self,
+        state: &mut InferenceState,
+        frame_idx: usize,
+    ) -> Result<FrameFeatures> {
+        if let Some(f) = state.cached_features.get(&frame_idx) {
+            return Ok(f.clone());
+        }
+        let img = state.images.narrow(0, frame_idx, 1)?;
+        let f = self.model.forward_image(&img)?;
+        if !self.cache_all_features {
+            state.cached_features.clear();
+        }
+        state.cached_features.insert(frame_idx, f.clone());
+        Ok(f)
+    }
+
+    fn obj_id_to_idx(state: &mut InferenceState, obj_id: i64) -> usize {
+        if let Some(i) = state.obj_ids.iter().position(|&o| o == obj_id) {
+            return i;
+        }
+        state.obj_ids.push(obj_id);
+        state.objects.push(ObjectState::default());
+        state.obj_ids.len() - 1
+    }
+
+    /// `add_new_points_or_box`: returns the frame's masks at video resolution for every object,
+    /// `[n_obj, 1, H, W]` logits.
+    pub fn add_new_points_or_box(
+        &self,
+        state: &mut InferenceState,
+        frame_idx: usize,
+        obj_id: i64,
+        prompt: &Prompt,
+        clear_old_points: bool,
+        normalize_coords: bool,
+    ) -> Result<Tensor> {
+        if frame_idx >= state.num_frames {
+            return Err(Error::arg(
+                "frame_idx",
+                format!("{frame_idx} is outside the {} frames", state.num_frames),
+            ));
+        }
+        if prompt.points.len() != prompt.labels.len() {
+            return Err(Error::arg(
+                "points",
+                "points and labels must be given together",
+            ));
+        }
+        if prompt.points.is_empty() && prompt.bbox.is_none() {
+            return Err(Error::arg(
+                "prompt",
+                "at least one point or a box is needed",
+            ));
+        }
+        if prompt.bbox.is_some() && !clear_old_points {
+            return Err(Error::arg(
+                "box",
+                "a box must come before any point prompt (use clear_old_points)",
+            ));
+        }
+        let obj_idx = Self::obj_id_to_idx(state, obj_id);
+        let mut coords = Vec::new();
+        let mut labels = Vec::new();
+        if let Some(b) = prompt.bbox {
+            coords.push([b[0], b[1]]);
+            coords.push([b[2], b[3]]);
+            labels.extend([2, 3]);
+        }
+        coords.extend(prompt.points.iter().copied());
+        labels.extend(prompt.labels.iter().copied());
+        let s = self.model.config.image_size as f32;
+        let (vw, vh) = (state.video_width as f32, state.video_height as f32);
+        for c in &mut coords {
+            if normalize_coords {
+                c[0] /= vw;
+                c[1] /= vh;
+            }
+            c[0] *= s;
+            c[1] *= s;
+        }
+        let obj = &mut state.objects[obj_idx];
+        let mut point_inputs = PointInputs { coords, labels };
+        if !clear_old_points {
+            if let Some(old) = obj.point_inputs.get(&frame_idx) {
+                let mut merged = old.clone();
+                merged.coords.extend(point_inputs.coords);
+                merged.labels.extend(point_inputs.labels);
+                point_inputs = merged;
+            }
+        }
+        obj.point_inputs.insert(frame_idx, point_inputs.clone());
+        let tracked = obj.frames_tracked.get(&frame_idx).copied();
+        let is_init_cond_frame = tracked.is_none();
+        let reverse = tracked.unwrap_or(false);
+        // add_all_frames_to_correct_as_cond is false in the reference's defaults
+        let is_cond = is_init_cond_frame;
+        let prev = {
+            let temp = if is_cond {
+                &obj.temp_output.cond_frame_outputs
+            } else {
+                &obj.temp_output.non_cond_frame_outputs
+            };
+            temp.get(&frame_idx)
+                .or_else(|| obj.output.cond_frame_outputs.get(&frame_idx))
+                .or_else(|| obj.output.non_cond_frame_outputs.get(&frame_idx))
+                .map(|o| o.pred_masks.clone())
+        };
+        let prev_sam_mask_logits = match prev {
+            Some(p) => {
+                let v: Vec<f32> = p
+                    .to_vec()?
+                    .into_iter()
+                    .map(|x| x.clamp(-32.0, 32.0))
+                    .collect();
+                Some(Tensor::from_slice(&v, p.shape(), p.device())?)
+            }
+            None => None,
+        };
+        let output = state.objects[obj_idx].output.clone();
+        let out = self.run_single_frame_inference(
+            state,
+            &output,
+            frame_idx,
+            is_init_cond_frame,
+            Some(&point_inputs),
+            reverse,
+            false,
+            prev_sam_mask_logits.as_ref(),
+        )?;
+        let obj = &mut state.objects[obj_idx];
+        if is_cond {
+            obj.temp_output.cond_frame_outputs.insert(frame_idx, out);
+        } else {
+            obj.temp_output
+                .non_cond_frame_outputs
+                .insert(frame_idx, out);
+        }
+        self.consolidated_video_res(state, frame_idx, is_cond)
+    }
+
+    /// `_consolidate_temp_output_across_obj(consolidate_at_video_res=True)`.
+    fn consolidated_video_res(
+        &self,
+        state: &InferenceState,
+        frame_idx: usize,
+        is_cond: bool,
+    ) -> Result<Tensor> {
+        let (h, w) = (state.video_height, state.video_width);
+        let mut planes = Vec::new();
+        for obj in &state.objects {
+            let temp = if is_cond {
+                &obj.temp_output.cond_frame_outputs
+            } else {
+                &obj.temp_output.non_cond_frame_outputs
+            };
+            let out = temp
+                .get(&frame_idx)
+                .or_else(|| obj.output.cond_frame_outputs.get(&frame_idx))
+                .or_else(|| obj.output.non_cond_frame_outputs.get(&frame_idx));
+            planes.push(match out {
+                Some(o) => o.pred_masks.upsample_bilinear(h, w)?,
+                None => Tensor::full(&[1, 1, h, w], NO_OBJ_SCORE, state.images.device())?,
+            });
+        }
+        Tensor::cat(&planes, 0)
+    }
+
+    /// `_run_single_frame_inference` (batch of one object).
+    #[allow(clippy::too_many_arguments)]
+    fn run_single_frame_inference(
+        &self,
+        state: &mut InferenceState,
+        output_dict: &OutputDict,
+        frame_idx: usize,
+        is_init_cond_frame: bool,
+        point_inputs: Option<&PointInputs>,
+        reverse: bool,
+        run_mem_encoder: bool,
+        prev_sam_mask_logits: Option<&Tensor>,
+    ) -> Result<FrameOutput> {
+        let feats = self.get_image_feature(state, frame_idx)?;
+        let pts = point_inputs.map(std::slice::from_ref);
+        let mut out = self.model.track_step(
+            frame_idx,
+            is_init_cond_frame,
+            &feats,
+            pts,
+            None,
+            output_dict,
+            state.num_frames,
+            reverse,
+            prev_sam_mask_logits,
+        )?;
+        if run_mem_encoder && self.model.config.num_maskmem > 0 {
+            let high = out
+                .pred_masks_high_res
+                .take()
+                .ok_or_else(|| Error::Other("missing high-res masks".into()))?;
+            let (f, p) = self.model.encode_new_memory(
+                &feats,
+                &high,
+                &out.object_score_logits,
+                point_inputs.is_some(),
+            )?;
+            out.maskmem_features = Some(round_bf16(&f)?);
+            out.maskmem_pos_enc = Some(self.cached_pos(state, p));
+        }
+        out.pred_masks_high_res = None;
+        if self.fill_hole_area > 0 {
+            out.pred_masks = fill_holes_in_mask_scores(&out.pred_masks, self.fill_hole_area)?;
+        }
+        Ok(out)
+    }
+
+    fn cached_pos(&self, state: &mut InferenceState, p: Tensor) -> Tensor {
+        state.maskmem_pos_enc.get_or_insert(p).clone()
+    }
+
+    /// `propagate_in_video_preflight`: encodes the memory of prompted frames and moves them
+    /// into the memory bank.
+    fn preflight(&self, state: &mut InferenceState) -> Result<()> {
+        if state.objects.is_empty() {
+            return Err(Error::Other(
+                "no prompt was given for any object; add a box or points first".into(),
+            ));
+        }
+        let s = self.model.config.image_size;
+        for oi in 0..state.objects.len() {
+            for is_cond in [false, true] {
+                let temp = {
+                    let t = &mut state.objects[oi].temp_output;
+                    std::mem::take(if is_cond {
+                        &mut t.cond_frame_outputs
+                    } else {
+                        &mut t.non_cond_frame_outputs
+                    })
+                };
+                for (frame_idx, mut out) in temp {
+                    if out.maskmem_features.is_none() {
+                        let high = out.pred_masks.upsample_bilinear(s, s)?;
+                        let feats = self.get_image_feature(state, frame_idx)?;
+                        let (f, p) = self.model.encode_new_memory(
+                            &feats,
+                            &high,
+                            &out.object_score_logits,
+                            true,
+                        )?;
+                        out.maskmem_features = Some(round_bf16(&f)?);
+                        out.maskmem_pos_enc = Some(self.cached_pos(state, p));
+                    }
+                    let o = &mut state.objects[oi].output;
+                    if is_cond {
+                        o.cond_frame_outputs.insert(frame_idx, out);
+                    } else {
+                        o.non_cond_frame_outputs.insert(frame_idx, out);
+                    }
+                }
+            }
+            let o = &mut state.objects[oi].output;
+            if o.cond_frame_outputs.is_empty() {
+                return Err(Error::Other(format!(
+                    "no prompt was given for object id {}",
+                    state.obj_ids[oi]
+                )));
+            }
+            let cond: Vec<usize> = o.cond_frame_outputs.keys().copied().collect();
+            for t in cond {
+                o.non_cond_frame_outputs.remove(&t);
+            }
+        }
+        Ok(())
+    }
+
+    /// `propagate_in_video`: tracks every object from `start_frame_idx` (default: the first
+    /// prompted frame) forward or in reverse over at most `max_frame_num_to_track` frames,
+    /// calling `on_frame(frame_idx, masks [n_obj, 1, H, W] logits at video resolution)`.
+    pub fn propagate_in_video(
+        &self,
+        state: &mut InferenceState,
+        start_frame_idx: Option<usize>,
+        max_frame_num_to_track: Option<usize>,
+        reverse: bool,
+        on_frame: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<()> {
+        self.preflight(state)?;
+        let n = state.num_frames;
+        let start = match start_frame_idx {
+            Some(s) => s,
+            None => state
+                .objects
+                .iter()
+                .flat_map(|o| o.output.cond_frame_outputs.keys().copied())
+                .min()
+                .unwrap_or(0),
+        };
+        if start >= n {
+            return Err(Error::arg(
+                "start_frame_idx",
+                format!("{start} is outside the {n} frames"),
+            ));
+        }
+        let max = max_frame_num_to_track.unwrap_or(n);
+        let order: Vec<usize> = if reverse {
+            let end = start.saturating_sub(max);
+            if start > 0 {
+                (end..=start).rev().collect()
+            } else {
+                Vec::new()
+            }
+        } else {
+            let end = (start + max).min(n - 1);
+            (start..=end).collect()
+        };
+        let (h, w) = (state.video_height, state.video_width);
+        for frame_idx in order {
+            let mut per_obj = Vec::with_capacity(state.objects.len());
+            for oi in 0..state.objects.len() {
+                let cond = state.objects[oi]
+                    .output
+                    .cond_frame_outputs
+                    .get(&frame_idx)
+                    .map(|o| o.pred_masks.clone());
+                let masks = match cond {
+                    Some(m) => m,
+                    None => {
+                        let output = std::mem::take(&mut state.objects[oi].output);
+                        let res = self.run_single_frame_inference(
+                            state, &output, frame_idx, false, None, reverse, true, None,
+                        );
+                        state.objects[oi].output = output;
+                        let out = res?;
+                        let m = out.pred_masks.clone();
+                        state.objects[oi]
+                            .output
+                            .non_cond_frame_outputs
+                            .insert(frame_idx, out);
+                        m
+                    }
+                };
+                state.objects[oi].frames_tracked.insert(frame_idx, reverse);
+                per_obj.push(masks);
+            }
+            let all = Tensor::cat(&per_obj, 0)?;
+            let video_res = if all.dim(2) == h && all.dim(3) == w {
+                all
+            } else {
+                all.upsample_bilinear(h, w)?
+            };
+            on_frame(frame_idx, &video_res)?;
+        }
+        Ok(())
+    }
+
+    /// `reset_state`: forgets every prompt, object and tracking result (keeps the frames).
+    pub fn reset_state(&self, state: &mut InferenceState) {
+        state.obj_ids.clear();
+        state.objects.clear();
+    }
+}
+
+/// `fill_holes_in_mask_scores`: background components (logit ≤ 0, 8-connected) of at most
+/// `max_area` pixels get logit 0.1. Masks `[B, 1, h, w]`.
+pub fn fill_holes_in_mask_scores(mask: &Tensor, max_area: usize) -> Result<Tensor> {
+    let (b, h, w) = (mask.dim(0), mask.dim(2), mask.dim(3));
+    let mut v = mask.contiguous()?.to_vec()?;
+    let mut label = vec![usize::MAX; h * w];
+    let mut stack = Vec::new();
+    let mut comp = Vec::new();
+    for p in 0..b {
+        let plane = &mut v[p * h * w..(p + 1) * h * w];
+        label.fill(usize::MAX);
+        for start in 0..h * w {
+            if plane[start] > 0.0 || label[start] != usize::MAX {
+                continue;
+            }
+            comp.clear();
+            stack.push(start);
+            label[start] = start;
+            while let Some(i) = stack.pop() {
+                comp.push(i);
+                let (y, x) = ((i / w) as i64, (i % w) as i64);
+                for dy in -1..=1i64 {
+                    for dx in -1..=1i64 {
+                        let (ny, nx) = (y + dy, x + dx);
+                        if ny < 0 || nx < 0 || ny >= h as i64 || nx >= w as i64 {
+                            continue;
+                        }
+                        let j = ny as usize * w + nx as usize;
+                        if plane[j] <= 0.0 && label[j] == usize::MAX {
+                            label[j] = start;
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+            if comp.len() <= max_area {
+                for &i in &comp {
+                    plane[i] = 0.1;
+                }
+            }
+        }
+    }
+    Tensor::from_slice(&v, mask.shape(), mask.device())
+}

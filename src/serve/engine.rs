@@ -1,0 +1,206 @@
+//! The model behind the server: one loaded SAM/MedSAM or LiteMedSAM, shared by every session.
+//!
+//! Work is split as the predictors split it: [`Engine::encode`] turns one 2D uint8 image (a slice)
+//! into an embedding (the expensive part, cached by the sessions), [`Engine::decode`] answers a
+//! prompt on it. A box-only prompt goes through the same predictor code as `medsam infer`
+//! (`Predictor::predict_box` / `LitePredictor::predict_box`), so the masks are identical.
+//!
+//! Seam for volume models (MedSAM2's video predictor): [`VolumePropagator`] segments a whole
+//! volume from a box on one slice; a server given one uses it for 3D propagation instead of
+//! the slice-by-slice models here. None is wired in yet.
+
+use crate::autograd::no_grad;
+use crate::error::{Error, Result};
+use crate::models::lite::LiteMedSam;
+use crate::models::sam::prompt_encoder::Point;
+use crate::models::sam::Sam;
+use crate::pipeline::infer::lite::{ImageU8, LitePredictor};
+use crate::pipeline::infer::sam::{InferPrecision, InputImage, Predictor};
+use crate::tensor::Tensor;
+
+/// The loaded model.
+pub enum Engine {
+    Sam(Box<Sam>),
+    Lite(Box<LiteMedSam>),
+}
+
+/// One image's embedding with the sizes needed to map prompts and masks.
+#[derive(Clone)]
+pub struct Embedding {
+    pub tensor: Tensor,
+    pub orig_hw: (usize, usize),
+    /// LiteMedSAM: the resized image's size inside the padded input.
+    pub new_hw: (usize, usize),
+}
+
+impl Embedding {
+    /// Bytes held (for cache accounting).
+    pub fn bytes(&self) -> usize {
+        self.tensor.shape().iter().product::<usize>() * 4
+    }
+}
+
+/// A prompt in image pixels: an optional box `[x0, y0, x1, y1]` and clicks `(x, y, positive)`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Prompt {
+    pub bbox: Option<[f32; 4]>,
+    pub points: Vec<(f32, f32, bool)>,
+}
+
+impl Engine {
+    pub fn from_any(m: crate::models::AnyModel) -> Engine {
+        match m {
+            crate::models::AnyModel::Sam(s) => Engine::Sam(s),
+            crate::models::AnyModel::Lite(l) => Engine::Lite(l),
+        }
+    }
+
+    /// "medsam" or "litemedsam" (shown to clients).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Sam(_) => "medsam",
+            Engine::Lite(_) => "litemedsam",
+        }
+    }
+
+    /// Encodes an image (grey or RGB uint8).
+    pub fn encode(&self, img: &ImageU8) -> Result<Embedding> {
+        match self {
+            Engine::Sam(m) => {
+                let p = Predictor::new(m, &input_image(img), InferPrecision::F32)?;
+                Ok(Embedding {
+                    tensor: p.embedding,
+                    orig_hw: p.orig_hw,
+                    new_hw: p.orig_hw,
+                })
+            }
+            Engine::Lite(m) => {
+                let p = LitePredictor::new(m, img)?;
+                Ok(Embedding {
+                    tensor: p.embedding,
+                    orig_hw: p.orig_hw,
+                    new_hw: p.new_hw,
+                })
+            }
+        }
+    }
+
+    /// The binary mask (row-major `h·w`) for a prompt on an encoded image.
+    pub fn decode(&self, emb: &Embedding, prompt: &Prompt) -> Result<Vec<bool>> {
+        if prompt.bbox.is_none() && prompt.points.is_empty() {
+            return Err(Error::arg("prompt", "needs a box or at least one point"));
+        }
+        match (self, prompt.points.is_empty(), prompt.bbox) {
+            (Engine::Sam(m), true, Some(b)) => {
+                let p = Predictor {
+                    model: m,
+                    embedding: emb.tensor.clone(),
+                    orig_hw: emb.orig_hw,
+                };
+                Ok(p.predict_box(b)?.mask)
+            }
+            (Engine::Lite(m), true, Some(b)) => {
+                let p = LitePredictor {
+                    model: m,
+                    embedding: emb.tensor.clone(),
+                    orig_hw: emb.orig_hw,
+                    new_hw: emb.new_hw,
+                };
+                Ok(p.predict_box(b.map(|v| v as f64))?.mask)
+            }
+            _ => self.decode_with_points(emb, prompt),
+        }
+    }
+
+    /// Points (with or without a box): the prompt encoder's point path, scaled as boxes are.
+    fn decode_with_points(&self, emb: &Embedding, prompt: &Prompt) -> Result<Vec<bool>> {
+        let (h, w) = emb.orig_hw;
+        let (sx, sy) = match self {
+            Engine::Sam(m) => {
+                let s = m.config.image_encoder.img_size as f32;
+                (s / w as f32, s / h as f32)
+            }
+            Engine::Lite(m) => {
+                let r = m.img_size() as f32 / h.max(w) as f32;
+                (r, r)
+            }
+        };
+        let pts: Vec<Point> = prompt
+            .points
+            .iter()
+            .map(|&(x, y, pos)| Point {
+                x: x * sx,
+                y: y * sy,
+                label: i32::from(pos),
+            })
+            .collect();
+        let boxes = prompt
+            .bbox
+            .map(|b| [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]);
+        let boxes_arr = boxes.map(|b| [b]);
+        let (pe, md) = match self {
+            Engine::Sam(m) => (&m.prompt_encoder, &m.mask_decoder),
+            Engine::Lite(m) => (&m.prompt_encoder, &m.mask_decoder),
+        };
+        no_grad(|| {
+            let dense_pe = pe.get_dense_pe()?;
+            let (sparse, dense) = pe.forward(
+                Some(std::slice::from_ref(&pts)),
+                boxes_arr.as_ref().map(|b| &b[..]),
+                None,
+            )?;
+            let (logits, _iou) = md.forward(&emb.tensor, &dense_pe, &sparse, &dense, false)?;
+            let prob = match self {
+                Engine::Sam(_) => logits.sigmoid()?.upsample_bilinear(h, w)?,
+                Engine::Lite(_) => {
+                    let (nh, nw) = emb.new_hw;
+                    logits
+                        .narrow(2, 0, nh)?
+                        .narrow(3, 0, nw)?
+                        .contiguous()?
+                        .upsample_bilinear(h, w)?
+                        .sigmoid()?
+                }
+            };
+            Ok(prob.to_vec()?.iter().map(|&p| p > 0.5).collect())
+        })
+    }
+
+    /// Whether point prompts are offered to clients.
+    pub fn supports_points(&self) -> bool {
+        true
+    }
+}
+
+/// The f64 H×W×3 image `medsam infer` reads from an 8-bit file.
+fn input_image(img: &ImageU8) -> InputImage {
+    let hwc = if img.channels == 3 {
+        img.data.iter().map(|&v| v as f64).collect()
+    } else {
+        img.data.iter().flat_map(|&v| [v as f64; 3]).collect()
+    };
+    InputImage {
+        h: img.h,
+        w: img.w,
+        hwc,
+        is_npy: false,
+    }
+}
+
+/// A uint8 volume `d × h × w` (row-major).
+pub struct VolumeU8<'a> {
+    pub shape: (usize, usize, usize),
+    pub data: &'a [u8],
+}
+
+/// Seam for models that segment a volume from one prompt (MedSAM2's video predictor): returns
+/// the `d·h·w` mask of the object boxed on slice `z`, reporting each finished slice.
+pub trait VolumePropagator: Send + Sync {
+    fn propagate(
+        &self,
+        vol: &VolumeU8<'_>,
+        z: usize,
+        bbox: [f32; 4],
+        on_slice: &mut dyn FnMut(usize),
+    ) -> Result<Vec<bool>>;
+}

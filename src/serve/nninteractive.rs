@@ -1,0 +1,512 @@
+//! The nnInteractive v2 protocol, server side, as `nninteractive-client` 2.6.0 speaks it
+//! (`nnInteractive/inference/remote/`): lease-token sessions (`X-Lease-Token`), images and masks
+//! as `NNIA` arrays with JSON metadata in `X-Meta`, and prediction answers that carry only the
+//! changed box of the target buffer (`X-Meta: {"ran_prediction", "bbox", "dtype", "shape"}`,
+//! body = that sub-array).
+//!
+//! Mapping onto a 2D model: the image is `(1, n0, n1, n2)`; a box one voxel thick along an axis
+//! is a 2D box on that slice (see `session.rs` for the plane convention), segmented and written
+//! into the buffer as 1 (a negative box clears its mask instead). A point refines the object on
+//! the slice last boxed when it lies on it (else the axis-0 slice through it), together with that
+//! slice's box. Lasso, scribble and 3D boxes are not offered (`supported_interactions`) and are
+//! refused with 400.
+
+use super::engine::Prompt;
+use super::nnia::{self, DType};
+use super::session::{to_u8, Plane, Session, Volume};
+use super::{blocking, lock, ApiError, AppState};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub const LEASE_HEADER: &str = "x-lease-token";
+pub const META_HEADER: &str = "x-meta";
+/// The label nnInteractive's one-object target buffer uses.
+const OBJECT: u8 = 1;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
+        .route("/capabilities", get(capabilities))
+        .route("/claim", post(claim))
+        .route("/release", post(release))
+        .route("/heartbeat", post(heartbeat))
+        .route("/lease_status", get(lease_status))
+        .route("/set_image", post(set_image))
+        .route("/set_target_buffer", post(set_target_buffer))
+        .route("/set_do_autozoom", post(set_do_autozoom))
+        .route("/reset_interactions", post(reset_interactions))
+        .route("/undo", post(undo))
+        .route("/predict", post(predict))
+        .route("/add_bbox_interaction", post(add_bbox))
+        .route("/add_point_interaction", post(add_point))
+        .route("/add_scribble_interaction", post(unsupported_scribble))
+        .route("/add_lasso_interaction", post(unsupported_lasso))
+        .route("/add_initial_seg_interaction", post(add_initial_seg))
+}
+
+fn lease(h: &HeaderMap) -> Option<&str> {
+    h.get(LEASE_HEADER).and_then(|v| v.to_str().ok())
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("request body is not JSON: {e}")))
+}
+
+fn meta(h: &HeaderMap) -> Result<Value, ApiError> {
+    match h.get(META_HEADER) {
+        None => Ok(json!({})),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::bad("X-Meta header is not ASCII"))?;
+            serde_json::from_str(s).map_err(|e| ApiError::bad(format!("bad X-Meta: {e}")))
+        }
+    }
+}
+
+fn flag(v: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ApiError::bad(format!(
+            "{key} must be true or false, found {other}"
+        ))),
+    }
+}
+
+fn required_flag(v: &Value, key: &str) -> Result<bool, ApiError> {
+    if v.get(key).is_none() {
+        return Err(ApiError::bad(format!("missing required field: {key}")));
+    }
+    flag(v, key, false)
+}
+
+/// A coordinate given as a JSON number (rounded to the nearest voxel).
+fn coord(v: &Value, what: &str) -> Result<i64, ApiError> {
+    v.as_f64()
+        .filter(|x| x.is_finite() && x.abs() < 1e12)
+        .map(|x| x.round() as i64)
+        .ok_or_else(|| ApiError::bad(format!("{what} must be a number, found {v}")))
+}
+
+async fn capabilities(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "supported_interactions": {
+            "points": st.engine.supports_points(),
+            "bbox2d": true,
+            "bbox3d": false,
+            "lasso": false,
+            "scribble": false,
+        },
+        "channel_mapping": {"prev_seg": 0, "bbox2d": [1, 2], "points": [3, 4]},
+        "num_interaction_channels": 5,
+        "supports_initial_label": true,
+        "supports_zero_shot_label_refinement": false,
+        "preferred_scribble_thickness": [2, 2, 2],
+        "interaction_decay": null,
+        "patch_size": null,
+        "do_autozoom": false,
+        "inference_session_version": concat!("medsam-rs ", env!("CARGO_PKG_VERSION")),
+        "license": "Apache-2.0",
+        "supports_undo": true,
+        "model": st.engine.name(),
+    }))
+}
+
+async fn claim(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let token = st.claim()?;
+    Ok(Json(json!({
+        "lease_token": token,
+        "idle_timeout_seconds": st.opts.idle_timeout.as_secs_f64(),
+        "liveness_timeout_seconds": st.opts.liveness_timeout.as_secs_f64(),
+        "max_sessions": st.opts.max_sessions,
+    }))
+    .into_response())
+}
+
+async fn release(State(st): State<Arc<AppState>>, h: HeaderMap) -> Json<Value> {
+    if let Some(t) = lease(&h) {
+        st.release(t);
+    }
+    Json(json!({"released": true}))
+}
+
+fn remaining(st: &AppState, s: &Session) -> f64 {
+    (st.opts.idle_timeout.as_secs_f64() - s.last_active.elapsed().as_secs_f64()).max(0.0)
+}
+
+async fn heartbeat(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let s = st.session(lease(&h))?;
+    let r = remaining(&st, &lock(&s));
+    Ok(Json(json!({"remaining_seconds": r})))
+}
+
+async fn lease_status(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let s = st.session(lease(&h))?;
+    let r = remaining(&st, &lock(&s));
+    Ok(Json(json!({
+        "remaining_seconds": r,
+        "idle_timeout_seconds": st.opts.idle_timeout.as_secs_f64(),
+    })))
+}
+
+async fn set_image(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let sess = st.session(lease(&h))?;
+    let m = meta(&h)?;
+    let max = st.opts.max_image_bytes;
+    blocking(move || {
+        let a = nnia::unpack(&body, max).map_err(ApiError::bad)?;
+        let &[c, n0, n1, n2] = a.shape.as_slice() else {
+            return Err(ApiError::bad(format!(
+                "image must be 4D (channels, x, y, z), found shape {:?}",
+                a.shape
+            )));
+        };
+        if c != 1 {
+            return Err(ApiError::bad(format!(
+                "image has {c} channels; MedSAM models take one (shape {:?})",
+                a.shape
+            )));
+        }
+        if n0 == 0 || n1 == 0 || n2 == 0 {
+            return Err(ApiError::bad(format!(
+                "image is empty: shape {:?}",
+                a.shape
+            )));
+        }
+        let spacing = m
+            .get("image_properties")
+            .and_then(|p| p.get("spacing"))
+            .and_then(|s| s.as_array())
+            .filter(|s| s.len() == 3)
+            .map(|s| std::array::from_fn(|i| s[i].as_f64().unwrap_or(1.0)))
+            .unwrap_or([1.0; 3]);
+        let n = n0 * n1 * n2;
+        let data = to_u8(|i| a.dtype.read_f64(&a.data, i), n);
+        let mut s = lock(&sess);
+        s.touch();
+        s.set_volume(Volume {
+            shape: [n0, n1, n2],
+            channels: 1,
+            data,
+            spacing,
+        });
+        Ok(Json(json!({"original_image_shape": a.shape})))
+    })
+    .await
+}
+
+async fn set_target_buffer(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let sess = st.session(lease(&h))?;
+    let p = parse_json(&body)?;
+    let shape: Vec<usize> = p
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| ApiError::bad("missing required field: shape (a list of 3 integers)"))?
+        .iter()
+        .map(|d| d.as_u64().filter(|&d| d > 0).map(|d| d as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::bad("shape must contain positive integers"))?;
+    let name = p
+        .get("dtype")
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| ApiError::bad("missing required field: dtype"))?;
+    let dtype = DType::parse(name)
+        .filter(|d| d.is_integral())
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "unsupported dtype {name:?}: the target buffer must be bool or an integer type"
+            ))
+        })?;
+    let mut s = lock(&sess);
+    let vol = s.volume()?;
+    if shape != vol.shape {
+        return Err(ApiError::bad(format!(
+            "target buffer shape {shape:?} differs from the image's {:?}",
+            vol.shape
+        )));
+    }
+    s.touch();
+    s.target_dtype = Some(dtype);
+    s.reset();
+    Ok(Json(json!({})))
+}
+
+async fn set_do_autozoom(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    // Autozoom is nnInteractive's patch strategy; a 2D model sees whole slices anyway.
+    let s = st.session(lease(&h))?;
+    lock(&s).touch();
+    Ok(Json(json!({})))
+}
+
+async fn reset_interactions(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let s = st.session(lease(&h))?;
+    let mut s = lock(&s);
+    s.touch();
+    s.reset();
+    Ok(Json(json!({})))
+}
+
+/// The answer to an interaction: the changed region of the target buffer, in its type.
+fn prediction_response(
+    s: &Session,
+    ran: bool,
+    bbox: Option<[[usize; 2]; 3]>,
+) -> Result<Response, ApiError> {
+    let (Some(b), Some(dtype)) = (bbox.filter(|_| ran), s.target_dtype) else {
+        return Ok(with_meta(
+            json!({"ran_prediction": ran, "bbox": null}),
+            Vec::new(),
+        ));
+    };
+    let labels = s.read_region(b);
+    let size = dtype.size();
+    let mut data = vec![0u8; labels.len() * size];
+    for (i, &l) in labels.iter().enumerate() {
+        // Little-endian: the value's low byte first, the rest zero (labels are small).
+        data[i * size] = l;
+    }
+    let shape: Vec<usize> = b.iter().map(|[lo, hi]| hi - lo).collect();
+    let body = nnia::pack(&nnia::Array {
+        shape: shape.clone(),
+        dtype,
+        data,
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(with_meta(
+        json!({"ran_prediction": true, "bbox": b, "dtype": dtype.name(), "shape": shape}),
+        body,
+    ))
+}
+
+fn with_meta(meta: Value, body: Vec<u8>) -> Response {
+    let mut r = (
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&meta.to_string()) {
+        r.headers_mut().insert(META_HEADER, v);
+    }
+    r
+}
+
+async fn undo(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Response, ApiError> {
+    let s = st.session(lease(&h))?;
+    let mut s = lock(&s);
+    s.touch();
+    let b = s.undo();
+    prediction_response(&s, b.is_some(), b)
+}
+
+/// Runs a prompt on a plane and answers with the changed region.
+async fn run_prompt(
+    st: Arc<AppState>,
+    sess: Arc<std::sync::Mutex<Session>>,
+    plane: Plane,
+    prompt: Prompt,
+    subtract: bool,
+    run: bool,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let mut s = lock(&sess);
+        s.touch();
+        if !run {
+            s.pending = Some((plane, prompt, subtract));
+            return prediction_response(&s, false, None);
+        }
+        s.pending = None;
+        let b = s.segment_plane(&st.engine, &st.compute, plane, OBJECT, prompt, subtract)?;
+        prediction_response(&s, true, b)
+    })
+    .await
+}
+
+async fn predict(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Response, ApiError> {
+    let sess = st.session(lease(&h))?;
+    let pending = lock(&sess).pending.take();
+    match pending {
+        None => prediction_response(&lock(&sess), false, None),
+        Some((plane, prompt, subtract)) => {
+            run_prompt(st, sess, plane, prompt, subtract, true).await
+        }
+    }
+}
+
+async fn add_bbox(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if lease(&h).is_none() {
+        return super::slicer::add_bbox(State(st), body).await;
+    }
+    let sess = st.session(lease(&h))?;
+    let p = parse_json(&body)?;
+    let include = required_flag(&p, "include_interaction")?;
+    let run = flag(&p, "run_prediction", true)?;
+    let coords = p
+        .get("bbox_coords")
+        .and_then(|c| c.as_array())
+        .filter(|c| c.len() == 3)
+        .ok_or_else(|| ApiError::bad("bbox_coords must be [[lo, hi], [lo, hi], [lo, hi]]"))?;
+    let mut b = [[0i64; 2]; 3];
+    for (d, pair) in coords.iter().enumerate() {
+        let pair = pair
+            .as_array()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(|| ApiError::bad(format!("bbox_coords[{d}] must be [lo, hi]")))?;
+        b[d] = [
+            coord(&pair[0], "bbox_coords")?,
+            coord(&pair[1], "bbox_coords")?,
+        ];
+        if b[d][1] <= b[d][0] {
+            return Err(ApiError::bad(format!(
+                "bbox_coords[{d}] = {:?} is empty (need lo < hi, half-open)",
+                b[d]
+            )));
+        }
+    }
+    let Some(axis) = (0..3).find(|&d| b[d][1] - b[d][0] == 1) else {
+        return Err(ApiError::bad(format!(
+            "bbox_coords {b:?} is a 3D box; this model takes 2D boxes (one voxel thick along the slice axis; capability bbox3d is false)"
+        )));
+    };
+    let shape = lock(&sess).volume()?.shape;
+    let idx = b[axis][0];
+    if idx < 0 || idx >= shape[axis] as i64 {
+        return Err(ApiError::bad(format!(
+            "bbox_coords: slice {idx} on axis {axis} lies outside the image (size {})",
+            shape[axis]
+        )));
+    }
+    let (ra, ca) = match axis {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let raw = [b[ca][0], b[ra][0], b[ca][1], b[ra][1]].map(|v| v as f32);
+    let checked = crate::pipeline::infer::sam::check_box(raw, shape[ra], shape[ca])
+        .map_err(|e| ApiError::bad(format!("bbox_coords {b:?}: {e}")))?;
+    let prompt = Prompt {
+        bbox: Some(checked.bbox),
+        points: Vec::new(),
+    };
+    run_prompt(st, sess, (axis, idx as usize), prompt, !include, run).await
+}
+
+async fn add_point(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if lease(&h).is_none() {
+        return super::slicer::add_point(State(st), body).await;
+    }
+    let sess = st.session(lease(&h))?;
+    let p = parse_json(&body)?;
+    let include = required_flag(&p, "include_interaction")?;
+    let run = flag(&p, "run_prediction", true)?;
+    let c = p
+        .get("coordinates")
+        .and_then(|c| c.as_array())
+        .filter(|c| c.len() == 3)
+        .ok_or_else(|| ApiError::bad("coordinates must be [i, j, k]"))?;
+    let c = [
+        coord(&c[0], "coordinates")?,
+        coord(&c[1], "coordinates")?,
+        coord(&c[2], "coordinates")?,
+    ];
+    let (plane, prompt) = {
+        let s = lock(&sess);
+        let shape = s.volume()?.shape;
+        if (0..3).any(|d| c[d] < 0 || c[d] >= shape[d] as i64) {
+            return Err(ApiError::bad(format!(
+                "point {c:?} lies outside the image {shape:?}"
+            )));
+        }
+        let c = c.map(|v| v as usize);
+        let plane = match s.last_plane {
+            Some((a, i)) if c[a] == i => (a, i),
+            _ => (0, c[0]),
+        };
+        let (ra, ca) = match plane.0 {
+            0 => (1, 2),
+            1 => (0, 2),
+            _ => (0, 1),
+        };
+        let mut prompt = s.prompts.get(&(plane, OBJECT)).cloned().unwrap_or_default();
+        prompt.points.push((c[ca] as f32, c[ra] as f32, include));
+        (plane, prompt)
+    };
+    run_prompt(st, sess, plane, prompt, false, run).await
+}
+
+async fn unsupported_scribble() -> ApiError {
+    unsupported("scribble")
+}
+
+async fn unsupported_lasso() -> ApiError {
+    unsupported("lasso")
+}
+
+fn unsupported(kind: &str) -> ApiError {
+    ApiError::bad(format!(
+        "{kind} interactions are not supported by this server's model (MedSAM takes boxes and points; see /capabilities)"
+    ))
+}
+
+async fn add_initial_seg(
+    State(st): State<Arc<AppState>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let sess = st.session(lease(&h))?;
+    let max = st.opts.max_image_bytes;
+    blocking(move || {
+        let a = nnia::unpack(&body, max).map_err(ApiError::bad)?;
+        let mut s = lock(&sess);
+        s.touch();
+        let shape = s.volume()?.shape;
+        if a.shape != shape {
+            return Err(ApiError::bad(format!(
+                "initial segmentation shape {:?} differs from the image's {shape:?}",
+                a.shape
+            )));
+        }
+        let labels = (0..a.len())
+            .map(|i| u8::from(a.dtype.read_f64(&a.data, i) != 0.0) * OBJECT)
+            .collect();
+        s.set_labels(labels);
+        // Nothing is predicted: the client mirrors the buffer itself.
+        prediction_response(&s, false, None)
+    })
+    .await
+}
