@@ -88,3 +88,37 @@ fn shape_errors_name_the_shapes() {
     let e = a.reshape(&[7]).unwrap_err().to_string();
     assert!(e.contains("[2, 3]") && e.contains("[7]"), "{e}");
 }
+
+#[test]
+fn rope_rotates_queries_and_repeated_keys_like_the_kernel() {
+    use medsam::autograd::no_grad;
+    use medsam::ops::rope::{apply_rotary, axial_rope_tables};
+    use medsam_kernels::rope::{self, RopeDims};
+    let (cos, sin) = axial_rope_tables(8, 3, 2, 10_000.0, medsam::Device::Cpu).unwrap();
+    // Queries: one 3×2 grid; keys: the grid twice (SAM2's repeat_freqs_k).
+    for n in [6, 12] {
+        let x = tensor(&[2, 3, n, 8], n as u64);
+        let got = no_grad(|| apply_rotary(&x, &cos, &sin)).unwrap();
+        let d = RopeDims {
+            rows: 6,
+            n,
+            dim: 8,
+            table_len: 6,
+        };
+        let (c, s) = rope::axial_tables(8, 3, 2, 10_000.0);
+        let mut want = vec![0.0; x.numel()];
+        rope::reference::apply(d, &x.to_vec().unwrap(), &c, &s, &mut want);
+        assert_eq!(got.shape(), x.shape());
+        assert_eq!(got.to_vec().unwrap(), want);
+    }
+}
+
+#[test]
+fn rope_shape_errors_name_the_shapes() {
+    use medsam::ops::rope::{apply_rotary, axial_rope_tables};
+    let (cos, sin) = axial_rope_tables(8, 3, 2, 10_000.0, medsam::Device::Cpu).unwrap();
+    let x = tensor(&[1, 7, 8], 1); // 7 positions: not a whole number of 6-position tables
+    let e = apply_rotary(&x, &cos, &sin).unwrap_err().to_string();
+    assert!(e.contains("rope") && e.contains("[1, 7, 8]"), "{e}");
+    assert!(axial_rope_tables(6, 2, 2, 10_000.0, medsam::Device::Cpu).is_err());
+}

@@ -6,6 +6,7 @@
 //! same operator set and are tested against the reference versions here.
 
 pub mod activation;
+pub mod adamw;
 pub mod ascend_tiled;
 pub mod attention;
 pub mod batchnorm;
@@ -16,5 +17,7 @@ pub mod gemm;
 pub mod mbconv;
 pub mod norm;
 pub mod resize;
+pub mod rope;
+pub mod strided;
 #[doc(hidden)]
 pub mod testing;

@@ -203,17 +203,7 @@ pub struct AttnGrads {
     pub drel: Option<(Storage, Storage)>,
 }
 
-/// Hyper-parameters of one AdamW update (PyTorch semantics).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamWStep {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// The step number after this update (1 for the first).
-    pub step: u64,
-}
+pub use medsam_kernels::adamw::AdamWStep;
 
 /// Everything a device must provide: every op family, plus which device it is.
 pub trait Backend:

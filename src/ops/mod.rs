@@ -7,6 +7,7 @@ pub mod linalg;
 pub mod loss;
 pub mod nn;
 pub mod quant;
+pub mod rope;
 pub mod shape;
 
 pub use nn::RelPosArgs;

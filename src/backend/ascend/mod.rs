@@ -756,7 +756,7 @@ impl AscendBackend {
         exp_avg: &mut Storage,
         exp_avg_sq: &mut Storage,
     ) -> Result<()> {
-        // The CPU update (`cpu::adamw_update`, PyTorch semantics) as device elementwise ops, in
+        // The CPU update (`medsam_kernels::adamw`, PyTorch semantics) as device elementwise ops, in
         // the same order and with the same f32-rounded scalars:
         //   w ← decay·w;  m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;
         //   w ← w − step_size · m / (√v / √(1−β2^t) + eps).

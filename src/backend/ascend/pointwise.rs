@@ -1,6 +1,7 @@
 //! Ascend backend: pointwise functions, broadcast arithmetic, reductions, softmax and bilinear resampling.
 
 use super::*;
+use medsam_kernels::rope::RopeDims;
 
 impl PointwiseOps for AscendBackend {
     fn unary(&self, op: Unary, x: &Storage) -> Result<Storage> {
@@ -259,5 +260,12 @@ impl PointwiseOps for AscendBackend {
                 .map_err(self.err())?;
         }
         Ok(self.wrap(out, n))
+    }
+
+    fn rope(&self, d: RopeDims, x: &Storage, cos: &Storage, sin: &Storage) -> Result<Storage> {
+        let _ = (d, x, cos, sin);
+        Err(self.device_error(
+            "rope (rotary position embedding) has no NPU implementation yet; run it on the CPU",
+        ))
     }
 }

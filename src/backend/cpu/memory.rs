@@ -24,14 +24,8 @@ impl MemoryOps for CpuBackend {
     }
 
     fn scatter_into_zeros(&self, src: &Storage, view: &View, len: usize) -> Result<Storage> {
-        let src = host(src)?;
         let mut out = vec![0.0f32; len];
-        let inner_stride = view.strides.last().copied().unwrap_or(1);
-        for_each_run(view, |o, d, run| {
-            for i in 0..run {
-                out[d + i * inner_stride] += src[o + i];
-            }
-        });
+        medsam_kernels::strided::scatter_add(host(src)?, strided(view), &mut out);
         Ok(Storage::Cpu(out))
     }
 }

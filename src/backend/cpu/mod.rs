@@ -9,6 +9,7 @@ mod optim;
 mod pointwise;
 
 use super::*;
+use medsam_kernels::strided::StridedView;
 use medsam_kernels::{activation, batchnorm, depthwise, gemm, resize};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -177,165 +178,29 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Visits every element of a view in row-major order, handing out runs along the last axis.
-fn for_each_run(view: &View, mut f: impl FnMut(usize, usize, usize)) {
-    // f(out_start, src_start, run_len) with src stride view.strides.last()
-    let nd = view.shape.len();
-    if nd == 0 {
-        f(0, view.offset, 1);
-        return;
-    }
-    let inner = view.shape[nd - 1];
-    let outer: usize = view.shape[..nd - 1].iter().product();
-    if inner == 0 || outer == 0 {
-        return;
-    }
-    let mut idx = vec![0usize; nd - 1];
-    let mut src = view.offset;
-    for o in 0..outer {
-        f(o * inner, src, inner);
-        // advance the multi-index over the outer axes
-        for d in (0..nd - 1).rev() {
-            idx[d] += 1;
-            src += view.strides[d];
-            if idx[d] < view.shape[d] {
-                break;
-            }
-            src -= view.strides[d] * view.shape[d];
-            idx[d] = 0;
-        }
+/// A [`View`] as the kernels take it.
+fn strided(v: &View) -> StridedView<'_> {
+    StridedView {
+        shape: &v.shape,
+        strides: &v.strides,
+        offset: v.offset,
     }
 }
 
-/// Offset in the source of the first element of outer row `row` (all axes but the last).
-fn row_offset(view: &View, mut row: usize) -> usize {
-    let nd = view.shape.len();
-    let mut off = view.offset;
-    for d in (0..nd.saturating_sub(1)).rev() {
-        let s = view.shape[d];
-        off += (row % s) * view.strides[d];
-        row /= s;
-    }
-    off
-}
-
-/// Copies a strided view into a dense row-major buffer, rows in parallel when large.
+/// Copies a strided view into a dense row-major buffer.
 fn gather(src: &[f32], view: &View) -> Vec<f32> {
-    let n: usize = view.shape.iter().product();
-    let mut out = buffer(n);
-    if n == 0 {
-        return out;
-    }
-    let inner = view.shape.last().copied().unwrap_or(1).max(1);
-    let stride = view.strides.last().copied().unwrap_or(1);
-    let nd = view.shape.len();
-    if nd >= 2 && view.strides[nd - 2] == 1 && stride > 1 && view.shape[nd - 2] > 1 {
-        gather_transposed(src, view, &mut out);
-        return out;
-    }
-    let copy_row = |(row, dst): (usize, &mut [f32])| {
-        let s = row_offset(view, row);
-        if stride == 1 {
-            dst.copy_from_slice(&src[s..s + dst.len()]);
-        } else {
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = src[s + i * stride];
-            }
-        }
-    };
-    if n < PAR_MIN {
-        out.chunks_mut(inner).enumerate().for_each(copy_row);
-    } else {
-        out.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len((PAR_MIN / inner).max(1))
-            .for_each(copy_row);
-    }
+    let mut out = buffer(view.shape.iter().product());
+    medsam_kernels::strided::gather(src, strided(view), &mut out);
     out
 }
 
-/// [`gather`] for a view whose last two axes are transposed (the second-last has stride 1):
-/// copies 16-row × 64-column tiles so every source cache line is used while it is loaded.
-fn gather_transposed(src: &[f32], view: &View, out: &mut [f32]) {
-    const RB: usize = 16;
-    const CB: usize = 64;
-    let inner = view.shape[view.shape.len() - 1];
-    let stride = view.strides[view.strides.len() - 1];
-    let block = |(bi, dst): (usize, &mut [f32])| {
-        let r0 = bi * RB;
-        let nr = dst.len() / inner;
-        let mut bases = [0usize; RB];
-        for (i, b) in bases.iter_mut().enumerate().take(nr) {
-            *b = row_offset(view, r0 + i);
-        }
-        for c0 in (0..inner).step_by(CB) {
-            let c1 = (c0 + CB).min(inner);
-            for (i, &b) in bases.iter().enumerate().take(nr) {
-                let d = &mut dst[i * inner + c0..i * inner + c1];
-                for (j, d) in d.iter_mut().enumerate() {
-                    *d = src[b + (c0 + j) * stride];
-                }
-            }
-        }
-    };
-    if out.len() < PAR_MIN {
-        out.chunks_mut(RB * inner).enumerate().for_each(block);
-    } else {
-        out.par_chunks_mut(RB * inner).enumerate().for_each(block);
-    }
-}
-
-/// `out = a ∘ b` over broadcast views, rows in parallel, without materialising the operands.
-/// Generic over `f` so each operator gets its own (vectorised) loops.
+/// `out = a ∘ b` over broadcast views, without materialising the operands.
 fn broadcast_zip<F>(a: &[f32], va: &View, b: &[f32], vb: &View, f: F) -> Vec<f32>
 where
     F: Fn(f32, f32) -> f32 + Sync,
 {
-    let n: usize = va.shape.iter().product();
-    let mut out = buffer(n);
-    if n == 0 {
-        return out;
-    }
-    let inner = va.shape.last().copied().unwrap_or(1).max(1);
-    let (sa, sb) = (
-        va.strides.last().copied().unwrap_or(1),
-        vb.strides.last().copied().unwrap_or(1),
-    );
-    let row = |(r, dst): (usize, &mut [f32])| {
-        let (oa, ob) = (row_offset(va, r), row_offset(vb, r));
-        let len = dst.len();
-        match (sa, sb) {
-            (1, 1) => dst
-                .iter_mut()
-                .zip(&a[oa..oa + len])
-                .zip(&b[ob..ob + len])
-                .for_each(|((d, &x), &y)| *d = f(x, y)),
-            (1, 0) => {
-                let y = b[ob];
-                dst.iter_mut()
-                    .zip(&a[oa..oa + len])
-                    .for_each(|(d, &x)| *d = f(x, y))
-            }
-            (0, 1) => {
-                let x = a[oa];
-                dst.iter_mut()
-                    .zip(&b[ob..ob + len])
-                    .for_each(|(d, &y)| *d = f(x, y))
-            }
-            _ => dst
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, d)| *d = f(a[oa + i * sa], b[ob + i * sb])),
-        }
-    };
-    if n < PAR_MIN {
-        out.chunks_mut(inner).enumerate().for_each(row);
-    } else {
-        out.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len((PAR_MIN / inner).max(1))
-            .for_each(row);
-    }
+    let mut out = buffer(va.shape.iter().product());
+    medsam_kernels::strided::zip_broadcast(a, strided(va), b, strided(vb), f, &mut out);
     out
 }
 
@@ -395,32 +260,4 @@ fn is_contiguous(v: &View) -> bool {
         expect *= v.shape[d];
     }
     true
-}
-
-/// `torch.optim.AdamW` (non-foreach, non-amsgrad) in f32, operation for operation, so updates
-/// match PyTorch bit-for-bit where the arithmetic allows.
-pub fn adamw_update(p: AdamWStep, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
-    // PyTorch computes these scalars as Python floats (f64) and rounds them once to f32.
-    let (lr, b1, b2) = (p.lr, p.beta1, p.beta2);
-    let step_size = (lr / (1.0 - b1.powi(p.step as i32))) as f32;
-    let bias2_sqrt = (1.0 - b2.powi(p.step as i32)).sqrt() as f32;
-    let decay = (1.0 - lr * p.weight_decay) as f32;
-    let (w1, beta2, w2, eps) = (
-        (1.0 - b1) as f32,
-        b2 as f32,
-        (1.0 - b2) as f32,
-        p.eps as f32,
-    );
-    param
-        .par_iter_mut()
-        .zip(grad.par_iter())
-        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
-        .with_min_len(4096)
-        .for_each(|((w, &g), (m, v))| {
-            *w *= decay;
-            *m += w1 * (g - *m);
-            *v = *v * beta2 + w2 * g * g;
-            let denom = v.sqrt() / bias2_sqrt + eps;
-            *w += -step_size * (*m / denom);
-        });
 }

@@ -15,7 +15,7 @@ impl OptimOps for CpuBackend {
         let param = host_mut(param)?;
         let m = host_mut(exp_avg)?;
         let v = host_mut(exp_avg_sq)?;
-        adamw_update(p, param, grad, m, v);
+        medsam_kernels::adamw::adamw_update(p, param, grad, m, v);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! CPU backend: pointwise functions, broadcast arithmetic, reductions, softmax and bilinear resampling.
 
 use super::*;
+use medsam_kernels::rope::{self, RopeDims};
 
 impl PointwiseOps for CpuBackend {
     fn unary(&self, op: Unary, x: &Storage) -> Result<Storage> {
@@ -85,7 +86,7 @@ impl PointwiseOps for CpuBackend {
             offset: 0,
         };
         let inner_stride = view.strides.last().copied().unwrap_or(1);
-        for_each_run(&view, |o, d, run| {
+        medsam_kernels::strided::for_each_run(strided(&view), |o, d, run| {
             if inner_stride == 0 {
                 out[d] += x[o..o + run].iter().sum::<f32>();
             } else {
@@ -150,5 +151,11 @@ impl PointwiseOps for CpuBackend {
         let mut dx = vec![0.0; planes * hw.0 * hw.1];
         resize::bilinear_backward(planes, hw.0, hw.1, ohw.0, ohw.1, host(dy)?, &mut dx);
         Ok(Storage::Cpu(dx))
+    }
+
+    fn rope(&self, d: RopeDims, x: &Storage, cos: &Storage, sin: &Storage) -> Result<Storage> {
+        let mut out = buffer(x.len());
+        rope::apply(d, host(x)?, host(cos)?, host(sin)?, &mut out);
+        Ok(Storage::Cpu(out))
     }
 }

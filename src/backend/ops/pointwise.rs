@@ -2,6 +2,7 @@
 
 use crate::backend::*;
 use crate::error::Result;
+use medsam_kernels::rope::RopeDims;
 
 pub trait PointwiseOps {
     fn unary(&self, op: Unary, x: &Storage) -> Result<Storage>;
@@ -70,4 +71,8 @@ pub trait PointwiseOps {
 
     // ---- depthwise conv and batch norm (TinyViT / LiteMedSAM). The defaults run the CPU kernels
     // on host copies, so a device backend works unchanged and may override them for speed. ----
+
+    /// Rotary position embedding (see `medsam_kernels::rope`): `x [rows, n, dim]` rotated by
+    /// `cos`/`sin` tables `[table_len, dim/2]`; inference only.
+    fn rope(&self, d: RopeDims, x: &Storage, cos: &Storage, sin: &Storage) -> Result<Storage>;
 }
