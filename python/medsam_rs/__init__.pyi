@@ -25,7 +25,7 @@ class Predictor:
         model_type: Optional[Literal["vit_b", "vit_l", "vit_h", "lite"]] = None,
         config: Optional[_Path] = None,
         device: str = "cpu",
-        precision: Literal["f32", "bf16"] = "f32",
+        precision: Literal["f32", "bf16", "int8"] = "f32",
         transform: Optional[Literal["medsam", "sam", "lite"]] = None,
     ) -> None: ...
     def set_image(self, image: _Array, image_format: Literal["RGB", "BGR"] = "RGB") -> None:

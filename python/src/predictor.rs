@@ -87,8 +87,9 @@ fn parse_precision(s: &str) -> PyResult<InferPrecision> {
     match s {
         "f32" | "float32" => Ok(InferPrecision::F32),
         "bf16" | "bfloat16" => Ok(InferPrecision::Bf16),
+        "int8" => Ok(InferPrecision::Int8),
         o => Err(value_err(format!(
-            "precision: unknown `{o}` (expected f32 or bf16)"
+            "precision: unknown `{o}` (expected f32, bf16 or int8)"
         ))),
     }
 }
@@ -166,10 +167,13 @@ impl Predictor {
         };
         let input = input.to_device(self.device)?;
         let bf16 = self.precision == InferPrecision::Bf16;
+        let int8 = self.precision == InferPrecision::Int8;
         let embedding = no_grad(|| {
-            autocast_bf16(bf16, || match &*self.model {
-                AnyModel::Sam(m) => m.image_encoder.forward(&input),
-                AnyModel::Lite(m) => m.image_encoder.forward(&input),
+            autocast_bf16(bf16, || {
+                medsam::ops::quant::autocast_int8(int8, || match &*self.model {
+                    AnyModel::Sam(m) => m.image_encoder.forward(&input),
+                    AnyModel::Lite(m) => m.image_encoder.forward(&input),
+                })
             })
         })?;
         Ok(Embedded {

@@ -253,6 +253,21 @@ def test_bf16_precision_close_to_f32(lite_ckpt, lite, image):
     assert np.corrcoef(got, want)[0, 1] > 0.99
 
 
+def test_int8_precision_close_to_f32(lite_ckpt, lite, image):
+    # int8 runs only with VNNI (else f32); either way the logits stay close to f32.
+    lite.set_image(image)
+    want = lite.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
+    p = medsam_rs.Predictor(lite_ckpt, config=LITE_CONFIG, precision="int8")
+    p.set_image(image)
+    got = p.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
+    assert np.corrcoef(got, want)[0, 1] > 0.99
+
+
+def test_unknown_precision_is_a_value_error(lite_ckpt):
+    with pytest.raises(ValueError, match="int8"):
+        medsam_rs.Predictor(lite_ckpt, config=LITE_CONFIG, precision="fp4")
+
+
 def test_stubs_cover_the_package():
     import ast
 
