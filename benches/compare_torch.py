@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side throughput: our kernels (benches/opbench.rs) vs PyTorch on CPU, same shapes.
 
-    /work/venv/bin/python benches/compare_torch.py [--ops mm_,linear] [--threads 2] [--rounds 3]
+    $MEDSAM_PYTHON benches/compare_torch.py [--ops mm_,linear] [--threads 2] [--rounds 3]
 
 Builds the `opbench` bench binary once (cargo bench --no-run), then for every selected op
 alternates torch and ours `--rounds` times (the order flips each round) so that load from other

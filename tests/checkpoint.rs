@@ -755,7 +755,7 @@ fn python() -> Option<String> {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
             eprintln!(
-                "SKIPPED: set MEDSAM_PYTHON to a python with torch (e.g. /work/venv/bin/python) \
+                "SKIPPED: set MEDSAM_PYTHON to a python with torch (e.g. a venv's bin/python) \
                  to check files written here with torch.load(weights_only=True)"
             );
             None

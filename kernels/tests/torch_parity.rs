@@ -10,8 +10,7 @@ use medsam_kernels::{activation, attention, conv, norm, resize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-const REGEN: &str =
-    "regenerate with `/work/venv/bin/python tests/fixtures/make_kernel_fixtures.py` \
+const REGEN: &str = "regenerate with `$MEDSAM_PYTHON tests/fixtures/make_kernel_fixtures.py` \
                      (or any Python with torch) from the repository root";
 
 fn fixture_dir() -> PathBuf {
