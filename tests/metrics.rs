@@ -340,3 +340,164 @@ fn sample_metrics_bundle() {
     let s0 = normalized_surface_dice(&gt, &pred, 16, 16, [1.0, 1.0], 0.5).unwrap();
     assert!(s0 < 1.0 && s0 > 0.5, "{s0}");
 }
+
+// ---- 3-D: DSC / NSD against DeepMind's surface-distance (tests/fixtures/make_metrics3d_fixtures.py)
+
+/// The uint8 `(d, h, w)` masks of `nsd3d_masks.npz`, by member name.
+fn read_masks_npz(path: &str) -> std::collections::BTreeMap<String, Vec<bool>> {
+    use std::io::Read;
+    let mut z = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).unwrap();
+        let name = f.name().trim_end_matches(".npy").to_string();
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).unwrap();
+        let arr = medsam::npy::parse_npy(&bytes, std::path::Path::new(path)).unwrap();
+        out.insert(name, arr.to_u8().unwrap().iter().map(|&v| v != 0).collect());
+    }
+    out
+}
+
+fn close(got: f64, exp: f64, tol: f64) -> bool {
+    (got.is_nan() && exp.is_nan()) || (got - exp).abs() <= tol
+}
+
+#[test]
+fn nsd3d_parity_with_surface_distance() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/metrics");
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/nsd3d_cases.json")).unwrap())
+            .unwrap();
+    let masks = read_masks_npz(&format!("{dir}/nsd3d_masks.npz"));
+    let cases = j["cases"].as_array().unwrap();
+    assert!(cases.len() >= 13);
+    let mut worst = 0.0f64;
+    for (i, c) in cases.iter().enumerate() {
+        let name = c["name"].as_str().unwrap();
+        let s: Vec<usize> = c["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let shape = [s[0], s[1], s[2]];
+        let sp: Vec<f64> = c["spacing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let spacing = [sp[0], sp[1], sp[2]];
+        let gt = &masks[&format!("case{i}_gt")];
+        let pred = &masks[&format!("case{i}_pred")];
+        let sd = compute_surface_distances_3d(gt, pred, shape, spacing).unwrap();
+        assert_eq!(
+            sd.surfel_areas_gt.len() as u64,
+            c["n_surfels_gt"].as_u64().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            sd.surfel_areas_pred.len() as u64,
+            c["n_surfels_pred"].as_u64().unwrap(),
+            "{name}"
+        );
+        let area_gt: f64 = sd.surfel_areas_gt.iter().sum();
+        let area_pred: f64 = sd.surfel_areas_pred.iter().sum();
+        assert!(
+            close(area_gt, opt(&c["area_gt"]), 1e-6),
+            "{name}: gt area {area_gt}"
+        );
+        assert!(
+            close(area_pred, opt(&c["area_pred"]), 1e-6),
+            "{name}: pred area {area_pred}"
+        );
+        for (t, exp) in c["tolerances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(c["nsd"].as_array().unwrap())
+        {
+            let t = t.as_f64().unwrap();
+            let m = volume_metrics(gt, pred, shape, spacing, t).unwrap();
+            let exp = opt(exp);
+            assert!(
+                close(m.nsd, exp, 1e-6),
+                "{name} NSD at {t} mm: rust {} vs python {exp}",
+                m.nsd
+            );
+            assert!(
+                close(m.dsc, opt(&c["dsc"]), 1e-12),
+                "{name} DSC: rust {} vs python {}",
+                m.dsc,
+                opt(&c["dsc"])
+            );
+            if !exp.is_nan() {
+                worst = worst.max((m.nsd - exp).abs());
+            }
+        }
+    }
+    println!(
+        "3-D NSD: worst |rust - surface-distance| = {worst:.2e} over {} cases",
+        cases.len()
+    );
+}
+
+#[test]
+fn nsd3d_empty_sets_follow_surface_distance() {
+    let shape = [3, 4, 5];
+    let empty = vec![false; 60];
+    let mut one = empty.clone();
+    one[27] = true;
+    // both empty: 0/0 = NaN (DSC and NSD); one empty: the other's distances are +inf → 0
+    let m = volume_metrics(&empty, &empty, shape, [1.0, 2.0, 3.0], 2.0).unwrap();
+    assert!(m.dsc.is_nan() && m.nsd.is_nan());
+    let m = volume_metrics(&one, &empty, shape, [1.0, 2.0, 3.0], 2.0).unwrap();
+    assert_eq!((m.dsc, m.nsd), (0.0, 0.0));
+    let sd = compute_surface_distances_3d(&empty, &one, shape, [1.0; 3]).unwrap();
+    assert!(sd.distances_gt_to_pred.is_empty());
+    assert!(sd.distances_pred_to_gt.iter().all(|d| d.is_infinite()));
+    // identical masks: NSD 1 at any tolerance, DSC 1
+    let m = volume_metrics(&one, &one, shape, [0.5, 0.5, 4.0], 0.0).unwrap();
+    assert_eq!((m.dsc, m.nsd), (1.0, 1.0));
+    // bad arguments are named
+    let e = volume_metrics(&one, &one, shape, [1.0, 0.0, 1.0], 2.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spacing"), "{e}");
+    let e = volume_metrics(&one, &one[..59], shape, [1.0; 3], 2.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pred"), "{e}");
+}
+
+#[test]
+fn edt3d_matches_brute_force() {
+    let shape = [5, 6, 7];
+    let spacing = [2.5, 0.7, 1.1];
+    let n = 5 * 6 * 7;
+    let feat: Vec<bool> = (0..n).map(|i| (i * 37 + 11) % 23 == 0).collect();
+    let got = euclidean_distance_to_3d(&feat, shape, spacing);
+    let coord = |i: usize| [i / 42, i / 7 % 6, i % 7];
+    for p in 0..n {
+        let cp = coord(p);
+        let want = (0..n)
+            .filter(|&q| feat[q])
+            .map(|q| {
+                let cq = coord(q);
+                (0..3)
+                    .map(|k| ((cp[k] as f64 - cq[k] as f64) * spacing[k]).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            (got[p] - want).abs() < 1e-12,
+            "point {p}: {} vs {want}",
+            got[p]
+        );
+    }
+    assert!(euclidean_distance_to_3d(&vec![false; n], shape, spacing)
+        .iter()
+        .all(|d| d.is_infinite()));
+}

@@ -125,6 +125,35 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
     })
 }
 
+/// Reads the label map of a CVPR24 challenge `.npz`: `gts` (D, H, W), integer labels 0–255.
+pub fn read_npz_labels(path: &Path) -> Result<((usize, usize, usize), Vec<u8>)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
+    let gts = npz_member(path, &mut zip, "gts")?
+        .ok_or_else(|| Error::file(path, "no `gts` array: a label .npz needs gts (D, H, W)"))?;
+    let &[d, h, w] = gts.shape.as_slice() else {
+        return Err(Error::file(
+            path,
+            format!(
+                "`gts` has shape {:?}; a 3D label map needs (D, H, W)",
+                gts.shape
+            ),
+        ));
+    };
+    let v = gts.to_f64();
+    if let Some(x) = v
+        .iter()
+        .find(|x| !(x.fract() == 0.0 && (0.0..=255.0).contains(*x)))
+    {
+        return Err(Error::file(
+            path,
+            format!("`gts` holds {x}; labels must be integers in 0..=255"),
+        ));
+    }
+    Ok(((d, h, w), v.iter().map(|&x| x as u8).collect()))
+}
+
 /// Reads a NIfTI volume as uint8: values already integers in 0–255 as they are, anything else
 /// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
 pub fn read_nifti_volume(path: &Path) -> Result<Volume> {

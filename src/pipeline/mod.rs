@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod data;
 pub mod eval;
+pub mod eval3d;
 pub mod infer;
 pub mod metrics;
 pub mod preprocess;

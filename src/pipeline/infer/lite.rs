@@ -202,10 +202,12 @@ pub fn segment_volume(
         let idx = u8::try_from(bi + 1)
             .map_err(|_| Error::arg("boxes", "at most 255 boxes per volume"))?;
         let [x0, y0, z0, x1, y1, z1] = *b;
-        if z0 >= z1 || z0 < 0 || z1 > d as i64 {
+        // Slices z0+1..z1 are segmented; z0 = -1 lets a caller include slice 0 (see
+        // `pipeline::eval3d`, which maps upstream's inclusive z bounds to this range).
+        if z0 >= z1 || z0 < -1 || z1 > d as i64 {
             return Err(Error::arg(
                 "boxes",
-                format!("box {bi}: z range {z0}..{z1} (need 0 ≤ z_min < z_max ≤ {d})"),
+                format!("box {bi}: z range {z0}..{z1} (need -1 ≤ z_min < z_max ≤ {d})"),
             ));
         }
         let mid_box = [x0 as f64, y0 as f64, x1 as f64, y1 as f64];
