@@ -218,3 +218,268 @@ fn missing_data_dir_is_named() {
         .to_string();
     assert!(e.contains("absent"), "{e}");
 }
+
+// ---- 3D volumes (`medsam::pipeline::eval3d`, `medsam eval` on .npz / NIfTI) ----
+
+#[path = "common/lite_fixture.rs"]
+mod lite_fixture;
+use medsam::npy::{encode_npy, NpyArray, NpyData};
+use medsam::pipeline::eval3d::{self, evaluate_volumes, Eval3dConfig};
+
+/// A `d × h × w` image and labels: an ellipsoid (label 1, bright) drifting with z and a cuboid
+/// (label 3, mid grey) on a gradient.
+fn synth_volume(d: usize, h: usize, w: usize) -> (Vec<u8>, Vec<u8>) {
+    let (mut img, mut gts) = (vec![0u8; d * h * w], vec![0u8; d * h * w]);
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                let i = (z * h + y) * w + x;
+                let r = ((z as f64 - 3.0) / 2.6).powi(2)
+                    + ((y as f64 - 10.0) / 6.0).powi(2)
+                    + ((x as f64 - 8.0 - z as f64) / 5.0).powi(2);
+                img[i] = (10 + (x + y) % 40) as u8;
+                if r <= 1.0 {
+                    gts[i] = 1;
+                    img[i] = 220;
+                } else if (1..4).contains(&z) && (2..6).contains(&y) && (17..22).contains(&x) {
+                    gts[i] = 3;
+                    img[i] = 120;
+                }
+            }
+        }
+    }
+    (img, gts)
+}
+
+fn npz_member(name: &'static str, shape: &[usize], data: NpyData) -> (&'static str, Vec<u8>) {
+    (
+        name,
+        encode_npy(&NpyArray::new(shape.to_vec(), data).unwrap()),
+    )
+}
+
+/// Runs `medsam eval` and returns its stdout, or panics with its stderr.
+fn medsam_eval(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
+        .arg("eval")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn volume_eval_npz_and_nifti_write_model_and_box_rows() {
+    let d = tmp("vol3d");
+    let (dd, h, w) = (7, 20, 24);
+    let (img, gts) = synth_volume(dd, h, w);
+    let spacing_xyz = [0.8, 0.7, 2.5];
+    std::fs::create_dir_all(d.join("npz")).unwrap();
+    medsam::io::volume::write_npz_members(
+        &d.join("npz/case_a.npz"),
+        &[
+            npz_member("imgs", &[dd, h, w], NpyData::U8(img.clone())),
+            npz_member("gts", &[dd, h, w], NpyData::U8(gts.clone())),
+            npz_member("spacing", &[3], NpyData::F64(spacing_xyz.to_vec())),
+        ],
+    )
+    .unwrap();
+    for sub in ["nii/imgs", "nii/labels"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let nii = medsam::io::nifti::write_nifti_gz;
+    nii(
+        d.join("nii/imgs/case_a_0000.nii.gz"),
+        [dd, h, w],
+        &img,
+        spacing_xyz,
+    )
+    .unwrap();
+    nii(
+        d.join("nii/labels/case_a.nii.gz"),
+        [dd, h, w],
+        &gts,
+        spacing_xyz,
+    )
+    .unwrap();
+    let ckpt = lite_fixture::tiny_lite_checkpoint(&d);
+    let cfg =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json");
+    let common = |out: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            "-c".into(),
+            ckpt.clone().into(),
+            "--model-config".into(),
+            cfg.clone().into(),
+            "--work-dir".into(),
+            d.join(out).into(),
+        ]
+    };
+    let mut csvs = Vec::new();
+    for (out, extra) in [
+        ("out_npz", vec![d.join("npz").into_os_string()]),
+        (
+            "out_nii",
+            vec![
+                d.join("nii/imgs").into_os_string(),
+                "--label-path".into(),
+                d.join("nii/labels").into_os_string(),
+            ],
+        ),
+    ] {
+        let mut args: Vec<std::ffi::OsString> = vec!["--data-path".into()];
+        args.extend(extra);
+        args.extend(common(out));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let o = medsam_eval(&refs);
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{out}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            stdout.contains("box DSC") && stdout.contains("1 volume(s), NSD at 2 mm"),
+            "{stdout}"
+        );
+        let csv = std::fs::read_to_string(d.join(out).join("metrics3d.csv")).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(out).join("metrics3d.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["model"], "lite");
+        assert!(
+            json["per_label"]["3"]["box_dsc"].as_f64().is_some(),
+            "{json}"
+        );
+        csvs.push(csv);
+    }
+    // The same volume and spacing through .npz and NIfTI: the same rows.
+    assert_eq!(csvs[0], csvs[1]);
+    let lines: Vec<&str> = csvs[0].lines().collect();
+    assert_eq!(lines[0], eval3d::CSV_HEADER_3D);
+    let methods: Vec<(&str, &str)> = lines[1..]
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1], f[2])
+        })
+        .collect();
+    assert_eq!(
+        methods,
+        [("1", "lite"), ("1", "box"), ("3", "lite"), ("3", "box")]
+    );
+    // Box rows: the library's metrics of the filled GT box, spacing along (z, y, x).
+    for (row, label) in [(2, 1u8), (4, 3)] {
+        let f: Vec<&str> = lines[row].split(',').collect();
+        let b = eval3d::gt_boxes(&gts, (dd, h, w))
+            .into_iter()
+            .find(|g| g.label == label)
+            .unwrap();
+        let gt: Vec<bool> = gts.iter().map(|&l| l == label).collect();
+        let bx = eval3d::box_volume(&b.bounds, (dd, h, w));
+        let m =
+            medsam::metrics::volume_metrics(&gt, &bx, [dd, h, w], [2.5, 0.7, 0.8], 2.0).unwrap();
+        assert_eq!(f[3], format!("{:.6}", m.dsc), "{}", lines[row]);
+        assert_eq!(f[4], format!("{:.6}", m.nsd), "{}", lines[row]);
+        // the ellipsoid only partly fills its box; the cuboid fills it
+        assert!(
+            if label == 1 {
+                m.dsc < 0.9
+            } else {
+                m.dsc == 1.0
+            },
+            "{m:?}"
+        );
+    }
+    // Model rows: the library's evaluation with the same model gives the same CSV.
+    let model = match medsam::weights::load_any_model(&ckpt, None, Some(&cfg), Device::Cpu).unwrap()
+    {
+        (medsam::weights::AnyModel::Lite(m), _) => m,
+        _ => panic!("tiny checkpoint taken for SAM"),
+    };
+    let c = Eval3dConfig {
+        data_path: d.join("npz"),
+        work_dir: d.join("out_lib"),
+        ..Eval3dConfig::default()
+    };
+    let mut seg = eval3d::lite_segmenter(&model);
+    let out = evaluate_volumes(&c, "lite", &mut seg, &SingleProcess, &mut |_, _| {}).unwrap();
+    assert_eq!(std::fs::read_to_string(&out.csv).unwrap(), csvs[0]);
+    assert_eq!(out.rows.len(), 4);
+}
+
+#[test]
+fn volume_eval_bad_inputs_are_named() {
+    let d = tmp("vol3d-bad");
+    let (img, gts) = synth_volume(5, 12, 26);
+    let nii = medsam::io::nifti::write_nifti_gz;
+    for sub in ["imgs", "labels", "empty", "short"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    nii(d.join("imgs/a.nii.gz"), [5, 12, 26], &img, [1.0, 1.0, 3.0]).unwrap();
+    nii(
+        d.join("labels/a.nii.gz"),
+        [5, 12, 26],
+        &gts,
+        [1.0, 1.0, 3.0],
+    )
+    .unwrap();
+    nii(
+        d.join("empty/a.nii.gz"),
+        [5, 12, 26],
+        &vec![0u8; gts.len()],
+        [1.0; 3],
+    )
+    .unwrap();
+    nii(
+        d.join("short/a.nii.gz"),
+        [4, 12, 26],
+        &gts[..4 * 12 * 26],
+        [1.0; 3],
+    )
+    .unwrap();
+    // A model that finds nothing: its rows score 0 (one surface empty), the box rows do not.
+    let mut nothing = |v: &eval3d::LoadedVolume, _: &[eval3d::GtBox]| Ok(vec![0u8; v.labels.len()]);
+    let run = |labels: &str, seg: &mut eval3d::Segmenter<'_>| {
+        let c = Eval3dConfig {
+            data_path: d.join("imgs"),
+            label_path: Some(d.join(labels)),
+            work_dir: d.join(format!("out_{labels}")),
+            ..Eval3dConfig::default()
+        };
+        evaluate_volumes(&c, "none", seg, &SingleProcess, &mut |_, _| {})
+    };
+    let out = run("labels", &mut nothing).unwrap();
+    for r in &out.rows {
+        if r.method == "none" {
+            assert_eq!((r.metrics.dsc, r.metrics.nsd, r.pred_voxels), (0.0, 0.0, 0));
+        } else {
+            assert!(r.metrics.nsd > 0.0, "{r:?}");
+        }
+    }
+    let mut err = |labels: &str| run(labels, &mut nothing).err().expect(labels).to_string();
+    let e = err("empty");
+    assert!(
+        e.contains("no foreground voxels") && e.contains("empty/a.nii.gz"),
+        "{e}"
+    );
+    let e = err("short");
+    assert!(e.contains("4×12×26") && e.contains("5×12×26"), "{e}");
+    std::fs::rename(d.join("labels/a.nii.gz"), d.join("labels/b.nii.gz")).unwrap();
+    let e = err("labels");
+    assert!(
+        e.contains("no label for image") && e.contains("a.nii.gz"),
+        "{e}"
+    );
+    // The CLI: a NIfTI image without labels, and a SAM checkpoint on volumes.
+    let o = medsam_eval(&[
+        "--data-path".as_ref(),
+        d.join("imgs/a.nii.gz").as_os_str(),
+        "-c".as_ref(),
+        d.join("none.pth").as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("--label-path"),
+        "{stderr}"
+    );
+}

@@ -9,10 +9,10 @@
 
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
-use lite_fixture::det_value;
+use lite_fixture::tiny_lite_checkpoint as tiny_checkpoint;
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
-use medsam::model::lite::{LiteConfig, LiteMedSam};
+use medsam::model::lite::LiteMedSam;
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
 use std::collections::BTreeMap;
@@ -33,23 +33,6 @@ fn tmpdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Writes the tiny LiteMedSAM checkpoint into `dir` and returns its path.
-fn tiny_checkpoint(dir: &Path) -> PathBuf {
-    let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
-    let mut m = LiteMedSam::new(&cfg, 0, Device::Cpu).unwrap();
-    let sd: Vec<(String, TensorData)> = m
-        .state_dict()
-        .into_iter()
-        .map(|(k, t)| {
-            let v = det_value(&k, t.shape());
-            (k, TensorData::from_f32(t.shape().to_vec(), &v))
-        })
-        .collect();
-    let path = dir.join("tiny_lite.pth");
-    save_pth(&path, &Value::from_state_dict(sd)).unwrap();
-    path
 }
 
 /// The model as the library loads it from the same checkpoint.

@@ -636,6 +636,13 @@ pub fn encode_npy_u8(shape: &[usize], data: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// The bytes of a `.npy` file holding `array` (little-endian, C order), e.g. for an `.npz` member.
+pub fn encode_npy(array: &NpyArray) -> Vec<u8> {
+    let mut bytes = build_header(array.data.descr(), &array.shape);
+    bytes.extend_from_slice(&array.data.to_le_bytes());
+    bytes
+}
+
 /// Writes u8 data of `shape` (C order).
 pub fn write_npy_u8(path: impl AsRef<Path>, shape: &[usize], data: &[u8]) -> Result<()> {
     write_raw(path.as_ref(), "|u1", shape, data.len(), data)

@@ -222,15 +222,23 @@ pub fn write_npz_segs(path: &Path, shape: (usize, usize, usize), segs: &[u8]) ->
         ));
     }
     let member = npy::encode_npy_u8(&[d, h, w], segs);
+    write_npz_members(path, &[("segs", member)])
+}
+
+/// Writes `.npy` members (`name` → `name.npy`, bytes from [`npy::encode_npy`]) as a deflated
+/// `.npz` (`np.savez_compressed` layout), atomically.
+pub fn write_npz_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()> {
     let zipped = (|| -> zip::result::ZipResult<Vec<u8>> {
         let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .large_file(member.len() >= u32::MAX as usize);
-        z.start_file("segs.npy", opts)?;
-        z.write_all(&member)?;
+        for (name, member) in members {
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .large_file(member.len() >= u32::MAX as usize);
+            z.start_file(format!("{name}.npy"), opts)?;
+            z.write_all(member)?;
+        }
         Ok(z.finish()?.into_inner())
     })()
-    .map_err(|e| Error::file(path, format!("zipping segs.npy: {e}")))?;
+    .map_err(|e| Error::file(path, format!("zipping the .npz members: {e}")))?;
     write_bytes_atomic(path, &zipped).map_err(|e| Error::io(path, e))
 }

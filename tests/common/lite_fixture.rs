@@ -41,3 +41,28 @@ pub fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
         map(&|v| v * s)
     }
 }
+
+/// Writes the tiny LiteMedSAM checkpoint (config `tests/fixtures/lite/tiny_lite_config.json`,
+/// parameters from [`det_value`]) into `dir` as `tiny_lite.pth` and returns its path.
+#[allow(dead_code)] // not every test binary that includes this file writes checkpoints
+pub fn tiny_lite_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
+    use medsam::checkpoint::{save_pth, TensorData, Value};
+    use medsam::model::lite::{LiteConfig, LiteMedSam};
+    let cfg = LiteConfig::from_json_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/lite/tiny_lite_config.json"),
+    )
+    .unwrap();
+    let mut m = LiteMedSam::new(&cfg, 0, medsam::Device::Cpu).unwrap();
+    let sd: Vec<(String, TensorData)> = m
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| {
+            let v = det_value(&k, t.shape());
+            (k, TensorData::from_f32(t.shape().to_vec(), &v))
+        })
+        .collect();
+    let path = dir.join("tiny_lite.pth");
+    save_pth(&path, &Value::from_state_dict(sd)).unwrap();
+    path
+}
