@@ -466,18 +466,34 @@ pub fn compute_surface_distances<A: MaskValue, B: MaskValue>(
     let border_pred: Vec<bool> = code_pred.iter().map(|&c| is_border(c)).collect();
     let dist_gt = euclidean_distance_to(&border_gt, rows, cols, spacing[0], spacing[1]);
     let dist_pred = euclidean_distance_to(&border_pred, rows, cols, spacing[0], spacing[1]);
+    Ok(gather_surfels(
+        [&code_gt, &code_pred],
+        [&border_gt, &border_pred],
+        [&dist_gt, &dist_pred],
+        &table,
+    ))
+}
+
+/// The surfels of both masks with their distance to the other mask's surface and their area:
+/// `codes`, `borders` and `dists` (distance to that mask's surface) are `[gt, pred]` grids.
+fn gather_surfels(
+    codes: [&[u8]; 2],
+    borders: [&[bool]; 2],
+    dists: [&[f64]; 2],
+    table: &[f64],
+) -> SurfaceDistances {
     let mut sd = SurfaceDistances::default();
-    for i in 0..rows * cols {
-        if border_gt[i] {
-            sd.distances_gt_to_pred.push(dist_pred[i]);
-            sd.surfel_areas_gt.push(table[code_gt[i] as usize]);
+    for i in 0..borders[0].len() {
+        if borders[0][i] {
+            sd.distances_gt_to_pred.push(dists[1][i]);
+            sd.surfel_areas_gt.push(table[codes[0][i] as usize]);
         }
-        if border_pred[i] {
-            sd.distances_pred_to_gt.push(dist_gt[i]);
-            sd.surfel_areas_pred.push(table[code_pred[i] as usize]);
+        if borders[1][i] {
+            sd.distances_pred_to_gt.push(dists[0][i]);
+            sd.surfel_areas_pred.push(table[codes[1][i] as usize]);
         }
     }
-    Ok(sd)
+    sd
 }
 
 /// `compute_surface_dice_at_tolerance`: (in-tolerance gt area + in-tolerance
@@ -1224,18 +1240,12 @@ pub fn compute_surface_distances_3d<A: MaskValue, B: MaskValue>(
     let table = surface_area_table_3d(spacing);
     let dist_gt = euclidean_distance_to_3d(&border_gt, grid, spacing);
     let dist_pred = euclidean_distance_to_3d(&border_pred, grid, spacing);
-    let mut sd = SurfaceDistances::default();
-    for i in 0..border_gt.len() {
-        if border_gt[i] {
-            sd.distances_gt_to_pred.push(dist_pred[i]);
-            sd.surfel_areas_gt.push(table[code_gt[i] as usize]);
-        }
-        if border_pred[i] {
-            sd.distances_pred_to_gt.push(dist_gt[i]);
-            sd.surfel_areas_pred.push(table[code_pred[i] as usize]);
-        }
-    }
-    Ok(sd)
+    Ok(gather_surfels(
+        [&code_gt, &code_pred],
+        [&border_gt, &border_pred],
+        [&dist_gt, &dist_pred],
+        &table,
+    ))
 }
 
 /// 3-D DSC and NSD at `tolerance` mm (`compute_dice_coefficient` and
