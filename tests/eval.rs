@@ -456,7 +456,7 @@ fn volume_eval_bad_inputs_are_named() {
             assert!(r.metrics.nsd > 0.0, "{r:?}");
         }
     }
-    let mut err = |labels: &str| run(labels, &mut nothing).err().expect(labels).to_string();
+    let mut err = |labels: &str| run(labels, &mut nothing).expect_err(labels).to_string();
     let e = err("empty");
     assert!(
         e.contains("no foreground voxels") && e.contains("empty/a.nii.gz"),
@@ -481,5 +481,48 @@ fn volume_eval_bad_inputs_are_named() {
     assert!(
         !o.status.success() && stderr.contains("--label-path"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn volume_eval_dicom_series_with_nifti_label() {
+    let d = tmp("vol3d-dicom");
+    let series_dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_case01");
+    let series = medsam::io::dicom::read_series(&series_dir, None).unwrap();
+    let [dd, h, w] = series.volume.shape;
+    let mut gts = vec![0u8; dd * h * w];
+    for z in 1..dd.min(4) {
+        for y in h / 4..h / 2 {
+            for x in w / 4..w / 2 {
+                gts[(z * h + y) * w + x] = 2;
+            }
+        }
+    }
+    let label = d.join("ct_case01.nii.gz");
+    medsam::io::nifti::write_nifti_gz(&label, [dd, h, w], &gts, series.geometry.spacing).unwrap();
+    let ckpt = lite_fixture::tiny_lite_checkpoint(&d);
+    let cfg =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json");
+    let o = medsam_eval(&[
+        "--data-path".as_ref(),
+        series_dir.as_os_str(),
+        "--label-path".as_ref(),
+        label.as_os_str(),
+        "-c".as_ref(),
+        ckpt.as_os_str(),
+        "--model-config".as_ref(),
+        cfg.as_os_str(),
+        "--work-dir".as_ref(),
+        d.join("out").as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(d.join("out/metrics3d.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows[0].starts_with("ct_case01,2,lite,")
+            && rows[1].starts_with("ct_case01,2,box,1.000000,1.000000"),
+        "{csv}"
     );
 }

@@ -479,7 +479,7 @@ fn edt3d_matches_brute_force() {
     let feat: Vec<bool> = (0..n).map(|i| (i * 37 + 11) % 23 == 0).collect();
     let got = euclidean_distance_to_3d(&feat, shape, spacing);
     let coord = |i: usize| [i / 42, i / 7 % 6, i % 7];
-    for p in 0..n {
+    for (p, &g) in got.iter().enumerate() {
         let cp = coord(p);
         let want = (0..n)
             .filter(|&q| feat[q])
