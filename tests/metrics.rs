@@ -491,11 +491,7 @@ fn edt3d_matches_brute_force() {
                     .sqrt()
             })
             .fold(f64::INFINITY, f64::min);
-        assert!(
-            (got[p] - want).abs() < 1e-12,
-            "point {p}: {} vs {want}",
-            got[p]
-        );
+        assert!((g - want).abs() < 1e-12, "point {p}: {g} vs {want}");
     }
     assert!(euclidean_distance_to_3d(&vec![false; n], shape, spacing)
         .iter()
