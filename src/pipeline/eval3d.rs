@@ -516,7 +516,8 @@ fn csv_line(r: &Row3d) -> String {
         if v.is_nan() {
             "nan".to_string()
         } else {
-            format!("{v:.6}")
+            // + 0.0: an empty f64 sum is -0.0, which would print as "-0.000000"
+            format!("{:.6}", v + 0.0)
         }
     };
     let name = if r.volume.contains([',', '"', '\n', '\r']) {
