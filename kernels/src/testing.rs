@@ -72,3 +72,56 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         );
     }
 }
+
+/// Lengths of (x, w, y) for a conv2d (`transpose = false`) or conv_transpose2d geometry.
+pub fn conv_sizes(g: &crate::conv::Conv2dGeom, transpose: bool) -> (usize, usize, usize) {
+    let (oh, ow) = if transpose {
+        g.transpose_out_hw()
+    } else {
+        g.out_hw()
+    };
+    let w_per_group = if transpose { g.c_out } else { g.c_in } / g.groups;
+    let w_rows = if transpose { g.c_in } else { g.c_out };
+    let x = g.n * g.c_in * g.h * g.w;
+    (
+        x,
+        w_rows * w_per_group * g.kh * g.kw,
+        g.n * g.c_out * oh * ow,
+    )
+}
+
+/// `[y, dx, dw, db]` of conv2d or conv_transpose2d from the fast (`fast`) or the reference
+/// implementation. The outputs start filled with 7.0, so a pass that fails to overwrite shows.
+pub fn conv_passes(
+    fast: bool,
+    transpose: bool,
+    g: crate::conv::Conv2dGeom,
+    [x, w, b, dy]: [&[f32]; 4],
+) -> [Vec<f32>; 4] {
+    use crate::conv::{self, reference};
+    let (nx, nw, ny) = conv_sizes(&g, transpose);
+    let [mut y, mut dx, mut dw, mut db] = [ny, nx, nw, g.c_out].map(|n| vec![7.0f32; n]);
+    // The three passes of one module's conv2d or conv_transpose2d.
+    macro_rules! passes {
+        ($m:ident: $fwd:ident, $bwd_x:ident, $bwd_w:ident) => {{
+            $m::$fwd(g, x, w, Some(b), &mut y);
+            $m::$bwd_x(g, w, dy, &mut dx);
+            $m::$bwd_w(g, x, dy, &mut dw, Some(&mut db));
+        }};
+    }
+    match (fast, transpose) {
+        (true, false) => {
+            passes! { conv: conv2d_forward, conv2d_backward_input, conv2d_backward_weight }
+        }
+        (false, false) => {
+            passes! { reference: conv2d_forward, conv2d_backward_input, conv2d_backward_weight }
+        }
+        (true, true) => {
+            passes! { conv: conv_transpose2d_forward, conv_transpose2d_backward_input, conv_transpose2d_backward_weight }
+        }
+        (false, true) => {
+            passes! { reference: conv_transpose2d_forward, conv_transpose2d_backward_input, conv_transpose2d_backward_weight }
+        }
+    }
+    [y, dx, dw, db]
+}

@@ -6,6 +6,7 @@
 //! output is a sum of ≤ ~100 terms, so agreement to 1e-4 absolute + 1e-4 relative is expected and
 //! any semantic difference (padding, bias layout, clamping, scaling) is far larger.
 
+use medsam_kernels::testing::conv_passes;
 use medsam_kernels::{activation, attention, conv, norm, resize};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -101,32 +102,7 @@ fn conv_case(c: &Case, transpose: bool) {
     let (x, w, b, dy) = (c.t("x"), c.t("w"), c.t("b"), c.t("dy"));
     for fast in [false, true] {
         let what = if fast { "fast" } else { "reference" };
-        let mut y = vec![0.0; c.t("y").len()];
-        let mut dx = vec![0.0; x.len()];
-        let mut dw = vec![0.0; w.len()];
-        let mut db = vec![0.0; b.len()];
-        match (transpose, fast) {
-            (false, true) => {
-                conv::conv2d_forward(g, x, w, Some(b), &mut y);
-                conv::conv2d_backward_input(g, w, dy, &mut dx);
-                conv::conv2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-            (false, false) => {
-                conv::reference::conv2d_forward(g, x, w, Some(b), &mut y);
-                conv::reference::conv2d_backward_input(g, w, dy, &mut dx);
-                conv::reference::conv2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-            (true, true) => {
-                conv::conv_transpose2d_forward(g, x, w, Some(b), &mut y);
-                conv::conv_transpose2d_backward_input(g, w, dy, &mut dx);
-                conv::conv_transpose2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-            (true, false) => {
-                conv::reference::conv_transpose2d_forward(g, x, w, Some(b), &mut y);
-                conv::reference::conv_transpose2d_backward_input(g, w, dy, &mut dx);
-                conv::reference::conv_transpose2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-        }
+        let [y, dx, dw, db] = conv_passes(fast, transpose, g, [x, w, b, dy]);
         c.check(what, &y, "y");
         c.check(what, &dx, "dx");
         c.check(what, &dw, "dw");
