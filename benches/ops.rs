@@ -88,18 +88,7 @@ mod npu {
         p: usize,
         g: usize,
     ) -> Conv2dGeom {
-        Conv2dGeom {
-            n: 1,
-            c_in: c,
-            h: hw,
-            w: hw,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: (s, s),
-            pad: (p, p),
-            groups: g,
-        }
+        Conv2dGeom::new([1, c, hw, hw], c_out, (k, k), (s, s), (p, p), g)
     }
 
     /// `(name, flops per call, inputs + op)`; each op's result is dropped after the sync.

@@ -166,18 +166,14 @@ fn conv_op(name: &'static str, g: Conv2dGeom, transpose: bool) -> Op {
 }
 
 fn geom(c_in: usize, hw: usize, c_out: usize, kk: usize, stride: usize, pad: usize) -> Conv2dGeom {
-    Conv2dGeom {
-        n: 1,
-        c_in,
-        h: hw,
-        w: hw,
+    Conv2dGeom::new(
+        [1, c_in, hw, hw],
         c_out,
-        kh: kk,
-        kw: kk,
-        stride: (stride, stride),
-        pad: (pad, pad),
-        groups: 1,
-    }
+        (kk, kk),
+        (stride, stride),
+        (pad, pad),
+        1,
+    )
 }
 
 /// Every benchmarked op, GEMMs first.

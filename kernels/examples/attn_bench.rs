@@ -3,30 +3,7 @@
 use medsam_kernels::attention::{self, AttnDims, RelPosBias};
 use std::time::Instant;
 
-fn vecr(n: usize, s: u32) -> Vec<f32> {
-    let mut x = s.wrapping_mul(2654435761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Process CPU time (user + system) in seconds, from /proc/self/stat (100 Hz ticks).
-fn cpu_time() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
+use medsam_kernels::testing::{cpu_time, data_u32 as vecr};
 
 /// (median wall s, mean CPU s) per call.
 fn med<F: FnMut()>(reps: usize, mut f: F) -> (f64, f64) {

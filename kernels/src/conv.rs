@@ -28,6 +28,29 @@ pub struct Conv2dGeom {
 }
 
 impl Conv2dGeom {
+    /// `[n, c_in, h, w]` input, `c_out` channels, `(kh, kw)` kernel, `(sh, sw)` stride,
+    /// `(ph, pw)` padding, `groups` groups: the fields in one line.
+    pub fn new(
+        [n, c_in, h, w]: [usize; 4],
+        c_out: usize,
+        (kh, kw): (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+        groups: usize,
+    ) -> Self {
+        Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            pad,
+            groups,
+        }
+    }
     /// Output height and width of conv2d.
     pub fn out_hw(&self) -> (usize, usize) {
         (

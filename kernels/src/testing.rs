@@ -62,6 +62,34 @@ pub fn data_star(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `n` values in [-1, 1] from xorshift32 (13, 17, 5) seeded with `seed·2654435761`: the timing
+/// examples' data.
+pub fn data_u32(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Process CPU time (user + system) in seconds, from /proc/self/stat (100 Hz ticks); 0 where
+/// that file cannot be read. Unlike wall time it is little disturbed by other load.
+pub fn cpu_time() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
 /// Panics naming the first element where `|got − want| > atol + rtol·|want|`.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");

@@ -68,18 +68,8 @@ fn geom_strategy(transpose: bool) -> impl Strategy<Value = Conv2dGeom> {
                 } else {
                     (cig * groups, cog * groups)
                 };
-                let g = Conv2dGeom {
-                    n,
-                    c_in,
-                    h,
-                    w,
-                    c_out,
-                    kh,
-                    kw,
-                    stride: (sh, sw),
-                    pad: (ph, pw),
-                    groups,
-                };
+                let g =
+                    Conv2dGeom::new([n, c_in, h, w], c_out, (kh, kw), (sh, sw), (ph, pw), groups);
                 if transpose {
                     let ok = ph < kh
                         && pw < kw
@@ -108,18 +98,7 @@ proptest! {
 }
 
 fn geom(c_in: usize, hw: usize, c_out: usize, k: usize, s: usize, p: usize) -> Conv2dGeom {
-    Conv2dGeom {
-        n: 1,
-        c_in,
-        h: hw,
-        w: hw,
-        c_out,
-        kh: k,
-        kw: k,
-        stride: (s, s),
-        pad: (p, p),
-        groups: 1,
-    }
+    Conv2dGeom::new([1, c_in, hw, hw], c_out, (k, k), (s, s), (p, p), 1)
 }
 
 #[test]
@@ -139,18 +118,7 @@ fn sam_shapes_in_miniature() {
 fn conv_gradient_finite_difference() {
     // conv is bilinear in (x, w): central differences of L = Σ g·y are exact up to rounding.
     for transpose in [false, true] {
-        let g = Conv2dGeom {
-            n: 2,
-            c_in: 2,
-            h: 4,
-            w: 5,
-            c_out: 3,
-            kh: 3,
-            kw: 2,
-            stride: (2, 1),
-            pad: (1, 1),
-            groups: 1,
-        };
+        let g = Conv2dGeom::new([2, 2, 4, 5], 3, (3, 2), (2, 1), (1, 1), 1);
         let (nx, nw, ny) = conv_sizes(&g, transpose);
         let mut r = Rng(21);
         let (x, w, b, gy) = (

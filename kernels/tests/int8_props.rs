@@ -15,18 +15,7 @@ use medsam_kernels::gemm::Epilogue;
 use proptest::prelude::*;
 
 /// Deterministic pseudo-random data in [-1, 1) (xorshift64*).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            (r >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use medsam_kernels::testing::data_star as fill;
 
 fn kernels() -> Vec<Int8Kernel> {
     Int8Kernel::ALL

@@ -87,18 +87,16 @@ impl Case {
 }
 
 fn conv_case(c: &Case, transpose: bool) {
-    let g = conv::Conv2dGeom {
-        n: c.p(0),
-        c_in: c.p(1),
-        h: c.p(2),
-        w: c.p(3),
-        c_out: c.p(4),
-        kh: c.p(5),
-        kw: c.p(6),
-        stride: (c.p(7), c.p(8)),
-        pad: (c.p(9), c.p(10)),
-        groups: c.p(11),
-    };
+    let p: Vec<usize> = (0..12).map(|i| c.p(i)).collect();
+    let shape = [p[0], p[1], p[2], p[3]];
+    let g = conv::Conv2dGeom::new(
+        shape,
+        p[4],
+        (p[5], p[6]),
+        (p[7], p[8]),
+        (p[9], p[10]),
+        p[11],
+    );
     let (x, w, b, dy) = (c.t("x"), c.t("w"), c.t("b"), c.t("dy"));
     for fast in [false, true] {
         let what = if fast { "fast" } else { "reference" };
