@@ -131,13 +131,7 @@ mod npu {
                 name,
                 4.0 * (bh * nq * nq * d) as f64,
                 Box::new(move |b| {
-                    let dims = AttnDims {
-                        bh,
-                        nq,
-                        nk: nq,
-                        d,
-                        dv: d,
-                    };
+                    let dims = AttnDims::new(bh, nq, nq, d, d);
                     let rel = medsam::backend::RelPos {
                         rel_h: &rh,
                         rel_w: &rw,
@@ -170,13 +164,7 @@ mod npu {
             "attn_decoder_cross",
             4.0 * (bh * nq * nk * d) as f64,
             Box::new(move |b| {
-                let dims = AttnDims {
-                    bh,
-                    nq,
-                    nk,
-                    d,
-                    dv: d,
-                };
+                let dims = AttnDims::new(bh, nq, nk, d, d);
                 let args = AttnArgs {
                     dims,
                     scale: 0.25,

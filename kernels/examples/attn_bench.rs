@@ -1,23 +1,15 @@
 //! Attention fwd/bwd timing at SAM shapes: `cargo run --release -p medsam-kernels --example attn_bench -- [case] [reps]`.
 //! Prints median wall ms per call and GFLOP/s (fwd 4·bh·nq·nk·d, bwd 2.5× that).
 use medsam_kernels::attention::{self, AttnDims, RelPosBias};
-use std::time::Instant;
 
-use medsam_kernels::testing::{cpu_time, data_u32 as vecr};
+use medsam_kernels::testing::{cpu_time, data_u32 as vecr, sorted_times};
 
 /// (median wall s, mean CPU s) per call.
 fn med<F: FnMut()>(reps: usize, mut f: F) -> (f64, f64) {
     f();
     let c0 = cpu_time();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
+    let t = sorted_times(reps, &mut f);
     let c = (cpu_time() - c0) / reps as f64;
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (t[reps / 2], c)
 }
 
@@ -30,13 +22,7 @@ fn run(
     kside: Option<(usize, usize)>,
     reps: usize,
 ) {
-    let dims = AttnDims {
-        bh,
-        nq,
-        nk,
-        d,
-        dv: d,
-    };
+    let dims = AttnDims::new(bh, nq, nk, d, d);
     let (q, k, v) = (
         vecr(bh * nq * d, 1),
         vecr(bh * nk * d, 2),

@@ -23,13 +23,7 @@ fn time<F: FnMut()>(name: &str, reps: usize, mut f: F) -> f64 {
 }
 
 fn attn(name: &str, bh: usize, n: usize, d: usize, kside: usize, bias: bool, refheads: usize) {
-    let dims = attention::AttnDims {
-        bh,
-        nq: n,
-        nk: n,
-        d,
-        dv: d,
-    };
+    let dims = attention::AttnDims::new(bh, n, n, d, d);
     let (q, k, v) = (
         vecr(bh * n * d, 1),
         vecr(bh * n * d, 2),
@@ -121,32 +115,13 @@ fn main() {
         });
         let x2 = vecr(256 * 4096, 4);
         let mut y2 = vec![0.0; 256 * 4096];
+        let (g2, b2) = (&g[..256], &b[..256]);
         time("layer_norm2d fwd fast 256x64x64", 5, || {
-            norm::layer_norm2d_forward(
-                1,
-                256,
-                4096,
-                &x2,
-                &g[..256],
-                &b[..256],
-                1e-6,
-                &mut y2,
-                &mut m,
-                &mut r,
-            )
+            norm::layer_norm2d_forward(1, 256, 4096, &x2, g2, b2, 1e-6, &mut y2, &mut m, &mut r)
         });
         time("layer_norm2d fwd ref  256x64x64", 2, || {
             norm::reference::layer_norm2d_forward(
-                1,
-                256,
-                4096,
-                &x2,
-                &g[..256],
-                &b[..256],
-                1e-6,
-                &mut y2,
-                &mut m,
-                &mut r,
+                1, 256, 4096, &x2, g2, b2, 1e-6, &mut y2, &mut m, &mut r,
             )
         });
         let xg = vecr(4096 * 3072, 7);

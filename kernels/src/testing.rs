@@ -90,6 +90,19 @@ pub fn cpu_time() -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// Wall seconds of `reps` calls of `f`, one a call, sorted ascending.
+pub fn sorted_times(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = std::time::Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    t
+}
+
 /// Panics naming the first element where `|got − want| > atol + rtol·|want|`.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");

@@ -160,38 +160,20 @@ proptest! {
 #[test]
 fn sam_window_shape() {
     // One windowed-attention head: 14×14 tokens, d = 64, rel-pos over 14×14 (nk = 196 → 4 tiles).
-    let dims = AttnDims {
-        bh: 2,
-        nq: 196,
-        nk: 196,
-        d: 64,
-        dv: 64,
-    };
+    let dims = AttnDims::new(2, 196, 196, 64, 64);
     compare(&Case::new(dims, 14, 14, true, 77));
 }
 
 #[test]
 fn decoder_cross_attention_shape() {
     // Token→image cross-attention: nq = 7, nk = 16×16, d = 16, no bias.
-    let dims = AttnDims {
-        bh: 8,
-        nq: 7,
-        nk: 256,
-        d: 16,
-        dv: 16,
-    };
+    let dims = AttnDims::new(8, 7, 256, 16, 16);
     compare(&Case::new(dims, 1, 256, false, 78));
 }
 
 #[test]
 fn attention_gradient_finite_difference() {
-    let dims = AttnDims {
-        bh: 2,
-        nq: 5,
-        nk: 6,
-        d: 3,
-        dv: 4,
-    };
+    let dims = AttnDims::new(2, 5, 6, 3, 4);
     let base = Case::new(dims, 2, 3, true, 99);
     let [_, _, dq, dk, dv, dh, dw] = base.run(true);
     let loss = |c: &Case| {
@@ -257,79 +239,13 @@ fn multi_block_shapes() {
     // Several query blocks, several key blocks (forward and backward), several dK/dV groups per
     // head, a partial last block of each, and d/dv that are not multiples of the vector width.
     for (dims, kh, kw, biased) in [
-        (
-            AttnDims {
-                bh: 1,
-                nq: 300,
-                nk: 600,
-                d: 24,
-                dv: 40,
-            },
-            20,
-            30,
-            true,
-        ),
+        (AttnDims::new(1, 300, 600, 24, 40), 20, 30, true),
         // Bias rows longer than 32 (looked up by gather) and rows of whole 16-key chunks.
-        (
-            AttnDims {
-                bh: 1,
-                nq: 40,
-                nk: 3 * 40,
-                d: 16,
-                dv: 8,
-            },
-            3,
-            40,
-            true,
-        ),
-        (
-            AttnDims {
-                bh: 1,
-                nq: 33,
-                nk: 35 * 2,
-                d: 8,
-                dv: 8,
-            },
-            35,
-            2,
-            true,
-        ),
-        (
-            AttnDims {
-                bh: 2,
-                nq: 50,
-                nk: 40 * 16,
-                d: 16,
-                dv: 16,
-            },
-            40,
-            16,
-            true,
-        ),
-        (
-            AttnDims {
-                bh: 3,
-                nq: 270,
-                nk: 530,
-                d: 17,
-                dv: 17,
-            },
-            1,
-            530,
-            false,
-        ),
-        (
-            AttnDims {
-                bh: 2,
-                nq: 129,
-                nk: 7,
-                d: 16,
-                dv: 16,
-            },
-            1,
-            7,
-            false,
-        ),
+        (AttnDims::new(1, 40, 3 * 40, 16, 8), 3, 40, true),
+        (AttnDims::new(1, 33, 35 * 2, 8, 8), 35, 2, true),
+        (AttnDims::new(2, 50, 40 * 16, 16, 16), 40, 16, true),
+        (AttnDims::new(3, 270, 530, 17, 17), 1, 530, false),
+        (AttnDims::new(2, 129, 7, 16, 16), 1, 7, false),
     ] {
         compare(&Case::new(dims, kh, kw, biased, 5));
     }
@@ -337,13 +253,7 @@ fn multi_block_shapes() {
 
 #[test]
 fn portable_path_matches_reference() {
-    let dims = AttnDims {
-        bh: 2,
-        nq: 70,
-        nk: 90,
-        d: 20,
-        dv: 12,
-    };
+    let dims = AttnDims::new(2, 70, 90, 20, 12);
     let c = Case::new(dims, 9, 10, true, 11);
     let want = c.run(false);
     let AttnDims { bh, nq, .. } = dims;
@@ -390,13 +300,7 @@ fn portable_path_matches_reference() {
 fn bit_identical_across_thread_counts() {
     // Training resume relies on run-to-run determinism: the fast path must not depend on the
     // number of threads or on how rayon schedules the tasks.
-    let dims = AttnDims {
-        bh: 3,
-        nq: 400,
-        nk: 400,
-        d: 32,
-        dv: 32,
-    };
+    let dims = AttnDims::new(3, 400, 400, 32, 32);
     let c = Case::new(dims, 20, 20, true, 3);
     let runs: Vec<[Vec<f32>; 7]> = [1, 2, 3, 2]
         .iter()
@@ -434,13 +338,7 @@ fn long_key_rows_stay_accurate() {
         rng.vec(bh * nk * d, 3.0),
         rng.vec(bh * nk * d, 1.0),
     );
-    let dims = AttnDims {
-        bh,
-        nq,
-        nk,
-        d,
-        dv: d,
-    };
+    let dims = AttnDims::new(bh, nq, nk, d, d);
     let run = |f: ForwardFn| {
         let (mut o, mut l) = (vec![0.0; bh * nq * d], vec![0.0; bh * nq]);
         f(dims, &q, &k, &v, 0.25, None, &mut o, &mut l);
@@ -481,13 +379,7 @@ fn run_table(
     seed: u64,
 ) -> [Vec<f32>; 2] {
     let [q, k, v, table, mut out, mut lse] = table_case(windows, heads, n, d, seed);
-    let dims = AttnDims {
-        bh: windows * heads,
-        nq: n,
-        nk: n,
-        d,
-        dv: d,
-    };
+    let dims = AttnDims::new(windows * heads, n, n, d, d);
     let t = BiasTable {
         table: &table,
         heads,
@@ -547,13 +439,7 @@ fn bias_table_reads_interleaved_qkv() {
         head_stride: 3 * d,
         row_stride: heads * 3 * d,
     };
-    let dims = AttnDims {
-        bh,
-        nq: n,
-        nk: n,
-        d,
-        dv: d,
-    };
+    let dims = AttnDims::new(bh, n, n, d, d);
     let t = BiasTable {
         table: &table,
         heads,

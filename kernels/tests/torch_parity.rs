@@ -154,13 +154,7 @@ fn layer_norm_case(c: &Case, two_d: bool) {
 }
 
 fn attention_case(c: &Case) {
-    let dims = attention::AttnDims {
-        bh: c.p(0),
-        nq: c.p(1),
-        nk: c.p(2),
-        d: c.p(3),
-        dv: c.p(4),
-    };
+    let dims = attention::AttnDims::new(c.p(0), c.p(1), c.p(2), c.p(3), c.p(4));
     let (kh, kw, scale) = (c.p(5), c.p(6), c.pf(7));
     let biased = kh > 0;
     let bias = biased.then(|| attention::RelPosBias {
