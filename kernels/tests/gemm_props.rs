@@ -175,24 +175,17 @@ fn run_all(case: &Case, precision: Precision) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// Each case at both precisions (bf16 against the reference on rounded inputs).
     #[test]
-    fn f32_matches_reference(case in case(false)) {
-        run_all(&case, Precision::F32)?;
+    fn matches_reference(case in case(false)) {
+        run_all(&case, F32)?;
+        run_all(&case, BF16)?;
     }
 
     #[test]
-    fn f32_small_blocking_matches_reference(case in case(true)) {
-        run_all(&case, Precision::F32)?;
-    }
-
-    #[test]
-    fn bf16_matches_reference_on_rounded_inputs(case in case(false)) {
-        run_all(&case, Precision::Bf16)?;
-    }
-
-    #[test]
-    fn bf16_small_blocking_matches_reference(case in case(true)) {
-        run_all(&case, Precision::Bf16)?;
+    fn small_blocking_matches_reference(case in case(true)) {
+        run_all(&case, F32)?;
+        run_all(&case, BF16)?;
     }
 }
 
