@@ -251,12 +251,12 @@ pub mod reference {
         }
     }
 
+    /// `bias` is the `bias_rows × dim` table, row `r` of x adding bias row `r % bias_rows`.
     pub fn softmax_bias_forward(
         rows: usize,
         dim: usize,
         x: &[f32],
-        bias: &[f32],
-        bias_rows: usize,
+        (bias, bias_rows): (&[f32], usize),
         y: &mut [f32],
     ) {
         let xb: Vec<f32> = (0..rows * dim)
