@@ -48,71 +48,45 @@ impl Case {
             kw: self.kw,
         })
     }
-    /// [out, lse, dq, dk, dv, drel_h, drel_w]
-    fn run(&self, fast: bool) -> [Vec<f32>; 7] {
-        let AttnDims { bh, nq, .. } = self.dims;
+    /// [out, lse] of `fwd`.
+    fn forward(&self, fwd: ForwardFn) -> [Vec<f32>; 2] {
         let mut out = vec![9.0; self.dout.len()];
-        let mut lse = vec![9.0; bh * nq];
-        let (mut dq, mut dk, mut dv) = (
-            vec![9.0; self.q.len()],
-            vec![9.0; self.k.len()],
-            vec![9.0; self.v.len()],
+        let mut lse = vec![9.0; self.dims.bh * self.dims.nq];
+        let (q, k, v) = (&self.q[..], &self.k[..], &self.v[..]);
+        fwd(
+            self.dims,
+            q,
+            k,
+            v,
+            self.scale,
+            self.bias(),
+            &mut out,
+            &mut lse,
         );
+        [out, lse]
+    }
+    /// [out, lse, dq, dk, dv, drel_h, drel_w] of one implementation; every output starts at
+    /// 9.0, so one that is not overwritten shows.
+    fn run(&self, (fwd, bwd): Imp) -> [Vec<f32>; 7] {
+        let [out, lse] = self.forward(fwd);
+        let [mut dq, mut dk, mut dv] = [&self.q, &self.k, &self.v].map(|t| vec![9.0; t.len()]);
         let (mut dh, mut dw) = (vec![9.0; self.rh.len()], vec![9.0; self.rw.len()]);
         let drel = self.biased.then_some((&mut dh[..], &mut dw[..]));
-        if fast {
-            attention::attention_forward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &mut out,
-                &mut lse,
-            );
-            attention::attention_backward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &out,
-                &lse,
-                &self.dout,
-                &mut dq,
-                &mut dk,
-                &mut dv,
-                drel,
-            );
-        } else {
-            reference::attention_forward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &mut out,
-                &mut lse,
-            );
-            reference::attention_backward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &out,
-                &lse,
-                &self.dout,
-                &mut dq,
-                &mut dk,
-                &mut dv,
-                drel,
-            );
-        }
+        bwd(
+            self.dims,
+            &self.q,
+            &self.k,
+            &self.v,
+            self.scale,
+            self.bias(),
+            &out,
+            &lse,
+            &self.dout,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            drel,
+        );
         if !self.biased {
             dh.clear();
             dw.clear();
@@ -121,9 +95,24 @@ impl Case {
     }
 }
 
+type ForwardFn =
+    fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &mut [f32], &mut [f32]);
+type DRel<'a> = Option<(&'a mut [f32], &'a mut [f32])>;
+#[rustfmt::skip]
+type BackwardFn = fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &[f32], &[f32],
+                     &[f32], &mut [f32], &mut [f32], &mut [f32], DRel);
+/// One implementation's forward and backward.
+type Imp = (ForwardFn, BackwardFn);
+const FAST: Imp = (attention::attention_forward, attention::attention_backward);
+const REFERENCE: Imp = (reference::attention_forward, reference::attention_backward);
+const PORTABLE: Imp = (
+    attention::portable_impl::attention_forward,
+    attention::portable_impl::attention_backward,
+);
+
 fn compare(c: &Case) {
-    let a = c.run(true);
-    let b = c.run(false);
+    let a = c.run(FAST);
+    let b = c.run(REFERENCE);
     // Tolerance: scores are O(10) (|q|,|k| ≤ 2, d ≤ 40, plus bias ≤ 2); the fast path works in f32
     // with a polynomial exp (rel ~2e-7) and an online softmax, the reference in f64. Errors in
     // p are ~1e-6 relative; outputs/gradients sum ≤ ~300 such terms, so 2e-4 abs + 2e-4 rel.
@@ -175,20 +164,9 @@ fn decoder_cross_attention_shape() {
 fn attention_gradient_finite_difference() {
     let dims = AttnDims::new(2, 5, 6, 3, 4);
     let base = Case::new(dims, 2, 3, true, 99);
-    let [_, _, dq, dk, dv, dh, dw] = base.run(true);
+    let [_, _, dq, dk, dv, dh, dw] = base.run(FAST);
     let loss = |c: &Case| {
-        let mut out = vec![0.0; c.dout.len()];
-        let mut lse = vec![0.0; dims.bh * dims.nq];
-        attention::attention_forward(
-            dims,
-            &c.q,
-            &c.k,
-            &c.v,
-            c.scale,
-            c.bias(),
-            &mut out,
-            &mut lse,
-        );
+        let [out, _] = c.forward(attention::attention_forward);
         out.iter()
             .zip(&c.dout)
             .map(|(&a, &b)| a as f64 * b as f64)
@@ -255,42 +233,8 @@ fn multi_block_shapes() {
 fn portable_path_matches_reference() {
     let dims = AttnDims::new(2, 70, 90, 20, 12);
     let c = Case::new(dims, 9, 10, true, 11);
-    let want = c.run(false);
-    let AttnDims { bh, nq, .. } = dims;
-    let mut out = vec![0.0; c.dout.len()];
-    let mut lse = vec![0.0; bh * nq];
-    attention::portable_impl::attention_forward(
-        dims,
-        &c.q,
-        &c.k,
-        &c.v,
-        c.scale,
-        c.bias(),
-        &mut out,
-        &mut lse,
-    );
-    let (mut dq, mut dk, mut dv) = (
-        vec![0.0; c.q.len()],
-        vec![0.0; c.k.len()],
-        vec![0.0; c.v.len()],
-    );
-    let (mut dh, mut dw) = (vec![0.0; c.rh.len()], vec![0.0; c.rw.len()]);
-    attention::portable_impl::attention_backward(
-        dims,
-        &c.q,
-        &c.k,
-        &c.v,
-        c.scale,
-        c.bias(),
-        &out,
-        &lse,
-        &c.dout,
-        &mut dq,
-        &mut dk,
-        &mut dv,
-        Some((&mut dh, &mut dw)),
-    );
-    let got = [out, lse, dq, dk, dv, dh, dw];
+    let want = c.run(REFERENCE);
+    let got = c.run(PORTABLE);
     for i in 0..7 {
         assert_close(&format!("portable {i}"), &got[i], &want[i], 2e-4, 2e-4);
     }
@@ -309,7 +253,7 @@ fn bit_identical_across_thread_counts() {
                 .num_threads(t)
                 .build()
                 .unwrap()
-                .install(|| c.run(true))
+                .install(|| c.run(FAST))
         })
         .collect();
     for r in &runs[1..] {
@@ -322,9 +266,6 @@ fn bit_identical_across_thread_counts() {
         }
     }
 }
-
-type ForwardFn =
-    fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &mut [f32], &mut [f32]);
 
 /// Long key rows (SAM's token→image attention: 7 tokens × 4096 image keys, head dim 16) keep
 /// f32 rounding near one short sum's: `P·V` is summed in 64-key chunks. With one 4096-term chain
@@ -380,20 +321,14 @@ fn run_table(
 ) -> [Vec<f32>; 2] {
     let [q, k, v, table, mut out, mut lse] = table_case(windows, heads, n, d, seed);
     let dims = AttnDims::new(windows * heads, n, n, d, d);
-    let t = BiasTable {
-        table: &table,
-        heads,
-    };
-    f(
-        dims,
-        &q,
-        &k,
-        &v,
+    let (t, scale) = (
+        BiasTable {
+            table: &table,
+            heads,
+        },
         1.0 / (d as f32).sqrt(),
-        t,
-        &mut out,
-        &mut lse,
     );
+    f(dims, &q, &k, &v, scale, t, &mut out, &mut lse);
     [out, lse]
 }
 
