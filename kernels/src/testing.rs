@@ -103,6 +103,13 @@ pub fn sorted_times(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
     t
 }
 
+/// `f()` run in a fresh rayon pool of `threads` threads: for the tests that results do not
+/// depend on the thread count.
+pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+    pool.expect("thread pool").install(f)
+}
+
 /// Panics naming the first element where `|got − want| > atol + rtol·|want|`.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");

@@ -6,7 +6,7 @@
 use medsam_kernels::attention::{self, reference, AttnDims, BiasTable, RelPosBias};
 use proptest::prelude::*;
 
-use medsam_kernels::testing::{assert_close, Rng};
+use medsam_kernels::testing::{assert_close, with_threads, Rng};
 
 struct Case {
     dims: AttnDims,
@@ -248,13 +248,7 @@ fn bit_identical_across_thread_counts() {
     let c = Case::new(dims, 20, 20, true, 3);
     let runs: Vec<[Vec<f32>; 7]> = [1, 2, 3, 2]
         .iter()
-        .map(|&t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-                .install(|| c.run(FAST))
-        })
+        .map(|&t| with_threads(t, || c.run(FAST)))
         .collect();
     for r in &runs[1..] {
         for i in 0..7 {

@@ -15,7 +15,7 @@ use medsam_kernels::gemm::Epilogue;
 use proptest::prelude::*;
 
 /// Deterministic pseudo-random data in [-1, 1) (xorshift64*).
-use medsam_kernels::testing::data_star as fill;
+use medsam_kernels::testing::{data_star as fill, with_threads};
 
 fn kernels() -> Vec<Int8Kernel> {
     Int8Kernel::ALL
@@ -192,11 +192,7 @@ fn thread_count_independent() {
     let d = data(&c);
     for kernel in kernels() {
         let many = run_fast(&c, &d, kernel).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let one = pool.install(|| run_fast(&c, &d, kernel)).unwrap();
+        let one = with_threads(1, || run_fast(&c, &d, kernel)).unwrap();
         assert!(
             many.iter()
                 .zip(&one)
