@@ -40,6 +40,29 @@ struct Case {
     seed: u64,
 }
 
+impl Case {
+    /// `flags` = (bias, residual, gelu, skew).
+    fn new(
+        (m, n, k): (usize, usize, usize),
+        pads: (usize, usize),
+        flags: [bool; 4],
+        seed: u64,
+    ) -> Case {
+        let [bias, residual, gelu, skew] = flags;
+        Case {
+            m,
+            n,
+            k,
+            pads,
+            bias,
+            residual,
+            gelu,
+            skew,
+            seed,
+        }
+    }
+}
+
 struct Data {
     x: Vec<f32>,
     w: Vec<f32>,
@@ -128,19 +151,9 @@ fn case() -> impl Strategy<Value = Case> {
         (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
         any::<u64>(),
     )
-        .prop_map(
-            |((m, n, k), pads, (bias, residual, gelu, skew), seed)| Case {
-                m,
-                n,
-                k,
-                pads,
-                bias,
-                residual,
-                gelu,
-                skew,
-                seed,
-            },
-        )
+        .prop_map(|(mnk, pads, (bias, residual, gelu, skew), seed)| {
+            Case::new(mnk, pads, [bias, residual, gelu, skew], seed)
+        })
 }
 
 proptest! {
@@ -158,17 +171,12 @@ proptest! {
 #[test]
 fn large_and_parallel_shapes() {
     for (m, n, k) in [(197, 100, 131), (300, 260, 64), (13, 33, 768)] {
-        let c = Case {
-            m,
-            n,
-            k,
-            pads: (1, 2),
-            bias: true,
-            residual: true,
-            gelu: false,
-            skew: true,
-            seed: (m * n + k) as u64,
-        };
+        let c = Case::new(
+            (m, n, k),
+            (1, 2),
+            [true, true, false, true],
+            (m * n + k) as u64,
+        );
         for kernel in kernels() {
             check(&c, kernel).unwrap();
         }
@@ -178,17 +186,7 @@ fn large_and_parallel_shapes() {
 /// The result does not depend on the number of threads.
 #[test]
 fn thread_count_independent() {
-    let c = Case {
-        m: 150,
-        n: 300,
-        k: 100,
-        pads: (0, 0),
-        bias: true,
-        residual: false,
-        gelu: true,
-        skew: true,
-        seed: 7,
-    };
+    let c = Case::new((150, 300, 100), (0, 0), [true, false, true, true], 7);
     let d = data(&c);
     for kernel in kernels() {
         let many = run_fast(&c, &d, kernel).unwrap();
@@ -206,17 +204,7 @@ fn thread_count_independent() {
 #[test]
 fn close_to_f32() {
     let (m, n, k) = (37, 45, 300);
-    let c = Case {
-        m,
-        n,
-        k,
-        pads: (0, 0),
-        bias: false,
-        residual: false,
-        gelu: false,
-        skew: true,
-        seed: 3,
-    };
+    let c = Case::new((m, n, k), (0, 0), [false, false, false, true], 3);
     let d = data(&c);
     let (_, sw) = reference::quantize_weights(&d.w, n, k);
     let (_, sx, _) = reference::quantize_rows(&d.x, m, k);
