@@ -212,7 +212,6 @@ type Dims = (usize, usize, usize);
 /// One `C = A·B` (or `C += A·B`) per group through the shared GEMM. Group `gi` of each operand
 /// is the dense block after `gi` blocks of its size; `A` is `m × k`, stored transposed (`k × m`)
 /// when `ta`, and `B` is `k × n`, stored transposed when `tb`.
-#[allow(clippy::too_many_arguments)]
 fn grouped_mm(
     groups: usize,
     (m, n, k): Dims,
@@ -533,7 +532,7 @@ fn bias_backward(g: &Conv2dGeom, transpose: bool, dy: &[f32], db: &mut [f32]) {
 
 /// Direct-loop oracles (f64 accumulation), any `groups`. conv2d loops over outputs and finds the
 /// input pixel under each kernel tap; conv_transpose2d loops over inputs and finds the output
-/// pixel each tap lands on. Both visit taps through [`for_each_tap`](self) and differ only there.
+/// pixel each tap lands on. Both visit taps through `for_each_tap` and differ only there.
 pub mod reference {
     use super::Conv2dGeom;
 
