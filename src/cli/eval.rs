@@ -79,11 +79,7 @@ pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<()> {
         precision: a.precision,
         ..EvalConfig::default()
     };
-    let bar = if comm.is_root() {
-        indicatif::ProgressBar::new(0)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(comm);
     let mut on_slice = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -101,6 +97,15 @@ pub fn run_with(a: &EvalArgs, comm: &dyn Communicator) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A progress bar shown on rank 0 only.
+fn progress_bar(comm: &dyn Communicator) -> indicatif::ProgressBar {
+    if comm.is_root() {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
 }
 
 /// 3D volumes: LiteMedSAM (slice-by-slice box propagation) or MedSAM2 (`--model-type medsam2`).
@@ -121,11 +126,7 @@ fn run_volumes(a: &EvalArgs, comm: &dyn Communicator) -> Result<()> {
     };
     // Name a data problem before the (slow) model load.
     list_volume_pairs(&cfg.data_path, cfg.label_path.as_deref())?;
-    let bar = if comm.is_root() {
-        indicatif::ProgressBar::new(0)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(comm);
     let mut on_volume = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
