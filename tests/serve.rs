@@ -76,12 +76,16 @@ impl Drop for Server {
 }
 
 fn start(ckpt: &Path, extra: &[&str]) -> Server {
+    start_with(ckpt, &tiny_config(), extra)
+}
+
+fn start_with(ckpt: &Path, config: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medsam"))
         .arg("serve")
         .arg("-c")
         .arg(ckpt)
         .arg("--model-config")
-        .arg(tiny_config())
+        .arg(config)
         .args(["--port", "0"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -220,6 +224,23 @@ fn read_png_mask(path: &Path) -> Vec<bool> {
     img.into_raw().iter().map(|&v| v > 0).collect()
 }
 
+/// `medsam infer` on slice `z` of a `d × h × w` volume, saved as `dir/slice.png`, with one box.
+fn infer_slice(
+    ckpt: &Path,
+    vol: &[u8],
+    (h, w): (usize, usize),
+    z: usize,
+    b: [usize; 4],
+    dir: &Path,
+) -> Vec<bool> {
+    let png = dir.join("slice.png");
+    image::GrayImage::from_raw(w as u32, h as u32, vol[z * h * w..(z + 1) * h * w].to_vec())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    infer_png(ckpt, &png, b, &dir.join("infer"))
+}
+
 /// `medsam infer` on a PNG with one box; returns the mask.
 fn infer_png(ckpt: &Path, png: &Path, b: [usize; 4], out: &Path) -> Vec<bool> {
     let o = Command::new(env!("CARGO_BIN_EXE_medsam"))
@@ -291,13 +312,7 @@ fn nninteractive_client_box_matches_medsam_infer() {
     let buf = medsam::io::npy::read_npy(dir.join("after_box.npy")).unwrap();
     assert_eq!(buf.shape, vec![d, h, w]);
     let buf = buf.to_u8().unwrap();
-    let slice = &vol[z * h * w..(z + 1) * h * w];
-    let png = dir.join("slice.png");
-    image::GrayImage::from_raw(w as u32, h as u32, slice.to_vec())
-        .unwrap()
-        .save(&png)
-        .unwrap();
-    let want = infer_png(&ckpt, &png, [x0, y0, x1, y1], &dir.join("infer"));
+    let want = infer_slice(&ckpt, &vol, (h, w), z, [x0, y0, x1, y1], &dir);
     let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w]
         .iter()
         .map(|&v| v > 0)
@@ -358,12 +373,7 @@ fn slicer_extension_requests_match_medsam_infer() {
         .unwrap()
         .to_u8()
         .unwrap();
-    let png = dir.join("slice.png");
-    image::GrayImage::from_raw(w as u32, h as u32, vol[z * h * w..(z + 1) * h * w].to_vec())
-        .unwrap()
-        .save(&png)
-        .unwrap();
-    let want = infer_png(&ckpt, &png, [x0, y0, x1, y1], &dir.join("infer"));
+    let want = infer_slice(&ckpt, &vol, (h, w), z, [x0, y0, x1, y1], &dir);
     let got: Vec<bool> = mask[z * h * w..(z + 1) * h * w]
         .iter()
         .map(|&v| v > 0)
@@ -879,4 +889,195 @@ fn load_8_clients_x_50_requests() {
         );
         assert_eq!(all.len(), 400);
     }
+}
+
+// ---- MedSAM2 and DICOM through the web API ----
+
+/// A tiny SAM 2 (tests/fixtures/sam2/tiny.json's configuration, parameters filled from their
+/// names by the library's `named_init`, as tests/sam2_parity.rs does) saved as a MedSAM2 `.pt`
+/// with its config file; `None` (and a SKIPPED line) when the fixture is absent.
+fn tiny_medsam2(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    use medsam::models::sam2::{sam2_utils::named_init, Sam2Base, Sam2Config};
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam2/tiny.json");
+    let Ok(text) = std::fs::read_to_string(&fx) else {
+        eprintln!("SKIPPED: {} missing", fx.display());
+        return None;
+    };
+    let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cfg: Sam2Config = serde_json::from_value(meta["config"].clone()).unwrap();
+    let mut m = Sam2Base::new(&cfg, 0, Device::Cpu).unwrap();
+    named_init(&mut m).unwrap();
+    let ckpt = dir.join("MedSAM2_tiny_test.pt");
+    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
+    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
+    let cfg_path = dir.join("medsam2_cfg.json");
+    let json = serde_json::json!({ "model": meta["config"].clone() });
+    std::fs::write(&cfg_path, json.to_string()).unwrap();
+    Some((ckpt, cfg_path))
+}
+
+/// Opens `file` through `/api/open`; returns the session token and the answer.
+fn web_open(addr: &str, file: &Path) -> (String, serde_json::Value) {
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    let bytes = std::fs::read(file).unwrap();
+    let (st, _, b) = http(addr, "POST", &format!("/api/open?name={name}"), &[], &bytes);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let v = json(&b);
+    (v["token"].as_str().unwrap().to_string(), v)
+}
+
+/// A box on one slice with MedSAM2 segments the whole volume in the background; progress is
+/// reported frame by frame and the downloaded NIfTI equals `medsam infer --model-type medsam2`
+/// with that box and key slice.
+#[test]
+fn web_medsam2_box_propagates_like_medsam_infer() {
+    let dir = tmpdir("medsam2");
+    let Some((ckpt, cfg)) = tiny_medsam2(&dir) else {
+        return;
+    };
+    let (d, h, w) = (5usize, 36usize, 44usize);
+    let vol = volume(d, h, w);
+    let nii = dir.join("case.nii.gz");
+    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &vol, [0.8, 0.8, 2.5]).unwrap();
+    let srv = start_with(&ckpt, &cfg, &["--model-type", "medsam2"]);
+    let a = srv.addr.as_str();
+    let (token, info) = web_open(a, &nii);
+    assert_eq!(info["model"], "medsam2");
+    let lease = [("X-Lease-Token", token.as_str())];
+    let (z, bx) = (2usize, [12usize, 8, 34, 30]);
+    let body = serde_json::json!({"z": z, "label": 1, "box": bx}).to_string();
+    let (st, _, b) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(json(&b)["total"], d + 1);
+    let mut seen = Vec::new();
+    let p = loop {
+        let (st, _, b) = http(a, "GET", "/api/progress", &lease, b"");
+        assert_eq!(st, 200);
+        let p = json(&b);
+        seen.push(p["done"].as_u64().unwrap());
+        if p["finished"] == true {
+            break p;
+        }
+        // Slices can be viewed while it runs.
+        assert_eq!(http(a, "GET", "/api/labels?z=0", &lease, b"").0, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(p["error"].is_null(), "{p}");
+    assert_eq!(p["done"], d + 1, "{p}");
+    assert!(seen.windows(2).all(|s| s[0] <= s[1]), "{seen:?}");
+    let (st, _, nii_bytes) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    let got_path = dir.join("web_seg.nii.gz");
+    std::fs::write(&got_path, nii_bytes).unwrap();
+    let got = medsam::io::nifti::read_nifti(&got_path).unwrap();
+    let out = dir.join("infer");
+    let o = Command::new(env!("CARGO_BIN_EXE_medsam"))
+        .args(["infer", "--model-type", "medsam2", "-c"])
+        .arg(&ckpt)
+        .arg("--model-config")
+        .arg(&cfg)
+        .arg("-i")
+        .arg(&nii)
+        .arg("-o")
+        .arg(&out)
+        .arg("--box3d")
+        .arg(format!("[{},{},0,{},{},{d}]", bx[0], bx[1], bx[2], bx[3]))
+        .args(["--key-slice", &z.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = medsam::io::nifti::read_nifti(out.join("seg_case.nii.gz")).unwrap();
+    assert_eq!(got.shape, want.shape);
+    assert_eq!(got.spacing, want.spacing);
+    assert_eq!(
+        got.data, want.data,
+        "web volume mask differs from medsam infer"
+    );
+    let n = got.data.iter().filter(|&&v| v > 0.0).count();
+    eprintln!("medsam2 web: {n} voxels over {d} slices (tiny random model); progress {seen:?}");
+    // Undo takes the whole propagation back.
+    let (st, _, b) = http(a, "POST", "/api/undo", &lease, b"");
+    assert_eq!(st, 200);
+    if n > 0 {
+        assert!(json(&b)["z"].is_u64());
+        let (_, _, l) = http(a, "GET", &format!("/api/labels?z={z}"), &lease, b"");
+        assert!(l.iter().all(|&v| v == 0));
+    }
+}
+
+/// A zipped DICOM series opened on the page is the volume `medsam infer -i DIR` reads (same
+/// uint8 voxels, shape and spacing); a non-DICOM zip is a 400 with a message.
+#[test]
+fn web_dicom_zip_is_the_volume_medsam_infer_reads() {
+    use std::io::Write as _;
+    let series = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_case01");
+    let Ok(entries) = std::fs::read_dir(&series) else {
+        eprintln!("SKIPPED: {} missing", series.display());
+        return;
+    };
+    let dir = tmpdir("dicom");
+    let zip_path = dir.join("ct_case01.zip");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in &files {
+        let name = format!("ct/{}", f.file_name().unwrap().to_string_lossy());
+        z.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(&std::fs::read(f).unwrap()).unwrap();
+    }
+    z.finish().unwrap();
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (token, info) = web_open(a, &zip_path);
+    let s = medsam::io::dicom::read_series(&series, None).unwrap();
+    let want = medsam::io::volume::u8_volume(&series, &s.volume);
+    let (d, h, w) = want.shape;
+    assert_eq!(info["shape"], serde_json::json!([d, h, w]));
+    let lease = [("X-Lease-Token", token.as_str())];
+    let (st, _, got) = http(a, "GET", "/api/volume", &lease, b"");
+    assert_eq!(st, 200);
+    assert!(
+        got == want.data,
+        "uploaded DICOM volume differs from the folder read"
+    );
+    // A box on it segments, and the NIfTI download has the series' spacing.
+    let body = serde_json::json!({"z": d / 2, "label": 1, "box": [8, 8, w - 8, h - 8]});
+    let (st, _, b) = http(
+        a,
+        "POST",
+        "/api/segment",
+        &lease,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let (st, _, nii) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    std::fs::write(dir.join("seg.nii.gz"), nii).unwrap();
+    let seg = medsam::io::nifti::read_nifti(dir.join("seg.nii.gz")).unwrap();
+    assert_eq!(seg.shape, [d, h, w]);
+    for k in 0..3 {
+        assert!(
+            (seg.spacing[k] - want.spacing[k]).abs() < 1e-6,
+            "{:?}",
+            seg.spacing
+        );
+    }
+    // Not a DICOM series.
+    let bad = dir.join("bad.zip");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&bad).unwrap());
+    z.start_file("a.txt", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    z.write_all(b"hello").unwrap();
+    z.finish().unwrap();
+    let (st, _, b) = http(
+        a,
+        "POST",
+        "/api/open?name=bad.zip",
+        &[],
+        &std::fs::read(&bad).unwrap(),
+    );
+    assert_eq!(st, 400);
+    assert!(json(&b)["detail"].is_string());
 }

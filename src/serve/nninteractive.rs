@@ -360,6 +360,19 @@ async fn predict(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Respon
     }
 }
 
+/// An interaction request's session, JSON body, `include_interaction` and `run_prediction`.
+fn interaction(
+    st: &AppState,
+    h: &HeaderMap,
+    body: &[u8],
+) -> Result<(Arc<std::sync::Mutex<Session>>, Value, bool, bool), ApiError> {
+    let sess = st.session(lease(h))?;
+    let p = parse_json(body)?;
+    let include = required_flag(&p, "include_interaction")?;
+    let run = flag(&p, "run_prediction", true)?;
+    Ok((sess, p, include, run))
+}
+
 async fn add_bbox(
     State(st): State<Arc<AppState>>,
     h: HeaderMap,
@@ -368,10 +381,7 @@ async fn add_bbox(
     if lease(&h).is_none() {
         return super::slicer::add_bbox(State(st), body).await;
     }
-    let sess = st.session(lease(&h))?;
-    let p = parse_json(&body)?;
-    let include = required_flag(&p, "include_interaction")?;
-    let run = flag(&p, "run_prediction", true)?;
+    let (sess, p, include, run) = interaction(&st, &h, &body)?;
     let coords = p
         .get("bbox_coords")
         .and_then(|c| c.as_array())
@@ -399,27 +409,17 @@ async fn add_bbox(
             "bbox_coords {b:?} is a 3D box; this model takes 2D boxes (one voxel thick along the slice axis; capability bbox3d is false)"
         )));
     };
-    let shape = lock(&sess).volume()?.shape;
-    let idx = b[axis][0];
-    if idx < 0 || idx >= shape[axis] as i64 {
-        return Err(ApiError::bad(format!(
-            "bbox_coords: slice {idx} on axis {axis} lies outside the image (size {})",
-            shape[axis]
-        )));
-    }
-    let (ra, ca) = match axis {
-        0 => (1, 2),
-        1 => (0, 2),
-        _ => (0, 1),
-    };
-    let raw = [b[ca][0], b[ra][0], b[ca][1], b[ra][1]].map(|v| v as f32);
-    let checked = crate::pipeline::infer::sam::check_box(raw, shape[ra], shape[ca])
+    let lo = b.map(|p| p[0]);
+    let hi = b.map(|p| p[1]);
+    let (plane, bbox) = lock(&sess)
+        .volume()?
+        .plane_box(axis, lo, hi)
         .map_err(|e| ApiError::bad(format!("bbox_coords {b:?}: {e}")))?;
     let prompt = Prompt {
-        bbox: Some(checked.bbox),
+        bbox: Some(bbox),
         points: Vec::new(),
     };
-    run_prompt(st, sess, (axis, idx as usize), prompt, !include, run).await
+    run_prompt(st, sess, plane, prompt, !include, run).await
 }
 
 async fn add_point(
@@ -430,10 +430,7 @@ async fn add_point(
     if lease(&h).is_none() {
         return super::slicer::add_point(State(st), body).await;
     }
-    let sess = st.session(lease(&h))?;
-    let p = parse_json(&body)?;
-    let include = required_flag(&p, "include_interaction")?;
-    let run = flag(&p, "run_prediction", true)?;
+    let (sess, p, include, run) = interaction(&st, &h, &body)?;
     let c = p
         .get("coordinates")
         .and_then(|c| c.as_array())
@@ -444,28 +441,7 @@ async fn add_point(
         coord(&c[1], "coordinates")?,
         coord(&c[2], "coordinates")?,
     ];
-    let (plane, prompt) = {
-        let s = lock(&sess);
-        let shape = s.volume()?.shape;
-        if (0..3).any(|d| c[d] < 0 || c[d] >= shape[d] as i64) {
-            return Err(ApiError::bad(format!(
-                "point {c:?} lies outside the image {shape:?}"
-            )));
-        }
-        let c = c.map(|v| v as usize);
-        let plane = match s.last_plane {
-            Some((a, i)) if c[a] == i => (a, i),
-            _ => (0, c[0]),
-        };
-        let (ra, ca) = match plane.0 {
-            0 => (1, 2),
-            1 => (0, 2),
-            _ => (0, 1),
-        };
-        let mut prompt = s.prompts.get(&(plane, OBJECT)).cloned().unwrap_or_default();
-        prompt.points.push((c[ca] as f32, c[ra] as f32, include));
-        (plane, prompt)
-    };
+    let (plane, prompt) = lock(&sess).point_prompt(c, include, OBJECT)?;
     run_prompt(st, sess, plane, prompt, false, run).await
 }
 
