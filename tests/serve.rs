@@ -224,6 +224,31 @@ fn read_png_mask(path: &Path) -> Vec<bool> {
     img.into_raw().iter().map(|&v| v > 0).collect()
 }
 
+/// Whether `MEDSAM_PYTHON` imports every module; says SKIPPED (naming `what`) when not.
+fn python_has(modules: &[&str], what: &str) -> bool {
+    let ok = modules.iter().all(|m| has_python_module(m));
+    if !ok {
+        eprintln!(
+            "SKIPPED: {what} is not importable by {} (set MEDSAM_PYTHON)",
+            python()
+        );
+    }
+    ok
+}
+
+/// A protocol test's directory, tiny checkpoint, `d × h × w` volume and that volume as `.npy`.
+fn protocol_case(
+    name: &str,
+    (d, h, w): (usize, usize, usize),
+) -> (PathBuf, PathBuf, Vec<u8>, PathBuf) {
+    let dir = tmpdir(name);
+    let ckpt = tiny_checkpoint(&dir);
+    let vol = volume(d, h, w);
+    let vol_path = dir.join("vol.npy");
+    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    (dir, ckpt, vol, vol_path)
+}
+
 /// `medsam infer` on slice `z` of a `d × h × w` volume, saved as `dir/slice.png`, with one box.
 fn infer_slice(
     ckpt: &Path,
@@ -264,19 +289,11 @@ fn infer_png(ckpt: &Path, png: &Path, b: [usize; 4], out: &Path) -> Vec<bool> {
 
 #[test]
 fn nninteractive_client_box_matches_medsam_infer() {
-    if !has_python_module("nnInteractive.inference.remote") {
-        eprintln!(
-            "SKIPPED: nninteractive-client is not importable by {} (set MEDSAM_PYTHON)",
-            python()
-        );
+    if !python_has(&["nnInteractive.inference.remote"], "nninteractive-client") {
         return;
     }
-    let dir = tmpdir("nnia");
-    let ckpt = tiny_checkpoint(&dir);
     let (d, h, w) = (5, 48, 40);
-    let vol = volume(d, h, w);
-    let vol_path = dir.join("vol.npy");
-    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    let (dir, ckpt, vol, vol_path) = protocol_case("nnia", (d, h, w));
     let (z, y0, y1, x0, x1) = (2usize, 8usize, 36usize, 10usize, 34usize);
     let key = "test-key-123";
     let srv = start(&ckpt, &["--api-key", key]);
@@ -333,19 +350,11 @@ fn nninteractive_client_box_matches_medsam_infer() {
 
 #[test]
 fn slicer_extension_requests_match_medsam_infer() {
-    if !has_python_module("httpx") || !has_python_module("numpy") {
-        eprintln!(
-            "SKIPPED: httpx/numpy are not importable by {} (set MEDSAM_PYTHON)",
-            python()
-        );
+    if !python_has(&["httpx", "numpy"], "httpx/numpy") {
         return;
     }
-    let dir = tmpdir("slicer");
-    let ckpt = tiny_checkpoint(&dir);
     let (d, h, w) = (4, 40, 44);
-    let vol = volume(d, h, w);
-    let vol_path = dir.join("vol.npy");
-    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    let (dir, ckpt, vol, vol_path) = protocol_case("slicer", (d, h, w));
     let (z, y0, y1, x0, x1) = (1usize, 6usize, 30usize, 12usize, 40usize);
     let srv = start(&ckpt, &[]);
     let o = Command::new(python())
@@ -387,8 +396,7 @@ fn slicer_extension_requests_match_medsam_infer() {
 
 #[test]
 fn blosc2_chunks_from_python_decode() {
-    if !has_python_module("blosc2") {
-        eprintln!("SKIPPED: python blosc2 is not importable by {}", python());
+    if !python_has(&["blosc2"], "python blosc2") {
         return;
     }
     let dir = tmpdir("blosc2");

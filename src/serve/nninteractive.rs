@@ -43,8 +43,22 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/reset_interactions", post(reset_interactions))
         .route("/undo", post(undo))
         .route("/predict", post(predict))
-        .route("/add_bbox_interaction", post(add_bbox))
-        .route("/add_point_interaction", post(add_point))
+        .route(
+            "/add_bbox_interaction",
+            post(
+                |State(st): State<Arc<AppState>>, h: HeaderMap, body: Bytes| {
+                    interact(st, h, body, Interaction::Bbox)
+                },
+            ),
+        )
+        .route(
+            "/add_point_interaction",
+            post(
+                |State(st): State<Arc<AppState>>, h: HeaderMap, body: Bytes| {
+                    interact(st, h, body, Interaction::Point)
+                },
+            ),
+        )
         .route("/add_scribble_interaction", post(unsupported_scribble))
         .route("/add_lasso_interaction", post(unsupported_lasso))
         .route("/add_initial_seg_interaction", post(add_initial_seg))
@@ -360,33 +374,62 @@ async fn predict(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Respon
     }
 }
 
-/// An interaction request's session, JSON body, `include_interaction` and `run_prediction`.
-fn interaction(
-    st: &AppState,
-    h: &HeaderMap,
-    body: &[u8],
-) -> Result<(Arc<std::sync::Mutex<Session>>, Value, bool, bool), ApiError> {
-    let sess = st.session(lease(h))?;
-    let p = parse_json(body)?;
-    let include = required_flag(&p, "include_interaction")?;
-    let run = flag(&p, "run_prediction", true)?;
-    Ok((sess, p, include, run))
-}
-
-async fn add_bbox(
-    State(st): State<Arc<AppState>>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    if lease(&h).is_none() {
-        return super::slicer::add_bbox(State(st), body).await;
-    }
-    let (sess, p, include, run) = interaction(&st, &h, &body)?;
-    let coords = p
-        .get("bbox_coords")
+/// The three-element array `key` of a request (one entry per axis).
+fn triple<'a>(p: &'a Value, key: &str, form: &str) -> Result<&'a [Value], ApiError> {
+    p.get(key)
         .and_then(|c| c.as_array())
         .filter(|c| c.len() == 3)
-        .ok_or_else(|| ApiError::bad("bbox_coords must be [[lo, hi], [lo, hi], [lo, hi]]"))?;
+        .map(|c| c.as_slice())
+        .ok_or_else(|| ApiError::bad(format!("{key} must be {form}")))
+}
+
+/// The interactions a box/point model answers.
+#[derive(Clone, Copy)]
+enum Interaction {
+    Bbox,
+    Point,
+}
+
+/// An interaction. Without a lease token the request comes from the SlicerNNInteractive
+/// extension, which uses the same paths.
+async fn interact(
+    st: Arc<AppState>,
+    h: HeaderMap,
+    body: Bytes,
+    kind: Interaction,
+) -> Result<Response, ApiError> {
+    if lease(&h).is_none() {
+        return match kind {
+            Interaction::Bbox => super::slicer::add_bbox(State(st), body).await,
+            Interaction::Point => super::slicer::add_point(State(st), body).await,
+        };
+    }
+    let sess = st.session(lease(&h))?;
+    let p = parse_json(&body)?;
+    let include = required_flag(&p, "include_interaction")?;
+    let run = flag(&p, "run_prediction", true)?;
+    let (plane, prompt, subtract) = match kind {
+        Interaction::Bbox => {
+            let (plane, prompt) = bbox_prompt(&sess, &p)?;
+            (plane, prompt, !include)
+        }
+        Interaction::Point => {
+            let c = triple(&p, "coordinates", "[i, j, k]")?;
+            let c = [
+                coord(&c[0], "coordinates")?,
+                coord(&c[1], "coordinates")?,
+                coord(&c[2], "coordinates")?,
+            ];
+            let (plane, prompt) = lock(&sess).point_prompt(c, include, OBJECT)?;
+            (plane, prompt, false)
+        }
+    };
+    run_prompt(st, sess, plane, prompt, subtract, run).await
+}
+
+/// A 2D box interaction's plane and prompt.
+fn bbox_prompt(sess: &std::sync::Mutex<Session>, p: &Value) -> Result<(Plane, Prompt), ApiError> {
+    let coords = triple(p, "bbox_coords", "[[lo, hi], [lo, hi], [lo, hi]]")?;
     let mut b = [[0i64; 2]; 3];
     for (d, pair) in coords.iter().enumerate() {
         let pair = pair
@@ -411,7 +454,7 @@ async fn add_bbox(
     };
     let lo = b.map(|p| p[0]);
     let hi = b.map(|p| p[1]);
-    let (plane, bbox) = lock(&sess)
+    let (plane, bbox) = lock(sess)
         .volume()?
         .plane_box(axis, lo, hi)
         .map_err(|e| ApiError::bad(format!("bbox_coords {b:?}: {e}")))?;
@@ -419,30 +462,7 @@ async fn add_bbox(
         bbox: Some(bbox),
         points: Vec::new(),
     };
-    run_prompt(st, sess, plane, prompt, !include, run).await
-}
-
-async fn add_point(
-    State(st): State<Arc<AppState>>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    if lease(&h).is_none() {
-        return super::slicer::add_point(State(st), body).await;
-    }
-    let (sess, p, include, run) = interaction(&st, &h, &body)?;
-    let c = p
-        .get("coordinates")
-        .and_then(|c| c.as_array())
-        .filter(|c| c.len() == 3)
-        .ok_or_else(|| ApiError::bad("coordinates must be [i, j, k]"))?;
-    let c = [
-        coord(&c[0], "coordinates")?,
-        coord(&c[1], "coordinates")?,
-        coord(&c[2], "coordinates")?,
-    ];
-    let (plane, prompt) = lock(&sess).point_prompt(c, include, OBJECT)?;
-    run_prompt(st, sess, plane, prompt, false, run).await
+    Ok((plane, prompt))
 }
 
 async fn unsupported_scribble() -> ApiError {

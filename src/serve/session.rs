@@ -135,15 +135,15 @@ pub struct Patch {
 /// A volume model's propagation of one object: progress and the mask tracked so far.
 #[derive(Debug, Default)]
 pub struct Propagation {
+    /// The object's label and the slice it was prompted on.
     pub label: u8,
     pub key: usize,
-    /// Frames tracked so far and in all (both passes).
-    pub done: usize,
-    pub total: usize,
-    /// `d·h·w` 0/1: every frame's mask as last reported (final once `finished`).
+    /// Frames tracked so far, and in all (both passes).
+    pub frames: [usize; 2],
+    /// `d·h·w` 0/1: every frame's mask as last reported (final once it has ended).
     pub live: Vec<u8>,
-    pub finished: bool,
-    pub error: Option<String>,
+    /// `None` while it runs; then its success or error.
+    pub outcome: Option<std::result::Result<(), String>>,
 }
 
 /// One session.

@@ -30,15 +30,18 @@ use std::sync::{Arc, Mutex};
 const INDEX: &str = include_str!("web/index.html");
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+    // The page and what it reads.
+    let reads = Router::new()
         .route("/", get(|| async { Html(INDEX) }))
-        .route("/api/open", post(open))
         .route("/api/volume", get(volume))
-        .route("/api/segment", post(segment))
-        .route("/api/undo", post(undo))
         .route("/api/labels", get(labels))
         .route("/api/progress", get(progress))
-        .route("/api/download", get(download))
+        .route("/api/download", get(download));
+    // What changes a session.
+    reads
+        .route("/api/open", post(open))
+        .route("/api/segment", post(segment))
+        .route("/api/undo", post(undo))
 }
 
 fn session(st: &AppState, h: &HeaderMap) -> Result<Arc<Mutex<Session>>, ApiError> {
@@ -153,7 +156,7 @@ fn slice_labels(s: &Session, z: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = s.labels[z * h * w..(z + 1) * h * w].to_vec();
     if let Some(p) = &s.propagation {
         let p = lock(p);
-        if !p.finished {
+        if p.outcome.is_none() {
             let live = &p.live[z * h * w..(z + 1) * h * w];
             for (o, &m) in out.iter_mut().zip(live) {
                 if m > 0 {
@@ -274,7 +277,10 @@ fn start_propagation(
 ) -> Result<Response, ApiError> {
     let (vol, shape, job) = {
         let mut s = lock(&sess);
-        if s.propagation.as_ref().is_some_and(|p| !lock(p).finished) {
+        if s.propagation
+            .as_ref()
+            .is_some_and(|p| lock(p).outcome.is_none())
+        {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "a propagation is still running in this session: wait for it to finish",
@@ -291,9 +297,9 @@ fn start_propagation(
         let job = Arc::new(Mutex::new(Propagation {
             label,
             key: z,
-            total: d + 1,
+            frames: [0, d + 1],
             live: vec![0; d * h * w],
-            ..Default::default()
+            outcome: None,
         }));
         s.touch();
         s.propagation = Some(job.clone());
@@ -308,22 +314,22 @@ fn start_propagation(
                 .propagate(&vol, shape, z, &prompt, &mut |step, t, m| {
                     let mut p = lock(&job);
                     p.live[t * h * w..(t + 1) * h * w].copy_from_slice(m);
-                    p.done = step + 1;
+                    p.frames[0] = step + 1;
                 })
         };
         let mut s = lock(&sess);
         let current = s.propagation.as_ref().is_some_and(|p| Arc::ptr_eq(p, &job));
         let mut p = lock(&job);
-        match result {
+        p.outcome = Some(match result {
             Ok(mask) => {
                 if current && s.labels.len() == mask.len() {
                     s.set_label_mask(label, &mask);
                 }
                 p.live = mask;
+                Ok(())
             }
-            Err(e) => p.error = Some(e.to_string()),
-        }
-        p.finished = true;
+            Err(e) => Err(e.to_string()),
+        });
     });
     let body = json!({ "propagating": true, "total": total, "key": z });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
@@ -340,10 +346,10 @@ async fn progress(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Json<
     Ok(Json(json!({
         "label": p.label,
         "key": p.key,
-        "done": p.done,
-        "total": p.total,
-        "finished": p.finished,
-        "error": p.error,
+        "done": p.frames[0],
+        "total": p.frames[1],
+        "finished": p.outcome.is_some(),
+        "error": p.outcome.as_ref().and_then(|o| o.as_ref().err()),
     })))
 }
 
