@@ -11,7 +11,7 @@ Starts the server on a free loopback port, then measures:
      slice, then N boxes on the cached slice, each through `add_bbox_interaction` (client-side
      encoding and mask decoding included);
   3. load: C clients × N boxes, each client its own session and slice, concurrently; errors,
-     p50/p95, and the server's RSS before and after.
+     p50/p95, and the server's RSS before and after (R rounds: later rounds show growth).
 Prints one JSON object. Timings depend on the machine's load: say how busy it was.
 """
 
@@ -97,6 +97,7 @@ def bench_web(base, size, n):
     bs = boxes(size, n + 1)
     first, _ = web_box(base, token, bs[0])
     lat = [web_box(base, token, b)[0] for b in bs[1:]]
+    request(base + "/release", "POST", b"", {"X-Lease-Token": token})
     return {"first_on_new_slice_ms": round(first, 1), "cached": summary(lat)}
 
 
@@ -139,6 +140,7 @@ def bench_load(base, size, n, clients, pid):
             for b in boxes(size, n, c):
                 ms, st = web_box(base, token, b)
                 mine.append(ms)
+            request(base + "/release", "POST", b"", {"X-Lease-Token": token})
             with lock:
                 lat.extend(mine[1:])
         except Exception as e:  # noqa: BLE001 - every failure is counted and shown
@@ -167,6 +169,7 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2, help="load rounds (RSS after each shows growth)")
     a = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +185,7 @@ def main():
                "loadavg_start": os.getloadavg(), "cpus": os.cpu_count()}
         out["web"] = bench_web(base, a.size, a.requests)
         out["nninteractive_v2"] = bench_nninteractive(base, a.size, a.requests)
-        out["load"] = bench_load(base, a.size, a.requests, a.clients, srv.pid)
+        out["load"] = [bench_load(base, a.size, a.requests, a.clients, srv.pid) for _ in range(a.rounds)]
         out["loadavg_end"] = os.getloadavg()
     finally:
         srv.terminate()

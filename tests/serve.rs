@@ -709,15 +709,126 @@ fn start_browser(chromium: &Path, driver: &Path, downloads: &Path, profile: &Pat
     }
 }
 
-#[test]
-fn web_page_box_in_headless_chromium_matches_medsam_infer() {
-    let (Some(chromium), Some(driver)) = (
+impl Browser {
+    /// Loads the page and opens `file` in it; waits until it is ready.
+    fn open(&self, addr: &str, file: &Path) {
+        self.cmd(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{addr}/")})),
+        );
+        let input = self.cmd(
+            "POST",
+            "/element",
+            Some(serde_json::json!({"using": "css selector", "value": "#file"})),
+        );
+        let id = input.as_object().unwrap().values().next().unwrap();
+        self.cmd(
+            "POST",
+            &format!("/element/{}/value", id.as_str().unwrap()),
+            Some(serde_json::json!({"text": file.to_str().unwrap()})),
+        );
+        self.wait_for(
+            "return document.body.dataset.state === 'ready'",
+            "the image to load",
+        );
+    }
+
+    /// Image pixel `(x, y)` → a pointer move in viewport pixels (canvas pixels are `scale` CSS
+    /// pixels wide, so integer image coordinates map exactly; the page rounds).
+    fn at(&self, x: usize, y: usize) -> serde_json::Value {
+        let r = self.exec(
+            "const v = document.getElementById('view'), r = v.getBoundingClientRect(); return [r.left, r.top, r.width / v.width];",
+        );
+        let f = |i: usize| r[i].as_f64().unwrap();
+        serde_json::json!({"type": "pointerMove", "duration": 0, "origin": "viewport",
+            "x": (f(0) + x as f64 * f(2)).round() as i64, "y": (f(1) + y as f64 * f(2)).round() as i64})
+    }
+
+    fn pointer(&self, actions: Vec<serde_json::Value>) {
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(
+                serde_json::json!({"actions": [{"type": "pointer", "id": "mouse",
+                "parameters": {"pointerType": "mouse"}, "actions": actions}]}),
+            ),
+        );
+    }
+
+    /// Drags a box `[x0, y0, x1, y1]` and waits for the page's `n`-th segmentation.
+    fn drag_box(&self, bx: [usize; 4], n: usize) {
+        let (down, up) = (
+            serde_json::json!({"type": "pointerDown", "button": 0}),
+            serde_json::json!({"type": "pointerUp", "button": 0}),
+        );
+        let mid = self.at((bx[0] + bx[2]) / 2, (bx[1] + bx[3]) / 2);
+        self.pointer(vec![
+            self.at(bx[0], bx[1]),
+            down,
+            mid,
+            self.at(bx[2], bx[3]),
+            up,
+        ]);
+        self.wait_segments(n);
+    }
+
+    /// A click at `(x, y)` in the current mode; waits for the `n`-th segmentation.
+    fn click(&self, x: usize, y: usize, n: usize) {
+        let (down, up) = (
+            serde_json::json!({"type": "pointerDown", "button": 0}),
+            serde_json::json!({"type": "pointerUp", "button": 0}),
+        );
+        self.pointer(vec![self.at(x, y), down, up]);
+        self.wait_segments(n);
+    }
+
+    fn wait_segments(&self, n: usize) {
+        self.wait_for(
+            &format!("return document.body.dataset.segments === '{n}' && document.body.dataset.state === 'ready'"),
+            "the overlay",
+        );
+        let err = self.exec("return document.getElementById('status').className");
+        let msg = self.exec("return document.getElementById('status').textContent");
+        assert_eq!(err, "", "page status: {msg}");
+    }
+
+    /// Clicks "download" and waits for `dir/name`.
+    fn download(&self, dir: &Path, name: &str) -> PathBuf {
+        let _ = std::fs::remove_file(dir.join(name));
+        self.exec("document.getElementById('download').click(); return null;");
+        let file = dir.join(name);
+        for _ in 0..300 {
+            if file.is_file() {
+                // Chromium renames the finished download into place.
+                std::thread::sleep(Duration::from_millis(200));
+                return file;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no download at {}", file.display());
+    }
+}
+
+/// Chromium and chromedriver, or `None` with a SKIPPED line.
+fn chromium() -> Option<(PathBuf, PathBuf)> {
+    match (
         which("chromium").or_else(|| which("chromium-browser")),
         which("chromedriver"),
-    ) else {
-        eprintln!(
-            "SKIPPED: chromium and chromedriver are not installed (apt chromium chromium-driver)"
-        );
+    ) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ => {
+            eprintln!(
+                "SKIPPED: chromium and chromedriver are not installed (apt chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn web_page_box_in_headless_chromium_matches_medsam_infer() {
+    let Some((chromium, driver)) = chromium() else {
         return;
     };
     let dir = tmpdir("web");
@@ -733,82 +844,14 @@ fn web_page_box_in_headless_chromium_matches_medsam_infer() {
     let downloads = dir.join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
-    b.cmd(
-        "POST",
-        "/url",
-        Some(serde_json::json!({"url": format!("http://{}/", srv.addr)})),
-    );
-    let input = b.cmd(
-        "POST",
-        "/element",
-        Some(serde_json::json!({"using": "css selector", "value": "#file"})),
-    );
-    let input_id = input
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string();
-    b.cmd(
-        "POST",
-        &format!("/element/{input_id}/value"),
-        Some(serde_json::json!({"text": png.to_str().unwrap()})),
-    );
-    b.wait_for(
-        "return document.body.dataset.state === 'ready'",
-        "the image to load",
-    );
-    // Drag a box: canvas pixels are `scale` CSS pixels wide, so integer image coordinates map
-    // exactly (the page rounds).
-    let r = b.exec(
-        "const r = document.getElementById('view').getBoundingClientRect(); return [r.left, r.top, r.width / document.getElementById('view').width];",
-    );
-    let (left, top, scale) = (
-        r[0].as_f64().unwrap(),
-        r[1].as_f64().unwrap(),
-        r[2].as_f64().unwrap(),
-    );
+    b.open(&srv.addr, &png);
     let bx = [10usize, 8, 34, 36];
-    let at = |x: usize, y: usize| {
-        serde_json::json!({"type": "pointerMove", "duration": 0, "origin": "viewport",
-            "x": (left + x as f64 * scale).round() as i64, "y": (top + y as f64 * scale).round() as i64})
-    };
-    b.cmd(
-        "POST",
-        "/actions",
-        Some(serde_json::json!({"actions": [{
-        "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
-        "actions": [at(bx[0], bx[1]), {"type": "pointerDown", "button": 0},
-                    at((bx[0] + bx[2]) / 2, (bx[1] + bx[3]) / 2), at(bx[2], bx[3]),
-                    {"type": "pointerUp", "button": 0}]}]})),
-    );
-    b.wait_for(
-        "return document.body.dataset.segments === '1'",
-        "the overlay",
-    );
+    b.drag_box(bx, 1);
     let shot = b.cmd("GET", "/screenshot", None);
     let shot_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve-web-screenshot.png");
     std::fs::write(&shot_path, b64decode(shot.as_str().unwrap())).unwrap();
     eprintln!("screenshot: {}", shot_path.display());
-    let err = b.exec("return document.getElementById('status').className");
-    assert_eq!(
-        err,
-        "",
-        "page status: {}",
-        b.exec("return document.getElementById('status').textContent")
-    );
-    b.exec("document.getElementById('download').click(); return null;");
-    let file = downloads.join("seg_ct.png");
-    for _ in 0..300 {
-        if file.is_file() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(file.is_file(), "no download at {}", file.display());
+    let file = b.download(&downloads, "seg_ct.png");
     let got = read_png_mask(&file);
     let want = infer_png(&ckpt, &png, bx, &dir.join("infer"));
     assert_eq!(got, want, "downloaded mask differs from medsam infer");
@@ -816,6 +859,75 @@ fn web_page_box_in_headless_chromium_matches_medsam_infer() {
         "web mask: {} of {} pixels",
         got.iter().filter(|&&m| m).count(),
         h * w
+    );
+}
+
+/// A NIfTI volume in Chromium: a box on the middle slice, a positive and a negative click (each
+/// re-segments), two undos back to the box's mask; the downloaded NIfTI has the input's shape
+/// and spacing, the box's mask equals `medsam infer` on that slice, and no other slice is set.
+#[test]
+fn web_page_points_undo_and_nifti_download_in_chromium() {
+    let Some((chromium, driver)) = chromium() else {
+        return;
+    };
+    let dir = tmpdir("web3d");
+    let ckpt = tiny_checkpoint(&dir);
+    let (d, h, w) = (3usize, 48usize, 40usize);
+    let vol = volume(d, h, w);
+    let nii = dir.join("ct.nii.gz");
+    let spacing = [0.7, 0.8, 2.5];
+    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &vol, spacing).unwrap();
+    let srv = start(&ckpt, &[]);
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
+    b.open(&srv.addr, &nii);
+    let z = d / 2;
+    let bx = [10usize, 8, 34, 36];
+    b.drag_box(bx, 1);
+    let labels = "return Array.from(S.labels[S.z]).reduce((a, v) => a + (v > 0), 0)";
+    let n_box = b.exec(labels);
+    b.exec("document.getElementById('mode-pos').click(); return null;");
+    b.click(20, 20, 2);
+    b.exec("document.getElementById('mode-neg').click(); return null;");
+    b.click(30, 30, 3);
+    let n_points = b.exec(labels);
+    for _ in 0..2 {
+        b.exec("window.undone = false; document.getElementById('undo').click(); return null;");
+        b.wait_for(
+            "return document.getElementById('status').textContent.startsWith('undone')",
+            "undo",
+        );
+        b.exec("document.getElementById('status').textContent = ''; return null;");
+    }
+    let file = b.download(&downloads, "seg_ct.nii.gz");
+    let seg = medsam::io::nifti::read_nifti(&file).unwrap();
+    assert_eq!(seg.shape, [d, h, w]);
+    for k in 0..3 {
+        assert!(
+            (seg.spacing[k] - spacing[k]).abs() < 1e-6,
+            "{:?}",
+            seg.spacing
+        );
+    }
+    let got: Vec<bool> = seg.data[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0.0)
+        .collect();
+    let want = infer_slice(&ckpt, &vol, (h, w), z, bx, &dir);
+    assert_eq!(
+        got, want,
+        "after two undos the mask differs from medsam infer's box"
+    );
+    let elsewhere = seg
+        .data
+        .iter()
+        .enumerate()
+        .filter(|(i, &v)| v > 0.0 && i / (h * w) != z);
+    assert_eq!(elsewhere.count(), 0);
+    eprintln!(
+        "web 3D: box {n_box} px, with +/- points {n_points} px, after undo {}",
+        got.iter().filter(|&&m| m).count()
     );
 }
 
