@@ -903,13 +903,14 @@ fn web_page_points_undo_and_nifti_download_in_chromium() {
     let file = b.download(&downloads, "seg_ct.nii.gz");
     let seg = medsam::io::nifti::read_nifti(&file).unwrap();
     assert_eq!(seg.shape, [d, h, w]);
-    for k in 0..3 {
-        assert!(
-            (seg.spacing[k] - spacing[k]).abs() < 1e-6,
-            "{:?}",
-            seg.spacing
-        );
-    }
+    assert!(
+        seg.spacing
+            .iter()
+            .zip(spacing)
+            .all(|(a, b)| (a - b).abs() < 1e-6),
+        "{:?}",
+        seg.spacing
+    );
     let got: Vec<bool> = seg.data[z * h * w..(z + 1) * h * w]
         .iter()
         .map(|&v| v > 0.0)
@@ -1177,13 +1178,14 @@ fn web_dicom_zip_is_the_volume_medsam_infer_reads() {
     std::fs::write(dir.join("seg.nii.gz"), nii).unwrap();
     let seg = medsam::io::nifti::read_nifti(dir.join("seg.nii.gz")).unwrap();
     assert_eq!(seg.shape, [d, h, w]);
-    for k in 0..3 {
-        assert!(
-            (seg.spacing[k] - want.spacing[k]).abs() < 1e-6,
-            "{:?}",
-            seg.spacing
-        );
-    }
+    assert!(
+        seg.spacing
+            .iter()
+            .zip(want.spacing)
+            .all(|(a, b)| (a - b).abs() < 1e-6),
+        "{:?}",
+        seg.spacing
+    );
     // Not a DICOM series.
     let bad = dir.join("bad.zip");
     let mut z = zip::ZipWriter::new(std::fs::File::create(&bad).unwrap());
