@@ -712,6 +712,11 @@ fn start_browser(chromium: &Path, driver: &Path, downloads: &Path, profile: &Pat
 impl Browser {
     /// Loads the page and opens `file` in it; waits until it is ready.
     fn open(&self, addr: &str, file: &Path) {
+        self.open_files(addr, &[file.to_path_buf()]);
+    }
+
+    /// Loads the page and picks `files` in its file input; waits until it is ready.
+    fn open_files(&self, addr: &str, files: &[PathBuf]) {
         self.cmd(
             "POST",
             "/url",
@@ -726,7 +731,11 @@ impl Browser {
         self.cmd(
             "POST",
             &format!("/element/{}/value", id.as_str().unwrap()),
-            Some(serde_json::json!({"text": file.to_str().unwrap()})),
+            Some(serde_json::json!({"text": files
+                .iter()
+                .map(|f| f.to_str().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")})),
         );
         self.wait_for(
             "return document.body.dataset.state === 'ready'",
@@ -1202,4 +1211,30 @@ fn web_dicom_zip_is_the_volume_medsam_infer_reads() {
     );
     assert_eq!(st, 400);
     assert!(json(&b)["detail"].is_string());
+}
+
+/// Several DICOM files picked on the page are zipped by it and read as the series folder is.
+#[test]
+fn web_page_dicom_files_in_chromium() {
+    let Some((chromium, driver)) = chromium() else {
+        return;
+    };
+    let series = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_case01");
+    let Ok(entries) = std::fs::read_dir(&series) else {
+        eprintln!("SKIPPED: {} missing", series.display());
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let dir = tmpdir("webdicom");
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let b = start_browser(&chromium, &driver, &dir, &dir.join("profile"));
+    b.open_files(&srv.addr, &files);
+    let s = medsam::io::dicom::read_series(&series, None).unwrap();
+    let want = medsam::io::volume::u8_volume(&series, &s.volume);
+    let (d, h, w) = want.shape;
+    assert_eq!(b.exec("return S.shape"), serde_json::json!([d, h, w]));
+    let sum: u64 = want.data.iter().map(|&v| v as u64).sum();
+    assert_eq!(b.exec("return S.vol.reduce((a, v) => a + v, 0)"), sum);
 }
