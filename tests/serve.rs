@@ -835,13 +835,23 @@ fn chromium() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// A Chromium test's directory, tiny checkpoint, server, downloads folder and browser.
+fn browser_case(name: &str) -> Option<(PathBuf, PathBuf, Server, PathBuf, Browser)> {
+    let (chromium, driver) = chromium()?;
+    let dir = tmpdir(name);
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
+    Some((dir, ckpt, srv, downloads, b))
+}
+
 #[test]
 fn web_page_box_in_headless_chromium_matches_medsam_infer() {
-    let Some((chromium, driver)) = chromium() else {
+    let Some((dir, ckpt, srv, downloads, b)) = browser_case("web") else {
         return;
     };
-    let dir = tmpdir("web");
-    let ckpt = tiny_checkpoint(&dir);
     let (h, w) = (48usize, 40usize);
     let img = volume(3, h, w)[h * w..2 * h * w].to_vec();
     let png = dir.join("ct.png");
@@ -849,10 +859,6 @@ fn web_page_box_in_headless_chromium_matches_medsam_infer() {
         .unwrap()
         .save(&png)
         .unwrap();
-    let srv = start(&ckpt, &[]);
-    let downloads = dir.join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
     b.open(&srv.addr, &png);
     let bx = [10usize, 8, 34, 36];
     b.drag_box(bx, 1);
@@ -876,20 +882,14 @@ fn web_page_box_in_headless_chromium_matches_medsam_infer() {
 /// and spacing, the box's mask equals `medsam infer` on that slice, and no other slice is set.
 #[test]
 fn web_page_points_undo_and_nifti_download_in_chromium() {
-    let Some((chromium, driver)) = chromium() else {
+    let Some((dir, ckpt, srv, downloads, b)) = browser_case("web3d") else {
         return;
     };
-    let dir = tmpdir("web3d");
-    let ckpt = tiny_checkpoint(&dir);
     let (d, h, w) = (3usize, 48usize, 40usize);
     let vol = volume(d, h, w);
     let nii = dir.join("ct.nii.gz");
     let spacing = [0.7, 0.8, 2.5];
     medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &vol, spacing).unwrap();
-    let srv = start(&ckpt, &[]);
-    let downloads = dir.join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
     b.open(&srv.addr, &nii);
     let z = d / 2;
     let bx = [10usize, 8, 34, 36];
@@ -1135,21 +1135,31 @@ fn web_medsam2_box_propagates_like_medsam_infer() {
     }
 }
 
+/// The files of tests/fixtures/dicom/ct_case01 and the uint8 volume `medsam infer -i DIR` makes
+/// of that folder; `None` (SKIPPED) when absent.
+fn dicom_series() -> Option<(Vec<PathBuf>, medsam::io::volume::Volume)> {
+    let series = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_case01");
+    let Ok(entries) = std::fs::read_dir(&series) else {
+        eprintln!("SKIPPED: {} missing", series.display());
+        return None;
+    };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let s = medsam::io::dicom::read_series(&series, None).unwrap();
+    Some((files, medsam::io::volume::u8_volume(&series, &s.volume)))
+}
+
 /// A zipped DICOM series opened on the page is the volume `medsam infer -i DIR` reads (same
 /// uint8 voxels, shape and spacing); a non-DICOM zip is a 400 with a message.
 #[test]
 fn web_dicom_zip_is_the_volume_medsam_infer_reads() {
     use std::io::Write as _;
-    let series = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_case01");
-    let Ok(entries) = std::fs::read_dir(&series) else {
-        eprintln!("SKIPPED: {} missing", series.display());
+    let Some((files, want)) = dicom_series() else {
         return;
     };
     let dir = tmpdir("dicom");
     let zip_path = dir.join("ct_case01.zip");
     let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
-    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
-    files.sort();
     for f in &files {
         let name = format!("ct/{}", f.file_name().unwrap().to_string_lossy());
         z.start_file(name, zip::write::SimpleFileOptions::default())
@@ -1161,8 +1171,6 @@ fn web_dicom_zip_is_the_volume_medsam_infer_reads() {
     let srv = start(&ckpt, &[]);
     let a = srv.addr.as_str();
     let (token, info) = web_open(a, &zip_path);
-    let s = medsam::io::dicom::read_series(&series, None).unwrap();
-    let want = medsam::io::volume::u8_volume(&series, &s.volume);
     let (d, h, w) = want.shape;
     assert_eq!(info["shape"], serde_json::json!([d, h, w]));
     let lease = [("X-Lease-Token", token.as_str())];
@@ -1216,23 +1224,13 @@ fn web_dicom_zip_is_the_volume_medsam_infer_reads() {
 /// Several DICOM files picked on the page are zipped by it and read as the series folder is.
 #[test]
 fn web_page_dicom_files_in_chromium() {
-    let Some((chromium, driver)) = chromium() else {
+    let Some((files, want)) = dicom_series() else {
         return;
     };
-    let series = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_case01");
-    let Ok(entries) = std::fs::read_dir(&series) else {
-        eprintln!("SKIPPED: {} missing", series.display());
+    let Some((_dir, _ckpt, srv, _downloads, b)) = browser_case("webdicom") else {
         return;
     };
-    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let dir = tmpdir("webdicom");
-    let ckpt = tiny_checkpoint(&dir);
-    let srv = start(&ckpt, &[]);
-    let b = start_browser(&chromium, &driver, &dir, &dir.join("profile"));
     b.open_files(&srv.addr, &files);
-    let s = medsam::io::dicom::read_series(&series, None).unwrap();
-    let want = medsam::io::volume::u8_volume(&series, &s.volume);
     let (d, h, w) = want.shape;
     assert_eq!(b.exec("return S.shape"), serde_json::json!([d, h, w]));
     let sum: u64 = want.data.iter().map(|&v| v as u64).sum();
