@@ -27,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lite_vs_torch import ROOT, python, run  # noqa: E402  ($MEDSAM_PYTHON; RESULT lines)
 
 MAKE_SERIES = r'''
 import sys, random, numpy as np, pydicom
@@ -76,29 +77,16 @@ for _ in range(rounds):
 '''
 
 
-def python():
-    return os.environ.get("MEDSAM_PYTHON", sys.executable)
-
-
-def results(cmd):
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
-    return out.stdout
-
-
 def ours(medsam, d):
-    out = results([medsam, "dicom", d])
-    m = re.search(r"in ([0-9.]+) s", out)
-    if not m:
-        sys.exit(f"no timing in `medsam dicom` output:\n{out}")
+    out = subprocess.run([medsam, "dicom", d], capture_output=True, text=True, cwd=ROOT)
+    m = re.search(r"in ([0-9.]+) s", out.stdout)
+    if out.returncode != 0 or not m:
+        sys.exit(f"`medsam dicom` failed or printed no timing:\n{out.stdout}\n{out.stderr[-3000:]}")
     return float(m.group(1))
 
 
 def sitk(d):
-    out = results([python(), "-c", SITK_WORKER, d, "1"])
-    line = [l for l in out.splitlines() if l.startswith("RESULT")][-1]
-    return float(dict(kv.split("=", 1) for kv in line.split()[1:])["secs"])
+    return float(run([python(), "-c", SITK_WORKER, d, "1"])["secs"])
 
 
 def main():
@@ -113,17 +101,17 @@ def main():
         sys.exit(f"{a.medsam} not found: run `cargo build --release` first (or pass --medsam)")
     tmp = tempfile.mkdtemp(prefix="dicom_vs_sitk_")
     try:
-        results([python(), "-c", MAKE_SERIES, tmp, str(a.slices), str(a.size)])
+        run([python(), "-c", MAKE_SERIES, tmp, str(a.slices), str(a.size)])
         print(f"series: {a.slices} slices of {a.size}×{a.size} uint16 (12 bits stored), explicit VR LE")
         sides = {"ours": lambda: ours(a.medsam, tmp), "sitk": lambda: sitk(tmp)}
         if a.baseline:
             sides["baseline"] = lambda: ours(a.baseline, tmp)
-        for run in sides.values():  # one untimed read each to fill the page cache
-            run()
+        for read in sides.values():  # one untimed read each to fill the page cache
+            read()
         times = {k: [] for k in sides}
         for r in range(a.rounds):
-            for k, run in sides.items():
-                times[k].append(run())
+            for k, read in sides.items():
+                times[k].append(read())
             print(f"round {r + 1}: " + "   ".join(f"{k} {t[-1]:.3f} s" for k, t in times.items()))
         names = {"ours": "ours (medsam dicom)", "sitk": "SimpleITK ImageSeriesReader",
                  "baseline": "baseline medsam"}

@@ -3,8 +3,9 @@
 
 use super::common::show;
 use medsam::io::dicom::{
-    format_series_list, list_series, read_series_compact, write_nifti_with_geometry, Voxels,
+    format_series_list, list_series, read_series_compact, write_nifti_with_geometry,
 };
+use medsam::io::npy::NpyData;
 use medsam::{Error, Result};
 use std::path::PathBuf;
 
@@ -37,7 +38,7 @@ pub fn run(a: &DicomArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let v = &s.volume;
-    let (lo, hi) = v.voxels.range();
+    let (lo, hi) = v.range();
     let g = &s.geometry;
     println!(
         "read {} ({}): {}×{}×{} (D×H×W) in {secs:.3} s",
@@ -52,10 +53,10 @@ pub fn run(a: &DicomArgs) -> Result<()> {
     );
     if let Some(out) = &a.to_nifti {
         let werr = |e: medsam::io::dicom::DicomError| Error::file(out, e.to_string());
-        if let Voxels::I16(d) = &v.voxels {
+        if let NpyData::I16(d) = &v.voxels {
             write_nifti_with_geometry(out, v.shape, d, g).map_err(werr)?;
         } else {
-            let d: Vec<f32> = v.voxels.to_f64().iter().map(|&x| x as f32).collect();
+            let d: Vec<f32> = v.to_f64().iter().map(|&x| x as f32).collect();
             write_nifti_with_geometry(out, v.shape, &d, g).map_err(werr)?;
         }
         println!("wrote {}", show(out));

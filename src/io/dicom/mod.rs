@@ -38,8 +38,8 @@ mod uid;
 mod voxels;
 
 pub use read::{list_series, read_series, read_series_compact, SeriesSummary};
-pub use voxels::{DicomVolume, Voxels};
 pub use seg::{write_nifti_with_geometry, write_seg, SegOptions};
+pub use voxels::DicomVolume;
 
 use crate::io::nifti::NiftiVolume;
 use std::fmt;

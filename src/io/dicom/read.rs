@@ -7,11 +7,12 @@
 //! from its offset at the end of the file without parsing the file again; other transfer
 //! syntaxes (and files laid out otherwise) are parsed in full and decoded by dicom-pixeldata.
 
-use super::voxels::{DicomVolume, Store, Voxels};
+use super::voxels::{DicomVolume, Store};
 use super::{
     is_supported_transfer_syntax, transfer_syntax_name, DicomError, DicomSeries, DicomWarning,
     Geometry, Result, SeriesInfo, SliceSource,
 };
+use crate::io::npy::NpyData;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions, Tag};
@@ -876,7 +877,7 @@ fn decode_all<T: Store>(
 }
 
 /// Wraps a decoded volume, inverting MONOCHROME1 (`v' = lo + hi − v`) first.
-fn finish<T: Store>(mut data: Vec<T>, mono1: bool, lo: f64, hi: f64, integral: bool) -> Voxels {
+fn finish<T: Store>(mut data: Vec<T>, mono1: bool, lo: f64, hi: f64, integral: bool) -> NpyData {
     if mono1 && integral {
         let s = lo as i64 + hi as i64;
         data.par_iter_mut()
@@ -892,7 +893,7 @@ fn finish<T: Store>(mut data: Vec<T>, mono1: bool, lo: f64, hi: f64, integral: b
 /// intercept is an integer (as GDCM), else int16, uint16 or int32 by the actual value range. The
 /// first decode goes straight into int16 (the usual CT/MR case); only a volume whose values do
 /// not fit is decoded again into the wider kind. Returns the voxels and MONOCHROME1.
-fn decode_volume(headers: &[Header], slices: &[Slice], plane: usize) -> Result<(Voxels, bool)> {
+fn decode_volume(headers: &[Header], slices: &[Slice], plane: usize) -> Result<(NpyData, bool)> {
     let integral = slices
         .iter()
         .all(|s| s.geo.slope.fract() == 0.0 && s.geo.intercept.fract() == 0.0);
