@@ -749,7 +749,7 @@ fn read_native_tail(
     let len = f.metadata().map_err(io_err(path))?.len();
     let head = if explicit { 12 } else { 8 };
     for vlen in [need, need + 1] {
-        if vlen > need && need % 2 == 0 {
+        if vlen > need && need.is_multiple_of(2) {
             break;
         }
         let Some(start) = len.checked_sub((head + vlen) as u64) else {
