@@ -887,10 +887,10 @@ fn adamw_on_device_matches_cpu() {
     // Backend::adamw (fused aclnnApplyAdamWV2) and the elementwise composition it falls back
     // to, three steps each, against the CPU update.
     use medsam::backend::ascend::AscendBackend;
-    use medsam::backend::{backend, AdamWStep, Backend, Storage};
+    use medsam::backend::{backend, AdamWSlots, AdamWStep, Backend, Storage};
     setup();
     let n = 1000;
-    type Step<'a> = &'a dyn Fn(AdamWStep, &mut Storage, &Storage, &mut Storage, &mut Storage);
+    type Step<'a> = &'a dyn Fn(AdamWStep, &Storage, AdamWSlots);
     let run = |b: &dyn Backend, step_fn: Step| {
         let mut w = b.upload(&data(n, 1)).unwrap();
         let mut m = b.zeros(n).unwrap();
@@ -906,22 +906,25 @@ fn adamw_on_device_matches_cpu() {
                 weight_decay: 0.01,
                 step,
             };
-            step_fn(p, &mut w, &g, &mut m, &mut v);
+            let slots = AdamWSlots {
+                param: &mut w,
+                exp_avg: &mut m,
+                exp_avg_sq: &mut v,
+            };
+            step_fn(p, &g, slots);
         }
         [w, m, v].map(|s| b.download(&s).unwrap())
     };
     let cpu = backend(Device::Cpu).unwrap();
-    let want = run(&*cpu, &|p, w, g, m, v| cpu.adamw(p, w, g, m, v).unwrap());
+    let want = run(&*cpu, &|p, g, s| cpu.adamw(p, g, s).unwrap());
     let npu = AscendBackend::shared(0).unwrap();
-    let fused = run(&*npu, &|p, w, g, m, v| {
+    let fused = run(&*npu, &|p, g, mut s| {
         assert!(
-            npu.adamw_fused(p, w, g, m, v).unwrap(),
+            npu.adamw_fused(p, g, &mut s).unwrap(),
             "aclnnApplyAdamWV2 was not used"
         )
     });
-    let composed = run(&*npu, &|p, w, g, m, v| {
-        npu.adamw_elementwise(p, w, g, m, v).unwrap()
-    });
+    let composed = run(&*npu, &|p, g, s| npu.adamw_elementwise(p, g, s).unwrap());
     for (path, got) in [("fused", &fused), ("elementwise", &composed)] {
         for (k, what) in ["param", "exp_avg", "exp_avg_sq"].iter().enumerate() {
             close(&format!("adamw {path} {what}"), &got[k], &want[k], 1e-6);
@@ -982,9 +985,14 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         strides: vec![1],
         offset: 0,
     };
-    outs.push(b.binary(Binary::Div, &x, &view, &pos, &view).unwrap());
-    outs.push(b.bilinear(n * c, (h, w), (7, 9), &x).unwrap());
-    outs.push(b.bilinear_backward(n * c, (h, w), (7, 9), &up).unwrap());
+    outs.push(b.binary(Binary::Div, (&x, &view), (&pos, &view)).unwrap());
+    let r = medsam::backend::ResizeDims {
+        planes: n * c,
+        hw: (h, w),
+        ohw: (7, 9),
+    };
+    outs.push(b.bilinear(r, &x).unwrap());
+    outs.push(b.bilinear_backward(r, &up).unwrap());
     let g = Conv2dGeom {
         n,
         c_in: c,
@@ -997,8 +1005,19 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         pad: (1, 1),
         groups: c,
     };
-    outs.push(b.depthwise_conv2d(g, &x, &dw, Some(&gamma)).unwrap());
-    let gr = b.depthwise_conv2d_backward(g, &x, &dw, &dy, true).unwrap();
+    let a = medsam::backend::ConvIn {
+        x: &x,
+        w: &dw,
+        bias: Some(&gamma),
+    };
+    outs.push(b.depthwise_conv2d(g, a).unwrap());
+    let a = medsam::backend::ConvGradIn {
+        x: &x,
+        w: &dw,
+        dy: &dy,
+        bias: true,
+    };
+    let gr = b.depthwise_conv2d_backward(g, a).unwrap();
     outs.extend([gr.dx, gr.dw, gr.dbias.unwrap()]);
     let d = medsam::backend::ChannelDims { n, c, hw: h * w };
     let (mean, var) = b.batch_norm_stats(d, &x).unwrap();
@@ -1006,11 +1025,20 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         mean: &mean,
         rstd: &gamma,
     };
-    outs.push(b.batch_norm_apply(d, &x, &gamma, &beta, stats).unwrap());
+    let a = medsam::backend::NormIn {
+        x: &x,
+        gamma: &gamma,
+        beta: &beta,
+    };
+    outs.push(b.batch_norm_apply(d, a, stats).unwrap());
     for batch_stats in [true, false] {
-        let gr = b
-            .batch_norm_backward(d, &x, &gamma, stats, &dy, batch_stats)
-            .unwrap();
+        let a = medsam::backend::NormGradIn {
+            x: &x,
+            gamma: &gamma,
+            stats,
+            dy: &dy,
+        };
+        let gr = b.batch_norm_backward(d, a, batch_stats).unwrap();
         outs.extend([gr.dx, gr.dgamma, gr.dbeta]);
     }
     outs.push(var);
@@ -1022,7 +1050,12 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         weight_decay: 0.01,
         step: 1,
     };
-    b.adamw(hyper, &mut p, &dy, &mut m, &mut v).unwrap();
+    let slots = medsam::backend::AdamWSlots {
+        param: &mut p,
+        exp_avg: &mut m,
+        exp_avg_sq: &mut v,
+    };
+    b.adamw(hyper, &dy, slots).unwrap();
     // Attention without rel-pos (flash attention) forward and backward.
     let dims = medsam_kernels::attention::AttnDims {
         bh: n * c,
@@ -1042,7 +1075,12 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         v: &dy,
     };
     let (o, saved) = b.attention(args, qkv).unwrap();
-    let gr = b.attention_backward(args, qkv, &o, &saved, &x).unwrap();
+    let g = medsam::backend::AttnGradIn {
+        out: &o,
+        saved: &saved,
+        dout: &x,
+    };
+    let gr = b.attention_backward(args, qkv, g).unwrap();
     outs.extend([o, gr.dq, gr.dk, gr.dv]);
     assert_eq!(
         host_copies(),
@@ -1307,7 +1345,7 @@ fn prop_backend_ops_match_cpu() {
 
 #[test]
 fn prop_adamw_matches_cpu() {
-    use medsam::backend::{backend, AdamWStep};
+    use medsam::backend::{backend, AdamWSlots, AdamWStep};
     setup();
     let mut r = Rng(11);
     for _ in 0..4 {
@@ -1327,7 +1365,12 @@ fn prop_adamw_matches_cpu() {
                     weight_decay: 0.05,
                     step: i as u64 + 1,
                 };
-                b.adamw(p, &mut w, &g, &mut m, &mut v).unwrap();
+                let slots = AdamWSlots {
+                    param: &mut w,
+                    exp_avg: &mut m,
+                    exp_avg_sq: &mut v,
+                };
+                b.adamw(p, &g, slots).unwrap();
             }
             [w, m, v].map(|s| b.download(&s).unwrap())
         };

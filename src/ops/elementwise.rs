@@ -15,7 +15,7 @@ impl Tensor {
             broadcast_view(other, &shape)?,
         );
         let b = self.backend()?;
-        let s = b.binary(op, self.storage(), &va, other.storage(), &vb)?;
+        let s = b.binary(op, (self.storage(), &va), (other.storage(), &vb))?;
         let out = Tensor::from_storage(s, &shape, self.device())?;
         let needs_inputs = matches!(op, Binary::Mul | Binary::Div);
         Ok(record(out, &[self, other], || {
@@ -122,9 +122,6 @@ struct BinaryBackward {
 }
 
 impl BackwardOp for BinaryBackward {
-    fn name(&self) -> &'static str {
-        "binary"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (ga, gb) = match (self.op, &self.saved) {
             (Binary::Add, _) => (g.clone(), g.clone()),
@@ -149,9 +146,6 @@ struct UnaryBackward {
 }
 
 impl BackwardOp for UnaryBackward {
-    fn name(&self) -> &'static str {
-        "unary"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let g = g.contiguous()?;
         let b = g.backend()?;
@@ -171,9 +165,6 @@ struct SumAll {
 }
 
 impl BackwardOp for SumAll {
-    fn name(&self) -> &'static str {
-        "sum"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let lead = vec![1; self.in_shape.len().saturating_sub(g.rank())];
         let g = g.reshape(&[lead, g.shape().to_vec()].concat())?;

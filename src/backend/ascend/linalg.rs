@@ -3,13 +3,13 @@
 use super::*;
 
 impl LinalgOps for AscendBackend {
-    fn gemm(
-        &self,
-        dims: GemmDims,
-        a: GemmOperand,
-        b: GemmOperand,
-        precision: Precision,
-    ) -> Result<Storage> {
+    fn gemm(&self, g: GemmArgs) -> Result<Storage> {
+        let GemmArgs {
+            dims,
+            a,
+            b,
+            precision,
+        } = g;
         let GemmDims { batch, m, n, k } = dims;
         let total = batch * m * n;
         let (ab, bb) = (self.buf(a.storage)?, self.buf(b.storage)?);

@@ -632,24 +632,16 @@ impl AscendBackend {
     }
 
     /// Backward of [`AscendBackend::flash_attention`] (`aclnnFlashAttentionScoreGrad`).
-    #[allow(clippy::too_many_arguments)]
     fn flash_attention_backward(
         &self,
-        dims: AttnDims,
-        (q, k, v): (&Storage, &Storage, &Storage),
-        scale: f32,
-        out: &Storage,
+        a: AttnArgs,
+        x: Qkv,
+        g: AttnGradIn,
         st: &FlashAttnState,
-        dout: &Storage,
     ) -> Result<AttnGrads> {
-        let AttnDims { bh, nq, nk, d, .. } = dims;
-        let (qb, kb, vb, ob, gb) = (
-            self.buf(q)?,
-            self.buf(k)?,
-            self.buf(v)?,
-            self.buf(out)?,
-            self.buf(dout)?,
-        );
+        let AttnDims { bh, nq, nk, d, .. } = a.dims;
+        let (qb, kb, vb) = (self.buf(x.q)?, self.buf(x.k)?, self.buf(x.v)?);
+        let (ob, gb) = (self.buf(g.out)?, self.buf(g.dout)?);
         let (mut dq, mut dk, mut dv) = (
             self.alloc(bh * nq * d)?,
             self.alloc(bh * nk * d)?,
@@ -671,7 +663,7 @@ impl AscendBackend {
             let gk = TensorArg::output::<f32>(&mut dk, lk.clone()).map_err(&e)?;
             let gv = TensorArg::output::<f32>(&mut dv, lk).map_err(&e)?;
             let attr = FlashAttn {
-                scale: scale as f64,
+                scale: a.scale as f64,
                 head_num: 1,
             };
             self.ops()
@@ -699,14 +691,12 @@ impl AscendBackend {
     /// in its first phase (nothing was enqueued then). Its scalars are f32 (the CPU reference
     /// rounds f64 bias corrections once), so results may differ from the CPU in the last bits.
     /// Public for tests.
-    pub fn adamw_fused(
-        &self,
-        p: AdamWStep,
-        param: &mut Storage,
-        grad: &Storage,
-        exp_avg: &mut Storage,
-        exp_avg_sq: &mut Storage,
-    ) -> Result<bool> {
+    pub fn adamw_fused(&self, p: AdamWStep, grad: &Storage, s: &mut AdamWSlots) -> Result<bool> {
+        let AdamWSlots {
+            param,
+            exp_avg,
+            exp_avg_sq,
+        } = s;
         let n = param.len();
         if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n || p.step == 0 {
             return Ok(false);
@@ -716,13 +706,8 @@ impl AscendBackend {
         }
         // The kernel uses step + 1 as t: pass the number of earlier updates (exact in f32).
         let step = self.fill(1, (p.step - 1) as f32)?;
-        let (wb, gb, mb, vb, sb) = (
-            self.buf(param)?,
-            self.buf(grad)?,
-            self.buf(exp_avg)?,
-            self.buf(exp_avg_sq)?,
-            self.buf(&step)?,
-        );
+        let (wb, mb, vb) = (self.buf(param)?, self.buf(exp_avg)?, self.buf(exp_avg_sq)?);
+        let (gb, sb) = (self.buf(grad)?, self.buf(&step)?);
         let l = contig(&[n]);
         // In-place operands: `param`, `exp_avg` and `exp_avg_sq` are borrowed exclusively by
         // the caller (`&mut Storage`), so writing through these views is sound.
@@ -748,14 +733,12 @@ impl AscendBackend {
 
     /// AdamW as 12 device elementwise ops (the fallback of [`OptimOps::adamw`] when
     /// `aclnnApplyAdamWV2` is missing or rejects the call); public for tests.
-    pub fn adamw_elementwise(
-        &self,
-        p: AdamWStep,
-        param: &mut Storage,
-        grad: &Storage,
-        exp_avg: &mut Storage,
-        exp_avg_sq: &mut Storage,
-    ) -> Result<()> {
+    pub fn adamw_elementwise(&self, p: AdamWStep, grad: &Storage, s: AdamWSlots) -> Result<()> {
+        let AdamWSlots {
+            param,
+            exp_avg,
+            exp_avg_sq,
+        } = s;
         // The CPU update (`medsam_kernels::adamw`, PyTorch semantics) as device elementwise ops, in
         // the same order and with the same f32-rounded scalars:
         //   w ← decay·w;  m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;
@@ -779,12 +762,8 @@ impl AscendBackend {
             (1.0 - b2) as f32,
             p.eps as f32,
         );
-        let (wb, gb, mb, vb) = (
-            self.buf(param)?,
-            self.buf(grad)?,
-            self.buf(exp_avg)?,
-            self.buf(exp_avg_sq)?,
-        );
+        let (wb, mb, vb) = (self.buf(param)?, self.buf(exp_avg)?, self.buf(exp_avg_sq)?);
+        let gb = self.buf(grad)?;
         let w_dec = self.scaled(wb, n, decay)?;
         let diff = self.add_n(gb, mb, -1.0, n)?;
         let m = self.add_n(mb, self.buf(&diff)?, w1, n)?;

@@ -102,14 +102,8 @@ impl PointwiseOps for AscendBackend {
         }
     }
 
-    fn binary(
-        &self,
-        op: Binary,
-        a: &Storage,
-        va: &View,
-        b: &Storage,
-        vb: &View,
-    ) -> Result<Storage> {
+    fn binary(&self, op: Binary, a: (&Storage, &View), b: (&Storage, &View)) -> Result<Storage> {
+        let ((a, va), (b, vb)) = (a, b);
         let la = lay(&va.shape, &va.strides, va.offset);
         let lb = lay(&vb.shape, &vb.strides, vb.offset);
         match op {
@@ -160,7 +154,8 @@ impl PointwiseOps for AscendBackend {
         Ok(cur.expect("at least one reduced run"))
     }
 
-    fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage> {
+    fn softmax(&self, d: RowDims, x: &Storage) -> Result<Storage> {
+        let RowDims { rows, dim } = d;
         let xb = self.buf(x)?;
         let n = rows * dim;
         let mut out = self.alloc(n)?;
@@ -173,13 +168,8 @@ impl PointwiseOps for AscendBackend {
         Ok(self.wrap(out, n))
     }
 
-    fn softmax_backward(
-        &self,
-        rows: usize,
-        dim: usize,
-        y: &Storage,
-        dy: &Storage,
-    ) -> Result<Storage> {
+    fn softmax_backward(&self, d: RowDims, y: &Storage, dy: &Storage) -> Result<Storage> {
+        let RowDims { rows, dim } = d;
         let (yb, gb) = (self.buf(y)?, self.buf(dy)?);
         let n = rows * dim;
         let mut out = self.alloc(n)?;
@@ -195,15 +185,10 @@ impl PointwiseOps for AscendBackend {
         Ok(self.wrap(out, n))
     }
 
-    fn bilinear(
-        &self,
-        planes: usize,
-        hw: (usize, usize),
-        ohw: (usize, usize),
-        x: &Storage,
-    ) -> Result<Storage> {
+    fn bilinear(&self, r: ResizeDims, x: &Storage) -> Result<Storage> {
         // `[planes, h, w]` as NCHW `[1, planes, h, w]`; align_corners=false (the trait's only
         // mode), scales passed explicitly as out/in.
+        let ResizeDims { planes, hw, ohw } = r;
         let ((h, w), (oh, ow)) = (hw, ohw);
         let xb = self.buf(x)?;
         let n = planes * oh * ow;
@@ -220,25 +205,16 @@ impl PointwiseOps for AscendBackend {
             let tx = self.input(xb, contig(&[1, planes, h, w]))?;
             let to = TensorArg::output::<f32>(&mut out, contig(&[1, planes, oh, ow]))
                 .map_err(self.err())?;
-            self.ops()
-                .upsample_bilinear2d(
-                    &tx,
-                    false,
-                    (oh as f64 / h as f64, ow as f64 / w as f64),
-                    &to,
-                )
+            let scales = (oh as f64 / h as f64, ow as f64 / w as f64);
+            let ops = self.ops();
+            ops.upsample_bilinear2d(&tx, false, scales, &to)
                 .map_err(self.err())?;
         }
         Ok(self.wrap(out, n))
     }
 
-    fn bilinear_backward(
-        &self,
-        planes: usize,
-        hw: (usize, usize),
-        ohw: (usize, usize),
-        dy: &Storage,
-    ) -> Result<Storage> {
+    fn bilinear_backward(&self, r: ResizeDims, dy: &Storage) -> Result<Storage> {
+        let ResizeDims { planes, hw, ohw } = r;
         let ((h, w), (oh, ow)) = (hw, ohw);
         let gb = self.buf(dy)?;
         let n = planes * h * w;
@@ -250,14 +226,11 @@ impl PointwiseOps for AscendBackend {
             let tg = self.input(gb, contig(&[1, planes, oh, ow]))?;
             let to = TensorArg::output::<f32>(&mut out, contig(&[1, planes, h, w]))
                 .map_err(self.err())?;
-            self.ops()
-                .upsample_bilinear2d_backward(
-                    &tg,
-                    false,
-                    (oh as f64 / h as f64, ow as f64 / w as f64),
-                    &to,
-                )
-                .map_err(self.err())?;
+            let scales = (oh as f64 / h as f64, ow as f64 / w as f64);
+            (self
+                .ops()
+                .upsample_bilinear2d_backward(&tg, false, scales, &to))
+            .map_err(self.err())?;
         }
         Ok(self.wrap(out, n))
     }
