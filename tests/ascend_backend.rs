@@ -21,16 +21,10 @@ use medsam::ops::nn::{attention, RelPosArgs};
 use medsam::Tensor;
 use standin::*;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 const NPU: Device = Device::Npu(0);
-
-/// Run on a real NPU instead of the stand-in.
-fn on_npu() -> bool {
-    std::env::var("MEDSAM_NPU_TESTS").as_deref() == Ok("1")
-}
 
 /// Points `MEDSAM_ASCEND_LIB_DIR` at the stand-in (once, before any backend is created) and
 /// returns that directory; with `MEDSAM_NPU_TESTS=1` leaves the loader to find the installed
@@ -51,14 +45,7 @@ fn setup() -> &'static Path {
 
 /// Whether a test of the stand-in's own model should run (not on an NPU).
 fn standin_only(test: &str) -> bool {
-    if on_npu() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "{test}: SKIPPED on an NPU (stand-in only: reads the stand-in's counters)"
-        );
-        return false;
-    }
-    true
+    standin::standin_only(test, "reads the stand-in's counters")
 }
 
 type Inputs<'a> = &'a [(&'a [usize], u64)];
@@ -285,12 +272,7 @@ fn attention_plain_and_rel_pos() {
         ],
         TOL,
         |t| {
-            let rel = RelPosArgs {
-                rel_h: t[3].clone(),
-                rel_w: t[4].clone(),
-                kh: 2,
-                kw: 3,
-            };
+            let rel = RelPosArgs::new([t[3].clone(), t[4].clone()], (2, 3));
             attention(&t[0], &t[1], &t[2], 0.5, Some(&rel))
         },
     );
@@ -1157,25 +1139,6 @@ fn attention_without_rel_pos_uses_flash_attention() {
 // ------------------------------------------------------------------------------------------
 // Random-shape properties (formerly tests/ascend_npu_backend_props.rs).
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() as usize) % (hi - lo + 1)
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
-            .collect()
-    }
-}
-
 /// Output and input gradients of `f` (summed) on CPU and NPU, compared with a relative tolerance
 /// (fp32 cube units accumulate in a different order than the CPU kernels).
 fn parity_rel(
@@ -1331,12 +1294,7 @@ fn prop_backend_ops_match_cpu() {
             ],
             1e-3,
             |t| {
-                let rel = RelPosArgs {
-                    rel_h: t[3].clone(),
-                    rel_w: t[4].clone(),
-                    kh,
-                    kw,
-                };
+                let rel = RelPosArgs::new([t[3].clone(), t[4].clone()], (kh, kw));
                 attention(&t[0], &t[1], &t[2], 0.3, Some(&rel))
             },
         );

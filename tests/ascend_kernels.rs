@@ -162,12 +162,7 @@ fn attention_backward_from_saved_lse() {
         "attention rel-pos 7x5",
         &[&[2, 9, 8], &[2, 35, 8], &[2, 35, 6], &[2, 9, 7], &[2, 9, 5]],
         |t| {
-            let rel = RelPosArgs {
-                rel_h: t[3].clone(),
-                rel_w: t[4].clone(),
-                kh: 7,
-                kw: 5,
-            };
+            let rel = RelPosArgs::new([t[3].clone(), t[4].clone()], (7, 5));
             attention(&t[0], &t[1], &t[2], 0.3, Some(&rel))
         },
     );

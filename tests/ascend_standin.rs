@@ -25,18 +25,12 @@ mod standin;
 use medsam_ffi::ascend::*;
 use standin::*;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
-
-/// Run on a real NPU instead of the stand-in.
-fn on_npu() -> bool {
-    std::env::var("MEDSAM_NPU_TESTS").as_deref() == Ok("1")
-}
 
 /// Directory with the stand-in under the CANN library names.
 fn lib_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| link_standin("medsam-ascend-standin"))
+    standin_dir("medsam-ascend-standin")
 }
 
 /// The runtime under test: the stand-in, or with `MEDSAM_NPU_TESTS=1` the installed CANN (a
@@ -53,24 +47,13 @@ fn rt() -> &'static AscendRuntime {
             );
             return rt;
         }
-        AscendRuntime::open_dir(lib_dir())
-            .expect("open stand-in")
-            .into_static()
-            .expect("aclInit")
+        open_standin(lib_dir())
     })
 }
 
 /// Whether a test of the stand-in's own model should run (not on an NPU).
 fn standin_only(test: &str) -> bool {
-    if on_npu() {
-        // Written to the real stderr handle, so the harness does not swallow it.
-        let _ = writeln!(
-            std::io::stderr(),
-            "{test}: SKIPPED on an NPU (stand-in only: checks the stand-in's model)"
-        );
-        return false;
-    }
-    true
+    standin::standin_only(test, "checks the stand-in's model")
 }
 
 fn cpu_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -91,10 +74,6 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
             "{what}[{i}]: got {g}, want {w}"
         );
     }
-}
-
-fn l(d: &[i64]) -> Layout {
-    Layout::contiguous(d)
 }
 
 #[test]
@@ -462,24 +441,8 @@ fn errors_carry_function_code_and_message() {
     ));
 
     // aclnnConvolution (1×1 output of a 4×4 input with itself as the kernel = Σ x²).
-    let xh = data(16, 2);
-    let x = dev.upload(&xh).unwrap();
-    let mut y = dev.alloc_elems::<f32>(16).unwrap();
-    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
-    Ops::new(&stream)
-        .conv2d(
-            &xv(),
-            &xv(),
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-            &TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap(),
-        )
-        .unwrap();
-    let got = y.read::<f32>(&stream, 1).unwrap();
-    assert_close(&got, &[xh.iter().map(|v| v * v).sum()], 1e-5, "conv2d");
+    let (got, want) = conv_self(&stream).unwrap();
+    assert_close(&[got], &[want], 1e-5, "conv2d");
     // Raw call from a thread without a bound context: the runtime refuses (107002).
     let rt2 = rt;
     std::thread::spawn(move || {
@@ -917,26 +880,6 @@ fn apply_adamw_v2_in_place() {
 
 // ------------------------------------------------------------------------------------------
 // Random-shape properties against CPU references (formerly tests/ascend_npu_props.rs).
-
-/// Small deterministic generator (no external randomness needed for reproducible failures).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() as usize) % (hi - lo + 1)
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
-            .collect()
-    }
-}
 
 fn close_rel(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len());

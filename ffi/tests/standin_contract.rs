@@ -13,22 +13,19 @@ use medsam_ffi::ascend::*;
 use medsam_ffi::sys::types::*;
 use standin::*;
 use std::ffi::{c_char, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
+/// This binary's name for its stand-in directory.
+const STANDIN: &str = "medsam-ffi-contract";
+
 fn lib_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| link_standin("medsam-ffi-contract"))
+    standin_dir(STANDIN)
 }
 
 fn rt() -> &'static AscendRuntime {
     static RT: OnceLock<&'static AscendRuntime> = OnceLock::new();
-    RT.get_or_init(|| {
-        AscendRuntime::open_dir(lib_dir())
-            .expect("open stand-in")
-            .into_static()
-            .expect("aclInit")
-    })
+    RT.get_or_init(|| open_standin(lib_dir()))
 }
 
 /// A stand-in control function (not a CANN symbol).
@@ -53,29 +50,9 @@ fn set_cann_version(v: Option<&str>) {
     unsafe { f(c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())) }
 }
 
-fn l(d: &[i64]) -> Layout {
-    Layout::contiguous(d)
-}
-
 /// Σ x² as a 1×1 convolution of a [1,1,4,4] input with itself.
 fn conv_sum_of_squares(stream: &Stream) -> Result<f32> {
-    let dev = stream.device();
-    let xh = data(16, 2);
-    let x = dev.upload(&xh).unwrap();
-    let mut y = dev.alloc_elems::<f32>(1).unwrap();
-    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
-    Ops::new(stream).conv2d(
-        &xv(),
-        &xv(),
-        None,
-        [1, 1],
-        [0, 0],
-        [1, 1],
-        1,
-        &TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap(),
-    )?;
-    let got = y.read::<f32>(stream, 1)?[0];
-    let want: f32 = xh.iter().map(|v| v * v).sum();
+    let (got, want) = conv_self(stream)?;
     assert!((got - want).abs() < 1e-4, "conv {got} vs {want}");
     Ok(got)
 }

@@ -246,6 +246,19 @@ pub struct RelPosArgs {
     pub kw: usize,
 }
 
+impl RelPosArgs {
+    /// The bias of `rel = [rel_h, rel_w]` over a `kh × kw` key grid.
+    pub fn new(rel: [Tensor; 2], (kh, kw): (usize, usize)) -> RelPosArgs {
+        let [rel_h, rel_w] = rel;
+        RelPosArgs {
+            rel_h,
+            rel_w,
+            kh,
+            kw,
+        }
+    }
+}
+
 /// `softmax(q·kᵀ·scale + bias)·v` for q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, computed in
 /// tiles; the backward recomputes the probabilities instead of storing them.
 pub fn attention(

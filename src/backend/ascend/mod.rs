@@ -140,6 +140,9 @@ fn lay(dims: &[usize], strides: &[usize], offset: usize) -> AclLayout {
     }
 }
 
+/// A device buffer read through a layout.
+type DevOperand<'a> = (&'a acl::DeviceBuffer, AclLayout);
+
 fn contig(dims: &[usize]) -> AclLayout {
     AclLayout::contiguous(&i64s(dims))
 }
@@ -287,56 +290,43 @@ impl AscendBackend {
         self.download(s)
     }
 
+    /// `out[dims] = op(a[la], b[lb])` into a fresh contiguous buffer; `op(ops, a, b, out)` runs
+    /// the aclnn call.
+    fn zip_views(
+        &self,
+        (a, b): (DevOperand, DevOperand),
+        dims: &[usize],
+        op: impl FnOnce(Ops, &TensorArg, &TensorArg, &TensorArg) -> acl::Result<()>,
+    ) -> Result<Storage> {
+        let n: usize = dims.iter().product();
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
+            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
+            op(self.ops(), &ta, &tb, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
     /// `out[dims] = a[la] + alpha · b[lb]` into a fresh contiguous buffer.
     fn add_views(
         &self,
-        a: (&acl::DeviceBuffer, AclLayout),
-        b: (&acl::DeviceBuffer, AclLayout),
+        a: DevOperand,
+        b: DevOperand,
         alpha: f32,
         dims: &[usize],
     ) -> Result<Storage> {
-        let n: usize = dims.iter().product();
-        let mut out = self.alloc(n)?;
-        if n > 0 {
-            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
-            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
-            self.ops().add(&ta, &tb, alpha, &to).map_err(self.err())?;
-        }
-        Ok(self.wrap(out, n))
+        self.zip_views((a, b), dims, |ops, a, b, o| ops.add(a, b, alpha, o))
     }
 
     /// `out[dims] = a[la] · b[lb]` into a fresh contiguous buffer.
-    fn mul_views(
-        &self,
-        a: (&acl::DeviceBuffer, AclLayout),
-        b: (&acl::DeviceBuffer, AclLayout),
-        dims: &[usize],
-    ) -> Result<Storage> {
-        let n: usize = dims.iter().product();
-        let mut out = self.alloc(n)?;
-        if n > 0 {
-            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
-            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
-            self.ops().mul(&ta, &tb, &to).map_err(self.err())?;
-        }
-        Ok(self.wrap(out, n))
+    fn mul_views(&self, a: DevOperand, b: DevOperand, dims: &[usize]) -> Result<Storage> {
+        self.zip_views((a, b), dims, |ops, a, b, o| ops.mul(a, b, o))
     }
 
     /// `out[dims] = a[la] / b[lb]` into a fresh contiguous buffer (`aclnnDiv`).
-    fn div_views(
-        &self,
-        a: (&acl::DeviceBuffer, AclLayout),
-        b: (&acl::DeviceBuffer, AclLayout),
-        dims: &[usize],
-    ) -> Result<Storage> {
-        let n: usize = dims.iter().product();
-        let mut out = self.alloc(n)?;
-        if n > 0 {
-            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
-            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
-            self.ops().div(&ta, &tb, &to).map_err(self.err())?;
-        }
-        Ok(self.wrap(out, n))
+    fn div_views(&self, a: DevOperand, b: DevOperand, dims: &[usize]) -> Result<Storage> {
+        self.zip_views((a, b), dims, |ops, a, b, o| ops.div(a, b, o))
     }
 
     /// `op(x)` over `n` contiguous elements (`aclnnRelu` / `Sigmoid` / `Exp` / `Sin` / `Cos` /
@@ -692,13 +682,8 @@ impl AscendBackend {
     /// rounds f64 bias corrections once), so results may differ from the CPU in the last bits.
     /// Public for tests.
     pub fn adamw_fused(&self, p: AdamWStep, grad: &Storage, s: &mut AdamWSlots) -> Result<bool> {
-        let AdamWSlots {
-            param,
-            exp_avg,
-            exp_avg_sq,
-        } = s;
-        let n = param.len();
-        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n || p.step == 0 {
+        let n = s.param.len();
+        if [grad.len(), s.exp_avg.len(), s.exp_avg_sq.len()] != [n; 3] || p.step == 0 {
             return Ok(false);
         }
         if n == 0 {
@@ -706,7 +691,11 @@ impl AscendBackend {
         }
         // The kernel uses step + 1 as t: pass the number of earlier updates (exact in f32).
         let step = self.fill(1, (p.step - 1) as f32)?;
-        let (wb, mb, vb) = (self.buf(param)?, self.buf(exp_avg)?, self.buf(exp_avg_sq)?);
+        let (wb, mb, vb) = (
+            self.buf(s.param)?,
+            self.buf(s.exp_avg)?,
+            self.buf(s.exp_avg_sq)?,
+        );
         let (gb, sb) = (self.buf(grad)?, self.buf(&step)?);
         let l = contig(&[n]);
         // In-place operands: `param`, `exp_avg` and `exp_avg_sq` are borrowed exclusively by

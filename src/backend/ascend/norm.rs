@@ -16,18 +16,9 @@ impl NormOps for AscendBackend {
             let to = TensorArg::output::<f32>(&mut y, contig(&[rows, dim])).map_err(&e)?;
             let tm = TensorArg::output::<f32>(&mut mean, contig(&[rows, 1])).map_err(&e)?;
             let tr = TensorArg::output::<f32>(&mut rstd, contig(&[rows, 1])).map_err(&e)?;
-            self.ops()
-                .layer_norm(
-                    &tx,
-                    &[dim as i64],
-                    Some(&tg),
-                    Some(&tb),
-                    eps as f64,
-                    &to,
-                    Some(&tm),
-                    Some(&tr),
-                )
-                .map_err(&e)?;
+            let (ops, norm_shape) = (self.ops(), [dim as i64]);
+            let (g, b, m, r) = (Some(&tg), Some(&tb), Some(&tm), Some(&tr));
+            (ops.layer_norm(&tx, &norm_shape, g, b, eps as f64, &to, m, r)).map_err(&e)?;
         }
         Ok(NormOut {
             y: self.wrap(y, rows * dim),
@@ -57,19 +48,10 @@ impl NormOps for AscendBackend {
             let gx = TensorArg::output::<f32>(&mut dx, contig(&[rows, dim])).map_err(&e)?;
             let gg = TensorArg::output::<f32>(&mut dg, contig(&[dim])).map_err(&e)?;
             let gbt = TensorArg::output::<f32>(&mut dbeta, contig(&[dim])).map_err(&e)?;
-            self.ops()
-                .layer_norm_backward(
-                    &tdy,
-                    &tx,
-                    &[dim as i64],
-                    &tm,
-                    &tr,
-                    Some(&tg),
-                    None,
-                    Some(&gx),
-                    Some(&gg),
-                    Some(&gbt),
-                )
+            let (ops, norm_shape) = (self.ops(), [dim as i64]);
+            let grads = (Some(&gx), Some(&gg), Some(&gbt));
+            let (ns, g) = (&norm_shape, Some(&tg));
+            ops.layer_norm_backward(&tdy, &tx, ns, &tm, &tr, g, None, grads.0, grads.1, grads.2)
                 .map_err(&e)?;
         }
         Ok(NormGrads {
