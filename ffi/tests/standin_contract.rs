@@ -9,6 +9,7 @@
 
 #[path = "../../tests/common/standin.rs"]
 mod standin;
+use medsam_ffi::ascend::HcclComm;
 use medsam_ffi::ascend::*;
 use medsam_ffi::sys::types::*;
 use standin::*;
