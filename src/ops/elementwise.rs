@@ -6,6 +6,16 @@ use crate::backend::{Binary, OrdF32, Unary, View};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// `pub fn name(&self) -> Result<Tensor>` for each `name => Unary::Variant`.
+macro_rules! unary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident,)*) => {
+        $($(#[$doc])*
+        pub fn $name(&self) -> Result<Tensor> {
+            self.unary_op(Unary::$op)
+        })*
+    };
+}
+
 impl Tensor {
     fn binary_op(&self, other: &Tensor, op: Binary, name: &'static str) -> Result<Tensor> {
         super::same_device(name, self, other)?;
@@ -60,27 +70,15 @@ impl Tensor {
         }))
     }
 
-    /// Exact (erf) GELU.
-    pub fn gelu(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Gelu)
-    }
-    pub fn relu(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Relu)
-    }
-    pub fn sigmoid(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Sigmoid)
-    }
-    pub fn neg(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Neg)
-    }
-    pub fn exp(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Exp)
-    }
-    pub fn sin(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Sin)
-    }
-    pub fn cos(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Cos)
+    unary_methods! {
+        /// Exact (erf) GELU.
+        gelu => Gelu,
+        relu => Relu,
+        sigmoid => Sigmoid,
+        neg => Neg,
+        exp => Exp,
+        sin => Sin,
+        cos => Cos,
     }
     pub fn scale(&self, s: f32) -> Result<Tensor> {
         self.unary_op(Unary::Scale(OrdF32(s)))

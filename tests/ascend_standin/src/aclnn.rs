@@ -22,14 +22,8 @@ impl View {
         if self.dims.contains(&0) {
             return 0;
         }
-        (self.offset
-            + 1
-            + self
-                .dims
-                .iter()
-                .zip(&self.strides)
-                .map(|(d, s)| (d - 1) * s)
-                .sum::<i64>()) as usize
+        let last = self.index(&self.dims.iter().map(|d| d - 1).collect::<Vec<_>>());
+        last + 1
     }
     /// Element index of a multi-index.
     fn index(&self, idx: &[i64]) -> usize {
@@ -216,16 +210,7 @@ pub unsafe extern "C" fn aclCreateTensor(
         );
         return std::ptr::null_mut();
     }
-    let dims = if ndims == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(view_dims, ndims as usize).to_vec()
-    };
-    let strides = if ndims == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(stride, ndims as usize).to_vec()
-    };
+    let (dims, strides) = (c_array(view_dims, ndims), c_array(stride, ndims));
     register(Box::into_raw(Box::new(AclTensor {
         dtype,
         format,
@@ -238,54 +223,46 @@ pub unsafe extern "C" fn aclCreateTensor(
     })))
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclDestroyTensor(t: *const AclTensor) -> i32 {
-    if !t.is_null() {
-        if !unregister(t) {
-            return bad("aclDestroy", format!("{:p} is not a live AclTensor", t));
+/// A copy of the C array `p[..n]` (empty for `n = 0`, where `p` may be NULL).
+unsafe fn c_array<T: Clone>(p: *const T, n: u64) -> Vec<T> {
+    if n == 0 {
+        vec![]
+    } else {
+        std::slice::from_raw_parts(p, n as usize).to_vec()
+    }
+}
+
+/// `aclDestroy*`: frees a live descriptor of type `T` (named `what` in the error); NULL is a no-op.
+unsafe fn destroy<T>(p: *const T, what: &str) -> i32 {
+    if !p.is_null() {
+        if !unregister(p) {
+            return bad("aclDestroy", format!("{:p} is not a live {what}", p));
         }
-        drop(Box::from_raw(t as *mut AclTensor));
+        drop(Box::from_raw(p as *mut T));
     }
     OK
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn aclDestroyTensor(t: *const AclTensor) -> i32 {
+    destroy(t, "AclTensor")
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn aclCreateIntArray(v: *const i64, n: u64) -> *mut AclIntArray {
-    let v = if n == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(v, n as usize).to_vec()
-    };
-    register(Box::into_raw(Box::new(AclIntArray(v))))
+    register(Box::into_raw(Box::new(AclIntArray(c_array(v, n)))))
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyIntArray(a: *const AclIntArray) -> i32 {
-    if !a.is_null() {
-        if !unregister(a) {
-            return bad("aclDestroy", format!("{:p} is not a live AclIntArray", a));
-        }
-        drop(Box::from_raw(a as *mut AclIntArray));
-    }
-    OK
+    destroy(a, "AclIntArray")
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateBoolArray(v: *const bool, n: u64) -> *mut AclBoolArray {
-    let v = if n == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(v, n as usize).to_vec()
-    };
-    register(Box::into_raw(Box::new(AclBoolArray(v))))
+    register(Box::into_raw(Box::new(AclBoolArray(c_array(v, n)))))
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyBoolArray(a: *const AclBoolArray) -> i32 {
-    if !a.is_null() {
-        if !unregister(a) {
-            return bad("aclDestroy", format!("{:p} is not a live AclBoolArray", a));
-        }
-        drop(Box::from_raw(a as *mut AclBoolArray));
-    }
-    OK
+    destroy(a, "AclBoolArray")
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dtype: i32) -> *mut AclScalar {
@@ -306,13 +283,7 @@ pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dtype: i32) -> *mut
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyScalar(s: *const AclScalar) -> i32 {
-    if !s.is_null() {
-        if !unregister(s) {
-            return bad("aclDestroy", format!("{:p} is not a live AclScalar", s));
-        }
-        drop(Box::from_raw(s as *mut AclScalar));
-    }
-    OK
+    destroy(s, "AclScalar")
 }
 
 // ------------------------------------------------------------------ executor
