@@ -32,15 +32,7 @@ pub trait Communicator: Send + Sync {
     /// Copies `root`'s bytes (any length) to every rank, e.g. an HCCL root info blob before
     /// `HcclCommInitRootInfo`. The default goes through [`Communicator::all_gather_bytes`].
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
-        if root >= self.world_size() {
-            return Err(Error::arg(
-                "root",
-                format!(
-                    "broadcast_bytes: root {root} is not a rank of a world of {}",
-                    self.world_size()
-                ),
-            ));
-        }
+        check_root("broadcast_bytes", root, self.world_size())?;
         let mine: &[u8] = if self.rank() == root { bytes } else { &[] };
         let mut all = self.all_gather_bytes(mine)?;
         *bytes = std::mem::take(&mut all[root]);
@@ -106,6 +98,17 @@ pub trait Communicator: Send + Sync {
             .for_each(|(d, &s)| *d = bf16::from_f32(s));
         Ok(())
     }
+}
+
+/// Errors unless `root` is a rank of a world of `world` (`op` names the collective).
+pub(crate) fn check_root(op: &str, root: usize, world: usize) -> Result<()> {
+    if root >= world {
+        return Err(Error::arg(
+            "root",
+            format!("{op}: root {root} is not a rank of a world of {world}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Environment variables by which launchers announce the number of processes: OpenMPI's

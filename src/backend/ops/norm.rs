@@ -3,15 +3,6 @@
 use crate::backend::*;
 use crate::error::Result;
 
-/// A `[n, c, hw]` tensor normalised per channel: LayerNorm2d over `c` at each of the `n·hw`
-/// positions, BatchNorm each channel over its `n·hw` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChannelDims {
-    pub n: usize,
-    pub c: usize,
-    pub hw: usize,
-}
-
 /// A norm's saved statistics: the mean and `1/σ` (per row for LayerNorm, per channel for
 /// BatchNorm).
 #[derive(Clone, Copy)]
@@ -36,6 +27,15 @@ pub struct NormGradIn<'a> {
     pub gamma: &'a Storage,
     pub stats: NormStats<'a>,
     pub dy: &'a Storage,
+}
+
+/// A `[n, c, hw]` tensor normalised per channel: LayerNorm2d over `c` at each of the `n·hw`
+/// positions, BatchNorm each channel over its `n·hw` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelDims {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
 }
 
 pub trait NormOps {

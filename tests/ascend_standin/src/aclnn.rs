@@ -153,7 +153,12 @@ pub(crate) fn is_live<T>(p: *const T) -> bool {
 /// Rule (ops-nn `aclnn_convolution.cpp` FormatChecker, `convolution_backward_checker.cpp`
 /// CheckFormatValid; ops-cv `aclnn_upsample_bilinear_2d.cpp` CheckFormat): a 4-D operand must
 /// carry one of `allowed`; anything else is ACLNN_ERR_PARAM_INVALID in phase 1.
-pub(crate) fn check_format(func: &str, what: &str, t: &AclTensor, allowed: &[i32]) -> Result<(), i32> {
+pub(crate) fn check_format(
+    func: &str,
+    what: &str,
+    t: &AclTensor,
+    allowed: &[i32],
+) -> Result<(), i32> {
     if allowed.contains(&t.format) {
         return Ok(());
     }
@@ -176,7 +181,9 @@ pub(crate) fn check_cube(func: &str, dtype: i32, cube: i8) -> Result<(), i32> {
         return Err(bad(func, format!("cubeMathType {cube} not in 0..=3")));
     }
     if dtype == ACL_FLOAT && (cube == 0 || cube == 3) && !current_soc_is_a2() {
-        let soc = unsafe { CStr::from_ptr(aclrtGetSocName()) }.to_string_lossy().into_owned();
+        let soc = unsafe { CStr::from_ptr(aclrtGetSocName()) }
+            .to_string_lossy()
+            .into_owned();
         return Err(bad(
             func,
             format!("cubeMathType {cube} with fp32 input is not supported on {soc}"),
@@ -206,7 +213,7 @@ pub unsafe extern "C" fn aclCreateTensor(
     if ndims > 0 && (view_dims.is_null() || stride.is_null()) {
         fail(
             ACLNN_ERR_PARAM_NULLPTR,
-            "aclCreateTensor: NULL dims/strides".into(),
+            "aclCreateTensor: NULL dims/strides",
         );
         return std::ptr::null_mut();
     }
@@ -993,7 +1000,7 @@ pub unsafe extern "C" fn aclnnAddGetWorkspaceSize(
     if alpha.is_null() {
         return fail(
             ACLNN_ERR_PARAM_NULLPTR,
-            "aclnnAddGetWorkspaceSize: alpha is NULL".into(),
+            "aclnnAddGetWorkspaceSize: alpha is NULL",
         );
     }
     if !is_live(alpha) {

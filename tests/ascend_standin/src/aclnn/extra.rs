@@ -26,7 +26,10 @@ unsafe fn bool_array(func: &str, a: *const AclBoolArray) -> Result<Vec<bool>, i3
         ));
     }
     if !is_live(a) {
-        return Err(bad(func, format!("outputMask {a:p} is not a live aclBoolArray")));
+        return Err(bad(
+            func,
+            format!("outputMask {a:p} is not a live aclBoolArray"),
+        ));
     }
     Ok((*a).0.clone())
 }
@@ -36,7 +39,10 @@ unsafe fn bool_array(func: &str, a: *const AclBoolArray) -> Result<Vec<bool>, i3
 fn check_cann8(func: &str) -> Result<(), i32> {
     match current_cann_major() {
         m if m >= 8 => Ok(()),
-        0 => Err(bad(func, "emulated CANN version unknown: signature may differ".into())),
+        0 => Err(bad(
+            func,
+            "emulated CANN version unknown: signature may differ".into(),
+        )),
         m => Err(bad(
             func,
             format!("emulated CANN {m}.x has no cubeMathType argument here: the call is corrupt"),
@@ -411,7 +417,13 @@ pub unsafe extern "C" fn aclnnConvolutionBackwardGetWorkspaceSize(
     let gw = try_i32!(opt_tensor(F, "gradWeight", grad_w));
     let gb = try_i32!(opt_tensor(F, "gradBias", grad_b));
     try_i32!(check_cann8(F));
-    for (what, t) in [("gradOutput", Some(dy)), ("input", Some(x)), ("weight", Some(w)), ("gradInput", gi), ("gradWeight", gw)] {
+    for (what, t) in [
+        ("gradOutput", Some(dy)),
+        ("input", Some(x)),
+        ("weight", Some(w)),
+        ("gradInput", gi),
+        ("gradWeight", gw),
+    ] {
         if let Some(t) = t.filter(|t| t.view.dims.len() == 4) {
             try_i32!(check_format(F, what, t, &[FORMAT_NCHW]));
         }
