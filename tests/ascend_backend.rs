@@ -13,12 +13,15 @@
 //! kernels. It does NOT prove real CANN numerics (tests/ascend_standin.rs with MEDSAM_NPU_TESTS=1, needs an NPU).
 #![cfg(feature = "ascend")]
 
+#[path = "common/npu_parity.rs"]
+mod npu_parity;
 #[path = "common/standin.rs"]
 mod standin;
 use medsam::backend::Device;
 use medsam::model::{Sam, SamConfig};
 use medsam::ops::nn::{attention, RelPosArgs};
 use medsam::Tensor;
+use npu_parity::Inputs;
 use standin::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,43 +51,10 @@ fn standin_only(test: &str) -> bool {
     standin::standin_only(test, "reads the stand-in's counters")
 }
 
-type Inputs<'a> = &'a [(&'a [usize], u64)];
-
-/// Runs `f` on CPU and NPU with the same inputs (variables), back-propagates `Σ y ⊙ r` for a
-/// fixed random `r`, and compares outputs and every input gradient.
+/// [`npu_parity::parity`] after [`setup`].
 fn parity(name: &str, inputs: Inputs, tol: f32, f: impl Fn(&[Tensor]) -> medsam::Result<Tensor>) {
     setup();
-    let run = |dev: Device| -> (Vec<f32>, Vec<Vec<f32>>) {
-        let ts: Vec<Tensor> = inputs
-            .iter()
-            .map(|(shape, seed)| {
-                let n = shape.iter().product();
-                Tensor::from_slice(&data(n, *seed), shape, dev)
-                    .unwrap()
-                    .into_variable()
-            })
-            .collect();
-        let y = f(&ts).unwrap_or_else(|e| panic!("{name} on {dev}: {e}"));
-        assert_eq!(y.device(), dev, "{name}: result device");
-        let r = Tensor::from_slice(&data(y.numel(), 999), y.shape(), dev).unwrap();
-        y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        let grads = ts
-            .iter()
-            .map(|t| {
-                t.grad()
-                    .unwrap_or_else(|| panic!("{name}: no grad"))
-                    .to_vec()
-                    .unwrap()
-            })
-            .collect();
-        (y.to_vec().unwrap(), grads)
-    };
-    let (yc, gc) = run(Device::Cpu);
-    let (yn, gn) = run(NPU);
-    close(&format!("{name}: forward"), &yn, &yc, tol);
-    for (i, (a, b)) in gn.iter().zip(&gc).enumerate() {
-        close(&format!("{name}: grad of input {i}"), a, b, tol);
-    }
+    npu_parity::parity(name, inputs, tol, f)
 }
 
 const TOL: f32 = 1e-4;
