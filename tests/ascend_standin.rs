@@ -503,13 +503,16 @@ fn caching_allocator_reuses_blocks() {
     assert_eq!(size_class((1 << 20) + 1), (1 << 20) + (1 << 18));
 }
 
-#[test]
-fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
-    let rt = rt();
+/// Runs `f(rank, device, stream, comm)` on two threads, ranks 0 and 1 of one HCCL communicator on
+/// devices 0 and 1, and returns their results in rank order.
+fn on_two_ranks<R: Send>(
+    rt: &'static AscendRuntime,
+    f: impl Fn(u32, &Device, &Stream, &HcclComm) -> R + Sync,
+) -> Vec<R> {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let rx = std::sync::Mutex::new(Some(rx));
-    type RankResult = (Vec<f32>, Vec<f32>, Vec<f32>, u32);
-    let results: Vec<RankResult> = std::thread::scope(|s| {
+    let f = &f;
+    std::thread::scope(|s| {
         let handles: Vec<_> = (0..2u32)
             .map(|rank| {
                 let tx = tx.clone();
@@ -532,26 +535,32 @@ fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
                         }
                     })
                     .unwrap();
-                    let n = 8;
-                    let g = dev.upload(&vec![rank as f32 + 1.0; n]).unwrap();
-                    comm.all_reduce_sum_inplace::<f32>(&g, n, &stream).unwrap();
-                    let reduced = g.read::<f32>(&stream, n).unwrap();
-
-                    let mut b = dev.upload(&[10.0 * (rank as f32 + 1.0); 4]).unwrap();
-                    comm.broadcast::<f32>(&mut b, 4, 1, &stream).unwrap();
-                    let bcast = b.read::<f32>(&stream, 4).unwrap();
-
-                    let send = dev.upload(&[rank as f32; 3]).unwrap();
-                    let mut recv = dev.alloc_elems::<f32>(6).unwrap();
-                    comm.all_gather::<f32>(&send, &mut recv, 3, &stream)
-                        .unwrap();
-                    comm.barrier(&stream).unwrap();
-                    let gathered = recv.read::<f32>(&stream, 6).unwrap();
-                    (reduced, bcast, gathered, comm.query_size().unwrap())
+                    f(rank, &dev, &stream, &comm)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
+    let results = on_two_ranks(rt(), |rank, dev, stream, comm| {
+        let n = 8;
+        let g = dev.upload(&vec![rank as f32 + 1.0; n]).unwrap();
+        comm.all_reduce_sum_inplace::<f32>(&g, n, stream).unwrap();
+        let reduced = g.read::<f32>(stream, n).unwrap();
+
+        let mut b = dev.upload(&[10.0 * (rank as f32 + 1.0); 4]).unwrap();
+        comm.broadcast::<f32>(&mut b, 4, 1, stream).unwrap();
+        let bcast = b.read::<f32>(stream, 4).unwrap();
+
+        let send = dev.upload(&[rank as f32; 3]).unwrap();
+        let mut recv = dev.alloc_elems::<f32>(6).unwrap();
+        comm.all_gather::<f32>(&send, &mut recv, 3, stream).unwrap();
+        comm.barrier(stream).unwrap();
+        let gathered = recv.read::<f32>(stream, 6).unwrap();
+        (reduced, bcast, gathered, comm.query_size().unwrap())
     });
     for (reduced, bcast, gathered, size) in results {
         assert_eq!(reduced, vec![3.0; 8]);
@@ -1136,33 +1145,10 @@ fn prop_hccl_all_reduce_across_devices() {
         );
         return;
     }
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let rx = std::sync::Mutex::new(Some(rx));
-    std::thread::scope(|s| {
-        for rank in 0..2u32 {
-            let tx = tx.clone();
-            let rx = if rank == 1 {
-                rx.lock().unwrap().take()
-            } else {
-                None
-            };
-            s.spawn(move || {
-                let dev = rt.device(rank as i32).unwrap();
-                let stream = dev.stream().unwrap();
-                let comm = HcclComm::init(&dev, rank, 2, |bytes| {
-                    if rank == 0 {
-                        tx.send(bytes.to_vec()).map_err(|e| e.to_string())
-                    } else {
-                        bytes.copy_from_slice(&rx.unwrap().recv().map_err(|e| e.to_string())?);
-                        Ok(())
-                    }
-                })
-                .unwrap();
-                let g = dev.upload(&vec![rank as f32 + 1.0; 1024]).unwrap();
-                comm.all_reduce_sum_inplace::<f32>(&g, 1024, &stream)
-                    .unwrap();
-                assert_eq!(g.read::<f32>(&stream, 1024).unwrap(), vec![3.0; 1024]);
-            });
-        }
+    on_two_ranks(rt, |rank, dev, stream, comm| {
+        let g = dev.upload(&vec![rank as f32 + 1.0; 1024]).unwrap();
+        comm.all_reduce_sum_inplace::<f32>(&g, 1024, stream)
+            .unwrap();
+        assert_eq!(g.read::<f32>(stream, 1024).unwrap(), vec![3.0; 1024]);
     });
 }
