@@ -577,19 +577,6 @@ run_fn!(aclnnSoftmaxBackward, "aclnnSoftmaxBackward");
 
 // ------------------------------------------------------------------ gelu backward
 
-fn erf(x: f64) -> f64 {
-    // Same A&S 7.1.26 as the forward (|error| < 1.5e-7).
-    let s = x.signum();
-    let x = x.abs();
-    let t = 1.0 / (1.0 + 0.3275911 * x);
-    let y = 1.0
-        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
-            + 0.254829592)
-            * t
-            * (-x * x).exp();
-    s * y
-}
-
 fn gelu_grad(x: f64, tanh: bool) -> f64 {
     use std::f64::consts::{PI, SQRT_2};
     if tanh {
