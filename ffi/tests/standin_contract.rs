@@ -291,21 +291,12 @@ fn standin_refuses_what_cann_refuses() {
     let stream = dev.stream().unwrap();
     let x = dev.upload(&data(8, 1)).unwrap();
     let y = dev.alloc_elems::<f32>(8).unwrap();
-    let dims = [8i64];
-    let strides = [1i64];
-    let mk = |p: *mut std::ffi::c_void| unsafe {
-        (nn.aclCreateTensor.unwrap())(
-            dims.as_ptr(),
-            1,
-            ACL_FLOAT as _,
-            strides.as_ptr(),
-            0,
-            ACL_FORMAT_ND as _,
-            dims.as_ptr(),
-            1,
-            p,
-        )
+    // A raw f32 ND descriptor of `dims` with `strides` over `p`.
+    let make = |dims: &[i64], strides: &[i64], p: *mut std::ffi::c_void| unsafe {
+        let (d, s, n) = (dims.as_ptr(), strides.as_ptr(), dims.len() as u64);
+        (nn.aclCreateTensor.unwrap())(d, n, ACL_FLOAT as _, s, 0, ACL_FORMAT_ND as _, d, n, p)
     };
+    let mk = |p| make(&[8], &[1], p);
     let (p1, p2) = api.Relu.unwrap();
     let (tx, ty) = (mk(x.as_ptr()), mk(y.as_ptr()));
     let (mut ws, mut ex) = (0u64, std::ptr::null_mut());
@@ -326,21 +317,7 @@ fn standin_refuses_what_cann_refuses() {
     assert_eq!(unsafe { p1(th, ty, &mut ws, &mut ex) }, 161002);
     // Workspace smaller than asked (matmul asks for one).
     let (mp1, mp2) = api.Matmul.unwrap();
-    let m2 = [2i64, 2];
-    let s2 = [2i64, 1];
-    let mk2 = |p: *mut std::ffi::c_void| unsafe {
-        (nn.aclCreateTensor.unwrap())(
-            m2.as_ptr(),
-            2,
-            ACL_FLOAT as _,
-            s2.as_ptr(),
-            0,
-            ACL_FORMAT_ND as _,
-            m2.as_ptr(),
-            2,
-            p,
-        )
-    };
+    let mk2 = |p| make(&[2, 2], &[2, 1], p);
     let (ta, to) = (mk2(x.as_ptr()), mk2(y.as_ptr()));
     assert_eq!(unsafe { mp1(ta, ta, to, 0, &mut ws, &mut ex) }, 0);
     assert!(ws > 0);
