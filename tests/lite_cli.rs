@@ -354,8 +354,17 @@ fn lite_3d_nifti_with_box3d() {
     // Stored as int16 HU-like values (0..=200 here, so they are taken as they are).
     let as_i16: Vec<i16> = vol.iter().map(|&v| v as i16).collect();
     let nii_in = d.join("ct.nii.gz");
-    medsam::preprocess::nifti_io::write_nifti_gz(&nii_in, [nd, nh, nw], &as_i16, [1.0, 1.0, 3.0])
-        .unwrap();
+    // An oblique axis (rotation about z) and an offset: the output must carry them.
+    let (c, s) = (0.2f64.cos(), 0.2f64.sin());
+    let affine = [[c, -s, 0.0, -10.5], [s, c, 0.0, 4.0], [0.0, 0.0, 3.0, 7.0]];
+    medsam::io::nifti::write_nifti_gz_affine(
+        &nii_in,
+        [nd, nh, nw],
+        &as_i16,
+        [1.0, 1.0, 3.0],
+        Some(affine),
+    )
+    .unwrap();
     let out = d.join("out");
     ok(&medsam(
         &["--box3d", "[6,4,1,28,20,6]"],
@@ -378,6 +387,11 @@ fn lite_3d_nifti_with_box3d() {
     let got = medsam::preprocess::nifti_io::read_nifti(out.join("seg_ct.nii.gz")).unwrap();
     assert_eq!(got.shape, [nd, nh, nw]);
     assert_eq!(got.spacing, [1.0, 1.0, 3.0]);
+    assert_eq!(
+        medsam::io::nifti::read_nifti_geometry(out.join("seg_ct.nii.gz")).unwrap(),
+        medsam::io::nifti::read_nifti_geometry(&nii_in).unwrap(),
+        "the input's header geometry"
+    );
     assert_eq!(got.to_u8_labels(), want);
     assert!(
         !out.join("seg_ct.npz").exists(),

@@ -3,7 +3,7 @@
 
 use super::common::{parse_device, show};
 use super::infer::{parse_box3d, stem_of, InferArgs};
-use medsam::io::volume::{read_npz_volume, write_npz_segs};
+use medsam::io::volume::{read_npz_volume, write_nifti_segs, write_npz_segs};
 use medsam::models::sam2::volume::{
     segment_volume_medsam2, to_uint8, volume_to_frames, Intensity, VolumePrompt,
 };
@@ -98,7 +98,14 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
         let data = v.data.iter().map(|&x| x as f64).collect();
         return Ok((v.shape, data, v.spacing, v.boxes));
     }
-    let v = medsam::io::nifti::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
+    let geometry = medsam::io::nifti::read_nifti_geometry(path)?;
+    if let Err((i, v)) = geometry.positive_spacing() {
+        return Err(Error::file(
+            path,
+            format!("header field pixdim[{i}] is {v}: voxel spacing must be positive"),
+        ));
+    }
+    let v = medsam::io::nifti::read_nifti(path)?;
     let [d, h, w] = v.shape;
     Ok(((d, h, w), v.data, v.spacing, None))
 }
@@ -204,8 +211,7 @@ pub fn run(a: &InferArgs) -> Result<()> {
     std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
-    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &segs, spacing)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    write_nifti_segs(&nii, path, shape, &segs, spacing)?;
     println!(
         "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
         show(&nii),

@@ -205,3 +205,32 @@ pub fn write_npz_segs(path: &Path, shape: (usize, usize, usize), segs: &[u8]) ->
     .map_err(|e| Error::file(path, format!("zipping segs.npy: {e}")))?;
     write_bytes_atomic(path, &zipped).map_err(|e| Error::io(path, e))
 }
+
+/// Whether `path` names a NIfTI file (`.nii`, `.nii.gz`).
+pub fn is_nifti_path(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    name.ends_with(".nii") || name.ends_with(".nii.gz")
+}
+
+/// Writes a `(D, H, W)` segmentation of `input` as `.nii.gz`, atomically: with the input's
+/// header geometry (pixdim, qform/sform codes and matrices, units) when the input is a NIfTI
+/// file, otherwise axis-aligned with `spacing` (e.g. from an `.npz`).
+pub fn write_nifti_segs(
+    out: &Path,
+    input: &Path,
+    shape: (usize, usize, usize),
+    segs: &[u8],
+    spacing: [f64; 3],
+) -> Result<()> {
+    let (d, h, w) = shape;
+    let geometry = if is_nifti_path(input) {
+        nifti::read_nifti_geometry(input)?
+    } else {
+        nifti::NiftiGeometry::from_affine(spacing, None)
+    };
+    nifti::write_nifti_gz_geometry(out, [d, h, w], segs, &geometry)?;
+    Ok(())
+}

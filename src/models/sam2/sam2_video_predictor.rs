@@ -1,7 +1,7 @@
 //! `SAM2VideoPredictor` (`sam2/sam2_video_predictor.py`): an inference state over a stack of
-//! preprocessed frames (video frames or volume slices), prompts (points and/or a box) on any
-//! frame for any object id, propagation forward or in reverse with a per-frame callback, and
-//! reset. The memory bank follows the reference: prompted frames are conditioning frames,
+//! preprocessed frames (video frames or volume slices), prompts (points and/or a box, or a
+//! mask) on any frame for any object id, propagation forward or in reverse with a per-frame
+//! callback, and reset. The memory bank follows the reference: prompted frames are conditioning frames,
 //! their memory is encoded from the binarised prompt mask when propagation starts, tracked
 //! frames' memories are stored rounded through bfloat16.
 //!
@@ -12,6 +12,7 @@ use super::sam::prompt_encoder::PointInputs;
 use super::sam2_base::{
     round_bf16, FrameFeatures, FrameOutput, OutputDict, Sam2Base, NO_OBJ_SCORE,
 };
+use super::sam2_utils::interpolate_bilinear_aa;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,8 @@ pub struct VideoPredictor {
 #[derive(Clone, Default)]
 struct ObjectState {
     point_inputs: BTreeMap<usize, PointInputs>,
+    /// frame → mask prompt `[1, 1, S, S]` (0/1)
+    mask_inputs: BTreeMap<usize, Tensor>,
     output: OutputDict,
     temp_output: OutputDict,
     /// frame → tracked in reverse
@@ -207,6 +210,7 @@ impl VideoPredictor {
             }
         }
         obj.point_inputs.insert(frame_idx, point_inputs.clone());
+        obj.mask_inputs.remove(&frame_idx);
         let tracked = obj.frames_tracked.get(&frame_idx).copied();
         let is_init_cond_frame = tracked.is_none();
         let reverse = tracked.unwrap_or(false);
@@ -240,7 +244,7 @@ impl VideoPredictor {
             &output,
             frame_idx,
             is_init_cond_frame,
-            Some(&point_inputs),
+            (Some(&point_inputs), None),
             reverse,
             false,
             prev_sam_mask_logits.as_ref(),
@@ -253,6 +257,74 @@ impl VideoPredictor {
                 .non_cond_frame_outputs
                 .insert(frame_idx, out);
         }
+        self.consolidated_video_res(state, frame_idx, is_cond)
+    }
+
+    /// `add_new_mask`: a binary mask `mask_h × mask_w` (row-major, usually the video size) as
+    /// object `obj_id`'s prompt on `frame_idx`, replacing its points there. The mask is resized
+    /// to the model size as the reference does (antialiased bilinear, then `>= 0.5`) and taken
+    /// as the frame's output (`use_mask_input_as_output_without_sam`). Returns the frame's
+    /// masks at video resolution for every object, `[n_obj, 1, H, W]` logits.
+    pub fn add_new_mask(
+        &self,
+        state: &mut InferenceState,
+        frame_idx: usize,
+        obj_id: i64,
+        mask: &[bool],
+        (mask_h, mask_w): (usize, usize),
+    ) -> Result<Tensor> {
+        if frame_idx >= state.num_frames {
+            return Err(Error::arg(
+                "frame_idx",
+                format!("{frame_idx} is outside the {} frames", state.num_frames),
+            ));
+        }
+        if mask_h == 0 || mask_w == 0 || mask.len() != mask_h * mask_w {
+            return Err(Error::arg(
+                "mask",
+                format!(
+                    "{} values for a {mask_h}×{mask_w} mask (it must be 2-D and non-empty)",
+                    mask.len()
+                ),
+            ));
+        }
+        let s = self.model.config.image_size;
+        let dev = state.images.device();
+        let v: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+        let orig = Tensor::from_slice(&v, &[1, 1, mask_h, mask_w], dev)?;
+        let mask_inputs = if mask_h != s || mask_w != s {
+            let r = interpolate_bilinear_aa(&orig, s, s)?.to_vec()?;
+            let bin: Vec<f32> = r.iter().map(|&x| f32::from(u8::from(x >= 0.5))).collect();
+            Tensor::from_slice(&bin, &[1, 1, s, s], dev)?
+        } else {
+            orig
+        };
+        let obj_idx = Self::obj_id_to_idx(state, obj_id);
+        let obj = &mut state.objects[obj_idx];
+        obj.mask_inputs.insert(frame_idx, mask_inputs.clone());
+        obj.point_inputs.remove(&frame_idx);
+        let tracked = obj.frames_tracked.get(&frame_idx).copied();
+        let is_init_cond_frame = tracked.is_none();
+        let reverse = tracked.unwrap_or(false);
+        let is_cond = is_init_cond_frame;
+        let output = state.objects[obj_idx].output.clone();
+        let out = self.run_single_frame_inference(
+            state,
+            &output,
+            frame_idx,
+            is_init_cond_frame,
+            (None, Some(&mask_inputs)),
+            reverse,
+            false,
+            None,
+        )?;
+        let obj = &mut state.objects[obj_idx];
+        let temp = if is_cond {
+            &mut obj.temp_output.cond_frame_outputs
+        } else {
+            &mut obj.temp_output.non_cond_frame_outputs
+        };
+        temp.insert(frame_idx, out);
         self.consolidated_video_res(state, frame_idx, is_cond)
     }
 
@@ -291,7 +363,7 @@ impl VideoPredictor {
         output_dict: &OutputDict,
         frame_idx: usize,
         is_init_cond_frame: bool,
-        point_inputs: Option<&PointInputs>,
+        (point_inputs, mask_inputs): (Option<&PointInputs>, Option<&Tensor>),
         reverse: bool,
         run_mem_encoder: bool,
         prev_sam_mask_logits: Option<&Tensor>,
@@ -303,7 +375,7 @@ impl VideoPredictor {
             is_init_cond_frame,
             &feats,
             pts,
-            None,
+            mask_inputs,
             output_dict,
             state.num_frames,
             reverse,
@@ -443,7 +515,14 @@ impl VideoPredictor {
                     None => {
                         let output = std::mem::take(&mut state.objects[oi].output);
                         let res = self.run_single_frame_inference(
-                            state, &output, frame_idx, false, None, reverse, true, None,
+                            state,
+                            &output,
+                            frame_idx,
+                            false,
+                            (None, None),
+                            reverse,
+                            true,
+                            None,
                         );
                         state.objects[oi].output = output;
                         let out = res?;
