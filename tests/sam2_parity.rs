@@ -678,3 +678,103 @@ print("nibabel: geometry identical")
     assert!(o.status.success(), "nibabel: {err}");
     eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
 }
+
+/// `medsam infer --model-type medsam2` on a folder of PNG frames (a video, box on a chosen
+/// frame → one PNG mask per frame and an overlay strip) and on a single PNG image (a one-frame
+/// video → `seg_<stem>.png`); bad frame indices, mismatched frame sizes and 3-D boxes are
+/// refused in one sentence.
+#[test]
+fn medsam2_cli_video_folder_and_2d_image() {
+    use medsam::checkpoint::{save_pth, Value};
+    let Some(fx) = load("tiny") else { return };
+    let mut m = model(&fx);
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("sam2.1_tiny_test.pt");
+    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
+    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
+    let cfg = dir.path().join("cfg.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({ "model": fx.meta["config"].clone() }).to_string(),
+    )
+    .unwrap();
+    let (h, w) = (36u32, 48u32);
+    let frame = |t: u32| {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            let (cx, cy) = (18 + 2 * t, 18);
+            let on = (x as i64 - cx as i64).pow(2) + (y as i64 - cy).pow(2) < 64;
+            image::Rgb(if on {
+                [230, 200, 40]
+            } else {
+                [20, 30, 60 + t as u8]
+            })
+        })
+    };
+    let video = dir.path().join("clip");
+    std::fs::create_dir(&video).unwrap();
+    for t in 0..5u32 {
+        // numeric names, sorted as numbers (10 after 9), as the reference orders frames
+        frame(t)
+            .save(video.join(format!("{}.png", [0, 1, 2, 9, 10][t as usize])))
+            .unwrap();
+    }
+    let out = dir.path().join("out");
+    let run = |input: &std::path::Path, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"));
+        cmd.args(["infer", "--model-type", "medsam2", "-c"])
+            .arg(&ckpt);
+        cmd.arg("--model-config").arg(&cfg).arg("-i").arg(input);
+        cmd.arg("-o").arg(&out).args(extra);
+        cmd.output().unwrap()
+    };
+    let o = run(&video, &["--box", "[8,8,32,28]", "--key-slice", "2"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !stdout.contains("CC-BY-SA"),
+        "no MedSAM2 licence for a SAM 2.1 name"
+    );
+    for name in ["0", "1", "2", "9", "10"] {
+        let p = out.join("seg_clip").join(format!("{name}.png"));
+        let img = image::open(&p).unwrap().to_luma8();
+        assert_eq!(img.dimensions(), (w, h), "{}", p.display());
+        assert!(img.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+    }
+    let strip = image::open(out.join("overlay_clip.png")).unwrap();
+    assert_eq!((strip.width(), strip.height()), (5 * w, h));
+
+    let png = dir.path().join("slice.png");
+    frame(0).save(&png).unwrap();
+    let o = run(&png, &["--box", "[8,8,32,28]", "--points", "18,18,1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let seg = image::open(out.join("seg_slice.png")).unwrap().to_luma8();
+    assert_eq!(seg.dimensions(), (w, h));
+    assert!(out.join("overlay_slice.png").exists());
+
+    let odd = dir.path().join("odd");
+    std::fs::create_dir(&odd).unwrap();
+    frame(0).save(odd.join("0.png")).unwrap();
+    image::RgbImage::new(20, 20)
+        .save(odd.join("1.png"))
+        .unwrap();
+    for (input, extra, needle) in [
+        (
+            &video,
+            &["--box", "[8,8,32,28]", "--key-slice", "5"][..],
+            "--key-slice",
+        ),
+        (&odd, &["--box", "[8,8,32,28]"][..], "one size"),
+        (&png, &["--box3d", "[8,8,0,32,28,1]"][..], "--box"),
+        (&png, &["--box", "[60,50,70,60]"][..], "outside"),
+    ] {
+        let o = run(input, extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} should fail");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+}

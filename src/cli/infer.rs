@@ -115,7 +115,7 @@ pub fn stem_of(path: &Path) -> String {
 }
 
 /// Refuses an output path that is one of the command's input files.
-fn refuse_input(a: &InferArgs, output: &Path, flag: &str) -> Result<()> {
+pub(super) fn refuse_input(a: &InferArgs, output: &Path, flag: &str) -> Result<()> {
     let mut inputs: Vec<&Path> = vec![&a.data_path, &a.model.checkpoint];
     inputs.extend(a.model.model_config.as_deref());
     medsam::io::paths::refuse_overwriting_input(output, flag, &inputs)
