@@ -5,6 +5,7 @@ use super::common::{parse_device, show};
 use super::infer::{parse_box, parse_box3d, refuse_input, stem_of, InferArgs};
 use medsam::io::volume::{read_npz_volume, write_nifti_segs, write_npz_segs};
 use medsam::models::sam2::frames::{is_frame_path, list_frames, rgb_to_frames};
+use medsam::models::sam2::sam2_video_predictor::encoder_seconds_total;
 use medsam::models::sam2::volume::{
     segment_volume_medsam2, to_uint8, volume_to_frames, Intensity, VolumePrompt,
 };
@@ -229,8 +230,9 @@ pub fn run(a: &InferArgs) -> Result<()> {
         );
     }
     println!(
-        "{} object(s), {steps} slice step(s) in {secs:.2} s",
-        objects.len()
+        "{} object(s), {steps} slice step(s) in {secs:.2} s (image encoder {:.2} s)",
+        objects.len(),
+        encoder_seconds_total()
     );
     Ok(())
 }

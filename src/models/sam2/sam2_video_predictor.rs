@@ -16,6 +16,16 @@ use super::sam2_utils::interpolate_bilinear_aa;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Nanoseconds spent in the image encoder by every predictor of the process (for profiles:
+/// the rest of a propagation is the memory path and the SAM heads).
+static ENCODER_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Seconds the image encoder has run in this process, over all predictors.
+pub fn encoder_seconds_total() -> f64 {
+    ENCODER_NANOS.load(Ordering::Relaxed) as f64 * 1e-9
+}
 
 pub struct VideoPredictor {
     pub model: Sam2Base,
@@ -127,7 +137,9 @@ impl VideoPredictor {
             return Ok(f.clone());
         }
         let img = state.images.narrow(0, frame_idx, 1)?;
+        let t0 = std::time::Instant::now();
         let f = self.model.forward_image(&img)?;
+        ENCODER_NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if !self.cache_all_features {
             state.cached_features.clear();
         }
