@@ -9,14 +9,17 @@
 
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
+#[path = "common/npz.rs"]
+mod npz;
 use lite_fixture::det_value;
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
 use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
+use npz::write_npz;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -126,25 +129,6 @@ fn read_png_mask(path: &Path) -> (u32, u32, Vec<bool>) {
         path.display()
     );
     (w, h, raw.iter().map(|&p| p == 255).collect())
-}
-
-/// A `.npz` (stored members) holding the given arrays.
-fn write_npz(path: &Path, members: &[(&str, medsam::npy::NpyArray)]) {
-    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    for (name, arr) in members {
-        let tmp = path.with_extension(format!("{name}.npy"));
-        medsam::npy::write_npy(&tmp, arr).unwrap();
-        let bytes = std::fs::read(&tmp).unwrap();
-        std::fs::remove_file(&tmp).unwrap();
-        z.start_file(
-            format!("{name}.npy"),
-            zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Deflated),
-        )
-        .unwrap();
-        z.write_all(&bytes).unwrap();
-    }
-    z.finish().unwrap();
 }
 
 fn read_npz_member(path: &Path, name: &str) -> medsam::npy::NpyArray {

@@ -8,6 +8,9 @@
 //! object scores and (bf16) memory features through a forward and a reverse propagation 1e-3
 //! absolute — errors compound through the memory bank, so the per-frame curve is printed.
 
+#[path = "common/npz.rs"]
+mod npz;
+
 use medsam::models::sam2::sam2_utils::{named_init, splitmix_uniform};
 use medsam::models::sam2::{Prompt, Sam2Base, Sam2Config, VideoPredictor};
 use medsam::{Device, Tensor};
@@ -618,6 +621,26 @@ fn medsam2_cli_volume() {
     let o = run(&bad, &["--box3d", "[12,6,0,34,26,4]"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("pixdim[3]"), "{err}");
+
+    let npz_in = dir.path().join("negsp.npz");
+    let u8_vol: Vec<u8> = vol
+        .iter()
+        .map(|&v| if v > 0.0 { 200 } else { 10 })
+        .collect();
+    let arr = |shape: Vec<usize>, data| medsam::npy::NpyArray::new(shape, data).unwrap();
+    npz::write_npz(
+        &npz_in,
+        &[
+            ("imgs", arr(vec![d, h, w], medsam::npy::NpyData::U8(u8_vol))),
+            (
+                "spacing",
+                arr(vec![3], medsam::npy::NpyData::F64(vec![0.0, 1.0, 1.0])),
+            ),
+        ],
+    );
+    let o = run(&npz_in, &["--box3d", "[12,6,0,34,26,4]"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("`spacing`[0]"), "{err}");
 
     // A one-slice volume works.
     let one = dir.path().join("one.nii.gz");

@@ -3,7 +3,7 @@
 
 use super::common::{parse_device, show};
 use super::infer::{parse_box, parse_box3d, refuse_input, stem_of, InferArgs};
-use medsam::io::volume::{read_npz_volume, write_nifti_segs, write_npz_segs};
+use medsam::io::volume::{read_npz_spacing, read_npz_volume, write_nifti_segs, write_npz_segs};
 use medsam::models::sam2::frames::{is_frame_path, list_frames, rgb_to_frames};
 use medsam::models::sam2::sam2_video_predictor::encoder_seconds_total;
 use medsam::models::sam2::volume::{
@@ -98,6 +98,18 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
         .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
     {
         let v = read_npz_volume(path)?;
+        if let Some(sp) = read_npz_spacing(path)? {
+            if let Some((i, x)) = sp
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !(x.is_finite() && **x > 0.0))
+            {
+                return Err(Error::file(
+                    path,
+                    format!("`spacing`[{i}] is {x}: voxel spacing must be positive"),
+                ));
+            }
+        }
         let data = v.data.iter().map(|&x| x as f64).collect();
         return Ok((v.shape, data, v.spacing, v.boxes));
     }

@@ -125,6 +125,15 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
     })
 }
 
+/// The `spacing` member of a challenge `.npz` as stored (`None` when absent), for callers that
+/// refuse a non-positive spacing rather than take [`read_npz_volume`]'s fallback of 1.
+pub fn read_npz_spacing(path: &Path) -> Result<Option<Vec<f64>>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
+    Ok(npz_member(path, &mut zip, "spacing")?.map(|s| s.to_f64()))
+}
+
 /// Reads a NIfTI volume as uint8: values already integers in 0–255 as they are, anything else
 /// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
 pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
