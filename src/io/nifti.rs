@@ -568,15 +568,11 @@ impl NiftiGeometry {
     /// Voxel spacing `(x, y, z)` as stored; `Err((i, pixdim[i]))` for the first one that is
     /// zero, negative or not finite (where the reader falls back to `|v|` or 1).
     pub fn positive_spacing(&self) -> std::result::Result<[f64; 3], (usize, f64)> {
-        let mut out = [0.0; 3];
-        for i in 0..3 {
-            let v = self.pixdim[i + 1];
-            if !(v.is_finite() && v > 0.0) {
-                return Err((i + 1, v));
-            }
-            out[i] = v;
+        let out = [self.pixdim[1], self.pixdim[2], self.pixdim[3]];
+        match out.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            Some(i) => Err((i + 1, out[i])),
+            None => Ok(out),
         }
-        Ok(out)
     }
 }
 
