@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from lite_vs_torch import ROOT, python  # noqa: E402  (the benches share the oracle's python)
 
 PREPARE = r'''
 import json, os, sys, numpy as np, torch
@@ -90,10 +90,6 @@ print(f"RESULT impl=torch wall_s={t_end - t_start:.2f} seg_s={t_end - t_seg:.2f}
 '''
 
 
-def python():
-    return os.environ.get("MEDSAM_PYTHON", sys.executable)
-
-
 def run_child(cmd):
     """Runs `cmd`; returns its stdout (exits with its stderr on failure)."""
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -103,7 +99,8 @@ def run_child(cmd):
 
 
 def peak_rss_mib(cmd):
-    """Runs `cmd` under os.wait4 to read its own peak RSS; returns (stdout, wall, MiB)."""
+    """Runs `cmd` under os.wait4 to read its own usage; returns (stdout, wall s, peak RSS MiB,
+    CPU s) — CPU seconds tell more than wall time on a shared machine."""
     import tempfile
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         t0 = time.perf_counter()
@@ -116,7 +113,7 @@ def peak_rss_mib(cmd):
         out, err = fo.read(), fe.read()
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return out, wall, ru.ru_maxrss / 1024.0
+    return out, wall, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
 
 
 def result(out):
@@ -130,27 +127,28 @@ def ours(medsam, work, box):
            "--model-config", os.path.join(work, "bench_t512.json"),
            "-i", os.path.join(work, "bench.npz"), "-o", os.path.join(work, "out"),
            "--box3d", "[" + box + "]", "--no-fill-holes"]
-    out, wall, rss = peak_rss_mib(cmd)
+    out, wall, rss, cpu = peak_rss_mib(cmd)
     # "1 object(s), N slice step(s) in X s (image encoder Y s)"
     line = [l for l in out.splitlines() if "slice step(s)" in l][-1].split()
     steps, seg, enc = int(line[2]), float(line[6]), float(line[10])
     return {"wall_s": wall, "seg_s": seg, "steps": steps, "per_slice_s": seg / steps,
-            "encoder_s": enc, "rss_mib": rss}
+            "encoder_s": enc, "rss_mib": rss, "cpu_s": cpu}
 
 
 def torch_side(work):
-    out, wall, rss = peak_rss_mib([python(), "-c", TORCH_WORKER, ROOT, work])
+    out, wall, rss, cpu = peak_rss_mib([python(), "-c", TORCH_WORKER, ROOT, work])
     r = result(out)
     return {"wall_s": wall, "seg_s": float(r["seg_s"]), "steps": int(r["steps"]),
             "per_slice_s": float(r["per_slice_s"]), "encoder_s": float(r["encoder_s"]),
-            "rss_mib": rss, "threads": r["threads"]}
+            "rss_mib": rss, "cpu_s": cpu, "threads": r["threads"]}
 
 
 def show(name, r):
     mem = r["seg_s"] - r["encoder_s"]
     print(f"{name:6s} wall {r['wall_s']:7.1f} s  segmentation {r['seg_s']:7.1f} s  "
           f"{r['steps']} steps, {r['per_slice_s']:.3f} s/slice  encoder {r['encoder_s']:6.1f} s  "
-          f"memory path + heads {mem:6.1f} s  peak RSS {r['rss_mib']:7.0f} MiB", flush=True)
+          f"memory path + heads {mem:6.1f} s  CPU {r['cpu_s']:7.1f} s  "
+          f"peak RSS {r['rss_mib']:7.0f} MiB", flush=True)
 
 
 def main():
@@ -172,7 +170,7 @@ def main():
         rows["torch"].append(torch_side(a.work))
         show("torch", rows["torch"][-1])
     best = {k: min(v, key=lambda r: r["seg_s"]) for k, v in rows.items()}
-    for k in ("wall_s", "seg_s", "per_slice_s", "encoder_s", "rss_mib"):
+    for k in ("wall_s", "seg_s", "per_slice_s", "encoder_s", "cpu_s", "rss_mib"):
         print(f"ratio ours/torch {k}: {best['ours'][k] / best['torch'][k]:.2f}")
 
 

@@ -533,24 +533,39 @@ fn medsam2_volume_recipe_runs() {
     );
 }
 
+/// The tiny fixture model saved as `{"model": state_dict}` under `name`, with its config JSON.
+fn tiny_checkpoint(
+    fx: &Fixture,
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use medsam::checkpoint::{save_pth, Value};
+    let mut m = model(fx);
+    let ckpt = dir.join(name);
+    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
+    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
+    let cfg = dir.join("cfg.json");
+    let json = serde_json::json!({ "model": fx.meta["config"].clone() });
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    (ckpt, cfg)
+}
+
+/// The stdout of a command that must have succeeded (its stderr in the failure message).
+fn succeeded(o: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
 /// `medsam infer --model-type medsam2` on a NIfTI volume: writes `seg_<stem>.nii.gz` with the
 /// input's shape and spacing, prints the licence of a recognised MedSAM2 file; a bad key slice
 /// and a SAM (ViT) checkpoint are refused with a clear message.
 #[test]
 fn medsam2_cli_volume() {
-    use medsam::checkpoint::{save_pth, Value};
     let Some(fx) = load("tiny") else { return };
-    let mut m = model(&fx);
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("MedSAM2_tiny_test.pt");
-    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
-    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
-    let cfg = dir.path().join("cfg.json");
-    std::fs::write(
-        &cfg,
-        serde_json::json!({ "model": fx.meta["config"].clone() }).to_string(),
-    )
-    .unwrap();
+    let (ckpt, cfg) = tiny_checkpoint(&fx, dir.path(), "MedSAM2_tiny_test.pt");
     let (d, h, w) = (4usize, 30usize, 44usize);
     let vol: Vec<f32> = (0..d * h * w)
         .map(|i| {
@@ -580,12 +595,7 @@ fn medsam2_cli_volume() {
         cmd.output().unwrap()
     };
     let o = run(&nii, &["--box3d", "[12,6,0,34,26,4]"]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = succeeded(&o);
     assert!(stdout.contains("CC-BY-SA-4.0"), "{stdout}");
     let seg_path = out.join("seg_case.nii.gz");
     let seg = medsam::io::nifti::read_nifti(&seg_path).unwrap();
@@ -708,19 +718,9 @@ print("nibabel: geometry identical")
 /// refused in one sentence.
 #[test]
 fn medsam2_cli_video_folder_and_2d_image() {
-    use medsam::checkpoint::{save_pth, Value};
     let Some(fx) = load("tiny") else { return };
-    let mut m = model(&fx);
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("sam2.1_tiny_test.pt");
-    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
-    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
-    let cfg = dir.path().join("cfg.json");
-    std::fs::write(
-        &cfg,
-        serde_json::json!({ "model": fx.meta["config"].clone() }).to_string(),
-    )
-    .unwrap();
+    let (ckpt, cfg) = tiny_checkpoint(&fx, dir.path(), "sam2.1_tiny_test.pt");
     let (h, w) = (36u32, 48u32);
     let frame = |t: u32| {
         image::RgbImage::from_fn(w, h, |x, y| {
@@ -751,12 +751,7 @@ fn medsam2_cli_video_folder_and_2d_image() {
         cmd.output().unwrap()
     };
     let o = run(&video, &["--box", "[8,8,32,28]", "--key-slice", "2"]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = succeeded(&o);
     assert!(
         !stdout.contains("CC-BY-SA"),
         "no MedSAM2 licence for a SAM 2.1 name"

@@ -732,15 +732,7 @@ impl Sam2Base {
         prev_sam_mask_logits: Option<&Tensor>,
     ) -> Result<FrameOutput> {
         if let Some(m) = mask_inputs.filter(|_| self.config.use_mask_input_as_output_without_sam) {
-            let out = self.use_mask_as_output(feats, m)?;
-            return Ok(FrameOutput {
-                maskmem_features: None,
-                maskmem_pos_enc: None,
-                pred_masks: out.low_res_masks,
-                pred_masks_high_res: Some(out.high_res_masks),
-                obj_ptr: out.obj_ptr,
-                object_score_logits: out.object_score_logits,
-            });
+            return Ok(self.use_mask_as_output(feats, m)?.into());
         }
         let pix_feat = self.prepare_memory_conditioned_features(
             frame_idx,
@@ -759,14 +751,21 @@ impl Sam2Base {
             feats.high_res(),
             multimask,
         )?;
-        Ok(FrameOutput {
+        Ok(out.into())
+    }
+}
+
+impl From<SamHeadsOut> for FrameOutput {
+    /// The chosen mask, pointer and score of the SAM heads, no memory yet.
+    fn from(out: SamHeadsOut) -> Self {
+        FrameOutput {
             maskmem_features: None,
             maskmem_pos_enc: None,
             pred_masks: out.low_res_masks,
             pred_masks_high_res: Some(out.high_res_masks),
             obj_ptr: out.obj_ptr,
             object_score_logits: out.object_score_logits,
-        })
+        }
     }
 }
 

@@ -47,6 +47,15 @@ struct ObjectState {
     frames_tracked: BTreeMap<usize, bool>,
 }
 
+impl ObjectState {
+    /// (is_init_cond_frame, reverse) of a new prompt on `frame_idx`: a frame not yet tracked
+    /// starts a conditioning frame, a tracked one is corrected in the direction it was tracked.
+    fn tracking_of(&self, frame_idx: usize) -> (bool, bool) {
+        let tracked = self.frames_tracked.get(&frame_idx).copied();
+        (tracked.is_none(), tracked.unwrap_or(false))
+    }
+}
+
 /// `inference_state`.
 pub struct InferenceState {
     /// `[N, 3, S, S]` normalised frames.
@@ -223,9 +232,7 @@ impl VideoPredictor {
         }
         obj.point_inputs.insert(frame_idx, point_inputs.clone());
         obj.mask_inputs.remove(&frame_idx);
-        let tracked = obj.frames_tracked.get(&frame_idx).copied();
-        let is_init_cond_frame = tracked.is_none();
-        let reverse = tracked.unwrap_or(false);
+        let (is_init_cond_frame, reverse) = obj.tracking_of(frame_idx);
         // add_all_frames_to_correct_as_cond is false in the reference's defaults
         let is_cond = is_init_cond_frame;
         let prev = {
@@ -250,25 +257,49 @@ impl VideoPredictor {
             }
             None => None,
         };
+        let inputs = (Some(&point_inputs), None);
+        let prev = prev_sam_mask_logits.as_ref();
+        self.prompted_frame(
+            state,
+            obj_idx,
+            frame_idx,
+            (is_init_cond_frame, reverse),
+            inputs,
+            prev,
+        )
+    }
+
+    /// Runs a prompted frame of one object (not yet into memory), keeps the result as a
+    /// temporary output and returns every object's masks on that frame at video resolution.
+    fn prompted_frame(
+        &self,
+        state: &mut InferenceState,
+        obj_idx: usize,
+        frame_idx: usize,
+        (is_init_cond_frame, reverse): (bool, bool),
+        inputs: (Option<&PointInputs>, Option<&Tensor>),
+        prev_sam_mask_logits: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        // add_all_frames_to_correct_as_cond is false in the reference's defaults
+        let is_cond = is_init_cond_frame;
         let output = state.objects[obj_idx].output.clone();
         let out = self.run_single_frame_inference(
             state,
             &output,
             frame_idx,
             is_init_cond_frame,
-            (Some(&point_inputs), None),
+            inputs,
             reverse,
             false,
-            prev_sam_mask_logits.as_ref(),
+            prev_sam_mask_logits,
         )?;
-        let obj = &mut state.objects[obj_idx];
-        if is_cond {
-            obj.temp_output.cond_frame_outputs.insert(frame_idx, out);
+        let t = &mut state.objects[obj_idx].temp_output;
+        let temp = if is_cond {
+            &mut t.cond_frame_outputs
         } else {
-            obj.temp_output
-                .non_cond_frame_outputs
-                .insert(frame_idx, out);
-        }
+            &mut t.non_cond_frame_outputs
+        };
+        temp.insert(frame_idx, out);
         self.consolidated_video_res(state, frame_idx, is_cond)
     }
 
@@ -315,29 +346,9 @@ impl VideoPredictor {
         let obj = &mut state.objects[obj_idx];
         obj.mask_inputs.insert(frame_idx, mask_inputs.clone());
         obj.point_inputs.remove(&frame_idx);
-        let tracked = obj.frames_tracked.get(&frame_idx).copied();
-        let is_init_cond_frame = tracked.is_none();
-        let reverse = tracked.unwrap_or(false);
-        let is_cond = is_init_cond_frame;
-        let output = state.objects[obj_idx].output.clone();
-        let out = self.run_single_frame_inference(
-            state,
-            &output,
-            frame_idx,
-            is_init_cond_frame,
-            (None, Some(&mask_inputs)),
-            reverse,
-            false,
-            None,
-        )?;
-        let obj = &mut state.objects[obj_idx];
-        let temp = if is_cond {
-            &mut obj.temp_output.cond_frame_outputs
-        } else {
-            &mut obj.temp_output.non_cond_frame_outputs
-        };
-        temp.insert(frame_idx, out);
-        self.consolidated_video_res(state, frame_idx, is_cond)
+        let tracking = obj.tracking_of(frame_idx);
+        let inputs = (None, Some(&mask_inputs));
+        self.prompted_frame(state, obj_idx, frame_idx, tracking, inputs, None)
     }
 
     /// `_consolidate_temp_output_across_obj(consolidate_at_video_res=True)`.
