@@ -10,13 +10,16 @@
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
 use lite_fixture::tiny_lite_checkpoint as tiny_checkpoint;
+#[path = "common/npz.rs"]
+mod npz;
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
 use medsam::model::lite::LiteMedSam;
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
+use npz::write_npz;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -109,25 +112,6 @@ fn read_png_mask(path: &Path) -> (u32, u32, Vec<bool>) {
         path.display()
     );
     (w, h, raw.iter().map(|&p| p == 255).collect())
-}
-
-/// A `.npz` (stored members) holding the given arrays.
-fn write_npz(path: &Path, members: &[(&str, medsam::npy::NpyArray)]) {
-    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    for (name, arr) in members {
-        let tmp = path.with_extension(format!("{name}.npy"));
-        medsam::npy::write_npy(&tmp, arr).unwrap();
-        let bytes = std::fs::read(&tmp).unwrap();
-        std::fs::remove_file(&tmp).unwrap();
-        z.start_file(
-            format!("{name}.npy"),
-            zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Deflated),
-        )
-        .unwrap();
-        z.write_all(&bytes).unwrap();
-    }
-    z.finish().unwrap();
 }
 
 fn read_npz_member(path: &Path, name: &str) -> medsam::npy::NpyArray {
@@ -337,8 +321,17 @@ fn lite_3d_nifti_with_box3d() {
     // Stored as int16 HU-like values (0..=200 here, so they are taken as they are).
     let as_i16: Vec<i16> = vol.iter().map(|&v| v as i16).collect();
     let nii_in = d.join("ct.nii.gz");
-    medsam::preprocess::nifti_io::write_nifti_gz(&nii_in, [nd, nh, nw], &as_i16, [1.0, 1.0, 3.0])
-        .unwrap();
+    // An oblique axis (rotation about z) and an offset: the output must carry them.
+    let (c, s) = (0.2f64.cos(), 0.2f64.sin());
+    let affine = [[c, -s, 0.0, -10.5], [s, c, 0.0, 4.0], [0.0, 0.0, 3.0, 7.0]];
+    medsam::io::nifti::write_nifti_gz_affine(
+        &nii_in,
+        [nd, nh, nw],
+        &as_i16,
+        [1.0, 1.0, 3.0],
+        Some(affine),
+    )
+    .unwrap();
     let out = d.join("out");
     ok(&medsam(
         &["--box3d", "[6,4,1,28,20,6]"],
@@ -361,6 +354,11 @@ fn lite_3d_nifti_with_box3d() {
     let got = medsam::preprocess::nifti_io::read_nifti(out.join("seg_ct.nii.gz")).unwrap();
     assert_eq!(got.shape, [nd, nh, nw]);
     assert_eq!(got.spacing, [1.0, 1.0, 3.0]);
+    assert_eq!(
+        medsam::io::nifti::read_nifti_geometry(out.join("seg_ct.nii.gz")).unwrap(),
+        medsam::io::nifti::read_nifti_geometry(&nii_in).unwrap(),
+        "the input's header geometry"
+    );
     assert_eq!(got.to_u8_labels(), want);
     assert!(
         !out.join("seg_ct.npz").exists(),

@@ -8,6 +8,9 @@
 //! object scores and (bf16) memory features through a forward and a reverse propagation 1e-3
 //! absolute — errors compound through the memory bank, so the per-frame curve is printed.
 
+#[path = "common/npz.rs"]
+mod npz;
+
 use medsam::models::sam2::sam2_utils::{named_init, splitmix_uniform};
 use medsam::models::sam2::{Prompt, Sam2Base, Sam2Config, VideoPredictor};
 use medsam::{Device, Tensor};
@@ -305,6 +308,73 @@ fn sam2_t512_video_forward_and_reverse() {
     }
 }
 
+/// `add_new_mask` (an ellipse at video resolution, resized to the model size with
+/// antialiasing and taken as the frame's output) and a forward propagation, against
+/// `SAM2VideoPredictor.add_new_mask` on the tiny model.
+#[test]
+fn sam2_tiny_mask_prompt_forward() {
+    let (Some(fx), Some(mk)) = (load("tiny"), load("tiny_mask")) else {
+        return;
+    };
+    let cfg = fx.config();
+    let n = mk.usize("n_frames");
+    let key = mk.usize("key");
+    let hw = mk.meta["video_hw"].as_array().unwrap();
+    let (vh, vw) = (
+        hw[0].as_u64().unwrap() as usize,
+        hw[1].as_u64().unwrap() as usize,
+    );
+    let predictor = VideoPredictor::new(model(&fx));
+    let mut state = predictor
+        .init_state(frames(n, cfg.image_size, 1), vh, vw)
+        .unwrap();
+    let mask: Vec<bool> = mk.get("mask").iter().map(|&v| v > 0.5).collect();
+    let m = predictor
+        .add_new_mask(&mut state, key, 1, &mask, (vh, vw))
+        .unwrap();
+    let e = max_err(&m, mk.get("prompt_video_res"), 7);
+    eprintln!("mask prompt frame {key}: video-res logits {e:.2e}");
+    assert!(e <= TRACK_TOL, "prompt video-res: {e}");
+    let mut seen = Vec::new();
+    predictor
+        .propagate_in_video(&mut state, Some(key), None, false, &mut |t, _| {
+            seen.push(t);
+            Ok(())
+        })
+        .unwrap();
+    let order: Vec<usize> = mk.meta["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(seen, order);
+    for t in seen {
+        let o = state.frame_output(1, t).unwrap();
+        let mut errs = Vec::new();
+        for (name, got) in [
+            ("pred_masks", &o.pred_masks),
+            ("obj_ptr", &o.obj_ptr),
+            ("object_score_logits", &o.object_score_logits),
+        ] {
+            let e = max_err(got, mk.get(&format!("{name}.{t}")), 1);
+            assert!(e <= TRACK_TOL, "{name}.{t}: max abs error {e}");
+            errs.push(e);
+        }
+        eprintln!(
+            "mask prompt, frame {t:2}: logits {:.2e} obj_ptr {:.2e} score {:.2e}",
+            errs[0], errs[1], errs[2]
+        );
+    }
+    // A mask of the wrong size is one clear error.
+    let err = predictor
+        .add_new_mask(&mut state, key, 1, &mask[1..], (vh, vw))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("mask"), "{err}");
+}
+
 /// MedSAM2's slice resize against Pillow (`Image.resize`, bicubic). Pillow's fixed-point
 /// resampler is reproduced with the horizontal pass first; the installed Pillow (13) sometimes
 /// runs the vertical pass first when downscaling, which moves some pixels by one grey level, so
@@ -463,24 +533,39 @@ fn medsam2_volume_recipe_runs() {
     );
 }
 
+/// The tiny fixture model saved as `{"model": state_dict}` under `name`, with its config JSON.
+fn tiny_checkpoint(
+    fx: &Fixture,
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use medsam::checkpoint::{save_pth, Value};
+    let mut m = model(fx);
+    let ckpt = dir.join(name);
+    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
+    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
+    let cfg = dir.join("cfg.json");
+    let json = serde_json::json!({ "model": fx.meta["config"].clone() });
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    (ckpt, cfg)
+}
+
+/// The stdout of a command that must have succeeded (its stderr in the failure message).
+fn succeeded(o: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
 /// `medsam infer --model-type medsam2` on a NIfTI volume: writes `seg_<stem>.nii.gz` with the
 /// input's shape and spacing, prints the licence of a recognised MedSAM2 file; a bad key slice
 /// and a SAM (ViT) checkpoint are refused with a clear message.
 #[test]
 fn medsam2_cli_volume() {
-    use medsam::checkpoint::{save_pth, Value};
     let Some(fx) = load("tiny") else { return };
-    let mut m = model(&fx);
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("MedSAM2_tiny_test.pt");
-    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
-    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
-    let cfg = dir.path().join("cfg.json");
-    std::fs::write(
-        &cfg,
-        serde_json::json!({ "model": fx.meta["config"].clone() }).to_string(),
-    )
-    .unwrap();
+    let (ckpt, cfg) = tiny_checkpoint(&fx, dir.path(), "MedSAM2_tiny_test.pt");
     let (d, h, w) = (4usize, 30usize, 44usize);
     let vol: Vec<f32> = (0..d * h * w)
         .map(|i| {
@@ -491,34 +576,223 @@ fn medsam2_cli_volume() {
             }
         })
         .collect();
+    // Oblique, anisotropic, with qform and sform that differ (as scanners' exports do).
     let nii = dir.path().join("case.nii.gz");
-    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &vol, [0.7, 0.7, 3.0]).unwrap();
+    let geometry = oblique_geometry();
+    medsam::io::nifti::write_nifti_gz_geometry(&nii, [d, h, w], &vol, &geometry).unwrap();
     let out = dir.path().join("out");
-    let run = |extra: &[&str], c: &std::path::Path| {
+    let run = |input: &std::path::Path, extra: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"));
-        cmd.args(["infer", "--model-type", "medsam2", "-c"]).arg(c);
+        cmd.args(["infer", "--model-type", "medsam2", "-c"])
+            .arg(&ckpt);
         cmd.arg("--model-config")
             .arg(&cfg)
             .arg("-i")
-            .arg(&nii)
+            .arg(input)
             .arg("-o")
             .arg(&out);
-        cmd.args(["--box3d", "[12,6,0,34,26,4]", "--window", "40,400"])
-            .args(extra);
+        cmd.args(["--window", "40,400"]).args(extra);
         cmd.output().unwrap()
     };
-    let o = run(&[], &ckpt);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = run(&nii, &["--box3d", "[12,6,0,34,26,4]"]);
+    let stdout = succeeded(&o);
     assert!(stdout.contains("CC-BY-SA-4.0"), "{stdout}");
-    let seg = medsam::io::nifti::read_nifti(out.join("seg_case.nii.gz")).unwrap();
+    let seg_path = out.join("seg_case.nii.gz");
+    let seg = medsam::io::nifti::read_nifti(&seg_path).unwrap();
     assert_eq!(seg.shape, [d, h, w]);
-    assert!((seg.spacing[2] - 3.0).abs() < 1e-6);
-    let o = run(&["--key-slice", "9"], &ckpt);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--key-slice"));
+    assert_eq!(
+        medsam::io::nifti::read_nifti_geometry(&seg_path).unwrap(),
+        medsam::io::nifti::read_nifti_geometry(&nii).unwrap(),
+        "the mask carries the input's header geometry"
+    );
+    nibabel_same_geometry(&nii, &seg_path);
+
+    // Bad input: one clear sentence each, and no output written.
+    std::fs::remove_dir_all(&out).unwrap();
+    for (extra, needle) in [
+        (
+            &["--box3d", "[12,6,0,34,26,4]", "--key-slice", "9"][..],
+            "--key-slice",
+        ),
+        (&["--box3d", "[50,40,0,60,50,4]"][..], "outside"),
+        (&["--box3d", "[12,6,3,34,26,3]"][..], "z"),
+    ] {
+        let o = run(&nii, extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} should fail");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+        assert!(!seg_path.exists(), "{extra:?}: nothing written");
+    }
+    let mut neg = oblique_geometry();
+    neg.pixdim[3] = -3.0;
+    let bad = dir.path().join("neg.nii.gz");
+    medsam::io::nifti::write_nifti_gz_geometry(&bad, [d, h, w], &vol, &neg).unwrap();
+    let o = run(&bad, &["--box3d", "[12,6,0,34,26,4]"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("pixdim[3]"), "{err}");
+
+    let npz_in = dir.path().join("negsp.npz");
+    let u8_vol: Vec<u8> = vol
+        .iter()
+        .map(|&v| if v > 0.0 { 200 } else { 10 })
+        .collect();
+    let arr = |shape: Vec<usize>, data| medsam::npy::NpyArray::new(shape, data).unwrap();
+    npz::write_npz(
+        &npz_in,
+        &[
+            ("imgs", arr(vec![d, h, w], medsam::npy::NpyData::U8(u8_vol))),
+            (
+                "spacing",
+                arr(vec![3], medsam::npy::NpyData::F64(vec![0.0, 1.0, 1.0])),
+            ),
+        ],
+    );
+    let o = run(&npz_in, &["--box3d", "[12,6,0,34,26,4]"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("`spacing`[0]"), "{err}");
+
+    // A one-slice volume works.
+    let one = dir.path().join("one.nii.gz");
+    medsam::io::nifti::write_nifti_gz_geometry(&one, [1, h, w], &vol[..h * w], &geometry).unwrap();
+    let o = run(&one, &["--box3d", "[12,6,0,34,26,1]"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s1 = medsam::io::nifti::read_nifti(out.join("seg_one.nii.gz")).unwrap();
+    assert_eq!(s1.shape, [1, h, w]);
+}
+
+/// A scanner-like header: oblique qform (code 1) with anisotropic spacing and an sform
+/// (code 2, aligned) that differs from it; units mm + ms.
+fn oblique_geometry() -> medsam::io::nifti::NiftiGeometry {
+    let (c, s) = (0.3f64.cos(), 0.3f64.sin());
+    let sp = [0.7, 0.8, 3.0];
+    let affine = [
+        [c * sp[0], -s * sp[1], 0.0, -90.5],
+        [s * sp[0], c * sp[1], 0.0, 12.25],
+        [0.0, 0.0, -sp[2], 40.0],
+    ];
+    let mut g = medsam::io::nifti::NiftiGeometry::from_affine(sp, Some(affine));
+    g.sform_code = 2;
+    g.srow = [
+        [0.7, 0.0, 0.0, -90.0],
+        [0.0, 0.8, 0.0, 12.0],
+        [0.0, 0.0, 3.0, -40.0],
+    ];
+    g.xyzt_units = 2 | 16;
+    g
+}
+
+/// nibabel reads the same header geometry from both files (SKIPPED without nibabel).
+fn nibabel_same_geometry(a: &std::path::Path, b: &std::path::Path) {
+    let py = std::env::var("MEDSAM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import sys, nibabel as nib, numpy as np
+a, b = (nib.load(p).header for p in sys.argv[1:3])
+for k in ("pixdim", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+          "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units"):
+    assert np.array_equal(a[k], b[k]), (k, a[k], b[k])
+assert np.array_equal(a.get_qform(), b.get_qform()) and np.array_equal(a.get_sform(), b.get_sform())
+print("nibabel: geometry identical")
+"#;
+    let Ok(o) = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(a)
+        .arg(b)
+        .output()
+    else {
+        eprintln!("SKIPPED: nibabel check ({py} not runnable; set MEDSAM_PYTHON)");
+        return;
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("No module named") {
+        eprintln!("SKIPPED: nibabel check ({py} has no nibabel; set MEDSAM_PYTHON)");
+        return;
+    }
+    assert!(o.status.success(), "nibabel: {err}");
+    eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
+}
+
+/// `medsam infer --model-type medsam2` on a folder of PNG frames (a video, box on a chosen
+/// frame → one PNG mask per frame and an overlay strip) and on a single PNG image (a one-frame
+/// video → `seg_<stem>.png`); bad frame indices, mismatched frame sizes and 3-D boxes are
+/// refused in one sentence.
+#[test]
+fn medsam2_cli_video_folder_and_2d_image() {
+    let Some(fx) = load("tiny") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, cfg) = tiny_checkpoint(&fx, dir.path(), "sam2.1_tiny_test.pt");
+    let (h, w) = (36u32, 48u32);
+    let frame = |t: u32| {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            let (cx, cy) = (18 + 2 * t, 18);
+            let on = (x as i64 - cx as i64).pow(2) + (y as i64 - cy).pow(2) < 64;
+            image::Rgb(if on {
+                [230, 200, 40]
+            } else {
+                [20, 30, 60 + t as u8]
+            })
+        })
+    };
+    let video = dir.path().join("clip");
+    std::fs::create_dir(&video).unwrap();
+    for t in 0..5u32 {
+        // numeric names, sorted as numbers (10 after 9), as the reference orders frames
+        frame(t)
+            .save(video.join(format!("{}.png", [0, 1, 2, 9, 10][t as usize])))
+            .unwrap();
+    }
+    let out = dir.path().join("out");
+    let run = |input: &std::path::Path, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"));
+        cmd.args(["infer", "--model-type", "medsam2", "-c"])
+            .arg(&ckpt);
+        cmd.arg("--model-config").arg(&cfg).arg("-i").arg(input);
+        cmd.arg("-o").arg(&out).args(extra);
+        cmd.output().unwrap()
+    };
+    let o = run(&video, &["--box", "[8,8,32,28]", "--key-slice", "2"]);
+    let stdout = succeeded(&o);
+    assert!(
+        !stdout.contains("CC-BY-SA"),
+        "no MedSAM2 licence for a SAM 2.1 name"
+    );
+    for name in ["0", "1", "2", "9", "10"] {
+        let p = out.join("seg_clip").join(format!("{name}.png"));
+        let img = image::open(&p).unwrap().to_luma8();
+        assert_eq!(img.dimensions(), (w, h), "{}", p.display());
+        assert!(img.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+    }
+    let strip = image::open(out.join("overlay_clip.png")).unwrap();
+    assert_eq!((strip.width(), strip.height()), (5 * w, h));
+
+    let png = dir.path().join("slice.png");
+    frame(0).save(&png).unwrap();
+    let o = run(&png, &["--box", "[8,8,32,28]", "--points", "18,18,1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let seg = image::open(out.join("seg_slice.png")).unwrap().to_luma8();
+    assert_eq!(seg.dimensions(), (w, h));
+    assert!(out.join("overlay_slice.png").exists());
+
+    let odd = dir.path().join("odd");
+    std::fs::create_dir(&odd).unwrap();
+    frame(0).save(odd.join("0.png")).unwrap();
+    image::RgbImage::new(20, 20)
+        .save(odd.join("1.png"))
+        .unwrap();
+    for (input, extra, needle) in [
+        (
+            &video,
+            &["--box", "[8,8,32,28]", "--key-slice", "5"][..],
+            "--key-slice",
+        ),
+        (&odd, &["--box", "[8,8,32,28]"][..], "one size"),
+        (&png, &["--box3d", "[8,8,0,32,28,1]"][..], "--box"),
+        (&png, &["--box", "[60,50,70,60]"][..], "outside"),
+    ] {
+        let o = run(input, extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} should fail");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
 }

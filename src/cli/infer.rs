@@ -4,8 +4,9 @@
 //! written as DICOM SEG and/or NIfTI with the series' geometry).
 
 use super::common::{load_any_model, show, AnyModelArgs};
-use medsam::io::nifti::write_nifti_gz;
-use medsam::io::volume::{read_nifti_volume, read_npz_volume, u8_volume, write_npz_segs, Volume};
+use medsam::io::volume::{
+    read_nifti_volume, read_npz_volume, u8_volume, write_nifti_segs, write_npz_segs, Volume,
+};
 use medsam::models::{AnyModel, LiteMedSam, Sam};
 use medsam::pipeline::infer::lite::{
     check_box3d, lite_image, segment_volume, Box3d, ImageU8, LitePredictor,
@@ -114,7 +115,7 @@ pub fn stem_of(path: &Path) -> String {
 }
 
 /// Refuses an output path that is one of the command's input files.
-fn refuse_input(a: &InferArgs, output: &Path, flag: &str) -> Result<()> {
+pub(super) fn refuse_input(a: &InferArgs, output: &Path, flag: &str) -> Result<()> {
     let mut inputs: Vec<&Path> = vec![&a.data_path, &a.model.checkpoint];
     inputs.extend(a.model.model_config.as_deref());
     medsam::io::paths::refuse_overwriting_input(output, flag, &inputs)
@@ -397,7 +398,7 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     } else {
         let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
         refuse_input(a, &nii, "--seg-path")?;
-        write_nifti_gz(&nii, [d, h, w], &segs, vol.spacing)?;
+        write_nifti_segs(&nii, path, vol.shape, &segs, vol.spacing)?;
         println!(
             "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
             show(&nii),

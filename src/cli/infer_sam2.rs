@@ -2,13 +2,16 @@
 //! NIfTI or challenge `.npz` volume with one `--box3d` per object.
 
 use super::common::{parse_device, show};
-use super::infer::{parse_box3d, stem_of, InferArgs};
-use medsam::io::volume::{read_npz_volume, write_npz_segs};
+use super::infer::{parse_box, parse_box3d, refuse_input, stem_of, InferArgs};
+use medsam::io::volume::{read_npz_spacing, read_npz_volume, write_nifti_segs, write_npz_segs};
+use medsam::models::sam2::frames::{is_frame_path, list_frames, rgb_to_frames};
+use medsam::models::sam2::sam2_video_predictor::encoder_seconds_total;
 use medsam::models::sam2::volume::{
     segment_volume_medsam2, to_uint8, volume_to_frames, Intensity, VolumePrompt,
 };
 use medsam::models::sam2::{licence_note, load_sam2, Prompt, VideoPredictor};
 use medsam::pipeline::infer::lite::check_box3d;
+use medsam::pipeline::infer::sam::{check_box, read_input_image};
 use medsam::{Error, Result};
 use std::path::Path;
 
@@ -95,10 +98,29 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
         .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
     {
         let v = read_npz_volume(path)?;
+        if let Some(sp) = read_npz_spacing(path)? {
+            if let Some((i, x)) = sp
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !(x.is_finite() && **x > 0.0))
+            {
+                return Err(Error::file(
+                    path,
+                    format!("`spacing`[{i}] is {x}: voxel spacing must be positive"),
+                ));
+            }
+        }
         let data = v.data.iter().map(|&x| x as f64).collect();
         return Ok((v.shape, data, v.spacing, v.boxes));
     }
-    let v = medsam::io::nifti::read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
+    let geometry = medsam::io::nifti::read_nifti_geometry(path)?;
+    if let Err((i, v)) = geometry.positive_spacing() {
+        return Err(Error::file(
+            path,
+            format!("header field pixdim[{i}] is {v}: voxel spacing must be positive"),
+        ));
+    }
+    let v = medsam::io::nifti::read_nifti(path)?;
     let [d, h, w] = v.shape;
     Ok(((d, h, w), v.data, v.spacing, None))
 }
@@ -106,12 +128,15 @@ fn read_raw(path: &Path) -> Result<RawVolume> {
 pub fn run(a: &InferArgs) -> Result<()> {
     let path = &a.data_path;
     if !path.exists() {
-        return Err(Error::file(path, "no such file"));
+        return Err(Error::file(path, "no such file or folder"));
+    }
+    if path.is_dir() || is_frame_path(path) {
+        return run_frames(a);
     }
     if !a.boxes.is_empty() {
         return Err(Error::arg(
             "--box",
-            "MedSAM2 segments volumes: give --box3d [x_min,y_min,z_min,x_max,y_max,z_max]",
+            "MedSAM2 segments volumes with --box3d [x_min,y_min,z_min,x_max,y_max,z_max] (--box is for 2D images and video frames)",
         ));
     }
     let m = &a.medsam2;
@@ -175,21 +200,10 @@ pub fn run(a: &InferArgs) -> Result<()> {
             Intensity::Percentile
         }
     };
-    let device = parse_device(&a.model.device)?;
-    let (model, _report) = load_sam2(
-        &a.model.checkpoint,
-        a.model.model_config.as_deref(),
-        m.image_size,
-        device,
-    )?;
-    if let Some(note) = licence_note(&a.model.checkpoint) {
-        println!("licence: {note}");
-    }
-    let size = model.config.image_size;
+    let predictor = load_predictor(a)?;
+    let size = predictor.model.config.image_size;
     let vol = to_uint8(&raw, intensity);
     let frames = volume_to_frames(&vol, shape, size)?;
-    let mut predictor = VideoPredictor::new(model);
-    predictor.fill_hole_area = if m.no_fill_holes { 0 } else { 8 };
     let t0 = std::time::Instant::now();
     let mut steps = 0usize;
     let segs = segment_volume_medsam2(
@@ -201,11 +215,11 @@ pub fn run(a: &InferArgs) -> Result<()> {
         &mut |_, _| steps += 1,
     )?;
     let secs = t0.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&a.seg_path).map_err(|e| Error::io(&a.seg_path, e))?;
+    medsam::io::paths::create_output_dir(&a.seg_path, "--seg-path")?;
     let stem = stem_of(path);
     let nii = a.seg_path.join(format!("seg_{stem}.nii.gz"));
-    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &segs, spacing)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    refuse_input(a, &nii, "--seg-path")?;
+    write_nifti_segs(&nii, path, shape, &segs, spacing)?;
     println!(
         "segmentation: {} ({d}×{h}×{w} D×H×W, labels 1..={})",
         show(&nii),
@@ -216,6 +230,7 @@ pub fn run(a: &InferArgs) -> Result<()> {
         .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
     {
         let npz = a.seg_path.join(format!("seg_{stem}.npz"));
+        refuse_input(a, &npz, "--seg-path")?;
         write_npz_segs(&npz, shape, &segs)?;
         println!("segmentation: {} (key `segs`)", show(&npz));
     }
@@ -227,8 +242,211 @@ pub fn run(a: &InferArgs) -> Result<()> {
         );
     }
     println!(
-        "{} object(s), {steps} slice step(s) in {secs:.2} s",
+        "{} object(s), {steps} slice step(s) in {secs:.2} s (image encoder {:.2} s)",
+        objects.len(),
+        encoder_seconds_total()
+    );
+    Ok(())
+}
+
+/// The model of `--checkpoint` in a predictor set up as the CLI runs it; prints the licence of
+/// a recognised MedSAM2 file.
+fn load_predictor(a: &InferArgs) -> Result<VideoPredictor> {
+    let device = parse_device(&a.model.device)?;
+    let (model, _report) = load_sam2(
+        &a.model.checkpoint,
+        a.model.model_config.as_deref(),
+        a.medsam2.image_size,
+        device,
+    )?;
+    if let Some(note) = licence_note(&a.model.checkpoint) {
+        println!("licence: {note}");
+    }
+    let mut predictor = VideoPredictor::new(model);
+    predictor.fill_hole_area = if a.medsam2.no_fill_holes { 0 } else { 8 };
+    Ok(predictor)
+}
+
+/// One uint8 RGB image (`h × w × 3`) and its size.
+fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
+    let img = read_input_image(path)?;
+    let rgb = img
+        .hwc
+        .iter()
+        .map(|&x| x.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    Ok((rgb, img.h, img.w))
+}
+
+/// A 2-D image (one frame) or a folder of PNG/JPEG frames (a video), with `--box` (and
+/// `--points`) on frame `--key-slice` (default 0): a PNG mask per frame and an overlay.
+fn run_frames(a: &InferArgs) -> Result<()> {
+    let path = &a.data_path;
+    let m = &a.medsam2;
+    let video = path.is_dir();
+    if !a.boxes3d.is_empty() {
+        return Err(Error::arg(
+            "--box3d",
+            format!(
+                "{} is a 2D image or a folder of frames: give --box [x0,y0,x1,y1] (on --key-slice for a video)",
+                path.display()
+            ),
+        ));
+    }
+    if a.boxes.is_empty() {
+        return Err(Error::arg(
+            "--box",
+            "at least one --box [x0,y0,x1,y1] is required for a 2D image or video frames",
+        ));
+    }
+    let files = if video {
+        list_frames(path)?
+    } else {
+        vec![path.clone()]
+    };
+    let (first, h, w) = read_rgb(&files[0])?;
+    let mut rgb = vec![first];
+    for f in &files[1..] {
+        let (img, fh, fw) = read_rgb(f)?;
+        if (fh, fw) != (h, w) {
+            return Err(Error::file(
+                f,
+                format!("is {fh}×{fw} (H×W) but the first frame is {h}×{w}; all frames must have one size"),
+            ));
+        }
+        rgb.push(img);
+    }
+    let n = rgb.len();
+    let key = m.key_slice.unwrap_or(0);
+    if key >= n {
+        return Err(Error::arg(
+            "--key-slice",
+            format!(
+                "frame {key} is outside the {n} frame(s) of {}",
+                path.display()
+            ),
+        ));
+    }
+    let (points, labels) = match &m.points {
+        Some(s) => parse_points(s)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut objects = Vec::new();
+    for s in &a.boxes {
+        let checked = check_box(parse_box(s)?, h, w)?;
+        if let Some(wn) = &checked.warning {
+            eprintln!("warning: {wn}");
+        }
+        objects.push(VolumePrompt {
+            key_slice: key,
+            prompt: Prompt {
+                points: points.clone(),
+                labels: labels.clone(),
+                bbox: Some(checked.bbox),
+            },
+        });
+    }
+    let predictor = load_predictor(a)?;
+    let frames = rgb_to_frames(&rgb, (h, w), predictor.model.config.image_size)?;
+    let t0 = std::time::Instant::now();
+    let segs = segment_volume_medsam2(
+        &predictor,
+        frames,
+        (n, h, w),
+        &objects,
+        !m.all_components,
+        &mut |_, _| {},
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    medsam::io::paths::create_output_dir(&a.seg_path, "--seg-path")?;
+    let stem = stem_of(path);
+    let boxes: Vec<[usize; 4]> = objects
+        .iter()
+        .filter_map(|o| o.prompt.bbox.map(|b| b.map(|v| v as usize)))
+        .collect();
+    let plane = |t: usize| &segs[t * h * w..(t + 1) * h * w];
+    if video {
+        let dir = a.seg_path.join(format!("seg_{stem}"));
+        medsam::io::paths::create_output_dir(&dir, "--seg-path")?;
+        for (t, f) in files.iter().enumerate() {
+            let name = f.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let out = dir.join(format!("{}.png", name.unwrap_or_else(|| t.to_string())));
+            refuse_input(a, &out, "--seg-path")?;
+            medsam::viz::save_mask_png(&out, plane(t), h, w)?;
+        }
+        println!("segmentation: {} ({n} PNG masks)", show(&dir));
+    } else {
+        let out = a.seg_path.join(format!("seg_{stem}.png"));
+        refuse_input(a, &out, "--seg-path")?;
+        medsam::viz::save_mask_png(&out, plane(0), h, w)?;
+        println!("segmentation: {}", show(&out));
+    }
+    let overlay = a.seg_path.join(format!("overlay_{stem}.png"));
+    refuse_input(a, &overlay, "--seg-path")?;
+    let picks = strip_frames(n, key);
+    let (strip, strip_mask, strip_boxes) = frame_strip(&rgb, &segs, (h, w), &picks, key, &boxes);
+    medsam::viz::save_overlay_png(
+        &overlay,
+        &strip,
+        h,
+        w * picks.len(),
+        &strip_mask,
+        &strip_boxes,
+    )?;
+    println!(
+        "overlay:      {} (frames {picks:?}, box on frame {key})",
+        show(&overlay)
+    );
+    let fg = (0..n).filter(|&t| plane(t).iter().any(|&v| v > 0)).count();
+    println!(
+        "{} object(s) on {n} frame(s) ({fg} with a mask) in {secs:.2} s",
         objects.len()
     );
     Ok(())
+}
+
+/// At most 8 frames, evenly spaced, always including the key frame.
+fn strip_frames(n: usize, key: usize) -> Vec<usize> {
+    let k = n.min(8);
+    let mut picks: Vec<usize> = (0..k).map(|i| i * (n - 1) / (k - 1).max(1)).collect();
+    if !picks.contains(&key) {
+        let nearest = (0..picks.len())
+            .min_by_key(|&i| picks[i].abs_diff(key))
+            .unwrap_or(0);
+        picks[nearest] = key;
+    }
+    picks.sort_unstable();
+    picks.dedup();
+    picks
+}
+
+/// Frames `picks` side by side (RGB, mask, and the boxes on the key frame).
+fn frame_strip(
+    rgb: &[Vec<u8>],
+    segs: &[u8],
+    (h, w): (usize, usize),
+    picks: &[usize],
+    key: usize,
+    boxes: &[[usize; 4]],
+) -> (Vec<u8>, Vec<u8>, Vec<[usize; 4]>) {
+    let sw = w * picks.len();
+    let mut img = vec![0u8; h * sw * 3];
+    let mut mask = vec![0u8; h * sw];
+    let mut out_boxes = Vec::new();
+    for (i, &t) in picks.iter().enumerate() {
+        for y in 0..h {
+            let dst = (y * sw + i * w) * 3;
+            img[dst..dst + w * 3].copy_from_slice(&rgb[t][y * w * 3..(y + 1) * w * 3]);
+            let src = t * h * w + y * w;
+            mask[y * sw + i * w..y * sw + (i + 1) * w].copy_from_slice(&segs[src..src + w]);
+        }
+        if t == key {
+            out_boxes.extend(
+                boxes
+                    .iter()
+                    .map(|b| [b[0] + i * w, b[1], b[2] + i * w, b[3]]),
+            );
+        }
+    }
+    (img, mask, out_boxes)
 }

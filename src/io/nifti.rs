@@ -131,10 +131,8 @@ fn read_up_to(r: &mut dyn Read, n: usize, buf: &mut Vec<u8>) -> std::io::Result<
     r.take(n as u64).read_to_end(buf).map(|_| ())
 }
 
-/// The file's bytes (inflated when gzip-compressed), read only as far as the header says the
-/// voxel data reaches, and only after that extent was checked against the limits: a small
-/// `.nii.gz` cannot inflate beyond the volume it declares, nor declare more than the limit.
-fn read_all(path: &Path) -> Result<Vec<u8>> {
+/// A reader over the file's bytes, inflating when the content is gzip; and whether it is.
+fn open_reader(path: &Path) -> Result<(Box<dyn Read>, bool)> {
     let io_err = |source| NiftiError::Io {
         path: path.to_path_buf(),
         source,
@@ -145,11 +143,18 @@ fn read_all(path: &Path) -> Result<Vec<u8>> {
         let head = file.fill_buf().map_err(io_err)?;
         head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
     };
-    let mut reader: Box<dyn Read> = if gz {
-        Box::new(GzDecoder::new(file))
+    Ok(if gz {
+        (Box::new(GzDecoder::new(file)), true)
     } else {
-        Box::new(file)
-    };
+        (Box::new(file), false)
+    })
+}
+
+/// The file's bytes (inflated when gzip-compressed), read only as far as the header says the
+/// voxel data reaches, and only after that extent was checked against the limits: a small
+/// `.nii.gz` cannot inflate beyond the volume it declares, nor declare more than the limit.
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let (mut reader, gz) = open_reader(path)?;
     let wrap = |source: std::io::Error| {
         if gz {
             NiftiError::Gzip {
@@ -521,6 +526,124 @@ fn quatern(affine: &[[f64; 4]; 3], spacing: [f64; 3]) -> ([f64; 3], f64) {
     ([b, c, d], qfac)
 }
 
+/// The spatial fields of a NIfTI header — what places the voxels in the scanner — copied
+/// unchanged to a segmentation so that it lies on its image (NIfTI-2 values are kept as f64
+/// here and stored as NIfTI-1 float32 on writing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NiftiGeometry {
+    /// `pixdim[0..8]`: `pixdim[0]` is qfac, `pixdim[1..4]` the spacing as stored (signs kept).
+    pub pixdim: [f64; 8],
+    pub xyzt_units: u8,
+    pub qform_code: i16,
+    pub sform_code: i16,
+    /// `quatern_b, quatern_c, quatern_d`.
+    pub quatern: [f64; 3],
+    /// `qoffset_x, qoffset_y, qoffset_z`.
+    pub qoffset: [f64; 3],
+    /// `srow_x, srow_y, srow_z`.
+    pub srow: [[f64; 4]; 3],
+}
+
+impl NiftiGeometry {
+    /// The geometry [`write_nifti_gz_affine`] stores: `affine` (default `diag(spacing)`) as both
+    /// qform and sform (code 1, "scanner"), units mm and s.
+    pub fn from_affine(spacing: [f64; 3], affine: Option<[[f64; 4]; 3]>) -> Self {
+        let srow = affine.unwrap_or([
+            [spacing[0], 0.0, 0.0, 0.0],
+            [0.0, spacing[1], 0.0, 0.0],
+            [0.0, 0.0, spacing[2], 0.0],
+        ]);
+        let (quat, qfac) = quatern(&srow, spacing);
+        NiftiGeometry {
+            pixdim: [qfac, spacing[0], spacing[1], spacing[2], 1.0, 1.0, 1.0, 1.0],
+            xyzt_units: 10,
+            qform_code: 1,
+            sform_code: 1,
+            quatern: quat,
+            qoffset: [srow[0][3], srow[1][3], srow[2][3]],
+            srow,
+        }
+    }
+
+    /// Voxel spacing `(x, y, z)` as stored; `Err((i, pixdim[i]))` for the first one that is
+    /// zero, negative or not finite (where the reader falls back to `|v|` or 1).
+    pub fn positive_spacing(&self) -> std::result::Result<[f64; 3], (usize, f64)> {
+        let out = [self.pixdim[1], self.pixdim[2], self.pixdim[3]];
+        match out.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            Some(i) => Err((i + 1, out[i])),
+            None => Ok(out),
+        }
+    }
+}
+
+/// The spatial header fields of a `.nii` / `.nii.gz` (only the header is read).
+pub fn read_nifti_geometry(path: impl AsRef<Path>) -> Result<NiftiGeometry> {
+    let path = path.as_ref();
+    let (mut reader, _) = open_reader(path)?;
+    let mut b = Vec::new();
+    read_up_to(&mut reader, 544, &mut b).map_err(|source| NiftiError::Gzip {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let h = parse_header(&b, path)?;
+    let v2 = b.len() >= 8 && &b[4..8] == b"n+2\0";
+    let f32_at = |o: usize| {
+        let a: [u8; 4] = b[o..o + 4].try_into().unwrap();
+        (if h.little {
+            f32::from_le_bytes(a)
+        } else {
+            f32::from_be_bytes(a)
+        }) as f64
+    };
+    let f64_at = |o: usize| {
+        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
+        if h.little {
+            f64::from_le_bytes(a)
+        } else {
+            f64::from_be_bytes(a)
+        }
+    };
+    let i16_at = |o: usize| {
+        let a = [b[o], b[o + 1]];
+        if h.little {
+            i16::from_le_bytes(a)
+        } else {
+            i16::from_be_bytes(a)
+        }
+    };
+    let i32_at = |o: usize| {
+        let a: [u8; 4] = b[o..o + 4].try_into().unwrap();
+        if h.little {
+            i32::from_le_bytes(a)
+        } else {
+            i32::from_be_bytes(a)
+        }
+    };
+    let g = if v2 {
+        let fl = |o: usize| f64_at(o);
+        NiftiGeometry {
+            pixdim: std::array::from_fn(|i| fl(104 + 8 * i)),
+            xyzt_units: i32_at(500) as u8,
+            qform_code: i32_at(344) as i16,
+            sform_code: i32_at(348) as i16,
+            quatern: std::array::from_fn(|i| fl(352 + 8 * i)),
+            qoffset: std::array::from_fn(|i| fl(376 + 8 * i)),
+            srow: std::array::from_fn(|r| std::array::from_fn(|c| fl(400 + 32 * r + 8 * c))),
+        }
+    } else {
+        NiftiGeometry {
+            pixdim: std::array::from_fn(|i| f32_at(76 + 4 * i)),
+            xyzt_units: b[123],
+            qform_code: i16_at(252),
+            sform_code: i16_at(254),
+            quatern: std::array::from_fn(|i| f32_at(256 + 4 * i)),
+            qoffset: std::array::from_fn(|i| f32_at(268 + 4 * i)),
+            srow: std::array::from_fn(|r| std::array::from_fn(|c| f32_at(280 + 16 * r + 4 * c))),
+        }
+    };
+    Ok(g)
+}
+
 /// [`write_nifti_gz`] with a given RAS affine (rows of the 3×4 matrix; its columns' lengths
 /// must equal `spacing`), stored as both qform and sform; `None` = `diag(spacing)`.
 pub fn write_nifti_gz_affine<T: NiftiElement>(
@@ -529,6 +652,22 @@ pub fn write_nifti_gz_affine<T: NiftiElement>(
     data: &[T],
     spacing: [f64; 3],
     affine: Option<[[f64; 4]; 3]>,
+) -> Result<()> {
+    write_nifti_gz_geometry(
+        path,
+        shape,
+        data,
+        &NiftiGeometry::from_affine(spacing, affine),
+    )
+}
+
+/// Writes a `(z, y, x)` C-order volume as a gzipped NIfTI-1 file carrying `geometry`
+/// (e.g. the input's, from [`read_nifti_geometry`]) unchanged, atomically.
+pub fn write_nifti_gz_geometry<T: NiftiElement>(
+    path: impl AsRef<Path>,
+    shape: [usize; 3],
+    data: &[T],
+    geometry: &NiftiGeometry,
 ) -> Result<()> {
     let path = path.as_ref();
     let [nz, ny, nx] = shape;
@@ -546,12 +685,7 @@ pub fn write_nifti_gz_affine<T: NiftiElement>(
             ),
         });
     }
-    let affine = affine.unwrap_or([
-        [spacing[0], 0.0, 0.0, 0.0],
-        [0.0, spacing[1], 0.0, 0.0],
-        [0.0, 0.0, spacing[2], 0.0],
-    ]);
-    let (quat, qfac) = quatern(&affine, spacing);
+    let g = geometry;
     let mut h = vec![0u8; 352];
     let put_i16 = |h: &mut Vec<u8>, o: usize, v: i16| h[o..o + 2].copy_from_slice(&v.to_le_bytes());
     let put_f32 = |h: &mut Vec<u8>, o: usize, v: f32| h[o..o + 4].copy_from_slice(&v.to_le_bytes());
@@ -562,38 +696,18 @@ pub fn write_nifti_gz_affine<T: NiftiElement>(
     }
     put_i16(&mut h, 70, T::CODE);
     put_i16(&mut h, 72, T::BITPIX);
-    for (i, v) in [
-        qfac as f32,
-        spacing[0] as f32,
-        spacing[1] as f32,
-        spacing[2] as f32,
-        1.0,
-        1.0,
-        1.0,
-        1.0,
-    ]
-    .iter()
-    .enumerate()
-    {
-        put_f32(&mut h, 76 + 4 * i, *v);
+    for (i, v) in g.pixdim.iter().enumerate() {
+        put_f32(&mut h, 76 + 4 * i, *v as f32);
     }
     put_f32(&mut h, 108, 352.0); // vox_offset
     put_f32(&mut h, 112, 1.0); // scl_slope
-    h[123] = 10; // xyzt_units: mm + sec
-    put_i16(&mut h, 252, 1); // qform_code
-    put_i16(&mut h, 254, 1); // sform_code
-    let qvals = [
-        quat[0],
-        quat[1],
-        quat[2],
-        affine[0][3],
-        affine[1][3],
-        affine[2][3],
-    ];
-    for (i, v) in qvals.iter().enumerate() {
+    h[123] = g.xyzt_units;
+    put_i16(&mut h, 252, g.qform_code);
+    put_i16(&mut h, 254, g.sform_code);
+    for (i, v) in g.quatern.iter().chain(&g.qoffset).enumerate() {
         put_f32(&mut h, 256 + 4 * i, *v as f32);
     }
-    for (r, row) in affine.iter().enumerate() {
+    for (r, row) in g.srow.iter().enumerate() {
         for (c, v) in row.iter().enumerate() {
             put_f32(&mut h, 280 + 16 * r + 4 * c, *v as f32);
         }

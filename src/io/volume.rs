@@ -154,6 +154,15 @@ pub fn read_npz_labels(path: &Path) -> Result<((usize, usize, usize), Vec<u8>)> 
     Ok(((d, h, w), v.iter().map(|&x| x as u8).collect()))
 }
 
+/// The `spacing` member of a challenge `.npz` as stored (`None` when absent), for callers that
+/// refuse a non-positive spacing rather than take [`read_npz_volume`]'s fallback of 1.
+pub fn read_npz_spacing(path: &Path) -> Result<Option<Vec<f64>>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
+    Ok(npz_member(path, &mut zip, "spacing")?.map(|s| s.to_f64()))
+}
+
 /// Reads a NIfTI volume as uint8: values already integers in 0–255 as they are, anything else
 /// min-max scaled to 0–255 over the volume (with a note; window CT beforehand for best results).
 pub fn read_nifti_volume(path: &Path) -> Result<Volume> {
@@ -241,4 +250,33 @@ pub fn write_npz_members(path: &Path, members: &[(&str, Vec<u8>)]) -> Result<()>
     })()
     .map_err(|e| Error::file(path, format!("zipping the .npz members: {e}")))?;
     write_bytes_atomic(path, &zipped).map_err(|e| Error::io(path, e))
+}
+
+/// Whether `path` names a NIfTI file (`.nii`, `.nii.gz`).
+pub fn is_nifti_path(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    name.ends_with(".nii") || name.ends_with(".nii.gz")
+}
+
+/// Writes a `(D, H, W)` segmentation of `input` as `.nii.gz`, atomically: with the input's
+/// header geometry (pixdim, qform/sform codes and matrices, units) when the input is a NIfTI
+/// file, otherwise axis-aligned with `spacing` (e.g. from an `.npz`).
+pub fn write_nifti_segs(
+    out: &Path,
+    input: &Path,
+    shape: (usize, usize, usize),
+    segs: &[u8],
+    spacing: [f64; 3],
+) -> Result<()> {
+    let (d, h, w) = shape;
+    let geometry = if is_nifti_path(input) {
+        nifti::read_nifti_geometry(input)?
+    } else {
+        nifti::NiftiGeometry::from_affine(spacing, None)
+    };
+    nifti::write_nifti_gz_geometry(out, [d, h, w], segs, &geometry)?;
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! (`image_encoder.trunk.blocks.3.attn.qkv.weight`).
 
 pub mod config;
+pub mod frames;
 pub mod hieradet;
 pub mod image_encoder;
 pub mod load;

@@ -12,7 +12,7 @@ use super::memory_attention::MemoryAttention;
 use super::memory_encoder::MemoryEncoder;
 use super::sam::mask_decoder::{argmax, MaskDecoder, MaskDecoderOptions};
 use super::sam::prompt_encoder::{PointInputs, PromptEncoder};
-use super::sam2_utils::{get_1d_sine_pe, Mlp};
+use super::sam2_utils::{get_1d_sine_pe, interpolate_bilinear_aa, Mlp};
 use crate::error::{Error, Result};
 use crate::models::common::{join, Conv2d, Init, Linear, Module};
 use crate::tensor::Tensor;
@@ -307,6 +307,7 @@ impl Sam2Base {
                 &default_points
             }
         };
+        let resized;
         let mask_prompt = match mask_inputs {
             Some(m) => {
                 let (mh, mw) = (
@@ -314,15 +315,11 @@ impl Sam2Base {
                     4 * self.sam_prompt_encoder.image_embedding_size.1,
                 );
                 if m.dim(2) != mh || m.dim(3) != mw {
-                    return Err(Error::shape(
-                        "sam2 mask prompt",
-                        format!(
-                            "mask inputs {:?} must already be {mh}×{mw} (antialiased resizing is not implemented)",
-                            m.shape()
-                        ),
-                    ));
+                    resized = interpolate_bilinear_aa(m, mh, mw)?;
+                    Some(&resized)
+                } else {
+                    Some(m)
                 }
-                Some(m)
             }
             None => None,
         };
@@ -385,11 +382,7 @@ impl Sam2Base {
                     appearing.iter().map(|&a| f32::from(u8::from(a))).collect()
                 };
                 let lam_t = Tensor::from_slice(&lam, &[b, 1], obj_ptr.device())?;
-                if self.config.fixed_no_obj_ptr {
-                    obj_ptr = obj_ptr.mul(&lam_t)?;
-                }
-                let inv = lam_t.neg()?.shift(1.0)?;
-                obj_ptr = obj_ptr.add(&inv.mul(no_obj)?)?;
+                obj_ptr = self.blend_no_obj_ptr(obj_ptr, &lam_t, no_obj)?;
             }
         }
         Ok(SamHeadsOut {
@@ -401,6 +394,65 @@ impl Sam2Base {
             obj_ptr,
             object_score_logits: dec.object_score_logits,
         })
+    }
+
+    /// `_use_mask_as_output`: a mask prompt `[B, 1, S, S]` (0/1) taken as the frame's output
+    /// (logits ±10, low-res by antialiased downscaling), its object pointer from the SAM heads
+    /// on the raw features with the mask as dense prompt, and the object score from whether
+    /// the mask is empty.
+    pub fn use_mask_as_output(
+        &self,
+        feats: &FrameFeatures,
+        mask_inputs: &Tensor,
+    ) -> Result<SamHeadsOut> {
+        let (out_scale, out_bias) = (20.0f32, -10.0f32);
+        let b = mask_inputs.dim(0);
+        let high = mask_inputs.scale(out_scale)?.shift(out_bias)?;
+        let low = interpolate_bilinear_aa(&high, high.dim(2) / 4, high.dim(3) / 4)?;
+        let ious = Tensor::full(&[b, 1], 1.0, mask_inputs.device())?;
+        let v = mask_inputs.contiguous()?.to_vec()?;
+        let per = v.len() / b.max(1);
+        let lam: Vec<f32> = (0..b)
+            .map(|i| f32::from(u8::from(v[i * per..(i + 1) * per].iter().any(|&x| x > 0.0))))
+            .collect();
+        let lam_t = Tensor::from_slice(&lam, &[b, 1], mask_inputs.device())?;
+        let mut obj_ptr = match &self.mask_downsample {
+            Some(conv) if self.config.use_obj_ptrs_in_encoder => {
+                let small = conv.forward(mask_inputs)?;
+                self.forward_sam_heads(feats.top(), None, Some(&small), feats.high_res(), false)?
+                    .obj_ptr
+            }
+            _ => Tensor::zeros(&[b, self.hidden_dim], mask_inputs.device())?,
+        };
+        let object_score_logits = lam_t.scale(out_scale)?.shift(out_bias)?;
+        if self.config.pred_obj_scores {
+            if let Some(no_obj) = &self.no_obj_ptr {
+                obj_ptr = self.blend_no_obj_ptr(obj_ptr, &lam_t, no_obj)?;
+            }
+        }
+        Ok(SamHeadsOut {
+            low_res_multimasks: low.clone(),
+            high_res_multimasks: high.clone(),
+            ious,
+            low_res_masks: low,
+            high_res_masks: high,
+            obj_ptr,
+            object_score_logits,
+        })
+    }
+
+    /// `obj_ptr · λ (fixed_no_obj_ptr) + (1 − λ) · no_obj_ptr`, λ `[B, 1]` the appearing weight.
+    fn blend_no_obj_ptr(
+        &self,
+        mut obj_ptr: Tensor,
+        lam: &Tensor,
+        no_obj: &Tensor,
+    ) -> Result<Tensor> {
+        if self.config.fixed_no_obj_ptr {
+            obj_ptr = obj_ptr.mul(lam)?;
+        }
+        let inv = lam.neg()?.shift(1.0)?;
+        obj_ptr.add(&inv.mul(no_obj)?)
     }
 
     /// `_use_multimask`.
@@ -679,10 +731,8 @@ impl Sam2Base {
         track_in_reverse: bool,
         prev_sam_mask_logits: Option<&Tensor>,
     ) -> Result<FrameOutput> {
-        if mask_inputs.is_some() && self.config.use_mask_input_as_output_without_sam {
-            return Err(Error::Other(
-                "mask prompts (add_new_mask) are not implemented for SAM 2 yet".into(),
-            ));
+        if let Some(m) = mask_inputs.filter(|_| self.config.use_mask_input_as_output_without_sam) {
+            return Ok(self.use_mask_as_output(feats, m)?.into());
         }
         let pix_feat = self.prepare_memory_conditioned_features(
             frame_idx,
@@ -701,14 +751,21 @@ impl Sam2Base {
             feats.high_res(),
             multimask,
         )?;
-        Ok(FrameOutput {
+        Ok(out.into())
+    }
+}
+
+impl From<SamHeadsOut> for FrameOutput {
+    /// The chosen mask, pointer and score of the SAM heads, no memory yet.
+    fn from(out: SamHeadsOut) -> Self {
+        FrameOutput {
             maskmem_features: None,
             maskmem_pos_enc: None,
             pred_masks: out.low_res_masks,
             pred_masks_high_res: Some(out.high_res_masks),
             obj_ptr: out.obj_ptr,
             object_score_logits: out.object_score_logits,
-        })
+        }
     }
 }
 

@@ -271,3 +271,66 @@ pub fn get_1d_sine_pe(pos: &[f32], dim: usize, device: crate::Device) -> Result<
     }
     Tensor::from_slice(&out, &[pos.len(), dim], device)
 }
+
+/// Per output sample: the first input index and the normalised weights of PyTorch's
+/// antialiased linear resampling (`_compute_weights_aa`, computed in f32 as for float input).
+fn bilinear_aa_weights(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = in_size as f32 / out_size as f32;
+    let (support, invscale) = if scale >= 1.0 {
+        (scale, 1.0 / scale)
+    } else {
+        (1.0, 1.0)
+    };
+    (0..out_size)
+        .map(|i| {
+            let center = scale * (i as f32 + 0.5);
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let mut w: Vec<f32> = (xmin..xmax)
+                .map(|j| {
+                    let x = ((j as f32 - center + 0.5) * invscale).abs();
+                    if x < 1.0 {
+                        1.0 - x
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f32 = w.iter().sum();
+            if total != 0.0 {
+                w.iter_mut().for_each(|v| *v /= total);
+            }
+            (xmin, w)
+        })
+        .collect()
+}
+
+/// `F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)`
+/// on NCHW: a triangle filter widened by the downscaling factor, rows first, then columns
+/// (PyTorch's order), f32 sums.
+pub fn interpolate_bilinear_aa(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (wy, wx) = (bilinear_aa_weights(h, oh), bilinear_aa_weights(w, ow));
+    let v = x.contiguous()?.to_vec()?;
+    let mut out = vec![0.0f32; b * c * oh * ow];
+    let mut tmp = vec![0.0f32; h * ow];
+    for p in 0..b * c {
+        let src = &v[p * h * w..(p + 1) * h * w];
+        for y in 0..h {
+            for (xo, (x0, k)) in wx.iter().enumerate() {
+                let row = &src[y * w + x0..];
+                tmp[y * ow + xo] = k.iter().zip(row).fold(0.0, |a, (k, s)| a + k * s);
+            }
+        }
+        let dst = &mut out[p * oh * ow..(p + 1) * oh * ow];
+        for (yo, (y0, k)) in wy.iter().enumerate() {
+            for xo in 0..ow {
+                dst[yo * ow + xo] = k
+                    .iter()
+                    .enumerate()
+                    .fold(0.0, |a, (j, k)| a + k * tmp[(y0 + j) * ow + xo]);
+            }
+        }
+    }
+    Tensor::from_slice(&out, &[b, c, oh, ow], x.device())
+}

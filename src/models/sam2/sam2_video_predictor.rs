@@ -1,7 +1,7 @@
 //! `SAM2VideoPredictor` (`sam2/sam2_video_predictor.py`): an inference state over a stack of
-//! preprocessed frames (video frames or volume slices), prompts (points and/or a box) on any
-//! frame for any object id, propagation forward or in reverse with a per-frame callback, and
-//! reset. The memory bank follows the reference: prompted frames are conditioning frames,
+//! preprocessed frames (video frames or volume slices), prompts (points and/or a box, or a
+//! mask) on any frame for any object id, propagation forward or in reverse with a per-frame
+//! callback, and reset. The memory bank follows the reference: prompted frames are conditioning frames,
 //! their memory is encoded from the binarised prompt mask when propagation starts, tracked
 //! frames' memories are stored rounded through bfloat16.
 //!
@@ -12,9 +12,20 @@ use super::sam::prompt_encoder::PointInputs;
 use super::sam2_base::{
     round_bf16, FrameFeatures, FrameOutput, OutputDict, Sam2Base, NO_OBJ_SCORE,
 };
+use super::sam2_utils::interpolate_bilinear_aa;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Nanoseconds spent in the image encoder by every predictor of the process (for profiles:
+/// the rest of a propagation is the memory path and the SAM heads).
+static ENCODER_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Seconds the image encoder has run in this process, over all predictors.
+pub fn encoder_seconds_total() -> f64 {
+    ENCODER_NANOS.load(Ordering::Relaxed) as f64 * 1e-9
+}
 
 pub struct VideoPredictor {
     pub model: Sam2Base,
@@ -28,10 +39,21 @@ pub struct VideoPredictor {
 #[derive(Clone, Default)]
 struct ObjectState {
     point_inputs: BTreeMap<usize, PointInputs>,
+    /// frame → mask prompt `[1, 1, S, S]` (0/1)
+    mask_inputs: BTreeMap<usize, Tensor>,
     output: OutputDict,
     temp_output: OutputDict,
     /// frame → tracked in reverse
     frames_tracked: BTreeMap<usize, bool>,
+}
+
+impl ObjectState {
+    /// (is_init_cond_frame, reverse) of a new prompt on `frame_idx`: a frame not yet tracked
+    /// starts a conditioning frame, a tracked one is corrected in the direction it was tracked.
+    fn tracking_of(&self, frame_idx: usize) -> (bool, bool) {
+        let tracked = self.frames_tracked.get(&frame_idx).copied();
+        (tracked.is_none(), tracked.unwrap_or(false))
+    }
 }
 
 /// `inference_state`.
@@ -124,7 +146,9 @@ impl VideoPredictor {
             return Ok(f.clone());
         }
         let img = state.images.narrow(0, frame_idx, 1)?;
+        let t0 = std::time::Instant::now();
         let f = self.model.forward_image(&img)?;
+        ENCODER_NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if !self.cache_all_features {
             state.cached_features.clear();
         }
@@ -207,9 +231,8 @@ impl VideoPredictor {
             }
         }
         obj.point_inputs.insert(frame_idx, point_inputs.clone());
-        let tracked = obj.frames_tracked.get(&frame_idx).copied();
-        let is_init_cond_frame = tracked.is_none();
-        let reverse = tracked.unwrap_or(false);
+        obj.mask_inputs.remove(&frame_idx);
+        let (is_init_cond_frame, reverse) = obj.tracking_of(frame_idx);
         // add_all_frames_to_correct_as_cond is false in the reference's defaults
         let is_cond = is_init_cond_frame;
         let prev = {
@@ -234,26 +257,98 @@ impl VideoPredictor {
             }
             None => None,
         };
+        let inputs = (Some(&point_inputs), None);
+        let prev = prev_sam_mask_logits.as_ref();
+        self.prompted_frame(
+            state,
+            obj_idx,
+            frame_idx,
+            (is_init_cond_frame, reverse),
+            inputs,
+            prev,
+        )
+    }
+
+    /// Runs a prompted frame of one object (not yet into memory), keeps the result as a
+    /// temporary output and returns every object's masks on that frame at video resolution.
+    fn prompted_frame(
+        &self,
+        state: &mut InferenceState,
+        obj_idx: usize,
+        frame_idx: usize,
+        (is_init_cond_frame, reverse): (bool, bool),
+        inputs: (Option<&PointInputs>, Option<&Tensor>),
+        prev_sam_mask_logits: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        // add_all_frames_to_correct_as_cond is false in the reference's defaults
+        let is_cond = is_init_cond_frame;
         let output = state.objects[obj_idx].output.clone();
         let out = self.run_single_frame_inference(
             state,
             &output,
             frame_idx,
             is_init_cond_frame,
-            Some(&point_inputs),
+            inputs,
             reverse,
             false,
-            prev_sam_mask_logits.as_ref(),
+            prev_sam_mask_logits,
         )?;
-        let obj = &mut state.objects[obj_idx];
-        if is_cond {
-            obj.temp_output.cond_frame_outputs.insert(frame_idx, out);
+        let t = &mut state.objects[obj_idx].temp_output;
+        let temp = if is_cond {
+            &mut t.cond_frame_outputs
         } else {
-            obj.temp_output
-                .non_cond_frame_outputs
-                .insert(frame_idx, out);
-        }
+            &mut t.non_cond_frame_outputs
+        };
+        temp.insert(frame_idx, out);
         self.consolidated_video_res(state, frame_idx, is_cond)
+    }
+
+    /// `add_new_mask`: a binary mask `mask_h × mask_w` (row-major, usually the video size) as
+    /// object `obj_id`'s prompt on `frame_idx`, replacing its points there. The mask is resized
+    /// to the model size as the reference does (antialiased bilinear, then `>= 0.5`) and taken
+    /// as the frame's output (`use_mask_input_as_output_without_sam`). Returns the frame's
+    /// masks at video resolution for every object, `[n_obj, 1, H, W]` logits.
+    pub fn add_new_mask(
+        &self,
+        state: &mut InferenceState,
+        frame_idx: usize,
+        obj_id: i64,
+        mask: &[bool],
+        (mask_h, mask_w): (usize, usize),
+    ) -> Result<Tensor> {
+        if frame_idx >= state.num_frames {
+            return Err(Error::arg(
+                "frame_idx",
+                format!("{frame_idx} is outside the {} frames", state.num_frames),
+            ));
+        }
+        if mask_h == 0 || mask_w == 0 || mask.len() != mask_h * mask_w {
+            return Err(Error::arg(
+                "mask",
+                format!(
+                    "{} values for a {mask_h}×{mask_w} mask (it must be 2-D and non-empty)",
+                    mask.len()
+                ),
+            ));
+        }
+        let s = self.model.config.image_size;
+        let dev = state.images.device();
+        let v: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+        let orig = Tensor::from_slice(&v, &[1, 1, mask_h, mask_w], dev)?;
+        let mask_inputs = if mask_h != s || mask_w != s {
+            let r = interpolate_bilinear_aa(&orig, s, s)?.to_vec()?;
+            let bin: Vec<f32> = r.iter().map(|&x| f32::from(u8::from(x >= 0.5))).collect();
+            Tensor::from_slice(&bin, &[1, 1, s, s], dev)?
+        } else {
+            orig
+        };
+        let obj_idx = Self::obj_id_to_idx(state, obj_id);
+        let obj = &mut state.objects[obj_idx];
+        obj.mask_inputs.insert(frame_idx, mask_inputs.clone());
+        obj.point_inputs.remove(&frame_idx);
+        let tracking = obj.tracking_of(frame_idx);
+        let inputs = (None, Some(&mask_inputs));
+        self.prompted_frame(state, obj_idx, frame_idx, tracking, inputs, None)
     }
 
     /// `_consolidate_temp_output_across_obj(consolidate_at_video_res=True)`.
@@ -291,7 +386,7 @@ impl VideoPredictor {
         output_dict: &OutputDict,
         frame_idx: usize,
         is_init_cond_frame: bool,
-        point_inputs: Option<&PointInputs>,
+        (point_inputs, mask_inputs): (Option<&PointInputs>, Option<&Tensor>),
         reverse: bool,
         run_mem_encoder: bool,
         prev_sam_mask_logits: Option<&Tensor>,
@@ -303,7 +398,7 @@ impl VideoPredictor {
             is_init_cond_frame,
             &feats,
             pts,
-            None,
+            mask_inputs,
             output_dict,
             state.num_frames,
             reverse,
@@ -443,7 +538,14 @@ impl VideoPredictor {
                     None => {
                         let output = std::mem::take(&mut state.objects[oi].output);
                         let res = self.run_single_frame_inference(
-                            state, &output, frame_idx, false, None, reverse, true, None,
+                            state,
+                            &output,
+                            frame_idx,
+                            false,
+                            (None, None),
+                            reverse,
+                            true,
+                            None,
                         );
                         state.objects[oi].output = output;
                         let out = res?;
