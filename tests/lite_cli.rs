@@ -255,6 +255,35 @@ fn lite_2d_npy_uint8_and_float_agree() {
 
 // ---- tiny model: 3D ----
 
+/// Regression: z_min and z_max are both inclusive, in upstream's order (`MedSAM_infer_npz_3D`:
+/// the middle slice up to z_max, then down to z_min); z_max = D is capped as upstream does.
+#[test]
+fn lite_3d_box_segments_z_min_and_z_max_in_upstream_order() {
+    let d = tmpdir("zrange");
+    let ckpt = tiny_checkpoint(&d);
+    let m = load_lite(&ckpt, Some(&tiny_config()));
+    let (nd, nh, nw) = (9, 30, 40);
+    let vol = volume(nd, nh, nw);
+    for (b, want) in [
+        ([8, 6, 2, 30, 24, 6], vec![4, 5, 6, 3, 2]),
+        ([8, 6, 0, 30, 24, 8], vec![4, 5, 6, 7, 8, 3, 2, 1, 0]),
+        ([8, 6, 5, 30, 24, 9], vec![7, 8, 6, 5]),
+        ([8, 6, 3, 30, 24, 3], vec![3]),
+    ] {
+        let mut seen = Vec::new();
+        segment_volume(&m, &vol, (nd, nh, nw), &[b], &mut |_, z| seen.push(z)).unwrap();
+        assert_eq!(seen, want, "slices visited for box {b:?}");
+    }
+    for bad in [
+        [8, 6, 4, 30, 24, 3],
+        [8, 6, -1, 30, 24, 3],
+        [8, 6, 2, 30, 24, 10],
+    ] {
+        let e = segment_volume(&m, &vol, (nd, nh, nw), &[bad], &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("z range"), "{bad:?}: {e}");
+    }
+}
+
 #[test]
 fn lite_3d_npz_writes_nifti_and_npz_matching_segment_volume() {
     let d = tmpdir("npz");

@@ -172,12 +172,16 @@ def lite_cases(out):
     vol = np.clip(40 + 150 * blob + (x * 3 + y * 2 + z * 5) % 23, 0, 255).astype(np.uint8)
     boxes3d = np.array([[8, 8, 1, 34, 28, 6], [2, 2, 2, 12, 14, 5]], np.int64)
     segs = np.zeros_like(vol)
-    for idx, (x0, y0, z0, x1, y1, z1) in enumerate(boxes3d, start=1):
+    # Slice order and ranges as upstream's loops (bowang-lab/MedSAM, CVPR24_LiteMedSAM_infer.py,
+    # MedSAM_infer_npz_3D): z_min and z_max both inclusive.
+    for idx, (x0, y0, z_min, x1, y1, z_max) in enumerate(boxes3d, start=1):
         temp = np.zeros_like(vol)
         mid_box = np.array([x0, y0, x1, y1])
-        z_mid = int((z1 - z0) / 2 + z0)
-        order = [(zz, zz == z_mid, zz - 1) for zz in range(z_mid, z1)] + \
-                [(zz, False, zz + 1) for zz in range(z_mid - 1, z0, -1)]
+        z_mid = int((z_max - z_min) / 2 + z_min)
+        z_max = min(z_max + 1, d)
+        order = [(zz, zz == z_mid, zz - 1) for zz in range(z_mid, z_max)]
+        z_min = max(-1, z_min - 1)
+        order += [(zz, False, zz + 1) for zz in range(z_mid - 1, z_min, -1)]
         for zz, first, prev in order:
             img3c = np.repeat(vol[zz][:, :, None], 3, axis=-1)
             emb, new_hw = lite_encode(net, img3c, size)

@@ -30,7 +30,8 @@ pub struct InferArgs {
     /// Box "[x0,y0,x1,y1]" in original-image pixels (2D images); repeat for several boxes.
     #[arg(long = "box")]
     pub boxes: Vec<String>,
-    /// 3D box "[x_min,y_min,z_min,x_max,y_max,z_max]" in voxels (volumes; LiteMedSAM only);
+    /// 3D box "[x_min,y_min,z_min,x_max,y_max,z_max]" in voxels, z_min and z_max inclusive as
+    /// the challenge's `boxes` (volumes; LiteMedSAM and MedSAM2);
     /// repeat for several objects (labels 1, 2, …). For .npz inputs it replaces the file's `boxes`.
     #[arg(long = "box3d")]
     pub boxes3d: Vec<String>,

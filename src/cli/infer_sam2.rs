@@ -166,14 +166,15 @@ pub fn run(a: &InferArgs) -> Result<()> {
             eprintln!("warning: {wn}");
         }
         let key = match m.key_slice {
-            Some(k) if (b[2]..b[5]).contains(&(k as i64)) => k,
+            Some(k) if (b[2]..=b[5]).contains(&(k as i64)) => k,
             Some(k) => {
                 return Err(Error::arg(
                     "--key-slice",
-                    format!("{k} is outside box {i}'s z range {}..{}", b[2], b[5]),
+                    format!("{k} is outside box {i}'s z range {}..={}", b[2], b[5]),
                 ))
             }
-            None => ((b[2] + b[5] - 1) / 2) as usize,
+            // The middle of the inclusive z range (as evaluation's MedSAM2 key slice).
+            None => ((b[2] + b[5]) / 2) as usize,
         };
         objects.push(VolumePrompt {
             key_slice: key,

@@ -396,19 +396,14 @@ pub fn box_volume(b: &[usize; 6], (d, h, w): (usize, usize, usize)) -> Vec<bool>
     m
 }
 
-/// LiteMedSAM's `MedSAM_infer_npz_3D` on the ground-truth boxes (inclusive z bounds mapped to
-/// [`crate::pipeline::infer::lite::segment_volume`]'s range `z_min - 1 .. z_max + 1`).
+/// LiteMedSAM's `MedSAM_infer_npz_3D` on the ground-truth boxes (inclusive bounds, passed as they
+/// are to [`crate::pipeline::infer::lite::segment_volume`]).
 pub fn lite_segmenter(
     model: &crate::models::lite::LiteMedSam,
 ) -> impl FnMut(&LoadedVolume, &[GtBox]) -> Result<Vec<u8>> + '_ {
     move |v, boxes| {
-        let b3: Vec<crate::pipeline::infer::lite::Box3d> = boxes
-            .iter()
-            .map(|g| {
-                let [x0, y0, z0, x1, y1, z1] = g.bounds.map(|c| c as i64);
-                [x0, y0, z0 - 1, x1, y1, z1 + 1]
-            })
-            .collect();
+        let b3: Vec<crate::pipeline::infer::lite::Box3d> =
+            boxes.iter().map(|g| g.bounds.map(|c| c as i64)).collect();
         crate::pipeline::infer::lite::segment_volume(
             model,
             &v.image.data,

@@ -177,7 +177,8 @@ impl<'m> LitePredictor<'m> {
     }
 }
 
-/// A 3D box `[x_min, y_min, z_min, x_max, y_max, z_max]` (upstream's `boxes` of 3D npz files).
+/// A 3D box `[x_min, y_min, z_min, x_max, y_max, z_max]` (upstream's `boxes` of 3D npz files),
+/// all bounds inclusive: slices `z_min..=z_max` are segmented.
 pub type Box3d = [i64; 6];
 
 /// `MedSAM_infer_npz_3D` for a `d × h × w` uint8 volume: labels `1..=boxes.len()` (later boxes
@@ -202,22 +203,28 @@ pub fn segment_volume(
         let idx = u8::try_from(bi + 1)
             .map_err(|_| Error::arg("boxes", "at most 255 boxes per volume"))?;
         let [x0, y0, z0, x1, y1, z1] = *b;
-        // Slices z0+1..z1 are segmented; z0 = -1 lets a caller include slice 0 (see
-        // `pipeline::eval3d`, which maps upstream's inclusive z bounds to this range).
-        if z0 >= z1 || z0 < -1 || z1 > d as i64 {
+        // Upstream asserts z_min < z_max; z_min = z_max (a one-slice object, as evaluation's
+        // ground-truth boxes can be) runs the same loops on that slice alone. Upstream caps
+        // z_max + 1 at D, so z_max = D is accepted and means D - 1.
+        if z0 > z1 || z0 < 0 || z1 > d as i64 {
             return Err(Error::arg(
                 "boxes",
-                format!("box {bi}: z range {z0}..{z1} (need -1 ≤ z_min < z_max ≤ {d})"),
+                format!(
+                    "box {bi}: z range {z0}..={z1} (need 0 ≤ z_min ≤ z_max ≤ {})",
+                    d - 1
+                ),
             ));
         }
         let mid_box = [x0 as f64, y0 as f64, x1 as f64, y1 as f64];
         let z_mid = ((z1 - z0) as f64 / 2.0 + z0 as f64) as i64;
         let mut temp = vec![0u8; vol.len()];
-        let forward: Vec<(i64, Option<i64>)> = (z_mid..z1)
+        // Upstream's loops: forward `range(z_middle, min(z_max + 1, D))`, then backward
+        // `range(z_middle - 1, max(-1, z_min - 1), -1)` — both z bounds inclusive.
+        let forward: Vec<(i64, Option<i64>)> = (z_mid..(z1 + 1).min(d as i64))
             .map(|z| (z, (z != z_mid).then_some(z - 1)))
             .collect();
         let backward: Vec<(i64, Option<i64>)> =
-            ((z0 + 1)..z_mid).rev().map(|z| (z, Some(z + 1))).collect();
+            (z0..z_mid).rev().map(|z| (z, Some(z + 1))).collect();
         for (z, prev) in forward.into_iter().chain(backward) {
             let z = z as usize;
             // Each box re-encodes its slices, as upstream does (bounded memory).
@@ -299,14 +306,14 @@ pub fn check_box3d(
     (d, h, w): (usize, usize, usize),
 ) -> Result<(Box3d, Option<String>)> {
     let [x0, y0, z0, x1, y1, z1] = b;
-    if x1 <= x0 || y1 <= y0 || z1 <= z0 {
+    if x1 <= x0 || y1 <= y0 || z1 < z0 {
         return Err(Error::arg(
             "boxes",
-            format!("box {i} {b:?} is empty: need x_min < x_max, y_min < y_max, z_min < z_max"),
+            format!("box {i} {b:?} is empty: need x_min < x_max, y_min < y_max, z_min ≤ z_max"),
         ));
     }
     let (wi, hi, di) = (w as i64, h as i64, d as i64);
-    if x0 >= wi || y0 >= hi || z0 >= di || x1 <= 0 || y1 <= 0 || z1 <= 0 {
+    if x0 >= wi || y0 >= hi || z0 >= di || x1 <= 0 || y1 <= 0 || z1 < 0 {
         return Err(Error::arg(
             "boxes",
             format!(
@@ -320,7 +327,7 @@ pub fn check_box3d(
         z0.max(0),
         x1.min(wi),
         y1.min(hi),
-        z1.min(di),
+        z1.min(di - 1),
     ];
     let warning = (c != b).then(|| {
         format!("box {i} {b:?} extends outside the {d}×{h}×{w} (D×H×W) volume; clipped to {c:?}")
