@@ -594,7 +594,7 @@ fn medsam2_cli_volume() {
         cmd.args(["--window", "40,400"]).args(extra);
         cmd.output().unwrap()
     };
-    let o = run(&nii, &["--box3d", "[12,6,0,34,26,4]"]);
+    let o = run(&nii, &["--box3d", "[12,6,0,34,26,3]"]);
     let stdout = succeeded(&o);
     assert!(stdout.contains("CC-BY-SA-4.0"), "{stdout}");
     let seg_path = out.join("seg_case.nii.gz");
@@ -611,11 +611,11 @@ fn medsam2_cli_volume() {
     std::fs::remove_dir_all(&out).unwrap();
     for (extra, needle) in [
         (
-            &["--box3d", "[12,6,0,34,26,4]", "--key-slice", "9"][..],
+            &["--box3d", "[12,6,0,34,26,3]", "--key-slice", "9"][..],
             "--key-slice",
         ),
         (&["--box3d", "[50,40,0,60,50,4]"][..], "outside"),
-        (&["--box3d", "[12,6,3,34,26,3]"][..], "z"),
+        (&["--box3d", "[12,6,3,34,26,2]"][..], "z"),
     ] {
         let o = run(&nii, extra);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -628,7 +628,7 @@ fn medsam2_cli_volume() {
     neg.pixdim[3] = -3.0;
     let bad = dir.path().join("neg.nii.gz");
     medsam::io::nifti::write_nifti_gz_geometry(&bad, [d, h, w], &vol, &neg).unwrap();
-    let o = run(&bad, &["--box3d", "[12,6,0,34,26,4]"]);
+    let o = run(&bad, &["--box3d", "[12,6,0,34,26,3]"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("pixdim[3]"), "{err}");
 
@@ -648,14 +648,14 @@ fn medsam2_cli_volume() {
             ),
         ],
     );
-    let o = run(&npz_in, &["--box3d", "[12,6,0,34,26,4]"]);
+    let o = run(&npz_in, &["--box3d", "[12,6,0,34,26,3]"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("`spacing`[0]"), "{err}");
 
     // A one-slice volume works.
     let one = dir.path().join("one.nii.gz");
     medsam::io::nifti::write_nifti_gz_geometry(&one, [1, h, w], &vol[..h * w], &geometry).unwrap();
-    let o = run(&one, &["--box3d", "[12,6,0,34,26,1]"]);
+    let o = run(&one, &["--box3d", "[12,6,0,34,26,0]"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s1 = medsam::io::nifti::read_nifti(out.join("seg_one.nii.gz")).unwrap();
     assert_eq!(s1.shape, [1, h, w]);
