@@ -7,15 +7,17 @@
 //! `MEDSAM_LITE_CKPT`), two more tests compare the binary's output with PyTorch's masks from
 //! `tests/fixtures/lite/real_lite.safetensors`; without them they print "SKIPPED: ..." and return.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
-use lite_fixture::det_value;
+use fixtures::read_arrays;
+use lite_fixture::{tiny_checkpoint, tiny_config};
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
-use medsam::model::lite::{LiteConfig, LiteMedSam};
+use medsam::model::lite::LiteMedSam;
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,32 +26,11 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn tiny_config() -> PathBuf {
-    fixtures().join("lite/tiny_lite_config.json")
-}
-
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("medsam-lite-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Writes the tiny LiteMedSAM checkpoint into `dir` and returns its path.
-fn tiny_checkpoint(dir: &Path) -> PathBuf {
-    let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
-    let mut m = LiteMedSam::new(&cfg, 0, Device::Cpu).unwrap();
-    let sd: Vec<(String, TensorData)> = m
-        .state_dict()
-        .into_iter()
-        .map(|(k, t)| {
-            let v = det_value(&k, t.shape());
-            (k, TensorData::from_f32(t.shape().to_vec(), &v))
-        })
-        .collect();
-    let path = dir.join("tiny_lite.pth");
-    save_pth(&path, &Value::from_state_dict(sd)).unwrap();
-    path
 }
 
 /// The model as the library loads it from the same checkpoint.
@@ -585,21 +566,16 @@ fn lite_bad_inputs_are_clear_errors() {
 fn sam_checkpoint_rejects_lite_only_uses() {
     // The tiny SAM of tests/infer.rs: `--model-type lite` and 3D volumes need LiteMedSAM.
     let d = tmpdir("sam");
-    let bytes = std::fs::read(fixtures().join("sam/tiny_sam.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let sd: Vec<(String, TensorData)> = st
-        .tensors()
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let k = k.strip_prefix("w.")?.to_string();
-            let f: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            Some((k, TensorData::from_f32(v.shape().to_vec(), &f)))
-        })
-        .collect();
+    let sd: Vec<(String, TensorData)> =
+        read_arrays("sam/tiny_sam.safetensors", "make_sam_fixtures.py")
+            .into_iter()
+            .filter_map(|(k, (s, v))| {
+                Some((
+                    k.strip_prefix("w.")?.to_string(),
+                    TensorData::from_f32(s, &v),
+                ))
+            })
+            .collect();
     let ckpt = d.join("tiny_sam.pth");
     save_pth(&ckpt, &Value::from_state_dict(sd)).unwrap();
     let cfg = fixtures().join("sam/tiny_sam_config.json");
@@ -660,27 +636,8 @@ fn real_ckpt(test: &str) -> Option<PathBuf> {
     }
 }
 
-type Fixture = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
-fn real_fixture() -> Fixture {
-    let path = fixtures().join("lite/real_lite.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let data = match v.dtype() {
-                safetensors::Dtype::F32 => v
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::U8 => v.data().iter().map(|&b| b as f32).collect(),
-                d => panic!("{k}: {d:?}"),
-            };
-            (k, (v.shape().to_vec(), data))
-        })
-        .collect()
+fn real_fixture() -> fixtures::Arrays {
+    read_arrays("lite/real_lite.safetensors", "make_lite_fixtures.py")
 }
 
 #[test]

@@ -11,36 +11,12 @@
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
 
-use lite_fixture::det_value;
-use medsam::io::checkpoint::{save_pth, TensorData, Value};
-use medsam::models::lite::{LiteConfig, LiteMedSam};
-use medsam::Device;
+use lite_fixture::{tiny_checkpoint, tiny_config};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn tiny_config() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json")
-}
-
-/// Writes the tiny LiteMedSAM checkpoint (deterministic parameters) into `dir`.
-fn tiny_checkpoint(dir: &Path) -> PathBuf {
-    let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
-    let mut m = LiteMedSam::new(&cfg, 0, Device::Cpu).unwrap();
-    let sd: Vec<(String, TensorData)> = m
-        .state_dict()
-        .into_iter()
-        .map(|(k, t)| {
-            let v = det_value(&k, t.shape());
-            (k, TensorData::from_f32(t.shape().to_vec(), &v))
-        })
-        .collect();
-    let path = dir.join("tiny_lite.pth");
-    save_pth(&path, &Value::from_state_dict(sd)).unwrap();
-    path
-}
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("medsam-serve-{name}-{}", std::process::id()));

@@ -2,8 +2,13 @@
 //! `tests/fixtures/make_lite_fixtures.py` computes them: every tensor is a function of its
 //! state-dict name (a SplitMix64 stream seeded by the name's FNV-1a hash, f32 in [-1, 1) with
 //! 24-bit steps, scaled by the kind of tensor), so Rust and Python build the same network.
+#![allow(dead_code)] // each test binary uses a part
 
+use medsam::io::checkpoint::{save_pth, TensorData, Value};
+use medsam::models::lite::{LiteConfig, LiteMedSam};
+use medsam::Device;
 use medsam_kernels::testing::Rng;
+use std::path::{Path, PathBuf};
 
 fn fnv1a64(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
@@ -40,4 +45,27 @@ pub fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
         let s = 1.0f32 / (fan as f32).sqrt();
         map(&|v| v * s)
     }
+}
+
+/// The tiny TinyViT configuration of the fixtures.
+pub fn tiny_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json")
+}
+
+/// Writes the tiny LiteMedSAM checkpoint (deterministic parameters) into `dir` and returns its
+/// path.
+pub fn tiny_checkpoint(dir: &Path) -> PathBuf {
+    let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
+    let mut m = LiteMedSam::new(&cfg, 0, Device::Cpu).unwrap();
+    let sd: Vec<(String, TensorData)> = m
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| {
+            let v = det_value(&k, t.shape());
+            (k, TensorData::from_f32(t.shape().to_vec(), &v))
+        })
+        .collect();
+    let path = dir.join("tiny_lite.pth");
+    save_pth(&path, &Value::from_state_dict(sd)).unwrap();
+    path
 }
