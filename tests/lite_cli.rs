@@ -12,7 +12,7 @@ mod fixtures;
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
 use fixtures::read_arrays;
-use lite_fixture::{tiny_checkpoint, tiny_config};
+use lite_fixture::{run_medsam, tiny_checkpoint, tiny_config};
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
 use medsam::model::lite::LiteMedSam;
@@ -20,7 +20,7 @@ use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -45,12 +45,7 @@ fn load_lite(ckpt: &Path, cfg: Option<&Path>) -> LiteMedSam {
 }
 
 fn medsam(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_medsam"));
-    c.arg("infer").args(args);
-    for (flag, p) in paths {
-        c.arg(flag).arg(p);
-    }
-    c.output().unwrap()
+    run_medsam(&[&["infer"], args].concat(), paths)
 }
 
 fn ok(o: &Output) -> String {

@@ -9,6 +9,7 @@ use medsam::models::lite::{LiteConfig, LiteMedSam};
 use medsam::Device;
 use medsam_kernels::testing::Rng;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 fn fnv1a64(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
@@ -68,4 +69,14 @@ pub fn tiny_checkpoint(dir: &Path) -> PathBuf {
     let path = dir.join("tiny_lite.pth");
     save_pth(&path, &Value::from_state_dict(sd)).unwrap();
     path
+}
+
+/// Runs the `medsam` binary with `args`, then each `(flag, path)` pair.
+pub fn run_medsam(args: &[&str], paths: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medsam"));
+    c.args(args);
+    for (flag, p) in paths {
+        c.arg(flag).arg(p);
+    }
+    c.output().unwrap()
 }
