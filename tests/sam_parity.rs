@@ -47,22 +47,7 @@ fn model(fx: &Fixture) -> Sam {
 fn assert_close(name: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.shape(), want.shape(), "{name}: shape");
     let (g, w) = (got.to_vec().unwrap(), want.to_vec().unwrap());
-    let mut worst = (0.0f32, 0usize);
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let d = (a - b).abs();
-        assert!(d.is_finite(), "{name}[{i}]: {a} vs {b}");
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
-    assert!(
-        worst.0 <= TOL,
-        "{name}: max abs error {} at {} (got {}, want {})",
-        worst.0,
-        worst.1,
-        g[worst.1],
-        w[worst.1]
-    );
+    fixtures::assert_close(name, &g, &w, TOL);
 }
 
 fn boxes(fx: &Fixture) -> Vec<[f32; 4]> {
