@@ -88,18 +88,7 @@ mod npu {
         p: usize,
         g: usize,
     ) -> Conv2dGeom {
-        Conv2dGeom {
-            n: 1,
-            c_in: c,
-            h: hw,
-            w: hw,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: (s, s),
-            pad: (p, p),
-            groups: g,
-        }
+        Conv2dGeom::new([1, c, hw, hw], c_out, (k, k), (s, s), (p, p), g)
     }
 
     /// `(name, flops per call, inputs + op)`; each op's result is dropped after the sync.
@@ -142,13 +131,7 @@ mod npu {
                 name,
                 4.0 * (bh * nq * nq * d) as f64,
                 Box::new(move |b| {
-                    let dims = AttnDims {
-                        bh,
-                        nq,
-                        nk: nq,
-                        d,
-                        dv: d,
-                    };
+                    let dims = AttnDims::new(bh, nq, nq, d, d);
                     let rel = medsam::backend::RelPos {
                         rel_h: &rh,
                         rel_w: &rw,
@@ -181,13 +164,7 @@ mod npu {
             "attn_decoder_cross",
             4.0 * (bh * nq * nk * d) as f64,
             Box::new(move |b| {
-                let dims = AttnDims {
-                    bh,
-                    nq,
-                    nk,
-                    d,
-                    dv: d,
-                };
+                let dims = AttnDims::new(bh, nq, nk, d, d);
                 let args = AttnArgs {
                     dims,
                     scale: 0.25,
