@@ -12,6 +12,8 @@
 mod lite_fixture;
 
 use lite_fixture::{tiny_checkpoint, tiny_config};
+use medsam::io::checkpoint::{save_pth, Value};
+use medsam::Device;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
