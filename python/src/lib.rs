@@ -10,7 +10,6 @@
 mod checkpoint;
 mod functions;
 mod image;
-mod pil;
 mod predictor;
 mod train;
 
