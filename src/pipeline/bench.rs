@@ -119,7 +119,10 @@ pub struct Stat {
 impl Stat {
     fn of(v: &[f64]) -> Stat {
         if v.is_empty() {
-            return Stat::default();
+            return Stat {
+                best: f64::NAN,
+                median: f64::NAN,
+            };
         }
         let mut s = v.to_vec();
         s.sort_by(f64::total_cmp);
@@ -329,25 +332,12 @@ fn call(
 }
 
 fn figures(load: f64, calls: &[Call]) -> Figures {
-    if calls.is_empty() {
-        let nan = Stat {
-            best: f64::NAN,
-            median: f64::NAN,
-        };
-        return Figures {
-            load,
-            first: f64::NAN,
-            preprocess: nan,
-            encode: nan,
-            decode: nan,
-            total: nan,
-        };
-    }
-    let col = |i: usize| -> Vec<f64> { calls[1..].iter().map(|c| c[i]).collect() };
-    let totals: Vec<f64> = calls[1..].iter().map(|c| c.iter().sum()).collect();
+    let warm = calls.get(1..).unwrap_or(&[]);
+    let col = |i: usize| -> Vec<f64> { warm.iter().map(|c| c[i]).collect() };
+    let totals: Vec<f64> = warm.iter().map(|c| c.iter().sum()).collect();
     Figures {
         load,
-        first: calls[0].iter().sum(),
+        first: calls.first().map_or(f64::NAN, |c| c.iter().sum()),
         preprocess: Stat::of(&col(0)),
         encode: Stat::of(&col(1)),
         decode: Stat::of(&col(2)),
