@@ -4,8 +4,7 @@
 //!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--linear] [--reps N] [--m M] [--kn K,N ...]`
 
 use medsam_kernels::gemm::{default_blocking, gemm_tuned, GemmDims, Kernel, Layout, Precision};
-use medsam_kernels::testing::data_star as data;
-use std::time::Instant;
+use medsam_kernels::testing::{data_star as data, sorted_times};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,41 +54,20 @@ fn main() {
         shapes = vec![(768, 2304), (768, 3072), (3072, 768)];
     }
     for (k, n) in shapes {
-        let a = data(m * k, 1);
-        let b = data(k * n, 2);
+        let (a, b) = (data(m * k, 1), data(k * n, 2));
         let mut c = vec![0.0f32; m * n];
-        let lb = if linear {
-            Layout::transposed(n, k)
-        } else {
-            Layout::row_major(k, n)
-        };
+        let (la, lc) = (Layout::row_major(m, k), Layout::row_major(m, n));
+        let lb = [Layout::row_major(k, n), Layout::transposed(n, k)][linear as usize];
         let dims = GemmDims { batch: 1, m, n, k };
         let mut run = || {
             gemm_tuned(
-                kernel,
-                blk,
-                dims,
-                &a,
-                Layout::row_major(m, k),
-                &b,
-                lb,
-                &mut c,
-                Layout::row_major(m, n),
-                false,
-                precision,
+                kernel, blk, dims, &a, la, &b, lb, &mut c, lc, false, precision,
             )
         };
         run();
         let cpu0 = cpu_seconds();
-        let mut times: Vec<f64> = (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                run();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
+        let times = sorted_times(reps, &mut run);
         let cpu = cpu_seconds() - cpu0;
-        times.sort_by(|a, b| a.total_cmp(b));
         let fl = 2.0 * (m * n * k) as f64 / 1e9;
         println!(
             "m={m} k={k} n={n}: median {:.1} GFLOP/s, best {:.1}, per cpu-second {:.1}",

@@ -88,18 +88,7 @@ mod npu {
         p: usize,
         g: usize,
     ) -> Conv2dGeom {
-        Conv2dGeom {
-            n: 1,
-            c_in: c,
-            h: hw,
-            w: hw,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: (s, s),
-            pad: (p, p),
-            groups: g,
-        }
+        Conv2dGeom::new([1, c, hw, hw], c_out, (k, k), (s, s), (p, p), g)
     }
 
     /// `(name, flops per call, inputs + op)`; each op's result is dropped after the sync.
@@ -126,7 +115,13 @@ mod npu {
                         offset: 0,
                         layout: Layout::transposed(n, k),
                     };
-                    b.gemm(dims, ga, gw, p).unwrap();
+                    let args = medsam::backend::GemmArgs {
+                        dims,
+                        a: ga,
+                        b: gw,
+                        precision: p,
+                    };
+                    b.gemm(args).unwrap();
                 }),
             ));
         }
@@ -142,13 +137,7 @@ mod npu {
                 name,
                 4.0 * (bh * nq * nq * d) as f64,
                 Box::new(move |b| {
-                    let dims = AttnDims {
-                        bh,
-                        nq,
-                        nk: nq,
-                        d,
-                        dv: d,
-                    };
+                    let dims = AttnDims::new(bh, nq, nq, d, d);
                     let rel = medsam::backend::RelPos {
                         rel_h: &rh,
                         rel_w: &rw,
@@ -181,13 +170,7 @@ mod npu {
             "attn_decoder_cross",
             4.0 * (bh * nq * nk * d) as f64,
             Box::new(move |b| {
-                let dims = AttnDims {
-                    bh,
-                    nq,
-                    nk,
-                    d,
-                    dv: d,
-                };
+                let dims = AttnDims::new(bh, nq, nk, d, d);
                 let args = AttnArgs {
                     dims,
                     scale: 0.25,
@@ -208,7 +191,12 @@ mod npu {
             "layernorm",
             8.0 * n as f64,
             Box::new(move |b| {
-                b.layer_norm(rows, dim, &x, &g, &bt, 1e-6).unwrap();
+                let a = medsam::backend::NormIn {
+                    x: &x,
+                    gamma: &g,
+                    beta: &bt,
+                };
+                b.layer_norm(rows, dim, a, 1e-6).unwrap();
             }),
         ));
         let x = up(b, n, 4);
@@ -216,7 +204,8 @@ mod npu {
             "softmax",
             5.0 * n as f64,
             Box::new(move |b| {
-                b.softmax(rows, dim, &x).unwrap();
+                b.softmax(medsam::backend::RowDims { rows, dim }, &x)
+                    .unwrap();
             }),
         ));
         for (name, op) in [
@@ -252,7 +241,7 @@ mod npu {
             "div",
             n as f64,
             Box::new(move |b| {
-                b.binary(Binary::Div, &x, &view, &y, &view).unwrap();
+                b.binary(Binary::Div, (&x, &view), (&y, &view)).unwrap();
             }),
         ));
         for (name, g) in [
@@ -268,29 +257,38 @@ mod npu {
                 name,
                 flops,
                 Box::new(move |b| {
+                    let a = medsam::backend::ConvIn {
+                        x: &x,
+                        w: &w,
+                        bias: Some(&bias),
+                    };
                     if g.groups == 1 {
-                        b.conv2d(g, &x, &w, Some(&bias)).unwrap();
+                        b.conv2d(g, a).unwrap();
                     } else {
-                        b.depthwise_conv2d(g, &x, &w, Some(&bias)).unwrap();
+                        b.depthwise_conv2d(g, a).unwrap();
                     }
                 }),
             ));
         }
         // Mask upscaling: 3 masks 256² → 1024², and its backward.
         let (lo, hi) = (up(b, 3 * 256 * 256, 1), up(b, 3 * 1024 * 1024, 2));
+        let r = medsam::backend::ResizeDims {
+            planes: 3,
+            hw: (256, 256),
+            ohw: (1024, 1024),
+        };
         v.push((
             "bilinear_256_to_1024",
             8.0 * (3 * 1024 * 1024) as f64,
             Box::new(move |b| {
-                b.bilinear(3, (256, 256), (1024, 1024), &lo).unwrap();
+                b.bilinear(r, &lo).unwrap();
             }),
         ));
         v.push((
             "bilinear_backward_1024_to_256",
             8.0 * (3 * 1024 * 1024) as f64,
             Box::new(move |b| {
-                b.bilinear_backward(3, (256, 256), (1024, 1024), &hi)
-                    .unwrap();
+                b.bilinear_backward(r, &hi).unwrap();
             }),
         ));
         let (c, hw) = (128, 64 * 64);
@@ -305,7 +303,12 @@ mod npu {
                     mean: &m,
                     rstd: &var,
                 };
-                b.batch_norm_apply(d, &x, &g, &bt, stats).unwrap();
+                let a = medsam::backend::NormIn {
+                    x: &x,
+                    gamma: &g,
+                    beta: &bt,
+                };
+                b.batch_norm_apply(d, a, stats).unwrap();
             }),
         ));
         // AdamW over 4M parameters (a ViT-B block is ~7M).
@@ -330,7 +333,12 @@ mod npu {
                     weight_decay: 0.01,
                     step,
                 };
-                b.adamw(p, &mut w, &gr, &mut m, &mut vv).unwrap();
+                let slots = medsam::backend::AdamWSlots {
+                    param: &mut w,
+                    exp_avg: &mut m,
+                    exp_avg_sq: &mut vv,
+                };
+                b.adamw(p, &gr, slots).unwrap();
             }),
         ));
         v

@@ -371,26 +371,22 @@ mod ascend {
             &out,
             "types.rs",
         );
-        // 2. libascendcl.so: acl* functions of acl/*.h.
-        write(
-            base(&dirs, &wrapper)
-                .with_codegen_config(C::FUNCTIONS)
-                .allowlist_function("acl.*")
-                .dynamic_library_name("AscendClLib")
-                .dynamic_link_require_all(false),
-            &out,
-            "ascendcl.rs",
-        );
-        // 3. libhccl.so
-        write(
-            base(&dirs, &wrapper)
-                .with_codegen_config(C::FUNCTIONS)
-                .allowlist_function("Hccl.*|hccl.*")
-                .dynamic_library_name("HcclLib")
-                .dynamic_link_require_all(false),
-            &out,
-            "hccl.rs",
-        );
+        // 2. libascendcl.so: acl* functions of acl/*.h; 3. libhccl.so.
+        let tables = [
+            ("acl.*", "AscendClLib", "ascendcl.rs"),
+            ("Hccl.*|hccl.*", "HcclLib", "hccl.rs"),
+        ];
+        for (functions, library, file) in tables {
+            write(
+                base(&dirs, &wrapper)
+                    .with_codegen_config(C::FUNCTIONS)
+                    .allowlist_function(functions)
+                    .dynamic_library_name(library)
+                    .dynamic_link_require_all(false),
+                &out,
+                file,
+            );
+        }
         super::aclnn_check::generate(&root, &dirs, &out, &manifest);
     }
 }

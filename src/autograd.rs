@@ -16,8 +16,13 @@ use std::sync::{Arc, Mutex};
 /// The backward of one recorded op: maps the gradient of its output to the gradients of its
 /// inputs (in the order the op listed them; `None` where an input needs none).
 pub trait BackwardOp: Send + Sync {
-    fn name(&self) -> &'static str;
     fn backward(self: Box<Self>, grad: &Tensor) -> Result<Vec<Option<Tensor>>>;
+
+    /// The op's name in error messages: its type's (e.g. `NormBackward`).
+    fn name(&self) -> &'static str {
+        let path = std::any::type_name::<Self>();
+        path.rsplit("::").next().unwrap_or(path)
+    }
 }
 
 /// A variable's gradient slot.
@@ -50,14 +55,23 @@ pub fn is_grad_enabled() -> bool {
 
 /// Runs `f` without recording a graph (like `torch.no_grad()`).
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
-    let prev = GRAD_ENABLED.with(|g| g.replace(false));
-    struct Restore(bool);
+    with_flag(&GRAD_ENABLED, false, f)
+}
+
+/// Runs `f` with the thread-local `flag` set to `value`, restoring it afterwards (also when `f`
+/// panics).
+pub(crate) fn with_flag<T>(
+    flag: &'static std::thread::LocalKey<Cell<bool>>,
+    value: bool,
+    f: impl FnOnce() -> T,
+) -> T {
+    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(prev);
+    let _restore = Restore(flag, flag.with(|c| c.replace(value)));
     f()
 }
 

@@ -2,7 +2,7 @@
 //! bias-corrected moments, per-parameter step counts. State lines up with the parameter list by
 //! index, as PyTorch's optimizer `state_dict` does.
 
-use crate::backend::AdamWStep;
+use crate::backend::{AdamWSlots, AdamWStep};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -121,13 +121,12 @@ impl AdamW {
             };
             let backend = p.backend()?;
             let grad = if grad.is_dense() { grad } else { grad.copy()? };
-            backend.adamw(
-                hyper,
-                p.storage_mut()?,
-                grad.storage(),
-                st.exp_avg.storage_mut()?,
-                st.exp_avg_sq.storage_mut()?,
-            )?;
+            let slots = AdamWSlots {
+                param: p.storage_mut()?,
+                exp_avg: st.exp_avg.storage_mut()?,
+                exp_avg_sq: st.exp_avg_sq.storage_mut()?,
+            };
+            backend.adamw(hyper, grad.storage(), slots)?;
         }
         Ok(())
     }

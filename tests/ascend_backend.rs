@@ -13,24 +13,21 @@
 //! kernels. It does NOT prove real CANN numerics (tests/ascend_standin.rs with MEDSAM_NPU_TESTS=1, needs an NPU).
 #![cfg(feature = "ascend")]
 
+#[path = "common/npu_parity.rs"]
+mod npu_parity;
 #[path = "common/standin.rs"]
 mod standin;
 use medsam::backend::Device;
 use medsam::model::{Sam, SamConfig};
 use medsam::ops::nn::{attention, RelPosArgs};
 use medsam::Tensor;
+use npu_parity::Inputs;
 use standin::*;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 const NPU: Device = Device::Npu(0);
-
-/// Run on a real NPU instead of the stand-in.
-fn on_npu() -> bool {
-    std::env::var("MEDSAM_NPU_TESTS").as_deref() == Ok("1")
-}
 
 /// Points `MEDSAM_ASCEND_LIB_DIR` at the stand-in (once, before any backend is created) and
 /// returns that directory; with `MEDSAM_NPU_TESTS=1` leaves the loader to find the installed
@@ -51,53 +48,13 @@ fn setup() -> &'static Path {
 
 /// Whether a test of the stand-in's own model should run (not on an NPU).
 fn standin_only(test: &str) -> bool {
-    if on_npu() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "{test}: SKIPPED on an NPU (stand-in only: reads the stand-in's counters)"
-        );
-        return false;
-    }
-    true
+    standin::standin_only(test, "reads the stand-in's counters")
 }
 
-type Inputs<'a> = &'a [(&'a [usize], u64)];
-
-/// Runs `f` on CPU and NPU with the same inputs (variables), back-propagates `Σ y ⊙ r` for a
-/// fixed random `r`, and compares outputs and every input gradient.
+/// [`npu_parity::parity`] after [`setup`].
 fn parity(name: &str, inputs: Inputs, tol: f32, f: impl Fn(&[Tensor]) -> medsam::Result<Tensor>) {
     setup();
-    let run = |dev: Device| -> (Vec<f32>, Vec<Vec<f32>>) {
-        let ts: Vec<Tensor> = inputs
-            .iter()
-            .map(|(shape, seed)| {
-                let n = shape.iter().product();
-                Tensor::from_slice(&data(n, *seed), shape, dev)
-                    .unwrap()
-                    .into_variable()
-            })
-            .collect();
-        let y = f(&ts).unwrap_or_else(|e| panic!("{name} on {dev}: {e}"));
-        assert_eq!(y.device(), dev, "{name}: result device");
-        let r = Tensor::from_slice(&data(y.numel(), 999), y.shape(), dev).unwrap();
-        y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        let grads = ts
-            .iter()
-            .map(|t| {
-                t.grad()
-                    .unwrap_or_else(|| panic!("{name}: no grad"))
-                    .to_vec()
-                    .unwrap()
-            })
-            .collect();
-        (y.to_vec().unwrap(), grads)
-    };
-    let (yc, gc) = run(Device::Cpu);
-    let (yn, gn) = run(NPU);
-    close(&format!("{name}: forward"), &yn, &yc, tol);
-    for (i, (a, b)) in gn.iter().zip(&gc).enumerate() {
-        close(&format!("{name}: grad of input {i}"), a, b, tol);
-    }
+    npu_parity::parity(name, inputs, tol, f)
 }
 
 const TOL: f32 = 1e-4;
@@ -285,12 +242,7 @@ fn attention_plain_and_rel_pos() {
         ],
         TOL,
         |t| {
-            let rel = RelPosArgs {
-                rel_h: t[3].clone(),
-                rel_w: t[4].clone(),
-                kh: 2,
-                kw: 3,
-            };
+            let rel = RelPosArgs::new([t[3].clone(), t[4].clone()], (2, 3));
             attention(&t[0], &t[1], &t[2], 0.5, Some(&rel))
         },
     );
@@ -887,10 +839,10 @@ fn adamw_on_device_matches_cpu() {
     // Backend::adamw (fused aclnnApplyAdamWV2) and the elementwise composition it falls back
     // to, three steps each, against the CPU update.
     use medsam::backend::ascend::AscendBackend;
-    use medsam::backend::{backend, AdamWStep, Backend, Storage};
+    use medsam::backend::{backend, AdamWSlots, AdamWStep, Backend, Storage};
     setup();
     let n = 1000;
-    type Step<'a> = &'a dyn Fn(AdamWStep, &mut Storage, &Storage, &mut Storage, &mut Storage);
+    type Step<'a> = &'a dyn Fn(AdamWStep, &Storage, AdamWSlots);
     let run = |b: &dyn Backend, step_fn: Step| {
         let mut w = b.upload(&data(n, 1)).unwrap();
         let mut m = b.zeros(n).unwrap();
@@ -906,22 +858,25 @@ fn adamw_on_device_matches_cpu() {
                 weight_decay: 0.01,
                 step,
             };
-            step_fn(p, &mut w, &g, &mut m, &mut v);
+            let slots = AdamWSlots {
+                param: &mut w,
+                exp_avg: &mut m,
+                exp_avg_sq: &mut v,
+            };
+            step_fn(p, &g, slots);
         }
         [w, m, v].map(|s| b.download(&s).unwrap())
     };
     let cpu = backend(Device::Cpu).unwrap();
-    let want = run(&*cpu, &|p, w, g, m, v| cpu.adamw(p, w, g, m, v).unwrap());
+    let want = run(&*cpu, &|p, g, s| cpu.adamw(p, g, s).unwrap());
     let npu = AscendBackend::shared(0).unwrap();
-    let fused = run(&*npu, &|p, w, g, m, v| {
+    let fused = run(&*npu, &|p, g, mut s| {
         assert!(
-            npu.adamw_fused(p, w, g, m, v).unwrap(),
+            npu.adamw_fused(p, g, &mut s).unwrap(),
             "aclnnApplyAdamWV2 was not used"
         )
     });
-    let composed = run(&*npu, &|p, w, g, m, v| {
-        npu.adamw_elementwise(p, w, g, m, v).unwrap()
-    });
+    let composed = run(&*npu, &|p, g, s| npu.adamw_elementwise(p, g, s).unwrap());
     for (path, got) in [("fused", &fused), ("elementwise", &composed)] {
         for (k, what) in ["param", "exp_avg", "exp_avg_sq"].iter().enumerate() {
             close(&format!("adamw {path} {what}"), &got[k], &want[k], 1e-6);
@@ -982,9 +937,14 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         strides: vec![1],
         offset: 0,
     };
-    outs.push(b.binary(Binary::Div, &x, &view, &pos, &view).unwrap());
-    outs.push(b.bilinear(n * c, (h, w), (7, 9), &x).unwrap());
-    outs.push(b.bilinear_backward(n * c, (h, w), (7, 9), &up).unwrap());
+    outs.push(b.binary(Binary::Div, (&x, &view), (&pos, &view)).unwrap());
+    let r = medsam::backend::ResizeDims {
+        planes: n * c,
+        hw: (h, w),
+        ohw: (7, 9),
+    };
+    outs.push(b.bilinear(r, &x).unwrap());
+    outs.push(b.bilinear_backward(r, &up).unwrap());
     let g = Conv2dGeom {
         n,
         c_in: c,
@@ -997,8 +957,19 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         pad: (1, 1),
         groups: c,
     };
-    outs.push(b.depthwise_conv2d(g, &x, &dw, Some(&gamma)).unwrap());
-    let gr = b.depthwise_conv2d_backward(g, &x, &dw, &dy, true).unwrap();
+    let a = medsam::backend::ConvIn {
+        x: &x,
+        w: &dw,
+        bias: Some(&gamma),
+    };
+    outs.push(b.depthwise_conv2d(g, a).unwrap());
+    let a = medsam::backend::ConvGradIn {
+        x: &x,
+        w: &dw,
+        dy: &dy,
+        bias: true,
+    };
+    let gr = b.depthwise_conv2d_backward(g, a).unwrap();
     outs.extend([gr.dx, gr.dw, gr.dbias.unwrap()]);
     let d = medsam::backend::ChannelDims { n, c, hw: h * w };
     let (mean, var) = b.batch_norm_stats(d, &x).unwrap();
@@ -1006,11 +977,20 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         mean: &mean,
         rstd: &gamma,
     };
-    outs.push(b.batch_norm_apply(d, &x, &gamma, &beta, stats).unwrap());
+    let a = medsam::backend::NormIn {
+        x: &x,
+        gamma: &gamma,
+        beta: &beta,
+    };
+    outs.push(b.batch_norm_apply(d, a, stats).unwrap());
     for batch_stats in [true, false] {
-        let gr = b
-            .batch_norm_backward(d, &x, &gamma, stats, &dy, batch_stats)
-            .unwrap();
+        let a = medsam::backend::NormGradIn {
+            x: &x,
+            gamma: &gamma,
+            stats,
+            dy: &dy,
+        };
+        let gr = b.batch_norm_backward(d, a, batch_stats).unwrap();
         outs.extend([gr.dx, gr.dgamma, gr.dbeta]);
     }
     outs.push(var);
@@ -1022,7 +1002,12 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         weight_decay: 0.01,
         step: 1,
     };
-    b.adamw(hyper, &mut p, &dy, &mut m, &mut v).unwrap();
+    let slots = medsam::backend::AdamWSlots {
+        param: &mut p,
+        exp_avg: &mut m,
+        exp_avg_sq: &mut v,
+    };
+    b.adamw(hyper, &dy, slots).unwrap();
     // Attention without rel-pos (flash attention) forward and backward.
     let dims = medsam_kernels::attention::AttnDims {
         bh: n * c,
@@ -1042,7 +1027,12 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         v: &dy,
     };
     let (o, saved) = b.attention(args, qkv).unwrap();
-    let gr = b.attention_backward(args, qkv, &o, &saved, &x).unwrap();
+    let g = medsam::backend::AttnGradIn {
+        out: &o,
+        saved: &saved,
+        dout: &x,
+    };
+    let gr = b.attention_backward(args, qkv, g).unwrap();
     outs.extend([o, gr.dq, gr.dk, gr.dv]);
     assert_eq!(
         host_copies(),
@@ -1118,25 +1108,6 @@ fn attention_without_rel_pos_uses_flash_attention() {
 
 // ------------------------------------------------------------------------------------------
 // Random-shape properties (formerly tests/ascend_npu_backend_props.rs).
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() as usize) % (hi - lo + 1)
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
-            .collect()
-    }
-}
 
 /// Output and input gradients of `f` (summed) on CPU and NPU, compared with a relative tolerance
 /// (fp32 cube units accumulate in a different order than the CPU kernels).
@@ -1293,12 +1264,7 @@ fn prop_backend_ops_match_cpu() {
             ],
             1e-3,
             |t| {
-                let rel = RelPosArgs {
-                    rel_h: t[3].clone(),
-                    rel_w: t[4].clone(),
-                    kh,
-                    kw,
-                };
+                let rel = RelPosArgs::new([t[3].clone(), t[4].clone()], (kh, kw));
                 attention(&t[0], &t[1], &t[2], 0.3, Some(&rel))
             },
         );
@@ -1307,7 +1273,7 @@ fn prop_backend_ops_match_cpu() {
 
 #[test]
 fn prop_adamw_matches_cpu() {
-    use medsam::backend::{backend, AdamWStep};
+    use medsam::backend::{backend, AdamWSlots, AdamWStep};
     setup();
     let mut r = Rng(11);
     for _ in 0..4 {
@@ -1327,7 +1293,12 @@ fn prop_adamw_matches_cpu() {
                     weight_decay: 0.05,
                     step: i as u64 + 1,
                 };
-                b.adamw(p, &mut w, &g, &mut m, &mut v).unwrap();
+                let slots = AdamWSlots {
+                    param: &mut w,
+                    exp_avg: &mut m,
+                    exp_avg_sq: &mut v,
+                };
+                b.adamw(p, &g, slots).unwrap();
             }
             [w, m, v].map(|s| b.download(&s).unwrap())
         };

@@ -11,6 +11,8 @@
 //! tiled algorithm. It does NOT prove the Ascend C sources compile or run on an NPU.
 #![cfg(feature = "ascend")]
 
+#[path = "common/npu_parity.rs"]
+mod npu_parity;
 #[path = "common/standin.rs"]
 mod standin;
 use medsam::backend::{self, ascend::AscendBackend, Device, RelPos};
@@ -121,34 +123,14 @@ fn attention_forward_odd_and_sam_shapes() {
     attention_forward(1, 4096, (64, 64), 8, 8, true);
 }
 
-/// Tensor-level forward + backward parity (the backward recomputes P from the saved lse).
+/// Tensor-level forward + backward parity (the backward recomputes P from the saved lse); input
+/// `i` is seeded `i + 10`.
 fn parity(name: &str, shapes: &[&[usize]], f: impl Fn(&[Tensor]) -> medsam::Result<Tensor>) {
     setup();
-    let run = |dev: Device| {
-        let ts: Vec<Tensor> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Tensor::from_slice(&data(s.iter().product(), i as u64 + 10), s, dev)
-                    .unwrap()
-                    .into_variable()
-            })
-            .collect();
-        let y = f(&ts).unwrap_or_else(|e| panic!("{name} on {dev}: {e}"));
-        let r = Tensor::from_slice(&data(y.numel(), 999), y.shape(), dev).unwrap();
-        y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g: Vec<Vec<f32>> = ts
-            .iter()
-            .map(|t| t.grad().expect("grad").to_vec().unwrap())
-            .collect();
-        (y.to_vec().unwrap(), g)
-    };
-    let (yc, gc) = run(Device::Cpu);
-    let (yn, gn) = run(NPU);
-    close(&format!("{name}: forward"), &yn, &yc, TOL);
-    for (i, (a, b)) in gn.iter().zip(&gc).enumerate() {
-        close(&format!("{name}: grad of input {i}"), a, b, TOL);
-    }
+    let inputs: Vec<(&[usize], u64)> = (shapes.iter().enumerate())
+        .map(|(i, s)| (*s, i as u64 + 10))
+        .collect();
+    npu_parity::parity(name, &inputs, TOL, f)
 }
 
 #[test]
@@ -162,12 +144,7 @@ fn attention_backward_from_saved_lse() {
         "attention rel-pos 7x5",
         &[&[2, 9, 8], &[2, 35, 8], &[2, 35, 6], &[2, 9, 7], &[2, 9, 5]],
         |t| {
-            let rel = RelPosArgs {
-                rel_h: t[3].clone(),
-                rel_w: t[4].clone(),
-                kh: 7,
-                kw: 5,
-            };
+            let rel = RelPosArgs::new([t[3].clone(), t[4].clone()], (7, 5));
             attention(&t[0], &t[1], &t[2], 0.3, Some(&rel))
         },
     );

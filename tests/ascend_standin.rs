@@ -25,18 +25,12 @@ mod standin;
 use medsam_ffi::ascend::*;
 use standin::*;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
-
-/// Run on a real NPU instead of the stand-in.
-fn on_npu() -> bool {
-    std::env::var("MEDSAM_NPU_TESTS").as_deref() == Ok("1")
-}
 
 /// Directory with the stand-in under the CANN library names.
 fn lib_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| link_standin("medsam-ascend-standin"))
+    standin_dir("medsam-ascend-standin")
 }
 
 /// The runtime under test: the stand-in, or with `MEDSAM_NPU_TESTS=1` the installed CANN (a
@@ -53,24 +47,13 @@ fn rt() -> &'static AscendRuntime {
             );
             return rt;
         }
-        AscendRuntime::open_dir(lib_dir())
-            .expect("open stand-in")
-            .into_static()
-            .expect("aclInit")
+        open_standin(lib_dir())
     })
 }
 
 /// Whether a test of the stand-in's own model should run (not on an NPU).
 fn standin_only(test: &str) -> bool {
-    if on_npu() {
-        // Written to the real stderr handle, so the harness does not swallow it.
-        let _ = writeln!(
-            std::io::stderr(),
-            "{test}: SKIPPED on an NPU (stand-in only: checks the stand-in's model)"
-        );
-        return false;
-    }
-    true
+    standin::standin_only(test, "checks the stand-in's model")
 }
 
 fn cpu_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -91,10 +74,6 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
             "{what}[{i}]: got {g}, want {w}"
         );
     }
-}
-
-fn l(d: &[i64]) -> Layout {
-    Layout::contiguous(d)
 }
 
 #[test]
@@ -462,24 +441,8 @@ fn errors_carry_function_code_and_message() {
     ));
 
     // aclnnConvolution (1×1 output of a 4×4 input with itself as the kernel = Σ x²).
-    let xh = data(16, 2);
-    let x = dev.upload(&xh).unwrap();
-    let mut y = dev.alloc_elems::<f32>(16).unwrap();
-    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
-    Ops::new(&stream)
-        .conv2d(
-            &xv(),
-            &xv(),
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-            &TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap(),
-        )
-        .unwrap();
-    let got = y.read::<f32>(&stream, 1).unwrap();
-    assert_close(&got, &[xh.iter().map(|v| v * v).sum()], 1e-5, "conv2d");
+    let (got, want) = conv_self(&stream).unwrap();
+    assert_close(&[got], &[want], 1e-5, "conv2d");
     // Raw call from a thread without a bound context: the runtime refuses (107002).
     let rt2 = rt;
     std::thread::spawn(move || {
@@ -540,13 +503,16 @@ fn caching_allocator_reuses_blocks() {
     assert_eq!(size_class((1 << 20) + 1), (1 << 20) + (1 << 18));
 }
 
-#[test]
-fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
-    let rt = rt();
+/// Runs `f(rank, device, stream, comm)` on two threads, ranks 0 and 1 of one HCCL communicator on
+/// devices 0 and 1, and returns their results in rank order.
+fn on_two_ranks<R: Send>(
+    rt: &'static AscendRuntime,
+    f: impl Fn(u32, &Device, &Stream, &HcclComm) -> R + Sync,
+) -> Vec<R> {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let rx = std::sync::Mutex::new(Some(rx));
-    type RankResult = (Vec<f32>, Vec<f32>, Vec<f32>, u32);
-    let results: Vec<RankResult> = std::thread::scope(|s| {
+    let f = &f;
+    std::thread::scope(|s| {
         let handles: Vec<_> = (0..2u32)
             .map(|rank| {
                 let tx = tx.clone();
@@ -569,26 +535,32 @@ fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
                         }
                     })
                     .unwrap();
-                    let n = 8;
-                    let g = dev.upload(&vec![rank as f32 + 1.0; n]).unwrap();
-                    comm.all_reduce_sum_inplace::<f32>(&g, n, &stream).unwrap();
-                    let reduced = g.read::<f32>(&stream, n).unwrap();
-
-                    let mut b = dev.upload(&[10.0 * (rank as f32 + 1.0); 4]).unwrap();
-                    comm.broadcast::<f32>(&mut b, 4, 1, &stream).unwrap();
-                    let bcast = b.read::<f32>(&stream, 4).unwrap();
-
-                    let send = dev.upload(&[rank as f32; 3]).unwrap();
-                    let mut recv = dev.alloc_elems::<f32>(6).unwrap();
-                    comm.all_gather::<f32>(&send, &mut recv, 3, &stream)
-                        .unwrap();
-                    comm.barrier(&stream).unwrap();
-                    let gathered = recv.read::<f32>(&stream, 6).unwrap();
-                    (reduced, bcast, gathered, comm.query_size().unwrap())
+                    f(rank, &dev, &stream, &comm)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn hccl_two_ranks_all_reduce_broadcast_all_gather() {
+    let results = on_two_ranks(rt(), |rank, dev, stream, comm| {
+        let n = 8;
+        let g = dev.upload(&vec![rank as f32 + 1.0; n]).unwrap();
+        comm.all_reduce_sum_inplace::<f32>(&g, n, stream).unwrap();
+        let reduced = g.read::<f32>(stream, n).unwrap();
+
+        let mut b = dev.upload(&[10.0 * (rank as f32 + 1.0); 4]).unwrap();
+        comm.broadcast::<f32>(&mut b, 4, 1, stream).unwrap();
+        let bcast = b.read::<f32>(stream, 4).unwrap();
+
+        let send = dev.upload(&[rank as f32; 3]).unwrap();
+        let mut recv = dev.alloc_elems::<f32>(6).unwrap();
+        comm.all_gather::<f32>(&send, &mut recv, 3, stream).unwrap();
+        comm.barrier(stream).unwrap();
+        let gathered = recv.read::<f32>(stream, 6).unwrap();
+        (reduced, bcast, gathered, comm.query_size().unwrap())
     });
     for (reduced, bcast, gathered, size) in results {
         assert_eq!(reduced, vec![3.0; 8]);
@@ -918,26 +890,6 @@ fn apply_adamw_v2_in_place() {
 // ------------------------------------------------------------------------------------------
 // Random-shape properties against CPU references (formerly tests/ascend_npu_props.rs).
 
-/// Small deterministic generator (no external randomness needed for reproducible failures).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() as usize) % (hi - lo + 1)
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
-            .collect()
-    }
-}
-
 fn close_rel(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -1193,33 +1145,10 @@ fn prop_hccl_all_reduce_across_devices() {
         );
         return;
     }
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let rx = std::sync::Mutex::new(Some(rx));
-    std::thread::scope(|s| {
-        for rank in 0..2u32 {
-            let tx = tx.clone();
-            let rx = if rank == 1 {
-                rx.lock().unwrap().take()
-            } else {
-                None
-            };
-            s.spawn(move || {
-                let dev = rt.device(rank as i32).unwrap();
-                let stream = dev.stream().unwrap();
-                let comm = HcclComm::init(&dev, rank, 2, |bytes| {
-                    if rank == 0 {
-                        tx.send(bytes.to_vec()).map_err(|e| e.to_string())
-                    } else {
-                        bytes.copy_from_slice(&rx.unwrap().recv().map_err(|e| e.to_string())?);
-                        Ok(())
-                    }
-                })
-                .unwrap();
-                let g = dev.upload(&vec![rank as f32 + 1.0; 1024]).unwrap();
-                comm.all_reduce_sum_inplace::<f32>(&g, 1024, &stream)
-                    .unwrap();
-                assert_eq!(g.read::<f32>(&stream, 1024).unwrap(), vec![3.0; 1024]);
-            });
-        }
+    on_two_ranks(rt, |rank, dev, stream, comm| {
+        let g = dev.upload(&vec![rank as f32 + 1.0; 1024]).unwrap();
+        comm.all_reduce_sum_inplace::<f32>(&g, 1024, stream)
+            .unwrap();
+        assert_eq!(g.read::<f32>(stream, 1024).unwrap(), vec![3.0; 1024]);
     });
 }

@@ -12,10 +12,9 @@ use medsam::{Device, Tensor};
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        const MUL: u64 = 6364136223846793005;
+        const INC: u64 = 1442695040888963407;
+        self.0 = self.0.wrapping_mul(MUL).wrapping_add(INC);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
@@ -256,12 +255,7 @@ fn attention_with_and_without_rel_pos() {
             rand(55, &[2, 6, 3]),
         ],
         |x| {
-            let rel = RelPosArgs {
-                rel_h: x[3].clone(),
-                rel_w: x[4].clone(),
-                kh: 2,
-                kw: 3,
-            };
+            let rel = RelPosArgs::new([x[3].clone(), x[4].clone()], (2, 3));
             attention(&x[0], &x[1], &x[2], 0.5, Some(&rel)).unwrap()
         },
     );

@@ -60,6 +60,17 @@ struct Job {
     launcher_hung: bool,
 }
 
+impl Job {
+    /// Fails the test, showing the whole output, unless the output contains `want`.
+    fn expect_output(&self, want: &str) {
+        assert!(
+            self.output.contains(want),
+            "expected '{want}':\n{}",
+            self.output
+        );
+    }
+}
+
 /// Runs `child` on `np` ranks under mpirun. Panics if the job outlives `limit` (a silent hang),
 /// except that once the output contains `settled` (the ranks' own verdict), mpirun gets 30 s to
 /// end the job and is then killed and reported as `launcher_hung`.
@@ -198,11 +209,7 @@ fn check_selftest(np: usize) {
     assert_eq!(job.code, Some(0), "self-test job failed:\n{}", job.output);
     for r in 0..np {
         let line = format!("dist self-test passed on rank {r} of {np}");
-        assert!(
-            job.output.contains(&line),
-            "missing '{line}':\n{}",
-            job.output
-        );
+        job.expect_output(&line);
     }
 }
 
@@ -284,16 +291,8 @@ fn a_hung_rank_makes_the_others_fail_within_the_timeout() {
     let want = format!(
         "collective all_reduce_sum timed out after {DEAD_TIMEOUT_S}s: rank(s) not responding"
     );
-    assert!(
-        job.output.contains(&want),
-        "expected '{want}':\n{}",
-        job.output
-    );
-    assert!(
-        job.output.contains("rank 0: failed after"),
-        "{}",
-        job.output
-    );
+    job.expect_output(&want);
+    job.expect_output("rank 0: failed after");
 }
 
 #[test]
@@ -302,11 +301,7 @@ fn a_rank_that_leaves_early_makes_the_others_fail_within_the_timeout() {
     // Rank 1 shuts MPI down cleanly without joining: rank 0's all-reduce can never complete.
     let job = check_dead_rank("finalize");
     let want = format!("collective all_reduce_sum timed out after {DEAD_TIMEOUT_S}s");
-    assert!(
-        job.output.contains(&want),
-        "expected '{want}':\n{}",
-        job.output
-    );
+    job.expect_output(&want);
 }
 
 #[test]

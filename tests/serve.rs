@@ -76,12 +76,16 @@ impl Drop for Server {
 }
 
 fn start(ckpt: &Path, extra: &[&str]) -> Server {
+    start_with(ckpt, &tiny_config(), extra)
+}
+
+fn start_with(ckpt: &Path, config: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medsam"))
         .arg("serve")
         .arg("-c")
         .arg(ckpt)
         .arg("--model-config")
-        .arg(tiny_config())
+        .arg(config)
         .args(["--port", "0"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -220,6 +224,48 @@ fn read_png_mask(path: &Path) -> Vec<bool> {
     img.into_raw().iter().map(|&v| v > 0).collect()
 }
 
+/// Whether `MEDSAM_PYTHON` imports every module; says SKIPPED (naming `what`) when not.
+fn python_has(modules: &[&str], what: &str) -> bool {
+    let ok = modules.iter().all(|m| has_python_module(m));
+    if !ok {
+        eprintln!(
+            "SKIPPED: {what} is not importable by {} (set MEDSAM_PYTHON)",
+            python()
+        );
+    }
+    ok
+}
+
+/// A protocol test's directory, tiny checkpoint, `d × h × w` volume and that volume as `.npy`.
+fn protocol_case(
+    name: &str,
+    (d, h, w): (usize, usize, usize),
+) -> (PathBuf, PathBuf, Vec<u8>, PathBuf) {
+    let dir = tmpdir(name);
+    let ckpt = tiny_checkpoint(&dir);
+    let vol = volume(d, h, w);
+    let vol_path = dir.join("vol.npy");
+    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    (dir, ckpt, vol, vol_path)
+}
+
+/// `medsam infer` on slice `z` of a `d × h × w` volume, saved as `dir/slice.png`, with one box.
+fn infer_slice(
+    ckpt: &Path,
+    vol: &[u8],
+    (h, w): (usize, usize),
+    z: usize,
+    b: [usize; 4],
+    dir: &Path,
+) -> Vec<bool> {
+    let png = dir.join("slice.png");
+    image::GrayImage::from_raw(w as u32, h as u32, vol[z * h * w..(z + 1) * h * w].to_vec())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    infer_png(ckpt, &png, b, &dir.join("infer"))
+}
+
 /// `medsam infer` on a PNG with one box; returns the mask.
 fn infer_png(ckpt: &Path, png: &Path, b: [usize; 4], out: &Path) -> Vec<bool> {
     let o = Command::new(env!("CARGO_BIN_EXE_medsam"))
@@ -243,19 +289,11 @@ fn infer_png(ckpt: &Path, png: &Path, b: [usize; 4], out: &Path) -> Vec<bool> {
 
 #[test]
 fn nninteractive_client_box_matches_medsam_infer() {
-    if !has_python_module("nnInteractive.inference.remote") {
-        eprintln!(
-            "SKIPPED: nninteractive-client is not importable by {} (set MEDSAM_PYTHON)",
-            python()
-        );
+    if !python_has(&["nnInteractive.inference.remote"], "nninteractive-client") {
         return;
     }
-    let dir = tmpdir("nnia");
-    let ckpt = tiny_checkpoint(&dir);
     let (d, h, w) = (5, 48, 40);
-    let vol = volume(d, h, w);
-    let vol_path = dir.join("vol.npy");
-    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    let (dir, ckpt, vol, vol_path) = protocol_case("nnia", (d, h, w));
     let (z, y0, y1, x0, x1) = (2usize, 8usize, 36usize, 10usize, 34usize);
     let key = "test-key-123";
     let srv = start(&ckpt, &["--api-key", key]);
@@ -291,13 +329,7 @@ fn nninteractive_client_box_matches_medsam_infer() {
     let buf = medsam::io::npy::read_npy(dir.join("after_box.npy")).unwrap();
     assert_eq!(buf.shape, vec![d, h, w]);
     let buf = buf.to_u8().unwrap();
-    let slice = &vol[z * h * w..(z + 1) * h * w];
-    let png = dir.join("slice.png");
-    image::GrayImage::from_raw(w as u32, h as u32, slice.to_vec())
-        .unwrap()
-        .save(&png)
-        .unwrap();
-    let want = infer_png(&ckpt, &png, [x0, y0, x1, y1], &dir.join("infer"));
+    let want = infer_slice(&ckpt, &vol, (h, w), z, [x0, y0, x1, y1], &dir);
     let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w]
         .iter()
         .map(|&v| v > 0)
@@ -318,19 +350,11 @@ fn nninteractive_client_box_matches_medsam_infer() {
 
 #[test]
 fn slicer_extension_requests_match_medsam_infer() {
-    if !has_python_module("httpx") || !has_python_module("numpy") {
-        eprintln!(
-            "SKIPPED: httpx/numpy are not importable by {} (set MEDSAM_PYTHON)",
-            python()
-        );
+    if !python_has(&["httpx", "numpy"], "httpx/numpy") {
         return;
     }
-    let dir = tmpdir("slicer");
-    let ckpt = tiny_checkpoint(&dir);
     let (d, h, w) = (4, 40, 44);
-    let vol = volume(d, h, w);
-    let vol_path = dir.join("vol.npy");
-    medsam::io::npy::write_npy_u8(&vol_path, &[d, h, w], &vol).unwrap();
+    let (dir, ckpt, vol, vol_path) = protocol_case("slicer", (d, h, w));
     let (z, y0, y1, x0, x1) = (1usize, 6usize, 30usize, 12usize, 40usize);
     let srv = start(&ckpt, &[]);
     let o = Command::new(python())
@@ -358,12 +382,7 @@ fn slicer_extension_requests_match_medsam_infer() {
         .unwrap()
         .to_u8()
         .unwrap();
-    let png = dir.join("slice.png");
-    image::GrayImage::from_raw(w as u32, h as u32, vol[z * h * w..(z + 1) * h * w].to_vec())
-        .unwrap()
-        .save(&png)
-        .unwrap();
-    let want = infer_png(&ckpt, &png, [x0, y0, x1, y1], &dir.join("infer"));
+    let want = infer_slice(&ckpt, &vol, (h, w), z, [x0, y0, x1, y1], &dir);
     let got: Vec<bool> = mask[z * h * w..(z + 1) * h * w]
         .iter()
         .map(|&v| v > 0)
@@ -377,8 +396,7 @@ fn slicer_extension_requests_match_medsam_infer() {
 
 #[test]
 fn blosc2_chunks_from_python_decode() {
-    if !has_python_module("blosc2") {
-        eprintln!("SKIPPED: python blosc2 is not importable by {}", python());
+    if !python_has(&["blosc2"], "python blosc2") {
         return;
     }
     let dir = tmpdir("blosc2");
@@ -691,19 +709,149 @@ fn start_browser(chromium: &Path, driver: &Path, downloads: &Path, profile: &Pat
     }
 }
 
-#[test]
-fn web_page_box_in_headless_chromium_matches_medsam_infer() {
-    let (Some(chromium), Some(driver)) = (
+impl Browser {
+    /// Loads the page and opens `file` in it; waits until it is ready.
+    fn open(&self, addr: &str, file: &Path) {
+        self.open_files(addr, &[file.to_path_buf()]);
+    }
+
+    /// Loads the page and picks `files` in its file input; waits until it is ready.
+    fn open_files(&self, addr: &str, files: &[PathBuf]) {
+        self.cmd(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{addr}/")})),
+        );
+        let input = self.cmd(
+            "POST",
+            "/element",
+            Some(serde_json::json!({"using": "css selector", "value": "#file"})),
+        );
+        let id = input.as_object().unwrap().values().next().unwrap();
+        self.cmd(
+            "POST",
+            &format!("/element/{}/value", id.as_str().unwrap()),
+            Some(serde_json::json!({"text": files
+                .iter()
+                .map(|f| f.to_str().unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")})),
+        );
+        self.wait_for(
+            "return document.body.dataset.state === 'ready'",
+            "the image to load",
+        );
+    }
+
+    /// Image pixel `(x, y)` → a pointer move in viewport pixels (canvas pixels are `scale` CSS
+    /// pixels wide, so integer image coordinates map exactly; the page rounds).
+    fn at(&self, x: usize, y: usize) -> serde_json::Value {
+        let r = self.exec(
+            "const v = document.getElementById('view'), r = v.getBoundingClientRect(); return [r.left, r.top, r.width / v.width];",
+        );
+        let f = |i: usize| r[i].as_f64().unwrap();
+        serde_json::json!({"type": "pointerMove", "duration": 0, "origin": "viewport",
+            "x": (f(0) + x as f64 * f(2)).round() as i64, "y": (f(1) + y as f64 * f(2)).round() as i64})
+    }
+
+    fn pointer(&self, actions: Vec<serde_json::Value>) {
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(
+                serde_json::json!({"actions": [{"type": "pointer", "id": "mouse",
+                "parameters": {"pointerType": "mouse"}, "actions": actions}]}),
+            ),
+        );
+    }
+
+    /// Drags a box `[x0, y0, x1, y1]` and waits for the page's `n`-th segmentation.
+    fn drag_box(&self, bx: [usize; 4], n: usize) {
+        let (down, up) = (
+            serde_json::json!({"type": "pointerDown", "button": 0}),
+            serde_json::json!({"type": "pointerUp", "button": 0}),
+        );
+        let mid = self.at((bx[0] + bx[2]) / 2, (bx[1] + bx[3]) / 2);
+        self.pointer(vec![
+            self.at(bx[0], bx[1]),
+            down,
+            mid,
+            self.at(bx[2], bx[3]),
+            up,
+        ]);
+        self.wait_segments(n);
+    }
+
+    /// A click at `(x, y)` in the current mode; waits for the `n`-th segmentation.
+    fn click(&self, x: usize, y: usize, n: usize) {
+        let (down, up) = (
+            serde_json::json!({"type": "pointerDown", "button": 0}),
+            serde_json::json!({"type": "pointerUp", "button": 0}),
+        );
+        self.pointer(vec![self.at(x, y), down, up]);
+        self.wait_segments(n);
+    }
+
+    fn wait_segments(&self, n: usize) {
+        self.wait_for(
+            &format!("return document.body.dataset.segments === '{n}' && document.body.dataset.state === 'ready'"),
+            "the overlay",
+        );
+        let err = self.exec("return document.getElementById('status').className");
+        let msg = self.exec("return document.getElementById('status').textContent");
+        assert_eq!(err, "", "page status: {msg}");
+    }
+
+    /// Clicks "download" and waits for `dir/name`.
+    fn download(&self, dir: &Path, name: &str) -> PathBuf {
+        let _ = std::fs::remove_file(dir.join(name));
+        self.exec("document.getElementById('download').click(); return null;");
+        let file = dir.join(name);
+        for _ in 0..300 {
+            if file.is_file() {
+                // Chromium renames the finished download into place.
+                std::thread::sleep(Duration::from_millis(200));
+                return file;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no download at {}", file.display());
+    }
+}
+
+/// Chromium and chromedriver, or `None` with a SKIPPED line.
+fn chromium() -> Option<(PathBuf, PathBuf)> {
+    match (
         which("chromium").or_else(|| which("chromium-browser")),
         which("chromedriver"),
-    ) else {
-        eprintln!(
-            "SKIPPED: chromium and chromedriver are not installed (apt chromium chromium-driver)"
-        );
+    ) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ => {
+            eprintln!(
+                "SKIPPED: chromium and chromedriver are not installed (apt chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+/// A Chromium test's directory, tiny checkpoint, server, downloads folder and browser.
+fn browser_case(name: &str) -> Option<(PathBuf, PathBuf, Server, PathBuf, Browser)> {
+    let (chromium, driver) = chromium()?;
+    let dir = tmpdir(name);
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
+    Some((dir, ckpt, srv, downloads, b))
+}
+
+#[test]
+fn web_page_box_in_headless_chromium_matches_medsam_infer() {
+    let Some((dir, ckpt, srv, downloads, b)) = browser_case("web") else {
         return;
     };
-    let dir = tmpdir("web");
-    let ckpt = tiny_checkpoint(&dir);
     let (h, w) = (48usize, 40usize);
     let img = volume(3, h, w)[h * w..2 * h * w].to_vec();
     let png = dir.join("ct.png");
@@ -711,86 +859,14 @@ fn web_page_box_in_headless_chromium_matches_medsam_infer() {
         .unwrap()
         .save(&png)
         .unwrap();
-    let srv = start(&ckpt, &[]);
-    let downloads = dir.join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let b = start_browser(&chromium, &driver, &downloads, &dir.join("profile"));
-    b.cmd(
-        "POST",
-        "/url",
-        Some(serde_json::json!({"url": format!("http://{}/", srv.addr)})),
-    );
-    let input = b.cmd(
-        "POST",
-        "/element",
-        Some(serde_json::json!({"using": "css selector", "value": "#file"})),
-    );
-    let input_id = input
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string();
-    b.cmd(
-        "POST",
-        &format!("/element/{input_id}/value"),
-        Some(serde_json::json!({"text": png.to_str().unwrap()})),
-    );
-    b.wait_for(
-        "return document.body.dataset.state === 'ready'",
-        "the image to load",
-    );
-    // Drag a box: canvas pixels are `scale` CSS pixels wide, so integer image coordinates map
-    // exactly (the page rounds).
-    let r = b.exec(
-        "const r = document.getElementById('view').getBoundingClientRect(); return [r.left, r.top, r.width / document.getElementById('view').width];",
-    );
-    let (left, top, scale) = (
-        r[0].as_f64().unwrap(),
-        r[1].as_f64().unwrap(),
-        r[2].as_f64().unwrap(),
-    );
+    b.open(&srv.addr, &png);
     let bx = [10usize, 8, 34, 36];
-    let at = |x: usize, y: usize| {
-        serde_json::json!({"type": "pointerMove", "duration": 0, "origin": "viewport",
-            "x": (left + x as f64 * scale).round() as i64, "y": (top + y as f64 * scale).round() as i64})
-    };
-    b.cmd(
-        "POST",
-        "/actions",
-        Some(serde_json::json!({"actions": [{
-        "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
-        "actions": [at(bx[0], bx[1]), {"type": "pointerDown", "button": 0},
-                    at((bx[0] + bx[2]) / 2, (bx[1] + bx[3]) / 2), at(bx[2], bx[3]),
-                    {"type": "pointerUp", "button": 0}]}]})),
-    );
-    b.wait_for(
-        "return document.body.dataset.segments === '1'",
-        "the overlay",
-    );
+    b.drag_box(bx, 1);
     let shot = b.cmd("GET", "/screenshot", None);
     let shot_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve-web-screenshot.png");
     std::fs::write(&shot_path, b64decode(shot.as_str().unwrap())).unwrap();
     eprintln!("screenshot: {}", shot_path.display());
-    let err = b.exec("return document.getElementById('status').className");
-    assert_eq!(
-        err,
-        "",
-        "page status: {}",
-        b.exec("return document.getElementById('status').textContent")
-    );
-    b.exec("document.getElementById('download').click(); return null;");
-    let file = downloads.join("seg_ct.png");
-    for _ in 0..300 {
-        if file.is_file() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(file.is_file(), "no download at {}", file.display());
+    let file = b.download(&downloads, "seg_ct.png");
     let got = read_png_mask(&file);
     let want = infer_png(&ckpt, &png, bx, &dir.join("infer"));
     assert_eq!(got, want, "downloaded mask differs from medsam infer");
@@ -798,6 +874,70 @@ fn web_page_box_in_headless_chromium_matches_medsam_infer() {
         "web mask: {} of {} pixels",
         got.iter().filter(|&&m| m).count(),
         h * w
+    );
+}
+
+/// A NIfTI volume in Chromium: a box on the middle slice, a positive and a negative click (each
+/// re-segments), two undos back to the box's mask; the downloaded NIfTI has the input's shape
+/// and spacing, the box's mask equals `medsam infer` on that slice, and no other slice is set.
+#[test]
+fn web_page_points_undo_and_nifti_download_in_chromium() {
+    let Some((dir, ckpt, srv, downloads, b)) = browser_case("web3d") else {
+        return;
+    };
+    let (d, h, w) = (3usize, 48usize, 40usize);
+    let vol = volume(d, h, w);
+    let nii = dir.join("ct.nii.gz");
+    let spacing = [0.7, 0.8, 2.5];
+    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &vol, spacing).unwrap();
+    b.open(&srv.addr, &nii);
+    let z = d / 2;
+    let bx = [10usize, 8, 34, 36];
+    b.drag_box(bx, 1);
+    let labels = "return Array.from(S.labels[S.z]).reduce((a, v) => a + (v > 0), 0)";
+    let n_box = b.exec(labels);
+    b.exec("document.getElementById('mode-pos').click(); return null;");
+    b.click(20, 20, 2);
+    b.exec("document.getElementById('mode-neg').click(); return null;");
+    b.click(30, 30, 3);
+    let n_points = b.exec(labels);
+    for _ in 0..2 {
+        b.exec("window.undone = false; document.getElementById('undo').click(); return null;");
+        b.wait_for(
+            "return document.getElementById('status').textContent.startsWith('undone')",
+            "undo",
+        );
+        b.exec("document.getElementById('status').textContent = ''; return null;");
+    }
+    let file = b.download(&downloads, "seg_ct.nii.gz");
+    let seg = medsam::io::nifti::read_nifti(&file).unwrap();
+    assert_eq!(seg.shape, [d, h, w]);
+    assert!(
+        seg.spacing
+            .iter()
+            .zip(spacing)
+            .all(|(a, b)| (a - b).abs() < 1e-6),
+        "{:?}",
+        seg.spacing
+    );
+    let got: Vec<bool> = seg.data[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0.0)
+        .collect();
+    let want = infer_slice(&ckpt, &vol, (h, w), z, bx, &dir);
+    assert_eq!(
+        got, want,
+        "after two undos the mask differs from medsam infer's box"
+    );
+    let elsewhere = seg
+        .data
+        .iter()
+        .enumerate()
+        .filter(|(i, &v)| v > 0.0 && i / (h * w) != z);
+    assert_eq!(elsewhere.count(), 0);
+    eprintln!(
+        "web 3D: box {n_box} px, with +/- points {n_points} px, after undo {}",
+        got.iter().filter(|&&m| m).count()
     );
 }
 
@@ -879,4 +1019,220 @@ fn load_8_clients_x_50_requests() {
         );
         assert_eq!(all.len(), 400);
     }
+}
+
+// ---- MedSAM2 and DICOM through the web API ----
+
+/// A tiny SAM 2 (tests/fixtures/sam2/tiny.json's configuration, parameters filled from their
+/// names by the library's `named_init`, as tests/sam2_parity.rs does) saved as a MedSAM2 `.pt`
+/// with its config file; `None` (and a SKIPPED line) when the fixture is absent.
+fn tiny_medsam2(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    use medsam::models::sam2::{sam2_utils::named_init, Sam2Base, Sam2Config};
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam2/tiny.json");
+    let Ok(text) = std::fs::read_to_string(&fx) else {
+        eprintln!("SKIPPED: {} missing", fx.display());
+        return None;
+    };
+    let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cfg: Sam2Config = serde_json::from_value(meta["config"].clone()).unwrap();
+    let mut m = Sam2Base::new(&cfg, 0, Device::Cpu).unwrap();
+    named_init(&mut m).unwrap();
+    let ckpt = dir.join("MedSAM2_tiny_test.pt");
+    let sd = medsam::weights::state_dict_value(m.state_dict()).unwrap();
+    save_pth(&ckpt, &Value::str_dict([("model", sd)])).unwrap();
+    let cfg_path = dir.join("medsam2_cfg.json");
+    let json = serde_json::json!({ "model": meta["config"].clone() });
+    std::fs::write(&cfg_path, json.to_string()).unwrap();
+    Some((ckpt, cfg_path))
+}
+
+/// Opens `file` through `/api/open`; returns the session token and the answer.
+fn web_open(addr: &str, file: &Path) -> (String, serde_json::Value) {
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    let bytes = std::fs::read(file).unwrap();
+    let (st, _, b) = http(addr, "POST", &format!("/api/open?name={name}"), &[], &bytes);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let v = json(&b);
+    (v["token"].as_str().unwrap().to_string(), v)
+}
+
+/// A box on one slice with MedSAM2 segments the whole volume in the background; progress is
+/// reported frame by frame and the downloaded NIfTI equals `medsam infer --model-type medsam2`
+/// with that box and key slice.
+#[test]
+fn web_medsam2_box_propagates_like_medsam_infer() {
+    let dir = tmpdir("medsam2");
+    let Some((ckpt, cfg)) = tiny_medsam2(&dir) else {
+        return;
+    };
+    let (d, h, w) = (5usize, 36usize, 44usize);
+    let vol = volume(d, h, w);
+    let nii = dir.join("case.nii.gz");
+    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &vol, [0.8, 0.8, 2.5]).unwrap();
+    let srv = start_with(&ckpt, &cfg, &["--model-type", "medsam2"]);
+    let a = srv.addr.as_str();
+    let (token, info) = web_open(a, &nii);
+    assert_eq!(info["model"], "medsam2");
+    let lease = [("X-Lease-Token", token.as_str())];
+    let (z, bx) = (2usize, [12usize, 8, 34, 30]);
+    let body = serde_json::json!({"z": z, "label": 1, "box": bx}).to_string();
+    let (st, _, b) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(json(&b)["total"], d + 1);
+    let mut seen = Vec::new();
+    let p = loop {
+        let (st, _, b) = http(a, "GET", "/api/progress", &lease, b"");
+        assert_eq!(st, 200);
+        let p = json(&b);
+        seen.push(p["done"].as_u64().unwrap());
+        if p["finished"] == true {
+            break p;
+        }
+        // Slices can be viewed while it runs.
+        assert_eq!(http(a, "GET", "/api/labels?z=0", &lease, b"").0, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(p["error"].is_null(), "{p}");
+    assert_eq!(p["done"], d + 1, "{p}");
+    assert!(seen.windows(2).all(|s| s[0] <= s[1]), "{seen:?}");
+    let (st, _, nii_bytes) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    let got_path = dir.join("web_seg.nii.gz");
+    std::fs::write(&got_path, nii_bytes).unwrap();
+    let got = medsam::io::nifti::read_nifti(&got_path).unwrap();
+    let out = dir.join("infer");
+    let o = Command::new(env!("CARGO_BIN_EXE_medsam"))
+        .args(["infer", "--model-type", "medsam2", "-c"])
+        .arg(&ckpt)
+        .arg("--model-config")
+        .arg(&cfg)
+        .arg("-i")
+        .arg(&nii)
+        .arg("-o")
+        .arg(&out)
+        .arg("--box3d")
+        .arg(format!("[{},{},0,{},{},{d}]", bx[0], bx[1], bx[2], bx[3]))
+        .args(["--key-slice", &z.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = medsam::io::nifti::read_nifti(out.join("seg_case.nii.gz")).unwrap();
+    assert_eq!(got.shape, want.shape);
+    assert_eq!(got.spacing, want.spacing);
+    assert_eq!(
+        got.data, want.data,
+        "web volume mask differs from medsam infer"
+    );
+    let n = got.data.iter().filter(|&&v| v > 0.0).count();
+    eprintln!("medsam2 web: {n} voxels over {d} slices (tiny random model); progress {seen:?}");
+    // Undo takes the whole propagation back.
+    let (st, _, b) = http(a, "POST", "/api/undo", &lease, b"");
+    assert_eq!(st, 200);
+    if n > 0 {
+        assert!(json(&b)["z"].is_u64());
+        let (_, _, l) = http(a, "GET", &format!("/api/labels?z={z}"), &lease, b"");
+        assert!(l.iter().all(|&v| v == 0));
+    }
+}
+
+/// The files of tests/fixtures/dicom/ct_case01 and the uint8 volume `medsam infer -i DIR` makes
+/// of that folder; `None` (SKIPPED) when absent.
+fn dicom_series() -> Option<(Vec<PathBuf>, medsam::io::volume::Volume)> {
+    let series = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_case01");
+    let Ok(entries) = std::fs::read_dir(&series) else {
+        eprintln!("SKIPPED: {} missing", series.display());
+        return None;
+    };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let s = medsam::io::dicom::read_series(&series, None).unwrap();
+    Some((files, medsam::io::volume::u8_volume(&series, &s.volume)))
+}
+
+/// A zipped DICOM series opened on the page is the volume `medsam infer -i DIR` reads (same
+/// uint8 voxels, shape and spacing); a non-DICOM zip is a 400 with a message.
+#[test]
+fn web_dicom_zip_is_the_volume_medsam_infer_reads() {
+    use std::io::Write as _;
+    let Some((files, want)) = dicom_series() else {
+        return;
+    };
+    let dir = tmpdir("dicom");
+    let zip_path = dir.join("ct_case01.zip");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    for f in &files {
+        let name = format!("ct/{}", f.file_name().unwrap().to_string_lossy());
+        z.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(&std::fs::read(f).unwrap()).unwrap();
+    }
+    z.finish().unwrap();
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (token, info) = web_open(a, &zip_path);
+    let (d, h, w) = want.shape;
+    assert_eq!(info["shape"], serde_json::json!([d, h, w]));
+    let lease = [("X-Lease-Token", token.as_str())];
+    let (st, _, got) = http(a, "GET", "/api/volume", &lease, b"");
+    assert_eq!(st, 200);
+    assert!(
+        got == want.data,
+        "uploaded DICOM volume differs from the folder read"
+    );
+    // A box on it segments, and the NIfTI download has the series' spacing.
+    let body = serde_json::json!({"z": d / 2, "label": 1, "box": [8, 8, w - 8, h - 8]});
+    let (st, _, b) = http(
+        a,
+        "POST",
+        "/api/segment",
+        &lease,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let (st, _, nii) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    std::fs::write(dir.join("seg.nii.gz"), nii).unwrap();
+    let seg = medsam::io::nifti::read_nifti(dir.join("seg.nii.gz")).unwrap();
+    assert_eq!(seg.shape, [d, h, w]);
+    assert!(
+        seg.spacing
+            .iter()
+            .zip(want.spacing)
+            .all(|(a, b)| (a - b).abs() < 1e-6),
+        "{:?}",
+        seg.spacing
+    );
+    // Not a DICOM series.
+    let bad = dir.join("bad.zip");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&bad).unwrap());
+    z.start_file("a.txt", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    z.write_all(b"hello").unwrap();
+    z.finish().unwrap();
+    let (st, _, b) = http(
+        a,
+        "POST",
+        "/api/open?name=bad.zip",
+        &[],
+        &std::fs::read(&bad).unwrap(),
+    );
+    assert_eq!(st, 400);
+    assert!(json(&b)["detail"].is_string());
+}
+
+/// Several DICOM files picked on the page are zipped by it and read as the series folder is.
+#[test]
+fn web_page_dicom_files_in_chromium() {
+    let Some((files, want)) = dicom_series() else {
+        return;
+    };
+    let Some((_dir, _ckpt, srv, _downloads, b)) = browser_case("webdicom") else {
+        return;
+    };
+    b.open_files(&srv.addr, &files);
+    let (d, h, w) = want.shape;
+    assert_eq!(b.exec("return S.shape"), serde_json::json!([d, h, w]));
+    let sum: u64 = want.data.iter().map(|&v| v as u64).sum();
+    assert_eq!(b.exec("return S.vol.reduce((a, v) => a + v, 0)"), sum);
 }

@@ -21,32 +21,23 @@ pub use medsam_kernels::testing::data_star as data;
 /// `C[m×n] = A[m×k] · B` where B is `W[n×k]ᵀ` (`linear`, like `F.linear`) or a row-major
 /// `[k×n]` matrix (`mm`, like `torch.mm`).
 fn gemm_op(name: &'static str, m: usize, k: usize, n: usize, linear: bool, p: Precision) -> Op {
+    batched_gemm_op(name, GemmDims { batch: 1, m, n, k }, linear, p)
+}
+
+/// `batch` × (`m×k` · `k×n`); with `bt`, B is stored `[n, k]` per batch and read transposed
+/// through strides.
+fn batched_gemm_op(name: &'static str, dims: GemmDims, bt: bool, p: Precision) -> Op {
+    let GemmDims { batch, m, n, k } = dims;
     Op {
         name,
-        flops: 2.0 * (m * n * k) as f64,
+        flops: 2.0 * (batch * m * n * k) as f64,
         make: Box::new(move || {
-            let a = data(m * k, 1);
-            let b = data(k * n, 2);
-            let mut c = vec![0.0f32; m * n];
-            let lb = if linear {
-                Layout::transposed(n, k)
-            } else {
-                Layout::row_major(k, n)
-            };
-            let dims = GemmDims { batch: 1, m, n, k };
-            Box::new(move || {
-                gemm(
-                    dims,
-                    &a,
-                    Layout::row_major(m, k),
-                    &b,
-                    lb,
-                    &mut c,
-                    Layout::row_major(m, n),
-                    false,
-                    p,
-                )
-            })
+            let (a, b) = (data(batch * m * k, 1), data(batch * k * n, 2));
+            let mut c = vec![0.0f32; batch * m * n];
+            let la = Layout::row_major(m, k);
+            let lb = [Layout::row_major(k, n), Layout::transposed(n, k)][bt as usize];
+            let lc = Layout::row_major(m, n);
+            Box::new(move || gemm(dims, &a, la, &b, lb, &mut c, lc, false, p))
         }),
     }
 }
@@ -69,35 +60,7 @@ fn int8_op(name: &'static str, m: usize, k: usize, n: usize) -> Op {
 
 /// Batched `q·kᵀ` (`kt`) or `p·v` GEMMs of windowed attention: `batch` × (`m×k` · `k×n`).
 fn bmm_op(name: &'static str, batch: usize, m: usize, k: usize, n: usize, kt: bool) -> Op {
-    Op {
-        name,
-        flops: 2.0 * (batch * m * n * k) as f64,
-        make: Box::new(move || {
-            let a = data(batch * m * k, 1);
-            let b = data(batch * k * n, 2);
-            let mut c = vec![0.0f32; batch * m * n];
-            // q·kᵀ: k is stored [n, k] per batch, read transposed through strides.
-            let lb = if kt {
-                Layout::transposed(n, k)
-            } else {
-                Layout::row_major(k, n)
-            };
-            let dims = GemmDims { batch, m, n, k };
-            Box::new(move || {
-                gemm(
-                    dims,
-                    &a,
-                    Layout::row_major(m, k),
-                    &b,
-                    lb,
-                    &mut c,
-                    Layout::row_major(m, n),
-                    false,
-                    Precision::F32,
-                )
-            })
-        }),
-    }
+    batched_gemm_op(name, GemmDims { batch, m, n, k }, kt, Precision::F32)
 }
 
 /// SAM attention with decomposed rel-pos bias: `bh` heads × `side²` tokens × 64.
@@ -107,13 +70,7 @@ fn attention_op(name: &'static str, bh: usize, side: usize) -> Op {
         name,
         flops: 4.0 * (bh * nq * nq * d) as f64,
         make: Box::new(move || {
-            let dims = AttnDims {
-                bh,
-                nq,
-                nk: nq,
-                d,
-                dv: d,
-            };
+            let dims = AttnDims::new(bh, nq, nq, d, d);
             let q = data(bh * nq * d, 1);
             let k = data(bh * nq * d, 2);
             let v = data(bh * nq * d, 3);
@@ -166,18 +123,14 @@ fn conv_op(name: &'static str, g: Conv2dGeom, transpose: bool) -> Op {
 }
 
 fn geom(c_in: usize, hw: usize, c_out: usize, kk: usize, stride: usize, pad: usize) -> Conv2dGeom {
-    Conv2dGeom {
-        n: 1,
-        c_in,
-        h: hw,
-        w: hw,
+    Conv2dGeom::new(
+        [1, c_in, hw, hw],
         c_out,
-        kh: kk,
-        kw: kk,
-        stride: (stride, stride),
-        pad: (pad, pad),
-        groups: 1,
-    }
+        (kk, kk),
+        (stride, stride),
+        (pad, pad),
+        1,
+    )
 }
 
 /// Every benchmarked op, GEMMs first.

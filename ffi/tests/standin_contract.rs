@@ -9,26 +9,24 @@
 
 #[path = "../../tests/common/standin.rs"]
 mod standin;
+use medsam_ffi::ascend::HcclComm;
 use medsam_ffi::ascend::*;
 use medsam_ffi::sys::types::*;
 use standin::*;
 use std::ffi::{c_char, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
+/// This binary's name for its stand-in directory.
+const STANDIN: &str = "medsam-ffi-contract";
+
 fn lib_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| link_standin("medsam-ffi-contract"))
+    standin_dir(STANDIN)
 }
 
 fn rt() -> &'static AscendRuntime {
     static RT: OnceLock<&'static AscendRuntime> = OnceLock::new();
-    RT.get_or_init(|| {
-        AscendRuntime::open_dir(lib_dir())
-            .expect("open stand-in")
-            .into_static()
-            .expect("aclInit")
-    })
+    RT.get_or_init(|| open_standin(lib_dir()))
 }
 
 /// A stand-in control function (not a CANN symbol).
@@ -53,29 +51,9 @@ fn set_cann_version(v: Option<&str>) {
     unsafe { f(c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())) }
 }
 
-fn l(d: &[i64]) -> Layout {
-    Layout::contiguous(d)
-}
-
 /// Σ x² as a 1×1 convolution of a [1,1,4,4] input with itself.
 fn conv_sum_of_squares(stream: &Stream) -> Result<f32> {
-    let dev = stream.device();
-    let xh = data(16, 2);
-    let x = dev.upload(&xh).unwrap();
-    let mut y = dev.alloc_elems::<f32>(1).unwrap();
-    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
-    Ops::new(stream).conv2d(
-        &xv(),
-        &xv(),
-        None,
-        [1, 1],
-        [0, 0],
-        [1, 1],
-        1,
-        &TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap(),
-    )?;
-    let got = y.read::<f32>(stream, 1)?[0];
-    let want: f32 = xh.iter().map(|v| v * v).sum();
+    let (got, want) = conv_self(stream)?;
     assert!((got - want).abs() < 1e-4, "conv {got} vs {want}");
     Ok(got)
 }
@@ -313,21 +291,12 @@ fn standin_refuses_what_cann_refuses() {
     let stream = dev.stream().unwrap();
     let x = dev.upload(&data(8, 1)).unwrap();
     let y = dev.alloc_elems::<f32>(8).unwrap();
-    let dims = [8i64];
-    let strides = [1i64];
-    let mk = |p: *mut std::ffi::c_void| unsafe {
-        (nn.aclCreateTensor.unwrap())(
-            dims.as_ptr(),
-            1,
-            ACL_FLOAT as _,
-            strides.as_ptr(),
-            0,
-            ACL_FORMAT_ND as _,
-            dims.as_ptr(),
-            1,
-            p,
-        )
+    // A raw f32 ND descriptor of `dims` with `strides` over `p`.
+    let make = |dims: &[i64], strides: &[i64], p: *mut std::ffi::c_void| unsafe {
+        let (d, s, n) = (dims.as_ptr(), strides.as_ptr(), dims.len() as u64);
+        (nn.aclCreateTensor.unwrap())(d, n, ACL_FLOAT as _, s, 0, ACL_FORMAT_ND as _, d, n, p)
     };
+    let mk = |p| make(&[8], &[1], p);
     let (p1, p2) = api.Relu.unwrap();
     let (tx, ty) = (mk(x.as_ptr()), mk(y.as_ptr()));
     let (mut ws, mut ex) = (0u64, std::ptr::null_mut());
@@ -348,21 +317,7 @@ fn standin_refuses_what_cann_refuses() {
     assert_eq!(unsafe { p1(th, ty, &mut ws, &mut ex) }, 161002);
     // Workspace smaller than asked (matmul asks for one).
     let (mp1, mp2) = api.Matmul.unwrap();
-    let m2 = [2i64, 2];
-    let s2 = [2i64, 1];
-    let mk2 = |p: *mut std::ffi::c_void| unsafe {
-        (nn.aclCreateTensor.unwrap())(
-            m2.as_ptr(),
-            2,
-            ACL_FLOAT as _,
-            s2.as_ptr(),
-            0,
-            ACL_FORMAT_ND as _,
-            m2.as_ptr(),
-            2,
-            p,
-        )
-    };
+    let mk2 = |p| make(&[2, 2], &[2, 1], p);
     let (ta, to) = (mk2(x.as_ptr()), mk2(y.as_ptr()));
     assert_eq!(unsafe { mp1(ta, ta, to, 0, &mut ws, &mut ex) }, 0);
     assert!(ws > 0);

@@ -1,46 +1,15 @@
 //! Attention fwd/bwd timing at SAM shapes: `cargo run --release -p medsam-kernels --example attn_bench -- [case] [reps]`.
 //! Prints median wall ms per call and GFLOP/s (fwd 4·bh·nq·nk·d, bwd 2.5× that).
 use medsam_kernels::attention::{self, AttnDims, RelPosBias};
-use std::time::Instant;
 
-fn vecr(n: usize, s: u32) -> Vec<f32> {
-    let mut x = s.wrapping_mul(2654435761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Process CPU time (user + system) in seconds, from /proc/self/stat (100 Hz ticks).
-fn cpu_time() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
+use medsam_kernels::testing::{cpu_time, data_u32 as vecr, sorted_times};
 
 /// (median wall s, mean CPU s) per call.
 fn med<F: FnMut()>(reps: usize, mut f: F) -> (f64, f64) {
     f();
     let c0 = cpu_time();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
+    let t = sorted_times(reps, &mut f);
     let c = (cpu_time() - c0) / reps as f64;
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (t[reps / 2], c)
 }
 
@@ -53,13 +22,7 @@ fn run(
     kside: Option<(usize, usize)>,
     reps: usize,
 ) {
-    let dims = AttnDims {
-        bh,
-        nq,
-        nk,
-        d,
-        dv: d,
-    };
+    let dims = AttnDims::new(bh, nq, nk, d, d);
     let (q, k, v) = (
         vecr(bh * nq * d, 1),
         vecr(bh * nk * d, 2),

@@ -2,30 +2,7 @@
 use medsam_kernels::{activation, attention, conv, norm, resize};
 use std::time::Instant;
 
-fn vecr(n: usize, s: u32) -> Vec<f32> {
-    let mut x = s.wrapping_mul(2654435761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Process CPU time (user + system) in seconds, from /proc/self/stat (100 Hz ticks).
-fn cpu_time() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
+use medsam_kernels::testing::{cpu_time, data_u32 as vecr};
 
 /// Prints wall time and CPU time per call; returns CPU seconds (robust on a shared machine).
 fn time<F: FnMut()>(name: &str, reps: usize, mut f: F) -> f64 {
@@ -46,13 +23,7 @@ fn time<F: FnMut()>(name: &str, reps: usize, mut f: F) -> f64 {
 }
 
 fn attn(name: &str, bh: usize, n: usize, d: usize, kside: usize, bias: bool, refheads: usize) {
-    let dims = attention::AttnDims {
-        bh,
-        nq: n,
-        nk: n,
-        d,
-        dv: d,
-    };
+    let dims = attention::AttnDims::new(bh, n, n, d, d);
     let (q, k, v) = (
         vecr(bh * n * d, 1),
         vecr(bh * n * d, 2),
@@ -144,32 +115,13 @@ fn main() {
         });
         let x2 = vecr(256 * 4096, 4);
         let mut y2 = vec![0.0; 256 * 4096];
+        let (g2, b2) = (&g[..256], &b[..256]);
         time("layer_norm2d fwd fast 256x64x64", 5, || {
-            norm::layer_norm2d_forward(
-                1,
-                256,
-                4096,
-                &x2,
-                &g[..256],
-                &b[..256],
-                1e-6,
-                &mut y2,
-                &mut m,
-                &mut r,
-            )
+            norm::layer_norm2d_forward(1, 256, 4096, &x2, g2, b2, 1e-6, &mut y2, &mut m, &mut r)
         });
         time("layer_norm2d fwd ref  256x64x64", 2, || {
             norm::reference::layer_norm2d_forward(
-                1,
-                256,
-                4096,
-                &x2,
-                &g[..256],
-                &b[..256],
-                1e-6,
-                &mut y2,
-                &mut m,
-                &mut r,
+                1, 256, 4096, &x2, g2, b2, 1e-6, &mut y2, &mut m, &mut r,
             )
         });
         let xg = vecr(4096 * 3072, 7);
@@ -213,18 +165,7 @@ fn main() {
     if which.is_empty() || which == "conv" {
         // Patch embedding: the GEMM (768×4096×768) dominates and is the other engineer's; this
         // measures the whole conv with whatever gemm is currently in the tree.
-        let g = conv::Conv2dGeom {
-            n: 1,
-            c_in: 3,
-            h: 1024,
-            w: 1024,
-            c_out: 768,
-            kh: 16,
-            kw: 16,
-            stride: (16, 16),
-            pad: (0, 0),
-            groups: 1,
-        };
+        let g = conv::Conv2dGeom::new([1, 3, 1024, 1024], 768, (16, 16), (16, 16), (0, 0), 1);
         let x = vecr(3 * 1024 * 1024, 1);
         let w = vecr(768 * 768, 2);
         let mut y = vec![0.0; 768 * 4096];
@@ -233,18 +174,7 @@ fn main() {
             1,
             || conv::conv2d_forward(g, &x, &w, None, &mut y),
         );
-        let g = conv::Conv2dGeom {
-            n: 1,
-            c_in: 256,
-            h: 64,
-            w: 64,
-            c_out: 64,
-            kh: 2,
-            kw: 2,
-            stride: (2, 2),
-            pad: (0, 0),
-            groups: 1,
-        };
+        let g = conv::Conv2dGeom::new([1, 256, 64, 64], 64, (2, 2), (2, 2), (0, 0), 1);
         let x = vecr(256 * 64 * 64, 3);
         let w = vecr(256 * 64 * 4, 4);
         let mut y = vec![0.0; 64 * 128 * 128];

@@ -10,17 +10,7 @@ use medsam_kernels::gemm::int8::{self, Int8Kernel, Int8Weights};
 use medsam_kernels::gemm::{self, Epilogue, GemmDims, Kernel, Layout, Precision};
 use std::time::Instant;
 
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use medsam_kernels::testing::data_star as data;
 
 fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
     f();

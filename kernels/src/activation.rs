@@ -188,14 +188,19 @@ fn rows_per_task(dim: usize) -> usize {
     (CHUNK / dim.max(1)).max(1)
 }
 
+/// Checks that every buffer is `rows × dim` and returns the elements per task (None: no work).
+fn task_len(rows: usize, dim: usize, lens: &[usize]) -> Option<usize> {
+    for &len in lens {
+        assert_eq!(len, rows * dim);
+    }
+    (dim > 0).then(|| rows_per_task(dim) * dim)
+}
+
 /// Softmax over the last dimension of a `rows × dim` buffer.
 pub fn softmax_forward(rows: usize, dim: usize, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), rows * dim);
-    assert_eq!(y.len(), rows * dim);
-    if dim == 0 {
+    let Some(c) = task_len(rows, dim, &[x.len(), y.len()]) else {
         return;
-    }
-    let c = rows_per_task(dim) * dim;
+    };
     y.par_chunks_mut(c)
         .zip(x.par_chunks(c))
         .for_each(|(y, x)| softmax_rows(dim, x, y));
@@ -203,13 +208,9 @@ pub fn softmax_forward(rows: usize, dim: usize, x: &[f32], y: &mut [f32]) {
 
 /// dx = y ⊙ (dy − Σ dy·y) per row (overwritten).
 pub fn softmax_backward(rows: usize, dim: usize, y: &[f32], dy: &[f32], dx: &mut [f32]) {
-    assert_eq!(y.len(), rows * dim);
-    assert_eq!(dy.len(), rows * dim);
-    assert_eq!(dx.len(), rows * dim);
-    if dim == 0 {
+    let Some(c) = task_len(rows, dim, &[y.len(), dy.len(), dx.len()]) else {
         return;
-    }
-    let c = rows_per_task(dim) * dim;
+    };
     dx.par_chunks_mut(c)
         .zip(y.par_chunks(c).zip(dy.par_chunks(c)))
         .for_each(|(dx, (y, dy))| softmax_bwd_rows(dim, y, dy, dx));
@@ -251,12 +252,12 @@ pub mod reference {
         }
     }
 
+    /// `bias` is the `bias_rows × dim` table, row `r` of x adding bias row `r % bias_rows`.
     pub fn softmax_bias_forward(
         rows: usize,
         dim: usize,
         x: &[f32],
-        bias: &[f32],
-        bias_rows: usize,
+        (bias, bias_rows): (&[f32], usize),
         y: &mut [f32],
     ) {
         let xb: Vec<f32> = (0..rows * dim)

@@ -116,11 +116,9 @@ pub fn backward(
 
 /// Plain per-element loops: the oracle for the functions above.
 pub mod reference {
-    #[allow(clippy::too_many_arguments)]
+    /// x and y are `[n, c, hw]`; `running` is (mean, var) per channel, or None for batch stats.
     pub fn forward(
-        n: usize,
-        c: usize,
-        hw: usize,
+        [n, c, hw]: [usize; 3],
         x: &[f32],
         gamma: &[f32],
         beta: &[f32],
@@ -167,20 +165,19 @@ mod tests {
         var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
     }
 
+    type Running<'a> = Option<(&'a [f32], &'a [f32])>;
+
     /// Loss `L = Σ y·r` for a fixed r: its gradient is the backward of dy = r.
-    #[allow(clippy::too_many_arguments)]
     fn loss(
-        n: usize,
-        c: usize,
-        hw: usize,
+        shape: [usize; 3],
         x: &[f32],
         g: &[f32],
         b: &[f32],
         r: &[f32],
-        running: Option<(&[f32], &[f32])>,
+        running: Running,
     ) -> f64 {
         let mut y = vec![0.0; x.len()];
-        reference::forward(n, c, hw, x, g, b, 1e-5, running, &mut y);
+        reference::forward(shape, x, g, b, 1e-5, running, &mut y);
         y.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
     }
 
@@ -193,7 +190,7 @@ mod tests {
             let (rm, rv) = (data(c, seed ^ 3, -0.5, 0.5), data(c, seed ^ 4, 0.5, 2.0));
             let running = (!train).then_some((&rm[..], &rv[..]));
             let mut want = vec![0.0; x.len()];
-            reference::forward(n, c, hw, &x, &g, &b, 1e-5, running, &mut want);
+            reference::forward([n, c, hw], &x, &g, &b, 1e-5, running, &mut want);
             let (mut mean, mut var) = (vec![0.0; c], vec![0.0; c]);
             if train { stats(n, c, hw, &x, &mut mean, &mut var) } else { mean.copy_from_slice(&rm); var.copy_from_slice(&rv) }
             let mut got = vec![0.0; x.len()];
@@ -230,12 +227,12 @@ mod tests {
             };
             let mut xv = x.clone();
             for (i, &d) in dx.iter().enumerate() {
-                let want = fd(&mut xv, i, &|xx| loss(n, c, hw, xx, &g, &b, &r, running));
+                let want = fd(&mut xv, i, &|xx| loss([n, c, hw], xx, &g, &b, &r, running));
                 prop_assert!((d - want).abs() <= 2e-2 * (1.0 + want.abs()), "dx[{}]: {} vs {}", i, d, want);
             }
             let mut gv = g.clone();
             for i in 0..c {
-                let want = fd(&mut gv, i, &|gg| loss(n, c, hw, &x, gg, &b, &r, running));
+                let want = fd(&mut gv, i, &|gg| loss([n, c, hw], &x, gg, &b, &r, running));
                 prop_assert!((dg[i] - want).abs() <= 2e-2 * (1.0 + want.abs()), "dgamma[{}]: {} vs {}", i, dg[i], want);
                 let want_b: f32 = (0..n).flat_map(|bb| r[(bb * c + i) * hw..(bb * c + i + 1) * hw].iter()).sum();
                 prop_assert!((db[i] - want_b).abs() <= 1e-4 * (1.0 + want_b.abs()));

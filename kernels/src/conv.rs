@@ -28,6 +28,29 @@ pub struct Conv2dGeom {
 }
 
 impl Conv2dGeom {
+    /// `[n, c_in, h, w]` input, `c_out` channels, `(kh, kw)` kernel, `(sh, sw)` stride,
+    /// `(ph, pw)` padding, `groups` groups: the fields in one line.
+    pub fn new(
+        [n, c_in, h, w]: [usize; 4],
+        c_out: usize,
+        (kh, kw): (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+        groups: usize,
+    ) -> Self {
+        Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            pad,
+            groups,
+        }
+    }
     /// Output height and width of conv2d.
     pub fn out_hw(&self) -> (usize, usize) {
         (
@@ -61,37 +84,27 @@ struct ColGeom {
 }
 
 impl ColGeom {
-    fn for_conv(g: &Conv2dGeom) -> Self {
-        let (oh, ow) = g.out_hw();
+    /// The column geometry of conv2d, or of conv_transpose2d when `transpose`: the transpose is
+    /// the adjoint of a conv whose input is the transpose's output.
+    fn new(g: &Conv2dGeom, transpose: bool) -> Self {
+        let (c, (h, w), (oh, ow)) = if transpose {
+            (g.c_out, g.transpose_out_hw(), (g.h, g.w))
+        } else {
+            (g.c_in, (g.h, g.w), g.out_hw())
+        };
+        let (kh, kw, (sh, sw), (ph, pw)) = (g.kh, g.kw, g.stride, g.pad);
         ColGeom {
-            c: g.c_in,
-            h: g.h,
-            w: g.w,
+            c,
+            h,
+            w,
             oh,
             ow,
-            kh: g.kh,
-            kw: g.kw,
-            sh: g.stride.0,
-            sw: g.stride.1,
-            ph: g.pad.0,
-            pw: g.pad.1,
-        }
-    }
-    /// conv_transpose2d is the adjoint of a conv whose input is the transpose's output.
-    fn for_transpose(g: &Conv2dGeom) -> Self {
-        let (oh, ow) = g.transpose_out_hw();
-        ColGeom {
-            c: g.c_out,
-            h: oh,
-            w: ow,
-            oh: g.h,
-            ow: g.w,
-            kh: g.kh,
-            kw: g.kw,
-            sh: g.stride.0,
-            sw: g.stride.1,
-            ph: g.pad.0,
-            pw: g.pad.1,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
         }
     }
     fn kk(&self) -> usize {
@@ -193,39 +206,46 @@ fn col2im(g: &ColGeom, col: &[f32], img: &mut [f32]) {
         });
 }
 
-/// One `C = A·B` (or `C += A·B`) through the shared GEMM, batch 1.
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    la: Layout,
-    b: &[f32],
-    lb: Layout,
+/// GEMM sizes `(m, n, k)`.
+type Dims = (usize, usize, usize);
+
+/// One `C = A·B` (or `C += A·B`) per group through the shared GEMM. Group `gi` of each operand
+/// is the dense block after `gi` blocks of its size; `A` is `m × k`, stored transposed (`k × m`)
+/// when `ta`, and `B` is `k × n`, stored transposed when `tb`.
+fn grouped_mm(
+    groups: usize,
+    (m, n, k): Dims,
+    (a, ta): (&[f32], bool),
+    (b, tb): (&[f32], bool),
     c: &mut [f32],
     accumulate: bool,
 ) {
-    if m * n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c[..m * n].fill(0.0);
+    let la = if ta {
+        Layout::transposed(k, m)
+    } else {
+        Layout::row_major(m, k)
+    };
+    let lb = if tb {
+        Layout::transposed(n, k)
+    } else {
+        Layout::row_major(k, n)
+    };
+    for gi in 0..groups {
+        let c = &mut c[gi * m * n..];
+        if m * n == 0 {
+            continue;
         }
-        return;
+        if k == 0 {
+            if !accumulate {
+                c[..m * n].fill(0.0);
+            }
+            continue;
+        }
+        let (a, b) = (&a[gi * m * k..], &b[gi * k * n..]);
+        let dims = GemmDims { batch: 1, m, n, k };
+        let lc = Layout::row_major(m, n);
+        gemm(dims, a, la, b, lb, c, lc, accumulate, Precision::F32);
     }
-    gemm(
-        GemmDims { batch: 1, m, n, k },
-        a,
-        la,
-        b,
-        lb,
-        c,
-        Layout::row_major(m, n),
-        accumulate,
-        Precision::F32,
-    );
 }
 
 fn add_bias(y: &mut [f32], bias: &[f32], plane: usize) {
@@ -246,55 +266,129 @@ fn bias_grad(dy: &[f32], c: usize, plane: usize, db: &mut [f32]) {
     });
 }
 
-fn check_groups(g: &Conv2dGeom) {
-    assert!(g.groups >= 1 && g.c_in.is_multiple_of(g.groups) && g.c_out.is_multiple_of(g.groups));
-    assert!(g.stride.0 >= 1 && g.stride.1 >= 1);
+/// Image `ni` of a batch whose images are `len` floats each.
+fn image(v: &[f32], ni: usize, len: usize) -> &[f32] {
+    &v[ni * len..(ni + 1) * len]
 }
 
-/// y `[n, c_out, oh, ow]` = conv2d(x `[n, c_in, h, w]`, w) + bias.
-pub fn conv2d_forward(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    check_groups(&g);
-    if shifted_applies(&g) {
-        return conv2d_shifted(g, x, w, bias, y);
-    }
-    let cg = ColGeom::for_conv(&g);
-    let (ohw, hw) = (cg.ohw(), g.h * g.w);
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let kdim = cin_g * cg.kk();
-    assert_eq!(x.len(), g.n * g.c_in * hw);
-    assert_eq!(w.len(), g.c_out * kdim);
-    assert_eq!(y.len(), g.n * g.c_out * ohw);
-    let mut col = if cg.identity() {
-        Vec::new()
-    } else {
-        vec![0.0f32; g.c_in * cg.kk() * ohw]
-    };
-    for ni in 0..g.n {
-        let xi = &x[ni * g.c_in * hw..(ni + 1) * g.c_in * hw];
-        let yi = &mut y[ni * g.c_out * ohw..(ni + 1) * g.c_out * ohw];
-        let colr: &[f32] = if cg.identity() {
-            xi
+fn image_mut(v: &mut [f32], ni: usize, len: usize) -> &mut [f32] {
+    &mut v[ni * len..(ni + 1) * len]
+}
+
+/// Sizes shared by the six fast entry points, checked once against the slices. `x_len`, `w_len`
+/// and `y_len` are the lengths of the operator's input-side, weight and output-side buffers.
+struct Plan {
+    cg: ColGeom,
+    /// Input and output planes of the operator (conv2d or conv_transpose2d).
+    hw: usize,
+    ohw: usize,
+    cin_g: usize,
+    cout_g: usize,
+    /// Rows of one group's block of the column matrix: the GEMM inner size.
+    kdim: usize,
+    groups: usize,
+}
+
+impl Plan {
+    fn new(g: &Conv2dGeom, transpose: bool, x_len: usize, w_len: usize, y_len: usize) -> Self {
+        assert!(
+            g.groups >= 1 && g.c_in.is_multiple_of(g.groups) && g.c_out.is_multiple_of(g.groups)
+        );
+        assert!(g.stride.0 >= 1 && g.stride.1 >= 1);
+        let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
+        let cg = ColGeom::new(g, transpose);
+        let (w_rows, per_group) = if transpose {
+            (g.c_in, cout_g)
         } else {
-            im2col(&cg, xi, &mut col);
-            &col
+            (g.c_out, cin_g)
         };
-        for gi in 0..g.groups {
-            mm(
-                cout_g,
-                ohw,
-                kdim,
-                &w[gi * cout_g * kdim..],
-                Layout::row_major(cout_g, kdim),
-                &colr[gi * kdim * ohw..],
-                Layout::row_major(kdim, ohw),
-                &mut yi[gi * cout_g * ohw..],
-                false,
-            );
+        let (hw, kdim) = (g.h * g.w, per_group * cg.kk());
+        // The transpose's output is the image its column geometry reads.
+        let ohw = if transpose { cg.h * cg.w } else { cg.ohw() };
+        assert_eq!(x_len, g.n * g.c_in * hw);
+        assert_eq!(w_len, w_rows * kdim);
+        assert_eq!(y_len, g.n * g.c_out * ohw);
+        Plan {
+            cg,
+            hw,
+            ohw,
+            cin_g,
+            cout_g,
+            kdim,
+            groups: g.groups,
         }
     }
-    if let Some(b) = bias {
+    /// A column-matrix buffer; none for an identity conv, whose column matrix is the image.
+    fn col_buffer(&self, transpose: bool) -> Vec<f32> {
+        if !transpose && self.cg.identity() {
+            return Vec::new();
+        }
+        vec![0.0f32; self.cg.c * self.cg.kk() * self.cg.ohw()]
+    }
+    /// [`grouped_mm`] over this convolution's groups.
+    fn mm(&self, dims: Dims, a: (&[f32], bool), b: (&[f32], bool), c: &mut [f32], acc: bool) {
+        grouped_mm(self.groups, dims, a, b, c, acc)
+    }
+    /// The column matrix of conv input `xi` (the image itself for an identity conv).
+    fn columns<'a>(&self, xi: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+        if self.cg.identity() {
+            return xi;
+        }
+        im2col(&self.cg, xi, col);
+        col
+    }
+}
+
+/// Defines an implementation's six public entry points over its three passes, `forward`,
+/// `backward_input` and `backward_weight`, each taking `transpose` (conv_transpose2d) after `g`.
+/// The buffers' shapes are in the file's header.
+macro_rules! entry_points {
+    ($($transpose:literal => $fwd:ident, $bwd_x:ident, $bwd_w:ident;)*) => {$(
+        /// y (overwritten) = the convolution of x with w, plus bias.
+        pub fn $fwd(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+            forward(g, $transpose, x, w, bias, y)
+        }
+        /// dx (overwritten) from dy.
+        pub fn $bwd_x(g: Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+            backward_input(g, $transpose, w, dy, dx)
+        }
+        /// dw and optionally dbias (overwritten) from x and dy.
+        pub fn $bwd_w(g: Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], db: Option<&mut [f32]>) {
+            backward_weight(g, $transpose, x, dy, dw);
+            if let Some(db) = db {
+                bias_backward(&g, $transpose, dy, db);
+            }
+        }
+    )*};
+}
+
+entry_points! {
+    false => conv2d_forward, conv2d_backward_input, conv2d_backward_weight;
+    true => conv_transpose2d_forward, conv_transpose2d_backward_input, conv_transpose2d_backward_weight;
+}
+
+fn forward(g: Conv2dGeom, transpose: bool, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+    let p = Plan::new(&g, transpose, x.len(), w.len(), y.len());
+    if !transpose && shifted_applies(&g) {
+        return conv2d_shifted(g, x, w, b, y);
+    }
+    let (xlen, ylen) = (g.c_in * p.hw, g.c_out * p.ohw);
+    let mut col = p.col_buffer(transpose);
+    for ni in 0..g.n {
+        let (xi, yi) = (image(x, ni, xlen), image_mut(y, ni, ylen));
+        if transpose {
+            let d = (p.kdim, p.hw, p.cin_g);
+            p.mm(d, (w, true), (xi, false), &mut col, false);
+            col2im(&p.cg, &col, yi);
+        } else {
+            let cols = p.columns(xi, &mut col);
+            let d = (p.cout_g, p.ohw, p.kdim);
+            p.mm(d, (w, false), (cols, false), yi, false);
+        }
+    }
+    if let Some(b) = b {
         assert_eq!(b.len(), g.c_out);
-        add_bias(y, b, ohw);
+        add_bias(y, b, p.ohw);
     }
 }
 
@@ -308,14 +402,12 @@ fn shifted_applies(g: &Conv2dGeom) -> bool {
 /// no im2col matrix (for SAM's 3×3 neck conv that matrix is 2304 × 4096 floats, 37 MB, written
 /// and then re-read on every call). The output is computed `Wp = w + 2·pw` columns wide, so that
 /// tap `(ky, kx)` reads the padded input at the constant offset `ky·Wp + kx` — a plain strided
-/// GEMM operand — and the `Wp − ow` extra columns of each row are dropped at the end.
+/// GEMM operand — and the `Wp − ow` extra columns of each row are dropped at the end. The caller
+/// has checked the slice lengths.
 fn conv2d_shifted(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (oh, ow) = g.out_hw();
     let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
     let (plane, pplane, kk) = (g.h * g.w, hp * wp, g.kh * g.kw);
-    assert_eq!(x.len(), g.n * g.c_in * plane);
-    assert_eq!(w.len(), g.c_out * g.c_in * kk);
-    assert_eq!(y.len(), g.n * g.c_out * oh * ow);
     if oh == 0 || ow == 0 {
         return;
     }
@@ -333,7 +425,7 @@ fn conv2d_shifted(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
     let mut xpad = vec![0.0f32; g.c_in * pplane];
     let mut wide = vec![0.0f32; g.c_out * oh * wp];
     for ni in 0..g.n {
-        let xi = &x[ni * g.c_in * plane..(ni + 1) * g.c_in * plane];
+        let xi = image(x, ni, g.c_in * plane);
         xpad.par_chunks_mut(pplane)
             .zip(xi.par_chunks(plane))
             .for_each(|(dst, src)| {
@@ -344,32 +436,35 @@ fn conv2d_shifted(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
             });
         for tap in 0..kk {
             let (ky, kx) = (tap / g.kw, tap % g.kw);
+            let dims = GemmDims {
+                batch: 1,
+                m: g.c_out,
+                n: n_wide,
+                k: g.c_in,
+            };
+            let wtap = &wt[tap * g.c_out * g.c_in..(tap + 1) * g.c_out * g.c_in];
+            let la = Layout::row_major(g.c_out, g.c_in);
+            // Each operand and the output are strided views: one row per channel.
+            let view = |row_stride| Layout {
+                batch_stride: 0,
+                row_stride,
+                col_stride: 1,
+            };
+            let (lb, lc) = (view(pplane), view(oh * wp));
+            let xtap = &xpad[ky * wp + kx..];
             gemm(
-                GemmDims {
-                    batch: 1,
-                    m: g.c_out,
-                    n: n_wide,
-                    k: g.c_in,
-                },
-                &wt[tap * g.c_out * g.c_in..(tap + 1) * g.c_out * g.c_in],
-                Layout::row_major(g.c_out, g.c_in),
-                &xpad[ky * wp + kx..],
-                Layout {
-                    batch_stride: 0,
-                    row_stride: pplane,
-                    col_stride: 1,
-                },
+                dims,
+                wtap,
+                la,
+                xtap,
+                lb,
                 &mut wide,
-                Layout {
-                    batch_stride: 0,
-                    row_stride: oh * wp,
-                    col_stride: 1,
-                },
+                lc,
                 tap > 0,
                 Precision::F32,
             );
         }
-        let yi = &mut y[ni * g.c_out * oh * ow..(ni + 1) * g.c_out * oh * ow];
+        let yi = image_mut(y, ni, g.c_out * oh * ow);
         yi.par_chunks_mut(oh * ow)
             .zip(wide.par_chunks(oh * wp))
             .enumerate()
@@ -382,248 +477,119 @@ fn conv2d_shifted(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
     }
 }
 
-/// dx `[n, c_in, h, w]` (overwritten) from dy `[n, c_out, oh, ow]`.
-pub fn conv2d_backward_input(g: Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    check_groups(&g);
-    let cg = ColGeom::for_conv(&g);
-    let (ohw, hw) = (cg.ohw(), g.h * g.w);
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let kdim = cin_g * cg.kk();
-    assert_eq!(dx.len(), g.n * g.c_in * hw);
-    assert_eq!(w.len(), g.c_out * kdim);
-    assert_eq!(dy.len(), g.n * g.c_out * ohw);
-    let mut col = if cg.identity() {
-        Vec::new()
-    } else {
-        vec![0.0f32; g.c_in * cg.kk() * ohw]
-    };
+fn backward_input(g: Conv2dGeom, transpose: bool, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let p = Plan::new(&g, transpose, dx.len(), w.len(), dy.len());
+    let (xlen, ylen) = (g.c_in * p.hw, g.c_out * p.ohw);
+    let mut col = p.col_buffer(transpose);
     for ni in 0..g.n {
-        let dyi = &dy[ni * g.c_out * ohw..(ni + 1) * g.c_out * ohw];
-        let dxi = &mut dx[ni * g.c_in * hw..(ni + 1) * g.c_in * hw];
-        let ident = cg.identity();
-        let dcol: &mut [f32] = if ident { dxi } else { &mut col };
-        for gi in 0..g.groups {
-            mm(
-                kdim,
-                ohw,
-                cout_g,
-                &w[gi * cout_g * kdim..],
-                Layout::transposed(cout_g, kdim),
-                &dyi[gi * cout_g * ohw..],
-                Layout::row_major(cout_g, ohw),
-                &mut dcol[gi * kdim * ohw..],
-                false,
-            );
-        }
-        if !ident {
-            col2im(&cg, &col, &mut dx[ni * g.c_in * hw..(ni + 1) * g.c_in * hw]);
-        }
-    }
-}
-
-/// dw (overwritten) and optionally dbias (overwritten) from x and dy.
-pub fn conv2d_backward_weight(
-    g: Conv2dGeom,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    dbias: Option<&mut [f32]>,
-) {
-    check_groups(&g);
-    let cg = ColGeom::for_conv(&g);
-    let (ohw, hw) = (cg.ohw(), g.h * g.w);
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let kdim = cin_g * cg.kk();
-    assert_eq!(x.len(), g.n * g.c_in * hw);
-    assert_eq!(dw.len(), g.c_out * kdim);
-    assert_eq!(dy.len(), g.n * g.c_out * ohw);
-    if g.n == 0 {
-        dw.fill(0.0);
-    }
-    let mut col = if cg.identity() {
-        Vec::new()
-    } else {
-        vec![0.0f32; g.c_in * cg.kk() * ohw]
-    };
-    for ni in 0..g.n {
-        let xi = &x[ni * g.c_in * hw..(ni + 1) * g.c_in * hw];
-        let dyi = &dy[ni * g.c_out * ohw..(ni + 1) * g.c_out * ohw];
-        let colr: &[f32] = if cg.identity() {
-            xi
+        let (dyi, dxi) = (image(dy, ni, ylen), image_mut(dx, ni, xlen));
+        if transpose {
+            im2col(&p.cg, dyi, &mut col);
+            let d = (p.cin_g, p.hw, p.kdim);
+            p.mm(d, (w, false), (&col, false), dxi, false);
+        } else if p.cg.identity() {
+            let d = (p.kdim, p.ohw, p.cout_g);
+            p.mm(d, (w, true), (dyi, false), dxi, false);
         } else {
-            im2col(&cg, xi, &mut col);
-            &col
-        };
-        for gi in 0..g.groups {
-            mm(
-                cout_g,
-                kdim,
-                ohw,
-                &dyi[gi * cout_g * ohw..],
-                Layout::row_major(cout_g, ohw),
-                &colr[gi * kdim * ohw..],
-                Layout::transposed(kdim, ohw),
-                &mut dw[gi * cout_g * kdim..],
-                ni > 0,
-            );
-        }
-    }
-    if let Some(db) = dbias {
-        assert_eq!(db.len(), g.c_out);
-        bias_grad(dy, g.c_out, ohw, db);
-    }
-}
-
-/// y `[n, c_out, oh, ow]` = conv_transpose2d(x `[n, c_in, h, w]`, w `[c_in, c_out, kh, kw]`) + bias.
-pub fn conv_transpose2d_forward(
-    g: Conv2dGeom,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    check_groups(&g);
-    let cg = ColGeom::for_transpose(&g);
-    let (ohw, hw) = (cg.h * cg.w, g.h * g.w);
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let kdim = cout_g * cg.kk();
-    assert_eq!(x.len(), g.n * g.c_in * hw);
-    assert_eq!(w.len(), g.c_in * kdim);
-    assert_eq!(y.len(), g.n * g.c_out * ohw);
-    let mut col = vec![0.0f32; g.c_out * cg.kk() * hw];
-    for ni in 0..g.n {
-        let xi = &x[ni * g.c_in * hw..(ni + 1) * g.c_in * hw];
-        for gi in 0..g.groups {
-            mm(
-                kdim,
-                hw,
-                cin_g,
-                &w[gi * cin_g * kdim..],
-                Layout::transposed(cin_g, kdim),
-                &xi[gi * cin_g * hw..],
-                Layout::row_major(cin_g, hw),
-                &mut col[gi * kdim * hw..],
-                false,
-            );
-        }
-        col2im(
-            &cg,
-            &col,
-            &mut y[ni * g.c_out * ohw..(ni + 1) * g.c_out * ohw],
-        );
-    }
-    if let Some(b) = bias {
-        assert_eq!(b.len(), g.c_out);
-        add_bias(y, b, ohw);
-    }
-}
-
-/// dx (overwritten) of conv_transpose2d.
-pub fn conv_transpose2d_backward_input(g: Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    check_groups(&g);
-    let cg = ColGeom::for_transpose(&g);
-    let (ohw, hw) = (cg.h * cg.w, g.h * g.w);
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let kdim = cout_g * cg.kk();
-    assert_eq!(dx.len(), g.n * g.c_in * hw);
-    assert_eq!(w.len(), g.c_in * kdim);
-    assert_eq!(dy.len(), g.n * g.c_out * ohw);
-    let mut col = vec![0.0f32; g.c_out * cg.kk() * hw];
-    for ni in 0..g.n {
-        im2col(
-            &cg,
-            &dy[ni * g.c_out * ohw..(ni + 1) * g.c_out * ohw],
-            &mut col,
-        );
-        let dxi = &mut dx[ni * g.c_in * hw..(ni + 1) * g.c_in * hw];
-        for gi in 0..g.groups {
-            mm(
-                cin_g,
-                hw,
-                kdim,
-                &w[gi * cin_g * kdim..],
-                Layout::row_major(cin_g, kdim),
-                &col[gi * kdim * hw..],
-                Layout::row_major(kdim, hw),
-                &mut dxi[gi * cin_g * hw..],
-                false,
-            );
+            let d = (p.kdim, p.ohw, p.cout_g);
+            p.mm(d, (w, true), (dyi, false), &mut col, false);
+            col2im(&p.cg, &col, dxi);
         }
     }
 }
 
-/// dw and optionally dbias (overwritten) of conv_transpose2d.
-pub fn conv_transpose2d_backward_weight(
-    g: Conv2dGeom,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    dbias: Option<&mut [f32]>,
-) {
-    check_groups(&g);
-    let cg = ColGeom::for_transpose(&g);
-    let (ohw, hw) = (cg.h * cg.w, g.h * g.w);
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let kdim = cout_g * cg.kk();
-    assert_eq!(x.len(), g.n * g.c_in * hw);
-    assert_eq!(dw.len(), g.c_in * kdim);
-    assert_eq!(dy.len(), g.n * g.c_out * ohw);
+fn backward_weight(g: Conv2dGeom, transpose: bool, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let p = Plan::new(&g, transpose, x.len(), dw.len(), dy.len());
     if g.n == 0 {
         dw.fill(0.0);
     }
-    let mut col = vec![0.0f32; g.c_out * cg.kk() * hw];
+    let (xlen, ylen) = (g.c_in * p.hw, g.c_out * p.ohw);
+    let mut col = p.col_buffer(transpose);
     for ni in 0..g.n {
-        im2col(
-            &cg,
-            &dy[ni * g.c_out * ohw..(ni + 1) * g.c_out * ohw],
-            &mut col,
-        );
-        let xi = &x[ni * g.c_in * hw..(ni + 1) * g.c_in * hw];
-        for gi in 0..g.groups {
-            mm(
-                cin_g,
-                kdim,
-                hw,
-                &xi[gi * cin_g * hw..],
-                Layout::row_major(cin_g, hw),
-                &col[gi * kdim * hw..],
-                Layout::transposed(kdim, hw),
-                &mut dw[gi * cin_g * kdim..],
-                ni > 0,
-            );
+        // Image 0 overwrites dw, the others accumulate into it.
+        let (xi, dyi, acc) = (image(x, ni, xlen), image(dy, ni, ylen), ni > 0);
+        if transpose {
+            im2col(&p.cg, dyi, &mut col);
+            p.mm((p.cin_g, p.kdim, p.hw), (xi, false), (&col, true), dw, acc);
+        } else {
+            let cols = p.columns(xi, &mut col);
+            let d = (p.cout_g, p.kdim, p.ohw);
+            p.mm(d, (dyi, false), (cols, true), dw, acc);
         }
-    }
-    if let Some(db) = dbias {
-        assert_eq!(db.len(), g.c_out);
-        bias_grad(dy, g.c_out, ohw, db);
     }
 }
 
-/// Direct-loop oracles (f64 accumulation), any `groups`.
+/// dbias (overwritten): the per-channel sums of dy.
+fn bias_backward(g: &Conv2dGeom, transpose: bool, dy: &[f32], db: &mut [f32]) {
+    assert_eq!(db.len(), g.c_out);
+    let (oh, ow) = if transpose {
+        g.transpose_out_hw()
+    } else {
+        g.out_hw()
+    };
+    bias_grad(dy, g.c_out, oh * ow, db);
+}
+
+/// Direct-loop oracles (f64 accumulation), any `groups`. conv2d loops over outputs and finds the
+/// input pixel under each kernel tap; conv_transpose2d loops over inputs and finds the output
+/// pixel each tap lands on. Both visit taps through `for_each_tap` and differ only there.
 pub mod reference {
     use super::Conv2dGeom;
 
-    /// Calls `f(ni, ci, co, iy, ix, oy, ox, ky, kx)` for every (input tap, output) pair of conv2d.
-    #[allow(clippy::type_complexity)]
-    fn for_each_tap(g: &Conv2dGeom, mut f: impl FnMut([usize; 9])) {
-        let (oh, ow) = g.out_hw();
+    /// Output height and width of conv2d, or of conv_transpose2d when `transpose`.
+    fn out_hw(g: &Conv2dGeom, transpose: bool) -> (usize, usize) {
+        if transpose {
+            g.transpose_out_hw()
+        } else {
+            g.out_hw()
+        }
+    }
+
+    /// Calls `f(xi, wi, yi)` with the flat indices of every (input, weight, output) triple in
+    /// which `x[xi] · w[wi]` contributes to `y[yi]`. The weight is `[c_out, c_in/groups, kh, kw]`
+    /// for conv2d and `[c_in, c_out/groups, kh, kw]` for conv_transpose2d: its leading index is
+    /// the channel this loop walks in the outer position (`a`), the next one the other (`cl`).
+    fn for_each_tap(g: &Conv2dGeom, transpose: bool, mut f: impl FnMut(usize, usize, usize)) {
+        let (oh, ow) = out_hw(g, transpose);
         let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
+        let (outer_c, outer_g, inner_g) = if transpose {
+            (g.c_in, cin_g, cout_g)
+        } else {
+            (g.c_out, cout_g, cin_g)
+        };
+        // `(ly, lx)` walks the looped side; `(ty, tx) = l·stride + k − pad` is the tapped side.
+        let (loop_hw, tap_hw) = if transpose {
+            ((g.h, g.w), (oh, ow))
+        } else {
+            ((oh, ow), (g.h, g.w))
+        };
         for ni in 0..g.n {
-            for co in 0..g.c_out {
-                let grp = co / cout_g;
-                for cl in 0..cin_g {
-                    let ci = grp * cin_g + cl;
-                    for oy in 0..oh {
-                        for ox in 0..ow {
+            for a in 0..outer_c {
+                for cl in 0..inner_g {
+                    let b = (a / outer_g) * inner_g + cl;
+                    let (ci, co) = if transpose { (a, b) } else { (b, a) };
+                    for ly in 0..loop_hw.0 {
+                        for lx in 0..loop_hw.1 {
                             for ky in 0..g.kh {
                                 for kx in 0..g.kw {
-                                    let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
-                                    let ix = (ox * g.stride.1 + kx) as isize - g.pad.1 as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
+                                    let ty = (ly * g.stride.0 + ky) as isize - g.pad.0 as isize;
+                                    let tx = (lx * g.stride.1 + kx) as isize - g.pad.1 as isize;
+                                    if ty < 0 || tx < 0 {
                                         continue;
                                     }
-                                    f([ni, ci, co, iy as usize, ix as usize, oy, ox, ky, kx]);
+                                    let (ty, tx) = (ty as usize, tx as usize);
+                                    if ty >= tap_hw.0 || tx >= tap_hw.1 {
+                                        continue;
+                                    }
+                                    let ((iy, ix), (oy, ox)) = if transpose {
+                                        ((ly, lx), (ty, tx))
+                                    } else {
+                                        ((ty, tx), (ly, lx))
+                                    };
+                                    let xi = ((ni * g.c_in + ci) * g.h + iy) * g.w + ix;
+                                    let wi = ((a * inner_g + cl) * g.kh + ky) * g.kw + kx;
+                                    let yi = ((ni * g.c_out + co) * oh + oy) * ow + ox;
+                                    f(xi, wi, yi);
                                 }
                             }
                         }
@@ -637,20 +603,27 @@ pub mod reference {
         dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s as f32);
     }
 
-    pub fn conv2d_forward(
+    /// Per-channel sums of an `[n, c, plane]` tensor in f64.
+    fn channel_sums(t: &[f32], c: usize, plane: usize) -> Vec<f64> {
+        let mut b = vec![0.0f64; c];
+        for (i, &v) in t.iter().enumerate() {
+            b[(i / plane) % c] += v as f64;
+        }
+        b
+    }
+
+    fn forward(
         g: Conv2dGeom,
+        transpose: bool,
         x: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) {
-        let (oh, ow) = g.out_hw();
-        let cin_g = g.c_in / g.groups;
+        let (oh, ow) = out_hw(&g, transpose);
         let mut acc = vec![0.0f64; y.len()];
-        for_each_tap(&g, |[ni, ci, co, iy, ix, oy, ox, ky, kx]| {
-            let xv = x[((ni * g.c_in + ci) * g.h + iy) * g.w + ix] as f64;
-            let wv = w[((co * cin_g + ci % cin_g) * g.kh + ky) * g.kw + kx] as f64;
-            acc[((ni * g.c_out + co) * oh + oy) * ow + ox] += xv * wv;
+        for_each_tap(&g, transpose, |xi, wi, yi| {
+            acc[yi] += x[xi] as f64 * w[wi] as f64
         });
         if let Some(b) = bias {
             for (i, a) in acc.iter_mut().enumerate() {
@@ -660,129 +633,29 @@ pub mod reference {
         to_f32(&acc, y);
     }
 
-    pub fn conv2d_backward_input(g: Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let (oh, ow) = g.out_hw();
-        let cin_g = g.c_in / g.groups;
+    fn backward_input(g: Conv2dGeom, transpose: bool, w: &[f32], dy: &[f32], dx: &mut [f32]) {
         let mut acc = vec![0.0f64; dx.len()];
-        for_each_tap(&g, |[ni, ci, co, iy, ix, oy, ox, ky, kx]| {
-            let d = dy[((ni * g.c_out + co) * oh + oy) * ow + ox] as f64;
-            let wv = w[((co * cin_g + ci % cin_g) * g.kh + ky) * g.kw + kx] as f64;
-            acc[((ni * g.c_in + ci) * g.h + iy) * g.w + ix] += d * wv;
+        for_each_tap(&g, transpose, |xi, wi, yi| {
+            acc[xi] += dy[yi] as f64 * w[wi] as f64
         });
         to_f32(&acc, dx);
     }
 
-    pub fn conv2d_backward_weight(
-        g: Conv2dGeom,
-        x: &[f32],
-        dy: &[f32],
-        dw: &mut [f32],
-        dbias: Option<&mut [f32]>,
-    ) {
-        let (oh, ow) = g.out_hw();
-        let cin_g = g.c_in / g.groups;
+    fn backward_weight(g: Conv2dGeom, transpose: bool, x: &[f32], dy: &[f32], dw: &mut [f32]) {
         let mut acc = vec![0.0f64; dw.len()];
-        for_each_tap(&g, |[ni, ci, co, iy, ix, oy, ox, ky, kx]| {
-            let d = dy[((ni * g.c_out + co) * oh + oy) * ow + ox] as f64;
-            let xv = x[((ni * g.c_in + ci) * g.h + iy) * g.w + ix] as f64;
-            acc[((co * cin_g + ci % cin_g) * g.kh + ky) * g.kw + kx] += d * xv;
+        for_each_tap(&g, transpose, |xi, wi, yi| {
+            acc[wi] += dy[yi] as f64 * x[xi] as f64
         });
         to_f32(&acc, dw);
-        if let Some(db) = dbias {
-            let mut b = vec![0.0f64; g.c_out];
-            for (i, &d) in dy.iter().enumerate() {
-                b[(i / (oh * ow)) % g.c_out] += d as f64;
-            }
-            to_f32(&b, db);
-        }
     }
 
-    /// Calls `f([ni, ci, co, iy, ix, oy, ox, ky, kx])` for every tap of conv_transpose2d
-    /// (x at (iy, ix) contributes to y at (oy, ox) = (iy*s + ky - p, ix*s + kx - p)).
-    fn for_each_tap_t(g: &Conv2dGeom, mut f: impl FnMut([usize; 9])) {
-        let (oh, ow) = g.transpose_out_hw();
-        let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-        for ni in 0..g.n {
-            for ci in 0..g.c_in {
-                let grp = ci / cin_g;
-                for cl in 0..cout_g {
-                    let co = grp * cout_g + cl;
-                    for iy in 0..g.h {
-                        for ix in 0..g.w {
-                            for ky in 0..g.kh {
-                                for kx in 0..g.kw {
-                                    let oy = (iy * g.stride.0 + ky) as isize - g.pad.0 as isize;
-                                    let ox = (ix * g.stride.1 + kx) as isize - g.pad.1 as isize;
-                                    if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
-                                        continue;
-                                    }
-                                    f([ni, ci, co, iy, ix, oy as usize, ox as usize, ky, kx]);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    fn bias_backward(g: &Conv2dGeom, transpose: bool, dy: &[f32], db: &mut [f32]) {
+        let (oh, ow) = out_hw(g, transpose);
+        to_f32(&channel_sums(dy, g.c_out, oh * ow), db);
     }
 
-    pub fn conv_transpose2d_forward(
-        g: Conv2dGeom,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-    ) {
-        let (oh, ow) = g.transpose_out_hw();
-        let cout_g = g.c_out / g.groups;
-        let mut acc = vec![0.0f64; y.len()];
-        for_each_tap_t(&g, |[ni, ci, co, iy, ix, oy, ox, ky, kx]| {
-            let xv = x[((ni * g.c_in + ci) * g.h + iy) * g.w + ix] as f64;
-            let wv = w[((ci * cout_g + co % cout_g) * g.kh + ky) * g.kw + kx] as f64;
-            acc[((ni * g.c_out + co) * oh + oy) * ow + ox] += xv * wv;
-        });
-        if let Some(b) = bias {
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a += b[(i / (oh * ow)) % g.c_out] as f64;
-            }
-        }
-        to_f32(&acc, y);
-    }
-
-    pub fn conv_transpose2d_backward_input(g: Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let (oh, ow) = g.transpose_out_hw();
-        let cout_g = g.c_out / g.groups;
-        let mut acc = vec![0.0f64; dx.len()];
-        for_each_tap_t(&g, |[ni, ci, co, iy, ix, oy, ox, ky, kx]| {
-            let d = dy[((ni * g.c_out + co) * oh + oy) * ow + ox] as f64;
-            let wv = w[((ci * cout_g + co % cout_g) * g.kh + ky) * g.kw + kx] as f64;
-            acc[((ni * g.c_in + ci) * g.h + iy) * g.w + ix] += d * wv;
-        });
-        to_f32(&acc, dx);
-    }
-
-    pub fn conv_transpose2d_backward_weight(
-        g: Conv2dGeom,
-        x: &[f32],
-        dy: &[f32],
-        dw: &mut [f32],
-        dbias: Option<&mut [f32]>,
-    ) {
-        let (oh, ow) = g.transpose_out_hw();
-        let cout_g = g.c_out / g.groups;
-        let mut acc = vec![0.0f64; dw.len()];
-        for_each_tap_t(&g, |[ni, ci, co, iy, ix, oy, ox, ky, kx]| {
-            let d = dy[((ni * g.c_out + co) * oh + oy) * ow + ox] as f64;
-            let xv = x[((ni * g.c_in + ci) * g.h + iy) * g.w + ix] as f64;
-            acc[((ci * cout_g + co % cout_g) * g.kh + ky) * g.kw + kx] += d * xv;
-        });
-        to_f32(&acc, dw);
-        if let Some(db) = dbias {
-            let mut b = vec![0.0f64; g.c_out];
-            for (i, &d) in dy.iter().enumerate() {
-                b[(i / (oh * ow)) % g.c_out] += d as f64;
-            }
-            to_f32(&b, db);
-        }
+    entry_points! {
+        false => conv2d_forward, conv2d_backward_input, conv2d_backward_weight;
+        true => conv_transpose2d_forward, conv_transpose2d_backward_input, conv_transpose2d_backward_weight;
     }
 }

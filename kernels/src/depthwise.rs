@@ -459,18 +459,7 @@ mod tests {
             0usize..3,
         )
             .prop_filter_map("kernel fits", |(n, c, h, w, k, s, p)| {
-                let g = Conv2dGeom {
-                    n,
-                    c_in: c,
-                    h,
-                    w,
-                    c_out: c,
-                    kh: k,
-                    kw: k,
-                    stride: (s, s),
-                    pad: (p, p),
-                    groups: c,
-                };
+                let g = Conv2dGeom::new([n, c, h, w], c, (k, k), (s, s), (p, p), c);
                 (h + 2 * p >= k && w + 2 * p >= k).then_some(g)
             })
     }
@@ -520,18 +509,7 @@ mod tests {
     /// The reference against a hand-computed case: a 3×3 box filter with zero padding.
     #[test]
     fn reference_box_filter() {
-        let g = Conv2dGeom {
-            n: 1,
-            c_in: 1,
-            h: 3,
-            w: 3,
-            c_out: 1,
-            kh: 3,
-            kw: 3,
-            stride: (1, 1),
-            pad: (1, 1),
-            groups: 1,
-        };
+        let g = Conv2dGeom::new([1, 1, 3, 3], 1, (3, 3), (1, 1), (1, 1), 1);
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let mut y = vec![0.0; 9];
         reference::depthwise_forward(g, &x, &[1.0; 9], None, &mut y);
@@ -544,18 +522,7 @@ mod tests {
     /// Backward is the adjoint of forward: <dy, conv(x)> = <conv_backward_input(dy), x>.
     #[test]
     fn backward_input_is_adjoint() {
-        let g = Conv2dGeom {
-            n: 2,
-            c_in: 3,
-            h: 7,
-            w: 6,
-            c_out: 3,
-            kh: 3,
-            kw: 3,
-            stride: (2, 2),
-            pad: (1, 1),
-            groups: 3,
-        };
+        let g = Conv2dGeom::new([2, 3, 7, 6], 3, (3, 3), (2, 2), (1, 1), 3);
         let (oh, ow) = g.out_hw();
         let x = data(2 * 3 * 7 * 6, 5);
         let w = data(27, 6);

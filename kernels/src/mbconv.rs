@@ -182,18 +182,7 @@ fn rows_forward(
             expand(&mut h1, b0 as isize + 1, 2, br);
         }
         // Depthwise 3×3 over the band: input rows = slots 0..br+2, no vertical padding left.
-        let g = Conv2dGeom {
-            n: 1,
-            c_in: 1,
-            h: br + 2,
-            w,
-            c_out: 1,
-            kh: 3,
-            kw: 3,
-            stride: (1, 1),
-            pad: (0, 1),
-            groups: 1,
-        };
+        let g = Conv2dGeom::new([1, 1, br + 2, w], 1, (3, 3), (1, 1), (0, 1), 1);
         for ch in 0..hid {
             let src = &h1[ch * slots * w..ch * slots * w + (br + 2) * w];
             let dst = &mut h2[ch * br * w..(ch + 1) * br * w];
@@ -267,18 +256,7 @@ pub mod reference {
             let pre1 = matmul_bias(wt.w1, xb, wt.b1, hid, c, plane);
             let mut h1 = vec![0.0; hid * plane];
             gelu_forward(&pre1, &mut h1);
-            let g = Conv2dGeom {
-                n: 1,
-                c_in: hid,
-                h,
-                w,
-                c_out: hid,
-                kh: 3,
-                kw: 3,
-                stride: (1, 1),
-                pad: (1, 1),
-                groups: hid,
-            };
+            let g = Conv2dGeom::new([1, hid, h, w], hid, (3, 3), (1, 1), (1, 1), hid);
             let mut pre2 = vec![0.0; hid * plane];
             depthwise_forward(g, &h1, wt.w2, Some(wt.b2), &mut pre2);
             let mut h2 = vec![0.0; hid * plane];

@@ -89,14 +89,7 @@ pub fn gather(src: &[f32], view: StridedView, out: &mut [f32]) {
             }
         }
     };
-    if n < PAR_MIN {
-        out.chunks_mut(inner).enumerate().for_each(copy_row);
-    } else {
-        out.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len((PAR_MIN / inner).max(1))
-            .for_each(copy_row);
-    }
+    for_each_row(out, inner, n, copy_row);
 }
 
 /// [`gather`] for a view whose last two axes are transposed (the second-last has stride 1):
@@ -192,13 +185,22 @@ pub fn zip_broadcast<F>(
                 .for_each(|(i, d)| *d = f(a[oa + i * sa], b[ob + i * sb])),
         }
     };
+    for_each_row(out, inner, n, row);
+}
+
+/// Calls `f((r, row))` for each `inner`-long row of `out` (`n` elements in all), in parallel
+/// once the work is worth it.
+fn for_each_row<F>(out: &mut [f32], inner: usize, n: usize, f: F)
+where
+    F: Fn((usize, &mut [f32])) + Send + Sync,
+{
     if n < PAR_MIN {
-        out.chunks_mut(inner).enumerate().for_each(row);
+        out.chunks_mut(inner).enumerate().for_each(f);
     } else {
         out.par_chunks_mut(inner)
             .enumerate()
             .with_min_len((PAR_MIN / inner).max(1))
-            .for_each(row);
+            .for_each(f);
     }
 }
 

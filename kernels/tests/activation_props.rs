@@ -42,7 +42,7 @@ proptest! {
         let bias = r.vec(bias_rows * dim, 3.0);
         let (mut a, mut b) = (vec![7.0; rows * dim], vec![0.0; rows * dim]);
         activation::softmax_bias_forward(rows, dim, &x, &bias, bias_rows, &mut a);
-        reference::softmax_bias_forward(rows, dim, &x, &bias, bias_rows, &mut b);
+        reference::softmax_bias_forward(rows, dim, &x, (&bias, bias_rows), &mut b);
         assert_close("softmax_bias", &a, &b, 1e-6, 2e-6);
     }
 

@@ -2,7 +2,7 @@
 //! operations in the same order), over many steps and with any thread count.
 
 use medsam_kernels::adamw::{self, reference, AdamWStep};
-use medsam_kernels::testing::data;
+use medsam_kernels::testing::{data, with_threads};
 use proptest::prelude::*;
 
 fn hyper(step: u64, weight_decay: f64) -> AdamWStep {
@@ -47,11 +47,7 @@ proptest! {
 fn bit_identical_across_thread_counts() {
     let n = 100_003;
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        with_threads(threads, || {
             let (mut w, mut m, mut v) = (data(n, 1, 1.0), vec![0.0f32; n], vec![0.0f32; n]);
             for step in 1..=3 {
                 let g = data(n, 10 + step, 0.5);

@@ -6,7 +6,7 @@
 use medsam_kernels::attention::{self, reference, AttnDims, BiasTable, RelPosBias};
 use proptest::prelude::*;
 
-use medsam_kernels::testing::{assert_close, Rng};
+use medsam_kernels::testing::{assert_close, with_threads, Rng};
 
 struct Case {
     dims: AttnDims,
@@ -48,71 +48,45 @@ impl Case {
             kw: self.kw,
         })
     }
-    /// [out, lse, dq, dk, dv, drel_h, drel_w]
-    fn run(&self, fast: bool) -> [Vec<f32>; 7] {
-        let AttnDims { bh, nq, .. } = self.dims;
+    /// [out, lse] of `fwd`.
+    fn forward(&self, fwd: ForwardFn) -> [Vec<f32>; 2] {
         let mut out = vec![9.0; self.dout.len()];
-        let mut lse = vec![9.0; bh * nq];
-        let (mut dq, mut dk, mut dv) = (
-            vec![9.0; self.q.len()],
-            vec![9.0; self.k.len()],
-            vec![9.0; self.v.len()],
+        let mut lse = vec![9.0; self.dims.bh * self.dims.nq];
+        let (q, k, v) = (&self.q[..], &self.k[..], &self.v[..]);
+        fwd(
+            self.dims,
+            q,
+            k,
+            v,
+            self.scale,
+            self.bias(),
+            &mut out,
+            &mut lse,
         );
+        [out, lse]
+    }
+    /// [out, lse, dq, dk, dv, drel_h, drel_w] of one implementation; every output starts at
+    /// 9.0, so one that is not overwritten shows.
+    fn run(&self, (fwd, bwd): Imp) -> [Vec<f32>; 7] {
+        let [out, lse] = self.forward(fwd);
+        let [mut dq, mut dk, mut dv] = [&self.q, &self.k, &self.v].map(|t| vec![9.0; t.len()]);
         let (mut dh, mut dw) = (vec![9.0; self.rh.len()], vec![9.0; self.rw.len()]);
         let drel = self.biased.then_some((&mut dh[..], &mut dw[..]));
-        if fast {
-            attention::attention_forward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &mut out,
-                &mut lse,
-            );
-            attention::attention_backward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &out,
-                &lse,
-                &self.dout,
-                &mut dq,
-                &mut dk,
-                &mut dv,
-                drel,
-            );
-        } else {
-            reference::attention_forward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &mut out,
-                &mut lse,
-            );
-            reference::attention_backward(
-                self.dims,
-                &self.q,
-                &self.k,
-                &self.v,
-                self.scale,
-                self.bias(),
-                &out,
-                &lse,
-                &self.dout,
-                &mut dq,
-                &mut dk,
-                &mut dv,
-                drel,
-            );
-        }
+        bwd(
+            self.dims,
+            &self.q,
+            &self.k,
+            &self.v,
+            self.scale,
+            self.bias(),
+            &out,
+            &lse,
+            &self.dout,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            drel,
+        );
         if !self.biased {
             dh.clear();
             dw.clear();
@@ -121,9 +95,24 @@ impl Case {
     }
 }
 
+type ForwardFn =
+    fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &mut [f32], &mut [f32]);
+type DRel<'a> = Option<(&'a mut [f32], &'a mut [f32])>;
+#[rustfmt::skip]
+type BackwardFn = fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &[f32], &[f32],
+                     &[f32], &mut [f32], &mut [f32], &mut [f32], DRel);
+/// One implementation's forward and backward.
+type Imp = (ForwardFn, BackwardFn);
+const FAST: Imp = (attention::attention_forward, attention::attention_backward);
+const REFERENCE: Imp = (reference::attention_forward, reference::attention_backward);
+const PORTABLE: Imp = (
+    attention::portable_impl::attention_forward,
+    attention::portable_impl::attention_backward,
+);
+
 fn compare(c: &Case) {
-    let a = c.run(true);
-    let b = c.run(false);
+    let a = c.run(FAST);
+    let b = c.run(REFERENCE);
     // Tolerance: scores are O(10) (|q|,|k| ≤ 2, d ≤ 40, plus bias ≤ 2); the fast path works in f32
     // with a polynomial exp (rel ~2e-7) and an online softmax, the reference in f64. Errors in
     // p are ~1e-6 relative; outputs/gradients sum ≤ ~300 such terms, so 2e-4 abs + 2e-4 rel.
@@ -160,53 +149,24 @@ proptest! {
 #[test]
 fn sam_window_shape() {
     // One windowed-attention head: 14×14 tokens, d = 64, rel-pos over 14×14 (nk = 196 → 4 tiles).
-    let dims = AttnDims {
-        bh: 2,
-        nq: 196,
-        nk: 196,
-        d: 64,
-        dv: 64,
-    };
+    let dims = AttnDims::new(2, 196, 196, 64, 64);
     compare(&Case::new(dims, 14, 14, true, 77));
 }
 
 #[test]
 fn decoder_cross_attention_shape() {
     // Token→image cross-attention: nq = 7, nk = 16×16, d = 16, no bias.
-    let dims = AttnDims {
-        bh: 8,
-        nq: 7,
-        nk: 256,
-        d: 16,
-        dv: 16,
-    };
+    let dims = AttnDims::new(8, 7, 256, 16, 16);
     compare(&Case::new(dims, 1, 256, false, 78));
 }
 
 #[test]
 fn attention_gradient_finite_difference() {
-    let dims = AttnDims {
-        bh: 2,
-        nq: 5,
-        nk: 6,
-        d: 3,
-        dv: 4,
-    };
+    let dims = AttnDims::new(2, 5, 6, 3, 4);
     let base = Case::new(dims, 2, 3, true, 99);
-    let [_, _, dq, dk, dv, dh, dw] = base.run(true);
+    let [_, _, dq, dk, dv, dh, dw] = base.run(FAST);
     let loss = |c: &Case| {
-        let mut out = vec![0.0; c.dout.len()];
-        let mut lse = vec![0.0; dims.bh * dims.nq];
-        attention::attention_forward(
-            dims,
-            &c.q,
-            &c.k,
-            &c.v,
-            c.scale,
-            c.bias(),
-            &mut out,
-            &mut lse,
-        );
+        let [out, _] = c.forward(attention::attention_forward);
         out.iter()
             .zip(&c.dout)
             .map(|(&a, &b)| a as f64 * b as f64)
@@ -257,79 +217,13 @@ fn multi_block_shapes() {
     // Several query blocks, several key blocks (forward and backward), several dK/dV groups per
     // head, a partial last block of each, and d/dv that are not multiples of the vector width.
     for (dims, kh, kw, biased) in [
-        (
-            AttnDims {
-                bh: 1,
-                nq: 300,
-                nk: 600,
-                d: 24,
-                dv: 40,
-            },
-            20,
-            30,
-            true,
-        ),
+        (AttnDims::new(1, 300, 600, 24, 40), 20, 30, true),
         // Bias rows longer than 32 (looked up by gather) and rows of whole 16-key chunks.
-        (
-            AttnDims {
-                bh: 1,
-                nq: 40,
-                nk: 3 * 40,
-                d: 16,
-                dv: 8,
-            },
-            3,
-            40,
-            true,
-        ),
-        (
-            AttnDims {
-                bh: 1,
-                nq: 33,
-                nk: 35 * 2,
-                d: 8,
-                dv: 8,
-            },
-            35,
-            2,
-            true,
-        ),
-        (
-            AttnDims {
-                bh: 2,
-                nq: 50,
-                nk: 40 * 16,
-                d: 16,
-                dv: 16,
-            },
-            40,
-            16,
-            true,
-        ),
-        (
-            AttnDims {
-                bh: 3,
-                nq: 270,
-                nk: 530,
-                d: 17,
-                dv: 17,
-            },
-            1,
-            530,
-            false,
-        ),
-        (
-            AttnDims {
-                bh: 2,
-                nq: 129,
-                nk: 7,
-                d: 16,
-                dv: 16,
-            },
-            1,
-            7,
-            false,
-        ),
+        (AttnDims::new(1, 40, 3 * 40, 16, 8), 3, 40, true),
+        (AttnDims::new(1, 33, 35 * 2, 8, 8), 35, 2, true),
+        (AttnDims::new(2, 50, 40 * 16, 16, 16), 40, 16, true),
+        (AttnDims::new(3, 270, 530, 17, 17), 1, 530, false),
+        (AttnDims::new(2, 129, 7, 16, 16), 1, 7, false),
     ] {
         compare(&Case::new(dims, kh, kw, biased, 5));
     }
@@ -337,50 +231,10 @@ fn multi_block_shapes() {
 
 #[test]
 fn portable_path_matches_reference() {
-    let dims = AttnDims {
-        bh: 2,
-        nq: 70,
-        nk: 90,
-        d: 20,
-        dv: 12,
-    };
+    let dims = AttnDims::new(2, 70, 90, 20, 12);
     let c = Case::new(dims, 9, 10, true, 11);
-    let want = c.run(false);
-    let AttnDims { bh, nq, .. } = dims;
-    let mut out = vec![0.0; c.dout.len()];
-    let mut lse = vec![0.0; bh * nq];
-    attention::portable_impl::attention_forward(
-        dims,
-        &c.q,
-        &c.k,
-        &c.v,
-        c.scale,
-        c.bias(),
-        &mut out,
-        &mut lse,
-    );
-    let (mut dq, mut dk, mut dv) = (
-        vec![0.0; c.q.len()],
-        vec![0.0; c.k.len()],
-        vec![0.0; c.v.len()],
-    );
-    let (mut dh, mut dw) = (vec![0.0; c.rh.len()], vec![0.0; c.rw.len()]);
-    attention::portable_impl::attention_backward(
-        dims,
-        &c.q,
-        &c.k,
-        &c.v,
-        c.scale,
-        c.bias(),
-        &out,
-        &lse,
-        &c.dout,
-        &mut dq,
-        &mut dk,
-        &mut dv,
-        Some((&mut dh, &mut dw)),
-    );
-    let got = [out, lse, dq, dk, dv, dh, dw];
+    let want = c.run(REFERENCE);
+    let got = c.run(PORTABLE);
     for i in 0..7 {
         assert_close(&format!("portable {i}"), &got[i], &want[i], 2e-4, 2e-4);
     }
@@ -390,23 +244,11 @@ fn portable_path_matches_reference() {
 fn bit_identical_across_thread_counts() {
     // Training resume relies on run-to-run determinism: the fast path must not depend on the
     // number of threads or on how rayon schedules the tasks.
-    let dims = AttnDims {
-        bh: 3,
-        nq: 400,
-        nk: 400,
-        d: 32,
-        dv: 32,
-    };
+    let dims = AttnDims::new(3, 400, 400, 32, 32);
     let c = Case::new(dims, 20, 20, true, 3);
     let runs: Vec<[Vec<f32>; 7]> = [1, 2, 3, 2]
         .iter()
-        .map(|&t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-                .install(|| c.run(true))
-        })
+        .map(|&t| with_threads(t, || c.run(FAST)))
         .collect();
     for r in &runs[1..] {
         for i in 0..7 {
@@ -418,9 +260,6 @@ fn bit_identical_across_thread_counts() {
         }
     }
 }
-
-type ForwardFn =
-    fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &mut [f32], &mut [f32]);
 
 /// Long key rows (SAM's token→image attention: 7 tokens × 4096 image keys, head dim 16) keep
 /// f32 rounding near one short sum's: `P·V` is summed in 64-key chunks. With one 4096-term chain
@@ -434,13 +273,7 @@ fn long_key_rows_stay_accurate() {
         rng.vec(bh * nk * d, 3.0),
         rng.vec(bh * nk * d, 1.0),
     );
-    let dims = AttnDims {
-        bh,
-        nq,
-        nk,
-        d,
-        dv: d,
-    };
+    let dims = AttnDims::new(bh, nq, nk, d, d);
     let run = |f: ForwardFn| {
         let (mut o, mut l) = (vec![0.0; bh * nq * d], vec![0.0; bh * nq]);
         f(dims, &q, &k, &v, 0.25, None, &mut o, &mut l);
@@ -481,27 +314,15 @@ fn run_table(
     seed: u64,
 ) -> [Vec<f32>; 2] {
     let [q, k, v, table, mut out, mut lse] = table_case(windows, heads, n, d, seed);
-    let dims = AttnDims {
-        bh: windows * heads,
-        nq: n,
-        nk: n,
-        d,
-        dv: d,
-    };
-    let t = BiasTable {
-        table: &table,
-        heads,
-    };
-    f(
-        dims,
-        &q,
-        &k,
-        &v,
+    let dims = AttnDims::new(windows * heads, n, n, d, d);
+    let (t, scale) = (
+        BiasTable {
+            table: &table,
+            heads,
+        },
         1.0 / (d as f32).sqrt(),
-        t,
-        &mut out,
-        &mut lse,
     );
+    f(dims, &q, &k, &v, scale, t, &mut out, &mut lse);
     [out, lse]
 }
 
@@ -547,13 +368,7 @@ fn bias_table_reads_interleaved_qkv() {
         head_stride: 3 * d,
         row_stride: heads * 3 * d,
     };
-    let dims = AttnDims {
-        bh,
-        nq: n,
-        nk: n,
-        d,
-        dv: d,
-    };
+    let dims = AttnDims::new(bh, n, n, d, d);
     let t = BiasTable {
         table: &table,
         heads,

@@ -4,84 +4,24 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use medsam_kernels::conv::{self, reference, Conv2dGeom};
+use medsam_kernels::conv::Conv2dGeom;
 use proptest::prelude::*;
 
-use medsam_kernels::testing::{assert_close, Rng};
+use medsam_kernels::testing::{assert_close, conv_passes, conv_sizes, Rng};
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// Sizes of (x, w, y) for a conv (`transpose = false`) or conv_transpose geometry.
-fn sizes(g: &Conv2dGeom, transpose: bool) -> (usize, usize, usize) {
-    let x = g.n * g.c_in * g.h * g.w;
-    if transpose {
-        let (oh, ow) = g.transpose_out_hw();
-        (
-            x,
-            g.c_in * (g.c_out / g.groups) * g.kh * g.kw,
-            g.n * g.c_out * oh * ow,
-        )
-    } else {
-        let (oh, ow) = g.out_hw();
-        (
-            x,
-            g.c_out * (g.c_in / g.groups) * g.kh * g.kw,
-            g.n * g.c_out * oh * ow,
-        )
-    }
-}
-
-/// (y, dx, dw, db) from the fast or the reference implementation.
-fn run(
-    fast: bool,
-    transpose: bool,
-    g: Conv2dGeom,
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    dy: &[f32],
-) -> [Vec<f32>; 4] {
-    let (nx, nw, ny) = sizes(&g, transpose);
-    let mut y = vec![7.0; ny];
-    let mut dx = vec![7.0; nx];
-    let mut dw = vec![7.0; nw];
-    let mut db = vec![7.0; g.c_out];
-    match (fast, transpose) {
-        (true, false) => {
-            conv::conv2d_forward(g, x, w, Some(b), &mut y);
-            conv::conv2d_backward_input(g, w, dy, &mut dx);
-            conv::conv2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-        }
-        (false, false) => {
-            reference::conv2d_forward(g, x, w, Some(b), &mut y);
-            reference::conv2d_backward_input(g, w, dy, &mut dx);
-            reference::conv2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-        }
-        (true, true) => {
-            conv::conv_transpose2d_forward(g, x, w, Some(b), &mut y);
-            conv::conv_transpose2d_backward_input(g, w, dy, &mut dx);
-            conv::conv_transpose2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-        }
-        (false, true) => {
-            reference::conv_transpose2d_forward(g, x, w, Some(b), &mut y);
-            reference::conv_transpose2d_backward_input(g, w, dy, &mut dx);
-            reference::conv_transpose2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-        }
-    }
-    [y, dx, dw, db]
-}
-
 fn check(g: Conv2dGeom, transpose: bool, seed: u64) {
-    let (nx, nw, ny) = sizes(&g, transpose);
+    let (nx, nw, ny) = conv_sizes(&g, transpose);
     let mut r = Rng(seed);
     let x = r.vec(nx, 1.0);
     let w = r.vec(nw, 1.0);
     let b = r.vec(g.c_out, 1.0);
     let dy = r.vec(ny, 1.0);
-    let fast = run(true, transpose, g, &x, &w, &b, &dy);
-    let refr = run(false, transpose, g, &x, &w, &b, &dy);
+    let fast = conv_passes(true, transpose, g, [&x, &w, &b, &dy]);
+    let refr = conv_passes(false, transpose, g, [&x, &w, &b, &dy]);
     // Tolerance: f32 sums of ≤ ~600 products of values in [-1, 1] (f32 vs f64 accumulation):
     // error ≲ 600 · 6e-8 · √terms-ish; 1e-4 absolute leaves ample margin, any indexing bug is O(1).
     for (i, name) in ["y", "dx", "dw", "db"].iter().enumerate() {
@@ -95,7 +35,7 @@ fn check(g: Conv2dGeom, transpose: bool, seed: u64) {
     }
     // Adjoint identities (no bias): <y(x), dy> = <x, dx(dy)> = <w, dw(x, dy)>.
     let zero = vec![0.0; g.c_out];
-    let y0 = run(true, transpose, g, &x, &w, &zero, &dy)[0].clone();
+    let y0 = conv_passes(true, transpose, g, [&x, &w, &zero, &dy])[0].clone();
     let l = dot(&y0, &dy);
     let lx = dot(&x, &fast[1]);
     let lw = dot(&w, &fast[2]);
@@ -128,18 +68,8 @@ fn geom_strategy(transpose: bool) -> impl Strategy<Value = Conv2dGeom> {
                 } else {
                     (cig * groups, cog * groups)
                 };
-                let g = Conv2dGeom {
-                    n,
-                    c_in,
-                    h,
-                    w,
-                    c_out,
-                    kh,
-                    kw,
-                    stride: (sh, sw),
-                    pad: (ph, pw),
-                    groups,
-                };
+                let g =
+                    Conv2dGeom::new([n, c_in, h, w], c_out, (kh, kw), (sh, sw), (ph, pw), groups);
                 if transpose {
                     let ok = ph < kh
                         && pw < kw
@@ -168,18 +98,7 @@ proptest! {
 }
 
 fn geom(c_in: usize, hw: usize, c_out: usize, k: usize, s: usize, p: usize) -> Conv2dGeom {
-    Conv2dGeom {
-        n: 1,
-        c_in,
-        h: hw,
-        w: hw,
-        c_out,
-        kh: k,
-        kw: k,
-        stride: (s, s),
-        pad: (p, p),
-        groups: 1,
-    }
+    Conv2dGeom::new([1, c_in, hw, hw], c_out, (k, k), (s, s), (p, p), 1)
 }
 
 #[test]
@@ -199,19 +118,8 @@ fn sam_shapes_in_miniature() {
 fn conv_gradient_finite_difference() {
     // conv is bilinear in (x, w): central differences of L = Σ g·y are exact up to rounding.
     for transpose in [false, true] {
-        let g = Conv2dGeom {
-            n: 2,
-            c_in: 2,
-            h: 4,
-            w: 5,
-            c_out: 3,
-            kh: 3,
-            kw: 2,
-            stride: (2, 1),
-            pad: (1, 1),
-            groups: 1,
-        };
-        let (nx, nw, ny) = sizes(&g, transpose);
+        let g = Conv2dGeom::new([2, 2, 4, 5], 3, (3, 2), (2, 1), (1, 1), 1);
+        let (nx, nw, ny) = conv_sizes(&g, transpose);
         let mut r = Rng(21);
         let (x, w, b, gy) = (
             r.vec(nx, 1.0),
@@ -219,9 +127,10 @@ fn conv_gradient_finite_difference() {
             r.vec(g.c_out, 1.0),
             r.vec(ny, 1.0),
         );
-        let loss =
-            |x: &[f32], w: &[f32], b: &[f32]| dot(&run(true, transpose, g, x, w, b, &gy)[0], &gy);
-        let [_, dx, dw, db] = run(true, transpose, g, &x, &w, &b, &gy);
+        let loss = |x: &[f32], w: &[f32], b: &[f32]| {
+            dot(&conv_passes(true, transpose, g, [x, w, b, &gy])[0], &gy)
+        };
+        let [_, dx, dw, db] = conv_passes(true, transpose, g, [&x, &w, &b, &gy]);
         let eps = 0.05f32;
         let fd = |which: usize, i: usize| {
             let mut v = [x.clone(), w.clone(), b.clone()];

@@ -21,6 +21,9 @@ use medsam_kernels::gemm::{
 use medsam_kernels::testing::data_star as fill;
 use proptest::prelude::*;
 
+const F32: Precision = Precision::F32;
+const BF16: Precision = Precision::Bf16;
+
 /// How an operand is laid out in memory.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -94,32 +97,10 @@ fn check(case: &Case, kernel: Kernel, precision: Precision) -> Result<(), String
     reference::gemm(case.dims, &abs(&ar), la, &abs(&br), lb, &mut mag, lc, false);
 
     let mut got = c0.clone();
+    let (d, acc, p) = (case.dims, case.accumulate, precision);
     match case.blocking {
-        None => gemm_with(
-            kernel,
-            case.dims,
-            &a,
-            la,
-            &b,
-            lb,
-            &mut got,
-            lc,
-            case.accumulate,
-            precision,
-        ),
-        Some(blk) => gemm_tuned(
-            kernel,
-            blk,
-            case.dims,
-            &a,
-            la,
-            &b,
-            lb,
-            &mut got,
-            lc,
-            case.accumulate,
-            precision,
-        ),
+        None => gemm_with(kernel, d, &a, la, &b, lb, &mut got, lc, acc, p),
+        Some(blk) => gemm_tuned(kernel, blk, d, &a, la, &b, lb, &mut got, lc, acc, p),
     }
     let eps = f32::EPSILON;
     let ksq = (k as f32).sqrt() + 2.0;
@@ -194,24 +175,17 @@ fn run_all(case: &Case, precision: Precision) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// Each case at both precisions (bf16 against the reference on rounded inputs).
     #[test]
-    fn f32_matches_reference(case in case(false)) {
-        run_all(&case, Precision::F32)?;
+    fn matches_reference(case in case(false)) {
+        run_all(&case, F32)?;
+        run_all(&case, BF16)?;
     }
 
     #[test]
-    fn f32_small_blocking_matches_reference(case in case(true)) {
-        run_all(&case, Precision::F32)?;
-    }
-
-    #[test]
-    fn bf16_matches_reference_on_rounded_inputs(case in case(false)) {
-        run_all(&case, Precision::Bf16)?;
-    }
-
-    #[test]
-    fn bf16_small_blocking_matches_reference(case in case(true)) {
-        run_all(&case, Precision::Bf16)?;
+    fn small_blocking_matches_reference(case in case(true)) {
+        run_all(&case, F32)?;
+        run_all(&case, BF16)?;
     }
 }
 
@@ -303,32 +277,11 @@ fn k_zero() {
                 k: 0,
             };
             let lc = Layout::row_major(3, 5);
+            let (la, lb) = (Layout::row_major(3, 0), Layout::row_major(0, 5));
             let mut c = vec![7.0f32; 30];
-            gemm_with(
-                kernel,
-                dims,
-                &[],
-                Layout::row_major(3, 0),
-                &[],
-                Layout::row_major(0, 5),
-                &mut c,
-                lc,
-                true,
-                precision,
-            );
+            gemm_with(kernel, dims, &[], la, &[], lb, &mut c, lc, true, precision);
             assert!(c.iter().all(|&x| x == 7.0));
-            gemm_with(
-                kernel,
-                dims,
-                &[],
-                Layout::row_major(3, 0),
-                &[],
-                Layout::row_major(0, 5),
-                &mut c,
-                lc,
-                false,
-                precision,
-            );
+            gemm_with(kernel, dims, &[], la, &[], lb, &mut c, lc, false, precision);
             assert!(c.iter().all(|&x| x == 0.0));
         }
     }
@@ -450,18 +403,7 @@ fn bf16_rounding_is_exact() {
         for la in [Layout::row_major(m, 1), Layout::transposed(1, m)] {
             for lb in [Layout::row_major(1, n), Layout::transposed(n, 1)] {
                 let mut c = vec![0.0f32; m * n];
-                gemm_with(
-                    kernel,
-                    dims,
-                    &a,
-                    la,
-                    &b,
-                    lb,
-                    &mut c,
-                    lc,
-                    false,
-                    Precision::Bf16,
-                );
+                gemm_with(kernel, dims, &a, la, &b, lb, &mut c, lc, false, BF16);
                 for i in 0..m {
                     for j in 0..n {
                         let want = bf16::from_f32(a[i]).to_f32() * bf16::from_f32(b[j]).to_f32();
@@ -511,18 +453,7 @@ fn check_fused_res(
     let mut mag = vec![0.0f32; want.len()];
     reference::gemm(dims, &abs(&a), la, &abs(&b), lb, &mut mag, lc, false);
     let mut got = vec![f32::NAN; want.len()];
-    gemm::gemm_fused_with(
-        kernel,
-        dims,
-        &a,
-        la,
-        &b,
-        lb,
-        &mut got,
-        lc,
-        Precision::F32,
-        ep,
-    );
+    gemm::gemm_fused_with(kernel, dims, &a, la, &b, lb, &mut got, lc, F32, ep);
     let eps = f32::EPSILON;
     for bi in 0..batch {
         for i in 0..m {

@@ -15,18 +15,7 @@ use medsam_kernels::gemm::Epilogue;
 use proptest::prelude::*;
 
 /// Deterministic pseudo-random data in [-1, 1) (xorshift64*).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            (r >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use medsam_kernels::testing::{data_star as fill, with_threads};
 
 fn kernels() -> Vec<Int8Kernel> {
     Int8Kernel::ALL
@@ -49,6 +38,29 @@ struct Case {
     /// Scales x rows differently (and shifts them) so zero points vary.
     skew: bool,
     seed: u64,
+}
+
+impl Case {
+    /// `flags` = (bias, residual, gelu, skew).
+    fn new(
+        (m, n, k): (usize, usize, usize),
+        pads: (usize, usize),
+        flags: [bool; 4],
+        seed: u64,
+    ) -> Case {
+        let [bias, residual, gelu, skew] = flags;
+        Case {
+            m,
+            n,
+            k,
+            pads,
+            bias,
+            residual,
+            gelu,
+            skew,
+            seed,
+        }
+    }
 }
 
 struct Data {
@@ -139,19 +151,9 @@ fn case() -> impl Strategy<Value = Case> {
         (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
         any::<u64>(),
     )
-        .prop_map(
-            |((m, n, k), pads, (bias, residual, gelu, skew), seed)| Case {
-                m,
-                n,
-                k,
-                pads,
-                bias,
-                residual,
-                gelu,
-                skew,
-                seed,
-            },
-        )
+        .prop_map(|(mnk, pads, (bias, residual, gelu, skew), seed)| {
+            Case::new(mnk, pads, [bias, residual, gelu, skew], seed)
+        })
 }
 
 proptest! {
@@ -169,17 +171,12 @@ proptest! {
 #[test]
 fn large_and_parallel_shapes() {
     for (m, n, k) in [(197, 100, 131), (300, 260, 64), (13, 33, 768)] {
-        let c = Case {
-            m,
-            n,
-            k,
-            pads: (1, 2),
-            bias: true,
-            residual: true,
-            gelu: false,
-            skew: true,
-            seed: (m * n + k) as u64,
-        };
+        let c = Case::new(
+            (m, n, k),
+            (1, 2),
+            [true, true, false, true],
+            (m * n + k) as u64,
+        );
         for kernel in kernels() {
             check(&c, kernel).unwrap();
         }
@@ -189,25 +186,11 @@ fn large_and_parallel_shapes() {
 /// The result does not depend on the number of threads.
 #[test]
 fn thread_count_independent() {
-    let c = Case {
-        m: 150,
-        n: 300,
-        k: 100,
-        pads: (0, 0),
-        bias: true,
-        residual: false,
-        gelu: true,
-        skew: true,
-        seed: 7,
-    };
+    let c = Case::new((150, 300, 100), (0, 0), [true, false, true, true], 7);
     let d = data(&c);
     for kernel in kernels() {
         let many = run_fast(&c, &d, kernel).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let one = pool.install(|| run_fast(&c, &d, kernel)).unwrap();
+        let one = with_threads(1, || run_fast(&c, &d, kernel)).unwrap();
         assert!(
             many.iter()
                 .zip(&one)
@@ -221,17 +204,7 @@ fn thread_count_independent() {
 #[test]
 fn close_to_f32() {
     let (m, n, k) = (37, 45, 300);
-    let c = Case {
-        m,
-        n,
-        k,
-        pads: (0, 0),
-        bias: false,
-        residual: false,
-        gelu: false,
-        skew: true,
-        seed: 3,
-    };
+    let c = Case::new((m, n, k), (0, 0), [false, false, false, true], 3);
     let d = data(&c);
     let (_, sw) = reference::quantize_weights(&d.w, n, k);
     let (_, sx, _) = reference::quantize_rows(&d.x, m, k);

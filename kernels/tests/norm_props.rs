@@ -5,7 +5,7 @@
 use medsam_kernels::norm::{self, reference};
 use proptest::prelude::*;
 
-use medsam_kernels::testing::{assert_close, Rng};
+use medsam_kernels::testing::{assert_close, with_threads, Rng};
 
 /// Runs LayerNorm2d (`hw > 0`) or row LayerNorm (`hw == 0`, rows = n, dim = c) with `fast` or the
 /// reference, returning (y, mean, rstd, dx, dgamma, dbeta). dgamma/dbeta start at 0.5 to check
@@ -169,11 +169,7 @@ fn parameter_gradients_do_not_depend_on_threads() {
         &mut rstd,
     );
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        with_threads(threads, || {
             let (mut dx, mut dg, mut db) = (vec![0.0; rows * dim], vec![0.0; dim], vec![0.0; dim]);
             norm::layer_norm_backward(
                 rows, dim, &x, &gamma, &mean, &rstd, &dy, &mut dx, &mut dg, &mut db,

@@ -6,6 +6,7 @@
 //! output is a sum of ≤ ~100 terms, so agreement to 1e-4 absolute + 1e-4 relative is expected and
 //! any semantic difference (padding, bias layout, clamping, scaling) is far larger.
 
+use medsam_kernels::testing::conv_passes;
 use medsam_kernels::{activation, attention, conv, norm, resize};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -86,47 +87,20 @@ impl Case {
 }
 
 fn conv_case(c: &Case, transpose: bool) {
-    let g = conv::Conv2dGeom {
-        n: c.p(0),
-        c_in: c.p(1),
-        h: c.p(2),
-        w: c.p(3),
-        c_out: c.p(4),
-        kh: c.p(5),
-        kw: c.p(6),
-        stride: (c.p(7), c.p(8)),
-        pad: (c.p(9), c.p(10)),
-        groups: c.p(11),
-    };
+    let p: Vec<usize> = (0..12).map(|i| c.p(i)).collect();
+    let shape = [p[0], p[1], p[2], p[3]];
+    let g = conv::Conv2dGeom::new(
+        shape,
+        p[4],
+        (p[5], p[6]),
+        (p[7], p[8]),
+        (p[9], p[10]),
+        p[11],
+    );
     let (x, w, b, dy) = (c.t("x"), c.t("w"), c.t("b"), c.t("dy"));
     for fast in [false, true] {
         let what = if fast { "fast" } else { "reference" };
-        let mut y = vec![0.0; c.t("y").len()];
-        let mut dx = vec![0.0; x.len()];
-        let mut dw = vec![0.0; w.len()];
-        let mut db = vec![0.0; b.len()];
-        match (transpose, fast) {
-            (false, true) => {
-                conv::conv2d_forward(g, x, w, Some(b), &mut y);
-                conv::conv2d_backward_input(g, w, dy, &mut dx);
-                conv::conv2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-            (false, false) => {
-                conv::reference::conv2d_forward(g, x, w, Some(b), &mut y);
-                conv::reference::conv2d_backward_input(g, w, dy, &mut dx);
-                conv::reference::conv2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-            (true, true) => {
-                conv::conv_transpose2d_forward(g, x, w, Some(b), &mut y);
-                conv::conv_transpose2d_backward_input(g, w, dy, &mut dx);
-                conv::conv_transpose2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-            (true, false) => {
-                conv::reference::conv_transpose2d_forward(g, x, w, Some(b), &mut y);
-                conv::reference::conv_transpose2d_backward_input(g, w, dy, &mut dx);
-                conv::reference::conv_transpose2d_backward_weight(g, x, dy, &mut dw, Some(&mut db));
-            }
-        }
+        let [y, dx, dw, db] = conv_passes(fast, transpose, g, [x, w, b, dy]);
         c.check(what, &y, "y");
         c.check(what, &dx, "dx");
         c.check(what, &dw, "dw");
@@ -180,13 +154,7 @@ fn layer_norm_case(c: &Case, two_d: bool) {
 }
 
 fn attention_case(c: &Case) {
-    let dims = attention::AttnDims {
-        bh: c.p(0),
-        nq: c.p(1),
-        nk: c.p(2),
-        d: c.p(3),
-        dv: c.p(4),
-    };
+    let dims = attention::AttnDims::new(c.p(0), c.p(1), c.p(2), c.p(3), c.p(4));
     let (kh, kw, scale) = (c.p(5), c.p(6), c.pf(7));
     let biased = kh > 0;
     let bias = biased.then(|| attention::RelPosBias {

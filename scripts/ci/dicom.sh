@@ -31,3 +31,18 @@ fi
 export MEDSAM_PYTHON="$venv/bin/python"
 # Same features as the last cargo build in scripts/test.sh, so nothing but this test binary relinks.
 cargo test --release --features "mpi ascend" --test dicom -- --nocapture
+
+# JPEG-LS (cargo feature `jpegls`): the `charls` crate builds CharLS from its own C++ sources with
+# CMake. This rebuilds the library once with the feature and runs the JPEG-LS test.
+echo "== dicom: JPEG-LS (CharLS, cargo feature jpegls)"
+if ! command -v cmake >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y --no-install-recommends cmake g++ >/dev/null \
+    || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends cmake g++ >/dev/null; } \
+    || true
+fi
+if command -v cmake >/dev/null 2>&1; then
+  cargo test --release --features "mpi ascend jpegls" --test dicom jpeg_ls -- --nocapture
+else
+  echo "SKIPPED: JPEG-LS test (cmake not installable)"
+fi

@@ -9,8 +9,9 @@ pub mod cpu;
 pub mod ops;
 
 pub use ops::{
-    AttentionOps, AttnArgs, AttnSaved, BiasTableArgs, ChannelDims, ConvOps, Epilogue, LinalgOps,
-    MemoryOps, NormOps, NormStats, OptimOps, PointwiseOps, Qkv,
+    AdamWSlots, AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims,
+    ConvGradIn, ConvIn, ConvOps, Epilogue, GemmArgs, HeadQkv, LinalgOps, MemoryOps, NormGradIn,
+    NormIn, NormOps, NormStats, OptimOps, PointwiseOps, Qkv, ResizeDims, RowDims,
 };
 
 use crate::error::{Error, Result};

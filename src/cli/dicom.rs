@@ -2,8 +2,10 @@
 //! to NIfTI with its geometry.
 
 use super::common::show;
-use medsam::io::dicom::{format_series_list, list_series, read_series, write_nifti_with_geometry};
-use medsam::io::nifti::PixelKind;
+use medsam::io::dicom::{
+    format_series_list, list_series, read_series_compact, write_nifti_with_geometry,
+};
+use medsam::io::npy::NpyData;
 use medsam::{Error, Result};
 use std::path::PathBuf;
 
@@ -30,24 +32,19 @@ pub fn run(a: &DicomArgs) -> Result<()> {
         return Ok(());
     }
     let t0 = std::time::Instant::now();
-    let s = read_series(&a.dir, a.series.as_deref()).map_err(err)?;
+    let s = read_series_compact(&a.dir, a.series.as_deref()).map_err(err)?;
     let secs = t0.elapsed().as_secs_f64();
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
     let v = &s.volume;
-    let (lo, hi) = v
-        .data
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
+    let (lo, hi) = v.range();
     let g = &s.geometry;
     println!(
         "read {} ({}): {}×{}×{} (D×H×W) in {secs:.3} s",
         s.info.series_instance_uid, s.info.modality, v.shape[0], v.shape[1], v.shape[2]
     );
-    println!("  values    [{lo}, {hi}] ({:?})", v.kind);
+    println!("  values    [{lo}, {hi}] ({:?})", v.kind());
     println!("  spacing   {:?} mm (x, y, z)", g.spacing);
     println!("  origin    {:?} mm (LPS)", g.origin);
     println!(
@@ -56,11 +53,10 @@ pub fn run(a: &DicomArgs) -> Result<()> {
     );
     if let Some(out) = &a.to_nifti {
         let werr = |e: medsam::io::dicom::DicomError| Error::file(out, e.to_string());
-        if v.kind == PixelKind::I16 {
-            let d: Vec<i16> = v.data.iter().map(|&x| x as i16).collect();
-            write_nifti_with_geometry(out, v.shape, &d, g).map_err(werr)?;
+        if let NpyData::I16(d) = &v.voxels {
+            write_nifti_with_geometry(out, v.shape, d, g).map_err(werr)?;
         } else {
-            let d: Vec<f32> = v.data.iter().map(|&x| x as f32).collect();
+            let d: Vec<f32> = v.to_f64().iter().map(|&x| x as f32).collect();
             write_nifti_with_geometry(out, v.shape, &d, g).map_err(werr)?;
         }
         println!("wrote {}", show(out));

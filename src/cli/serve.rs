@@ -2,9 +2,13 @@
 //! and the SlicerNNInteractive endpoints until SIGTERM or Ctrl-C. Prints the address it listens
 //! on (stdout) and one line per request (stderr).
 
-use super::common::{load_any_model, AnyModelArgs};
+use super::common::{load_any_model, parse_device, AnyModelArgs, AnyModelType};
 use super::infer::is_volume_path;
-use medsam::io::volume::{read_nifti_volume, read_npz_volume};
+use medsam::io::dicom::read_series;
+use medsam::io::nifti::{read_nifti, NiftiVolume};
+use medsam::io::volume::{read_nifti_volume, read_npz_volume, u8_volume};
+use medsam::models::sam2::volume::{to_uint8, Intensity};
+use medsam::models::sam2::{load_sam2, VideoPredictor};
 use medsam::pipeline::infer::lite::lite_image;
 use medsam::pipeline::infer::sam::read_input_image;
 use medsam::serve::engine::Engine;
@@ -73,8 +77,10 @@ fn api_key(a: &ServeArgs) -> Result<Option<String>> {
 }
 
 /// Uploaded files → volumes, through the same readers as `medsam infer` (they take paths, so the
-/// bytes go to a private temporary file first).
-fn decode_upload(name: &str, bytes: &[u8]) -> Result<Volume> {
+/// bytes go to a private temporary file first). A `.zip` holds a DICOM series (read as
+/// `medsam infer -i DIR` reads a folder). `medsam2`: intensities as `medsam infer --model-type
+/// medsam2` converts them (uint8 values kept, others clipped to percentiles).
+fn decode_upload(name: &str, bytes: &[u8], medsam2: bool) -> Result<Volume> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let base = std::path::Path::new(name)
         .file_name()
@@ -92,17 +98,72 @@ fn decode_upload(name: &str, bytes: &[u8]) -> Result<Volume> {
     let path = dir.join(&base);
     let result = std::fs::write(&path, bytes)
         .map_err(|e| Error::io(&path, e))
-        .and_then(|_| read_upload(&path));
+        .and_then(|_| read_upload(&path, medsam2));
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn read_upload(path: &std::path::Path) -> Result<Volume> {
+/// A grey volume from raw voxels, converted as the model's `medsam infer` path converts them.
+fn grey_volume(path: &std::path::Path, v: &NiftiVolume, medsam2: bool) -> Result<Volume> {
+    medsam::io::volume::check_finite(path, v)?;
+    let data = if medsam2 {
+        let keep = v
+            .data
+            .iter()
+            .all(|&x| x.fract() == 0.0 && (0.0..=255.0).contains(&x));
+        to_uint8(
+            &v.data,
+            if keep {
+                Intensity::AsIs
+            } else {
+                Intensity::Percentile
+            },
+        )
+    } else {
+        u8_volume(path, v).data
+    };
+    Ok(Volume {
+        shape: v.shape,
+        channels: 1,
+        data,
+        spacing: v.spacing,
+    })
+}
+
+/// Unpacks a zipped DICOM series into `dir/series` (names flattened, sizes capped by the body
+/// limit already) and reads it.
+fn read_dicom_zip(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut z = zip::ZipArchive::new(f)
+        .map_err(|e| Error::file(path, format!("not a readable zip archive: {e}")))?;
+    let out = path.with_file_name("series");
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    for i in 0..z.len() {
+        let mut m = z
+            .by_index(i)
+            .map_err(|e| Error::file(path, format!("zip member {i}: {e}")))?;
+        if !m.is_file() {
+            continue;
+        }
+        let dst = out.join(format!("{i:06}.dcm"));
+        let mut w = std::fs::File::create(&dst).map_err(|e| Error::io(&dst, e))?;
+        std::io::copy(&mut m, &mut w).map_err(|e| Error::io(&dst, e))?;
+    }
+    let s = read_series(&out, None).map_err(|e| Error::Other(e.to_string()))?;
+    grey_volume(path, &s.volume, medsam2)
+}
+
+fn read_upload(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
+    let ext = |e: &str| path.extension().is_some_and(|x| x.eq_ignore_ascii_case(e));
+    if ext("zip") {
+        return read_dicom_zip(path, medsam2);
+    }
     if is_volume_path(path) {
-        let is_npz = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
-        let v = if is_npz {
+        if medsam2 && !ext("npz") {
+            let v = read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
+            return grey_volume(path, &v, true);
+        }
+        let v = if ext("npz") {
             read_npz_volume(path)?
         } else {
             read_nifti_volume(path)?
@@ -117,17 +178,29 @@ fn read_upload(path: &std::path::Path) -> Result<Volume> {
     }
     let img = read_input_image(path)?;
     let u8img = lite_image(path, &img)?;
-    let (channels, data) = if u8img.channels == 3 {
-        (3, u8img.data)
-    } else {
-        (1, u8img.data)
-    };
     Ok(Volume {
         shape: [1, u8img.h, u8img.w],
-        channels,
-        data,
+        channels: u8img.channels,
+        data: u8img.data,
         spacing: [1.0; 3],
     })
+}
+
+/// Loads the model: MedSAM2 through its own loader (as `medsam infer --model-type medsam2`,
+/// holes filled up to 8 pixels), the others through `load_any_model`.
+fn load_engine(a: &AnyModelArgs) -> Result<Engine> {
+    if a.model_type != Some(AnyModelType::Medsam2) {
+        return Ok(Engine::from_any(load_any_model(a)?));
+    }
+    let (model, _report) = load_sam2(
+        &a.checkpoint,
+        a.model_config.as_deref(),
+        None,
+        parse_device(&a.device)?,
+    )?;
+    let mut p = VideoPredictor::new(model);
+    p.fill_hole_area = 8;
+    Ok(Engine::Medsam2(Box::new(p)))
 }
 
 /// Resolves on Ctrl-C or (Unix) SIGTERM.
@@ -155,8 +228,11 @@ async fn shutdown_signal() {
 
 pub fn run(a: &ServeArgs) -> Result<()> {
     let key = api_key(a)?;
-    let engine = Engine::from_any(load_any_model(&a.model)?);
-    let mut opts = ServeOptions::new(Arc::new(decode_upload));
+    let engine = load_engine(&a.model)?;
+    let medsam2 = engine.propagates();
+    let mut opts = ServeOptions::new(Arc::new(move |name: &str, bytes: &[u8]| {
+        decode_upload(name, bytes, medsam2)
+    }));
     opts.api_key = key;
     opts.max_sessions = a.max_sessions.max(1);
     opts.request_timeout = Duration::from_secs(a.request_timeout.max(1));

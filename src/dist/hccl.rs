@@ -122,15 +122,7 @@ impl Communicator for HcclCommunicator {
     }
 
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.world {
-            return Err(Error::arg(
-                "root",
-                format!(
-                    "broadcast: root {root} is not a rank of a world of {}",
-                    self.world
-                ),
-            ));
-        }
+        super::check_root("broadcast", root, self.world)?;
         if buf.is_empty() {
             return Ok(());
         }

@@ -32,15 +32,7 @@ pub trait Communicator: Send + Sync {
     /// Copies `root`'s bytes (any length) to every rank, e.g. an HCCL root info blob before
     /// `HcclCommInitRootInfo`. The default goes through [`Communicator::all_gather_bytes`].
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
-        if root >= self.world_size() {
-            return Err(Error::arg(
-                "root",
-                format!(
-                    "broadcast_bytes: root {root} is not a rank of a world of {}",
-                    self.world_size()
-                ),
-            ));
-        }
+        check_root("broadcast_bytes", root, self.world_size())?;
         let mine: &[u8] = if self.rank() == root { bytes } else { &[] };
         let mut all = self.all_gather_bytes(mine)?;
         *bytes = std::mem::take(&mut all[root]);
@@ -72,40 +64,49 @@ pub trait Communicator: Send + Sync {
     }
     /// Sum of an f16 buffer; the reduction itself runs in f32 (one rounding at the end).
     fn all_reduce_sum_f16(&self, buf: &mut [f16]) -> Result<()> {
-        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
-        self.all_reduce_sum(&mut wide)?;
-        buf.iter_mut()
-            .zip(&wide)
-            .for_each(|(d, &s)| *d = f16::from_f32(s));
-        Ok(())
+        in_f32(buf, F16, |w| self.all_reduce_sum(w))
     }
     /// Sum of a bf16 buffer; the reduction itself runs in f32 (one rounding at the end).
     fn all_reduce_sum_bf16(&self, buf: &mut [bf16]) -> Result<()> {
-        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
-        self.all_reduce_sum(&mut wide)?;
-        buf.iter_mut()
-            .zip(&wide)
-            .for_each(|(d, &s)| *d = bf16::from_f32(s));
-        Ok(())
+        in_f32(buf, BF16, |w| self.all_reduce_sum(w))
     }
     /// Mean of an f16 buffer, reduced in f32.
     fn all_reduce_mean_f16(&self, buf: &mut [f16]) -> Result<()> {
-        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
-        self.all_reduce_mean(&mut wide)?;
-        buf.iter_mut()
-            .zip(&wide)
-            .for_each(|(d, &s)| *d = f16::from_f32(s));
-        Ok(())
+        in_f32(buf, F16, |w| self.all_reduce_mean(w))
     }
     /// Mean of a bf16 buffer, reduced in f32.
     fn all_reduce_mean_bf16(&self, buf: &mut [bf16]) -> Result<()> {
-        let mut wide: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
-        self.all_reduce_mean(&mut wide)?;
-        buf.iter_mut()
-            .zip(&wide)
-            .for_each(|(d, &s)| *d = bf16::from_f32(s));
-        Ok(())
+        in_f32(buf, BF16, |w| self.all_reduce_mean(w))
     }
+}
+
+/// The conversions of a 16-bit float to and from f32.
+type Widen<T> = (fn(T) -> f32, fn(f32) -> T);
+const F16: Widen<f16> = (f16::to_f32, f16::from_f32);
+const BF16: Widen<bf16> = (bf16::to_f32, bf16::from_f32);
+
+/// Runs `reduce` on an f32 copy of the 16-bit `buf` (converted by `(widen, narrow)`), then writes
+/// the result back with one rounding.
+fn in_f32<T: Copy>(
+    buf: &mut [T],
+    (widen, narrow): Widen<T>,
+    reduce: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<()> {
+    let mut wide: Vec<f32> = buf.iter().map(|&x| widen(x)).collect();
+    reduce(&mut wide)?;
+    buf.iter_mut().zip(&wide).for_each(|(d, &s)| *d = narrow(s));
+    Ok(())
+}
+
+/// Errors unless `root` is a rank of a world of `world` (`op` names the collective).
+pub(crate) fn check_root(op: &str, root: usize, world: usize) -> Result<()> {
+    if root >= world {
+        return Err(Error::arg(
+            "root",
+            format!("{op}: root {root} is not a rank of a world of {world}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Environment variables by which launchers announce the number of processes: OpenMPI's

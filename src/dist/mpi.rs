@@ -173,15 +173,7 @@ impl MpiCommunicator {
     }
 
     fn check_root(&self, name: &str, root: usize) -> Result<c_int> {
-        if root >= self.size {
-            return Err(Error::arg(
-                "root",
-                format!(
-                    "{name}: root {root} is not a rank of a world of {}",
-                    self.size
-                ),
-            ));
-        }
+        super::check_root(name, root, self.size)?;
         Ok(root as c_int)
     }
 

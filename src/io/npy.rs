@@ -126,7 +126,7 @@ impl NpyData {
     }
 
     /// Element `i` as f64 (exact for every type but 64-bit integers beyond 2^53).
-    fn get_f64(&self, i: usize) -> f64 {
+    pub fn get_f64(&self, i: usize) -> f64 {
         match self {
             NpyData::F64(v) => v[i],
             NpyData::F32(v) => v[i] as f64,

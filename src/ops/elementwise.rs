@@ -6,6 +6,16 @@ use crate::backend::{Binary, OrdF32, Unary, View};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// `pub fn name(&self) -> Result<Tensor>` for each `name => Unary::Variant`.
+macro_rules! unary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident,)*) => {
+        $($(#[$doc])*
+        pub fn $name(&self) -> Result<Tensor> {
+            self.unary_op(Unary::$op)
+        })*
+    };
+}
+
 impl Tensor {
     fn binary_op(&self, other: &Tensor, op: Binary, name: &'static str) -> Result<Tensor> {
         super::same_device(name, self, other)?;
@@ -15,7 +25,7 @@ impl Tensor {
             broadcast_view(other, &shape)?,
         );
         let b = self.backend()?;
-        let s = b.binary(op, self.storage(), &va, other.storage(), &vb)?;
+        let s = b.binary(op, (self.storage(), &va), (other.storage(), &vb))?;
         let out = Tensor::from_storage(s, &shape, self.device())?;
         let needs_inputs = matches!(op, Binary::Mul | Binary::Div);
         Ok(record(out, &[self, other], || {
@@ -60,27 +70,15 @@ impl Tensor {
         }))
     }
 
-    /// Exact (erf) GELU.
-    pub fn gelu(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Gelu)
-    }
-    pub fn relu(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Relu)
-    }
-    pub fn sigmoid(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Sigmoid)
-    }
-    pub fn neg(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Neg)
-    }
-    pub fn exp(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Exp)
-    }
-    pub fn sin(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Sin)
-    }
-    pub fn cos(&self) -> Result<Tensor> {
-        self.unary_op(Unary::Cos)
+    unary_methods! {
+        /// Exact (erf) GELU.
+        gelu => Gelu,
+        relu => Relu,
+        sigmoid => Sigmoid,
+        neg => Neg,
+        exp => Exp,
+        sin => Sin,
+        cos => Cos,
     }
     pub fn scale(&self, s: f32) -> Result<Tensor> {
         self.unary_op(Unary::Scale(OrdF32(s)))
@@ -122,9 +120,6 @@ struct BinaryBackward {
 }
 
 impl BackwardOp for BinaryBackward {
-    fn name(&self) -> &'static str {
-        "binary"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (ga, gb) = match (self.op, &self.saved) {
             (Binary::Add, _) => (g.clone(), g.clone()),
@@ -149,9 +144,6 @@ struct UnaryBackward {
 }
 
 impl BackwardOp for UnaryBackward {
-    fn name(&self) -> &'static str {
-        "unary"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let g = g.contiguous()?;
         let b = g.backend()?;
@@ -171,9 +163,6 @@ struct SumAll {
 }
 
 impl BackwardOp for SumAll {
-    fn name(&self) -> &'static str {
-        "sum"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let lead = vec![1; self.in_shape.len().saturating_sub(g.rank())];
         let g = g.reshape(&[lead, g.shape().to_vec()].concat())?;

@@ -2,8 +2,9 @@
 //! conv2d, and BatchNorm2d in inference (running statistics) and training (batch statistics)
 //! form, each with its backward.
 
-use super::{dense, wrap};
-use crate::autograd::{is_grad_enabled, record, BackwardOp};
+use super::nn::{conv_op, ConvKind, NormBackward, NormKind};
+use super::{conv_in, dense, norm_in, wrap};
+use crate::autograd::{is_grad_enabled, record};
 use crate::backend::{ChannelDims, NormStats};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -47,42 +48,18 @@ impl Tensor {
                 || w.requires_grad()
                 || bias.is_some_and(|b| b.requires_grad()));
         let (s, ws) = (self.shape(), w.shape());
-        let ok = self.rank() == 4
-            && w.rank() == 4
-            && ws[0] == s[3]
-            && ws[1] == 1
-            && s[1] + 2 * pad >= ws[2]
-            && s[2] + 2 * pad >= ws[3]
-            && stride > 0
-            && bias.is_none_or(|b| b.shape() == [s[3]]);
-        if recording || !ok {
+        if recording || !depthwise_fits(s, [3, 1, 2], w, bias, (stride, pad)) {
             return self
                 .permute(&[0, 3, 1, 2])?
                 .depthwise_conv2d_act(w, bias, stride, pad, gelu)?
                 .permute(&[0, 2, 3, 1]);
         }
         super::same_device("depthwise_conv2d", self, w)?;
-        let g = Conv2dGeom {
-            n: s[0],
-            c_in: s[3],
-            h: s[1],
-            w: s[2],
-            c_out: s[3],
-            kh: ws[2],
-            kw: ws[3],
-            stride: (stride, stride),
-            pad: (pad, pad),
-            groups: s[3],
-        };
+        let g = depthwise_geom([s[0], s[3], s[1], s[2]], ws, stride, pad);
         let (x, wd) = (dense(self)?, dense(w)?);
         let bd = bias.map(dense).transpose()?;
-        let y = self.backend()?.depthwise_conv2d_nhwc(
-            g,
-            x.storage(),
-            wd.storage(),
-            bd.as_ref().map(|t| t.storage()),
-            gelu,
-        )?;
+        let a = conv_in(&x, &wd, bd.as_ref());
+        let y = self.backend()?.depthwise_conv2d_nhwc(g, a, gelu)?;
         let (oh, ow) = g.out_hw();
         wrap(y, &[g.n, oh, ow, g.c_out], self)
     }
@@ -157,15 +134,7 @@ impl Tensor {
         gelu: bool,
     ) -> Result<Tensor> {
         let (s, ws) = (self.shape(), w.shape());
-        let ok = self.rank() == 4
-            && w.rank() == 4
-            && ws[0] == s[1]
-            && ws[1] == 1
-            && s[2] + 2 * pad >= ws[2]
-            && s[3] + 2 * pad >= ws[3]
-            && stride > 0
-            && bias.is_none_or(|b| b.shape() == [s[1]]);
-        if !ok {
+        if !depthwise_fits(s, [1, 2, 3], w, bias, (stride, pad)) {
             return Err(Error::shape(
                 "depthwise_conv2d",
                 format!(
@@ -175,52 +144,19 @@ impl Tensor {
             ));
         }
         super::same_device("depthwise_conv2d", self, w)?;
-        let g = Conv2dGeom {
-            n: s[0],
-            c_in: s[1],
-            h: s[2],
-            w: s[3],
-            c_out: s[1],
-            kh: ws[2],
-            kw: ws[3],
-            stride: (stride, stride),
-            pad: (pad, pad),
-            groups: s[1],
-        };
-        let (x, wd) = (dense(self)?, dense(w)?);
-        let bd = bias.map(dense).transpose()?;
+        let g = depthwise_geom([s[0], s[1], s[2], s[3]], ws, stride, pad);
         let recording = is_grad_enabled()
             && (self.requires_grad()
                 || w.requires_grad()
                 || bias.is_some_and(|b| b.requires_grad()));
         if gelu && !recording {
-            let y = self.backend()?.depthwise_conv2d_gelu(
-                g,
-                x.storage(),
-                wd.storage(),
-                bd.as_ref().map(|t| t.storage()),
-            )?;
+            let (x, wd) = (dense(self)?, dense(w)?);
+            let bd = bias.map(dense).transpose()?;
+            let y = (self.backend()?).depthwise_conv2d_gelu(g, conv_in(&x, &wd, bd.as_ref()))?;
             let (oh, ow) = g.out_hw();
             return wrap(y, &[g.n, g.c_out, oh, ow], self);
         }
-        let y = self.backend()?.depthwise_conv2d(
-            g,
-            x.storage(),
-            wd.storage(),
-            bd.as_ref().map(|t| t.storage()),
-        )?;
-        let (oh, ow) = g.out_hw();
-        let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
-        let mut inputs = vec![self, w];
-        inputs.extend(bias);
-        let out = record(out, &inputs, || {
-            Box::new(DepthwiseBackward {
-                g,
-                x: x.detach(),
-                w: wd.detach(),
-                bias: bias.is_some(),
-            })
-        });
+        let out = conv_op(self, w, bias, g, ConvKind::Depthwise)?;
         if gelu {
             out.gelu()
         } else {
@@ -333,27 +269,13 @@ impl Tensor {
             mean: mean.storage(),
             rstd: rstd.storage(),
         };
-        let y = b.batch_norm_apply(
-            ChannelDims { n, c, hw },
-            x.storage(),
-            g.storage(),
-            bt.storage(),
-            stats,
-        )?;
+        let d = ChannelDims { n, c, hw };
+        let y = b.batch_norm_apply(d, norm_in(&x, &g, &bt), stats)?;
         let out = wrap(y, s, self)?;
         let batch_stats = running.is_none();
-        let out = record(out, &[self, gamma, beta], || {
-            Box::new(BatchNormBackward {
-                n,
-                c,
-                hw,
-                x: x.detach(),
-                gamma: g.detach(),
-                mean: mean.detach(),
-                rstd,
-                batch_stats,
-            })
-        });
+        let kind = NormKind::Batch(d, batch_stats);
+        let op = NormBackward::new(kind, (&x, &g), [mean.detach(), rstd]);
+        let out = record(out, &[self, gamma, beta], || Box::new(op));
         let stats = batch_stats.then(|| BatchStats {
             mean: mean.detach(),
             var: var.detach(),
@@ -363,75 +285,39 @@ impl Tensor {
     }
 }
 
-struct DepthwiseBackward {
-    g: Conv2dGeom,
-    x: Tensor,
-    w: Tensor,
-    bias: bool,
+/// Whether `w` (and `bias`) fit a depthwise conv of a rank-4 input of shape `s` whose channel,
+/// height and width axes are `chw`.
+fn depthwise_fits(
+    s: &[usize],
+    chw: [usize; 3],
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    (stride, pad): (usize, usize),
+) -> bool {
+    let (ws, [c, h, wd]) = (w.shape(), chw);
+    s.len() == 4
+        && w.rank() == 4
+        && ws[0] == s[c]
+        && ws[1] == 1
+        && s[h] + 2 * pad >= ws[2]
+        && s[wd] + 2 * pad >= ws[3]
+        && stride > 0
+        && bias.is_none_or(|b| b.shape() == [s[c]])
 }
 
-impl BackwardOp for DepthwiseBackward {
-    fn name(&self) -> &'static str {
-        "depthwise_conv2d"
-    }
-    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let gd = dense(g)?;
-        let r = g.backend()?.depthwise_conv2d_backward(
-            self.g,
-            self.x.storage(),
-            self.w.storage(),
-            gd.storage(),
-            self.bias,
-        )?;
-        let mut out = vec![
-            Some(wrap(r.dx, self.x.shape(), g)?),
-            Some(wrap(r.dw, self.w.shape(), g)?),
-        ];
-        if let Some(db) = r.dbias {
-            out.push(Some(wrap(db, &[self.g.c_out], g)?));
-        }
-        Ok(out)
-    }
-}
-
-struct BatchNormBackward {
-    n: usize,
-    c: usize,
-    hw: usize,
-    x: Tensor,
-    gamma: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    batch_stats: bool,
-}
-
-impl BackwardOp for BatchNormBackward {
-    fn name(&self) -> &'static str {
-        "batch_norm"
-    }
-    fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let gd = dense(g)?;
-        let dims = ChannelDims {
-            n: self.n,
-            c: self.c,
-            hw: self.hw,
-        };
-        let stats = NormStats {
-            mean: self.mean.storage(),
-            rstd: self.rstd.storage(),
-        };
-        let r = g.backend()?.batch_norm_backward(
-            dims,
-            self.x.storage(),
-            self.gamma.storage(),
-            stats,
-            gd.storage(),
-            self.batch_stats,
-        )?;
-        Ok(vec![
-            Some(wrap(r.dx, self.x.shape(), g)?),
-            Some(wrap(r.dgamma, &[self.c], g)?),
-            Some(wrap(r.dbeta, &[self.c], g)?),
-        ])
+/// The geometry of a depthwise conv of an `[n, c, h, w]` input (`nchw`) with weight shape `ws`.
+fn depthwise_geom(nchw: [usize; 4], ws: &[usize], stride: usize, pad: usize) -> Conv2dGeom {
+    let [n, c, h, w] = nchw;
+    Conv2dGeom {
+        n,
+        c_in: c,
+        h,
+        w,
+        c_out: c,
+        kh: ws[2],
+        kw: ws[3],
+        stride: (stride, stride),
+        pad: (pad, pad),
+        groups: c,
     }
 }

@@ -2,7 +2,7 @@
 
 use super::dense_from_start;
 use crate::autograd::{is_grad_enabled, record, BackwardOp};
-use crate::backend::{Epilogue, GemmOperand};
+use crate::backend::{Epilogue, GemmArgs, GemmOperand};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::gemm::{GemmDims, Layout, Precision};
@@ -15,15 +15,7 @@ thread_local! {
 /// Runs `f` with matrix products (matmul, linear, conv, attention projections) in bf16 with f32
 /// accumulation, like `torch.autocast(dtype=torch.bfloat16)`; weights stay f32.
 pub fn autocast_bf16<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
-    let prev = AUTOCAST_BF16.with(|c| c.replace(enabled));
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            AUTOCAST_BF16.with(|c| c.set(self.0));
-        }
-    }
-    let _r = Restore(prev);
-    f()
+    crate::autograd::with_flag(&AUTOCAST_BF16, enabled, f)
 }
 
 pub fn current_precision() -> Precision {
@@ -105,12 +97,12 @@ impl Tensor {
         let mut out_shape = self.shape()[..ra - 2].to_vec();
         out_shape.extend([m, n]);
         let storage = if rb == 2 && ra == 2 {
-            b.gemm(
-                GemmDims { batch: 1, m, n, k },
-                operand(self, 0),
-                operand(other, 0),
+            b.gemm(GemmArgs {
+                dims: GemmDims { batch: 1, m, n, k },
+                a: operand(self, 0),
+                b: operand(other, 0),
                 precision,
-            )?
+            })?
         } else if rb == 2 {
             // A shared matrix: fold every batch into M when A's rows are evenly strided.
             let a = if self.is_contiguous() {
@@ -124,17 +116,19 @@ impl Tensor {
                 offset: a.offset(),
                 layout: Layout::row_major(rows, k),
             };
-            b.gemm(
-                GemmDims {
-                    batch: 1,
-                    m: rows,
-                    n,
-                    k,
-                },
-                lhs,
-                operand(other, 0),
+            let dims = GemmDims {
+                batch: 1,
+                m: rows,
+                n,
+                k,
+            };
+            let rhs = operand(other, 0);
+            b.gemm(GemmArgs {
+                dims,
+                a: lhs,
+                b: rhs,
                 precision,
-            )?
+            })?
         } else {
             let a = match merged_batch(self) {
                 Some(_) => self.clone(),
@@ -146,12 +140,12 @@ impl Tensor {
             };
             let (batch, sa) = merged_batch(&a).expect("dense");
             let (_, sb) = merged_batch(&o).expect("dense");
-            b.gemm(
-                GemmDims { batch, m, n, k },
-                operand(&a, sa),
-                operand(&o, sb),
+            b.gemm(GemmArgs {
+                dims: GemmDims { batch, m, n, k },
+                a: operand(&a, sa),
+                b: operand(&o, sb),
                 precision,
-            )?
+            })?
         };
         let out = Tensor::from_storage(storage, &out_shape, self.device())?;
         Ok(record(out, &[self, other], || {
@@ -226,16 +220,19 @@ impl Tensor {
             offset: a.offset(),
             layout: Layout::row_major(rows, k),
         };
-        let storage = self.backend()?.gemm_bias_act(
-            GemmDims {
+        let g = GemmArgs {
+            dims: GemmDims {
                 batch: 1,
                 m: rows,
                 n,
                 k,
             },
-            lhs,
-            operand(&wt, 0),
-            current_precision(),
+            a: lhs,
+            b: operand(&wt, 0),
+            precision: current_precision(),
+        };
+        let storage = self.backend()?.gemm_bias_act(
+            g,
             Epilogue {
                 col_bias: bias.as_ref().map(|b| b.storage()),
                 row_bias: None,
@@ -287,11 +284,14 @@ impl Tensor {
         let (m, k, n) = (self.dim(0), self.dim(1), x.dim(1));
         let bias = bias.map(dense_from_start).transpose()?;
         let residual = residual.map(dense_from_start).transpose()?;
+        let g = GemmArgs {
+            dims: GemmDims { batch: 1, m, n, k },
+            a: operand(self, 0),
+            b: operand(x, 0),
+            precision: current_precision(),
+        };
         let storage = self.backend()?.gemm_bias_act(
-            GemmDims { batch: 1, m, n, k },
-            operand(self, 0),
-            operand(x, 0),
-            current_precision(),
+            g,
             Epilogue {
                 col_bias: None,
                 row_bias: bias.as_ref().map(|b| b.storage()),
@@ -309,9 +309,6 @@ struct MatmulBackward {
 }
 
 impl BackwardOp for MatmulBackward {
-    fn name(&self) -> &'static str {
-        "matmul"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (ra, rb) = (self.a.rank(), self.b.rank());
         let da = g.matmul(&self.b.transpose(rb - 2, rb - 1)?)?;

@@ -95,9 +95,6 @@ struct LossBackward {
 }
 
 impl BackwardOp for LossBackward {
-    fn name(&self) -> &'static str {
-        "dice_bce_loss"
-    }
     fn backward(self: Box<Self>, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let up = grad.to_scalar()? as f64;
         let n = self.p.len() as f64;

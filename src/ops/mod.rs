@@ -12,7 +12,7 @@ pub mod shape;
 
 pub use nn::RelPosArgs;
 
-use crate::backend::Storage;
+use crate::backend::{ConvGrads, ConvIn, NormIn, Storage};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -50,4 +50,40 @@ pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()
         });
     }
     Ok(())
+}
+
+/// A convolution's operands from dense tensors.
+pub(crate) fn conv_in<'a>(x: &'a Tensor, w: &'a Tensor, bias: Option<&'a Tensor>) -> ConvIn<'a> {
+    ConvIn {
+        x: x.storage(),
+        w: w.storage(),
+        bias: bias.map(|t| t.storage()),
+    }
+}
+
+/// A convolution backward's gradients as tensors shaped like `(x, w)` (and the bias, if any),
+/// on `like`'s device, in the order the op listed its inputs.
+pub(crate) fn conv_grad_tensors(
+    r: ConvGrads,
+    (x, w): (&Tensor, &Tensor),
+    like: &Tensor,
+) -> Result<Vec<Option<Tensor>>> {
+    let mut out = vec![
+        Some(wrap(r.dx, x.shape(), like)?),
+        Some(wrap(r.dw, w.shape(), like)?),
+    ];
+    if let Some(db) = r.dbias {
+        let c_out = db.len();
+        out.push(Some(wrap(db, &[c_out], like)?));
+    }
+    Ok(out)
+}
+
+/// A norm's input and affine parameters from dense tensors.
+pub(crate) fn norm_in<'a>(x: &'a Tensor, gamma: &'a Tensor, beta: &'a Tensor) -> NormIn<'a> {
+    NormIn {
+        x: x.storage(),
+        gamma: gamma.storage(),
+        beta: beta.storage(),
+    }
 }

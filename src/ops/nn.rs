@@ -1,9 +1,10 @@
 //! Neural-network operators: convolutions, normalisations, attention, softmax, resampling, lookup.
 
-use super::{dense, wrap};
+use super::{dense, norm_in, wrap};
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{
-    AttnArgs, AttnSaved, BiasTableArgs, ChannelDims, HeadView, NormStats, Qkv, RelPos, Storage,
+    AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims, ConvGradIn, HeadQkv, HeadView,
+    NormGradIn, NormStats, Qkv, RelPos, ResizeDims, RowDims, Storage,
 };
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -66,28 +67,7 @@ impl Tensor {
             ));
         }
         let g = conv_geom(self, ws[0], ws[2], ws[3], stride, pad);
-        let (x, wd) = (dense(self)?, dense(w)?);
-        let bd = bias.map(dense).transpose()?;
-        let b = self.backend()?;
-        let y = b.conv2d(
-            g,
-            x.storage(),
-            wd.storage(),
-            bd.as_ref().map(|t| t.storage()),
-        )?;
-        let (oh, ow) = g.out_hw();
-        let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
-        let mut inputs = vec![self, w];
-        inputs.extend(bias);
-        Ok(record(out, &inputs, || {
-            Box::new(ConvBackward {
-                g,
-                x: x.detach(),
-                w: wd.detach(),
-                bias: bias.is_some(),
-                transpose: false,
-            })
-        }))
+        conv_op(self, w, bias, g, ConvKind::Dense)
     }
 
     /// conv_transpose2d on NCHW with weight `[c_in, c_out, kh, kw]`.
@@ -107,28 +87,7 @@ impl Tensor {
             ));
         }
         let g = conv_geom(self, ws[1], ws[2], ws[3], stride, 0);
-        let (x, wd) = (dense(self)?, dense(w)?);
-        let bd = bias.map(dense).transpose()?;
-        let b = self.backend()?;
-        let y = b.conv_transpose2d(
-            g,
-            x.storage(),
-            wd.storage(),
-            bd.as_ref().map(|t| t.storage()),
-        )?;
-        let (oh, ow) = g.transpose_out_hw();
-        let out = wrap(y, &[g.n, g.c_out, oh, ow], self)?;
-        let mut inputs = vec![self, w];
-        inputs.extend(bias);
-        Ok(record(out, &inputs, || {
-            Box::new(ConvBackward {
-                g,
-                x: x.detach(),
-                w: wd.detach(),
-                bias: bias.is_some(),
-                transpose: true,
-            })
-        }))
+        conv_op(self, w, bias, g, ConvKind::Transposed)
     }
 
     /// LayerNorm over the last axis.
@@ -150,19 +109,11 @@ impl Tensor {
         }
         let rows = self.numel() / dim.max(1);
         let (x, g, bt) = (dense(self)?, dense(gamma)?, dense(beta)?);
-        let r =
-            self.backend()?
-                .layer_norm(rows, dim, x.storage(), g.storage(), bt.storage(), eps)?;
+        let r = (self.backend()?).layer_norm(rows, dim, norm_in(&x, &g, &bt), eps)?;
         let out = wrap(r.y, self.shape(), self)?;
-        Ok(record(out, &[self, gamma, beta], || {
-            Box::new(NormBackward {
-                kind: NormKind::Last { rows, dim },
-                x: x.detach(),
-                gamma: g.detach(),
-                mean: r.mean,
-                rstd: r.rstd,
-            })
-        }))
+        let stats = [saved(r.mean, self)?, saved(r.rstd, self)?];
+        let op = NormBackward::new(NormKind::Last { rows, dim }, (&x, &g), stats);
+        Ok(record(out, &[self, gamma, beta], || Box::new(op)))
     }
 
     /// SAM's LayerNorm2d: NCHW normalised over C.
@@ -177,23 +128,12 @@ impl Tensor {
             ));
         }
         let (x, g, bt) = (dense(self)?, dense(gamma)?, dense(beta)?);
-        let r = self.backend()?.layer_norm2d(
-            ChannelDims { n, c, hw },
-            x.storage(),
-            g.storage(),
-            bt.storage(),
-            eps,
-        )?;
+        let d = ChannelDims { n, c, hw };
+        let r = (self.backend()?).layer_norm2d(d, norm_in(&x, &g, &bt), eps)?;
         let out = wrap(r.y, s, self)?;
-        Ok(record(out, &[self, gamma, beta], || {
-            Box::new(NormBackward {
-                kind: NormKind::Channels { n, c, hw },
-                x: x.detach(),
-                gamma: g.detach(),
-                mean: r.mean,
-                rstd: r.rstd,
-            })
-        }))
+        let stats = [saved(r.mean, self)?, saved(r.rstd, self)?];
+        let op = NormBackward::new(NormKind::Channels(d), (&x, &g), stats);
+        Ok(record(out, &[self, gamma, beta], || Box::new(op)))
     }
 
     /// Softmax over the last axis.
@@ -205,15 +145,15 @@ impl Tensor {
         let rows = self.numel() / dim.max(1);
         let x = dense(self)?;
         let y = wrap(
-            self.backend()?.softmax(rows, dim, x.storage())?,
+            self.backend()?
+                .softmax(RowDims { rows, dim }, x.storage())?,
             self.shape(),
             self,
         )?;
         let saved = y.detach();
         Ok(record(y, &[self], || {
             Box::new(SoftmaxBackward {
-                rows,
-                dim,
+                d: RowDims { rows, dim },
                 y: saved,
             })
         }))
@@ -237,9 +177,11 @@ impl Tensor {
             return self.add(bias)?.softmax_last();
         }
         let (x, b) = (dense(self)?, dense(bias)?);
-        let y = self
-            .backend()?
-            .softmax_bias(rows, dim, x.storage(), b.storage(), bias_rows)?;
+        let y = self.backend()?.softmax_bias(
+            RowDims { rows, dim },
+            x.storage(),
+            (b.storage(), bias_rows),
+        )?;
         wrap(y, self.shape(), self)
     }
 
@@ -249,9 +191,14 @@ impl Tensor {
         let s = self.shape().to_vec();
         let planes = s[0] * s[1];
         let x = dense(self)?;
-        let y = self
-            .backend()?
-            .bilinear(planes, (s[2], s[3]), (oh, ow), x.storage())?;
+        let y = self.backend()?.bilinear(
+            ResizeDims {
+                planes,
+                hw: (s[2], s[3]),
+                ohw: (oh, ow),
+            },
+            x.storage(),
+        )?;
         let out = wrap(y, &[s[0], s[1], oh, ow], self)?;
         Ok(record(out, &[self], || {
             Box::new(BilinearBackward {
@@ -297,6 +244,19 @@ pub struct RelPosArgs {
     pub rel_w: Tensor,
     pub kh: usize,
     pub kw: usize,
+}
+
+impl RelPosArgs {
+    /// The bias of `rel = [rel_h, rel_w]` over a `kh × kw` key grid.
+    pub fn new(rel: [Tensor; 2], (kh, kw): (usize, usize)) -> RelPosArgs {
+        let [rel_h, rel_w] = rel;
+        RelPosArgs {
+            rel_h,
+            rel_w,
+            kh,
+            kw,
+        }
+    }
 }
 
 /// `softmax(q·kᵀ·scale + bias)·v` for q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, computed in
@@ -459,12 +419,12 @@ pub fn attention_bias_table(
             table: td.storage(),
             heads,
         };
-        let fused = q.backend()?.attention_bias_table(
-            args,
-            view(&qv, heads),
-            view(&kv, heads),
-            view(&vv, heads),
-        )?;
+        let x = HeadQkv {
+            q: view(&qv, heads),
+            k: view(&kv, heads),
+            v: view(&vv, heads),
+        };
+        let fused = q.backend()?.attention_bias_table(args, x)?;
         if let Some(o) = fused {
             return wrap(o, &[b, heads, dims.nq, dims.dv], q);
         }
@@ -475,99 +435,127 @@ pub fn attention_bias_table(
         .matmul(v)
 }
 
+/// Which convolution a [`conv_op`] runs.
+#[derive(Clone, Copy)]
+pub(crate) enum ConvKind {
+    Dense,
+    Transposed,
+    Depthwise,
+}
+
+/// A convolution of geometry `g`, recording its backward.
+pub(crate) fn conv_op(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    g: Conv2dGeom,
+    kind: ConvKind,
+) -> Result<Tensor> {
+    let (xd, wd) = (dense(x)?, dense(w)?);
+    let bd = bias.map(dense).transpose()?;
+    let b = x.backend()?;
+    let a = super::conv_in(&xd, &wd, bd.as_ref());
+    let (y, (oh, ow)) = match kind {
+        ConvKind::Dense => (b.conv2d(g, a)?, g.out_hw()),
+        ConvKind::Transposed => (b.conv_transpose2d(g, a)?, g.transpose_out_hw()),
+        ConvKind::Depthwise => (b.depthwise_conv2d(g, a)?, g.out_hw()),
+    };
+    let out = wrap(y, &[g.n, g.c_out, oh, ow], x)?;
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    Ok(record(out, &inputs, || {
+        Box::new(ConvBackward {
+            g,
+            x: xd.detach(),
+            w: wd.detach(),
+            bias: bias.is_some(),
+            kind,
+        })
+    }))
+}
+
 struct ConvBackward {
     g: Conv2dGeom,
     x: Tensor,
     w: Tensor,
     bias: bool,
-    transpose: bool,
+    kind: ConvKind,
 }
 
 impl BackwardOp for ConvBackward {
-    fn name(&self) -> &'static str {
-        if self.transpose {
-            "conv_transpose2d"
-        } else {
-            "conv2d"
-        }
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gd = dense(g)?;
         let b = g.backend()?;
-        let r = if self.transpose {
-            b.conv_transpose2d_backward(
-                self.g,
-                self.x.storage(),
-                self.w.storage(),
-                gd.storage(),
-                self.bias,
-            )?
-        } else {
-            b.conv2d_backward(
-                self.g,
-                self.x.storage(),
-                self.w.storage(),
-                gd.storage(),
-                self.bias,
-            )?
+        let a = ConvGradIn {
+            x: self.x.storage(),
+            w: self.w.storage(),
+            dy: gd.storage(),
+            bias: self.bias,
         };
-        let mut out = vec![
-            Some(wrap(r.dx, self.x.shape(), g)?),
-            Some(wrap(r.dw, self.w.shape(), g)?),
-        ];
-        if let Some(db) = r.dbias {
-            out.push(Some(wrap(db, &[self.g.c_out], g)?));
-        }
-        Ok(out)
+        let r = match self.kind {
+            ConvKind::Dense => b.conv2d_backward(self.g, a)?,
+            ConvKind::Transposed => b.conv_transpose2d_backward(self.g, a)?,
+            ConvKind::Depthwise => b.depthwise_conv2d_backward(self.g, a)?,
+        };
+        super::conv_grad_tensors(r, (&self.x, &self.w), g)
     }
 }
 
-enum NormKind {
-    Last { rows: usize, dim: usize },
-    Channels { n: usize, c: usize, hw: usize },
+/// A norm's saved statistics as a tensor (its shape is not read).
+fn saved(s: Storage, like: &Tensor) -> Result<Tensor> {
+    let len = s.len();
+    wrap(s, &[len], like)
 }
 
-struct NormBackward {
+/// Which norm a [`NormBackward`] differentiates.
+pub(crate) enum NormKind {
+    /// LayerNorm over the last `dim` of `rows × dim`.
+    Last { rows: usize, dim: usize },
+    /// LayerNorm2d.
+    Channels(ChannelDims),
+    /// BatchNorm; `true` when it normalised with the batch's own statistics (training).
+    Batch(ChannelDims, bool),
+}
+
+pub(crate) struct NormBackward {
     kind: NormKind,
     x: Tensor,
     gamma: Tensor,
-    mean: Storage,
-    rstd: Storage,
+    /// The forward's mean and `1/σ`.
+    stats: [Tensor; 2],
+}
+
+impl NormBackward {
+    /// Saves what the backward of a norm of `(x, gamma)` reads; `stats`: `[mean, rstd]`.
+    pub(crate) fn new(kind: NormKind, (x, gamma): (&Tensor, &Tensor), stats: [Tensor; 2]) -> Self {
+        let (x, gamma) = (x.detach(), gamma.detach());
+        NormBackward {
+            kind,
+            x,
+            gamma,
+            stats,
+        }
+    }
 }
 
 impl BackwardOp for NormBackward {
-    fn name(&self) -> &'static str {
-        "layer_norm"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gd = dense(g)?;
         let b = g.backend()?;
-        let saved = NormStats {
-            mean: &self.mean,
-            rstd: &self.rstd,
+        let [mean, rstd] = &self.stats;
+        let a = NormGradIn {
+            x: self.x.storage(),
+            gamma: self.gamma.storage(),
+            stats: NormStats {
+                mean: mean.storage(),
+                rstd: rstd.storage(),
+            },
+            dy: gd.storage(),
         };
         let (r, c) = match self.kind {
-            NormKind::Last { rows, dim } => (
-                b.layer_norm_backward(
-                    rows,
-                    dim,
-                    self.x.storage(),
-                    self.gamma.storage(),
-                    saved,
-                    gd.storage(),
-                )?,
-                dim,
-            ),
-            NormKind::Channels { n, c, hw } => (
-                b.layer_norm2d_backward(
-                    ChannelDims { n, c, hw },
-                    self.x.storage(),
-                    self.gamma.storage(),
-                    saved,
-                    gd.storage(),
-                )?,
-                c,
-            ),
+            NormKind::Last { rows, dim } => (b.layer_norm_backward(rows, dim, a)?, dim),
+            NormKind::Channels(d) => (b.layer_norm2d_backward(d, a)?, d.c),
+            NormKind::Batch(d, batch) => (b.batch_norm_backward(d, a, batch)?, d.c),
         };
         Ok(vec![
             Some(wrap(r.dx, self.x.shape(), g)?),
@@ -578,20 +566,16 @@ impl BackwardOp for NormBackward {
 }
 
 struct SoftmaxBackward {
-    rows: usize,
-    dim: usize,
+    d: RowDims,
     y: Tensor,
 }
 
 impl BackwardOp for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "softmax"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gd = dense(g)?;
-        let dx =
-            g.backend()?
-                .softmax_backward(self.rows, self.dim, self.y.storage(), gd.storage())?;
+        let dx = g
+            .backend()?
+            .softmax_backward(self.d, self.y.storage(), gd.storage())?;
         Ok(vec![Some(wrap(dx, self.y.shape(), g)?)])
     }
 }
@@ -602,15 +586,17 @@ struct BilinearBackward {
 }
 
 impl BackwardOp for BilinearBackward {
-    fn name(&self) -> &'static str {
-        "upsample_bilinear"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let s = &self.in_shape;
         let gd = dense(g)?;
-        let dx =
-            g.backend()?
-                .bilinear_backward(s[0] * s[1], (s[2], s[3]), self.ohw, gd.storage())?;
+        let dx = g.backend()?.bilinear_backward(
+            ResizeDims {
+                planes: s[0] * s[1],
+                hw: (s[2], s[3]),
+                ohw: self.ohw,
+            },
+            gd.storage(),
+        )?;
         Ok(vec![Some(wrap(dx, s, g)?)])
     }
 }
@@ -622,9 +608,6 @@ struct GatherBackward {
 }
 
 impl BackwardOp for GatherBackward {
-    fn name(&self) -> &'static str {
-        "gather_rows"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gv = g.to_vec()?;
         let mut table = vec![0.0f32; self.len * self.c];
@@ -653,9 +636,6 @@ struct AttnBackward {
 }
 
 impl BackwardOp for AttnBackward {
-    fn name(&self) -> &'static str {
-        "attention"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gd = dense(g)?;
         let relpos = self.rel.as_ref().map(|(h, w, kh, kw)| RelPos {
@@ -674,13 +654,12 @@ impl BackwardOp for AttnBackward {
             k: self.k.storage(),
             v: self.v.storage(),
         };
-        let r = g.backend()?.attention_backward(
-            args,
-            qkv,
-            self.out.storage(),
-            &self.saved,
-            gd.storage(),
-        )?;
+        let saved = AttnGradIn {
+            out: self.out.storage(),
+            saved: &self.saved,
+            dout: gd.storage(),
+        };
+        let r = g.backend()?.attention_backward(args, qkv, saved)?;
         let mut out = vec![
             Some(wrap(r.dq, self.q.shape(), g)?),
             Some(wrap(r.dk, self.k.shape(), g)?),

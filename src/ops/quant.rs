@@ -26,15 +26,7 @@ thread_local! {
 
 /// Runs `f` with linear layers in dynamically quantized int8 (see the module doc).
 pub fn autocast_int8<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
-    let prev = AUTOCAST_INT8.with(|c| c.replace(enabled));
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            AUTOCAST_INT8.with(|c| c.set(self.0));
-        }
-    }
-    let _r = Restore(prev);
-    f()
+    crate::autograd::with_flag(&AUTOCAST_INT8, enabled, f)
 }
 
 /// Whether linear layers on this thread currently run in int8.

@@ -197,7 +197,11 @@ impl Tensor {
                         strides: vec![1],
                         offset: 0,
                     };
-                    b.binary(crate::backend::Binary::Add, &prev, &flat, &placed, &flat)?
+                    b.binary(
+                        crate::backend::Binary::Add,
+                        (&prev, &flat),
+                        (&placed, &flat),
+                    )?
                 }
             });
             sizes.push(p.shape()[dim]);
@@ -316,9 +320,6 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
 
 struct Identity;
 impl BackwardOp for Identity {
-    fn name(&self) -> &'static str {
-        "contiguous"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.clone())])
     }
@@ -328,9 +329,6 @@ struct Reshape {
     in_shape: Vec<usize>,
 }
 impl BackwardOp for Reshape {
-    fn name(&self) -> &'static str {
-        "reshape"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.reshape(&self.in_shape)?)])
     }
@@ -340,9 +338,6 @@ struct Permute {
     inverse: Vec<usize>,
 }
 impl BackwardOp for Permute {
-    fn name(&self) -> &'static str {
-        "permute"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.permute(&self.inverse)?)])
     }
@@ -354,9 +349,6 @@ struct Narrow {
     start: usize,
 }
 impl BackwardOp for Narrow {
-    fn name(&self) -> &'static str {
-        "narrow"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let g = g.contiguous()?;
         let b = g.backend()?;
@@ -381,9 +373,6 @@ struct SumTo {
     in_shape: Vec<usize>,
 }
 impl BackwardOp for SumTo {
-    fn name(&self) -> &'static str {
-        "broadcast_to"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(sum_to_shape(g, &self.in_shape)?)])
     }
@@ -393,9 +382,6 @@ struct PadEnd {
     in_shape: Vec<usize>,
 }
 impl BackwardOp for PadEnd {
-    fn name(&self) -> &'static str {
-        "pad_end"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let mut t = g.clone();
         for (d, &s) in self.in_shape.iter().enumerate() {
@@ -410,9 +396,6 @@ struct Cat {
     sizes: Vec<usize>,
 }
 impl BackwardOp for Cat {
-    fn name(&self) -> &'static str {
-        "cat"
-    }
     fn backward(self: Box<Self>, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let mut start = 0;
         let mut out = Vec::with_capacity(self.sizes.len());

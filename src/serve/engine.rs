@@ -5,15 +5,17 @@
 //! prompt on it. A box-only prompt goes through the same predictor code as `medsam infer`
 //! (`Predictor::predict_box` / `LitePredictor::predict_box`), so the masks are identical.
 //!
-//! Seam for volume models (MedSAM2's video predictor): [`VolumePropagator`] segments a whole
-//! volume from a box on one slice; a server given one uses it for 3D propagation instead of
-//! the slice-by-slice models here. None is wired in yet.
+//! MedSAM2 (a video predictor) has no per-slice embedding to cache: [`Engine::propagate`] runs
+//! `medsam infer --model-type medsam2`'s whole 3D recipe (`segment_volume_medsam2`) from a box on
+//! one slice, with the same preprocessing and defaults, so the volume masks are identical.
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::models::lite::LiteMedSam;
 use crate::models::sam::prompt_encoder::Point;
 use crate::models::sam::Sam;
+use crate::models::sam2::volume::{segment_volume_medsam2_live, volume_to_frames, VolumePrompt};
+use crate::models::sam2::{Prompt as Sam2Prompt, VideoPredictor};
 use crate::pipeline::infer::lite::{ImageU8, LitePredictor};
 use crate::pipeline::infer::sam::{InferPrecision, InputImage, Predictor};
 use crate::tensor::Tensor;
@@ -22,6 +24,7 @@ use crate::tensor::Tensor;
 pub enum Engine {
     Sam(Box<Sam>),
     Lite(Box<LiteMedSam>),
+    Medsam2(Box<VideoPredictor>),
 }
 
 /// One image's embedding with the sizes needed to map prompts and masks.
@@ -60,6 +63,7 @@ impl Engine {
         match self {
             Engine::Sam(_) => "medsam",
             Engine::Lite(_) => "litemedsam",
+            Engine::Medsam2(_) => "medsam2",
         }
     }
 
@@ -82,6 +86,7 @@ impl Engine {
                     new_hw: p.new_hw,
                 })
             }
+            Engine::Medsam2(_) => Err(slice_by_slice_error()),
         }
     }
 
@@ -124,6 +129,7 @@ impl Engine {
                 let r = m.img_size() as f32 / h.max(w) as f32;
                 (r, r)
             }
+            Engine::Medsam2(_) => return Err(slice_by_slice_error()),
         };
         let pts: Vec<Point> = prompt
             .points
@@ -141,6 +147,7 @@ impl Engine {
         let (pe, md) = match self {
             Engine::Sam(m) => (&m.prompt_encoder, &m.mask_decoder),
             Engine::Lite(m) => (&m.prompt_encoder, &m.mask_decoder),
+            Engine::Medsam2(_) => return Err(slice_by_slice_error()),
         };
         no_grad(|| {
             let dense_pe = pe.get_dense_pe()?;
@@ -151,7 +158,7 @@ impl Engine {
             )?;
             let (logits, _iou) = md.forward(&emb.tensor, &dense_pe, &sparse, &dense, false)?;
             let prob = match self {
-                Engine::Sam(_) => logits.sigmoid()?.upsample_bilinear(h, w)?,
+                Engine::Sam(_) | Engine::Medsam2(_) => logits.sigmoid()?.upsample_bilinear(h, w)?,
                 Engine::Lite(_) => {
                     let (nh, nw) = emb.new_hw;
                     logits
@@ -187,20 +194,54 @@ fn input_image(img: &ImageU8) -> InputImage {
     }
 }
 
-/// A uint8 volume `d × h × w` (row-major).
-pub struct VolumeU8<'a> {
-    pub shape: (usize, usize, usize),
-    pub data: &'a [u8],
+fn slice_by_slice_error() -> Error {
+    Error::arg(
+        "model",
+        "MedSAM2 segments whole volumes from a box (the web page); the nnInteractive and Slicer protocols need a slice model (litemedsam or medsam)",
+    )
 }
 
-/// Seam for models that segment a volume from one prompt (MedSAM2's video predictor): returns
-/// the `d·h·w` mask of the object boxed on slice `z`, reporting each finished slice.
-pub trait VolumePropagator: Send + Sync {
-    fn propagate(
+impl Engine {
+    /// Whether prompts segment the whole volume ([`Engine::propagate`]) rather than one slice.
+    pub fn propagates(&self) -> bool {
+        matches!(self, Engine::Medsam2(_))
+    }
+
+    /// MedSAM2's 3D recipe on a grey uint8 volume `(d, h, w)` for one object prompted on slice
+    /// `key`; returns the `d·h·w` 0/1 mask. `on_slice(step, z, mask)` reports each tracked frame
+    /// (steps count both passes: `d + 1` in all, the key slice twice).
+    pub fn propagate(
         &self,
-        vol: &VolumeU8<'_>,
-        z: usize,
-        bbox: [f32; 4],
-        on_slice: &mut dyn FnMut(usize),
-    ) -> Result<Vec<bool>>;
+        vol: &[u8],
+        (d, h, w): (usize, usize, usize),
+        key: usize,
+        prompt: &Prompt,
+        on_slice: &mut dyn FnMut(usize, usize, &[u8]),
+    ) -> Result<Vec<u8>> {
+        let Engine::Medsam2(p) = self else {
+            return Err(Error::arg(
+                "model",
+                "only MedSAM2 propagates through a volume",
+            ));
+        };
+        let object = VolumePrompt {
+            key_slice: key,
+            prompt: Sam2Prompt {
+                points: prompt.points.iter().map(|&(x, y, _)| [x, y]).collect(),
+                labels: prompt
+                    .points
+                    .iter()
+                    .map(|&(_, _, pos)| i32::from(pos))
+                    .collect(),
+                bbox: prompt.bbox,
+            },
+        };
+        let frames = volume_to_frames(vol, (d, h, w), p.model.config.image_size)?;
+        let mut step = 0;
+        let mut report = |_pass, z, m: &[u8]| {
+            on_slice(step, z, m);
+            step += 1;
+        };
+        no_grad(|| segment_volume_medsam2_live(p, frames, (d, h, w), &[object], true, &mut report))
+    }
 }

@@ -43,8 +43,22 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/reset_interactions", post(reset_interactions))
         .route("/undo", post(undo))
         .route("/predict", post(predict))
-        .route("/add_bbox_interaction", post(add_bbox))
-        .route("/add_point_interaction", post(add_point))
+        .route(
+            "/add_bbox_interaction",
+            post(
+                |State(st): State<Arc<AppState>>, h: HeaderMap, body: Bytes| {
+                    interact(st, h, body, Interaction::Bbox)
+                },
+            ),
+        )
+        .route(
+            "/add_point_interaction",
+            post(
+                |State(st): State<Arc<AppState>>, h: HeaderMap, body: Bytes| {
+                    interact(st, h, body, Interaction::Point)
+                },
+            ),
+        )
         .route("/add_scribble_interaction", post(unsupported_scribble))
         .route("/add_lasso_interaction", post(unsupported_lasso))
         .route("/add_initial_seg_interaction", post(add_initial_seg))
@@ -360,23 +374,62 @@ async fn predict(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Respon
     }
 }
 
-async fn add_bbox(
-    State(st): State<Arc<AppState>>,
+/// The three-element array `key` of a request (one entry per axis).
+fn triple<'a>(p: &'a Value, key: &str, form: &str) -> Result<&'a [Value], ApiError> {
+    p.get(key)
+        .and_then(|c| c.as_array())
+        .filter(|c| c.len() == 3)
+        .map(|c| c.as_slice())
+        .ok_or_else(|| ApiError::bad(format!("{key} must be {form}")))
+}
+
+/// The interactions a box/point model answers.
+#[derive(Clone, Copy)]
+enum Interaction {
+    Bbox,
+    Point,
+}
+
+/// An interaction. Without a lease token the request comes from the SlicerNNInteractive
+/// extension, which uses the same paths.
+async fn interact(
+    st: Arc<AppState>,
     h: HeaderMap,
     body: Bytes,
+    kind: Interaction,
 ) -> Result<Response, ApiError> {
     if lease(&h).is_none() {
-        return super::slicer::add_bbox(State(st), body).await;
+        return match kind {
+            Interaction::Bbox => super::slicer::add_bbox(State(st), body).await,
+            Interaction::Point => super::slicer::add_point(State(st), body).await,
+        };
     }
     let sess = st.session(lease(&h))?;
     let p = parse_json(&body)?;
     let include = required_flag(&p, "include_interaction")?;
     let run = flag(&p, "run_prediction", true)?;
-    let coords = p
-        .get("bbox_coords")
-        .and_then(|c| c.as_array())
-        .filter(|c| c.len() == 3)
-        .ok_or_else(|| ApiError::bad("bbox_coords must be [[lo, hi], [lo, hi], [lo, hi]]"))?;
+    let (plane, prompt, subtract) = match kind {
+        Interaction::Bbox => {
+            let (plane, prompt) = bbox_prompt(&sess, &p)?;
+            (plane, prompt, !include)
+        }
+        Interaction::Point => {
+            let c = triple(&p, "coordinates", "[i, j, k]")?;
+            let c = [
+                coord(&c[0], "coordinates")?,
+                coord(&c[1], "coordinates")?,
+                coord(&c[2], "coordinates")?,
+            ];
+            let (plane, prompt) = lock(&sess).point_prompt(c, include, OBJECT)?;
+            (plane, prompt, false)
+        }
+    };
+    run_prompt(st, sess, plane, prompt, subtract, run).await
+}
+
+/// A 2D box interaction's plane and prompt.
+fn bbox_prompt(sess: &std::sync::Mutex<Session>, p: &Value) -> Result<(Plane, Prompt), ApiError> {
+    let coords = triple(p, "bbox_coords", "[[lo, hi], [lo, hi], [lo, hi]]")?;
     let mut b = [[0i64; 2]; 3];
     for (d, pair) in coords.iter().enumerate() {
         let pair = pair
@@ -399,74 +452,17 @@ async fn add_bbox(
             "bbox_coords {b:?} is a 3D box; this model takes 2D boxes (one voxel thick along the slice axis; capability bbox3d is false)"
         )));
     };
-    let shape = lock(&sess).volume()?.shape;
-    let idx = b[axis][0];
-    if idx < 0 || idx >= shape[axis] as i64 {
-        return Err(ApiError::bad(format!(
-            "bbox_coords: slice {idx} on axis {axis} lies outside the image (size {})",
-            shape[axis]
-        )));
-    }
-    let (ra, ca) = match axis {
-        0 => (1, 2),
-        1 => (0, 2),
-        _ => (0, 1),
-    };
-    let raw = [b[ca][0], b[ra][0], b[ca][1], b[ra][1]].map(|v| v as f32);
-    let checked = crate::pipeline::infer::sam::check_box(raw, shape[ra], shape[ca])
+    let lo = b.map(|p| p[0]);
+    let hi = b.map(|p| p[1]);
+    let (plane, bbox) = lock(sess)
+        .volume()?
+        .plane_box(axis, lo, hi)
         .map_err(|e| ApiError::bad(format!("bbox_coords {b:?}: {e}")))?;
     let prompt = Prompt {
-        bbox: Some(checked.bbox),
+        bbox: Some(bbox),
         points: Vec::new(),
     };
-    run_prompt(st, sess, (axis, idx as usize), prompt, !include, run).await
-}
-
-async fn add_point(
-    State(st): State<Arc<AppState>>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    if lease(&h).is_none() {
-        return super::slicer::add_point(State(st), body).await;
-    }
-    let sess = st.session(lease(&h))?;
-    let p = parse_json(&body)?;
-    let include = required_flag(&p, "include_interaction")?;
-    let run = flag(&p, "run_prediction", true)?;
-    let c = p
-        .get("coordinates")
-        .and_then(|c| c.as_array())
-        .filter(|c| c.len() == 3)
-        .ok_or_else(|| ApiError::bad("coordinates must be [i, j, k]"))?;
-    let c = [
-        coord(&c[0], "coordinates")?,
-        coord(&c[1], "coordinates")?,
-        coord(&c[2], "coordinates")?,
-    ];
-    let (plane, prompt) = {
-        let s = lock(&sess);
-        let shape = s.volume()?.shape;
-        if (0..3).any(|d| c[d] < 0 || c[d] >= shape[d] as i64) {
-            return Err(ApiError::bad(format!(
-                "point {c:?} lies outside the image {shape:?}"
-            )));
-        }
-        let c = c.map(|v| v as usize);
-        let plane = match s.last_plane {
-            Some((a, i)) if c[a] == i => (a, i),
-            _ => (0, c[0]),
-        };
-        let (ra, ca) = match plane.0 {
-            0 => (1, 2),
-            1 => (0, 2),
-            _ => (0, 1),
-        };
-        let mut prompt = s.prompts.get(&(plane, OBJECT)).cloned().unwrap_or_default();
-        prompt.points.push((c[ca] as f32, c[ra] as f32, include));
-        (plane, prompt)
-    };
-    run_prompt(st, sess, plane, prompt, false, run).await
+    Ok((plane, prompt))
 }
 
 async fn unsupported_scribble() -> ApiError {

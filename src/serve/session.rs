@@ -11,7 +11,7 @@ use super::engine::{Embedding, Engine, Prompt};
 use crate::error::{Error, Result};
 use crate::pipeline::infer::lite::ImageU8;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Undo steps kept per session (older ones are dropped).
@@ -36,12 +36,8 @@ impl Volume {
 
     /// Rows and columns of a plane's image.
     pub fn plane_dims(&self, axis: usize) -> (usize, usize) {
-        let [a, b, c] = self.shape;
-        match axis {
-            0 => (b, c),
-            1 => (a, c),
-            _ => (a, b),
-        }
+        let (r, c) = plane_axes(axis);
+        (self.shape[r], self.shape[c])
     }
 
     /// Flat voxel index of pixel `(r, c)` of a plane.
@@ -68,6 +64,37 @@ impl Volume {
             }
         }
         ImageU8::new(h, w, 1, v)
+    }
+}
+
+/// Row and column axes of a plane's image (the two other axes, in order).
+pub fn plane_axes(axis: usize) -> (usize, usize) {
+    match axis {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    }
+}
+
+impl Volume {
+    /// A 2D box on slice `lo[axis]` from half-open voxel bounds `lo..hi` (the extent along
+    /// `axis` is ignored): the plane and `[x0, y0, x1, y1]` in its image, checked as
+    /// `medsam infer --box` checks boxes.
+    pub fn plane_box(&self, axis: usize, lo: [i64; 3], hi: [i64; 3]) -> Result<(Plane, [f32; 4])> {
+        let shape = self.shape;
+        if lo[axis] < 0 || lo[axis] >= shape[axis] as i64 {
+            return Err(Error::arg(
+                "box",
+                format!(
+                    "slice {} on axis {axis} lies outside the image {shape:?}",
+                    lo[axis]
+                ),
+            ));
+        }
+        let (ra, ca) = plane_axes(axis);
+        let raw = [lo[ca], lo[ra], hi[ca], hi[ra]].map(|v| v as f32);
+        let checked = crate::pipeline::infer::sam::check_box(raw, shape[ra], shape[ca])?;
+        Ok(((axis, lo[axis] as usize), checked.bbox))
     }
 }
 
@@ -105,6 +132,20 @@ pub struct Patch {
     pub prompt_plane: Option<(Plane, u8, Option<Prompt>)>,
 }
 
+/// A volume model's propagation of one object: progress and the mask tracked so far.
+#[derive(Debug, Default)]
+pub struct Propagation {
+    /// The object's label and the slice it was prompted on.
+    pub label: u8,
+    pub key: usize,
+    /// Frames tracked so far, and in all (both passes).
+    pub frames: [usize; 2],
+    /// `d·h·w` 0/1: every frame's mask as last reported (final once it has ended).
+    pub live: Vec<u8>,
+    /// `None` while it runs; then its success or error.
+    pub outcome: Option<std::result::Result<(), String>>,
+}
+
 /// One session.
 pub struct Session {
     pub created: Instant,
@@ -123,6 +164,8 @@ pub struct Session {
     pub target_dtype: Option<super::nnia::DType>,
     /// nnInteractive: a prompt added with `run_prediction = false`, run by `/predict`.
     pub pending: Option<(Plane, Prompt, bool)>,
+    /// A volume model's propagation running in the background (the last one started).
+    pub propagation: Option<Arc<Mutex<Propagation>>>,
     cache: Vec<(Plane, Embedding)>,
     cache_cap: usize,
 }
@@ -141,6 +184,7 @@ impl Session {
             last_plane: None,
             target_dtype: None,
             pending: None,
+            propagation: None,
             cache: Vec::new(),
             cache_cap: cache_cap.max(1),
         }
@@ -311,6 +355,77 @@ impl Session {
                 k += len;
             }
         }
+    }
+
+    /// A click at voxel `c` added to `label`'s prompt on the plane last prompted when it lies on
+    /// it (else on the axial slice through it): the plane and the whole prompt to run.
+    pub fn point_prompt(&self, c: [i64; 3], positive: bool, label: u8) -> Result<(Plane, Prompt)> {
+        let shape = self.volume()?.shape;
+        if (0..3).any(|d| c[d] < 0 || c[d] >= shape[d] as i64) {
+            return Err(Error::arg(
+                "point",
+                format!("{c:?} lies outside the image {shape:?}"),
+            ));
+        }
+        let c = c.map(|v| v as usize);
+        let plane = match self.last_plane {
+            Some((a, i)) if c[a] == i => (a, i),
+            _ => (0, c[0]),
+        };
+        let (ra, ca) = plane_axes(plane.0);
+        let mut prompt = self
+            .prompts
+            .get(&(plane, label))
+            .cloned()
+            .unwrap_or_default();
+        prompt.points.push((c[ca] as f32, c[ra] as f32, positive));
+        Ok((plane, prompt))
+    }
+
+    /// Makes `label` cover exactly the voxels of a whole-volume 0/1 `mask` (other labels keep
+    /// the rest), as one undo step; returns the region that changed.
+    pub fn set_label_mask(&mut self, label: u8, mask: &[u8]) -> Option<[[usize; 2]; 3]> {
+        let v = self.volume.as_ref()?;
+        let [n0, n1, n2] = v.shape;
+        let new: Vec<u8> = self
+            .labels
+            .iter()
+            .zip(mask)
+            .map(|(&l, &m)| match (m > 0, l == label) {
+                (true, _) => label,
+                (false, true) => 0,
+                (false, false) => l,
+            })
+            .collect();
+        let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+        for (i, _) in new
+            .iter()
+            .zip(&self.labels)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+        {
+            let at = [i / (n1 * n2), (i / n2) % n1, i % n2];
+            for k in 0..3 {
+                lo[k] = lo[k].min(at[k]);
+                hi[k] = hi[k].max(at[k] + 1);
+            }
+        }
+        if lo[0] == usize::MAX {
+            return None;
+        }
+        let bbox = [[lo[0], hi[0]], [lo[1], hi[1]], [lo[2], hi[2]]];
+        debug_assert!(hi[0] <= n0);
+        let before = self.read_region(bbox);
+        self.labels = new;
+        self.undo.push(Patch {
+            bbox,
+            before,
+            prompt_plane: None,
+        });
+        if self.undo.len() > MAX_UNDO {
+            self.undo.remove(0);
+        }
+        Some(bbox)
     }
 
     /// Replaces all labels (an initial segmentation); returns the region that changed.

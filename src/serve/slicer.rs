@@ -252,26 +252,12 @@ pub async fn add_bbox(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Re
             "box corners {a:?} and {b:?} span a 3D box; draw the box on one slice"
         )));
     };
-    let shape = lock(&sess).volume()?.shape;
-    if lo[axis] < 0 || lo[axis] >= shape[axis] as i64 {
-        return Err(ApiError::bad(format!(
-            "slice {} on axis {axis} lies outside the image {shape:?}",
-            lo[axis]
-        )));
-    }
-    let (ra, ca) = match axis {
-        0 => (1, 2),
-        1 => (0, 2),
-        _ => (0, 1),
-    };
-    let raw = [lo[ca], lo[ra], hi[ca], hi[ra]].map(|v| v as f32);
-    let checked = crate::pipeline::infer::sam::check_box(raw, shape[ra], shape[ca])?;
-    let plane = (axis, lo[axis] as usize);
+    let (plane, bbox) = lock(&sess).volume()?.plane_box(axis, lo, hi)?;
     blocking(move || {
         let mut s = lock(&sess);
         s.touch();
         let prompt = Prompt {
-            bbox: Some(checked.bbox),
+            bbox: Some(bbox),
             points: Vec::new(),
         };
         s.segment_plane(&st.engine, &st.compute, plane, OBJECT, prompt, !pos)?;
@@ -287,24 +273,7 @@ pub async fn add_point(State(st): State<Arc<AppState>>, body: Bytes) -> Result<R
     blocking(move || {
         let mut s = lock(&sess);
         s.touch();
-        let shape = s.volume()?.shape;
-        if (0..3).any(|d| c[d] < 0 || c[d] >= shape[d] as i64) {
-            return Err(ApiError::bad(format!(
-                "voxel_coord {c:?} lies outside the image {shape:?}"
-            )));
-        }
-        let c = c.map(|v| v as usize);
-        let plane = match s.last_plane {
-            Some((a, i)) if c[a] == i => (a, i),
-            _ => (0, c[0]),
-        };
-        let (ra, ca) = match plane.0 {
-            0 => (1, 2),
-            1 => (0, 2),
-            _ => (0, 1),
-        };
-        let mut prompt = s.prompts.get(&(plane, OBJECT)).cloned().unwrap_or_default();
-        prompt.points.push((c[ca] as f32, c[ra] as f32, pos));
+        let (plane, prompt) = s.point_prompt(c, pos, OBJECT)?;
         s.segment_plane(&st.engine, &st.compute, plane, OBJECT, prompt, false)?;
         mask_response(&s)
     })

@@ -6,14 +6,17 @@
 //! - `POST /api/open?name=FILE` (body: the file) → `{token, shape: [d, h, w], channels, model}`
 //! - `GET /api/volume` → the uint8 volume (`d·h·w·channels` bytes)
 //! - `POST /api/segment` `{z, label, box: [x0, y0, x1, y1], points: [[x, y, positive], …]}` →
-//!   slice `z`'s labels (`h·w` bytes); the box/points are the object's whole prompt on that slice
+//!   slice `z`'s labels (`h·w` bytes); the box/points are the object's whole prompt on that slice.
+//!   With a volume model (MedSAM2) the prompt segments the whole volume in the background:
+//!   202 `{propagating: true, total}`, then poll `GET /api/progress` → `{label, key, done, total,
+//!   finished, error}`; `/api/labels` shows the frames tracked so far until it finishes
 //! - `POST /api/undo` → `{z}` of the slice that changed (or null)
 //! - `GET /api/labels?z=N` → slice `z`'s labels
 //! - `GET /api/download` → PNG (2D: one object 0/255 as `medsam infer` writes it, several objects
 //!   their labels) or NIfTI `.nii.gz` (3D, the input's voxel spacing)
 
 use super::engine::Prompt;
-use super::session::Session;
+use super::session::{Propagation, Session};
 use super::{blocking, lock, ApiError, AppState};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -27,14 +30,18 @@ use std::sync::{Arc, Mutex};
 const INDEX: &str = include_str!("web/index.html");
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+    // The page and what it reads.
+    let reads = Router::new()
         .route("/", get(|| async { Html(INDEX) }))
-        .route("/api/open", post(open))
         .route("/api/volume", get(volume))
+        .route("/api/labels", get(labels))
+        .route("/api/progress", get(progress))
+        .route("/api/download", get(download));
+    // What changes a session.
+    reads
+        .route("/api/open", post(open))
         .route("/api/segment", post(segment))
         .route("/api/undo", post(undo))
-        .route("/api/labels", get(labels))
-        .route("/api/download", get(download))
 }
 
 fn session(st: &AppState, h: &HeaderMap) -> Result<Arc<Mutex<Session>>, ApiError> {
@@ -146,7 +153,19 @@ fn slice_labels(s: &Session, z: usize) -> Result<Vec<u8>, ApiError> {
         )));
     }
     let (h, w) = v.plane_dims(0);
-    Ok(s.labels[z * h * w..(z + 1) * h * w].to_vec())
+    let mut out = s.labels[z * h * w..(z + 1) * h * w].to_vec();
+    if let Some(p) = &s.propagation {
+        let p = lock(p);
+        if p.outcome.is_none() {
+            let live = &p.live[z * h * w..(z + 1) * h * w];
+            for (o, &m) in out.iter_mut().zip(live) {
+                if m > 0 {
+                    *o = p.label;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn labels(
@@ -235,6 +254,9 @@ async fn segment(
         return Err(ApiError::bad("give a box or at least one point"));
     }
     let prompt = Prompt { bbox, points };
+    if st.engine.propagates() {
+        return start_propagation(st, sess, z, label, prompt);
+    }
     blocking(move || {
         let mut s = lock(&sess);
         s.touch();
@@ -242,6 +264,93 @@ async fn segment(
         Ok(octets(slice_labels(&s, z)?))
     })
     .await
+}
+
+/// Starts a volume model's propagation of `prompt` (on slice `z`) in the background; the model
+/// runs under `compute` and the result becomes one undo step of the session.
+fn start_propagation(
+    st: Arc<AppState>,
+    sess: Arc<Mutex<Session>>,
+    z: usize,
+    label: u8,
+    prompt: Prompt,
+) -> Result<Response, ApiError> {
+    let (vol, shape, job) = {
+        let mut s = lock(&sess);
+        if s.propagation
+            .as_ref()
+            .is_some_and(|p| lock(p).outcome.is_none())
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "a propagation is still running in this session: wait for it to finish",
+            ));
+        }
+        let v = s.volume()?;
+        if v.channels != 1 {
+            return Err(ApiError::bad(
+                "MedSAM2 segments grey volumes; this image is RGB",
+            ));
+        }
+        let [d, h, w] = v.shape;
+        let (vol, shape) = (v.data.clone(), (d, h, w));
+        let job = Arc::new(Mutex::new(Propagation {
+            label,
+            key: z,
+            frames: [0, d + 1],
+            live: vec![0; d * h * w],
+            outcome: None,
+        }));
+        s.touch();
+        s.propagation = Some(job.clone());
+        (vol, shape, job)
+    };
+    let total = shape.0 + 1;
+    tokio::task::spawn_blocking(move || {
+        let (_, h, w) = shape;
+        let result = {
+            let _g = lock(&st.compute);
+            st.engine
+                .propagate(&vol, shape, z, &prompt, &mut |step, t, m| {
+                    let mut p = lock(&job);
+                    p.live[t * h * w..(t + 1) * h * w].copy_from_slice(m);
+                    p.frames[0] = step + 1;
+                })
+        };
+        let mut s = lock(&sess);
+        let current = s.propagation.as_ref().is_some_and(|p| Arc::ptr_eq(p, &job));
+        let mut p = lock(&job);
+        p.outcome = Some(match result {
+            Ok(mask) => {
+                if current && s.labels.len() == mask.len() {
+                    s.set_label_mask(label, &mask);
+                }
+                p.live = mask;
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        });
+    });
+    let body = json!({ "propagating": true, "total": total, "key": z });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn progress(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let s = session(&st, &h)?;
+    let s = lock(&s);
+    let p = s
+        .propagation
+        .as_ref()
+        .ok_or_else(|| ApiError::bad("no propagation was started in this session"))?;
+    let p = lock(p);
+    Ok(Json(json!({
+        "label": p.label,
+        "key": p.key,
+        "done": p.frames[0],
+        "total": p.frames[1],
+        "finished": p.outcome.is_some(),
+        "error": p.outcome.as_ref().and_then(|o| o.as_ref().err()),
+    })))
 }
 
 async fn undo(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Json<Value>, ApiError> {

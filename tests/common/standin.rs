@@ -55,19 +55,94 @@ pub fn link_standin_as(name: &str, names: &[&str]) -> PathBuf {
     dir
 }
 
+/// Run on a real NPU instead of the stand-in (`MEDSAM_NPU_TESTS=1`).
+pub fn on_npu() -> bool {
+    std::env::var("MEDSAM_NPU_TESTS").as_deref() == Ok("1")
+}
+
+/// Whether a test of the stand-in's own model should run: not on an NPU, where it says it is
+/// skipped (`checks` names what of the stand-in it reads).
+pub fn standin_only(test: &str, checks: &str) -> bool {
+    if on_npu() {
+        // Written to the real stderr handle, so the harness does not swallow it.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{test}: SKIPPED on an NPU (stand-in only: {checks})"
+        );
+        return false;
+    }
+    true
+}
+
+/// The directory [`link_standin`] makes for `name`, made on first use (once per test binary).
+pub fn standin_dir(name: &str) -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| link_standin(name))
+}
+
+/// The stand-in runtime in `dir`, opened and initialised for the rest of the process.
+pub fn open_standin(dir: &Path) -> &'static medsam_ffi::ascend::AscendRuntime {
+    medsam_ffi::ascend::AscendRuntime::open_dir(dir)
+        .expect("open stand-in")
+        .into_static()
+        .expect("aclInit")
+}
+
+/// A contiguous layout of `dims`.
+pub fn l(dims: &[i64]) -> medsam_ffi::ascend::Layout {
+    medsam_ffi::ascend::Layout::contiguous(dims)
+}
+
+/// `aclnnConvolution` of a `[1, 1, 4, 4]` input with itself as the kernel (a 1×1 output, Σ x²):
+/// `(got, want)`.
+pub fn conv_self(stream: &medsam_ffi::ascend::Stream) -> medsam_ffi::ascend::Result<(f32, f32)> {
+    use medsam_ffi::ascend::{Ops, TensorArg};
+    let dev = stream.device();
+    let xh = data(16, 2);
+    let x = dev.upload(&xh).unwrap();
+    let mut y = dev.alloc_elems::<f32>(1).unwrap();
+    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
+    let out = TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap();
+    (Ops::new(stream)).conv2d(&xv(), &xv(), None, [1, 1], [0, 0], [1, 1], 1, &out)?;
+    let got = y.read::<f32>(stream, 1)?[0];
+    Ok((got, xh.iter().map(|v| v * v).sum()))
+}
+
+/// One step of the 64-bit LCG (Knuth's MMIX constants) the stand-in tests draw data from.
+pub fn lcg(s: u64) -> u64 {
+    const MUL: u64 = 6364136223846793005;
+    const INC: u64 = 1442695040888963407;
+    s.wrapping_mul(MUL).wrapping_add(INC)
+}
+
 /// Deterministic pseudo-random data in [-1, 1).
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = lcg(seed);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = lcg(s);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// Small deterministic generator for random shapes (no external randomness needed for
+/// reproducible failures).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = lcg(self.0);
+        self.0 >> 33
+    }
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() as usize) % (hi - lo + 1)
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
+            .collect()
+    }
 }
 
 /// NPU result `got` against CPU `want`: error relative to `1 + |want|` at most `tol`.

@@ -235,12 +235,7 @@ impl CustomKernels {
             need("lse", lse, bh * nq)?,
             self.tiling(&plan.tiling, stream)?,
         ];
-        let args = pack_gm_args(&addrs);
-        self.bin
-            .function("rel_pos_attention")?
-            .launch(plan.block_dim, &args, stream)?;
-        self.launches.fetch_add(1, Ordering::Relaxed);
-        Ok(plan)
+        self.launch("rel_pos_attention", plan, &addrs, stream)
     }
 
     /// Enqueues `layer_norm2d` on `stream`: x `[n, c, hw]` normalised over `c`;
@@ -268,10 +263,20 @@ impl CustomKernels {
             need("rstd", rstd, n * hw)?,
             self.tiling(&plan.tiling, stream)?,
         ];
-        let args = pack_gm_args(&addrs);
-        self.bin
-            .function("layer_norm2d")?
-            .launch(plan.block_dim, &args, stream)?;
+        self.launch("layer_norm2d", plan, &addrs, stream)
+    }
+
+    /// Enqueues kernel `name` of the binary with its global-memory arguments `addrs`, as `plan`
+    /// tiles it; returns the plan.
+    fn launch(
+        &self,
+        name: &str,
+        plan: LaunchPlan,
+        addrs: &[u64],
+        stream: &Stream,
+    ) -> Result<LaunchPlan> {
+        let args = pack_gm_args(addrs);
+        (self.bin.function(name)?).launch(plan.block_dim, &args, stream)?;
         self.launches.fetch_add(1, Ordering::Relaxed);
         Ok(plan)
     }

@@ -318,6 +318,9 @@ impl<T: Descriptor> Drop for AclHandle<T> {
 }
 
 /// Raw pointer of an optional descriptor (NULL when absent: aclnn's `xxxOptional`).
+/// A backward's output mask and its optional gradient outputs (see `Ops::grad_outputs`).
+type GradOutputs = (AclHandle<aclBoolArray>, [Option<AclHandle<aclTensor>>; 3]);
+
 fn raw_opt<T: Descriptor>(h: &Option<AclHandle<T>>) -> *mut T {
     h.as_ref().map_or(std::ptr::null_mut(), |h| h.raw)
 }
@@ -473,8 +476,42 @@ impl<'s> Ops<'s> {
         AclHandle::new(nn, raw, "aclCreateTensor")
     }
 
+    /// Descriptors of `ts`, made in order.
+    fn tensors<const N: usize>(&self, ts: [&TensorArg; N]) -> Result<[AclHandle<aclTensor>; N]> {
+        let mut out = Vec::with_capacity(N);
+        for t in ts {
+            out.push(self.tensor(t)?);
+        }
+        Ok(out
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("N descriptors")))
+    }
+
     fn opt_tensor(&self, t: Option<&TensorArg>) -> Result<Option<AclHandle<aclTensor>>> {
         t.map(|t| self.tensor(t)).transpose()
+    }
+
+    /// A backward's output mask and its optional gradient outputs (input, weight, bias).
+    fn grad_outputs(&self, grads: [Option<&TensorArg>; 3]) -> Result<GradOutputs> {
+        let mask = self.bool_array(&grads.map(|g| g.is_some()))?;
+        let [i, w, b] = grads;
+        let outs = [
+            self.opt_tensor(i)?,
+            self.opt_tensor(w)?,
+            self.opt_tensor(b)?,
+        ];
+        Ok((mask, outs))
+    }
+
+    /// A convolution's stride, padding and dilation, and a zero output padding.
+    fn conv_arrays(
+        &self,
+        stride: [i64; 2],
+        padding: [i64; 2],
+        dilation: [i64; 2],
+    ) -> Result<[AclHandle<aclIntArray>; 4]> {
+        let (s, p) = (self.int_array(&stride)?, self.int_array(&padding)?);
+        Ok([s, p, self.int_array(&dilation)?, self.int_array(&[0, 0])?])
     }
 
     fn int_array(&self, v: &[i64]) -> Result<AclHandle<aclIntArray>> {
@@ -618,11 +655,6 @@ impl<'s> Ops<'s> {
         grad_weight: Option<&TensorArg>,
         grad_bias: Option<&TensorArg>,
     ) -> Result<()> {
-        let mask = [
-            grad_in.is_some(),
-            grad_weight.is_some(),
-            grad_bias.is_some(),
-        ];
         let (g, x, ns) = (
             self.tensor(grad_out)?,
             self.tensor(x)?,
@@ -630,12 +662,7 @@ impl<'s> Ops<'s> {
         );
         let (m, r) = (self.tensor(mean)?, self.tensor(rstd)?);
         let (w, b) = (self.opt_tensor(weight)?, self.opt_tensor(bias)?);
-        let mask = self.bool_array(&mask)?;
-        let (gi, gw, gb) = (
-            self.opt_tensor(grad_in)?,
-            self.opt_tensor(grad_weight)?,
-            self.opt_tensor(grad_bias)?,
-        );
+        let (mask, [gi, gw, gb]) = self.grad_outputs([grad_in, grad_weight, grad_bias])?;
         aclnn!(
             self,
             LayerNormBackward(
@@ -675,12 +702,7 @@ impl<'s> Ops<'s> {
             self.opt_tensor(bias)?,
             self.tensor(out)?,
         );
-        let (s, p, d, op) = (
-            self.int_array(&stride)?,
-            self.int_array(&padding)?,
-            self.int_array(&dilation)?,
-            self.int_array(&[0, 0])?,
-        );
+        let [s, p, d, op] = self.conv_arrays(stride, padding, dilation)?;
         aclnn!(
             self,
             Convolution(
@@ -717,25 +739,10 @@ impl<'s> Ops<'s> {
     ) -> Result<()> {
         self.require_cann8("aclnnConvolutionBackward")?;
         let cm = self.cube(x.dtype);
-        let mask = [
-            grad_in.is_some(),
-            grad_weight.is_some(),
-            grad_bias.is_some(),
-        ];
         let (g, x, w) = (self.tensor(grad_out)?, self.tensor(x)?, self.tensor(w)?);
         let bs = self.int_array(bias_sizes)?;
-        let (s, p, d, op) = (
-            self.int_array(&stride)?,
-            self.int_array(&padding)?,
-            self.int_array(&dilation)?,
-            self.int_array(&[0, 0])?,
-        );
-        let mask = self.bool_array(&mask)?;
-        let (gi, gw, gb) = (
-            self.opt_tensor(grad_in)?,
-            self.opt_tensor(grad_weight)?,
-            self.opt_tensor(grad_bias)?,
-        );
+        let [s, p, d, op] = self.conv_arrays(stride, padding, dilation)?;
+        let (mask, [gi, gw, gb]) = self.grad_outputs([grad_in, grad_weight, grad_bias])?;
         aclnn!(
             self,
             ConvolutionBackward(
@@ -772,11 +779,7 @@ impl<'s> Ops<'s> {
         dim: i64,
         grad_in: &TensorArg,
     ) -> Result<()> {
-        let (g, y, gi) = (
-            self.tensor(grad_out)?,
-            self.tensor(y)?,
-            self.tensor(grad_in)?,
-        );
+        let [g, y, gi] = self.tensors([grad_out, y, grad_in])?;
         aclnn!(self, SoftmaxBackward(g.raw(), y.raw(), dim, gi.raw()))
     }
 
@@ -799,11 +802,7 @@ impl<'s> Ops<'s> {
         approx: GeluApprox,
         grad_in: &TensorArg,
     ) -> Result<()> {
-        let (g, x, gi) = (
-            self.tensor(grad_out)?,
-            self.tensor(x)?,
-            self.tensor(grad_in)?,
-        );
+        let [g, x, gi] = self.tensors([grad_out, x, grad_in])?;
         let mode = CString::new(match approx {
             GeluApprox::Erf => "none",
             GeluApprox::Tanh => "tanh",
@@ -856,11 +855,7 @@ impl<'s> Ops<'s> {
         threshold: f32,
         grad_in: &TensorArg,
     ) -> Result<()> {
-        let (g, x, gi) = (
-            self.tensor(grad_out)?,
-            self.tensor(x)?,
-            self.tensor(grad_in)?,
-        );
+        let [g, x, gi] = self.tensors([grad_out, x, grad_in])?;
         let th = self.scalar_f32(threshold)?;
         aclnn!(
             self,
@@ -875,11 +870,7 @@ impl<'s> Ops<'s> {
         y: &TensorArg,
         grad_in: &TensorArg,
     ) -> Result<()> {
-        let (g, y, gi) = (
-            self.tensor(grad_out)?,
-            self.tensor(y)?,
-            self.tensor(grad_in)?,
-        );
+        let [g, y, gi] = self.tensors([grad_out, y, grad_in])?;
         aclnn!(self, SigmoidBackward(g.raw(), y.raw(), gi.raw()))
     }
 
@@ -967,12 +958,7 @@ impl<'s> Ops<'s> {
         out: &TensorArg,
     ) -> Result<()> {
         let (q, k, v) = (self.tensor(q)?, self.tensor(k)?, self.tensor(v)?);
-        let (m, s, so, out) = (
-            self.tensor(softmax_max)?,
-            self.tensor(softmax_sum)?,
-            self.tensor(softmax_out)?,
-            self.tensor(out)?,
-        );
+        let [m, s, so, out] = self.tensors([softmax_max, softmax_sum, softmax_out, out])?;
         let layout = CString::new("BNSD").expect("no NUL");
         let null = std::ptr::null();
         aclnn!(
@@ -1017,23 +1003,10 @@ impl<'s> Ops<'s> {
         empty: &TensorArg,
         grads: (&TensorArg, &TensorArg, &TensorArg),
     ) -> Result<()> {
-        let (q, k, v, dy) = (
-            self.tensor(q)?,
-            self.tensor(k)?,
-            self.tensor(v)?,
-            self.tensor(dy)?,
-        );
-        let (m, s, out) = (
-            self.tensor(saved.0)?,
-            self.tensor(saved.1)?,
-            self.tensor(saved.2)?,
-        );
+        let [q, k, v, dy] = self.tensors([q, k, v, dy])?;
+        let [m, s, out] = self.tensors([saved.0, saved.1, saved.2])?;
         let (e1, e2) = (self.tensor(empty)?, self.tensor(empty)?);
-        let (gq, gk, gv) = (
-            self.tensor(grads.0)?,
-            self.tensor(grads.1)?,
-            self.tensor(grads.2)?,
-        );
+        let [gq, gk, gv] = self.tensors([grads.0, grads.1, grads.2])?;
         let layout = CString::new("BNSD").expect("no NUL");
         let null = std::ptr::null();
         aclnn!(

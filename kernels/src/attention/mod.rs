@@ -27,6 +27,13 @@ pub struct AttnDims {
     pub dv: usize,
 }
 
+impl AttnDims {
+    /// The sizes in one line, in field order.
+    pub fn new(bh: usize, nq: usize, nk: usize, d: usize, dv: usize) -> Self {
+        AttnDims { bh, nq, nk, d, dv }
+    }
+}
+
 /// Decomposed relative-position bias: `rel_h [bh, nq, kh]`, `rel_w [bh, nq, kw]`, `kh*kw == nk`.
 #[derive(Clone, Copy, Debug)]
 pub struct RelPosBias<'a> {

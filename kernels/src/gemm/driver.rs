@@ -110,76 +110,61 @@ impl CPtr {
     }
 }
 
+/// What one driver call computes besides its operands: blocking, sizes, whether C accumulates,
+/// the epilogue, and whether it may fork (false keeps every GEMM on the calling thread).
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'e> {
+    pub blocking: Blocking,
+    pub dims: GemmDims,
+    pub accumulate: bool,
+    pub ep: Epilogue<'e>,
+    pub may_thread: bool,
+}
+
+impl<'e> Job<'e> {
+    /// `C (+)= A·B`, threaded.
+    pub(crate) fn plain(blocking: Blocking, dims: GemmDims, accumulate: bool) -> Self {
+        let (ep, may_thread) = (Epilogue::default(), true);
+        Job {
+            blocking,
+            dims,
+            accumulate,
+            ep,
+            may_thread,
+        }
+    }
+    /// `C = ep(A·B)` (overwriting C), threaded unless `may_thread` is false.
+    pub(crate) fn fused(
+        blocking: Blocking,
+        dims: GemmDims,
+        ep: Epilogue<'e>,
+        may_thread: bool,
+    ) -> Self {
+        Job {
+            blocking,
+            dims,
+            accumulate: false,
+            ep,
+            may_thread,
+        }
+    }
+}
+
 /// Entry point: validates, then splits over batch and/or within each GEMM.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(
+pub(crate) fn run_gemm(
     ukr: &MicroKernel,
-    blocking: Blocking,
-    dims: GemmDims,
-    a: &[f32],
-    la: Layout,
-    b: &[f32],
-    lb: Layout,
-    c: &mut [f32],
-    lc: Layout,
-    accumulate: bool,
-) {
-    gemm_ep(
-        ukr,
-        blocking,
-        dims,
-        a,
-        la,
-        b,
-        lb,
-        c,
-        lc,
-        accumulate,
-        Epilogue::default(),
-    )
-}
-
-/// [`gemm`] plus an epilogue applied to each finished strip of C.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_ep(
-    ukr: &MicroKernel,
-    blocking: Blocking,
-    dims: GemmDims,
-    a: &[f32],
-    la: Layout,
-    b: &[f32],
-    lb: Layout,
-    c: &mut [f32],
-    lc: Layout,
-    accumulate: bool,
-    ep: Epilogue,
-) {
-    run_gemm(
-        ukr,
-        blocking,
-        dims,
-        (a, la),
-        (b, lb),
-        (c, lc),
-        accumulate,
-        ep,
-        true,
-    )
-}
-
-/// The body of [`gemm_ep`]; `may_thread = false` keeps every GEMM on the calling thread.
-#[allow(clippy::too_many_arguments)]
-fn run_gemm(
-    ukr: &MicroKernel,
-    blocking: Blocking,
-    dims: GemmDims,
+    job: Job,
     (a, la): (&[f32], Layout),
     (b, lb): (&[f32], Layout),
     (c, lc): (&mut [f32], Layout),
-    accumulate: bool,
-    ep: Epilogue,
-    may_thread: bool,
 ) {
+    let Job {
+        blocking,
+        dims,
+        accumulate,
+        ep,
+        may_thread,
+    } = job;
     let GemmDims { batch, m, n, k } = dims;
     assert_eq!(lc.col_stride, 1, "gemm: C must have col_stride 1");
     if batch == 0 || m == 0 || n == 0 {
@@ -239,32 +224,6 @@ fn run_gemm(
     } else {
         (0..batch).for_each(|bi| one(bi, flops >= PAR_MIN_FLOPS));
     }
-}
-
-/// [`gemm_ep`] (overwriting C) with every GEMM of the batch on the calling thread.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_ep_serial(
-    ukr: &MicroKernel,
-    dims: GemmDims,
-    a: &[f32],
-    la: Layout,
-    b: &[f32],
-    lb: Layout,
-    c: &mut [f32],
-    lc: Layout,
-    ep: Epilogue,
-) {
-    run_gemm(
-        ukr,
-        ukr.blocking,
-        dims,
-        (a, la),
-        (b, lb),
-        (c, lc),
-        false,
-        ep,
-        false,
-    )
 }
 
 /// Rounds the blocking to what the micro-kernel needs (multiples of MR/NR, even KC for pairs).

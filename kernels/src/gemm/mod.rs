@@ -289,18 +289,8 @@ fn amx_self_check() -> bool {
         reference::gemm(dims, &round(&a), la, &round(&b), lb, &mut want, lc, false);
         let mut got = vec![f32::NAN; m * n];
         let ukr = driver::micro_kernel(Kernel::Amx, Precision::Bf16);
-        driver::gemm(
-            &ukr,
-            ukr.blocking,
-            dims,
-            &a,
-            la,
-            &b,
-            lb,
-            &mut got,
-            lc,
-            false,
-        );
+        let job = driver::Job::plain(ukr.blocking, dims, false);
+        driver::run_gemm(&ukr, job, (&a, la), (&b, lb), (&mut got, lc));
         // Values are multiples of 1/8 with |x| <= 1.5: every product and partial sum is exact
         // in f32, so any correct summation order gives the identical result.
         got == want
@@ -344,7 +334,8 @@ pub fn gemm_with(
     precision: Precision,
 ) {
     let ukr = driver::micro_kernel(kernel, precision);
-    driver::gemm(&ukr, ukr.blocking, dims, a, la, b, lb, c, lc, accumulate)
+    let job = driver::Job::plain(ukr.blocking, dims, accumulate);
+    driver::run_gemm(&ukr, job, (a, la), (b, lb), (c, lc))
 }
 
 /// `C = act(A·B + bias)` (overwriting C) with the [`Epilogue`] fused into the GEMM: each tile
@@ -384,7 +375,8 @@ pub fn gemm_fused_serial(
     let (kernel, precision) = resolve(precision);
     check_epilogue(dims, &epilogue);
     let ukr = driver::micro_kernel(kernel, precision);
-    driver::gemm_ep_serial(&ukr, dims, a, la, b, lb, c, lc, epilogue)
+    let job = driver::Job::fused(ukr.blocking, dims, epilogue, false);
+    driver::run_gemm(&ukr, job, (a, la), (b, lb), (c, lc))
 }
 
 fn check_epilogue(dims: GemmDims, epilogue: &Epilogue) {
@@ -423,19 +415,8 @@ pub fn gemm_fused_with(
 ) {
     check_epilogue(dims, &epilogue);
     let ukr = driver::micro_kernel(kernel, precision);
-    driver::gemm_ep(
-        &ukr,
-        ukr.blocking,
-        dims,
-        a,
-        la,
-        b,
-        lb,
-        c,
-        lc,
-        false,
-        epilogue,
-    )
+    let job = driver::Job::fused(ukr.blocking, dims, epilogue, true);
+    driver::run_gemm(&ukr, job, (a, la), (b, lb), (c, lc))
 }
 
 /// Cache-blocking parameters (in elements of k / rows / columns). Exposed so the benchmarks can
@@ -474,7 +455,8 @@ pub fn gemm_tuned(
     precision: Precision,
 ) {
     let ukr = driver::micro_kernel(kernel, precision);
-    driver::gemm(&ukr, blocking, dims, a, la, b, lb, c, lc, accumulate)
+    let job = driver::Job::plain(blocking, dims, accumulate);
+    driver::run_gemm(&ukr, job, (a, la), (b, lb), (c, lc))
 }
 
 pub mod reference {

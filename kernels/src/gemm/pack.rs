@@ -28,6 +28,30 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16::from_f32(lo).to_bits() as u32 | (bf16::from_f32(hi).to_bits() as u32) << 16
 }
 
+/// The data part of one panel: `n` lines by `kc` k values in format `fmt`, line `l` and packed k
+/// unit `u` going to `dst[l*dl + u*du]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PanelData {
+    pub fmt: PackFormat,
+    pub n: usize,
+    pub kc: usize,
+    pub dl: usize,
+    pub du: usize,
+}
+
+impl PanelData {
+    fn new(fmt: PackFormat, n: usize, kc: usize, (dl, du): (usize, usize)) -> Self {
+        PanelData { fmt, n, kc, dl, du }
+    }
+    /// Packed k units holding data: `kc`, or `⌈kc/2⌉` bf16 pairs.
+    pub(crate) fn units(&self) -> usize {
+        match self.fmt {
+            PackFormat::Bf16Pairs => self.kc.div_ceil(2),
+            _ => self.kc,
+        }
+    }
+}
+
 /// Packs `rows × kc` of A (element `(i, p)` at `base + i*rs + p*cs`) into `ceil(rows/mr)`
 /// micro-panels of `kp * mr` units: `[k][row]`, or `[row][k]` if `row_major`.
 #[allow(clippy::too_many_arguments)]
@@ -49,20 +73,8 @@ pub(crate) fn pack_a(
         let nrows = mr.min(rows - r0);
         // Unit strides swap roles: index (row, k) → (u, v) where v runs over k.
         let (urs, ucs) = if row_major { (kp, 1) } else { (1, mr) };
-        pack_panel(
-            fmt,
-            a,
-            base + r0 * rs,
-            rs,
-            cs,
-            nrows,
-            mr,
-            kc,
-            kp,
-            d,
-            urs,
-            ucs,
-        );
+        let data = PanelData::new(fmt, nrows, kc, (urs, ucs));
+        pack_panel(data, a, base + r0 * rs, rs, cs, mr, kp, d);
     }
 }
 
@@ -82,7 +94,8 @@ pub(crate) fn pack_b(
     dst: &mut [u32],
 ) {
     // B's columns play the role of A's rows: element (j, p) at base + j*cs + p*rs.
-    pack_panel(fmt, b, base, cs, rs, cols, nr, kc, kp, dst, 1, nr);
+    let data = PanelData::new(fmt, cols, kc, (1, nr));
+    pack_panel(data, b, base, cs, rs, nr, kp, dst);
 }
 
 /// Packs a panel of `n` "lines" (rows of A / columns of B) by `kc` k values, where element
@@ -91,25 +104,22 @@ pub(crate) fn pack_b(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pack_panel(
-    fmt: PackFormat,
+    data: PanelData,
     src: &[f32],
     base: usize,
     ls: usize,
     ks: usize,
-    n: usize,
     width: usize,
-    kc: usize,
     kp: usize,
     dst: &mut [u32],
-    dl: usize,
-    du: usize,
 ) {
     let dst = &mut dst[..kp * width];
     #[cfg(target_arch = "x86_64")]
-    if super::x86::pack_panel_avx512(fmt, src, base, ls, ks, n, kc, dst, dl, du) {
-        zero_fill(fmt, n, width, kc, kp, dst, dl, du);
+    if super::x86::pack_panel_avx512(data, src, base, ls, ks, dst) {
+        zero_fill(data, width, kp, dst);
         return;
     }
+    let PanelData { fmt, n, kc, dl, du } = data;
     match fmt {
         PackFormat::F32 | PackFormat::F32RoundBf16 => {
             let conv = |x: f32| {
@@ -174,21 +184,8 @@ fn pack_panel(
 }
 
 /// Zeroes what the data loops do not write: lines `n..width`, and units past the data.
-#[allow(clippy::too_many_arguments)]
-fn zero_fill(
-    fmt: PackFormat,
-    n: usize,
-    width: usize,
-    kc: usize,
-    kp: usize,
-    dst: &mut [u32],
-    dl: usize,
-    du: usize,
-) {
-    let units = match fmt {
-        PackFormat::Bf16Pairs => kc.div_ceil(2),
-        _ => kc,
-    };
+fn zero_fill(data: PanelData, width: usize, kp: usize, dst: &mut [u32]) {
+    let (units, PanelData { n, dl, du, .. }) = (data.units(), data);
     for u in 0..kp {
         let from = if u < units { n } else { 0 };
         for l in from..width {

@@ -5,7 +5,7 @@
 //! FMA latency × throughput product of both FMA pipes.
 
 use super::driver::MicroKernel;
-use super::pack::PackFormat;
+use super::pack::{PackFormat, PanelData};
 use super::Blocking;
 use std::arch::x86_64::*;
 
@@ -271,26 +271,19 @@ fn lanes(cnt: usize) -> __mmask16 {
 /// k contiguous in the source (row-major A, `F.linear`-style transposed B). Returns false (and
 /// does nothing) for other layouts or CPUs without AVX-512F. Writes only the data units:
 /// lines `0..n` × units `0..units(kc)`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_panel_avx512(
-    fmt: PackFormat,
+    data: PanelData,
     src: &[f32],
     base: usize,
     ls: usize,
     ks: usize,
-    n: usize,
-    kc: usize,
     dst: &mut [u32],
-    dl: usize,
-    du: usize,
 ) -> bool {
+    let PanelData { fmt, n, kc, dl, du } = data;
     if !crate::cpu::features().avx512f || n == 0 || kc == 0 {
         return false;
     }
-    let units = match fmt {
-        PackFormat::Bf16Pairs => kc.div_ceil(2),
-        _ => kc,
-    };
+    let units = data.units();
     // Everything below reads/writes within these bounds (masked lanes are not accessed).
     assert!(base + (n - 1) * ls + (kc - 1) * ks < src.len());
     assert!((n - 1) * dl + (units - 1) * du < dst.len());

@@ -22,7 +22,13 @@ impl AttentionOps for AscendBackend {
             return Ok((out, AttnSaved::Lse(lse)));
         }
         let s = self.attention_scores(dims, (qb, kb), scale, rel)?;
-        let p = self.softmax(bh * nq, nk, &s)?;
+        let p = self.softmax(
+            RowDims {
+                rows: bh * nq,
+                dim: nk,
+            },
+            &s,
+        )?;
         let out = self.bmm(
             (self.buf(&p)?, contig(&[bh, nq, nk])),
             (vb, contig(&[bh, nk, dv])),
@@ -31,17 +37,10 @@ impl AttentionOps for AscendBackend {
         Ok((out, AttnSaved::Probs(p)))
     }
 
-    fn attention_backward(
-        &self,
-        a: AttnArgs,
-        x: Qkv,
-        out: &Storage,
-        saved: &AttnSaved,
-        dout: &Storage,
-    ) -> Result<AttnGrads> {
+    fn attention_backward(&self, a: AttnArgs, x: Qkv, g: AttnGradIn) -> Result<AttnGrads> {
         let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
         let recomputed;
-        let probs = match saved {
+        let probs = match g.saved {
             AttnSaved::Device(state) => {
                 let Some(st) = state.as_any().downcast_ref::<FlashAttnState>() else {
                     return Err(
@@ -53,11 +52,17 @@ impl AttentionOps for AscendBackend {
                         self.device_error("attention_backward: flash-attention state with rel-pos")
                     );
                 }
-                return self.flash_attention_backward(dims, (q, k, v), scale, out, st, dout);
+                return self.flash_attention_backward(a, x, g, st);
             }
             AttnSaved::Lse(_) => {
                 let s = self.attention_scores(dims, (self.buf(q)?, self.buf(k)?), scale, rel)?;
-                recomputed = self.softmax(dims.bh * dims.nq, dims.nk, &s)?;
+                recomputed = self.softmax(
+                    RowDims {
+                        rows: dims.bh * dims.nq,
+                        dim: dims.nk,
+                    },
+                    &s,
+                )?;
                 &recomputed
             }
             AttnSaved::Probs(p) => p,
@@ -69,13 +74,8 @@ impl AttentionOps for AscendBackend {
                 probs.len()
             )));
         }
-        let (qb, kb, vb, pb, gb) = (
-            self.buf(q)?,
-            self.buf(k)?,
-            self.buf(v)?,
-            self.buf(probs)?,
-            self.buf(dout)?,
-        );
+        let (qb, kb, vb) = (self.buf(q)?, self.buf(k)?, self.buf(v)?);
+        let (pb, gb) = (self.buf(probs)?, self.buf(g.dout)?);
         let pt = lay(&[bh, nk, nq], &[nq * nk, 1, nk], 0);
         // dV = Pᵀ·dO, dP = dO·Vᵀ, dS = softmax_backward(P, dP)
         let dvv = self.bmm((pb, pt.clone()), (gb, contig(&[bh, nq, dv])), [bh, nk, dv])?;
@@ -84,7 +84,14 @@ impl AttentionOps for AscendBackend {
             (vb, lay(&[bh, dv, nk], &[nk * dv, 1, dv], 0)),
             [bh, nq, nk],
         )?;
-        let ds = self.softmax_backward(bh * nq, nk, probs, &dp)?;
+        let ds = self.softmax_backward(
+            RowDims {
+                rows: bh * nq,
+                dim: nk,
+            },
+            probs,
+            &dp,
+        )?;
         let dsb = self.buf(&ds)?;
         let drel = match rel {
             Some(r) => {

@@ -3,34 +3,14 @@
 use super::*;
 
 impl ConvOps for AscendBackend {
-    fn conv2d(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-    ) -> Result<Storage> {
-        let bias = bias.map(|b| self.buf(b)).transpose()?;
-        self.conv_fwd_raw(g, self.buf(x)?, self.buf(w)?, bias)
+    fn conv2d(&self, g: Conv2dGeom, a: ConvIn) -> Result<Storage> {
+        let bias = a.bias.map(|b| self.buf(b)).transpose()?;
+        self.conv_fwd_raw(g, self.buf(a.x)?, self.buf(a.w)?, bias)
     }
 
-    fn conv2d_backward(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        dy: &Storage,
-        bias: bool,
-    ) -> Result<ConvGrads> {
-        let (dx, dw, db) = self.conv_bwd_raw(
-            g,
-            self.buf(x)?,
-            self.buf(w)?,
-            self.buf(dy)?,
-            true,
-            true,
-            bias,
-        )?;
+    fn conv2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads> {
+        let (x, w, dy) = (self.buf(a.x)?, self.buf(a.w)?, self.buf(a.dy)?);
+        let (dx, dw, db) = self.conv_bwd_raw(g, x, w, dy, true, true, a.bias)?;
         Ok(ConvGrads {
             dx: dx.expect("requested"),
             dw: dw.expect("requested"),
@@ -38,13 +18,7 @@ impl ConvOps for AscendBackend {
         })
     }
 
-    fn conv_transpose2d(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-    ) -> Result<Storage> {
+    fn conv_transpose2d(&self, g: Conv2dGeom, a: ConvIn) -> Result<Storage> {
         // conv_transpose2d(x, w) is the input gradient of conv2d(·, w) at dy = x
         // (aclnnConvolutionBackward with only gradInput requested; its `input` argument only
         // supplies the shape, so an uninitialised buffer of that shape is passed).
@@ -52,18 +26,11 @@ impl ConvOps for AscendBackend {
         let (oh, ow) = g.transpose_out_hw();
         let ny = g.n * g.c_out * oh * ow;
         let shape_only = self.alloc(ny)?;
-        let (y, _, _) = self.conv_bwd_raw(
-            adj,
-            &shape_only,
-            self.buf(w)?,
-            self.buf(x)?,
-            true,
-            false,
-            false,
-        )?;
+        let (w, x) = (self.buf(a.w)?, self.buf(a.x)?);
+        let (y, _, _) = self.conv_bwd_raw(adj, &shape_only, w, x, true, false, false)?;
         self.stream.retain_until_sync(shape_only);
         let y = y.expect("requested");
-        match bias {
+        match a.bias {
             None => Ok(y),
             Some(b) => {
                 let dims = [g.n, g.c_out, oh * ow];
@@ -77,21 +44,14 @@ impl ConvOps for AscendBackend {
         }
     }
 
-    fn conv_transpose2d_backward(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        dy: &Storage,
-        bias: bool,
-    ) -> Result<ConvGrads> {
+    fn conv_transpose2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads> {
         let adj = Self::adjoint_geom(g);
-        let (xb, wb, gb) = (self.buf(x)?, self.buf(w)?, self.buf(dy)?);
+        let (xb, wb, gb) = (self.buf(a.x)?, self.buf(a.w)?, self.buf(a.dy)?);
         // dx = conv2d(dy, w); dw = the weight gradient of conv2d(dy as input, w) at grad x.
         let dx = self.conv_fwd_raw(adj, gb, wb, None)?;
         let (_, dw, _) = self.conv_bwd_raw(adj, gb, wb, xb, false, true, false)?;
         let (oh, ow) = g.transpose_out_hw();
-        let dbias = bias
+        let dbias = (a.bias)
             .then(|| self.channel_sum(gb, g.n, g.c_out, oh * ow))
             .transpose()?;
         Ok(ConvGrads {
@@ -101,28 +61,14 @@ impl ConvOps for AscendBackend {
         })
     }
 
-    fn depthwise_conv2d(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-    ) -> Result<Storage> {
+    fn depthwise_conv2d(&self, g: Conv2dGeom, a: ConvIn) -> Result<Storage> {
         // aclnnConvolution with groups = channels (weight [c, 1, kh, kw]).
         self.check_depthwise(&g)?;
-        let bias = bias.map(|b| self.buf(b)).transpose()?;
-        self.conv_fwd_raw(g, self.buf(x)?, self.buf(w)?, bias)
+        self.conv2d(g, a)
     }
 
-    fn depthwise_conv2d_backward(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        dy: &Storage,
-        bias: bool,
-    ) -> Result<ConvGrads> {
+    fn depthwise_conv2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads> {
         self.check_depthwise(&g)?;
-        self.conv2d_backward(g, x, w, dy, bias)
+        self.conv2d_backward(g, a)
     }
 }

@@ -148,9 +148,7 @@ impl AscendBackend {
     pub(super) fn layer_norm2d_custom(
         &self,
         d: ChannelDims,
-        x: &Storage,
-        g: &Storage,
-        b: &Storage,
+        a: NormIn,
         eps: f32,
     ) -> Result<Option<NormOut>> {
         let ChannelDims { n, c, hw } = d;
@@ -176,17 +174,10 @@ impl AscendBackend {
         let mut y = self.alloc(n * c * hw)?;
         let mut mean = self.alloc(n * hw)?;
         let mut rstd = self.alloc(n * hw)?;
-        kern.layer_norm2d(
-            &self.stream,
-            &shape,
-            self.buf(x)?,
-            self.buf(g)?,
-            self.buf(b)?,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-        )
-        .map_err(self.err())?;
+        let (x, g, b) = (self.buf(a.x)?, self.buf(a.gamma)?, self.buf(a.beta)?);
+        let out = (&mut y, &mut mean, &mut rstd);
+        (kern.layer_norm2d(&self.stream, &shape, x, g, b, out.0, out.1, out.2))
+            .map_err(self.err())?;
         Ok(Some(NormOut {
             y: self.wrap(y, n * c * hw),
             mean: self.wrap(mean, n * hw),

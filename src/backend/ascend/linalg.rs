@@ -3,13 +3,13 @@
 use super::*;
 
 impl LinalgOps for AscendBackend {
-    fn gemm(
-        &self,
-        dims: GemmDims,
-        a: GemmOperand,
-        b: GemmOperand,
-        precision: Precision,
-    ) -> Result<Storage> {
+    fn gemm(&self, g: GemmArgs) -> Result<Storage> {
+        let GemmArgs {
+            dims,
+            a,
+            b,
+            precision,
+        } = g;
         let GemmDims { batch, m, n, k } = dims;
         let total = batch * m * n;
         let (ab, bb) = (self.buf(a.storage)?, self.buf(b.storage)?);
@@ -38,22 +38,9 @@ impl LinalgOps for AscendBackend {
                 let to = TensorArg::output::<f32>(&mut out, contig(&[batch * m, n])).map_err(&e)?;
                 ops.matmul(&ta, &tb, &to).map_err(&e)?;
             } else {
-                let ta = self.input(
-                    ab,
-                    lay(
-                        &[batch, m, k],
-                        &[la.batch_stride, la.row_stride, la.col_stride],
-                        a.offset,
-                    ),
-                )?;
-                let tb = self.input(
-                    bb,
-                    lay(
-                        &[batch, k, n],
-                        &[lb.batch_stride, lb.row_stride, lb.col_stride],
-                        b.offset,
-                    ),
-                )?;
+                let strides = |l: Layout| [l.batch_stride, l.row_stride, l.col_stride];
+                let ta = self.input(ab, lay(&[batch, m, k], &strides(la), a.offset))?;
+                let tb = self.input(bb, lay(&[batch, k, n], &strides(lb), b.offset))?;
                 let to = TensorArg::output::<f32>(&mut out, contig(&[batch, m, n])).map_err(&e)?;
                 ops.batch_matmul(&ta, &tb, &to).map_err(&e)?;
             }

@@ -140,6 +140,9 @@ fn lay(dims: &[usize], strides: &[usize], offset: usize) -> AclLayout {
     }
 }
 
+/// A device buffer read through a layout.
+type DevOperand<'a> = (&'a acl::DeviceBuffer, AclLayout);
+
 fn contig(dims: &[usize]) -> AclLayout {
     AclLayout::contiguous(&i64s(dims))
 }
@@ -287,56 +290,43 @@ impl AscendBackend {
         self.download(s)
     }
 
+    /// `out[dims] = op(a[la], b[lb])` into a fresh contiguous buffer; `op(ops, a, b, out)` runs
+    /// the aclnn call.
+    fn zip_views(
+        &self,
+        (a, b): (DevOperand, DevOperand),
+        dims: &[usize],
+        op: impl FnOnce(Ops, &TensorArg, &TensorArg, &TensorArg) -> acl::Result<()>,
+    ) -> Result<Storage> {
+        let n: usize = dims.iter().product();
+        let mut out = self.alloc(n)?;
+        if n > 0 {
+            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
+            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
+            op(self.ops(), &ta, &tb, &to).map_err(self.err())?;
+        }
+        Ok(self.wrap(out, n))
+    }
+
     /// `out[dims] = a[la] + alpha · b[lb]` into a fresh contiguous buffer.
     fn add_views(
         &self,
-        a: (&acl::DeviceBuffer, AclLayout),
-        b: (&acl::DeviceBuffer, AclLayout),
+        a: DevOperand,
+        b: DevOperand,
         alpha: f32,
         dims: &[usize],
     ) -> Result<Storage> {
-        let n: usize = dims.iter().product();
-        let mut out = self.alloc(n)?;
-        if n > 0 {
-            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
-            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
-            self.ops().add(&ta, &tb, alpha, &to).map_err(self.err())?;
-        }
-        Ok(self.wrap(out, n))
+        self.zip_views((a, b), dims, |ops, a, b, o| ops.add(a, b, alpha, o))
     }
 
     /// `out[dims] = a[la] · b[lb]` into a fresh contiguous buffer.
-    fn mul_views(
-        &self,
-        a: (&acl::DeviceBuffer, AclLayout),
-        b: (&acl::DeviceBuffer, AclLayout),
-        dims: &[usize],
-    ) -> Result<Storage> {
-        let n: usize = dims.iter().product();
-        let mut out = self.alloc(n)?;
-        if n > 0 {
-            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
-            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
-            self.ops().mul(&ta, &tb, &to).map_err(self.err())?;
-        }
-        Ok(self.wrap(out, n))
+    fn mul_views(&self, a: DevOperand, b: DevOperand, dims: &[usize]) -> Result<Storage> {
+        self.zip_views((a, b), dims, |ops, a, b, o| ops.mul(a, b, o))
     }
 
     /// `out[dims] = a[la] / b[lb]` into a fresh contiguous buffer (`aclnnDiv`).
-    fn div_views(
-        &self,
-        a: (&acl::DeviceBuffer, AclLayout),
-        b: (&acl::DeviceBuffer, AclLayout),
-        dims: &[usize],
-    ) -> Result<Storage> {
-        let n: usize = dims.iter().product();
-        let mut out = self.alloc(n)?;
-        if n > 0 {
-            let (ta, tb) = (self.input(a.0, a.1)?, self.input(b.0, b.1)?);
-            let to = TensorArg::output::<f32>(&mut out, contig(dims)).map_err(self.err())?;
-            self.ops().div(&ta, &tb, &to).map_err(self.err())?;
-        }
-        Ok(self.wrap(out, n))
+    fn div_views(&self, a: DevOperand, b: DevOperand, dims: &[usize]) -> Result<Storage> {
+        self.zip_views((a, b), dims, |ops, a, b, o| ops.div(a, b, o))
     }
 
     /// `op(x)` over `n` contiguous elements (`aclnnRelu` / `Sigmoid` / `Exp` / `Sin` / `Cos` /
@@ -632,24 +622,16 @@ impl AscendBackend {
     }
 
     /// Backward of [`AscendBackend::flash_attention`] (`aclnnFlashAttentionScoreGrad`).
-    #[allow(clippy::too_many_arguments)]
     fn flash_attention_backward(
         &self,
-        dims: AttnDims,
-        (q, k, v): (&Storage, &Storage, &Storage),
-        scale: f32,
-        out: &Storage,
+        a: AttnArgs,
+        x: Qkv,
+        g: AttnGradIn,
         st: &FlashAttnState,
-        dout: &Storage,
     ) -> Result<AttnGrads> {
-        let AttnDims { bh, nq, nk, d, .. } = dims;
-        let (qb, kb, vb, ob, gb) = (
-            self.buf(q)?,
-            self.buf(k)?,
-            self.buf(v)?,
-            self.buf(out)?,
-            self.buf(dout)?,
-        );
+        let AttnDims { bh, nq, nk, d, .. } = a.dims;
+        let (qb, kb, vb) = (self.buf(x.q)?, self.buf(x.k)?, self.buf(x.v)?);
+        let (ob, gb) = (self.buf(g.out)?, self.buf(g.dout)?);
         let (mut dq, mut dk, mut dv) = (
             self.alloc(bh * nq * d)?,
             self.alloc(bh * nk * d)?,
@@ -671,7 +653,7 @@ impl AscendBackend {
             let gk = TensorArg::output::<f32>(&mut dk, lk.clone()).map_err(&e)?;
             let gv = TensorArg::output::<f32>(&mut dv, lk).map_err(&e)?;
             let attr = FlashAttn {
-                scale: scale as f64,
+                scale: a.scale as f64,
                 head_num: 1,
             };
             self.ops()
@@ -699,16 +681,9 @@ impl AscendBackend {
     /// in its first phase (nothing was enqueued then). Its scalars are f32 (the CPU reference
     /// rounds f64 bias corrections once), so results may differ from the CPU in the last bits.
     /// Public for tests.
-    pub fn adamw_fused(
-        &self,
-        p: AdamWStep,
-        param: &mut Storage,
-        grad: &Storage,
-        exp_avg: &mut Storage,
-        exp_avg_sq: &mut Storage,
-    ) -> Result<bool> {
-        let n = param.len();
-        if grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n || p.step == 0 {
+    pub fn adamw_fused(&self, p: AdamWStep, grad: &Storage, s: &mut AdamWSlots) -> Result<bool> {
+        let n = s.param.len();
+        if [grad.len(), s.exp_avg.len(), s.exp_avg_sq.len()] != [n; 3] || p.step == 0 {
             return Ok(false);
         }
         if n == 0 {
@@ -716,13 +691,12 @@ impl AscendBackend {
         }
         // The kernel uses step + 1 as t: pass the number of earlier updates (exact in f32).
         let step = self.fill(1, (p.step - 1) as f32)?;
-        let (wb, gb, mb, vb, sb) = (
-            self.buf(param)?,
-            self.buf(grad)?,
-            self.buf(exp_avg)?,
-            self.buf(exp_avg_sq)?,
-            self.buf(&step)?,
+        let (wb, mb, vb) = (
+            self.buf(s.param)?,
+            self.buf(s.exp_avg)?,
+            self.buf(s.exp_avg_sq)?,
         );
+        let (gb, sb) = (self.buf(grad)?, self.buf(&step)?);
         let l = contig(&[n]);
         // In-place operands: `param`, `exp_avg` and `exp_avg_sq` are borrowed exclusively by
         // the caller (`&mut Storage`), so writing through these views is sound.
@@ -748,14 +722,12 @@ impl AscendBackend {
 
     /// AdamW as 12 device elementwise ops (the fallback of [`OptimOps::adamw`] when
     /// `aclnnApplyAdamWV2` is missing or rejects the call); public for tests.
-    pub fn adamw_elementwise(
-        &self,
-        p: AdamWStep,
-        param: &mut Storage,
-        grad: &Storage,
-        exp_avg: &mut Storage,
-        exp_avg_sq: &mut Storage,
-    ) -> Result<()> {
+    pub fn adamw_elementwise(&self, p: AdamWStep, grad: &Storage, s: AdamWSlots) -> Result<()> {
+        let AdamWSlots {
+            param,
+            exp_avg,
+            exp_avg_sq,
+        } = s;
         // The CPU update (`medsam_kernels::adamw`, PyTorch semantics) as device elementwise ops, in
         // the same order and with the same f32-rounded scalars:
         //   w ← decay·w;  m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;
@@ -779,12 +751,8 @@ impl AscendBackend {
             (1.0 - b2) as f32,
             p.eps as f32,
         );
-        let (wb, gb, mb, vb) = (
-            self.buf(param)?,
-            self.buf(grad)?,
-            self.buf(exp_avg)?,
-            self.buf(exp_avg_sq)?,
-        );
+        let (wb, mb, vb) = (self.buf(param)?, self.buf(exp_avg)?, self.buf(exp_avg_sq)?);
+        let gb = self.buf(grad)?;
         let w_dec = self.scaled(wb, n, decay)?;
         let diff = self.add_n(gb, mb, -1.0, n)?;
         let m = self.add_n(mb, self.buf(&diff)?, w1, n)?;

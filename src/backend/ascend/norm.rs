@@ -3,16 +3,8 @@
 use super::*;
 
 impl NormOps for AscendBackend {
-    fn layer_norm(
-        &self,
-        rows: usize,
-        dim: usize,
-        x: &Storage,
-        g: &Storage,
-        b: &Storage,
-        eps: f32,
-    ) -> Result<NormOut> {
-        let (xb, gb, bb) = (self.buf(x)?, self.buf(g)?, self.buf(b)?);
+    fn layer_norm(&self, rows: usize, dim: usize, a: NormIn, eps: f32) -> Result<NormOut> {
+        let (xb, gb, bb) = (self.buf(a.x)?, self.buf(a.gamma)?, self.buf(a.beta)?);
         let mut y = self.alloc(rows * dim)?;
         let mut mean = self.alloc(rows)?;
         let mut rstd = self.alloc(rows)?;
@@ -24,18 +16,9 @@ impl NormOps for AscendBackend {
             let to = TensorArg::output::<f32>(&mut y, contig(&[rows, dim])).map_err(&e)?;
             let tm = TensorArg::output::<f32>(&mut mean, contig(&[rows, 1])).map_err(&e)?;
             let tr = TensorArg::output::<f32>(&mut rstd, contig(&[rows, 1])).map_err(&e)?;
-            self.ops()
-                .layer_norm(
-                    &tx,
-                    &[dim as i64],
-                    Some(&tg),
-                    Some(&tb),
-                    eps as f64,
-                    &to,
-                    Some(&tm),
-                    Some(&tr),
-                )
-                .map_err(&e)?;
+            let (ops, norm_shape) = (self.ops(), [dim as i64]);
+            let (g, b, m, r) = (Some(&tg), Some(&tb), Some(&tm), Some(&tr));
+            (ops.layer_norm(&tx, &norm_shape, g, b, eps as f64, &to, m, r)).map_err(&e)?;
         }
         Ok(NormOut {
             y: self.wrap(y, rows * dim),
@@ -44,22 +27,9 @@ impl NormOps for AscendBackend {
         })
     }
 
-    fn layer_norm_backward(
-        &self,
-        rows: usize,
-        dim: usize,
-        x: &Storage,
-        g: &Storage,
-        saved: NormStats,
-        dy: &Storage,
-    ) -> Result<NormGrads> {
-        let (xb, gb, mb, rb, db) = (
-            self.buf(x)?,
-            self.buf(g)?,
-            self.buf(saved.mean)?,
-            self.buf(saved.rstd)?,
-            self.buf(dy)?,
-        );
+    fn layer_norm_backward(&self, rows: usize, dim: usize, a: NormGradIn) -> Result<NormGrads> {
+        let (xb, gb, db) = (self.buf(a.x)?, self.buf(a.gamma)?, self.buf(a.dy)?);
+        let (mb, rb) = (self.buf(a.stats.mean)?, self.buf(a.stats.rstd)?);
         let mut dx = self.alloc(rows * dim)?;
         let mut dg = self.alloc(dim)?;
         let mut dbeta = self.alloc(dim)?;
@@ -78,19 +48,10 @@ impl NormOps for AscendBackend {
             let gx = TensorArg::output::<f32>(&mut dx, contig(&[rows, dim])).map_err(&e)?;
             let gg = TensorArg::output::<f32>(&mut dg, contig(&[dim])).map_err(&e)?;
             let gbt = TensorArg::output::<f32>(&mut dbeta, contig(&[dim])).map_err(&e)?;
-            self.ops()
-                .layer_norm_backward(
-                    &tdy,
-                    &tx,
-                    &[dim as i64],
-                    &tm,
-                    &tr,
-                    Some(&tg),
-                    None,
-                    Some(&gx),
-                    Some(&gg),
-                    Some(&gbt),
-                )
+            let (ops, norm_shape) = (self.ops(), [dim as i64]);
+            let grads = (Some(&gx), Some(&gg), Some(&gbt));
+            let (ns, g) = (&norm_shape, Some(&tg));
+            ops.layer_norm_backward(&tdy, &tx, ns, &tm, &tr, g, None, grads.0, grads.1, grads.2)
                 .map_err(&e)?;
         }
         Ok(NormGrads {
@@ -100,21 +61,14 @@ impl NormOps for AscendBackend {
         })
     }
 
-    fn layer_norm2d(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        g: &Storage,
-        b: &Storage,
-        eps: f32,
-    ) -> Result<NormOut> {
+    fn layer_norm2d(&self, d: ChannelDims, a: NormIn, eps: f32) -> Result<NormOut> {
         let ChannelDims { n, c, hw } = d;
-        if let Some(r) = self.layer_norm2d_custom(d, x, g, b, eps)? {
+        if let Some(r) = self.layer_norm2d_custom(d, a, eps)? {
             return Ok(r);
         }
         // [n, c, hw] → [n, hw, c], LayerNorm over c, → [n, c, hw]; all on device.
-        let xt = self.swap_last2(self.buf(x)?, n, c, hw)?;
-        let r = self.layer_norm(n * hw, c, &xt, g, b, eps)?;
+        let xt = self.swap_last2(self.buf(a.x)?, n, c, hw)?;
+        let r = self.layer_norm(n * hw, c, NormIn { x: &xt, ..a }, eps)?;
         let y = self.swap_last2(self.buf(&r.y)?, n, hw, c)?;
         Ok(NormOut {
             y,
@@ -123,18 +77,16 @@ impl NormOps for AscendBackend {
         })
     }
 
-    fn layer_norm2d_backward(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        g: &Storage,
-        saved: NormStats,
-        dy: &Storage,
-    ) -> Result<NormGrads> {
+    fn layer_norm2d_backward(&self, d: ChannelDims, a: NormGradIn) -> Result<NormGrads> {
         let ChannelDims { n, c, hw } = d;
-        let xt = self.swap_last2(self.buf(x)?, n, c, hw)?;
-        let dyt = self.swap_last2(self.buf(dy)?, n, c, hw)?;
-        let r = self.layer_norm_backward(n * hw, c, &xt, g, saved, &dyt)?;
+        let xt = self.swap_last2(self.buf(a.x)?, n, c, hw)?;
+        let dyt = self.swap_last2(self.buf(a.dy)?, n, c, hw)?;
+        let a = NormGradIn {
+            x: &xt,
+            dy: &dyt,
+            ..a
+        };
+        let r = self.layer_norm_backward(n * hw, c, a)?;
         Ok(NormGrads {
             dx: self.swap_last2(self.buf(&r.dx)?, n, hw, c)?,
             dgamma: r.dgamma,
@@ -157,17 +109,10 @@ impl NormOps for AscendBackend {
         Ok((mean, var))
     }
 
-    fn batch_norm_apply(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        stats: NormStats,
-    ) -> Result<Storage> {
+    fn batch_norm_apply(&self, d: ChannelDims, a: NormIn, stats: NormStats) -> Result<Storage> {
         let ChannelDims { n, c, hw } = d;
         // y = (x − mean)·(rstd·γ) + β, per channel.
-        let (xb, gb, bb) = (self.buf(x)?, self.buf(gamma)?, self.buf(beta)?);
+        let (xb, gb, bb) = (self.buf(a.x)?, self.buf(a.gamma)?, self.buf(a.beta)?);
         let (mb, rb) = (self.buf(stats.mean)?, self.buf(stats.rstd)?);
         let k = self.mul_n(rb, gb, c)?;
         let xc = self.per_channel(xb, mb, (n, c, hw), Some(-1.0))?;
@@ -175,18 +120,10 @@ impl NormOps for AscendBackend {
         self.per_channel(self.buf(&y1)?, bb, (n, c, hw), Some(1.0))
     }
 
-    fn batch_norm_backward(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        gamma: &Storage,
-        stats: NormStats,
-        dy: &Storage,
-        batch_stats: bool,
-    ) -> Result<NormGrads> {
+    fn batch_norm_backward(&self, d: ChannelDims, a: NormGradIn, batch: bool) -> Result<NormGrads> {
         let ChannelDims { n, c, hw } = d;
-        let (xb, gb, db) = (self.buf(x)?, self.buf(gamma)?, self.buf(dy)?);
-        let (mb, rb) = (self.buf(stats.mean)?, self.buf(stats.rstd)?);
+        let (xb, gb, db) = (self.buf(a.x)?, self.buf(a.gamma)?, self.buf(a.dy)?);
+        let (mb, rb) = (self.buf(a.stats.mean)?, self.buf(a.stats.rstd)?);
         let d = (n, c, hw);
         let total = n * c * hw;
         // dβ = Σ dy, dγ = Σ dy·x̂ with x̂ = (x − mean)·rstd.
@@ -196,7 +133,7 @@ impl NormOps for AscendBackend {
         let p = self.mul_n(db, self.buf(&xhat)?, total)?;
         let dgamma = self.channel_sum(self.buf(&p)?, n, c, hw)?;
         let k = self.mul_n(gb, rb, c)?;
-        let dx = if batch_stats {
+        let dx = if batch {
             // dx = k·(dy − Σdy/N − x̂·Σ(dy·x̂)/N)
             let inv = 1.0 / (n * hw).max(1) as f32;
             let t = self.per_channel(db, self.buf(&dbeta)?, d, Some(-inv))?;

@@ -36,53 +36,25 @@ impl PointwiseOps for AscendBackend {
     fn unary_backward(&self, op: Unary, x: &Storage, dy: &Storage) -> Result<Storage> {
         let n = dy.len();
         let gb = self.buf(dy)?;
+        // (dy, t) as the operands of an aclnn backward call.
+        let with = |t| ((gb, contig(&[n])), (t, contig(&[n])));
         match op {
-            Unary::Gelu => {
-                let xb = self.buf(x)?;
-                let mut out = self.alloc(n)?;
-                if n > 0 {
-                    let tg = self.input(gb, contig(&[n]))?;
-                    let tx = self.input(xb, contig(&[n]))?;
-                    let to =
-                        TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
-                    self.ops()
-                        .gelu_backward(&tg, &tx, GeluApprox::Erf, &to)
-                        .map_err(self.err())?;
-                }
-                Ok(self.wrap(out, n))
-            }
+            Unary::Gelu => self.zip_views(with(self.buf(x)?), &[n], |ops, g, x, o| {
+                ops.gelu_backward(g, x, GeluApprox::Erf, o)
+            }),
             Unary::Scale(s) => self.scaled(gb, n, s.0),
             Unary::Neg => self.scaled(gb, n, -1.0),
             Unary::Shift(_) => self.copy_view(gb, contig(&[n]), &[n]),
             // dy·1[x > 0]
-            Unary::Relu => {
-                let xb = self.buf(x)?;
-                let mut out = self.alloc(n)?;
-                if n > 0 {
-                    let tg = self.input(gb, contig(&[n]))?;
-                    let tx = self.input(xb, contig(&[n]))?;
-                    let to =
-                        TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
-                    self.ops()
-                        .threshold_backward(&tg, &tx, 0.0, &to)
-                        .map_err(self.err())?;
-                }
-                Ok(self.wrap(out, n))
-            }
+            Unary::Relu => self.zip_views(with(self.buf(x)?), &[n], |ops, g, x, o| {
+                ops.threshold_backward(g, x, 0.0, o)
+            }),
             // dy·y·(1 − y), y = sigmoid(x)
             Unary::Sigmoid => {
                 let y = self.unary_dev(UnaryOp::Sigmoid, self.buf(x)?, n)?;
-                let mut out = self.alloc(n)?;
-                if n > 0 {
-                    let tg = self.input(gb, contig(&[n]))?;
-                    let ty = self.input(self.buf(&y)?, contig(&[n]))?;
-                    let to =
-                        TensorArg::output::<f32>(&mut out, contig(&[n])).map_err(self.err())?;
-                    self.ops()
-                        .sigmoid_backward(&tg, &ty, &to)
-                        .map_err(self.err())?;
-                }
-                Ok(self.wrap(out, n))
+                self.zip_views(with(self.buf(&y)?), &[n], |ops, g, y, o| {
+                    ops.sigmoid_backward(g, y, o)
+                })
             }
             // dy·exp(x), dy·cos(x), −dy·sin(x)
             Unary::Exp | Unary::Sin | Unary::Cos => {
@@ -102,14 +74,8 @@ impl PointwiseOps for AscendBackend {
         }
     }
 
-    fn binary(
-        &self,
-        op: Binary,
-        a: &Storage,
-        va: &View,
-        b: &Storage,
-        vb: &View,
-    ) -> Result<Storage> {
+    fn binary(&self, op: Binary, a: (&Storage, &View), b: (&Storage, &View)) -> Result<Storage> {
+        let ((a, va), (b, vb)) = (a, b);
         let la = lay(&va.shape, &va.strides, va.offset);
         let lb = lay(&vb.shape, &vb.strides, vb.offset);
         match op {
@@ -160,7 +126,8 @@ impl PointwiseOps for AscendBackend {
         Ok(cur.expect("at least one reduced run"))
     }
 
-    fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage> {
+    fn softmax(&self, d: RowDims, x: &Storage) -> Result<Storage> {
+        let RowDims { rows, dim } = d;
         let xb = self.buf(x)?;
         let n = rows * dim;
         let mut out = self.alloc(n)?;
@@ -173,37 +140,19 @@ impl PointwiseOps for AscendBackend {
         Ok(self.wrap(out, n))
     }
 
-    fn softmax_backward(
-        &self,
-        rows: usize,
-        dim: usize,
-        y: &Storage,
-        dy: &Storage,
-    ) -> Result<Storage> {
-        let (yb, gb) = (self.buf(y)?, self.buf(dy)?);
-        let n = rows * dim;
-        let mut out = self.alloc(n)?;
-        if n > 0 {
-            let ty = self.input(yb, contig(&[rows, dim]))?;
-            let tg = self.input(gb, contig(&[rows, dim]))?;
-            let to =
-                TensorArg::output::<f32>(&mut out, contig(&[rows, dim])).map_err(self.err())?;
-            self.ops()
-                .softmax_backward(&tg, &ty, -1, &to)
-                .map_err(self.err())?;
-        }
-        Ok(self.wrap(out, n))
+    fn softmax_backward(&self, d: RowDims, y: &Storage, dy: &Storage) -> Result<Storage> {
+        let l = contig(&[d.rows, d.dim]);
+        let (g, y) = ((self.buf(dy)?, l.clone()), (self.buf(y)?, l));
+        let dims = [d.rows, d.dim];
+        self.zip_views((g, y), &dims, |ops, g, y, o| {
+            ops.softmax_backward(g, y, -1, o)
+        })
     }
 
-    fn bilinear(
-        &self,
-        planes: usize,
-        hw: (usize, usize),
-        ohw: (usize, usize),
-        x: &Storage,
-    ) -> Result<Storage> {
+    fn bilinear(&self, r: ResizeDims, x: &Storage) -> Result<Storage> {
         // `[planes, h, w]` as NCHW `[1, planes, h, w]`; align_corners=false (the trait's only
         // mode), scales passed explicitly as out/in.
+        let ResizeDims { planes, hw, ohw } = r;
         let ((h, w), (oh, ow)) = (hw, ohw);
         let xb = self.buf(x)?;
         let n = planes * oh * ow;
@@ -220,25 +169,16 @@ impl PointwiseOps for AscendBackend {
             let tx = self.input(xb, contig(&[1, planes, h, w]))?;
             let to = TensorArg::output::<f32>(&mut out, contig(&[1, planes, oh, ow]))
                 .map_err(self.err())?;
-            self.ops()
-                .upsample_bilinear2d(
-                    &tx,
-                    false,
-                    (oh as f64 / h as f64, ow as f64 / w as f64),
-                    &to,
-                )
+            let scales = (oh as f64 / h as f64, ow as f64 / w as f64);
+            let ops = self.ops();
+            ops.upsample_bilinear2d(&tx, false, scales, &to)
                 .map_err(self.err())?;
         }
         Ok(self.wrap(out, n))
     }
 
-    fn bilinear_backward(
-        &self,
-        planes: usize,
-        hw: (usize, usize),
-        ohw: (usize, usize),
-        dy: &Storage,
-    ) -> Result<Storage> {
+    fn bilinear_backward(&self, r: ResizeDims, dy: &Storage) -> Result<Storage> {
+        let ResizeDims { planes, hw, ohw } = r;
         let ((h, w), (oh, ow)) = (hw, ohw);
         let gb = self.buf(dy)?;
         let n = planes * h * w;
@@ -250,14 +190,11 @@ impl PointwiseOps for AscendBackend {
             let tg = self.input(gb, contig(&[1, planes, oh, ow]))?;
             let to = TensorArg::output::<f32>(&mut out, contig(&[1, planes, h, w]))
                 .map_err(self.err())?;
-            self.ops()
-                .upsample_bilinear2d_backward(
-                    &tg,
-                    false,
-                    (oh as f64 / h as f64, ow as f64 / w as f64),
-                    &to,
-                )
-                .map_err(self.err())?;
+            let scales = (oh as f64 / h as f64, ow as f64 / w as f64);
+            (self
+                .ops()
+                .upsample_bilinear2d_backward(&tg, false, scales, &to))
+            .map_err(self.err())?;
         }
         Ok(self.wrap(out, n))
     }

@@ -30,16 +30,9 @@ impl AttentionOps for CpuBackend {
         Ok((Storage::Cpu(out), AttnSaved::Lse(Storage::Cpu(lse))))
     }
 
-    fn attention_backward(
-        &self,
-        a: AttnArgs,
-        x: Qkv,
-        out: &Storage,
-        saved: &AttnSaved,
-        dout: &Storage,
-    ) -> Result<AttnGrads> {
+    fn attention_backward(&self, a: AttnArgs, x: Qkv, g: AttnGradIn) -> Result<AttnGrads> {
         let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
-        let AttnSaved::Lse(lse) = saved else {
+        let AttnSaved::Lse(lse) = g.saved else {
             return Err(Error::Other(
                 "attention_backward: the CPU forward saves a log-sum-exp; this state is another backend's".into(),
             ));
@@ -70,9 +63,9 @@ impl AttentionOps for CpuBackend {
             v,
             scale,
             bias,
-            host(out)?,
+            host(g.out)?,
             host(lse)?,
-            host(dout)?,
+            host(g.dout)?,
             &mut dq,
             &mut dk,
             &mut dv,
@@ -87,13 +80,7 @@ impl AttentionOps for CpuBackend {
         })
     }
 
-    fn attention_bias_table(
-        &self,
-        a: BiasTableArgs,
-        q: HeadView,
-        k: HeadView,
-        v: HeadView,
-    ) -> Result<Option<Storage>> {
+    fn attention_bias_table(&self, a: BiasTableArgs, x: HeadQkv) -> Result<Option<Storage>> {
         let BiasTableArgs {
             dims,
             scale,
@@ -117,9 +104,9 @@ impl AttentionOps for CpuBackend {
         }
         attention::attention_forward_table_rows(
             dims,
-            rows(q)?,
-            rows(k)?,
-            rows(v)?,
+            rows(x.q)?,
+            rows(x.k)?,
+            rows(x.v)?,
             scale,
             table,
             &mut out,

@@ -2,124 +2,79 @@
 
 use super::*;
 use medsam_kernels::conv;
+use medsam_kernels::mbconv::MbConvDims;
+
+/// The `[n, c_out, oh, ow]` output: zeroed for the kernels that accumulate into it, from the
+/// pool for those that write every element.
+fn out_buf(g: Conv2dGeom, (oh, ow): (usize, usize), zeroed: bool) -> Vec<f32> {
+    let len = g.n * g.c_out * oh * ow;
+    if zeroed {
+        vec![0.0; len]
+    } else {
+        buffer(len)
+    }
+}
+
+/// Runs a forward `kernel(g, x, w, bias, y)` into `y`.
+fn forward(
+    mut y: Vec<f32>,
+    g: Conv2dGeom,
+    a: ConvIn,
+    kernel: impl FnOnce(Conv2dGeom, &[f32], &[f32], Option<&[f32]>, &mut [f32]),
+) -> Result<Storage> {
+    let bias = a.bias.map(host).transpose()?;
+    kernel(g, host(a.x)?, host(a.w)?, bias, &mut y);
+    Ok(Storage::Cpu(y))
+}
 
 impl ConvOps for CpuBackend {
-    fn conv2d(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-    ) -> Result<Storage> {
-        let (oh, ow) = g.out_hw();
-        let mut y = vec![0.0; g.n * g.c_out * oh * ow];
-        let bias = bias.map(host).transpose()?;
-        conv::conv2d_forward(g, host(x)?, host(w)?, bias, &mut y);
-        Ok(Storage::Cpu(y))
+    fn conv2d(&self, g: Conv2dGeom, a: ConvIn) -> Result<Storage> {
+        forward(out_buf(g, g.out_hw(), true), g, a, conv::conv2d_forward)
     }
 
-    fn conv2d_backward(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        dy: &Storage,
-        bias: bool,
-    ) -> Result<ConvGrads> {
-        conv_grads(
+    fn conv2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads> {
+        let kernels = (conv::conv2d_backward_input, conv::conv2d_backward_weight);
+        conv_grads(g, (a.x, a.w, a.dy), a.bias, kernels.0, kernels.1)
+    }
+
+    fn conv_transpose2d(&self, g: Conv2dGeom, a: ConvIn) -> Result<Storage> {
+        let y = out_buf(g, g.transpose_out_hw(), true);
+        forward(y, g, a, conv::conv_transpose2d_forward)
+    }
+
+    fn conv_transpose2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads> {
+        let input = conv::conv_transpose2d_backward_input;
+        let weight = conv::conv_transpose2d_backward_weight;
+        conv_grads(g, (a.x, a.w, a.dy), a.bias, input, weight)
+    }
+
+    fn depthwise_conv2d(&self, g: Conv2dGeom, a: ConvIn) -> Result<Storage> {
+        forward(
+            out_buf(g, g.out_hw(), false),
             g,
-            (x, w, dy),
-            bias,
-            conv::conv2d_backward_input,
-            conv::conv2d_backward_weight,
+            a,
+            depthwise::depthwise_forward,
         )
     }
 
-    fn conv_transpose2d(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-    ) -> Result<Storage> {
-        let (oh, ow) = g.transpose_out_hw();
-        let mut y = vec![0.0; g.n * g.c_out * oh * ow];
-        let bias = bias.map(host).transpose()?;
-        conv::conv_transpose2d_forward(g, host(x)?, host(w)?, bias, &mut y);
-        Ok(Storage::Cpu(y))
+    fn depthwise_conv2d_nhwc(&self, g: Conv2dGeom, a: ConvIn, gelu: bool) -> Result<Storage> {
+        let y = out_buf(g, g.out_hw(), false);
+        forward(y, g, a, |g, x, w, b, y| {
+            depthwise::depthwise_nhwc_forward(g, x, w, b, gelu, y)
+        })
     }
 
-    fn conv_transpose2d_backward(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        dy: &Storage,
-        bias: bool,
-    ) -> Result<ConvGrads> {
-        conv_grads(
-            g,
-            (x, w, dy),
-            bias,
-            conv::conv_transpose2d_backward_input,
-            conv::conv_transpose2d_backward_weight,
-        )
+    fn depthwise_conv2d_gelu(&self, g: Conv2dGeom, a: ConvIn) -> Result<Storage> {
+        let y = out_buf(g, g.out_hw(), false);
+        forward(y, g, a, |g, x, w, b, y| {
+            depthwise::depthwise_forward_act(g, x, w, b, true, y)
+        })
     }
 
-    fn depthwise_conv2d(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-    ) -> Result<Storage> {
-        let (oh, ow) = g.out_hw();
-        let mut y = buffer(g.n * g.c_out * oh * ow);
-        let bias = bias.map(host).transpose()?;
-        depthwise::depthwise_forward(g, host(x)?, host(w)?, bias, &mut y);
-        Ok(Storage::Cpu(y))
-    }
-
-    fn depthwise_conv2d_nhwc(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-        gelu: bool,
-    ) -> Result<Storage> {
-        let (oh, ow) = g.out_hw();
-        let mut y = buffer(g.n * g.c_out * oh * ow);
-        let bias = bias.map(host).transpose()?;
-        depthwise::depthwise_nhwc_forward(g, host(x)?, host(w)?, bias, gelu, &mut y);
-        Ok(Storage::Cpu(y))
-    }
-
-    fn depthwise_conv2d_gelu(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        bias: Option<&Storage>,
-    ) -> Result<Storage> {
-        let (oh, ow) = g.out_hw();
-        let mut y = buffer(g.n * g.c_out * oh * ow);
-        let bias = bias.map(host).transpose()?;
-        depthwise::depthwise_forward_act(g, host(x)?, host(w)?, bias, true, &mut y);
-        Ok(Storage::Cpu(y))
-    }
-
-    fn depthwise_conv2d_backward(
-        &self,
-        g: Conv2dGeom,
-        x: &Storage,
-        w: &Storage,
-        dy: &Storage,
-        bias: bool,
-    ) -> Result<ConvGrads> {
-        let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
+    fn depthwise_conv2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads> {
+        let (x, w, dy) = (host(a.x)?, host(a.w)?, host(a.dy)?);
         let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-        let mut db = bias.then(|| vec![0.0; g.c_out]);
+        let mut db = a.bias.then(|| vec![0.0; g.c_out]);
         depthwise::depthwise_backward_input(g, w, dy, &mut dx);
         depthwise::depthwise_backward_weight(g, x, dy, &mut dw, db.as_deref_mut());
         Ok(ConvGrads {
@@ -129,12 +84,7 @@ impl ConvOps for CpuBackend {
         })
     }
 
-    fn mbconv(
-        &self,
-        dims: medsam_kernels::mbconv::MbConvDims,
-        x: &Storage,
-        w: [&Storage; 6],
-    ) -> Result<Option<Storage>> {
+    fn mbconv(&self, d: MbConvDims, x: &Storage, w: [&Storage; 6]) -> Result<Option<Storage>> {
         let mut y = buffer(host(x)?.len());
         let wt = medsam_kernels::mbconv::MbConvWeights {
             w1: host(w[0])?,
@@ -144,7 +94,7 @@ impl ConvOps for CpuBackend {
             w3: host(w[4])?,
             b3: host(w[5])?,
         };
-        medsam_kernels::mbconv::mbconv_forward(dims, host(x)?, wt, &mut y);
+        medsam_kernels::mbconv::mbconv_forward(d, host(x)?, wt, &mut y);
         Ok(Some(Storage::Cpu(y)))
     }
 }

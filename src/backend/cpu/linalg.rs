@@ -3,38 +3,18 @@
 use super::*;
 
 impl LinalgOps for CpuBackend {
-    fn gemm(
-        &self,
-        dims: GemmDims,
-        a: GemmOperand,
-        b: GemmOperand,
-        precision: Precision,
-    ) -> Result<Storage> {
+    fn gemm(&self, g: GemmArgs) -> Result<Storage> {
+        let GemmArgs { dims, a, b, .. } = g;
         let mut c = buffer(dims.batch * dims.m * dims.n);
-        let a_data = &host(a.storage)?[a.offset..];
-        let b_data = &host(b.storage)?[b.offset..];
-        gemm::gemm(
-            dims,
-            a_data,
-            a.layout,
-            b_data,
-            b.layout,
-            &mut c,
-            Layout::row_major(dims.m, dims.n),
-            false,
-            precision,
-        );
+        let (a_data, b_data) = (&host(a.storage)?[a.offset..], &host(b.storage)?[b.offset..]);
+        let lc = Layout::row_major(dims.m, dims.n);
+        let (la, lb, p) = (a.layout, b.layout, g.precision);
+        gemm::gemm(dims, a_data, la, b_data, lb, &mut c, lc, false, p);
         Ok(Storage::Cpu(c))
     }
 
-    fn gemm_bias_act(
-        &self,
-        dims: GemmDims,
-        a: GemmOperand,
-        b: GemmOperand,
-        precision: Precision,
-        epilogue: Epilogue,
-    ) -> Result<Storage> {
+    fn gemm_bias_act(&self, g: GemmArgs, epilogue: Epilogue) -> Result<Storage> {
+        let GemmArgs { dims, a, b, .. } = g;
         let mut c = buffer(dims.batch * dims.m * dims.n);
         let epilogue = gemm::Epilogue {
             col_bias: epilogue.col_bias.map(host).transpose()?,
@@ -44,17 +24,10 @@ impl LinalgOps for CpuBackend {
                 .transpose()?,
             gelu: epilogue.gelu,
         };
-        gemm::gemm_fused(
-            dims,
-            &host(a.storage)?[a.offset..],
-            a.layout,
-            &host(b.storage)?[b.offset..],
-            b.layout,
-            &mut c,
-            Layout::row_major(dims.m, dims.n),
-            precision,
-            epilogue,
-        );
+        let (a_data, b_data) = (&host(a.storage)?[a.offset..], &host(b.storage)?[b.offset..]);
+        let lc = Layout::row_major(dims.m, dims.n);
+        let (la, lb, p) = (a.layout, b.layout, g.precision);
+        gemm::gemm_fused(dims, a_data, la, b_data, lb, &mut c, lc, p, epilogue);
         Ok(Storage::Cpu(c))
     }
 }

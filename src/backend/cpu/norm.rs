@@ -3,125 +3,63 @@
 use super::*;
 use medsam_kernels::norm;
 
+fn norm_out(y: Vec<f32>, mean: Vec<f32>, rstd: Vec<f32>) -> NormOut {
+    let (y, mean, rstd) = (Storage::Cpu(y), Storage::Cpu(mean), Storage::Cpu(rstd));
+    NormOut { y, mean, rstd }
+}
+
+fn norm_grads(dx: Vec<f32>, dgamma: Vec<f32>, dbeta: Vec<f32>) -> NormGrads {
+    let (dx, dgamma, dbeta) = (Storage::Cpu(dx), Storage::Cpu(dgamma), Storage::Cpu(dbeta));
+    NormGrads { dx, dgamma, dbeta }
+}
+
+/// The host slices of a norm input: `(x, gamma, beta)`.
+fn norm_in(a: NormIn<'_>) -> Result<(&[f32], &[f32], &[f32])> {
+    Ok((host(a.x)?, host(a.gamma)?, host(a.beta)?))
+}
+
+/// The host slices of a norm backward input: `(x, gamma, mean, rstd, dy)`.
+fn grad_in(a: NormGradIn<'_>) -> Result<[&[f32]; 5]> {
+    let (mean, rstd) = (host(a.stats.mean)?, host(a.stats.rstd)?);
+    Ok([host(a.x)?, host(a.gamma)?, mean, rstd, host(a.dy)?])
+}
+
 impl NormOps for CpuBackend {
-    fn layer_norm(
-        &self,
-        rows: usize,
-        dim: usize,
-        x: &Storage,
-        g: &Storage,
-        b: &Storage,
-        eps: f32,
-    ) -> Result<NormOut> {
+    fn layer_norm(&self, rows: usize, dim: usize, a: NormIn, eps: f32) -> Result<NormOut> {
         let mut y = buffer(rows * dim);
         let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
-        norm::layer_norm_forward(
-            rows,
-            dim,
-            host(x)?,
-            host(g)?,
-            host(b)?,
-            eps,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-        );
-        Ok(NormOut {
-            y: Storage::Cpu(y),
-            mean: Storage::Cpu(mean),
-            rstd: Storage::Cpu(rstd),
-        })
+        let (x, g, b) = norm_in(a)?;
+        norm::layer_norm_forward(rows, dim, x, g, b, eps, &mut y, &mut mean, &mut rstd);
+        Ok(norm_out(y, mean, rstd))
     }
 
-    fn layer_norm_backward(
-        &self,
-        rows: usize,
-        dim: usize,
-        x: &Storage,
-        g: &Storage,
-        saved: NormStats,
-        dy: &Storage,
-    ) -> Result<NormGrads> {
+    fn layer_norm_backward(&self, rows: usize, dim: usize, a: NormGradIn) -> Result<NormGrads> {
         let mut dx = vec![0.0; rows * dim];
         let (mut dg, mut db) = (vec![0.0; dim], vec![0.0; dim]);
-        norm::layer_norm_backward(
-            rows,
-            dim,
-            host(x)?,
-            host(g)?,
-            host(saved.mean)?,
-            host(saved.rstd)?,
-            host(dy)?,
-            &mut dx,
-            &mut dg,
-            &mut db,
-        );
-        Ok(NormGrads {
-            dx: Storage::Cpu(dx),
-            dgamma: Storage::Cpu(dg),
-            dbeta: Storage::Cpu(db),
-        })
+        let [x, g, mean, rstd, dy] = grad_in(a)?;
+        let grads = (&mut dx[..], &mut dg[..], &mut db[..]);
+        norm::layer_norm_backward(rows, dim, x, g, mean, rstd, dy, grads.0, grads.1, grads.2);
+        Ok(norm_grads(dx, dg, db))
     }
 
-    fn layer_norm2d(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        g: &Storage,
-        b: &Storage,
-        eps: f32,
-    ) -> Result<NormOut> {
+    fn layer_norm2d(&self, d: ChannelDims, a: NormIn, eps: f32) -> Result<NormOut> {
         let ChannelDims { n, c, hw } = d;
         let mut y = vec![0.0; n * c * hw];
         let (mut mean, mut rstd) = (vec![0.0; n * hw], vec![0.0; n * hw]);
-        norm::layer_norm2d_forward(
-            n,
-            c,
-            hw,
-            host(x)?,
-            host(g)?,
-            host(b)?,
-            eps,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-        );
-        Ok(NormOut {
-            y: Storage::Cpu(y),
-            mean: Storage::Cpu(mean),
-            rstd: Storage::Cpu(rstd),
-        })
+        let (x, g, b) = norm_in(a)?;
+        let out = (&mut y[..], &mut mean[..], &mut rstd[..]);
+        norm::layer_norm2d_forward(n, c, hw, x, g, b, eps, out.0, out.1, out.2);
+        Ok(norm_out(y, mean, rstd))
     }
 
-    fn layer_norm2d_backward(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        g: &Storage,
-        saved: NormStats,
-        dy: &Storage,
-    ) -> Result<NormGrads> {
+    fn layer_norm2d_backward(&self, d: ChannelDims, a: NormGradIn) -> Result<NormGrads> {
         let ChannelDims { n, c, hw } = d;
         let mut dx = vec![0.0; n * c * hw];
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
-        norm::layer_norm2d_backward(
-            n,
-            c,
-            hw,
-            host(x)?,
-            host(g)?,
-            host(saved.mean)?,
-            host(saved.rstd)?,
-            host(dy)?,
-            &mut dx,
-            &mut dg,
-            &mut db,
-        );
-        Ok(NormGrads {
-            dx: Storage::Cpu(dx),
-            dgamma: Storage::Cpu(dg),
-            dbeta: Storage::Cpu(db),
-        })
+        let [x, g, mean, rstd, dy] = grad_in(a)?;
+        let grads = (&mut dx[..], &mut dg[..], &mut db[..]);
+        norm::layer_norm2d_backward(n, c, hw, x, g, mean, rstd, dy, grads.0, grads.1, grads.2);
+        Ok(norm_grads(dx, dg, db))
     }
 
     fn batch_norm_stats(&self, d: ChannelDims, x: &Storage) -> Result<(Storage, Storage)> {
@@ -131,61 +69,23 @@ impl NormOps for CpuBackend {
         Ok((Storage::Cpu(m), Storage::Cpu(v)))
     }
 
-    fn batch_norm_apply(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        stats: NormStats,
-    ) -> Result<Storage> {
+    fn batch_norm_apply(&self, d: ChannelDims, a: NormIn, stats: NormStats) -> Result<Storage> {
         let ChannelDims { n, c, hw } = d;
-        let x = host(x)?;
+        let (x, g, b) = norm_in(a)?;
         let mut y = vec![0.0; x.len()];
-        batchnorm::apply(
-            n,
-            c,
-            hw,
-            x,
-            host(gamma)?,
-            host(beta)?,
-            host(stats.mean)?,
-            host(stats.rstd)?,
-            &mut y,
-        );
+        let (mean, rstd) = (host(stats.mean)?, host(stats.rstd)?);
+        batchnorm::apply(n, c, hw, x, g, b, mean, rstd, &mut y);
         Ok(Storage::Cpu(y))
     }
 
-    fn batch_norm_backward(
-        &self,
-        d: ChannelDims,
-        x: &Storage,
-        gamma: &Storage,
-        stats: NormStats,
-        dy: &Storage,
-        batch_stats: bool,
-    ) -> Result<NormGrads> {
+    fn batch_norm_backward(&self, d: ChannelDims, a: NormGradIn, batch: bool) -> Result<NormGrads> {
         let ChannelDims { n, c, hw } = d;
-        let x = host(x)?;
+        let [x, g, mean, rstd, dy] = grad_in(a)?;
         let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+        let grads = (&mut dx[..], &mut dg[..], &mut db[..]);
         batchnorm::backward(
-            n,
-            c,
-            hw,
-            x,
-            host(gamma)?,
-            host(stats.mean)?,
-            host(stats.rstd)?,
-            host(dy)?,
-            batch_stats,
-            &mut dx,
-            &mut dg,
-            &mut db,
+            n, c, hw, x, g, mean, rstd, dy, batch, grads.0, grads.1, grads.2,
         );
-        Ok(NormGrads {
-            dx: Storage::Cpu(dx),
-            dgamma: Storage::Cpu(dg),
-            dbeta: Storage::Cpu(db),
-        })
+        Ok(norm_grads(dx, dg, db))
     }
 }

@@ -47,15 +47,8 @@ impl PointwiseOps for CpuBackend {
         Ok(Storage::Cpu(dx))
     }
 
-    fn binary(
-        &self,
-        op: Binary,
-        a: &Storage,
-        va: &View,
-        b: &Storage,
-        vb: &View,
-    ) -> Result<Storage> {
-        let (a, b) = (host(a)?, host(b)?);
+    fn binary(&self, op: Binary, a: (&Storage, &View), b: (&Storage, &View)) -> Result<Storage> {
+        let ((a, va), (b, vb)) = ((host(a.0)?, a.1), (host(b.0)?, b.1));
         Ok(Storage::Cpu(match op {
             Binary::Add => zip_views(a, va, b, vb, |x, y| x + y),
             Binary::Sub => zip_views(a, va, b, vb, |x, y| x - y),
@@ -98,56 +91,34 @@ impl PointwiseOps for CpuBackend {
         Ok(Storage::Cpu(out))
     }
 
-    fn softmax(&self, rows: usize, dim: usize, x: &Storage) -> Result<Storage> {
-        let mut y = buffer(rows * dim);
-        activation::softmax_forward(rows, dim, host(x)?, &mut y);
+    fn softmax(&self, d: RowDims, x: &Storage) -> Result<Storage> {
+        let mut y = buffer(d.rows * d.dim);
+        activation::softmax_forward(d.rows, d.dim, host(x)?, &mut y);
         Ok(Storage::Cpu(y))
     }
 
-    fn softmax_bias(
-        &self,
-        rows: usize,
-        dim: usize,
-        x: &Storage,
-        bias: &Storage,
-        bias_rows: usize,
-    ) -> Result<Storage> {
+    fn softmax_bias(&self, d: RowDims, x: &Storage, bias: (&Storage, usize)) -> Result<Storage> {
+        let (RowDims { rows, dim }, (table, bias_rows)) = (d, bias);
         let mut y = buffer(rows * dim);
-        activation::softmax_bias_forward(rows, dim, host(x)?, host(bias)?, bias_rows, &mut y);
+        activation::softmax_bias_forward(rows, dim, host(x)?, host(table)?, bias_rows, &mut y);
         Ok(Storage::Cpu(y))
     }
 
-    fn softmax_backward(
-        &self,
-        rows: usize,
-        dim: usize,
-        y: &Storage,
-        dy: &Storage,
-    ) -> Result<Storage> {
-        let mut dx = vec![0.0; rows * dim];
-        activation::softmax_backward(rows, dim, host(y)?, host(dy)?, &mut dx);
+    fn softmax_backward(&self, d: RowDims, y: &Storage, dy: &Storage) -> Result<Storage> {
+        let mut dx = vec![0.0; d.rows * d.dim];
+        activation::softmax_backward(d.rows, d.dim, host(y)?, host(dy)?, &mut dx);
         Ok(Storage::Cpu(dx))
     }
 
-    fn bilinear(
-        &self,
-        planes: usize,
-        hw: (usize, usize),
-        ohw: (usize, usize),
-        x: &Storage,
-    ) -> Result<Storage> {
+    fn bilinear(&self, r: ResizeDims, x: &Storage) -> Result<Storage> {
+        let ResizeDims { planes, hw, ohw } = r;
         let mut y = vec![0.0; planes * ohw.0 * ohw.1];
         resize::bilinear_forward(planes, hw.0, hw.1, ohw.0, ohw.1, host(x)?, &mut y);
         Ok(Storage::Cpu(y))
     }
 
-    fn bilinear_backward(
-        &self,
-        planes: usize,
-        hw: (usize, usize),
-        ohw: (usize, usize),
-        dy: &Storage,
-    ) -> Result<Storage> {
+    fn bilinear_backward(&self, r: ResizeDims, dy: &Storage) -> Result<Storage> {
+        let ResizeDims { planes, hw, ohw } = r;
         let mut dx = vec![0.0; planes * hw.0 * hw.1];
         resize::bilinear_backward(planes, hw.0, hw.1, ohw.0, ohw.1, host(dy)?, &mut dx);
         Ok(Storage::Cpu(dx))

@@ -42,31 +42,34 @@ pub struct BiasTableArgs<'a> {
     pub heads: usize,
 }
 
+/// Attention operands read in place through their [`HeadView`]s.
+#[derive(Clone, Copy)]
+pub struct HeadQkv<'a> {
+    pub q: HeadView<'a>,
+    pub k: HeadView<'a>,
+    pub v: HeadView<'a>,
+}
+
 pub trait AttentionOps {
     /// Returns the output `[bh, nq, dv]` and what the backward needs.
     fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)>;
 
-    /// Gradients for the forward that returned `out` and `saved`.
-    fn attention_backward(
-        &self,
-        a: AttnArgs,
-        x: Qkv,
-        out: &Storage,
-        saved: &AttnSaved,
-        dout: &Storage,
-    ) -> Result<AttnGrads>;
+    /// Gradients for the forward that returned `g.out` and `g.saved`.
+    fn attention_backward(&self, a: AttnArgs, x: Qkv, g: AttnGradIn) -> Result<AttnGrads>;
 
-    /// Inference attention with a bias table, returning a dense `out [bh, nq, dv]`; the operands
-    /// are read in place through their [`HeadView`]s. `Ok(None)` when the backend has no fused
-    /// kernel for it; the caller then composes matmul and softmax.
-    fn attention_bias_table(
-        &self,
-        a: BiasTableArgs,
-        q: HeadView,
-        k: HeadView,
-        v: HeadView,
-    ) -> Result<Option<Storage>> {
-        let _ = (a, q, k, v);
+    /// Inference attention with a bias table, returning a dense `out [bh, nq, dv]`. `Ok(None)`
+    /// when the backend has no fused kernel for it; the caller then composes matmul and softmax.
+    fn attention_bias_table(&self, a: BiasTableArgs, x: HeadQkv) -> Result<Option<Storage>> {
+        let _ = (a, x);
         Ok(None)
     }
+}
+
+/// What an attention backward reads besides the operands: the forward's output and saved state,
+/// and the output gradient `dout`.
+#[derive(Clone, Copy)]
+pub struct AttnGradIn<'a> {
+    pub out: &'a Storage,
+    pub saved: &'a AttnSaved,
+    pub dout: &'a Storage,
 }

@@ -14,34 +14,30 @@ pub struct Epilogue<'a> {
     pub gelu: bool,
 }
 
+/// One batched matrix product `C[b] = A[b]·B[b]`, apart from its output.
+#[derive(Clone, Copy)]
+pub struct GemmArgs<'a> {
+    pub dims: GemmDims,
+    pub a: GemmOperand<'a>,
+    pub b: GemmOperand<'a>,
+    pub precision: Precision,
+}
+
 pub trait LinalgOps: PointwiseOps {
     /// `C[b] = A[b]·B[b]`, C contiguous `[batch, m, n]`.
-    fn gemm(
-        &self,
-        dims: GemmDims,
-        a: GemmOperand,
-        b: GemmOperand,
-        precision: Precision,
-    ) -> Result<Storage>;
+    fn gemm(&self, g: GemmArgs) -> Result<Storage>;
 
     /// `epilogue(A[b]·B[b])`, C contiguous `[batch, m, n]`. Inference only (no gradient);
     /// backends may fuse the epilogue into the GEMM. The default runs the separate device ops.
-    fn gemm_bias_act(
-        &self,
-        dims: GemmDims,
-        a: GemmOperand,
-        b: GemmOperand,
-        precision: Precision,
-        epilogue: Epilogue,
-    ) -> Result<Storage> {
+    fn gemm_bias_act(&self, g: GemmArgs, epilogue: Epilogue) -> Result<Storage> {
         let Epilogue {
             col_bias,
             row_bias,
             residual,
             gelu,
         } = epilogue;
-        let (bt, m, n) = (dims.batch, dims.m, dims.n);
-        let mut c = self.gemm(dims, a, b, precision)?;
+        let (bt, m, n) = (g.dims.batch, g.dims.m, g.dims.n);
+        let mut c = self.gemm(g)?;
         let vc = View {
             shape: vec![bt, m, n],
             strides: vec![m * n, n, 1],
@@ -54,11 +50,11 @@ pub trait LinalgOps: PointwiseOps {
                     strides,
                     offset: 0,
                 };
-                c = self.binary(Binary::Add, &c, &vc, bias, &vb)?;
+                c = self.binary(Binary::Add, (&c, &vc), (bias, &vb))?;
             }
         }
         if let Some(r) = residual {
-            c = self.binary(Binary::Add, &c, &vc, r, &vc)?;
+            c = self.binary(Binary::Add, (&c, &vc), (r, &vc))?;
         }
         if gelu {
             c = self.unary(Unary::Gelu, &c)?;

@@ -13,10 +13,10 @@ pub mod norm;
 pub mod optim;
 pub mod pointwise;
 
-pub use attention::{AttentionOps, AttnArgs, AttnSaved, BiasTableArgs, Qkv};
-pub use conv::ConvOps;
-pub use linalg::{Epilogue, LinalgOps};
+pub use attention::{AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, HeadQkv, Qkv};
+pub use conv::{ConvGradIn, ConvIn, ConvOps};
+pub use linalg::{Epilogue, GemmArgs, LinalgOps};
 pub use memory::MemoryOps;
-pub use norm::{ChannelDims, NormOps, NormStats};
-pub use optim::OptimOps;
-pub use pointwise::PointwiseOps;
+pub use norm::{ChannelDims, NormGradIn, NormIn, NormOps, NormStats};
+pub use optim::{AdamWSlots, OptimOps};
+pub use pointwise::{PointwiseOps, ResizeDims, RowDims};

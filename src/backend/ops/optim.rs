@@ -3,14 +3,14 @@
 use crate::backend::*;
 use crate::error::Result;
 
+/// What an AdamW update changes: a parameter and its two moment buffers.
+pub struct AdamWSlots<'a> {
+    pub param: &'a mut Storage,
+    pub exp_avg: &'a mut Storage,
+    pub exp_avg_sq: &'a mut Storage,
+}
+
 pub trait OptimOps {
-    /// One AdamW update in place: `param`, `exp_avg`, `exp_avg_sq` are updated from `grad`.
-    fn adamw(
-        &self,
-        p: AdamWStep,
-        param: &mut Storage,
-        grad: &Storage,
-        exp_avg: &mut Storage,
-        exp_avg_sq: &mut Storage,
-    ) -> Result<()>;
+    /// One AdamW update in place: the slots `s` are updated from `grad`.
+    fn adamw(&self, p: AdamWStep, grad: &Storage, s: AdamWSlots) -> Result<()>;
 }

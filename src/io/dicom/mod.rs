@@ -11,18 +11,21 @@
 //!   (the first ImageOrientationPatient triplet), `axes[1]` = increasing row index (second
 //!   triplet), `axes[2]` = increasing slice index (the normal). `spacing` is `(x, y, z)`.
 //! - Values are modality values: RescaleSlope/RescaleIntercept applied per slice (HU for CT).
-//!   When every slope and intercept is an integer the volume keeps an integer kind (as GDCM does),
-//!   otherwise it is float32 (values rounded to f32), like the NIfTI reader.
+//!   When every slope and intercept is an integer the volume keeps an integer kind (as GDCM does:
+//!   int16, else uint16, else int32, by the value range), otherwise it is float32. The reader
+//!   keeps the values in that type ([`DicomVolume`]); [`read_series`] widens them to f64.
 //! - MONOCHROME1 (low values shown bright) is inverted within the volume's value range
 //!   (`v' = min + max − v`) so that high always means bright, with a warning.
 //!
-//! Transfer syntaxes enabled (all decoded in pure Rust by the dicom-rs `native` feature set, so
-//! the build needs no C library): implicit/explicit VR little endian, explicit VR big endian
-//! (retired), deflated explicit VR little endian, JPEG baseline (8-bit), JPEG extended (8-bit only:
-//! the pure-Rust decoder refuses 12-bit samples, reported as [`DicomError::Decode`]), JPEG lossless
-//! (process 14, and selection value 1), RLE lossless. Not enabled: JPEG-LS (needs the
-//! CharLS C++ library), JPEG 2000 / HTJ2K (OpenJPEG, or its large Rust port `openjp2` — left out to
-//! keep the CI build short), JPEG XL, MPEG/HEVC video; files in those syntaxes give
+//! Transfer syntaxes enabled (decoded in pure Rust by dicom-rs — its `native` feature set and the
+//! `openjp2` JPEG 2000 decoder, a Rust port of OpenJPEG — so the default build needs no C
+//! library): implicit/explicit VR little endian, explicit VR big endian (retired), deflated
+//! explicit VR little endian, JPEG baseline (8-bit), JPEG extended (8-bit only: the pure-Rust
+//! decoder refuses 12-bit samples, reported as [`DicomError::Decode`]), JPEG lossless (process 14,
+//! and selection value 1), RLE lossless, JPEG 2000 (lossless and lossy, Part 1 and Part 2) and
+//! HTJ2K. JPEG-LS needs the CharLS C++ library, which the `charls` crate builds from its own
+//! sources with CMake: it is enabled only with the cargo feature `jpegls`. Not enabled: JPEG-LS
+//! in the default build, JPEG XL, MPEG/HEVC video; files in those syntaxes give
 //! [`DicomError::UnsupportedTransferSyntax`] naming the syntax.
 //!
 //! Errors name the file and the attribute; inconsistencies within a series (sizes, orientations,
@@ -32,15 +35,17 @@
 pub mod read;
 pub mod seg;
 mod uid;
+mod voxels;
 
-pub use read::{list_series, read_series, SeriesSummary};
+pub use read::{list_series, read_series, read_series_compact, SeriesSummary};
 pub use seg::{write_nifti_with_geometry, write_seg, SegOptions};
+pub use voxels::DicomVolume;
 
 use crate::io::nifti::NiftiVolume;
 use std::fmt;
 use std::path::PathBuf;
 
-/// Transfer syntaxes this build decodes: `(uid, name)`.
+/// Transfer syntaxes every build decodes: `(uid, name)`.
 pub const SUPPORTED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
     ("1.2.840.10008.1.2", "Implicit VR Little Endian"),
     ("1.2.840.10008.1.2.1", "Explicit VR Little Endian"),
@@ -57,12 +62,6 @@ pub const SUPPORTED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
     ("1.2.840.10008.1.2.4.57", "JPEG Lossless (Process 14)"),
     ("1.2.840.10008.1.2.4.70", "JPEG Lossless (Process 14, SV1)"),
     ("1.2.840.10008.1.2.5", "RLE Lossless"),
-];
-
-/// Names of well-known transfer syntaxes this build does not decode (for error messages).
-const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[
-    ("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless"),
-    ("1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless"),
     ("1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless"),
     ("1.2.840.10008.1.2.4.91", "JPEG 2000"),
     ("1.2.840.10008.1.2.4.92", "JPEG 2000 Part 2 Lossless"),
@@ -70,6 +69,16 @@ const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[
     ("1.2.840.10008.1.2.4.201", "HTJ2K Lossless"),
     ("1.2.840.10008.1.2.4.202", "HTJ2K Lossless RPCL"),
     ("1.2.840.10008.1.2.4.203", "HTJ2K"),
+];
+
+/// JPEG-LS: decoded only in builds with the cargo feature `jpegls` (CharLS, C++).
+pub const JPEG_LS_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
+    ("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless"),
+    ("1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless"),
+];
+
+/// Names of well-known transfer syntaxes no build decodes (for error messages).
+const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[
     ("1.2.840.10008.1.2.4.110", "JPEG XL Lossless"),
     ("1.2.840.10008.1.2.4.111", "JPEG XL JPEG Recompression"),
     ("1.2.840.10008.1.2.4.112", "JPEG XL"),
@@ -78,10 +87,17 @@ const KNOWN_UNSUPPORTED: &[(&str, &str)] = &[
     ("1.2.840.10008.1.2.4.107", "HEVC/H.265"),
 ];
 
+/// Whether this build decodes transfer syntax `uid`.
+pub fn is_supported_transfer_syntax(uid: &str) -> bool {
+    SUPPORTED_TRANSFER_SYNTAXES.iter().any(|(u, _)| *u == uid)
+        || (cfg!(feature = "jpegls") && JPEG_LS_TRANSFER_SYNTAXES.iter().any(|(u, _)| *u == uid))
+}
+
 /// Name of a transfer syntax UID (`"unknown"` when not listed).
 pub fn transfer_syntax_name(uid: &str) -> &'static str {
     SUPPORTED_TRANSFER_SYNTAXES
         .iter()
+        .chain(JPEG_LS_TRANSFER_SYNTAXES)
         .chain(KNOWN_UNSUPPORTED)
         .find(|(u, _)| *u == uid)
         .map_or("unknown", |(_, n)| n)
@@ -154,10 +170,11 @@ pub struct SliceSource {
     pub frame: Option<u32>,
 }
 
-/// A series read into a volume.
+/// A series read into a volume: a [`NiftiVolume`] (f64 values, from [`read_series`]) or a
+/// compact [`DicomVolume`] (from [`read_series_compact`]).
 #[derive(Debug, Clone)]
-pub struct DicomSeries {
-    pub volume: NiftiVolume,
+pub struct DicomSeries<V = NiftiVolume> {
+    pub volume: V,
     pub geometry: Geometry,
     pub info: SeriesInfo,
     /// One entry per slice `z` of the volume.
@@ -245,7 +262,7 @@ pub enum DicomError {
     Truncated { path: PathBuf, detail: String },
     #[error("{path}: no pixel data (PixelData (7FE0,0010) is missing or empty)")]
     NoPixelData { path: PathBuf },
-    #[error("{path}: transfer syntax {name} ({uid}) is not supported by this build (supported: native/deflate little endian, big endian, JPEG baseline/extended/lossless, RLE lossless); convert it first, e.g. `gdcmconv --raw` or `dcmdjpls`/`dcmdjp2k`")]
+    #[error("{path}: transfer syntax {name} ({uid}) is not supported by this build (supported: native/deflate little endian, big endian, JPEG baseline/extended/lossless, RLE lossless, JPEG 2000, HTJ2K; JPEG-LS only in builds with the cargo feature `jpegls`); convert it first, e.g. `gdcmconv --raw` or `dcmdjpls`")]
     UnsupportedTransferSyntax {
         path: PathBuf,
         uid: String,

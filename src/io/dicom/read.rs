@@ -1,20 +1,26 @@
 //! Reading a folder of DICOM files into one volume (see the module doc of [`super`]).
 //!
-//! Two passes: every file's header (up to PixelData) is read to group files by
-//! SeriesInstanceUID and check the geometry; only the chosen series' files are then read in full
-//! and decoded, in parallel.
+//! Two passes: every file's header (up to PixelData) is parsed once to group files by
+//! SeriesInstanceUID and check the geometry; then only the pixel data of the chosen series' files
+//! is read, in parallel, each file straight into its planes of one compact volume
+//! ([`DicomVolume`]: int16 unless the values need more). Native little-endian pixel data is read
+//! from its offset at the end of the file without parsing the file again; other transfer
+//! syntaxes (and files laid out otherwise) are parsed in full and decoded by dicom-pixeldata.
 
+use super::voxels::{DicomVolume, Store};
 use super::{
-    transfer_syntax_name, DicomError, DicomSeries, DicomWarning, Geometry, Result, SeriesInfo,
-    SliceSource, SUPPORTED_TRANSFER_SYNTAXES,
+    is_supported_transfer_syntax, transfer_syntax_name, DicomError, DicomSeries, DicomWarning,
+    Geometry, Result, SeriesInfo, SliceSource,
 };
-use crate::io::nifti::{NiftiVolume, PixelKind};
+use crate::io::npy::NpyData;
 use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions, Tag};
 use dicom_pixeldata::PixelDecoder;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Orientation components may differ by this much within a series (DS rounding).
@@ -39,7 +45,10 @@ pub struct SeriesSummary {
 /// Image headers by SeriesInstanceUID.
 type Groups = BTreeMap<String, Vec<Header>>;
 /// The planes of the volume one file fills: `(frame in the file, plane)`.
-type Planes<'a> = Vec<(usize, &'a mut [f64])>;
+type Planes<'a, T> = Vec<(usize, &'a mut [T])>;
+/// Transfer syntaxes whose pixel data is stored as plain little-endian samples.
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
 /// Geometry and rescale of one frame.
 #[derive(Debug, Clone, Default)]
@@ -64,7 +73,18 @@ struct Header {
     cols: usize,
     frames: Vec<FrameGeo>,
     multi_frame: bool,
+    pixel: PixelAttrs,
     info: SeriesInfo,
+}
+
+/// The Image Pixel attributes, checked by [`layout`] only for the files that are decoded.
+#[derive(Debug, Clone, Default)]
+struct PixelAttrs {
+    samples_per_pixel: Option<i64>,
+    photometric: Option<String>,
+    bits_allocated: Option<i64>,
+    bits_stored: Option<i64>,
+    pixel_representation: Option<i64>,
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -221,37 +241,41 @@ fn series_info(obj: &InMemDicomObject) -> SeriesInfo {
     }
 }
 
-/// Whether the file has the 128-byte preamble followed by `DICM`.
-fn has_dicm_magic(path: &Path) -> Result<bool> {
-    let mut f = std::fs::File::open(path).map_err(|source| DicomError::Io {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DicomError + '_ {
+    move |source| DicomError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    }
+}
+
+/// Opens `path` positioned at `DICM` when it has the 128-byte preamble followed by `DICM`.
+fn open_dicm(path: &Path) -> Result<Option<File>> {
+    let mut f = File::open(path).map_err(io_err(path))?;
     let mut buf = [0u8; 132];
     let mut got = 0;
     while got < buf.len() {
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(source) => {
-                return Err(DicomError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+        match f.read(&mut buf[got..]).map_err(io_err(path))? {
+            0 => break,
+            k => got += k,
         }
     }
-    Ok(got == 132 && &buf[128..132] == b"DICM")
-}
-
-/// First pass over one file: `Ok(None)` for files that are not DICOM images.
-fn read_header(path: &Path) -> Result<Option<Header>> {
-    if !has_dicm_magic(path)? {
+    if got < 132 || &buf[128..132] != b"DICM" {
         return Ok(None);
     }
+    f.seek(SeekFrom::Start(128)).map_err(io_err(path))?;
+    Ok(Some(f))
+}
+
+/// First pass over one file (one open, parsed up to PixelData): `Ok(None)` for files that are
+/// not DICOM images.
+fn read_header(path: &Path) -> Result<Option<Header>> {
+    let Some(file) = open_dicm(path)? else {
+        return Ok(None);
+    };
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
-        .open_file(path)
+        .read_preamble(ReadPreamble::Never)
+        .from_reader(file)
         .map_err(|e| DicomError::Unreadable {
             path: path.to_path_buf(),
             detail: chain(&e),
@@ -316,6 +340,13 @@ fn read_header(path: &Path) -> Result<Option<Header>> {
         cols: cols as usize,
         frames,
         multi_frame: n_frames > 1 || enhanced,
+        pixel: PixelAttrs {
+            samples_per_pixel: int(&obj, tags::SAMPLES_PER_PIXEL),
+            photometric: text(&obj, tags::PHOTOMETRIC_INTERPRETATION),
+            bits_allocated: int(&obj, tags::BITS_ALLOCATED),
+            bits_stored: int(&obj, tags::BITS_STORED),
+            pixel_representation: int(&obj, tags::PIXEL_REPRESENTATION),
+        },
         info: series_info(&obj),
     }))
 }
@@ -433,7 +464,7 @@ fn arrange<'a>(
                 found: (h.rows, h.cols),
             });
         }
-        if !SUPPORTED_TRANSFER_SYNTAXES.iter().any(|(u, _)| *u == h.ts) {
+        if !is_supported_transfer_syntax(&h.ts) {
             return Err(DicomError::UnsupportedTransferSyntax {
                 path: h.path.clone(),
                 uid: h.ts.clone(),
@@ -605,24 +636,24 @@ struct Layout {
     mono1: bool,
 }
 
-fn layout(obj: &InMemDicomObject, path: &Path) -> Result<Layout> {
+fn layout(a: &PixelAttrs, path: &Path) -> Result<Layout> {
     let unsupported = |detail: String| DicomError::UnsupportedPixels {
         path: path.to_path_buf(),
         detail,
     };
-    let spp = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let spp = a.samples_per_pixel.unwrap_or(1);
     if spp != 1 {
         return Err(unsupported(format!(
             "SamplesPerPixel {spp} (colour); only greyscale images are supported"
         )));
     }
-    let pi = text(obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_else(|| "MONOCHROME2".into());
+    let pi = a.photometric.as_deref().unwrap_or("MONOCHROME2");
     if pi != "MONOCHROME1" && pi != "MONOCHROME2" {
         return Err(unsupported(format!(
             "PhotometricInterpretation {pi}; only MONOCHROME1/MONOCHROME2 are supported"
         )));
     }
-    let ba = int(obj, tags::BITS_ALLOCATED).ok_or(DicomError::MissingAttribute {
+    let ba = a.bits_allocated.ok_or(DicomError::MissingAttribute {
         path: path.to_path_buf(),
         attribute: "BitsAllocated",
     })?;
@@ -631,7 +662,7 @@ fn layout(obj: &InMemDicomObject, path: &Path) -> Result<Layout> {
             "BitsAllocated {ba}; 8, 16 and 32 are supported"
         )));
     }
-    let bs = int(obj, tags::BITS_STORED).unwrap_or(ba);
+    let bs = a.bits_stored.unwrap_or(ba);
     if bs < 1 || bs > ba {
         return Err(DicomError::BadAttribute {
             path: path.to_path_buf(),
@@ -642,99 +673,258 @@ fn layout(obj: &InMemDicomObject, path: &Path) -> Result<Layout> {
     Ok(Layout {
         bytes: ba as usize / 8,
         bits_stored: bs as u32,
-        signed: int(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1,
+        signed: a.pixel_representation.unwrap_or(0) == 1,
         mono1: pi == "MONOCHROME1",
     })
 }
 
-/// Writes the modality values of one frame (`raw`: little-endian samples) into `out`: samples
-/// masked / sign-extended to BitsStored as GDCM does, then `v * slope + intercept`. Returns the
-/// value range.
-fn convert_frame(raw: &[u8], l: &Layout, geo: &FrameGeo, out: &mut [f64]) -> (f64, f64) {
-    let shift = 64 - l.bits_stored;
-    let (slope, inter) = (geo.slope, geo.intercept);
-    let conv = |v: u64| -> f64 {
-        let x = if l.signed {
-            (((v << shift) as i64) >> shift) as f64
-        } else {
-            ((v << shift) >> shift) as f64
-        };
-        x * slope + inter
-    };
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    let mut put = |o: &mut f64, x: f64| {
-        *o = x;
-        lo = lo.min(x);
-        hi = hi.max(x);
-    };
-    match l.bytes {
-        1 => out
-            .iter_mut()
-            .zip(raw)
-            .for_each(|(o, &b)| put(o, conv(b as u64))),
-        2 => out
-            .iter_mut()
-            .zip(raw.chunks_exact(2))
-            .for_each(|(o, c)| put(o, conv(u16::from_le_bytes([c[0], c[1]]) as u64))),
-        _ => out
-            .iter_mut()
-            .zip(raw.chunks_exact(4))
-            .for_each(|(o, c)| put(o, conv(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))),
+/// Writes the modality values of samples `s` (stored values, already masked / sign-extended to
+/// BitsStored) into `out` as `v * slope + intercept` — in integers when `integral` — and returns
+/// their range (before the cast to `T`, so that the caller can see whether `T` held them).
+fn rescale<T: Store>(
+    s: impl Iterator<Item = i64>,
+    geo: &FrameGeo,
+    integral: bool,
+    out: &mut [T],
+) -> (f64, f64) {
+    if integral {
+        let (slope, inter) = (geo.slope as i64, geo.intercept as i64);
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for (o, v) in out.iter_mut().zip(s) {
+            let x = v * slope + inter;
+            lo = lo.min(x);
+            hi = hi.max(x);
+            *o = T::from_i64(x);
+        }
+        (lo as f64, hi as f64)
+    } else {
+        let (slope, inter) = (geo.slope, geo.intercept);
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (o, v) in out.iter_mut().zip(s) {
+            let x = v as f64 * slope + inter;
+            lo = lo.min(x);
+            hi = hi.max(x);
+            *o = T::from_f64(x);
+        }
+        (lo, hi)
     }
-    (lo, hi)
 }
 
-/// Second pass over one file: decodes its frames into their planes of the volume. Returns
-/// whether it is MONOCHROME1 and the value range.
-fn read_frames_into(h: &Header, planes: Planes) -> Result<(bool, f64, f64)> {
-    let path = &h.path;
+/// Converts one frame (`raw`: little-endian samples) into `out`: samples masked / sign-extended
+/// to BitsStored as GDCM does, then rescaled. Returns the value range.
+fn convert_frame<T: Store>(
+    raw: &[u8],
+    l: &Layout,
+    geo: &FrameGeo,
+    integral: bool,
+    out: &mut [T],
+) -> (f64, f64) {
+    let shift = 64 - l.bits_stored;
+    let sext = move |v: u64| ((v << shift) as i64) >> shift;
+    let mask = move |v: u64| ((v << shift) >> shift) as i64;
+    let b2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]) as u64;
+    let b4 = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64;
+    // one monomorphic loop per (sample size, signedness): the per-voxel work stays branch-free
+    match (l.bytes, l.signed) {
+        (1, true) => rescale(raw.iter().map(|&b| sext(b as u64)), geo, integral, out),
+        (1, false) => rescale(raw.iter().map(|&b| mask(b as u64)), geo, integral, out),
+        (2, true) => rescale(raw.chunks_exact(2).map(|c| sext(b2(c))), geo, integral, out),
+        (2, false) => rescale(raw.chunks_exact(2).map(|c| mask(b2(c))), geo, integral, out),
+        (_, true) => rescale(raw.chunks_exact(4).map(|c| sext(b4(c))), geo, integral, out),
+        (_, false) => rescale(raw.chunks_exact(4).map(|c| mask(b4(c))), geo, integral, out),
+    }
+}
+
+/// Reads the `need` bytes of native pixel data straight from the end of the file into
+/// `buf[start..start + need]`, returning `start`, when PixelData (with a defined length of
+/// `need`, or `need + 1` with the pad byte) is the file's last element — the usual layout.
+/// `Ok(None)` when the file is laid out otherwise (the caller then parses it in full).
+fn read_native_tail(
+    path: &Path,
+    need: usize,
+    explicit: bool,
+    buf: &mut Vec<u8>,
+) -> Result<Option<usize>> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    let head = if explicit { 12 } else { 8 };
+    for vlen in [need, need + 1] {
+        if vlen > need && need.is_multiple_of(2) {
+            break;
+        }
+        let Some(start) = len.checked_sub((head + vlen) as u64) else {
+            break;
+        };
+        buf.resize(head + need, 0);
+        f.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        f.read_exact(buf).map_err(io_err(path))?;
+        let h = &buf[..head];
+        let len_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as usize;
+        let ok = h[..4] == [0xE0, 0x7F, 0x10, 0x00]
+            && if explicit {
+                matches!(&h[4..6], b"OW" | b"OB") && h[6..8] == [0, 0] && len_at(8) == vlen
+            } else {
+                len_at(4) == vlen
+            };
+        if ok {
+            return Ok(Some(head));
+        }
+    }
+    Ok(None)
+}
+
+/// Parses a whole file, checking that it has pixel data.
+fn open_full(path: &Path) -> Result<dicom_object::DefaultDicomObject> {
     let obj = OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| DicomError::Truncated {
-            path: path.clone(),
+            path: path.to_path_buf(),
             detail: chain(&e),
         })?;
     match obj.get(tags::PIXEL_DATA) {
-        None => return Err(DicomError::NoPixelData { path: path.clone() }),
-        Some(e) if e.header().len.0 == 0 => {
-            return Err(DicomError::NoPixelData { path: path.clone() })
-        }
-        Some(_) => {}
+        Some(e) if e.header().len.0 != 0 => Ok(obj),
+        _ => Err(DicomError::NoPixelData {
+            path: path.to_path_buf(),
+        }),
     }
-    let l = layout(&obj, path)?;
-    let decoded = obj.decode_pixel_data().map_err(|e| DicomError::Decode {
-        path: path.clone(),
-        detail: chain(&e),
-    })?;
-    let frame_len = h.rows * h.cols * l.bytes;
-    let data = decoded.data();
-    let need = frame_len * h.frames.len();
-    if data.len() < need {
-        return Err(DicomError::Truncated {
-            path: path.clone(),
-            detail: format!(
-                "{} byte(s) of pixel data for {} frame(s) of {}×{} at {} byte(s) per sample ({need} needed)",
-                data.len(),
-                h.frames.len(),
-                h.rows,
-                h.cols,
-                l.bytes
-            ),
-        });
-    }
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for (f, out) in planes {
-        let raw = &data[f * frame_len..(f + 1) * frame_len];
-        let (a, b) = convert_frame(raw, &l, &h.frames[f], out);
-        lo = lo.min(a);
-        hi = hi.max(b);
-    }
-    Ok((l.mono1, lo, hi))
 }
 
-/// Reads one series from `dir` (a folder searched recursively, or one file). With several
-/// series in the folder, `series` (a SeriesInstanceUID) chooses one.
-pub fn read_series(dir: impl AsRef<Path>, series: Option<&str>) -> Result<DicomSeries> {
+/// Second pass over one file: its frames into their planes of the volume. Returns whether it is
+/// MONOCHROME1 and the value range. `scratch` is a reusable read buffer.
+fn read_frames_into<T: Store>(
+    h: &Header,
+    planes: Planes<T>,
+    integral: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<(bool, f64, f64)> {
+    let path = &h.path;
+    let l = match layout(&h.pixel, path) {
+        Ok(l) => l,
+        Err(e) => {
+            open_full(path)?; // a file without pixel data says so first
+            return Err(e);
+        }
+    };
+    let frame_len = h.rows * h.cols * l.bytes;
+    let need = frame_len * h.frames.len();
+    let convert = |data: &[u8]| -> Result<(bool, f64, f64)> {
+        if data.len() < need {
+            return Err(DicomError::Truncated {
+                path: path.clone(),
+                detail: format!(
+                    "{} byte(s) of pixel data for {} frame(s) of {}×{} at {} byte(s) per sample ({need} needed)",
+                    data.len(),
+                    h.frames.len(),
+                    h.rows,
+                    h.cols,
+                    l.bytes
+                ),
+            });
+        }
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (f, out) in planes {
+            let raw = &data[f * frame_len..(f + 1) * frame_len];
+            let (a, b) = convert_frame(raw, &l, &h.frames[f], integral, out);
+            lo = lo.min(a);
+            hi = hi.max(b);
+        }
+        Ok((l.mono1, lo, hi))
+    };
+    let native = h.ts == IMPLICIT_LE || h.ts == EXPLICIT_LE;
+    let tail = if native {
+        read_native_tail(path, need, h.ts == EXPLICIT_LE, scratch)?
+    } else {
+        None
+    };
+    if let Some(start) = tail {
+        convert(&scratch[start..start + need])
+    } else {
+        let obj = open_full(path)?;
+        let decoded = obj.decode_pixel_data().map_err(|e| DicomError::Decode {
+            path: path.clone(),
+            detail: chain(&e),
+        })?;
+        convert(decoded.data())
+    }
+}
+
+/// Decodes every slice into a `T` volume; returns it with MONOCHROME1 and the value range.
+fn decode_all<T: Store>(
+    headers: &[Header],
+    slices: &[Slice],
+    plane: usize,
+    integral: bool,
+) -> Result<(Vec<T>, bool, f64, f64)> {
+    // calloc'd: pages are mapped on first write, by the thread that decodes into them
+    let mut data = vec![T::default(); plane * slices.len()];
+    let mut jobs: Vec<(&Header, Planes<T>)> = headers.iter().map(|h| (h, Vec::new())).collect();
+    for (s, chunk) in slices.iter().zip(data.chunks_mut(plane)) {
+        jobs[s.file].1.push((s.frame, chunk));
+    }
+    let ranges: Vec<(bool, f64, f64)> = jobs
+        .into_par_iter()
+        .map_init(Vec::new, |scratch, (h, planes)| {
+            read_frames_into(h, planes, integral, scratch)
+        })
+        .collect::<Result<_>>()?;
+    let mono1 = ranges.iter().any(|r| r.0);
+    let (lo, hi) = ranges
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| {
+            (a.min(r.1), b.max(r.2))
+        });
+    Ok((data, mono1, lo, hi))
+}
+
+/// Wraps a decoded volume, inverting MONOCHROME1 (`v' = lo + hi − v`) first.
+fn finish<T: Store>(mut data: Vec<T>, mono1: bool, lo: f64, hi: f64, integral: bool) -> NpyData {
+    if mono1 && integral {
+        let s = lo as i64 + hi as i64;
+        data.par_iter_mut()
+            .for_each(|x| *x = T::from_i64(s - Into::<f64>::into(*x) as i64));
+    } else if mono1 {
+        data.par_iter_mut()
+            .for_each(|x| *x = T::from_f64(lo + hi - Into::<f64>::into(*x)));
+    }
+    T::wrap(data)
+}
+
+/// Decodes the volume in the smallest kind that holds its values: float32 unless every slope and
+/// intercept is an integer (as GDCM), else int16, uint16 or int32 by the actual value range. The
+/// first decode goes straight into int16 (the usual CT/MR case); only a volume whose values do
+/// not fit is decoded again into the wider kind. Returns the voxels and MONOCHROME1.
+fn decode_volume(headers: &[Header], slices: &[Slice], plane: usize) -> Result<(NpyData, bool)> {
+    let integral = slices
+        .iter()
+        .all(|s| s.geo.slope.fract() == 0.0 && s.geo.intercept.fract() == 0.0);
+    if !integral {
+        let (d, mono1, lo, hi) = decode_all::<f32>(headers, slices, plane, false)?;
+        return Ok((finish(d, mono1, lo, hi, false), mono1));
+    }
+    let (d, mono1, lo, hi) = decode_all::<i16>(headers, slices, plane, true)?;
+    if lo >= i16::MIN as f64 && hi <= i16::MAX as f64 {
+        return Ok((finish(d, mono1, lo, hi, true), mono1));
+    }
+    drop(d);
+    let v = if lo >= 0.0 && hi <= u16::MAX as f64 {
+        let (d, ..) = decode_all::<u16>(headers, slices, plane, true)?;
+        finish(d, mono1, lo, hi, true)
+    } else if lo >= i32::MIN as f64 && hi <= i32::MAX as f64 {
+        let (d, ..) = decode_all::<i32>(headers, slices, plane, true)?;
+        finish(d, mono1, lo, hi, true)
+    } else {
+        let (d, ..) = decode_all::<f32>(headers, slices, plane, false)?;
+        finish(d, mono1, lo, hi, false)
+    };
+    Ok((v, mono1))
+}
+
+/// Reads one series from `dir` (a folder searched recursively, or one file) into a compact
+/// volume. With several series in the folder, `series` (a SeriesInstanceUID) chooses one.
+pub fn read_series_compact(
+    dir: impl AsRef<Path>,
+    series: Option<&str>,
+) -> Result<DicomSeries<DicomVolume>> {
     let dir = dir.as_ref();
     let (mut groups, skipped) = scan(dir)?;
     let mut warnings = Vec::new();
@@ -765,40 +955,10 @@ pub fn read_series(dir: impl AsRef<Path>, series: Option<&str>) -> Result<DicomS
     };
     let (slices, geometry) = arrange(dir, &headers, &mut warnings)?;
     let (rows, cols) = (headers[0].rows, headers[0].cols);
-    // every file decodes straight into the planes of its frames
-    let plane = rows * cols;
-    let mut data = vec![0.0f64; plane * slices.len()];
-    let mut jobs: Vec<(&Header, Planes)> = headers.iter().map(|h| (h, Vec::new())).collect();
-    for (s, chunk) in slices.iter().zip(data.chunks_mut(plane)) {
-        jobs[s.file].1.push((s.frame, chunk));
-    }
-    let ranges: Vec<(bool, f64, f64)> = jobs
-        .into_par_iter()
-        .map(|(h, planes)| read_frames_into(h, planes))
-        .collect::<Result<_>>()?;
-    let mono1 = ranges.iter().any(|r| r.0);
-    let (lo, hi) = ranges
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| {
-            (a.min(r.1), b.max(r.2))
-        });
-    let integral = slices
-        .iter()
-        .all(|s| s.geo.slope.fract() == 0.0 && s.geo.intercept.fract() == 0.0);
+    let (voxels, mono1) = decode_volume(&headers, &slices, rows * cols)?;
     if mono1 {
-        data.iter_mut().for_each(|x| *x = lo + hi - *x);
         warnings.push(DicomWarning::Monochrome1Inverted);
     }
-    let kind = if !integral {
-        data.iter_mut().for_each(|x| *x = *x as f32 as f64);
-        PixelKind::F32
-    } else if lo >= i16::MIN as f64 && hi <= i16::MAX as f64 {
-        PixelKind::I16
-    } else if lo >= 0.0 && hi <= u16::MAX as f64 {
-        PixelKind::U16
-    } else {
-        PixelKind::I32
-    };
     let sources = slices
         .iter()
         .map(|s| SliceSource {
@@ -810,15 +970,27 @@ pub fn read_series(dir: impl AsRef<Path>, series: Option<&str>) -> Result<DicomS
         .collect();
     let info = headers[0].info.clone();
     Ok(DicomSeries {
-        volume: NiftiVolume {
+        volume: DicomVolume {
             shape: [slices.len(), rows, cols],
-            data,
-            kind,
+            voxels,
             spacing: geometry.spacing,
         },
         geometry,
         info,
         slices: sources,
         warnings,
+    })
+}
+
+/// [`read_series_compact`] with the volume widened to f64 ([`DicomVolume::to_nifti`]), for code
+/// that takes a [`crate::io::nifti::NiftiVolume`].
+pub fn read_series(dir: impl AsRef<Path>, series: Option<&str>) -> Result<DicomSeries> {
+    let s = read_series_compact(dir, series)?;
+    Ok(DicomSeries {
+        volume: s.volume.to_nifti(),
+        geometry: s.geometry,
+        info: s.info,
+        slices: s.slices,
+        warnings: s.warnings,
     })
 }

@@ -206,10 +206,32 @@ pub struct VolumePrompt {
 pub fn segment_volume_medsam2(
     predictor: &VideoPredictor,
     frames: Tensor,
-    (d, h, w): (usize, usize, usize),
+    shape: (usize, usize, usize),
     objects: &[VolumePrompt],
     keep_largest_cc: bool,
     on_slice: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<u8>> {
+    let mut report = |pass, t, _: &[u8]| on_slice(pass, t);
+    segment_volume_medsam2_live(
+        predictor,
+        frames,
+        shape,
+        objects,
+        keep_largest_cc,
+        &mut report,
+    )
+}
+
+/// [`segment_volume_medsam2`] that also shows each frame's mask as it is tracked:
+/// `on_slice(pass, frame, mask)` gets the current object's `h·w` 0/1 mask of that frame so far
+/// (the OR of the passes run; before the largest-component step), for live display.
+pub fn segment_volume_medsam2_live(
+    predictor: &VideoPredictor,
+    frames: Tensor,
+    (d, h, w): (usize, usize, usize),
+    objects: &[VolumePrompt],
+    keep_largest_cc: bool,
+    on_slice: &mut dyn FnMut(usize, usize, &[u8]),
 ) -> Result<Vec<u8>> {
     if frames.dim(0) != d {
         return Err(Error::shape(
@@ -244,7 +266,7 @@ pub fn segment_volume_medsam2(
                         *dst = 1;
                     }
                 }
-                on_slice(pass, t);
+                on_slice(pass, t, &seg[t * h * w..(t + 1) * h * w]);
                 Ok(())
             })?;
         }

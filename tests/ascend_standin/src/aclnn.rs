@@ -22,14 +22,8 @@ impl View {
         if self.dims.contains(&0) {
             return 0;
         }
-        (self.offset
-            + 1
-            + self
-                .dims
-                .iter()
-                .zip(&self.strides)
-                .map(|(d, s)| (d - 1) * s)
-                .sum::<i64>()) as usize
+        let last = self.index(&self.dims.iter().map(|d| d - 1).collect::<Vec<_>>());
+        last + 1
     }
     /// Element index of a multi-index.
     fn index(&self, idx: &[i64]) -> usize {
@@ -159,7 +153,12 @@ pub(crate) fn is_live<T>(p: *const T) -> bool {
 /// Rule (ops-nn `aclnn_convolution.cpp` FormatChecker, `convolution_backward_checker.cpp`
 /// CheckFormatValid; ops-cv `aclnn_upsample_bilinear_2d.cpp` CheckFormat): a 4-D operand must
 /// carry one of `allowed`; anything else is ACLNN_ERR_PARAM_INVALID in phase 1.
-pub(crate) fn check_format(func: &str, what: &str, t: &AclTensor, allowed: &[i32]) -> Result<(), i32> {
+pub(crate) fn check_format(
+    func: &str,
+    what: &str,
+    t: &AclTensor,
+    allowed: &[i32],
+) -> Result<(), i32> {
     if allowed.contains(&t.format) {
         return Ok(());
     }
@@ -182,7 +181,9 @@ pub(crate) fn check_cube(func: &str, dtype: i32, cube: i8) -> Result<(), i32> {
         return Err(bad(func, format!("cubeMathType {cube} not in 0..=3")));
     }
     if dtype == ACL_FLOAT && (cube == 0 || cube == 3) && !current_soc_is_a2() {
-        let soc = unsafe { CStr::from_ptr(aclrtGetSocName()) }.to_string_lossy().into_owned();
+        let soc = unsafe { CStr::from_ptr(aclrtGetSocName()) }
+            .to_string_lossy()
+            .into_owned();
         return Err(bad(
             func,
             format!("cubeMathType {cube} with fp32 input is not supported on {soc}"),
@@ -212,20 +213,11 @@ pub unsafe extern "C" fn aclCreateTensor(
     if ndims > 0 && (view_dims.is_null() || stride.is_null()) {
         fail(
             ACLNN_ERR_PARAM_NULLPTR,
-            "aclCreateTensor: NULL dims/strides".into(),
+            "aclCreateTensor: NULL dims/strides",
         );
         return std::ptr::null_mut();
     }
-    let dims = if ndims == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(view_dims, ndims as usize).to_vec()
-    };
-    let strides = if ndims == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(stride, ndims as usize).to_vec()
-    };
+    let (dims, strides) = (c_array(view_dims, ndims), c_array(stride, ndims));
     register(Box::into_raw(Box::new(AclTensor {
         dtype,
         format,
@@ -238,54 +230,46 @@ pub unsafe extern "C" fn aclCreateTensor(
     })))
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclDestroyTensor(t: *const AclTensor) -> i32 {
-    if !t.is_null() {
-        if !unregister(t) {
-            return bad("aclDestroy", format!("{:p} is not a live AclTensor", t));
+/// A copy of the C array `p[..n]` (empty for `n = 0`, where `p` may be NULL).
+unsafe fn c_array<T: Clone>(p: *const T, n: u64) -> Vec<T> {
+    if n == 0 {
+        vec![]
+    } else {
+        std::slice::from_raw_parts(p, n as usize).to_vec()
+    }
+}
+
+/// `aclDestroy*`: frees a live descriptor of type `T` (named `what` in the error); NULL is a no-op.
+unsafe fn destroy<T>(p: *const T, what: &str) -> i32 {
+    if !p.is_null() {
+        if !unregister(p) {
+            return bad("aclDestroy", format!("{:p} is not a live {what}", p));
         }
-        drop(Box::from_raw(t as *mut AclTensor));
+        drop(Box::from_raw(p as *mut T));
     }
     OK
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn aclDestroyTensor(t: *const AclTensor) -> i32 {
+    destroy(t, "AclTensor")
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn aclCreateIntArray(v: *const i64, n: u64) -> *mut AclIntArray {
-    let v = if n == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(v, n as usize).to_vec()
-    };
-    register(Box::into_raw(Box::new(AclIntArray(v))))
+    register(Box::into_raw(Box::new(AclIntArray(c_array(v, n)))))
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyIntArray(a: *const AclIntArray) -> i32 {
-    if !a.is_null() {
-        if !unregister(a) {
-            return bad("aclDestroy", format!("{:p} is not a live AclIntArray", a));
-        }
-        drop(Box::from_raw(a as *mut AclIntArray));
-    }
-    OK
+    destroy(a, "AclIntArray")
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateBoolArray(v: *const bool, n: u64) -> *mut AclBoolArray {
-    let v = if n == 0 {
-        vec![]
-    } else {
-        std::slice::from_raw_parts(v, n as usize).to_vec()
-    };
-    register(Box::into_raw(Box::new(AclBoolArray(v))))
+    register(Box::into_raw(Box::new(AclBoolArray(c_array(v, n)))))
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyBoolArray(a: *const AclBoolArray) -> i32 {
-    if !a.is_null() {
-        if !unregister(a) {
-            return bad("aclDestroy", format!("{:p} is not a live AclBoolArray", a));
-        }
-        drop(Box::from_raw(a as *mut AclBoolArray));
-    }
-    OK
+    destroy(a, "AclBoolArray")
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dtype: i32) -> *mut AclScalar {
@@ -306,13 +290,7 @@ pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dtype: i32) -> *mut
 }
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyScalar(s: *const AclScalar) -> i32 {
-    if !s.is_null() {
-        if !unregister(s) {
-            return bad("aclDestroy", format!("{:p} is not a live AclScalar", s));
-        }
-        drop(Box::from_raw(s as *mut AclScalar));
-    }
-    OK
+    destroy(s, "AclScalar")
 }
 
 // ------------------------------------------------------------------ executor
@@ -1022,7 +1000,7 @@ pub unsafe extern "C" fn aclnnAddGetWorkspaceSize(
     if alpha.is_null() {
         return fail(
             ACLNN_ERR_PARAM_NULLPTR,
-            "aclnnAddGetWorkspaceSize: alpha is NULL".into(),
+            "aclnnAddGetWorkspaceSize: alpha is NULL",
         );
     }
     if !is_live(alpha) {

@@ -38,7 +38,7 @@ pub unsafe extern "C" fn aclrtBinaryLoadFromFile(
     handle: *mut *mut c_void,
 ) -> i32 {
     if path.is_null() || handle.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtBinaryLoadFromFile: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtBinaryLoadFromFile: NULL");
     }
     let p = CStr::from_ptr(path).to_string_lossy().into_owned();
     let text = match std::fs::read(&p) {
@@ -54,7 +54,9 @@ pub unsafe extern "C" fn aclrtBinaryLoadFromFile(
     if lines.next() != Some(MAGIC) {
         return fail(
             ACL_ERROR_RT_PARAM_INVALID,
-            format!("aclrtBinaryLoadFromFile: {p} is not a stand-in kernel descriptor (\"{MAGIC}\")"),
+            format!(
+                "aclrtBinaryLoadFromFile: {p} is not a stand-in kernel descriptor (\"{MAGIC}\")"
+            ),
         );
     }
     let b = Box::into_raw(Box::new(Binary {
@@ -74,7 +76,7 @@ pub unsafe extern "C" fn aclrtBinaryGetFunction(
     if name.is_null() || func.is_null() || !lock(&BINARIES).contains_key(&(bin as usize)) {
         return fail(
             ACL_ERROR_INVALID_PARAM,
-            "aclrtBinaryGetFunction: unknown binary handle or NULL".into(),
+            "aclrtBinaryGetFunction: unknown binary handle or NULL",
         );
     }
     let n = CStr::from_ptr(name).to_string_lossy().into_owned();
@@ -97,7 +99,7 @@ pub unsafe extern "C" fn aclrtBinaryGetFunction(
 #[no_mangle]
 pub unsafe extern "C" fn aclrtBinaryUnLoad(bin: *mut c_void) -> i32 {
     if lock(&BINARIES).remove(&(bin as usize)).is_none() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtBinaryUnLoad: unknown handle".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtBinaryUnLoad: unknown handle");
     }
     // Function handles of the binary become invalid.
     let mut funcs = lock(&FUNCS);
@@ -122,7 +124,10 @@ fn operand(what: &str, addr: u64, elems: usize) -> Result<(usize, usize), (i32, 
     if !is_device(addr as usize, elems * 4) {
         return Err((
             ACL_ERROR_RT_PARAM_INVALID,
-            format!("kernel operand {what}: {addr:#x} + {} bytes is not device memory", elems * 4),
+            format!(
+                "kernel operand {what}: {addr:#x} + {} bytes is not device memory",
+                elems * 4
+            ),
         ));
     }
     Ok((addr as usize, elems))
@@ -156,8 +161,12 @@ fn tiling_bytes(addr: u64, n: usize) -> Result<Vec<u8>, (i32, String)> {
 fn run_attention(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
     let bytes = tiling_bytes(a[7], RelPosAttnTiling::BYTES)?;
     let t = RelPosAttnTiling::from_bytes(&bytes).expect("length checked");
-    t.validate()
-        .map_err(|e| (ACL_ERROR_RT_PARAM_INVALID, format!("rel_pos_attention tiling: {e}")))?;
+    t.validate().map_err(|e| {
+        (
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("rel_pos_attention tiling: {e}"),
+        )
+    })?;
     let l = t.lens();
     let names = ["q", "k", "v", "rel_h", "rel_w", "out", "lse"];
     let mut ops = Vec::new();
@@ -190,8 +199,12 @@ fn run_attention(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
 fn run_layer_norm2d(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
     let bytes = tiling_bytes(a[6], LayerNorm2dTiling::BYTES)?;
     let t = LayerNorm2dTiling::from_bytes(&bytes).expect("length checked");
-    t.validate()
-        .map_err(|e| (ACL_ERROR_RT_PARAM_INVALID, format!("layer_norm2d tiling: {e}")))?;
+    t.validate().map_err(|e| {
+        (
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("layer_norm2d tiling: {e}"),
+        )
+    })?;
     let l = t.lens();
     let names = ["x", "gamma", "beta", "y", "mean", "rstd"];
     let mut ops = Vec::new();
@@ -322,14 +335,14 @@ pub unsafe extern "C" fn aclrtKernelArgsInit(func: *mut c_void, handle: *mut *mu
     if !KERNEL_ARGS_API.with(|k| k.get()) {
         return fail(
             ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
-            "aclrtKernelArgsInit: not supported (emulated)".into(),
+            "aclrtKernelArgsInit: not supported (emulated)",
         );
     }
     if let Err(c) = kernel_nargs(func, "aclrtKernelArgsInit") {
         return c;
     }
     if handle.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsInit: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsInit: NULL");
     }
     *handle = Box::into_raw(Box::new(ArgsHandle {
         func: func as usize,
@@ -348,13 +361,13 @@ pub unsafe extern "C" fn aclrtKernelArgsAppend(
     param_handle: *mut *mut c_void,
 ) -> i32 {
     if handle.is_null() || param.is_null() || param_handle.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsAppend: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsAppend: NULL");
     }
     let h = &mut *(handle as *mut ArgsHandle);
     if h.finalized {
         return fail(
             ACL_ERROR_INVALID_PARAM,
-            "aclrtKernelArgsAppend: handle already finalized".into(),
+            "aclrtKernelArgsAppend: handle already finalized",
         );
     }
     h.bytes
@@ -366,7 +379,7 @@ pub unsafe extern "C" fn aclrtKernelArgsAppend(
 #[no_mangle]
 pub unsafe extern "C" fn aclrtKernelArgsFinalize(handle: *mut c_void) -> i32 {
     if handle.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsFinalize: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtKernelArgsFinalize: NULL");
     }
     (*(handle as *mut ArgsHandle)).finalized = true;
     OK

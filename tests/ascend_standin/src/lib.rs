@@ -178,7 +178,7 @@ pub unsafe extern "C" fn aclsysGetCANNVersion(name: i32, out: *mut CannPackageVe
     let Some(v) = CANN_VERSION.with(|v| v.borrow().clone()) else {
         return fail(
             ACL_ERROR_INVALID_FILE,
-            "aclsysGetCANNVersion: version file not found (emulated)".into(),
+            "aclsysGetCANNVersion: version file not found (emulated)",
         );
     };
     let o = &mut *out;
@@ -190,8 +190,8 @@ pub unsafe extern "C" fn aclsysGetCANNVersion(name: i32, out: *mut CannPackageVe
     OK
 }
 
-fn fail(code: i32, msg: String) -> i32 {
-    LAST_ERR.with(|e| *e.borrow_mut() = CString::new(msg).unwrap_or_default());
+fn fail(code: i32, msg: impl Into<String>) -> i32 {
+    LAST_ERR.with(|e| *e.borrow_mut() = CString::new(msg.into()).unwrap_or_default());
     code
 }
 
@@ -303,7 +303,7 @@ pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> i32 {
     if count.is_null() {
         return fail(
             ACL_ERROR_INVALID_PARAM,
-            "aclrtGetDeviceCount: count is NULL".into(),
+            "aclrtGetDeviceCount: count is NULL",
         );
     }
     *count = device_count();
@@ -315,7 +315,7 @@ pub extern "C" fn aclrtSetDevice(id: i32) -> i32 {
     if !initialized() {
         return fail(
             ACL_ERROR_UNINITIALIZE,
-            "aclrtSetDevice: aclInit was not called".into(),
+            "aclrtSetDevice: aclInit was not called",
         );
     }
     if id < 0 || id as u32 >= device_count() {
@@ -348,7 +348,7 @@ static CTX: [u8; 64] = [0; 64];
 fn current_device() -> Result<i32, i32> {
     let d = CURRENT_DEVICE.with(|d| d.get());
     if d < 0 {
-        Err(fail(ACL_ERROR_RT_CONTEXT_NULL, "no device/context bound to this thread (call aclrtSetDevice or aclrtSetCurrentContext)".into()))
+        Err(fail(ACL_ERROR_RT_CONTEXT_NULL, "no device/context bound to this thread (call aclrtSetDevice or aclrtSetCurrentContext)"))
     } else {
         Ok(d)
     }
@@ -357,10 +357,7 @@ fn current_device() -> Result<i32, i32> {
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetCurrentContext(ctx: *mut *mut c_void) -> i32 {
     if ctx.is_null() {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            "aclrtGetCurrentContext: NULL".into(),
-        );
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtGetCurrentContext: NULL");
     }
     match current_device() {
         Ok(d) => {
@@ -412,7 +409,7 @@ pub unsafe extern "C" fn aclrtGetMemInfo(_attr: i32, free: *mut usize, total: *m
         Err(e) => return e,
     };
     if free.is_null() || total.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtGetMemInfo: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtGetMemInfo: NULL");
     }
     let used = with_state(|s| *s.used.get(&d).unwrap_or(&0));
     *total = hbm_bytes();
@@ -449,10 +446,7 @@ pub unsafe extern "C" fn aclrtMalloc(ptr: *mut *mut c_void, size: usize, _policy
     let layout = std::alloc::Layout::from_size_align(bytes, ALIGN).unwrap();
     let p = std::alloc::alloc(layout);
     if p.is_null() {
-        return fail(
-            ACL_ERROR_RT_MEMORY_ALLOCATION,
-            "host allocation failed".into(),
-        );
+        return fail(ACL_ERROR_RT_MEMORY_ALLOCATION, "host allocation failed");
     }
     // Poison fresh memory so reads of never-written data are visible.
     std::ptr::write_bytes(p, 0xA5, bytes);
@@ -635,7 +629,7 @@ pub unsafe extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
         Err(e) => return e,
     };
     if stream.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtCreateStream: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtCreateStream: NULL");
     }
     let s = Box::into_raw(Box::new(Stream {
         device: d,
@@ -740,7 +734,7 @@ struct Event {
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEvent(event: *mut *mut c_void) -> i32 {
     if event.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtCreateEvent: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtCreateEvent: NULL");
     }
     *event = Box::into_raw(Box::new(Event {
         stream: Mutex::new(0),
@@ -754,7 +748,7 @@ pub unsafe extern "C" fn aclrtRecordEvent(event: *mut c_void, stream: *mut c_voi
     if event.is_null() || !valid_stream(stream) {
         return fail(
             ACL_ERROR_INVALID_PARAM,
-            "aclrtRecordEvent: bad event or stream".into(),
+            "aclrtRecordEvent: bad event or stream",
         );
     }
     *lock(&(*(event as *const Event)).stream) = stream as usize;
@@ -764,10 +758,7 @@ pub unsafe extern "C" fn aclrtRecordEvent(event: *mut c_void, stream: *mut c_voi
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEvent(event: *mut c_void) -> i32 {
     if event.is_null() {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            "aclrtSynchronizeEvent: NULL".into(),
-        );
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtSynchronizeEvent: NULL");
     }
     let s = *lock(&(*(event as *const Event)).stream);
     if s != 0 && valid_stream(s as *mut c_void) {
@@ -781,7 +772,7 @@ pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: *mut c_void, event: *mut c
     if event.is_null() || !valid_stream(stream) {
         return fail(
             ACL_ERROR_INVALID_PARAM,
-            "aclrtStreamWaitEvent: bad event or stream".into(),
+            "aclrtStreamWaitEvent: bad event or stream",
         );
     }
     let other = *lock(&(*(event as *const Event)).stream);
@@ -803,16 +794,16 @@ pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: *mut c_void, event: *mut c
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDestroyEvent(event: *mut c_void) -> i32 {
     if event.is_null() {
-        return fail(ACL_ERROR_INVALID_PARAM, "aclrtDestroyEvent: NULL".into());
+        return fail(ACL_ERROR_INVALID_PARAM, "aclrtDestroyEvent: NULL");
     }
     drop(Box::from_raw(event as *mut Event));
     OK
 }
 
 mod aclnn;
-mod hccl;
-mod kernels;
 /// The host reference of the Ascend C kernels, shared with `medsam_kernels::ascend_tiled`.
 #[path = "../../../kernels/src/ascend_tiled.rs"]
 #[allow(dead_code, clippy::needless_range_loop)]
 mod ascend_tiled;
+mod hccl;
+mod kernels;

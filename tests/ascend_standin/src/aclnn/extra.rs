@@ -26,7 +26,10 @@ unsafe fn bool_array(func: &str, a: *const AclBoolArray) -> Result<Vec<bool>, i3
         ));
     }
     if !is_live(a) {
-        return Err(bad(func, format!("outputMask {a:p} is not a live aclBoolArray")));
+        return Err(bad(
+            func,
+            format!("outputMask {a:p} is not a live aclBoolArray"),
+        ));
     }
     Ok((*a).0.clone())
 }
@@ -36,7 +39,10 @@ unsafe fn bool_array(func: &str, a: *const AclBoolArray) -> Result<Vec<bool>, i3
 fn check_cann8(func: &str) -> Result<(), i32> {
     match current_cann_major() {
         m if m >= 8 => Ok(()),
-        0 => Err(bad(func, "emulated CANN version unknown: signature may differ".into())),
+        0 => Err(bad(
+            func,
+            "emulated CANN version unknown: signature may differ".into(),
+        )),
         m => Err(bad(
             func,
             format!("emulated CANN {m}.x has no cubeMathType argument here: the call is corrupt"),
@@ -411,7 +417,13 @@ pub unsafe extern "C" fn aclnnConvolutionBackwardGetWorkspaceSize(
     let gw = try_i32!(opt_tensor(F, "gradWeight", grad_w));
     let gb = try_i32!(opt_tensor(F, "gradBias", grad_b));
     try_i32!(check_cann8(F));
-    for (what, t) in [("gradOutput", Some(dy)), ("input", Some(x)), ("weight", Some(w)), ("gradInput", gi), ("gradWeight", gw)] {
+    for (what, t) in [
+        ("gradOutput", Some(dy)),
+        ("input", Some(x)),
+        ("weight", Some(w)),
+        ("gradInput", gi),
+        ("gradWeight", gw),
+    ] {
         if let Some(t) = t.filter(|t| t.view.dims.len() == 4) {
             try_i32!(check_format(F, what, t, &[FORMAT_NCHW]));
         }
@@ -564,19 +576,6 @@ pub unsafe extern "C" fn aclnnSoftmaxBackwardGetWorkspaceSize(
 run_fn!(aclnnSoftmaxBackward, "aclnnSoftmaxBackward");
 
 // ------------------------------------------------------------------ gelu backward
-
-fn erf(x: f64) -> f64 {
-    // Same A&S 7.1.26 as the forward (|error| < 1.5e-7).
-    let s = x.signum();
-    let x = x.abs();
-    let t = 1.0 / (1.0 + 0.3275911 * x);
-    let y = 1.0
-        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
-            + 0.254829592)
-            * t
-            * (-x * x).exp();
-    s * y
-}
 
 fn gelu_grad(x: f64, tanh: bool) -> f64 {
     use std::f64::consts::{PI, SQRT_2};

@@ -154,7 +154,10 @@ pub unsafe extern "C" fn aclnnThresholdBackwardGetWorkspaceSize(
         return fail(ACLNN_ERR_PARAM_NULLPTR, format!("{F}: threshold is NULL"));
     }
     if !is_live(threshold) {
-        return bad(F, format!("threshold {threshold:p} is not a live aclScalar"));
+        return bad(
+            F,
+            format!("threshold {threshold:p} is not a live aclScalar"),
+        );
     }
     let s = &*threshold;
     if s.dtype != ACL_FLOAT {
@@ -323,7 +326,10 @@ pub unsafe extern "C" fn aclnnUpsampleBilinear2dBackwardGetWorkspaceSize(
         return fail(ACLNN_ERR_PARAM_NULLPTR, format!("{F}: inputSize is NULL"));
     }
     if !is_live(in_size) {
-        return bad(F, format!("inputSize {in_size:p} is not a live aclIntArray"));
+        return bad(
+            F,
+            format!("inputSize {in_size:p} is not a live aclIntArray"),
+        );
     }
     let isz = (*in_size).0.clone();
     let (gd, id) = (&g.view.dims, &gi.view.dims);
