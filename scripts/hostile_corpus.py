@@ -46,6 +46,15 @@ def nifti_header(dims, datatype, bitpix, vox_offset=352.0):
     return bytes(h)
 
 
+def gz_nifti(path, dims, mib):
+    """A gzip NIfTI whose header declares `dims` (uint8) followed by `mib` MiB of zeros."""
+    with gzip.open(path, "wb", 9) as f:
+        f.write(nifti_header(dims, 2, 8))
+        block = b"\0" * (1 << 20)
+        for _ in range(mib):
+            f.write(block)
+
+
 def png_bytes(w, h, raw_rows=None, level=9):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(
@@ -268,17 +277,9 @@ def build(c, tiny_config):
                      "--box3d", "[1,1,1,3,3,3]", "-o", p("seg")]
     open(p("claims1024.nii.gz"), "wb").write(gzip.compress(nifti_header([1024, 1024, 1024], 2, 8)))
     c.add("nii.gz header 1024^3", vol(p("claims1024.nii.gz")), bomb=True)
-    with gzip.open(p("inflate.nii.gz"), "wb", 9) as f:
-        f.write(nifti_header([1024, 1024, 1152], 2, 8))
-        block = b"\0" * (1 << 20)
-        for _ in range(1152):
-            f.write(block)
+    gz_nifti(p("inflate.nii.gz"), [1024, 1024, 1152], 1152)
     c.add("nii.gz inflating to 1.2 GB", vol(p("inflate.nii.gz")), bomb=True)
-    with gzip.open(p("lying.nii.gz"), "wb", 9) as f:
-        f.write(nifti_header([8, 8, 8], 2, 8))
-        block = b"\0" * (1 << 20)
-        for _ in range(512):
-            f.write(block)
+    gz_nifti(p("lying.nii.gz"), [8, 8, 8], 512)
     c.add("nii.gz declaring 8^3, inflating to 512 MB", vol(p("lying.nii.gz")), expect="refused-or-ok", bomb=True)
     h = bytearray(nifti_header([16, 16, 16], 16, 32))
     open(p("nanvol.nii"), "wb").write(bytes(h) + struct.pack("<f", float("nan")) * 4096)

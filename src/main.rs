@@ -36,6 +36,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// List the series of a DICOM folder; read one (geometry, values, time); convert it to NIfTI.
     Dicom(cli::dicom::DicomArgs),
+    /// Per-image latency of each model and precision on this machine (a Markdown table), optionally beside PyTorch.
+    Bench(cli::bench::BenchArgs),
     /// Serve a model over HTTP: a web page, the nnInteractive v2 protocol, SlicerNNInteractive.
     Serve(cli::serve::ServeArgs),
 }
@@ -129,6 +131,7 @@ fn run(cli: &Cli) -> medsam::Result<()> {
         }),
         Command::Dicom(a) => cli::dicom::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Bench(a) => cli::bench::run(a),
         Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")),
     }
 }

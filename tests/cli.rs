@@ -166,3 +166,41 @@ fn npu_device_without_runtime_is_a_clear_error() {
     let bad = bin().args(["train", "--device", "gpu"]).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a device"));
 }
+
+/// `medsam bench` runs every family on its tiny config and prints the Markdown table (figures
+/// only: no timing is checked).
+#[test]
+fn bench_prints_a_table_for_tiny_models() {
+    let fx = |p: &str| fixtures().join(p).display().to_string();
+    let out = ok(bin()
+        .args([
+            "bench",
+            "--repeats",
+            "1",
+            "--rounds",
+            "1",
+            "--image-size",
+            "40x56",
+        ])
+        .args(["--precision", "f32,int8"])
+        .arg(format!(
+            "--model=lite=,{}",
+            fx("lite/tiny_lite_config.json")
+        ))
+        .arg(format!("--model=sam=,{}", fx("sam/tiny_sam_config.json")))
+        .arg(format!("--model=medsam2=,{}", fx("sam2/tiny.json")))
+        .output()
+        .unwrap());
+    assert!(out.contains("| model | precision | load ms |"), "{out}");
+    for row in ["| LiteMedSAM (", "| SAM (", "| MedSAM2 ("] {
+        for p in ["| f32 |", "| int8 |"] {
+            assert!(
+                out.lines().any(|l| l.starts_with(row) && l.contains(p)),
+                "no {row} {p} row in\n{out}"
+            );
+        }
+    }
+    let bad = bin().args(["bench", "--model", "vit"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not lite, sam or medsam2"));
+}

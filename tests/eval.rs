@@ -301,7 +301,7 @@ fn volume_eval_npz_and_nifti_write_model_and_box_rows() {
         spacing_xyz,
     )
     .unwrap();
-    let ckpt = lite_fixture::tiny_lite_checkpoint(&d);
+    let ckpt = lite_fixture::tiny_checkpoint(&d);
     let cfg =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json");
     let common = |out: &str| -> Vec<std::ffi::OsString> {
@@ -501,7 +501,7 @@ fn volume_eval_dicom_series_with_nifti_label() {
     }
     let label = d.join("ct_case01.nii.gz");
     medsam::io::nifti::write_nifti_gz(&label, [dd, h, w], &gts, series.geometry.spacing).unwrap();
-    let ckpt = lite_fixture::tiny_lite_checkpoint(&d);
+    let ckpt = lite_fixture::tiny_checkpoint(&d);
     let cfg =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json");
     let o = medsam_eval(&[

@@ -67,6 +67,12 @@ fn tiny_sam_config() -> SamConfig {
     SamConfig::from_json_file(&fixture("sam/tiny_sam_config.json")).unwrap()
 }
 
+/// A MedSAM-style checkpoint: the state dict under `"model"`.
+fn save_medsam_pth(path: impl AsRef<Path>, sd: &[(String, TensorData)]) {
+    let v = Value::str_dict([("model", Value::from_state_dict(sd.to_vec()))]);
+    save_pth(path, &v).unwrap();
+}
+
 fn tiny_sam_state() -> Vec<(String, TensorData)> {
     let mut sam = Sam::new(&tiny_sam_config(), 0, Device::Cpu).unwrap();
     sam.state_dict()
@@ -591,11 +597,7 @@ fn convert_refuses_dropped_keys_and_mismatched_format_names() {
     let d = tmp("convert");
     let sd = tiny_sam_state();
     let medsam_ck = d.join("medsam.pth");
-    save_pth(
-        &medsam_ck,
-        &Value::str_dict([("model", Value::from_state_dict(sd.clone()))]),
-    )
-    .unwrap();
+    save_medsam_pth(&medsam_ck, &sd);
     let sam_ck = d.join("sam.pth");
     save_pth(&sam_ck, &Value::from_state_dict(sd[1..].to_vec())).unwrap();
     let out = d.join("out.pth");
@@ -634,11 +636,7 @@ fn outputs_never_replace_inputs() {
     let d = tmp("overwrite");
     let sd = tiny_sam_state();
     let medsam_ck = d.join("medsam.pth");
-    save_pth(
-        &medsam_ck,
-        &Value::str_dict([("model", Value::from_state_dict(sd.clone()))]),
-    )
-    .unwrap();
+    save_medsam_pth(&medsam_ck, &sd);
     let sam_ck = d.join("sam.pth");
     save_pth(&sam_ck, &Value::from_state_dict(sd)).unwrap();
     let before = std::fs::read(&medsam_ck).unwrap();
@@ -853,11 +851,7 @@ fn seeds(dir: &Path) -> Vec<(String, Vec<u8>)> {
     };
     let t = TensorData::new(DType::F32, vec![2, 3], vec![0u8; 24]).unwrap();
     let sd = vec![("a.weight".to_string(), t.clone()), ("b".to_string(), t)];
-    save_pth(
-        dir.join("s.pth"),
-        &Value::str_dict([("model", Value::from_state_dict(sd.clone()))]),
-    )
-    .unwrap();
+    save_medsam_pth(dir.join("s.pth"), &sd);
     put("s.pth");
     checkpoint::save_safetensors(dir.join("s.safetensors"), &sd).unwrap();
     put("s.safetensors");

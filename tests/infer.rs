@@ -6,6 +6,8 @@
 //! can round either way in different summation orders); logits ≤ 1e-4; masks identical except
 //! where PyTorch's probability is within 1e-3 of the 0.5 threshold.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer::{check_box, prepare_input, read_input_image, InferPrecision, Predictor};
 use medsam::model::{Sam, SamConfig};
@@ -19,23 +21,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn read_st(path: &Path) -> BTreeMap<String, Tensor> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; regenerate with the script in tests/fixtures",
-            path.display()
-        )
-    });
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (n.to_string(), Tensor::from_vec(d, v.shape()).unwrap())
+    fixtures::try_read_arrays(path)
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: cannot read; regenerate with the script in tests/fixtures",
+                path.display()
+            )
         })
+        .into_iter()
+        .map(|(k, (s, d))| (k, Tensor::from_vec(d, &s).unwrap()))
         .collect()
 }
 

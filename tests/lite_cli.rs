@@ -7,28 +7,26 @@
 //! `MEDSAM_LITE_CKPT`), two more tests compare the binary's output with PyTorch's masks from
 //! `tests/fixtures/lite/real_lite.safetensors`; without them they print "SKIPPED: ..." and return.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
-use lite_fixture::tiny_lite_checkpoint as tiny_checkpoint;
 #[path = "common/npz.rs"]
 mod npz;
+use fixtures::read_arrays;
+use lite_fixture::{run_medsam, tiny_checkpoint, tiny_config};
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
 use medsam::model::lite::LiteMedSam;
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
 use npz::write_npz;
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn tiny_config() -> PathBuf {
-    fixtures().join("lite/tiny_lite_config.json")
 }
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -50,12 +48,7 @@ fn load_lite(ckpt: &Path, cfg: Option<&Path>) -> LiteMedSam {
 }
 
 fn medsam(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_medsam"));
-    c.arg("infer").args(args);
-    for (flag, p) in paths {
-        c.arg(flag).arg(p);
-    }
-    c.output().unwrap()
+    run_medsam(&[&["infer"], args].concat(), paths)
 }
 
 fn ok(o: &Output) -> String {
@@ -595,21 +588,16 @@ fn lite_bad_inputs_are_clear_errors() {
 fn sam_checkpoint_rejects_lite_only_uses() {
     // The tiny SAM of tests/infer.rs: `--model-type lite` and 3D volumes need LiteMedSAM.
     let d = tmpdir("sam");
-    let bytes = std::fs::read(fixtures().join("sam/tiny_sam.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let sd: Vec<(String, TensorData)> = st
-        .tensors()
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let k = k.strip_prefix("w.")?.to_string();
-            let f: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            Some((k, TensorData::from_f32(v.shape().to_vec(), &f)))
-        })
-        .collect();
+    let sd: Vec<(String, TensorData)> =
+        read_arrays("sam/tiny_sam.safetensors", "make_sam_fixtures.py")
+            .into_iter()
+            .filter_map(|(k, (s, v))| {
+                Some((
+                    k.strip_prefix("w.")?.to_string(),
+                    TensorData::from_f32(s, &v),
+                ))
+            })
+            .collect();
     let ckpt = d.join("tiny_sam.pth");
     save_pth(&ckpt, &Value::from_state_dict(sd)).unwrap();
     let cfg = fixtures().join("sam/tiny_sam_config.json");
@@ -670,27 +658,8 @@ fn real_ckpt(test: &str) -> Option<PathBuf> {
     }
 }
 
-type Fixture = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
-fn real_fixture() -> Fixture {
-    let path = fixtures().join("lite/real_lite.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let data = match v.dtype() {
-                safetensors::Dtype::F32 => v
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::U8 => v.data().iter().map(|&b| b as f32).collect(),
-                d => panic!("{k}: {d:?}"),
-            };
-            (k, (v.shape().to_vec(), data))
-        })
-        .collect()
+fn real_fixture() -> fixtures::Arrays {
+    read_arrays("lite/real_lite.safetensors", "make_lite_fixtures.py")
 }
 
 #[test]

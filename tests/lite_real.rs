@@ -8,18 +8,20 @@
 //! `MEDSAM_LITE_CKPT=/path/to/lite_medsam.pth`. Without them every test here prints
 //! "SKIPPED: ..." and returns.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::read_arrays;
 use medsam::infer_lite::{
     prepare_input, resize_longest_side, segment_volume, Box3d, ImageU8, LitePredictor,
 };
 use medsam::model::lite::LiteMedSam;
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::Device;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const TOL: f32 = 1e-4;
-type Fixture = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+type Fixture = fixtures::Arrays;
 
 fn ckpt() -> PathBuf {
     std::env::var_os("MEDSAM_LITE_CKPT")
@@ -56,32 +58,7 @@ fn model(test: &str) -> Option<&'static LiteMedSam> {
 
 fn fixture() -> &'static Fixture {
     static FX: OnceLock<Fixture> = OnceLock::new();
-    FX.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/lite/real_lite.safetensors");
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} — regenerate with tests/fixtures/make_lite_fixtures.py",
-                path.display()
-            )
-        });
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
-        st.tensors()
-            .into_iter()
-            .map(|(k, v)| {
-                let data = match v.dtype() {
-                    safetensors::Dtype::F32 => v
-                        .data()
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                    safetensors::Dtype::U8 => v.data().iter().map(|&b| b as f32).collect(),
-                    d => panic!("{k}: unexpected dtype {d:?}"),
-                };
-                (k, (v.shape().to_vec(), data))
-            })
-            .collect()
-    })
+    FX.get_or_init(|| read_arrays("lite/real_lite.safetensors", "make_lite_fixtures.py"))
 }
 
 fn get<'a>(fx: &'a Fixture, k: &str) -> &'a (Vec<usize>, Vec<f32>) {

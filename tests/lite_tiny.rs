@@ -3,8 +3,11 @@
 //! rule as `tests/fixtures/make_lite_fixtures.py`, so no weights are stored), plus OpenCV
 //! `INTER_AREA` bit-exactness. Always runs; fixtures: `tests/fixtures/lite/`.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
+use fixtures::{assert_close, read_arrays, Arrays};
 use lite_fixture::det_value;
 use medsam::autograd::no_grad;
 use medsam::io::image::resize_area_u8_cv2;
@@ -21,58 +24,16 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite")
 }
 
-/// f32 tensors of a safetensors fixture (u8 arrays widened).
-fn load(name: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let path = dir().join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} — regenerate with tests/fixtures/make_lite_fixtures.py",
-            path.display()
-        )
-    });
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let data = match v.dtype() {
-                safetensors::Dtype::F32 => v
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                safetensors::Dtype::U8 => v.data().iter().map(|&b| b as f32).collect(),
-                d => panic!("{k}: unexpected dtype {d:?}"),
-            };
-            (k, (v.shape().to_vec(), data))
-        })
-        .collect()
+/// f32 arrays of a fixture in `tests/fixtures/lite/` (u8 arrays widened).
+fn load(name: &str) -> Arrays {
+    read_arrays(&format!("lite/{name}"), "make_lite_fixtures.py")
 }
 
-fn tensor(fx: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, k: &str) -> Tensor {
+fn tensor(fx: &Arrays, k: &str) -> Tensor {
     let (s, d) = fx
         .get(k)
         .unwrap_or_else(|| panic!("fixture key {k} missing"));
     Tensor::from_vec(d.clone(), s).unwrap()
-}
-
-fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    let mut worst = (0.0f32, 0usize);
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        let d = (a - b).abs();
-        assert!(d.is_finite(), "{name}[{i}]: {a} vs {b}");
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
-    assert!(
-        worst.0 <= tol,
-        "{name}: max abs error {} at {} (got {}, want {})",
-        worst.0,
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
 }
 
 fn tiny_model() -> LiteMedSam {

@@ -3,6 +3,9 @@
 //! layout: the loss falls, resuming is bit-identical to uninterrupted training, the checkpoint
 //! loads back as LiteMedSAM, evaluation reports metrics; and the same through the `medsam` binary.
 
+#[path = "common/lite_fixture.rs"]
+mod lite_fixture;
+use lite_fixture::{run_medsam, tiny_config};
 use medsam::data::Batch;
 use medsam::dist::SingleProcess;
 use medsam::eval::{evaluate, EvalConfig};
@@ -12,11 +15,7 @@ use medsam::train::{train, TrainConfig};
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn tiny_config() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json")
-}
+use std::process::Output;
 
 fn tiny_model(seed: u64) -> LiteMedSam {
     let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
@@ -210,15 +209,6 @@ fn lite_trains_resumes_and_evaluates() {
     );
 }
 
-fn run(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_medsam"));
-    c.args(args);
-    for (flag, p) in paths {
-        c.arg(flag).arg(p);
-    }
-    c.output().unwrap()
-}
-
 fn ok(o: &Output) -> String {
     let (stdout, stderr) = (
         String::from_utf8_lossy(&o.stdout),
@@ -237,7 +227,7 @@ fn cli_train_lite_resume_eval_infer() {
     fn train_args<'a>(common: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
         [&["train", "--task-name", "cli"][..], common, extra].concat()
     }
-    ok(&run(
+    ok(&run_medsam(
         &train_args(&common, &["--model-type", "lite", "--num-epochs", "1"]),
         &[
             ("--tr-npy-path", &data),
@@ -255,7 +245,7 @@ fn cli_train_lite_resume_eval_infer() {
     assert!(latest.is_file());
 
     // --resume alone tells the family from the checkpoint.
-    ok(&run(
+    ok(&run_medsam(
         &train_args(&common, &["--num-epochs", "2"]),
         &[
             ("--tr-npy-path", &data),
@@ -277,7 +267,7 @@ fn cli_train_lite_resume_eval_infer() {
     );
 
     // A lite checkpoint with --model-type vit_b is refused, naming the flag.
-    let o = run(
+    let o = run_medsam(
         &train_args(&common, &["--model-type", "vit_b"]),
         &[
             ("--tr-npy-path", &data),
@@ -289,7 +279,7 @@ fn cli_train_lite_resume_eval_infer() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--model-type"), "{err}");
 
-    let table = ok(&run(
+    let table = ok(&run_medsam(
         &["eval", "--max-slices", "3"],
         &[
             ("--data-path", &data),
@@ -308,7 +298,7 @@ fn cli_train_lite_resume_eval_infer() {
         .unwrap()
         .unwrap()
         .path();
-    ok(&run(
+    ok(&run_medsam(
         &["infer", "--box", "[30,30,90,90]"],
         &[
             ("-i", &img),

@@ -8,9 +8,10 @@
 //! object scores and (bf16) memory features through a forward and a reverse propagation 1e-3
 //! absolute — errors compound through the memory bank, so the per-frame curve is printed.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "common/npz.rs"]
 mod npz;
-
 use medsam::models::sam2::sam2_utils::{named_init, splitmix_uniform};
 use medsam::models::sam2::{Prompt, Sam2Base, Sam2Config, VideoPredictor};
 use medsam::{Device, Tensor};
@@ -32,23 +33,18 @@ struct Fixture {
 fn load(name: &'static str) -> Option<Fixture> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam2");
     let st_path = dir.join(format!("{name}.safetensors"));
-    let Ok(bytes) = std::fs::read(&st_path) else {
+    if !st_path.is_file() {
         eprintln!(
             "SKIPPED: {} missing — run tests/fixtures/make_sam2_fixtures.py",
             st_path.display()
         );
         return None;
-    };
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
-    let mut tensors = BTreeMap::new();
-    for (k, view) in st.tensors() {
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        tensors.insert(k.to_string(), data);
     }
+    let tensors = fixtures::try_read_arrays(&st_path)
+        .expect("readable safetensors")
+        .into_iter()
+        .map(|(k, (_, v))| (k, v))
+        .collect();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
             .unwrap();

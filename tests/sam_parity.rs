@@ -5,6 +5,9 @@
 //! Tolerance: 1e-4 absolute on values of order 1–10. The two implementations sum in different
 //! orders (tiled GEMM, online softmax) in f32, which moves results by ~1e-6 relative per op.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::read_tensors;
 use medsam::model::prompt_encoder::Point;
 use medsam::model::{Sam, SamConfig};
 use medsam::{Device, Tensor};
@@ -24,26 +27,7 @@ struct Fixture {
 
 fn load() -> Fixture {
     let dir = fixture_dir();
-    let path = dir.join("tiny_sam.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} — regenerate with tests/fixtures/make_sam_fixtures.py",
-            path.display()
-        )
-    });
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
-    let mut tensors = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        tensors.insert(
-            name.to_string(),
-            Tensor::from_vec(data, view.shape()).unwrap(),
-        );
-    }
+    let tensors = read_tensors("sam/tiny_sam.safetensors", "make_sam_fixtures.py");
     let config = SamConfig::from_json_file(&dir.join("tiny_sam_config.json")).unwrap();
     Fixture { tensors, config }
 }
@@ -63,22 +47,7 @@ fn model(fx: &Fixture) -> Sam {
 fn assert_close(name: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.shape(), want.shape(), "{name}: shape");
     let (g, w) = (got.to_vec().unwrap(), want.to_vec().unwrap());
-    let mut worst = (0.0f32, 0usize);
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let d = (a - b).abs();
-        assert!(d.is_finite(), "{name}[{i}]: {a} vs {b}");
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
-    assert!(
-        worst.0 <= TOL,
-        "{name}: max abs error {} at {} (got {}, want {})",
-        worst.0,
-        worst.1,
-        g[worst.1],
-        w[worst.1]
-    );
+    fixtures::assert_close(name, &g, &w, TOL);
 }
 
 fn boxes(fx: &Fixture) -> Vec<[f32; 4]> {

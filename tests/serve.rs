@@ -11,7 +11,7 @@
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
 
-use lite_fixture::tiny_lite_checkpoint as tiny_checkpoint;
+use lite_fixture::{tiny_checkpoint, tiny_config};
 use medsam::io::checkpoint::{save_pth, Value};
 use medsam::Device;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,10 +19,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn tiny_config() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json")
-}
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("medsam-serve-{name}-{}", std::process::id()));

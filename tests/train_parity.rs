@@ -7,6 +7,8 @@
 //! gradient is zero (softmax is invariant to a shift shared by all keys) so both sides hold only
 //! rounding noise of ~1e-12; updated parameters ≤ 1e-5 absolute (lr 1e-3 moves them ~1e-3).
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 use medsam::data::Batch;
 use medsam::model::{Sam, SamConfig};
 use medsam::optim::{AdamW, AdamWConfig};
@@ -20,25 +22,7 @@ fn dir() -> PathBuf {
 }
 
 fn load() -> BTreeMap<String, Tensor> {
-    let path = dir().join("tiny_train.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run tests/fixtures/make_train_fixtures.py",
-            path.display()
-        )
-    });
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (n.to_string(), Tensor::from_vec(d, v.shape()).unwrap())
-        })
-        .collect()
+    fixtures::read_tensors("sam/tiny_train.safetensors", "make_train_fixtures.py")
 }
 
 /// Max abs difference over `1e-10 + max |want|`.

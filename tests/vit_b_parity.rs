@@ -40,13 +40,7 @@ fn vit_b_1024_matches_pytorch() {
     let x = load_npy(&dir.join("input.npy"));
     let emb = medsam::autograd::no_grad(|| sam.image_encoder.forward(&x)).unwrap();
     let want = load_npy(&dir.join("embedding.npy"));
-    let err = emb
-        .to_vec()
-        .unwrap()
-        .iter()
-        .zip(want.to_vec().unwrap())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let err = max_abs_err(&emb, &want);
     println!("vit_b embedding max abs error: {err}");
     assert!(err <= 1e-3, "embedding error {err}");
     let pe = sam.prompt_encoder.get_dense_pe().unwrap();
@@ -57,13 +51,17 @@ fn vit_b_1024_matches_pytorch() {
     let (low, _) =
         medsam::autograd::no_grad(|| sam.mask_decoder.forward(&emb, &pe, &sp, &de, false)).unwrap();
     let want = load_npy(&dir.join("low_res_logits.npy"));
-    let err = low
-        .to_vec()
+    let err = max_abs_err(&low, &want);
+    println!("vit_b low-res logits max abs error: {err}");
+    assert!(err <= 1e-3, "logits error {err}");
+}
+
+/// Largest `|got − want|` over all elements.
+fn max_abs_err(got: &Tensor, want: &Tensor) -> f32 {
+    got.to_vec()
         .unwrap()
         .iter()
         .zip(want.to_vec().unwrap())
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    println!("vit_b low-res logits max abs error: {err}");
-    assert!(err <= 1e-3, "logits error {err}");
+        .fold(0.0f32, f32::max)
 }

@@ -53,6 +53,69 @@ class Predictor:
     @property
     def transform(self) -> Literal["medsam", "sam", "lite"]: ...
 
+class InferenceState:
+    """SAM2VideoPredictor's inference_state: frames, prompts and results of one video/volume."""
+
+    @property
+    def num_frames(self) -> int: ...
+    @property
+    def video_size(self) -> Tuple[int, int]: ...
+    @property
+    def obj_ids(self) -> List[int]: ...
+
+_Masks = npt.NDArray[np.float32]
+
+class VideoPredictor:
+    """SAM2VideoPredictor-shaped tracking over a SAM 2.1 / MedSAM2 checkpoint."""
+
+    def __init__(
+        self,
+        checkpoint: _Path,
+        config: Optional[_Path] = None,
+        image_size: Optional[int] = None,
+        device: str = "cpu",
+        fill_hole_area: int = 8,
+    ) -> None: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def fill_hole_area(self) -> int: ...
+    def init_state(
+        self, frames: _Array, video_size: Optional[Tuple[int, int]] = None
+    ) -> InferenceState:
+        """uint8 (N, H, W) / (N, H, W, 3), or preprocessed float32 (N, 3, S, S) + video_size."""
+    def add_new_points_or_box(
+        self,
+        state: InferenceState,
+        frame_idx: int,
+        obj_id: int,
+        points: Optional[_Array] = None,
+        labels: Optional[_Array] = None,
+        box: Optional[_Array] = None,
+        clear_old_points: bool = True,
+        normalize_coords: bool = True,
+    ) -> Tuple[int, List[int], _Masks]:
+        """(frame_idx, obj_ids, logits (n_obj, 1, H, W))."""
+    def propagate_in_video(
+        self,
+        state: InferenceState,
+        start_frame_idx: Optional[int] = None,
+        max_frame_num_to_track: Optional[int] = None,
+        reverse: bool = False,
+        callback: Optional[Callable[[int, List[int], _Masks], Any]] = None,
+    ) -> List[Tuple[int, List[int], _Masks]]: ...
+    def reset_state(self, state: InferenceState) -> None: ...
+    def segment_volume(
+        self,
+        volume: _Array,
+        boxes: _Array,
+        key_slices: Optional[List[int]] = None,
+        window: Optional[Tuple[float, float]] = None,
+        keep_largest_cc: bool = True,
+        progress: Optional[Callable[[int, int], Any]] = None,
+    ) -> npt.NDArray[np.uint8]:
+        """MedSAM2's 3D recipe; (D, H, W) uint8 labels 1..N."""
+
 def segment_volume(
     predictor: Predictor,
     volume: npt.NDArray[np.uint8],

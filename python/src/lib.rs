@@ -10,9 +10,9 @@
 mod checkpoint;
 mod functions;
 mod image;
-mod pil;
 mod predictor;
 mod train;
+mod video;
 
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyValueError};
 use pyo3::prelude::*;
@@ -121,6 +121,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let _ = VALUE_ERROR.set(py, ve);
     let _ = NOT_FOUND.set(py, nf);
     m.add_class::<predictor::Predictor>()?;
+    m.add_class::<video::VideoPredictor>()?;
+    m.add_class::<video::InferenceState>()?;
     functions::register(m)?;
     checkpoint::register(m)?;
     train::register(m)?;

@@ -17,6 +17,7 @@
 use crate::image::{ArrayIn, ImageIn, Pixels};
 use crate::{to_py, value_err};
 use medsam::autograd::no_grad;
+use medsam::io::image::{resize_u8_pil, PilFilter};
 use medsam::models::sam::mask_decoder::MaskDecoder;
 use medsam::models::sam::prompt_encoder::{Point, PromptEncoder};
 use medsam::models::AnyModel;
@@ -111,7 +112,7 @@ fn sam_input(px: &Pixels, size: usize) -> medsam::Result<(Tensor, (usize, usize)
         u8s = u8s.iter().flat_map(|&v| [v, v, v]).collect();
     }
     let (nh, nw) = longest_side_shape(h, w, size);
-    let r = crate::pil::resize_bilinear_u8(&u8s, (h, w, 3), (nh, nw));
+    let r = resize_u8_pil(&u8s, (h, w, 3), (nh, nw), PilFilter::Bilinear);
     let mut chw = vec![0.0f32; 3 * size * size];
     for y in 0..nh {
         for x in 0..nw {

@@ -2,6 +2,7 @@
 temporary .pth files through medsam_rs itself, and the expected outputs of make_fixtures.py."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -13,45 +14,8 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 SAM_CONFIG = os.path.join(FIXTURES, "sam", "tiny_sam_config.json")
 LITE_CONFIG = os.path.join(FIXTURES, "lite", "tiny_lite_config.json")
-M64 = (1 << 64) - 1
-
-
-def fnv1a64(s):
-    h = 0xCBF29CE484222325
-    for b in s.encode():
-        h = ((h ^ b) * 0x100000001B3) & M64
-    return h
-
-
-def det_value(name, shape):
-    """tests/fixtures/make_lite_fixtures.py's name-seeded weights (SplitMix64 → f32)."""
-    n = int(np.prod(shape)) if len(shape) else 1
-    with np.errstate(over="ignore"):
-        i = np.arange(1, n + 1, dtype=np.uint64)
-        z = np.uint64(fnv1a64(name)) + i * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(40)).astype(np.float32) / np.float32(16777216.0) * np.float32(2.0) - np.float32(1.0)
-    f = np.float32
-    if name.endswith("num_batches_tracked"):
-        v = np.zeros(n, np.float32)
-    elif name.endswith("running_var"):
-        v = f(1.0) + f(0.5) * u
-    elif name.endswith("running_mean"):
-        v = f(0.1) * u
-    elif name.endswith("attention_biases"):
-        v = f(0.5) * u
-    elif name.endswith("positional_encoding_gaussian_matrix"):
-        v = u
-    elif len(shape) <= 1 and name.endswith("weight"):
-        v = f(1.0) + f(0.2) * u
-    elif len(shape) <= 1:
-        v = f(0.1) * u
-    else:
-        fan = int(np.prod(shape[1:]))
-        v = u * (f(1.0) / np.sqrt(f(fan)))
-    return v.astype(np.float32).reshape(shape)
+sys.path.insert(0, FIXTURES)
+from lite_det import det_value  # noqa: E402  (tests/fixtures/lite_det.py)
 
 
 @pytest.fixture(scope="session")

@@ -244,20 +244,12 @@ def test_train_with_progress(tmp_path):
         medsam_rs.train({"tr_npy_path": str(tmp_path / "none")})
 
 
-def test_bf16_precision_close_to_f32(lite_ckpt, lite, image):
-    lite.set_image(image)
-    want = lite.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
-    p = medsam_rs.Predictor(lite_ckpt, config=LITE_CONFIG, precision="bf16")
-    p.set_image(image)
-    got = p.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
-    assert np.corrcoef(got, want)[0, 1] > 0.99
-
-
-def test_int8_precision_close_to_f32(lite_ckpt, lite, image):
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_close_to_f32(lite_ckpt, lite, image, precision):
     # int8 runs only with VNNI (else f32); either way the logits stay close to f32.
     lite.set_image(image)
     want = lite.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
-    p = medsam_rs.Predictor(lite_ckpt, config=LITE_CONFIG, precision="int8")
+    p = medsam_rs.Predictor(lite_ckpt, config=LITE_CONFIG, precision=precision)
     p.set_image(image)
     got = p.predict(box=np.array([5, 6, 40, 30]))[2].ravel()
     assert np.corrcoef(got, want)[0, 1] > 0.99

@@ -15,20 +15,8 @@ if ! command -v dciodvfy >/dev/null 2>&1; then
       || echo "   dicom3tools not installable: the dciodvfy check will be skipped"
   fi
 fi
-venv="$(pwd)/target/ci-venv"
-if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    # Debian's python3 lacks ensurepip until python3-venv is installed.
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    fi
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-fi
-"$venv/bin/python" -m pip install -q -r scripts/ci/requirements-dicom.txt
-export MEDSAM_PYTHON="$venv/bin/python"
+source scripts/ci/venv.sh
+ci_venv dicom
 # Same features as the last cargo build in scripts/test.sh, so nothing but this test binary relinks.
 cargo test --release --features "mpi ascend" --test dicom -- --nocapture
 

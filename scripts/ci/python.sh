@@ -5,22 +5,10 @@
 # made them from the official code); tests that need torch skip with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-root=$(pwd)
-venv="$root/target/ci-venv"
-if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    # Debian's python3 lacks ensurepip until python3-venv is installed.
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    fi
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-fi
+source scripts/ci/venv.sh
+ci_venv
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -r scripts/ci/requirements-python.txt
-export MEDSAM_PYTHON="$venv/bin/python"
 echo "== python: maturin build (abi3 wheel, release)"
 rm -rf target/wheels
 "$venv/bin/maturin" build --release -m python/Cargo.toml -o target/wheels -i "$venv/bin/python"

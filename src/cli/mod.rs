@@ -1,5 +1,6 @@
 //! The `medsam` command line: thin shells over the library, one file per subcommand.
 
+pub mod bench;
 pub mod common;
 pub mod convert;
 pub mod demo;

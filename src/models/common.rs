@@ -391,6 +391,65 @@ impl Module for MlpBlock {
     }
 }
 
+/// `MLP` of SAM's mask decoder and of SAM 2 (`layers.{i}`): `num_layers` linears with ReLU
+/// (or GELU) between them, optionally a sigmoid on the output.
+pub struct Mlp {
+    pub layers: Vec<Linear>,
+    pub gelu: bool,
+    pub sigmoid_output: bool,
+}
+
+impl Module for Mlp {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            l.visit(&join(prefix, &format!("layers.{i}")), f);
+        }
+    }
+}
+
+impl Mlp {
+    pub fn new(
+        init: &mut Init,
+        inp: usize,
+        hidden: usize,
+        out: usize,
+        num_layers: usize,
+        gelu: bool,
+    ) -> Result<Self> {
+        let mut dims = vec![inp];
+        dims.extend(std::iter::repeat_n(hidden, num_layers - 1));
+        dims.push(out);
+        Ok(Mlp {
+            layers: dims
+                .windows(2)
+                .map(|w| Linear::new(init, w[0], w[1], true))
+                .collect::<Result<_>>()?,
+            gelu,
+            sigmoid_output: false,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let n = self.layers.len();
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = if i + 1 < n {
+                if self.gelu {
+                    x.linear_act(&l.weight, l.bias.as_ref(), true)?
+                } else {
+                    l.forward(&x)?.relu()?
+                }
+            } else {
+                l.forward(&x)?
+            };
+        }
+        if self.sigmoid_output {
+            x = x.sigmoid()?;
+        }
+        Ok(x)
+    }
+}
+
 /// `nn.Embedding`: a `[n, dim]` weight.
 pub struct Embedding {
     pub weight: Tensor,

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, TensorData, Value};
+use crate::models::common::{load_state_dict, Module};
 use crate::models::lite::{LiteConfig, LiteMedSam};
 use crate::models::{LoadReport, ModelType, Sam, SamConfig};
 use crate::optim::{AdamW, AdamWConfig, ParamState};
@@ -91,10 +92,7 @@ pub fn resolve_config_named(
     let config = match config_json {
         Some(p) => SamConfig::from_json_file(p)?,
         None => {
-            let shapes = weights
-                .iter()
-                .map(|(k, t)| (k.clone(), t.shape().to_vec()))
-                .collect();
+            let shapes = shapes_of(weights);
             let inferred =
                 SamConfig::infer(&shapes).map_err(|e| Error::file(path, e.to_string()))?;
             match inferred.model_type_ignoring_heads() {
@@ -121,6 +119,25 @@ pub fn resolve_config_named(
     Ok(config)
 }
 
+fn shapes_of(weights: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<usize>> {
+    weights
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+        .collect()
+}
+
+/// Loads `weights` into `model`; any missing, unexpected or wrongly shaped key is an error
+/// naming the checkpoint `path`.
+fn load_clean(
+    model: &mut dyn Module,
+    weights: &BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<LoadReport> {
+    load_state_dict(model, weights)
+        .and_then(LoadReport::into_result)
+        .map_err(|e| Error::file(path, e.to_string()))
+}
+
 /// Loads a model from a checkpoint; every missing, unexpected or wrongly shaped key is an error
 /// that names it.
 pub fn load_model(
@@ -133,12 +150,7 @@ pub fn load_model(
     let weights = state_dict(path, &value)?;
     let config = resolve_config_named(&weights, model_type, config_json, path)?;
     let mut sam = Sam::new(&config, 0, device)?;
-    let report = sam
-        .load_state_dict(&weights)
-        .map_err(|e| Error::file(path, e.to_string()))?;
-    let report = report
-        .into_result()
-        .map_err(|e| Error::file(path, e.to_string()))?;
+    let report = load_clean(&mut sam, &weights, path)?;
     Ok((sam, report))
 }
 
@@ -168,12 +180,7 @@ pub fn load_any_model(
     if !LiteConfig::is_lite_state_dict(weights.keys()) {
         let config = resolve_config_named(&weights, model_type, config_json, path)?;
         let mut sam = Sam::new(&config, 0, device)?;
-        let report = sam
-            .load_state_dict(&weights)
-            .map_err(|e| Error::file(path, e.to_string()))?;
-        let report = report
-            .into_result()
-            .map_err(|e| Error::file(path, e.to_string()))?;
+        let report = load_clean(&mut sam, &weights, path)?;
         return Ok((AnyModel::Sam(Box::new(sam)), report));
     }
     if let Some(t) = model_type {
@@ -187,10 +194,7 @@ pub fn load_any_model(
     let config = match config_json {
         Some(p) => LiteConfig::from_json_file(p)?,
         None => {
-            let shapes = weights
-                .iter()
-                .map(|(k, t)| (k.clone(), t.shape().to_vec()))
-                .collect();
+            let shapes = shapes_of(&weights);
             let inferred =
                 LiteConfig::infer(&shapes).map_err(|e| Error::file(path, e.to_string()))?;
             // Shapes cannot show the input size nor the decoder's heads: LiteMedSAM's when it fits.
@@ -205,12 +209,7 @@ pub fn load_any_model(
         }
     };
     let mut lite = LiteMedSam::new(&config, 0, device)?;
-    let report = lite
-        .load_state_dict(&weights)
-        .map_err(|e| Error::file(path, e.to_string()))?;
-    let report = report
-        .into_result()
-        .map_err(|e| Error::file(path, e.to_string()))?;
+    let report = load_clean(&mut lite, &weights, path)?;
     Ok((AnyModel::Lite(Box::new(lite)), report))
 }
 

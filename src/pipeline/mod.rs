@@ -2,6 +2,7 @@
 //! slices), [`data`] (slices → batches), [`train`], [`convert`] (training checkpoint → SAM
 //! weights), [`infer`] (predictors), [`eval`] and its [`metrics`].
 
+pub mod bench;
 pub mod convert;
 pub mod data;
 pub mod eval;

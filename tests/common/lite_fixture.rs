@@ -2,8 +2,14 @@
 //! `tests/fixtures/make_lite_fixtures.py` computes them: every tensor is a function of its
 //! state-dict name (a SplitMix64 stream seeded by the name's FNV-1a hash, f32 in [-1, 1) with
 //! 24-bit steps, scaled by the kind of tensor), so Rust and Python build the same network.
+#![allow(dead_code)] // each test binary uses a part
 
+use medsam::io::checkpoint::{save_pth, TensorData, Value};
+use medsam::models::lite::{LiteConfig, LiteMedSam};
+use medsam::Device;
 use medsam_kernels::testing::Rng;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 fn fnv1a64(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
@@ -42,18 +48,16 @@ pub fn det_value(name: &str, shape: &[usize]) -> Vec<f32> {
     }
 }
 
-/// Writes the tiny LiteMedSAM checkpoint (config `tests/fixtures/lite/tiny_lite_config.json`,
-/// parameters from [`det_value`]) into `dir` as `tiny_lite.pth` and returns its path.
-#[allow(dead_code)] // not every test binary that includes this file writes checkpoints
-pub fn tiny_lite_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
-    use medsam::checkpoint::{save_pth, TensorData, Value};
-    use medsam::model::lite::{LiteConfig, LiteMedSam};
-    let cfg = LiteConfig::from_json_file(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/lite/tiny_lite_config.json"),
-    )
-    .unwrap();
-    let mut m = LiteMedSam::new(&cfg, 0, medsam::Device::Cpu).unwrap();
+/// The tiny TinyViT configuration of the fixtures.
+pub fn tiny_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite/tiny_lite_config.json")
+}
+
+/// Writes the tiny LiteMedSAM checkpoint (deterministic parameters) into `dir` and returns its
+/// path.
+pub fn tiny_checkpoint(dir: &Path) -> PathBuf {
+    let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
+    let mut m = LiteMedSam::new(&cfg, 0, Device::Cpu).unwrap();
     let sd: Vec<(String, TensorData)> = m
         .state_dict()
         .into_iter()
@@ -65,4 +69,14 @@ pub fn tiny_lite_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("tiny_lite.pth");
     save_pth(&path, &Value::from_state_dict(sd)).unwrap();
     path
+}
+
+/// Runs the `medsam` binary with `args`, then each `(flag, path)` pair.
+pub fn run_medsam(args: &[&str], paths: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medsam"));
+    c.args(args);
+    for (flag, p) in paths {
+        c.arg(flag).arg(p);
+    }
+    c.output().unwrap()
 }

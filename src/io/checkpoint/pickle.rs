@@ -106,11 +106,27 @@ impl Obj {
     }
 }
 
+/// Bytes of one storage: read (and cached) by the source, or borrowed from a memory-mapped file.
+pub(crate) enum StorageBytes<'s> {
+    Owned(Rc<Vec<u8>>),
+    Mapped(&'s [u8]),
+}
+
+impl std::ops::Deref for StorageBytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            StorageBytes::Owned(v) => v,
+            StorageBytes::Mapped(s) => s,
+        }
+    }
+}
+
 /// Source of storage bytes for persistent ids (`data/<key>` records).
 pub(crate) trait StorageSource {
-    /// Raw little-endian bytes of storage `key`; loaded once and cached by the
+    /// Raw little-endian bytes of storage `key`; loaded once and cached (or mapped) by the
     /// implementation. A storage longer than `max_bytes` is an error, raised before it is read.
-    fn load(&mut self, key: &str, dtype: DType, max_bytes: usize) -> Result<Rc<Vec<u8>>>;
+    fn load(&mut self, key: &str, dtype: DType, max_bytes: usize) -> Result<StorageBytes<'_>>;
 
     /// Total bytes of the storages loaded so far.
     fn loaded_bytes(&self) -> usize;

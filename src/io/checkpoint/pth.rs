@@ -3,15 +3,23 @@
 //! Layout: `<name>/data.pkl` (pickle), `<name>/byteorder`, `<name>/data/<key>`
 //! (raw storage bytes), `<name>/version`, optionally `<name>/.format_version`,
 //! `<name>/.storage_alignment`, `<name>/.data/serialization_id`.
+//!
+//! Loading maps the file into memory when it can: a storage record that is stored (not
+//! deflated) in a little-endian archive — what `torch.save` writes — is then sliced out of the
+//! mapping and copied once, straight into its tensor, instead of being read into a growing
+//! buffer first. Such slices skip the zip CRC check (as `torch.load(mmap=True)` does); sizes,
+//! bounds and limits are checked as for read records. Deflated records, big-endian archives and
+//! files that cannot be mapped are read as before. As with any mapped file, another process
+//! truncating the checkpoint while it loads can crash this one.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::rc::Rc;
 
 pub use super::pickle::Limits;
-use super::pickle::{pickle_value, unpickle, StorageSource};
+use super::pickle::{pickle_value, unpickle, StorageBytes, StorageSource};
 use super::{CheckpointError, DType, Result, Value};
 use crate::io::atomic::write_atomic;
 
@@ -45,11 +53,29 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
             "not a torch checkpoint (no zip signature at the start of the file)",
         ));
     }
+    // SAFETY: the mapping is only read, and lives until the value is built (tensors copy out of
+    // it); see the module doc for a file changed underneath.
+    match unsafe { memmap2::Mmap::map(&file) } {
+        Ok(map) => load_zip(path, std::io::Cursor::new(&map[..]), Some(&map[..]), limits),
+        Err(_) => {
+            file.rewind().map_err(|e| CheckpointError::io(path, e))?;
+            load_zip(path, file, None, limits)
+        }
+    }
+}
+
+/// [`load_pth_with_limits`] on an opened archive; `mapped` is the whole file when it is mapped.
+fn load_zip<R: Read + Seek>(
+    path: &Path,
+    reader: R,
+    mapped: Option<&[u8]>,
+    limits: &Limits,
+) -> Result<Value> {
     let zip_err = |e: zip::result::ZipError| CheckpointError::Zip {
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
-    let mut zip = zip::ZipArchive::new(file).map_err(zip_err)?;
+    let mut zip = zip::ZipArchive::new(reader).map_err(zip_err)?;
 
     // Find `<prefix>data.pkl` where prefix is a single top-level folder.
     let pkl_name = zip
@@ -65,7 +91,7 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
 
     // data.pkl and the small records are read whole, up to this many bytes.
     const MAX_RECORD: usize = 256 << 20;
-    let read_record = |zip: &mut zip::ZipArchive<File>, name: &str| -> Result<Vec<u8>> {
+    let read_record = |zip: &mut zip::ZipArchive<R>, name: &str| -> Result<Vec<u8>> {
         let f = zip.by_name(name).map_err(|e| CheckpointError::Zip {
             path: path.to_path_buf(),
             msg: format!("record `{name}`: {e}"),
@@ -118,33 +144,42 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
         data_prefix,
         big_endian,
         cache: HashMap::new(),
+        mapped,
+        mapped_keys: std::collections::HashSet::new(),
         loaded: 0,
     };
     unpickle(path, &pkl, source, &limits)
 }
 
-struct ZipStorages<'a> {
+struct ZipStorages<'a, R> {
     path: &'a Path,
-    zip: zip::ZipArchive<File>,
+    zip: zip::ZipArchive<R>,
     data_prefix: String,
     big_endian: bool,
     cache: HashMap<String, Rc<Vec<u8>>>,
+    /// The whole file, when it is memory-mapped.
+    mapped: Option<&'a [u8]>,
+    /// Mapped storages already counted in `loaded`.
+    mapped_keys: std::collections::HashSet<String>,
     loaded: usize,
+}
+
+/// The error for a record over the byte limit.
+fn too_big(path: &Path, name: &str, n: String, max: usize) -> CheckpointError {
+    CheckpointError::format(
+        path,
+        format!(
+            "record `{name}` holds {n} bytes, over the limit of {max} bytes \
+             (MEDSAM_MAX_TENSOR_BYTES)"
+        ),
+    )
 }
 
 /// Reads one zip member, at most `max` bytes: the size its header claims is checked first
 /// and memory is reserved only as bytes arrive (a header may claim GiBs; a deflated member may
 /// inflate to more than its header says).
 fn read_member(path: &Path, f: impl Read, size: u64, name: &str, max: usize) -> Result<Vec<u8>> {
-    let too_big = |n: String| {
-        CheckpointError::format(
-            path,
-            format!(
-                "record `{name}` holds {n} bytes, over the limit of {max} bytes \
-                 (MEDSAM_MAX_TENSOR_BYTES)"
-            ),
-        )
-    };
+    let too_big = |n: String| too_big(path, name, n, max);
     if size > max as u64 {
         return Err(too_big(size.to_string()));
     }
@@ -161,16 +196,77 @@ fn read_member(path: &Path, f: impl Read, size: u64, name: &str, max: usize) -> 
     Ok(buf)
 }
 
-impl StorageSource for ZipStorages<'_> {
+/// Checks a storage's byte count against its element size.
+fn check_elements(path: &Path, name: &str, len: usize, dtype: DType) -> Result<()> {
+    let es = dtype.size();
+    if len.is_multiple_of(es) {
+        return Ok(());
+    }
+    Err(CheckpointError::format(
+        path,
+        format!(
+            "storage record `{name}` has {len} bytes, not a multiple of the {dtype} element size {es}"
+        ),
+    ))
+}
+
+impl<R: Read + Seek> ZipStorages<'_, R> {
+    /// The record's bytes inside the mapping, when it is stored uncompressed in a
+    /// little-endian archive (`None`: read it instead).
+    fn mapped_slice(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        max_bytes: usize,
+    ) -> Result<Option<(usize, usize)>> {
+        let Some(map) = self.mapped.filter(|_| !self.big_endian) else {
+            return Ok(None);
+        };
+        let path = self.path;
+        let Ok(f) = self.zip.by_name(name) else {
+            return Ok(None);
+        };
+        if f.compression() != zip::CompressionMethod::Stored {
+            return Ok(None);
+        }
+        let (start, size) = (f.data_start(), f.size());
+        if size > max_bytes as u64 {
+            return Err(too_big(path, name, size.to_string(), max_bytes));
+        }
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= map.len() as u64)
+            .ok_or_else(|| {
+                CheckpointError::format(
+                    path,
+                    format!(
+                        "record `{name}` ({size} bytes at offset {start}) runs past the end of the {}-byte file",
+                        map.len()
+                    ),
+                )
+            })?;
+        check_elements(path, name, size as usize, dtype)?;
+        Ok(Some((start as usize, end as usize)))
+    }
+}
+
+impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
     fn loaded_bytes(&self) -> usize {
         self.loaded
     }
 
-    fn load(&mut self, key: &str, dtype: DType, max_bytes: usize) -> Result<Rc<Vec<u8>>> {
+    fn load(&mut self, key: &str, dtype: DType, max_bytes: usize) -> Result<StorageBytes<'_>> {
         if let Some(b) = self.cache.get(key) {
-            return Ok(b.clone());
+            return Ok(StorageBytes::Owned(b.clone()));
         }
         let name = format!("{}{}", self.data_prefix, key);
+        if let Some((start, end)) = self.mapped_slice(&name, dtype, max_bytes)? {
+            if self.mapped_keys.insert(key.to_string()) {
+                self.loaded += end - start;
+            }
+            let map = self.mapped.unwrap_or_default();
+            return Ok(StorageBytes::Mapped(&map[start..end]));
+        }
         let path = self.path;
         let f = self.zip.by_name(&name).map_err(|e| match e {
             zip::result::ZipError::FileNotFound => {
@@ -184,16 +280,8 @@ impl StorageSource for ZipStorages<'_> {
         let size = f.size();
         let mut buf = read_member(path, f, size, &name, max_bytes)?;
         self.loaded += buf.len();
+        check_elements(path, &name, buf.len(), dtype)?;
         let es = dtype.size();
-        if !buf.len().is_multiple_of(es) {
-            return Err(CheckpointError::format(
-                path,
-                format!(
-                    "storage record `{name}` has {} bytes, not a multiple of the {dtype} element size {es}",
-                    buf.len()
-                ),
-            ));
-        }
         if self.big_endian && es > 1 {
             for c in buf.chunks_exact_mut(es) {
                 c.reverse();
@@ -201,7 +289,7 @@ impl StorageSource for ZipStorages<'_> {
         }
         let rc = Rc::new(buf);
         self.cache.insert(key.to_string(), rc.clone());
-        Ok(rc)
+        Ok(StorageBytes::Owned(rc))
     }
 }
 

@@ -4,7 +4,6 @@
 
 pub mod tiny_vit;
 
-use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 #[doc(hidden)]
 pub use crate::models::common::load_state_dict as load_module;
@@ -261,18 +260,14 @@ impl LiteMedSam {
         boxes: &[[f32; 4]],
         mode: Mode,
     ) -> Result<(Tensor, Tensor)> {
-        if images.dim(0) != boxes.len() {
-            return Err(Error::shape(
-                "lite_medsam.forward",
-                format!("{} images for {} boxes", images.dim(0), boxes.len()),
-            ));
-        }
-        let embeddings = self.image_encoder.forward_mode(images, mode)?;
-        let (sparse, dense, pe) = no_grad(|| -> Result<_> {
-            let (s, d) = self.prompt_encoder.forward(None, Some(boxes), None)?;
-            Ok((s, d, self.prompt_encoder.get_dense_pe()?))
-        })?;
-        self.mask_decoder
-            .forward(&embeddings, &pe, &sparse, &dense, false)
+        let encode = |x: &Tensor| self.image_encoder.forward_mode(x, mode);
+        crate::models::sam::forward_boxes(
+            "lite_medsam.forward",
+            images,
+            boxes,
+            encode,
+            &self.prompt_encoder,
+            &self.mask_decoder,
+        )
     }
 }

@@ -1,50 +1,16 @@
 //! `MaskDecoder` (segment_anything/modeling/mask_decoder.py) with MedSAM's batch pairing: when the
 //! batch holds as many image embeddings as prompts, image `i` is decoded with prompt `i`.
+//! SAM 2's decoder (`crate::models::sam2::sam::mask_decoder`) wraps this one and shares its body,
+//! [`MaskDecoder::decode`].
 
-use super::transformer::TwoWayTransformer;
+use super::transformer::{BlockMlp, TwoWayTransformer};
 use crate::error::{Error, Result};
 use crate::models::common::ConvTranspose2d;
-use crate::models::common::{join, Embedding, Init, LayerNorm2d, Linear, Module};
+use crate::models::common::{join, Embedding, Init, LayerNorm2d, MlpBlock, Module};
 use crate::models::config::MaskDecoderConfig;
 use crate::tensor::Tensor;
 
-/// SAM's `MLP`: ReLU between `num_layers` linears.
-pub struct Mlp {
-    pub layers: Vec<Linear>,
-}
-
-impl Module for Mlp {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&join(prefix, &format!("layers.{i}")), f);
-        }
-    }
-}
-
-impl Mlp {
-    pub fn new(init: &mut Init, inp: usize, hidden: usize, out: usize, n: usize) -> Result<Self> {
-        let dims: Vec<usize> = std::iter::once(inp)
-            .chain(std::iter::repeat_n(hidden, n - 1))
-            .chain(std::iter::once(out))
-            .collect();
-        Ok(Mlp {
-            layers: dims
-                .windows(2)
-                .map(|w| Linear::new(init, w[0], w[1], true))
-                .collect::<Result<_>>()?,
-        })
-    }
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(&x)?;
-            if i + 1 < self.layers.len() {
-                x = x.relu()?;
-            }
-        }
-        Ok(x)
-    }
-}
+pub use crate::models::common::Mlp;
 
 pub struct OutputUpscaling {
     pub conv0: ConvTranspose2d,
@@ -60,8 +26,44 @@ impl Module for OutputUpscaling {
     }
 }
 
-pub struct MaskDecoder {
-    pub transformer: TwoWayTransformer,
+impl OutputUpscaling {
+    /// ConvTranspose 2× → LayerNorm2d → GELU → ConvTranspose 2× → GELU, from `d` to `d/8`.
+    pub fn new(init: &mut Init, d: usize) -> Result<Self> {
+        Ok(OutputUpscaling {
+            conv0: ConvTranspose2d::new(init, d, d / 4, 2)?,
+            norm1: LayerNorm2d::new(init, d / 4)?,
+            conv3: ConvTranspose2d::new(init, d / 4, d / 8, 2)?,
+        })
+    }
+
+    /// `src [b, d, h, w]` → `[b, d/8, 4h, 4w]`; SAM 2 adds its high-resolution features
+    /// (s0 `[b, d/8, 4h, 4w]`, s1 `[b, d/4, 2h, 2w]`) before each activation.
+    pub fn forward(&self, src: &Tensor, high_res: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+        match high_res {
+            None => {
+                let x = self.norm1.forward(&self.conv0.forward(src)?)?.gelu()?;
+                self.conv3.forward(&x)?.gelu()
+            }
+            Some((s0, s1)) => {
+                let x = self
+                    .norm1
+                    .forward(&self.conv0.forward(src)?.add(s1)?)?
+                    .gelu()?;
+                self.conv3.forward(&x)?.add(s0)?.gelu()
+            }
+        }
+    }
+}
+
+/// The hypernetwork MLPs, one per mask token: `d` → `d/8`.
+pub fn hypernetworks_mlps(init: &mut Init, d: usize, n: usize) -> Result<Vec<Mlp>> {
+    (0..n)
+        .map(|_| Mlp::new(init, d, d, d / 8, 3, false))
+        .collect()
+}
+
+pub struct MaskDecoder<M = MlpBlock> {
+    pub transformer: TwoWayTransformer<M>,
     pub iou_token: Embedding,
     pub mask_tokens: Embedding,
     pub output_upscaling: OutputUpscaling,
@@ -70,7 +72,7 @@ pub struct MaskDecoder {
     pub num_mask_tokens: usize,
 }
 
-impl Module for MaskDecoder {
+impl<M: BlockMlp> Module for MaskDecoder<M> {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
         self.transformer.visit(&join(prefix, "transformer"), f);
         self.iou_token.visit(&join(prefix, "iou_token"), f);
@@ -99,19 +101,22 @@ impl MaskDecoder {
             )?,
             iou_token: Embedding::new(init, 1, d)?,
             mask_tokens: Embedding::new(init, n, d)?,
-            output_upscaling: OutputUpscaling {
-                conv0: ConvTranspose2d::new(init, d, d / 4, 2)?,
-                norm1: LayerNorm2d::new(init, d / 4)?,
-                conv3: ConvTranspose2d::new(init, d / 4, d / 8, 2)?,
-            },
-            output_hypernetworks_mlps: (0..n)
-                .map(|_| Mlp::new(init, d, d, d / 8, 3))
-                .collect::<Result<_>>()?,
-            iou_prediction_head: Mlp::new(init, d, cfg.iou_head_hidden_dim, n, cfg.iou_head_depth)?,
+            output_upscaling: OutputUpscaling::new(init, d)?,
+            output_hypernetworks_mlps: hypernetworks_mlps(init, d, n)?,
+            iou_prediction_head: Mlp::new(
+                init,
+                d,
+                cfg.iou_head_hidden_dim,
+                n,
+                cfg.iou_head_depth,
+                false,
+            )?,
             num_mask_tokens: n,
         })
     }
+}
 
+impl<M: BlockMlp> MaskDecoder<M> {
     /// Returns low-res mask logits `[B, M, 4h, 4w]` and IoU predictions `[B, M]`; `M` is 1, or the
     /// multimask outputs when `multimask_output`.
     pub fn forward(
@@ -139,19 +144,6 @@ impl MaskDecoder {
         dense: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let bs = sparse.dim(0);
-        let output_tokens = Tensor::cat(
-            &[
-                self.iou_token.weight.clone(),
-                self.mask_tokens.weight.clone(),
-            ],
-            0,
-        )?;
-        let d = output_tokens.dim(1);
-        let output_tokens =
-            output_tokens
-                .unsqueeze(0)?
-                .broadcast_to(&[bs, self.num_mask_tokens + 1, d])?;
-        let tokens = Tensor::cat(&[output_tokens, sparse.clone()], 1)?;
         let nb = image_embeddings.dim(0);
         let src = if nb == bs {
             image_embeddings.clone()
@@ -168,19 +160,45 @@ impl MaskDecoder {
                 format!("{nb} image embeddings for {bs} prompts"),
             ));
         };
-        let src = src.add(dense)?;
+        let (hs, masks) = self.decode(None, &src.add(dense)?, image_pe, sparse, None)?;
+        let (b, d) = (hs.dim(0), hs.dim(2));
+        let iou_token_out = hs.narrow(1, 0, 1)?.reshape(&[b, d])?;
+        let iou_pred = self.iou_prediction_head.forward(&iou_token_out)?;
+        Ok((masks, iou_pred))
+    }
+
+    /// The body shared with SAM 2: the output tokens (`first_token`, SAM 2's object-score token,
+    /// when given, then the IoU and mask tokens) and the `sparse` prompt tokens attend to `src`
+    /// `[b, C, h, w]` (image embeddings plus dense prompt, one per prompt); each mask token's
+    /// hypernetwork MLP weights the upscaled features (plus `high_res`, see
+    /// [`OutputUpscaling::forward`]). Returns the token outputs `hs` `[b, T, C]` and the masks
+    /// `[b, M, 4h, 4w]`.
+    pub fn decode(
+        &self,
+        first_token: Option<&Embedding>,
+        src: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        high_res: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let bs = sparse.dim(0);
+        let mut parts: Vec<Tensor> = first_token.iter().map(|t| t.weight.clone()).collect();
+        parts.push(self.iou_token.weight.clone());
+        parts.push(self.mask_tokens.weight.clone());
+        let output_tokens = Tensor::cat(&parts, 0)?;
+        let (nt, d) = (output_tokens.dim(0), output_tokens.dim(1));
+        let output_tokens = output_tokens.unsqueeze(0)?.broadcast_to(&[bs, nt, d])?;
+        let tokens = Tensor::cat(&[output_tokens, sparse.clone()], 1)?;
         let (b, c, h, w) = (src.dim(0), src.dim(1), src.dim(2), src.dim(3));
         let pos_src = image_pe.broadcast_to(&[b, c, h, w])?;
-        let (hs, src) = self.transformer.forward(&src, &pos_src, &tokens)?;
-        let iou_token_out = hs.narrow(1, 0, 1)?.reshape(&[b, d])?;
+        let (hs, src) = self.transformer.forward(src, &pos_src, &tokens)?;
         let src = src.transpose(1, 2)?.reshape(&[b, c, h, w])?;
-        let up = &self.output_upscaling;
-        let x = up.norm1.forward(&up.conv0.forward(&src)?)?.gelu()?;
-        let upscaled = up.conv3.forward(&x)?.gelu()?;
+        let upscaled = self.output_upscaling.forward(&src, high_res)?;
+        let first_mask = nt - self.num_mask_tokens;
         let hyper: Vec<Tensor> = (0..self.num_mask_tokens)
             .map(|i| {
                 self.output_hypernetworks_mlps[i]
-                    .forward(&hs.narrow(1, 1 + i, 1)?.reshape(&[b, d])?)
+                    .forward(&hs.narrow(1, first_mask + i, 1)?.reshape(&[b, d])?)
             })
             .collect::<Result<_>>()?;
         let hyper_in = Tensor::stack(&hyper, 1)?; // [b, M, c']
@@ -188,7 +206,6 @@ impl MaskDecoder {
         let masks = hyper_in
             .matmul(&upscaled.reshape(&[b, cu, hu * wu])?)?
             .reshape(&[b, self.num_mask_tokens, hu, wu])?;
-        let iou_pred = self.iou_prediction_head.forward(&iou_token_out)?;
-        Ok((masks, iou_pred))
+        Ok((hs, masks))
     }
 }

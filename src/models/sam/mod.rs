@@ -86,20 +86,15 @@ impl Sam {
     /// MedSAM's forward for training and evaluation: images `[B, 3, S, S]` in [0, 1] and one box
     /// per image (input pixels) → low-res logits `[B, 1, 4g, 4g]`.
     pub fn forward(&self, images: &Tensor, boxes: &[[f32; 4]]) -> Result<Tensor> {
-        if images.dim(0) != boxes.len() {
-            return Err(Error::shape(
-                "sam.forward",
-                format!("{} images for {} boxes", images.dim(0), boxes.len()),
-            ));
-        }
-        let embeddings = self.image_encoder.forward(images)?;
-        let (sparse, dense, pe) = no_grad(|| -> Result<_> {
-            let (s, d) = self.prompt_encoder.forward(None, Some(boxes), None)?;
-            Ok((s, d, self.prompt_encoder.get_dense_pe()?))
-        })?;
-        let (masks, _iou) = self
-            .mask_decoder
-            .forward(&embeddings, &pe, &sparse, &dense, false)?;
+        let encode = |x: &Tensor| self.image_encoder.forward(x);
+        let (masks, _iou) = forward_boxes(
+            "sam.forward",
+            images,
+            boxes,
+            encode,
+            &self.prompt_encoder,
+            &self.mask_decoder,
+        )?;
         Ok(masks)
     }
 
@@ -110,4 +105,29 @@ impl Sam {
             .map(|(k, t)| (k, t.shape().to_vec()))
             .collect()
     }
+}
+
+/// MedSAM's box-prompted forward, shared with LiteMedSAM: `encode` the images, embed one box per
+/// image with the frozen prompt encoder (no graph recorded), decode one mask each → low-res
+/// logits `[B, 1, 4g, 4g]` and predicted IoU `[B, 1]`. `what` names the caller in errors.
+pub(crate) fn forward_boxes(
+    what: &'static str,
+    images: &Tensor,
+    boxes: &[[f32; 4]],
+    encode: impl FnOnce(&Tensor) -> Result<Tensor>,
+    prompt_encoder: &PromptEncoder,
+    mask_decoder: &MaskDecoder,
+) -> Result<(Tensor, Tensor)> {
+    if images.dim(0) != boxes.len() {
+        return Err(Error::shape(
+            what,
+            format!("{} images for {} boxes", images.dim(0), boxes.len()),
+        ));
+    }
+    let embeddings = encode(images)?;
+    let (sparse, dense, pe) = no_grad(|| -> Result<_> {
+        let (s, d) = prompt_encoder.forward(None, Some(boxes), None)?;
+        Ok((s, d, prompt_encoder.get_dense_pe()?))
+    })?;
+    mask_decoder.forward(&embeddings, &pe, &sparse, &dense, false)
 }

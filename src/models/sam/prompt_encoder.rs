@@ -117,7 +117,18 @@ impl PromptEncoder {
         grid: usize,
         img_size: usize,
     ) -> Result<Self> {
-        let (e, m) = (cfg.embed_dim, cfg.mask_in_chans);
+        Self::with_dims(init, cfg.embed_dim, cfg.mask_in_chans, grid, img_size)
+    }
+
+    /// Embedding width `e`, `m` mask channels, a `grid × grid` embedding of an
+    /// `img_size × img_size` input (SAM 2 builds it with `m` = 16).
+    pub fn with_dims(
+        init: &mut Init,
+        e: usize,
+        m: usize,
+        grid: usize,
+        img_size: usize,
+    ) -> Result<Self> {
         Ok(PromptEncoder {
             embed_dim: e,
             image_embedding_size: (grid, grid),
@@ -146,7 +157,8 @@ impl PromptEncoder {
         self.pe_layer.dense(h, w)?.unsqueeze(0)
     }
 
-    fn normalise(&self, x: f32, y: f32) -> [f32; 2] {
+    /// Input pixel (x, y) → [0, 1] (pixel centres).
+    pub fn normalise(&self, x: f32, y: f32) -> [f32; 2] {
         let (h, w) = self.input_image_size;
         [(x + 0.5) / w as f32, (y + 0.5) / h as f32]
     }
@@ -173,79 +185,85 @@ impl PromptEncoder {
             }
         }
         let e = self.embed_dim;
-        let weight = |emb: &Embedding| emb.weight.to_vec();
         let mut rows: Vec<Vec<f32>> = vec![Vec::new(); bs];
-        if let Some(points) = points {
-            let pad = boxes.is_none();
-            let (pe0, pe1, nap) = (
-                weight(&self.point_embeddings[0])?,
-                weight(&self.point_embeddings[1])?,
-                weight(&self.not_a_point_embed)?,
-            );
-            for (b, pts) in points.iter().enumerate() {
-                let mut pts = pts.clone();
-                if pad {
+        for (b, row) in rows.iter_mut().enumerate() {
+            let (mut coords, mut labels) = (Vec::new(), Vec::new());
+            if let Some(points) = points {
+                for p in &points[b] {
+                    if !(-1..=1).contains(&p.label) {
+                        return Err(Error::arg(
+                            "point label",
+                            format!("{} (use 1 foreground, 0 background)", p.label),
+                        ));
+                    }
+                    coords.push(self.normalise(p.x, p.y));
+                    labels.push(p.label);
+                }
+                if boxes.is_none() {
                     // SAM's padding point sits at (0, 0) before its +0.5 shift.
-                    pts.push(Point {
-                        x: -0.5,
-                        y: -0.5,
-                        label: -1,
-                    });
-                }
-                let coords: Vec<[f32; 2]> = pts.iter().map(|p| self.normalise(p.x, p.y)).collect();
-                let enc = self.pe_layer.encode(&coords)?;
-                for (i, p) in pts.iter().enumerate() {
-                    let row = &enc[i * e..(i + 1) * e];
-                    let add = match p.label {
-                        -1 => &nap,
-                        0 => &pe0,
-                        1 => &pe1,
-                        other => {
-                            return Err(Error::arg(
-                                "point label",
-                                format!("{other} (use 1 foreground, 0 background)"),
-                            ))
-                        }
-                    };
-                    let base: Vec<f32> = if p.label == -1 {
-                        vec![0.0; e]
-                    } else {
-                        row.to_vec()
-                    };
-                    rows[b].extend(base.iter().zip(add).map(|(a, b)| a + b));
+                    coords.push(self.normalise(-0.5, -0.5));
+                    labels.push(-1);
                 }
             }
-        }
-        if let Some(boxes) = boxes {
-            let (c0, c1) = (
-                weight(&self.point_embeddings[2])?,
-                weight(&self.point_embeddings[3])?,
-            );
-            for (b, bx) in boxes.iter().enumerate() {
-                let enc = self
-                    .pe_layer
-                    .encode(&[self.normalise(bx[0], bx[1]), self.normalise(bx[2], bx[3])])?;
-                rows[b].extend(enc[..e].iter().zip(&c0).map(|(a, b)| a + b));
-                rows[b].extend(enc[e..].iter().zip(&c1).map(|(a, b)| a + b));
+            if let Some(boxes) = boxes {
+                let bx = boxes[b];
+                coords.extend([self.normalise(bx[0], bx[1]), self.normalise(bx[2], bx[3])]);
+                labels.extend([2, 3]);
             }
+            *row = self.embed_points(&coords, &labels)?;
         }
         let n = rows[0].len() / e;
         let flat: Vec<f32> = rows.concat();
         let device = self.no_mask_embed.weight.device();
         let sparse = Tensor::from_slice(&flat, &[bs, n, e], device)?;
-        let (h, w) = self.image_embedding_size;
-        let dense = match masks {
-            Some(m) => self.embed_masks(m)?,
+        Ok((sparse, self.embed_dense(masks, bs)?))
+    }
+
+    /// Dense `[B, C, h, w]`: the embedded masks, or `no_mask_embed` everywhere for `bs` items.
+    pub fn embed_dense(&self, masks: Option<&Tensor>, bs: usize) -> Result<Tensor> {
+        let (e, (h, w)) = (self.embed_dim, self.image_embedding_size);
+        match masks {
+            Some(m) => self.embed_masks(m),
             None => self
                 .no_mask_embed
                 .weight
                 .reshape(&[1, e, 1, 1])?
                 .broadcast_to(&[bs, e, h, w])?
-                .contiguous()?,
-        };
-        Ok((sparse, dense))
+                .contiguous(),
+        }
     }
 
+    /// Sparse rows `[n·C]` of points already divided by the input size, labelled 0/1
+    /// background/foreground, 2/3 box corners, −1 padding (`not_a_point_embed` alone).
+    pub fn embed_points(&self, coords: &[[f32; 2]], labels: &[i32]) -> Result<Vec<f32>> {
+        let e = self.embed_dim;
+        let enc = self.pe_layer.encode(coords)?;
+        let nap = self.not_a_point_embed.weight.to_vec()?;
+        let table: Vec<Vec<f32>> = self
+            .point_embeddings
+            .iter()
+            .map(|p| p.weight.to_vec())
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(labels.len() * e);
+        for (i, &l) in labels.iter().enumerate() {
+            match l {
+                -1 => out.extend_from_slice(&nap),
+                0..=3 => {
+                    let row = &enc[i * e..(i + 1) * e];
+                    out.extend(row.iter().zip(&table[l as usize]).map(|(a, b)| a + b));
+                }
+                other => {
+                    return Err(Error::arg(
+                        "point label",
+                        format!("{other} (use 1 foreground, 0 background, 2/3 box corners)"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dense embedding `[B, C, h, w]` of mask prompts `[B, 1, 4h, 4w]`.
     fn embed_masks(&self, m: &Tensor) -> Result<Tensor> {
         let (h, w) = self.image_embedding_size;
         if m.rank() != 4 || m.dim(1) != 1 || m.dim(2) != 4 * h || m.dim(3) != 4 * w {

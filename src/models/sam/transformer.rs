@@ -1,7 +1,9 @@
-//! `TwoWayTransformer` (segment_anything/modeling/transformer.py).
+//! `TwoWayTransformer` (segment_anything/modeling/transformer.py), shared with SAM 2
+//! (`sam2/modeling/sam/transformer.py`): the two differ only in the block MLP ([`BlockMlp`]), and
+//! SAM 2's `RoPEAttention` is this [`Attention`] with rotated queries and keys.
 
 use crate::error::Result;
-use crate::models::common::{join, Act, Init, LayerNorm, Linear, MlpBlock, Module};
+use crate::models::common::{join, Act, Init, LayerNorm, Linear, Mlp, MlpBlock, Module};
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
 
@@ -33,12 +35,23 @@ impl Attention {
         num_heads: usize,
         downsample_rate: usize,
     ) -> Result<Self> {
+        Self::with_kv_dim(init, dim, dim, num_heads, downsample_rate)
+    }
+
+    /// Keys and values of width `kv_dim` (SAM 2's `kv_in_dim`).
+    pub fn with_kv_dim(
+        init: &mut Init,
+        dim: usize,
+        kv_dim: usize,
+        num_heads: usize,
+        downsample_rate: usize,
+    ) -> Result<Self> {
         let internal = dim / downsample_rate;
         Ok(Attention {
             num_heads,
             q_proj: Linear::new(init, dim, internal, true)?,
-            k_proj: Linear::new(init, dim, internal, true)?,
-            v_proj: Linear::new(init, dim, internal, true)?,
+            k_proj: Linear::new(init, kv_dim, internal, true)?,
+            v_proj: Linear::new(init, kv_dim, internal, true)?,
             out_proj: Linear::new(init, internal, dim, true)?,
         })
     }
@@ -53,10 +66,23 @@ impl Attention {
     }
 
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.forward_rotated(q, k, v, |q, k| Ok((q, k)))
+    }
+
+    /// As [`Attention::forward`], with `rotate` applied to the per-head queries and keys
+    /// `[b·heads, n, c/heads]` before the scores (SAM 2's rotary encoding).
+    pub fn forward_rotated(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rotate: impl FnOnce(Tensor, Tensor) -> Result<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
         let (b, nq) = (q.dim(0), q.dim(1));
         let q = self.separate_heads(&self.q_proj.forward(q)?)?;
         let k = self.separate_heads(&self.k_proj.forward(k)?)?;
         let v = self.separate_heads(&self.v_proj.forward(v)?)?;
+        let (q, k) = rotate(q, k)?;
         let d = q.dim(2);
         let o = attention(&q, &k, &v, 1.0 / (d as f32).sqrt(), None)?;
         let o = o
@@ -67,19 +93,44 @@ impl Attention {
     }
 }
 
-pub struct TwoWayAttentionBlock {
+/// The MLP of a [`TwoWayAttentionBlock`], linear → ReLU → linear: SAM's `MLPBlock`
+/// (`mlp.lin1`, `mlp.lin2`) or SAM 2's `MLP` (`mlp.layers.{0,1}`).
+pub trait BlockMlp: Module + Sized {
+    fn build(init: &mut Init, dim: usize, hidden: usize) -> Result<Self>;
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl BlockMlp for MlpBlock {
+    fn build(init: &mut Init, dim: usize, hidden: usize) -> Result<Self> {
+        MlpBlock::new(init, dim, hidden, Act::Relu)
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        MlpBlock::forward(self, x)
+    }
+}
+
+impl BlockMlp for Mlp {
+    fn build(init: &mut Init, dim: usize, hidden: usize) -> Result<Self> {
+        Mlp::new(init, dim, hidden, dim, 2, false)
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Mlp::forward(self, x)
+    }
+}
+
+pub struct TwoWayAttentionBlock<M = MlpBlock> {
     pub self_attn: Attention,
     pub norm1: LayerNorm,
     pub cross_attn_token_to_image: Attention,
     pub norm2: LayerNorm,
-    pub mlp: MlpBlock,
+    pub mlp: M,
     pub norm3: LayerNorm,
     pub norm4: LayerNorm,
     pub cross_attn_image_to_token: Attention,
     pub skip_first_layer_pe: bool,
 }
 
-impl Module for TwoWayAttentionBlock {
+impl<M: BlockMlp> Module for TwoWayAttentionBlock<M> {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
         self.self_attn.visit(&join(prefix, "self_attn"), f);
         self.norm1.visit(&join(prefix, "norm1"), f);
@@ -94,7 +145,7 @@ impl Module for TwoWayAttentionBlock {
     }
 }
 
-impl TwoWayAttentionBlock {
+impl<M: BlockMlp> TwoWayAttentionBlock<M> {
     pub fn forward(
         &self,
         queries: &Tensor,
@@ -126,13 +177,13 @@ impl TwoWayAttentionBlock {
     }
 }
 
-pub struct TwoWayTransformer {
-    pub layers: Vec<TwoWayAttentionBlock>,
+pub struct TwoWayTransformer<M = MlpBlock> {
+    pub layers: Vec<TwoWayAttentionBlock<M>>,
     pub final_attn_token_to_image: Attention,
     pub norm_final_attn: LayerNorm,
 }
 
-impl Module for TwoWayTransformer {
+impl<M: BlockMlp> Module for TwoWayTransformer<M> {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
         for (i, l) in self.layers.iter_mut().enumerate() {
             l.visit(&join(prefix, &format!("layers.{i}")), f);
@@ -144,7 +195,7 @@ impl Module for TwoWayTransformer {
     }
 }
 
-impl TwoWayTransformer {
+impl<M: BlockMlp> TwoWayTransformer<M> {
     pub fn new(
         init: &mut Init,
         depth: usize,
@@ -159,7 +210,7 @@ impl TwoWayTransformer {
                     norm1: LayerNorm::new(init, dim, LN_EPS)?,
                     cross_attn_token_to_image: Attention::new(init, dim, num_heads, 2)?,
                     norm2: LayerNorm::new(init, dim, LN_EPS)?,
-                    mlp: MlpBlock::new(init, dim, mlp_dim, Act::Relu)?,
+                    mlp: M::build(init, dim, mlp_dim)?,
                     norm3: LayerNorm::new(init, dim, LN_EPS)?,
                     norm4: LayerNorm::new(init, dim, LN_EPS)?,
                     cross_attn_image_to_token: Attention::new(init, dim, num_heads, 2)?,

@@ -10,7 +10,7 @@
 use super::config::{MemoryAttentionConfig, RopeAttentionConfig};
 use crate::error::{Error, Result};
 use crate::models::common::{join, Init, LayerNorm, Linear, Module};
-use crate::ops::nn::attention;
+use crate::models::sam::transformer::Attention;
 use crate::tensor::Tensor;
 
 /// `compute_axial_cis(dim, end_x, end_y, theta)`: (cos, sin), each `[end_x·end_y, dim/2]`.
@@ -72,46 +72,28 @@ pub fn apply_rotary_enc(
     Tensor::from_slice(&v, &[bh, n, d], x.device())
 }
 
+/// SAM's [`Attention`] (same `q_proj`, `k_proj`, `v_proj`, `out_proj` keys, keys and values of
+/// width `kv_in_dim`) with axial rotary encoding of the queries and keys.
 pub struct RoPEAttention {
-    pub num_heads: usize,
+    pub attn: Attention,
     pub rope_theta: f32,
     pub rope_k_repeat: bool,
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub out_proj: Linear,
 }
 
 impl Module for RoPEAttention {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.q_proj.visit(&join(prefix, "q_proj"), f);
-        self.k_proj.visit(&join(prefix, "k_proj"), f);
-        self.v_proj.visit(&join(prefix, "v_proj"), f);
-        self.out_proj.visit(&join(prefix, "out_proj"), f);
+        self.attn.visit(prefix, f);
     }
 }
 
 impl RoPEAttention {
     pub fn new(init: &mut Init, dim: usize, cfg: &RopeAttentionConfig) -> Result<Self> {
-        let internal = dim / cfg.downsample_rate;
         let kv = cfg.kv_in_dim.unwrap_or(dim);
         Ok(RoPEAttention {
-            num_heads: cfg.num_heads,
+            attn: Attention::with_kv_dim(init, dim, kv, cfg.num_heads, cfg.downsample_rate)?,
             rope_theta: cfg.rope_theta as f32,
             rope_k_repeat: cfg.rope_k_repeat,
-            q_proj: Linear::new(init, dim, internal, true)?,
-            k_proj: Linear::new(init, kv, internal, true)?,
-            v_proj: Linear::new(init, kv, internal, true)?,
-            out_proj: Linear::new(init, internal, dim, true)?,
         })
-    }
-
-    fn separate_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
-        let h = self.num_heads;
-        x.reshape(&[b, n, h, c / h])?
-            .transpose(1, 2)?
-            .reshape(&[b * h, n, c / h])
     }
 
     /// q `[B, Nq, C]` (a square grid), k/v `[B, Nk, kv]`; the last `num_k_exclude_rope` keys
@@ -123,37 +105,30 @@ impl RoPEAttention {
         v: &Tensor,
         num_k_exclude_rope: usize,
     ) -> Result<Tensor> {
-        let (b, nq) = (q.dim(0), q.dim(1));
-        let q = self.separate_heads(&self.q_proj.forward(q)?)?;
-        let k = self.separate_heads(&self.k_proj.forward(k)?)?;
-        let v = self.separate_heads(&self.v_proj.forward(v)?)?;
-        let hd = q.dim(2);
-        let side = (nq as f64).sqrt().round() as usize;
-        if side * side != nq {
-            return Err(Error::shape(
-                "RoPEAttention",
-                format!("{nq} query tokens are not a square grid"),
-            ));
-        }
-        let nk = k.dim(1);
-        if nq != nk && !self.rope_k_repeat {
-            return Err(Error::shape(
-                "RoPEAttention",
-                format!("{nk} keys for {nq} queries without rope_k_repeat"),
-            ));
-        }
-        let cis = compute_axial_cis(hd, side, side, self.rope_theta);
-        let q = apply_rotary_enc(&q, &cis, nq, nq)?;
-        let n_rope = nk
-            .checked_sub(num_k_exclude_rope)
-            .ok_or_else(|| Error::shape("RoPEAttention", "more excluded keys than keys"))?;
-        let k = apply_rotary_enc(&k, &cis, nq, n_rope)?;
-        let o = attention(&q, &k, &v, 1.0 / (hd as f32).sqrt(), None)?;
-        let o = o
-            .reshape(&[b, self.num_heads, nq, hd])?
-            .transpose(1, 2)?
-            .reshape(&[b, nq, self.num_heads * hd])?;
-        self.out_proj.forward(&o)
+        self.attn.forward_rotated(q, k, v, |q, k| {
+            let (nq, hd) = (q.dim(1), q.dim(2));
+            let side = (nq as f64).sqrt().round() as usize;
+            if side * side != nq {
+                return Err(Error::shape(
+                    "RoPEAttention",
+                    format!("{nq} query tokens are not a square grid"),
+                ));
+            }
+            let nk = k.dim(1);
+            if nq != nk && !self.rope_k_repeat {
+                return Err(Error::shape(
+                    "RoPEAttention",
+                    format!("{nk} keys for {nq} queries without rope_k_repeat"),
+                ));
+            }
+            let cis = compute_axial_cis(hd, side, side, self.rope_theta);
+            let q = apply_rotary_enc(&q, &cis, nq, nq)?;
+            let n_rope = nk
+                .checked_sub(num_k_exclude_rope)
+                .ok_or_else(|| Error::shape("RoPEAttention", "more excluded keys than keys"))?;
+            let k = apply_rotary_enc(&k, &cis, nq, n_rope)?;
+            Ok((q, k))
+        })
     }
 }
 

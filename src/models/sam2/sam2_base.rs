@@ -221,9 +221,7 @@ impl Sam2Base {
 
     /// Every parameter by state-dict name.
     pub fn state_dict(&mut self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        self.visit("", &mut |name, t| out.push((name.to_string(), t.detach())));
-        out
+        crate::models::common::state_dict(self)
     }
 
     /// Copies matching tensors in; reports missing, unexpected and wrongly shaped keys.
@@ -231,33 +229,7 @@ impl Sam2Base {
         &mut self,
         weights: &BTreeMap<String, Tensor>,
     ) -> Result<crate::models::LoadReport> {
-        let mut report = crate::models::LoadReport::default();
-        let mut seen = std::collections::HashSet::new();
-        let mut failure = None;
-        self.visit("", &mut |name, t| {
-            seen.insert(name.to_string());
-            match weights.get(name) {
-                None => report.missing.push(name.to_string()),
-                Some(w) if w.shape() != t.shape() => report.mismatched.push((
-                    name.to_string(),
-                    t.shape().to_vec(),
-                    w.shape().to_vec(),
-                )),
-                Some(w) => match t.assign(w) {
-                    Ok(()) => report.loaded += 1,
-                    Err(e) => failure = Some(e),
-                },
-            }
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        report.unexpected = weights
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
-        Ok(report)
+        crate::models::common::load_state_dict(self, weights)
     }
 
     /// `forward_image` + `_prepare_backbone_features`: images `[B, 3, S, S]` → features.

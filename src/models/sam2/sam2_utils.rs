@@ -4,66 +4,9 @@
 //! NCHW unless a function says NHWC.
 
 use crate::error::{Error, Result};
-use crate::models::common::{join, Init, Linear, Module};
+pub use crate::models::common::Mlp;
+use crate::models::common::Module;
 use crate::tensor::Tensor;
-
-/// SAM 2's `MLP`: `num_layers` linears with an activation between them.
-pub struct Mlp {
-    pub layers: Vec<Linear>,
-    pub gelu: bool,
-    pub sigmoid_output: bool,
-}
-
-impl Module for Mlp {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&join(prefix, &format!("layers.{i}")), f);
-        }
-    }
-}
-
-impl Mlp {
-    pub fn new(
-        init: &mut Init,
-        inp: usize,
-        hidden: usize,
-        out: usize,
-        num_layers: usize,
-        gelu: bool,
-    ) -> Result<Self> {
-        let mut dims = vec![inp];
-        dims.extend(std::iter::repeat_n(hidden, num_layers - 1));
-        dims.push(out);
-        Ok(Mlp {
-            layers: dims
-                .windows(2)
-                .map(|w| Linear::new(init, w[0], w[1], true))
-                .collect::<Result<_>>()?,
-            gelu,
-            sigmoid_output: false,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let n = self.layers.len();
-        let mut x = x.clone();
-        for (i, l) in self.layers.iter().enumerate() {
-            x = if i + 1 < n {
-                if self.gelu {
-                    x.linear_act(&l.weight, l.bias.as_ref(), true)?
-                } else {
-                    l.forward(&x)?.relu()?
-                }
-            } else {
-                l.forward(&x)?
-            };
-        }
-        if self.sigmoid_output {
-            x = x.sigmoid()?;
-        }
-        Ok(x)
-    }
-}
 
 /// 64-bit FNV-1a of a name: the seed of its parameter stream in [`named_init`].
 fn fnv1a(s: &str) -> u64 {

@@ -7,6 +7,7 @@
 
 use super::sam2_video_predictor::{Prompt, VideoPredictor};
 use crate::error::{Error, Result};
+use crate::io::image::{resize_u8_pil, PilFilter};
 use crate::pipeline::preprocess::components::connected_components_3d;
 use crate::tensor::Tensor;
 
@@ -64,92 +65,10 @@ pub fn to_uint8(data: &[f64], how: Intensity) -> Vec<u8> {
         .collect()
 }
 
-/// Pillow's bicubic kernel (a = −0.5).
-fn pil_bicubic(x: f64) -> f64 {
-    let a = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    } else {
-        0.0
-    }
-}
-
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output sample, the first input
-/// index and fixed-point weights.
-fn pil_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let w: Vec<f64> = (xmin..xmax)
-                .map(|x| pil_bicubic((x as f64 - center + 0.5) * ss))
-                .collect();
-            let ww: f64 = w.iter().sum();
-            let k = w
-                .iter()
-                .map(|&v| {
-                    let v = if ww != 0.0 { v / ww } else { v };
-                    let f = v * (1u64 << PRECISION_BITS) as f64;
-                    if v < 0.0 {
-                        (-0.5 + f) as i64
-                    } else {
-                        (0.5 + f) as i64
-                    }
-                })
-                .collect();
-            (xmin, k)
-        })
-        .collect()
-}
-
-fn clip8(v: i64) -> u8 {
-    (v >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
 /// `Image.fromarray(slice).convert("RGB").resize((size, size))` for a grey uint8 `h × w` slice
-/// (all three bands are equal, so one is computed): horizontal pass, then vertical.
+/// (all three bands are equal, so one is computed).
 pub fn pil_resize_bicubic(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) -> Vec<u8> {
-    let half = 1i64 << (PRECISION_BITS - 1);
-    let horiz = if ow != w {
-        let c = pil_coeffs(w, ow);
-        let mut out = vec![0u8; h * ow];
-        for y in 0..h {
-            for (x, (xmin, k)) in c.iter().enumerate() {
-                let row = &src[y * w + xmin..];
-                let s: i64 = k.iter().zip(row).map(|(&k, &p)| k * p as i64).sum();
-                out[y * ow + x] = clip8(s + half);
-            }
-        }
-        out
-    } else {
-        src.to_vec()
-    };
-    if oh == h {
-        return horiz;
-    }
-    let c = pil_coeffs(h, oh);
-    let mut out = vec![0u8; oh * ow];
-    for (y, (ymin, k)) in c.iter().enumerate() {
-        for x in 0..ow {
-            let s: i64 = k
-                .iter()
-                .enumerate()
-                .map(|(j, &k)| k * horiz[(ymin + j) * ow + x] as i64)
-                .sum();
-            out[y * ow + x] = clip8(s + half);
-        }
-    }
-    out
+    resize_u8_pil(src, (h, w, 1), (oh, ow), PilFilter::Bicubic)
 }
 
 /// uint8 volume `(d, h, w)` → model frames `[d, 3, size, size]`: resize, /255, ImageNet

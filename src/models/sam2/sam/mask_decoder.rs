@@ -4,11 +4,10 @@
 //! best multimask output.
 
 use super::super::config::MaskDecoderExtraArgs;
-use super::super::sam2_utils::Mlp;
 use super::transformer::TwoWayTransformer;
 use crate::error::{Error, Result};
-use crate::models::common::{join, Conv2d, ConvTranspose2d, Embedding, Init, LayerNorm2d, Module};
-use crate::models::sam::mask_decoder::OutputUpscaling;
+use crate::models::common::{join, Conv2d, Embedding, Init, Mlp, Module};
+use crate::models::sam::mask_decoder::{self as sam, hypernetworks_mlps, OutputUpscaling};
 use crate::tensor::Tensor;
 
 /// What the decoder returns for a batch of `b` prompts.
@@ -25,30 +24,29 @@ pub struct DecoderOut {
 }
 
 pub struct MaskDecoder {
-    pub transformer: TwoWayTransformer,
-    pub iou_token: Embedding,
-    pub mask_tokens: Embedding,
+    /// SAM's decoder with SAM 2's block MLP: `transformer`, `iou_token`, `mask_tokens`,
+    /// `output_upscaling`, `output_hypernetworks_mlps`, `iou_prediction_head` (sigmoid output
+    /// with `iou_prediction_use_sigmoid`).
+    pub sam: sam::MaskDecoder<Mlp>,
     pub obj_score_token: Option<Embedding>,
-    pub output_upscaling: OutputUpscaling,
     pub conv_s0: Option<Conv2d>,
     pub conv_s1: Option<Conv2d>,
-    pub output_hypernetworks_mlps: Vec<Mlp>,
-    pub iou_prediction_head: Mlp,
     pub pred_obj_score_head: Option<Mlp>,
-    pub num_mask_tokens: usize,
     pub use_multimask_token_for_obj_ptr: bool,
     pub extra: MaskDecoderExtraArgs,
 }
 
 impl Module for MaskDecoder {
+    // The reference's order: SAM 2's extras sit between SAM's modules.
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.transformer.visit(&join(prefix, "transformer"), f);
-        self.iou_token.visit(&join(prefix, "iou_token"), f);
-        self.mask_tokens.visit(&join(prefix, "mask_tokens"), f);
+        let s = &mut self.sam;
+        s.transformer.visit(&join(prefix, "transformer"), f);
+        s.iou_token.visit(&join(prefix, "iou_token"), f);
+        s.mask_tokens.visit(&join(prefix, "mask_tokens"), f);
         if let Some(t) = &mut self.obj_score_token {
             t.visit(&join(prefix, "obj_score_token"), f);
         }
-        self.output_upscaling
+        s.output_upscaling
             .visit(&join(prefix, "output_upscaling"), f);
         if let Some(c) = &mut self.conv_s0 {
             c.visit(&join(prefix, "conv_s0"), f);
@@ -56,10 +54,10 @@ impl Module for MaskDecoder {
         if let Some(c) = &mut self.conv_s1 {
             c.visit(&join(prefix, "conv_s1"), f);
         }
-        for (i, m) in self.output_hypernetworks_mlps.iter_mut().enumerate() {
+        for (i, m) in s.output_hypernetworks_mlps.iter_mut().enumerate() {
             m.visit(&join(prefix, &format!("output_hypernetworks_mlps.{i}")), f);
         }
-        self.iou_prediction_head
+        s.iou_prediction_head
             .visit(&join(prefix, "iou_prediction_head"), f);
         if let Some(h) = &mut self.pred_obj_score_head {
             // A single Linear is stored as `pred_obj_score_head.weight`; the MLP as `.layers.i`.
@@ -85,41 +83,47 @@ pub struct MaskDecoderOptions {
 impl MaskDecoder {
     pub fn new(init: &mut Init, d: usize, o: MaskDecoderOptions) -> Result<Self> {
         let n = 4;
+        // Parameters are drawn in the order the reference builds them.
         let mut iou_prediction_head = Mlp::new(init, d, 256, n, 3, false)?;
         iou_prediction_head.sigmoid_output = o.iou_prediction_use_sigmoid;
+        let transformer = TwoWayTransformer::new(init, 2, d, 8, 2048)?;
+        let iou_token = Embedding::new(init, 1, d)?;
+        let mask_tokens = Embedding::new(init, n, d)?;
+        let obj_score_token = o
+            .pred_obj_scores
+            .then(|| Embedding::new(init, 1, d))
+            .transpose()?;
+        let output_upscaling = OutputUpscaling::new(init, d)?;
+        let conv_s0 = o
+            .use_high_res_features
+            .then(|| Conv2d::new(init, d, d / 8, 1, 1, 0, true))
+            .transpose()?;
+        let conv_s1 = o
+            .use_high_res_features
+            .then(|| Conv2d::new(init, d, d / 4, 1, 1, 0, true))
+            .transpose()?;
+        let output_hypernetworks_mlps = hypernetworks_mlps(init, d, n)?;
+        let pred_obj_score_head = if !o.pred_obj_scores {
+            None
+        } else if o.pred_obj_scores_mlp {
+            Some(Mlp::new(init, d, d, 1, 3, false)?)
+        } else {
+            Some(Mlp::new(init, d, d, 1, 1, false)?)
+        };
         Ok(MaskDecoder {
-            transformer: TwoWayTransformer::new(init, 2, d, 8, 2048)?,
-            iou_token: Embedding::new(init, 1, d)?,
-            mask_tokens: Embedding::new(init, n, d)?,
-            obj_score_token: o
-                .pred_obj_scores
-                .then(|| Embedding::new(init, 1, d))
-                .transpose()?,
-            output_upscaling: OutputUpscaling {
-                conv0: ConvTranspose2d::new(init, d, d / 4, 2)?,
-                norm1: LayerNorm2d::new(init, d / 4)?,
-                conv3: ConvTranspose2d::new(init, d / 4, d / 8, 2)?,
+            sam: sam::MaskDecoder {
+                transformer,
+                iou_token,
+                mask_tokens,
+                output_upscaling,
+                output_hypernetworks_mlps,
+                iou_prediction_head,
+                num_mask_tokens: n,
             },
-            conv_s0: o
-                .use_high_res_features
-                .then(|| Conv2d::new(init, d, d / 8, 1, 1, 0, true))
-                .transpose()?,
-            conv_s1: o
-                .use_high_res_features
-                .then(|| Conv2d::new(init, d, d / 4, 1, 1, 0, true))
-                .transpose()?,
-            output_hypernetworks_mlps: (0..n)
-                .map(|_| Mlp::new(init, d, d, d / 8, 3, false))
-                .collect::<Result<_>>()?,
-            iou_prediction_head,
-            pred_obj_score_head: if !o.pred_obj_scores {
-                None
-            } else if o.pred_obj_scores_mlp {
-                Some(Mlp::new(init, d, d, 1, 3, false)?)
-            } else {
-                Some(Mlp::new(init, d, d, 1, 1, false)?)
-            },
-            num_mask_tokens: n,
+            obj_score_token,
+            conv_s0,
+            conv_s1,
+            pred_obj_score_head,
             use_multimask_token_for_obj_ptr: o.use_multimask_token_for_obj_ptr,
             extra: o.extra,
         })
@@ -167,18 +171,6 @@ impl MaskDecoder {
         high_res_features: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let bs = sparse.dim(0);
-        let mut parts = Vec::new();
-        if let Some(t) = &self.obj_score_token {
-            parts.push(t.weight.clone());
-        }
-        parts.push(self.iou_token.weight.clone());
-        parts.push(self.mask_tokens.weight.clone());
-        let s = usize::from(self.obj_score_token.is_some());
-        let output_tokens = Tensor::cat(&parts, 0)?;
-        let d = output_tokens.dim(1);
-        let nt = output_tokens.dim(0);
-        let output_tokens = output_tokens.unsqueeze(0)?.broadcast_to(&[bs, nt, d])?;
-        let tokens = Tensor::cat(&[output_tokens, sparse.clone()], 1)?;
         if image_embeddings.dim(0) != bs {
             return Err(Error::shape(
                 "sam2 mask_decoder",
@@ -189,38 +181,20 @@ impl MaskDecoder {
             ));
         }
         let src = image_embeddings.add(dense)?;
-        let (b, c, h, w) = (src.dim(0), src.dim(1), src.dim(2), src.dim(3));
-        let pos_src = image_pe.broadcast_to(&[b, c, h, w])?;
-        let (hs, src) = self.transformer.forward(&src, &pos_src, &tokens)?;
+        let (hs, masks) = self.sam.decode(
+            self.obj_score_token.as_ref(),
+            &src,
+            image_pe,
+            sparse,
+            high_res_features,
+        )?;
+        let s = usize::from(self.obj_score_token.is_some());
         let iou_token_out = hs.select(1, s)?;
-        let mask_tokens_out = hs.narrow(1, s + 1, self.num_mask_tokens)?;
-        let src = src.transpose(1, 2)?.reshape(&[b, c, h, w])?;
-        let up = &self.output_upscaling;
-        let upscaled = match high_res_features {
-            None => {
-                let x = up.norm1.forward(&up.conv0.forward(&src)?)?.gelu()?;
-                up.conv3.forward(&x)?.gelu()?
-            }
-            Some((s0, s1)) => {
-                let x = up
-                    .norm1
-                    .forward(&up.conv0.forward(&src)?.add(s1)?)?
-                    .gelu()?;
-                up.conv3.forward(&x)?.add(s0)?.gelu()?
-            }
-        };
-        let hyper: Vec<Tensor> = (0..self.num_mask_tokens)
-            .map(|i| self.output_hypernetworks_mlps[i].forward(&mask_tokens_out.select(1, i)?))
-            .collect::<Result<_>>()?;
-        let hyper_in = Tensor::stack(&hyper, 1)?;
-        let (cu, hu, wu) = (upscaled.dim(1), upscaled.dim(2), upscaled.dim(3));
-        let masks = hyper_in
-            .matmul(&upscaled.reshape(&[b, cu, hu * wu])?)?
-            .reshape(&[b, self.num_mask_tokens, hu, wu])?;
-        let iou_pred = self.iou_prediction_head.forward(&iou_token_out)?;
+        let mask_tokens_out = hs.narrow(1, s + 1, self.sam.num_mask_tokens)?;
+        let iou_pred = self.sam.iou_prediction_head.forward(&iou_token_out)?;
         let object_score_logits = match &self.pred_obj_score_head {
             Some(head) => head.forward(&hs.select(1, 0)?)?,
-            None => Tensor::full(&[b, 1], 10.0, src.device())?,
+            None => Tensor::full(&[bs, 1], 10.0, src.device())?,
         };
         Ok((masks, iou_pred, mask_tokens_out, object_score_logits))
     }
@@ -246,7 +220,7 @@ impl MaskDecoder {
     ) -> Result<(Tensor, Tensor)> {
         let (b, hw) = (masks.dim(0), masks.dim(2) * masks.dim(3));
         let (mv, iv) = (masks.contiguous()?.to_vec()?, iou.to_vec()?);
-        let m = self.num_mask_tokens;
+        let m = self.sam.num_mask_tokens;
         let mut out_m = Vec::with_capacity(b * hw);
         let mut out_i = Vec::with_capacity(b);
         for bi in 0..b {
