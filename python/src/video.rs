@@ -383,8 +383,8 @@ impl VideoPredictor {
     /// MedSAM2's 3D recipe (`medsam2_infer_3D_CT.py`) on a `(D, H, W)` volume: per object, the
     /// box on its key slice, a forward pass, reset, a reverse pass, the OR of both and (by
     /// default) the largest connected component. `boxes`: `(6,)` or `(N, 6)` as x_min, y_min,
-    /// z_min, x_max, y_max, z_max (z_max exclusive); `key_slices` default to the middle of each
-    /// z range. Intensities: uint8-valued volumes as they are, `window=(level, width)` for CT,
+    /// z_min, x_max, y_max, z_max, z bounds inclusive (as the challenge's `boxes`); `key_slices`
+    /// default to the middle `(z_min + z_max) // 2` of each z range. Intensities: uint8-valued volumes as they are, `window=(level, width)` for CT,
     /// otherwise the 0.5–99.5th percentiles. Returns `(D, H, W)` uint8 labels 1..N;
     /// `progress(pass, slice)` after every slice (pass 0 forward, 1 reverse).
     #[pyo3(signature = (volume, boxes, key_slices=None, window=None, keep_largest_cc=true, progress=None))]
@@ -480,21 +480,23 @@ fn volume_prompts(
     for (i, c) in bv.chunks_exact(6).enumerate() {
         let [x0, y0, z0, x1, y1, z1] = std::array::from_fn(|j| c[j] as i64);
         let inside = |lo: i64, hi: i64, n: usize| 0 <= lo && lo < hi && hi <= n as i64;
-        if !(inside(x0, x1, w) && inside(y0, y1, h) && inside(z0, z1, d)) {
+        // z bounds are inclusive slice indices (one slice: z_min = z_max).
+        let inside_z = 0 <= z0 && z0 <= z1 && z1 < d as i64;
+        if !(inside(x0, x1, w) && inside(y0, y1, h) && inside_z) {
             return Err(value_err(format!(
                 "boxes[{i}]: [{x0}, {y0}, {z0}, {x1}, {y1}, {z1}] is empty or outside the \
                  volume (D, H, W) = ({d}, {h}, {w})"
             )));
         }
         let key = match &key_slices {
-            Some(k) if (z0..z1).contains(&(k[i] as i64)) => k[i],
+            Some(k) if (z0..=z1).contains(&(k[i] as i64)) => k[i],
             Some(k) => {
                 return Err(value_err(format!(
-                    "key_slices[{i}]: {} is outside box {i}'s z range {z0}..{z1}",
+                    "key_slices[{i}]: {} is outside box {i}'s z range {z0}..={z1}",
                     k[i]
                 )))
             }
-            None => ((z0 + z1 - 1) / 2) as usize,
+            None => ((z0 + z1) / 2) as usize,
         };
         out.push(VolumePrompt {
             key_slice: key,

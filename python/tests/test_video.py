@@ -132,7 +132,7 @@ def test_segment_volume_is_the_or_of_both_passes(tiny):
     union = np.zeros((d, h, w), bool)
     for reverse in (False, True):
         p.reset_state(state)
-        p.add_new_points_or_box(state, 2, 1, box=np.array([14, 9, 41, 31], np.float32))
+        p.add_new_points_or_box(state, 3, 1, box=np.array([14, 9, 41, 31], np.float32))
         for t, _, m in p.propagate_in_video(state, reverse=reverse):
             union[t] |= m[0, 0] > 0
     np.testing.assert_array_equal(labels, union.astype(np.uint8))
