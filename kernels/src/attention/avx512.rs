@@ -16,7 +16,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
-use super::{check, AttnDims, BiasTable, HeadRows, RelPosBias};
+use super::{AttnDims, Backward, BiasTable, HeadRows, RelPosBias};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -688,53 +688,20 @@ unsafe fn fwd_block(
     }
 }
 
+/// Forward on operands the caller checked, with at most one of the two bias forms.
 pub(super) fn attention_forward(
     dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: HeadRows,
+    k: HeadRows,
+    v: HeadRows,
     scale: f32,
     bias: Option<RelPosBias>,
+    table: Option<BiasTable>,
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    check(&dims, q, k, v, &bias);
-    let AttnDims { nq, nk, d, dv, .. } = dims;
-    let (q, k, v) = (
-        HeadRows::dense(q, nq, d),
-        HeadRows::dense(k, nk, d),
-        HeadRows::dense(v, nk, dv),
-    );
-    forward(Prep::new(dims, bias), dims, q, k, v, scale, out, lse)
-}
-
-/// [`attention_forward`] with a `[heads, nq, nk]` bias table instead of the rel-pos terms, on
-/// operands already checked by the caller.
-pub(super) fn attention_forward_table(
-    dims: AttnDims,
-    q: HeadRows,
-    k: HeadRows,
-    v: HeadRows,
-    scale: f32,
-    table: BiasTable,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    let mut p = Prep::new(dims, None);
-    p.table = Some(table);
-    forward(p, dims, q, k, v, scale, out, lse)
-}
-
-fn forward(
-    p: Prep,
-    dims: AttnDims,
-    q: HeadRows,
-    k: HeadRows,
-    v: HeadRows,
-    scale: f32,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
+    let mut p = Prep::new(dims, bias);
+    p.table = table;
     let AttnDims { bh, nq, dv, .. } = dims;
     assert_eq!(out.len(), bh * nq * dv, "out");
     assert_eq!(lse.len(), bh * nq, "lse");
@@ -1044,66 +1011,24 @@ struct Inputs<'a> {
     scale: f32,
 }
 
-pub(super) fn attention_backward(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    bias: Option<RelPosBias>,
-    out: &[f32],
-    lse: &[f32],
-    dout: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    drel: Option<(&mut [f32], &mut [f32])>,
-) {
-    check(&dims, q, k, v, &bias);
-    let AttnDims {
-        bh,
-        nq,
-        nk,
-        d,
-        dv: dvd,
-    } = dims;
-    assert_eq!(out.len(), bh * nq * dvd, "out");
-    assert_eq!(dout.len(), bh * nq * dvd, "dout");
-    assert_eq!(lse.len(), bh * nq, "lse");
-    assert_eq!(dq.len(), q.len(), "dq");
-    assert_eq!(dk.len(), k.len(), "dk");
-    assert_eq!(dv.len(), v.len(), "dv");
-    assert_eq!(
-        bias.is_some(),
-        drel.is_some(),
-        "drel must be given iff bias is"
-    );
-    let (kh, kw) = bias.map(|b| (b.kh, b.kw)).unwrap_or((0, 0));
+/// Gradients on arguments [`Backward::check`] accepted.
+pub(super) fn attention_backward(args: Backward) {
+    let p = Prep::new(args.dims, args.bias);
+    let AttnDims { bh, nq, nk, d, .. } = args.dims;
+    let (dvd, dp, dvp) = (p.dv, p.dp, p.dvp);
+    let (kh, kw) = args.bias.map(|b| (b.kh, b.kw)).unwrap_or((0, 0));
+    let (k, v, dq, dk, dv) = (args.k, args.v, args.dq, args.dk, args.dv);
     let mut empty = (Vec::new(), Vec::new());
-    let (drh, drw) = match drel {
-        Some((h, w)) => {
-            assert_eq!(h.len(), bh * nq * kh, "drel_h");
-            assert_eq!(w.len(), bh * nq * kw, "drel_w");
-            (h, w)
-        }
+    let (drh, drw) = match args.drel {
+        Some(hw) => hw,
         None => (&mut empty.0[..], &mut empty.1[..]),
     };
-    if bh == 0 {
-        return;
-    }
-    if nq == 0 {
-        dk.fill(0.0);
-        dv.fill(0.0);
-        return;
-    }
-    let p = Prep::new(dims, bias);
-    let (dp, dvp) = (p.dp, p.dvp);
     let inp = Inputs {
-        q,
-        out,
-        lse,
-        dout,
-        scale,
+        q: args.q,
+        out: args.out,
+        lse: args.lse,
+        dout: args.dout,
+        scale: args.scale,
     };
     let qb = q_block(nq);
     let nqb = nq.div_ceil(qb);

@@ -135,6 +135,72 @@ fn check(dims: &AttnDims, q: &[f32], k: &[f32], v: &[f32], bias: &Option<RelPosB
     }
 }
 
+/// The arguments of [`attention_backward`], gathered so that they are checked in one place
+/// ([`Backward::check`]) before an implementation runs.
+struct Backward<'a> {
+    dims: AttnDims,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    scale: f32,
+    bias: Option<RelPosBias<'a>>,
+    out: &'a [f32],
+    lse: &'a [f32],
+    dout: &'a [f32],
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+    drel: Option<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl Backward<'_> {
+    /// Panics unless every operand matches `dims`. `None` when there is nothing to compute: no
+    /// batch·heads, or no queries (then dK and dV are zero).
+    fn check(self) -> Option<Self> {
+        check(&self.dims, self.q, self.k, self.v, &self.bias);
+        let AttnDims { bh, nq, dv, .. } = self.dims;
+        assert_eq!(self.out.len(), bh * nq * dv, "out");
+        assert_eq!(self.dout.len(), bh * nq * dv, "dout");
+        assert_eq!(self.lse.len(), bh * nq, "lse");
+        assert_eq!(self.dq.len(), self.q.len(), "dq");
+        assert_eq!(self.dk.len(), self.k.len(), "dk");
+        assert_eq!(self.dv.len(), self.v.len(), "dv");
+        assert_eq!(
+            self.bias.is_some(),
+            self.drel.is_some(),
+            "drel must be given iff bias is"
+        );
+        if let (Some(b), Some((h, w))) = (&self.bias, &self.drel) {
+            assert_eq!(h.len(), bh * nq * b.kh, "drel_h");
+            assert_eq!(w.len(), bh * nq * b.kw, "drel_w");
+        }
+        if bh == 0 {
+            return None;
+        }
+        if nq == 0 {
+            self.dk.fill(0.0);
+            self.dv.fill(0.0);
+            return None;
+        }
+        Some(self)
+    }
+}
+
+/// Dense `[bh, n, w]` q, k and v as [`HeadRows`].
+fn dense_rows<'a>(
+    dims: AttnDims,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+) -> (HeadRows<'a>, HeadRows<'a>, HeadRows<'a>) {
+    let AttnDims { nq, nk, d, dv, .. } = dims;
+    (
+        HeadRows::dense(q, nq, d),
+        HeadRows::dense(k, nk, d),
+        HeadRows::dense(v, nk, dv),
+    )
+}
+
 fn use_avx512() -> bool {
     cfg!(target_arch = "x86_64") && crate::cpu::features().avx512f
 }
@@ -153,9 +219,11 @@ pub fn attention_forward(
 ) {
     #[cfg(target_arch = "x86_64")]
     if use_avx512() {
-        return avx512::attention_forward(dims, q, k, v, scale, bias, out, lse);
+        check(&dims, q, k, v, &bias);
+        let (q, k, v) = dense_rows(dims, q, k, v);
+        return avx512::attention_forward(dims, q, k, v, scale, bias, None, out, lse);
     }
-    portable::attention_forward(dims, q, k, v, scale, bias, out, lse)
+    portable_impl::attention_forward(dims, q, k, v, scale, bias, out, lse)
 }
 
 /// [`attention_forward`] with a whole bias table, `s = (q·scale)·kᵀ + table[b % heads]`
@@ -171,12 +239,7 @@ pub fn attention_forward_table(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    let AttnDims { nq, nk, d, dv, .. } = dims;
-    let (q, k, v) = (
-        HeadRows::dense(q, nq, d),
-        HeadRows::dense(k, nk, d),
-        HeadRows::dense(v, nk, dv),
-    );
+    let (q, k, v) = dense_rows(dims, q, k, v);
     attention_forward_table_rows(dims, q, k, v, scale, table, out, lse)
 }
 
@@ -201,7 +264,7 @@ pub fn attention_forward_table_rows(
     check_table(&dims, &table);
     #[cfg(target_arch = "x86_64")]
     if use_avx512() {
-        return avx512::attention_forward_table(dims, q, k, v, scale, table, out, lse);
+        return avx512::attention_forward(dims, q, k, v, scale, None, Some(table), out, lse);
     }
     // The portable path works on dense operands.
     let (qd, kd, vd) = (
@@ -209,7 +272,7 @@ pub fn attention_forward_table_rows(
         k.to_dense(bh, nk, d),
         v.to_dense(bh, nk, dv),
     );
-    portable::attention_forward_table(dims, &qd, &kd, &vd, scale, table, out, lse)
+    portable::forward(dims, &qd, &kd, &vd, scale, None, Some(table), out, lse)
 }
 
 /// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
@@ -231,17 +294,103 @@ pub fn attention_backward(
 ) {
     #[cfg(target_arch = "x86_64")]
     if use_avx512() {
-        return avx512::attention_backward(
-            dims, q, k, v, scale, bias, out, lse, dout, dq, dk, dv, drel,
-        );
+        let args = Backward {
+            dims,
+            q,
+            k,
+            v,
+            scale,
+            bias,
+            out,
+            lse,
+            dout,
+            dq,
+            dk,
+            dv,
+            drel,
+        };
+        if let Some(args) = args.check() {
+            avx512::attention_backward(args);
+        }
+        return;
     }
-    portable::attention_backward(dims, q, k, v, scale, bias, out, lse, dout, dq, dk, dv, drel)
+    portable_impl::attention_backward(dims, q, k, v, scale, bias, out, lse, dout, dq, dk, dv, drel)
 }
 
 /// The portable implementation, forced (for tests on machines that would pick AVX-512).
 #[doc(hidden)]
 pub mod portable_impl {
-    pub use super::portable::{attention_backward, attention_forward, attention_forward_table};
+    use super::{check, check_table, portable, AttnDims, Backward, BiasTable, RelPosBias};
+
+    /// [`super::attention_forward`] on the portable path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        check(&dims, q, k, v, &bias);
+        portable::forward(dims, q, k, v, scale, bias, None, out, lse)
+    }
+
+    /// [`super::attention_forward_table`] on the portable path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_table(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        table: BiasTable,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        check(&dims, q, k, v, &None);
+        check_table(&dims, &table);
+        portable::forward(dims, q, k, v, scale, None, Some(table), out, lse)
+    }
+
+    /// [`super::attention_backward`] on the portable path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &[f32],
+        lse: &[f32],
+        dout: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        drel: Option<(&mut [f32], &mut [f32])>,
+    ) {
+        let args = Backward {
+            dims,
+            q,
+            k,
+            v,
+            scale,
+            bias,
+            out,
+            lse,
+            dout,
+            dq,
+            dk,
+            dv,
+            drel,
+        };
+        if let Some(args) = args.check() {
+            portable::attention_backward(args);
+        }
+    }
 }
 
 /// Plain-loop oracles: the full score row is materialised per query, f64 accumulation.

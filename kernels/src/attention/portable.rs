@@ -5,7 +5,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use super::{check, check_table, AttnDims, BiasTable, RelPosBias};
+use super::{AttnDims, Backward, BiasTable, RelPosBias};
 use crate::activation::simd::{dot_f32, exp_f32, max_f32, simd_dispatch, sum_f32};
 use rayon::prelude::*;
 
@@ -290,41 +290,10 @@ fn rel_rows<'a>(
     })
 }
 
-/// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`.
+/// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`, with at
+/// most one of the two bias forms, on q, k and v checked by the caller.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    bias: Option<RelPosBias>,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    check(&dims, q, k, v, &bias);
-    forward(dims, q, k, v, scale, bias, None, out, lse)
-}
-
-/// [`attention_forward`] with a `[heads, nq, nk]` bias table instead of the rel-pos terms.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward_table(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    table: BiasTable,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    check(&dims, q, k, v, &None);
-    check_table(&dims, &table);
-    forward(dims, q, k, v, scale, None, Some(table), out, lse)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn forward(
+pub(super) fn forward(
     dims: AttnDims,
     q: &[f32],
     k: &[f32],
@@ -402,63 +371,22 @@ fn forward(
         });
 }
 
-/// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    bias: Option<RelPosBias>,
-    out: &[f32],
-    lse: &[f32],
-    dout: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    drel: Option<(&mut [f32], &mut [f32])>,
-) {
-    check(&dims, q, k, v, &bias);
-    let AttnDims {
-        bh,
-        nq,
-        nk,
-        d,
-        dv: dvd,
-    } = dims;
-    assert_eq!(out.len(), bh * nq * dvd, "out");
-    assert_eq!(dout.len(), bh * nq * dvd, "dout");
-    assert_eq!(lse.len(), bh * nq, "lse");
-    assert_eq!(dq.len(), q.len(), "dq");
-    assert_eq!(dk.len(), k.len(), "dk");
-    assert_eq!(dv.len(), v.len(), "dv");
-    assert_eq!(
-        bias.is_some(),
-        drel.is_some(),
-        "drel must be given iff bias is"
-    );
+/// Gradients of attention (all overwritten), on arguments [`Backward::check`] accepted.
+pub(super) fn attention_backward(args: Backward) {
+    let (dims, scale, bias) = (args.dims, args.scale, args.bias);
+    let (q, k, v, out, lse, dout) = (args.q, args.k, args.v, args.out, args.lse, args.dout);
+    let (dq, dk, dv, drel) = (args.dq, args.dk, args.dv, args.drel);
+    let AttnDims { bh, nq, nk, d, .. } = dims;
+    let dvd = dims.dv;
     let (kh, kw) = bias.map(|b| (b.kh, b.kw)).unwrap_or((1, 1));
     let mut dummy = (Vec::new(), Vec::new());
     let (drh, drw) = match drel {
-        Some((h, w)) => {
-            assert_eq!(h.len(), bh * nq * kh, "drel_h");
-            assert_eq!(w.len(), bh * nq * kw, "drel_w");
-            (h, w)
-        }
+        Some(hw) => hw,
         None => {
             dummy = (vec![0.0f32; bh * nq], vec![0.0f32; bh * nq]);
             (&mut dummy.0[..], &mut dummy.1[..])
         }
     };
-    if bh == 0 {
-        return;
-    }
-    if nq == 0 {
-        dk.fill(0.0);
-        dv.fill(0.0);
-        return;
-    }
     let npad = nk.div_ceil(BK) * BK;
     let kt = transpose_pad(bh, nk, d, npad, k);
     let vt = transpose_pad(bh, nk, dvd, npad, v);
