@@ -4,63 +4,58 @@
 //! FMA as a memory broadcast operand), issuing MR·NR/lanes independent FMAs — enough to cover the
 //! FMA latency × throughput product of both FMA pipes.
 
-use super::driver::MicroKernel;
+use super::driver::{MicroKernel, MicroKernelFn};
 use super::pack::{PackFormat, PanelData};
 use super::Blocking;
 use std::arch::x86_64::*;
 
-pub(crate) fn avx2_micro_kernel(format: PackFormat) -> MicroKernel {
+/// A micro-kernel of these kernels' common shape: k unit by unit (`k_align` 1), B panels shared
+/// across the `nc`-wide block and swept `nl2` columns at a time.
+fn x86_micro_kernel(
+    (mr, nr): (usize, usize),
+    format: PackFormat,
+    a_row_major: bool,
+    func: MicroKernelFn,
+    (kc, mc): (usize, usize),
+) -> MicroKernel {
+    let blocking = Blocking {
+        kc,
+        mc,
+        nc: 4096,
+        nl2: 512,
+    };
     MicroKernel {
-        mr: 6,
-        nr: 16,
+        mr,
+        nr,
         format,
-        a_row_major: false,
+        a_row_major,
         k_align: 1,
-        func: ukr_avx2,
-        blocking: Blocking {
-            kc: 256,
-            mc: 120,
-            nc: 4096,
-            nl2: 512,
-        },
+        func,
+        blocking,
     }
+}
+
+pub(crate) fn avx2_micro_kernel(format: PackFormat) -> MicroKernel {
+    x86_micro_kernel((6, 16), format, false, ukr_avx2, (256, 120))
 }
 
 /// 12 rows × 32 columns: 24 zmm accumulators + 2 for B, leaving room for the broadcasts.
 const AVX512_MR: usize = 12;
 
 pub(crate) fn avx512_micro_kernel(format: PackFormat) -> MicroKernel {
-    MicroKernel {
-        mr: AVX512_MR,
-        nr: 32,
-        format,
-        a_row_major: true,
-        k_align: 1,
-        func: ukr_avx512::<AVX512_MR>,
-        blocking: Blocking {
-            kc: 384,
-            mc: 192,
-            nc: 4096,
-            nl2: 512,
-        },
-    }
+    let func = ukr_avx512::<AVX512_MR>;
+    x86_micro_kernel((AVX512_MR, 32), format, true, func, (384, 192))
 }
 
 pub(crate) fn avx512bf16_micro_kernel() -> MicroKernel {
-    MicroKernel {
-        mr: AVX512_MR,
-        nr: 32,
-        format: PackFormat::Bf16Pairs,
-        a_row_major: true,
-        k_align: 1,
-        func: ukr_avx512bf16::<AVX512_MR>,
-        blocking: Blocking {
-            kc: 512,
-            mc: 192,
-            nc: 4096,
-            nl2: 512,
-        },
-    }
+    let func = ukr_avx512bf16::<AVX512_MR>;
+    x86_micro_kernel(
+        (AVX512_MR, 32),
+        PackFormat::Bf16Pairs,
+        true,
+        func,
+        (512, 192),
+    )
 }
 
 /// Prefetches the C tile so its load after the k loop does not stall.
@@ -74,11 +69,30 @@ unsafe fn prefetch_c(c: *mut f32, ldc: usize, rows: usize, bytes: usize) {
     }
 }
 
-/// # Safety
-/// CPU has AVX2+FMA; `a` holds `kp*6` and `b` `kp*16` packed f32; `c` is a 6×16 tile.
-unsafe fn ukr_avx2(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, acc: bool) {
-    ukr_avx2_impl(kp, a as *const f32, b as *const f32, c, ldc, acc)
+/// The [`MicroKernelFn`] entry point `$name` of the `#[target_feature]` kernel `$imp` (which
+/// cannot be stored as that function pointer itself): the packed panels are passed on as the
+/// kernel's element type.
+macro_rules! entry_point {
+    ($(#[$doc:meta])* $name:ident $(<const $mr:ident>)? => $imp:ident) => {
+        $(#[$doc])*
+        unsafe fn $name$(<const $mr: usize>)?(
+            kp: usize,
+            a: *const u32,
+            b: *const u32,
+            c: *mut f32,
+            ldc: usize,
+            acc: bool,
+        ) {
+            $imp$(::<$mr>)?(kp, a.cast(), b.cast(), c, ldc, acc)
+        }
+    };
 }
+
+entry_point!(
+    /// # Safety
+    /// CPU has AVX2+FMA; `a` holds `kp*6` and `b` `kp*16` packed f32; `c` is a 6×16 tile.
+    ukr_avx2 => ukr_avx2_impl
+);
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn ukr_avx2_impl(
@@ -116,18 +130,11 @@ unsafe fn ukr_avx2_impl(
     }
 }
 
-/// # Safety
-/// CPU has AVX-512F; `a` holds `kp*MR` and `b` `kp*32` packed f32; `c` is an MR×32 tile.
-unsafe fn ukr_avx512<const MR: usize>(
-    kp: usize,
-    a: *const u32,
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-) {
-    ukr_avx512_impl::<MR>(kp, a as *const f32, b as *const f32, c, ldc, acc)
-}
+entry_point!(
+    /// # Safety
+    /// CPU has AVX-512F; `a` holds `kp*MR` and `b` `kp*32` packed f32; `c` is an MR×32 tile.
+    ukr_avx512<const MR> => ukr_avx512_impl
+);
 
 #[target_feature(enable = "avx512f")]
 unsafe fn ukr_avx512_impl<const MR: usize>(
@@ -187,18 +194,11 @@ unsafe fn store_tile_512<const MR: usize>(
     }
 }
 
-/// # Safety
-/// CPU has AVX512-BF16; `a` holds `kp*MR` and `b` `kp*32` packed bf16 pairs; `c` is MR×32.
-unsafe fn ukr_avx512bf16<const MR: usize>(
-    kp: usize,
-    a: *const u32,
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-) {
-    ukr_avx512bf16_impl::<MR>(kp, a, b, c, ldc, acc)
-}
+entry_point!(
+    /// # Safety
+    /// CPU has AVX512-BF16; `a` holds `kp*MR` and `b` `kp*32` packed bf16 pairs; `c` is MR×32.
+    ukr_avx512bf16<const MR> => ukr_avx512bf16_impl
+);
 
 /// Same register tile as the f32 kernel, but each k unit is a pair of bf16 values:
 /// `vdpbf16ps` adds `a[2u]·b[2u] + a[2u+1]·b[2u+1]` into each f32 lane, doing twice the work
