@@ -507,24 +507,29 @@ pub mod reference {
             for i in 0..dims.m {
                 for j in 0..dims.n {
                     let ci = bi * lc.batch_stride + i * lc.row_stride + j * lc.col_stride;
-                    let mut v = c[ci];
-                    if let Some(cb) = epilogue.col_bias {
-                        v += cb[j];
-                    }
-                    if let Some(rb) = epilogue.row_bias {
-                        v += rb[i];
-                    }
-                    if let Some((r, ld)) = epilogue.residual {
-                        v += r[i * ld + j];
-                    }
-                    if epilogue.gelu {
-                        let mut y = [0.0f32];
-                        crate::activation::reference::gelu_forward(&[v], &mut y);
-                        v = y[0];
-                    }
-                    c[ci] = v;
+                    c[ci] = epilogue_at(&epilogue, c[ci], i, j);
                 }
             }
         }
+    }
+
+    /// The [`super::Epilogue`] applied to one element `v` at row `i`, column `j` of C, one
+    /// step at a time (shared by the GEMM oracles).
+    pub(crate) fn epilogue_at(epilogue: &super::Epilogue, mut v: f32, i: usize, j: usize) -> f32 {
+        if let Some(cb) = epilogue.col_bias {
+            v += cb[j];
+        }
+        if let Some(rb) = epilogue.row_bias {
+            v += rb[i];
+        }
+        if let Some((r, ld)) = epilogue.residual {
+            v += r[i * ld + j];
+        }
+        if epilogue.gelu {
+            let mut y = [0.0f32];
+            crate::activation::reference::gelu_forward(&[v], &mut y);
+            v = y[0];
+        }
+        v
     }
 }

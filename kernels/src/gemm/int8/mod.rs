@@ -534,22 +534,8 @@ pub mod reference {
                     acc += qx[i * k + p] as i32 * qw[j * k + p] as i32;
                     col_sum += qw[j * k + p] as i32;
                 }
-                let mut v = (acc - zx[i] * col_sum) as f32 * (sx[i] * sw[j]);
-                if let Some(cb) = ep.col_bias {
-                    v += cb[j];
-                }
-                if let Some(rb) = ep.row_bias {
-                    v += rb[i];
-                }
-                if let Some((r, ld)) = ep.residual {
-                    v += r[i * ld + j];
-                }
-                if ep.gelu {
-                    let mut y = [0.0f32];
-                    crate::activation::reference::gelu_forward(&[v], &mut y);
-                    v = y[0];
-                }
-                c[i * n + j] = v;
+                let v = (acc - zx[i] * col_sum) as f32 * (sx[i] * sw[j]);
+                c[i * n + j] = crate::gemm::reference::epilogue_at(&ep, v, i, j);
             }
         }
     }
