@@ -16,7 +16,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
-use super::{AttnDims, Backward, BiasTable, HeadRows, RelPosBias};
+use super::{AttnDims, Backward, BiasTable, Forward, HeadRows, RelPosBias};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -688,26 +688,12 @@ unsafe fn fwd_block(
     }
 }
 
-/// Forward on operands the caller checked, with at most one of the two bias forms.
-pub(super) fn attention_forward(
-    dims: AttnDims,
-    q: HeadRows,
-    k: HeadRows,
-    v: HeadRows,
-    scale: f32,
-    bias: Option<RelPosBias>,
-    table: Option<BiasTable>,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    let mut p = Prep::new(dims, bias);
-    p.table = table;
-    let AttnDims { bh, nq, dv, .. } = dims;
-    assert_eq!(out.len(), bh * nq * dv, "out");
-    assert_eq!(lse.len(), bh * nq, "lse");
-    if bh * nq == 0 {
-        return;
-    }
+/// Forward of a call whose operands [`Forward::run`] has checked (`bh·nq > 0`).
+pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
+    let mut p = Prep::new(f.dims, f.bias);
+    p.table = f.table;
+    let AttnDims { nq, dv, .. } = f.dims;
+    let ([q, k, v], scale) = (f.rows, f.scale);
     let (nk, d, dvp) = (p.nk, p.d, p.dvp);
     let qb = q_block(nq);
     // A task is a run of up to FWD_GROUP query blocks of one head; it packs that head's K and V

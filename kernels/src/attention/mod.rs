@@ -100,6 +100,14 @@ impl<'a> HeadRows<'a> {
             self.data.len()
         );
     }
+    /// The operand as one dense `[bh, n, w]` block: borrowed when it already is one, else a copy.
+    fn dense_view(&self, bh: usize, n: usize, w: usize) -> std::borrow::Cow<'a, [f32]> {
+        if self.heads == 1 && self.batch_stride == n * w && self.row_stride == w {
+            std::borrow::Cow::Borrowed(&self.data[..bh * n * w])
+        } else {
+            std::borrow::Cow::Owned(self.to_dense(bh, n, w))
+        }
+    }
     /// The operand as a dense `[bh, n, w]` copy.
     pub fn to_dense(&self, bh: usize, n: usize, w: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(bh * n * w);
@@ -132,6 +140,54 @@ fn check(dims: &AttnDims, q: &[f32], k: &[f32], v: &[f32], bias: &Option<RelPosB
         assert_eq!(b.kh * b.kw, nk, "rel-pos bias: kh*kw must equal nk");
         assert_eq!(b.rel_h.len(), bh * nq * b.kh, "rel_h");
         assert_eq!(b.rel_w.len(), bh * nq * b.kw, "rel_w");
+    }
+}
+
+/// One forward call whose operands its entry point has checked: q, k and v as rows, the scale
+/// and at most one of the two bias forms.
+#[derive(Clone, Copy)]
+struct Forward<'a> {
+    dims: AttnDims,
+    /// q, k, v.
+    rows: [HeadRows<'a>; 3],
+    scale: f32,
+    bias: Option<RelPosBias<'a>>,
+    table: Option<BiasTable<'a>>,
+}
+
+impl<'a> Forward<'a> {
+    fn new(
+        dims: AttnDims,
+        rows: [HeadRows<'a>; 3],
+        scale: f32,
+        bias: Option<RelPosBias<'a>>,
+        table: Option<BiasTable<'a>>,
+    ) -> Self {
+        debug_assert!(bias.is_none() || table.is_none());
+        Forward {
+            dims,
+            rows,
+            scale,
+            bias,
+            table,
+        }
+    }
+
+    /// Writes `out [bh, nq, dv]` and `lse [bh, nq]` (checked here), on the AVX-512 path if `fast`,
+    /// else on the portable one.
+    fn run(self, out: &mut [f32], lse: &mut [f32], fast: bool) {
+        let AttnDims { bh, nq, dv, .. } = self.dims;
+        assert_eq!(out.len(), bh * nq * dv, "out");
+        assert_eq!(lse.len(), bh * nq, "lse");
+        if bh * nq == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            return avx512::attention_forward(self, out, lse);
+        }
+        let _ = fast;
+        portable::attention_forward(self, out, lse)
     }
 }
 
@@ -187,18 +243,13 @@ impl Backward<'_> {
 }
 
 /// Dense `[bh, n, w]` q, k and v as [`HeadRows`].
-fn dense_rows<'a>(
-    dims: AttnDims,
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-) -> (HeadRows<'a>, HeadRows<'a>, HeadRows<'a>) {
+fn dense_rows<'a>(dims: AttnDims, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> [HeadRows<'a>; 3] {
     let AttnDims { nq, nk, d, dv, .. } = dims;
-    (
+    [
         HeadRows::dense(q, nq, d),
         HeadRows::dense(k, nk, d),
         HeadRows::dense(v, nk, dv),
-    )
+    ]
 }
 
 fn use_avx512() -> bool {
@@ -217,13 +268,9 @@ pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx512() {
-        check(&dims, q, k, v, &bias);
-        let (q, k, v) = dense_rows(dims, q, k, v);
-        return avx512::attention_forward(dims, q, k, v, scale, bias, None, out, lse);
-    }
-    portable_impl::attention_forward(dims, q, k, v, scale, bias, out, lse)
+    check(&dims, q, k, v, &bias);
+    let rows = dense_rows(dims, q, k, v);
+    Forward::new(dims, rows, scale, bias, None).run(out, lse, use_avx512())
 }
 
 /// [`attention_forward`] with a whole bias table, `s = (q·scale)·kᵀ + table[b % heads]`
@@ -239,7 +286,7 @@ pub fn attention_forward_table(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    let (q, k, v) = dense_rows(dims, q, k, v);
+    let [q, k, v] = dense_rows(dims, q, k, v);
     attention_forward_table_rows(dims, q, k, v, scale, table, out, lse)
 }
 
@@ -262,17 +309,8 @@ pub fn attention_forward_table_rows(
     k.check("k", bh, nk, d);
     v.check("v", bh, nk, dv);
     check_table(&dims, &table);
-    #[cfg(target_arch = "x86_64")]
-    if use_avx512() {
-        return avx512::attention_forward(dims, q, k, v, scale, None, Some(table), out, lse);
-    }
-    // The portable path works on dense operands.
-    let (qd, kd, vd) = (
-        q.to_dense(bh, nq, d),
-        k.to_dense(bh, nk, d),
-        v.to_dense(bh, nk, dv),
-    );
-    portable::forward(dims, &qd, &kd, &vd, scale, None, Some(table), out, lse)
+    let f = Forward::new(dims, [q, k, v], scale, None, Some(table));
+    f.run(out, lse, use_avx512())
 }
 
 /// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
@@ -320,7 +358,8 @@ pub fn attention_backward(
 /// The portable implementation, forced (for tests on machines that would pick AVX-512).
 #[doc(hidden)]
 pub mod portable_impl {
-    use super::{check, check_table, portable, AttnDims, Backward, BiasTable, RelPosBias};
+    use super::{check, check_table, dense_rows, portable, AttnDims, Backward, BiasTable};
+    use super::{Forward, RelPosBias};
 
     /// [`super::attention_forward`] on the portable path.
     #[allow(clippy::too_many_arguments)]
@@ -335,7 +374,8 @@ pub mod portable_impl {
         lse: &mut [f32],
     ) {
         check(&dims, q, k, v, &bias);
-        portable::forward(dims, q, k, v, scale, bias, None, out, lse)
+        let rows = dense_rows(dims, q, k, v);
+        Forward::new(dims, rows, scale, bias, None).run(out, lse, false)
     }
 
     /// [`super::attention_forward_table`] on the portable path.
@@ -352,7 +392,8 @@ pub mod portable_impl {
     ) {
         check(&dims, q, k, v, &None);
         check_table(&dims, &table);
-        portable::forward(dims, q, k, v, scale, None, Some(table), out, lse)
+        let rows = dense_rows(dims, q, k, v);
+        Forward::new(dims, rows, scale, None, Some(table)).run(out, lse, false)
     }
 
     /// [`super::attention_backward`] on the portable path.

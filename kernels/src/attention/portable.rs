@@ -5,7 +5,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use super::{AttnDims, Backward, BiasTable, RelPosBias};
+use super::{AttnDims, Backward, Forward, RelPosBias};
 use crate::activation::simd::{dot_f32, exp_f32, max_f32, simd_dispatch, sum_f32};
 use rayon::prelude::*;
 
@@ -290,28 +290,19 @@ fn rel_rows<'a>(
     })
 }
 
-/// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`, with at
-/// most one of the two bias forms, on q, k and v checked by the caller.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn forward(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    bias: Option<RelPosBias>,
-    table: Option<BiasTable>,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    let AttnDims { bh, nq, nk, d, dv } = dims;
-    assert_eq!(out.len(), bh * nq * dv, "out");
-    assert_eq!(lse.len(), bh * nq, "lse");
-    if bh * nq == 0 {
-        return;
-    }
+/// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`.
+pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
+    let AttnDims { bh, nq, nk, d, dv } = f.dims;
+    let (scale, bias, table) = (f.scale, f.bias, f.table);
+    // This path works on dense operands.
+    let [q, k, v] = f.rows;
+    let (q, k, v) = (
+        q.dense_view(bh, nq, d),
+        k.dense_view(bh, nk, d),
+        v.dense_view(bh, nk, dv),
+    );
     let npad = nk.div_ceil(BK) * BK;
-    let kt = transpose_pad(bh, nk, d, npad, k);
+    let kt = transpose_pad(bh, nk, d, npad, &k);
     let nqb = nq.div_ceil(BQ);
     let tasks: Vec<(usize, usize)> = (0..bh)
         .flat_map(|b| (0..nqb).map(move |t| (b, t)))
