@@ -69,11 +69,18 @@ unsafe fn prefetch_c(c: *mut f32, ldc: usize, rows: usize, bytes: usize) {
     }
 }
 
-/// The [`MicroKernelFn`] entry point `$name` of the `#[target_feature]` kernel `$imp` (which
-/// cannot be stored as that function pointer itself): the packed panels are passed on as the
-/// kernel's element type.
-macro_rules! entry_point {
-    ($(#[$doc:meta])* $name:ident $(<const $mr:ident>)? => $imp:ident) => {
+/// Writes a micro-kernel `$imp` (a `#[target_feature]` function: its attributes are passed on)
+/// and its [`MicroKernelFn`] entry point `$name` (a target-feature function cannot be stored as
+/// that function pointer itself). The kernel takes the entry point's arguments
+/// `(kp, a, b, c, ldc, accumulate)` under the names given, with the packed panels `a` and `b` as
+/// pointers to `$elem` (f32 values or bf16 pairs).
+macro_rules! micro_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident $(<const $mr:ident>)? => $(#[$imp_attr:meta])*
+        fn $imp:ident($kp:ident, $a:ident, $b:ident: *const $elem:ty, $c:ident, $ldc:ident, $acc:ident)
+        $body:block
+    ) => {
         $(#[$doc])*
         unsafe fn $name$(<const $mr: usize>)?(
             kp: usize,
@@ -85,158 +92,165 @@ macro_rules! entry_point {
         ) {
             $imp$(::<$mr>)?(kp, a.cast(), b.cast(), c, ldc, acc)
         }
+
+        $(#[$imp_attr])*
+        unsafe fn $imp$(<const $mr: usize>)?(
+            $kp: usize,
+            $a: *const $elem,
+            $b: *const $elem,
+            $c: *mut f32,
+            $ldc: usize,
+            $acc: bool,
+        ) $body
     };
 }
 
-entry_point!(
+/// An f32 vector register type of the C tile.
+trait F32x: Copy {
+    const LANES: usize;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+}
+
+impl F32x for __m256 {
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        _mm256_add_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self)
+    }
+}
+
+impl F32x for __m512 {
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        _mm512_add_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm512_storeu_ps(p, self)
+    }
+}
+
+/// Stores (or, with `accumulate`, adds to C) an `MR × 2` tile of vector registers.
+#[inline(always)]
+unsafe fn store_tile<V: F32x, const MR: usize>(
+    r: &[[V; 2]; MR],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    for (i, ri) in r.iter().enumerate() {
+        let crow = c.add(i * ldc);
+        for (h, &v) in ri.iter().enumerate() {
+            let p = crow.add(V::LANES * h);
+            let v = if accumulate { v.add(V::load(p)) } else { v };
+            v.store(p);
+        }
+    }
+}
+
+/// Runs `step(r, p)` for `p` in `0..kp`, unrolled by 4 so loop overhead and address updates
+/// are amortised.
+#[inline(always)]
+unsafe fn unrolled_k_loop<R>(kp: usize, r: &mut R, step: impl Fn(&mut R, usize)) {
+    let mut p = 0;
+    while p + 4 <= kp {
+        step(r, p);
+        step(r, p + 1);
+        step(r, p + 2);
+        step(r, p + 3);
+        p += 4;
+    }
+    while p < kp {
+        step(r, p);
+        p += 1;
+    }
+}
+
+micro_kernel! {
     /// # Safety
     /// CPU has AVX2+FMA; `a` holds `kp*6` and `b` `kp*16` packed f32; `c` is a 6×16 tile.
-    ukr_avx2 => ukr_avx2_impl
-);
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn ukr_avx2_impl(
-    kp: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    prefetch_c(c, ldc, MR, NR * 4);
-    let mut r = [[_mm256_setzero_ps(); 2]; MR];
-    for p in 0..kp {
-        let b0 = _mm256_loadu_ps(b.add(p * NR));
-        let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-        for (i, ri) in r.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
-            ri[0] = _mm256_fmadd_ps(ai, b0, ri[0]);
-            ri[1] = _mm256_fmadd_ps(ai, b1, ri[1]);
+    ukr_avx2 =>
+    #[target_feature(enable = "avx2,fma")]
+    fn ukr_avx2_impl(kp, a, b: *const f32, c, ldc, accumulate) {
+        const MR: usize = 6;
+        const NR: usize = 16;
+        prefetch_c(c, ldc, MR, NR * 4);
+        let mut r = [[_mm256_setzero_ps(); 2]; MR];
+        for p in 0..kp {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            for (i, ri) in r.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*a.add(p * MR + i));
+                ri[0] = _mm256_fmadd_ps(ai, b0, ri[0]);
+                ri[1] = _mm256_fmadd_ps(ai, b1, ri[1]);
+            }
         }
-    }
-    for (i, ri) in r.iter().enumerate() {
-        let crow = c.add(i * ldc);
-        for (h, &v) in ri.iter().enumerate() {
-            let p = crow.add(8 * h);
-            let v = if accumulate {
-                _mm256_add_ps(v, _mm256_loadu_ps(p))
-            } else {
-                v
-            };
-            _mm256_storeu_ps(p, v);
-        }
+        store_tile(&r, c, ldc, accumulate);
     }
 }
 
-entry_point!(
+micro_kernel! {
     /// # Safety
     /// CPU has AVX-512F; `a` holds `kp*MR` and `b` `kp*32` packed f32; `c` is an MR×32 tile.
-    ukr_avx512<const MR> => ukr_avx512_impl
-);
-
-#[target_feature(enable = "avx512f")]
-unsafe fn ukr_avx512_impl<const MR: usize>(
-    kp: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    const NR: usize = 32;
-    prefetch_c(c, ldc, MR, NR * 4);
-    let mut r = [[_mm512_setzero_ps(); 2]; MR];
-    let step = |r: &mut [[__m512; 2]; MR], p: usize| {
-        let b0 = _mm512_loadu_ps(b.add(p * NR));
-        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-        for (i, ri) in r.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*a.add(i * kp + p));
-            ri[0] = _mm512_fmadd_ps(ai, b0, ri[0]);
-            ri[1] = _mm512_fmadd_ps(ai, b1, ri[1]);
-        }
-    };
-    // Unrolled by 4 so loop overhead and address updates are amortised.
-    let mut p = 0;
-    while p + 4 <= kp {
-        step(&mut r, p);
-        step(&mut r, p + 1);
-        step(&mut r, p + 2);
-        step(&mut r, p + 3);
-        p += 4;
-    }
-    while p < kp {
-        step(&mut r, p);
-        p += 1;
-    }
-    store_tile_512(&r, c, ldc, accumulate);
-}
-
-#[inline(always)]
-unsafe fn store_tile_512<const MR: usize>(
-    r: &[[__m512; 2]; MR],
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    for (i, ri) in r.iter().enumerate() {
-        let crow = c.add(i * ldc);
-        for (h, &v) in ri.iter().enumerate() {
-            let p = crow.add(16 * h);
-            let v = if accumulate {
-                _mm512_add_ps(v, _mm512_loadu_ps(p))
-            } else {
-                v
-            };
-            _mm512_storeu_ps(p, v);
-        }
+    ukr_avx512<const MR> =>
+    #[target_feature(enable = "avx512f")]
+    fn ukr_avx512_impl(kp, a, b: *const f32, c, ldc, accumulate) {
+        const NR: usize = 32;
+        prefetch_c(c, ldc, MR, NR * 4);
+        let mut r = [[_mm512_setzero_ps(); 2]; MR];
+        unrolled_k_loop(kp, &mut r, |r: &mut [[__m512; 2]; MR], p: usize| {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            for (i, ri) in r.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i * kp + p));
+                ri[0] = _mm512_fmadd_ps(ai, b0, ri[0]);
+                ri[1] = _mm512_fmadd_ps(ai, b1, ri[1]);
+            }
+        });
+        store_tile(&r, c, ldc, accumulate);
     }
 }
 
-entry_point!(
+micro_kernel! {
     /// # Safety
     /// CPU has AVX512-BF16; `a` holds `kp*MR` and `b` `kp*32` packed bf16 pairs; `c` is MR×32.
-    ukr_avx512bf16<const MR> => ukr_avx512bf16_impl
-);
-
-/// Same register tile as the f32 kernel, but each k unit is a pair of bf16 values:
-/// `vdpbf16ps` adds `a[2u]·b[2u] + a[2u+1]·b[2u+1]` into each f32 lane, doing twice the work
-/// of an f32 FMA per instruction.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn ukr_avx512bf16_impl<const MR: usize>(
-    kp: usize,
-    a: *const u32,
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    const NR: usize = 32;
-    prefetch_c(c, ldc, MR, NR * 4);
-    let mut r = [[_mm512_setzero_ps(); 2]; MR];
-    let step = |r: &mut [[__m512; 2]; MR], p: usize| {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
-        for (i, ri) in r.iter_mut().enumerate() {
-            let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i * kp + p) as i32));
-            ri[0] = _mm512_dpbf16_ps(ri[0], ai, b0);
-            ri[1] = _mm512_dpbf16_ps(ri[1], ai, b1);
-        }
-    };
-    let mut p = 0;
-    while p + 4 <= kp {
-        step(&mut r, p);
-        step(&mut r, p + 1);
-        step(&mut r, p + 2);
-        step(&mut r, p + 3);
-        p += 4;
+    ukr_avx512bf16<const MR> =>
+    /// Same register tile as the f32 kernel, but each k unit is a pair of bf16 values:
+    /// `vdpbf16ps` adds `a[2u]·b[2u] + a[2u+1]·b[2u+1]` into each f32 lane, doing twice the work
+    /// of an f32 FMA per instruction.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn ukr_avx512bf16_impl(kp, a, b: *const u32, c, ldc, accumulate) {
+        const NR: usize = 32;
+        prefetch_c(c, ldc, MR, NR * 4);
+        let mut r = [[_mm512_setzero_ps(); 2]; MR];
+        unrolled_k_loop(kp, &mut r, |r: &mut [[__m512; 2]; MR], p: usize| {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+            for (i, ri) in r.iter_mut().enumerate() {
+                let ai: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*a.add(i * kp + p) as i32));
+                ri[0] = _mm512_dpbf16_ps(ri[0], ai, b0);
+                ri[1] = _mm512_dpbf16_ps(ri[1], ai, b1);
+            }
+        });
+        store_tile(&r, c, ldc, accumulate);
     }
-    while p < kp {
-        step(&mut r, p);
-        p += 1;
-    }
-    store_tile_512(&r, c, ldc, accumulate);
 }
 
 /// Rounds 16 f32 to bf16 (round-to-nearest-even, NaN kept quiet, exactly like
