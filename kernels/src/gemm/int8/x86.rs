@@ -18,6 +18,92 @@ unsafe fn bcast_a(a: *const u8, mr: usize, i: usize, q: usize) -> i32 {
     (a.add((q * mr + i) * 4) as *const i32).read_unaligned()
 }
 
+/// An i32 vector register type with `vpdpbusd`.
+trait I32x: Copy {
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: i32) -> Self;
+    unsafe fn load(p: *const i8) -> Self;
+    unsafe fn store(self, p: *mut i32);
+    /// `self + Σ_4 u8(a) · i8(b)` per i32 lane.
+    unsafe fn dpbusd(self, a: Self, b: Self) -> Self;
+}
+
+/// `impl I32x` for one vector type, from its intrinsics.
+macro_rules! impl_i32x {
+    ($t:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $dpbusd:ident) => {
+        impl I32x for $t {
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                $zero()
+            }
+            #[inline(always)]
+            unsafe fn splat(x: i32) -> Self {
+                $splat(x)
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const i8) -> Self {
+                $load(p as *const _)
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut i32) {
+                $store(p as *mut _, self)
+            }
+            #[inline(always)]
+            unsafe fn dpbusd(self, a: Self, b: Self) -> Self {
+                $dpbusd(self, a, b)
+            }
+        }
+    };
+}
+
+impl_i32x!(
+    __m512i,
+    16,
+    _mm512_setzero_si512,
+    _mm512_set1_epi32,
+    _mm512_loadu_si512,
+    _mm512_storeu_si512,
+    _mm512_dpbusd_epi32
+);
+impl_i32x!(
+    __m256i,
+    8,
+    _mm256_setzero_si256,
+    _mm256_set1_epi32,
+    _mm256_loadu_si256,
+    _mm256_storeu_si256,
+    _mm256_dpbusd_avx_epi32
+);
+
+/// Columns `col0..col0 + 2·LANES` of the `MR × NR` i32 tile: per k quad, two vectors of B and one
+/// broadcast of A per row.
+#[inline(always)]
+unsafe fn vnni_tile<V: I32x, const MR: usize>(
+    kq: usize,
+    a: *const u8,
+    b: *const i8,
+    out: *mut i32,
+    col0: usize,
+) {
+    let b = b.add(4 * col0);
+    let mut r = [[V::zero(); 2]; MR];
+    for q in 0..kq {
+        let b0 = V::load(b.add(q * 4 * NR));
+        let b1 = V::load(b.add(q * 4 * NR + 4 * V::LANES));
+        for (i, ri) in r.iter_mut().enumerate() {
+            let ai = V::splat(bcast_a(a, MR, i, q));
+            ri[0] = ri[0].dpbusd(ai, b0);
+            ri[1] = ri[1].dpbusd(ai, b1);
+        }
+    }
+    for (i, ri) in r.iter().enumerate() {
+        ri[0].store(out.add(i * NR + col0));
+        ri[1].store(out.add(i * NR + col0 + V::LANES));
+    }
+}
+
 /// # Safety
 /// The CPU has AVX512-VNNI; see [`super::Int8MicroKernel`] for the buffers (MR = 12).
 pub(super) unsafe fn ukr_avx512_vnni(kq: usize, a: *const u8, b: *const i8, out: *mut i32) {
@@ -26,24 +112,7 @@ pub(super) unsafe fn ukr_avx512_vnni(kq: usize, a: *const u8, b: *const i8, out:
 
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn ukr_avx512_vnni_impl(kq: usize, a: *const u8, b: *const i8, out: *mut i32) {
-    const MR: usize = AVX512_VNNI_MR;
-    let mut r = [[_mm512_setzero_si512(); 2]; MR];
-    let step = |r: &mut [[__m512i; 2]; MR], q: usize| {
-        let b0 = _mm512_loadu_si512(b.add(q * 4 * NR) as *const _);
-        let b1 = _mm512_loadu_si512(b.add(q * 4 * NR + 64) as *const _);
-        for (i, ri) in r.iter_mut().enumerate() {
-            let ai = _mm512_set1_epi32(bcast_a(a, MR, i, q));
-            ri[0] = _mm512_dpbusd_epi32(ri[0], ai, b0);
-            ri[1] = _mm512_dpbusd_epi32(ri[1], ai, b1);
-        }
-    };
-    for q in 0..kq {
-        step(&mut r, q);
-    }
-    for (i, ri) in r.iter().enumerate() {
-        _mm512_storeu_si512(out.add(i * NR) as *mut _, ri[0]);
-        _mm512_storeu_si512(out.add(i * NR + 16) as *mut _, ri[1]);
-    }
+    vnni_tile::<__m512i, AVX512_VNNI_MR>(kq, a, b, out, 0)
 }
 
 /// # Safety
@@ -56,20 +125,5 @@ pub(super) unsafe fn ukr_avx_vnni(kq: usize, a: *const u8, b: *const i8, out: *m
 /// Columns `half..half+16` of the panel.
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn ukr_avx_vnni_impl(kq: usize, a: *const u8, b: *const i8, out: *mut i32, half: usize) {
-    const MR: usize = AVX_VNNI_MR;
-    let b = b.add(4 * half);
-    let mut r = [[_mm256_setzero_si256(); 2]; MR];
-    for q in 0..kq {
-        let b0 = _mm256_loadu_si256(b.add(q * 4 * NR) as *const _);
-        let b1 = _mm256_loadu_si256(b.add(q * 4 * NR + 32) as *const _);
-        for (i, ri) in r.iter_mut().enumerate() {
-            let ai = _mm256_set1_epi32(bcast_a(a, MR, i, q));
-            ri[0] = _mm256_dpbusd_avx_epi32(ri[0], ai, b0);
-            ri[1] = _mm256_dpbusd_avx_epi32(ri[1], ai, b1);
-        }
-    }
-    for (i, ri) in r.iter().enumerate() {
-        _mm256_storeu_si256(out.add(i * NR + half) as *mut _, ri[0]);
-        _mm256_storeu_si256(out.add(i * NR + half + 8) as *mut _, ri[1]);
-    }
+    vnni_tile::<__m256i, AVX_VNNI_MR>(kq, a, b, out, half)
 }
