@@ -548,7 +548,9 @@ pub(crate) unsafe fn f32_scalar(func: &str, what: &str, s: *const AclScalar) -> 
             format!("{what} dtype {} (stand-in: FLOAT)", s.dtype),
         ));
     }
-    Ok(f32::from_ne_bytes([s.bits[0], s.bits[1], s.bits[2], s.bits[3]]))
+    Ok(f32::from_ne_bytes([
+        s.bits[0], s.bits[1], s.bits[2], s.bits[3],
+    ]))
 }
 
 /// The views of `ts`, captured by value for the kernel.
