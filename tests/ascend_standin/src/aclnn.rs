@@ -475,19 +475,7 @@ macro_rules! aclnn_op {
 }
 
 unsafe fn tensor<'a>(func: &str, what: &str, t: *const AclTensor) -> Result<&'a AclTensor, i32> {
-    if t.is_null() {
-        return Err(fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            format!("{func}: {what} is NULL"),
-        ));
-    }
-    if !is_live(t) {
-        return Err(fail(
-            ACLNN_ERR_PARAM_INVALID,
-            format!("{func}: {what} {t:p} is not a live aclTensor (destroyed?)"),
-        ));
-    }
-    let t = &*t;
+    let t = live(func, what, "aclTensor (destroyed?)", t)?;
     if t.dtype != ACL_FLOAT {
         return Err(fail(
             ACLNN_ERR_PARAM_INVALID,
@@ -510,6 +498,27 @@ unsafe fn opt_tensor<'a>(
         Ok(None)
     } else {
         tensor(func, what, t).map(Some)
+    }
+}
+
+/// [`tensor`] for each `(name, pointer)`, in order.
+unsafe fn tensors<'a, const N: usize>(
+    func: &str,
+    ts: [(&str, *const AclTensor); N],
+) -> Result<[&'a AclTensor; N], i32> {
+    let mut out = Vec::with_capacity(N);
+    for (what, t) in ts {
+        out.push(tensor(func, what, t)?);
+    }
+    Ok(out.try_into().unwrap_or_else(|_| unreachable!()))
+}
+
+/// `Ok` when `ok`, else a phase-1 ACLNN_ERR_PARAM_INVALID error saying `msg()`.
+pub(crate) fn ensure(func: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<(), i32> {
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(func, msg()))
     }
 }
 
@@ -815,15 +824,10 @@ aclnn_op!(aclnnSoftmax, aclnnSoftmaxGetWorkspaceSize(
 ) {
     let x = tensor(F, "self", x)?;
     let o = tensor(F, "out", out)?;
-    let d = match softmax_dim(dim, x.view.dims.len()) {
-        Some(d) if o.view.dims == x.view.dims => d,
-        _ => {
-            return Err(bad(
-                F,
-                format!("dim {dim} / shapes {:?} -> {:?}", x.view.dims, o.view.dims),
-            ))
-        }
-    };
+    let d = softmax_dim(dim, x.view.dims.len()).filter(|_| o.view.dims == x.view.dims);
+    let d = d.ok_or_else(|| {
+        bad(F, format!("dim {dim} / shapes {:?} -> {:?}", x.view.dims, o.view.dims))
+    })?;
     let [xv, ov] = views([x, o]);
     plan(move || softmax_view(&xv, d, &ov))
 });
@@ -947,18 +951,11 @@ pub(crate) unsafe fn binary(
     let a = tensor(f, "self", a)?;
     let b = tensor(f, "other", b)?;
     let o = tensor(f, "out", out)?;
-    match broadcast(&a.view.dims, &b.view.dims) {
-        Some(d) if d == o.view.dims => {}
-        _ => {
-            return Err(bad(
-                f,
-                format!(
-                    "cannot broadcast {:?} and {:?} to {:?}",
-                    a.view.dims, b.view.dims, o.view.dims
-                ),
-            ))
-        }
-    }
+    let out_dims = broadcast(&a.view.dims, &b.view.dims);
+    ensure(f, out_dims.as_ref() == Some(&o.view.dims), || {
+        let (ad, bd, od) = (&a.view.dims, &b.view.dims, &o.view.dims);
+        format!("cannot broadcast {ad:?} and {bd:?} to {od:?}")
+    })?;
     let [av, bv, ov] = views([a, b, o]);
     plan(move || {
         let mut vals = Vec::with_capacity(ov.numel());

@@ -185,17 +185,13 @@ fn pair(func: &str, what: &str, v: &[i64]) -> Result<[usize; 2], i32> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The geometry of a convolution `x * w -> y` from its attributes, the int arrays in the
+/// order of the signature: `[stride, padding, dilation, outputPadding]`.
 unsafe fn conv_geom(
     func: &str,
-    x: &View,
-    w: &View,
-    y: &View,
-    stride: *const AclIntArray,
-    padding: *const AclIntArray,
-    dilation: *const AclIntArray,
+    [x, w, y]: [&View; 3],
+    [stride, padding, dilation, out_pad]: [*const AclIntArray; 4],
     transposed: bool,
-    out_pad: *const AclIntArray,
     groups: i64,
 ) -> Result<Geom, i32> {
     if transposed {
@@ -298,9 +294,8 @@ aclnn_op!(aclnnConvolution, aclnnConvolutionGetWorkspaceSize(
         }
     }
     check_cube(F, x.dtype, cube)?;
-    let g = conv_geom(
-        F, &x.view, &w.view, &y.view, stride, padding, dilation, transposed, out_pad, groups,
-    )?;
+    let arrays = [stride, padding, dilation, out_pad];
+    let g = conv_geom(F, [&x.view, &w.view, &y.view], arrays, transposed, groups)?;
     if let Some(b) = b {
         check_dims(F, "bias", &b.view.dims, &[g.co as i64])?;
     }
@@ -359,18 +354,8 @@ aclnn_op!(aclnnConvolutionBackward, aclnnConvolutionBackwardGetWorkspaceSize(
         }
     }
     check_cube(F, x.dtype, cube)?;
-    let g = conv_geom(
-        F,
-        &x.view,
-        &w.view,
-        &dy.view,
-        stride,
-        padding,
-        dilation,
-        transposed,
-        out_pad,
-        groups as i64,
-    )?;
+    let arrays = [stride, padding, dilation, out_pad];
+    let g = conv_geom(F, [&x.view, &w.view, &dy.view], arrays, transposed, groups as i64)?;
     check_mask(F, &mask, [gi, gw, gb])?;
     if let Some(t) = gi {
         check_dims(F, "gradInput", &t.view.dims, &x.view.dims)?;
@@ -423,18 +408,9 @@ aclnn_op!(aclnnSoftmaxBackward, aclnnSoftmaxBackwardGetWorkspaceSize(
     let g = tensor(F, "gradOutput", grad_out)?;
     let y = tensor(F, "output", output)?;
     let o = tensor(F, "out", out)?;
-    let d = match softmax_dim(dim, y.view.dims.len()) {
-        Some(d) if g.view.dims == y.view.dims && o.view.dims == y.view.dims => d,
-        _ => {
-            return Err(bad(
-                F,
-                format!(
-                    "dim {dim} / shapes {:?}, {:?} -> {:?}",
-                    g.view.dims, y.view.dims, o.view.dims
-                ),
-            ))
-        }
-    };
+    let (gd, yd, od) = (&g.view.dims, &y.view.dims, &o.view.dims);
+    let d = softmax_dim(dim, yd.len()).filter(|_| gd == yd && od == yd);
+    let d = d.ok_or_else(|| bad(F, format!("dim {dim} / shapes {gd:?}, {yd:?} -> {od:?}")))?;
     let [gv, yv, ov] = views([g, y, o]);
     plan(move || {
         // Compute everything before writing: `out` may alias an input.

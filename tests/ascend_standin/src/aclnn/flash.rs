@@ -16,99 +16,6 @@ struct Attn {
     scale: f64,
 }
 
-/// The attributes shared by both phases, and the q/k/v shapes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn check_attrs(
-    func: &str,
-    q: &View,
-    k: &View,
-    v: &View,
-    optional: &[(&str, *const AclTensor)],
-    prefix: *const AclIntArray,
-    scale: f64,
-    keep_prob: f64,
-    pre: i64,
-    next: i64,
-    head_num: i64,
-    layout: *mut c_char,
-    inner_precise: i64,
-    sparse_mode: i64,
-) -> Result<Attn, i32> {
-    for (what, t) in optional {
-        if !t.is_null() {
-            return Err(bad(
-                func,
-                format!("{what} is not implemented by the stand-in (pass NULL)"),
-            ));
-        }
-    }
-    if !prefix.is_null() {
-        return Err(bad(
-            func,
-            "prefix is not implemented by the stand-in".into(),
-        ));
-    }
-    if layout.is_null() {
-        return Err(fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            format!("{func}: inputLayout is NULL"),
-        ));
-    }
-    match CStr::from_ptr(layout).to_str() {
-        Ok("BNSD") => {}
-        other => {
-            return Err(bad(
-                func,
-                format!("inputLayout {other:?}: the stand-in implements \"BNSD\" only"),
-            ))
-        }
-    }
-    if keep_prob != 1.0 || sparse_mode != 0 || !(0..=2).contains(&inner_precise) {
-        return Err(bad(
-            func,
-            format!(
-                "keepProb {keep_prob} / sparseMode {sparse_mode} / innerPrecise {inner_precise}: \
-                 the stand-in implements keepProb 1, sparseMode 0"
-            ),
-        ));
-    }
-    if !scale.is_finite() {
-        return Err(bad(func, format!("scaleValue {scale}")));
-    }
-    let (qd, kd, vd) = (&q.dims, &k.dims, &v.dims);
-    if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
-        return Err(bad(
-            func,
-            format!("BNSD needs 4-D q/k/v: {qd:?} {kd:?} {vd:?}"),
-        ));
-    }
-    let (b, n, sq, d) = (qd[0], qd[1], qd[2], qd[3]);
-    let sk = kd[2];
-    if kd[..] != [b, n, sk, d] || vd[..] != [b, n, sk, d] || head_num != n {
-        return Err(bad(
-            func,
-            format!("q {qd:?}, k {kd:?}, v {vd:?}, headNum {head_num}"),
-        ));
-    }
-    if pre < sk || next < sk {
-        return Err(bad(
-            func,
-            format!(
-                "preTokens {pre} / nextTokens {next} limit the band: the stand-in implements \
-                 full attention only"
-            ),
-        ));
-    }
-    Ok(Attn {
-        b,
-        n,
-        sq,
-        sk,
-        d,
-        scale,
-    })
-}
-
 fn check_stats(func: &str, a: &Attn, m: &View, s: &View) -> Result<(), i32> {
     let want = [a.b, a.n, a.sq, 8];
     if m.dims != want || s.dims != want {
@@ -152,7 +59,7 @@ fn scores(a: &Attn, q: &View, k: &View, b: i64, n: i64, i: i64) -> Vec<f64> {
 /// Both flash-attention entry points: `aclnn_op!` with the parameters the two share — the
 /// four optional masks (named as in the header, e.g. `"dropMask" drop_mask`) and the
 /// attributes from `prefix` to `sparseMode` — written once. `$attn(q, k, v)` in the body
-/// checks those ([`check_attrs`]).
+/// checks those (NULL masks and prefix, BNSD full attention) and the q/k/v shapes.
 macro_rules! flash_op {
     (
         $op:ident,
@@ -179,23 +86,73 @@ macro_rules! flash_op {
             sparse_mode: i64,
             $($out: $out_ty,)*
         ) {
-            let $attn = |q: &View, k: &View, v: &View| {
-                check_attrs(
-                    F,
-                    q,
-                    k,
-                    v,
-                    &[$(($mask_name, $mask)),*],
-                    prefix,
-                    scale,
-                    keep_prob,
-                    pre,
-                    next,
-                    head_num,
-                    layout,
-                    inner_precise,
-                    sparse_mode,
-                )
+            let $attn = |q: &View, k: &View, v: &View| -> Result<Attn, i32> {
+                for (what, t) in [$(($mask_name, $mask)),*] {
+                    if !t.is_null() {
+                        return Err(bad(
+                            F,
+                            format!("{what} is not implemented by the stand-in (pass NULL)"),
+                        ));
+                    }
+                }
+                if !prefix.is_null() {
+                    return Err(bad(
+                        F,
+                        "prefix is not implemented by the stand-in".into(),
+                    ));
+                }
+                if layout.is_null() {
+                    return Err(fail(
+                        ACLNN_ERR_PARAM_NULLPTR,
+                        format!("{F}: inputLayout is NULL"),
+                    ));
+                }
+                match CStr::from_ptr(layout).to_str() {
+                    Ok("BNSD") => {}
+                    other => {
+                        return Err(bad(
+                            F,
+                            format!("inputLayout {other:?}: the stand-in implements \"BNSD\" only"),
+                        ))
+                    }
+                }
+                if keep_prob != 1.0 || sparse_mode != 0 || !(0..=2).contains(&inner_precise) {
+                    return Err(bad(
+                        F,
+                        format!(
+                            "keepProb {keep_prob} / sparseMode {sparse_mode} / innerPrecise {inner_precise}: \
+                             the stand-in implements keepProb 1, sparseMode 0"
+                        ),
+                    ));
+                }
+                if !scale.is_finite() {
+                    return Err(bad(F, format!("scaleValue {scale}")));
+                }
+                let (qd, kd, vd) = (&q.dims, &k.dims, &v.dims);
+                if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
+                    return Err(bad(
+                        F,
+                        format!("BNSD needs 4-D q/k/v: {qd:?} {kd:?} {vd:?}"),
+                    ));
+                }
+                let (b, n, sq, d) = (qd[0], qd[1], qd[2], qd[3]);
+                let sk = kd[2];
+                if kd[..] != [b, n, sk, d] || vd[..] != [b, n, sk, d] || head_num != n {
+                    return Err(bad(
+                        F,
+                        format!("q {qd:?}, k {kd:?}, v {vd:?}, headNum {head_num}"),
+                    ));
+                }
+                if pre < sk || next < sk {
+                    return Err(bad(
+                        F,
+                        format!(
+                            "preTokens {pre} / nextTokens {next} limit the band: the stand-in implements \
+                             full attention only"
+                        ),
+                    ));
+                }
+                Ok(Attn { b, n, sq, sk, d, scale })
             };
             $body
         });
@@ -214,11 +171,13 @@ flash_op!(aclnnFlashAttentionScore, aclnnFlashAttentionScoreGetWorkspaceSize(
         attention_out: *const AclTensor,
     ],
 ) |attn| {
-    let q = tensor(F, "query", query)?;
-    let k = tensor(F, "key", key)?;
-    let v = tensor(F, "value", value)?;
-    let m = tensor(F, "softmaxMaxOut", softmax_max)?;
-    let s = tensor(F, "softmaxSumOut", softmax_sum)?;
+    let [q, k, v, m, s] = tensors(F, [
+        ("query", query),
+        ("key", key),
+        ("value", value),
+        ("softmaxMaxOut", softmax_max),
+        ("softmaxSumOut", softmax_sum),
+    ])?;
     let so = opt_tensor(F, "softmaxOutOut", softmax_out)?;
     let o = tensor(F, "attentionOutOut", attention_out)?;
     let a = attn(&q.view, &k.view, &v.view)?;
@@ -267,20 +226,18 @@ flash_op!(aclnnFlashAttentionScoreGrad, aclnnFlashAttentionScoreGradGetWorkspace
     attributes,
     [dq: *const AclTensor, dk: *const AclTensor, dv: *const AclTensor, dpse: *const AclTensor],
 ) |attn| {
-    let q = tensor(F, "query", query)?;
-    let k = tensor(F, "keyIn", key)?;
-    let v = tensor(F, "value", value)?;
-    let g = tensor(F, "dy", dy)?;
     // The stand-in recomputes P from the statistics, so both are required here.
-    let m = tensor(F, "softmaxMax", softmax_max)?;
-    let s = tensor(F, "softmaxSum", softmax_sum)?;
+    let [q, k, v, g, m, s] = tensors(F, [
+        ("query", query),
+        ("keyIn", key),
+        ("value", value),
+        ("dy", dy),
+        ("softmaxMax", softmax_max),
+        ("softmaxSum", softmax_sum),
+    ])?;
     let si = opt_tensor(F, "softmaxIn", softmax_in)?;
     let o = tensor(F, "attentionIn", attention_in)?;
-    let (tq, tk, tv) = (
-        tensor(F, "dqOut", dq)?,
-        tensor(F, "dkOut", dk)?,
-        tensor(F, "dvOut", dv)?,
-    );
+    let [tq, tk, tv] = tensors(F, [("dqOut", dq), ("dkOut", dk), ("dvOut", dv)])?;
     let tp = opt_tensor(F, "dpseOut", dpse)?;
     let a = attn(&q.view, &k.view, &v.view)?;
     check_stats(F, &a, &m.view, &s.view)?;

@@ -152,12 +152,10 @@ aclnn_op!(aclnnUpsampleBilinear2d, aclnnUpsampleBilinear2dGetWorkspaceSize(
     }
     let [oh, ow] = resize_attrs(F, align, sh, sw, size)?;
     let (xd, od) = (&x.view.dims, &o.view.dims);
-    if xd.len() != 4 || xd[2] <= 0 || xd[3] <= 0 || *od != [xd[0], xd[1], oh, ow] {
-        return Err(bad(
-            F,
-            format!("self {xd:?} (NCHW, h, w > 0) and out {od:?} for outputSize [{oh}, {ow}]"),
-        ));
-    }
+    let ok = xd.len() == 4 && xd[2] > 0 && xd[3] > 0 && *od == [xd[0], xd[1], oh, ow];
+    ensure(F, ok, || {
+        format!("self {xd:?} (NCHW, h, w > 0) and out {od:?} for outputSize [{oh}, {ow}]")
+    })?;
     let [xv, ov] = views([x, o]);
     let (h, w) = (xd[2], xd[3]);
     plan(move || {
@@ -201,13 +199,10 @@ aclnn_op!(aclnnUpsampleBilinear2dBackward, aclnnUpsampleBilinear2dBackwardGetWor
         }
         return Err(bad(F, "the stand-in implements NCHW only".into()));
     }
-    if isz.len() != 4 || isz[2] <= 0 || isz[3] <= 0 || *id != isz || *gd != [isz[0], isz[1], oh, ow]
-    {
-        return Err(bad(
-            F,
-            format!("gradOut {gd:?}, gradInput {id:?}, inputSize {isz:?}, outputSize [{oh}, {ow}]"),
-        ));
-    }
+    let ok = isz.len() == 4 && isz[2] > 0 && isz[3] > 0;
+    ensure(F, ok && *id == isz && *gd == [isz[0], isz[1], oh, ow], || {
+        format!("gradOut {gd:?}, gradInput {id:?}, inputSize {isz:?}, outputSize [{oh}, {ow}]")
+    })?;
     let [gv, iv] = views([g, gi]);
     let (h, w) = (isz[2], isz[3]);
     plan(move || {
