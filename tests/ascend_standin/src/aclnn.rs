@@ -513,6 +513,18 @@ unsafe fn tensors<'a, const N: usize>(
     Ok(out.try_into().unwrap_or_else(|_| unreachable!()))
 }
 
+/// [`opt_tensor`] for each `(name, pointer)`, in order.
+unsafe fn opt_tensors<'a, const N: usize>(
+    func: &str,
+    ts: [(&str, *const AclTensor); N],
+) -> Result<[Option<&'a AclTensor>; N], i32> {
+    let mut out = [None; N];
+    for (o, (what, t)) in out.iter_mut().zip(ts) {
+        *o = opt_tensor(func, what, t)?;
+    }
+    Ok(out)
+}
+
 /// `Ok` when `ok`, else a phase-1 ACLNN_ERR_PARAM_INVALID error saying `msg()`.
 pub(crate) fn ensure(func: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<(), i32> {
     if ok {
@@ -751,11 +763,9 @@ aclnn_op!(aclnnLayerNorm, aclnnLayerNormGetWorkspaceSize(
         ));
     }
     let ns = (*shape).0.clone();
-    let w = opt_tensor(F, "weight", w)?;
-    let b = opt_tensor(F, "bias", b)?;
+    let [w, b] = opt_tensors(F, [("weight", w), ("bias", b)])?;
     let o = tensor(F, "out", out)?;
-    let m = opt_tensor(F, "meanOut", mean)?;
-    let rs = opt_tensor(F, "rstdOut", rstd)?;
+    let [m, rs] = opt_tensors(F, [("meanOut", mean), ("rstdOut", rstd)])?;
     let xd = &x.view.dims;
     check_normalized_shape(F, &ns, xd)?;
     check_dims(F, "out", &o.view.dims, xd)?;

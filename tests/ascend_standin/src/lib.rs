@@ -484,15 +484,11 @@ pub unsafe extern "C" fn aclrtFree(ptr: *mut c_void) -> i32 {
     }
 }
 
+/// The arguments of `aclrtMemcpy`: `(dst, destMax, src, count, kind)`.
+type CopyArgs = (*mut c_void, usize, *const c_void, usize, i32);
+
 /// aclrtMemcpyKind: 0 H2H, 1 H2D, 2 D2H, 3 D2D.
-fn check_copy(
-    func: &str,
-    dst: *mut c_void,
-    dest_max: usize,
-    src: *const c_void,
-    count: usize,
-    kind: i32,
-) -> i32 {
+fn check_copy(func: &str, (dst, dest_max, src, count, kind): CopyArgs) -> i32 {
     if count > dest_max {
         return fail(
             ACL_ERROR_INVALID_PARAM,
@@ -514,23 +510,17 @@ fn check_copy(
             )
         }
     };
-    if is_device(dst as usize, count) != dst_dev {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            format!(
-                "{func}: destination {dst:p} (+{count}) is {}device memory, kind {kind}",
-                if dst_dev { "not " } else { "" }
-            ),
-        );
-    }
-    if is_device(src as usize, count) != src_dev {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            format!(
-                "{func}: source {src:p} (+{count}) is {}device memory, kind {kind}",
-                if src_dev { "not " } else { "" }
-            ),
-        );
+    for (what, p, dev) in [
+        ("destination", dst as *const c_void, dst_dev),
+        ("source", src, src_dev),
+    ] {
+        if is_device(p as usize, count) != dev {
+            let not = if dev { "not " } else { "" };
+            return fail(
+                ACL_ERROR_INVALID_PARAM,
+                format!("{func}: {what} {p:p} (+{count}) is {not}device memory, kind {kind}"),
+            );
+        }
     }
     OK
 }
@@ -543,7 +533,7 @@ pub unsafe extern "C" fn aclrtMemcpy(
     count: usize,
     kind: i32,
 ) -> i32 {
-    let r = check_copy("aclrtMemcpy", dst, dest_max, src, count, kind);
+    let r = check_copy("aclrtMemcpy", (dst, dest_max, src, count, kind));
     if r != OK {
         return r;
     }
@@ -569,7 +559,7 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
     kind: i32,
     stream: *mut c_void,
 ) -> i32 {
-    let r = check_copy("aclrtMemcpyAsync", dst, dest_max, src, count, kind);
+    let r = check_copy("aclrtMemcpyAsync", (dst, dest_max, src, count, kind));
     if r != OK {
         return r;
     }

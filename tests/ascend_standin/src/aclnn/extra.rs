@@ -52,12 +52,10 @@ aclnn_op!(aclnnLayerNormBackward, aclnnLayerNormBackwardGetWorkspaceSize(
     let ns = int_array(F, "normalizedShape", shape)?.to_vec();
     let m = tensor(F, "mean", mean)?;
     let r = tensor(F, "rstd", rstd)?;
-    let w = opt_tensor(F, "weight", weight)?;
-    let _b = opt_tensor(F, "bias", bias)?;
+    let [w, _b] = opt_tensors(F, [("weight", weight), ("bias", bias)])?;
     let mask = bool_array(F, mask)?;
-    let gi = opt_tensor(F, "gradInput", grad_in)?;
-    let gw = opt_tensor(F, "gradWeight", grad_w)?;
-    let gb = opt_tensor(F, "gradBias", grad_b)?;
+    let outs = [("gradInput", grad_in), ("gradWeight", grad_w), ("gradBias", grad_b)];
+    let [gi, gw, gb] = opt_tensors(F, outs.map(|(what, t)| (what, t as *const _)))?;
     let xd = &x.view.dims;
     check_normalized_shape(F, &ns, xd)?;
     check_dims(F, "gradOut", &g.view.dims, xd)?;
@@ -338,9 +336,8 @@ aclnn_op!(aclnnConvolutionBackward, aclnnConvolutionBackwardGetWorkspaceSize(
     let w = tensor(F, "weight", weight)?;
     let bs = int_array(F, "biasSizes", bias_sizes)?.to_vec();
     let mask = bool_array(F, mask)?;
-    let gi = opt_tensor(F, "gradInput", grad_in)?;
-    let gw = opt_tensor(F, "gradWeight", grad_w)?;
-    let gb = opt_tensor(F, "gradBias", grad_b)?;
+    let outs = [("gradInput", grad_in), ("gradWeight", grad_w), ("gradBias", grad_b)];
+    let [gi, gw, gb] = opt_tensors(F, outs.map(|(what, t)| (what, t as *const _)))?;
     check_cann8(F)?;
     for (what, t) in [
         ("gradOutput", Some(dy)),

@@ -178,8 +178,10 @@ flash_op!(aclnnFlashAttentionScore, aclnnFlashAttentionScoreGetWorkspaceSize(
         ("softmaxMaxOut", softmax_max),
         ("softmaxSumOut", softmax_sum),
     ])?;
-    let so = opt_tensor(F, "softmaxOutOut", softmax_out)?;
-    let o = tensor(F, "attentionOutOut", attention_out)?;
+    let (so, o) = (
+        opt_tensor(F, "softmaxOutOut", softmax_out)?,
+        tensor(F, "attentionOutOut", attention_out)?,
+    );
     let a = attn(&q.view, &k.view, &v.view)?;
     check_stats(F, &a, &m.view, &s.view)?;
     check_empty(F, "softmaxOutOut", so)?;

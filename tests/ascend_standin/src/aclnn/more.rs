@@ -142,8 +142,7 @@ aclnn_op!(aclnnUpsampleBilinear2d, aclnnUpsampleBilinear2dGetWorkspaceSize(
     sw: f64,
     out: *mut AclTensor,
 ) {
-    let x = tensor(F, "self", x)?;
-    let o = tensor(F, "out", out)?;
+    let [x, o] = tensors(F, [("self", x), ("out", out)])?;
     // ops-cv aclnn_upsample_bilinear_2d.cpp CheckFormat: NCHW or NHWC only.
     check_format(F, "self", x, &[FORMAT_NCHW, FORMAT_NHWC])?;
     check_format(F, "out", o, &[FORMAT_NCHW, FORMAT_NHWC])?;
@@ -156,10 +155,10 @@ aclnn_op!(aclnnUpsampleBilinear2d, aclnnUpsampleBilinear2dGetWorkspaceSize(
     ensure(F, ok, || {
         format!("self {xd:?} (NCHW, h, w > 0) and out {od:?} for outputSize [{oh}, {ow}]")
     })?;
-    let [xv, ov] = views([x, o]);
     let (h, w) = (xd[2], xd[3]);
+    let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
+    let [xv, ov] = views([x, o]);
     plan(move || {
-        let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
         for_each_index(&ov.dims.clone(), |i| {
             let (y0, y1, a0, a1) = taps(h, rh, i[2]);
             let (x0, x1, b0, b1) = taps(w, rw, i[3]);
@@ -179,8 +178,7 @@ aclnn_op!(aclnnUpsampleBilinear2dBackward, aclnnUpsampleBilinear2dBackwardGetWor
     sw: f64,
     grad_in: *mut AclTensor,
 ) {
-    let g = tensor(F, "gradOut", grad_out)?;
-    let gi = tensor(F, "gradInput", grad_in)?;
+    let [g, gi] = tensors(F, [("gradOut", grad_out), ("gradInput", grad_in)])?;
     let [oh, ow] = resize_attrs(F, align, sh, sw, out_size)?;
     let isz = int_array(F, "inputSize", in_size)?.to_vec();
     let (gd, id) = (&g.view.dims, &gi.view.dims);
@@ -204,11 +202,11 @@ aclnn_op!(aclnnUpsampleBilinear2dBackward, aclnnUpsampleBilinear2dBackwardGetWor
         format!("gradOut {gd:?}, gradInput {id:?}, inputSize {isz:?}, outputSize [{oh}, {ow}]")
     })?;
     let [gv, iv] = views([g, gi]);
-    let (h, w) = (isz[2], isz[3]);
+    let (c, h, w) = (isz[1], isz[2], isz[3]);
+    let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
     plan(move || {
-        let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
         let mut acc = vec![0f64; iv.numel()];
-        let at = |i: &[i64], y: i64, x: i64| (((i[0] * isz[1] + i[1]) * h + y) * w + x) as usize;
+        let at = |i: &[i64], y: i64, x: i64| (((i[0] * c + i[1]) * h + y) * w + x) as usize;
         for_each_index(&gv.dims.clone(), |i| {
             let d = gv.get(i) as f64;
             let (y0, y1, a0, a1) = taps(h, rh, i[2]);
