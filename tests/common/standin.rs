@@ -94,16 +94,32 @@ pub fn l(dims: &[i64]) -> medsam_ffi::ascend::Layout {
     medsam_ffi::ascend::Layout::contiguous(dims)
 }
 
+/// An f32 input view of `buf` with the contiguous layout of `dims`.
+pub fn f32_in<'a>(
+    buf: &'a medsam_ffi::ascend::DeviceBuffer,
+    dims: &[i64],
+) -> medsam_ffi::ascend::TensorArg<'a> {
+    medsam_ffi::ascend::TensorArg::input::<f32>(buf, l(dims)).unwrap()
+}
+
+/// An f32 output view of `buf` with the contiguous layout of `dims`.
+pub fn f32_out<'a>(
+    buf: &'a mut medsam_ffi::ascend::DeviceBuffer,
+    dims: &[i64],
+) -> medsam_ffi::ascend::TensorArg<'a> {
+    medsam_ffi::ascend::TensorArg::output::<f32>(buf, l(dims)).unwrap()
+}
+
 /// `aclnnConvolution` of a `[1, 1, 4, 4]` input with itself as the kernel (a 1×1 output, Σ x²):
 /// `(got, want)`.
 pub fn conv_self(stream: &medsam_ffi::ascend::Stream) -> medsam_ffi::ascend::Result<(f32, f32)> {
-    use medsam_ffi::ascend::{Ops, TensorArg};
+    use medsam_ffi::ascend::Ops;
     let dev = stream.device();
     let xh = data(16, 2);
     let x = dev.upload(&xh).unwrap();
     let mut y = dev.alloc_elems::<f32>(1).unwrap();
-    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
-    let out = TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap();
+    let xv = || f32_in(&x, &[1, 1, 4, 4]);
+    let out = f32_out(&mut y, &[1, 1, 1, 1]);
     (Ops::new(stream)).conv2d(&xv(), &xv(), None, [1, 1], [0, 0], [1, 1], 1, &out)?;
     let got = y.read::<f32>(stream, 1)?[0];
     Ok((got, xh.iter().map(|v| v * v).sum()))
@@ -143,6 +159,22 @@ impl Rng {
             .map(|_| (self.next() % 20001) as f32 / 10000.0 - 1.0)
             .collect()
     }
+}
+
+/// [`close`] on the first `want.len()` elements of `buf`, read after synchronising `stream`.
+pub fn read_close(
+    what: &str,
+    buf: &medsam_ffi::ascend::DeviceBuffer,
+    stream: &medsam_ffi::ascend::Stream,
+    want: &[f32],
+    tol: f32,
+) {
+    close(
+        what,
+        &buf.read::<f32>(stream, want.len()).unwrap(),
+        want,
+        tol,
+    );
 }
 
 /// NPU result `got` against CPU `want`: error relative to `1 + |want|` at most `tol`.
