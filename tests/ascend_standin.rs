@@ -59,6 +59,34 @@ fn device0() -> (Device, Stream) {
     (dev, stream)
 }
 
+/// [`data`]`(n, seed)` on the host and uploaded to `dev`.
+fn upload_data(dev: &Device, n: usize, seed: u64) -> (Vec<f32>, DeviceBuffer) {
+    let host = data(n, seed);
+    let buf = dev.upload(&host).unwrap();
+    (host, buf)
+}
+
+/// `e` is the ACL (or, for an `aclnn*` function, aclnn) error `code` of `func`, with a CANN
+/// message containing `text`.
+fn assert_error(e: &AscendError, func: &str, code: i32, text: &str) {
+    let (f, c, msg) = match e {
+        AscendError::Acl {
+            func, code, msg, ..
+        }
+        | AscendError::Aclnn {
+            func, code, msg, ..
+        } => (*func, *code, msg.as_deref().unwrap_or("")),
+        other => panic!("wrong error: {other}"),
+    };
+    assert_eq!(
+        matches!(e, AscendError::Aclnn { .. }),
+        func.starts_with("aclnn"),
+        "{e}"
+    );
+    assert_eq!((f, c), (func, code), "{e}");
+    assert!(msg.contains(text), "{e}");
+}
+
 fn standin_only(test: &str) -> bool {
     standin::standin_only(test, "checks the stand-in's model")
 }
@@ -289,8 +317,7 @@ fn layer_norm_through_aclnn() {
 fn softmax_gelu_add_mul_through_aclnn() {
     let (dev, stream) = device0();
     let ops = Ops::new(&stream);
-    let hx = data(12, 9);
-    let x = dev.upload(&hx).unwrap();
+    let (hx, x) = upload_data(&dev, 12, 9);
     let xa = || f32_in(&x, &[3, 4]);
 
     let mut s = dev.alloc_elems::<f32>(12).unwrap();
@@ -341,21 +368,7 @@ fn errors_carry_function_code_and_message() {
     let rt = rt();
     // ACL: invalid device id.
     let e = rt.device(99).err().expect("device 99 must not exist");
-    match &e {
-        AscendError::Acl {
-            func, code, msg, ..
-        } => {
-            assert_eq!(*func, "aclrtSetDevice");
-            assert_eq!(*code, 107001);
-            assert!(
-                msg.as_deref()
-                    .unwrap_or("")
-                    .contains("invalid device id 99"),
-                "{e}"
-            );
-        }
-        other => panic!("wrong error: {other}"),
-    }
+    assert_error(&e, "aclrtSetDevice", 107001, "invalid device id 99");
     assert!(
         e.to_string().contains("ACL_ERROR_RT_INVALID_DEVICEID"),
         "{e}"
@@ -373,19 +386,7 @@ fn errors_carry_function_code_and_message() {
             &f32_out(&mut c, &[3, 3]),
         )
         .unwrap_err();
-    match &e {
-        AscendError::Aclnn {
-            func, code, msg, ..
-        } => {
-            assert_eq!(*func, "aclnnMatmulGetWorkspaceSize");
-            assert_eq!(*code, 161002);
-            assert!(
-                msg.as_deref().unwrap_or("").contains("shape mismatch"),
-                "{e}"
-            );
-        }
-        other => panic!("wrong error: {other}"),
-    }
+    assert_error(&e, "aclnnMatmulGetWorkspaceSize", 161002, "shape mismatch");
 
     // A view that does not fit its buffer never reaches the runtime.
     assert!(matches!(
@@ -557,8 +558,7 @@ fn pointwise_div_and_bilinear_through_aclnn() {
     use medsam_ffi::ascend::UnaryOp;
     let (dev, stream) = device0();
     let ops = Ops::new(&stream);
-    let hx = data(12, 21);
-    let x = dev.upload(&hx).unwrap();
+    let (hx, x) = upload_data(&dev, 12, 21);
     let xa = || f32_in(&x, &[3, 4]);
     type F = fn(f32) -> f32;
     let cases: [(UnaryOp, F); 6] = [
@@ -617,12 +617,13 @@ fn pointwise_div_and_bilinear_through_aclnn() {
 
     // Bilinear 2x upsampling of a [1, 1, 2, 2] image (align_corners=false), and its backward:
     // the gradient of a sum is the number of outputs each input feeds (4 per input here).
+    let up2 = |x: &TensorArg, out: &TensorArg| ops.upsample_bilinear2d(x, false, (2.0, 2.0), out);
+    let up2_back =
+        |g: &TensorArg, gi: &TensorArg| ops.upsample_bilinear2d_backward(g, false, (2.0, 2.0), gi);
     let img = dev.upload(&[0.0f32, 1.0, 2.0, 3.0]).unwrap();
     let mut up = dev.alloc_elems::<f32>(16).unwrap();
-    ops.upsample_bilinear2d(
+    up2(
         &f32_in(&img, &[1, 1, 2, 2]),
-        false,
-        (2.0, 2.0),
         &f32_out(&mut up, &[1, 1, 4, 4]),
     )
     .unwrap();
@@ -632,10 +633,8 @@ fn pointwise_div_and_bilinear_through_aclnn() {
     read_close("bilinear", &up, &stream, &want, 1e-6);
     let ones = dev.upload(&[1.0f32; 16]).unwrap();
     let mut gi = dev.alloc_elems::<f32>(4).unwrap();
-    ops.upsample_bilinear2d_backward(
+    up2_back(
         &f32_in(&ones, &[1, 1, 4, 4]),
-        false,
-        (2.0, 2.0),
         &f32_out(&mut gi, &[1, 1, 2, 2]),
     )
     .unwrap();
@@ -654,26 +653,19 @@ fn pointwise_div_and_bilinear_through_aclnn() {
             &f32_out(&mut up, &[1, 1, 4, 4]),
         )
         .unwrap_err();
-    match &e {
-        AscendError::Aclnn {
-            func, code, msg, ..
-        } => {
-            assert_eq!(*func, "aclnnUpsampleBilinear2dGetWorkspaceSize");
-            assert_eq!(*code, 161002);
-            assert!(msg.as_deref().unwrap_or("").contains("alignCorners"), "{e}");
-        }
-        other => panic!("wrong error: {other}"),
-    }
+    assert_error(
+        &e,
+        "aclnnUpsampleBilinear2dGetWorkspaceSize",
+        161002,
+        "alignCorners",
+    );
     // Batch/channel mismatch between self and out.
     let mut bad = dev.alloc_elems::<f32>(32).unwrap();
-    let e = ops
-        .upsample_bilinear2d(
-            &f32_in(&img, &[1, 1, 2, 2]),
-            false,
-            (2.0, 2.0),
-            &f32_out(&mut bad, &[1, 2, 4, 4]),
-        )
-        .unwrap_err();
+    let e = up2(
+        &f32_in(&img, &[1, 1, 2, 2]),
+        &f32_out(&mut bad, &[1, 2, 4, 4]),
+    )
+    .unwrap_err();
     assert!(
         e.to_string()
             .contains("aclnnUpsampleBilinear2dGetWorkspaceSize"),

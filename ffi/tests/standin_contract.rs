@@ -95,20 +95,19 @@ fn conv_and_upsample_operands_are_nchw() {
     )
     .expect("aclnnConvolutionBackward with NCHW operands");
 
+    let up2 = |x: &TensorArg, out: &TensorArg| ops.upsample_bilinear2d(x, false, (2.0, 2.0), out);
+    let up2_back =
+        |g: &TensorArg, gi: &TensorArg| ops.upsample_bilinear2d_backward(g, false, (2.0, 2.0), gi);
     let src = dev.upload(&data(2 * 3 * 4, 6)).unwrap();
     let mut up = dev.alloc_elems::<f32>(2 * 6 * 8).unwrap();
-    ops.upsample_bilinear2d(
+    up2(
         &f32_in(&src, &[1, 2, 3, 4]),
-        false,
-        (2.0, 2.0),
         &f32_out(&mut up, &[1, 2, 6, 8]),
     )
     .expect("aclnnUpsampleBilinear2d with NCHW operands");
     let mut back = dev.alloc_elems::<f32>(24).unwrap();
-    ops.upsample_bilinear2d_backward(
+    up2_back(
         &f32_in(&up, &[1, 2, 6, 8]),
-        false,
-        (2.0, 2.0),
         &f32_out(&mut back, &[1, 2, 3, 4]),
     )
     .expect("aclnnUpsampleBilinear2dBackward with an NCHW gradOut");
