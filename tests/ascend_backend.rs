@@ -154,7 +154,7 @@ fn gelu_softmax_layer_norms() {
 }
 
 #[test]
-fn convolutions() {
+fn convolutions_and_depthwise() {
     parity_cases! {
         "conv2d stride 2 pad 1 bias": [([2, 3, 7, 6], 1), ([4, 3, 3, 3], 2), ([4], 3)]
             => |t| t[0].conv2d(&t[1], Some(&t[2]), 2, 1);
@@ -163,6 +163,10 @@ fn convolutions() {
         "conv_transpose2d k2 s2 bias": [([2, 4, 3, 5], 1), ([4, 3, 2, 2], 2), ([3], 3)]
             => |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), 2);
         "upsample_bilinear": [([1, 2, 3, 4], 1)] => |t| t[0].upsample_bilinear(7, 5);
+        "depthwise 3x3 s1 p1 bias": [([2, 4, 6, 5], 1), ([4, 1, 3, 3], 2), ([4], 3)]
+            => |t| t[0].depthwise_conv2d(&t[1], Some(&t[2]), 1, 1);
+        "depthwise 3x3 s2 p1 no bias": [([1, 3, 7, 7], 4), ([3, 1, 3, 3], 5)]
+            => |t| t[0].depthwise_conv2d(&t[1], None, 2, 1);
     }
 }
 
@@ -333,6 +337,22 @@ mod hccl {
         }
     }
 
+    /// Runs `f(bootstrap)` on one thread per rank of a `world`-rank [`Threads`] group; the
+    /// results in rank order.
+    fn on_ranks<R: Send>(world: usize, f: impl Fn(Threads) -> R + Sync) -> Vec<R> {
+        let f = &f;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = Threads::group(world)
+                .into_iter()
+                .map(|boot| s.spawn(move || f(boot)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rank thread panicked"))
+                .collect()
+        })
+    }
+
     impl Communicator for Threads {
         fn rank(&self) -> usize {
             self.rank
@@ -415,26 +435,17 @@ mod hccl {
         let want = params(&mut cpu);
 
         let world = 2;
-        let ranks: Vec<Vec<f32>> = Threads::group(world)
-            .into_iter()
-            .map(|boot| {
-                let rank = boot.rank;
-                let (sam_cfg, cfg) = (sam_cfg.clone(), train_cfg("npu", 1));
-                std::thread::spawn(move || {
-                    let dev = Device::Npu(rank as u32);
-                    let mut m = Sam::new(&sam_cfg, 3, dev).unwrap();
-                    medsam::dist::with_device_collective(&boot, dev, |c| {
-                        assert_eq!(c.world_size(), world);
-                        medsam::train::train(&cfg, &mut m, c, &mut |_| {})
-                    })
-                    .unwrap();
-                    params(&mut m)
-                })
+        let cfg = train_cfg("npu", 1);
+        let ranks = on_ranks(world, |boot| {
+            let dev = Device::Npu(boot.rank as u32);
+            let mut m = Sam::new(&sam_cfg, 3, dev).unwrap();
+            medsam::dist::with_device_collective(&boot, dev, |c| {
+                assert_eq!(c.world_size(), world);
+                medsam::train::train(&cfg, &mut m, c, &mut |_| {})
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().expect("rank thread panicked"))
-            .collect();
+            .unwrap();
+            params(&mut m)
+        });
         assert!(
             ranks[0] == ranks[1],
             "the two ranks ended with different weights"
@@ -460,98 +471,83 @@ mod hccl {
     fn hccl_averages_device_gradients_without_host_copies() {
         setup();
         let world = 2;
-        let handles: Vec<_> = Threads::group(world)
-            .into_iter()
-            .map(|boot| {
-                std::thread::spawn(move || {
-                    let rank = boot.rank;
-                    let dev = Device::Npu(rank as u32);
-                    let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
-                    let shapes: [&[usize]; 3] = [&[3, 5], &[7], &[2, 2, 4]];
-                    let value =
-                        |t: usize, i: usize, r: usize| (t * 100 + i) as f32 * (r + 1) as f32;
-                    let mut grads: Vec<Tensor> = shapes
-                        .iter()
-                        .enumerate()
-                        .map(|(t, s)| {
-                            let n: usize = s.iter().product();
-                            let v: Vec<f32> = (0..n).map(|i| value(t, i, rank)).collect();
-                            Tensor::from_slice(&v, s, dev).unwrap()
-                        })
-                        .collect();
-                    for bucket_bytes in [4 * 8, 1 << 20] {
-                        let mut g = grads.clone();
-                        boot.barrier().unwrap();
-                        let before = super::host_copies();
-                        boot.barrier().unwrap();
-                        c.average_gradients(&mut g, bucket_bytes).unwrap();
-                        AscendBackend::shared(rank as u32)
-                            .unwrap()
-                            .synchronize()
-                            .unwrap();
-                        boot.barrier().unwrap();
-                        let copies = super::host_copies() - before;
-                        boot.barrier().unwrap();
-                        assert_eq!(
-                            copies, 0,
-                            "host copies while averaging ({bucket_bytes} B buckets)"
-                        );
-                        for (t, (g, s)) in g.iter().zip(shapes).enumerate() {
-                            assert_eq!(g.shape(), s);
-                            assert_eq!(g.device(), dev);
-                            let want: Vec<f32> = (0..g.numel())
-                                .map(|i| (value(t, i, 0) + value(t, i, 1)) / 2.0)
-                                .collect();
-                            assert_eq!(
-                                g.to_vec().unwrap(),
-                                want,
-                                "tensor {t}, {bucket_bytes} B buckets"
-                            );
-                        }
-                    }
-                    grads.clear();
+        on_ranks(world, |boot| {
+            let rank = boot.rank;
+            let dev = Device::Npu(rank as u32);
+            let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
+            let shapes: [&[usize]; 3] = [&[3, 5], &[7], &[2, 2, 4]];
+            let value = |t: usize, i: usize, r: usize| (t * 100 + i) as f32 * (r + 1) as f32;
+            let mut grads: Vec<Tensor> = shapes
+                .iter()
+                .enumerate()
+                .map(|(t, s)| {
+                    let n: usize = s.iter().product();
+                    let v: Vec<f32> = (0..n).map(|i| value(t, i, rank)).collect();
+                    Tensor::from_slice(&v, s, dev).unwrap()
                 })
-            })
-            .collect();
-        for h in handles {
-            h.join().expect("rank thread panicked");
-        }
+                .collect();
+            for bucket_bytes in [4 * 8, 1 << 20] {
+                let mut g = grads.clone();
+                boot.barrier().unwrap();
+                let before = super::host_copies();
+                boot.barrier().unwrap();
+                c.average_gradients(&mut g, bucket_bytes).unwrap();
+                AscendBackend::shared(rank as u32)
+                    .unwrap()
+                    .synchronize()
+                    .unwrap();
+                boot.barrier().unwrap();
+                let copies = super::host_copies() - before;
+                boot.barrier().unwrap();
+                assert_eq!(
+                    copies, 0,
+                    "host copies while averaging ({bucket_bytes} B buckets)"
+                );
+                for (t, (g, s)) in g.iter().zip(shapes).enumerate() {
+                    assert_eq!(g.shape(), s);
+                    assert_eq!(g.device(), dev);
+                    let want: Vec<f32> = (0..g.numel())
+                        .map(|i| (value(t, i, 0) + value(t, i, 1)) / 2.0)
+                        .collect();
+                    assert_eq!(
+                        g.to_vec().unwrap(),
+                        want,
+                        "tensor {t}, {bucket_bytes} B buckets"
+                    );
+                }
+            }
+            grads.clear();
+        });
     }
 
     #[test]
     fn hccl_communicator_between_two_devices() {
         setup();
         let world = 2;
-        let handles: Vec<_> = Threads::group(world)
-            .into_iter()
-            .map(|boot| {
-                let rank = boot.rank;
-                std::thread::spawn(move || {
-                    let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
-                    assert_eq!((c.rank(), c.world_size()), (rank, world));
-                    let mut v: Vec<f32> = (0..5).map(|i| (i * (rank + 1)) as f32).collect();
-                    c.all_reduce_sum(&mut v).unwrap();
-                    assert_eq!(v, [0.0, 3.0, 6.0, 9.0, 12.0]);
-                    let mut b = vec![rank as f32 + 10.0; 3];
-                    c.broadcast(&mut b, 1).unwrap();
-                    assert_eq!(b, [11.0; 3]);
-                    let mine: Vec<u8> = (0..(3 + 4 * rank) as u8).collect();
-                    let all = c.all_gather_bytes(&mine).unwrap();
-                    assert_eq!(all[0], (0..3u8).collect::<Vec<_>>());
-                    assert_eq!(all[1], (0..7u8).collect::<Vec<_>>());
-                    let mut bb = if rank == 0 { vec![7u8; 9] } else { vec![] };
-                    c.broadcast_bytes(&mut bb, 0).unwrap();
-                    assert_eq!(bb, [7u8; 9]);
-                    c.barrier().unwrap();
-                    let mut m = vec![rank as f32; 4];
-                    c.all_reduce_mean(&mut m).unwrap();
-                    assert_eq!(m, [0.5; 4]);
-                    medsam::dist::selftest::run(&c).unwrap()
-                })
-            })
-            .collect();
-        for h in handles {
-            let report = h.join().expect("rank thread panicked");
+        let reports = on_ranks(world, |boot| {
+            let rank = boot.rank;
+            let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
+            assert_eq!((c.rank(), c.world_size()), (rank, world));
+            let mut v: Vec<f32> = (0..5).map(|i| (i * (rank + 1)) as f32).collect();
+            c.all_reduce_sum(&mut v).unwrap();
+            assert_eq!(v, [0.0, 3.0, 6.0, 9.0, 12.0]);
+            let mut b = vec![rank as f32 + 10.0; 3];
+            c.broadcast(&mut b, 1).unwrap();
+            assert_eq!(b, [11.0; 3]);
+            let mine: Vec<u8> = (0..(3 + 4 * rank) as u8).collect();
+            let all = c.all_gather_bytes(&mine).unwrap();
+            assert_eq!(all[0], (0..3u8).collect::<Vec<_>>());
+            assert_eq!(all[1], (0..7u8).collect::<Vec<_>>());
+            let mut bb = if rank == 0 { vec![7u8; 9] } else { vec![] };
+            c.broadcast_bytes(&mut bb, 0).unwrap();
+            assert_eq!(bb, [7u8; 9]);
+            c.barrier().unwrap();
+            let mut m = vec![rank as f32; 4];
+            c.all_reduce_mean(&mut m).unwrap();
+            assert_eq!(m, [0.5; 4]);
+            medsam::dist::selftest::run(&c).unwrap()
+        });
+        for report in reports {
             eprintln!("{report}");
         }
     }
@@ -702,16 +698,6 @@ fn bilinear_up_down_and_identity() {
         parity(name, &[(&[2, 3, h, w], 5)], TOL, |t| {
             t[0].upsample_bilinear(oh, ow)
         });
-    }
-}
-
-#[test]
-fn depthwise_convolutions() {
-    parity_cases! {
-        "depthwise 3x3 s1 p1 bias": [([2, 4, 6, 5], 1), ([4, 1, 3, 3], 2), ([4], 3)]
-            => |t| t[0].depthwise_conv2d(&t[1], Some(&t[2]), 1, 1);
-        "depthwise 3x3 s2 p1 no bias": [([1, 3, 7, 7], 4), ([3, 1, 3, 3], 5)]
-            => |t| t[0].depthwise_conv2d(&t[1], None, 2, 1);
     }
 }
 
