@@ -180,20 +180,16 @@ pub fn read_close(
 /// NPU result `got` against CPU `want`: error relative to `1 + |want|` at most `tol`.
 pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0f32, 0usize);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}[{i}]: npu {g}, cpu {w}");
-        let d = (g - w).abs() / (1.0 + w.abs());
-        if d > worst.0 {
-            worst = (d, i);
-        }
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("{what}[{i}]: npu {}, cpu {}", got[i], want[i]);
     }
-    assert!(
-        worst.0 <= tol,
-        "{what}: worst error {} at {} (npu {}, cpu {})",
-        worst.0,
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
+    let rel = |i: usize| (got[i] - want[i]).abs() / (1.0 + want[i].abs());
+    if let Some(i) = (0..got.len()).max_by(|&a, &b| rel(a).total_cmp(&rel(b))) {
+        let (g, w) = (got[i], want[i]);
+        assert!(
+            rel(i) <= tol,
+            "{what}: worst error {} at {i} (npu {g}, cpu {w})",
+            rel(i)
+        );
+    }
 }
