@@ -215,17 +215,19 @@ fn sam_on(dev: Device, fx: &(BTreeMap<String, Tensor>, SamConfig)) -> Sam {
     sam
 }
 
-fn boxes(fx: &(BTreeMap<String, Tensor>, SamConfig)) -> Vec<[f32; 4]> {
+/// The tiny SAM fixture and its boxes (after [`setup`]).
+fn tiny_sam_inputs() -> ((BTreeMap<String, Tensor>, SamConfig), Vec<[f32; 4]>) {
+    setup();
+    let fx = fixture();
     let b = fx.0["in.boxes"].to_vec().unwrap();
-    b.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
+    let boxes = b.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    (fx, boxes)
 }
 
 #[test]
 fn tiny_sam_forward_matches_cpu() {
-    setup();
-    let fx = fixture();
+    let (fx, bx) = tiny_sam_inputs();
     let images = &fx.0["in.images"];
-    let bx = boxes(&fx);
     let cpu = sam_on(Device::Cpu, &fx).forward(images, &bx).unwrap();
     let npu_model = sam_on(NPU, &fx);
     let out = npu_model
@@ -248,10 +250,8 @@ fn tiny_sam_forward_matches_cpu() {
 #[test]
 fn tiny_sam_training_step_matches_cpu() {
     use medsam::optim::{AdamW, AdamWConfig};
-    setup();
-    let fx = fixture();
+    let (fx, bx) = tiny_sam_inputs();
     let images = &fx.0["in.images"];
-    let bx = boxes(&fx);
     // (name, grad — None for parameters the forward does not reach (the IoU head), params after)
     let step = |dev: Device| -> Vec<(String, Option<Vec<f32>>, Vec<f32>)> {
         let mut sam = sam_on(dev, &fx);

@@ -390,6 +390,19 @@ macro_rules! flash_aclnn {
     }};
 }
 
+/// `aclnnConvolution` / `aclnnConvolutionBackward` through [`aclnn!`]: `$lead`, then the
+/// attributes the two share — stride, padding, dilation, transposed = false, outputPadding
+/// (`$arrays`, from [`Ops::conv_arrays`]) and groups — then `$tail`.
+macro_rules! conv_aclnn {
+    ($ops:expr, $op:ident, [$($lead:expr),*], $arrays:expr, $groups:expr, [$($tail:expr),*]) => {{
+        let [s, p, d, op]: &[AclHandle<aclIntArray>; 4] = &$arrays;
+        aclnn!(
+            $ops,
+            $op($($lead,)* s.raw(), p.raw(), d.raw(), false, op.raw(), $groups, $($tail),*)
+        )
+    }};
+}
+
 // ------------------------------------------------------------------------------------------
 // the operators
 
@@ -726,22 +739,14 @@ impl<'s> Ops<'s> {
             self.opt_tensor(bias)?,
             self.tensor(out)?,
         );
-        let [s, p, d, op] = self.conv_arrays(stride, padding, dilation)?;
-        aclnn!(
+        let attrs = self.conv_arrays(stride, padding, dilation)?;
+        conv_aclnn!(
             self,
-            Convolution(
-                x.raw(),
-                w.raw(),
-                raw_opt(&b),
-                s.raw(),
-                p.raw(),
-                d.raw(),
-                false,
-                op.raw(),
-                groups,
-                out.raw(),
-                cm
-            )
+            Convolution,
+            [x.raw(), w.raw(), raw_opt(&b)],
+            attrs,
+            groups,
+            [out.raw(), cm]
         )
     }
 
@@ -765,27 +770,15 @@ impl<'s> Ops<'s> {
         let cm = self.cube(x.dtype);
         let (g, x, w) = (self.tensor(grad_out)?, self.tensor(x)?, self.tensor(w)?);
         let bs = self.int_array(bias_sizes)?;
-        let [s, p, d, op] = self.conv_arrays(stride, padding, dilation)?;
+        let attrs = self.conv_arrays(stride, padding, dilation)?;
         let (mask, [gi, gw, gb]) = self.grad_outputs([grad_in, grad_weight, grad_bias])?;
-        aclnn!(
+        conv_aclnn!(
             self,
-            ConvolutionBackward(
-                g.raw(),
-                x.raw(),
-                w.raw(),
-                bs.raw(),
-                s.raw(),
-                p.raw(),
-                d.raw(),
-                false,
-                op.raw(),
-                groups,
-                mask.raw(),
-                cm,
-                raw_opt(&gi),
-                raw_opt(&gw),
-                raw_opt(&gb)
-            )
+            ConvolutionBackward,
+            [g.raw(), x.raw(), w.raw(), bs.raw()],
+            attrs,
+            groups,
+            [mask.raw(), cm, raw_opt(&gi), raw_opt(&gw), raw_opt(&gb)]
         )
     }
 

@@ -910,29 +910,18 @@ aclnn_op!(aclnnGeluV2, aclnnGeluV2GetWorkspaceSize(
 
 // ------------------------------------------------------------------ add / mul / div (broadcasting)
 
+/// NumPy broadcasting of two shapes (None: incompatible).
 fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
     let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let x = if i + a.len() >= r {
-            a[i + a.len() - r]
-        } else {
-            1
-        };
-        let y = if i + b.len() >= r {
-            b[i + b.len() - r]
-        } else {
-            1
-        };
-        out[i] = if x == y || y == 1 {
-            x
-        } else if x == 1 {
-            y
-        } else {
-            return None;
-        };
-    }
-    Some(out)
+    // Dim `i` of `v` right-aligned to rank `r` (1 where `v` has no such dim).
+    let dim = |v: &[i64], i: usize| (i + v.len() >= r).then(|| v[i + v.len() - r]).unwrap_or(1);
+    (0..r)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y || y == 1 => Some(x),
+            (1, y) => Some(y),
+            _ => None,
+        })
+        .collect()
 }
 
 fn bget(v: &View, out_idx: &[i64]) -> f32 {

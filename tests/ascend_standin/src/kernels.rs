@@ -81,7 +81,7 @@ pub unsafe extern "C" fn aclrtBinaryGetFunction(
     }
     let n = CStr::from_ptr(name).to_string_lossy().into_owned();
     let b = &*(bin as *const Binary);
-    if !b.kernels.iter().any(|k| *k == n) {
+    if !b.kernels.contains(&n) {
         return fail(
             ACL_ERROR_RT_PARAM_INVALID,
             format!("aclrtBinaryGetFunction: no kernel {n:?} in the binary"),

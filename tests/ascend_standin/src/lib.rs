@@ -733,16 +733,30 @@ pub unsafe extern "C" fn aclrtCreateEvent(event: *mut *mut c_void) -> i32 {
     OK
 }
 
+/// The event of a call that also names a stream: both must be valid.
+unsafe fn event_on_stream<'a>(
+    func: &str,
+    event: *mut c_void,
+    stream: *mut c_void,
+) -> Result<&'a Event, i32> {
+    if event.is_null() || !valid_stream(stream) {
+        return Err(fail(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{func}: bad event or stream"),
+        ));
+    }
+    Ok(&*(event as *const Event))
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclrtRecordEvent(event: *mut c_void, stream: *mut c_void) -> i32 {
-    if event.is_null() || !valid_stream(stream) {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            "aclrtRecordEvent: bad event or stream",
-        );
+    match event_on_stream("aclrtRecordEvent", event, stream) {
+        Ok(e) => {
+            *lock(&e.stream) = stream as usize;
+            OK
+        }
+        Err(code) => code,
     }
-    *lock(&(*(event as *const Event)).stream) = stream as usize;
-    OK
 }
 
 #[no_mangle]
@@ -759,13 +773,10 @@ pub unsafe extern "C" fn aclrtSynchronizeEvent(event: *mut c_void) -> i32 {
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: *mut c_void, event: *mut c_void) -> i32 {
-    if event.is_null() || !valid_stream(stream) {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            "aclrtStreamWaitEvent: bad event or stream",
-        );
-    }
-    let other = *lock(&(*(event as *const Event)).stream);
+    let other = match event_on_stream("aclrtStreamWaitEvent", event, stream) {
+        Ok(e) => *lock(&e.stream),
+        Err(code) => return code,
+    };
     // CPU model: the waiting stream runs the recorded stream's pending work first.
     enqueue(
         stream,
@@ -793,7 +804,7 @@ pub unsafe extern "C" fn aclrtDestroyEvent(event: *mut c_void) -> i32 {
 mod aclnn;
 /// The host reference of the Ascend C kernels, shared with `medsam_kernels::ascend_tiled`.
 #[path = "../../../kernels/src/ascend_tiled.rs"]
-#[allow(dead_code, clippy::needless_range_loop)]
+#[allow(dead_code)]
 mod ascend_tiled;
 mod hccl;
 mod kernels;
