@@ -914,7 +914,7 @@ aclnn_op!(aclnnGeluV2, aclnnGeluV2GetWorkspaceSize(
 fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
     let r = a.len().max(b.len());
     // Dim `i` of `v` right-aligned to rank `r` (1 where `v` has no such dim).
-    let dim = |v: &[i64], i: usize| (i + v.len() >= r).then(|| v[i + v.len() - r]).unwrap_or(1);
+    let dim = |v: &[i64], i: usize| (i + v.len()).checked_sub(r).map_or(1, |j| v[j]);
     (0..r)
         .map(|i| match (dim(a, i), dim(b, i)) {
             (x, y) if x == y || y == 1 => Some(x),
