@@ -419,7 +419,10 @@ impl Device {
     /// Create an event on this device.
     pub fn event(&self) -> Result<Event> {
         let raw = self.create(|raw| acl!(self.0.rt, aclrtCreateEvent(raw)))?;
-        Ok(Event { dev: self.clone(), raw })
+        Ok(Event {
+            dev: self.clone(),
+            raw,
+        })
     }
     /// The device's caching allocator.
     pub fn allocator(&self) -> &CachingAllocator {
