@@ -187,7 +187,10 @@ fn attention_plain_and_rel_pos() {
 
 // ------------------------------------------------------------------ tiny SAM
 
-fn fixture() -> (BTreeMap<String, Tensor>, SamConfig) {
+/// The tiny SAM fixture: its tensors (weights `w.*`, inputs `in.*`, outputs `out.*`) and config.
+type Fixture = (BTreeMap<String, Tensor>, SamConfig);
+
+fn fixture() -> Fixture {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam");
     let bytes = std::fs::read(dir.join("tiny_sam.safetensors")).expect("tiny SAM fixture");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
@@ -204,7 +207,7 @@ fn fixture() -> (BTreeMap<String, Tensor>, SamConfig) {
     (tensors, config)
 }
 
-fn sam_on(dev: Device, fx: &(BTreeMap<String, Tensor>, SamConfig)) -> Sam {
+fn sam_on(dev: Device, fx: &Fixture) -> Sam {
     let mut sam = Sam::new(&fx.1, 0, dev).unwrap();
     let w: BTreeMap<String, Tensor> =
         fx.0.iter()
@@ -216,7 +219,7 @@ fn sam_on(dev: Device, fx: &(BTreeMap<String, Tensor>, SamConfig)) -> Sam {
 }
 
 /// The tiny SAM fixture and its boxes (after [`setup`]).
-fn tiny_sam_inputs() -> ((BTreeMap<String, Tensor>, SamConfig), Vec<[f32; 4]>) {
+fn tiny_sam_inputs() -> (Fixture, Vec<[f32; 4]>) {
     setup();
     let fx = fixture();
     let b = fx.0["in.boxes"].to_vec().unwrap();
