@@ -59,6 +59,13 @@ fn parity(name: &str, inputs: Inputs, tol: f32, f: impl Fn(&[Tensor]) -> medsam:
 
 const TOL: f32 = 1e-4;
 
+/// [`parity`] at [`TOL`] for each case `name: [(shape, seed), ...] => op;`.
+macro_rules! parity_cases {
+    ($($name:literal: [$(($shape:expr, $seed:expr)),* $(,)?] => $f:expr;)*) => {
+        $(parity($name, &[$((&$shape, $seed)),*], TOL, $f);)*
+    };
+}
+
 #[test]
 fn tensors_live_on_the_npu() {
     setup();
@@ -92,165 +99,98 @@ fn missing_device_is_a_clear_error() {
 
 #[test]
 fn matmul_plain_transposed_batched_broadcast() {
-    parity("matmul 2d", &[(&[5, 7], 1), (&[7, 3], 2)], TOL, |t| {
-        t[0].matmul(&t[1])
-    });
-    parity(
-        "matmul aᵀ·bᵀ",
-        &[(&[7, 5], 1), (&[3, 7], 2)],
-        TOL,
-        |t| t[0].transpose(0, 1)?.matmul(&t[1].transpose(0, 1)?),
-    );
-    parity(
-        "matmul batched",
-        &[(&[2, 4, 6], 3), (&[2, 6, 5], 4)],
-        TOL,
-        |t| t[0].matmul(&t[1]),
-    );
-    parity(
-        "matmul batched, transposed rhs",
-        &[(&[3, 4, 6], 3), (&[3, 5, 6], 4)],
-        TOL,
-        |t| t[0].matmul(&t[1].transpose(1, 2)?),
-    );
-    parity(
-        "matmul broadcast rhs",
-        &[(&[2, 3, 4, 6], 5), (&[6, 2], 6)],
-        TOL,
-        |t| t[0].matmul(&t[1]),
-    );
-    parity(
-        "linear",
-        &[(&[2, 5, 8], 7), (&[6, 8], 8), (&[6], 9)],
-        TOL,
-        |t| t[0].linear(&t[1], Some(&t[2])),
-    );
+    parity_cases! {
+        "matmul 2d": [([5, 7], 1), ([7, 3], 2)] => |t| t[0].matmul(&t[1]);
+        "matmul aᵀ·bᵀ": [([7, 5], 1), ([3, 7], 2)]
+            => |t| t[0].transpose(0, 1)?.matmul(&t[1].transpose(0, 1)?);
+        "matmul batched": [([2, 4, 6], 3), ([2, 6, 5], 4)] => |t| t[0].matmul(&t[1]);
+        "matmul batched, transposed rhs": [([3, 4, 6], 3), ([3, 5, 6], 4)]
+            => |t| t[0].matmul(&t[1].transpose(1, 2)?);
+        "matmul broadcast rhs": [([2, 3, 4, 6], 5), ([6, 2], 6)] => |t| t[0].matmul(&t[1]);
+        "linear": [([2, 5, 8], 7), ([6, 8], 8), ([6], 9)] => |t| t[0].linear(&t[1], Some(&t[2]));
+    }
 }
 
 #[test]
 fn elementwise_broadcast_and_reductions() {
-    parity(
-        "add broadcast",
-        &[(&[2, 3, 4], 1), (&[3, 1], 2)],
-        TOL,
-        |t| t[0].add(&t[1]),
-    );
-    parity("sub broadcast", &[(&[2, 3, 4], 1), (&[4], 2)], TOL, |t| {
-        t[0].sub(&t[1])
-    });
-    parity(
-        "mul broadcast",
-        &[(&[2, 1, 4], 1), (&[3, 1], 2)],
-        TOL,
-        |t| t[0].mul(&t[1]),
-    );
-    parity("div", &[(&[2, 3], 1), (&[2, 3], 2)], TOL, |t| {
-        t[0].div(&t[1].scale(0.25)?.shift(2.0)?)
-    });
-    parity(
-        "mul of permuted view",
-        &[(&[2, 3, 4], 1), (&[4, 3, 2], 2)],
-        TOL,
-        |t| t[0].permute(&[2, 1, 0])?.mul(&t[1]),
-    );
-    parity("narrow + cat", &[(&[4, 6], 1)], TOL, |t| {
-        Tensor::cat(
-            &[
-                t[0].narrow(1, 1, 3)?,
-                t[0].narrow(0, 2, 2)?.narrow(1, 0, 3)?,
-            ],
-            0,
-        )
-    });
-    parity("sum_keepdim middle", &[(&[2, 3, 4, 5], 3)], TOL, |t| {
-        t[0].sum_keepdim(&[1, 2])
-    });
-    parity("sum_keepdim outer+inner", &[(&[2, 3, 4], 3)], TOL, |t| {
-        t[0].sum_keepdim(&[0, 2])
-    });
-    parity("unary chain", &[(&[3, 5], 4)], TOL, |t| {
-        t[0].neg()?
-            .scale(3.0)?
-            .shift(-0.5)?
-            .relu()?
-            .add(&t[0].sigmoid()?.exp()?)
-    });
+    parity_cases! {
+        "add broadcast": [([2, 3, 4], 1), ([3, 1], 2)] => |t| t[0].add(&t[1]);
+        "sub broadcast": [([2, 3, 4], 1), ([4], 2)] => |t| t[0].sub(&t[1]);
+        "mul broadcast": [([2, 1, 4], 1), ([3, 1], 2)] => |t| t[0].mul(&t[1]);
+        "div": [([2, 3], 1), ([2, 3], 2)] => |t| t[0].div(&t[1].scale(0.25)?.shift(2.0)?);
+        "mul of permuted view": [([2, 3, 4], 1), ([4, 3, 2], 2)]
+            => |t| t[0].permute(&[2, 1, 0])?.mul(&t[1]);
+        "narrow + cat": [([4, 6], 1)] => |t| {
+            Tensor::cat(
+                &[
+                    t[0].narrow(1, 1, 3)?,
+                    t[0].narrow(0, 2, 2)?.narrow(1, 0, 3)?,
+                ],
+                0,
+            )
+        };
+        "sum_keepdim middle": [([2, 3, 4, 5], 3)] => |t| t[0].sum_keepdim(&[1, 2]);
+        "sum_keepdim outer+inner": [([2, 3, 4], 3)] => |t| t[0].sum_keepdim(&[0, 2]);
+        "unary chain": [([3, 5], 4)] => |t| {
+            t[0].neg()?
+                .scale(3.0)?
+                .shift(-0.5)?
+                .relu()?
+                .add(&t[0].sigmoid()?.exp()?)
+        };
+    }
 }
 
 #[test]
 fn gelu_softmax_layer_norms() {
-    parity("gelu", &[(&[4, 9], 1)], TOL, |t| t[0].scale(3.0)?.gelu());
-    parity("softmax", &[(&[3, 4, 7], 2)], TOL, |t| {
-        t[0].scale(4.0)?.softmax_last()
-    });
-    parity(
-        "layer_norm",
-        &[(&[2, 3, 8], 3), (&[8], 4), (&[8], 5)],
-        TOL,
-        |t| t[0].layer_norm(&t[1], &t[2], 1e-6),
-    );
-    parity(
-        "layer_norm2d",
-        &[(&[2, 6, 3, 4], 3), (&[6], 4), (&[6], 5)],
-        TOL,
-        |t| t[0].layer_norm2d(&t[1], &t[2], 1e-6),
-    );
+    parity_cases! {
+        "gelu": [([4, 9], 1)] => |t| t[0].scale(3.0)?.gelu();
+        "softmax": [([3, 4, 7], 2)] => |t| t[0].scale(4.0)?.softmax_last();
+        "layer_norm": [([2, 3, 8], 3), ([8], 4), ([8], 5)]
+            => |t| t[0].layer_norm(&t[1], &t[2], 1e-6);
+        "layer_norm2d": [([2, 6, 3, 4], 3), ([6], 4), ([6], 5)]
+            => |t| t[0].layer_norm2d(&t[1], &t[2], 1e-6);
+    }
 }
 
 #[test]
-fn convolutions() {
-    parity(
-        "conv2d stride 2 pad 1 bias",
-        &[(&[2, 3, 7, 6], 1), (&[4, 3, 3, 3], 2), (&[4], 3)],
-        TOL,
-        |t| t[0].conv2d(&t[1], Some(&t[2]), 2, 1),
-    );
-    parity(
-        "conv2d 1x1 no bias",
-        &[(&[1, 4, 5, 5], 1), (&[2, 4, 1, 1], 2)],
-        TOL,
-        |t| t[0].conv2d(&t[1], None, 1, 0),
-    );
-    parity(
-        "conv_transpose2d k2 s2 bias",
-        &[(&[2, 4, 3, 5], 1), (&[4, 3, 2, 2], 2), (&[3], 3)],
-        TOL,
-        |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), 2),
-    );
-    parity("upsample_bilinear", &[(&[1, 2, 3, 4], 1)], TOL, |t| {
-        t[0].upsample_bilinear(7, 5)
-    });
+fn convolutions_and_depthwise() {
+    parity_cases! {
+        "conv2d stride 2 pad 1 bias": [([2, 3, 7, 6], 1), ([4, 3, 3, 3], 2), ([4], 3)]
+            => |t| t[0].conv2d(&t[1], Some(&t[2]), 2, 1);
+        "conv2d 1x1 no bias": [([1, 4, 5, 5], 1), ([2, 4, 1, 1], 2)]
+            => |t| t[0].conv2d(&t[1], None, 1, 0);
+        "conv_transpose2d k2 s2 bias": [([2, 4, 3, 5], 1), ([4, 3, 2, 2], 2), ([3], 3)]
+            => |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), 2);
+        "upsample_bilinear": [([1, 2, 3, 4], 1)] => |t| t[0].upsample_bilinear(7, 5);
+        "depthwise 3x3 s1 p1 bias": [([2, 4, 6, 5], 1), ([4, 1, 3, 3], 2), ([4], 3)]
+            => |t| t[0].depthwise_conv2d(&t[1], Some(&t[2]), 1, 1);
+        "depthwise 3x3 s2 p1 no bias": [([1, 3, 7, 7], 4), ([3, 1, 3, 3], 5)]
+            => |t| t[0].depthwise_conv2d(&t[1], None, 2, 1);
+    }
 }
 
 #[test]
 fn attention_plain_and_rel_pos() {
-    parity(
-        "attention",
-        &[(&[3, 5, 4], 1), (&[3, 6, 4], 2), (&[3, 6, 3], 3)],
-        TOL,
-        |t| attention(&t[0], &t[1], &t[2], 0.5, None),
-    );
-    // keys on a 2×3 grid
-    parity(
-        "attention rel-pos",
-        &[
-            (&[2, 6, 4], 1),
-            (&[2, 6, 4], 2),
-            (&[2, 6, 4], 3),
-            (&[2, 6, 2], 4),
-            (&[2, 6, 3], 5),
-        ],
-        TOL,
-        |t| {
+    parity_cases! {
+        "attention": [([3, 5, 4], 1), ([3, 6, 4], 2), ([3, 6, 3], 3)]
+            => |t| attention(&t[0], &t[1], &t[2], 0.5, None);
+        // keys on a 2×3 grid
+        "attention rel-pos":
+            [([2, 6, 4], 1), ([2, 6, 4], 2), ([2, 6, 4], 3), ([2, 6, 2], 4), ([2, 6, 3], 5)]
+            => |t| {
             let rel = RelPosArgs::new([t[3].clone(), t[4].clone()], (2, 3));
             attention(&t[0], &t[1], &t[2], 0.5, Some(&rel))
-        },
-    );
+        };
+    }
 }
 
 // ------------------------------------------------------------------ tiny SAM
 
-fn fixture() -> (BTreeMap<String, Tensor>, SamConfig) {
+/// The tiny SAM fixture: its tensors (weights `w.*`, inputs `in.*`, outputs `out.*`) and config.
+type Fixture = (BTreeMap<String, Tensor>, SamConfig);
+
+fn fixture() -> Fixture {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam");
     let bytes = std::fs::read(dir.join("tiny_sam.safetensors")).expect("tiny SAM fixture");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
@@ -267,7 +207,7 @@ fn fixture() -> (BTreeMap<String, Tensor>, SamConfig) {
     (tensors, config)
 }
 
-fn sam_on(dev: Device, fx: &(BTreeMap<String, Tensor>, SamConfig)) -> Sam {
+fn sam_on(dev: Device, fx: &Fixture) -> Sam {
     let mut sam = Sam::new(&fx.1, 0, dev).unwrap();
     let w: BTreeMap<String, Tensor> =
         fx.0.iter()
@@ -278,17 +218,19 @@ fn sam_on(dev: Device, fx: &(BTreeMap<String, Tensor>, SamConfig)) -> Sam {
     sam
 }
 
-fn boxes(fx: &(BTreeMap<String, Tensor>, SamConfig)) -> Vec<[f32; 4]> {
+/// The tiny SAM fixture and its boxes (after [`setup`]).
+fn tiny_sam_inputs() -> (Fixture, Vec<[f32; 4]>) {
+    setup();
+    let fx = fixture();
     let b = fx.0["in.boxes"].to_vec().unwrap();
-    b.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
+    let boxes = b.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    (fx, boxes)
 }
 
 #[test]
 fn tiny_sam_forward_matches_cpu() {
-    setup();
-    let fx = fixture();
+    let (fx, bx) = tiny_sam_inputs();
     let images = &fx.0["in.images"];
-    let bx = boxes(&fx);
     let cpu = sam_on(Device::Cpu, &fx).forward(images, &bx).unwrap();
     let npu_model = sam_on(NPU, &fx);
     let out = npu_model
@@ -311,10 +253,8 @@ fn tiny_sam_forward_matches_cpu() {
 #[test]
 fn tiny_sam_training_step_matches_cpu() {
     use medsam::optim::{AdamW, AdamWConfig};
-    setup();
-    let fx = fixture();
+    let (fx, bx) = tiny_sam_inputs();
     let images = &fx.0["in.images"];
-    let bx = boxes(&fx);
     // (name, grad — None for parameters the forward does not reach (the IoU head), params after)
     let step = |dev: Device| -> Vec<(String, Option<Vec<f32>>, Vec<f32>)> {
         let mut sam = sam_on(dev, &fx);
@@ -400,6 +340,22 @@ mod hccl {
         }
     }
 
+    /// Runs `f(bootstrap)` on one thread per rank of a `world`-rank [`Threads`] group; the
+    /// results in rank order.
+    fn on_ranks<R: Send>(world: usize, f: impl Fn(Threads) -> R + Sync) -> Vec<R> {
+        let f = &f;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = Threads::group(world)
+                .into_iter()
+                .map(|boot| s.spawn(move || f(boot)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rank thread panicked"))
+                .collect()
+        })
+    }
+
     impl Communicator for Threads {
         fn rank(&self) -> usize {
             self.rank
@@ -482,26 +438,17 @@ mod hccl {
         let want = params(&mut cpu);
 
         let world = 2;
-        let ranks: Vec<Vec<f32>> = Threads::group(world)
-            .into_iter()
-            .map(|boot| {
-                let rank = boot.rank;
-                let (sam_cfg, cfg) = (sam_cfg.clone(), train_cfg("npu", 1));
-                std::thread::spawn(move || {
-                    let dev = Device::Npu(rank as u32);
-                    let mut m = Sam::new(&sam_cfg, 3, dev).unwrap();
-                    medsam::dist::with_device_collective(&boot, dev, |c| {
-                        assert_eq!(c.world_size(), world);
-                        medsam::train::train(&cfg, &mut m, c, &mut |_| {})
-                    })
-                    .unwrap();
-                    params(&mut m)
-                })
+        let cfg = train_cfg("npu", 1);
+        let ranks = on_ranks(world, |boot| {
+            let dev = Device::Npu(boot.rank as u32);
+            let mut m = Sam::new(&sam_cfg, 3, dev).unwrap();
+            medsam::dist::with_device_collective(&boot, dev, |c| {
+                assert_eq!(c.world_size(), world);
+                medsam::train::train(&cfg, &mut m, c, &mut |_| {})
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().expect("rank thread panicked"))
-            .collect();
+            .unwrap();
+            params(&mut m)
+        });
         assert!(
             ranks[0] == ranks[1],
             "the two ranks ended with different weights"
@@ -527,98 +474,83 @@ mod hccl {
     fn hccl_averages_device_gradients_without_host_copies() {
         setup();
         let world = 2;
-        let handles: Vec<_> = Threads::group(world)
-            .into_iter()
-            .map(|boot| {
-                std::thread::spawn(move || {
-                    let rank = boot.rank;
-                    let dev = Device::Npu(rank as u32);
-                    let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
-                    let shapes: [&[usize]; 3] = [&[3, 5], &[7], &[2, 2, 4]];
-                    let value =
-                        |t: usize, i: usize, r: usize| (t * 100 + i) as f32 * (r + 1) as f32;
-                    let mut grads: Vec<Tensor> = shapes
-                        .iter()
-                        .enumerate()
-                        .map(|(t, s)| {
-                            let n: usize = s.iter().product();
-                            let v: Vec<f32> = (0..n).map(|i| value(t, i, rank)).collect();
-                            Tensor::from_slice(&v, s, dev).unwrap()
-                        })
-                        .collect();
-                    for bucket_bytes in [4 * 8, 1 << 20] {
-                        let mut g = grads.clone();
-                        boot.barrier().unwrap();
-                        let before = super::host_copies();
-                        boot.barrier().unwrap();
-                        c.average_gradients(&mut g, bucket_bytes).unwrap();
-                        AscendBackend::shared(rank as u32)
-                            .unwrap()
-                            .synchronize()
-                            .unwrap();
-                        boot.barrier().unwrap();
-                        let copies = super::host_copies() - before;
-                        boot.barrier().unwrap();
-                        assert_eq!(
-                            copies, 0,
-                            "host copies while averaging ({bucket_bytes} B buckets)"
-                        );
-                        for (t, (g, s)) in g.iter().zip(shapes).enumerate() {
-                            assert_eq!(g.shape(), s);
-                            assert_eq!(g.device(), dev);
-                            let want: Vec<f32> = (0..g.numel())
-                                .map(|i| (value(t, i, 0) + value(t, i, 1)) / 2.0)
-                                .collect();
-                            assert_eq!(
-                                g.to_vec().unwrap(),
-                                want,
-                                "tensor {t}, {bucket_bytes} B buckets"
-                            );
-                        }
-                    }
-                    grads.clear();
+        on_ranks(world, |boot| {
+            let rank = boot.rank;
+            let dev = Device::Npu(rank as u32);
+            let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
+            let shapes: [&[usize]; 3] = [&[3, 5], &[7], &[2, 2, 4]];
+            let value = |t: usize, i: usize, r: usize| (t * 100 + i) as f32 * (r + 1) as f32;
+            let mut grads: Vec<Tensor> = shapes
+                .iter()
+                .enumerate()
+                .map(|(t, s)| {
+                    let n: usize = s.iter().product();
+                    let v: Vec<f32> = (0..n).map(|i| value(t, i, rank)).collect();
+                    Tensor::from_slice(&v, s, dev).unwrap()
                 })
-            })
-            .collect();
-        for h in handles {
-            h.join().expect("rank thread panicked");
-        }
+                .collect();
+            for bucket_bytes in [4 * 8, 1 << 20] {
+                let mut g = grads.clone();
+                boot.barrier().unwrap();
+                let before = super::host_copies();
+                boot.barrier().unwrap();
+                c.average_gradients(&mut g, bucket_bytes).unwrap();
+                AscendBackend::shared(rank as u32)
+                    .unwrap()
+                    .synchronize()
+                    .unwrap();
+                boot.barrier().unwrap();
+                let copies = super::host_copies() - before;
+                boot.barrier().unwrap();
+                assert_eq!(
+                    copies, 0,
+                    "host copies while averaging ({bucket_bytes} B buckets)"
+                );
+                for (t, (g, s)) in g.iter().zip(shapes).enumerate() {
+                    assert_eq!(g.shape(), s);
+                    assert_eq!(g.device(), dev);
+                    let want: Vec<f32> = (0..g.numel())
+                        .map(|i| (value(t, i, 0) + value(t, i, 1)) / 2.0)
+                        .collect();
+                    assert_eq!(
+                        g.to_vec().unwrap(),
+                        want,
+                        "tensor {t}, {bucket_bytes} B buckets"
+                    );
+                }
+            }
+            grads.clear();
+        });
     }
 
     #[test]
     fn hccl_communicator_between_two_devices() {
         setup();
         let world = 2;
-        let handles: Vec<_> = Threads::group(world)
-            .into_iter()
-            .map(|boot| {
-                let rank = boot.rank;
-                std::thread::spawn(move || {
-                    let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
-                    assert_eq!((c.rank(), c.world_size()), (rank, world));
-                    let mut v: Vec<f32> = (0..5).map(|i| (i * (rank + 1)) as f32).collect();
-                    c.all_reduce_sum(&mut v).unwrap();
-                    assert_eq!(v, [0.0, 3.0, 6.0, 9.0, 12.0]);
-                    let mut b = vec![rank as f32 + 10.0; 3];
-                    c.broadcast(&mut b, 1).unwrap();
-                    assert_eq!(b, [11.0; 3]);
-                    let mine: Vec<u8> = (0..(3 + 4 * rank) as u8).collect();
-                    let all = c.all_gather_bytes(&mine).unwrap();
-                    assert_eq!(all[0], (0..3u8).collect::<Vec<_>>());
-                    assert_eq!(all[1], (0..7u8).collect::<Vec<_>>());
-                    let mut bb = if rank == 0 { vec![7u8; 9] } else { vec![] };
-                    c.broadcast_bytes(&mut bb, 0).unwrap();
-                    assert_eq!(bb, [7u8; 9]);
-                    c.barrier().unwrap();
-                    let mut m = vec![rank as f32; 4];
-                    c.all_reduce_mean(&mut m).unwrap();
-                    assert_eq!(m, [0.5; 4]);
-                    medsam::dist::selftest::run(&c).unwrap()
-                })
-            })
-            .collect();
-        for h in handles {
-            let report = h.join().expect("rank thread panicked");
+        let reports = on_ranks(world, |boot| {
+            let rank = boot.rank;
+            let c = HcclCommunicator::init(&boot, rank as u32).unwrap();
+            assert_eq!((c.rank(), c.world_size()), (rank, world));
+            let mut v: Vec<f32> = (0..5).map(|i| (i * (rank + 1)) as f32).collect();
+            c.all_reduce_sum(&mut v).unwrap();
+            assert_eq!(v, [0.0, 3.0, 6.0, 9.0, 12.0]);
+            let mut b = vec![rank as f32 + 10.0; 3];
+            c.broadcast(&mut b, 1).unwrap();
+            assert_eq!(b, [11.0; 3]);
+            let mine: Vec<u8> = (0..(3 + 4 * rank) as u8).collect();
+            let all = c.all_gather_bytes(&mine).unwrap();
+            assert_eq!(all[0], (0..3u8).collect::<Vec<_>>());
+            assert_eq!(all[1], (0..7u8).collect::<Vec<_>>());
+            let mut bb = if rank == 0 { vec![7u8; 9] } else { vec![] };
+            c.broadcast_bytes(&mut bb, 0).unwrap();
+            assert_eq!(bb, [7u8; 9]);
+            c.barrier().unwrap();
+            let mut m = vec![rank as f32; 4];
+            c.all_reduce_mean(&mut m).unwrap();
+            assert_eq!(m, [0.5; 4]);
+            medsam::dist::selftest::run(&c).unwrap()
+        });
+        for report in reports {
             eprintln!("{report}");
         }
     }
@@ -752,12 +684,10 @@ fn activations_on_device() {
     for (name, f) in ops {
         parity(name, &[(&[3, 4, 5], 11)], TOL, |t| f(&t[0].scale(2.5)?));
     }
-    parity(
-        "div broadcast",
-        &[(&[2, 3, 4], 1), (&[3, 1], 2)],
-        TOL,
-        |t| t[0].div(&t[1].scale(0.5)?.shift(1.75)?),
-    );
+    parity_cases! {
+        "div broadcast": [([2, 3, 4], 1), ([3, 1], 2)]
+            => |t| t[0].div(&t[1].scale(0.5)?.shift(1.75)?);
+    }
 }
 
 #[test]
@@ -775,49 +705,25 @@ fn bilinear_up_down_and_identity() {
 }
 
 #[test]
-fn depthwise_convolutions() {
-    parity(
-        "depthwise 3x3 s1 p1 bias",
-        &[(&[2, 4, 6, 5], 1), (&[4, 1, 3, 3], 2), (&[4], 3)],
-        TOL,
-        |t| t[0].depthwise_conv2d(&t[1], Some(&t[2]), 1, 1),
-    );
-    parity(
-        "depthwise 3x3 s2 p1 no bias",
-        &[(&[1, 3, 7, 7], 4), (&[3, 1, 3, 3], 5)],
-        TOL,
-        |t| t[0].depthwise_conv2d(&t[1], None, 2, 1),
-    );
-}
-
-#[test]
 fn batch_norm_train_and_eval() {
-    // Training mode: batch statistics on device (and their gradient terms in dx).
-    parity(
-        "batch_norm train",
-        &[(&[3, 4, 5, 2], 1), (&[4], 2), (&[4], 3)],
-        TOL,
-        |t| {
+    parity_cases! {
+        // Training mode: batch statistics on device (and their gradient terms in dx).
+        "batch_norm train": [([3, 4, 5, 2], 1), ([4], 2), ([4], 3)] => |t| {
             let g = t[1].shift(1.5)?;
             Ok(t[0]
                 .scale(2.0)?
                 .shift(0.3)?
                 .batch_norm(&g, &t[2], None, 1e-5)?
                 .0)
-        },
-    );
-    // Inference mode: fixed running statistics (constants, not variables).
-    parity(
-        "batch_norm eval",
-        &[(&[2, 3, 4, 4], 4), (&[3], 5), (&[3], 6)],
-        TOL,
-        |t| {
+        };
+        // Inference mode: fixed running statistics (constants, not variables).
+        "batch_norm eval": [([2, 3, 4, 4], 4), ([3], 5), ([3], 6)] => |t| {
             let dev = t[0].device();
             let rm = Tensor::from_slice(&[0.1, -0.2, 0.3], &[3], dev)?;
             let rv = Tensor::from_slice(&[0.5, 1.5, 2.0], &[3], dev)?;
             Ok(t[0].batch_norm(&t[1], &t[2], Some((&rm, &rv)), 1e-5)?.0)
-        },
-    );
+        };
+    }
     // The batch statistics themselves.
     setup();
     let stats = |dev: Device| {
@@ -1054,18 +960,12 @@ fn former_host_fallbacks_make_no_host_round_trip() {
 fn attention_without_rel_pos_uses_flash_attention() {
     // d == dv and no rel-pos: aclnnFlashAttentionScore forward, aclnnFlashAttentionScoreGrad
     // backward (gradients of q, k and v against the CPU kernels).
-    parity(
-        "flash attention",
-        &[(&[3, 5, 4], 1), (&[3, 7, 4], 2), (&[3, 7, 4], 3)],
-        TOL,
-        |t| attention(&t[0], &t[1], &t[2], 0.5, None),
-    );
-    parity(
-        "flash attention, one query",
-        &[(&[2, 1, 8], 4), (&[2, 9, 8], 5), (&[2, 9, 8], 6)],
-        TOL,
-        |t| attention(&t[0], &t[1], &t[2], 0.35, None),
-    );
+    parity_cases! {
+        "flash attention": [([3, 5, 4], 1), ([3, 7, 4], 2), ([3, 7, 4], 3)]
+            => |t| attention(&t[0], &t[1], &t[2], 0.5, None);
+        "flash attention, one query": [([2, 1, 8], 4), ([2, 9, 8], 5), ([2, 9, 8], 6)]
+            => |t| attention(&t[0], &t[1], &t[2], 0.35, None);
+    }
     // The forward really took the flash path: its saved state is the softmax statistics.
     use medsam::backend::ascend::FlashAttnState;
     use medsam::backend::{backend, AttnArgs, AttnSaved, Qkv};

@@ -52,6 +52,41 @@ fn rt() -> &'static AscendRuntime {
 }
 
 /// Whether a test of the stand-in's own model should run (not on an NPU).
+/// Device 0 and a stream on it.
+fn device0() -> (Device, Stream) {
+    let dev = rt().device(0).unwrap();
+    let stream = dev.stream().unwrap();
+    (dev, stream)
+}
+
+/// [`data`]`(n, seed)` on the host and uploaded to `dev`.
+fn upload_data(dev: &Device, n: usize, seed: u64) -> (Vec<f32>, DeviceBuffer) {
+    let host = data(n, seed);
+    let buf = dev.upload(&host).unwrap();
+    (host, buf)
+}
+
+/// `e` is the ACL (or, for an `aclnn*` function, aclnn) error `code` of `func`, with a CANN
+/// message containing `text`.
+fn assert_error(e: &AscendError, func: &str, code: i32, text: &str) {
+    let (f, c, msg) = match e {
+        AscendError::Acl {
+            func, code, msg, ..
+        }
+        | AscendError::Aclnn {
+            func, code, msg, ..
+        } => (*func, *code, msg.as_deref().unwrap_or("")),
+        other => panic!("wrong error: {other}"),
+    };
+    assert_eq!(
+        matches!(e, AscendError::Aclnn { .. }),
+        func.starts_with("aclnn"),
+        "{e}"
+    );
+    assert_eq!((f, c), (func, code), "{e}");
+    assert!(msg.contains(text), "{e}");
+}
+
 fn standin_only(test: &str) -> bool {
     standin::standin_only(test, "checks the stand-in's model")
 }
@@ -60,20 +95,12 @@ fn cpu_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut c = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
-            c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            c[i * n + j] = (0..k)
+                .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                .sum::<f64>() as f32;
         }
     }
     c
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: got {g}, want {w}"
-        );
-    }
 }
 
 #[test]
@@ -145,8 +172,7 @@ fn memory_roundtrip_and_stream_ordering() {
     if !standin_only("memory_roundtrip_and_stream_ordering") {
         return;
     }
-    let dev = rt().device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     let host = data(1000, 1);
     let a = dev.upload(&host).unwrap();
     let mut back = vec![0f32; 1000];
@@ -180,40 +206,40 @@ fn memory_roundtrip_and_stream_ordering() {
 
 #[test]
 fn matmul_and_batch_matmul_through_aclnn() {
-    let dev = rt().device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     let ops = Ops::new(&stream);
     let (m, k, n) = (3usize, 4usize, 5usize);
     let (ha, hb) = (data(m * k, 2), data(k * n, 3));
     let (a, b) = (dev.upload(&ha).unwrap(), dev.upload(&hb).unwrap());
     let mut c = dev.alloc_elems::<f32>(m * n).unwrap();
     ops.matmul(
-        &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
-        &TensorArg::input::<f32>(&b, l(&[4, 5])).unwrap(),
-        &TensorArg::output::<f32>(&mut c, l(&[3, 5])).unwrap(),
+        &f32_in(&a, &[3, 4]),
+        &f32_in(&b, &[4, 5]),
+        &f32_out(&mut c, &[3, 5]),
     )
     .unwrap();
     // The matmul asked for a workspace: it must be kept until the stream is synchronised.
     assert_eq!(stream.retained_count(), 1);
     let got = c.read::<f32>(&stream, m * n).unwrap();
     assert_eq!(stream.retained_count(), 0);
-    assert_close(&got, &cpu_matmul(&ha, &hb, m, k, n), 1e-5, "matmul");
+    close("matmul", &got, &cpu_matmul(&ha, &hb, m, k, n), 1e-5);
 
     // Transposed operand as a strided view: B stored as [n, k], used as [k, n].
     let hbt: Vec<f32> = (0..n * k).map(|i| hb[(i % k) * n + i / k]).collect();
     let bt = dev.upload(&hbt).unwrap();
     let mut c2 = dev.alloc_elems::<f32>(m * n).unwrap();
     ops.matmul(
-        &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
+        &f32_in(&a, &[3, 4]),
         &TensorArg::input::<f32>(&bt, l(&[5, 4]).transpose_last2()).unwrap(),
-        &TensorArg::output::<f32>(&mut c2, l(&[3, 5])).unwrap(),
+        &f32_out(&mut c2, &[3, 5]),
     )
     .unwrap();
-    assert_close(
-        &c2.read::<f32>(&stream, m * n).unwrap(),
+    read_close(
+        "matmul(Bt view)",
+        &c2,
+        &stream,
         &cpu_matmul(&ha, &hb, m, k, n),
         1e-5,
-        "matmul(Bt view)",
     );
 
     // Batched.
@@ -222,19 +248,14 @@ fn matmul_and_batch_matmul_through_aclnn() {
     let (x, y) = (dev.upload(&hx).unwrap(), dev.upload(&hy).unwrap());
     let mut z = dev.alloc_elems::<f32>(bs * m * n).unwrap();
     ops.batch_matmul(
-        &TensorArg::input::<f32>(&x, l(&[2, 3, 4])).unwrap(),
-        &TensorArg::input::<f32>(&y, l(&[2, 4, 5])).unwrap(),
-        &TensorArg::output::<f32>(&mut z, l(&[2, 3, 5])).unwrap(),
+        &f32_in(&x, &[2, 3, 4]),
+        &f32_in(&y, &[2, 4, 5]),
+        &f32_out(&mut z, &[2, 3, 5]),
     )
     .unwrap();
     let mut want = cpu_matmul(&hx[..m * k], &hy[..k * n], m, k, n);
     want.extend(cpu_matmul(&hx[m * k..], &hy[k * n..], m, k, n));
-    assert_close(
-        &z.read::<f32>(&stream, bs * m * n).unwrap(),
-        &want,
-        1e-5,
-        "bmm",
-    );
+    read_close("bmm", &z, &stream, &want, 1e-5);
 }
 
 fn cpu_layer_norm(
@@ -276,68 +297,42 @@ fn layer_norm_through_aclnn() {
     let mut mean = dev.alloc_elems::<f32>(rows).unwrap();
     let mut rstd = dev.alloc_elems::<f32>(rows).unwrap();
     ops.layer_norm(
-        &TensorArg::input::<f32>(&x, l(&[2, 3, 8])).unwrap(),
+        &f32_in(&x, &[2, 3, 8]),
         &[8],
-        Some(&TensorArg::input::<f32>(&w, l(&[8])).unwrap()),
-        Some(&TensorArg::input::<f32>(&b, l(&[8])).unwrap()),
+        Some(&f32_in(&w, &[8])),
+        Some(&f32_in(&b, &[8])),
         1e-5,
-        &TensorArg::output::<f32>(&mut y, l(&[2, 3, 8])).unwrap(),
-        Some(&TensorArg::output::<f32>(&mut mean, l(&[2, 3, 1])).unwrap()),
-        Some(&TensorArg::output::<f32>(&mut rstd, l(&[2, 3, 1])).unwrap()),
+        &f32_out(&mut y, &[2, 3, 8]),
+        Some(&f32_out(&mut mean, &[2, 3, 1])),
+        Some(&f32_out(&mut rstd, &[2, 3, 1])),
     )
     .unwrap();
     let (wy, wm, wr) = cpu_layer_norm(&hx, c, &hw, &hb, 1e-5);
-    assert_close(
-        &y.read::<f32>(&stream, rows * c).unwrap(),
-        &wy,
-        1e-4,
-        "ln y",
-    );
-    assert_close(
-        &mean.read::<f32>(&stream, rows).unwrap(),
-        &wm,
-        1e-5,
-        "ln mean",
-    );
-    assert_close(
-        &rstd.read::<f32>(&stream, rows).unwrap(),
-        &wr,
-        1e-4,
-        "ln rstd",
-    );
+    read_close("ln y", &y, &stream, &wy, 1e-4);
+    read_close("ln mean", &mean, &stream, &wm, 1e-5);
+    read_close("ln rstd", &rstd, &stream, &wr, 1e-4);
 }
 
 #[test]
 fn softmax_gelu_add_mul_through_aclnn() {
-    let dev = rt().device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     let ops = Ops::new(&stream);
-    let hx = data(12, 9);
-    let x = dev.upload(&hx).unwrap();
-    let xa = || TensorArg::input::<f32>(&x, l(&[3, 4])).unwrap();
+    let (hx, x) = upload_data(&dev, 12, 9);
+    let xa = || f32_in(&x, &[3, 4]);
 
     let mut s = dev.alloc_elems::<f32>(12).unwrap();
-    ops.softmax(
-        &xa(),
-        -1,
-        &TensorArg::output::<f32>(&mut s, l(&[3, 4])).unwrap(),
-    )
-    .unwrap();
+    ops.softmax(&xa(), -1, &f32_out(&mut s, &[3, 4])).unwrap();
     let got = s.read::<f32>(&stream, 12).unwrap();
     for (r, g) in hx.chunks(4).zip(got.chunks(4)) {
         let mx = r.iter().cloned().fold(f32::MIN, f32::max);
         let z: f32 = r.iter().map(|v| (v - mx).exp()).sum();
         let want: Vec<f32> = r.iter().map(|v| (v - mx).exp() / z).collect();
-        assert_close(g, &want, 1e-5, "softmax");
+        close("softmax", g, &want, 1e-5);
     }
 
     let mut g = dev.alloc_elems::<f32>(12).unwrap();
-    ops.gelu(
-        &xa(),
-        GeluApprox::Tanh,
-        &TensorArg::output::<f32>(&mut g, l(&[3, 4])).unwrap(),
-    )
-    .unwrap();
+    ops.gelu(&xa(), GeluApprox::Tanh, &f32_out(&mut g, &[3, 4]))
+        .unwrap();
     let want: Vec<f32> = hx
         .iter()
         .map(|&v| {
@@ -345,39 +340,24 @@ fn softmax_gelu_add_mul_through_aclnn() {
                 * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
         })
         .collect();
-    assert_close(
-        &g.read::<f32>(&stream, 12).unwrap(),
-        &want,
-        1e-5,
-        "gelu tanh",
-    );
+    read_close("gelu tanh", &g, &stream, &want, 1e-5);
 
     // Broadcast add with alpha: x[3,4] + 2 * bias[4]; then mul.
     let hb = data(4, 10);
     let bias = dev.upload(&hb).unwrap();
     let mut o = dev.alloc_elems::<f32>(12).unwrap();
-    ops.add(
-        &xa(),
-        &TensorArg::input::<f32>(&bias, l(&[4])).unwrap(),
-        2.0,
-        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
-    )
-    .unwrap();
+    ops.add(&xa(), &f32_in(&bias, &[4]), 2.0, &f32_out(&mut o, &[3, 4]))
+        .unwrap();
     let want: Vec<f32> = hx
         .iter()
         .enumerate()
         .map(|(i, v)| v + 2.0 * hb[i % 4])
         .collect();
-    assert_close(&o.read::<f32>(&stream, 12).unwrap(), &want, 1e-6, "add");
+    read_close("add", &o, &stream, &want, 1e-6);
     let mut p = dev.alloc_elems::<f32>(12).unwrap();
-    ops.mul(
-        &xa(),
-        &xa(),
-        &TensorArg::output::<f32>(&mut p, l(&[3, 4])).unwrap(),
-    )
-    .unwrap();
+    ops.mul(&xa(), &xa(), &f32_out(&mut p, &[3, 4])).unwrap();
     let want: Vec<f32> = hx.iter().map(|v| v * v).collect();
-    assert_close(&p.read::<f32>(&stream, 12).unwrap(), &want, 1e-6, "mul");
+    read_close("mul", &p, &stream, &want, 1e-6);
 }
 
 #[test]
@@ -388,21 +368,7 @@ fn errors_carry_function_code_and_message() {
     let rt = rt();
     // ACL: invalid device id.
     let e = rt.device(99).err().expect("device 99 must not exist");
-    match &e {
-        AscendError::Acl {
-            func, code, msg, ..
-        } => {
-            assert_eq!(*func, "aclrtSetDevice");
-            assert_eq!(*code, 107001);
-            assert!(
-                msg.as_deref()
-                    .unwrap_or("")
-                    .contains("invalid device id 99"),
-                "{e}"
-            );
-        }
-        other => panic!("wrong error: {other}"),
-    }
+    assert_error(&e, "aclrtSetDevice", 107001, "invalid device id 99");
     assert!(
         e.to_string().contains("ACL_ERROR_RT_INVALID_DEVICEID"),
         "{e}"
@@ -415,24 +381,12 @@ fn errors_carry_function_code_and_message() {
     let mut c = dev.alloc_elems::<f32>(9).unwrap();
     let e = Ops::new(&stream)
         .matmul(
-            &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
-            &TensorArg::input::<f32>(&a, l(&[3, 4])).unwrap(),
-            &TensorArg::output::<f32>(&mut c, l(&[3, 3])).unwrap(),
+            &f32_in(&a, &[3, 4]),
+            &f32_in(&a, &[3, 4]),
+            &f32_out(&mut c, &[3, 3]),
         )
         .unwrap_err();
-    match &e {
-        AscendError::Aclnn {
-            func, code, msg, ..
-        } => {
-            assert_eq!(*func, "aclnnMatmulGetWorkspaceSize");
-            assert_eq!(*code, 161002);
-            assert!(
-                msg.as_deref().unwrap_or("").contains("shape mismatch"),
-                "{e}"
-            );
-        }
-        other => panic!("wrong error: {other}"),
-    }
+    assert_error(&e, "aclnnMatmulGetWorkspaceSize", 161002, "shape mismatch");
 
     // A view that does not fit its buffer never reaches the runtime.
     assert!(matches!(
@@ -442,7 +396,7 @@ fn errors_carry_function_code_and_message() {
 
     // aclnnConvolution (1×1 output of a 4×4 input with itself as the kernel = Σ x²).
     let (got, want) = conv_self(&stream).unwrap();
-    assert_close(&[got], &[want], 1e-5, "conv2d");
+    close("conv2d", &[got], &[want], 1e-5);
     // Raw call from a thread without a bound context: the runtime refuses (107002).
     let rt2 = rt;
     std::thread::spawn(move || {
@@ -602,12 +556,10 @@ fn hccl_bad_root_info_is_rejected() {
 #[test]
 fn pointwise_div_and_bilinear_through_aclnn() {
     use medsam_ffi::ascend::UnaryOp;
-    let dev = rt().device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     let ops = Ops::new(&stream);
-    let hx = data(12, 21);
-    let x = dev.upload(&hx).unwrap();
-    let xa = || TensorArg::input::<f32>(&x, l(&[3, 4])).unwrap();
+    let (hx, x) = upload_data(&dev, 12, 21);
+    let xa = || f32_in(&x, &[3, 4]);
     type F = fn(f32) -> f32;
     let cases: [(UnaryOp, F); 6] = [
         (UnaryOp::Relu, |v| v.max(0.0)),
@@ -625,111 +577,68 @@ fn pointwise_div_and_bilinear_through_aclnn() {
             dev.upload(&hx).unwrap()
         };
         let mut o = dev.alloc_elems::<f32>(12).unwrap();
-        ops.unary(
-            op,
-            &TensorArg::input::<f32>(&src, l(&[3, 4])).unwrap(),
-            &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
-        )
-        .unwrap();
+        ops.unary(op, &f32_in(&src, &[3, 4]), &f32_out(&mut o, &[3, 4]))
+            .unwrap();
         let want: Vec<f32> = hx.iter().map(|&v| f(v)).collect();
-        assert_close(
-            &o.read::<f32>(&stream, 12).unwrap(),
-            &want,
-            1e-6,
-            &format!("{op:?}"),
-        );
+        read_close(&format!("{op:?}"), &o, &stream, &want, 1e-6);
     }
 
     // Division with a broadcast [4] divisor.
     let hd: Vec<f32> = data(4, 22).iter().map(|v| v + 2.0).collect();
     let d = dev.upload(&hd).unwrap();
     let mut o = dev.alloc_elems::<f32>(12).unwrap();
-    ops.div(
-        &xa(),
-        &TensorArg::input::<f32>(&d, l(&[4])).unwrap(),
-        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
-    )
-    .unwrap();
+    ops.div(&xa(), &f32_in(&d, &[4]), &f32_out(&mut o, &[3, 4]))
+        .unwrap();
     let want: Vec<f32> = hx.iter().enumerate().map(|(i, v)| v / hd[i % 4]).collect();
-    assert_close(&o.read::<f32>(&stream, 12).unwrap(), &want, 1e-6, "div");
+    read_close("div", &o, &stream, &want, 1e-6);
 
     // ReLU backward (threshold 0) and sigmoid backward (from y).
     let hg = data(12, 23);
     let g = dev.upload(&hg).unwrap();
-    let ga = || TensorArg::input::<f32>(&g, l(&[3, 4])).unwrap();
+    let ga = || f32_in(&g, &[3, 4]);
     let mut o = dev.alloc_elems::<f32>(12).unwrap();
-    ops.threshold_backward(
-        &ga(),
-        &xa(),
-        0.0,
-        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
-    )
-    .unwrap();
+    ops.threshold_backward(&ga(), &xa(), 0.0, &f32_out(&mut o, &[3, 4]))
+        .unwrap();
     let want: Vec<f32> = hx
         .iter()
         .zip(&hg)
         .map(|(&v, &d)| if v > 0.0 { d } else { 0.0 })
         .collect();
-    assert_close(
-        &o.read::<f32>(&stream, 12).unwrap(),
-        &want,
-        0.0,
-        "relu backward",
-    );
+    read_close("relu backward", &o, &stream, &want, 0.0);
     let mut o = dev.alloc_elems::<f32>(12).unwrap();
-    ops.sigmoid_backward(
-        &ga(),
-        &xa(),
-        &TensorArg::output::<f32>(&mut o, l(&[3, 4])).unwrap(),
-    )
-    .unwrap();
+    ops.sigmoid_backward(&ga(), &xa(), &f32_out(&mut o, &[3, 4]))
+        .unwrap();
     let want: Vec<f32> = hx
         .iter()
         .zip(&hg)
         .map(|(&y, &d)| d * y * (1.0 - y))
         .collect();
-    assert_close(
-        &o.read::<f32>(&stream, 12).unwrap(),
-        &want,
-        1e-6,
-        "sigmoid backward",
-    );
+    read_close("sigmoid backward", &o, &stream, &want, 1e-6);
 
     // Bilinear 2x upsampling of a [1, 1, 2, 2] image (align_corners=false), and its backward:
     // the gradient of a sum is the number of outputs each input feeds (4 per input here).
+    let up2 = |x: &TensorArg, out: &TensorArg| ops.upsample_bilinear2d(x, false, (2.0, 2.0), out);
+    let up2_back =
+        |g: &TensorArg, gi: &TensorArg| ops.upsample_bilinear2d_backward(g, false, (2.0, 2.0), gi);
     let img = dev.upload(&[0.0f32, 1.0, 2.0, 3.0]).unwrap();
     let mut up = dev.alloc_elems::<f32>(16).unwrap();
-    ops.upsample_bilinear2d(
-        &TensorArg::input::<f32>(&img, l(&[1, 1, 2, 2])).unwrap(),
-        false,
-        (2.0, 2.0),
-        &TensorArg::output::<f32>(&mut up, l(&[1, 1, 4, 4])).unwrap(),
+    up2(
+        &f32_in(&img, &[1, 1, 2, 2]),
+        &f32_out(&mut up, &[1, 1, 4, 4]),
     )
     .unwrap();
     let want = [
         0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
     ];
-    assert_close(
-        &up.read::<f32>(&stream, 16).unwrap(),
-        &want,
-        1e-6,
-        "bilinear",
-    );
+    read_close("bilinear", &up, &stream, &want, 1e-6);
     let ones = dev.upload(&[1.0f32; 16]).unwrap();
     let mut gi = dev.alloc_elems::<f32>(4).unwrap();
-    ops.upsample_bilinear2d_backward(
-        &TensorArg::input::<f32>(&ones, l(&[1, 1, 4, 4])).unwrap(),
-        false,
-        (2.0, 2.0),
-        &TensorArg::output::<f32>(&mut gi, l(&[1, 1, 2, 2])).unwrap(),
+    up2_back(
+        &f32_in(&ones, &[1, 1, 4, 4]),
+        &f32_out(&mut gi, &[1, 1, 2, 2]),
     )
     .unwrap();
-    assert_close(
-        &gi.read::<f32>(&stream, 4).unwrap(),
-        &[4.0; 4],
-        1e-6,
-        "bilinear backward",
-    );
+    read_close("bilinear backward", &gi, &stream, &[4.0; 4], 1e-6);
 
     if on_npu() {
         return; // the rest checks the stand-in's own refusals
@@ -738,32 +647,25 @@ fn pointwise_div_and_bilinear_through_aclnn() {
     let mut up = dev.alloc_elems::<f32>(16).unwrap();
     let e = ops
         .upsample_bilinear2d(
-            &TensorArg::input::<f32>(&img, l(&[1, 1, 2, 2])).unwrap(),
+            &f32_in(&img, &[1, 1, 2, 2]),
             true,
             (2.0, 2.0),
-            &TensorArg::output::<f32>(&mut up, l(&[1, 1, 4, 4])).unwrap(),
+            &f32_out(&mut up, &[1, 1, 4, 4]),
         )
         .unwrap_err();
-    match &e {
-        AscendError::Aclnn {
-            func, code, msg, ..
-        } => {
-            assert_eq!(*func, "aclnnUpsampleBilinear2dGetWorkspaceSize");
-            assert_eq!(*code, 161002);
-            assert!(msg.as_deref().unwrap_or("").contains("alignCorners"), "{e}");
-        }
-        other => panic!("wrong error: {other}"),
-    }
+    assert_error(
+        &e,
+        "aclnnUpsampleBilinear2dGetWorkspaceSize",
+        161002,
+        "alignCorners",
+    );
     // Batch/channel mismatch between self and out.
     let mut bad = dev.alloc_elems::<f32>(32).unwrap();
-    let e = ops
-        .upsample_bilinear2d(
-            &TensorArg::input::<f32>(&img, l(&[1, 1, 2, 2])).unwrap(),
-            false,
-            (2.0, 2.0),
-            &TensorArg::output::<f32>(&mut bad, l(&[1, 2, 4, 4])).unwrap(),
-        )
-        .unwrap_err();
+    let e = up2(
+        &f32_in(&img, &[1, 1, 2, 2]),
+        &f32_out(&mut bad, &[1, 2, 4, 4]),
+    )
+    .unwrap_err();
     assert!(
         e.to_string()
             .contains("aclnnUpsampleBilinear2dGetWorkspaceSize"),
@@ -776,12 +678,11 @@ fn flash_attention_checks_shapes_and_attributes() {
     if !standin_only("flash_attention_checks_shapes_and_attributes") {
         return;
     }
-    let dev = rt().device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     let ops = Ops::new(&stream);
     let (b, s, d) = (2i64, 3i64, 4i64);
     let q = dev.upload(&data((b * s * d) as usize, 31)).unwrap();
-    let qa = || TensorArg::input::<f32>(&q, l(&[b, 1, s, d])).unwrap();
+    let qa = || f32_in(&q, &[b, 1, s, d]);
     let mut mx = dev.alloc_elems::<f32>((b * s * 8) as usize).unwrap();
     let mut sm = dev.alloc_elems::<f32>((b * s * 8) as usize).unwrap();
     let mut rs = dev.alloc_elems::<f32>(1).unwrap();
@@ -797,8 +698,8 @@ fn flash_attention_checks_shapes_and_attributes() {
             },
             &TensorArg::output::<f32>(mx, l(stats)).unwrap(),
             &TensorArg::output::<f32>(&mut sm, l(stats)).unwrap(),
-            &TensorArg::output::<f32>(&mut rs, l(&[0])).unwrap(),
-            &TensorArg::output::<f32>(&mut out, l(&[b, 1, s, d])).unwrap(),
+            &f32_out(&mut rs, &[0]),
+            &f32_out(&mut out, &[b, 1, s, d]),
         )
     };
     // Self-attention of q with itself: softmax rows sum to one, so out rows lie in q's hull;
@@ -821,8 +722,7 @@ fn flash_attention_checks_shapes_and_attributes() {
 
 #[test]
 fn apply_adamw_v2_in_place() {
-    let dev = rt().device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     let ops = Ops::new(&stream);
     let n = 64usize;
     let (hw, hg) = (data(n, 41), data(n, 42));
@@ -843,13 +743,8 @@ fn apply_adamw_v2_in_place() {
         eps: 1e-8,
     };
     let t = |b| TensorArg::input::<f32>(b, l(&[n as i64])).unwrap();
-    ops.apply_adamw_v2(
-        (&t(&w), &t(&m), &t(&v)),
-        &t(&g),
-        &TensorArg::input::<f32>(&step, l(&[1])).unwrap(),
-        h,
-    )
-    .unwrap();
+    ops.apply_adamw_v2((&t(&w), &t(&m), &t(&v)), &t(&g), &f32_in(&step, &[1]), h)
+        .unwrap();
     let (gw, gm, gv) = (
         w.read::<f32>(&stream, n).unwrap(),
         m.read::<f32>(&stream, n).unwrap(),
@@ -876,7 +771,7 @@ fn apply_adamw_v2_in_place() {
         .apply_adamw_v2(
             (&t(&w), &t(&m), &t(&v)),
             &t(&g),
-            &TensorArg::input::<f32>(&bad_step, l(&[2])).unwrap(),
+            &f32_in(&bad_step, &[2]),
             h,
         )
         .unwrap_err();
@@ -890,67 +785,36 @@ fn apply_adamw_v2_in_place() {
 // ------------------------------------------------------------------------------------------
 // Random-shape properties against CPU references (formerly tests/ascend_npu_props.rs).
 
-fn close_rel(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: npu {g} vs cpu {w}"
-        );
-    }
-}
-
-fn cpu_mm(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut c = vec![0f32; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            c[i * n + j] = (0..k)
-                .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-                .sum::<f64>() as f32;
-        }
-    }
-    c
-}
-
 const CASES: u64 = 16;
 
 #[test]
 fn prop_matmul_matches_cpu() {
-    let rt = rt();
-    let dev = rt.device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     for seed in 0..CASES {
         let mut r = Rng(seed);
         let (m, k, n) = (r.range(1, 96), r.range(1, 96), r.range(1, 96));
         let (ha, hb) = (r.vec(m * k), r.vec(k * n));
         let (a, b) = (dev.upload(&ha).unwrap(), dev.upload(&hb).unwrap());
-        let want = cpu_mm(&ha, &hb, m, k, n);
+        let want = cpu_matmul(&ha, &hb, m, k, n);
         {
             let path = CubePrecision::Exact;
             let mut c = dev.alloc_elems::<f32>(m * n).unwrap();
             Ops::new(&stream)
                 .with_precision(path)
                 .matmul(
-                    &TensorArg::input::<f32>(&a, l(&[m as i64, k as i64])).unwrap(),
-                    &TensorArg::input::<f32>(&b, l(&[k as i64, n as i64])).unwrap(),
-                    &TensorArg::output::<f32>(&mut c, l(&[m as i64, n as i64])).unwrap(),
+                    &f32_in(&a, &[m as i64, k as i64]),
+                    &f32_in(&b, &[k as i64, n as i64]),
+                    &f32_out(&mut c, &[m as i64, n as i64]),
                 )
                 .unwrap_or_else(|e| panic!("{path:?} m={m} k={k} n={n}: {e}"));
-            close_rel(
-                &c.read::<f32>(&stream, m * n).unwrap(),
-                &want,
-                1e-3,
-                &format!("{path:?} {m}x{k}x{n}"),
-            );
+            read_close(&format!("{path:?} {m}x{k}x{n}"), &c, &stream, &want, 1e-3);
         }
     }
 }
 
 #[test]
 fn prop_layer_norm_matches_cpu() {
-    let rt = rt();
-    let dev = rt.device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     for seed in 0..CASES {
         let mut r = Rng(100 + seed);
         let (rows, c) = (r.range(1, 64), r.range(2, 256));
@@ -963,12 +827,12 @@ fn prop_layer_norm_matches_cpu() {
         let mut y = dev.alloc_elems::<f32>(rows * c).unwrap();
         Ops::new(&stream)
             .layer_norm(
-                &TensorArg::input::<f32>(&x, l(&[rows as i64, c as i64])).unwrap(),
+                &f32_in(&x, &[rows as i64, c as i64]),
                 &[c as i64],
-                Some(&TensorArg::input::<f32>(&w, l(&[c as i64])).unwrap()),
-                Some(&TensorArg::input::<f32>(&b, l(&[c as i64])).unwrap()),
+                Some(&f32_in(&w, &[c as i64])),
+                Some(&f32_in(&b, &[c as i64])),
                 1e-6,
-                &TensorArg::output::<f32>(&mut y, l(&[rows as i64, c as i64])).unwrap(),
+                &f32_out(&mut y, &[rows as i64, c as i64]),
                 None,
                 None,
             )
@@ -984,20 +848,13 @@ fn prop_layer_norm_matches_cpu() {
                     .map(|(j, &v)| ((v as f64 - mean) * rstd * hw[j] as f64 + hb[j] as f64) as f32),
             );
         }
-        close_rel(
-            &y.read::<f32>(&stream, rows * c).unwrap(),
-            &want,
-            1e-3,
-            "layer_norm",
-        );
+        read_close("layer_norm", &y, &stream, &want, 1e-3);
     }
 }
 
 #[test]
 fn prop_softmax_and_gelu_match_cpu() {
-    let rt = rt();
-    let dev = rt.device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     for seed in 0..CASES {
         let mut r = Rng(200 + seed);
         let (rows, c) = (r.range(1, 32), r.range(1, 128));
@@ -1018,12 +875,7 @@ fn prop_softmax_and_gelu_match_cpu() {
             let z: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
             want.extend(row.iter().map(|&v| (((v - mx) as f64).exp() / z) as f32));
         }
-        close_rel(
-            &s.read::<f32>(&stream, rows * c).unwrap(),
-            &want,
-            1e-4,
-            "softmax",
-        );
+        read_close("softmax", &s, &stream, &want, 1e-4);
 
         let mut g = dev.alloc_elems::<f32>(rows * c).unwrap();
         Ops::new(&stream)
@@ -1043,20 +895,13 @@ fn prop_softmax_and_gelu_match_cpu() {
                             .tanh())) as f32
             })
             .collect();
-        close_rel(
-            &g.read::<f32>(&stream, rows * c).unwrap(),
-            &want,
-            1e-3,
-            "gelu",
-        );
+        read_close("gelu", &g, &stream, &want, 1e-3);
     }
 }
 
 #[test]
 fn prop_conv2d_matches_cpu() {
-    let rt = rt();
-    let dev = rt.device(0).unwrap();
-    let stream = dev.stream().unwrap();
+    let (dev, stream) = device0();
     for seed in 0..CASES / 2 {
         let mut r = Rng(300 + seed);
         let (n, ci, co, h, w, k, s, p) = (
@@ -1109,12 +954,7 @@ fn prop_conv2d_matches_cpu() {
                 }
             }
         }
-        close_rel(
-            &y.read::<f32>(&stream, co * oh * ow).unwrap(),
-            &want,
-            1e-3,
-            "conv2d",
-        );
+        read_close("conv2d", &y, &stream, &want, 1e-3);
     }
 }
 

@@ -39,6 +39,19 @@ rust::Vec<uint8_t> to_bytes(const T& t) {
     return v;
 }
 
+// The plan of tiling `t` whose work is `items` independent pieces: block dim = min(cores,
+// items), at least 1, written into the tiling before it is serialised.
+template <typename T>
+LaunchPlan make_plan(T& t, uint64_t items, const Hardware& hw, uint32_t tile_a, uint32_t tile_b) {
+    t.block_dim = uint32_t(std::max<uint64_t>(1, std::min<uint64_t>(hw.cores, items)));
+    LaunchPlan p;
+    p.block_dim = t.block_dim;
+    p.tile_a = tile_a;
+    p.tile_b = tile_b;
+    p.tiling = to_bytes(t);
+    return p;
+}
+
 uint64_t attn_ub_bytes(const AttnShape& s, uint64_t tq, uint64_t tk) {
     uint64_t f = tq * align8(s.d)                 // q tile
                  + 2 * tk * align8(s.d)           // k tiles (double buffer)
@@ -86,15 +99,8 @@ LaunchPlan plan_rel_pos_attention(const AttnShape& s, const Hardware& hw) {
     t.tile_q = uint32_t(tq);
     t.tile_k = uint32_t(tk);
     t.q_tiles = uint32_t((uint64_t(s.nq) + tq - 1) / tq);
-    uint64_t items = uint64_t(s.bh) * t.q_tiles;
-    t.block_dim = uint32_t(std::max<uint64_t>(1, std::min<uint64_t>(hw.cores, items)));
     t.scale = s.scale;
-    LaunchPlan p;
-    p.block_dim = t.block_dim;
-    p.tile_a = t.tile_q;
-    p.tile_b = t.tile_k;
-    p.tiling = to_bytes(t);
-    return p;
+    return make_plan(t, uint64_t(s.bh) * t.q_tiles, hw, t.tile_q, t.tile_k);
 }
 
 LaunchPlan plan_layer_norm2d(const Ln2dShape& s, const Hardware& hw) {
@@ -118,15 +124,8 @@ LaunchPlan plan_layer_norm2d(const Ln2dShape& s, const Hardware& hw) {
     t.hw = s.hw;
     t.tile_hw = uint32_t(th);
     t.hw_tiles = uint32_t((uint64_t(s.hw) + th - 1) / th);
-    uint64_t items = uint64_t(s.n) * t.hw_tiles;
-    t.block_dim = uint32_t(std::max<uint64_t>(1, std::min<uint64_t>(hw.cores, items)));
     t.eps = s.eps;
-    LaunchPlan p;
-    p.block_dim = t.block_dim;
-    p.tile_a = t.tile_hw;
-    p.tile_b = 0;
-    p.tiling = to_bytes(t);
-    return p;
+    return make_plan(t, uint64_t(s.n) * t.hw_tiles, hw, t.tile_hw, 0);
 }
 
 rust::Vec<uint8_t> pack_gm_args(rust::Slice<const uint64_t> addrs) {

@@ -81,35 +81,34 @@ fn conv_and_upsample_operands_are_nchw() {
         dev.alloc_elems::<f32>(16).unwrap(),
     );
     ops.conv2d_backward(
-        &TensorArg::input::<f32>(&dy, l(&[1, 2, 2, 2])).unwrap(),
-        &TensorArg::input::<f32>(&x, l(&[1, 2, 3, 3])).unwrap(),
-        &TensorArg::input::<f32>(&w, l(&[2, 2, 2, 2])).unwrap(),
+        &f32_in(&dy, &[1, 2, 2, 2]),
+        &f32_in(&x, &[1, 2, 3, 3]),
+        &f32_in(&w, &[2, 2, 2, 2]),
         &[],
         [1, 1],
         [0, 0],
         [1, 1],
         1,
-        Some(&TensorArg::output::<f32>(&mut gx, l(&[1, 2, 3, 3])).unwrap()),
-        Some(&TensorArg::output::<f32>(&mut gw, l(&[2, 2, 2, 2])).unwrap()),
+        Some(&f32_out(&mut gx, &[1, 2, 3, 3])),
+        Some(&f32_out(&mut gw, &[2, 2, 2, 2])),
         None,
     )
     .expect("aclnnConvolutionBackward with NCHW operands");
 
+    let up2 = |x: &TensorArg, out: &TensorArg| ops.upsample_bilinear2d(x, false, (2.0, 2.0), out);
+    let up2_back =
+        |g: &TensorArg, gi: &TensorArg| ops.upsample_bilinear2d_backward(g, false, (2.0, 2.0), gi);
     let src = dev.upload(&data(2 * 3 * 4, 6)).unwrap();
     let mut up = dev.alloc_elems::<f32>(2 * 6 * 8).unwrap();
-    ops.upsample_bilinear2d(
-        &TensorArg::input::<f32>(&src, l(&[1, 2, 3, 4])).unwrap(),
-        false,
-        (2.0, 2.0),
-        &TensorArg::output::<f32>(&mut up, l(&[1, 2, 6, 8])).unwrap(),
+    up2(
+        &f32_in(&src, &[1, 2, 3, 4]),
+        &f32_out(&mut up, &[1, 2, 6, 8]),
     )
     .expect("aclnnUpsampleBilinear2d with NCHW operands");
     let mut back = dev.alloc_elems::<f32>(24).unwrap();
-    ops.upsample_bilinear2d_backward(
-        &TensorArg::input::<f32>(&up, l(&[1, 2, 6, 8])).unwrap(),
-        false,
-        (2.0, 2.0),
-        &TensorArg::output::<f32>(&mut back, l(&[1, 2, 3, 4])).unwrap(),
+    up2_back(
+        &f32_in(&up, &[1, 2, 6, 8]),
+        &f32_out(&mut back, &[1, 2, 3, 4]),
     )
     .expect("aclnnUpsampleBilinear2dBackward with an NCHW gradOut");
     stream.synchronize().unwrap();
@@ -195,9 +194,9 @@ fn cube_math_type_follows_the_soc() {
         set_soc(Some(soc));
         assert_eq!(rt().soc_name().as_deref(), Some(soc));
         let r = Ops::new(&stream).matmul(
-            &TensorArg::input::<f32>(&a, l(&[2, 3])).unwrap(),
-            &TensorArg::input::<f32>(&b, l(&[3, 4])).unwrap(),
-            &TensorArg::output::<f32>(&mut c, l(&[2, 4])).unwrap(),
+            &f32_in(&a, &[2, 3]),
+            &f32_in(&b, &[3, 4]),
+            &f32_out(&mut c, &[2, 4]),
         );
         let conv = conv_sum_of_squares(&stream);
         set_soc(None);
@@ -250,9 +249,9 @@ fn executor_released_when_the_workspace_cannot_be_allocated() {
     let before = live();
     set_ws(1 << 42);
     let r = Ops::new(&stream).matmul(
-        &TensorArg::input::<f32>(&a, l(&[2, 3])).unwrap(),
-        &TensorArg::input::<f32>(&b, l(&[3, 4])).unwrap(),
-        &TensorArg::output::<f32>(&mut c, l(&[2, 4])).unwrap(),
+        &f32_in(&a, &[2, 3]),
+        &f32_in(&b, &[3, 4]),
+        &f32_out(&mut c, &[2, 4]),
     );
     set_ws(0);
     assert!(r.is_err(), "a 4 TiB workspace cannot be allocated");

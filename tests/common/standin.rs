@@ -94,16 +94,32 @@ pub fn l(dims: &[i64]) -> medsam_ffi::ascend::Layout {
     medsam_ffi::ascend::Layout::contiguous(dims)
 }
 
+/// An f32 input view of `buf` with the contiguous layout of `dims`.
+pub fn f32_in<'a>(
+    buf: &'a medsam_ffi::ascend::DeviceBuffer,
+    dims: &[i64],
+) -> medsam_ffi::ascend::TensorArg<'a> {
+    medsam_ffi::ascend::TensorArg::input::<f32>(buf, l(dims)).unwrap()
+}
+
+/// An f32 output view of `buf` with the contiguous layout of `dims`.
+pub fn f32_out<'a>(
+    buf: &'a mut medsam_ffi::ascend::DeviceBuffer,
+    dims: &[i64],
+) -> medsam_ffi::ascend::TensorArg<'a> {
+    medsam_ffi::ascend::TensorArg::output::<f32>(buf, l(dims)).unwrap()
+}
+
 /// `aclnnConvolution` of a `[1, 1, 4, 4]` input with itself as the kernel (a 1×1 output, Σ x²):
 /// `(got, want)`.
 pub fn conv_self(stream: &medsam_ffi::ascend::Stream) -> medsam_ffi::ascend::Result<(f32, f32)> {
-    use medsam_ffi::ascend::{Ops, TensorArg};
+    use medsam_ffi::ascend::Ops;
     let dev = stream.device();
     let xh = data(16, 2);
     let x = dev.upload(&xh).unwrap();
     let mut y = dev.alloc_elems::<f32>(1).unwrap();
-    let xv = || TensorArg::input::<f32>(&x, l(&[1, 1, 4, 4])).unwrap();
-    let out = TensorArg::output::<f32>(&mut y, l(&[1, 1, 1, 1])).unwrap();
+    let xv = || f32_in(&x, &[1, 1, 4, 4]);
+    let out = f32_out(&mut y, &[1, 1, 1, 1]);
     (Ops::new(stream)).conv2d(&xv(), &xv(), None, [1, 1], [0, 0], [1, 1], 1, &out)?;
     let got = y.read::<f32>(stream, 1)?[0];
     Ok((got, xh.iter().map(|v| v * v).sum()))
@@ -145,23 +161,35 @@ impl Rng {
     }
 }
 
+/// [`close`] on the first `want.len()` elements of `buf`, read after synchronising `stream`.
+pub fn read_close(
+    what: &str,
+    buf: &medsam_ffi::ascend::DeviceBuffer,
+    stream: &medsam_ffi::ascend::Stream,
+    want: &[f32],
+    tol: f32,
+) {
+    close(
+        what,
+        &buf.read::<f32>(stream, want.len()).unwrap(),
+        want,
+        tol,
+    );
+}
+
 /// NPU result `got` against CPU `want`: error relative to `1 + |want|` at most `tol`.
 pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0f32, 0usize);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}[{i}]: npu {g}, cpu {w}");
-        let d = (g - w).abs() / (1.0 + w.abs());
-        if d > worst.0 {
-            worst = (d, i);
-        }
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("{what}[{i}]: npu {}, cpu {}", got[i], want[i]);
     }
-    assert!(
-        worst.0 <= tol,
-        "{what}: worst error {} at {} (npu {}, cpu {})",
-        worst.0,
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
+    let rel = |i: usize| (got[i] - want[i]).abs() / (1.0 + want[i].abs());
+    if let Some(i) = (0..got.len()).max_by(|&a, &b| rel(a).total_cmp(&rel(b))) {
+        let (g, w) = (got[i], want[i]);
+        assert!(
+            rel(i) <= tol,
+            "{what}: worst error {} at {i} (npu {g}, cpu {w})",
+            rel(i)
+        );
+    }
 }

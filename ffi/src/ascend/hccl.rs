@@ -190,18 +190,21 @@ impl HcclComm {
     ) -> Result<()> {
         Self::fits::<T>(send, count, "all_reduce send")?;
         Self::fits::<T>(recv, count, "all_reduce recv")?;
+        self.all_reduce_raw::<T>((send.as_ptr(), recv.as_ptr()), count, op.raw(), stream)
+    }
+
+    /// `HcclAllReduce` of `count` elements of `T` from `send` into `recv` (may be the same).
+    fn all_reduce_raw<T: Element>(
+        &self,
+        (send, recv): (*mut std::ffi::c_void, *mut std::ffi::c_void),
+        count: usize,
+        op: HcclReduceOp,
+        stream: &Stream,
+    ) -> Result<()> {
         let dt = Self::reduce_dtype::<T>()?;
         hccl!(
             self.dev.runtime(),
-            HcclAllReduce(
-                send.as_ptr(),
-                recv.as_ptr(),
-                count as u64,
-                dt,
-                op.raw(),
-                self.raw,
-                stream.raw()
-            )
+            HcclAllReduce(send, recv, count as u64, dt, op, self.raw, stream.raw())
         )
     }
 
@@ -215,20 +218,8 @@ impl HcclComm {
         stream: &Stream,
     ) -> Result<()> {
         Self::fits::<T>(buf, count, "all_reduce")?;
-        let dt = Self::reduce_dtype::<T>()?;
         let p = buf.as_ptr();
-        hccl!(
-            self.dev.runtime(),
-            HcclAllReduce(
-                p,
-                p,
-                count as u64,
-                dt,
-                HCCL_REDUCE_SUM,
-                self.raw,
-                stream.raw()
-            )
-        )
+        self.all_reduce_raw::<T>((p, p), count, HCCL_REDUCE_SUM, stream)
     }
 
     /// Broadcast `count` elements of `buf` from `root`.

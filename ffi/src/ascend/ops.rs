@@ -334,15 +334,15 @@ fn need<T>(f: Option<T>, func: &'static str) -> Result<T> {
 
 /// Map an `aclnnStatus`.
 pub fn check_aclnn(rt: &AscendRuntime, func: &'static str, code: aclnnStatus) -> Result<()> {
-    if code == 0 {
-        return Ok(());
+    match code {
+        0 => Ok(()),
+        _ => Err(AscendError::Aclnn {
+            func,
+            code,
+            class: aclnn_status_class(code),
+            msg: rt.recent_error_message(),
+        }),
     }
-    Err(AscendError::Aclnn {
-        func,
-        code,
-        class: aclnn_status_class(code),
-        msg: rt.recent_error_message(),
-    })
 }
 
 /// One aclnn operator call: `aclnn!(ops, Op(args...))` looks up `aclnn<Op>GetWorkspaceSize` /
@@ -361,6 +361,44 @@ macro_rules! aclnn {
             // headers exist); the descriptors outlive the call.
             |ws, ex| unsafe { p1($($arg,)* ws, ex) },
             p2,
+        )
+    }};
+}
+
+/// `aclnnFlashAttentionScore` / `aclnnFlashAttentionScoreGrad` through [`aclnn!`], with the
+/// arguments the two share written once: `$lead`, the four absent masks (pse / realShift,
+/// dropMask, paddingMask, attenMask), `$mid`, then no prefix and the attributes of `$attr`
+/// (scaleValue, keepProb 1, pre/next tokens covering every key, headNum, layout "BNSD",
+/// innerPrecise 0, sparseMode 0), then `$out`.
+macro_rules! flash_aclnn {
+    ($ops:expr, $op:ident, $attr:expr, [$($lead:expr),*], [$($mid:expr),*], [$($out:expr),*]) => {{
+        let attr: FlashAttn = $attr;
+        let layout = CString::new("BNSD").expect("no NUL");
+        let null = std::ptr::null();
+        aclnn!(
+            $ops,
+            $op(
+                $($lead,)*
+                null, null, null, null,
+                $($mid,)*
+                std::ptr::null(),
+                attr.scale, 1.0, FlashAttn::ALL_TOKENS, FlashAttn::ALL_TOKENS, attr.head_num,
+                layout.as_ptr() as *mut _, 0, 0,
+                $($out),*
+            )
+        )
+    }};
+}
+
+/// `aclnnConvolution` / `aclnnConvolutionBackward` through [`aclnn!`]: `$lead`, then the
+/// attributes the two share — stride, padding, dilation, transposed = false, outputPadding
+/// (`$arrays`, from [`Ops::conv_arrays`]) and groups — then `$tail`.
+macro_rules! conv_aclnn {
+    ($ops:expr, $op:ident, [$($lead:expr),*], $arrays:expr, $groups:expr, [$($tail:expr),*]) => {{
+        let [s, p, d, op]: &[AclHandle<aclIntArray>; 4] = &$arrays;
+        aclnn!(
+            $ops,
+            $op($($lead,)* s.raw(), p.raw(), d.raw(), false, op.raw(), $groups, $($tail),*)
         )
     }};
 }
@@ -514,26 +552,25 @@ impl<'s> Ops<'s> {
         Ok([s, p, self.int_array(&dilation)?, self.int_array(&[0, 0])?])
     }
 
-    fn int_array(&self, v: &[i64]) -> Result<AclHandle<aclIntArray>> {
+    /// A descriptor holding a copy of `v`, made by the nnopbase function `name`.
+    fn array<E, T: Descriptor>(
+        &self,
+        create: fn(&NnopBase) -> Option<unsafe extern "C" fn(*const E, u64) -> *mut T>,
+        name: &'static str,
+        v: &[E],
+    ) -> Result<AclHandle<T>> {
         let nn = self.nn()?;
-        let create = need(nn.aclCreateIntArray, "aclCreateIntArray")?;
+        let create = need(create(nn), name)?;
         // SAFETY: the array is copied.
-        AclHandle::new(
-            nn,
-            unsafe { create(v.as_ptr(), v.len() as u64) },
-            "aclCreateIntArray",
-        )
+        AclHandle::new(nn, unsafe { create(v.as_ptr(), v.len() as u64) }, name)
+    }
+
+    fn int_array(&self, v: &[i64]) -> Result<AclHandle<aclIntArray>> {
+        self.array(|nn| nn.aclCreateIntArray, "aclCreateIntArray", v)
     }
 
     fn bool_array(&self, v: &[bool]) -> Result<AclHandle<aclBoolArray>> {
-        let nn = self.nn()?;
-        let create = need(nn.aclCreateBoolArray, "aclCreateBoolArray")?;
-        // SAFETY: the array is copied.
-        AclHandle::new(
-            nn,
-            unsafe { create(v.as_ptr(), v.len() as u64) },
-            "aclCreateBoolArray",
-        )
+        self.array(|nn| nn.aclCreateBoolArray, "aclCreateBoolArray", v)
     }
 
     fn scalar_f32(&self, v: f32) -> Result<AclHandle<aclScalar>> {
@@ -702,22 +739,14 @@ impl<'s> Ops<'s> {
             self.opt_tensor(bias)?,
             self.tensor(out)?,
         );
-        let [s, p, d, op] = self.conv_arrays(stride, padding, dilation)?;
-        aclnn!(
+        let attrs = self.conv_arrays(stride, padding, dilation)?;
+        conv_aclnn!(
             self,
-            Convolution(
-                x.raw(),
-                w.raw(),
-                raw_opt(&b),
-                s.raw(),
-                p.raw(),
-                d.raw(),
-                false,
-                op.raw(),
-                groups,
-                out.raw(),
-                cm
-            )
+            Convolution,
+            [x.raw(), w.raw(), raw_opt(&b)],
+            attrs,
+            groups,
+            [out.raw(), cm]
         )
     }
 
@@ -741,27 +770,15 @@ impl<'s> Ops<'s> {
         let cm = self.cube(x.dtype);
         let (g, x, w) = (self.tensor(grad_out)?, self.tensor(x)?, self.tensor(w)?);
         let bs = self.int_array(bias_sizes)?;
-        let [s, p, d, op] = self.conv_arrays(stride, padding, dilation)?;
+        let attrs = self.conv_arrays(stride, padding, dilation)?;
         let (mask, [gi, gw, gb]) = self.grad_outputs([grad_in, grad_weight, grad_bias])?;
-        aclnn!(
+        conv_aclnn!(
             self,
-            ConvolutionBackward(
-                g.raw(),
-                x.raw(),
-                w.raw(),
-                bs.raw(),
-                s.raw(),
-                p.raw(),
-                d.raw(),
-                false,
-                op.raw(),
-                groups,
-                mask.raw(),
-                cm,
-                raw_opt(&gi),
-                raw_opt(&gw),
-                raw_opt(&gb)
-            )
+            ConvolutionBackward,
+            [g.raw(), x.raw(), w.raw(), bs.raw()],
+            attrs,
+            groups,
+            [mask.raw(), cm, raw_opt(&gi), raw_opt(&gw), raw_opt(&gb)]
         )
     }
 
@@ -959,32 +976,13 @@ impl<'s> Ops<'s> {
     ) -> Result<()> {
         let (q, k, v) = (self.tensor(q)?, self.tensor(k)?, self.tensor(v)?);
         let [m, s, so, out] = self.tensors([softmax_max, softmax_sum, softmax_out, out])?;
-        let layout = CString::new("BNSD").expect("no NUL");
-        let null = std::ptr::null();
-        aclnn!(
+        flash_aclnn!(
             self,
-            FlashAttentionScore(
-                q.raw(),
-                k.raw(),
-                v.raw(),
-                null,
-                null,
-                null,
-                null,
-                std::ptr::null(),
-                attr.scale,
-                1.0,
-                FlashAttn::ALL_TOKENS,
-                FlashAttn::ALL_TOKENS,
-                attr.head_num,
-                layout.as_ptr() as *mut _,
-                0,
-                0,
-                m.raw(),
-                s.raw(),
-                so.raw(),
-                out.raw()
-            )
+            FlashAttentionScore,
+            attr,
+            [q.raw(), k.raw(), v.raw()],
+            [],
+            [m.raw(), s.raw(), so.raw(), out.raw()]
         )
     }
 
@@ -1007,37 +1005,13 @@ impl<'s> Ops<'s> {
         let [m, s, out] = self.tensors([saved.0, saved.1, saved.2])?;
         let (e1, e2) = (self.tensor(empty)?, self.tensor(empty)?);
         let [gq, gk, gv] = self.tensors([grads.0, grads.1, grads.2])?;
-        let layout = CString::new("BNSD").expect("no NUL");
-        let null = std::ptr::null();
-        aclnn!(
+        flash_aclnn!(
             self,
-            FlashAttentionScoreGrad(
-                q.raw(),
-                k.raw(),
-                v.raw(),
-                dy.raw(),
-                null,
-                null,
-                null,
-                null,
-                m.raw(),
-                s.raw(),
-                e1.raw(),
-                out.raw(),
-                std::ptr::null(),
-                attr.scale,
-                1.0,
-                FlashAttn::ALL_TOKENS,
-                FlashAttn::ALL_TOKENS,
-                attr.head_num,
-                layout.as_ptr() as *mut _,
-                0,
-                0,
-                gq.raw(),
-                gk.raw(),
-                gv.raw(),
-                e2.raw()
-            )
+            FlashAttentionScoreGrad,
+            attr,
+            [q.raw(), k.raw(), v.raw(), dy.raw()],
+            [m.raw(), s.raw(), e1.raw(), out.raw()],
+            [gq.raw(), gk.raw(), gv.raw(), e2.raw()]
         )
     }
 

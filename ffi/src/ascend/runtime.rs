@@ -402,22 +402,23 @@ impl Device {
         )?;
         Ok((free, total))
     }
+    /// A handle from an `aclrtCreate*` function (`create` writes it), on this device.
+    fn create<H>(&self, create: impl FnOnce(&mut *mut H) -> Result<()>) -> Result<*mut H> {
+        self.bind_thread()?;
+        let mut raw = std::ptr::null_mut();
+        create(&mut raw)?;
+        Ok(raw)
+    }
     /// Create a stream on this device.
     pub fn stream(&self) -> Result<Stream> {
-        self.bind_thread()?;
-        let mut raw: aclrtStream = std::ptr::null_mut();
-        acl!(self.0.rt, aclrtCreateStream(&mut raw))?;
-        Ok(Stream {
-            dev: self.clone(),
-            raw,
-            retained: Mutex::new(Vec::new()),
-        })
+        let raw = self.create(|raw| acl!(self.0.rt, aclrtCreateStream(raw)))?;
+        let retained = Mutex::new(Vec::new());
+        let dev = self.clone();
+        Ok(Stream { dev, raw, retained })
     }
     /// Create an event on this device.
     pub fn event(&self) -> Result<Event> {
-        self.bind_thread()?;
-        let mut raw: aclrtEvent = std::ptr::null_mut();
-        acl!(self.0.rt, aclrtCreateEvent(&mut raw))?;
+        let raw = self.create(|raw| acl!(self.0.rt, aclrtCreateEvent(raw)))?;
         Ok(Event {
             dev: self.clone(),
             raw,

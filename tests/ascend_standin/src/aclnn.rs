@@ -300,8 +300,7 @@ pub struct Executor {
     /// Thread that ran phase 1 (for `standin_live_executors`).
     thread: std::thread::ThreadId,
     ws_size: u64,
-    /// The kernel; gets the workspace address.
-    job: Option<Box<dyn FnOnce(usize) -> Result<(), (i32, String)> + Send>>,
+    job: Option<Kernel>,
 }
 
 static EXECUTORS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -346,10 +345,27 @@ pub unsafe extern "C" fn aclDestroyAclOpExecutor(ex: *mut Executor) -> i32 {
     }
 }
 
+/// A queued aclnn kernel; gets the workspace address.
+type Kernel = Box<dyn FnOnce(usize) -> Result<(), (i32, String)> + Send>;
+
+/// What the checks of a phase 1 hand to the executor: workspace bytes and the kernel.
+pub(crate) struct Planned(u64, Kernel);
+
+/// A kernel without workspace that cannot fail.
+pub(crate) fn plan(f: impl FnOnce() + Send + 'static) -> Result<Planned, i32> {
+    Ok(Planned(
+        0,
+        Box::new(move |_| {
+            f();
+            Ok(())
+        }),
+    ))
+}
+
 unsafe fn finish_phase1(
     name: &'static str,
     ws_size: u64,
-    job: Box<dyn FnOnce(usize) -> Result<(), (i32, String)> + Send>,
+    job: Kernel,
     ws: *mut u64,
     ex: *mut *mut Executor,
 ) -> i32 {
@@ -416,33 +432,50 @@ unsafe fn phase2(
     }
     let job = e.job.take().unwrap();
     let w = Addr(workspace as usize);
-    let r = enqueue(
+    enqueue(
         stream,
         Box::new(move || {
             let w = w;
             job(w.0)
         }),
-    );
-    if r != OK {
-        return r;
-    }
-    OK
+    )
+}
+
+/// One aclnn operator, both phases, from its two names (ggml-cann's
+/// `GGML_CANN_CALL_ACLNN_OP` seen from the library side):
+/// * `$p1(args.., workspaceSize, executor)` runs `$check` — CANN's phase-1 argument
+///   validation, where the constant `F` names `$p1` in errors — which plans the workspace
+///   bytes and the kernel; then the NULL checks of the outputs and a single-use executor;
+/// * `$op(workspace, workspaceSize, executor, stream)` is [`phase2`].
+macro_rules! aclnn_op {
+    ($(#[$doc:meta])* $op:ident, $p1:ident($($arg:ident: $ty:ty),* $(,)?) $check:block) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $p1($($arg: $ty,)* ws: *mut u64, ex: *mut *mut Executor) -> i32 {
+            #[allow(unused_variables)]
+            unsafe fn check($($arg: $ty),*) -> Result<Planned, i32> {
+                const F: &str = stringify!($p1);
+                $check
+            }
+            match check($($arg),*) {
+                Ok(Planned(size, kernel)) => finish_phase1(stringify!($op), size, kernel, ws, ex),
+                Err(code) => code,
+            }
+        }
+        #[no_mangle]
+        pub unsafe extern "C" fn $op(
+            ws: *mut c_void,
+            n: u64,
+            ex: *mut Executor,
+            stream: *mut c_void,
+        ) -> i32 {
+            phase2(stringify!($op), ws, n, ex, stream)
+        }
+    };
 }
 
 unsafe fn tensor<'a>(func: &str, what: &str, t: *const AclTensor) -> Result<&'a AclTensor, i32> {
-    if t.is_null() {
-        return Err(fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            format!("{func}: {what} is NULL"),
-        ));
-    }
-    if !is_live(t) {
-        return Err(fail(
-            ACLNN_ERR_PARAM_INVALID,
-            format!("{func}: {what} {t:p} is not a live aclTensor (destroyed?)"),
-        ));
-    }
-    let t = &*t;
+    let t = live(func, what, "aclTensor (destroyed?)", t)?;
     if t.dtype != ACL_FLOAT {
         return Err(fail(
             ACLNN_ERR_PARAM_INVALID,
@@ -468,31 +501,106 @@ unsafe fn opt_tensor<'a>(
     }
 }
 
+/// [`tensor`] for each `(name, pointer)`, in order.
+unsafe fn tensors<'a, const N: usize>(
+    func: &str,
+    ts: [(&str, *const AclTensor); N],
+) -> Result<[&'a AclTensor; N], i32> {
+    let mut out = Vec::with_capacity(N);
+    for (what, t) in ts {
+        out.push(tensor(func, what, t)?);
+    }
+    Ok(out.try_into().unwrap_or_else(|_| unreachable!()))
+}
+
+/// [`opt_tensor`] for each `(name, pointer)`, in order.
+unsafe fn opt_tensors<'a, const N: usize>(
+    func: &str,
+    ts: [(&str, *const AclTensor); N],
+) -> Result<[Option<&'a AclTensor>; N], i32> {
+    let mut out = [None; N];
+    for (o, (what, t)) in out.iter_mut().zip(ts) {
+        *o = opt_tensor(func, what, t)?;
+    }
+    Ok(out)
+}
+
+/// `Ok` when `ok`, else a phase-1 ACLNN_ERR_PARAM_INVALID error saying `msg()`.
+pub(crate) fn ensure(func: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<(), i32> {
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(func, msg()))
+    }
+}
+
+/// A live descriptor of kind `kind` (NULL: ACLNN_ERR_PARAM_NULLPTR).
+unsafe fn live<'a, T>(func: &str, what: &str, kind: &str, p: *const T) -> Result<&'a T, i32> {
+    if p.is_null() {
+        return Err(fail(
+            ACLNN_ERR_PARAM_NULLPTR,
+            format!("{func}: {what} is NULL"),
+        ));
+    }
+    if !is_live(p) {
+        return Err(bad(func, format!("{what} {p:p} is not a live {kind}")));
+    }
+    Ok(&*p)
+}
+
+pub(crate) unsafe fn int_array<'a>(
+    func: &str,
+    what: &str,
+    a: *const AclIntArray,
+) -> Result<&'a [i64], i32> {
+    live(func, what, "aclIntArray", a).map(|a| &a.0[..])
+}
+
+pub(crate) unsafe fn bool_array(func: &str, a: *const AclBoolArray) -> Result<Vec<bool>, i32> {
+    live(func, "outputMask", "aclBoolArray", a).map(|a| a.0.clone())
+}
+
+/// An f32 `aclScalar` argument.
+pub(crate) unsafe fn f32_scalar(func: &str, what: &str, s: *const AclScalar) -> Result<f32, i32> {
+    let s = live(func, what, "aclScalar", s)?;
+    if s.dtype != ACL_FLOAT {
+        return Err(bad(
+            func,
+            format!("{what} dtype {} (stand-in: FLOAT)", s.dtype),
+        ));
+    }
+    Ok(f32::from_ne_bytes([
+        s.bits[0], s.bits[1], s.bits[2], s.bits[3],
+    ]))
+}
+
+/// The views of `ts`, captured by value for the kernel.
+pub(crate) fn views<const N: usize>(ts: [&AclTensor; N]) -> [View; N] {
+    ts.map(|t| t.view.clone())
+}
+
+pub(crate) fn opt_views<const N: usize>(ts: [Option<&AclTensor>; N]) -> [Option<View>; N] {
+    ts.map(|t| t.map(|t| t.view.clone()))
+}
+
+/// `dims(what) == want` or a phase-1 error naming both.
+pub(crate) fn check_dims(func: &str, what: &str, got: &[i64], want: &[i64]) -> Result<(), i32> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(bad(func, format!("{what} {got:?} != {want:?}")))
+    }
+}
+
+/// A softmax dimension `dim` (negative: from the end) of a rank-`r` tensor.
+pub(crate) fn softmax_dim(dim: i64, r: usize) -> Option<usize> {
+    let r = r as i64;
+    let d = if dim < 0 { dim + r } else { dim };
+    (0..r).contains(&d).then_some(d as usize)
+}
+
 fn bad(func: &str, msg: String) -> i32 {
     fail(ACLNN_ERR_PARAM_INVALID, format!("{func}: {msg}"))
-}
-
-macro_rules! try_i32 {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(c) => return c,
-        }
-    };
-}
-
-macro_rules! run_fn {
-    ($name:ident, $s:literal) => {
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            ws: *mut c_void,
-            n: u64,
-            ex: *mut Executor,
-            stream: *mut c_void,
-        ) -> i32 {
-            phase2($s, ws, n, ex, stream)
-        }
-    };
 }
 
 // ------------------------------------------------------------------ matmul
@@ -535,92 +643,61 @@ pub(crate) fn matmul_views(a: &View, m: &View, out: &View, ws: usize) {
     }
 }
 
-unsafe fn mm_phase1(
-    func: &'static str,
-    name: &'static str,
+unsafe fn mm_check(
+    func: &str,
     rank: usize,
     a: *const AclTensor,
     m: *const AclTensor,
     out: *mut AclTensor,
     cube: i8,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    let a = try_i32!(tensor(func, "self", a));
-    let m = try_i32!(tensor(func, "mat2", m));
-    let o = try_i32!(tensor(func, "out", out));
-    try_i32!(check_cube(func, a.dtype, cube));
+) -> Result<Planned, i32> {
+    let a = tensor(func, "self", a)?;
+    let m = tensor(func, "mat2", m)?;
+    let o = tensor(func, "out", out)?;
+    check_cube(func, a.dtype, cube)?;
     let (ad, md, od) = (&a.view.dims, &m.view.dims, &o.view.dims);
     if ad.len() != rank || md.len() != rank || od.len() != rank {
-        return bad(
+        return Err(bad(
             func,
             format!("stand-in supports rank-{rank} operands, got {ad:?} {md:?} {od:?}"),
-        );
+        ));
     }
     let k = rank - 1;
     let batch_ok = rank == 2 || (ad[0] == md[0] && ad[0] == od[0]);
     if ad[k] != md[k - 1] || od[k - 1] != ad[k - 1] || od[k] != md[k] || !batch_ok {
-        return bad(func, format!("shape mismatch: {ad:?} @ {md:?} -> {od:?}"));
+        return Err(bad(
+            func,
+            format!("shape mismatch: {ad:?} @ {md:?} -> {od:?}"),
+        ));
     }
     let ws_size = (ad[k - 1] * md[k] * 4) as u64;
-    let (av, mv, ov) = (a.view.clone(), m.view.clone(), o.view.clone());
-    finish_phase1(
-        name,
+    let [av, mv, ov] = views([a, m, o]);
+    Ok(Planned(
         ws_size,
         Box::new(move |w| {
             matmul_views(&av, &mv, &ov, w);
             Ok(())
         }),
-        ws,
-        ex,
-    )
+    ))
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnMatmulGetWorkspaceSize(
+aclnn_op!(aclnnMatmul, aclnnMatmulGetWorkspaceSize(
     a: *const AclTensor,
     m: *const AclTensor,
     out: *mut AclTensor,
     cube: i8,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    mm_phase1(
-        "aclnnMatmulGetWorkspaceSize",
-        "aclnnMatmul",
-        2,
-        a,
-        m,
-        out,
-        cube,
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnMatmul, "aclnnMatmul");
+) {
+    mm_check(F, 2, a, m, out, cube)
+});
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnBatchMatMulGetWorkspaceSize(
+aclnn_op!(aclnnBatchMatMul, aclnnBatchMatMulGetWorkspaceSize(
     a: *const AclTensor,
     m: *const AclTensor,
     out: *mut AclTensor,
     cube: i8,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    mm_phase1(
-        "aclnnBatchMatMulGetWorkspaceSize",
-        "aclnnBatchMatMul",
-        3,
-        a,
-        m,
-        out,
-        cube,
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnBatchMatMul, "aclnnBatchMatMul");
+) {
+    mm_check(F, 3, a, m, out, cube)
+});
 
 // ------------------------------------------------------------------ layer norm
 
@@ -656,8 +733,19 @@ pub(crate) fn layer_norm_rows(
     (y, means, vars)
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnLayerNormGetWorkspaceSize(
+/// `normalizedShape` must be a non-empty suffix of the input dims.
+pub(crate) fn check_normalized_shape(func: &str, ns: &[i64], xd: &[i64]) -> Result<(), i32> {
+    let q = ns.len();
+    if q == 0 || q > xd.len() || xd[xd.len() - q..] != ns[..] {
+        return Err(bad(
+            func,
+            format!("normalizedShape {ns:?} is not a suffix of input {xd:?}"),
+        ));
+    }
+    Ok(())
+}
+
+aclnn_op!(aclnnLayerNorm, aclnnLayerNormGetWorkspaceSize(
     x: *const AclTensor,
     shape: *const AclIntArray,
     w: *const AclTensor,
@@ -666,85 +754,56 @@ pub unsafe extern "C" fn aclnnLayerNormGetWorkspaceSize(
     out: *mut AclTensor,
     mean: *mut AclTensor,
     rstd: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnLayerNormGetWorkspaceSize";
-    let x = try_i32!(tensor(F, "input", x));
+) {
+    let x = tensor(F, "input", x)?;
     if shape.is_null() {
-        return fail(
+        return Err(fail(
             ACLNN_ERR_PARAM_NULLPTR,
             format!("{F}: normalizedShape is NULL"),
-        );
+        ));
     }
     let ns = (*shape).0.clone();
-    let w = try_i32!(opt_tensor(F, "weight", w));
-    let b = try_i32!(opt_tensor(F, "bias", b));
-    let o = try_i32!(tensor(F, "out", out));
-    let m = try_i32!(opt_tensor(F, "meanOut", mean));
-    let rs = try_i32!(opt_tensor(F, "rstdOut", rstd));
+    let [w, b] = opt_tensors(F, [("weight", w), ("bias", b)])?;
+    let o = tensor(F, "out", out)?;
+    let [m, rs] = opt_tensors(F, [("meanOut", mean), ("rstdOut", rstd)])?;
     let xd = &x.view.dims;
-    let q = ns.len();
-    if q == 0 || q > xd.len() || xd[xd.len() - q..] != ns[..] {
-        return bad(
-            F,
-            format!("normalizedShape {ns:?} is not a suffix of input {xd:?}"),
-        );
-    }
-    if o.view.dims != *xd {
-        return bad(F, format!("out {:?} != input {xd:?}", o.view.dims));
-    }
-    for (what, t) in [("weight", w), ("bias", b)] {
-        if let Some(t) = t {
-            if t.view.dims != ns {
-                return bad(
-                    F,
-                    format!("{what} {:?} != normalizedShape {ns:?}", t.view.dims),
-                );
-            }
-        }
-    }
+    check_normalized_shape(F, &ns, xd)?;
+    check_dims(F, "out", &o.view.dims, xd)?;
     let mut stat = xd.clone();
     let r = stat.len();
-    for d in stat[r - q..].iter_mut() {
+    for d in stat[r - ns.len()..].iter_mut() {
         *d = 1;
     }
-    for (what, t) in [("meanOut", m), ("rstdOut", rs)] {
+    for (what, t, want) in [
+        ("weight", w, &ns),
+        ("bias", b, &ns),
+        ("meanOut", m, &stat),
+        ("rstdOut", rs, &stat),
+    ] {
         if let Some(t) = t {
-            if t.view.dims != stat {
-                return bad(F, format!("{what} {:?} != {stat:?}", t.view.dims));
-            }
+            check_dims(F, what, &t.view.dims, want)?;
         }
     }
     let row: i64 = ns.iter().product();
-    let (xv, ov) = (x.view.clone(), o.view.clone());
-    let (wv, bv) = (w.map(|t| t.view.clone()), b.map(|t| t.view.clone()));
-    let (mv, rv) = (m.map(|t| t.view.clone()), rs.map(|t| t.view.clone()));
-    finish_phase1(
-        "aclnnLayerNorm",
-        0,
-        Box::new(move |_| {
-            let (wd, bd) = (wv.map(|v| v.read()), bv.map(|v| v.read()));
-            let (y, means, vars) =
-                layer_norm_rows(&xv.read(), row as usize, wd.as_deref(), bd.as_deref(), eps);
-            ov.write(&y);
-            if let Some(mv) = mv {
-                mv.write(&means);
-            }
-            if let Some(rv) = rv {
-                let rstd: Vec<f32> = vars
-                    .iter()
-                    .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
-                    .collect();
-                rv.write(&rstd);
-            }
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnLayerNorm, "aclnnLayerNorm");
+    let [xv, ov] = views([x, o]);
+    let [wv, bv, mv, rv] = opt_views([w, b, m, rs]);
+    plan(move || {
+        let (wd, bd) = (wv.map(|v| v.read()), bv.map(|v| v.read()));
+        let (y, means, vars) =
+            layer_norm_rows(&xv.read(), row as usize, wd.as_deref(), bd.as_deref(), eps);
+        ov.write(&y);
+        if let Some(mv) = mv {
+            mv.write(&means);
+        }
+        if let Some(rv) = rv {
+            let rstd: Vec<f32> = vars
+                .iter()
+                .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+                .collect();
+            rv.write(&rstd);
+        }
+    })
+});
 
 // ------------------------------------------------------------------ softmax
 
@@ -768,38 +827,20 @@ pub(crate) fn softmax_view(x: &View, dim: usize, out: &View) {
     });
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnSoftmaxGetWorkspaceSize(
+aclnn_op!(aclnnSoftmax, aclnnSoftmaxGetWorkspaceSize(
     x: *const AclTensor,
     dim: i64,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnSoftmaxGetWorkspaceSize";
-    let x = try_i32!(tensor(F, "self", x));
-    let o = try_i32!(tensor(F, "out", out));
-    let r = x.view.dims.len() as i64;
-    let d = if dim < 0 { dim + r } else { dim };
-    if d < 0 || d >= r || o.view.dims != x.view.dims {
-        return bad(
-            F,
-            format!("dim {dim} / shapes {:?} -> {:?}", x.view.dims, o.view.dims),
-        );
-    }
-    let (xv, ov) = (x.view.clone(), o.view.clone());
-    finish_phase1(
-        "aclnnSoftmax",
-        0,
-        Box::new(move |_| {
-            softmax_view(&xv, d as usize, &ov);
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnSoftmax, "aclnnSoftmax");
+) {
+    let x = tensor(F, "self", x)?;
+    let o = tensor(F, "out", out)?;
+    let d = softmax_dim(dim, x.view.dims.len()).filter(|_| o.view.dims == x.view.dims);
+    let d = d.ok_or_else(|| {
+        bad(F, format!("dim {dim} / shapes {:?} -> {:?}", x.view.dims, o.view.dims))
+    })?;
+    let [xv, ov] = views([x, o]);
+    plan(move || softmax_view(&xv, d, &ov))
+});
 
 // ------------------------------------------------------------------ gelu
 
@@ -826,107 +867,61 @@ pub(crate) fn gelu(v: f32, tanh: bool) -> f32 {
     y as f32
 }
 
+/// `out = op(self, flag)` elementwise, same shape.
 unsafe fn unary(
-    f: &'static str,
-    name: &'static str,
+    f: &str,
     x: *const AclTensor,
     out: *mut AclTensor,
     op: fn(f32, bool) -> f32,
     flag: bool,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    let x = try_i32!(tensor(f, "self", x));
-    let o = try_i32!(tensor(f, "out", out));
+) -> Result<Planned, i32> {
+    let x = tensor(f, "self", x)?;
+    let o = tensor(f, "out", out)?;
     if o.view.dims != x.view.dims {
-        return bad(f, format!("shapes {:?} -> {:?}", x.view.dims, o.view.dims));
+        return Err(bad(
+            f,
+            format!("shapes {:?} -> {:?}", x.view.dims, o.view.dims),
+        ));
     }
-    let (xv, ov) = (x.view.clone(), o.view.clone());
-    finish_phase1(
-        name,
-        0,
-        Box::new(move |_| {
-            let y: Vec<f32> = xv.read().into_iter().map(|v| op(v, flag)).collect();
-            ov.write(&y);
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
+    let [xv, ov] = views([x, o]);
+    plan(move || {
+        let y: Vec<f32> = xv.read().into_iter().map(|v| op(v, flag)).collect();
+        ov.write(&y);
+    })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnGeluGetWorkspaceSize(
-    x: *const AclTensor,
-    out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    unary(
-        "aclnnGeluGetWorkspaceSize",
-        "aclnnGelu",
-        x,
-        out,
-        gelu,
-        true,
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnGelu, "aclnnGelu");
+aclnn_op!(aclnnGelu, aclnnGeluGetWorkspaceSize(x: *const AclTensor, out: *mut AclTensor) {
+    unary(F, x, out, gelu, true)
+});
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnGeluV2GetWorkspaceSize(
+aclnn_op!(aclnnGeluV2, aclnnGeluV2GetWorkspaceSize(
     x: *const AclTensor,
     approximate: i64,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
+) {
     if !(0..=1).contains(&approximate) {
-        return bad(
-            "aclnnGeluV2GetWorkspaceSize",
+        return Err(bad(
+            F,
             format!("approximate {approximate} not in {{0, 1}}"),
-        );
+        ));
     }
-    unary(
-        "aclnnGeluV2GetWorkspaceSize",
-        "aclnnGeluV2",
-        x,
-        out,
-        gelu,
-        approximate == 1,
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnGeluV2, "aclnnGeluV2");
+    unary(F, x, out, gelu, approximate == 1)
+});
 
-// ------------------------------------------------------------------ add / mul (broadcasting)
+// ------------------------------------------------------------------ add / mul / div (broadcasting)
 
+/// NumPy broadcasting of two shapes (None: incompatible).
 fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
     let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let x = if i + a.len() >= r {
-            a[i + a.len() - r]
-        } else {
-            1
-        };
-        let y = if i + b.len() >= r {
-            b[i + b.len() - r]
-        } else {
-            1
-        };
-        out[i] = if x == y || y == 1 {
-            x
-        } else if x == 1 {
-            y
-        } else {
-            return None;
-        };
-    }
-    Some(out)
+    // Dim `i` of `v` right-aligned to rank `r` (1 where `v` has no such dim).
+    let dim = |v: &[i64], i: usize| (i + v.len()).checked_sub(r).map_or(1, |j| v[j]);
+    (0..r)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y || y == 1 => Some(x),
+            (1, y) => Some(y),
+            _ => None,
+        })
+        .collect()
 }
 
 fn bget(v: &View, out_idx: &[i64]) -> f32 {
@@ -944,114 +939,76 @@ fn bget(v: &View, out_idx: &[i64]) -> f32 {
     v.get(&idx)
 }
 
-unsafe fn binary(
-    f: &'static str,
-    name: &'static str,
+/// `out = op(self, other)` with broadcasting.
+pub(crate) unsafe fn binary(
+    f: &str,
     a: *const AclTensor,
     b: *const AclTensor,
     out: *mut AclTensor,
-    alpha: f32,
-    mul: bool,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    let a = try_i32!(tensor(f, "self", a));
-    let b = try_i32!(tensor(f, "other", b));
-    let o = try_i32!(tensor(f, "out", out));
-    match broadcast(&a.view.dims, &b.view.dims) {
-        Some(d) if d == o.view.dims => {}
-        _ => {
-            return bad(
-                f,
-                format!(
-                    "cannot broadcast {:?} and {:?} to {:?}",
-                    a.view.dims, b.view.dims, o.view.dims
-                ),
-            )
-        }
-    }
-    let (av, bv, ov) = (a.view.clone(), b.view.clone(), o.view.clone());
-    finish_phase1(
-        name,
-        0,
-        Box::new(move |_| {
-            let mut vals = Vec::with_capacity(ov.numel());
-            for_each_index(&ov.dims, |i| {
-                let (x, y) = (bget(&av, i), bget(&bv, i));
-                vals.push(if mul { x * y } else { x + alpha * y });
-            });
-            ov.write(&vals);
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
+    op: impl Fn(f32, f32) -> f32 + Send + 'static,
+) -> Result<Planned, i32> {
+    let a = tensor(f, "self", a)?;
+    let b = tensor(f, "other", b)?;
+    let o = tensor(f, "out", out)?;
+    let out_dims = broadcast(&a.view.dims, &b.view.dims);
+    ensure(f, out_dims.as_ref() == Some(&o.view.dims), || {
+        let (ad, bd, od) = (&a.view.dims, &b.view.dims, &o.view.dims);
+        format!("cannot broadcast {ad:?} and {bd:?} to {od:?}")
+    })?;
+    let [av, bv, ov] = views([a, b, o]);
+    plan(move || {
+        let mut vals = Vec::with_capacity(ov.numel());
+        for_each_index(&ov.dims, |i| vals.push(op(bget(&av, i), bget(&bv, i))));
+        ov.write(&vals);
+    })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnAddGetWorkspaceSize(
+/// Two same-shape inputs and an output of that shape (named `what`); `f(a, b)` per element.
+pub(crate) unsafe fn zip2(
+    func: &str,
+    what: (&str, &str, &str),
+    a: *const AclTensor,
+    b: *const AclTensor,
+    out: *mut AclTensor,
+    f: impl Fn(f32, f32) -> f32 + Send + 'static,
+) -> Result<Planned, i32> {
+    let a = tensor(func, what.0, a)?;
+    let b = tensor(func, what.1, b)?;
+    let o = tensor(func, what.2, out)?;
+    if a.view.dims != b.view.dims || o.view.dims != a.view.dims {
+        return Err(bad(
+            func,
+            format!(
+                "{} {:?}, {} {:?} and {} {:?} must have one shape",
+                what.0, a.view.dims, what.1, b.view.dims, what.2, o.view.dims
+            ),
+        ));
+    }
+    let [av, bv, ov] = views([a, b, o]);
+    plan(move || {
+        let (x, y) = (av.read(), bv.read());
+        let r: Vec<f32> = x.iter().zip(&y).map(|(&p, &q)| f(p, q)).collect();
+        ov.write(&r);
+    })
+}
+
+aclnn_op!(aclnnAdd, aclnnAddGetWorkspaceSize(
     a: *const AclTensor,
     b: *const AclTensor,
     alpha: *const AclScalar,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    if alpha.is_null() {
-        return fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            "aclnnAddGetWorkspaceSize: alpha is NULL",
-        );
-    }
-    if !is_live(alpha) {
-        return bad(
-            "aclnnAddGetWorkspaceSize",
-            format!("alpha {alpha:p} is not a live aclScalar"),
-        );
-    }
-    let s = &*alpha;
-    if s.dtype != ACL_FLOAT {
-        return bad(
-            "aclnnAddGetWorkspaceSize",
-            format!("alpha dtype {} (stand-in: FLOAT)", s.dtype),
-        );
-    }
-    let al = f32::from_ne_bytes([s.bits[0], s.bits[1], s.bits[2], s.bits[3]]);
-    binary(
-        "aclnnAddGetWorkspaceSize",
-        "aclnnAdd",
-        a,
-        b,
-        out,
-        al,
-        false,
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnAdd, "aclnnAdd");
+) {
+    let al = f32_scalar(F, "alpha", alpha)?;
+    binary(F, a, b, out, move |x, y| x + al * y)
+});
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
+aclnn_op!(aclnnMul, aclnnMulGetWorkspaceSize(
     a: *const AclTensor,
     b: *const AclTensor,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    binary(
-        "aclnnMulGetWorkspaceSize",
-        "aclnnMul",
-        a,
-        b,
-        out,
-        1.0,
-        true,
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnMul, "aclnnMul");
+) {
+    binary(F, a, b, out, |x, y| x * y)
+});
 
 mod extra;
 mod flash;

@@ -236,48 +236,55 @@ fn reduce(dt: i32, op: i32, all: &[Vec<u8>], count: usize) -> Vec<u8> {
         }
         out
     }
+    macro_rules! go_as {
+        ($t:ty) => {
+            go::<$t>(
+                all,
+                count,
+                op,
+                |b| <$t>::from_ne_bytes(b.try_into().unwrap()),
+                |v| v.to_ne_bytes().to_vec(),
+                std::mem::size_of::<$t>(),
+            )
+        };
+    }
     match dt {
-        4 => go::<f32>(
-            all,
-            count,
-            op,
-            |b| f32::from_ne_bytes(b.try_into().unwrap()),
-            |v| v.to_ne_bytes().to_vec(),
-            4,
-        ),
-        2 => go::<i32>(
-            all,
-            count,
-            op,
-            |b| i32::from_ne_bytes(b.try_into().unwrap()),
-            |v| v.to_ne_bytes().to_vec(),
-            4,
-        ),
-        5 => go::<i64>(
-            all,
-            count,
-            op,
-            |b| i64::from_ne_bytes(b.try_into().unwrap()),
-            |v| v.to_ne_bytes().to_vec(),
-            8,
-        ),
-        _ => go::<f64>(
-            all,
-            count,
-            op,
-            |b| f64::from_ne_bytes(b.try_into().unwrap()),
-            |v| v.to_ne_bytes().to_vec(),
-            8,
-        ),
+        4 => go_as!(f32),
+        2 => go_as!(i32),
+        5 => go_as!(i64),
+        _ => go_as!(f64),
     }
 }
 
-unsafe fn comm_ref<'a>(comm: *mut Comm) -> Option<&'a Comm> {
-    comm.as_ref()
+/// The communicator of a collective and its group (NULL: HCCL_E_PTR).
+unsafe fn comm_ref<'a>(comm: *mut Comm) -> Result<(&'a Comm, Arc<Group>, u32), u32> {
+    match comm.as_ref() {
+        Some(c) => Ok((c, c.group.clone(), c.rank)),
+        None => Err(HCCL_E_PTR),
+    }
 }
 
-fn group_of(c: &Comm) -> (Arc<Group>, u32) {
-    (c.group.clone(), c.rank)
+/// As [`comm_ref`], plus the bytes of `count` elements of `dt` (HCCL_E_NOT_SUPPORT).
+unsafe fn comm_bytes<'a>(
+    comm: *mut Comm,
+    count: u64,
+    dt: i32,
+) -> Result<(&'a Comm, Arc<Group>, u32, usize), u32> {
+    let (c, g, rank) = comm_ref(comm)?;
+    let sz = elem(dt).ok_or(HCCL_E_NOT_SUPPORT)?;
+    Ok((c, g, rank, count as usize * sz))
+}
+
+/// Runs the checks of a collective, then enqueues its job on `stream` (collectives run at
+/// stream sync); an enqueue failure is HCCL_E_RUNTIME (15).
+unsafe fn collective(stream: *mut c_void, plan: impl FnOnce() -> Result<Job, u32>) -> u32 {
+    match plan() {
+        Ok(job) => match enqueue(stream, job) {
+            OK => 0,
+            _ => 15,
+        },
+        Err(code) => code,
+    }
 }
 
 #[no_mangle]
@@ -290,41 +297,28 @@ pub unsafe extern "C" fn HcclAllReduce(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> u32 {
-    let Some(c) = comm_ref(comm) else {
-        return HCCL_E_PTR;
-    };
-    let Some(sz) = elem(dt) else {
-        return HCCL_E_NOT_SUPPORT;
-    };
-    // Rule (hicann/hccl docs/zh/api_ref/comm_op_interface/HcclAllReduce.md, Atlas A2/A3):
-    // reductions take int8/16/32/64, fp16, fp32, bf16 only; UINT8 (7) and FP64 (10) are not.
-    if dt == 7 || dt == 10 {
-        return HCCL_E_NOT_SUPPORT;
-    }
-    if !(0..=3).contains(&op) {
-        return HCCL_E_PARA;
-    }
-    let bytes = count as usize * sz;
-    if !is_device(send as usize, bytes) || !is_device(recv as usize, bytes) {
-        return HCCL_E_PARA;
-    }
-    let (g, rank) = group_of(c);
-    let (s, r) = (Addr(send as usize), Addr(recv as usize));
-    let rc = enqueue(
-        stream,
-        Box::new(move || {
+    collective(stream, || {
+        let (_, g, rank, bytes) = comm_bytes(comm, count, dt)?;
+        // Rule (hicann/hccl docs/zh/api_ref/comm_op_interface/HcclAllReduce.md, Atlas A2/A3):
+        // reductions take int8/16/32/64, fp16, fp32, bf16 only; UINT8 (7) and FP64 (10) are not.
+        if dt == 7 || dt == 10 {
+            return Err(HCCL_E_NOT_SUPPORT);
+        }
+        if !(0..=3).contains(&op)
+            || !is_device(send as usize, bytes)
+            || !is_device(recv as usize, bytes)
+        {
+            return Err(HCCL_E_PARA);
+        }
+        let (s, r) = (Addr(send as usize), Addr(recv as usize));
+        Ok(Box::new(move || {
             let mine = std::slice::from_raw_parts(s.0 as *const u8, bytes).to_vec();
             let all = g.exchange(rank, mine)?;
             let out = reduce(dt, op, &all, count as usize);
             std::ptr::copy_nonoverlapping(out.as_ptr(), r.0 as *mut u8, bytes);
             Ok(())
-        }),
-    );
-    if rc == OK {
-        0
-    } else {
-        15
-    }
+        }) as Job)
+    })
 }
 
 #[no_mangle]
@@ -336,21 +330,13 @@ pub unsafe extern "C" fn HcclBroadcast(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> u32 {
-    let Some(c) = comm_ref(comm) else {
-        return HCCL_E_PTR;
-    };
-    let Some(sz) = elem(dt) else {
-        return HCCL_E_NOT_SUPPORT;
-    };
-    let bytes = count as usize * sz;
-    if root >= c.group.n || !is_device(buf as usize, bytes) {
-        return HCCL_E_PARA;
-    }
-    let (g, rank) = group_of(c);
-    let b = Addr(buf as usize);
-    let rc = enqueue(
-        stream,
-        Box::new(move || {
+    collective(stream, || {
+        let (c, g, rank, bytes) = comm_bytes(comm, count, dt)?;
+        if root >= c.group.n || !is_device(buf as usize, bytes) {
+            return Err(HCCL_E_PARA);
+        }
+        let b = Addr(buf as usize);
+        Ok(Box::new(move || {
             let mine = if rank == root {
                 std::slice::from_raw_parts(b.0 as *const u8, bytes).to_vec()
             } else {
@@ -359,13 +345,8 @@ pub unsafe extern "C" fn HcclBroadcast(
             let all = g.exchange(rank, mine)?;
             std::ptr::copy_nonoverlapping(all[root as usize].as_ptr(), b.0 as *mut u8, bytes);
             Ok(())
-        }),
-    );
-    if rc == OK {
-        0
-    } else {
-        15
-    }
+        }) as Job)
+    })
 }
 
 #[no_mangle]
@@ -377,25 +358,16 @@ pub unsafe extern "C" fn HcclAllGather(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> u32 {
-    let Some(c) = comm_ref(comm) else {
-        return HCCL_E_PTR;
-    };
-    let Some(sz) = elem(dt) else {
-        return HCCL_E_NOT_SUPPORT;
-    };
-    let bytes = count as usize * sz;
-    if !is_device(send as usize, bytes) || !is_device(recv as usize, bytes * c.group.n as usize) {
-        return HCCL_E_PARA;
-    }
-    let (g, rank) = group_of(c);
-    let (s, r) = (Addr(send as usize), Addr(recv as usize));
-    let rc = enqueue(
-        stream,
-        Box::new(move || {
-            let all = g.exchange(
-                rank,
-                std::slice::from_raw_parts(s.0 as *const u8, bytes).to_vec(),
-            )?;
+    collective(stream, || {
+        let (c, g, rank, bytes) = comm_bytes(comm, count, dt)?;
+        if !is_device(send as usize, bytes) || !is_device(recv as usize, bytes * c.group.n as usize)
+        {
+            return Err(HCCL_E_PARA);
+        }
+        let (s, r) = (Addr(send as usize), Addr(recv as usize));
+        Ok(Box::new(move || {
+            let mine = std::slice::from_raw_parts(s.0 as *const u8, bytes).to_vec();
+            let all = g.exchange(rank, mine)?;
             for (i, part) in all.iter().enumerate() {
                 std::ptr::copy_nonoverlapping(
                     part.as_ptr(),
@@ -404,28 +376,14 @@ pub unsafe extern "C" fn HcclAllGather(
                 );
             }
             Ok(())
-        }),
-    );
-    if rc == OK {
-        0
-    } else {
-        15
-    }
+        }) as Job)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn HcclBarrier(comm: *mut Comm, stream: *mut c_void) -> u32 {
-    let Some(c) = comm_ref(comm) else {
-        return HCCL_E_PTR;
-    };
-    let (g, rank) = group_of(c);
-    let rc = enqueue(
-        stream,
-        Box::new(move || g.exchange(rank, vec![]).map(|_| ())),
-    );
-    if rc == OK {
-        0
-    } else {
-        15
-    }
+    collective(stream, || {
+        let (_, g, rank) = comm_ref(comm)?;
+        Ok(Box::new(move || g.exchange(rank, vec![]).map(|_| ())) as Job)
+    })
 }

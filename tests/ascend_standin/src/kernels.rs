@@ -81,7 +81,7 @@ pub unsafe extern "C" fn aclrtBinaryGetFunction(
     }
     let n = CStr::from_ptr(name).to_string_lossy().into_owned();
     let b = &*(bin as *const Binary);
-    if !b.kernels.iter().any(|k| *k == n) {
+    if !b.kernels.contains(&n) {
         return fail(
             ACL_ERROR_RT_PARAM_INVALID,
             format!("aclrtBinaryGetFunction: no kernel {n:?} in the binary"),
@@ -158,21 +158,68 @@ fn tiling_bytes(addr: u64, n: usize) -> Result<Vec<u8>, (i32, String)> {
     Ok(unsafe { std::slice::from_raw_parts(addr as *const u8, n) }.to_vec())
 }
 
-fn run_attention(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
-    let bytes = tiling_bytes(a[7], RelPosAttnTiling::BYTES)?;
-    let t = RelPosAttnTiling::from_bytes(&bytes).expect("length checked");
-    t.validate().map_err(|e| {
+/// What a launch needs of a kernel's tiling struct (`kernels/src/ascend_tiled.rs`).
+trait Tiling: Sized {
+    const KERNEL: &'static str;
+    /// Size of the struct in device memory.
+    const SIZE: usize;
+    /// Operand names, in the order of the argument block (the tiling address follows them).
+    const OPERANDS: &'static [&'static str];
+    fn decode(b: &[u8]) -> Option<Self>;
+    fn check(&self) -> Result<(), String>;
+    fn operand_lens(&self) -> Vec<usize>;
+}
+
+macro_rules! tiling {
+    ($t:ty, $kernel:literal, $operands:expr) => {
+        impl Tiling for $t {
+            const KERNEL: &'static str = $kernel;
+            const SIZE: usize = <$t>::BYTES;
+            const OPERANDS: &'static [&'static str] = &$operands;
+            fn decode(b: &[u8]) -> Option<Self> {
+                <$t>::from_bytes(b)
+            }
+            fn check(&self) -> Result<(), String> {
+                self.validate()
+            }
+            fn operand_lens(&self) -> Vec<usize> {
+                self.lens().to_vec()
+            }
+        }
+    };
+}
+tiling!(
+    RelPosAttnTiling,
+    "rel_pos_attention",
+    ["q", "k", "v", "rel_h", "rel_w", "out", "lse"]
+);
+tiling!(
+    LayerNorm2dTiling,
+    "layer_norm2d",
+    ["x", "gamma", "beta", "y", "mean", "rstd"]
+);
+
+/// The tiling of a launch (read from device memory at the address after the operands, then
+/// validated) and its operand ranges, each checked against the tracked device allocations.
+fn decode_launch<T: Tiling>(a: &[u64]) -> Result<(T, Vec<(usize, usize)>), (i32, String)> {
+    let n = T::OPERANDS.len();
+    let bytes = tiling_bytes(a[n], T::SIZE)?;
+    let t = T::decode(&bytes).expect("length checked");
+    t.check().map_err(|e| {
         (
             ACL_ERROR_RT_PARAM_INVALID,
-            format!("rel_pos_attention tiling: {e}"),
+            format!("{} tiling: {e}", T::KERNEL),
         )
     })?;
-    let l = t.lens();
-    let names = ["q", "k", "v", "rel_h", "rel_w", "out", "lse"];
-    let mut ops = Vec::new();
-    for i in 0..7 {
-        ops.push(operand(names[i], a[i], l[i])?);
-    }
+    let lens = t.operand_lens();
+    let ops = (0..n)
+        .map(|i| operand(T::OPERANDS[i], a[i], lens[i]))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((t, ops))
+}
+
+fn run_attention(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
+    let (t, ops) = decode_launch::<RelPosAttnTiling>(a)?;
     // SAFETY: each range was checked to lie in a live device allocation; the kernel's
     // outputs do not overlap its inputs (as on the device, overlap is the caller's bug).
     unsafe {
@@ -197,20 +244,7 @@ fn run_attention(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
 }
 
 fn run_layer_norm2d(a: &[u64], blocks: u32) -> Result<(), (i32, String)> {
-    let bytes = tiling_bytes(a[6], LayerNorm2dTiling::BYTES)?;
-    let t = LayerNorm2dTiling::from_bytes(&bytes).expect("length checked");
-    t.validate().map_err(|e| {
-        (
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("layer_norm2d tiling: {e}"),
-        )
-    })?;
-    let l = t.lens();
-    let names = ["x", "gamma", "beta", "y", "mean", "rstd"];
-    let mut ops = Vec::new();
-    for i in 0..6 {
-        ops.push(operand(names[i], a[i], l[i])?);
-    }
+    let (t, ops) = decode_launch::<LayerNorm2dTiling>(a)?;
     // SAFETY: as in run_attention.
     unsafe {
         let gm = tiled::Ln2dGm {

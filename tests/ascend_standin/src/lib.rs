@@ -484,15 +484,11 @@ pub unsafe extern "C" fn aclrtFree(ptr: *mut c_void) -> i32 {
     }
 }
 
+/// The arguments of `aclrtMemcpy`: `(dst, destMax, src, count, kind)`.
+type CopyArgs = (*mut c_void, usize, *const c_void, usize, i32);
+
 /// aclrtMemcpyKind: 0 H2H, 1 H2D, 2 D2H, 3 D2D.
-fn check_copy(
-    func: &str,
-    dst: *mut c_void,
-    dest_max: usize,
-    src: *const c_void,
-    count: usize,
-    kind: i32,
-) -> i32 {
+fn check_copy(func: &str, (dst, dest_max, src, count, kind): CopyArgs) -> i32 {
     if count > dest_max {
         return fail(
             ACL_ERROR_INVALID_PARAM,
@@ -514,23 +510,17 @@ fn check_copy(
             )
         }
     };
-    if is_device(dst as usize, count) != dst_dev {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            format!(
-                "{func}: destination {dst:p} (+{count}) is {}device memory, kind {kind}",
-                if dst_dev { "not " } else { "" }
-            ),
-        );
-    }
-    if is_device(src as usize, count) != src_dev {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            format!(
-                "{func}: source {src:p} (+{count}) is {}device memory, kind {kind}",
-                if src_dev { "not " } else { "" }
-            ),
-        );
+    for (what, p, dev) in [
+        ("destination", dst as *const c_void, dst_dev),
+        ("source", src, src_dev),
+    ] {
+        if is_device(p as usize, count) != dev {
+            let not = if dev { "not " } else { "" };
+            return fail(
+                ACL_ERROR_INVALID_PARAM,
+                format!("{func}: {what} {p:p} (+{count}) is {not}device memory, kind {kind}"),
+            );
+        }
     }
     OK
 }
@@ -543,7 +533,7 @@ pub unsafe extern "C" fn aclrtMemcpy(
     count: usize,
     kind: i32,
 ) -> i32 {
-    let r = check_copy("aclrtMemcpy", dst, dest_max, src, count, kind);
+    let r = check_copy("aclrtMemcpy", (dst, dest_max, src, count, kind));
     if r != OK {
         return r;
     }
@@ -569,7 +559,7 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
     kind: i32,
     stream: *mut c_void,
 ) -> i32 {
-    let r = check_copy("aclrtMemcpyAsync", dst, dest_max, src, count, kind);
+    let r = check_copy("aclrtMemcpyAsync", (dst, dest_max, src, count, kind));
     if r != OK {
         return r;
     }
@@ -743,16 +733,30 @@ pub unsafe extern "C" fn aclrtCreateEvent(event: *mut *mut c_void) -> i32 {
     OK
 }
 
+/// The event of a call that also names a stream: both must be valid.
+unsafe fn event_on_stream<'a>(
+    func: &str,
+    event: *mut c_void,
+    stream: *mut c_void,
+) -> Result<&'a Event, i32> {
+    if event.is_null() || !valid_stream(stream) {
+        return Err(fail(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{func}: bad event or stream"),
+        ));
+    }
+    Ok(&*(event as *const Event))
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclrtRecordEvent(event: *mut c_void, stream: *mut c_void) -> i32 {
-    if event.is_null() || !valid_stream(stream) {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            "aclrtRecordEvent: bad event or stream",
-        );
+    match event_on_stream("aclrtRecordEvent", event, stream) {
+        Ok(e) => {
+            *lock(&e.stream) = stream as usize;
+            OK
+        }
+        Err(code) => code,
     }
-    *lock(&(*(event as *const Event)).stream) = stream as usize;
-    OK
 }
 
 #[no_mangle]
@@ -769,13 +773,10 @@ pub unsafe extern "C" fn aclrtSynchronizeEvent(event: *mut c_void) -> i32 {
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: *mut c_void, event: *mut c_void) -> i32 {
-    if event.is_null() || !valid_stream(stream) {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            "aclrtStreamWaitEvent: bad event or stream",
-        );
-    }
-    let other = *lock(&(*(event as *const Event)).stream);
+    let other = match event_on_stream("aclrtStreamWaitEvent", event, stream) {
+        Ok(e) => *lock(&e.stream),
+        Err(code) => return code,
+    };
     // CPU model: the waiting stream runs the recorded stream's pending work first.
     enqueue(
         stream,
@@ -803,7 +804,7 @@ pub unsafe extern "C" fn aclrtDestroyEvent(event: *mut c_void) -> i32 {
 mod aclnn;
 /// The host reference of the Ascend C kernels, shared with `medsam_kernels::ascend_tiled`.
 #[path = "../../../kernels/src/ascend_tiled.rs"]
-#[allow(dead_code, clippy::needless_range_loop)]
+#[allow(dead_code)]
 mod ascend_tiled;
 mod hccl;
 mod kernels;

@@ -5,35 +5,6 @@
 
 use super::*;
 
-unsafe fn int_array<'a>(func: &str, what: &str, a: *const AclIntArray) -> Result<&'a [i64], i32> {
-    if a.is_null() {
-        return Err(fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            format!("{func}: {what} is NULL"),
-        ));
-    }
-    if !is_live(a) {
-        return Err(bad(func, format!("{what} {a:p} is not a live aclIntArray")));
-    }
-    Ok(&(*a).0)
-}
-
-unsafe fn bool_array(func: &str, a: *const AclBoolArray) -> Result<Vec<bool>, i32> {
-    if a.is_null() {
-        return Err(fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            format!("{func}: outputMask is NULL"),
-        ));
-    }
-    if !is_live(a) {
-        return Err(bad(
-            func,
-            format!("outputMask {a:p} is not a live aclBoolArray"),
-        ));
-    }
-    Ok((*a).0.clone())
-}
-
 /// The 13-/17-argument convolution signatures (with cubeMathType) exist from CANN 8.0 on
 /// (ops-nn headers; CANN 7.x declares them without it): the stand-in emulating 7.x refuses.
 fn check_cann8(func: &str) -> Result<(), i32> {
@@ -52,8 +23,18 @@ fn check_cann8(func: &str) -> Result<(), i32> {
 
 // ------------------------------------------------------------------ layer norm backward
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnLayerNormBackwardGetWorkspaceSize(
+/// `outputMask` must say which of the three outputs are given.
+fn check_mask(func: &str, mask: &[bool], outs: [Option<&AclTensor>; 3]) -> Result<(), i32> {
+    if mask != outs.map(|t| t.is_some()) {
+        return Err(bad(
+            func,
+            format!("outputMask {mask:?} does not match the outputs given"),
+        ));
+    }
+    Ok(())
+}
+
+aclnn_op!(aclnnLayerNormBackward, aclnnLayerNormBackwardGetWorkspaceSize(
     grad_out: *const AclTensor,
     input: *const AclTensor,
     shape: *const AclIntArray,
@@ -65,111 +46,76 @@ pub unsafe extern "C" fn aclnnLayerNormBackwardGetWorkspaceSize(
     grad_in: *mut AclTensor,
     grad_w: *mut AclTensor,
     grad_b: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnLayerNormBackwardGetWorkspaceSize";
-    let g = try_i32!(tensor(F, "gradOut", grad_out));
-    let x = try_i32!(tensor(F, "input", input));
-    let ns = try_i32!(int_array(F, "normalizedShape", shape)).to_vec();
-    let m = try_i32!(tensor(F, "mean", mean));
-    let r = try_i32!(tensor(F, "rstd", rstd));
-    let w = try_i32!(opt_tensor(F, "weight", weight));
-    let _b = try_i32!(opt_tensor(F, "bias", bias));
-    let mask = try_i32!(bool_array(F, mask));
-    let gi = try_i32!(opt_tensor(F, "gradInput", grad_in));
-    let gw = try_i32!(opt_tensor(F, "gradWeight", grad_w));
-    let gb = try_i32!(opt_tensor(F, "gradBias", grad_b));
+) {
+    let g = tensor(F, "gradOut", grad_out)?;
+    let x = tensor(F, "input", input)?;
+    let ns = int_array(F, "normalizedShape", shape)?.to_vec();
+    let m = tensor(F, "mean", mean)?;
+    let r = tensor(F, "rstd", rstd)?;
+    let [w, _b] = opt_tensors(F, [("weight", weight), ("bias", bias)])?;
+    let mask = bool_array(F, mask)?;
+    let outs = [("gradInput", grad_in), ("gradWeight", grad_w), ("gradBias", grad_b)];
+    let [gi, gw, gb] = opt_tensors(F, outs.map(|(what, t)| (what, t as *const _)))?;
     let xd = &x.view.dims;
-    let q = ns.len();
-    if q == 0 || q > xd.len() || xd[xd.len() - q..] != ns[..] {
-        return bad(
-            F,
-            format!("normalizedShape {ns:?} is not a suffix of {xd:?}"),
-        );
-    }
-    if g.view.dims != *xd {
-        return bad(F, format!("gradOut {:?} != input {xd:?}", g.view.dims));
-    }
-    if mask.len() != 3 || mask != [gi.is_some(), gw.is_some(), gb.is_some()] {
-        return bad(
-            F,
-            format!("outputMask {mask:?} does not match the outputs given"),
-        );
-    }
+    check_normalized_shape(F, &ns, xd)?;
+    check_dims(F, "gradOut", &g.view.dims, xd)?;
+    check_mask(F, &mask, [gi, gw, gb])?;
     let row = ns.iter().product::<i64>() as usize;
     let rows = x.view.numel() / row.max(1);
     if m.view.numel() != rows || r.view.numel() != rows {
-        return bad(F, format!("mean/rstd need {rows} elements"));
+        return Err(bad(F, format!("mean/rstd need {rows} elements")));
     }
-    for (what, t) in [("weight", w), ("gradWeight", gw), ("gradBias", gb)] {
+    for (what, t, want) in [
+        ("weight", w, &ns),
+        ("gradWeight", gw, &ns),
+        ("gradBias", gb, &ns),
+        ("gradInput", gi, xd),
+    ] {
         if let Some(t) = t {
-            if t.view.dims != ns {
-                return bad(F, format!("{what} {:?} != {ns:?}", t.view.dims));
-            }
+            check_dims(F, what, &t.view.dims, want)?;
         }
     }
-    if let Some(t) = gi {
-        if t.view.dims != *xd {
-            return bad(F, format!("gradInput {:?} != {xd:?}", t.view.dims));
+    let [gv, xv, mv, rv] = views([g, x, m, r]);
+    let [wv, giv, gwv, gbv] = opt_views([w, gi, gw, gb]);
+    plan(move || {
+        let (dy, x, mean, rstd) = (gv.read(), xv.read(), mv.read(), rv.read());
+        let w = wv.map(|v| v.read()).unwrap_or_else(|| vec![1.0; row]);
+        let mut dx = vec![0f32; x.len()];
+        let (mut dg, mut db) = (vec![0f64; row], vec![0f64; row]);
+        for i in 0..rows {
+            let (m, rs) = (mean[i] as f64, rstd[i] as f64);
+            let xs = &x[i * row..(i + 1) * row];
+            let gs = &dy[i * row..(i + 1) * row];
+            let (mut a, mut b) = (0f64, 0f64);
+            for j in 0..row {
+                let xh = (xs[j] as f64 - m) * rs;
+                let dxh = gs[j] as f64 * w[j] as f64;
+                a += dxh;
+                b += dxh * xh;
+                dg[j] += gs[j] as f64 * xh;
+                db[j] += gs[j] as f64;
+            }
+            let (a, b) = (a / row as f64, b / row as f64);
+            for j in 0..row {
+                let xh = (xs[j] as f64 - m) * rs;
+                let dxh = gs[j] as f64 * w[j] as f64;
+                dx[i * row + j] = (rs * (dxh - a - xh * b)) as f32;
+            }
         }
+        if let Some(v) = giv {
+            v.write(&dx);
+        }
+        write_f64(gwv, &dg);
+        write_f64(gbv, &db);
+    })
+});
+
+/// Write f64 results to an optional output.
+fn write_f64(v: Option<View>, vals: &[f64]) {
+    if let Some(v) = v {
+        v.write(&vals.iter().map(|&x| x as f32).collect::<Vec<_>>());
     }
-    let (gv, xv, mv, rv) = (
-        g.view.clone(),
-        x.view.clone(),
-        m.view.clone(),
-        r.view.clone(),
-    );
-    let wv = w.map(|t| t.view.clone());
-    let (giv, gwv, gbv) = (
-        gi.map(|t| t.view.clone()),
-        gw.map(|t| t.view.clone()),
-        gb.map(|t| t.view.clone()),
-    );
-    finish_phase1(
-        "aclnnLayerNormBackward",
-        0,
-        Box::new(move |_| {
-            let (dy, x, mean, rstd) = (gv.read(), xv.read(), mv.read(), rv.read());
-            let w = wv.map(|v| v.read()).unwrap_or_else(|| vec![1.0; row]);
-            let mut dx = vec![0f32; x.len()];
-            let (mut dg, mut db) = (vec![0f64; row], vec![0f64; row]);
-            for i in 0..rows {
-                let (m, rs) = (mean[i] as f64, rstd[i] as f64);
-                let xs = &x[i * row..(i + 1) * row];
-                let gs = &dy[i * row..(i + 1) * row];
-                let (mut a, mut b) = (0f64, 0f64);
-                for j in 0..row {
-                    let xh = (xs[j] as f64 - m) * rs;
-                    let dxh = gs[j] as f64 * w[j] as f64;
-                    a += dxh;
-                    b += dxh * xh;
-                    dg[j] += gs[j] as f64 * xh;
-                    db[j] += gs[j] as f64;
-                }
-                let (a, b) = (a / row as f64, b / row as f64);
-                for j in 0..row {
-                    let xh = (xs[j] as f64 - m) * rs;
-                    let dxh = gs[j] as f64 * w[j] as f64;
-                    dx[i * row + j] = (rs * (dxh - a - xh * b)) as f32;
-                }
-            }
-            if let Some(v) = giv {
-                v.write(&dx);
-            }
-            if let Some(v) = gwv {
-                v.write(&dg.iter().map(|&v| v as f32).collect::<Vec<_>>());
-            }
-            if let Some(v) = gbv {
-                v.write(&db.iter().map(|&v| v as f32).collect::<Vec<_>>());
-            }
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
 }
-run_fn!(aclnnLayerNormBackward, "aclnnLayerNormBackward");
 
 // ------------------------------------------------------------------ convolution
 
@@ -237,17 +183,13 @@ fn pair(func: &str, what: &str, v: &[i64]) -> Result<[usize; 2], i32> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The geometry of a convolution `x * w -> y` from its attributes, the int arrays in the
+/// order of the signature: `[stride, padding, dilation, outputPadding]`.
 unsafe fn conv_geom(
     func: &str,
-    x: &View,
-    w: &View,
-    y: &View,
-    stride: *const AclIntArray,
-    padding: *const AclIntArray,
-    dilation: *const AclIntArray,
+    [x, w, y]: [&View; 3],
+    [stride, padding, dilation, out_pad]: [*const AclIntArray; 4],
     transposed: bool,
-    out_pad: *const AclIntArray,
     groups: i64,
 ) -> Result<Geom, i32> {
     if transposed {
@@ -322,8 +264,7 @@ unsafe fn conv_geom(
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnConvolutionGetWorkspaceSize(
+aclnn_op!(aclnnConvolution, aclnnConvolutionGetWorkspaceSize(
     input: *const AclTensor,
     weight: *const AclTensor,
     bias: *const AclTensor,
@@ -335,60 +276,45 @@ pub unsafe extern "C" fn aclnnConvolutionGetWorkspaceSize(
     groups: i64,
     output: *mut AclTensor,
     cube: i8,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnConvolutionGetWorkspaceSize";
-    let x = try_i32!(tensor(F, "input", input));
-    let w = try_i32!(tensor(F, "weight", weight));
-    let b = try_i32!(opt_tensor(F, "bias", bias));
-    let y = try_i32!(tensor(F, "output", output));
-    try_i32!(check_cann8(F));
+) {
+    let x = tensor(F, "input", input)?;
+    let w = tensor(F, "weight", weight)?;
+    let b = opt_tensor(F, "bias", bias)?;
+    let y = tensor(F, "output", output)?;
+    check_cann8(F)?;
     for (what, t, allowed) in [
         ("input", x, &[FORMAT_NCHW][..]),
         ("weight", w, &[FORMAT_NCHW, FORMAT_FRACTAL_Z][..]),
         ("output", y, &[FORMAT_NCHW][..]),
     ] {
         if t.view.dims.len() == 4 {
-            try_i32!(check_format(F, what, t, allowed));
+            check_format(F, what, t, allowed)?;
         }
     }
-    try_i32!(check_cube(F, x.dtype, cube));
-    let g = try_i32!(conv_geom(
-        F, &x.view, &w.view, &y.view, stride, padding, dilation, transposed, out_pad, groups
-    ));
+    check_cube(F, x.dtype, cube)?;
+    let arrays = [stride, padding, dilation, out_pad];
+    let g = conv_geom(F, [&x.view, &w.view, &y.view], arrays, transposed, groups)?;
     if let Some(b) = b {
-        if b.view.dims != [g.co as i64] {
-            return bad(F, format!("bias {:?} != [{}]", b.view.dims, g.co));
-        }
+        check_dims(F, "bias", &b.view.dims, &[g.co as i64])?;
     }
-    let (xv, wv, yv) = (x.view.clone(), w.view.clone(), y.view.clone());
-    let bv = b.map(|t| t.view.clone());
-    finish_phase1(
-        "aclnnConvolution",
-        0,
-        Box::new(move |_| {
-            let (xs, ws) = (xv.read(), wv.read());
-            let mut acc = vec![0f64; yv.numel()];
-            g.for_each_mac(|xi, wi, yi| acc[yi] += xs[xi] as f64 * ws[wi] as f64);
-            if let Some(bv) = bv {
-                let bs = bv.read();
-                let plane = g.oh * g.ow;
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a += bs[(i / plane) % g.co] as f64;
-                }
+    let [xv, wv, yv] = views([x, w, y]);
+    let [bv] = opt_views([b]);
+    plan(move || {
+        let (xs, ws) = (xv.read(), wv.read());
+        let mut acc = vec![0f64; yv.numel()];
+        g.for_each_mac(|xi, wi, yi| acc[yi] += xs[xi] as f64 * ws[wi] as f64);
+        if let Some(bv) = bv {
+            let bs = bv.read();
+            let plane = g.oh * g.ow;
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a += bs[(i / plane) % g.co] as f64;
             }
-            yv.write(&acc.iter().map(|&v| v as f32).collect::<Vec<_>>());
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnConvolution, "aclnnConvolution");
+        }
+        write_f64(Some(yv), &acc);
+    })
+});
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnConvolutionBackwardGetWorkspaceSize(
+aclnn_op!(aclnnConvolutionBackward, aclnnConvolutionBackwardGetWorkspaceSize(
     grad_out: *const AclTensor,
     input: *const AclTensor,
     weight: *const AclTensor,
@@ -404,19 +330,15 @@ pub unsafe extern "C" fn aclnnConvolutionBackwardGetWorkspaceSize(
     grad_in: *mut AclTensor,
     grad_w: *mut AclTensor,
     grad_b: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnConvolutionBackwardGetWorkspaceSize";
-    let dy = try_i32!(tensor(F, "gradOutput", grad_out));
-    let x = try_i32!(tensor(F, "input", input));
-    let w = try_i32!(tensor(F, "weight", weight));
-    let bs = try_i32!(int_array(F, "biasSizes", bias_sizes)).to_vec();
-    let mask = try_i32!(bool_array(F, mask));
-    let gi = try_i32!(opt_tensor(F, "gradInput", grad_in));
-    let gw = try_i32!(opt_tensor(F, "gradWeight", grad_w));
-    let gb = try_i32!(opt_tensor(F, "gradBias", grad_b));
-    try_i32!(check_cann8(F));
+) {
+    let dy = tensor(F, "gradOutput", grad_out)?;
+    let x = tensor(F, "input", input)?;
+    let w = tensor(F, "weight", weight)?;
+    let bs = int_array(F, "biasSizes", bias_sizes)?.to_vec();
+    let mask = bool_array(F, mask)?;
+    let outs = [("gradInput", grad_in), ("gradWeight", grad_w), ("gradBias", grad_b)];
+    let [gi, gw, gb] = opt_tensors(F, outs.map(|(what, t)| (what, t as *const _)))?;
+    check_cann8(F)?;
     for (what, t) in [
         ("gradOutput", Some(dy)),
         ("input", Some(x)),
@@ -425,155 +347,92 @@ pub unsafe extern "C" fn aclnnConvolutionBackwardGetWorkspaceSize(
         ("gradWeight", gw),
     ] {
         if let Some(t) = t.filter(|t| t.view.dims.len() == 4) {
-            try_i32!(check_format(F, what, t, &[FORMAT_NCHW]));
+            check_format(F, what, t, &[FORMAT_NCHW])?;
         }
     }
-    try_i32!(check_cube(F, x.dtype, cube));
-    let g = try_i32!(conv_geom(
-        F,
-        &x.view,
-        &w.view,
-        &dy.view,
-        stride,
-        padding,
-        dilation,
-        transposed,
-        out_pad,
-        groups as i64
-    ));
-    if mask.len() != 3 || mask != [gi.is_some(), gw.is_some(), gb.is_some()] {
-        return bad(
-            F,
-            format!("outputMask {mask:?} does not match the outputs given"),
-        );
-    }
+    check_cube(F, x.dtype, cube)?;
+    let arrays = [stride, padding, dilation, out_pad];
+    let g = conv_geom(F, [&x.view, &w.view, &dy.view], arrays, transposed, groups as i64)?;
+    check_mask(F, &mask, [gi, gw, gb])?;
     if let Some(t) = gi {
-        if t.view.dims != x.view.dims {
-            return bad(
-                F,
-                format!("gradInput {:?} != input {:?}", t.view.dims, x.view.dims),
-            );
-        }
+        check_dims(F, "gradInput", &t.view.dims, &x.view.dims)?;
     }
     if let Some(t) = gw {
-        if t.view.dims != w.view.dims {
-            return bad(
-                F,
-                format!("gradWeight {:?} != weight {:?}", t.view.dims, w.view.dims),
-            );
-        }
+        check_dims(F, "gradWeight", &t.view.dims, &w.view.dims)?;
     }
     if let Some(t) = gb {
         if t.view.dims != [g.co as i64] || bs != [g.co as i64] {
-            return bad(
+            return Err(bad(
                 F,
                 format!(
                     "gradBias {:?} / biasSizes {bs:?} != [{}]",
                     t.view.dims, g.co
                 ),
-            );
+            ));
         }
     }
-    let (dyv, xv, wv) = (dy.view.clone(), x.view.clone(), w.view.clone());
-    let (giv, gwv, gbv) = (
-        gi.map(|t| t.view.clone()),
-        gw.map(|t| t.view.clone()),
-        gb.map(|t| t.view.clone()),
-    );
-    finish_phase1(
-        "aclnnConvolutionBackward",
-        0,
-        Box::new(move |_| {
-            let (dys, xs, ws) = (dyv.read(), xv.read(), wv.read());
-            let mut dx = vec![0f64; xs.len()];
-            let mut dw = vec![0f64; ws.len()];
-            g.for_each_mac(|xi, wi, yi| {
-                dx[xi] += dys[yi] as f64 * ws[wi] as f64;
-                dw[wi] += dys[yi] as f64 * xs[xi] as f64;
-            });
-            let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
-            if let Some(v) = giv {
-                v.write(&f(dx));
+    let [dyv, xv, wv] = views([dy, x, w]);
+    let [giv, gwv, gbv] = opt_views([gi, gw, gb]);
+    plan(move || {
+        let (dys, xs, ws) = (dyv.read(), xv.read(), wv.read());
+        let mut dx = vec![0f64; xs.len()];
+        let mut dw = vec![0f64; ws.len()];
+        g.for_each_mac(|xi, wi, yi| {
+            dx[xi] += dys[yi] as f64 * ws[wi] as f64;
+            dw[wi] += dys[yi] as f64 * xs[xi] as f64;
+        });
+        write_f64(giv, &dx);
+        write_f64(gwv, &dw);
+        if gbv.is_some() {
+            let plane = g.oh * g.ow;
+            let mut db = vec![0f64; g.co];
+            for (i, &d) in dys.iter().enumerate() {
+                db[(i / plane) % g.co] += d as f64;
             }
-            if let Some(v) = gwv {
-                v.write(&f(dw));
-            }
-            if let Some(v) = gbv {
-                let plane = g.oh * g.ow;
-                let mut db = vec![0f64; g.co];
-                for (i, &d) in dys.iter().enumerate() {
-                    db[(i / plane) % g.co] += d as f64;
-                }
-                v.write(&f(db));
-            }
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnConvolutionBackward, "aclnnConvolutionBackward");
+            write_f64(gbv, &db);
+        }
+    })
+});
 
 // ------------------------------------------------------------------ softmax backward
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnSoftmaxBackwardGetWorkspaceSize(
+aclnn_op!(aclnnSoftmaxBackward, aclnnSoftmaxBackwardGetWorkspaceSize(
     grad_out: *const AclTensor,
     output: *const AclTensor,
     dim: i64,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnSoftmaxBackwardGetWorkspaceSize";
-    let g = try_i32!(tensor(F, "gradOutput", grad_out));
-    let y = try_i32!(tensor(F, "output", output));
-    let o = try_i32!(tensor(F, "out", out));
-    let r = y.view.dims.len() as i64;
-    let d = if dim < 0 { dim + r } else { dim };
-    if d < 0 || d >= r || g.view.dims != y.view.dims || o.view.dims != y.view.dims {
-        return bad(
-            F,
-            format!(
-                "dim {dim} / shapes {:?}, {:?} -> {:?}",
-                g.view.dims, y.view.dims, o.view.dims
-            ),
-        );
-    }
-    let (gv, yv, ov) = (g.view.clone(), y.view.clone(), o.view.clone());
-    let d = d as usize;
-    finish_phase1(
-        "aclnnSoftmaxBackward",
-        0,
-        Box::new(move |_| {
-            // Compute everything before writing: `out` may alias an input.
-            let n = yv.dims[d];
-            let mut outer = yv.dims.clone();
-            outer[d] = 1;
-            let mut res: Vec<(Vec<i64>, f32)> = Vec::with_capacity(yv.numel());
-            for_each_index(&outer, |base| {
-                let mut idx = base.to_vec();
-                let mut dot = 0f64;
-                for i in 0..n {
-                    idx[d] = i;
-                    dot += gv.get(&idx) as f64 * yv.get(&idx) as f64;
-                }
-                for i in 0..n {
-                    idx[d] = i;
-                    let v = yv.get(&idx) as f64 * (gv.get(&idx) as f64 - dot);
-                    res.push((idx.clone(), v as f32));
-                }
-            });
-            for (idx, v) in res {
-                ov.set(&idx, v);
+) {
+    let g = tensor(F, "gradOutput", grad_out)?;
+    let y = tensor(F, "output", output)?;
+    let o = tensor(F, "out", out)?;
+    let (gd, yd, od) = (&g.view.dims, &y.view.dims, &o.view.dims);
+    let d = softmax_dim(dim, yd.len()).filter(|_| gd == yd && od == yd);
+    let d = d.ok_or_else(|| bad(F, format!("dim {dim} / shapes {gd:?}, {yd:?} -> {od:?}")))?;
+    let [gv, yv, ov] = views([g, y, o]);
+    plan(move || {
+        // Compute everything before writing: `out` may alias an input.
+        let n = yv.dims[d];
+        let mut outer = yv.dims.clone();
+        outer[d] = 1;
+        let mut res: Vec<(Vec<i64>, f32)> = Vec::with_capacity(yv.numel());
+        for_each_index(&outer, |base| {
+            let mut idx = base.to_vec();
+            let mut dot = 0f64;
+            for i in 0..n {
+                idx[d] = i;
+                dot += gv.get(&idx) as f64 * yv.get(&idx) as f64;
             }
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnSoftmaxBackward, "aclnnSoftmaxBackward");
+            for i in 0..n {
+                idx[d] = i;
+                let v = yv.get(&idx) as f64 * (gv.get(&idx) as f64 - dot);
+                res.push((idx.clone(), v as f32));
+            }
+        });
+        for (idx, v) in res {
+            ov.set(&idx, v);
+        }
+    })
+});
 
 // ------------------------------------------------------------------ gelu backward
 
@@ -591,52 +450,32 @@ fn gelu_grad(x: f64, tanh: bool) -> f64 {
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnGeluBackwardV2GetWorkspaceSize(
+aclnn_op!(aclnnGeluBackwardV2, aclnnGeluBackwardV2GetWorkspaceSize(
     grad_out: *const AclTensor,
     x: *const AclTensor,
     approximate: *mut c_char,
     grad_in: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnGeluBackwardV2GetWorkspaceSize";
-    let g = try_i32!(tensor(F, "gradOutput", grad_out));
-    let x = try_i32!(tensor(F, "self", x));
-    let o = try_i32!(tensor(F, "gradInput", grad_in));
+) {
+    for (what, t) in [("gradOutput", grad_out), ("self", x), ("gradInput", grad_in as *const _)] {
+        tensor(F, what, t)?;
+    }
     if approximate.is_null() {
-        return fail(ACLNN_ERR_PARAM_NULLPTR, format!("{F}: approximate is NULL"));
+        return Err(fail(
+            ACLNN_ERR_PARAM_NULLPTR,
+            format!("{F}: approximate is NULL"),
+        ));
     }
     let tanh = match CStr::from_ptr(approximate).to_str() {
         Ok("none") => false,
         Ok("tanh") => true,
-        other => return bad(F, format!("approximate {other:?} not \"none\"/\"tanh\"")),
+        other => return Err(bad(F, format!("approximate {other:?} not \"none\"/\"tanh\""))),
     };
-    if g.view.dims != x.view.dims || o.view.dims != x.view.dims {
-        return bad(
-            F,
-            format!(
-                "shapes {:?}, {:?} -> {:?}",
-                g.view.dims, x.view.dims, o.view.dims
-            ),
-        );
-    }
-    let (gv, xv, ov) = (g.view.clone(), x.view.clone(), o.view.clone());
-    finish_phase1(
-        "aclnnGeluBackwardV2",
-        0,
-        Box::new(move |_| {
-            let (gs, xs) = (gv.read(), xv.read());
-            let dx: Vec<f32> = gs
-                .iter()
-                .zip(&xs)
-                .map(|(&g, &x)| (g as f64 * gelu_grad(x as f64, tanh)) as f32)
-                .collect();
-            ov.write(&dx);
-            Ok(())
-        }),
-        ws,
-        ex,
+    zip2(
+        F,
+        ("gradOutput", "self", "gradInput"),
+        grad_out,
+        x,
+        grad_in,
+        move |g, x| (g as f64 * gelu_grad(x as f64, tanh)) as f32,
     )
-}
-run_fn!(aclnnGeluBackwardV2, "aclnnGeluBackwardV2");
+});

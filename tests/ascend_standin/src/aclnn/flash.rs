@@ -16,99 +16,6 @@ struct Attn {
     scale: f64,
 }
 
-/// The attributes shared by both phases, and the q/k/v shapes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn check_attrs(
-    func: &str,
-    q: &View,
-    k: &View,
-    v: &View,
-    optional: &[(&str, *const AclTensor)],
-    prefix: *const AclIntArray,
-    scale: f64,
-    keep_prob: f64,
-    pre: i64,
-    next: i64,
-    head_num: i64,
-    layout: *mut c_char,
-    inner_precise: i64,
-    sparse_mode: i64,
-) -> Result<Attn, i32> {
-    for (what, t) in optional {
-        if !t.is_null() {
-            return Err(bad(
-                func,
-                format!("{what} is not implemented by the stand-in (pass NULL)"),
-            ));
-        }
-    }
-    if !prefix.is_null() {
-        return Err(bad(
-            func,
-            "prefix is not implemented by the stand-in".into(),
-        ));
-    }
-    if layout.is_null() {
-        return Err(fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            format!("{func}: inputLayout is NULL"),
-        ));
-    }
-    match CStr::from_ptr(layout).to_str() {
-        Ok("BNSD") => {}
-        other => {
-            return Err(bad(
-                func,
-                format!("inputLayout {other:?}: the stand-in implements \"BNSD\" only"),
-            ))
-        }
-    }
-    if keep_prob != 1.0 || sparse_mode != 0 || !(0..=2).contains(&inner_precise) {
-        return Err(bad(
-            func,
-            format!(
-                "keepProb {keep_prob} / sparseMode {sparse_mode} / innerPrecise {inner_precise}: \
-                 the stand-in implements keepProb 1, sparseMode 0"
-            ),
-        ));
-    }
-    if !scale.is_finite() {
-        return Err(bad(func, format!("scaleValue {scale}")));
-    }
-    let (qd, kd, vd) = (&q.dims, &k.dims, &v.dims);
-    if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
-        return Err(bad(
-            func,
-            format!("BNSD needs 4-D q/k/v: {qd:?} {kd:?} {vd:?}"),
-        ));
-    }
-    let (b, n, sq, d) = (qd[0], qd[1], qd[2], qd[3]);
-    let sk = kd[2];
-    if kd[..] != [b, n, sk, d] || vd[..] != [b, n, sk, d] || head_num != n {
-        return Err(bad(
-            func,
-            format!("q {qd:?}, k {kd:?}, v {vd:?}, headNum {head_num}"),
-        ));
-    }
-    if pre < sk || next < sk {
-        return Err(bad(
-            func,
-            format!(
-                "preTokens {pre} / nextTokens {next} limit the band: the stand-in implements \
-                 full attention only"
-            ),
-        ));
-    }
-    Ok(Attn {
-        b,
-        n,
-        sq,
-        sk,
-        d,
-        scale,
-    })
-}
-
 fn check_stats(func: &str, a: &Attn, m: &View, s: &View) -> Result<(), i32> {
     let want = [a.b, a.n, a.sq, 8];
     if m.dims != want || s.dims != want {
@@ -149,178 +56,195 @@ fn scores(a: &Attn, q: &View, k: &View, b: i64, n: i64, i: i64) -> Vec<f64> {
         .collect()
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnFlashAttentionScoreGetWorkspaceSize(
-    query: *const AclTensor,
-    key: *const AclTensor,
-    value: *const AclTensor,
-    real_shift: *const AclTensor,
-    drop_mask: *const AclTensor,
-    padding_mask: *const AclTensor,
-    atten_mask: *const AclTensor,
-    prefix: *const AclIntArray,
-    scale: f64,
-    keep_prob: f64,
-    pre: i64,
-    next: i64,
-    head_num: i64,
-    layout: *mut c_char,
-    inner_precise: i64,
-    sparse_mode: i64,
-    softmax_max: *const AclTensor,
-    softmax_sum: *const AclTensor,
-    softmax_out: *const AclTensor,
-    attention_out: *const AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnFlashAttentionScoreGetWorkspaceSize";
-    let q = try_i32!(tensor(F, "query", query));
-    let k = try_i32!(tensor(F, "key", key));
-    let v = try_i32!(tensor(F, "value", value));
-    let m = try_i32!(tensor(F, "softmaxMaxOut", softmax_max));
-    let s = try_i32!(tensor(F, "softmaxSumOut", softmax_sum));
-    let so = try_i32!(opt_tensor(F, "softmaxOutOut", softmax_out));
-    let o = try_i32!(tensor(F, "attentionOutOut", attention_out));
-    let a = try_i32!(check_attrs(
-        F,
-        &q.view,
-        &k.view,
-        &v.view,
-        &[
-            ("realShift", real_shift),
-            ("dropMask", drop_mask),
-            ("paddingMask", padding_mask),
-            ("attenMask", atten_mask),
-        ],
-        prefix,
-        scale,
-        keep_prob,
-        pre,
-        next,
-        head_num,
-        layout,
-        inner_precise,
-        sparse_mode,
-    ));
-    try_i32!(check_stats(F, &a, &m.view, &s.view));
-    try_i32!(check_empty(F, "softmaxOutOut", so));
-    if o.view.dims != q.view.dims {
-        return bad(
-            F,
-            format!("attentionOut {:?} != query {:?}", o.view.dims, q.view.dims),
-        );
-    }
-    let (qv, kv, vv, mv, sv, ov) = (
-        q.view.clone(),
-        k.view.clone(),
-        v.view.clone(),
-        m.view.clone(),
-        s.view.clone(),
-        o.view.clone(),
+/// Both flash-attention entry points: `aclnn_op!` with the parameters the two share — the
+/// four optional masks (named as in the header, e.g. `"dropMask" drop_mask`) and the
+/// attributes from `prefix` to `sparseMode` — written once. `$attn(q, k, v)` in the body
+/// checks those (NULL masks and prefix, BNSD full attention) and the q/k/v shapes.
+macro_rules! flash_op {
+    (
+        $op:ident,
+        $p1:ident(
+            [$($lead:ident: $lead_ty:ty),* $(,)?],
+            masks($($mask_name:literal $mask:ident),*),
+            [$($mid:ident: $mid_ty:ty),* $(,)?],
+            attributes,
+            [$($out:ident: $out_ty:ty),* $(,)?] $(,)?
+        ) |$attn:ident| $body:block
+    ) => {
+        aclnn_op!($op, $p1(
+            $($lead: $lead_ty,)*
+            $($mask: *const AclTensor,)*
+            $($mid: $mid_ty,)*
+            prefix: *const AclIntArray,
+            scale: f64,
+            keep_prob: f64,
+            pre: i64,
+            next: i64,
+            head_num: i64,
+            layout: *mut c_char,
+            inner_precise: i64,
+            sparse_mode: i64,
+            $($out: $out_ty,)*
+        ) {
+            let $attn = |q: &View, k: &View, v: &View| -> Result<Attn, i32> {
+                for (what, t) in [$(($mask_name, $mask)),*] {
+                    if !t.is_null() {
+                        return Err(bad(
+                            F,
+                            format!("{what} is not implemented by the stand-in (pass NULL)"),
+                        ));
+                    }
+                }
+                if !prefix.is_null() {
+                    return Err(bad(
+                        F,
+                        "prefix is not implemented by the stand-in".into(),
+                    ));
+                }
+                if layout.is_null() {
+                    return Err(fail(
+                        ACLNN_ERR_PARAM_NULLPTR,
+                        format!("{F}: inputLayout is NULL"),
+                    ));
+                }
+                match CStr::from_ptr(layout).to_str() {
+                    Ok("BNSD") => {}
+                    other => {
+                        return Err(bad(
+                            F,
+                            format!("inputLayout {other:?}: the stand-in implements \"BNSD\" only"),
+                        ))
+                    }
+                }
+                if keep_prob != 1.0 || sparse_mode != 0 || !(0..=2).contains(&inner_precise) {
+                    return Err(bad(
+                        F,
+                        format!(
+                            "keepProb {keep_prob} / sparseMode {sparse_mode} / innerPrecise {inner_precise}: \
+                             the stand-in implements keepProb 1, sparseMode 0"
+                        ),
+                    ));
+                }
+                if !scale.is_finite() {
+                    return Err(bad(F, format!("scaleValue {scale}")));
+                }
+                let (qd, kd, vd) = (&q.dims, &k.dims, &v.dims);
+                if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
+                    return Err(bad(
+                        F,
+                        format!("BNSD needs 4-D q/k/v: {qd:?} {kd:?} {vd:?}"),
+                    ));
+                }
+                let (b, n, sq, d) = (qd[0], qd[1], qd[2], qd[3]);
+                let sk = kd[2];
+                if kd[..] != [b, n, sk, d] || vd[..] != [b, n, sk, d] || head_num != n {
+                    return Err(bad(
+                        F,
+                        format!("q {qd:?}, k {kd:?}, v {vd:?}, headNum {head_num}"),
+                    ));
+                }
+                if pre < sk || next < sk {
+                    return Err(bad(
+                        F,
+                        format!(
+                            "preTokens {pre} / nextTokens {next} limit the band: the stand-in implements \
+                             full attention only"
+                        ),
+                    ));
+                }
+                Ok(Attn { b, n, sq, sk, d, scale })
+            };
+            $body
+        });
+    };
+}
+
+flash_op!(aclnnFlashAttentionScore, aclnnFlashAttentionScoreGetWorkspaceSize(
+    [query: *const AclTensor, key: *const AclTensor, value: *const AclTensor],
+    masks("realShift" real_shift, "dropMask" drop_mask, "paddingMask" padding_mask, "attenMask" atten_mask),
+    [],
+    attributes,
+    [
+        softmax_max: *const AclTensor,
+        softmax_sum: *const AclTensor,
+        softmax_out: *const AclTensor,
+        attention_out: *const AclTensor,
+    ],
+) |attn| {
+    let [q, k, v, m, s] = tensors(F, [
+        ("query", query),
+        ("key", key),
+        ("value", value),
+        ("softmaxMaxOut", softmax_max),
+        ("softmaxSumOut", softmax_sum),
+    ])?;
+    let (so, o) = (
+        opt_tensor(F, "softmaxOutOut", softmax_out)?,
+        tensor(F, "attentionOutOut", attention_out)?,
     );
-    finish_phase1(
-        "aclnnFlashAttentionScore",
-        0,
-        Box::new(move |_| {
-            for b in 0..a.b {
-                for n in 0..a.n {
-                    for i in 0..a.sq {
-                        let sc = scores(&a, &qv, &kv, b, n, i);
-                        let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
-                        let sum: f64 = e.iter().sum();
-                        for c in 0..a.d {
-                            let acc: f64 = (0..a.sk)
-                                .map(|j| e[j as usize] * vv.get(&[b, n, j, c]) as f64)
-                                .sum();
-                            ov.set(&[b, n, i, c], (acc / sum) as f32);
-                        }
-                        for t in 0..8 {
-                            mv.set(&[b, n, i, t], mx as f32);
-                            sv.set(&[b, n, i, t], sum as f32);
-                        }
+    let a = attn(&q.view, &k.view, &v.view)?;
+    check_stats(F, &a, &m.view, &s.view)?;
+    check_empty(F, "softmaxOutOut", so)?;
+    check_dims(F, "attentionOut", &o.view.dims, &q.view.dims)?;
+    let [qv, kv, vv, mv, sv, ov] = views([q, k, v, m, s, o]);
+    plan(move || {
+        for b in 0..a.b {
+            for n in 0..a.n {
+                for i in 0..a.sq {
+                    let sc = scores(&a, &qv, &kv, b, n, i);
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..a.d {
+                        let acc: f64 = (0..a.sk)
+                            .map(|j| e[j as usize] * vv.get(&[b, n, j, c]) as f64)
+                            .sum();
+                        ov.set(&[b, n, i, c], (acc / sum) as f32);
+                    }
+                    for t in 0..8 {
+                        mv.set(&[b, n, i, t], mx as f32);
+                        sv.set(&[b, n, i, t], sum as f32);
                     }
                 }
             }
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnFlashAttentionScore, "aclnnFlashAttentionScore");
+        }
+    })
+});
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnFlashAttentionScoreGradGetWorkspaceSize(
-    query: *const AclTensor,
-    key: *const AclTensor,
-    value: *const AclTensor,
-    dy: *const AclTensor,
-    pse_shift: *const AclTensor,
-    drop_mask: *const AclTensor,
-    padding_mask: *const AclTensor,
-    atten_mask: *const AclTensor,
-    softmax_max: *const AclTensor,
-    softmax_sum: *const AclTensor,
-    softmax_in: *const AclTensor,
-    attention_in: *const AclTensor,
-    prefix: *const AclIntArray,
-    scale: f64,
-    keep_prob: f64,
-    pre: i64,
-    next: i64,
-    head_num: i64,
-    layout: *mut c_char,
-    inner_precise: i64,
-    sparse_mode: i64,
-    dq: *const AclTensor,
-    dk: *const AclTensor,
-    dv: *const AclTensor,
-    dpse: *const AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnFlashAttentionScoreGradGetWorkspaceSize";
-    let q = try_i32!(tensor(F, "query", query));
-    let k = try_i32!(tensor(F, "keyIn", key));
-    let v = try_i32!(tensor(F, "value", value));
-    let g = try_i32!(tensor(F, "dy", dy));
+flash_op!(aclnnFlashAttentionScoreGrad, aclnnFlashAttentionScoreGradGetWorkspaceSize(
+    [
+        query: *const AclTensor,
+        key: *const AclTensor,
+        value: *const AclTensor,
+        dy: *const AclTensor,
+    ],
+    masks("pseShift" pse_shift, "dropMask" drop_mask, "paddingMask" padding_mask, "attenMask" atten_mask),
+    [
+        softmax_max: *const AclTensor,
+        softmax_sum: *const AclTensor,
+        softmax_in: *const AclTensor,
+        attention_in: *const AclTensor,
+    ],
+    attributes,
+    [dq: *const AclTensor, dk: *const AclTensor, dv: *const AclTensor, dpse: *const AclTensor],
+) |attn| {
     // The stand-in recomputes P from the statistics, so both are required here.
-    let m = try_i32!(tensor(F, "softmaxMax", softmax_max));
-    let s = try_i32!(tensor(F, "softmaxSum", softmax_sum));
-    let si = try_i32!(opt_tensor(F, "softmaxIn", softmax_in));
-    let o = try_i32!(tensor(F, "attentionIn", attention_in));
-    let (tq, tk, tv) = (
-        try_i32!(tensor(F, "dqOut", dq)),
-        try_i32!(tensor(F, "dkOut", dk)),
-        try_i32!(tensor(F, "dvOut", dv)),
-    );
-    let tp = try_i32!(opt_tensor(F, "dpseOut", dpse));
-    let a = try_i32!(check_attrs(
-        F,
-        &q.view,
-        &k.view,
-        &v.view,
-        &[
-            ("pseShift", pse_shift),
-            ("dropMask", drop_mask),
-            ("paddingMask", padding_mask),
-            ("attenMask", atten_mask),
-        ],
-        prefix,
-        scale,
-        keep_prob,
-        pre,
-        next,
-        head_num,
-        layout,
-        inner_precise,
-        sparse_mode,
-    ));
-    try_i32!(check_stats(F, &a, &m.view, &s.view));
-    try_i32!(check_empty(F, "softmaxIn", si));
-    try_i32!(check_empty(F, "dpseOut", tp));
+    let [q, k, v, g, m, s] = tensors(F, [
+        ("query", query),
+        ("keyIn", key),
+        ("value", value),
+        ("dy", dy),
+        ("softmaxMax", softmax_max),
+        ("softmaxSum", softmax_sum),
+    ])?;
+    let si = opt_tensor(F, "softmaxIn", softmax_in)?;
+    let o = tensor(F, "attentionIn", attention_in)?;
+    let [tq, tk, tv] = tensors(F, [("dqOut", dq), ("dkOut", dk), ("dvOut", dv)])?;
+    let tp = opt_tensor(F, "dpseOut", dpse)?;
+    let a = attn(&q.view, &k.view, &v.view)?;
+    check_stats(F, &a, &m.view, &s.view)?;
+    check_empty(F, "softmaxIn", si)?;
+    check_empty(F, "dpseOut", tp)?;
     for (what, t, like) in [
         ("dy", g, q),
         ("attentionIn", o, q),
@@ -328,64 +252,43 @@ pub unsafe extern "C" fn aclnnFlashAttentionScoreGradGetWorkspaceSize(
         ("dkOut", tk, k),
         ("dvOut", tv, v),
     ] {
-        if t.view.dims != like.view.dims {
-            return bad(
-                F,
-                format!("{what} {:?} != {:?}", t.view.dims, like.view.dims),
-            );
-        }
+        check_dims(F, what, &t.view.dims, &like.view.dims)?;
     }
-    let views: Vec<View> = [q, k, v, g, m, s, o, tq, tk, tv]
-        .iter()
-        .map(|t| t.view.clone())
-        .collect();
-    finish_phase1(
-        "aclnnFlashAttentionScoreGrad",
-        0,
-        Box::new(move |_| {
-            let [qv, kv, vv, gv, mv, sv, ov, dqv, dkv, dvv] = &views[..] else {
-                unreachable!()
-            };
-            let (d, sk) = (a.d as usize, a.sk as usize);
-            for b in 0..a.b {
-                for n in 0..a.n {
-                    let mut dkk = vec![0f64; sk * d];
-                    let mut dvs = vec![0f64; sk * d];
-                    for i in 0..a.sq {
-                        let sc = scores(&a, qv, kv, b, n, i);
-                        let (mx, sum) =
-                            (mv.get(&[b, n, i, 0]) as f64, sv.get(&[b, n, i, 0]) as f64);
-                        let p: Vec<f64> = sc.iter().map(|x| (x - mx).exp() / sum).collect();
-                        let (go, oi) = (row(gv, b, n, i, a.d), row(ov, b, n, i, a.d));
-                        let di = dot(&go, &oi);
-                        let qi = row(qv, b, n, i, a.d);
-                        let mut dqi = vec![0f64; d];
-                        for j in 0..sk {
-                            let (kj, vj) =
-                                (row(kv, b, n, j as i64, a.d), row(vv, b, n, j as i64, a.d));
-                            let ds = p[j] * (dot(&go, &vj) - di);
-                            for c in 0..d {
-                                dvs[j * d + c] += p[j] * go[c];
-                                dqi[c] += a.scale * ds * kj[c];
-                                dkk[j * d + c] += a.scale * ds * qi[c];
-                            }
-                        }
-                        for (c, &g) in dqi.iter().enumerate() {
-                            dqv.set(&[b, n, i, c as i64], g as f32);
+    let [qv, kv, vv, gv, mv, sv, ov, dqv, dkv, dvv] = views([q, k, v, g, m, s, o, tq, tk, tv]);
+    plan(move || {
+        let (d, sk) = (a.d as usize, a.sk as usize);
+        for b in 0..a.b {
+            for n in 0..a.n {
+                let mut dkk = vec![0f64; sk * d];
+                let mut dvs = vec![0f64; sk * d];
+                for i in 0..a.sq {
+                    let sc = scores(&a, &qv, &kv, b, n, i);
+                    let (mx, sum) = (mv.get(&[b, n, i, 0]) as f64, sv.get(&[b, n, i, 0]) as f64);
+                    let p: Vec<f64> = sc.iter().map(|x| (x - mx).exp() / sum).collect();
+                    let (go, oi) = (row(&gv, b, n, i, a.d), row(&ov, b, n, i, a.d));
+                    let di = dot(&go, &oi);
+                    let qi = row(&qv, b, n, i, a.d);
+                    let mut dqi = vec![0f64; d];
+                    for j in 0..sk {
+                        let (kj, vj) = (row(&kv, b, n, j as i64, a.d), row(&vv, b, n, j as i64, a.d));
+                        let ds = p[j] * (dot(&go, &vj) - di);
+                        for c in 0..d {
+                            dvs[j * d + c] += p[j] * go[c];
+                            dqi[c] += a.scale * ds * kj[c];
+                            dkk[j * d + c] += a.scale * ds * qi[c];
                         }
                     }
-                    for j in 0..sk {
-                        for c in 0..d {
-                            dkv.set(&[b, n, j as i64, c as i64], dkk[j * d + c] as f32);
-                            dvv.set(&[b, n, j as i64, c as i64], dvs[j * d + c] as f32);
-                        }
+                    for (c, &g) in dqi.iter().enumerate() {
+                        dqv.set(&[b, n, i, c as i64], g as f32);
+                    }
+                }
+                for j in 0..sk {
+                    for c in 0..d {
+                        dkv.set(&[b, n, j as i64, c as i64], dkk[j * d + c] as f32);
+                        dvv.set(&[b, n, j as i64, c as i64], dvs[j * d + c] as f32);
                     }
                 }
             }
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnFlashAttentionScoreGrad, "aclnnFlashAttentionScoreGrad");
+        }
+    })
+});

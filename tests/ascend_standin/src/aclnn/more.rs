@@ -27,178 +27,63 @@ fn sqrt(v: f32, _: bool) -> f32 {
 }
 
 macro_rules! unary_op {
-    ($p1:ident, $p2:ident, $f:ident) => {
-        #[no_mangle]
-        pub unsafe extern "C" fn $p1(
-            x: *const AclTensor,
-            out: *mut AclTensor,
-            ws: *mut u64,
-            ex: *mut *mut Executor,
-        ) -> i32 {
-            unary(stringify!($p1), stringify!($p2), x, out, $f, false, ws, ex)
-        }
-        #[no_mangle]
-        pub unsafe extern "C" fn $p2(
-            ws: *mut c_void,
-            n: u64,
-            ex: *mut Executor,
-            stream: *mut c_void,
-        ) -> i32 {
-            phase2(stringify!($p2), ws, n, ex, stream)
-        }
+    ($op:ident, $p1:ident, $f:ident) => {
+        aclnn_op!($op, $p1(x: *const AclTensor, out: *mut AclTensor) {
+            unary(F, x, out, $f, false)
+        });
     };
 }
 
-unary_op!(aclnnReluGetWorkspaceSize, aclnnRelu, relu);
-unary_op!(aclnnSigmoidGetWorkspaceSize, aclnnSigmoid, sigmoid);
-unary_op!(aclnnExpGetWorkspaceSize, aclnnExp, exp);
-unary_op!(aclnnSinGetWorkspaceSize, aclnnSin, sin);
-unary_op!(aclnnCosGetWorkspaceSize, aclnnCos, cos);
-unary_op!(aclnnSqrtGetWorkspaceSize, aclnnSqrt, sqrt);
+unary_op!(aclnnRelu, aclnnReluGetWorkspaceSize, relu);
+unary_op!(aclnnSigmoid, aclnnSigmoidGetWorkspaceSize, sigmoid);
+unary_op!(aclnnExp, aclnnExpGetWorkspaceSize, exp);
+unary_op!(aclnnSin, aclnnSinGetWorkspaceSize, sin);
+unary_op!(aclnnCos, aclnnCosGetWorkspaceSize, cos);
+unary_op!(aclnnSqrt, aclnnSqrtGetWorkspaceSize, sqrt);
 
 // ------------------------------------------------------------------ div
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnDivGetWorkspaceSize(
+aclnn_op!(aclnnDiv, aclnnDivGetWorkspaceSize(
     a: *const AclTensor,
     b: *const AclTensor,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnDivGetWorkspaceSize";
-    let a = try_i32!(tensor(F, "self", a));
-    let b = try_i32!(tensor(F, "other", b));
-    let o = try_i32!(tensor(F, "out", out));
-    match broadcast(&a.view.dims, &b.view.dims) {
-        Some(d) if d == o.view.dims => {}
-        _ => {
-            return bad(
-                F,
-                format!(
-                    "cannot broadcast {:?} and {:?} to {:?}",
-                    a.view.dims, b.view.dims, o.view.dims
-                ),
-            )
-        }
-    }
-    let (av, bv, ov) = (a.view.clone(), b.view.clone(), o.view.clone());
-    finish_phase1(
-        "aclnnDiv",
-        0,
-        Box::new(move |_| {
-            let mut vals = Vec::with_capacity(ov.numel());
-            for_each_index(&ov.dims, |i| vals.push(bget(&av, i) / bget(&bv, i)));
-            ov.write(&vals);
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnDiv, "aclnnDiv");
+) {
+    binary(F, a, b, out, |x, y| x / y)
+});
 
 // ------------------------------------------------------------------ activation backwards
 
-/// Two same-shape inputs and an output of that shape; `f(a, b)` per element.
-#[allow(clippy::too_many_arguments)]
-unsafe fn zip2(
-    func: &'static str,
-    name: &'static str,
-    what: (&str, &str, &str),
-    a: *const AclTensor,
-    b: *const AclTensor,
-    out: *mut AclTensor,
-    f: Box<dyn Fn(f32, f32) -> f32 + Send>,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    let a = try_i32!(tensor(func, what.0, a));
-    let b = try_i32!(tensor(func, what.1, b));
-    let o = try_i32!(tensor(func, what.2, out));
-    if a.view.dims != b.view.dims || o.view.dims != a.view.dims {
-        return bad(
-            func,
-            format!(
-                "{} {:?}, {} {:?} and {} {:?} must have one shape",
-                what.0, a.view.dims, what.1, b.view.dims, what.2, o.view.dims
-            ),
-        );
-    }
-    let (av, bv, ov) = (a.view.clone(), b.view.clone(), o.view.clone());
-    finish_phase1(
-        name,
-        0,
-        Box::new(move |_| {
-            let (x, y) = (av.read(), bv.read());
-            let r: Vec<f32> = x.iter().zip(&y).map(|(&p, &q)| f(p, q)).collect();
-            ov.write(&r);
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn aclnnThresholdBackwardGetWorkspaceSize(
+aclnn_op!(aclnnThresholdBackward, aclnnThresholdBackwardGetWorkspaceSize(
     grad_out: *const AclTensor,
     x: *const AclTensor,
     threshold: *const AclScalar,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnThresholdBackwardGetWorkspaceSize";
-    if threshold.is_null() {
-        return fail(ACLNN_ERR_PARAM_NULLPTR, format!("{F}: threshold is NULL"));
-    }
-    if !is_live(threshold) {
-        return bad(
-            F,
-            format!("threshold {threshold:p} is not a live aclScalar"),
-        );
-    }
-    let s = &*threshold;
-    if s.dtype != ACL_FLOAT {
-        return bad(F, format!("threshold dtype {} (stand-in: FLOAT)", s.dtype));
-    }
-    let t = f32::from_ne_bytes([s.bits[0], s.bits[1], s.bits[2], s.bits[3]]);
+) {
+    let t = f32_scalar(F, "threshold", threshold)?;
     zip2(
         F,
-        "aclnnThresholdBackward",
         ("gradOutput", "self", "out"),
         grad_out,
         x,
         out,
-        Box::new(move |g, v| if v > t { g } else { 0.0 }),
-        ws,
-        ex,
+        move |g, v| if v > t { g } else { 0.0 },
     )
-}
-run_fn!(aclnnThresholdBackward, "aclnnThresholdBackward");
+});
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnSigmoidBackwardGetWorkspaceSize(
+aclnn_op!(aclnnSigmoidBackward, aclnnSigmoidBackwardGetWorkspaceSize(
     grad_out: *const AclTensor,
     y: *const AclTensor,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
+) {
     zip2(
-        "aclnnSigmoidBackwardGetWorkspaceSize",
-        "aclnnSigmoidBackward",
+        F,
         ("gradOutput", "output", "gradInput"),
         grad_out,
         y,
         out,
-        Box::new(|g, y| (g as f64 * y as f64 * (1.0 - y as f64)) as f32),
-        ws,
-        ex,
+        |g, y| (g as f64 * y as f64 * (1.0 - y as f64)) as f32,
     )
-}
-run_fn!(aclnnSigmoidBackward, "aclnnSigmoidBackward");
+});
 
 // ------------------------------------------------------------------ bilinear resize
 
@@ -240,74 +125,51 @@ unsafe fn resize_attrs(
             format!("scales ({sh}, {sw}) must be finite and >= 0"),
         ));
     }
-    if size.is_null() {
-        return Err(fail(
-            ACLNN_ERR_PARAM_NULLPTR,
-            format!("{func}: outputSize is NULL"),
-        ));
-    }
-    match (&(*size).0)[..] {
-        [a, b] if a > 0 && b > 0 => Ok([a, b]),
-        ref v => Err(bad(
+    match int_array(func, "outputSize", size)? {
+        &[a, b] if a > 0 && b > 0 => Ok([a, b]),
+        v => Err(bad(
             func,
             format!("outputSize {v:?} is not 2 positive ints"),
         )),
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnUpsampleBilinear2dGetWorkspaceSize(
+aclnn_op!(aclnnUpsampleBilinear2d, aclnnUpsampleBilinear2dGetWorkspaceSize(
     x: *const AclTensor,
     size: *const AclIntArray,
     align: bool,
     sh: f64,
     sw: f64,
     out: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnUpsampleBilinear2dGetWorkspaceSize";
-    let x = try_i32!(tensor(F, "self", x));
-    let o = try_i32!(tensor(F, "out", out));
+) {
+    let [x, o] = tensors(F, [("self", x), ("out", out)])?;
     // ops-cv aclnn_upsample_bilinear_2d.cpp CheckFormat: NCHW or NHWC only.
-    try_i32!(check_format(F, "self", x, &[FORMAT_NCHW, FORMAT_NHWC]));
-    try_i32!(check_format(F, "out", o, &[FORMAT_NCHW, FORMAT_NHWC]));
+    check_format(F, "self", x, &[FORMAT_NCHW, FORMAT_NHWC])?;
+    check_format(F, "out", o, &[FORMAT_NCHW, FORMAT_NHWC])?;
     if x.format != FORMAT_NCHW || o.format != FORMAT_NCHW {
-        return bad(F, "the stand-in implements NCHW only".into());
+        return Err(bad(F, "the stand-in implements NCHW only".into()));
     }
-    let [oh, ow] = try_i32!(resize_attrs(F, align, sh, sw, size));
+    let [oh, ow] = resize_attrs(F, align, sh, sw, size)?;
     let (xd, od) = (&x.view.dims, &o.view.dims);
-    if xd.len() != 4 || xd[2] <= 0 || xd[3] <= 0 || *od != [xd[0], xd[1], oh, ow] {
-        return bad(
-            F,
-            format!("self {xd:?} (NCHW, h, w > 0) and out {od:?} for outputSize [{oh}, {ow}]"),
-        );
-    }
-    let (xv, ov) = (x.view.clone(), o.view.clone());
+    let ok = xd.len() == 4 && xd[2] > 0 && xd[3] > 0 && *od == [xd[0], xd[1], oh, ow];
+    ensure(F, ok, || {
+        format!("self {xd:?} (NCHW, h, w > 0) and out {od:?} for outputSize [{oh}, {ow}]")
+    })?;
     let (h, w) = (xd[2], xd[3]);
-    finish_phase1(
-        "aclnnUpsampleBilinear2d",
-        0,
-        Box::new(move |_| {
-            let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
-            for_each_index(&ov.dims.clone(), |i| {
-                let (y0, y1, a0, a1) = taps(h, rh, i[2]);
-                let (x0, x1, b0, b1) = taps(w, rw, i[3]);
-                let g = |y: i64, x: i64| xv.get(&[i[0], i[1], y, x]) as f64;
-                let v =
-                    a0 * (b0 * g(y0, x0) + b1 * g(y0, x1)) + a1 * (b0 * g(y1, x0) + b1 * g(y1, x1));
-                ov.set(i, v as f32);
-            });
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnUpsampleBilinear2d, "aclnnUpsampleBilinear2d");
+    let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
+    let [xv, ov] = views([x, o]);
+    plan(move || {
+        for_each_index(&ov.dims.clone(), |i| {
+            let (y0, y1, a0, a1) = taps(h, rh, i[2]);
+            let (x0, x1, b0, b1) = taps(w, rw, i[3]);
+            let g = |y: i64, x: i64| xv.get(&[i[0], i[1], y, x]) as f64;
+            let v = a0 * (b0 * g(y0, x0) + b1 * g(y0, x1)) + a1 * (b0 * g(y1, x0) + b1 * g(y1, x1));
+            ov.set(i, v as f32);
+        });
+    })
+});
 
-#[no_mangle]
-pub unsafe extern "C" fn aclnnUpsampleBilinear2dBackwardGetWorkspaceSize(
+aclnn_op!(aclnnUpsampleBilinear2dBackward, aclnnUpsampleBilinear2dBackwardGetWorkspaceSize(
     grad_out: *const AclTensor,
     out_size: *const AclIntArray,
     in_size: *const AclIntArray,
@@ -315,171 +177,135 @@ pub unsafe extern "C" fn aclnnUpsampleBilinear2dBackwardGetWorkspaceSize(
     sh: f64,
     sw: f64,
     grad_in: *mut AclTensor,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnUpsampleBilinear2dBackwardGetWorkspaceSize";
-    let g = try_i32!(tensor(F, "gradOut", grad_out));
-    let gi = try_i32!(tensor(F, "gradInput", grad_in));
-    let [oh, ow] = try_i32!(resize_attrs(F, align, sh, sw, out_size));
-    if in_size.is_null() {
-        return fail(ACLNN_ERR_PARAM_NULLPTR, format!("{F}: inputSize is NULL"));
-    }
-    if !is_live(in_size) {
-        return bad(
-            F,
-            format!("inputSize {in_size:p} is not a live aclIntArray"),
-        );
-    }
-    let isz = (*in_size).0.clone();
+) {
+    let [g, gi] = tensors(F, [("gradOut", grad_out), ("gradInput", grad_in)])?;
+    let [oh, ow] = resize_attrs(F, align, sh, sw, out_size)?;
+    let isz = int_array(F, "inputSize", in_size)?.to_vec();
     let (gd, id) = (&g.view.dims, &gi.view.dims);
     // ops-cv aclnn_upsample_bilinear_2d_backward.cpp CheckShape: a gradOut that is not NCHW
     // is read as NHWC, so its dims must be [n, oh, ow, c].
     if g.format != FORMAT_NCHW && isz.len() == 4 {
         let want = [isz[0], oh, ow, isz[1]];
         if *gd != want {
-            return bad(
+            return Err(bad(
                 F,
                 format!(
                     "gradOut {gd:?} in format {} is read as NHWC: dims must be {want:?}",
                     format_name(g.format)
                 ),
-            );
+            ));
         }
-        return bad(F, "the stand-in implements NCHW only".into());
+        return Err(bad(F, "the stand-in implements NCHW only".into()));
     }
-    if isz.len() != 4 || isz[2] <= 0 || isz[3] <= 0 || *id != isz || *gd != [isz[0], isz[1], oh, ow]
-    {
-        return bad(
-            F,
-            format!("gradOut {gd:?}, gradInput {id:?}, inputSize {isz:?}, outputSize [{oh}, {ow}]"),
-        );
-    }
-    let (gv, iv) = (g.view.clone(), gi.view.clone());
-    let (h, w) = (isz[2], isz[3]);
-    finish_phase1(
-        "aclnnUpsampleBilinear2dBackward",
-        0,
-        Box::new(move |_| {
-            let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
-            let mut acc = vec![0f64; iv.numel()];
-            let at =
-                |i: &[i64], y: i64, x: i64| (((i[0] * isz[1] + i[1]) * h + y) * w + x) as usize;
-            for_each_index(&gv.dims.clone(), |i| {
-                let d = gv.get(i) as f64;
-                let (y0, y1, a0, a1) = taps(h, rh, i[2]);
-                let (x0, x1, b0, b1) = taps(w, rw, i[3]);
-                acc[at(i, y0, x0)] += a0 * b0 * d;
-                acc[at(i, y0, x1)] += a0 * b1 * d;
-                acc[at(i, y1, x0)] += a1 * b0 * d;
-                acc[at(i, y1, x1)] += a1 * b1 * d;
-            });
-            iv.write(&acc.iter().map(|&v| v as f32).collect::<Vec<_>>());
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(
-    aclnnUpsampleBilinear2dBackward,
-    "aclnnUpsampleBilinear2dBackward"
-);
+    let ok = isz.len() == 4 && isz[2] > 0 && isz[3] > 0;
+    ensure(F, ok && *id == isz && *gd == [isz[0], isz[1], oh, ow], || {
+        format!("gradOut {gd:?}, gradInput {id:?}, inputSize {isz:?}, outputSize [{oh}, {ow}]")
+    })?;
+    let [gv, iv] = views([g, gi]);
+    let (c, h, w) = (isz[1], isz[2], isz[3]);
+    let (rh, rw) = (ratio(h, oh, sh), ratio(w, ow, sw));
+    plan(move || {
+        let mut acc = vec![0f64; iv.numel()];
+        let at = |i: &[i64], y: i64, x: i64| (((i[0] * c + i[1]) * h + y) * w + x) as usize;
+        for_each_index(&gv.dims.clone(), |i| {
+            let d = gv.get(i) as f64;
+            let (y0, y1, a0, a1) = taps(h, rh, i[2]);
+            let (x0, x1, b0, b1) = taps(w, rw, i[3]);
+            acc[at(i, y0, x0)] += a0 * b0 * d;
+            acc[at(i, y0, x1)] += a0 * b1 * d;
+            acc[at(i, y1, x0)] += a1 * b0 * d;
+            acc[at(i, y1, x1)] += a1 * b1 * d;
+        });
+        iv.write(&acc.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    })
+});
 
 // ------------------------------------------------------------------ fused AdamW
 
-/// `aclnnApplyAdamWV2` with amsgrad and maximize off (others are rejected): PyTorch AdamW in
-/// place, t = step + 1, scalars in f32 like the CANN kernel (`apply_adam_w_v2_fp.h`).
-#[no_mangle]
-pub unsafe extern "C" fn aclnnApplyAdamWV2GetWorkspaceSize(
-    var: *mut AclTensor,
-    m: *mut AclTensor,
-    v: *mut AclTensor,
-    max_grad_norm: *mut AclTensor,
-    grad: *const AclTensor,
-    step: *const AclTensor,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    weight_decay: f32,
-    eps: f32,
-    amsgrad: bool,
-    maximize: bool,
-    ws: *mut u64,
-    ex: *mut *mut Executor,
-) -> i32 {
-    const F: &str = "aclnnApplyAdamWV2GetWorkspaceSize";
-    let w = try_i32!(tensor(F, "varRef", var));
-    let mt = try_i32!(tensor(F, "mRef", m));
-    let vt = try_i32!(tensor(F, "vRef", v));
-    let g = try_i32!(tensor(F, "grad", grad));
-    let st = try_i32!(tensor(F, "step", step));
-    if amsgrad || maximize || !max_grad_norm.is_null() {
-        return bad(
-            F,
-            format!(
-                "amsgrad {amsgrad} / maximize {maximize} / maxGradNorm: the stand-in \
-                 implements amsgrad = maximize = false without maxGradNorm"
-            ),
-        );
-    }
-    if st.view.numel() != 1 {
-        return bad(F, format!("step {:?} must have one element", st.view.dims));
-    }
-    for (what, t) in [("mRef", mt), ("vRef", vt), ("grad", g)] {
-        if t.view.dims != w.view.dims {
-            return bad(
+aclnn_op!(
+    /// `aclnnApplyAdamWV2` with amsgrad and maximize off (others are rejected): PyTorch AdamW in
+    /// place, t = step + 1, scalars in f32 like the CANN kernel (`apply_adam_w_v2_fp.h`).
+    aclnnApplyAdamWV2,
+    aclnnApplyAdamWV2GetWorkspaceSize(
+        var: *mut AclTensor,
+        m: *mut AclTensor,
+        v: *mut AclTensor,
+        max_grad_norm: *mut AclTensor,
+        grad: *const AclTensor,
+        step: *const AclTensor,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        weight_decay: f32,
+        eps: f32,
+        amsgrad: bool,
+        maximize: bool,
+    ) {
+        let w = tensor(F, "varRef", var)?;
+        let mt = tensor(F, "mRef", m)?;
+        let vt = tensor(F, "vRef", v)?;
+        let g = tensor(F, "grad", grad)?;
+        let st = tensor(F, "step", step)?;
+        if amsgrad || maximize || !max_grad_norm.is_null() {
+            return Err(bad(
                 F,
-                format!("{what} {:?} != varRef {:?}", t.view.dims, w.view.dims),
-            );
+                format!(
+                    "amsgrad {amsgrad} / maximize {maximize} / maxGradNorm: the stand-in \
+                     implements amsgrad = maximize = false without maxGradNorm"
+                ),
+            ));
         }
-    }
-    if !(lr.is_finite()
-        && eps.is_finite()
-        && (0.0..1.0).contains(&beta1)
-        && (0.0..1.0).contains(&beta2))
-    {
-        return bad(
-            F,
-            format!("lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"),
-        );
-    }
-    let (wv, mv, vv, gv, sv) = (
-        w.view.clone(),
-        mt.view.clone(),
-        vt.view.clone(),
-        g.view.clone(),
-        st.view.clone(),
-    );
-    finish_phase1(
-        "aclnnApplyAdamWV2",
-        0,
-        Box::new(move |_| {
-            let t = sv.read()[0] + 1.0;
-            if t < 1.0 {
-                return Err((
-                    ACLNN_ERR_PARAM_INVALID,
-                    "aclnnApplyAdamWV2: step < 0".into(),
+        if st.view.numel() != 1 {
+            return Err(bad(
+                F,
+                format!("step {:?} must have one element", st.view.dims),
+            ));
+        }
+        for (what, t) in [("mRef", mt), ("vRef", vt), ("grad", g)] {
+            if t.view.dims != w.view.dims {
+                return Err(bad(
+                    F,
+                    format!("{what} {:?} != varRef {:?}", t.view.dims, w.view.dims),
                 ));
             }
-            let step_size = lr / (1.0 - beta1.powf(t));
-            let bc2_rsqrt = 1.0 / (1.0 - beta2.powf(t)).sqrt();
-            let decay = 1.0 - lr * weight_decay;
-            let (mut w, mut m, mut v, g) = (wv.read(), mv.read(), vv.read(), gv.read());
-            for i in 0..w.len() {
-                w[i] *= decay;
-                m[i] += (g[i] - m[i]) * (1.0 - beta1);
-                v[i] = v[i] * beta2 + g[i] * g[i] * (1.0 - beta2);
-                let denom = v[i].sqrt() * bc2_rsqrt + eps;
-                w[i] -= m[i] / denom * step_size;
-            }
-            wv.write(&w);
-            mv.write(&m);
-            vv.write(&v);
-            Ok(())
-        }),
-        ws,
-        ex,
-    )
-}
-run_fn!(aclnnApplyAdamWV2, "aclnnApplyAdamWV2");
+        }
+        if !(lr.is_finite()
+            && eps.is_finite()
+            && (0.0..1.0).contains(&beta1)
+            && (0.0..1.0).contains(&beta2))
+        {
+            return Err(bad(
+                F,
+                format!("lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"),
+            ));
+        }
+        let [wv, mv, vv, gv, sv] = views([w, mt, vt, g, st]);
+        Ok(Planned(
+            0,
+            Box::new(move |_| {
+                let t = sv.read()[0] + 1.0;
+                if t < 1.0 {
+                    return Err((
+                        ACLNN_ERR_PARAM_INVALID,
+                        "aclnnApplyAdamWV2: step < 0".into(),
+                    ));
+                }
+                let step_size = lr / (1.0 - beta1.powf(t));
+                let bc2_rsqrt = 1.0 / (1.0 - beta2.powf(t)).sqrt();
+                let decay = 1.0 - lr * weight_decay;
+                let (mut w, mut m, mut v, g) = (wv.read(), mv.read(), vv.read(), gv.read());
+                for i in 0..w.len() {
+                    w[i] *= decay;
+                    m[i] += (g[i] - m[i]) * (1.0 - beta1);
+                    v[i] = v[i] * beta2 + g[i] * g[i] * (1.0 - beta2);
+                    let denom = v[i].sqrt() * bc2_rsqrt + eps;
+                    w[i] -= m[i] / denom * step_size;
+                }
+                wv.write(&w);
+                mv.write(&m);
+                vv.write(&v);
+                Ok(())
+            }),
+        ))
+    }
+);
