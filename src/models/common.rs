@@ -136,6 +136,47 @@ pub fn enable_training(params: Vec<(String, &mut Tensor)>) {
     }
 }
 
+/// The inherent state-dict methods of a promptable segmenter whose `image_encoder` and
+/// `mask_decoder` fields are trained (the prompt encoder is frozen): `state_dict`,
+/// `load_state_dict`, `trainable_parameters` (the tensors of those two whose state-dict name
+/// passes `$keep`, documented by the attributes given) and `enable_training`.
+macro_rules! state_dict_methods {
+    ($(#[$trainable_doc:meta])* keep: $keep:expr) => {
+        /// Every parameter and buffer by state-dict name, in PyTorch's order.
+        pub fn state_dict(&mut self) -> Vec<(String, $crate::tensor::Tensor)> {
+            $crate::models::common::state_dict(self)
+        }
+
+        /// Copies matching tensors in; reports missing, unexpected and wrongly shaped keys by name.
+        pub fn load_state_dict(
+            &mut self,
+            weights: &std::collections::BTreeMap<String, $crate::tensor::Tensor>,
+        ) -> $crate::error::Result<$crate::models::common::LoadReport> {
+            $crate::models::common::load_state_dict(self, weights)
+        }
+
+        $(#[$trainable_doc])*
+        pub fn trainable_parameters(&mut self) -> Vec<(String, &mut $crate::tensor::Tensor)> {
+            $crate::models::common::parameters(
+                vec![
+                    (
+                        "image_encoder",
+                        &mut self.image_encoder as &mut dyn $crate::models::common::Module,
+                    ),
+                    ("mask_decoder", &mut self.mask_decoder),
+                ],
+                $keep,
+            )
+        }
+
+        /// Marks the trainable parameters as variables (so backward fills their `.grad`).
+        pub fn enable_training(&mut self) {
+            $crate::models::common::enable_training(self.trainable_parameters());
+        }
+    };
+}
+pub(crate) use state_dict_methods;
+
 /// `prefix.name`, or `name` at the root.
 pub fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {

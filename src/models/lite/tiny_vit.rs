@@ -15,11 +15,12 @@
 //! each conv+BN pair is folded into one conv with bias. In training mode ([`Mode::Train`]) it
 //! normalises with batch statistics and updates the running averages, as `model.train()` does.
 
-use crate::autograd::is_grad_enabled;
+use crate::autograd::records;
 use crate::error::{Error, Result};
 use crate::models::common::{join, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, Module};
 use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
+use crate::ops::then_gelu;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -291,11 +292,7 @@ pub fn conv1x1_act(
         Some(r) => y.add(r)?,
         None => y,
     };
-    if gelu {
-        y.gelu()
-    } else {
-        Ok(y)
-    }
+    then_gelu(y, gelu)
 }
 
 impl Conv2dBn {
@@ -338,20 +335,16 @@ impl Conv2dBn {
         } else if self.groups > 1 && self.groups == x.dim(1) && w.dim(0) == self.groups {
             x.depthwise_conv2d_act(w, bias, self.stride, self.pad, gelu)
         } else {
-            let y = x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?;
-            if gelu {
-                y.gelu()
-            } else {
-                Ok(y)
-            }
+            then_gelu(
+                x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?,
+                gelu,
+            )
         }
     }
 
     /// `gelu(forward(x))`, with the GELU fused into the folded inference conv where possible.
     pub fn forward_gelu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
-        if mode == Mode::Eval && !recording {
+        if mode == Mode::Eval && !self.records(x, None) {
             let (w, b) = self.folded_weight()?;
             return self.conv_act(x, &w, Some(&b), true);
         }
@@ -365,11 +358,7 @@ impl Conv2dBn {
         residual: &Tensor,
         mode: Mode,
     ) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (x.requires_grad()
-                || residual.requires_grad()
-                || self.weight.requires_grad()
-                || self.bn.weight.requires_grad());
+        let recording = self.records(x, Some(residual));
         let is_1x1 =
             self.weight.dim(2) == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1;
         if mode == Mode::Eval && !recording && is_1x1 {
@@ -377,6 +366,11 @@ impl Conv2dBn {
             return conv1x1_act(x, &w, Some(&b), Some(residual), true);
         }
         self.forward(x, mode)?.add(residual)?.gelu()
+    }
+
+    /// Whether autograd records this layer on `x` (and `residual`).
+    fn records(&self, x: &Tensor, residual: Option<&Tensor>) -> bool {
+        records(&[Some(x), residual, Some(&self.weight), Some(&self.bn.weight)])
     }
 
     /// The conv weight and bias with the BN running statistics folded in.
@@ -390,15 +384,9 @@ impl Conv2dBn {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
-        if mode == Mode::Eval && !recording {
+        if mode == Mode::Eval && !self.records(x, None) {
             // Inference: fold BN into the conv (one pass instead of two).
-            let (scale, shift) = self.bn.folded()?;
-            let co = scale.len();
-            let s = Tensor::from_slice(&scale, &[co, 1, 1, 1], self.weight.device())?;
-            let w = self.weight.mul(&s)?;
-            let b = Tensor::from_slice(&shift, &[co], self.weight.device())?;
+            let (w, b) = self.folded_weight()?;
             return self.conv(x, &w, Some(&b));
         }
         self.bn.forward(&self.conv(x, &self.weight, None)?, mode)
@@ -449,11 +437,7 @@ impl MbConv {
     /// nothing needs gradients.
     fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let convs = [&self.conv1, &self.conv2, &self.conv3];
-        let recording = is_grad_enabled()
-            && (x.requires_grad()
-                || convs
-                    .iter()
-                    .any(|c| c.weight.requires_grad() || c.bn.weight.requires_grad()));
+        let recording = convs.iter().any(|c| c.records(x, None));
         let dw = &self.conv2;
         let standard = dw.stride == 1 && dw.pad == 1 && dw.weight.dim(2) == 3;
         if recording || !standard {
@@ -647,9 +631,7 @@ impl TinyVitBlock {
         };
         let x = x.add(&a)?;
         let lc = &self.local_conv;
-        let recording = is_grad_enabled()
-            && (x.requires_grad() || lc.weight.requires_grad() || lc.bn.weight.requires_grad());
-        let x = if mode == Mode::Eval && !recording && lc.groups == c {
+        let x = if mode == Mode::Eval && !lc.records(&x, None) && lc.groups == c {
             // Inference: the depthwise conv straight on the token-major (NHWC) features.
             let (wf, bf) = lc.folded_weight()?;
             x.reshape(&[b, h, w, c])?

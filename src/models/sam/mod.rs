@@ -56,32 +56,11 @@ impl Sam {
         })
     }
 
-    /// Every parameter and buffer by state-dict name, in PyTorch's order.
-    pub fn state_dict(&mut self) -> Vec<(String, Tensor)> {
-        common::state_dict(self)
-    }
-
-    /// Copies matching tensors in; reports missing, unexpected and wrongly shaped keys by name.
-    pub fn load_state_dict(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
-        common::load_state_dict(self, weights)
-    }
-
-    /// The parameters MedSAM trains, in `torch.optim` order: image encoder, then mask decoder
-    /// (the prompt encoder is frozen).
-    pub fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
-        common::parameters(
-            vec![
-                ("image_encoder", &mut self.image_encoder as &mut dyn Module),
-                ("mask_decoder", &mut self.mask_decoder),
-            ],
-            |_| true,
-        )
-    }
-
-    /// Marks the trainable parameters as variables (so backward fills their `.grad`).
-    pub fn enable_training(&mut self) {
-        common::enable_training(self.trainable_parameters());
-    }
+    common::state_dict_methods!(
+        /// The parameters MedSAM trains, in `torch.optim` order: image encoder, then mask decoder
+        /// (the prompt encoder is frozen).
+        keep: |_| true
+    );
 
     /// MedSAM's forward for training and evaluation: images `[B, 3, S, S]` in [0, 1] and one box
     /// per image (input pixels) → low-res logits `[B, 1, 4g, 4g]`.
