@@ -229,38 +229,21 @@ fn parse_header(b: &[u8], path: &Path) -> Result<RawHeader> {
             })
         }
     };
-    let i16_at = |o: usize| {
-        let a = [b[o], b[o + 1]];
-        if little {
-            i16::from_le_bytes(a)
-        } else {
-            i16::from_be_bytes(a)
-        }
-    };
-    let f32_at = |o: usize| {
-        let a: [u8; 4] = b[o..o + 4].try_into().unwrap();
-        if little {
-            f32::from_le_bytes(a)
-        } else {
-            f32::from_be_bytes(a)
-        }
-    };
-    let i64_at = |o: usize| {
-        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
-        if little {
-            i64::from_le_bytes(a)
-        } else {
-            i64::from_be_bytes(a)
-        }
-    };
-    let f64_at = |o: usize| {
-        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
-        if little {
-            f64::from_le_bytes(a)
-        } else {
-            f64::from_be_bytes(a)
-        }
-    };
+    // A `$t` at byte offset `o` of the header, in the file's byte order.
+    macro_rules! at {
+        ($t:ty) => {
+            |o: usize| {
+                let a = b[o..o + std::mem::size_of::<$t>()].try_into().unwrap();
+                if little {
+                    <$t>::from_le_bytes(a)
+                } else {
+                    <$t>::from_be_bytes(a)
+                }
+            }
+        };
+    }
+    let (i16_at, f32_at) = (at!(i16), at!(f32));
+    let (i64_at, f64_at) = (at!(i64), at!(f64));
     let (dims_raw, code, pixdim, vox_offset, slope, inter): (
         Vec<i64>,
         i16,
