@@ -7,7 +7,7 @@ pub mod tiny_vit;
 use crate::error::{Error, Result};
 #[doc(hidden)]
 pub use crate::models::common::load_state_dict as load_module;
-use crate::models::common::{self, Init, Module};
+use crate::models::common::{self, Init};
 use crate::models::config::{MaskDecoderConfig, ModelType, PromptEncoderConfig, SamConfig};
 use crate::models::sam::mask_decoder::MaskDecoder;
 use crate::models::sam::prompt_encoder::PromptEncoder;
@@ -183,15 +183,7 @@ pub struct LiteMedSam {
     pub prompt_encoder: PromptEncoder,
 }
 
-impl Module for LiteMedSam {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        use crate::models::common::join;
-        self.image_encoder.visit(&join(prefix, "image_encoder"), f);
-        self.mask_decoder.visit(&join(prefix, "mask_decoder"), f);
-        self.prompt_encoder
-            .visit(&join(prefix, "prompt_encoder"), f);
-    }
-}
+crate::models::common::module_parts!(LiteMedSam: image_encoder, mask_decoder, prompt_encoder);
 
 impl LiteMedSam {
     /// A model with deterministic random initialisation for `seed` (BatchNorm as PyTorch

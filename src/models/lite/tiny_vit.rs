@@ -245,12 +245,7 @@ pub struct Conv2dBn {
     pub bn: BatchNorm2d,
 }
 
-impl Module for Conv2dBn {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "c.weight"), &mut self.weight);
-        self.bn.visit(&join(prefix, "bn"), f);
-    }
-}
+crate::models::common::module_parts!(Conv2dBn: param weight as "c.weight", bn);
 
 /// A 1×1 convolution as a matrix product: `[n, ci, h, w]` → `[n, co, h, w]`, weight `[co, ci, 1, 1]`.
 pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -398,12 +393,7 @@ pub struct PatchEmbed {
     pub seq2: Conv2dBn,
 }
 
-impl Module for PatchEmbed {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.seq0.visit(&join(prefix, "seq.0"), f);
-        self.seq2.visit(&join(prefix, "seq.2"), f);
-    }
-}
+crate::models::common::module_parts!(PatchEmbed: seq0 as "seq.0", seq2 as "seq.2");
 
 pub struct MbConv {
     pub conv1: Conv2dBn,
@@ -411,13 +401,7 @@ pub struct MbConv {
     pub conv3: Conv2dBn,
 }
 
-impl Module for MbConv {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv1.visit(&join(prefix, "conv1"), f);
-        self.conv2.visit(&join(prefix, "conv2"), f);
-        self.conv3.visit(&join(prefix, "conv3"), f);
-    }
-}
+crate::models::common::module_parts!(MbConv: conv1, conv2, conv3);
 
 impl MbConv {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -456,13 +440,7 @@ pub struct PatchMerging {
     pub conv3: Conv2dBn,
 }
 
-impl Module for PatchMerging {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv1.visit(&join(prefix, "conv1"), f);
-        self.conv2.visit(&join(prefix, "conv2"), f);
-        self.conv3.visit(&join(prefix, "conv3"), f);
-    }
-}
+crate::models::common::module_parts!(PatchMerging: conv1, conv2, conv3);
 
 impl PatchMerging {
     /// NCHW → tokens `[B, H'·W', C']`.
@@ -489,17 +467,7 @@ pub struct Attention {
     pub window: usize,
 }
 
-impl Module for Attention {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(
-            &join(prefix, "attention_biases"),
-            &mut self.attention_biases,
-        );
-        self.norm.visit(&join(prefix, "norm"), f);
-        self.qkv.visit(&join(prefix, "qkv"), f);
-        self.proj.visit(&join(prefix, "proj"), f);
-    }
-}
+crate::models::common::module_parts!(Attention: param attention_biases, norm, qkv, proj);
 
 /// Offsets in first-seen order over the row-major point pairs, as upstream numbers them.
 fn attention_offsets(ws: usize) -> (usize, Vec<usize>) {
@@ -569,13 +537,7 @@ pub struct Mlp {
     pub fc2: Linear,
 }
 
-impl Module for Mlp {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.norm.visit(&join(prefix, "norm"), f);
-        self.fc1.visit(&join(prefix, "fc1"), f);
-        self.fc2.visit(&join(prefix, "fc2"), f);
-    }
-}
+crate::models::common::module_parts!(Mlp: norm, fc1, fc2);
 
 impl Mlp {
     /// `x + forward(x)`, with the residual add fused into fc2 in inference.
@@ -598,13 +560,7 @@ pub struct TinyVitBlock {
     pub window_size: usize,
 }
 
-impl Module for TinyVitBlock {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.attn.visit(&join(prefix, "attn"), f);
-        self.mlp.visit(&join(prefix, "mlp"), f);
-        self.local_conv.visit(&join(prefix, "local_conv"), f);
-    }
-}
+crate::models::common::module_parts!(TinyVitBlock: attn, mlp, local_conv);
 
 impl TinyVitBlock {
     /// Tokens `[B, H·W, C]` → `[B, H·W, C]`.
@@ -689,14 +645,7 @@ pub struct TinyVitNeck {
     pub norm3: LayerNorm2d,
 }
 
-impl Module for TinyVitNeck {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv0.visit(&join(prefix, "0"), f);
-        self.norm1.visit(&join(prefix, "1"), f);
-        self.conv2.visit(&join(prefix, "2"), f);
-        self.norm3.visit(&join(prefix, "3"), f);
-    }
-}
+crate::models::common::module_parts!(TinyVitNeck: conv0 as "0", norm1 as "1", conv2 as "2", norm3 as "3");
 
 pub struct TinyVit {
     pub cfg: TinyVitConfig,
@@ -705,15 +654,7 @@ pub struct TinyVit {
     pub neck: TinyVitNeck,
 }
 
-impl Module for TinyVit {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.patch_embed.visit(&join(prefix, "patch_embed"), f);
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&join(prefix, &format!("layers.{i}")), f);
-        }
-        self.neck.visit(&join(prefix, "neck"), f);
-    }
-}
+crate::models::common::module_parts!(TinyVit: patch_embed, list layers, neck);
 
 impl TinyVit {
     pub fn new(init: &mut Init, cfg: &TinyVitConfig) -> Result<Self> {

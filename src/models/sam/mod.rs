@@ -10,7 +10,7 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 pub use crate::models::common::LoadReport;
 pub use crate::models::common::Module;
-use crate::models::common::{self, join, Init};
+use crate::models::common::{self, Init};
 pub use crate::models::config::{ModelType, SamConfig};
 use crate::tensor::Tensor;
 use crate::Device;
@@ -26,14 +26,7 @@ pub struct Sam {
     pub mask_decoder: MaskDecoder,
 }
 
-impl Module for Sam {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.image_encoder.visit(&join(prefix, "image_encoder"), f);
-        self.prompt_encoder
-            .visit(&join(prefix, "prompt_encoder"), f);
-        self.mask_decoder.visit(&join(prefix, "mask_decoder"), f);
-    }
-}
+crate::models::common::module_parts!(Sam: image_encoder, prompt_encoder, mask_decoder);
 
 impl Sam {
     /// A model with PyTorch-style random initialisation, reproducible for `seed`.
