@@ -838,6 +838,16 @@ pub fn csv_row(image: &str, label: u32, m: &SampleMetrics, b: Option<&SampleMetr
     )
 }
 /// Writes `bytes` to `path` atomically ([`crate::io::atomic`]).
+/// Writes `header` and `rows`, one a line, atomically.
+pub fn write_csv(path: &Path, header: &str, rows: impl IntoIterator<Item = String>) -> Result<()> {
+    let text = std::iter::once(header.to_string())
+        .chain(rows)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    write_atomic(path, text.as_bytes())
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::io::atomic::write_bytes_atomic(path, bytes).map_err(|source| MetricsError::Io {
         path: path.to_path_buf(),

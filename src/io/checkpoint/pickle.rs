@@ -834,37 +834,32 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
             Obj::Bool(b) => Value::Bool(*b),
             Obj::Int(i) => Value::Int(*i),
             Obj::Float(f) => Value::Float(*f),
-            Obj::Str(s) => {
-                let n = s.len();
+            Obj::Str(_) | Obj::Bytes(_) => {
+                let n = match &self.objs[id] {
+                    Obj::Str(s) => s.len(),
+                    Obj::Bytes(b) => b.len(),
+                    _ => unreachable!("matched above"),
+                };
+                // Charged before the copy is made.
                 self.charge_string(n)?;
                 match &self.objs[id] {
                     Obj::Str(s) => Value::Str(s.clone()),
-                    _ => unreachable!("checked above"),
-                }
-            }
-            Obj::Bytes(b) => {
-                let n = b.len();
-                self.charge_string(n)?;
-                match &self.objs[id] {
                     Obj::Bytes(b) => Value::Bytes(b.clone()),
-                    _ => unreachable!("checked above"),
+                    _ => unreachable!("matched above"),
                 }
             }
-            Obj::List(v) => {
-                let v = v.clone();
-                Value::List(
-                    v.into_iter()
-                        .map(|i| self.take_value(i, depth + 1, nodes))
-                        .collect::<Result<_>>()?,
-                )
-            }
-            Obj::Tuple(v) => {
-                let v = v.clone();
-                Value::Tuple(
-                    v.into_iter()
-                        .map(|i| self.take_value(i, depth + 1, nodes))
-                        .collect::<Result<_>>()?,
-                )
+            Obj::List(v) | Obj::Tuple(v) => {
+                let is_list = matches!(self.objs[id], Obj::List(_));
+                let items = v
+                    .clone()
+                    .into_iter()
+                    .map(|i| self.take_value(i, depth + 1, nodes))
+                    .collect::<Result<_>>()?;
+                if is_list {
+                    Value::List(items)
+                } else {
+                    Value::Tuple(items)
+                }
             }
             Obj::Dict(pairs) => {
                 let pairs = pairs.clone();

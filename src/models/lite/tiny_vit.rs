@@ -17,7 +17,7 @@
 
 use crate::autograd::records;
 use crate::error::{Error, Result};
-use crate::models::common::{join, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, Module};
+use crate::models::common::{join, Init, LayerNorm, Linear, Module};
 use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
 use crate::ops::then_gelu;
@@ -638,14 +638,8 @@ impl Module for Stage {
     }
 }
 
-pub struct TinyVitNeck {
-    pub conv0: Conv2d,
-    pub norm1: LayerNorm2d,
-    pub conv2: Conv2d,
-    pub norm3: LayerNorm2d,
-}
-
-crate::models::common::module_parts!(TinyVitNeck: conv0 as "0", norm1 as "1", conv2 as "2", norm3 as "3");
+/// The neck (`neck.{0..3}`), the same as SAM's.
+pub type TinyVitNeck = crate::models::sam::image_encoder::Neck;
 
 pub struct TinyVit {
     pub cfg: TinyVitConfig,
@@ -726,12 +720,7 @@ impl TinyVit {
                 seq2: Conv2dBn::new(init, e0 / 2, e0, 1, 1, 0, 1, 1.0)?,
             },
             layers,
-            neck: TinyVitNeck {
-                conv0: Conv2d::new(init, last, oc, 1, 1, 0, false)?,
-                norm1: LayerNorm2d::new(init, oc)?,
-                conv2: Conv2d::new(init, oc, oc, 3, 1, 1, false)?,
-                norm3: LayerNorm2d::new(init, oc)?,
-            },
+            neck: TinyVitNeck::new(init, last, oc)?,
         })
     }
 

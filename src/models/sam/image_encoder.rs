@@ -197,6 +197,18 @@ pub struct Neck {
 
 crate::models::common::module_parts!(Neck: conv0 as "0", norm1 as "1", conv2 as "2", norm3 as "3");
 
+impl Neck {
+    /// 1×1 conv `c_in → c_out`, LayerNorm2d, 3×3 conv, LayerNorm2d (no conv biases).
+    pub fn new(init: &mut Init, c_in: usize, c_out: usize) -> Result<Self> {
+        Ok(Neck {
+            conv0: Conv2d::new(init, c_in, c_out, 1, 1, 0, false)?,
+            norm1: LayerNorm2d::new(init, c_out)?,
+            conv2: Conv2d::new(init, c_out, c_out, 3, 1, 1, false)?,
+            norm3: LayerNorm2d::new(init, c_out)?,
+        })
+    }
+}
+
 pub struct ImageEncoderViT {
     pub cfg: ImageEncoderConfig,
     pub patch_embed: PatchEmbed,
@@ -245,12 +257,7 @@ impl ImageEncoderViT {
             },
             pos_embed: Some(init.zeros(&[1, grid, grid, e])?),
             blocks,
-            neck: Neck {
-                conv0: Conv2d::new(init, e, cfg.out_chans, 1, 1, 0, false)?,
-                norm1: LayerNorm2d::new(init, cfg.out_chans)?,
-                conv2: Conv2d::new(init, cfg.out_chans, cfg.out_chans, 3, 1, 1, false)?,
-                norm3: LayerNorm2d::new(init, cfg.out_chans)?,
-            },
+            neck: Neck::new(init, e, cfg.out_chans)?,
         })
     }
 
