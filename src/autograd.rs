@@ -77,6 +77,12 @@ pub(crate) fn with_flag<T>(
 
 static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether an op on `inputs` is recorded: recording is on and an input requires grad (an absent
+/// optional input does not).
+pub(crate) fn records(inputs: &[Option<&Tensor>]) -> bool {
+    is_grad_enabled() && inputs.iter().flatten().any(|t| t.requires_grad())
+}
+
 /// Attaches a backward to `out` if any input requires grad and recording is on. `make_op` runs
 /// only then, so nothing is saved for inference.
 pub fn record(

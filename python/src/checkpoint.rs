@@ -161,21 +161,17 @@ fn py_to_value(obj: &Bound<'_, PyAny>, path: &str, depth: usize) -> PyResult<Val
         }
         return Ok(Value::Dict(items));
     }
-    if let Ok(l) = obj.downcast::<PyList>() {
-        return l
-            .iter()
+    let items = |seq: &Bound<'_, PyAny>| -> PyResult<Vec<Value>> {
+        seq.try_iter()?
             .enumerate()
-            .map(|(i, v)| py_to_value(&v, &format!("{path}[{i}]"), depth + 1))
-            .collect::<PyResult<_>>()
-            .map(Value::List);
+            .map(|(i, v)| py_to_value(&v?, &format!("{path}[{i}]"), depth + 1))
+            .collect()
+    };
+    if obj.downcast::<PyList>().is_ok() {
+        return items(obj).map(Value::List);
     }
-    if let Ok(t) = obj.downcast::<PyTuple>() {
-        return t
-            .iter()
-            .enumerate()
-            .map(|(i, v)| py_to_value(&v, &format!("{path}[{i}]"), depth + 1))
-            .collect::<PyResult<_>>()
-            .map(Value::Tuple);
+    if obj.downcast::<PyTuple>().is_ok() {
+        return items(obj).map(Value::Tuple);
     }
     Err(value_err(format!(
         "{path}: a {} cannot be saved (None, bool, int, float, str, bytes, list, tuple, dict, numpy array)",

@@ -46,6 +46,28 @@ impl Callback {
         });
     }
 
+    /// A `(D, H, W)` uint8 volume from `run` (called without the GIL), whose progress reports
+    /// `(pass, z)` go to the callback: the library's error first, then the callback's exception.
+    pub(crate) fn segment_volume(
+        self,
+        py: Python<'_>,
+        (d, h, w): (usize, usize, usize),
+        run: impl Send + FnOnce(&mut dyn FnMut(usize, usize)) -> medsam::Result<Vec<u8>>,
+    ) -> PyResult<PyObject> {
+        let out = py
+            .allow_threads(|| {
+                let mut on_slice =
+                    |pass: usize, z: usize| self.call(|py| PyTuple::new(py, [pass, z]));
+                run(&mut on_slice)
+            })
+            .map_err(to_py)?;
+        self.finish()?;
+        Ok(PyArray1::from_vec(py, out)
+            .reshape(vec![d, h, w])?
+            .into_any()
+            .unbind())
+    }
+
     /// The callback's exception, if it raised one.
     pub(crate) fn finish(self) -> PyResult<()> {
         match self.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -104,28 +126,13 @@ fn segment_volume<'py>(
         .chunks_exact(6)
         .map(|c| std::array::from_fn(|i| c[i] as i64))
         .collect();
-    let cb = Callback::new(progress);
     let view = vol.view();
     let crate::image::View::U8(data) = &view else {
         unreachable!("checked uint8 above")
     };
-    let out = py
-        .allow_threads(|| {
-            let mut on_slice = |bi: usize, z: usize| cb.call(|py| PyTuple::new(py, [bi, z]));
-            medsam::pipeline::infer::lite::segment_volume(
-                lite,
-                data,
-                (d, h, w),
-                &boxes3d,
-                &mut on_slice,
-            )
-        })
-        .map_err(to_py)?;
-    cb.finish()?;
-    Ok(PyArray1::from_vec(py, out)
-        .reshape(vec![d, h, w])?
-        .into_any()
-        .unbind())
+    Callback::new(progress).segment_volume(py, (d, h, w), |on_slice| {
+        medsam::pipeline::infer::lite::segment_volume(lite, data, (d, h, w), &boxes3d, on_slice)
+    })
 }
 
 fn metrics_err(e: MetricsError) -> PyErr {
@@ -283,14 +290,8 @@ fn preprocess_ct_mr<'py>(
     num_workers: usize,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    for (what, p) in [("nii_path", &nii_path), ("gt_path", &gt_path)] {
-        if !p.is_dir() {
-            return Err(crate::not_found_err(format!(
-                "{what}: {} is not a directory",
-                p.display()
-            )));
-        }
-    }
+    crate::require_dir("nii_path", &nii_path)?;
+    crate::require_dir("gt_path", &gt_path)?;
     let cfg = PreprocessConfig {
         nii_path,
         dicom_path: None,
@@ -314,24 +315,11 @@ fn preprocess_ct_mr<'py>(
         .allow_threads(|| {
             medsam::pipeline::preprocess::preprocess(&cfg, &|e: ProgressEvent| {
                 cb.call(|py| {
-                    let d = PyDict::new(py);
-                    match e {
-                        ProgressEvent::Started { cases } => {
-                            d.set_item("event", "started")?;
-                            d.set_item("cases", cases)?;
-                        }
-                        ProgressEvent::CaseDone { case, slices } => {
-                            d.set_item("event", "case_done")?;
-                            d.set_item("case", case)?;
-                            d.set_item("slices", slices)?;
-                        }
-                        ProgressEvent::CaseSkipped { case, reason } => {
-                            d.set_item("event", "case_skipped")?;
-                            d.set_item("case", case)?;
-                            d.set_item("reason", reason)?;
-                        }
-                    }
-                    PyTuple::new(py, [d])
+                    event_args!(py, e,
+                        ProgressEvent::Started "started" { cases },
+                        ProgressEvent::CaseDone "case_done" { case, slices },
+                        ProgressEvent::CaseSkipped "case_skipped" { case, reason },
+                    )
                 })
             })
         })
@@ -340,25 +328,21 @@ fn preprocess_ct_mr<'py>(
             other => MedsamError::new_err(other.to_string()),
         })?;
     cb.finish()?;
+    let done: Vec<_> = summary
+        .done
+        .into_iter()
+        .map(|c| (c.case, c.slices))
+        .collect();
+    let skipped: Vec<_> = summary
+        .skipped
+        .into_iter()
+        .map(|c| (c.case, c.reason))
+        .collect();
     let d = PyDict::new(py);
     d.set_item("label_files", summary.label_files)?;
     d.set_item("missing_images", summary.missing_images)?;
-    d.set_item(
-        "done",
-        summary
-            .done
-            .into_iter()
-            .map(|c| (c.case, c.slices))
-            .collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "skipped",
-        summary
-            .skipped
-            .into_iter()
-            .map(|c| (c.case, c.reason))
-            .collect::<Vec<_>>(),
-    )?;
+    d.set_item("done", done)?;
+    d.set_item("skipped", skipped)?;
     d.set_item("files_written", summary.files_written)?;
     Ok(d)
 }

@@ -7,6 +7,21 @@
 //! - library errors keep their message and become `MedsamError` (base), `InvalidArgumentError`
 //!   (also a `ValueError`) or `MedsamFileNotFoundError` (also a `FileNotFoundError`).
 
+/// A progress event as the one-argument tuple `({"event": name, field: value, ...},)` a Python
+/// callback receives: each listed variant's fields are bound by name and stored under it.
+macro_rules! event_args {
+    ($py:expr, $event:expr, $($enum:ident::$variant:ident $name:literal { $($field:ident),* }),+ $(,)?) => {{
+        let d = pyo3::types::PyDict::new($py);
+        match $event {
+            $($enum::$variant { $($field),* } => {
+                d.set_item("event", $name)?;
+                $(d.set_item(stringify!($field), $field)?;)*
+            })+
+        }
+        pyo3::types::PyTuple::new($py, [d])
+    }};
+}
+
 mod checkpoint;
 mod functions;
 mod image;
@@ -66,6 +81,18 @@ pub(crate) fn not_found_err(msg: impl Into<String>) -> PyErr {
     Python::with_gil(|py| PyErr::from_type(not_found_type(py).bind(py).clone(), msg.into()))
 }
 
+/// `MedsamFileNotFoundError` unless `path` (the argument `what`) is a directory.
+pub(crate) fn require_dir(what: &str, path: &std::path::Path) -> PyResult<()> {
+    if path.is_dir() {
+        Ok(())
+    } else {
+        Err(not_found_err(format!(
+            "{what}: {} is not a directory",
+            path.display()
+        )))
+    }
+}
+
 /// True when a library error means "this file does not exist".
 fn is_not_found(e: &medsam::Error) -> bool {
     match e {
@@ -102,24 +129,27 @@ pub(crate) fn ckpt_to_py(e: medsam::io::checkpoint::CheckpointError) -> PyErr {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    let ve = subclass(
-        py,
-        "InvalidArgumentError",
-        py.get_type::<PyValueError>(),
-        "A bad argument: shape, dtype, range or option (also a ValueError).",
-    )?;
-    let nf = subclass(
-        py,
-        "MedsamFileNotFoundError",
-        py.get_type::<PyFileNotFoundError>(),
-        "An input file that does not exist (also a FileNotFoundError).",
-    )?;
     m.add("MedsamError", py.get_type::<MedsamError>())?;
-    m.add("InvalidArgumentError", ve.bind(py))?;
-    m.add("MedsamFileNotFoundError", nf.bind(py))?;
-    // A second import (sub-interpreter, reload) keeps the first types.
-    let _ = VALUE_ERROR.set(py, ve);
-    let _ = NOT_FOUND.set(py, nf);
+    let subclasses = [
+        (
+            &VALUE_ERROR,
+            "InvalidArgumentError",
+            py.get_type::<PyValueError>(),
+            "A bad argument: shape, dtype, range or option (also a ValueError).",
+        ),
+        (
+            &NOT_FOUND,
+            "MedsamFileNotFoundError",
+            py.get_type::<PyFileNotFoundError>(),
+            "An input file that does not exist (also a FileNotFoundError).",
+        ),
+    ];
+    for (cell, name, base, doc) in subclasses {
+        let t = subclass(py, name, base, doc)?;
+        m.add(name, t.bind(py))?;
+        // A second import (sub-interpreter, reload) keeps the first types.
+        let _ = cell.set(py, t);
+    }
     m.add_class::<predictor::Predictor>()?;
     m.add_class::<video::VideoPredictor>()?;
     m.add_class::<video::InferenceState>()?;

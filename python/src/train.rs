@@ -88,50 +88,12 @@ fn build_model(s: &ModelSpec) -> medsam::Result<AnyModel> {
 }
 
 fn event_dict<'py>(py: Python<'py>, e: &TrainEvent) -> PyResult<Bound<'py, PyTuple>> {
-    let d = PyDict::new(py);
-    match e {
-        TrainEvent::Started {
-            run_dir,
-            samples,
-            batches_per_epoch,
-            start_epoch,
-        } => {
-            d.set_item("event", "started")?;
-            d.set_item("run_dir", run_dir)?;
-            d.set_item("samples", samples)?;
-            d.set_item("batches_per_epoch", batches_per_epoch)?;
-            d.set_item("start_epoch", start_epoch)?;
-        }
-        TrainEvent::Step {
-            epoch,
-            step,
-            loss,
-            lr,
-            seconds,
-        } => {
-            d.set_item("event", "step")?;
-            d.set_item("epoch", epoch)?;
-            d.set_item("step", step)?;
-            d.set_item("loss", loss)?;
-            d.set_item("lr", lr)?;
-            d.set_item("seconds", seconds)?;
-        }
-        TrainEvent::EpochEnd {
-            epoch,
-            mean_loss,
-            improved,
-        } => {
-            d.set_item("event", "epoch_end")?;
-            d.set_item("epoch", epoch)?;
-            d.set_item("mean_loss", mean_loss)?;
-            d.set_item("improved", improved)?;
-        }
-        TrainEvent::Saved { path } => {
-            d.set_item("event", "saved")?;
-            d.set_item("path", path)?;
-        }
-    }
-    PyTuple::new(py, [d])
+    event_args!(py, e,
+        TrainEvent::Started "started" { run_dir, samples, batches_per_epoch, start_epoch },
+        TrainEvent::Step "step" { epoch, step, loss, lr, seconds },
+        TrainEvent::EpochEnd "epoch_end" { epoch, mean_loss, improved },
+        TrainEvent::Saved "saved" { path },
+    )
 }
 
 /// Trains SAM/MedSAM or LiteMedSAM on `tr_npy_path` (imgs/ + gts/ as pre_CT_MR.py writes).
@@ -159,12 +121,7 @@ fn train<'py>(
     let d = TrainConfig::default();
     let tr_npy_path: PathBuf = get(config, "tr_npy_path")?
         .ok_or_else(|| value_err("config: `tr_npy_path` is required"))?;
-    if !tr_npy_path.is_dir() {
-        return Err(crate::not_found_err(format!(
-            "tr_npy_path: {} is not a directory",
-            tr_npy_path.display()
-        )));
-    }
+    crate::require_dir("tr_npy_path", &tr_npy_path)?;
     let cfg = TrainConfig {
         tr_npy_path,
         task_name: get(config, "task_name")?.unwrap_or(d.task_name),

@@ -415,28 +415,18 @@ impl VideoPredictor {
         let size = self.image_size();
         let device = self.device;
         let inner = self.inner.clone();
-        let cb = Callback::new(progress);
-        let out = py
-            .allow_threads(|| {
-                let u8vol = to_uint8(&raw, intensity);
-                let frames = volume_to_frames(&u8vol, (d, h, w), size)?.to_device(device)?;
-                let mut on_slice =
-                    |pass: usize, z: usize| cb.call(|py| PyTuple::new(py, [pass, z]));
-                segment_volume_medsam2(
-                    &inner,
-                    frames,
-                    (d, h, w),
-                    &objects,
-                    keep_largest_cc,
-                    &mut on_slice,
-                )
-            })
-            .map_err(to_py)?;
-        cb.finish()?;
-        Ok(PyArray1::from_vec(py, out)
-            .reshape(vec![d, h, w])?
-            .into_any()
-            .unbind())
+        Callback::new(progress).segment_volume(py, (d, h, w), |on_slice| {
+            let u8vol = to_uint8(&raw, intensity);
+            let frames = volume_to_frames(&u8vol, (d, h, w), size)?.to_device(device)?;
+            segment_volume_medsam2(
+                &inner,
+                frames,
+                (d, h, w),
+                &objects,
+                keep_largest_cc,
+                on_slice,
+            )
+        })
     }
 
     fn __repr__(&self) -> String {

@@ -20,29 +20,47 @@ pub fn show(path: &Path) -> String {
 }
 
 /// `--model-type` for commands that accept either model family: SAM's variants or `lite`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnyModelType {
-    #[value(name = "vit_b")]
-    VitB,
-    #[value(name = "vit_l")]
-    VitL,
-    #[value(name = "vit_h")]
-    VitH,
+    /// A SAM variant: `vit_b`, `vit_l` or `vit_h`.
+    Sam(ModelType),
     /// LiteMedSAM (TinyViT image encoder).
-    #[value(name = "lite")]
     Lite,
     /// SAM 2.1 / MedSAM2 (Hiera image encoder, memory bank): 3D volumes via `medsam infer`.
-    #[value(name = "medsam2")]
     Medsam2,
 }
 
+impl clap::ValueEnum for AnyModelType {
+    fn value_variants<'a>() -> &'a [Self] {
+        use AnyModelType::*;
+        &[
+            Sam(ModelType::VitB),
+            Sam(ModelType::VitL),
+            Sam(ModelType::VitH),
+            Lite,
+            Medsam2,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            AnyModelType::Sam(t) => t.to_possible_value()?,
+            AnyModelType::Lite => {
+                PossibleValue::new("lite").help("LiteMedSAM (TinyViT image encoder).")
+            }
+            AnyModelType::Medsam2 => PossibleValue::new("medsam2").help(
+                "SAM 2.1 / MedSAM2 (Hiera image encoder, memory bank): 3D volumes via `medsam infer`.",
+            ),
+        })
+    }
+}
+
 impl AnyModelType {
-    /// The SAM variant, or `None` for `lite`.
+    /// The SAM variant, or `None` for `lite` and `medsam2`.
     pub fn sam(self) -> Option<ModelType> {
         match self {
-            AnyModelType::VitB => Some(ModelType::VitB),
-            AnyModelType::VitL => Some(ModelType::VitL),
-            AnyModelType::VitH => Some(ModelType::VitH),
+            AnyModelType::Sam(t) => Some(t),
             AnyModelType::Lite | AnyModelType::Medsam2 => None,
         }
     }

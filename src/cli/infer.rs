@@ -178,45 +178,62 @@ struct Segmentation2d {
     secs: f64,
 }
 
+impl Segmentation2d {
+    /// Encodes the image (`encode`, after a note on the precision if it is not f32), then
+    /// predicts every box with the encoded image (`predict`: its mask at the image's `n` pixels
+    /// and its low-res logits).
+    fn run<P>(
+        a: &InferArgs,
+        n: usize,
+        boxes: &[[f32; 4]],
+        encode: impl FnOnce() -> Result<P>,
+        predict: impl Fn(&P, [f32; 4]) -> Result<(Vec<bool>, medsam::Tensor)>,
+    ) -> Result<Self> {
+        let t0 = std::time::Instant::now();
+        if a.precision != InferPrecision::F32 {
+            eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+        }
+        let predictor = encode()?;
+        let mut union = vec![false; n];
+        let mut logits = Vec::new();
+        for b in boxes {
+            let (mask, low_res_logits) = predict(&predictor, *b)?;
+            union.iter_mut().zip(&mask).for_each(|(u, &m)| *u |= m);
+            logits.push(low_res_logits);
+        }
+        Ok(Segmentation2d {
+            union,
+            logits,
+            secs: t0.elapsed().as_secs_f64(),
+        })
+    }
+}
+
 fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) -> Result<()> {
-    let t0 = std::time::Instant::now();
-    if a.precision != InferPrecision::F32 {
-        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
-    }
-    let predictor = Predictor::new(model, img, a.precision)?;
-    let mut union = vec![false; img.h * img.w];
-    let mut logits = Vec::new();
-    for b in boxes {
-        let p = predictor.predict_box(*b)?;
-        union.iter_mut().zip(&p.mask).for_each(|(u, &m)| *u |= m);
-        logits.push(p.low_res_logits);
-    }
-    let seg = Segmentation2d {
-        union,
-        logits,
-        secs: t0.elapsed().as_secs_f64(),
-    };
+    let seg = Segmentation2d::run(
+        a,
+        img.h * img.w,
+        boxes,
+        || Predictor::new(model, img, a.precision),
+        |predictor, b| {
+            let p = predictor.predict_box(b)?;
+            Ok((p.mask, p.low_res_logits))
+        },
+    )?;
     write_2d(a, (img.h, img.w), &display_rgb(img), boxes, seg)
 }
 
 fn run_lite_2d(a: &InferArgs, model: &LiteMedSam, img: &ImageU8, boxes: &[[f32; 4]]) -> Result<()> {
-    let t0 = std::time::Instant::now();
-    if a.precision != InferPrecision::F32 {
-        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
-    }
-    let predictor = LitePredictor::with_int8(model, img, a.precision == InferPrecision::Int8)?;
-    let mut union = vec![false; img.h * img.w];
-    let mut logits = Vec::new();
-    for b in boxes {
-        let p = predictor.predict_box(b.map(|v| v as f64))?;
-        union.iter_mut().zip(&p.mask).for_each(|(u, &m)| *u |= m);
-        logits.push(p.low_res_logits);
-    }
-    let seg = Segmentation2d {
-        union,
-        logits,
-        secs: t0.elapsed().as_secs_f64(),
-    };
+    let seg = Segmentation2d::run(
+        a,
+        img.h * img.w,
+        boxes,
+        || LitePredictor::with_int8(model, img, a.precision == InferPrecision::Int8),
+        |predictor, b| {
+            let p = predictor.predict_box(b.map(|v| v as f64))?;
+            Ok((p.mask, p.low_res_logits))
+        },
+    )?;
     let rgb: Vec<u8> = if img.channels == 3 {
         img.data.clone()
     } else {

@@ -213,6 +213,16 @@ pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
     padded.into_iter().skip(rank).step_by(world).collect()
 }
 
+/// This rank's share of `items` dealt round-robin, for evaluation (no padding, unlike
+/// [`shard`]).
+pub fn rank_share<'a, T, C: Communicator + ?Sized>(items: &'a [T], comm: &C) -> Vec<&'a T> {
+    items
+        .iter()
+        .skip(comm.rank())
+        .step_by(comm.world_size())
+        .collect()
+}
+
 /// [`Communicator::average_gradients`] through host memory.
 pub fn average_gradients_on_host<C: Communicator + ?Sized>(
     comm: &C,

@@ -6,6 +6,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub(crate) mod clock;
 pub mod dicom;
 pub mod image;
 pub mod limits;

@@ -207,6 +207,20 @@ fn voxel_extent(h: &RawHeader, esize: usize, path: &Path) -> Result<usize> {
     Ok(h.vox_offset + n * esize)
 }
 
+/// A reader of the `$t` at byte offset `o` of the header bytes `$b`, little-endian if `$little`.
+macro_rules! header_at {
+    ($b:expr, $little:expr, $t:ty) => {
+        |o: usize| {
+            let a = $b[o..o + std::mem::size_of::<$t>()].try_into().unwrap();
+            if $little {
+                <$t>::from_le_bytes(a)
+            } else {
+                <$t>::from_be_bytes(a)
+            }
+        }
+    };
+}
+
 fn parse_header(b: &[u8], path: &Path) -> Result<RawHeader> {
     let p = || path.to_path_buf();
     if b.len() < 348 {
@@ -229,38 +243,8 @@ fn parse_header(b: &[u8], path: &Path) -> Result<RawHeader> {
             })
         }
     };
-    let i16_at = |o: usize| {
-        let a = [b[o], b[o + 1]];
-        if little {
-            i16::from_le_bytes(a)
-        } else {
-            i16::from_be_bytes(a)
-        }
-    };
-    let f32_at = |o: usize| {
-        let a: [u8; 4] = b[o..o + 4].try_into().unwrap();
-        if little {
-            f32::from_le_bytes(a)
-        } else {
-            f32::from_be_bytes(a)
-        }
-    };
-    let i64_at = |o: usize| {
-        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
-        if little {
-            i64::from_le_bytes(a)
-        } else {
-            i64::from_be_bytes(a)
-        }
-    };
-    let f64_at = |o: usize| {
-        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
-        if little {
-            f64::from_le_bytes(a)
-        } else {
-            f64::from_be_bytes(a)
-        }
-    };
+    let (i16_at, f32_at) = (header_at!(b, little, i16), header_at!(b, little, f32));
+    let (i64_at, f64_at) = (header_at!(b, little, i64), header_at!(b, little, f64));
     let (dims_raw, code, pixdim, vox_offset, slope, inter): (
         Vec<i64>,
         i16,
@@ -587,38 +571,10 @@ pub fn read_nifti_geometry(path: impl AsRef<Path>) -> Result<NiftiGeometry> {
     })?;
     let h = parse_header(&b, path)?;
     let v2 = b.len() >= 8 && &b[4..8] == b"n+2\0";
-    let f32_at = |o: usize| {
-        let a: [u8; 4] = b[o..o + 4].try_into().unwrap();
-        (if h.little {
-            f32::from_le_bytes(a)
-        } else {
-            f32::from_be_bytes(a)
-        }) as f64
-    };
-    let f64_at = |o: usize| {
-        let a: [u8; 8] = b[o..o + 8].try_into().unwrap();
-        if h.little {
-            f64::from_le_bytes(a)
-        } else {
-            f64::from_be_bytes(a)
-        }
-    };
-    let i16_at = |o: usize| {
-        let a = [b[o], b[o + 1]];
-        if h.little {
-            i16::from_le_bytes(a)
-        } else {
-            i16::from_be_bytes(a)
-        }
-    };
-    let i32_at = |o: usize| {
-        let a: [u8; 4] = b[o..o + 4].try_into().unwrap();
-        if h.little {
-            i32::from_le_bytes(a)
-        } else {
-            i32::from_be_bytes(a)
-        }
-    };
+    let f32_raw = header_at!(b, h.little, f32);
+    let f32_at = |o: usize| f32_raw(o) as f64;
+    let (f64_at, i16_at) = (header_at!(b, h.little, f64), header_at!(b, h.little, i16));
+    let i32_at = header_at!(b, h.little, i32);
     let g = if v2 {
         let fl = |o: usize| f64_at(o);
         NiftiGeometry {

@@ -70,21 +70,23 @@ pub enum NpyData {
     Bool(Vec<bool>),
 }
 
+/// `$body` for the vector `$v` of whichever variant `$self` is; with `wrap`, the result is put
+/// back into that same variant.
 macro_rules! for_each_variant {
+    ($self:expr, $v:ident => wrap $body:expr) => {
+        for_each_variant!(@arms $self, $v, $body, [wrap], F64 F32 F16 U8 I8 U16 I16 U32 I32 U64 I64 Bool)
+    };
     ($self:expr, $v:ident => $body:expr) => {
+        for_each_variant!(@arms $self, $v, $body, [], F64 F32 F16 U8 I8 U16 I16 U32 I32 U64 I64 Bool)
+    };
+    (@arms $self:expr, $v:ident, $body:expr, [], $($variant:ident)*) => {
         match $self {
-            NpyData::F64($v) => $body,
-            NpyData::F32($v) => $body,
-            NpyData::F16($v) => $body,
-            NpyData::U8($v) => $body,
-            NpyData::I8($v) => $body,
-            NpyData::U16($v) => $body,
-            NpyData::I16($v) => $body,
-            NpyData::U32($v) => $body,
-            NpyData::I32($v) => $body,
-            NpyData::U64($v) => $body,
-            NpyData::I64($v) => $body,
-            NpyData::Bool($v) => $body,
+            $(NpyData::$variant($v) => $body,)*
+        }
+    };
+    (@arms $self:expr, $v:ident, $body:expr, [wrap], $($variant:ident)*) => {
+        match $self {
+            $(NpyData::$variant($v) => NpyData::$variant($body),)*
         }
     };
 }
@@ -146,62 +148,32 @@ impl NpyData {
     /// Little-endian bytes of the data.
     fn to_le_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len() * self.elem_size());
+        macro_rules! le {
+            ($v:expr) => {
+                $v.iter()
+                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+            };
+        }
         match self {
             NpyData::U8(v) => out.extend_from_slice(v),
             NpyData::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
             NpyData::Bool(v) => out.extend(v.iter().map(|&x| x as u8)),
-            NpyData::F64(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::F32(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::F16(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::U16(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::I16(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::U32(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::I32(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::U64(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            NpyData::I64(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            NpyData::F64(v) => le!(v),
+            NpyData::F32(v) => le!(v),
+            NpyData::F16(v) => le!(v),
+            NpyData::U16(v) => le!(v),
+            NpyData::I16(v) => le!(v),
+            NpyData::U32(v) => le!(v),
+            NpyData::I32(v) => le!(v),
+            NpyData::U64(v) => le!(v),
+            NpyData::I64(v) => le!(v),
         }
         out
     }
 
     /// Reorders elements: `out[i] = self[perm[i]]`.
     fn gather(&self, perm: &[usize]) -> NpyData {
-        macro_rules! g {
-            ($v:expr, $variant:ident) => {
-                NpyData::$variant(perm.iter().map(|&p| $v[p]).collect())
-            };
-        }
-        match self {
-            NpyData::F64(v) => g!(v, F64),
-            NpyData::F32(v) => g!(v, F32),
-            NpyData::F16(v) => g!(v, F16),
-            NpyData::U8(v) => g!(v, U8),
-            NpyData::I8(v) => g!(v, I8),
-            NpyData::U16(v) => g!(v, U16),
-            NpyData::I16(v) => g!(v, I16),
-            NpyData::U32(v) => g!(v, U32),
-            NpyData::I32(v) => g!(v, I32),
-            NpyData::U64(v) => g!(v, U64),
-            NpyData::I64(v) => g!(v, I64),
-            NpyData::Bool(v) => g!(v, Bool),
-        }
+        for_each_variant!(self, v => wrap perm.iter().map(|&p| v[p]).collect())
     }
 }
 
@@ -329,6 +301,11 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
 /// Parses the bytes of a `.npy` file; `path` is only used in error messages.
 pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     let p = || path.to_path_buf();
+    let header_err = |field: &'static str, detail: String| NpyError::Header {
+        path: p(),
+        field,
+        detail,
+    };
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(NpyError::BadMagic { path: p() });
     }
@@ -364,17 +341,9 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
             actual: bytes.len(),
         });
     }
-    let header =
-        std::str::from_utf8(&bytes[header_start..data_start]).map_err(|e| NpyError::Header {
-            path: p(),
-            field: "header",
-            detail: format!("not UTF-8: {e}"),
-        })?;
-    let descr = dict_value(header, "descr").ok_or_else(|| NpyError::Header {
-        path: p(),
-        field: "descr",
-        detail: "missing".into(),
-    })?;
+    let header = std::str::from_utf8(&bytes[header_start..data_start])
+        .map_err(|e| header_err("header", format!("not UTF-8: {e}")))?;
+    let descr = dict_value(header, "descr").ok_or_else(|| header_err("descr", "missing".into()))?;
     let descr = descr
         .trim()
         .trim_matches(|c| c == '\'' || c == '"')
@@ -383,30 +352,23 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
         Some("False") => false,
         Some("True") => true,
         other => {
-            return Err(NpyError::Header {
-                path: p(),
-                field: "fortran_order",
-                detail: format!("expected True or False, got {other:?}"),
-            })
+            return Err(header_err(
+                "fortran_order",
+                format!("expected True or False, got {other:?}"),
+            ))
         }
     };
-    let shape_str = dict_value(header, "shape").ok_or_else(|| NpyError::Header {
-        path: p(),
-        field: "shape",
-        detail: "missing".into(),
-    })?;
-    let shape = parse_shape(shape_str).map_err(|detail| NpyError::Header {
-        path: p(),
-        field: "shape",
-        detail,
-    })?;
+    let shape_str =
+        dict_value(header, "shape").ok_or_else(|| header_err("shape", "missing".into()))?;
+    let shape = parse_shape(shape_str).map_err(|detail| header_err("shape", detail))?;
     let max_voxels = crate::io::limits::Limits::current_or_default().max_voxels;
     let n = crate::io::limits::checked_product(&shape)
         .filter(|&n| n as u64 <= max_voxels)
-        .ok_or_else(|| NpyError::Header {
-            path: p(),
-            field: "shape",
-            detail: format!("{shape:?} holds more than {max_voxels} elements (MEDSAM_MAX_VOXELS)"),
+        .ok_or_else(|| {
+            header_err(
+                "shape",
+                format!("{shape:?} holds more than {max_voxels} elements (MEDSAM_MAX_VOXELS)"),
+            )
         })?;
 
     let (endian, kind) = descr.split_at(1.min(descr.len()));
@@ -581,22 +543,14 @@ fn io_error(path: &Path, source: std::io::Error) -> NpyError {
 
 /// Writes an array (little-endian, C order) to `path` atomically.
 pub fn write_npy(path: impl AsRef<Path>, array: &NpyArray) -> Result<()> {
-    let path = path.as_ref();
-    let expected: usize = array.shape.iter().product();
-    if expected != array.data.len() {
-        return Err(NpyError::ShapeMismatch {
-            path: path.to_path_buf(),
-            shape: array.shape.clone(),
-            expected,
-            actual: array.data.len(),
-        });
-    }
-    let header = build_header(array.data.descr(), &array.shape);
-    let body = array.data.to_le_bytes();
-    write_atomic(path, io_error, |w| {
-        w.write_all(&header).map_err(|e| io_error(path, e))?;
-        w.write_all(&body).map_err(|e| io_error(path, e))
-    })
+    let d = &array.data;
+    write_raw(
+        path.as_ref(),
+        d.descr(),
+        &array.shape,
+        d.len(),
+        &d.to_le_bytes(),
+    )
 }
 
 fn write_raw(path: &Path, descr: &str, shape: &[usize], n: usize, body: &[u8]) -> Result<()> {

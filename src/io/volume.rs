@@ -67,15 +67,7 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
             ),
         )
     })?;
-    let &[d, h, w] = imgs.shape.as_slice() else {
-        return Err(Error::file(
-            path,
-            format!(
-                "`imgs` has shape {:?}; a 3D volume needs (D, H, W)",
-                imgs.shape
-            ),
-        ));
-    };
+    let (d, h, w) = shape_3d(path, "imgs", &imgs, "volume")?;
     if d == 0 || h == 0 || w == 0 {
         return Err(Error::file(path, format!("`imgs` is empty: {d}×{h}×{w}")));
     }
@@ -125,6 +117,25 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
     })
 }
 
+/// `(D, H, W)` of the `.npz` member `name`, which holds a 3D `what`.
+fn shape_3d(
+    path: &Path,
+    name: &str,
+    a: &npy::NpyArray,
+    what: &str,
+) -> Result<(usize, usize, usize)> {
+    match *a.shape.as_slice() {
+        [d, h, w] => Ok((d, h, w)),
+        _ => Err(Error::file(
+            path,
+            format!(
+                "`{name}` has shape {:?}; a 3D {what} needs (D, H, W)",
+                a.shape
+            ),
+        )),
+    }
+}
+
 /// Reads the label map of a CVPR24 challenge `.npz`: `gts` (D, H, W), integer labels 0–255.
 pub fn read_npz_labels(path: &Path) -> Result<((usize, usize, usize), Vec<u8>)> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -132,15 +143,7 @@ pub fn read_npz_labels(path: &Path) -> Result<((usize, usize, usize), Vec<u8>)> 
         .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
     let gts = npz_member(path, &mut zip, "gts")?
         .ok_or_else(|| Error::file(path, "no `gts` array: a label .npz needs gts (D, H, W)"))?;
-    let &[d, h, w] = gts.shape.as_slice() else {
-        return Err(Error::file(
-            path,
-            format!(
-                "`gts` has shape {:?}; a 3D label map needs (D, H, W)",
-                gts.shape
-            ),
-        ));
-    };
+    let (d, h, w) = shape_3d(path, "gts", &gts, "label map")?;
     let v = gts.to_f64();
     if let Some(x) = v
         .iter()

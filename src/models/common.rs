@@ -12,6 +12,64 @@ pub trait Module {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor));
 }
 
+/// `impl Module for $ty` from its parts in PyTorch's `parameters()` order, each under its field's
+/// name (or the name after `as`, e.g. an `nn.Sequential` index):
+/// - `field`: a sub-module;
+/// - `param field`: a tensor; `opt_param field`: an `Option<Tensor>`, visited when present;
+/// - `list field`: a `Vec` of sub-modules, named `field.0`, `field.1`, ...
+///
+/// A type with one generic parameter is written `Type<M: Bound>`.
+macro_rules! module_parts {
+    ($ty:ident<$g:ident: $bound:ident>: $($parts:tt)*) => {
+        impl<$g: $bound> $crate::models::common::Module for $ty<$g> {
+            $crate::models::common::module_parts!(@fn $($parts)*);
+        }
+    };
+    ($ty:ident: $($parts:tt)*) => {
+        impl $crate::models::common::Module for $ty {
+            $crate::models::common::module_parts!(@fn $($parts)*);
+        }
+    };
+    (@fn $($parts:tt)*) => {
+        fn visit(
+            &mut self,
+            prefix: &str,
+            f: &mut dyn FnMut(&str, &mut $crate::tensor::Tensor),
+        ) {
+            $crate::models::common::module_parts!(@visit self prefix f [$($parts)*]);
+        }
+    };
+    (@visit $s:ident $p:ident $f:ident [$(,)?]) => {};
+    (@visit $s:ident $p:ident $f:ident [param $field:ident $(as $name:literal)? $(, $($rest:tt)*)?]) => {
+        $f(&$crate::models::common::join($p, $crate::models::common::module_parts!(@name $field $($name)?)), &mut $s.$field);
+        $crate::models::common::module_parts!(@visit $s $p $f [$($($rest)*)?]);
+    };
+    (@visit $s:ident $p:ident $f:ident [opt_param $field:ident $(, $($rest:tt)*)?]) => {
+        if let Some(t) = &mut $s.$field {
+            $f(&$crate::models::common::join($p, stringify!($field)), t);
+        }
+        $crate::models::common::module_parts!(@visit $s $p $f [$($($rest)*)?]);
+    };
+    (@visit $s:ident $p:ident $f:ident [list $field:ident $(, $($rest:tt)*)?]) => {
+        for (i, m) in $s.$field.iter_mut().enumerate() {
+            let name = format!(concat!(stringify!($field), ".{}"), i);
+            $crate::models::common::Module::visit(m, &$crate::models::common::join($p, &name), $f);
+        }
+        $crate::models::common::module_parts!(@visit $s $p $f [$($($rest)*)?]);
+    };
+    (@visit $s:ident $p:ident $f:ident [$field:ident $(as $name:literal)? $(, $($rest:tt)*)?]) => {
+        $crate::models::common::Module::visit(
+            &mut $s.$field,
+            &$crate::models::common::join($p, $crate::models::common::module_parts!(@name $field $($name)?)),
+            $f,
+        );
+        $crate::models::common::module_parts!(@visit $s $p $f [$($($rest)*)?]);
+    };
+    (@name $field:ident) => { stringify!($field) };
+    (@name $field:ident $name:literal) => { $name };
+}
+pub(crate) use module_parts;
+
 /// What loading a state dict found.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct LoadReport {
@@ -136,6 +194,47 @@ pub fn enable_training(params: Vec<(String, &mut Tensor)>) {
     }
 }
 
+/// The inherent state-dict methods of a promptable segmenter whose `image_encoder` and
+/// `mask_decoder` fields are trained (the prompt encoder is frozen): `state_dict`,
+/// `load_state_dict`, `trainable_parameters` (the tensors of those two whose state-dict name
+/// passes `$keep`, documented by the attributes given) and `enable_training`.
+macro_rules! state_dict_methods {
+    ($(#[$trainable_doc:meta])* keep: $keep:expr) => {
+        /// Every parameter and buffer by state-dict name, in PyTorch's order.
+        pub fn state_dict(&mut self) -> Vec<(String, $crate::tensor::Tensor)> {
+            $crate::models::common::state_dict(self)
+        }
+
+        /// Copies matching tensors in; reports missing, unexpected and wrongly shaped keys by name.
+        pub fn load_state_dict(
+            &mut self,
+            weights: &std::collections::BTreeMap<String, $crate::tensor::Tensor>,
+        ) -> $crate::error::Result<$crate::models::common::LoadReport> {
+            $crate::models::common::load_state_dict(self, weights)
+        }
+
+        $(#[$trainable_doc])*
+        pub fn trainable_parameters(&mut self) -> Vec<(String, &mut $crate::tensor::Tensor)> {
+            $crate::models::common::parameters(
+                vec![
+                    (
+                        "image_encoder",
+                        &mut self.image_encoder as &mut dyn $crate::models::common::Module,
+                    ),
+                    ("mask_decoder", &mut self.mask_decoder),
+                ],
+                $keep,
+            )
+        }
+
+        /// Marks the trainable parameters as variables (so backward fills their `.grad`).
+        pub fn enable_training(&mut self) {
+            $crate::models::common::enable_training(self.trainable_parameters());
+        }
+    };
+}
+pub(crate) use state_dict_methods;
+
 /// `prefix.name`, or `name` at the root.
 pub fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
@@ -213,14 +312,7 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-}
+module_parts!(Linear: param weight, opt_param bias);
 
 /// `nn.LayerNorm` over the last axis.
 pub struct LayerNorm {
@@ -242,12 +334,7 @@ impl LayerNorm {
     }
 }
 
-impl Module for LayerNorm {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        f(&join(prefix, "bias"), &mut self.bias);
-    }
-}
+module_parts!(LayerNorm: param weight, param bias);
 
 /// SAM's `LayerNorm2d`: NCHW normalised over channels, eps 1e-6.
 pub struct LayerNorm2d {
@@ -269,12 +356,7 @@ impl LayerNorm2d {
     }
 }
 
-impl Module for LayerNorm2d {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        f(&join(prefix, "bias"), &mut self.bias);
-    }
-}
+module_parts!(LayerNorm2d: param weight, param bias);
 
 /// `nn.Conv2d` (groups = 1).
 pub struct Conv2d {
@@ -311,14 +393,7 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-}
+module_parts!(Conv2d: param weight, opt_param bias);
 
 /// `nn.ConvTranspose2d` with kernel = stride (what SAM uses), weight `[in, out, k, k]`.
 pub struct ConvTranspose2d {
@@ -341,12 +416,7 @@ impl ConvTranspose2d {
     }
 }
 
-impl Module for ConvTranspose2d {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        f(&join(prefix, "bias"), &mut self.bias);
-    }
-}
+module_parts!(ConvTranspose2d: param weight, param bias);
 
 /// Activations used by SAM's MLPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,12 +454,7 @@ impl MlpBlock {
     }
 }
 
-impl Module for MlpBlock {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.lin1.visit(&join(prefix, "lin1"), f);
-        self.lin2.visit(&join(prefix, "lin2"), f);
-    }
-}
+module_parts!(MlpBlock: lin1, lin2);
 
 /// `MLP` of SAM's mask decoder and of SAM 2 (`layers.{i}`): `num_layers` linears with ReLU
 /// (or GELU) between them, optionally a sigmoid on the output.
@@ -399,13 +464,7 @@ pub struct Mlp {
     pub sigmoid_output: bool,
 }
 
-impl Module for Mlp {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&join(prefix, &format!("layers.{i}")), f);
-        }
-    }
-}
+module_parts!(Mlp: list layers);
 
 impl Mlp {
     pub fn new(
@@ -463,8 +522,4 @@ impl Embedding {
     }
 }
 
-impl Module for Embedding {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-    }
-}
+module_parts!(Embedding: param weight);

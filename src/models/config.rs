@@ -296,6 +296,13 @@ fn need(ok: bool, field: &str, detail: impl FnOnce() -> String) -> Result<(), St
     }
 }
 
+/// `v` in `1..=max`, else "`v` must be in 1..=`max`".
+fn need_in(v: usize, max: usize, field: &str) -> Result<(), String> {
+    need((1..=max).contains(&v), field, || {
+        format!("{v} must be in 1..={max}")
+    })
+}
+
 fn positive_ratio(v: f64, field: &str) -> Result<(), String> {
     need(v.is_finite() && v > 0.0 && v <= 1024.0, field, || {
         format!("{v} is not a finite ratio in (0, 1024]")
@@ -338,43 +345,28 @@ impl MaskDecoderConfig {
             "mask_decoder.transformer_dim",
             || format!("{d} must be a positive multiple of 8"),
         )?;
-        need(
-            h >= 1 && h <= d,
-            "mask_decoder.transformer_num_heads",
-            || format!("{h} must be in 1..={d}"),
-        )?;
+        need_in(h, d, "mask_decoder.transformer_num_heads")?;
         need(
             (d / 2).is_multiple_of(h),
             "mask_decoder.transformer_num_heads",
             || format!("{h} heads must divide transformer_dim / 2 = {}", d / 2),
         )?;
-        let depth = self.transformer_depth;
-        need(
-            (1..=64).contains(&depth),
-            "mask_decoder.transformer_depth",
-            || format!("{depth} must be in 1..=64"),
-        )?;
-        let mlp = self.transformer_mlp_dim;
-        need(
-            (1..=1 << 20).contains(&mlp),
+        need_in(self.transformer_depth, 64, "mask_decoder.transformer_depth")?;
+        need_in(
+            self.transformer_mlp_dim,
+            1 << 20,
             "mask_decoder.transformer_mlp_dim",
-            || format!("{mlp} must be in 1..=1048576"),
         )?;
-        let n = self.num_multimask_outputs;
-        need(
-            (1..=64).contains(&n),
+        need_in(
+            self.num_multimask_outputs,
+            64,
             "mask_decoder.num_multimask_outputs",
-            || format!("{n} must be in 1..=64"),
         )?;
-        let i = self.iou_head_depth;
-        need((1..=64).contains(&i), "mask_decoder.iou_head_depth", || {
-            format!("{i} must be in 1..=64")
-        })?;
-        let hid = self.iou_head_hidden_dim;
-        need(
-            (1..=1 << 20).contains(&hid),
+        need_in(self.iou_head_depth, 64, "mask_decoder.iou_head_depth")?;
+        need_in(
+            self.iou_head_hidden_dim,
+            1 << 20,
             "mask_decoder.iou_head_hidden_dim",
-            || format!("{hid} must be in 1..=1048576"),
         )
     }
 
@@ -420,11 +412,7 @@ impl SamConfig {
     /// rely on, and bounded totals (parameters, attention). The error names the field.
     pub fn validate(&self) -> Result<(), String> {
         let ie = &self.image_encoder;
-        need(
-            ie.img_size >= 1 && ie.img_size <= MAX_IMG_SIZE,
-            "image_encoder.img_size",
-            || format!("{} must be in 1..={MAX_IMG_SIZE}", ie.img_size),
-        )?;
+        need_in(ie.img_size, MAX_IMG_SIZE, "image_encoder.img_size")?;
         need(
             ie.patch_size >= 1
                 && ie.patch_size <= ie.img_size
@@ -437,11 +425,7 @@ impl SamConfig {
                 )
             },
         )?;
-        need(
-            (1..=1 << 16).contains(&ie.embed_dim),
-            "image_encoder.embed_dim",
-            || format!("{} must be in 1..=65536", ie.embed_dim),
-        )?;
+        need_in(ie.embed_dim, 1 << 16, "image_encoder.embed_dim")?;
         need(
             ie.num_heads >= 1 && ie.embed_dim.is_multiple_of(ie.num_heads),
             "image_encoder.num_heads",
@@ -452,11 +436,7 @@ impl SamConfig {
                 )
             },
         )?;
-        need(
-            (1..=MAX_DEPTH).contains(&ie.depth),
-            "image_encoder.depth",
-            || format!("{} must be in 1..={MAX_DEPTH}", ie.depth),
-        )?;
+        need_in(ie.depth, MAX_DEPTH, "image_encoder.depth")?;
         positive_ratio(ie.mlp_ratio, "image_encoder.mlp_ratio")?;
         need(
             (ie.embed_dim as f64 * ie.mlp_ratio) as usize >= 1,
@@ -468,11 +448,7 @@ impl SamConfig {
                 )
             },
         )?;
-        need(
-            (1..=1 << 16).contains(&ie.out_chans),
-            "image_encoder.out_chans",
-            || format!("{} must be in 1..=65536", ie.out_chans),
-        )?;
+        need_in(ie.out_chans, 1 << 16, "image_encoder.out_chans")?;
         if let Some(&i) = ie.global_attn_indexes.iter().find(|&&i| i >= ie.depth) {
             return Err(format!(
                 "field `image_encoder.global_attn_indexes`: block {i} does not exist (depth {})",
@@ -521,16 +497,8 @@ impl SamConfig {
 pub fn validate_lite(c: &super::lite::LiteConfig) -> Result<(), String> {
     let ie = &c.image_encoder;
     ie.validate().map_err(|e| e.to_string())?;
-    need(
-        (1..=MAX_IMG_SIZE).contains(&ie.img_size),
-        "image_encoder.img_size",
-        || format!("{} must be in 1..={MAX_IMG_SIZE}", ie.img_size),
-    )?;
-    need(
-        (1..=64).contains(&ie.in_chans),
-        "image_encoder.in_chans",
-        || format!("{} must be in 1..=64", ie.in_chans),
-    )?;
+    need_in(ie.img_size, MAX_IMG_SIZE, "image_encoder.img_size")?;
+    need_in(ie.in_chans, 64, "image_encoder.in_chans")?;
     need(ie.depths.len() <= 16, "image_encoder.depths", || {
         format!("{} stages, at most 16", ie.depths.len())
     })?;
@@ -556,11 +524,7 @@ pub fn validate_lite(c: &super::lite::LiteConfig) -> Result<(), String> {
     )?;
     positive_ratio(ie.mlp_ratio, "image_encoder.mlp_ratio")?;
     positive_ratio(ie.mbconv_expand_ratio, "image_encoder.mbconv_expand_ratio")?;
-    need(
-        (1..=1 << 16).contains(&ie.out_chans),
-        "image_encoder.out_chans",
-        || format!("{} must be in 1..=65536", ie.out_chans),
-    )?;
+    need_in(ie.out_chans, 1 << 16, "image_encoder.out_chans")?;
     validate_heads_agree(ie.out_chans, &c.prompt_encoder, &c.mask_decoder)?;
     let params = ie
         .embed_dims

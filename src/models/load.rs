@@ -148,9 +148,21 @@ pub fn load_model(
 ) -> Result<(Sam, LoadReport)> {
     let value = read_checkpoint(path)?;
     let weights = state_dict(path, &value)?;
-    let config = resolve_config_named(&weights, model_type, config_json, path)?;
+    sam_from_weights(&weights, model_type, config_json, path, device)
+}
+
+/// A SAM/MedSAM with `weights` (from `path`) loaded, its configuration from `config_json`,
+/// `model_type` or the weights' shapes.
+fn sam_from_weights(
+    weights: &BTreeMap<String, Tensor>,
+    model_type: Option<ModelType>,
+    config_json: Option<&Path>,
+    path: &Path,
+    device: Device,
+) -> Result<(Sam, LoadReport)> {
+    let config = resolve_config_named(weights, model_type, config_json, path)?;
     let mut sam = Sam::new(&config, 0, device)?;
-    let report = load_clean(&mut sam, &weights, path)?;
+    let report = load_clean(&mut sam, weights, path)?;
     Ok((sam, report))
 }
 
@@ -178,9 +190,7 @@ pub fn load_any_model(
         ));
     }
     if !LiteConfig::is_lite_state_dict(weights.keys()) {
-        let config = resolve_config_named(&weights, model_type, config_json, path)?;
-        let mut sam = Sam::new(&config, 0, device)?;
-        let report = load_clean(&mut sam, &weights, path)?;
+        let (sam, report) = sam_from_weights(&weights, model_type, config_json, path, device)?;
         return Ok((AnyModel::Sam(Box::new(sam)), report));
     }
     if let Some(t) = model_type {

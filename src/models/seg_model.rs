@@ -64,6 +64,24 @@ pub trait SegModel: SegPredict {
     fn loss(&self, images: &Tensor, batch: &Batch) -> Result<Tensor>;
 }
 
+/// The [`SegModel`] methods that are the model's inherent ones of the same name.
+macro_rules! delegate_parameter_methods {
+    ($model:ident) => {
+        fn state_dict(&mut self) -> Vec<(String, Tensor)> {
+            $model::state_dict(self)
+        }
+        fn load_state_dict(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
+            $model::load_state_dict(self, weights)
+        }
+        fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
+            $model::trainable_parameters(self)
+        }
+        fn enable_training(&mut self) {
+            $model::enable_training(self)
+        }
+    };
+}
+
 impl SegModel for Sam {
     fn img_size(&self) -> usize {
         self.config.image_encoder.img_size
@@ -71,18 +89,7 @@ impl SegModel for Sam {
     fn device(&self) -> Device {
         self.image_encoder.patch_embed.proj.weight.device()
     }
-    fn state_dict(&mut self) -> Vec<(String, Tensor)> {
-        Sam::state_dict(self)
-    }
-    fn load_state_dict(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
-        Sam::load_state_dict(self, weights)
-    }
-    fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
-        Sam::trainable_parameters(self)
-    }
-    fn enable_training(&mut self) {
-        Sam::enable_training(self)
-    }
+    delegate_parameter_methods!(Sam);
     fn forward(&self, images: &Tensor, boxes: &[[f32; 4]], _mode: Mode) -> Result<Tensor> {
         Sam::forward(self, images, boxes)
     }
@@ -110,11 +117,7 @@ impl SegPredict for Sam {
         boxes: &[[usize; 4]],
         precision: InferPrecision,
     ) -> Result<Vec<Vec<bool>>> {
-        let n = img.h * img.w;
-        let hwc: Vec<f64> = (0..n)
-            .flat_map(|i| (0..3).map(move |c| (i, c)))
-            .map(|(i, c)| img.chw[c * n + i] as f64)
-            .collect();
+        let hwc = chw_to_hwc(img, |v| v as f64);
         let input = InputImage {
             h: img.h,
             w: img.w,
@@ -135,12 +138,17 @@ impl SegPredict for Sam {
 /// The npy image (CHW in [0, 1], stored as uint8/255 by preprocessing) back as the uint8 HWC image
 /// LiteMedSAM's pipeline starts from.
 pub fn image_to_u8(img: &Image) -> Result<ImageU8> {
-    let n = img.h * img.w;
-    let data = (0..n)
-        .flat_map(|i| (0..3).map(move |c| (i, c)))
-        .map(|(i, c)| (img.chw[c * n + i].clamp(0.0, 1.0) * 255.0).round() as u8)
-        .collect();
+    let data = chw_to_hwc(img, |v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
     ImageU8::new(img.h, img.w, 3, data)
+}
+
+/// The 3-channel CHW image's values interleaved (HWC), each mapped by `f`.
+fn chw_to_hwc<T>(img: &Image, f: impl Fn(f32) -> T) -> Vec<T> {
+    let n = img.h * img.w;
+    (0..n)
+        .flat_map(|i| (0..3).map(move |c| c * n + i))
+        .map(|k| f(img.chw[k]))
+        .collect()
 }
 
 /// Fraction of agreement between `logits > 0` and a 0/1 target, per plane (upstream's
@@ -192,18 +200,7 @@ impl SegModel for LiteMedSam {
     fn device(&self) -> Device {
         self.mask_decoder.iou_token.weight.device()
     }
-    fn state_dict(&mut self) -> Vec<(String, Tensor)> {
-        LiteMedSam::state_dict(self)
-    }
-    fn load_state_dict(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
-        LiteMedSam::load_state_dict(self, weights)
-    }
-    fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
-        LiteMedSam::trainable_parameters(self)
-    }
-    fn enable_training(&mut self) {
-        LiteMedSam::enable_training(self)
-    }
+    delegate_parameter_methods!(LiteMedSam);
     fn forward(&self, images: &Tensor, boxes: &[[f32; 4]], mode: Mode) -> Result<Tensor> {
         LiteMedSam::forward(self, images, boxes, mode)
     }

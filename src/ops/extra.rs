@@ -3,9 +3,9 @@
 //! form, each with its backward.
 
 use super::nn::{conv_op, ConvKind, NormBackward, NormKind};
-use super::{conv_in, dense, norm_in, wrap};
-use crate::autograd::{is_grad_enabled, record};
-use crate::backend::{ChannelDims, NormStats};
+use super::{conv_in, dense, norm_in, then_gelu, wrap};
+use crate::autograd::{record, records};
+use crate::backend::{Backend, ChannelDims, ConvIn, NormStats, Storage};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::conv::Conv2dGeom;
@@ -43,10 +43,7 @@ impl Tensor {
         pad: usize,
         gelu: bool,
     ) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (self.requires_grad()
-                || w.requires_grad()
-                || bias.is_some_and(|b| b.requires_grad()));
+        let recording = records(&[Some(self), Some(w), bias]);
         let (s, ws) = (self.shape(), w.shape());
         if recording || !depthwise_fits(s, [3, 1, 2], w, bias, (stride, pad)) {
             return self
@@ -56,12 +53,10 @@ impl Tensor {
         }
         super::same_device("depthwise_conv2d", self, w)?;
         let g = depthwise_geom([s[0], s[3], s[1], s[2]], ws, stride, pad);
-        let (x, wd) = (dense(self)?, dense(w)?);
-        let bd = bias.map(dense).transpose()?;
-        let a = conv_in(&x, &wd, bd.as_ref());
-        let y = self.backend()?.depthwise_conv2d_nhwc(g, a, gelu)?;
         let (oh, ow) = g.out_hw();
-        wrap(y, &[g.n, oh, ow, g.c_out], self)
+        depthwise_kernel(self, w, bias, &[g.n, oh, ow, g.c_out], |b, a| {
+            b.depthwise_conv2d_nhwc(g, a, gelu)
+        })
     }
 
     /// [`Tensor::depthwise_conv2d`] then exact GELU if `gelu` (fused when nothing records a
@@ -101,9 +96,7 @@ impl Tensor {
             ));
         }
         let params = [w1, b1, w2, b2, w3, b3];
-        let recording =
-            is_grad_enabled() && (self.requires_grad() || params.iter().any(|p| p.requires_grad()));
-        if recording {
+        if records(&[self, w1, b1, w2, b2, w3, b3].map(Some)) {
             return Ok(None);
         }
         for p in params {
@@ -145,23 +138,13 @@ impl Tensor {
         }
         super::same_device("depthwise_conv2d", self, w)?;
         let g = depthwise_geom([s[0], s[1], s[2], s[3]], ws, stride, pad);
-        let recording = is_grad_enabled()
-            && (self.requires_grad()
-                || w.requires_grad()
-                || bias.is_some_and(|b| b.requires_grad()));
-        if gelu && !recording {
-            let (x, wd) = (dense(self)?, dense(w)?);
-            let bd = bias.map(dense).transpose()?;
-            let y = (self.backend()?).depthwise_conv2d_gelu(g, conv_in(&x, &wd, bd.as_ref()))?;
+        if gelu && !records(&[Some(self), Some(w), bias]) {
             let (oh, ow) = g.out_hw();
-            return wrap(y, &[g.n, g.c_out, oh, ow], self);
+            return depthwise_kernel(self, w, bias, &[g.n, g.c_out, oh, ow], |b, a| {
+                b.depthwise_conv2d_gelu(g, a)
+            });
         }
-        let out = conv_op(self, w, bias, g, ConvKind::Depthwise)?;
-        if gelu {
-            out.gelu()
-        } else {
-            Ok(out)
-        }
+        then_gelu(conv_op(self, w, bias, g, ConvKind::Depthwise)?, gelu)
     }
 
     /// conv2d with `groups` (weight `[c_out, c_in/groups, kh, kw]`, as `nn.Conv2d`): plain conv2d
@@ -303,6 +286,21 @@ fn depthwise_fits(
         && s[wd] + 2 * pad >= ws[3]
         && stride > 0
         && bias.is_none_or(|b| b.shape() == [s[c]])
+}
+
+/// `run` (a fused depthwise kernel of `x`'s backend) on dense copies of `x`, `w` and `bias`; its
+/// output shaped `out_shape`.
+fn depthwise_kernel(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    out_shape: &[usize],
+    run: impl FnOnce(&dyn Backend, ConvIn) -> Result<Storage>,
+) -> Result<Tensor> {
+    let (xd, wd) = (dense(x)?, dense(w)?);
+    let bd = bias.map(dense).transpose()?;
+    let y = run(&*x.backend()?, conv_in(&xd, &wd, bd.as_ref()))?;
+    wrap(y, out_shape, x)
 }
 
 /// The geometry of a depthwise conv of an `[n, c, h, w]` input (`nchw`) with weight shape `ws`.

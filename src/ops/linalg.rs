@@ -1,7 +1,7 @@
 //! Matrix products on the GEMM kernel. Transposes are free: they are strides in the GEMM layout.
 
-use super::dense_from_start;
-use crate::autograd::{is_grad_enabled, record, BackwardOp};
+use super::{dense_from_start, then_gelu};
+use crate::autograd::{record, records, BackwardOp};
 use crate::backend::{Epilogue, GemmArgs, GemmOperand};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -177,11 +177,7 @@ impl Tensor {
         gelu: bool,
     ) -> Result<Tensor> {
         let wt = weight.transpose(0, 1)?;
-        let recording = is_grad_enabled()
-            && (self.requires_grad()
-                || weight.requires_grad()
-                || bias.is_some_and(|b| b.requires_grad())
-                || residual.is_some_and(|r| r.requires_grad()));
+        let recording = records(&[Some(self), Some(weight), bias, residual]);
         if !recording && super::quant::int8_enabled() {
             if let Some(y) = super::quant::linear_int8(self, weight, bias, residual, gelu)? {
                 return Ok(y);
@@ -207,7 +203,7 @@ impl Tensor {
                 Some(res) => res.add(&y)?,
                 None => y,
             };
-            return if gelu { y.gelu() } else { Ok(y) };
+            return then_gelu(y, gelu);
         }
         super::same_device("linear", self, weight)?;
         let n = weight.dim(0);
@@ -256,11 +252,7 @@ impl Tensor {
         residual: Option<&Tensor>,
         gelu: bool,
     ) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (self.requires_grad()
-                || x.requires_grad()
-                || bias.is_some_and(|b| b.requires_grad())
-                || residual.is_some_and(|r| r.requires_grad()));
+        let recording = records(&[Some(self), Some(x), bias, residual]);
         let fusable = !recording
             && self.rank() == 2
             && x.rank() == 2
@@ -278,7 +270,7 @@ impl Tensor {
                 Some(r) => y.add(r)?,
                 None => y,
             };
-            return if gelu { y.gelu() } else { Ok(y) };
+            return then_gelu(y, gelu);
         }
         super::same_device("matmul", self, x)?;
         let (m, k, n) = (self.dim(0), self.dim(1), x.dim(1));

@@ -16,6 +16,15 @@ use crate::backend::{ConvGrads, ConvIn, NormIn, Storage};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// `y`, followed by exact GELU if `gelu` (the unfused tail of the `*_act` ops).
+pub(crate) fn then_gelu(y: Tensor, gelu: bool) -> Result<Tensor> {
+    if gelu {
+        y.gelu()
+    } else {
+        Ok(y)
+    }
+}
+
 /// A dense buffer holding exactly `t`'s elements (the tensor's own when it already is one).
 pub(crate) fn dense(t: &Tensor) -> Result<Tensor> {
     if t.is_dense() {

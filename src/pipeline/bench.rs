@@ -262,6 +262,17 @@ fn lap(t: &mut Instant) -> f64 {
     s
 }
 
+/// The preprocessing time (since `t`), `encode` run at precision `p`, and its time.
+fn timed_encode<T>(
+    t: &mut Instant,
+    p: InferPrecision,
+    encode: impl FnOnce() -> Result<T>,
+) -> Result<(f64, T, f64)> {
+    let pre = lap(t);
+    let encoded = with_precision(p, encode)?;
+    Ok((pre, encoded, lap(t)))
+}
+
 /// One image through the model; returns the timings and the mask's foreground pixel count.
 fn call(
     m: &Loaded,
@@ -277,22 +288,16 @@ fn call(
             let u8img = ImageU8::new(h, w, 1, img.to_vec())?;
             let (input, new_hw) =
                 crate::pipeline::infer::lite::prepare_input(&u8img, model.img_size())?;
-            let pre = lap(&mut t);
-            let embedding = with_precision(p, || model.image_encoder.forward(&input))?;
-            let enc = lap(&mut t);
+            let (pre, embedding, enc) =
+                timed_encode(&mut t, p, || model.image_encoder.forward(&input))?;
             let pred = LitePredictor {
                 model,
                 embedding,
                 orig_hw: hw,
                 new_hw,
             };
-            let fg = pred
-                .predict_box(bbox.map(f64::from))?
-                .mask
-                .iter()
-                .filter(|&&b| b)
-                .count();
-            Ok(([pre, enc, lap(&mut t)], fg))
+            let mask = pred.predict_box(bbox.map(f64::from))?.mask;
+            Ok(([pre, enc, lap(&mut t)], mask.iter().filter(|&&b| b).count()))
         }
         Loaded::Sam(model) => {
             let rgb = InputImage {
@@ -303,23 +308,20 @@ fn call(
             };
             let size = model.config.image_encoder.img_size;
             let input = crate::pipeline::infer::sam::prepare_input(&rgb, size)?;
-            let pre = lap(&mut t);
-            let embedding = with_precision(p, || model.image_encoder.forward(&input))?;
-            let enc = lap(&mut t);
+            let (pre, embedding, enc) =
+                timed_encode(&mut t, p, || model.image_encoder.forward(&input))?;
             let pred = Predictor {
                 model,
                 embedding,
                 orig_hw: hw,
             };
-            let fg = pred.predict_box(bbox)?.mask.iter().filter(|&&b| b).count();
-            Ok(([pre, enc, lap(&mut t)], fg))
+            let mask = pred.predict_box(bbox)?.mask;
+            Ok(([pre, enc, lap(&mut t)], mask.iter().filter(|&&b| b).count()))
         }
         Loaded::Medsam2(pred) => {
             let size = pred.model.config.image_size;
             let frames = crate::models::sam2::volume::volume_to_frames(img, (1, h, w), size)?;
-            let pre = lap(&mut t);
-            let mut state = with_precision(p, || pred.init_state(frames, h, w))?;
-            let enc = lap(&mut t);
+            let (pre, mut state, enc) = timed_encode(&mut t, p, || pred.init_state(frames, h, w))?;
             let prompt = Prompt {
                 bbox: Some(bbox),
                 ..Prompt::default()

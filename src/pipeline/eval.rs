@@ -141,11 +141,7 @@ pub fn evaluate<M: SegPredict + ?Sized>(
     if let Some(m) = cfg.max_slices {
         pairs.truncate(m);
     }
-    let mine: Vec<&NpyPair> = pairs
-        .iter()
-        .skip(comm.rank())
-        .step_by(comm.world_size())
-        .collect();
+    let mine = crate::dist::rank_share(&pairs, comm);
     let mut acc = MetricsAccumulator::new();
     let mut rows = Vec::new();
     let mut figure = Vec::new();
@@ -178,12 +174,7 @@ pub fn evaluate<M: SegPredict + ?Sized>(
     let mut fig_path = None;
     if comm.is_root() {
         std::fs::create_dir_all(&cfg.work_dir).map_err(|e| Error::io(&cfg.work_dir, e))?;
-        let text = std::iter::once(metrics::CSV_HEADER.to_string())
-            .chain(all_rows)
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n";
-        metrics::write_atomic(&csv, text.as_bytes())?;
+        metrics::write_csv(&csv, metrics::CSV_HEADER, all_rows)?;
         summary.write_json(&json)?;
         if !figure.is_empty() {
             let path = cfg.work_dir.join("comparison.png");

@@ -592,11 +592,7 @@ pub fn evaluate_volumes(
     if let Some(m) = cfg.max_volumes {
         pairs.truncate(m);
     }
-    let mine: Vec<&VolumePair> = pairs
-        .iter()
-        .skip(comm.rank())
-        .step_by(comm.world_size())
-        .collect();
+    let mine = crate::dist::rank_share(&pairs, comm);
     let (mut rows, mut notes, mut secs) = (Vec::new(), Vec::new(), 0.0);
     for (i, pair) in mine.iter().enumerate() {
         let v = load_pair(pair, cfg.series.as_deref())?;
@@ -631,12 +627,7 @@ pub fn evaluate_volumes(
     );
     if comm.is_root() {
         std::fs::create_dir_all(&cfg.work_dir).map_err(|e| Error::io(&cfg.work_dir, e))?;
-        let text = std::iter::once(CSV_HEADER_3D.to_string())
-            .chain(all_rows.iter().map(csv_line))
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n";
-        metrics::write_atomic(&csv, text.as_bytes())?;
+        metrics::write_csv(&csv, CSV_HEADER_3D, all_rows.iter().map(csv_line))?;
         let j = serde_json::to_vec_pretty(&summary).map_err(Error::wrap)?;
         metrics::write_atomic(&json, &j)?;
     }

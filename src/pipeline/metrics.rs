@@ -348,45 +348,113 @@ pub fn euclidean_distance_to(
     s1: f64,
 ) -> Vec<f64> {
     assert_eq!(feat.len(), rows * cols);
-    let mut g = vec![f64::INFINITY; rows * cols];
-    let mut v = Vec::new();
-    let mut z = Vec::new();
-    // pass along rows axis (per column)
-    let mut col = vec![0.0; rows];
-    let mut colout = vec![0.0; rows];
-    for c in 0..cols {
-        for r in 0..rows {
-            col[r] = if feat[r * cols + c] {
-                0.0
-            } else {
-                f64::INFINITY
-            };
-        }
-        edt_1d(&col, s0, &mut colout, &mut v, &mut z);
-        for r in 0..rows {
-            g[r * cols + c] = colout[r];
-        }
-    }
-    // pass along columns axis (per row)
-    let mut rowout = vec![0.0; cols];
-    for r in 0..rows {
-        let line = &mut g[r * cols..(r + 1) * cols];
-        edt_1d(line, s1, &mut rowout, &mut v, &mut z);
-        for (dst, &d2) in line.iter_mut().zip(&rowout) {
-            *dst = d2.sqrt();
-        }
-    }
+    let mut g: Vec<f64> = feat.iter().map(|&f| feature_distance(f)).collect();
+    edt_plane_sqrt(&mut g, rows, cols, s0, s1);
     g
 }
 
-fn check_spacing(spacing: [f64; 2]) -> Result<()> {
+/// Squared distance of a point to the feature before any pass: 0 on the feature, +inf elsewhere.
+#[inline(always)]
+fn feature_distance(on: bool) -> f64 {
+    if on {
+        0.0
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// The last two separable passes of the exact EDT over each `h × w` plane of `g` (squared
+/// distances so far, row-major): along the rows axis (spacing `s_row`, per column), then along
+/// the columns axis (spacing `s_col`, contiguous), then the square root. Planes and rows run in
+/// parallel; the result does not depend on the thread count.
+fn edt_plane_sqrt(g: &mut [f64], h: usize, w: usize, s_row: f64, s_col: f64) {
+    use rayon::prelude::*;
+    if g.is_empty() {
+        return;
+    }
+    g.par_chunks_mut(h * w).for_each(|pl| {
+        let (mut f, mut out, mut v, mut z) = (vec![0.0; h], vec![0.0; h], Vec::new(), Vec::new());
+        for x in 0..w {
+            for y in 0..h {
+                f[y] = pl[y * w + x];
+            }
+            edt_1d(&f, s_row, &mut out, &mut v, &mut z);
+            for y in 0..h {
+                pl[y * w + x] = out[y];
+            }
+        }
+    });
+    g.par_chunks_mut(w).for_each(|row| {
+        let (mut out, mut v, mut z) = (vec![0.0; w], Vec::new(), Vec::new());
+        edt_1d(row, s_col, &mut out, &mut v, &mut z);
+        for (dst, &d2) in row.iter_mut().zip(&out) {
+            *dst = d2.sqrt();
+        }
+    });
+}
+
+fn check_spacing<const N: usize>(spacing: [f64; N]) -> Result<()> {
     if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(MetricsError::InvalidArgument {
             field: "spacing",
-            reason: format!("must be finite and > 0, got {spacing:?}"),
+            reason: format!("must be finite and > 0 along every axis, got {spacing:?}"),
         });
     }
     Ok(())
+}
+
+fn check_tolerance(tolerance: f64) -> Result<()> {
+    if tolerance.is_nan() || tolerance < 0.0 {
+        return Err(MetricsError::InvalidArgument {
+            field: "tolerance",
+            reason: format!("must be >= 0, got {tolerance}"),
+        });
+    }
+    Ok(())
+}
+
+/// Inclusive bounds `(lo, hi)` per axis of the union of two masks of row-major `shape`;
+/// `None` when both are empty.
+fn union_bounds<A: MaskValue, B: MaskValue, const N: usize>(
+    gt: &[A],
+    pred: &[B],
+    shape: [usize; N],
+) -> Option<([usize; N], [usize; N])> {
+    let (mut lo, mut hi) = ([usize::MAX; N], [0usize; N]);
+    for (i, (g, p)) in gt.iter().zip(pred).enumerate() {
+        if g.is_on() || p.is_on() {
+            let mut rest = i;
+            for k in (0..N).rev() {
+                let c = rest % shape[k];
+                rest /= shape[k];
+                lo[k] = lo[k].min(c);
+                hi[k] = hi[k].max(c);
+            }
+        }
+    }
+    (lo[0] != usize::MAX).then_some((lo, hi))
+}
+
+/// Surface distances from the neighbour codes of both masks on one corner grid: `is_border`
+/// picks the surfels, `distance_to` is the exact EDT to a grid's `true` points, `table` the
+/// surfel size of each code.
+fn surface_distances_from_codes(
+    code_gt: &[u8],
+    code_pred: &[u8],
+    is_border: impl Fn(u8) -> bool,
+    distance_to: impl Fn(&[bool]) -> Vec<f64>,
+    table: &[f64],
+) -> SurfaceDistances {
+    let border_gt: Vec<bool> = code_gt.iter().map(|&c| is_border(c)).collect();
+    let border_pred: Vec<bool> = code_pred.iter().map(|&c| is_border(c)).collect();
+    let dist_gt = distance_to(&border_gt);
+    let dist_pred = distance_to(&border_pred);
+    gather_surfels(
+        [code_gt, code_pred],
+        [&border_gt, &border_pred],
+        [&dist_gt, &dist_pred],
+        table,
+    )
 }
 
 /// Surface distances between `gt` and `pred` (`h × w`), `spacing = [row, col]`
@@ -408,22 +476,9 @@ pub fn compute_surface_distances<A: MaskValue, B: MaskValue>(
     check_mask("gt", gt, h, w)?;
     check_mask("pred", pred, h, w)?;
     check_spacing(spacing)?;
-    // union bounding box
-    let (mut y0, mut y1, mut x0, mut x1) = (usize::MAX, 0usize, usize::MAX, 0usize);
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            if gt[i].is_on() || pred[i].is_on() {
-                y0 = y0.min(y);
-                y1 = y1.max(y);
-                x0 = x0.min(x);
-                x1 = x1.max(x);
-            }
-        }
-    }
-    if y0 == usize::MAX {
+    let Some(([y0, x0], [y1, x1])) = union_bounds(gt, pred, [h, w]) else {
         return Ok(SurfaceDistances::default());
-    }
+    };
     // corner grid: point (r, c) sees pixels rows y0+r-1..=y0+r, cols x0+c-1..=x0+c
     let rows = y1 - y0 + 2;
     let cols = x1 - x0 + 2;
@@ -461,15 +516,11 @@ pub fn compute_surface_distances<A: MaskValue, B: MaskValue>(
     };
     let code_gt = codes(&|i| gt[i].is_on());
     let code_pred = codes(&|i| pred[i].is_on());
-    let is_border = |c: u8| c != 0 && (full_is_border || c != 15);
-    let border_gt: Vec<bool> = code_gt.iter().map(|&c| is_border(c)).collect();
-    let border_pred: Vec<bool> = code_pred.iter().map(|&c| is_border(c)).collect();
-    let dist_gt = euclidean_distance_to(&border_gt, rows, cols, spacing[0], spacing[1]);
-    let dist_pred = euclidean_distance_to(&border_pred, rows, cols, spacing[0], spacing[1]);
-    Ok(gather_surfels(
-        [&code_gt, &code_pred],
-        [&border_gt, &border_pred],
-        [&dist_gt, &dist_pred],
+    Ok(surface_distances_from_codes(
+        &code_gt,
+        &code_pred,
+        |c| c != 0 && (full_is_border || c != 15),
+        |border| euclidean_distance_to(border, rows, cols, spacing[0], spacing[1]),
         &table,
     ))
 }
@@ -538,12 +589,7 @@ pub fn normalized_surface_dice_with<A: MaskValue, B: MaskValue>(
     tolerance: f64,
     mode: NsdMode,
 ) -> Result<f64> {
-    if tolerance.is_nan() || tolerance < 0.0 {
-        return Err(MetricsError::InvalidArgument {
-            field: "tolerance",
-            reason: format!("must be >= 0, got {tolerance}"),
-        });
-    }
+    check_tolerance(tolerance)?;
     let sd = compute_surface_distances(gt, pred, h, w, spacing, mode)?;
     Ok(surface_dice_at_tolerance(&sd, tolerance))
 }
@@ -792,6 +838,16 @@ pub fn csv_row(image: &str, label: u32, m: &SampleMetrics, b: Option<&SampleMetr
     )
 }
 /// Writes `bytes` to `path` atomically ([`crate::io::atomic`]).
+/// Writes `header` and `rows`, one a line, atomically.
+pub fn write_csv(path: &Path, header: &str, rows: impl IntoIterator<Item = String>) -> Result<()> {
+    let text = std::iter::once(header.to_string())
+        .chain(rows)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    write_atomic(path, text.as_bytes())
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::io::atomic::write_bytes_atomic(path, bytes).map_err(|source| MetricsError::Io {
         path: path.to_path_buf(),
@@ -1086,16 +1142,6 @@ pub fn surface_area_table_3d(spacing: [f64; 3]) -> [f64; 256] {
     t
 }
 
-fn check_spacing_3d(spacing: [f64; 3]) -> Result<()> {
-    if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        return Err(MetricsError::InvalidArgument {
-            field: "spacing",
-            reason: format!("must be finite and > 0 along every axis, got {spacing:?}"),
-        });
-    }
-    Ok(())
-}
-
 fn check_volume<T>(field: &'static str, m: &[T], shape: [usize; 3]) -> Result<()> {
     let [d, h, w] = shape;
     check_mask(field, m, d.saturating_mul(h), w)
@@ -1122,11 +1168,7 @@ pub fn euclidean_distance_to_3d(feat: &[bool], shape: [usize; 3], spacing: [f64;
             || (vec![0.0; d], Vec::new(), Vec::new()),
             |(f, v, z), p| {
                 for (k, slot) in f.iter_mut().enumerate() {
-                    *slot = if feat[k * plane + p] {
-                        0.0
-                    } else {
-                        f64::INFINITY
-                    };
+                    *slot = feature_distance(feat[k * plane + p]);
                 }
                 let mut out = vec![0.0; d];
                 edt_1d(f, spacing[0], &mut out, v, z);
@@ -1142,25 +1184,7 @@ pub fn euclidean_distance_to_3d(feat: &[bool], shape: [usize; 3], spacing: [f64;
     }
     drop(lines);
     // Axis 1 within each z plane, then axis 2 along each row (contiguous); sqrt at the end.
-    g.par_chunks_mut(plane).for_each(|pl| {
-        let (mut f, mut out, mut v, mut z) = (vec![0.0; h], vec![0.0; h], Vec::new(), Vec::new());
-        for x in 0..w {
-            for y in 0..h {
-                f[y] = pl[y * w + x];
-            }
-            edt_1d(&f, spacing[1], &mut out, &mut v, &mut z);
-            for y in 0..h {
-                pl[y * w + x] = out[y];
-            }
-        }
-    });
-    g.par_chunks_mut(w).for_each(|row| {
-        let (mut out, mut v, mut z) = (vec![0.0; w], Vec::new(), Vec::new());
-        edt_1d(row, spacing[2], &mut out, &mut v, &mut z);
-        for (dst, &d2) in row.iter_mut().zip(&out) {
-            *dst = d2.sqrt();
-        }
-    });
+    edt_plane_sqrt(&mut g, h, w, spacing[1], spacing[2]);
     g
 }
 
@@ -1217,34 +1241,18 @@ pub fn compute_surface_distances_3d<A: MaskValue, B: MaskValue>(
 ) -> Result<SurfaceDistances> {
     check_volume("gt", gt, shape)?;
     check_volume("pred", pred, shape)?;
-    check_spacing_3d(spacing)?;
-    let [_, h, w] = shape;
-    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
-    for (i, (g, p)) in gt.iter().zip(pred).enumerate() {
-        if g.is_on() || p.is_on() {
-            let c = [i / (h * w), i / w % h, i % w];
-            for k in 0..3 {
-                lo[k] = lo[k].min(c[k]);
-                hi[k] = hi[k].max(c[k]);
-            }
-        }
-    }
-    if lo[0] == usize::MAX {
+    check_spacing(spacing)?;
+    let Some((lo, hi)) = union_bounds(gt, pred, shape) else {
         return Ok(SurfaceDistances::default());
-    }
+    };
     let (code_gt, grid) = neighbour_codes_3d(&|i| gt[i].is_on(), shape, lo, hi);
     let (code_pred, _) = neighbour_codes_3d(&|i| pred[i].is_on(), shape, lo, hi);
-    let is_border = |c: u8| c != 0 && c != 255;
-    let border_gt: Vec<bool> = code_gt.iter().map(|&c| is_border(c)).collect();
-    let border_pred: Vec<bool> = code_pred.iter().map(|&c| is_border(c)).collect();
-    let table = surface_area_table_3d(spacing);
-    let dist_gt = euclidean_distance_to_3d(&border_gt, grid, spacing);
-    let dist_pred = euclidean_distance_to_3d(&border_pred, grid, spacing);
-    Ok(gather_surfels(
-        [&code_gt, &code_pred],
-        [&border_gt, &border_pred],
-        [&dist_gt, &dist_pred],
-        &table,
+    Ok(surface_distances_from_codes(
+        &code_gt,
+        &code_pred,
+        |c| c != 0 && c != 255,
+        |border| euclidean_distance_to_3d(border, grid, spacing),
+        &surface_area_table_3d(spacing),
     ))
 }
 
@@ -1258,12 +1266,7 @@ pub fn volume_metrics<A: MaskValue, B: MaskValue>(
     spacing: [f64; 3],
     tolerance: f64,
 ) -> Result<SampleMetrics> {
-    if tolerance.is_nan() || tolerance < 0.0 {
-        return Err(MetricsError::InvalidArgument {
-            field: "tolerance",
-            reason: format!("must be >= 0, got {tolerance}"),
-        });
-    }
+    check_tolerance(tolerance)?;
     check_volume("gt", gt, shape)?;
     let o = overlap(gt, pred, shape[0] * shape[1], shape[2])?;
     let sd = compute_surface_distances_3d(gt, pred, shape, spacing)?;

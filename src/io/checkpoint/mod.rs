@@ -441,28 +441,21 @@ pub fn state_dict_from_named(value: &Value, path: &Path) -> Result<Vec<(String, 
     };
     let mut out = Vec::with_capacity(items.len());
     let mut seen = std::collections::HashSet::new();
+    // An error about the entry `key` of the state dict.
+    let entry_err =
+        |key: &str, msg: String| CheckpointError::field(path, format!("{field_prefix}{key}"), msg);
     for (k, v) in items {
         let key = k.as_str().ok_or_else(|| {
-            CheckpointError::field(
-                path,
-                format!("{field_prefix}<key>"),
-                format!("state dict key is a {}, expected str", k.type_name()),
-            )
+            let msg = format!("state dict key is a {}, expected str", k.type_name());
+            entry_err("<key>", msg)
         })?;
-        let t = v.as_tensor().ok_or_else(|| {
-            CheckpointError::field(
-                path,
-                format!("{field_prefix}{key}"),
-                format!("expected a tensor, found {}", v.type_name()),
-            )
-        })?;
+        let t = v
+            .as_tensor()
+            .ok_or_else(|| entry_err(key, format!("expected a tensor, found {}", v.type_name())))?;
         let name = key.strip_prefix(DDP_PREFIX).unwrap_or(key).to_string();
         if !seen.insert(name.clone()) {
-            return Err(CheckpointError::field(
-                path,
-                format!("{field_prefix}{key}"),
-                format!("duplicate parameter `{name}` after stripping `{DDP_PREFIX}`"),
-            ));
+            let msg = format!("duplicate parameter `{name}` after stripping `{DDP_PREFIX}`");
+            return Err(entry_err(key, msg));
         }
         out.push((name, t.clone()));
     }

@@ -225,6 +225,27 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         Ok(u64::from_le_bytes(b.try_into().unwrap()))
     }
 
+    /// The text-line argument of `opcode`, `clean`ed and parsed.
+    fn line_arg<T: std::str::FromStr>(
+        &mut self,
+        opcode: &str,
+        clean: fn(&str) -> &str,
+    ) -> Result<T> {
+        let s = self.line()?;
+        self.parse_arg(s, opcode, clean)
+    }
+
+    fn parse_arg<T: std::str::FromStr>(
+        &self,
+        s: &str,
+        opcode: &str,
+        clean: fn(&str) -> &str,
+    ) -> Result<T> {
+        clean(s)
+            .parse()
+            .map_err(|_| self.err(format!("bad {opcode} argument {s:?}")))
+    }
+
     fn line(&mut self) -> Result<&'a str> {
         let rest = &self.data[self.pos..];
         let n = rest
@@ -411,20 +432,12 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                     let o = match s {
                         "00" => Obj::Bool(false),
                         "01" => Obj::Bool(true),
-                        _ => Obj::Int(
-                            s.trim()
-                                .parse()
-                                .map_err(|_| self.err(format!("bad INT argument {s:?}")))?,
-                        ),
+                        _ => Obj::Int(self.parse_arg(s, "INT", str::trim)?),
                     };
                     self.push(o)?
                 }
                 b'L' => {
-                    let s = self.line()?;
-                    let v = s
-                        .trim_end_matches('L')
-                        .parse()
-                        .map_err(|_| self.err(format!("bad LONG argument {s:?}")))?;
+                    let v = self.line_arg("LONG", |s| s.trim_end_matches('L'))?;
                     self.push(Obj::Int(v))?
                 }
                 b'G' => {
@@ -433,11 +446,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                     self.push(Obj::Float(v))?
                 }
                 b'F' => {
-                    let s = self.line()?;
-                    let v = s
-                        .trim()
-                        .parse()
-                        .map_err(|_| self.err(format!("bad FLOAT argument {s:?}")))?;
+                    let v = self.line_arg("FLOAT", str::trim)?;
                     self.push(Obj::Float(v))?
                 }
                 b'X' | 0x8c | 0x8d => {
@@ -521,40 +530,21 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                     let d = self.top()?;
                     self.extend_dict(d, pairs)?;
                 }
-                b'q' => {
-                    let i = self.byte()? as u64;
-                    self.memo_put(i)?
-                }
-                b'r' => {
-                    let i = self.u32le()? as u64;
-                    self.memo_put(i)?
-                }
-                b'p' => {
-                    let s = self.line()?;
-                    let i = s
-                        .parse()
-                        .map_err(|_| self.err(format!("bad PUT argument {s:?}")))?;
-                    self.memo_put(i)?
-                }
-                0x94 => {
-                    // MEMOIZE
-                    let i = self.memo.len() as u64;
-                    self.memo_put(i)?
-                }
-                b'h' => {
-                    let i = self.byte()? as u64;
-                    self.memo_get(i)?
-                }
-                b'j' => {
-                    let i = self.u32le()? as u64;
-                    self.memo_get(i)?
-                }
-                b'g' => {
-                    let s = self.line()?;
-                    let i = s
-                        .parse()
-                        .map_err(|_| self.err(format!("bad GET argument {s:?}")))?;
-                    self.memo_get(i)?
+                // BINPUT/BINGET take one byte, LONG_BINPUT/LONG_BINGET a u32, PUT/GET a text
+                // line; MEMOIZE puts under the next free index.
+                b'q' | b'r' | b'p' | 0x94 | b'h' | b'j' | b'g' => {
+                    let get = matches!(op, b'h' | b'j' | b'g');
+                    let i = match op {
+                        b'q' | b'h' => self.byte()? as u64,
+                        b'r' | b'j' => self.u32le()? as u64,
+                        0x94 => self.memo.len() as u64,
+                        _ => self.line_arg(if get { "GET" } else { "PUT" }, |s| s)?,
+                    };
+                    if get {
+                        self.memo_get(i)?
+                    } else {
+                        self.memo_put(i)?
+                    }
                 }
                 b'c' => {
                     let module = self.line()?;
@@ -844,37 +834,32 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
             Obj::Bool(b) => Value::Bool(*b),
             Obj::Int(i) => Value::Int(*i),
             Obj::Float(f) => Value::Float(*f),
-            Obj::Str(s) => {
-                let n = s.len();
+            Obj::Str(_) | Obj::Bytes(_) => {
+                let n = match &self.objs[id] {
+                    Obj::Str(s) => s.len(),
+                    Obj::Bytes(b) => b.len(),
+                    _ => unreachable!("matched above"),
+                };
+                // Charged before the copy is made.
                 self.charge_string(n)?;
                 match &self.objs[id] {
                     Obj::Str(s) => Value::Str(s.clone()),
-                    _ => unreachable!("checked above"),
-                }
-            }
-            Obj::Bytes(b) => {
-                let n = b.len();
-                self.charge_string(n)?;
-                match &self.objs[id] {
                     Obj::Bytes(b) => Value::Bytes(b.clone()),
-                    _ => unreachable!("checked above"),
+                    _ => unreachable!("matched above"),
                 }
             }
-            Obj::List(v) => {
-                let v = v.clone();
-                Value::List(
-                    v.into_iter()
-                        .map(|i| self.take_value(i, depth + 1, nodes))
-                        .collect::<Result<_>>()?,
-                )
-            }
-            Obj::Tuple(v) => {
-                let v = v.clone();
-                Value::Tuple(
-                    v.into_iter()
-                        .map(|i| self.take_value(i, depth + 1, nodes))
-                        .collect::<Result<_>>()?,
-                )
+            Obj::List(v) | Obj::Tuple(v) => {
+                let is_list = matches!(self.objs[id], Obj::List(_));
+                let items = v
+                    .clone()
+                    .into_iter()
+                    .map(|i| self.take_value(i, depth + 1, nodes))
+                    .collect::<Result<_>>()?;
+                if is_list {
+                    Value::List(items)
+                } else {
+                    Value::Tuple(items)
+                }
             }
             Obj::Dict(pairs) => {
                 let pairs = pairs.clone();

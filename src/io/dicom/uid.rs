@@ -1,5 +1,6 @@
 //! New UIDs (`2.25.<128-bit number>`, the UUID-derived form of PS3.5 B.2) and DICOM dates.
 
+use crate::io::clock::UtcDateTime;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,23 +29,10 @@ pub fn new_uid() -> String {
 
 /// Current UTC date and time as DICOM DA (`YYYYMMDD`) and TM (`HHMMSS`).
 pub fn now_da_tm() -> (String, String) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // civil-from-days (H. Hinnant)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
+    let t = UtcDateTime::now();
     (
-        format!("{y:04}{m:02}{d:02}"),
-        format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+        format!("{:04}{:02}{:02}", t.year, t.month, t.day),
+        format!("{:02}{:02}{:02}", t.hour, t.minute, t.second),
     )
 }
 

@@ -38,52 +38,160 @@ pub fn resize_area_u8_cv2(
     assert_eq!(src.len(), h * w * cn, "resize_area_u8_cv2: buffer size");
     let (inv_x, inv_y) = (ow as f64 / w as f64, oh as f64 / h as f64);
     let (sx, sy) = (1.0 / inv_x, 1.0 / inv_y);
+    let area = AreaResize {
+        src,
+        h,
+        w,
+        cn,
+        oh,
+        ow,
+    };
     if sx >= 1.0 && sy >= 1.0 {
         let (ix, iy) = (sx.round_ties_even(), sy.round_ties_even());
         if (sx - ix).abs() < f64::EPSILON && (sy - iy).abs() < f64::EPSILON {
-            return area_fast(src, h, w, cn, oh, ow, ix as usize, iy as usize);
+            return area.fast(ix as usize, iy as usize);
         }
-        return area_generic(src, h, w, cn, oh, ow, sx, sy);
+        return area.generic(sx, sy);
     }
-    area_linear(src, h, w, cn, oh, ow, (sx, inv_x), (sy, inv_y))
+    area.linear((sx, inv_x), (sy, inv_y))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn area_fast(
-    src: &[u8],
+/// One `INTER_AREA` resize: the interleaved `h × w × cn` source and the output size.
+#[derive(Clone, Copy)]
+struct AreaResize<'a> {
+    src: &'a [u8],
     h: usize,
     w: usize,
     cn: usize,
     oh: usize,
     ow: usize,
-    kx: usize,
-    ky: usize,
-) -> Vec<u8> {
-    let mut out = vec![0u8; oh * ow * cn];
-    let scale = 1.0f32 / (kx * ky) as f32;
-    for dy in 0..oh {
-        for dx in 0..ow {
-            for c in 0..cn {
-                let (mut sum, mut count) = (0u32, 0u32);
-                for yy in dy * ky..(dy * ky + ky).min(h) {
-                    for xx in dx * kx..(dx * kx + kx).min(w) {
-                        sum += src[(yy * w + xx) * cn + c] as u32;
-                        count += 1;
+}
+
+impl<'a> AreaResize<'a> {
+    /// `(src, h, w, cn, oh, ow)`.
+    #[inline(always)]
+    fn parts(self) -> (&'a [u8], usize, usize, usize, usize, usize) {
+        (self.src, self.h, self.w, self.cn, self.oh, self.ow)
+    }
+
+    /// Integer shrinking factors `kx × ky`: box averaging.
+    fn fast(self, kx: usize, ky: usize) -> Vec<u8> {
+        let (src, h, w, cn, oh, ow) = self.parts();
+        let mut out = vec![0u8; oh * ow * cn];
+        let scale = 1.0f32 / (kx * ky) as f32;
+        for dy in 0..oh {
+            for dx in 0..ow {
+                for c in 0..cn {
+                    let (mut sum, mut count) = (0u32, 0u32);
+                    for yy in dy * ky..(dy * ky + ky).min(h) {
+                        for xx in dx * kx..(dx * kx + kx).min(w) {
+                            sum += src[(yy * w + xx) * cn + c] as u32;
+                            count += 1;
+                        }
                     }
+                    out[(dy * ow + dx) * cn + c] = if count == 0 {
+                        0
+                    } else if count as usize != kx * ky {
+                        sat_u8(sum as f32 / count as f32)
+                    } else if kx == 2 && ky == 2 && matches!(cn, 1 | 3 | 4) {
+                        ((sum + 2) >> 2) as u8
+                    } else {
+                        sat_u8(sum as f32 * scale)
+                    };
                 }
-                out[(dy * ow + dx) * cn + c] = if count == 0 {
-                    0
-                } else if count as usize != kx * ky {
-                    sat_u8(sum as f32 / count as f32)
-                } else if kx == 2 && ky == 2 && matches!(cn, 1 | 3 | 4) {
-                    ((sum + 2) >> 2) as u8
-                } else {
-                    sat_u8(sum as f32 * scale)
-                };
             }
         }
+        out
     }
-    out
+
+    /// Other shrinking factors: area-weighted averaging.
+    fn generic(self, sx: f64, sy: f64) -> Vec<u8> {
+        let (src, h, w, cn, oh, ow) = self.parts();
+        let (xtab, ytab) = (area_tab(w, ow, sx), area_tab(h, oh, sy));
+        let width = ow * cn;
+        let mut out = vec![0u8; oh * width];
+        let (mut buf, mut sum) = (vec![0.0f32; width], vec![0.0f32; width]);
+        let mut prev_dy = ytab.first().map_or(0, |t| t.0);
+        for &(dy, syi, beta) in &ytab {
+            buf.fill(0.0);
+            let row = &src[syi * w * cn..(syi + 1) * w * cn];
+            for &(dx, sxi, alpha) in &xtab {
+                for c in 0..cn {
+                    buf[dx * cn + c] += row[sxi * cn + c] as f32 * alpha;
+                }
+            }
+            if dy != prev_dy {
+                let d = &mut out[prev_dy * width..(prev_dy + 1) * width];
+                for ((o, s), b) in d.iter_mut().zip(sum.iter_mut()).zip(&buf) {
+                    *o = sat_u8(*s);
+                    *s = beta * b;
+                }
+                prev_dy = dy;
+            } else {
+                for (s, b) in sum.iter_mut().zip(&buf) {
+                    *s += beta * b;
+                }
+            }
+        }
+        for (o, s) in out[prev_dy * width..(prev_dy + 1) * width]
+            .iter_mut()
+            .zip(&sum)
+        {
+            *o = sat_u8(*s);
+        }
+        out
+    }
+
+    /// Either axis grows: OpenCV's fixed-point "area" bilinear.
+    fn linear(self, (sx, inv_x): (f64, f64), (sy, inv_y): (f64, f64)) -> Vec<u8> {
+        let (src, h, w, cn, oh, ow) = self.parts();
+        // Horizontal taps (OpenCV clamps at the right edge: past it, the last pixel with weight 1).
+        let mut xofs = vec![0usize; ow];
+        let mut xalpha = vec![(0i32, 0i32); ow];
+        let mut xmax = ow;
+        for dx in 0..ow {
+            let (mut s, mut f) = area_linear_coef(dx, sx, inv_x);
+            if s < 0 {
+                s = 0;
+                f = 0.0;
+            }
+            if s + 1 >= w as i64 {
+                xmax = xmax.min(dx);
+                if s >= w as i64 - 1 {
+                    s = w as i64 - 1;
+                    f = 0.0;
+                }
+            }
+            xofs[dx] = s as usize;
+            xalpha[dx] = (fixed((1.0 - f) * 2048.0), fixed(f * 2048.0));
+        }
+        let hrow = |y: usize| -> Vec<i32> {
+            let row = &src[y * w * cn..(y + 1) * w * cn];
+            let mut out = vec![0i32; ow * cn];
+            for dx in 0..ow {
+                for c in 0..cn {
+                    let s = xofs[dx] * cn + c;
+                    out[dx * cn + c] = if dx < xmax {
+                        row[s] as i32 * xalpha[dx].0 + row[s + cn] as i32 * xalpha[dx].1
+                    } else {
+                        row[s] as i32 * 2048
+                    };
+                }
+            }
+            out
+        };
+        let mut out = vec![0u8; oh * ow * cn];
+        for dy in 0..oh {
+            let (s, f) = area_linear_coef(dy, sy, inv_y);
+            let clip = |v: i64| v.clamp(0, h as i64 - 1) as usize;
+            let (r0, r1) = (hrow(clip(s)), hrow(clip(s + 1)));
+            let (b0, b1) = (fixed((1.0 - f) * 2048.0), fixed(f * 2048.0));
+            for (i, o) in out[dy * ow * cn..(dy + 1) * ow * cn].iter_mut().enumerate() {
+                *o = ((((b0 * (r0[i] >> 4)) >> 16) + ((b1 * (r1[i] >> 4)) >> 16) + 2) >> 2) as u8;
+            }
+        }
+        out
+    }
 }
 
 /// OpenCV's `computeResizeAreaTab`: `(dst index, src index, weight)` triples.
@@ -113,52 +221,6 @@ fn area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<(usize, usize, f32)> 
     tab
 }
 
-#[allow(clippy::too_many_arguments)]
-fn area_generic(
-    src: &[u8],
-    h: usize,
-    w: usize,
-    cn: usize,
-    oh: usize,
-    ow: usize,
-    sx: f64,
-    sy: f64,
-) -> Vec<u8> {
-    let (xtab, ytab) = (area_tab(w, ow, sx), area_tab(h, oh, sy));
-    let width = ow * cn;
-    let mut out = vec![0u8; oh * width];
-    let (mut buf, mut sum) = (vec![0.0f32; width], vec![0.0f32; width]);
-    let mut prev_dy = ytab.first().map_or(0, |t| t.0);
-    for &(dy, syi, beta) in &ytab {
-        buf.fill(0.0);
-        let row = &src[syi * w * cn..(syi + 1) * w * cn];
-        for &(dx, sxi, alpha) in &xtab {
-            for c in 0..cn {
-                buf[dx * cn + c] += row[sxi * cn + c] as f32 * alpha;
-            }
-        }
-        if dy != prev_dy {
-            let d = &mut out[prev_dy * width..(prev_dy + 1) * width];
-            for ((o, s), b) in d.iter_mut().zip(sum.iter_mut()).zip(&buf) {
-                *o = sat_u8(*s);
-                *s = beta * b;
-            }
-            prev_dy = dy;
-        } else {
-            for (s, b) in sum.iter_mut().zip(&buf) {
-                *s += beta * b;
-            }
-        }
-    }
-    for (o, s) in out[prev_dy * width..(prev_dy + 1) * width]
-        .iter_mut()
-        .zip(&sum)
-    {
-        *o = sat_u8(*s);
-    }
-    out
-}
-
 /// Source index and fixed-point weights (×2048) of one output position in OpenCV's area-mode
 /// bilinear: `sx = ⌊d·scale⌋`, `f = (d+1) − (sx+1)/scale` wrapped to [0, 1).
 fn area_linear_coef(d: usize, scale: f64, inv: f64) -> (i64, f32) {
@@ -170,63 +232,4 @@ fn area_linear_coef(d: usize, scale: f64, inv: f64) -> (i64, f32) {
 
 fn fixed(v: f32) -> i32 {
     v.round_ties_even() as i32
-}
-
-#[allow(clippy::too_many_arguments)]
-fn area_linear(
-    src: &[u8],
-    h: usize,
-    w: usize,
-    cn: usize,
-    oh: usize,
-    ow: usize,
-    (sx, inv_x): (f64, f64),
-    (sy, inv_y): (f64, f64),
-) -> Vec<u8> {
-    // Horizontal taps (OpenCV clamps at the right edge: past it, the last pixel with weight 1).
-    let mut xofs = vec![0usize; ow];
-    let mut xalpha = vec![(0i32, 0i32); ow];
-    let mut xmax = ow;
-    for dx in 0..ow {
-        let (mut s, mut f) = area_linear_coef(dx, sx, inv_x);
-        if s < 0 {
-            s = 0;
-            f = 0.0;
-        }
-        if s + 1 >= w as i64 {
-            xmax = xmax.min(dx);
-            if s >= w as i64 - 1 {
-                s = w as i64 - 1;
-                f = 0.0;
-            }
-        }
-        xofs[dx] = s as usize;
-        xalpha[dx] = (fixed((1.0 - f) * 2048.0), fixed(f * 2048.0));
-    }
-    let hrow = |y: usize| -> Vec<i32> {
-        let row = &src[y * w * cn..(y + 1) * w * cn];
-        let mut out = vec![0i32; ow * cn];
-        for dx in 0..ow {
-            for c in 0..cn {
-                let s = xofs[dx] * cn + c;
-                out[dx * cn + c] = if dx < xmax {
-                    row[s] as i32 * xalpha[dx].0 + row[s + cn] as i32 * xalpha[dx].1
-                } else {
-                    row[s] as i32 * 2048
-                };
-            }
-        }
-        out
-    };
-    let mut out = vec![0u8; oh * ow * cn];
-    for dy in 0..oh {
-        let (s, f) = area_linear_coef(dy, sy, inv_y);
-        let clip = |v: i64| v.clamp(0, h as i64 - 1) as usize;
-        let (r0, r1) = (hrow(clip(s)), hrow(clip(s + 1)));
-        let (b0, b1) = (fixed((1.0 - f) * 2048.0), fixed(f * 2048.0));
-        for (i, o) in out[dy * ow * cn..(dy + 1) * ow * cn].iter_mut().enumerate() {
-            *o = ((((b0 * (r0[i] >> 4)) >> 16) + ((b1 * (r1[i] >> 4)) >> 16) + 2) >> 2) as u8;
-        }
-    }
-    out
 }

@@ -7,8 +7,7 @@ pub mod tiny_vit;
 use crate::error::{Error, Result};
 #[doc(hidden)]
 pub use crate::models::common::load_state_dict as load_module;
-use crate::models::common::LoadReport;
-use crate::models::common::{self, Init, Module};
+use crate::models::common::{self, Init};
 use crate::models::config::{MaskDecoderConfig, ModelType, PromptEncoderConfig, SamConfig};
 use crate::models::sam::mask_decoder::MaskDecoder;
 use crate::models::sam::prompt_encoder::PromptEncoder;
@@ -184,15 +183,7 @@ pub struct LiteMedSam {
     pub prompt_encoder: PromptEncoder,
 }
 
-impl Module for LiteMedSam {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        use crate::models::common::join;
-        self.image_encoder.visit(&join(prefix, "image_encoder"), f);
-        self.mask_decoder.visit(&join(prefix, "mask_decoder"), f);
-        self.prompt_encoder
-            .visit(&join(prefix, "prompt_encoder"), f);
-    }
-}
+crate::models::common::module_parts!(LiteMedSam: image_encoder, mask_decoder, prompt_encoder);
 
 impl LiteMedSam {
     /// A model with deterministic random initialisation for `seed` (BatchNorm as PyTorch
@@ -219,32 +210,11 @@ impl LiteMedSam {
         self.config.image_encoder.img_size
     }
 
-    /// Every parameter and buffer by state-dict name, in PyTorch's order.
-    pub fn state_dict(&mut self) -> Vec<(String, Tensor)> {
-        common::state_dict(self)
-    }
-
-    /// Copies matching tensors in; reports missing, unexpected and wrongly shaped keys by name.
-    pub fn load_state_dict(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
-        common::load_state_dict(self, weights)
-    }
-
-    /// The parameters training updates, in `torch.optim` order: image encoder then mask decoder
-    /// (the prompt encoder is frozen); BatchNorm buffers are not parameters.
-    pub fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
-        common::parameters(
-            vec![
-                ("image_encoder", &mut self.image_encoder as &mut dyn Module),
-                ("mask_decoder", &mut self.mask_decoder),
-            ],
-            |name| !is_buffer(name),
-        )
-    }
-
-    /// Marks the trainable parameters as variables (so backward fills their `.grad`).
-    pub fn enable_training(&mut self) {
-        common::enable_training(self.trainable_parameters());
-    }
+    common::state_dict_methods!(
+        /// The parameters training updates, in `torch.optim` order: image encoder then mask
+        /// decoder (the prompt encoder is frozen); BatchNorm buffers are not parameters.
+        keep: |name| !is_buffer(name)
+    );
 
     /// Images `[B, 3, S, S]` in [0, 1] and one box per image (input pixels) → low-res logits
     /// `[B, 1, 4g, 4g]`. `Mode::Train` uses batch statistics in BatchNorm (as `model.train()`).

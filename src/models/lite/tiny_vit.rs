@@ -15,11 +15,12 @@
 //! each conv+BN pair is folded into one conv with bias. In training mode ([`Mode::Train`]) it
 //! normalises with batch statistics and updates the running averages, as `model.train()` does.
 
-use crate::autograd::is_grad_enabled;
+use crate::autograd::records;
 use crate::error::{Error, Result};
-use crate::models::common::{join, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, Module};
+use crate::models::common::{join, Init, LayerNorm, Linear, Module};
 use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
+use crate::ops::then_gelu;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -244,12 +245,7 @@ pub struct Conv2dBn {
     pub bn: BatchNorm2d,
 }
 
-impl Module for Conv2dBn {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "c.weight"), &mut self.weight);
-        self.bn.visit(&join(prefix, "bn"), f);
-    }
-}
+crate::models::common::module_parts!(Conv2dBn: param weight as "c.weight", bn);
 
 /// A 1×1 convolution as a matrix product: `[n, ci, h, w]` → `[n, co, h, w]`, weight `[co, ci, 1, 1]`.
 pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -291,11 +287,7 @@ pub fn conv1x1_act(
         Some(r) => y.add(r)?,
         None => y,
     };
-    if gelu {
-        y.gelu()
-    } else {
-        Ok(y)
-    }
+    then_gelu(y, gelu)
 }
 
 impl Conv2dBn {
@@ -338,20 +330,16 @@ impl Conv2dBn {
         } else if self.groups > 1 && self.groups == x.dim(1) && w.dim(0) == self.groups {
             x.depthwise_conv2d_act(w, bias, self.stride, self.pad, gelu)
         } else {
-            let y = x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?;
-            if gelu {
-                y.gelu()
-            } else {
-                Ok(y)
-            }
+            then_gelu(
+                x.conv2d_grouped(w, bias, self.stride, self.pad, self.groups)?,
+                gelu,
+            )
         }
     }
 
     /// `gelu(forward(x))`, with the GELU fused into the folded inference conv where possible.
     pub fn forward_gelu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
-        if mode == Mode::Eval && !recording {
+        if mode == Mode::Eval && !self.records(x, None) {
             let (w, b) = self.folded_weight()?;
             return self.conv_act(x, &w, Some(&b), true);
         }
@@ -365,11 +353,7 @@ impl Conv2dBn {
         residual: &Tensor,
         mode: Mode,
     ) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (x.requires_grad()
-                || residual.requires_grad()
-                || self.weight.requires_grad()
-                || self.bn.weight.requires_grad());
+        let recording = self.records(x, Some(residual));
         let is_1x1 =
             self.weight.dim(2) == 1 && self.stride == 1 && self.pad == 0 && self.groups == 1;
         if mode == Mode::Eval && !recording && is_1x1 {
@@ -377,6 +361,11 @@ impl Conv2dBn {
             return conv1x1_act(x, &w, Some(&b), Some(residual), true);
         }
         self.forward(x, mode)?.add(residual)?.gelu()
+    }
+
+    /// Whether autograd records this layer on `x` (and `residual`).
+    fn records(&self, x: &Tensor, residual: Option<&Tensor>) -> bool {
+        records(&[Some(x), residual, Some(&self.weight), Some(&self.bn.weight)])
     }
 
     /// The conv weight and bias with the BN running statistics folded in.
@@ -390,15 +379,9 @@ impl Conv2dBn {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let recording = is_grad_enabled()
-            && (x.requires_grad() || self.weight.requires_grad() || self.bn.weight.requires_grad());
-        if mode == Mode::Eval && !recording {
+        if mode == Mode::Eval && !self.records(x, None) {
             // Inference: fold BN into the conv (one pass instead of two).
-            let (scale, shift) = self.bn.folded()?;
-            let co = scale.len();
-            let s = Tensor::from_slice(&scale, &[co, 1, 1, 1], self.weight.device())?;
-            let w = self.weight.mul(&s)?;
-            let b = Tensor::from_slice(&shift, &[co], self.weight.device())?;
+            let (w, b) = self.folded_weight()?;
             return self.conv(x, &w, Some(&b));
         }
         self.bn.forward(&self.conv(x, &self.weight, None)?, mode)
@@ -410,12 +393,7 @@ pub struct PatchEmbed {
     pub seq2: Conv2dBn,
 }
 
-impl Module for PatchEmbed {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.seq0.visit(&join(prefix, "seq.0"), f);
-        self.seq2.visit(&join(prefix, "seq.2"), f);
-    }
-}
+crate::models::common::module_parts!(PatchEmbed: seq0 as "seq.0", seq2 as "seq.2");
 
 pub struct MbConv {
     pub conv1: Conv2dBn,
@@ -423,13 +401,7 @@ pub struct MbConv {
     pub conv3: Conv2dBn,
 }
 
-impl Module for MbConv {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv1.visit(&join(prefix, "conv1"), f);
-        self.conv2.visit(&join(prefix, "conv2"), f);
-        self.conv3.visit(&join(prefix, "conv3"), f);
-    }
-}
+crate::models::common::module_parts!(MbConv: conv1, conv2, conv3);
 
 impl MbConv {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -449,11 +421,7 @@ impl MbConv {
     /// nothing needs gradients.
     fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let convs = [&self.conv1, &self.conv2, &self.conv3];
-        let recording = is_grad_enabled()
-            && (x.requires_grad()
-                || convs
-                    .iter()
-                    .any(|c| c.weight.requires_grad() || c.bn.weight.requires_grad()));
+        let recording = convs.iter().any(|c| c.records(x, None));
         let dw = &self.conv2;
         let standard = dw.stride == 1 && dw.pad == 1 && dw.weight.dim(2) == 3;
         if recording || !standard {
@@ -472,13 +440,7 @@ pub struct PatchMerging {
     pub conv3: Conv2dBn,
 }
 
-impl Module for PatchMerging {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv1.visit(&join(prefix, "conv1"), f);
-        self.conv2.visit(&join(prefix, "conv2"), f);
-        self.conv3.visit(&join(prefix, "conv3"), f);
-    }
-}
+crate::models::common::module_parts!(PatchMerging: conv1, conv2, conv3);
 
 impl PatchMerging {
     /// NCHW → tokens `[B, H'·W', C']`.
@@ -505,17 +467,7 @@ pub struct Attention {
     pub window: usize,
 }
 
-impl Module for Attention {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(
-            &join(prefix, "attention_biases"),
-            &mut self.attention_biases,
-        );
-        self.norm.visit(&join(prefix, "norm"), f);
-        self.qkv.visit(&join(prefix, "qkv"), f);
-        self.proj.visit(&join(prefix, "proj"), f);
-    }
-}
+crate::models::common::module_parts!(Attention: param attention_biases, norm, qkv, proj);
 
 /// Offsets in first-seen order over the row-major point pairs, as upstream numbers them.
 fn attention_offsets(ws: usize) -> (usize, Vec<usize>) {
@@ -585,13 +537,7 @@ pub struct Mlp {
     pub fc2: Linear,
 }
 
-impl Module for Mlp {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.norm.visit(&join(prefix, "norm"), f);
-        self.fc1.visit(&join(prefix, "fc1"), f);
-        self.fc2.visit(&join(prefix, "fc2"), f);
-    }
-}
+crate::models::common::module_parts!(Mlp: norm, fc1, fc2);
 
 impl Mlp {
     /// `x + forward(x)`, with the residual add fused into fc2 in inference.
@@ -614,13 +560,7 @@ pub struct TinyVitBlock {
     pub window_size: usize,
 }
 
-impl Module for TinyVitBlock {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.attn.visit(&join(prefix, "attn"), f);
-        self.mlp.visit(&join(prefix, "mlp"), f);
-        self.local_conv.visit(&join(prefix, "local_conv"), f);
-    }
-}
+crate::models::common::module_parts!(TinyVitBlock: attn, mlp, local_conv);
 
 impl TinyVitBlock {
     /// Tokens `[B, H·W, C]` → `[B, H·W, C]`.
@@ -647,9 +587,7 @@ impl TinyVitBlock {
         };
         let x = x.add(&a)?;
         let lc = &self.local_conv;
-        let recording = is_grad_enabled()
-            && (x.requires_grad() || lc.weight.requires_grad() || lc.bn.weight.requires_grad());
-        let x = if mode == Mode::Eval && !recording && lc.groups == c {
+        let x = if mode == Mode::Eval && !lc.records(&x, None) && lc.groups == c {
             // Inference: the depthwise conv straight on the token-major (NHWC) features.
             let (wf, bf) = lc.folded_weight()?;
             x.reshape(&[b, h, w, c])?
@@ -700,21 +638,8 @@ impl Module for Stage {
     }
 }
 
-pub struct TinyVitNeck {
-    pub conv0: Conv2d,
-    pub norm1: LayerNorm2d,
-    pub conv2: Conv2d,
-    pub norm3: LayerNorm2d,
-}
-
-impl Module for TinyVitNeck {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv0.visit(&join(prefix, "0"), f);
-        self.norm1.visit(&join(prefix, "1"), f);
-        self.conv2.visit(&join(prefix, "2"), f);
-        self.norm3.visit(&join(prefix, "3"), f);
-    }
-}
+/// The neck (`neck.{0..3}`), the same as SAM's.
+pub type TinyVitNeck = crate::models::sam::image_encoder::Neck;
 
 pub struct TinyVit {
     pub cfg: TinyVitConfig,
@@ -723,15 +648,7 @@ pub struct TinyVit {
     pub neck: TinyVitNeck,
 }
 
-impl Module for TinyVit {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.patch_embed.visit(&join(prefix, "patch_embed"), f);
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&join(prefix, &format!("layers.{i}")), f);
-        }
-        self.neck.visit(&join(prefix, "neck"), f);
-    }
-}
+crate::models::common::module_parts!(TinyVit: patch_embed, list layers, neck);
 
 impl TinyVit {
     pub fn new(init: &mut Init, cfg: &TinyVitConfig) -> Result<Self> {
@@ -803,12 +720,7 @@ impl TinyVit {
                 seq2: Conv2dBn::new(init, e0 / 2, e0, 1, 1, 0, 1, 1.0)?,
             },
             layers,
-            neck: TinyVitNeck {
-                conv0: Conv2d::new(init, last, oc, 1, 1, 0, false)?,
-                norm1: LayerNorm2d::new(init, oc)?,
-                conv2: Conv2d::new(init, oc, oc, 3, 1, 1, false)?,
-                norm3: LayerNorm2d::new(init, oc)?,
-            },
+            neck: TinyVitNeck::new(init, last, oc)?,
         })
     }
 

@@ -2,9 +2,7 @@
 //! position embedding, windowed/global attention blocks with decomposed relative positions, neck.
 
 use crate::error::{Error, Result};
-use crate::models::common::{
-    join, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock, Module,
-};
+use crate::models::common::{Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock};
 use crate::models::config::ImageEncoderConfig;
 use crate::ops::nn::{attention, RelPosArgs};
 use crate::tensor::Tensor;
@@ -16,11 +14,7 @@ pub struct PatchEmbed {
     pub proj: Conv2d,
 }
 
-impl Module for PatchEmbed {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.proj.visit(&join(prefix, "proj"), f);
-    }
-}
+crate::models::common::module_parts!(PatchEmbed: proj);
 
 /// Multi-head attention with optional decomposed relative-position bias.
 pub struct Attention {
@@ -31,19 +25,7 @@ pub struct Attention {
     pub rel_pos_w: Option<Tensor>,
 }
 
-impl Module for Attention {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        // PyTorch lists a module's own parameters before its children's.
-        if let Some(t) = &mut self.rel_pos_h {
-            f(&join(prefix, "rel_pos_h"), t);
-        }
-        if let Some(t) = &mut self.rel_pos_w {
-            f(&join(prefix, "rel_pos_w"), t);
-        }
-        self.qkv.visit(&join(prefix, "qkv"), f);
-        self.proj.visit(&join(prefix, "proj"), f);
-    }
-}
+crate::models::common::module_parts!(Attention: opt_param rel_pos_h, opt_param rel_pos_w, qkv, proj);
 
 /// Linear-interpolation matrix `[out_len, in_len]` of `F.interpolate(mode="linear",
 /// align_corners=False)`, so resizing a rel-pos table is a matmul (and differentiable).
@@ -157,14 +139,7 @@ pub struct Block {
     pub window_size: usize,
 }
 
-impl Module for Block {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.norm1.visit(&join(prefix, "norm1"), f);
-        self.attn.visit(&join(prefix, "attn"), f);
-        self.norm2.visit(&join(prefix, "norm2"), f);
-        self.mlp.visit(&join(prefix, "mlp"), f);
-    }
-}
+crate::models::common::module_parts!(Block: norm1, attn, norm2, mlp);
 
 /// `[B, H, W, C]` → `[B·nW, ws, ws, C]`, zero-padding H and W up to multiples of `ws`.
 pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
@@ -220,13 +195,17 @@ pub struct Neck {
     pub norm3: LayerNorm2d,
 }
 
-impl Module for Neck {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        // nn.Sequential children are named by index.
-        self.conv0.visit(&join(prefix, "0"), f);
-        self.norm1.visit(&join(prefix, "1"), f);
-        self.conv2.visit(&join(prefix, "2"), f);
-        self.norm3.visit(&join(prefix, "3"), f);
+crate::models::common::module_parts!(Neck: conv0 as "0", norm1 as "1", conv2 as "2", norm3 as "3");
+
+impl Neck {
+    /// 1×1 conv `c_in → c_out`, LayerNorm2d, 3×3 conv, LayerNorm2d (no conv biases).
+    pub fn new(init: &mut Init, c_in: usize, c_out: usize) -> Result<Self> {
+        Ok(Neck {
+            conv0: Conv2d::new(init, c_in, c_out, 1, 1, 0, false)?,
+            norm1: LayerNorm2d::new(init, c_out)?,
+            conv2: Conv2d::new(init, c_out, c_out, 3, 1, 1, false)?,
+            norm3: LayerNorm2d::new(init, c_out)?,
+        })
     }
 }
 
@@ -238,18 +217,7 @@ pub struct ImageEncoderViT {
     pub neck: Neck,
 }
 
-impl Module for ImageEncoderViT {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        if let Some(p) = &mut self.pos_embed {
-            f(&join(prefix, "pos_embed"), p);
-        }
-        self.patch_embed.visit(&join(prefix, "patch_embed"), f);
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            b.visit(&join(prefix, &format!("blocks.{i}")), f);
-        }
-        self.neck.visit(&join(prefix, "neck"), f);
-    }
-}
+crate::models::common::module_parts!(ImageEncoderViT: opt_param pos_embed, patch_embed, list blocks, neck);
 
 impl ImageEncoderViT {
     pub fn new(init: &mut Init, cfg: &ImageEncoderConfig) -> Result<Self> {
@@ -289,12 +257,7 @@ impl ImageEncoderViT {
             },
             pos_embed: Some(init.zeros(&[1, grid, grid, e])?),
             blocks,
-            neck: Neck {
-                conv0: Conv2d::new(init, e, cfg.out_chans, 1, 1, 0, false)?,
-                norm1: LayerNorm2d::new(init, cfg.out_chans)?,
-                conv2: Conv2d::new(init, cfg.out_chans, cfg.out_chans, 3, 1, 1, false)?,
-                norm3: LayerNorm2d::new(init, cfg.out_chans)?,
-            },
+            neck: Neck::new(init, e, cfg.out_chans)?,
         })
     }
 

@@ -6,7 +6,7 @@
 use super::transformer::{BlockMlp, TwoWayTransformer};
 use crate::error::{Error, Result};
 use crate::models::common::ConvTranspose2d;
-use crate::models::common::{join, Embedding, Init, LayerNorm2d, MlpBlock, Module};
+use crate::models::common::{Embedding, Init, LayerNorm2d, MlpBlock};
 use crate::models::config::MaskDecoderConfig;
 use crate::tensor::Tensor;
 
@@ -18,13 +18,7 @@ pub struct OutputUpscaling {
     pub conv3: ConvTranspose2d,
 }
 
-impl Module for OutputUpscaling {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv0.visit(&join(prefix, "0"), f);
-        self.norm1.visit(&join(prefix, "1"), f);
-        self.conv3.visit(&join(prefix, "3"), f);
-    }
-}
+crate::models::common::module_parts!(OutputUpscaling: conv0 as "0", norm1 as "1", conv3 as "3");
 
 impl OutputUpscaling {
     /// ConvTranspose 2× → LayerNorm2d → GELU → ConvTranspose 2× → GELU, from `d` to `d/8`.
@@ -72,20 +66,7 @@ pub struct MaskDecoder<M = MlpBlock> {
     pub num_mask_tokens: usize,
 }
 
-impl<M: BlockMlp> Module for MaskDecoder<M> {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.transformer.visit(&join(prefix, "transformer"), f);
-        self.iou_token.visit(&join(prefix, "iou_token"), f);
-        self.mask_tokens.visit(&join(prefix, "mask_tokens"), f);
-        self.output_upscaling
-            .visit(&join(prefix, "output_upscaling"), f);
-        for (i, m) in self.output_hypernetworks_mlps.iter_mut().enumerate() {
-            m.visit(&join(prefix, &format!("output_hypernetworks_mlps.{i}")), f);
-        }
-        self.iou_prediction_head
-            .visit(&join(prefix, "iou_prediction_head"), f);
-    }
-}
+crate::models::common::module_parts!(MaskDecoder<M: BlockMlp>: transformer, iou_token, mask_tokens, output_upscaling, list output_hypernetworks_mlps, iou_prediction_head);
 
 impl MaskDecoder {
     pub fn new(init: &mut Init, cfg: &MaskDecoderConfig) -> Result<Self> {

@@ -10,7 +10,7 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 pub use crate::models::common::LoadReport;
 pub use crate::models::common::Module;
-use crate::models::common::{self, join, Init};
+use crate::models::common::{self, Init};
 pub use crate::models::config::{ModelType, SamConfig};
 use crate::tensor::Tensor;
 use crate::Device;
@@ -26,14 +26,7 @@ pub struct Sam {
     pub mask_decoder: MaskDecoder,
 }
 
-impl Module for Sam {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.image_encoder.visit(&join(prefix, "image_encoder"), f);
-        self.prompt_encoder
-            .visit(&join(prefix, "prompt_encoder"), f);
-        self.mask_decoder.visit(&join(prefix, "mask_decoder"), f);
-    }
-}
+crate::models::common::module_parts!(Sam: image_encoder, prompt_encoder, mask_decoder);
 
 impl Sam {
     /// A model with PyTorch-style random initialisation, reproducible for `seed`.
@@ -56,32 +49,11 @@ impl Sam {
         })
     }
 
-    /// Every parameter and buffer by state-dict name, in PyTorch's order.
-    pub fn state_dict(&mut self) -> Vec<(String, Tensor)> {
-        common::state_dict(self)
-    }
-
-    /// Copies matching tensors in; reports missing, unexpected and wrongly shaped keys by name.
-    pub fn load_state_dict(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<LoadReport> {
-        common::load_state_dict(self, weights)
-    }
-
-    /// The parameters MedSAM trains, in `torch.optim` order: image encoder, then mask decoder
-    /// (the prompt encoder is frozen).
-    pub fn trainable_parameters(&mut self) -> Vec<(String, &mut Tensor)> {
-        common::parameters(
-            vec![
-                ("image_encoder", &mut self.image_encoder as &mut dyn Module),
-                ("mask_decoder", &mut self.mask_decoder),
-            ],
-            |_| true,
-        )
-    }
-
-    /// Marks the trainable parameters as variables (so backward fills their `.grad`).
-    pub fn enable_training(&mut self) {
-        common::enable_training(self.trainable_parameters());
-    }
+    common::state_dict_methods!(
+        /// The parameters MedSAM trains, in `torch.optim` order: image encoder, then mask decoder
+        /// (the prompt encoder is frozen).
+        keep: |_| true
+    );
 
     /// MedSAM's forward for training and evaluation: images `[B, 3, S, S]` in [0, 1] and one box
     /// per image (input pixels) → low-res logits `[B, 1, 4g, 4g]`.

@@ -3,7 +3,7 @@
 //! MedSAM keeps it frozen, so its outputs are computed without recording a graph.
 
 use crate::error::{Error, Result};
-use crate::models::common::{join, Conv2d, Embedding, Init, LayerNorm2d, Module};
+use crate::models::common::{Conv2d, Embedding, Init, LayerNorm2d};
 use crate::models::config::PromptEncoderConfig;
 use crate::tensor::Tensor;
 use std::f32::consts::PI;
@@ -13,14 +13,7 @@ pub struct PositionEmbeddingRandom {
     pub positional_encoding_gaussian_matrix: Tensor,
 }
 
-impl Module for PositionEmbeddingRandom {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(
-            &join(prefix, "positional_encoding_gaussian_matrix"),
-            &mut self.positional_encoding_gaussian_matrix,
-        );
-    }
-}
+crate::models::common::module_parts!(PositionEmbeddingRandom: param positional_encoding_gaussian_matrix);
 
 impl PositionEmbeddingRandom {
     /// sin/cos features `[n, C]` of points already normalised to [0, 1] (x, y).
@@ -73,15 +66,7 @@ pub struct MaskDownscaling {
     pub conv6: Conv2d,
 }
 
-impl Module for MaskDownscaling {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.conv0.visit(&join(prefix, "0"), f);
-        self.norm1.visit(&join(prefix, "1"), f);
-        self.conv3.visit(&join(prefix, "3"), f);
-        self.norm4.visit(&join(prefix, "4"), f);
-        self.conv6.visit(&join(prefix, "6"), f);
-    }
-}
+crate::models::common::module_parts!(MaskDownscaling: conv0 as "0", norm1 as "1", conv3 as "3", norm4 as "4", conv6 as "6");
 
 pub struct PromptEncoder {
     pub embed_dim: usize,
@@ -96,19 +81,7 @@ pub struct PromptEncoder {
     pub no_mask_embed: Embedding,
 }
 
-impl Module for PromptEncoder {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.pe_layer.visit(&join(prefix, "pe_layer"), f);
-        for (i, e) in self.point_embeddings.iter_mut().enumerate() {
-            e.visit(&join(prefix, &format!("point_embeddings.{i}")), f);
-        }
-        self.not_a_point_embed
-            .visit(&join(prefix, "not_a_point_embed"), f);
-        self.mask_downscaling
-            .visit(&join(prefix, "mask_downscaling"), f);
-        self.no_mask_embed.visit(&join(prefix, "no_mask_embed"), f);
-    }
-}
+crate::models::common::module_parts!(PromptEncoder: pe_layer, list point_embeddings, not_a_point_embed, mask_downscaling, no_mask_embed);
 
 impl PromptEncoder {
     pub fn new(

@@ -3,7 +3,7 @@
 //! SAM 2's `RoPEAttention` is this [`Attention`] with rotated queries and keys.
 
 use crate::error::Result;
-use crate::models::common::{join, Act, Init, LayerNorm, Linear, Mlp, MlpBlock, Module};
+use crate::models::common::{Act, Init, LayerNorm, Linear, Mlp, MlpBlock, Module};
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
 
@@ -19,14 +19,7 @@ pub struct Attention {
     pub out_proj: Linear,
 }
 
-impl Module for Attention {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.q_proj.visit(&join(prefix, "q_proj"), f);
-        self.k_proj.visit(&join(prefix, "k_proj"), f);
-        self.v_proj.visit(&join(prefix, "v_proj"), f);
-        self.out_proj.visit(&join(prefix, "out_proj"), f);
-    }
-}
+crate::models::common::module_parts!(Attention: q_proj, k_proj, v_proj, out_proj);
 
 impl Attention {
     pub fn new(
@@ -130,20 +123,7 @@ pub struct TwoWayAttentionBlock<M = MlpBlock> {
     pub skip_first_layer_pe: bool,
 }
 
-impl<M: BlockMlp> Module for TwoWayAttentionBlock<M> {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.self_attn.visit(&join(prefix, "self_attn"), f);
-        self.norm1.visit(&join(prefix, "norm1"), f);
-        self.cross_attn_token_to_image
-            .visit(&join(prefix, "cross_attn_token_to_image"), f);
-        self.norm2.visit(&join(prefix, "norm2"), f);
-        self.mlp.visit(&join(prefix, "mlp"), f);
-        self.norm3.visit(&join(prefix, "norm3"), f);
-        self.norm4.visit(&join(prefix, "norm4"), f);
-        self.cross_attn_image_to_token
-            .visit(&join(prefix, "cross_attn_image_to_token"), f);
-    }
-}
+crate::models::common::module_parts!(TwoWayAttentionBlock<M: BlockMlp>: self_attn, norm1, cross_attn_token_to_image, norm2, mlp, norm3, norm4, cross_attn_image_to_token);
 
 impl<M: BlockMlp> TwoWayAttentionBlock<M> {
     pub fn forward(
@@ -183,17 +163,7 @@ pub struct TwoWayTransformer<M = MlpBlock> {
     pub norm_final_attn: LayerNorm,
 }
 
-impl<M: BlockMlp> Module for TwoWayTransformer<M> {
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            l.visit(&join(prefix, &format!("layers.{i}")), f);
-        }
-        self.final_attn_token_to_image
-            .visit(&join(prefix, "final_attn_token_to_image"), f);
-        self.norm_final_attn
-            .visit(&join(prefix, "norm_final_attn"), f);
-    }
-}
+crate::models::common::module_parts!(TwoWayTransformer<M: BlockMlp>: list layers, final_attn_token_to_image, norm_final_attn);
 
 impl<M: BlockMlp> TwoWayTransformer<M> {
     pub fn new(

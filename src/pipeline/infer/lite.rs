@@ -110,14 +110,8 @@ pub fn mask_bbox(mask: &[u8], size: usize, shift: i64) -> Option<[f32; 4]> {
     })
 }
 
-/// One box's answer.
-pub struct LitePrediction {
-    /// Low-res logits `[1, 1, 4g, 4g]` (the padded 256×256 frame).
-    pub low_res_logits: Tensor,
-    /// Binary mask at the original size, row-major `h·w`.
-    pub mask: Vec<bool>,
-    pub iou: f32,
-}
+/// One box's answer, as SAM's (the low-res logits cover the padded 256×256 frame).
+pub type LitePrediction = crate::pipeline::infer::sam::BoxPrediction;
 
 /// Holds one image's embedding and answers box prompts on it.
 pub struct LitePredictor<'m> {
