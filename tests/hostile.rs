@@ -296,13 +296,14 @@ fn configurations_are_validated_before_building() {
         ("transformer_dim", |c| c.mask_decoder.transformer_dim = 24),
         ("depth", |c| c.image_encoder.depth = 100_000),
     ];
-    for (field, edit) in cases {
+    for (i, (field, edit)) in cases.into_iter().enumerate() {
+        let case = format!("case {i} ({field})");
         let mut c = base.clone();
         edit(&mut c);
-        let e = c.validate().expect_err(field);
-        assert!(e.contains(field), "{field}: {e}");
-        let e = Sam::new(&c, 0, Device::Cpu).err().expect(field).to_string();
-        assert!(e.contains(field), "{field}: {e}");
+        let e = c.validate().expect_err(&case);
+        assert!(e.contains(field), "{case}: {e}");
+        let e = Sam::new(&c, 0, Device::Cpu).err().expect(&case).to_string();
+        assert!(e.contains(field), "{case}: {e}");
     }
     // LiteMedSAM's configuration too.
     let lite_cases: [(&str, fn(&mut LiteConfig)); 2] = [

@@ -257,7 +257,7 @@ fn lite_2d_npy_uint8_and_float_agree() {
 /// the middle slice up to z_max, then down to z_min); z_max = D is capped as upstream does.
 #[test]
 fn lite_3d_box_segments_z_min_and_z_max_in_upstream_order() {
-    let (d, ckpt) = tiny_case("zrange");
+    let (_, ckpt) = tiny_case("zrange");
     let m = load_lite(&ckpt, Some(&tiny_config()));
     let (nd, nh, nw) = (9, 30, 40);
     let vol = volume(nd, nh, nw);
