@@ -910,6 +910,9 @@ fn sam_model_registry_loads_converted_vit_b() {
     let out = d.join("medsam_vit_b.pth");
     let rep = convert(&sam, &train, &out, OutputFormat::Pth).unwrap();
     assert_eq!(rep.unused_keys, vec!["extra.unused".to_string()]);
-    check_converted(&py, &[Path::new("--sam-registry"), out.as_path(), train.as_path()]);
+    check_converted(
+        &py,
+        &[Path::new("--sam-registry"), out.as_path(), train.as_path()],
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
