@@ -232,7 +232,12 @@ fn nesting_within_cap_loads() {
 fn bad_files_are_errors_naming_the_file() {
     // (fixture, whether the error is of the kind expected, words the message must contain
     // besides the file name)
-    let cases: [(&str, fn(&CheckpointError) -> bool, &[&str]); 4] = [
+    type Case = (
+        &'static str,
+        fn(&CheckpointError) -> bool,
+        &'static [&'static str],
+    );
+    let cases: [Case; 4] = [
         (
             "truncated.pth",
             |e| matches!(e, CheckpointError::Zip { .. }),

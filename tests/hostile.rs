@@ -271,12 +271,15 @@ fn png_header(w: u32, h: u32) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Class 1: model configurations are validated before anything is built.
 
+/// A configuration field and an edit that makes it invalid.
+type BreakingEdit<C> = (&'static str, fn(&mut C));
+
 #[test]
 fn configurations_are_validated_before_building() {
     init();
     let base = tiny_sam_config();
     // (the field the error must name, the edit that breaks it)
-    let cases: [(&str, fn(&mut SamConfig)); 12] = [
+    let cases: [BreakingEdit<SamConfig>; 12] = [
         ("num_heads", |c| c.image_encoder.num_heads = 0),
         ("patch_size", |c| c.image_encoder.patch_size = 0),
         ("img_size", |c| c.image_encoder.img_size = 1 << 40),
@@ -306,7 +309,7 @@ fn configurations_are_validated_before_building() {
         assert!(e.contains(field), "{case}: {e}");
     }
     // LiteMedSAM's configuration too.
-    let lite_cases: [(&str, fn(&mut LiteConfig)); 2] = [
+    let lite_cases: [BreakingEdit<LiteConfig>; 2] = [
         ("num_heads", |l| l.image_encoder.num_heads[2] = 0),
         ("transformer_mlp_dim", |l| {
             l.mask_decoder.transformer_mlp_dim = 0

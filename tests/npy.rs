@@ -99,8 +99,9 @@ fn shape_mismatch_is_rejected_and_nothing_written() {
 fn truncated_and_garbage_files_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let full = std::fs::read(fixture("c_f8.npy")).unwrap();
-    // (file name, contents, the error expected)
-    let cases: [(&str, &[u8], fn(&NpyError) -> bool); 2] = [
+    // (file name, contents, whether the error is the one expected)
+    type Case<'a> = (&'a str, &'a [u8], fn(&NpyError) -> bool);
+    let cases: [Case; 2] = [
         ("trunc.npy", &full[..full.len() - 5], |e| {
             matches!(e, NpyError::Truncated { .. })
         }),
