@@ -80,6 +80,14 @@ fn rand(seed: u64, shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
     (Lcg(seed).vec(shape.iter().product()), shape.to_vec())
 }
 
+/// [`rand`] inputs of `shapes`, seeded `first_seed`, `first_seed + 1`, ...
+fn rands(first_seed: u64, shapes: &[&[usize]]) -> Vec<(Vec<f32>, Vec<usize>)> {
+    (first_seed..)
+        .zip(shapes)
+        .map(|(seed, shape)| rand(seed, shape))
+        .collect()
+}
+
 #[test]
 fn broadcast_arithmetic() {
     gradcheck("add", vec![rand(1, &[2, 3]), rand(2, &[3])], |x| {
@@ -157,19 +165,17 @@ fn views_and_data_movement() {
 
 #[test]
 fn matrix_products() {
-    gradcheck(
-        "matmul_2d",
-        vec![rand(22, &[3, 4]), rand(23, &[4, 5])],
-        |x| x[0].matmul(&x[1]).unwrap(),
-    );
+    gradcheck("matmul_2d", rands(22, &[&[3, 4], &[4, 5]]), |x| {
+        x[0].matmul(&x[1]).unwrap()
+    });
     gradcheck(
         "matmul_batched",
-        vec![rand(24, &[2, 3, 4]), rand(25, &[2, 4, 2])],
+        rands(24, &[&[2, 3, 4], &[2, 4, 2]]),
         |x| x[0].matmul(&x[1]).unwrap(),
     );
     gradcheck(
         "matmul_transposed",
-        vec![rand(26, &[2, 4, 3]), rand(27, &[2, 2, 4])],
+        rands(26, &[&[2, 4, 3], &[2, 2, 4]]),
         |x| {
             x[0].transpose(1, 2)
                 .unwrap()
@@ -177,50 +183,38 @@ fn matrix_products() {
                 .unwrap()
         },
     );
-    gradcheck(
-        "linear",
-        vec![rand(28, &[2, 3, 4]), rand(29, &[5, 4]), rand(30, &[5])],
-        |x| x[0].linear(&x[1], Some(&x[2])).unwrap(),
-    );
+    gradcheck("linear", rands(28, &[&[2, 3, 4], &[5, 4], &[5]]), |x| {
+        x[0].linear(&x[1], Some(&x[2])).unwrap()
+    });
 }
 
 #[test]
 fn convolutions() {
     gradcheck(
         "conv2d_3x3_pad1",
-        vec![
-            rand(31, &[1, 2, 5, 4]),
-            rand(32, &[3, 2, 3, 3]),
-            rand(33, &[3]),
-        ],
+        rands(31, &[&[1, 2, 5, 4], &[3, 2, 3, 3], &[3]]),
         |x| x[0].conv2d(&x[1], Some(&x[2]), 1, 1).unwrap(),
     );
     gradcheck(
         "conv2d_2x2_stride2",
-        vec![rand(34, &[2, 1, 4, 6]), rand(35, &[2, 1, 2, 2])],
+        rands(34, &[&[2, 1, 4, 6], &[2, 1, 2, 2]]),
         |x| x[0].conv2d(&x[1], None, 2, 0).unwrap(),
     );
     gradcheck(
         "conv_transpose2d",
-        vec![
-            rand(36, &[1, 3, 3, 2]),
-            rand(37, &[3, 2, 2, 2]),
-            rand(38, &[2]),
-        ],
+        rands(36, &[&[1, 3, 3, 2], &[3, 2, 2, 2], &[2]]),
         |x| x[0].conv_transpose2d(&x[1], Some(&x[2]), 2).unwrap(),
     );
 }
 
 #[test]
 fn normalisations_softmax_resize() {
-    gradcheck(
-        "layer_norm",
-        vec![rand(39, &[3, 6]), rand(40, &[6]), rand(41, &[6])],
-        |x| x[0].layer_norm(&x[1], &x[2], 1e-5).unwrap(),
-    );
+    gradcheck("layer_norm", rands(39, &[&[3, 6], &[6], &[6]]), |x| {
+        x[0].layer_norm(&x[1], &x[2], 1e-5).unwrap()
+    });
     gradcheck(
         "layer_norm2d",
-        vec![rand(42, &[2, 4, 2, 3]), rand(43, &[4]), rand(44, &[4])],
+        rands(42, &[&[2, 4, 2, 3], &[4], &[4]]),
         |x| x[0].layer_norm2d(&x[1], &x[2], 1e-6).unwrap(),
     );
     gradcheck("softmax", vec![rand(45, &[3, 7])], |x| {
@@ -238,22 +232,15 @@ fn normalisations_softmax_resize() {
 fn attention_with_and_without_rel_pos() {
     gradcheck(
         "attention",
-        vec![
-            rand(48, &[2, 5, 4]),
-            rand(49, &[2, 6, 4]),
-            rand(50, &[2, 6, 3]),
-        ],
+        rands(48, &[&[2, 5, 4], &[2, 6, 4], &[2, 6, 3]]),
         |x| attention(&x[0], &x[1], &x[2], 0.5, None).unwrap(),
     );
     gradcheck(
         "attention_relpos",
-        vec![
-            rand(51, &[2, 6, 4]),
-            rand(52, &[2, 6, 4]),
-            rand(53, &[2, 6, 4]),
-            rand(54, &[2, 6, 2]),
-            rand(55, &[2, 6, 3]),
-        ],
+        rands(
+            51,
+            &[&[2, 6, 4], &[2, 6, 4], &[2, 6, 4], &[2, 6, 2], &[2, 6, 3]],
+        ),
         |x| {
             let rel = RelPosArgs::new([x[3].clone(), x[4].clone()], (2, 3));
             attention(&x[0], &x[1], &x[2], 0.5, Some(&rel)).unwrap()

@@ -3,6 +3,11 @@
 //! a python with torch, against torch.load(weights_only=True) on files written
 //! here.
 
+#[path = "common/json_numbers.rs"]
+mod json_numbers;
+#[path = "common/process.rs"]
+mod process;
+use process::success_stdout;
 use std::path::{Path, PathBuf};
 
 use medsam::checkpoint::pth::{load_pth_with_limits, Limits};
@@ -52,13 +57,7 @@ fn assert_tensor_matches(what: &str, t: &TensorData, e: &Json) {
         e["dtype"].as_str().unwrap(),
         "{what}: dtype"
     );
-    let shape: Vec<usize> = e["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect();
-    assert_eq!(t.shape, shape, "{what}: shape");
+    assert_eq!(t.shape, json_numbers::usizes(&e["shape"]), "{what}: shape");
     assert_eq!(
         t.bytes.len(),
         t.numel() * t.dtype.size(),
@@ -208,13 +207,7 @@ fn reads_training_checkpoint_with_ddp_prefix_and_adamw_state() {
         .iter()
         .map(|p| p.as_int().unwrap())
         .collect();
-    let e_params: Vec<i64> = e_group["params"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_i64().unwrap())
-        .collect();
-    assert_eq!(params, e_params);
+    assert_eq!(params, json_numbers::i64s(&e_group["params"]));
 }
 
 #[test]
@@ -236,30 +229,39 @@ fn nesting_within_cap_loads() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn truncated_file_is_an_error_naming_the_file() {
-    let (e, s) = err_string(load_pth(fixture("truncated.pth")));
-    assert!(matches!(e, CheckpointError::Zip { .. }), "{e:?}");
-    assert!(s.contains("truncated.pth"), "{s}");
-}
-
-#[test]
-fn non_zip_file_is_rejected() {
-    let (e, s) = err_string(load_pth(fixture("not_a_zip.pth")));
-    assert!(matches!(e, CheckpointError::Format { .. }), "{e:?}");
-    assert!(s.contains("not_a_zip.pth") && s.contains("zip"), "{s}");
-}
-
-#[test]
-fn legacy_format_is_rejected_clearly() {
-    let (_, s) = err_string(load_pth(fixture("legacy.pth")));
-    assert!(s.contains("legacy.pth") && s.contains("legacy"), "{s}");
-}
-
-#[test]
-fn missing_file_is_io_error() {
-    let (e, s) = err_string(load_pth(fixture("does_not_exist.pth")));
-    assert!(matches!(e, CheckpointError::Io { .. }), "{e:?}");
-    assert!(s.contains("does_not_exist.pth"), "{s}");
+fn bad_files_are_errors_naming_the_file() {
+    // (fixture, whether the error is of the kind expected, words the message must contain
+    // besides the file name)
+    type Case = (
+        &'static str,
+        fn(&CheckpointError) -> bool,
+        &'static [&'static str],
+    );
+    let cases: [Case; 4] = [
+        (
+            "truncated.pth",
+            |e| matches!(e, CheckpointError::Zip { .. }),
+            &[],
+        ),
+        (
+            "not_a_zip.pth",
+            |e| matches!(e, CheckpointError::Format { .. }),
+            &["zip"],
+        ),
+        ("legacy.pth", |_| true, &["legacy"]),
+        (
+            "does_not_exist.pth",
+            |e| matches!(e, CheckpointError::Io { .. }),
+            &[],
+        ),
+    ];
+    for (file, expected_kind, words) in cases {
+        let (e, s) = err_string(load_pth(fixture(file)));
+        assert!(expected_kind(&e), "{file}: {e:?}");
+        for w in std::iter::once(&file).chain(words) {
+            assert!(s.contains(w), "{file}: {s}");
+        }
+    }
 }
 
 #[test]
@@ -703,26 +705,25 @@ fn convert_shape_mismatch_is_named() {
     );
 }
 
+/// `medsam convert` of the fixture `sam_tiny.pth` and the fixture `medsam` into `save`.
+fn cli_convert(medsam: &str, save: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
+        .args(["convert", "--sam-ckpt-path"])
+        .arg(fixture("sam_tiny.pth"))
+        .arg("--medsam-ckpt-path")
+        .arg(fixture(medsam))
+        .arg("--save-path")
+        .arg(save)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn cli_convert_runs_and_reports() {
     // The real binary: format inferred from the extension, summary printed.
     let d = tmpdir("cli");
     let out = d.join("cli_out.safetensors");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
-        .args(["convert", "--sam-ckpt-path"])
-        .arg(fixture("sam_tiny.pth"))
-        .arg("--medsam-ckpt-path")
-        .arg(fixture("medsam_tiny_train.pth"))
-        .arg("--save-path")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stdout = success_stdout(&cli_convert("medsam_tiny_train.pth", &out));
     assert!(
         stdout.contains("9 tensors") && stdout.contains("safetensors"),
         "{stdout}"
@@ -732,15 +733,7 @@ fn cli_convert_runs_and_reports() {
         medsam_expected_in_sam_order()
     );
     // A missing key is an error that names it.
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
-        .args(["convert", "--sam-ckpt-path"])
-        .arg(fixture("sam_tiny.pth"))
-        .arg("--medsam-ckpt-path")
-        .arg(fixture("medsam_missing_key.pth"))
-        .arg("--save-path")
-        .arg(d.join("bad.pth"))
-        .output()
-        .unwrap();
+    let bad = cli_convert("medsam_missing_key.pth", &d.join("bad.pth"));
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("model."), "{err}");
@@ -763,7 +756,8 @@ fn python() -> Option<String> {
     }
 }
 
-fn run_check(py: &str, args: &[&Path]) -> Json {
+/// Runs `tests/fixtures/check_converted.py <args>`; panics unless it succeeds; its stdout.
+fn check_converted<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(py: &str, args: &[A]) -> Vec<u8> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check_converted.py");
     let out = std::process::Command::new(py)
         .arg(&script)
@@ -776,7 +770,12 @@ fn run_check(py: &str, args: &[&Path]) -> Json {
         args,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
+}
+
+/// torch's view of the file (check_converted.py `desc`).
+fn run_check(py: &str, args: &[&Path]) -> Json {
+    serde_json::from_slice(&check_converted(py, args)).unwrap()
 }
 
 /// Compares torch's view of a loaded file (check_converted.py `desc`) with ours.
@@ -910,30 +909,15 @@ fn sam_model_registry_loads_converted_vit_b() {
         return;
     }
     let d = tmpdir("registry");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check_converted.py");
-    let st = std::process::Command::new(&py)
-        .arg(&script)
-        .arg("--make-vit-b")
-        .arg(&d)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    check_converted(&py, &[Path::new("--make-vit-b"), d.as_path()]);
     let sam = d.join("sam_vit_b_random.pth");
     let train = d.join("medsam_vit_b_train.pth");
     let out = d.join("medsam_vit_b.pth");
     let rep = convert(&sam, &train, &out, OutputFormat::Pth).unwrap();
     assert_eq!(rep.unused_keys, vec!["extra.unused".to_string()]);
-    let out2 = std::process::Command::new(&py)
-        .arg(&script)
-        .arg("--sam-registry")
-        .arg(&out)
-        .arg(&train)
-        .output()
-        .unwrap();
-    assert!(
-        out2.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out2.stderr)
+    check_converted(
+        &py,
+        &[Path::new("--sam-registry"), out.as_path(), train.as_path()],
     );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,20 +1,17 @@
 //! The `medsam` binary end to end: train → convert → eval on a tiny synthetic data set, the
 //! checkpoint format as PyTorch reads it (when `MEDSAM_PYTHON` is set), and device errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+#[path = "common/process.rs"]
+mod process;
+#[path = "common/slices.rs"]
+mod slices;
+use process::success_stdout;
+use slices::write_box_slices;
+use std::path::PathBuf;
+use std::process::Command;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_medsam"))
-}
-
-fn ok(out: Output) -> String {
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
-    o
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -28,48 +25,32 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Four 64² slices with a bright square (label 1).
-fn synth(dir: &Path) {
-    std::fs::create_dir_all(dir.join("imgs")).unwrap();
-    std::fs::create_dir_all(dir.join("gts")).unwrap();
-    for i in 0..4usize {
-        let mut gt = vec![0u8; 64 * 64];
-        for y in 10 + i..30 + i {
-            for x in 20..40 + 2 * i {
-                gt[y * 64 + x] = 1;
-            }
-        }
-        let img: Vec<f64> = gt.iter().flat_map(|&g| [0.2 + 0.6 * g as f64; 3]).collect();
-        let name = format!("s{i}.npy");
-        medsam::npy::write_npy_f64(dir.join("imgs").join(&name), &[64, 64, 3], &img).unwrap();
-        medsam::npy::write_npy_u8(dir.join("gts").join(&name), &[64, 64], &gt).unwrap();
-    }
-}
-
 #[test]
 fn train_convert_eval_round_trip() {
     let d = tmp("flow");
-    synth(&d.join("data"));
+    write_box_slices(&d.join("data"), 4);
     let cfg = fixtures().join("sam/tiny_sam_config.json");
-    ok(bin()
-        .args(["train", "--tr-npy-path"])
-        .arg(d.join("data"))
-        .args(["--task-name", "cli", "--work-dir"])
-        .arg(d.join("work"))
-        .arg("--model-config")
-        .arg(&cfg)
-        .args([
-            "--batch-size",
-            "2",
-            "--num-epochs",
-            "2",
-            "--max-steps",
-            "3",
-            "--bbox-shift",
-            "2",
-        ])
-        .output()
-        .unwrap());
+    success_stdout(
+        &bin()
+            .args(["train", "--tr-npy-path"])
+            .arg(d.join("data"))
+            .args(["--task-name", "cli", "--work-dir"])
+            .arg(d.join("work"))
+            .arg("--model-config")
+            .arg(&cfg)
+            .args([
+                "--batch-size",
+                "2",
+                "--num-epochs",
+                "2",
+                "--max-steps",
+                "3",
+                "--bbox-shift",
+                "2",
+            ])
+            .output()
+            .unwrap(),
+    );
     let run = std::fs::read_dir(d.join("work"))
         .unwrap()
         .next()
@@ -98,26 +79,30 @@ fn train_convert_eval_round_trip() {
             .unwrap();
     }
     let converted = d.join("medsam.pth");
-    ok(bin()
-        .args(["convert", "--sam-ckpt-path"])
-        .arg(&sam)
-        .arg("--medsam-ckpt-path")
-        .arg(&latest)
-        .arg("--save-path")
-        .arg(&converted)
-        .output()
-        .unwrap());
-    let out = ok(bin()
-        .args(["eval", "--data-path"])
-        .arg(d.join("data"))
-        .arg("-c")
-        .arg(&converted)
-        .arg("--model-config")
-        .arg(&cfg)
-        .arg("--work-dir")
-        .arg(d.join("eval"))
-        .output()
-        .unwrap());
+    success_stdout(
+        &bin()
+            .args(["convert", "--sam-ckpt-path"])
+            .arg(&sam)
+            .arg("--medsam-ckpt-path")
+            .arg(&latest)
+            .arg("--save-path")
+            .arg(&converted)
+            .output()
+            .unwrap(),
+    );
+    let out = success_stdout(
+        &bin()
+            .args(["eval", "--data-path"])
+            .arg(d.join("data"))
+            .arg("-c")
+            .arg(&converted)
+            .arg("--model-config")
+            .arg(&cfg)
+            .arg("--work-dir")
+            .arg(d.join("eval"))
+            .output()
+            .unwrap(),
+    );
     assert!(out.contains("all") && out.contains("box"), "{out}");
     assert!(d.join("eval/metrics.json").is_file() && d.join("eval/metrics.csv").is_file());
 
@@ -134,12 +119,14 @@ sd = torch.load(sys.argv[2], weights_only=True)
 assert all(torch.equal(sd[k], ck["model"][k]) for k in sd)
 print("torch ok", ck["epoch"], len(sd))
 "#;
-        let o = ok(Command::new(python)
-            .args(["-c", script])
-            .arg(&latest)
-            .arg(&converted)
-            .output()
-            .unwrap());
+        let o = success_stdout(
+            &Command::new(python)
+                .args(["-c", script])
+                .arg(&latest)
+                .arg(&converted)
+                .output()
+                .unwrap(),
+        );
         assert!(o.contains("torch ok"), "{o}");
     } else {
         println!("SKIPPED (PyTorch check): set MEDSAM_PYTHON to a Python with torch to read our checkpoints with torch.load");
@@ -149,7 +136,7 @@ print("torch ok", ck["epoch"], len(sd))
 #[test]
 fn npu_device_without_runtime_is_a_clear_error() {
     let d = tmp("npu");
-    synth(&d.join("data"));
+    write_box_slices(&d.join("data"), 4);
     let out = bin()
         .args(["train", "--tr-npy-path"])
         .arg(d.join("data"))
@@ -172,25 +159,27 @@ fn npu_device_without_runtime_is_a_clear_error() {
 #[test]
 fn bench_prints_a_table_for_tiny_models() {
     let fx = |p: &str| fixtures().join(p).display().to_string();
-    let out = ok(bin()
-        .args([
-            "bench",
-            "--repeats",
-            "1",
-            "--rounds",
-            "1",
-            "--image-size",
-            "40x56",
-        ])
-        .args(["--precision", "f32,int8"])
-        .arg(format!(
-            "--model=lite=,{}",
-            fx("lite/tiny_lite_config.json")
-        ))
-        .arg(format!("--model=sam=,{}", fx("sam/tiny_sam_config.json")))
-        .arg(format!("--model=medsam2=,{}", fx("sam2/tiny.json")))
-        .output()
-        .unwrap());
+    let out = success_stdout(
+        &bin()
+            .args([
+                "bench",
+                "--repeats",
+                "1",
+                "--rounds",
+                "1",
+                "--image-size",
+                "40x56",
+            ])
+            .args(["--precision", "f32,int8"])
+            .arg(format!(
+                "--model=lite=,{}",
+                fx("lite/tiny_lite_config.json")
+            ))
+            .arg(format!("--model=sam=,{}", fx("sam/tiny_sam_config.json")))
+            .arg(format!("--model=medsam2=,{}", fx("sam2/tiny.json")))
+            .output()
+            .unwrap(),
+    );
     assert!(out.contains("| model | precision | load ms |"), "{out}");
     for row in ["| LiteMedSAM (", "| SAM (", "| MedSAM2 ("] {
         for p in ["| f32 |", "| int8 |"] {

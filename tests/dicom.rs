@@ -6,11 +6,16 @@
 //! (tests/fixtures/check_dicom_seg.py through `MEDSAM_PYTHON`) and by `dciodvfy` (dicom3tools)
 //! when they are installed — otherwise those checks print "SKIPPED: ...".
 
+#[path = "common/json_numbers.rs"]
+mod json_numbers;
+#[path = "common/process.rs"]
+mod process;
 use medsam::io::dicom::{
     list_series, read_series, read_series_compact, write_nifti_with_geometry, write_seg,
     DicomError, DicomSeries, DicomWarning, SegOptions,
 };
-use medsam::io::nifti::{read_nifti, PixelKind};
+use medsam::io::nifti::{read_nifti, NiftiVolume, PixelKind};
+use process::{output_text, python_importing};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -39,13 +44,10 @@ fn close3(what: &str, got: [f64; 3], want: [f64; 3], tol: f64) {
 
 /// Shape, spacing, origin and axes against the fixture's JSON (ITK's view of the NIfTI).
 fn check_geometry(s: &DicomSeries, meta: &serde_json::Value) {
-    let shape: Vec<usize> = meta["shape_zyx"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    assert_eq!(s.volume.shape.to_vec(), shape);
+    assert_eq!(
+        s.volume.shape.to_vec(),
+        json_numbers::usizes(&meta["shape_zyx"])
+    );
     close3("spacing", s.geometry.spacing, vec3(&meta["spacing"]), 1e-5);
     close3("origin", s.geometry.origin, vec3(&meta["origin"]), 1e-5);
     for a in 0..3 {
@@ -58,12 +60,19 @@ fn check_geometry(s: &DicomSeries, meta: &serde_json::Value) {
     }
 }
 
-#[test]
-fn ct_series_reads_back_as_the_nifti_it_came_from() {
-    let s = read_series(fx("dicom/ct_case01"), None).unwrap();
-    let meta = json("dicom/ct_case01.json");
+/// The series `dicom/<name>`, its JSON and the NIfTI it was written from, after checking the
+/// series' geometry against the JSON.
+fn series_with_its_nifti(name: &str) -> (DicomSeries, serde_json::Value, NiftiVolume) {
+    let s = read_series(fx(&format!("dicom/{name}")), None).unwrap();
+    let meta = json(&format!("dicom/{name}.json"));
     let nii = read_nifti(fx(meta["nifti"].as_str().unwrap())).unwrap();
     check_geometry(&s, &meta);
+    (s, meta, nii)
+}
+
+#[test]
+fn ct_series_reads_back_as_the_nifti_it_came_from() {
+    let (s, meta, nii) = series_with_its_nifti("ct_case01");
     assert_eq!(s.volume.shape, nii.shape);
     assert_eq!(
         s.volume.data, nii.data,
@@ -92,10 +101,7 @@ fn ct_series_reads_back_as_the_nifti_it_came_from() {
 
 #[test]
 fn oblique_series_matches_its_nifti_and_geometry_round_trips() {
-    let s = read_series(fx("dicom/oblique"), None).unwrap();
-    let meta = json("dicom/oblique.json");
-    let nii = read_nifti(fx(meta["nifti"].as_str().unwrap())).unwrap();
-    check_geometry(&s, &meta);
+    let (s, _, nii) = series_with_its_nifti("oblique");
     assert_eq!(s.volume.data, nii.data, "slope 2, intercept -5");
     assert_eq!(
         s.volume.kind,
@@ -180,12 +186,7 @@ fn enhanced_multiframe_equals_the_single_frame_series() {
 fn monochrome1_is_inverted_with_a_warning() {
     let s = read_series(fx("dicom/mono1"), None).unwrap();
     let meta = json("dicom/mono1.json");
-    let stored: Vec<f64> = meta["stored"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let stored = json_numbers::f64s(&meta["stored"]);
     let (lo, hi) = (stored[0], stored[stored.len() - 1]);
     let want: Vec<f64> = stored.iter().map(|v| lo + hi - v).collect();
     assert_eq!(s.volume.data, want);
@@ -459,15 +460,6 @@ fn case01_labels() -> (DicomSeries, Vec<u8>, Vec<String>) {
     (s, labels, names)
 }
 
-fn python() -> Option<String> {
-    let py = std::env::var("MEDSAM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import pydicom, highdicom, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(py)
-}
-
 #[test]
 fn seg_is_written_atomically_and_reads_back() {
     let (s, labels, names) = case01_labels();
@@ -523,7 +515,7 @@ fn seg_is_written_atomically_and_reads_back() {
     assert!(!bad.exists());
 
     // highdicom / pydicom
-    match python() {
+    match python_importing("pydicom, highdicom, numpy") {
         None => eprintln!(
             "SKIPPED: highdicom/pydicom check (set MEDSAM_PYTHON to a python with pydicom, highdicom)"
         ),
@@ -538,11 +530,7 @@ fn seg_is_written_atomically_and_reads_back() {
                 .arg(serde_json::to_string(&names).unwrap())
                 .output()
                 .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let text = output_text(&o);
             assert!(o.status.success(), "check_dicom_seg.py failed:\n{text}");
             eprintln!("{}", text.trim());
         }
@@ -552,11 +540,7 @@ fn seg_is_written_atomically_and_reads_back() {
     match Command::new("dciodvfy").arg(&out).output() {
         Err(_) => eprintln!("SKIPPED: dciodvfy not installed (Debian package dicom3tools)"),
         Ok(o) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let text = output_text(&o);
             let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
             assert!(errors.is_empty(), "dciodvfy:\n{text}");
             eprintln!(
@@ -619,11 +603,7 @@ fn preprocess_from_dicom_equals_preprocess_from_nifti() {
             .args(["--voxel-num-thre3d", "50", "--num-workers", "1"])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let text = output_text(&o);
         assert!(o.status.success(), "{text}");
         assert!(text.contains("1 cases done, 0 skipped"), "{text}");
     };

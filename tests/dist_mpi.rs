@@ -200,6 +200,15 @@ fn child_run(comm: &dyn Communicator, f: impl FnOnce() -> Result<(), String>) {
     }
 }
 
+/// A rank of a data-parallel job: runs `f` with the job's directory and this rank's
+/// communicator ([`child_run`]).
+#[cfg(feature = "mpi")]
+fn data_parallel_child(f: impl FnOnce(&Path, &dyn Communicator) -> Result<(), String>) {
+    let dir = PathBuf::from(std::env::var(DIR).unwrap());
+    let comm = child_comm(Duration::from_secs(300));
+    child_run(comm.as_ref(), || f(&dir, comm.as_ref()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Collectives
 
@@ -482,21 +491,46 @@ fn read_f32(path: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// The data-parallel check `test` of `what` ("training"): the dataset written into a scratch
+/// directory, the single-process reference `one_process(dir)` (`None` when this build cannot
+/// run it or there is no MPI: skipped), then the job `child` on two ranks, which must succeed.
+/// The directory, the reference's result and the job.
+fn two_ranks_against_one<T>(
+    test: &str,
+    what: &str,
+    child: &str,
+    one_process: impl FnOnce(&Path) -> T + std::panic::UnwindSafe,
+) -> Option<(PathBuf, T, Job)> {
+    if let Some(why) = skip_reason() {
+        loud(&format!("SKIPPED: {test}: {why}"));
+        return None;
+    }
+    let dir = scratch(what);
+    write_dataset(&dir.join("data"));
+    let d = dir.clone();
+    let one = reference(test, move || one_process(&d))?;
+    let job = mpirun(2, child, "-", &dir, Duration::from_secs(600));
+    assert_eq!(
+        job.code,
+        Some(0),
+        "2-process {what} failed:\n{}",
+        job.output
+    );
+    Some((dir, one, job))
+}
+
 #[test]
 fn two_process_training_matches_one_process_on_the_combined_batches() {
-    skip_unless_mpi!("two_process_training_matches_one_process_on_the_combined_batches");
-    let dir = scratch("train");
-    write_dataset(&dir.join("data"));
-
     // Reference: one process, batch 2 = the two ranks' batches of 1 side by side.
-    let d = dir.clone();
-    let Some((init, want)) = reference(
+    let Some((dir, (init, want), _)) = two_ranks_against_one(
         "two_process_training_matches_one_process_on_the_combined_batches",
-        move || {
+        "training",
+        "child_train",
+        |d| {
             let mut model = tiny_model(0);
             let init = flat_params(&mut model);
             let out = medsam::train::train(
-                &train_config(&d, "run1", 2),
+                &train_config(d, "run1", 2),
                 &mut model,
                 &SingleProcess,
                 &mut |_| {},
@@ -508,14 +542,6 @@ fn two_process_training_matches_one_process_on_the_combined_batches() {
     ) else {
         return;
     };
-
-    let job = mpirun(2, "child_train", "-", &dir, Duration::from_secs(600));
-    assert_eq!(
-        job.code,
-        Some(0),
-        "2-process training failed:\n{}",
-        job.output
-    );
     let (r0, r1) = (
         read_f32(&dir.join("params_rank0.bin")),
         read_f32(&dir.join("params_rank1.bin")),
@@ -551,18 +577,12 @@ fn two_process_training_matches_one_process_on_the_combined_batches() {
 #[test]
 #[ignore = "a rank of the job launched by two_process_training_matches_*"]
 fn child_train() {
-    let dir = PathBuf::from(std::env::var(DIR).unwrap());
-    let comm = child_comm(Duration::from_secs(300));
-    child_run(comm.as_ref(), || {
+    data_parallel_child(|dir, comm| {
         // Different initial weights on rank 1: the trainer must broadcast rank 0's.
         let mut model = tiny_model(comm.rank() as u64);
-        let out = medsam::train::train(
-            &train_config(&dir, "run2", 1),
-            &mut model,
-            comm.as_ref(),
-            &mut |_| {},
-        )
-        .map_err(|e| e.to_string())?;
+        let out =
+            medsam::train::train(&train_config(dir, "run2", 1), &mut model, comm, &mut |_| {})
+                .map_err(|e| e.to_string())?;
         if out.steps != 6 {
             return Err(format!("{} optimizer steps, expected 6", out.steps));
         }
@@ -586,29 +606,22 @@ fn eval_config(dir: &Path, out: &str) -> medsam::eval::EvalConfig {
 
 #[test]
 fn sharded_evaluation_matches_unsharded() {
-    skip_unless_mpi!("sharded_evaluation_matches_unsharded");
-    let dir = scratch("eval");
-    write_dataset(&dir.join("data"));
-    let d = dir.clone();
-    let Some(one) = reference("sharded_evaluation_matches_unsharded", move || {
-        medsam::eval::evaluate(
-            &tiny_model(5),
-            &eval_config(&d, "eval1"),
-            &SingleProcess,
-            &mut |_, _| {},
-        )
-        .unwrap()
-    }) else {
+    let Some((dir, one, job)) = two_ranks_against_one(
+        "sharded_evaluation_matches_unsharded",
+        "evaluation",
+        "child_eval",
+        |d| {
+            medsam::eval::evaluate(
+                &tiny_model(5),
+                &eval_config(d, "eval1"),
+                &SingleProcess,
+                &mut |_, _| {},
+            )
+            .unwrap()
+        },
+    ) else {
         return;
     };
-
-    let job = mpirun(2, "child_eval", "-", &dir, Duration::from_secs(600));
-    assert_eq!(
-        job.code,
-        Some(0),
-        "2-process evaluation failed:\n{}",
-        job.output
-    );
     let csv1 = std::fs::read_to_string(dir.join("eval1/metrics.csv")).unwrap();
     let csv2 = std::fs::read_to_string(dir.join("eval2/metrics.csv"))
         .unwrap_or_else(|e| panic!("rank 0 wrote no metrics.csv: {e}\n{}", job.output));
@@ -665,18 +678,11 @@ fn assert_close_json(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
 #[test]
 #[ignore = "a rank of the job launched by sharded_evaluation_matches_unsharded"]
 fn child_eval() {
-    let dir = PathBuf::from(std::env::var(DIR).unwrap());
-    let comm = child_comm(Duration::from_secs(300));
-    child_run(comm.as_ref(), || {
+    data_parallel_child(|dir, comm| {
         let model = tiny_model(5);
-        medsam::eval::evaluate(
-            &model,
-            &eval_config(&dir, "eval2"),
-            comm.as_ref(),
-            &mut |_, _| {},
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        medsam::eval::evaluate(&model, &eval_config(dir, "eval2"), comm, &mut |_, _| {})
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
 }
 

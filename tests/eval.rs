@@ -2,12 +2,15 @@
 //! baseline against values computed here by hand, and sharded evaluation (two in-process ranks
 //! exchanging through a shared board) giving exactly the unsharded totals.
 
+#[path = "common/summary.rs"]
+mod summary;
 use medsam::dist::{Communicator, SingleProcess};
 use medsam::eval::{evaluate, EvalConfig};
 use medsam::model::{Sam, SamConfig};
 use medsam::{Device, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier, Mutex};
+use summary::assert_summary_fields;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("medsam-eval-{name}-{}", std::process::id()));
@@ -93,17 +96,7 @@ fn writes_csv_json_figure_and_exact_box_baseline() {
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out.json).unwrap()).unwrap();
-    for k in [
-        "dsc",
-        "miou",
-        "nsd",
-        "count",
-        "per_label",
-        "box_baseline",
-        "images_per_second",
-    ] {
-        assert!(json.get(k).is_some(), "metrics.json lacks {k}");
-    }
+    assert_summary_fields("metrics.json", &json);
     let fig = image::open(out.figure.unwrap()).unwrap();
     assert!(
         fig.width() >= 3 * 64,

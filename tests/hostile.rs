@@ -86,6 +86,70 @@ fn tiny_sam_state() -> Vec<(String, TensorData)> {
         .collect()
 }
 
+/// `tests/fixtures/sam/tiny_sam_config.json` changed by `edit`, written to `path`.
+fn write_edited_sam_config(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("sam/tiny_sam_config.json")).unwrap(),
+    )
+    .unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+/// The error message of loading the checkpoint `path` (with an optional model configuration).
+fn load_error(path: &Path, config: Option<&Path>) -> String {
+    medsam::models::load::load_any_model(path, None, config, Device::Cpu)
+        .err()
+        .expect("the load should fail")
+        .to_string()
+}
+
+/// A blank 8×8 grey PNG `img.png` in `dir`.
+fn blank_png(dir: &Path) -> PathBuf {
+    let png = dir.join("img.png");
+    image::GrayImage::new(8, 8).save(&png).unwrap();
+    png
+}
+
+/// `medsam infer --box [1,1,6,6] -i <image> -c <checkpoint>`.
+fn infer_cmd(image: &Path, checkpoint: &Path) -> Command {
+    let mut c = medsam();
+    c.args(["infer", "--box", "[1,1,6,6]", "-i"])
+        .arg(image)
+        .arg("-c")
+        .arg(checkpoint);
+    c
+}
+
+/// `medsam convert` of the two checkpoints into `save`.
+fn convert_cmd(sam: &Path, medsam_ck: &Path, save: &Path) -> Command {
+    let mut c = medsam();
+    c.arg("convert")
+        .arg("--sam-ckpt-path")
+        .arg(sam)
+        .arg("--medsam-ckpt-path")
+        .arg(medsam_ck)
+        .arg("--save-path")
+        .arg(save);
+    c
+}
+
+/// A scratch directory ([`tmp`]) holding `medsam.pth` (MedSAM layout, the whole tiny state)
+/// and `sam.pth` (a bare state dict of the tiny state from tensor `sam_from` on); returns the
+/// directory, the state and the two checkpoints.
+fn medsam_and_sam_checkpoints(
+    name: &str,
+    sam_from: usize,
+) -> (PathBuf, Vec<(String, TensorData)>, PathBuf, PathBuf) {
+    let dir = tmp(name);
+    let sd = tiny_sam_state();
+    let medsam_ck = dir.join("medsam.pth");
+    save_medsam_pth(&medsam_ck, &sd);
+    let sam_ck = dir.join("sam.pth");
+    save_pth(&sam_ck, &Value::from_state_dict(sd[sam_from..].to_vec())).unwrap();
+    (dir, sd, medsam_ck, sam_ck)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hand-made pickles and zips (the writer cannot produce hostile views).
 
@@ -207,70 +271,63 @@ fn png_header(w: u32, h: u32) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Class 1: model configurations are validated before anything is built.
 
+/// A configuration field and an edit that makes it invalid.
+type BreakingEdit<C> = (&'static str, fn(&mut C));
+
 #[test]
 fn configurations_are_validated_before_building() {
     init();
     let base = tiny_sam_config();
-    let mut cases: Vec<(&str, SamConfig)> = Vec::new();
-    let mut c = base.clone();
-    c.image_encoder.num_heads = 0;
-    cases.push(("num_heads", c));
-    let mut c = base.clone();
-    c.image_encoder.patch_size = 0;
-    cases.push(("patch_size", c));
-    let mut c = base.clone();
-    c.image_encoder.img_size = 1 << 40;
-    cases.push(("img_size", c));
-    let mut c = base.clone();
-    c.image_encoder.embed_dim = 1 << 30;
-    cases.push(("embed_dim", c));
-    let mut c = base.clone();
-    c.image_encoder.mlp_ratio = f64::NAN;
-    cases.push(("mlp_ratio", c));
-    let mut c = base.clone();
-    c.image_encoder.window_size = 0;
-    cases.push(("window_size", c));
-    let mut c = base.clone();
-    c.image_encoder.global_attn_indexes = vec![99];
-    cases.push(("global_attn_indexes", c));
-    let mut c = base.clone();
-    c.mask_decoder.transformer_num_heads = 0;
-    cases.push(("transformer_num_heads", c));
-    let mut c = base.clone();
-    c.mask_decoder.transformer_num_heads = 3;
-    cases.push(("transformer_num_heads", c));
-    let mut c = base.clone();
-    c.prompt_encoder.mask_in_chans = 2;
-    cases.push(("mask_in_chans", c));
-    let mut c = base.clone();
-    c.mask_decoder.transformer_dim = 24;
-    cases.push(("transformer_dim", c));
-    let mut c = base.clone();
-    c.image_encoder.depth = 100_000;
-    cases.push(("depth", c));
-    for (field, c) in cases {
-        let e = c.validate().expect_err(field);
-        assert!(e.contains(field), "{field}: {e}");
-        let e = Sam::new(&c, 0, Device::Cpu).err().expect(field).to_string();
-        assert!(e.contains(field), "{field}: {e}");
+    // (the field the error must name, the edit that breaks it)
+    let cases: [BreakingEdit<SamConfig>; 12] = [
+        ("num_heads", |c| c.image_encoder.num_heads = 0),
+        ("patch_size", |c| c.image_encoder.patch_size = 0),
+        ("img_size", |c| c.image_encoder.img_size = 1 << 40),
+        ("embed_dim", |c| c.image_encoder.embed_dim = 1 << 30),
+        ("mlp_ratio", |c| c.image_encoder.mlp_ratio = f64::NAN),
+        ("window_size", |c| c.image_encoder.window_size = 0),
+        ("global_attn_indexes", |c| {
+            c.image_encoder.global_attn_indexes = vec![99]
+        }),
+        ("transformer_num_heads", |c| {
+            c.mask_decoder.transformer_num_heads = 0
+        }),
+        ("transformer_num_heads", |c| {
+            c.mask_decoder.transformer_num_heads = 3
+        }),
+        ("mask_in_chans", |c| c.prompt_encoder.mask_in_chans = 2),
+        ("transformer_dim", |c| c.mask_decoder.transformer_dim = 24),
+        ("depth", |c| c.image_encoder.depth = 100_000),
+    ];
+    for (i, (field, edit)) in cases.into_iter().enumerate() {
+        let case = format!("case {i} ({field})");
+        let mut c = base.clone();
+        edit(&mut c);
+        let e = c.validate().expect_err(&case);
+        assert!(e.contains(field), "{case}: {e}");
+        let e = Sam::new(&c, 0, Device::Cpu).err().expect(&case).to_string();
+        assert!(e.contains(field), "{case}: {e}");
     }
     // LiteMedSAM's configuration too.
-    let mut l = LiteConfig::lite_medsam();
-    l.image_encoder.num_heads[2] = 0;
-    assert!(medsam::models::config::validate_lite(&l).is_err());
-    let mut l = LiteConfig::lite_medsam();
-    l.mask_decoder.transformer_mlp_dim = 0;
-    assert!(medsam::models::config::validate_lite(&l).is_err());
+    let lite_cases: [BreakingEdit<LiteConfig>; 2] = [
+        ("num_heads", |l| l.image_encoder.num_heads[2] = 0),
+        ("transformer_mlp_dim", |l| {
+            l.mask_decoder.transformer_mlp_dim = 0
+        }),
+    ];
+    for (field, edit) in lite_cases {
+        let mut l = LiteConfig::lite_medsam();
+        edit(&mut l);
+        assert!(
+            medsam::models::config::validate_lite(&l).is_err(),
+            "lite {field}"
+        );
+    }
 
     // A JSON file: the field is named with the file; a binary file is called binary.
     let d = tmp("config");
-    let mut v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("sam/tiny_sam_config.json")).unwrap(),
-    )
-    .unwrap();
-    v["image_encoder"]["num_heads"] = 0.into();
     let bad = d.join("heads0.json");
-    std::fs::write(&bad, v.to_string()).unwrap();
+    write_edited_sam_config(&bad, |v| v["image_encoder"]["num_heads"] = 0.into());
     let e = SamConfig::from_json_file(&bad).unwrap_err().to_string();
     assert!(e.contains("heads0.json") && e.contains("num_heads"), "{e}");
     let bin = d.join("binary.json");
@@ -288,10 +345,7 @@ fn decoder_heads_are_never_guessed_and_guesses_are_checked() {
     let ck = d.join("tiny.pth");
     save_pth(&ck, &Value::from_state_dict(sd.clone())).unwrap();
     // Shapes match no preset: the decoder's heads cannot be known, so the load is refused.
-    let e = medsam::models::load::load_any_model(&ck, None, None, Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_error(&ck, None);
     assert!(
         e.contains("--model-config") && e.contains("tiny.pth"),
         "{e}"
@@ -309,26 +363,17 @@ fn decoder_heads_are_never_guessed_and_guesses_are_checked() {
         }
         let p = d.join("malformed.pth");
         save_pth(&p, &Value::from_state_dict(sd2)).unwrap();
-        let e = medsam::models::load::load_any_model(&p, None, None, Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = load_error(&p, None);
         assert!(e.contains("pos_embed"), "{shape:?}: {e}");
     }
     // Through the CLI: a zero-head configuration is one clear line and exit status 1.
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    v["mask_decoder"]["transformer_num_heads"] = 0.into();
     let bad = d.join("bad.json");
-    std::fs::write(&bad, v.to_string()).unwrap();
-    let png = d.join("img.png");
-    image::GrayImage::new(8, 8).save(&png).unwrap();
+    write_edited_sam_config(&bad, |v| {
+        v["mask_decoder"]["transformer_num_heads"] = 0.into()
+    });
+    let png = blank_png(&d);
     let err = fails(
-        medsam()
-            .args(["infer", "--box", "[1,1,6,6]", "-i"])
-            .arg(&png)
-            .arg("-c")
-            .arg(&ck)
+        infer_cmd(&png, &ck)
             .arg("--model-config")
             .arg(&bad)
             .arg("-o")
@@ -494,10 +539,7 @@ fn non_finite_weights_are_refused_by_name() {
     let p = d.join("nan.pth");
     save_pth(&p, &Value::from_state_dict(sd)).unwrap();
     let cfg = fixture("sam/tiny_sam_config.json");
-    let e = medsam::models::load::load_any_model(&p, None, Some(&cfg), Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_error(&p, Some(&cfg));
     assert!(e.contains(&name) && e.contains("NaN"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -594,12 +636,7 @@ fn preprocess_refuses_out_of_range_labels_and_blank_images() {
 #[test]
 fn convert_refuses_dropped_keys_and_mismatched_format_names() {
     init();
-    let d = tmp("convert");
-    let sd = tiny_sam_state();
-    let medsam_ck = d.join("medsam.pth");
-    save_medsam_pth(&medsam_ck, &sd);
-    let sam_ck = d.join("sam.pth");
-    save_pth(&sam_ck, &Value::from_state_dict(sd[1..].to_vec())).unwrap();
+    let (d, sd, medsam_ck, sam_ck) = medsam_and_sam_checkpoints("convert", 1);
     let out = d.join("out.pth");
     let e = medsam::pipeline::convert::convert(
         &sam_ck,
@@ -613,15 +650,7 @@ fn convert_refuses_dropped_keys_and_mismatched_format_names() {
     assert!(!out.exists());
     // --format safetensors with a .pth name.
     save_pth(&sam_ck, &Value::from_state_dict(sd.clone())).unwrap();
-    let err = fails(
-        medsam()
-            .args(["convert", "--format", "safetensors", "--sam-ckpt-path"])
-            .arg(&sam_ck)
-            .arg("--medsam-ckpt-path")
-            .arg(&medsam_ck)
-            .arg("--save-path")
-            .arg(&out),
-    );
+    let err = fails(convert_cmd(&sam_ck, &medsam_ck, &out).args(["--format", "safetensors"]));
     assert!(err.contains("--format"), "{err}");
     assert!(!out.exists());
     std::fs::remove_dir_all(&d).unwrap();
@@ -633,41 +662,18 @@ fn convert_refuses_dropped_keys_and_mismatched_format_names() {
 #[test]
 fn outputs_never_replace_inputs() {
     init();
-    let d = tmp("overwrite");
-    let sd = tiny_sam_state();
-    let medsam_ck = d.join("medsam.pth");
-    save_medsam_pth(&medsam_ck, &sd);
-    let sam_ck = d.join("sam.pth");
-    save_pth(&sam_ck, &Value::from_state_dict(sd)).unwrap();
+    let (d, _, medsam_ck, sam_ck) = medsam_and_sam_checkpoints("overwrite", 0);
     let before = std::fs::read(&medsam_ck).unwrap();
     // The same file under another spelling.
     std::fs::create_dir_all(d.join("sub")).unwrap();
     let alias = d.join("sub/../medsam.pth");
-    let err = fails(
-        medsam()
-            .arg("convert")
-            .arg("--sam-ckpt-path")
-            .arg(&sam_ck)
-            .arg("--medsam-ckpt-path")
-            .arg(&medsam_ck)
-            .arg("--save-path")
-            .arg(&alias),
-    );
+    let err = fails(&mut convert_cmd(&sam_ck, &medsam_ck, &alias));
     assert!(err.contains("--save-path"), "{err}");
     assert_eq!(std::fs::read(&medsam_ck).unwrap(), before);
     // infer --logits naming the input image.
-    let png = d.join("img.png");
-    image::GrayImage::new(8, 8).save(&png).unwrap();
+    let png = blank_png(&d);
     let img_before = std::fs::read(&png).unwrap();
-    let err = fails(
-        medsam()
-            .args(["infer", "--box", "[1,1,6,6]", "-i"])
-            .arg(&png)
-            .arg("-c")
-            .arg(&sam_ck)
-            .arg("--logits")
-            .arg(&png),
-    );
+    let err = fails(infer_cmd(&png, &sam_ck).arg("--logits").arg(&png));
     assert!(err.contains("--logits"), "{err}");
     assert_eq!(std::fs::read(&png).unwrap(), img_before);
     std::fs::remove_dir_all(&d).unwrap();
@@ -776,33 +782,13 @@ fn cli_errors_are_one_line_with_status_1() {
     init();
     let d = tmp("cli");
     // A device that never ends as the image; a missing checkpoint; a directory as checkpoint.
-    let err = fails(
-        medsam()
-            .args(["infer", "--box", "[1,1,6,6]", "-i", "/dev/zero", "-c"])
-            .arg(d.join("none.pth")),
-    );
+    let err = fails(&mut infer_cmd(Path::new("/dev/zero"), &d.join("none.pth")));
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let png = d.join("img.png");
-    image::GrayImage::new(8, 8).save(&png).unwrap();
-    let err = fails(
-        medsam()
-            .args(["infer", "--box", "[1,1,6,6]", "-i"])
-            .arg(&png)
-            .arg("-c")
-            .arg(&d)
-            .arg("-o")
-            .arg(d.join("out")),
-    );
+    let png = blank_png(&d);
+    let err = fails(infer_cmd(&png, &d).arg("-o").arg(d.join("out")));
     assert!(err.contains("regular file"), "{err}");
     // A malformed limit is reported before anything is read.
-    let err = fails(
-        medsam()
-            .env("MEDSAM_MAX_VOXELS", "lots")
-            .args(["infer", "--box", "[1,1,6,6]", "-i"])
-            .arg(&png)
-            .arg("-c")
-            .arg(&d),
-    );
+    let err = fails(infer_cmd(&png, &d).env("MEDSAM_MAX_VOXELS", "lots"));
     assert!(err.contains("MEDSAM_MAX_VOXELS"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -134,17 +134,14 @@ fn boxes_are_checked_clipped_or_rejected() {
 fn unreadable_images_are_clear_errors() {
     let d = std::env::temp_dir().join(format!("medsam-infer-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
-    let missing = read_input_image(&d.join("nope.png"))
-        .unwrap_err()
-        .to_string();
+    let read_error = |name: &str| read_input_image(&d.join(name)).unwrap_err().to_string();
+    let missing = read_error("nope.png");
     assert!(
         missing.contains("nope.png") && missing.contains("no such file"),
         "{missing}"
     );
     std::fs::write(d.join("bad.png"), b"not a png at all").unwrap();
-    let bad = read_input_image(&d.join("bad.png"))
-        .unwrap_err()
-        .to_string();
+    let bad = read_error("bad.png");
     assert!(
         bad.contains("bad.png") && bad.contains("cannot read image"),
         "{bad}"

@@ -36,6 +36,13 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+/// A scratch directory ([`tmpdir`]) holding the tiny LiteMedSAM checkpoint; both paths.
+fn tiny_case(name: &str) -> (PathBuf, PathBuf) {
+    let d = tmpdir(name);
+    let ckpt = tiny_checkpoint(&d);
+    (d, ckpt)
+}
+
 /// The model as the library loads it from the same checkpoint.
 fn load_lite(ckpt: &Path, cfg: Option<&Path>) -> LiteMedSam {
     match load_any_model(ckpt, None, cfg, Device::Cpu).unwrap() {
@@ -152,8 +159,7 @@ fn volume(d: usize, h: usize, w: usize) -> Vec<u8> {
 
 #[test]
 fn lite_2d_png_matches_library_predictor() {
-    let d = tmpdir("png");
-    let ckpt = tiny_checkpoint(&d);
+    let (d, ckpt) = tiny_case("png");
     let (h, w) = (60, 90);
     let grey = grey_image(h, w);
     let png = d.join("scan.png");
@@ -212,8 +218,7 @@ fn lite_2d_png_matches_library_predictor() {
 
 #[test]
 fn lite_2d_npy_uint8_and_float_agree() {
-    let d = tmpdir("npy");
-    let ckpt = tiny_checkpoint(&d);
+    let (d, ckpt) = tiny_case("npy");
     let (h, w) = (50, 40);
     let grey = grey_image(h, w);
     let rgb: Vec<u8> = grey.iter().flat_map(|&v| [v, v / 2, 255 - v]).collect();
@@ -252,8 +257,7 @@ fn lite_2d_npy_uint8_and_float_agree() {
 /// the middle slice up to z_max, then down to z_min); z_max = D is capped as upstream does.
 #[test]
 fn lite_3d_box_segments_z_min_and_z_max_in_upstream_order() {
-    let d = tmpdir("zrange");
-    let ckpt = tiny_checkpoint(&d);
+    let (_, ckpt) = tiny_case("zrange");
     let m = load_lite(&ckpt, Some(&tiny_config()));
     let (nd, nh, nw) = (9, 30, 40);
     let vol = volume(nd, nh, nw);
@@ -279,8 +283,7 @@ fn lite_3d_box_segments_z_min_and_z_max_in_upstream_order() {
 
 #[test]
 fn lite_3d_npz_writes_nifti_and_npz_matching_segment_volume() {
-    let d = tmpdir("npz");
-    let ckpt = tiny_checkpoint(&d);
+    let (d, ckpt) = tiny_case("npz");
     let (nd, nh, nw) = (9, 30, 40);
     let vol = volume(nd, nh, nw);
     let boxes: Vec<Box3d> = vec![[8, 6, 1, 30, 24, 8], [2, 2, 3, 12, 10, 6]];
@@ -336,8 +339,7 @@ fn lite_3d_npz_writes_nifti_and_npz_matching_segment_volume() {
 
 #[test]
 fn lite_3d_nifti_with_box3d() {
-    let d = tmpdir("nii");
-    let ckpt = tiny_checkpoint(&d);
+    let (d, ckpt) = tiny_case("nii");
     let (nd, nh, nw) = (7, 24, 32);
     let vol = volume(nd, nh, nw);
     // Stored as int16 HU-like values (0..=200 here, so they are taken as they are).
@@ -392,8 +394,7 @@ fn lite_3d_nifti_with_box3d() {
 /// series geometry; the masks are those of `segment_volume` on the volume the library reads.
 #[test]
 fn lite_3d_dicom_folder_writes_seg_and_nifti() {
-    let d = tmpdir("dicom");
-    let ckpt = tiny_checkpoint(&d);
+    let (d, ckpt) = tiny_case("dicom");
     let series_dir = fixtures().join("dicom/ct_case01");
     let out = d.join("out");
     let text = ok(&medsam(
@@ -481,8 +482,7 @@ fn lite_3d_dicom_folder_writes_seg_and_nifti() {
 
 #[test]
 fn lite_bad_inputs_are_clear_errors() {
-    let d = tmpdir("bad");
-    let ckpt = tiny_checkpoint(&d);
+    let (d, ckpt) = tiny_case("bad");
     let cfg = tiny_config();
     let (nd, nh, nw) = (5, 20, 30);
     let vol = volume(nd, nh, nw);
@@ -641,14 +641,19 @@ fn sam_checkpoint_rejects_lite_only_uses() {
 
 // ---- pretrained weights ----
 
-fn real_ckpt(test: &str) -> Option<PathBuf> {
+/// The pretrained checkpoint and the PyTorch outputs on it (`lite/real_lite.safetensors`), or
+/// `None` (the test `test` skipped) when the weights are not there.
+fn real_case(test: &str) -> Option<(PathBuf, fixtures::Arrays)> {
     let p = std::env::var_os("MEDSAM_LITE_CKPT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/lite_medsam.pth")
         });
     if p.is_file() {
-        Some(p)
+        Some((
+            p,
+            read_arrays("lite/real_lite.safetensors", "make_lite_fixtures.py"),
+        ))
     } else {
         eprintln!(
             "SKIPPED: {test}: pretrained LiteMedSAM weights not found at {} — run scripts/fetch_lite_medsam.sh or set MEDSAM_LITE_CKPT",
@@ -658,16 +663,11 @@ fn real_ckpt(test: &str) -> Option<PathBuf> {
     }
 }
 
-fn real_fixture() -> fixtures::Arrays {
-    read_arrays("lite/real_lite.safetensors", "make_lite_fixtures.py")
-}
-
 #[test]
 fn real_weights_2d_photo_matches_library_and_pytorch() {
-    let Some(ckpt) = real_ckpt("real_weights_2d_photo_matches_library_and_pytorch") else {
+    let Some((ckpt, fx)) = real_case("real_weights_2d_photo_matches_library_and_pytorch") else {
         return;
     };
-    let fx = real_fixture();
     let (s, px) = &fx["retina"];
     let (h, w) = (s[0], s[1]);
     let rgb: Vec<u8> = px.iter().map(|&v| v as u8).collect();
@@ -715,10 +715,9 @@ fn real_weights_2d_photo_matches_library_and_pytorch() {
 
 #[test]
 fn real_weights_3d_npz_matches_pytorch() {
-    let Some(ckpt) = real_ckpt("real_weights_3d_npz_matches_pytorch") else {
+    let Some((ckpt, fx)) = real_case("real_weights_3d_npz_matches_pytorch") else {
         return;
     };
-    let fx = real_fixture();
     let (s, v) = &fx["volume"];
     let vol: Vec<u8> = v.iter().map(|&x| x as u8).collect();
     let boxes: Vec<i64> = fx["volume.boxes3d"].1.iter().map(|&x| x as i64).collect();

@@ -224,46 +224,35 @@ fn lite_checkpoint_round_trips_and_is_recognised() {
     }
 }
 
+/// A tensor of `shape` holding `((i·mul mod modulus) − offset) / scale` for i = 0, 1, ...
+fn sawtooth(shape: &[usize], (mul, modulus): (usize, usize), offset: f32, scale: f32) -> Tensor {
+    let n = shape.iter().product::<usize>();
+    let v = (0..n).map(|i| ((i * mul % modulus) as f32 - offset) / scale);
+    Tensor::from_vec(v.collect(), shape).unwrap()
+}
+
 #[test]
 fn grouped_conv_matches_per_group_convs() {
     // groups = 2 through `conv2d_grouped` equals two plain convs on the channel halves.
-    let x = Tensor::from_vec(
-        (0..2 * 4 * 5 * 5)
-            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
-            .collect(),
-        &[2, 4, 5, 5],
-    )
-    .unwrap();
-    let w = Tensor::from_vec(
-        (0..6 * 2 * 3 * 3)
-            .map(|i| ((i * 13 % 11) as f32 - 5.0) / 10.0)
-            .collect(),
-        &[6, 2, 3, 3],
-    )
-    .unwrap();
+    let x = sawtooth(&[2, 4, 5, 5], (37, 17), 8.0, 8.0);
+    let w = sawtooth(&[6, 2, 3, 3], (13, 11), 5.0, 10.0);
     let b = Tensor::from_vec(vec![0.1, -0.2, 0.3, 0.0, 0.5, -0.6], &[6]).unwrap();
     let y = x.conv2d_grouped(&w, Some(&b), 1, 1, 2).unwrap();
-    let y0 = x
-        .narrow(1, 0, 2)
-        .unwrap()
-        .conv2d(
-            &w.narrow(0, 0, 3).unwrap(),
-            Some(&b.narrow(0, 0, 3).unwrap()),
-            1,
-            1,
-        )
-        .unwrap();
-    let y1 = x
-        .narrow(1, 2, 2)
-        .unwrap()
-        .conv2d(
-            &w.narrow(0, 3, 3).unwrap(),
-            Some(&b.narrow(0, 3, 3).unwrap()),
-            1,
-            1,
-        )
-        .unwrap();
-    let want = Tensor::cat(&[y0, y1], 1).unwrap();
+    // Group g: input channels 2g..2g+2, output channels 3g..3g+3.
+    let groups: Vec<Tensor> = (0..2)
+        .map(|g| {
+            x.narrow(1, 2 * g, 2)
+                .unwrap()
+                .conv2d(
+                    &w.narrow(0, 3 * g, 3).unwrap(),
+                    Some(&b.narrow(0, 3 * g, 3).unwrap()),
+                    1,
+                    1,
+                )
+                .unwrap()
+        })
+        .collect();
+    let want = Tensor::cat(&groups, 1).unwrap();
     assert_close(
         "grouped conv",
         &y.to_vec().unwrap(),
@@ -271,13 +260,7 @@ fn grouped_conv_matches_per_group_convs() {
         1e-6,
     );
     // Depthwise via groups = channels equals per-channel single-channel convs.
-    let wd = Tensor::from_vec(
-        (0..4 * 9)
-            .map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0)
-            .collect(),
-        &[4, 1, 3, 3],
-    )
-    .unwrap();
+    let wd = sawtooth(&[4, 1, 3, 3], (7, 5), 2.0, 3.0);
     let yd = x.conv2d_grouped(&wd, None, 2, 1, 4).unwrap();
     let parts: Vec<Tensor> = (0..4)
         .map(|c| {

@@ -5,17 +5,22 @@
 
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
+#[path = "common/process.rs"]
+mod process;
+#[path = "common/train_config.rs"]
+mod train_config;
 use lite_fixture::{run_medsam, tiny_config};
 use medsam::data::Batch;
 use medsam::dist::SingleProcess;
 use medsam::eval::{evaluate, EvalConfig};
 use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::seg_model::SegModel;
-use medsam::train::{train, TrainConfig};
+use medsam::train::{train, TrainConfig, TrainOutcome};
 use medsam::weights::{load_any_model, AnyModel};
 use medsam::{Device, Tensor};
+use process::success_stdout;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use train_config::train_config_in;
 
 fn tiny_model(seed: u64) -> LiteMedSam {
     let cfg = LiteConfig::from_json_file(&tiny_config()).unwrap();
@@ -50,20 +55,18 @@ fn phantom_npy(dir: &Path, cases: usize, seed: u64) -> PathBuf {
 
 fn train_config(data: &Path, run: &Path, epochs: usize) -> TrainConfig {
     TrainConfig {
-        tr_npy_path: data.to_path_buf(),
         task_name: "lite".into(),
-        work_dir: run.to_path_buf(),
-        run_dir: Some(run.to_path_buf()),
         num_epochs: epochs,
         batch_size: 2,
         num_workers: 1,
         bbox_shift: 4,
-        adamw: medsam::optim::AdamWConfig {
-            lr: 1e-3,
-            ..Default::default()
-        },
-        ..TrainConfig::default()
+        ..train_config_in(data, run)
     }
+}
+
+/// Trains `model` with `cfg` in this one process.
+fn train_single(cfg: &TrainConfig, model: &mut LiteMedSam) -> TrainOutcome {
+    train(cfg, model, &SingleProcess, &mut |_| {}).unwrap()
 }
 
 fn all_state(m: &mut LiteMedSam) -> Vec<(String, Vec<f32>)> {
@@ -133,32 +136,20 @@ fn lite_trains_resumes_and_evaluates() {
 
     // Loss falls over a few epochs on a handful of slices.
     let mut model = tiny_model(1);
-    let out = train(
-        &train_config(&data, &d.join("run"), 6),
-        &mut model,
-        &SingleProcess,
-        &mut |_| {},
-    )
-    .unwrap();
+    let out = train_single(&train_config(&data, &d.join("run"), 6), &mut model);
     let l = &out.epoch_losses;
     assert!(l.iter().all(|x| x.is_finite()), "losses {l:?}");
     assert!(l[l.len() - 1] < 0.9 * l[0], "loss did not fall: {l:?}");
 
     // Resume: 3 epochs, then 3 more from the checkpoint ≡ 6 at once (BatchNorm buffers included).
     let mut first = tiny_model(1);
-    let a = train(
-        &train_config(&data, &d.join("run_a"), 3),
-        &mut first,
-        &SingleProcess,
-        &mut |_| {},
-    )
-    .unwrap();
+    let a = train_single(&train_config(&data, &d.join("run_a"), 3), &mut first);
     let mut resumed = tiny_model(99);
     let cfg = TrainConfig {
         resume: Some(a.latest_checkpoint.clone()),
         ..train_config(&data, &d.join("run_b"), 6)
     };
-    let b = train(&cfg, &mut resumed, &SingleProcess, &mut |_| {}).unwrap();
+    let b = train_single(&cfg, &mut resumed);
     assert_eq!(b.epochs_completed, 3);
     // Bit for bit: every reduction in training (LayerNorm's dgamma/dbeta included) sums in a
     // fixed order, so a resumed run replays the uninterrupted one exactly.
@@ -209,13 +200,14 @@ fn lite_trains_resumes_and_evaluates() {
     );
 }
 
-fn ok(o: &Output) -> String {
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(o.status.success(), "stdout: {stdout}\nstderr: {stderr}");
-    stdout.into_owned()
+/// The first entry `read_dir` lists in `dir`.
+fn first_entry(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap_or_else(|| panic!("{} is empty", dir.display()))
+        .unwrap()
+        .path()
 }
 
 #[test]
@@ -227,59 +219,46 @@ fn cli_train_lite_resume_eval_infer() {
     fn train_args<'a>(common: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
         [&["train", "--task-name", "cli"][..], common, extra].concat()
     }
-    ok(&run_medsam(
-        &train_args(&common, &["--model-type", "lite", "--num-epochs", "1"]),
-        &[
-            ("--tr-npy-path", &data),
-            ("--model-config", &cfg),
-            ("--work-dir", &d.join("w1")),
-        ],
+    // `medsam train` on the data with the tiny configuration, `extra` flags and `paths`,
+    // into the work directory `work`.
+    let train_cli = |extra: &[&str], paths: &[(&str, &Path)], work: &Path| {
+        let mut all: Vec<(&str, &Path)> = vec![("--tr-npy-path", &data), ("--model-config", &cfg)];
+        all.extend_from_slice(paths);
+        all.push(("--work-dir", work));
+        run_medsam(&train_args(&common, extra), &all)
+    };
+    let w1 = d.join("w1");
+    success_stdout(&train_cli(
+        &["--model-type", "lite", "--num-epochs", "1"],
+        &[],
+        &w1,
     ));
-    let run_dir = std::fs::read_dir(d.join("w1"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let latest = run_dir.join("medsam_model_latest.pth");
+    let latest = first_entry(&w1).join("medsam_model_latest.pth");
     assert!(latest.is_file());
 
     // --resume alone tells the family from the checkpoint.
-    ok(&run_medsam(
-        &train_args(&common, &["--num-epochs", "2"]),
-        &[
-            ("--tr-npy-path", &data),
-            ("--model-config", &cfg),
-            ("--resume", &latest),
-            ("--work-dir", &d.join("w2")),
-        ],
+    let w2 = d.join("w2");
+    success_stdout(&train_cli(
+        &["--num-epochs", "2"],
+        &[("--resume", &latest)],
+        &w2,
     ));
-    let run2 = std::fs::read_dir(d.join("w2"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let log = std::fs::read_to_string(run2.join("train_log.jsonl")).unwrap();
+    let log = std::fs::read_to_string(first_entry(&w2).join("train_log.jsonl")).unwrap();
     assert!(
         log.contains("\"epoch\": 1") && !log.contains("\"epoch\": 0"),
         "resumed run starts at epoch 1: {log}"
     );
 
     // A lite checkpoint with --model-type vit_b is refused, naming the flag.
-    let o = run_medsam(
-        &train_args(&common, &["--model-type", "vit_b"]),
-        &[
-            ("--tr-npy-path", &data),
-            ("--checkpoint", &latest),
-            ("--model-config", &cfg),
-            ("--work-dir", &d.join("w3")),
-        ],
+    let o = train_cli(
+        &["--model-type", "vit_b"],
+        &[("--checkpoint", &latest)],
+        &d.join("w3"),
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--model-type"), "{err}");
 
-    let table = ok(&run_medsam(
+    let table = success_stdout(&run_medsam(
         &["eval", "--max-slices", "3"],
         &[
             ("--data-path", &data),
@@ -292,13 +271,8 @@ fn cli_train_lite_resume_eval_infer() {
     assert!(d.join("eval/metrics.json").is_file());
 
     // `medsam infer` takes the training checkpoint.
-    let img = std::fs::read_dir(data.join("imgs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    ok(&run_medsam(
+    let img = first_entry(&data.join("imgs"));
+    success_stdout(&run_medsam(
         &["infer", "--box", "[30,30,90,90]"],
         &[
             ("-i", &img),

@@ -1,5 +1,10 @@
 use medsam::metrics::*;
+#[path = "common/json_numbers.rs"]
+mod json_numbers;
+#[path = "common/summary.rs"]
+mod summary;
 use serde_json::Value;
+use summary::assert_summary_fields;
 
 fn mask(h: usize, w: usize, on: &[(usize, usize)]) -> Vec<bool> {
     let mut m = vec![false; h * w];
@@ -241,17 +246,7 @@ fn accumulators_merge_and_summary() {
 
     // JSON shape
     let v: Value = serde_json::to_value(&s).unwrap();
-    for k in [
-        "dsc",
-        "miou",
-        "nsd",
-        "count",
-        "per_label",
-        "box_baseline",
-        "images_per_second",
-    ] {
-        assert!(v.get(k).is_some(), "missing {k}");
-    }
+    assert_summary_fields("the summary", &v);
     for k in ["dsc", "miou", "nsd", "count"] {
         assert!(v["per_label"]["2"].get(k).is_some());
     }
@@ -375,20 +370,8 @@ fn nsd3d_parity_with_surface_distance() {
     let mut worst = 0.0f64;
     for (i, c) in cases.iter().enumerate() {
         let name = c["name"].as_str().unwrap();
-        let s: Vec<usize> = c["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as usize)
-            .collect();
-        let shape = [s[0], s[1], s[2]];
-        let sp: Vec<f64> = c["spacing"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        let spacing = [sp[0], sp[1], sp[2]];
+        let shape: [usize; 3] = json_numbers::usizes(&c["shape"]).try_into().unwrap();
+        let spacing: [f64; 3] = json_numbers::f64s(&c["spacing"]).try_into().unwrap();
         let gt = &masks[&format!("case{i}_gt")];
         let pred = &masks[&format!("case{i}_pred")];
         let sd = compute_surface_distances_3d(gt, pred, shape, spacing).unwrap();

@@ -1,6 +1,9 @@
 //! `.npy` reader/writer: fixtures written by NumPy, round trips, atomic writes, errors.
 
+#[path = "common/process.rs"]
+mod process;
 use medsam::npy::{read_npy, write_npy, write_npy_f64, write_npy_u8, NpyArray, NpyData, NpyError};
+use process::{python_or_skip, python_script_succeeds};
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
@@ -96,16 +99,23 @@ fn shape_mismatch_is_rejected_and_nothing_written() {
 fn truncated_and_garbage_files_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let full = std::fs::read(fixture("c_f8.npy")).unwrap();
-    let p = dir.path().join("trunc.npy");
-    std::fs::write(&p, &full[..full.len() - 5]).unwrap();
-    let e = read_npy(&p).unwrap_err();
-    assert!(matches!(e, NpyError::Truncated { .. }), "{e}");
-    assert!(e.to_string().contains("trunc.npy"));
-    let g = dir.path().join("garbage.npy");
-    std::fs::write(&g, b"hello world, not numpy").unwrap();
-    let e = read_npy(&g).unwrap_err();
-    assert!(matches!(e, NpyError::BadMagic { .. }));
-    assert!(e.to_string().contains("garbage.npy"));
+    // (file name, contents, whether the error is the one expected)
+    type Case<'a> = (&'a str, &'a [u8], fn(&NpyError) -> bool);
+    let cases: [Case; 2] = [
+        ("trunc.npy", &full[..full.len() - 5], |e| {
+            matches!(e, NpyError::Truncated { .. })
+        }),
+        ("garbage.npy", b"hello world, not numpy", |e| {
+            matches!(e, NpyError::BadMagic { .. })
+        }),
+    ];
+    for (name, bytes, expected) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = read_npy(&p).unwrap_err();
+        assert!(expected(&e), "{name}: {e}");
+        assert!(e.to_string().contains(name), "{name}: {e}");
+    }
     let e = read_npy(dir.path().join("missing.npy")).unwrap_err();
     assert!(matches!(e, NpyError::Io { .. }));
 }
@@ -113,15 +123,9 @@ fn truncated_and_garbage_files_name_the_file() {
 /// NumPy itself must load what we write (runs only where the reference venv exists).
 #[test]
 fn numpy_loads_our_files() {
-    let py = std::env::var("MEDSAM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_modules = std::process::Command::new(&py)
-        .args(["-c", "import numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_modules {
-        eprintln!("SKIPPED: {py} (MEDSAM_PYTHON) cannot import numpy");
+    let Some(py) = python_or_skip("numpy") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let p64 = dir.path().join("x.npy");
     write_npy_f64(&p64, &[2, 3, 4], &expected_f64()).unwrap();
@@ -136,10 +140,8 @@ fn numpy_loads_our_files() {
         p64.display(),
         pu8.display()
     );
-    let st = std::process::Command::new(&py)
-        .arg("-c")
-        .arg(script)
-        .status()
-        .unwrap();
-    assert!(st.success(), "numpy failed to load our .npy files");
+    assert!(
+        python_script_succeeds(&py, &script),
+        "numpy failed to load our .npy files"
+    );
 }

@@ -7,6 +7,8 @@
 //! difference left is the last-bit rounding of the cubic resize (~1e-13 on the 0..255 scale,
 //! see tests/preprocess_resize.rs), divided by the slice's range. Labels must be identical.
 
+#[path = "common/process.rs"]
+mod process;
 use medsam::npy::{read_npy, NpyData};
 use medsam::preprocess::components::{
     connected_components_2d, connected_components_3d, dust_2d, dust_3d,
@@ -14,6 +16,7 @@ use medsam::preprocess::components::{
 use medsam::preprocess::nifti_io::{read_nifti, write_nifti_gz, NiftiError, PixelKind};
 use medsam::preprocess::phantom::make_phantom;
 use medsam::preprocess::{preprocess, Modality, PreprocessConfig, PreprocessSummary};
+use process::{python_or_skip, python_script_succeeds};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -458,15 +461,9 @@ fn cli_flags_map_to_config() {
 /// nibabel must read our phantom NIfTI files with the same voxels (runs where the venv exists).
 #[test]
 fn nibabel_reads_phantom() {
-    let py = std::env::var("MEDSAM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_modules = std::process::Command::new(&py)
-        .args(["-c", "import numpy, nibabel"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_modules {
-        eprintln!("SKIPPED: {py} (MEDSAM_PYTHON) cannot import numpy, nibabel");
+    let Some(py) = python_or_skip("numpy, nibabel") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let c = &make_phantom(dir.path(), 1, 3, (40, 36, 10)).unwrap()[0];
     let img = read_nifti(&c.image).unwrap();
@@ -487,10 +484,8 @@ fn nibabel_reads_phantom() {
         dump.display(),
         dump_l.display()
     );
-    let st = std::process::Command::new(&py)
-        .arg("-c")
-        .arg(script)
-        .status()
-        .unwrap();
-    assert!(st.success(), "nibabel could not read the phantom correctly");
+    assert!(
+        python_script_succeeds(&py, &script),
+        "nibabel could not read the phantom correctly"
+    );
 }

@@ -276,33 +276,22 @@ fn check_video(fx: &Fixture) {
     assert!(agree >= 0.995);
 }
 
-#[test]
-fn sam2_tiny_image_encoder() {
-    if let Some(fx) = load("tiny") {
-        check_encoder(&fx);
-    }
+/// A test running `$check` on the fixture `$fixture` (skipped when that is missing).
+macro_rules! fixture_test {
+    ($test:ident, $fixture:literal, $check:ident) => {
+        #[test]
+        fn $test() {
+            if let Some(fx) = load($fixture) {
+                $check(&fx);
+            }
+        }
+    };
 }
 
-#[test]
-fn sam2_tiny_video_forward_and_reverse() {
-    if let Some(fx) = load("tiny") {
-        check_video(&fx);
-    }
-}
-
-#[test]
-fn sam2_t512_image_encoder() {
-    if let Some(fx) = load("t512") {
-        check_encoder(&fx);
-    }
-}
-
-#[test]
-fn sam2_t512_video_forward_and_reverse() {
-    if let Some(fx) = load("t512") {
-        check_video(&fx);
-    }
-}
+fixture_test!(sam2_tiny_image_encoder, "tiny", check_encoder);
+fixture_test!(sam2_tiny_video_forward_and_reverse, "tiny", check_video);
+fixture_test!(sam2_t512_image_encoder, "t512", check_encoder);
+fixture_test!(sam2_t512_video_forward_and_reverse, "t512", check_video);
 
 /// `add_new_mask` (an ellipse at video resolution, resized to the model size with
 /// antialiasing and taken as the frame's output) and a forward propagation, against

@@ -126,34 +126,23 @@ fn prompt_encoder_and_mask_decoder_match_pytorch() {
         ("points_box", Some(&pts), Some(&bx[..1]), None),
         ("box_mask", None, Some(&bx[..1]), Some(&mask)),
     ];
+    // Compares `got` with the fixture's `out.<key>`.
+    let check = |key: String, got: &Tensor| {
+        let want = format!("out.{key}");
+        assert_close(&want, got, &fx.tensors[&want]);
+    };
     for (name, p, b, m) in cases {
         let (sparse, dense) = sam.prompt_encoder.forward(p, b, m).unwrap();
-        assert_close(
-            &format!("{name}.sparse"),
-            &sparse,
-            &fx.tensors[&format!("out.{name}.sparse")],
-        );
-        assert_close(
-            &format!("{name}.dense"),
-            &dense,
-            &fx.tensors[&format!("out.{name}.dense")],
-        );
+        check(format!("{name}.sparse"), &sparse);
+        check(format!("{name}.dense"), &dense);
         for multi in [false, true] {
             let (masks, iou) = sam
                 .mask_decoder
                 .forward(&emb, &pe, &sparse, &dense, multi)
                 .unwrap();
-            let key = format!("out.{name}.multi{}", multi as u8);
-            assert_close(
-                &format!("{key}.masks"),
-                &masks,
-                &fx.tensors[&format!("{key}.masks")],
-            );
-            assert_close(
-                &format!("{key}.iou"),
-                &iou,
-                &fx.tensors[&format!("{key}.iou")],
-            );
+            let key = format!("{name}.multi{}", multi as u8);
+            check(format!("{key}.masks"), &masks);
+            check(format!("{key}.iou"), &iou);
         }
     }
 }

@@ -2,6 +2,8 @@
 //! held-out DSC rises well above its starting value; resuming is bit-identical to uninterrupted
 //! training; gradient accumulation matches one big batch; bad data stops with a clear error.
 
+#[path = "common/train_config.rs"]
+mod train_config;
 use medsam::dist::SingleProcess;
 use medsam::eval::{evaluate, EvalConfig};
 use medsam::model::{Sam, SamConfig};
@@ -9,6 +11,7 @@ use medsam::rng::Rng;
 use medsam::train::{train, TrainConfig};
 use medsam::Device;
 use std::path::{Path, PathBuf};
+use train_config::train_config_in;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("medsam-train-{name}-{}", std::process::id()));
@@ -75,18 +78,11 @@ fn tiny_config(s: usize) -> SamConfig {
 
 fn base_config(data: &Path, run: &Path) -> TrainConfig {
     TrainConfig {
-        tr_npy_path: data.to_path_buf(),
         task_name: "t".into(),
-        work_dir: run.to_path_buf(),
-        run_dir: Some(run.to_path_buf()),
         batch_size: 4,
         num_workers: 2,
         bbox_shift: 2,
-        adamw: medsam::optim::AdamWConfig {
-            lr: 1e-3,
-            ..Default::default()
-        },
-        ..TrainConfig::default()
+        ..train_config_in(data, run)
     }
 }
 
@@ -218,6 +214,23 @@ fn gradient_accumulation_matches_a_larger_batch() {
     }
 }
 
+/// The error of training the tiny 32-px model (seed 1) with `cfg`.
+fn train_error(cfg: &TrainConfig) -> String {
+    let mut model = Sam::new(&tiny_config(32), 1, Device::Cpu).unwrap();
+    train(cfg, &mut model, &SingleProcess, &mut |_| {})
+        .expect_err("training should fail")
+        .to_string()
+}
+
+/// [`train_error`] for one epoch of batches of 1 of the slices in `data`.
+fn one_epoch_error(data: &Path, run: &Path) -> String {
+    train_error(&TrainConfig {
+        num_epochs: 1,
+        batch_size: 1,
+        ..base_config(data, run)
+    })
+}
+
 #[test]
 fn nan_in_data_stops_with_the_step_and_file() {
     let d = tmp("nan");
@@ -227,15 +240,7 @@ fn nan_in_data_stops_with_the_step_and_file() {
     img[100] = f32::NAN;
     let img: Vec<f64> = img.into_iter().map(|v| v as f64).collect();
     medsam::npy::write_npy_f64(&p, &[32, 32, 3], &img).unwrap();
-    let mut model = Sam::new(&tiny_config(32), 1, Device::Cpu).unwrap();
-    let cfg = TrainConfig {
-        num_epochs: 1,
-        batch_size: 1,
-        ..base_config(&d.join("data"), &d.join("run"))
-    };
-    let e = train(&cfg, &mut model, &SingleProcess, &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let e = one_epoch_error(&d.join("data"), &d.join("run"));
     // Refused when the image is read (before any loss), naming the file.
     assert!(
         (e.contains("non-finite loss") || e.contains("NaN")) && e.contains("SYN_002.npy"),
@@ -248,29 +253,13 @@ fn empty_label_map_is_named() {
     let d = tmp("empty");
     synth(&d.join("data"), 2, 32, 6);
     medsam::npy::write_npy_u8(d.join("data/gts/SYN_001.npy"), &[32, 32], &[0u8; 32 * 32]).unwrap();
-    let mut model = Sam::new(&tiny_config(32), 1, Device::Cpu).unwrap();
-    let cfg = TrainConfig {
-        num_epochs: 1,
-        batch_size: 1,
-        ..base_config(&d.join("data"), &d.join("run"))
-    };
-    let e = train(&cfg, &mut model, &SingleProcess, &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let e = one_epoch_error(&d.join("data"), &d.join("run"));
     assert!(e.contains("SYN_001.npy") && e.contains("empty"), "{e}");
 }
 
 #[test]
 fn missing_data_dir_is_named() {
     let d = tmp("missing");
-    let mut model = Sam::new(&tiny_config(32), 1, Device::Cpu).unwrap();
-    let e = train(
-        &base_config(&d.join("nope"), &d.join("run")),
-        &mut model,
-        &SingleProcess,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train_error(&base_config(&d.join("nope"), &d.join("run")));
     assert!(e.contains("nope"), "{e}");
 }
