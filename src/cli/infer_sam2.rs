@@ -4,10 +4,10 @@
 use super::common::{parse_device, show};
 use super::infer::{parse_box, parse_box3d, refuse_input, stem_of, InferArgs};
 use medsam::io::volume::{read_npz_spacing, read_npz_volume, write_nifti_segs, write_npz_segs};
-use medsam::models::sam2::frames::{is_frame_path, list_frames, rgb_to_frames};
+use medsam::models::sam2::frames::{is_frame_path, list_frames, Uint8Frames};
 use medsam::models::sam2::sam2_video_predictor::encoder_seconds_total;
 use medsam::models::sam2::volume::{
-    segment_volume_medsam2, to_uint8, volume_to_frames, Intensity, VolumePrompt,
+    segment_volume_medsam2, to_uint8, Intensity, VolumePrompt,
 };
 use medsam::models::sam2::{licence_note, load_sam2, Prompt, VideoPredictor};
 use medsam::pipeline::infer::lite::check_box3d;
@@ -201,10 +201,13 @@ pub fn run(a: &InferArgs) -> Result<()> {
             Intensity::Percentile
         }
     };
+    let vol = to_uint8(&raw, intensity);
+    drop(raw);
     let predictor = load_predictor(a)?;
     let size = predictor.model.config.image_size;
-    let vol = to_uint8(&raw, intensity);
-    let frames = volume_to_frames(&vol, shape, size)?;
+    // uint8 at the model size, normalised slice by slice as the encoder reads them
+    let frames = Uint8Frames::from_volume(&vol, shape, size)?;
+    drop(vol);
     let t0 = std::time::Instant::now();
     let mut steps = 0usize;
     let segs = segment_volume_medsam2(
@@ -348,7 +351,7 @@ fn run_frames(a: &InferArgs) -> Result<()> {
         });
     }
     let predictor = load_predictor(a)?;
-    let frames = rgb_to_frames(&rgb, (h, w), predictor.model.config.image_size)?;
+    let frames = Uint8Frames::from_rgb(&rgb, (h, w), predictor.model.config.image_size)?;
     let t0 = std::time::Instant::now();
     let segs = segment_volume_medsam2(
         &predictor,
