@@ -75,11 +75,7 @@ pub fn pil_resize_bicubic(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) 
 /// uint8 volume `(d, h, w)` → model frames `[d, 3, size, size]`: resize, /255, ImageNet
 /// normalisation (computed in f64 as the script's NumPy/torch float64 arrays, then f32).
 /// [`Uint8Frames::from_volume`] holds the same frames in a twelfth of the memory.
-pub fn volume_to_frames(
-    vol: &[u8],
-    shape: (usize, usize, usize),
-    size: usize,
-) -> Result<Tensor> {
+pub fn volume_to_frames(vol: &[u8], shape: (usize, usize, usize), size: usize) -> Result<Tensor> {
     Uint8Frames::from_volume(vol, shape, size)?.to_tensor()
 }
 
