@@ -4,11 +4,9 @@
 use super::common::{parse_device, show};
 use super::infer::{parse_box, parse_box3d, refuse_input, stem_of, InferArgs};
 use medsam::io::volume::{read_npz_spacing, read_npz_volume, write_nifti_segs, write_npz_segs};
-use medsam::models::sam2::frames::{is_frame_path, list_frames, rgb_to_frames};
+use medsam::models::sam2::frames::{is_frame_path, list_frames, Uint8Frames};
 use medsam::models::sam2::sam2_video_predictor::encoder_seconds_total;
-use medsam::models::sam2::volume::{
-    segment_volume_medsam2, to_uint8, volume_to_frames, Intensity, VolumePrompt,
-};
+use medsam::models::sam2::volume::{segment_volume_medsam2, to_uint8, Intensity, VolumePrompt};
 use medsam::models::sam2::{licence_note, load_sam2, Prompt, VideoPredictor};
 use medsam::pipeline::infer::lite::check_box3d;
 use medsam::pipeline::infer::sam::{check_box, read_input_image};
@@ -201,10 +199,13 @@ pub fn run(a: &InferArgs) -> Result<()> {
             Intensity::Percentile
         }
     };
+    let vol = to_uint8(&raw, intensity);
+    drop(raw);
     let predictor = load_predictor(a)?;
     let size = predictor.model.config.image_size;
-    let vol = to_uint8(&raw, intensity);
-    let frames = volume_to_frames(&vol, shape, size)?;
+    // uint8 at the model size, normalised slice by slice as the encoder reads them
+    let frames = Uint8Frames::from_volume(&vol, shape, size)?;
+    drop(vol);
     let t0 = std::time::Instant::now();
     let mut steps = 0usize;
     let segs = segment_volume_medsam2(
@@ -250,6 +251,9 @@ pub fn run(a: &InferArgs) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of host buffers the CPU backend keeps for reuse while MedSAM2 runs.
+const MEDSAM2_CACHED_BUFFERS: usize = 64 << 20;
+
 /// The model of `--checkpoint` in a predictor set up as the CLI runs it; prints the licence of
 /// a recognised MedSAM2 file.
 fn load_predictor(a: &InferArgs) -> Result<VideoPredictor> {
@@ -263,6 +267,9 @@ fn load_predictor(a: &InferArgs) -> Result<VideoPredictor> {
     if let Some(note) = licence_note(&a.model.checkpoint) {
         println!("licence: {note}");
     }
+    // One frame at a time needs few large buffers: a small cache of them halves the peak
+    // memory of a volume run (the default keeps up to 512 MiB) for a few more page faults.
+    medsam::backend::cpu::set_cached_buffer_limit(MEDSAM2_CACHED_BUFFERS);
     let mut predictor = VideoPredictor::new(model);
     predictor.fill_hole_area = if a.medsam2.no_fill_holes { 0 } else { 8 };
     Ok(predictor)
@@ -348,7 +355,7 @@ fn run_frames(a: &InferArgs) -> Result<()> {
         });
     }
     let predictor = load_predictor(a)?;
-    let frames = rgb_to_frames(&rgb, (h, w), predictor.model.config.image_size)?;
+    let frames = Uint8Frames::from_rgb(&rgb, (h, w), predictor.model.config.image_size)?;
     let t0 = std::time::Instant::now();
     let segs = segment_volume_medsam2(
         &predictor,

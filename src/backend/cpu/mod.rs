@@ -78,12 +78,13 @@ fn zip_into(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32
 /// Dropped tensors hand their buffers back here ([`recycle`]) and op outputs that are fully
 /// overwritten take them ([`buffer`]), so a forward pass reuses the memory of the previous one.
 mod pool {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     /// Smaller buffers are served well by malloc's own free lists.
     const MIN_LEN: usize = 1 << 15;
     /// Upper bound on the memory kept (bytes of capacity); the oldest buffers are dropped first.
-    const MAX_BYTES: usize = 512 << 20;
+    static MAX_BYTES: AtomicUsize = AtomicUsize::new(512 << 20);
 
     struct Pool {
         bufs: Vec<Vec<f32>>,
@@ -129,12 +130,13 @@ mod pool {
 
     pub(super) fn recycle(v: Vec<f32>) {
         let bytes = v.capacity() * 4;
-        if v.len() < MIN_LEN || bytes > MAX_BYTES {
+        let max = MAX_BYTES.load(Ordering::Relaxed);
+        if v.len() < MIN_LEN || bytes > max {
             return;
         }
         let mut evicted = Vec::new();
         if let Ok(mut p) = POOL.lock() {
-            while p.bytes + bytes > MAX_BYTES && !p.bufs.is_empty() {
+            while p.bytes + bytes > max && !p.bufs.is_empty() {
                 let old = p.bufs.remove(0);
                 p.bytes -= old.capacity() * 4;
                 evicted.push(old);
@@ -143,6 +145,21 @@ mod pool {
             p.bufs.push(v);
         }
         drop(evicted); // freed outside the lock
+    }
+
+    /// Sets the bound and drops the oldest buffers over it; returns the previous bound.
+    pub(super) fn set_limit(bytes: usize) -> usize {
+        let old = MAX_BYTES.swap(bytes, Ordering::Relaxed);
+        let mut evicted = Vec::new();
+        if let Ok(mut p) = POOL.lock() {
+            while p.bytes > bytes && !p.bufs.is_empty() {
+                let b = p.bufs.remove(0);
+                p.bytes -= b.capacity() * 4;
+                evicted.push(b);
+            }
+        }
+        drop(evicted);
+        old
     }
 
     pub(super) fn clear() {
@@ -172,6 +189,13 @@ pub(crate) fn recycle(v: Vec<f32>) {
 /// Frees the host buffers kept for reuse (up to 512 MiB after a large forward pass).
 pub fn release_cached_buffers() {
     pool::clear()
+}
+
+/// Bounds the memory of the host buffers kept for reuse (default 512 MiB), freeing the oldest
+/// over it; returns the previous bound. A smaller bound lowers peak memory at the cost of
+/// fresh allocations (page faults) for the buffers that no longer fit.
+pub fn set_cached_buffer_limit(bytes: usize) -> usize {
+    pool::set_limit(bytes)
 }
 
 fn sigmoid(x: f32) -> f32 {

@@ -8,6 +8,7 @@
 //! Hole filling of the low-res masks (`fill_hole_area`, CUDA-only in the reference, so off
 //! on its CPU path) is a switch: [`VideoPredictor::fill_hole_area`].
 
+use super::frames::Uint8Frames;
 use super::sam::prompt_encoder::PointInputs;
 use super::sam2_base::{
     round_bf16, FrameFeatures, FrameOutput, OutputDict, Sam2Base, NO_OBJ_SCORE,
@@ -15,6 +16,7 @@ use super::sam2_base::{
 use super::sam2_utils::interpolate_bilinear_aa;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::Device;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,10 +58,55 @@ impl ObjectState {
     }
 }
 
+/// The frames an inference state tracks through.
+#[derive(Clone)]
+pub enum Frames {
+    /// `[N, 3, S, S]` normalised model input.
+    Normalised(Tensor),
+    /// uint8 frames at the model size, normalised one at a time when encoded.
+    Uint8(Uint8Frames),
+}
+
+impl From<Tensor> for Frames {
+    fn from(t: Tensor) -> Self {
+        Frames::Normalised(t)
+    }
+}
+
+impl From<Uint8Frames> for Frames {
+    fn from(f: Uint8Frames) -> Self {
+        Frames::Uint8(f)
+    }
+}
+
+impl Frames {
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        match self {
+            Frames::Normalised(t) => t.dim(0),
+            Frames::Uint8(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Frame `i` as model input `[1, 3, S, S]`.
+    pub fn frame(&self, i: usize) -> Result<Tensor> {
+        match self {
+            Frames::Normalised(t) => t.narrow(0, i, 1),
+            Frames::Uint8(f) => f.frame(i),
+        }
+    }
+}
+
 /// `inference_state`.
 pub struct InferenceState {
-    /// `[N, 3, S, S]` normalised frames.
-    pub images: Tensor,
+    /// The frames (normalised model input, or uint8 normalised on demand).
+    pub images: Frames,
+    /// Where frames and masks live (the frames' device, or the model's for uint8 frames).
+    device: Device,
     pub num_frames: usize,
     pub video_height: usize,
     pub video_width: usize,
@@ -102,30 +149,47 @@ impl VideoPredictor {
         }
     }
 
-    /// `init_state` on frames already resized to the model size and normalised, `[N, 3, S, S]`;
-    /// `video_height × video_width` is the size masks are returned at.
+    /// `init_state` on frames already resized to the model size: normalised `[N, 3, S, S]`
+    /// (a [`Tensor`]) or [`Uint8Frames`]; `video_height × video_width` is the size masks are
+    /// returned at.
     pub fn init_state(
         &self,
-        images: Tensor,
+        images: impl Into<Frames>,
         video_height: usize,
         video_width: usize,
     ) -> Result<InferenceState> {
+        let images = images.into();
         let s = self.model.config.image_size;
-        if images.rank() != 4 || images.dim(1) != 3 || images.dim(2) != s || images.dim(3) != s {
-            return Err(Error::shape(
-                "init_state",
-                format!("frames must be [N, 3, {s}, {s}], got {:?}", images.shape()),
-            ));
-        }
-        if images.dim(0) == 0 || video_height == 0 || video_width == 0 {
+        let device = match &images {
+            Frames::Normalised(t) => {
+                if t.rank() != 4 || t.dim(1) != 3 || t.dim(2) != s || t.dim(3) != s {
+                    return Err(Error::shape(
+                        "init_state",
+                        format!("frames must be [N, 3, {s}, {s}], got {:?}", t.shape()),
+                    ));
+                }
+                t.device()
+            }
+            Frames::Uint8(f) => {
+                if f.size() != s {
+                    return Err(Error::shape(
+                        "init_state",
+                        format!("frames are {0}×{0}, the model takes {s}×{s}", f.size()),
+                    ));
+                }
+                self.model.no_mem_embed.device()
+            }
+        };
+        if images.is_empty() || video_height == 0 || video_width == 0 {
             return Err(Error::arg(
                 "init_state",
                 "needs at least one frame and a non-empty video size",
             ));
         }
         let mut state = InferenceState {
-            num_frames: images.dim(0),
+            num_frames: images.len(),
             images,
+            device,
             video_height,
             video_width,
             cached_features: HashMap::new(),
@@ -145,7 +209,7 @@ impl VideoPredictor {
         if let Some(f) = state.cached_features.get(&frame_idx) {
             return Ok(f.clone());
         }
-        let img = state.images.narrow(0, frame_idx, 1)?;
+        let img = state.images.frame(frame_idx)?.to_device(state.device)?;
         let t0 = std::time::Instant::now();
         let f = self.model.forward_image(&img)?;
         ENCODER_NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -332,7 +396,7 @@ impl VideoPredictor {
             ));
         }
         let s = self.model.config.image_size;
-        let dev = state.images.device();
+        let dev = state.device;
         let v: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
         let orig = Tensor::from_slice(&v, &[1, 1, mask_h, mask_w], dev)?;
         let mask_inputs = if mask_h != s || mask_w != s {
@@ -372,7 +436,7 @@ impl VideoPredictor {
                 .or_else(|| obj.output.non_cond_frame_outputs.get(&frame_idx));
             planes.push(match out {
                 Some(o) => o.pred_masks.upsample_bilinear(h, w)?,
-                None => Tensor::full(&[1, 1, h, w], NO_OBJ_SCORE, state.images.device())?,
+                None => Tensor::full(&[1, 1, h, w], NO_OBJ_SCORE, state.device)?,
             });
         }
         Tensor::cat(&planes, 0)

@@ -5,7 +5,8 @@
 //! prompt and a reverse pass; the OR of both passes; the largest 26-connected component.
 //! Volumes are `(z, y, x)` C order.
 
-use super::sam2_video_predictor::{Prompt, VideoPredictor};
+use super::frames::Uint8Frames;
+use super::sam2_video_predictor::{Frames, Prompt, VideoPredictor};
 use crate::error::{Error, Result};
 use crate::io::image::{resize_u8_pil, PilFilter};
 use crate::pipeline::preprocess::components::connected_components_3d;
@@ -73,24 +74,9 @@ pub fn pil_resize_bicubic(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) 
 
 /// uint8 volume `(d, h, w)` → model frames `[d, 3, size, size]`: resize, /255, ImageNet
 /// normalisation (computed in f64 as the script's NumPy/torch float64 arrays, then f32).
-pub fn volume_to_frames(
-    vol: &[u8],
-    (d, h, w): (usize, usize, usize),
-    size: usize,
-) -> Result<Tensor> {
-    let mean = [0.485, 0.456, 0.406];
-    let std = [0.229, 0.224, 0.225];
-    let mut out = Vec::with_capacity(d * 3 * size * size);
-    for z in 0..d {
-        let r = pil_resize_bicubic(&vol[z * h * w..(z + 1) * h * w], h, w, size, size);
-        for c in 0..3 {
-            out.extend(
-                r.iter()
-                    .map(|&p| ((p as f64 / 255.0 - mean[c]) / std[c]) as f32),
-            );
-        }
-    }
-    Tensor::from_vec(out, &[d, 3, size, size])
+/// [`Uint8Frames::from_volume`] holds the same frames in a twelfth of the memory.
+pub fn volume_to_frames(vol: &[u8], shape: (usize, usize, usize), size: usize) -> Result<Tensor> {
+    Uint8Frames::from_volume(vol, shape, size)?.to_tensor()
 }
 
 /// Keeps the largest 26-connected foreground component (`getLargestCC`).
@@ -119,12 +105,13 @@ pub struct VolumePrompt {
     pub prompt: Prompt,
 }
 
-/// Segments every object of a preprocessed volume (`frames` from [`volume_to_frames`]) with
+/// Segments every object of a preprocessed volume (`frames` from [`volume_to_frames`], or
+/// [`Uint8Frames::from_volume`] to hold them in a twelfth of the memory) with
 /// MedSAM2's forward/reverse recipe; returns `(d, h, w)` labels (object `i` → `i + 1`, later
 /// objects win overlaps). `on_slice(pass, frame)` reports progress.
 pub fn segment_volume_medsam2(
     predictor: &VideoPredictor,
-    frames: Tensor,
+    frames: impl Into<Frames>,
     shape: (usize, usize, usize),
     objects: &[VolumePrompt],
     keep_largest_cc: bool,
@@ -146,16 +133,17 @@ pub fn segment_volume_medsam2(
 /// (the OR of the passes run; before the largest-component step), for live display.
 pub fn segment_volume_medsam2_live(
     predictor: &VideoPredictor,
-    frames: Tensor,
+    frames: impl Into<Frames>,
     (d, h, w): (usize, usize, usize),
     objects: &[VolumePrompt],
     keep_largest_cc: bool,
     on_slice: &mut dyn FnMut(usize, usize, &[u8]),
 ) -> Result<Vec<u8>> {
-    if frames.dim(0) != d {
+    let frames = frames.into();
+    if frames.len() != d {
         return Err(Error::shape(
             "segment_volume_medsam2",
-            format!("{} frames for {d} slices", frames.dim(0)),
+            format!("{} frames for {d} slices", frames.len()),
         ));
     }
     let mut state = predictor.init_state(frames, h, w)?;
