@@ -280,7 +280,11 @@ fn run_client(
     extra: &[&str],
 ) -> serde_json::Value {
     let o = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve").join(script))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/serve")
+                .join(script),
+        )
         .arg(format!("http://{addr}"))
         .arg(vol_path)
         .args(zbox.map(|v| v.to_string()))
@@ -1176,7 +1180,11 @@ fn infer_medsam2(
     }
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stem = nii.file_name().unwrap().to_string_lossy().replace(".nii.gz", "");
+    let stem = nii
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".nii.gz", "");
     let seg = medsam::io::nifti::read_nifti(out.join(format!("seg_{stem}.nii.gz"))).unwrap();
     seg.data.iter().map(|&v| v as u8).collect()
 }
@@ -1185,7 +1193,11 @@ fn infer_medsam2(
 fn read_mask_npy(path: &Path, shape: [usize; 3]) -> Vec<u8> {
     let a = medsam::io::npy::read_npy(path).unwrap();
     assert_eq!(a.shape, shape.to_vec(), "{}", path.display());
-    a.to_u8().unwrap().iter().map(|&v| u8::from(v > 0)).collect()
+    a.to_u8()
+        .unwrap()
+        .iter()
+        .map(|&v| u8::from(v > 0))
+        .collect()
 }
 
 /// The half-open bounding box `[[lo, hi]; 3]` of the non-zero voxels.
@@ -1198,7 +1210,8 @@ fn nonzero_bbox(m: &[u8], [_, h, w]: [usize; 3]) -> Option<serde_json::Value> {
             hi[k] = hi[k].max(at[k] + 1);
         }
     }
-    (lo[0] != usize::MAX).then(|| serde_json::json!([[lo[0], hi[0]], [lo[1], hi[1]], [lo[2], hi[2]]]))
+    (lo[0] != usize::MAX)
+        .then(|| serde_json::json!([[lo[0], hi[0]], [lo[1], hi[1]], [lo[2], hi[2]]]))
 }
 
 /// How many slices hold a voxel of the mask.
@@ -1240,7 +1253,10 @@ fn nninteractive_client_medsam2_box_segments_volume_like_medsam_infer() {
         &dir,
         &[],
     );
-    assert_eq!(summary["original_image_shape"], serde_json::json!([1, d, h, w]));
+    assert_eq!(
+        summary["original_image_shape"],
+        serde_json::json!([1, d, h, w])
+    );
     assert_eq!(summary["undo"], true);
     assert_eq!(summary["after_undo_voxels"], 0);
     assert_eq!(summary["float32_int16_same"], true);
@@ -1249,8 +1265,18 @@ fn nninteractive_client_medsam2_box_segments_volume_like_medsam_infer() {
 
     let shape = [d, h, w];
     let got = read_mask_npy(&dir.join("after_box.npy"), shape);
-    let want = infer_medsam2(&ckpt, &cfg, &nii, [x0, y0, z, x1, y1, z], None, &dir.join("box"));
-    assert_eq!(got, want, "server volume differs from medsam infer --model-type medsam2");
+    let want = infer_medsam2(
+        &ckpt,
+        &cfg,
+        &nii,
+        [x0, y0, z, x1, y1, z],
+        None,
+        &dir.join("box"),
+    );
+    assert_eq!(
+        got, want,
+        "server volume differs from medsam infer --model-type medsam2"
+    );
     assert_eq!(
         summary["paste_bbox"],
         nonzero_bbox(&want, shape).unwrap_or(serde_json::Value::Null),
@@ -1261,7 +1287,10 @@ fn nninteractive_client_medsam2_box_segments_volume_like_medsam_infer() {
         "medsam2 nnInteractive box: {} voxels on {slices} of {d} slices (tiny model)",
         want.iter().filter(|&&v| v > 0).count()
     );
-    assert!(slices > 1, "the tiny model's mask should reach beyond the key slice");
+    assert!(
+        slices > 1,
+        "the tiny model's mask should reach beyond the key slice"
+    );
 
     let (cy, cx) = ((y0 + y1) / 2, (x0 + x1) / 2);
     let got = read_mask_npy(&dir.join("after_point.npy"), shape);
@@ -1303,8 +1332,18 @@ fn slicer_extension_medsam2_box_segments_volume_like_medsam_infer() {
     assert_eq!(summary["lasso"][0], 400);
     assert_eq!(summary["upload_segment"], 200);
     let got = read_mask_npy(&dir.join("slicer_box.npy"), [d, h, w]);
-    let want = infer_medsam2(&ckpt, &cfg, &nii, [x0, y0, z, x1, y1, z], None, &dir.join("box"));
-    assert_eq!(got, want, "Slicer-protocol volume differs from medsam infer");
+    let want = infer_medsam2(
+        &ckpt,
+        &cfg,
+        &nii,
+        [x0, y0, z, x1, y1, z],
+        None,
+        &dir.join("box"),
+    );
+    assert_eq!(
+        got, want,
+        "Slicer-protocol volume differs from medsam infer"
+    );
     eprintln!(
         "medsam2 Slicer box: {} voxels on {} of {d} slices (tiny model)",
         want.iter().filter(|&&v| v > 0).count(),
