@@ -1221,6 +1221,55 @@ fn slices_with_voxels(m: &[u8], d: usize) -> usize {
         .count()
 }
 
+/// A MedSAM2 protocol run: `medsam serve --model-type medsam2` on a [`medsam2_case`], the client
+/// `script` with the box `[z, y0, y1, x0, x1]`, and `medsam infer --model-type medsam2 --box3d
+/// [x0,y0,z,x1,y1,z]` on the same volume; `None` when the fixture is absent.
+struct Medsam2Run {
+    summary: serde_json::Value,
+    /// dir, ckpt, cfg, npy, nii
+    case: [PathBuf; 5],
+    srv: Server,
+    /// `medsam infer`'s labels for the box.
+    want: Vec<u8>,
+}
+
+fn medsam2_run(
+    name: &str,
+    script: &str,
+    shape: [usize; 3],
+    zbox: [usize; 5],
+) -> Option<Medsam2Run> {
+    let [d, h, w] = shape;
+    let case = medsam2_case(name, (d, h, w))?;
+    let [dir, ckpt, cfg, npy, nii] = &case;
+    let srv = start_with(ckpt, cfg, &["--model-type", "medsam2"]);
+    let summary = run_client(script, &srv.addr, npy, zbox, dir, &[]);
+    let [z, y0, y1, x0, x1] = zbox;
+    let want = infer_medsam2(
+        ckpt,
+        cfg,
+        nii,
+        [x0, y0, z, x1, y1, z],
+        None,
+        &dir.join("box"),
+    );
+    eprintln!(
+        "medsam2 {script}: box gives {} voxels on {} of {d} slices (tiny model)",
+        want.iter().filter(|&&v| v > 0).count(),
+        slices_with_voxels(&want, d)
+    );
+    assert!(
+        slices_with_voxels(&want, d) > 1,
+        "the tiny model's mask should reach beyond the key slice"
+    );
+    Some(Medsam2Run {
+        summary,
+        case,
+        srv,
+        want,
+    })
+}
+
 /// With MedSAM2 the real `nninteractive-client`'s box on slice 3 segments the whole volume:
 /// the buffer equals `medsam infer --model-type medsam2 --box3d [x0,y0,3,x1,y1,3]` on the same
 /// volume (as NIfTI), the answer's box is the mask's, undo clears it, and a click in the box
@@ -1230,12 +1279,45 @@ fn nninteractive_client_medsam2_box_segments_volume_like_medsam_infer() {
     if !python_has(&["nnInteractive.inference.remote"], "nninteractive-client") {
         return;
     }
-    let (d, h, w) = (6usize, 64usize, 64usize);
-    let Some([dir, ckpt, cfg, npy, nii]) = medsam2_case("nnia-medsam2", (d, h, w)) else {
+    let shape = [6usize, 64, 64];
+    let zbox @ [z, y0, y1, x0, x1] = [3usize, 14, 46, 18, 50];
+    let Some(run) = medsam2_run("nnia-medsam2", "nninteractive_client.py", shape, zbox) else {
         return;
     };
-    let srv = start_with(&ckpt, &cfg, &["--model-type", "medsam2"]);
-    let (st, _, b) = http(&srv.addr, "GET", "/capabilities", &[], b"");
+    let (summary, [dir, ckpt, cfg, _, nii]) = (&run.summary, &run.case);
+    assert_eq!(
+        summary["original_image_shape"],
+        serde_json::json!([1, shape[0], shape[1], shape[2]])
+    );
+    assert_eq!(summary["undo"], true);
+    assert_eq!(summary["after_undo_voxels"], 0);
+    assert_eq!(summary["float32_int16_same"], true);
+    assert_eq!(summary["lasso"], 400);
+    assert_eq!(summary["heartbeat"], true);
+    let got = read_mask_npy(&dir.join("after_box.npy"), shape);
+    assert_eq!(
+        got, run.want,
+        "server volume differs from medsam infer --model-type medsam2"
+    );
+    assert_eq!(
+        summary["paste_bbox"],
+        nonzero_bbox(&run.want, shape).unwrap_or(serde_json::Value::Null),
+        "the answer's box is not the changed region"
+    );
+    // The click refines the box's prompt on its slice: `--points` with the same box.
+    let (cy, cx) = ((y0 + y1) / 2, (x0 + x1) / 2);
+    let got = read_mask_npy(&dir.join("after_point.npy"), shape);
+    let want = infer_medsam2(
+        ckpt,
+        cfg,
+        nii,
+        [x0, y0, z, x1, y1, z],
+        Some(&format!("{cx},{cy},1")),
+        &dir.join("point"),
+    );
+    assert_eq!(got, want, "box + click differs from medsam infer --points");
+
+    let (st, _, b) = http(&run.srv.addr, "GET", "/capabilities", &[], b"");
     assert_eq!(st, 200);
     let caps = json(&b);
     assert_eq!(caps["model"], "medsam2");
@@ -1244,65 +1326,6 @@ fn nninteractive_client_medsam2_box_segments_volume_like_medsam_infer() {
         caps["supported_interactions"],
         serde_json::json!({"points": true, "bbox2d": true, "bbox3d": false, "lasso": false, "scribble": false})
     );
-    let (z, y0, y1, x0, x1) = (3usize, 14usize, 46usize, 18usize, 50usize);
-    let summary = run_client(
-        "nninteractive_client.py",
-        &srv.addr,
-        &npy,
-        [z, y0, y1, x0, x1],
-        &dir,
-        &[],
-    );
-    assert_eq!(
-        summary["original_image_shape"],
-        serde_json::json!([1, d, h, w])
-    );
-    assert_eq!(summary["undo"], true);
-    assert_eq!(summary["after_undo_voxels"], 0);
-    assert_eq!(summary["float32_int16_same"], true);
-    assert_eq!(summary["lasso"], 400);
-    assert_eq!(summary["heartbeat"], true);
-
-    let shape = [d, h, w];
-    let got = read_mask_npy(&dir.join("after_box.npy"), shape);
-    let want = infer_medsam2(
-        &ckpt,
-        &cfg,
-        &nii,
-        [x0, y0, z, x1, y1, z],
-        None,
-        &dir.join("box"),
-    );
-    assert_eq!(
-        got, want,
-        "server volume differs from medsam infer --model-type medsam2"
-    );
-    assert_eq!(
-        summary["paste_bbox"],
-        nonzero_bbox(&want, shape).unwrap_or(serde_json::Value::Null),
-        "the answer's box is not the changed region"
-    );
-    let slices = slices_with_voxels(&want, d);
-    eprintln!(
-        "medsam2 nnInteractive box: {} voxels on {slices} of {d} slices (tiny model)",
-        want.iter().filter(|&&v| v > 0).count()
-    );
-    assert!(
-        slices > 1,
-        "the tiny model's mask should reach beyond the key slice"
-    );
-
-    let (cy, cx) = ((y0 + y1) / 2, (x0 + x1) / 2);
-    let got = read_mask_npy(&dir.join("after_point.npy"), shape);
-    let want = infer_medsam2(
-        &ckpt,
-        &cfg,
-        &nii,
-        [x0, y0, z, x1, y1, z],
-        Some(&format!("{cx},{cy},1")),
-        &dir.join("point"),
-    );
-    assert_eq!(got, want, "box + click differs from medsam infer --points");
 }
 
 /// The Slicer extension's box on one slice, with MedSAM2: the whole mask it gets back equals
@@ -1312,42 +1335,21 @@ fn slicer_extension_medsam2_box_segments_volume_like_medsam_infer() {
     if !python_has(&["httpx", "numpy"], "httpx/numpy") {
         return;
     }
-    let (d, h, w) = (6usize, 64usize, 64usize);
-    let Some([dir, ckpt, cfg, npy, nii]) = medsam2_case("slicer-medsam2", (d, h, w)) else {
+    let shape = [6usize, 64, 64];
+    let zbox = [3usize, 10, 40, 20, 52];
+    let Some(run) = medsam2_run("slicer-medsam2", "slicer_replay.py", shape, zbox) else {
         return;
     };
-    let srv = start_with(&ckpt, &cfg, &["--model-type", "medsam2"]);
-    let (z, y0, y1, x0, x1) = (3usize, 10usize, 40usize, 20usize, 52usize);
-    let summary = run_client(
-        "slicer_replay.py",
-        &srv.addr,
-        &npy,
-        [z, y0, y1, x0, x1],
-        &dir,
-        &[],
-    );
+    let summary = &run.summary;
     assert_eq!(summary["upload_image"][0], 200);
     assert_eq!(summary["bbox_status"], 200);
     assert_eq!(summary["point_status"], 200);
     assert_eq!(summary["lasso"][0], 400);
     assert_eq!(summary["upload_segment"], 200);
-    let got = read_mask_npy(&dir.join("slicer_box.npy"), [d, h, w]);
-    let want = infer_medsam2(
-        &ckpt,
-        &cfg,
-        &nii,
-        [x0, y0, z, x1, y1, z],
-        None,
-        &dir.join("box"),
-    );
+    let got = read_mask_npy(&run.case[0].join("slicer_box.npy"), shape);
     assert_eq!(
-        got, want,
+        got, run.want,
         "Slicer-protocol volume differs from medsam infer"
-    );
-    eprintln!(
-        "medsam2 Slicer box: {} voxels on {} of {d} slices (tiny model)",
-        want.iter().filter(|&&v| v > 0).count(),
-        slices_with_voxels(&want, d)
     );
 }
 

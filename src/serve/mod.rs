@@ -293,11 +293,16 @@ pub fn segment_prompt(
         let mut s = lock(sess);
         return Ok(s.segment_plane(&st.engine, &st.compute, plane, label, prompt, subtract)?);
     }
-    let (stack, dims, generation) = lock(sess).stack_along(plane.0)?;
+    let stack = lock(sess).stack_along(plane.0)?;
     let mask = {
         let _g = lock(&st.compute);
-        st.engine
-            .propagate(&stack, dims, plane.1, &prompt, &mut |_, _, _| {})?
+        st.engine.propagate(
+            &stack.voxels,
+            stack.dims,
+            plane.1,
+            &prompt,
+            &mut |_, _, _| {},
+        )?
     };
     if !deadline.open(st.opts.request_timeout) {
         return Err(ApiError::new(
@@ -309,7 +314,7 @@ pub fn segment_prompt(
         ));
     }
     let mut s = lock(sess);
-    if s.generation != generation {
+    if s.generation != stack.generation {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "the image was replaced while this prompt was being segmented",

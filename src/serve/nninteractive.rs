@@ -32,7 +32,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -56,27 +56,21 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/reset_interactions", post(reset_interactions))
         .route("/undo", post(undo))
         .route("/predict", post(predict))
-        .route(
-            "/add_bbox_interaction",
-            post(
-                |State(st): State<Arc<AppState>>,
-                 Extension(dl): Extension<Deadline>,
-                 h: HeaderMap,
-                 body: Bytes| { interact(st, dl, h, body, Interaction::Bbox) },
-            ),
-        )
-        .route(
-            "/add_point_interaction",
-            post(
-                |State(st): State<Arc<AppState>>,
-                 Extension(dl): Extension<Deadline>,
-                 h: HeaderMap,
-                 body: Bytes| { interact(st, dl, h, body, Interaction::Point) },
-            ),
-        )
+        .route("/add_bbox_interaction", interaction(Interaction::Bbox))
+        .route("/add_point_interaction", interaction(Interaction::Point))
         .route("/add_scribble_interaction", post(unsupported_scribble))
         .route("/add_lasso_interaction", post(unsupported_lasso))
         .route("/add_initial_seg_interaction", post(add_initial_seg))
+}
+
+/// The POST route of an interaction kind ([`interact`]).
+fn interaction(kind: Interaction) -> MethodRouter<Arc<AppState>> {
+    post(
+        move |State(st): State<Arc<AppState>>,
+              Extension(dl): Extension<Deadline>,
+              h: HeaderMap,
+              body: Bytes| interact(st, dl, h, body, kind),
+    )
 }
 
 fn lease(h: &HeaderMap) -> Option<&str> {

@@ -146,6 +146,16 @@ pub struct Propagation {
     pub outcome: Option<std::result::Result<(), String>>,
 }
 
+/// A grey volume as the stack of one axis' slices, for a volume model.
+pub struct Stack {
+    /// `d·h·w` uint8, slice after slice.
+    pub voxels: Vec<u8>,
+    /// `(d, h, w)`: slices along the axis, then the plane's rows and columns.
+    pub dims: (usize, usize, usize),
+    /// The session's [`Session::generation`] it was taken from.
+    pub generation: u64,
+}
+
 /// One session.
 pub struct Session {
     pub created: Instant,
@@ -461,8 +471,8 @@ impl Session {
     }
 
     /// A volume model's input for a prompt on a plane of `axis`: the grey volume as the stack of
-    /// that axis' slices `(d, h, w)` (the volume itself for axis 0), and the image's generation.
-    pub fn stack_along(&self, axis: usize) -> Result<(Vec<u8>, (usize, usize, usize), u64)> {
+    /// that axis' slices (the volume itself for axis 0).
+    pub fn stack_along(&self, axis: usize) -> Result<Stack> {
         let v = self.volume()?;
         if v.channels != 1 {
             return Err(Error::arg(
@@ -481,7 +491,11 @@ impl Session {
             }
             s
         };
-        Ok((stack, (d, h, w), self.generation))
+        Ok(Stack {
+            voxels: stack,
+            dims: (d, h, w),
+            generation: self.generation,
+        })
     }
 
     /// Writes a volume model's answer to `prompt` on `plane` (`mask`: 0/1 in the

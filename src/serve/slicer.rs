@@ -23,7 +23,7 @@
 //! ([`super::engine::Engine::volume_u8`]).
 
 use super::engine::Prompt;
-use super::session::{Session, Volume};
+use super::session::{Plane, Session, Volume};
 use super::{blocking, lock, segment_prompt, ApiError, AppState, Deadline};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -258,13 +258,28 @@ pub async fn add_bbox(
         )));
     };
     let (plane, bbox) = lock(&sess).volume()?.plane_box(axis, lo, hi)?;
+    let prompt = Prompt {
+        bbox: Some(bbox),
+        points: Vec::new(),
+    };
+    segment_and_answer(st, sess, deadline, move |_| Ok((plane, prompt, !pos))).await
+}
+
+/// Marks the session active, makes the prompt (plane, prompt, subtract) from it, segments it
+/// ([`segment_prompt`]) and answers with the whole mask.
+async fn segment_and_answer(
+    st: Arc<AppState>,
+    sess: Arc<Mutex<Session>>,
+    deadline: Deadline,
+    make: impl FnOnce(&Session) -> Result<(Plane, Prompt, bool), ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
     blocking(move || {
-        lock(&sess).touch();
-        let prompt = Prompt {
-            bbox: Some(bbox),
-            points: Vec::new(),
+        let (plane, prompt, subtract) = {
+            let mut s = lock(&sess);
+            s.touch();
+            make(&s)?
         };
-        segment_prompt(&st, &sess, plane, OBJECT, prompt, !pos, deadline)?;
+        segment_prompt(&st, &sess, plane, OBJECT, prompt, subtract, deadline)?;
         mask_response(&lock(&sess))
     })
     .await
@@ -278,14 +293,9 @@ pub async fn add_point(
     let sess = slicer_session(&st)?;
     let p = body_json(&body)?;
     let (c, pos) = (ints(&p, "voxel_coord")?, positive(&p)?);
-    blocking(move || {
-        let (plane, prompt) = {
-            let mut s = lock(&sess);
-            s.touch();
-            s.point_prompt(c, pos, OBJECT)?
-        };
-        segment_prompt(&st, &sess, plane, OBJECT, prompt, false, deadline)?;
-        mask_response(&lock(&sess))
+    segment_and_answer(st, sess, deadline, move |s| {
+        let (plane, prompt) = s.point_prompt(c, pos, OBJECT)?;
+        Ok((plane, prompt, false))
     })
     .await
 }
