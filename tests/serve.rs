@@ -2,6 +2,10 @@
 //!
 //! - the real `nninteractive-client` (Python, `MEDSAM_PYTHON`) sets a volume, a target buffer and
 //!   a 2D box; the mask must equal `medsam infer` on that slice (saved as PNG) and box;
+//! - with a tiny MedSAM2 (`--model-type medsam2`) the same client's box and click on one slice,
+//!   and the Slicer extension's box, segment the whole volume exactly as
+//!   `medsam infer --model-type medsam2 --box3d` with that slice as z range (a float volume, so
+//!   the intensity conversion is checked too);
 //! - blosc2 chunks made by the real `blosc2` package (codecs, filters, types, odd sizes) decode
 //!   to the same bytes;
 //! - malformed requests get 4xx JSON errors, the API key is enforced, SIGTERM stops the server.
@@ -265,6 +269,39 @@ fn infer_png(ckpt: &Path, png: &Path, b: [usize; 4], out: &Path) -> Vec<bool> {
     read_png_mask(&out.join(format!("seg_{stem}.png")))
 }
 
+/// Runs the client script `tests/serve/SCRIPT` against the server at `addr` with the volume, the
+/// box `[z, y0, y1, x0, x1]`, the output directory and `extra` arguments; returns its JSON summary.
+fn run_client(
+    script: &str,
+    addr: &str,
+    vol_path: &Path,
+    zbox: [usize; 5],
+    dir: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let o = Command::new(python())
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/serve")
+                .join(script),
+        )
+        .arg(format!("http://{addr}"))
+        .arg(vol_path)
+        .args(zbox.map(|v| v.to_string()))
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = json(&o.stdout);
+    eprintln!("{script}: {summary}");
+    summary
+}
+
 #[test]
 fn nninteractive_client_box_matches_medsam_infer() {
     if !python_has(&["nnInteractive.inference.remote"], "nninteractive-client") {
@@ -275,22 +312,14 @@ fn nninteractive_client_box_matches_medsam_infer() {
     let (z, y0, y1, x0, x1) = (2usize, 8usize, 36usize, 10usize, 34usize);
     let key = "test-key-123";
     let srv = start(&ckpt, &["--api-key", key]);
-    let o = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/nninteractive_client.py"))
-        .arg(format!("http://{}", srv.addr))
-        .arg(&vol_path)
-        .args([z, y0, y1, x0, x1].map(|v| v.to_string()))
-        .arg(&dir)
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "client failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    let summary = run_client(
+        "nninteractive_client.py",
+        &srv.addr,
+        &vol_path,
+        [z, y0, y1, x0, x1],
+        &dir,
+        &[key],
     );
-    let summary = json(&o.stdout);
-    eprintln!("client summary: {summary}");
     assert_eq!(summary["supported_interactions"]["bbox2d"], true);
     assert_eq!(summary["supported_interactions"]["lasso"], false);
     assert_eq!(
@@ -335,21 +364,14 @@ fn slicer_extension_requests_match_medsam_infer() {
     let (dir, ckpt, vol, vol_path) = protocol_case("slicer", (d, h, w));
     let (z, y0, y1, x0, x1) = (1usize, 6usize, 30usize, 12usize, 40usize);
     let srv = start(&ckpt, &[]);
-    let o = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/slicer_replay.py"))
-        .arg(format!("http://{}", srv.addr))
-        .arg(&vol_path)
-        .args([z, y0, y1, x0, x1].map(|v| v.to_string()))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "replay failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    let summary = run_client(
+        "slicer_replay.py",
+        &srv.addr,
+        &vol_path,
+        [z, y0, y1, x0, x1],
+        &dir,
+        &[],
     );
-    let summary = json(&o.stdout);
-    eprintln!("slicer replay: {summary}");
     assert_eq!(summary["upload_image"][0], 200);
     assert_eq!(summary["bbox_status"], 200);
     assert_eq!(summary["content_encoding"], "gzip");
@@ -1111,6 +1133,224 @@ fn web_medsam2_box_propagates_like_medsam_infer() {
         let (_, _, l) = http(a, "GET", &format!("/api/labels?z={z}"), &lease, b"");
         assert!(l.iter().all(|&v| v == 0));
     }
+}
+
+/// A MedSAM2 protocol test's directory, tiny checkpoint and config, and a float `d × h × w`
+/// volume (not uint8, so the server must convert it as `medsam infer --model-type medsam2`
+/// does) as `vol.npy` (float32) and `vol.nii.gz`; `None` when the fixture is absent.
+fn medsam2_case(name: &str, (d, h, w): (usize, usize, usize)) -> Option<[PathBuf; 5]> {
+    let dir = tmpdir(name);
+    let (ckpt, cfg) = tiny_medsam2(&dir)?;
+    let vol: Vec<f32> = volume(d, h, w)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v as f32 * 7.25 - 40.0 + (i % 7) as f32 * 0.5)
+        .collect();
+    let npy = dir.join("vol.npy");
+    medsam::io::npy::write_npy_f32(&npy, &[d, h, w], &vol).unwrap();
+    let nii = dir.join("vol.nii.gz");
+    medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &vol, [1.0; 3]).unwrap();
+    Some([dir, ckpt, cfg, npy, nii])
+}
+
+/// `medsam infer --model-type medsam2` on `nii` with one `--box3d` (and `--points` when given);
+/// returns the label volume.
+fn infer_medsam2(
+    ckpt: &Path,
+    cfg: &Path,
+    nii: &Path,
+    box3d: [usize; 6],
+    points: Option<&str>,
+    out: &Path,
+) -> Vec<u8> {
+    let b = box3d.map(|v| v.to_string()).join(",");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medsam"));
+    cmd.args(["infer", "--model-type", "medsam2", "-c"])
+        .arg(ckpt)
+        .arg("--model-config")
+        .arg(cfg)
+        .arg("-i")
+        .arg(nii)
+        .arg("-o")
+        .arg(out)
+        .arg("--box3d")
+        .arg(format!("[{b}]"));
+    if let Some(p) = points {
+        cmd.args(["--points", p]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stem = nii
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".nii.gz", "");
+    let seg = medsam::io::nifti::read_nifti(out.join(format!("seg_{stem}.nii.gz"))).unwrap();
+    seg.data.iter().map(|&v| v as u8).collect()
+}
+
+/// A saved 0/1 (or label) `.npy` buffer of `shape` as 0/1 bytes.
+fn read_mask_npy(path: &Path, shape: [usize; 3]) -> Vec<u8> {
+    let a = medsam::io::npy::read_npy(path).unwrap();
+    assert_eq!(a.shape, shape.to_vec(), "{}", path.display());
+    a.to_u8()
+        .unwrap()
+        .iter()
+        .map(|&v| u8::from(v > 0))
+        .collect()
+}
+
+/// The half-open bounding box `[[lo, hi]; 3]` of the non-zero voxels.
+fn nonzero_bbox(m: &[u8], [_, h, w]: [usize; 3]) -> Option<serde_json::Value> {
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+    for (i, _) in m.iter().enumerate().filter(|(_, &v)| v > 0) {
+        let at = [i / (h * w), (i / w) % h, i % w];
+        for k in 0..3 {
+            lo[k] = lo[k].min(at[k]);
+            hi[k] = hi[k].max(at[k] + 1);
+        }
+    }
+    (lo[0] != usize::MAX)
+        .then(|| serde_json::json!([[lo[0], hi[0]], [lo[1], hi[1]], [lo[2], hi[2]]]))
+}
+
+/// How many slices hold a voxel of the mask.
+fn slices_with_voxels(m: &[u8], d: usize) -> usize {
+    m.chunks(m.len() / d)
+        .filter(|s| s.iter().any(|&v| v > 0))
+        .count()
+}
+
+/// A MedSAM2 protocol run: `medsam serve --model-type medsam2` on a [`medsam2_case`], the client
+/// `script` with the box `[z, y0, y1, x0, x1]`, and `medsam infer --model-type medsam2 --box3d
+/// [x0,y0,z,x1,y1,z]` on the same volume; `None` when the fixture is absent.
+struct Medsam2Run {
+    summary: serde_json::Value,
+    /// dir, ckpt, cfg, npy, nii
+    case: [PathBuf; 5],
+    srv: Server,
+    /// `medsam infer`'s labels for the box.
+    want: Vec<u8>,
+}
+
+fn medsam2_run(
+    name: &str,
+    script: &str,
+    shape: [usize; 3],
+    zbox: [usize; 5],
+) -> Option<Medsam2Run> {
+    let [d, h, w] = shape;
+    let case = medsam2_case(name, (d, h, w))?;
+    let [dir, ckpt, cfg, npy, nii] = &case;
+    let srv = start_with(ckpt, cfg, &["--model-type", "medsam2"]);
+    let summary = run_client(script, &srv.addr, npy, zbox, dir, &[]);
+    let [z, y0, y1, x0, x1] = zbox;
+    let want = infer_medsam2(
+        ckpt,
+        cfg,
+        nii,
+        [x0, y0, z, x1, y1, z],
+        None,
+        &dir.join("box"),
+    );
+    eprintln!(
+        "medsam2 {script}: box gives {} voxels on {} of {d} slices (tiny model)",
+        want.iter().filter(|&&v| v > 0).count(),
+        slices_with_voxels(&want, d)
+    );
+    assert!(
+        slices_with_voxels(&want, d) > 1,
+        "the tiny model's mask should reach beyond the key slice"
+    );
+    Some(Medsam2Run {
+        summary,
+        case,
+        srv,
+        want,
+    })
+}
+
+/// With MedSAM2 the real `nninteractive-client`'s box on slice 3 segments the whole volume:
+/// the buffer equals `medsam infer --model-type medsam2 --box3d [x0,y0,3,x1,y1,3]` on the same
+/// volume (as NIfTI), the answer's box is the mask's, undo clears it, and a click in the box
+/// equals that command with the click as `--points`. /capabilities says what is honoured.
+#[test]
+fn nninteractive_client_medsam2_box_segments_volume_like_medsam_infer() {
+    if !python_has(&["nnInteractive.inference.remote"], "nninteractive-client") {
+        return;
+    }
+    let shape = [6usize, 64, 64];
+    let zbox @ [z, y0, y1, x0, x1] = [3usize, 14, 46, 18, 50];
+    let Some(run) = medsam2_run("nnia-medsam2", "nninteractive_client.py", shape, zbox) else {
+        return;
+    };
+    let (summary, [dir, ckpt, cfg, _, nii]) = (&run.summary, &run.case);
+    assert_eq!(
+        summary["original_image_shape"],
+        serde_json::json!([1, shape[0], shape[1], shape[2]])
+    );
+    assert_eq!(summary["undo"], true);
+    assert_eq!(summary["after_undo_voxels"], 0);
+    assert_eq!(summary["float32_int16_same"], true);
+    assert_eq!(summary["lasso"], 400);
+    assert_eq!(summary["heartbeat"], true);
+    let got = read_mask_npy(&dir.join("after_box.npy"), shape);
+    assert_eq!(
+        got, run.want,
+        "server volume differs from medsam infer --model-type medsam2"
+    );
+    assert_eq!(
+        summary["paste_bbox"],
+        nonzero_bbox(&run.want, shape).unwrap_or(serde_json::Value::Null),
+        "the answer's box is not the changed region"
+    );
+    // The click refines the box's prompt on its slice: `--points` with the same box.
+    let (cy, cx) = ((y0 + y1) / 2, (x0 + x1) / 2);
+    let got = read_mask_npy(&dir.join("after_point.npy"), shape);
+    let want = infer_medsam2(
+        ckpt,
+        cfg,
+        nii,
+        [x0, y0, z, x1, y1, z],
+        Some(&format!("{cx},{cy},1")),
+        &dir.join("point"),
+    );
+    assert_eq!(got, want, "box + click differs from medsam infer --points");
+
+    let (st, _, b) = http(&run.srv.addr, "GET", "/capabilities", &[], b"");
+    assert_eq!(st, 200);
+    let caps = json(&b);
+    assert_eq!(caps["model"], "medsam2");
+    assert_eq!(caps["prediction_extent"], "volume");
+    assert_eq!(
+        caps["supported_interactions"],
+        serde_json::json!({"points": true, "bbox2d": true, "bbox3d": false, "lasso": false, "scribble": false})
+    );
+}
+
+/// The Slicer extension's box on one slice, with MedSAM2: the whole mask it gets back equals
+/// `medsam infer --model-type medsam2` with that slice as z range.
+#[test]
+fn slicer_extension_medsam2_box_segments_volume_like_medsam_infer() {
+    if !python_has(&["httpx", "numpy"], "httpx/numpy") {
+        return;
+    }
+    let shape = [6usize, 64, 64];
+    let zbox = [3usize, 10, 40, 20, 52];
+    let Some(run) = medsam2_run("slicer-medsam2", "slicer_replay.py", shape, zbox) else {
+        return;
+    };
+    let summary = &run.summary;
+    assert_eq!(summary["upload_image"][0], 200);
+    assert_eq!(summary["bbox_status"], 200);
+    assert_eq!(summary["point_status"], 200);
+    assert_eq!(summary["lasso"][0], 400);
+    assert_eq!(summary["upload_segment"], 200);
+    let got = read_mask_npy(&run.case[0].join("slicer_box.npy"), shape);
+    assert_eq!(
+        got, run.want,
+        "Slicer-protocol volume differs from medsam infer"
+    );
 }
 
 /// The files of tests/fixtures/dicom/ct_case01 and the uint8 volume `medsam infer -i DIR` makes

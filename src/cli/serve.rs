@@ -7,11 +7,10 @@ use super::infer::is_volume_path;
 use medsam::io::dicom::read_series;
 use medsam::io::nifti::{read_nifti, NiftiVolume};
 use medsam::io::volume::{read_nifti_volume, read_npz_volume, u8_volume};
-use medsam::models::sam2::volume::{to_uint8, Intensity};
 use medsam::models::sam2::{load_sam2, VideoPredictor};
 use medsam::pipeline::infer::lite::lite_image;
 use medsam::pipeline::infer::sam::read_input_image;
-use medsam::serve::engine::Engine;
+use medsam::serve::engine::{medsam2_u8, Engine};
 use medsam::serve::session::Volume;
 use medsam::serve::{AppState, ServeOptions};
 use medsam::{Error, Result};
@@ -107,18 +106,7 @@ fn decode_upload(name: &str, bytes: &[u8], medsam2: bool) -> Result<Volume> {
 fn grey_volume(path: &std::path::Path, v: &NiftiVolume, medsam2: bool) -> Result<Volume> {
     medsam::io::volume::check_finite(path, v)?;
     let data = if medsam2 {
-        let keep = v
-            .data
-            .iter()
-            .all(|&x| x.fract() == 0.0 && (0.0..=255.0).contains(&x));
-        to_uint8(
-            &v.data,
-            if keep {
-                Intensity::AsIs
-            } else {
-                Intensity::Percentile
-            },
-        )
+        medsam2_u8(&v.data)?
     } else {
         u8_volume(path, v).data
     };

@@ -368,24 +368,25 @@ fn zstd_into(src: &[u8], dest: &mut [u8]) -> std::result::Result<(), String> {
 /// shorter than one element was left in place.
 pub fn unshuffle(typesize: usize, src: &[u8], dest: &mut [u8]) {
     let n = src.len() / typesize;
-    for i in 0..n {
-        for j in 0..typesize {
-            dest[i * typesize + j] = src[j * n + i];
-        }
-    }
-    let tail = n * typesize;
-    dest[tail..].copy_from_slice(&src[tail..]);
+    transpose_bytes(typesize, n, src, dest);
 }
 
 /// The byte shuffle of one block (the inverse of [`unshuffle`]); for tests and encoders.
 pub fn shuffle(typesize: usize, src: &[u8], dest: &mut [u8]) {
     let n = src.len() / typesize;
-    for i in 0..n {
-        for j in 0..typesize {
-            dest[j * n + i] = src[i * typesize + j];
+    transpose_bytes(n, typesize, src, dest);
+}
+
+/// `dest` = the `rows × cols` byte matrix at the start of `src`, transposed; the tail after it
+/// is copied as it is.
+#[inline(always)]
+fn transpose_bytes(rows: usize, cols: usize, src: &[u8], dest: &mut [u8]) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dest[c * rows + r] = src[r * cols + c];
         }
     }
-    let tail = n * typesize;
+    let tail = rows * cols;
     dest[tail..].copy_from_slice(&src[tail..]);
 }
 

@@ -6,15 +6,20 @@
 //! (`Predictor::predict_box` / `LitePredictor::predict_box`), so the masks are identical.
 //!
 //! MedSAM2 (a video predictor) has no per-slice embedding to cache: [`Engine::propagate`] runs
-//! `medsam infer --model-type medsam2`'s whole 3D recipe (`segment_volume_medsam2`) from a box on
-//! one slice, with the same preprocessing and defaults, so the volume masks are identical.
+//! `medsam infer --model-type medsam2`'s whole 3D recipe (`segment_volume_medsam2`) from a box
+//! and/or points on one slice, with the same preprocessing and defaults, so the volume masks are
+//! identical. Its uint8 volumes are made by [`medsam2_u8`], the conversion `medsam infer
+//! --model-type medsam2` applies to a NIfTI volume (the slice models' is `session::to_u8`,
+//! `medsam infer`'s for them); [`Engine::volume_u8`] picks the model's.
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::models::lite::LiteMedSam;
 use crate::models::sam::prompt_encoder::Point;
 use crate::models::sam::Sam;
-use crate::models::sam2::volume::{segment_volume_medsam2_live, volume_to_frames, VolumePrompt};
+use crate::models::sam2::volume::{
+    segment_volume_medsam2_live, to_uint8, volume_to_frames, Intensity, VolumePrompt,
+};
 use crate::models::sam2::{Prompt as Sam2Prompt, VideoPredictor};
 use crate::pipeline::infer::lite::{ImageU8, LitePredictor};
 use crate::pipeline::infer::sam::{InferPrecision, InputImage, Predictor};
@@ -197,14 +202,47 @@ fn input_image(img: &ImageU8) -> InputImage {
 fn slice_by_slice_error() -> Error {
     Error::arg(
         "model",
-        "MedSAM2 segments whole volumes from a box (the web page); the nnInteractive and Slicer protocols need a slice model (litemedsam or medsam)",
+        "MedSAM2 has no slice embeddings: its prompts segment the whole volume (Engine::propagate)",
     )
+}
+
+/// Raw voxels → uint8 as `medsam infer --model-type medsam2` converts a NIfTI volume (without
+/// `--window`): integers in 0–255 kept, anything else clipped to the 0.5–99.5th percentiles of
+/// the non-zero voxels and min-max scaled. Non-finite values are refused, as `medsam infer`
+/// refuses them.
+pub fn medsam2_u8(data: &[f64]) -> Result<Vec<u8>> {
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        return Err(Error::arg(
+            "image",
+            format!("voxel {i} is {}: MedSAM2 needs finite intensities", data[i]),
+        ));
+    }
+    let keep = data
+        .iter()
+        .all(|&x| x.fract() == 0.0 && (0.0..=255.0).contains(&x));
+    let how = if keep {
+        Intensity::AsIs
+    } else {
+        Intensity::Percentile
+    };
+    Ok(to_uint8(data, how))
 }
 
 impl Engine {
     /// Whether prompts segment the whole volume ([`Engine::propagate`]) rather than one slice.
     pub fn propagates(&self) -> bool {
         matches!(self, Engine::Medsam2(_))
+    }
+
+    /// The `n` voxels `values(i)` of an uploaded volume as uint8, converted as `medsam infer`
+    /// converts a NIfTI volume for this model: [`medsam2_u8`] for MedSAM2, `session::to_u8`
+    /// (integers in 0–255 kept, else min-max) for the slice models.
+    pub fn volume_u8(&self, values: impl Fn(usize) -> f64, n: usize) -> Result<Vec<u8>> {
+        if self.propagates() {
+            medsam2_u8(&(0..n).map(values).collect::<Vec<f64>>())
+        } else {
+            Ok(super::session::to_u8(values, n))
+        }
     }
 
     /// MedSAM2's 3D recipe on a grey uint8 volume `(d, h, w)` for one object prompted on slice

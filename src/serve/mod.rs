@@ -6,8 +6,16 @@
 //! sessions are keyed by an unguessable token, expire when idle, and each caches the embeddings
 //! of the slices it has prompted on.
 //!
+//! Models: a slice model (MedSAM, LiteMedSAM) answers a prompt on one slice with that slice's
+//! mask; MedSAM2 answers it with the whole volume's, tracking the object from the prompted slice
+//! through every slice of that axis ([`segment_prompt`]). Volumes are made uint8 as `medsam
+//! infer` makes that model's NIfTI input ([`engine::Engine::volume_u8`]).
+//!
 //! Limits: request bodies are capped, decoded arrays are capped before allocation, each request
-//! has a deadline, and the model runs one request at a time (`compute`). Errors are JSON
+//! has a deadline, and the model runs one request at a time (`compute`). A MedSAM2 propagation
+//! with real weights takes seconds per slice on a CPU: a large volume needs a longer
+//! `--request-timeout` (and client read timeout) than the defaults; a result that arrives after
+//! the deadline (the request was already answered with 503) is dropped, not written. Errors are JSON
 //! `{"detail": "..."}` with a 4xx/5xx status (FastAPI's shape, which the Python clients read).
 //! The library never prints: every finished request is reported to [`ServeOptions::on_request`].
 
@@ -24,8 +32,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use engine::Engine;
-use session::Session;
+use engine::{Engine, Prompt};
+use session::{Plane, Session};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -249,9 +257,77 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     ct_eq(given.as_bytes(), key.as_bytes())
 }
 
+/// The instant at which the guard answers a request with 503 (a request extension).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// Whether work finishing now can still be answered: before the deadline with a margin for
+    /// the answer itself (a tenth of the timeout, at most a second).
+    fn open(self, timeout: Duration) -> bool {
+        let margin = (timeout / 10).min(Duration::from_secs(1));
+        Instant::now() + margin < self.0
+    }
+}
+
+/// Runs `prompt` on `plane` as `label` and writes the result into the session's labels (one
+/// undo step); `subtract` clears the result's voxels of `label` instead. Returns the changed
+/// region, or `None` when nothing changed. To be called off the async threads ([`blocking`]).
+///
+/// - A slice model segments the plane ([`Session::segment_plane`]).
+/// - A volume model (MedSAM2) runs `medsam infer --model-type medsam2`'s 3D recipe with the plane
+///   as key slice through every slice along the plane's axis ([`Engine::propagate`]); the mask
+///   replaces (or, subtracting, clears) `label` in the whole volume, as the slice model's does on
+///   its plane. The session is not locked meanwhile (heartbeats keep answering); the result is
+///   dropped when the image was replaced or the `deadline` has passed.
+pub fn segment_prompt(
+    st: &AppState,
+    sess: &Mutex<Session>,
+    plane: Plane,
+    label: u8,
+    prompt: Prompt,
+    subtract: bool,
+    deadline: Deadline,
+) -> Result<Option<[[usize; 2]; 3]>, ApiError> {
+    if !st.engine.propagates() {
+        let mut s = lock(sess);
+        return Ok(s.segment_plane(&st.engine, &st.compute, plane, label, prompt, subtract)?);
+    }
+    let stack = lock(sess).stack_along(plane.0)?;
+    let mask = {
+        let _g = lock(&st.compute);
+        st.engine.propagate(
+            &stack.voxels,
+            stack.dims,
+            plane.1,
+            &prompt,
+            &mut |_, _, _| {},
+        )?
+    };
+    if !deadline.open(st.opts.request_timeout) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the segmentation took longer than the request timeout ({} s) and was dropped; restart the server with a longer --request-timeout",
+                st.opts.request_timeout.as_secs()
+            ),
+        ));
+    }
+    let mut s = lock(sess);
+    if s.generation != stack.generation {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the image was replaced while this prompt was being segmented",
+        ));
+    }
+    Ok(s.apply_propagation(plane, label, prompt, &mask, subtract)?)
+}
+
 /// Bearer key check (except health and the page's static files), deadline, and the log line.
-async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let t0 = Instant::now();
+    req.extensions_mut()
+        .insert(Deadline(t0 + state.opts.request_timeout));
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let public = path == "/healthz" || path == "/" || path.starts_with("/static/");

@@ -8,18 +8,31 @@
 //! is a 2D box on that slice (see `session.rs` for the plane convention), segmented and written
 //! into the buffer as 1 (a negative box clears its mask instead). A point refines the object on
 //! the slice last boxed when it lies on it (else the axis-0 slice through it), together with that
-//! slice's box. Lasso, scribble and 3D boxes are not offered (`supported_interactions`) and are
-//! refused with 400.
+//! slice's box (a negative point is a negative click of that prompt). Lasso, scribble and 3D
+//! boxes are not offered (`supported_interactions`) and are refused with 400.
+//!
+//! MedSAM2 (`--model-type medsam2`) answers as nnInteractive's own 3D model does: the same box or
+//! point prompt on its slice is the key slice of `medsam infer --model-type medsam2`'s 3D recipe,
+//! run through every slice along that axis, and the object's mask in the whole buffer is replaced
+//! by the result (a negative box clears the result's voxels instead; a negative point is a
+//! negative click of the slice's prompt, as above); the answer carries the changed box of the
+//! whole volume. A box on axis-0 slice `z` with corners `x0, y0, x1, y1` (half-open) gives the
+//! voxels of `medsam infer --model-type medsam2 --box3d [x0,y0,z,x1,y1,z]` (inclusive z) on the
+//! same volume saved as NIfTI. The image becomes uint8 as that command makes a NIfTI volume
+//! (integers in 0–255 kept, else a 0.5–99.5th percentile clip; slice models: integers kept,
+//! else min-max, as `medsam infer` for them): [`super::engine::Engine::volume_u8`]. Real weights
+//! take seconds per slice on a CPU: give the client a `read_timeout` (60 s by default) and the
+//! server a `--request-timeout` (300 s) that cover the volume.
 
 use super::engine::Prompt;
 use super::nnia::{self, DType};
-use super::session::{to_u8, Plane, Session, Volume};
-use super::{blocking, lock, ApiError, AppState};
+use super::session::{Plane, Session, Volume};
+use super::{blocking, lock, segment_prompt, ApiError, AppState, Deadline};
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -43,25 +56,21 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/reset_interactions", post(reset_interactions))
         .route("/undo", post(undo))
         .route("/predict", post(predict))
-        .route(
-            "/add_bbox_interaction",
-            post(
-                |State(st): State<Arc<AppState>>, h: HeaderMap, body: Bytes| {
-                    interact(st, h, body, Interaction::Bbox)
-                },
-            ),
-        )
-        .route(
-            "/add_point_interaction",
-            post(
-                |State(st): State<Arc<AppState>>, h: HeaderMap, body: Bytes| {
-                    interact(st, h, body, Interaction::Point)
-                },
-            ),
-        )
+        .route("/add_bbox_interaction", interaction(Interaction::Bbox))
+        .route("/add_point_interaction", interaction(Interaction::Point))
         .route("/add_scribble_interaction", post(unsupported_scribble))
         .route("/add_lasso_interaction", post(unsupported_lasso))
         .route("/add_initial_seg_interaction", post(add_initial_seg))
+}
+
+/// The POST route of an interaction kind ([`interact`]).
+fn interaction(kind: Interaction) -> MethodRouter<Arc<AppState>> {
+    post(
+        move |State(st): State<Arc<AppState>>,
+              Extension(dl): Extension<Deadline>,
+              h: HeaderMap,
+              body: Bytes| interact(st, dl, h, body, kind),
+    )
 }
 
 fn lease(h: &HeaderMap) -> Option<&str> {
@@ -134,6 +143,8 @@ async fn capabilities(State(st): State<Arc<AppState>>) -> Json<Value> {
         "license": "Apache-2.0",
         "supports_undo": true,
         "model": st.engine.name(),
+        // What one box or point segments: its slice, or (MedSAM2) the whole volume.
+        "prediction_extent": if st.engine.propagates() { "volume" } else { "slice" },
     }))
 }
 
@@ -213,7 +224,7 @@ async fn set_image(
             .map(|s| std::array::from_fn(|i| s[i].as_f64().unwrap_or(1.0)))
             .unwrap_or([1.0; 3]);
         let n = n0 * n1 * n2;
-        let data = to_u8(|i| a.dtype.read_f64(&a.data, i), n);
+        let data = st.engine.volume_u8(|i| a.dtype.read_f64(&a.data, i), n)?;
         let mut s = lock(&sess);
         s.touch();
         s.set_volume(Volume {
@@ -254,16 +265,23 @@ async fn set_target_buffer(
             ))
         })?;
     let mut s = lock(&sess);
-    let vol = s.volume()?;
-    if shape != vol.shape {
-        return Err(ApiError::bad(format!(
-            "target buffer shape {shape:?} differs from the image's {:?}",
-            vol.shape
-        )));
-    }
+    s.check_shape(&shape, "target buffer")?;
     s.touch();
     s.target_dtype = Some(dtype);
     s.reset();
+    Ok(Json(json!({})))
+}
+
+/// Marks the lease's session active, applies `f` to it and answers `{}`.
+fn touch_session(
+    st: &AppState,
+    h: &HeaderMap,
+    f: impl FnOnce(&mut Session),
+) -> Result<Json<Value>, ApiError> {
+    let s = st.session(lease(h))?;
+    let mut s = lock(&s);
+    s.touch();
+    f(&mut s);
     Ok(Json(json!({})))
 }
 
@@ -271,21 +289,15 @@ async fn set_do_autozoom(
     State(st): State<Arc<AppState>>,
     h: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    // Autozoom is nnInteractive's patch strategy; a 2D model sees whole slices anyway.
-    let s = st.session(lease(&h))?;
-    lock(&s).touch();
-    Ok(Json(json!({})))
+    // Autozoom is nnInteractive's patch strategy; our models see whole slices anyway.
+    touch_session(&st, &h, |_| {})
 }
 
 async fn reset_interactions(
     State(st): State<Arc<AppState>>,
     h: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let s = st.session(lease(&h))?;
-    let mut s = lock(&s);
-    s.touch();
-    s.reset();
-    Ok(Json(json!({})))
+    touch_session(&st, &h, Session::reset)
 }
 
 /// The answer to an interaction: the changed region of the target buffer, in its type.
@@ -340,37 +352,41 @@ async fn undo(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Response,
     prediction_response(&s, b.is_some(), b)
 }
 
-/// Runs a prompt on a plane and answers with the changed region.
+/// Runs a prompt on a plane ([`segment_prompt`]: that slice, or the volume with MedSAM2) and
+/// answers with the changed region; with `run` false it is kept for `/predict`.
 async fn run_prompt(
     st: Arc<AppState>,
     sess: Arc<std::sync::Mutex<Session>>,
-    plane: Plane,
-    prompt: Prompt,
-    subtract: bool,
+    (plane, prompt, subtract): (Plane, Prompt, bool),
     run: bool,
+    deadline: Deadline,
 ) -> Result<Response, ApiError> {
     blocking(move || {
-        let mut s = lock(&sess);
-        s.touch();
-        if !run {
-            s.pending = Some((plane, prompt, subtract));
-            return prediction_response(&s, false, None);
+        {
+            let mut s = lock(&sess);
+            s.touch();
+            if !run {
+                s.pending = Some((plane, prompt, subtract));
+                return prediction_response(&s, false, None);
+            }
+            s.pending = None;
         }
-        s.pending = None;
-        let b = s.segment_plane(&st.engine, &st.compute, plane, OBJECT, prompt, subtract)?;
-        prediction_response(&s, true, b)
+        let b = segment_prompt(&st, &sess, plane, OBJECT, prompt, subtract, deadline)?;
+        prediction_response(&lock(&sess), true, b)
     })
     .await
 }
 
-async fn predict(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Response, ApiError> {
+async fn predict(
+    State(st): State<Arc<AppState>>,
+    Extension(dl): Extension<Deadline>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
     let sess = st.session(lease(&h))?;
     let pending = lock(&sess).pending.take();
     match pending {
         None => prediction_response(&lock(&sess), false, None),
-        Some((plane, prompt, subtract)) => {
-            run_prompt(st, sess, plane, prompt, subtract, true).await
-        }
+        Some(p) => run_prompt(st, sess, p, true, dl).await,
     }
 }
 
@@ -394,14 +410,15 @@ enum Interaction {
 /// extension, which uses the same paths.
 async fn interact(
     st: Arc<AppState>,
+    deadline: Deadline,
     h: HeaderMap,
     body: Bytes,
     kind: Interaction,
 ) -> Result<Response, ApiError> {
     if lease(&h).is_none() {
         return match kind {
-            Interaction::Bbox => super::slicer::add_bbox(State(st), body).await,
-            Interaction::Point => super::slicer::add_point(State(st), body).await,
+            Interaction::Bbox => super::slicer::add_bbox(st, deadline, body).await,
+            Interaction::Point => super::slicer::add_point(st, deadline, body).await,
         };
     }
     let sess = st.session(lease(&h))?;
@@ -424,7 +441,7 @@ async fn interact(
             (plane, prompt, false)
         }
     };
-    run_prompt(st, sess, plane, prompt, subtract, run).await
+    run_prompt(st, sess, (plane, prompt, subtract), run, deadline).await
 }
 
 /// A 2D box interaction's plane and prompt.
@@ -490,13 +507,7 @@ async fn add_initial_seg(
         let a = nnia::unpack(&body, max).map_err(ApiError::bad)?;
         let mut s = lock(&sess);
         s.touch();
-        let shape = s.volume()?.shape;
-        if a.shape != shape {
-            return Err(ApiError::bad(format!(
-                "initial segmentation shape {:?} differs from the image's {shape:?}",
-                a.shape
-            )));
-        }
+        s.check_shape(&a.shape, "initial segmentation")?;
         let labels = (0..a.len())
             .map(|i| u8::from(a.dtype.read_f64(&a.data, i) != 0.0) * OBJECT)
             .collect();

@@ -146,6 +146,16 @@ pub struct Propagation {
     pub outcome: Option<std::result::Result<(), String>>,
 }
 
+/// A grey volume as the stack of one axis' slices, for a volume model.
+pub struct Stack {
+    /// `d·h·w` uint8, slice after slice.
+    pub voxels: Vec<u8>,
+    /// `(d, h, w)`: slices along the axis, then the plane's rows and columns.
+    pub dims: (usize, usize, usize),
+    /// The session's [`Session::generation`] it was taken from.
+    pub generation: u64,
+}
+
 /// One session.
 pub struct Session {
     pub created: Instant,
@@ -166,6 +176,8 @@ pub struct Session {
     pub pending: Option<(Plane, Prompt, bool)>,
     /// A volume model's propagation running in the background (the last one started).
     pub propagation: Option<Arc<Mutex<Propagation>>>,
+    /// Counts the images set, so work started on one is not written into the next.
+    pub generation: u64,
     cache: Vec<(Plane, Embedding)>,
     cache_cap: usize,
 }
@@ -185,6 +197,7 @@ impl Session {
             target_dtype: None,
             pending: None,
             propagation: None,
+            generation: 0,
             cache: Vec::new(),
             cache_cap: cache_cap.max(1),
         }
@@ -199,6 +212,7 @@ impl Session {
     pub fn set_volume(&mut self, v: Volume) {
         self.labels = vec![0; v.voxels()];
         self.volume = Some(v);
+        self.generation += 1;
         self.reset();
         self.cache.clear();
     }
@@ -210,6 +224,18 @@ impl Session {
         self.undo.clear();
         self.last_plane = None;
         self.pending = None;
+    }
+
+    /// Checks that an array of `shape` (`what`, named in the error) matches the image's.
+    pub fn check_shape(&self, shape: &[usize], what: &str) -> Result<()> {
+        let want = self.volume()?.shape;
+        if shape != want {
+            return Err(Error::arg(
+                "shape",
+                format!("{what} shape {shape:?} differs from the image's {want:?}"),
+            ));
+        }
+        Ok(())
     }
 
     pub fn volume(&self) -> Result<&Volume> {
@@ -385,18 +411,34 @@ impl Session {
     /// Makes `label` cover exactly the voxels of a whole-volume 0/1 `mask` (other labels keep
     /// the rest), as one undo step; returns the region that changed.
     pub fn set_label_mask(&mut self, label: u8, mask: &[u8]) -> Option<[[usize; 2]; 3]> {
-        let v = self.volume.as_ref()?;
-        let [n0, n1, n2] = v.shape;
-        let new: Vec<u8> = self
-            .labels
+        let new = self.labels_with_mask(label, mask, false);
+        self.commit_labels(new, None)
+    }
+
+    /// The labels after writing a whole-volume 0/1 `mask` as `label`: the mask's voxels become
+    /// `label` and the label's others 0 or, with `subtract`, the mask's voxels of `label` become
+    /// 0 (per voxel what [`Session::segment_plane`] does on a plane).
+    fn labels_with_mask(&self, label: u8, mask: &[u8], subtract: bool) -> Vec<u8> {
+        self.labels
             .iter()
             .zip(mask)
-            .map(|(&l, &m)| match (m > 0, l == label) {
-                (true, _) => label,
-                (false, true) => 0,
-                (false, false) => l,
+            .map(|(&l, &m)| match (subtract, m > 0, l == label) {
+                (false, true, _) => label,
+                (false, false, true) | (true, true, true) => 0,
+                _ => l,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Replaces the labels by `new` as one undo step (restoring `prompt_plane` on undo); returns
+    /// the region that changed, or `None` (and no undo step) when nothing did.
+    fn commit_labels(
+        &mut self,
+        new: Vec<u8>,
+        prompt_plane: Option<(Plane, u8, Option<Prompt>)>,
+    ) -> Option<[[usize; 2]; 3]> {
+        let v = self.volume.as_ref()?;
+        let [n0, n1, n2] = v.shape;
         let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
         for (i, _) in new
             .iter()
@@ -420,12 +462,82 @@ impl Session {
         self.undo.push(Patch {
             bbox,
             before,
-            prompt_plane: None,
+            prompt_plane,
         });
         if self.undo.len() > MAX_UNDO {
             self.undo.remove(0);
         }
         Some(bbox)
+    }
+
+    /// A volume model's input for a prompt on a plane of `axis`: the grey volume as the stack of
+    /// that axis' slices (the volume itself for axis 0).
+    pub fn stack_along(&self, axis: usize) -> Result<Stack> {
+        let v = self.volume()?;
+        if v.channels != 1 {
+            return Err(Error::arg(
+                "image",
+                "MedSAM2 segments grey volumes; this image is RGB",
+            ));
+        }
+        let (h, w) = v.plane_dims(axis);
+        let d = v.shape[axis];
+        let stack = if axis == 0 {
+            v.data.clone()
+        } else {
+            let mut s = Vec::with_capacity(v.voxels());
+            for i in 0..d {
+                s.extend_from_slice(&v.slice_image((axis, i))?.data);
+            }
+            s
+        };
+        Ok(Stack {
+            voxels: stack,
+            dims: (d, h, w),
+            generation: self.generation,
+        })
+    }
+
+    /// Writes a volume model's answer to `prompt` on `plane` (`mask`: 0/1 in the
+    /// [`Session::stack_along`] order of the plane's axis) as `label` over the whole volume, as
+    /// one undo step: the mask replaces the label or, with `subtract`, clears it. The prompt is
+    /// kept as the object's prompt on that plane (so clicks there refine it) unless it subtracts.
+    /// Returns the changed region, or `None` when nothing changed.
+    pub fn apply_propagation(
+        &mut self,
+        plane: Plane,
+        label: u8,
+        prompt: Prompt,
+        mask: &[u8],
+        subtract: bool,
+    ) -> Result<Option<[[usize; 2]; 3]>> {
+        let v = self.volume()?;
+        if mask.len() != v.voxels() {
+            return Err(Error::arg(
+                "mask",
+                format!("{} voxels for a volume of {}", mask.len(), v.voxels()),
+            ));
+        }
+        let mask = if plane.0 == 0 {
+            std::borrow::Cow::Borrowed(mask)
+        } else {
+            let (h, w) = v.plane_dims(plane.0);
+            let mut m = vec![0u8; mask.len()];
+            for (k, &x) in mask.iter().enumerate() {
+                let (i, r, c) = (k / (h * w), (k / w) % h, k % w);
+                m[v.index((plane.0, i), r, c)] = x;
+            }
+            std::borrow::Cow::Owned(m)
+        };
+        let new = self.labels_with_mask(label, &mask, subtract);
+        let keep = (!subtract).then_some(prompt);
+        let prev = match &keep {
+            Some(p) => self.prompts.insert((plane, label), p.clone()),
+            None => self.prompts.get(&(plane, label)).cloned(),
+        };
+        let changed = self.commit_labels(new, Some((plane, label, prev)));
+        self.last_plane = Some(plane);
+        Ok(changed)
     }
 
     /// Replaces all labels (an initial segmentation); returns the region that changed.

@@ -14,10 +14,17 @@
 //!
 //! Interactions answer with the whole mask: `np.packbits` (most significant bit first) of the
 //! binary volume, gzip-compressed, with `Content-Encoding: gzip`.
+//!
+//! Prompts mean what they mean in the v2 protocol ([`super::nninteractive`]): with a slice model
+//! a box or click segments its slice; with MedSAM2 it is the key slice of `medsam infer
+//! --model-type medsam2`'s 3D recipe and the object is replaced in the whole volume (a negative
+//! box clears the result's voxels; a negative click is a negative point of the slice's prompt).
+//! Uploaded volumes become uint8 as `medsam infer` converts that model's NIfTI input
+//! ([`super::engine::Engine::volume_u8`]).
 
 use super::engine::Prompt;
-use super::session::{to_u8, Session, Volume};
-use super::{blocking, lock, ApiError, AppState};
+use super::session::{Plane, Session, Volume};
+use super::{blocking, lock, segment_prompt, ApiError, AppState, Deadline};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -137,7 +144,7 @@ async fn upload_image(
         Ok(Volume {
             shape: [n0, n1, n2],
             channels: 1,
-            data: to_u8(|i| v[i], v.len()),
+            data: st2.engine.volume_u8(|i| v[i], v.len())?,
             spacing: [1.0; 3],
         })
     })
@@ -169,13 +176,7 @@ async fn upload_segment(
         let a = parse_npy(&gunzip(&file, max)?)?;
         let mut s = lock(&sess);
         s.touch();
-        let shape = s.volume()?.shape;
-        if a.shape != shape {
-            return Err(ApiError::bad(format!(
-                "segment shape {:?} differs from the image's {shape:?}",
-                a.shape
-            )));
-        }
+        s.check_shape(&a.shape, "segment")?;
         let v = a.to_f64();
         if v.iter().all(|&x| x == 0.0) {
             s.reset();
@@ -237,7 +238,11 @@ fn body_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad(format!("request body is not JSON: {e}")))
 }
 
-pub async fn add_bbox(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn add_bbox(
+    st: Arc<AppState>,
+    deadline: Deadline,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let sess = slicer_session(&st)?;
     let p = body_json(&body)?;
     let (a, b, pos) = (
@@ -253,29 +258,44 @@ pub async fn add_bbox(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Re
         )));
     };
     let (plane, bbox) = lock(&sess).volume()?.plane_box(axis, lo, hi)?;
+    let prompt = Prompt {
+        bbox: Some(bbox),
+        points: Vec::new(),
+    };
+    segment_and_answer(st, sess, deadline, move |_| Ok((plane, prompt, !pos))).await
+}
+
+/// Marks the session active, makes the prompt (plane, prompt, subtract) from it, segments it
+/// ([`segment_prompt`]) and answers with the whole mask.
+async fn segment_and_answer(
+    st: Arc<AppState>,
+    sess: Arc<Mutex<Session>>,
+    deadline: Deadline,
+    make: impl FnOnce(&Session) -> Result<(Plane, Prompt, bool), ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
     blocking(move || {
-        let mut s = lock(&sess);
-        s.touch();
-        let prompt = Prompt {
-            bbox: Some(bbox),
-            points: Vec::new(),
+        let (plane, prompt, subtract) = {
+            let mut s = lock(&sess);
+            s.touch();
+            make(&s)?
         };
-        s.segment_plane(&st.engine, &st.compute, plane, OBJECT, prompt, !pos)?;
-        mask_response(&s)
+        segment_prompt(&st, &sess, plane, OBJECT, prompt, subtract, deadline)?;
+        mask_response(&lock(&sess))
     })
     .await
 }
 
-pub async fn add_point(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn add_point(
+    st: Arc<AppState>,
+    deadline: Deadline,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let sess = slicer_session(&st)?;
     let p = body_json(&body)?;
     let (c, pos) = (ints(&p, "voxel_coord")?, positive(&p)?);
-    blocking(move || {
-        let mut s = lock(&sess);
-        s.touch();
+    segment_and_answer(st, sess, deadline, move |s| {
         let (plane, prompt) = s.point_prompt(c, pos, OBJECT)?;
-        s.segment_plane(&st.engine, &st.compute, plane, OBJECT, prompt, false)?;
-        mask_response(&s)
+        Ok((plane, prompt, false))
     })
     .await
 }

@@ -2,10 +2,11 @@
 
 Usage: nninteractive_client.py URL VOLUME.npy Z Y0 Y1 X0 X1 OUT_DIR [API_KEY]
 
-Sets the (D, H, W) uint8 volume as a (1, D, H, W) image, a uint8 target buffer, adds the 2D box
+Sets the (D, H, W) volume as a (1, D, H, W) image, a uint8 target buffer, adds the 2D box
 [[Z, Z+1], [Y0, Y1], [X0, X1]] and saves the buffer (OUT_DIR/after_box.npy); then checks undo,
 a float32 upload of the same volume (exercising the client's filter choice), an int16 buffer,
-that a lasso is refused with a 400, and writes a JSON summary to stdout.
+a positive click in the box's centre (buffer saved as OUT_DIR/after_point.npy), that a lasso is
+refused with a 400, and writes a JSON summary to stdout.
 """
 
 import json
@@ -47,6 +48,7 @@ def main():
         # A click inside the box refines the same slice.
         s.add_point_interaction([z, (y0 + y1) // 2, (x0 + x1) // 2], include_interaction=True)
         summary["after_point_voxels"] = int((t16 != 0).sum())
+        np.save(f"{out}/after_point.npy", (t16 != 0).astype(np.uint8))
         try:
             s.add_lasso_interaction(np.zeros(vol.shape, np.uint8), include_interaction=True)
             summary["lasso"] = "accepted"
