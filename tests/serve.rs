@@ -1024,8 +1024,8 @@ fn load_8_clients_x_50_requests() {
 // ---- MedSAM2 and DICOM through the web API ----
 
 /// A tiny SAM 2 (tests/fixtures/sam2/tiny.json's configuration, parameters filled from their
-/// names by the library's `named_init`, as tests/sam2_parity.rs does) saved as a MedSAM2 `.pt`
-/// with its config file; `None` (and a SKIPPED line) when the fixture is absent.
+/// names by the library's `named_init`, as tests/models/sam2_parity.rs does) saved as a MedSAM2
+/// `.pt` with its config file; `None` (and a SKIPPED line) when the fixture is absent.
 fn tiny_medsam2(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     use medsam::models::sam2::{sam2_utils::named_init, Sam2Base, Sam2Config};
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam2/tiny.json");

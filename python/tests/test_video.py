@@ -18,7 +18,7 @@ sys.path.insert(0, FIXTURES)
 import sam2_named  # noqa: E402
 
 SAM2 = os.path.join(FIXTURES, "sam2")
-TOL = 1e-3  # as tests/sam2_parity.rs: errors compound through the memory bank
+TOL = 1e-3  # as tests/models/sam2_parity.rs: errors compound through the memory bank
 
 
 def read_safetensors(path):

@@ -91,8 +91,8 @@ fn quantized(weight: &Tensor, n: usize, k: usize) -> Result<Arc<Int8Weights>> {
 /// Which layers to quantize, by shape. Default: those that widen (`n > k`: attention qkv and
 /// MLP fc1, which read LayerNorm outputs) — 7/12 of a transformer block's linear work. The
 /// attention output projection (`n = k`) and MLP fc2 (`n < k`, reading GELU outputs with long
-/// tails) stay f32: on the real LiteMedSAM slices (tests/lite_real.rs) quantizing every linear
-/// layer gave mask IoU 0.986 vs f32 on one box (fc2 alone 0.985, proj alone 0.993, qkv + fc1
+/// tails) stay f32: on the real LiteMedSAM slices (tests/models/lite_real.rs) quantizing every
+/// linear layer gave mask IoU 0.986 vs f32 on one box (fc2 alone 0.985, proj alone 0.993, qkv + fc1
 /// alone ≥ 0.993 with logits within 0.34 on the retina). `MEDSAM_INT8_LAYERS` overrides this with
 /// a comma list of `expand` (n > k), `square` (n = k), `reduce` (n < k), or `all`.
 fn layer_selected(n: usize, k: usize) -> bool {

@@ -2,8 +2,7 @@
 //! baseline against values computed here by hand, and sharded evaluation (two in-process ranks
 //! exchanging through a shared board) giving exactly the unsharded totals.
 
-#[path = "common/summary.rs"]
-mod summary;
+use crate::common::summary;
 use medsam::dist::{Communicator, SingleProcess};
 use medsam::eval::{evaluate, EvalConfig};
 use medsam::model::{Sam, SamConfig};
@@ -214,8 +213,7 @@ fn missing_data_dir_is_named() {
 
 // ---- 3D volumes (`medsam::pipeline::eval3d`, `medsam eval` on .npz / NIfTI) ----
 
-#[path = "common/lite_fixture.rs"]
-mod lite_fixture;
+use crate::common::lite_fixture;
 use medsam::npy::{encode_npy, NpyArray, NpyData};
 use medsam::pipeline::eval3d::{self, evaluate_volumes, Eval3dConfig};
 

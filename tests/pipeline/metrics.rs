@@ -1,8 +1,6 @@
+use crate::common::json_numbers;
+use crate::common::summary;
 use medsam::metrics::*;
-#[path = "common/json_numbers.rs"]
-mod json_numbers;
-#[path = "common/summary.rs"]
-mod summary;
 use serde_json::Value;
 use summary::assert_summary_fields;
 

@@ -8,8 +8,7 @@
 //! `MEDSAM_LITE_CKPT=/path/to/lite_medsam.pth`. Without them every test here prints
 //! "SKIPPED: ..." and returns.
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+use crate::common::fixtures;
 use fixtures::read_arrays;
 use medsam::infer_lite::{
     prepare_input, resize_longest_side, segment_volume, Box3d, ImageU8, LitePredictor,

@@ -5,8 +5,7 @@
 //! Tolerance: 1e-4 absolute on values of order 1–10. The two implementations sum in different
 //! orders (tiled GEMM, online softmax) in f32, which moves results by ~1e-6 relative per op.
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+use crate::common::fixtures;
 use fixtures::read_tensors;
 use medsam::model::prompt_encoder::Point;
 use medsam::model::{Sam, SamConfig};

@@ -1,7 +1,7 @@
 //! Full-size ViT-B (1024²) parity with the official PyTorch model on seeded random weights,
 //! loaded through our `.pth` reader. Long (model build + two encodes): `#[ignore]`d for CI.
 //!
-//!     MEDSAM_PYTHON=/path/to/venv/bin/python cargo test --release --test vit_b_parity -- --ignored
+//!     MEDSAM_PYTHON=/path/to/venv/bin/python cargo test --release --test models vit_b_parity:: -- --ignored
 //!
 //! Tolerance: 1e-3 absolute on the embedding (12 blocks of f32 GEMMs with k up to 3072 and a
 //! different summation order) and on the low-res logits.

@@ -4,11 +4,10 @@
 //!
 //! Image tolerance: 1e-9 absolute on values in [0, 1]. The u8 volume before resizing must be
 //! identical (we reproduce NumPy's float32/float64 arithmetic and truncation); the only
-//! difference left is the last-bit rounding of the cubic resize (~1e-13 on the 0..255 scale,
-//! see tests/preprocess_resize.rs), divided by the slice's range. Labels must be identical.
+//! difference left is the last-bit rounding of the cubic resize (~1e-13 on the 0..255 scale, see
+//! tests/pipeline/preprocess_resize.rs), divided by the slice's range. Labels must be identical.
 
-#[path = "common/process.rs"]
-mod process;
+use crate::common::process;
 use medsam::npy::{read_npy, NpyData};
 use medsam::preprocess::components::{
     connected_components_2d, connected_components_3d, dust_2d, dust_3d,

@@ -1,10 +1,8 @@
 //! The `medsam` binary end to end: train → convert → eval on a tiny synthetic data set, the
 //! checkpoint format as PyTorch reads it (when `MEDSAM_PYTHON` is set), and device errors.
 
-#[path = "common/process.rs"]
-mod process;
-#[path = "common/slices.rs"]
-mod slices;
+use crate::common::process;
+use crate::common::slices;
 use process::success_stdout;
 use slices::write_box_slices;
 use std::path::PathBuf;

@@ -8,10 +8,8 @@
 //! object scores and (bf16) memory features through a forward and a reverse propagation 1e-3
 //! absolute — errors compound through the memory bank, so the per-frame curve is printed.
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
-#[path = "common/npz.rs"]
-mod npz;
+use crate::common::fixtures;
+use crate::common::npz;
 use medsam::models::sam2::sam2_utils::{named_init, splitmix_uniform};
 use medsam::models::sam2::{Prompt, Sam2Base, Sam2Config, VideoPredictor};
 use medsam::{Device, Tensor};

@@ -3,12 +3,9 @@
 //! layout: the loss falls, resuming is bit-identical to uninterrupted training, the checkpoint
 //! loads back as LiteMedSAM, evaluation reports metrics; and the same through the `medsam` binary.
 
-#[path = "common/lite_fixture.rs"]
-mod lite_fixture;
-#[path = "common/process.rs"]
-mod process;
-#[path = "common/train_config.rs"]
-mod train_config;
+use crate::common::lite_fixture;
+use crate::common::process;
+use crate::common::train_config;
 use lite_fixture::{run_medsam, tiny_config};
 use medsam::data::Batch;
 use medsam::dist::SingleProcess;

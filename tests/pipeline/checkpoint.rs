@@ -3,10 +3,8 @@
 //! a python with torch, against torch.load(weights_only=True) on files written
 //! here.
 
-#[path = "common/json_numbers.rs"]
-mod json_numbers;
-#[path = "common/process.rs"]
-mod process;
+use crate::common::json_numbers;
+use crate::common::process;
 use process::success_stdout;
 use std::path::{Path, PathBuf};
 

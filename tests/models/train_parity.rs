@@ -7,8 +7,7 @@
 //! gradient is zero (softmax is invariant to a shift shared by all keys) so both sides hold only
 //! rounding noise of ~1e-12; updated parameters ≤ 1e-5 absolute (lr 1e-3 moves them ~1e-3).
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+use crate::common::fixtures;
 use medsam::data::Batch;
 use medsam::model::{Sam, SamConfig};
 use medsam::optim::{AdamW, AdamWConfig};

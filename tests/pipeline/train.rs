@@ -2,8 +2,7 @@
 //! held-out DSC rises well above its starting value; resuming is bit-identical to uninterrupted
 //! training; gradient accumulation matches one big batch; bad data stops with a clear error.
 
-#[path = "common/train_config.rs"]
-mod train_config;
+use crate::common::train_config;
 use medsam::dist::SingleProcess;
 use medsam::eval::{evaluate, EvalConfig};
 use medsam::model::{Sam, SamConfig};

@@ -3,10 +3,8 @@
 //! rule as `tests/fixtures/make_lite_fixtures.py`, so no weights are stored), plus OpenCV
 //! `INTER_AREA` bit-exactness. Always runs; fixtures: `tests/fixtures/lite/`.
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
-#[path = "common/lite_fixture.rs"]
-mod lite_fixture;
+use crate::common::fixtures;
+use crate::common::lite_fixture;
 use fixtures::{assert_close, read_arrays, Arrays};
 use lite_fixture::det_value;
 use medsam::autograd::no_grad;

@@ -1,7 +1,6 @@
 //! `.npy` reader/writer: fixtures written by NumPy, round trips, atomic writes, errors.
 
-#[path = "common/process.rs"]
-mod process;
+use crate::common::process;
 use medsam::npy::{read_npy, write_npy, write_npy_f64, write_npy_u8, NpyArray, NpyData, NpyError};
 use process::{python_or_skip, python_script_succeeds};
 use std::path::PathBuf;
