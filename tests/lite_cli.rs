@@ -1,7 +1,8 @@
 //! `medsam infer` with LiteMedSAM checkpoints: 2D images (files and the 2D challenge `.npz`) and 3D
 //! volumes (CVPR24 `.npz`, NIfTI with `--box3d`) through the binary, checked against the library
-//! (`LitePredictor`, `segment_volume`) and against single-box runs, and bad inputs. The tiny TinyViT model uses the deterministic parameters of `tests/lite_tiny.rs`
-//! (config `tests/fixtures/lite/tiny_lite_config.json`), written to a temporary `.pth`.
+//! (`LitePredictor`, `segment_volume`) and against single-box runs, and bad inputs. The tiny TinyViT
+//! model uses the deterministic parameters of `tests/lite_tiny.rs` (config
+//! `tests/fixtures/lite/tiny_lite_config.json`), written to a temporary `.pth`.
 //!
 //! With the pretrained weights (`assets/lite_medsam.pth` from `scripts/fetch_lite_medsam.sh`, or
 //! `MEDSAM_LITE_CKPT`), three more tests compare the binary's output with PyTorch's masks from
