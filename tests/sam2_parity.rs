@@ -855,7 +855,7 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
             .enumerate()
             .map(|(k, b)| {
                 let single = dir.path().join(format!("single_{name}_{k}"));
-                succeeded(&run(&png, &single, &["--box", b]));
+                succeeded(&run(&png, &single, &["--box", b.as_str()]));
                 labels::png_mask(&single.join(format!("seg_{name}.png")))
             })
             .collect();
