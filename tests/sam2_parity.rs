@@ -803,7 +803,7 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
         })
     });
     let grey = image::DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
-    let boxes: [[i64; 4]; 3] = [[8, 8, 32, 28], [14, 4, 40, 30], [-2, 10, 22, 34]];
+    let boxes: [[i64; 4]; 3] = [[8, 8, 32, 28], [14, 4, 40, 30], [10, 14, 36, 35]];
     let box_args: Vec<String> = boxes
         .iter()
         .map(|b| format!("[{},{},{},{}]", b[0], b[1], b[2], b[3]))
