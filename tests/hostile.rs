@@ -817,6 +817,7 @@ fn read_any(path: &Path) {
         let _ = medsam::pipeline::infer::sam::read_input_image(path);
     } else if name.ends_with(".npz") {
         let _ = medsam::io::volume::read_npz_volume(path);
+        let _ = medsam::io::volume::read_challenge_npz(path, None);
     } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         let _ = medsam::io::nifti::read_nifti(path);
         let _ = medsam::io::volume::read_nifti_volume(path);
@@ -852,6 +853,18 @@ fn seeds(dir: &Path) -> Vec<(String, Vec<u8>)> {
     put("s.nii");
     medsam::io::volume::write_npz_segs(&dir.join("s.npz"), (2, 3, 4), &[1u8; 24]).unwrap();
     put("s.npz");
+    // a 2D challenge .npz: imgs (H, W, 3) uint8 and boxes (N, 4)
+    let boxes = medsam::io::npy::NpyArray::new(vec![1, 4], medsam::io::npy::NpyData::I64(vec![1, 1, 4, 3]))
+        .unwrap();
+    medsam::io::volume::write_npz_members(
+        &dir.join("s2d.npz"),
+        &[
+            ("imgs", medsam::io::npy::encode_npy_u8(&[4, 5, 3], &[7u8; 60])),
+            ("boxes", medsam::io::npy::encode_npy(&boxes)),
+        ],
+    )
+    .unwrap();
+    put("s2d.npz");
     image::GrayImage::from_fn(6, 5, |x, y| image::Luma([(x * y) as u8]))
         .save(dir.join("s.png"))
         .unwrap();

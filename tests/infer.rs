@@ -8,6 +8,10 @@
 
 #[path = "common/fixtures.rs"]
 mod fixtures;
+#[path = "common/labels.rs"]
+mod labels;
+#[path = "common/npz.rs"]
+mod npz;
 use medsam::checkpoint::{save_pth, TensorData, Value};
 use medsam::infer::{check_box, prepare_input, read_input_image, InferPrecision, Predictor};
 use medsam::model::{Sam, SamConfig};
@@ -226,4 +230,77 @@ fn infer_binary_rejects_corrupt_checkpoint_and_bad_box() {
     assert!(e.contains("outside"), "{e}");
     let e = run(&ckpt, "[1,2,3]");
     assert!(e.contains("4 numbers"), "{e}");
+}
+
+/// A 2D challenge `.npz` (`imgs` (H, W, 3) uint8, `boxes` (N, 4)) with a SAM/MedSAM checkpoint:
+/// `segs` is the label map of the masks the same boxes give one at a time on the same image as a
+/// PNG, composed in box order (later boxes win overlaps), as `MedSAM_infer_npz_2D` composes them.
+#[test]
+fn infer_binary_2d_npz_composes_single_box_masks() {
+    let d = std::env::temp_dir().join(format!("medsam-infer-npz2d-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let (ckpt, cfg) = tiny_checkpoint(&d);
+    let png = fixtures().join("infer/rgb.png");
+    let rgb = image::open(&png).unwrap().to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let boxes: [[i64; 4]; 3] = [[10, 8, 50, 40], [25, 15, 65, 45], [-3, 0, 20, 20]];
+    let npz = d.join("rgb.npz");
+    let arr = |shape: &[usize], data| medsam::npy::NpyArray::new(shape.to_vec(), data).unwrap();
+    npz::write_npz(
+        &npz,
+        &[
+            (
+                "imgs",
+                arr(&[h, w, 3], medsam::npy::NpyData::U8(rgb.into_raw())),
+            ),
+            (
+                "boxes",
+                arr(&[3, 4], medsam::npy::NpyData::I64(boxes.concat())),
+            ),
+        ],
+    );
+    let run = |input: &Path, out: &Path, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_medsam"))
+            .args(["infer", "-i"])
+            .arg(input)
+            .arg("-o")
+            .arg(out)
+            .arg("-c")
+            .arg(&ckpt)
+            .arg("--model-config")
+            .arg(&cfg)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{text}");
+        text
+    };
+    let out = d.join("out");
+    let log = run(&npz, &out, &[]);
+    let (shape, segs) = labels::npz_segs(&out.join("seg_rgb.npz"));
+    assert_eq!(shape, [h, w]);
+    let masks: Vec<Vec<bool>> = boxes
+        .iter()
+        .enumerate()
+        .map(|(k, b)| {
+            let single = d.join(format!("single{k}"));
+            let arg = format!("[{},{},{},{}]", b[0], b[1], b[2], b[3]);
+            run(&png, &single, &["--box", arg.as_str()]);
+            labels::png_mask(&single.join("seg_rgb.png"))
+        })
+        .collect();
+    assert!(labels::overlapping_pixels(&masks) > 0, "the masks overlap");
+    let want = labels::compose_masks(&masks);
+    assert_eq!(segs, want, "segs differ from the single-box masks in box order");
+    for label in 1..=3u8 {
+        let n = want.iter().filter(|&&s| s == label).count();
+        assert!(n > 0, "label {label} is empty");
+        assert!(log.contains(&format!("label {label}: {n} pixels")), "{log}");
+    }
 }

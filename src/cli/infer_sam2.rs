@@ -1,14 +1,22 @@
 //! `medsam infer --model-type medsam2`: MedSAM2's 3D recipe (`medsam2_infer_3D_CT.py`) on a
-//! NIfTI or challenge `.npz` volume with one `--box3d` per object.
+//! NIfTI or challenge `.npz` volume with one `--box3d` per object; a 2D challenge `.npz`, an
+//! image or a folder of frames as a video, with `--box` (or the `.npz`'s `boxes`).
 
 use super::common::{parse_device, show};
-use super::infer::{parse_box, parse_box3d, refuse_input, stem_of, InferArgs};
-use medsam::io::volume::{read_npz_spacing, read_npz_volume, write_nifti_segs, write_npz_segs};
+use super::infer::{
+    is_npz_path, npz_2d_boxes, parse_box, parse_box3d, prompt_kind, refuse_input, stem_of,
+    write_npz_2d, InferArgs,
+};
+use medsam::io::volume::{
+    read_challenge_npz, read_npz_spacing, write_nifti_segs, write_npz_segs, ChallengeNpz,
+    NpzImage2d, Volume,
+};
 use medsam::models::sam2::frames::{is_frame_path, list_frames, Uint8Frames};
 use medsam::models::sam2::sam2_video_predictor::encoder_seconds_total;
 use medsam::models::sam2::volume::{segment_volume_medsam2, to_uint8, Intensity, VolumePrompt};
 use medsam::models::sam2::{licence_note, load_sam2, Prompt, VideoPredictor};
-use medsam::pipeline::infer::lite::check_box3d;
+use medsam::pipeline::infer::challenge2d::segment_image_medsam2;
+use medsam::pipeline::infer::lite::{check_box3d, ImageU8};
 use medsam::pipeline::infer::sam::{check_box, read_input_image};
 use medsam::{Error, Result};
 use std::path::Path;
@@ -89,13 +97,10 @@ type RawVolume = (
     Option<Vec<[i64; 6]>>,
 );
 
-/// Raw voxels `(d, h, w)` and spacing of a NIfTI or `.npz` volume.
-fn read_raw(path: &Path) -> Result<RawVolume> {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
-    {
-        let v = read_npz_volume(path)?;
+/// Raw voxels `(d, h, w)` and spacing of a NIfTI volume at `path`, or of the `.npz` volume read
+/// from it (`npz`).
+fn read_raw(path: &Path, npz: Option<Volume>) -> Result<RawVolume> {
+    if let Some(v) = npz {
         if let Some(sp) = read_npz_spacing(path)? {
             if let Some((i, x)) = sp
                 .iter()
@@ -131,6 +136,14 @@ pub fn run(a: &InferArgs) -> Result<()> {
     if path.is_dir() || is_frame_path(path) {
         return run_frames(a);
     }
+    let npz_volume = if is_npz_path(path) {
+        match read_challenge_npz(path, prompt_kind(a)?)? {
+            ChallengeNpz::Image2d(img) => return run_npz_2d(a, img),
+            ChallengeNpz::Volume3d(v) => Some(v),
+        }
+    } else {
+        None
+    };
     if !a.boxes.is_empty() {
         return Err(Error::arg(
             "--box",
@@ -138,7 +151,7 @@ pub fn run(a: &InferArgs) -> Result<()> {
         ));
     }
     let m = &a.medsam2;
-    let (shape, raw, spacing, file_boxes) = read_raw(path)?;
+    let (shape, raw, spacing, file_boxes) = read_raw(path, npz_volume)?;
     let (d, h, w) = shape;
     let raw_boxes: Vec<[i64; 6]> = if !a.boxes3d.is_empty() {
         a.boxes3d
@@ -227,10 +240,7 @@ pub fn run(a: &InferArgs) -> Result<()> {
         show(&nii),
         objects.len()
     );
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
-    {
+    if is_npz_path(path) {
         let npz = a.seg_path.join(format!("seg_{stem}.npz"));
         refuse_input(a, &npz, "--seg-path")?;
         write_npz_segs(&npz, shape, &segs)?;
@@ -273,6 +283,40 @@ fn load_predictor(a: &InferArgs) -> Result<VideoPredictor> {
     let mut predictor = VideoPredictor::new(model);
     predictor.fill_hole_area = if a.medsam2.no_fill_holes { 0 } else { 8 };
     Ok(predictor)
+}
+
+/// A 2D challenge `.npz` as a one-frame video: each box (with `--points`, if any) an object on
+/// frame 0, labels 1..=N in box order → `seg_<name>.npz`.
+fn run_npz_2d(a: &InferArgs, img: NpzImage2d) -> Result<()> {
+    let m = &a.medsam2;
+    if let Some(k) = m.key_slice.filter(|&k| k != 0) {
+        return Err(Error::arg(
+            "--key-slice",
+            format!(
+                "{} is a 2D image: its only frame is 0, not {k}",
+                a.data_path.display()
+            ),
+        ));
+    }
+    let boxes = npz_2d_boxes(a, &img)?;
+    let (points, labels) = match &m.points {
+        Some(s) => parse_points(s)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let prompts: Vec<Prompt> = boxes
+        .iter()
+        .map(|&b| Prompt {
+            points: points.clone(),
+            labels: labels.clone(),
+            bbox: Some(b),
+        })
+        .collect();
+    let (h, w) = (img.h, img.w);
+    let image = ImageU8::new(h, w, img.channels, img.data)?;
+    let predictor = load_predictor(a)?;
+    let t0 = std::time::Instant::now();
+    let segs = segment_image_medsam2(&predictor, &image, &prompts, !m.all_components)?;
+    write_npz_2d(a, (h, w), &segs, prompts.len(), t0.elapsed().as_secs_f64())
 }
 
 /// One uint8 RGB image (`h × w × 3`) and its size.

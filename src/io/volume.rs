@@ -1,5 +1,6 @@
 //! Volume files of the CVPR24 LiteMedSAM challenge and NIfTI: reading a uint8 `(D, H, W)` volume
-//! with its boxes and voxel spacing, and writing segmentations as `.npz` (`np.savez_compressed`
+//! with its boxes and voxel spacing (or, from a 2D challenge `.npz`, a uint8 `(H, W, 3)` image with
+//! its boxes: [`read_challenge_npz`]), and writing segmentations as `.npz` (`np.savez_compressed`
 //! layout, member `segs`).
 
 use crate::error::{Error, Result};
@@ -48,25 +49,52 @@ fn npz_member(
         .map_err(Error::from)
 }
 
-/// Reads a CVPR24 LiteMedSAM challenge `.npz`: `imgs` (D, H, W) uint8, optional `boxes` (N, 6)
-/// and `spacing` (3).
-pub fn read_npz_volume(path: &Path) -> Result<Volume> {
+/// Opens an `.npz` (a zip archive) and lists its members' names (without `.npy`).
+fn open_npz(path: &Path) -> Result<(zip::ZipArchive<std::fs::File>, Vec<String>)> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
+    let zip = zip::ZipArchive::new(file)
         .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
-    let keys: Vec<String> = zip
+    let keys = zip
         .file_names()
         .map(|n| n.trim_end_matches(".npy").to_string())
         .collect();
-    let imgs = npz_member(path, &mut zip, "imgs")?.ok_or_else(|| {
+    Ok((zip, keys))
+}
+
+/// The `imgs` member of a challenge `.npz`; its absence is an error naming `expected`.
+fn npz_imgs(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    keys: &[String],
+    expected: &str,
+) -> Result<npy::NpyArray> {
+    npz_member(path, zip, "imgs")?.ok_or_else(|| {
         Error::file(
             path,
             format!(
-                "no `imgs` array (keys: {}); expected imgs (D, H, W) uint8",
+                "no `imgs` array (keys: {}); expected {expected}",
                 keys.join(", ")
             ),
         )
-    })?;
+    })
+}
+
+/// Reads a CVPR24 LiteMedSAM challenge `.npz`: `imgs` (D, H, W) uint8, optional `boxes` (N, 6)
+/// and `spacing` (3).
+pub fn read_npz_volume(path: &Path) -> Result<Volume> {
+    let (mut zip, keys) = open_npz(path)?;
+    let imgs = npz_imgs(path, &mut zip, &keys, "imgs (D, H, W) uint8")?;
+    let boxes = npz_member(path, &mut zip, "boxes")?;
+    volume_from_members(path, &mut zip, imgs, boxes)
+}
+
+/// The [`Volume`] of a 3D challenge `.npz` from its `imgs` and `boxes` (and `spacing`, read here).
+fn volume_from_members(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    imgs: npy::NpyArray,
+    boxes: Option<npy::NpyArray>,
+) -> Result<Volume> {
     let (d, h, w) = shape_3d(path, "imgs", &imgs, "volume")?;
     if d == 0 || h == 0 || w == 0 {
         return Err(Error::file(path, format!("`imgs` is empty: {d}×{h}×{w}")));
@@ -74,7 +102,7 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
     let data = imgs
         .to_u8()
         .map_err(|e| Error::file(path, format!("`imgs` must be uint8: {e}")))?;
-    let boxes = match npz_member(path, &mut zip, "boxes")? {
+    let boxes = match boxes {
         None => None,
         Some(b) => {
             let n = match b.shape.as_slice() {
@@ -101,7 +129,7 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
             )
         }
     };
-    let spacing = match npz_member(path, &mut zip, "spacing")? {
+    let spacing = match npz_member(path, zip, "spacing")? {
         Some(s) if s.len() == 3 => {
             let v = s.to_f64();
             [v[0], v[1], v[2]].map(|x| if x.is_finite() && x > 0.0 { x } else { 1.0 })
@@ -114,6 +142,169 @@ pub fn read_npz_volume(path: &Path) -> Result<Volume> {
         boxes,
         spacing,
         note: None,
+    })
+}
+
+/// Which of the challenge's two `.npz` layouts a file follows (or a caller's boxes ask for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NpzKind {
+    /// `imgs` (H, W, 3) uint8 with `boxes` (N, 4) `[x_min, y_min, x_max, y_max]`
+    /// (upstream's `MedSAM_infer_npz_2D`).
+    Image2d,
+    /// `imgs` (D, H, W) uint8 with `boxes` (N, 6) (upstream's `MedSAM_infer_npz_3D`).
+    Volume3d,
+}
+
+/// A 2D challenge image: uint8, row-major `h × w × channels` (`imgs` (H, W, 3), or (H, W) grey
+/// with `channels` 1), with the file's boxes `[x_min, y_min, x_max, y_max]` in pixels, if any.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpzImage2d {
+    pub h: usize,
+    pub w: usize,
+    pub channels: usize,
+    pub data: Vec<u8>,
+    pub boxes: Option<Vec<[f64; 4]>>,
+}
+
+/// A challenge `.npz` of either layout.
+pub enum ChallengeNpz {
+    Image2d(NpzImage2d),
+    Volume3d(Volume),
+}
+
+/// Reads a CVPR24 challenge `.npz`, 2D or 3D. The shape of `boxes` decides: (N, 4) or (4,) is a
+/// 2D image, (N, 6) or (6,) a 3D volume. Without `boxes`, `prompt` (the kind of boxes the caller
+/// brings) decides, and without that the shape of `imgs`: (H, W, 3) or (H, W) is a 2D image,
+/// any other rank-3 shape a volume. A `prompt` that contradicts the file's `boxes` is an error.
+pub fn read_challenge_npz(path: &Path, prompt: Option<NpzKind>) -> Result<ChallengeNpz> {
+    let (mut zip, keys) = open_npz(path)?;
+    let imgs = npz_imgs(
+        path,
+        &mut zip,
+        &keys,
+        "imgs (H, W, 3) uint8 (2D) or (D, H, W) uint8 (3D)",
+    )?;
+    let boxes = npz_member(path, &mut zip, "boxes")?;
+    let from_boxes = match boxes.as_ref().map(|b| b.shape.as_slice()) {
+        None => None,
+        Some(&[_, 4] | &[4]) => Some(NpzKind::Image2d),
+        Some(&[_, 6] | &[6]) => Some(NpzKind::Volume3d),
+        Some(s) => {
+            return Err(Error::file(
+                path,
+                format!(
+                    "`boxes` has shape {s:?}; expected (N, 4) [x_min, y_min, x_max, y_max] for a 2D image or (N, 6) [x_min, y_min, z_min, x_max, y_max, z_max] for a 3D volume"
+                ),
+            ))
+        }
+    };
+    let kind = match (from_boxes, prompt) {
+        (Some(file), Some(given)) if file != given => {
+            let (is, takes) = match file {
+                NpzKind::Image2d => ("a 2D image (`boxes` (N, 4))", "2D boxes (--box)"),
+                NpzKind::Volume3d => ("a 3D volume (`boxes` (N, 6))", "3D boxes (--box3d)"),
+            };
+            return Err(Error::file(
+                path,
+                format!("is {is}: give {takes}, or none to use the file's `boxes`"),
+            ));
+        }
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => match imgs.shape.as_slice() {
+            &[_, _] | &[_, _, 3] => NpzKind::Image2d,
+            &[_, _, _] => NpzKind::Volume3d,
+            s => {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "`imgs` has shape {s:?}; expected (H, W, 3) or (H, W) uint8 for a 2D image, (D, H, W) uint8 for a 3D volume"
+                    ),
+                ))
+            }
+        },
+    };
+    match kind {
+        NpzKind::Image2d => image_2d_from_members(path, imgs, boxes).map(ChallengeNpz::Image2d),
+        NpzKind::Volume3d => {
+            volume_from_members(path, &mut zip, imgs, boxes).map(ChallengeNpz::Volume3d)
+        }
+    }
+}
+
+/// The [`NpzImage2d`] of a 2D challenge `.npz` from its `imgs` and `boxes`.
+fn image_2d_from_members(
+    path: &Path,
+    imgs: npy::NpyArray,
+    boxes: Option<npy::NpyArray>,
+) -> Result<NpzImage2d> {
+    let (h, w, channels) = match *imgs.shape.as_slice() {
+        [h, w, 3] => (h, w, 3),
+        [h, w] => (h, w, 1),
+        ref s => {
+            return Err(Error::file(
+                path,
+                format!("`imgs` has shape {s:?}; a 2D image needs (H, W, 3) or (H, W) uint8 (a 3D volume, (D, H, W), takes 3D boxes)"),
+            ))
+        }
+    };
+    if h == 0 || w == 0 {
+        return Err(Error::file(path, format!("`imgs` is empty: {h}×{w}")));
+    }
+    // Upstream asserts values < 256 and resizes the array as it is; only uint8 gives its
+    // numbers (cv2's INTER_AREA rounds uint8 results, not float ones), so nothing is converted.
+    if !imgs.is_u8() {
+        let (lo, hi) = imgs
+            .to_f64()
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        return Err(Error::file(
+            path,
+            format!(
+                "`imgs` is {} with values in [{lo}, {hi}]; a 2D image must be uint8 (0–255)",
+                imgs.data.descr()
+            ),
+        ));
+    }
+    let data = imgs.to_u8().map_err(|e| Error::file(path, e))?;
+    let boxes = match boxes {
+        None => None,
+        Some(b) => {
+            let n = match *b.shape.as_slice() {
+                [n, 4] => n,
+                [4] => 1,
+                ref s => {
+                    return Err(Error::file(
+                        path,
+                        format!("`boxes` has shape {s:?}; 2D boxes are (N, 4) [x_min, y_min, x_max, y_max]"),
+                    ))
+                }
+            };
+            let v = b.to_f64();
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "`boxes`[{}] holds {}; box coordinates must be finite",
+                        i / 4,
+                        v[i]
+                    ),
+                ));
+            }
+            Some(
+                (0..n)
+                    .map(|i| std::array::from_fn(|j| v[i * 4 + j]))
+                    .collect(),
+            )
+        }
+    };
+    Ok(NpzImage2d {
+        h,
+        w,
+        channels,
+        data,
+        boxes,
     })
 }
 
@@ -138,9 +329,7 @@ fn shape_3d(
 
 /// Reads the label map of a CVPR24 challenge `.npz`: `gts` (D, H, W), integer labels 0–255.
 pub fn read_npz_labels(path: &Path) -> Result<((usize, usize, usize), Vec<u8>)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
+    let (mut zip, _) = open_npz(path)?;
     let gts = npz_member(path, &mut zip, "gts")?
         .ok_or_else(|| Error::file(path, "no `gts` array: a label .npz needs gts (D, H, W)"))?;
     let (d, h, w) = shape_3d(path, "gts", &gts, "label map")?;
@@ -160,9 +349,7 @@ pub fn read_npz_labels(path: &Path) -> Result<((usize, usize, usize), Vec<u8>)> 
 /// The `spacing` member of a challenge `.npz` as stored (`None` when absent), for callers that
 /// refuse a non-positive spacing rather than take [`read_npz_volume`]'s fallback of 1.
 pub fn read_npz_spacing(path: &Path) -> Result<Option<Vec<f64>>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| Error::file(path, format!("not an .npz (zip) archive: {e}")))?;
+    let (mut zip, _) = open_npz(path)?;
     Ok(npz_member(path, &mut zip, "spacing")?.map(|s| s.to_f64()))
 }
 
@@ -234,6 +421,19 @@ pub fn write_npz_segs(path: &Path, shape: (usize, usize, usize), segs: &[u8]) ->
         ));
     }
     let member = npy::encode_npy_u8(&[d, h, w], segs);
+    write_npz_members(path, &[("segs", member)])
+}
+
+/// Writes `segs` (H, W) uint8 as a one-member `.npz`, atomically: the output of upstream's
+/// `MedSAM_infer_npz_2D` (uint8, as the 3D writer's).
+pub fn write_npz_segs_2d(path: &Path, (h, w): (usize, usize), segs: &[u8]) -> Result<()> {
+    if h * w != segs.len() {
+        return Err(Error::arg(
+            "segs",
+            format!("{} values for a {h}×{w} image", segs.len()),
+        ));
+    }
+    let member = npy::encode_npy_u8(&[h, w], segs);
     write_npz_members(path, &[("segs", member)])
 }
 

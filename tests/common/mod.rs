@@ -5,6 +5,7 @@
 
 pub mod fixtures;
 pub mod json_numbers;
+pub mod labels;
 pub mod lite_fixture;
 pub mod npz;
 pub mod process;

@@ -9,6 +9,7 @@
 //! absolute — errors compound through the memory bank, so the per-frame curve is printed.
 
 use crate::common::fixtures;
+use crate::common::labels;
 use crate::common::npz;
 use medsam::models::sam2::sam2_utils::{named_init, splitmix_uniform};
 use medsam::models::sam2::{Prompt, Sam2Base, Sam2Config, VideoPredictor};
@@ -778,4 +779,107 @@ fn medsam2_cli_video_folder_and_2d_image() {
         assert!(err.contains(needle), "{extra:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
     }
+}
+
+/// `medsam infer --model-type medsam2` on a 2D challenge `.npz` (the image as a one-frame video,
+/// each box an object on frame 0): `segs` is the label map of the masks the same boxes give one at
+/// a time on the same image as a PNG, composed in box order (later boxes win overlaps); grey
+/// (H, W) `imgs` with `--box` as well; a key slice other than 0 is refused.
+#[test]
+fn medsam2_cli_2d_npz_composes_single_box_masks() {
+    let Some(fx) = load("tiny") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, cfg) = tiny_checkpoint(&fx, dir.path(), "MedSAM2_tiny_test.pt");
+    let (h, w) = (36usize, 48usize);
+    let rgb = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let on = (x as i64 - 20).pow(2) + (y as i64 - 18).pow(2) < 90;
+        image::Rgb(if on {
+            [230, 200, 40]
+        } else {
+            [20 + x as u8, 30, 60 + y as u8]
+        })
+    });
+    let grey = image::DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
+    let boxes: [[i64; 4]; 3] = [[8, 8, 32, 28], [14, 4, 40, 30], [10, 14, 36, 35]];
+    let box_args: Vec<String> = boxes
+        .iter()
+        .map(|b| format!("[{},{},{},{}]", b[0], b[1], b[2], b[3]))
+        .collect();
+    let run = |input: &std::path::Path, out: &std::path::Path, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"));
+        cmd.args(["infer", "--model-type", "medsam2", "-c"])
+            .arg(&ckpt);
+        cmd.arg("--model-config").arg(&cfg).arg("-i").arg(input);
+        cmd.arg("-o").arg(out).args(extra);
+        cmd.output().unwrap()
+    };
+    let arr = |shape: &[usize], data| medsam::npy::NpyArray::new(shape.to_vec(), data).unwrap();
+    for name in ["rgb", "grey"] {
+        let png = dir.path().join(format!("{name}.png"));
+        let npz = dir.path().join(format!("{name}.npz"));
+        let mut args: Vec<&str> = Vec::new();
+        if name == "rgb" {
+            rgb.save(&png).unwrap();
+            npz::write_npz(
+                &npz,
+                &[
+                    (
+                        "imgs",
+                        arr(&[h, w, 3], medsam::npy::NpyData::U8(rgb.to_vec())),
+                    ),
+                    (
+                        "boxes",
+                        arr(&[3, 4], medsam::npy::NpyData::I64(boxes.concat())),
+                    ),
+                ],
+            );
+        } else {
+            grey.save(&png).unwrap();
+            npz::write_npz(
+                &npz,
+                &[("imgs", arr(&[h, w], medsam::npy::NpyData::U8(grey.to_vec())))],
+            );
+            for b in &box_args {
+                args.extend(["--box", b.as_str()]);
+            }
+        }
+        let out = dir.path().join(format!("out_{name}"));
+        let stdout = succeeded(&run(&npz, &out, &args));
+        let (shape, segs) = labels::npz_segs(&out.join(format!("seg_{name}.npz")));
+        assert_eq!(shape, [h, w], "{name}");
+        let masks: Vec<Vec<bool>> = box_args
+            .iter()
+            .enumerate()
+            .map(|(k, b)| {
+                let single = dir.path().join(format!("single_{name}_{k}"));
+                succeeded(&run(&png, &single, &["--box", b.as_str()]));
+                labels::png_mask(&single.join(format!("seg_{name}.png")))
+            })
+            .collect();
+        assert!(
+            labels::overlapping_pixels(&masks) > 0,
+            "{name}: the masks overlap"
+        );
+        let want = labels::compose_masks(&masks);
+        assert_eq!(
+            segs, want,
+            "{name}: segs differ from the single-box masks in box order"
+        );
+        for label in 1..=3u8 {
+            let n = want.iter().filter(|&&s| s == label).count();
+            assert!(n > 0, "{name}: label {label} is empty");
+            assert!(
+                stdout.contains(&format!("label {label}: {n} pixels")),
+                "{stdout}"
+            );
+        }
+    }
+    let o = run(
+        &dir.path().join("rgb.npz"),
+        &dir.path().join("out_key"),
+        &["--key-slice", "1"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--key-slice"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
 }

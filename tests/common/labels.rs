@@ -1,0 +1,58 @@
+//! Label maps of the 2D challenge `.npz` for tests: upstream's composition of per-box masks
+//! (`MedSAM_infer_npz_2D`: `segs[mask > 0] = idx`, idx = 1, 2, … in box order), and reading the
+//! outputs to compare (binary PNG masks, the `segs` member of an `.npz`).
+#![allow(dead_code)] // each test binary uses a part
+
+use std::io::Read;
+use std::path::Path;
+
+/// The label map of `masks` taken in order: mask `k` (from 0) sets label `k + 1` wherever it is
+/// on, so a later mask overwrites an earlier one.
+pub fn compose_masks(masks: &[Vec<bool>]) -> Vec<u8> {
+    let n = masks.first().map_or(0, Vec::len);
+    let mut segs = vec![0u8; n];
+    for (k, m) in masks.iter().enumerate() {
+        assert_eq!(m.len(), n, "mask {k} has another size");
+        for (s, _) in segs.iter_mut().zip(m).filter(|(_, &on)| on) {
+            *s = u8::try_from(k + 1).unwrap();
+        }
+    }
+    segs
+}
+
+/// Pixels on in more than one of `masks` (where the box order decides the label).
+pub fn overlapping_pixels(masks: &[Vec<bool>]) -> usize {
+    let n = masks.first().map_or(0, Vec::len);
+    (0..n)
+        .filter(|&i| masks.iter().filter(|m| m[i]).count() > 1)
+        .count()
+}
+
+/// A mask PNG (`medsam infer`'s `seg_<name>.png`, 0 or 255) as booleans, row-major.
+pub fn png_mask(path: &Path) -> Vec<bool> {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_luma8();
+    let raw = img.into_raw();
+    assert!(
+        raw.iter().all(|&p| p == 0 || p == 255),
+        "{}: mask PNG is not binary",
+        path.display()
+    );
+    raw.iter().map(|&p| p == 255).collect()
+}
+
+/// The shape and values of the one member `segs` (uint8) of an `.npz`.
+pub fn npz_segs(path: &Path) -> (Vec<usize>, Vec<u8>) {
+    let mut z = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let names: Vec<String> = z.file_names().map(String::from).collect();
+    assert_eq!(names, ["segs.npy"], "{}", path.display());
+    let mut bytes = Vec::new();
+    z.by_name("segs.npy")
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let a = medsam::npy::parse_npy(&bytes, path).unwrap();
+    assert!(a.is_u8(), "{}: segs is not uint8", path.display());
+    (a.shape.clone(), a.to_u8().unwrap())
+}
