@@ -43,9 +43,14 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered with 503.
     #[arg(long, default_value_t = 300)]
     pub request_timeout: u64,
-    /// Seconds without activity before a session is dropped.
+    /// Seconds without activity (heartbeats do not count) before a session is dropped.
     #[arg(long, default_value_t = 600)]
     pub idle_timeout: u64,
+    /// Seconds a nnInteractive client's lease survives without any request, heartbeats
+    /// included (`nninteractive-client` beats every max(5 s, half of this)). Web and Slicer
+    /// sessions send no heartbeats and only expire when idle.
+    #[arg(long, default_value_t = 60)]
+    pub liveness_timeout: u64,
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 1024)]
     pub max_body_mib: usize,
@@ -225,6 +230,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     opts.max_sessions = a.max_sessions.max(1);
     opts.request_timeout = Duration::from_secs(a.request_timeout.max(1));
     opts.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
+    opts.liveness_timeout = Duration::from_secs(a.liveness_timeout.max(1));
     opts.max_body_bytes = a.max_body_mib.max(1) << 20;
     opts.on_request = Arc::new(|r| {
         eprintln!("{} {} {} {:.1} ms", r.method, r.path, r.status, r.millis);

@@ -149,7 +149,7 @@ async fn capabilities(State(st): State<Arc<AppState>>) -> Json<Value> {
 }
 
 async fn claim(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let token = st.claim()?;
+    let token = st.claim(true)?;
     Ok(Json(json!({
         "lease_token": token,
         "idle_timeout_seconds": st.opts.idle_timeout.as_secs_f64(),

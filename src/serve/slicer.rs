@@ -153,7 +153,7 @@ async fn upload_image(
     if let Some(t) = old {
         st.release(&t);
     }
-    let token = st.claim()?;
+    let token = st.claim(false)?;
     let s = st.session(Some(&token))?;
     {
         let mut s = lock(&s);
