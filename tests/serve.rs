@@ -62,6 +62,11 @@ fn start(ckpt: &Path, extra: &[&str]) -> Server {
 }
 
 fn start_with(ckpt: &Path, config: &Path, extra: &[&str]) -> Server {
+    spawn_server(ckpt, config, extra, Stdio::null())
+}
+
+/// `medsam serve` with `config`, its log (stderr) going to `stderr`.
+fn spawn_server(ckpt: &Path, config: &Path, extra: &[&str], stderr: Stdio) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medsam"))
         .arg("serve")
         .arg("-c")
@@ -71,7 +76,7 @@ fn start_with(ckpt: &Path, config: &Path, extra: &[&str]) -> Server {
         .args(["--port", "0"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();

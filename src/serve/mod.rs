@@ -355,7 +355,7 @@ pub fn segment_prompt(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "the segmentation took longer than the request timeout ({} s) and was dropped; restart the server with a longer --request-timeout",
-                st.opts.request_timeout.as_secs()
+                st.opts.request_timeout.as_secs_f64()
             ),
         ));
     }
@@ -386,7 +386,7 @@ async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next)
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "request took longer than {} s",
-                    state.opts.request_timeout.as_secs()
+                    state.opts.request_timeout.as_secs_f64()
                 ),
             )
             .into_response(),

@@ -232,6 +232,7 @@ async fn set_image(
             channels: 1,
             data,
             spacing,
+            geometry: None,
         });
         Ok(Json(json!({"original_image_shape": a.shape})))
     })

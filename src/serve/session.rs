@@ -27,6 +27,10 @@ pub struct Volume {
     pub channels: usize,
     pub data: Vec<u8>,
     pub spacing: [f64; 3],
+    /// The uploaded file's NIfTI geometry (a NIfTI file's header, a DICOM series' position and
+    /// orientation), given to the downloaded mask as `medsam infer` gives it to its output;
+    /// `None`: axis-aligned with `spacing`.
+    pub geometry: Option<crate::io::nifti::NiftiGeometry>,
 }
 
 impl Volume {

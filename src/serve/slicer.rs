@@ -146,6 +146,7 @@ async fn upload_image(
             channels: 1,
             data: st2.engine.volume_u8(|i| v[i], v.len())?,
             spacing: [1.0; 3],
+            geometry: None,
         })
     })
     .await?;

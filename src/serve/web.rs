@@ -13,7 +13,8 @@
 //! - `POST /api/undo` → `{z}` of the slice that changed (or null); 409 while a propagation runs
 //! - `GET /api/labels?z=N` → slice `z`'s labels
 //! - `GET /api/download` → PNG (2D: one object 0/255 as `medsam infer` writes it, several objects
-//!   their labels) or NIfTI `.nii.gz` (3D, the input's voxel spacing)
+//!   their labels) or NIfTI `.nii.gz` (3D: with the input NIfTI's header geometry or the DICOM
+//!   series' position and orientation, as `medsam infer` writes its mask; else its spacing)
 
 use super::engine::Prompt;
 use super::session::{Propagation, Session};
@@ -409,7 +410,11 @@ async fn download(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Respo
             ("seg.png", path)
         } else {
             let path = dir.join("seg.nii.gz");
-            crate::io::nifti::write_nifti_gz(&path, [d, hh, ww], &s.labels, v.spacing)
+            let geometry = v
+                .geometry
+                .clone()
+                .unwrap_or_else(|| crate::io::nifti::NiftiGeometry::from_affine(v.spacing, None));
+            crate::io::nifti::write_nifti_gz_geometry(&path, [d, hh, ww], &s.labels, &geometry)
                 .map_err(|e| ApiError::bad(format!("cannot write NIfTI: {e}")))?;
             ("seg.nii.gz", path)
         };
