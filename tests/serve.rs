@@ -2114,46 +2114,84 @@ fn wait_jobs(sess: &Mutex<Session>, n: usize) {
     panic!("the session never had {n} jobs running");
 }
 
-/// A MedSAM2 prompt runs without its session's lock, so other requests can change the session
-/// meanwhile. With the model lock held, each box below has taken its input and waits: then a
-/// reset, an undo, a new image or an initial segmentation comes, and the box's result is
-/// dropped (409) instead of written over it; with nothing in between, it is written. On the
-/// page, undo is refused (409) while a propagation runs, and a reset through the v2 endpoints
-/// makes it end with an error and no mask. A result finished after the request's deadline
-/// (answered 503 meanwhile) is not written either.
-#[test]
-fn medsam2_results_arriving_late_are_dropped() {
-    let dir = tmpdir("late");
-    let Some((ckpt, cfg)) = tiny_medsam2(&dir) else {
-        return;
-    };
-    let shape @ [d, h, w] = [6usize, 64, 64];
+/// The tiny MedSAM2, a `[6, 64, 64]` uint8 volume, options whose upload decoder returns that
+/// volume, and a box on slice 3 as v2 `bbox_coords`; `None` when the fixture is absent.
+struct LateCase {
+    ckpt: PathBuf,
+    cfg: PathBuf,
+    vol: Vec<u8>,
+    decoder: medsam::serve::Decoder,
+}
+
+const LATE_SHAPE: [usize; 3] = [6, 64, 64];
+
+fn late_case(name: &str) -> Option<LateCase> {
+    let dir = tmpdir(name);
+    let (ckpt, cfg) = tiny_medsam2(&dir)?;
+    let [d, h, w] = LATE_SHAPE;
     let vol = volume(d, h, w);
     let v = medsam::serve::session::Volume {
-        shape,
+        shape: LATE_SHAPE,
         channels: 1,
         data: vol.clone(),
         spacing: [1.0; 3],
         geometry: None,
     };
     let decoder: medsam::serve::Decoder = Arc::new(
-        move |_: &str, _: &[u8]| -> medsam::Result<medsam::serve::session::Volume> { Ok(v.clone()) },
+        move |_: &str, _: &[u8]| -> medsam::Result<medsam::serve::session::Volume> {
+            Ok(v.clone())
+        },
     );
-    let srv = serve_in_process(medsam2_engine(&ckpt, &cfg), ServeOptions::new(decoder.clone()));
-    let a = srv.addr.as_str();
-    let c = V2::claim(a);
-    assert_eq!(c.set_image(&[1, d, h, w], DType::U8, vol.clone()).0, 200);
-    let target = serde_json::json!({"shape": shape, "dtype": "uint8"});
-    assert_eq!(c.post("/set_target_buffer", target.clone()).0, 200);
+    Some(LateCase {
+        ckpt,
+        cfg,
+        vol,
+        decoder,
+    })
+}
+
+impl LateCase {
+    fn server(&self, opts: impl FnOnce(&mut ServeOptions)) -> InProcess {
+        let mut o = ServeOptions::new(self.decoder.clone());
+        opts(&mut o);
+        serve_in_process(medsam2_engine(&self.ckpt, &self.cfg), o)
+    }
+
+    /// A lease with the volume and a uint8 target buffer.
+    fn client(&self, srv: &InProcess) -> V2 {
+        let c = V2::claim(&srv.addr);
+        let [d, h, w] = LATE_SHAPE;
+        assert_eq!(c.set_image(&[1, d, h, w], DType::U8, self.vol.clone()).0, 200);
+        let target = serde_json::json!({"shape": LATE_SHAPE, "dtype": "uint8"});
+        assert_eq!(c.post("/set_target_buffer", target).0, 200);
+        c
+    }
+}
+
+fn late_box() -> serde_json::Value {
+    serde_json::json!({"bbox_coords": [[3, 4], [14, 46], [18, 50]], "include_interaction": true})
+}
+
+/// A MedSAM2 prompt runs without its session's lock, so other requests can change the session
+/// meanwhile. With the model lock held, each box below has taken its input and waits: then an
+/// undo, a reset, a new image or an initial segmentation comes, and the box's result is dropped
+/// (409) instead of written over it; with nothing in between, it is written.
+#[test]
+fn medsam2_result_is_dropped_when_the_session_changed_meanwhile() {
+    let Some(case) = late_case("late-v2") else {
+        return;
+    };
+    let srv = case.server(|_| {});
+    let c = case.client(&srv);
     let sess = session_of(&srv.state, &c.lease);
-    let bx = serde_json::json!({"bbox_coords": [[3, 4], [14, 46], [18, 50]], "include_interaction": true});
+    let [d, h, w] = LATE_SHAPE;
     // A box whose job waits for the model lock while `during` runs; returns its status and
     // answer, and the labels right after `during`.
     let box_while = |during: &dyn Fn()| {
         let hold = lock(&srv.state.compute);
         let job = {
-            let (c, bx) = (c.clone(), bx.clone());
-            std::thread::spawn(move || c.post("/add_bbox_interaction", bx))
+            let c = c.clone();
+            std::thread::spawn(move || c.post("/add_bbox_interaction", late_box()))
         };
         wait_jobs(&sess, 1);
         during();
@@ -2169,13 +2207,14 @@ fn medsam2_results_arriving_late_are_dropped() {
         "the tiny model's mask is empty"
     );
     let initial_seg = || {
-        let zeros = nnia_bytes(&shape, DType::U8, vec![0; d * h * w]);
+        let zeros = nnia_bytes(&LATE_SHAPE, DType::U8, vec![0; d * h * w]);
         c.call("POST", "/add_initial_seg_interaction", &[], &zeros).0
     };
+    let new_image = || c.set_image(&[1, d, h, w], DType::U8, case.vol.clone()).0;
     let changes: [(&str, &dyn Fn() -> u16); 4] = [
         ("undo", &|| c.post("/undo", serde_json::json!({})).0),
         ("reset", &|| c.post("/reset_interactions", serde_json::json!({})).0),
-        ("new image", &|| c.set_image(&[1, d, h, w], DType::U8, vol.clone()).0),
+        ("new image", &new_image),
         ("initial segmentation", &initial_seg),
     ];
     for (what, change) in changes {
@@ -2186,47 +2225,62 @@ fn medsam2_results_arriving_late_are_dropped() {
             lock(&sess).labels == snapshot,
             "{what}: a stale result was written"
         );
-        if what == "new image" {
-            assert_eq!(c.post("/set_target_buffer", target.clone()).0, 200);
-        }
     }
+}
 
-    // The page: undo refused while it runs; a reset meanwhile leaves no mask.
+/// On the page a MedSAM2 box propagates in the background: undo is refused (409) while it runs,
+/// and a reset of the session meanwhile (through the v2 endpoints) ends it with an error and no
+/// mask.
+#[test]
+fn web_propagation_refuses_undo_and_is_dropped_after_a_reset() {
+    let Some(case) = late_case("late-web") else {
+        return;
+    };
+    let srv = case.server(|_| {});
+    let a = srv.addr.as_str();
     let (st, _, b) = http(a, "POST", "/api/open?name=case.nii.gz", &[], b"x");
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
     let web = json(&b)["token"].as_str().unwrap().to_string();
     let lease = [("X-Lease-Token", web.as_str())];
-    let wsess = session_of(&srv.state, &web);
-    let hold = lock(&srv.state.compute);
-    let body = serde_json::json!({"z": 3, "label": 1, "box": [18, 14, 50, 46]}).to_string();
-    let (st, _, b) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+    let sess = session_of(&srv.state, &web);
+    let segment = serde_json::json!({"z": 3, "label": 1, "box": [18, 14, 50, 46]}).to_string();
+    // Undisturbed, the box gives a mask.
+    let (st, _, b) = http(a, "POST", "/api/segment", &lease, segment.as_bytes());
     assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
-    wait_jobs(&wsess, 1);
+    wait_jobs(&sess, 0);
+    assert!(lock(&sess).labels.iter().any(|&l| l > 0), "the tiny model's mask is empty");
+    assert_eq!(http(a, "POST", "/api/undo", &lease, b"").0, 200);
+    let hold = lock(&srv.state.compute);
+    let (st, _, b) = http(a, "POST", "/api/segment", &lease, segment.as_bytes());
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    wait_jobs(&sess, 1);
     let (st, _, b) = http(a, "POST", "/api/undo", &lease, b"");
     assert_eq!(st, 409, "{}", String::from_utf8_lossy(&b));
     assert_eq!(http(a, "POST", "/reset_interactions", &lease, b"{}").0, 200);
     drop(hold);
-    wait_jobs(&wsess, 0);
+    wait_jobs(&sess, 0);
     let (st, _, b) = http(a, "GET", "/api/progress", &lease, b"");
     assert_eq!(st, 200);
     let p = json(&b);
     assert_eq!(p["finished"], true, "{p}");
     assert!(p["error"].as_str().unwrap_or("").contains("dropped"), "{p}");
-    assert!(lock(&wsess).labels.iter().all(|&l| l == 0));
-    drop(srv);
+    assert!(lock(&sess).labels.iter().all(|&l| l == 0));
+}
 
-    // Past the deadline: the guard answers 503; the job's result, when it comes, is dropped.
-    let mut opts = ServeOptions::new(decoder);
-    opts.request_timeout = Duration::from_millis(400);
-    let srv = serve_in_process(medsam2_engine(&ckpt, &cfg), opts);
-    let c = V2::claim(&srv.addr);
-    assert_eq!(c.set_image(&[1, d, h, w], DType::U8, vol.clone()).0, 200);
-    assert_eq!(c.post("/set_target_buffer", target).0, 200);
+/// A MedSAM2 box still waiting for the model at its deadline is answered 503 by the server; its
+/// result, when it comes, is not written.
+#[test]
+fn medsam2_result_after_the_deadline_is_dropped() {
+    let Some(case) = late_case("late-deadline") else {
+        return;
+    };
+    let srv = case.server(|o| o.request_timeout = Duration::from_millis(400));
+    let c = case.client(&srv);
     let sess = session_of(&srv.state, &c.lease);
     let hold = lock(&srv.state.compute);
     let job = {
         let c = c.clone();
-        std::thread::spawn(move || c.post("/add_bbox_interaction", bx))
+        std::thread::spawn(move || c.post("/add_bbox_interaction", late_box()))
     };
     wait_jobs(&sess, 1);
     let (st, m, _) = job.join().unwrap();
@@ -2238,4 +2292,10 @@ fn medsam2_results_arriving_late_are_dropped() {
         lock(&sess).labels.iter().all(|&l| l == 0),
         "a result finished after the deadline was written"
     );
+    // Undisturbed and in time, the same box writes its mask (so the check above can fail).
+    let srv = case.server(|_| {});
+    let c = case.client(&srv);
+    let sess = session_of(&srv.state, &c.lease);
+    assert_eq!(c.post("/add_bbox_interaction", late_box()).0, 200);
+    assert!(lock(&sess).labels.iter().any(|&l| l > 0), "the tiny model's mask is empty");
 }
