@@ -1914,7 +1914,7 @@ fn embeddings_are_cached_per_session_and_slice() {
     let dir = tmpdir("cache");
     let ckpt = tiny_checkpoint(&dir);
     let (m, _) =
-        medsam::models::load::load_any_model(&ckpt, None, Some(&tiny_config()), Device::Cpu)
+        medsam::models::load::load_any_model(&ckpt, None, Some(tiny_config().as_path()), Device::Cpu)
             .unwrap();
     let engine = Engine::from_any(m);
     let compute = std::sync::Mutex::new(());
