@@ -1869,6 +1869,52 @@ fn sigint_answers_the_request_in_flight_and_each_request_is_logged() {
     }
 }
 
+/// Two objects on a 2D image through the web API: each keeps its own label (the second wins
+/// where they overlap), each equals `medsam infer` with its box, the PNG download holds the
+/// labels, and undo takes back the second object only.
+#[test]
+fn web_objects_keep_their_labels() {
+    let dir = tmpdir("objects");
+    let ckpt = tiny_checkpoint(&dir);
+    let (h, w) = (48usize, 40usize);
+    let png = dir.join("img.png");
+    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (token, _) = web_open(a, &png);
+    let lease = [("X-Lease-Token", token.as_str())];
+    let boxes = [[4usize, 6, 26, 30], [14, 18, 38, 44]];
+    let mut labels = Vec::new();
+    for (i, b) in boxes.iter().enumerate() {
+        let body = serde_json::json!({"z": 0, "label": i + 1, "box": b}).to_string();
+        let (st, _, l) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&l));
+        labels = l;
+    }
+    let want: Vec<Vec<bool>> = boxes
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| infer_png(&ckpt, &png, b, &dir.join(format!("infer{i}"))))
+        .collect();
+    assert!(want.iter().all(|m| m.iter().any(|&v| v)), "a tiny-model mask is empty");
+    let is = |l: u8| labels.iter().map(|&v| v == l).collect::<Vec<_>>();
+    assert_eq!(is(2), want[1], "object 2");
+    let first: Vec<bool> = want[0].iter().zip(&want[1]).map(|(&a, &b)| a && !b).collect();
+    assert_eq!(is(1), first, "object 1 (where object 2 does not cover it)");
+    let (st, _, png_bytes) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    let got = image::load_from_memory(&png_bytes).unwrap().to_luma8().into_raw();
+    assert_eq!(got, labels, "the PNG holds the labels");
+    let (st, _, b) = http(a, "POST", "/api/undo", &lease, b"");
+    assert_eq!((st, json(&b)["z"].as_u64()), (200, Some(0)));
+    let (_, _, l) = http(a, "GET", "/api/labels?z=0", &lease, b"");
+    let only_first: Vec<u8> = want[0].iter().map(|&v| u8::from(v)).collect();
+    assert_eq!(l, only_first, "undo did not restore object 1 alone");
+}
+
 /// A NIfTI volume with an oblique affine and an origin, opened on the page and segmented: the
 /// downloaded mask carries the input's header geometry, as `medsam infer` writes it.
 #[test]
