@@ -2320,7 +2320,7 @@ fn medsam2_result_after_the_deadline_is_dropped() {
     let Some(case) = late_case("late-deadline") else {
         return;
     };
-    let srv = case.server(|o| o.request_timeout = Duration::from_millis(400));
+    let srv = case.server(|o| o.request_timeout = Duration::from_secs(2));
     let c = case.client(&srv);
     let sess = session_of(&srv.state, &c.lease);
     let hold = lock(&srv.state.compute);
