@@ -17,9 +17,10 @@
 //! `--request-timeout` (and client read timeout) than the defaults; a result that arrives after
 //! the deadline (the request was already answered with 503), or after the session changed (a new
 //! image, a reset, an undo), is dropped, not written. Leases expire on time: idle sessions after
-//! `idle_timeout`, and leases of heartbeating clients after `liveness_timeout` of silence. Errors are JSON
-//! `{"detail": "..."}` with a 4xx/5xx status (FastAPI's shape, which the Python clients read).
-//! The library never prints: every finished request is reported to [`ServeOptions::on_request`].
+//! `idle_timeout`, and leases of heartbeating clients after `liveness_timeout` of silence.
+//! Errors are JSON `{"detail": "..."}` with a 4xx/5xx status (FastAPI's shape, which the Python
+//! clients read). The library never prints: every finished request is reported to
+//! [`ServeOptions::on_request`].
 
 pub mod blosc2;
 pub mod engine;
