@@ -1915,6 +1915,51 @@ fn web_objects_keep_their_labels() {
     assert_eq!(l, only_first, "undo did not restore object 1 alone");
 }
 
+/// A JPEG and a challenge `.npz` open through the web API as `medsam infer` reads them: the
+/// JPEG's box mask equals `medsam infer`'s on that file, the `.npz` volume is its `imgs` and its
+/// mask downloads as NIfTI.
+#[test]
+fn web_opens_jpeg_and_npz() {
+    let dir = tmpdir("formats");
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (h, w) = (48usize, 40usize);
+    let jpg = dir.join("photo.jpg");
+    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
+        .unwrap()
+        .save(&jpg)
+        .unwrap();
+    let (token, info) = web_open(a, &jpg);
+    assert_eq!(info["shape"], serde_json::json!([1, h, w]));
+    let lease = [("X-Lease-Token", token.as_str())];
+    let bx = [10usize, 8, 34, 36];
+    let body = serde_json::json!({"z": 0, "label": 1, "box": bx}).to_string();
+    let (st, _, l) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&l));
+    let want = infer_png(&ckpt, &jpg, bx, &dir.join("infer"));
+    assert_eq!(l.iter().map(|&v| v > 0).collect::<Vec<_>>(), want);
+
+    let (d, h, w) = (3usize, 32usize, 36usize);
+    let vol = volume(d, h, w);
+    let npz = dir.join("case.npz");
+    let imgs = medsam::io::npy::encode_npy_u8(&[d, h, w], &vol);
+    medsam::io::volume::write_npz_members(&npz, &[("imgs", imgs)]).unwrap();
+    let (token, info) = web_open(a, &npz);
+    assert_eq!(info["shape"], serde_json::json!([d, h, w]));
+    let lease = [("X-Lease-Token", token.as_str())];
+    let (st, _, got) = http(a, "GET", "/api/volume", &lease, b"");
+    assert_eq!(st, 200);
+    assert!(got == vol, "the .npz volume differs from its imgs");
+    let body = serde_json::json!({"z": 1, "label": 1, "box": [6, 6, 30, 26]}).to_string();
+    assert_eq!(http(a, "POST", "/api/segment", &lease, body.as_bytes()).0, 200);
+    let (st, _, seg) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    std::fs::write(dir.join("seg.nii.gz"), seg).unwrap();
+    let seg = medsam::io::nifti::read_nifti(dir.join("seg.nii.gz")).unwrap();
+    assert_eq!(seg.shape, [d, h, w]);
+}
+
 /// A NIfTI volume with an oblique affine and an origin, opened on the page and segmented: the
 /// downloaded mask carries the input's header geometry, as `medsam infer` writes it.
 #[test]
