@@ -1706,6 +1706,22 @@ fn v2_protocol_edits_and_errors() {
     assert_eq!(c.labels(z).iter().map(|&l| l > 0).collect::<Vec<_>>(), want);
     let (st, m, _) = c.post("/predict", serde_json::json!({}));
     assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(false)));
+    // The same box as a negative one clears what it segments: here everything; undo brings it
+    // back.
+    let (st, m, body) = c.post(
+        "/add_bbox_interaction",
+        serde_json::json!({"bbox_coords": [[z, z + 1], [bx[1], bx[3]], [bx[0], bx[2]]],
+            "include_interaction": false}),
+    );
+    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(true)), "{m}");
+    paste(&mut buf, shape, &m, &body);
+    assert!(buf.iter().all(|&v| v == 0), "a negative box left voxels");
+    assert!(c.labels(z).iter().all(|&l| l == 0));
+    let (st, m, body) = c.post("/undo", serde_json::json!({}));
+    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(true)));
+    paste(&mut buf, shape, &m, &body);
+    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w].iter().map(|&v| v > 0).collect();
+    assert_eq!(got, want, "undo of the negative box");
     // Reset: the mask and the undo history go.
     assert_eq!(c.post("/reset_interactions", serde_json::json!({})).0, 200);
     assert!(c.labels(z).iter().all(|&l| l == 0));
