@@ -500,7 +500,7 @@ fn malformed_requests_get_json_errors() {
     huge.extend_from_slice(&0u32.to_le_bytes());
     let (st, _, b) = http(a, "POST", "/set_image", &lease, &huge);
     assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
-    // Interactions before an image, then bad JSON, an outside box, a 3D box, a lasso.
+    // Interactions before an image, then bad JSON, a lasso (more in v2_protocol_edits_and_errors).
     let (st, _, b) = http(
         a,
         "POST",
