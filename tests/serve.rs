@@ -2016,8 +2016,8 @@ fn web_nifti_download_keeps_the_input_geometry() {
 /// cached slice do not run the encoder, and give the mask a fresh session gives.
 #[test]
 fn embeddings_are_cached_per_session_and_slice() {
-    use medsam::serve::engine::{Engine, Prompt};
-    use medsam::serve::session::{Session, Volume};
+    use medsam::serve::engine::Prompt;
+    use medsam::serve::session::Volume;
     let dir = tmpdir("cache");
     let ckpt = tiny_checkpoint(&dir);
     let (m, _) =
