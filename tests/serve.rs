@@ -1572,7 +1572,10 @@ fn paste(buf: &mut [u8], [_, n1, n2]: [usize; 3], meta: &serde_json::Value, body
         .map(|p| [0, 1].map(|i| p[i].as_u64().unwrap() as usize))
         .collect();
     let a = nnia::unpack(body, 1 << 30).unwrap();
-    assert_eq!(a.shape, r.iter().map(|[lo, hi]| hi - lo).collect::<Vec<_>>());
+    assert_eq!(
+        a.shape,
+        r.iter().map(|[lo, hi]| hi - lo).collect::<Vec<_>>()
+    );
     let mut k = 0;
     for x in r[0][0]..r[0][1] {
         for y in r[1][0]..r[1][1] {
@@ -1597,7 +1600,9 @@ fn v2_protocol_edits_and_errors() {
     let a = srv.addr.as_str();
     let (st, hs, page) = http(a, "GET", "/", &[], b"");
     assert_eq!(st, 200);
-    assert!(header(&hs, "content-type").unwrap().starts_with("text/html"));
+    assert!(header(&hs, "content-type")
+        .unwrap()
+        .starts_with("text/html"));
     let page = String::from_utf8(page).unwrap();
     assert!(page.contains("<canvas"));
     for remote in ["http://", "https://", "src=\"//", "href=\"//", "@import"] {
@@ -1612,11 +1617,17 @@ fn v2_protocol_edits_and_errors() {
         br#"{"outer_point_one":[0,0,0],"outer_point_two":[0,4,4],"positive_click":true}"#,
     );
     assert_eq!(st, 400);
-    assert!(json(&b)["detail"].as_str().unwrap().contains("upload_image"));
+    assert!(json(&b)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("upload_image"));
     for p in ["/add_scribble_interaction", "/add_lasso_interaction"] {
         let (st, _, b) = http(a, "POST", p, &[], b"");
         assert_eq!(st, 400, "{p}");
-        assert!(json(&b)["detail"].as_str().unwrap().contains("not supported"));
+        assert!(json(&b)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not supported"));
     }
 
     let c = V2::claim(a);
@@ -1646,10 +1657,19 @@ fn v2_protocol_edits_and_errors() {
     }
     let (st, info) = c.set_image(&[1, d, h, w], DType::U8, vol.clone());
     assert_eq!(st, 200, "{info}");
-    assert_eq!(info["original_image_shape"], serde_json::json!([1, d, h, w]));
+    assert_eq!(
+        info["original_image_shape"],
+        serde_json::json!([1, d, h, w])
+    );
     for (body, why) in [
-        (serde_json::json!({"shape": shape, "dtype": "float32"}), "dtype"),
-        (serde_json::json!({"shape": [d, h, w + 1], "dtype": "uint8"}), "shape"),
+        (
+            serde_json::json!({"shape": shape, "dtype": "float32"}),
+            "dtype",
+        ),
+        (
+            serde_json::json!({"shape": [d, h, w + 1], "dtype": "uint8"}),
+            "shape",
+        ),
         (serde_json::json!({"shape": shape}), "dtype"),
     ] {
         let (st, e, _) = c.post("/set_target_buffer", body);
@@ -1658,7 +1678,8 @@ fn v2_protocol_edits_and_errors() {
     }
     let target = serde_json::json!({"shape": shape, "dtype": "uint8"});
     assert_eq!(c.post("/set_target_buffer", target).0, 200);
-    let boxed = |b: serde_json::Value| serde_json::json!({"bbox_coords": b, "include_interaction": true});
+    let boxed =
+        |b: serde_json::Value| serde_json::json!({"bbox_coords": b, "include_interaction": true});
     for (b, why) in [
         (serde_json::json!([[9, 10], [4, 20], [4, 20]]), "outside"),
         (serde_json::json!([[1, 2], [60, 70], [4, 20]]), "outside"),
@@ -1681,7 +1702,10 @@ fn v2_protocol_edits_and_errors() {
         serde_json::json!({"bbox_coords": [[1, 2], [4, 20], [4, 20]], "include_interaction": "yes"}),
     );
     assert_eq!(st, 400, "{e}");
-    assert!(e["detail"].as_str().unwrap().contains("include_interaction"));
+    assert!(e["detail"]
+        .as_str()
+        .unwrap()
+        .contains("include_interaction"));
     for p in ["/add_scribble_interaction", "/add_lasso_interaction"] {
         assert_eq!(c.post(p, serde_json::json!({})).0, 400, "{p}");
     }
@@ -1694,14 +1718,24 @@ fn v2_protocol_edits_and_errors() {
             "include_interaction": true, "run_prediction": false}),
     );
     assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(false)));
-    assert!(c.labels(z).iter().all(|&l| l == 0), "run_prediction false changed the mask");
+    assert!(
+        c.labels(z).iter().all(|&l| l == 0),
+        "run_prediction false changed the mask"
+    );
     let (st, m, body) = c.post("/predict", serde_json::json!({"force_full_refine": false}));
-    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(true)), "{m}");
+    assert_eq!(
+        (st, &m["ran_prediction"]),
+        (200, &serde_json::json!(true)),
+        "{m}"
+    );
     let mut buf = vec![0u8; d * h * w];
     paste(&mut buf, shape, &m, &body);
     let want = infer_slice(&ckpt, &vol, (h, w), z, bx, &dir);
     assert!(want.iter().any(|&v| v), "the tiny model's mask is empty");
-    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w].iter().map(|&v| v > 0).collect();
+    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0)
+        .collect();
     assert_eq!(got, want, "/predict differs from medsam infer");
     assert_eq!(c.labels(z).iter().map(|&l| l > 0).collect::<Vec<_>>(), want);
     let (st, m, _) = c.post("/predict", serde_json::json!({}));
@@ -1713,14 +1747,21 @@ fn v2_protocol_edits_and_errors() {
         serde_json::json!({"bbox_coords": [[z, z + 1], [bx[1], bx[3]], [bx[0], bx[2]]],
             "include_interaction": false}),
     );
-    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(true)), "{m}");
+    assert_eq!(
+        (st, &m["ran_prediction"]),
+        (200, &serde_json::json!(true)),
+        "{m}"
+    );
     paste(&mut buf, shape, &m, &body);
     assert!(buf.iter().all(|&v| v == 0), "a negative box left voxels");
     assert!(c.labels(z).iter().all(|&l| l == 0));
     let (st, m, body) = c.post("/undo", serde_json::json!({}));
     assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(true)));
     paste(&mut buf, shape, &m, &body);
-    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w].iter().map(|&v| v > 0).collect();
+    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0)
+        .collect();
     assert_eq!(got, want, "undo of the negative box");
     // Reset: the mask and the undo history go.
     assert_eq!(c.post("/reset_interactions", serde_json::json!({})).0, 200);
@@ -1752,7 +1793,10 @@ fn v2_protocol_edits_and_errors() {
     assert_eq!(m["bbox"], serde_json::json!([[0, d], [0, h], [0, w]]));
     let mut buf = init.clone();
     paste(&mut buf, shape, &m, &body);
-    assert!(buf.iter().all(|&v| v == 0), "undo's answer does not clear the buffer");
+    assert!(
+        buf.iter().all(|&v| v == 0),
+        "undo's answer does not clear the buffer"
+    );
     assert!(c.labels(1).iter().all(|&l| l == 0));
     // Release: the lease is gone.
     assert_eq!(c.call("POST", "/release", &[], b"").0, 200);
@@ -1780,7 +1824,11 @@ fn leases_expire_on_time_and_free_their_slot() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(beats[0], 200);
-    assert_eq!(*beats.last().unwrap(), 410, "heartbeats kept an idle lease: {beats:?}");
+    assert_eq!(
+        *beats.last().unwrap(),
+        410,
+        "heartbeats kept an idle lease: {beats:?}"
+    );
     assert_eq!(c.call("GET", "/lease_status", &[], b"").0, 410);
     V2::claim(a);
     drop(srv);
@@ -1800,7 +1848,13 @@ fn leases_expire_on_time_and_free_their_slot() {
     }
     assert_eq!(silent.call("GET", "/lease_status", &[], b"").0, 410);
     assert_eq!(beating.call("GET", "/lease_status", &[], b"").0, 200);
-    let (st, _, b) = http(a, "GET", "/api/labels?z=0", &[("X-Lease-Token", web.as_str())], b"");
+    let (st, _, b) = http(
+        a,
+        "GET",
+        "/api/labels?z=0",
+        &[("X-Lease-Token", web.as_str())],
+        b"",
+    );
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
 }
 
@@ -1860,7 +1914,10 @@ fn sigint_answers_the_request_in_flight_and_each_request_is_logged() {
     s.write_all(&body).unwrap();
     let (st, _, b) = read_response(&mut s);
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
-    assert_eq!(json(&b)["original_image_shape"], serde_json::json!([1, 2, 16, 16]));
+    assert_eq!(
+        json(&b)["original_image_shape"],
+        serde_json::json!([1, 2, 16, 16])
+    );
     let status = srv.child.wait().unwrap();
     assert!(status.success(), "exit after SIGINT: {status:?}");
     let mut rest = String::new();
@@ -1879,7 +1936,8 @@ fn sigint_answers_the_request_in_flight_and_each_request_is_logged() {
         "POST /set_image 200 ",
     ] {
         assert!(
-            log.lines().any(|l| l.starts_with(want) && l.ends_with(" ms")),
+            log.lines()
+                .any(|l| l.starts_with(want) && l.ends_with(" ms")),
             "no log line {want:?} in:\n{log}"
         );
     }
@@ -1915,14 +1973,24 @@ fn web_objects_keep_their_labels() {
         .enumerate()
         .map(|(i, &b)| infer_png(&ckpt, &png, b, &dir.join(format!("infer{i}"))))
         .collect();
-    assert!(want.iter().all(|m| m.iter().any(|&v| v)), "a tiny-model mask is empty");
+    assert!(
+        want.iter().all(|m| m.iter().any(|&v| v)),
+        "a tiny-model mask is empty"
+    );
     let is = |l: u8| labels.iter().map(|&v| v == l).collect::<Vec<_>>();
     assert_eq!(is(2), want[1], "object 2");
-    let first: Vec<bool> = want[0].iter().zip(&want[1]).map(|(&a, &b)| a && !b).collect();
+    let first: Vec<bool> = want[0]
+        .iter()
+        .zip(&want[1])
+        .map(|(&a, &b)| a && !b)
+        .collect();
     assert_eq!(is(1), first, "object 1 (where object 2 does not cover it)");
     let (st, _, png_bytes) = http(a, "GET", "/api/download", &lease, b"");
     assert_eq!(st, 200);
-    let got = image::load_from_memory(&png_bytes).unwrap().to_luma8().into_raw();
+    let got = image::load_from_memory(&png_bytes)
+        .unwrap()
+        .to_luma8()
+        .into_raw();
     assert_eq!(got, labels, "the PNG holds the labels");
     let (st, _, b) = http(a, "POST", "/api/undo", &lease, b"");
     assert_eq!((st, json(&b)["z"].as_u64()), (200, Some(0)));
@@ -1968,7 +2036,10 @@ fn web_opens_jpeg_and_npz() {
     assert_eq!(st, 200);
     assert!(got == vol, "the .npz volume differs from its imgs");
     let body = serde_json::json!({"z": 1, "label": 1, "box": [6, 6, 30, 26]}).to_string();
-    assert_eq!(http(a, "POST", "/api/segment", &lease, body.as_bytes()).0, 200);
+    assert_eq!(
+        http(a, "POST", "/api/segment", &lease, body.as_bytes()).0,
+        200
+    );
     let (st, _, seg) = http(a, "GET", "/api/download", &lease, b"");
     assert_eq!(st, 200);
     std::fs::write(dir.join("seg.nii.gz"), seg).unwrap();
@@ -2002,14 +2073,20 @@ fn web_nifti_download_keeps_the_input_geometry() {
     let (token, _) = web_open(a, &nii);
     let lease = [("X-Lease-Token", token.as_str())];
     let body = serde_json::json!({"z": 1, "label": 1, "box": [10, 8, 34, 36]}).to_string();
-    assert_eq!(http(a, "POST", "/api/segment", &lease, body.as_bytes()).0, 200);
+    assert_eq!(
+        http(a, "POST", "/api/segment", &lease, body.as_bytes()).0,
+        200
+    );
     let (st, _, seg) = http(a, "GET", "/api/download", &lease, b"");
     assert_eq!(st, 200);
     let got = dir.join("seg.nii.gz");
     std::fs::write(&got, seg).unwrap();
     let want = medsam::io::nifti::read_nifti_geometry(&nii).unwrap();
     assert_eq!(medsam::io::nifti::read_nifti_geometry(&got).unwrap(), want);
-    assert_eq!(medsam::io::nifti::read_nifti(&got).unwrap().shape, [d, h, w]);
+    assert_eq!(
+        medsam::io::nifti::read_nifti(&got).unwrap().shape,
+        [d, h, w]
+    );
 }
 
 /// Slice embeddings are cached per session, the least recently used dropped first: prompts on a
@@ -2020,9 +2097,13 @@ fn embeddings_are_cached_per_session_and_slice() {
     use medsam::serve::session::Volume;
     let dir = tmpdir("cache");
     let ckpt = tiny_checkpoint(&dir);
-    let (m, _) =
-        medsam::models::load::load_any_model(&ckpt, None, Some(tiny_config().as_path()), Device::Cpu)
-            .unwrap();
+    let (m, _) = medsam::models::load::load_any_model(
+        &ckpt,
+        None,
+        Some(tiny_config().as_path()),
+        Device::Cpu,
+    )
+    .unwrap();
     let engine = Engine::from_any(m);
     let compute = std::sync::Mutex::new(());
     let (d, h, w) = (3usize, 48usize, 40usize);
@@ -2066,7 +2147,14 @@ fn api_key_comparison_checks_every_byte() {
     use medsam::serve::ct_eq;
     assert!(ct_eq(b"s3cret", b"s3cret"));
     assert!(ct_eq(b"", b""));
-    for other in [&b"s3cre"[..], b"s3cret!", b"S3cret", b"s3creT", b"", b"s3cret\0"] {
+    for other in [
+        &b"s3cre"[..],
+        b"s3cret!",
+        b"S3cret",
+        b"s3creT",
+        b"",
+        b"s3cret\0",
+    ] {
         assert!(!ct_eq(b"s3cret", other), "{other:?}");
         assert!(!ct_eq(other, b"s3cret"), "{other:?}");
     }
@@ -2090,7 +2178,10 @@ fn medsam2_boxes_on_axes_1_and_2_segment_along_that_axis() {
     let target = serde_json::json!({"shape": shape, "dtype": "uint8"});
     assert_eq!(c.post("/set_target_buffer", target).0, 200);
     // (axis, slice, rows along axis 0, columns along the remaining axis)
-    for (axis, i, (r0, r1), (c0, c1)) in [(1usize, 5usize, (4usize, 20usize), (3usize, 13usize)), (2, 7, (4, 20), (2, 10))] {
+    for (axis, i, (r0, r1), (c0, c1)) in [
+        (1usize, 5usize, (4usize, 20usize), (3usize, 13usize)),
+        (2, 7, (4, 20), (2, 10)),
+    ] {
         assert_eq!(c.post("/reset_interactions", serde_json::json!({})).0, 200);
         let other = 3 - axis;
         let mut coords = [[r0, r1]; 3];
@@ -2141,7 +2232,10 @@ fn medsam2_boxes_on_axes_1_and_2_segment_along_that_axis() {
             slices_with_voxels(&m2, d) > 1,
             "the tiny model's mask should reach beyond the key slice"
         );
-        assert_eq!(got, want, "axis {axis}: differs from medsam infer on the re-stacked volume");
+        assert_eq!(
+            got, want,
+            "axis {axis}: differs from medsam infer on the re-stacked volume"
+        );
     }
 }
 
@@ -2188,7 +2282,8 @@ fn serve_in_process(engine: Engine, opts: ServeOptions) -> InProcess {
         let stop = async move {
             let _ = rx.await;
         };
-        rt.block_on(medsam::serve::serve(listener, st, stop)).unwrap();
+        rt.block_on(medsam::serve::serve(listener, st, stop))
+            .unwrap();
     });
     InProcess {
         addr,
@@ -2268,7 +2363,10 @@ impl LateCase {
     fn client(&self, srv: &InProcess) -> V2 {
         let c = V2::claim(&srv.addr);
         let [d, h, w] = LATE_SHAPE;
-        assert_eq!(c.set_image(&[1, d, h, w], DType::U8, self.vol.clone()).0, 200);
+        assert_eq!(
+            c.set_image(&[1, d, h, w], DType::U8, self.vol.clone()).0,
+            200
+        );
         let target = serde_json::json!({"shape": LATE_SHAPE, "dtype": "uint8"});
         assert_eq!(c.post("/set_target_buffer", target).0, 200);
         c
@@ -2315,12 +2413,15 @@ fn medsam2_result_is_dropped_when_the_session_changed_meanwhile() {
     );
     let initial_seg = || {
         let zeros = nnia_bytes(&LATE_SHAPE, DType::U8, vec![0; d * h * w]);
-        c.call("POST", "/add_initial_seg_interaction", &[], &zeros).0
+        c.call("POST", "/add_initial_seg_interaction", &[], &zeros)
+            .0
     };
     let new_image = || c.set_image(&[1, d, h, w], DType::U8, case.vol.clone()).0;
     let changes: [(&str, &dyn Fn() -> u16); 4] = [
         ("undo", &|| c.post("/undo", serde_json::json!({})).0),
-        ("reset", &|| c.post("/reset_interactions", serde_json::json!({})).0),
+        ("reset", &|| {
+            c.post("/reset_interactions", serde_json::json!({})).0
+        }),
         ("new image", &new_image),
         ("initial segmentation", &initial_seg),
     ];
@@ -2355,7 +2456,10 @@ fn web_propagation_refuses_undo_and_is_dropped_after_a_reset() {
     let (st, _, b) = http(a, "POST", "/api/segment", &lease, segment.as_bytes());
     assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
     wait_jobs(&sess, 0);
-    assert!(lock(&sess).labels.iter().any(|&l| l > 0), "the tiny model's mask is empty");
+    assert!(
+        lock(&sess).labels.iter().any(|&l| l > 0),
+        "the tiny model's mask is empty"
+    );
     assert_eq!(http(a, "POST", "/api/undo", &lease, b"").0, 200);
     let hold = lock(&srv.state.compute);
     let (st, _, b) = http(a, "POST", "/api/segment", &lease, segment.as_bytes());
@@ -2404,5 +2508,8 @@ fn medsam2_result_after_the_deadline_is_dropped() {
     let c = case.client(&srv);
     let sess = session_of(&srv.state, &c.lease);
     assert_eq!(c.post("/add_bbox_interaction", late_box()).0, 200);
-    assert!(lock(&sess).labels.iter().any(|&l| l > 0), "the tiny model's mask is empty");
+    assert!(
+        lock(&sess).labels.iter().any(|&l| l > 0),
+        "the tiny model's mask is empty"
+    );
 }
