@@ -218,6 +218,14 @@ fn volume(d: usize, h: usize, w: usize) -> Vec<u8> {
     v
 }
 
+/// Saves the one-slice phantom [`volume`]`(1, h, w)` as a grey image (format from the extension).
+fn save_phantom(path: &Path, h: usize, w: usize) {
+    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
 fn read_png_mask(path: &Path) -> Vec<bool> {
     let img = image::open(path).unwrap().to_luma8();
     img.into_raw().iter().map(|&v| v > 0).collect()
@@ -974,10 +982,7 @@ fn load_8_clients_x_50_requests() {
     let ckpt = tiny_checkpoint(&dir);
     let (h, w) = (64usize, 64usize);
     let png = dir.join("img.png");
-    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
-        .unwrap()
-        .save(&png)
-        .unwrap();
+    save_phantom(&png, h, w);
     let bytes = std::fs::read(&png).unwrap();
     let srv = start(&ckpt, &[]);
     let addr = srv.addr.clone();
@@ -1837,10 +1842,7 @@ fn leases_expire_on_time_and_free_their_slot() {
     let a = srv.addr.as_str();
     let (beating, silent) = (V2::claim(a), V2::claim(a));
     let png = dir.join("img.png");
-    image::GrayImage::from_raw(32, 32, volume(1, 32, 32))
-        .unwrap()
-        .save(&png)
-        .unwrap();
+    save_phantom(&png, 32, 32);
     let (web, _) = web_open(a, &png);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(200));
@@ -1952,10 +1954,7 @@ fn web_objects_keep_their_labels() {
     let ckpt = tiny_checkpoint(&dir);
     let (h, w) = (48usize, 40usize);
     let png = dir.join("img.png");
-    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
-        .unwrap()
-        .save(&png)
-        .unwrap();
+    save_phantom(&png, h, w);
     let srv = start(&ckpt, &[]);
     let a = srv.addr.as_str();
     let (token, _) = web_open(a, &png);
@@ -2010,10 +2009,7 @@ fn web_opens_jpeg_and_npz() {
     let a = srv.addr.as_str();
     let (h, w) = (48usize, 40usize);
     let jpg = dir.join("photo.jpg");
-    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
-        .unwrap()
-        .save(&jpg)
-        .unwrap();
+    save_phantom(&jpg, h, w);
     let (token, info) = web_open(a, &jpg);
     assert_eq!(info["shape"], serde_json::json!([1, h, w]));
     let lease = [("X-Lease-Token", token.as_str())];
