@@ -8,7 +8,14 @@
 //!   the intensity conversion is checked too);
 //! - blosc2 chunks made by the real `blosc2` package (codecs, filters, types, odd sizes) decode
 //!   to the same bytes;
-//! - malformed requests get 4xx JSON errors, the API key is enforced, SIGTERM stops the server.
+//! - malformed requests get 4xx JSON errors, the API key is enforced, SIGTERM stops the server;
+//! - the v2 protocol request by request (errors, `/predict`, reset, initial segmentation, undo,
+//!   release), MedSAM2 boxes on axes 1 and 2 against `medsam infer` on the re-stacked volume;
+//! - leases expire on time, slow requests get 503, Ctrl-C answers the request in flight, one log
+//!   line per request, the NIfTI download keeps the input's geometry, embeddings are cached;
+//! - in-process servers whose model lock the test holds, to order events exactly: a MedSAM2
+//!   result arriving after a reset/undo/new image/initial segmentation or after the request's
+//!   deadline is dropped, not written.
 //!
 //! Tests whose Python packages are missing print "SKIPPED: ..." and return.
 
@@ -62,6 +69,11 @@ fn start(ckpt: &Path, extra: &[&str]) -> Server {
 }
 
 fn start_with(ckpt: &Path, config: &Path, extra: &[&str]) -> Server {
+    spawn_server(ckpt, config, extra, Stdio::null())
+}
+
+/// `medsam serve` with `config`, its log (stderr) going to `stderr`.
+fn spawn_server(ckpt: &Path, config: &Path, extra: &[&str], stderr: Stdio) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medsam"))
         .arg("serve")
         .arg("-c")
@@ -71,7 +83,7 @@ fn start_with(ckpt: &Path, config: &Path, extra: &[&str]) -> Server {
         .args(["--port", "0"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -109,6 +121,11 @@ fn http(
     s.write_all(req.as_bytes()).unwrap();
     // The server may answer (413) before reading a large body; a reset then is fine.
     let _ = s.write_all(body);
+    read_response(&mut s)
+}
+
+/// Reads one HTTP response from `s`: status, headers (lower-case) and body.
+fn read_response(s: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
     // Read the head, then exactly Content-Length bytes (some servers keep the connection open
     // despite `Connection: close`), or to the end of a chunked body / the stream.
     let mut raw = Vec::new();
@@ -199,6 +216,14 @@ fn volume(d: usize, h: usize, w: usize) -> Vec<u8> {
         }
     }
     v
+}
+
+/// Saves the one-slice phantom [`volume`]`(1, h, w)` as a grey image (format from the extension).
+fn save_phantom(path: &Path, h: usize, w: usize) {
+    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
+        .unwrap()
+        .save(path)
+        .unwrap();
 }
 
 fn read_png_mask(path: &Path) -> Vec<bool> {
@@ -483,7 +508,7 @@ fn malformed_requests_get_json_errors() {
     huge.extend_from_slice(&0u32.to_le_bytes());
     let (st, _, b) = http(a, "POST", "/set_image", &lease, &huge);
     assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
-    // Interactions before an image, then bad JSON, an outside box, a 3D box, a lasso.
+    // Interactions before an image, then bad JSON, a lasso (more in v2_protocol_edits_and_errors).
     let (st, _, b) = http(
         a,
         "POST",
@@ -957,10 +982,7 @@ fn load_8_clients_x_50_requests() {
     let ckpt = tiny_checkpoint(&dir);
     let (h, w) = (64usize, 64usize);
     let png = dir.join("img.png");
-    image::GrayImage::from_raw(w as u32, h as u32, volume(1, h, w))
-        .unwrap()
-        .save(&png)
-        .unwrap();
+    save_phantom(&png, h, w);
     let bytes = std::fs::read(&png).unwrap();
     let srv = start(&ckpt, &[]);
     let addr = srv.addr.clone();
@@ -1135,17 +1157,23 @@ fn web_medsam2_box_propagates_like_medsam_infer() {
     }
 }
 
+/// [`volume`] as floats, not integers in 0–255 (so a MedSAM2 server must convert it as `medsam
+/// infer --model-type medsam2` does).
+fn float_volume(d: usize, h: usize, w: usize) -> Vec<f32> {
+    volume(d, h, w)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v as f32 * 7.25 - 40.0 + (i % 7) as f32 * 0.5)
+        .collect()
+}
+
 /// A MedSAM2 protocol test's directory, tiny checkpoint and config, and a float `d × h × w`
 /// volume (not uint8, so the server must convert it as `medsam infer --model-type medsam2`
 /// does) as `vol.npy` (float32) and `vol.nii.gz`; `None` when the fixture is absent.
 fn medsam2_case(name: &str, (d, h, w): (usize, usize, usize)) -> Option<[PathBuf; 5]> {
     let dir = tmpdir(name);
     let (ckpt, cfg) = tiny_medsam2(&dir)?;
-    let vol: Vec<f32> = volume(d, h, w)
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| v as f32 * 7.25 - 40.0 + (i % 7) as f32 * 0.5)
-        .collect();
+    let vol = float_volume(d, h, w);
     let npy = dir.join("vol.npy");
     medsam::io::npy::write_npy_f32(&npy, &[d, h, w], &vol).unwrap();
     let nii = dir.join("vol.nii.gz");
@@ -1453,4 +1481,1031 @@ fn web_page_dicom_files_in_chromium() {
     assert_eq!(b.exec("return S.shape"), serde_json::json!([d, h, w]));
     let sum: u64 = want.data.iter().map(|&v| v as u64).sum();
     assert_eq!(b.exec("return S.vol.reduce((a, v) => a + v, 0)"), sum);
+}
+
+// ---- the v2 protocol request by request; leases, timeouts, shutdown, the request log ----
+
+use medsam::serve::nnia::{self, DType};
+
+/// An `NNIA` body: `shape`, `dtype` and the little-endian bytes `data`.
+fn nnia_bytes(shape: &[usize], dtype: DType, data: Vec<u8>) -> Vec<u8> {
+    nnia::pack(&nnia::Array {
+        shape: shape.to_vec(),
+        dtype,
+        data,
+    })
+    .unwrap()
+}
+
+/// The value of header `name` (lower-case).
+fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A v2 client by hand: a lease on the server at `addr`.
+#[derive(Clone)]
+struct V2 {
+    addr: String,
+    lease: String,
+}
+
+impl V2 {
+    fn claim(addr: &str) -> V2 {
+        let (st, _, b) = http(addr, "POST", "/claim", &[], b"");
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+        V2 {
+            addr: addr.to_string(),
+            lease: json(&b)["lease_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// A request with the lease and `extra` headers.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut hs = vec![("X-Lease-Token", self.lease.as_str())];
+        hs.extend_from_slice(extra);
+        http(&self.addr, method, path, &hs, body)
+    }
+
+    /// POSTs JSON; returns the status, the answer's `X-Meta` (else its JSON body) and its body.
+    fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value, Vec<u8>) {
+        let (st, hs, b) = self.call(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        let meta = match header(&hs, "x-meta") {
+            Some(m) => serde_json::from_str(m).unwrap(),
+            None => json(&b),
+        };
+        (st, meta, b)
+    }
+
+    /// `set_image` of an array of `shape`; returns the status and the JSON answer.
+    fn set_image(&self, shape: &[usize], dtype: DType, data: Vec<u8>) -> (u16, serde_json::Value) {
+        let (st, _, b) = self.call(
+            "POST",
+            "/set_image",
+            &[("X-Meta", r#"{"image_properties":{"spacing":[1,1,1]}}"#)],
+            &nnia_bytes(shape, dtype, data),
+        );
+        (st, json(&b))
+    }
+
+    /// Slice `z` (axis 0) of the session's labels on the server (the web API reads any session).
+    fn labels(&self, z: usize) -> Vec<u8> {
+        let (st, _, b) = self.call("GET", &format!("/api/labels?z={z}"), &[], b"");
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+        b
+    }
+}
+
+/// Writes a prediction answer (`bbox` of its meta, the `NNIA` sub-array of its body) into the
+/// 0/1 buffer `buf` of `shape`, as the client does.
+fn paste(buf: &mut [u8], [_, n1, n2]: [usize; 3], meta: &serde_json::Value, body: &[u8]) {
+    let Some(b) = meta["bbox"].as_array() else {
+        return;
+    };
+    let r: Vec<[usize; 2]> = b
+        .iter()
+        .map(|p| [0, 1].map(|i| p[i].as_u64().unwrap() as usize))
+        .collect();
+    let a = nnia::unpack(body, 1 << 30).unwrap();
+    assert_eq!(
+        a.shape,
+        r.iter().map(|[lo, hi]| hi - lo).collect::<Vec<_>>()
+    );
+    let mut k = 0;
+    for x in r[0][0]..r[0][1] {
+        for y in r[1][0]..r[1][1] {
+            for z in r[2][0]..r[2][1] {
+                buf[(x * n1 + y) * n2 + z] = u8::from(a.dtype.read_f64(&a.data, k) != 0.0);
+                k += 1;
+            }
+        }
+    }
+}
+
+/// The v2 endpoints one by one (tiny LiteMedSAM): wrong ranks, channels, lying or cut blosc2
+/// chunks, wrong buffer types and shapes, boxes and points outside the image, lasso and scribble
+/// → 400 JSON (in both protocols); a box kept for `/predict` (whose answer equals `medsam infer`),
+/// a reset, an initial segmentation and its undo, a release. The page fetches nothing from
+/// elsewhere.
+#[test]
+fn v2_protocol_edits_and_errors() {
+    let dir = tmpdir("v2");
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (st, hs, page) = http(a, "GET", "/", &[], b"");
+    assert_eq!(st, 200);
+    assert!(header(&hs, "content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains("<canvas"));
+    for remote in ["http://", "https://", "src=\"//", "href=\"//", "@import"] {
+        assert!(!page.contains(remote), "the page loads {remote}…");
+    }
+    // The Slicer protocol's paths before an upload, and its unsupported interactions.
+    let (st, _, b) = http(
+        a,
+        "POST",
+        "/add_bbox_interaction",
+        &[],
+        br#"{"outer_point_one":[0,0,0],"outer_point_two":[0,4,4],"positive_click":true}"#,
+    );
+    assert_eq!(st, 400);
+    assert!(json(&b)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("upload_image"));
+    for p in ["/add_scribble_interaction", "/add_lasso_interaction"] {
+        let (st, _, b) = http(a, "POST", p, &[], b"");
+        assert_eq!(st, 400, "{p}");
+        assert!(json(&b)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not supported"));
+    }
+
+    let c = V2::claim(a);
+    let (d, h, w) = (4usize, 48usize, 40usize);
+    let shape = [d, h, w];
+    let vol = volume(d, h, w);
+    for (s, n) in [
+        (vec![d, h, w], d * h * w),
+        (vec![2, d, h, w], 2 * d * h * w),
+        (vec![1, 0, h, w], 0),
+    ] {
+        let (st, e) = c.set_image(&s, DType::U8, vec![7; n]);
+        assert_eq!(st, 400, "{s:?}: {e}");
+        assert!(e["detail"].is_string());
+    }
+    // A blosc2 chunk whose header claims more bytes than the array has, and a cut chunk.
+    let good = nnia_bytes(&[1, d, h, w], DType::U8, vol.clone());
+    let chunk = 8 + "uint8".len() + 8 * 4 + 4 + 16;
+    let mut lying = good.clone();
+    let nbytes = u32::from_le_bytes(lying[chunk + 4..chunk + 8].try_into().unwrap());
+    lying[chunk + 4..chunk + 8].copy_from_slice(&(nbytes + 64).to_le_bytes());
+    let cut = good[..good.len() - 10].to_vec();
+    for body in [lying, cut] {
+        let (st, _, b) = c.call("POST", "/set_image", &[], &body);
+        assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
+        assert!(json(&b)["detail"].is_string());
+    }
+    let (st, info) = c.set_image(&[1, d, h, w], DType::U8, vol.clone());
+    assert_eq!(st, 200, "{info}");
+    assert_eq!(
+        info["original_image_shape"],
+        serde_json::json!([1, d, h, w])
+    );
+    for (body, why) in [
+        (
+            serde_json::json!({"shape": shape, "dtype": "float32"}),
+            "dtype",
+        ),
+        (
+            serde_json::json!({"shape": [d, h, w + 1], "dtype": "uint8"}),
+            "shape",
+        ),
+        (serde_json::json!({"shape": shape}), "dtype"),
+    ] {
+        let (st, e, _) = c.post("/set_target_buffer", body);
+        assert_eq!(st, 400, "{e}");
+        assert!(e["detail"].as_str().unwrap().contains(why), "{e}");
+    }
+    let target = serde_json::json!({"shape": shape, "dtype": "uint8"});
+    assert_eq!(c.post("/set_target_buffer", target).0, 200);
+    let boxed =
+        |b: serde_json::Value| serde_json::json!({"bbox_coords": b, "include_interaction": true});
+    for (b, why) in [
+        (serde_json::json!([[9, 10], [4, 20], [4, 20]]), "outside"),
+        (serde_json::json!([[1, 2], [60, 70], [4, 20]]), "outside"),
+        (serde_json::json!([[1, 2], [4, 4], [4, 20]]), "empty"),
+        (serde_json::json!([[0, 3], [4, 20], [4, 20]]), "3D box"),
+        (serde_json::json!([[1, 2], [4, 20]]), "bbox_coords"),
+    ] {
+        let (st, e, _) = c.post("/add_bbox_interaction", boxed(b.clone()));
+        assert_eq!(st, 400, "{b}: {e}");
+        assert!(e["detail"].as_str().unwrap().contains(why), "{b}: {e}");
+    }
+    let (st, e, _) = c.post(
+        "/add_point_interaction",
+        serde_json::json!({"coordinates": [1, 50, 3], "include_interaction": true}),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("outside"), "{e}");
+    let (st, e, _) = c.post(
+        "/add_bbox_interaction",
+        serde_json::json!({"bbox_coords": [[1, 2], [4, 20], [4, 20]], "include_interaction": "yes"}),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert!(e["detail"]
+        .as_str()
+        .unwrap()
+        .contains("include_interaction"));
+    for p in ["/add_scribble_interaction", "/add_lasso_interaction"] {
+        assert_eq!(c.post(p, serde_json::json!({})).0, 400, "{p}");
+    }
+
+    // A box kept for /predict, then run: `medsam infer`'s mask on that slice.
+    let (z, bx) = (2usize, [10usize, 8, 34, 36]);
+    let (st, m, _) = c.post(
+        "/add_bbox_interaction",
+        serde_json::json!({"bbox_coords": [[z, z + 1], [bx[1], bx[3]], [bx[0], bx[2]]],
+            "include_interaction": true, "run_prediction": false}),
+    );
+    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(false)));
+    assert!(
+        c.labels(z).iter().all(|&l| l == 0),
+        "run_prediction false changed the mask"
+    );
+    let (st, m, body) = c.post("/predict", serde_json::json!({"force_full_refine": false}));
+    assert_eq!(
+        (st, &m["ran_prediction"]),
+        (200, &serde_json::json!(true)),
+        "{m}"
+    );
+    let mut buf = vec![0u8; d * h * w];
+    paste(&mut buf, shape, &m, &body);
+    let want = infer_slice(&ckpt, &vol, (h, w), z, bx, &dir);
+    assert!(want.iter().any(|&v| v), "the tiny model's mask is empty");
+    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0)
+        .collect();
+    assert_eq!(got, want, "/predict differs from medsam infer");
+    assert_eq!(c.labels(z).iter().map(|&l| l > 0).collect::<Vec<_>>(), want);
+    let (st, m, _) = c.post("/predict", serde_json::json!({}));
+    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(false)));
+    // The same box as a negative one clears what it segments: here everything; undo brings it
+    // back.
+    let (st, m, body) = c.post(
+        "/add_bbox_interaction",
+        serde_json::json!({"bbox_coords": [[z, z + 1], [bx[1], bx[3]], [bx[0], bx[2]]],
+            "include_interaction": false}),
+    );
+    assert_eq!(
+        (st, &m["ran_prediction"]),
+        (200, &serde_json::json!(true)),
+        "{m}"
+    );
+    paste(&mut buf, shape, &m, &body);
+    assert!(buf.iter().all(|&v| v == 0), "a negative box left voxels");
+    assert!(c.labels(z).iter().all(|&l| l == 0));
+    let (st, m, body) = c.post("/undo", serde_json::json!({}));
+    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(true)));
+    paste(&mut buf, shape, &m, &body);
+    let got: Vec<bool> = buf[z * h * w..(z + 1) * h * w]
+        .iter()
+        .map(|&v| v > 0)
+        .collect();
+    assert_eq!(got, want, "undo of the negative box");
+    // Reset: the mask and the undo history go.
+    assert_eq!(c.post("/reset_interactions", serde_json::json!({})).0, 200);
+    assert!(c.labels(z).iter().all(|&l| l == 0));
+    let (st, m, _) = c.post("/undo", serde_json::json!({}));
+    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(false)));
+    // An initial segmentation (of the wrong shape: 400), then undone.
+    let wrong = nnia_bytes(&[d, h, w + 1], DType::U8, vec![0; d * h * (w + 1)]);
+    let (st, _, _) = c.call("POST", "/add_initial_seg_interaction", &[], &wrong);
+    assert_eq!(st, 400);
+    let mut init = vec![0u8; d * h * w];
+    for y in 5..15 {
+        for x in 6..20 {
+            init[(h + y) * w + x] = 1;
+        }
+    }
+    let (st, hs, _) = c.call(
+        "POST",
+        "/add_initial_seg_interaction",
+        &[("X-Meta", r#"{"run_prediction":false}"#)],
+        &nnia_bytes(&shape, DType::U8, init.clone()),
+    );
+    assert_eq!(st, 200);
+    let m: serde_json::Value = serde_json::from_str(header(&hs, "x-meta").unwrap()).unwrap();
+    assert_eq!(m["ran_prediction"], false);
+    assert_eq!(c.labels(1), init[h * w..2 * h * w]);
+    let (st, m, body) = c.post("/undo", serde_json::json!({}));
+    assert_eq!((st, &m["ran_prediction"]), (200, &serde_json::json!(true)));
+    assert_eq!(m["bbox"], serde_json::json!([[0, d], [0, h], [0, w]]));
+    let mut buf = init.clone();
+    paste(&mut buf, shape, &m, &body);
+    assert!(
+        buf.iter().all(|&v| v == 0),
+        "undo's answer does not clear the buffer"
+    );
+    assert!(c.labels(1).iter().all(|&l| l == 0));
+    // Release: the lease is gone.
+    assert_eq!(c.call("POST", "/release", &[], b"").0, 200);
+    assert_eq!(c.call("GET", "/lease_status", &[], b"").0, 410);
+}
+
+/// Leases expire on time, not at the next sweep: an idle lease after `--idle-timeout` even while
+/// heartbeats arrive (its slot is free at once: with `--max-sessions 1` a second claim is 503,
+/// then 200), a silent lease after `--liveness-timeout` while a heartbeating one lives on; a web
+/// session sends no heartbeats and only expires when idle.
+#[test]
+fn leases_expire_on_time_and_free_their_slot() {
+    let dir = tmpdir("leases");
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &["--max-sessions", "1", "--idle-timeout", "1"]);
+    let a = srv.addr.as_str();
+    let c = V2::claim(a);
+    let (st, _, b) = http(a, "POST", "/claim", &[], b"");
+    assert_eq!(st, 503, "{}", String::from_utf8_lossy(&b));
+    assert!(json(&b)["detail"].as_str().unwrap().contains("capacity"));
+    let t0 = std::time::Instant::now();
+    let mut beats = Vec::new();
+    while t0.elapsed() < Duration::from_millis(1600) {
+        beats.push(c.post("/heartbeat", serde_json::json!({})).0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(beats[0], 200);
+    assert_eq!(
+        *beats.last().unwrap(),
+        410,
+        "heartbeats kept an idle lease: {beats:?}"
+    );
+    assert_eq!(c.call("GET", "/lease_status", &[], b"").0, 410);
+    V2::claim(a);
+    drop(srv);
+
+    let srv = start(&ckpt, &["--liveness-timeout", "1"]);
+    let a = srv.addr.as_str();
+    let (beating, silent) = (V2::claim(a), V2::claim(a));
+    let png = dir.join("img.png");
+    save_phantom(&png, 32, 32);
+    let (web, _) = web_open(a, &png);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(beating.post("/heartbeat", serde_json::json!({})).0, 200);
+    }
+    assert_eq!(silent.call("GET", "/lease_status", &[], b"").0, 410);
+    assert_eq!(beating.call("GET", "/lease_status", &[], b"").0, 200);
+    let (st, _, b) = http(
+        a,
+        "GET",
+        "/api/labels?z=0",
+        &[("X-Lease-Token", web.as_str())],
+        b"",
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+}
+
+/// A request that has not finished within `--request-timeout` (its body never comes) is
+/// answered 503 with a JSON error, not left hanging; the server keeps answering.
+#[test]
+fn request_timeout_answers_503() {
+    let dir = tmpdir("timeout");
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &["--request-timeout", "1"]);
+    let a = srv.addr.as_str();
+    let c = V2::claim(a);
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /set_image HTTP/1.1\r\nHost: {a}\r\nX-Lease-Token: {}\r\nContent-Length: 1000\r\n\r\n",
+        c.lease
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let (st, _, b) = read_response(&mut s);
+    assert_eq!(st, 503, "{}", String::from_utf8_lossy(&b));
+    assert!(json(&b)["detail"].as_str().unwrap().contains("longer than"));
+    assert_eq!(http(a, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(c.call("GET", "/lease_status", &[], b"").0, 200);
+}
+
+/// Ctrl-C (SIGINT) stops the server cleanly: a request in flight when the signal comes is still
+/// answered and the process exits 0; every request left one log line (method, path, status, ms).
+#[test]
+fn sigint_answers_the_request_in_flight_and_each_request_is_logged() {
+    let dir = tmpdir("sigint");
+    let ckpt = tiny_checkpoint(&dir);
+    let log = dir.join("serve.log");
+    let out = Stdio::from(std::fs::File::create(&log).unwrap());
+    let mut srv = spawn_server(&ckpt, &tiny_config(), &[], out);
+    let a = srv.addr.clone();
+    assert_eq!(http(&a, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http(&a, "GET", "/nope", &[], b"").0, 404);
+    let c = V2::claim(&a);
+    let body = nnia_bytes(&[1, 2, 16, 16], DType::U8, volume(2, 16, 16));
+    let mut s = TcpStream::connect(&a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST /set_image HTTP/1.1\r\nHost: {a}\r\nX-Lease-Token: {}\r\nContent-Length: {}\r\n\r\n",
+        c.lease,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The head is in; the signal comes while the server waits for the body.
+    std::thread::sleep(Duration::from_millis(500));
+    let kill = Command::new("kill")
+        .args(["-INT", &srv.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(&body).unwrap();
+    let (st, _, b) = read_response(&mut s);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        json(&b)["original_image_shape"],
+        serde_json::json!([1, 2, 16, 16])
+    );
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "exit after SIGINT: {status:?}");
+    let mut rest = String::new();
+    srv.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert!(rest.contains("stopped"), "{rest:?}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    for want in [
+        "GET /healthz 200 ",
+        "GET /nope 404 ",
+        "POST /claim 200 ",
+        "POST /set_image 200 ",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with(want) && l.ends_with(" ms")),
+            "no log line {want:?} in:\n{log}"
+        );
+    }
+}
+
+/// Two objects on a 2D image through the web API: each keeps its own label (the second wins
+/// where they overlap), each equals `medsam infer` with its box, the PNG download holds the
+/// labels, and undo takes back the second object only.
+#[test]
+fn web_objects_keep_their_labels() {
+    let dir = tmpdir("objects");
+    let ckpt = tiny_checkpoint(&dir);
+    let (h, w) = (48usize, 40usize);
+    let png = dir.join("img.png");
+    save_phantom(&png, h, w);
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (token, _) = web_open(a, &png);
+    let lease = [("X-Lease-Token", token.as_str())];
+    let boxes = [[4usize, 6, 26, 30], [14, 18, 38, 44]];
+    let mut labels = Vec::new();
+    for (i, b) in boxes.iter().enumerate() {
+        let body = serde_json::json!({"z": 0, "label": i + 1, "box": b}).to_string();
+        let (st, _, l) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&l));
+        labels = l;
+    }
+    let want: Vec<Vec<bool>> = boxes
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| infer_png(&ckpt, &png, b, &dir.join(format!("infer{i}"))))
+        .collect();
+    assert!(
+        want.iter().all(|m| m.iter().any(|&v| v)),
+        "a tiny-model mask is empty"
+    );
+    let is = |l: u8| labels.iter().map(|&v| v == l).collect::<Vec<_>>();
+    assert_eq!(is(2), want[1], "object 2");
+    let first: Vec<bool> = want[0]
+        .iter()
+        .zip(&want[1])
+        .map(|(&a, &b)| a && !b)
+        .collect();
+    assert_eq!(is(1), first, "object 1 (where object 2 does not cover it)");
+    let (st, _, png_bytes) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    let got = image::load_from_memory(&png_bytes)
+        .unwrap()
+        .to_luma8()
+        .into_raw();
+    assert_eq!(got, labels, "the PNG holds the labels");
+    let (st, _, b) = http(a, "POST", "/api/undo", &lease, b"");
+    assert_eq!((st, json(&b)["z"].as_u64()), (200, Some(0)));
+    let (_, _, l) = http(a, "GET", "/api/labels?z=0", &lease, b"");
+    let only_first: Vec<u8> = want[0].iter().map(|&v| u8::from(v)).collect();
+    assert_eq!(l, only_first, "undo did not restore object 1 alone");
+}
+
+/// A JPEG and a challenge `.npz` open through the web API as `medsam infer` reads them: the
+/// JPEG's box mask equals `medsam infer`'s on that file, the `.npz` volume is its `imgs` and its
+/// mask downloads as NIfTI.
+#[test]
+fn web_opens_jpeg_and_npz() {
+    let dir = tmpdir("formats");
+    let ckpt = tiny_checkpoint(&dir);
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (h, w) = (48usize, 40usize);
+    let jpg = dir.join("photo.jpg");
+    save_phantom(&jpg, h, w);
+    let (token, info) = web_open(a, &jpg);
+    assert_eq!(info["shape"], serde_json::json!([1, h, w]));
+    let lease = [("X-Lease-Token", token.as_str())];
+    let bx = [10usize, 8, 34, 36];
+    let body = serde_json::json!({"z": 0, "label": 1, "box": bx}).to_string();
+    let (st, _, l) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&l));
+    let want = infer_png(&ckpt, &jpg, bx, &dir.join("infer"));
+    assert_eq!(l.iter().map(|&v| v > 0).collect::<Vec<_>>(), want);
+
+    let (d, h, w) = (3usize, 32usize, 36usize);
+    let vol = volume(d, h, w);
+    let npz = dir.join("case.npz");
+    let imgs = medsam::io::npy::encode_npy_u8(&[d, h, w], &vol);
+    medsam::io::volume::write_npz_members(&npz, &[("imgs", imgs)]).unwrap();
+    let (token, info) = web_open(a, &npz);
+    assert_eq!(info["shape"], serde_json::json!([d, h, w]));
+    let lease = [("X-Lease-Token", token.as_str())];
+    let (st, _, got) = http(a, "GET", "/api/volume", &lease, b"");
+    assert_eq!(st, 200);
+    assert!(got == vol, "the .npz volume differs from its imgs");
+    let body = serde_json::json!({"z": 1, "label": 1, "box": [6, 6, 30, 26]}).to_string();
+    assert_eq!(
+        http(a, "POST", "/api/segment", &lease, body.as_bytes()).0,
+        200
+    );
+    let (st, _, seg) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    std::fs::write(dir.join("seg.nii.gz"), seg).unwrap();
+    let seg = medsam::io::nifti::read_nifti(dir.join("seg.nii.gz")).unwrap();
+    assert_eq!(seg.shape, [d, h, w]);
+}
+
+/// A NIfTI volume with an oblique affine and an origin, opened on the page and segmented: the
+/// downloaded mask carries the input's header geometry, as `medsam infer` writes it.
+#[test]
+fn web_nifti_download_keeps_the_input_geometry() {
+    let dir = tmpdir("geometry");
+    let ckpt = tiny_checkpoint(&dir);
+    let (d, h, w) = (3usize, 48usize, 40usize);
+    let nii = dir.join("ct.nii.gz");
+    let affine = [
+        [0.0, -0.8, 0.0, 10.5],
+        [-0.7, 0.0, 0.0, -20.25],
+        [0.0, 0.0, 2.5, 33.0],
+    ];
+    medsam::io::nifti::write_nifti_gz_affine(
+        &nii,
+        [d, h, w],
+        &volume(d, h, w),
+        [0.7, 0.8, 2.5],
+        Some(affine),
+    )
+    .unwrap();
+    let srv = start(&ckpt, &[]);
+    let a = srv.addr.as_str();
+    let (token, _) = web_open(a, &nii);
+    let lease = [("X-Lease-Token", token.as_str())];
+    let body = serde_json::json!({"z": 1, "label": 1, "box": [10, 8, 34, 36]}).to_string();
+    assert_eq!(
+        http(a, "POST", "/api/segment", &lease, body.as_bytes()).0,
+        200
+    );
+    let (st, _, seg) = http(a, "GET", "/api/download", &lease, b"");
+    assert_eq!(st, 200);
+    let got = dir.join("seg.nii.gz");
+    std::fs::write(&got, seg).unwrap();
+    let want = medsam::io::nifti::read_nifti_geometry(&nii).unwrap();
+    assert_eq!(medsam::io::nifti::read_nifti_geometry(&got).unwrap(), want);
+    assert_eq!(
+        medsam::io::nifti::read_nifti(&got).unwrap().shape,
+        [d, h, w]
+    );
+}
+
+/// Slice embeddings are cached per session, the least recently used dropped first: prompts on a
+/// cached slice do not run the encoder, and give the mask a fresh session gives.
+#[test]
+fn embeddings_are_cached_per_session_and_slice() {
+    use medsam::serve::engine::Prompt;
+    use medsam::serve::session::Volume;
+    let dir = tmpdir("cache");
+    let ckpt = tiny_checkpoint(&dir);
+    let (m, _) = medsam::models::load::load_any_model(
+        &ckpt,
+        None,
+        Some(tiny_config().as_path()),
+        Device::Cpu,
+    )
+    .unwrap();
+    let engine = Engine::from_any(m);
+    let compute = std::sync::Mutex::new(());
+    let (d, h, w) = (3usize, 48usize, 40usize);
+    let v = Volume {
+        shape: [d, h, w],
+        channels: 1,
+        data: volume(d, h, w),
+        spacing: [1.0; 3],
+        geometry: None,
+    };
+    let run = |s: &mut Session, z: usize, x0: f32| {
+        let p = Prompt {
+            bbox: Some([x0, 8.0, 34.0, 36.0]),
+            points: Vec::new(),
+        };
+        s.segment_plane(&engine, &compute, (0, z), 1, p, false)
+            .unwrap();
+        s.read_region([[z, z + 1], [0, h], [0, w]])
+    };
+    let mut s = Session::new(2);
+    s.set_volume(v.clone());
+    let first = run(&mut s, 0, 10.0);
+    // (slice, encoder runs so far): slice 0 again is cached; with two slices cached, slice 2
+    // drops slice 1 (0 was used last), so slice 0 is still cached and slice 1 is not.
+    for (z, encodes) in [(0, 1), (1, 2), (0, 2), (2, 3), (0, 3), (1, 4)] {
+        run(&mut s, z, 12.0);
+        assert_eq!(s.encodes, encodes, "after slice {z}");
+    }
+    assert_eq!(run(&mut s, 0, 10.0), first);
+    assert_eq!(s.encodes, 4);
+    let mut fresh = Session::new(2);
+    fresh.set_volume(v);
+    assert_eq!(run(&mut fresh, 0, 10.0), first);
+    assert_eq!(fresh.encodes, 1);
+}
+
+/// The API key comparison looks at every byte and the lengths (it has no early exit, so its time
+/// does not tell how much of a guess was right; that part is by construction, not timed here).
+#[test]
+fn api_key_comparison_checks_every_byte() {
+    use medsam::serve::ct_eq;
+    assert!(ct_eq(b"s3cret", b"s3cret"));
+    assert!(ct_eq(b"", b""));
+    for other in [
+        &b"s3cre"[..],
+        b"s3cret!",
+        b"S3cret",
+        b"s3creT",
+        b"",
+        b"s3cret\0",
+    ] {
+        assert!(!ct_eq(b"s3cret", other), "{other:?}");
+        assert!(!ct_eq(other, b"s3cret"), "{other:?}");
+    }
+}
+
+/// MedSAM2 through the v2 protocol with a box on a coronal (axis 1) and a sagittal (axis 2)
+/// slice: the object is tracked through the slices of that axis, and the buffer equals
+/// `medsam infer --model-type medsam2` on the volume re-stacked along that axis (as NIfTI) with
+/// the box on that slice, stacked back.
+#[test]
+fn medsam2_boxes_on_axes_1_and_2_segment_along_that_axis() {
+    let shape @ [n0, n1, n2] = [24usize, 12, 16];
+    let Some([dir, ckpt, cfg, _, _]) = medsam2_case("medsam2-axes", (n0, n1, n2)) else {
+        return;
+    };
+    let vol = float_volume(n0, n1, n2);
+    let srv = start_with(&ckpt, &cfg, &["--model-type", "medsam2"]);
+    let c = V2::claim(&srv.addr);
+    let bytes: Vec<u8> = vol.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(c.set_image(&[1, n0, n1, n2], DType::F32, bytes).0, 200);
+    let target = serde_json::json!({"shape": shape, "dtype": "uint8"});
+    assert_eq!(c.post("/set_target_buffer", target).0, 200);
+    // (axis, slice, rows along axis 0, columns along the remaining axis)
+    for (axis, i, (r0, r1), (c0, c1)) in [
+        (1usize, 5usize, (4usize, 20usize), (3usize, 13usize)),
+        (2, 7, (4, 20), (2, 10)),
+    ] {
+        assert_eq!(c.post("/reset_interactions", serde_json::json!({})).0, 200);
+        let other = 3 - axis;
+        let mut coords = [[r0, r1]; 3];
+        coords[axis] = [i, i + 1];
+        coords[other] = [c0, c1];
+        let (st, m, body) = c.post(
+            "/add_bbox_interaction",
+            serde_json::json!({"bbox_coords": coords, "include_interaction": true}),
+        );
+        assert_eq!(st, 200, "{m}");
+        let mut got = vec![0u8; n0 * n1 * n2];
+        paste(&mut got, shape, &m, &body);
+        // The re-stacked volume: slice k is the plane (axis, k), rows along axis 0.
+        let (d, h, w) = (shape[axis], n0, shape[other]);
+        let at = |k: usize, r: usize, q: usize| {
+            if axis == 1 {
+                (r * n1 + k) * n2 + q
+            } else {
+                (r * n1 + q) * n2 + k
+            }
+        };
+        let mut stacked = vec![0f32; d * h * w];
+        for k in 0..d {
+            for r in 0..h {
+                for q in 0..w {
+                    stacked[(k * h + r) * w + q] = vol[at(k, r, q)];
+                }
+            }
+        }
+        let nii = dir.join(format!("axis{axis}.nii.gz"));
+        medsam::io::nifti::write_nifti_gz(&nii, [d, h, w], &stacked, [1.0; 3]).unwrap();
+        let out = dir.join(format!("axis{axis}"));
+        let m2 = infer_medsam2(&ckpt, &cfg, &nii, [c0, r0, i, c1, r1, i], None, &out);
+        let mut want = vec![0u8; n0 * n1 * n2];
+        for k in 0..d {
+            for r in 0..h {
+                for q in 0..w {
+                    want[at(k, r, q)] = u8::from(m2[(k * h + r) * w + q] > 0);
+                }
+            }
+        }
+        eprintln!(
+            "medsam2 axis {axis}: {} voxels on {} of {d} slices (tiny model)",
+            want.iter().filter(|&&v| v > 0).count(),
+            slices_with_voxels(&m2, d)
+        );
+        assert!(
+            slices_with_voxels(&m2, d) > 1,
+            "the tiny model's mask should reach beyond the key slice"
+        );
+        assert_eq!(
+            got, want,
+            "axis {axis}: differs from medsam infer on the re-stacked volume"
+        );
+    }
+}
+
+// ---- in-process servers: the test holds the model lock to order events exactly ----
+
+use medsam::serve::engine::Engine;
+use medsam::serve::session::Session;
+use medsam::serve::{lock, AppState, ServeOptions};
+use std::sync::{Arc, Mutex};
+
+/// A server in this process (so the test can hold its model lock); stopped when dropped.
+struct InProcess {
+    addr: String,
+    state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_in_process(engine: Engine, opts: ServeOptions) -> InProcess {
+    let state = AppState::new(engine, opts);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let thread = std::thread::spawn(move || {
+        let stop = async move {
+            let _ = rx.await;
+        };
+        rt.block_on(medsam::serve::serve(listener, st, stop))
+            .unwrap();
+    });
+    InProcess {
+        addr,
+        state,
+        stop: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+/// The tiny MedSAM2 as `medsam serve --model-type medsam2` loads it.
+fn medsam2_engine(ckpt: &Path, cfg: &Path) -> Engine {
+    let (m, _) = medsam::models::sam2::load_sam2(ckpt, Some(cfg), None, Device::Cpu).unwrap();
+    let mut p = medsam::models::sam2::VideoPredictor::new(m);
+    p.fill_hole_area = 8;
+    Engine::Medsam2(Box::new(p))
+}
+
+fn session_of(st: &AppState, token: &str) -> Arc<Mutex<Session>> {
+    lock(&st.sessions)[token].clone()
+}
+
+/// Waits until `n` model jobs run on the session (a job counts once it has taken its input).
+fn wait_jobs(sess: &Mutex<Session>, n: usize) {
+    for _ in 0..3000 {
+        if lock(sess).jobs == n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the session never had {n} jobs running");
+}
+
+/// The tiny MedSAM2, a `[6, 64, 64]` uint8 volume, options whose upload decoder returns that
+/// volume, and a box on slice 3 as v2 `bbox_coords`; `None` when the fixture is absent.
+struct LateCase {
+    ckpt: PathBuf,
+    cfg: PathBuf,
+    vol: Vec<u8>,
+    decoder: medsam::serve::Decoder,
+}
+
+const LATE_SHAPE: [usize; 3] = [6, 64, 64];
+
+fn late_case(name: &str) -> Option<LateCase> {
+    let dir = tmpdir(name);
+    let (ckpt, cfg) = tiny_medsam2(&dir)?;
+    let [d, h, w] = LATE_SHAPE;
+    let vol = volume(d, h, w);
+    let v = medsam::serve::session::Volume {
+        shape: LATE_SHAPE,
+        channels: 1,
+        data: vol.clone(),
+        spacing: [1.0; 3],
+        geometry: None,
+    };
+    let decoder: medsam::serve::Decoder = Arc::new(
+        move |_: &str, _: &[u8]| -> medsam::Result<medsam::serve::session::Volume> {
+            Ok(v.clone())
+        },
+    );
+    Some(LateCase {
+        ckpt,
+        cfg,
+        vol,
+        decoder,
+    })
+}
+
+impl LateCase {
+    fn server(&self, opts: impl FnOnce(&mut ServeOptions)) -> InProcess {
+        let mut o = ServeOptions::new(self.decoder.clone());
+        opts(&mut o);
+        serve_in_process(medsam2_engine(&self.ckpt, &self.cfg), o)
+    }
+
+    /// A lease with the volume and a uint8 target buffer.
+    fn client(&self, srv: &InProcess) -> V2 {
+        let c = V2::claim(&srv.addr);
+        let [d, h, w] = LATE_SHAPE;
+        assert_eq!(
+            c.set_image(&[1, d, h, w], DType::U8, self.vol.clone()).0,
+            200
+        );
+        let target = serde_json::json!({"shape": LATE_SHAPE, "dtype": "uint8"});
+        assert_eq!(c.post("/set_target_buffer", target).0, 200);
+        c
+    }
+}
+
+fn late_box() -> serde_json::Value {
+    serde_json::json!({"bbox_coords": [[3, 4], [14, 46], [18, 50]], "include_interaction": true})
+}
+
+/// A MedSAM2 prompt runs without its session's lock, so other requests can change the session
+/// meanwhile. With the model lock held, each box below has taken its input and waits: then an
+/// undo, a reset, a new image or an initial segmentation comes, and the box's result is dropped
+/// (409) instead of written over it; with nothing in between, it is written.
+#[test]
+fn medsam2_result_is_dropped_when_the_session_changed_meanwhile() {
+    let Some(case) = late_case("late-v2") else {
+        return;
+    };
+    let srv = case.server(|_| {});
+    let c = case.client(&srv);
+    let sess = session_of(&srv.state, &c.lease);
+    let [d, h, w] = LATE_SHAPE;
+    // A box whose job waits for the model lock while `during` runs; returns its status and
+    // answer, and the labels right after `during`.
+    let box_while = |during: &dyn Fn()| {
+        let hold = lock(&srv.state.compute);
+        let job = {
+            let c = c.clone();
+            std::thread::spawn(move || c.post("/add_bbox_interaction", late_box()))
+        };
+        wait_jobs(&sess, 1);
+        during();
+        let snapshot = lock(&sess).labels.clone();
+        drop(hold);
+        let (st, m, _) = job.join().unwrap();
+        (st, m, snapshot)
+    };
+    let (st, m, _) = box_while(&|| {});
+    assert_eq!(st, 200, "{m}");
+    assert!(
+        lock(&sess).labels.iter().any(|&l| l > 0),
+        "the tiny model's mask is empty"
+    );
+    let initial_seg = || {
+        let zeros = nnia_bytes(&LATE_SHAPE, DType::U8, vec![0; d * h * w]);
+        c.call("POST", "/add_initial_seg_interaction", &[], &zeros)
+            .0
+    };
+    let new_image = || c.set_image(&[1, d, h, w], DType::U8, case.vol.clone()).0;
+    let changes: [(&str, &dyn Fn() -> u16); 4] = [
+        ("undo", &|| c.post("/undo", serde_json::json!({})).0),
+        ("reset", &|| {
+            c.post("/reset_interactions", serde_json::json!({})).0
+        }),
+        ("new image", &new_image),
+        ("initial segmentation", &initial_seg),
+    ];
+    for (what, change) in changes {
+        let (st, m, snapshot) = box_while(&|| assert_eq!(change(), 200, "{what}"));
+        assert_eq!(st, 409, "{what}: {m}");
+        assert!(m["detail"].as_str().unwrap().contains("dropped"), "{m}");
+        assert!(
+            lock(&sess).labels == snapshot,
+            "{what}: a stale result was written"
+        );
+    }
+}
+
+/// On the page a MedSAM2 box propagates in the background: undo is refused (409) while it runs,
+/// and a reset of the session meanwhile (through the v2 endpoints) ends it with an error and no
+/// mask.
+#[test]
+fn web_propagation_refuses_undo_and_is_dropped_after_a_reset() {
+    let Some(case) = late_case("late-web") else {
+        return;
+    };
+    let srv = case.server(|_| {});
+    let a = srv.addr.as_str();
+    let (st, _, b) = http(a, "POST", "/api/open?name=case.nii.gz", &[], b"x");
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let web = json(&b)["token"].as_str().unwrap().to_string();
+    let lease = [("X-Lease-Token", web.as_str())];
+    let sess = session_of(&srv.state, &web);
+    let segment = serde_json::json!({"z": 3, "label": 1, "box": [18, 14, 50, 46]}).to_string();
+    // Undisturbed, the box gives a mask.
+    let (st, _, b) = http(a, "POST", "/api/segment", &lease, segment.as_bytes());
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    wait_jobs(&sess, 0);
+    assert!(
+        lock(&sess).labels.iter().any(|&l| l > 0),
+        "the tiny model's mask is empty"
+    );
+    assert_eq!(http(a, "POST", "/api/undo", &lease, b"").0, 200);
+    let hold = lock(&srv.state.compute);
+    let (st, _, b) = http(a, "POST", "/api/segment", &lease, segment.as_bytes());
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    wait_jobs(&sess, 1);
+    let (st, _, b) = http(a, "POST", "/api/undo", &lease, b"");
+    assert_eq!(st, 409, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(http(a, "POST", "/reset_interactions", &lease, b"{}").0, 200);
+    drop(hold);
+    wait_jobs(&sess, 0);
+    let (st, _, b) = http(a, "GET", "/api/progress", &lease, b"");
+    assert_eq!(st, 200);
+    let p = json(&b);
+    assert_eq!(p["finished"], true, "{p}");
+    assert!(p["error"].as_str().unwrap_or("").contains("dropped"), "{p}");
+    assert!(lock(&sess).labels.iter().all(|&l| l == 0));
+}
+
+/// A MedSAM2 box still waiting for the model at its deadline is answered 503 by the server; its
+/// result, when it comes, is not written.
+#[test]
+fn medsam2_result_after_the_deadline_is_dropped() {
+    let Some(case) = late_case("late-deadline") else {
+        return;
+    };
+    let srv = case.server(|o| o.request_timeout = Duration::from_secs(2));
+    let c = case.client(&srv);
+    let sess = session_of(&srv.state, &c.lease);
+    let hold = lock(&srv.state.compute);
+    let job = {
+        let c = c.clone();
+        std::thread::spawn(move || c.post("/add_bbox_interaction", late_box()))
+    };
+    wait_jobs(&sess, 1);
+    let (st, m, _) = job.join().unwrap();
+    assert_eq!(st, 503, "{m}");
+    assert!(m["detail"].as_str().unwrap().contains("longer than"), "{m}");
+    drop(hold);
+    wait_jobs(&sess, 0);
+    assert!(
+        lock(&sess).labels.iter().all(|&l| l == 0),
+        "a result finished after the deadline was written"
+    );
+    // Undisturbed and in time, the same box writes its mask (so the check above can fail).
+    let srv = case.server(|_| {});
+    let c = case.client(&srv);
+    let sess = session_of(&srv.state, &c.lease);
+    assert_eq!(c.post("/add_bbox_interaction", late_box()).0, 200);
+    assert!(
+        lock(&sess).labels.iter().any(|&l| l > 0),
+        "the tiny model's mask is empty"
+    );
 }

@@ -5,8 +5,8 @@
 use super::common::{load_any_model, parse_device, AnyModelArgs, AnyModelType};
 use super::infer::is_volume_path;
 use medsam::io::dicom::read_series;
-use medsam::io::nifti::{read_nifti, NiftiVolume};
-use medsam::io::volume::{read_nifti_volume, read_npz_volume, u8_volume};
+use medsam::io::nifti::{read_nifti, read_nifti_geometry, NiftiGeometry, NiftiVolume};
+use medsam::io::volume::{is_nifti_path, read_nifti_volume, read_npz_volume, u8_volume};
 use medsam::models::sam2::{load_sam2, VideoPredictor};
 use medsam::pipeline::infer::lite::lite_image;
 use medsam::pipeline::infer::sam::read_input_image;
@@ -43,9 +43,14 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered with 503.
     #[arg(long, default_value_t = 300)]
     pub request_timeout: u64,
-    /// Seconds without activity before a session is dropped.
+    /// Seconds without activity (heartbeats do not count) before a session is dropped.
     #[arg(long, default_value_t = 600)]
     pub idle_timeout: u64,
+    /// Seconds a nnInteractive client's lease survives without any request, heartbeats
+    /// included (`nninteractive-client` beats every max(5 s, half of this)). Web and Slicer
+    /// sessions send no heartbeats and only expire when idle.
+    #[arg(long, default_value_t = 60)]
+    pub liveness_timeout: u64,
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 1024)]
     pub max_body_mib: usize,
@@ -115,6 +120,7 @@ fn grey_volume(path: &std::path::Path, v: &NiftiVolume, medsam2: bool) -> Result
         channels: 1,
         data,
         spacing: v.spacing,
+        geometry: None,
     })
 }
 
@@ -138,7 +144,11 @@ fn read_dicom_zip(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
         std::io::copy(&mut m, &mut w).map_err(|e| Error::io(&dst, e))?;
     }
     let s = read_series(&out, None).map_err(|e| Error::Other(e.to_string()))?;
-    grey_volume(path, &s.volume, medsam2)
+    let mut v = grey_volume(path, &s.volume, medsam2)?;
+    // The geometry `medsam infer -i DIR` gives its NIfTI mask.
+    let g = &s.geometry;
+    v.geometry = Some(NiftiGeometry::from_affine(g.spacing, Some(g.ras_affine())));
+    Ok(v)
 }
 
 fn read_upload(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
@@ -147,22 +157,30 @@ fn read_upload(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
         return read_dicom_zip(path, medsam2);
     }
     if is_volume_path(path) {
-        if medsam2 && !ext("npz") {
+        let mut vol = if medsam2 && !ext("npz") {
             let v = read_nifti(path).map_err(|e| Error::Other(e.to_string()))?;
-            return grey_volume(path, &v, true);
-        }
-        let v = if ext("npz") {
-            read_npz_volume(path)?
+            grey_volume(path, &v, true)?
         } else {
-            read_nifti_volume(path)?
+            let v = if ext("npz") {
+                read_npz_volume(path)?
+            } else {
+                read_nifti_volume(path)?
+            };
+            let (d, h, w) = v.shape;
+            Volume {
+                shape: [d, h, w],
+                channels: 1,
+                data: v.data,
+                spacing: v.spacing,
+                geometry: None,
+            }
         };
-        let (d, h, w) = v.shape;
-        return Ok(Volume {
-            shape: [d, h, w],
-            channels: 1,
-            data: v.data,
-            spacing: v.spacing,
-        });
+        // A NIfTI input's header geometry, which `medsam infer` gives its NIfTI mask.
+        if is_nifti_path(path) {
+            let g = read_nifti_geometry(path).map_err(|e| Error::Other(e.to_string()))?;
+            vol.geometry = Some(g);
+        }
+        return Ok(vol);
     }
     let img = read_input_image(path)?;
     let u8img = lite_image(path, &img)?;
@@ -171,6 +189,7 @@ fn read_upload(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
         channels: u8img.channels,
         data: u8img.data,
         spacing: [1.0; 3],
+        geometry: None,
     })
 }
 
@@ -225,6 +244,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     opts.max_sessions = a.max_sessions.max(1);
     opts.request_timeout = Duration::from_secs(a.request_timeout.max(1));
     opts.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
+    opts.liveness_timeout = Duration::from_secs(a.liveness_timeout.max(1));
     opts.max_body_bytes = a.max_body_mib.max(1) << 20;
     opts.on_request = Arc::new(|r| {
         eprintln!("{} {} {} {:.1} ms", r.method, r.path, r.status, r.millis);

@@ -15,9 +15,12 @@
 //! has a deadline, and the model runs one request at a time (`compute`). A MedSAM2 propagation
 //! with real weights takes seconds per slice on a CPU: a large volume needs a longer
 //! `--request-timeout` (and client read timeout) than the defaults; a result that arrives after
-//! the deadline (the request was already answered with 503) is dropped, not written. Errors are JSON
-//! `{"detail": "..."}` with a 4xx/5xx status (FastAPI's shape, which the Python clients read).
-//! The library never prints: every finished request is reported to [`ServeOptions::on_request`].
+//! the deadline (the request was already answered with 503), or after the session changed (a new
+//! image, a reset, an undo), is dropped, not written. Leases expire on time: idle sessions after
+//! `idle_timeout`, and leases of heartbeating clients after `liveness_timeout` of silence.
+//! Errors are JSON `{"detail": "..."}` with a 4xx/5xx status (FastAPI's shape, which the Python
+//! clients read). The library never prints: every finished request is reported to
+//! [`ServeOptions::on_request`].
 
 pub mod blosc2;
 pub mod engine;
@@ -53,7 +56,11 @@ pub struct ServeOptions {
     pub max_image_bytes: usize,
     pub request_timeout: Duration,
     pub max_sessions: usize,
+    /// A session without a real action (heartbeats do not count) for this long expires.
     pub idle_timeout: Duration,
+    /// A lease claimed through `/claim` (a client that sends heartbeats) expires after this long
+    /// without any request, heartbeats included. Web and Slicer sessions send no heartbeats and
+    /// only expire when idle.
     pub liveness_timeout: Duration,
     /// Slice embeddings kept per session.
     pub cache_slices: usize,
@@ -111,9 +118,14 @@ impl AppState {
         })
     }
 
-    /// A new session's token, or 503 when at capacity.
-    pub fn claim(&self) -> Result<String, ApiError> {
+    /// A new session's token, or 503 when at capacity (after dropping expired sessions).
+    /// `heartbeats`: the client proves liveness with heartbeats (`/claim`), so its session also
+    /// expires after [`ServeOptions::liveness_timeout`] of silence.
+    pub fn claim(&self, heartbeats: bool) -> Result<String, ApiError> {
         let mut s = lock(&self.sessions);
+        if s.len() >= self.opts.max_sessions {
+            self.drop_expired(&mut s);
+        }
         if s.len() >= self.opts.max_sessions {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -124,22 +136,28 @@ impl AppState {
             ));
         }
         let token = new_token();
-        s.insert(
-            token.clone(),
-            Arc::new(Mutex::new(Session::new(self.opts.cache_slices))),
-        );
+        let mut session = Session::new(self.opts.cache_slices);
+        session.heartbeats = heartbeats;
+        s.insert(token.clone(), Arc::new(Mutex::new(session)));
         Ok(token)
     }
 
-    /// The session of a token (marked seen), or 410 Gone.
+    /// The session of a token (marked seen), or 410 Gone when unknown or expired (a lease
+    /// expires on time even before the periodic sweep drops it).
     pub fn session(&self, token: Option<&str>) -> Result<Arc<Mutex<Session>>, ApiError> {
         let token = token.ok_or_else(|| ApiError::gone("lease token missing"))?;
-        let s = lock(&self.sessions)
+        let mut map = lock(&self.sessions);
+        let s = map
             .get(token)
             .cloned()
             .ok_or_else(|| ApiError::gone("lease expired or unknown"))?;
         // A busy session (a model run in progress) is plainly alive: don't wait for it.
         if let Ok(mut g) = s.try_lock() {
+            if self.expired(&g) {
+                drop(g);
+                map.remove(token);
+                return Err(ApiError::gone("lease expired"));
+            }
             g.last_seen = Instant::now();
         }
         Ok(s)
@@ -149,17 +167,39 @@ impl AppState {
         lock(&self.sessions).remove(token).is_some()
     }
 
-    /// Drops sessions idle or silent for too long; returns how many.
-    pub fn sweep(&self) -> usize {
-        let (idle, live) = (self.opts.idle_timeout, self.opts.liveness_timeout);
-        let mut s = lock(&self.sessions);
-        let before = s.len();
-        s.retain(|_, sess| match sess.try_lock() {
-            Ok(x) => x.last_active.elapsed() <= idle && x.last_seen.elapsed() <= live,
-            // Busy sessions are alive.
+    /// Whether a session has expired: idle too long, or (a heartbeating client) silent too
+    /// long. A session with a model job running is alive.
+    fn expired(&self, s: &Session) -> bool {
+        s.jobs == 0
+            && (s.last_active.elapsed() > self.opts.idle_timeout
+                || (s.heartbeats && s.last_seen.elapsed() > self.opts.liveness_timeout))
+    }
+
+    /// Removes the expired sessions of `map` (busy ones, locked by a request, are alive).
+    fn drop_expired(&self, map: &mut HashMap<String, Arc<Mutex<Session>>>) {
+        map.retain(|_, sess| match sess.try_lock() {
+            Ok(x) => !self.expired(&x),
             Err(_) => true,
         });
+    }
+
+    /// Drops sessions idle or silent for too long; returns how many.
+    pub fn sweep(&self) -> usize {
+        let mut s = lock(&self.sessions);
+        let before = s.len();
+        self.drop_expired(&mut s);
         before - s.len()
+    }
+}
+
+/// Takes a model job off its session's [`Session::jobs`] when dropped (the count is raised under
+/// the same lock as the job's input is taken).
+struct JobGuard<'a>(&'a Mutex<Session>);
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = lock(self.0);
+        s.jobs = s.jobs.saturating_sub(1);
     }
 }
 
@@ -278,8 +318,10 @@ impl Deadline {
 /// - A volume model (MedSAM2) runs `medsam infer --model-type medsam2`'s 3D recipe with the plane
 ///   as key slice through every slice along the plane's axis ([`Engine::propagate`]); the mask
 ///   replaces (or, subtracting, clears) `label` in the whole volume, as the slice model's does on
-///   its plane. The session is not locked meanwhile (heartbeats keep answering); the result is
-///   dropped when the image was replaced or the `deadline` has passed.
+///   its plane. The session is not locked meanwhile (heartbeats keep answering; it counts as a
+///   running job in [`Session::jobs`], so it does not expire); the result is dropped (503) when
+///   the `deadline` has passed, or (409) when the session changed meanwhile
+///   ([`Session::generation`]: a new image, a reset, an undo, an initial segmentation).
 pub fn segment_prompt(
     st: &AppState,
     sess: &Mutex<Session>,
@@ -293,7 +335,12 @@ pub fn segment_prompt(
         let mut s = lock(sess);
         return Ok(s.segment_plane(&st.engine, &st.compute, plane, label, prompt, subtract)?);
     }
-    let stack = lock(sess).stack_along(plane.0)?;
+    let (stack, _job) = {
+        let mut s = lock(sess);
+        let stack = s.stack_along(plane.0)?;
+        s.jobs += 1;
+        (stack, JobGuard(sess))
+    };
     let mask = {
         let _g = lock(&st.compute);
         st.engine.propagate(
@@ -309,7 +356,7 @@ pub fn segment_prompt(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "the segmentation took longer than the request timeout ({} s) and was dropped; restart the server with a longer --request-timeout",
-                st.opts.request_timeout.as_secs()
+                st.opts.request_timeout.as_secs_f64()
             ),
         ));
     }
@@ -317,7 +364,7 @@ pub fn segment_prompt(
     if s.generation != stack.generation {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "the image was replaced while this prompt was being segmented",
+            "the session changed (new image, reset, undo or initial segmentation) while this prompt was being segmented; its result was dropped",
         ));
     }
     Ok(s.apply_propagation(plane, label, prompt, &mask, subtract)?)
@@ -340,7 +387,7 @@ async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next)
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "request took longer than {} s",
-                    state.opts.request_timeout.as_secs()
+                    state.opts.request_timeout.as_secs_f64()
                 ),
             )
             .into_response(),

@@ -22,7 +22,12 @@
 //! (integers in 0–255 kept, else a 0.5–99.5th percentile clip; slice models: integers kept,
 //! else min-max, as `medsam infer` for them): [`super::engine::Engine::volume_u8`]. Real weights
 //! take seconds per slice on a CPU: give the client a `read_timeout` (60 s by default) and the
-//! server a `--request-timeout` (300 s) that cover the volume.
+//! server a `--request-timeout` (300 s) that cover the volume. The session is not locked while
+//! MedSAM2 runs: if it gets a new image, a reset, an undo or an initial segmentation meanwhile,
+//! the prompt's result is dropped and the request answered 409 ([`super::segment_prompt`]).
+//!
+//! Leases: `/claim` leases are heartbeating clients', which expire after `liveness_timeout`
+//! without any request as well as after `idle_timeout` without a real action.
 
 use super::engine::Prompt;
 use super::nnia::{self, DType};
@@ -149,7 +154,7 @@ async fn capabilities(State(st): State<Arc<AppState>>) -> Json<Value> {
 }
 
 async fn claim(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let token = st.claim()?;
+    let token = st.claim(true)?;
     Ok(Json(json!({
         "lease_token": token,
         "idle_timeout_seconds": st.opts.idle_timeout.as_secs_f64(),
@@ -232,6 +237,7 @@ async fn set_image(
             channels: 1,
             data,
             spacing,
+            geometry: None,
         });
         Ok(Json(json!({"original_image_shape": a.shape})))
     })

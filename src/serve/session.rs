@@ -27,6 +27,10 @@ pub struct Volume {
     pub channels: usize,
     pub data: Vec<u8>,
     pub spacing: [f64; 3],
+    /// The uploaded file's NIfTI geometry (a NIfTI file's header, a DICOM series' position and
+    /// orientation), given to the downloaded mask as `medsam infer` gives it to its output;
+    /// `None`: axis-aligned with `spacing`.
+    pub geometry: Option<crate::io::nifti::NiftiGeometry>,
 }
 
 impl Volume {
@@ -176,8 +180,16 @@ pub struct Session {
     pub pending: Option<(Plane, Prompt, bool)>,
     /// A volume model's propagation running in the background (the last one started).
     pub propagation: Option<Arc<Mutex<Propagation>>>,
-    /// Counts the images set, so work started on one is not written into the next.
+    /// Counts the changes other requests make while a volume model's job runs unlocked (a new
+    /// image, a reset, an undo, an initial segmentation), so that job's result is not written over
+    /// them.
     pub generation: u64,
+    /// Model jobs running on this session without holding its lock (a session with one is alive).
+    pub jobs: usize,
+    /// Whether the client sends heartbeats (claimed through `/claim`): then silence expires it too.
+    pub heartbeats: bool,
+    /// Slice embeddings computed (cache misses).
+    pub encodes: u64,
     cache: Vec<(Plane, Embedding)>,
     cache_cap: usize,
 }
@@ -198,6 +210,9 @@ impl Session {
             pending: None,
             propagation: None,
             generation: 0,
+            jobs: 0,
+            heartbeats: false,
+            encodes: 0,
             cache: Vec::new(),
             cache_cap: cache_cap.max(1),
         }
@@ -219,6 +234,7 @@ impl Session {
 
     /// Clears the mask, prompts and undo history (keeps the image and its embeddings).
     pub fn reset(&mut self) {
+        self.generation += 1;
         self.labels.iter_mut().for_each(|l| *l = 0);
         self.prompts.clear();
         self.undo.clear();
@@ -265,6 +281,7 @@ impl Session {
             let _g = compute.lock().unwrap_or_else(|p| p.into_inner());
             engine.encode(&img)?
         };
+        self.encodes += 1;
         if self.cache.len() >= self.cache_cap {
             self.cache.remove(0);
         }
@@ -341,6 +358,7 @@ impl Session {
     /// Reverts the last change; returns its region, or `None` when there is nothing to undo.
     pub fn undo(&mut self) -> Option<[[usize; 2]; 3]> {
         let p = self.undo.pop()?;
+        self.generation += 1;
         self.write_region(p.bbox, &p.before);
         if let Some((plane, label, prompt)) = p.prompt_plane {
             match prompt {
@@ -546,6 +564,7 @@ impl Session {
         let [n0, n1, n2] = v.shape;
         let full = [[0, n0], [0, n1], [0, n2]];
         let before = std::mem::replace(&mut self.labels, labels);
+        self.generation += 1;
         self.prompts.clear();
         self.undo.push(Patch {
             bbox: full,

@@ -146,6 +146,7 @@ async fn upload_image(
             channels: 1,
             data: st2.engine.volume_u8(|i| v[i], v.len())?,
             spacing: [1.0; 3],
+            geometry: None,
         })
     })
     .await?;
@@ -153,7 +154,7 @@ async fn upload_image(
     if let Some(t) = old {
         st.release(&t);
     }
-    let token = st.claim()?;
+    let token = st.claim(false)?;
     let s = st.session(Some(&token))?;
     {
         let mut s = lock(&s);

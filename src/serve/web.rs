@@ -10,10 +10,11 @@
 //!   With a volume model (MedSAM2) the prompt segments the whole volume in the background:
 //!   202 `{propagating: true, total}`, then poll `GET /api/progress` → `{label, key, done, total,
 //!   finished, error}`; `/api/labels` shows the frames tracked so far until it finishes
-//! - `POST /api/undo` → `{z}` of the slice that changed (or null)
+//! - `POST /api/undo` → `{z}` of the slice that changed (or null); 409 while a propagation runs
 //! - `GET /api/labels?z=N` → slice `z`'s labels
 //! - `GET /api/download` → PNG (2D: one object 0/255 as `medsam infer` writes it, several objects
-//!   their labels) or NIfTI `.nii.gz` (3D, the input's voxel spacing)
+//!   their labels) or NIfTI `.nii.gz` (3D: with the input NIfTI's header geometry or the DICOM
+//!   series' position and orientation, as `medsam infer` writes its mask; else its spacing)
 
 use super::engine::Prompt;
 use super::session::{Propagation, Session};
@@ -95,7 +96,7 @@ async fn open(
     if body.is_empty() {
         return Err(ApiError::bad("the uploaded file is empty"));
     }
-    let token = st.claim()?;
+    let token = st.claim(false)?;
     let sess = st.session(Some(&token))?;
     let st2 = st.clone();
     let r = blocking(move || {
@@ -266,6 +267,13 @@ async fn segment(
     .await
 }
 
+/// Whether a volume model's propagation is running in the session.
+fn propagating(s: &Session) -> bool {
+    s.propagation
+        .as_ref()
+        .is_some_and(|p| lock(p).outcome.is_none())
+}
+
 /// Starts a volume model's propagation of `prompt` (on slice `z`) in the background; the model
 /// runs under `compute` and the result becomes one undo step of the session.
 fn start_propagation(
@@ -275,12 +283,9 @@ fn start_propagation(
     label: u8,
     prompt: Prompt,
 ) -> Result<Response, ApiError> {
-    let (vol, shape, job) = {
+    let (vol, shape, job, generation) = {
         let mut s = lock(&sess);
-        if s.propagation
-            .as_ref()
-            .is_some_and(|p| lock(p).outcome.is_none())
-        {
+        if propagating(&s) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "a propagation is still running in this session: wait for it to finish",
@@ -303,10 +308,12 @@ fn start_propagation(
         }));
         s.touch();
         s.propagation = Some(job.clone());
-        (vol, shape, job)
+        s.jobs += 1;
+        (vol, shape, job, s.generation)
     };
     let total = shape.0 + 1;
     tokio::task::spawn_blocking(move || {
+        let _running = super::JobGuard(&sess);
         let (_, h, w) = shape;
         let result = {
             let _g = lock(&st.compute);
@@ -321,6 +328,12 @@ fn start_propagation(
         let current = s.propagation.as_ref().is_some_and(|p| Arc::ptr_eq(p, &job));
         let mut p = lock(&job);
         p.outcome = Some(match result {
+            // Undo is refused while it runs; a reset or a new image (through the v2 endpoints
+            // with this token) makes its result stale.
+            Ok(_) if s.generation != generation => Err(
+                "dropped: the session was reset or given a new image while this object was propagating"
+                    .to_string(),
+            ),
             Ok(mask) => {
                 if current && s.labels.len() == mask.len() {
                     s.set_label_mask(label, &mask);
@@ -356,6 +369,12 @@ async fn progress(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Json<
 async fn undo(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Json<Value>, ApiError> {
     let s = session(&st, &h)?;
     let mut s = lock(&s);
+    if propagating(&s) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a propagation is running in this session: undo once it has finished",
+        ));
+    }
     s.touch();
     let z = s.undo().map(|b| b[0][0]);
     Ok(Json(json!({ "z": z })))
@@ -391,7 +410,11 @@ async fn download(State(st): State<Arc<AppState>>, h: HeaderMap) -> Result<Respo
             ("seg.png", path)
         } else {
             let path = dir.join("seg.nii.gz");
-            crate::io::nifti::write_nifti_gz(&path, [d, hh, ww], &s.labels, v.spacing)
+            let geometry = v
+                .geometry
+                .clone()
+                .unwrap_or_else(|| crate::io::nifti::NiftiGeometry::from_affine(v.spacing, None));
+            crate::io::nifti::write_nifti_gz_geometry(&path, [d, hh, ww], &s.labels, &geometry)
                 .map_err(|e| ApiError::bad(format!("cannot write NIfTI: {e}")))?;
             ("seg.nii.gz", path)
         };
