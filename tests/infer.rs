@@ -297,7 +297,10 @@ fn infer_binary_2d_npz_composes_single_box_masks() {
         .collect();
     assert!(labels::overlapping_pixels(&masks) > 0, "the masks overlap");
     let want = labels::compose_masks(&masks);
-    assert_eq!(segs, want, "segs differ from the single-box masks in box order");
+    assert_eq!(
+        segs, want,
+        "segs differ from the single-box masks in box order"
+    );
     for label in 1..=3u8 {
         let n = want.iter().filter(|&&s| s == label).count();
         assert!(n > 0, "label {label} is empty");

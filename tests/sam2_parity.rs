@@ -840,7 +840,10 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
             grey.save(&png).unwrap();
             npz::write_npz(
                 &npz,
-                &[("imgs", arr(&[h, w], medsam::npy::NpyData::U8(grey.to_vec())))],
+                &[(
+                    "imgs",
+                    arr(&[h, w], medsam::npy::NpyData::U8(grey.to_vec())),
+                )],
             );
             for b in &box_args {
                 args.extend(["--box", b.as_str()]);
