@@ -344,11 +344,7 @@ fn lite_2d_npz_composes_single_box_masks_in_box_order() {
             segs, want,
             "{name}: segs differ from the single-box masks composed in box order"
         );
-        for label in 1..=3u8 {
-            let n = want.iter().filter(|&&s| s == label).count();
-            assert!(n > 0, "{name}: label {label} is empty");
-            assert!(log.contains(&format!("label {label}: {n} pixels")), "{log}");
-        }
+        labels::assert_labels_reported(&want, 3, &log, name);
     }
 }
 

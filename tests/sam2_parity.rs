@@ -871,14 +871,7 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
             segs, want,
             "{name}: segs differ from the single-box masks in box order"
         );
-        for label in 1..=3u8 {
-            let n = want.iter().filter(|&&s| s == label).count();
-            assert!(n > 0, "{name}: label {label} is empty");
-            assert!(
-                stdout.contains(&format!("label {label}: {n} pixels")),
-                "{stdout}"
-            );
-        }
+        labels::assert_labels_reported(&want, 3, &stdout, name);
     }
     let o = run(
         &dir.path().join("rgb.npz"),

@@ -274,12 +274,13 @@ fn image_2d_from_members(
             let n = match *b.shape.as_slice() {
                 [n, 4] => n,
                 [4] => 1,
-                ref s => return Err(Error::file(
-                    path,
-                    format!(
-                        "`boxes` has shape {s:?}; 2D boxes are (N, 4) [x_min, y_min, x_max, y_max]"
-                    ),
-                )),
+                ref s => {
+                    let expected = "2D boxes are (N, 4) [x_min, y_min, x_max, y_max]";
+                    return Err(Error::file(
+                        path,
+                        format!("`boxes` has shape {s:?}; {expected}"),
+                    ));
+                }
             };
             let v = b.to_f64();
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
