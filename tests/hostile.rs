@@ -854,12 +854,16 @@ fn seeds(dir: &Path) -> Vec<(String, Vec<u8>)> {
     medsam::io::volume::write_npz_segs(&dir.join("s.npz"), (2, 3, 4), &[1u8; 24]).unwrap();
     put("s.npz");
     // a 2D challenge .npz: imgs (H, W, 3) uint8 and boxes (N, 4)
-    let boxes = medsam::io::npy::NpyArray::new(vec![1, 4], medsam::io::npy::NpyData::I64(vec![1, 1, 4, 3]))
-        .unwrap();
+    let boxes =
+        medsam::io::npy::NpyArray::new(vec![1, 4], medsam::io::npy::NpyData::I64(vec![1, 1, 4, 3]))
+            .unwrap();
     medsam::io::volume::write_npz_members(
         &dir.join("s2d.npz"),
         &[
-            ("imgs", medsam::io::npy::encode_npy_u8(&[4, 5, 3], &[7u8; 60])),
+            (
+                "imgs",
+                medsam::io::npy::encode_npy_u8(&[4, 5, 3], &[7u8; 60]),
+            ),
             ("boxes", medsam::io::npy::encode_npy(&boxes)),
         ],
     )

@@ -12,10 +12,10 @@
 
 #[path = "common/fixtures.rs"]
 mod fixtures;
-#[path = "common/lite_fixture.rs"]
-mod lite_fixture;
 #[path = "common/labels.rs"]
 mod labels;
+#[path = "common/lite_fixture.rs"]
+mod lite_fixture;
 #[path = "common/npz.rs"]
 mod npz;
 #[path = "common/process.rs"]
@@ -335,17 +335,16 @@ fn lite_2d_npz_composes_single_box_masks_in_box_order() {
             })
             .collect();
         let overlap = labels::overlapping_pixels(&masks);
-        assert!(overlap > 0, "{name}: the masks must overlap to test the order");
+        assert!(
+            overlap > 0,
+            "{name}: the masks must overlap to test the order"
+        );
         let want = labels::compose_masks(&masks);
         assert_eq!(
             segs, want,
             "{name}: segs differ from the single-box masks composed in box order"
         );
-        for label in 1..=3u8 {
-            let n = want.iter().filter(|&&s| s == label).count();
-            assert!(n > 0, "{name}: label {label} is empty");
-            assert!(log.contains(&format!("label {label}: {n} pixels")), "{log}");
-        }
+        labels::assert_labels_reported(&want, 3, &log, name);
     }
 }
 
@@ -368,13 +367,19 @@ fn lite_2d_npz_bad_inputs_are_clear_errors() {
     let cases: Vec<(&str, Members, Vec<&str>, Vec<&str>)> = vec![
         (
             "float_imgs",
-            vec![("imgs", f64_array(&[h, w, 3], vec![0.5; h * w * 3])), one_box()],
+            vec![
+                ("imgs", f64_array(&[h, w, 3], vec![0.5; h * w * 3])),
+                one_box(),
+            ],
             vec![],
             vec!["`imgs`", "<f8", "uint8"],
         ),
         (
             "four_channels",
-            vec![("imgs", u8_array(&[h, w, 4], vec![0; h * w * 4])), one_box()],
+            vec![
+                ("imgs", u8_array(&[h, w, 4], vec![0; h * w * 4])),
+                one_box(),
+            ],
             vec![],
             vec!["`imgs`", "(H, W, 3)"],
         ),
@@ -409,7 +414,10 @@ fn lite_2d_npz_bad_inputs_are_clear_errors() {
             "outside",
             vec![
                 imgs(),
-                ("boxes", i64_array(&[2, 4], vec![2, 2, 20, 15, 40, 2, 60, 10])),
+                (
+                    "boxes",
+                    i64_array(&[2, 4], vec![2, 2, 20, 15, 40, 2, 60, 10]),
+                ),
             ],
             vec![],
             vec!["`boxes`[1]", "outside"],

@@ -354,7 +354,10 @@ pub(super) fn npz_2d_boxes(a: &InferArgs, img: &NpzImage2d) -> Result<Vec<[f32; 
                 path.display()
             );
         }
-        a.boxes.iter().map(|s| parse_box(s)).collect::<Result<_>>()?
+        a.boxes
+            .iter()
+            .map(|s| parse_box(s))
+            .collect::<Result<_>>()?
     } else {
         let file_boxes = img.boxes.as_ref().ok_or_else(|| {
             Error::file(
@@ -377,7 +380,8 @@ pub(super) fn npz_2d_boxes(a: &InferArgs, img: &NpzImage2d) -> Result<Vec<[f32; 
     check_box_count(raw.len()).map_err(|e| in_file(e, "`boxes`".into()))?;
     let mut boxes = Vec::with_capacity(raw.len());
     for (i, b) in raw.into_iter().enumerate() {
-        let checked = check_box(b, img.h, img.w).map_err(|e| in_file(e, format!("`boxes`[{i}]")))?;
+        let checked =
+            check_box(b, img.h, img.w).map_err(|e| in_file(e, format!("`boxes`[{i}]")))?;
         if let Some(w) = &checked.warning {
             eprintln!("warning: {w}");
         }

@@ -275,10 +275,11 @@ fn image_2d_from_members(
                 [n, 4] => n,
                 [4] => 1,
                 ref s => {
+                    let expected = "2D boxes are (N, 4) [x_min, y_min, x_max, y_max]";
                     return Err(Error::file(
                         path,
-                        format!("`boxes` has shape {s:?}; 2D boxes are (N, 4) [x_min, y_min, x_max, y_max]"),
-                    ))
+                        format!("`boxes` has shape {s:?}; {expected}"),
+                    ));
                 }
             };
             let v = b.to_f64();

@@ -56,3 +56,16 @@ pub fn npz_segs(path: &Path) -> (Vec<usize>, Vec<u8>) {
     assert!(a.is_u8(), "{}: segs is not uint8", path.display());
     (a.shape.clone(), a.to_u8().unwrap())
 }
+
+/// Asserts that every label `1..=labels` of `segs` is present and that `log` (the output of
+/// `medsam infer`) reports its pixel count as `label k: N pixels`.
+pub fn assert_labels_reported(segs: &[u8], labels: u8, log: &str, what: &str) {
+    for label in 1..=labels {
+        let n = segs.iter().filter(|&&s| s == label).count();
+        assert!(n > 0, "{what}: label {label} is empty");
+        assert!(
+            log.contains(&format!("label {label}: {n} pixels")),
+            "{what}: {log}"
+        );
+    }
+}

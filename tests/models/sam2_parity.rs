@@ -837,7 +837,10 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
             grey.save(&png).unwrap();
             npz::write_npz(
                 &npz,
-                &[("imgs", arr(&[h, w], medsam::npy::NpyData::U8(grey.to_vec())))],
+                &[(
+                    "imgs",
+                    arr(&[h, w], medsam::npy::NpyData::U8(grey.to_vec())),
+                )],
             );
             for b in &box_args {
                 args.extend(["--box", b.as_str()]);
@@ -865,14 +868,7 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
             segs, want,
             "{name}: segs differ from the single-box masks in box order"
         );
-        for label in 1..=3u8 {
-            let n = want.iter().filter(|&&s| s == label).count();
-            assert!(n > 0, "{name}: label {label} is empty");
-            assert!(
-                stdout.contains(&format!("label {label}: {n} pixels")),
-                "{stdout}"
-            );
-        }
+        labels::assert_labels_reported(&want, 3, &stdout, name);
     }
     let o = run(
         &dir.path().join("rgb.npz"),
