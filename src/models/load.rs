@@ -161,7 +161,7 @@ fn sam_from_weights(
     device: Device,
 ) -> Result<(Sam, LoadReport)> {
     let config = resolve_config_named(weights, model_type, config_json, path)?;
-    let mut sam = Sam::new(&config, 0, device)?;
+    let mut sam = Sam::placeholders(&config, device)?;
     let report = load_clean(&mut sam, weights, path)?;
     Ok((sam, report))
 }
@@ -218,7 +218,7 @@ pub fn load_any_model(
             preset
         }
     };
-    let mut lite = LiteMedSam::new(&config, 0, device)?;
+    let mut lite = LiteMedSam::placeholders(&config, device)?;
     let report = load_clean(&mut lite, &weights, path)?;
     Ok((AnyModel::Lite(Box::new(lite)), report))
 }

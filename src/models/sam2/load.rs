@@ -154,7 +154,7 @@ pub fn load_sam2(
         config.set_image_size(s);
     }
     config.validate().map_err(|e| Error::file(path, e))?;
-    let mut model = Sam2Base::new(&config, 0, device)?;
+    let mut model = Sam2Base::placeholders(&config, device)?;
     let report = model
         .load_state_dict(&weights)
         .map_err(|e| Error::file(path, e.to_string()))?
