@@ -36,7 +36,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Value> {
 
 /// Model weights by name (DDP's `module.` stripped, `{"model": ...}` unwrapped).
 pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>> {
-    let sd = checkpoint::state_dict_from_named(value, path).map_err(ckpt_err)?;
+    let sd = checkpoint::state_dict_refs(value, path).map_err(ckpt_err)?;
     sd.into_iter()
         .map(|(k, t)| {
             let data = t
