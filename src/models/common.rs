@@ -252,8 +252,30 @@ pub struct Init {
     pub device: Device,
 }
 
+thread_local! {
+    static PLACEHOLDERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `build` (a model constructor) with placeholder initialisation: every [`Init`] made on
+/// this thread meanwhile is [`Init::placeholders`]. For a model whose every parameter is about
+/// to be overwritten by a checkpoint; loading must then reject missing keys.
+pub fn with_placeholder_init<T>(build: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PLACEHOLDERS.with(|p| p.set(self.0));
+        }
+    }
+    let _reset = Reset(PLACEHOLDERS.with(|p| p.replace(true)));
+    build()
+}
+
 impl Init {
+    /// The stream for `seed` — or [`Init::placeholders`] inside [`with_placeholder_init`].
     pub fn new(seed: u64, device: Device) -> Self {
+        if PLACEHOLDERS.with(|p| p.get()) {
+            return Init::placeholders(device);
+        }
         Init {
             rng: Some(Rng::from_state(seed ^ GOLDEN_GAMMA)),
             device,
@@ -262,7 +284,7 @@ impl Init {
     /// An initialiser for a model whose every parameter is about to be overwritten by a
     /// checkpoint: the random draws ([`Init::uniform`], [`Init::normal`]) give zero tensors from
     /// a zeroed allocation instead, whose pages are not touched until written (the constant
-    /// ones are unchanged). Loading must then reject missing keys.
+    /// ones are unchanged).
     pub fn placeholders(device: Device) -> Self {
         Init { rng: None, device }
     }

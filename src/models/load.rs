@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, TensorData, Value};
-use crate::models::common::{load_state_dict, Module};
+use crate::models::common::{load_state_dict, with_placeholder_init, Module};
 use crate::models::lite::{LiteConfig, LiteMedSam};
 use crate::models::{LoadReport, ModelType, Sam, SamConfig};
 use crate::optim::{AdamW, AdamWConfig, ParamState};
@@ -161,7 +161,7 @@ fn sam_from_weights(
     device: Device,
 ) -> Result<(Sam, LoadReport)> {
     let config = resolve_config_named(weights, model_type, config_json, path)?;
-    let mut sam = Sam::placeholders(&config, device)?;
+    let mut sam = with_placeholder_init(|| Sam::new(&config, 0, device))?;
     let report = load_clean(&mut sam, weights, path)?;
     Ok((sam, report))
 }
@@ -218,7 +218,7 @@ pub fn load_any_model(
             preset
         }
     };
-    let mut lite = LiteMedSam::placeholders(&config, device)?;
+    let mut lite = with_placeholder_init(|| LiteMedSam::new(&config, 0, device))?;
     let report = load_clean(&mut lite, &weights, path)?;
     Ok((AnyModel::Lite(Box::new(lite)), report))
 }

@@ -189,17 +189,8 @@ impl LiteMedSam {
     /// A model with deterministic random initialisation for `seed` (BatchNorm as PyTorch
     /// initialises it: weight 1 — 0 for MBConv's last — bias 0, running mean 0, variance 1).
     pub fn new(config: &LiteConfig, seed: u64, device: Device) -> Result<Self> {
-        LiteMedSam::with_init(config, Init::new(seed, device))
-    }
-
-    /// A model to load a whole checkpoint into: zero placeholders instead of random draws (see
-    /// [`Init::placeholders`]); every parameter must then be loaded.
-    pub(crate) fn placeholders(config: &LiteConfig, device: Device) -> Result<Self> {
-        LiteMedSam::with_init(config, Init::placeholders(device))
-    }
-
-    fn with_init(config: &LiteConfig, mut init: Init) -> Result<Self> {
         super::config::validate_lite(config).map_err(|e| Error::arg("model configuration", e))?;
+        let mut init = Init::new(seed, device);
         let ie = &config.image_encoder;
         Ok(LiteMedSam {
             config: config.clone(),

@@ -31,19 +31,10 @@ crate::models::common::module_parts!(Sam: image_encoder, prompt_encoder, mask_de
 impl Sam {
     /// A model with PyTorch-style random initialisation, reproducible for `seed`.
     pub fn new(config: &SamConfig, seed: u64, device: Device) -> Result<Self> {
-        Sam::with_init(config, Init::new(seed, device))
-    }
-
-    /// A model to load a whole checkpoint into: zero placeholders instead of random draws (see
-    /// [`Init::placeholders`]); every parameter must then be loaded.
-    pub(crate) fn placeholders(config: &SamConfig, device: Device) -> Result<Self> {
-        Sam::with_init(config, Init::placeholders(device))
-    }
-
-    fn with_init(config: &SamConfig, mut init: Init) -> Result<Self> {
         config
             .validate()
             .map_err(|e| crate::Error::arg("model configuration", e))?;
+        let mut init = Init::new(seed, device);
         let ie = &config.image_encoder;
         Ok(Sam {
             config: config.clone(),

@@ -159,17 +159,8 @@ fn to_tokens(t: &Tensor) -> Result<Tensor> {
 impl Sam2Base {
     /// A model with PyTorch-style random initialisation (load a checkpoint over it).
     pub fn new(config: &Sam2Config, seed: u64, device: Device) -> Result<Self> {
-        Sam2Base::with_init(config, Init::new(seed, device))
-    }
-
-    /// A model to load a whole checkpoint into: zero placeholders instead of random draws (see
-    /// [`Init::placeholders`]); every parameter must then be loaded.
-    pub(crate) fn placeholders(config: &Sam2Config, device: Device) -> Result<Self> {
-        Sam2Base::with_init(config, Init::placeholders(device))
-    }
-
-    fn with_init(config: &Sam2Config, mut init: Init) -> Result<Self> {
         config.validate().map_err(Error::Other)?;
+        let mut init = Init::new(seed, device);
         let c = config.hidden_dim();
         let image_encoder = ImageEncoder::new(&mut init, &config.image_encoder)?;
         let memory_encoder = MemoryEncoder::new(&mut init, &config.memory_encoder)?;
