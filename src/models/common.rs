@@ -247,39 +247,72 @@ pub fn join(prefix: &str, name: &str) -> String {
 /// Deterministic parameter initialisation (a SplitMix64 stream), so a model built without a
 /// checkpoint is reproducible for a seed.
 pub struct Init {
-    rng: Rng,
+    /// `None` for [`Init::placeholders`]: no draws, zero tensors instead.
+    rng: Option<Rng>,
     pub device: Device,
 }
 
+thread_local! {
+    static PLACEHOLDERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `build` (a model constructor) with placeholder initialisation: every [`Init`] made on
+/// this thread meanwhile is [`Init::placeholders`]. For a model whose every parameter is about
+/// to be overwritten by a checkpoint; loading must then reject missing keys.
+pub fn with_placeholder_init<T>(build: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PLACEHOLDERS.with(|p| p.set(self.0));
+        }
+    }
+    let _reset = Reset(PLACEHOLDERS.with(|p| p.replace(true)));
+    build()
+}
+
 impl Init {
+    /// The stream for `seed` — or [`Init::placeholders`] inside [`with_placeholder_init`].
     pub fn new(seed: u64, device: Device) -> Self {
+        if PLACEHOLDERS.with(|p| p.get()) {
+            return Init::placeholders(device);
+        }
         Init {
-            rng: Rng::from_state(seed ^ GOLDEN_GAMMA),
+            rng: Some(Rng::from_state(seed ^ GOLDEN_GAMMA)),
             device,
         }
     }
-    fn next_f64(&mut self) -> f64 {
-        self.rng.uniform()
+    /// An initialiser for a model whose every parameter is about to be overwritten by a
+    /// checkpoint: the random draws ([`Init::uniform`], [`Init::normal`]) give zero tensors from
+    /// a zeroed allocation instead, whose pages are not touched until written (the constant
+    /// ones are unchanged).
+    pub fn placeholders(device: Device) -> Self {
+        Init { rng: None, device }
+    }
+    /// `n` values from `draw`, or `None` for placeholders.
+    fn draw(&mut self, n: usize, mut draw: impl FnMut(&mut Rng) -> f32) -> Option<Vec<f32>> {
+        let rng = self.rng.as_mut()?;
+        Some((0..n).map(|_| draw(rng)).collect())
+    }
+    fn tensor(&mut self, v: Option<Vec<f32>>, shape: &[usize]) -> Result<Tensor> {
+        match v {
+            Some(v) => Tensor::from_slice(&v, shape, self.device),
+            None => self.zeros(shape),
+        }
     }
     /// Uniform in `[-bound, bound)`, as PyTorch's default Linear/Conv init draws.
     pub fn uniform(&mut self, shape: &[usize], bound: f32) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| ((self.next_f64() * 2.0 - 1.0) * bound as f64) as f32)
-            .collect();
-        Tensor::from_slice(&v, shape, self.device)
+        let v = self.draw(n, |rng| ((rng.uniform() * 2.0 - 1.0) * bound as f64) as f32);
+        self.tensor(v, shape)
     }
     /// Standard normal (Box–Muller) times `std`.
     pub fn normal(&mut self, shape: &[usize], std: f32) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                let (u1, u2) = (self.next_f64().max(1e-300), self.next_f64());
-                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std as f64)
-                    as f32
-            })
-            .collect();
-        Tensor::from_slice(&v, shape, self.device)
+        let v = self.draw(n, |rng| {
+            let (u1, u2) = (rng.uniform().max(1e-300), rng.uniform());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std as f64) as f32
+        });
+        self.tensor(v, shape)
     }
     pub fn zeros(&mut self, shape: &[usize]) -> Result<Tensor> {
         Tensor::zeros(shape, self.device)

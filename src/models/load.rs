@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, TensorData, Value};
-use crate::models::common::{load_state_dict, Module};
+use crate::models::common::{load_state_dict, with_placeholder_init, Module};
 use crate::models::lite::{LiteConfig, LiteMedSam};
 use crate::models::{LoadReport, ModelType, Sam, SamConfig};
 use crate::optim::{AdamW, AdamWConfig, ParamState};
@@ -36,7 +36,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Value> {
 
 /// Model weights by name (DDP's `module.` stripped, `{"model": ...}` unwrapped).
 pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>> {
-    let sd = checkpoint::state_dict_from_named(value, path).map_err(ckpt_err)?;
+    let sd = checkpoint::state_dict_refs(value, path).map_err(ckpt_err)?;
     sd.into_iter()
         .map(|(k, t)| {
             let data = t
@@ -161,7 +161,7 @@ fn sam_from_weights(
     device: Device,
 ) -> Result<(Sam, LoadReport)> {
     let config = resolve_config_named(weights, model_type, config_json, path)?;
-    let mut sam = Sam::new(&config, 0, device)?;
+    let mut sam = with_placeholder_init(|| Sam::new(&config, 0, device))?;
     let report = load_clean(&mut sam, weights, path)?;
     Ok((sam, report))
 }
@@ -218,7 +218,7 @@ pub fn load_any_model(
             preset
         }
     };
-    let mut lite = LiteMedSam::new(&config, 0, device)?;
+    let mut lite = with_placeholder_init(|| LiteMedSam::new(&config, 0, device))?;
     let report = load_clean(&mut lite, &weights, path)?;
     Ok((AnyModel::Lite(Box::new(lite)), report))
 }

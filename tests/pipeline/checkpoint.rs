@@ -919,3 +919,54 @@ fn sam_model_registry_loads_converted_vit_b() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Every tensor of a state dict as its exact bits.
+fn state_bits(sd: Vec<(String, medsam::Tensor)>) -> Vec<(String, Vec<usize>, Vec<u32>)> {
+    sd.into_iter()
+        .map(|(k, t)| {
+            let bits = t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect();
+            (k, t.shape().to_vec(), bits)
+        })
+        .collect()
+}
+
+/// A model loaded from a checkpoint holds the checkpoint's tensors bit for bit (its parameters
+/// start as placeholders, not random draws), and building a seeded model is unaffected.
+#[test]
+fn loaded_models_equal_their_checkpoint_bit_for_bit() {
+    use medsam::models::lite::{LiteConfig, LiteMedSam};
+    use medsam::models::{Sam, SamConfig};
+    use medsam::weights::{load_any_model, load_model, state_dict_value, AnyModel};
+    let dir = tmpdir("loaded-bits");
+    let cfg_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam/tiny_sam_config.json");
+    let cfg = SamConfig::from_json_file(&cfg_path).unwrap();
+    let seeded = state_bits(
+        Sam::new(&cfg, 11, medsam::Device::Cpu)
+            .unwrap()
+            .state_dict(),
+    );
+    let p = dir.join("sam.pth");
+    let mut sam = Sam::new(&cfg, 11, medsam::Device::Cpu).unwrap();
+    save_pth(&p, &state_dict_value(sam.state_dict()).unwrap()).unwrap();
+    let (mut loaded, report) = load_model(&p, None, Some(&cfg_path), medsam::Device::Cpu).unwrap();
+    assert_eq!(report.loaded, seeded.len());
+    assert_eq!(state_bits(loaded.state_dict()), seeded);
+    assert_eq!(state_bits(sam.state_dict()), seeded);
+    let again = state_bits(
+        Sam::new(&cfg, 11, medsam::Device::Cpu)
+            .unwrap()
+            .state_dict(),
+    );
+    assert_eq!(again, seeded);
+
+    let mut lite = LiteMedSam::new(&LiteConfig::lite_medsam(), 5, medsam::Device::Cpu).unwrap();
+    let lite_bits = state_bits(lite.state_dict());
+    let p = dir.join("lite.pth");
+    save_pth(&p, &state_dict_value(lite.state_dict()).unwrap()).unwrap();
+    match load_any_model(&p, None, None, medsam::Device::Cpu).unwrap() {
+        (AnyModel::Lite(mut m), _) => assert_eq!(state_bits(m.state_dict()), lite_bits),
+        (AnyModel::Sam(_), _) => panic!("a LiteMedSAM checkpoint loaded as SAM"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -235,6 +235,12 @@ impl TensorData {
         }
         let b = &self.bytes;
         let out = match self.dtype {
+            // A plain copy on little-endian hosts (the bytes are little-endian f32s).
+            DType::F32 if cfg!(target_endian = "little") => {
+                let mut out = vec![0.0f32; n];
+                bytemuck::cast_slice_mut::<f32, u8>(&mut out).copy_from_slice(b);
+                out
+            }
             DType::F32 => b
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -412,6 +418,14 @@ pub fn state_dict_from(value: &Value) -> Result<Vec<(String, TensorData)>> {
 
 /// [`state_dict_from`] with the file name used in errors.
 pub fn state_dict_from_named(value: &Value, path: &Path) -> Result<Vec<(String, TensorData)>> {
+    Ok(state_dict_refs(value, path)?
+        .into_iter()
+        .map(|(k, t)| (k, t.clone()))
+        .collect())
+}
+
+/// [`state_dict_from_named`] borrowing the tensors from `value` (no copy of their bytes).
+pub fn state_dict_refs<'v>(value: &'v Value, path: &Path) -> Result<Vec<(String, &'v TensorData)>> {
     let top = value.as_dict().ok_or_else(|| {
         CheckpointError::format(
             path,
@@ -457,7 +471,7 @@ pub fn state_dict_from_named(value: &Value, path: &Path) -> Result<Vec<(String, 
             let msg = format!("duplicate parameter `{name}` after stripping `{DDP_PREFIX}`");
             return Err(entry_err(key, msg));
         }
-        out.push((name, t.clone()));
+        out.push((name, t));
     }
     Ok(out)
 }

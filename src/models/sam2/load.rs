@@ -154,7 +154,8 @@ pub fn load_sam2(
         config.set_image_size(s);
     }
     config.validate().map_err(|e| Error::file(path, e))?;
-    let mut model = Sam2Base::new(&config, 0, device)?;
+    let mut model =
+        crate::models::common::with_placeholder_init(|| Sam2Base::new(&config, 0, device))?;
     let report = model
         .load_state_dict(&weights)
         .map_err(|e| Error::file(path, e.to_string()))?
