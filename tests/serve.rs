@@ -2041,6 +2041,27 @@ fn web_opens_jpeg_and_npz() {
     std::fs::write(dir.join("seg.nii.gz"), seg).unwrap();
     let seg = medsam::io::nifti::read_nifti(dir.join("seg.nii.gz")).unwrap();
     assert_eq!(seg.shape, [d, h, w]);
+
+    // A 2-D challenge `.npz` (imgs (H, W, 3), boxes (N, 4)) opens as one RGB slice, not as a
+    // volume of H slices.
+    let rgb: Vec<u8> = vol[..h * w]
+        .iter()
+        .flat_map(|&v| [v, v / 2, 255 - v])
+        .collect();
+    let npz2d = dir.join("slice2d.npz");
+    let imgs = medsam::io::npy::encode_npy_u8(&[h, w, 3], &rgb);
+    let boxes = medsam::io::npy::encode_npy(&medsam::io::npy::NpyArray {
+        shape: vec![1, 4],
+        data: medsam::io::npy::NpyData::F64(vec![6.0, 6.0, 30.0, 26.0]),
+    });
+    medsam::io::volume::write_npz_members(&npz2d, &[("imgs", imgs), ("boxes", boxes)]).unwrap();
+    let (token, info) = web_open(a, &npz2d);
+    assert_eq!(info["shape"], serde_json::json!([1, h, w]));
+    let lease = [("X-Lease-Token", token.as_str())];
+    let body = serde_json::json!({"z": 0, "label": 1, "box": [6, 6, 30, 26]}).to_string();
+    let (st, _, l) = http(a, "POST", "/api/segment", &lease, body.as_bytes());
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&l));
+    assert_eq!(l.len(), h * w);
 }
 
 /// A NIfTI volume with an oblique affine and an origin, opened on the page and segmented: the

@@ -6,7 +6,9 @@ use super::common::{load_any_model, parse_device, AnyModelArgs, AnyModelType};
 use super::infer::is_volume_path;
 use medsam::io::dicom::read_series;
 use medsam::io::nifti::{read_nifti, read_nifti_geometry, NiftiGeometry, NiftiVolume};
-use medsam::io::volume::{is_nifti_path, read_nifti_volume, read_npz_volume, u8_volume};
+use medsam::io::volume::{
+    is_nifti_path, read_challenge_npz, read_nifti_volume, u8_volume, ChallengeNpz,
+};
 use medsam::models::sam2::{load_sam2, VideoPredictor};
 use medsam::pipeline::infer::lite::lite_image;
 use medsam::pipeline::infer::sam::read_input_image;
@@ -162,7 +164,19 @@ fn read_upload(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
             grey_volume(path, &v, true)?
         } else {
             let v = if ext("npz") {
-                read_npz_volume(path)?
+                match read_challenge_npz(path, None)? {
+                    ChallengeNpz::Volume3d(v) => v,
+                    // A 2-D challenge `.npz` ((H, W, 3) or (H, W)) is one slice, as an image.
+                    ChallengeNpz::Image2d(img) => {
+                        return Ok(Volume {
+                            shape: [1, img.h, img.w],
+                            channels: img.channels,
+                            data: img.data,
+                            spacing: [1.0; 3],
+                            geometry: None,
+                        })
+                    }
+                }
             } else {
                 read_nifti_volume(path)?
             };
