@@ -69,3 +69,19 @@ pub fn assert_labels_reported(segs: &[u8], labels: u8, log: &str, what: &str) {
         );
     }
 }
+
+/// Asserts that `segs` (a 2D challenge `.npz` result) equals the single-box `masks` composed in
+/// box order (later boxes overwrite earlier ones; the masks must overlap, or the order is not
+/// tested) and that `log` reports every label's pixel count.
+pub fn assert_composed_in_box_order(segs: &[u8], masks: &[Vec<bool>], log: &str, what: &str) {
+    assert!(
+        overlapping_pixels(masks) > 0,
+        "{what}: the masks must overlap to test the order"
+    );
+    let want = compose_masks(masks);
+    assert_eq!(
+        segs, want,
+        "{what}: segs differ from the single-box masks composed in box order"
+    );
+    assert_labels_reported(&want, masks.len() as u8, log, what);
+}
