@@ -43,7 +43,11 @@ unsafe fn round_pairs(src: *const f32, n: usize, scale: f32, dst: *mut u32) {
         let hi = _mm512_maskz_loadu_ps(tail_mask(n.saturating_sub(t + L)), src.wrapping_add(t + L));
         let r = _mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, sv), _mm512_mul_ps(lo, sv));
         let m = tail_mask((n - t).div_ceil(2));
-        _mm512_mask_storeu_epi32(dst.add(t / 2) as *mut i32, m, std::mem::transmute(r));
+        _mm512_mask_storeu_epi32(
+            dst.add(t / 2) as *mut i32,
+            m,
+            std::mem::transmute::<__m512bh, __m512i>(r),
+        );
         t += 2 * L;
     }
 }
@@ -132,7 +136,11 @@ unsafe fn ka<const NP: usize>(
         for r in 0..MA {
             let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + u) as i32));
             for p in 0..NP {
-                acc[r][p] = _mm512_dpbf16_ps(acc[r][p], av, std::mem::transmute(bv[p]));
+                acc[r][p] = _mm512_dpbf16_ps(
+                    acc[r][p],
+                    av,
+                    std::mem::transmute::<__m512, __m512bh>(bv[p]),
+                );
             }
         }
     }
@@ -193,7 +201,8 @@ unsafe fn kb<const MR: usize, const NV: usize>(
         for r in 0..MR {
             let c: __m512bh = std::mem::transmute(_mm512_set1_epi32(*coef.add(r * cr + t) as i32));
             for v in 0..NV {
-                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], c, std::mem::transmute(xv[v]));
+                acc[r][v] =
+                    _mm512_dpbf16_ps(acc[r][v], c, std::mem::transmute::<__m512, __m512bh>(xv[v]));
             }
         }
     }
@@ -291,7 +300,11 @@ unsafe fn exp_sub_sum_bf16(s: *const f32, n: usize, m: f32, p: *mut u32) -> f32 
         sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
         let r = _mm512_cvtne2ps_pbh(e1, e0);
         let mu = tail_mask((n - t).div_ceil(2));
-        _mm512_mask_storeu_epi32(p.add(t / 2) as *mut i32, mu, std::mem::transmute(r));
+        _mm512_mask_storeu_epi32(
+            p.add(t / 2) as *mut i32,
+            mu,
+            std::mem::transmute::<__m512bh, __m512i>(r),
+        );
         t += 2 * L;
     }
     _mm512_reduce_add_ps(sum)
