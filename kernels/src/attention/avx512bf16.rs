@@ -14,7 +14,7 @@
 
 use super::avx512::{
     biased_max, exp512, finish_rows, forward_tasks, q_block, round_up, scale_row, scratch,
-    tail_mask, Prep, Scratch, BK_F, KC, L, MA,
+    tail_mask, Prep, Scratch, BK_F, FWD_GROUP, KC, L, MA,
 };
 use super::{AttnDims, Forward};
 use rayon::prelude::*;
@@ -392,12 +392,27 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
     let ([q, k, v], scale) = (f.rows, f.scale);
     let (nk, d, dvp) = (p.nk, p.d, p.dvp);
     let qb = q_block(nq);
+    // SAFETY (here and below): the dispatcher only comes here when AVX512-BF16 is available.
+    let pack = |b: usize| unsafe {
+        (
+            pack_k(nk, d, &k.data[k.base(b)..], k.row_stride),
+            pack_v(nk, dv, dvp, &v.data[v.base(b)..], v.row_stride),
+        )
+    };
+    // A head split over several tasks (global attention) is packed once for all of them.
+    let shared: Option<Vec<(Scratch, Scratch)>> =
+        (nq > qb * FWD_GROUP).then(|| (0..f.dims.bh).into_par_iter().map(pack).collect());
     forward_tasks(out, lse, nq, dv, qb).for_each(|(b, g0, o, l)| {
-        // SAFETY (all three): the dispatcher only comes here when AVX512-BF16 is available.
-        let kp = unsafe { pack_k(nk, d, &k.data[k.base(b)..], k.row_stride) };
-        let vp = unsafe { pack_v(nk, dv, dvp, &v.data[v.base(b)..], v.row_stride) };
+        let own;
+        let (kp, vp) = match &shared {
+            Some(s) => (&s[b].0, &s[b].1),
+            None => {
+                own = pack(b);
+                (&own.0, &own.1)
+            }
+        };
         for (t, (o, l)) in o.chunks_mut(qb * dv).zip(l.chunks_mut(qb)).enumerate() {
-            unsafe { fwd_block(&p, &kp, &vp, b, g0 + t * qb, &q, scale, o, l) }
+            unsafe { fwd_block(&p, kp, vp, b, g0 + t * qb, &q, scale, o, l) }
         }
     });
 }
