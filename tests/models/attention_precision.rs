@@ -9,6 +9,9 @@ use medsam::Tensor;
 use medsam_kernels::attention::{self as kernel, AttnDims, RelPosBias};
 use medsam_kernels::testing::Rng;
 
+type ForwardFn =
+    fn(AttnDims, &[f32], &[f32], &[f32], f32, Option<RelPosBias>, &mut [f32], &mut [f32]);
+
 #[test]
 fn attention_precision_follows_autocast_and_recording() {
     let (bh, nq, kh, kw, d) = (3, 50, 6, 7, 16);
@@ -22,16 +25,7 @@ fn attention_precision_follows_autocast_and_recording() {
     let (rh, rw) = (r.vec(bh * nq * kh, 1.0), r.vec(bh * nq * kw, 1.0));
     let scale = 0.25;
     let dims = AttnDims::new(bh, nq, nk, d, d);
-    let kernel_out = |f: fn(
-        AttnDims,
-        &[f32],
-        &[f32],
-        &[f32],
-        f32,
-        Option<RelPosBias>,
-        &mut [f32],
-        &mut [f32],
-    )| {
+    let kernel_out = |f: ForwardFn| {
         let (mut o, mut l) = (vec![0.0; bh * nq * d], vec![0.0; bh * nq]);
         let bias = RelPosBias {
             rel_h: &rh,
