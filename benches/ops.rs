@@ -148,6 +148,7 @@ mod npu {
                         dims,
                         scale: 0.125,
                         rel: Some(rel),
+                        precision: medsam_kernels::gemm::Precision::F32,
                     };
                     let qkv = Qkv {
                         q: &q,
@@ -175,6 +176,7 @@ mod npu {
                     dims,
                     scale: 0.25,
                     rel: None,
+                    precision: medsam_kernels::gemm::Precision::F32,
                 };
                 let qkv = Qkv {
                     q: &q,

@@ -926,6 +926,7 @@ fn former_host_fallbacks_make_no_host_round_trip() {
         dims,
         scale: 0.5,
         rel: None,
+        precision: medsam_kernels::gemm::Precision::F32,
     };
     let qkv = medsam::backend::Qkv {
         q: &x,
@@ -986,6 +987,7 @@ fn attention_without_rel_pos_uses_flash_attention() {
         dims,
         scale: 0.5,
         rel: None,
+        precision: medsam_kernels::gemm::Precision::F32,
     };
     let (_, saved) = b
         .attention(

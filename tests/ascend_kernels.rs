@@ -86,6 +86,7 @@ fn attention_forward(bh: usize, nq: usize, grid: (usize, usize), d: usize, dv: u
             dims,
             scale,
             rel: r,
+            precision: medsam_kernels::gemm::Precision::F32,
         };
         let qkv = backend::Qkv {
             q: &s[0],

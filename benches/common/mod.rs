@@ -1,7 +1,7 @@
 //! The benchmarked operators at MedSAM ViT-B shapes, shared by `ops` (criterion) and `opbench`
 //! (machine-readable lines for `compare_torch.py`). Names match the ops in `compare_torch.py`.
 
-use medsam_kernels::attention::{attention_forward, AttnDims, RelPosBias};
+use medsam_kernels::attention::{attention_forward, attention_forward_bf16, AttnDims, RelPosBias};
 use medsam_kernels::conv::{conv2d_forward, conv_transpose2d_forward, Conv2dGeom};
 use medsam_kernels::gemm::{gemm, int8, Epilogue, GemmDims, Layout, Precision};
 use medsam_kernels::norm::layer_norm_forward;
@@ -63,8 +63,13 @@ fn bmm_op(name: &'static str, batch: usize, m: usize, k: usize, n: usize, kt: bo
     batched_gemm_op(name, GemmDims { batch, m, n, k }, kt, Precision::F32)
 }
 
-/// SAM attention with decomposed rel-pos bias: `bh` heads × `side²` tokens × 64.
-fn attention_op(name: &'static str, bh: usize, side: usize) -> Op {
+/// SAM attention with decomposed rel-pos bias: `bh` heads × `side²` tokens × 64, in f32 or (with
+/// `Precision::Bf16`) bf16 arithmetic (`attention_forward_bf16`, whether or not it pays here).
+fn attention_op(name: &'static str, bh: usize, side: usize, p: Precision) -> Op {
+    let forward = match p {
+        Precision::F32 => attention_forward,
+        Precision::Bf16 => attention_forward_bf16,
+    };
     let (nq, d) = (side * side, 64);
     Op {
         name,
@@ -86,7 +91,7 @@ fn attention_op(name: &'static str, bh: usize, side: usize) -> Op {
                     kh: side,
                     kw: side,
                 };
-                attention_forward(dims, &q, &k, &v, scale, Some(bias), &mut out, &mut lse)
+                forward(dims, &q, &k, &v, scale, Some(bias), &mut out, &mut lse)
             })
         }),
     }
@@ -156,8 +161,10 @@ pub fn ops() -> Vec<Op> {
     v.push(int8_op("linear_mlp2_int8", 4096, 3072, 768));
     v.push(bmm_op("bmm_window_qk", 25 * 12, 196, 64, 196, true));
     v.push(bmm_op("bmm_window_pv", 25 * 12, 196, 196, 64, false));
-    v.push(attention_op("attn_global", 12, 64));
-    v.push(attention_op("attn_window", 25 * 12, 14));
+    v.push(attention_op("attn_global", 12, 64, F32));
+    v.push(attention_op("attn_window", 25 * 12, 14, F32));
+    v.push(attention_op("attn_global_bf16", 12, 64, Bf16));
+    v.push(attention_op("attn_window_bf16", 25 * 12, 14, Bf16));
     v.push(Op {
         name: "layernorm",
         flops: 8.0 * (4096 * 768) as f64,

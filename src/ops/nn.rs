@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::attention::AttnDims;
 use medsam_kernels::conv::Conv2dGeom;
+use medsam_kernels::gemm::Precision;
 
 fn check_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
     if t.rank() != rank {
@@ -316,10 +317,23 @@ pub fn attention(
         kh: *kh,
         kw: *kw,
     });
+    // bf16 autocast applies to inference only: a recorded forward stays f32, like the backward
+    // that recomputes its probabilities.
+    let recording = crate::autograd::is_grad_enabled()
+        && std::iter::once(q)
+            .chain([k, v])
+            .chain(rel.into_iter().flat_map(|r| [&r.rel_h, &r.rel_w]))
+            .any(|t| t.requires_grad());
+    let precision = if recording {
+        Precision::F32
+    } else {
+        crate::ops::linalg::current_precision()
+    };
     let args = AttnArgs {
         dims,
         scale,
         rel: relpos,
+        precision,
     };
     let qkv = Qkv {
         q: qd.storage(),
@@ -648,6 +662,7 @@ impl BackwardOp for AttnBackward {
             dims: self.dims,
             scale: self.scale,
             rel: relpos,
+            precision: Precision::F32,
         };
         let qkv = Qkv {
             q: self.q.storage(),

@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod attention_precision;
 mod autograd;
 mod lite_real;
 mod lite_tiny;

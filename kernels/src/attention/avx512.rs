@@ -21,25 +21,25 @@ use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Lanes per vector.
-const L: usize = 16;
+pub(super) const L: usize = 16;
 /// Rows of the score micro-tile.
-const MA: usize = 8;
+pub(super) const MA: usize = 8;
 /// Maximum query rows per task.
 const BQ: usize = 128;
 /// Maximum keys per score block (forward / backward).
-const BK_F: usize = 512;
+pub(super) const BK_F: usize = 512;
 const BK_B: usize = 256;
 /// Query blocks per forward task.
-const FWD_GROUP: usize = 4;
+pub(super) const FWD_GROUP: usize = 4;
 /// Keys per accumulation chunk of `P·V`-style products: each chunk is summed from zero in
 /// registers and then added to the output, so a 4096-key row is a sum of 64 short sums rather
 /// than one 4096-term chain (the long chain cost SAM's token→image attention ~10× PyTorch's
 /// rounding error, visible in LiteMedSAM's logits).
-const KC: usize = 64;
+pub(super) const KC: usize = 64;
 
 /// A zeroed f32 buffer taken from a per-thread pool and returned to it on drop, so the many
 /// per-task buffers do not hit the allocator (and fresh pages) on every call.
-struct Scratch(Vec<f32>);
+pub(super) struct Scratch(Vec<f32>);
 
 thread_local! {
     static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -48,7 +48,7 @@ thread_local! {
 /// Buffers larger than this are freed rather than kept in the pool.
 const POOL_MAX_LEN: usize = 1 << 22;
 
-fn scratch(n: usize) -> Scratch {
+pub(super) fn scratch(n: usize) -> Scratch {
     let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
     v.clear();
     v.resize(n, 0.0);
@@ -77,12 +77,12 @@ impl std::ops::DerefMut for Scratch {
     }
 }
 
-fn round_up(x: usize, m: usize) -> usize {
+pub(super) fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
 }
 
 /// Query-block size for `nq` rows: the fewest blocks of at most `BQ` rows, balanced, multiple of MA.
-fn q_block(nq: usize) -> usize {
+pub(super) fn q_block(nq: usize) -> usize {
     let nb = nq.div_ceil(BQ).max(1);
     round_up(nq.div_ceil(nb), MA).max(MA)
 }
@@ -160,7 +160,7 @@ impl std::ops::Deref for Rows<'_> {
     }
 }
 
-fn tail_mask(n: usize) -> __mmask16 {
+pub(super) fn tail_mask(n: usize) -> __mmask16 {
     if n >= L {
         0xffff
     } else {
@@ -172,7 +172,7 @@ fn tail_mask(n: usize) -> __mmask16 {
 /// `scalef` for the power of two. Inputs are clamped to [-88, 88] (so `-inf` gives ~6e-39).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn exp512(x: __m512) -> __m512 {
+pub(super) fn exp512(x: __m512) -> __m512 {
     let x = _mm512_min_ps(
         _mm512_max_ps(x, _mm512_set1_ps(-88.0)),
         _mm512_set1_ps(88.0),
@@ -384,7 +384,7 @@ unsafe fn mm_acc(
 /// Where the bias of each 16-key chunk of a key block comes from: for chunk `c`, lane `l`, key
 /// `j = j0 + 16c + l` has `jh = j / kw`, `jw = j % kw` (0 past the block end). Built once per key
 /// block, shared by all query rows.
-struct BiasIdx {
+pub(super) struct BiasIdx {
     ih: Vec<[i32; L]>,
     iw: Vec<[i32; L]>,
 }
@@ -543,7 +543,7 @@ unsafe fn exp_sub_sum(s: *mut f32, n: usize, m: f32) -> f32 {
 /// `x[..n] *= a`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn scale_row(x: *mut f32, n: usize, a: f32) {
+pub(super) unsafe fn scale_row(x: *mut f32, n: usize, a: f32) {
     let av = _mm512_set1_ps(a);
     let mut t = 0;
     while t < n {
@@ -555,21 +555,21 @@ unsafe fn scale_row(x: *mut f32, n: usize, a: f32) {
 }
 
 /// Shapes shared by all tasks of one call.
-struct Prep<'a> {
-    nq: usize,
-    nk: usize,
-    d: usize,
-    dv: usize,
+pub(super) struct Prep<'a> {
+    pub(super) nq: usize,
+    pub(super) nk: usize,
+    pub(super) d: usize,
+    pub(super) dv: usize,
     /// `d`, `dv` rounded up to 16.
-    dp: usize,
-    dvp: usize,
-    bias: Option<RelPosBias<'a>>,
+    pub(super) dp: usize,
+    pub(super) dvp: usize,
+    pub(super) bias: Option<RelPosBias<'a>>,
     /// A whole `[heads, nq, nk]` bias table (forward only; exclusive with `bias`).
-    table: Option<BiasTable<'a>>,
+    pub(super) table: Option<BiasTable<'a>>,
 }
 
 impl<'a> Prep<'a> {
-    fn new(dims: AttnDims, bias: Option<RelPosBias<'a>>) -> Self {
+    pub(super) fn new(dims: AttnDims, bias: Option<RelPosBias<'a>>) -> Self {
         let AttnDims { nq, nk, d, dv, .. } = dims;
         let (dp, dvp) = (round_up(d, L), round_up(dv, L));
         Prep {
@@ -591,7 +591,7 @@ impl<'a> Prep<'a> {
         })
     }
     /// Bias lookup indices for keys `j0..j0+bk` (when the bias needs them).
-    fn bias_idx(&self, j0: usize, bk: usize) -> Option<BiasIdx> {
+    pub(super) fn bias_idx(&self, j0: usize, bk: usize) -> Option<BiasIdx> {
         self.bias
             .filter(|r| r.kw % L != 0)
             .map(|r| BiasIdx::new(j0, bk, r.kw))
@@ -651,13 +651,7 @@ unsafe fn fwd_block(
         let idx = p.bias_idx(j0, bk);
         for i in 0..rows {
             let sr = s.as_mut_ptr().add(i * lds);
-            let mx = match p.table_row(b, q0 + i, j0, bk) {
-                Some(t) => add_row_and_max(sr, t),
-                None => bias_and_max(sr, j0, bk, p.bias_row(b, q0 + i), idx.as_ref()),
-            };
-            let m_new = m[i].max(mx);
-            let alpha = exp512(_mm512_set1_ps(m[i] - m_new));
-            let alpha = _mm512_cvtss_f32(alpha);
+            let (m_new, alpha) = biased_max(p, sr, b, q0 + i, j0, bk, idx.as_ref(), m[i]);
             let sum = exp_sub_sum(sr, bk, m_new);
             l[i] = l[i] * alpha + sum;
             m[i] = m_new;
@@ -679,7 +673,45 @@ unsafe fn fwd_block(
         );
         j0 += bk;
     }
-    for i in 0..rows {
+    finish_rows(dv, dvp, &acc, &m, &l, o, ls);
+}
+
+/// Adds the bias of keys `j0..j0+bk` to the score row `sr` of query `i` of head `b` and returns
+/// the new running maximum (from `m_old`) and the factor `e^(m_old - m_new)` that rescales what
+/// was accumulated before.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn biased_max(
+    p: &Prep,
+    sr: *mut f32,
+    b: usize,
+    i: usize,
+    j0: usize,
+    bk: usize,
+    idx: Option<&BiasIdx>,
+    m_old: f32,
+) -> (f32, f32) {
+    let mx = match p.table_row(b, i, j0, bk) {
+        Some(t) => add_row_and_max(sr, t),
+        None => bias_and_max(sr, j0, bk, p.bias_row(b, i), idx),
+    };
+    let m_new = m_old.max(mx);
+    let alpha = exp512(_mm512_set1_ps(m_old - m_new));
+    (m_new, _mm512_cvtss_f32(alpha))
+}
+
+/// The end of a forward block: `o[i] = acc[i] / l[i]` (`acc` rows `dvp` apart) and
+/// `ls[i] = m[i] + ln l[i]`.
+pub(super) fn finish_rows(
+    dv: usize,
+    dvp: usize,
+    acc: &[f32],
+    m: &[f32],
+    l: &[f32],
+    o: &mut [f32],
+    ls: &mut [f32],
+) {
+    for i in 0..ls.len() {
         let inv = 1.0 / l[i];
         for (x, &a) in o[i * dv..(i + 1) * dv].iter_mut().zip(&acc[i * dvp..]) {
             *x = a * inv;
@@ -698,19 +730,7 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
     let qb = q_block(nq);
     // A task is a run of up to FWD_GROUP query blocks of one head; it packs that head's K and V
     // once (cheap next to the blocks' arithmetic, and it stays in cache).
-    let gq = qb * FWD_GROUP;
-    let tasks: Vec<(usize, usize, &mut [f32], &mut [f32])> = out
-        .chunks_mut(nq * dv)
-        .zip(lse.chunks_mut(nq))
-        .enumerate()
-        .flat_map(|(b, (o, l))| {
-            o.chunks_mut(gq * dv)
-                .zip(l.chunks_mut(gq))
-                .enumerate()
-                .map(move |(t, (o, l))| (b, t * gq, o, l))
-        })
-        .collect();
-    tasks.into_par_iter().for_each(|(b, g0, o, l)| {
+    forward_tasks(out, lse, nq, dv, qb).for_each(|(b, g0, o, l)| {
         let kp = pack_panels_rows(nk, d, &k.data[k.base(b)..], k.row_stride);
         let vsrc = &v.data[v.base(b)..];
         let vb = if v.row_stride == dv {
@@ -723,6 +743,30 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
             unsafe { fwd_block(&p, &kp, &vb, b, g0 + t * qb, &q, scale, o, l) }
         }
     });
+}
+
+/// One forward task per run of up to `FWD_GROUP` query blocks (of `qb` rows) of one head:
+/// `(batch·head, first query row, its out rows, its lse rows)`.
+pub(super) fn forward_tasks<'o>(
+    out: &'o mut [f32],
+    lse: &'o mut [f32],
+    nq: usize,
+    dv: usize,
+    qb: usize,
+) -> rayon::vec::IntoIter<(usize, usize, &'o mut [f32], &'o mut [f32])> {
+    let gq = qb * FWD_GROUP;
+    let tasks: Vec<(usize, usize, &mut [f32], &mut [f32])> = out
+        .chunks_mut(nq * dv)
+        .zip(lse.chunks_mut(nq))
+        .enumerate()
+        .flat_map(|(b, (o, l))| {
+            o.chunks_mut(gq * dv)
+                .zip(l.chunks_mut(gq))
+                .enumerate()
+                .map(move |(t, (o, l))| (b, t * gq, o, l))
+        })
+        .collect();
+    tasks.into_par_iter()
 }
 
 /// `dst [n, w] = Σ parts [n, wp]` (columns `..w`), summed in the iterator's order.

@@ -10,12 +10,49 @@
 //! Implementations: [`avx512`] (register-tiled micro-kernels, vectorised exp) when the CPU has
 //! AVX-512F, otherwise [`portable`]. Both are deterministic: the result does not depend on the
 //! number of threads or their scheduling.
+//!
+//! Inference can also run in bf16 ([`attention_forward_bf16`]), with the arithmetic of PyTorch's
+//! bf16 `scaled_dot_product_attention` on the CPU: `q·scale`, k and v rounded to bf16
+//! ([`round_bf16`]), `q·kᵀ` accumulated in f32, bias and online softmax in f32, the
+//! probabilities rounded to bf16 for `p·v`, accumulated in f32, f32 output. [`avx512bf16`] does
+//! the products with `vdpbf16ps`; [`portable`] rounds the same values and multiplies them in f32
+//! (bf16 × bf16 products are exact in f32, so only the order of the sums differs).
+//! [`bf16_pays`] says whether the bf16 path is the faster one on this CPU.
 
 #![allow(clippy::needless_range_loop)]
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod portable;
+
+/// `x` rounded to bf16 and back, the way `vcvtneps2bf16` rounds: to nearest, ties to even (as
+/// the GEMM's bf16 packing); subnormal inputs (below 1.2e-38) become a zero of the same sign;
+/// NaN stays NaN.
+pub fn round_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    let r = if b & 0x7F80_0000 == 0 {
+        b & 0x8000_0000
+    } else if x.is_nan() {
+        (b | 0x0040_0000) & 0xFFFF_0000
+    } else {
+        b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000
+    };
+    f32::from_bits(r)
+}
+
+/// Whether bf16 attention ([`attention_forward_bf16`]) is faster than f32 on this CPU: where
+/// the GEMM's bf16 plan runs `vdpbf16ps` ([`crate::gemm::bf16_plan`], e.g. AMD Zen 4/5, where
+/// it does twice the multiply-adds of an f32 FMA). Not on Intel cores without AMX (there
+/// `vdpbf16ps` is no faster than f32 FMA and the plan is f32), nor where the plan is AMX tiles
+/// (this kernel does not use them).
+pub fn bf16_pays() -> bool {
+    let plan = crate::gemm::bf16_plan();
+    plan.precision == crate::gemm::Precision::Bf16
+        && plan.kernel == crate::gemm::Kernel::Avx512Bf16
+        && crate::cpu::features().avx512bf16
+}
 
 /// Sizes: `bh` = batch × heads; q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, out `[bh, nq, dv]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +190,8 @@ struct Forward<'a> {
     scale: f32,
     bias: Option<RelPosBias<'a>>,
     table: Option<BiasTable<'a>>,
+    /// bf16 arithmetic (see the module documentation).
+    bf16: bool,
 }
 
 impl<'a> Forward<'a> {
@@ -170,17 +209,31 @@ impl<'a> Forward<'a> {
             scale,
             bias,
             table,
+            bf16: false,
         }
     }
 
-    /// Writes `out [bh, nq, dv]` and `lse [bh, nq]` (checked here), on the AVX-512 path if `fast`,
-    /// else on the portable one.
+    /// The same call in bf16 arithmetic.
+    fn bf16(self) -> Self {
+        Forward { bf16: true, ..self }
+    }
+
+    /// Writes `out [bh, nq, dv]` and `lse [bh, nq]` (checked here), on the AVX-512 path if `fast`
+    /// (AVX512-BF16 for a bf16 call), else on the portable one.
     fn run(self, out: &mut [f32], lse: &mut [f32], fast: bool) {
         let AttnDims { bh, nq, dv, .. } = self.dims;
         assert_eq!(out.len(), bh * nq * dv, "out");
         assert_eq!(lse.len(), bh * nq, "lse");
         if bh * nq == 0 {
             return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if fast && self.bf16 {
+            assert!(
+                crate::cpu::features().avx512bf16,
+                "AVX512-BF16 attention on a CPU without it"
+            );
+            return avx512bf16::attention_forward(self, out, lse);
         }
         #[cfg(target_arch = "x86_64")]
         if fast {
@@ -271,6 +324,28 @@ pub fn attention_forward(
     check(&dims, q, k, v, &bias);
     let rows = dense_rows(dims, q, k, v);
     Forward::new(dims, rows, scale, bias, None).run(out, lse, use_avx512())
+}
+
+/// [`attention_forward`] in bf16 arithmetic (module documentation), for inference: on
+/// AVX512-BF16 when the CPU has it (whether or not it is faster there, see [`bf16_pays`]),
+/// else the portable path rounding the same values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_bf16(
+    dims: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    bias: Option<RelPosBias>,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    check(&dims, q, k, v, &bias);
+    let rows = dense_rows(dims, q, k, v);
+    let fast = cfg!(target_arch = "x86_64") && crate::cpu::features().avx512bf16;
+    Forward::new(dims, rows, scale, bias, None)
+        .bf16()
+        .run(out, lse, fast)
 }
 
 /// [`attention_forward`] with a whole bias table, `s = (q·scale)·kᵀ + table[b % heads]`
@@ -378,6 +453,25 @@ pub mod portable_impl {
         Forward::new(dims, rows, scale, bias, None).run(out, lse, false)
     }
 
+    /// [`super::attention_forward_bf16`] on the portable path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_bf16(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        check(&dims, q, k, v, &bias);
+        let rows = dense_rows(dims, q, k, v);
+        Forward::new(dims, rows, scale, bias, None)
+            .bf16()
+            .run(out, lse, false)
+    }
+
     /// [`super::attention_forward_table`] on the portable path.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward_table(
@@ -444,9 +538,9 @@ pub mod reference {
         Table(BiasTable<'a>),
     }
 
-    /// Probabilities of query `i` of head `b` (f64) and the log-sum-exp.
+    /// Biased, scaled scores of query `i` of head `b` (f64).
     #[allow(clippy::too_many_arguments)]
-    fn probs(
+    fn scores(
         dims: AttnDims,
         q: &[f32],
         k: &[f32],
@@ -454,10 +548,10 @@ pub mod reference {
         bias: &Option<Bias>,
         b: usize,
         i: usize,
-    ) -> (Vec<f64>, f64) {
+    ) -> Vec<f64> {
         let AttnDims { nq, nk, d, .. } = dims;
         let qi = &q[(b * nq + i) * d..(b * nq + i + 1) * d];
-        let mut s: Vec<f64> = (0..nk)
+        (0..nk)
             .map(|j| {
                 let kj = &k[(b * nk + j) * d..(b * nk + j + 1) * d];
                 let mut dot = 0.0f64;
@@ -476,7 +570,21 @@ pub mod reference {
                 }
                 dot
             })
-            .collect();
+            .collect()
+    }
+
+    /// Probabilities of query `i` of head `b` (f64) and the log-sum-exp.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        scale: f32,
+        bias: &Option<Bias>,
+        b: usize,
+        i: usize,
+    ) -> (Vec<f64>, f64) {
+        let mut s = scores(dims, q, k, scale, bias, b, i);
         let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = s.iter().map(|x| (x - m).exp()).sum();
         for x in s.iter_mut() {
@@ -497,6 +605,49 @@ pub mod reference {
         lse: &mut [f32],
     ) {
         forward(dims, q, k, v, scale, bias.map(Bias::Rel), out, lse)
+    }
+
+    /// The oracle of [`super::attention_forward_bf16`]: `q·scale`, k and v rounded to bf16, the
+    /// scores and sums in f64, each probability `e^(s − m)` (m the row maximum) rounded to bf16
+    /// before it multiplies v, the sum it is divided by not. (The fast paths round relative to
+    /// the running maximum of the key blocks seen so far, so where a row spans several blocks
+    /// their probabilities round differently, within a bf16 rounding.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_bf16(
+        dims: AttnDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bias: Option<RelPosBias>,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        let round = |x: &[f32], s: f32| -> Vec<f32> {
+            x.iter().map(|&x| super::round_bf16(x * s)).collect()
+        };
+        let (q, k, v) = (round(q, scale), round(k, 1.0), round(v, 1.0));
+        let AttnDims { bh, nq, nk, dv, .. } = dims;
+        let bias = bias.map(Bias::Rel);
+        for b in 0..bh {
+            for i in 0..nq {
+                let s = scores(dims, &q, &k, 1.0, &bias, b, i);
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let l: f64 = e.iter().sum();
+                lse[b * nq + i] = (m + l.ln()) as f32;
+                let p: Vec<f64> = e
+                    .iter()
+                    .map(|&e| super::round_bf16(e as f32) as f64)
+                    .collect();
+                for c in 0..dv {
+                    let acc: f64 = (0..nk)
+                        .map(|j| p[j] * v[(b * nk + j) * dv + c] as f64)
+                        .sum();
+                    out[(b * nq + i) * dv + c] = (acc / l) as f32;
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -5,7 +5,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use super::{AttnDims, Backward, Forward, RelPosBias};
+use super::{round_bf16, AttnDims, Backward, Forward, RelPosBias};
 use crate::activation::simd::{dot_f32, exp_f32, max_f32, simd_dispatch, sum_f32};
 use rayon::prelude::*;
 
@@ -301,6 +301,16 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
         k.dense_view(bh, nk, d),
         v.dense_view(bh, nk, dv),
     );
+    // bf16: the operands rounded once here (q after its scale), the probabilities per tile.
+    let bf16 = f.bf16;
+    let (q, k, v, scale) = if bf16 {
+        let round = |x: &[f32], s: f32| -> std::borrow::Cow<[f32]> {
+            x.iter().map(|&x| round_bf16(x * s)).collect()
+        };
+        (round(&q, scale), round(&k, 1.0), round(&v, 1.0), 1.0)
+    } else {
+        (q, k, v, scale)
+    };
     let npad = nk.div_ceil(BK) * BK;
     let kt = transpose_pad(bh, nk, d, npad, &k);
     let nqb = nq.div_ceil(BQ);
@@ -352,6 +362,13 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
                     }
                 }
                 online_softmax(rows, bk, dv, &mut s, &mut m, &mut l, o);
+                if bf16 {
+                    for i in 0..rows {
+                        s[i * BK..i * BK + bk]
+                            .iter_mut()
+                            .for_each(|p| *p = round_bf16(*p));
+                    }
+                }
                 tile_axpy(rows, bk, dv, &s, BK, 1, &vb[j0 * dv..], o);
             }
             for i in 0..rows {

@@ -8,6 +8,7 @@
 mod activation_props;
 mod adamw_props;
 mod ascend_tiled_props;
+mod attention_bf16_props;
 mod attention_props;
 mod conv_props;
 mod gemm_props;

@@ -10,7 +10,12 @@ impl AttentionOps for AscendBackend {
     fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)> {
         // Without rel-pos, CANN's flash attention (cube unit) first; then the custom
         // `rel_pos_attention` kernel (vector unit) when loaded; else the aclnn composition.
-        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let (
+            AttnArgs {
+                dims, scale, rel, ..
+            },
+            Qkv { q, k, v },
+        ) = (a, x);
         let AttnDims { bh, nq, nk, dv, .. } = dims;
         let (qb, kb, vb) = (self.buf(q)?, self.buf(k)?, self.buf(v)?);
         if rel.is_none() {
@@ -38,7 +43,12 @@ impl AttentionOps for AscendBackend {
     }
 
     fn attention_backward(&self, a: AttnArgs, x: Qkv, g: AttnGradIn) -> Result<AttnGrads> {
-        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let (
+            AttnArgs {
+                dims, scale, rel, ..
+            },
+            Qkv { q, k, v },
+        ) = (a, x);
         let recomputed;
         let probs = match g.saved {
             AttnSaved::Device(state) => {

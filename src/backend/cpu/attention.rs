@@ -5,7 +5,15 @@ use medsam_kernels::attention;
 
 impl AttentionOps for CpuBackend {
     fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)> {
-        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let (
+            AttnArgs {
+                dims,
+                scale,
+                rel,
+                precision,
+            },
+            Qkv { q, k, v },
+        ) = (a, x);
         let mut out = vec![0.0; dims.bh * dims.nq * dims.dv];
         let mut lse = vec![0.0; dims.bh * dims.nq];
         let bias = match rel {
@@ -17,7 +25,13 @@ impl AttentionOps for CpuBackend {
             }),
             None => None,
         };
-        attention::attention_forward(
+        // bf16 only where it is faster than f32 on this CPU (as the GEMM's bf16 plan).
+        let forward = if precision == Precision::Bf16 && attention::bf16_pays() {
+            attention::attention_forward_bf16
+        } else {
+            attention::attention_forward
+        };
+        forward(
             dims,
             host(q)?,
             host(k)?,
@@ -31,7 +45,12 @@ impl AttentionOps for CpuBackend {
     }
 
     fn attention_backward(&self, a: AttnArgs, x: Qkv, g: AttnGradIn) -> Result<AttnGrads> {
-        let (AttnArgs { dims, scale, rel }, Qkv { q, k, v }) = (a, x);
+        let (
+            AttnArgs {
+                dims, scale, rel, ..
+            },
+            Qkv { q, k, v },
+        ) = (a, x);
         let AttnSaved::Lse(lse) = g.saved else {
             return Err(Error::Other(
                 "attention_backward: the CPU forward saves a log-sum-exp; this state is another backend's".into(),

@@ -10,6 +10,9 @@ pub struct AttnArgs<'a> {
     pub scale: f32,
     /// SAM's decomposed rel-pos bias, when the layer has one.
     pub rel: Option<RelPos<'a>>,
+    /// The forward's arithmetic: `Bf16` (inference under bf16 autocast) is a request a backend
+    /// may run in f32 where bf16 would not be faster; the backward is always f32.
+    pub precision: Precision,
 }
 
 /// Attention operands, contiguous: q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`.

@@ -1,0 +1,418 @@
+//! AVX512-BF16 forward attention: the tiling of [`super::avx512`] with both products on
+//! `vdpbf16ps` (pairs of bf16 multiplied, accumulated in f32), as PyTorch's bf16
+//! `scaled_dot_product_attention` on the CPU does them:
+//!
+//! 1. `q·scale`, k and v are rounded to bf16 (round to nearest even, [`super::round_bf16`]);
+//!    q rows and K are packed as pairs along `d` (K in 16-key panels `[nk/16][d/2][16]`), V as
+//!    pairs of consecutive keys `[nk/2][dv]`, the operand format of `vdpbf16ps`;
+//! 2. `S = q·Kᵀ` in f32, the bias added and one online-softmax step taken in f32 (shared with
+//!    the f32 kernel: [`super::avx512::biased_max`]);
+//! 3. the probabilities `exp(s − m)` are summed in f32 and rounded to bf16 (relative to the
+//!    running maximum `m` of the row) for `O = α·O + P·V`, accumulated in f32.
+
+#![allow(clippy::too_many_arguments)]
+
+use super::avx512::{
+    biased_max, exp512, finish_rows, forward_tasks, q_block, round_up, scale_row, scratch,
+    tail_mask, Prep, Scratch, BK_F, FWD_GROUP, KC, L, MA,
+};
+use super::{AttnDims, Forward};
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+
+/// A scratch buffer of 32-bit units seen as bf16 pairs (the pool holds f32 buffers of the same
+/// size and alignment).
+fn units(s: &Scratch) -> *const u32 {
+    s.as_ptr() as *const u32
+}
+
+fn units_mut(s: &mut Scratch) -> *mut u32 {
+    s.as_mut_ptr() as *mut u32
+}
+
+/// `dst[u] = (bf16(src[2u]·scale), bf16(src[2u+1]·scale))` for `u < ⌈n/2⌉` (an odd `n` pairs
+/// its last value with 0).
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn round_pairs(src: *const f32, n: usize, scale: f32, dst: *mut u32) {
+    let sv = _mm512_set1_ps(scale);
+    let mut t = 0;
+    while t < n {
+        let lo = _mm512_maskz_loadu_ps(tail_mask(n - t), src.add(t));
+        // Masked-off lanes are never read, even past the end of `src`.
+        let hi = _mm512_maskz_loadu_ps(tail_mask(n.saturating_sub(t + L)), src.wrapping_add(t + L));
+        let r = _mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, sv), _mm512_mul_ps(lo, sv));
+        let m = tail_mask((n - t).div_ceil(2));
+        _mm512_mask_storeu_epi32(
+            dst.add(t / 2) as *mut i32,
+            m,
+            std::mem::transmute::<__m512bh, __m512i>(r),
+        );
+        t += 2 * L;
+    }
+}
+
+/// One head's K (`n` rows of `d`, `row_stride` apart) as bf16 pairs in 16-key panels
+/// `[⌈n/16⌉][⌈d/2⌉][16]` (zero-padded keys).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_k(n: usize, d: usize, src: &[f32], row_stride: usize) -> Scratch {
+    let du = d.div_ceil(2);
+    let mut out = scratch(n.div_ceil(L) * du * L);
+    let mut row = vec![0u32; du];
+    let o = units_mut(&mut out);
+    for j in 0..n {
+        round_pairs(
+            src[j * row_stride..j * row_stride + d].as_ptr(),
+            d,
+            1.0,
+            row.as_mut_ptr(),
+        );
+        let panel = o.add((j / L) * du * L + j % L);
+        for (u, &x) in row.iter().enumerate() {
+            *panel.add(u * L) = x;
+        }
+    }
+    out
+}
+
+/// One head's V (`n` rows of `dv`, `row_stride` apart) as bf16 pairs of consecutive keys,
+/// `[⌈n/2⌉][dvp]`: unit `(t, c)` holds `v[2t, c]` (low half) and `v[2t+1, c]` (0 past the end).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_v(n: usize, dv: usize, dvp: usize, src: &[f32], row_stride: usize) -> Scratch {
+    let mut out = scratch(n.div_ceil(2) * dvp);
+    let o = units_mut(&mut out);
+    for t in 0..n.div_ceil(2) {
+        let mut c = 0;
+        while c < dv {
+            let lo = bf16_lanes(n, dv, src, row_stride, 2 * t, c);
+            let hi = bf16_lanes(n, dv, src, row_stride, 2 * t + 1, c);
+            let pair = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+            _mm512_storeu_si512(o.add(t * dvp + c) as *mut _, pair);
+            c += L;
+        }
+    }
+    out
+}
+
+/// `v[row, c..c+16]` (zeros past `dv` or `n`) rounded to bf16, one value in the low half of each
+/// 32-bit lane.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn bf16_lanes(
+    n: usize,
+    dv: usize,
+    src: &[f32],
+    row_stride: usize,
+    row: usize,
+    c: usize,
+) -> __m512i {
+    if row >= n {
+        return _mm512_setzero_si512();
+    }
+    let x = _mm512_maskz_loadu_ps(tail_mask(dv - c), src.as_ptr().add(row * row_stride + c));
+    _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+        _mm512_cvtneps_pbh(x),
+    ))
+}
+
+/// Score micro-kernel: `s[r*lds + p*16 + l] = Σ_{u<du} a[r*lda + u] · bp[p*du*16 + u*16 + l]`
+/// (each term a `vdpbf16ps` pair) for `r < MA`, `p < NP`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn ka<const NP: usize>(
+    du: usize,
+    a: *const u32,
+    lda: usize,
+    bp: *const u32,
+    s: *mut f32,
+    lds: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NP]; MA];
+    for u in 0..du {
+        let mut bv = [_mm512_setzero_ps(); NP];
+        for p in 0..NP {
+            bv[p] = _mm512_castsi512_ps(_mm512_loadu_si512(bp.add(p * du * L + u * L) as *const _));
+        }
+        for r in 0..MA {
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + u) as i32));
+            for p in 0..NP {
+                acc[r][p] = _mm512_dpbf16_ps(
+                    acc[r][p],
+                    av,
+                    std::mem::transmute::<__m512, __m512bh>(bv[p]),
+                );
+            }
+        }
+    }
+    for r in 0..MA {
+        for p in 0..NP {
+            _mm512_storeu_ps(s.add(r * lds + p * L), acc[r][p]);
+        }
+    }
+}
+
+/// `s[r, 0..npan*16] = a[r] · panels[0..npan]` for `r < rows_pad` (a multiple of MA).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn scores(
+    rows_pad: usize,
+    du: usize,
+    a: *const u32,
+    bp: *const u32,
+    npan: usize,
+    s: *mut f32,
+    lds: usize,
+) {
+    let mut p = 0;
+    while p < npan {
+        let np = (npan - p).min(3);
+        let b = bp.add(p * du * L);
+        for r in (0..rows_pad).step_by(MA) {
+            let (ar, sr) = (a.add(r * du), s.add(r * lds + p * L));
+            match np {
+                3 => ka::<3>(du, ar, du, b, sr, lds),
+                2 => ka::<2>(du, ar, du, b, sr, lds),
+                _ => ka::<1>(du, ar, du, b, sr, lds),
+            }
+        }
+        p += np;
+    }
+}
+
+/// Accumulating micro-kernel: `out[r*ldo + v*16..][..16] += Σ_{t<tu} coef[r*cr + t] ·
+/// x[t*ldx + v*16..][..16]` (bf16 pairs) for `r < MR`, `v < NV`; the chunk's sum starts from
+/// zero in registers and is added to `out` at the end (see `KC`).
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn kb<const MR: usize, const NV: usize>(
+    tu: usize,
+    coef: *const u32,
+    cr: usize,
+    x: *const u32,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for t in 0..tu {
+        let mut xv = [_mm512_setzero_ps(); NV];
+        for v in 0..NV {
+            xv[v] = _mm512_castsi512_ps(_mm512_loadu_si512(x.add(t * ldx + v * L) as *const _));
+        }
+        for r in 0..MR {
+            let c: __m512bh = std::mem::transmute(_mm512_set1_epi32(*coef.add(r * cr + t) as i32));
+            for v in 0..NV {
+                acc[r][v] =
+                    _mm512_dpbf16_ps(acc[r][v], c, std::mem::transmute::<__m512, __m512bh>(xv[v]));
+            }
+        }
+    }
+    for r in 0..MR {
+        for v in 0..NV {
+            let o = out.add(r * ldo + v * L);
+            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[r][v]));
+        }
+    }
+}
+
+/// Rows `0..rows` of one column chunk of `NV` vectors: `MR` rows at a time, then 4, then 1.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn kb_rows<const MR: usize, const NV: usize>(
+    rows: usize,
+    tu: usize,
+    coef: *const u32,
+    cr: usize,
+    x: *const u32,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut r = 0;
+    while r + MR <= rows {
+        kb::<MR, NV>(tu, coef.add(r * cr), cr, x, ldx, out.add(r * ldo), ldo);
+        r += MR;
+    }
+    while r + 4 <= rows {
+        kb::<4, NV>(tu, coef.add(r * cr), cr, x, ldx, out.add(r * ldo), ldo);
+        r += 4;
+    }
+    while r < rows {
+        kb::<1, NV>(tu, coef.add(r * cr), cr, x, ldx, out.add(r * ldo), ldo);
+        r += 1;
+    }
+}
+
+/// `out[r, c] += Σ_{t<tu} coef(r, t) · x(t, c)` over bf16 pairs `t` (two keys each), for
+/// `r < rows`, `c < w` (`w` a multiple of 16), in chunks of `KC` keys.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn mm_acc(
+    rows: usize,
+    tu: usize,
+    w: usize,
+    coef: *const u32,
+    cr: usize,
+    x: *const u32,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut t0 = 0;
+    while t0 < tu {
+        let kc = (KC / 2).min(tu - t0);
+        let (cf, xt) = (coef.add(t0), x.add(t0 * ldx));
+        let mut c0 = 0;
+        while c0 < w {
+            let nv = ((w - c0) / L).min(4);
+            let (xc, oc) = (xt.add(c0), out.add(c0));
+            match nv {
+                4 => kb_rows::<6, 4>(rows, kc, cf, cr, xc, ldx, oc, ldo),
+                3 => kb_rows::<8, 3>(rows, kc, cf, cr, xc, ldx, oc, ldo),
+                2 => kb_rows::<8, 2>(rows, kc, cf, cr, xc, ldx, oc, ldo),
+                _ => kb_rows::<8, 1>(rows, kc, cf, cr, xc, ldx, oc, ldo),
+            }
+            c0 += nv * L;
+        }
+        t0 += kc;
+    }
+}
+
+/// `p[u] = bf16 pairs of e^(s[j] − m)` for `j < n` (0 past `n`); returns the f32 sum of the
+/// unrounded values, which is what the softmax divides by.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn exp_sub_sum_bf16(s: *const f32, n: usize, m: f32, p: *mut u32) -> f32 {
+    let mv = _mm512_set1_ps(m);
+    let mut sum = _mm512_setzero_ps();
+    let mut t = 0;
+    while t < n {
+        let (m0, m1) = (tail_mask(n - t), tail_mask(n.saturating_sub(t + L)));
+        let e0 = _mm512_maskz_mov_ps(
+            m0,
+            exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, s.add(t)), mv)),
+        );
+        let e1 = _mm512_maskz_mov_ps(
+            m1,
+            exp512(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(m1, s.wrapping_add(t + L)),
+                mv,
+            )),
+        );
+        sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+        let r = _mm512_cvtne2ps_pbh(e1, e0);
+        let mu = tail_mask((n - t).div_ceil(2));
+        _mm512_mask_storeu_epi32(
+            p.add(t / 2) as *mut i32,
+            mu,
+            std::mem::transmute::<__m512bh, __m512i>(r),
+        );
+        t += 2 * L;
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// Forward of rows `q0..q0+rows` of head `b`: writes `o [rows, dv]` and `ls [rows]`. `kp` is the
+/// head's K from [`pack_k`], `vp` its V from [`pack_v`].
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn fwd_block(
+    p: &Prep,
+    kp: &Scratch,
+    vp: &Scratch,
+    b: usize,
+    q0: usize,
+    q: &super::HeadRows,
+    scale: f32,
+    o: &mut [f32],
+    ls: &mut [f32],
+) {
+    let (nk, d, dv, dvp) = (p.nk, p.d, p.dv, p.dvp);
+    let du = d.div_ceil(2);
+    let rows = ls.len();
+    let rows_pad = round_up(rows, MA);
+    let mut qs = scratch(rows_pad * du);
+    let qo = units_mut(&mut qs);
+    let src = &q.data[q.base(b) + q0 * q.row_stride..];
+    for i in 0..rows {
+        round_pairs(src[i * q.row_stride..].as_ptr(), d, scale, qo.add(i * du));
+    }
+    // Key blocks start at multiples of 16, so each is a whole number of K panels and V pairs.
+    let lds = BK_F.min(round_up(nk, L));
+    let lpu = lds / 2;
+    let mut s = scratch(rows_pad * lds);
+    let mut pb = scratch(rows * lpu);
+    let mut acc = scratch(rows * dvp);
+    let mut m = scratch(rows);
+    m.fill(f32::NEG_INFINITY);
+    let mut l = scratch(rows);
+    let (kp, vp, pu) = (units(kp), units(vp), units_mut(&mut pb));
+    let mut j0 = 0;
+    while j0 < nk {
+        let bk = lds.min(nk - j0);
+        scores(
+            rows_pad,
+            du,
+            qs.as_ptr() as *const u32,
+            kp.add(j0 * du),
+            bk.div_ceil(L),
+            s.as_mut_ptr(),
+            lds,
+        );
+        let idx = p.bias_idx(j0, bk);
+        for i in 0..rows {
+            let sr = s.as_mut_ptr().add(i * lds);
+            let (m_new, alpha) = biased_max(p, sr, b, q0 + i, j0, bk, idx.as_ref(), m[i]);
+            let sum = exp_sub_sum_bf16(sr, bk, m_new, pu.add(i * lpu));
+            l[i] = l[i] * alpha + sum;
+            m[i] = m_new;
+            if j0 > 0 {
+                scale_row(acc.as_mut_ptr().add(i * dvp), dvp, alpha);
+            }
+        }
+        mm_acc(
+            rows,
+            bk.div_ceil(2),
+            dvp,
+            pu,
+            lpu,
+            vp.add(j0 / 2 * dvp),
+            dvp,
+            acc.as_mut_ptr(),
+            dvp,
+        );
+        j0 += bk;
+    }
+    finish_rows(dv, dvp, &acc, &m, &l, o, ls);
+}
+
+/// Forward of a call whose operands [`Forward::run`] has checked (`bh·nq > 0`); the CPU has
+/// AVX512-BF16.
+pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
+    let mut p = Prep::new(f.dims, f.bias);
+    p.table = f.table;
+    let AttnDims { nq, dv, .. } = f.dims;
+    let ([q, k, v], scale) = (f.rows, f.scale);
+    let (nk, d, dvp) = (p.nk, p.d, p.dvp);
+    let qb = q_block(nq);
+    // SAFETY (here and below): the dispatcher only comes here when AVX512-BF16 is available.
+    let pack = |b: usize| unsafe {
+        (
+            pack_k(nk, d, &k.data[k.base(b)..], k.row_stride),
+            pack_v(nk, dv, dvp, &v.data[v.base(b)..], v.row_stride),
+        )
+    };
+    // A head split over several tasks (global attention) is packed once for all of them.
+    let shared: Option<Vec<(Scratch, Scratch)>> =
+        (nq > qb * FWD_GROUP).then(|| (0..f.dims.bh).into_par_iter().map(pack).collect());
+    forward_tasks(out, lse, nq, dv, qb).for_each(|(b, g0, o, l)| {
+        let own;
+        let (kp, vp) = match &shared {
+            Some(s) => (&s[b].0, &s[b].1),
+            None => {
+                own = pack(b);
+                (&own.0, &own.1)
+            }
+        };
+        for (t, (o, l)) in o.chunks_mut(qb * dv).zip(l.chunks_mut(qb)).enumerate() {
+            unsafe { fwd_block(&p, kp, vp, b, g0 + t * qb, &q, scale, o, l) }
+        }
+    });
+}
