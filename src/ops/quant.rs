@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 thread_local! {
     static AUTOCAST_INT8: Cell<bool> = const { Cell::new(false) };
+    static EVERY_SIZE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with linear layers in dynamically quantized int8 (see the module doc).
@@ -32,6 +33,39 @@ pub fn autocast_int8<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
 /// Whether linear layers on this thread currently run in int8.
 pub fn int8_enabled() -> bool {
     AUTOCAST_INT8.with(|c| c.get())
+}
+
+/// Runs `f` with the size rule of [`autocast_int8`] switched off: every layer of a selected kind
+/// is quantized whatever its size, and the others stay f32 (for tests of the int8 arithmetic on
+/// small models, whose layers the size rule would leave to bf16 or f32).
+pub fn int8_every_size<T>(f: impl FnOnce() -> T) -> T {
+    crate::autograd::with_flag(&EVERY_SIZE, true, f)
+}
+
+fn every_size() -> bool {
+    EVERY_SIZE.with(|c| c.get())
+}
+
+/// Below this k (input features) a layer is left to the bf16 GEMM where this CPU has native bf16
+/// dot products ([`unquantized_in_bf16`]): each output then sums too few products for the int8
+/// kernel's per-call and per-tile costs (quantizing the activations, dequantizing the i32 tile)
+/// to pay, and bf16 was as fast or faster (AMD Zen 4, one thread: (4096, k=192, n=768) int8 15 ms
+/// vs bf16 11 ms, (17689, 128, 384) 31 vs 18; from k = 320 int8 wins: (4900, 320, 960) 26 vs 31,
+/// (4096, 768, 3072) 120 vs 208).
+const MIN_K_VS_BF16: usize = 256;
+
+/// Below this n (output features) a layer stays f32 when the alternative is the f32 GEMM:
+/// quantizing the `m × k` activations costs as much as an `n`-column product saves
+/// ((16384, k=96, n=192) int8 16 ms vs f32 9 ms; (16384, 96, 288) 13 vs 19).
+const MIN_N_VS_F32: usize = 256;
+
+/// Whether int8 is expected to beat the precision the layer would otherwise run in.
+fn size_pays(n: usize, k: usize) -> bool {
+    if unquantized_in_bf16() {
+        k >= MIN_K_VS_BF16
+    } else {
+        n >= MIN_N_VS_F32
+    }
 }
 
 /// A cached quantization: valid while `storage` is the same live buffer.
@@ -110,6 +144,21 @@ fn layer_selected(n: usize, k: usize) -> bool {
         .any(|s| s.trim() == kind || s.trim() == "all")
 }
 
+/// Whether, under [`autocast_int8`], the linear layers that stay unquantized run in bf16: yes
+/// where this CPU has native bf16 dot products that beat f32
+/// ([`medsam_kernels::gemm::bf16_plan`]), unless `MEDSAM_INT8_REST=f32`.
+pub(crate) fn unquantized_in_bf16() -> bool {
+    if every_size() {
+        return false;
+    }
+    use std::sync::OnceLock;
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        std::env::var("MEDSAM_INT8_REST").as_deref() != Ok("f32")
+            && medsam_kernels::gemm::bf16_plan().precision == medsam_kernels::gemm::Precision::Bf16
+    })
+}
+
 /// A tensor's data as one dense CPU slice, or None.
 fn dense_cpu(t: &Tensor) -> Option<&[f32]> {
     if !t.is_contiguous() {
@@ -142,6 +191,7 @@ pub(crate) fn linear_int8(
         // Without VNNI the portable kernel is slower than f32 and only costs accuracy.
         || !int8::Int8Kernel::best().is_vnni()
         || !layer_selected(n, k)
+        || !(every_size() || size_pays(n, k))
         || k > int8::MAX_K
         || bias.is_some_and(|b| b.shape() != [n])
         || residual.is_some_and(|res| res.shape() != out_shape.as_slice())
