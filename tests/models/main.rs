@@ -10,6 +10,7 @@
 mod common;
 
 mod autograd;
+mod int8_rule;
 mod lite_real;
 mod lite_tiny;
 mod sam2_parity;
