@@ -4,8 +4,10 @@
 //! activation. The arithmetic is [`medsam_kernels::gemm::int8`].
 //!
 //! Only linear layers (`Tensor::linear`, `linear_act`, `linear_fused`) are quantized — by default
-//! only those that widen their input (see `layer_selected`) — on the CPU and when nothing records
-//! a gradient; attention products, convolutions and norms stay f32, as
+//! only those that widen their input (see `layer_selected`), and only those large enough for int8
+//! to beat the float GEMM (see `size_pays`) — on the CPU and when nothing records a gradient.
+//! The linear layers left out run in bf16 where this CPU's bf16 dot products beat f32
+//! (`unquantized_in_bf16`), else f32; attention products, convolutions and norms stay f32, as
 //! in PyTorch's dynamic quantization. A weight is quantized the first time it runs under
 //! [`autocast_int8`] and the result is kept, keyed by the weight's buffer, for as long as that
 //! buffer lives — for a loaded model, once per layer for the model's life. The cache does not
@@ -125,9 +127,11 @@ fn quantized(weight: &Tensor, n: usize, k: usize) -> Result<Arc<Int8Weights>> {
 /// Which layers to quantize, by shape. Default: those that widen (`n > k`: attention qkv and
 /// MLP fc1, which read LayerNorm outputs) — 7/12 of a transformer block's linear work. The
 /// attention output projection (`n = k`) and MLP fc2 (`n < k`, reading GELU outputs with long
-/// tails) stay f32: on the real LiteMedSAM slices (tests/models/lite_real.rs) quantizing every
+/// tails) stay in float: on the real LiteMedSAM slices (tests/models/lite_real.rs) quantizing every
 /// linear layer gave mask IoU 0.986 vs f32 on one box (fc2 alone 0.985, proj alone 0.993, qkv + fc1
-/// alone ≥ 0.993 with logits within 0.34 on the retina). `MEDSAM_INT8_LAYERS` overrides this with
+/// alone ≥ 0.993 with logits within 0.34 on the retina). With the size rule and the rest in bf16
+/// (AMD Zen 4): default ≥ 0.9948, `expand,square` ≥ 0.9943, `all` 0.983 and `expand,reduce` 0.981
+/// (fc2 of the last stage alone breaks it). `MEDSAM_INT8_LAYERS` overrides this with
 /// a comma list of `expand` (n > k), `square` (n = k), `reduce` (n < k), or `all`.
 fn layer_selected(n: usize, k: usize) -> bool {
     use std::sync::OnceLock;
