@@ -182,6 +182,12 @@ impl Tensor {
             if let Some(y) = super::quant::linear_int8(self, weight, bias, residual, gelu)? {
                 return Ok(y);
             }
+            if super::quant::unquantized_in_bf16() && current_precision() == Precision::F32 {
+                // The layers int8 leaves alone run in bf16 where this CPU makes bf16 pay.
+                return super::quant::autocast_int8(false, || {
+                    autocast_bf16(true, || self.linear_fused(weight, bias, residual, gelu))
+                });
+            }
         }
         let (r, k) = (self.rank(), weight.dim(weight.rank().saturating_sub(1)));
         let fusable = !recording

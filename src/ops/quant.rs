@@ -4,8 +4,10 @@
 //! activation. The arithmetic is [`medsam_kernels::gemm::int8`].
 //!
 //! Only linear layers (`Tensor::linear`, `linear_act`, `linear_fused`) are quantized — by default
-//! only those that widen their input (see `layer_selected`) — on the CPU and when nothing records
-//! a gradient; attention products, convolutions and norms stay f32, as
+//! only those that widen their input (see `layer_selected`), and only those large enough for int8
+//! to beat the float GEMM (see `size_pays`) — on the CPU and when nothing records a gradient.
+//! The linear layers left out run in bf16 where this CPU's bf16 dot products beat f32
+//! (`unquantized_in_bf16`), else f32; attention products, convolutions and norms stay f32, as
 //! in PyTorch's dynamic quantization. A weight is quantized the first time it runs under
 //! [`autocast_int8`] and the result is kept, keyed by the weight's buffer, for as long as that
 //! buffer lives — for a loaded model, once per layer for the model's life. The cache does not
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 thread_local! {
     static AUTOCAST_INT8: Cell<bool> = const { Cell::new(false) };
+    static EVERY_SIZE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with linear layers in dynamically quantized int8 (see the module doc).
@@ -32,6 +35,39 @@ pub fn autocast_int8<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
 /// Whether linear layers on this thread currently run in int8.
 pub fn int8_enabled() -> bool {
     AUTOCAST_INT8.with(|c| c.get())
+}
+
+/// Runs `f` with the size rule of [`autocast_int8`] switched off: every layer of a selected kind
+/// is quantized whatever its size, and the others stay f32 (for tests of the int8 arithmetic on
+/// small models, whose layers the size rule would leave to bf16 or f32).
+pub fn int8_every_size<T>(f: impl FnOnce() -> T) -> T {
+    crate::autograd::with_flag(&EVERY_SIZE, true, f)
+}
+
+fn every_size() -> bool {
+    EVERY_SIZE.with(|c| c.get())
+}
+
+/// Below this k (input features) a layer is left to the bf16 GEMM where this CPU has native bf16
+/// dot products ([`unquantized_in_bf16`]): each output then sums too few products for the int8
+/// kernel's per-call and per-tile costs (quantizing the activations, dequantizing the i32 tile)
+/// to pay, and bf16 was as fast or faster (AMD Zen 4, one thread: (4096, k=192, n=768) int8 15 ms
+/// vs bf16 11 ms, (17689, 128, 384) 31 vs 18; from k = 320 int8 wins: (4900, 320, 960) 26 vs 31,
+/// (4096, 768, 3072) 120 vs 208).
+const MIN_K_VS_BF16: usize = 256;
+
+/// Below this n (output features) a layer stays f32 when the alternative is the f32 GEMM:
+/// quantizing the `m × k` activations costs as much as an `n`-column product saves
+/// ((16384, k=96, n=192) int8 16 ms vs f32 9 ms; (16384, 96, 288) 13 vs 19).
+const MIN_N_VS_F32: usize = 256;
+
+/// Whether int8 is expected to beat the precision the layer would otherwise run in.
+fn size_pays(n: usize, k: usize) -> bool {
+    if unquantized_in_bf16() {
+        k >= MIN_K_VS_BF16
+    } else {
+        n >= MIN_N_VS_F32
+    }
 }
 
 /// A cached quantization: valid while `storage` is the same live buffer.
@@ -91,9 +127,11 @@ fn quantized(weight: &Tensor, n: usize, k: usize) -> Result<Arc<Int8Weights>> {
 /// Which layers to quantize, by shape. Default: those that widen (`n > k`: attention qkv and
 /// MLP fc1, which read LayerNorm outputs) — 7/12 of a transformer block's linear work. The
 /// attention output projection (`n = k`) and MLP fc2 (`n < k`, reading GELU outputs with long
-/// tails) stay f32: on the real LiteMedSAM slices (tests/models/lite_real.rs) quantizing every
+/// tails) stay in float: on the real LiteMedSAM slices (tests/models/lite_real.rs) quantizing every
 /// linear layer gave mask IoU 0.986 vs f32 on one box (fc2 alone 0.985, proj alone 0.993, qkv + fc1
-/// alone ≥ 0.993 with logits within 0.34 on the retina). `MEDSAM_INT8_LAYERS` overrides this with
+/// alone ≥ 0.993 with logits within 0.34 on the retina). With the size rule and the rest in bf16
+/// (AMD Zen 4): default ≥ 0.9948, `expand,square` ≥ 0.9943, `all` 0.983 and `expand,reduce` 0.981
+/// (fc2 of the last stage alone breaks it). `MEDSAM_INT8_LAYERS` overrides this with
 /// a comma list of `expand` (n > k), `square` (n = k), `reduce` (n < k), or `all`.
 fn layer_selected(n: usize, k: usize) -> bool {
     use std::sync::OnceLock;
@@ -108,6 +146,21 @@ fn layer_selected(n: usize, k: usize) -> bool {
     };
     sel.split(',')
         .any(|s| s.trim() == kind || s.trim() == "all")
+}
+
+/// Whether, under [`autocast_int8`], the linear layers that stay unquantized run in bf16: yes
+/// where this CPU has native bf16 dot products that beat f32
+/// ([`medsam_kernels::gemm::bf16_plan`]), unless `MEDSAM_INT8_REST=f32`.
+pub(crate) fn unquantized_in_bf16() -> bool {
+    if every_size() {
+        return false;
+    }
+    use std::sync::OnceLock;
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        std::env::var("MEDSAM_INT8_REST").as_deref() != Ok("f32")
+            && medsam_kernels::gemm::bf16_plan().precision == medsam_kernels::gemm::Precision::Bf16
+    })
 }
 
 /// A tensor's data as one dense CPU slice, or None.
@@ -142,6 +195,7 @@ pub(crate) fn linear_int8(
         // Without VNNI the portable kernel is slower than f32 and only costs accuracy.
         || !int8::Int8Kernel::best().is_vnni()
         || !layer_selected(n, k)
+        || !(every_size() || size_pays(n, k))
         || k > int8::MAX_K
         || bias.is_some_and(|b| b.shape() != [n])
         || residual.is_some_and(|res| res.shape() != out_shape.as_slice())
