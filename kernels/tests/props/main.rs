@@ -10,6 +10,7 @@ mod adamw_props;
 mod ascend_tiled_props;
 mod attention_props;
 mod conv_props;
+mod depthwise_props;
 mod gemm_props;
 mod int8_props;
 mod mbconv_props;
