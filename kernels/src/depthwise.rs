@@ -105,11 +105,11 @@ simd_dispatch! {
             // Border columns: ox = 0 has no left tap, ox = wd-1 no right tap.
             let edge = |ox: usize| {
                 let mut a = bias;
-                for t in 0..nv {
-                    for kx in 0..3 {
+                for (row, wr) in rows.iter().zip(&ws).take(nv) {
+                    for (kx, &wv) in wr.iter().enumerate() {
                         let ix = (ox + kx) as isize - 1;
                         if ix >= 0 && (ix as usize) < wd {
-                            a += ws[t][kx] * rows[t][ix as usize];
+                            a += wv * row[ix as usize];
                         }
                     }
                 }

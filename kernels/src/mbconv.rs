@@ -82,7 +82,7 @@ pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]
         let xb = &x[b * c * h * w..(b + 1) * c * h * w];
         with_scratch(|s| {
             let out = grown(&mut s.out, c * rows * w);
-            rows_forward(&d, xb, &wt, r0, rows, out, &mut s.h1, &mut s.h2);
+            rows_forward(&d, xb, &wt, r0, rows, out, (&mut s.h1, &mut s.h2));
             // A task's rows of one channel are contiguous in NCHW; copy them into place.
             for ch in 0..c {
                 let dst = (b * c + ch) * h * w + r0 * w;
@@ -141,8 +141,7 @@ fn rows_forward(
     r0: usize,
     rows: usize,
     out: &mut [f32],
-    h1: &mut Vec<f32>,
-    h2: &mut Vec<f32>,
+    (h1, h2): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
     let MbConvDims { c, hid, h, w, .. } = *d;
     let plane = h * w;
