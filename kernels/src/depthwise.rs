@@ -34,11 +34,113 @@ fn check(g: &Conv2dGeom) {
     );
 }
 
+/// Whether [`plane_forward`] takes the row-at-a-time 3×3 path: kernel 3×3, stride 1, one column
+/// of padding on each side (any row padding).
+pub fn is_row3x3(g: &Conv2dGeom) -> bool {
+    (g.kh, g.kw) == (3, 3) && g.stride == (1, 1) && g.pad.1 == 1 && g.pad.0 <= 2
+}
+
+/// One output plane: `y = bias + Σ_taps w·x` (then GELU if `gelu`). 3×3 stride-1 convolutions
+/// with one column of padding (MBConv, patch merging, local convs) go row by row with all taps
+/// in registers ([`plane_forward_row3x3`]); anything else tap by tap ([`plane_forward_taps`]).
+/// Both add the taps of each output in the same order (row-major over the kernel, skipping
+/// taps that fall in the padding), so they give the same bits.
+pub(crate) fn plane_forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    gelu: bool,
+    y: &mut [f32],
+) {
+    if is_row3x3(g) {
+        plane_forward_row3x3(g, x, w, bias, gelu, y)
+    } else {
+        plane_forward_taps(g, x, w, bias, gelu, y)
+    }
+}
+
+/// `y = bias + w0·l + w1·c + w2·r` per element over one row for `N` input rows (the valid
+/// kernel rows), with the taps added in kernel order; `l`, `c`, `r` are the input row shifted
+/// by -1, 0 and +1 columns. Interior columns only (every tap lands inside the input).
+#[inline(always)]
+fn row3_interior<const N: usize>(rows: [&[f32]; N], ws: [[f32; 3]; N], bias: f32, y: &mut [f32]) {
+    let n = y.len();
+    for r in &rows {
+        assert!(r.len() >= n + 2);
+    }
+    for (i, o) in y.iter_mut().enumerate() {
+        let mut a = bias;
+        for t in 0..N {
+            a += ws[t][0] * rows[t][i];
+            a += ws[t][1] * rows[t][i + 1];
+            a += ws[t][2] * rows[t][i + 2];
+        }
+        *o = a;
+    }
+}
+
 simd_dispatch! {
-    /// One output plane: `y = bias + Σ_taps w·x` (then GELU if `gelu`), accumulated tap by tap
-    /// over whole rows so the inner loop is a contiguous multiply-add (vectorised) when the
-    /// stride is 1.
-    pub(crate) fn plane_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
+    /// [`plane_forward`] for a 3×3 kernel, stride 1, column padding 1: each output row computed
+    /// in one pass with the (up to) three input rows it reads, then GELU while it is in L1.
+    pub fn plane_forward_row3x3(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
+        let (oh, ow) = g.out_hw();
+        let (h, wd, py) = (g.h, g.w, g.pad.0);
+        debug_assert!(is_row3x3(g) && ow == wd);
+        for oy in 0..oh {
+            let yr = &mut y[oy * ow..(oy + 1) * ow];
+            // Valid kernel rows (input row inside the image), in kernel order.
+            let mut rows: [&[f32]; 3] = [&[]; 3];
+            let mut ws = [[0.0f32; 3]; 3];
+            let mut nv = 0;
+            for ky in 0..3 {
+                let iy = (oy + ky) as isize - py as isize;
+                if iy >= 0 && (iy as usize) < h {
+                    let iy = iy as usize;
+                    rows[nv] = &x[iy * wd..(iy + 1) * wd];
+                    ws[nv] = [w[ky * 3], w[ky * 3 + 1], w[ky * 3 + 2]];
+                    nv += 1;
+                }
+            }
+            // Border columns: ox = 0 has no left tap, ox = wd-1 no right tap.
+            let edge = |ox: usize| {
+                let mut a = bias;
+                for (row, wr) in rows.iter().zip(&ws).take(nv) {
+                    for (kx, &wv) in wr.iter().enumerate() {
+                        let ix = (ox + kx) as isize - 1;
+                        if ix >= 0 && (ix as usize) < wd {
+                            a += wv * row[ix as usize];
+                        }
+                    }
+                }
+                a
+            };
+            yr[0] = edge(0);
+            if wd > 1 {
+                yr[wd - 1] = edge(wd - 1);
+            }
+            if wd > 2 {
+                let inner = &mut yr[1..wd - 1];
+                match nv {
+                    3 => row3_interior([rows[0], rows[1], rows[2]], ws, bias, inner),
+                    2 => row3_interior([rows[0], rows[1]], [ws[0], ws[1]], bias, inner),
+                    1 => row3_interior([rows[0]], [ws[0]], bias, inner),
+                    _ => inner.fill(bias),
+                }
+            }
+            if gelu {
+                for v in yr.iter_mut() {
+                    *v = gelu_f32(*v);
+                }
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// [`plane_forward`] for any geometry, accumulated tap by tap over whole rows so the inner
+    /// loop is a contiguous multiply-add (vectorised) when the stride is 1.
+    pub fn plane_forward_taps(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
         let (oh, ow) = g.out_hw();
         let (sy, sx) = g.stride;
         let (py, px) = g.pad;

@@ -17,6 +17,7 @@
 //! order, same depthwise tap order), so results agree with them to rounding of the epilogue.
 //! [`reference`] is the plain composition of the reference ops.
 
+use crate::activation::simd::SyncPtr;
 use crate::conv::Conv2dGeom;
 use crate::depthwise::plane_forward;
 use crate::gemm::{gemm_fused_serial, Epilogue, GemmDims, Layout, Precision};
@@ -75,25 +76,52 @@ pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]
     let tasks: Vec<(usize, usize)> = (0..n)
         .flat_map(|b| (0..h).step_by(TASK_ROWS).map(move |r| (b, r)))
         .collect();
-    // Each task returns its rows of every channel; they are copied into place afterwards, as
-    // one task's rows are not a contiguous part of an NCHW tensor.
-    let parts: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(b, r0)| {
-            let rows = TASK_ROWS.min(h - r0);
-            let xb = &x[b * c * h * w..(b + 1) * c * h * w];
-            let mut out = vec![0.0; c * rows * w];
-            rows_forward(&d, xb, &wt, r0, rows, &mut out);
-            out
-        })
-        .collect();
-    for (&(b, r0), part) in tasks.iter().zip(&parts) {
+    let yp = SyncPtr::new(y);
+    tasks.par_iter().for_each(|&(b, r0)| {
         let rows = TASK_ROWS.min(h - r0);
-        for ch in 0..c {
-            let dst = (b * c + ch) * h * w + r0 * w;
-            y[dst..dst + rows * w].copy_from_slice(&part[ch * rows * w..(ch + 1) * rows * w]);
-        }
+        let xb = &x[b * c * h * w..(b + 1) * c * h * w];
+        with_scratch(|s| {
+            let out = grown(&mut s.out, c * rows * w);
+            rows_forward(&d, xb, &wt, r0, rows, out, (&mut s.h1, &mut s.h2));
+            // A task's rows of one channel are contiguous in NCHW; copy them into place.
+            for ch in 0..c {
+                let dst = (b * c + ch) * h * w + r0 * w;
+                // SAFETY: tasks own disjoint row ranges `r0..r0+rows` of image `b`, so these
+                // ranges of `y` (in bounds: `dst + rows·w ≤ (b·c + ch + 1)·h·w`) never overlap.
+                unsafe { yp.slice(dst, rows * w) }
+                    .copy_from_slice(&out[ch * rows * w..(ch + 1) * rows * w]);
+            }
+        });
+    });
+}
+
+/// Per-thread buffers of [`rows_forward`], kept between calls: allocating them per task (a few
+/// MiB each for LiteMedSAM) cost page faults on every call.
+#[derive(Default)]
+struct Scratch {
+    out: Vec<f32>,
+    h1: Vec<f32>,
+    h2: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+/// Runs `f` on this thread's scratch (taken out of the cell for the call, so a nested use would
+/// only allocate afresh, never alias).
+fn with_scratch(f: impl FnOnce(&mut Scratch)) {
+    let mut s = SCRATCH.with(|c| c.take());
+    f(&mut s);
+    SCRATCH.with(|c| c.set(s));
+}
+
+/// The first `len` elements of `v`, grown if needed (contents unspecified: callers overwrite).
+fn grown(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
     }
+    &mut v[..len]
 }
 
 /// Empty tensors or no hidden channels: `y = gelu(b3 + x)` (what the composition gives).
@@ -113,13 +141,14 @@ fn rows_forward(
     r0: usize,
     rows: usize,
     out: &mut [f32],
+    (h1, h2): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
     let MbConvDims { c, hid, h, w, .. } = *d;
     let plane = h * w;
     let slots = BAND + 2;
     // h1 rows r-1 .. r+BAND+1 of the current band, per hidden channel: [hid][slots][w].
-    let mut h1 = vec![0.0f32; hid * slots * w];
-    let mut h2 = vec![0.0f32; hid * BAND * w];
+    let h1 = grown(h1, hid * slots * w);
+    let h2 = grown(h2, hid * BAND * w);
     // Hidden row `row` (may be -1 or h: zero padding) into slot `slot`.
     let expand = |h1: &mut [f32], first_row: isize, first_slot: usize, count: usize| {
         // Rows outside the image are the depthwise conv's zero padding.
@@ -172,14 +201,14 @@ fn rows_forward(
         let br = BAND.min(r0 + rows - b0);
         if b0 == r0 {
             // First band: hidden rows b0-1 ..= b0+br.
-            expand(&mut h1, b0 as isize - 1, 0, br + 2);
+            expand(h1, b0 as isize - 1, 0, br + 2);
         } else {
             // The previous band's last two hidden rows are this band's first two.
             for ch in 0..hid {
                 let base = ch * slots * w;
                 h1.copy_within(base + BAND * w..base + (BAND + 2) * w, base);
             }
-            expand(&mut h1, b0 as isize + 1, 2, br);
+            expand(h1, b0 as isize + 1, 2, br);
         }
         // Depthwise 3×3 over the band: input rows = slots 0..br+2, no vertical padding left.
         let g = Conv2dGeom::new([1, 1, br + 2, w], 1, (3, 3), (1, 1), (0, 1), 1);

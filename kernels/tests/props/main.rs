@@ -11,6 +11,7 @@ mod ascend_tiled_props;
 mod attention_bf16_props;
 mod attention_props;
 mod conv_props;
+mod depthwise_props;
 mod gemm_props;
 mod int8_props;
 mod mbconv_props;

@@ -500,8 +500,9 @@ impl Attention {
         })
     }
 
-    /// x `[B, N, C]` with `N = window²` → `[B, N, C]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// x `[B, N, C]` with `N = window²` → `x + attention(x)`, `[B, N, C]`: the residual add
+    /// rides in the output projection's GEMM epilogue (in inference).
+    fn forward_residual(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
         let (nh, kd) = (self.num_heads, self.key_dim);
         if n != self.window * self.window {
@@ -510,9 +511,9 @@ impl Attention {
                 format!("{n} tokens for a {0}×{0} window", self.window),
             ));
         }
-        let x = self.norm.forward(x)?;
+        let xn = self.norm.forward(x)?;
         // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
-        let qkv = self.qkv.forward(&x)?.reshape(&[b, n, nh, 3, kd])?;
+        let qkv = self.qkv.forward(&xn)?.reshape(&[b, n, nh, 3, kd])?;
         // q, k, v as [b, nh, n, kd] views of the interleaved projection (read in place).
         let qkv = qkv.permute(&[3, 0, 2, 1, 4])?; // [3, b, nh, n, kd]
         let (q, k, v) = (qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?);
@@ -526,7 +527,8 @@ impl Attention {
             .contiguous()?; // [nh, n, n], shared by every window
         let o = attention_bias_table(&q, &k, &v, (kd as f32).powf(-0.5), &bias)?;
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
-        self.proj.forward(&o)
+        let proj = &self.proj;
+        o.linear_fused(&proj.weight, proj.bias.as_ref(), Some(x), false)
     }
 }
 
@@ -574,18 +576,19 @@ impl TinyVitBlock {
             ));
         }
         let ws = self.window_size;
-        let a = if h == ws && w == ws {
-            self.attn.forward(x)?
+        // x + attention, added window by window (the residual is the partitioned input) so the
+        // add runs in the projection's epilogue instead of as one more pass over the map.
+        let x = if h == ws && w == ws {
+            self.attn.forward_residual(x)?
         } else {
             // Zero padding happens before the attention's LayerNorm, as upstream does it.
             let (win, pad_hw) = window_partition(&x.reshape(&[b, h, w, c])?, ws)?;
             let out = self
                 .attn
-                .forward(&win.reshape(&[usize::MAX, ws * ws, c])?)?;
+                .forward_residual(&win.reshape(&[usize::MAX, ws * ws, c])?)?;
             window_unpartition(&out.reshape(&[usize::MAX, ws, ws, c])?, ws, pad_hw, (h, w))?
                 .reshape(&[b, l, c])?
         };
-        let x = x.add(&a)?;
         let lc = &self.local_conv;
         let x = if mode == Mode::Eval && !lc.records(&x, None) && lc.groups == c {
             // Inference: the depthwise conv straight on the token-major (NHWC) features.
@@ -778,11 +781,20 @@ impl TinyVit {
                 format!("{l} output tokens for a {g}×{g} grid"),
             ));
         }
-        let x = x.reshape(&[b, g, g, c])?.permute(&[0, 3, 1, 2])?;
         let n = &self.neck;
-        let x = n
-            .norm1
-            .forward(&conv1x1(&x.contiguous()?, &n.conv0.weight, None)?)?;
+        let w0 = &n.conv0.weight;
+        let x = if b == 1 && w0.shape() == [w0.dim(0), c, 1, 1] {
+            // The 1×1 conv as W · tokensᵀ: the GEMM reads the token-major map through a
+            // transposed view, so the map is not copied to NCHW first.
+            let co = w0.dim(0);
+            w0.reshape(&[co, c])?
+                .matmul(&x.reshape(&[l, c])?.transpose(0, 1)?)?
+                .reshape(&[1, co, g, g])?
+        } else {
+            let x = x.reshape(&[b, g, g, c])?.permute(&[0, 3, 1, 2])?;
+            conv1x1(&x.contiguous()?, w0, None)?
+        };
+        let x = n.norm1.forward(&x)?;
         n.norm3.forward(&n.conv2.forward(&x)?)
     }
 }
