@@ -326,6 +326,9 @@ pub fn attention(
             .any(|t| t.requires_grad());
     let precision = if recording {
         Precision::F32
+    } else if crate::ops::quant::int8_enabled() && crate::ops::quant::unquantized_in_bf16() {
+        // `--precision int8` runs what it does not quantize in bf16 where bf16 pays, attention too.
+        Precision::Bf16
     } else {
         crate::ops::linalg::current_precision()
     };
