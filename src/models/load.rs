@@ -2,7 +2,7 @@
 //! from a JSON file or inferred from shapes), and turn model/optimizer state into checkpoint values.
 
 use crate::error::{Error, Result};
-use crate::io::checkpoint::{self, TensorData, Value};
+use crate::io::checkpoint::{self, TensorData, Tree, Value};
 use crate::models::common::{load_state_dict, with_placeholder_init, Module};
 use crate::models::lite::{LiteConfig, LiteMedSam};
 use crate::models::{LoadReport, ModelType, Sam, SamConfig};
@@ -16,8 +16,8 @@ fn ckpt_err(e: checkpoint::CheckpointError) -> Error {
     Error::Weights(e.to_string())
 }
 
-/// The checkpoint's top-level value (`.pth`) — or a state dict built from a safetensors file.
-pub fn read_checkpoint(path: &Path) -> Result<Value> {
+/// Checks that `path` names a regular file (a checkpoint).
+fn check_checkpoint_file(path: &Path) -> Result<()> {
     if !path.exists() {
         return Err(Error::file(path, "checkpoint not found"));
     }
@@ -27,7 +27,17 @@ pub fn read_checkpoint(path: &Path) -> Result<Value> {
             "not a regular file (a checkpoint is a .pth or .safetensors file)",
         ));
     }
-    if path.extension().is_some_and(|e| e == "safetensors") {
+    Ok(())
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// The checkpoint's top-level value (`.pth`) — or a state dict built from a safetensors file.
+pub fn read_checkpoint(path: &Path) -> Result<Value> {
+    check_checkpoint_file(path)?;
+    if is_safetensors(path) {
         let sd = checkpoint::load_safetensors(path).map_err(ckpt_err)?;
         return Ok(Value::from_state_dict(sd));
     }
@@ -42,19 +52,49 @@ pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>
             let data = t
                 .to_f32()
                 .map_err(|e| Error::file(path, format!("{k}: {e}")))?;
-            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "tensor `{k}` holds NaN or infinity (element {i} is {}); such weights \
-                         only give meaningless masks",
-                        data[i]
-                    ),
-                ));
-            }
-            Ok((k, Tensor::from_vec(data, &t.shape)?))
+            let bad = data.iter().position(|x| !x.is_finite());
+            weight(path, k, data, bad, &t.shape)
         })
         .collect()
+}
+
+/// The model weights of the checkpoint `path` by name, as [`state_dict`] of
+/// [`read_checkpoint`] gives them (the same checks and errors), read in one pass: each tensor
+/// goes from the file straight into its f32 buffer, checked for NaN/infinity on the way.
+pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    check_checkpoint_file(path)?;
+    let tree = if is_safetensors(path) {
+        let sd = checkpoint::load_safetensors_f32(path).map_err(ckpt_err)?;
+        Tree::from_state_dict(sd)
+    } else {
+        checkpoint::load_pth_f32(path).map_err(ckpt_err)?
+    };
+    let sd = checkpoint::into_state_dict(tree, path).map_err(ckpt_err)?;
+    sd.into_iter()
+        .map(|(k, t)| weight(path, k, t.data, t.first_non_finite, &t.shape))
+        .collect()
+}
+
+/// The weight `k` of `path` as a tensor; an error when `bad` (its first NaN or infinite value)
+/// is set: such weights only give meaningless masks.
+fn weight(
+    path: &Path,
+    k: String,
+    data: Vec<f32>,
+    bad: Option<usize>,
+    shape: &[usize],
+) -> Result<(String, Tensor)> {
+    if let Some(i) = bad {
+        return Err(Error::file(
+            path,
+            format!(
+                "tensor `{k}` holds NaN or infinity (element {i} is {}); such weights \
+                 only give meaningless masks",
+                data[i]
+            ),
+        ));
+    }
+    Ok((k, Tensor::from_vec(data, shape)?))
 }
 
 /// The configuration for a checkpoint: the JSON file when given, else inferred from its shapes;
@@ -146,8 +186,7 @@ pub fn load_model(
     config_json: Option<&Path>,
     device: Device,
 ) -> Result<(Sam, LoadReport)> {
-    let value = read_checkpoint(path)?;
-    let weights = state_dict(path, &value)?;
+    let weights = read_weights(path)?;
     sam_from_weights(&weights, model_type, config_json, path, device)
 }
 
@@ -181,8 +220,7 @@ pub fn load_any_model(
     config_json: Option<&Path>,
     device: Device,
 ) -> Result<(AnyModel, LoadReport)> {
-    let value = read_checkpoint(path)?;
-    let weights = state_dict(path, &value)?;
+    let weights = read_weights(path)?;
     if crate::models::sam2::load::is_sam2_state_dict(weights.keys()) {
         return Err(Error::file(
             path,
