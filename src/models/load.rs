@@ -416,3 +416,101 @@ pub fn optimizer_from_value(path: &Path, v: &Value, shapes: &[Vec<usize>]) -> Re
     }
     Ok(opt)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::checkpoint::{save_pth, save_safetensors, DType};
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("medsam-load-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn tensors(nan_in: Option<&str>) -> Vec<(String, TensorData)> {
+        let vals: Vec<f32> = (0..6000).map(|i| (i as f32 * 0.01).cos()).collect();
+        let mut w = vals.clone();
+        if nan_in == Some("module.a.weight") {
+            w[4321] = f32::NAN;
+        }
+        let h: Vec<u8> = vals[..10]
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let mut h = TensorData::new(DType::F16, vec![2, 5], h).unwrap();
+        if nan_in == Some("module.b.bias") {
+            h.bytes[6..8].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        }
+        vec![
+            (
+                "module.a.weight".into(),
+                TensorData::from_f32(vec![60, 100], &w),
+            ),
+            ("module.b.bias".into(), h),
+            (
+                "module.c".into(),
+                TensorData::new(
+                    DType::I64,
+                    vec![3],
+                    [5i64, -2, 9].map(i64::to_le_bytes).concat(),
+                )
+                .unwrap(),
+            ),
+        ]
+    }
+
+    fn same(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, t) in a {
+            let u = &b[k];
+            assert_eq!(t.shape(), u.shape(), "{k}");
+            let bits = |t: &Tensor| {
+                t.to_vec()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(t), bits(u), "{k}");
+        }
+    }
+
+    /// `read_weights` gives what `state_dict(read_checkpoint(..))` gives, bit for bit, and the
+    /// same error for a non-finite weight, for .pth (bare and wrapped) and .safetensors files.
+    #[test]
+    fn read_weights_matches_state_dict_of_read_checkpoint() {
+        let d = dir("weights");
+        for nan_in in [None, Some("module.a.weight"), Some("module.b.bias")] {
+            let sd = tensors(nan_in);
+            let bare = d.join("bare.pth");
+            save_pth(&bare, &Value::from_state_dict(sd.clone())).unwrap();
+            let wrapped = d.join("wrapped.pth");
+            let v = Value::str_dict([
+                ("epoch", Value::Int(3)),
+                ("model", Value::from_state_dict(sd.clone())),
+            ]);
+            save_pth(&wrapped, &v).unwrap();
+            let st = d.join("w.safetensors");
+            save_safetensors(&st, &sd).unwrap();
+            for p in [&bare, &wrapped, &st] {
+                let old = read_checkpoint(p).and_then(|v| state_dict(p, &v));
+                let new = read_weights(p);
+                match (old, new) {
+                    (Ok(a), Ok(b)) => {
+                        assert!(nan_in.is_none());
+                        assert!(a.contains_key("a.weight"));
+                        same(&a, &b)
+                    }
+                    (Err(a), Err(b)) => {
+                        assert!(nan_in.is_some());
+                        assert_eq!(a.to_string(), b.to_string());
+                        assert!(a.to_string().contains("NaN or infinity"), "{a}");
+                    }
+                    (a, b) => panic!("{}: {:?} vs {:?}", p.display(), a.err(), b.err()),
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -12,10 +12,10 @@ pub mod safetensors;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use pth::{load_pth, load_pth_with_limits, save_pth, Limits};
-pub use safetensors::{load_safetensors, save_safetensors};
 pub(crate) use pth::load_pth_f32;
+pub use pth::{load_pth, load_pth_with_limits, save_pth, Limits};
 pub(crate) use safetensors::load_safetensors_f32;
+pub use safetensors::{load_safetensors, save_safetensors};
 
 /// Errors of checkpoint reading, writing and conversion. Every variant names
 /// the file it concerns.
@@ -656,4 +656,115 @@ fn locate_state_dict<'v, T>(
         names.push(name);
     }
     Ok((items, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// One pass (convert + finite check, chunk by chunk) gives the values of `to_f32` bit for
+    /// bit, for every dtype, and the index of the first non-finite value wherever it falls.
+    #[test]
+    fn f32_tensor_matches_to_f32_and_finds_the_first_non_finite() {
+        let n = 40_000; // several conversion chunks for every element size
+        let vals: Vec<f64> = (0..n).map(|i| (i as f64 * 0.731).sin() * 300.0).collect();
+        let cases: Vec<(DType, Vec<u8>)> = vec![
+            (
+                DType::F32,
+                vals.iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F16,
+                vals.iter()
+                    .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::BF16,
+                vals.iter()
+                    .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F64,
+                vals.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+            ),
+            (
+                DType::I64,
+                vals.iter()
+                    .flat_map(|&v| (v as i64).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::I32,
+                vals.iter()
+                    .flat_map(|&v| (v as i32).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::I16,
+                vals.iter()
+                    .flat_map(|&v| (v as i16).to_le_bytes())
+                    .collect(),
+            ),
+            (DType::I8, vals.iter().map(|&v| v as i8 as u8).collect()),
+            (DType::U8, vals.iter().map(|&v| v as u8).collect()),
+            (
+                DType::Bool,
+                vals.iter().map(|&v| u8::from(v > 0.0)).collect(),
+            ),
+        ];
+        for (dtype, bytes) in cases {
+            let want = TensorData::new(dtype, vec![n / 100, 100], bytes.clone())
+                .unwrap()
+                .to_f32()
+                .unwrap();
+            let t = F32Tensor::from_bytes(dtype, vec![n / 100, 100], &bytes).unwrap();
+            assert_eq!(bits(&t.data), bits(&want), "{dtype}");
+            assert_eq!(t.first_non_finite, None, "{dtype}");
+            assert_eq!(t.stored_bytes(), bytes.len());
+        }
+        // Non-finite values: the first one is found (a later one does not matter), in the
+        // first chunk or a later one.
+        for (at, v) in [
+            (0, f32::NAN),
+            (20_000, f32::INFINITY),
+            (39_999, f32::NEG_INFINITY),
+        ] {
+            let mut x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            x[at] = v;
+            if at + 7 < n {
+                x[at + 7] = f32::NAN;
+            }
+            let bytes = TensorData::from_f32(vec![n], &x).bytes;
+            let t = F32Tensor::from_bytes(DType::F32, vec![n], &bytes).unwrap();
+            assert_eq!(t.first_non_finite, Some(at));
+            assert_eq!(t.data[at].to_bits(), v.to_bits());
+        }
+        let mut h: Vec<u8> = (0..n)
+            .flat_map(|i| half::f16::from_f32(i as f32).to_le_bytes())
+            .collect();
+        h[2 * 33_000..2 * 33_000 + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        let t = F32Tensor::from_bytes(DType::F16, vec![n], &h).unwrap();
+        assert_eq!(t.first_non_finite, Some(33_000));
+    }
+
+    /// A byte count that does not fit the shape is the error `TensorData::new` gives, also when
+    /// the shape's product overflows.
+    #[test]
+    fn f32_tensor_size_errors() {
+        let e = F32Tensor::from_bytes(DType::F32, vec![3], &[0; 8]).unwrap_err();
+        assert_eq!(
+            e,
+            TensorData::new(DType::F32, vec![3], vec![0; 8]).unwrap_err()
+        );
+        let e = F32Tensor::from_bytes(DType::F16, vec![usize::MAX, 2], &[]).unwrap_err();
+        assert_eq!(e.got, 0);
+    }
 }

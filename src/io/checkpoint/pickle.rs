@@ -974,8 +974,11 @@ pub(crate) struct View<'s> {
 pub(crate) trait TensorOut: Sized + Clone {
     /// The view's elements copied out of `storage` (little-endian bytes), in row-major order;
     /// at most `budget` bytes as stored, checked before anything is allocated.
-    fn from_view(storage: &[u8], view: View<'_>, budget: usize)
-        -> std::result::Result<Self, String>;
+    fn from_view(
+        storage: &[u8],
+        view: View<'_>,
+        budget: usize,
+    ) -> std::result::Result<Self, String>;
 
     /// Bytes of the tensor as stored (what [`Limits::max_tensor_bytes`] counts).
     fn stored_bytes(&self) -> usize;
@@ -1012,7 +1015,9 @@ impl TensorOut for F32Tensor {
         let (offset, stride) = (view.offset, view.stride);
         let plan = check_view(storage, elem, offset, &view.size, stride, budget)?;
         let mut t = F32Tensor::with_capacity(view.dtype, Vec::new(), plan.numel);
-        walk_view(storage, elem, offset, &view.size, stride, plan, |b| t.extend(b));
+        walk_view(storage, elem, offset, &view.size, stride, plan, |b| {
+            t.extend(b)
+        });
         t.shape = view.size;
         Ok(t)
     }
@@ -1390,5 +1395,66 @@ mod tests {
         assert_eq!(v, vec![2, 3, 4, 2, 3, 4]);
         // a stride-0 view claiming 10^12 elements is refused before allocating
         assert!(materialize(&s, 1, 0, &[1_000_000, 1_000_000], &[0, 0], 1 << 30).is_err());
+    }
+
+    /// The f32 tensors built straight from a storage view hold exactly what the stored bytes
+    /// convert to, for contiguous, strided and expanded views, and fail as `materialize` does.
+    #[test]
+    fn f32_views_match_materialized_bytes() {
+        let vals: Vec<f32> = (0..24).map(|i| i as f32 * 0.37 - 3.0).collect();
+        let f32_storage = TensorData::from_f32(vec![24], &vals).bytes;
+        let f16_storage: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let i64_storage: Vec<u8> = (0..24i64).flat_map(|v| (v - 7).to_le_bytes()).collect();
+        let views: [(usize, &[usize], &[usize]); 5] = [
+            (0, &[24], &[1]),
+            (3, &[4, 5], &[5, 1]),
+            (0, &[4, 6], &[1, 4]),
+            (2, &[2, 3], &[0, 1]),
+            (0, &[0, 5], &[5, 1]),
+        ];
+        for (dtype, storage) in [
+            (DType::F32, &f32_storage),
+            (DType::F16, &f16_storage),
+            (DType::I64, &i64_storage),
+        ] {
+            for &(offset, size, stride) in &views {
+                let view = || View {
+                    dtype,
+                    offset,
+                    size: size.to_vec(),
+                    stride,
+                };
+                let bytes = TensorData::from_view(storage, view(), 1 << 20).unwrap();
+                let t = F32Tensor::from_view(storage, view(), 1 << 20).unwrap();
+                let want = bytes.to_f32().unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&t.data),
+                    bits(&want),
+                    "{dtype} {offset} {size:?} {stride:?}"
+                );
+                assert_eq!(t.shape, bytes.shape);
+                assert_eq!(t.stored_bytes(), bytes.stored_bytes());
+                assert_eq!(t.first_non_finite, None);
+            }
+            let bad = |size: &[usize], stride: &'static [usize], budget| {
+                let view = || View {
+                    dtype,
+                    offset: 1,
+                    size: size.to_vec(),
+                    stride,
+                };
+                let a = TensorData::from_view(storage, view(), budget).unwrap_err();
+                let b = F32Tensor::from_view(storage, view(), budget).unwrap_err();
+                assert_eq!(a, b);
+            };
+            bad(&[24], &[1], 1 << 20); // past the end
+            bad(&[4], &[1], 3); // over the budget
+            bad(&[4, 2], &[1], 1 << 20); // ranks differ
+            bad(&[1_000_000, 1_000_000], &[0, 0], 1 << 30); // stride 0, huge
+        }
     }
 }
