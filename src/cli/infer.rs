@@ -236,23 +236,31 @@ struct Segmentation2d {
 }
 
 impl Segmentation2d {
-    /// Preprocesses and encodes the image (`encode`, after a note on the precision if it is not
-    /// f32; it returns the predictor and the seconds it spent preprocessing), then predicts
-    /// every box with the encoded image (`predict`: its mask at the image's `n` pixels and its
-    /// low-res logits).
-    fn run<P>(
+    /// Preprocesses the image (`prepare`) and encodes it (`encode`, without gradients at the
+    /// command's precision, after a note on the precision if it is not f32), then predicts every
+    /// box with the encoded image (`predict`: its mask at the image's `n` pixels and its low-res
+    /// logits).
+    fn run<I, P>(
         a: &InferArgs,
         n: usize,
         boxes: &[[f32; 4]],
         mut times: Timings,
-        encode: impl FnOnce() -> Result<(P, f64)>,
+        prepare: impl FnOnce() -> Result<I>,
+        encode: impl FnOnce(I) -> Result<P>,
         predict: impl Fn(&P, [f32; 4]) -> Result<(Vec<bool>, medsam::Tensor)>,
     ) -> Result<Self> {
         let t0 = std::time::Instant::now();
-        if a.precision != InferPrecision::F32 {
+        let p = a.precision;
+        if p != InferPrecision::F32 {
             eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
         }
-        let (predictor, pre) = encode()?;
+        let input = prepare()?;
+        let pre = t0.elapsed().as_secs_f64();
+        let predictor = medsam::autograd::no_grad(|| {
+            medsam::ops::linalg::autocast_bf16(p == InferPrecision::Bf16, || {
+                medsam::ops::quant::autocast_int8(p == InferPrecision::Int8, || encode(input))
+            })
+        })?;
         times.preprocess += pre;
         times.encode = t0.elapsed().as_secs_f64() - pre;
         let t_decode = std::time::Instant::now();
@@ -273,15 +281,6 @@ impl Segmentation2d {
     }
 }
 
-/// `encode` (the image encoder's forward pass) at precision `p` without gradients.
-fn encode_at<T>(p: InferPrecision, encode: impl FnOnce() -> Result<T>) -> Result<T> {
-    medsam::autograd::no_grad(|| {
-        medsam::ops::linalg::autocast_bf16(p == InferPrecision::Bf16, || {
-            medsam::ops::quant::autocast_int8(p == InferPrecision::Int8, encode)
-        })
-    })
-}
-
 fn run_sam_2d(
     a: &InferArgs,
     model: &Sam,
@@ -289,24 +288,19 @@ fn run_sam_2d(
     boxes: &[[f32; 4]],
     times: Timings,
 ) -> Result<()> {
+    // `Predictor::new` in its two steps, timed apart.
     let seg = Segmentation2d::run(
         a,
         img.h * img.w,
         boxes,
         times,
-        // `Predictor::new`, in two timed steps.
-        || {
-            let t = std::time::Instant::now();
-            let input = prepare_input(img, model.config.image_encoder.img_size)?;
-            let pre = t.elapsed().as_secs_f64();
-            let embedding = encode_at(a.precision, || model.image_encoder.forward(&input))?;
-            let orig_hw = (img.h, img.w);
-            let predictor = Predictor {
+        || prepare_input(img, model.config.image_encoder.img_size),
+        |input| {
+            Ok(Predictor {
                 model,
-                embedding,
-                orig_hw,
-            };
-            Ok((predictor, pre))
+                embedding: model.image_encoder.forward(&input)?,
+                orig_hw: (img.h, img.w),
+            })
         },
         |predictor, b| {
             let p = predictor.predict_box(b)?;
@@ -323,26 +317,20 @@ fn run_lite_2d(
     boxes: &[[f32; 4]],
     times: Timings,
 ) -> Result<()> {
+    // `LitePredictor::with_int8` in its two steps, timed apart.
     let seg = Segmentation2d::run(
         a,
         img.h * img.w,
         boxes,
         times,
-        // `LitePredictor::with_int8`, in two timed steps.
-        || {
-            let t = std::time::Instant::now();
-            let (input, new_hw) =
-                medsam::pipeline::infer::lite::prepare_input(img, model.img_size())?;
-            let pre = t.elapsed().as_secs_f64();
-            let embedding = encode_at(a.precision, || model.image_encoder.forward(&input))?;
-            let orig_hw = (img.h, img.w);
-            let predictor = LitePredictor {
+        || medsam::pipeline::infer::lite::prepare_input(img, model.img_size()),
+        |(input, new_hw)| {
+            Ok(LitePredictor {
                 model,
-                embedding,
-                orig_hw,
+                embedding: model.image_encoder.forward(&input)?,
+                orig_hw: (img.h, img.w),
                 new_hw,
-            };
-            Ok((predictor, pre))
+            })
         },
         |predictor, b| {
             let p = predictor.predict_box(b.map(|v| v as f64))?;
