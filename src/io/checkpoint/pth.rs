@@ -7,7 +7,8 @@
 //! Loading maps the file into memory when it can: a storage record that is stored (not
 //! deflated) in a little-endian archive — what `torch.save` writes — is then sliced out of the
 //! mapping and copied once, straight into its tensor, instead of being read into a growing
-//! buffer first. Such slices skip the zip CRC check (as `torch.load(mmap=True)` does); sizes,
+//! buffer first; the model loaders' reader (`load_pth_f32`) converts it to f32 in that same copy,
+//! looking for NaN/infinity on the way. Such slices skip the zip CRC check (as `torch.load(mmap=True)` does); sizes,
 //! bounds and limits are checked as for read records. Deflated records, big-endian archives and
 //! files that cannot be mapped are read as before. As with any mapped file, another process
 //! truncating the checkpoint while it loads can crash this one.
