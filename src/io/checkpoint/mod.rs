@@ -312,7 +312,7 @@ impl F32Tensor {
         F32Tensor {
             dtype,
             shape,
-            data: big_buffer(numel),
+            data: Vec::with_capacity(numel),
             first_non_finite: None,
         }
     }
@@ -372,36 +372,6 @@ fn first_non_finite(x: &[f32]) -> Option<usize> {
         return None;
     }
     x.iter().position(|v| !v.is_finite())
-}
-
-/// An empty vector with room for `n` values, for a buffer about to be filled in full. On
-/// Linux, a large one is marked for transparent huge pages first (a hint: far fewer page faults
-/// while it is first written; no change to its contents).
-pub(crate) fn big_buffer(n: usize) -> Vec<f32> {
-    let v = Vec::with_capacity(n);
-    #[cfg(target_os = "linux")]
-    advise_huge(v.as_ptr() as usize, n * 4);
-    v
-}
-
-/// `madvise(MADV_HUGEPAGE)` on the 2 MiB-aligned part of `[addr, addr + len)`, when it holds at
-/// least one huge page. Failures are ignored (a kernel without THP, or THP disabled).
-#[cfg(target_os = "linux")]
-fn advise_huge(addr: usize, len: usize) {
-    const HUGE: usize = 2 << 20;
-    const MADV_HUGEPAGE: i32 = 14;
-    extern "C" {
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-    }
-    let start = addr.next_multiple_of(HUGE);
-    let end = (addr + len) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: the range lies inside an allocation this process owns; MADV_HUGEPAGE only
-        // changes how the kernel backs it, never its contents.
-        unsafe {
-            madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE);
-        }
-    }
 }
 
 /// A decoded pickle value (the subset torch checkpoints use).
