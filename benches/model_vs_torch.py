@@ -101,12 +101,23 @@ def run(cmd, env=None):
 
 
 def timed_process(cmd):
+    """Wall seconds of `cmd`, and its resource use: user and system seconds, minor and major
+    page faults (this child's, from the difference of RUSAGE_CHILDREN), and its stderr."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
     if out.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return time.perf_counter() - t0, child
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    use = {k: getattr(after, k) - getattr(before, k) for k in ("ru_utime", "ru_stime", "ru_minflt", "ru_majflt")}
+    return wall, use, out.stderr
+
+
+def usage(wall, use):
+    return (f"user {use['ru_utime']:.2f} s, sys {use['ru_stime']:.2f} s "
+            f"({100 * use['ru_stime'] / wall:.1f}% of wall), "
+            f"page faults {use['ru_minflt']} minor / {use['ru_majflt']} major")
 
 
 def model_mode(mode, precision, repeats, rounds):
@@ -133,12 +144,17 @@ def infer_mode(rounds):
         "y, x = np.mgrid[:512, :512]; io.imsave(r'%s', ((np.sin(x / 9) + np.cos(y / 13)) * 60 + 128).astype(np.uint8))"
     ) % (ckpt, img)], check=True)
     box = "[100,120,380,400]"
-    ours = [os.path.join(ROOT, "target/release/medsam"), "infer", "-i", img, "-o", tmp, "--box", box, "-c", ckpt]
+    ours = [os.path.join(ROOT, "target/release/medsam"), "infer", "-i", img, "-o", tmp, "--box", box, "-c", ckpt,
+            "--timings"]
     theirs = [python(), "-c", INFER_TORCH, ckpt, img, box, os.path.join(tmp, "torch_seg.png")]
     for _ in range(rounds):
-        t, _ = timed_process(theirs)
-        o, _ = timed_process(ours)
+        t, tuse, _ = timed_process(theirs)
+        o, ouse, err = timed_process(ours)
         print(f"whole process, one box: torch {t:.2f} s | ours {o:.2f} s | ratio ours/torch {o / t:.2f}")
+        print(f"  torch: {usage(t, tuse)}")
+        print(f"  ours:  {usage(o, ouse)}")
+        stages = [l for l in err.splitlines() if l.startswith("timings:")]
+        print(f"  ours {stages[-1] if stages else 'timings: (none printed)'}")
 
 
 def main():

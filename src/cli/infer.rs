@@ -16,7 +16,7 @@ use medsam::pipeline::infer::lite::{
     check_box3d, lite_image, segment_volume, Box3d, ImageU8, LitePredictor,
 };
 use medsam::pipeline::infer::sam::{
-    check_box, read_input_image, InferPrecision, InputImage, Predictor,
+    check_box, prepare_input, read_input_image, InferPrecision, InputImage, Predictor,
 };
 use medsam::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -63,6 +63,39 @@ pub struct InferArgs {
     pub label_names: Vec<String>,
     #[command(flatten)]
     pub medsam2: super::infer_sam2::Sam2Args,
+    /// Print to stderr, on one line, the seconds spent loading the checkpoint, preprocessing the
+    /// image (reading, resizing, normalising), encoding it, decoding the boxes and writing the
+    /// outputs (2D image files).
+    #[arg(long)]
+    pub timings: bool,
+}
+
+/// Seconds spent in each stage of a 2D inference (`--timings`).
+#[derive(Default)]
+struct Timings {
+    load: f64,
+    preprocess: f64,
+    encode: f64,
+    decode: f64,
+    write: f64,
+}
+
+impl Timings {
+    fn line(&self) -> String {
+        let total = self.load + self.preprocess + self.encode + self.decode + self.write;
+        format!(
+            "timings: load {:.3} s, preprocess {:.3} s, encode {:.3} s, decode {:.3} s, \
+             write {:.3} s (total {total:.3} s)",
+            self.load, self.preprocess, self.encode, self.decode, self.write
+        )
+    }
+}
+
+/// Seconds since `t`, restarting it.
+fn lap(t: &mut std::time::Instant) -> f64 {
+    let s = t.elapsed().as_secs_f64();
+    *t = std::time::Instant::now();
+    s
 }
 
 /// How a volume segmentation is written.
@@ -134,7 +167,15 @@ pub fn run(a: &InferArgs) -> Result<()> {
     if let Some(l) = &a.logits {
         refuse_input(a, l, "--logits")?;
     }
-    if a.model.model_type == Some(super::common::AnyModelType::Medsam2) {
+    let medsam2 = a.model.model_type == Some(super::common::AnyModelType::Medsam2);
+    if a.timings && (medsam2 || is_volume_path(&a.data_path)) {
+        return Err(Error::arg(
+            "--timings",
+            "is for SAM/MedSAM and LiteMedSAM on 2D image files (not volumes, challenge .npz \
+             files or --model-type medsam2)",
+        ));
+    }
+    if medsam2 {
         return super::infer_sam2::run(a);
     }
     if is_volume_path(&a.data_path) {
@@ -155,6 +196,8 @@ pub fn run(a: &InferArgs) -> Result<()> {
             "at least one box [x0,y0,x1,y1] is required for a 2D image",
         ));
     }
+    let mut times = Timings::default();
+    let mut t = std::time::Instant::now();
     let img = read_input_image(&a.data_path)?;
     let mut boxes = Vec::new();
     for s in &a.boxes {
@@ -164,8 +207,11 @@ pub fn run(a: &InferArgs) -> Result<()> {
         }
         boxes.push(checked.bbox);
     }
-    match load_any_model(&a.model)? {
-        AnyModel::Sam(model) => run_sam_2d(a, &model, &img, &boxes),
+    times.preprocess = lap(&mut t);
+    let model = load_any_model(&a.model)?;
+    times.load = lap(&mut t);
+    match model {
+        AnyModel::Sam(model) => run_sam_2d(a, &model, &img, &boxes, times),
         AnyModel::Lite(model) => {
             if a.precision == InferPrecision::Bf16 {
                 return Err(Error::arg(
@@ -174,34 +220,50 @@ pub fn run(a: &InferArgs) -> Result<()> {
                 ));
             }
             let u8img = lite_image(&a.data_path, &img)?;
-            run_lite_2d(a, &model, &u8img, &boxes)
+            times.preprocess += lap(&mut t);
+            run_lite_2d(a, &model, &u8img, &boxes, times)
         }
     }
 }
 
-/// Masks (union over boxes), the low-res logits of every box, and the seconds taken.
+/// Masks (union over boxes), the low-res logits of every box, the seconds taken, and the
+/// times of every stage so far.
 struct Segmentation2d {
     union: Vec<bool>,
     logits: Vec<medsam::Tensor>,
     secs: f64,
+    times: Timings,
 }
 
 impl Segmentation2d {
-    /// Encodes the image (`encode`, after a note on the precision if it is not f32), then
-    /// predicts every box with the encoded image (`predict`: its mask at the image's `n` pixels
-    /// and its low-res logits).
-    fn run<P>(
+    /// Preprocesses the image (`prepare`) and encodes it (`encode`, without gradients at the
+    /// command's precision, after a note on the precision if it is not f32), then predicts every
+    /// box with the encoded image (`predict`: its mask at the image's `n` pixels and its low-res
+    /// logits).
+    fn run<I, P>(
         a: &InferArgs,
         n: usize,
         boxes: &[[f32; 4]],
-        encode: impl FnOnce() -> Result<P>,
+        mut times: Timings,
+        prepare: impl FnOnce() -> Result<I>,
+        encode: impl FnOnce(I) -> Result<P>,
         predict: impl Fn(&P, [f32; 4]) -> Result<(Vec<bool>, medsam::Tensor)>,
     ) -> Result<Self> {
         let t0 = std::time::Instant::now();
-        if a.precision != InferPrecision::F32 {
+        let p = a.precision;
+        if p != InferPrecision::F32 {
             eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
         }
-        let predictor = encode()?;
+        let input = prepare()?;
+        let pre = t0.elapsed().as_secs_f64();
+        let predictor = medsam::autograd::no_grad(|| {
+            medsam::ops::linalg::autocast_bf16(p == InferPrecision::Bf16, || {
+                medsam::ops::quant::autocast_int8(p == InferPrecision::Int8, || encode(input))
+            })
+        })?;
+        times.preprocess += pre;
+        times.encode = t0.elapsed().as_secs_f64() - pre;
+        let t_decode = std::time::Instant::now();
         let mut union = vec![false; n];
         let mut logits = Vec::new();
         for b in boxes {
@@ -209,20 +271,37 @@ impl Segmentation2d {
             union.iter_mut().zip(&mask).for_each(|(u, &m)| *u |= m);
             logits.push(low_res_logits);
         }
+        times.decode = t_decode.elapsed().as_secs_f64();
         Ok(Segmentation2d {
             union,
             logits,
             secs: t0.elapsed().as_secs_f64(),
+            times,
         })
     }
 }
 
-fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) -> Result<()> {
+fn run_sam_2d(
+    a: &InferArgs,
+    model: &Sam,
+    img: &InputImage,
+    boxes: &[[f32; 4]],
+    times: Timings,
+) -> Result<()> {
+    // `Predictor::new` in its two steps, timed apart.
     let seg = Segmentation2d::run(
         a,
         img.h * img.w,
         boxes,
-        || Predictor::new(model, img, a.precision),
+        times,
+        || prepare_input(img, model.config.image_encoder.img_size),
+        |input| {
+            Ok(Predictor {
+                model,
+                embedding: model.image_encoder.forward(&input)?,
+                orig_hw: (img.h, img.w),
+            })
+        },
         |predictor, b| {
             let p = predictor.predict_box(b)?;
             Ok((p.mask, p.low_res_logits))
@@ -231,12 +310,28 @@ fn run_sam_2d(a: &InferArgs, model: &Sam, img: &InputImage, boxes: &[[f32; 4]]) 
     write_2d(a, (img.h, img.w), &display_rgb(img), boxes, seg)
 }
 
-fn run_lite_2d(a: &InferArgs, model: &LiteMedSam, img: &ImageU8, boxes: &[[f32; 4]]) -> Result<()> {
+fn run_lite_2d(
+    a: &InferArgs,
+    model: &LiteMedSam,
+    img: &ImageU8,
+    boxes: &[[f32; 4]],
+    times: Timings,
+) -> Result<()> {
+    // `LitePredictor::with_int8` in its two steps, timed apart.
     let seg = Segmentation2d::run(
         a,
         img.h * img.w,
         boxes,
-        || LitePredictor::with_int8(model, img, a.precision == InferPrecision::Int8),
+        times,
+        || medsam::pipeline::infer::lite::prepare_input(img, model.img_size()),
+        |(input, new_hw)| {
+            Ok(LitePredictor {
+                model,
+                embedding: model.image_encoder.forward(&input)?,
+                orig_hw: (img.h, img.w),
+                new_hw,
+            })
+        },
         |predictor, b| {
             let p = predictor.predict_box(b.map(|v| v as f64))?;
             Ok((p.mask, p.low_res_logits))
@@ -257,6 +352,7 @@ fn write_2d(
     boxes: &[[f32; 4]],
     seg: Segmentation2d,
 ) -> Result<()> {
+    let t = std::time::Instant::now();
     medsam::io::paths::create_output_dir(&a.seg_path, "--seg-path")?;
     let stem = stem_of(&a.data_path);
     let seg_png = a.seg_path.join(format!("seg_{stem}.png"));
@@ -279,6 +375,11 @@ fn write_2d(
         boxes.len(),
         seg.secs
     );
+    if a.timings {
+        let mut times = seg.times;
+        times.write = t.elapsed().as_secs_f64();
+        eprintln!("{}", times.line());
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! from a JSON file or inferred from shapes), and turn model/optimizer state into checkpoint values.
 
 use crate::error::{Error, Result};
-use crate::io::checkpoint::{self, TensorData, Value};
+use crate::io::checkpoint::{self, TensorData, Tree, Value};
 use crate::models::common::{load_state_dict, with_placeholder_init, Module};
 use crate::models::lite::{LiteConfig, LiteMedSam};
 use crate::models::{LoadReport, ModelType, Sam, SamConfig};
@@ -16,8 +16,8 @@ fn ckpt_err(e: checkpoint::CheckpointError) -> Error {
     Error::Weights(e.to_string())
 }
 
-/// The checkpoint's top-level value (`.pth`) — or a state dict built from a safetensors file.
-pub fn read_checkpoint(path: &Path) -> Result<Value> {
+/// Checks that `path` names a regular file (a checkpoint).
+fn check_checkpoint_file(path: &Path) -> Result<()> {
     if !path.exists() {
         return Err(Error::file(path, "checkpoint not found"));
     }
@@ -27,7 +27,17 @@ pub fn read_checkpoint(path: &Path) -> Result<Value> {
             "not a regular file (a checkpoint is a .pth or .safetensors file)",
         ));
     }
-    if path.extension().is_some_and(|e| e == "safetensors") {
+    Ok(())
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// The checkpoint's top-level value (`.pth`) — or a state dict built from a safetensors file.
+pub fn read_checkpoint(path: &Path) -> Result<Value> {
+    check_checkpoint_file(path)?;
+    if is_safetensors(path) {
         let sd = checkpoint::load_safetensors(path).map_err(ckpt_err)?;
         return Ok(Value::from_state_dict(sd));
     }
@@ -42,19 +52,49 @@ pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>
             let data = t
                 .to_f32()
                 .map_err(|e| Error::file(path, format!("{k}: {e}")))?;
-            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "tensor `{k}` holds NaN or infinity (element {i} is {}); such weights \
-                         only give meaningless masks",
-                        data[i]
-                    ),
-                ));
-            }
-            Ok((k, Tensor::from_vec(data, &t.shape)?))
+            let bad = data.iter().position(|x| !x.is_finite());
+            weight(path, k, data, bad, &t.shape)
         })
         .collect()
+}
+
+/// The model weights of the checkpoint `path` by name, as [`state_dict`] of
+/// [`read_checkpoint`] gives them (the same checks and errors), read in one pass: each tensor
+/// goes from the file straight into its f32 buffer, checked for NaN/infinity on the way.
+pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    check_checkpoint_file(path)?;
+    let tree = if is_safetensors(path) {
+        let sd = checkpoint::load_safetensors_f32(path).map_err(ckpt_err)?;
+        Tree::from_state_dict(sd)
+    } else {
+        checkpoint::load_pth_f32(path).map_err(ckpt_err)?
+    };
+    let sd = checkpoint::into_state_dict(tree, path).map_err(ckpt_err)?;
+    sd.into_iter()
+        .map(|(k, t)| weight(path, k, t.data, t.first_non_finite, &t.shape))
+        .collect()
+}
+
+/// The weight `k` of `path` as a tensor; an error when `bad` (its first NaN or infinite value)
+/// is set: such weights only give meaningless masks.
+fn weight(
+    path: &Path,
+    k: String,
+    data: Vec<f32>,
+    bad: Option<usize>,
+    shape: &[usize],
+) -> Result<(String, Tensor)> {
+    if let Some(i) = bad {
+        return Err(Error::file(
+            path,
+            format!(
+                "tensor `{k}` holds NaN or infinity (element {i} is {}); such weights \
+                 only give meaningless masks",
+                data[i]
+            ),
+        ));
+    }
+    Ok((k, Tensor::from_vec(data, shape)?))
 }
 
 /// The configuration for a checkpoint: the JSON file when given, else inferred from its shapes;
@@ -146,8 +186,7 @@ pub fn load_model(
     config_json: Option<&Path>,
     device: Device,
 ) -> Result<(Sam, LoadReport)> {
-    let value = read_checkpoint(path)?;
-    let weights = state_dict(path, &value)?;
+    let weights = read_weights(path)?;
     sam_from_weights(&weights, model_type, config_json, path, device)
 }
 
@@ -181,8 +220,7 @@ pub fn load_any_model(
     config_json: Option<&Path>,
     device: Device,
 ) -> Result<(AnyModel, LoadReport)> {
-    let value = read_checkpoint(path)?;
-    let weights = state_dict(path, &value)?;
+    let weights = read_weights(path)?;
     if crate::models::sam2::load::is_sam2_state_dict(weights.keys()) {
         return Err(Error::file(
             path,
@@ -377,4 +415,102 @@ pub fn optimizer_from_value(path: &Path, v: &Value, shapes: &[Vec<usize>]) -> Re
         });
     }
     Ok(opt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::checkpoint::{save_pth, save_safetensors, DType};
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("medsam-load-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn tensors(nan_in: Option<&str>) -> Vec<(String, TensorData)> {
+        let vals: Vec<f32> = (0..6000).map(|i| (i as f32 * 0.01).cos()).collect();
+        let mut w = vals.clone();
+        if nan_in == Some("module.a.weight") {
+            w[4321] = f32::NAN;
+        }
+        let h: Vec<u8> = vals[..10]
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let mut h = TensorData::new(DType::F16, vec![2, 5], h).unwrap();
+        if nan_in == Some("module.b.bias") {
+            h.bytes[6..8].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        }
+        vec![
+            (
+                "module.a.weight".into(),
+                TensorData::from_f32(vec![60, 100], &w),
+            ),
+            ("module.b.bias".into(), h),
+            (
+                "module.c".into(),
+                TensorData::new(
+                    DType::I64,
+                    vec![3],
+                    [5i64, -2, 9].map(i64::to_le_bytes).concat(),
+                )
+                .unwrap(),
+            ),
+        ]
+    }
+
+    fn same(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, t) in a {
+            let u = &b[k];
+            assert_eq!(t.shape(), u.shape(), "{k}");
+            let bits = |t: &Tensor| {
+                t.to_vec()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(t), bits(u), "{k}");
+        }
+    }
+
+    /// `read_weights` gives what `state_dict(read_checkpoint(..))` gives, bit for bit, and the
+    /// same error for a non-finite weight, for .pth (bare and wrapped) and .safetensors files.
+    #[test]
+    fn read_weights_matches_state_dict_of_read_checkpoint() {
+        let d = dir("weights");
+        for nan_in in [None, Some("module.a.weight"), Some("module.b.bias")] {
+            let sd = tensors(nan_in);
+            let bare = d.join("bare.pth");
+            save_pth(&bare, &Value::from_state_dict(sd.clone())).unwrap();
+            let wrapped = d.join("wrapped.pth");
+            let v = Value::str_dict([
+                ("epoch", Value::Int(3)),
+                ("model", Value::from_state_dict(sd.clone())),
+            ]);
+            save_pth(&wrapped, &v).unwrap();
+            let st = d.join("w.safetensors");
+            save_safetensors(&st, &sd).unwrap();
+            for p in [&bare, &wrapped, &st] {
+                let old = read_checkpoint(p).and_then(|v| state_dict(p, &v));
+                let new = read_weights(p);
+                match (old, new) {
+                    (Ok(a), Ok(b)) => {
+                        assert!(nan_in.is_none());
+                        assert!(a.contains_key("a.weight"));
+                        same(&a, &b)
+                    }
+                    (Err(a), Err(b)) => {
+                        assert!(nan_in.is_some());
+                        assert_eq!(a.to_string(), b.to_string());
+                        assert!(a.to_string().contains("NaN or infinity"), "{a}");
+                    }
+                    (a, b) => panic!("{}: {:?} vs {:?}", p.display(), a.err(), b.err()),
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -12,7 +12,9 @@ pub mod safetensors;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub(crate) use pth::load_pth_f32;
 pub use pth::{load_pth, load_pth_with_limits, save_pth, Limits};
+pub(crate) use safetensors::load_safetensors_f32;
 pub use safetensors::{load_safetensors, save_safetensors};
 
 /// Errors of checkpoint reading, writing and conversion. Every variant names
@@ -233,109 +235,237 @@ impl TensorData {
                 got: self.bytes.len(),
             });
         }
-        let b = &self.bytes;
-        let out = match self.dtype {
-            // A plain copy on little-endian hosts (the bytes are little-endian f32s).
-            DType::F32 if cfg!(target_endian = "little") => {
-                let mut out = vec![0.0f32; n];
-                bytemuck::cast_slice_mut::<f32, u8>(&mut out).copy_from_slice(b);
-                out
-            }
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::F64 => b
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            DType::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            DType::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            DType::I16 => b
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)
-                .collect(),
-            DType::I8 => b.iter().map(|&x| x as i8 as f32).collect(),
-            DType::U8 => b.iter().map(|&x| x as f32).collect(),
-            DType::Bool => b.iter().map(|&x| if x != 0 { 1.0 } else { 0.0 }).collect(),
-        };
+        let mut out = Vec::with_capacity(n);
+        extend_f32(self.dtype, &self.bytes, &mut out);
         Ok(out)
     }
 }
 
-/// A decoded pickle value (the subset torch checkpoints use).
+/// Appends `b` (little-endian elements of `dtype`; a trailing partial element is ignored)
+/// converted to f32 to `out`, writing each value once (no zero-fill first): f16/bf16 via `half`,
+/// f64 rounded, integers and bools cast.
+pub(crate) fn extend_f32(dtype: DType, b: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        // A plain copy on little-endian hosts (the bytes are little-endian f32s).
+        DType::F32 if cfg!(target_endian = "little") => {
+            let n = b.len() / 4;
+            out.reserve(n);
+            let spare = &mut out.spare_capacity_mut()[..n];
+            // SAFETY: `spare` is `n` writable f32 slots, `b` holds at least `4 n` bytes, the two
+            // do not overlap (`out` owns its buffer), and every bit pattern is an f32, so after
+            // the copy the first `n` spare slots are initialised.
+            unsafe {
+                std::ptr::copy_nonoverlapping(b.as_ptr(), spare.as_mut_ptr().cast::<u8>(), n * 4);
+                out.set_len(out.len() + n);
+            }
+        }
+        DType::F32 => out.extend(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        DType::F16 => out.extend(
+            b.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        DType::BF16 => out.extend(
+            b.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        DType::F64 => out.extend(
+            b.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32),
+        ),
+        DType::I64 => out.extend(
+            b.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32),
+        ),
+        DType::I32 => out.extend(
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32),
+        ),
+        DType::I16 => out.extend(
+            b.chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32),
+        ),
+        DType::I8 => out.extend(b.iter().map(|&x| x as i8 as f32)),
+        DType::U8 => out.extend(b.iter().map(|&x| x as f32)),
+        DType::Bool => out.extend(b.iter().map(|&x| if x != 0 { 1.0 } else { 0.0 })),
+    }
+}
+
+/// A tensor converted to f32 as it is read, with NaN/infinity looked for in the same pass: what
+/// the model loaders read a checkpoint into ([`crate::models::load`]), one copy from the file
+/// (or its mapping) into the buffer the model keeps.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) struct F32Tensor {
+    /// The element type stored in the file (the reader's byte limits count its bytes).
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    /// Index of the first NaN or infinite value.
+    pub first_non_finite: Option<usize>,
+}
+
+impl F32Tensor {
+    /// An empty tensor of `shape` whose `numel` values are about to be appended.
+    pub(crate) fn with_capacity(dtype: DType, shape: Vec<usize>, numel: usize) -> Self {
+        F32Tensor {
+            dtype,
+            shape,
+            data: prefaulted(numel),
+            first_non_finite: None,
+        }
+    }
+
+    /// The tensor of `shape` whose elements are `bytes` (little-endian `dtype`); an error if
+    /// their count does not match the shape.
+    pub(crate) fn from_bytes(
+        dtype: DType,
+        shape: Vec<usize>,
+        bytes: &[u8],
+    ) -> std::result::Result<Self, TensorSizeError> {
+        // Checked: a wrapped product must not size the allocation.
+        let n = shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
+        let expected = n.and_then(|n| n.checked_mul(dtype.size()));
+        let Some(n) = n.filter(|_| expected == Some(bytes.len())) else {
+            return Err(TensorSizeError {
+                dtype,
+                shape,
+                expected: expected.unwrap_or(usize::MAX),
+                got: bytes.len(),
+            });
+        };
+        let mut t = F32Tensor::with_capacity(dtype, shape, n);
+        t.extend(bytes);
+        Ok(t)
+    }
+
+    /// Appends the values of `b` (little-endian `dtype` elements), looking for the first
+    /// non-finite one while they are still in cache.
+    pub(crate) fn extend(&mut self, b: &[u8]) {
+        let dtype = self.dtype;
+        // A multiple of every element size; small enough to stay in L2 between copy and scan.
+        const CHUNK: usize = 64 << 10;
+        for c in b.chunks(CHUNK) {
+            let start = self.data.len();
+            extend_f32(dtype, c, &mut self.data);
+            if self.first_non_finite.is_none() {
+                self.first_non_finite = first_non_finite(&self.data[start..]).map(|i| start + i);
+            }
+        }
+    }
+
+    /// Bytes the tensor holds as stored in the file.
+    pub(crate) fn stored_bytes(&self) -> usize {
+        self.data.len() * self.dtype.size()
+    }
+}
+
+/// Index of the first NaN or infinite value of `x`.
+fn first_non_finite(x: &[f32]) -> Option<usize> {
+    // An exponent of all ones is NaN or ±inf. A branch-free OR over the chunk (vectorised);
+    // the search runs only when it found one.
+    let any = x.iter().fold(0u32, |a, v| {
+        a | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+    });
+    if any == 0 {
+        return None;
+    }
+    x.iter().position(|v| !v.is_finite())
+}
+
+/// An empty vector with room for `n` values, about to be written in full. On Linux, a large one
+/// has its pages faulted in by one `madvise(MADV_POPULATE_WRITE)` call rather than one page
+/// fault per page as it is written (a hint; contents unchanged, failures ignored).
+fn prefaulted(n: usize) -> Vec<f32> {
+    let v: Vec<f32> = Vec::with_capacity(n);
+    #[cfg(target_os = "linux")]
+    if n * 4 >= 1 << 20 {
+        const MADV_POPULATE_WRITE: i32 = 23;
+        const PAGE: usize = 4096;
+        extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (v.as_ptr() as usize + n * 4) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the whole pages of the vector's own allocation; populating them for writing
+            // leaves their (uninitialised, unread) contents as they are.
+            unsafe {
+                madvise(
+                    start as *mut std::ffi::c_void,
+                    end - start,
+                    MADV_POPULATE_WRITE,
+                );
+            }
+        }
+    }
+    v
+}
+
+/// A decoded pickle value (the subset torch checkpoints use).
+pub type Value = Tree<TensorData>;
+
+/// A decoded pickle value whose tensors are `T`s: [`Value`] (tensors as stored) — or, inside the
+/// crate, tensors converted to f32 as they are read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tree<T> {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    List(Vec<Value>),
-    Tuple(Vec<Value>),
+    List(Vec<Tree<T>>),
+    Tuple(Vec<Tree<T>>),
     /// Insertion ordered (both `dict` and `collections.OrderedDict`).
-    Dict(Vec<(Value, Value)>),
-    Tensor(TensorData),
+    Dict(Vec<(Tree<T>, Tree<T>)>),
+    Tensor(T),
 }
 
-impl Value {
+impl<T> Tree<T> {
     /// Entry of a dict under a string key.
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    pub fn get(&self, key: &str) -> Option<&Tree<T>> {
         self.as_dict()?.iter().find_map(|(k, v)| match k {
-            Value::Str(s) if s == key => Some(v),
+            Tree::Str(s) if s == key => Some(v),
             _ => None,
         })
     }
 
     /// Entry of a dict under an integer key (e.g. optimizer `state[0]`).
-    pub fn get_int(&self, key: i64) -> Option<&Value> {
+    pub fn get_int(&self, key: i64) -> Option<&Tree<T>> {
         self.as_dict()?.iter().find_map(|(k, v)| match k {
-            Value::Int(i) if *i == key => Some(v),
+            Tree::Int(i) if *i == key => Some(v),
             _ => None,
         })
     }
 
-    pub fn as_dict(&self) -> Option<&[(Value, Value)]> {
+    pub fn as_dict(&self) -> Option<&[(Tree<T>, Tree<T>)]> {
         match self {
-            Value::Dict(d) => Some(d),
+            Tree::Dict(d) => Some(d),
             _ => None,
         }
     }
 
     /// Items of a list or a tuple.
-    pub fn as_seq(&self) -> Option<&[Value]> {
+    pub fn as_seq(&self) -> Option<&[Tree<T>]> {
         match self {
-            Value::List(v) | Value::Tuple(v) => Some(v),
+            Tree::List(v) | Tree::Tuple(v) => Some(v),
             _ => None,
         }
     }
 
-    pub fn as_tensor(&self) -> Option<&TensorData> {
+    pub fn as_tensor(&self) -> Option<&T> {
         match self {
-            Value::Tensor(t) => Some(t),
+            Tree::Tensor(t) => Some(t),
             _ => None,
         }
     }
 
     pub fn as_int(&self) -> Option<i64> {
         match self {
-            Value::Int(i) => Some(*i),
-            Value::Bool(b) => Some(*b as i64),
+            Tree::Int(i) => Some(*i),
+            Tree::Bool(b) => Some(*b as i64),
             _ => None,
         }
     }
@@ -343,45 +473,45 @@ impl Value {
     /// Float or int as f64.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
-            Value::Float(f) => Some(*f),
-            Value::Int(i) => Some(*i as f64),
+            Tree::Float(f) => Some(*f),
+            Tree::Int(i) => Some(*i as f64),
             _ => None,
         }
     }
 
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            Value::Str(s) => Some(s),
+            Tree::Str(s) => Some(s),
             _ => None,
         }
     }
 
     pub fn as_bool(&self) -> Option<bool> {
         match self {
-            Value::Bool(b) => Some(*b),
+            Tree::Bool(b) => Some(*b),
             _ => None,
         }
     }
 
     pub fn is_none(&self) -> bool {
-        matches!(self, Value::None)
+        matches!(self, Tree::None)
     }
 
     /// A dict with string keys in the given order.
-    pub fn str_dict<K: Into<String>>(items: impl IntoIterator<Item = (K, Value)>) -> Value {
-        Value::Dict(
+    pub fn str_dict<K: Into<String>>(items: impl IntoIterator<Item = (K, Tree<T>)>) -> Tree<T> {
+        Tree::Dict(
             items
                 .into_iter()
-                .map(|(k, v)| (Value::Str(k.into()), v))
+                .map(|(k, v)| (Tree::Str(k.into()), v))
                 .collect(),
         )
     }
 
     /// A state dict value from `(name, tensor)` pairs.
-    pub fn from_state_dict(sd: Vec<(String, TensorData)>) -> Value {
-        Value::Dict(
+    pub fn from_state_dict(sd: Vec<(String, T)>) -> Tree<T> {
+        Tree::Dict(
             sd.into_iter()
-                .map(|(k, t)| (Value::Str(k), Value::Tensor(t)))
+                .map(|(k, t)| (Tree::Str(k), Tree::Tensor(t)))
                 .collect(),
         )
     }
@@ -389,16 +519,16 @@ impl Value {
     /// Short type name for error messages.
     pub fn type_name(&self) -> &'static str {
         match self {
-            Value::None => "None",
-            Value::Bool(_) => "bool",
-            Value::Int(_) => "int",
-            Value::Float(_) => "float",
-            Value::Str(_) => "str",
-            Value::Bytes(_) => "bytes",
-            Value::List(_) => "list",
-            Value::Tuple(_) => "tuple",
-            Value::Dict(_) => "dict",
-            Value::Tensor(_) => "tensor",
+            Tree::None => "None",
+            Tree::Bool(_) => "bool",
+            Tree::Int(_) => "int",
+            Tree::Float(_) => "float",
+            Tree::Str(_) => "str",
+            Tree::Bytes(_) => "bytes",
+            Tree::List(_) => "list",
+            Tree::Tuple(_) => "tuple",
+            Tree::Dict(_) => "dict",
+            Tree::Tensor(_) => "tensor",
         }
     }
 }
@@ -425,7 +555,59 @@ pub fn state_dict_from_named(value: &Value, path: &Path) -> Result<Vec<(String, 
 }
 
 /// [`state_dict_from_named`] borrowing the tensors from `value` (no copy of their bytes).
-pub fn state_dict_refs<'v>(value: &'v Value, path: &Path) -> Result<Vec<(String, &'v TensorData)>> {
+pub fn state_dict_refs<'v, T>(value: &'v Tree<T>, path: &Path) -> Result<Vec<(String, &'v T)>> {
+    let (items, names) = locate_state_dict(value, path)?;
+    Ok(names
+        .into_iter()
+        .zip(items)
+        .filter_map(|(name, (_, v))| Some((name, v.as_tensor()?)))
+        .collect())
+}
+
+/// [`state_dict_refs`] taking the tensors out of `value` (no copy of their data).
+pub(crate) fn into_state_dict<T>(value: Tree<T>, path: &Path) -> Result<Vec<(String, T)>> {
+    let names = locate_state_dict(&value, path)?.1;
+    let slot = state_dict_slot(&value);
+    let Tree::Dict(top) = value else {
+        unreachable!("checked by locate_state_dict")
+    };
+    let items = match slot {
+        Some((i, _)) => match top.into_iter().nth(i) {
+            Some((_, Tree::Dict(d))) => d,
+            _ => unreachable!("checked by locate_state_dict"),
+        },
+        None => top,
+    };
+    Ok(names
+        .into_iter()
+        .zip(items)
+        .filter_map(|(name, (_, v))| match v {
+            Tree::Tensor(t) => Some((name, t)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Where the state dict of a training checkpoint is: the index of the top-level `"model"` (else
+/// `"state_dict"`) entry and its field prefix for errors; `None` for a bare state dict.
+fn state_dict_slot<T>(value: &Tree<T>) -> Option<(usize, &'static str)> {
+    let top = value.as_dict()?;
+    let find = |key: &str| {
+        top.iter()
+            .position(|(k, _)| matches!(k, Tree::Str(s) if s == key))
+    };
+    find("model")
+        .map(|i| (i, "model."))
+        .or_else(|| find("state_dict").map(|i| (i, "state_dict.")))
+}
+
+/// The state dict's entries in `value` with their parameter names (DDP's prefix stripped), after
+/// checking that every key is a string, every value a tensor and no name repeats.
+#[allow(clippy::type_complexity)]
+fn locate_state_dict<'v, T>(
+    value: &'v Tree<T>,
+    path: &Path,
+) -> Result<(&'v [(Tree<T>, Tree<T>)], Vec<String>)> {
     let top = value.as_dict().ok_or_else(|| {
         CheckpointError::format(
             path,
@@ -435,25 +617,21 @@ pub fn state_dict_refs<'v>(value: &'v Value, path: &Path) -> Result<Vec<(String,
             ),
         )
     })?;
-    let (dict, field_prefix) = if let Some(m) = value.get("model") {
-        (m, "model.")
-    } else if let Some(m) = value.get("state_dict") {
-        (m, "state_dict.")
-    } else {
-        (value, "")
+    let (items, field_prefix) = match state_dict_slot(value) {
+        None => (top, ""),
+        Some((i, field_prefix)) => {
+            let dict = &top[i].1;
+            let items = dict.as_dict().ok_or_else(|| {
+                CheckpointError::field(
+                    path,
+                    field_prefix.trim_end_matches('.'),
+                    format!("expected a dict of tensors, found {}", dict.type_name()),
+                )
+            })?;
+            (items, field_prefix)
+        }
     };
-    let items = if field_prefix.is_empty() {
-        top
-    } else {
-        dict.as_dict().ok_or_else(|| {
-            CheckpointError::field(
-                path,
-                field_prefix.trim_end_matches('.'),
-                format!("expected a dict of tensors, found {}", dict.type_name()),
-            )
-        })?
-    };
-    let mut out = Vec::with_capacity(items.len());
+    let mut names = Vec::with_capacity(items.len());
     let mut seen = std::collections::HashSet::new();
     // An error about the entry `key` of the state dict.
     let entry_err =
@@ -463,15 +641,129 @@ pub fn state_dict_refs<'v>(value: &'v Value, path: &Path) -> Result<Vec<(String,
             let msg = format!("state dict key is a {}, expected str", k.type_name());
             entry_err("<key>", msg)
         })?;
-        let t = v
-            .as_tensor()
-            .ok_or_else(|| entry_err(key, format!("expected a tensor, found {}", v.type_name())))?;
+        if v.as_tensor().is_none() {
+            return Err(entry_err(
+                key,
+                format!("expected a tensor, found {}", v.type_name()),
+            ));
+        }
         let name = key.strip_prefix(DDP_PREFIX).unwrap_or(key).to_string();
         if !seen.insert(name.clone()) {
             let msg = format!("duplicate parameter `{name}` after stripping `{DDP_PREFIX}`");
             return Err(entry_err(key, msg));
         }
-        out.push((name, t));
+        names.push(name);
     }
-    Ok(out)
+    Ok((items, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// One pass (convert + finite check, chunk by chunk) gives the values of `to_f32` bit for
+    /// bit, for every dtype, and the index of the first non-finite value wherever it falls.
+    #[test]
+    fn f32_tensor_matches_to_f32_and_finds_the_first_non_finite() {
+        let n = 40_000; // several conversion chunks for every element size
+        let vals: Vec<f64> = (0..n).map(|i| (i as f64 * 0.731).sin() * 300.0).collect();
+        let cases: Vec<(DType, Vec<u8>)> = vec![
+            (
+                DType::F32,
+                vals.iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F16,
+                vals.iter()
+                    .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::BF16,
+                vals.iter()
+                    .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F64,
+                vals.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+            ),
+            (
+                DType::I64,
+                vals.iter()
+                    .flat_map(|&v| (v as i64).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::I32,
+                vals.iter()
+                    .flat_map(|&v| (v as i32).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::I16,
+                vals.iter()
+                    .flat_map(|&v| (v as i16).to_le_bytes())
+                    .collect(),
+            ),
+            (DType::I8, vals.iter().map(|&v| v as i8 as u8).collect()),
+            (DType::U8, vals.iter().map(|&v| v as u8).collect()),
+            (
+                DType::Bool,
+                vals.iter().map(|&v| u8::from(v > 0.0)).collect(),
+            ),
+        ];
+        for (dtype, bytes) in cases {
+            let want = TensorData::new(dtype, vec![n / 100, 100], bytes.clone())
+                .unwrap()
+                .to_f32()
+                .unwrap();
+            let t = F32Tensor::from_bytes(dtype, vec![n / 100, 100], &bytes).unwrap();
+            assert_eq!(bits(&t.data), bits(&want), "{dtype}");
+            assert_eq!(t.first_non_finite, None, "{dtype}");
+            assert_eq!(t.stored_bytes(), bytes.len());
+        }
+        // Non-finite values: the first one is found (a later one does not matter), in the
+        // first chunk or a later one.
+        for (at, v) in [
+            (0, f32::NAN),
+            (20_000, f32::INFINITY),
+            (39_999, f32::NEG_INFINITY),
+        ] {
+            let mut x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            x[at] = v;
+            if at + 7 < n {
+                x[at + 7] = f32::NAN;
+            }
+            let bytes = TensorData::from_f32(vec![n], &x).bytes;
+            let t = F32Tensor::from_bytes(DType::F32, vec![n], &bytes).unwrap();
+            assert_eq!(t.first_non_finite, Some(at));
+            assert_eq!(t.data[at].to_bits(), v.to_bits());
+        }
+        let mut h: Vec<u8> = (0..n)
+            .flat_map(|i| half::f16::from_f32(i as f32).to_le_bytes())
+            .collect();
+        h[2 * 33_000..2 * 33_000 + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        let t = F32Tensor::from_bytes(DType::F16, vec![n], &h).unwrap();
+        assert_eq!(t.first_non_finite, Some(33_000));
+    }
+
+    /// A byte count that does not fit the shape is the error `TensorData::new` gives, also when
+    /// the shape's product overflows.
+    #[test]
+    fn f32_tensor_size_errors() {
+        let e = F32Tensor::from_bytes(DType::F32, vec![3], &[0; 8]).unwrap_err();
+        assert_eq!(
+            e,
+            TensorData::new(DType::F32, vec![3], vec![0; 8]).unwrap_err()
+        );
+        let e = F32Tensor::from_bytes(DType::F16, vec![usize::MAX, 2], &[]).unwrap_err();
+        assert_eq!(e.got, 0);
+    }
 }

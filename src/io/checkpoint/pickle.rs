@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use super::{CheckpointError, DType, Result, TensorData, Value};
+use super::{CheckpointError, DType, F32Tensor, Result, TensorData, Tree, Value};
 
 /// Resource caps for the unpickler (denial-of-service protection).
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
 }
 
 #[derive(Debug)]
-enum Obj {
+enum Obj<T> {
     None,
     Bool(bool),
     Int(i64),
@@ -82,12 +82,12 @@ enum Obj {
     List(Vec<Id>),
     Tuple(Vec<Id>),
     Dict(Vec<(Id, Id)>),
-    Tensor(TensorData),
+    Tensor(T),
     Global(Global),
     Storage { dtype: DType, key: String },
 }
 
-impl Obj {
+impl<T> Obj<T> {
     fn kind(&self) -> &'static str {
         match self {
             Obj::None => "None",
@@ -132,13 +132,13 @@ pub(crate) trait StorageSource {
     fn loaded_bytes(&self) -> usize;
 }
 
-struct Unpickler<'a, S: StorageSource> {
+struct Unpickler<'a, S: StorageSource, T> {
     path: &'a Path,
     data: &'a [u8],
     pos: usize,
     /// Offset of the opcode being executed (for errors).
     op_pos: usize,
-    objs: Vec<Obj>,
+    objs: Vec<Obj<T>>,
     stack: Vec<Id>,
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
@@ -153,13 +153,13 @@ struct Unpickler<'a, S: StorageSource> {
     tensor_refs: HashMap<Id, usize>,
 }
 
-/// Unpickles `data` (the contents of `data.pkl`) into a [`Value`].
-pub(crate) fn unpickle<S: StorageSource>(
+/// Unpickles `data` (the contents of `data.pkl`) into a [`Tree`] of `T` tensors.
+pub(crate) fn unpickle<S: StorageSource, T: TensorOut>(
     path: &Path,
     data: &[u8],
     storages: S,
     limits: &Limits,
-) -> Result<Value> {
+) -> Result<Tree<T>> {
     let mut u = Unpickler {
         path,
         data,
@@ -182,7 +182,7 @@ pub(crate) fn unpickle<S: StorageSource>(
     u.take_value(root, 0, &mut nodes)
 }
 
-impl<'a, S: StorageSource> Unpickler<'a, S> {
+impl<'a, S: StorageSource, T: TensorOut> Unpickler<'a, S, T> {
     fn err(&self, msg: impl Into<String>) -> CheckpointError {
         CheckpointError::Pickle {
             path: self.path.to_path_buf(),
@@ -226,21 +226,21 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
     }
 
     /// The text-line argument of `opcode`, `clean`ed and parsed.
-    fn line_arg<T: std::str::FromStr>(
+    fn line_arg<A: std::str::FromStr>(
         &mut self,
         opcode: &str,
         clean: fn(&str) -> &str,
-    ) -> Result<T> {
+    ) -> Result<A> {
         let s = self.line()?;
         self.parse_arg(s, opcode, clean)
     }
 
-    fn parse_arg<T: std::str::FromStr>(
+    fn parse_arg<A: std::str::FromStr>(
         &self,
         s: &str,
         opcode: &str,
         clean: fn(&str) -> &str,
-    ) -> Result<T> {
+    ) -> Result<A> {
         clean(s)
             .parse()
             .map_err(|_| self.err(format!("bad {opcode} argument {s:?}")))
@@ -267,7 +267,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         Ok(n as usize)
     }
 
-    fn alloc(&mut self, o: Obj) -> Result<Id> {
+    fn alloc(&mut self, o: Obj<T>) -> Result<Id> {
         if self.objs.len() >= self.limits.max_objects {
             return Err(self.err(format!(
                 "too many objects (cap {})",
@@ -278,7 +278,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         Ok(self.objs.len() - 1)
     }
 
-    fn push(&mut self, o: Obj) -> Result<()> {
+    fn push(&mut self, o: Obj<T>) -> Result<()> {
         let id = self.alloc(o)?;
         self.stack.push(id);
         Ok(())
@@ -655,7 +655,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         }
     }
 
-    fn persistent_load(&mut self, pid: Id) -> Result<Obj> {
+    fn persistent_load(&mut self, pid: Id) -> Result<Obj<T>> {
         let t = self.tuple_of(pid, "persistent id")?;
         if t.len() < 4 {
             return Err(self.err(format!(
@@ -683,7 +683,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         Ok(Obj::Storage { dtype, key })
     }
 
-    fn reduce(&mut self, f: Id, args: Id) -> Result<Reduced> {
+    fn reduce(&mut self, f: Id, args: Id) -> Result<Reduced<T>> {
         let g = match self.objs[f] {
             Obj::Global(g) => g,
             ref o => return Err(self.err(format!("REDUCE on a {}, not a callable", o.kind()))),
@@ -740,14 +740,16 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                 let storage_budget = limit.saturating_sub(sources.loaded_bytes());
                 let storage = sources.load(&key, dtype, storage_budget)?;
                 let budget = limit.saturating_sub(self.tensor_bytes);
-                let bytes = materialize(&storage, dtype.size(), offset, &size, &stride, budget)
-                    .map_err(|m| self.err(format!("tensor on storage {key:?}: {m}")))?;
-                self.tensor_bytes += bytes.len();
-                Ok(Reduced::New(Obj::Tensor(TensorData {
+                let view = View {
                     dtype,
-                    shape: size,
-                    bytes,
-                })))
+                    offset,
+                    size,
+                    stride: &stride,
+                };
+                let t = T::from_view(&storage, view, budget)
+                    .map_err(|m| self.err(format!("tensor on storage {key:?}: {m}")))?;
+                self.tensor_bytes += t.stored_bytes();
+                Ok(Reduced::New(Obj::Tensor(t)))
             }
             Global::RebuildParameter => match a.first().map(|&i| &self.objs[i]) {
                 Some(Obj::Tensor(_)) => Ok(Reduced::Existing(a[0])),
@@ -815,7 +817,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
         Ok(())
     }
 
-    fn take_value(&mut self, id: Id, depth: usize, nodes: &mut usize) -> Result<Value> {
+    fn take_value(&mut self, id: Id, depth: usize, nodes: &mut usize) -> Result<Tree<T>> {
         if depth > self.limits.max_depth {
             return Err(self.err(format!(
                 "nesting deeper than the cap of {} levels (or a cyclic structure)",
@@ -830,10 +832,10 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
             )));
         }
         Ok(match &self.objs[id] {
-            Obj::None => Value::None,
-            Obj::Bool(b) => Value::Bool(*b),
-            Obj::Int(i) => Value::Int(*i),
-            Obj::Float(f) => Value::Float(*f),
+            Obj::None => Tree::None,
+            Obj::Bool(b) => Tree::Bool(*b),
+            Obj::Int(i) => Tree::Int(*i),
+            Obj::Float(f) => Tree::Float(*f),
             Obj::Str(_) | Obj::Bytes(_) => {
                 let n = match &self.objs[id] {
                     Obj::Str(s) => s.len(),
@@ -843,8 +845,8 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                 // Charged before the copy is made.
                 self.charge_string(n)?;
                 match &self.objs[id] {
-                    Obj::Str(s) => Value::Str(s.clone()),
-                    Obj::Bytes(b) => Value::Bytes(b.clone()),
+                    Obj::Str(s) => Tree::Str(s.clone()),
+                    Obj::Bytes(b) => Tree::Bytes(b.clone()),
                     _ => unreachable!("matched above"),
                 }
             }
@@ -856,15 +858,15 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                     .map(|i| self.take_value(i, depth + 1, nodes))
                     .collect::<Result<_>>()?;
                 if is_list {
-                    Value::List(items)
+                    Tree::List(items)
                 } else {
-                    Value::Tuple(items)
+                    Tree::Tuple(items)
                 }
             }
             Obj::Dict(pairs) => {
                 let pairs = pairs.clone();
                 // Python semantics: a repeated key replaces the value in place.
-                let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
+                let mut out: Vec<(Tree<T>, Tree<T>)> = Vec::with_capacity(pairs.len());
                 let mut index: HashMap<HashKey, usize> = HashMap::new();
                 for (k, v) in pairs {
                     let kv = self.take_value(k, depth + 1, nodes)?;
@@ -880,7 +882,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                         None => out.push((kv, vv)),
                     }
                 }
-                Value::Dict(out)
+                Tree::Dict(out)
             }
             Obj::Tensor(_) => {
                 let left = self.tensor_refs.get_mut(&id).map(|c| {
@@ -889,13 +891,13 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                 });
                 if left == Some(0) {
                     match std::mem::replace(&mut self.objs[id], Obj::None) {
-                        Obj::Tensor(t) => Value::Tensor(t),
+                        Obj::Tensor(t) => Tree::Tensor(t),
                         _ => unreachable!(),
                     }
                 } else {
                     // A tensor referenced again is copied: the copy counts against the cap.
                     let n = match &self.objs[id] {
-                        Obj::Tensor(t) => t.bytes.len(),
+                        Obj::Tensor(t) => t.stored_bytes(),
                         _ => unreachable!(),
                     };
                     self.tensor_bytes = self.tensor_bytes.saturating_add(n);
@@ -906,7 +908,7 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
                         )));
                     }
                     match &self.objs[id] {
-                        Obj::Tensor(t) => Value::Tensor(t.clone()),
+                        Obj::Tensor(t) => Tree::Tensor(t.clone()),
                         _ => unreachable!(),
                     }
                 }
@@ -921,8 +923,8 @@ impl<'a, S: StorageSource> Unpickler<'a, S> {
     }
 }
 
-enum Reduced {
-    New(Obj),
+enum Reduced<T> {
+    New(Obj<T>),
     Existing(Id),
 }
 
@@ -932,11 +934,11 @@ enum HashKey {
     Int(i64),
 }
 
-fn hash_key(v: &Value) -> Option<HashKey> {
+fn hash_key<T>(v: &Tree<T>) -> Option<HashKey> {
     match v {
-        Value::Str(s) => Some(HashKey::Str(s.clone())),
-        Value::Int(i) => Some(HashKey::Int(*i)),
-        Value::Bool(b) => Some(HashKey::Int(*b as i64)),
+        Tree::Str(s) => Some(HashKey::Str(s.clone())),
+        Tree::Int(i) => Some(HashKey::Int(*i)),
+        Tree::Bool(b) => Some(HashKey::Int(*b as i64)),
         _ => None,
     }
 }
@@ -959,17 +961,90 @@ fn long_from_le(b: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(buf))
 }
 
-/// Copies the (possibly strided) view `offset/size/stride` (in elements) of a
-/// storage into a contiguous buffer of at most `budget` bytes (checked before
-/// allocating: a stride-0 view may claim far more elements than its storage).
-pub(crate) fn materialize(
+/// A view `offset/size/stride` (in elements) of a storage of `dtype` elements, as
+/// `_rebuild_tensor_v2` gives it.
+pub(crate) struct View<'s> {
+    pub dtype: DType,
+    pub offset: usize,
+    pub size: Vec<usize>,
+    pub stride: &'s [usize],
+}
+
+/// The tensor type an unpickler builds from each storage view.
+pub(crate) trait TensorOut: Sized + Clone {
+    /// The view's elements copied out of `storage` (little-endian bytes), in row-major order;
+    /// at most `budget` bytes as stored, checked before anything is allocated.
+    fn from_view(
+        storage: &[u8],
+        view: View<'_>,
+        budget: usize,
+    ) -> std::result::Result<Self, String>;
+
+    /// Bytes of the tensor as stored (what [`Limits::max_tensor_bytes`] counts).
+    fn stored_bytes(&self) -> usize;
+}
+
+/// Tensors as stored: their bytes.
+impl TensorOut for TensorData {
+    fn from_view(
+        storage: &[u8],
+        view: View<'_>,
+        budget: usize,
+    ) -> std::result::Result<Self, String> {
+        let elem = view.dtype.size();
+        let bytes = materialize(storage, elem, view.offset, &view.size, view.stride, budget)?;
+        Ok(TensorData {
+            dtype: view.dtype,
+            shape: view.size,
+            bytes,
+        })
+    }
+    fn stored_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Tensors converted to f32 on the way out of the storage: one copy, no intermediate bytes.
+impl TensorOut for F32Tensor {
+    fn from_view(
+        storage: &[u8],
+        view: View<'_>,
+        budget: usize,
+    ) -> std::result::Result<Self, String> {
+        let elem = view.dtype.size();
+        let (offset, stride) = (view.offset, view.stride);
+        let plan = check_view(storage, elem, offset, &view.size, stride, budget)?;
+        let mut t = F32Tensor::with_capacity(view.dtype, Vec::new(), plan.numel);
+        walk_view(storage, elem, offset, &view.size, stride, plan, |b| {
+            t.extend(b)
+        });
+        t.shape = view.size;
+        Ok(t)
+    }
+    fn stored_bytes(&self) -> usize {
+        F32Tensor::stored_bytes(self)
+    }
+}
+
+/// What [`check_view`] found: the element count (0: nothing to read) and whether the view is
+/// one contiguous run of the storage.
+#[derive(Clone, Copy)]
+struct ViewPlan {
+    numel: usize,
+    contiguous: bool,
+}
+
+/// Checks the view `offset/size/stride` (in elements) against the storage (ranks, overflow,
+/// bounds) and its byte size against `budget`; a stride-0 view may claim far more elements than
+/// its storage, so this comes before any allocation.
+fn check_view(
     storage: &[u8],
     elem: usize,
     offset: usize,
     size: &[usize],
     stride: &[usize],
     budget: usize,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<ViewPlan, String> {
     if size.len() != stride.len() {
         return Err(format!(
             "size {size:?} and stride {stride:?} have different ranks"
@@ -980,7 +1055,10 @@ pub(crate) fn materialize(
         .try_fold(1usize, |a, &s| a.checked_mul(s))
         .ok_or_else(|| format!("size {size:?} overflows"))?;
     if numel == 0 {
-        return Ok(Vec::new());
+        return Ok(ViewPlan {
+            numel,
+            contiguous: true,
+        });
     }
     let storage_numel = storage.len() / elem;
     // Largest element index touched.
@@ -1016,15 +1094,32 @@ pub(crate) fn materialize(
         }
         expect *= s;
     }
-    if contiguous {
-        return Ok(storage[offset * elem..offset * elem + total].to_vec());
+    Ok(ViewPlan { numel, contiguous })
+}
+
+/// Hands the bytes of a view checked by [`check_view`] to `emit` in row-major order: one slice
+/// for a contiguous view, else one per element.
+fn walk_view(
+    storage: &[u8],
+    elem: usize,
+    offset: usize,
+    size: &[usize],
+    stride: &[usize],
+    plan: ViewPlan,
+    mut emit: impl FnMut(&[u8]),
+) {
+    if plan.numel == 0 {
+        return;
     }
-    let mut out = Vec::with_capacity(total);
+    if plan.contiguous {
+        emit(&storage[offset * elem..(offset + plan.numel) * elem]);
+        return;
+    }
     let nd = size.len();
     let mut idx = vec![0usize; nd];
     let mut pos = offset;
-    for _ in 0..numel {
-        out.extend_from_slice(&storage[pos * elem..(pos + 1) * elem]);
+    for _ in 0..plan.numel {
+        emit(&storage[pos * elem..(pos + 1) * elem]);
         // Increment the multi-index (row-major), updating the element position.
         for d in (0..nd).rev() {
             idx[d] += 1;
@@ -1036,6 +1131,24 @@ pub(crate) fn materialize(
             idx[d] = 0;
         }
     }
+}
+
+/// Copies the (possibly strided) view `offset/size/stride` (in elements) of a
+/// storage into a contiguous buffer of at most `budget` bytes (checked before
+/// allocating: a stride-0 view may claim far more elements than its storage).
+pub(crate) fn materialize(
+    storage: &[u8],
+    elem: usize,
+    offset: usize,
+    size: &[usize],
+    stride: &[usize],
+    budget: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let plan = check_view(storage, elem, offset, size, stride, budget)?;
+    let mut out = Vec::with_capacity(plan.numel * elem);
+    walk_view(storage, elem, offset, size, stride, plan, |b| {
+        out.extend_from_slice(b)
+    });
     Ok(out)
 }
 
@@ -1282,5 +1395,66 @@ mod tests {
         assert_eq!(v, vec![2, 3, 4, 2, 3, 4]);
         // a stride-0 view claiming 10^12 elements is refused before allocating
         assert!(materialize(&s, 1, 0, &[1_000_000, 1_000_000], &[0, 0], 1 << 30).is_err());
+    }
+
+    /// The f32 tensors built straight from a storage view hold exactly what the stored bytes
+    /// convert to, for contiguous, strided and expanded views, and fail as `materialize` does.
+    #[test]
+    fn f32_views_match_materialized_bytes() {
+        let vals: Vec<f32> = (0..24).map(|i| i as f32 * 0.37 - 3.0).collect();
+        let f32_storage = TensorData::from_f32(vec![24], &vals).bytes;
+        let f16_storage: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let i64_storage: Vec<u8> = (0..24i64).flat_map(|v| (v - 7).to_le_bytes()).collect();
+        let views: [(usize, &[usize], &[usize]); 5] = [
+            (0, &[24], &[1]),
+            (3, &[4, 5], &[5, 1]),
+            (0, &[4, 6], &[1, 4]),
+            (2, &[2, 3], &[0, 1]),
+            (0, &[0, 5], &[5, 1]),
+        ];
+        for (dtype, storage) in [
+            (DType::F32, &f32_storage),
+            (DType::F16, &f16_storage),
+            (DType::I64, &i64_storage),
+        ] {
+            for &(offset, size, stride) in &views {
+                let view = || View {
+                    dtype,
+                    offset,
+                    size: size.to_vec(),
+                    stride,
+                };
+                let bytes = TensorData::from_view(storage, view(), 1 << 20).unwrap();
+                let t = F32Tensor::from_view(storage, view(), 1 << 20).unwrap();
+                let want = bytes.to_f32().unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&t.data),
+                    bits(&want),
+                    "{dtype} {offset} {size:?} {stride:?}"
+                );
+                assert_eq!(t.shape, bytes.shape);
+                assert_eq!(t.stored_bytes(), bytes.stored_bytes());
+                assert_eq!(t.first_non_finite, None);
+            }
+            let bad = |size: &[usize], stride: &'static [usize], budget| {
+                let view = || View {
+                    dtype,
+                    offset: 1,
+                    size: size.to_vec(),
+                    stride,
+                };
+                let a = TensorData::from_view(storage, view(), budget).unwrap_err();
+                let b = F32Tensor::from_view(storage, view(), budget).unwrap_err();
+                assert_eq!(a, b);
+            };
+            bad(&[24], &[1], 1 << 20); // past the end
+            bad(&[4], &[1], 3); // over the budget
+            bad(&[4, 2], &[1], 1 << 20); // ranks differ
+            bad(&[1_000_000, 1_000_000], &[0, 0], 1 << 30); // stride 0, huge
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! Loading maps the file into memory when it can: a storage record that is stored (not
 //! deflated) in a little-endian archive — what `torch.save` writes — is then sliced out of the
 //! mapping and copied once, straight into its tensor, instead of being read into a growing
-//! buffer first. Such slices skip the zip CRC check (as `torch.load(mmap=True)` does); sizes,
+//! buffer first; the model loaders' reader (`load_pth_f32`) converts it to f32 in that same copy,
+//! looking for NaN/infinity on the way. Such slices skip the zip CRC check (as `torch.load(mmap=True)` does); sizes,
 //! bounds and limits are checked as for read records. Deflated records, big-endian archives and
 //! files that cannot be mapped are read as before. As with any mapped file, another process
 //! truncating the checkpoint while it loads can crash this one.
@@ -19,8 +20,8 @@ use std::path::Path;
 use std::rc::Rc;
 
 pub use super::pickle::Limits;
-use super::pickle::{pickle_value, unpickle, StorageBytes, StorageSource};
-use super::{CheckpointError, DType, Result, Value};
+use super::pickle::{pickle_value, unpickle, StorageBytes, StorageSource, TensorOut};
+use super::{CheckpointError, DType, F32Tensor, Result, Tree, Value};
 use crate::io::atomic::write_atomic;
 
 /// Loads a torch zip checkpoint with default [`Limits`].
@@ -31,7 +32,17 @@ pub fn load_pth(path: impl AsRef<Path>) -> Result<Value> {
 /// Loads a torch zip checkpoint. `limits.max_tensor_bytes` is further capped at
 /// 4 × the declared size of the archive's data records + 1 GiB.
 pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<Value> {
-    let path = path.as_ref();
+    load_pth_as(path.as_ref(), limits)
+}
+
+/// [`load_pth`] with every tensor converted to f32 as it is read (NaN/infinity noted), for the
+/// model loaders: one copy from the file into the buffer the model keeps.
+pub(crate) fn load_pth_f32(path: &Path) -> Result<Tree<F32Tensor>> {
+    load_pth_as(path, &Limits::default())
+}
+
+/// [`load_pth_with_limits`] with tensors of type `T`.
+fn load_pth_as<T: TensorOut>(path: &Path, limits: &Limits) -> Result<Tree<T>> {
     let mut file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
     let mut magic = [0u8; 4];
     let n = file
@@ -65,12 +76,12 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
 }
 
 /// [`load_pth_with_limits`] on an opened archive; `mapped` is the whole file when it is mapped.
-fn load_zip<R: Read + Seek>(
+fn load_zip<R: Read + Seek, T: TensorOut>(
     path: &Path,
     reader: R,
     mapped: Option<&[u8]>,
     limits: &Limits,
-) -> Result<Value> {
+) -> Result<Tree<T>> {
     let zip_err = |e: zip::result::ZipError| CheckpointError::Zip {
         path: path.to_path_buf(),
         msg: e.to_string(),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::{CheckpointError, DType, Result, TensorData};
+use super::{CheckpointError, DType, F32Tensor, Result, TensorData, TensorSizeError};
 use crate::io::atomic::write_atomic;
 
 /// `__metadata__` key under which [`save_safetensors`] records the tensor
@@ -86,6 +86,33 @@ pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[(String, TensorData)]
 /// [`save_safetensors`] if present, otherwise in file (data offset) order.
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorData)>> {
     let path = path.as_ref();
+    let max = checked_size(path)?;
+    let buf = crate::io::limits::read_file_bounded(path, max)
+        .map_err(|e| CheckpointError::format(path, strip_path(path, &e.to_string())))?;
+    tensors_of(path, &buf, |dtype, shape, data| {
+        TensorData::new(dtype, shape, data.to_vec())
+    })
+}
+
+/// [`load_safetensors`] with every tensor converted to f32 as it is read (NaN/infinity noted),
+/// straight out of the file's mapping when it can be mapped: for the model loaders.
+pub(crate) fn load_safetensors_f32(path: &Path) -> Result<Vec<(String, F32Tensor)>> {
+    let max = checked_size(path)?;
+    let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+    // SAFETY: the mapping is only read, and lives until the tensors are copied out of it; as
+    // with `load_pth`, another process truncating the file meanwhile can crash this one.
+    match unsafe { memmap2::Mmap::map(&file) } {
+        Ok(map) if map.len() as u64 <= max => tensors_of(path, &map, F32Tensor::from_bytes),
+        _ => {
+            let buf = crate::io::limits::read_file_bounded(path, max)
+                .map_err(|e| CheckpointError::format(path, strip_path(path, &e.to_string())))?;
+            tensors_of(path, &buf, F32Tensor::from_bytes)
+        }
+    }
+}
+
+/// Checks that `path` is a regular file within the byte limit; returns the limit.
+fn checked_size(path: &Path) -> Result<u64> {
     // Tensor bytes up to the limit plus the JSON header (the format caps it at 100 MB).
     let max = crate::io::limits::Limits::current_or_default()
         .max_tensor_bytes
@@ -103,10 +130,18 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorDat
             ),
         ));
     }
-    let buf = crate::io::limits::read_file_bounded(path, max)
-        .map_err(|e| CheckpointError::format(path, strip_path(path, &e.to_string())))?;
-    let st = SafeTensors::deserialize(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&buf).map_err(|e| st_err(path, format!("{e:?}")))?;
+    Ok(max)
+}
+
+/// The tensors of the safetensors bytes `buf`, each made by `make` from its dtype, shape and
+/// data, in the order recorded by [`save_safetensors`] if present, otherwise in file order.
+fn tensors_of<T>(
+    path: &Path,
+    buf: &[u8],
+    make: impl Fn(DType, Vec<usize>, &[u8]) -> std::result::Result<T, TensorSizeError>,
+) -> Result<Vec<(String, T)>> {
+    let st = SafeTensors::deserialize(buf).map_err(|e| st_err(path, format!("{e:?}")))?;
+    let (_, meta) = SafeTensors::read_metadata(buf).map_err(|e| st_err(path, format!("{e:?}")))?;
     let infos = meta.tensors();
     let mut names: Vec<String> = infos.keys().cloned().collect();
     names.sort_by_key(|n| (infos[n].data_offsets, n.clone()));
@@ -136,7 +171,7 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorDat
                 format!("unsupported safetensors dtype {:?}", v.dtype()),
             )
         })?;
-        let t = TensorData::new(dtype, v.shape().to_vec(), v.data().to_vec())
+        let t = make(dtype, v.shape().to_vec(), v.data())
             .map_err(|e| CheckpointError::field(path, name.clone(), e.to_string()))?;
         out.push((name, t));
     }
