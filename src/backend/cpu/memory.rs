@@ -24,7 +24,10 @@ impl MemoryOps for CpuBackend {
     }
 
     fn scatter_into_zeros(&self, src: &Storage, view: &View, len: usize) -> Result<Storage> {
-        let mut out = vec![0.0f32; len];
+        // A recycled buffer zeroed in place: a fresh zeroed allocation page-faults every 4 KiB
+        // (pad_end in every windowed block).
+        let mut out = super::buffer(len);
+        out.fill(0.0);
         medsam_kernels::strided::scatter_add(host(src)?, strided(view), &mut out);
         Ok(Storage::Cpu(out))
     }
