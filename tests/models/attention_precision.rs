@@ -1,10 +1,12 @@
 //! Which arithmetic `ops::nn::attention` runs: bf16 only for inference under bf16 autocast on a
 //! CPU where bf16 attention pays (`medsam_kernels::attention::bf16_pays`); f32, bit for bit,
-//! without autocast and whenever the call records gradients.
+//! without autocast and whenever the call records gradients. `--precision int8` (int8 autocast)
+//! runs attention as bf16 autocast does unless `MEDSAM_INT8_REST=f32`.
 
 use medsam::autograd::no_grad;
 use medsam::ops::linalg::autocast_bf16;
 use medsam::ops::nn::{attention, RelPosArgs};
+use medsam::ops::quant::autocast_int8;
 use medsam::Tensor;
 use medsam_kernels::attention::{self as kernel, AttnDims, RelPosBias};
 use medsam_kernels::testing::Rng;
@@ -76,5 +78,29 @@ fn attention_precision_follows_autocast_and_recording() {
         want,
         "bf16 autocast inference (bf16_pays = {})",
         kernel::bf16_pays()
+    );
+    let int8_rest_f32 = std::env::var("MEDSAM_INT8_REST").as_deref() == Ok("f32");
+    let want = if kernel::bf16_pays() && !int8_rest_f32 {
+        &want16
+    } else {
+        &want32
+    };
+    let int8 = no_grad(|| {
+        autocast_int8(true, || {
+            attention(
+                &t(&q, nq, d),
+                &t(&k, nk, d),
+                &t(&v, nk, d),
+                scale,
+                Some(&rel),
+            )
+        })
+    })
+    .unwrap()
+    .to_vec()
+    .unwrap();
+    assert_eq!(
+        &int8, want,
+        "int8 autocast inference runs attention as bf16 does"
     );
 }

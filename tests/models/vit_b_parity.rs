@@ -56,6 +56,94 @@ fn vit_b_1024_matches_pytorch() {
     assert!(err <= 1e-3, "logits error {err}");
 }
 
+/// `--precision bf16` against f32 on the same full-size model and input: the mask (logits > 0)
+/// of one box keeps IoU ≥ 0.99 with the f32 mask (issue #20's accuracy bar); the errors are
+/// printed. On a CPU where bf16 does not pay it runs f32 and the IoU is 1.
+#[test]
+#[ignore = "full-size model: minutes and ~3 GB; run with --ignored and MEDSAM_PYTHON set"]
+fn vit_b_bf16_mask_matches_f32() {
+    reduced_precision_mask_matches_f32("bf16", |f| medsam::ops::linalg::autocast_bf16(true, f));
+}
+
+/// The same bar for `--precision int8`. Not met today: on these random weights (|logit| ≤ 0.3,
+/// so a small error moves the mask boundary) int8 reaches IoU 0.984 (0.988 with everything it
+/// does not quantize in f32, `MEDSAM_INT8_REST=f32`); on the real LiteMedSAM slices it passes
+/// (`lite_real.rs`).
+#[test]
+#[ignore = "full-size model, and it fails today: int8 mask IoU 0.984 < 0.99 on these random weights"]
+fn vit_b_int8_mask_matches_f32() {
+    reduced_precision_mask_matches_f32("int8", |f| medsam::ops::quant::autocast_int8(true, f));
+}
+
+/// Encodes the parity input in f32 and under `autocast`, decodes one box from each and checks
+/// the masks' IoU ≥ 0.99.
+fn reduced_precision_mask_matches_f32(name: &str, autocast: fn(&dyn Fn() -> Tensor) -> Tensor) {
+    let Ok(python) = std::env::var("MEDSAM_PYTHON") else {
+        println!("SKIPPED: set MEDSAM_PYTHON to a Python with torch and segment-anything");
+        return;
+    };
+    let dir = std::env::temp_dir().join("medsam-vit-b-parity");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_b_parity.py");
+    let st = Command::new(python)
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "fixture script failed");
+    let (sam, _) = medsam::weights::load_model(
+        &dir.join("vit_b_random.pth"),
+        Some(medsam::model::ModelType::VitB),
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
+    let x = load_npy(&dir.join("input.npy"));
+    let pe = sam.prompt_encoder.get_dense_pe().unwrap();
+    let (sp, de) = sam
+        .prompt_encoder
+        .forward(None, Some(&[[200.0, 300.0, 700.0, 800.0]]), None)
+        .unwrap();
+    let logits = |emb: &Tensor| {
+        let (low, _) =
+            medsam::autograd::no_grad(|| sam.mask_decoder.forward(emb, &pe, &sp, &de, false))
+                .unwrap();
+        low
+    };
+    let encode = || medsam::autograd::no_grad(|| sam.image_encoder.forward(&x)).unwrap();
+    let emb32 = encode();
+    let low32 = logits(&emb32);
+    let emb = autocast(&encode);
+    let low = logits(&emb);
+    let iou = mask_iou(&low, &low32);
+    println!(
+        "vit_b {name} vs f32: embedding max abs error {:.3e}, low-res logits max abs error \
+         {:.3e}, mask IoU {iou:.4}",
+        max_abs_err(&emb, &emb32),
+        max_abs_err(&low, &low32)
+    );
+    assert!(iou >= 0.99, "{name} mask IoU {iou} < 0.99");
+}
+
+/// IoU of the masks `logits > 0` of two logit maps of the same shape.
+fn mask_iou(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+    let inter = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| **x > 0.0 && **y > 0.0)
+        .count();
+    let union = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| **x > 0.0 || **y > 0.0)
+        .count();
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
 /// Largest `|got − want|` over all elements.
 fn max_abs_err(got: &Tensor, want: &Tensor) -> f32 {
     got.to_vec()
