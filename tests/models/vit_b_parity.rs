@@ -18,26 +18,9 @@ fn load_npy(p: &std::path::Path) -> Tensor {
 #[test]
 #[ignore = "full-size model: minutes and ~3 GB; run with --ignored and MEDSAM_PYTHON set"]
 fn vit_b_1024_matches_pytorch() {
-    let Ok(python) = std::env::var("MEDSAM_PYTHON") else {
-        println!("SKIPPED: set MEDSAM_PYTHON to a Python with torch and segment-anything");
+    let Some((sam, x, dir)) = parity_model_and_input() else {
         return;
     };
-    let dir = std::env::temp_dir().join("medsam-vit-b-parity");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_b_parity.py");
-    let st = Command::new(python)
-        .arg(&script)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "fixture script failed");
-    let (sam, _) = medsam::weights::load_model(
-        &dir.join("vit_b_random.pth"),
-        Some(medsam::model::ModelType::VitB),
-        None,
-        Device::Cpu,
-    )
-    .unwrap();
-    let x = load_npy(&dir.join("input.npy"));
     let emb = medsam::autograd::no_grad(|| sam.image_encoder.forward(&x)).unwrap();
     let want = load_npy(&dir.join("embedding.npy"));
     let err = max_abs_err(&emb, &want);
@@ -78,26 +61,9 @@ fn vit_b_int8_mask_matches_f32() {
 /// Encodes the parity input in f32 and under `autocast`, decodes one box from each and checks
 /// the masks' IoU ≥ 0.99.
 fn reduced_precision_mask_matches_f32(name: &str, autocast: fn(&dyn Fn() -> Tensor) -> Tensor) {
-    let Ok(python) = std::env::var("MEDSAM_PYTHON") else {
-        println!("SKIPPED: set MEDSAM_PYTHON to a Python with torch and segment-anything");
+    let Some((sam, x, _)) = parity_model_and_input() else {
         return;
     };
-    let dir = std::env::temp_dir().join("medsam-vit-b-parity");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_b_parity.py");
-    let st = Command::new(python)
-        .arg(&script)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "fixture script failed");
-    let (sam, _) = medsam::weights::load_model(
-        &dir.join("vit_b_random.pth"),
-        Some(medsam::model::ModelType::VitB),
-        None,
-        Device::Cpu,
-    )
-    .unwrap();
-    let x = load_npy(&dir.join("input.npy"));
     let pe = sam.prompt_encoder.get_dense_pe().unwrap();
     let (sp, de) = sam
         .prompt_encoder
@@ -122,6 +88,32 @@ fn reduced_precision_mask_matches_f32(name: &str, autocast: fn(&dyn Fn() -> Tens
         max_abs_err(&low, &low32)
     );
     assert!(iou >= 0.99, "{name} mask IoU {iou} < 0.99");
+}
+
+/// Runs the fixture script (official segment_anything, seeded random ViT-B weights) and loads
+/// its checkpoint and input; None (after a SKIPPED line) without MEDSAM_PYTHON.
+fn parity_model_and_input() -> Option<(medsam::model::Sam, Tensor, PathBuf)> {
+    let Ok(python) = std::env::var("MEDSAM_PYTHON") else {
+        println!("SKIPPED: set MEDSAM_PYTHON to a Python with torch and segment-anything");
+        return None;
+    };
+    let dir = std::env::temp_dir().join("medsam-vit-b-parity");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_b_parity.py");
+    let st = Command::new(python)
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "fixture script failed");
+    let (sam, _) = medsam::weights::load_model(
+        &dir.join("vit_b_random.pth"),
+        Some(medsam::model::ModelType::VitB),
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
+    let x = load_npy(&dir.join("input.npy"));
+    Some((sam, x, dir))
 }
 
 /// IoU of the masks `logits > 0` of two logit maps of the same shape.
