@@ -192,28 +192,58 @@ pub(super) fn exp512(x: __m512) -> __m512 {
     _mm512_scalef_ps(y, n)
 }
 
-/// Score micro-kernel: `s[r*lds + p*16 + l] = Σ_{c<d} a[r*lda + c] · bp[p*d*16 + c*16 + l]` for
-/// `r < MA`, `p < NP` (NP 16-key panels starting at `bp`).
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn ka<const NP: usize>(
-    d: usize,
-    a: *const f32,
+/// One 32-bit unit of a product operand along the summed dimension: an f32 (products by FMA),
+/// or a pair of bf16 values (products by `vdpbf16ps`, [`super::avx512bf16`]). The products
+/// below ([`tiled_scores`], [`tiled_mm_acc`]) are written once over it and compiled into each
+/// ISA's `#[target_feature]` entry points ([`tile_entry_points`]).
+pub(super) trait Unit: Copy {
+    /// Values of the summed dimension per unit.
+    const PER_UNIT: usize;
+    /// The 16 units at `p`.
+    unsafe fn load(p: *const Self) -> __m512;
+    /// The unit at `p` in every lane.
+    unsafe fn splat(p: *const Self) -> __m512;
+    /// `acc + a·b` per lane (summed over the unit's values).
+    unsafe fn madd(acc: __m512, a: __m512, b: __m512) -> __m512;
+}
+
+impl Unit for f32 {
+    const PER_UNIT: usize = 1;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> __m512 {
+        _mm512_set1_ps(*p)
+    }
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, a: __m512, b: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, acc)
+    }
+}
+
+/// Score micro-kernel: `s[r*lds + p*16 + l] = Σ_{u<n} a[r*lda + u] · bp[p*n*16 + u*16 + l]` for
+/// `r < MA`, `p < NP` (NP 16-key panels starting at `bp`, `n` units each).
+#[inline(always)]
+unsafe fn ka<U: Unit, const NP: usize>(
+    n: usize,
+    a: *const U,
     lda: usize,
-    bp: *const f32,
+    bp: *const U,
     s: *mut f32,
     lds: usize,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NP]; MA];
-    for c in 0..d {
+    for u in 0..n {
         let mut bv = [_mm512_setzero_ps(); NP];
         for p in 0..NP {
-            bv[p] = _mm512_loadu_ps(bp.add(p * d * L + c * L));
+            bv[p] = U::load(bp.add(p * n * L + u * L));
         }
         for r in 0..MA {
-            let av = _mm512_set1_ps(*a.add(r * lda + c));
+            let av = U::splat(a.add(r * lda + u));
             for p in 0..NP {
-                acc[r][p] = _mm512_fmadd_ps(av, bv[p], acc[r][p]);
+                acc[r][p] = U::madd(acc[r][p], av, bv[p]);
             }
         }
     }
@@ -224,14 +254,15 @@ unsafe fn ka<const NP: usize>(
     }
 }
 
-/// `s[r, 0..npan*16] = a[r, 0..d] · panels[0..npan]` for `r < rows_pad` (a multiple of MA).
-#[target_feature(enable = "avx512f")]
-unsafe fn scores(
+/// `s[r, 0..npan*16] = a[r, 0..n] · panels[0..npan]` for `r < rows_pad` (a multiple of MA), `n`
+/// units per row and panel column.
+#[inline(always)]
+pub(super) unsafe fn tiled_scores<U: Unit>(
     rows_pad: usize,
-    d: usize,
-    a: *const f32,
+    n: usize,
+    a: *const U,
     lda: usize,
-    bp: *const f32,
+    bp: *const U,
     npan: usize,
     s: *mut f32,
     lds: usize,
@@ -239,13 +270,13 @@ unsafe fn scores(
     let mut p = 0;
     while p < npan {
         let np = (npan - p).min(3);
-        let b = bp.add(p * d * L);
+        let b = bp.add(p * n * L);
         for r in (0..rows_pad).step_by(MA) {
             let (ar, sr) = (a.add(r * lda), s.add(r * lds + p * L));
             match np {
-                3 => ka::<3>(d, ar, lda, b, sr, lds),
-                2 => ka::<2>(d, ar, lda, b, sr, lds),
-                _ => ka::<1>(d, ar, lda, b, sr, lds),
+                3 => ka::<U, 3>(n, ar, lda, b, sr, lds),
+                2 => ka::<U, 2>(n, ar, lda, b, sr, lds),
+                _ => ka::<U, 1>(n, ar, lda, b, sr, lds),
             }
         }
         p += np;
@@ -254,14 +285,13 @@ unsafe fn scores(
 
 /// Accumulating micro-kernel: `out[r*ldo + v*16..][..16] += Σ_{t<inner} coef[r*cr + t*ct] ·
 /// x[t*ldx + v*16..][..16]` for `r < MR`, `v < NV`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn kb<const MR: usize, const NV: usize>(
+#[inline(always)]
+unsafe fn kb<U: Unit, const MR: usize, const NV: usize>(
     inner: usize,
-    coef: *const f32,
+    coef: *const U,
     cr: usize,
     ct: usize,
-    x: *const f32,
+    x: *const U,
     ldx: usize,
     out: *mut f32,
     ldo: usize,
@@ -271,12 +301,12 @@ unsafe fn kb<const MR: usize, const NV: usize>(
     for t in 0..inner {
         let mut xv = [_mm512_setzero_ps(); NV];
         for v in 0..NV {
-            xv[v] = _mm512_loadu_ps(x.add(t * ldx + v * L));
+            xv[v] = U::load(x.add(t * ldx + v * L));
         }
         for r in 0..MR {
-            let c = _mm512_set1_ps(*coef.add(r * cr + t * ct));
+            let c = U::splat(coef.add(r * cr + t * ct));
             for v in 0..NV {
-                acc[r][v] = _mm512_fmadd_ps(c, xv[v], acc[r][v]);
+                acc[r][v] = U::madd(acc[r][v], c, xv[v]);
             }
         }
     }
@@ -288,72 +318,48 @@ unsafe fn kb<const MR: usize, const NV: usize>(
     }
 }
 
-/// Rows `0..rows` of one column chunk of `NV` vectors, `MR` rows at a time, then the remainder.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn kb_rows<const MR: usize, const NV: usize>(
+/// Rows `0..rows` of one column chunk of `NV` vectors, `MR` rows at a time, then 4, then 1.
+#[inline(always)]
+unsafe fn kb_rows<U: Unit, const MR: usize, const NV: usize>(
     rows: usize,
     inner: usize,
-    coef: *const f32,
+    coef: *const U,
     cr: usize,
     ct: usize,
-    x: *const f32,
+    x: *const U,
     ldx: usize,
     out: *mut f32,
     ldo: usize,
 ) {
     let mut r = 0;
     while r + MR <= rows {
-        kb::<MR, NV>(
-            inner,
-            coef.add(r * cr),
-            cr,
-            ct,
-            x,
-            ldx,
-            out.add(r * ldo),
-            ldo,
-        );
+        let (c, o) = (coef.add(r * cr), out.add(r * ldo));
+        kb::<U, MR, NV>(inner, c, cr, ct, x, ldx, o, ldo);
         r += MR;
     }
     while r + 4 <= rows {
-        kb::<4, NV>(
-            inner,
-            coef.add(r * cr),
-            cr,
-            ct,
-            x,
-            ldx,
-            out.add(r * ldo),
-            ldo,
-        );
+        let (c, o) = (coef.add(r * cr), out.add(r * ldo));
+        kb::<U, 4, NV>(inner, c, cr, ct, x, ldx, o, ldo);
         r += 4;
     }
     while r < rows {
-        kb::<1, NV>(
-            inner,
-            coef.add(r * cr),
-            cr,
-            ct,
-            x,
-            ldx,
-            out.add(r * ldo),
-            ldo,
-        );
+        let (c, o) = (coef.add(r * cr), out.add(r * ldo));
+        kb::<U, 1, NV>(inner, c, cr, ct, x, ldx, o, ldo);
         r += 1;
     }
 }
 
-/// `out[r, c] += Σ_{t<inner} coef(r, t) · x[t, c]` for `r < rows`, `c < w` (`w` a multiple of 16).
-#[target_feature(enable = "avx512f")]
-unsafe fn mm_acc(
+/// `out[r, c] += Σ_{t<inner} coef(r, t) · x[t, c]` for `r < rows`, `c < w` (`w` a multiple of
+/// 16), over units `t`, in chunks of `KC` values.
+#[inline(always)]
+pub(super) unsafe fn tiled_mm_acc<U: Unit>(
     rows: usize,
     inner: usize,
     w: usize,
-    coef: *const f32,
+    coef: *const U,
     cr: usize,
     ct: usize,
-    x: *const f32,
+    x: *const U,
     ldx: usize,
     out: *mut f32,
     ldo: usize,
@@ -363,23 +369,64 @@ unsafe fn mm_acc(
     }
     let mut t0 = 0;
     while t0 < inner {
-        let kc = KC.min(inner - t0);
+        let kc = (KC / U::PER_UNIT).min(inner - t0);
         let (cf, xt) = (coef.add(t0 * ct), x.add(t0 * ldx));
         let mut c0 = 0;
         while c0 < w {
             let nv = ((w - c0) / L).min(4);
             let (xc, oc) = (xt.add(c0), out.add(c0));
             match nv {
-                4 => kb_rows::<6, 4>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
-                3 => kb_rows::<8, 3>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
-                2 => kb_rows::<8, 2>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
-                _ => kb_rows::<8, 1>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+                4 => kb_rows::<U, 6, 4>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+                3 => kb_rows::<U, 8, 3>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+                2 => kb_rows::<U, 8, 2>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
+                _ => kb_rows::<U, 8, 1>(rows, kc, cf, cr, ct, xc, ldx, oc, ldo),
             }
             c0 += nv * L;
         }
         t0 += kc;
     }
 }
+
+/// Writes the entry points `scores` ([`tiled_scores`]) and `mm_acc` ([`tiled_mm_acc`]) for
+/// operands of `$unit`, compiled with the target features of the attribute given.
+macro_rules! tile_entry_points {
+    ($unit:ty, #[$features:meta]) => {
+        /// [`super::avx512::tiled_scores`] on this ISA.
+        #[$features]
+        unsafe fn scores(
+            rows_pad: usize,
+            n: usize,
+            a: *const $unit,
+            lda: usize,
+            bp: *const $unit,
+            npan: usize,
+            s: *mut f32,
+            lds: usize,
+        ) {
+            super::avx512::tiled_scores(rows_pad, n, a, lda, bp, npan, s, lds)
+        }
+
+        /// [`super::avx512::tiled_mm_acc`] on this ISA.
+        #[$features]
+        unsafe fn mm_acc(
+            rows: usize,
+            inner: usize,
+            w: usize,
+            coef: *const $unit,
+            cr: usize,
+            ct: usize,
+            x: *const $unit,
+            ldx: usize,
+            out: *mut f32,
+            ldo: usize,
+        ) {
+            super::avx512::tiled_mm_acc(rows, inner, w, coef, cr, ct, x, ldx, out, ldo)
+        }
+    };
+}
+pub(super) use tile_entry_points;
+
+tile_entry_points!(f32, #[target_feature(enable = "avx512f")]);
 
 /// Where the bias of each 16-key chunk of a key block comes from: for chunk `c`, lane `l`, key
 /// `j = j0 + 16c + l` has `jh = j / kw`, `jw = j % kw` (0 past the block end). Built once per key

@@ -14,7 +14,7 @@
 
 use super::avx512::{
     biased_max, exp512, finish_rows, forward_tasks, q_block, round_up, scale_row, scratch,
-    tail_mask, Prep, Scratch, BK_F, FWD_GROUP, KC, L, MA,
+    tail_mask, tile_entry_points, Prep, Scratch, Unit, BK_F, FWD_GROUP, L, MA,
 };
 use super::{AttnDims, Forward};
 use rayon::prelude::*;
@@ -22,19 +22,19 @@ use std::arch::x86_64::*;
 
 /// A scratch buffer of 32-bit units seen as bf16 pairs (the pool holds f32 buffers of the same
 /// size and alignment).
-fn units(s: &Scratch) -> *const u32 {
-    s.as_ptr() as *const u32
+fn units(s: &Scratch) -> *const Bf16Pair {
+    s.as_ptr() as *const Bf16Pair
 }
 
-fn units_mut(s: &mut Scratch) -> *mut u32 {
-    s.as_mut_ptr() as *mut u32
+fn units_mut(s: &mut Scratch) -> *mut Bf16Pair {
+    s.as_mut_ptr() as *mut Bf16Pair
 }
 
 /// `dst[u] = (bf16(src[2u]·scale), bf16(src[2u+1]·scale))` for `u < ⌈n/2⌉` (an odd `n` pairs
 /// its last value with 0).
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
-unsafe fn round_pairs(src: *const f32, n: usize, scale: f32, dst: *mut u32) {
+unsafe fn round_pairs(src: *const f32, n: usize, scale: f32, dst: *mut Bf16Pair) {
     let sv = _mm512_set1_ps(scale);
     let mut t = 0;
     while t < n {
@@ -58,7 +58,7 @@ unsafe fn round_pairs(src: *const f32, n: usize, scale: f32, dst: *mut u32) {
 unsafe fn pack_k(n: usize, d: usize, src: &[f32], row_stride: usize) -> Scratch {
     let du = d.div_ceil(2);
     let mut out = scratch(n.div_ceil(L) * du * L);
-    let mut row = vec![0u32; du];
+    let mut row = vec![Bf16Pair(0); du];
     let o = units_mut(&mut out);
     for j in 0..n {
         round_pairs(
@@ -115,172 +115,35 @@ unsafe fn bf16_lanes(
     ))
 }
 
-/// Score micro-kernel: `s[r*lds + p*16 + l] = Σ_{u<du} a[r*lda + u] · bp[p*du*16 + u*16 + l]`
-/// (each term a `vdpbf16ps` pair) for `r < MA`, `p < NP`.
-#[target_feature(enable = "avx512f,avx512bf16")]
-#[inline]
-unsafe fn ka<const NP: usize>(
-    du: usize,
-    a: *const u32,
-    lda: usize,
-    bp: *const u32,
-    s: *mut f32,
-    lds: usize,
-) {
-    let mut acc = [[_mm512_setzero_ps(); NP]; MA];
-    for u in 0..du {
-        let mut bv = [_mm512_setzero_ps(); NP];
-        for p in 0..NP {
-            bv[p] = _mm512_castsi512_ps(_mm512_loadu_si512(bp.add(p * du * L + u * L) as *const _));
-        }
-        for r in 0..MA {
-            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + u) as i32));
-            for p in 0..NP {
-                acc[r][p] = _mm512_dpbf16_ps(
-                    acc[r][p],
-                    av,
-                    std::mem::transmute::<__m512, __m512bh>(bv[p]),
-                );
-            }
-        }
+/// Two bf16 values in 32 bits (the first in the low half): the product unit of `vdpbf16ps`.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Bf16Pair(u32);
+
+impl Unit for Bf16Pair {
+    const PER_UNIT: usize = 2;
+    #[inline(always)]
+    unsafe fn load(p: *const Self) -> __m512 {
+        _mm512_castsi512_ps(_mm512_loadu_si512(p as *const _))
     }
-    for r in 0..MA {
-        for p in 0..NP {
-            _mm512_storeu_ps(s.add(r * lds + p * L), acc[r][p]);
-        }
+    #[inline(always)]
+    unsafe fn splat(p: *const Self) -> __m512 {
+        _mm512_castsi512_ps(_mm512_set1_epi32((*p).0 as i32))
+    }
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, a: __m512, b: __m512) -> __m512 {
+        let bf16 = |x: __m512| std::mem::transmute::<__m512, __m512bh>(x);
+        _mm512_dpbf16_ps(acc, bf16(a), bf16(b))
     }
 }
 
-/// `s[r, 0..npan*16] = a[r] · panels[0..npan]` for `r < rows_pad` (a multiple of MA).
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn scores(
-    rows_pad: usize,
-    du: usize,
-    a: *const u32,
-    bp: *const u32,
-    npan: usize,
-    s: *mut f32,
-    lds: usize,
-) {
-    let mut p = 0;
-    while p < npan {
-        let np = (npan - p).min(3);
-        let b = bp.add(p * du * L);
-        for r in (0..rows_pad).step_by(MA) {
-            let (ar, sr) = (a.add(r * du), s.add(r * lds + p * L));
-            match np {
-                3 => ka::<3>(du, ar, du, b, sr, lds),
-                2 => ka::<2>(du, ar, du, b, sr, lds),
-                _ => ka::<1>(du, ar, du, b, sr, lds),
-            }
-        }
-        p += np;
-    }
-}
-
-/// Accumulating micro-kernel: `out[r*ldo + v*16..][..16] += Σ_{t<tu} coef[r*cr + t] ·
-/// x[t*ldx + v*16..][..16]` (bf16 pairs) for `r < MR`, `v < NV`; the chunk's sum starts from
-/// zero in registers and is added to `out` at the end (see `KC`).
-#[target_feature(enable = "avx512f,avx512bf16")]
-#[inline]
-unsafe fn kb<const MR: usize, const NV: usize>(
-    tu: usize,
-    coef: *const u32,
-    cr: usize,
-    x: *const u32,
-    ldx: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    for t in 0..tu {
-        let mut xv = [_mm512_setzero_ps(); NV];
-        for v in 0..NV {
-            xv[v] = _mm512_castsi512_ps(_mm512_loadu_si512(x.add(t * ldx + v * L) as *const _));
-        }
-        for r in 0..MR {
-            let c: __m512bh = std::mem::transmute(_mm512_set1_epi32(*coef.add(r * cr + t) as i32));
-            for v in 0..NV {
-                acc[r][v] =
-                    _mm512_dpbf16_ps(acc[r][v], c, std::mem::transmute::<__m512, __m512bh>(xv[v]));
-            }
-        }
-    }
-    for r in 0..MR {
-        for v in 0..NV {
-            let o = out.add(r * ldo + v * L);
-            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[r][v]));
-        }
-    }
-}
-
-/// Rows `0..rows` of one column chunk of `NV` vectors: `MR` rows at a time, then 4, then 1.
-#[target_feature(enable = "avx512f,avx512bf16")]
-#[inline]
-unsafe fn kb_rows<const MR: usize, const NV: usize>(
-    rows: usize,
-    tu: usize,
-    coef: *const u32,
-    cr: usize,
-    x: *const u32,
-    ldx: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let mut r = 0;
-    while r + MR <= rows {
-        kb::<MR, NV>(tu, coef.add(r * cr), cr, x, ldx, out.add(r * ldo), ldo);
-        r += MR;
-    }
-    while r + 4 <= rows {
-        kb::<4, NV>(tu, coef.add(r * cr), cr, x, ldx, out.add(r * ldo), ldo);
-        r += 4;
-    }
-    while r < rows {
-        kb::<1, NV>(tu, coef.add(r * cr), cr, x, ldx, out.add(r * ldo), ldo);
-        r += 1;
-    }
-}
-
-/// `out[r, c] += Σ_{t<tu} coef(r, t) · x(t, c)` over bf16 pairs `t` (two keys each), for
-/// `r < rows`, `c < w` (`w` a multiple of 16), in chunks of `KC` keys.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn mm_acc(
-    rows: usize,
-    tu: usize,
-    w: usize,
-    coef: *const u32,
-    cr: usize,
-    x: *const u32,
-    ldx: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let mut t0 = 0;
-    while t0 < tu {
-        let kc = (KC / 2).min(tu - t0);
-        let (cf, xt) = (coef.add(t0), x.add(t0 * ldx));
-        let mut c0 = 0;
-        while c0 < w {
-            let nv = ((w - c0) / L).min(4);
-            let (xc, oc) = (xt.add(c0), out.add(c0));
-            match nv {
-                4 => kb_rows::<6, 4>(rows, kc, cf, cr, xc, ldx, oc, ldo),
-                3 => kb_rows::<8, 3>(rows, kc, cf, cr, xc, ldx, oc, ldo),
-                2 => kb_rows::<8, 2>(rows, kc, cf, cr, xc, ldx, oc, ldo),
-                _ => kb_rows::<8, 1>(rows, kc, cf, cr, xc, ldx, oc, ldo),
-            }
-            c0 += nv * L;
-        }
-        t0 += kc;
-    }
-}
+tile_entry_points!(Bf16Pair, #[target_feature(enable = "avx512f,avx512bf16")]);
 
 /// `p[u] = bf16 pairs of e^(s[j] − m)` for `j < n` (0 past `n`); returns the f32 sum of the
 /// unrounded values, which is what the softmax divides by.
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
-unsafe fn exp_sub_sum_bf16(s: *const f32, n: usize, m: f32, p: *mut u32) -> f32 {
+unsafe fn exp_sub_sum_bf16(s: *const f32, n: usize, m: f32, p: *mut Bf16Pair) -> f32 {
     let mv = _mm512_set1_ps(m);
     let mut sum = _mm512_setzero_ps();
     let mut t = 0;
@@ -350,7 +213,8 @@ unsafe fn fwd_block(
         scores(
             rows_pad,
             du,
-            qs.as_ptr() as *const u32,
+            units(&qs),
+            du,
             kp.add(j0 * du),
             bk.div_ceil(L),
             s.as_mut_ptr(),
@@ -373,6 +237,7 @@ unsafe fn fwd_block(
             dvp,
             pu,
             lpu,
+            1,
             vp.add(j0 / 2 * dvp),
             dvp,
             acc.as_mut_ptr(),

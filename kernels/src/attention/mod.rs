@@ -213,11 +213,6 @@ impl<'a> Forward<'a> {
         }
     }
 
-    /// The same call in bf16 arithmetic.
-    fn bf16(self) -> Self {
-        Forward { bf16: true, ..self }
-    }
-
     /// Writes `out [bh, nq, dv]` and `lse [bh, nq]` (checked here), on the AVX-512 path if `fast`
     /// (AVX512-BF16 for a bf16 call), else on the portable one.
     fn run(self, out: &mut [f32], lse: &mut [f32], fast: bool) {
@@ -293,6 +288,20 @@ impl Backward<'_> {
         }
         Some(self)
     }
+
+    /// Writes the gradients (checked here), on the AVX-512 path if `fast`, else on the portable
+    /// one.
+    fn run(self, fast: bool) {
+        let Some(args) = self.check() else {
+            return;
+        };
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            return avx512::attention_backward(args);
+        }
+        let _ = fast;
+        portable::attention_backward(args)
+    }
 }
 
 /// Dense `[bh, n, w]` q, k and v as [`HeadRows`].
@@ -309,44 +318,82 @@ fn use_avx512() -> bool {
     cfg!(target_arch = "x86_64") && crate::cpu::features().avx512f
 }
 
-/// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    bias: Option<RelPosBias>,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    check(&dims, q, k, v, &bias);
-    let rows = dense_rows(dims, q, k, v);
-    Forward::new(dims, rows, scale, bias, None).run(out, lse, use_avx512())
+fn use_avx512bf16() -> bool {
+    cfg!(target_arch = "x86_64") && crate::cpu::features().avx512bf16
 }
 
-/// [`attention_forward`] in bf16 arithmetic (module documentation), for inference: on
-/// AVX512-BF16 when the CPU has it (whether or not it is faster there, see [`bf16_pays`]),
-/// else the portable path rounding the same values.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward_bf16(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    bias: Option<RelPosBias>,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    check(&dims, q, k, v, &bias);
-    let rows = dense_rows(dims, q, k, v);
-    let fast = cfg!(target_arch = "x86_64") && crate::cpu::features().avx512bf16;
-    Forward::new(dims, rows, scale, bias, None)
-        .bf16()
-        .run(out, lse, fast)
+/// Writes the public entry points that share an argument list: a forward on dense operands
+/// with the rel-pos bias, in f32 or bf16 arithmetic, and the backward; `$fast` chooses the
+/// AVX-512 path (AVX512-BF16 for a bf16 forward) over the portable one.
+macro_rules! entry_point {
+    (forward $(#[$doc:meta])* $name:ident, bf16: $bf16:expr, fast: $fast:expr) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(
+            dims: AttnDims,
+            q: &[f32],
+            k: &[f32],
+            v: &[f32],
+            scale: f32,
+            bias: Option<RelPosBias>,
+            out: &mut [f32],
+            lse: &mut [f32],
+        ) {
+            check(&dims, q, k, v, &bias);
+            let rows = dense_rows(dims, q, k, v);
+            let f = Forward::new(dims, rows, scale, bias, None);
+            Forward { bf16: $bf16, ..f }.run(out, lse, $fast)
+        }
+    };
+    (backward $(#[$doc:meta])* $name:ident, fast: $fast:expr) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(
+            dims: AttnDims,
+            q: &[f32],
+            k: &[f32],
+            v: &[f32],
+            scale: f32,
+            bias: Option<RelPosBias>,
+            out: &[f32],
+            lse: &[f32],
+            dout: &[f32],
+            dq: &mut [f32],
+            dk: &mut [f32],
+            dv: &mut [f32],
+            drel: Option<(&mut [f32], &mut [f32])>,
+        ) {
+            let args = Backward {
+                dims,
+                q,
+                k,
+                v,
+                scale,
+                bias,
+                out,
+                lse,
+                dout,
+                dq,
+                dk,
+                dv,
+                drel,
+            };
+            args.run($fast)
+        }
+    };
 }
+
+entry_point!(forward
+    /// Writes `out` and the per-row log-sum-exp of the biased, scaled scores `lse [bh, nq]`.
+    attention_forward, bf16: false, fast: use_avx512()
+);
+
+entry_point!(forward
+    /// [`attention_forward`] in bf16 arithmetic (module documentation), for inference: on
+    /// AVX512-BF16 when the CPU has it (whether or not it is faster there, see [`bf16_pays`]),
+    /// else the portable path rounding the same values.
+    attention_forward_bf16, bf16: true, fast: use_avx512bf16()
+);
 
 /// [`attention_forward`] with a whole bias table, `s = (q·scale)·kᵀ + table[b % heads]`
 /// (inference: there is no backward for the table form).
@@ -388,89 +435,26 @@ pub fn attention_forward_table_rows(
     f.run(out, lse, use_avx512())
 }
 
-/// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    dims: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    bias: Option<RelPosBias>,
-    out: &[f32],
-    lse: &[f32],
-    dout: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    drel: Option<(&mut [f32], &mut [f32])>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx512() {
-        let args = Backward {
-            dims,
-            q,
-            k,
-            v,
-            scale,
-            bias,
-            out,
-            lse,
-            dout,
-            dq,
-            dk,
-            dv,
-            drel,
-        };
-        if let Some(args) = args.check() {
-            avx512::attention_backward(args);
-        }
-        return;
-    }
-    portable_impl::attention_backward(dims, q, k, v, scale, bias, out, lse, dout, dq, dk, dv, drel)
-}
+entry_point!(backward
+    /// Gradients of attention (all overwritten). `drel_h`/`drel_w` are required iff `bias` is given.
+    attention_backward, fast: use_avx512()
+);
 
 /// The portable implementation, forced (for tests on machines that would pick AVX-512).
 #[doc(hidden)]
 pub mod portable_impl {
-    use super::{check, check_table, dense_rows, portable, AttnDims, Backward, BiasTable};
+    use super::{check, check_table, dense_rows, AttnDims, Backward, BiasTable};
     use super::{Forward, RelPosBias};
 
-    /// [`super::attention_forward`] on the portable path.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_forward(
-        dims: AttnDims,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        scale: f32,
-        bias: Option<RelPosBias>,
-        out: &mut [f32],
-        lse: &mut [f32],
-    ) {
-        check(&dims, q, k, v, &bias);
-        let rows = dense_rows(dims, q, k, v);
-        Forward::new(dims, rows, scale, bias, None).run(out, lse, false)
-    }
+    entry_point!(forward
+        /// [`super::attention_forward`] on the portable path.
+        attention_forward, bf16: false, fast: false
+    );
 
-    /// [`super::attention_forward_bf16`] on the portable path.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_forward_bf16(
-        dims: AttnDims,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        scale: f32,
-        bias: Option<RelPosBias>,
-        out: &mut [f32],
-        lse: &mut [f32],
-    ) {
-        check(&dims, q, k, v, &bias);
-        let rows = dense_rows(dims, q, k, v);
-        Forward::new(dims, rows, scale, bias, None)
-            .bf16()
-            .run(out, lse, false)
-    }
+    entry_point!(forward
+        /// [`super::attention_forward_bf16`] on the portable path.
+        attention_forward_bf16, bf16: true, fast: false
+    );
 
     /// [`super::attention_forward_table`] on the portable path.
     #[allow(clippy::too_many_arguments)]
@@ -490,42 +474,10 @@ pub mod portable_impl {
         Forward::new(dims, rows, scale, None, Some(table)).run(out, lse, false)
     }
 
-    /// [`super::attention_backward`] on the portable path.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward(
-        dims: AttnDims,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        scale: f32,
-        bias: Option<RelPosBias>,
-        out: &[f32],
-        lse: &[f32],
-        dout: &[f32],
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
-        drel: Option<(&mut [f32], &mut [f32])>,
-    ) {
-        let args = Backward {
-            dims,
-            q,
-            k,
-            v,
-            scale,
-            bias,
-            out,
-            lse,
-            dout,
-            dq,
-            dk,
-            dv,
-            drel,
-        };
-        if let Some(args) = args.check() {
-            portable::attention_backward(args);
-        }
-    }
+    entry_point!(backward
+        /// [`super::attention_backward`] on the portable path.
+        attention_backward, fast: false
+    );
 }
 
 /// Plain-loop oracles: the full score row is materialised per query, f64 accumulation.

@@ -972,32 +972,48 @@ pub(crate) struct View<'s> {
 
 /// The tensor type an unpickler builds from each storage view.
 pub(crate) trait TensorOut: Sized + Clone {
+    /// An empty tensor of `dtype` elements and `shape`, with room for the `numel` elements about
+    /// to be appended.
+    fn with_capacity(dtype: DType, shape: Vec<usize>, numel: usize) -> Self;
+
+    /// Appends elements given as their little-endian bytes as stored.
+    fn extend(&mut self, bytes: &[u8]);
+
+    /// Bytes of the tensor as stored (what [`Limits::max_tensor_bytes`] counts).
+    fn stored_bytes(&self) -> usize;
+
     /// The view's elements copied out of `storage` (little-endian bytes), in row-major order;
     /// at most `budget` bytes as stored, checked before anything is allocated.
     fn from_view(
         storage: &[u8],
         view: View<'_>,
         budget: usize,
-    ) -> std::result::Result<Self, String>;
-
-    /// Bytes of the tensor as stored (what [`Limits::max_tensor_bytes`] counts).
-    fn stored_bytes(&self) -> usize;
+    ) -> std::result::Result<Self, String> {
+        let View {
+            dtype,
+            offset,
+            size,
+            stride,
+        } = view;
+        let elem = dtype.size();
+        let plan = check_view(storage, elem, offset, &size, stride, budget)?;
+        let mut t = Self::with_capacity(dtype, size.clone(), plan.numel);
+        walk_view(storage, elem, offset, &size, stride, plan, |b| t.extend(b));
+        Ok(t)
+    }
 }
 
 /// Tensors as stored: their bytes.
 impl TensorOut for TensorData {
-    fn from_view(
-        storage: &[u8],
-        view: View<'_>,
-        budget: usize,
-    ) -> std::result::Result<Self, String> {
-        let elem = view.dtype.size();
-        let bytes = materialize(storage, elem, view.offset, &view.size, view.stride, budget)?;
-        Ok(TensorData {
-            dtype: view.dtype,
-            shape: view.size,
-            bytes,
-        })
+    fn with_capacity(dtype: DType, shape: Vec<usize>, numel: usize) -> Self {
+        TensorData {
+            dtype,
+            shape,
+            bytes: Vec::with_capacity(numel * dtype.size()),
+        }
+    }
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes)
     }
     fn stored_bytes(&self) -> usize {
         self.bytes.len()
@@ -1006,20 +1022,11 @@ impl TensorOut for TensorData {
 
 /// Tensors converted to f32 on the way out of the storage: one copy, no intermediate bytes.
 impl TensorOut for F32Tensor {
-    fn from_view(
-        storage: &[u8],
-        view: View<'_>,
-        budget: usize,
-    ) -> std::result::Result<Self, String> {
-        let elem = view.dtype.size();
-        let (offset, stride) = (view.offset, view.stride);
-        let plan = check_view(storage, elem, offset, &view.size, stride, budget)?;
-        let mut t = F32Tensor::with_capacity(view.dtype, Vec::new(), plan.numel);
-        walk_view(storage, elem, offset, &view.size, stride, plan, |b| {
-            t.extend(b)
-        });
-        t.shape = view.size;
-        Ok(t)
+    fn with_capacity(dtype: DType, shape: Vec<usize>, numel: usize) -> Self {
+        F32Tensor::with_capacity(dtype, shape, numel)
+    }
+    fn extend(&mut self, bytes: &[u8]) {
+        F32Tensor::extend(self, bytes)
     }
     fn stored_bytes(&self) -> usize {
         F32Tensor::stored_bytes(self)
@@ -1131,25 +1138,6 @@ fn walk_view(
             idx[d] = 0;
         }
     }
-}
-
-/// Copies the (possibly strided) view `offset/size/stride` (in elements) of a
-/// storage into a contiguous buffer of at most `budget` bytes (checked before
-/// allocating: a stride-0 view may claim far more elements than its storage).
-pub(crate) fn materialize(
-    storage: &[u8],
-    elem: usize,
-    offset: usize,
-    size: &[usize],
-    stride: &[usize],
-    budget: usize,
-) -> std::result::Result<Vec<u8>, String> {
-    let plan = check_view(storage, elem, offset, size, stride, budget)?;
-    let mut out = Vec::with_capacity(plan.numel * elem);
-    walk_view(storage, elem, offset, size, stride, plan, |b| {
-        out.extend_from_slice(b)
-    });
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -1379,26 +1367,43 @@ mod tests {
         assert_eq!(long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
     }
 
+    /// The bytes of a view of a `u8` storage, as [`TensorData`].
+    fn materialize(
+        s: &[u8],
+        offset: usize,
+        size: &[usize],
+        stride: &[usize],
+        budget: usize,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let view = View {
+            dtype: DType::U8,
+            offset,
+            size: size.to_vec(),
+            stride,
+        };
+        TensorData::from_view(s, view, budget).map(|t| t.bytes)
+    }
+
     #[test]
     fn materialize_strided() {
         // storage 0..12 as u8, view [1:, ::2] of a 3x4
         let s: Vec<u8> = (0..12).collect();
-        let v = materialize(&s, 1, 4, &[2, 2], &[4, 2], 100).unwrap();
+        let v = materialize(&s, 4, &[2, 2], &[4, 2], 100).unwrap();
         assert_eq!(v, vec![4, 6, 8, 10]);
         // transpose
-        let v = materialize(&s, 1, 0, &[4, 3], &[1, 4], 100).unwrap();
+        let v = materialize(&s, 0, &[4, 3], &[1, 4], 100).unwrap();
         assert_eq!(v, vec![0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
         // out of bounds
-        assert!(materialize(&s, 1, 1, &[3, 4], &[4, 1], 100).is_err());
+        assert!(materialize(&s, 1, &[3, 4], &[4, 1], 100).is_err());
         // expanded (stride 0)
-        let v = materialize(&s, 1, 2, &[2, 3], &[0, 1], 100).unwrap();
+        let v = materialize(&s, 2, &[2, 3], &[0, 1], 100).unwrap();
         assert_eq!(v, vec![2, 3, 4, 2, 3, 4]);
         // a stride-0 view claiming 10^12 elements is refused before allocating
-        assert!(materialize(&s, 1, 0, &[1_000_000, 1_000_000], &[0, 0], 1 << 30).is_err());
+        assert!(materialize(&s, 0, &[1_000_000, 1_000_000], &[0, 0], 1 << 30).is_err());
     }
 
     /// The f32 tensors built straight from a storage view hold exactly what the stored bytes
-    /// convert to, for contiguous, strided and expanded views, and fail as `materialize` does.
+    /// convert to, for contiguous, strided and expanded views, and fail as the stored-bytes tensors do.
     #[test]
     fn f32_views_match_materialized_bytes() {
         let vals: Vec<f32> = (0..24).map(|i| i as f32 * 0.37 - 3.0).collect();
