@@ -14,8 +14,9 @@ impl AttentionOps for CpuBackend {
             },
             Qkv { q, k, v },
         ) = (a, x);
-        let mut out = vec![0.0; dims.bh * dims.nq * dims.dv];
-        let mut lse = vec![0.0; dims.bh * dims.nq];
+        // Both written in full by the kernel: recycled buffers, no fresh page faults.
+        let mut out = buffer(dims.bh * dims.nq * dims.dv);
+        let mut lse = buffer(dims.bh * dims.nq);
         let bias = match rel {
             Some(r) => Some(attention::RelPosBias {
                 rel_h: host(r.rel_h)?,
@@ -107,7 +108,7 @@ impl AttentionOps for CpuBackend {
             heads,
         } = a;
         let mut out = buffer(dims.bh * dims.nq * dims.dv);
-        let mut lse = vec![0.0; dims.bh * dims.nq];
+        let mut lse = buffer(dims.bh * dims.nq);
         let table = attention::BiasTable {
             table: host(table)?,
             heads,
