@@ -36,7 +36,7 @@ pub fn gather_rows_fill(src: &[f32], len: usize, index: &[usize], fill: &[f32], 
             } else {
                 &src[i * len..(i + 1) * len]
             };
-            o.copy_from_slice(row);
+            copy_row(o, row);
         }
     };
     if out.len() < PAR_MIN {
@@ -46,6 +46,24 @@ pub fn gather_rows_fill(src: &[f32], len: usize, index: &[usize], fill: &[f32], 
         out.par_chunks_mut(per * len)
             .zip(index.par_chunks(per))
             .for_each(|(o, ix)| run(o, ix));
+    }
+}
+
+/// `o = row`: a fixed-size (inlined) move for the short rows of per-head values, where a
+/// `memcpy` call per row would cost more than the copy itself.
+#[inline(always)]
+fn copy_row(o: &mut [f32], row: &[f32]) {
+    #[inline(always)]
+    fn fixed<const L: usize>(o: &mut [f32], row: &[f32]) {
+        let r: &[f32; L] = row.try_into().expect("row length");
+        let o: &mut [f32; L] = o.try_into().expect("row length");
+        *o = *r;
+    }
+    match o.len() {
+        16 => fixed::<16>(o, row),
+        32 => fixed::<32>(o, row),
+        64 => fixed::<64>(o, row),
+        _ => o.copy_from_slice(row),
     }
 }
 

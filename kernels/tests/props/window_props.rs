@@ -3,9 +3,7 @@
 //! inverses of each other on the map's tokens.
 
 use medsam_kernels::testing::{data, with_threads};
-use medsam_kernels::window::{
-    gather_rows_fill, reference, unwindow_index, window_index, FILL,
-};
+use medsam_kernels::window::{gather_rows_fill, reference, unwindow_index, window_index, FILL};
 use proptest::prelude::*;
 
 proptest! {
