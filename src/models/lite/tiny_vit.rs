@@ -271,13 +271,21 @@ pub fn conv1x1_act(
         ));
     }
     let wm = w.reshape(&[co, ci])?;
-    let xs = x.reshape(&[n, ci, h * wd])?;
     if n == 1 && residual.is_none_or(|r| r.shape() == [1, co, h, wd]) {
         let res = residual.map(|r| r.reshape(&[co, h * wd])).transpose()?;
+        let nhwc = x.permute(&[0, 2, 3, 1])?;
+        let xm = if !x.is_contiguous() && nhwc.is_contiguous() {
+            // A channels-last view (TinyViT's tokens seen as NCHW): the GEMM reads it
+            // transposed in place instead of after a transposing copy.
+            nhwc.reshape(&[h * wd, ci])?.transpose(0, 1)?
+        } else {
+            x.reshape(&[ci, h * wd])?
+        };
         return wm
-            .matmul_row_bias_act(&xs.reshape(&[ci, h * wd])?, bias, res.as_ref(), gelu)?
+            .matmul_row_bias_act(&xm, bias, res.as_ref(), gelu)?
             .reshape(&[n, co, h, wd]);
     }
+    let xs = x.reshape(&[n, ci, h * wd])?;
     let y = wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?;
     let y = match bias {
         Some(b) => y.add(&b.reshape(&[1, co, 1])?)?,
