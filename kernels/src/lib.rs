@@ -21,3 +21,4 @@ pub mod rope;
 pub mod strided;
 #[doc(hidden)]
 pub mod testing;
+pub mod window;

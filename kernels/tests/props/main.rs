@@ -20,3 +20,4 @@ mod resize_props;
 mod rope_props;
 mod strided_props;
 mod torch_parity;
+mod window_props;

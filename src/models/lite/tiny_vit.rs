@@ -22,6 +22,7 @@ use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
 use crate::ops::then_gelu;
 use crate::tensor::Tensor;
+use medsam_kernels::window::{unwindow_index, window_index};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -270,13 +271,21 @@ pub fn conv1x1_act(
         ));
     }
     let wm = w.reshape(&[co, ci])?;
-    let xs = x.reshape(&[n, ci, h * wd])?;
     if n == 1 && residual.is_none_or(|r| r.shape() == [1, co, h, wd]) {
         let res = residual.map(|r| r.reshape(&[co, h * wd])).transpose()?;
+        let nhwc = x.permute(&[0, 2, 3, 1])?;
+        let xm = if !x.is_contiguous() && nhwc.is_contiguous() {
+            // A channels-last view (TinyViT's tokens seen as NCHW): the GEMM reads it
+            // transposed in place instead of after a transposing copy.
+            nhwc.reshape(&[h * wd, ci])?.transpose(0, 1)?
+        } else {
+            x.reshape(&[ci, h * wd])?
+        };
         return wm
-            .matmul_row_bias_act(&xs.reshape(&[ci, h * wd])?, bias, res.as_ref(), gelu)?
+            .matmul_row_bias_act(&xm, bias, res.as_ref(), gelu)?
             .reshape(&[n, co, h, wd]);
     }
+    let xs = x.reshape(&[n, ci, h * wd])?;
     let y = wm.unsqueeze(0)?.broadcast_to(&[n, co, ci])?.matmul(&xs)?;
     let y = match bias {
         Some(b) => y.add(&b.reshape(&[1, co, 1])?)?,
@@ -504,7 +513,6 @@ impl Attention {
     /// rides in the output projection's GEMM epilogue (in inference).
     fn forward_residual(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
-        let (nh, kd) = (self.num_heads, self.key_dim);
         if n != self.window * self.window {
             return Err(Error::shape(
                 "tiny_vit attention",
@@ -512,24 +520,112 @@ impl Attention {
             ));
         }
         let xn = self.norm.forward(x)?;
-        // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
-        let qkv = self.qkv.forward(&xn)?.reshape(&[b, n, nh, 3, kd])?;
-        // q, k, v as [b, nh, n, kd] views of the interleaved projection (read in place).
-        let qkv = qkv.permute(&[3, 0, 2, 1, 4])?; // [3, b, nh, n, kd]
-        let (q, k, v) = (qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?);
-        // bias[h, i, j] = attention_biases[h, idx(i, j)]
-        let bias = self
-            .attention_biases
-            .transpose(0, 1)?
-            .contiguous()?
-            .gather_rows(&self.bias_idxs, &[n, n])?
-            .permute(&[2, 0, 1])?
-            .contiguous()?; // [nh, n, n], shared by every window
-        let o = attention_bias_table(&q, &k, &v, (kd as f32).powf(-0.5), &bias)?;
+        let o = self.attend(&self.qkv.forward(&xn)?, b)?;
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, n, c])?;
         let proj = &self.proj;
         o.linear_fused(&proj.weight, proj.bias.as_ref(), Some(x), false)
     }
+
+    /// Windowed attention over q/k/v projected windows `[b·n·3c]` (any shape with that many
+    /// elements, `n = window²`) → `[b, nh, n, kd]`.
+    fn attend(&self, qkv: &Tensor, b: usize) -> Result<Tensor> {
+        let (nh, kd, n) = (self.num_heads, self.key_dim, self.window * self.window);
+        // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
+        let qkv = qkv.reshape(&[b, n, nh, 3, kd])?;
+        // q, k, v as [b, nh, n, kd] views of the interleaved projection (read in place).
+        let qkv = qkv.permute(&[3, 0, 2, 1, 4])?; // [3, b, nh, n, kd]
+        let (q, k, v) = (qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?);
+        attention_bias_table(&q, &k, &v, (kd as f32).powf(-0.5), &self.bias_table()?)
+    }
+
+    /// `bias[h, i, j] = attention_biases[h, idx(i, j)]`, `[nh, n, n]`, shared by every window.
+    fn bias_table(&self) -> Result<Tensor> {
+        let n = self.window * self.window;
+        let ab = &self.attention_biases;
+        if !records(&[Some(ab)]) {
+            // Inference: one direct pass (no autograd graph to keep).
+            let (nh, n_off) = (ab.dim(0), ab.dim(1));
+            let table = ab.to_vec()?;
+            let mut out = Vec::with_capacity(nh * n * n);
+            for h in 0..nh {
+                let row = &table[h * n_off..(h + 1) * n_off];
+                out.extend(self.bias_idxs.iter().map(|&i| row[i]));
+            }
+            return Tensor::from_slice(&out, &[nh, n, n], ab.device());
+        }
+        ab.transpose(0, 1)?
+            .contiguous()?
+            .gather_rows(&self.bias_idxs, &[n, n])?
+            .permute(&[2, 0, 1])?
+            .contiguous()
+    }
+
+    /// `x + attention(x)` over the `window × window` windows of a `[b, h·w, c]` token map that
+    /// does not tile into whole windows, in inference on the CPU: the norm and the q/k/v and
+    /// output projections run on the map's tokens only. Upstream pads the map with zero tokens
+    /// before the norm; every such token projects to the same q/k/v row (that of a zero token),
+    /// which fills the edge windows' padding. None when this path does not apply.
+    fn forward_windows_residual(
+        &self,
+        x: &Tensor,
+        (h, w): (usize, usize),
+    ) -> Result<Option<Tensor>> {
+        let (b, l, c) = (x.dim(0), x.dim(1), x.dim(2));
+        let params = [
+            Some(x),
+            Some(&self.norm.weight),
+            Some(&self.norm.bias),
+            Some(&self.qkv.weight),
+            self.qkv.bias.as_ref(),
+            Some(&self.proj.weight),
+            self.proj.bias.as_ref(),
+            Some(&self.attention_biases),
+        ];
+        if x.device() != crate::Device::Cpu || records(&params) || l != h * w {
+            return Ok(None);
+        }
+        let ws = self.window;
+        let qkv = self.qkv.forward(&self.norm.forward(x)?)?; // [b, l, 3c]
+        let zero = Tensor::zeros(&[1, 1, c], x.device())?;
+        let pad = self.qkv.forward(&self.norm.forward(&zero)?)?; // [1, 1, 3c]
+        let index = window_index(b, (h, w), ws);
+        let windows = index.len() / (ws * ws);
+        let win = gather_fill(&qkv, 3 * c, &index, Some(&pad))?;
+        let o = self.attend(&win, windows)?; // [windows, nh, n, kd]
+        let back = unwindow_index(b, (h, w), ws, self.num_heads);
+        let o = gather_fill(&o, self.key_dim, &back, None)?.reshape(&[b, l, c])?;
+        let proj = &self.proj;
+        Ok(Some(o.linear_fused(
+            &proj.weight,
+            proj.bias.as_ref(),
+            Some(x),
+            false,
+        )?))
+    }
+}
+
+/// Rows (`len` wide) of a CPU tensor picked by `index` ([`medsam_kernels::window::FILL`]: the `fill` row, zeros if
+/// none), as `[index.len(), len]` (no autograd record: inference only).
+fn gather_fill(src: &Tensor, len: usize, index: &[usize], fill: Option<&Tensor>) -> Result<Tensor> {
+    let src = src.contiguous()?;
+    let s = &src.storage().cpu()?[src.offset()..src.offset() + src.numel()];
+    let fill = match fill {
+        Some(f) => f.to_vec()?,
+        None => vec![0.0; len],
+    };
+    if fill.len() != len || len == 0 || s.len() % len != 0 {
+        return Err(Error::shape(
+            "gather_fill",
+            format!(
+                "{} elements in rows of {len}, fill row of {}",
+                s.len(),
+                fill.len()
+            ),
+        ));
+    }
+    let mut out = crate::backend::cpu::buffer(index.len() * len);
+    medsam_kernels::window::gather_rows_fill(s, len, index, &fill, &mut out);
+    Tensor::from_vec(out, &[index.len(), len])
 }
 
 /// TinyViT's `Mlp`: LayerNorm, fc1, GELU, fc2.
@@ -580,6 +676,8 @@ impl TinyVitBlock {
         // add runs in the projection's epilogue instead of as one more pass over the map.
         let x = if h == ws && w == ws {
             self.attn.forward_residual(x)?
+        } else if let Some(y) = self.attn.forward_windows_residual(x, (h, w))? {
+            y
         } else {
             // Zero padding happens before the attention's LayerNorm, as upstream does it.
             let (win, pad_hw) = window_partition(&x.reshape(&[b, h, w, c])?, ws)?;
