@@ -129,29 +129,36 @@ fn bicubic_matrix(inp: usize, out: usize) -> Vec<f32> {
 
 /// `F.interpolate(x, size=(oh, ow), mode="bicubic", align_corners=False)` on NCHW (separable:
 /// rows, then columns — the order PyTorch's CPU kernel sums in is not reproduced bit for bit).
+/// Each input row is first resampled along x once (`row[sy][xx] = Σ_sx mw[xx, sx]·src[sy, sx]`),
+/// then each output sums the rows its y weights select.
 pub fn interpolate_bicubic(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let (mh, mw) = (bicubic_matrix(h, oh), bicubic_matrix(w, ow));
     let v = x.to_vec()?;
     let mut out = vec![0.0f32; b * c * oh * ow];
+    let mut rows = vec![0.0f32; h * ow];
     for p in 0..b * c {
         let src = &v[p * h * w..(p + 1) * h * w];
+        for sy in 0..h {
+            for xx in 0..ow {
+                let mut row = 0.0f32;
+                for sx in 0..w {
+                    row += mw[xx * w + sx] * src[sy * w + sx];
+                }
+                rows[sy * ow + xx] = row;
+            }
+        }
         let dst = &mut out[p * oh * ow..(p + 1) * oh * ow];
         for y in 0..oh {
-            for xx in 0..ow {
-                let mut acc = 0.0f32;
-                for sy in 0..h {
-                    let wy = mh[y * h + sy];
-                    if wy == 0.0 {
-                        continue;
-                    }
-                    let mut row = 0.0f32;
-                    for sx in 0..w {
-                        row += mw[xx * w + sx] * src[sy * w + sx];
-                    }
-                    acc += wy * row;
+            let d = &mut dst[y * ow..(y + 1) * ow];
+            for sy in 0..h {
+                let wy = mh[y * h + sy];
+                if wy == 0.0 {
+                    continue;
                 }
-                dst[y * ow + xx] = acc;
+                for (o, &r) in d.iter_mut().zip(&rows[sy * ow..(sy + 1) * ow]) {
+                    *o += wy * r;
+                }
             }
         }
     }
@@ -184,15 +191,20 @@ pub fn position_embedding_sine(
             v.cos()
         }
     };
+    // Channel j < npf depends on y only, channel npf + j on x only: one sin/cos per row or
+    // column, then filled.
     let mut out = vec![0.0f32; d * h * w];
-    for y in 0..h {
-        let ye = (y as f32 + 1.0) / (h as f32 + 1e-6) * scale;
-        for x in 0..w {
-            let xe = (x as f32 + 1.0) / (w as f32 + 1e-6) * scale;
-            for j in 0..npf {
-                out[(j * h + y) * w + x] = enc(ye, j);
-                out[((npf + j) * h + y) * w + x] = enc(xe, j);
-            }
+    let (y_half, x_half) = out.split_at_mut(npf * h * w);
+    for j in 0..npf {
+        for y in 0..h {
+            let ye = (y as f32 + 1.0) / (h as f32 + 1e-6) * scale;
+            y_half[(j * h + y) * w..(j * h + y + 1) * w].fill(enc(ye, j));
+        }
+        let xs: Vec<f32> = (0..w)
+            .map(|x| enc((x as f32 + 1.0) / (w as f32 + 1e-6) * scale, j))
+            .collect();
+        for y in 0..h {
+            x_half[(j * h + y) * w..(j * h + y + 1) * w].copy_from_slice(&xs);
         }
     }
     Tensor::from_slice(&out, &[1, d, h, w], device)
