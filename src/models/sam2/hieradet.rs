@@ -55,27 +55,55 @@ impl MultiScaleAttention {
     /// The attention before `proj`: x `[B, H, W, dim]` → the heads' outputs
     /// `[B, heads, H', W', head_dim]` (a view of the attention's `[B·heads, H'·W', head_dim]`).
     pub fn attend(&self, x: &Tensor) -> Result<Tensor> {
+        self.attend_windowed(x, 0)
+    }
+
+    /// `attend(window_partition(x, ws))` for `ws > 0` (the whole map as one window for 0):
+    /// `[B·nW, heads, ws', ws', head_dim]`, windows in `window_partition`'s order. `qkv` runs on
+    /// the zero-padded map in place, and the copies that split the heads also cut the windows,
+    /// so the map is never partitioned on its own; queries are pooled on the map, which equals
+    /// pooling each window when `ws` is even (for an odd `ws` the map is partitioned first).
+    pub fn attend_windowed(&self, x: &Tensor, ws: usize) -> Result<Tensor> {
+        if ws > 0 && self.q_pool && ws % 2 == 1 {
+            let (xw, _) = window_partition(x, ws)?;
+            return self.attend_windowed(&xw, 0);
+        }
         let (b, h, w) = (x.dim(0), x.dim(1), x.dim(2));
         let (nh, d) = (self.num_heads, self.dim_out);
         let hd = d / nh;
-        let qkv = self.qkv.forward(x)?.reshape(&[b, h * w, 3, nh, hd])?;
-        let part = |i: usize| qkv.select(2, i);
-        let (mut q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let (mut qh, mut qw) = (h, w);
-        if self.q_pool {
-            let pooled = max_pool2x2_nhwc(&q.reshape(&[b, h, w, d])?)?;
-            (qh, qw) = (pooled.dim(1), pooled.dim(2));
-            q = pooled.reshape(&[b, qh * qw, nh, hd])?;
-        }
-        let heads = |t: &Tensor, n: usize| t.permute(&[0, 2, 1, 3])?.reshape(&[b * nh, n, hd]);
+        let (xp, (wh, ww)) = if ws > 0 {
+            let pad = |n: usize| (ws - n % ws) % ws;
+            (x.pad_end(&[0, pad(h), pad(w), 0])?, (ws, ws))
+        } else {
+            (x.clone(), (h, w))
+        };
+        let (hp, wp) = (xp.dim(1), xp.dim(2));
+        let (nwh, nww) = (hp / wh.max(1), wp / ww.max(1));
+        let qkv = self.qkv.forward(&xp)?; // [B, hp, wp, 3·dim_out]
+                                          // `[B, nwh, th, nww, tw, heads, hd]` (a view of qkv or of the pooled queries) →
+                                          // `[B·nW·heads, th·tw, hd]`, one copy.
+        let heads = |t: &Tensor, (th, tw): (usize, usize)| {
+            t.permute(&[0, 1, 3, 5, 2, 4, 6])?
+                .reshape(&[b * nwh * nww * nh, th * tw, hd])
+        };
+        let parts = qkv.reshape(&[b, nwh, wh, nww, ww, 3, nh, hd])?;
+        let (q, (qh, qw)) = if self.q_pool {
+            let q = qkv.reshape(&[b, hp, wp, 3, d])?.select(3, 0)?;
+            let pooled = max_pool2x2_nhwc(&q)?;
+            let (qh, qw) = (wh / 2, ww / 2);
+            let pooled = pooled.reshape(&[b, nwh, qh, nww, qw, nh, hd])?;
+            (heads(&pooled, (qh, qw))?, (qh, qw))
+        } else {
+            (heads(&parts.select(5, 0)?, (wh, ww))?, (wh, ww))
+        };
         let o = attention(
-            &heads(&q, qh * qw)?,
-            &heads(&k, h * w)?,
-            &heads(&v, h * w)?,
+            &q,
+            &heads(&parts.select(5, 1)?, (wh, ww))?,
+            &heads(&parts.select(5, 2)?, (wh, ww))?,
             (hd as f32).powf(-0.5),
             None,
         )?;
-        o.reshape(&[b, nh, qh, qw, hd])
+        o.reshape(&[b * nwh * nww, nh, qh, qw, hd])
     }
 }
 
@@ -126,8 +154,7 @@ impl MultiScaleBlock {
         let (b, h, w) = (x.dim(0), x.dim(1), x.dim(2));
         let (oh, ow) = (shortcut.dim(1), shortcut.dim(2));
         let a = if self.window_size > 0 {
-            let (xw, _) = window_partition(&xn, self.window_size)?;
-            let o = self.attn.attend(&xw)?;
+            let o = self.attn.attend_windowed(&xn, self.window_size)?;
             // [B·nWh·nWw, heads, ws, ws, hd] → [B, nWh·ws, nWw·ws, heads·hd], one gather.
             let (nh, ws, hd) = (o.dim(1), o.dim(2), o.dim(4));
             let (n_wh, n_ww) = (h.div_ceil(self.window_size), w.div_ceil(self.window_size));
