@@ -5,11 +5,13 @@
 
 use super::config::TrunkConfig;
 use super::sam2_utils::{interpolate_bicubic, max_pool2x2_nhwc, Mlp};
+use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
 use crate::models::common::{join, Conv2d, Init, LayerNorm, Linear, Module};
-use crate::models::sam::image_encoder::{window_partition, window_unpartition};
+use crate::models::sam::image_encoder::window_partition;
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
+use std::sync::{Arc, Mutex};
 
 /// Hiera's LayerNorm eps (`partial(nn.LayerNorm, eps=1e-6)`).
 const LN_EPS: f32 = 1e-6;
@@ -42,31 +44,66 @@ impl Module for MultiScaleAttention {
 impl MultiScaleAttention {
     /// x `[B, H, W, dim]` → `[B, H', W', dim_out]` (H' = H/2 when the queries are pooled).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let o = self.attend(x)?;
+        let (b, nh, qh, qw, hd) = (o.dim(0), o.dim(1), o.dim(2), o.dim(3), o.dim(4));
+        let o = o
+            .permute(&[0, 2, 3, 1, 4])?
+            .reshape(&[b, qh, qw, nh * hd])?;
+        self.proj.forward(&o)
+    }
+
+    /// The attention before `proj`: x `[B, H, W, dim]` → the heads' outputs
+    /// `[B, heads, H', W', head_dim]` (a view of the attention's `[B·heads, H'·W', head_dim]`).
+    pub fn attend(&self, x: &Tensor) -> Result<Tensor> {
+        self.attend_windowed(x, 0)
+    }
+
+    /// `attend(window_partition(x, ws))` for `ws > 0` (the whole map as one window for 0):
+    /// `[B·nW, heads, ws', ws', head_dim]`, windows in `window_partition`'s order. `qkv` runs on
+    /// the zero-padded map in place, and the copies that split the heads also cut the windows,
+    /// so the map is never partitioned on its own; queries are pooled on the map, which equals
+    /// pooling each window when `ws` is even (for an odd `ws` the map is partitioned first).
+    pub fn attend_windowed(&self, x: &Tensor, ws: usize) -> Result<Tensor> {
+        if ws > 0 && self.q_pool && ws % 2 == 1 {
+            let (xw, _) = window_partition(x, ws)?;
+            return self.attend_windowed(&xw, 0);
+        }
         let (b, h, w) = (x.dim(0), x.dim(1), x.dim(2));
         let (nh, d) = (self.num_heads, self.dim_out);
         let hd = d / nh;
-        let qkv = self.qkv.forward(x)?.reshape(&[b, h * w, 3, nh, hd])?;
-        let part = |i: usize| qkv.select(2, i);
-        let (mut q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let (mut qh, mut qw) = (h, w);
-        if self.q_pool {
-            let pooled = max_pool2x2_nhwc(&q.reshape(&[b, h, w, d])?)?;
-            (qh, qw) = (pooled.dim(1), pooled.dim(2));
-            q = pooled.reshape(&[b, qh * qw, nh, hd])?;
-        }
-        let heads = |t: &Tensor, n: usize| t.permute(&[0, 2, 1, 3])?.reshape(&[b * nh, n, hd]);
+        let (xp, (wh, ww)) = if ws > 0 {
+            let pad = |n: usize| (ws - n % ws) % ws;
+            (x.pad_end(&[0, pad(h), pad(w), 0])?, (ws, ws))
+        } else {
+            (x.clone(), (h, w))
+        };
+        let (hp, wp) = (xp.dim(1), xp.dim(2));
+        let (nwh, nww) = (hp / wh.max(1), wp / ww.max(1));
+        let qkv = self.qkv.forward(&xp)?; // [B, hp, wp, 3·dim_out]
+                                          // `[B, nwh, th, nww, tw, heads, hd]` (a view of qkv or of the pooled queries) →
+                                          // `[B·nW·heads, th·tw, hd]`, one copy.
+        let heads = |t: &Tensor, (th, tw): (usize, usize)| {
+            t.permute(&[0, 1, 3, 5, 2, 4, 6])?
+                .reshape(&[b * nwh * nww * nh, th * tw, hd])
+        };
+        let parts = qkv.reshape(&[b, nwh, wh, nww, ww, 3, nh, hd])?;
+        let (q, (qh, qw)) = if self.q_pool {
+            let q = qkv.reshape(&[b, hp, wp, 3, d])?.select(3, 0)?;
+            let pooled = max_pool2x2_nhwc(&q)?;
+            let (qh, qw) = (wh / 2, ww / 2);
+            let pooled = pooled.reshape(&[b, nwh, qh, nww, qw, nh, hd])?;
+            (heads(&pooled, (qh, qw))?, (qh, qw))
+        } else {
+            (heads(&parts.select(5, 0)?, (wh, ww))?, (wh, ww))
+        };
         let o = attention(
-            &heads(&q, qh * qw)?,
-            &heads(&k, h * w)?,
-            &heads(&v, h * w)?,
+            &q,
+            &heads(&parts.select(5, 1)?, (wh, ww))?,
+            &heads(&parts.select(5, 2)?, (wh, ww))?,
             (hd as f32).powf(-0.5),
             None,
         )?;
-        let o = o
-            .reshape(&[b, nh, qh * qw, hd])?
-            .permute(&[0, 2, 1, 3])?
-            .reshape(&[b, qh, qw, d])?;
-        self.proj.forward(&o)
+        o.reshape(&[b * nwh * nww, nh, qh, qw, hd])
     }
 }
 
@@ -96,6 +133,11 @@ impl Module for MultiScaleBlock {
 
 impl MultiScaleBlock {
     /// `[B, H, W, dim]` → `[B, H', W', dim_out]`.
+    ///
+    /// As upstream, but `attn.proj` runs after the windows are put back and the padding cropped
+    /// (it acts on each token alone, so only the padded tokens' outputs, which upstream crops,
+    /// are not computed), and the two residual additions are fused into the GEMMs of `attn.proj`
+    /// and the MLP's last layer.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let xn = self.norm1.forward(x)?;
         let shortcut = match &self.proj {
@@ -109,29 +151,46 @@ impl MultiScaleBlock {
             }
             None => x.clone(),
         };
-        let (h, w) = (x.dim(1), x.dim(2));
-        let mut ws = self.window_size;
-        let (xw, mut pad_hw) = if ws > 0 {
-            window_partition(&xn, ws)?
-        } else {
-            (xn, (h, w))
-        };
-        let a = self.attn.forward(&xw)?;
-        let (mut oh, mut ow) = (h, w);
-        if let Some(q) = self.q_stride {
-            ws /= q;
-            (oh, ow) = (shortcut.dim(1), shortcut.dim(2));
-            if ws > 0 {
-                pad_hw = (oh + (ws - oh % ws) % ws, ow + (ws - ow % ws) % ws);
-            }
-        }
+        let (b, h, w) = (x.dim(0), x.dim(1), x.dim(2));
+        let (oh, ow) = (shortcut.dim(1), shortcut.dim(2));
         let a = if self.window_size > 0 {
-            window_unpartition(&a, ws, pad_hw, (oh, ow))?
+            let o = self.attn.attend_windowed(&xn, self.window_size)?;
+            // [B·nWh·nWw, heads, ws, ws, hd] → [B, nWh·ws, nWw·ws, heads·hd], one gather.
+            let (nh, ws, hd) = (o.dim(1), o.dim(2), o.dim(4));
+            let (n_wh, n_ww) = (h.div_ceil(self.window_size), w.div_ceil(self.window_size));
+            let o = o
+                .reshape(&[b, n_wh, n_ww, nh, ws, ws, hd])?
+                .permute(&[0, 1, 4, 2, 5, 3, 6])?
+                .contiguous()?
+                .reshape(&[b, n_wh * ws, n_ww * ws, nh * hd])?;
+            if n_wh * ws > oh || n_ww * ws > ow {
+                o.narrow(1, 0, oh)?.narrow(2, 0, ow)?
+            } else {
+                o
+            }
         } else {
-            a
+            let o = self.attn.attend(&xn)?;
+            let (nh, hd) = (o.dim(1), o.dim(4));
+            o.permute(&[0, 2, 3, 1, 4])?
+                .reshape(&[b, oh, ow, nh * hd])?
         };
-        let x = shortcut.add(&a)?;
-        x.add(&self.mlp.forward(&self.norm2.forward(&x)?)?)
+        let p = &self.attn.proj;
+        let x = a.linear_fused(&p.weight, p.bias.as_ref(), Some(&shortcut), false)?;
+        let (last, hidden) = self
+            .mlp
+            .layers
+            .split_last()
+            .ok_or_else(|| Error::shape("hiera mlp", "no layers"))?;
+        let mut y = self.norm2.forward(&x)?;
+        for l in hidden {
+            y = if self.mlp.gelu {
+                y.linear_act(&l.weight, l.bias.as_ref(), true)?
+            } else {
+                l.forward(&y)?.relu()?
+            };
+        }
+        // Hiera's MLP has no output sigmoid (`MLP(..., act_layer)` in `MultiScaleBlock`).
+        y.linear_fused(&last.weight, last.bias.as_ref(), Some(&x), false)
     }
 }
 
@@ -141,6 +200,25 @@ pub struct Hiera {
     pub pos_embed_window: Tensor,
     pub blocks: Vec<MultiScaleBlock>,
     pub stage_ends: Vec<usize>,
+    /// The last `_get_pos_embed` result (see [`PosEmbedCache`]).
+    pos_cache: Mutex<Option<PosEmbedCache>>,
+}
+
+/// `_get_pos_embed` for one grid size, with the two parameters it was computed from. Holding
+/// them keeps their buffers shared, so an in-place update (the optimizer's copy-on-write
+/// `storage_mut`) or an `assign` gives the parameter a new buffer and the entry no longer matches.
+struct PosEmbedCache {
+    pos_embed: Tensor,
+    pos_embed_window: Tensor,
+    hw: (usize, usize),
+    out: Tensor,
+}
+
+fn same_buffer(a: &Tensor, b: &Tensor) -> bool {
+    Arc::ptr_eq(a.storage_arc(), b.storage_arc())
+        && a.offset() == b.offset()
+        && a.shape() == b.shape()
+        && a.strides() == b.strides()
 }
 
 impl Module for Hiera {
@@ -216,6 +294,7 @@ impl Hiera {
             pos_embed_window: init.zeros(&[1, cfg.embed_dim, w0, w0])?,
             blocks,
             stage_ends,
+            pos_cache: Mutex::new(None),
         })
     }
 
@@ -228,8 +307,33 @@ impl Hiera {
             .collect()
     }
 
-    /// `_get_pos_embed`: `[1, h, w, C]`.
+    /// `_get_pos_embed`: `[1, h, w, C]`. Without gradient recording the result is kept for the
+    /// next call with the same grid and the same parameter buffers.
     fn get_pos_embed(&self, h: usize, w: usize) -> Result<Tensor> {
+        let params = [&self.pos_embed, &self.pos_embed_window];
+        if is_grad_enabled() && params.iter().any(|p| p.requires_grad()) {
+            return self.compute_pos_embed(h, w);
+        }
+        let mut cache = self.pos_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref() {
+            if c.hw == (h, w)
+                && same_buffer(&c.pos_embed, &self.pos_embed)
+                && same_buffer(&c.pos_embed_window, &self.pos_embed_window)
+            {
+                return Ok(c.out.clone());
+            }
+        }
+        let out = self.compute_pos_embed(h, w)?.detach();
+        *cache = Some(PosEmbedCache {
+            pos_embed: self.pos_embed.detach(),
+            pos_embed_window: self.pos_embed_window.detach(),
+            hw: (h, w),
+            out: out.clone(),
+        });
+        Ok(out)
+    }
+
+    fn compute_pos_embed(&self, h: usize, w: usize) -> Result<Tensor> {
         let ws = self.pos_embed_window.dim(2);
         if !h.is_multiple_of(ws) || !w.is_multiple_of(ws) {
             return Err(Error::shape(
@@ -247,10 +351,16 @@ impl Hiera {
         bkg.add(&win)?.permute(&[0, 2, 3, 1])?.contiguous()
     }
 
+    /// Images `[B, 3, S, S]` → the blocks' input: patch embedding plus position embedding,
+    /// NHWC `[B, S/4, S/4, C]`.
+    pub fn forward_embed(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.patch_embed.proj.forward(x)?.permute(&[0, 2, 3, 1])?;
+        x.add(&self.get_pos_embed(x.dim(1), x.dim(2))?)
+    }
+
     /// Images `[B, 3, S, S]` → one NCHW map per stage, highest resolution first.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let x = self.patch_embed.proj.forward(x)?.permute(&[0, 2, 3, 1])?;
-        let mut x = x.add(&self.get_pos_embed(x.dim(1), x.dim(2))?)?;
+        let mut x = self.forward_embed(x)?;
         let mut outputs = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
             x = blk.forward(&x)?;

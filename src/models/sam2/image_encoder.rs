@@ -8,6 +8,9 @@ use super::sam2_utils::{position_embedding_sine, upsample_nearest2x};
 use crate::error::{Error, Result};
 use crate::models::common::{join, Conv2d, Init, Module};
 use crate::tensor::Tensor;
+use crate::Device;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub struct FpnNeck {
     pub d_model: usize,
@@ -15,6 +18,8 @@ pub struct FpnNeck {
     pub convs: Vec<Conv2d>,
     pub fpn_top_down_levels: Vec<usize>,
     pub nearest: bool,
+    /// Sine position encodings by grid size `(h, w)`: a function of the size alone.
+    pos_cache: Mutex<HashMap<(usize, usize), Tensor>>,
 }
 
 impl Module for FpnNeck {
@@ -36,7 +41,19 @@ impl FpnNeck {
                 .collect::<Result<_>>()?,
             fpn_top_down_levels: cfg.fpn_top_down_levels.clone(),
             nearest: cfg.fpn_interp_model == "nearest",
+            pos_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// `position_embedding_sine` of an `h × w` grid, computed once per size and device.
+    fn position_encoding(&self, h: usize, w: usize, device: Device) -> Result<Tensor> {
+        let mut cache = self.pos_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pe) = cache.get(&(h, w)).filter(|pe| pe.device() == device) {
+            return Ok(pe.clone());
+        }
+        let pe = position_embedding_sine(self.d_model, h, w, device)?;
+        cache.insert((h, w), pe.clone());
+        Ok(pe)
     }
 
     /// Trunk maps (highest resolution first) → (features, position encodings), same order.
@@ -69,7 +86,7 @@ impl FpnNeck {
                 _ => lateral,
             };
             let (b, h, w) = (cur.dim(0), cur.dim(2), cur.dim(3));
-            let pe = position_embedding_sine(self.d_model, h, w, cur.device())?;
+            let pe = self.position_encoding(h, w, cur.device())?;
             pos[i] = Some(if b == 1 {
                 pe
             } else {

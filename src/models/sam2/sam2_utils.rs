@@ -66,22 +66,44 @@ pub fn named_init(m: &mut dyn Module) -> Result<()> {
     failure.map_or(Ok(()), Err)
 }
 
-/// `nn.MaxPool2d(2, 2)` (floor mode) on NHWC.
+/// `nn.MaxPool2d(2, 2)` (floor mode) on NHWC. `x` may be any view whose channels are
+/// contiguous (e.g. the queries sliced out of a qkv projection); on the CPU its buffer is read
+/// in place and the output rows are pooled in parallel.
 pub fn max_pool2x2_nhwc(x: &Tensor) -> Result<Tensor> {
     let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let (oh, ow) = (h / 2, w / 2);
-    let v = x.to_vec()?;
-    let mut out = vec![0.0f32; b * oh * ow * c];
-    for n in 0..b {
-        for y in 0..oh {
-            for xx in 0..ow {
-                let o = ((n * oh + y) * ow + xx) * c;
-                let at = |dy: usize, dx: usize| ((n * h + 2 * y + dy) * w + 2 * xx + dx) * c;
-                let (p0, p1, p2, p3) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
-                for ch in 0..c {
-                    out[o + ch] = v[p0 + ch].max(v[p1 + ch]).max(v[p2 + ch]).max(v[p3 + ch]);
-                }
+    // One output row `[ow, c]` from the view `(src, offset, strides [n, y, x])`.
+    let pool_row = |src: &[f32], (base, s1, s2): (usize, usize, usize), out: &mut [f32]| {
+        for (xx, o) in out.chunks_exact_mut(c).enumerate() {
+            let p0 = base + 2 * xx * s2;
+            let (p1, p2, p3) = (p0 + s2, p0 + s1, p0 + s1 + s2);
+            for (ch, o) in o.iter_mut().enumerate() {
+                *o = src[p0 + ch]
+                    .max(src[p1 + ch])
+                    .max(src[p2 + ch])
+                    .max(src[p3 + ch]);
             }
+        }
+    };
+    let n_out = b * oh * ow * c;
+    if x.device() == crate::Device::Cpu && (c == 1 || x.strides()[3] == 1) && n_out > 0 {
+        use rayon::prelude::*;
+        let st = x.strides();
+        let (s0, s1, s2, off) = (st[0], st[1], st[2], x.offset());
+        let src = x.storage().cpu()?;
+        let mut out = crate::backend::cpu::buffer(n_out);
+        out.par_chunks_mut(ow * c).enumerate().for_each(|(r, o)| {
+            let (n, y) = (r / oh, r % oh);
+            pool_row(src, (off + n * s0 + 2 * y * s1, s1, s2), o);
+        });
+        return Tensor::from_vec(out, &[b, oh, ow, c]);
+    }
+    let v = x.to_vec()?;
+    let mut out = vec![0.0f32; n_out];
+    if n_out > 0 {
+        for (r, o) in out.chunks_exact_mut(ow * c).enumerate() {
+            let (n, y) = (r / oh, r % oh);
+            pool_row(&v, (((n * h + 2 * y) * w) * c, w * c, c), o);
         }
     }
     Tensor::from_slice(&out, &[b, oh, ow, c], x.device())
@@ -129,29 +151,36 @@ fn bicubic_matrix(inp: usize, out: usize) -> Vec<f32> {
 
 /// `F.interpolate(x, size=(oh, ow), mode="bicubic", align_corners=False)` on NCHW (separable:
 /// rows, then columns — the order PyTorch's CPU kernel sums in is not reproduced bit for bit).
+/// Each input row is first resampled along x once (`row[sy][xx] = Σ_sx mw[xx, sx]·src[sy, sx]`),
+/// then each output sums the rows its y weights select.
 pub fn interpolate_bicubic(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let (mh, mw) = (bicubic_matrix(h, oh), bicubic_matrix(w, ow));
     let v = x.to_vec()?;
     let mut out = vec![0.0f32; b * c * oh * ow];
+    let mut rows = vec![0.0f32; h * ow];
     for p in 0..b * c {
         let src = &v[p * h * w..(p + 1) * h * w];
+        for sy in 0..h {
+            for xx in 0..ow {
+                let mut row = 0.0f32;
+                for sx in 0..w {
+                    row += mw[xx * w + sx] * src[sy * w + sx];
+                }
+                rows[sy * ow + xx] = row;
+            }
+        }
         let dst = &mut out[p * oh * ow..(p + 1) * oh * ow];
         for y in 0..oh {
-            for xx in 0..ow {
-                let mut acc = 0.0f32;
-                for sy in 0..h {
-                    let wy = mh[y * h + sy];
-                    if wy == 0.0 {
-                        continue;
-                    }
-                    let mut row = 0.0f32;
-                    for sx in 0..w {
-                        row += mw[xx * w + sx] * src[sy * w + sx];
-                    }
-                    acc += wy * row;
+            let d = &mut dst[y * ow..(y + 1) * ow];
+            for sy in 0..h {
+                let wy = mh[y * h + sy];
+                if wy == 0.0 {
+                    continue;
                 }
-                dst[y * ow + xx] = acc;
+                for (o, &r) in d.iter_mut().zip(&rows[sy * ow..(sy + 1) * ow]) {
+                    *o += wy * r;
+                }
             }
         }
     }
@@ -184,15 +213,20 @@ pub fn position_embedding_sine(
             v.cos()
         }
     };
+    // Channel j < npf depends on y only, channel npf + j on x only: one sin/cos per row or
+    // column, then filled.
     let mut out = vec![0.0f32; d * h * w];
-    for y in 0..h {
-        let ye = (y as f32 + 1.0) / (h as f32 + 1e-6) * scale;
-        for x in 0..w {
-            let xe = (x as f32 + 1.0) / (w as f32 + 1e-6) * scale;
-            for j in 0..npf {
-                out[(j * h + y) * w + x] = enc(ye, j);
-                out[((npf + j) * h + y) * w + x] = enc(xe, j);
-            }
+    let (y_half, x_half) = out.split_at_mut(npf * h * w);
+    for j in 0..npf {
+        for y in 0..h {
+            let ye = (y as f32 + 1.0) / (h as f32 + 1e-6) * scale;
+            y_half[(j * h + y) * w..(j * h + y + 1) * w].fill(enc(ye, j));
+        }
+        let xs: Vec<f32> = (0..w)
+            .map(|x| enc((x as f32 + 1.0) / (w as f32 + 1e-6) * scale, j))
+            .collect();
+        for y in 0..h {
+            x_half[(j * h + y) * w..(j * h + y + 1) * w].copy_from_slice(&xs);
         }
     }
     Tensor::from_slice(&out, &[1, d, h, w], device)
