@@ -1,7 +1,9 @@
 //! Dynamic int8 quantization of linear layers for inference (`--precision int8`), as PyTorch's
 //! `quantize_dynamic` and ONNX Runtime do it: weights per output channel (symmetric i8),
 //! activations per token at every call (u8 with a zero point), i32 dot products, f32 bias and
-//! activation. The arithmetic is [`medsam_kernels::gemm::int8`].
+//! activation — except that the activations are first centred on the call's mean token, whose
+//! product goes through the f32 weights (on the full ViT-B parity model this took the mask IoU
+//! against f32 from 0.984 to 0.9916). The arithmetic is [`medsam_kernels::gemm::int8`].
 //!
 //! Only linear layers (`Tensor::linear`, `linear_act`, `linear_fused`) are quantized — by default
 //! only those that widen their input (see `layer_selected`), and only those large enough for int8
@@ -224,6 +226,9 @@ pub(crate) fn linear_int8(
         residual: rs.map(|r| (r, n)),
         gelu,
     };
-    int8::linear(xs, k, rows, &w, &mut out, n, epilogue);
+    let Some(exact) = dense_cpu(weight) else {
+        return Ok(None);
+    };
+    int8::linear(xs, k, rows, &w, exact, &mut out, n, epilogue);
     Tensor::from_storage(Storage::Cpu(out), &out_shape, x.device()).map(Some)
 }

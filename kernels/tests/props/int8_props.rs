@@ -106,7 +106,17 @@ fn run_fast(c: &Case, d: &Data, kernel: Int8Kernel) -> Result<Vec<f32>, String> 
     let w = Int8Weights::quantize(&d.w, c.n, c.k);
     let sentinel = -12345.0;
     let mut cs = vec![sentinel; c.m * ldc];
-    int8::linear_with(kernel, &xs, ldx, c.m, &w, &mut cs, ldc, epilogue(c, d, c.n));
+    int8::linear_with(
+        kernel,
+        &xs,
+        ldx,
+        c.m,
+        &w,
+        &d.w,
+        &mut cs,
+        ldc,
+        epilogue(c, d, c.n),
+    );
     let mut out = vec![0.0; c.m * c.n];
     for i in 0..c.m {
         out[i * c.n..(i + 1) * c.n].copy_from_slice(&cs[i * ldc..i * ldc + c.n]);
@@ -234,7 +244,7 @@ fn zero_and_non_finite_rows() {
     let w = Int8Weights::quantize(&wv, n, k);
     for kernel in kernels() {
         let mut c = vec![0.0; m * n];
-        int8::linear_with(kernel, &x, k, m, &w, &mut c, n, Epilogue::default());
+        int8::linear_with(kernel, &x, k, m, &w, &wv, &mut c, n, Epilogue::default());
         assert!(c[..n].iter().all(|&v| v == 0.0), "{kernel:?}");
         assert!(c[2 * n..4 * n].iter().all(|v| v.is_nan()), "{kernel:?}");
         assert!(c[n..2 * n].iter().chain(&c[4 * n..]).all(|v| v.is_finite()));
