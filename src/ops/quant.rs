@@ -132,7 +132,8 @@ fn quantized(weight: &Tensor, n: usize, k: usize) -> Result<Arc<Int8Weights>> {
 /// tails) stay in float: on the real LiteMedSAM slices (tests/models/lite_real.rs) quantizing every
 /// linear layer gave mask IoU 0.986 vs f32 on one box (fc2 alone 0.985, proj alone 0.993, qkv + fc1
 /// alone ≥ 0.993 with logits within 0.34 on the retina). With the size rule and the rest in bf16
-/// (AMD Zen 4): default ≥ 0.9948, `expand,square` ≥ 0.9943, `all` 0.983 and `expand,reduce` 0.981
+/// (AMD Zen 4), before the activations were centred: default ≥ 0.9948 (centred: ≥ 0.9961),
+/// `expand,square` ≥ 0.9943, `all` 0.983 and `expand,reduce` 0.981
 /// (fc2 of the last stage alone breaks it). `MEDSAM_INT8_LAYERS` overrides this with
 /// a comma list of `expand` (n > k), `square` (n = k), `reduce` (n < k), or `all`.
 fn layer_selected(n: usize, k: usize) -> bool {
