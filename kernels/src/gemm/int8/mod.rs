@@ -281,14 +281,25 @@ simd_dispatch! {
     }
 }
 
-/// `μ`: the mean of rows `0..m` of `x` (row stride `ldx`, `k` columns), summed in row order;
-/// all zeros if any mean is not finite (see the module doc).
-fn column_means(x: &[f32], ldx: usize, m: usize, k: usize) -> Vec<f32> {
+/// Columns of x per task of [`column_means`].
+const MEAN_COLS: usize = 128;
+
+/// `μ`: the mean of rows `0..m` of `x` (row stride `ldx`, `k` columns), each column summed in
+/// row order (whatever the threads); all zeros if any mean is not finite (see the module doc).
+fn column_means(x: &[f32], ldx: usize, m: usize, k: usize, parallel: bool) -> Vec<f32> {
     let mut mu = vec![0.0f32; k];
-    for row in x.chunks(ldx.max(1)).take(m) {
-        for (a, &v) in mu.iter_mut().zip(&row[..k]) {
-            *a += v;
+    let block = |(b, out): (usize, &mut [f32])| {
+        let c0 = b * MEAN_COLS;
+        for row in x.chunks(ldx.max(1)).take(m) {
+            for (a, &v) in out.iter_mut().zip(&row[c0..]) {
+                *a += v;
+            }
         }
+    };
+    if parallel {
+        mu.par_chunks_mut(MEAN_COLS).enumerate().for_each(block);
+    } else {
+        mu.chunks_mut(MEAN_COLS).enumerate().for_each(block);
     }
     let count = m.max(1) as f32;
     for a in mu.iter_mut() {
@@ -521,7 +532,7 @@ fn run(
     let parallel = may_thread && rayon::current_num_threads() > 1 && m * n * k >= PAR_MIN_MACS;
     let mr = uk.mr;
     let rows = m.div_ceil(mr) * mr;
-    let mu = column_means(x, ldx, m, k);
+    let mu = column_means(x, ldx, m, k, parallel);
     let mean = mean_term(&mu, exact, n, k, w.scales.len(), parallel);
     let q = quantize_rows(x, &mu, ldx, m, k, rows, mr, w.kq, parallel);
 
@@ -631,7 +642,7 @@ pub mod reference {
 
     /// `μ`, the mean of the `m` rows of dense `x` (zeros if one is not finite).
     pub fn column_means(x: &[f32], m: usize, k: usize) -> Vec<f32> {
-        super::column_means(x, k, m, k)
+        super::column_means(x, k, m, k, false)
     }
 
     /// `C = act(quant(x − μ)·quant(W)ᵀ + μ·Wᵀ + b)`: `x` dense `m × k`, `w` dense `[n, k]`, C
