@@ -51,9 +51,10 @@ fn int8_op(name: &'static str, m: usize, k: usize, n: usize) -> Op {
         flops: 2.0 * (m * n * k) as f64,
         make: Box::new(move || {
             let x = data(m * k, 1);
-            let w = int8::Int8Weights::quantize(&data(n * k, 2), n, k);
+            let wf = data(n * k, 2);
+            let w = int8::Int8Weights::quantize(&wf, n, k);
             let mut c = vec![0.0f32; m * n];
-            Box::new(move || int8::linear(&x, k, m, &w, &mut c, n, Epilogue::default()))
+            Box::new(move || int8::linear(&x, k, m, &w, &wf, &mut c, n, Epilogue::default()))
         }),
     }
 }

@@ -92,7 +92,7 @@ fn main() {
             }
             let s = pool.install(|| {
                 best_of(reps, || {
-                    int8::linear_with(kernel, &x, k, m, &w, &mut c, n, Epilogue::default())
+                    int8::linear_with(kernel, &x, k, m, &w, &wv, &mut c, n, Epilogue::default())
                 })
             });
             report(format!("{kernel:?} int8"), s);

@@ -106,7 +106,17 @@ fn run_fast(c: &Case, d: &Data, kernel: Int8Kernel) -> Result<Vec<f32>, String> 
     let w = Int8Weights::quantize(&d.w, c.n, c.k);
     let sentinel = -12345.0;
     let mut cs = vec![sentinel; c.m * ldc];
-    int8::linear_with(kernel, &xs, ldx, c.m, &w, &mut cs, ldc, epilogue(c, d, c.n));
+    int8::linear_with(
+        kernel,
+        &xs,
+        ldx,
+        c.m,
+        &w,
+        &d.w,
+        &mut cs,
+        ldc,
+        epilogue(c, d, c.n),
+    );
     let mut out = vec![0.0; c.m * c.n];
     for i in 0..c.m {
         out[i * c.n..(i + 1) * c.n].copy_from_slice(&cs[i * ldc..i * ldc + c.n]);
@@ -207,22 +217,35 @@ fn close_to_f32() {
     let c = Case::new((m, n, k), (0, 0), [false, false, false, true], 3);
     let d = data(&c);
     let (_, sw) = reference::quantize_weights(&d.w, n, k);
-    let (_, sx, _) = reference::quantize_rows(&d.x, m, k);
+    let mu = reference::column_means(&d.x, m, k);
+    let centred: Vec<f32> =
+        d.x.chunks(k)
+            .flat_map(|r| r.iter().zip(&mu).map(|(a, b)| a - b))
+            .collect();
+    let (_, sx, _) = reference::quantize_rows(&centred, m, k);
     let got = run_fast(&c, &d, Int8Kernel::best()).unwrap();
     for i in 0..m {
         for j in 0..n {
             let (xr, wr) = (&d.x[i * k..(i + 1) * k], &d.w[j * k..(j + 1) * k]);
             let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
             let sum_abs = |v: &[f32]| v.iter().map(|x| x.abs()).sum::<f32>();
-            let bound = sx[i] * sum_abs(wr) + sw[j] * sum_abs(xr) + k as f32 * sx[i] * sw[j];
+            // Only the centred rows are quantized; the mean's product is f32 (a few ulp of
+            // Σ|μ·w|, covered by the slack).
+            let yr = &centred[i * k..(i + 1) * k];
+            let mean_abs: f32 = mu.iter().zip(wr).map(|(a, b)| (a * b).abs()).sum();
+            let bound = sx[i] * sum_abs(wr)
+                + sw[j] * sum_abs(yr)
+                + k as f32 * sx[i] * sw[j]
+                + 1e-5 * mean_abs;
             let err = (got[i * n + j] as f64 - exact).abs() as f32;
             assert!(err <= bound * 1.001, "C[{i},{j}] err {err} > {bound}");
         }
     }
 }
 
-/// Rows of zeros give exact zeros (plus bias); a row with a NaN or an infinity gives NaN, and
-/// the other rows are unaffected.
+/// Rows of zeros give exact zeros (plus bias) — here, as a NaN in x turns centring off, and
+/// always when every row is zero; a row with a NaN or an infinity gives NaN, and the other rows
+/// are unaffected.
 #[test]
 fn zero_and_non_finite_rows() {
     let (m, n, k) = (5, 40, 9);
@@ -234,10 +257,23 @@ fn zero_and_non_finite_rows() {
     let w = Int8Weights::quantize(&wv, n, k);
     for kernel in kernels() {
         let mut c = vec![0.0; m * n];
-        int8::linear_with(kernel, &x, k, m, &w, &mut c, n, Epilogue::default());
+        int8::linear_with(kernel, &x, k, m, &w, &wv, &mut c, n, Epilogue::default());
         assert!(c[..n].iter().all(|&v| v == 0.0), "{kernel:?}");
         assert!(c[2 * n..4 * n].iter().all(|v| v.is_nan()), "{kernel:?}");
         assert!(c[n..2 * n].iter().chain(&c[4 * n..]).all(|v| v.is_finite()));
+        let zeros = vec![0.0; m * k];
+        int8::linear_with(
+            kernel,
+            &zeros,
+            k,
+            m,
+            &w,
+            &wv,
+            &mut c,
+            n,
+            Epilogue::default(),
+        );
+        assert!(c.iter().all(|&v| v == 0.0), "{kernel:?}");
     }
 }
 
@@ -266,4 +302,34 @@ fn kernel_selection() {
         assert_eq!(best, Int8Kernel::Avx512Vnni);
     }
     eprintln!("int8 kernels tested on this CPU: {:?}", kernels());
+}
+
+/// Identical rows (a single row too) centre to zero, so the result is the f32 product with the
+/// unquantized weights: no quantization error at all.
+#[test]
+fn identical_rows_are_exact() {
+    let (n, k) = (70, 300);
+    let row = fill(k, 5);
+    let wv = fill(n * k, 6);
+    let w = Int8Weights::quantize(&wv, n, k);
+    for m in [1, 3] {
+        let x: Vec<f32> = row.iter().copied().cycle().take(m * k).collect();
+        for kernel in kernels() {
+            let mut c = vec![0.0; m * n];
+            int8::linear_with(kernel, &x, k, m, &w, &wv, &mut c, n, Epilogue::default());
+            for (idx, &g) in c.iter().enumerate() {
+                let wr = &wv[(idx % n) * k..(idx % n + 1) * k];
+                let exact: f64 = row.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let scale: f64 = row
+                    .iter()
+                    .zip(wr)
+                    .map(|(&a, &b)| (a * b).abs() as f64)
+                    .sum();
+                assert!(
+                    (g as f64 - exact).abs() <= 1e-6 * scale,
+                    "{kernel:?} m={m} C[{idx}] = {g} want {exact}"
+                );
+            }
+        }
+    }
 }
