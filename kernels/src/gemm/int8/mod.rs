@@ -449,32 +449,6 @@ pub fn linear(
     linear_with(Int8Kernel::best(), x, ldx, m, w, exact, c, ldc, epilogue)
 }
 
-/// [`linear`] on the calling thread only (for callers that already run one task per core).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_serial(
-    x: &[f32],
-    ldx: usize,
-    m: usize,
-    w: &Int8Weights,
-    exact: &[f32],
-    c: &mut [f32],
-    ldc: usize,
-    epilogue: Epilogue,
-) {
-    run(
-        Int8Kernel::best(),
-        x,
-        ldx,
-        m,
-        w,
-        exact,
-        c,
-        ldc,
-        epilogue,
-        false,
-    )
-}
-
 /// [`linear`] with an explicitly chosen kernel. Panics if it is not available on this CPU.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_with(
@@ -486,23 +460,7 @@ pub fn linear_with(
     exact: &[f32],
     c: &mut [f32],
     ldc: usize,
-    epilogue: Epilogue,
-) {
-    run(kernel, x, ldx, m, w, exact, c, ldc, epilogue, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run(
-    kernel: Int8Kernel,
-    x: &[f32],
-    ldx: usize,
-    m: usize,
-    w: &Int8Weights,
-    exact: &[f32],
-    c: &mut [f32],
-    ldc: usize,
     ep: Epilogue,
-    may_thread: bool,
 ) {
     let (n, k) = (w.n, w.k);
     let uk = micro(kernel);
@@ -529,7 +487,7 @@ fn run(
         exact.len()
     );
     check_epilogue(GemmDims { batch: 1, m, n, k }, &ep);
-    let parallel = may_thread && rayon::current_num_threads() > 1 && m * n * k >= PAR_MIN_MACS;
+    let parallel = rayon::current_num_threads() > 1 && m * n * k >= PAR_MIN_MACS;
     let mr = uk.mr;
     let rows = m.div_ceil(mr) * mr;
     let mu = column_means(x, ldx, m, k, parallel);
