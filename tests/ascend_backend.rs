@@ -185,6 +185,33 @@ fn attention_plain_and_rel_pos() {
     }
 }
 
+/// Hiera's 2×2 max pool (inference only, so no gradient to compare) of a view whose channels are
+/// a slice of wider rows, odd height and width (floor mode), NaNs included: the same bits on the
+/// NPU as on the CPU, and (stand-in) without a copy through the host.
+#[test]
+fn max_pool_of_a_strided_view_matches_cpu() {
+    setup();
+    let (n, h, w, c) = (2, 7, 9, 10);
+    let mut v = data(n * h * w * c, 11);
+    for at in [3, 254, 1005] {
+        v[at] = f32::NAN;
+    }
+    let pool = |dev: Device| {
+        let x = Tensor::from_slice(&v, &[n, h, w, c], dev).unwrap();
+        let before = (dev == NPU && !on_npu()).then(host_copies);
+        let y = x.narrow(3, 2, 5).unwrap().max_pool2x2_nhwc().unwrap();
+        if let Some(before) = before {
+            assert_eq!(host_copies(), before, "max pool copied through the host");
+        }
+        assert_eq!((y.device(), y.shape()), (dev, &[n, 3, 4, 5][..]));
+        y.to_vec().unwrap()
+    };
+    let (want, got) = (pool(Device::Cpu), pool(NPU));
+    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert!(want.iter().any(|x| x.is_nan()), "a NaN reaches the output");
+    assert_eq!(bits(&got), bits(&want));
+}
+
 // ------------------------------------------------------------------ tiny SAM
 
 /// The tiny SAM fixture: its tensors (weights `w.*`, inputs `in.*`, outputs `out.*`) and config.

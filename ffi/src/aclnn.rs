@@ -237,6 +237,9 @@ aclnn_ops! {
         /// ops-math @c41933244 `math/div/op_api/aclnn_div.h`: (self, other, out);
         /// out = self / other (broadcasting, true division)
         Div("aclnn_div.h"): fn(*const aclTensor, *const aclTensor, *mut aclTensor),
+        /// CANN 8.1.RC1 toolkit `aclnnop/aclnn_maximum.h`: (self, other, out); elementwise
+        /// maximum with broadcasting (`torch.maximum`: NaN propagates)
+        Maximum("aclnn_maximum.h"): fn(*const aclTensor, *const aclTensor, *mut aclTensor),
         /// ops-math @c41933244 `math/exp/op_api/aclnn_exp.h`: (self, out)
         Exp("aclnn_exp.h"): fn(*const aclTensor, *mut aclTensor),
         /// ops-math @c41933244 `math/sin/op_api/aclnn_sin.h`: (self, out)

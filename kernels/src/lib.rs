@@ -16,6 +16,7 @@ pub mod depthwise;
 pub mod gemm;
 pub mod mbconv;
 pub mod norm;
+pub mod pool;
 pub mod resize;
 pub mod rope;
 pub mod strided;

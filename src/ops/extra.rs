@@ -1,6 +1,6 @@
 //! Operators TinyViT (LiteMedSAM's image encoder) needs beyond SAM's: depthwise and grouped
 //! conv2d, and BatchNorm2d in inference (running statistics) and training (batch statistics)
-//! form, each with its backward.
+//! form, each with its backward; and Hiera's (MedSAM2's) 2×2 max pooling, inference only.
 
 use super::nn::{conv_op, ConvKind, NormBackward, NormKind};
 use super::{conv_in, dense, norm_in, then_gelu, wrap};
@@ -21,6 +21,33 @@ pub struct BatchStats {
 }
 
 impl Tensor {
+    /// `nn.MaxPool2d(2, 2)` (floor mode) on channels-last `[n, h, w, c]` → `[n, h/2, w/2, c]`;
+    /// a NaN in a window gives NaN, as in PyTorch. Any view whose channels are contiguous (the
+    /// queries sliced out of a q/k/v projection) is read in place. Inference only: an error if
+    /// autograd would record it (Hiera pools only in inference here).
+    pub fn max_pool2x2_nhwc(&self) -> Result<Tensor> {
+        if self.rank() != 4 {
+            return Err(Error::shape(
+                "max_pool2x2_nhwc",
+                format!("expected [n, h, w, c], got {:?}", self.shape()),
+            ));
+        }
+        if records(&[Some(self)]) {
+            return Err(Error::Autograd(
+                "max_pool2x2_nhwc has no gradient (inference only); run it under no_grad".into(),
+            ));
+        }
+        let x = if self.dim(3) > 1 && self.strides()[3] != 1 {
+            self.contiguous()?
+        } else {
+            self.clone()
+        };
+        let v = x.view();
+        let out_shape = [v.shape[0], v.shape[1] / 2, v.shape[2] / 2, v.shape[3]];
+        let s = x.backend()?.max_pool2x2_nhwc((x.storage(), v))?;
+        Tensor::from_storage(s, &out_shape, self.device())
+    }
+
     /// Depthwise conv2d on NCHW: weight `[c, 1, kh, kw]`, `groups = c`.
     pub fn depthwise_conv2d(
         &self,

@@ -77,6 +77,43 @@ proptest! {
     }
 }
 
+/// Max pooling reads views in place: a channel slice of wider rows and a permuted (channel
+/// stride ≠ 1) view pool exactly as their dense copies; with a gradient to record it is a
+/// clear error, not a silently detached result.
+#[test]
+fn max_pool_on_views_equals_pool_on_copies() {
+    let x = tensor(&[2, 7, 9, 10], 5);
+    let sliced = x.narrow(3, 3, 4).unwrap();
+    let permuted = tensor(&[2, 6, 7, 5], 6).permute(&[0, 2, 3, 1]).unwrap();
+    for v in [sliced, permuted] {
+        let got = v.max_pool2x2_nhwc().unwrap();
+        let want = dense(&v).max_pool2x2_nhwc().unwrap();
+        let s = v.shape();
+        assert_eq!(got.shape(), [s[0], s[1] / 2, s[2] / 2, s[3]]);
+        assert_eq!(got.to_vec().unwrap(), want.to_vec().unwrap());
+    }
+    let d = x.to_vec().unwrap();
+    let y = x.max_pool2x2_nhwc().unwrap().to_vec().unwrap();
+    let at = |yy: usize, xx: usize, ch: usize| d[(yy * 9 + xx) * 10 + ch];
+    assert_eq!(
+        y[(4 + 3) * 10 + 2],
+        at(2, 6, 2)
+            .max(at(2, 7, 2))
+            .max(at(3, 6, 2))
+            .max(at(3, 7, 2))
+    );
+    let e = tensor(&[1, 4, 4, 2], 7)
+        .into_variable()
+        .max_pool2x2_nhwc()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("max_pool2x2_nhwc") && e.contains("no_grad"),
+        "{e}"
+    );
+    assert!(tensor(&[4, 4, 2], 7).max_pool2x2_nhwc().is_err());
+}
+
 #[test]
 fn shape_errors_name_the_shapes() {
     let a = tensor(&[2, 3], 1);

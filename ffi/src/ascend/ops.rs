@@ -864,6 +864,12 @@ impl<'s> Ops<'s> {
         aclnn!(self, Div(a.raw(), b.raw(), out.raw()))
     }
 
+    /// `out = max(a, b)` elementwise (broadcasting; NaN propagates).
+    pub fn maximum(&self, a: &TensorArg, b: &TensorArg, out: &TensorArg) -> Result<()> {
+        let (a, b, out) = (self.tensor(a)?, self.tensor(b)?, self.tensor(out)?);
+        aclnn!(self, Maximum(a.raw(), b.raw(), out.raw()))
+    }
+
     /// `grad_in = x > threshold ? grad_out : 0` (ReLU backward with threshold 0).
     pub fn threshold_backward(
         &self,

@@ -16,6 +16,7 @@ mod gemm_props;
 mod int8_props;
 mod mbconv_props;
 mod norm_props;
+mod pool_props;
 mod resize_props;
 mod rope_props;
 mod strided_props;

@@ -71,4 +71,32 @@ impl ConvOps for AscendBackend {
         self.check_depthwise(&g)?;
         self.conv2d_backward(g, a)
     }
+
+    fn max_pool2x2_nhwc(&self, (x, v): (&Storage, &View)) -> Result<Storage> {
+        // The four corners of every window are four strided views of `x` (steps of two rows
+        // and two columns): two aclnnMaximum calls over pairs of them, one over the results.
+        let [n, h, w, c] = v.shape[..] else {
+            return Err(Error::Shape {
+                op: "max_pool2x2_nhwc",
+                detail: format!("expected [n, h, w, c], got {:?}", v.shape),
+            });
+        };
+        let dims = [n, h / 2, w / 2, c];
+        let (sb, sy, sx, sc) = (v.strides[0], v.strides[1], v.strides[2], v.strides[3]);
+        let corner = |dy: usize, dx: usize| {
+            lay(
+                &dims,
+                &[sb, 2 * sy, 2 * sx, sc],
+                v.offset + dy * sy + dx * sx,
+            )
+        };
+        let xb = self.buf(x)?;
+        let top = self.max_views((xb, corner(0, 0)), (xb, corner(0, 1)), &dims)?;
+        let bottom = self.max_views((xb, corner(1, 0)), (xb, corner(1, 1)), &dims)?;
+        self.max_views(
+            (self.buf(&top)?, contig(&dims)),
+            (self.buf(&bottom)?, contig(&dims)),
+            &dims,
+        )
+    }
 }

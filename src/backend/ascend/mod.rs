@@ -329,6 +329,11 @@ impl AscendBackend {
         self.zip_views((a, b), dims, |ops, a, b, o| ops.div(a, b, o))
     }
 
+    /// `out[dims] = max(a[la], b[lb])` into a fresh contiguous buffer (`aclnnMaximum`).
+    fn max_views(&self, a: DevOperand, b: DevOperand, dims: &[usize]) -> Result<Storage> {
+        self.zip_views((a, b), dims, |ops, a, b, o| ops.maximum(a, b, o))
+    }
+
     /// `op(x)` over `n` contiguous elements (`aclnnRelu` / `Sigmoid` / `Exp` / `Sin` / `Cos` /
     /// `Sqrt`).
     fn unary_dev(&self, op: UnaryOp, x: &acl::DeviceBuffer, n: usize) -> Result<Storage> {

@@ -1,8 +1,10 @@
-//! CPU backend: convolutions (dense, transposed, depthwise), their gradients, and TinyViT's fused MBConv block.
+//! CPU backend: convolutions (dense, transposed, depthwise), their gradients, TinyViT's fused
+//! MBConv block, and Hiera's 2×2 max pooling.
 
 use super::*;
 use medsam_kernels::conv;
 use medsam_kernels::mbconv::MbConvDims;
+use medsam_kernels::pool::{self, NhwcView};
 
 /// The `[n, c_out, oh, ow]` output: zeroed for the kernels that accumulate into it, from the
 /// pool for those that write every element.
@@ -96,5 +98,25 @@ impl ConvOps for CpuBackend {
         };
         medsam_kernels::mbconv::mbconv_forward(d, host(x)?, wt, &mut y);
         Ok(Some(Storage::Cpu(y)))
+    }
+
+    fn max_pool2x2_nhwc(&self, (x, v): (&Storage, &View)) -> Result<Storage> {
+        let [n, h, w, c] = v.shape[..] else {
+            return Err(Error::Shape {
+                op: "max_pool2x2_nhwc",
+                detail: format!("expected [n, h, w, c], got {:?}", v.shape),
+            });
+        };
+        let view = NhwcView {
+            n,
+            h,
+            w,
+            c,
+            strides: [v.strides[0], v.strides[1], v.strides[2]],
+            offset: v.offset,
+        };
+        let mut out = buffer(view.pooled_len());
+        pool::max_pool2x2_nhwc(host(x)?, &view, &mut out);
+        Ok(Storage::Cpu(out))
     }
 }

@@ -1,4 +1,5 @@
-//! Convolutions (dense, transposed, depthwise), their gradients, and TinyViT's fused MBConv block.
+//! Convolutions (dense, transposed, depthwise), their gradients, TinyViT's fused MBConv block,
+//! and Hiera's 2×2 max pooling.
 
 use crate::backend::*;
 use crate::error::Result;
@@ -67,6 +68,11 @@ pub trait ConvOps: MemoryOps + PointwiseOps {
     }
 
     fn depthwise_conv2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads>;
+
+    /// `nn.MaxPool2d(2, 2)` (floor mode) of a channels-last view `[n, h, w, c]` whose channel
+    /// stride is 1 (any other strides, e.g. queries sliced out of a q/k/v projection, are read
+    /// in place) → contiguous `[n, h/2, w/2, c]`; a NaN in a window gives NaN. Inference only.
+    fn max_pool2x2_nhwc(&self, x: (&Storage, &View)) -> Result<Storage>;
 
     /// TinyViT's MBConv block for inference (BatchNorm folded), on NCHW `x`:
     /// `gelu(W3·gelu(dw3×3(gelu(W1·x + b1)) + b2) + b3 + x)`; `w = [w1, b1, w2, b2, w3, b3]`.

@@ -4,7 +4,7 @@
 //! inside the trunk; each stage's output is returned NCHW, highest resolution first.
 
 use super::config::TrunkConfig;
-use super::sam2_utils::{interpolate_bicubic, max_pool2x2_nhwc, Mlp};
+use super::sam2_utils::{interpolate_bicubic, Mlp};
 use crate::autograd::is_grad_enabled;
 use crate::error::{Error, Result};
 use crate::models::common::{join, Conv2d, Init, LayerNorm, Linear, Module};
@@ -89,7 +89,7 @@ impl MultiScaleAttention {
         let parts = qkv.reshape(&[b, nwh, wh, nww, ww, 3, nh, hd])?;
         let (q, (qh, qw)) = if self.q_pool {
             let q = qkv.reshape(&[b, hp, wp, 3, d])?.select(3, 0)?;
-            let pooled = max_pool2x2_nhwc(&q)?;
+            let pooled = q.max_pool2x2_nhwc()?;
             let (qh, qw) = (wh / 2, ww / 2);
             let pooled = pooled.reshape(&[b, nwh, qh, nww, qw, nh, hd])?;
             (heads(&pooled, (qh, qw))?, (qh, qw))
@@ -144,7 +144,7 @@ impl MultiScaleBlock {
             Some(p) => {
                 let s = p.forward(&xn)?;
                 if self.q_stride.is_some() {
-                    max_pool2x2_nhwc(&s)?
+                    s.max_pool2x2_nhwc()?
                 } else {
                     s
                 }

@@ -66,49 +66,6 @@ pub fn named_init(m: &mut dyn Module) -> Result<()> {
     failure.map_or(Ok(()), Err)
 }
 
-/// `nn.MaxPool2d(2, 2)` (floor mode) on NHWC. `x` may be any view whose channels are
-/// contiguous (e.g. the queries sliced out of a qkv projection); on the CPU its buffer is read
-/// in place and the output rows are pooled in parallel.
-pub fn max_pool2x2_nhwc(x: &Tensor) -> Result<Tensor> {
-    let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-    let (oh, ow) = (h / 2, w / 2);
-    // One output row `[ow, c]` from the view `(src, offset, strides [n, y, x])`.
-    let pool_row = |src: &[f32], (base, s1, s2): (usize, usize, usize), out: &mut [f32]| {
-        for (xx, o) in out.chunks_exact_mut(c).enumerate() {
-            let p0 = base + 2 * xx * s2;
-            let (p1, p2, p3) = (p0 + s2, p0 + s1, p0 + s1 + s2);
-            for (ch, o) in o.iter_mut().enumerate() {
-                *o = src[p0 + ch]
-                    .max(src[p1 + ch])
-                    .max(src[p2 + ch])
-                    .max(src[p3 + ch]);
-            }
-        }
-    };
-    let n_out = b * oh * ow * c;
-    if x.device() == crate::Device::Cpu && (c == 1 || x.strides()[3] == 1) && n_out > 0 {
-        use rayon::prelude::*;
-        let st = x.strides();
-        let (s0, s1, s2, off) = (st[0], st[1], st[2], x.offset());
-        let src = x.storage().cpu()?;
-        let mut out = crate::backend::cpu::buffer(n_out);
-        out.par_chunks_mut(ow * c).enumerate().for_each(|(r, o)| {
-            let (n, y) = (r / oh, r % oh);
-            pool_row(src, (off + n * s0 + 2 * y * s1, s1, s2), o);
-        });
-        return Tensor::from_vec(out, &[b, oh, ow, c]);
-    }
-    let v = x.to_vec()?;
-    let mut out = vec![0.0f32; n_out];
-    if n_out > 0 {
-        for (r, o) in out.chunks_exact_mut(ow * c).enumerate() {
-            let (n, y) = (r / oh, r % oh);
-            pool_row(&v, (((n * h + 2 * y) * w) * c, w * c, c), o);
-        }
-    }
-    Tensor::from_slice(&out, &[b, oh, ow, c], x.device())
-}
-
 /// `F.interpolate(scale_factor=2, mode="nearest")` on NCHW, as a broadcast view made dense.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));

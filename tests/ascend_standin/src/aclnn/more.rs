@@ -1,6 +1,6 @@
 //! Stand-in pointwise ops, division, activation backwards and bilinear resize, added to move
 //! host fallbacks of the NPU `Backend` to device: `aclnnRelu`, `aclnnSigmoid`, `aclnnExp`,
-//! `aclnnSin`, `aclnnCos`, `aclnnSqrt`, `aclnnDiv`, `aclnnThresholdBackward`,
+//! `aclnnSin`, `aclnnCos`, `aclnnSqrt`, `aclnnDiv`, `aclnnMaximum`, `aclnnThresholdBackward`,
 //! `aclnnSigmoidBackward`, `aclnnUpsampleBilinear2d` and `aclnnUpsampleBilinear2dBackward`
 //! (align_corners=false only), `aclnnApplyAdamWV2` (amsgrad / maximize off). Signatures as declared in `ffi/src/aclnn.rs`; plain loops,
 //! row-major reads of the views; shapes, dtypes and attributes are checked in the first phase.
@@ -49,6 +49,17 @@ aclnn_op!(aclnnDiv, aclnnDivGetWorkspaceSize(
     out: *mut AclTensor,
 ) {
     binary(F, a, b, out, |x, y| x / y)
+});
+
+// ------------------------------------------------------------------ maximum
+
+aclnn_op!(aclnnMaximum, aclnnMaximumGetWorkspaceSize(
+    a: *const AclTensor,
+    b: *const AclTensor,
+    out: *mut AclTensor,
+) {
+    // torch.maximum: NaN in either input gives NaN.
+    binary(F, a, b, out, |x, y| if x.is_nan() || y.is_nan() { f32::NAN } else { x.max(y) })
 });
 
 // ------------------------------------------------------------------ activation backwards
