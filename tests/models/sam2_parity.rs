@@ -870,3 +870,91 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
     assert!(!o.status.success() && err.contains("--key-slice"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
 }
+
+/// `--precision int8` against f32 on MedSAM2's t512 configuration (fixture weights and frame):
+/// the image-encoder levels' relative error, and the video-resolution mask of the fixture's box
+/// on frame 0 (logits > 0), which must keep IoU ≥ 0.99 with the f32 mask (issue #20's bar).
+#[test]
+fn medsam2_t512_int8_mask_matches_f32() {
+    use medsam::autograd::no_grad;
+    use medsam::ops::quant::autocast_int8;
+    let Some(fx) = load("t512") else { return };
+    let cfg = fx.config();
+    let hw = fx.meta["video_hw"].as_array().unwrap();
+    let (vh, vw) = (
+        hw[0].as_u64().unwrap() as usize,
+        hw[1].as_u64().unwrap() as usize,
+    );
+    let predictor = VideoPredictor::new(model(&fx));
+    let img = frames(1, cfg.image_size, 2);
+    let prompt = Prompt {
+        bbox: Some(fx.bbox("box_fwd")),
+        ..Default::default()
+    };
+    // (encoder levels, video-resolution logits) at one precision.
+    let run = |int8: bool| {
+        no_grad(|| {
+            autocast_int8(int8, || {
+                let levels = predictor.model.image_encoder.forward(&img)?.backbone_fpn;
+                let mut state = predictor.init_state(img.clone(), vh, vw)?;
+                let logits =
+                    predictor.add_new_points_or_box(&mut state, 0, 1, &prompt, true, true)?;
+                Ok::<_, medsam::Error>((levels, logits.to_vec()?))
+            })
+        })
+        .unwrap()
+    };
+    let (lv32, lg32) = run(false);
+    let (lv8, lg8) = run(true);
+    for (i, (a, b)) in lv8.iter().zip(&lv32).enumerate() {
+        let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        let range = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let rms = |v: &mut dyn Iterator<Item = f32>| {
+            (v.map(|x| (x * x) as f64).sum::<f64>() / b.len() as f64).sqrt()
+        };
+        let rel = rms(&mut a.iter().zip(&b).map(|(x, y)| x - y)) / rms(&mut b.iter().copied());
+        eprintln!(
+            "t512 int8 encoder level {i}: max abs error {err:.3e} (|value| up to {range:.3}), relative RMS error {rel:.3e}"
+        );
+    }
+    let fg = |l: &[f32]| l.iter().filter(|&&v| v > 0.0).count();
+    let inter = lg8
+        .iter()
+        .zip(&lg32)
+        .filter(|(a, b)| **a > 0.0 && **b > 0.0)
+        .count();
+    let union = lg8
+        .iter()
+        .zip(&lg32)
+        .filter(|(a, b)| **a > 0.0 || **b > 0.0)
+        .count();
+    let iou = if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    };
+    let err = lg8
+        .iter()
+        .zip(&lg32)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let mean = lg8
+        .iter()
+        .zip(&lg32)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / lg32.len() as f32;
+    let range = lg32.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    eprintln!(
+        "t512 int8 vs f32: foreground {:.4} (f32) / {:.4} (int8) of the frame, mask IoU {iou:.4}, \
+         logits max abs error {err:.3e}, mean {mean:.3e} (|logit| up to {range:.2})",
+        fg(&lg32) as f64 / lg32.len() as f64,
+        fg(&lg8) as f64 / lg8.len() as f64,
+    );
+    assert!(iou >= 0.99, "int8 mask IoU {iou} < 0.99");
+}
