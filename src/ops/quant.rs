@@ -140,15 +140,33 @@ fn layer_selected(n: usize, k: usize) -> bool {
     use std::sync::OnceLock;
     static SEL: OnceLock<String> = OnceLock::new();
     let sel = SEL.get_or_init(|| {
-        std::env::var("MEDSAM_INT8_LAYERS").unwrap_or_else(|_| "expand".to_string())
+        std::env::var("MEDSAM_INT8_LAYERS").unwrap_or_else(|_| DEFAULT_LAYERS.to_string())
     });
+    rule_selects(sel, n, k)
+}
+
+/// The layers quantized when `MEDSAM_INT8_LAYERS` is not set.
+const DEFAULT_LAYERS: &str = "expand";
+
+/// Whether the rule `sel` (see [`layer_selected`]) selects an `n × k` layer: a comma list of
+/// `kind` or `kind:K` (that kind from K input features up), kind `expand`, `square`, `reduce`
+/// or `all`; items that do not parse select nothing.
+fn rule_selects(sel: &str, n: usize, k: usize) -> bool {
     let kind = match n.cmp(&k) {
         std::cmp::Ordering::Greater => "expand",
         std::cmp::Ordering::Equal => "square",
         std::cmp::Ordering::Less => "reduce",
     };
-    sel.split(',')
-        .any(|s| s.trim() == kind || s.trim() == "all")
+    sel.split(',').any(|item| {
+        let (name, min_k) = match item.trim().split_once(':') {
+            Some((name, min_k)) => match min_k.trim().parse::<usize>() {
+                Ok(m) => (name.trim(), m),
+                Err(_) => return false,
+            },
+            None => (item.trim(), 0),
+        };
+        (name == kind || name == "all") && k >= min_k
+    })
 }
 
 /// Whether, under [`autocast_int8`], the linear layers that stay unquantized run in bf16: yes
@@ -232,4 +250,22 @@ pub(crate) fn linear_int8(
     };
     int8::linear(xs, k, rows, &w, exact, &mut out, n, epilogue);
     Tensor::from_storage(Storage::Cpu(out), &out_shape, x.device()).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rule_selects;
+
+    #[test]
+    fn rules_select_by_kind_and_input_width() {
+        // (n, k): expand, square, reduce at k = 768; reduce at k = 3072.
+        let layers = [(2304, 768), (768, 768), (192, 768), (768, 3072)];
+        let picks = |rule: &str| layers.map(|(n, k)| rule_selects(rule, n, k));
+        assert_eq!(picks("expand"), [true, false, false, false]);
+        assert_eq!(picks("square, reduce"), [false, true, true, true]);
+        assert_eq!(picks("all"), [true; 4]);
+        assert_eq!(picks("expand,reduce:1536"), [true, false, false, true]);
+        assert_eq!(picks("all:1000"), [false, false, false, true]);
+        assert_eq!(picks("reduce:x,bogus"), [false; 4]);
+    }
 }
