@@ -50,13 +50,16 @@ fn every_size() -> bool {
     EVERY_SIZE.with(|c| c.get())
 }
 
-/// Below this k (input features) a layer is left to the bf16 GEMM where this CPU has native bf16
-/// dot products ([`unquantized_in_bf16`]): each output then sums too few products for the int8
+/// Below this k (input features) a layer stays in float. Where this CPU has native bf16 dot
+/// products ([`unquantized_in_bf16`]) each output then sums too few products for the int8
 /// kernel's per-call and per-tile costs (quantizing the activations, dequantizing the i32 tile)
 /// to pay, and bf16 was as fast or faster (AMD Zen 4, one thread: (4096, k=192, n=768) int8 15 ms
 /// vs bf16 11 ms, (17689, 128, 384) 31 vs 18; from k = 320 int8 wins: (4900, 320, 960) 26 vs 31,
-/// (4096, 768, 3072) 120 vs 208).
-const MIN_K_VS_BF16: usize = 256;
+/// (4096, 768, 3072) 120 vs 208). Where the rest runs in f32, int8 would beat f32 below this k
+/// too ((16384, 96, 288) 13 vs 19 ms), but accuracy decides there: on MedSAM2's parity input
+/// (tests/models/sam2_parity.rs, `MEDSAM_INT8_REST=f32`) quantizing Hiera's k = 96/192 layers too
+/// took the mask IoU vs f32 from 0.978 to 0.968.
+const MIN_K: usize = 256;
 
 /// Below this n (output features) a layer stays f32 when the alternative is the f32 GEMM:
 /// quantizing the `m × k` activations costs as much as an `n`-column product saves
@@ -66,9 +69,10 @@ const MIN_K_VS_BF16: usize = 256;
 /// vs f32 at one thread, AMD Zen 4: median 0.76 against 0.64 without them).
 const MIN_N: usize = 256;
 
-/// Whether int8 is expected to beat the precision the layer would otherwise run in.
+/// Whether int8 is expected to beat the precision the layer would otherwise run in (and, for
+/// small k, to keep its accuracy).
 fn size_pays(n: usize, k: usize) -> bool {
-    n >= MIN_N && (k >= MIN_K_VS_BF16 || !unquantized_in_bf16())
+    n >= MIN_N && k >= MIN_K
 }
 
 /// A cached quantization: valid while `storage` is the same live buffer.
@@ -182,7 +186,7 @@ fn rule_selects(sel: &str, n: usize, k: usize) -> bool {
 /// Whether, under [`autocast_int8`], the linear layers that stay unquantized run in bf16: yes
 /// where this CPU has native bf16 dot products that beat f32
 /// ([`medsam_kernels::gemm::bf16_plan`]), unless `MEDSAM_INT8_REST=f32`.
-pub(crate) fn unquantized_in_bf16() -> bool {
+pub fn unquantized_in_bf16() -> bool {
     if every_size() {
         return false;
     }
