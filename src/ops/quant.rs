@@ -6,11 +6,11 @@
 //! against f32 from 0.984 to 0.9916). The arithmetic is [`medsam_kernels::gemm::int8`].
 //!
 //! Only linear layers (`Tensor::linear`, `linear_act`, `linear_fused`) are quantized — by default
-//! only those that widen their input (see `layer_selected`), and only those large enough for int8
-//! to beat the float GEMM (see `size_pays`) — on the CPU and when nothing records a gradient.
+//! every kind (see `layer_selected`), but only those large enough for int8 to beat the float
+//! GEMM (see `size_pays`) — on the CPU and when nothing records a gradient.
 //! The linear layers left out run in bf16 where this CPU's bf16 dot products beat f32
-//! (`unquantized_in_bf16`), else f32; attention products, convolutions and norms stay f32, as
-//! in PyTorch's dynamic quantization. A weight is quantized the first time it runs under
+//! (`unquantized_in_bf16`), else f32, and so do the attention products; convolutions and norms
+//! stay f32, as in PyTorch's dynamic quantization. A weight is quantized the first time it runs under
 //! [`autocast_int8`] and the result is kept, keyed by the weight's buffer, for as long as that
 //! buffer lives — for a loaded model, once per layer for the model's life. The cache does not
 //! notice in-place updates of a weight (training); [`clear_int8_cache`] forgets everything.
@@ -50,26 +50,29 @@ fn every_size() -> bool {
     EVERY_SIZE.with(|c| c.get())
 }
 
-/// Below this k (input features) a layer is left to the bf16 GEMM where this CPU has native bf16
-/// dot products ([`unquantized_in_bf16`]): each output then sums too few products for the int8
+/// Below this k (input features) a layer stays in float. Where this CPU has native bf16 dot
+/// products ([`unquantized_in_bf16`]) each output then sums too few products for the int8
 /// kernel's per-call and per-tile costs (quantizing the activations, dequantizing the i32 tile)
 /// to pay, and bf16 was as fast or faster (AMD Zen 4, one thread: (4096, k=192, n=768) int8 15 ms
 /// vs bf16 11 ms, (17689, 128, 384) 31 vs 18; from k = 320 int8 wins: (4900, 320, 960) 26 vs 31,
-/// (4096, 768, 3072) 120 vs 208).
-const MIN_K_VS_BF16: usize = 256;
+/// (4096, 768, 3072) 120 vs 208). Where the rest runs in f32, int8 would beat f32 below this k
+/// too ((16384, 96, 288) 13 vs 19 ms), but accuracy decides there: on MedSAM2's parity input
+/// (tests/models/sam2_parity.rs, `MEDSAM_INT8_REST=f32`) quantizing Hiera's k = 96/192 layers too
+/// took the mask IoU vs f32 from 0.978 to 0.968.
+const MIN_K: usize = 256;
 
 /// Below this n (output features) a layer stays f32 when the alternative is the f32 GEMM:
 /// quantizing the `m × k` activations costs as much as an `n`-column product saves
-/// ((16384, k=96, n=192) int8 16 ms vs f32 9 ms; (16384, 96, 288) 13 vs 19).
-const MIN_N_VS_F32: usize = 256;
+/// ((16384, k=96, n=192) int8 16 ms vs f32 9 ms; (16384, 96, 288) 13 vs 19). Against bf16 the
+/// same holds for the narrow MLP fc2 of Hiera's first two stages ((16384, 384, 96), (4096, 768,
+/// 192)): quantizing them too made MedSAM2's int8 encoder slower, not faster (per-call CPU time
+/// vs f32 at one thread, AMD Zen 4: median 0.76 against 0.64 without them).
+const MIN_N: usize = 256;
 
-/// Whether int8 is expected to beat the precision the layer would otherwise run in.
+/// Whether int8 is expected to beat the precision the layer would otherwise run in (and, for
+/// small k, to keep its accuracy).
 fn size_pays(n: usize, k: usize) -> bool {
-    if unquantized_in_bf16() {
-        k >= MIN_K_VS_BF16
-    } else {
-        n >= MIN_N_VS_F32
-    }
+    n >= MIN_N && k >= MIN_K
 }
 
 /// A cached quantization: valid while `storage` is the same live buffer.
@@ -126,35 +129,64 @@ fn quantized(weight: &Tensor, n: usize, k: usize) -> Result<Arc<Int8Weights>> {
     Ok(w)
 }
 
-/// Which layers to quantize, by shape. Default: those that widen (`n > k`: attention qkv and
-/// MLP fc1, which read LayerNorm outputs) — 7/12 of a transformer block's linear work. The
-/// attention output projection (`n = k`) and MLP fc2 (`n < k`, reading GELU outputs with long
-/// tails) stay in float: on the real LiteMedSAM slices (tests/models/lite_real.rs) quantizing every
-/// linear layer gave mask IoU 0.986 vs f32 on one box (fc2 alone 0.985, proj alone 0.993, qkv + fc1
-/// alone ≥ 0.993 with logits within 0.34 on the retina). With the size rule and the rest in bf16
-/// (AMD Zen 4), before the activations were centred: default ≥ 0.9948 (centred: ≥ 0.9961),
-/// `expand,square` ≥ 0.9943, `all` 0.983 and `expand,reduce` 0.981
-/// (fc2 of the last stage alone breaks it). `MEDSAM_INT8_LAYERS` overrides this with
-/// a comma list of `expand` (n > k), `square` (n = k), `reduce` (n < k), or `all`.
+/// Which layers to quantize, by shape (among those `size_pays` admits). Default: all — attention
+/// qkv and MLP fc1 (`n > k`, "expand"), the attention output projection (`n = k`, "square") and
+/// MLP fc2 (`n < k`, "reduce", reading GELU outputs with long tails). Before the activations were
+/// centred, fc2 and proj cost too much accuracy (all layers: mask IoU 0.983 vs f32 on a real
+/// LiteMedSAM slice) and only the expand layers were quantized. Measured with centring, the rest
+/// in bf16, AMD Zen 4 (mask IoU vs f32; int8/f32 per-call CPU time at one thread, median of 3–7
+/// interleaved rounds on a loaded machine, good to about ±0.05):
+///
+/// | rule            | ViT-B IoU | Lite min IoU | MedSAM2 IoU | MedSAM2 time | ViT-B time |
+/// |-----------------|-----------|--------------|-------------|--------------|------------|
+/// | expand          | 0.9916    | 0.9948       | 0.9918      | 0.64         | 0.59       |
+/// | expand,square   | 0.9944    | 0.9950       | 0.9913      | 0.66         | 0.49       |
+/// | expand,reduce   | 0.9908    | 0.9948       | 0.9921      | 0.76         | 0.50       |
+/// | all, n ≥ 256    | 0.9941    | 0.9963       | 0.9916      | 0.61         | 0.45       |
+///
+/// (ViT-B: tests/models/vit_b_parity.rs; Lite: the three boxes of tests/models/lite_real.rs;
+/// MedSAM2: the returned mask in tests/models/sam2_parity.rs. Without the n ≥ 256 floor, which
+/// leaves Hiera's two narrow fc2 in bf16, "all" gave MedSAM2 IoU 0.9895 at 0.72. LiteMedSAM's
+/// time: expand 0.79, all 0.82 — its layers are small, few are worth quantizing.)
+/// `MEDSAM_INT8_LAYERS` overrides this with a comma list of `expand`, `square`, `reduce` or
+/// `all`, each optionally `:K` for layers with at least K input features (`expand,reduce:1536`).
 fn layer_selected(n: usize, k: usize) -> bool {
     use std::sync::OnceLock;
     static SEL: OnceLock<String> = OnceLock::new();
     let sel = SEL.get_or_init(|| {
-        std::env::var("MEDSAM_INT8_LAYERS").unwrap_or_else(|_| "expand".to_string())
+        std::env::var("MEDSAM_INT8_LAYERS").unwrap_or_else(|_| DEFAULT_LAYERS.to_string())
     });
+    rule_selects(sel, n, k)
+}
+
+/// The layers quantized when `MEDSAM_INT8_LAYERS` is not set.
+const DEFAULT_LAYERS: &str = "all";
+
+/// Whether the rule `sel` (see [`layer_selected`]) selects an `n × k` layer: a comma list of
+/// `kind` or `kind:K` (that kind from K input features up), kind `expand`, `square`, `reduce`
+/// or `all`; items that do not parse select nothing.
+fn rule_selects(sel: &str, n: usize, k: usize) -> bool {
     let kind = match n.cmp(&k) {
         std::cmp::Ordering::Greater => "expand",
         std::cmp::Ordering::Equal => "square",
         std::cmp::Ordering::Less => "reduce",
     };
-    sel.split(',')
-        .any(|s| s.trim() == kind || s.trim() == "all")
+    sel.split(',').any(|item| {
+        let (name, min_k) = match item.trim().split_once(':') {
+            Some((name, min_k)) => match min_k.trim().parse::<usize>() {
+                Ok(m) => (name.trim(), m),
+                Err(_) => return false,
+            },
+            None => (item.trim(), 0),
+        };
+        (name == kind || name == "all") && k >= min_k
+    })
 }
 
 /// Whether, under [`autocast_int8`], the linear layers that stay unquantized run in bf16: yes
 /// where this CPU has native bf16 dot products that beat f32
 /// ([`medsam_kernels::gemm::bf16_plan`]), unless `MEDSAM_INT8_REST=f32`.
-pub(crate) fn unquantized_in_bf16() -> bool {
+pub fn unquantized_in_bf16() -> bool {
     if every_size() {
         return false;
     }
@@ -232,4 +264,22 @@ pub(crate) fn linear_int8(
     };
     int8::linear(xs, k, rows, &w, exact, &mut out, n, epilogue);
     Tensor::from_storage(Storage::Cpu(out), &out_shape, x.device()).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rule_selects;
+
+    #[test]
+    fn rules_select_by_kind_and_input_width() {
+        // (n, k): expand, square, reduce at k = 768; reduce at k = 3072.
+        let layers = [(2304, 768), (768, 768), (192, 768), (768, 3072)];
+        let picks = |rule: &str| layers.map(|(n, k)| rule_selects(rule, n, k));
+        assert_eq!(picks("expand"), [true, false, false, false]);
+        assert_eq!(picks("square, reduce"), [false, true, true, true]);
+        assert_eq!(picks("all"), [true; 4]);
+        assert_eq!(picks("expand,reduce:1536"), [true, false, false, true]);
+        assert_eq!(picks("all:1000"), [false, false, false, true]);
+        assert_eq!(picks("reduce:x,bogus"), [false; 4]);
+    }
 }

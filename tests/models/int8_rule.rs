@@ -1,10 +1,10 @@
 //! Which precision a linear layer runs in under `--precision int8` (`medsam::ops::quant`): the
-//! size rule sends small layers to the faster float GEMM (bf16 where this CPU's bf16 pays, else
-//! f32), large widening layers to the int8 kernel; `int8_every_size` forces int8.
+//! size rule sends small and narrow layers to the faster float GEMM (bf16 where this CPU's bf16
+//! pays, else f32), large layers of every kind to the int8 kernel; `int8_every_size` forces int8.
 
 use medsam::autograd::no_grad;
 use medsam::ops::linalg::autocast_bf16;
-use medsam::ops::quant::{autocast_int8, int8_every_size};
+use medsam::ops::quant::{autocast_int8, int8_every_size, unquantized_in_bf16};
 use medsam::Tensor;
 use medsam_kernels::gemm::int8::{self, Int8Kernel};
 use medsam_kernels::gemm::{bf16_plan, Epilogue, Precision};
@@ -29,28 +29,42 @@ fn linear(l: &(Tensor, Tensor, Tensor), int8: bool, bf16: bool) -> Vec<f32> {
 
 #[test]
 fn small_layers_run_in_the_faster_float_precision() {
-    // k = 64 and n = 192: below both size thresholds.
-    let l = layer(37, 64, 192);
-    let native_bf16 = bf16_plan().precision == Precision::Bf16;
-    assert_eq!(linear(&l, true, false), linear(&l, false, native_bf16));
-    if Int8Kernel::best().is_vnni() {
-        let forced = int8_every_size(|| linear(&l, true, false));
-        assert_ne!(
-            forced,
-            linear(&l, false, false),
-            "int8_every_size changed nothing"
+    // (k, n) = (64, 192): below both size thresholds; (768, 192): an MLP fc2 too narrow to pay.
+    for (k, n) in [(64, 192), (768, 192)] {
+        let l = layer(37, k, n);
+        // bf16 where this CPU's bf16 pays (`bf16_plan`), unless MEDSAM_INT8_REST=f32.
+        let rest_bf16 = unquantized_in_bf16();
+        assert!(!rest_bf16 || bf16_plan().precision == Precision::Bf16);
+        assert_eq!(
+            linear(&l, true, false),
+            linear(&l, false, rest_bf16),
+            "k {k}, n {n}"
         );
+        if Int8Kernel::best().is_vnni() {
+            let forced = int8_every_size(|| linear(&l, true, false));
+            assert_ne!(
+                forced,
+                linear(&l, false, false),
+                "int8_every_size changed nothing"
+            );
+        }
     }
 }
 
 #[test]
-fn large_widening_layers_run_in_int8() {
-    let (m, k, n) = (29, 256, 512);
+fn large_layers_of_every_kind_run_in_int8() {
+    // Widening (qkv, fc1), square (attention proj), narrowing (fc2).
+    for (m, k, n) in [(29, 256, 512), (29, 256, 256), (29, 512, 256)] {
+        large_layer_runs_in_int8(m, k, n);
+    }
+}
+
+fn large_layer_runs_in_int8(m: usize, k: usize, n: usize) {
     let l = layer(m, k, n);
     let got = linear(&l, true, false);
     if !Int8Kernel::best().is_vnni() {
         // Without VNNI int8 would only cost accuracy: the layer stays in float.
-        println!("SKIPPED: large_widening_layers_run_in_int8: no VNNI on this CPU");
+        println!("SKIPPED: large_layers_of_every_kind_run_in_int8: no VNNI on this CPU");
         assert_eq!(got, linear(&l, false, false));
         return;
     }
@@ -68,7 +82,7 @@ fn large_widening_layers_run_in_int8() {
     for (i, (g, r)) in got.iter().zip(&want).enumerate() {
         assert!(
             (g - r).abs() <= 1e-5 * (1.0 + r.abs()),
-            "element {i}: {g} vs int8 reference {r}"
+            "({k} → {n}) element {i}: {g} vs int8 reference {r}"
         );
     }
 }
