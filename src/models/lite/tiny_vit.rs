@@ -454,10 +454,57 @@ crate::models::common::module_parts!(PatchMerging: conv1, conv2, conv3);
 impl PatchMerging {
     /// NCHW → tokens `[B, H'·W', C']`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Eval {
+            if let Some(y) = self.forward_channels_last(x)? {
+                return Ok(y);
+            }
+        }
         let y = self.conv1.forward_gelu(x, mode)?;
         let y = self.conv2.forward_gelu(&y, mode)?;
         let y = self.conv3.forward(&y, mode)?;
         y.flatten_from(2)?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Inference with BatchNorm folded, in channels-last layout from start to end: the 1×1 convs
+    /// are linear layers over the pixels and the depthwise conv runs on `[B, H, W, C]`, so the
+    /// output comes out as tokens with no transposing copy, and the strided depthwise conv is
+    /// vectorised over channels. When `x` is a channels-last view (tokens seen as NCHW, as the
+    /// transformer stages hand it over) nothing is copied on the way in. None when autograd
+    /// records or a conv is not of the standard shape.
+    fn forward_channels_last(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (c1, c2, c3) = (&self.conv1, &self.conv2, &self.conv3);
+        let recording = [c1, c2, c3].iter().any(|c| c.records(x, None));
+        let pointwise = |c: &Conv2dBn| {
+            c.weight.dim(2) == 1 && c.weight.dim(3) == 1 && c.stride == 1 && c.pad == 0
+        };
+        let co = c1.weight.dim(0);
+        let depthwise = c2.groups == co && c2.weight.shape()[..2] == [co, 1];
+        if recording || x.rank() != 4 || !pointwise(c1) || !pointwise(c3) || !depthwise {
+            return Ok(None);
+        }
+        let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (w1, b1) = c1.folded_weight()?;
+        let (w2, b2) = c2.folded_weight()?;
+        let (w3, b3) = c3.folded_weight()?;
+        // The convs were never quantized: keep these GEMMs out of int8 as well.
+        crate::ops::quant::autocast_int8(false, || {
+            let nhwc = x.permute(&[0, 2, 3, 1])?.reshape(&[b * h * w, c])?;
+            let h1 = nhwc.linear_act(&w1.reshape(&[co, c])?, Some(&b1), true)?;
+            let h2 = h1.reshape(&[b, h, w, co])?.depthwise_conv2d_nhwc(
+                &w2,
+                Some(&b2),
+                c2.stride,
+                c2.pad,
+                true,
+            )?;
+            let (oh, ow) = (h2.dim(1), h2.dim(2));
+            let y = h2.reshape(&[b * oh * ow, co])?.linear_act(
+                &w3.reshape(&[co, co])?,
+                Some(&b3),
+                false,
+            )?;
+            Ok(Some(y.reshape(&[b, oh * ow, co])?))
+        })
     }
 }
 
