@@ -22,7 +22,8 @@ use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
 use crate::ops::then_gelu;
 use crate::tensor::Tensor;
-use medsam_kernels::window::{unwindow_index, window_index};
+use medsam_kernels::window::FILL;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -454,10 +455,57 @@ crate::models::common::module_parts!(PatchMerging: conv1, conv2, conv3);
 impl PatchMerging {
     /// NCHW → tokens `[B, H'·W', C']`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Eval {
+            if let Some(y) = self.forward_channels_last(x)? {
+                return Ok(y);
+            }
+        }
         let y = self.conv1.forward_gelu(x, mode)?;
         let y = self.conv2.forward_gelu(&y, mode)?;
         let y = self.conv3.forward(&y, mode)?;
         y.flatten_from(2)?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Inference with BatchNorm folded, in channels-last layout from start to end: the 1×1 convs
+    /// are linear layers over the pixels and the depthwise conv runs on `[B, H, W, C]`, so the
+    /// output comes out as tokens with no transposing copy, and the strided depthwise conv is
+    /// vectorised over channels. When `x` is a channels-last view (tokens seen as NCHW, as the
+    /// transformer stages hand it over) nothing is copied on the way in. None when autograd
+    /// records or a conv is not of the standard shape.
+    fn forward_channels_last(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (c1, c2, c3) = (&self.conv1, &self.conv2, &self.conv3);
+        let recording = [c1, c2, c3].iter().any(|c| c.records(x, None));
+        let pointwise = |c: &Conv2dBn| {
+            c.weight.dim(2) == 1 && c.weight.dim(3) == 1 && c.stride == 1 && c.pad == 0
+        };
+        let co = c1.weight.dim(0);
+        let depthwise = c2.groups == co && c2.weight.shape()[..2] == [co, 1];
+        if recording || x.rank() != 4 || !pointwise(c1) || !pointwise(c3) || !depthwise {
+            return Ok(None);
+        }
+        let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (w1, b1) = c1.folded_weight()?;
+        let (w2, b2) = c2.folded_weight()?;
+        let (w3, b3) = c3.folded_weight()?;
+        // The convs were never quantized: keep these GEMMs out of int8 as well.
+        crate::ops::quant::autocast_int8(false, || {
+            let nhwc = x.permute(&[0, 2, 3, 1])?.reshape(&[b * h * w, c])?;
+            let h1 = nhwc.linear_act(&w1.reshape(&[co, c])?, Some(&b1), true)?;
+            let h2 = h1.reshape(&[b, h, w, co])?.depthwise_conv2d_nhwc(
+                &w2,
+                Some(&b2),
+                c2.stride,
+                c2.pad,
+                true,
+            )?;
+            let (oh, ow) = (h2.dim(1), h2.dim(2));
+            let y = h2.reshape(&[b * oh * ow, co])?.linear_act(
+                &w3.reshape(&[co, co])?,
+                Some(&b3),
+                false,
+            )?;
+            Ok(Some(y.reshape(&[b, oh * ow, co])?))
+        })
     }
 }
 
@@ -529,13 +577,40 @@ impl Attention {
     /// Windowed attention over q/k/v projected windows `[b·n·3c]` (any shape with that many
     /// elements, `n = window²`) → `[b, nh, n, kd]`.
     fn attend(&self, qkv: &Tensor, b: usize) -> Result<Tensor> {
-        let (nh, kd, n) = (self.num_heads, self.key_dim, self.window * self.window);
-        // Per head the qkv features are [q(kd) | k(kd) | v(kd)].
-        let qkv = qkv.reshape(&[b, n, nh, 3, kd])?;
-        // q, k, v as [b, nh, n, kd] views of the interleaved projection (read in place).
-        let qkv = qkv.permute(&[3, 0, 2, 1, 4])?; // [3, b, nh, n, kd]
-        let (q, k, v) = (qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?);
-        attention_bias_table(&q, &k, &v, (kd as f32).powf(-0.5), &self.bias_table()?)
+        let n = self.window * self.window;
+        let (q, k, v) = self.split_heads(qkv, b, n)?;
+        attention_bias_table(&q, &k, &v, self.scale(), &self.bias_table()?)
+    }
+
+    /// q, k, v as `[b, nh, rows, kd]` views of `b` windows of `rows` interleaved projected rows
+    /// (per head the qkv features are `[q(kd) | k(kd) | v(kd)]`; read in place).
+    fn split_heads(&self, qkv: &Tensor, b: usize, rows: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let (nh, kd) = (self.num_heads, self.key_dim);
+        let qkv = qkv
+            .reshape(&[b, rows, nh, 3, kd])?
+            .permute(&[3, 0, 2, 1, 4])?;
+        Ok((qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?))
+    }
+
+    fn scale(&self) -> f32 {
+        (self.key_dim as f32).powf(-0.5)
+    }
+
+    /// Rows `queries` (window positions) of [`Self::bias_table`], `[nh, queries.len(), n]`,
+    /// built directly (inference).
+    fn bias_table_rows(&self, queries: &[usize]) -> Result<Tensor> {
+        let n = self.window * self.window;
+        let ab = &self.attention_biases;
+        let (nh, n_off) = (ab.dim(0), ab.dim(1));
+        let table = ab.to_vec()?;
+        let mut out = Vec::with_capacity(nh * queries.len() * n);
+        for h in 0..nh {
+            let row = &table[h * n_off..(h + 1) * n_off];
+            for &p in queries {
+                out.extend(self.bias_idxs[p * n..(p + 1) * n].iter().map(|&i| row[i]));
+            }
+        }
+        Tensor::from_slice(&out, &[nh, queries.len(), n], ab.device())
     }
 
     /// `bias[h, i, j] = attention_biases[h, idx(i, j)]`, `[nh, n, n]`, shared by every window.
@@ -544,14 +619,7 @@ impl Attention {
         let ab = &self.attention_biases;
         if !records(&[Some(ab)]) {
             // Inference: one direct pass (no autograd graph to keep).
-            let (nh, n_off) = (ab.dim(0), ab.dim(1));
-            let table = ab.to_vec()?;
-            let mut out = Vec::with_capacity(nh * n * n);
-            for h in 0..nh {
-                let row = &table[h * n_off..(h + 1) * n_off];
-                out.extend(self.bias_idxs.iter().map(|&i| row[i]));
-            }
-            return Tensor::from_slice(&out, &[nh, n, n], ab.device());
+            return self.bias_table_rows(&(0..n).collect::<Vec<_>>());
         }
         ab.transpose(0, 1)?
             .contiguous()?
@@ -564,7 +632,10 @@ impl Attention {
     /// does not tile into whole windows, in inference on the CPU: the norm and the q/k/v and
     /// output projections run on the map's tokens only. Upstream pads the map with zero tokens
     /// before the norm; every such token projects to the same q/k/v row (that of a zero token),
-    /// which fills the edge windows' padding. None when this path does not apply.
+    /// which fills the edge windows' padding as keys and values. Their query rows would only be
+    /// dropped afterwards, so they are not computed: windows are grouped by how much of them
+    /// lies inside the map, and each group attends with its inside positions as queries (every
+    /// position, padding included, as keys). None when this path does not apply.
     fn forward_windows_residual(
         &self,
         x: &Tensor,
@@ -584,16 +655,34 @@ impl Attention {
         if x.device() != crate::Device::Cpu || records(&params) || l != h * w {
             return Ok(None);
         }
-        let ws = self.window;
+        let (ws, nh) = (self.window, self.num_heads);
+        let n = ws * ws;
         let qkv = self.qkv.forward(&self.norm.forward(x)?)?; // [b, l, 3c]
         let zero = Tensor::zeros(&[1, 1, c], x.device())?;
         let pad = self.qkv.forward(&self.norm.forward(&zero)?)?; // [1, 1, 3c]
-        let index = window_index(b, (h, w), ws);
-        let windows = index.len() / (ws * ws);
-        let win = gather_fill(&qkv, 3 * c, &index, Some(&pad))?;
-        let o = self.attend(&win, windows)?; // [windows, nh, n, kd]
-        let back = unwindow_index(b, (h, w), ws, self.num_heads);
-        let o = gather_fill(&o, self.key_dim, &back, None)?.reshape(&[b, l, c])?;
+        let groups = EdgeGroups::new(b, (h, w), ws);
+        let win = gather_fill(&qkv, 3 * c, &groups.window_index(), Some(&pad))?;
+        let mut outs = Vec::with_capacity(groups.groups.len());
+        let mut first = 0;
+        for g in &groups.groups {
+            let count = g.windows.len();
+            let kv = win.narrow(0, first * n, count * n)?;
+            let (_, k, v) = self.split_heads(&kv, count, n)?;
+            let (q, table) = if g.inside == (ws, ws) {
+                (self.split_heads(&kv, count, n)?.0, self.bias_table()?)
+            } else {
+                let positions = g.inside_positions();
+                let q_rows = gather_fill(&qkv, 3 * c, &groups.query_index(g), None)?;
+                let rows: Vec<usize> = positions.iter().map(|&(iy, ix)| iy * ws + ix).collect();
+                let q = self.split_heads(&q_rows, count, positions.len())?.0;
+                (q, self.bias_table_rows(&rows)?)
+            };
+            let o = attention_bias_table(&q, &k, &v, self.scale(), &table)?; // [count, nh, nq, kd]
+            outs.push(o.contiguous()?);
+            first += count;
+        }
+        let back = groups.unwindow_index(nh);
+        let o = gather_parts(&outs, self.key_dim, &back)?.reshape(&[b, l, c])?;
         let proj = &self.proj;
         Ok(Some(o.linear_fused(
             &proj.weight,
@@ -601,6 +690,116 @@ impl Attention {
             Some(x),
             false,
         )?))
+    }
+}
+
+/// The windows of `b` maps of `h × w` tokens grouped by the part of them inside the map
+/// (`inside`: rows × columns; only windows on the bottom and right edges are cut), in order of
+/// first appearance (interior windows first).
+struct EdgeGroups {
+    b: usize,
+    hw: (usize, usize),
+    ws: usize,
+    groups: Vec<EdgeGroup>,
+}
+
+struct EdgeGroup {
+    inside: (usize, usize),
+    /// `(image, window row, window column)` of each window, in the group's order.
+    windows: Vec<(usize, usize, usize)>,
+}
+
+impl EdgeGroups {
+    fn new(b: usize, (h, w): (usize, usize), ws: usize) -> Self {
+        let mut groups: Vec<EdgeGroup> = Vec::new();
+        for bi in 0..b {
+            for wy in 0..h.div_ceil(ws) {
+                for wx in 0..w.div_ceil(ws) {
+                    let inside = ((h - wy * ws).min(ws), (w - wx * ws).min(ws));
+                    match groups.iter_mut().find(|g| g.inside == inside) {
+                        Some(g) => g.windows.push((bi, wy, wx)),
+                        None => groups.push(EdgeGroup {
+                            inside,
+                            windows: vec![(bi, wy, wx)],
+                        }),
+                    }
+                }
+            }
+        }
+        EdgeGroups {
+            b,
+            hw: (h, w),
+            ws,
+            groups,
+        }
+    }
+
+    /// Token at position `(iy, ix)` of window `(bi, wy, wx)`, [`FILL`] outside the map.
+    fn token(&self, (bi, wy, wx): (usize, usize, usize), (iy, ix): (usize, usize)) -> usize {
+        let ((h, w), ws) = (self.hw, self.ws);
+        let (y, x) = (wy * ws + iy, wx * ws + ix);
+        if y < h && x < w {
+            (bi * h + y) * w + x
+        } else {
+            FILL
+        }
+    }
+
+    /// Tokens of every position of every window, group after group.
+    fn window_index(&self) -> Vec<usize> {
+        let ws = self.ws;
+        let mut idx =
+            Vec::with_capacity(self.b * self.hw.0.div_ceil(ws) * self.hw.1.div_ceil(ws) * ws * ws);
+        for g in &self.groups {
+            for &win in &g.windows {
+                for iy in 0..ws {
+                    for ix in 0..ws {
+                        idx.push(self.token(win, (iy, ix)));
+                    }
+                }
+            }
+        }
+        idx
+    }
+
+    /// Tokens of the inside positions of `g`'s windows (its queries).
+    fn query_index(&self, g: &EdgeGroup) -> Vec<usize> {
+        let pos = g.inside_positions();
+        let mut idx = Vec::with_capacity(g.windows.len() * pos.len());
+        for &win in &g.windows {
+            idx.extend(pos.iter().map(|&p| self.token(win, p)));
+        }
+        idx
+    }
+
+    /// For output row `token·heads + head` (of `kd` values): the group and its row in that
+    /// group's attention output `[windows, heads, inside positions, kd]`.
+    fn unwindow_index(&self, heads: usize) -> Vec<(usize, usize)> {
+        let (h, w) = self.hw;
+        let mut idx = vec![(0, 0); self.b * h * w * heads];
+        for (gi, g) in self.groups.iter().enumerate() {
+            let pos = g.inside_positions();
+            let nq = pos.len();
+            for (j, &win) in g.windows.iter().enumerate() {
+                for (qi, &p) in pos.iter().enumerate() {
+                    let t = self.token(win, p);
+                    for hd in 0..heads {
+                        idx[t * heads + hd] = (gi, (j * heads + hd) * nq + qi);
+                    }
+                }
+            }
+        }
+        idx
+    }
+}
+
+impl EdgeGroup {
+    /// `(row, column)` of the window positions inside the map, row-major.
+    fn inside_positions(&self) -> Vec<(usize, usize)> {
+        let (vh, vw) = self.inside;
+        (0..vh)
+            .flat_map(|iy| (0..vw).map(move |ix| (iy, ix)))
+            .collect()
     }
 }
 
@@ -625,6 +824,43 @@ fn gather_fill(src: &Tensor, len: usize, index: &[usize], fill: Option<&Tensor>)
     }
     let mut out = crate::backend::cpu::buffer(index.len() * len);
     medsam_kernels::window::gather_rows_fill(s, len, index, &fill, &mut out);
+    Tensor::from_vec(out, &[index.len(), len])
+}
+
+/// Rows (`len` wide) picked from several dense CPU tensors: output row `r` is row `index[r].1`
+/// of `parts[index[r].0]`, as `[index.len(), len]` (inference only). Saves concatenating the
+/// parts first.
+fn gather_parts(parts: &[Tensor], len: usize, index: &[(usize, usize)]) -> Result<Tensor> {
+    let srcs = parts
+        .iter()
+        .map(|t| Ok(&t.storage().cpu()?[t.offset()..t.offset() + t.numel()]))
+        .collect::<Result<Vec<&[f32]>>>()?;
+    let fits = |&(p, r): &(usize, usize)| srcs.get(p).is_some_and(|s| (r + 1) * len <= s.len());
+    if len == 0 || !index.iter().all(fits) || parts.iter().any(|t| !t.is_contiguous()) {
+        return Err(Error::shape(
+            "gather_parts",
+            format!("rows of {len} from {} parts", parts.len()),
+        ));
+    }
+    let mut out = crate::backend::cpu::buffer(index.len() * len);
+    // Rows of one head's values are short: a fixed-size move per row instead of a memcpy call.
+    fn rows<const L: usize>(out: &mut [f32], index: &[(usize, usize)], srcs: &[&[f32]]) {
+        for (o, &(p, r)) in out.chunks_exact_mut(L).zip(index) {
+            let row: &[f32; L] = srcs[p][r * L..(r + 1) * L].try_into().expect("row");
+            *<&mut [f32; L]>::try_from(o).expect("row") = *row;
+        }
+    }
+    let per = 1024;
+    out.par_chunks_mut(per * len)
+        .zip(index.par_chunks(per))
+        .for_each(|(o, ix)| match len {
+            32 => rows::<32>(o, ix, &srcs),
+            _ => {
+                for (o, &(p, r)) in o.chunks_exact_mut(len).zip(ix) {
+                    o.copy_from_slice(&srcs[p][r * len..(r + 1) * len]);
+                }
+            }
+        });
     Tensor::from_vec(out, &[index.len(), len])
 }
 
