@@ -220,20 +220,15 @@ impl Block {
             }
             None => self.attn.attend(&y)?,
         };
-        // Each intermediate is dropped as soon as it is used, so that its buffer serves the
-        // next op's output (the CPU buffer cache) instead of a freshly faulted one.
-        drop(y);
         let proj = &self.attn.proj;
         let x = o.linear_fused(&proj.weight, proj.bias.as_ref(), Some(x), false)?;
-        drop(o);
         let h = self.norm2.forward(&x)?;
         let (lin1, lin2) = (&self.mlp.lin1, &self.mlp.lin2);
-        let hidden = match self.mlp.act {
+        let h = match self.mlp.act {
             Act::Gelu => h.linear_act(&lin1.weight, lin1.bias.as_ref(), true)?,
             act => act.apply(&lin1.forward(&h)?)?,
         };
-        drop(h);
-        hidden.linear_fused(&lin2.weight, lin2.bias.as_ref(), Some(&x), false)
+        h.linear_fused(&lin2.weight, lin2.bias.as_ref(), Some(&x), false)
     }
 
     /// SAM's block op by op (window padding through every per-token layer).
@@ -277,18 +272,14 @@ impl Block {
         if ws == 0 {
             let index: Vec<usize> = (0..b * h * w).collect();
             let [q, k, v] = split_heads(&qkv, c, nh, &index, h * w, &[])?;
-            drop(qkv);
             let o = attn.attend_heads(&q, &k, &v, (h, w))?; // [b·nh, h·w, c/nh]
-            drop((q, k, v));
             let o = o.reshape(&[b, nh, h, w, c / nh])?.permute(&[0, 2, 3, 1, 4])?;
             return Ok(Some(o.reshape(&[b, h, w, c])?));
         }
         let pad = attn.qkv.forward(&Tensor::zeros(&[1, c], y.device())?)?; // [1, 3c]
         let index = window_index(b, (h, w), ws);
         let [q, k, v] = split_heads(&qkv, c, nh, &index, ws * ws, &pad.to_vec()?)?;
-        drop(qkv);
         let o = attn.attend_heads(&q, &k, &v, (ws, ws))?; // [windows·nh, ws², c/nh]
-        drop((q, k, v));
         let back = unwindow_index(b, (h, w), ws, nh);
         let o = gather_rows(&o, c / nh, &back)?;
         Ok(Some(o.reshape(&[b, h, w, c])?))
