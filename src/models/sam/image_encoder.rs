@@ -273,7 +273,9 @@ impl Block {
             let index: Vec<usize> = (0..b * h * w).collect();
             let [q, k, v] = split_heads(&qkv, c, nh, &index, h * w, &[])?;
             let o = attn.attend_heads(&q, &k, &v, (h, w))?; // [b·nh, h·w, c/nh]
-            let o = o.reshape(&[b, nh, h, w, c / nh])?.permute(&[0, 2, 3, 1, 4])?;
+            let o = o
+                .reshape(&[b, nh, h, w, c / nh])?
+                .permute(&[0, 2, 3, 1, 4])?;
             return Ok(Some(o.reshape(&[b, h, w, c])?));
         }
         let pad = attn.qkv.forward(&Tensor::zeros(&[1, c], y.device())?)?; // [1, 3c]
@@ -302,11 +304,11 @@ fn split_heads(
     let (width, hd) = (3 * c, c / heads.max(1));
     let count = rows.len() / width.max(1);
     let ok = heads > 0
-        && c % heads == 0
+        && c.is_multiple_of(heads)
         && hd > 0
         && n > 0
         && rows.len() % width == 0
-        && index.len() % n == 0
+        && index.len().is_multiple_of(n)
         && index
             .iter()
             .all(|&i| i < count || (i == FILL && fill.len() == width));
@@ -351,7 +353,11 @@ fn gather_rows(src: &Tensor, len: usize, index: &[usize]) -> Result<Tensor> {
     if len == 0 || rows.len() % len != 0 || !in_range {
         return Err(Error::shape(
             "gather_rows",
-            format!("{} elements in rows of {len}, {} indices", rows.len(), index.len()),
+            format!(
+                "{} elements in rows of {len}, {} indices",
+                rows.len(),
+                index.len()
+            ),
         ));
     }
     let mut out = crate::backend::cpu::buffer(index.len() * len);
