@@ -316,7 +316,8 @@ fn split_heads(
         return Err(Error::shape(
             "split_heads",
             format!(
-                "{} elements in rows of 3×{c} for {heads} heads, {} indices in maps of {n},                  fill row of {}",
+                "{} elements in rows of 3×{c} for {heads} heads, {} indices in maps of {n}, \
+                 fill row of {}",
                 rows.len(),
                 index.len(),
                 fill.len()
