@@ -1,11 +1,16 @@
 //! `ImageEncoderViT` (segment_anything/modeling/image_encoder.py): patch embedding, absolute
 //! position embedding, windowed/global attention blocks with decomposed relative positions, neck.
 
+use crate::autograd::records;
 use crate::error::{Error, Result};
 use crate::models::common::{Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock};
 use crate::models::config::ImageEncoderConfig;
 use crate::ops::nn::{attention, RelPosArgs};
+use crate::ops::quant::int8_enabled;
 use crate::tensor::Tensor;
+use crate::Device;
+use medsam_kernels::window::{unwindow_index, window_index, FILL};
+use rayon::prelude::*;
 
 /// The image encoder's LayerNorm eps, as SAM's builder sets it.
 const VIT_LN_EPS: f32 = 1e-6;
@@ -73,27 +78,50 @@ pub fn get_rel_pos(q_size: usize, k_size: usize, rel_pos: &Tensor) -> Result<Ten
 impl Attention {
     /// x `[B, H, W, C]` → `[B, H, W, C]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(&self.attend(x)?)
+    }
+
+    /// The attention of x `[B, H, W, C]` before the output projection, `[B, H, W, C]`.
+    fn attend(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-        let (nh, n) = (self.num_heads, h * w);
-        let hd = c / nh;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape(&[b, n, 3, nh, hd])?
-            .permute(&[2, 0, 3, 1, 4])?;
-        let take = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[b * nh, n, hd]);
-        let (q, k, v) = (take(0)?, take(1)?, take(2)?);
-        let scale = (hd as f32).powf(-0.5);
-        let rel = match (&self.rel_pos_h, &self.rel_pos_w) {
-            (Some(ph), Some(pw)) => Some(self.decomposed_rel_pos(&q, ph, pw, (h, w))?),
-            _ => None,
-        };
-        let o = attention(&q, &k, &v, scale, rel.as_ref())?;
-        let o = o
+        let (nh, hd) = (self.num_heads, c / self.num_heads);
+        self.attend_qkv(&self.qkv.forward(x)?, b, (h, w), c)?
             .reshape(&[b, nh, h, w, hd])?
             .permute(&[0, 2, 3, 1, 4])?
-            .reshape(&[b, h, w, c])?;
-        self.proj.forward(&o)
+            .reshape(&[b, h, w, c])
+    }
+
+    /// Attention over the projected q/k/v (`b·h·w` rows of `3c`, any shape with that many
+    /// elements) of `b` maps of `h × w` tokens → `[b·heads, h·w, c/heads]`.
+    fn attend_qkv(
+        &self,
+        qkv: &Tensor,
+        b: usize,
+        (h, w): (usize, usize),
+        c: usize,
+    ) -> Result<Tensor> {
+        let (nh, n) = (self.num_heads, h * w);
+        let hd = c / nh;
+        let qkv = qkv.reshape(&[b, n, 3, nh, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let take = |i: usize| qkv.narrow(0, i, 1)?.reshape(&[b * nh, n, hd]);
+        self.attend_heads(&take(0)?, &take(1)?, &take(2)?, (h, w))
+    }
+
+    /// Attention of q, k, v `[maps·heads, h·w, c/heads]` over maps of `h × w` tokens (with
+    /// the decomposed relative positions when the block has them), same shape.
+    fn attend_heads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (h, w): (usize, usize),
+    ) -> Result<Tensor> {
+        let scale = (q.dim(2) as f32).powf(-0.5);
+        let rel = match (&self.rel_pos_h, &self.rel_pos_w) {
+            (Some(ph), Some(pw)) => Some(self.decomposed_rel_pos(q, ph, pw, (h, w))?),
+            _ => None,
+        };
+        attention(q, k, v, scale, rel.as_ref())
     }
 
     /// `rel_h [BH, HW, H]` and `rel_w [BH, HW, W]` from the unscaled queries (SAM's einsums).
@@ -174,6 +202,37 @@ pub fn window_unpartition(
 
 impl Block {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if int8_enabled() {
+            // The int8 layers centre their activations on each call's mean token, so the
+            // rows a call sees (the windows' padding) and its epilogue stay as they were.
+            return self.forward_unfused(x);
+        }
+        let y = self.norm1.forward(x)?;
+        // The attention before its output projection, back on the map's own tokens: the
+        // projection is per token, so it runs on those only (not on the windows' padding),
+        // with the residual add in its GEMM epilogue (in inference).
+        let o = match self.attend_inference(&y)? {
+            Some(o) => o,
+            None if self.window_size > 0 => {
+                let (h, w) = (y.dim(1), y.dim(2));
+                let (win, pad_hw) = window_partition(&y, self.window_size)?;
+                window_unpartition(&self.attn.attend(&win)?, self.window_size, pad_hw, (h, w))?
+            }
+            None => self.attn.attend(&y)?,
+        };
+        let proj = &self.attn.proj;
+        let x = o.linear_fused(&proj.weight, proj.bias.as_ref(), Some(x), false)?;
+        let h = self.norm2.forward(&x)?;
+        let (lin1, lin2) = (&self.mlp.lin1, &self.mlp.lin2);
+        let h = match self.mlp.act {
+            Act::Gelu => h.linear_act(&lin1.weight, lin1.bias.as_ref(), true)?,
+            act => act.apply(&lin1.forward(&h)?)?,
+        };
+        h.linear_fused(&lin2.weight, lin2.bias.as_ref(), Some(&x), false)
+    }
+
+    /// SAM's block op by op (window padding through every per-token layer).
+    fn forward_unfused(&self, x: &Tensor) -> Result<Tensor> {
         let shortcut = x;
         let y = self.norm1.forward(x)?;
         let y = if self.window_size > 0 {
@@ -186,6 +245,125 @@ impl Block {
         let x = shortcut.add(&y)?;
         x.add(&self.mlp.forward(&self.norm2.forward(&x)?)?)
     }
+
+    /// The attention of the normed tokens `y` `[B, H, W, C]` before the output projection, in
+    /// inference on the CPU: q, k and v go from the projection's rows straight into their own
+    /// per-head buffers, in windows for a windowed block. The q/k/v projection runs on the
+    /// map's tokens only: upstream pads the normed map with zero tokens, whose q/k/v row (that
+    /// of a zero token: the bias) fills the edge windows' padding; the windows' outputs are
+    /// gathered straight back to the map's tokens. A view `[B, H, W, C]` (the global block's
+    /// head-major output permuted), or None when this path does not apply (autograd
+    /// recording, a device).
+    fn attend_inference(&self, y: &Tensor) -> Result<Option<Tensor>> {
+        let (ws, attn) = (self.window_size, &self.attn);
+        let params = [
+            Some(y),
+            Some(&attn.qkv.weight),
+            attn.qkv.bias.as_ref(),
+            attn.rel_pos_h.as_ref(),
+            attn.rel_pos_w.as_ref(),
+        ];
+        if y.device() != Device::Cpu || records(&params) {
+            return Ok(None);
+        }
+        let (b, h, w, c) = (y.dim(0), y.dim(1), y.dim(2), y.dim(3));
+        let nh = attn.num_heads;
+        let qkv = attn.qkv.forward(y)?; // [b, h, w, 3c]
+        if ws == 0 {
+            let index: Vec<usize> = (0..b * h * w).collect();
+            let [q, k, v] = split_heads(&qkv, c, nh, &index, h * w, &[])?;
+            let o = attn.attend_heads(&q, &k, &v, (h, w))?; // [b·nh, h·w, c/nh]
+            let o = o
+                .reshape(&[b, nh, h, w, c / nh])?
+                .permute(&[0, 2, 3, 1, 4])?;
+            return Ok(Some(o.reshape(&[b, h, w, c])?));
+        }
+        let pad = attn.qkv.forward(&Tensor::zeros(&[1, c], y.device())?)?; // [1, 3c]
+        let index = window_index(b, (h, w), ws);
+        let [q, k, v] = split_heads(&qkv, c, nh, &index, ws * ws, &pad.to_vec()?)?;
+        let o = attn.attend_heads(&q, &k, &v, (ws, ws))?; // [windows·nh, ws², c/nh]
+        let back = unwindow_index(b, (h, w), ws, nh);
+        let o = gather_rows(&o, c / nh, &back)?;
+        Ok(Some(o.reshape(&[b, h, w, c])?))
+    }
+}
+
+/// q, k and v, each `[maps·heads, n, c/heads]` in its own buffer (the attention kernel's
+/// operands, read in place), from the rows `[rows, 3c]` of a q/k/v projection: map `m`'s token
+/// `t` is row `index[m·n + t]`, or the row `fill` where that is [`FILL`]. Inference only.
+fn split_heads(
+    qkv: &Tensor,
+    c: usize,
+    heads: usize,
+    index: &[usize],
+    n: usize,
+    fill: &[f32],
+) -> Result<[Tensor; 3]> {
+    let qkv = qkv.contiguous()?;
+    let rows = &qkv.storage().cpu()?[qkv.offset()..qkv.offset() + qkv.numel()];
+    let (width, hd) = (3 * c, c / heads.max(1));
+    let count = rows.len() / width.max(1);
+    let ok = heads > 0
+        && c.is_multiple_of(heads)
+        && hd > 0
+        && n > 0
+        && rows.len() % width == 0
+        && index.len().is_multiple_of(n)
+        && index
+            .iter()
+            .all(|&i| i < count || (i == FILL && fill.len() == width));
+    if !ok {
+        return Err(Error::shape(
+            "split_heads",
+            format!(
+                "{} elements in rows of 3×{c} for {heads} heads, {} indices in maps of {n}, \
+                 fill row of {}",
+                rows.len(),
+                index.len(),
+                fill.len()
+            ),
+        ));
+    }
+    let maps = index.len() / n;
+    let part = |s: usize| -> Result<Tensor> {
+        let mut out = crate::backend::cpu::buffer(index.len() * c);
+        // One (map, head) block of n × hd values per task.
+        out.par_chunks_mut(n * hd).enumerate().for_each(|(blk, o)| {
+            let (map, head) = (blk / heads, blk % heads);
+            let col = s * c + head * hd;
+            for (o, &i) in o.chunks_exact_mut(hd).zip(&index[map * n..(map + 1) * n]) {
+                let row = if i == FILL {
+                    fill
+                } else {
+                    &rows[i * width..(i + 1) * width]
+                };
+                o.copy_from_slice(&row[col..col + hd]);
+            }
+        });
+        Tensor::from_vec(out, &[maps * heads, n, hd])
+    };
+    Ok([part(0)?, part(1)?, part(2)?])
+}
+
+/// Rows (`len` wide) of a CPU tensor picked by `index`, as `[index.len(), len]`, without
+/// autograd recording (inference only).
+fn gather_rows(src: &Tensor, len: usize, index: &[usize]) -> Result<Tensor> {
+    let src = src.contiguous()?;
+    let rows = &src.storage().cpu()?[src.offset()..src.offset() + src.numel()];
+    let in_range = index.iter().all(|&i| i < rows.len() / len.max(1));
+    if len == 0 || rows.len() % len != 0 || !in_range {
+        return Err(Error::shape(
+            "gather_rows",
+            format!(
+                "{} elements in rows of {len}, {} indices",
+                rows.len(),
+                index.len()
+            ),
+        ));
+    }
+    let mut out = crate::backend::cpu::buffer(index.len() * len);
+    medsam_kernels::window::gather_rows_fill(rows, len, index, &vec![0.0; len], &mut out);
+    Tensor::from_vec(out, &[index.len(), len])
 }
 
 pub struct Neck {
