@@ -1,10 +1,30 @@
 //! Label maps of the 2D challenge `.npz` for tests: upstream's composition of per-box masks
 //! (`MedSAM_infer_npz_2D`: `segs[mask > 0] = idx`, idx = 1, 2, … in box order), and reading the
-//! outputs to compare (binary PNG masks, the `segs` member of an `.npz`).
+//! outputs to compare (binary PNG masks, the `segs` member of an `.npz`); the IoU of two masks
+//! given as logit maps.
 #![allow(dead_code)] // each test binary uses a part
 
 use std::io::Read;
 use std::path::Path;
+
+/// IoU of the masks `logits > 0` of two logit maps of the same length (1 when both are empty).
+pub fn logits_iou(a: &[f32], b: &[f32]) -> f64 {
+    let inter = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| **x > 0.0 && **y > 0.0)
+        .count();
+    let union = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| **x > 0.0 || **y > 0.0)
+        .count();
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
 
 /// The label map of `masks` taken in order: mask `k` (from 0) sets label `k + 1` wherever it is
 /// on, so a later mask overwrites an earlier one.

@@ -969,21 +969,7 @@ fn medsam2_t512_int8_masks_match_f32() {
     let mut returned = 0.0;
     for (j, ((a, ia), (b, ib))) in i8_masks.iter().zip(&f32_masks).enumerate() {
         let fg = |l: &[f32]| l.iter().filter(|&&v| v > 0.0).count() as f64 / l.len() as f64;
-        let inter = a
-            .iter()
-            .zip(b)
-            .filter(|(x, y)| **x > 0.0 && **y > 0.0)
-            .count();
-        let union = a
-            .iter()
-            .zip(b)
-            .filter(|(x, y)| **x > 0.0 || **y > 0.0)
-            .count();
-        let iou = if union == 0 {
-            1.0
-        } else {
-            inter as f64 / union as f64
-        };
+        let iou = labels::logits_iou(a, b);
         let err = a
             .iter()
             .zip(b)

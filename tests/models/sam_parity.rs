@@ -238,21 +238,7 @@ fn int8_encoder_masks_match_f32() {
             .zip(&l8)
             .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
         let range = l32.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let inter = l32
-            .iter()
-            .zip(&l8)
-            .filter(|(x, y)| **x > 0.0 && **y > 0.0)
-            .count();
-        let union = l32
-            .iter()
-            .zip(&l8)
-            .filter(|(x, y)| **x > 0.0 || **y > 0.0)
-            .count();
-        let iou = if union == 0 {
-            1.0
-        } else {
-            inter as f64 / union as f64
-        };
+        let iou = crate::common::labels::logits_iou(&l32, &l8);
         println!("box {i}: int8 vs f32 mask IoU {iou:.4}, logits max abs error {err:.2e} (|logit| up to {range:.2})");
         assert!(iou >= 0.99, "box {i}: int8 mask IoU {iou} < 0.99");
     }

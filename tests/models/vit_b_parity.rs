@@ -118,22 +118,7 @@ fn parity_model_and_input() -> Option<(medsam::model::Sam, Tensor, PathBuf)> {
 
 /// IoU of the masks `logits > 0` of two logit maps of the same shape.
 fn mask_iou(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
-    let inter = a
-        .iter()
-        .zip(&b)
-        .filter(|(x, y)| **x > 0.0 && **y > 0.0)
-        .count();
-    let union = a
-        .iter()
-        .zip(&b)
-        .filter(|(x, y)| **x > 0.0 || **y > 0.0)
-        .count();
-    if union == 0 {
-        1.0
-    } else {
-        inter as f64 / union as f64
-    }
+    crate::common::labels::logits_iou(&a.to_vec().unwrap(), &b.to_vec().unwrap())
 }
 
 /// Largest `|got − want|` over all elements.
