@@ -17,7 +17,7 @@
 
 use crate::autograd::records;
 use crate::error::{Error, Result};
-use crate::models::common::{join, Init, LayerNorm, Linear, Module};
+use crate::models::common::{gather_rows_fill, join, Init, LayerNorm, Linear, Module};
 use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
 use crate::ops::then_gelu;
@@ -661,7 +661,7 @@ impl Attention {
         let zero = Tensor::zeros(&[1, 1, c], x.device())?;
         let pad = self.qkv.forward(&self.norm.forward(&zero)?)?; // [1, 1, 3c]
         let groups = EdgeGroups::new(b, (h, w), ws);
-        let win = gather_fill(&qkv, 3 * c, &groups.window_index(), Some(&pad))?;
+        let win = gather_rows_fill(&qkv, 3 * c, &groups.window_index(), Some(&pad))?;
         let mut outs = Vec::with_capacity(groups.groups.len());
         let mut first = 0;
         for g in &groups.groups {
@@ -672,7 +672,7 @@ impl Attention {
                 (self.split_heads(&kv, count, n)?.0, self.bias_table()?)
             } else {
                 let positions = g.inside_positions();
-                let q_rows = gather_fill(&qkv, 3 * c, &groups.query_index(g), None)?;
+                let q_rows = gather_rows_fill(&qkv, 3 * c, &groups.query_index(g), None)?;
                 let rows: Vec<usize> = positions.iter().map(|&(iy, ix)| iy * ws + ix).collect();
                 let q = self.split_heads(&q_rows, count, positions.len())?.0;
                 (q, self.bias_table_rows(&rows)?)
@@ -801,30 +801,6 @@ impl EdgeGroup {
             .flat_map(|iy| (0..vw).map(move |ix| (iy, ix)))
             .collect()
     }
-}
-
-/// Rows (`len` wide) of a CPU tensor picked by `index` ([`medsam_kernels::window::FILL`]: the `fill` row, zeros if
-/// none), as `[index.len(), len]` (no autograd record: inference only).
-fn gather_fill(src: &Tensor, len: usize, index: &[usize], fill: Option<&Tensor>) -> Result<Tensor> {
-    let src = src.contiguous()?;
-    let s = &src.storage().cpu()?[src.offset()..src.offset() + src.numel()];
-    let fill = match fill {
-        Some(f) => f.to_vec()?,
-        None => vec![0.0; len],
-    };
-    if fill.len() != len || len == 0 || s.len() % len != 0 {
-        return Err(Error::shape(
-            "gather_fill",
-            format!(
-                "{} elements in rows of {len}, fill row of {}",
-                s.len(),
-                fill.len()
-            ),
-        ));
-    }
-    let mut out = crate::backend::cpu::buffer(index.len() * len);
-    medsam_kernels::window::gather_rows_fill(s, len, index, &fill, &mut out);
-    Tensor::from_vec(out, &[index.len(), len])
 }
 
 /// Rows (`len` wide) picked from several dense CPU tensors: output row `r` is row `index[r].1`

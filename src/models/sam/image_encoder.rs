@@ -3,7 +3,9 @@
 
 use crate::autograd::records;
 use crate::error::{Error, Result};
-use crate::models::common::{Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock};
+use crate::models::common::{
+    gather_rows_fill, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
+};
 use crate::models::config::ImageEncoderConfig;
 use crate::ops::nn::{attention, RelPosArgs};
 use crate::ops::quant::int8_enabled;
@@ -283,7 +285,7 @@ impl Block {
         let [q, k, v] = split_heads(&qkv, c, nh, &index, ws * ws, &pad.to_vec()?)?;
         let o = attn.attend_heads(&q, &k, &v, (ws, ws))?; // [windows·nh, ws², c/nh]
         let back = unwindow_index(b, (h, w), ws, nh);
-        let o = gather_rows(&o, c / nh, &back)?;
+        let o = gather_rows_fill(&o, c / nh, &back, None)?;
         Ok(Some(o.reshape(&[b, h, w, c])?))
     }
 }
@@ -343,27 +345,6 @@ fn split_heads(
         Tensor::from_vec(out, &[maps * heads, n, hd])
     };
     Ok([part(0)?, part(1)?, part(2)?])
-}
-
-/// Rows (`len` wide) of a CPU tensor picked by `index`, as `[index.len(), len]`, without
-/// autograd recording (inference only).
-fn gather_rows(src: &Tensor, len: usize, index: &[usize]) -> Result<Tensor> {
-    let src = src.contiguous()?;
-    let rows = &src.storage().cpu()?[src.offset()..src.offset() + src.numel()];
-    let in_range = index.iter().all(|&i| i < rows.len() / len.max(1));
-    if len == 0 || rows.len() % len != 0 || !in_range {
-        return Err(Error::shape(
-            "gather_rows",
-            format!(
-                "{} elements in rows of {len}, {} indices",
-                rows.len(),
-                index.len()
-            ),
-        ));
-    }
-    let mut out = crate::backend::cpu::buffer(index.len() * len);
-    medsam_kernels::window::gather_rows_fill(rows, len, index, &vec![0.0; len], &mut out);
-    Tensor::from_vec(out, &[index.len(), len])
 }
 
 pub struct Neck {
