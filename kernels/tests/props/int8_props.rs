@@ -290,6 +290,76 @@ fn quantizer() {
     assert_eq!(qw, vec![95, -127, 32, 0, 0, 0]);
 }
 
+/// The row quantizer's `(q, sx, zx)` from a plain scan, written independently of the library's
+/// lane-split version (module doc's formulas; NaN scale for a row with a non-finite value).
+fn plain_quantize_row(x: &[f32]) -> (Vec<u8>, f32, i32) {
+    if x.iter().any(|v| !v.is_finite()) {
+        return (vec![0; x.len()], f32::NAN, 0);
+    }
+    let lo = x.iter().fold(0.0f32, |a, &v| a.min(v));
+    let hi = x.iter().fold(0.0f32, |a, &v| a.max(v));
+    if hi - lo == 0.0 {
+        return (vec![0; x.len()], 1.0, 0);
+    }
+    if !(hi - lo).is_finite() {
+        return (vec![0; x.len()], f32::NAN, 0);
+    }
+    let s = (hi - lo) / 255.0;
+    let z = (-lo / s).round_ties_even().clamp(0.0, 255.0);
+    let q = x
+        .iter()
+        .map(|&v| ((v / s).round_ties_even() + z).clamp(0.0, 255.0) as u8)
+        .collect();
+    (q, s, z as i32)
+}
+
+/// A weight row's `(qw, sw)` from a plain scan (module doc: symmetric, per output channel).
+fn plain_quantize_weight_row(w: &[f32]) -> (Vec<i8>, f32) {
+    if w.iter().any(|v| !v.is_finite()) {
+        return (vec![0; w.len()], f32::NAN);
+    }
+    let max = w.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+    if max == 0.0 {
+        return (vec![0; w.len()], 1.0);
+    }
+    let s = max / 127.0;
+    let q = w
+        .iter()
+        .map(|&v| (v / s).round_ties_even().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (q, s)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Rows of any length (whole lanes and tails), with the extremes anywhere, signed zeros,
+    /// huge values whose range overflows, and ±inf / NaN at any position.
+    #[test]
+    fn row_quantizers_match_a_plain_scan(
+        k in 1usize..80,
+        seed in any::<u64>(),
+        special in prop::option::of((0usize..80, 0usize..6)),
+    ) {
+        let mut x = fill(k, seed);
+        if let Some((at, kind)) = special {
+            x[at % k] = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 3.0e38, -3.0e38][kind];
+            if kind >= 4 {
+                x[(at + 1) % k] = -x[at % k];
+            }
+        }
+        let (q, s, z) = reference::quantize_rows(&x, 1, k);
+        let (pq, ps, pz) = plain_quantize_row(&x);
+        prop_assert_eq!(s[0].to_bits(), ps.to_bits(), "scale of {:?}", x);
+        prop_assert_eq!(z[0], pz);
+        prop_assert_eq!(q, pq);
+        let (qw, sw) = reference::quantize_weights(&x, 1, k);
+        let (pqw, psw) = plain_quantize_weight_row(&x);
+        prop_assert_eq!(sw[0].to_bits(), psw.to_bits(), "weight scale of {:?}", x);
+        prop_assert_eq!(qw, pqw);
+    }
+}
+
 /// The kernel list covers the paths this CPU should run.
 #[test]
 fn kernel_selection() {

@@ -187,7 +187,14 @@ impl Int8Weights {
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Int8Weights {
         assert!(w.len() >= n * k, "int8 weights: slice shorter than {n}×{k}");
         assert!(k <= MAX_K, "int8 weights: k = {k} exceeds {MAX_K}");
-        let (q, sw) = reference::quantize_weights(w, n, k);
+        let mut q = vec![0i8; n * k];
+        let mut sw = vec![0.0f32; n];
+        if k > 0 {
+            q.par_chunks_mut(k)
+                .zip(sw.par_iter_mut())
+                .enumerate()
+                .for_each(|(j, (q, s))| quantize_weight_row(&w[j * k..(j + 1) * k], q, s));
+        }
         let kq = k.div_ceil(4);
         let panels = n.div_ceil(NR);
         let mut packed = vec![0i8; panels * kq * 4 * NR];
@@ -237,6 +244,47 @@ impl Int8Weights {
     }
 }
 
+/// Quantizes one weight row (output channel) symmetric into `out`; returns `sw`. Shared by the
+/// reference and [`Int8Weights::quantize`], and written for the auto-vectoriser like
+/// [`quantize_row_body`] (lane-split maximum, non-finite values tracked as a sum of `v · 0`,
+/// an unchecked conversion of values already clamped to the i8 range).
+#[inline(always)]
+fn quantize_weight_row_body(row: &[f32], out: &mut [i8]) -> f32 {
+    let (mut max, mut bad) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let mut scan = |xs: &[f32]| {
+        for l in 0..xs.len() {
+            let a = xs[l].abs();
+            max[l] = if a > max[l] { a } else { max[l] };
+            bad[l] += xs[l] * 0.0;
+        }
+    };
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    chunks.for_each(&mut scan);
+    scan(tail);
+    let max = max.iter().fold(0.0f32, |a, &b| a.max(b));
+    out[..row.len()].fill(0);
+    if bad.iter().any(|b| b.is_nan()) {
+        return f32::NAN;
+    }
+    if max == 0.0 {
+        return 1.0;
+    }
+    let scale = max / 127.0;
+    for (o, &v) in out.iter_mut().zip(row) {
+        let q = (v / scale).round_ties_even().clamp(-127.0, 127.0);
+        // SAFETY: `q` is finite (the row is) and in [-127, 127], so the conversion is exact.
+        *o = unsafe { q.to_int_unchecked::<i32>() } as i8;
+    }
+    scale
+}
+
+simd_dispatch! {
+    fn quantize_weight_row(row: &[f32], out: &mut [i8], scale: &mut f32) {
+        *scale = quantize_weight_row_body(row, out);
+    }
+}
+
 /// Activations quantized per row, packed in panels of MR rows, `[panel][kq][MR][4]` u8 (zero
 /// rows/columns past the data).
 struct QuantRows {
@@ -249,17 +297,35 @@ struct QuantRows {
 
 /// Quantizes one row centred on `mu` (`x − mu`); returns `(sx, zx)`. Shared by the reference
 /// and the fast path, so the two see the same u8 values.
+///
+/// Written for the auto-vectoriser: the extrema are kept in [`LANES`] independent lanes (a
+/// compare-and-select, which is exactly `min`/`max` for the non-NaN values that matter), and
+/// finiteness is tracked as a running sum of `v · 0` (0 for a finite `v`, NaN for ±inf or NaN),
+/// because `f32::min`'s NaN rule and an early-out flag keep LLVM from vectorising the scan.
+/// The extrema of a row do not depend on the order they are found in, so the result is the
+/// same as a plain scan's.
 #[inline(always)]
 fn quantize_row_body(x: &[f32], mu: &[f32], out: &mut [u8]) -> (f32, i32) {
-    let (mut lo, mut hi, mut finite) = (0.0f32, 0.0f32, true);
-    for (&v, &u) in x.iter().zip(mu) {
-        let v = v - u;
-        lo = lo.min(v);
-        hi = hi.max(v);
-        finite &= v.is_finite();
+    let mu = &mu[..x.len()];
+    let (mut lo, mut hi, mut bad) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+    let mut scan = |xs: &[f32], us: &[f32]| {
+        for l in 0..xs.len() {
+            let v = xs[l] - us[l];
+            lo[l] = if v < lo[l] { v } else { lo[l] };
+            hi[l] = if v > hi[l] { v } else { hi[l] };
+            bad[l] += v * 0.0;
+        }
+    };
+    let (xc, uc) = (x.chunks_exact(LANES), mu.chunks_exact(LANES));
+    let (xt, ut) = (xc.remainder(), uc.remainder());
+    for (xs, us) in xc.zip(uc) {
+        scan(xs, us);
     }
+    scan(xt, ut);
+    let lo = lo.iter().fold(0.0f32, |a, &b| a.min(b));
+    let hi = hi.iter().fold(0.0f32, |a, &b| a.max(b));
     let range = hi - lo;
-    if !finite || !range.is_finite() {
+    if bad.iter().any(|b| b.is_nan()) || !range.is_finite() {
         out[..x.len()].fill(0);
         return (f32::NAN, 0);
     }
@@ -270,10 +336,16 @@ fn quantize_row_body(x: &[f32], mu: &[f32], out: &mut [u8]) -> (f32, i32) {
     let scale = range / 255.0;
     let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
     for ((o, &v), &u) in out.iter_mut().zip(x).zip(mu) {
-        *o = (((v - u) / scale).round_ties_even() + zero).clamp(0.0, 255.0) as u8;
+        let q = (((v - u) / scale).round_ties_even() + zero).clamp(0.0, 255.0);
+        // SAFETY: `q` is finite and in [0, 255] (the row is finite, `|v − u| ≤ range`), so the
+        // unchecked conversion is exact; the checked `as` casts do not vectorise.
+        *o = unsafe { q.to_int_unchecked::<i32>() } as u8;
     }
     (scale, zero as i32)
 }
+
+/// Independent lanes of [`quantize_row_body`]'s scan (one zmm of f32).
+const LANES: usize = 16;
 
 simd_dispatch! {
     fn quantize_row(x: &[f32], mu: &[f32], out: &mut [u8], params: &mut (f32, i32)) {
@@ -281,25 +353,37 @@ simd_dispatch! {
     }
 }
 
-/// Columns of x per task of [`column_means`].
-const MEAN_COLS: usize = 128;
+/// Rows of x per partial sum of [`column_means`]: fixed, so the sums do not depend on the
+/// thread count.
+const MEAN_ROWS: usize = 256;
 
-/// `μ`: the mean of rows `0..m` of `x` (row stride `ldx`, `k` columns), each column summed in
-/// row order (whatever the threads); all zeros if any mean is not finite (see the module doc).
+/// `μ`: the mean of rows `0..m` of `x` (row stride `ldx`, `k` columns); all zeros if any mean
+/// is not finite (see the module doc). Each block of [`MEAN_ROWS`] rows is summed in row order
+/// into its own partial sums (rows read front to back, one pass over memory), then the partial
+/// sums are added in block order — the same bits for any number of threads.
 fn column_means(x: &[f32], ldx: usize, m: usize, k: usize, parallel: bool) -> Vec<f32> {
-    let mut mu = vec![0.0f32; k];
+    let blocks = m.div_ceil(MEAN_ROWS);
+    let mut partial = vec![0.0f32; blocks * k];
     let block = |(b, out): (usize, &mut [f32])| {
-        let c0 = b * MEAN_COLS;
-        for row in x.chunks(ldx.max(1)).take(m) {
-            for (a, &v) in out.iter_mut().zip(&row[c0..]) {
+        let rows = x.chunks(ldx.max(1)).skip(b * MEAN_ROWS);
+        for row in rows.take(MEAN_ROWS.min(m - b * MEAN_ROWS)) {
+            for (a, &v) in out.iter_mut().zip(&row[..k]) {
                 *a += v;
             }
         }
     };
-    if parallel {
-        mu.par_chunks_mut(MEAN_COLS).enumerate().for_each(block);
-    } else {
-        mu.chunks_mut(MEAN_COLS).enumerate().for_each(block);
+    if k > 0 {
+        if parallel {
+            partial.par_chunks_mut(k).enumerate().for_each(block);
+        } else {
+            partial.chunks_mut(k).enumerate().for_each(block);
+        }
+    }
+    let mut mu = vec![0.0f32; k];
+    for p in partial.chunks(k.max(1)) {
+        for (a, &v) in mu.iter_mut().zip(p) {
+            *a += v;
+        }
     }
     let count = m.max(1) as f32;
     for a in mu.iter_mut() {
@@ -375,8 +459,8 @@ fn quantize_rows(
                 break;
             }
             quantize_row(&x[i * ldx..i * ldx + k], mu, &mut row, pr);
-            for (q, quad) in row.chunks_exact(4).enumerate() {
-                panel[(q * mr + r) * 4..(q * mr + r) * 4 + 4].copy_from_slice(quad);
+            for (quad, dst) in row.chunks_exact(4).zip(panel.chunks_exact_mut(mr * 4)) {
+                dst[r * 4..r * 4 + 4].copy_from_slice(quad);
             }
         }
     };
@@ -565,22 +649,7 @@ pub mod reference {
         let mut q = vec![0i8; n * k];
         let mut scales = vec![0.0f32; n];
         for j in 0..n {
-            let row = &w[j * k..(j + 1) * k];
-            let max = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
-            let finite = row.iter().all(|v| v.is_finite());
-            let scale = if !finite {
-                f32::NAN
-            } else if max == 0.0 {
-                1.0
-            } else {
-                max / 127.0
-            };
-            scales[j] = scale;
-            if scale.is_finite() {
-                for (o, &v) in q[j * k..(j + 1) * k].iter_mut().zip(row) {
-                    *o = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
-                }
-            }
+            scales[j] = super::quantize_weight_row_body(&w[j * k..(j + 1) * k], &mut q[j * k..]);
         }
         (q, scales)
     }
