@@ -4,7 +4,7 @@
 //! - weights `W [n, k]` (PyTorch `Linear` layout) are quantized once, per output channel and
 //!   symmetric: `sw[j] = max_k |W[j,k]| / 127`, `qw = round(W / sw)` in [-127, 127] (i8);
 //! - activations `x [m, k]` are centred and quantized at every call: `μ[k] = Σ_i x[i,k] / m`
-//!   (the mean over the call's rows, summed in row order), and the rows `y = x − μ` are quantized
+//!   (the mean over the call's rows, summed in a fixed order), and the rows `y = x − μ` are quantized
 //!   per row (token) and asymmetric (u8 with a zero point):
 //!   `sx[i] = (max(0, max_k y[i,k]) − min(0, min_k y[i,k])) / 255`, `zx[i] = round(−min/sx)`,
 //!   `qx = clamp(round(y / sx) + zx, 0, 255)`;
