@@ -1,5 +1,6 @@
-//! Row gathers for windowed attention: a row table indexed by position, with a fill row for the
-//! positions that fall outside the map (window padding). Partitioning the projected tokens this
+//! Row gathers for windowed attention: row tables (one or several sources) indexed by position,
+//! with a fill row for the positions that fall outside the map (window padding), optionally a
+//! column slice of each row cut into per-head blocks ([`RowPick`]), in one pass. Partitioning the projected tokens this
 //! way lets the per-token work (norm, q/k/v projection, output projection) run on the map's own
 //! tokens only, not on the padding of the edge windows.
 //!
@@ -8,44 +9,172 @@
 
 use rayon::prelude::*;
 
-/// Index of an output row that takes the fill row instead of a source row.
+/// Index of an output row that takes the fill row instead of a source row (in the `usize`
+/// indices of [`window_index`]; [`RowAt::from`] maps it to [`RowAt::FILL`]).
 pub const FILL: usize = usize::MAX;
 
 /// Below this many output elements the gather is not worth splitting across threads.
 const PAR_MIN: usize = 1 << 15;
 
-/// `out` row `r` (of `len` elements) = `src` row `index[r]`, or `fill` where `index[r] == FILL`.
+/// Where one output row of a gather comes from: row `row` of source `part`, or the fill row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowAt {
+    pub part: usize,
+    pub row: usize,
+}
+
+impl RowAt {
+    /// The fill row.
+    pub const FILL: RowAt = RowAt {
+        part: usize::MAX,
+        row: usize::MAX,
+    };
+
+    /// Row `row` of the first (or only) source.
+    pub const fn row(row: usize) -> RowAt {
+        RowAt { part: 0, row }
+    }
+
+    pub fn is_fill(self) -> bool {
+        self.part == usize::MAX
+    }
+}
+
+impl From<usize> for RowAt {
+    /// Row `i` of the first source, or the fill row for [`FILL`].
+    fn from(i: usize) -> RowAt {
+        if i == FILL {
+            RowAt::FILL
+        } else {
+            RowAt::row(i)
+        }
+    }
+}
+
+/// What a gather copies out of each source row, and how the output is laid out. Source rows
+/// (and the fill row) are `width` wide; the index is read as `[blocks, block]`; the output is
+/// `[blocks, groups, block, len]`: `out[b, g, t, ..]` = columns `col + g·len ..` `col +
+/// (g+1)·len` of the row `index[b·block + t]` points at. With `groups = 1` (any `block`) that
+/// is a plain row gather `[index.len(), len]`; with the columns of one of q/k/v as `heads`
+/// groups of `len = c/heads` and `block = n` tokens per window, it is that projection split
+/// into per-head `[windows, heads, n, c/heads]` blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowPick {
+    pub width: usize,
+    pub col: usize,
+    pub len: usize,
+    pub groups: usize,
+    pub block: usize,
+}
+
+impl RowPick {
+    /// Whole rows of `width` elements, `[index.len(), width]`.
+    pub const fn rows(width: usize) -> RowPick {
+        RowPick {
+            width,
+            col: 0,
+            len: width,
+            groups: 1,
+            block: 1,
+        }
+    }
+
+    /// Output elements for `indices` index entries.
+    pub fn out_len(&self, indices: usize) -> usize {
+        indices * self.groups * self.len
+    }
+
+    /// Why this pick cannot gather `index` from sources of `part_rows` rows (with a fill row if
+    /// `fill`), or `None` if it can.
+    pub fn mismatch(&self, part_rows: &[usize], fill: bool, index: &[RowAt]) -> Option<String> {
+        let RowPick {
+            width,
+            col,
+            len,
+            groups,
+            block,
+        } = *self;
+        if len == 0 || groups == 0 || block == 0 || col + groups * len > width {
+            return Some(format!(
+                "{groups} groups of {len} columns from column {col} of rows of {width}, \
+                 blocks of {block}"
+            ));
+        }
+        if !index.len().is_multiple_of(block) {
+            return Some(format!("{} indices in blocks of {block}", index.len()));
+        }
+        let bad = index.iter().find(|r| {
+            if r.is_fill() {
+                !fill
+            } else {
+                part_rows.get(r.part).is_none_or(|&n| r.row >= n)
+            }
+        });
+        bad.map(|r| match r.is_fill() {
+            true => "a fill index without a fill row".to_string(),
+            false => format!("index {r:?} past sources of {part_rows:?} rows"),
+        })
+    }
+}
+
+/// The gather [`RowPick`] describes: `parts` are row tables `[rows, width]`, `fill` the row
+/// for [`RowAt::FILL`]; `out` is overwritten.
 ///
 /// # Panics
-/// If `out` is not `index.len() × len`, `fill` is not `len` long, or an index is past `src`.
-pub fn gather_rows_fill(src: &[f32], len: usize, index: &[usize], fill: &[f32], out: &mut [f32]) {
-    assert_eq!(out.len(), index.len() * len, "gather_rows_fill: out");
-    assert_eq!(fill.len(), len, "gather_rows_fill: fill row");
-    if len == 0 {
-        return;
-    }
-    let rows = src.len() / len;
+/// If `out` is not `pick.out_len(index.len())` long, a part is not whole rows, or
+/// [`RowPick::mismatch`] finds a problem.
+pub fn gather_rows(
+    parts: &[&[f32]],
+    fill: Option<&[f32]>,
+    index: &[RowAt],
+    pick: RowPick,
+    out: &mut [f32],
+) {
+    let RowPick {
+        width,
+        col,
+        len,
+        groups,
+        block,
+    } = pick;
+    assert_eq!(out.len(), pick.out_len(index.len()), "gather_rows: out");
     assert!(
-        index.iter().all(|&i| i == FILL || i < rows),
-        "gather_rows_fill: index past {rows} source rows"
+        width > 0 && parts.iter().all(|p| p.len() % width == 0),
+        "gather_rows: parts are not rows of {width}"
     );
-    let run = |out: &mut [f32], index: &[usize]| {
-        for (o, &i) in out.chunks_exact_mut(len).zip(index) {
-            let row = if i == FILL {
-                fill
-            } else {
-                &src[i * len..(i + 1) * len]
-            };
-            copy_row(o, row);
+    assert!(
+        fill.is_none_or(|f| f.len() == width),
+        "gather_rows: fill row"
+    );
+    let rows: Vec<usize> = parts.iter().map(|p| p.len() / width).collect();
+    if let Some(why) = pick.mismatch(&rows, fill.is_some(), index) {
+        panic!("gather_rows: {why}");
+    }
+    let fill = fill.unwrap_or(&[]);
+    // One unit: the `block` rows of one (block, group) pair, contiguous in `out`.
+    let unit = block * len;
+    let run = |first: usize, out: &mut [f32]| {
+        for (u, o) in out.chunks_exact_mut(unit).enumerate() {
+            let (b, g) = ((first + u) / groups, (first + u) % groups);
+            let c0 = col + g * len;
+            for (o, &r) in o.chunks_exact_mut(len).zip(&index[b * block..(b + 1) * block]) {
+                let at = if r.is_fill() {
+                    &fill[c0..c0 + len]
+                } else {
+                    let s = r.row * width + c0;
+                    &parts[r.part][s..s + len]
+                };
+                copy_row(o, at);
+            }
         }
     };
     if out.len() < PAR_MIN {
-        run(out, index);
+        run(0, out);
     } else {
-        let per = (PAR_MIN / 4 / len).max(1);
-        out.par_chunks_mut(per * len)
-            .zip(index.par_chunks(per))
-            .for_each(|(o, ix)| run(o, ix));
+        let per = (PAR_MIN / 4 / unit).max(1);
+        out.par_chunks_mut(per * unit)
+            .enumerate()
+            .for_each(|(i, o)| run(i * per, o));
     }
 }
 
@@ -116,13 +245,28 @@ pub fn unwindow_index(b: usize, (h, w): (usize, usize), ws: usize, heads: usize)
 
 /// Plain-loop oracle.
 pub mod reference {
-    use super::FILL;
+    use super::{RowAt, RowPick};
 
-    pub fn gather_rows_fill(src: &[f32], len: usize, index: &[usize], fill: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(index.len() * len);
-        for &i in index {
-            for j in 0..len {
-                out.push(if i == FILL { fill[j] } else { src[i * len + j] });
+    pub fn gather_rows(
+        parts: &[&[f32]],
+        fill: Option<&[f32]>,
+        index: &[RowAt],
+        pick: RowPick,
+    ) -> Vec<f32> {
+        let mut out = Vec::new();
+        for b in 0..index.len() / pick.block {
+            for g in 0..pick.groups {
+                for t in 0..pick.block {
+                    let r = index[b * pick.block + t];
+                    for j in 0..pick.len {
+                        let c = pick.col + g * pick.len + j;
+                        out.push(if r.is_fill() {
+                            fill.unwrap()[c]
+                        } else {
+                            parts[r.part][r.row * pick.width + c]
+                        });
+                    }
+                }
             }
         }
         out
