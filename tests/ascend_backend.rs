@@ -224,10 +224,26 @@ fn pick_rows_matches_cpu() {
     let (va, vb, vf) = (data(rows_a * 16, 21), data(rows_b * w, 22), data(w, 23));
     let at = |part, row| RowAt { part, row };
     let index = [
-        at(0, 6), at(1, 0), RowAt::FILL, at(0, 0), at(1, 4), at(0, 3),
-        RowAt::FILL, at(1, 2), at(0, 6), at(0, 1), at(1, 1), RowAt::FILL,
+        at(0, 6),
+        at(1, 0),
+        RowAt::FILL,
+        at(0, 0),
+        at(1, 4),
+        at(0, 3),
+        RowAt::FILL,
+        at(1, 2),
+        at(0, 6),
+        at(0, 1),
+        at(1, 1),
+        RowAt::FILL,
     ];
-    let heads = RowPick { width: w, col: 2, len: 3, groups: 3, block: 4 };
+    let heads = RowPick {
+        width: w,
+        col: 2,
+        len: 3,
+        groups: 3,
+        block: 4,
+    };
     for pick in [RowPick::rows(w), heads] {
         let gather = |dev: Device| {
             // Table a: rows of 12 inside rows of 16 (a view, not contiguous).
@@ -238,7 +254,11 @@ fn pick_rows_matches_cpu() {
             let before = (dev == NPU && !on_npu()).then(host_copies);
             let y = Tensor::pick_rows(&[&a, &b], Some(&f), &index, pick).unwrap();
             if let Some(before) = before {
-                assert_eq!(host_copies(), before + 1, "a copy through the host beyond the index");
+                assert_eq!(
+                    host_copies(),
+                    before + 1,
+                    "a copy through the host beyond the index"
+                );
             }
             let shape = [index.len() / pick.block, pick.groups, pick.block, pick.len];
             assert_eq!((y.device(), y.shape()), (dev, &shape[..]));

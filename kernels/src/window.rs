@@ -157,7 +157,10 @@ pub fn gather_rows(
         for (u, o) in out.chunks_exact_mut(unit).enumerate() {
             let (b, g) = ((first + u) / groups, (first + u) % groups);
             let c0 = col + g * len;
-            for (o, &r) in o.chunks_exact_mut(len).zip(&index[b * block..(b + 1) * block]) {
+            for (o, &r) in o
+                .chunks_exact_mut(len)
+                .zip(&index[b * block..(b + 1) * block])
+            {
                 let at = if r.is_fill() {
                     &fill[c0..c0 + len]
                 } else {

@@ -90,7 +90,10 @@ impl Tensor {
         if let Some(why) = pick.mismatch(&rows, fill.is_some(), index) {
             return Err(Error::shape(op, why));
         }
-        let parts = parts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+        let parts = parts
+            .iter()
+            .map(|t| t.contiguous())
+            .collect::<Result<Vec<_>>>()?;
         let fill = fill.map(|f| f.contiguous()).transpose()?;
         fn table(t: &Tensor, width: usize) -> RowTable<'_> {
             RowTable {

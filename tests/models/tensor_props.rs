@@ -127,10 +127,26 @@ fn pick_rows_on_views_equals_pick_on_copies() {
     let fill = tensor(&[w], 11);
     let at = |part, row| RowAt { part, row };
     let index = [
-        at(0, 4), at(1, 3), RowAt::FILL, at(2, 0), at(0, 0), at(2, 2),
-        at(1, 0), RowAt::FILL, at(0, 2), at(2, 1), at(1, 1), at(0, 1),
+        at(0, 4),
+        at(1, 3),
+        RowAt::FILL,
+        at(2, 0),
+        at(0, 0),
+        at(2, 2),
+        at(1, 0),
+        RowAt::FILL,
+        at(0, 2),
+        at(2, 1),
+        at(1, 1),
+        at(0, 1),
     ];
-    let heads = RowPick { width: w, col: 1, len: 2, groups: 2, block: 3 };
+    let heads = RowPick {
+        width: w,
+        col: 1,
+        len: 2,
+        groups: 2,
+        block: 3,
+    };
     let parts = [&sliced, &narrowed, &permuted];
     let copies = parts.map(dense);
     for pick in [RowPick::rows(w), heads] {
@@ -160,14 +176,21 @@ fn pick_rows_on_views_equals_pick_on_copies() {
         }
     }
     let pick = RowPick::rows(w);
-    let past = Tensor::pick_rows(&parts, None, &[at(1, 4)], pick).unwrap_err().to_string();
-    assert!(past.contains("pick_rows") && past.contains("past"), "{past}");
+    let past = Tensor::pick_rows(&parts, None, &[at(1, 4)], pick)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        past.contains("pick_rows") && past.contains("past"),
+        "{past}"
+    );
     let no_fill = Tensor::pick_rows(&parts, None, &[RowAt::FILL], pick).unwrap_err();
     assert!(no_fill.to_string().contains("fill"), "{no_fill}");
     let ragged = Tensor::pick_rows(&[&tensor(&[7], 1)], None, &[], pick).unwrap_err();
     assert!(ragged.to_string().contains("[7]"), "{ragged}");
     let var = tensor(&[2, w], 12).into_variable();
-    let e = Tensor::pick_rows(&[&var], None, &[at(0, 1)], pick).unwrap_err().to_string();
+    let e = Tensor::pick_rows(&[&var], None, &[at(0, 1)], pick)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pick_rows") && e.contains("no_grad"), "{e}");
 }
 

@@ -99,12 +99,25 @@ proptest! {
 #[test]
 fn mismatches_are_named() {
     let pick = RowPick::rows(4);
-    assert_eq!(pick.mismatch(&[3, 2], false, &[RowAt { part: 1, row: 1 }]), None);
-    assert!(pick.mismatch(&[3, 2], false, &[RowAt { part: 1, row: 2 }]).is_some());
-    assert!(pick.mismatch(&[3, 2], false, &[RowAt { part: 2, row: 0 }]).is_some());
+    assert_eq!(
+        pick.mismatch(&[3, 2], false, &[RowAt { part: 1, row: 1 }]),
+        None
+    );
+    assert!(pick
+        .mismatch(&[3, 2], false, &[RowAt { part: 1, row: 2 }])
+        .is_some());
+    assert!(pick
+        .mismatch(&[3, 2], false, &[RowAt { part: 2, row: 0 }])
+        .is_some());
     assert!(pick.mismatch(&[3], false, &[RowAt::FILL]).is_some());
     assert_eq!(pick.mismatch(&[3], true, &[RowAt::FILL]), None);
-    let wide = RowPick { width: 4, col: 1, len: 2, groups: 2, block: 1 };
+    let wide = RowPick {
+        width: 4,
+        col: 1,
+        len: 2,
+        groups: 2,
+        block: 1,
+    };
     assert!(wide.mismatch(&[3], false, &[RowAt::row(0)]).is_some());
     let blocked = RowPick { block: 2, ..pick };
     assert!(blocked.mismatch(&[3], false, &[RowAt::row(0)]).is_some());

@@ -164,7 +164,10 @@ impl AscendBackend {
         drop(g);
         let picked = self.wrap(picked, k * w);
         run?;
-        if p == (RowPick { block: p.block, ..RowPick::rows(w) }) {
+        if p == (RowPick {
+            block: p.block,
+            ..RowPick::rows(w)
+        }) {
             return Ok(picked);
         }
         let blocks = k / p.block;

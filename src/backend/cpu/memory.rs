@@ -48,7 +48,12 @@ impl CpuBackend {
         let end = t.offset + t.rows * width;
         s.get(t.offset..end).ok_or_else(|| Error::Shape {
             op: "gather_rows",
-            detail: format!("{} rows of {width} from {} in a buffer of {}", t.rows, t.offset, s.len()),
+            detail: format!(
+                "{} rows of {width} from {} in a buffer of {}",
+                t.rows,
+                t.offset,
+                s.len()
+            ),
         })
     }
 
@@ -59,7 +64,11 @@ impl CpuBackend {
             .iter()
             .map(|t| Self::table_rows(t, width))
             .collect::<Result<Vec<_>>>()?;
-        let fill = a.fill.as_ref().map(|t| Self::table_rows(t, width)).transpose()?;
+        let fill = a
+            .fill
+            .as_ref()
+            .map(|t| Self::table_rows(t, width))
+            .transpose()?;
         let mut out = super::buffer(a.pick.out_len(a.index.len()));
         medsam_kernels::window::gather_rows(&parts, fill, a.index, a.pick, &mut out);
         Ok(Storage::Cpu(out))

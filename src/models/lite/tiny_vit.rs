@@ -804,7 +804,6 @@ impl EdgeGroup {
     }
 }
 
-
 /// TinyViT's `Mlp`: LayerNorm, fc1, GELU, fc2.
 pub struct Mlp {
     pub norm: LayerNorm,

@@ -280,10 +280,16 @@ impl Block {
             return Ok(Some(o.reshape(&[b, h, w, c])?));
         }
         let pad = attn.qkv.forward(&Tensor::zeros(&[1, c], y.device())?)?; // [1, 3c]
-        let index: Vec<RowAt> = window_index(b, (h, w), ws).into_iter().map(RowAt::from).collect();
+        let index: Vec<RowAt> = window_index(b, (h, w), ws)
+            .into_iter()
+            .map(RowAt::from)
+            .collect();
         let [q, k, v] = split_heads(&qkv, c, nh, &index, ws * ws, Some(&pad))?;
         let o = attn.attend_heads(&q, &k, &v, (ws, ws))?; // [windows·nh, ws², c/nh]
-        let back: Vec<RowAt> = unwindow_index(b, (h, w), ws, nh).into_iter().map(RowAt::from).collect();
+        let back: Vec<RowAt> = unwindow_index(b, (h, w), ws, nh)
+            .into_iter()
+            .map(RowAt::from)
+            .collect();
         let o = gather_token_rows(&[&o], None, &back, c / nh)?;
         Ok(Some(o.reshape(&[b, h, w, c])?))
     }
@@ -304,7 +310,10 @@ fn split_heads(
     if heads == 0 || !c.is_multiple_of(heads) || n == 0 || !index.len().is_multiple_of(n) {
         return Err(Error::shape(
             "split_heads",
-            format!("3×{c} channels for {heads} heads, {} indices in maps of {n}", index.len()),
+            format!(
+                "3×{c} channels for {heads} heads, {} indices in maps of {n}",
+                index.len()
+            ),
         ));
     }
     let (maps, hd) = (index.len() / n, c / heads);
