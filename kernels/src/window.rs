@@ -87,21 +87,8 @@ impl RowPick {
     /// Why this pick cannot gather `index` from sources of `part_rows` rows (with a fill row if
     /// `fill`), or `None` if it can.
     pub fn mismatch(&self, part_rows: &[usize], fill: bool, index: &[RowAt]) -> Option<String> {
-        let RowPick {
-            width,
-            col,
-            len,
-            groups,
-            block,
-        } = *self;
-        if len == 0 || groups == 0 || block == 0 || col + groups * len > width {
-            return Some(format!(
-                "{groups} groups of {len} columns from column {col} of rows of {width}, \
-                 blocks of {block}"
-            ));
-        }
-        if !index.len().is_multiple_of(block) {
-            return Some(format!("{} indices in blocks of {block}", index.len()));
+        if let Some(why) = self.layout_mismatch(index.len()) {
+            return Some(why);
         }
         let bad = index.iter().find(|r| {
             if r.is_fill() {
@@ -115,6 +102,28 @@ impl RowPick {
             false => format!("index {r:?} past sources of {part_rows:?} rows"),
         })
     }
+
+    /// [`RowPick::mismatch`] without the index entries: columns past the row, blocks that do
+    /// not divide the index.
+    fn layout_mismatch(&self, indices: usize) -> Option<String> {
+        let RowPick {
+            width,
+            col,
+            len,
+            groups,
+            block,
+        } = *self;
+        if len == 0 || groups == 0 || block == 0 || col + groups * len > width {
+            return Some(format!(
+                "{groups} groups of {len} columns from column {col} of rows of {width}, \
+                 blocks of {block}"
+            ));
+        }
+        if !indices.is_multiple_of(block) {
+            return Some(format!("{indices} indices in blocks of {block}"));
+        }
+        None
+    }
 }
 
 /// The gather [`RowPick`] describes: `parts` are row tables `[rows, width]`, `fill` the row
@@ -122,7 +131,8 @@ impl RowPick {
 ///
 /// # Panics
 /// If `out` is not `pick.out_len(index.len())` long, a part is not whole rows, or
-/// [`RowPick::mismatch`] finds a problem.
+/// [`RowPick::mismatch`] finds a problem (an index entry out of range panics where it is
+/// read: callers that want an error check the index first).
 pub fn gather_rows(
     parts: &[&[f32]],
     fill: Option<&[f32]>,
@@ -146,29 +156,45 @@ pub fn gather_rows(
         fill.is_none_or(|f| f.len() == width),
         "gather_rows: fill row"
     );
-    let rows: Vec<usize> = parts.iter().map(|p| p.len() / width).collect();
-    if let Some(why) = pick.mismatch(&rows, fill.is_some(), index) {
+    if let Some(why) = pick.layout_mismatch(index.len()) {
         panic!("gather_rows: {why}");
     }
-    let fill = fill.unwrap_or(&[]);
-    // One unit: the `block` rows of one (block, group) pair, contiguous in `out`.
+    let src = Rows {
+        parts,
+        fill: fill.unwrap_or(&[]),
+        width,
+    };
+    // Rows of one head's values are short: a fixed-size move per row (the length dispatched
+    // once per task) instead of a memcpy call.
+    // Without a fill row the index has no fill entries (checked above): no test per row.
+    let copy = |out: &mut [f32], index: &[RowAt], c0: usize| match (len, fill.is_some()) {
+        (16, false) => copy_rows::<16, false>(out, index, &src, c0, len),
+        (32, false) => copy_rows::<32, false>(out, index, &src, c0, len),
+        (64, false) => copy_rows::<64, false>(out, index, &src, c0, len),
+        (_, false) => copy_rows::<0, false>(out, index, &src, c0, len),
+        (16, true) => copy_rows::<16, true>(out, index, &src, c0, len),
+        (32, true) => copy_rows::<32, true>(out, index, &src, c0, len),
+        (64, true) => copy_rows::<64, true>(out, index, &src, c0, len),
+        (_, true) => copy_rows::<0, true>(out, index, &src, c0, len),
+    };
+    if groups == 1 {
+        // Output rows in index order: tasks of consecutive rows.
+        if out.len() < PAR_MIN {
+            copy(out, index, col);
+        } else {
+            let per = (PAR_MIN / len).max(1);
+            out.par_chunks_mut(per * len)
+                .zip(index.par_chunks(per))
+                .for_each(|(o, ix)| copy(o, ix, col));
+        }
+        return;
+    }
+    // Units: the `block` rows of one (block, group) pair, contiguous in `out`.
     let unit = block * len;
     let run = |first: usize, out: &mut [f32]| {
         for (u, o) in out.chunks_exact_mut(unit).enumerate() {
             let (b, g) = ((first + u) / groups, (first + u) % groups);
-            let c0 = col + g * len;
-            for (o, &r) in o
-                .chunks_exact_mut(len)
-                .zip(&index[b * block..(b + 1) * block])
-            {
-                let at = if r.is_fill() {
-                    &fill[c0..c0 + len]
-                } else {
-                    let s = r.row * width + c0;
-                    &parts[r.part][s..s + len]
-                };
-                copy_row(o, at);
-            }
+            copy(o, &index[b * block..(b + 1) * block], col + g * len);
         }
     };
     if out.len() < PAR_MIN {
@@ -181,21 +207,38 @@ pub fn gather_rows(
     }
 }
 
-/// `o = row`: a fixed-size (inlined) move for the short rows of per-head values, where a
-/// `memcpy` call per row would cost more than the copy itself.
+/// The sources of a gather.
+struct Rows<'a> {
+    parts: &'a [&'a [f32]],
+    fill: &'a [f32],
+    width: usize,
+}
+
+/// `out` row `k` = columns `c0 .. c0 + len` of the row `index[k]` points at; `L` is `len`
+/// for a fixed-size move, or 0 (any length); `FILL_ROWS`: whether the index may hold
+/// [`RowAt::FILL`].
 #[inline(always)]
-fn copy_row(o: &mut [f32], row: &[f32]) {
-    #[inline(always)]
-    fn fixed<const L: usize>(o: &mut [f32], row: &[f32]) {
-        let r: &[f32; L] = row.try_into().expect("row length");
-        let o: &mut [f32; L] = o.try_into().expect("row length");
-        *o = *r;
-    }
-    match o.len() {
-        16 => fixed::<16>(o, row),
-        32 => fixed::<32>(o, row),
-        64 => fixed::<64>(o, row),
-        _ => o.copy_from_slice(row),
+fn copy_rows<const L: usize, const FILL_ROWS: bool>(
+    out: &mut [f32],
+    index: &[RowAt],
+    src: &Rows,
+    c0: usize,
+    len: usize,
+) {
+    let len = if L == 0 { len } else { L };
+    for (o, &r) in out.chunks_exact_mut(len).zip(index) {
+        let row = if FILL_ROWS && r.is_fill() {
+            &src.fill[c0..c0 + len]
+        } else {
+            let s = r.row * src.width + c0;
+            &src.parts[r.part][s..s + len]
+        };
+        if L == 0 {
+            o.copy_from_slice(row);
+        } else {
+            let row: &[f32; L] = row.try_into().expect("row length");
+            *<&mut [f32; L]>::try_from(o).expect("row length") = *row;
+        }
     }
 }
 
