@@ -106,21 +106,15 @@ impl RowPick {
     /// [`RowPick::mismatch`] without the index entries: columns past the row, blocks that do
     /// not divide the index.
     fn layout_mismatch(&self, indices: usize) -> Option<String> {
-        let RowPick {
-            width,
-            col,
-            len,
-            groups,
-            block,
-        } = *self;
-        if len == 0 || groups == 0 || block == 0 || col + groups * len > width {
+        let p = self;
+        if p.len == 0 || p.groups == 0 || p.block == 0 || p.col + p.groups * p.len > p.width {
             return Some(format!(
-                "{groups} groups of {len} columns from column {col} of rows of {width}, \
-                 blocks of {block}"
+                "{} groups of {} columns from column {} of rows of {}, blocks of {}",
+                p.groups, p.len, p.col, p.width, p.block
             ));
         }
-        if !indices.is_multiple_of(block) {
-            return Some(format!("{indices} indices in blocks of {block}"));
+        if !indices.is_multiple_of(p.block) {
+            return Some(format!("{indices} indices in blocks of {}", p.block));
         }
         None
     }
