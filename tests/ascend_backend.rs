@@ -212,6 +212,74 @@ fn max_pool_of_a_strided_view_matches_cpu() {
     assert_eq!(bits(&got), bits(&want));
 }
 
+/// Row gathers (how the windowed attention blocks cut windows out of a token map, split q/k/v
+/// per head and put windows back): rows from two tables, one a strided view, with fill rows;
+/// whole rows, and column groups in per-head blocks. The same bits on the NPU as on the CPU,
+/// and (stand-in) nothing through the host but the index.
+#[test]
+fn pick_rows_matches_cpu() {
+    use medsam::backend::ops::memory::{RowAt, RowPick};
+    setup();
+    let (rows_a, rows_b, w) = (7, 5, 12);
+    let (va, vb, vf) = (data(rows_a * 16, 21), data(rows_b * w, 22), data(w, 23));
+    let at = |part, row| RowAt { part, row };
+    let index = [
+        at(0, 6),
+        at(1, 0),
+        RowAt::FILL,
+        at(0, 0),
+        at(1, 4),
+        at(0, 3),
+        RowAt::FILL,
+        at(1, 2),
+        at(0, 6),
+        at(0, 1),
+        at(1, 1),
+        RowAt::FILL,
+    ];
+    let heads = RowPick {
+        width: w,
+        col: 2,
+        len: 3,
+        groups: 3,
+        block: 4,
+    };
+    for pick in [RowPick::rows(w), heads] {
+        let gather = |dev: Device| {
+            // Table a: rows of 12 inside rows of 16 (a view, not contiguous).
+            let a = Tensor::from_slice(&va, &[rows_a, 16], dev).unwrap();
+            let a = a.narrow(1, 3, w).unwrap();
+            let b = Tensor::from_slice(&vb, &[rows_b, w], dev).unwrap();
+            let f = Tensor::from_slice(&vf, &[w], dev).unwrap();
+            let before = (dev == NPU && !on_npu()).then(host_copies);
+            let y = Tensor::pick_rows(&[&a, &b], Some(&f), &index, pick).unwrap();
+            if let Some(before) = before {
+                assert_eq!(
+                    host_copies(),
+                    before + 1,
+                    "a copy through the host beyond the index"
+                );
+            }
+            let shape = [index.len() / pick.block, pick.groups, pick.block, pick.len];
+            assert_eq!((y.device(), y.shape()), (dev, &shape[..]));
+            y.to_vec().unwrap()
+        };
+        let (want, got) = (gather(Device::Cpu), gather(NPU));
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{pick:?}");
+        // Spot check against the tables: output row 2 is the fill row's picked columns.
+        let row2: Vec<f32> = match pick.groups {
+            1 => vf.clone(),
+            _ => vf[2..5].to_vec(),
+        };
+        let off = match pick.groups {
+            1 => 2 * w,
+            _ => 2 * pick.len,
+        };
+        assert_eq!(&want[off..off + row2.len()], &row2[..]);
+    }
+}
+
 // ------------------------------------------------------------------ tiny SAM
 
 /// The tiny SAM fixture: its tensors (weights `w.*`, inputs `in.*`, outputs `out.*`) and config.

@@ -240,6 +240,10 @@ aclnn_ops! {
         /// CANN 8.1.RC1 toolkit `aclnnop/aclnn_maximum.h`: (self, other, out); elementwise
         /// maximum with broadcasting (`torch.maximum`: NaN propagates)
         Maximum("aclnn_maximum.h"): fn(*const aclTensor, *const aclTensor, *mut aclTensor),
+        /// CANN 8.1.RC1 toolkit `aclnnop/aclnn_index_select.h`: (self, int64 dim, index, out);
+        /// `out = self.index_select(dim, index)` (index INT32 or INT64, 1-D)
+        IndexSelect("aclnn_index_select.h"): fn(*const aclTensor, i64, *const aclTensor,
+            *mut aclTensor),
         /// ops-math @c41933244 `math/exp/op_api/aclnn_exp.h`: (self, out)
         Exp("aclnn_exp.h"): fn(*const aclTensor, *mut aclTensor),
         /// ops-math @c41933244 `math/sin/op_api/aclnn_sin.h`: (self, out)

@@ -235,39 +235,18 @@ macro_rules! state_dict_methods {
 }
 pub(crate) use state_dict_methods;
 
-/// Rows (`len` wide) of a CPU tensor picked by `index` ([`medsam_kernels::window::FILL`]: the
-/// `fill` row, zeros if none), as `[index.len(), len]`, without autograd recording (inference
-/// only): how the windowed attention blocks (SAM's ViT, TinyViT) cut windows out of a map of
-/// tokens and put them back.
-pub(crate) fn gather_rows_fill(
-    src: &Tensor,
-    len: usize,
-    index: &[usize],
+/// Whole rows (`len` wide) picked from the row tables `parts` by `index` (a part and a row, or
+/// `RowAt::FILL` for the row `fill`), as `[index.len(), len]`, without autograd recording
+/// (inference only): how the windowed attention blocks (SAM's ViT, TinyViT) cut windows out of
+/// a map of tokens and put them back ([`Tensor::pick_rows`]).
+pub(crate) fn gather_token_rows(
+    parts: &[&Tensor],
     fill: Option<&Tensor>,
+    index: &[medsam_kernels::window::RowAt],
+    len: usize,
 ) -> Result<Tensor> {
-    use medsam_kernels::window::{self, FILL};
-    let src = src.contiguous()?;
-    let s = &src.storage().cpu()?[src.offset()..src.offset() + src.numel()];
-    let fill = match fill {
-        Some(f) => f.to_vec()?,
-        None => vec![0.0; len],
-    };
-    let rows = s.len() / len.max(1);
-    let in_range = index.iter().all(|&i| i == FILL || i < rows);
-    if fill.len() != len || len == 0 || s.len() % len != 0 || !in_range {
-        return Err(Error::shape(
-            "gather_rows_fill",
-            format!(
-                "{} elements in rows of {len}, fill row of {}, {} indices",
-                s.len(),
-                fill.len(),
-                index.len()
-            ),
-        ));
-    }
-    let mut out = crate::backend::cpu::buffer(index.len() * len);
-    window::gather_rows_fill(s, len, index, &fill, &mut out);
-    Tensor::from_vec(out, &[index.len(), len])
+    use medsam_kernels::window::RowPick;
+    Tensor::pick_rows(parts, fill, index, RowPick::rows(len))?.reshape(&[index.len(), len])
 }
 
 /// `prefix.name`, or `name` at the root.

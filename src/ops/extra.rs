@@ -1,10 +1,12 @@
 //! Operators TinyViT (LiteMedSAM's image encoder) needs beyond SAM's: depthwise and grouped
 //! conv2d, and BatchNorm2d in inference (running statistics) and training (batch statistics)
-//! form, each with its backward; and Hiera's (MedSAM2's) 2×2 max pooling, inference only.
+//! form, each with its backward; and, inference only, Hiera's (MedSAM2's) 2×2 max pooling and
+//! the row gathers of the windowed attention blocks.
 
 use super::nn::{conv_op, ConvKind, NormBackward, NormKind};
-use super::{conv_in, dense, norm_in, then_gelu, wrap};
+use super::{conv_in, dense, norm_in, same_device, then_gelu, wrap};
 use crate::autograd::{record, records};
+use crate::backend::ops::memory::{GatherIn, RowAt, RowPick, RowTable};
 use crate::backend::{Backend, ChannelDims, ConvIn, NormStats, Storage};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -46,6 +48,69 @@ impl Tensor {
         let out_shape = [v.shape[0], v.shape[1] / 2, v.shape[2] / 2, v.shape[3]];
         let s = x.backend()?.max_pool2x2_nhwc((x.storage(), v))?;
         Tensor::from_storage(s, &out_shape, self.device())
+    }
+
+    /// Rows picked from row tables: `parts` are read as `[rows, pick.width]` (any views;
+    /// contiguous ones in place), `index` names a part and a row or [`RowAt::FILL`] (the row
+    /// `fill`, `pick.width` elements); the output is `[index.len() / block, groups, block, len]`
+    /// as [`RowPick`] describes: whole rows (`RowPick::rows`), or column groups of each row in
+    /// blocks (q, k or v of a q/k/v projection split into per-head windows). One pass over the
+    /// picked values, on the tables' device. Inference only: an error if autograd would record
+    /// it.
+    pub fn pick_rows(
+        parts: &[&Tensor],
+        fill: Option<&Tensor>,
+        index: &[RowAt],
+        pick: RowPick,
+    ) -> Result<Tensor> {
+        let op = "pick_rows";
+        let first = parts.first().copied().or(fill);
+        let Some(first) = first else {
+            return Err(Error::shape(op, "no row table"));
+        };
+        let all = || parts.iter().copied().chain(fill);
+        if all().any(|t| records(&[Some(t)])) {
+            return Err(Error::Autograd(
+                "pick_rows has no gradient (inference only); run it under no_grad".into(),
+            ));
+        }
+        for t in all() {
+            same_device(op, first, t)?;
+        }
+        let width = pick.width;
+        let whole = |t: &Tensor| width > 0 && t.numel().is_multiple_of(width);
+        if !parts.iter().all(|t| whole(t)) || fill.is_some_and(|f| f.numel() != width) {
+            let shapes: Vec<&[usize]> = all().map(|t| t.shape()).collect();
+            return Err(Error::shape(
+                op,
+                format!("row tables {shapes:?} (fill last if any) are not rows of {width}"),
+            ));
+        }
+        let rows: Vec<usize> = parts.iter().map(|t| t.numel() / width).collect();
+        if let Some(why) = pick.mismatch(&rows, fill.is_some(), index) {
+            return Err(Error::shape(op, why));
+        }
+        let parts = parts
+            .iter()
+            .map(|t| t.contiguous())
+            .collect::<Result<Vec<_>>>()?;
+        let fill = fill.map(|f| f.contiguous()).transpose()?;
+        fn table(t: &Tensor, width: usize) -> RowTable<'_> {
+            RowTable {
+                storage: t.storage(),
+                offset: t.offset(),
+                rows: t.numel() / width,
+            }
+        }
+        let tables: Vec<RowTable> = parts.iter().map(|t| table(t, width)).collect();
+        let s = first.backend()?.gather_rows(GatherIn {
+            parts: &tables,
+            fill: fill.as_ref().map(|f| table(f, width)),
+            index,
+            pick,
+        })?;
+        let shape = [index.len() / pick.block, pick.groups, pick.block, pick.len];
+        Tensor::from_storage(s, &shape, first.device())
     }
 
     /// Depthwise conv2d on NCHW: weight `[c, 1, kh, kw]`, `groups = c`.

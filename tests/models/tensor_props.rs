@@ -114,6 +114,86 @@ fn max_pool_on_views_equals_pool_on_copies() {
     assert!(tensor(&[4, 4, 2], 7).max_pool2x2_nhwc().is_err());
 }
 
+/// Row gathers from views (a column slice of wider rows, a narrowed table, a permuted one) pick
+/// exactly what they pick from dense copies, whole rows and per-head column groups alike; the
+/// output's values are the indexed rows' columns; bad indices and recording are clear errors.
+#[test]
+fn pick_rows_on_views_equals_pick_on_copies() {
+    use medsam::backend::ops::memory::{RowAt, RowPick};
+    let w = 6;
+    let sliced = tensor(&[5, 9], 8).narrow(1, 2, w).unwrap();
+    let narrowed = tensor(&[9, w], 9).narrow(0, 3, 4).unwrap();
+    let permuted = tensor(&[w, 3], 10).permute(&[1, 0]).unwrap();
+    let fill = tensor(&[w], 11);
+    let at = |part, row| RowAt { part, row };
+    let index = [
+        at(0, 4),
+        at(1, 3),
+        RowAt::FILL,
+        at(2, 0),
+        at(0, 0),
+        at(2, 2),
+        at(1, 0),
+        RowAt::FILL,
+        at(0, 2),
+        at(2, 1),
+        at(1, 1),
+        at(0, 1),
+    ];
+    let heads = RowPick {
+        width: w,
+        col: 1,
+        len: 2,
+        groups: 2,
+        block: 3,
+    };
+    let parts = [&sliced, &narrowed, &permuted];
+    let copies = parts.map(dense);
+    for pick in [RowPick::rows(w), heads] {
+        let got = Tensor::pick_rows(&parts, Some(&fill), &index, pick).unwrap();
+        let want = Tensor::pick_rows(&copies.each_ref(), Some(&fill), &index, pick).unwrap();
+        let shape = [index.len() / pick.block, pick.groups, pick.block, pick.len];
+        assert_eq!(got.shape(), shape);
+        let got = got.to_vec().unwrap();
+        assert_eq!(got, want.to_vec().unwrap());
+        // out[b, g, t] = columns col + g·len .. of row index[b·block + t].
+        let tables = copies.each_ref().map(|t| t.to_vec().unwrap());
+        let f = fill.to_vec().unwrap();
+        let mut k = 0;
+        for b in 0..index.len() / pick.block {
+            for g in 0..pick.groups {
+                for t in 0..pick.block {
+                    let r = index[b * pick.block + t];
+                    let c0 = pick.col + g * pick.len;
+                    let row = match r.is_fill() {
+                        true => &f[..],
+                        false => &tables[r.part][r.row * w..(r.row + 1) * w],
+                    };
+                    assert_eq!(&got[k..k + pick.len], &row[c0..c0 + pick.len]);
+                    k += pick.len;
+                }
+            }
+        }
+    }
+    let pick = RowPick::rows(w);
+    let past = Tensor::pick_rows(&parts, None, &[at(1, 4)], pick)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        past.contains("pick_rows") && past.contains("past"),
+        "{past}"
+    );
+    let no_fill = Tensor::pick_rows(&parts, None, &[RowAt::FILL], pick).unwrap_err();
+    assert!(no_fill.to_string().contains("fill"), "{no_fill}");
+    let ragged = Tensor::pick_rows(&[&tensor(&[7], 1)], None, &[], pick).unwrap_err();
+    assert!(ragged.to_string().contains("[7]"), "{ragged}");
+    let var = tensor(&[2, w], 12).into_variable();
+    let e = Tensor::pick_rows(&[&var], None, &[at(0, 1)], pick)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pick_rows") && e.contains("no_grad"), "{e}");
+}
+
 #[test]
 fn shape_errors_name_the_shapes() {
     let a = tensor(&[2, 3], 1);

@@ -870,6 +870,19 @@ impl<'s> Ops<'s> {
         aclnn!(self, Maximum(a.raw(), b.raw(), out.raw()))
     }
 
+    /// `out = x.index_select(dim, index)`: the slices of `x` along `dim` named by the 1-D
+    /// integer tensor `index`, in its order.
+    pub fn index_select(
+        &self,
+        x: &TensorArg,
+        dim: i64,
+        index: &TensorArg,
+        out: &TensorArg,
+    ) -> Result<()> {
+        let [x, i, out] = self.tensors([x, index, out])?;
+        aclnn!(self, IndexSelect(x.raw(), dim, i.raw(), out.raw()))
+    }
+
     /// `grad_in = x > threshold ? grad_out : 0` (ReLU backward with threshold 0).
     pub fn threshold_backward(
         &self,

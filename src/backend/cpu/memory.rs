@@ -31,4 +31,46 @@ impl MemoryOps for CpuBackend {
         medsam_kernels::strided::scatter_add(host(src)?, strided(view), &mut out);
         Ok(Storage::Cpu(out))
     }
+
+    fn gather_rows(&self, a: crate::backend::ops::memory::GatherIn) -> Result<Storage> {
+        self.gather_rows_host(a)
+    }
+}
+
+// ------------------------------------------------------------------ row gathers
+
+use crate::backend::ops::memory::{GatherIn, RowTable};
+
+impl CpuBackend {
+    /// The rows of a table, `[rows, width]`.
+    fn table_rows<'a>(t: &RowTable<'a>, width: usize) -> Result<&'a [f32]> {
+        let s = host(t.storage)?;
+        let end = t.offset + t.rows * width;
+        s.get(t.offset..end).ok_or_else(|| Error::Shape {
+            op: "gather_rows",
+            detail: format!(
+                "{} rows of {width} from {} in a buffer of {}",
+                t.rows,
+                t.offset,
+                s.len()
+            ),
+        })
+    }
+
+    pub(super) fn gather_rows_host(&self, a: GatherIn) -> Result<Storage> {
+        let width = a.pick.width;
+        let parts = a
+            .parts
+            .iter()
+            .map(|t| Self::table_rows(t, width))
+            .collect::<Result<Vec<_>>>()?;
+        let fill = a
+            .fill
+            .as_ref()
+            .map(|t| Self::table_rows(t, width))
+            .transpose()?;
+        let mut out = super::buffer(a.pick.out_len(a.index.len()));
+        medsam_kernels::window::gather_rows(&parts, fill, a.index, a.pick, &mut out);
+        Ok(Storage::Cpu(out))
+    }
 }

@@ -1,4 +1,4 @@
-//! Buffers: upload, download, fill, and strided copies in and out of views.
+//! Buffers: upload, download, fill, strided copies in and out of views, and row gathers.
 
 use crate::backend::*;
 use crate::error::Result;
@@ -17,4 +17,30 @@ pub trait MemoryOps {
 
     /// Writes `src` (contiguous, `view.shape`) into a zero buffer of `len` elements at `view`.
     fn scatter_into_zeros(&self, src: &Storage, view: &View, len: usize) -> Result<Storage>;
+
+    /// Rows (or column groups of rows) picked from row tables by index, into a new buffer laid
+    /// out as [`RowPick`] says (`medsam_kernels::window::gather_rows`). The caller has checked
+    /// the index against the tables ([`RowPick::mismatch`]).
+    fn gather_rows(&self, a: GatherIn) -> Result<Storage>;
+}
+
+pub use medsam_kernels::window::{RowAt, RowPick};
+
+/// A row table `[rows, width]` stored contiguously from element `offset` of a buffer.
+#[derive(Clone, Copy)]
+pub struct RowTable<'a> {
+    pub storage: &'a Storage,
+    pub offset: usize,
+    pub rows: usize,
+}
+
+/// Operands of [`MemoryOps::gather_rows`]: the source row tables (`index` entries name a part
+/// and a row), the row for [`RowAt::FILL`] (a table of one row), and which columns go where
+/// ([`RowPick`]: the output is `[index.len() / block, groups, block, len]`).
+#[derive(Clone, Copy)]
+pub struct GatherIn<'a> {
+    pub parts: &'a [RowTable<'a>],
+    pub fill: Option<RowTable<'a>>,
+    pub index: &'a [RowAt],
+    pub pick: RowPick,
 }

@@ -17,13 +17,12 @@
 
 use crate::autograd::records;
 use crate::error::{Error, Result};
-use crate::models::common::{gather_rows_fill, join, Init, LayerNorm, Linear, Module};
+use crate::models::common::{gather_token_rows, join, Init, LayerNorm, Linear, Module};
 use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
 use crate::ops::then_gelu;
 use crate::tensor::Tensor;
-use medsam_kernels::window::FILL;
-use rayon::prelude::*;
+use medsam_kernels::window::RowAt;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -661,7 +660,7 @@ impl Attention {
         let zero = Tensor::zeros(&[1, 1, c], x.device())?;
         let pad = self.qkv.forward(&self.norm.forward(&zero)?)?; // [1, 1, 3c]
         let groups = EdgeGroups::new(b, (h, w), ws);
-        let win = gather_rows_fill(&qkv, 3 * c, &groups.window_index(), Some(&pad))?;
+        let win = gather_token_rows(&[&qkv], Some(&pad), &groups.window_index(), 3 * c)?;
         let mut outs = Vec::with_capacity(groups.groups.len());
         let mut first = 0;
         for g in &groups.groups {
@@ -672,7 +671,7 @@ impl Attention {
                 (self.split_heads(&kv, count, n)?.0, self.bias_table()?)
             } else {
                 let positions = g.inside_positions();
-                let q_rows = gather_rows_fill(&qkv, 3 * c, &groups.query_index(g), None)?;
+                let q_rows = gather_token_rows(&[&qkv], None, &groups.query_index(g), 3 * c)?;
                 let rows: Vec<usize> = positions.iter().map(|&(iy, ix)| iy * ws + ix).collect();
                 let q = self.split_heads(&q_rows, count, positions.len())?.0;
                 (q, self.bias_table_rows(&rows)?)
@@ -682,7 +681,8 @@ impl Attention {
             first += count;
         }
         let back = groups.unwindow_index(nh);
-        let o = gather_parts(&outs, self.key_dim, &back)?.reshape(&[b, l, c])?;
+        let outs: Vec<&Tensor> = outs.iter().collect();
+        let o = gather_token_rows(&outs, None, &back, self.key_dim)?.reshape(&[b, l, c])?;
         let proj = &self.proj;
         Ok(Some(o.linear_fused(
             &proj.weight,
@@ -734,19 +734,19 @@ impl EdgeGroups {
         }
     }
 
-    /// Token at position `(iy, ix)` of window `(bi, wy, wx)`, [`FILL`] outside the map.
-    fn token(&self, (bi, wy, wx): (usize, usize, usize), (iy, ix): (usize, usize)) -> usize {
+    /// Token at position `(iy, ix)` of window `(bi, wy, wx)`, [`RowAt::FILL`] outside the map.
+    fn token(&self, (bi, wy, wx): (usize, usize, usize), (iy, ix): (usize, usize)) -> RowAt {
         let ((h, w), ws) = (self.hw, self.ws);
         let (y, x) = (wy * ws + iy, wx * ws + ix);
         if y < h && x < w {
-            (bi * h + y) * w + x
+            RowAt::row((bi * h + y) * w + x)
         } else {
-            FILL
+            RowAt::FILL
         }
     }
 
     /// Tokens of every position of every window, group after group.
-    fn window_index(&self) -> Vec<usize> {
+    fn window_index(&self) -> Vec<RowAt> {
         let ws = self.ws;
         let mut idx =
             Vec::with_capacity(self.b * self.hw.0.div_ceil(ws) * self.hw.1.div_ceil(ws) * ws * ws);
@@ -763,7 +763,7 @@ impl EdgeGroups {
     }
 
     /// Tokens of the inside positions of `g`'s windows (its queries).
-    fn query_index(&self, g: &EdgeGroup) -> Vec<usize> {
+    fn query_index(&self, g: &EdgeGroup) -> Vec<RowAt> {
         let pos = g.inside_positions();
         let mut idx = Vec::with_capacity(g.windows.len() * pos.len());
         for &win in &g.windows {
@@ -774,17 +774,18 @@ impl EdgeGroups {
 
     /// For output row `token·heads + head` (of `kd` values): the group and its row in that
     /// group's attention output `[windows, heads, inside positions, kd]`.
-    fn unwindow_index(&self, heads: usize) -> Vec<(usize, usize)> {
+    fn unwindow_index(&self, heads: usize) -> Vec<RowAt> {
         let (h, w) = self.hw;
-        let mut idx = vec![(0, 0); self.b * h * w * heads];
+        let mut idx = vec![RowAt::FILL; self.b * h * w * heads];
         for (gi, g) in self.groups.iter().enumerate() {
             let pos = g.inside_positions();
             let nq = pos.len();
             for (j, &win) in g.windows.iter().enumerate() {
                 for (qi, &p) in pos.iter().enumerate() {
-                    let t = self.token(win, p);
+                    let t = self.token(win, p).row;
                     for hd in 0..heads {
-                        idx[t * heads + hd] = (gi, (j * heads + hd) * nq + qi);
+                        let row = (j * heads + hd) * nq + qi;
+                        idx[t * heads + hd] = RowAt { part: gi, row };
                     }
                 }
             }
@@ -801,43 +802,6 @@ impl EdgeGroup {
             .flat_map(|iy| (0..vw).map(move |ix| (iy, ix)))
             .collect()
     }
-}
-
-/// Rows (`len` wide) picked from several dense CPU tensors: output row `r` is row `index[r].1`
-/// of `parts[index[r].0]`, as `[index.len(), len]` (inference only). Saves concatenating the
-/// parts first.
-fn gather_parts(parts: &[Tensor], len: usize, index: &[(usize, usize)]) -> Result<Tensor> {
-    let srcs = parts
-        .iter()
-        .map(|t| Ok(&t.storage().cpu()?[t.offset()..t.offset() + t.numel()]))
-        .collect::<Result<Vec<&[f32]>>>()?;
-    let fits = |&(p, r): &(usize, usize)| srcs.get(p).is_some_and(|s| (r + 1) * len <= s.len());
-    if len == 0 || !index.iter().all(fits) || parts.iter().any(|t| !t.is_contiguous()) {
-        return Err(Error::shape(
-            "gather_parts",
-            format!("rows of {len} from {} parts", parts.len()),
-        ));
-    }
-    let mut out = crate::backend::cpu::buffer(index.len() * len);
-    // Rows of one head's values are short: a fixed-size move per row instead of a memcpy call.
-    fn rows<const L: usize>(out: &mut [f32], index: &[(usize, usize)], srcs: &[&[f32]]) {
-        for (o, &(p, r)) in out.chunks_exact_mut(L).zip(index) {
-            let row: &[f32; L] = srcs[p][r * L..(r + 1) * L].try_into().expect("row");
-            *<&mut [f32; L]>::try_from(o).expect("row") = *row;
-        }
-    }
-    let per = 1024;
-    out.par_chunks_mut(per * len)
-        .zip(index.par_chunks(per))
-        .for_each(|(o, ix)| match len {
-            32 => rows::<32>(o, ix, &srcs),
-            _ => {
-                for (o, &(p, r)) in o.chunks_exact_mut(len).zip(ix) {
-                    o.copy_from_slice(&srcs[p][r * len..(r + 1) * len]);
-                }
-            }
-        });
-    Tensor::from_vec(out, &[index.len(), len])
 }
 
 /// TinyViT's `Mlp`: LayerNorm, fc1, GELU, fc2.

@@ -4,15 +4,14 @@
 use crate::autograd::records;
 use crate::error::{Error, Result};
 use crate::models::common::{
-    gather_rows_fill, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
+    gather_token_rows, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
 };
 use crate::models::config::ImageEncoderConfig;
 use crate::ops::nn::{attention, RelPosArgs};
 use crate::ops::quant::int8_enabled;
 use crate::tensor::Tensor;
 use crate::Device;
-use medsam_kernels::window::{unwindow_index, window_index, FILL};
-use rayon::prelude::*;
+use medsam_kernels::window::{unwindow_index, window_index, RowAt, RowPick};
 
 /// The image encoder's LayerNorm eps, as SAM's builder sets it.
 const VIT_LN_EPS: f32 = 1e-6;
@@ -272,8 +271,8 @@ impl Block {
         let nh = attn.num_heads;
         let qkv = attn.qkv.forward(y)?; // [b, h, w, 3c]
         if ws == 0 {
-            let index: Vec<usize> = (0..b * h * w).collect();
-            let [q, k, v] = split_heads(&qkv, c, nh, &index, h * w, &[])?;
+            let index: Vec<RowAt> = (0..b * h * w).map(RowAt::row).collect();
+            let [q, k, v] = split_heads(&qkv, c, nh, &index, h * w, None)?;
             let o = attn.attend_heads(&q, &k, &v, (h, w))?; // [b·nh, h·w, c/nh]
             let o = o
                 .reshape(&[b, nh, h, w, c / nh])?
@@ -281,68 +280,52 @@ impl Block {
             return Ok(Some(o.reshape(&[b, h, w, c])?));
         }
         let pad = attn.qkv.forward(&Tensor::zeros(&[1, c], y.device())?)?; // [1, 3c]
-        let index = window_index(b, (h, w), ws);
-        let [q, k, v] = split_heads(&qkv, c, nh, &index, ws * ws, &pad.to_vec()?)?;
+        let index: Vec<RowAt> = window_index(b, (h, w), ws)
+            .into_iter()
+            .map(RowAt::from)
+            .collect();
+        let [q, k, v] = split_heads(&qkv, c, nh, &index, ws * ws, Some(&pad))?;
         let o = attn.attend_heads(&q, &k, &v, (ws, ws))?; // [windows·nh, ws², c/nh]
-        let back = unwindow_index(b, (h, w), ws, nh);
-        let o = gather_rows_fill(&o, c / nh, &back, None)?;
+        let back: Vec<RowAt> = unwindow_index(b, (h, w), ws, nh)
+            .into_iter()
+            .map(RowAt::from)
+            .collect();
+        let o = gather_token_rows(&[&o], None, &back, c / nh)?;
         Ok(Some(o.reshape(&[b, h, w, c])?))
     }
 }
 
 /// q, k and v, each `[maps·heads, n, c/heads]` in its own buffer (the attention kernel's
 /// operands, read in place), from the rows `[rows, 3c]` of a q/k/v projection: map `m`'s token
-/// `t` is row `index[m·n + t]`, or the row `fill` where that is [`FILL`]. Inference only.
+/// `t` is row `index[m·n + t]`, or the row `fill` where that is [`RowAt::FILL`]. One gather per
+/// operand, straight from the projection's rows. Inference only.
 fn split_heads(
     qkv: &Tensor,
     c: usize,
     heads: usize,
-    index: &[usize],
+    index: &[RowAt],
     n: usize,
-    fill: &[f32],
+    fill: Option<&Tensor>,
 ) -> Result<[Tensor; 3]> {
-    let qkv = qkv.contiguous()?;
-    let rows = &qkv.storage().cpu()?[qkv.offset()..qkv.offset() + qkv.numel()];
-    let (width, hd) = (3 * c, c / heads.max(1));
-    let count = rows.len() / width.max(1);
-    let ok = heads > 0
-        && c.is_multiple_of(heads)
-        && hd > 0
-        && n > 0
-        && rows.len() % width == 0
-        && index.len().is_multiple_of(n)
-        && index
-            .iter()
-            .all(|&i| i < count || (i == FILL && fill.len() == width));
-    if !ok {
+    if heads == 0 || !c.is_multiple_of(heads) || n == 0 || !index.len().is_multiple_of(n) {
         return Err(Error::shape(
             "split_heads",
             format!(
-                "{} elements in rows of 3×{c} for {heads} heads, {} indices in maps of {n}, \
-                 fill row of {}",
-                rows.len(),
-                index.len(),
-                fill.len()
+                "3×{c} channels for {heads} heads, {} indices in maps of {n}",
+                index.len()
             ),
         ));
     }
-    let maps = index.len() / n;
+    let (maps, hd) = (index.len() / n, c / heads);
     let part = |s: usize| -> Result<Tensor> {
-        let mut out = crate::backend::cpu::buffer(index.len() * c);
-        // One (map, head) block of n × hd values per task.
-        out.par_chunks_mut(n * hd).enumerate().for_each(|(blk, o)| {
-            let (map, head) = (blk / heads, blk % heads);
-            let col = s * c + head * hd;
-            for (o, &i) in o.chunks_exact_mut(hd).zip(&index[map * n..(map + 1) * n]) {
-                let row = if i == FILL {
-                    fill
-                } else {
-                    &rows[i * width..(i + 1) * width]
-                };
-                o.copy_from_slice(&row[col..col + hd]);
-            }
-        });
-        Tensor::from_vec(out, &[maps * heads, n, hd])
+        let pick = RowPick {
+            width: 3 * c,
+            col: s * c,
+            len: hd,
+            groups: heads,
+            block: n,
+        };
+        Tensor::pick_rows(&[qkv], fill, index, pick)?.reshape(&[maps * heads, n, hd])
     };
     Ok([part(0)?, part(1)?, part(2)?])
 }

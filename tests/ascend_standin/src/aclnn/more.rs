@@ -1,6 +1,7 @@
 //! Stand-in pointwise ops, division, activation backwards and bilinear resize, added to move
 //! host fallbacks of the NPU `Backend` to device: `aclnnRelu`, `aclnnSigmoid`, `aclnnExp`,
-//! `aclnnSin`, `aclnnCos`, `aclnnSqrt`, `aclnnDiv`, `aclnnMaximum`, `aclnnThresholdBackward`,
+//! `aclnnSin`, `aclnnCos`, `aclnnSqrt`, `aclnnDiv`, `aclnnMaximum`, `aclnnIndexSelect` (INT32 or
+//! INT64 index), `aclnnThresholdBackward`,
 //! `aclnnSigmoidBackward`, `aclnnUpsampleBilinear2d` and `aclnnUpsampleBilinear2dBackward`
 //! (align_corners=false only), `aclnnApplyAdamWV2` (amsgrad / maximize off). Signatures as declared in `ffi/src/aclnn.rs`; plain loops,
 //! row-major reads of the views; shapes, dtypes and attributes are checked in the first phase.
@@ -320,3 +321,83 @@ aclnn_op!(
         ))
     }
 );
+
+// ------------------------------------------------------------------ index select
+
+/// `aclDataType` (CANN `acl_base.h`).
+const ACL_INT32: i32 = 3;
+const ACL_INT64: i32 = 9;
+
+/// An INT32 or INT64 1-D index tensor in device memory: its view and element size.
+unsafe fn index_tensor(func: &str, t: *const AclTensor) -> Result<(View, usize), i32> {
+    let t = live(func, "index", "aclTensor (destroyed?)", t)?;
+    let size = match t.dtype {
+        ACL_INT32 => 4,
+        ACL_INT64 => 8,
+        d => return Err(bad(func, format!("index dtype {d} (INT32 or INT64 only)"))),
+    };
+    let v = &t.view;
+    ensure(func, v.dims.len() == 1 && v.strides.len() == 1, || {
+        format!("index must be 1-D, got dims {:?}", v.dims)
+    })?;
+    ensure(func, v.dims[0] >= 0 && v.strides[0] >= 0 && v.offset >= 0, || {
+        format!("index has a bad layout {v:?}")
+    })?;
+    let bytes = v.extent() * size;
+    ensure(func, v.numel() == 0 || is_device(v.addr, bytes), || {
+        "index data is not device memory (or out of bounds)".into()
+    })?;
+    Ok((v.clone(), size))
+}
+
+aclnn_op!(aclnnIndexSelect, aclnnIndexSelectGetWorkspaceSize(
+    x: *const AclTensor,
+    dim: i64,
+    index: *const AclTensor,
+    out: *mut AclTensor,
+) {
+    let [x, o] = tensors(F, [("self", x), ("out", out)])?;
+    let (iv, size) = index_tensor(F, index)?;
+    let r = x.view.dims.len();
+    // Negative dims count from the end, as in torch.index_select.
+    let d = softmax_dim(dim, r.max(1)).ok_or_else(|| bad(F, format!("dim {dim} of rank {r}")))?;
+    let mut want = x.view.dims.clone();
+    if r > 0 {
+        want[d] = iv.dims[0];
+    }
+    check_dims(F, "out", &o.view.dims, &want)?;
+    let [xv, ov] = views([x, o]);
+    Ok(Planned(
+        0,
+        Box::new(move |_| {
+            let n = if r > 0 { xv.dims[d] } else { 1 };
+            let at = |k: i64| -> i64 {
+                let p = (iv.addr as *const u8).wrapping_add(((iv.offset + k * iv.strides[0]) as usize) * size);
+                // SAFETY: checked to lie in device memory in phase 1.
+                unsafe {
+                    match size {
+                        4 => *(p as *const i32) as i64,
+                        _ => *(p as *const i64),
+                    }
+                }
+            };
+            let picks: Vec<i64> = (0..iv.dims[0]).map(at).collect();
+            if let Some(bad) = picks.iter().find(|&&i| !(0..n).contains(&i)) {
+                return Err((
+                    ACLNN_ERR_PARAM_INVALID,
+                    format!("aclnnIndexSelect: index {bad} out of range 0..{n}"),
+                ));
+            }
+            let mut vals = Vec::with_capacity(ov.numel());
+            for_each_index(&ov.dims, |i| {
+                let mut src = i.to_vec();
+                if r > 0 {
+                    src[d] = picks[i[d] as usize];
+                }
+                vals.push(xv.get(&src));
+            });
+            ov.write(&vals);
+            Ok(())
+        }),
+    ))
+});
