@@ -1,0 +1,120 @@
+//! Host f32 buffers that are either owned or a read-only window into a memory-mapped file: model
+//! weights loaded from a checkpoint are used in place, straight out of the file's page cache,
+//! instead of being copied into fresh memory (no page zeroing, no second copy of the weights).
+//!
+//! A mapped buffer is never written: whatever needs to write one (the optimizer updating a
+//! parameter in place) takes an owned copy first ([`crate::backend::Storage::Mapped`] turns into
+//! [`crate::backend::Storage::Cpu`]). The mapping is private and read-only; it lives as long as
+//! the last tensor that uses it. Like `torch.load(mmap=True)`, a process whose checkpoint file is
+//! truncated or rewritten in place while its weights are mapped can crash (SIGBUS) or see the new
+//! bytes: replace checkpoints by renaming a new file over the old one (what `save_pth` does), or
+//! set `MEDSAM_NO_MMAP=1` to read checkpoints into owned memory instead.
+
+use memmap2::Mmap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// `MEDSAM_NO_MMAP=1` (or any value but `0` and empty): checkpoints are read, never memory-mapped.
+pub fn mmap_disabled() -> bool {
+    std::env::var_os("MEDSAM_NO_MMAP").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `len` little-endian f32s at byte `offset` of a shared read-only file mapping.
+#[derive(Clone)]
+pub struct MappedF32 {
+    map: Arc<Mmap>,
+    offset: usize,
+    len: usize,
+}
+
+impl MappedF32 {
+    /// The window of `len` f32s at byte `offset` of `map`; `None` when it is out of bounds, not
+    /// 4-byte aligned, or the host is not little-endian (the caller then copies).
+    pub fn new(map: Arc<Mmap>, offset: usize, len: usize) -> Option<MappedF32> {
+        let end = len.checked_mul(4).and_then(|n| n.checked_add(offset))?;
+        let aligned = (map.as_ptr() as usize).wrapping_add(offset) % std::mem::align_of::<f32>();
+        (cfg!(target_endian = "little") && end <= map.len() && aligned == 0)
+            .then_some(MappedF32 { map, offset, len })
+    }
+}
+
+impl Deref for MappedF32 {
+    type Target = [f32];
+    #[inline]
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `new` checked that `offset .. offset + 4 len` lies inside the mapping and is
+        // f32-aligned; every bit pattern is an f32 (little-endian host, so the stored values);
+        // the mapping is read-only and kept alive by `self.map`.
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(self.offset).cast::<f32>(), self.len)
+        }
+    }
+}
+
+impl fmt::Debug for MappedF32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MappedF32[{} at byte {}]", self.len, self.offset)
+    }
+}
+
+/// A host f32 buffer: owned, or mapped from a file (read-only).
+#[derive(Clone)]
+pub enum HostBuf {
+    Owned(Vec<f32>),
+    Mapped(MappedF32),
+}
+
+impl HostBuf {
+    /// Whether the values are read in place from a file mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, HostBuf::Mapped(_))
+    }
+
+    /// The values as an owned vector (a copy when mapped).
+    pub fn into_vec(self) -> Vec<f32> {
+        match self {
+            HostBuf::Owned(v) => v,
+            HostBuf::Mapped(m) => m.to_vec(),
+        }
+    }
+}
+
+impl Default for HostBuf {
+    fn default() -> Self {
+        HostBuf::Owned(Vec::new())
+    }
+}
+
+impl From<Vec<f32>> for HostBuf {
+    fn from(v: Vec<f32>) -> Self {
+        HostBuf::Owned(v)
+    }
+}
+
+impl Deref for HostBuf {
+    type Target = [f32];
+    #[inline]
+    fn deref(&self) -> &[f32] {
+        match self {
+            HostBuf::Owned(v) => v,
+            HostBuf::Mapped(m) => m,
+        }
+    }
+}
+
+impl PartialEq for HostBuf {
+    /// Equal values (bitwise-insensitive f32 comparison, as for `Vec<f32>`), wherever they live.
+    fn eq(&self, o: &Self) -> bool {
+        **self == **o
+    }
+}
+
+impl fmt::Debug for HostBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostBuf::Owned(v) => f.debug_tuple("Owned").field(v).finish(),
+            HostBuf::Mapped(m) => m.fmt(f),
+        }
+    }
+}
