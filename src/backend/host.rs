@@ -71,6 +71,19 @@ impl HostBuf {
         matches!(self, HostBuf::Mapped(_))
     }
 
+    /// The owned vector, for writing: a mapped buffer is first replaced by a copy of its values
+    /// (the file is never written).
+    pub fn to_mut(&mut self) -> &mut Vec<f32> {
+        match self {
+            HostBuf::Owned(v) => v,
+            HostBuf::Mapped(m) => {
+                let owned = m.to_vec();
+                *self = HostBuf::Owned(owned);
+                self.to_mut()
+            }
+        }
+    }
+
     /// The values as an owned vector (a copy when mapped).
     pub fn into_vec(self) -> Vec<f32> {
         match self {

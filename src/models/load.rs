@@ -1,6 +1,7 @@
 //! Between checkpoint files and the model: build a [`Sam`] from a `.pth`/`.safetensors` (config
 //! from a JSON file or inferred from shapes), and turn model/optimizer state into checkpoint values.
 
+use crate::backend::HostBuf;
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, TensorData, Tree, Value};
 use crate::models::common::{load_state_dict, with_placeholder_init, Module};
@@ -53,7 +54,7 @@ pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>
                 .to_f32()
                 .map_err(|e| Error::file(path, format!("{k}: {e}")))?;
             let bad = data.iter().position(|x| !x.is_finite());
-            weight(path, k, data, bad, &t.shape)
+            weight(path, k, data.into(), bad, &t.shape)
         })
         .collect()
 }
@@ -80,7 +81,7 @@ pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 fn weight(
     path: &Path,
     k: String,
-    data: Vec<f32>,
+    data: HostBuf,
     bad: Option<usize>,
     shape: &[usize],
 ) -> Result<(String, Tensor)> {
@@ -94,7 +95,7 @@ fn weight(
             ),
         ));
     }
-    Ok((k, Tensor::from_vec(data, shape)?))
+    Ok((k, Tensor::from_host(data, shape)?))
 }
 
 /// The configuration for a checkpoint: the JSON file when given, else inferred from its shapes;

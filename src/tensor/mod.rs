@@ -3,7 +3,7 @@
 //! kernels receive contiguous buffers, materialised on demand.
 
 use crate::autograd::{self, Edge, Leaf};
-use crate::backend::{self, Backend, Device, Storage, View};
+use crate::backend::{self, Backend, Device, HostBuf, Storage, View};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -69,6 +69,12 @@ impl Tensor {
     /// A CPU tensor from host data.
     pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
         Tensor::from_storage(Storage::Cpu(data), shape, Device::Cpu)
+    }
+
+    /// A CPU tensor from a host buffer: owned, or a window into a file mapping that is read in
+    /// place (and copied on the first write).
+    pub(crate) fn from_host(data: HostBuf, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_storage(data.into(), shape, Device::Cpu)
     }
 
     pub fn from_slice(data: &[f32], shape: &[usize], device: Device) -> Result<Tensor> {
