@@ -131,3 +131,87 @@ impl fmt::Debug for HostBuf {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{AdamWSlots, AdamWStep, OptimOps, Storage};
+
+    /// A file of `vals` (little-endian) after `prefix` bytes, mapped.
+    fn mapped_file(name: &str, prefix: usize, vals: &[f32]) -> (std::path::PathBuf, Arc<Mmap>) {
+        let path = std::env::temp_dir().join(format!("medsam-host-{name}-{}", std::process::id()));
+        let mut bytes = vec![0xAB; prefix];
+        bytes.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private test file, not changed while mapped.
+        let map = unsafe { Mmap::map(&file) }.unwrap();
+        (path, Arc::new(map))
+    }
+
+    #[test]
+    fn windows_are_checked_for_bounds_and_alignment() {
+        let vals: Vec<f32> = (0..10).map(|i| i as f32 * 1.5).collect();
+        let (path, map) = mapped_file("window", 2, &vals);
+        // The values start at byte 2: not f32-aligned.
+        assert!(MappedF32::new(map.clone(), 2, 10).is_none());
+        // Aligned windows inside the file read its bytes; past the end is refused.
+        let w = MappedF32::new(map.clone(), 4, 9).unwrap();
+        let want: Vec<f32> = (0..9)
+            .map(|i| f32::from_le_bytes(map[4 + 4 * i..8 + 4 * i].try_into().unwrap()))
+            .collect();
+        assert_eq!(&w[..], &want[..]);
+        assert!(MappedF32::new(map.clone(), 4, 10).is_none());
+        assert!(MappedF32::new(map.clone(), usize::MAX - 3, 1).is_none());
+        assert!(MappedF32::new(map, 0, usize::MAX / 2).is_none());
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Writing a mapped buffer (an optimizer step) first replaces it by an owned copy: the
+    /// update equals the one on an owned buffer and the file keeps its bytes.
+    #[test]
+    fn writes_go_to_an_owned_copy_never_to_the_file() {
+        let vals: Vec<f32> = (0..8).map(|i| (i as f32 - 4.0) * 0.25).collect();
+        let (path, map) = mapped_file("cow", 4, &vals);
+        let file_before = std::fs::read(&path).unwrap();
+        let window = MappedF32::new(map.clone(), 4, 8).unwrap();
+        let start: Vec<f32> = window.to_vec();
+        assert_eq!(start, vals);
+        let mut buf = HostBuf::Mapped(window.clone());
+        buf.to_mut()[0] = 42.0;
+        assert!(!buf.is_mapped());
+        assert_eq!(buf[0], 42.0);
+        assert_eq!(&window[..], &start[..]);
+
+        let step = AdamWStep {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            step: 1,
+        };
+        let grad = Storage::Cpu(vec![0.5; 8]);
+        let update = |mut param: Storage| {
+            let (mut m, mut v) = (Storage::Cpu(vec![0.0; 8]), Storage::Cpu(vec![0.0; 8]));
+            let slots = AdamWSlots {
+                param: &mut param,
+                exp_avg: &mut m,
+                exp_avg_sq: &mut v,
+            };
+            crate::backend::cpu::CpuBackend
+                .adamw(step, &grad, slots)
+                .unwrap();
+            param
+        };
+        let stepped = update(Storage::Mapped(window.clone()));
+        let reference = update(Storage::Cpu(start.clone()));
+        assert!(!stepped.is_mapped());
+        assert_eq!(stepped.cpu().unwrap(), reference.cpu().unwrap());
+        assert_ne!(stepped.cpu().unwrap(), &start[..]);
+        assert_eq!(&window[..], &start[..]);
+        drop((window, map));
+        assert_eq!(std::fs::read(&path).unwrap(), file_before);
+        let _ = std::fs::remove_file(path);
+    }
+}

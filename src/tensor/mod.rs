@@ -129,6 +129,12 @@ impl Tensor {
     pub fn dim(&self, d: usize) -> usize {
         self.view.shape[d]
     }
+    /// Whether the data is read in place from a memory-mapped checkpoint file (model weights
+    /// as loaded; a write, such as an optimizer step, first gives the tensor its own copy).
+    pub fn is_mapped(&self) -> bool {
+        self.storage.is_mapped()
+    }
+
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }
