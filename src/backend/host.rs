@@ -117,7 +117,7 @@ impl Deref for HostBuf {
 }
 
 impl PartialEq for HostBuf {
-    /// Equal values (bitwise-insensitive f32 comparison, as for `Vec<f32>`), wherever they live.
+    /// Equal values (compared as f32s, like `Vec<f32>`), wherever they live.
     fn eq(&self, o: &Self) -> bool {
         **self == **o
     }
