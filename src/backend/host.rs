@@ -34,8 +34,11 @@ impl MappedF32 {
     pub fn new(map: Arc<Mmap>, offset: usize, len: usize) -> Option<MappedF32> {
         let end = len.checked_mul(4).and_then(|n| n.checked_add(offset))?;
         let aligned = (map.as_ptr() as usize).wrapping_add(offset) % std::mem::align_of::<f32>();
-        (cfg!(target_endian = "little") && end <= map.len() && aligned == 0)
-            .then_some(MappedF32 { map, offset, len })
+        (cfg!(target_endian = "little") && end <= map.len() && aligned == 0).then_some(MappedF32 {
+            map,
+            offset,
+            len,
+        })
     }
 }
 

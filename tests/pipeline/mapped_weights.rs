@@ -23,7 +23,9 @@ fn mapping_on() -> bool {
 }
 
 fn values(n: usize, seed: f64) -> Vec<f64> {
-    (0..n).map(|i| (i as f64 * 0.37 + seed).sin() * 3.0).collect()
+    (0..n)
+        .map(|i| (i as f64 * 0.37 + seed).sin() * 3.0)
+        .collect()
 }
 
 /// f32 tensors (one of many pages, odd-sized ones) and tensors of other dtypes, which are copied.
@@ -92,7 +94,12 @@ fn safetensors_offsets(path: &Path) -> BTreeMap<String, usize> {
         .unwrap()
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
-        .map(|(k, v)| (k.clone(), 8 + n + v["data_offsets"][0].as_u64().unwrap() as usize))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                8 + n + v["data_offsets"][0].as_u64().unwrap() as usize,
+            )
+        })
         .collect()
 }
 
@@ -148,7 +155,9 @@ fn stored_f32_weights_are_mapped_and_equal_the_copy_path() {
     // big-endian archive (always copied).
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ckpt");
     let value = medsam::checkpoint::load_pth(fixtures.join("big_endian.pth")).unwrap();
-    assert!(!medsam::checkpoint::state_dict_from(&value).unwrap().is_empty());
+    assert!(!medsam::checkpoint::state_dict_from(&value)
+        .unwrap()
+        .is_empty());
     check_against_copy_path(&fixtures.join("big_endian.pth"), |_| false);
     let mixed = fixtures.join("bare_mixed.pth");
     let fast = read_weights(&mixed).unwrap();
@@ -225,10 +234,17 @@ fn training_step_on_mapped_weights_copies_and_leaves_the_file_unchanged() {
     let stepped = adamw_step(w, &x);
     let reference = adamw_step(owned, &x);
     assert!(!stepped.is_mapped(), "an updated parameter owns its data");
-    assert_eq!(bits(&stepped), bits(&reference), "same update as on owned weights");
+    assert_eq!(
+        bits(&stepped),
+        bits(&reference),
+        "same update as on owned weights"
+    );
     assert_ne!(bits(&stepped), original, "the parameter was updated");
 
-    assert!(std::fs::read(&p).unwrap() == before, "the checkpoint file is unchanged");
+    assert!(
+        std::fs::read(&p).unwrap() == before,
+        "the checkpoint file is unchanged"
+    );
     assert_eq!(other.is_mapped(), mapping_on());
     let again = read_weights(&p).unwrap();
     assert_eq!(bits(&again["a.weight"]), original);

@@ -108,11 +108,9 @@ pub(crate) fn load_safetensors_f32(path: &Path) -> Result<Vec<(String, F32Tensor
         .then(|| unsafe { memmap2::Mmap::map(&file) }.ok())
         .flatten();
     match map.map(std::sync::Arc::new) {
-        Some(map) if map.len() as u64 <= max => {
-            tensors_of(path, &map, |dtype, shape, data| {
-                F32Tensor::from_bytes_in(Some(&map), dtype, shape, data)
-            })
-        }
+        Some(map) if map.len() as u64 <= max => tensors_of(path, &map, |dtype, shape, data| {
+            F32Tensor::from_bytes_in(Some(&map), dtype, shape, data)
+        }),
         _ => {
             let buf = crate::io::limits::read_file_bounded(path, max)
                 .map_err(|e| CheckpointError::format(path, strip_path(path, &e.to_string())))?;
