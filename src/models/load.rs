@@ -61,7 +61,8 @@ pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>
 
 /// The model weights of the checkpoint `path` by name, as [`state_dict`] of
 /// [`read_checkpoint`] gives them (the same checks and errors), read in one pass: each tensor
-/// goes from the file straight into its f32 buffer, checked for NaN/infinity on the way.
+/// is used in place from the mapped file (a stored, aligned f32 tensor) or goes from the file
+/// straight into its f32 buffer, checked for NaN/infinity on the way.
 pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     check_checkpoint_file(path)?;
     let tree = if is_safetensors(path) {

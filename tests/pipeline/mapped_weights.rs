@@ -138,7 +138,9 @@ fn stored_f32_weights_are_mapped_and_equal_the_copy_path() {
     let st = dir.join("w.safetensors");
     save_safetensors(&st, &sd).unwrap();
     let offsets = safetensors_offsets(&st);
-    check_against_copy_path(&st, |k| dtypes[k] == DType::F32 && offsets[k].is_multiple_of(4));
+    check_against_copy_path(&st, |k| {
+        dtypes[k] == DType::F32 && offsets[k].is_multiple_of(4)
+    });
     // safetensors packs tensors back to back: an f32 tensor after a 2-byte f16 one is not
     // 4-byte aligned (our writer orders by dtype, so this file is made by hand) and is copied.
     let odd = dir.join("odd.safetensors");

@@ -1036,7 +1036,8 @@ impl TensorOut for TensorData {
     }
 }
 
-/// Tensors converted to f32 on the way out of the storage: one copy, no intermediate bytes.
+/// Tensors converted to f32 on the way out of the storage: one copy, no intermediate bytes (or
+/// none, for an f32 view used in place from a mapped storage).
 impl TensorOut for F32Tensor {
     fn with_capacity(dtype: DType, shape: Vec<usize>, numel: usize) -> Self {
         F32Tensor::with_capacity(dtype, shape, numel)

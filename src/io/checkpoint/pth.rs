@@ -41,7 +41,8 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
 }
 
 /// [`load_pth`] with every tensor converted to f32 as it is read (NaN/infinity noted), for the
-/// model loaders: one copy from the file into the buffer the model keeps.
+/// model loaders: a stored f32 record is used in place from the mapping, anything else is copied
+/// once from the file into the buffer the model keeps.
 pub(crate) fn load_pth_f32(path: &Path) -> Result<Tree<F32Tensor>> {
     load_pth_as(path, &Limits::default())
 }
