@@ -1,12 +1,13 @@
 //! Model weights used in place from the checkpoint file's mapping: stored, aligned, contiguous f32
 //! tensors are mapped (everything else copied), their values are the copy path's bit for bit, a
 //! training step writes to a copy and never to the file, and `MEDSAM_NO_MMAP=1` turns it off
-//! (every test here runs again in a child process with it set).
+//! (every test here, and the loaded-model test of `checkpoint::`, runs again in a child process
+//! with it set).
 
 use medsam::checkpoint::{save_pth, save_safetensors, DType, TensorData, Value};
 use medsam::optim::{AdamW, AdamWConfig};
 use medsam::weights::{read_checkpoint, read_weights, state_dict};
-use medsam::{Device, Tensor};
+use medsam::Tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -254,43 +255,19 @@ fn training_step_on_mapped_weights_copies_and_leaves_the_file_unchanged() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A model loaded from a `.pth` keeps its weights in the mapping (loading shares the loaded
-/// tensors' buffers), bit for bit.
-#[test]
-fn loaded_model_parameters_are_mapped() {
-    use medsam::models::{Sam, SamConfig};
-    use medsam::weights::{load_model, state_dict_value};
-    let dir = tmpdir("model");
-    let cfg_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam/tiny_sam_config.json");
-    let cfg = SamConfig::from_json_file(&cfg_path).unwrap();
-    let mut sam = Sam::new(&cfg, 3, Device::Cpu).unwrap();
-    let want: Vec<(String, Vec<u32>)> = sam
-        .state_dict()
-        .into_iter()
-        .map(|(k, t)| (k, bits(&t)))
-        .collect();
-    let p = dir.join("sam.pth");
-    save_pth(&p, &state_dict_value(sam.state_dict()).unwrap()).unwrap();
-    let (mut loaded, _) = load_model(&p, None, Some(&cfg_path), Device::Cpu).unwrap();
-    let got = loaded.state_dict();
-    assert_eq!(got.len(), want.len());
-    for ((k, t), (wk, wb)) in got.iter().zip(&want) {
-        assert_eq!(k, wk);
-        assert_eq!(&bits(t), wb, "{k}");
-        assert_eq!(t.is_mapped(), mapping_on(), "{k}");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Runs this file's tests again with `MEDSAM_NO_MMAP=1`: every weight is then owned memory.
+/// Runs this file's tests and the loaded-model test of `checkpoint::` again with
+/// `MEDSAM_NO_MMAP=1`: every weight is then owned memory.
 #[test]
 fn no_mmap_opt_out_reads_weights_into_owned_memory() {
     if !mapping_on() {
         return; // the child run itself
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["mapped_weights::", "--test-threads=2"])
+        .args([
+            "mapped_weights::",
+            "checkpoint::loaded_models_equal_their_checkpoint_bit_for_bit",
+            "--test-threads=2",
+        ])
         .env("MEDSAM_NO_MMAP", "1")
         .output()
         .unwrap();
