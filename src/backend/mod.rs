@@ -6,7 +6,10 @@
 #[cfg(feature = "ascend")]
 pub mod ascend;
 pub mod cpu;
+mod host;
 pub mod ops;
+
+pub use host::{mmap_disabled, HostBuf, MappedF32};
 
 pub use ops::{
     AdamWSlots, AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims,
@@ -75,30 +78,51 @@ pub trait DeviceBuffer: Any + Send + Sync + fmt::Debug {
 }
 
 /// A flat f32 buffer on some device.
+///
+/// Host buffers are `Cpu` (owned) or `Mapped` (read-only, in place in a checkpoint file's
+/// mapping); read them through [`Storage::cpu`], which covers both. A write to a `Mapped` buffer
+/// first turns it into an owned `Cpu` copy (copy-on-write).
 #[derive(Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    Mapped(MappedF32),
     Device(Box<dyn DeviceBuffer>),
+}
+
+impl From<HostBuf> for Storage {
+    fn from(b: HostBuf) -> Self {
+        match b {
+            HostBuf::Owned(v) => Storage::Cpu(v),
+            HostBuf::Mapped(m) => Storage::Mapped(m),
+        }
+    }
 }
 
 impl Storage {
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(v) => v.len(),
+            Storage::Mapped(m) => m.len(),
             Storage::Device(d) => d.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The host slice of a CPU buffer.
+    /// The host slice of a CPU buffer (owned or mapped).
     pub fn cpu(&self) -> Result<&[f32]> {
         match self {
             Storage::Cpu(v) => Ok(v),
+            Storage::Mapped(m) => Ok(m),
             Storage::Device(_) => Err(Error::Other(
                 "expected a CPU buffer, found a device buffer".into(),
             )),
         }
+    }
+
+    /// Whether this is a host buffer read in place from a file mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Storage::Mapped(_))
     }
 }
 

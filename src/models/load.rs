@@ -1,6 +1,7 @@
 //! Between checkpoint files and the model: build a [`Sam`] from a `.pth`/`.safetensors` (config
 //! from a JSON file or inferred from shapes), and turn model/optimizer state into checkpoint values.
 
+use crate::backend::HostBuf;
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, TensorData, Tree, Value};
 use crate::models::common::{load_state_dict, with_placeholder_init, Module};
@@ -53,14 +54,15 @@ pub fn state_dict(path: &Path, value: &Value) -> Result<BTreeMap<String, Tensor>
                 .to_f32()
                 .map_err(|e| Error::file(path, format!("{k}: {e}")))?;
             let bad = data.iter().position(|x| !x.is_finite());
-            weight(path, k, data, bad, &t.shape)
+            weight(path, k, data.into(), bad, &t.shape)
         })
         .collect()
 }
 
 /// The model weights of the checkpoint `path` by name, as [`state_dict`] of
 /// [`read_checkpoint`] gives them (the same checks and errors), read in one pass: each tensor
-/// goes from the file straight into its f32 buffer, checked for NaN/infinity on the way.
+/// is used in place from the mapped file (a stored, aligned f32 tensor) or goes from the file
+/// straight into its f32 buffer, checked for NaN/infinity on the way.
 pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     check_checkpoint_file(path)?;
     let tree = if is_safetensors(path) {
@@ -80,7 +82,7 @@ pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 fn weight(
     path: &Path,
     k: String,
-    data: Vec<f32>,
+    data: HostBuf,
     bad: Option<usize>,
     shape: &[usize],
 ) -> Result<(String, Tensor)> {
@@ -94,7 +96,7 @@ fn weight(
             ),
         ));
     }
-    Ok((k, Tensor::from_vec(data, shape)?))
+    Ok((k, Tensor::from_host(data, shape)?))
 }
 
 /// The configuration for a checkpoint: the JSON file when given, else inferred from its shapes;

@@ -203,10 +203,8 @@ fn dense_cpu(t: &Tensor) -> Option<&[f32]> {
     if !t.is_contiguous() {
         return None;
     }
-    match t.storage() {
-        Storage::Cpu(v) => v.get(t.offset()..t.offset() + t.numel()),
-        _ => None,
-    }
+    let v = t.storage().cpu().ok()?;
+    v.get(t.offset()..t.offset() + t.numel())
 }
 
 /// `act(x·Wᵀ + b + residual)` in int8, or None when this call does not run in int8 (not on the

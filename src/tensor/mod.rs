@@ -3,7 +3,7 @@
 //! kernels receive contiguous buffers, materialised on demand.
 
 use crate::autograd::{self, Edge, Leaf};
-use crate::backend::{self, Backend, Device, Storage, View};
+use crate::backend::{self, Backend, Device, HostBuf, Storage, View};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -71,6 +71,12 @@ impl Tensor {
         Tensor::from_storage(Storage::Cpu(data), shape, Device::Cpu)
     }
 
+    /// A CPU tensor from a host buffer: owned, or a window into a file mapping that is read in
+    /// place (and copied on the first write).
+    pub(crate) fn from_host(data: HostBuf, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_storage(data.into(), shape, Device::Cpu)
+    }
+
     pub fn from_slice(data: &[f32], shape: &[usize], device: Device) -> Result<Tensor> {
         let storage = backend::backend(device)?.upload(data)?;
         Tensor::from_storage(storage, shape, device)
@@ -123,6 +129,12 @@ impl Tensor {
     pub fn dim(&self, d: usize) -> usize {
         self.view.shape[d]
     }
+    /// Whether the data is read in place from a memory-mapped checkpoint file (model weights
+    /// as loaded; a write, such as an optimizer step, first gives the tensor its own copy).
+    pub fn is_mapped(&self) -> bool {
+        self.storage.is_mapped()
+    }
+
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }

@@ -952,6 +952,16 @@ fn loaded_models_equal_their_checkpoint_bit_for_bit() {
     let (mut loaded, report) = load_model(&p, None, Some(&cfg_path), medsam::Device::Cpu).unwrap();
     assert_eq!(report.loaded, seeded.len());
     assert_eq!(state_bits(loaded.state_dict()), seeded);
+    // Loading shares the checkpoint's tensors: used in place from the mapped file (unless
+    // MEDSAM_NO_MMAP=1, which mapped_weights:: runs this test with).
+    let mapped = std::env::var_os("MEDSAM_NO_MMAP").is_none();
+    let all_mapped = |sd: Vec<(String, medsam::Tensor)>| sd.iter().all(|(_, t)| t.is_mapped());
+    let none_mapped = |sd: Vec<(String, medsam::Tensor)>| sd.iter().all(|(_, t)| !t.is_mapped());
+    assert!(if mapped {
+        all_mapped(loaded.state_dict())
+    } else {
+        none_mapped(loaded.state_dict())
+    });
     assert_eq!(state_bits(sam.state_dict()), seeded);
     let again = state_bits(
         Sam::new(&cfg, 11, medsam::Device::Cpu)
@@ -965,7 +975,14 @@ fn loaded_models_equal_their_checkpoint_bit_for_bit() {
     let p = dir.join("lite.pth");
     save_pth(&p, &state_dict_value(lite.state_dict()).unwrap()).unwrap();
     match load_any_model(&p, None, None, medsam::Device::Cpu).unwrap() {
-        (AnyModel::Lite(mut m), _) => assert_eq!(state_bits(m.state_dict()), lite_bits),
+        (AnyModel::Lite(mut m), _) => {
+            assert_eq!(state_bits(m.state_dict()), lite_bits);
+            assert!(if mapped {
+                all_mapped(m.state_dict())
+            } else {
+                none_mapped(m.state_dict())
+            });
+        }
         (AnyModel::Sam(_), _) => panic!("a LiteMedSAM checkpoint loaded as SAM"),
     }
     let _ = std::fs::remove_dir_all(&dir);

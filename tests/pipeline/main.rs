@@ -13,6 +13,7 @@ mod cli;
 mod demo_real;
 mod eval;
 mod lite_train;
+mod mapped_weights;
 mod metrics;
 mod npy;
 mod preprocess;

@@ -14,8 +14,8 @@ impl MemoryOps for AscendBackend {
     }
 
     fn download(&self, s: &Storage) -> Result<Vec<f32>> {
-        if let Storage::Cpu(v) = s {
-            return Ok(v.clone());
+        if let Ok(v) = s.cpu() {
+            return Ok(v.to_vec());
         }
         let b = self.buf(s)?;
         b.read::<f32>(&self.stream, s.len()).map_err(self.err())

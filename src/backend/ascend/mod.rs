@@ -265,7 +265,9 @@ impl AscendBackend {
                     Err(self.device_error(format!("got a buffer of another device type: {d:?}")))
                 }
             },
-            Storage::Cpu(_) => Err(self.device_error("expected an NPU buffer, found a CPU buffer")),
+            Storage::Cpu(_) | Storage::Mapped(_) => {
+                Err(self.device_error("expected an NPU buffer, found a CPU buffer"))
+            }
         }
     }
 
@@ -422,8 +424,8 @@ impl AscendBackend {
     /// Uploads every CPU storage of a CPU-backend result.
     fn up(&self, s: Storage) -> Result<Storage> {
         match s {
-            Storage::Cpu(v) => self.upload(&v),
-            d => Ok(d),
+            Storage::Device(_) => Ok(s),
+            host => self.upload(host.cpu()?),
         }
     }
 

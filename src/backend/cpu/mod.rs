@@ -29,9 +29,16 @@ fn host(s: &Storage) -> Result<&[f32]> {
     s.cpu()
 }
 
+/// The host slice of a CPU buffer for writing; a mapped (read-only) buffer is first replaced by
+/// an owned copy, so the file is never written.
 fn host_mut(s: &mut Storage) -> Result<&mut [f32]> {
     match s {
         Storage::Cpu(v) => Ok(v),
+        Storage::Mapped(m) => {
+            let owned = m.to_vec();
+            *s = Storage::Cpu(owned);
+            host_mut(s)
+        }
         Storage::Device(_) => Err(Error::Other(
             "expected a CPU buffer, found a device buffer".into(),
         )),

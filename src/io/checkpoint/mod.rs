@@ -11,6 +11,9 @@ pub mod safetensors;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::{HostBuf, MappedF32};
 
 pub(crate) use pth::load_pth_f32;
 pub use pth::{load_pth, load_pth_with_limits, save_pth, Limits};
@@ -294,14 +297,16 @@ pub(crate) fn extend_f32(dtype: DType, b: &[u8], out: &mut Vec<f32>) {
 }
 
 /// A tensor converted to f32 as it is read, with NaN/infinity looked for in the same pass: what
-/// the model loaders read a checkpoint into ([`crate::models::load`]), one copy from the file
-/// (or its mapping) into the buffer the model keeps.
+/// the model loaders read a checkpoint into ([`crate::models::load`]). Stored f32 tensors that
+/// lie whole, aligned and uncompressed in a memory-mapped file are used in place (`data` is a
+/// window into the mapping, no copy); the others are copied once from the file (or its mapping)
+/// into the buffer the model keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct F32Tensor {
     /// The element type stored in the file (the reader's byte limits count its bytes).
     pub dtype: DType,
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: HostBuf,
     /// Index of the first NaN or infinite value.
     pub first_non_finite: Option<usize>,
 }
@@ -312,14 +317,46 @@ impl F32Tensor {
         F32Tensor {
             dtype,
             shape,
-            data: prefaulted(numel),
+            data: HostBuf::Owned(prefaulted(numel)),
             first_non_finite: None,
         }
+    }
+
+    /// The f32 tensor of `shape` whose `numel` values are stored (little-endian) at byte
+    /// `offset` of `map`, read in place and scanned for NaN/infinity; `None` when there is
+    /// nothing to map or the window is out of bounds or not 4-byte aligned (then copy it).
+    pub(crate) fn in_map(
+        map: &Arc<memmap2::Mmap>,
+        offset: usize,
+        shape: &[usize],
+        numel: usize,
+    ) -> Option<Self> {
+        if numel == 0 {
+            return None;
+        }
+        let data = MappedF32::new(map.clone(), offset, numel)?;
+        Some(F32Tensor {
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+            first_non_finite: first_non_finite_par(&data),
+            data: HostBuf::Mapped(data),
+        })
     }
 
     /// The tensor of `shape` whose elements are `bytes` (little-endian `dtype`); an error if
     /// their count does not match the shape.
     pub(crate) fn from_bytes(
+        dtype: DType,
+        shape: Vec<usize>,
+        bytes: &[u8],
+    ) -> std::result::Result<Self, TensorSizeError> {
+        Self::from_bytes_in(None, dtype, shape, bytes)
+    }
+
+    /// [`F32Tensor::from_bytes`] of `bytes` that lie inside `map` when it is given: an f32 tensor
+    /// is then used in place ([`F32Tensor::in_map`]) when it can be.
+    pub(crate) fn from_bytes_in(
+        map: Option<&Arc<memmap2::Mmap>>,
         dtype: DType,
         shape: Vec<usize>,
         bytes: &[u8],
@@ -335,6 +372,12 @@ impl F32Tensor {
                 got: bytes.len(),
             });
         };
+        if let Some(map) = map.filter(|_| dtype == DType::F32) {
+            let offset = (bytes.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
+            if let Some(t) = F32Tensor::in_map(map, offset, &shape, n) {
+                return Ok(t);
+            }
+        }
         let mut t = F32Tensor::with_capacity(dtype, shape, n);
         t.extend(bytes);
         Ok(t)
@@ -344,13 +387,14 @@ impl F32Tensor {
     /// non-finite one while they are still in cache.
     pub(crate) fn extend(&mut self, b: &[u8]) {
         let dtype = self.dtype;
+        let data = self.data.to_mut();
         // A multiple of every element size; small enough to stay in L2 between copy and scan.
         const CHUNK: usize = 64 << 10;
         for c in b.chunks(CHUNK) {
-            let start = self.data.len();
-            extend_f32(dtype, c, &mut self.data);
+            let start = data.len();
+            extend_f32(dtype, c, data);
             if self.first_non_finite.is_none() {
-                self.first_non_finite = first_non_finite(&self.data[start..]).map(|i| start + i);
+                self.first_non_finite = first_non_finite(&data[start..]).map(|i| start + i);
             }
         }
     }
@@ -372,6 +416,20 @@ fn first_non_finite(x: &[f32]) -> Option<usize> {
         return None;
     }
     x.iter().position(|v| !v.is_finite())
+}
+
+/// [`first_non_finite`] of a large buffer split across threads (the first of the per-chunk
+/// finds): a mapped tensor is scanned where it lies, with no copy to hide the scan behind.
+fn first_non_finite_par(x: &[f32]) -> Option<usize> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 18;
+    if x.len() <= CHUNK {
+        return first_non_finite(x);
+    }
+    x.par_chunks(CHUNK)
+        .enumerate()
+        .filter_map(|(i, c)| first_non_finite(c).map(|j| i * CHUNK + j))
+        .min()
 }
 
 /// An empty vector with room for `n` values, about to be written in full. On Linux, a large one

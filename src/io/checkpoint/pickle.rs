@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::{CheckpointError, DType, F32Tensor, Result, TensorData, Tree, Value};
 
@@ -106,10 +107,15 @@ impl<T> Obj<T> {
     }
 }
 
-/// Bytes of one storage: read (and cached) by the source, or borrowed from a memory-mapped file.
+/// Bytes of one storage: read (and cached) by the source, or the byte range `start..end` of a
+/// memory-mapped file.
 pub(crate) enum StorageBytes<'s> {
     Owned(Rc<Vec<u8>>),
-    Mapped(&'s [u8]),
+    Mapped {
+        map: &'s Arc<memmap2::Mmap>,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl std::ops::Deref for StorageBytes<'_> {
@@ -117,7 +123,7 @@ impl std::ops::Deref for StorageBytes<'_> {
     fn deref(&self) -> &[u8] {
         match self {
             StorageBytes::Owned(v) => v,
-            StorageBytes::Mapped(s) => s,
+            StorageBytes::Mapped { map, start, end } => &map[*start..*end],
         }
     }
 }
@@ -746,7 +752,7 @@ impl<'a, S: StorageSource, T: TensorOut> Unpickler<'a, S, T> {
                     size,
                     stride: &stride,
                 };
-                let t = T::from_view(&storage, view, budget)
+                let t = T::from_storage(&storage, view, budget)
                     .map_err(|m| self.err(format!("tensor on storage {key:?}: {m}")))?;
                 self.tensor_bytes += t.stored_bytes();
                 Ok(Reduced::New(Obj::Tensor(t)))
@@ -1001,6 +1007,16 @@ pub(crate) trait TensorOut: Sized + Clone {
         walk_view(storage, elem, offset, &size, stride, plan, |b| t.extend(b));
         Ok(t)
     }
+
+    /// [`TensorOut::from_view`] of a storage as its source gave it: a copy, unless the type can
+    /// use a mapped storage in place.
+    fn from_storage(
+        storage: &StorageBytes<'_>,
+        view: View<'_>,
+        budget: usize,
+    ) -> std::result::Result<Self, String> {
+        Self::from_view(storage, view, budget)
+    }
 }
 
 /// Tensors as stored: their bytes.
@@ -1020,7 +1036,8 @@ impl TensorOut for TensorData {
     }
 }
 
-/// Tensors converted to f32 on the way out of the storage: one copy, no intermediate bytes.
+/// Tensors converted to f32 on the way out of the storage: one copy, no intermediate bytes (or
+/// none, for an f32 view used in place from a mapped storage).
 impl TensorOut for F32Tensor {
     fn with_capacity(dtype: DType, shape: Vec<usize>, numel: usize) -> Self {
         F32Tensor::with_capacity(dtype, shape, numel)
@@ -1030,6 +1047,25 @@ impl TensorOut for F32Tensor {
     }
     fn stored_bytes(&self) -> usize {
         F32Tensor::stored_bytes(self)
+    }
+
+    /// A contiguous f32 view of a mapped storage is used in place (same checks and errors as a
+    /// copy); anything else is copied.
+    fn from_storage(
+        storage: &StorageBytes<'_>,
+        view: View<'_>,
+        budget: usize,
+    ) -> std::result::Result<Self, String> {
+        if let (StorageBytes::Mapped { map, start, .. }, DType::F32) = (storage, view.dtype) {
+            let plan = check_view(storage, 4, view.offset, &view.size, view.stride, budget)?;
+            if plan.contiguous {
+                let at = start + view.offset * 4;
+                if let Some(t) = F32Tensor::in_map(map, at, &view.size, plan.numel) {
+                    return Ok(t);
+                }
+            }
+        }
+        Self::from_view(storage, view, budget)
     }
 }
 

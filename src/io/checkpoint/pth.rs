@@ -4,20 +4,25 @@
 //! (raw storage bytes), `<name>/version`, optionally `<name>/.format_version`,
 //! `<name>/.storage_alignment`, `<name>/.data/serialization_id`.
 //!
-//! Loading maps the file into memory when it can: a storage record that is stored (not
-//! deflated) in a little-endian archive — what `torch.save` writes — is then sliced out of the
-//! mapping and copied once, straight into its tensor, instead of being read into a growing
-//! buffer first; the model loaders' reader (`load_pth_f32`) converts it to f32 in that same copy,
-//! looking for NaN/infinity on the way. Such slices skip the zip CRC check (as `torch.load(mmap=True)` does); sizes,
-//! bounds and limits are checked as for read records. Deflated records, big-endian archives and
-//! files that cannot be mapped are read as before. As with any mapped file, another process
-//! truncating the checkpoint while it loads can crash this one.
+//! Loading maps the file into memory when it can (not with `MEDSAM_NO_MMAP=1`): a storage record
+//! that is stored (not deflated) in a little-endian archive — what `torch.save` writes — is then
+//! sliced out of the mapping instead of being read into a growing buffer first. [`load_pth`]
+//! copies it once, straight into its tensor. The model loaders' reader (`load_pth_f32`) uses a
+//! contiguous, 4-byte aligned f32 tensor of such a record in place — the model's weight is a
+//! window into the mapping, which then lives as long as the weight — and converts any other one
+//! to f32 in that one copy; either way it looks for NaN/infinity. Mapped records skip the zip CRC
+//! check (as `torch.load(mmap=True)` does); sizes, bounds and limits are checked as for read
+//! records. Deflated records, big-endian archives and files that cannot be mapped are read as
+//! before. As with any mapped file (and `torch.load(mmap=True)`), another process truncating the
+//! checkpoint while it loads — or, for weights used in place, while they are in use — can crash
+//! this one (SIGBUS); replacing the file by a rename is safe.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
 pub use super::pickle::Limits;
 use super::pickle::{pickle_value, unpickle, StorageBytes, StorageSource, TensorOut};
@@ -36,7 +41,8 @@ pub fn load_pth_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<V
 }
 
 /// [`load_pth`] with every tensor converted to f32 as it is read (NaN/infinity noted), for the
-/// model loaders: one copy from the file into the buffer the model keeps.
+/// model loaders: a stored f32 record is used in place from the mapping, anything else is copied
+/// once from the file into the buffer the model keeps.
 pub(crate) fn load_pth_f32(path: &Path) -> Result<Tree<F32Tensor>> {
     load_pth_as(path, &Limits::default())
 }
@@ -64,11 +70,14 @@ fn load_pth_as<T: TensorOut>(path: &Path, limits: &Limits) -> Result<Tree<T>> {
             "not a torch checkpoint (no zip signature at the start of the file)",
         ));
     }
-    // SAFETY: the mapping is only read, and lives until the value is built (tensors copy out of
-    // it); see the module doc for a file changed underneath.
-    match unsafe { memmap2::Mmap::map(&file) } {
-        Ok(map) => load_zip(path, std::io::Cursor::new(&map[..]), Some(&map[..]), limits),
-        Err(_) => {
+    // SAFETY: the mapping is private and only read; it lives until the value is built, and as
+    // long as any tensor used in place from it. See the module doc for a file changed underneath.
+    let map = (!crate::backend::mmap_disabled())
+        .then(|| unsafe { memmap2::Mmap::map(&file) }.ok())
+        .flatten();
+    match map.map(Arc::new) {
+        Some(map) => load_zip(path, std::io::Cursor::new(&map[..]), Some(&map), limits),
+        None => {
             file.rewind().map_err(|e| CheckpointError::io(path, e))?;
             load_zip(path, file, None, limits)
         }
@@ -79,7 +88,7 @@ fn load_pth_as<T: TensorOut>(path: &Path, limits: &Limits) -> Result<Tree<T>> {
 fn load_zip<R: Read + Seek, T: TensorOut>(
     path: &Path,
     reader: R,
-    mapped: Option<&[u8]>,
+    mapped: Option<&Arc<memmap2::Mmap>>,
     limits: &Limits,
 ) -> Result<Tree<T>> {
     let zip_err = |e: zip::result::ZipError| CheckpointError::Zip {
@@ -169,7 +178,7 @@ struct ZipStorages<'a, R> {
     big_endian: bool,
     cache: HashMap<String, Rc<Vec<u8>>>,
     /// The whole file, when it is memory-mapped.
-    mapped: Option<&'a [u8]>,
+    mapped: Option<&'a Arc<memmap2::Mmap>>,
     /// Mapped storages already counted in `loaded`.
     mapped_keys: std::collections::HashSet<String>,
     loaded: usize,
@@ -275,8 +284,9 @@ impl<R: Read + Seek> StorageSource for ZipStorages<'_, R> {
             if self.mapped_keys.insert(key.to_string()) {
                 self.loaded += end - start;
             }
-            let map = self.mapped.unwrap_or_default();
-            return Ok(StorageBytes::Mapped(&map[start..end]));
+            if let Some(map) = self.mapped {
+                return Ok(StorageBytes::Mapped { map, start, end });
+            }
         }
         let path = self.path;
         let f = self.zip.by_name(&name).map_err(|e| match e {

@@ -95,14 +95,22 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, TensorDat
 }
 
 /// [`load_safetensors`] with every tensor converted to f32 as it is read (NaN/infinity noted),
-/// straight out of the file's mapping when it can be mapped: for the model loaders.
+/// straight out of the file's mapping when it can be mapped (not with `MEDSAM_NO_MMAP=1`): for
+/// the model loaders. A 4-byte aligned f32 tensor is then used in place, a window into the
+/// mapping (which lives as long as the tensor); the others are copied once.
 pub(crate) fn load_safetensors_f32(path: &Path) -> Result<Vec<(String, F32Tensor)>> {
     let max = checked_size(path)?;
     let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-    // SAFETY: the mapping is only read, and lives until the tensors are copied out of it; as
-    // with `load_pth`, another process truncating the file meanwhile can crash this one.
-    match unsafe { memmap2::Mmap::map(&file) } {
-        Ok(map) if map.len() as u64 <= max => tensors_of(path, &map, F32Tensor::from_bytes),
+    // SAFETY: the mapping is private and only read; it lives until the tensors are built, and as
+    // long as any tensor used in place from it. As with `load_pth`, another process truncating
+    // the file meanwhile can crash this one (SIGBUS); replacing it by a rename is safe.
+    let map = (!crate::backend::mmap_disabled())
+        .then(|| unsafe { memmap2::Mmap::map(&file) }.ok())
+        .flatten();
+    match map.map(std::sync::Arc::new) {
+        Some(map) if map.len() as u64 <= max => tensors_of(path, &map, |dtype, shape, data| {
+            F32Tensor::from_bytes_in(Some(&map), dtype, shape, data)
+        }),
         _ => {
             let buf = crate::io::limits::read_file_bounded(path, max)
                 .map_err(|e| CheckpointError::format(path, strip_path(path, &e.to_string())))?;
