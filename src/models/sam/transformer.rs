@@ -202,8 +202,12 @@ impl<M: BlockMlp> TwoWayTransformer<M> {
         image_pe: &Tensor,
         point_embedding: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        // Token-major copies once, so the many adds and projections below read contiguous rows.
-        let to_tokens = |t: &Tensor| t.flatten_from(2)?.permute(&[0, 2, 1])?.contiguous();
+        // Token-major `[B, h·w, C]`, so the many adds and projections below read contiguous rows:
+        // one copy of an NCHW tensor, none of a channel-last view (the cached dense PE).
+        let to_tokens = |t: &Tensor| {
+            let (b, c, h, w) = (t.dim(0), t.dim(1), t.dim(2), t.dim(3));
+            t.permute(&[0, 2, 3, 1])?.reshape(&[b, h * w, c])
+        };
         let image_embedding = to_tokens(image_embedding)?;
         let image_pe = to_tokens(image_pe)?;
         let (mut queries, mut keys) = (point_embedding.clone(), image_embedding);
