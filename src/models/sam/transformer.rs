@@ -59,7 +59,107 @@ impl Attention {
     }
 
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (nq, nk) = (q.dim(1), k.dim(1));
+        let (heads, internal) = (self.num_heads, self.q_proj.weight.dim(0));
+        let recording = crate::autograd::is_grad_enabled();
+        if !recording && nk > nq && heads * nq < internal {
+            return self.forward_few_queries(q, k, v);
+        }
+        if !recording && nq > nk && heads * nk < internal {
+            return self.forward_few_keys(q, k, v);
+        }
         self.forward_rotated(q, k, v, |q, k| Ok((q, k)))
+    }
+
+    /// `[b, n, c]` → `[b, heads, n, c/heads]`.
+    fn heads4(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
+        let h = self.num_heads;
+        x.reshape(&[b, n, h, c / h])?.permute(&[0, 2, 1, 3])
+    }
+
+    /// A projection's rows per head, `W [heads·dh, c]` → `[b, heads, dh, c]`, and its bias
+    /// `[b, heads, dh, 1]`.
+    fn per_head(&self, p: &Linear, b: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let (h, c) = (self.num_heads, p.weight.dim(1));
+        let dh = p.weight.dim(0) / h;
+        let w = p
+            .weight
+            .reshape(&[1, h, dh, c])?
+            .broadcast_to(&[b, h, dh, c])?;
+        let bias = p
+            .bias
+            .as_ref()
+            .map(|t| t.reshape(&[1, h, dh, 1])?.broadcast_to(&[b, h, dh, 1]))
+            .transpose()?;
+        Ok((w, bias))
+    }
+
+    /// Inference with few queries against many keys (token → image): the key projection is
+    /// folded into the queries and the value projection applied after the weighted sum, so the
+    /// `nk` keys and values are read by two GEMMs of `heads·nq` rows instead of being projected.
+    /// The same sums as [`Attention::forward_rotated`] in another order (the softmax weights
+    /// of a row sum to one, so the value bias passes through unweighted).
+    fn forward_few_queries(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, nq, h) = (q.dim(0), q.dim(1), self.num_heads);
+        let qh = self.heads4(&self.q_proj.forward(q)?)?; // [b, h, nq, dh]
+        let dh = qh.dim(3);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let (wk, bk) = self.per_head(&self.k_proj, b)?;
+        let qk = qh.matmul(&wk)?.scale(scale)?; // [b, h, nq, ck]
+        let ck = qk.dim(3);
+        let mut scores = qk.reshape(&[b, h * nq, ck])?.matmul(&k.transpose(1, 2)?)?;
+        if let Some(bk) = bk {
+            let row = qh.matmul(&bk)?.scale(scale)?.reshape(&[b, h * nq, 1])?;
+            scores = scores.add(&row)?;
+        }
+        let pv = scores.softmax_last()?.matmul(v)?; // [b, h·nq, cv]
+        let cv = pv.dim(2);
+        let (wv, bv) = self.per_head(&self.v_proj, b)?;
+        let mut o = pv.reshape(&[b, h, nq, cv])?.matmul(&wv.transpose(2, 3)?)?; // [b, h, nq, dh]
+        if let Some(bv) = bv {
+            o = o.add(&bv.transpose(2, 3)?)?;
+        }
+        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, nq, h * dh])?;
+        self.out_proj.forward(&o)
+    }
+
+    /// Inference with many queries against few keys (image → token): the query projection is
+    /// folded into the keys and the output projection into the values, so the `nq` queries are
+    /// read by one GEMM of `heads·nk` columns and the result written by one of `heads·nk` inner
+    /// size, instead of two projections of `nq` rows. The same sums as
+    /// [`Attention::forward_rotated`] in another order.
+    fn forward_few_keys(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, nq, nk, h) = (q.dim(0), q.dim(1), k.dim(1), self.num_heads);
+        let kh = self.heads4(&self.k_proj.forward(k)?)?; // [b, h, nk, dh]
+        let vh = self.heads4(&self.v_proj.forward(v)?)?;
+        let dh = kh.dim(3);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let (wq, bq) = self.per_head(&self.q_proj, b)?;
+        let kq = kh.matmul(&wq)?.scale(scale)?; // [b, h, nk, cq]
+        let cq = kq.dim(3);
+        let mut scores = q.matmul(&kq.reshape(&[b, h * nk, cq])?.transpose(1, 2)?)?;
+        if let Some(bq) = bq {
+            let col = kh.matmul(&bq)?.scale(scale)?.reshape(&[b, 1, h * nk])?;
+            scores = scores.add(&col)?;
+        }
+        let p = scores
+            .reshape(&[b, nq, h, nk])?
+            .softmax_last()?
+            .reshape(&[b, nq, h * nk])?;
+        // The output projection per head: `W_o [c, heads·dh]` → `[b, heads, dh, c]`.
+        let wo = &self.out_proj.weight;
+        let c = wo.dim(0);
+        let wo = wo
+            .transpose(0, 1)?
+            .reshape(&[1, h, dh, c])?
+            .broadcast_to(&[b, h, dh, c])?;
+        let vo = vh.matmul(&wo)?.reshape(&[b, h * nk, c])?;
+        let out = p.matmul(&vo)?;
+        match &self.out_proj.bias {
+            Some(bias) => out.add(bias),
+            None => Ok(out),
+        }
     }
 
     /// As [`Attention::forward`], with `rotate` applied to the per-head queries and keys
