@@ -266,3 +266,60 @@ impl<M: BlockMlp> MaskDecoder<M> {
         Ok((hs, from_block_order(&masks, (h, w))?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+    use medsam_kernels::testing::assert_close;
+
+    /// The block-order upscaling (GEMMs on channel-last rows) against SAM's NCHW composition
+    /// (`conv_transpose2d` → LayerNorm2d → GELU → `conv_transpose2d` → GELU), with and without
+    /// SAM 2's high-resolution features, for a batch of two on a non-square grid.
+    #[test]
+    fn block_order_upscaling_matches_nchw_convolutions() {
+        let mut init = Init::new(3, Device::Cpu);
+        let (b, d, h, w) = (2, 32, 3, 5);
+        let mut up = OutputUpscaling::new(&mut init, d).unwrap();
+        // LayerNorm2d's default affine is the identity; make it count.
+        up.norm1.weight = init.normal(&[d / 4], 1.0).unwrap();
+        up.norm1.bias = init.normal(&[d / 4], 1.0).unwrap();
+        let src = init.normal(&[b, d, h, w], 1.0).unwrap();
+        let s0 = init.normal(&[b, d / 8, 4 * h, 4 * w], 1.0).unwrap();
+        let s1 = init.normal(&[b, d / 4, 2 * h, 2 * w], 1.0).unwrap();
+        let tokens = src
+            .permute(&[0, 2, 3, 1])
+            .unwrap()
+            .reshape(&[b, h * w, d])
+            .unwrap();
+        for high_res in [None, Some((&s0, &s1))] {
+            let mut x = up.conv0.forward(&src).unwrap();
+            if let Some((_, s1)) = high_res {
+                x = x.add(s1).unwrap();
+            }
+            let x = up.norm1.forward(&x).unwrap().gelu().unwrap();
+            let mut x = up.conv3.forward(&x).unwrap();
+            if let Some((s0, _)) = high_res {
+                x = x.add(s0).unwrap();
+            }
+            let want = x.gelu().unwrap();
+            let rows = up.forward(&tokens, (h, w), high_res).unwrap();
+            assert_eq!(rows.shape(), [b, 16 * h * w, d / 8]);
+            // Each channel through the block-order → NCHW reorder the mask logits use.
+            let got = from_block_order(&rows, (h, w)).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            let what = if high_res.is_some() {
+                "with high-res"
+            } else {
+                "plain"
+            };
+            assert_close(
+                what,
+                &got.to_vec().unwrap(),
+                &want.to_vec().unwrap(),
+                1e-5,
+                1e-4,
+            );
+        }
+    }
+}

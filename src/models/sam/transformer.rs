@@ -320,3 +320,41 @@ impl<M: BlockMlp> TwoWayTransformer<M> {
         Ok((self.norm_final_attn.forward(&queries)?, keys))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::no_grad;
+    use crate::Device;
+    use medsam_kernels::testing::assert_close;
+
+    /// The inference paths with folded projections against the plain one, for both the
+    /// few-queries and the few-keys shapes, with a batch of two and key/value widths that differ
+    /// from the query width (SAM 2's `kv_in_dim`).
+    #[test]
+    fn folded_attention_matches_projected_attention() {
+        let mut init = Init::new(7, Device::Cpu);
+        let (dim, kv_dim) = (64, 48);
+        let to_image = Attention::with_kv_dim(&mut init, dim, kv_dim, 4, 2).unwrap();
+        let to_token = Attention::with_kv_dim(&mut init, kv_dim, dim, 4, 2).unwrap();
+        let tokens = init.normal(&[2, 3, dim], 1.0).unwrap();
+        let image = init.normal(&[2, 150, kv_dim], 1.0).unwrap();
+        let image_v = init.normal(&[2, 150, kv_dim], 1.0).unwrap();
+        let tokens_v = init.normal(&[2, 3, dim], 1.0).unwrap();
+        for (what, a, q, k, v) in [
+            ("few queries", &to_image, &tokens, &image, &image_v),
+            ("few keys", &to_token, &image, &tokens, &tokens_v),
+        ] {
+            let plain = no_grad(|| a.forward_rotated(q, k, v, |q, k| Ok((q, k)))).unwrap();
+            let folded = no_grad(|| a.forward(q, k, v)).unwrap();
+            assert_eq!(folded.shape(), plain.shape(), "{what}");
+            assert_close(
+                what,
+                &folded.to_vec().unwrap(),
+                &plain.to_vec().unwrap(),
+                1e-5,
+                1e-4,
+            );
+        }
+    }
+}
