@@ -59,16 +59,42 @@ impl Attention {
     }
 
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.forward_impl(q, k, v, None)
+    }
+
+    /// `residual + forward(q, k, v)`; the sum is fused into the last GEMM where one writes the
+    /// whole result (many queries, few keys, one batch item).
+    pub fn forward_add(
+        &self,
+        residual: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_impl(q, k, v, Some(residual))
+    }
+
+    fn forward_impl(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (nq, nk) = (q.dim(1), k.dim(1));
         let (heads, internal) = (self.num_heads, self.q_proj.weight.dim(0));
         let recording = crate::autograd::is_grad_enabled();
-        if !recording && nk > nq && heads * nq < internal {
-            return self.forward_few_queries(q, k, v);
+        let out = if !recording && nk > nq && heads * nq < internal {
+            self.forward_few_queries(q, k, v)?
+        } else if !recording && nq > nk && heads * nk < internal {
+            return self.forward_few_keys(q, k, v, residual);
+        } else {
+            self.forward_rotated(q, k, v, |q, k| Ok((q, k)))?
+        };
+        match residual {
+            Some(r) => r.add(&out),
+            None => Ok(out),
         }
-        if !recording && nq > nk && heads * nk < internal {
-            return self.forward_few_keys(q, k, v);
-        }
-        self.forward_rotated(q, k, v, |q, k| Ok((q, k)))
     }
 
     /// `[b, n, c]` → `[b, heads, n, c/heads]`.
@@ -129,7 +155,13 @@ impl Attention {
     /// read by one GEMM of `heads·nk` columns and the result written by one of `heads·nk` inner
     /// size, instead of two projections of `nq` rows. The same sums as
     /// [`Attention::forward_rotated`] in another order.
-    fn forward_few_keys(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn forward_few_keys(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, nq, nk, h) = (q.dim(0), q.dim(1), k.dim(1), self.num_heads);
         let kh = self.heads4(&self.k_proj.forward(k)?)?; // [b, h, nk, dh]
         let vh = self.heads4(&self.v_proj.forward(v)?)?;
@@ -155,9 +187,24 @@ impl Attention {
             .reshape(&[1, h, dh, c])?
             .broadcast_to(&[b, h, dh, c])?;
         let vo = vh.matmul(&wo)?.reshape(&[b, h * nk, c])?;
+        let bias = self.out_proj.bias.as_ref();
+        if b == 1 {
+            // `residual + (p · vo + bias)` in the GEMM's epilogue, the sum [`Attention::forward_add`]
+            // would form.
+            let residual = residual.map(|r| r.reshape(&[nq, c])).transpose()?;
+            let vo_t = vo.reshape(&[h * nk, c])?.transpose(0, 1)?;
+            let out =
+                p.reshape(&[nq, h * nk])?
+                    .linear_fused(&vo_t, bias, residual.as_ref(), false)?;
+            return out.reshape(&[1, nq, c]);
+        }
         let out = p.matmul(&vo)?;
-        match &self.out_proj.bias {
-            Some(bias) => out.add(bias),
+        let out = match bias {
+            Some(bias) => out.add(bias)?,
+            None => out,
+        };
+        match residual {
+            Some(r) => r.add(&out),
             None => Ok(out),
         }
     }
@@ -237,21 +284,25 @@ impl<M: BlockMlp> TwoWayAttentionBlock<M> {
             self.self_attn.forward(queries, queries, queries)?
         } else {
             let q = queries.add(query_pe)?;
-            queries.add(&self.self_attn.forward(&q, &q, queries)?)?
+            self.self_attn.forward_add(queries, &q, &q, queries)?
         };
         let queries = self.norm1.forward(&queries)?;
 
         let q = queries.add(query_pe)?;
         // `keys` does not change until the last step, so both cross attentions share `k`.
         let k = keys.add(key_pe)?;
-        let queries = queries.add(&self.cross_attn_token_to_image.forward(&q, &k, keys)?)?;
+        let queries = self
+            .cross_attn_token_to_image
+            .forward_add(&queries, &q, &k, keys)?;
         let queries = self.norm2.forward(&queries)?;
 
         let queries = queries.add(&self.mlp.forward(&queries)?)?;
         let queries = self.norm3.forward(&queries)?;
 
         let q = queries.add(query_pe)?;
-        let keys = keys.add(&self.cross_attn_image_to_token.forward(&k, &q, &queries)?)?;
+        let keys = self
+            .cross_attn_image_to_token
+            .forward_add(keys, &k, &q, &queries)?;
         let keys = self.norm4.forward(&keys)?;
         Ok((queries, keys))
     }
@@ -316,7 +367,9 @@ impl<M: BlockMlp> TwoWayTransformer<M> {
         }
         let q = queries.add(point_embedding)?;
         let k = keys.add(&image_pe)?;
-        let queries = queries.add(&self.final_attn_token_to_image.forward(&q, &k, &keys)?)?;
+        let queries = self
+            .final_attn_token_to_image
+            .forward_add(&queries, &q, &k, &keys)?;
         Ok((self.norm_final_attn.forward(&queries)?, keys))
     }
 }
@@ -348,13 +401,24 @@ mod tests {
             let plain = no_grad(|| a.forward_rotated(q, k, v, |q, k| Ok((q, k)))).unwrap();
             let folded = no_grad(|| a.forward(q, k, v)).unwrap();
             assert_eq!(folded.shape(), plain.shape(), "{what}");
-            assert_close(
-                what,
-                &folded.to_vec().unwrap(),
-                &plain.to_vec().unwrap(),
-                1e-5,
-                1e-4,
-            );
+            let (got, want) = (folded.to_vec().unwrap(), plain.to_vec().unwrap());
+            assert_close(what, &got, &want, 1e-5, 1e-4);
+            // With a residual, for the batch of two and for one item (the fused epilogue).
+            let residual = init.normal(plain.shape(), 1.0).unwrap();
+            for b in [2, 1] {
+                let one = |t: &Tensor| t.narrow(0, 0, b).unwrap();
+                let (r, q, k, v) = (one(&residual), one(q), one(k), one(v));
+                let got = no_grad(|| a.forward_add(&r, &q, &k, &v)).unwrap();
+                let want = r.add(&one(&plain)).unwrap();
+                assert_eq!(got.shape(), want.shape(), "{what}, batch {b}");
+                assert_close(
+                    &format!("{what} + residual, batch {b}"),
+                    &got.to_vec().unwrap(),
+                    &want.to_vec().unwrap(),
+                    1e-5,
+                    1e-4,
+                );
+            }
         }
     }
 }
