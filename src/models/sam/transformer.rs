@@ -59,7 +59,7 @@ impl Attention {
     }
 
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        self.forward_impl(q, k, v, None)
+        self.forward_impl([q, k, v], None)
     }
 
     /// `residual + forward(q, k, v)`; the sum is fused into the last GEMM where one writes the
@@ -71,16 +71,11 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<Tensor> {
-        self.forward_impl(q, k, v, Some(residual))
+        self.forward_impl([q, k, v], Some(residual))
     }
 
-    fn forward_impl(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        residual: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    /// `[q, k, v]`, and `residual` added to the result if given.
+    fn forward_impl(&self, [q, k, v]: [&Tensor; 3], residual: Option<&Tensor>) -> Result<Tensor> {
         let (nq, nk) = (q.dim(1), k.dim(1));
         let (heads, internal) = (self.num_heads, self.q_proj.weight.dim(0));
         let recording = crate::autograd::is_grad_enabled();
