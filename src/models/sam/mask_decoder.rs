@@ -30,23 +30,103 @@ impl OutputUpscaling {
         })
     }
 
-    /// `src [b, d, h, w]` → `[b, d/8, 4h, 4w]`; SAM 2 adds its high-resolution features
-    /// (s0 `[b, d/8, 4h, 4w]`, s1 `[b, d/4, 2h, 2w]`) before each activation.
-    pub fn forward(&self, src: &Tensor, high_res: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
-        match high_res {
-            None => {
-                let x = self.norm1.forward(&self.conv0.forward(src)?)?.gelu()?;
-                self.conv3.forward(&x)?.gelu()
-            }
-            Some((s0, s1)) => {
-                let x = self
-                    .norm1
-                    .forward(&self.conv0.forward(src)?.add(s1)?)?
-                    .gelu()?;
-                self.conv3.forward(&x)?.add(s0)?.gelu()
-            }
-        }
+    /// Token-major `src [b, h·w, d]` (the `h × w` grid row-major) → the upscaled features
+    /// `[b, 16·h·w, d/8]`, channel-last in block order (see [`from_block_order`]). SAM 2 adds its
+    /// high-resolution features (s0 `[b, d/8, 4h, 4w]`, s1 `[b, d/4, 2h, 2w]`) before each
+    /// activation.
+    ///
+    /// A transposed convolution whose kernel equals its stride maps each input pixel to its own
+    /// `k × k` output block, so both run as GEMMs on channel-last rows with no im2col and no
+    /// layout change between them, and LayerNorm2d is a LayerNorm over those rows.
+    pub fn forward(
+        &self,
+        src: &Tensor,
+        (h, w): (usize, usize),
+        high_res: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        let b = src.dim(0);
+        let (s0, s1) = match high_res {
+            Some((s0, s1)) => (
+                Some(to_block_order(s0, (h, w), 2)?),
+                Some(to_block_order(s1, (h, w), 1)?),
+            ),
+            None => (None, None),
+        };
+        let x = conv_transpose_rows(&self.conv0, src, s1.as_ref(), false)?;
+        let x = x.reshape(&[b, 4 * h * w, self.conv0.weight.dim(1)])?;
+        let n = &self.norm1;
+        let x = x.layer_norm(&n.weight, &n.bias, n.eps)?.gelu()?;
+        let x = conv_transpose_rows(&self.conv3, &x, s0.as_ref(), true)?;
+        x.reshape(&[b, 16 * h * w, self.conv3.weight.dim(1)])
     }
+}
+
+/// `act(ConvTranspose2d(x) + residual)` for a kernel equal to its stride `k`, on channel-last
+/// pixel rows `x [.., c_in]` → `[.., k·k·c_out]`, each row the `k × k` output block of its input
+/// pixel: columns ordered (kh, kw, c_out).
+fn conv_transpose_rows(
+    conv: &ConvTranspose2d,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    gelu: bool,
+) -> Result<Tensor> {
+    let ws = conv.weight.shape(); // [c_in, c_out, k, k]
+    let (c_in, c_out, kk) = (ws[0], ws[1], ws[2] * ws[3]);
+    let weight = conv
+        .weight
+        .permute(&[2, 3, 1, 0])?
+        .reshape(&[kk * c_out, c_in])?;
+    let bias = conv
+        .bias
+        .unsqueeze(0)?
+        .broadcast_to(&[kk, c_out])?
+        .reshape(&[kk * c_out])?;
+    x.linear_fused(&weight, Some(&bias), residual, gelu)
+}
+
+/// The permutation from an NCHW map `[b, c, 2ˡ·h, 2ˡ·w]` split into its 2× levels, axes
+/// (b, c, y, kh₀ … kh₍ₗ₋₁₎, x, kw₀ … kw₍ₗ₋₁₎), to block order (b, y, x, kh₀, kw₀, …, c).
+fn block_perm(levels: usize) -> Vec<usize> {
+    let x_axis = 3 + levels;
+    let mut perm = vec![0, 2, x_axis];
+    for i in 0..levels {
+        perm.extend([3 + i, x_axis + 1 + i]);
+    }
+    perm.push(1);
+    perm
+}
+
+/// `[b, c, 2ˡ·h, 2ˡ·w]` → `[b, 4ˡ⁻¹·h·w, 4·c]` in block order: row (y, x, kh₀, kw₀, …), columns
+/// (kh₍ₗ₋₁₎, kw₍ₗ₋₁₎, c) — the layout of [`OutputUpscaling::forward`]'s `l`-th upscaling output.
+fn to_block_order(t: &Tensor, (h, w): (usize, usize), levels: usize) -> Result<Tensor> {
+    let (b, c, f) = (t.dim(0), t.dim(1), 1usize << levels);
+    if t.rank() != 4 || t.dim(2) != f * h || t.dim(3) != f * w {
+        return Err(Error::shape(
+            "mask_decoder high-res features",
+            format!("{:?} for a {h}×{w} grid at {f}×", t.shape()),
+        ));
+    }
+    let mut split = vec![b, c, h];
+    split.extend(std::iter::repeat_n(2, levels));
+    split.push(w);
+    split.extend(std::iter::repeat_n(2, levels));
+    t.reshape(&split)?
+        .permute(&block_perm(levels))?
+        .reshape(&[b, h * w * f * f / 4, 4 * c])
+}
+
+/// Block-order rows `[b, 16·h·w, m]` (row (y, x, kh₀, kw₀, kh₁, kw₁) is pixel
+/// (4y + 2kh₀ + kh₁, 4x + 2kw₀ + kw₁)) → NCHW `[b, m, 4h, 4w]`.
+pub fn from_block_order(t: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+    let (b, m) = (t.dim(0), t.dim(2));
+    // The inverse of the block-order permutation maps block order back to split NCHW axes.
+    let mut inverse = vec![0; 8];
+    for (i, &p) in block_perm(2).iter().enumerate() {
+        inverse[p] = i;
+    }
+    t.reshape(&[b, h, w, 2, 2, 2, 2, m])?
+        .permute(&inverse)?
+        .reshape(&[b, m, 4 * h, 4 * w])
 }
 
 /// The hypernetwork MLPs, one per mask token: `d` → `d/8`.
@@ -172,9 +252,8 @@ impl<M: BlockMlp> MaskDecoder<M> {
         let tokens = Tensor::cat(&[output_tokens, sparse.clone()], 1)?;
         let (b, c, h, w) = (src.dim(0), src.dim(1), src.dim(2), src.dim(3));
         let pos_src = image_pe.broadcast_to(&[b, c, h, w])?;
-        let (hs, src) = self.transformer.forward(src, &pos_src, &tokens)?;
-        let src = src.transpose(1, 2)?.reshape(&[b, c, h, w])?;
-        let upscaled = self.output_upscaling.forward(&src, high_res)?;
+        let (hs, keys) = self.transformer.forward(src, &pos_src, &tokens)?;
+        let upscaled = self.output_upscaling.forward(&keys, (h, w), high_res)?;
         let first_mask = nt - self.num_mask_tokens;
         let hyper: Vec<Tensor> = (0..self.num_mask_tokens)
             .map(|i| {
@@ -183,10 +262,64 @@ impl<M: BlockMlp> MaskDecoder<M> {
             })
             .collect::<Result<_>>()?;
         let hyper_in = Tensor::stack(&hyper, 1)?; // [b, M, c']
-        let (cu, hu, wu) = (upscaled.dim(1), upscaled.dim(2), upscaled.dim(3));
-        let masks = hyper_in
-            .matmul(&upscaled.reshape(&[b, cu, hu * wu])?)?
-            .reshape(&[b, self.num_mask_tokens, hu, wu])?;
-        Ok((hs, masks))
+        let masks = upscaled.matmul(&hyper_in.transpose(1, 2)?)?; // [b, 16·h·w, M]
+        Ok((hs, from_block_order(&masks, (h, w))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+    use medsam_kernels::testing::assert_close;
+
+    /// The block-order upscaling (GEMMs on channel-last rows) against SAM's NCHW composition
+    /// (`conv_transpose2d` → LayerNorm2d → GELU → `conv_transpose2d` → GELU), with and without
+    /// SAM 2's high-resolution features, for a batch of two on a non-square grid.
+    #[test]
+    fn block_order_upscaling_matches_nchw_convolutions() {
+        let mut init = Init::new(3, Device::Cpu);
+        let (b, d, h, w) = (2, 32, 3, 5);
+        let mut up = OutputUpscaling::new(&mut init, d).unwrap();
+        // LayerNorm2d's default affine is the identity; make it count.
+        up.norm1.weight = init.normal(&[d / 4], 1.0).unwrap();
+        up.norm1.bias = init.normal(&[d / 4], 1.0).unwrap();
+        let src = init.normal(&[b, d, h, w], 1.0).unwrap();
+        let s0 = init.normal(&[b, d / 8, 4 * h, 4 * w], 1.0).unwrap();
+        let s1 = init.normal(&[b, d / 4, 2 * h, 2 * w], 1.0).unwrap();
+        let tokens = src
+            .permute(&[0, 2, 3, 1])
+            .unwrap()
+            .reshape(&[b, h * w, d])
+            .unwrap();
+        for high_res in [None, Some((&s0, &s1))] {
+            let mut x = up.conv0.forward(&src).unwrap();
+            if let Some((_, s1)) = high_res {
+                x = x.add(s1).unwrap();
+            }
+            let x = up.norm1.forward(&x).unwrap().gelu().unwrap();
+            let mut x = up.conv3.forward(&x).unwrap();
+            if let Some((s0, _)) = high_res {
+                x = x.add(s0).unwrap();
+            }
+            let want = x.gelu().unwrap();
+            let rows = up.forward(&tokens, (h, w), high_res).unwrap();
+            assert_eq!(rows.shape(), [b, 16 * h * w, d / 8]);
+            // Each channel through the block-order → NCHW reorder the mask logits use.
+            let got = from_block_order(&rows, (h, w)).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            let what = if high_res.is_some() {
+                "with high-res"
+            } else {
+                "plain"
+            };
+            assert_close(
+                what,
+                &got.to_vec().unwrap(),
+                &want.to_vec().unwrap(),
+                1e-5,
+                1e-4,
+            );
+        }
     }
 }

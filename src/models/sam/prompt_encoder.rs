@@ -7,15 +7,32 @@ use crate::models::common::{Conv2d, Embedding, Init, LayerNorm2d};
 use crate::models::config::PromptEncoderConfig;
 use crate::tensor::Tensor;
 use std::f32::consts::PI;
+use std::sync::Mutex;
 
 pub struct PositionEmbeddingRandom {
     /// `[2, C/2]`, a buffer in the state dict.
     pub positional_encoding_gaussian_matrix: Tensor,
+    /// The last [`PositionEmbeddingRandom::dense`] result, token-major `[h, w, C]`, with the
+    /// matrix values and grid it was computed from (it depends on nothing else).
+    dense_cache: Mutex<Option<DenseCache>>,
+}
+
+struct DenseCache {
+    gaussian: Vec<f32>,
+    hw: (usize, usize),
+    pe: Tensor,
 }
 
 crate::models::common::module_parts!(PositionEmbeddingRandom: param positional_encoding_gaussian_matrix);
 
 impl PositionEmbeddingRandom {
+    pub fn new(positional_encoding_gaussian_matrix: Tensor) -> Self {
+        PositionEmbeddingRandom {
+            positional_encoding_gaussian_matrix,
+            dense_cache: Mutex::new(None),
+        }
+    }
+
     /// sin/cos features `[n, C]` of points already normalised to [0, 1] (x, y).
     fn encode(&self, coords: &[[f32; 2]]) -> Result<Vec<f32>> {
         let g = self.positional_encoding_gaussian_matrix.to_vec()?;
@@ -32,8 +49,37 @@ impl PositionEmbeddingRandom {
         Ok(out)
     }
 
-    /// Dense PE `[C, h, w]` of the pixel centres of an `h × w` grid.
+    /// Dense PE `[C, h, w]` of the pixel centres of an `h × w` grid: a channel-last view
+    /// (`permute` of a contiguous `[h, w, C]`).
     pub fn dense(&self, h: usize, w: usize) -> Result<Tensor> {
+        self.dense_cached(h, w)?.permute(&[2, 0, 1])
+    }
+
+    /// Token-major dense PE `[h, w, C]`, computed once per grid and matrix.
+    fn dense_cached(&self, h: usize, w: usize) -> Result<Tensor> {
+        let gaussian = self.positional_encoding_gaussian_matrix.to_vec()?;
+        let device = self.positional_encoding_gaussian_matrix.device();
+        let mut cache = self
+            .dense_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hit = cache
+            .as_ref()
+            .filter(|c| c.hw == (h, w) && c.gaussian == gaussian && c.pe.device() == device);
+        if let Some(c) = hit {
+            return Ok(c.pe.clone());
+        }
+        let pe = self.dense_tokens(h, w)?;
+        *cache = Some(DenseCache {
+            gaussian,
+            hw: (h, w),
+            pe: pe.clone(),
+        });
+        Ok(pe)
+    }
+
+    /// Token-major dense PE `[h, w, C]`.
+    fn dense_tokens(&self, h: usize, w: usize) -> Result<Tensor> {
         let coords: Vec<[f32; 2]> = (0..h)
             .flat_map(|y| {
                 (0..w).map(move |x| [(x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32])
@@ -41,12 +87,11 @@ impl PositionEmbeddingRandom {
             .collect();
         let pe = self.encode(&coords)?;
         let c = pe.len() / (h * w);
-        let t = Tensor::from_slice(
+        Tensor::from_slice(
             &pe,
             &[h, w, c],
             self.positional_encoding_gaussian_matrix.device(),
-        )?;
-        t.permute(&[2, 0, 1])?.contiguous()
+        )
     }
 }
 
@@ -106,9 +151,7 @@ impl PromptEncoder {
             embed_dim: e,
             image_embedding_size: (grid, grid),
             input_image_size: (img_size, img_size),
-            pe_layer: PositionEmbeddingRandom {
-                positional_encoding_gaussian_matrix: init.normal(&[2, e / 2], 1.0)?,
-            },
+            pe_layer: PositionEmbeddingRandom::new(init.normal(&[2, e / 2], 1.0)?),
             point_embeddings: (0..4)
                 .map(|_| Embedding::new(init, 1, e))
                 .collect::<Result<_>>()?,
@@ -124,10 +167,13 @@ impl PromptEncoder {
         })
     }
 
-    /// `[1, C, h, w]` positional encoding of the embedding grid.
+    /// `[1, C, h, w]` positional encoding of the embedding grid (a channel-last view, see
+    /// [`PositionEmbeddingRandom::dense`]).
     pub fn get_dense_pe(&self) -> Result<Tensor> {
         let (h, w) = self.image_embedding_size;
-        self.pe_layer.dense(h, w)?.unsqueeze(0)
+        let pe = self.pe_layer.dense_cached(h, w)?;
+        let c = pe.dim(2);
+        pe.reshape(&[1, h, w, c])?.permute(&[0, 3, 1, 2])
     }
 
     /// Input pixel (x, y) → [0, 1] (pixel centres).
