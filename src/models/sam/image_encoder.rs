@@ -8,7 +8,6 @@ use crate::models::common::{
 };
 use crate::models::config::ImageEncoderConfig;
 use crate::ops::nn::{attention, RelPosArgs};
-use crate::ops::quant::int8_enabled;
 use crate::tensor::Tensor;
 use crate::Device;
 use medsam_kernels::window::{unwindow_index, window_index, RowAt, RowPick};
@@ -203,11 +202,6 @@ pub fn window_unpartition(
 
 impl Block {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if int8_enabled() {
-            // The int8 layers centre their activations on each call's mean token, so the
-            // rows a call sees (the windows' padding) and its epilogue stay as they were.
-            return self.forward_unfused(x);
-        }
         let y = self.norm1.forward(x)?;
         // The attention before its output projection, back on the map's own tokens: the
         // projection is per token, so it runs on those only (not on the windows' padding),
@@ -230,21 +224,6 @@ impl Block {
             act => act.apply(&lin1.forward(&h)?)?,
         };
         h.linear_fused(&lin2.weight, lin2.bias.as_ref(), Some(&x), false)
-    }
-
-    /// SAM's block op by op (window padding through every per-token layer).
-    fn forward_unfused(&self, x: &Tensor) -> Result<Tensor> {
-        let shortcut = x;
-        let y = self.norm1.forward(x)?;
-        let y = if self.window_size > 0 {
-            let (h, w) = (y.dim(1), y.dim(2));
-            let (win, pad_hw) = window_partition(&y, self.window_size)?;
-            window_unpartition(&self.attn.forward(&win)?, self.window_size, pad_hw, (h, w))?
-        } else {
-            self.attn.forward(&y)?
-        };
-        let x = shortcut.add(&y)?;
-        x.add(&self.mlp.forward(&self.norm2.forward(&x)?)?)
     }
 
     /// The attention of the normed tokens `y` `[B, H, W, C]` before the output projection, in
