@@ -55,6 +55,18 @@ pub(super) fn scratch(n: usize) -> Scratch {
     Scratch(v)
 }
 
+/// Like [`scratch`] but with unspecified (stale, finite or not) contents, for a caller that
+/// writes every element before reading any: it saves zeroing what is about to be overwritten.
+pub(super) fn scratch_overwritten(n: usize) -> Scratch {
+    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    if v.len() >= n {
+        v.truncate(n);
+    } else {
+        v.resize(n, 0.0);
+    }
+    Scratch(v)
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         if self.0.capacity() <= POOL_MAX_LEN {
@@ -95,19 +107,79 @@ fn pack_panels(n: usize, w: usize, src: &[f32]) -> Scratch {
 /// [`pack_panels`] for rows `row_stride` apart in `src`.
 fn pack_panels_rows(n: usize, w: usize, src: &[f32], row_stride: usize) -> Scratch {
     let np = n.div_ceil(L);
-    let mut out = scratch(np * w * L);
-    if w == 0 {
+    // Every element is written below (padding keys as zeros), so stale contents are fine.
+    let mut out = scratch_overwritten(np * w * L);
+    if w == 0 || n == 0 {
         return out;
     }
-    for j in 0..n {
-        let row = &src[j * row_stride..j * row_stride + w];
-        let (p, l) = (j / L, j % L);
-        let o = &mut out[p * w * L + l..];
-        for (c, &x) in row.iter().enumerate() {
-            o[c * L] = x;
+    assert!(
+        (n - 1) * row_stride + w <= src.len(),
+        "attention: {n} rows of {w} (stride {row_stride}) do not fit in {} values",
+        src.len()
+    );
+    // SAFETY: this module runs only when AVX-512F is available (checked by the dispatcher);
+    // the assert above keeps every (masked) load inside `src`, and `out` holds np·w·L values.
+    unsafe { pack_panels_avx512(n, w, src, row_stride, &mut out) };
+    out
+}
+
+/// Transposes 16 rows of up to 16 values at a time: rows (keys) `16p..16p+16` of columns
+/// `c0..c0+16` become columns `c0..` of panel `p` (`[w][16]`), keys past `n` zero.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panels_avx512(n: usize, w: usize, src: &[f32], row_stride: usize, out: &mut [f32]) {
+    let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
+    for p in 0..n.div_ceil(L) {
+        let j0 = p * L;
+        let keys = L.min(n - j0);
+        for c0 in (0..w).step_by(L) {
+            let cols = L.min(w - c0);
+            let mask = tail_mask(cols);
+            let mut t = [_mm512_setzero_ps(); L];
+            for (r, tr) in t.iter_mut().enumerate().take(keys) {
+                *tr = _mm512_maskz_loadu_ps(mask, sp.add((j0 + r) * row_stride + c0));
+            }
+            transpose16(&mut t);
+            for (c, tc) in t.iter().enumerate().take(cols) {
+                _mm512_storeu_ps(op.add((p * w + c0 + c) * L), *tc);
+            }
         }
     }
-    out
+}
+
+/// In-register 16×16 transpose: `t[c][r] ← t[r][c]`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(t: &mut [__m512; L]) {
+    // 32-bit interleave within 128-bit lanes, then 64-bit, then 128-bit blocks twice.
+    let mut a = [_mm512_setzero_ps(); L];
+    for i in 0..L / 2 {
+        a[2 * i] = _mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]);
+    }
+    let mut b = [_mm512_setzero_ps(); L];
+    for i in 0..L / 4 {
+        for h in 0..2 {
+            let (x, y) = (
+                _mm512_castps_pd(a[4 * i + h]),
+                _mm512_castps_pd(a[4 * i + 2 + h]),
+            );
+            b[4 * i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            b[4 * i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+        }
+    }
+    // b[4i + q] holds, in each 128-bit lane l, column 4l + q of rows 4i..4i+4.
+    let mut c = [_mm512_setzero_ps(); L];
+    for i in 0..L / 8 {
+        for q in 0..4 {
+            let (x, y) = (b[8 * i + q], b[8 * i + 4 + q]);
+            c[8 * i + q] = _mm512_shuffle_f32x4::<0x88>(x, y);
+            c[8 * i + 4 + q] = _mm512_shuffle_f32x4::<0xDD>(x, y);
+        }
+    }
+    for q in 0..8 {
+        t[q] = _mm512_shuffle_f32x4::<0x88>(c[q], c[8 + q]);
+        t[8 + q] = _mm512_shuffle_f32x4::<0xDD>(c[q], c[8 + q]);
+    }
 }
 
 /// `src [rows, w]` → `[rows_pad, wp]`, scaled, zero-padded.
@@ -657,12 +729,12 @@ impl<'a> Prep<'a> {
 }
 
 /// Forward of rows `q0..q0+rows` of head `b`: writes `o [rows, dv]` and `ls [rows]`. `kp` is the
-/// head's K in panels, `vb` its V with rows padded to `dvp`.
+/// head's K in panels, `vb` its V with rows `vs` apart (each at least `dvp` wide).
 #[target_feature(enable = "avx512f")]
 unsafe fn fwd_block(
     p: &Prep,
     kp: &[f32],
-    vb: &[f32],
+    (vb, vs): (&[f32], usize),
     b: usize,
     q0: usize,
     q: &HeadRows,
@@ -713,8 +785,8 @@ unsafe fn fwd_block(
             s.as_ptr(),
             lds,
             1,
-            vb.as_ptr().add(j0 * dvp),
-            dvp,
+            vb.as_ptr().add(j0 * vs),
+            vs,
             acc.as_mut_ptr(),
             dvp,
         );
@@ -780,14 +852,20 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
     forward_tasks(out, lse, nq, dv, qb).for_each(|(b, g0, o, l)| {
         let kp = pack_panels_rows(nk, d, &k.data[k.base(b)..], k.row_stride);
         let vsrc = &v.data[v.base(b)..];
-        let vb = if v.row_stride == dv {
-            padded_cols(&vsrc[..nk * dv], dv, dvp)
+        // V is read in place when its rows need no padding (dv a multiple of 16), whatever their
+        // stride (e.g. the v part of interleaved q/k/v rows); otherwise padded into a copy.
+        let (vb, vs) = if dv == dvp && nk > 0 {
+            (
+                Rows::Borrowed(&vsrc[..(nk - 1) * v.row_stride + dv]),
+                v.row_stride,
+            )
         } else {
-            Rows::Owned(pad_rows_strided(vsrc, v.row_stride, nk, dv, nk, dvp, 1.0))
+            let rows = pad_rows_strided(vsrc, v.row_stride, nk, dv, nk, dvp, 1.0);
+            (Rows::Owned(rows), dvp)
         };
         for (t, (o, l)) in o.chunks_mut(qb * dv).zip(l.chunks_mut(qb)).enumerate() {
             // SAFETY: only called when AVX-512F is available (checked by the dispatcher).
-            unsafe { fwd_block(&p, &kp, &vb, b, g0 + t * qb, &q, scale, o, l) }
+            unsafe { fwd_block(&p, &kp, (&vb, vs), b, g0 + t * qb, &q, scale, o, l) }
         }
     });
 }
@@ -1160,6 +1238,35 @@ pub(super) fn attention_backward(args: Backward) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_panels_transposes_keys_into_zero_padded_panels() {
+        if !crate::cpu::features().avx512f {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        for n in [1, 5, 16, 17, 49, 196] {
+            for w in [1, 8, 16, 20, 32, 40] {
+                for stride in [w, w + 3, 3 * w] {
+                    let src: Vec<f32> = (0..(n - 1) * stride + w).map(|i| i as f32 + 0.5).collect();
+                    // A stale pooled buffer full of NaN: every element must be overwritten.
+                    drop(Scratch(vec![f32::NAN; 1 << 14]));
+                    let got = pack_panels_rows(n, w, &src, stride);
+                    assert_eq!(got.len(), n.div_ceil(L) * w * L);
+                    for (i, &g) in got.iter().enumerate() {
+                        let (p, c, l) = (i / (w * L), i / L % w, i % L);
+                        let j = p * L + l;
+                        let want = if j < n { src[j * stride + c] } else { 0.0 };
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "n {n} w {w} stride {stride} at {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp512_matches_std() {
