@@ -214,7 +214,7 @@ pub fn depthwise_forward_act(
 simd_dispatch! {
     /// One output row `oy` of image `b` in channels-last layout: `y[ox, c] = bias[c] +
     /// Σ_taps wt[tap, c]·x[iy, ix, c]` (then GELU), vectorised over channels.
-    fn nhwc_row(g: &Conv2dGeom, x: &[f32], wt: &[f32], bias: Option<&[f32]>, gelu: bool, oy: usize, y: &mut [f32]) {
+    pub(crate) fn nhwc_row(g: &Conv2dGeom, x: &[f32], wt: &[f32], bias: Option<&[f32]>, gelu: bool, oy: usize, y: &mut [f32]) {
         let c = g.c_in;
         let (_, ow) = g.out_hw();
         for ox in 0..ow {

@@ -16,10 +16,16 @@
 //! The arithmetic per element is the same as the unfused ops' (same GEMM micro-kernel and k
 //! order, same depthwise tap order), so results agree with them to rounding of the epilogue.
 //! [`reference`] is the plain composition of the reference ops.
+//!
+//! [`mbconv_forward_nhwc`] is the same block on channels-last data (`[n, h, w, c]`): the pixels
+//! are the GEMM rows, so the activations are read in place (row-major A) and only the small
+//! weight matrices are packed, the depthwise conv is vectorised over channels, and each task
+//! writes its output rows straight into `y`. Each GEMM element sums over the same k in the same
+//! order as in the NCHW kernel, so the two differ only in the depthwise conv's rounding.
 
 use crate::activation::simd::SyncPtr;
 use crate::conv::Conv2dGeom;
-use crate::depthwise::plane_forward;
+use crate::depthwise::{nhwc_row, plane_forward};
 use crate::gemm::{gemm_fused_serial, Epilogue, GemmDims, Layout, Precision};
 use rayon::prelude::*;
 
@@ -93,6 +99,152 @@ pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]
             }
         });
     });
+}
+
+/// `y [n, h, w, c]` = the block applied to `x [n, h, w, c]` (channels-last).
+pub fn mbconv_forward_nhwc(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]) {
+    check(&d, x, &wt, y);
+    let MbConvDims { n, c, hid, h, w } = d;
+    if n * c * h * w == 0 || hid == 0 {
+        // y = gelu(b3 + x), with the channel the fastest index.
+        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+            *y = crate::activation::gelu_f32(wt.b3[i % c.max(1)] + x);
+        }
+        return;
+    }
+    // Depthwise taps as [tap][hid]: one tap is a vector over channels.
+    let mut taps = vec![0.0f32; 9 * hid];
+    for ch in 0..hid {
+        for t in 0..9 {
+            taps[t * hid + ch] = wt.w2[ch * 9 + t];
+        }
+    }
+    let tasks: Vec<(usize, usize)> = (0..n)
+        .flat_map(|b| (0..h).step_by(TASK_ROWS).map(move |r| (b, r)))
+        .collect();
+    let yp = SyncPtr::new(y);
+    tasks.par_iter().for_each(|&(b, r0)| {
+        let rows = TASK_ROWS.min(h - r0);
+        let xb = &x[b * h * w * c..(b + 1) * h * w * c];
+        // SAFETY: tasks own disjoint row ranges `r0..r0+rows` of image `b`; in channels-last
+        // layout those rows are one contiguous, in-bounds range of `y`.
+        let out = unsafe { yp.slice((b * h + r0) * w * c, rows * w * c) };
+        with_scratch(|s| rows_forward_nhwc(&d, xb, &wt, &taps, r0, out, (&mut s.h1, &mut s.h2)));
+    });
+}
+
+/// Output rows `r0..r0 + out.len() / (w·c)` of one image `xb [h, w, c]` into `out [rows, w, c]`.
+fn rows_forward_nhwc(
+    d: &MbConvDims,
+    xb: &[f32],
+    wt: &MbConvWeights,
+    taps: &[f32],
+    r0: usize,
+    out: &mut [f32],
+    (h1, h2): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    let MbConvDims { c, hid, h, w, .. } = *d;
+    let rows = out.len() / (w * c);
+    let slots = BAND + 2;
+    // h1 image rows r-1 .. r+BAND+1 of the current band: [slots][w][hid].
+    let h1 = grown(h1, slots * w * hid);
+    let h2 = grown(h2, BAND * w * hid);
+    let pix = |r: usize| r * w; // first pixel of image row r
+    let expand = |h1: &mut [f32], first_row: isize, first_slot: usize, count: usize| {
+        let lo = first_row.max(0) as usize;
+        let hi = ((first_row + count as isize).max(0) as usize).min(h);
+        for s in 0..count {
+            let row = first_row + s as isize;
+            if row < 0 || row as usize >= h {
+                // The depthwise conv's zero padding.
+                let o = (first_slot + s) * w * hid;
+                h1[o..o + w * hid].fill(0.0);
+            }
+        }
+        if lo >= hi {
+            return;
+        }
+        let slot0 = first_slot + (lo as isize - first_row) as usize;
+        gemm_fused_serial(
+            GemmDims {
+                batch: 1,
+                m: (hi - lo) * w,
+                n: hid,
+                k: c,
+            },
+            &xb[pix(lo) * c..pix(hi) * c],
+            Layout::row_major((hi - lo) * w, c),
+            wt.w1,
+            // w1 is [hid, c]: element (k, j) of its transpose at j·c + k.
+            Layout {
+                batch_stride: 0,
+                row_stride: 1,
+                col_stride: c,
+            },
+            &mut h1[slot0 * w * hid..],
+            Layout::row_major((hi - lo) * w, hid),
+            Precision::F32,
+            Epilogue {
+                col_bias: Some(wt.b1),
+                gelu: true,
+                ..Epilogue::default()
+            },
+        );
+    };
+    let mut b0 = r0;
+    while b0 < r0 + rows {
+        let br = BAND.min(r0 + rows - b0);
+        if b0 == r0 {
+            expand(h1, b0 as isize - 1, 0, br + 2);
+        } else {
+            // The previous band's last two hidden rows are this band's first two.
+            h1.copy_within(BAND * w * hid..(BAND + 2) * w * hid, 0);
+            expand(h1, b0 as isize + 1, 2, br);
+        }
+        // Depthwise 3×3 over the band's br + 2 hidden rows: no vertical padding left.
+        let g = Conv2dGeom::new([1, hid, br + 2, w], hid, (3, 3), (1, 1), (0, 1), hid);
+        for oy in 0..br {
+            let dst = &mut h2[oy * w * hid..(oy + 1) * w * hid];
+            nhwc_row(
+                &g,
+                &h1[..(br + 2) * w * hid],
+                taps,
+                Some(wt.b2),
+                true,
+                oy,
+                dst,
+            );
+        }
+        // Projection + bias + residual + GELU, straight into this task's output rows.
+        let orow = b0 - r0;
+        gemm_fused_serial(
+            GemmDims {
+                batch: 1,
+                m: br * w,
+                n: c,
+                k: hid,
+            },
+            &h2[..br * w * hid],
+            Layout::row_major(br * w, hid),
+            wt.w3,
+            // w3 is [c, hid]: element (k, j) of its transpose at j·hid + k.
+            Layout {
+                batch_stride: 0,
+                row_stride: 1,
+                col_stride: hid,
+            },
+            &mut out[orow * w * c..(orow + br) * w * c],
+            Layout::row_major(br * w, c),
+            Precision::F32,
+            Epilogue {
+                col_bias: Some(wt.b3),
+                residual: Some((&xb[pix(b0) * c..pix(b0 + br) * c], c)),
+                gelu: true,
+                ..Epilogue::default()
+            },
+        );
+        b0 += br;
+    }
 }
 
 /// Per-thread buffers of [`rows_forward`], kept between calls: allocating them per task (a few

@@ -153,8 +153,8 @@ impl Tensor {
 
     /// [`Tensor::depthwise_conv2d`] then exact GELU if `gelu` (fused when nothing records a
     /// gradient).
-    /// TinyViT's MBConv block in inference, fused (see `medsam_kernels::mbconv`): `self` NCHW
-    /// `[n, c, h, w]`, `w1 [hid, c, 1, 1]`, `w2 [hid, 1, 3, 3]`, `w3 [c, hid, 1, 1]` with their
+    /// TinyViT's MBConv block in inference, fused (see `medsam_kernels::mbconv`): `self`
+    /// `[n, c, h, w]` (stored NCHW, or channels-last — then so is the result), `w1 [hid, c, 1, 1]`, `w2 [hid, 1, 3, 3]`, `w3 [c, hid, 1, 1]` with their
     /// biases, BatchNorm folded in. `Ok(None)` if the backend has no fused kernel or autograd is
     /// recording; the caller then composes the ops.
     pub fn mbconv_fused(
@@ -201,12 +201,24 @@ impl Tensor {
             h: s[2],
             w: s[3],
         };
-        let x = dense(self)?;
+        // A channels-last view (tokens seen as NCHW) runs the channels-last kernel in place
+        // and gives a channels-last view back; anything else runs as dense NCHW.
+        let nhwc = self.permute(&[0, 2, 3, 1])?;
+        let channels_last = nhwc.is_dense();
+        let x = if channels_last { nhwc } else { dense(self)? };
         let pd = params.map(dense).into_iter().collect::<Result<Vec<_>>>()?;
         let ws = [0, 1, 2, 3, 4, 5].map(|i| pd[i].storage());
-        match self.backend()?.mbconv(dims, x.storage(), ws)? {
-            Some(y) => Ok(Some(wrap(y, s, self)?)),
-            None => Ok(None),
+        let Some(y) = self
+            .backend()?
+            .mbconv(dims, x.storage(), ws, channels_last)?
+        else {
+            return Ok(None);
+        };
+        if channels_last {
+            let y = wrap(y, x.shape(), self)?;
+            Ok(Some(y.permute(&[0, 3, 1, 2])?))
+        } else {
+            Ok(Some(wrap(y, s, self)?))
         }
     }
 

@@ -1,5 +1,5 @@
-//! The fused MBConv block (row bands, hidden tensors kept in cache) against the composition of
-//! the reference ops, over sizes that exercise partial bands, partial tasks and tiny images.
+//! The fused MBConv block (row bands, hidden tensors kept in cache; NCHW and channels-last)
+//! against the composition of the reference ops, over sizes that exercise partial bands, partial tasks and tiny images.
 
 use medsam_kernels::mbconv::{self, reference, MbConvDims, MbConvWeights};
 use medsam_kernels::testing::data as vals;
@@ -23,12 +23,42 @@ fn compare(d: MbConvDims, seed: u64) {
     reference::mbconv_forward(d, &x, wt, &mut want);
     let mut got = vec![f32::NAN; x.len()];
     mbconv::mbconv_forward(d, &x, wt, &mut got);
-    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+    assert_close(d, "nchw", &got, &want);
+    // Channels-last: the same block on the transposed image, transposed back.
+    let mut got_nhwc = vec![f32::NAN; x.len()];
+    mbconv::mbconv_forward_nhwc(d, &to_nhwc(d, &x), wt, &mut got_nhwc);
+    assert_close(d, "nhwc", &from_nhwc(d, &got_nhwc), &want);
+}
+
+fn assert_close(d: MbConvDims, layout: &str, got: &[f32], want: &[f32]) {
+    for (i, (&g, &r)) in got.iter().zip(want).enumerate() {
         assert!(
             (g - r).abs() <= 1e-4 + 1e-4 * r.abs(),
-            "{d:?} y[{i}]: got {g}, want {r}"
+            "{d:?} {layout} y[{i}]: got {g}, want {r}"
         );
     }
+}
+
+/// `[n, c, h, w]` → `[n, h, w, c]`.
+fn to_nhwc(d: MbConvDims, x: &[f32]) -> Vec<f32> {
+    let (c, hw) = (d.c, d.h * d.w);
+    let mut y = vec![0.0; x.len()];
+    for (i, &v) in x.iter().enumerate() {
+        let (b, ch, p) = (i / (c * hw), i / hw % c, i % hw);
+        y[(b * hw + p) * c + ch] = v;
+    }
+    y
+}
+
+/// `[n, h, w, c]` → `[n, c, h, w]`.
+fn from_nhwc(d: MbConvDims, y: &[f32]) -> Vec<f32> {
+    let (c, hw) = (d.c, d.h * d.w);
+    let mut x = vec![0.0; y.len()];
+    for (i, &v) in y.iter().enumerate() {
+        let (b, p, ch) = (i / (hw * c), i / c % hw, i % c);
+        x[(b * c + ch) * hw + p] = v;
+    }
+    x
 }
 
 proptest! {

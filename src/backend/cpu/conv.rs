@@ -86,7 +86,13 @@ impl ConvOps for CpuBackend {
         })
     }
 
-    fn mbconv(&self, d: MbConvDims, x: &Storage, w: [&Storage; 6]) -> Result<Option<Storage>> {
+    fn mbconv(
+        &self,
+        d: MbConvDims,
+        x: &Storage,
+        w: [&Storage; 6],
+        channels_last: bool,
+    ) -> Result<Option<Storage>> {
         let mut y = buffer(host(x)?.len());
         let wt = medsam_kernels::mbconv::MbConvWeights {
             w1: host(w[0])?,
@@ -96,7 +102,12 @@ impl ConvOps for CpuBackend {
             w3: host(w[4])?,
             b3: host(w[5])?,
         };
-        medsam_kernels::mbconv::mbconv_forward(d, host(x)?, wt, &mut y);
+        let run = if channels_last {
+            medsam_kernels::mbconv::mbconv_forward_nhwc
+        } else {
+            medsam_kernels::mbconv::mbconv_forward
+        };
+        run(d, host(x)?, wt, &mut y);
         Ok(Some(Storage::Cpu(y)))
     }
 

@@ -74,11 +74,18 @@ pub trait ConvOps: MemoryOps + PointwiseOps {
     /// in place) → contiguous `[n, h/2, w/2, c]`; a NaN in a window gives NaN. Inference only.
     fn max_pool2x2_nhwc(&self, x: (&Storage, &View)) -> Result<Storage>;
 
-    /// TinyViT's MBConv block for inference (BatchNorm folded), on NCHW `x`:
+    /// TinyViT's MBConv block for inference (BatchNorm folded), on `x` stored NCHW, or NHWC
+    /// when `channels_last` (the output is stored the same way):
     /// `gelu(W3·gelu(dw3×3(gelu(W1·x + b1)) + b2) + b3 + x)`; `w = [w1, b1, w2, b2, w3, b3]`.
     /// `Ok(None)` when the backend has no fused kernel; the caller then runs the ops one by one.
-    fn mbconv(&self, d: MbConvDims, x: &Storage, w: [&Storage; 6]) -> Result<Option<Storage>> {
-        let _ = (d, x, w);
+    fn mbconv(
+        &self,
+        d: MbConvDims,
+        x: &Storage,
+        w: [&Storage; 6],
+        channels_last: bool,
+    ) -> Result<Option<Storage>> {
+        let _ = (d, x, w, channels_last);
         Ok(None)
     }
 }

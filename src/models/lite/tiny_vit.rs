@@ -404,6 +404,42 @@ pub struct PatchEmbed {
 
 crate::models::common::module_parts!(PatchEmbed: seq0 as "seq.0", seq2 as "seq.2");
 
+impl PatchEmbed {
+    /// NCHW image → `[B, C, H, W]` features. In inference (BN folded, nothing recording) both
+    /// 1×1 convs run as linear layers over the pixels and the result is a channels-last view:
+    /// the fused MBConv blocks and the first patch merging then read and write it in place,
+    /// with no transposing copy and no packing of the large activations.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (s0, s2) = (&self.seq0, &self.seq2);
+        let pointwise = |c: &Conv2dBn| {
+            c.weight.dim(2) == 1
+                && c.weight.dim(3) == 1
+                && c.stride == 1
+                && c.pad == 0
+                && c.groups == 1
+        };
+        let recording = s0.records(x, None) || s2.records(x, None);
+        if mode != Mode::Eval || recording || !pointwise(s0) || !pointwise(s2) || x.rank() != 4 {
+            return s2.forward(&s0.forward_gelu(x, mode)?, mode);
+        }
+        let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (w0, b0) = s0.folded_weight()?;
+        let (w2, b2) = s2.folded_weight()?;
+        let (c0, c2) = (w0.dim(0), w2.dim(0));
+        // The convs were never quantized: keep these GEMMs out of int8 as well.
+        crate::ops::quant::autocast_int8(false, || {
+            let pixels = x
+                .permute(&[0, 2, 3, 1])?
+                .contiguous()?
+                .reshape(&[b * h * w, c])?;
+            let y = pixels
+                .linear_act(&w0.reshape(&[c0, c])?, Some(&b0), true)?
+                .linear_act(&w2.reshape(&[c2, c0])?, Some(&b2), false)?;
+            y.reshape(&[b, h, w, c2])?.permute(&[0, 3, 1, 2])
+        })
+    }
+}
+
 pub struct MbConv {
     pub conv1: Conv2dBn,
     pub conv2: Conv2dBn,
@@ -1023,8 +1059,7 @@ impl TinyVit {
                 ),
             ));
         }
-        let pe = &self.patch_embed;
-        let mut x = pe.seq2.forward(&pe.seq0.forward_gelu(x, mode)?, mode)?;
+        let mut x = self.patch_embed.forward(x, mode)?;
         let mut res = s;
         for layer in &self.layers {
             let down = match layer {
