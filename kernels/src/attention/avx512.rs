@@ -197,11 +197,15 @@ fn pad_rows_strided(
     wp: usize,
     scale: f32,
 ) -> Scratch {
-    let mut out = scratch(rows_pad * wp);
-    if w > 0 {
-        for (i, o) in out.chunks_exact_mut(wp).take(rows).enumerate() {
+    // Every element is written: the rows' values, then zeros for the padding columns and rows.
+    let mut out = scratch_overwritten(rows_pad * wp);
+    for (i, o) in out.chunks_exact_mut(wp.max(1)).enumerate().take(rows_pad) {
+        if i < rows && w > 0 {
             let s = &src[i * row_stride..i * row_stride + w];
             o[..w].iter_mut().zip(s).for_each(|(o, &s)| *o = s * scale);
+            o[w..].fill(0.0);
+        } else {
+            o.fill(0.0);
         }
     }
     out
@@ -748,9 +752,10 @@ unsafe fn fwd_block(
     let src = &q.data[q.base(b) + q0 * q.row_stride..];
     let qs = pad_rows_strided(src, q.row_stride, rows, d, rows_pad, dp, scale);
     let lds = BK_F.min(round_up(nk, L));
-    let mut s = scratch(rows_pad * lds);
+    // Scores: each block's rows are written by `scores` (all `npan·16` columns) before any read.
+    let mut s = scratch_overwritten(rows_pad * lds);
     let mut acc = scratch(rows * dvp);
-    let mut m = scratch(rows);
+    let mut m = scratch_overwritten(rows);
     m.fill(f32::NEG_INFINITY);
     let mut l = scratch(rows);
     let mut j0 = 0;
