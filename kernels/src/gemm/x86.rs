@@ -152,6 +152,30 @@ impl F32x for __m512 {
     }
 }
 
+/// `_mm512_set1_ps(*p)` as one `vbroadcastss` that the compiler keeps in program order.
+///
+/// Why not the intrinsic: with A's row stride a run-time value other than the k count, LLVM
+/// hoists the broadcasts of all four unrolled k steps ahead of their FMAs, runs out of the 32
+/// zmm registers and spills ~60 of them to the stack every iteration (the f32 kernel ran at
+/// ~2/3 speed). An `asm!` block without `pure` counts as a side effect, so the broadcasts stay
+/// in order, each one feeding its two FMAs as written.
+///
+/// # Safety
+/// CPU has AVX-512F; `p` is readable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn broadcast(p: *const f32) -> __m512 {
+    let v: __m512;
+    // SAFETY: reads the 4 bytes at `p` (readable by the caller's contract), writes only `v`.
+    std::arch::asm!(
+        "vbroadcastss {v}, dword ptr [{p}]",
+        p = in(reg) p,
+        v = out(zmm_reg) v,
+        options(readonly, nostack, preserves_flags)
+    );
+    v
+}
+
 /// Stores (or, with `accumulate`, adds to C) an `MR × 2` tile of vector registers.
 #[inline(always)]
 unsafe fn store_tile<V: F32x, const MR: usize>(
@@ -263,7 +287,7 @@ unsafe fn ukr_avx512_impl<const MR: usize>(
         let b0 = _mm512_loadu_ps(b.add(p * NR));
         let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
         for (i, ri) in r.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*a.add(i * lda + p));
+            let ai = broadcast(a.add(i * lda + p));
             ri[0] = _mm512_fmadd_ps(ai, b0, ri[0]);
             ri[1] = _mm512_fmadd_ps(ai, b1, ri[1]);
         }
