@@ -1,7 +1,9 @@
 //! GEMM tuning helper: GFLOP/s of one kernel / precision / blocking at the ViT-B GEMM shapes.
 //!
 //! `cargo bench --bench gemm_tune -- [--kernel avx512|avx512bf16|avx2|scalar|amx] [--bf16]
-//!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--linear] [--reps N] [--m M] [--kn K,N ...]`
+//!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--pack-a] [--linear] [--reps N] [--m M] [--kn K,N ...]`
+//!
+//! `--pack-a` packs A even where the kernel could read it in place (`Blocking::force_pack_a`).
 
 use medsam_kernels::gemm::{default_blocking, gemm_tuned, GemmDims, Kernel, Layout, Precision};
 use medsam_kernels::testing::{data_star as data, sorted_times};
@@ -35,6 +37,7 @@ fn main() {
     blk.mc = num("--mc", blk.mc);
     blk.nc = num("--nc", blk.nc);
     blk.nl2 = num("--nl2", blk.nl2);
+    blk.force_pack_a |= args.iter().any(|a| a == "--pack-a");
     let m = num("--m", 4096);
     println!(
         "kernel={kernel:?} precision={precision:?} {blk:?} threads={}",

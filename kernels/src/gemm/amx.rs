@@ -26,11 +26,13 @@ pub(crate) fn micro_kernel() -> MicroKernel {
         a_row_major: true,
         k_align: KU,
         func: ukr,
+        direct_a: None,
         blocking: Blocking {
             kc: 1024,
             mc: 256,
             nc: 4096,
             nl2: 256,
+            force_pack_a: false,
         },
     }
 }

@@ -10,6 +10,19 @@ use std::cell::Cell;
 pub(crate) type MicroKernelFn =
     unsafe fn(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, accumulate: bool);
 
+/// A [`MicroKernelFn`] that reads A in place instead of from a packed panel: row `i` of the
+/// `MR × kp` block at `a + i*lda`. Same arithmetic in the same order as the packed entry, so
+/// the two give bit-identical C.
+pub(crate) type DirectAFn = unsafe fn(
+    kp: usize,
+    lda: usize,
+    a: *const f32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+);
+
 /// A micro-kernel and everything the driver must know to feed it.
 #[derive(Clone, Copy)]
 pub(crate) struct MicroKernel {
@@ -22,6 +35,9 @@ pub(crate) struct MicroKernel {
     /// Packed k units (elements, or bf16 pairs) are padded with zeros to a multiple of this.
     pub k_align: usize,
     pub func: MicroKernelFn,
+    /// Set if the kernel can also read f32 A rows in place (k contiguous, `[row][k]` with
+    /// `k_align` 1 and no rounding: exactly what packing would copy). None for the others.
+    pub direct_a: Option<DirectAFn>,
     pub blocking: Blocking,
 }
 
@@ -239,7 +255,33 @@ fn sanitize(b: Blocking, ukr: &MicroKernel) -> Blocking {
         mc: round(b.mc, ukr.mr),
         nc,
         nl2: round(b.nl2, ukr.nr).min(nc),
+        force_pack_a: b.force_pack_a,
     }
+}
+
+/// The in-place A kernel, if this problem may use it: the kernel has one, the caller did not
+/// force packing, A's k is contiguous, and A's row stride spreads a panel's rows over the L1
+/// sets. The last condition: L1 set = (address / 64) mod 64 (32–48 KiB, 8–12 ways), so rows
+/// `s` bytes apart start in `4096 / gcd(s mod 4096, 4096)` distinct sets at most. A packed panel
+/// is contiguous and fills the sets evenly; rows in place whose stride is a multiple of 2 KiB
+/// (k = 512, 1024, 3072, …) would put 6–12 of the 12 rows' lines in the same set and evict one
+/// another (and B) every k step, so those keep packing. gcd ≤ 1 KiB (16 lines: ≥ 4 distinct
+/// starting sets, ≤ 3 rows each) is allowed.
+fn direct_a(ukr: &MicroKernel, blk: Blocking, la: Layout) -> Option<DirectAFn> {
+    const SET_PERIOD: usize = 64 * 64;
+    let f = ukr
+        .direct_a
+        .filter(|_| !blk.force_pack_a && la.col_stride == 1)?;
+    let s = (la.row_stride * 4) % SET_PERIOD;
+    let g = gcd(s, SET_PERIOD);
+    (g <= SET_PERIOD / 4).then_some(f)
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// One GEMM of the batch, with offsets into the operand slices.
@@ -306,12 +348,15 @@ struct Slice {
 /// The BLIS loop nest for one GEMM: jc (NC; pack all of B[:, jc..] as KC slices of NR-wide
 /// micro-panels) → tasks over MC row blocks (× NL2 column sub-blocks if rows alone are too few)
 /// → pc (KC; pack the A block slice) → NL2 sub-block → ir (MR) → jr (NR) → micro-kernel.
+/// With a `direct_a` kernel (see [`direct_a`]) the full MR-row panels of A are read in place and
+/// only a partial last panel is packed.
 ///
 /// Packing B for every k slice up front means one parallel phase per NC block instead of one
 /// per (NC, KC) pair: on a busy machine every phase boundary is a barrier where a descheduled
 /// thread stalls the others.
 fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
     let (mr, nr) = (ukr.mr, ukr.nr);
+    let direct = direct_a(ukr, blk, p.la);
     let threads = if parallel {
         rayon::current_num_threads()
     } else {
@@ -405,25 +450,31 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
                 (0, nsub)
             };
             let apanels = mcb.div_ceil(mr);
+            // Panels read in place (direct A): the full ones. A partial last panel is packed
+            // (zero rows below), so no row past the end of A is ever read.
+            let full = if direct.is_some() { mcb / mr } else { 0 };
+            let packed = apanels - full;
             let max_kp = slices.iter().map(|s| s.kp).max().unwrap_or(0);
-            let mut avec = take_buf(&A_BUF, apanels * max_kp * mr);
+            let mut avec = take_buf(&A_BUF, packed * max_kp * mr);
             for (si, sl) in slices.iter().enumerate() {
                 let kp = sl.kp;
                 let acc = p.accumulate || si > 0;
-                let apk = as_u32(&mut avec, apanels * kp * mr);
-                pack::pack_a(
-                    ukr.format,
-                    ukr.a_row_major,
-                    mr,
-                    p.a,
-                    p.a_off + ic * p.la.row_stride + sl.pc * p.la.col_stride,
-                    p.la.row_stride,
-                    p.la.col_stride,
-                    mcb,
-                    sl.kcb,
-                    kp,
-                    apk,
-                );
+                let apk = as_u32(&mut avec, packed * kp * mr);
+                if packed > 0 {
+                    pack::pack_a(
+                        ukr.format,
+                        ukr.a_row_major,
+                        mr,
+                        p.a,
+                        p.a_off + (ic + full * mr) * p.la.row_stride + sl.pc * p.la.col_stride,
+                        p.la.row_stride,
+                        p.la.col_stride,
+                        mcb - full * mr,
+                        sl.kcb,
+                        kp,
+                        apk,
+                    );
+                }
                 let bsl = &bpk[sl.b_off..];
                 let last = si + 1 == slices.len() && !p.ep.is_identity();
                 for s in s0..s1 {
@@ -431,15 +482,26 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
                     let j_hi = (j_lo + blk.nl2).min(ncb);
                     for ir in 0..apanels {
                         let mr_eff = mr.min(mcb - ir * mr);
-                        let ap = apk[ir * kp * mr..].as_ptr();
+                        let a = match direct {
+                            Some(f) if ir < full => {
+                                // k_align is 1 for a direct kernel: kp units are the kcb values.
+                                debug_assert_eq!(kp, sl.kcb);
+                                let row = p.a_off + (ic + ir * mr) * p.la.row_stride + sl.pc;
+                                // In bounds: rows ic+ir·mr.. +mr ≤ m and columns pc..pc+kcb ≤ k
+                                // of A, which check_len verified.
+                                APanel::Direct(f, p.a[row..].as_ptr(), p.la.row_stride)
+                            }
+                            _ => APanel::Packed(apk[(ir - full) * kp * mr..].as_ptr()),
+                        };
                         for jp in j_lo / nr..j_hi.div_ceil(nr) {
                             let nr_eff = nr.min(ncb - jp * nr);
                             let bp = bsl[jp * kp * nr..].as_ptr();
                             // SAFETY: the tile lies inside C (check_len) and inside this task's
-                            // disjoint row/column range; packed panels hold kp units each.
+                            // disjoint row/column range; packed panels hold kp units each, and
+                            // a direct panel's MR rows × kp values lie inside A (see above).
                             unsafe {
                                 let cp = p.c.get().add((ic + ir * mr) * p.ldc + jc + jp * nr);
-                                tile(ukr, kp, ap, bp, cp, p.ldc, acc, mr_eff, nr_eff);
+                                tile(ukr, kp, a, bp, cp, p.ldc, acc, mr_eff, nr_eff);
                             }
                         }
                         if last {
@@ -470,13 +532,20 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
     }
 }
 
+/// Where a tile's A comes from: a packed micro-panel, or A itself (row stride `lda`).
+#[derive(Clone, Copy)]
+enum APanel {
+    Packed(*const u32),
+    Direct(DirectAFn, *const f32, usize),
+}
+
 /// Runs the micro-kernel on one tile; partial edge tiles go through an on-stack full tile.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn tile(
     ukr: &MicroKernel,
     kp: usize,
-    ap: *const u32,
+    a: APanel,
     bp: *const u32,
     cp: *mut f32,
     ldc: usize,
@@ -484,14 +553,18 @@ unsafe fn tile(
     mr_eff: usize,
     nr_eff: usize,
 ) {
+    let run = |c: *mut f32, ldc: usize, acc: bool| match a {
+        APanel::Packed(ap) => (ukr.func)(kp, ap, bp, c, ldc, acc),
+        APanel::Direct(f, ap, lda) => f(kp, lda, ap, bp, c, ldc, acc),
+    };
     if mr_eff == ukr.mr && nr_eff == ukr.nr {
-        (ukr.func)(kp, ap, bp, cp, ldc, acc);
+        run(cp, ldc, acc);
         return;
     }
     #[repr(C, align(64))]
     struct Tmp([f32; MAX_TILE]);
     let mut tmp = Tmp([0.0; MAX_TILE]);
-    (ukr.func)(kp, ap, bp, tmp.0.as_mut_ptr(), ukr.nr, false);
+    run(tmp.0.as_mut_ptr(), ukr.nr, false);
     for i in 0..mr_eff {
         let crow = cp.add(i * ldc);
         for j in 0..nr_eff {
@@ -503,3 +576,35 @@ unsafe fn tile(
 
 /// Largest MR×NR of any micro-kernel (AMX: 32×32).
 pub(crate) const MAX_TILE: usize = 32 * 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which A row strides the in-place path takes (see `direct_a`).
+    #[test]
+    fn direct_a_rule() {
+        if !Kernel::Avx512.is_available() {
+            eprintln!("SKIPPED: no AVX-512F");
+            return;
+        }
+        let f32k = micro_kernel(Kernel::Avx512, Precision::F32);
+        let blk = f32k.blocking;
+        let rm = |k| Layout::row_major(1, k);
+        for k in [1, 3, 64, 128, 160, 256, 320, 384, 640, 768, 1280, 1000] {
+            assert!(direct_a(&f32k, blk, rm(k)).is_some(), "k = {k}");
+        }
+        // Rows 2 KiB apart or a multiple of 4 KiB: few L1 sets.
+        for k in [512, 1024, 1536, 2048, 3072, 4096] {
+            assert!(direct_a(&f32k, blk, rm(k)).is_none(), "k = {k}");
+        }
+        let forced = Blocking {
+            force_pack_a: true,
+            ..blk
+        };
+        assert!(direct_a(&f32k, forced, rm(64)).is_none());
+        assert!(direct_a(&f32k, blk, Layout::transposed(64, 64)).is_none());
+        let bf16 = micro_kernel(Kernel::Avx512, Precision::Bf16);
+        assert!(direct_a(&bf16, blk, rm(64)).is_none());
+    }
+}

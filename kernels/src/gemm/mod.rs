@@ -8,7 +8,10 @@
 //! independent tasks (an `MC`-row block of A, optionally split further along n) pack their A
 //! block into `MR`-row micro-panels and run the micro-kernel over every `MR×NR` tile. Packing
 //! reads any strides, so transposed operands cost the same as dense ones, and it is also where
-//! `Precision::Bf16` rounds operands to bf16.
+//! `Precision::Bf16` rounds operands to bf16. The f32 AVX-512 kernel wants A as `[row][k]`,
+//! which a row-major A already is: it reads such an A in place (only a partial last panel of
+//! rows is packed), since for the small k of many model GEMMs the copy costs a noticeable
+//! share of the arithmetic.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -413,9 +416,31 @@ pub fn gemm_fused_with(
     precision: Precision,
     epilogue: Epilogue,
 ) {
+    let blocking = default_blocking(kernel, precision);
+    gemm_fused_tuned(
+        kernel, blocking, dims, a, la, b, lb, c, lc, precision, epilogue,
+    )
+}
+
+/// [`gemm_fused_with`] with explicit cache blocking (e.g. `force_pack_a`), for tests and tuning.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_fused_tuned(
+    kernel: Kernel,
+    blocking: Blocking,
+    dims: GemmDims,
+    a: &[f32],
+    la: Layout,
+    b: &[f32],
+    lb: Layout,
+    c: &mut [f32],
+    lc: Layout,
+    precision: Precision,
+    epilogue: Epilogue,
+) {
     check_epilogue(dims, &epilogue);
     let ukr = driver::micro_kernel(kernel, precision);
-    let job = driver::Job::fused(ukr.blocking, dims, epilogue, true);
+    let job = driver::Job::fused(blocking, dims, epilogue, true);
     driver::run_gemm(&ukr, job, (a, la), (b, lb), (c, lc))
 }
 
@@ -431,6 +456,10 @@ pub struct Blocking {
     pub nc: usize,
     /// Columns of the packed B block one task sweeps per A micro-panel (`KC×NL2` should stay in L2).
     pub nl2: usize,
+    /// Pack A even where the micro-kernel could read it in place (f32 AVX-512 with A's k
+    /// contiguous, see the driver's `direct_a`). `false` in every default blocking; tests and
+    /// benchmarks set it to compare the two paths, which give bit-identical results.
+    pub force_pack_a: bool,
 }
 
 /// The blocking [`gemm_with`] uses for `kernel` at `precision`.

@@ -16,11 +16,13 @@ pub(crate) fn micro_kernel(format: PackFormat) -> MicroKernel {
         a_row_major: false,
         k_align: 1,
         func: ukr,
+        direct_a: None,
         blocking: Blocking {
             kc: 256,
             mc: 128,
             nc: 4096,
             nl2: 1024,
+            force_pack_a: false,
         },
     }
 }

@@ -4,7 +4,7 @@
 //! FMA as a memory broadcast operand), issuing MR·NR/lanes independent FMAs — enough to cover the
 //! FMA latency × throughput product of both FMA pipes.
 
-use super::driver::{MicroKernel, MicroKernelFn};
+use super::driver::{DirectAFn, MicroKernel, MicroKernelFn};
 use super::pack::{PackFormat, PanelData};
 use super::Blocking;
 use std::arch::x86_64::*;
@@ -23,6 +23,7 @@ fn x86_micro_kernel(
         mc,
         nc: 4096,
         nl2: 512,
+        force_pack_a: false,
     };
     MicroKernel {
         mr,
@@ -31,6 +32,7 @@ fn x86_micro_kernel(
         a_row_major,
         k_align: 1,
         func,
+        direct_a: None,
         blocking,
     }
 }
@@ -44,7 +46,12 @@ const AVX512_MR: usize = 12;
 
 pub(crate) fn avx512_micro_kernel(format: PackFormat) -> MicroKernel {
     let func = ukr_avx512::<AVX512_MR>;
-    x86_micro_kernel((AVX512_MR, 32), format, true, func, (384, 192))
+    let mut ukr = x86_micro_kernel((AVX512_MR, 32), format, true, func, (384, 192));
+    // Only plain f32 can skip packing A: `F32RoundBf16` rounds A while packing it.
+    if format == PackFormat::F32 {
+        ukr.direct_a = Some(ukr_avx512_lda::<AVX512_MR> as DirectAFn);
+    }
+    ukr
 }
 
 pub(crate) fn avx512bf16_micro_kernel() -> MicroKernel {
@@ -145,6 +152,30 @@ impl F32x for __m512 {
     }
 }
 
+/// `_mm512_set1_ps(*p)` as one `vbroadcastss` that the compiler keeps in program order.
+///
+/// Why not the intrinsic: with A's row stride a run-time value other than the k count, LLVM
+/// hoists the broadcasts of all four unrolled k steps ahead of their FMAs, runs out of the 32
+/// zmm registers and spills ~60 of them to the stack every iteration (the f32 kernel ran at
+/// ~2/3 speed). An `asm!` block without `pure` counts as a side effect, so the broadcasts stay
+/// in order, each one feeding its two FMAs as written.
+///
+/// # Safety
+/// CPU has AVX-512F; `p` is readable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn broadcast(p: *const f32) -> __m512 {
+    let v: __m512;
+    // SAFETY: reads the 4 bytes at `p` (readable by the caller's contract), writes only `v`.
+    std::arch::asm!(
+        "vbroadcastss {v}, dword ptr [{p}]",
+        p = in(reg) p,
+        v = out(zmm_reg) v,
+        options(readonly, nostack, preserves_flags)
+    );
+    v
+}
+
 /// Stores (or, with `accumulate`, adds to C) an `MR × 2` tile of vector registers.
 #[inline(always)]
 unsafe fn store_tile<V: F32x, const MR: usize>(
@@ -204,26 +235,64 @@ micro_kernel! {
     }
 }
 
-micro_kernel! {
-    /// # Safety
-    /// CPU has AVX-512F; `a` holds `kp*MR` and `b` `kp*32` packed f32; `c` is an MR×32 tile.
-    ukr_avx512<const MR> =>
-    #[target_feature(enable = "avx512f")]
-    fn ukr_avx512_impl(kp, a, b: *const f32, c, ldc, accumulate) {
-        const NR: usize = 32;
-        prefetch_c(c, ldc, MR, NR * 4);
-        let mut r = [[_mm512_setzero_ps(); 2]; MR];
-        unrolled_k_loop(kp, &mut r, |r: &mut [[__m512; 2]; MR], p: usize| {
-            let b0 = _mm512_loadu_ps(b.add(p * NR));
-            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-            for (i, ri) in r.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*a.add(i * kp + p));
-                ri[0] = _mm512_fmadd_ps(ai, b0, ri[0]);
-                ri[1] = _mm512_fmadd_ps(ai, b1, ri[1]);
-            }
-        });
-        store_tile(&r, c, ldc, accumulate);
-    }
+/// # Safety
+/// CPU has AVX-512F; `a` holds `kp*MR` and `b` `kp*32` packed f32; `c` is an MR×32 tile.
+unsafe fn ukr_avx512<const MR: usize>(
+    kp: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // A packed panel is MR rows of kp values: the in-place kernel with row stride kp, so both
+    // paths run the very same code (and give bit-identical results).
+    ukr_avx512_impl::<MR>(kp, kp, a.cast(), b.cast(), c, ldc, accumulate)
+}
+
+/// [`ukr_avx512`] reading A in place: row `i` of the MR×kp block of A at `a + i*lda`.
+///
+/// # Safety
+/// CPU has AVX-512F; `a + i*lda + p` is readable for `i < MR`, `p < kp`; `b` holds `kp*32`
+/// packed f32; `c` is an MR×32 tile.
+unsafe fn ukr_avx512_lda<const MR: usize>(
+    kp: usize,
+    lda: usize,
+    a: *const f32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    ukr_avx512_impl::<MR>(kp, lda, a, b.cast(), c, ldc, accumulate)
+}
+
+/// The AVX-512 f32 kernel: row `i` of A at `a + i*lda` (`lda = kp` for a packed panel). Both
+/// entry points call this one function (a target-feature function is not inlined into them),
+/// so the FMAs run in the same order whichever way A is read.
+#[target_feature(enable = "avx512f")]
+unsafe fn ukr_avx512_impl<const MR: usize>(
+    kp: usize,
+    lda: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    const NR: usize = 32;
+    prefetch_c(c, ldc, MR, NR * 4);
+    let mut r = [[_mm512_setzero_ps(); 2]; MR];
+    unrolled_k_loop(kp, &mut r, |r: &mut [[__m512; 2]; MR], p: usize| {
+        let b0 = _mm512_loadu_ps(b.add(p * NR));
+        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        for (i, ri) in r.iter_mut().enumerate() {
+            let ai = broadcast(a.add(i * lda + p));
+            ri[0] = _mm512_fmadd_ps(ai, b0, ri[0]);
+            ri[1] = _mm512_fmadd_ps(ai, b1, ri[1]);
+        }
+    });
+    store_tile(&r, c, ldc, accumulate);
 }
 
 micro_kernel! {

@@ -160,7 +160,13 @@ fn case(tiny_blocking: bool) -> impl Strategy<Value = Case> {
                 accumulate,
                 seed,
                 // Small blocks so a small problem crosses many KC/MC/NC/NL2 boundaries.
-                blocking: tiny_blocking.then_some(Blocking { kc, mc, nc, nl2 }),
+                blocking: tiny_blocking.then_some(Blocking {
+                    kc,
+                    mc,
+                    nc,
+                    nl2,
+                    force_pack_a: false,
+                }),
             },
         )
 }
@@ -509,6 +515,200 @@ fn fused_epilogue_large_shapes() {
             let dims = GemmDims { batch: 1, m, n, k };
             let modes = (Mode::RowMajor, Mode::Transposed);
             check_fused_res(kernel, dims, modes, (true, true, true), true, 7).unwrap();
+        }
+    }
+}
+
+/// One case of the in-place A path against forced packing: A is an `m × k` column window (from
+/// column `col0`) of a row-major matrix with row stride `lda ≥ col0 + k`.
+#[derive(Clone, Debug)]
+struct DirectCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    col0: usize,
+    accumulate: bool,
+    /// (column bias, row bias, residual, GELU); all false: a plain GEMM (with `accumulate`).
+    ep: (bool, bool, bool, bool),
+    seed: u64,
+}
+
+/// The AVX-512 f32 kernel reads row-major A in place (no packing); with `force_pack_a` it packs
+/// A as before. Both run the same micro-kernel code in the same order, so C must be identical
+/// bit for bit, and both must match the reference within the tolerances above (plain: `check`;
+/// with an epilogue: `check_fused_res`). C has padding columns, which must stay untouched.
+fn check_direct_a(case: &DirectCase) -> Result<(), String> {
+    let DirectCase {
+        m,
+        n,
+        k,
+        lda,
+        col0,
+        accumulate,
+        ep: (cbias, rbias, residual, gelu),
+        seed,
+    } = *case;
+    let kernel = Kernel::Avx512;
+    let dims = GemmDims { batch: 1, m, n, k };
+    let la = Layout {
+        batch_stride: m * lda,
+        row_stride: lda,
+        col_stride: 1,
+    };
+    let lb = Layout::transposed(n, k);
+    let ldc = n + 3;
+    let lc = Layout {
+        batch_stride: m * ldc,
+        row_stride: ldc,
+        col_stride: 1,
+    };
+    let a_full = fill(m * lda, seed);
+    let a = &a_full[col0..];
+    let b = fill(k * n, seed ^ 0xB);
+    let c0 = fill(m * ldc, seed ^ 0xC);
+    let (cb, rb, res) = (
+        fill(n, seed ^ 0xD),
+        fill(m, seed ^ 0xE),
+        fill(m * ldc, seed ^ 0xF),
+    );
+    let ep = gemm::Epilogue {
+        col_bias: cbias.then_some(&cb[..]),
+        row_bias: rbias.then_some(&rb[..]),
+        residual: residual.then_some((&res[..], ldc)),
+        gelu,
+    };
+    let fused = !ep.is_identity();
+
+    let blk = default_blocking(kernel, F32);
+    let run = |force_pack_a: bool| {
+        let blk = Blocking {
+            force_pack_a,
+            ..blk
+        };
+        let mut c = c0.clone();
+        if fused {
+            gemm::gemm_fused_tuned(kernel, blk, dims, a, la, &b, lb, &mut c, lc, F32, ep);
+        } else {
+            gemm_tuned(
+                kernel, blk, dims, a, la, &b, lb, &mut c, lc, accumulate, F32,
+            );
+        }
+        c
+    };
+    let (direct, packed) = (run(false), run(true));
+    if let Some(x) = (0..direct.len()).find(|&x| direct[x].to_bits() != packed[x].to_bits()) {
+        return Err(format!(
+            "{case:?}: direct C[{x}] = {:e} != packed {:e}",
+            direct[x], packed[x]
+        ));
+    }
+
+    let mut want = c0.clone();
+    if fused {
+        reference::gemm_fused(dims, a, la, &b, lb, &mut want, lc, ep);
+    } else {
+        reference::gemm(dims, a, la, &b, lb, &mut want, lc, accumulate);
+    }
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+    let mut mag = vec![0.0f32; want.len()];
+    reference::gemm(dims, &abs(a), la, &abs(&b), lb, &mut mag, lc, false);
+    let eps = f32::EPSILON;
+    let ksq = (k as f32).sqrt() + 2.0;
+    for (x, &got) in direct.iter().enumerate() {
+        let (i, j) = (x / ldc, x % ldc);
+        let tol = if j >= n {
+            0.0 // padding: untouched
+        } else if fused {
+            let bias = if cbias { cb[j].abs() } else { 0.0 }
+                + if rbias { rb[i].abs() } else { 0.0 }
+                + if residual { res[x].abs() } else { 0.0 };
+            1.2 * 4.0 * ksq * eps * (mag[x] + bias) + 1e-6 * (1.0 + want[x].abs())
+        } else {
+            4.0 * ksq * eps * mag[x]
+                + if accumulate {
+                    2.0 * eps * c0[x].abs()
+                } else {
+                    0.0
+                }
+        };
+        let err = (got - want[x]).abs();
+        if err.is_nan() || err > tol {
+            return Err(format!(
+                "{case:?}: C[{i},{j}] = {got} want {} (err {err:e} > tol {tol:e})",
+                want[x]
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn direct_case() -> impl Strategy<Value = DirectCase> {
+    (
+        // m: whole 12-row panels, partial last panels, and more rows than one task block.
+        prop_oneof![1 => 1usize..=24, 2 => 1usize..=260],
+        size(80),
+        // k: one KC slice (KC = 384), or several with a short last one.
+        prop_oneof![1 => 1usize..=64, 1 => 1usize..=384, 2 => 385usize..=900],
+        // Extra columns right of the window and the window's first column.
+        (prop_oneof![1 => Just(0usize), 2 => 1usize..=40], 0usize..=7),
+        any::<bool>(),
+        prop_oneof![
+            1 => Just((false, false, false, false)),
+            1 => (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        ],
+        any::<u64>(),
+    )
+        .prop_map(|(m, n, k, (pad, col0), accumulate, ep, seed)| DirectCase {
+            m,
+            n,
+            k,
+            lda: col0 + k + pad,
+            col0,
+            accumulate,
+            ep,
+            seed,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn direct_a_matches_packed(case in direct_case()) {
+        if !Kernel::Avx512.is_available() {
+            return Ok(());
+        }
+        check_direct_a(&case).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Row strides the direct path declines (multiples of 2 KiB: k = 512, 1024, ...) still give
+/// the packed result, and the shapes of the LiteMedSAM GEMMs where it runs match too.
+#[test]
+fn direct_a_strides() {
+    if !Kernel::Avx512.is_available() {
+        eprintln!("SKIPPED: no AVX-512F");
+        return;
+    }
+    for (m, n, k) in [
+        (100, 40, 512),
+        (37, 33, 1024),
+        (60, 70, 768),
+        (130, 64, 640),
+    ] {
+        for ep in [(false, false, false, false), (true, false, true, true)] {
+            let case = DirectCase {
+                m,
+                n,
+                k,
+                lda: k,
+                col0: 0,
+                accumulate: true,
+                ep,
+                seed: (m * 7 + k) as u64,
+            };
+            check_direct_a(&case).unwrap();
         }
     }
 }
