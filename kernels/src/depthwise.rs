@@ -249,6 +249,142 @@ simd_dispatch! {
     }
 }
 
+/// One output row of a 3×3, stride-1 depthwise conv with one column of zero padding on each
+/// side, channels-last: `y[ox, c] = bias[c] + Σ_taps wt[tap, c]·rows[ky][ox + kx − 1, c]`
+/// (then GELU), `rows[ky]` being input row `oy + ky − 1` (`[w, c]`), None for padding. The
+/// taps are summed in [`nhwc_row`]'s order (rows top to bottom, columns left to right,
+/// padding skipped, each product rounded before it is added), so the two give the same bits;
+/// on AVX-512 each block of 16 channels is summed in one register and stored once instead of
+/// loaded and stored at every tap.
+pub(crate) fn nhwc_row3x3(
+    rows: [Option<&[f32]>; 3],
+    w: usize,
+    c: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    gelu: bool,
+    y: &mut [f32],
+) {
+    let avx512 = cfg!(target_arch = "x86_64") && crate::cpu::features().avx512f;
+    let isa = if avx512 {
+        RowIsa::Avx512
+    } else {
+        RowIsa::Portable
+    };
+    nhwc_row3x3_on(isa, rows, (w, c), wt, (bias, gelu), y);
+}
+
+/// An implementation of [`nhwc_row3x3_on`]: tests force each one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowIsa {
+    Portable,
+    /// Needs AVX-512F (panics without it).
+    Avx512,
+}
+
+/// [`nhwc_row3x3`] (the 3×3 stride-1 rows of [`depthwise_nhwc_forward`]) on a chosen
+/// implementation: `rows` of `w × c` values, `(bias, gelu)` the epilogue.
+pub fn nhwc_row3x3_on(
+    isa: RowIsa,
+    rows: [Option<&[f32]>; 3],
+    (w, c): (usize, usize),
+    wt: &[f32],
+    (bias, gelu): (Option<&[f32]>, bool),
+    y: &mut [f32],
+) {
+    for r in rows.iter().flatten() {
+        assert!(r.len() >= w * c, "nhwc_row3x3: input row");
+    }
+    assert!(
+        wt.len() >= 9 * c && y.len() >= w * c,
+        "nhwc_row3x3: weights or output"
+    );
+    assert!(bias.is_none_or(|b| b.len() >= c), "nhwc_row3x3: bias");
+    match isa {
+        RowIsa::Portable => row3x3_portable(&rows, w, c, wt, bias, y),
+        #[cfg(target_arch = "x86_64")]
+        RowIsa::Avx512 => {
+            assert!(crate::cpu::features().avx512f, "nhwc_row3x3: no AVX-512F");
+            // SAFETY: AVX-512F is available; the asserts above bound every access.
+            unsafe { row3x3_avx512(&rows, w, c, wt, bias, y) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        RowIsa::Avx512 => panic!("nhwc_row3x3: AVX-512F is x86-64 only"),
+    }
+    if gelu {
+        crate::activation::bias_act_row(&mut y[..w * c], None, 0.0, None, true);
+    }
+}
+
+fn row3x3_portable(
+    rows: &[Option<&[f32]>; 3],
+    w: usize,
+    c: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    for ox in 0..w {
+        let yo = &mut y[ox * c..(ox + 1) * c];
+        match bias {
+            Some(b) => yo.copy_from_slice(&b[..c]),
+            None => yo.fill(0.0),
+        }
+        for (ky, row) in rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            for kx in (1 - ox.min(1))..3.min(w + 1 - ox) {
+                let xs = &row[(ox + kx - 1) * c..(ox + kx) * c];
+                let ws = &wt[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
+                for ((o, &xv), &wv) in yo.iter_mut().zip(xs).zip(ws) {
+                    *o += wv * xv;
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512F; every row holds `w·c` values, `wt` `9·c`, `y` `w·c`, `bias` (if any) `c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row3x3_avx512(
+    rows: &[Option<&[f32]>; 3],
+    w: usize,
+    c: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (wp, yp) = (wt.as_ptr(), y.as_mut_ptr());
+    for ox in 0..w {
+        // Kernel columns that land inside the row.
+        let (kx0, kx1) = (1 - ox.min(1), 3.min(w + 1 - ox));
+        let mut c0 = 0;
+        while c0 < c {
+            let m: __mmask16 = if c - c0 >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << (c - c0)) - 1) as __mmask16
+            };
+            let mut acc = match bias {
+                Some(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(c0)),
+                None => _mm512_setzero_ps(),
+            };
+            for (ky, row) in rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kx in kx0..kx1 {
+                    let xv = _mm512_maskz_loadu_ps(m, row.as_ptr().add((ox + kx - 1) * c + c0));
+                    let wv = _mm512_maskz_loadu_ps(m, wp.add((ky * 3 + kx) * c + c0));
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(wv, xv));
+                }
+            }
+            _mm512_mask_storeu_ps(yp.add(ox * c + c0), m, acc);
+            c0 += 16;
+        }
+    }
+}
+
 /// Depthwise conv on channels-last data: x `[n, h, w, c]`, w `[c, 1, kh, kw]` (PyTorch's
 /// layout), y `[n, oh, ow, c]`, plus bias, then exact GELU if `gelu`. TinyViT's local conv runs on
 /// token-major features, so this saves the two transposes around an NCHW conv (inference).
@@ -277,19 +413,28 @@ pub fn depthwise_nhwc_forward(
         }
     }
     let plane_in = g.h * g.w * c;
+    let row3x3 = (g.kh, g.kw) == (3, 3) && g.stride == (1, 1) && g.pad == (1, 1);
     y.par_chunks_mut((ow * c).max(1))
         .enumerate()
         .for_each(|(r, yr)| {
             let (b, oy) = (r / oh, r % oh);
-            nhwc_row(
-                &g,
-                &x[b * plane_in..(b + 1) * plane_in],
-                &wt,
-                bias,
-                gelu,
-                oy,
-                yr,
-            );
+            let xb = &x[b * plane_in..(b + 1) * plane_in];
+            if row3x3 {
+                let row = |iy: usize| {
+                    (iy >= 1 && iy <= g.h).then(|| &xb[(iy - 1) * g.w * c..iy * g.w * c])
+                };
+                nhwc_row3x3(
+                    [row(oy), row(oy + 1), row(oy + 2)],
+                    g.w,
+                    c,
+                    &wt,
+                    bias,
+                    gelu,
+                    yr,
+                );
+            } else {
+                nhwc_row(&g, xb, &wt, bias, gelu, oy, yr);
+            }
         });
 }
 

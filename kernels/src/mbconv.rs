@@ -25,7 +25,7 @@
 
 use crate::activation::simd::SyncPtr;
 use crate::conv::Conv2dGeom;
-use crate::depthwise::{nhwc_row, plane_forward};
+use crate::depthwise::{nhwc_row3x3, plane_forward};
 use crate::gemm::{gemm_fused_serial, Epilogue, GemmDims, Layout, Precision};
 use rayon::prelude::*;
 
@@ -134,6 +134,10 @@ pub fn mbconv_forward_nhwc(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut 
 }
 
 /// Output rows `r0..r0 + out.len() / (w·c)` of one image `xb [h, w, c]` into `out [rows, w, c]`.
+///
+/// The expanded rows live in a ring of `BAND + 2` row slots (image row `r` in slot `r mod
+/// slots`): each band expands only the rows it adds, and the depthwise conv reads its three
+/// input rows wherever they sit, so nothing is copied between bands.
 fn rows_forward_nhwc(
     d: &MbConvDims,
     xb: &[f32],
@@ -146,72 +150,67 @@ fn rows_forward_nhwc(
     let MbConvDims { c, hid, h, w, .. } = *d;
     let rows = out.len() / (w * c);
     let slots = BAND + 2;
-    // h1 image rows r-1 .. r+BAND+1 of the current band: [slots][w][hid].
-    let h1 = grown(h1, slots * w * hid);
-    let h2 = grown(h2, BAND * w * hid);
-    let pix = |r: usize| r * w; // first pixel of image row r
-    let expand = |h1: &mut [f32], first_row: isize, first_slot: usize, count: usize| {
-        let lo = first_row.max(0) as usize;
-        let hi = ((first_row + count as isize).max(0) as usize).min(h);
-        for s in 0..count {
-            let row = first_row + s as isize;
-            if row < 0 || row as usize >= h {
-                // The depthwise conv's zero padding.
-                let o = (first_slot + s) * w * hid;
-                h1[o..o + w * hid].fill(0.0);
-            }
+    let row_len = w * hid;
+    let h1 = grown(h1, slots * row_len);
+    let h2 = grown(h2, BAND * row_len);
+    // Expanded image rows lo..hi (inside the image) into their ring slots, one GEMM per run of
+    // consecutive slots.
+    let expand = |h1: &mut [f32], lo: usize, hi: usize| {
+        let mut r = lo;
+        while r < hi {
+            let slot = r % slots;
+            let run = (hi - r).min(slots - slot);
+            gemm_fused_serial(
+                GemmDims {
+                    batch: 1,
+                    m: run * w,
+                    n: hid,
+                    k: c,
+                },
+                &xb[r * w * c..(r + run) * w * c],
+                Layout::row_major(run * w, c),
+                wt.w1,
+                // w1 is [hid, c]: element (k, j) of its transpose at j·c + k.
+                Layout {
+                    batch_stride: 0,
+                    row_stride: 1,
+                    col_stride: c,
+                },
+                &mut h1[slot * row_len..(slot + run) * row_len],
+                Layout::row_major(run * w, hid),
+                Precision::F32,
+                Epilogue {
+                    col_bias: Some(wt.b1),
+                    gelu: true,
+                    ..Epilogue::default()
+                },
+            );
+            r += run;
         }
-        if lo >= hi {
-            return;
-        }
-        let slot0 = first_slot + (lo as isize - first_row) as usize;
-        gemm_fused_serial(
-            GemmDims {
-                batch: 1,
-                m: (hi - lo) * w,
-                n: hid,
-                k: c,
-            },
-            &xb[pix(lo) * c..pix(hi) * c],
-            Layout::row_major((hi - lo) * w, c),
-            wt.w1,
-            // w1 is [hid, c]: element (k, j) of its transpose at j·c + k.
-            Layout {
-                batch_stride: 0,
-                row_stride: 1,
-                col_stride: c,
-            },
-            &mut h1[slot0 * w * hid..],
-            Layout::row_major((hi - lo) * w, hid),
-            Precision::F32,
-            Epilogue {
-                col_bias: Some(wt.b1),
-                gelu: true,
-                ..Epilogue::default()
-            },
-        );
     };
+    // Hidden rows b0-1 ..= b0+br of the first band, then br more per band.
+    expand(h1, r0.saturating_sub(1), (r0 + 1).min(h));
     let mut b0 = r0;
     while b0 < r0 + rows {
         let br = BAND.min(r0 + rows - b0);
-        if b0 == r0 {
-            expand(h1, b0 as isize - 1, 0, br + 2);
-        } else {
-            // The previous band's last two hidden rows are this band's first two.
-            h1.copy_within(BAND * w * hid..(BAND + 2) * w * hid, 0);
-            expand(h1, b0 as isize + 1, 2, br);
-        }
-        // Depthwise 3×3 over the band's br + 2 hidden rows: no vertical padding left.
-        let g = Conv2dGeom::new([1, hid, br + 2, w], hid, (3, 3), (1, 1), (0, 1), hid);
+        expand(h1, (b0 + 1).min(h), (b0 + br + 1).min(h));
+        let h1: &[f32] = h1;
+        let row = |r: isize| {
+            (r >= 0 && (r as usize) < h).then(|| {
+                let slot = r as usize % slots;
+                &h1[slot * row_len..(slot + 1) * row_len]
+            })
+        };
         for oy in 0..br {
-            let dst = &mut h2[oy * w * hid..(oy + 1) * w * hid];
-            nhwc_row(
-                &g,
-                &h1[..(br + 2) * w * hid],
+            let r = (b0 + oy) as isize;
+            let dst = &mut h2[oy * row_len..(oy + 1) * row_len];
+            nhwc_row3x3(
+                [row(r - 1), row(r), row(r + 1)],
+                w,
+                hid,
                 taps,
                 Some(wt.b2),
                 true,
-                oy,
                 dst,
             );
         }
@@ -224,7 +223,7 @@ fn rows_forward_nhwc(
                 n: c,
                 k: hid,
             },
-            &h2[..br * w * hid],
+            &h2[..br * row_len],
             Layout::row_major(br * w, hid),
             wt.w3,
             // w3 is [c, hid]: element (k, j) of its transpose at j·hid + k.
@@ -238,7 +237,7 @@ fn rows_forward_nhwc(
             Precision::F32,
             Epilogue {
                 col_bias: Some(wt.b3),
-                residual: Some((&xb[pix(b0) * c..pix(b0 + br) * c], c)),
+                residual: Some((&xb[b0 * w * c..(b0 + br) * w * c], c)),
                 gelu: true,
                 ..Epilogue::default()
             },
