@@ -72,6 +72,17 @@ fn check(d: &MbConvDims, x: &[f32], wt: &MbConvWeights, y: &[f32]) {
     assert_eq!(wt.b3.len(), c, "mbconv: b3");
 }
 
+/// The parallel tasks: `(image, first row, rows)` for runs of up to [`TASK_ROWS`] output rows.
+fn row_tasks(n: usize, h: usize) -> Vec<(usize, usize, usize)> {
+    (0..n)
+        .flat_map(|b| {
+            (0..h)
+                .step_by(TASK_ROWS)
+                .map(move |r| (b, r, TASK_ROWS.min(h - r)))
+        })
+        .collect()
+}
+
 /// `y [n, c, h, w]` = the block applied to `x [n, c, h, w]` (NCHW).
 pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]) {
     check(&d, x, &wt, y);
@@ -79,12 +90,8 @@ pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]
     if n * c * h * w == 0 || d.hid == 0 {
         return mbconv_degenerate(d, x, wt, y);
     }
-    let tasks: Vec<(usize, usize)> = (0..n)
-        .flat_map(|b| (0..h).step_by(TASK_ROWS).map(move |r| (b, r)))
-        .collect();
     let yp = SyncPtr::new(y);
-    tasks.par_iter().for_each(|&(b, r0)| {
-        let rows = TASK_ROWS.min(h - r0);
+    row_tasks(n, h).par_iter().for_each(|&(b, r0, rows)| {
         let xb = &x[b * c * h * w..(b + 1) * c * h * w];
         with_scratch(|s| {
             let out = grown(&mut s.out, c * rows * w);
@@ -119,12 +126,8 @@ pub fn mbconv_forward_nhwc(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut 
             taps[t * hid + ch] = wt.w2[ch * 9 + t];
         }
     }
-    let tasks: Vec<(usize, usize)> = (0..n)
-        .flat_map(|b| (0..h).step_by(TASK_ROWS).map(move |r| (b, r)))
-        .collect();
     let yp = SyncPtr::new(y);
-    tasks.par_iter().for_each(|&(b, r0)| {
-        let rows = TASK_ROWS.min(h - r0);
+    row_tasks(n, h).par_iter().for_each(|&(b, r0, rows)| {
         let xb = &x[b * h * w * c..(b + 1) * h * w * c];
         // SAFETY: tasks own disjoint row ranges `r0..r0+rows` of image `b`; in channels-last
         // layout those rows are one contiguous, in-bounds range of `y`.
