@@ -692,14 +692,11 @@ impl Attention {
         }
         let (ws, nh) = (self.window, self.num_heads);
         let n = ws * ws;
-        let t0 = std::time::Instant::now();
         let qkv = self.qkv.forward(&self.norm.forward(x)?)?; // [b, l, 3c]
-        eprintln!("A qkv {:.2}", t0.elapsed().as_secs_f64() * 1e3);
         let zero = Tensor::zeros(&[1, 1, c], x.device())?;
         let pad = self.qkv.forward(&self.norm.forward(&zero)?)?; // [1, 1, 3c]
         let groups = EdgeGroups::new(b, (h, w), ws);
         let win = gather_token_rows(&[&qkv], Some(&pad), &groups.window_index(), 3 * c)?;
-        eprintln!("A gather {:.2}", t0.elapsed().as_secs_f64() * 1e3);
         let mut outs = Vec::with_capacity(groups.groups.len());
         let mut first = 0;
         for g in &groups.groups {
@@ -719,11 +716,9 @@ impl Attention {
             outs.push(o.contiguous()?);
             first += count;
         }
-        eprintln!("A attn {:.2}", t0.elapsed().as_secs_f64() * 1e3);
         let back = groups.unwindow_index(nh);
         let outs: Vec<&Tensor> = outs.iter().collect();
         let o = gather_token_rows(&outs, None, &back, self.key_dim)?.reshape(&[b, l, c])?;
-        eprintln!("A unwin {:.2}", t0.elapsed().as_secs_f64() * 1e3);
         let proj = &self.proj;
         Ok(Some(o.linear_fused(
             &proj.weight,
