@@ -68,6 +68,50 @@ proptest! {
         }}}
     }
 
+    /// A 1×1 convolution and a LayerNorm2d of a channels-last view (NHWC seen as NCHW) run as
+    /// row ops over the pixels and return a channels-last view; values match the NCHW kernels on
+    /// a dense copy (GEMM / row sums in another order: 1e-5·√c relative), and so do the
+    /// gradients of every input through the composed path.
+    #[test]
+    fn conv1x1_and_layer_norm2d_on_channels_last_views(b in 1usize..3, c in 1usize..20, h in 1usize..6, w in 1usize..6, co in 1usize..20, bias in any::<bool>(), seed in 0u64..1000) {
+        let close = |got: &Tensor, want: &Tensor, what: &str| -> Result<(), TestCaseError> {
+            prop_assert_eq!(got.shape(), want.shape());
+            for (g, e) in got.to_vec().unwrap().iter().zip(want.to_vec().unwrap()) {
+                prop_assert!((g - e).abs() <= 1e-5 * (c as f32).sqrt() * (1.0 + e.abs()), "{}: {} vs {}", what, g, e);
+            }
+            Ok(())
+        };
+        let var = |t: Tensor| t.into_variable();
+        let nhwc = var(tensor(&[b, h, w, c], seed));
+        let wt = var(tensor(&[co, c, 1, 1], seed + 1));
+        let bs = bias.then(|| var(tensor(&[co], seed + 2)));
+        let (gamma, beta) = (var(tensor(&[c], seed + 3)), var(tensor(&[c], seed + 4)));
+        let forward = |x: &Tensor, wt: &Tensor, bs: Option<&Tensor>, gamma: &Tensor, beta: &Tensor| {
+            let y = x.conv2d(wt, bs, 1, 0).unwrap();
+            let n = x.layer_norm2d(gamma, beta, 1e-6).unwrap();
+            (y, n)
+        };
+        let view = nhwc.permute(&[0, 3, 1, 2]).unwrap();
+        let (y, n) = forward(&view, &wt, bs.as_ref(), &gamma, &beta);
+        let copy = var(dense(&view));
+        let (wt2, g2, b2) = (var(dense(&wt)), var(dense(&gamma)), var(dense(&beta)));
+        let bs2 = bs.as_ref().map(|t| var(dense(t)));
+        let (y2, n2) = forward(&copy, &wt2, bs2.as_ref(), &g2, &b2);
+        close(&y, &y2, "conv")?;
+        close(&n, &n2, "layer_norm2d")?;
+        // The same weighting of both outputs, so every gradient is exercised.
+        let (ry, rn) = (tensor(y.shape(), seed + 5), tensor(n.shape(), seed + 6));
+        y.mul(&ry).unwrap().sum_all().unwrap().add(&n.mul(&rn).unwrap().sum_all().unwrap()).unwrap().backward().unwrap();
+        y2.mul(&ry).unwrap().sum_all().unwrap().add(&n2.mul(&rn).unwrap().sum_all().unwrap()).unwrap().backward().unwrap();
+        close(&nhwc.grad().unwrap().permute(&[0, 3, 1, 2]).unwrap(), &copy.grad().unwrap(), "dx")?;
+        close(&wt.grad().unwrap(), &wt2.grad().unwrap(), "dw")?;
+        close(&gamma.grad().unwrap(), &g2.grad().unwrap(), "dgamma")?;
+        close(&beta.grad().unwrap(), &b2.grad().unwrap(), "dbeta")?;
+        if let (Some(bs), Some(bs2)) = (&bs, &bs2) {
+            close(&bs.grad().unwrap(), &bs2.grad().unwrap(), "dbias")?;
+        }
+    }
+
     #[test]
     fn cat_then_narrow_gives_parts_back(a in 1usize..4, b1 in 1usize..5, b2 in 1usize..5, c in 1usize..4, seed in 0u64..1000) {
         let (x, y) = (tensor(&[a, b1, c], seed), tensor(&[a, b2, c], seed + 3));

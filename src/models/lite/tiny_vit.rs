@@ -1091,18 +1091,10 @@ impl TinyVit {
             ));
         }
         let n = &self.neck;
-        let w0 = &n.conv0.weight;
-        let x = if b == 1 && w0.shape() == [w0.dim(0), c, 1, 1] {
-            // The 1×1 conv as W · tokensᵀ: the GEMM reads the token-major map through a
-            // transposed view, so the map is not copied to NCHW first.
-            let co = w0.dim(0);
-            w0.reshape(&[co, c])?
-                .matmul(&x.reshape(&[l, c])?.transpose(0, 1)?)?
-                .reshape(&[1, co, g, g])?
-        } else {
-            let x = x.reshape(&[b, g, g, c])?.permute(&[0, 3, 1, 2])?;
-            conv1x1(&x.contiguous()?, w0, None)?
-        };
+        // Tokens seen as NCHW (a channels-last view): the 1×1 conv and LayerNorm2d read them in
+        // place as rows (see `Tensor::conv2d`), so the map is not copied to NCHW first.
+        let x = x.reshape(&[b, g, g, c])?.permute(&[0, 3, 1, 2])?;
+        let x = x.conv2d(&n.conv0.weight, None, 1, 0)?;
         let x = n.norm1.forward(&x)?;
         n.norm3.forward(&n.conv2.forward(&x)?)
     }

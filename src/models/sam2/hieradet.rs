@@ -365,7 +365,9 @@ impl Hiera {
         for (i, blk) in self.blocks.iter().enumerate() {
             x = blk.forward(&x)?;
             if self.stage_ends.contains(&i) {
-                outputs.push(x.permute(&[0, 3, 1, 2])?.contiguous()?);
+                // A channels-last view, as upstream's `permute`: the neck's 1×1 convs read it
+                // in place (see `Tensor::conv2d`).
+                outputs.push(x.permute(&[0, 3, 1, 2])?);
             }
         }
         Ok(outputs)
