@@ -18,5 +18,6 @@ mod metrics;
 mod npy;
 mod preprocess;
 mod preprocess_resize;
+mod quiet_library;
 mod train;
 mod viz;
