@@ -9,12 +9,11 @@ use medsam_kernels::pool::{self, NhwcView};
 /// The `[n, c_out, oh, ow]` output: zeroed for the kernels that accumulate into it, from the
 /// pool for those that write every element.
 fn out_buf(g: Conv2dGeom, (oh, ow): (usize, usize), zeroed: bool) -> Vec<f32> {
-    let len = g.n * g.c_out * oh * ow;
+    let mut y = buffer(g.n * g.c_out * oh * ow);
     if zeroed {
-        vec![0.0; len]
-    } else {
-        buffer(len)
+        y.fill(0.0);
     }
+    y
 }
 
 /// Runs a forward `kernel(g, x, w, bias, y)` into `y`.

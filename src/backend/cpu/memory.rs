@@ -3,8 +3,14 @@
 use super::*;
 
 impl MemoryOps for CpuBackend {
+    // New buffers come from the recycling cache (`super::buffer`) like every op output: a fresh
+    // allocation of a large tensor page-faults every 4 KiB, and once dropped it would join the
+    // cache without ever being taken from it (so the cache grew by every such tensor's size on
+    // each forward pass, e.g. TinyViT's per-call attention bias tables).
     fn upload(&self, host: &[f32]) -> Result<Storage> {
-        Ok(Storage::Cpu(host.to_vec()))
+        let mut out = super::buffer(host.len());
+        out.copy_from_slice(host);
+        Ok(Storage::Cpu(out))
     }
 
     fn download(&self, s: &Storage) -> Result<Vec<f32>> {
@@ -12,11 +18,13 @@ impl MemoryOps for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Storage> {
-        Ok(Storage::Cpu(vec![0.0; len]))
+        self.fill(len, 0.0)
     }
 
     fn fill(&self, len: usize, value: f32) -> Result<Storage> {
-        Ok(Storage::Cpu(vec![value; len]))
+        let mut out = super::buffer(len);
+        out.fill(value);
+        Ok(Storage::Cpu(out))
     }
 
     fn materialize(&self, s: &Storage, view: &View) -> Result<Storage> {

@@ -90,10 +90,16 @@ mod pool {
 
     /// Smaller buffers are served well by malloc's own free lists.
     const MIN_LEN: usize = 1 << 15;
+    /// Spare buffers kept of any one capacity: more than a forward pass has free at once.
+    /// Tensors made outside the cache (uploads, zero-filled or collected results) come back
+    /// here too; past a few spares of one size they are surplus that would grow the cache on
+    /// every call up to the bound (LiteMedSAM: +10 MB per image) and push out buffers in use.
+    const MAX_SAME_SIZE: usize = 8;
     /// Upper bound on the memory kept (bytes of capacity); the oldest buffers are dropped first.
     static MAX_BYTES: AtomicUsize = AtomicUsize::new(512 << 20);
 
-    struct Pool {
+    #[derive(Default)]
+    pub(super) struct Pool {
         bufs: Vec<Vec<f32>>,
         bytes: usize,
     }
@@ -103,81 +109,138 @@ mod pool {
         bytes: 0,
     });
 
+    impl Pool {
+        /// A kept buffer that holds `len` elements, if any (see [`take`]).
+        pub(super) fn take(&mut self, len: usize) -> Option<Vec<f32>> {
+            if len < MIN_LEN {
+                return None;
+            }
+            // Best fit by capacity among the buffers that hold `len` elements without wasting
+            // over half. Capacity, not length: a buffer that once served a smaller request comes
+            // back truncated, and must still serve its full size next time (else every forward
+            // pass re-faults its largest buffers). Buffers already long enough win ties, as
+            // they need no fill.
+            let key = |b: &Vec<f32>| (b.capacity(), b.len() < len);
+            let fits = |b: &Vec<f32>| b.capacity() >= len && b.capacity() <= 2 * len;
+            let (i, _) = (self.bufs.iter().enumerate())
+                .filter(|(_, b)| fits(b))
+                .min_by_key(|(_, b)| key(b))?;
+            let v = self.bufs.remove(i);
+            self.bytes -= v.capacity() * 4;
+            Some(v)
+        }
+
+        /// Keeps `v` under the bound `max` (bytes); returns what is to be freed (outside the
+        /// lock): `v` itself if it is small, too large or one spare too many of its size, else
+        /// the oldest buffers it pushes out.
+        pub(super) fn recycle(&mut self, v: Vec<f32>, max: usize) -> Vec<Vec<f32>> {
+            let bytes = v.capacity() * 4;
+            let same = self.bufs.iter().filter(|b| b.capacity() == v.capacity());
+            if v.len() < MIN_LEN || bytes > max || same.count() >= MAX_SAME_SIZE {
+                return vec![v];
+            }
+            let mut evicted = Vec::new();
+            while self.bytes + bytes > max && !self.bufs.is_empty() {
+                let old = self.bufs.remove(0);
+                self.bytes -= old.capacity() * 4;
+                evicted.push(old);
+            }
+            self.bytes += bytes;
+            self.bufs.push(v);
+            evicted
+        }
+
+        /// Drops the oldest buffers until at most `max` bytes are kept; returns them.
+        fn shrink_to(&mut self, max: usize) -> Vec<Vec<f32>> {
+            let mut evicted = Vec::new();
+            while self.bytes > max && !self.bufs.is_empty() {
+                let b = self.bufs.remove(0);
+                self.bytes -= b.capacity() * 4;
+                evicted.push(b);
+            }
+            evicted
+        }
+    }
+
     /// A buffer of `len` elements with unspecified (initialised) contents.
     pub(super) fn take(len: usize) -> Vec<f32> {
-        if len >= MIN_LEN {
-            if let Ok(mut p) = POOL.lock() {
-                // Best fit by capacity among the buffers that hold `len` elements without
-                // wasting over half. Capacity, not length: a buffer that once served a smaller
-                // request comes back truncated, and must still serve its full size next time
-                // (else every forward pass re-faults its largest buffers). Buffers already long
-                // enough win ties, as they need no fill.
-                let key = |b: &Vec<f32>| (b.capacity(), b.len() < len);
-                let mut best: Option<usize> = None;
-                for (i, b) in p.bufs.iter().enumerate() {
-                    if b.capacity() >= len
-                        && b.capacity() <= 2 * len
-                        && best.is_none_or(|j| key(b) < key(&p.bufs[j]))
-                    {
-                        best = Some(i);
-                    }
-                }
-                if let Some(i) = best {
-                    let mut v = p.bufs.remove(i);
-                    p.bytes -= v.capacity() * 4;
-                    drop(p);
-                    // Shrinks, or fills the gap (pages already mapped: no faults).
-                    v.resize(len, 0.0);
-                    return v;
-                }
+        let kept = POOL.lock().ok().and_then(|mut p| p.take(len));
+        match kept {
+            Some(mut v) => {
+                // Shrinks, or fills the gap (pages already mapped: no faults).
+                v.resize(len, 0.0);
+                v
             }
+            None => vec![0.0; len],
         }
-        vec![0.0; len]
     }
 
     pub(super) fn recycle(v: Vec<f32>) {
-        let bytes = v.capacity() * 4;
         let max = MAX_BYTES.load(Ordering::Relaxed);
-        if v.len() < MIN_LEN || bytes > max {
-            return;
-        }
-        let mut evicted = Vec::new();
-        if let Ok(mut p) = POOL.lock() {
-            while p.bytes + bytes > max && !p.bufs.is_empty() {
-                let old = p.bufs.remove(0);
-                p.bytes -= old.capacity() * 4;
-                evicted.push(old);
-            }
-            p.bytes += bytes;
-            p.bufs.push(v);
-        }
-        drop(evicted); // freed outside the lock
+        let freed = match POOL.lock() {
+            Ok(mut p) => p.recycle(v, max),
+            Err(_) => vec![v],
+        };
+        drop(freed); // outside the lock
     }
 
     /// Sets the bound and drops the oldest buffers over it; returns the previous bound.
     pub(super) fn set_limit(bytes: usize) -> usize {
         let old = MAX_BYTES.swap(bytes, Ordering::Relaxed);
-        let mut evicted = Vec::new();
-        if let Ok(mut p) = POOL.lock() {
-            while p.bytes > bytes && !p.bufs.is_empty() {
-                let b = p.bufs.remove(0);
-                p.bytes -= b.capacity() * 4;
-                evicted.push(b);
-            }
-        }
-        drop(evicted);
+        let freed = POOL.lock().map(|mut p| p.shrink_to(bytes));
+        drop(freed);
         old
     }
 
     pub(super) fn clear() {
-        let bufs = match POOL.lock() {
-            Ok(mut p) => {
-                p.bytes = 0;
-                std::mem::take(&mut p.bufs)
+        let freed = POOL.lock().map(|mut p| p.shrink_to(0));
+        drop(freed);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn buf(len: usize) -> Vec<f32> {
+            vec![1.0; len]
+        }
+
+        /// Surplus buffers of one size (made outside the cache, then dropped) stop at
+        /// MAX_SAME_SIZE; other sizes are still kept, and takes are served best-fit.
+        #[test]
+        fn spares_of_one_size_are_capped() {
+            let mut p = Pool::default();
+            let max = 1 << 30;
+            for _ in 0..3 * MAX_SAME_SIZE {
+                drop(p.recycle(buf(MIN_LEN), max));
             }
-            Err(_) => Vec::new(),
-        };
-        drop(bufs);
+            assert_eq!(p.bufs.len(), MAX_SAME_SIZE);
+            assert_eq!(p.bytes, MAX_SAME_SIZE * MIN_LEN * 4);
+            assert_eq!(p.recycle(buf(2 * MIN_LEN), max).len(), 0);
+            assert_eq!(p.take(2 * MIN_LEN).map(|v| v.capacity()), Some(2 * MIN_LEN));
+            assert_eq!(
+                p.take(MIN_LEN + 1),
+                None,
+                "no kept buffer holds MIN_LEN + 1"
+            );
+            assert_eq!(p.take(MIN_LEN).map(|v| v.capacity()), Some(MIN_LEN));
+            assert_eq!(p.bufs.len(), MAX_SAME_SIZE - 1);
+        }
+
+        /// The byte bound evicts the oldest; small buffers are never kept.
+        #[test]
+        fn bound_evicts_oldest_and_small_buffers_are_not_kept() {
+            let mut p = Pool::default();
+            let max = 3 * MIN_LEN * 4;
+            for len in [MIN_LEN, MIN_LEN + 16, MIN_LEN + 32, MIN_LEN + 48] {
+                drop(p.recycle(buf(len), max));
+            }
+            let caps: Vec<usize> = p.bufs.iter().map(|b| b.capacity()).collect();
+            assert_eq!(caps, [MIN_LEN + 32, MIN_LEN + 48]);
+            assert_eq!(p.recycle(buf(16), max).len(), 1);
+            assert_eq!(p.shrink_to(0).len(), 2);
+            assert_eq!(p.bytes, 0);
+        }
     }
 }
 
