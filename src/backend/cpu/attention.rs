@@ -58,9 +58,9 @@ impl AttentionOps for CpuBackend {
             ));
         };
         let (q, k, v) = (host(q)?, host(k)?, host(v)?);
-        let mut dq = vec![0.0; q.len()];
-        let mut dk = vec![0.0; k.len()];
-        let mut dv = vec![0.0; v.len()];
+        let mut dq = super::zeroed(q.len());
+        let mut dk = super::zeroed(k.len());
+        let mut dv = super::zeroed(v.len());
         let (bias, mut drel) = match rel {
             Some(r) => (
                 Some(attention::RelPosBias {
@@ -70,8 +70,8 @@ impl AttentionOps for CpuBackend {
                     kw: r.kw,
                 }),
                 Some((
-                    vec![0.0; dims.bh * dims.nq * r.kh],
-                    vec![0.0; dims.bh * dims.nq * r.kw],
+                    super::zeroed(dims.bh * dims.nq * r.kh),
+                    super::zeroed(dims.bh * dims.nq * r.kw),
                 )),
             ),
             None => (None, None),

@@ -74,8 +74,8 @@ impl ConvOps for CpuBackend {
 
     fn depthwise_conv2d_backward(&self, g: Conv2dGeom, a: ConvGradIn) -> Result<ConvGrads> {
         let (x, w, dy) = (host(a.x)?, host(a.w)?, host(a.dy)?);
-        let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-        let mut db = a.bias.then(|| vec![0.0; g.c_out]);
+        let (mut dx, mut dw) = (super::zeroed(x.len()), super::zeroed(w.len()));
+        let mut db = a.bias.then(|| super::zeroed(g.c_out));
         depthwise::depthwise_backward_input(g, w, dy, &mut dx);
         depthwise::depthwise_backward_weight(g, x, dy, &mut dw, db.as_deref_mut());
         Ok(ConvGrads {

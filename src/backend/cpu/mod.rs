@@ -250,6 +250,14 @@ pub(crate) fn buffer(len: usize) -> Vec<f32> {
     pool::take(len)
 }
 
+/// A zero-filled buffer of `len` elements from the cache (what `zeroed(len)` gives, without
+/// a fresh allocation's page faults, and without growing the cache when it is dropped).
+pub(crate) fn zeroed(len: usize) -> Vec<f32> {
+    let mut v = pool::take(len);
+    v.fill(0.0);
+    v
+}
+
 /// Gives a host buffer that is no longer referenced back to the cache (called when the last
 /// tensor holding it is dropped).
 pub(crate) fn recycle(v: Vec<f32>) {
@@ -333,9 +341,9 @@ fn conv_grads(
     weight_grad: ConvWeightGrad,
 ) -> Result<ConvGrads> {
     let (x, w, dy) = (host(x)?, host(w)?, host(dy)?);
-    let mut dx = vec![0.0; x.len()];
-    let mut dw = vec![0.0; w.len()];
-    let mut db = bias.then(|| vec![0.0; g.c_out]);
+    let mut dx = zeroed(x.len());
+    let mut dw = zeroed(w.len());
+    let mut db = bias.then(|| zeroed(g.c_out));
     input_grad(g, w, dy, &mut dx);
     weight_grad(g, x, dy, &mut dw, db.as_deref_mut());
     Ok(ConvGrads {

@@ -28,7 +28,7 @@ impl PointwiseOps for CpuBackend {
         let (x, dy) = (host(x)?, host(dy)?);
         let dx = match op {
             Unary::Gelu => {
-                let mut dx = vec![0.0; x.len()];
+                let mut dx = super::zeroed(x.len());
                 activation::gelu_backward(x, dy, &mut dx);
                 dx
             }
@@ -65,7 +65,7 @@ impl PointwiseOps for CpuBackend {
             .map(|(&s, &r)| if r { 1 } else { s })
             .collect();
         let out_len: usize = out_shape.iter().product();
-        let mut out = vec![0.0f32; out_len];
+        let mut out = super::zeroed(out_len);
         // Output strides (0 on reduced axes) let one pass over x accumulate into place.
         let mut ostr = vec![0usize; shape.len()];
         let mut acc = 1;
@@ -105,21 +105,21 @@ impl PointwiseOps for CpuBackend {
     }
 
     fn softmax_backward(&self, d: RowDims, y: &Storage, dy: &Storage) -> Result<Storage> {
-        let mut dx = vec![0.0; d.rows * d.dim];
+        let mut dx = super::zeroed(d.rows * d.dim);
         activation::softmax_backward(d.rows, d.dim, host(y)?, host(dy)?, &mut dx);
         Ok(Storage::Cpu(dx))
     }
 
     fn bilinear(&self, r: ResizeDims, x: &Storage) -> Result<Storage> {
         let ResizeDims { planes, hw, ohw } = r;
-        let mut y = vec![0.0; planes * ohw.0 * ohw.1];
+        let mut y = super::zeroed(planes * ohw.0 * ohw.1);
         resize::bilinear_forward(planes, hw.0, hw.1, ohw.0, ohw.1, host(x)?, &mut y);
         Ok(Storage::Cpu(y))
     }
 
     fn bilinear_backward(&self, r: ResizeDims, dy: &Storage) -> Result<Storage> {
         let ResizeDims { planes, hw, ohw } = r;
-        let mut dx = vec![0.0; planes * hw.0 * hw.1];
+        let mut dx = super::zeroed(planes * hw.0 * hw.1);
         resize::bilinear_backward(planes, hw.0, hw.1, ohw.0, ohw.1, host(dy)?, &mut dx);
         Ok(Storage::Cpu(dx))
     }
