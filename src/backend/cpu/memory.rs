@@ -18,10 +18,13 @@ impl MemoryOps for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Storage> {
-        self.fill(len, 0.0)
+        Ok(Storage::Cpu(super::zeroed(len)))
     }
 
     fn fill(&self, len: usize, value: f32) -> Result<Storage> {
+        if value.to_bits() == 0 {
+            return self.zeros(len);
+        }
         let mut out = super::buffer(len);
         out.fill(value);
         Ok(Storage::Cpu(out))

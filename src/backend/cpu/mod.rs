@@ -164,8 +164,7 @@ mod pool {
 
     /// A buffer of `len` elements with unspecified (initialised) contents.
     pub(super) fn take(len: usize) -> Vec<f32> {
-        let kept = POOL.lock().ok().and_then(|mut p| p.take(len));
-        match kept {
+        match take_kept(len) {
             Some(mut v) => {
                 // Shrinks, or fills the gap (pages already mapped: no faults).
                 v.resize(len, 0.0);
@@ -173,6 +172,11 @@ mod pool {
             }
             None => vec![0.0; len],
         }
+    }
+
+    /// A kept buffer that holds `len` elements (length unspecified), if there is one.
+    pub(super) fn take_kept(len: usize) -> Option<Vec<f32>> {
+        POOL.lock().ok().and_then(|mut p| p.take(len))
     }
 
     pub(super) fn recycle(v: Vec<f32>) {
@@ -252,10 +256,17 @@ pub(crate) fn buffer(len: usize) -> Vec<f32> {
 
 /// A zero-filled buffer of `len` elements from the cache (what `zeroed(len)` gives, without
 /// a fresh allocation's page faults, and without growing the cache when it is dropped).
+/// A miss is a fresh zeroed allocation, whose pages are only mapped when first written: a
+/// zero tensor that is never written (the placeholders a checkpoint replaces) costs nothing.
 pub(crate) fn zeroed(len: usize) -> Vec<f32> {
-    let mut v = pool::take(len);
-    v.fill(0.0);
-    v
+    match pool::take_kept(len) {
+        Some(mut v) => {
+            v.clear();
+            v.resize(len, 0.0);
+            v
+        }
+        None => vec![0.0; len],
+    }
 }
 
 /// Gives a host buffer that is no longer referenced back to the cache (called when the last
