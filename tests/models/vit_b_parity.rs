@@ -99,12 +99,14 @@ fn parity_model_and_input() -> Option<(medsam::model::Sam, Tensor, PathBuf)> {
     };
     let dir = std::env::temp_dir().join("medsam-vit-b-parity");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_b_parity.py");
-    let st = Command::new(python)
-        .arg(&script)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "fixture script failed");
+    // Once per process: the tests run in parallel and load the checkpoint memory-mapped, so a
+    // second run of the script rewriting it under a live mapping kills the process (SIGBUS).
+    static WRITTEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let written = *WRITTEN.get_or_init(|| {
+        let st = Command::new(python).arg(&script).arg(&dir).status();
+        st.is_ok_and(|s| s.success())
+    });
+    assert!(written, "fixture script failed");
     let (sam, _) = medsam::weights::load_model(
         &dir.join("vit_b_random.pth"),
         Some(medsam::model::ModelType::VitB),
