@@ -9,11 +9,12 @@ use medsam_kernels::pool::{self, NhwcView};
 /// The `[n, c_out, oh, ow]` output: zeroed for the kernels that accumulate into it, from the
 /// pool for those that write every element.
 fn out_buf(g: Conv2dGeom, (oh, ow): (usize, usize), zeroed: bool) -> Vec<f32> {
-    let mut y = buffer(g.n * g.c_out * oh * ow);
+    let len = g.n * g.c_out * oh * ow;
     if zeroed {
-        y.fill(0.0);
+        super::zeroed(len)
+    } else {
+        buffer(len)
     }
-    y
 }
 
 /// Runs a forward `kernel(g, x, w, bias, y)` into `y`.
