@@ -13,10 +13,12 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/sqrt(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-/// Exact GELU of one value (f32 erf); inlined into vectorised loops.
+/// Exact GELU of one value (f32 erf); inlined into vectorised loops. `h + h·erf` with
+/// `h = x/2` (exact) is one fused multiply-add.
 #[inline(always)]
 pub(crate) fn gelu_f32(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
+    let h = 0.5 * x;
+    h.mul_add(erf_f32(x * FRAC_1_SQRT_2), h)
 }
 
 simd_dispatch! {
@@ -39,7 +41,9 @@ simd_dispatch! {
 
 simd_dispatch! {
     /// `row[j] = act(row[j] + col_bias[j] + row_bias + residual[j])` in place, `act` GELU or
-    /// identity: the epilogue a fused GEMM applies to each finished strip of C.
+    /// identity: the epilogue a fused GEMM applies to each finished strip of C. One pass over
+    /// the row; each element sees the adds in that order (`(y + (col_bias + row_bias)) +
+    /// residual`), and a zero row bias without a column bias adds nothing (so -0.0 stays -0.0).
     pub(crate) fn bias_act_row(
         row: &mut [f32],
         col_bias: Option<&[f32]>,
@@ -47,23 +51,54 @@ simd_dispatch! {
         residual: Option<&[f32]>,
         gelu: bool,
     ) {
-        if let Some(cb) = col_bias {
-            for (y, &b) in row.iter_mut().zip(cb) {
-                *y += b + row_bias;
-            }
-        } else if row_bias != 0.0 {
-            for y in row.iter_mut() {
-                *y += row_bias;
-            }
-        }
-        if let Some(r) = residual {
-            for (y, &r) in row.iter_mut().zip(r) {
-                *y += r;
-            }
-        }
         if gelu {
+            bias_act_pass::<true>(row, col_bias, row_bias, residual);
+        } else {
+            bias_act_pass::<false>(row, col_bias, row_bias, residual);
+        }
+    }
+}
+
+/// The loop of [`bias_act_row`], one version per activation so each vectorises branch-free.
+#[inline(always)]
+fn bias_act_pass<const GELU: bool>(
+    row: &mut [f32],
+    col_bias: Option<&[f32]>,
+    row_bias: f32,
+    residual: Option<&[f32]>,
+) {
+    let act = |v: f32| if GELU { gelu_f32(v) } else { v };
+    match (col_bias, residual) {
+        (Some(cb), Some(r)) => {
+            for ((y, &b), &r) in row.iter_mut().zip(cb).zip(r) {
+                *y = act(*y + (b + row_bias) + r);
+            }
+        }
+        (Some(cb), None) => {
+            for (y, &b) in row.iter_mut().zip(cb) {
+                *y = act(*y + (b + row_bias));
+            }
+        }
+        (None, Some(r)) if row_bias != 0.0 => {
+            for (y, &r) in row.iter_mut().zip(r) {
+                *y = act(*y + row_bias + r);
+            }
+        }
+        (None, Some(r)) => {
+            for (y, &r) in row.iter_mut().zip(r) {
+                *y = act(*y + r);
+            }
+        }
+        (None, None) if row_bias != 0.0 => {
             for y in row.iter_mut() {
-                *y = gelu_f32(*y);
+                *y = act(*y + row_bias);
+            }
+        }
+        (None, None) => {
+            if GELU {
+                for y in row.iter_mut() {
+                    *y = gelu_f32(*y);
+                }
             }
         }
     }

@@ -345,6 +345,9 @@ fn row3x3_portable(
 
 /// # Safety
 /// AVX-512F; every row holds `w·c` values, `wt` `9·c`, `y` `w·c`, `bias` (if any) `c`.
+///
+/// Four 16-channel blocks are summed side by side: each output's nine adds form a dependent
+/// chain, and four independent chains keep the adder busy where one would wait on its latency.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row3x3_avx512(
@@ -356,19 +359,47 @@ unsafe fn row3x3_avx512(
     y: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    const U: usize = 4;
     let (wp, yp) = (wt.as_ptr(), y.as_mut_ptr());
+    let bp = bias.map(|b| b.as_ptr());
     for ox in 0..w {
         // Kernel columns that land inside the row.
         let (kx0, kx1) = (1 - ox.min(1), 3.min(w + 1 - ox));
         let mut c0 = 0;
+        while c0 + U * 16 <= c {
+            let mut acc = [_mm512_setzero_ps(); U];
+            if let Some(bp) = bp {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(bp.add(c0 + 16 * u));
+                }
+            }
+            for (ky, row) in rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kx in kx0..kx1 {
+                    let xs = row.as_ptr().add((ox + kx - 1) * c + c0);
+                    let ws = wp.add((ky * 3 + kx) * c + c0);
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        let p = _mm512_mul_ps(
+                            _mm512_loadu_ps(ws.add(16 * u)),
+                            _mm512_loadu_ps(xs.add(16 * u)),
+                        );
+                        *a = _mm512_add_ps(*a, p);
+                    }
+                }
+            }
+            for (u, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(yp.add(ox * c + c0 + 16 * u), *a);
+            }
+            c0 += U * 16;
+        }
         while c0 < c {
             let m: __mmask16 = if c - c0 >= 16 {
                 0xFFFF
             } else {
                 ((1u32 << (c - c0)) - 1) as __mmask16
             };
-            let mut acc = match bias {
-                Some(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(c0)),
+            let mut acc = match bp {
+                Some(b) => _mm512_maskz_loadu_ps(m, b.add(c0)),
                 None => _mm512_setzero_ps(),
             };
             for (ky, row) in rows.iter().enumerate() {

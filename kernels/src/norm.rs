@@ -11,19 +11,61 @@ const TASK_ELEMS: usize = 1 << 14;
 /// Pixels per LayerNorm2d task (vectorised across pixels, looping over channels).
 const PIX_BLOCK: usize = 256;
 
+/// Σ of 16 lane partials as a balanced tree (depth 4) rather than a chain of 16 dependent adds.
+#[inline(always)]
+fn reduce16(mut a: [f32; 16]) -> f32 {
+    let mut w = 8;
+    while w > 0 {
+        for l in 0..w {
+            a[l] += a[l + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
+/// `(Σ x, Σ (x − μ)²)`-style row moments: 16 running lane sums (lane `l` takes elements `l`,
+/// `l + 16`, …), then [`reduce16`]. Every row op here is latency-bound on its sums, so the sums
+/// are kept short and independent.
+#[inline(always)]
+fn row_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut ch = x.chunks_exact(16);
+    for c in &mut ch {
+        for l in 0..16 {
+            acc[l] += c[l];
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(ch.remainder()) {
+        *a += v;
+    }
+    reduce16(acc)
+}
+
+/// Σ (x − μ)² with the lanes of [`row_sum`] (each square fused into its add).
+#[inline(always)]
+fn row_sq_dev(x: &[f32], mu: f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut ch = x.chunks_exact(16);
+    for c in &mut ch {
+        for l in 0..16 {
+            let d = c[l] - mu;
+            acc[l] = d.mul_add(d, acc[l]);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(ch.remainder()) {
+        let d = v - mu;
+        *a = d.mul_add(d, *a);
+    }
+    reduce16(acc)
+}
+
 simd_dispatch! {
     #[allow(clippy::too_many_arguments)]
     fn ln_rows(dim: usize, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]) {
         for (r, (x, y)) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)).enumerate() {
-            let mu = sum_f32(x) / dim as f32;
-            let mut cen = [0.0f32; 16];
-            let mut var = 0.0f32;
-            for ch in x.chunks(16) {
-                let c = &mut cen[..ch.len()];
-                c.iter_mut().zip(ch).for_each(|(c, &v)| *c = v - mu);
-                var += dot_f32(c, c);
-            }
-            let var = var / dim as f32;
+            let mu = row_sum(x) / dim as f32;
+            let var = row_sq_dev(x, mu) / dim as f32;
             let rs = 1.0 / (var + eps).sqrt();
             for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
                 *y = (x - mu) * rs * g + b;
