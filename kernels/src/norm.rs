@@ -3,26 +3,13 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use crate::activation::simd::{dot_f32, simd_dispatch, sum_f32, SyncPtr};
+use crate::activation::simd::{dot_f32, reduce16, simd_dispatch, sum_f32, SyncPtr};
 use rayon::prelude::*;
 
 /// Target number of elements handled by one rayon task.
 const TASK_ELEMS: usize = 1 << 14;
 /// Pixels per LayerNorm2d task (vectorised across pixels, looping over channels).
 const PIX_BLOCK: usize = 256;
-
-/// Σ of 16 lane partials as a balanced tree (depth 4) rather than a chain of 16 dependent adds.
-#[inline(always)]
-fn reduce16(mut a: [f32; 16]) -> f32 {
-    let mut w = 8;
-    while w > 0 {
-        for l in 0..w {
-            a[l] += a[l + w];
-        }
-        w /= 2;
-    }
-    a[0]
-}
 
 /// `(Σ x, Σ (x − μ)²)`-style row moments: 16 running lane sums (lane `l` takes elements `l`,
 /// `l + 16`, …), then [`reduce16`]. Every row op here is latency-bound on its sums, so the sums

@@ -255,6 +255,20 @@ pub(crate) fn sum_f32(x: &[f32]) -> f32 {
     s
 }
 
+/// Σ of 16 lane partials as a balanced tree (depth 4) rather than a chain of 16 dependent adds:
+/// in a row-sized reduction the chain's latency, not the arithmetic, sets the time.
+#[inline(always)]
+pub(crate) fn reduce16(mut a: [f32; 16]) -> f32 {
+    let mut w = 8;
+    while w > 0 {
+        for l in 0..w {
+            a[l] += a[l + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
 /// Σ a·b with 16 interleaved partial sums.
 #[inline(always)]
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {

@@ -41,7 +41,7 @@
 mod x86;
 
 use super::{check_epilogue, Epilogue, GemmDims};
-use crate::activation::simd::simd_dispatch;
+use crate::activation::simd::{reduce16, simd_dispatch};
 use rayon::prelude::*;
 
 /// Columns per packed weight panel (and per micro-kernel tile).
@@ -410,7 +410,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    reduce16(acc) + tail
 }
 
 simd_dispatch! {
@@ -419,14 +419,36 @@ simd_dispatch! {
     }
 }
 
+simd_dispatch! {
+    /// `out[j] = dot(a, rows[j·k..][..k])` for every `j < out.len()`: [`dot`] row by row in one
+    /// dispatched call.
+    fn dot_rows(a: &[f32], rows: &[f32], k: usize, out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(k)) {
+            *o = dot_body(a, row);
+        }
+    }
+}
+
+/// Output channels per task of [`mean_term`].
+const MEAN_TERM_ROWS: usize = 64;
+
 /// `t[j] = Σ_p μ[p]·W[j,p]` for the `[n, k]` f32 weights `w`, padded with zeros to `len`.
 fn mean_term(mu: &[f32], w: &[f32], n: usize, k: usize, len: usize, parallel: bool) -> Vec<f32> {
     let mut t = vec![0.0f32; len];
-    let one = |(j, o): (usize, &mut f32)| dot(mu, &w[j * k..(j + 1) * k], o);
+    if k == 0 {
+        return t;
+    }
+    let one = |(b, o): (usize, &mut [f32])| {
+        let j0 = b * MEAN_TERM_ROWS;
+        dot_rows(mu, &w[j0 * k..(j0 + o.len()) * k], k, o)
+    };
     if parallel {
-        t[..n].par_iter_mut().enumerate().for_each(one);
+        t[..n]
+            .par_chunks_mut(MEAN_TERM_ROWS)
+            .enumerate()
+            .for_each(one);
     } else {
-        t[..n].iter_mut().enumerate().for_each(one);
+        t[..n].chunks_mut(MEAN_TERM_ROWS).enumerate().for_each(one);
     }
     t
 }
@@ -483,19 +505,41 @@ fn quantize_rows(
     }
 }
 
+/// `out[j] = (acc[j] − zx·col_sum[j]) · (sx·sw[j]) + t[j]`.
+#[inline(always)]
+fn dequant_row(
+    acc: &[i32],
+    zx: i32,
+    sx: f32,
+    col_sum: &[i32],
+    sw: &[f32],
+    t: &[f32],
+    out: &mut [f32],
+) {
+    for ((((o, &a), &s), &w), &t) in out.iter_mut().zip(acc).zip(col_sum).zip(sw).zip(t) {
+        *o = (a - zx * s) as f32 * (sx * w) + t;
+    }
+}
+
+/// One finished `MR × NR` tile for [`dequant_tile`]: its rows' `(zero point, scale)` and the
+/// columns' `(Σ qw, sw, t)`, all sliced to the tile.
+struct TileParams<'a> {
+    zx: &'a [i32],
+    sx: &'a [f32],
+    col_sum: &'a [i32],
+    sw: &'a [f32],
+    t: &'a [f32],
+}
+
 simd_dispatch! {
-    /// `out[j] = (acc[j] − zx·col_sum[j]) · (sx·sw[j]) + t[j]`.
-    fn dequant_row(
-        acc: &[i32],
-        zx: i32,
-        sx: f32,
-        col_sum: &[i32],
-        sw: &[f32],
-        t: &[f32],
-        out: &mut [f32],
-    ) {
-        for ((((o, &a), &s), &w), &t) in out.iter_mut().zip(acc).zip(col_sum).zip(sw).zip(t) {
-            *o = (a - zx * s) as f32 * (sx * w) + t;
+    /// [`dequant_row`] for the first `p.zx.len()` rows of a tile (row stride [`NR`]) into C at
+    /// `c` (row stride `ldc`), `p.sw.len()` columns: one dispatched call per tile, not per row.
+    fn dequant_tile(tile: &[i32], p: &TileParams, c: CPtr, ldc: usize) {
+        let cols = p.sw.len();
+        for (r, (&zx, &sx)) in p.zx.iter().zip(p.sx).enumerate() {
+            // SAFETY: the caller hands over a tile of C it owns: rows·ldc, cols inside C.
+            let out = unsafe { std::slice::from_raw_parts_mut(c.get().add(r * ldc), cols) };
+            dequant_row(&tile[r * NR..r * NR + cols], zx, sx, p.col_sum, p.sw, p.t, out);
         }
     }
 }
@@ -600,23 +644,22 @@ pub fn linear_with(
                 // SAFETY: the row panel holds kq·mr·4 bytes (rows is a multiple of mr), the
                 // weight panel kq·128 bytes, the tile MAX_MR·32 i32.
                 unsafe { (uk.func)(w.kq, ap, bp, tile.as_mut_ptr()) };
-                for i in i0..(i0 + mr).min(r1) {
-                    // SAFETY: row i < m and columns j0..j0+cols < n lie inside C (checked
-                    // above) and inside this task's disjoint rows × panels.
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(cptr.get().add(i * ldc + j0), cols)
-                    };
-                    let acc = &tile[(i - i0) * NR..(i - i0) * NR + cols];
-                    dequant_row(
-                        acc,
-                        q.zero[i],
-                        q.scale[i],
-                        &w.col_sums[j0..j0 + cols],
-                        &w.scales[j0..j0 + cols],
-                        &mean[j0..j0 + cols],
-                        out,
-                    );
-                }
+                let i1 = (i0 + mr).min(r1);
+                let params = TileParams {
+                    zx: &q.zero[i0..i1],
+                    sx: &q.scale[i0..i1],
+                    col_sum: &w.col_sums[j0..j0 + cols],
+                    sw: &w.scales[j0..j0 + cols],
+                    t: &mean[j0..j0 + cols],
+                };
+                // Rows i0..i1 < m and columns j0..j0+cols ≤ n lie inside C (checked above) and
+                // inside this task's disjoint rows × panels.
+                dequant_tile(
+                    &tile,
+                    &params,
+                    CPtr(cptr.get().wrapping_add(i0 * ldc + j0)),
+                    ldc,
+                );
             }
         }
         if !ep.is_identity() {
