@@ -32,9 +32,9 @@ use rayon::prelude::*;
 /// Output rows per band: the hidden band (`hid × (BAND + 2) × w` floats) should sit in L2/L3
 /// (256 × 6 × 256 × 4 B = 1.5 MiB for LiteMedSAM).
 const BAND: usize = 4;
-/// Rows per parallel task: several tasks per thread for balance; each task recomputes one halo
-/// row of the expansion at its top edge.
-const TASK_ROWS: usize = 16;
+/// Fewest output rows per parallel task. Each task recomputes the expansion of the halo row at
+/// its top edge and starts its band pipeline afresh, so tasks are made as long as balance allows.
+const MIN_TASK_ROWS: usize = 16;
 
 /// The folded weights of one block.
 #[derive(Clone, Copy, Debug)]
@@ -72,14 +72,16 @@ fn check(d: &MbConvDims, x: &[f32], wt: &MbConvWeights, y: &[f32]) {
     assert_eq!(wt.b3.len(), c, "mbconv: b3");
 }
 
-/// The parallel tasks: `(image, first row, rows)` for runs of up to [`TASK_ROWS`] output rows.
+/// The parallel tasks: `(image, first row, rows)`, about two per thread over all images (at
+/// least [`MIN_TASK_ROWS`] rows each). LiteMedSAM's 256-row stage on 2 threads: 4 tasks of 64
+/// rows, 9 % faster than 16 tasks of 16. Every output row is computed the same way whatever task
+/// holds it (the GEMMs' sums do not depend on how the rows are split), so the result does not
+/// depend on the thread count.
 fn row_tasks(n: usize, h: usize) -> Vec<(usize, usize, usize)> {
+    let per_image = (2 * rayon::current_num_threads()).div_ceil(n.max(1));
+    let rows = h.div_ceil(per_image.max(1)).max(MIN_TASK_ROWS);
     (0..n)
-        .flat_map(|b| {
-            (0..h)
-                .step_by(TASK_ROWS)
-                .map(move |r| (b, r, TASK_ROWS.min(h - r)))
-        })
+        .flat_map(|b| (0..h).step_by(rows).map(move |r| (b, r, rows.min(h - r))))
         .collect()
 }
 

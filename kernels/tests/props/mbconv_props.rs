@@ -87,3 +87,54 @@ fn lite_medsam_channels() {
         11,
     );
 }
+
+/// The task split depends on the thread count (about two tasks per thread); the result must not.
+#[test]
+fn same_bits_for_any_thread_count() {
+    let d = MbConvDims {
+        n: 1,
+        c: 16,
+        hid: 64,
+        h: 70,
+        w: 12,
+    };
+    let x = vals(d.n * d.c * d.h * d.w, 7, 2.0);
+    let (w1, b1) = (vals(d.hid * d.c, 8, 0.5), vals(d.hid, 9, 0.5));
+    let (w2, b2) = (vals(d.hid * 9, 10, 0.5), vals(d.hid, 11, 0.5));
+    let (w3, b3) = (vals(d.c * d.hid, 12, 0.3), vals(d.c, 13, 0.5));
+    let wt = MbConvWeights {
+        w1: &w1,
+        b1: &b1,
+        w2: &w2,
+        b2: &b2,
+        w3: &w3,
+        b3: &b3,
+    };
+    let run = |threads: usize, nhwc: bool| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut y = vec![f32::NAN; x.len()];
+        pool.install(|| {
+            if nhwc {
+                mbconv::mbconv_forward_nhwc(d, &x, wt, &mut y)
+            } else {
+                mbconv::mbconv_forward(d, &x, wt, &mut y)
+            }
+        });
+        y
+    };
+    for nhwc in [false, true] {
+        let one = run(1, nhwc);
+        for threads in [2, 3, 5] {
+            let many = run(threads, nhwc);
+            assert!(
+                one.iter()
+                    .zip(&many)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "nhwc={nhwc}: {threads} threads differ from 1"
+            );
+        }
+    }
+}
