@@ -146,10 +146,10 @@ unsafe fn pack_panels_avx512(n: usize, w: usize, src: &[f32], row_stride: usize,
     }
 }
 
-/// In-register 16×16 transpose: `t[c][r] ← t[r][c]`.
+/// In-register 16×16 transpose: `t[c][r] ← t[r][c]` (also used by the GEMM's small-m path).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn transpose16(t: &mut [__m512; L]) {
+pub(crate) fn transpose16(t: &mut [__m512; L]) {
     // 32-bit interleave within 128-bit lanes, then 64-bit, then 128-bit blocks twice.
     let mut a = [_mm512_setzero_ps(); L];
     for i in 0..L / 2 {

@@ -27,6 +27,7 @@ pub(crate) fn micro_kernel() -> MicroKernel {
         k_align: KU,
         func: ukr,
         direct_a: None,
+        small_m: None,
         blocking: Blocking {
             kc: 1024,
             mc: 256,

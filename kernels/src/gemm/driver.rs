@@ -23,6 +23,28 @@ pub(crate) type DirectAFn = unsafe fn(
     accumulate: bool,
 );
 
+/// `C[i, j] (+)= Σ_{p<kc} a[i·lda + p] · b[j·ldb + p]` for `i < m ≤ SMALL_M`, `j < n`: a whole
+/// k slice of a GEMM with few rows and B's k contiguous (`x·Wᵀ`), read in place. Each element
+/// is summed from zero in p order with FMAs and then added to C (with `accumulate`), exactly as
+/// the micro-kernel sums it, so the result has the same bits as the packed path.
+pub(crate) type SmallMFn = unsafe fn(
+    m: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+);
+
+/// Most rows for [`MicroKernel::small_m`]: a decoder's few tokens (SAM2's hypernetwork MLPs run
+/// on one row, its two-way transformer's MLP on 9), where packing all of B for one or two row
+/// panels cost more than the products (2–30 GFLOP/s).
+pub(crate) const SMALL_M: usize = 16;
+
 /// A micro-kernel and everything the driver must know to feed it.
 #[derive(Clone, Copy)]
 pub(crate) struct MicroKernel {
@@ -38,6 +60,8 @@ pub(crate) struct MicroKernel {
     /// Set if the kernel can also read f32 A rows in place (k contiguous, `[row][k]` with
     /// `k_align` 1 and no rounding: exactly what packing would copy). None for the others.
     pub direct_a: Option<DirectAFn>,
+    /// Set if the kernel family has a [`SmallMFn`] with its arithmetic (plain f32 only).
+    pub small_m: Option<SmallMFn>,
     pub blocking: Blocking,
 }
 
@@ -369,6 +393,12 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
             (pc, kcb, ukr.k_units(kcb))
         })
         .collect();
+    let small = ukr
+        .small_m
+        .filter(|_| p.m <= SMALL_M && p.la.col_stride == 1 && p.lb.row_stride == 1);
+    if let Some(f) = small {
+        return small_m(f, &slices, p);
+    }
     let k_units: usize = slices.iter().map(|s| s.2).sum();
     // NC: as requested, capped by the B buffer size, then evened out over the n blocks.
     let nc_cap = (B_BLOCK_MAX_BYTES / (4 * k_units * nr)).max(1) * nr;
@@ -529,6 +559,37 @@ fn single(ukr: &MicroKernel, blk: Blocking, p: &Problem, parallel: bool) {
             (0..ntasks).for_each(task);
         }
         put_buf(&B_BUF, bvec);
+    }
+}
+
+/// One GEMM of at most [`SMALL_M`] rows with A's and B's k contiguous, on the calling thread:
+/// each k slice straight from A and B (no packing), then the epilogue row by row.
+fn small_m(f: SmallMFn, slices: &[(usize, usize, usize)], p: &Problem) {
+    for (si, &(pc, kcb, _)) in slices.iter().enumerate() {
+        // SAFETY: check_len verified that rows 0..m × columns 0..k of A, k × n of B (column j
+        // at b_off + j·col_stride, k contiguous) and m × n of C lie inside their slices; this
+        // slice reads columns pc..pc+kcb of them.
+        unsafe {
+            f(
+                p.m,
+                kcb,
+                p.a.as_ptr().add(p.a_off + pc),
+                p.la.row_stride,
+                p.b.as_ptr().add(p.b_off + pc),
+                p.lb.col_stride,
+                p.n,
+                p.c.get(),
+                p.ldc,
+                p.accumulate || si > 0,
+            )
+        };
+    }
+    if !p.ep.is_identity() {
+        for i in 0..p.m {
+            // SAFETY: row i < m of C, n values (inside C, see above).
+            let row = unsafe { std::slice::from_raw_parts_mut(p.c.get().add(i * p.ldc), p.n) };
+            p.ep.apply(row, i, 0);
+        }
     }
 }
 

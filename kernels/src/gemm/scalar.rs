@@ -17,6 +17,7 @@ pub(crate) fn micro_kernel(format: PackFormat) -> MicroKernel {
         k_align: 1,
         func: ukr,
         direct_a: None,
+        small_m: None,
         blocking: Blocking {
             kc: 256,
             mc: 128,

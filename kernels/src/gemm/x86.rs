@@ -4,7 +4,7 @@
 //! FMA as a memory broadcast operand), issuing MR·NR/lanes independent FMAs — enough to cover the
 //! FMA latency × throughput product of both FMA pipes.
 
-use super::driver::{DirectAFn, MicroKernel, MicroKernelFn};
+use super::driver::{DirectAFn, MicroKernel, MicroKernelFn, SmallMFn};
 use super::pack::{PackFormat, PanelData};
 use super::Blocking;
 use std::arch::x86_64::*;
@@ -33,6 +33,7 @@ fn x86_micro_kernel(
         k_align: 1,
         func,
         direct_a: None,
+        small_m: None,
         blocking,
     }
 }
@@ -50,8 +51,93 @@ pub(crate) fn avx512_micro_kernel(format: PackFormat) -> MicroKernel {
     // Only plain f32 can skip packing A: `F32RoundBf16` rounds A while packing it.
     if format == PackFormat::F32 {
         ukr.direct_a = Some(ukr_avx512_lda::<AVX512_MR> as DirectAFn);
+        ukr.small_m = Some(small_m_avx512 as SmallMFn);
     }
     ukr
+}
+
+/// [`SmallMFn`] on AVX-512: 16 columns of C at a time, B's 16 columns × 16 k values loaded as
+/// rows and transposed in registers, one FMA chain per element in k order (the micro-kernel's).
+///
+/// # Safety
+/// CPU has AVX-512F; `m ≤ SMALL_M`; rows `i < m` of A hold `kc` values at `a + i·lda`, columns
+/// `j < n` of B `kc` values at `b + j·ldb`, and C is `m × n` with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn small_m_avx512(
+    m: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let args = (kc, a, lda, b, ldb, n, c, ldc, accumulate);
+    macro_rules! rows {
+        ($($m:literal)*) => {
+            match m {
+                $($m => small_m_rows::<$m>(args),)*
+                _ => unreachable!("small-m GEMM with {m} rows"),
+            }
+        };
+    }
+    rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+#[allow(clippy::type_complexity)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn small_m_rows<const M: usize>(
+    (kc, a, lda, b, ldb, n, c, ldc, accumulate): (
+        usize,
+        *const f32,
+        usize,
+        *const f32,
+        usize,
+        usize,
+        *mut f32,
+        usize,
+        bool,
+    ),
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let nj = (n - j0).min(16);
+        let mut acc = [_mm512_setzero_ps(); M];
+        let mut p0 = 0;
+        while p0 < kc {
+            let np = (kc - p0).min(16);
+            let kmask = lanes(np);
+            let mut t = [_mm512_setzero_ps(); 16];
+            for (jj, tj) in t.iter_mut().enumerate().take(nj) {
+                *tj = _mm512_maskz_loadu_ps(kmask, b.add((j0 + jj) * ldb + p0));
+            }
+            // t[pp] = B[p0 + pp, j0..j0 + 16]
+            crate::attention::avx512::transpose16(&mut t);
+            for (pp, tp) in t.iter().enumerate().take(np) {
+                for (i, ai) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(i * lda + p0 + pp));
+                    *ai = _mm512_fmadd_ps(av, *tp, *ai);
+                }
+            }
+            p0 += 16;
+        }
+        let jmask = lanes(nj);
+        for (i, ai) in acc.iter().enumerate() {
+            let cp = c.add(i * ldc + j0);
+            let v = if accumulate {
+                _mm512_add_ps(*ai, _mm512_maskz_loadu_ps(jmask, cp))
+            } else {
+                *ai
+            };
+            _mm512_mask_storeu_ps(cp, jmask, v);
+        }
+        j0 += 16;
+    }
 }
 
 pub(crate) fn avx512bf16_micro_kernel() -> MicroKernel {

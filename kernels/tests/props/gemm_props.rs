@@ -712,3 +712,80 @@ fn direct_a_strides() {
         }
     }
 }
+
+/// `x·Wᵀ` with at most 16 rows (a decoder's tokens) reads A and W in place instead of packing
+/// (`SMALL_M` in the driver). Its rows must have the same bits as the same rows inside a taller
+/// GEMM, which takes the packed path: same FMA chain per element, same k slices, same epilogue.
+fn small_m_matches_packed_rows(m: usize, n: usize, k: usize, seed: u64, gelu: bool) {
+    let tall = m + 20;
+    let a = fill(tall * k, seed);
+    let w = fill(n * k, seed + 1); // W [n, k]: B = Wᵀ with k contiguous
+    let bias = fill(n, seed + 2);
+    let res = fill(tall * n, seed + 3);
+    let lb = Layout {
+        batch_stride: 0,
+        row_stride: 1,
+        col_stride: k,
+    };
+    for kernel in kernels(F32) {
+        let run = |rows: usize| {
+            let mut c = vec![f32::NAN; rows * n];
+            let ep = gemm::Epilogue {
+                col_bias: Some(&bias),
+                residual: Some((&res, n)),
+                gelu,
+                ..gemm::Epilogue::default()
+            };
+            let dims = GemmDims {
+                batch: 1,
+                m: rows,
+                n,
+                k,
+            };
+            let la = Layout::row_major(rows, k);
+            let lc = Layout::row_major(rows, n);
+            gemm::gemm_fused_with(
+                kernel,
+                dims,
+                &a[..rows * k],
+                la,
+                &w,
+                lb,
+                &mut c,
+                lc,
+                F32,
+                ep,
+            );
+            c
+        };
+        let (small, packed) = (run(m), run(tall));
+        for (i, (s, p)) in small.iter().zip(&packed).enumerate() {
+            assert_eq!(
+                s.to_bits(),
+                p.to_bits(),
+                "{kernel:?} m={m} n={n} k={k}: C[{}, {}] = {s} small-m vs {p} packed",
+                i / n,
+                i % n
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn small_m_rows_equal_packed_rows(
+        m in 1usize..=16, n in 1usize..80, k in 1usize..900, seed in 0u64..1000, gelu in any::<bool>()
+    ) {
+        small_m_matches_packed_rows(m, n, k, seed, gelu);
+    }
+}
+
+/// The decoder shapes that motivated the path (MedSAM2: hypernetwork MLPs on one token, the
+/// two-way transformer's 2048-wide MLP on 9).
+#[test]
+fn small_m_decoder_shapes() {
+    small_m_matches_packed_rows(1, 256, 256, 5, false);
+    small_m_matches_packed_rows(9, 2048, 256, 6, true);
+    small_m_matches_packed_rows(9, 256, 2048, 7, false);
+}
