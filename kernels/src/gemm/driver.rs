@@ -23,22 +23,27 @@ pub(crate) type DirectAFn = unsafe fn(
     accumulate: bool,
 );
 
-/// `C[i, j] (+)= Σ_{p<kc} a[i·lda + p] · b[j·ldb + p]` for `i < m ≤ SMALL_M`, `j < n`: a whole
-/// k slice of a GEMM with few rows and B's k contiguous (`x·Wᵀ`), read in place. Each element
-/// is summed from zero in p order with FMAs and then added to C (with `accumulate`), exactly as
-/// the micro-kernel sums it, so the result has the same bits as the packed path.
-pub(crate) type SmallMFn = unsafe fn(
-    m: usize,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-);
+/// One k slice of a GEMM with at most [`SMALL_M`] rows and B's k contiguous (`x·Wᵀ`), read in
+/// place: `C[i, j] (+)= Σ_{p<kc} a[i·lda + p] · b[j·ldb + p]` for `i < m`, `j < n`, C `m × n`
+/// with row stride `ldc`. Each element is summed from zero in p order with FMAs and then added to
+/// C (with `accumulate`), exactly as the micro-kernel sums it, so the result has the same bits as
+/// the packed path.
+#[derive(Clone, Copy)]
+pub(crate) struct SmallMJob {
+    pub m: usize,
+    pub kc: usize,
+    pub a: *const f32,
+    pub lda: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub n: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+/// A kernel for a [`SmallMJob`].
+pub(crate) type SmallMFn = unsafe fn(SmallMJob);
 
 /// Most rows for [`MicroKernel::small_m`]: a decoder's few tokens (SAM2's hypernetwork MLPs run
 /// on one row, its two-way transformer's MLP on 9), where packing all of B for one or two row
@@ -570,18 +575,18 @@ fn small_m(f: SmallMFn, slices: &[(usize, usize, usize)], p: &Problem) {
         // at b_off + j·col_stride, k contiguous) and m × n of C lie inside their slices; this
         // slice reads columns pc..pc+kcb of them.
         unsafe {
-            f(
-                p.m,
-                kcb,
-                p.a.as_ptr().add(p.a_off + pc),
-                p.la.row_stride,
-                p.b.as_ptr().add(p.b_off + pc),
-                p.lb.col_stride,
-                p.n,
-                p.c.get(),
-                p.ldc,
-                p.accumulate || si > 0,
-            )
+            f(SmallMJob {
+                m: p.m,
+                kc: kcb,
+                a: p.a.as_ptr().add(p.a_off + pc),
+                lda: p.la.row_stride,
+                b: p.b.as_ptr().add(p.b_off + pc),
+                ldb: p.lb.col_stride,
+                n: p.n,
+                c: p.c.get(),
+                ldc: p.ldc,
+                accumulate: p.accumulate || si > 0,
+            })
         };
     }
     if !p.ep.is_identity() {

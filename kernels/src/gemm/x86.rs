@@ -4,7 +4,7 @@
 //! FMA as a memory broadcast operand), issuing MR·NR/lanes independent FMAs — enough to cover the
 //! FMA latency × throughput product of both FMA pipes.
 
-use super::driver::{DirectAFn, MicroKernel, MicroKernelFn, SmallMFn};
+use super::driver::{DirectAFn, MicroKernel, MicroKernelFn, SmallMFn, SmallMJob};
 use super::pack::{PackFormat, PanelData};
 use super::Blocking;
 use std::arch::x86_64::*;
@@ -60,50 +60,37 @@ pub(crate) fn avx512_micro_kernel(format: PackFormat) -> MicroKernel {
 /// rows and transposed in registers, one FMA chain per element in k order (the micro-kernel's).
 ///
 /// # Safety
-/// CPU has AVX-512F; `m ≤ SMALL_M`; rows `i < m` of A hold `kc` values at `a + i·lda`, columns
-/// `j < n` of B `kc` values at `b + j·ldb`, and C is `m × n` with row stride `ldc`.
-#[allow(clippy::too_many_arguments)]
+/// CPU has AVX-512F; `job.m ≤ SMALL_M`; rows `i < m` of A hold `kc` values at `a + i·lda`,
+/// columns `j < n` of B `kc` values at `b + j·ldb`, and C is `m × n` with row stride `ldc`.
 #[target_feature(enable = "avx512f")]
-unsafe fn small_m_avx512(
-    m: usize,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    let args = (kc, a, lda, b, ldb, n, c, ldc, accumulate);
+unsafe fn small_m_avx512(job: SmallMJob) {
     macro_rules! rows {
         ($($m:literal)*) => {
-            match m {
-                $($m => small_m_rows::<$m>(args),)*
-                _ => unreachable!("small-m GEMM with {m} rows"),
+            match job.m {
+                $($m => small_m_rows::<$m>(job),)*
+                m => unreachable!("small-m GEMM with {m} rows"),
             }
         };
     }
     rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }
 
-#[allow(clippy::type_complexity)]
+/// [`small_m_avx512`] for `M = job.m` rows (the accumulators stay in registers).
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn small_m_rows<const M: usize>(
-    (kc, a, lda, b, ldb, n, c, ldc, accumulate): (
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        usize,
-        *mut f32,
-        usize,
-        bool,
-    ),
-) {
+unsafe fn small_m_rows<const M: usize>(job: SmallMJob) {
+    let SmallMJob {
+        kc,
+        a,
+        lda,
+        b,
+        ldb,
+        n,
+        c,
+        ldc,
+        accumulate,
+        ..
+    } = job;
     let mut j0 = 0;
     while j0 < n {
         let nj = (n - j0).min(16);

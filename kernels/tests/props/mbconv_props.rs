@@ -5,20 +5,39 @@ use medsam_kernels::mbconv::{self, reference, MbConvDims, MbConvWeights};
 use medsam_kernels::testing::data as vals;
 use proptest::prelude::*;
 
+/// Random folded weights of one block (seeds `seed + 1 ..= seed + 6`).
+struct Weights([Vec<f32>; 6]);
+
+impl Weights {
+    fn random(d: MbConvDims, seed: u64) -> Self {
+        let MbConvDims { c, hid, .. } = d;
+        Weights([
+            vals(hid * c, seed + 1, 0.5),
+            vals(hid, seed + 2, 0.5),
+            vals(hid * 9, seed + 3, 0.5),
+            vals(hid, seed + 4, 0.5),
+            vals(c * hid, seed + 5, 0.3),
+            vals(c, seed + 6, 0.5),
+        ])
+    }
+    fn view(&self) -> MbConvWeights<'_> {
+        let [w1, b1, w2, b2, w3, b3] = &self.0;
+        MbConvWeights {
+            w1,
+            b1,
+            w2,
+            b2,
+            w3,
+            b3,
+        }
+    }
+}
+
 fn compare(d: MbConvDims, seed: u64) {
-    let MbConvDims { n, c, hid, h, w } = d;
+    let MbConvDims { n, c, h, w, .. } = d;
     let x = vals(n * c * h * w, seed, 2.0);
-    let (w1, b1) = (vals(hid * c, seed + 1, 0.5), vals(hid, seed + 2, 0.5));
-    let (w2, b2) = (vals(hid * 9, seed + 3, 0.5), vals(hid, seed + 4, 0.5));
-    let (w3, b3) = (vals(c * hid, seed + 5, 0.3), vals(c, seed + 6, 0.5));
-    let wt = MbConvWeights {
-        w1: &w1,
-        b1: &b1,
-        w2: &w2,
-        b2: &b2,
-        w3: &w3,
-        b3: &b3,
-    };
+    let weights = Weights::random(d, seed);
+    let wt = weights.view();
     let mut want = vec![f32::NAN; x.len()];
     reference::mbconv_forward(d, &x, wt, &mut want);
     let mut got = vec![f32::NAN; x.len()];
@@ -99,17 +118,8 @@ fn same_bits_for_any_thread_count() {
         w: 12,
     };
     let x = vals(d.n * d.c * d.h * d.w, 7, 2.0);
-    let (w1, b1) = (vals(d.hid * d.c, 8, 0.5), vals(d.hid, 9, 0.5));
-    let (w2, b2) = (vals(d.hid * 9, 10, 0.5), vals(d.hid, 11, 0.5));
-    let (w3, b3) = (vals(d.c * d.hid, 12, 0.3), vals(d.c, 13, 0.5));
-    let wt = MbConvWeights {
-        w1: &w1,
-        b1: &b1,
-        w2: &w2,
-        b2: &b2,
-        w3: &w3,
-        b3: &b3,
-    };
+    let weights = Weights::random(d, 7);
+    let wt = weights.view();
     let run = |threads: usize, nhwc: bool| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
