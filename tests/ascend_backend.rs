@@ -747,6 +747,18 @@ fn cli_train_on_npu_matches_cpu() {
     let tol = 0.05 * 0.01 * 2.0;
     let mut moved = 0;
     for ((n, c), (_, g)) in wc.iter().zip(&wn) {
+        if n.ends_with("k_proj.bias") {
+            // A key bias adds the same q·b to every score of a query's row, which softmax
+            // ignores: its gradient is zero up to rounding, and Adam turns that rounding noise
+            // (different on the two devices) into steps of anything up to lr. Such a tensor can
+            // only be held to that bound: two steps of at most lr from its initial value.
+            for (what, w) in [("cpu", c), ("npu", g)] {
+                let step = w.iter().zip(&w0[n]).map(|(a, b)| (a - b).abs());
+                let worst = step.fold(0f32, f32::max);
+                assert!(worst <= 2.0 * 0.01 * 1.01, "{what} {n} moved by {worst}");
+            }
+            continue;
+        }
         close(&format!("checkpoint {n}"), g, c, tol);
         let d = c
             .iter()
