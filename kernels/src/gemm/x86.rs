@@ -540,11 +540,7 @@ unsafe fn pack_k_contiguous(
         // Groups of up to 16 lines (B panels are 32 lines wide).
         for l0 in (0..n).step_by(16) {
             let lines = (n - l0).min(16);
-            let (s, d) = (src.add(l0 * ls), dst.add(l0));
-            match fmt {
-                PackFormat::Bf16Pairs => pack_pairs_transposed(s, ls, lines, kc, units, d, du),
-                _ => pack_k_transposed(fmt == PackFormat::F32RoundBf16, s, ls, lines, kc, d, du),
-            }
+            pack_transposed(fmt, src.add(l0 * ls), ls, lines, kc, units, dst.add(l0), du);
         }
         return;
     }
@@ -640,49 +636,15 @@ unsafe fn transpose16(r: &mut [__m512; 16]) {
     }
 }
 
-/// `pack_k_contiguous` for a panel of at most 16 lines stored line-contiguous (`dst[u·du + l]`,
-/// the vector kernels' A panels): 16×16 blocks are transposed in registers and stored one k at a
-/// time, instead of one scalar store per element.
+/// `pack_k_contiguous` for a panel of at most 16 lines stored line-contiguous (`dst[u·du + l]`:
+/// the vector kernels' A panels, the bf16 kernels' B panels): each line's next 16 units (16
+/// values, or 32 as bf16 pairs, [`bf16_pairs16`]) are loaded as one row of a 16×16 block, the
+/// block is transposed in registers and each unit's lines are stored with one vector, instead
+/// of one scalar store per unit.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_k_transposed(
-    round_bf16: bool,
-    src: *const f32,
-    ls: usize,
-    n: usize,
-    kc: usize,
-    dst: *mut u32,
-    du: usize,
-) {
-    let lines = lanes(n);
-    let mut r = [_mm512_setzero_ps(); 16];
-    for k0 in (0..kc).step_by(16) {
-        let cnt = (kc - k0).min(16);
-        for (l, row) in r.iter_mut().enumerate().take(n) {
-            *row = _mm512_maskz_loadu_ps(lanes(cnt), src.add(l * ls + k0));
-        }
-        transpose16(&mut r);
-        for (t, &col) in r.iter().enumerate().take(cnt) {
-            let v = if round_bf16 {
-                round_bf16_hi(col)
-            } else {
-                _mm512_castps_si512(col)
-            };
-            _mm512_mask_storeu_epi32(dst.add((k0 + t) * du) as *mut i32, lines, v);
-        }
-        // Lines n..16 must read as zero again next block (the transpose moved data there).
-        for row in r.iter_mut().skip(n) {
-            *row = _mm512_setzero_ps();
-        }
-    }
-}
-
-/// [`pack_k_transposed`] into bf16 pairs: each of at most 16 k-contiguous lines gives 16 pair
-/// units per 32 values ([`bf16_pairs16`]), and each 16×16 block of units is transposed in
-/// registers so that a unit's 16 lines are stored with one vector (`dst[u·du + l]`, the bf16
-/// kernels' B panels) instead of one scalar store per unit.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_pairs_transposed(
+unsafe fn pack_transposed(
+    fmt: PackFormat,
     src: *const f32,
     ls: usize,
     n: usize,
@@ -696,12 +658,19 @@ unsafe fn pack_pairs_transposed(
     let mut r = [_mm512_setzero_ps(); 16];
     for u0 in (0..units).step_by(16) {
         for (l, row) in r.iter_mut().enumerate().take(n) {
-            *row = _mm512_castsi512_ps(bf16_pairs16(src.add(l * ls), 2 * u0, kc));
+            let line = src.add(l * ls);
+            *row = match fmt {
+                PackFormat::Bf16Pairs => _mm512_castsi512_ps(bf16_pairs16(line, 2 * u0, kc)),
+                _ => _mm512_maskz_loadu_ps(lanes(kc - u0), line.add(u0)),
+            };
         }
         transpose16(&mut r);
-        let cnt = (units - u0).min(16);
-        for (t, &col) in r.iter().enumerate().take(cnt) {
-            let v = _mm512_castps_si512(col);
+        for (t, &col) in r.iter().enumerate().take((units - u0).min(16)) {
+            let v = if fmt == PackFormat::F32RoundBf16 {
+                round_bf16_hi(col)
+            } else {
+                _mm512_castps_si512(col)
+            };
             _mm512_mask_storeu_epi32(dst.add((u0 + t) * du) as *mut i32, lines, v);
         }
     }
@@ -725,7 +694,18 @@ mod pack_tests {
                 let du = n.max(12);
                 let mut got = vec![u32::MAX; kc * du];
                 // SAFETY: AVX-512F checked; src holds n lines of ls ≥ kc, dst kc·du ≥ n.
-                unsafe { pack_k_transposed(false, src.as_ptr(), ls, n, kc, got.as_mut_ptr(), du) };
+                unsafe {
+                    pack_transposed(
+                        PackFormat::F32,
+                        src.as_ptr(),
+                        ls,
+                        n,
+                        kc,
+                        kc,
+                        got.as_mut_ptr(),
+                        du,
+                    )
+                };
                 for u in 0..kc {
                     for l in 0..du {
                         let want = if l < n {
@@ -761,7 +741,16 @@ mod pack_tests {
                 let mut got = vec![u32::MAX; units * du];
                 // SAFETY: AVX-512F checked; src holds n lines of ls ≥ kc, dst units·du ≥ n.
                 unsafe {
-                    pack_pairs_transposed(src.as_ptr(), ls, n, kc, units, got.as_mut_ptr(), du)
+                    pack_transposed(
+                        PackFormat::Bf16Pairs,
+                        src.as_ptr(),
+                        ls,
+                        n,
+                        kc,
+                        units,
+                        got.as_mut_ptr(),
+                        du,
+                    )
                 };
                 for u in 0..units {
                     for l in 0..du {
