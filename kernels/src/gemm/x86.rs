@@ -680,92 +680,66 @@ unsafe fn pack_transposed(
 mod pack_tests {
     use super::*;
 
-    /// The register-transposing pack against element-by-element placement.
+    /// Unit `u` of line `l` as the scalar code packs it: the value's bits, the value rounded to
+    /// bf16 in the high half, or two consecutive values as a bf16 pair (zero past `kc`), all
+    /// rounded by `half` (nearest even).
+    fn scalar_unit(fmt: PackFormat, line: &[f32], kc: usize, u: usize) -> u32 {
+        let bf16 = |x: f32| half::bf16::from_f32(x).to_bits() as u32;
+        match fmt {
+            PackFormat::F32 => line[u].to_bits(),
+            PackFormat::F32RoundBf16 => bf16(line[u]) << 16,
+            PackFormat::Bf16Pairs => {
+                let hi = if 2 * u + 1 < kc {
+                    bf16(line[2 * u + 1])
+                } else {
+                    0
+                };
+                bf16(line[2 * u]) | hi << 16
+            }
+        }
+    }
+
+    /// The register-transposing pack against unit-by-unit placement, for every format, partial
+    /// line groups and blocks, odd `kc` included; lanes of lines past `n` are left untouched.
     #[test]
     fn transposed_pack_matches_scalar() {
         if !crate::cpu::features().avx512f {
             eprintln!("SKIPPED: no AVX-512F");
             return;
         }
-        for n in [1, 5, 12, 16] {
-            for kc in [1, 7, 16, 17, 40, 64] {
-                let ls = kc + 3;
-                let src: Vec<f32> = (0..n * ls).map(|i| i as f32 * 0.5 - 7.0).collect();
-                let du = n.max(12);
-                let mut got = vec![u32::MAX; kc * du];
-                // SAFETY: AVX-512F checked; src holds n lines of ls ≥ kc, dst kc·du ≥ n.
-                unsafe {
-                    pack_transposed(
-                        PackFormat::F32,
-                        src.as_ptr(),
-                        ls,
-                        n,
-                        kc,
-                        kc,
-                        got.as_mut_ptr(),
-                        du,
-                    )
-                };
-                for u in 0..kc {
-                    for l in 0..du {
-                        let want = if l < n {
-                            src[l * ls + u].to_bits()
-                        } else {
-                            u32::MAX
-                        };
-                        assert_eq!(got[u * du + l], want, "n {n} kc {kc} k {u} line {l}");
-                    }
-                }
-            }
-        }
-    }
-
-    /// The register-transposing bf16-pair pack against pairs rounded one by one (`half`'s
-    /// round-to-nearest-even), odd `kc` included (the last unit's high half is zero).
-    #[test]
-    fn transposed_pair_pack_matches_scalar() {
-        if !crate::cpu::features().avx512f {
-            eprintln!("SKIPPED: no AVX-512F");
-            return;
-        }
-        let bits = |x: f32| half::bf16::from_f32(x).to_bits() as u32;
-        for n in [1, 5, 12, 16] {
-            for kc in [1usize, 2, 7, 31, 32, 33, 64, 95] {
-                let ls = kc + 3;
-                // Values whose low 16 bits matter for rounding, ties and signs included.
-                let src: Vec<f32> = (0..n * ls)
-                    .map(|i| (i as f32 * 0.377 - 9.0) * (1.0 + (i % 7) as f32 * 1e-3))
-                    .collect();
-                let units = kc.div_ceil(2);
-                let du = n.max(12);
-                let mut got = vec![u32::MAX; units * du];
-                // SAFETY: AVX-512F checked; src holds n lines of ls ≥ kc, dst units·du ≥ n.
-                unsafe {
-                    pack_transposed(
-                        PackFormat::Bf16Pairs,
-                        src.as_ptr(),
-                        ls,
-                        n,
-                        kc,
-                        units,
-                        got.as_mut_ptr(),
-                        du,
-                    )
-                };
-                for u in 0..units {
-                    for l in 0..du {
-                        let want = if l < n {
-                            let lo = bits(src[l * ls + 2 * u]);
-                            let hi = if 2 * u + 1 < kc {
-                                bits(src[l * ls + 2 * u + 1])
+        let formats = [
+            PackFormat::F32,
+            PackFormat::F32RoundBf16,
+            PackFormat::Bf16Pairs,
+        ];
+        for fmt in formats {
+            for n in [1, 5, 12, 16] {
+                for kc in [1usize, 2, 7, 16, 17, 31, 32, 33, 40, 64, 95] {
+                    let ls = kc + 3;
+                    // Values whose low 16 bits matter for rounding, signs included.
+                    let src: Vec<f32> = (0..n * ls)
+                        .map(|i| (i as f32 * 0.377 - 9.0) * (1.0 + (i % 7) as f32 * 1e-3))
+                        .collect();
+                    let units = if fmt == PackFormat::Bf16Pairs {
+                        kc.div_ceil(2)
+                    } else {
+                        kc
+                    };
+                    let du = n.max(12);
+                    let mut got = vec![u32::MAX; units * du];
+                    let dst = got.as_mut_ptr();
+                    // SAFETY: AVX-512F checked; src holds n lines of ls ≥ kc, dst units·du ≥ n.
+                    unsafe { pack_transposed(fmt, src.as_ptr(), ls, n, kc, units, dst, du) };
+                    for u in 0..units {
+                        for l in 0..du {
+                            let want = if l < n {
+                                scalar_unit(fmt, &src[l * ls..], kc, u)
                             } else {
-                                0
+                                u32::MAX
                             };
-                            lo | hi << 16
-                        } else {
-                            u32::MAX
-                        };
-                        assert_eq!(got[u * du + l], want, "n {n} kc {kc} unit {u} line {l}");
+                            let at = format!("{fmt:?} n {n} kc {kc} unit {u} line {l}");
+                            assert_eq!(got[u * du + l], want, "{at}");
+                        }
                     }
                 }
             }
