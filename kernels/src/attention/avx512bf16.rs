@@ -62,6 +62,8 @@ unsafe fn round_pairs(src: *const f32, n: usize, scale: f32, dst: *mut Bf16Pair)
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn pack_k(n: usize, d: usize, src: &[f32], row_stride: usize) -> Scratch {
     let du = d.div_ceil(2);
+    // The loads below read rows j < n, values < d, of `src` through raw pointers.
+    assert!(n == 0 || d == 0 || (n - 1) * row_stride + d <= src.len());
     // Every unit is written below, padded keys included (as zeros).
     let mut out = scratch_overwritten(n.div_ceil(L) * du * L);
     let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
