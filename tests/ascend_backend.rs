@@ -683,6 +683,8 @@ fn cli_train_on_npu_matches_cpu() {
     write_slices(&data_dir);
     let cfg =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam/tiny_sam_config.json");
+    // The run's learning rate and AdamW steps, which also bound how far a parameter can move.
+    let (lr, steps) = (0.01f32, 2usize);
     let run = |device: &str| -> String {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
             .args(["train", "--tr-npy-path"])
@@ -695,11 +697,11 @@ fn cli_train_on_npu_matches_cpu() {
                 "--batch-size",
                 "1",
                 "--max-steps",
-                "2",
+                steps.to_string().as_str(),
                 "--bbox-shift",
                 "0",
                 "--lr",
-                "0.01",
+                lr.to_string().as_str(),
                 "--seed",
                 "2023",
             ])
@@ -744,18 +746,21 @@ fn cli_train_on_npu_matches_cpu() {
     // entry that is ~0 (and rounds differently on the two devices) can move by a different
     // fraction of lr: compare to 5% of lr per step, and require that training moved many tensors
     // by 5× that, so a run that did not train on the NPU fails.
-    let tol = 0.05 * 0.01 * 2.0;
+    let tol = 0.05 * lr * steps as f32;
     let mut moved = 0;
     for ((n, c), (_, g)) in wc.iter().zip(&wn) {
         if n.ends_with("k_proj.bias") {
             // A key bias adds the same q·b to every score of a query's row, which softmax
             // ignores: its gradient is zero up to rounding, and Adam turns that rounding noise
             // (different on the two devices) into steps of anything up to lr. Such a tensor can
-            // only be held to that bound: two steps of at most lr from its initial value.
+            // only be held to that bound: `steps` steps of at most lr from its initial value.
             for (what, w) in [("cpu", c), ("npu", g)] {
                 let step = w.iter().zip(&w0[n]).map(|(a, b)| (a - b).abs());
                 let worst = step.fold(0f32, f32::max);
-                assert!(worst <= 2.0 * 0.01 * 1.01, "{what} {n} moved by {worst}");
+                assert!(
+                    worst <= steps as f32 * lr * 1.01,
+                    "{what} {n} moved by {worst}"
+                );
             }
             continue;
         }

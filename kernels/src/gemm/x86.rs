@@ -737,8 +737,8 @@ mod pack_tests {
                             } else {
                                 u32::MAX
                             };
-                            let at = format!("{fmt:?} n {n} kc {kc} unit {u} line {l}");
-                            assert_eq!(got[u * du + l], want, "{at}");
+                            let got = got[u * du + l];
+                            assert_eq!(got, want, "{fmt:?} n {n} kc {kc} unit {u} line {l}");
                         }
                     }
                 }
