@@ -3,6 +3,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
+use medsam::backend::cpu::on_compute_pool;
 use medsam::dist::Communicator;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -103,7 +104,8 @@ fn run(cli: &Cli) -> medsam::Result<()> {
     medsam::io::limits::Limits::current()?;
     match &cli.command {
         Command::Demo(a) => cli::demo::run_demo(a),
-        Command::Infer(a) => cli::infer::run(a),
+        // One top-level caller and no shared locks: run the compute on the pool's threads.
+        Command::Infer(a) => on_compute_pool(|| cli::infer::run(a)),
         Command::Preprocess(a) => cli::preprocess::run(a)
             .map(|_| ())
             .map_err(medsam::Error::from),
@@ -129,9 +131,9 @@ fn run(cli: &Cli) -> medsam::Result<()> {
             a.model.device = device;
             cli::eval::run_with(&a, comm).map(|_| ())
         }),
-        Command::Dicom(a) => cli::dicom::run(a),
+        Command::Dicom(a) => on_compute_pool(|| cli::dicom::run(a)),
         Command::Serve(a) => cli::serve::run(a),
-        Command::Bench(a) => cli::bench::run(a),
+        Command::Bench(a) => on_compute_pool(|| cli::bench::run(a)),
         Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")),
     }
 }

@@ -47,9 +47,34 @@ thread_local! {
 
 /// Buffers larger than this are freed rather than kept in the pool.
 const POOL_MAX_LEN: usize = 1 << 22;
+/// Buffers kept per thread; past it the smallest is freed.
+const POOL_MAX_COUNT: usize = 16;
+
+/// The pooled buffer that best fits `n` elements, empty: the smallest that holds `n`, else the
+/// largest, regrown to exactly `n` without copying its stale contents. Taking whichever buffer
+/// was returned last instead let small buffers serve large requests: every call regrew them
+/// (a `realloc` that copies, onto fresh pages) — on MedSAM2's encoder, most of its page
+/// faults after the first call.
+fn pooled(n: usize) -> Vec<f32> {
+    let mut v = POOL
+        .with(|p| {
+            let mut p = p.borrow_mut();
+            let fits = (p.iter().enumerate())
+                .filter(|(_, b)| b.capacity() >= n)
+                .min_by_key(|(_, b)| b.capacity());
+            let pick = fits.or_else(|| p.iter().enumerate().max_by_key(|(_, b)| b.capacity()));
+            pick.map(|(i, _)| i).map(|i| p.swap_remove(i))
+        })
+        .unwrap_or_default();
+    if v.capacity() < n {
+        v.clear();
+        v.reserve_exact(n);
+    }
+    v
+}
 
 pub(super) fn scratch(n: usize) -> Scratch {
-    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    let mut v = pooled(n);
     v.clear();
     v.resize(n, 0.0);
     Scratch(v)
@@ -58,7 +83,7 @@ pub(super) fn scratch(n: usize) -> Scratch {
 /// Like [`scratch`] but with unspecified (stale, finite or not) contents, for a caller that
 /// writes every element before reading any: it saves zeroing what is about to be overwritten.
 pub(super) fn scratch_overwritten(n: usize) -> Scratch {
-    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    let mut v = pooled(n);
     if v.len() >= n {
         v.truncate(n);
     } else {
@@ -71,7 +96,16 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if self.0.capacity() <= POOL_MAX_LEN {
             let v = std::mem::take(&mut self.0);
-            POOL.with(|p| p.borrow_mut().push(v));
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                p.push(v);
+                if p.len() > POOL_MAX_COUNT {
+                    let smallest = (p.iter().enumerate())
+                        .min_by_key(|(_, b)| b.capacity())
+                        .map(|(i, _)| i);
+                    smallest.map(|i| p.swap_remove(i));
+                }
+            });
         }
     }
 }

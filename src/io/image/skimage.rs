@@ -324,6 +324,16 @@ pub fn resize_cubic_aa_skimage_mode(
 
     let mut out = vec![0.0f64; out_h * out_w * channels];
     for ch in 0..channels {
+        // A grey image read as RGB has three equal channels: resize one, copy it to the others
+        // (the same numbers: each channel is resized on its own).
+        let same_as = (0..ch).find(|&c| {
+            src.chunks_exact(channels)
+                .all(|px| px[c].to_bits() == px[ch].to_bits())
+        });
+        if let Some(c) = same_as {
+            out.chunks_exact_mut(channels).for_each(|px| px[ch] = px[c]);
+            continue;
+        }
         let mut plane: Vec<f64> = src.iter().skip(ch).step_by(channels).copied().collect();
         if let Some(k) = &ky {
             gaussian_axis0(&mut plane, h, w, k, mode);
@@ -432,6 +442,25 @@ mod tests {
         let src = vec![100.0; 20 * 20];
         let out = resize_cubic_aa_skimage(&src, 20, 20, 1, 40, 40);
         assert!(out.iter().all(|&v| v == 100.0));
+    }
+
+    /// A channel equal to an earlier one is copied, not resized again: `[p, p, q]` gives what
+    /// `[p, q]` gives, channel by channel (same clip range: same input and output values).
+    #[test]
+    fn repeated_channel_matches_its_own_resize() {
+        let (h, w) = (13, 17);
+        let p = |i: usize| ((i * 37) % 101) as f64;
+        let q = |i: usize| ((i * 53) % 97) as f64 + 0.5;
+        let two: Vec<f64> = (0..h * w).flat_map(|i| [p(i), q(i)]).collect();
+        let three: Vec<f64> = (0..h * w).flat_map(|i| [p(i), p(i), q(i)]).collect();
+        let out2 = resize_cubic_aa_skimage(&two, h, w, 2, 29, 11);
+        let out3 = resize_cubic_aa_skimage(&three, h, w, 3, 29, 11);
+        for (a, b) in out2.chunks_exact(2).zip(out3.chunks_exact(3)) {
+            assert_eq!(
+                [a[0], a[0], a[1]].map(f64::to_bits),
+                [b[0], b[1], b[2]].map(f64::to_bits)
+            );
+        }
     }
 
     #[test]
