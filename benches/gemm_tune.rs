@@ -4,8 +4,13 @@
 //!  [--kc N] [--mc N] [--nc N] [--nl2 N] [--pack-a] [--linear] [--reps N] [--m M] [--kn K,N ...]`
 //!
 //! `--pack-a` packs A even where the kernel could read it in place (`Blocking::force_pack_a`).
+//! `--int8` times the dynamically quantized int8 linear (`gemm::int8::linear`, weights quantized
+//! once beforehand) instead, in multiply-add pairs per second as GOP/s.
 
-use medsam_kernels::gemm::{default_blocking, gemm_tuned, GemmDims, Kernel, Layout, Precision};
+use medsam_kernels::gemm::int8::{self, Int8Weights};
+use medsam_kernels::gemm::{
+    default_blocking, gemm_tuned, Epilogue, GemmDims, Kernel, Layout, Precision,
+};
 use medsam_kernels::testing::{data_star as data, sorted_times};
 
 fn main() {
@@ -30,6 +35,7 @@ fn main() {
         Some(k) => panic!("unknown kernel {k}"),
     };
     let linear = args.iter().any(|a| a == "--linear");
+    let int8 = args.iter().any(|a| a == "--int8");
     let reps: usize = get("--reps").map_or(5, |v| v.parse().unwrap());
     let mut blk = default_blocking(kernel, precision);
     let num = |name: &str, d: usize| get(name).map_or(d, |v| v.parse().unwrap());
@@ -62,10 +68,12 @@ fn main() {
         let (la, lc) = (Layout::row_major(m, k), Layout::row_major(m, n));
         let lb = [Layout::row_major(k, n), Layout::transposed(n, k)][linear as usize];
         let dims = GemmDims { batch: 1, m, n, k };
-        let mut run = || {
-            gemm_tuned(
+        let wq = int8.then(|| Int8Weights::quantize(&b, n, k));
+        let mut run = || match &wq {
+            Some(wq) => int8::linear(&a, k, m, wq, &b, &mut c, n, Epilogue::default()),
+            None => gemm_tuned(
                 kernel, blk, dims, &a, la, &b, lb, &mut c, lc, false, precision,
-            )
+            ),
         };
         run();
         let cpu0 = cpu_seconds();
