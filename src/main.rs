@@ -3,7 +3,6 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use medsam::backend::cpu::on_compute_pool;
 use medsam::dist::Communicator;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,13 +98,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a subcommand with one top-level caller and no locks shared with other threads on the
+/// compute pool's threads ([`medsam::backend::cpu::on_compute_pool`]). The pool's threads get the
+/// main thread's usual 8 MiB stack (rayon's default is 2 MiB), so moving the work there does not
+/// lower how deeply a parser may recurse on an input.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // Fails only when the pool already exists (then its settings stay); nothing to report.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
+    medsam::backend::cpu::on_compute_pool(f)
+}
+
 fn run(cli: &Cli) -> medsam::Result<()> {
     // A malformed MEDSAM_MAX_* variable is reported before any file is read.
     medsam::io::limits::Limits::current()?;
     match &cli.command {
         Command::Demo(a) => cli::demo::run_demo(a),
-        // One top-level caller and no shared locks: run the compute on the pool's threads.
-        Command::Infer(a) => on_compute_pool(|| cli::infer::run(a)),
+        Command::Infer(a) => on_pool(|| cli::infer::run(a)),
         Command::Preprocess(a) => cli::preprocess::run(a)
             .map(|_| ())
             .map_err(medsam::Error::from),
@@ -131,9 +141,9 @@ fn run(cli: &Cli) -> medsam::Result<()> {
             a.model.device = device;
             cli::eval::run_with(&a, comm).map(|_| ())
         }),
-        Command::Dicom(a) => on_compute_pool(|| cli::dicom::run(a)),
+        Command::Dicom(a) => on_pool(|| cli::dicom::run(a)),
         Command::Serve(a) => cli::serve::run(a),
-        Command::Bench(a) => on_compute_pool(|| cli::bench::run(a)),
+        Command::Bench(a) => on_pool(|| cli::bench::run(a)),
         Command::Convert(a) => cli::convert::run(a).map(|summary| println!("{summary}")),
     }
 }
