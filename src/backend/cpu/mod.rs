@@ -385,3 +385,21 @@ fn is_contiguous(v: &View) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use rayon::prelude::*;
+
+    /// The closure runs on one of the pool's threads (a test thread is not one) and its result
+    /// comes back.
+    #[test]
+    fn on_compute_pool_runs_on_a_pool_thread() {
+        assert_eq!(rayon::current_thread_index(), None);
+        let (index, sum) = super::on_compute_pool(|| {
+            let sum: u64 = (1..=100u64).into_par_iter().sum();
+            (rayon::current_thread_index(), sum)
+        });
+        assert!(index.is_some(), "ran outside the pool");
+        assert_eq!(sum, 5050);
+    }
+}
