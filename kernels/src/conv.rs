@@ -9,6 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::gemm::{gemm, GemmDims, Layout, Precision};
+use crate::scratch::{scratch, scratch_overwritten, Scratch};
 use rayon::prelude::*;
 
 /// Geometry of a 2-D convolution. For conv_transpose2d, `c_in`/`h`/`w` describe its input and
@@ -318,12 +319,13 @@ impl Plan {
             groups: g.groups,
         }
     }
-    /// A column-matrix buffer; none for an identity conv, whose column matrix is the image.
-    fn col_buffer(&self, transpose: bool) -> Vec<f32> {
+    /// A column-matrix buffer (stale contents: im2col and the transpose's GEMM write all of it);
+    /// none for an identity conv, whose column matrix is the image.
+    fn col_buffer(&self, transpose: bool) -> Scratch {
         if !transpose && self.cg.identity() {
-            return Vec::new();
+            return scratch_overwritten(0);
         }
-        vec![0.0f32; self.cg.c * self.cg.kk() * self.cg.ohw()]
+        scratch_overwritten(self.cg.c * self.cg.kk() * self.cg.ohw())
     }
     /// [`grouped_mm`] over this convolution's groups.
     fn mm(&self, dims: Dims, a: (&[f32], bool), b: (&[f32], bool), c: &mut [f32], acc: bool) {
@@ -413,8 +415,10 @@ fn conv2d_shifted(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
     }
     // Columns j = oy·Wp + ox of the wide output; the last row needs only `ow` of them.
     let n_wide = (oh - 1) * wp + ow;
-    // Per-tap weights [tap][c_out][c_in], so each tap's A operand is a dense matrix.
-    let mut wt = vec![0.0f32; kk * g.c_out * g.c_in];
+    // Per-tap weights [tap][c_out][c_in], so each tap's A operand is a dense matrix. The three
+    // buffers come from the thread's scratch pool: fresh ones page-faulted on every call (the
+    // neck of LiteMedSAM: 11 MiB).
+    let mut wt = scratch_overwritten(kk * g.c_out * g.c_in);
     wt.par_chunks_mut(g.c_out * g.c_in)
         .enumerate()
         .for_each(|(tap, dst)| {
@@ -422,8 +426,9 @@ fn conv2d_shifted(g: Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
                 *d = s;
             }
         });
-    let mut xpad = vec![0.0f32; g.c_in * pplane];
-    let mut wide = vec![0.0f32; g.c_out * oh * wp];
+    let mut xpad = scratch(g.c_in * pplane);
+    // Only the first `n_wide` columns of each channel row are computed, and read.
+    let mut wide = scratch_overwritten(g.c_out * oh * wp);
     for ni in 0..g.n {
         let xi = image(x, ni, g.c_in * plane);
         xpad.par_chunks_mut(pplane)

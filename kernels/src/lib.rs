@@ -19,6 +19,7 @@ pub mod norm;
 pub mod pool;
 pub mod resize;
 pub mod rope;
+mod scratch;
 pub mod strided;
 #[doc(hidden)]
 pub mod testing;
