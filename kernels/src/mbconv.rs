@@ -27,6 +27,7 @@ use crate::activation::simd::SyncPtr;
 use crate::conv::Conv2dGeom;
 use crate::depthwise::{nhwc_row3x3, plane_forward};
 use crate::gemm::{gemm_fused_serial, Epilogue, GemmDims, Layout, Precision};
+use crate::scratch::scratch_overwritten;
 use rayon::prelude::*;
 
 /// Output rows per band: the hidden band (`hid × (BAND + 2) × w` floats) should sit in L2/L3
@@ -95,18 +96,16 @@ pub fn mbconv_forward(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]
     let yp = SyncPtr::new(y);
     row_tasks(n, h).par_iter().for_each(|&(b, r0, rows)| {
         let xb = &x[b * c * h * w..(b + 1) * c * h * w];
-        with_scratch(|s| {
-            let out = grown(&mut s.out, c * rows * w);
-            rows_forward(&d, xb, &wt, r0, rows, out, (&mut s.h1, &mut s.h2));
-            // A task's rows of one channel are contiguous in NCHW; copy them into place.
-            for ch in 0..c {
-                let dst = (b * c + ch) * h * w + r0 * w;
-                // SAFETY: tasks own disjoint row ranges `r0..r0+rows` of image `b`, so these
-                // ranges of `y` (in bounds: `dst + rows·w ≤ (b·c + ch + 1)·h·w`) never overlap.
-                unsafe { yp.slice(dst, rows * w) }
-                    .copy_from_slice(&out[ch * rows * w..(ch + 1) * rows * w]);
-            }
-        });
+        let mut out = scratch_overwritten(c * rows * w);
+        rows_forward(&d, xb, &wt, r0, rows, &mut out);
+        // A task's rows of one channel are contiguous in NCHW; copy them into place.
+        for ch in 0..c {
+            let dst = (b * c + ch) * h * w + r0 * w;
+            // SAFETY: tasks own disjoint row ranges `r0..r0+rows` of image `b`, so these
+            // ranges of `y` (in bounds: `dst + rows·w ≤ (b·c + ch + 1)·h·w`) never overlap.
+            unsafe { yp.slice(dst, rows * w) }
+                .copy_from_slice(&out[ch * rows * w..(ch + 1) * rows * w]);
+        }
     });
 }
 
@@ -134,7 +133,7 @@ pub fn mbconv_forward_nhwc(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut 
         // SAFETY: tasks own disjoint row ranges `r0..r0+rows` of image `b`; in channels-last
         // layout those rows are one contiguous, in-bounds range of `y`.
         let out = unsafe { yp.slice((b * h + r0) * w * c, rows * w * c) };
-        with_scratch(|s| rows_forward_nhwc(&d, xb, &wt, &taps, r0, out, (&mut s.h1, &mut s.h2)));
+        rows_forward_nhwc(&d, xb, &wt, &taps, r0, out);
     });
 }
 
@@ -150,14 +149,18 @@ fn rows_forward_nhwc(
     taps: &[f32],
     r0: usize,
     out: &mut [f32],
-    (h1, h2): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
     let MbConvDims { c, hid, h, w, .. } = *d;
     let rows = out.len() / (w * c);
     let slots = BAND + 2;
     let row_len = w * hid;
-    let h1 = grown(h1, slots * row_len);
-    let h2 = grown(h2, BAND * row_len);
+    // Hidden rows from the thread's scratch pool (allocating them per task cost page faults on
+    // every call); every element is written before it is read.
+    let (mut h1_buf, mut h2_buf) = (
+        scratch_overwritten(slots * row_len),
+        scratch_overwritten(BAND * row_len),
+    );
+    let (h1, h2): (&mut [f32], &mut [f32]) = (&mut h1_buf, &mut h2_buf);
     // Expanded image rows lo..hi (inside the image) into their ring slots, one GEMM per run of
     // consecutive slots.
     let expand = |h1: &mut [f32], lo: usize, hi: usize| {
@@ -251,35 +254,6 @@ fn rows_forward_nhwc(
     }
 }
 
-/// Per-thread buffers of [`rows_forward`], kept between calls: allocating them per task (a few
-/// MiB each for LiteMedSAM) cost page faults on every call.
-#[derive(Default)]
-struct Scratch {
-    out: Vec<f32>,
-    h1: Vec<f32>,
-    h2: Vec<f32>,
-}
-
-thread_local! {
-    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
-}
-
-/// Runs `f` on this thread's scratch (taken out of the cell for the call, so a nested use would
-/// only allocate afresh, never alias).
-fn with_scratch(f: impl FnOnce(&mut Scratch)) {
-    let mut s = SCRATCH.with(|c| c.take());
-    f(&mut s);
-    SCRATCH.with(|c| c.set(s));
-}
-
-/// The first `len` elements of `v`, grown if needed (contents unspecified: callers overwrite).
-fn grown(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    &mut v[..len]
-}
-
 /// Empty tensors or no hidden channels: `y = gelu(b3 + x)` (what the composition gives).
 fn mbconv_degenerate(d: MbConvDims, x: &[f32], wt: MbConvWeights, y: &mut [f32]) {
     let plane = d.h * d.w;
@@ -297,14 +271,16 @@ fn rows_forward(
     r0: usize,
     rows: usize,
     out: &mut [f32],
-    (h1, h2): (&mut Vec<f32>, &mut Vec<f32>),
 ) {
     let MbConvDims { c, hid, h, w, .. } = *d;
     let plane = h * w;
     let slots = BAND + 2;
     // h1 rows r-1 .. r+BAND+1 of the current band, per hidden channel: [hid][slots][w].
-    let h1 = grown(h1, hid * slots * w);
-    let h2 = grown(h2, hid * BAND * w);
+    let (mut h1_buf, mut h2_buf) = (
+        scratch_overwritten(hid * slots * w),
+        scratch_overwritten(hid * BAND * w),
+    );
+    let (h1, h2): (&mut [f32], &mut [f32]) = (&mut h1_buf, &mut h2_buf);
     // Hidden row `row` (may be -1 or h: zero padding) into slot `slot`.
     let expand = |h1: &mut [f32], first_row: isize, first_slot: usize, count: usize| {
         // Rows outside the image are the depthwise conv's zero padding.
