@@ -12,7 +12,7 @@ thread_local! {
     static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Buffers larger than this are freed rather than kept in the pool.
+/// Buffers larger than this (and empty ones) are not kept in the pool.
 const POOL_MAX_LEN: usize = 1 << 22;
 /// Buffers kept per thread; past it the smallest is freed.
 const POOL_MAX_COUNT: usize = 16;
@@ -23,6 +23,9 @@ const POOL_MAX_COUNT: usize = 16;
 /// (a `realloc` that copies, onto fresh pages) — on MedSAM2's encoder, most of its page
 /// faults after the first call.
 fn pooled(n: usize) -> Vec<f32> {
+    if n == 0 {
+        return Vec::new();
+    }
     let mut v = POOL
         .with(|p| {
             let mut p = p.borrow_mut();
@@ -62,7 +65,7 @@ pub(crate) fn scratch_overwritten(n: usize) -> Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.0.capacity() <= POOL_MAX_LEN {
+        if (1..=POOL_MAX_LEN).contains(&self.0.capacity()) {
             let v = std::mem::take(&mut self.0);
             POOL.with(|p| {
                 let mut p = p.borrow_mut();
@@ -88,5 +91,36 @@ impl std::ops::Deref for Scratch {
 impl std::ops::DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
         &mut self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request takes the smallest kept buffer that holds it, whatever the order they came
+    /// back in; `scratch` zeroes what it hands out, `scratch_overwritten` leaves it stale.
+    #[test]
+    fn best_fit_whatever_the_return_order() {
+        POOL.with(|p| p.borrow_mut().clear());
+        drop(Scratch(vec![2.0; 1000]));
+        drop(Scratch(vec![1.0; 100]));
+        let big = scratch_overwritten(500);
+        assert_eq!(
+            big.0.capacity(),
+            1000,
+            "the 100-float buffer was regrown instead"
+        );
+        assert!(big.iter().all(|&v| v == 2.0));
+        let small = scratch(50);
+        assert_eq!(small.0.capacity(), 100);
+        assert!(small.iter().all(|&v| v == 0.0));
+        assert_eq!(
+            scratch(0).0.capacity(),
+            0,
+            "an empty request takes no buffer"
+        );
+        drop((big, small));
+        assert_eq!(POOL.with(|p| p.borrow().len()), 2);
     }
 }
