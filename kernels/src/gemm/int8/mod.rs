@@ -201,13 +201,28 @@ impl Int8Weights {
         let mut scales = vec![0.0f32; panels * NR];
         let mut col_sums = vec![0i32; panels * NR];
         scales[..n].copy_from_slice(&sw);
-        for j in 0..n {
-            let row = &q[j * k..(j + 1) * k];
-            col_sums[j] = row.iter().map(|&v| v as i32).sum();
-            let (panel, col) = (j / NR, j % NR);
-            for (p, &v) in row.iter().enumerate() {
-                packed[(panel * kq + p / 4) * 4 * NR + col * 4 + p % 4] = v;
-            }
+        col_sums[..n]
+            .par_iter_mut()
+            .zip(q.par_chunks(k.max(1)))
+            .for_each(|(sum, row)| *sum = row.iter().map(|&v| v as i32).sum());
+        // One task per panel, each writing its own contiguous `[kq][32][4]` block in order
+        // (row by row, the stores strode across the whole array: most of a first int8 call's
+        // extra time on ViT-B). Padding rows and k beyond `k` stay zero.
+        if k > 0 {
+            packed
+                .par_chunks_mut(kq * 4 * NR)
+                .enumerate()
+                .for_each(|(panel, dst)| {
+                    let rows = NR.min(n - panel * NR);
+                    for (quad, out) in dst.chunks_exact_mut(4 * NR).enumerate() {
+                        for col in 0..rows {
+                            let row = &q[(panel * NR + col) * k..][..k];
+                            for t in 0..4.min(k - 4 * quad) {
+                                out[col * 4 + t] = row[4 * quad + t];
+                            }
+                        }
+                    }
+                });
         }
         Int8Weights {
             n,
