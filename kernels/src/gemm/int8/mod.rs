@@ -213,13 +213,10 @@ impl Int8Weights {
                 .par_chunks_mut(kq * 4 * NR)
                 .enumerate()
                 .for_each(|(panel, dst)| {
-                    let rows = NR.min(n - panel * NR);
-                    for (quad, out) in dst.chunks_exact_mut(4 * NR).enumerate() {
-                        for col in 0..rows {
-                            let row = &q[(panel * NR + col) * k..][..k];
-                            for t in 0..4.min(k - 4 * quad) {
-                                out[col * 4 + t] = row[4 * quad + t];
-                            }
+                    let rows = q[panel * NR * k..].chunks(k).take(NR);
+                    for (col, row) in rows.enumerate() {
+                        for (quad, four) in row.chunks(4).enumerate() {
+                            dst[quad * 4 * NR + col * 4..][..four.len()].copy_from_slice(four);
                         }
                     }
                 });
