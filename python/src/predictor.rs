@@ -22,7 +22,6 @@ use medsam::models::sam::mask_decoder::MaskDecoder;
 use medsam::models::sam::prompt_encoder::{Point, PromptEncoder};
 use medsam::models::AnyModel;
 use medsam::models::ModelType;
-use medsam::ops::linalg::autocast_bf16;
 use medsam::pipeline::infer::lite::ImageU8;
 use medsam::pipeline::infer::sam::{InferPrecision, InputImage};
 use medsam::{Device, Tensor};
@@ -167,14 +166,10 @@ impl Predictor {
             Transform::Sam => sam_input(px, size)?,
         };
         let input = input.to_device(self.device)?;
-        let bf16 = self.precision == InferPrecision::Bf16;
-        let int8 = self.precision == InferPrecision::Int8;
         let embedding = no_grad(|| {
-            autocast_bf16(bf16, || {
-                medsam::ops::quant::autocast_int8(int8, || match &*self.model {
-                    AnyModel::Sam(m) => m.image_encoder.forward(&input),
-                    AnyModel::Lite(m) => m.image_encoder.forward(&input),
-                })
+            self.precision.autocast(|| match &*self.model {
+                AnyModel::Sam(m) => m.image_encoder.forward(&input),
+                AnyModel::Lite(m) => m.image_encoder.forward(&input),
             })
         })?;
         Ok(Embedded {

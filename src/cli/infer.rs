@@ -47,7 +47,7 @@ pub struct InferArgs {
     /// Also write the low-res mask logits (float32 [n_boxes, 1, 4g, 4g]) to this .npy (2D only).
     #[arg(long)]
     pub logits: Option<PathBuf>,
-    /// Image-encoder precision (LiteMedSAM: f32 or int8; 3D volumes: f32).
+    /// Image-encoder precision (3D volumes run in f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
     /// DICOM input: the SeriesInstanceUID to segment when the folder holds several series.
@@ -213,12 +213,6 @@ pub fn run(a: &InferArgs) -> Result<()> {
     match model {
         AnyModel::Sam(model) => run_sam_2d(a, &model, &img, &boxes, times),
         AnyModel::Lite(model) => {
-            if a.precision == InferPrecision::Bf16 {
-                return Err(Error::arg(
-                    "--precision",
-                    "LiteMedSAM inference runs in f32 or int8 only",
-                ));
-            }
             let u8img = lite_image(&a.data_path, &img)?;
             times.preprocess += lap(&mut t);
             run_lite_2d(a, &model, &u8img, &boxes, times)
@@ -256,11 +250,7 @@ impl Segmentation2d {
         }
         let input = prepare()?;
         let pre = t0.elapsed().as_secs_f64();
-        let predictor = medsam::autograd::no_grad(|| {
-            medsam::ops::linalg::autocast_bf16(p == InferPrecision::Bf16, || {
-                medsam::ops::quant::autocast_int8(p == InferPrecision::Int8, || encode(input))
-            })
-        })?;
+        let predictor = medsam::autograd::no_grad(|| p.autocast(|| encode(input)))?;
         times.preprocess += pre;
         times.encode = t0.elapsed().as_secs_f64() - pre;
         let t_decode = std::time::Instant::now();
@@ -317,7 +307,7 @@ fn run_lite_2d(
     boxes: &[[f32; 4]],
     times: Timings,
 ) -> Result<()> {
-    // `LitePredictor::with_int8` in its two steps, timed apart.
+    // `LitePredictor::with_precision` in its two steps, timed apart.
     let seg = Segmentation2d::run(
         a,
         img.h * img.w,
@@ -524,12 +514,6 @@ fn run_npz_2d(a: &InferArgs, img: NpzImage2d) -> Result<()> {
     let (h, w) = (img.h, img.w);
     let image = ImageU8::new(h, w, img.channels, img.data)?;
     let model = load_any_model(&a.model)?;
-    if matches!(model, AnyModel::Lite(_)) && a.precision == InferPrecision::Bf16 {
-        return Err(Error::arg(
-            "--precision",
-            "LiteMedSAM inference runs in f32 or int8 only",
-        ));
-    }
     if a.precision != InferPrecision::F32 {
         eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
     }
@@ -537,7 +521,7 @@ fn run_npz_2d(a: &InferArgs, img: NpzImage2d) -> Result<()> {
     let segs = match model {
         AnyModel::Lite(m) => {
             let b: Vec<[f64; 4]> = boxes.iter().map(|b| b.map(f64::from)).collect();
-            segment_image_lite(&m, &image, &b, a.precision == InferPrecision::Int8)?
+            segment_image_lite(&m, &image, &b, a.precision)?
         }
         AnyModel::Sam(m) => segment_image_sam(&m, &image, &boxes, a.precision)?,
     };

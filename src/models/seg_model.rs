@@ -8,7 +8,7 @@
 //! box scaled by `256 / max(H, W)`. Its loss is upstream's: Dice + BCE on the 256×256 low-res
 //! logits plus the MSE between the predicted and the true IoU.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::image::resize_nearest_cv2;
 use crate::models::lite::tiny_vit::Mode;
 use crate::models::lite::LiteMedSam;
@@ -250,14 +250,7 @@ impl SegPredict for LiteMedSam {
         boxes: &[[usize; 4]],
         precision: InferPrecision,
     ) -> Result<Vec<Vec<bool>>> {
-        if precision == InferPrecision::Bf16 {
-            return Err(Error::arg(
-                "--precision",
-                "LiteMedSAM evaluation runs in f32 or int8 only",
-            ));
-        }
-        let int8 = precision == InferPrecision::Int8;
-        let predictor = LitePredictor::with_int8(self, &image_to_u8(img)?, int8)?;
+        let predictor = LitePredictor::with_precision(self, &image_to_u8(img)?, precision)?;
         boxes
             .iter()
             .map(|b| Ok(predictor.predict_box(b.map(|v| v as f64))?.mask))

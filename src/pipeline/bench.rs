@@ -17,8 +17,6 @@ use crate::models::config::{ModelType, SamConfig};
 use crate::models::lite::{LiteConfig, LiteMedSam};
 use crate::models::sam2::{Prompt, Sam2Base, Sam2Config, VideoPredictor};
 use crate::models::Sam;
-use crate::ops::linalg::autocast_bf16;
-use crate::ops::quant::autocast_int8;
 use crate::pipeline::infer::lite::{ImageU8, LitePredictor};
 use crate::pipeline::infer::sam::{InferPrecision, InputImage, Predictor};
 use crate::Device;
@@ -43,11 +41,6 @@ impl BenchFamily {
             BenchFamily::Sam => "sam",
             BenchFamily::Medsam2 => "medsam2",
         }
-    }
-
-    /// Whether ours runs this precision for this family (LiteMedSAM: f32 and int8, as `infer`).
-    pub fn supports(self, p: InferPrecision) -> bool {
-        !(self == BenchFamily::Lite && p == InferPrecision::Bf16)
     }
 }
 
@@ -251,9 +244,7 @@ fn load(spec: &ModelSpec) -> Result<(Loaded, String)> {
 type Call = [f64; 3];
 
 fn with_precision<T>(p: InferPrecision, f: impl FnOnce() -> T) -> T {
-    autocast_bf16(p == InferPrecision::Bf16, || {
-        autocast_int8(p == InferPrecision::Int8, f)
-    })
+    p.autocast(f)
 }
 
 fn lap(t: &mut Instant) -> f64 {
@@ -381,7 +372,7 @@ pub fn run_bench(
             rows.push(row);
             continue;
         }
-        for &p in precisions.iter().filter(|&&p| spec.family.supports(p)) {
+        for &p in precisions {
             let mut calls = Vec::new();
             let mut torch_runs: Vec<std::result::Result<Figures, String>> = Vec::new();
             for round in 0..opts.rounds {

@@ -10,6 +10,7 @@
 
 use crate::common::fixtures;
 use fixtures::read_arrays;
+use medsam::infer::InferPrecision;
 use medsam::infer_lite::{
     prepare_input, resize_longest_side, segment_volume, Box3d, ImageU8, LitePredictor,
 };
@@ -240,14 +241,26 @@ fn mask_iou(a: &[bool], b: &[bool]) -> f64 {
 /// the real slices: mask IoU ≥ 0.99 per box; the low-res logits error is printed.
 #[test]
 fn int8_encoder_masks_match_f32() {
-    let Some(m) = model("int8_encoder_masks_match_f32") else {
-        return;
-    };
+    if let Some(m) = model("int8_encoder_masks_match_f32") {
+        low_precision_masks_match_f32(m, InferPrecision::Int8, "int8");
+    }
+}
+
+/// `--precision bf16` (the image encoder's matrix products in bf16 where this CPU makes bf16
+/// pay, else f32) against f32 on the real slices, held to the same bound as int8.
+#[test]
+fn bf16_encoder_masks_match_f32() {
+    if let Some(m) = model("bf16_encoder_masks_match_f32") {
+        low_precision_masks_match_f32(m, InferPrecision::Bf16, "bf16");
+    }
+}
+
+fn low_precision_masks_match_f32(m: &LiteMedSam, precision: InferPrecision, what: &str) {
     let fx = fixture();
     for name in ["retina", "fmri"] {
         let img = image(fx, name);
         let p32 = LitePredictor::new(m, &img).unwrap();
-        let p8 = LitePredictor::with_int8(m, &img, true).unwrap();
+        let p8 = LitePredictor::with_precision(m, &img, precision).unwrap();
         let (e32, e8) = (
             p32.embedding.to_vec().unwrap(),
             p8.embedding.to_vec().unwrap(),
@@ -255,7 +268,7 @@ fn int8_encoder_masks_match_f32() {
         let (emb_err, _) = max_err(&e8, &e32);
         let emb_range = e32.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         println!(
-            "{name}: int8 embedding max abs error {emb_err:.3} (|value| up to {emb_range:.2})"
+            "{name}: {what} embedding max abs error {emb_err:.3} (|value| up to {emb_range:.2})"
         );
         let boxes = &get(fx, &format!("{name}.boxes")).1;
         for (j, b) in boxes.chunks_exact(4).enumerate() {
@@ -270,10 +283,10 @@ fn int8_encoder_masks_match_f32() {
                 lq.iter().zip(&la).map(|(x, y)| (x - y).abs()).sum::<f32>() / la.len() as f32;
             let iou = mask_iou(&a.mask, &q.mask);
             println!(
-                "{name}.box{j}: int8 vs f32 mask IoU {iou:.4}, logits max abs error {err:.3}, mean {mean:.4}, predicted IoU {:.4} vs {:.4}",
+                "{name}.box{j}: {what} vs f32 mask IoU {iou:.4}, logits max abs error {err:.3}, mean {mean:.4}, predicted IoU {:.4} vs {:.4}",
                 q.iou, a.iou
             );
-            assert!(iou >= 0.99, "{name}.box{j}: int8 mask IoU {iou} < 0.99");
+            assert!(iou >= 0.99, "{name}.box{j}: {what} mask IoU {iou} < 0.99");
         }
     }
 }

@@ -54,15 +54,15 @@ pub fn compose_labels<B: Copy>(
 }
 
 /// LiteMedSAM: `MedSAM_infer_npz_2D` itself. `boxes` are `[x_min, y_min, x_max, y_max]` in image
-/// pixels; `int8` quantizes the image encoder's linear layers (see [`LitePredictor::with_int8`]).
+/// pixels; the image encoder runs at `precision` (see [`LitePredictor::with_precision`]).
 pub fn segment_image_lite(
     model: &LiteMedSam,
     img: &ImageU8,
     boxes: &[[f64; 4]],
-    int8: bool,
+    precision: InferPrecision,
 ) -> Result<Vec<u8>> {
     check_box_count(boxes.len())?;
-    let predictor = LitePredictor::with_int8(model, img, int8)?;
+    let predictor = LitePredictor::with_precision(model, img, precision)?;
     compose_labels(img.h * img.w, boxes, |b| Ok(predictor.predict_box(b)?.mask))
 }
 

@@ -13,7 +13,7 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::io::image::resize_area_u8_cv2;
 use crate::models::lite::LiteMedSam;
-use crate::pipeline::infer::sam::InputImage;
+use crate::pipeline::infer::sam::{InferPrecision, InputImage};
 use crate::tensor::Tensor;
 use std::path::Path;
 
@@ -125,16 +125,19 @@ pub struct LitePredictor<'m> {
 impl<'m> LitePredictor<'m> {
     /// Preprocesses and encodes the image (the expensive part, done once).
     pub fn new(model: &'m LiteMedSam, img: &ImageU8) -> Result<Self> {
-        Self::with_int8(model, img, false)
+        Self::with_precision(model, img, InferPrecision::F32)
     }
 
-    /// [`LitePredictor::new`] with the image encoder's linear layers in dynamically quantized
-    /// int8 if `int8` (see [`crate::ops::quant`]); the decoder stays f32.
-    pub fn with_int8(model: &'m LiteMedSam, img: &ImageU8, int8: bool) -> Result<Self> {
+    /// [`LitePredictor::new`] with the image encoder at `precision`: its matrix products in bf16
+    /// where this CPU makes bf16 pay, or its linear layers dynamically quantized to int8 (see
+    /// [`crate::ops::quant`]); the decoder stays f32.
+    pub fn with_precision(
+        model: &'m LiteMedSam,
+        img: &ImageU8,
+        precision: InferPrecision,
+    ) -> Result<Self> {
         let (input, new_hw) = prepare_input(img, model.img_size())?;
-        let embedding = no_grad(|| {
-            crate::ops::quant::autocast_int8(int8, || model.image_encoder.forward(&input))
-        })?;
+        let embedding = no_grad(|| precision.autocast(|| model.image_encoder.forward(&input)))?;
         Ok(LitePredictor {
             model,
             embedding,

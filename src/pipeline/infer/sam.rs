@@ -219,6 +219,16 @@ pub enum InferPrecision {
     Int8,
 }
 
+impl InferPrecision {
+    /// Runs `f` (an encoder's forward) at this precision: under `autocast_bf16` for bf16, under
+    /// `autocast_int8` for int8, as is for f32.
+    pub fn autocast<T>(self, f: impl FnOnce() -> T) -> T {
+        autocast_bf16(self == InferPrecision::Bf16, || {
+            crate::ops::quant::autocast_int8(self == InferPrecision::Int8, f)
+        })
+    }
+}
+
 /// One box's answer.
 pub struct BoxPrediction {
     /// Low-res logits `[1, 1, 4g, 4g]`.
@@ -240,13 +250,7 @@ impl<'m> Predictor<'m> {
     pub fn new(model: &'m Sam, img: &InputImage, precision: InferPrecision) -> Result<Self> {
         let size = model.config.image_encoder.img_size;
         let input = prepare_input(img, size)?;
-        let embedding = no_grad(|| {
-            autocast_bf16(precision == InferPrecision::Bf16, || {
-                crate::ops::quant::autocast_int8(precision == InferPrecision::Int8, || {
-                    model.image_encoder.forward(&input)
-                })
-            })
-        })?;
+        let embedding = no_grad(|| precision.autocast(|| model.image_encoder.forward(&input)))?;
         Ok(Predictor {
             model,
             embedding,
