@@ -816,8 +816,8 @@ fn lite_bad_inputs_are_clear_errors() {
         e.contains("--model-type") && e.contains("LiteMedSAM"),
         "{e}"
     );
-    let e = run(&["--box", "[1,1,10,10]", "--precision", "bf16"], &png);
-    assert!(e.contains("f32"), "{e}");
+    let e = run(&["--box3d", "[1,2,1,5,10,3]", "--precision", "bf16"], &nii);
+    assert!(e.contains("--precision") && e.contains("f32"), "{e}");
     let e = run(&["--box3d", "[1,1,1,10,10,3]"], &png);
     assert!(e.contains("2D image"), "{e}");
 }
