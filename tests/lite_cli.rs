@@ -23,6 +23,7 @@ mod process;
 use fixtures::read_arrays;
 use lite_fixture::{run_medsam, tiny_checkpoint, tiny_config};
 use medsam::checkpoint::{save_pth, TensorData, Value};
+use medsam::infer::InferPrecision;
 use medsam::infer_lite::{segment_volume, Box3d, ImageU8, LitePredictor};
 use medsam::model::lite::LiteMedSam;
 use medsam::weights::{load_any_model, AnyModel};
@@ -221,6 +222,30 @@ fn lite_2d_png_matches_library_predictor() {
         .to_vec()
         .unwrap();
     assert_eq!(arr.to_f32(), want, "logits differ from LitePredictor's");
+
+    // `--precision bf16`: the library at the same precision (bf16 where this CPU makes it pay,
+    // else f32 — either way the same computation on both sides).
+    let out16 = d.join("out16");
+    let logits16 = d.join("logits16.npy");
+    ok(&medsam(
+        &["--box", "[30,10,80,50]", "--precision", "bf16"],
+        &[
+            ("-i", &png),
+            ("-o", &out16),
+            ("-c", &ckpt),
+            ("--model-config", &tiny_config()),
+            ("--logits", &logits16),
+        ],
+    ));
+    let p16 = LitePredictor::with_precision(&m, &img, InferPrecision::Bf16).unwrap();
+    let a16 = p16.predict_box([30.0, 10.0, 80.0, 50.0]).unwrap();
+    let (_, _, mask16) = read_png_mask(&out16.join("seg_scan.png"));
+    assert_eq!(
+        mask16, a16.mask,
+        "bf16 CLI mask differs from LitePredictor's"
+    );
+    let got16 = medsam::npy::read_npy(&logits16).unwrap().to_f32();
+    assert_eq!(got16, a16.low_res_logits.to_vec().unwrap());
 }
 
 #[test]
