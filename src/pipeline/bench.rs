@@ -530,11 +530,26 @@ fn ms(s: f64) -> String {
     }
 }
 
-/// The rows as a Markdown table (milliseconds; ratio = ours / PyTorch on the median total).
+/// This row's median encode time over that of the same model's f32 row (what the lower
+/// precision buys on this CPU), "—" without an f32 row or encode times (`--load-only`).
+fn encode_vs_f32(rows: &[BenchRow], r: &BenchRow) -> String {
+    let f32_row = rows
+        .iter()
+        .find(|x| x.model == r.model && x.precision == InferPrecision::F32);
+    let ratio = f32_row.map_or(f64::NAN, |f| r.ours.encode.median / f.ours.encode.median);
+    if ratio.is_finite() {
+        format!("{ratio:.2}")
+    } else {
+        "—".into()
+    }
+}
+
+/// The rows as a Markdown table (milliseconds; "encode / f32" = this row's median encode over
+/// the same model's f32 row's; ratio = ours / PyTorch on the median total).
 pub fn markdown_table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "| model | precision | load ms | preprocess ms | encode ms | decode ms | total best ms | total median ms | first call ms | PyTorch median ms | PyTorch first ms | ours / PyTorch |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| model | precision | load ms | preprocess ms | encode ms | encode / f32 | decode ms | total best ms | total median ms | first call ms | PyTorch median ms | PyTorch first ms | ours / PyTorch |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let o = &r.ours;
@@ -547,12 +562,13 @@ pub fn markdown_table(rows: &[BenchRow]) -> String {
             Err(_) => ("—".into(), "—".into(), "—".into()),
         };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.model,
             precision_name(r.precision),
             ms(o.load),
             ms(o.preprocess.median),
             ms(o.encode.median),
+            encode_vs_f32(rows, r),
             ms(o.decode.median),
             ms(o.total.best),
             ms(o.total.median),
@@ -577,4 +593,56 @@ pub fn torch_notes(rows: &[BenchRow]) -> Vec<String> {
             Ok(_) => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, precision: InferPrecision, encode_s: f64) -> BenchRow {
+        let stat = |v: f64| Stat { best: v, median: v };
+        BenchRow {
+            model: model.into(),
+            precision,
+            ours: Figures {
+                load: 0.01,
+                first: 0.3,
+                preprocess: stat(0.001),
+                encode: stat(encode_s),
+                decode: stat(0.02),
+                total: stat(encode_s + 0.021),
+            },
+            torch: Err("not run".into()),
+        }
+    }
+
+    /// Each row's encode is divided by its own model's f32 row, whatever the row order; a
+    /// model timed without f32 gets "—".
+    #[test]
+    fn encode_ratio_is_against_the_same_models_f32_row() {
+        let rows = [
+            row("A", InferPrecision::Bf16, 0.15),
+            row("A", InferPrecision::F32, 0.25),
+            row("B", InferPrecision::F32, 1.0),
+            row("B", InferPrecision::Int8, 0.4),
+            row("C", InferPrecision::Int8, 0.5),
+            row("D", InferPrecision::F32, f64::NAN),
+        ];
+        let table = markdown_table(&rows);
+        let cells = |i: usize| -> Vec<String> {
+            let line = table.lines().nth(2 + i).unwrap();
+            line.split('|').map(|c| c.trim().to_string()).collect()
+        };
+        let header: Vec<String> = table
+            .lines()
+            .next()
+            .unwrap()
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect();
+        let col = header.iter().position(|c| c == "encode / f32").unwrap();
+        let got: Vec<String> = (0..rows.len()).map(|i| cells(i)[col].clone()).collect();
+        assert_eq!(got, ["0.60", "1.00", "1.00", "0.40", "—", "—"]);
+        assert_eq!(header.len(), cells(0).len(), "every row has every column");
+    }
 }
