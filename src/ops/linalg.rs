@@ -18,6 +18,12 @@ pub fn autocast_bf16<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     crate::autograd::with_flag(&AUTOCAST_BF16, enabled, f)
 }
 
+/// Runs `f` with its matrix products in f32 whatever the autocast in force (bf16 or int8): for
+/// the convolutions that models run as linear layers, which stay f32 as every convolution does.
+pub fn products_in_f32<T>(f: impl FnOnce() -> T) -> T {
+    super::quant::autocast_int8(false, || autocast_bf16(false, f))
+}
+
 pub fn current_precision() -> Precision {
     if AUTOCAST_BF16.with(|c| c.get()) {
         Precision::Bf16

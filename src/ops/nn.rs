@@ -93,11 +93,9 @@ impl Tensor {
             return Ok(None);
         }
         let (b, c, h, wd, co) = (s[0], s[1], s[2], s[3], ws[0]);
-        let y = crate::ops::quant::autocast_int8(false, || {
-            crate::ops::linalg::autocast_bf16(false, || {
-                nhwc.reshape(&[b * h * wd, c])?
-                    .linear(&w.reshape(&[co, c])?, bias)
-            })
+        let y = crate::ops::linalg::products_in_f32(|| {
+            nhwc.reshape(&[b * h * wd, c])?
+                .linear(&w.reshape(&[co, c])?, bias)
         })?;
         Ok(Some(y.reshape(&[b, h, wd, co])?.permute(&[0, 3, 1, 2])?))
     }

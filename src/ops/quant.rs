@@ -198,21 +198,6 @@ pub fn unquantized_in_bf16() -> bool {
     })
 }
 
-/// Runs `f` with int8 off: for products that are convolutions in the model (LiteMedSAM's 1×1
-/// convs run as linear layers), which int8 does not quantize. Under [`autocast_int8`] they run
-/// in bf16 where the unquantized layers do ([`unquantized_in_bf16`]), else at the precision
-/// already in force.
-pub fn unquantized<T>(f: impl FnOnce() -> T) -> T {
-    let bf16 = int8_enabled() && unquantized_in_bf16();
-    autocast_int8(false, || {
-        if bf16 {
-            crate::ops::linalg::autocast_bf16(true, f)
-        } else {
-            f()
-        }
-    })
-}
-
 /// A tensor's data as one dense CPU slice, or None.
 fn dense_cpu(t: &Tensor) -> Option<&[f32]> {
     if !t.is_contiguous() {

@@ -243,10 +243,6 @@ fn load(spec: &ModelSpec) -> Result<(Loaded, String)> {
 /// Seconds of one call: preprocess, encode, decode.
 type Call = [f64; 3];
 
-fn with_precision<T>(p: InferPrecision, f: impl FnOnce() -> T) -> T {
-    p.autocast(f)
-}
-
 fn lap(t: &mut Instant) -> f64 {
     let s = t.elapsed().as_secs_f64();
     *t = Instant::now();
@@ -260,7 +256,7 @@ fn timed_encode<T>(
     encode: impl FnOnce() -> Result<T>,
 ) -> Result<(f64, T, f64)> {
     let pre = lap(t);
-    let encoded = with_precision(p, encode)?;
+    let encoded = p.autocast(encode)?;
     Ok((pre, encoded, lap(t)))
 }
 

@@ -426,20 +426,18 @@ impl PatchEmbed {
         let (w0, b0) = s0.folded_weight()?;
         let (w2, b2) = s2.folded_weight()?;
         let (c0, c2) = (w0.dim(0), w2.dim(0));
-        // The image's first convolutions stay f32 under any precision: in bf16 (as the later
-        // 1×1 convs run under `--precision bf16` or `int8`) they took the mask IoU against f32
-        // on the real LiteMedSAM slices from 0.994 to 0.979 (tests/models/lite_real.rs).
-        crate::ops::quant::autocast_int8(false, || {
-            crate::ops::linalg::autocast_bf16(false, || {
-                let pixels = x
-                    .permute(&[0, 2, 3, 1])?
-                    .contiguous()?
-                    .reshape(&[b * h * w, c])?;
-                let y = pixels
-                    .linear_act(&w0.reshape(&[c0, c])?, Some(&b0), true)?
-                    .linear_act(&w2.reshape(&[c2, c0])?, Some(&b2), false)?;
-                y.reshape(&[b, h, w, c2])?.permute(&[0, 3, 1, 2])
-            })
+        // Convolutions stay f32 under `--precision bf16` and `int8`: in bf16 (with the patch
+        // mergings') these two took the mask IoU against f32 on the real LiteMedSAM slices from
+        // 0.996 to 0.979 (tests/models/lite_real.rs).
+        crate::ops::linalg::products_in_f32(|| {
+            let pixels = x
+                .permute(&[0, 2, 3, 1])?
+                .contiguous()?
+                .reshape(&[b * h * w, c])?;
+            let y = pixels
+                .linear_act(&w0.reshape(&[c0, c])?, Some(&b0), true)?
+                .linear_act(&w2.reshape(&[c2, c0])?, Some(&b2), false)?;
+            y.reshape(&[b, h, w, c2])?.permute(&[0, 3, 1, 2])
         })
     }
 }
@@ -526,8 +524,9 @@ impl PatchMerging {
         let (w1, b1) = c1.folded_weight()?;
         let (w2, b2) = c2.folded_weight()?;
         let (w3, b3) = c3.folded_weight()?;
-        // Convolutions are not quantized: these GEMMs stay out of int8 as well.
-        crate::ops::quant::unquantized(|| {
+        // Convolutions stay f32 under `--precision bf16` and `int8`: in bf16 (k = 64–160) these
+        // were no faster and cost mask IoU on the real slices (0.9960 → 0.9944, retina box 0).
+        crate::ops::linalg::products_in_f32(|| {
             let nhwc = x.permute(&[0, 2, 3, 1])?.reshape(&[b * h * w, c])?;
             let h1 = nhwc.linear_act(&w1.reshape(&[co, c])?, Some(&b1), true)?;
             let h2 = h1.reshape(&[b, h, w, co])?.depthwise_conv2d_nhwc(
