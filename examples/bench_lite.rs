@@ -5,12 +5,13 @@
 //!
 //! CKPT defaults to assets/lite_medsam.pth; without it the model has random weights (same cost).
 
+use clap::ValueEnum;
 use medsam::autograd::no_grad;
 use medsam::infer::InferPrecision;
 use medsam::infer_lite::{ImageU8, LitePredictor};
 use medsam::model::lite::{LiteConfig, LiteMedSam};
 use medsam::weights::load_lite_model;
-use medsam::{Device, Result};
+use medsam::{Device, Error, Result};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,11 +23,13 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| "assets/lite_medsam.pth".into()),
     );
     let repeats: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
-    let (precision, name) = match args.get(2).map(String::as_str) {
-        Some("bf16") => (InferPrecision::Bf16, "bf16"),
-        Some("int8") => (InferPrecision::Int8, "int8"),
-        _ => (InferPrecision::F32, "f32"),
-    };
+    let name = args.get(2).map_or("f32", String::as_str);
+    let precision = InferPrecision::from_str(name, false).map_err(|_| {
+        Error::arg(
+            "precision (third argument)",
+            format!("`{name}` is not f32, bf16 or int8"),
+        )
+    })?;
     let (model, weights) = if ckpt.is_file() {
         (load_lite_model(&ckpt, None, Device::Cpu)?.0, "pretrained")
     } else {
