@@ -75,11 +75,14 @@ class VideoPredictor:
         image_size: Optional[int] = None,
         device: str = "cpu",
         fill_hole_area: int = 8,
+        precision: Literal["f32", "bf16", "int8"] = "f32",
     ) -> None: ...
     @property
     def image_size(self) -> int: ...
     @property
     def fill_hole_area(self) -> int: ...
+    @property
+    def precision(self) -> Literal["f32", "bf16", "int8"]: ...
     def init_state(
         self, frames: _Array, video_size: Optional[Tuple[int, int]] = None
     ) -> InferenceState:

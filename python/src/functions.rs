@@ -90,7 +90,7 @@ fn segment_volume<'py>(
     boxes: &Bound<'py, PyAny>,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<PyObject> {
-    let model = predictor.model.clone();
+    let (model, precision) = (predictor.model.clone(), predictor.precision);
     let AnyModel::Lite(lite) = &*model else {
         return Err(value_err(
             "segment_volume: needs a LiteMedSAM predictor (SAM/MedSAM volumes go slice by slice through predict)",
@@ -131,7 +131,14 @@ fn segment_volume<'py>(
         unreachable!("checked uint8 above")
     };
     Callback::new(progress).segment_volume(py, (d, h, w), |on_slice| {
-        medsam::pipeline::infer::lite::segment_volume(lite, data, (d, h, w), &boxes3d, on_slice)
+        medsam::pipeline::infer::lite::segment_volume(
+            lite,
+            data,
+            (d, h, w),
+            &boxes3d,
+            precision,
+            on_slice,
+        )
     })
 }
 

@@ -63,7 +63,7 @@ struct Embedded {
 pub struct Predictor {
     pub(crate) model: Arc<AnyModel>,
     device: Device,
-    precision: InferPrecision,
+    pub(crate) precision: InferPrecision,
     transform: Transform,
     state: Option<Embedded>,
 }
@@ -83,7 +83,7 @@ fn parse_model_type(s: Option<&str>) -> PyResult<(Option<ModelType>, bool)> {
     })
 }
 
-fn parse_precision(s: &str) -> PyResult<InferPrecision> {
+pub(crate) fn parse_precision(s: &str) -> PyResult<InferPrecision> {
     match s {
         "f32" | "float32" => Ok(InferPrecision::F32),
         "bf16" | "bfloat16" => Ok(InferPrecision::Bf16),

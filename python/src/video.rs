@@ -229,9 +229,11 @@ impl VideoPredictor {
     /// .safetensors). `config`: a JSON file whose keys mirror SAM2's Hydra config (otherwise
     /// inferred from the weights); `image_size` overrides the size the file name suggests
     /// (512 for MedSAM2 files, else 1024); `fill_hole_area` as `build_sam2_video_predictor`
-    /// (8; 0 = off, as the reference on CPU).
+    /// (8; 0 = off, as the reference on CPU); `precision` of the image encoder: "f32", "bf16" or
+    /// "int8" (the memory path and the heads run in f32).
     #[new]
-    #[pyo3(signature = (checkpoint, config=None, image_size=None, device="cpu", fill_hole_area=8))]
+    #[pyo3(signature = (checkpoint, config=None, image_size=None, device="cpu", fill_hole_area=8, precision="f32"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         checkpoint: PathBuf,
@@ -239,7 +241,9 @@ impl VideoPredictor {
         image_size: Option<usize>,
         device: &str,
         fill_hole_area: usize,
+        precision: &str,
     ) -> PyResult<Self> {
+        let precision = crate::predictor::parse_precision(precision)?;
         if !checkpoint.is_file() {
             return Err(crate::not_found_err(format!(
                 "{}: checkpoint not found",
@@ -252,6 +256,7 @@ impl VideoPredictor {
             .map_err(to_py)?;
         let mut inner = Inner::new(model);
         inner.fill_hole_area = fill_hole_area;
+        inner.precision = precision;
         Ok(VideoPredictor {
             inner: Arc::new(inner),
             device,
@@ -267,6 +272,12 @@ impl VideoPredictor {
     #[getter]
     fn fill_hole_area(&self) -> usize {
         self.inner.fill_hole_area
+    }
+
+    /// The image encoder's precision: "f32", "bf16" or "int8".
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.inner.precision.name()
     }
 
     /// `init_state`: encodes the first frame and returns the state of this frame stack.
@@ -431,10 +442,11 @@ impl VideoPredictor {
 
     fn __repr__(&self) -> String {
         format!(
-            "VideoPredictor(image_size={}, fill_hole_area={}, device={:?})",
+            "VideoPredictor(image_size={}, fill_hole_area={}, device={:?}, precision={:?})",
             self.image_size(),
             self.inner.fill_hole_area,
-            self.device
+            self.device,
+            self.precision()
         )
     }
 }

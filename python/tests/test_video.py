@@ -164,3 +164,23 @@ def test_other_family_is_named(tmp_path):
         medsam_rs.VideoPredictor(ckpt)
     with pytest.raises(FileNotFoundError):
         medsam_rs.VideoPredictor(str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_is_the_encoders(tiny, precision):
+    """`precision` sets the image encoder's precision (read back, in the repr); tracking at it
+    stays close to f32's logits; an unknown name is a ValueError naming the choices."""
+    _, ckpt, cfg, _ = tiny
+    f32 = predictor(tiny)
+    low = medsam_rs.VideoPredictor(ckpt, config=cfg, fill_hole_area=0, precision=precision)
+    assert low.precision == precision and f32.precision == "f32"
+    assert f"precision={precision!r}".replace("'", '"') in repr(low)
+    frames = sam2_named.frames(4, low.image_size, 1)
+    outs = []
+    for p in (f32, low):
+        state = p.init_state(frames, video_size=(64, 64))
+        p.add_new_points_or_box(state, 0, 1, box=np.array([10, 12, 40, 44], np.float32))
+        outs.append(np.concatenate([m.ravel() for _, _, m in p.propagate_in_video(state)]))
+    assert np.corrcoef(outs[0], outs[1])[0, 1] > 0.99
+    with pytest.raises(ValueError, match="int8"):
+        medsam_rs.VideoPredictor(ckpt, config=cfg, precision="fp4")

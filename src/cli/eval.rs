@@ -110,12 +110,6 @@ fn progress_bar(comm: &dyn Communicator) -> indicatif::ProgressBar {
 
 /// 3D volumes: LiteMedSAM (slice-by-slice box propagation) or MedSAM2 (`--model-type medsam2`).
 fn run_volumes(a: &EvalArgs, comm: &dyn Communicator) -> Result<()> {
-    if a.precision != InferPrecision::F32 {
-        return Err(medsam::Error::arg(
-            "--precision",
-            "3D volume evaluation runs in f32 only",
-        ));
-    }
     let cfg = Eval3dConfig {
         data_path: a.data_path.clone(),
         label_path: a.label_path.clone(),
@@ -144,12 +138,13 @@ fn run_volumes(a: &EvalArgs, comm: &dyn Communicator) -> Result<()> {
         }
         let mut predictor = VideoPredictor::new(model);
         predictor.fill_hole_area = 8;
+        predictor.precision = a.precision;
         let mut seg = medsam2_segmenter(&predictor, None);
         evaluate_volumes(&cfg, "medsam2", &mut seg, comm, &mut on_volume)?
     } else {
         match load_any_model(&a.model)? {
             AnyModel::Lite(m) => {
-                let mut seg = lite_segmenter(&m);
+                let mut seg = lite_segmenter(&m, a.precision);
                 evaluate_volumes(&cfg, "lite", &mut seg, comm, &mut on_volume)?
             }
             AnyModel::Sam(_) => {

@@ -47,7 +47,8 @@ pub struct InferArgs {
     /// Also write the low-res mask logits (float32 [n_boxes, 1, 4g, 4g]) to this .npy (2D only).
     #[arg(long)]
     pub logits: Option<PathBuf>,
-    /// Image-encoder precision (3D volumes run in f32).
+    /// Image-encoder precision, every model and input (prompt encoders, mask decoders and
+    /// MedSAM2's memory path run in f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
     /// DICOM input: the SeriesInstanceUID to segment when the folder holds several series.
@@ -163,6 +164,13 @@ pub(super) fn refuse_input(a: &InferArgs, output: &Path, flag: &str) -> Result<(
     medsam::io::paths::refuse_overwriting_input(output, flag, &inputs)
 }
 
+/// Says on stderr which kernels a low precision runs on this CPU (nothing for f32).
+pub(super) fn note_precision(p: InferPrecision) {
+    if p != InferPrecision::F32 {
+        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
+    }
+}
+
 pub fn run(a: &InferArgs) -> Result<()> {
     if let Some(l) = &a.logits {
         refuse_input(a, l, "--logits")?;
@@ -245,9 +253,7 @@ impl Segmentation2d {
     ) -> Result<Self> {
         let t0 = std::time::Instant::now();
         let p = a.precision;
-        if p != InferPrecision::F32 {
-            eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
-        }
+        note_precision(p);
         let input = prepare()?;
         let pre = t0.elapsed().as_secs_f64();
         let predictor = medsam::autograd::no_grad(|| p.autocast(|| encode(input)))?;
@@ -514,9 +520,7 @@ fn run_npz_2d(a: &InferArgs, img: NpzImage2d) -> Result<()> {
     let (h, w) = (img.h, img.w);
     let image = ImageU8::new(h, w, img.channels, img.data)?;
     let model = load_any_model(&a.model)?;
-    if a.precision != InferPrecision::F32 {
-        eprintln!("note: {}", medsam_kernels::gemm::precision_summary());
-    }
+    note_precision(a.precision);
     let t0 = std::time::Instant::now();
     let segs = match model {
         AnyModel::Lite(m) => {
@@ -634,18 +638,18 @@ fn run_volume(a: &InferArgs) -> Result<()> {
             ))
         }
     };
-    if a.precision != InferPrecision::F32 {
-        return Err(Error::arg(
-            "--precision",
-            "3D volume inference runs in f32 only",
-        ));
-    }
+    note_precision(a.precision);
     let (d, h, w) = vol.shape;
     let t0 = std::time::Instant::now();
     let mut slices = 0usize;
-    let segs = segment_volume(&model, &vol.data, vol.shape, &boxes, &mut |_, _| {
-        slices += 1
-    })?;
+    let segs = segment_volume(
+        &model,
+        &vol.data,
+        vol.shape,
+        &boxes,
+        a.precision,
+        &mut |_, _| slices += 1,
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     medsam::io::paths::create_output_dir(&a.seg_path, "--seg-path")?;
     let stem = stem_of(path);

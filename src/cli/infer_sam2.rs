@@ -282,6 +282,8 @@ fn load_predictor(a: &InferArgs) -> Result<VideoPredictor> {
     medsam::backend::cpu::set_cached_buffer_limit(MEDSAM2_CACHED_BUFFERS);
     let mut predictor = VideoPredictor::new(model);
     predictor.fill_hole_area = if a.medsam2.no_fill_holes { 0 } else { 8 };
+    predictor.precision = a.precision;
+    super::infer::note_precision(a.precision);
     Ok(predictor)
 }
 

@@ -6,6 +6,7 @@ pub mod extra;
 pub mod linalg;
 pub mod loss;
 pub mod nn;
+pub mod precision;
 pub mod quant;
 pub mod rope;
 pub mod shape;

@@ -355,7 +355,7 @@ pub fn run_bench(
     let mut rows = Vec::new();
     for spec in specs {
         let t = Instant::now();
-        let (model, name) = load(spec)?;
+        let (mut model, name) = load(spec)?;
         let load_s = t.elapsed().as_secs_f64();
         if opts.load_only {
             let row = BenchRow {
@@ -369,6 +369,9 @@ pub fn run_bench(
             continue;
         }
         for &p in precisions {
+            if let Loaded::Medsam2(pred) = &mut model {
+                pred.precision = p; // the predictor's own encoder precision, as users run it
+            }
             let mut calls = Vec::new();
             let mut torch_runs: Vec<std::result::Result<Figures, String>> = Vec::new();
             for round in 0..opts.rounds {
@@ -422,14 +425,6 @@ impl Drop for RawImage {
     }
 }
 
-fn precision_name(p: InferPrecision) -> &'static str {
-    match p {
-        InferPrecision::F32 => "f32",
-        InferPrecision::Bf16 => "bf16",
-        InferPrecision::Int8 => "int8",
-    }
-}
-
 /// One PyTorch worker process: `RESULT key=value ...` on its last such line, or why not.
 fn torch_round(
     python: &str,
@@ -452,7 +447,7 @@ fn torch_round(
         .args([
             spec.family.name(),
             &ckpt,
-            precision_name(p),
+            p.name(),
             &repeats.to_string(),
             &raw.path.display().to_string(),
             &raw.hw.0.to_string(),
@@ -560,7 +555,7 @@ pub fn markdown_table(rows: &[BenchRow]) -> String {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.model,
-            precision_name(r.precision),
+            r.precision.name(),
             ms(o.load),
             ms(o.preprocess.median),
             ms(o.encode.median),
@@ -581,11 +576,7 @@ pub fn markdown_table(rows: &[BenchRow]) -> String {
 pub fn torch_notes(rows: &[BenchRow]) -> Vec<String> {
     rows.iter()
         .filter_map(|r| match &r.torch {
-            Err(e) => Some(format!(
-                "{} {}: PyTorch {e}",
-                r.model,
-                precision_name(r.precision)
-            )),
+            Err(e) => Some(format!("{} {}: PyTorch {e}", r.model, r.precision.name())),
             Ok(_) => None,
         })
         .collect()

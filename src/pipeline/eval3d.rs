@@ -400,6 +400,7 @@ pub fn box_volume(b: &[usize; 6], (d, h, w): (usize, usize, usize)) -> Vec<bool>
 /// are to [`crate::pipeline::infer::lite::segment_volume`]).
 pub fn lite_segmenter(
     model: &crate::models::lite::LiteMedSam,
+    precision: crate::ops::precision::InferPrecision,
 ) -> impl FnMut(&LoadedVolume, &[GtBox]) -> Result<Vec<u8>> + '_ {
     move |v, boxes| {
         let b3: Vec<crate::pipeline::infer::lite::Box3d> =
@@ -409,6 +410,7 @@ pub fn lite_segmenter(
             &v.image.data,
             v.shape(),
             &b3,
+            precision,
             &mut |_, _| {},
         )
     }

@@ -210,7 +210,8 @@ fn mri_volume_propagation_matches_pytorch() {
                 .unwrap()
         })
         .collect();
-    let segs = segment_volume(m, &vol, (s[0], s[1], s[2]), &boxes, &mut |_, _| {}).unwrap();
+    let f32 = medsam::infer::InferPrecision::F32;
+    let segs = segment_volume(m, &vol, (s[0], s[1], s[2]), &boxes, f32, &mut |_, _| {}).unwrap();
     let want = &get(fx, "volume.segs").1;
     let differ = segs
         .iter()

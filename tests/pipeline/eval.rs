@@ -392,7 +392,7 @@ fn volume_eval_npz_and_nifti_write_model_and_box_rows() {
         work_dir: d.join("out_lib"),
         ..Eval3dConfig::default()
     };
-    let mut seg = eval3d::lite_segmenter(&model);
+    let mut seg = eval3d::lite_segmenter(&model, medsam::infer::InferPrecision::F32);
     let out = evaluate_volumes(&c, "lite", &mut seg, &SingleProcess, &mut |_, _| {}).unwrap();
     assert_eq!(std::fs::read_to_string(&out.csv).unwrap(), csvs[0]);
     assert_eq!(out.rows.len(), 4);

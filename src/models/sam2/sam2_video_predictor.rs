@@ -15,6 +15,7 @@ use super::sam2_base::{
 };
 use super::sam2_utils::interpolate_bilinear_aa;
 use crate::error::{Error, Result};
+use crate::ops::precision::InferPrecision;
 use crate::tensor::Tensor;
 use crate::Device;
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +37,8 @@ pub struct VideoPredictor {
     pub fill_hole_area: usize,
     /// Keep the image features of every frame instead of only the last one.
     pub cache_all_features: bool,
+    /// Precision of the image encoder (the memory path and the heads run in f32).
+    pub precision: InferPrecision,
 }
 
 #[derive(Clone, Default)]
@@ -146,6 +149,7 @@ impl VideoPredictor {
             model,
             fill_hole_area: 0,
             cache_all_features: false,
+            precision: InferPrecision::F32,
         }
     }
 
@@ -211,7 +215,7 @@ impl VideoPredictor {
         }
         let img = state.images.frame(frame_idx)?.to_device(state.device)?;
         let t0 = std::time::Instant::now();
-        let f = self.model.forward_image(&img)?;
+        let f = self.precision.autocast(|| self.model.forward_image(&img))?;
         ENCODER_NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if !self.cache_all_features {
             state.cached_features.clear();

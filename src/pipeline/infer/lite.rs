@@ -179,12 +179,14 @@ impl<'m> LitePredictor<'m> {
 pub type Box3d = [i64; 6];
 
 /// `MedSAM_infer_npz_3D` for a `d × h × w` uint8 volume: labels `1..=boxes.len()` (later boxes
-/// overwrite earlier ones where they overlap), row-major `d·h·w`. `on_slice(box, z)` reports progress.
+/// overwrite earlier ones where they overlap), row-major `d·h·w`, each slice's image encoder at
+/// `precision`. `on_slice(box, z)` reports progress.
 pub fn segment_volume(
     model: &LiteMedSam,
     vol: &[u8],
     (d, h, w): (usize, usize, usize),
     boxes: &[Box3d],
+    precision: InferPrecision,
     on_slice: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<u8>> {
     if vol.len() != d * h * w || d == 0 || h == 0 || w == 0 {
@@ -226,7 +228,7 @@ pub fn segment_volume(
             let z = z as usize;
             // Each box re-encodes its slices, as upstream does (bounded memory).
             let img = ImageU8::new(h, w, 1, vol[z * plane..(z + 1) * plane].to_vec())?;
-            let pred = LitePredictor::new(model, &img)?;
+            let pred = LitePredictor::with_precision(model, &img, precision)?;
             let box_in = match prev {
                 None => scale_box(mid_box, (h, w), size),
                 Some(p) => {

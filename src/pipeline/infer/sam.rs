@@ -7,7 +7,7 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::io::image::{resize_cubic_aa_skimage_mode, ResizeMode};
 use crate::models::Sam;
-use crate::ops::linalg::autocast_bf16;
+pub use crate::ops::precision::InferPrecision;
 use crate::tensor::Tensor;
 use std::path::Path;
 
@@ -204,29 +204,6 @@ pub fn check_box(b: [f32; 4], h: usize, w: usize) -> Result<CheckedBox> {
         bbox: clipped,
         warning,
     })
-}
-
-/// Numeric precision of the image encoder at inference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum InferPrecision {
-    #[default]
-    F32,
-    /// Matrix products in bf16 where this CPU runs bf16 faster than f32, else f32
-    /// (`medsam_kernels::gemm::bf16_plan`).
-    Bf16,
-    /// Linear layers dynamically quantized to int8 (per-channel weights, per-token
-    /// activations), as PyTorch's `quantize_dynamic`; see `medsam::ops::quant`.
-    Int8,
-}
-
-impl InferPrecision {
-    /// Runs `f` (an encoder's forward) at this precision: under `autocast_bf16` for bf16, under
-    /// `autocast_int8` for int8, as is for f32.
-    pub fn autocast<T>(self, f: impl FnOnce() -> T) -> T {
-        autocast_bf16(self == InferPrecision::Bf16, || {
-            crate::ops::quant::autocast_int8(self == InferPrecision::Int8, f)
-        })
-    }
 }
 
 /// One box's answer.
