@@ -10,7 +10,11 @@ time, per-slice propagation time, image-encoder vs memory-path (everything else)
 peak RSS (the child process's ru_maxrss).
 
     MEDSAM_PYTHON=/path/to/venv/bin/python $MEDSAM_PYTHON benches/sam2_vs_torch.py \
-        [--slices 64] [--size 256] [--rounds 1] [--medsam target/release/medsam]
+        [--slices 64] [--size 256] [--rounds 1] [--precision f32,bf16,int8] \
+        [--medsam target/release/medsam]
+
+`--precision`: ours runs once per listed precision of its image encoder in every round (the
+memory path and the heads stay f32); PyTorch runs in f32, as the official recipe does on a CPU.
 
 Needs torch, sam2 (1.1.0) and numpy in MEDSAM_PYTHON; build the CLI first
 (`cargo build --release`). On a shared machine the figures are indicative only.
@@ -121,8 +125,8 @@ def result(out):
     return dict(kv.split("=", 1) for kv in line.split()[1:])
 
 
-def ours(medsam, work, box):
-    cmd = [medsam, "infer", "--model-type", "medsam2",
+def ours(medsam, work, box, precision):
+    cmd = [medsam, "infer", "--model-type", "medsam2", "--precision", precision,
            "-c", os.path.join(work, "bench_t512.pt"),
            "--model-config", os.path.join(work, "bench_t512.json"),
            "-i", os.path.join(work, "bench.npz"), "-o", os.path.join(work, "out"),
@@ -145,7 +149,7 @@ def torch_side(work):
 
 def show(name, r):
     mem = r["seg_s"] - r["encoder_s"]
-    print(f"{name:6s} wall {r['wall_s']:7.1f} s  segmentation {r['seg_s']:7.1f} s  "
+    print(f"{name:10s} wall {r['wall_s']:7.1f} s  segmentation {r['seg_s']:7.1f} s  "
           f"{r['steps']} steps, {r['per_slice_s']:.3f} s/slice  encoder {r['encoder_s']:6.1f} s  "
           f"memory path + heads {mem:6.1f} s  CPU {r['cpu_s']:7.1f} s  "
           f"peak RSS {r['rss_mib']:7.0f} MiB", flush=True)
@@ -156,6 +160,7 @@ def main():
     ap.add_argument("--slices", type=int, default=64)
     ap.add_argument("--size", type=int, default=256, help="in-plane size of the test volume")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--precision", default="f32", help="ours: comma-separated f32, bf16, int8")
     ap.add_argument("--medsam", default=os.path.join(ROOT, "target", "release", "medsam"))
     ap.add_argument("--work", default=os.path.join(ROOT, "target", "sam2_bench"))
     a = ap.parse_args()
@@ -163,15 +168,19 @@ def main():
     out = run_child([python(), "-c", PREPARE, ROOT, a.work, str(a.slices), str(a.size)])
     box = result(out)["box"]
     print(f"t512, {a.slices} slices of {a.size}², box {box}, nproc {os.cpu_count()}", flush=True)
-    rows = {"ours": [], "torch": []}
+    precisions = a.precision.split(",")
+    rows = {p: [] for p in precisions}
+    rows["torch"] = []
     for _ in range(a.rounds):
-        rows["ours"].append(ours(a.medsam, a.work, box))
-        show("ours", rows["ours"][-1])
+        for p in precisions:
+            rows[p].append(ours(a.medsam, a.work, box, p))
+            show(f"ours {p}", rows[p][-1])
         rows["torch"].append(torch_side(a.work))
         show("torch", rows["torch"][-1])
     best = {k: min(v, key=lambda r: r["seg_s"]) for k, v in rows.items()}
-    for k in ("wall_s", "seg_s", "per_slice_s", "encoder_s", "cpu_s", "rss_mib"):
-        print(f"ratio ours/torch {k}: {best['ours'][k] / best['torch'][k]:.2f}")
+    for p in precisions:
+        for k in ("wall_s", "seg_s", "per_slice_s", "encoder_s", "cpu_s", "rss_mib"):
+            print(f"ratio ours {p}/torch f32 {k}: {best[p][k] / best['torch'][k]:.2f}")
 
 
 if __name__ == "__main__":

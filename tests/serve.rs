@@ -2106,6 +2106,47 @@ fn web_nifti_download_keeps_the_input_geometry() {
     );
 }
 
+/// `medsam serve --precision`: the engine encodes a slice as `LitePredictor::with_precision`
+/// does at the same precision; at bf16 the embedding differs from f32's where bf16 pays on this
+/// CPU (else it is f32's exactly).
+#[test]
+fn engine_encodes_at_its_precision() {
+    use medsam::infer::InferPrecision;
+    use medsam::infer_lite::{ImageU8, LitePredictor};
+    use medsam::weights::AnyModel;
+    let dir = tmpdir("precision");
+    let ckpt = tiny_checkpoint(&dir);
+    let cfg = tiny_config();
+    let load = || {
+        medsam::models::load::load_any_model(&ckpt, None, Some(cfg.as_path()), Device::Cpu)
+            .unwrap()
+            .0
+    };
+    let (h, w) = (48usize, 40usize);
+    let img = ImageU8::new(h, w, 1, volume(1, h, w)).unwrap();
+    let mut embeddings = Vec::new();
+    for p in [InferPrecision::F32, InferPrecision::Bf16] {
+        let got = Engine::from_any(load(), p).encode(&img).unwrap();
+        let AnyModel::Lite(m) = load() else {
+            panic!("the tiny checkpoint is a LiteMedSAM")
+        };
+        let want = LitePredictor::with_precision(&m, &img, p).unwrap();
+        let got = got.tensor.to_vec().unwrap();
+        assert_eq!(got, want.embedding.to_vec().unwrap(), "{}", p.name());
+        embeddings.push(got);
+    }
+    let plan = medsam_kernels::gemm::bf16_plan();
+    let same = embeddings[0] == embeddings[1];
+    if plan.precision == medsam_kernels::gemm::Precision::Bf16 {
+        assert!(
+            !same,
+            "bf16 gave f32's embedding: the setting did not reach the encoder"
+        );
+    } else {
+        assert!(same, "bf16 falls back to f32 here ({})", plan.reason);
+    }
+}
+
 /// Slice embeddings are cached per session, the least recently used dropped first: prompts on a
 /// cached slice do not run the encoder, and give the mask a fresh session gives.
 #[test]
@@ -2121,7 +2162,7 @@ fn embeddings_are_cached_per_session_and_slice() {
         Device::Cpu,
     )
     .unwrap();
-    let engine = Engine::from_any(m);
+    let engine = Engine::from_any(m, medsam::infer::InferPrecision::F32);
     let compute = std::sync::Mutex::new(());
     let (d, h, w) = (3usize, 48usize, 40usize);
     let v = Volume {

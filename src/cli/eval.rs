@@ -44,6 +44,7 @@ pub struct EvalArgs {
     /// NSD tolerance: pixels on 2D slices, mm on 3D volumes.
     #[arg(long = "nsd-tolerance", default_value_t = 2.0)]
     pub nsd_tolerance: f64,
+    /// Image-encoder precision (2D slices and 3D volumes, every model).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
     /// Seconds before a hung collective fails the run (multi-process evaluation).

@@ -11,7 +11,7 @@ use medsam::io::volume::{
 };
 use medsam::models::sam2::{load_sam2, VideoPredictor};
 use medsam::pipeline::infer::lite::lite_image;
-use medsam::pipeline::infer::sam::read_input_image;
+use medsam::pipeline::infer::sam::{read_input_image, InferPrecision};
 use medsam::serve::engine::{medsam2_u8, Engine};
 use medsam::serve::session::Volume;
 use medsam::serve::{AppState, ServeOptions};
@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// sessions send no heartbeats and only expire when idle.
     #[arg(long, default_value_t = 60)]
     pub liveness_timeout: u64,
+    /// Image-encoder precision (prompt encoders, mask decoders and MedSAM2's memory path run
+    /// in f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: InferPrecision,
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 1024)]
     pub max_body_mib: usize,
@@ -209,9 +213,9 @@ fn read_upload(path: &std::path::Path, medsam2: bool) -> Result<Volume> {
 
 /// Loads the model: MedSAM2 through its own loader (as `medsam infer --model-type medsam2`,
 /// holes filled up to 8 pixels), the others through `load_any_model`.
-fn load_engine(a: &AnyModelArgs) -> Result<Engine> {
+fn load_engine(a: &AnyModelArgs, precision: InferPrecision) -> Result<Engine> {
     if a.model_type != Some(AnyModelType::Medsam2) {
-        return Ok(Engine::from_any(load_any_model(a)?));
+        return Ok(Engine::from_any(load_any_model(a)?, precision));
     }
     let (model, _report) = load_sam2(
         &a.checkpoint,
@@ -221,6 +225,7 @@ fn load_engine(a: &AnyModelArgs) -> Result<Engine> {
     )?;
     let mut p = VideoPredictor::new(model);
     p.fill_hole_area = 8;
+    p.precision = precision;
     Ok(Engine::Medsam2(Box::new(p)))
 }
 
@@ -249,7 +254,8 @@ async fn shutdown_signal() {
 
 pub fn run(a: &ServeArgs) -> Result<()> {
     let key = api_key(a)?;
-    let engine = load_engine(&a.model)?;
+    let engine = load_engine(&a.model, a.precision)?;
+    super::infer::note_precision(a.precision);
     let medsam2 = engine.propagates();
     let mut opts = ServeOptions::new(Arc::new(move |name: &str, bytes: &[u8]| {
         decode_upload(name, bytes, medsam2)

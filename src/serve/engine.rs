@@ -26,9 +26,11 @@ use crate::pipeline::infer::sam::{InferPrecision, InputImage, Predictor};
 use crate::tensor::Tensor;
 
 /// The loaded model.
+/// The loaded model; the slice models with their image encoder's precision (MedSAM2's video
+/// predictor holds its own).
 pub enum Engine {
-    Sam(Box<Sam>),
-    Lite(Box<LiteMedSam>),
+    Sam(Box<Sam>, InferPrecision),
+    Lite(Box<LiteMedSam>, InferPrecision),
     Medsam2(Box<VideoPredictor>),
 }
 
@@ -56,18 +58,18 @@ pub struct Prompt {
 }
 
 impl Engine {
-    pub fn from_any(m: crate::models::AnyModel) -> Engine {
+    pub fn from_any(m: crate::models::AnyModel, precision: InferPrecision) -> Engine {
         match m {
-            crate::models::AnyModel::Sam(s) => Engine::Sam(s),
-            crate::models::AnyModel::Lite(l) => Engine::Lite(l),
+            crate::models::AnyModel::Sam(s) => Engine::Sam(s, precision),
+            crate::models::AnyModel::Lite(l) => Engine::Lite(l, precision),
         }
     }
 
     /// "medsam" or "litemedsam" (shown to clients).
     pub fn name(&self) -> &'static str {
         match self {
-            Engine::Sam(_) => "medsam",
-            Engine::Lite(_) => "litemedsam",
+            Engine::Sam(..) => "medsam",
+            Engine::Lite(..) => "litemedsam",
             Engine::Medsam2(_) => "medsam2",
         }
     }
@@ -75,16 +77,16 @@ impl Engine {
     /// Encodes an image (grey or RGB uint8).
     pub fn encode(&self, img: &ImageU8) -> Result<Embedding> {
         match self {
-            Engine::Sam(m) => {
-                let p = Predictor::new(m, &input_image(img), InferPrecision::F32)?;
+            Engine::Sam(m, precision) => {
+                let p = Predictor::new(m, &input_image(img), *precision)?;
                 Ok(Embedding {
                     tensor: p.embedding,
                     orig_hw: p.orig_hw,
                     new_hw: p.orig_hw,
                 })
             }
-            Engine::Lite(m) => {
-                let p = LitePredictor::new(m, img)?;
+            Engine::Lite(m, precision) => {
+                let p = LitePredictor::with_precision(m, img, *precision)?;
                 Ok(Embedding {
                     tensor: p.embedding,
                     orig_hw: p.orig_hw,
@@ -101,7 +103,7 @@ impl Engine {
             return Err(Error::arg("prompt", "needs a box or at least one point"));
         }
         match (self, prompt.points.is_empty(), prompt.bbox) {
-            (Engine::Sam(m), true, Some(b)) => {
+            (Engine::Sam(m, _), true, Some(b)) => {
                 let p = Predictor {
                     model: m,
                     embedding: emb.tensor.clone(),
@@ -109,7 +111,7 @@ impl Engine {
                 };
                 Ok(p.predict_box(b)?.mask)
             }
-            (Engine::Lite(m), true, Some(b)) => {
+            (Engine::Lite(m, _), true, Some(b)) => {
                 let p = LitePredictor {
                     model: m,
                     embedding: emb.tensor.clone(),
@@ -126,11 +128,11 @@ impl Engine {
     fn decode_with_points(&self, emb: &Embedding, prompt: &Prompt) -> Result<Vec<bool>> {
         let (h, w) = emb.orig_hw;
         let (sx, sy) = match self {
-            Engine::Sam(m) => {
+            Engine::Sam(m, _) => {
                 let s = m.config.image_encoder.img_size as f32;
                 (s / w as f32, s / h as f32)
             }
-            Engine::Lite(m) => {
+            Engine::Lite(m, _) => {
                 let r = m.img_size() as f32 / h.max(w) as f32;
                 (r, r)
             }
@@ -150,8 +152,8 @@ impl Engine {
             .map(|b| [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]);
         let boxes_arr = boxes.map(|b| [b]);
         let (pe, md) = match self {
-            Engine::Sam(m) => (&m.prompt_encoder, &m.mask_decoder),
-            Engine::Lite(m) => (&m.prompt_encoder, &m.mask_decoder),
+            Engine::Sam(m, _) => (&m.prompt_encoder, &m.mask_decoder),
+            Engine::Lite(m, _) => (&m.prompt_encoder, &m.mask_decoder),
             Engine::Medsam2(_) => return Err(slice_by_slice_error()),
         };
         no_grad(|| {
@@ -163,8 +165,10 @@ impl Engine {
             )?;
             let (logits, _iou) = md.forward(&emb.tensor, &dense_pe, &sparse, &dense, false)?;
             let prob = match self {
-                Engine::Sam(_) | Engine::Medsam2(_) => logits.sigmoid()?.upsample_bilinear(h, w)?,
-                Engine::Lite(_) => {
+                Engine::Sam(..) | Engine::Medsam2(_) => {
+                    logits.sigmoid()?.upsample_bilinear(h, w)?
+                }
+                Engine::Lite(..) => {
                     let (nh, nw) = emb.new_hw;
                     logits
                         .narrow(2, 0, nh)?
