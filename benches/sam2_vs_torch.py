@@ -13,8 +13,9 @@ peak RSS (the child process's ru_maxrss).
         [--slices 64] [--size 256] [--rounds 1] [--precision f32,bf16,int8] \
         [--medsam target/release/medsam]
 
-`--precision`: ours runs once per listed precision of its image encoder in every round (the
-memory path and the heads stay f32); PyTorch runs in f32, as the official recipe does on a CPU.
+`--precision`: ours runs once per listed precision of its image encoder in every round (its
+memory attention then runs in bf16; the heads and the memory encoder stay f32); PyTorch runs in
+f32, as the official recipe does on a CPU.
 
 Needs torch, sam2 (1.1.0) and numpy in MEDSAM_PYTHON; build the CLI first
 (`cargo build --release`). On a shared machine the figures are indicative only.

@@ -230,7 +230,7 @@ impl VideoPredictor {
     /// inferred from the weights); `image_size` overrides the size the file name suggests
     /// (512 for MedSAM2 files, else 1024); `fill_hole_area` as `build_sam2_video_predictor`
     /// (8; 0 = off, as the reference on CPU); `precision` of the image encoder: "f32", "bf16" or
-    /// "int8" (the memory path and the heads run in f32).
+    /// "int8" (the memory attention then runs in bf16; the heads and the memory encoder in f32).
     #[new]
     #[pyo3(signature = (checkpoint, config=None, image_size=None, device="cpu", fill_hole_area=8, precision="f32"))]
     #[allow(clippy::too_many_arguments)]

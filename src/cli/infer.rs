@@ -47,8 +47,8 @@ pub struct InferArgs {
     /// Also write the low-res mask logits (float32 [n_boxes, 1, 4g, 4g]) to this .npy (2D only).
     #[arg(long)]
     pub logits: Option<PathBuf>,
-    /// Image-encoder precision, every model and input (prompt encoders, mask decoders and
-    /// MedSAM2's memory path run in f32).
+    /// Image-encoder precision, every model and input; MedSAM2's memory attention runs in bf16
+    /// under bf16 and int8 (prompt encoders, mask decoders, MedSAM2's memory encoder: f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
     /// DICOM input: the SeriesInstanceUID to segment when the folder holds several series.

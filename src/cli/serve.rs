@@ -53,8 +53,8 @@ pub struct ServeArgs {
     /// sessions send no heartbeats and only expire when idle.
     #[arg(long, default_value_t = 60)]
     pub liveness_timeout: u64,
-    /// Image-encoder precision (prompt encoders, mask decoders and MedSAM2's memory path run
-    /// in f32).
+    /// Image-encoder precision, as `medsam infer --precision` (MedSAM2's memory attention in
+    /// bf16 under bf16 and int8; prompt encoders, mask decoders, memory encoder: f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: InferPrecision,
     /// Largest request body, MiB.

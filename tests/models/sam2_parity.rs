@@ -917,6 +917,7 @@ fn medsam2_t512_int8_masks_match_f32() {
                     &OutputDict::default(),
                     1,
                     false,
+                    medsam::infer::InferPrecision::F32,
                 )?;
                 let hr = Some((&feats.vision_feats[0], &feats.vision_feats[1]));
                 m.forward_sam_heads(&pix, Some(&points), None, hr, multi)
@@ -1015,10 +1016,10 @@ fn medsam2_t512_int8_masks_match_f32() {
 
 /// `VideoPredictor::precision` through a whole propagation (MedSAM2's volume and video path):
 /// the t512 fixture's frames, its forward box on the key frame, propagated to the end at f32,
-/// bf16 and int8 (only the image encoder changes precision; the memory path and the heads stay
-/// f32). Each precision's video-resolution masks over all frames against f32's: IoU ≥ 0.99
+/// bf16 and int8 (the image encoder at that precision, the memory attention in bf16, the heads
+/// and the memory encoder in f32). Each precision's video-resolution masks over all frames against f32's: IoU ≥ 0.99
 /// (issue #20's bar for int8; bf16 held to the same), per-frame IoU printed. The low-precision
-/// logits must differ from f32's somewhere, or the setting did not reach the encoder — except
+/// logits must differ from f32's somewhere, or the setting did not reach the model — except
 /// bf16 on a CPU where it does not pay, which must give f32's logits exactly.
 #[test]
 fn medsam2_t512_low_precision_propagation_matches_f32() {

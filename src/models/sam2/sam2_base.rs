@@ -15,6 +15,7 @@ use super::sam::prompt_encoder::{PointInputs, PromptEncoder};
 use super::sam2_utils::{get_1d_sine_pe, interpolate_bilinear_aa, Mlp};
 use crate::error::{Error, Result};
 use crate::models::common::{join, Conv2d, Init, Linear, Module};
+use crate::ops::precision::InferPrecision;
 use crate::tensor::Tensor;
 use crate::Device;
 use std::collections::BTreeMap;
@@ -441,7 +442,8 @@ impl Sam2Base {
     }
 
     /// `_prepare_memory_conditioned_features`: the frame's top-level features `[B, C, h, w]`
-    /// after attending to the memory bank in `output_dict`.
+    /// after attending to the memory bank in `output_dict`, the memory attention at `precision`
+    /// (as an autocast around it would set it).
     #[allow(clippy::too_many_arguments)]
     pub fn prepare_memory_conditioned_features(
         &self,
@@ -451,6 +453,7 @@ impl Sam2Base {
         output_dict: &OutputDict,
         num_frames: usize,
         track_in_reverse: bool,
+        precision: InferPrecision,
     ) -> Result<Tensor> {
         let top = feats.top();
         let (b, c, h, w) = (top.dim(0), top.dim(1), top.dim(2), top.dim(3));
@@ -472,13 +475,15 @@ impl Sam2Base {
         };
         let curr = to_tokens(top)?;
         let curr_pos = to_tokens(feats.vision_pos_embeds.last().expect("pos"))?;
-        let out = self.memory_attention.forward(
-            &curr,
-            &memory,
-            &curr_pos,
-            &memory_pos,
-            num_obj_ptr_tokens,
-        )?;
+        let out = precision.autocast(|| {
+            self.memory_attention.forward(
+                &curr,
+                &memory,
+                &curr_pos,
+                &memory_pos,
+                num_obj_ptr_tokens,
+            )
+        })?;
         out.permute(&[0, 2, 1])?
             .contiguous()?
             .reshape(&[b, c, h, w])
@@ -689,7 +694,8 @@ impl Sam2Base {
     }
 
     /// `track_step` without the memory encoder (the predictor runs it when needed):
-    /// returns the frame's output with `maskmem_*` unset.
+    /// returns the frame's output with `maskmem_*` unset; the memory attention runs at
+    /// `memory_precision`, everything else in f32.
     #[allow(clippy::too_many_arguments)]
     pub fn track_step(
         &self,
@@ -702,6 +708,7 @@ impl Sam2Base {
         num_frames: usize,
         track_in_reverse: bool,
         prev_sam_mask_logits: Option<&Tensor>,
+        memory_precision: InferPrecision,
     ) -> Result<FrameOutput> {
         if let Some(m) = mask_inputs.filter(|_| self.config.use_mask_input_as_output_without_sam) {
             return Ok(self.use_mask_as_output(feats, m)?.into());
@@ -713,6 +720,7 @@ impl Sam2Base {
             output_dict,
             num_frames,
             track_in_reverse,
+            memory_precision,
         )?;
         let mask_inputs = mask_inputs.or(prev_sam_mask_logits);
         let multimask = self.use_multimask(is_init_cond_frame, point_inputs);

@@ -37,7 +37,8 @@ pub struct VideoPredictor {
     pub fill_hole_area: usize,
     /// Keep the image features of every frame instead of only the last one.
     pub cache_all_features: bool,
-    /// Precision of the image encoder (the memory path and the heads run in f32).
+    /// Precision of the image encoder; the memory attention follows it as
+    /// [`InferPrecision::memory_attention`] says, the rest (heads, memory encoder) runs in f32.
     pub precision: InferPrecision,
 }
 
@@ -471,6 +472,7 @@ impl VideoPredictor {
             state.num_frames,
             reverse,
             prev_sam_mask_logits,
+            self.precision.memory_attention(),
         )?;
         if run_mem_encoder && self.model.config.num_maskmem > 0 {
             let high = out
