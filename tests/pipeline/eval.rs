@@ -396,6 +396,21 @@ fn volume_eval_npz_and_nifti_write_model_and_box_rows() {
     let out = evaluate_volumes(&c, "lite", &mut seg, &SingleProcess, &mut |_, _| {}).unwrap();
     assert_eq!(std::fs::read_to_string(&out.csv).unwrap(), csvs[0]);
     assert_eq!(out.rows.len(), 4);
+    // `--precision bf16` (it was refused for volumes): the library's rows at bf16.
+    let mut args: Vec<std::ffi::OsString> = vec!["--data-path".into(), d.join("npz").into()];
+    args.extend(common("out_bf16"));
+    args.extend(["--precision".into(), "bf16".into()]);
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let o = medsam_eval(&refs);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c16 = Eval3dConfig {
+        work_dir: d.join("out_lib_bf16"),
+        ..c
+    };
+    let mut seg16 = eval3d::lite_segmenter(&model, medsam::infer::InferPrecision::Bf16);
+    let out16 = evaluate_volumes(&c16, "lite", &mut seg16, &SingleProcess, &mut |_, _| {}).unwrap();
+    let csv16 = std::fs::read_to_string(d.join("out_bf16").join("metrics3d.csv")).unwrap();
+    assert_eq!(std::fs::read_to_string(&out16.csv).unwrap(), csv16);
 }
 
 #[test]
