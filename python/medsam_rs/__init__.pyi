@@ -124,7 +124,8 @@ def segment_volume(
     volume: npt.NDArray[np.uint8],
     boxes: _Array,
     progress: Optional[Callable[[int, int], Any]] = None,
-) -> npt.NDArray[np.uint8]: ...
+) -> npt.NDArray[np.uint8]:
+    """MedSAM_infer_npz_3D with a LiteMedSAM predictor, each slice encoded at its precision."""
 def normalize_ct_mr(
     volume: _Array,
     modality: Literal["CT", "MR"] = "CT",

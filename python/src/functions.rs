@@ -81,6 +81,7 @@ impl Callback {
 /// each slice prompted by the previous slice's mask. `volume` (D, H, W) uint8; `boxes` (6,) or
 /// (N, 6) as x_min, y_min, z_min, x_max, y_max, z_max, z bounds inclusive (as the challenge's
 /// `boxes`). Returns (D, H, W) uint8 labels 1..N. `progress(box_index, z)` is called after every slice.
+/// Each slice's image encoder runs at the predictor's `precision`.
 #[pyfunction]
 #[pyo3(signature = (predictor, volume, boxes, progress=None))]
 fn segment_volume<'py>(
