@@ -560,6 +560,40 @@ fn lite_3d_box_segments_z_min_and_z_max_in_upstream_order() {
     }
 }
 
+/// `segment_volume` encodes each slice once for all the boxes that cover it (upstream re-encodes
+/// it per box): the labels are those of each box segmented alone, later boxes overwriting
+/// earlier ones, so a wrong shared embedding shows as a differing voxel.
+#[test]
+fn boxes_sharing_slices_match_each_box_alone() {
+    let (_d, ckpt) = tiny_case("shared");
+    let (nd, nh, nw) = (9, 30, 40);
+    let vol = volume(nd, nh, nw);
+    let boxes: Vec<Box3d> = vec![
+        [8, 6, 1, 30, 24, 8],
+        [2, 2, 3, 12, 10, 6],
+        [5, 5, 0, 35, 27, 7],
+    ];
+    let m = load_lite(&ckpt, Some(&tiny_config()));
+    let f32 = InferPrecision::F32;
+    let all = segment_volume(&m, &vol, (nd, nh, nw), &boxes, f32, &mut |_, _| {}).unwrap();
+    let mut want = vec![0u8; all.len()];
+    for (i, b) in boxes.iter().enumerate() {
+        let one = segment_volume(&m, &vol, (nd, nh, nw), &[*b], f32, &mut |_, _| {}).unwrap();
+        for (w, &o) in want.iter_mut().zip(&one) {
+            if o > 0 {
+                *w = i as u8 + 1;
+            }
+        }
+    }
+    for label in 1..=3u8 {
+        assert!(
+            want.contains(&label),
+            "label {label} is empty: nothing to compare"
+        );
+    }
+    assert_eq!(all, want);
+}
+
 #[test]
 fn lite_3d_npz_writes_nifti_and_npz_matching_segment_volume() {
     let (d, ckpt) = tiny_case("npz");

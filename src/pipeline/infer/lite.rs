@@ -7,7 +7,8 @@
 //! - 3D ([`segment_volume`], `MedSAM_infer_npz_3D`): per box, the middle slice of its z-range with
 //!   the box, then slice by slice towards `z_max` and towards `z_min`, each slice prompted by the
 //!   bounds (±3 px at 256 scale) of the previous slice's mask, falling back to the box when that
-//!   mask is empty.
+//!   mask is empty. Upstream re-encodes a slice for every box whose z range covers it; here the
+//!   boxes share each slice's embedding (the same tensor), up to [`SLICE_EMBEDDING_BYTES`].
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
@@ -15,6 +16,7 @@ use crate::io::image::resize_area_u8_cv2;
 use crate::models::lite::LiteMedSam;
 use crate::pipeline::infer::sam::{InferPrecision, InputImage};
 use crate::tensor::Tensor;
+use std::collections::VecDeque;
 use std::path::Path;
 
 /// A uint8 image, row-major `h × w × channels` (1 = grey, 3 = RGB).
@@ -198,6 +200,7 @@ pub fn segment_volume(
     let size = model.img_size();
     let plane = h * w;
     let mut segs = vec![0u8; vol.len()];
+    let mut embeddings = SliceEmbeddings::default();
     for (bi, b) in boxes.iter().enumerate() {
         let idx = u8::try_from(bi + 1)
             .map_err(|_| Error::arg("boxes", "at most 255 boxes per volume"))?;
@@ -226,9 +229,9 @@ pub fn segment_volume(
             (z0..z_mid).rev().map(|z| (z, Some(z + 1))).collect();
         for (z, prev) in forward.into_iter().chain(backward) {
             let z = z as usize;
-            // Each box re-encodes its slices, as upstream does (bounded memory).
-            let img = ImageU8::new(h, w, 1, vol[z * plane..(z + 1) * plane].to_vec())?;
-            let pred = LitePredictor::with_precision(model, &img, precision)?;
+            let pred = embeddings.predictor(model, z, precision, || {
+                ImageU8::new(h, w, 1, vol[z * plane..(z + 1) * plane].to_vec())
+            })?;
             let box_in = match prev {
                 None => scale_box(mid_box, (h, w), size),
                 Some(p) => {
@@ -262,6 +265,63 @@ pub fn segment_volume(
         }
     }
     Ok(segs)
+}
+
+/// Bytes of slice embeddings [`segment_volume`] keeps for the boxes after the first: 128 of
+/// LiteMedSAM's 256×64×64 f32 embeddings (4 MiB each), more than most organs' z ranges.
+pub const SLICE_EMBEDDING_BYTES: usize = 512 << 20;
+
+/// The embeddings of a volume's slices encoded so far, most recently used last.
+#[derive(Default)]
+struct SliceEmbeddings {
+    kept: VecDeque<(usize, Kept)>,
+    bytes: usize,
+}
+
+/// A slice's embedding with the sizes its predictor needs: (embedding, orig_hw, new_hw).
+type Kept = (Tensor, (usize, usize), (usize, usize));
+
+impl SliceEmbeddings {
+    /// A predictor on slice `z`: its kept embedding, or `slice()` encoded at `precision` (and
+    /// kept, the least recently used dropped past [`SLICE_EMBEDDING_BYTES`]).
+    fn predictor<'m>(
+        &mut self,
+        model: &'m LiteMedSam,
+        z: usize,
+        precision: InferPrecision,
+        slice: impl FnOnce() -> Result<ImageU8>,
+    ) -> Result<LitePredictor<'m>> {
+        let (embedding, orig_hw, new_hw) = match self.kept.iter().position(|(kz, _)| *kz == z) {
+            Some(i) => {
+                let hit = self.kept.remove(i).expect("position is in range");
+                self.kept.push_back(hit);
+                self.kept.back().expect("just pushed").1.clone()
+            }
+            None => {
+                let pred = LitePredictor::with_precision(model, &slice()?, precision)?;
+                self.keep(z, (pred.embedding.clone(), pred.orig_hw, pred.new_hw));
+                return Ok(pred);
+            }
+        };
+        Ok(LitePredictor {
+            model,
+            embedding,
+            orig_hw,
+            new_hw,
+        })
+    }
+
+    fn keep(&mut self, z: usize, kept: Kept) {
+        let bytes = kept.0.numel() * 4;
+        while self.bytes + bytes > SLICE_EMBEDDING_BYTES {
+            let Some((_, old)) = self.kept.pop_front() else {
+                return; // larger than the whole budget: not kept
+            };
+            self.bytes -= old.0.numel() * 4;
+        }
+        self.bytes += bytes;
+        self.kept.push_back((z, kept));
+    }
 }
 
 /// The uint8 image LiteMedSAM's pipeline starts from: image files as decoded (8-bit; 16-bit
