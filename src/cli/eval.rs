@@ -145,6 +145,7 @@ fn run_volumes(a: &EvalArgs, comm: &dyn Communicator) -> Result<()> {
     } else {
         match load_any_model(&a.model)? {
             AnyModel::Lite(m) => {
+                super::infer::note_lite_volume_precision(a.precision);
                 let mut seg = lite_segmenter(&m, a.precision);
                 evaluate_volumes(&cfg, "lite", &mut seg, comm, &mut on_volume)?
             }
