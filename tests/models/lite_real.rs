@@ -191,28 +191,28 @@ fn fmri_slice_matches_pytorch() {
     check_2d("fmri_slice_matches_pytorch", "fmri");
 }
 
+/// The fixture's MRI volume (uint8), its shape (D, H, W) and its 3D boxes.
+fn volume_case() -> (Vec<u8>, (usize, usize, usize), Vec<Box3d>) {
+    let fx = fixture();
+    let (s, v) = get(fx, "volume");
+    let vol = v.iter().map(|&x| x as u8).collect();
+    let boxes = get(fx, "volume.boxes3d")
+        .1
+        .chunks_exact(6)
+        .map(|c| std::array::from_fn(|i| c[i] as i64))
+        .collect();
+    (vol, (s[0], s[1], s[2]), boxes)
+}
+
 #[test]
 fn mri_volume_propagation_matches_pytorch() {
     let Some(m) = model("mri_volume_propagation_matches_pytorch") else {
         return;
     };
-    let fx = fixture();
-    let (s, v) = get(fx, "volume");
-    let vol: Vec<u8> = v.iter().map(|&x| x as u8).collect();
-    let boxes: Vec<Box3d> = get(fx, "volume.boxes3d")
-        .1
-        .chunks_exact(6)
-        .map(|c| {
-            c.iter()
-                .map(|&x| x as i64)
-                .collect::<Vec<_>>()
-                .try_into()
-                .unwrap()
-        })
-        .collect();
-    let f32 = medsam::infer::InferPrecision::F32;
-    let segs = segment_volume(m, &vol, (s[0], s[1], s[2]), &boxes, f32, &mut |_, _| {}).unwrap();
-    let want = &get(fx, "volume.segs").1;
+    let (vol, shape, boxes) = volume_case();
+    let f32 = InferPrecision::F32;
+    let segs = segment_volume(m, &vol, shape, &boxes, f32, &mut |_, _| {}).unwrap();
+    let want = &get(fixture(), "volume.segs").1;
     let differ = segs
         .iter()
         .zip(want)
@@ -236,15 +236,7 @@ fn mri_volume_low_precision_matches_f32() {
     let Some(m) = model("mri_volume_low_precision_matches_f32") else {
         return;
     };
-    let fx = fixture();
-    let (s, v) = get(fx, "volume");
-    let vol: Vec<u8> = v.iter().map(|&x| x as u8).collect();
-    let boxes: Vec<Box3d> = get(fx, "volume.boxes3d")
-        .1
-        .chunks_exact(6)
-        .map(|c| std::array::from_fn(|i| c[i] as i64))
-        .collect();
-    let shape = (s[0], s[1], s[2]);
+    let (vol, shape, boxes) = volume_case();
     let run = |p| segment_volume(m, &vol, shape, &boxes, p, &mut |_, _| {}).unwrap();
     let want: Vec<bool> = run(InferPrecision::F32).iter().map(|&l| l > 0).collect();
     for p in [InferPrecision::Bf16, InferPrecision::Int8] {

@@ -1106,7 +1106,7 @@ fn medsam2_cli_volume_precision_matches_library() {
     let Some(fx) = load("t512") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, cfg) = tiny_checkpoint(&fx, dir.path(), "t512_test.pt");
-    // The fixture's drifting disc over noise, as uint8 slices.
+    // A disc drifting over noise, as uint8 slices.
     let (d, h, w) = (5usize, 96usize, 112usize);
     let vol: Vec<u8> = (0..d * h * w)
         .map(|i| {
