@@ -7,8 +7,9 @@
 //! - 3D ([`segment_volume`], `MedSAM_infer_npz_3D`): per box, the middle slice of its z-range with
 //!   the box, then slice by slice towards `z_max` and towards `z_min`, each slice prompted by the
 //!   bounds (±3 px at 256 scale) of the previous slice's mask, falling back to the box when that
-//!   mask is empty. Upstream re-encodes a slice for every box whose z range covers it; here the
-//!   boxes share each slice's embedding (the same tensor), up to [`SLICE_EMBEDDING_BYTES`].
+//!   mask is empty. Upstream re-encodes a slice for every box whose z range covers it; here a
+//!   slice's embedding (the same tensor) is kept for the later boxes that cover it, up to
+//!   [`SLICE_EMBEDDING_BYTES`], and let go after the last.
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
@@ -229,7 +230,11 @@ pub fn segment_volume(
             (z0..z_mid).rev().map(|z| (z, Some(z + 1))).collect();
         for (z, prev) in forward.into_iter().chain(backward) {
             let z = z as usize;
-            let pred = embeddings.predictor(model, z, precision, || {
+            // Kept only for a later box that covers this slice too.
+            let later = boxes[bi + 1..]
+                .iter()
+                .any(|l| l[2] <= z as i64 && z as i64 <= l[5]);
+            let pred = embeddings.predictor(model, z, precision, later, || {
                 ImageU8::new(h, w, 1, vol[z * plane..(z + 1) * plane].to_vec())
             })?;
             let box_in = match prev {
@@ -267,7 +272,7 @@ pub fn segment_volume(
     Ok(segs)
 }
 
-/// Bytes of slice embeddings [`segment_volume`] keeps for the boxes after the first: 128 of
+/// Bytes of slice embeddings [`segment_volume`] keeps for later boxes at most: 128 of
 /// LiteMedSAM's 256×64×64 f32 embeddings (4 MiB each), more than most organs' z ranges.
 pub const SLICE_EMBEDDING_BYTES: usize = 512 << 20;
 
@@ -282,24 +287,31 @@ struct SliceEmbeddings {
 type Kept = (Tensor, (usize, usize), (usize, usize));
 
 impl SliceEmbeddings {
-    /// A predictor on slice `z`: its kept embedding, or `slice()` encoded at `precision` (and
-    /// kept, the least recently used dropped past [`SLICE_EMBEDDING_BYTES`]).
+    /// A predictor on slice `z`: its kept embedding, or `slice()` encoded at `precision`; kept
+    /// afterwards if `keep_for_later` (the least recently used dropped past
+    /// [`SLICE_EMBEDDING_BYTES`]), else let go.
     fn predictor<'m>(
         &mut self,
         model: &'m LiteMedSam,
         z: usize,
         precision: InferPrecision,
+        keep_for_later: bool,
         slice: impl FnOnce() -> Result<ImageU8>,
     ) -> Result<LitePredictor<'m>> {
         let (embedding, orig_hw, new_hw) = match self.kept.iter().position(|(kz, _)| *kz == z) {
             Some(i) => {
-                let hit = self.kept.remove(i).expect("position is in range");
-                self.kept.push_back(hit);
-                self.kept.back().expect("just pushed").1.clone()
+                let (_, hit) = self.kept.remove(i).expect("position is in range");
+                self.bytes -= hit.0.numel() * 4;
+                if keep_for_later {
+                    self.keep(z, hit.clone());
+                }
+                hit
             }
             None => {
                 let pred = LitePredictor::with_precision(model, &slice()?, precision)?;
-                self.keep(z, (pred.embedding.clone(), pred.orig_hw, pred.new_hw));
+                if keep_for_later {
+                    self.keep(z, (pred.embedding.clone(), pred.orig_hw, pred.new_hw));
+                }
                 return Ok(pred);
             }
         };
