@@ -534,6 +534,27 @@ fn tiny_checkpoint(
     (ckpt, cfg)
 }
 
+/// `medsam infer --model-type medsam2 -c ckpt --model-config cfg -i input -o out extra…`.
+fn medsam2_infer(
+    (ckpt, cfg): (&std::path::Path, &std::path::Path),
+    input: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
+        .args(["infer", "--model-type", "medsam2", "-c"])
+        .arg(ckpt)
+        .arg("--model-config")
+        .arg(cfg)
+        .arg("-i")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// The stdout of a command that must have succeeded (its stderr in the failure message).
 fn succeeded(o: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -566,17 +587,8 @@ fn medsam2_cli_volume() {
     medsam::io::nifti::write_nifti_gz_geometry(&nii, [d, h, w], &vol, &geometry).unwrap();
     let out = dir.path().join("out");
     let run = |input: &std::path::Path, extra: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"));
-        cmd.args(["infer", "--model-type", "medsam2", "-c"])
-            .arg(&ckpt);
-        cmd.arg("--model-config")
-            .arg(&cfg)
-            .arg("-i")
-            .arg(input)
-            .arg("-o")
-            .arg(&out);
-        cmd.args(["--window", "40,400"]).args(extra);
-        cmd.output().unwrap()
+        let window = ["--window", "40,400"];
+        medsam2_infer((&ckpt, &cfg), input, &out, &[&window[..], extra].concat())
     };
     let o = run(&nii, &["--box3d", "[12,6,0,34,26,3]"]);
     let stdout = succeeded(&o);
@@ -726,14 +738,8 @@ fn medsam2_cli_video_folder_and_2d_image() {
             .unwrap();
     }
     let out = dir.path().join("out");
-    let run = |input: &std::path::Path, extra: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"));
-        cmd.args(["infer", "--model-type", "medsam2", "-c"])
-            .arg(&ckpt);
-        cmd.arg("--model-config").arg(&cfg).arg("-i").arg(input);
-        cmd.arg("-o").arg(&out).args(extra);
-        cmd.output().unwrap()
-    };
+    let run =
+        |input: &std::path::Path, extra: &[&str]| medsam2_infer((&ckpt, &cfg), input, &out, extra);
     let o = run(&video, &["--box", "[8,8,32,28]", "--key-slice", "2"]);
     let stdout = succeeded(&o);
     assert!(
@@ -806,12 +812,7 @@ fn medsam2_cli_2d_npz_composes_single_box_masks() {
         .map(|b| format!("[{},{},{},{}]", b[0], b[1], b[2], b[3]))
         .collect();
     let run = |input: &std::path::Path, out: &std::path::Path, extra: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"));
-        cmd.args(["infer", "--model-type", "medsam2", "-c"])
-            .arg(&ckpt);
-        cmd.arg("--model-config").arg(&cfg).arg("-i").arg(input);
-        cmd.arg("-o").arg(out).args(extra);
-        cmd.output().unwrap()
+        medsam2_infer((&ckpt, &cfg), input, out, extra)
     };
     let arr = |shape: &[usize], data| medsam::npy::NpyArray::new(shape.to_vec(), data).unwrap();
     for name in ["rgb", "grey"] {
@@ -1145,19 +1146,9 @@ fn medsam2_cli_volume_precision_matches_library() {
     };
     let cli = |precision: InferPrecision| {
         let out = dir.path().join(format!("out_{}", precision.name()));
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_medsam"))
-            .args(["infer", "--model-type", "medsam2", "-c"])
-            .arg(&ckpt)
-            .arg("--model-config")
-            .arg(&cfg)
-            .arg("-i")
-            .arg(&npz_in)
-            .arg("-o")
-            .arg(&out)
-            .args(["--box3d", &format!("{box3d:?}").replace(' ', "")])
-            .args(["--precision", precision.name()])
-            .output()
-            .unwrap();
+        let box_arg = format!("{box3d:?}").replace(' ', "");
+        let extra = ["--box3d", &box_arg, "--precision", precision.name()];
+        let o = medsam2_infer((&ckpt, &cfg), &npz_in, &out, &extra);
         succeeded(&o);
         medsam::io::nifti::read_nifti(out.join("seg_disc.nii.gz"))
             .unwrap()
