@@ -125,9 +125,29 @@ mod pool {
             let (i, _) = (self.bufs.iter().enumerate())
                 .filter(|(_, b)| fits(b))
                 .min_by_key(|(_, b)| key(b))?;
+            Some(self.remove(i))
+        }
+
+        /// The largest kept buffer too small for `len` elements, to be grown in place when
+        /// nothing fits: growing a large buffer keeps its pages (`mremap`), so only the added
+        /// pages are faulted in, where a fresh buffer would fault in all of them. (The smaller
+        /// size it served may miss later, faulting no more than was saved now.)
+        pub(super) fn take_to_grow(&mut self, len: usize) -> Option<Vec<f32>> {
+            let (i, _) = (self.bufs.iter().enumerate())
+                .filter(|(_, b)| b.capacity() < len)
+                .max_by_key(|(_, b)| b.capacity())?;
+            Some(self.remove(i))
+        }
+
+        /// A buffer that fits `len` elements, else the one to grow to it ([`take`]).
+        pub(super) fn take_or_grow(&mut self, len: usize) -> Option<Vec<f32>> {
+            self.take(len).or_else(|| self.take_to_grow(len))
+        }
+
+        fn remove(&mut self, i: usize) -> Vec<f32> {
             let v = self.bufs.remove(i);
             self.bytes -= v.capacity() * 4;
-            Some(v)
+            v
         }
 
         /// Keeps `v` under the bound `max` (bytes); returns what is to be freed (outside the
@@ -164,9 +184,20 @@ mod pool {
 
     /// A buffer of `len` elements with unspecified (initialised) contents.
     pub(super) fn take(len: usize) -> Vec<f32> {
-        match take_kept(len) {
+        if len < MIN_LEN {
+            return vec![0.0; len];
+        }
+        let kept = POOL.lock().ok().and_then(|mut p| p.take_or_grow(len));
+        sized(kept, len) // outside the lock: growing faults in pages
+    }
+
+    /// `kept` made `len` long, or a fresh buffer if there is none.
+    fn sized(kept: Option<Vec<f32>>, len: usize) -> Vec<f32> {
+        match kept {
             Some(mut v) => {
-                // Shrinks, or fills the gap (pages already mapped: no faults).
+                // Exact growth (`resize` alone may double the capacity); then shrinks, or
+                // fills the gap (new pages are faulted in here rather than by the op).
+                v.reserve_exact(len.saturating_sub(v.len()));
                 v.resize(len, 0.0);
                 v
             }
@@ -229,6 +260,31 @@ mod pool {
             );
             assert_eq!(p.take(MIN_LEN).map(|v| v.capacity()), Some(MIN_LEN));
             assert_eq!(p.bufs.len(), MAX_SAME_SIZE - 1);
+        }
+
+        /// With nothing that fits, the largest buffer smaller than the request is the one given
+        /// to grow (it keeps its pages); a buffer that fits is still preferred.
+        #[test]
+        fn a_miss_grows_the_largest_smaller_buffer() {
+            let mut p = Pool::default();
+            let max = 1 << 30;
+            for len in [MIN_LEN, 4 * MIN_LEN, 2 * MIN_LEN] {
+                drop(p.recycle(buf(len), max));
+            }
+            assert_eq!(p.take(16 * MIN_LEN), None, "nothing holds 16·MIN_LEN");
+            let grown = p.take_to_grow(16 * MIN_LEN).map(|v| v.capacity());
+            assert_eq!(grown, Some(4 * MIN_LEN));
+            assert_eq!(p.bytes, 3 * MIN_LEN * 4);
+            assert_eq!(
+                p.take_to_grow(MIN_LEN),
+                None,
+                "none is smaller than MIN_LEN"
+            );
+            let mut v = sized(p.take_or_grow(3 * MIN_LEN), 3 * MIN_LEN);
+            assert_eq!(v.len(), 3 * MIN_LEN);
+            assert_eq!(v.capacity(), 3 * MIN_LEN, "grown exactly, not doubled");
+            v.fill(2.0);
+            assert_eq!(p.bufs.len(), 1);
         }
 
         /// The byte bound evicts the oldest; small buffers are never kept.
