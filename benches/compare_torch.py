@@ -58,6 +58,17 @@ def attention_case(bh, side, d=64):
         q, k, v, attn_mask=mask, scale=scale)
 
 
+def rel_pos_case(maps, side, c=64):
+    """segment_anything's add_decomposed_rel_pos before the sum: its two einsums."""
+    r_q = torch.randn(maps, side, side, c)
+    rh, rw = torch.randn(side, side, c), torch.randn(side, side, c)
+
+    def run():
+        torch.einsum("bhwc,hkc->bhwk", r_q, rh)
+        torch.einsum("bhwc,wkc->bhwk", r_q, rw)
+    return 4.0 * maps * side * side * side * c, run
+
+
 def layernorm_case(rows=4096, dim=768):
     x, g, b = torch.randn(rows, dim), torch.randn(dim), torch.randn(dim)
     return 8.0 * rows * dim, lambda: F.layer_norm(x, (dim,), g, b, 1e-6)
@@ -89,6 +100,8 @@ def torch_ops():
     ops["bmm_window_pv"] = lambda: bmm_case(300, 196, 196, 64, False)
     ops["attn_global"] = lambda: attention_case(12, 64)
     ops["attn_window"] = lambda: attention_case(25 * 12, 14)
+    ops["rel_pos_global"] = lambda: rel_pos_case(12, 64)
+    ops["rel_pos_window"] = lambda: rel_pos_case(25 * 12, 14)
     ops["layernorm"] = layernorm_case
     ops["patch_embed"] = lambda: conv_case(3, 1024, 768, 16, 16, 0)
     ops["neck_conv1x1"] = lambda: conv_case(768, 64, 256, 1, 1, 0)

@@ -1,6 +1,7 @@
 //! The benchmarked operators at MedSAM ViT-B shapes, shared by `ops` (criterion) and `opbench`
 //! (machine-readable lines for `compare_torch.py`). Names match the ops in `compare_torch.py`.
 
+use medsam_kernels::attention::rel_pos::{decomposed_rel_pos, RelPosDims};
 use medsam_kernels::attention::{attention_forward, attention_forward_bf16, AttnDims, RelPosBias};
 use medsam_kernels::conv::{conv2d_forward, conv_transpose2d_forward, Conv2dGeom};
 use medsam_kernels::gemm::{gemm, int8, Epilogue, GemmDims, Layout, Precision};
@@ -140,6 +141,30 @@ fn geom(c_in: usize, hw: usize, c_out: usize, kk: usize, stride: usize, pad: usi
 }
 
 /// Every benchmarked op, GEMMs first.
+/// SAM's decomposed rel-pos terms (upstream's two einsums) for `maps` heads × windows of
+/// `side × side` tokens, 64 channels.
+fn rel_pos_op(name: &'static str, maps: usize, side: usize) -> Op {
+    let (n, c) = (maps * side * side, 64);
+    Op {
+        name,
+        flops: 4.0 * (n * side * c) as f64,
+        make: Box::new(move || {
+            let d = RelPosDims {
+                maps,
+                h: side,
+                w: side,
+                c,
+                kh: side,
+                kw: side,
+            };
+            let q = data(n * c, 1);
+            let (rh, rw) = (data(side * side * c, 2), data(side * side * c, 3));
+            let (mut rel_h, mut rel_w) = (vec![0.0f32; n * side], vec![0.0f32; n * side]);
+            Box::new(move || decomposed_rel_pos(d, &q, &rh, &rw, &mut rel_h, &mut rel_w))
+        }),
+    }
+}
+
 pub fn ops() -> Vec<Op> {
     use Precision::{Bf16, F32};
     let mut v = Vec::new();
@@ -166,6 +191,8 @@ pub fn ops() -> Vec<Op> {
     v.push(attention_op("attn_window", 25 * 12, 14, F32));
     v.push(attention_op("attn_global_bf16", 12, 64, Bf16));
     v.push(attention_op("attn_window_bf16", 25 * 12, 14, Bf16));
+    v.push(rel_pos_op("rel_pos_global", 12, 64));
+    v.push(rel_pos_op("rel_pos_window", 25 * 12, 14));
     v.push(Op {
         name: "layernorm",
         flops: 8.0 * (4096 * 768) as f64,

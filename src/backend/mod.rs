@@ -11,10 +11,11 @@ pub mod ops;
 
 pub use host::{mmap_disabled, HostBuf, MappedF32};
 
+pub use medsam_kernels::attention::rel_pos::RelPosDims;
 pub use ops::{
     AdamWSlots, AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims,
     ConvGradIn, ConvIn, ConvOps, Epilogue, GemmArgs, HeadQkv, LinalgOps, MemoryOps, NormGradIn,
-    NormIn, NormOps, NormStats, OptimOps, PointwiseOps, Qkv, ResizeDims, RowDims,
+    NormIn, NormOps, NormStats, OptimOps, PointwiseOps, Qkv, RelPosIn, ResizeDims, RowDims,
 };
 
 use crate::error::{Error, Result};

@@ -1,10 +1,10 @@
 //! Neural-network operators: convolutions, normalisations, attention, softmax, resampling, lookup.
 
-use super::{dense, norm_in, wrap};
+use super::{dense, dense_from_start, norm_in, wrap};
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{
     AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims, ConvGradIn, HeadQkv, HeadView,
-    NormGradIn, NormStats, Qkv, RelPos, ResizeDims, RowDims, Storage,
+    NormGradIn, NormStats, Qkv, RelPos, RelPosDims, RelPosIn, ResizeDims, RowDims, Storage,
 };
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -293,6 +293,70 @@ impl RelPosArgs {
             kw,
         }
     }
+}
+
+/// SAM's decomposed rel-pos terms (`add_decomposed_rel_pos` before the sum) for q
+/// `[maps, h·w, c]` over an `h × w` map and the tables `rh [h, kh, c]`, `rw [w, kw, c]`
+/// (`get_rel_pos`): `rel_h [maps, h·w, kh]` and `rel_w [maps, h·w, kw]` in one pass over q,
+/// where upstream's einsums permute q twice. Inference only: `None` with gradient recording or
+/// on a backend without the kernel (the caller then composes them from matmuls).
+pub fn decomposed_rel_pos_fused(
+    q: &Tensor,
+    rh: &Tensor,
+    rw: &Tensor,
+    (h, w): (usize, usize),
+) -> Result<Option<RelPosArgs>> {
+    let ok = q.rank() == 3
+        && rh.rank() == 3
+        && rw.rank() == 3
+        && q.dim(1) == h * w
+        && rh.dim(0) == h
+        && rw.dim(0) == w
+        && rh.dim(2) == q.dim(2)
+        && rw.dim(2) == q.dim(2);
+    if !ok {
+        return Err(Error::shape(
+            "decomposed_rel_pos",
+            format!(
+                "q {:?} over a {h}×{w} map, rh {:?}, rw {:?}",
+                q.shape(),
+                rh.shape(),
+                rw.shape()
+            ),
+        ));
+    }
+    let recording =
+        crate::autograd::is_grad_enabled() && [q, rh, rw].iter().any(|t| t.requires_grad());
+    if recording {
+        return Ok(None);
+    }
+    let d = RelPosDims {
+        maps: q.dim(0),
+        h,
+        w,
+        c: q.dim(2),
+        kh: rh.dim(1),
+        kw: rw.dim(1),
+    };
+    let (qd, rhd, rwd) = (
+        dense_from_start(q)?,
+        dense_from_start(rh)?,
+        dense_from_start(rw)?,
+    );
+    let x = RelPosIn {
+        q: qd.storage(),
+        rh: rhd.storage(),
+        rw: rwd.storage(),
+    };
+    let Some([rel_h, rel_w]) = q.backend()?.decomposed_rel_pos(d, x)? else {
+        return Ok(None);
+    };
+    let n = h * w;
+    let rel = [
+        wrap(rel_h, &[d.maps, n, d.kh], q)?,
+        wrap(rel_w, &[d.maps, n, d.kw], q)?,
+    ];
+    Ok(Some(RelPosArgs::new(rel, (d.kh, d.kw))))
 }
 
 /// `softmax(q·kᵀ·scale + bias)·v` for q `[bh, nq, d]`, k `[bh, nk, d]`, v `[bh, nk, dv]`, computed in

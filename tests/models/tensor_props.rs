@@ -283,3 +283,67 @@ fn rope_shape_errors_name_the_shapes() {
     assert!(e.contains("rope") && e.contains("[1, 7, 8]"), "{e}");
     assert!(axial_rope_tables(6, 2, 2, 10_000.0, medsam::Device::Cpu).is_err());
 }
+
+/// SAM's decomposed rel-pos terms in one pass (`decomposed_rel_pos_fused`) against upstream's two
+/// einsums composed from tensor ops (q permuted and multiplied batch by batch), on a q view that
+/// is not dense (a narrowed head axis); with gradient recording the fused op declines.
+#[test]
+fn fused_rel_pos_matches_the_einsums() {
+    use medsam::autograd::no_grad;
+    use medsam::ops::nn::decomposed_rel_pos_fused;
+    let (maps, h, w, c) = (3, 5, 7, 16);
+    let q = tensor(&[maps, h * w, c + 3], 1).narrow(2, 2, c).unwrap();
+    let (rh, rw) = (tensor(&[h, h, c], 2), tensor(&[w, w, c], 3));
+    let got = no_grad(|| decomposed_rel_pos_fused(&q, &rh, &rw, (h, w))).unwrap();
+    if !medsam_kernels::attention::rel_pos::fast_available() {
+        assert!(got.is_none(), "without AVX-512 the backend composes");
+        println!("SKIPPED: no AVX-512 on this CPU, the fused rel-pos kernel is not used");
+        return;
+    }
+    let got = got.expect("the CPU backend has the kernel");
+    // rel_h[m, y, x, k] = Σ_c q[m, y, x, c]·rh[y, k, c]: a batch over y.
+    let rq = q.contiguous().unwrap().reshape(&[maps, h, w, c]).unwrap();
+    let by_y = rq
+        .permute(&[1, 0, 2, 3])
+        .unwrap()
+        .reshape(&[h, maps * w, c])
+        .unwrap();
+    let want_h = by_y.matmul(&rh.transpose(1, 2).unwrap()).unwrap();
+    let want_h = want_h
+        .reshape(&[h, maps, w, h])
+        .unwrap()
+        .permute(&[1, 0, 2, 3])
+        .unwrap();
+    // rel_w[m, y, x, k] = Σ_c q[m, y, x, c]·rw[x, k, c]: a batch over x.
+    let by_x = rq
+        .permute(&[2, 0, 1, 3])
+        .unwrap()
+        .reshape(&[w, maps * h, c])
+        .unwrap();
+    let want_w = by_x.matmul(&rw.transpose(1, 2).unwrap()).unwrap();
+    let want_w = want_w
+        .reshape(&[w, maps, h, w])
+        .unwrap()
+        .permute(&[1, 2, 0, 3])
+        .unwrap();
+    assert_eq!(got.rel_h.shape(), [maps, h * w, h]);
+    assert_eq!(got.rel_w.shape(), [maps, h * w, w]);
+    let close = |a: &Tensor, b: &Tensor| {
+        let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+        a.iter()
+            .zip(&b)
+            .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+    };
+    assert!(close(&got.rel_h, &want_h) && close(&got.rel_w, &want_w));
+    assert_eq!((got.kh, got.kw), (h, w));
+
+    let recorded = rh.detach().into_variable();
+    assert!(decomposed_rel_pos_fused(&q, &recorded, &rw, (h, w))
+        .unwrap()
+        .is_none());
+    let e = decomposed_rel_pos_fused(&q, &rh, &rw, (w, h))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("rel_pos") && e.contains("[5, 5, 16]"), "{e}");
+}

@@ -26,6 +26,7 @@ pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16;
 mod portable;
+pub mod rel_pos;
 
 /// `x` rounded to bf16 and back, the way `vcvtneps2bf16` rounds: to nearest, ties to even (as
 /// the GEMM's bf16 packing); subnormal inputs (below 1.2e-38) become a zero of the same sign;

@@ -17,6 +17,7 @@ mod int8_props;
 mod mbconv_props;
 mod norm_props;
 mod pool_props;
+mod rel_pos_props;
 mod resize_props;
 mod rope_props;
 mod strided_props;

@@ -2,6 +2,7 @@
 
 use super::*;
 use medsam_kernels::attention;
+use medsam_kernels::attention::rel_pos;
 
 impl AttentionOps for CpuBackend {
     fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)> {
@@ -133,5 +134,37 @@ impl AttentionOps for CpuBackend {
             &mut lse,
         );
         Ok(Some(Storage::Cpu(out)))
+    }
+
+    fn decomposed_rel_pos(&self, d: RelPosDims, x: RelPosIn) -> Result<Option<[Storage; 2]>> {
+        if !rel_pos::fast_available() {
+            return Ok(None); // the portable loops are slower than composing matmuls
+        }
+        let n = d.maps * d.h * d.w;
+        // Both written in full by the kernel.
+        let (mut rel_h, mut rel_w) = (buffer(n * d.kh), buffer(n * d.kw));
+        let (q, rh, rw) = (host(x.q)?, host(x.rh)?, host(x.rw)?);
+        let len = |s: &[f32], want: usize| s.len() >= want;
+        if !(len(q, n * d.c) && len(rh, d.h * d.kh * d.c) && len(rw, d.w * d.kw * d.c)) {
+            return Err(Error::shape(
+                "decomposed_rel_pos",
+                format!(
+                    "{d:?} needs q {}, rh {}, rw {} values; got {}, {}, {}",
+                    n * d.c,
+                    d.h * d.kh * d.c,
+                    d.w * d.kw * d.c,
+                    q.len(),
+                    rh.len(),
+                    rw.len()
+                ),
+            ));
+        }
+        let (q, rh, rw) = (
+            &q[..n * d.c],
+            &rh[..d.h * d.kh * d.c],
+            &rw[..d.w * d.kw * d.c],
+        );
+        rel_pos::decomposed_rel_pos(d, q, rh, rw, &mut rel_h, &mut rel_w);
+        Ok(Some([Storage::Cpu(rel_h), Storage::Cpu(rel_w)]))
     }
 }

@@ -53,6 +53,15 @@ pub struct HeadQkv<'a> {
     pub v: HeadView<'a>,
 }
 
+/// The operands of SAM's decomposed rel-pos terms (sizes in a [`RelPosDims`]): q
+/// `[maps, h, w, c]`, `rh [h, kh, c]`, `rw [w, kw, c]`, all contiguous.
+#[derive(Clone, Copy)]
+pub struct RelPosIn<'a> {
+    pub q: &'a Storage,
+    pub rh: &'a Storage,
+    pub rw: &'a Storage,
+}
+
 pub trait AttentionOps {
     /// Returns the output `[bh, nq, dv]` and what the backward needs.
     fn attention(&self, a: AttnArgs, x: Qkv) -> Result<(Storage, AttnSaved)>;
@@ -64,6 +73,14 @@ pub trait AttentionOps {
     /// when the backend has no fused kernel for it; the caller then composes matmul and softmax.
     fn attention_bias_table(&self, a: BiasTableArgs, x: HeadQkv) -> Result<Option<Storage>> {
         let _ = (a, x);
+        Ok(None)
+    }
+
+    /// Inference: SAM's decomposed rel-pos terms `[rel_h [maps, h·w, kh], rel_w [maps, h·w, kw]]`
+    /// straight from q (no permuted copies of it). `Ok(None)` when the backend has no kernel for
+    /// them; the caller then composes them from matmuls (`image_encoder::Attention`).
+    fn decomposed_rel_pos(&self, d: RelPosDims, x: RelPosIn) -> Result<Option<[Storage; 2]>> {
+        let _ = (d, x);
         Ok(None)
     }
 }

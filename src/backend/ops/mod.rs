@@ -13,7 +13,9 @@ pub mod norm;
 pub mod optim;
 pub mod pointwise;
 
-pub use attention::{AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, HeadQkv, Qkv};
+pub use attention::{
+    AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, HeadQkv, Qkv, RelPosIn,
+};
 pub use conv::{ConvGradIn, ConvIn, ConvOps};
 pub use linalg::{Epilogue, GemmArgs, LinalgOps};
 pub use memory::MemoryOps;

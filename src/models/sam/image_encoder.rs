@@ -7,7 +7,7 @@ use crate::models::common::{
     gather_token_rows, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
 };
 use crate::models::config::ImageEncoderConfig;
-use crate::ops::nn::{attention, RelPosArgs};
+use crate::ops::nn::{attention, decomposed_rel_pos_fused, RelPosArgs};
 use crate::tensor::Tensor;
 use crate::Device;
 use medsam_kernels::window::{unwindow_index, window_index, RowAt, RowPick};
@@ -135,6 +135,9 @@ impl Attention {
         let (bh, hd) = (q.dim(0), q.dim(2));
         let rh = get_rel_pos(h, h, ph)?; // [h, kh, c]
         let rw = get_rel_pos(w, w, pw)?; // [w, kw, c]
+        if let Some(rel) = decomposed_rel_pos_fused(q, &rh, &rw, (h, w))? {
+            return Ok(rel);
+        }
         let rq = q.reshape(&[bh, h, w, hd])?;
         // rel_h[b, y, x, k] = Σ_c rq[b, y, x, c]·rh[y, k, c]: a batch over y.
         let rq_y = rq.permute(&[1, 0, 2, 3])?.reshape(&[h, bh * w, hd])?;
