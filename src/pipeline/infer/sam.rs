@@ -135,33 +135,47 @@ fn min_max(v: &mut [f64]) {
     v.iter_mut().for_each(|x| *x = (*x - lo) / range);
 }
 
-/// The model input `[1, 3, S, S]` for an image, as MedSAM_Inference.py prepares it.
+/// The model input `[1, 3, S, S]` for an image, as MedSAM_Inference.py prepares it. A grey
+/// image read as RGB (three equal channels, as every grey PNG and most CT/MR slices) is prepared
+/// as one plane and copied to the three channels: the same numbers (each channel is resized and
+/// scaled on its own, and the min and max are those of the plane), a third of the work and none
+/// of the interleaved `S × S × 3` f64 buffer (25 MB at 1024²).
 pub fn prepare_input(img: &InputImage, size: usize) -> Result<Tensor> {
-    let mut hwc = if img.is_npy && img.h == size && img.w == size {
-        img.hwc.clone()
+    let grey = img
+        .hwc
+        .chunks_exact(3)
+        .all(|p| p[0].to_bits() == p[1].to_bits() && p[0].to_bits() == p[2].to_bits());
+    let channels = if grey { 1 } else { 3 };
+    let src: std::borrow::Cow<[f64]> = if grey {
+        img.hwc
+            .iter()
+            .step_by(3)
+            .copied()
+            .collect::<Vec<f64>>()
+            .into()
+    } else {
+        (&img.hwc[..]).into()
+    };
+    let mut px = if img.is_npy && img.h == size && img.w == size {
+        src.into_owned()
     } else {
         // MedSAM_Inference.py calls resize without `mode`: skimage's default, "reflect".
-        let mut r = resize_cubic_aa_skimage_mode(
-            &img.hwc,
-            img.h,
-            img.w,
-            3,
-            size,
-            size,
-            ResizeMode::Reflect,
-        );
+        let mode = ResizeMode::Reflect;
+        let mut r = resize_cubic_aa_skimage_mode(&src, img.h, img.w, channels, size, size, mode);
         if !img.is_npy {
             // `.astype(np.uint8)`: truncation toward zero, wrapping out-of-range values as C does.
             r.iter_mut().for_each(|x| *x = ((*x as i64) as u8) as f64);
         }
         r
     };
-    min_max(&mut hwc);
-    let mut chw = vec![0.0f32; 3 * size * size];
-    for (i, px) in hwc.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            chw[c * size * size + i] = px[c] as f32;
-        }
+    min_max(&mut px);
+    let plane = size * size;
+    let mut chw = vec![0.0f32; 3 * plane];
+    for (c, dst) in chw.chunks_exact_mut(plane).enumerate() {
+        let channel = px.iter().skip(c % channels).step_by(channels);
+        dst.iter_mut()
+            .zip(channel)
+            .for_each(|(d, &v)| *d = v as f32);
     }
     Tensor::from_vec(chw, &[1, 3, size, size])
 }
@@ -263,5 +277,62 @@ impl<'m> Predictor<'m> {
                 iou: iou.to_vec()?[0],
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The input as prepared before grey images took the one-plane path: all three channels
+    /// resized, cast and scaled together.
+    fn three_channel_input(img: &InputImage, size: usize) -> Vec<f32> {
+        let mode = ResizeMode::Reflect;
+        let mut r = resize_cubic_aa_skimage_mode(&img.hwc, img.h, img.w, 3, size, size, mode);
+        if !img.is_npy {
+            r.iter_mut().for_each(|x| *x = ((*x as i64) as u8) as f64);
+        }
+        min_max(&mut r);
+        let plane = size * size;
+        let mut chw = vec![0.0f32; 3 * plane];
+        for (i, px) in r.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                chw[c * plane + i] = px[c] as f32;
+            }
+        }
+        chw
+    }
+
+    /// A grey image prepared as one plane gives the three-channel numbers bit for bit, up- and
+    /// downscaled, from a PNG (uint8 cast) or an .npy; an image with one coloured pixel is not
+    /// taken for grey; an .npy at the model's size is only scaled.
+    #[test]
+    fn grey_images_are_prepared_as_one_plane_with_the_same_numbers() {
+        let (h, w) = (23, 37);
+        let grey: Vec<f64> = (0..h * w)
+            .flat_map(|i| [((i * 37) % 251) as f64; 3])
+            .collect();
+        let mut tinted = grey.clone();
+        tinted[3 * 100 + 2] += 1.0;
+        for (hwc, is_npy) in [(grey.clone(), false), (grey, true), (tinted, false)] {
+            let img = InputImage { h, w, hwc, is_npy };
+            for size in [16, 64] {
+                let got = prepare_input(&img, size).unwrap().to_vec().unwrap();
+                let want = three_channel_input(&img, size);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "size {size}, npy {is_npy}");
+            }
+        }
+        // An .npy already at the model's size is not resized.
+        let hwc: Vec<f64> = (0..256).flat_map(|i| [i as f64 / 300.0; 3]).collect();
+        let img = InputImage {
+            h: 16,
+            w: 16,
+            hwc,
+            is_npy: true,
+        };
+        let got = prepare_input(&img, 16).unwrap().to_vec().unwrap();
+        assert_eq!(got[..256], got[512..]);
+        assert_eq!((got[0], got[255]), (0.0, 1.0));
     }
 }
