@@ -7,7 +7,9 @@ use crate::models::common::{
     gather_token_rows, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
 };
 use crate::models::config::ImageEncoderConfig;
+use crate::ops::linalg::autocast_bf16;
 use crate::ops::nn::{attention, decomposed_rel_pos_fused, RelPosArgs};
+use crate::ops::quant::autocast_int8;
 use crate::tensor::Tensor;
 use crate::Device;
 use medsam_kernels::window::{unwindow_index, window_index, RowAt, RowPick};
@@ -20,6 +22,53 @@ pub struct PatchEmbed {
 }
 
 crate::models::common::module_parts!(PatchEmbed: proj);
+
+impl PatchEmbed {
+    /// In inference on the CPU: the patch embedding plus `pos_embed`, channel-last
+    /// `[B, H/p, W/p, C]`, as one linear layer over the image's `p × p` patches (the conv's
+    /// stride equals its kernel, so each output token sees one patch), with the position
+    /// embedding added in the GEMM's epilogue. Upstream's conv, permute and add would hold a
+    /// 12 MB im2col matrix, a channel-first output and its channel-last sum at 1024². In f32
+    /// whatever the precision, as the convolution it replaces. `None` where this does not apply
+    /// (autograd recording, a device, a kernel that is not its stride, no bias).
+    fn forward_inference(&self, x: &Tensor, pos_embed: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let (w, bias) = (&self.proj.weight, self.proj.bias.as_ref());
+        let (c_out, c_in, k) = (w.dim(0), w.dim(1), w.dim(2));
+        let applies = x.device() == Device::Cpu
+            && !records(&[Some(x), Some(w), bias, pos_embed])
+            && bias.is_some()
+            && w.dim(3) == k
+            && self.proj.stride == k
+            && self.proj.padding == 0
+            && x.rank() == 4
+            && x.dim(1) == c_in
+            && k > 0
+            && x.dim(2).is_multiple_of(k)
+            && x.dim(3).is_multiple_of(k);
+        if !applies {
+            return Ok(None);
+        }
+        let (b, gh, gw) = (x.dim(0), x.dim(2) / k, x.dim(3) / k);
+        let pos = match pos_embed {
+            Some(p) if p.shape() != [1, gh, gw, c_out] || b != 1 => return Ok(None),
+            Some(p) => Some(p.reshape(&[gh * gw, c_out])?),
+            None => None,
+        };
+        // Row (b, gy, gx) holds its patch in the weight's (c, ky, kx) order.
+        let patches = x
+            .reshape(&[b, c_in, gh, k, gw, k])?
+            .permute(&[0, 2, 4, 1, 3, 5])?
+            .contiguous()?
+            .reshape(&[b * gh * gw, c_in * k * k])?;
+        let w = w.reshape(&[c_out, c_in * k * k])?;
+        let y = autocast_bf16(false, || {
+            autocast_int8(false, || {
+                patches.linear_fused(&w, bias, pos.as_ref(), false)
+            })
+        })?;
+        Ok(Some(y.reshape(&[b, gh, gw, c_out])?))
+    }
+}
 
 /// Multi-head attention with optional decomposed relative-position bias.
 pub struct Attention {
@@ -394,10 +443,19 @@ impl ImageEncoderViT {
                 format!("expected [B, 3, {s}, {s}], got {:?}", x.shape()),
             ));
         }
-        let mut x = self.patch_embed.proj.forward(x)?.permute(&[0, 2, 3, 1])?;
-        if let Some(p) = &self.pos_embed {
-            x = x.add(p)?;
-        }
+        let mut x = match self
+            .patch_embed
+            .forward_inference(x, self.pos_embed.as_ref())?
+        {
+            Some(x) => x,
+            None => {
+                let x = self.patch_embed.proj.forward(x)?.permute(&[0, 2, 3, 1])?;
+                match &self.pos_embed {
+                    Some(p) => x.add(p)?,
+                    None => x,
+                }
+            }
+        };
         for blk in &self.blocks {
             x = blk.forward(&x)?;
         }
