@@ -93,6 +93,20 @@ fn image_encoder_matches_pytorch() {
     assert_close("embeddings", &emb, &fx.tensors["out.embeddings"]);
 }
 
+/// The inference path (no gradient recording, one image at a time: the patch embedding as one
+/// linear layer, q/k/v straight into heads, the fused rel-pos terms) against the same fixture.
+#[test]
+fn image_encoder_inference_path_matches_pytorch() {
+    let fx = load();
+    let sam = model(&fx);
+    let (images, want) = (&fx.tensors["in.images"], &fx.tensors["out.embeddings"]);
+    for i in 0..images.dim(0) {
+        let image = images.narrow(0, i, 1).unwrap();
+        let emb = medsam::autograd::no_grad(|| sam.image_encoder.forward(&image)).unwrap();
+        assert_close("embedding", &emb, &want.narrow(0, i, 1).unwrap());
+    }
+}
+
 #[test]
 fn dense_pe_matches_pytorch() {
     let fx = load();
