@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::rng::{Rng, GOLDEN_GAMMA};
 use crate::tensor::Tensor;
 use crate::Device;
+use medsam_kernels::window::RowAt;
 use std::collections::BTreeMap;
 
 /// Visits every parameter (and buffer) of a module under its state-dict name.
@@ -242,11 +243,131 @@ pub(crate) use state_dict_methods;
 pub(crate) fn gather_token_rows(
     parts: &[&Tensor],
     fill: Option<&Tensor>,
-    index: &[medsam_kernels::window::RowAt],
+    index: &[RowAt],
     len: usize,
 ) -> Result<Tensor> {
     use medsam_kernels::window::RowPick;
     Tensor::pick_rows(parts, fill, index, RowPick::rows(len))?.reshape(&[index.len(), len])
+}
+
+/// The windows of `b` maps of `h × w` tokens grouped by the part of them inside the map
+/// (`inside`: rows × columns; only windows on the bottom and right edges are cut), in order of
+/// first appearance (interior windows first).
+pub(crate) struct EdgeGroups {
+    b: usize,
+    hw: (usize, usize),
+    ws: usize,
+    pub(crate) groups: Vec<EdgeGroup>,
+}
+
+pub(crate) struct EdgeGroup {
+    pub(crate) inside: (usize, usize),
+    /// `(image, window row, window column)` of each window, in the group's order.
+    pub(crate) windows: Vec<(usize, usize, usize)>,
+}
+
+impl EdgeGroups {
+    pub(crate) fn new(b: usize, (h, w): (usize, usize), ws: usize) -> Self {
+        let mut groups: Vec<EdgeGroup> = Vec::new();
+        for bi in 0..b {
+            for wy in 0..h.div_ceil(ws) {
+                for wx in 0..w.div_ceil(ws) {
+                    let inside = ((h - wy * ws).min(ws), (w - wx * ws).min(ws));
+                    match groups.iter_mut().find(|g| g.inside == inside) {
+                        Some(g) => g.windows.push((bi, wy, wx)),
+                        None => groups.push(EdgeGroup {
+                            inside,
+                            windows: vec![(bi, wy, wx)],
+                        }),
+                    }
+                }
+            }
+        }
+        EdgeGroups {
+            b,
+            hw: (h, w),
+            ws,
+            groups,
+        }
+    }
+
+    /// The map's `(h, w)`.
+    pub(crate) fn hw(&self) -> (usize, usize) {
+        self.hw
+    }
+
+    /// Token at position `(iy, ix)` of window `(bi, wy, wx)`, [`RowAt::FILL`] outside the map.
+    pub(crate) fn token(
+        &self,
+        (bi, wy, wx): (usize, usize, usize),
+        (iy, ix): (usize, usize),
+    ) -> RowAt {
+        let ((h, w), ws) = (self.hw, self.ws);
+        let (y, x) = (wy * ws + iy, wx * ws + ix);
+        if y < h && x < w {
+            RowAt::row((bi * h + y) * w + x)
+        } else {
+            RowAt::FILL
+        }
+    }
+
+    /// Tokens of every position of every window, group after group.
+    pub(crate) fn window_index(&self) -> Vec<RowAt> {
+        let ws = self.ws;
+        let mut idx =
+            Vec::with_capacity(self.b * self.hw.0.div_ceil(ws) * self.hw.1.div_ceil(ws) * ws * ws);
+        for g in &self.groups {
+            for &win in &g.windows {
+                for iy in 0..ws {
+                    for ix in 0..ws {
+                        idx.push(self.token(win, (iy, ix)));
+                    }
+                }
+            }
+        }
+        idx
+    }
+
+    /// Tokens of the inside positions of `g`'s windows (its queries).
+    pub(crate) fn query_index(&self, g: &EdgeGroup) -> Vec<RowAt> {
+        let pos = g.inside_positions();
+        let mut idx = Vec::with_capacity(g.windows.len() * pos.len());
+        for &win in &g.windows {
+            idx.extend(pos.iter().map(|&p| self.token(win, p)));
+        }
+        idx
+    }
+
+    /// For output row `token·heads + head` (of `kd` values): the group and its row in that
+    /// group's attention output `[windows, heads, inside positions, kd]`.
+    pub(crate) fn unwindow_index(&self, heads: usize) -> Vec<RowAt> {
+        let (h, w) = self.hw;
+        let mut idx = vec![RowAt::FILL; self.b * h * w * heads];
+        for (gi, g) in self.groups.iter().enumerate() {
+            let pos = g.inside_positions();
+            let nq = pos.len();
+            for (j, &win) in g.windows.iter().enumerate() {
+                for (qi, &p) in pos.iter().enumerate() {
+                    let t = self.token(win, p).row;
+                    for hd in 0..heads {
+                        let row = (j * heads + hd) * nq + qi;
+                        idx[t * heads + hd] = RowAt { part: gi, row };
+                    }
+                }
+            }
+        }
+        idx
+    }
+}
+
+impl EdgeGroup {
+    /// `(row, column)` of the window positions inside the map, row-major.
+    pub(crate) fn inside_positions(&self) -> Vec<(usize, usize)> {
+        let (vh, vw) = self.inside;
+        (0..vh)
+            .flat_map(|iy| (0..vw).map(move |ix| (iy, ix)))
+            .collect()
+    }
 }
 
 /// `prefix.name`, or `name` at the root.

@@ -17,12 +17,11 @@
 
 use crate::autograd::records;
 use crate::error::{Error, Result};
-use crate::models::common::{gather_token_rows, join, Init, LayerNorm, Linear, Module};
+use crate::models::common::{gather_token_rows, join, EdgeGroups, Init, LayerNorm, Linear, Module};
 use crate::models::sam::image_encoder::{window_partition, window_unpartition};
 use crate::ops::nn::attention_bias_table;
 use crate::ops::then_gelu;
 use crate::tensor::Tensor;
-use medsam_kernels::window::RowAt;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -729,117 +728,6 @@ impl Attention {
             Some(x),
             false,
         )?))
-    }
-}
-
-/// The windows of `b` maps of `h × w` tokens grouped by the part of them inside the map
-/// (`inside`: rows × columns; only windows on the bottom and right edges are cut), in order of
-/// first appearance (interior windows first).
-struct EdgeGroups {
-    b: usize,
-    hw: (usize, usize),
-    ws: usize,
-    groups: Vec<EdgeGroup>,
-}
-
-struct EdgeGroup {
-    inside: (usize, usize),
-    /// `(image, window row, window column)` of each window, in the group's order.
-    windows: Vec<(usize, usize, usize)>,
-}
-
-impl EdgeGroups {
-    fn new(b: usize, (h, w): (usize, usize), ws: usize) -> Self {
-        let mut groups: Vec<EdgeGroup> = Vec::new();
-        for bi in 0..b {
-            for wy in 0..h.div_ceil(ws) {
-                for wx in 0..w.div_ceil(ws) {
-                    let inside = ((h - wy * ws).min(ws), (w - wx * ws).min(ws));
-                    match groups.iter_mut().find(|g| g.inside == inside) {
-                        Some(g) => g.windows.push((bi, wy, wx)),
-                        None => groups.push(EdgeGroup {
-                            inside,
-                            windows: vec![(bi, wy, wx)],
-                        }),
-                    }
-                }
-            }
-        }
-        EdgeGroups {
-            b,
-            hw: (h, w),
-            ws,
-            groups,
-        }
-    }
-
-    /// Token at position `(iy, ix)` of window `(bi, wy, wx)`, [`RowAt::FILL`] outside the map.
-    fn token(&self, (bi, wy, wx): (usize, usize, usize), (iy, ix): (usize, usize)) -> RowAt {
-        let ((h, w), ws) = (self.hw, self.ws);
-        let (y, x) = (wy * ws + iy, wx * ws + ix);
-        if y < h && x < w {
-            RowAt::row((bi * h + y) * w + x)
-        } else {
-            RowAt::FILL
-        }
-    }
-
-    /// Tokens of every position of every window, group after group.
-    fn window_index(&self) -> Vec<RowAt> {
-        let ws = self.ws;
-        let mut idx =
-            Vec::with_capacity(self.b * self.hw.0.div_ceil(ws) * self.hw.1.div_ceil(ws) * ws * ws);
-        for g in &self.groups {
-            for &win in &g.windows {
-                for iy in 0..ws {
-                    for ix in 0..ws {
-                        idx.push(self.token(win, (iy, ix)));
-                    }
-                }
-            }
-        }
-        idx
-    }
-
-    /// Tokens of the inside positions of `g`'s windows (its queries).
-    fn query_index(&self, g: &EdgeGroup) -> Vec<RowAt> {
-        let pos = g.inside_positions();
-        let mut idx = Vec::with_capacity(g.windows.len() * pos.len());
-        for &win in &g.windows {
-            idx.extend(pos.iter().map(|&p| self.token(win, p)));
-        }
-        idx
-    }
-
-    /// For output row `token·heads + head` (of `kd` values): the group and its row in that
-    /// group's attention output `[windows, heads, inside positions, kd]`.
-    fn unwindow_index(&self, heads: usize) -> Vec<RowAt> {
-        let (h, w) = self.hw;
-        let mut idx = vec![RowAt::FILL; self.b * h * w * heads];
-        for (gi, g) in self.groups.iter().enumerate() {
-            let pos = g.inside_positions();
-            let nq = pos.len();
-            for (j, &win) in g.windows.iter().enumerate() {
-                for (qi, &p) in pos.iter().enumerate() {
-                    let t = self.token(win, p).row;
-                    for hd in 0..heads {
-                        let row = (j * heads + hd) * nq + qi;
-                        idx[t * heads + hd] = RowAt { part: gi, row };
-                    }
-                }
-            }
-        }
-        idx
-    }
-}
-
-impl EdgeGroup {
-    /// `(row, column)` of the window positions inside the map, row-major.
-    fn inside_positions(&self) -> Vec<(usize, usize)> {
-        let (vh, vw) = self.inside;
-        (0..vh)
-            .flat_map(|iy| (0..vw).map(move |ix| (iy, ix)))
-            .collect()
     }
 }
 

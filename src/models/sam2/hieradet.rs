@@ -5,12 +5,16 @@
 
 use super::config::TrunkConfig;
 use super::sam2_utils::{interpolate_bicubic, Mlp};
-use crate::autograd::is_grad_enabled;
+use crate::autograd::{is_grad_enabled, records};
 use crate::error::{Error, Result};
-use crate::models::common::{join, Conv2d, Init, LayerNorm, Linear, Module};
+use crate::models::common::{
+    gather_token_rows, join, Conv2d, EdgeGroups, Init, LayerNorm, Linear, Module,
+};
 use crate::models::sam::image_encoder::window_partition;
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
+use crate::Device;
+use medsam_kernels::window::{RowAt, RowPick};
 use std::sync::{Arc, Mutex};
 
 /// Hiera's LayerNorm eps (`partial(nn.LayerNorm, eps=1e-6)`).
@@ -107,6 +111,98 @@ impl MultiScaleAttention {
     }
 }
 
+impl MultiScaleAttention {
+    /// The attention before `proj` in inference on the CPU: the normed map `x` `[B, H, W, dim]`
+    /// → the heads' outputs back on the map's tokens, `[B, H', W', dim_out]` (H' = H/2 when
+    /// the queries are pooled). Windows are never materialised: q, k and v go from the
+    /// projection's rows straight into per-head buffers, and the outputs straight back. The
+    /// q/k/v projection runs on the map's tokens only: upstream pads the normed map with zero
+    /// tokens, whose q/k/v row (that of a zero token: the bias) fills the edge windows' padding
+    /// as keys and values; their queries would be cropped afterwards, so they are not computed
+    /// (windows are grouped by the part of them inside the map, as in TinyViT). Pooled queries
+    /// are pooled on the map: with H, W and the window even, every 2×2 pool upstream takes
+    /// inside a window and inside the map is one on the map, and the others are cropped.
+    /// `ws = 0` is global attention over a square map. None when this path does not apply
+    /// (odd sizes with pooling, a non-square global map, autograd recording, a device).
+    pub fn attend_inference(&self, x: &Tensor, ws: usize) -> Result<Option<Tensor>> {
+        let params = [Some(x), Some(&self.qkv.weight), self.qkv.bias.as_ref()];
+        let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let ws = if ws == 0 && h == w { h } else { ws };
+        let even = |v: usize| v.is_multiple_of(2);
+        if ws == 0
+            || (self.q_pool && !(even(h) && even(w) && even(ws)))
+            || x.device() != Device::Cpu
+            || records(&params)
+        {
+            return Ok(None);
+        }
+        let (nh, d) = (self.num_heads, self.dim_out);
+        let hd = d / nh;
+        let n = ws * ws;
+        let qkv = self.qkv.forward(x)?; // [b, h, w, 3·d]
+        let kv_groups = EdgeGroups::new(b, (h, w), ws);
+        let (q_src, q_groups) = if self.q_pool {
+            let q = qkv.reshape(&[b, h, w, 3, d])?.select(3, 0)?;
+            let pooled = q.max_pool2x2_nhwc()?; // [b, h/2, w/2, d]
+            (pooled, EdgeGroups::new(b, (h / 2, w / 2), ws / 2))
+        } else {
+            (qkv.clone(), EdgeGroups::new(b, (h, w), ws))
+        };
+        let padded = kv_groups.groups.iter().any(|g| g.inside != (ws, ws));
+        let fill = if padded {
+            Some(self.qkv.forward(&Tensor::zeros(&[1, c], x.device())?)?)
+        } else {
+            None
+        };
+        // Head columns `col..col + d` of the rows `index` of `src` (rows of `width`), `block`
+        // tokens per window → `[windows·heads, block, hd]`.
+        let heads = |src: &Tensor, width: usize, col: usize, index: &[RowAt], block: usize| {
+            let pick = RowPick {
+                width,
+                col,
+                len: hd,
+                groups: nh,
+                block,
+            };
+            Tensor::pick_rows(
+                &[src],
+                fill.as_ref().filter(|_| width == 3 * d),
+                index,
+                pick,
+            )?
+            .reshape(&[index.len() / block * nh, block, hd])
+        };
+        let q_width = q_src.dim(3);
+        let windows = kv_groups.window_index();
+        let scale = (hd as f32).powf(-0.5);
+        let mut outs = Vec::with_capacity(q_groups.groups.len());
+        let mut first = 0;
+        for (kg, qg) in kv_groups.groups.iter().zip(&q_groups.groups) {
+            let count = kg.windows.len();
+            if qg.windows != kg.windows {
+                return Err(Error::shape(
+                    "hiera attention",
+                    "pooled query windows do not line up with the key windows",
+                ));
+            }
+            let kv = &windows[first * n..(first + count) * n];
+            let nq = qg.inside.0 * qg.inside.1;
+            let q = heads(&q_src, q_width, 0, &q_groups.query_index(qg), nq)?;
+            let (k, v) = (
+                heads(&qkv, 3 * d, d, kv, n)?,
+                heads(&qkv, 3 * d, 2 * d, kv, n)?,
+            );
+            let o = attention(&q, &k, &v, scale, None)?;
+            outs.push(o.contiguous()?); // [count·heads, inside positions, hd]
+            first += count;
+        }
+        let outs: Vec<&Tensor> = outs.iter().collect();
+        let o = gather_token_rows(&outs, None, &q_groups.unwindow_index(nh), hd)?;
+        let (oh, ow) = q_groups.hw();
+        Ok(Some(o.reshape(&[b, oh, ow, d])?))
+    }
+}
+
 pub struct MultiScaleBlock {
     pub dim: usize,
     pub dim_out: usize,
@@ -153,7 +249,9 @@ impl MultiScaleBlock {
         };
         let (b, h, w) = (x.dim(0), x.dim(1), x.dim(2));
         let (oh, ow) = (shortcut.dim(1), shortcut.dim(2));
-        let a = if self.window_size > 0 {
+        let a = if let Some(a) = self.attn.attend_inference(&xn, self.window_size)? {
+            a
+        } else if self.window_size > 0 {
             let o = self.attn.attend_windowed(&xn, self.window_size)?;
             // [B·nWh·nWw, heads, ws, ws, hd] → [B, nWh·ws, nWw·ws, heads·hd], one gather.
             let (nh, ws, hd) = (o.dim(1), o.dim(2), o.dim(4));
