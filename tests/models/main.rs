@@ -11,6 +11,7 @@ mod common;
 
 mod attention_precision;
 mod autograd;
+mod hiera_inference;
 mod int8_rule;
 mod lite_real;
 mod lite_tiny;

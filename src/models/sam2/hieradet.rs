@@ -235,6 +235,17 @@ impl MultiScaleBlock {
     /// are not computed), and the two residual additions are fused into the GEMMs of `attn.proj`
     /// and the MLP's last layer.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, true)
+    }
+
+    /// [`Self::forward`] with the attention composed as upstream does it (pad, partition,
+    /// attend, unpartition, crop) even where [`MultiScaleAttention::attend_inference`] applies:
+    /// the reference that path is tested against.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    fn forward_with(&self, x: &Tensor, inference_path: bool) -> Result<Tensor> {
         let xn = self.norm1.forward(x)?;
         let shortcut = match &self.proj {
             Some(p) => {
@@ -249,7 +260,12 @@ impl MultiScaleBlock {
         };
         let (b, h, w) = (x.dim(0), x.dim(1), x.dim(2));
         let (oh, ow) = (shortcut.dim(1), shortcut.dim(2));
-        let a = if let Some(a) = self.attn.attend_inference(&xn, self.window_size)? {
+        let fast = if inference_path {
+            self.attn.attend_inference(&xn, self.window_size)?
+        } else {
+            None
+        };
+        let a = if let Some(a) = fast {
             a
         } else if self.window_size > 0 {
             let o = self.attn.attend_windowed(&xn, self.window_size)?;
