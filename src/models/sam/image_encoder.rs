@@ -315,16 +315,34 @@ impl Block {
             .into_iter()
             .map(RowAt::from)
             .collect();
-        let [q, k, v] = split_heads(&qkv, c, nh, &index, ws * ws, Some(&pad))?;
-        let o = attn.attend_heads(&q, &k, &v, (ws, ws))?; // [windows·nh, ws², c/nh]
+        // The windows in a few passes, each with its own q/k/v buffers (reused by the next
+        // pass): the four window-sized buffers of one pass at once would be the block's largest
+        // memory, and each buffer's first use costs page faults.
+        let n = ws * ws;
+        let windows = index.len() / n;
+        let per_pass = windows.div_ceil(windows.div_ceil(WINDOWS_PER_PASS));
+        let mut outs = Vec::with_capacity(windows.div_ceil(per_pass));
+        for pass in index.chunks(per_pass * n) {
+            let [q, k, v] = split_heads(&qkv, c, nh, pass, n, Some(&pad))?;
+            outs.push(attn.attend_heads(&q, &k, &v, (ws, ws))?); // [windows·nh, ws², c/nh]
+        }
+        let block = per_pass * nh * n; // rows of a pass's output
         let back: Vec<RowAt> = unwindow_index(b, (h, w), ws, nh)
             .into_iter()
-            .map(RowAt::from)
+            .map(|row| RowAt {
+                part: row / block,
+                row: row % block,
+            })
             .collect();
-        let o = gather_token_rows(&[&o], None, &back, c / nh)?;
+        let outs: Vec<&Tensor> = outs.iter().collect();
+        let o = gather_token_rows(&outs, None, &back, c / nh)?;
         Ok(Some(o.reshape(&[b, h, w, c])?))
     }
 }
+
+/// Windows per pass of a windowed block's attention in inference: a fifth of ViT-B's 25 at
+/// 1024², about 3 MB per q, k, v or output buffer.
+const WINDOWS_PER_PASS: usize = 5;
 
 /// q, k and v, each `[maps·heads, n, c/heads]` in its own buffer (the attention kernel's
 /// operands, read in place), from the rows `[rows, 3c]` of a q/k/v projection: map `m`'s token
