@@ -109,9 +109,7 @@ impl MultiScaleAttention {
         )?;
         o.reshape(&[b * nwh * nww, nh, qh, qw, hd])
     }
-}
 
-impl MultiScaleAttention {
     /// The attention before `proj` in inference on the CPU: the normed map `x` `[B, H, W, dim]`
     /// → the heads' outputs back on the map's tokens, `[B, H', W', dim_out]` (H' = H/2 when
     /// the queries are pooled). Windows are never materialised: q, k and v go from the
@@ -154,25 +152,22 @@ impl MultiScaleAttention {
         } else {
             None
         };
-        // Head columns `col..col + d` of the rows `index` of `src` (rows of `width`), `block`
-        // tokens per window → `[windows·heads, block, hd]`.
-        let heads = |src: &Tensor, width: usize, col: usize, index: &[RowAt], block: usize| {
+        // The heads of columns `col..col + d` of the rows `index` of `src` (or of `fill`),
+        // `block` tokens per window → `[windows·heads, block, hd]`.
+        let heads = |src: &Tensor, fill: Option<&Tensor>, col: usize, index: &[RowAt], block| {
             let pick = RowPick {
-                width,
+                width: src.dim(3),
                 col,
                 len: hd,
                 groups: nh,
                 block,
             };
-            Tensor::pick_rows(
-                &[src],
-                fill.as_ref().filter(|_| width == 3 * d),
-                index,
-                pick,
-            )?
-            .reshape(&[index.len() / block * nh, block, hd])
+            Tensor::pick_rows(&[src], fill, index, pick)?.reshape(&[
+                index.len() / block * nh,
+                block,
+                hd,
+            ])
         };
-        let q_width = q_src.dim(3);
         let windows = kv_groups.window_index();
         let scale = (hd as f32).powf(-0.5);
         let mut outs = Vec::with_capacity(q_groups.groups.len());
@@ -187,10 +182,10 @@ impl MultiScaleAttention {
             }
             let kv = &windows[first * n..(first + count) * n];
             let nq = qg.inside.0 * qg.inside.1;
-            let q = heads(&q_src, q_width, 0, &q_groups.query_index(qg), nq)?;
+            let q = heads(&q_src, None, 0, &q_groups.query_index(qg), nq)?;
             let (k, v) = (
-                heads(&qkv, 3 * d, d, kv, n)?,
-                heads(&qkv, 3 * d, 2 * d, kv, n)?,
+                heads(&qkv, fill.as_ref(), d, kv, n)?,
+                heads(&qkv, fill.as_ref(), 2 * d, kv, n)?,
             );
             let o = attention(&q, &k, &v, scale, None)?;
             outs.push(o.contiguous()?); // [count·heads, inside positions, hd]
