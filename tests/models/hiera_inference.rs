@@ -20,7 +20,7 @@ fn input(shape: &[usize], seed: usize) -> Tensor {
 }
 
 #[test]
-fn hiera_blocks_inference_path_matches_the_recorded_path() {
+fn hiera_blocks_inference_path_matches_upstreams_composition() {
     // Blocks: 0 (stage 1, window 6), 1 (pools, window 6 lagged) and 2 (window 4), 3 (pools,
     // window 4 lagged) and 4 (global), 5 (pools, window 2 lagged) and 6 (window 3: odd).
     let cfg = TrunkConfig {
