@@ -238,8 +238,8 @@ pub(crate) use state_dict_methods;
 
 /// Whole rows (`len` wide) picked from the row tables `parts` by `index` (a part and a row, or
 /// `RowAt::FILL` for the row `fill`), as `[index.len(), len]`, without autograd recording
-/// (inference only): how the windowed attention blocks (SAM's ViT, TinyViT) cut windows out of
-/// a map of tokens and put them back ([`Tensor::pick_rows`]).
+/// (inference only): how the windowed attention blocks (SAM's ViT, TinyViT, Hiera) cut windows
+/// out of a map of tokens and put them back ([`Tensor::pick_rows`]).
 pub(crate) fn gather_token_rows(
     parts: &[&Tensor],
     fill: Option<&Tensor>,
@@ -252,7 +252,9 @@ pub(crate) fn gather_token_rows(
 
 /// The windows of `b` maps of `h × w` tokens grouped by the part of them inside the map
 /// (`inside`: rows × columns; only windows on the bottom and right edges are cut), in order of
-/// first appearance (interior windows first).
+/// first appearance (interior windows first): TinyViT's and Hiera's windowed attention in
+/// inference attend each group with its inside positions as queries, so the padding's queries,
+/// which upstream crops, are never computed.
 pub(crate) struct EdgeGroups {
     b: usize,
     hw: (usize, usize),
