@@ -250,6 +250,43 @@ pub(crate) fn gather_token_rows(
     Tensor::pick_rows(parts, fill, index, RowPick::rows(len))?.reshape(&[index.len(), len])
 }
 
+/// One head-split part of a q/k/v projection's rows: the `c` columns from `col` of each row of
+/// `table` (rows of `width`, read in place), cut into `heads` heads, for the rows `index` (a
+/// row, or [`RowAt::FILL`] for the row `fill`) taken `block` at a time (a window's tokens) →
+/// `[index.len() / block · heads, block, c / heads]`, each head's rows contiguous (the attention
+/// kernel's operand layout). One gather, inference only.
+pub(crate) fn pick_heads(
+    table: &Tensor,
+    fill: Option<&Tensor>,
+    (width, col, c): (usize, usize, usize),
+    heads: usize,
+    index: &[RowAt],
+    block: usize,
+) -> Result<Tensor> {
+    if heads == 0 || !c.is_multiple_of(heads) || block == 0 || !index.len().is_multiple_of(block) {
+        return Err(Error::shape(
+            "pick_heads",
+            format!(
+                "{c} channels for {heads} heads, {} indices in blocks of {block}",
+                index.len()
+            ),
+        ));
+    }
+    let hd = c / heads;
+    let pick = medsam_kernels::window::RowPick {
+        width,
+        col,
+        len: hd,
+        groups: heads,
+        block,
+    };
+    Tensor::pick_rows(&[table], fill, index, pick)?.reshape(&[
+        index.len() / block * heads,
+        block,
+        hd,
+    ])
+}
+
 /// The windows of `b` maps of `h × w` tokens grouped by the part of them inside the map
 /// (`inside`: rows × columns; only windows on the bottom and right edges are cut), in order of
 /// first appearance (interior windows first): TinyViT's and Hiera's windowed attention in

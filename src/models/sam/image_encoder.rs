@@ -4,7 +4,7 @@
 use crate::autograd::records;
 use crate::error::{Error, Result};
 use crate::models::common::{
-    gather_token_rows, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
+    gather_token_rows, pick_heads, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
 };
 use crate::models::config::ImageEncoderConfig;
 use crate::ops::linalg::autocast_bf16;
@@ -12,7 +12,7 @@ use crate::ops::nn::{attention, decomposed_rel_pos_fused, RelPosArgs};
 use crate::ops::quant::autocast_int8;
 use crate::tensor::Tensor;
 use crate::Device;
-use medsam_kernels::window::{unwindow_index, window_index, RowAt, RowPick};
+use medsam_kernels::window::{unwindow_index, window_index, RowAt};
 
 /// The image encoder's LayerNorm eps, as SAM's builder sets it.
 const VIT_LN_EPS: f32 = 1e-6;
@@ -356,26 +356,7 @@ fn split_heads(
     n: usize,
     fill: Option<&Tensor>,
 ) -> Result<[Tensor; 3]> {
-    if heads == 0 || !c.is_multiple_of(heads) || n == 0 || !index.len().is_multiple_of(n) {
-        return Err(Error::shape(
-            "split_heads",
-            format!(
-                "3×{c} channels for {heads} heads, {} indices in maps of {n}",
-                index.len()
-            ),
-        ));
-    }
-    let (maps, hd) = (index.len() / n, c / heads);
-    let part = |s: usize| -> Result<Tensor> {
-        let pick = RowPick {
-            width: 3 * c,
-            col: s * c,
-            len: hd,
-            groups: heads,
-            block: n,
-        };
-        Tensor::pick_rows(&[qkv], fill, index, pick)?.reshape(&[maps * heads, n, hd])
-    };
+    let part = |s: usize| pick_heads(qkv, fill, (3 * c, s * c, c), heads, index, n);
     Ok([part(0)?, part(1)?, part(2)?])
 }
 

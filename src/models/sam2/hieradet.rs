@@ -8,13 +8,13 @@ use super::sam2_utils::{interpolate_bicubic, Mlp};
 use crate::autograd::{is_grad_enabled, records};
 use crate::error::{Error, Result};
 use crate::models::common::{
-    gather_token_rows, join, Conv2d, EdgeGroups, Init, LayerNorm, Linear, Module,
+    gather_token_rows, join, pick_heads, Conv2d, EdgeGroups, Init, LayerNorm, Linear, Module,
 };
 use crate::models::sam::image_encoder::window_partition;
 use crate::ops::nn::attention;
 use crate::tensor::Tensor;
 use crate::Device;
-use medsam_kernels::window::{RowAt, RowPick};
+use medsam_kernels::window::RowAt;
 use std::sync::{Arc, Mutex};
 
 /// Hiera's LayerNorm eps (`partial(nn.LayerNorm, eps=1e-6)`).
@@ -152,21 +152,10 @@ impl MultiScaleAttention {
         } else {
             None
         };
-        // The heads of columns `col..col + d` of the rows `index` of `src` (or of `fill`),
-        // `block` tokens per window → `[windows·heads, block, hd]`.
-        let heads = |src: &Tensor, fill: Option<&Tensor>, col: usize, index: &[RowAt], block| {
-            let pick = RowPick {
-                width: src.dim(3),
-                col,
-                len: hd,
-                groups: nh,
-                block,
-            };
-            Tensor::pick_rows(&[src], fill, index, pick)?.reshape(&[
-                index.len() / block * nh,
-                block,
-                hd,
-            ])
+        // Head-split q, k or v (the `d` columns from `col` of `src`'s rows) for the rows
+        // `index`, `block` tokens per window → `[windows·heads, block, hd]`.
+        let heads = |src: &Tensor, fill, col, index: &[RowAt], block| {
+            pick_heads(src, fill, (src.dim(3), col, d), nh, index, block)
         };
         let windows = kv_groups.window_index();
         let scale = (hd as f32).powf(-0.5);
