@@ -67,6 +67,34 @@ pub fn for_each_run(view: StridedView, mut f: impl FnMut(usize, usize, usize)) {
 
 /// `out = src[view]`, `out` dense with the view's element count.
 pub fn gather(src: &[f32], view: StridedView, out: &mut [f32]) {
+    gather_on(TileIsa::best(), src, view, out)
+}
+
+/// An implementation of the transposing tile copy inside [`gather_on`] (views whose last two
+/// axes are swapped); tests force each one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileIsa {
+    /// Element by element, 16 rows × 64 columns at a time.
+    Portable,
+    /// 16 × 16 tiles loaded as 16 vectors and transposed in registers. Needs AVX-512F
+    /// ([`gather_on`] panics without it).
+    Avx512,
+}
+
+impl TileIsa {
+    /// The fastest implementation this CPU has.
+    pub fn best() -> TileIsa {
+        if cfg!(target_arch = "x86_64") && crate::cpu::features().avx512f {
+            TileIsa::Avx512
+        } else {
+            TileIsa::Portable
+        }
+    }
+}
+
+/// [`gather`] with the transposing tile copy on a chosen implementation (the other views take
+/// the same row copies either way). Both give the same bits: they only move values.
+pub fn gather_on(isa: TileIsa, src: &[f32], view: StridedView, out: &mut [f32]) {
     let n = view.numel();
     assert_eq!(out.len(), n, "gather: output length");
     if n == 0 {
@@ -76,7 +104,16 @@ pub fn gather(src: &[f32], view: StridedView, out: &mut [f32]) {
     let stride = view.strides.last().copied().unwrap_or(1);
     let nd = view.shape.len();
     if nd >= 2 && view.strides[nd - 2] == 1 && stride > 1 && view.shape[nd - 2] > 1 {
-        gather_transposed(src, view, out);
+        assert!(
+            isa == TileIsa::Portable || TileIsa::best() == TileIsa::Avx512,
+            "gather: no AVX-512F"
+        );
+        let last = view.offset
+            + (0..nd)
+                .map(|d| (view.shape[d] - 1) * view.strides[d])
+                .sum::<usize>();
+        assert!(last < src.len(), "gather: view overruns the source");
+        gather_transposed(isa, src, view, out);
         return;
     }
     let copy_row = |(row, dst): (usize, &mut [f32])| {
@@ -92,21 +129,39 @@ pub fn gather(src: &[f32], view: StridedView, out: &mut [f32]) {
     for_each_row(out, inner, n, copy_row);
 }
 
-/// [`gather`] for a view whose last two axes are transposed (the second-last has stride 1):
-/// copies 16-row × 64-column tiles so every source cache line is used while it is loaded.
-fn gather_transposed(src: &[f32], view: StridedView, out: &mut [f32]) {
-    const RB: usize = 16;
+/// Output rows per tile of [`gather_transposed`] (the 16 lanes of an AVX-512 register).
+const TILE_ROWS: usize = 16;
+
+/// [`gather`] for a view whose last two axes are transposed (the second-last has stride 1), in
+/// tiles of 16 output rows so that every source cache line is used while it is loaded: output
+/// row `r0 + i`, column `c` is `src[base(r0 + i) + c·stride]`. Where the tile's 16 rows are 16
+/// consecutive source values (`base(r0 + i) = base(r0) + i`, the usual case) the AVX-512 path
+/// loads each column's 16 values as one vector and transposes 16 columns at a time; the rest
+/// (ragged tiles, leftover columns) is copied element by element. The caller has checked that
+/// the view lies inside `src`.
+fn gather_transposed(isa: TileIsa, src: &[f32], view: StridedView, out: &mut [f32]) {
     const CB: usize = 64;
     let inner = view.shape[view.shape.len() - 1];
     let stride = view.strides[view.strides.len() - 1];
     let block = |(bi, dst): (usize, &mut [f32])| {
-        let r0 = bi * RB;
+        let r0 = bi * TILE_ROWS;
         let nr = dst.len() / inner;
-        let mut bases = [0usize; RB];
+        let mut bases = [0usize; TILE_ROWS];
         for (i, b) in bases.iter_mut().enumerate().take(nr) {
             *b = row_offset(view, r0 + i);
         }
-        for c0 in (0..inner).step_by(CB) {
+        let consecutive =
+            nr == TILE_ROWS && bases.iter().enumerate().all(|(i, &b)| b == bases[0] + i);
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if isa == TileIsa::Avx512 && consecutive {
+            // SAFETY: AVX-512F was checked by `gather_on`; every value read is an element of
+            // the view (checked to lie inside `src`), and `dst` holds 16 rows of `inner`.
+            done = unsafe { tiles16_avx512(src, bases[0], stride, inner, dst) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (isa, consecutive);
+        for c0 in (done..inner).step_by(CB) {
             let c1 = (c0 + CB).min(inner);
             for (i, &b) in bases.iter().enumerate().take(nr) {
                 let d = &mut dst[i * inner + c0..i * inner + c1];
@@ -117,10 +172,46 @@ fn gather_transposed(src: &[f32], view: StridedView, out: &mut [f32]) {
         }
     };
     if out.len() < PAR_MIN {
-        out.chunks_mut(RB * inner).enumerate().for_each(block);
+        out.chunks_mut(TILE_ROWS * inner)
+            .enumerate()
+            .for_each(block);
     } else {
-        out.par_chunks_mut(RB * inner).enumerate().for_each(block);
+        out.par_chunks_mut(TILE_ROWS * inner)
+            .enumerate()
+            .for_each(block);
     }
+}
+
+/// The 16-column tiles of one 16-row block of [`gather_transposed`]: output row `i`, column `c`
+/// ← `src[base + i + c·stride]` for the columns below `inner` rounded down to 16; returns how
+/// many columns it wrote.
+///
+/// # Safety
+/// AVX-512F must be available, `src[base + c·stride .. base + c·stride + 16]` must lie inside
+/// `src` for every such column `c`, and `dst` must hold `16 · inner` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tiles16_avx512(
+    src: &[f32],
+    base: usize,
+    stride: usize,
+    inner: usize,
+    dst: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let full = inner / TILE_ROWS * TILE_ROWS;
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    for c0 in (0..full).step_by(TILE_ROWS) {
+        let mut t = [_mm512_setzero_ps(); TILE_ROWS];
+        for (j, tj) in t.iter_mut().enumerate() {
+            *tj = _mm512_loadu_ps(sp.add(base + (c0 + j) * stride));
+        }
+        crate::attention::avx512::transpose16(&mut t);
+        for (i, ti) in t.iter().enumerate() {
+            _mm512_storeu_ps(dp.add(i * inner + c0), *ti);
+        }
+    }
+    full
 }
 
 /// `out[view] += src` for a dense `src` with the view's element count (serial: a view may

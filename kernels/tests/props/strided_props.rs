@@ -97,4 +97,27 @@ proptest! {
         reference::zip_broadcast(&a, va, &b, vb, f, &mut slow);
         prop_assert_eq!(fast, slow);
     }
+
+    /// The transposing tile copy (a view whose last two axes are swapped, as NCHW seen as NHWC),
+    /// each implementation forced: whole 16-row tiles of consecutive source values, ragged
+    /// tiles where a row run is not a multiple of 16, leftover columns, an offset, and batches.
+    #[test]
+    fn transposed_gather_paths_match_reference(b in 1usize..3, c in 1usize..40, h in 1usize..5, w in 1usize..40, p in any::<u64>(), off in 0usize..3) {
+        use medsam_kernels::strided::{gather_on, TileIsa};
+        // A dense [b, c, h, w] buffer after `off` leading values, read as [b, h, w, c].
+        let src = data(off + b * c * h * w, p, 1.0);
+        let (shape, strides) = ([b, h, w, c], [c * h * w, w, 1, h * w]);
+        let v = StridedView { shape: &shape, strides: &strides, offset: off };
+        let mut want = vec![0.0; b * h * w * c];
+        reference::gather(&src, v, &mut want);
+        for isa in [TileIsa::Portable, TileIsa::Avx512] {
+            if isa == TileIsa::Avx512 && TileIsa::best() != TileIsa::Avx512 {
+                eprintln!("skipped the AVX-512 tile path: this CPU has no AVX-512F");
+                continue;
+            }
+            let mut got = vec![f32::NAN; want.len()];
+            gather_on(isa, &src, v, &mut got);
+            prop_assert_eq!(&got, &want, "{:?}", isa);
+        }
+    }
 }
