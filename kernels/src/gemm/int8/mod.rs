@@ -631,8 +631,15 @@ pub fn linear_with(
     let mr = uk.mr;
     let rows = m.div_ceil(mr) * mr;
     let mu = column_means(x, ldx, m, k, parallel);
-    let mean = mean_term(&mu, exact, n, k, w.scales.len(), parallel);
-    let q = quantize_rows(x, &mu, ldx, m, k, rows, mr, w.kq, parallel);
+    // Both need only μ: run side by side rather than one after the other (a join instead of
+    // two waits for the slower thread at MedSAM2's m = 1024 shapes).
+    let mean_term = || mean_term(&mu, exact, n, k, w.scales.len(), parallel);
+    let quantize = || quantize_rows(x, &mu, ldx, m, k, rows, mr, w.kq, parallel);
+    let (mean, q) = if parallel {
+        rayon::join(mean_term, quantize)
+    } else {
+        (mean_term(), quantize())
+    };
 
     let mc = (MC / mr).max(1) * mr;
     let mblocks = rows.div_ceil(mc);
