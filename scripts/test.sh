@@ -44,6 +44,8 @@ cargo fmt --all --check
 echo "== cargo clippy -D warnings (default features, then mpi + ascend)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --features "mpi ascend" -- -D warnings
+echo "== cargo doc -D warnings (intra-doc links resolve, no private items named in public docs)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 drop_if_disk_low target/debug
 echo "== cargo test (release)"
 cargo test --workspace --release

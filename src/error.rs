@@ -36,7 +36,7 @@ pub enum Error {
     Autograd(String),
     /// The error of a file-format or workflow module (checkpoint, npy, NIfTI, metrics, ...), kept
     /// whole: its message already names the file and field, and `source()` reaches the cause.
-    /// Each such module converts into it with [`wrap_into_error!`](crate::error::wrap_into_error).
+    /// Each such module converts into it with `wrap_into_error!` (in `src/error.rs`).
     #[error(transparent)]
     Wrapped(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("{0}")]

@@ -1,7 +1,7 @@
 //! Foreign interfaces for device backends.
 //!
 //! With the `ascend` feature: bindgen-generated CANN ACL / HCCL tables
-//! ([`sys`]), hand-declared aclnn functions ([`aclnn`]) and safe wrappers ([`ascend`]),
+//! (`sys`), hand-declared aclnn functions (`aclnn`) and safe wrappers (`ascend`),
 //! all loaded with `dlopen` at run time — nothing from CANN is linked, so the binary runs
 //! (and reports a clear error) on machines without it. Without the feature only
 //! [`ascend_available`] exists.

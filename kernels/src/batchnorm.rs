@@ -30,7 +30,7 @@ pub fn stats(n: usize, c: usize, hw: usize, x: &[f32], mean: &mut [f32], var: &m
         });
 }
 
-/// y = (x - mean[c])·rstd[c]·gamma[c] + beta[c].
+/// `y = (x - mean[c])·rstd[c]·gamma[c] + beta[c]`.
 #[allow(clippy::too_many_arguments)]
 pub fn apply(
     n: usize,

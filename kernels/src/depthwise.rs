@@ -34,7 +34,7 @@ fn check(g: &Conv2dGeom) {
     );
 }
 
-/// Whether [`plane_forward`] takes the row-at-a-time 3×3 path: kernel 3×3, stride 1, one column
+/// Whether `plane_forward` takes the row-at-a-time 3×3 path: kernel 3×3, stride 1, one column
 /// of padding on each side (any row padding).
 pub fn is_row3x3(g: &Conv2dGeom) -> bool {
     (g.kh, g.kw) == (3, 3) && g.stride == (1, 1) && g.pad.1 == 1 && g.pad.0 <= 2
@@ -81,7 +81,7 @@ fn row3_interior<const N: usize>(rows: [&[f32]; N], ws: [[f32; 3]; N], bias: f32
 }
 
 simd_dispatch! {
-    /// [`plane_forward`] for a 3×3 kernel, stride 1, column padding 1: each output row computed
+    /// `plane_forward` for a 3×3 kernel, stride 1, column padding 1: each output row computed
     /// in one pass with the (up to) three input rows it reads, then GELU while it is in L1.
     pub fn plane_forward_row3x3(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
         let (oh, ow) = g.out_hw();
@@ -138,7 +138,7 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// [`plane_forward`] for any geometry, accumulated tap by tap over whole rows so the inner
+    /// `plane_forward` for any geometry, accumulated tap by tap over whole rows so the inner
     /// loop is a contiguous multiply-add (vectorised) when the stride is 1.
     pub fn plane_forward_taps(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: f32, gelu: bool, y: &mut [f32]) {
         let (oh, ow) = g.out_hw();
@@ -282,7 +282,7 @@ pub enum RowIsa {
     Avx512,
 }
 
-/// [`nhwc_row3x3`] (the 3×3 stride-1 rows of [`depthwise_nhwc_forward`]) on a chosen
+/// `nhwc_row3x3` (the 3×3 stride-1 rows of [`depthwise_nhwc_forward`]) on a chosen
 /// implementation: `rows` of `w × c` values, `(bias, gelu)` the epilogue.
 pub fn nhwc_row3x3_on(
     isa: RowIsa,

@@ -9,13 +9,13 @@
 //! with BatchNorm already folded into the weights. Run op by op, LiteMedSAM's first stage (256×256
 //! pixels, c = 64, hid = 256) writes and re-reads two 64 MiB hidden tensors per block, so it runs
 //! at DRAM speed. Here each task owns a range of output rows and walks it in bands of
-//! [`BAND`] rows: it computes the band's hidden rows (plus the one-row halo the 3×3 needs, carried
+//! `BAND` rows: it computes the band's hidden rows (plus the one-row halo the 3×3 needs, carried
 //! over from the previous band) into a small buffer that stays in cache, then the depthwise conv,
 //! then the projection with bias, residual and GELU — the hidden tensors never reach memory.
 //!
 //! The arithmetic per element is the same as the unfused ops' (same GEMM micro-kernel and k
 //! order, same depthwise tap order), so results agree with them to rounding of the epilogue.
-//! [`reference`] is the plain composition of the reference ops.
+//! [`mod@reference`] is the plain composition of the reference ops.
 //!
 //! [`mbconv_forward_nhwc`] is the same block on channels-last data (`[n, h, w, c]`): the pixels
 //! are the GEMM rows, so the activations are read in place (row-major A) and only the small

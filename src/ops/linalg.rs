@@ -168,7 +168,7 @@ impl Tensor {
     }
 
     /// `act(x · Wᵀ + b)` with `act` exact GELU if `gelu`, else the identity. Without autograd
-    /// recording the bias and activation are fused into the GEMM ([`Backend::gemm_bias_act`]).
+    /// recording the bias and activation are fused into the GEMM ([`LinalgOps::gemm_bias_act`](crate::backend::LinalgOps::gemm_bias_act)).
     pub fn linear_act(&self, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
         self.linear_fused(weight, bias, None, gelu)
     }

@@ -505,7 +505,7 @@ pub fn score_volume(
     Ok((rows, secs))
 }
 
-/// CSV header matching [`csv_line`].
+/// CSV header matching `csv_line`'s rows.
 pub const CSV_HEADER_3D: &str = "volume,label,method,dsc,nsd,iou,gt_voxels,pred_voxels";
 
 fn csv_line(r: &Row3d) -> String {

@@ -7,15 +7,15 @@
 //! Following SAM, the scale is applied to q before the product and the bias is added unscaled:
 //! `s = (q·scale)·kᵀ + rh + rw`.
 //!
-//! Implementations: [`avx512`] (register-tiled micro-kernels, vectorised exp) when the CPU has
-//! AVX-512F, otherwise [`portable`]. Both are deterministic: the result does not depend on the
+//! Implementations: `avx512` (register-tiled micro-kernels, vectorised exp) when the CPU has
+//! AVX-512F, otherwise `portable`. Both are deterministic: the result does not depend on the
 //! number of threads or their scheduling.
 //!
 //! Inference can also run in bf16 ([`attention_forward_bf16`]), with the arithmetic of PyTorch's
 //! bf16 `scaled_dot_product_attention` on the CPU: `q·scale`, k and v rounded to bf16
 //! ([`round_bf16`]), `q·kᵀ` accumulated in f32, bias and online softmax in f32, the
-//! probabilities rounded to bf16 for `p·v`, accumulated in f32, f32 output. [`avx512bf16`] does
-//! the products with `vdpbf16ps`; [`portable`] rounds the same values and multiplies them in f32
+//! probabilities rounded to bf16 for `p·v`, accumulated in f32, f32 output. `avx512bf16` does
+//! the products with `vdpbf16ps`; `portable` rounds the same values and multiplies them in f32
 //! (bf16 × bf16 products are exact in f32, so only the order of the sums differs).
 //! [`bf16_pays`] says whether the bf16 path is the faster one on this CPU.
 

@@ -3,7 +3,7 @@
 //! Transposed operands are expressed through strides (`row_stride`/`col_stride`), so `A·Bᵀ` needs no
 //! copy. The fast path packs panels of A and B and runs a register-blocked micro-kernel per ISA.
 //!
-//! Structure (BLIS-style, see [`driver`]): for each `NC`-wide column block of C and each
+//! Structure (BLIS-style, see `driver.rs`): for each `NC`-wide column block of C and each
 //! `KC`-deep slice of k, B is packed once into `NR`-wide micro-panels shared by all threads; then
 //! independent tasks (an `MC`-row block of A, optionally split further along n) pack their A
 //! block into `MR`-row micro-panels and run the micro-kernel over every `MR×NR` tile. Packing

@@ -25,7 +25,7 @@ const IMPLEMENTATION_UID: &str = "2.25.119798678713667997418053329795829252554";
 /// What to put in the SEG besides the masks.
 #[derive(Debug, Clone)]
 pub struct SegOptions {
-    /// Name of label `i + 1`; labels beyond the list are called "Segment <k>".
+    /// Name of label `i + 1`; labels beyond the list are called "Segment `k`".
     pub label_names: Vec<String>,
     pub series_description: String,
     pub series_number: i64,
