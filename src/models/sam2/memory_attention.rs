@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::models::common::{join, Init, LayerNorm, Linear, Module};
 use crate::models::sam::transformer::Attention;
 use crate::tensor::Tensor;
+use std::sync::{Arc, Mutex};
 
 /// `compute_axial_cis(dim, end_x, end_y, theta)`: (cos, sin), each `[end_x·end_y, dim/2]`.
 pub fn compute_axial_cis(
@@ -78,6 +79,16 @@ pub struct RoPEAttention {
     pub attn: Attention,
     pub rope_theta: f32,
     pub rope_k_repeat: bool,
+    /// The last rotary table (see [`CisTable`]).
+    cis: Mutex<Option<CisTable>>,
+}
+
+/// A `compute_axial_cis` table and what it was computed for (head dim, grid side, θ's bits):
+/// upstream computes `freqs_cis` once and keeps it; recomputing it on every call was ~1 % of a
+/// MedSAM2 volume (eight tables of 1024 × 128 angles per slice).
+struct CisTable {
+    key: (usize, usize, u32),
+    table: Arc<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Module for RoPEAttention {
@@ -93,7 +104,25 @@ impl RoPEAttention {
             attn: Attention::with_kv_dim(init, dim, kv, cfg.num_heads, cfg.downsample_rate)?,
             rope_theta: cfg.rope_theta as f32,
             rope_k_repeat: cfg.rope_k_repeat,
+            cis: Mutex::new(None),
         })
+    }
+
+    /// `compute_axial_cis(hd, side, side, θ)`, computed once per size.
+    fn axial_cis(&self, hd: usize, side: usize) -> Arc<(Vec<f32>, Vec<f32>)> {
+        let key = (hd, side, self.rope_theta.to_bits());
+        let mut cached = self.cis.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some(c) if c.key == key => c.table.clone(),
+            _ => {
+                let table = Arc::new(compute_axial_cis(hd, side, side, self.rope_theta));
+                *cached = Some(CisTable {
+                    key,
+                    table: table.clone(),
+                });
+                table
+            }
+        }
     }
 
     /// q `[B, Nq, C]` (a square grid), k/v `[B, Nk, kv]`; the last `num_k_exclude_rope` keys
@@ -121,7 +150,7 @@ impl RoPEAttention {
                     format!("{nk} keys for {nq} queries without rope_k_repeat"),
                 ));
             }
-            let cis = compute_axial_cis(hd, side, side, self.rope_theta);
+            let cis = self.axial_cis(hd, side);
             let q = apply_rotary_enc(&q, &cis, nq, nq)?;
             let n_rope = nk
                 .checked_sub(num_k_exclude_rope)
