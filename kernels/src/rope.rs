@@ -9,7 +9,7 @@
 //!   position, each multiplied by `e^{i·angle[p % n_table][i]}`:
 //!   `(a, b) → (a·cos − b·sin, a·sin + b·cos)`. Positions beyond the table repeat it
 //!   (`repeat_freqs_k=True` for keys that are several copies of the query grid). The output is a
-//!   fresh dense buffer of the same shape; rows run in parallel, each written by one thread.
+//!   fresh dense buffer of the same shape; positions run in parallel, each written by one thread.
 
 use rayon::prelude::*;
 
@@ -69,23 +69,31 @@ pub fn axial_tables(dim: usize, end_x: usize, end_y: usize, theta: f32) -> (Vec<
     (cos, sin)
 }
 
-/// Rotates `x` into `out` (see the module doc).
+/// Positions per parallel task of [`apply`] (a few hundred KiB of a 256-wide operand).
+const POSITIONS_PER_TASK: usize = 256;
+
+/// Rotates `x` into `out` (see the module doc). Runs in parallel over positions, not rows:
+/// SAM2's memory attention has a single head, i.e. one row of up to 7 × 1024 positions.
 pub fn apply(d: RopeDims, x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     d.check(x.len(), cos.len(), sin.len(), out.len());
-    let (half, seq) = (d.dim / 2, d.n * d.dim);
-    if seq == 0 {
+    let half = d.dim / 2;
+    if d.dim == 0 || d.n == 0 {
         return;
     }
-    out.par_chunks_mut(seq)
-        .zip(x.par_chunks(seq))
-        .for_each(|(o, x)| {
-            for p in 0..d.n {
-                let t = (p % d.table_len) * half;
+    let span = POSITIONS_PER_TASK * d.dim;
+    out.par_chunks_mut(span)
+        .zip(x.par_chunks(span))
+        .enumerate()
+        .for_each(|(task, (o, x))| {
+            let first = task * POSITIONS_PER_TASK;
+            for (k, (xo, oo)) in x
+                .chunks_exact(d.dim)
+                .zip(o.chunks_exact_mut(d.dim))
+                .enumerate()
+            {
+                // Rows hold whole repeats of the table, so the flat position indexes it directly.
+                let t = ((first + k) % d.table_len) * half;
                 let (c, s) = (&cos[t..t + half], &sin[t..t + half]);
-                let (xo, oo) = (
-                    &x[p * d.dim..(p + 1) * d.dim],
-                    &mut o[p * d.dim..(p + 1) * d.dim],
-                );
                 for (i, (xp, op)) in xo.chunks_exact(2).zip(oo.chunks_exact_mut(2)).enumerate() {
                     let (a, b) = (xp[0], xp[1]);
                     op[0] = a * c[i] - b * s[i];

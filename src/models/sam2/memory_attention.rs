@@ -3,75 +3,18 @@
 //! cross-attend to the memory bank (spatial memories of past frames, then object-pointer tokens),
 //! both with 2-D axial rotary position encodings. Tokens are `[B, N, C]` (batch first).
 //!
-//! The rotary encoding here is the reference implementation (`compute_axial_cis`,
-//! `apply_rotary_enc`) on host buffers: consecutive channel pairs are complex numbers rotated by
-//! angles `x·f_j` (first half of the pairs) and `y·f_j` (second half), `f_j = θ^(−4j/d)`.
+//! The rotary encoding is the device op [`crate::ops::rope`] (upstream's `compute_axial_cis` and
+//! `apply_rotary_enc`): consecutive channel pairs are complex numbers rotated by angles `x·f_j`
+//! (first half of the pairs) and `y·f_j` (second half), `f_j = θ^(−4j/d)`.
 
 use super::config::{MemoryAttentionConfig, RopeAttentionConfig};
 use crate::error::{Error, Result};
 use crate::models::common::{join, Init, LayerNorm, Linear, Module};
 use crate::models::sam::transformer::Attention;
+use crate::ops::rope::{apply_rotary, axial_rope_tables};
 use crate::tensor::Tensor;
-use std::sync::{Arc, Mutex};
-
-/// `compute_axial_cis(dim, end_x, end_y, theta)`: (cos, sin), each `[end_x·end_y, dim/2]`.
-pub fn compute_axial_cis(
-    dim: usize,
-    end_x: usize,
-    end_y: usize,
-    theta: f32,
-) -> (Vec<f32>, Vec<f32>) {
-    let nf = dim / 4;
-    let freqs: Vec<f32> = (0..nf)
-        .map(|j| 1.0 / theta.powf((4 * j) as f32 / dim as f32))
-        .collect();
-    let n = end_x * end_y;
-    let half = dim / 2;
-    let (mut cos, mut sin) = (vec![0.0f32; n * half], vec![0.0f32; n * half]);
-    for t in 0..n {
-        let (tx, ty) = ((t % end_x) as f32, (t / end_x) as f32);
-        for j in 0..nf {
-            let (ax, ay) = (tx * freqs[j], ty * freqs[j]);
-            cos[t * half + j] = ax.cos();
-            sin[t * half + j] = ax.sin();
-            cos[t * half + nf + j] = ay.cos();
-            sin[t * half + nf + j] = ay.sin();
-        }
-    }
-    (cos, sin)
-}
-
-/// `apply_rotary_enc` on `x [bh, n, d]` for its first `n_rope` tokens; token `i` uses position
-/// `i mod n_pos` (`repeat_freqs_k` tiles the table over several memory frames).
-pub fn apply_rotary_enc(
-    x: &Tensor,
-    cis: &(Vec<f32>, Vec<f32>),
-    n_pos: usize,
-    n_rope: usize,
-) -> Result<Tensor> {
-    let (bh, n, d) = (x.dim(0), x.dim(1), x.dim(2));
-    let half = d / 2;
-    if cis.0.len() != n_pos * half || n_rope > n || !n_rope.is_multiple_of(n_pos.max(1)) {
-        return Err(Error::shape(
-            "apply_rotary_enc",
-            format!("{n_rope} of {n} tokens with a table of {n_pos} positions × {half}"),
-        ));
-    }
-    let mut v = x.contiguous()?.to_vec()?;
-    for b in 0..bh {
-        for i in 0..n_rope {
-            let p = i % n_pos;
-            let row = &mut v[(b * n + i) * d..(b * n + i + 1) * d];
-            for j in 0..half {
-                let (c, s) = (cis.0[p * half + j], cis.1[p * half + j]);
-                let (re, im) = (row[2 * j], row[2 * j + 1]);
-                row[2 * j] = re * c - im * s;
-                row[2 * j + 1] = re * s + im * c;
-            }
-        }
-    }
-    Tensor::from_slice(&v, &[bh, n, d], x.device())
-}
+use crate::Device;
+use std::sync::Mutex;
 
 /// SAM's [`Attention`] (same `q_proj`, `k_proj`, `v_proj`, `out_proj` keys, keys and values of
 /// width `kv_in_dim`) with axial rotary encoding of the queries and keys.
@@ -83,12 +26,13 @@ pub struct RoPEAttention {
     cis: Mutex<Option<CisTable>>,
 }
 
-/// A `compute_axial_cis` table and what it was computed for (head dim, grid side, θ's bits):
-/// upstream computes `freqs_cis` once and keeps it; recomputing it on every call was ~1 % of a
-/// MedSAM2 volume (eight tables of 1024 × 128 angles per slice).
+/// `compute_axial_cis`'s `(cos, sin)` and what they were computed for (head dim, grid side, θ's
+/// bits, device): upstream computes `freqs_cis` once and keeps it; recomputing it on every call
+/// was ~1 % of a MedSAM2 volume (eight tables of 1024 × 128 angles per slice).
 struct CisTable {
-    key: (usize, usize, u32),
-    table: Arc<(Vec<f32>, Vec<f32>)>,
+    key: (usize, usize, u32, Device),
+    cos: Tensor,
+    sin: Tensor,
 }
 
 impl Module for RoPEAttention {
@@ -108,21 +52,20 @@ impl RoPEAttention {
         })
     }
 
-    /// `compute_axial_cis(hd, side, side, θ)`, computed once per size.
-    fn axial_cis(&self, hd: usize, side: usize) -> Arc<(Vec<f32>, Vec<f32>)> {
-        let key = (hd, side, self.rope_theta.to_bits());
+    /// `compute_axial_cis(hd, side, side, θ)` as `(cos, sin)` on `device`, computed once per size.
+    fn axial_cis(&self, hd: usize, side: usize, device: Device) -> Result<(Tensor, Tensor)> {
+        let key = (hd, side, self.rope_theta.to_bits(), device);
         let mut cached = self.cis.lock().unwrap_or_else(|e| e.into_inner());
-        match cached.as_ref() {
-            Some(c) if c.key == key => c.table.clone(),
-            _ => {
-                let table = Arc::new(compute_axial_cis(hd, side, side, self.rope_theta));
-                *cached = Some(CisTable {
-                    key,
-                    table: table.clone(),
-                });
-                table
-            }
+        if let Some(c) = cached.as_ref().filter(|c| c.key == key) {
+            return Ok((c.cos.clone(), c.sin.clone()));
         }
+        let (cos, sin) = axial_rope_tables(hd, side, side, self.rope_theta, device)?;
+        *cached = Some(CisTable {
+            key,
+            cos: cos.clone(),
+            sin: sin.clone(),
+        });
+        Ok((cos, sin))
     }
 
     /// q `[B, Nq, C]` (a square grid), k/v `[B, Nk, kv]`; the last `num_k_exclude_rope` keys
@@ -150,12 +93,18 @@ impl RoPEAttention {
                     format!("{nk} keys for {nq} queries without rope_k_repeat"),
                 ));
             }
-            let cis = self.axial_cis(hd, side);
-            let q = apply_rotary_enc(&q, &cis, nq, nq)?;
+            let (cos, sin) = self.axial_cis(hd, side, q.device())?;
+            let q = apply_rotary(&q, &cos, &sin)?;
             let n_rope = nk
                 .checked_sub(num_k_exclude_rope)
                 .ok_or_else(|| Error::shape("RoPEAttention", "more excluded keys than keys"))?;
-            let k = apply_rotary_enc(&k, &cis, nq, n_rope)?;
+            let k = if n_rope == nk {
+                apply_rotary(&k, &cos, &sin)?
+            } else {
+                // The object-pointer keys at the end are not rotated.
+                let rotated = apply_rotary(&k.narrow(1, 0, n_rope)?, &cos, &sin)?;
+                Tensor::cat(&[rotated, k.narrow(1, n_rope, nk - n_rope)?], 1)?
+            };
             Ok((q, k))
         })
     }
