@@ -175,39 +175,11 @@ impl Tensor {
             super::same_device("cat", first, p)?;
             out_shape[dim] += p.shape()[dim];
         }
-        let b = first.backend()?;
-        let n: usize = out_shape.iter().product();
-        let strides = contiguous_strides(&out_shape);
-        let mut acc: Option<crate::backend::Storage> = None;
-        let mut start = 0;
-        let mut sizes = Vec::with_capacity(parts.len());
-        for p in parts {
-            let dense = b.materialize(p.storage(), p.view())?;
-            let placement = View {
-                shape: p.shape().to_vec(),
-                strides: strides.clone(),
-                offset: start * strides[dim],
-            };
-            let placed = b.scatter_into_zeros(&dense, &placement, n)?;
-            acc = Some(match acc {
-                None => placed,
-                Some(prev) => {
-                    let flat = View {
-                        shape: vec![n],
-                        strides: vec![1],
-                        offset: 0,
-                    };
-                    b.binary(
-                        crate::backend::Binary::Add,
-                        (&prev, &flat),
-                        (&placed, &flat),
-                    )?
-                }
-            });
-            sizes.push(p.shape()[dim]);
-            start += p.shape()[dim];
-        }
-        let out = Tensor::from_storage(acc.expect("non-empty"), &out_shape, first.device())?;
+        let views: Vec<(&crate::backend::Storage, &View)> =
+            parts.iter().map(|p| (p.storage(), p.view())).collect();
+        let joined = first.backend()?.concat(&views, dim, &out_shape)?;
+        let sizes: Vec<usize> = parts.iter().map(|p| p.shape()[dim]).collect();
+        let out = Tensor::from_storage(joined, &out_shape, first.device())?;
         let refs: Vec<&Tensor> = parts.iter().collect();
         Ok(record(out, &refs, || Box::new(Cat { dim, sizes })))
     }

@@ -112,6 +112,42 @@ proptest! {
         }
     }
 
+    /// Three parts along any axis, one of them a permuted (non-contiguous) view, against the
+    /// value at each index: the backend's one-copy-per-part concatenation.
+    #[test]
+    fn cat_along_any_axis_places_each_value(shape in prop::collection::vec(1usize..5, 3), dim in 0usize..3, lens in prop::collection::vec(0usize..4, 3), seed in 0u64..1000) {
+        let part_shape = |len: usize| {
+            let mut s = shape.clone();
+            s[dim] = len;
+            s
+        };
+        let a = tensor(&part_shape(lens[0]), seed);
+        // Built transposed and permuted back: same shape, strided view.
+        let bs = part_shape(lens[1]);
+        let b = tensor(&[bs[2], bs[1], bs[0]], seed + 1).permute(&[2, 1, 0]).unwrap();
+        let c = tensor(&part_shape(lens[2]), seed + 2);
+        let parts = [a, b, c];
+        let cat = Tensor::cat(&parts, dim).unwrap();
+        let total: usize = lens.iter().sum();
+        prop_assert_eq!(cat.shape(), &part_shape(total)[..]);
+        let got = cat.to_vec().unwrap();
+        let dense: Vec<Vec<f32>> = parts.iter().map(|p| p.contiguous().unwrap().to_vec().unwrap()).collect();
+        let out = part_shape(total);
+        for (flat, &g) in got.iter().enumerate() {
+            let idx = [flat / (out[1] * out[2]), flat / out[2] % out[1], flat % out[2]];
+            let (mut part, mut at) = (0, idx[dim]);
+            while at >= lens[part] {
+                at -= lens[part];
+                part += 1;
+            }
+            let ps = part_shape(lens[part]);
+            let mut i = idx;
+            i[dim] = at;
+            let want = dense[part][(i[0] * ps[1] + i[1]) * ps[2] + i[2]];
+            prop_assert_eq!(g.to_bits(), want.to_bits(), "at {:?}", idx);
+        }
+    }
+
     #[test]
     fn cat_then_narrow_gives_parts_back(a in 1usize..4, b1 in 1usize..5, b2 in 1usize..5, c in 1usize..4, seed in 0u64..1000) {
         let (x, y) = (tensor(&[a, b1, c], seed), tensor(&[a, b2, c], seed + 3));

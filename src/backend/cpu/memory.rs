@@ -46,6 +46,48 @@ impl MemoryOps for CpuBackend {
     fn gather_rows(&self, a: crate::backend::ops::memory::GatherIn) -> Result<Storage> {
         self.gather_rows_host(a)
     }
+
+    /// One buffer, each part copied into its place (the default writes every part into a
+    /// buffer of the whole output's size and adds them up).
+    fn concat(
+        &self,
+        parts: &[(&Storage, &View)],
+        dim: usize,
+        out_shape: &[usize],
+    ) -> Result<Storage> {
+        let inner: usize = out_shape[dim + 1..].iter().product();
+        let outer: usize = out_shape[..dim].iter().product();
+        let row = out_shape[dim] * inner; // output values per outer index
+                                          // Each part as a dense block: read in place where it is one, else gathered.
+        let dense: Vec<std::borrow::Cow<[f32]>> = parts
+            .iter()
+            .map(|&(s, v)| {
+                let (src, len) = (host(s)?, v.shape.iter().product::<usize>());
+                Ok(if is_contiguous(v) {
+                    std::borrow::Cow::Borrowed(&src[v.offset..v.offset + len])
+                } else {
+                    std::borrow::Cow::Owned(gather(src, v))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut out = super::buffer(outer * row);
+        let fill_row = |(o, dst): (usize, &mut [f32])| {
+            let mut at = 0;
+            for (part, &(_, v)) in dense.iter().zip(parts) {
+                let block = v.shape[dim] * inner;
+                dst[at..at + block].copy_from_slice(&part[o * block..(o + 1) * block]);
+                at += block;
+            }
+        };
+        if row == 0 {
+            // Nothing to copy (and no rows to split the output into).
+        } else if outer * row < PAR_MIN {
+            out.chunks_mut(row).enumerate().for_each(fill_row);
+        } else {
+            out.par_chunks_mut(row).enumerate().for_each(fill_row);
+        }
+        Ok(Storage::Cpu(out))
+    }
 }
 
 // ------------------------------------------------------------------ row gathers

@@ -3,7 +3,7 @@
 use crate::backend::*;
 use crate::error::Result;
 
-pub trait MemoryOps {
+pub trait MemoryOps: PointwiseOps {
     fn upload(&self, host: &[f32]) -> Result<Storage>;
 
     fn download(&self, s: &Storage) -> Result<Vec<f32>>;
@@ -22,6 +22,45 @@ pub trait MemoryOps {
     /// out as [`RowPick`] says (`medsam_kernels::window::gather_rows`). The caller has checked
     /// the index against the tables ([`RowPick::mismatch`]).
     fn gather_rows(&self, a: GatherIn) -> Result<Storage>;
+
+    /// `parts` concatenated along `dim` into a new contiguous buffer of `out_shape` (the parts
+    /// shaped like it except along `dim`, in order). The default composes the ops every backend
+    /// has: each part written into a zero buffer of the output's size, the buffers added (so a
+    /// `-0.0` comes out as `0.0`); a backend overrides it with one copy per part.
+    fn concat(
+        &self,
+        parts: &[(&Storage, &View)],
+        dim: usize,
+        out_shape: &[usize],
+    ) -> Result<Storage> {
+        let n: usize = out_shape.iter().product();
+        let strides = crate::tensor::contiguous_strides(out_shape);
+        let flat = View {
+            shape: vec![n],
+            strides: vec![1],
+            offset: 0,
+        };
+        let mut acc: Option<Storage> = None;
+        let mut start = 0;
+        for &(storage, view) in parts {
+            let dense = self.materialize(storage, view)?;
+            let placement = View {
+                shape: view.shape.clone(),
+                strides: strides.clone(),
+                offset: start * strides[dim],
+            };
+            let placed = self.scatter_into_zeros(&dense, &placement, n)?;
+            acc = Some(match acc {
+                None => placed,
+                Some(prev) => self.binary(Binary::Add, (&prev, &flat), (&placed, &flat))?,
+            });
+            start += view.shape[dim];
+        }
+        match acc {
+            Some(out) => Ok(out),
+            None => self.zeros(n),
+        }
+    }
 }
 
 pub use medsam_kernels::window::{RowAt, RowPick};
