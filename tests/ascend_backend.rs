@@ -89,6 +89,27 @@ fn tensors_live_on_the_npu() {
     assert!(std::sync::Arc::ptr_eq(&a, &b));
 }
 
+/// The axial RoPE of MedSAM2's memory attention (a host fallback on the NPU: download, the CPU
+/// kernel, upload) gives the CPU's values bit for bit, for keys that repeat the grid twice.
+#[test]
+fn axial_rope_matches_cpu() {
+    use medsam::ops::rope::{apply_rotary, axial_rope_tables};
+    setup();
+    let x: Vec<f32> = (0..2 * 12 * 8)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let run = |dev: Device| {
+        let (cos, sin) = axial_rope_tables(8, 3, 2, 10_000.0, dev).unwrap();
+        let t = Tensor::from_slice(&x, &[2, 12, 8], dev).unwrap();
+        let y = medsam::autograd::no_grad(|| apply_rotary(&t, &cos, &sin)).unwrap();
+        assert_eq!(y.device(), dev);
+        y.to_vec().unwrap()
+    };
+    let (cpu, npu) = (run(Device::Cpu), run(NPU));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&npu), bits(&cpu));
+}
+
 #[test]
 fn missing_device_is_a_clear_error() {
     setup();

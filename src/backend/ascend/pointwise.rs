@@ -199,10 +199,11 @@ impl PointwiseOps for AscendBackend {
         Ok(self.wrap(out, n))
     }
 
+    /// Host fallback (download, the CPU kernel, upload): no aclnn rotary op with SAM2's axial
+    /// pair layout is wired yet. MedSAM2's memory attention calls it eight times per frame.
     fn rope(&self, d: RopeDims, x: &Storage, cos: &Storage, sin: &Storage) -> Result<Storage> {
-        let _ = (d, x, cos, sin);
-        Err(self.device_error(
-            "rope (rotary position embedding) has no NPU implementation yet; run it on the CPU",
-        ))
+        let host = |s: &Storage| self.host_in(s).map(Storage::Cpu);
+        let r = Self::cpu().rope(d, &host(x)?, &host(cos)?, &host(sin)?)?;
+        self.up(r)
     }
 }
