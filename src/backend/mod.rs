@@ -16,12 +16,14 @@ pub use ops::{
     AdamWSlots, AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims,
     ConvGradIn, ConvIn, ConvOps, Epilogue, GemmArgs, HeadQkv, LinalgOps, MemoryOps, NormGradIn,
     NormIn, NormOps, NormStats, OptimOps, PointwiseOps, Qkv, RelPosIn, ResizeDims, RowDims,
+    ViewAttnArgs,
 };
 
 use crate::error::{Error, Result};
 use medsam_kernels::attention::AttnDims;
 use medsam_kernels::conv::Conv2dGeom;
 use medsam_kernels::gemm::{GemmDims, Layout, Precision};
+pub use medsam_kernels::window::RowAt;
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -210,6 +212,20 @@ pub struct HeadView<'a> {
     pub batch_stride: usize,
     pub head_stride: usize,
     pub row_stride: usize,
+    /// Rows picked through an index instead (`batch_stride` then unused).
+    pub gather: Option<GatherView<'a>>,
+}
+
+/// The rows of a [`HeadView`] picked through an index, for windows of a projection read in
+/// place: row `i` of batch entry `bi` is row `index[bi·block + i]` of the operand (`offset +
+/// row·row_stride`), or, for [`RowAt::FILL`], the row at `fill_offset` in `fill`; head `h`'s
+/// values start `h·head_stride` into either.
+#[derive(Clone, Copy)]
+pub struct GatherView<'a> {
+    pub index: &'a [RowAt],
+    pub block: usize,
+    pub fill: &'a Storage,
+    pub fill_offset: usize,
 }
 
 /// Decomposed rel-pos bias operands: `rel_h [bh, nq, kh]`, `rel_w [bh, nq, kw]`.

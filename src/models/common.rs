@@ -2,6 +2,7 @@
 //! `torch.nn` so their state-dict keys match.
 
 use crate::error::{Error, Result};
+use crate::ops::nn::PickedRows;
 use crate::rng::{Rng, GOLDEN_GAMMA};
 use crate::tensor::Tensor;
 use crate::Device;
@@ -254,15 +255,16 @@ pub(crate) fn gather_token_rows(
 /// `table` (rows of `width`, read in place), cut into `heads` heads, for the rows `index` (a
 /// row, or [`RowAt::FILL`] for the row `fill`) taken `block` at a time (a window's tokens) →
 /// `[index.len() / block · heads, block, c / heads]`, each head's rows contiguous (the attention
-/// kernel's operand layout). One gather, inference only.
-pub(crate) fn pick_heads(
-    table: &Tensor,
-    fill: Option<&Tensor>,
+/// kernel's operand layout), as [`PickedRows`] for [`crate::ops::nn::attention_picked`] to read
+/// in place.
+pub(crate) fn picked_heads<'a>(
+    table: &'a Tensor,
+    fill: Option<&'a Tensor>,
     (width, col, c): (usize, usize, usize),
     heads: usize,
-    index: &[RowAt],
+    index: &'a [RowAt],
     block: usize,
-) -> Result<Tensor> {
+) -> Result<PickedRows<'a>> {
     if heads == 0 || !c.is_multiple_of(heads) || block == 0 || !index.len().is_multiple_of(block) {
         return Err(Error::shape(
             "pick_heads",
@@ -272,19 +274,31 @@ pub(crate) fn pick_heads(
             ),
         ));
     }
-    let hd = c / heads;
     let pick = medsam_kernels::window::RowPick {
         width,
         col,
-        len: hd,
+        len: c / heads,
         groups: heads,
         block,
     };
-    Tensor::pick_rows(&[table], fill, index, pick)?.reshape(&[
-        index.len() / block * heads,
-        block,
-        hd,
-    ])
+    Ok(PickedRows {
+        table,
+        fill,
+        index,
+        pick,
+    })
+}
+
+/// [`picked_heads`] gathered into its own tensor. One gather, inference only.
+pub(crate) fn pick_heads(
+    table: &Tensor,
+    fill: Option<&Tensor>,
+    cols: (usize, usize, usize),
+    heads: usize,
+    index: &[RowAt],
+    block: usize,
+) -> Result<Tensor> {
+    picked_heads(table, fill, cols, heads, index, block)?.gather()
 }
 
 /// The windows of `b` maps of `h × w` tokens grouped by the part of them inside the map

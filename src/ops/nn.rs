@@ -1,16 +1,18 @@
 //! Neural-network operators: convolutions, normalisations, attention, softmax, resampling, lookup.
 
-use super::{dense, dense_from_start, norm_in, wrap};
+use super::{dense, dense_from_start, norm_in, same_device, wrap};
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{
-    AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims, ConvGradIn, HeadQkv, HeadView,
-    NormGradIn, NormStats, Qkv, RelPos, RelPosDims, RelPosIn, ResizeDims, RowDims, Storage,
+    AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, ChannelDims, ConvGradIn, GatherView, HeadQkv,
+    HeadView, NormGradIn, NormStats, Qkv, RelPos, RelPosDims, RelPosIn, ResizeDims, RowAt, RowDims,
+    Storage, ViewAttnArgs,
 };
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use medsam_kernels::attention::AttnDims;
 use medsam_kernels::conv::Conv2dGeom;
 use medsam_kernels::gemm::Precision;
+use medsam_kernels::window::RowPick;
 
 fn check_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
     if t.rank() != rank {
@@ -423,14 +425,7 @@ pub fn attention(
             .chain([k, v])
             .chain(rel.into_iter().flat_map(|r| [&r.rel_h, &r.rel_w]))
             .any(|t| t.requires_grad());
-    let precision = if recording {
-        Precision::F32
-    } else if crate::ops::quant::int8_enabled() && crate::ops::quant::unquantized_in_bf16() {
-        // `--precision int8` runs what it does not quantize in bf16 where bf16 pays, attention too.
-        Precision::Bf16
-    } else {
-        crate::ops::linalg::current_precision()
-    };
+    let precision = attention_precision(recording);
     let args = AttnArgs {
         dims,
         scale,
@@ -461,6 +456,130 @@ pub fn attention(
             saved,
         })
     }))
+}
+
+/// The arithmetic of an attention forward: f32 when autograd records it, else that of the
+/// autocast in force.
+fn attention_precision(recording: bool) -> Precision {
+    if recording {
+        Precision::F32
+    } else if crate::ops::quant::int8_enabled() && crate::ops::quant::unquantized_in_bf16() {
+        // `--precision int8` runs what it does not quantize in bf16 where bf16 pays, attention too.
+        Precision::Bf16
+    } else {
+        crate::ops::linalg::current_precision()
+    }
+}
+
+/// One attention operand picked from the rows of a projection: `table` read as rows of
+/// `pick.width` values, the rows named by `index` (or the row `fill` for [`RowAt::FILL`]), of
+/// each the `pick.groups` heads of `pick.len` values from column `pick.col`, `pick.block` rows
+/// per batch entry (a window's tokens) — the operand `[index.len() / block · heads, block, len]`
+/// that [`Tensor::pick_rows`] would gather.
+#[derive(Clone, Copy)]
+pub struct PickedRows<'a> {
+    pub table: &'a Tensor,
+    pub fill: Option<&'a Tensor>,
+    pub index: &'a [RowAt],
+    pub pick: RowPick,
+}
+
+impl PickedRows<'_> {
+    /// `[batch entries · heads, block, len]`.
+    fn shape(&self) -> [usize; 3] {
+        let p = self.pick;
+        [self.index.len() / p.block * p.groups, p.block, p.len]
+    }
+
+    /// The operand gathered into its own dense tensor.
+    pub fn gather(&self) -> Result<Tensor> {
+        Tensor::pick_rows(&[self.table], self.fill, self.index, self.pick)?.reshape(&self.shape())
+    }
+
+    /// Errors unless the pick fits the table (and the fill row, if the index names it).
+    fn check(&self, op: &'static str) -> Result<()> {
+        let width = self.pick.width;
+        let rows = (width > 0 && self.table.numel().is_multiple_of(width))
+            .then(|| self.table.numel() / width);
+        let fill_ok = self.fill.is_none_or(|f| f.numel() == width);
+        let why = match rows {
+            Some(rows) if fill_ok => self.pick.mismatch(&[rows], self.fill.is_some(), self.index),
+            _ => Some(format!("row tables are not rows of {width}")),
+        };
+        why.map_or(Ok(()), |why| Err(Error::shape(op, why)))
+    }
+
+    /// The operand in place, for a backend (`None` unless the table and fill are contiguous).
+    fn view(&self) -> Option<HeadView<'_>> {
+        let fill = match self.fill {
+            Some(f) if f.is_contiguous() => Some(f),
+            Some(_) => return None,
+            None => None,
+        };
+        if !self.table.is_contiguous() {
+            return None;
+        }
+        let p = self.pick;
+        Some(HeadView {
+            storage: self.table.storage(),
+            offset: self.table.offset() + p.col,
+            heads: p.groups,
+            batch_stride: 0,
+            head_stride: p.len,
+            row_stride: p.width,
+            gather: Some(GatherView {
+                index: self.index,
+                block: p.block,
+                // An index without fill rows never reads it; the table stands in.
+                fill: fill.unwrap_or(self.table).storage(),
+                fill_offset: fill.unwrap_or(self.table).offset() + p.col,
+            }),
+        })
+    }
+}
+
+/// `softmax((q·scale)·kᵀ)·v` for operands picked from the rows of projections (windowed
+/// attention on a token map: [`PickedRows`]), `[windows · heads, nq, len]`. Read in place by
+/// backends that can ([`crate::backend::AttentionOps::attention_views`]), else gathered into
+/// dense tensors for [`attention`]; either way inference only (the gather has no gradient).
+pub fn attention_picked(q: PickedRows, k: PickedRows, v: PickedRows, scale: f32) -> Result<Tensor> {
+    let op = "attention_picked";
+    for x in [&q, &k, &v] {
+        x.check(op)?;
+        same_device(op, q.table, x.table)?;
+        if let Some(f) = x.fill {
+            same_device(op, q.table, f)?;
+        }
+    }
+    let ([bq, nq, d], [bk, nk, dk], [bv, nv, dv]) = (q.shape(), k.shape(), v.shape());
+    if bq != bk || bq != bv || nk != nv || d != dk || q.pick.groups != k.pick.groups {
+        let shapes = format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape());
+        return Err(Error::shape(op, shapes));
+    }
+    let dims = AttnDims::new(bq, nq, nk, d, dv);
+    let recording = crate::autograd::is_grad_enabled()
+        && [&q, &k, &v]
+            .iter()
+            .flat_map(|x| std::iter::once(x.table).chain(x.fill))
+            .any(|t| t.requires_grad());
+    if !recording && dims.bh > 0 && nq > 0 {
+        if let (Some(qv), Some(kv), Some(vv)) = (q.view(), k.view(), v.view()) {
+            let args = ViewAttnArgs {
+                dims,
+                scale,
+                precision: attention_precision(false),
+            };
+            let x = HeadQkv {
+                q: qv,
+                k: kv,
+                v: vv,
+            };
+            if let Some(o) = q.table.backend()?.attention_views(args, x)? {
+                return wrap(o, &[dims.bh, nq, dv], q.table);
+            }
+        }
+    }
+    attention(&q.gather()?, &k.gather()?, &v.gather()?, scale, None)
 }
 
 /// TinyViT's window attention, `softmax((q·scale)·kᵀ + table)·v` for q, k, v
@@ -527,6 +646,7 @@ pub fn attention_bias_table(
                 batch_stride: t.strides()[0],
                 head_stride: t.strides()[1],
                 row_stride: t.strides()[2],
+                gather: None,
             }
         }
         let args = BiasTableArgs {

@@ -383,3 +383,84 @@ fn fused_rel_pos_matches_the_einsums() {
         .to_string();
     assert!(e.contains("rel_pos") && e.contains("[5, 5, 16]"), "{e}");
 }
+
+/// Windowed attention read in place from a q/k/v projection's rows (`attention_picked`: the
+/// index, fill rows for the padding, queries through their own index) gives bit for bit what
+/// the same attention gives on the operands gathered first — in f32 and under bf16 autocast,
+/// from a contiguous table (read in place on the CPU) and from a view (gathered) alike; bad
+/// indices are clear errors.
+#[test]
+fn attention_picked_equals_attention_on_gathered_operands() {
+    use medsam::backend::ops::memory::{RowAt, RowPick};
+    use medsam::ops::linalg::autocast_bf16;
+    use medsam::ops::nn::{attention, attention_picked, PickedRows};
+    fn picked<'a>(
+        table: &'a Tensor,
+        fill: Option<&'a Tensor>,
+        index: &'a [RowAt],
+        pick: RowPick,
+    ) -> PickedRows<'a> {
+        PickedRows {
+            table,
+            fill,
+            index,
+            pick,
+        }
+    }
+    let (heads, hd, tokens) = (2, 16, 9);
+    let width = 3 * heads * hd;
+    let contiguous = tensor(&[tokens, width], 31);
+    let view = tensor(&[tokens, width + 5], 32)
+        .narrow(1, 5, width)
+        .unwrap();
+    let fill = tensor(&[width], 33);
+    let at = RowAt::row;
+    // Two windows of 5 keys (fill rows as padding), 3 queries each.
+    let kv = [
+        at(4),
+        at(0),
+        RowAt::FILL,
+        at(8),
+        at(2),
+        at(1),
+        at(7),
+        at(3),
+        RowAt::FILL,
+        RowAt::FILL,
+    ];
+    let qi = [at(0), at(8), at(4), at(7), at(1), at(3)];
+    let pick = |col, block| RowPick {
+        width,
+        col,
+        len: hd,
+        groups: heads,
+        block,
+    };
+    for table in [&contiguous, &view] {
+        let q = picked(table, None, &qi, pick(0, 3));
+        let k = picked(table, Some(&fill), &kv, pick(heads * hd, 5));
+        let v = picked(table, Some(&fill), &kv, pick(2 * heads * hd, 5));
+        for bf16 in [false, true] {
+            let (got, want) = autocast_bf16(bf16, || {
+                let got = attention_picked(q, k, v, 0.25).unwrap();
+                let (qg, kg, vg) = (
+                    q.gather().unwrap(),
+                    k.gather().unwrap(),
+                    v.gather().unwrap(),
+                );
+                let want = attention(&qg, &kg, &vg, 0.25, None).unwrap();
+                assert_eq!(got.shape(), [2 * heads, 3, hd]);
+                (got.to_vec().unwrap(), want.to_vec().unwrap())
+            });
+            assert_eq!(got, want, "bf16 {bf16}");
+        }
+    }
+    let past = [at(tokens)];
+    let p = picked(&contiguous, None, &past, pick(0, 1));
+    let e = attention_picked(p, p, p, 1.0).unwrap_err().to_string();
+    assert!(e.contains("attention_picked") && e.contains("past"), "{e}");
+    let fills = [RowAt::FILL];
+    let p = picked(&contiguous, None, &fills, pick(0, 1));
+    let e = attention_picked(p, p, p, 1.0).unwrap_err().to_string();
+    assert!(e.contains("fill"), "{e}");
+}

@@ -56,37 +56,59 @@ fn pack_panels(n: usize, w: usize, src: &[f32]) -> Scratch {
 
 /// [`pack_panels`] for rows `row_stride` apart in `src`.
 fn pack_panels_rows(n: usize, w: usize, src: &[f32], row_stride: usize) -> Scratch {
+    if w > 0 && n > 0 {
+        assert!(
+            (n - 1) * row_stride + w <= src.len(),
+            "attention: {n} rows of {w} (stride {row_stride}) do not fit in {} values",
+            src.len()
+        );
+    }
+    pack_panels_with(n, w, |j| &src[j * row_stride..j * row_stride + w])
+}
+
+/// [`pack_panels`] for rows given one at a time (`row(j)`: key `j`'s `w` values).
+fn pack_panels_with<'r>(n: usize, w: usize, row: impl Fn(usize) -> &'r [f32]) -> Scratch {
     let np = n.div_ceil(L);
     // Every element is written below (padding keys as zeros), so stale contents are fine.
     let mut out = scratch_overwritten(np * w * L);
     if w == 0 || n == 0 {
         return out;
     }
-    assert!(
-        (n - 1) * row_stride + w <= src.len(),
-        "attention: {n} rows of {w} (stride {row_stride}) do not fit in {} values",
-        src.len()
-    );
     // SAFETY: this module runs only when AVX-512F is available (checked by the dispatcher);
-    // the assert above keeps every (masked) load inside `src`, and `out` holds np·w·L values.
-    unsafe { pack_panels_avx512(n, w, src, row_stride, &mut out) };
+    // `pack_panels_avx512` reads at most `w` values of each row it is given (checked there) and
+    // `out` holds np·w·L values.
+    unsafe { pack_panels_avx512(n, w, row, &mut out) };
     out
 }
 
 /// Transposes 16 rows of up to 16 values at a time: rows (keys) `16p..16p+16` of columns
 /// `c0..c0+16` become columns `c0..` of panel `p` (`[w][16]`), keys past `n` zero.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_panels_avx512(n: usize, w: usize, src: &[f32], row_stride: usize, out: &mut [f32]) {
-    let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
+unsafe fn pack_panels_avx512<'r>(
+    n: usize,
+    w: usize,
+    row: impl Fn(usize) -> &'r [f32],
+    out: &mut [f32],
+) {
+    let op = out.as_mut_ptr();
     for p in 0..n.div_ceil(L) {
         let j0 = p * L;
         let keys = L.min(n - j0);
+        let rows: [*const f32; L] = std::array::from_fn(|r| {
+            if r < keys {
+                let s = row(j0 + r);
+                assert!(s.len() >= w, "attention: a key row shorter than {w}");
+                s.as_ptr()
+            } else {
+                std::ptr::null()
+            }
+        });
         for c0 in (0..w).step_by(L) {
             let cols = L.min(w - c0);
             let mask = tail_mask(cols);
             let mut t = [_mm512_setzero_ps(); L];
             for (r, tr) in t.iter_mut().enumerate().take(keys) {
-                *tr = _mm512_maskz_loadu_ps(mask, sp.add((j0 + r) * row_stride + c0));
+                *tr = _mm512_maskz_loadu_ps(mask, rows[r].add(c0));
             }
             transpose16(&mut t);
             for (c, tc) in t.iter().enumerate().take(cols) {
@@ -147,11 +169,25 @@ fn pad_rows_strided(
     wp: usize,
     scale: f32,
 ) -> Scratch {
+    pad_rows_with(rows, w, rows_pad, wp, scale, |i| {
+        &src[i * row_stride..i * row_stride + w]
+    })
+}
+
+/// [`pad_rows`] for rows given one at a time (`row(i)`: row `i`'s `w` values).
+fn pad_rows_with<'r>(
+    rows: usize,
+    w: usize,
+    rows_pad: usize,
+    wp: usize,
+    scale: f32,
+    row: impl Fn(usize) -> &'r [f32],
+) -> Scratch {
     // Every element is written: the rows' values, then zeros for the padding columns and rows.
     let mut out = scratch_overwritten(rows_pad * wp);
     for (i, o) in out.chunks_exact_mut(wp.max(1)).enumerate().take(rows_pad) {
         if i < rows && w > 0 {
-            let s = &src[i * row_stride..i * row_stride + w];
+            let s = &row(i)[..w];
             o[..w].iter_mut().zip(s).for_each(|(o, &s)| *o = s * scale);
             o[w..].fill(0.0);
         } else {
@@ -699,8 +735,7 @@ unsafe fn fwd_block(
     let (nk, d, dv, dp, dvp) = (p.nk, p.d, p.dv, p.dp, p.dvp);
     let rows = ls.len();
     let rows_pad = round_up(rows, MA);
-    let src = &q.data[q.base(b) + q0 * q.row_stride..];
-    let qs = pad_rows_strided(src, q.row_stride, rows, d, rows_pad, dp, scale);
+    let qs = pad_rows_with(rows, d, rows_pad, dp, scale, |i| q.row(b, q0 + i, d));
     let lds = BK_F.min(round_up(nk, L));
     // Scores: each block's rows are written by `scores` (all `npan·16` columns) before any read.
     let mut s = scratch_overwritten(rows_pad * lds);
@@ -805,17 +840,18 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
     // A task is a run of up to FWD_GROUP query blocks of one head; it packs that head's K and V
     // once (cheap next to the blocks' arithmetic, and it stays in cache).
     forward_tasks(out, lse, nq, dv, qb).for_each(|(b, g0, o, l)| {
-        let kp = pack_panels_rows(nk, d, &k.data[k.base(b)..], k.row_stride);
-        let vsrc = &v.data[v.base(b)..];
+        let kp = pack_panels_with(nk, d, |j| k.row(b, j, d));
         // V is read in place when its rows need no padding (dv a multiple of 16), whatever their
-        // stride (e.g. the v part of interleaved q/k/v rows); otherwise padded into a copy.
-        let (vb, vs) = if dv == dvp && nk > 0 {
+        // stride (e.g. the v part of interleaved q/k/v rows); otherwise (or when its rows are
+        // gathered) padded into a copy.
+        let (vb, vs) = if dv == dvp && nk > 0 && v.gather.is_none() {
+            let vsrc = &v.data[v.base(b)..];
             (
                 Rows::Borrowed(&vsrc[..(nk - 1) * v.row_stride + dv]),
                 v.row_stride,
             )
         } else {
-            let rows = pad_rows_strided(vsrc, v.row_stride, nk, dv, nk, dvp, 1.0);
+            let rows = pad_rows_with(nk, dv, nk, dvp, 1.0, |j| v.row(b, j, dv));
             (Rows::Owned(rows), dvp)
         };
         for (t, (o, l)) in o.chunks_mut(qb * dv).zip(l.chunks_mut(qb)).enumerate() {

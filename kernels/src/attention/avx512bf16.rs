@@ -53,27 +53,35 @@ unsafe fn round_pairs(src: *const f32, n: usize, scale: f32, dst: *mut Bf16Pair)
     }
 }
 
-/// One head's K (`n` rows of `d`, `row_stride` apart) as bf16 pairs in 16-key panels
+/// One head's K (`n` rows of `d`, `row(j)` key `j`'s) as bf16 pairs in 16-key panels
 /// `[⌈n/16⌉][⌈d/2⌉][16]` (zero-padded keys). Per 16 keys and 16 units, each key's 32 values are
 /// rounded into one vector of pairs and the 16×16 block is transposed in registers, so a unit's
 /// 16 keys are stored with one vector (one scalar store per key and unit before; on MedSAM2's
 /// int8 encoder, whose Hiera windows have few keys per query block, this took the packing from
 /// 4.3 % to 2.4 % of the samples).
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_k(n: usize, d: usize, src: &[f32], row_stride: usize) -> Scratch {
+unsafe fn pack_k<'r>(n: usize, d: usize, row: impl Fn(usize) -> &'r [f32]) -> Scratch {
     let du = d.div_ceil(2);
-    // The loads below read rows j < n, values < d, of `src` through raw pointers.
-    assert!(n == 0 || d == 0 || (n - 1) * row_stride + d <= src.len());
     // Every unit is written below, padded keys included (as zeros).
     let mut out = scratch_overwritten(n.div_ceil(L) * du * L);
-    let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
+    let op = out.as_mut_ptr();
     for p in 0..n.div_ceil(L) {
         let j0 = p * L;
         let keys = L.min(n - j0);
+        // The loads below read values < d of each row through raw pointers.
+        let rows: [*const f32; L] = std::array::from_fn(|r| {
+            if r < keys {
+                let s = row(j0 + r);
+                assert!(s.len() >= d, "attention: a key row shorter than {d}");
+                s.as_ptr()
+            } else {
+                std::ptr::null()
+            }
+        });
         for u0 in (0..du).step_by(L) {
             let mut t = [_mm512_setzero_ps(); L];
             for (r, tr) in t.iter_mut().enumerate().take(keys) {
-                *tr = pairs16(sp.add((j0 + r) * row_stride), 2 * u0, d);
+                *tr = pairs16(rows[r], 2 * u0, d);
             }
             transpose16(&mut t);
             for (c, tc) in t.iter().enumerate().take(L.min(du - u0)) {
@@ -98,17 +106,18 @@ unsafe fn pairs16(row: *const f32, k0: usize, d: usize) -> __m512 {
     std::mem::transmute::<__m512bh, __m512>(_mm512_cvtne2ps_pbh(hi, lo))
 }
 
-/// One head's V (`n` rows of `dv`, `row_stride` apart) as bf16 pairs of consecutive keys,
+/// One head's V (`n` rows of `dv`, `row(j)` key `j`'s) as bf16 pairs of consecutive keys,
 /// `[⌈n/2⌉][dvp]`: unit `(t, c)` holds `v[2t, c]` (low half) and `v[2t+1, c]` (0 past the end).
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_v(n: usize, dv: usize, dvp: usize, src: &[f32], row_stride: usize) -> Scratch {
+unsafe fn pack_v<'r>(n: usize, dv: usize, dvp: usize, row: impl Fn(usize) -> &'r [f32]) -> Scratch {
     let mut out = scratch(n.div_ceil(2) * dvp);
     let o = units_mut(&mut out);
     for t in 0..n.div_ceil(2) {
+        let (lo_row, hi_row) = (row(2 * t), (2 * t + 1 < n).then(|| row(2 * t + 1)));
         let mut c = 0;
         while c < dv {
-            let lo = bf16_lanes(n, dv, src, row_stride, 2 * t, c);
-            let hi = bf16_lanes(n, dv, src, row_stride, 2 * t + 1, c);
+            let lo = bf16_lanes(Some(lo_row), dv, c);
+            let hi = bf16_lanes(hi_row, dv, c);
             let pair = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
             _mm512_storeu_si512(o.add(t * dvp + c) as *mut _, pair);
             c += L;
@@ -117,22 +126,16 @@ unsafe fn pack_v(n: usize, dv: usize, dvp: usize, src: &[f32], row_stride: usize
     out
 }
 
-/// `v[row, c..c+16]` (zeros past `dv` or `n`) rounded to bf16, one value in the low half of each
-/// 32-bit lane.
+/// `row[c..c+16]` (zeros past `dv`, or for no row) rounded to bf16, one value in the low half of
+/// each 32-bit lane.
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
-unsafe fn bf16_lanes(
-    n: usize,
-    dv: usize,
-    src: &[f32],
-    row_stride: usize,
-    row: usize,
-    c: usize,
-) -> __m512i {
-    if row >= n {
+unsafe fn bf16_lanes(row: Option<&[f32]>, dv: usize, c: usize) -> __m512i {
+    let Some(row) = row else {
         return _mm512_setzero_si512();
-    }
-    let x = _mm512_maskz_loadu_ps(tail_mask(dv - c), src.as_ptr().add(row * row_stride + c));
+    };
+    let row = &row[..dv]; // the masked load reads values c..min(c + 16, dv)
+    let x = _mm512_maskz_loadu_ps(tail_mask(dv - c), row.as_ptr().add(c));
     _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
         _mm512_cvtneps_pbh(x),
     ))
@@ -216,9 +219,8 @@ unsafe fn fwd_block(
     let rows_pad = round_up(rows, MA);
     let mut qs = scratch(rows_pad * du);
     let qo = units_mut(&mut qs);
-    let src = &q.data[q.base(b) + q0 * q.row_stride..];
     for i in 0..rows {
-        round_pairs(src[i * q.row_stride..].as_ptr(), d, scale, qo.add(i * du));
+        round_pairs(q.row(b, q0 + i, d).as_ptr(), d, scale, qo.add(i * du));
     }
     // Key blocks start at multiples of 16, so each is a whole number of K panels and V pairs.
     let lds = BK_F.min(round_up(nk, L));
@@ -283,8 +285,8 @@ pub(super) fn attention_forward(f: Forward, out: &mut [f32], lse: &mut [f32]) {
     // SAFETY (here and below): the dispatcher only comes here when AVX512-BF16 is available.
     let pack = |b: usize| unsafe {
         (
-            pack_k(nk, d, &k.data[k.base(b)..], k.row_stride),
-            pack_v(nk, dv, dvp, &v.data[v.base(b)..], v.row_stride),
+            pack_k(nk, d, |j| k.row(b, j, d)),
+            pack_v(nk, dv, dvp, |j| v.row(b, j, dv)),
         )
     };
     // A head split over several tasks (global attention) is packed once for all of them.

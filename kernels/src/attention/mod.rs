@@ -28,6 +28,8 @@ mod avx512bf16;
 mod portable;
 pub mod rel_pos;
 
+pub use crate::window::RowAt;
+
 /// `x` rounded to bf16 and back, the way `vcvtneps2bf16` rounds: to nearest, ties to even (as
 /// the GEMM's bf16 packing); subnormal inputs (below 1.2e-38) become a zero of the same sign;
 /// NaN stays NaN.
@@ -92,7 +94,8 @@ pub struct BiasTable<'a> {
 /// Where the rows of a `[bh, n, w]` attention operand live, when they are not one dense block:
 /// row `i` of batch·head `b = bi·heads + h` starts at `bi·batch_stride + h·head_stride +
 /// i·row_stride` and its `w` values are contiguous. This lets q, k and v be read straight out of
-/// one interleaved qkv projection instead of being copied apart first.
+/// one interleaved qkv projection instead of being copied apart first. With a [`RowGather`] the
+/// rows are picked through an index instead (windows of a token map, read in place).
 #[derive(Clone, Copy, Debug)]
 pub struct HeadRows<'a> {
     pub data: &'a [f32],
@@ -100,6 +103,19 @@ pub struct HeadRows<'a> {
     pub batch_stride: usize,
     pub head_stride: usize,
     pub row_stride: usize,
+    pub gather: Option<RowGather<'a>>,
+}
+
+/// Rows picked through an index (windowed attention on a projection's rows, in place): row `i`
+/// of batch·head `b = bi·heads + h` is the row `index[bi·block + i]` of `data` (rows
+/// `row_stride` apart; `batch_stride` unused) or, for [`RowAt::FILL`], the row `fill` (a zero
+/// token's projection: the edge windows' padding); head `h`'s values start `h·head_stride` into
+/// either. `block` is the operand's row count per batch entry (its `nq` or `nk`).
+#[derive(Clone, Copy, Debug)]
+pub struct RowGather<'a> {
+    pub index: &'a [RowAt],
+    pub block: usize,
+    pub fill: &'a [f32],
 }
 
 impl<'a> HeadRows<'a> {
@@ -111,24 +127,65 @@ impl<'a> HeadRows<'a> {
             batch_stride: n * w,
             head_stride: 0,
             row_stride: w,
+            gather: None,
         }
     }
-    /// Offset of row 0 of batch·head `b`.
+    /// Offset of row 0 of batch·head `b` (of a strided, not gathered, operand).
     pub fn base(&self, b: usize) -> usize {
         (b / self.heads) * self.batch_stride + (b % self.heads) * self.head_stride
     }
     /// Row `i` of batch·head `b` (`w` values).
+    #[inline]
     pub fn row(&self, b: usize, i: usize, w: usize) -> &'a [f32] {
-        let o = self.base(b) + i * self.row_stride;
-        &self.data[o..o + w]
+        let h = (b % self.heads) * self.head_stride;
+        match &self.gather {
+            None => {
+                let o = self.base(b) + i * self.row_stride;
+                &self.data[o..o + w]
+            }
+            Some(g) => {
+                let at = g.index[(b / self.heads) * g.block + i];
+                if at.is_fill() {
+                    &g.fill[h..h + w]
+                } else {
+                    let o = at.row * self.row_stride + h;
+                    &self.data[o..o + w]
+                }
+            }
+        }
     }
-    /// Panics unless every row of a `[bh, n, w]` operand lies inside `data`.
+    /// Panics unless every row of a `[bh, n, w]` operand lies inside `data` (or `fill`).
     fn check(&self, name: &str, bh: usize, n: usize, w: usize) {
         assert!(
             self.heads > 0 && bh.is_multiple_of(self.heads),
             "{name}: heads"
         );
         if bh == 0 || n == 0 || w == 0 {
+            return;
+        }
+        let head_end = (self.heads - 1) * self.head_stride + w;
+        if let Some(g) = &self.gather {
+            assert!(
+                g.block == n,
+                "{name}: {n} rows per window, index blocks of {}",
+                g.block
+            );
+            let rows = &g.index[..(bh / self.heads) * n];
+            let max = rows.iter().filter(|r| !r.is_fill()).map(|r| r.row).max();
+            if let Some(max) = max {
+                assert!(
+                    rows.iter().all(|r| r.is_fill() || r.part == 0)
+                        && max * self.row_stride + head_end <= self.data.len(),
+                    "{name}: a row index ({max}) past the {} values of its rows",
+                    self.data.len()
+                );
+            }
+            assert!(
+                rows.iter().all(|r| !r.is_fill()) || head_end <= g.fill.len(),
+                "{name}: fill row of {} values for {} heads of {w}",
+                g.fill.len(),
+                self.heads
+            );
             return;
         }
         let last = self.base(bh - 1).max(self.base(self.heads - 1)) + (n - 1) * self.row_stride + w;
@@ -140,7 +197,8 @@ impl<'a> HeadRows<'a> {
     }
     /// The operand as one dense `[bh, n, w]` block: borrowed when it already is one, else a copy.
     fn dense_view(&self, bh: usize, n: usize, w: usize) -> std::borrow::Cow<'a, [f32]> {
-        if self.heads == 1 && self.batch_stride == n * w && self.row_stride == w {
+        let dense = self.heads == 1 && self.batch_stride == n * w && self.row_stride == w;
+        if dense && self.gather.is_none() {
             std::borrow::Cow::Borrowed(&self.data[..bh * n * w])
         } else {
             std::borrow::Cow::Owned(self.to_dense(bh, n, w))
@@ -426,14 +484,40 @@ pub fn attention_forward_table_rows(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
+    check_rows(dims, [&q, &k, &v]);
+    check_table(&dims, &table);
+    let f = Forward::new(dims, [q, k, v], scale, None, Some(table));
+    f.run(out, lse, use_avx512())
+}
+
+/// Attention without a bias on operands given by [`HeadRows`] (strided views into a projection,
+/// or windows gathered from its rows through a [`RowGather`]), in f32 or, with `bf16`, in bf16
+/// arithmetic (module documentation); `out [bh, nq, dv]` and `lse [bh, nq]` are dense.
+/// Inference: there is no backward for this form.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_rows(
+    dims: AttnDims,
+    q: HeadRows,
+    k: HeadRows,
+    v: HeadRows,
+    scale: f32,
+    bf16: bool,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    check_rows(dims, [&q, &k, &v]);
+    let f = Forward::new(dims, [q, k, v], scale, None, None);
+    let fast = if bf16 { use_avx512bf16() } else { use_avx512() };
+    Forward { bf16, ..f }.run(out, lse, fast)
+}
+
+/// Panics unless q, k and v hold the rows `dims` asks for.
+fn check_rows(dims: AttnDims, [q, k, v]: [&HeadRows; 3]) {
     let AttnDims { bh, nq, nk, d, dv } = dims;
     assert!(nk > 0 && d > 0 && dv > 0, "attention needs nk, d, dv > 0");
     q.check("q", bh, nq, d);
     k.check("k", bh, nk, d);
     v.check("v", bh, nk, dv);
-    check_table(&dims, &table);
-    let f = Forward::new(dims, [q, k, v], scale, None, Some(table));
-    f.run(out, lse, use_avx512())
 }
 
 entry_point!(backward
@@ -444,8 +528,8 @@ entry_point!(backward
 /// The portable implementation, forced (for tests on machines that would pick AVX-512).
 #[doc(hidden)]
 pub mod portable_impl {
-    use super::{check, check_table, dense_rows, AttnDims, Backward, BiasTable};
-    use super::{Forward, RelPosBias};
+    use super::{check, check_rows, check_table, dense_rows, AttnDims, Backward, BiasTable};
+    use super::{Forward, HeadRows, RelPosBias};
 
     entry_point!(forward
         /// [`super::attention_forward`] on the portable path.
@@ -473,6 +557,23 @@ pub mod portable_impl {
         check_table(&dims, &table);
         let rows = dense_rows(dims, q, k, v);
         Forward::new(dims, rows, scale, None, Some(table)).run(out, lse, false)
+    }
+
+    /// [`super::attention_forward_rows`] on the portable path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_rows(
+        dims: AttnDims,
+        q: HeadRows,
+        k: HeadRows,
+        v: HeadRows,
+        scale: f32,
+        bf16: bool,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        check_rows(dims, [&q, &k, &v]);
+        let f = Forward::new(dims, [q, k, v], scale, None, None);
+        Forward { bf16, ..f }.run(out, lse, false)
     }
 
     entry_point!(backward

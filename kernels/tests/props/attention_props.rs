@@ -367,6 +367,7 @@ fn bias_table_reads_interleaved_qkv() {
         batch_stride: n * heads * 3 * d,
         head_stride: 3 * d,
         row_stride: heads * 3 * d,
+        gather: None,
     };
     let dims = AttnDims::new(bh, n, n, d, d);
     let t = BiasTable {
@@ -394,4 +395,175 @@ fn bias_table_reads_interleaved_qkv() {
     let (mut refo, mut refl) = (vec![9.0; bh * n * d], vec![9.0; bh * n]);
     reference::attention_forward_table(dims, &q, &k, &v, scale, t, &mut refo, &mut refl);
     assert_close("out", &got, &refo, 2e-5, 1e-4);
+}
+
+/// `heads` heads of `d` values at the start of the rows (`3·heads·d` wide) of `data` / `fill`,
+/// the rows picked through `index`, `n` per window.
+fn gathered_rows<'a>(
+    data: &'a [f32],
+    fill: &'a [f32],
+    (heads, d): (usize, usize),
+    index: &'a [attention::RowAt],
+    n: usize,
+) -> attention::HeadRows<'a> {
+    attention::HeadRows {
+        data,
+        heads,
+        batch_stride: 0,
+        head_stride: d,
+        row_stride: 3 * heads * d,
+        gather: Some(attention::RowGather {
+            index,
+            block: n,
+            fill,
+        }),
+    }
+}
+
+type RowsFn = fn(
+    AttnDims,
+    attention::HeadRows,
+    attention::HeadRows,
+    attention::HeadRows,
+    f32,
+    bool,
+    &mut [f32],
+    &mut [f32],
+);
+
+/// Windows of a `[tokens, 3·heads·d]` q/k/v projection read in place through a row index with
+/// fill rows (Hiera's windowed attention in inference), queries through their own index (pooled
+/// or inside-the-map queries): every path, f32 and bf16, gives bit for bit what it gives on
+/// dense copies gathered here by hand; the f32 results also match the reference.
+fn check_gathered_windows(
+    windows: usize,
+    heads: usize,
+    (nq, nk): (usize, usize),
+    d: usize,
+    seed: u64,
+) {
+    use attention::{HeadRows, RowAt};
+    let mut r = Rng(seed);
+    let (tokens, width) = (windows * nk + 3, 3 * heads * d);
+    let qkv = r.vec(tokens * width, 2.0);
+    let fill = r.vec(width, 2.0);
+    // Key rows: a shuffled pick of the tokens, about one in five the fill row.
+    let pick = |r: &mut Rng, n: usize, fills: bool| -> Vec<RowAt> {
+        (0..windows * n)
+            .map(|_| {
+                let u = r.vec(1, 1.0)[0].abs();
+                if fills && u < 0.2 {
+                    RowAt::FILL
+                } else {
+                    RowAt::row(((u * 7919.0) as usize) % tokens)
+                }
+            })
+            .collect()
+    };
+    let (kv_index, q_index) = (pick(&mut r, nk, true), pick(&mut r, nq, false));
+    let (kv_index, q_index) = (&kv_index[..], &q_index[..]);
+    let gathered = |part: usize, index, n| {
+        gathered_rows(
+            &qkv[part * heads * d..],
+            &fill[part * heads * d..],
+            (heads, d),
+            index,
+            n,
+        )
+    };
+    // By hand: batch·head b = window·heads + h, row i → its token's (or the fill's) values.
+    let dense = |part: usize, index: &[RowAt], n: usize| -> Vec<f32> {
+        let mut out = Vec::new();
+        for wdw in 0..windows {
+            for h in 0..heads {
+                for i in 0..n {
+                    let at = index[wdw * n + i];
+                    let row = if at.is_fill() {
+                        &fill[..]
+                    } else {
+                        &qkv[at.row * width..(at.row + 1) * width]
+                    };
+                    let c0 = part * heads * d + h * d;
+                    out.extend_from_slice(&row[c0..c0 + d]);
+                }
+            }
+        }
+        out
+    };
+    let (q, k, v) = (
+        dense(0, q_index, nq),
+        dense(1, kv_index, nk),
+        dense(2, kv_index, nk),
+    );
+    let bh = windows * heads;
+    let dims = AttnDims::new(bh, nq, nk, d, d);
+    let scale = 1.0 / (d as f32).sqrt();
+    let run = |f: RowsFn, rows: [HeadRows; 3], bf16: bool| {
+        let (mut out, mut lse) = (vec![9.0; bh * nq * d], vec![9.0; bh * nq]);
+        let [qr, kr, vr] = rows;
+        f(dims, qr, kr, vr, scale, bf16, &mut out, &mut lse);
+        [out, lse]
+    };
+    let in_place = [
+        gathered(0, q_index, nq),
+        gathered(1, kv_index, nk),
+        gathered(2, kv_index, nk),
+    ];
+    let copies = [
+        HeadRows::dense(&q, nq, d),
+        HeadRows::dense(&k, nk, d),
+        HeadRows::dense(&v, nk, d),
+    ];
+    let fast = attention::attention_forward_rows as RowsFn;
+    let portable = attention::portable_impl::attention_forward_rows as RowsFn;
+    for (f, bf16) in [
+        (fast, false),
+        (portable, false),
+        (fast, true),
+        (portable, true),
+    ] {
+        let want = run(f, copies, bf16);
+        assert_eq!(
+            run(f, in_place, bf16),
+            want,
+            "bf16 {bf16}: gathered rows differ from copies"
+        );
+    }
+    // Against the references, with the tolerances of the dense tests (attention_bf16_props).
+    let reference = |bf16: bool| {
+        let (mut out, mut lse) = (vec![9.0; bh * nq * d], vec![9.0; bh * nq]);
+        let f = if bf16 {
+            reference::attention_forward_bf16
+        } else {
+            reference::attention_forward
+        };
+        f(dims, &q, &k, &v, scale, None, &mut out, &mut lse);
+        [out, lse]
+    };
+    let ([got, gl], [want, wl]) = (run(fast, in_place, false), reference(false));
+    assert_close("out", &got, &want, 2e-5, 1e-4);
+    assert_close("lse", &gl, &wl, 2e-5, 1e-5);
+    let ([got, gl], [want, wl]) = (run(fast, in_place, true), reference(true));
+    assert_close("bf16 out", &got, &want, 2e-3, 0.0);
+    assert_close("bf16 lse", &gl, &wl, 5e-6, 5e-7);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn gathered_windows_match_dense_copies(
+        windows in 1usize..5, heads in 1usize..4, nq in 1usize..40, nk in 1usize..70,
+        d in 1usize..40, seed in 0u64..1000
+    ) {
+        check_gathered_windows(windows, heads, (nq, nk), d, seed);
+    }
+}
+
+/// MedSAM2's Hiera t512 window shapes: stage 1 (8×8 windows, one head of 96), a pooled stage
+/// transition (16 queries per 64 keys, two heads), stage 3's 14×14 windows (four heads).
+#[test]
+fn gathered_windows_hiera_shapes() {
+    for (windows, heads, n) in [(4, 1, (64, 64)), (3, 2, (16, 64)), (2, 4, (196, 196))] {
+        check_gathered_windows(windows, heads, n, 96, 11);
+    }
 }

@@ -114,15 +114,6 @@ impl AttentionOps for CpuBackend {
             table: host(table)?,
             heads,
         };
-        fn rows(v: HeadView<'_>) -> Result<attention::HeadRows<'_>> {
-            Ok(attention::HeadRows {
-                data: &host(v.storage)?[v.offset..],
-                heads: v.heads,
-                batch_stride: v.batch_stride,
-                head_stride: v.head_stride,
-                row_stride: v.row_stride,
-            })
-        }
         attention::attention_forward_table_rows(
             dims,
             rows(x.q)?,
@@ -130,6 +121,30 @@ impl AttentionOps for CpuBackend {
             rows(x.v)?,
             scale,
             table,
+            &mut out,
+            &mut lse,
+        );
+        Ok(Some(Storage::Cpu(out)))
+    }
+
+    fn attention_views(&self, a: ViewAttnArgs, x: HeadQkv) -> Result<Option<Storage>> {
+        let ViewAttnArgs {
+            dims,
+            scale,
+            precision,
+        } = a;
+        // Both written in full by the kernel.
+        let mut out = buffer(dims.bh * dims.nq * dims.dv);
+        let mut lse = buffer(dims.bh * dims.nq);
+        // bf16 only where it is faster than f32 on this CPU (as in `attention`).
+        let bf16 = precision == Precision::Bf16 && attention::bf16_pays();
+        attention::attention_forward_rows(
+            dims,
+            rows(x.q)?,
+            rows(x.k)?,
+            rows(x.v)?,
+            scale,
+            bf16,
             &mut out,
             &mut lse,
         );
@@ -167,4 +182,24 @@ impl AttentionOps for CpuBackend {
         rel_pos::decomposed_rel_pos(d, q, rh, rw, &mut rel_h, &mut rel_w);
         Ok(Some([Storage::Cpu(rel_h), Storage::Cpu(rel_w)]))
     }
+}
+
+/// A [`HeadView`] of host storage as the kernel's [`attention::HeadRows`].
+fn rows(v: HeadView<'_>) -> Result<attention::HeadRows<'_>> {
+    let gather = match v.gather {
+        Some(g) => Some(attention::RowGather {
+            index: g.index,
+            block: g.block,
+            fill: &host(g.fill)?[g.fill_offset..],
+        }),
+        None => None,
+    };
+    Ok(attention::HeadRows {
+        data: &host(v.storage)?[v.offset..],
+        heads: v.heads,
+        batch_stride: v.batch_stride,
+        head_stride: v.head_stride,
+        row_stride: v.row_stride,
+        gather,
+    })
 }

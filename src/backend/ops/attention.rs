@@ -45,6 +45,16 @@ pub struct BiasTableArgs<'a> {
     pub heads: usize,
 }
 
+/// Attention without a bias on operands read in place, `softmax((q·scale)·kᵀ)·v`, apart from
+/// its operands (inference).
+#[derive(Clone, Copy)]
+pub struct ViewAttnArgs {
+    pub dims: AttnDims,
+    pub scale: f32,
+    /// As [`AttnArgs::precision`].
+    pub precision: Precision,
+}
+
 /// Attention operands read in place through their [`HeadView`]s.
 #[derive(Clone, Copy)]
 pub struct HeadQkv<'a> {
@@ -72,6 +82,15 @@ pub trait AttentionOps {
     /// Inference attention with a bias table, returning a dense `out [bh, nq, dv]`. `Ok(None)`
     /// when the backend has no fused kernel for it; the caller then composes matmul and softmax.
     fn attention_bias_table(&self, a: BiasTableArgs, x: HeadQkv) -> Result<Option<Storage>> {
+        let _ = (a, x);
+        Ok(None)
+    }
+
+    /// Inference attention without a bias on operands read in place (strided [`HeadView`]s, or
+    /// rows gathered through an index: the windows of a projection), returning a dense `out
+    /// [bh, nq, dv]`. `Ok(None)` when the backend has no such kernel; the caller then gathers
+    /// the operands into dense tensors and calls [`Self::attention`].
+    fn attention_views(&self, a: ViewAttnArgs, x: HeadQkv) -> Result<Option<Storage>> {
         let _ = (a, x);
         Ok(None)
     }

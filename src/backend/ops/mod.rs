@@ -15,6 +15,7 @@ pub mod pointwise;
 
 pub use attention::{
     AttentionOps, AttnArgs, AttnGradIn, AttnSaved, BiasTableArgs, HeadQkv, Qkv, RelPosIn,
+    ViewAttnArgs,
 };
 pub use conv::{ConvGradIn, ConvIn, ConvOps};
 pub use linalg::{Epilogue, GemmArgs, LinalgOps};

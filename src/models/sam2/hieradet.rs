@@ -8,13 +8,12 @@ use super::sam2_utils::{interpolate_bicubic, Mlp};
 use crate::autograd::{is_grad_enabled, records};
 use crate::error::{Error, Result};
 use crate::models::common::{
-    gather_token_rows, join, pick_heads, Conv2d, EdgeGroups, Init, LayerNorm, Linear, Module,
+    gather_token_rows, join, picked_heads, Conv2d, EdgeGroups, Init, LayerNorm, Linear, Module,
 };
 use crate::models::sam::image_encoder::window_partition;
-use crate::ops::nn::attention;
+use crate::ops::nn::{attention, attention_picked};
 use crate::tensor::Tensor;
 use crate::Device;
-use medsam_kernels::window::RowAt;
 use std::sync::{Arc, Mutex};
 
 /// Hiera's LayerNorm eps (`partial(nn.LayerNorm, eps=1e-6)`).
@@ -152,11 +151,7 @@ impl MultiScaleAttention {
         } else {
             None
         };
-        // Head-split q, k or v (the `d` columns from `col` of `src`'s rows) for the rows
-        // `index`, `block` tokens per window → `[windows·heads, block, hd]`.
-        let heads = |src: &Tensor, fill, col, index: &[RowAt], block| {
-            pick_heads(src, fill, (src.dim(3), col, d), nh, index, block)
-        };
+
         let windows = kv_groups.window_index();
         let scale = (hd as f32).powf(-0.5);
         let mut outs = Vec::with_capacity(q_groups.groups.len());
@@ -171,12 +166,16 @@ impl MultiScaleAttention {
             }
             let kv = &windows[first * n..(first + count) * n];
             let nq = qg.inside.0 * qg.inside.1;
-            let q = heads(&q_src, None, 0, &q_groups.query_index(qg), nq)?;
-            let (k, v) = (
-                heads(&qkv, fill.as_ref(), d, kv, n)?,
-                heads(&qkv, fill.as_ref(), 2 * d, kv, n)?,
-            );
-            let o = attention(&q, &k, &v, scale, None)?;
+            // Head-split q, k and v (the `d` columns from `col` of the rows), `[windows·heads,
+            // tokens, hd]`, read in place from the projection's rows.
+            let q_index = q_groups.query_index(qg);
+            let width = qkv.dim(3);
+            let o = attention_picked(
+                picked_heads(&q_src, None, (q_src.dim(3), 0, d), nh, &q_index, nq)?,
+                picked_heads(&qkv, fill.as_ref(), (width, d, d), nh, kv, n)?,
+                picked_heads(&qkv, fill.as_ref(), (width, 2 * d, d), nh, kv, n)?,
+                scale,
+            )?;
             outs.push(o.contiguous()?); // [count·heads, inside positions, hd]
             first += count;
         }
