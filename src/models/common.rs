@@ -267,7 +267,7 @@ pub(crate) fn picked_heads<'a>(
 ) -> Result<PickedRows<'a>> {
     if heads == 0 || !c.is_multiple_of(heads) || block == 0 || !index.len().is_multiple_of(block) {
         return Err(Error::shape(
-            "pick_heads",
+            "picked_heads",
             format!(
                 "{c} channels for {heads} heads, {} indices in blocks of {block}",
                 index.len()
@@ -287,18 +287,6 @@ pub(crate) fn picked_heads<'a>(
         index,
         pick,
     })
-}
-
-/// [`picked_heads`] gathered into its own tensor. One gather, inference only.
-pub(crate) fn pick_heads(
-    table: &Tensor,
-    fill: Option<&Tensor>,
-    cols: (usize, usize, usize),
-    heads: usize,
-    index: &[RowAt],
-    block: usize,
-) -> Result<Tensor> {
-    picked_heads(table, fill, cols, heads, index, block)?.gather()
 }
 
 /// The windows of `b` maps of `h × w` tokens grouped by the part of them inside the map

@@ -391,33 +391,10 @@ pub fn attention(
             format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
         ));
     }
-    if let Some(r) = rel {
-        let ok = r.kh * r.kw == dims.nk
-            && r.rel_h.shape() == [dims.bh, dims.nq, r.kh]
-            && r.rel_w.shape() == [dims.bh, dims.nq, r.kw];
-        if !ok {
-            return Err(Error::shape(
-                "attention",
-                format!(
-                    "rel_h {:?}, rel_w {:?} for {} queries × {} keys",
-                    r.rel_h.shape(),
-                    r.rel_w.shape(),
-                    dims.nq,
-                    dims.nk
-                ),
-            ));
-        }
-    }
+    check_rel("attention", dims, rel)?;
     let (qd, kd, vd) = (dense(q)?, dense(k)?, dense(v)?);
-    let reld = rel
-        .map(|r| Ok::<_, Error>((dense(&r.rel_h)?, dense(&r.rel_w)?, r.kh, r.kw)))
-        .transpose()?;
-    let relpos = reld.as_ref().map(|(h, w, kh, kw)| RelPos {
-        rel_h: h.storage(),
-        rel_w: w.storage(),
-        kh: *kh,
-        kw: *kw,
-    });
+    let reld = dense_rel(rel)?;
+    let relpos = rel_pos(&reld);
     // bf16 autocast applies to inference only: a recorded forward stays f32, like the backward
     // that recomputes its probabilities.
     let recording = crate::autograd::is_grad_enabled()
@@ -456,6 +433,44 @@ pub fn attention(
             saved,
         })
     }))
+}
+
+/// Errors unless the rel-pos bias fits `dims` (`rel_h [bh, nq, kh]`, `rel_w [bh, nq, kw]`,
+/// `kh·kw = nk`).
+fn check_rel(op: &'static str, dims: AttnDims, rel: Option<&RelPosArgs>) -> Result<()> {
+    let Some(r) = rel else {
+        return Ok(());
+    };
+    let ok = r.kh * r.kw == dims.nk
+        && r.rel_h.shape() == [dims.bh, dims.nq, r.kh]
+        && r.rel_w.shape() == [dims.bh, dims.nq, r.kw];
+    if ok {
+        return Ok(());
+    }
+    let (h, w) = (r.rel_h.shape(), r.rel_w.shape());
+    let why = format!(
+        "rel_h {h:?}, rel_w {w:?} for {} queries × {} keys",
+        dims.nq, dims.nk
+    );
+    Err(Error::shape(op, why))
+}
+
+/// The rel-pos bias's terms as dense tensors, with its sizes.
+type DenseRel = Option<(Tensor, Tensor, usize, usize)>;
+
+fn dense_rel(rel: Option<&RelPosArgs>) -> Result<DenseRel> {
+    rel.map(|r| Ok((dense(&r.rel_h)?, dense(&r.rel_w)?, r.kh, r.kw)))
+        .transpose()
+}
+
+/// The backend's view of [`dense_rel`]'s terms.
+fn rel_pos(reld: &DenseRel) -> Option<RelPos<'_>> {
+    reld.as_ref().map(|(h, w, kh, kw)| RelPos {
+        rel_h: h.storage(),
+        rel_w: w.storage(),
+        kh: *kh,
+        kw: *kw,
+    })
 }
 
 /// The arithmetic of an attention forward: f32 when autograd records it, else that of the
@@ -538,11 +553,18 @@ impl PickedRows<'_> {
     }
 }
 
-/// `softmax((q·scale)·kᵀ)·v` for operands picked from the rows of projections (windowed
-/// attention on a token map: [`PickedRows`]), `[windows · heads, nq, len]`. Read in place by
-/// backends that can ([`crate::backend::AttentionOps::attention_views`]), else gathered into
-/// dense tensors for [`attention`]; either way inference only (the gather has no gradient).
-pub fn attention_picked(q: PickedRows, k: PickedRows, v: PickedRows, scale: f32) -> Result<Tensor> {
+/// [`attention`] (`softmax((q·scale)·kᵀ + rel)·v`, `rel` SAM's decomposed relative positions
+/// or none) for operands picked from the rows of projections (windowed attention on a token
+/// map: [`PickedRows`]), `[windows · heads, nq, len]`. Read in place by backends that can
+/// ([`crate::backend::AttentionOps::attention_views`]), else gathered into dense tensors for
+/// [`attention`]; either way inference only (the gather has no gradient).
+pub fn attention_picked(
+    q: PickedRows,
+    k: PickedRows,
+    v: PickedRows,
+    scale: f32,
+    rel: Option<&RelPosArgs>,
+) -> Result<Tensor> {
     let op = "attention_picked";
     for x in [&q, &k, &v] {
         x.check(op)?;
@@ -557,16 +579,21 @@ pub fn attention_picked(q: PickedRows, k: PickedRows, v: PickedRows, scale: f32)
         return Err(Error::shape(op, shapes));
     }
     let dims = AttnDims::new(bq, nq, nk, d, dv);
+    check_rel(op, dims, rel)?;
+    let rel_tensors = rel.into_iter().flat_map(|r| [&r.rel_h, &r.rel_w]);
     let recording = crate::autograd::is_grad_enabled()
         && [&q, &k, &v]
             .iter()
             .flat_map(|x| std::iter::once(x.table).chain(x.fill))
+            .chain(rel_tensors)
             .any(|t| t.requires_grad());
     if !recording && dims.bh > 0 && nq > 0 {
         if let (Some(qv), Some(kv), Some(vv)) = (q.view(), k.view(), v.view()) {
+            let reld = dense_rel(rel)?;
             let args = ViewAttnArgs {
                 dims,
                 scale,
+                rel: rel_pos(&reld),
                 precision: attention_precision(false),
             };
             let x = HeadQkv {
@@ -579,7 +606,7 @@ pub fn attention_picked(q: PickedRows, k: PickedRows, v: PickedRows, scale: f32)
             }
         }
     }
-    attention(&q.gather()?, &k.gather()?, &v.gather()?, scale, None)
+    attention(&q.gather()?, &k.gather()?, &v.gather()?, scale, rel)
 }
 
 /// TinyViT's window attention, `softmax((q·scale)·kᵀ + table)·v` for q, k, v

@@ -387,13 +387,13 @@ fn fused_rel_pos_matches_the_einsums() {
 /// Windowed attention read in place from a q/k/v projection's rows (`attention_picked`: the
 /// index, fill rows for the padding, queries through their own index) gives bit for bit what
 /// the same attention gives on the operands gathered first — in f32 and under bf16 autocast,
-/// from a contiguous table (read in place on the CPU) and from a view (gathered) alike; bad
-/// indices are clear errors.
+/// with and without SAM's rel-pos bias, from a contiguous table (read in place on the CPU) and
+/// from a view (gathered) alike; bad indices and bias shapes are clear errors.
 #[test]
 fn attention_picked_equals_attention_on_gathered_operands() {
     use medsam::backend::ops::memory::{RowAt, RowPick};
     use medsam::ops::linalg::autocast_bf16;
-    use medsam::ops::nn::{attention, attention_picked, PickedRows};
+    use medsam::ops::nn::{attention, attention_picked, PickedRows, RelPosArgs};
     fn picked<'a>(
         table: &'a Tensor,
         fill: Option<&'a Tensor>,
@@ -440,27 +440,51 @@ fn attention_picked_equals_attention_on_gathered_operands() {
         let q = picked(table, None, &qi, pick(0, 3));
         let k = picked(table, Some(&fill), &kv, pick(heads * hd, 5));
         let v = picked(table, Some(&fill), &kv, pick(2 * heads * hd, 5));
-        for bf16 in [false, true] {
+        // SAM's decomposed rel-pos bias over the 5 keys as a 1 × 5 map, or none.
+        let rel = RelPosArgs {
+            rel_h: tensor(&[2 * heads, 3, 1], 34),
+            rel_w: tensor(&[2 * heads, 3, 5], 35),
+            kh: 1,
+            kw: 5,
+        };
+        for (bf16, rel) in [
+            (false, None),
+            (true, None),
+            (false, Some(&rel)),
+            (true, Some(&rel)),
+        ] {
             let (got, want) = autocast_bf16(bf16, || {
-                let got = attention_picked(q, k, v, 0.25).unwrap();
+                let got = attention_picked(q, k, v, 0.25, rel).unwrap();
                 let (qg, kg, vg) = (
                     q.gather().unwrap(),
                     k.gather().unwrap(),
                     v.gather().unwrap(),
                 );
-                let want = attention(&qg, &kg, &vg, 0.25, None).unwrap();
+                let want = attention(&qg, &kg, &vg, 0.25, rel).unwrap();
                 assert_eq!(got.shape(), [2 * heads, 3, hd]);
                 (got.to_vec().unwrap(), want.to_vec().unwrap())
             });
-            assert_eq!(got, want, "bf16 {bf16}");
+            assert_eq!(got, want, "bf16 {bf16}, rel-pos {}", rel.is_some());
         }
+        let wrong = RelPosArgs {
+            rel_w: tensor(&[2 * heads, 3, 4], 36),
+            ..rel
+        };
+        let e = attention_picked(q, k, v, 0.25, Some(&wrong))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attention_picked") && e.contains("rel_w"), "{e}");
     }
     let past = [at(tokens)];
     let p = picked(&contiguous, None, &past, pick(0, 1));
-    let e = attention_picked(p, p, p, 1.0).unwrap_err().to_string();
+    let e = attention_picked(p, p, p, 1.0, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("attention_picked") && e.contains("past"), "{e}");
     let fills = [RowAt::FILL];
     let p = picked(&contiguous, None, &fills, pick(0, 1));
-    let e = attention_picked(p, p, p, 1.0).unwrap_err().to_string();
+    let e = attention_picked(p, p, p, 1.0, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("fill"), "{e}");
 }

@@ -484,16 +484,16 @@ pub fn attention_forward_table_rows(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    check_rows(dims, [&q, &k, &v]);
+    check_rows(dims, [&q, &k, &v], &None);
     check_table(&dims, &table);
     let f = Forward::new(dims, [q, k, v], scale, None, Some(table));
     f.run(out, lse, use_avx512())
 }
 
-/// Attention without a bias on operands given by [`HeadRows`] (strided views into a projection,
-/// or windows gathered from its rows through a [`RowGather`]), in f32 or, with `bf16`, in bf16
-/// arithmetic (module documentation); `out [bh, nq, dv]` and `lse [bh, nq]` are dense.
-/// Inference: there is no backward for this form.
+/// [`attention_forward`] (with or without the rel-pos bias) on operands given by [`HeadRows`]
+/// (strided views into a projection, or windows gathered from its rows through a
+/// [`RowGather`]), in f32 or, with `bf16`, in bf16 arithmetic (module documentation); `out [bh,
+/// nq, dv]` and `lse [bh, nq]` are dense. Inference: there is no backward for this form.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_rows(
     dims: AttnDims,
@@ -501,23 +501,29 @@ pub fn attention_forward_rows(
     k: HeadRows,
     v: HeadRows,
     scale: f32,
+    bias: Option<RelPosBias>,
     bf16: bool,
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    check_rows(dims, [&q, &k, &v]);
-    let f = Forward::new(dims, [q, k, v], scale, None, None);
+    check_rows(dims, [&q, &k, &v], &bias);
+    let f = Forward::new(dims, [q, k, v], scale, bias, None);
     let fast = if bf16 { use_avx512bf16() } else { use_avx512() };
     Forward { bf16, ..f }.run(out, lse, fast)
 }
 
-/// Panics unless q, k and v hold the rows `dims` asks for.
-fn check_rows(dims: AttnDims, [q, k, v]: [&HeadRows; 3]) {
+/// Panics unless q, k and v hold the rows `dims` asks for and the bias fits them.
+fn check_rows(dims: AttnDims, [q, k, v]: [&HeadRows; 3], bias: &Option<RelPosBias>) {
     let AttnDims { bh, nq, nk, d, dv } = dims;
     assert!(nk > 0 && d > 0 && dv > 0, "attention needs nk, d, dv > 0");
     q.check("q", bh, nq, d);
     k.check("k", bh, nk, d);
     v.check("v", bh, nk, dv);
+    if let Some(b) = bias {
+        assert_eq!(b.kh * b.kw, nk, "rel-pos bias: kh*kw must equal nk");
+        assert_eq!(b.rel_h.len(), bh * nq * b.kh, "rel_h");
+        assert_eq!(b.rel_w.len(), bh * nq * b.kw, "rel_w");
+    }
 }
 
 entry_point!(backward
@@ -567,12 +573,13 @@ pub mod portable_impl {
         k: HeadRows,
         v: HeadRows,
         scale: f32,
+        bias: Option<RelPosBias>,
         bf16: bool,
         out: &mut [f32],
         lse: &mut [f32],
     ) {
-        check_rows(dims, [&q, &k, &v]);
-        let f = Forward::new(dims, [q, k, v], scale, None, None);
+        check_rows(dims, [&q, &k, &v], &bias);
+        let f = Forward::new(dims, [q, k, v], scale, bias, None);
         Forward { bf16, ..f }.run(out, lse, false)
     }
 

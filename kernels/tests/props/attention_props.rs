@@ -426,6 +426,7 @@ type RowsFn = fn(
     attention::HeadRows,
     attention::HeadRows,
     f32,
+    Option<RelPosBias>,
     bool,
     &mut [f32],
     &mut [f32],
@@ -433,15 +434,18 @@ type RowsFn = fn(
 
 /// Windows of a `[tokens, 3·heads·d]` q/k/v projection read in place through a row index with
 /// fill rows (Hiera's windowed attention in inference), queries through their own index (pooled
-/// or inside-the-map queries): every path, f32 and bf16, gives bit for bit what it gives on
-/// dense copies gathered here by hand; the f32 results also match the reference.
+/// or inside-the-map queries), with or without SAM's rel-pos bias: every path, f32 and bf16,
+/// gives bit for bit what it gives on dense copies gathered here by hand; both also match the
+/// references.
 fn check_gathered_windows(
     windows: usize,
     heads: usize,
-    (nq, nk): (usize, usize),
+    (nq, (kh, kw)): (usize, (usize, usize)),
     d: usize,
+    biased: bool,
     seed: u64,
 ) {
+    let nk = kh * kw;
     use attention::{HeadRows, RowAt};
     let mut r = Rng(seed);
     let (tokens, width) = (windows * nk + 3, 3 * heads * d);
@@ -498,10 +502,17 @@ fn check_gathered_windows(
     let bh = windows * heads;
     let dims = AttnDims::new(bh, nq, nk, d, d);
     let scale = 1.0 / (d as f32).sqrt();
+    let (rel_h, rel_w) = (r.vec(bh * nq * kh, 1.0), r.vec(bh * nq * kw, 1.0));
+    let bias = biased.then_some(RelPosBias {
+        rel_h: &rel_h,
+        rel_w: &rel_w,
+        kh,
+        kw,
+    });
     let run = |f: RowsFn, rows: [HeadRows; 3], bf16: bool| {
         let (mut out, mut lse) = (vec![9.0; bh * nq * d], vec![9.0; bh * nq]);
         let [qr, kr, vr] = rows;
-        f(dims, qr, kr, vr, scale, bf16, &mut out, &mut lse);
+        f(dims, qr, kr, vr, scale, bias, bf16, &mut out, &mut lse);
         [out, lse]
     };
     let in_place = [
@@ -537,7 +548,7 @@ fn check_gathered_windows(
         } else {
             reference::attention_forward
         };
-        f(dims, &q, &k, &v, scale, None, &mut out, &mut lse);
+        f(dims, &q, &k, &v, scale, bias, &mut out, &mut lse);
         [out, lse]
     };
     let ([got, gl], [want, wl]) = (run(fast, in_place, false), reference(false));
@@ -552,18 +563,25 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
     fn gathered_windows_match_dense_copies(
-        windows in 1usize..5, heads in 1usize..4, nq in 1usize..40, nk in 1usize..70,
-        d in 1usize..40, seed in 0u64..1000
+        windows in 1usize..5, heads in 1usize..4, nq in 1usize..40, kh in 1usize..9,
+        kw in 1usize..9, d in 1usize..40, biased in any::<bool>(), seed in 0u64..1000
     ) {
-        check_gathered_windows(windows, heads, (nq, nk), d, seed);
+        check_gathered_windows(windows, heads, (nq, (kh, kw)), d, biased, seed);
     }
 }
 
 /// MedSAM2's Hiera t512 window shapes: stage 1 (8×8 windows, one head of 96), a pooled stage
-/// transition (16 queries per 64 keys, two heads), stage 3's 14×14 windows (four heads).
+/// transition (16 queries per 64 keys, two heads), stage 3's 14×14 windows (four heads); and
+/// SAM ViT-B's, with its rel-pos bias.
 #[test]
 fn gathered_windows_hiera_shapes() {
-    for (windows, heads, n) in [(4, 1, (64, 64)), (3, 2, (16, 64)), (2, 4, (196, 196))] {
-        check_gathered_windows(windows, heads, n, 96, 11);
+    for (windows, heads, n) in [
+        (4, 1, (64, (8, 8))),
+        (3, 2, (16, (8, 8))),
+        (2, 4, (196, (14, 14))),
+    ] {
+        check_gathered_windows(windows, heads, n, 96, false, 11);
     }
+    // SAM ViT-B's windowed blocks: 14 × 14 windows with the decomposed rel-pos bias, 64-wide heads.
+    check_gathered_windows(2, 3, (196, (14, 14)), 64, true, 12);
 }

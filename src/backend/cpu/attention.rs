@@ -18,15 +18,7 @@ impl AttentionOps for CpuBackend {
         // Both written in full by the kernel: recycled buffers, no fresh page faults.
         let mut out = buffer(dims.bh * dims.nq * dims.dv);
         let mut lse = buffer(dims.bh * dims.nq);
-        let bias = match rel {
-            Some(r) => Some(attention::RelPosBias {
-                rel_h: host(r.rel_h)?,
-                rel_w: host(r.rel_w)?,
-                kh: r.kh,
-                kw: r.kw,
-            }),
-            None => None,
-        };
+        let bias = rel.map(rel_pos_bias).transpose()?;
         // bf16 only where it is faster than f32 on this CPU (as the GEMM's bf16 plan).
         let forward = if precision == Precision::Bf16 && attention::bf16_pays() {
             attention::attention_forward_bf16
@@ -64,12 +56,7 @@ impl AttentionOps for CpuBackend {
         let mut dv = super::zeroed(v.len());
         let (bias, mut drel) = match rel {
             Some(r) => (
-                Some(attention::RelPosBias {
-                    rel_h: host(r.rel_h)?,
-                    rel_w: host(r.rel_w)?,
-                    kh: r.kh,
-                    kw: r.kw,
-                }),
+                Some(rel_pos_bias(r)?),
                 Some((
                     super::zeroed(dims.bh * dims.nq * r.kh),
                     super::zeroed(dims.bh * dims.nq * r.kw),
@@ -131,8 +118,10 @@ impl AttentionOps for CpuBackend {
         let ViewAttnArgs {
             dims,
             scale,
+            rel,
             precision,
         } = a;
+        let bias = rel.map(rel_pos_bias).transpose()?;
         // Both written in full by the kernel.
         let mut out = buffer(dims.bh * dims.nq * dims.dv);
         let mut lse = buffer(dims.bh * dims.nq);
@@ -144,6 +133,7 @@ impl AttentionOps for CpuBackend {
             rows(x.k)?,
             rows(x.v)?,
             scale,
+            bias,
             bf16,
             &mut out,
             &mut lse,
@@ -201,5 +191,15 @@ fn rows(v: HeadView<'_>) -> Result<attention::HeadRows<'_>> {
         head_stride: v.head_stride,
         row_stride: v.row_stride,
         gather,
+    })
+}
+
+/// SAM's rel-pos bias operands in host storage as the kernel's [`attention::RelPosBias`].
+fn rel_pos_bias(r: RelPos<'_>) -> Result<attention::RelPosBias<'_>> {
+    Ok(attention::RelPosBias {
+        rel_h: host(r.rel_h)?,
+        rel_w: host(r.rel_w)?,
+        kh: r.kh,
+        kw: r.kw,
     })
 }

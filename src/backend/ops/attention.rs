@@ -45,12 +45,14 @@ pub struct BiasTableArgs<'a> {
     pub heads: usize,
 }
 
-/// Attention without a bias on operands read in place, `softmax((q·scale)·kᵀ)·v`, apart from
-/// its operands (inference).
+/// Attention on operands read in place, `softmax((q·scale)·kᵀ + rel)·v`, apart from its
+/// operands (inference).
 #[derive(Clone, Copy)]
-pub struct ViewAttnArgs {
+pub struct ViewAttnArgs<'a> {
     pub dims: AttnDims,
     pub scale: f32,
+    /// SAM's decomposed rel-pos bias, when the layer has one.
+    pub rel: Option<RelPos<'a>>,
     /// As [`AttnArgs::precision`].
     pub precision: Precision,
 }
@@ -86,7 +88,7 @@ pub trait AttentionOps {
         Ok(None)
     }
 
-    /// Inference attention without a bias on operands read in place (strided [`HeadView`]s, or
+    /// Inference attention (SAM's rel-pos bias or none) on operands read in place (strided [`HeadView`]s, or
     /// rows gathered through an index: the windows of a projection), returning a dense `out
     /// [bh, nq, dv]`. `Ok(None)` when the backend has no such kernel; the caller then gathers
     /// the operands into dense tensors and calls [`Self::attention`].

@@ -4,11 +4,11 @@
 use crate::autograd::records;
 use crate::error::{Error, Result};
 use crate::models::common::{
-    gather_token_rows, pick_heads, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
+    gather_token_rows, picked_heads, Act, Conv2d, Init, LayerNorm, LayerNorm2d, Linear, MlpBlock,
 };
 use crate::models::config::ImageEncoderConfig;
 use crate::ops::linalg::autocast_bf16;
-use crate::ops::nn::{attention, decomposed_rel_pos_fused, RelPosArgs};
+use crate::ops::nn::{attention, attention_picked, decomposed_rel_pos_fused, RelPosArgs};
 use crate::ops::quant::autocast_int8;
 use crate::tensor::Tensor;
 use crate::Device;
@@ -173,6 +173,29 @@ impl Attention {
         attention(q, k, v, scale, rel.as_ref())
     }
 
+    /// [`Self::attend_heads`] on q, k and v picked from the rows `[rows, 3c]` of the q/k/v
+    /// projection: map `m`'s token `t` is row `index[m·h·w + t]`, or the row `fill` where that
+    /// is [`RowAt::FILL`]. The attention reads all three in place; q is also gathered into its
+    /// own tensor, which the rel-pos terms are computed from. Inference only.
+    fn attend_picked(
+        &self,
+        qkv: &Tensor,
+        fill: Option<&Tensor>,
+        c: usize,
+        index: &[RowAt],
+        (h, w): (usize, usize),
+    ) -> Result<Tensor> {
+        let nh = self.num_heads;
+        let part = |s: usize| picked_heads(qkv, fill, (3 * c, s * c, c), nh, index, h * w);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scale = ((c / nh) as f32).powf(-0.5);
+        let rel = match (&self.rel_pos_h, &self.rel_pos_w) {
+            (Some(ph), Some(pw)) => Some(self.decomposed_rel_pos(&q.gather()?, ph, pw, (h, w))?),
+            _ => None,
+        };
+        attention_picked(q, k, v, scale, rel.as_ref())
+    }
+
     /// `rel_h [BH, HW, H]` and `rel_w [BH, HW, W]` from the unscaled queries (SAM's einsums).
     fn decomposed_rel_pos(
         &self,
@@ -303,8 +326,7 @@ impl Block {
         let qkv = attn.qkv.forward(y)?; // [b, h, w, 3c]
         if ws == 0 {
             let index: Vec<RowAt> = (0..b * h * w).map(RowAt::row).collect();
-            let [q, k, v] = split_heads(&qkv, c, nh, &index, h * w, None)?;
-            let o = attn.attend_heads(&q, &k, &v, (h, w))?; // [b·nh, h·w, c/nh]
+            let o = attn.attend_picked(&qkv, None, c, &index, (h, w))?; // [b·nh, h·w, c/nh]
             let o = o
                 .reshape(&[b, nh, h, w, c / nh])?
                 .permute(&[0, 2, 3, 1, 4])?;
@@ -323,8 +345,8 @@ impl Block {
         let per_pass = windows.div_ceil(windows.div_ceil(WINDOWS_PER_PASS));
         let mut outs = Vec::with_capacity(windows.div_ceil(per_pass));
         for pass in index.chunks(per_pass * n) {
-            let [q, k, v] = split_heads(&qkv, c, nh, pass, n, Some(&pad))?;
-            outs.push(attn.attend_heads(&q, &k, &v, (ws, ws))?); // [windows·nh, ws², c/nh]
+            // [windows·nh, ws², c/nh]
+            outs.push(attn.attend_picked(&qkv, Some(&pad), c, pass, (ws, ws))?);
         }
         let block = per_pass * nh * n; // rows of a pass's output
         let back: Vec<RowAt> = unwindow_index(b, (h, w), ws, nh)
@@ -343,22 +365,6 @@ impl Block {
 /// Windows per pass of a windowed block's attention in inference: a fifth of ViT-B's 25 at
 /// 1024², about 3 MB per q, k, v or output buffer.
 const WINDOWS_PER_PASS: usize = 5;
-
-/// q, k and v, each `[maps·heads, n, c/heads]` in its own buffer (the attention kernel's
-/// operands, read in place), from the rows `[rows, 3c]` of a q/k/v projection: map `m`'s token
-/// `t` is row `index[m·n + t]`, or the row `fill` where that is [`RowAt::FILL`]. One gather per
-/// operand, straight from the projection's rows. Inference only.
-fn split_heads(
-    qkv: &Tensor,
-    c: usize,
-    heads: usize,
-    index: &[RowAt],
-    n: usize,
-    fill: Option<&Tensor>,
-) -> Result<[Tensor; 3]> {
-    let part = |s: usize| pick_heads(qkv, fill, (3 * c, s * c, c), heads, index, n);
-    Ok([part(0)?, part(1)?, part(2)?])
-}
 
 pub struct Neck {
     pub conv0: Conv2d,

@@ -175,6 +175,7 @@ impl MultiScaleAttention {
                 picked_heads(&qkv, fill.as_ref(), (width, d, d), nh, kv, n)?,
                 picked_heads(&qkv, fill.as_ref(), (width, 2 * d, d), nh, kv, n)?,
                 scale,
+                None,
             )?;
             outs.push(o.contiguous()?); // [count·heads, inside positions, hd]
             first += count;
