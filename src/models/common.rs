@@ -286,6 +286,7 @@ pub(crate) fn picked_heads<'a>(
         fill,
         index,
         pick,
+        head_stride: c / heads,
     })
 }
 

@@ -488,15 +488,19 @@ fn attention_precision(recording: bool) -> Precision {
 
 /// One attention operand picked from the rows of a projection: `table` read as rows of
 /// `pick.width` values, the rows named by `index` (or the row `fill` for [`RowAt::FILL`]), of
-/// each the `pick.groups` heads of `pick.len` values from column `pick.col`, `pick.block` rows
-/// per batch entry (a window's tokens) — the operand `[index.len() / block · heads, block, len]`
-/// that [`Tensor::pick_rows`] would gather.
+/// each the `pick.groups` heads of `pick.len` values, head `h`'s from column `pick.col +
+/// h·head_stride`, `pick.block` rows per batch entry (a window's tokens): the operand
+/// `[index.len() / block · heads, block, len]`. With `head_stride = pick.len` the heads are
+/// side by side (q, k and v each one block of columns, as SAM's and Hiera's projections lay them
+/// out; what [`Tensor::pick_rows`] gathers); with `head_stride = width / heads` each head's q, k
+/// and v are interleaved (TinyViT's `[heads, 3, key_dim]` rows).
 #[derive(Clone, Copy)]
 pub struct PickedRows<'a> {
     pub table: &'a Tensor,
     pub fill: Option<&'a Tensor>,
     pub index: &'a [RowAt],
     pub pick: RowPick,
+    pub head_stride: usize,
 }
 
 impl PickedRows<'_> {
@@ -506,19 +510,54 @@ impl PickedRows<'_> {
         [self.index.len() / p.block * p.groups, p.block, p.len]
     }
 
+    /// Whether head `h` starts `h·len` after head 0 (the layout [`Tensor::pick_rows`] gathers).
+    fn side_by_side(&self) -> bool {
+        self.head_stride == self.pick.len
+    }
+
     /// The operand gathered into its own dense tensor.
     pub fn gather(&self) -> Result<Tensor> {
-        Tensor::pick_rows(&[self.table], self.fill, self.index, self.pick)?.reshape(&self.shape())
+        let p = self.pick;
+        if self.side_by_side() {
+            return Tensor::pick_rows(&[self.table], self.fill, self.index, p)?
+                .reshape(&self.shape());
+        }
+        // Interleaved heads: whole rows, then each head's columns.
+        let rows = Tensor::pick_rows(&[self.table], self.fill, self.index, RowPick::rows(p.width))?;
+        let entries = self.index.len() / p.block;
+        rows.reshape(&[entries, p.block, p.groups, self.head_stride])?
+            .narrow(3, p.col, p.len)?
+            .permute(&[0, 2, 1, 3])?
+            .contiguous()?
+            .reshape(&self.shape())
     }
 
     /// Errors unless the pick fits the table (and the fill row, if the index names it).
     fn check(&self, op: &'static str) -> Result<()> {
-        let width = self.pick.width;
+        let (p, width) = (self.pick, self.pick.width);
         let rows = (width > 0 && self.table.numel().is_multiple_of(width))
             .then(|| self.table.numel() / width);
         let fill_ok = self.fill.is_none_or(|f| f.numel() == width);
+        // Interleaved heads tile the row: `groups` runs of `head_stride`, each holding its
+        // `len` columns from `col`.
+        let interleaved_ok =
+            p.groups * self.head_stride == width && p.col + p.len <= self.head_stride;
         let why = match rows {
-            Some(rows) if fill_ok => self.pick.mismatch(&[rows], self.fill.is_some(), self.index),
+            Some(_) if !self.side_by_side() && !interleaved_ok => Some(format!(
+                "{} heads of {} columns from column {} every {} of rows of {width}",
+                p.groups, p.len, p.col, self.head_stride
+            )),
+            Some(rows) if fill_ok => {
+                let layout = if self.side_by_side() {
+                    p
+                } else {
+                    RowPick {
+                        block: p.block,
+                        ..RowPick::rows(width)
+                    }
+                };
+                layout.mismatch(&[rows], self.fill.is_some(), self.index)
+            }
             _ => Some(format!("row tables are not rows of {width}")),
         };
         why.map_or(Ok(()), |why| Err(Error::shape(op, why)))
@@ -540,7 +579,7 @@ impl PickedRows<'_> {
             offset: self.table.offset() + p.col,
             heads: p.groups,
             batch_stride: 0,
-            head_stride: p.len,
+            head_stride: self.head_stride,
             row_stride: p.width,
             gather: Some(GatherView {
                 index: self.index,
@@ -551,6 +590,86 @@ impl PickedRows<'_> {
             }),
         })
     }
+}
+
+/// Errors unless q, k and v are picked from tables on one device and fit one attention call;
+/// returns its sizes.
+fn picked_dims(op: &'static str, [q, k, v]: [&PickedRows; 3]) -> Result<AttnDims> {
+    for x in [q, k, v] {
+        x.check(op)?;
+        same_device(op, q.table, x.table)?;
+        if let Some(f) = x.fill {
+            same_device(op, q.table, f)?;
+        }
+    }
+    let ([bq, nq, d], [bk, nk, dk], [bv, nv, dv]) = (q.shape(), k.shape(), v.shape());
+    if bq != bk || bq != bv || nk != nv || d != dk || q.pick.groups != k.pick.groups {
+        let shapes = format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape());
+        return Err(Error::shape(op, shapes));
+    }
+    Ok(AttnDims::new(bq, nq, nk, d, dv))
+}
+
+/// Whether autograd would record an op on these operands (then they are gathered: the
+/// in-place path is inference only).
+fn picked_records(xs: [&PickedRows; 3], more: &[&Tensor]) -> bool {
+    crate::autograd::is_grad_enabled()
+        && xs
+            .iter()
+            .flat_map(|x| std::iter::once(x.table).chain(x.fill))
+            .chain(more.iter().copied())
+            .any(|t| t.requires_grad())
+}
+
+/// [`attention_bias_table`] (TinyViT's window attention with its learned bias `table [heads,
+/// nq, nk]`) for operands picked from the rows of a projection ([`PickedRows`]), `[windows,
+/// heads, nq, len]`: read in place where the backend's fused kernel can
+/// ([`crate::backend::AttentionOps::attention_bias_table`]), else gathered first. Inference only.
+pub fn attention_bias_table_picked(
+    q: PickedRows,
+    k: PickedRows,
+    v: PickedRows,
+    scale: f32,
+    table: &Tensor,
+) -> Result<Tensor> {
+    let op = "attention_bias_table_picked";
+    let dims = picked_dims(op, [&q, &k, &v])?;
+    let heads = q.pick.groups;
+    if table.shape() != [heads, dims.nq, dims.nk] {
+        let why = format!(
+            "table {:?} for {heads} heads, {} × {}",
+            table.shape(),
+            dims.nq,
+            dims.nk
+        );
+        return Err(Error::shape(op, why));
+    }
+    same_device(op, q.table, table)?;
+    let windows = dims.bh / heads;
+    if !picked_records([&q, &k, &v], &[table]) && dims.bh > 0 && dims.nq > 0 {
+        if let (Some(qv), Some(kv), Some(vv)) = (q.view(), k.view(), v.view()) {
+            let td = dense(table)?;
+            let args = BiasTableArgs {
+                dims,
+                scale,
+                table: td.storage(),
+                heads,
+            };
+            let x = HeadQkv {
+                q: qv,
+                k: kv,
+                v: vv,
+            };
+            if let Some(o) = q.table.backend()?.attention_bias_table(args, x)? {
+                return wrap(o, &[windows, heads, dims.nq, dims.dv], q.table);
+            }
+        }
+    }
+    let four = |x: &PickedRows| {
+        let [_, n, w] = x.shape();
+        x.gather()?.reshape(&[windows, heads, n, w])
+    };
+    attention_bias_table(&four(&q)?, &four(&k)?, &four(&v)?, scale, table)
 }
 
 /// [`attention`] (`softmax((q·scale)·kᵀ + rel)·v`, `rel` SAM's decomposed relative positions
@@ -566,28 +685,11 @@ pub fn attention_picked(
     rel: Option<&RelPosArgs>,
 ) -> Result<Tensor> {
     let op = "attention_picked";
-    for x in [&q, &k, &v] {
-        x.check(op)?;
-        same_device(op, q.table, x.table)?;
-        if let Some(f) = x.fill {
-            same_device(op, q.table, f)?;
-        }
-    }
-    let ([bq, nq, d], [bk, nk, dk], [bv, nv, dv]) = (q.shape(), k.shape(), v.shape());
-    if bq != bk || bq != bv || nk != nv || d != dk || q.pick.groups != k.pick.groups {
-        let shapes = format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape());
-        return Err(Error::shape(op, shapes));
-    }
-    let dims = AttnDims::new(bq, nq, nk, d, dv);
+    let dims = picked_dims(op, [&q, &k, &v])?;
+    let (nq, dv) = (dims.nq, dims.dv);
     check_rel(op, dims, rel)?;
-    let rel_tensors = rel.into_iter().flat_map(|r| [&r.rel_h, &r.rel_w]);
-    let recording = crate::autograd::is_grad_enabled()
-        && [&q, &k, &v]
-            .iter()
-            .flat_map(|x| std::iter::once(x.table).chain(x.fill))
-            .chain(rel_tensors)
-            .any(|t| t.requires_grad());
-    if !recording && dims.bh > 0 && nq > 0 {
+    let rel_tensors: Vec<&Tensor> = rel.iter().flat_map(|r| [&r.rel_h, &r.rel_w]).collect();
+    if !picked_records([&q, &k, &v], &rel_tensors) && dims.bh > 0 && nq > 0 {
         if let (Some(qv), Some(kv), Some(vv)) = (q.view(), k.view(), v.view()) {
             let reld = dense_rel(rel)?;
             let args = ViewAttnArgs {

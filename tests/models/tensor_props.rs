@@ -405,6 +405,7 @@ fn attention_picked_equals_attention_on_gathered_operands() {
             fill,
             index,
             pick,
+            head_stride: pick.len,
         }
     }
     let (heads, hd, tokens) = (2, 16, 9);
@@ -487,4 +488,106 @@ fn attention_picked_equals_attention_on_gathered_operands() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("fill"), "{e}");
+}
+
+/// TinyViT's window attention with its bias table on q, k and v read in place from rows whose
+/// heads interleave their q, k and v (`[heads, 3, key_dim]`, `attention_bias_table_picked`):
+/// bit for bit what the attention gives on the operands gathered first, from a contiguous table
+/// (in place on the CPU) and from a view (gathered); the gathered operand holds, for every
+/// window, head and token, the columns of that head's part of the picked row.
+#[test]
+fn attention_bias_table_picked_reads_interleaved_heads() {
+    use medsam::backend::ops::memory::{RowAt, RowPick};
+    use medsam::ops::nn::{attention_bias_table, attention_bias_table_picked, PickedRows};
+    let (heads, kd, tokens, n) = (3, 8, 7, 4);
+    let width = 3 * heads * kd;
+    let contiguous = tensor(&[tokens, width], 41);
+    let view = tensor(&[tokens, width + 3], 42)
+        .narrow(1, 3, width)
+        .unwrap();
+    let fill = tensor(&[1, 1, width], 43);
+    let at = RowAt::row;
+    let kv = [
+        at(6),
+        at(0),
+        RowAt::FILL,
+        at(3),
+        at(2),
+        at(5),
+        at(1),
+        RowAt::FILL,
+    ];
+    let qi = [at(0), at(3), at(5), at(1)];
+    let table = tensor(&[heads, 2, n], 44);
+    for rows in [&contiguous, &view] {
+        let part = |p: usize, index, block, fill| PickedRows {
+            table: rows,
+            fill,
+            index,
+            pick: RowPick {
+                width,
+                col: p * kd,
+                len: kd,
+                groups: heads,
+                block,
+            },
+            head_stride: 3 * kd,
+        };
+        let (q, k, v) = (
+            part(0, &qi[..], 2, None),
+            part(1, &kv[..], n, Some(&fill)),
+            part(2, &kv[..], n, Some(&fill)),
+        );
+        let got = attention_bias_table_picked(q, k, v, 0.3, &table).unwrap();
+        assert_eq!(got.shape(), [2, heads, 2, kd]);
+        let four = |x: &PickedRows| {
+            x.gather()
+                .unwrap()
+                .reshape(&[2, heads, x.pick.block, kd])
+                .unwrap()
+        };
+        let want = attention_bias_table(&four(&q), &four(&k), &four(&v), 0.3, &table).unwrap();
+        assert_eq!(got.to_vec().unwrap(), want.to_vec().unwrap());
+        // k gathered: window w, head h, token t = columns (h·3 + 1)·kd .. of its row.
+        let (kg, src, f) = (
+            k.gather().unwrap().to_vec().unwrap(),
+            dense(rows).to_vec().unwrap(),
+            fill.to_vec().unwrap(),
+        );
+        for w in 0..2 {
+            for h in 0..heads {
+                for t in 0..n {
+                    let r = kv[w * n + t];
+                    let row = if r.is_fill() {
+                        &f[..]
+                    } else {
+                        &src[r.row * width..(r.row + 1) * width]
+                    };
+                    let c0 = (h * 3 + 1) * kd;
+                    let o = ((w * heads + h) * n + t) * kd;
+                    assert_eq!(&kg[o..o + kd], &row[c0..c0 + kd]);
+                }
+            }
+        }
+    }
+    let bad = PickedRows {
+        table: &contiguous,
+        fill: None,
+        index: &qi[..],
+        pick: RowPick {
+            width,
+            col: 2 * kd,
+            len: 2 * kd,
+            groups: heads,
+            block: 2,
+        },
+        head_stride: 3 * kd,
+    };
+    let e = attention_bias_table_picked(bad, bad, bad, 1.0, &table)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attention_bias_table_picked") && e.contains("every"),
+        "{e}"
+    );
 }

@@ -19,9 +19,10 @@ use crate::autograd::records;
 use crate::error::{Error, Result};
 use crate::models::common::{gather_token_rows, join, EdgeGroups, Init, LayerNorm, Linear, Module};
 use crate::models::sam::image_encoder::{window_partition, window_unpartition};
-use crate::ops::nn::attention_bias_table;
+use crate::ops::nn::{attention_bias_table, attention_bias_table_picked, PickedRows};
 use crate::ops::then_gelu;
 use crate::tensor::Tensor;
+use medsam_kernels::window::{RowAt, RowPick};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -629,6 +630,34 @@ impl Attention {
         Ok((qkv.select(0, 0)?, qkv.select(0, 1)?, qkv.select(0, 2)?))
     }
 
+    /// Part `part` (0 q, 1 k, 2 v) of each head from the q/k/v projection's rows `qkv` (each
+    /// `[heads, 3, key_dim]`), the rows `index` (`block` per window; the row `fill` for the
+    /// padding), read in place by [`attention_bias_table_picked`].
+    fn picked<'a>(
+        &self,
+        qkv: &'a Tensor,
+        fill: Option<&'a Tensor>,
+        part: usize,
+        index: &'a [RowAt],
+        block: usize,
+    ) -> PickedRows<'a> {
+        let (nh, kd) = (self.num_heads, self.key_dim);
+        let pick = RowPick {
+            width: 3 * nh * kd,
+            col: part * kd,
+            len: kd,
+            groups: nh,
+            block,
+        };
+        PickedRows {
+            table: qkv,
+            fill,
+            index,
+            pick,
+            head_stride: 3 * kd,
+        }
+    }
+
     fn scale(&self) -> f32 {
         (self.key_dim as f32).powf(-0.5)
     }
@@ -672,7 +701,9 @@ impl Attention {
     /// which fills the edge windows' padding as keys and values. Their query rows would only be
     /// dropped afterwards, so they are not computed: windows are grouped by how much of them
     /// lies inside the map, and each group attends with its inside positions as queries (every
-    /// position, padding included, as keys). None when this path does not apply.
+    /// position, padding included, as keys). Windows are never materialised: the attention
+    /// reads each window's q, k and v in place from the projection's rows
+    /// ([`attention_bias_table_picked`]). None when this path does not apply.
     fn forward_windows_residual(
         &self,
         x: &Tensor,
@@ -698,23 +729,29 @@ impl Attention {
         let zero = Tensor::zeros(&[1, 1, c], x.device())?;
         let pad = self.qkv.forward(&self.norm.forward(&zero)?)?; // [1, 1, 3c]
         let groups = EdgeGroups::new(b, (h, w), ws);
-        let win = gather_token_rows(&[&qkv], Some(&pad), &groups.window_index(), 3 * c)?;
+        let windows = groups.window_index();
         let mut outs = Vec::with_capacity(groups.groups.len());
         let mut first = 0;
         for g in &groups.groups {
             let count = g.windows.len();
-            let kv = win.narrow(0, first * n, count * n)?;
-            let (_, k, v) = self.split_heads(&kv, count, n)?;
+            // Each window's q, k and v are read in place from the projection's rows.
+            let kv = &windows[first * n..(first + count) * n];
+            let (k, v) = (
+                self.picked(&qkv, Some(&pad), 1, kv, n),
+                self.picked(&qkv, Some(&pad), 2, kv, n),
+            );
+            let query_index;
             let (q, table) = if g.inside == (ws, ws) {
-                (self.split_heads(&kv, count, n)?.0, self.bias_table()?)
+                (self.picked(&qkv, Some(&pad), 0, kv, n), self.bias_table()?)
             } else {
                 let positions = g.inside_positions();
-                let q_rows = gather_token_rows(&[&qkv], None, &groups.query_index(g), 3 * c)?;
+                query_index = groups.query_index(g);
                 let rows: Vec<usize> = positions.iter().map(|&(iy, ix)| iy * ws + ix).collect();
-                let q = self.split_heads(&q_rows, count, positions.len())?.0;
+                let q = self.picked(&qkv, None, 0, &query_index, positions.len());
                 (q, self.bias_table_rows(&rows)?)
             };
-            let o = attention_bias_table(&q, &k, &v, self.scale(), &table)?; // [count, nh, nq, kd]
+            // [count, nh, nq, kd]
+            let o = attention_bias_table_picked(q, k, v, self.scale(), &table)?;
             outs.push(o.contiguous()?);
             first += count;
         }
