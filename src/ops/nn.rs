@@ -648,20 +648,13 @@ pub fn attention_bias_table_picked(
     let windows = dims.bh / heads;
     if !picked_records([&q, &k, &v], &[table]) && dims.bh > 0 && dims.nq > 0 {
         if let (Some(qv), Some(kv), Some(vv)) = (q.view(), k.view(), v.view()) {
-            let td = dense(table)?;
-            let args = BiasTableArgs {
-                dims,
-                scale,
-                table: td.storage(),
-                heads,
-            };
             let x = HeadQkv {
                 q: qv,
                 k: kv,
                 v: vv,
             };
-            if let Some(o) = q.table.backend()?.attention_bias_table(args, x)? {
-                return wrap(o, &[windows, heads, dims.nq, dims.dv], q.table);
+            if let Some(o) = fused_bias_table((dims, heads), scale, table, x, q.table)? {
+                return Ok(o);
             }
         }
     }
@@ -766,7 +759,7 @@ pub fn attention_bias_table(
                 t.contiguous()
             }
         };
-        let (qv, kv, vv, td) = (in_place(q)?, in_place(k)?, in_place(v)?, dense(table)?);
+        let (qv, kv, vv) = (in_place(q)?, in_place(k)?, in_place(v)?);
         fn view(t: &Tensor, heads: usize) -> HeadView<'_> {
             HeadView {
                 storage: t.storage(),
@@ -778,26 +771,42 @@ pub fn attention_bias_table(
                 gather: None,
             }
         }
-        let args = BiasTableArgs {
-            dims,
-            scale,
-            table: td.storage(),
-            heads,
-        };
         let x = HeadQkv {
             q: view(&qv, heads),
             k: view(&kv, heads),
             v: view(&vv, heads),
         };
-        let fused = q.backend()?.attention_bias_table(args, x)?;
-        if let Some(o) = fused {
-            return wrap(o, &[b, heads, dims.nq, dims.dv], q);
+        if let Some(o) = fused_bias_table((dims, heads), scale, table, x, q)? {
+            return Ok(o);
         }
     }
     q.scale(scale)?
         .matmul(&k.transpose(2, 3)?)?
         .softmax_last_bias(table)?
         .matmul(v)
+}
+
+/// The backend's fused bias-table attention on the operands `x`, `[bh / heads, heads, nq, dv]`
+/// on `like`'s device; None where the backend has no such kernel.
+fn fused_bias_table(
+    (dims, heads): (AttnDims, usize),
+    scale: f32,
+    table: &Tensor,
+    x: HeadQkv,
+    like: &Tensor,
+) -> Result<Option<Tensor>> {
+    let td = dense(table)?;
+    let args = BiasTableArgs {
+        dims,
+        scale,
+        table: td.storage(),
+        heads,
+    };
+    let shape = [dims.bh / heads, heads, dims.nq, dims.dv];
+    like.backend()?
+        .attention_bias_table(args, x)?
+        .map(|o| wrap(o, &shape, like))
+        .transpose()
 }
 
 /// Which convolution a [`conv_op`] runs.

@@ -94,15 +94,7 @@ unsafe fn pack_panels_avx512<'r>(
     for p in 0..n.div_ceil(L) {
         let j0 = p * L;
         let keys = L.min(n - j0);
-        let rows: [*const f32; L] = std::array::from_fn(|r| {
-            if r < keys {
-                let s = row(j0 + r);
-                assert!(s.len() >= w, "attention: a key row shorter than {w}");
-                s.as_ptr()
-            } else {
-                std::ptr::null()
-            }
-        });
+        let rows = panel_rows(j0, keys, w, &row);
         for c0 in (0..w).step_by(L) {
             let cols = L.min(w - c0);
             let mask = tail_mask(cols);
@@ -116,6 +108,25 @@ unsafe fn pack_panels_avx512<'r>(
             }
         }
     }
+}
+
+/// Where keys `j0..j0 + keys` start (`row(j)`, each checked to hold at least `w` values; null
+/// past `keys`): the rows of one 16-key panel, read through raw pointers by the packers.
+pub(super) fn panel_rows<'r>(
+    j0: usize,
+    keys: usize,
+    w: usize,
+    row: &impl Fn(usize) -> &'r [f32],
+) -> [*const f32; L] {
+    std::array::from_fn(|r| {
+        if r < keys {
+            let s = row(j0 + r);
+            assert!(s.len() >= w, "attention: a key row shorter than {w}");
+            s.as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    })
 }
 
 /// In-register 16×16 transpose: `t[c][r] ← t[r][c]` (also used by the GEMM's small-m path).

@@ -13,9 +13,9 @@
 #![allow(clippy::too_many_arguments)]
 
 use super::avx512::{
-    biased_max, exp512, finish_rows, forward_tasks, q_block, round_up, scale_row, scratch,
-    scratch_overwritten, tail_mask, tile_entry_points, transpose16, Prep, Scratch, Unit, BK_F,
-    FWD_GROUP, L, MA,
+    biased_max, exp512, finish_rows, forward_tasks, panel_rows, q_block, round_up, scale_row,
+    scratch, scratch_overwritten, tail_mask, tile_entry_points, transpose16, Prep, Scratch, Unit,
+    BK_F, FWD_GROUP, L, MA,
 };
 use super::{AttnDims, Forward};
 use rayon::prelude::*;
@@ -69,15 +69,7 @@ unsafe fn pack_k<'r>(n: usize, d: usize, row: impl Fn(usize) -> &'r [f32]) -> Sc
         let j0 = p * L;
         let keys = L.min(n - j0);
         // The loads below read values < d of each row through raw pointers.
-        let rows: [*const f32; L] = std::array::from_fn(|r| {
-            if r < keys {
-                let s = row(j0 + r);
-                assert!(s.len() >= d, "attention: a key row shorter than {d}");
-                s.as_ptr()
-            } else {
-                std::ptr::null()
-            }
-        });
+        let rows = panel_rows(j0, keys, d, &row);
         for u0 in (0..du).step_by(L) {
             let mut t = [_mm512_setzero_ps(); L];
             for (r, tr) in t.iter_mut().enumerate().take(keys) {

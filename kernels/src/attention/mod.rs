@@ -506,9 +506,22 @@ pub fn attention_forward_rows(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    check_rows(dims, [&q, &k, &v], &bias);
-    let f = Forward::new(dims, [q, k, v], scale, bias, None);
     let fast = if bf16 { use_avx512bf16() } else { use_avx512() };
+    forward_rows(dims, [q, k, v], (scale, bias, bf16), out, lse, fast)
+}
+
+/// [`attention_forward_rows`] on the AVX-512 path if `fast`, else on the portable one.
+fn forward_rows(
+    dims: AttnDims,
+    rows: [HeadRows; 3],
+    (scale, bias, bf16): (f32, Option<RelPosBias>, bool),
+    out: &mut [f32],
+    lse: &mut [f32],
+    fast: bool,
+) {
+    let [q, k, v] = &rows;
+    check_rows(dims, [q, k, v], &bias);
+    let f = Forward::new(dims, rows, scale, bias, None);
     Forward { bf16, ..f }.run(out, lse, fast)
 }
 
@@ -534,7 +547,7 @@ entry_point!(backward
 /// The portable implementation, forced (for tests on machines that would pick AVX-512).
 #[doc(hidden)]
 pub mod portable_impl {
-    use super::{check, check_rows, check_table, dense_rows, AttnDims, Backward, BiasTable};
+    use super::{check, check_table, dense_rows, AttnDims, Backward, BiasTable};
     use super::{Forward, HeadRows, RelPosBias};
 
     entry_point!(forward
@@ -578,9 +591,7 @@ pub mod portable_impl {
         out: &mut [f32],
         lse: &mut [f32],
     ) {
-        check_rows(dims, [&q, &k, &v], &bias);
-        let f = Forward::new(dims, [q, k, v], scale, bias, None);
-        Forward { bf16, ..f }.run(out, lse, false)
+        super::forward_rows(dims, [q, k, v], (scale, bias, bf16), out, lse, false)
     }
 
     entry_point!(backward
