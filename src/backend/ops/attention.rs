@@ -83,15 +83,18 @@ pub trait AttentionOps {
 
     /// Inference attention with a bias table, returning a dense `out [bh, nq, dv]`. `Ok(None)`
     /// when the backend has no fused kernel for it; the caller then composes matmul and softmax.
+    /// The views may have their rows gathered through an index (`HeadView::gather`, TinyViT's
+    /// windows read in place): a backend that implements this reads them so, or returns
+    /// `Ok(None)` for such views.
     fn attention_bias_table(&self, a: BiasTableArgs, x: HeadQkv) -> Result<Option<Storage>> {
         let _ = (a, x);
         Ok(None)
     }
 
-    /// Inference attention (SAM's rel-pos bias or none) on operands read in place (strided [`HeadView`]s, or
-    /// rows gathered through an index: the windows of a projection), returning a dense `out
-    /// [bh, nq, dv]`. `Ok(None)` when the backend has no such kernel; the caller then gathers
-    /// the operands into dense tensors and calls [`Self::attention`].
+    /// Inference attention (SAM's rel-pos bias or none) on operands read in place (strided
+    /// [`HeadView`]s, or rows gathered through an index: the windows of a projection), returning
+    /// a dense `out [bh, nq, dv]`. `Ok(None)` when the backend has no such kernel; the caller
+    /// then gathers the operands into dense tensors and calls [`Self::attention`].
     fn attention_views(&self, a: ViewAttnArgs, x: HeadQkv) -> Result<Option<Storage>> {
         let _ = (a, x);
         Ok(None)
