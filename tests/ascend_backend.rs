@@ -110,6 +110,91 @@ fn axial_rope_matches_cpu() {
     assert_eq!(bits(&npu), bits(&cpu));
 }
 
+/// Windowed attention on operands picked from a projection's rows (`attention_picked`, with and
+/// without SAM's rel-pos bias; `attention_bias_table_picked` on TinyViT's interleaved rows): the
+/// NPU backend has no in-place kernel for them, so the operands are gathered on the device and
+/// attended there. The CPU's values within the attention tolerance, the result on the NPU.
+#[test]
+fn picked_window_attention_matches_cpu() {
+    use medsam::backend::ops::memory::{RowAt, RowPick};
+    use medsam::ops::nn::{attention_bias_table_picked, attention_picked, PickedRows};
+    setup();
+    let (heads, hd, tokens, n) = (2, 4, 7, 4);
+    let width = 3 * heads * hd;
+    let (vt, vf, vh, vw, vb) = (
+        data(tokens * width, 51),
+        data(width, 52),
+        data(2 * heads * 2 * 2, 53),
+        data(2 * heads * 2 * 2, 54),
+        data(heads * 2 * n, 55),
+    );
+    let at = RowAt::row;
+    let kv = [
+        at(6),
+        at(0),
+        RowAt::FILL,
+        at(3),
+        at(2),
+        at(5),
+        at(1),
+        RowAt::FILL,
+    ];
+    let qi = [at(0), at(3), at(5), at(1)];
+    let run = |dev: Device, which: usize| {
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, dev).unwrap();
+        let (table, fill) = (t(&vt, &[tokens, width]), t(&vf, &[width]));
+        // Side-by-side heads (SAM, Hiera) for attention_picked, interleaved (TinyViT) for the
+        // bias-table form.
+        let interleaved = which == 2;
+        let part = |p: usize, index, block, fill| PickedRows {
+            table: &table,
+            fill,
+            index,
+            pick: RowPick {
+                width,
+                col: if interleaved { p * hd } else { p * heads * hd },
+                len: hd,
+                groups: heads,
+                block,
+            },
+            head_stride: if interleaved { 3 * hd } else { hd },
+        };
+        let (q, k, v) = (
+            part(0, &qi[..], 2, None),
+            part(1, &kv[..], n, Some(&fill)),
+            part(2, &kv[..], n, Some(&fill)),
+        );
+        let y = match which {
+            0 => attention_picked(q, k, v, 0.5, None),
+            1 => {
+                // Keys on a 2 × 2 grid.
+                let rel = RelPosArgs::new(
+                    [t(&vh, &[2 * heads, 2, 2]), t(&vw, &[2 * heads, 2, 2])],
+                    (2, 2),
+                );
+                attention_picked(q, k, v, 0.5, Some(&rel))
+            }
+            _ => attention_bias_table_picked(q, k, v, 0.5, &t(&vb, &[heads, 2, n])),
+        }
+        .unwrap();
+        assert_eq!(y.device(), dev);
+        y.to_vec().unwrap()
+    };
+    for which in 0..3 {
+        let (cpu, npu) = (run(Device::Cpu, which), run(NPU, which));
+        assert_eq!(cpu.len(), npu.len());
+        let worst = cpu
+            .iter()
+            .zip(&npu)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= TOL,
+            "case {which}: NPU differs from the CPU by {worst}"
+        );
+    }
+}
+
 #[test]
 fn missing_device_is_a_clear_error() {
     setup();
