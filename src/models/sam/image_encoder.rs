@@ -337,9 +337,9 @@ impl Block {
             .into_iter()
             .map(RowAt::from)
             .collect();
-        // The windows in a few passes, each with its own q/k/v buffers (reused by the next
-        // pass): the four window-sized buffers of one pass at once would be the block's largest
-        // memory, and each buffer's first use costs page faults.
+        // The windows in a few passes, each with its own q and output buffers (reused by the
+        // next pass; k and v are read in place): window-sized buffers for the whole map at once
+        // would be the block's largest memory, and each buffer's first use costs page faults.
         let n = ws * ws;
         let windows = index.len() / n;
         let per_pass = windows.div_ceil(windows.div_ceil(WINDOWS_PER_PASS));
@@ -363,7 +363,7 @@ impl Block {
 }
 
 /// Windows per pass of a windowed block's attention in inference: a fifth of ViT-B's 25 at
-/// 1024², about 3 MB per q, k, v or output buffer.
+/// 1024², about 3 MB per q or output buffer.
 const WINDOWS_PER_PASS: usize = 5;
 
 pub struct Neck {

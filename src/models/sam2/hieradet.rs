@@ -151,7 +151,6 @@ impl MultiScaleAttention {
         } else {
             None
         };
-
         let windows = kv_groups.window_index();
         let scale = (hd as f32).powf(-0.5);
         let mut outs = Vec::with_capacity(q_groups.groups.len());
